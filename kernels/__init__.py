@@ -1,0 +1,9 @@
+"""Triton kernels of fastsigclr, installed as ``fastsigclr.kernels``.
+
+Kernels only: no torch.nn modules and no training logic. Importing this package needs triton;
+``fastsigclr.losses`` reports a missing triton as a clear error when a kernel is asked for.
+"""
+
+from .sigmoid_loss import sigmoid_pairwise_triton
+
+__all__ = ["sigmoid_pairwise_triton"]

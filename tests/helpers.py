@@ -1,0 +1,23 @@
+"""Comparison helpers shared by the tests."""
+
+import torch
+
+
+def max_rel_error(actual: torch.Tensor, expected: torch.Tensor, scale: float | None = None) -> float:
+    """max |actual − expected| over max |expected|, or over ``scale`` when one is given (for
+    quantities whose own size is not their natural scale, e.g. a gradient after a projection)."""
+    actual = actual.detach().double().cpu()
+    expected = expected.detach().double().cpu()
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    assert torch.isfinite(actual).all(), "non-finite values"
+    err = (actual - expected).abs().max().item() if actual.numel() else 0.0
+    if scale is None:
+        scale = expected.abs().max().item() if expected.numel() else 0.0
+    return err / scale if scale > 0 else err
+
+
+def assert_close_rel(
+    actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str = "", scale: float | None = None
+) -> None:
+    err = max_rel_error(actual, expected, scale)
+    assert err <= tol, f"{what}: max error {err:.3e} relative to the scale exceeds {tol:.1e}"
