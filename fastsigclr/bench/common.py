@@ -1,0 +1,56 @@
+"""Timing and result files shared by the microbenchmarks."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def time_fn(fn: Callable[[], object], device: torch.device, *, warmup: int, reps: int) -> dict[str, float]:
+    """Median and 20th/80th percentiles of ``fn`` in milliseconds; warm-up (and any compilation
+    it triggers) stays outside the timed region. CUDA is timed with events, one pair per call."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        pairs = [
+            (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)
+        ]
+        for start, end in pairs:
+            start.record()
+            fn()
+            end.record()
+        torch.cuda.synchronize(device)
+        times = [start.elapsed_time(end) for start, end in pairs]
+    else:
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    q = statistics.quantiles(times, n=5) if len(times) >= 2 else [times[0]] * 4
+    return {"median_ms": statistics.median(times), "p20_ms": q[0], "p80_ms": q[3], "reps": len(times)}
+
+
+def matmul_tflops(device: torch.device, dtype: torch.dtype, size: int, reps: int) -> float:
+    """Achieved rate of one square matmul in this run: the roofline the loss kernels are held to."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    timing = time_fn(lambda: a @ b, device, warmup=2, reps=reps)
+    return 2 * size**3 / (timing["median_ms"] * 1e-3) / 1e12
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Atomic write: a reader never sees half a results file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,194 @@
+"""``fastsigclr bench loss``: pairwise sigmoid loss, forward + backward, providers side by side.
+
+Providers: ``eager`` (the materialising PyTorch reference), ``compiled`` (the same under
+``torch.compile``), ``chunked`` (the package's torch path) and ``triton`` (the fused kernel, CUDA
+only). Each case reports the median time, achieved TFLOP/s for 4·(2N)²·D, the ratio to the eager
+and compiled baselines measured in the same run, and the peak memory allocated above the inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from fastsigclr.bench.common import DTYPES, matmul_tflops, time_fn, write_json
+from fastsigclr.bench.memory import peak_extra_bytes
+from fastsigclr.config import option, to_dict
+from fastsigclr.losses import sigmoid_pairwise_loss, sigmoid_pairwise_loss_reference
+from fastsigclr.runinfo import resolve_device, run_record
+
+PROVIDERS = ("eager", "compiled", "chunked", "triton")
+
+
+@dataclass(frozen=True)
+class BenchLossConfig:
+    device: str = option("auto", "device to measure on", choices=("auto", "cpu", "cuda"))
+    sizes: tuple[int, ...] | None = option(
+        None, "rows 2N to measure; unset: 1024,4096,8192,16384,65536 on CUDA, 512,1024,2048 on CPU"
+    )
+    dims: tuple[int, ...] | None = option(None, "feature sizes D; unset: 64,128,256 on CUDA, 64,128 on CPU")
+    dtypes: tuple[str, ...] | None = option(
+        None, "input dtypes; unset: bf16,fp16,fp32 on CUDA, fp32 on CPU", choices=tuple(DTYPES)
+    )
+    providers: tuple[str, ...] = option(PROVIDERS, "implementations to compare", choices=PROVIDERS)
+    warmup: int = option(3, "untimed calls before timing (compilation happens here)")
+    reps: int | None = option(None, "timed calls per case; unset: 20 on CUDA, 5 on CPU")
+    temperature: float = option(10.0, "fixed temperature t")
+    bias: float = option(-10.0, "initial value of the learnable bias b")
+    out: str = option("benchmarks/local", "directory for loss-<device>.json and loss-<device>.png")
+
+    def __post_init__(self) -> None:
+        for name in ("sizes", "dims"):
+            values = getattr(self, name)
+            if values is not None and (not values or min(values) < 1):
+                raise ValueError(f"--{name} needs positive integers, got {values}")
+        if self.sizes is not None and min(self.sizes) < 2:
+            raise ValueError("--sizes: every size needs at least 2 rows")
+        if self.warmup < 1 or (self.reps is not None and self.reps < 1):
+            raise ValueError("--warmup and --reps must be ≥ 1")
+
+    def resolved(self, device: torch.device) -> BenchLossConfig:
+        """The per-device defaults filled in."""
+        cuda = device.type == "cuda"
+        return dataclasses.replace(
+            self,
+            device=device.type,
+            sizes=self.sizes or ((1024, 4096, 8192, 16384, 65536) if cuda else (512, 1024, 2048)),
+            dims=self.dims or ((64, 128, 256) if cuda else (64, 128)),
+            dtypes=self.dtypes or (("bf16", "fp16", "fp32") if cuda else ("fp32",)),
+            reps=self.reps or (20 if cuda else 5),
+        )
+
+
+def _loss_fn(provider: str):
+    if provider == "eager":
+        return sigmoid_pairwise_loss_reference
+    if provider == "compiled":
+        return torch.compile(sigmoid_pairwise_loss_reference, dynamic=False)
+    return partial(sigmoid_pairwise_loss, impl="torch" if provider == "chunked" else "triton")
+
+
+def _skip_reason(provider: str, device: torch.device) -> str | None:
+    if provider == "triton" and device.type != "cuda":
+        return "needs CUDA"
+    return None
+
+
+def measure_case(
+    provider: str, rows: int, dim: int, dtype: str, cfg: BenchLossConfig, device: torch.device
+) -> dict[str, Any]:
+    """Time and memory of one (provider, 2N, D, dtype) case, fwd+bwd with a learnable bias."""
+    row: dict[str, Any] = {"provider": provider, "rows": rows, "dim": dim, "dtype": dtype}
+    reason = _skip_reason(provider, device)
+    if reason:
+        return {**row, "status": f"skipped: {reason}"}
+    if provider == "compiled":
+        torch._dynamo.reset()  # one graph per shape; never fall back to eager at the cache limit
+    gen = torch.Generator(device=device).manual_seed(rows + dim)
+    z = torch.randn(rows, dim, device=device, dtype=DTYPES[dtype], generator=gen).requires_grad_()
+    bias = torch.tensor(cfg.bias, device=device, requires_grad=True)
+    fn = _loss_fn(provider)
+
+    def step() -> None:
+        z.grad = None
+        bias.grad = None
+        fn(z, cfg.temperature, bias).backward()
+
+    try:
+        timing = time_fn(step, device, warmup=cfg.warmup, reps=cfg.reps or 1)
+        # Compiled code runs below the dispatcher, where the CPU allocation tracker cannot see it.
+        measurable = device.type == "cuda" or provider != "compiled"
+        peak = peak_extra_bytes(step, device) if measurable else None
+    except torch.OutOfMemoryError:
+        return {**row, "status": "out of memory"}
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    flops = 4 * rows * rows * dim
+    return {
+        **row,
+        "status": "ok",
+        **timing,
+        "tflops": flops / (timing["median_ms"] * 1e-3) / 1e12,
+        "peak_extra_bytes": peak,
+        "z_bytes": z.numel() * z.element_size(),
+    }
+
+
+def add_ratios(rows: list[dict[str, Any]], matmul: dict[str, float]) -> None:
+    """Speed-ups against the eager and compiled references of the same case, and the fraction
+    of the matmul rate measured in the same run."""
+    by_case = {(r["rows"], r["dim"], r["dtype"], r["provider"]): r for r in rows if r["status"] == "ok"}
+    for r in rows:
+        if r["status"] != "ok":
+            continue
+        for base in ("eager", "compiled"):
+            ref = by_case.get((r["rows"], r["dim"], r["dtype"], base))
+            r[f"speedup_vs_{base}"] = ref["median_ms"] / r["median_ms"] if ref else None
+        rate = matmul.get(r["dtype"])
+        r["fraction_of_matmul"] = r["tflops"] / rate if rate else None
+
+
+def run(cfg: BenchLossConfig, command: list[str] | None = None) -> dict[str, Any]:
+    """Measure every case, write ``loss-<device>.json`` and its plot under ``cfg.out``."""
+    from fastsigclr.bench.plot import plot_loss
+
+    device = resolve_device(cfg.device)
+    cfg = cfg.resolved(device)
+    record = run_record(device, command)
+    matmul_size, matmul_reps = (8192, 20) if device.type == "cuda" else (1024, 5)
+    matmul = {d: matmul_tflops(device, DTYPES[d], matmul_size, matmul_reps) for d in cfg.dtypes or ()}
+    cases = [
+        (p, n, d, dt)
+        for dt in cfg.dtypes or ()
+        for d in cfg.dims or ()
+        for n in cfg.sizes or ()
+        for p in cfg.providers
+    ]
+    rows = []
+    bar = tqdm(cases, desc="bench loss", unit="case")
+    for provider, n, d, dt in bar:
+        bar.set_postfix_str(f"{provider} 2N={n} D={d} {dt}")
+        rows.append(measure_case(provider, n, d, dt, cfg, device))
+    add_ratios(rows, matmul)
+    payload = {
+        "benchmark": "loss",
+        **record,
+        "config": to_dict(cfg),
+        "flops_per_case": "4·(2N)²·D (forward + backward, full matrix)",
+        "matmul_tflops": matmul,
+        "matmul_shape": [matmul_size] * 3,
+        "results": rows,
+    }
+    out = Path(cfg.out)
+    stem = f"loss-{device.type}"
+    write_json(out / f"{stem}.json", payload)
+    plot_loss(payload, out / f"{stem}.png")
+    return payload
+
+
+def summary_table(payload: dict[str, Any]) -> str:
+    """A plain-text table of the results (printed by the CLI)."""
+    head = f"{'provider':<9} {'dtype':<5} {'2N':>6} {'D':>4} {'median ms':>10} {'TFLOP/s':>8} "
+    head += f"{'vs eager':>8} {'vs comp.':>8} {'peak MiB':>9}"
+    lines = [head]
+    for r in payload["results"]:
+        if r["status"] != "ok":
+            lines.append(f"{r['provider']:<9} {r['dtype']:<5} {r['rows']:>6} {r['dim']:>4} {r['status']}")
+            continue
+
+        def ratio(key: str, r: dict[str, Any] = r) -> str:
+            return f"{r[key]:.2f}x" if r.get(key) else "-"
+
+        peak = f"{r['peak_extra_bytes'] / 2**20:.1f}" if r["peak_extra_bytes"] is not None else "-"
+        lines.append(
+            f"{r['provider']:<9} {r['dtype']:<5} {r['rows']:>6} {r['dim']:>4} {r['median_ms']:>10.3f} "
+            f"{r['tflops']:>8.3f} {ratio('speedup_vs_eager'):>8} {ratio('speedup_vs_compiled'):>8} {peak:>9}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,71 @@
+"""Plots drawn from benchmark results files (the data is the record; plots are derived)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+COLORS = {"eager": "tab:gray", "compiled": "tab:blue", "chunked": "tab:orange", "triton": "tab:red"}
+MARKERS = ["o", "s", "^", "D", "v"]
+
+
+def plot_loss(payload: dict[str, Any], path: Path) -> None:
+    """Per dtype: fwd+bwd median time and peak extra memory against 2N, one line per provider and D."""
+    rows = [r for r in payload["results"] if r["status"] == "ok"]
+    dtypes = sorted({r["dtype"] for r in rows}) or ["-"]
+    fig, axes = plt.subplots(len(dtypes), 2, figsize=(11, 4 * len(dtypes)), squeeze=False)
+    dims = sorted({r["dim"] for r in rows})
+    for (ax_t, ax_m), dtype in zip(axes, dtypes, strict=True):
+        for provider in COLORS:
+            for i, dim in enumerate(dims):
+                sel = sorted(
+                    (
+                        r
+                        for r in rows
+                        if r["provider"] == provider and r["dim"] == dim and r["dtype"] == dtype
+                    ),
+                    key=lambda r: r["rows"],
+                )
+                if not sel:
+                    continue
+                style = dict(
+                    color=COLORS[provider], marker=MARKERS[i % len(MARKERS)], label=f"{provider} D={dim}"
+                )
+                ax_t.plot([r["rows"] for r in sel], [r["median_ms"] for r in sel], **style)
+                mem = [(r["rows"], r["peak_extra_bytes"] / 2**20) for r in sel if r["peak_extra_bytes"]]
+                if mem:
+                    ax_m.plot(*zip(*mem, strict=True), **style)
+        device = payload.get("device", {}).get("name", "?")
+        ax_t.set(xscale="log", yscale="log", xlabel="rows 2N", ylabel="fwd+bwd median (ms)")
+        ax_t.set_title(f"sigmoid loss, {dtype}, {device}")
+        ax_m.set(xscale="log", yscale="log", xlabel="rows 2N", ylabel="peak extra memory (MiB)")
+        ax_m.set_title("memory above the inputs")
+        for ax in (ax_t, ax_m):
+            ax.grid(True, which="both", alpha=0.3)
+        ax_t.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+PLOTTERS = {"loss": plot_loss}
+
+
+def plot_file(json_path: Path, png_path: Path | None = None) -> Path:
+    """Redraw the plot of a results file (by its ``benchmark`` field)."""
+    payload = json.loads(Path(json_path).read_text())
+    kind = payload.get("benchmark")
+    if kind not in PLOTTERS:
+        raise ValueError(f"{json_path}: unknown benchmark {kind!r}; known: {', '.join(PLOTTERS)}")
+    out = png_path or Path(json_path).with_suffix(".png")
+    PLOTTERS[kind](payload, out)
+    return out

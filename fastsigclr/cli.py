@@ -1,0 +1,109 @@
+"""The ``fastsigclr`` command: one subcommand per entry point, options generated from configs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from fastsigclr import __version__
+from fastsigclr.config import FastSigCLRError, add_arguments, from_args
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import torch
+
+    from fastsigclr.runinfo import default_device, device_description, git_commit, package_version
+
+    print(f"fastsigclr {__version__} (commit {git_commit() or 'unknown'})")
+    for name in ("torch", "triton", "numpy", "numba", "dali", "ffcv"):
+        version = package_version(name)
+        print(f"  {name:<7} {version or 'not installed'}")
+    cuda = torch.cuda.is_available()
+    print(f"  CUDA    {'available: ' + str(torch.version.cuda) if cuda else 'not available'}")
+    dev = device_description(default_device())
+    print(f"  device  {dev['type']}: {dev['name']}")
+    fused = "usable" if cuda and package_version("triton") else "needs CUDA and triton"
+    print(f"  loss    impl='triton' {fused}; impl='torch' usable")
+    return 0
+
+
+def _cmd_bench_loss(args: argparse.Namespace) -> int:
+    from fastsigclr.bench.loss import BenchLossConfig, run, summary_table
+
+    cfg = from_args(BenchLossConfig, args)
+    payload = run(cfg, command=["fastsigclr", *args.argv])
+    print(summary_table(payload))
+    print(f"wrote {cfg.out}/loss-{payload['device']['type']}.json and .png")
+    return 0
+
+
+def _cmd_bench_plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fastsigclr.bench.plot import plot_file
+
+    for path in args.files:
+        print(f"wrote {plot_file(Path(path))}")
+    return 0
+
+
+def _bench_loss_config():
+    from fastsigclr.bench.loss import BenchLossConfig
+
+    return BenchLossConfig
+
+
+# (path of subcommands, help, config class factory or None, handler)
+COMMANDS: list[
+    tuple[tuple[str, ...], str, Callable[[], type] | None, Callable[[argparse.Namespace], int]]
+] = [
+    (("info",), "report versions, devices and which backends are usable", None, _cmd_info),
+    (
+        ("bench", "loss"),
+        "time the sigmoid loss implementations side by side",
+        _bench_loss_config,
+        _cmd_bench_loss,
+    ),
+    (("bench", "plot"), "redraw the plot of a benchmark results JSON", None, _cmd_bench_plot),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastsigclr", description="Fast sigmoid contrastive self-supervised learning (SigCLR)."
+    )
+    parser.add_argument("--version", action="version", version=f"fastsigclr {__version__}")
+    groups: dict[tuple[str, ...], argparse._SubParsersAction] = {
+        (): parser.add_subparsers(dest="command", metavar="COMMAND")
+    }
+    for path, help_text, config, handler in COMMANDS:
+        for depth in range(1, len(path)):
+            prefix = path[:depth]
+            if prefix not in groups:
+                sub = groups[path[: depth - 1]].add_parser(prefix[-1], help=f"{prefix[-1]} commands")
+                groups[prefix] = sub.add_subparsers(dest=f"command_{depth}", metavar="COMMAND", required=True)
+        leaf = groups[path[:-1]].add_parser(path[-1], help=help_text, description=help_text)
+        if config is not None:
+            add_arguments(leaf, config())
+        if path == ("bench", "plot"):
+            leaf.add_argument("files", nargs="+", help="results JSON files written by fastsigclr bench")
+        leaf.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    args.argv = argv
+    try:
+        return args.handler(args)
+    except FastSigCLRError as err:
+        parser.exit(2, f"fastsigclr: error: {err}\n")
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,138 @@
+"""Configuration: one frozen dataclass per command; defaults live only in those dataclasses.
+
+The command-line parser is generated from the fields (``--field-name``), values are validated by
+each class's ``__post_init__``, and dictionaries with keys that no field declares are rejected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any, TypeVar
+
+C = TypeVar("C")
+
+
+class FastSigCLRError(Exception):
+    """An error the user can fix; the CLI prints its message without a traceback."""
+
+
+class ConfigError(FastSigCLRError, ValueError):
+    """A configuration value or key is invalid; the message says what is allowed."""
+
+
+def option(default: Any, help: str, choices: tuple[str, ...] | None = None, **kw: Any) -> Any:
+    """A dataclass field carrying its help text and, for strings, the allowed values."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices}, **kw)
+
+
+def _base_type(annotation: Any) -> tuple[Any, bool]:
+    """(type, optional) for X, X | None, tuple[X, ...]."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0], True
+    return annotation, False
+
+
+def _parse_value(text: str, annotation: Any, name: str) -> Any:
+    kind, optional = _base_type(annotation)
+    if optional and text.lower() in ("", "none"):
+        return None
+    if typing.get_origin(kind) is tuple:
+        (elem, _ellipsis) = typing.get_args(kind)
+        parts = [p for p in text.split(",") if p.strip()]
+        return tuple(_parse_value(p.strip(), elem, name) for p in parts)
+    try:
+        if kind is bool:
+            lowered = text.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"--{name.replace('_', '-')}: cannot read {text!r} as {kind.__name__}") from None
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One ``--option`` per field of ``cls``, with its default and help text."""
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        kind, _ = _base_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        help_text = f.metadata.get("help", "")
+        if default is not None:
+            help_text += f" (default: {shown})"
+        choices = f.metadata.get("choices")
+        if choices:
+            help_text += f"; one of {', '.join(choices)}"
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, default=None, metavar=f.name.upper(), help=help_text)
+
+
+def from_args(cls: type[C], namespace: argparse.Namespace) -> C:
+    """Build ``cls`` from parsed arguments; options left out keep the dataclass defaults."""
+    hints = _hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        raw = getattr(namespace, f.name, None)
+        if raw is None:
+            continue
+        values[f.name] = raw if isinstance(raw, bool) else _parse_value(raw, hints[f.name], f.name)
+    return build(cls, values)
+
+
+def build(cls: type[C], values: dict[str, Any]) -> C:
+    """Construct and validate; unknown keys and disallowed choices are errors that list what is allowed."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown option(s) for {cls.__name__}: {', '.join(unknown)}; allowed: {', '.join(fields)}"
+        )
+    for name, value in values.items():
+        choices = fields[name].metadata.get("choices")
+        items = value if isinstance(value, tuple) else (value,)
+        if choices and value is not None:
+            bad = [v for v in items if v not in choices]
+            if bad:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')}: {', '.join(map(str, bad))} not allowed; "
+                    f"choose from {', '.join(choices)}"
+                )
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from err
+
+
+def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+    """Rebuild a config saved with ``to_dict`` (lists become tuples again)."""
+    hints = _hints(cls)
+    values = {}
+    for key, value in data.items():
+        kind = _base_type(hints[key])[0] if key in hints else None
+        if isinstance(value, list) and kind is not None and typing.get_origin(kind) is tuple:
+            value = tuple(value)
+        values[key] = value
+    return build(cls, values)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+
+
+def replace(config: C, **changes: Any) -> C:
+    return build(type(config), {**to_dict(config), **changes})

@@ -1,0 +1,100 @@
+"""Configuration machinery and the command line: generated options, clear errors, package layout."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fastsigclr.bench.loss import BenchLossConfig
+from fastsigclr.cli import main
+from fastsigclr.config import ConfigError, build, from_dict, to_dict
+
+
+def test_unknown_keys_and_bad_choices_are_errors():
+    with pytest.raises(ConfigError, match=r"unknown option.*sizez.*allowed: device, sizes"):
+        build(BenchLossConfig, {"sizez": (1,)})
+    with pytest.raises(ConfigError, match="bf8 not allowed; choose from fp32, fp16, bf16"):
+        build(BenchLossConfig, {"dtypes": ("bf8",)})
+    with pytest.raises(ConfigError, match="at least 2 rows"):
+        build(BenchLossConfig, {"sizes": (1, 8)})
+
+
+def test_config_round_trips_through_json():
+    cfg = build(BenchLossConfig, {"sizes": (64, 128), "dims": (8,), "reps": 2})
+    again = from_dict(BenchLossConfig, json.loads(json.dumps(to_dict(cfg))))
+    assert again == cfg
+    with pytest.raises(Exception, match=r"frozen|cannot assign"):
+        cfg.reps = 3  # type: ignore[misc]
+
+
+def test_cli_rejects_unknown_option_and_bad_value(capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["bench", "loss", "--no-such-option", "1"])
+    assert err.value.code == 2
+    assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as err:
+        main(["bench", "loss", "--sizes", "12,abc"])
+    assert "cannot read 'abc' as int" in capsys.readouterr().err
+
+
+def test_info_reports_backends(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for name in ("torch", "triton", "dali", "ffcv", "CUDA"):
+        assert name in out
+
+
+def test_bench_loss_writes_json_and_plot(tmp_path: Path, capsys):
+    args = ["bench", "loss", "--device", "cpu", "--sizes", "66,130", "--dims", "17"]
+    args += ["--providers", "eager,chunked,triton", "--warmup", "1", "--reps", "2", "--out", str(tmp_path)]
+    assert main(args) == 0
+    payload = json.loads((tmp_path / "loss-cpu.json").read_text())
+    assert (tmp_path / "loss-cpu.png").stat().st_size > 10_000
+    for key in ("date", "command", "commit", "device", "versions", "matmul_tflops", "results"):
+        assert key in payload
+    assert payload["versions"]["torch"] and payload["config"]["sizes"] == [66, 130]
+    rows = {(r["provider"], r["rows"]): r for r in payload["results"]}
+    assert rows[("triton", 66)]["status"] == "skipped: needs CUDA"
+    for provider in ("eager", "chunked"):
+        for n in (66, 130):
+            r = rows[(provider, n)]
+            assert r["status"] == "ok" and r["median_ms"] > 0 and r["p20_ms"] <= r["p80_ms"]
+            assert r["tflops"] == pytest.approx(4 * n * n * 17 / (r["median_ms"] * 1e-3) / 1e12)
+            assert r["peak_extra_bytes"] > 0
+    assert rows[("eager", 130)]["speedup_vs_eager"] == pytest.approx(1.0)
+    # The reference materialises 130² logits (and more); the chunked path cannot need more.
+    assert rows[("eager", 130)]["peak_extra_bytes"] >= 130 * 130 * 4
+    assert "chunked" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_loss_compiled_reference(tmp_path: Path):
+    """The torch.compile baseline runs (about 15 s of compilation on a 2-core CPU)."""
+    args = ["bench", "loss", "--device", "cpu", "--sizes", "64", "--dims", "8", "--providers", "compiled"]
+    assert main([*args, "--warmup", "1", "--reps", "2", "--out", str(tmp_path)]) == 0
+    (row,) = json.loads((tmp_path / "loss-cpu.json").read_text())["results"]
+    assert row["status"] == "ok" and row["median_ms"] > 0
+
+
+def test_kernels_are_not_a_top_level_module(tmp_path: Path):
+    """kernels/ is installed only as fastsigclr.kernels; from outside the repo `kernels` is absent."""
+    code = (
+        "import importlib.util, fastsigclr.kernels as k; "
+        "print(importlib.util.find_spec('kernels') is None, k.sigmoid_pairwise_triton.__module__)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "fastsigclr.kernels.sigmoid_loss"]
+
+
+def test_console_script_and_module_entry_points(tmp_path: Path):
+    for cmd in (["fastsigclr", "--help"], [sys.executable, "-m", "fastsigclr", "bench", "loss", "--help"]):
+        exe = Path(sys.executable).with_name("fastsigclr") if cmd[0] == "fastsigclr" else None
+        argv = [str(exe), *cmd[1:]] if exe else cmd
+        out = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert "usage: fastsigclr" in out.stdout
