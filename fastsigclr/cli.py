@@ -48,24 +48,57 @@ def _cmd_bench_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_loss_config():
-    from fastsigclr.bench.loss import BenchLossConfig
+def _cmd_train(args: argparse.Namespace) -> int:
+    from fastsigclr.train import TrainConfig, train
 
-    return BenchLossConfig
+    summary = train(from_args(TrainConfig, args), command=["fastsigclr", *args.argv])
+    knn = summary["knn_acc"]
+    print(f"done: {summary['epochs']} epochs, kNN accuracy {knn:.4f}" if knn is not None else "done")
+    print(f"run directory: {summary['run_dir']}")
+    return 0
 
 
-# (path of subcommands, help, config class factory or None, handler)
-COMMANDS: list[
-    tuple[tuple[str, ...], str, Callable[[], type] | None, Callable[[argparse.Namespace], int]]
-] = [
-    (("info",), "report versions, devices and which backends are usable", None, _cmd_info),
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from fastsigclr.eval import EvalConfig, evaluate
+
+    result = evaluate(from_args(EvalConfig, args))
+    print(
+        f"{result['protocol']} accuracy {result['accuracy']:.4f} (epoch {result['epoch']}, "
+        f"{result['test_images']} test images); wrote {result['path']}"
+    )
+    return 0
+
+
+def _lazy(module: str, name: str) -> Callable[[], type]:
+    def load() -> type:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)
+
+    return load
+
+
+Handler = Callable[[argparse.Namespace], int]
+Command = tuple[tuple[str, ...], str, Callable[[], type] | None, tuple[str, ...], Handler]
+# (subcommand path, help, config class (loaded lazily) or None, positional fields, handler)
+COMMANDS: list[Command] = [
+    (("train",), "pre-train an encoder (SigCLR)", _lazy("fastsigclr.train", "TrainConfig"), (), _cmd_train),
+    (
+        ("eval",),
+        "evaluate a run: knn or linear",
+        _lazy("fastsigclr.eval", "EvalConfig"),
+        ("protocol",),
+        _cmd_eval,
+    ),
+    (("info",), "report versions, devices and which backends are usable", None, (), _cmd_info),
     (
         ("bench", "loss"),
         "time the sigmoid loss implementations side by side",
-        _bench_loss_config,
+        _lazy("fastsigclr.bench.loss", "BenchLossConfig"),
+        (),
         _cmd_bench_loss,
     ),
-    (("bench", "plot"), "redraw the plot of a benchmark results JSON", None, _cmd_bench_plot),
+    (("bench", "plot"), "redraw the plot of a benchmark results JSON", None, (), _cmd_bench_plot),
 ]
 
 
@@ -77,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     groups: dict[tuple[str, ...], argparse._SubParsersAction] = {
         (): parser.add_subparsers(dest="command", metavar="COMMAND")
     }
-    for path, help_text, config, handler in COMMANDS:
+    for path, help_text, config, positional, handler in COMMANDS:
         for depth in range(1, len(path)):
             prefix = path[:depth]
             if prefix not in groups:
@@ -85,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                 groups[prefix] = sub.add_subparsers(dest=f"command_{depth}", metavar="COMMAND", required=True)
         leaf = groups[path[:-1]].add_parser(path[-1], help=help_text, description=help_text)
         if config is not None:
-            add_arguments(leaf, config())
+            add_arguments(leaf, config(), positional)
         if path == ("bench", "plot"):
             leaf.add_argument("files", nargs="+", help="results JSON files written by fastsigclr bench")
         leaf.set_defaults(handler=handler)

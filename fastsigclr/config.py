@@ -62,8 +62,9 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One ``--option`` per field of ``cls``, with its default and help text."""
+def add_arguments(parser: argparse.ArgumentParser, cls: type, positional: tuple[str, ...] = ()) -> None:
+    """One ``--option`` per field of ``cls`` (or a positional argument for names in ``positional``),
+    with its default and help text."""
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
@@ -76,7 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         choices = f.metadata.get("choices")
         if choices:
             help_text += f"; one of {', '.join(choices)}"
-        if kind is bool:
+        if f.name in positional:
+            parser.add_argument(f.name, nargs="?", default=None, choices=choices, help=help_text)
+        elif kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             parser.add_argument(flag, default=None, metavar=f.name.upper(), help=help_text)

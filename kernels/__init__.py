@@ -4,6 +4,7 @@ Kernels only: no torch.nn modules and no training logic. Importing this package 
 ``fastsigclr.losses`` reports a missing triton as a clear error when a kernel is asked for.
 """
 
+from .augment import two_view_augment
 from .sigmoid_loss import sigmoid_pairwise_triton
 
-__all__ = ["sigmoid_pairwise_triton"]
+__all__ = ["sigmoid_pairwise_triton", "two_view_augment"]

@@ -1,0 +1,192 @@
+"""Evaluation of a backbone: weighted kNN (k = 200, cosine, temperature-weighted votes) and the
+offline linear probe (frozen features extracted once; 100 epochs, batch 256, SGD lr 0.2 cosine)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from fastsigclr.config import FastSigCLRError, option
+from fastsigclr.data.gpu_loader import normalized
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: torch.nn.Module,
+    images: np.ndarray | torch.Tensor,
+    mean,
+    std,
+    device: torch.device,
+    *,
+    batch_size: int = 512,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = False,
+    desc: str = "features",
+) -> torch.Tensor:
+    """Backbone features (N, F) in fp32 of un-augmented uint8 (N, H, W, 3) images, in eval mode."""
+    was_training = backbone.training
+    backbone.eval()
+    data = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
+    feats = []
+    for start in tqdm(range(0, len(data), batch_size), desc=desc, disable=not progress, leave=False):
+        x = normalized(data[start : start + batch_size].to(device), mean, std, torch.float32)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            feats.append(backbone(x).float())
+    backbone.train(was_training)
+    return torch.cat(feats)
+
+
+@torch.no_grad()
+def knn_accuracy(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_feats: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+    *,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk: int = 1024,
+) -> float:
+    """Top-1 accuracy of a weighted kNN vote: each of the k most cosine-similar training samples
+    votes for its class with weight exp(similarity / temperature)."""
+    bank = F.normalize(train_feats, dim=1)
+    labels = train_labels.to(bank.device)
+    k = min(k, len(bank))
+    correct = 0
+    for start in range(0, len(test_feats), chunk):
+        q = F.normalize(test_feats[start : start + chunk].to(bank.device), dim=1)
+        sim, idx = (q @ bank.T).topk(k, dim=1)
+        votes = torch.zeros(len(q), num_classes, device=bank.device)
+        votes.scatter_add_(1, labels[idx], (sim / temperature).exp())
+        correct += (votes.argmax(1) == test_labels[start : start + chunk].to(bank.device)).sum().item()
+    return correct / max(1, len(test_feats))
+
+
+def linear_probe(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_feats: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+    *,
+    epochs: int = 100,
+    batch_size: int = 256,
+    lr: float = 0.2,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Train a linear classifier on frozen features; returns train and test top-1 accuracy."""
+    device = train_feats.device
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    head = torch.nn.Linear(train_feats.shape[1], num_classes).to(device)
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    steps_per_epoch = math.ceil(len(train_feats) / batch_size)
+    total = epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+    y = train_labels.to(device)
+    for _ in tqdm(range(epochs), desc="linear probe", unit="epoch", disable=not progress, leave=False):
+        perm = torch.randperm(len(train_feats), generator=gen).to(device)
+        for i in range(steps_per_epoch):
+            idx = perm[i * batch_size : (i + 1) * batch_size]
+            loss = F.cross_entropy(head(train_feats[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    with torch.no_grad():
+        train_acc = (head(train_feats).argmax(1) == y).float().mean().item()
+        test_acc = (head(test_feats).argmax(1) == test_labels.to(device)).float().mean().item()
+    return {"train_acc": train_acc, "test_acc": test_acc}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    protocol: str = option("knn", "evaluation protocol", choices=("knn", "linear"))
+    run: str | None = option(None, "run directory written by `fastsigclr train` (required)")
+    device: str = option("auto", "device", choices=("auto", "cpu", "cuda"))
+    knn_k: int = option(200, "neighbours in the kNN vote")
+    knn_temperature: float = option(0.1, "temperature of the kNN vote weights")
+    linear_epochs: int = option(100, "linear probe epochs")
+    linear_batch_size: int = option(256, "linear probe batch size")
+    linear_lr: float = option(0.2, "linear probe learning rate (cosine schedule)")
+    linear_weight_decay: float = option(0.0, "linear probe weight decay")
+    seed: int = option(0, "seed of the linear probe's shuffling")
+    progress: bool = option(True, "show progress bars")
+
+    def __post_init__(self) -> None:
+        if not self.run:
+            raise ValueError("--run DIR is required: the directory of a `fastsigclr train` run")
+        if self.knn_k < 1 or self.linear_epochs < 1 or self.linear_batch_size < 1:
+            raise ValueError("--knn-k, --linear-epochs and --linear-batch-size must be ≥ 1")
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    """Evaluate a run's last checkpoint; prints nothing, writes eval-<protocol>.json in the run."""
+    from fastsigclr.train import load_run_model
+
+    run_dir = Path(cfg.run or "")
+    if not (run_dir / "config.json").is_file():
+        raise FastSigCLRError(
+            f"{run_dir} is not a run directory (no config.json); pass --run DIR of a train run"
+        )
+    loaded = load_run_model(run_dir, cfg.device)
+    info, device = loaded["info"], loaded["device"]
+    kw = dict(device=device, autocast_dtype=loaded["autocast"], progress=cfg.progress)
+    train_feats = extract_features(
+        loaded["backbone"], loaded["train"][0], info.mean, info.std, **kw, desc="train"
+    )
+    test_feats = extract_features(
+        loaded["backbone"], loaded["test"][0], info.mean, info.std, **kw, desc="test"
+    )
+    train_y = torch.from_numpy(loaded["train"][1]).to(device)
+    test_y = torch.from_numpy(loaded["test"][1]).to(device)
+    result: dict[str, Any] = {
+        "protocol": cfg.protocol,
+        "run": str(run_dir),
+        "epoch": loaded["epoch"],
+        "train_images": len(train_y),
+        "test_images": len(test_y),
+    }
+    if cfg.protocol == "knn":
+        result["k"] = cfg.knn_k
+        result["temperature"] = cfg.knn_temperature
+        result["accuracy"] = knn_accuracy(
+            train_feats,
+            train_y,
+            test_feats,
+            test_y,
+            info.num_classes,
+            k=cfg.knn_k,
+            temperature=cfg.knn_temperature,
+        )
+    else:
+        probe = linear_probe(
+            train_feats,
+            train_y,
+            test_feats,
+            test_y,
+            info.num_classes,
+            epochs=cfg.linear_epochs,
+            batch_size=cfg.linear_batch_size,
+            lr=cfg.linear_lr,
+            weight_decay=cfg.linear_weight_decay,
+            seed=cfg.seed,
+            progress=cfg.progress,
+        )
+        result.update(epochs=cfg.linear_epochs, accuracy=probe["test_acc"], train_accuracy=probe["train_acc"])
+    out = run_dir / f"eval-{cfg.protocol}.json"
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(out)
+    result["path"] = str(out)
+    return result

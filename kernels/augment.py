@@ -1,0 +1,170 @@
+"""Fused two-view augmentation: uint8 dataset rows in, normalised channels_last views out.
+
+One program per sample: it gathers its source image straight from the dataset (no batch copy),
+and for each view does the bilinear resized crop with flip, colour jitter, grayscale, solarisation
+and normalisation in registers, writing the view once. The pure-PyTorch reference is
+``fastsigclr.data.augment.augment_reference``; the parameter table layout is defined there.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+# Column indices of the parameter table (fastsigclr.data.augment.P_*).
+_Y0, _X0, _H, _W, _FLIP, _BRIGHT, _CONTRAST, _SAT, _HUE, _GRAY, _SOLAR = range(11)
+TWO_PI = 6.283185307179586
+
+
+@triton.jit
+def _gray(r, g, b):
+    return 0.299 * r + 0.587 * g + 0.114 * b
+
+
+@triton.jit
+def _tap(src, yi, xi, W, valid):
+    base = src + (yi * W + xi) * 3
+    r = tl.load(base + 0, mask=valid, other=0).to(tl.float32)
+    g = tl.load(base + 1, mask=valid, other=0).to(tl.float32)
+    b = tl.load(base + 2, mask=valid, other=0).to(tl.float32)
+    return r, g, b
+
+
+@triton.jit
+def _two_view_kernel(
+    SRC,  # (N, H, W, 3) uint8 dataset, contiguous
+    IDX,  # (B,) int64 rows of SRC that make up the batch
+    PARAMS,  # (V, B, N_PARAMS) float32
+    OUT,  # (V·B, S, S, 3): channels_last memory of (V·B, 3, S, S)
+    H,
+    W,
+    B,
+    mean0,
+    mean1,
+    mean2,
+    inv_std0,
+    inv_std1,
+    inv_std2,
+    S: tl.constexpr,
+    BLOCK: tl.constexpr,  # next power of two ≥ S·S: the whole view in one program
+    N_VIEWS: tl.constexpr,
+    N_PARAMS: tl.constexpr,
+    FINISH: tl.constexpr,  # solarise + normalise here (False when a blur must come first)
+):
+    pid = tl.program_id(0)
+    row = tl.load(IDX + pid).to(tl.int64)
+    src = SRC + row * H * W * 3
+    offs = tl.arange(0, BLOCK)
+    valid = offs < S * S
+    oy = offs // S
+    ox = offs % S
+    hmax = (H - 1).to(tl.float32)
+    wmax = (W - 1).to(tl.float32)
+    for v in tl.static_range(N_VIEWS):
+        p = PARAMS + (v * B + pid) * N_PARAMS
+        flip = tl.load(p + _FLIP)
+        oxf = tl.where(flip > 0.5, S - 1 - ox, ox)
+        sy = tl.load(p + _Y0) + (oy.to(tl.float32) + 0.5) / S * tl.load(p + _H) - 0.5
+        sx = tl.load(p + _X0) + (oxf.to(tl.float32) + 0.5) / S * tl.load(p + _W) - 0.5
+        sy = tl.minimum(tl.maximum(sy, 0.0), hmax)
+        sx = tl.minimum(tl.maximum(sx, 0.0), wmax)
+        fy = tl.floor(sy)
+        fx = tl.floor(sx)
+        wy = sy - fy
+        wx = sx - fx
+        y0 = fy.to(tl.int32)
+        x0 = fx.to(tl.int32)
+        y1 = tl.minimum(y0 + 1, H - 1)
+        x1 = tl.minimum(x0 + 1, W - 1)
+        r00, g00, b00 = _tap(src, y0, x0, W, valid)
+        r01, g01, b01 = _tap(src, y0, x1, W, valid)
+        r10, g10, b10 = _tap(src, y1, x0, W, valid)
+        r11, g11, b11 = _tap(src, y1, x1, W, valid)
+        r = ((r00 * (1 - wx) + r01 * wx) * (1 - wy) + (r10 * (1 - wx) + r11 * wx) * wy) / 255.0
+        g = ((g00 * (1 - wx) + g01 * wx) * (1 - wy) + (g10 * (1 - wx) + g11 * wx) * wy) / 255.0
+        b = ((b00 * (1 - wx) + b01 * wx) * (1 - wy) + (b10 * (1 - wx) + b11 * wx) * wy) / 255.0
+
+        bright = tl.load(p + _BRIGHT)
+        r = tl.minimum(tl.maximum(r * bright, 0.0), 1.0)
+        g = tl.minimum(tl.maximum(g * bright, 0.0), 1.0)
+        b = tl.minimum(tl.maximum(b * bright, 0.0), 1.0)
+        contrast = tl.load(p + _CONTRAST)
+        mean = tl.sum(tl.where(valid, _gray(r, g, b), 0.0), axis=0) / (S * S)
+        r = tl.minimum(tl.maximum(contrast * r + (1 - contrast) * mean, 0.0), 1.0)
+        g = tl.minimum(tl.maximum(contrast * g + (1 - contrast) * mean, 0.0), 1.0)
+        b = tl.minimum(tl.maximum(contrast * b + (1 - contrast) * mean, 0.0), 1.0)
+        sat = tl.load(p + _SAT)
+        gray = _gray(r, g, b)
+        r = tl.minimum(tl.maximum(sat * r + (1 - sat) * gray, 0.0), 1.0)
+        g = tl.minimum(tl.maximum(sat * g + (1 - sat) * gray, 0.0), 1.0)
+        b = tl.minimum(tl.maximum(sat * b + (1 - sat) * gray, 0.0), 1.0)
+        angle = TWO_PI * tl.load(p + _HUE)
+        cos = tl.cos(angle)
+        sin = tl.sin(angle)
+        yy = 0.299 * r + 0.587 * g + 0.114 * b
+        ii = 0.596 * r - 0.274 * g - 0.322 * b
+        qq = 0.211 * r - 0.523 * g + 0.312 * b
+        ii, qq = ii * cos - qq * sin, ii * sin + qq * cos
+        r = tl.minimum(tl.maximum(yy + 0.956 * ii + 0.621 * qq, 0.0), 1.0)
+        g = tl.minimum(tl.maximum(yy - 0.272 * ii - 0.647 * qq, 0.0), 1.0)
+        b = tl.minimum(tl.maximum(yy - 1.106 * ii + 1.703 * qq, 0.0), 1.0)
+        to_gray = tl.load(p + _GRAY) > 0.5
+        gray = _gray(r, g, b)
+        r = tl.where(to_gray, gray, r)
+        g = tl.where(to_gray, gray, g)
+        b = tl.where(to_gray, gray, b)
+        if FINISH:
+            solar = tl.load(p + _SOLAR) > 0.5
+            r = (tl.where(solar, tl.where(r >= 0.5, 1 - r, r), r) - mean0) * inv_std0
+            g = (tl.where(solar, tl.where(g >= 0.5, 1 - g, g), g) - mean1) * inv_std1
+            b = (tl.where(solar, tl.where(b >= 0.5, 1 - b, b), b) - mean2) * inv_std2
+        out = OUT + ((v * B + pid) * (S * S) + offs.to(tl.int64)) * 3
+        tl.store(out + 0, r.to(OUT.dtype.element_ty), mask=valid)
+        tl.store(out + 1, g.to(OUT.dtype.element_ty), mask=valid)
+        tl.store(out + 2, b.to(OUT.dtype.element_ty), mask=valid)
+
+
+def two_view_augment(
+    dataset: torch.Tensor,
+    index: torch.Tensor,
+    params: torch.Tensor,
+    size: int,
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+    dtype: torch.dtype,
+    *,
+    finish: bool = True,
+) -> torch.Tensor:
+    """Augment ``dataset[index]`` into V views: returns (V·B, 3, S, S) channels_last in ``dtype``.
+
+    dataset: (N, H, W, 3) uint8 contiguous; index: (B,) integer; params: (V, B, N_PARAMS) float32.
+    finish=False skips solarisation and normalisation (for a blur applied in between).
+    """
+    if dataset.dtype != torch.uint8 or dataset.dim() != 4 or dataset.shape[-1] != 3:
+        raise ValueError(f"dataset must be uint8 (N, H, W, 3), got {dataset.dtype} {tuple(dataset.shape)}")
+    dataset = dataset.contiguous()
+    n_views, batch, n_params = params.shape
+    _, h, w, _ = dataset.shape
+    out = torch.empty((n_views * batch, size, size, 3), dtype=dtype, device=dataset.device)
+    if batch == 0:
+        return out.permute(0, 3, 1, 2)
+    block = triton.next_power_of_2(size * size)
+    _two_view_kernel[(batch,)](
+        dataset,
+        index.to(torch.int64).contiguous(),
+        params.to(torch.float32).contiguous(),
+        out,
+        h,
+        w,
+        batch,
+        *mean,
+        *(1.0 / s for s in std),
+        S=size,
+        BLOCK=block,
+        N_VIEWS=n_views,
+        N_PARAMS=n_params,
+        FINISH=finish,
+        num_warps=4 if block <= 1024 else 8,
+    )
+    return out.permute(0, 3, 1, 2)
