@@ -12,9 +12,11 @@ import torch
 import triton
 import triton.language as tl
 
-# Column indices of the parameter table (fastsigclr.data.augment.P_*).
-_Y0, _X0, _H, _W, _FLIP, _BRIGHT, _CONTRAST, _SAT, _HUE, _GRAY, _SOLAR = range(11)
-TWO_PI = 6.283185307179586
+# Column indices of the parameter table (fastsigclr.data.augment.P_*). Compiled kernels may only
+# read globals declared constexpr.
+_Y0, _X0, _H, _W, _FLIP, _BRIGHT, _CONTRAST, _SAT, _HUE, _GRAY, _SOLAR = (tl.constexpr(i) for i in range(11))
+TWO_PI = tl.constexpr(6.283185307179586)
+INV_SQRT3 = tl.constexpr(0.5773502691896258)
 
 
 @triton.jit
@@ -99,16 +101,18 @@ def _two_view_kernel(
         r = tl.minimum(tl.maximum(sat * r + (1 - sat) * gray, 0.0), 1.0)
         g = tl.minimum(tl.maximum(sat * g + (1 - sat) * gray, 0.0), 1.0)
         b = tl.minimum(tl.maximum(sat * b + (1 - sat) * gray, 0.0), 1.0)
+        # Hue: rotation by 2π·hue about the gray axis (1, 1, 1)/√3, as hue_coefficients().
         angle = TWO_PI * tl.load(p + _HUE)
         cos = tl.cos(angle)
         sin = tl.sin(angle)
-        yy = 0.299 * r + 0.587 * g + 0.114 * b
-        ii = 0.596 * r - 0.274 * g - 0.322 * b
-        qq = 0.211 * r - 0.523 * g + 0.312 * b
-        ii, qq = ii * cos - qq * sin, ii * sin + qq * cos
-        r = tl.minimum(tl.maximum(yy + 0.956 * ii + 0.621 * qq, 0.0), 1.0)
-        g = tl.minimum(tl.maximum(yy - 0.272 * ii - 0.647 * qq, 0.0), 1.0)
-        b = tl.minimum(tl.maximum(yy - 1.106 * ii + 1.703 * qq, 0.0), 1.0)
+        third = (1 - cos) / 3
+        ka = cos + third
+        kb = third - sin * INV_SQRT3
+        kc = third + sin * INV_SQRT3
+        r, g, b = ka * r + kb * g + kc * b, kc * r + ka * g + kb * b, kb * r + kc * g + ka * b
+        r = tl.minimum(tl.maximum(r, 0.0), 1.0)
+        g = tl.minimum(tl.maximum(g, 0.0), 1.0)
+        b = tl.minimum(tl.maximum(b, 0.0), 1.0)
         to_gray = tl.load(p + _GRAY) > 0.5
         gray = _gray(r, g, b)
         r = tl.where(to_gray, gray, r)

@@ -27,6 +27,9 @@ def _configs() -> list[triton.Config]:
         # multi-config autotuning needs a GPU to time candidates, so one config here.
         return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=1)]
     # Candidate set for Hopper/Ampere; not yet tuned on hardware (issue 8 records the winners).
+    # Compiled for sm_90 (tools/compile_kernels.py, triton 3.6): 128×64, 3 stages takes 48 KiB of
+    # shared memory for bf16 at D = 128 and 160 KiB at D = 512, but 224 KiB for fp32 at D = 128 and
+    # 672 KiB at D = 512, which no GPU can launch: the small configs at the end are for fp32.
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
         for bm, bn, w, s in [
@@ -35,8 +38,15 @@ def _configs() -> list[triton.Config]:
             (64, 64, 4, 3),
             (64, 128, 4, 3),
             (128, 32, 4, 4),
+            (64, 32, 4, 2),
+            (32, 32, 4, 2),
         ]
     ]
+
+
+# Shared memory an H100 block may use. Configs over it fail to compile and the autotuner skips
+# them; the last two candidates exist so fp32 operands always have one that fits.
+H100_SHARED_MEMORY = 227 * 1024
 
 
 @triton.jit

@@ -5,6 +5,9 @@ fastsigclr.kernels is imported, so it is decided here, at the top of the first c
 """
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,3 +29,26 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def device() -> torch.device:
     return DEVICE
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path | None:
+    """The shared/ folder beside the checkout (CI and developers), or $FASTSIGCLR_SHARED."""
+    for candidate in (os.environ.get("FASTSIGCLR_SHARED"), ROOT.parent / "shared"):
+        if candidate and (Path(candidate) / "tools" / "cifar10-from-jpeg").is_file():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def cifar10_dir(tmp_path_factory) -> Path:
+    """All of CIFAR-10 (JPEG q75 copy) written in the official python layout; the data dir."""
+    shared = shared_dir()
+    if shared is None:
+        pytest.skip("shared/ with the CIFAR-10 JPEG pack is not beside this checkout")
+    out = tmp_path_factory.mktemp("cifar10")
+    subprocess.run([sys.executable, str(shared / "tools" / "cifar10-from-jpeg"), str(out)], check=True,
+                   capture_output=True)  # fmt: skip
+    return out

@@ -1,0 +1,222 @@
+"""The two-view augmentation: fused kernel vs the PyTorch reference, the reference vs first
+principles, the sampled parameters vs the recipe, and the GPU-resident loader's contract."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fastsigclr.data.augment import (
+    N_PARAMS,
+    P_BLUR,
+    P_BRIGHT,
+    P_CONTRAST,
+    P_FLIP,
+    P_GRAY,
+    P_H,
+    P_HUE,
+    P_SAT,
+    P_SOLAR,
+    P_W,
+    P_X0,
+    P_Y0,
+    AugmentSpec,
+    augment_reference,
+    gaussian_blur,
+    sample_params,
+)
+from fastsigclr.data.gpu_loader import GpuLoader, normalized
+from fastsigclr.kernels import two_view_augment
+
+MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+
+
+def images(n, h, w, seed=0):
+    return torch.randint(
+        0, 256, (n, h, w, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)
+    )
+
+
+def identity_params(n_views, b, h, w):
+    p = torch.zeros(n_views, b, N_PARAMS)
+    p[..., P_H], p[..., P_W] = h, w
+    p[..., P_BRIGHT] = p[..., P_CONTRAST] = p[..., P_SAT] = 1.0
+    return p
+
+
+@pytest.mark.parametrize("h,w,size,batch", [(32, 32, 32, 17), (20, 28, 24, 5), (64, 64, 64, 3)])
+def test_kernel_matches_reference(h, w, size, batch):
+    spec = AugmentSpec.simclr(size, MEAN, STD, blur=False)
+    data = images(40, h, w)
+    gen = torch.Generator().manual_seed(h * w + batch)
+    index = torch.randperm(40, generator=gen)[:batch]
+    params = sample_params(spec, batch, h, w, gen)
+    params[:, :, P_SOLAR] = (torch.rand(2, batch, generator=gen) < 0.5).float()  # exercise solarisation
+    ref = augment_reference(data[index], params, spec)
+    out = two_view_augment(data, index, params, size, MEAN, STD, torch.float32)
+    assert out.shape == ref.shape == (2 * batch, 3, size, size)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    # Same arithmetic in the same order; measured ≤ 2e-6 (fp32 rounding of sums of four taps).
+    assert (out - ref).abs().max().item() < 1e-5
+    half = two_view_augment(data, index, params, size, MEAN, STD, torch.bfloat16)
+    assert half.dtype == torch.bfloat16 and half.is_contiguous(memory_format=torch.channels_last)
+    # bf16 keeps 8 significant bits: |x| ≤ 4.2 here, and the interpreter truncates (2⁻⁷ relative).
+    assert (half.float() - ref).abs().max().item() < 4.2 * 2**-7
+
+
+def test_identity_parameters_reproduce_the_image():
+    data = images(4, 32, 32)
+    spec = AugmentSpec.simclr(32, MEAN, STD)
+    out = augment_reference(data, identity_params(2, 4, 32, 32), spec)
+    expected = normalized(data, MEAN, STD, torch.float32)
+    assert torch.allclose(out[:4], expected, atol=1e-5) and torch.allclose(out[4:], expected, atol=1e-5)
+    kernel = two_view_augment(
+        data, torch.arange(4), identity_params(2, 4, 32, 32), 32, MEAN, STD, torch.float32
+    )
+    assert torch.allclose(kernel[:4], expected, atol=1e-5)
+
+
+def test_single_operations_do_what_they_say():
+    data = images(2, 16, 16, seed=3)
+    spec = AugmentSpec(size=16, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    base = augment_reference(data, identity_params(2, 2, 16, 16), spec)[:2]
+    p = identity_params(2, 2, 16, 16)
+    p[:, :, P_FLIP] = 1
+    assert torch.allclose(augment_reference(data, p, spec)[:2], base.flip(-1), atol=1e-6)
+    p = identity_params(2, 2, 16, 16)
+    p[:, :, P_GRAY] = 1
+    gray = augment_reference(data, p, spec)[:2]
+    assert torch.allclose(gray[:, 0], gray[:, 1]) and torch.allclose(gray[:, 1], gray[:, 2])
+    p = identity_params(2, 2, 16, 16)
+    p[:, :, P_SOLAR] = 1
+    solar = augment_reference(data, p, spec)[:2]
+    assert torch.allclose(solar, torch.where(base >= 0.5, 1 - base, base), atol=1e-6)
+    for turns in (0.0, 1.0):  # no rotation, and a full turn of the chroma plane
+        p = identity_params(2, 2, 16, 16)
+        p[:, :, P_HUE] = turns
+        assert torch.allclose(augment_reference(data, p, spec)[:2], base, atol=1e-5)
+    p = identity_params(2, 2, 16, 16)
+    p[:, :, P_HUE] = 1 / 3  # a third of a turn cycles the channels: r → g → b → r
+    assert torch.allclose(augment_reference(data, p, spec)[:2], base[:, [2, 0, 1]], atol=1e-5)
+    p = identity_params(2, 2, 16, 16)
+    p[:, :, P_BRIGHT] = 0.5
+    assert torch.allclose(augment_reference(data, p, spec)[:2], base * 0.5, atol=1e-6)
+    p = identity_params(2, 2, 16, 16)
+    p[:, :, P_SAT] = 0.0
+    desat = augment_reference(data, p, spec)[:2]
+    assert torch.allclose(desat, gray, atol=1e-6)
+
+
+def test_blur():
+    x = torch.rand(3, 20, 20, 3)
+    assert torch.equal(gaussian_blur(x, torch.zeros(3)), x)
+    flat = torch.full((2, 20, 20, 3), 0.3)
+    assert torch.allclose(gaussian_blur(flat, torch.tensor([1.0, 2.0])), flat, atol=1e-6)
+    blurred = gaussian_blur(x, torch.full((3,), 2.0))
+    assert blurred.std() < x.std() * 0.7
+
+
+def five_sigma(p, n):
+    return 5 * math.sqrt(p * (1 - p) / n)
+
+
+def test_parameters_follow_the_recipe():
+    n, h, w = 20_000, 1000, 1000  # large images: integer rounding of crop sides is negligible
+    spec = AugmentSpec.simclr(64, MEAN, STD)  # 64²: blur on (p 1.0 / 0.1), solarise p 0 / 0.2
+    p = sample_params(spec, n, h, w, torch.Generator().manual_seed(0))
+    assert p.shape == (2, n, N_PARAMS)
+    for v, view in enumerate(spec.views):
+        q = p[v]
+        assert (q[:, P_Y0] >= 0).all() and (q[:, P_Y0] + q[:, P_H] <= h).all()
+        assert (q[:, P_X0] >= 0).all() and (q[:, P_X0] + q[:, P_W] <= w).all()
+        area = q[:, P_H] * q[:, P_W] / (h * w)
+        assert area.min() >= 0.079 and area.max() <= 1.0
+        # Below 0.75 of the area every aspect ratio fits, so accepted areas there are uniform.
+        small = np.sort(area[area <= 0.75].numpy())
+        cdf = (small - 0.08) / (0.75 - 0.08)
+        ks = np.max(np.abs(cdf - np.arange(1, len(small) + 1) / len(small)))
+        assert ks < 1.95 / math.sqrt(len(small)), ks  # KS test at the 0.1% level
+        log_ratio = torch.log(q[:, P_W] / q[:, P_H])
+        assert log_ratio.abs().max() <= math.log(4 / 3) + 0.01
+        rates = {
+            P_FLIP: (q[:, P_FLIP].mean(), view.flip_p),
+            P_GRAY: (q[:, P_GRAY].mean(), view.gray_p),
+            P_SOLAR: (q[:, P_SOLAR].mean(), view.solarize_p),
+            P_BLUR: ((q[:, P_BLUR] > 0).float().mean(), view.blur_p),
+        }
+        jittered = (q[:, P_BRIGHT] != 1) | (q[:, P_HUE] != 0)
+        rates["jitter"] = (jittered.float().mean(), view.jitter_p)
+        for name, (rate, target) in rates.items():
+            assert abs(rate.item() - target) <= five_sigma(target, n) + 1e-9, (v, name, rate, target)
+        j = q[jittered]
+        for col, spread in ((P_BRIGHT, 0.4), (P_CONTRAST, 0.4), (P_SAT, 0.2)):
+            assert j[:, col].min() >= 1 - spread and j[:, col].max() <= 1 + spread
+            assert abs(j[:, col].mean().item() - 1) < 5 * spread / math.sqrt(3 * len(j))
+        assert j[:, P_HUE].abs().max() <= 0.1
+        sigma = q[q[:, P_BLUR] > 0, P_BLUR]
+        assert sigma.numel() == 0 or (sigma.min() >= 0.1 and sigma.max() <= 2.0)
+    assert (
+        AugmentSpec.simclr(32, MEAN, STD).views[0].blur_p,
+        AugmentSpec.simclr(32, MEAN, STD).views[1].blur_p,
+    ) == (
+        0.0,
+        0.0,
+    )
+
+
+def loader(n=50, batch=8, seed=0, **kw):
+    data = images(n, 32, 32).numpy()
+    labels = np.arange(n)  # labels double as sample ids
+    spec = AugmentSpec.simclr(32, MEAN, STD)
+    return GpuLoader(
+        data, labels, spec, batch, torch.device("cpu"), kw.pop("dtype", torch.float32), seed=seed, **kw
+    )
+
+
+def test_loader_batches_layout_dtype_and_coverage():
+    ld = loader(n=48, batch=8, dtype=torch.bfloat16)
+    seen = []
+    for views, ids in ld.epoch(0):
+        assert views.shape == (16, 3, 32, 32) and views.dtype == torch.bfloat16
+        assert views.is_contiguous(memory_format=torch.channels_last)
+        assert not torch.equal(views[:8], views[8:])  # two different views of the same images
+        seen += ids.tolist()
+    assert sorted(seen) == list(range(48)), "one epoch covers every sample exactly once"
+    ragged = loader(n=50, batch=8, drop_last=False)
+    assert len(ragged) == 7 and sum(len(ids) for _, ids in ragged.epoch(0)) == 50
+
+
+def test_loader_is_reproducible_from_seed_and_epoch():
+    a, b, c = loader(seed=1), loader(seed=1), loader(seed=2)
+    for (va, ia), (vb, ib) in zip(a.epoch(3), b.epoch(3), strict=True):
+        assert torch.equal(ia, ib) and torch.equal(va, vb)
+    first = [ids.tolist() for _, ids in a.epoch(0)]
+    assert first != [ids.tolist() for _, ids in a.epoch(1)]
+    assert first != [ids.tolist() for _, ids in c.epoch(0)]
+
+
+def test_loader_kernel_path_equals_reference_path():
+    ref, fused = loader(seed=4, use_kernel=False), loader(seed=4, use_kernel=True)
+    for (vr, ir), (vk, ik) in zip(ref.epoch(0), fused.epoch(0), strict=True):
+        assert torch.equal(ir, ik)
+        assert (vr - vk).abs().max() < 1e-5
+
+
+def test_loader_kernel_with_blur_matches_reference():
+    data = images(20, 64, 64).numpy()
+    spec = AugmentSpec.simclr(64, MEAN, STD)
+    assert spec.uses_blur
+    args = (data, np.arange(20), spec, 4, torch.device("cpu"), torch.float32)
+    ref, fused = GpuLoader(*args, seed=5, use_kernel=False), GpuLoader(*args, seed=5, use_kernel=True)
+    vr, _ = next(iter(ref.epoch(0)))
+    vk, _ = next(iter(fused.epoch(0)))
+    assert (vr - vk).abs().max() < 1e-4
+
+
+def test_loader_rejects_bad_input():
+    with pytest.raises(ValueError, match="uint8"):
+        GpuLoader(np.zeros((4, 32, 32, 3), np.float32), np.arange(4), AugmentSpec.simclr(32, MEAN, STD), 2,
+                  torch.device("cpu"), torch.float32)  # fmt: skip
+    with pytest.raises(ValueError, match="larger than the 10 images"):
+        loader(n=10, batch=16)
