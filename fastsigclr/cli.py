@@ -69,6 +69,32 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_download(args: argparse.Namespace) -> int:
+    from fastsigclr.data.datasets import DATASETS, DataConfig, load_split, prepare
+
+    cfg = from_args(DataConfig, args)
+    info = DATASETS[cfg.dataset]
+    folder = prepare(info, cfg.resolved_dir(), url=cfg.url, progress=cfg.progress)
+    counts = [len(load_split(info, folder, split)[1]) for split in ("train", "test")]
+    print(f"{info.name}: {counts[0]} train and {counts[1]} test images in {folder}")
+    return 0
+
+
+def _cmd_data_verify(args: argparse.Namespace) -> int:
+    from fastsigclr.data.datasets import DATASETS, DataConfig, load_split, verify
+
+    cfg = from_args(DataConfig, args)
+    info = DATASETS[cfg.dataset]
+    sums = verify(info, cfg.resolved_dir())
+    for name, md5 in sums.items():
+        print(f"{md5}  {name}")
+    counts = [
+        len(load_split(info, cfg.resolved_dir() / info.folder, split)[1]) for split in ("train", "test")
+    ]
+    print(f"layout and counts OK: {counts[0]} train, {counts[1]} test images")
+    return 0
+
+
 def _lazy(module: str, name: str) -> Callable[[], type]:
     def load() -> type:
         import importlib
@@ -89,6 +115,20 @@ COMMANDS: list[Command] = [
         _lazy("fastsigclr.eval", "EvalConfig"),
         ("protocol",),
         _cmd_eval,
+    ),
+    (
+        ("data", "download"),
+        "download, verify and extract a dataset",
+        _lazy("fastsigclr.data.datasets", "DataConfig"),
+        (),
+        _cmd_data_download,
+    ),
+    (
+        ("data", "verify"),
+        "md5 of each dataset file, and a layout and count check",
+        _lazy("fastsigclr.data.datasets", "DataConfig"),
+        (),
+        _cmd_data_verify,
     ),
     (("info",), "report versions, devices and which backends are usable", None, (), _cmd_info),
     (

@@ -31,8 +31,9 @@ class LARS(torch.optim.Optimizer):
     ):
         if lr < 0 or not 0 <= momentum < 1 or weight_decay < 0 or eta <= 0:
             raise ValueError(f"invalid LARS settings lr={lr} momentum={momentum} wd={weight_decay} eta={eta}")
-        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "eta": eta,
-                                  "adapt": True})  # fmt: skip
+        super().__init__(
+            params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "eta": eta, "adapt": True}
+        )
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -49,6 +49,9 @@ def cifar10_dir(tmp_path_factory) -> Path:
     if shared is None:
         pytest.skip("shared/ with the CIFAR-10 JPEG pack is not beside this checkout")
     out = tmp_path_factory.mktemp("cifar10")
-    subprocess.run([sys.executable, str(shared / "tools" / "cifar10-from-jpeg"), str(out)], check=True,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        [sys.executable, str(shared / "tools" / "cifar10-from-jpeg"), str(out)],
+        check=True,
+        capture_output=True,
+    )
     return out

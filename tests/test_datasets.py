@@ -163,3 +163,13 @@ def test_real_cifar10_reads_in_the_official_layout(cifar10_dir):
     assert np.bincount(y).tolist() == [5000] * 10 and np.bincount(yt).tolist() == [1000] * 10
     # Mean pixel close to the published CIFAR-10 channel means used for normalisation.
     assert np.allclose(x.reshape(-1, 3).mean(0) / 255, info.mean, atol=0.01)
+
+
+def test_data_commands_on_real_cifar10(cifar10_dir, capsys):
+    from fastsigclr.cli import main
+
+    assert main(["data", "verify", "--dataset", "cifar10", "--data-dir", str(cifar10_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "data_batch_1" in out and "layout and counts OK: 50000 train, 10000 test" in out
+    assert main(["data", "download", "--dataset", "cifar10", "--data-dir", str(cifar10_dir), "--no-progress"]) == 0
+    assert "50000 train and 10000 test images" in capsys.readouterr().out
