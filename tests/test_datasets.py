@@ -171,5 +171,8 @@ def test_data_commands_on_real_cifar10(cifar10_dir, capsys):
     assert main(["data", "verify", "--dataset", "cifar10", "--data-dir", str(cifar10_dir)]) == 0
     out = capsys.readouterr().out
     assert "data_batch_1" in out and "layout and counts OK: 50000 train, 10000 test" in out
-    assert main(["data", "download", "--dataset", "cifar10", "--data-dir", str(cifar10_dir), "--no-progress"]) == 0
+    assert (
+        main(["data", "download", "--dataset", "cifar10", "--data-dir", str(cifar10_dir), "--no-progress"])
+        == 0
+    )
     assert "50000 train and 10000 test images" in capsys.readouterr().out
