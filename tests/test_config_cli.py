@@ -98,3 +98,20 @@ def test_console_script_and_module_entry_points(tmp_path: Path):
         out = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
         assert "usage: fastsigclr" in out.stdout
+
+
+def test_every_package_is_installed_and_tracked():
+    """pyproject.toml lists the packages explicitly (kernels/ is mapped to fastsigclr.kernels): a new
+    subpackage missing from the list, or ignored by git, would be absent from a fresh install."""
+    tomllib = pytest.importorskip("tomllib")
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "fastsigclr").rglob("__init__.py")}
+    assert found | {"fastsigclr.kernels"} == listed
+    tracked = subprocess.run(
+        ["git", "ls-files", "fastsigclr", "kernels"], cwd=root, capture_output=True, text=True
+    )
+    if tracked.returncode == 0:  # inside a git checkout
+        files = set(tracked.stdout.split())
+        for package in found:
+            assert package.replace(".", "/") + "/__init__.py" in files, f"{package} is not tracked by git"
