@@ -38,6 +38,20 @@ def _cmd_bench_loss(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_train(args: argparse.Namespace) -> int:
+    from fastsigclr.bench.train import BenchTrainConfig, run
+
+    cfg = from_args(BenchTrainConfig, args)
+    payload = run(cfg, command=["fastsigclr", *args.argv])
+    res = payload["results"]
+    print(f"(a) full step   {res['full_step']['img_per_s']:10.1f} img/s")
+    ratio = payload["full_over_model"]
+    print(f"(b) model step  {res['model_step']['img_per_s']:10.1f} img/s   a/b = {ratio:.3f}")
+    print(f"(c) augmentation {res['augment']['views_per_s']:9.1f} views/s ({payload['augment_path']})")
+    print(f"wrote {cfg.out}/train-{payload['device']['type']}.json and .png")
+    return 0
+
+
 def _cmd_bench_plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -137,6 +151,13 @@ COMMANDS: list[Command] = [
         _lazy("fastsigclr.bench.loss", "BenchLossConfig"),
         (),
         _cmd_bench_loss,
+    ),
+    (
+        ("bench", "train"),
+        "time the training step, the model step alone and the augmentation alone",
+        _lazy("fastsigclr.bench.train", "BenchTrainConfig"),
+        (),
+        _cmd_bench_train,
     ),
     (("bench", "plot"), "redraw the plot of a benchmark results JSON", None, (), _cmd_bench_plot),
 ]

@@ -148,6 +148,37 @@ def build_model(cfg: TrainConfig, info, device: torch.device):
     return model, criterion, probe
 
 
+@dataclass
+class StepParts:
+    """What one optimisation step touches (shared by the trainer and `fastsigclr bench train`)."""
+
+    forward: torch.nn.Module
+    criterion: torch.nn.Module
+    probe: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    probe_optimizer: torch.optim.Optimizer
+    autocast_dtype: torch.dtype | None
+
+
+def train_step(parts: StepParts, views: torch.Tensor, labels: torch.Tensor):
+    """One step on (V·B, 3, S, S) views: SSL loss on the projections, and the online probe on
+    detached features with its own optimiser. Returns (loss, probe loss, probe logits)."""
+    n_views = len(views) // len(labels)
+    with torch.autocast(
+        views.device.type, dtype=parts.autocast_dtype, enabled=parts.autocast_dtype is not None
+    ):
+        h, z = parts.forward(views)
+        loss = parts.criterion(z)
+        logits = parts.probe(h.detach().float())
+        probe_loss = F.cross_entropy(logits, labels.repeat(n_views))
+    parts.optimizer.zero_grad(set_to_none=True)
+    parts.probe_optimizer.zero_grad(set_to_none=True)
+    (loss + probe_loss).backward()  # the probe sees detached features: separate gradients
+    parts.optimizer.step()
+    parts.probe_optimizer.step()
+    return loss, probe_loss, logits
+
+
 def _prepare_run_dir(cfg: TrainConfig, device: torch.device) -> tuple[Path, dict | None]:
     run_dir = Path(cfg.out or "")
     last = run_dir / "checkpoints" / "last.pt"
@@ -190,7 +221,9 @@ def train(cfg: TrainConfig, command: list[str] | None = None) -> dict[str, Any]:
     steps_per_epoch = len(loader)
     total_steps = epochs * steps_per_epoch
     warmup_steps = int(min(cfg.warmup_epochs, epochs) * steps_per_epoch)
-    forward = torch.compile(model) if cfg.compile else model
+    parts = StepParts(
+        torch.compile(model) if cfg.compile else model, criterion, probe, optimizer, probe_opt, autocast_dtype
+    )
 
     start_epoch, step = 0, 0
     if state is not None:
@@ -236,16 +269,7 @@ def train(cfg: TrainConfig, command: list[str] | None = None) -> dict[str, Any]:
             lr = cfg.lr * warmup_cosine(step, total_steps, warmup_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                h, z = forward(views)
-                loss = criterion(z)
-                logits = probe(h.detach().float())
-                probe_loss = F.cross_entropy(logits, labels.repeat(cfg.n_views))
-            optimizer.zero_grad(set_to_none=True)
-            probe_opt.zero_grad(set_to_none=True)
-            (loss + probe_loss).backward()  # the probe sees detached features: separate gradients
-            optimizer.step()
-            probe_opt.step()
+            loss, probe_loss, logits = train_step(parts, views, labels)
             step += 1
             loss_sum += loss.detach()
             probe_correct += (logits.argmax(1) == labels.repeat(cfg.n_views)).sum()

@@ -163,10 +163,10 @@ def _sigmoid_pairwise_kernel(
         )
     # Per-row rather than per-block sums: the buffer's shape must not depend on the autotuned
     # BLOCK_M, or slots written by a candidate config during tuning would survive as stale sums.
-    row_store = row_ok & (pid_d == 0)
-    tl.store(ROWSUM + rows, loss_acc * inv_m, mask=row_store)
-    tl.store(ROWSUM + M + rows, g_acc, mask=row_store)
-    tl.store(ROWSUM + 2 * M + rows, gs_acc, mask=row_store)
+    if pid_d == 0:
+        tl.store(ROWSUM + rows, loss_acc * inv_m, mask=row_ok)
+        tl.store(ROWSUM + M + rows, g_acc, mask=row_ok)
+        tl.store(ROWSUM + 2 * M + rows, gs_acc, mask=row_ok)
 
 
 _autotuned_kernel = triton.autotune(configs=_configs(), key=["M", "D"])(_sigmoid_pairwise_kernel)

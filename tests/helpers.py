@@ -2,6 +2,9 @@
 
 import torch
 
+# Where Triton kernels run in the tests: CUDA when present (compiled), else the CPU interpreter.
+KERNEL_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
 
 def max_rel_error(actual: torch.Tensor, expected: torch.Tensor, scale: float | None = None) -> float:
     """max |actual − expected| over max |expected|, or over ``scale`` when one is given (for

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import KERNEL_DEVICE
 
 from fastsigclr.data.augment import (
     N_PARAMS,
@@ -30,6 +31,7 @@ from fastsigclr.data.gpu_loader import GpuLoader, normalized
 from fastsigclr.kernels import two_view_augment
 
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+CPU = torch.device("cpu")
 
 
 def images(n, h, w, seed=0):
@@ -54,15 +56,16 @@ def test_kernel_matches_reference(h, w, size, batch):
     params = sample_params(spec, batch, h, w, gen)
     params[:, :, P_SOLAR] = (torch.rand(2, batch, generator=gen) < 0.5).float()  # exercise solarisation
     ref = augment_reference(data[index], params, spec)
-    out = two_view_augment(data, index, params, size, MEAN, STD, torch.float32)
+    dev = KERNEL_DEVICE
+    out = two_view_augment(data.to(dev), index.to(dev), params.to(dev), size, MEAN, STD, torch.float32)
     assert out.shape == ref.shape == (2 * batch, 3, size, size)
     assert out.is_contiguous(memory_format=torch.channels_last)
     # Same arithmetic in the same order; measured ≤ 2e-6 (fp32 rounding of sums of four taps).
-    assert (out - ref).abs().max().item() < 1e-5
-    half = two_view_augment(data, index, params, size, MEAN, STD, torch.bfloat16)
+    assert (out.cpu() - ref).abs().max().item() < 1e-5
+    half = two_view_augment(data.to(dev), index.to(dev), params.to(dev), size, MEAN, STD, torch.bfloat16)
     assert half.dtype == torch.bfloat16 and half.is_contiguous(memory_format=torch.channels_last)
     # bf16 keeps 8 significant bits: |x| ≤ 4.2 here, and the interpreter truncates (2⁻⁷ relative).
-    assert (half.float() - ref).abs().max().item() < 4.2 * 2**-7
+    assert (half.cpu().float() - ref).abs().max().item() < 4.2 * 2**-7
 
 
 def test_identity_parameters_reproduce_the_image():
@@ -159,13 +162,10 @@ def test_parameters_follow_the_recipe():
     assert [view.blur_p for view in AugmentSpec.simclr(32, MEAN, STD).views] == [0.0, 0.0]  # off at 32²
 
 
-def loader(n=50, batch=8, seed=0, **kw):
+def loader(n=50, batch=8, seed=0, device=CPU, dtype=torch.float32, **kw):
     data = images(n, 32, 32).numpy()
     labels = np.arange(n)  # labels double as sample ids
-    spec = AugmentSpec.simclr(32, MEAN, STD)
-    return GpuLoader(
-        data, labels, spec, batch, torch.device("cpu"), kw.pop("dtype", torch.float32), seed=seed, **kw
-    )
+    return GpuLoader(data, labels, AugmentSpec.simclr(32, MEAN, STD), batch, device, dtype, seed=seed, **kw)
 
 
 def test_loader_batches_layout_dtype_and_coverage():
@@ -191,7 +191,9 @@ def test_loader_is_reproducible_from_seed_and_epoch():
 
 
 def test_loader_kernel_path_equals_reference_path():
-    ref, fused = loader(seed=4, use_kernel=False), loader(seed=4, use_kernel=True)
+    # Same device for both: parameters come from that device's generator.
+    ref = loader(seed=4, device=KERNEL_DEVICE, use_kernel=False)
+    fused = loader(seed=4, device=KERNEL_DEVICE, use_kernel=True)
     for (vr, ir), (vk, ik) in zip(ref.epoch(0), fused.epoch(0), strict=True):
         assert torch.equal(ir, ik)
         assert (vr - vk).abs().max() < 1e-5
@@ -201,7 +203,7 @@ def test_loader_kernel_with_blur_matches_reference():
     data = images(20, 64, 64).numpy()
     spec = AugmentSpec.simclr(64, MEAN, STD)
     assert spec.uses_blur
-    args = (data, np.arange(20), spec, 4, torch.device("cpu"), torch.float32)
+    args = (data, np.arange(20), spec, 4, KERNEL_DEVICE, torch.float32)
     ref, fused = GpuLoader(*args, seed=5, use_kernel=False), GpuLoader(*args, seed=5, use_kernel=True)
     vr, _ = next(iter(ref.epoch(0)))
     vk, _ = next(iter(fused.epoch(0)))

@@ -115,3 +115,37 @@ def test_every_package_is_installed_and_tracked():
         files = set(tracked.stdout.split())
         for package in found:
             assert package.replace(".", "/") + "/__init__.py" in files, f"{package} is not tracked by git"
+
+
+def test_bench_train_writes_json_and_plot(cifar10_dir, tmp_path: Path, capsys):
+    args = [
+        "bench",
+        "train",
+        "--data-dir",
+        str(cifar10_dir),
+        "--device",
+        "cpu",
+        "--width",
+        "8",
+        "--batch-size",
+        "16",
+        "--limit-train",
+        "64",
+        "--warmup",
+        "1",
+        "--reps",
+        "2",
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(args) == 0
+    payload = json.loads((tmp_path / "train-cpu.json").read_text())
+    assert (tmp_path / "train-cpu.png").stat().st_size > 10_000
+    res = payload["results"]
+    assert set(res) == {"full_step", "model_step", "augment"}
+    assert all(r["median_ms"] > 0 and r["img_per_s"] > 0 for r in res.values())
+    assert res["augment"]["views_per_s"] == pytest.approx(2 * res["augment"]["img_per_s"])
+    assert payload["full_over_model"] == pytest.approx(
+        res["full_step"]["img_per_s"] / res["model_step"]["img_per_s"]
+    )
+    assert payload["augment_path"] == "pytorch reference" and "a/b =" in capsys.readouterr().out

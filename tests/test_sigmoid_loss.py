@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_close_rel, max_rel_error
+from helpers import KERNEL_DEVICE, assert_close_rel, max_rel_error
 
 from fastsigclr.kernels import sigmoid_pairwise_triton
 from fastsigclr.losses import SigmoidPairwiseLoss, sigmoid_pairwise_chunked, sigmoid_pairwise_loss
@@ -51,9 +51,10 @@ def error_scales(z: torch.Tensor, t: float, b: float, n_views: int) -> tuple[flo
 def run(fn, z, t0, b0, dtype, **kw):
     """Loss and gradients of z, t and b for one implementation; t and b are learnable fp32/fp64."""
     scalar_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    t = torch.tensor(t0, dtype=scalar_dtype, requires_grad=True)
-    b = torch.tensor(b0, dtype=scalar_dtype, requires_grad=True)
-    x = z.detach().to(dtype).clone().requires_grad_()
+    dev = KERNEL_DEVICE if kw.get("impl") == "triton" else torch.device("cpu")
+    t = torch.tensor(t0, dtype=scalar_dtype, device=dev, requires_grad=True)
+    b = torch.tensor(b0, dtype=scalar_dtype, device=dev, requires_grad=True)
+    x = z.detach().to(dev, dtype).clone().requires_grad_()
     loss = fn(x, t, b, **kw)
     loss.backward()
     return loss.detach(), x.grad, t.grad, b.grad
@@ -108,7 +109,10 @@ def test_kernel_tiles_and_feature_splits(m, d, block_m, block_n, block_k):
     zh = F.normalize(torch.randn(m, d, generator=gen), dim=1)
     t, b = torch.tensor(4.0), torch.tensor(-3.0)
     n_views = 3 if m % 3 == 0 else 2
-    got = sigmoid_pairwise_triton(zh, t, b, n_views, block_m=block_m, block_n=block_n, block_k=block_k)
+    dev = KERNEL_DEVICE
+    got = sigmoid_pairwise_triton(
+        zh.to(dev), t.to(dev), b.to(dev), n_views, block_m=block_m, block_n=block_n, block_k=block_k
+    )
     want = sigmoid_pairwise_chunked(zh.double(), t.double(), b.double(), n_views)
     for name, a, e in zip(("loss", "dz", "dt", "db"), got, want, strict=True):
         assert_close_rel(a, e, 5e-6, name)  # measured ≤ 3e-7
@@ -117,13 +121,14 @@ def test_kernel_tiles_and_feature_splits(m, d, block_m, block_n, block_k):
 def test_kernel_without_gradient_or_loss():
     zh = F.normalize(torch.randn(66, 20), dim=1)
     t, b = torch.tensor(10.0), torch.tensor(-10.0)
-    loss, dz, dt, db = sigmoid_pairwise_triton(zh, t, b, 2, compute_grad=False)
+    dev = KERNEL_DEVICE
+    loss, dz, dt, db = sigmoid_pairwise_triton(zh.to(dev), t.to(dev), b.to(dev), 2, compute_grad=False)
     want = sigmoid_pairwise_chunked(zh, t, b, 2)
     assert dz is None
     assert_close_rel(loss, want[0], 1e-5, "loss")
     assert_close_rel(dt, want[2], 1e-5, "dt")
     assert_close_rel(db, want[3], 1e-5, "db")
-    no_loss = sigmoid_pairwise_triton(zh, t, b, 2, compute_loss=False)
+    no_loss = sigmoid_pairwise_triton(zh.to(dev), t.to(dev), b.to(dev), 2, compute_loss=False)
     assert no_loss[0] is None
     assert_close_rel(no_loss[1], want[1], 1e-5, "dz")
 
@@ -145,7 +150,9 @@ def test_strided_rows_without_normalisation():
     assert zh.stride(0) == 49
     want = reference(base.double(), 2.0, 0.5, 2, normalize=False)
     for impl in ("torch", "triton"):
-        got = sigmoid_pairwise_loss(zh, 2.0, 0.5, normalize=False, impl=impl)
+        rows = zh.to(KERNEL_DEVICE) if impl == "triton" else zh
+        assert rows.stride(0) == 49
+        got = sigmoid_pairwise_loss(rows, 2.0, 0.5, normalize=False, impl=impl)
         assert_close_rel(got, want, 1e-5, impl)
 
 
@@ -226,7 +233,7 @@ def test_impl_selection(monkeypatch):
     z = torch.randn(8, 4)
     with pytest.raises(ValueError, match="impl must be one of"):
         sigmoid_pairwise_loss(z, 10.0, -10.0, impl="cuda")
-    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(RuntimeError, match="needs CUDA tensors"):
         sigmoid_pairwise_loss(z, 10.0, -10.0, impl="triton")
     # auto on a CPU tensor takes the torch path, which needs no interpreter.

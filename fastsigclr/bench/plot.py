@@ -49,6 +49,32 @@ def plot_loss(payload: dict[str, Any], path: Path) -> None:
         for ax in (ax_t, ax_m):
             ax.grid(True, which="both", alpha=0.3)
         ax_t.legend(fontsize=7, ncol=2)
+    _save(fig, path)
+
+
+def plot_train(payload: dict[str, Any], path: Path) -> None:
+    """Bars: images/s of the full step and of the model step, views/s of the augmentation."""
+    res = payload["results"]
+    fig, (ax_step, ax_aug) = plt.subplots(1, 2, figsize=(9, 3.6))
+    names = ["full_step", "model_step"]
+    ax_step.bar(
+        ["full step (a)", "model on synthetic (b)"],
+        [res[n]["img_per_s"] for n in names],
+        color=["tab:red", "tab:gray"],
+    )
+    ax_step.set(
+        ylabel="images / s", title=f"train step, {payload['config']['arch']} w{payload['config']['width']}"
+    )
+    ax_aug.bar(["augmentation (c)"], [res["augment"]["views_per_s"]], color="tab:orange")
+    ax_aug.set(ylabel="views / s", title=f"augmentation ({payload['augment_path']})")
+    fig.suptitle(
+        f"{payload['device']['name']}, batch {payload['config']['batch_size']}: a/b = "
+        f"{payload['full_over_model']:.2f}"
+    )
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.png")
@@ -57,7 +83,7 @@ def plot_loss(payload: dict[str, Any], path: Path) -> None:
     tmp.replace(path)
 
 
-PLOTTERS = {"loss": plot_loss}
+PLOTTERS = {"loss": plot_loss, "train": plot_train}
 
 
 def plot_file(json_path: Path, png_path: Path | None = None) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import shutil
 import tarfile
 import tempfile
 import urllib.error
@@ -141,7 +140,7 @@ def _safe_extract(archive: Path, into: Path) -> None:
         root = into.resolve()
         for member in tar.getmembers():  # pragma: no cover - Pythons without extraction filters
             target = (into / member.name).resolve()
-            if root not in target.parents and target != root or member.issym() or member.islnk():
+            if (root not in target.parents and target != root) or member.issym() or member.islnk():
                 raise DatasetError(f"{archive}: refusing to extract unsafe member {member.name!r}")
         tar.extractall(into)
 
@@ -166,7 +165,12 @@ def extract(archive: Path, info: DatasetInfo, data_dir: Path) -> Path:
 
 
 def prepare(
-    info: DatasetInfo, data_dir: Path, *, download_ok: bool = True, url: str | None = None, progress: bool = True
+    info: DatasetInfo,
+    data_dir: Path,
+    *,
+    download_ok: bool = True,
+    url: str | None = None,
+    progress: bool = True,
 ) -> Path:
     """Return the extracted dataset folder under ``data_dir``, fetching what is missing."""
     data_dir = Path(data_dir).expanduser()
