@@ -118,26 +118,10 @@ def test_every_package_is_installed_and_tracked():
 
 
 def test_bench_train_writes_json_and_plot(cifar10_dir, tmp_path: Path, capsys):
-    args = [
-        "bench",
-        "train",
-        "--data-dir",
-        str(cifar10_dir),
-        "--device",
-        "cpu",
-        "--width",
-        "8",
-        "--batch-size",
-        "16",
-        "--limit-train",
-        "64",
-        "--warmup",
-        "1",
-        "--reps",
-        "2",
-        "--out",
-        str(tmp_path),
-    ]
+    args = (
+        f"bench train --data-dir {cifar10_dir} --device cpu --width 8 --batch-size 16 --limit-train "
+        f"64 --warmup 1 --reps 2 --out {tmp_path}"
+    ).split()
     assert main(args) == 0
     payload = json.loads((tmp_path / "train-cpu.json").read_text())
     assert (tmp_path / "train-cpu.png").stat().st_size > 10_000

@@ -48,29 +48,10 @@ def test_memory_target_at_65536_rows():
 @pytest.mark.parametrize("compile_flag", ["--no-compile", "--compile"])
 def test_training_on_cuda(cifar10_dir, tmp_path, compile_flag):
     out = tmp_path / "run"
-    args = [
-        "train",
-        "--dataset",
-        "cifar10",
-        "--data-dir",
-        str(cifar10_dir),
-        "--device",
-        "cuda",
-        "--limit-train",
-        "2048",
-        "--limit-test",
-        "500",
-        "--width",
-        "16",
-        "--batch-size",
-        "256",
-        "--epochs",
-        "2",
-        "--no-progress",
-        compile_flag,
-        "--out",
-        str(out),
-    ]
+    args = (
+        f"train --dataset cifar10 --data-dir {cifar10_dir} --device cuda --limit-train 2048 --limit-test 500 "
+        f"--width 16 --batch-size 256 --epochs 2 --no-progress {compile_flag} --out {out}"
+    ).split()
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     config = json.loads((out / "config.json").read_text())

@@ -25,26 +25,10 @@ def cli(*args: str) -> list[str]:
 
 def quick_args(data_dir: Path, out: Path, *extra: str) -> list[str]:
     return [
-        "train",
-        "--dataset",
-        "cifar10",
-        "--data-dir",
-        str(data_dir),
-        "--device",
-        "cpu",
-        "--limit-train",
-        "512",
-        "--limit-test",
-        "500",
-        "--width",
-        "16",
-        "--batch-size",
-        "128",
-        "--log-every",
-        "1",
-        "--no-progress",
-        "--out",
-        str(out),
+        *(
+            f"train --dataset cifar10 --data-dir {data_dir} --device cpu --limit-train 512 --limit-test "
+            f"500 --width 16 --batch-size 128 --log-every 1 --no-progress --out {out}"
+        ).split(),
         *extra,
     ]
 
@@ -56,23 +40,10 @@ def step_losses(run_dir: Path) -> list[float]:
 def test_issue_command_writes_a_complete_run(cifar10_dir, tmp_path, capsys):
     """The issue's command, word for word, then `fastsigclr eval` on its run directory."""
     out = tmp_path / "run"
-    args = [
-        "train",
-        "--dataset",
-        "cifar10",
-        "--data-dir",
-        str(cifar10_dir),
-        "--device",
-        "cpu",
-        "--limit-train",
-        "512",
-        "--epochs",
-        "2",
-        "--width",
-        "16",
-        "--out",
-        str(out),
-    ]
+    args = (
+        f"train --dataset cifar10 --data-dir {cifar10_dir} --device cpu --limit-train 512 --epochs 2 "
+        f"--width 16 --out {out}"
+    ).split()
     assert main(args) == 0
     for name in ("config.json", "metrics.jsonl", "summary.json", "checkpoints/last.pt"):
         assert (out / name).is_file(), name
@@ -168,32 +139,11 @@ def test_cuda_without_gpu_is_a_clear_error(tmp_path, capsys):
 def test_training_beats_a_random_network_on_knn(cifar10_dir, tmp_path):
     """kNN accuracy after a short run against the same network at its initialisation, same data."""
     out = tmp_path / "run"
-    args = [
-        "train",
-        "--dataset",
-        "cifar10",
-        "--data-dir",
-        str(cifar10_dir),
-        "--device",
-        "cpu",
-        "--limit-train",
-        "1024",
-        "--limit-test",
-        "1000",
-        "--width",
-        "16",
-        "--batch-size",
-        "128",
-        "--epochs",
-        "10",
-        "--warmup-epochs",
-        "1",
-        "--knn-every",
-        "0",
-        "--no-progress",
-        "--out",
-        str(out),
-    ]
+    args = (
+        f"train --dataset cifar10 --data-dir {cifar10_dir} --device cpu --limit-train 1024 "
+        f"--limit-test 1000 --width 16 --batch-size 128 --epochs 10 --warmup-epochs 1 --knn-every 0 "
+        f"--no-progress --out {out}"
+    ).split()
     assert main(args) == 0
     trained = json.loads((out / "summary.json").read_text())["knn_acc"]
     cfg = TrainConfig(

@@ -6,76 +6,39 @@ For rows ``z`` of shape ``(V·N, D)``, view-major, and anchors ``i`` against col
     L    = (1 / (V·N)) · Σ_i Σ_{j≠i} softplus(−y_ij · a_ij)
 
 Because the loss is elementwise in the logits, its whole gradient can be formed in the same pass
-as the value. Both implementations do so inside ``_PrecomputedGradLoss``: ``"torch"`` walks row
+as the value. Both implementations do so inside ``common.PrecomputedGrad``: ``"torch"`` walks row
 chunks (no (V·N)² tensor), ``"triton"`` runs the fused kernel of ``fastsigclr.kernels``.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
-from typing import Literal
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import common
+from .common import (
+    Impl,
+    PrecomputedGrad,
+    Scalar,
+    as_scalar_tensor,
+    check_rows,
+    check_scalar,
+    kernel,
+    resolve_impl,
+)
 from .normalize import normalize_rows
-
-Impl = Literal["auto", "triton", "torch"]
-Scalar = float | torch.Tensor
-# Each chunk of the torch path holds about this many elements per (rows × M) temporary: at M = 8192
-# that is 256 rows and 8 MiB per fp32 temporary, against 256 MiB for the full matrix.
-CHUNK_ELEMENTS = 1 << 21
 
 
 def check_inputs(z: torch.Tensor, temperature: Scalar, bias: Scalar, n_views: int) -> None:
     """Raise a ValueError/TypeError that names the problem and the fix."""
-    if not isinstance(z, torch.Tensor):
-        raise TypeError(f"z must be a torch.Tensor of shape (n_views·N, D), got {type(z).__name__}")
-    if z.dim() != 2:
-        raise ValueError(f"z must have 2 dimensions (n_views·N, D), got shape {tuple(z.shape)}")
-    if not z.is_floating_point():
-        raise TypeError(f"z must be a floating-point tensor, got {z.dtype}; convert it with z.float()")
-    if not isinstance(n_views, int) or n_views < 2:
-        raise ValueError(f"n_views must be an integer ≥ 2, got {n_views!r}")
-    rows = z.shape[0]
-    if rows < 2:
-        raise ValueError(f"z needs at least 2 rows to form a pair, got {rows}")
-    if rows % n_views:
-        raise ValueError(
-            f"z has {rows} rows, not divisible by n_views={n_views}; rows must be view-major "
-            f"(n_views blocks of N rows each)"
-        )
-    if z.shape[1] < 1:
-        raise ValueError("z has no features (D = 0)")
-    for name, value in (("temperature", temperature), ("bias", bias)):
-        if isinstance(value, torch.Tensor):
-            if value.numel() != 1:
-                raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
-            if value.device != z.device:
-                raise ValueError(
-                    f"tensors on different devices: z is on {z.device}, {name} on {value.device}; "
-                    f"move them to one device (e.g. the loss module with .to(z.device))"
-                )
-            if not value.is_floating_point():
-                raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
-        elif not isinstance(value, (int, float)):
-            raise TypeError(f"{name} must be a float or a 0-d tensor, got {type(value).__name__}")
-    # A CUDA temperature is not read back: that would synchronise every step. The module keeps it
-    # positive by construction (fixed, or exp of a learnable log).
-    if isinstance(temperature, torch.Tensor):
-        if temperature.device.type == "cpu" and not float(temperature.detach()) > 0:
-            raise ValueError(f"temperature must be > 0, got {float(temperature.detach())}")
-    elif not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-
-
-def _as_scalar_tensor(value: Scalar, like: torch.Tensor) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value.reshape(())
-    return torch.tensor(float(value), dtype=torch.float32, device=like.device)
+    check_rows(z, n_views)
+    check_scalar("temperature", temperature, z, positive=True)
+    check_scalar("bias", bias, z)
 
 
 def sigmoid_pairwise_chunked(
@@ -99,7 +62,7 @@ def sigmoid_pairwise_chunked(
     zf = zhat.to(work)
     t = temperature.detach().to(work)
     b = bias.detach().to(work)
-    step = chunk_rows or max(1, CHUNK_ELEMENTS // m)
+    step = chunk_rows or max(1, common.CHUNK_ELEMENTS // m)
     col_img = torch.arange(m, device=zhat.device) % n
     loss = zf.new_zeros(())
     db = zf.new_zeros(())
@@ -132,57 +95,8 @@ def sigmoid_pairwise_chunked(
     return (loss * inv_m if compute_loss else None), dz, dt * inv_m, db * inv_m
 
 
-def _triton_backend() -> Callable:
-    try:
-        from fastsigclr.kernels import sigmoid_pairwise_triton
-    except ImportError as err:  # pragma: no cover - depends on the platform
-        raise RuntimeError(
-            "impl='triton' needs the triton package (Linux); install it with `pip install triton` "
-            "or use impl='torch'"
-        ) from err
-    return sigmoid_pairwise_triton
-
-
-def _grad_dtype(dtype: torch.dtype) -> torch.dtype:
-    # See fastsigclr.kernels.sigmoid_loss: fp16 gradients stay fp32 so GradScaler can rescue them.
-    return torch.float32 if dtype == torch.float16 else dtype
-
-
-class _PrecomputedGradLoss(torch.autograd.Function):
-    """Runs a backend that returns the loss and all gradients; backward only rescales them."""
-
-    @staticmethod
-    def forward(ctx, zhat, temperature, bias, n_views, backend):
-        need_grad = any(ctx.needs_input_grad[:3])
-        loss, dz, dt, db = backend(zhat, temperature, bias, n_views, compute_grad=ctx.needs_input_grad[0])
-        if need_grad:
-            dz = None if dz is None else dz.to(_grad_dtype(zhat.dtype))
-            ctx.save_for_backward(dz, dt, db)
-            ctx.z_dtype, ctx.t_dtype, ctx.b_dtype = zhat.dtype, temperature.dtype, bias.dtype
-        # 16-bit inputs give an fp32 loss; fp64 stays fp64 (gradcheck needs it).
-        return loss.to(torch.promote_types(zhat.dtype, torch.float32))
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        dz, dt, db = ctx.saved_tensors
-        gz = None if dz is None else (dz * grad_out).to(ctx.z_dtype)
-        gt = (dt * grad_out).to(ctx.t_dtype) if ctx.needs_input_grad[1] else None
-        gb = (db * grad_out).to(ctx.b_dtype) if ctx.needs_input_grad[2] else None
-        return gz, gt, gb, None, None
-
-
-def _resolve_impl(impl: str, z: torch.Tensor) -> str:
-    if impl not in ("auto", "triton", "torch"):
-        raise ValueError(f"impl must be one of 'auto', 'triton', 'torch', got {impl!r}")
-    if impl == "auto":
-        return "triton" if z.is_cuda else "torch"
-    if impl == "triton" and not z.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError(
-            "impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before import to run the "
-            "kernel in Triton's CPU interpreter); use impl='torch' on CPU"
-        )
-    return impl
+def _with_views(backend: Callable, n_views: int, zhat, t, b, *, compute_grad: bool):
+    return backend(zhat, t, b, n_views, compute_grad=compute_grad)
 
 
 def sigmoid_pairwise_loss(
@@ -201,12 +115,12 @@ def sigmoid_pairwise_loss(
     impl: "triton" (fused kernel, CUDA), "torch" (chunked, any device), "auto" (triton on CUDA).
     """
     check_inputs(z, temperature, bias, n_views)
-    which = _resolve_impl(impl, z)
-    t = _as_scalar_tensor(temperature, z)
-    b = _as_scalar_tensor(bias, z)
+    which = resolve_impl(impl, z)
     zhat = normalize_rows(z) if normalize else z
-    backend = _triton_backend() if which == "triton" else sigmoid_pairwise_chunked
-    return _PrecomputedGradLoss.apply(zhat, t, b, n_views, backend)
+    backend = kernel("sigmoid_pairwise_triton") if which == "triton" else sigmoid_pairwise_chunked
+    # The backends take (zhat, t, b, n_views); n_views is bound here so only tensors go through autograd.
+    bound = partial(_with_views, backend, n_views)
+    return PrecomputedGrad.apply(bound, zhat, as_scalar_tensor(temperature, z), as_scalar_tensor(bias, z))
 
 
 def sigmoid_pairwise_loss_reference(

@@ -1,0 +1,120 @@
+"""What every loss shares: input checks, the implementation switch, and the autograd Function
+for backends that compute the gradient in the same pass as the value."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+
+Impl = Literal["auto", "triton", "torch"]
+Scalar = float | torch.Tensor
+# Each chunk of a torch path holds about this many elements per (rows × M) temporary: at M = 8192
+# that is 256 rows and 8 MiB per fp32 temporary, against 256 MiB for the full matrix.
+CHUNK_ELEMENTS = 1 << 21
+
+
+def check_rows(z: torch.Tensor, n_views: int) -> None:
+    """z must be a floating (n_views·N, D) tensor with at least one pair; errors name the fix."""
+    if not isinstance(z, torch.Tensor):
+        raise TypeError(f"z must be a torch.Tensor of shape (n_views·N, D), got {type(z).__name__}")
+    if z.dim() != 2:
+        raise ValueError(f"z must have 2 dimensions (n_views·N, D), got shape {tuple(z.shape)}")
+    if not z.is_floating_point():
+        raise TypeError(f"z must be a floating-point tensor, got {z.dtype}; convert it with z.float()")
+    if not isinstance(n_views, int) or n_views < 2:
+        raise ValueError(f"n_views must be an integer ≥ 2, got {n_views!r}")
+    rows = z.shape[0]
+    if rows < 2:
+        raise ValueError(f"z needs at least 2 rows to form a pair, got {rows}")
+    if rows % n_views:
+        raise ValueError(
+            f"z has {rows} rows, not divisible by n_views={n_views}; rows must be view-major "
+            f"(n_views blocks of N rows each)"
+        )
+    if z.shape[1] < 1:
+        raise ValueError("z has no features (D = 0)")
+
+
+def check_scalar(name: str, value: Scalar, z: torch.Tensor, *, positive: bool = False) -> None:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
+        if value.device != z.device:
+            raise ValueError(
+                f"tensors on different devices: z is on {z.device}, {name} on {value.device}; "
+                f"move them to one device (e.g. the loss module with .to(z.device))"
+            )
+        if not value.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
+        # A CUDA value is not read back: that would synchronise every step. Modules keep their
+        # temperatures positive by construction.
+        if positive and value.device.type == "cpu" and not float(value.detach()) > 0:
+            raise ValueError(f"{name} must be > 0, got {float(value.detach())}")
+    elif not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float or a 0-d tensor, got {type(value).__name__}")
+    elif positive and not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def as_scalar_tensor(value: Scalar, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.reshape(())
+    return torch.tensor(float(value), dtype=torch.float32, device=like.device)
+
+
+def resolve_impl(impl: str, z: torch.Tensor) -> str:
+    if impl not in ("auto", "triton", "torch"):
+        raise ValueError(f"impl must be one of 'auto', 'triton', 'torch', got {impl!r}")
+    if impl == "auto":
+        return "triton" if z.is_cuda else "torch"
+    if impl == "triton" and not z.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError(
+            "impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before import to run the "
+            "kernel in Triton's CPU interpreter); use impl='torch' on CPU"
+        )
+    return impl
+
+
+def kernel(name: str) -> Callable:
+    """A launcher from fastsigclr.kernels, with a clear error where triton is missing."""
+    try:
+        import fastsigclr.kernels as kernels
+    except ImportError as err:  # pragma: no cover - depends on the platform
+        raise RuntimeError(
+            "impl='triton' needs the triton package (Linux); install it with `pip install triton` "
+            "or use impl='torch'"
+        ) from err
+    return getattr(kernels, name)
+
+
+def grad_dtype(dtype: torch.dtype) -> torch.dtype:
+    # bf16 keeps fp32's exponent range; an fp16 gradient stored before GradScaler multiplies it
+    # back up would flush to zero (~1e-5 at M = 8192), so fp16 inputs keep an fp32 gradient.
+    return torch.float32 if dtype == torch.float16 else dtype
+
+
+class PrecomputedGrad(torch.autograd.Function):
+    """``backend(zhat, *scalars, compute_grad=...) -> (loss, dL/dzhat, *dL/dscalars)`` computes
+    the loss and every gradient in one pass; backward only rescales them by grad_output."""
+
+    @staticmethod
+    def forward(ctx, backend, zhat, *scalars):
+        loss, dz, *dscalars = backend(zhat, *scalars, compute_grad=ctx.needs_input_grad[1])
+        if any(ctx.needs_input_grad[1:]):
+            dz = None if dz is None else dz.to(grad_dtype(zhat.dtype))
+            ctx.save_for_backward(dz, *dscalars)
+            ctx.dtypes = [zhat.dtype, *(s.dtype for s in scalars)]
+        # 16-bit inputs give an fp32 loss; fp64 stays fp64 (gradcheck needs it).
+        return loss.to(torch.promote_types(zhat.dtype, torch.float32))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        grads = []
+        for i, (saved, dtype) in enumerate(zip(ctx.saved_tensors, ctx.dtypes, strict=True)):
+            wanted = ctx.needs_input_grad[1 + i] and saved is not None
+            grads.append((saved * grad_out).to(dtype) if wanted else None)
+        return (None, *grads)
