@@ -6,16 +6,24 @@ from .sigmoid import (
     sigmoid_pairwise_loss,
     sigmoid_pairwise_loss_reference,
 )
+from .tcl import nt_xent_loss, supcon_loss, tcl_chunked, tcl_loss
 
 # name -> pure function (z, ...) -> scalar; the trainer picks its loss from here.
 LOSSES = {
     "sigmoid": sigmoid_pairwise_loss,
+    "nt_xent": nt_xent_loss,
+    "supcon": supcon_loss,
+    "tcl": tcl_loss,
 }
 
 __all__ = [
     "LOSSES",
     "SigmoidPairwiseLoss",
+    "nt_xent_loss",
     "sigmoid_pairwise_chunked",
     "sigmoid_pairwise_loss",
     "sigmoid_pairwise_loss_reference",
+    "supcon_loss",
+    "tcl_chunked",
+    "tcl_loss",
 ]

@@ -16,26 +16,31 @@ Scalar = float | torch.Tensor
 CHUNK_ELEMENTS = 1 << 21
 
 
-def check_rows(z: torch.Tensor, n_views: int) -> None:
-    """z must be a floating (n_views·N, D) tensor with at least one pair; errors name the fix."""
+def check_matrix(z: torch.Tensor) -> None:
+    """z must be a floating (M, D) tensor with at least one pair; errors name the fix."""
     if not isinstance(z, torch.Tensor):
         raise TypeError(f"z must be a torch.Tensor of shape (n_views·N, D), got {type(z).__name__}")
     if z.dim() != 2:
         raise ValueError(f"z must have 2 dimensions (n_views·N, D), got shape {tuple(z.shape)}")
     if not z.is_floating_point():
         raise TypeError(f"z must be a floating-point tensor, got {z.dtype}; convert it with z.float()")
+    if z.shape[0] < 2:
+        raise ValueError(f"z needs at least 2 rows to form a pair, got {z.shape[0]}")
+    if z.shape[1] < 1:
+        raise ValueError("z has no features (D = 0)")
+
+
+def check_rows(z: torch.Tensor, n_views: int) -> None:
+    """check_matrix, and rows that are n_views view-major blocks of N rows."""
+    check_matrix(z)
     if not isinstance(n_views, int) or n_views < 2:
         raise ValueError(f"n_views must be an integer ≥ 2, got {n_views!r}")
     rows = z.shape[0]
-    if rows < 2:
-        raise ValueError(f"z needs at least 2 rows to form a pair, got {rows}")
     if rows % n_views:
         raise ValueError(
             f"z has {rows} rows, not divisible by n_views={n_views}; rows must be view-major "
             f"(n_views blocks of N rows each)"
         )
-    if z.shape[1] < 1:
-        raise ValueError("z has no features (D = 0)")
 
 
 def check_scalar(name: str, value: Scalar, z: torch.Tensor, *, positive: bool = False) -> None:

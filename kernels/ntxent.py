@@ -1,0 +1,224 @@
+"""Blockwise NT-Xent (SimCLR): forward with an online log-sum-exp per row (nothing M×M stored),
+backward by recomputing tiles from the saved log-sum-exp.
+
+Row i's loss is lse_i − (1/(V−1))·Σ_{p∈P(i)} s_ip/τ with lse_i over all k ≠ i. Its gradient
+G_ij = (softmax_ij − [j∈P(i)]/(V−1))/(τ·M) is not symmetric, so dZ = G·Z + Gᵀ·Z takes two passes
+of one kernel: TRANSPOSED=False owns rows i (G·Z), TRANSPOSED=True owns columns j (Gᵀ·Z) and adds.
+Tiles are fixed at 64×64 (not yet tuned on a GPU).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .tiles import feature_tiling, similarity_tile
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+NEG_BIG = -1.0e30  # finite "−∞": rows without a valid column yet never produce exp(−∞ + ∞)
+
+
+@triton.jit
+def _ntxent_fwd_kernel(
+    Z,  # (M, D) normalised rows, view-major
+    LSE,  # (M,) fp32 out: log Σ_{k≠i} e^{s_ik/τ}
+    ROWLOSS,  # (M,) fp32 out: ℓ_i
+    M,
+    N_PER_VIEW,
+    D,
+    stride_z,
+    inv_tau,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    NUM_K: tl.constexpr,
+    N_VIEWS: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    img = rows % N_PER_VIEW
+    m_i = tl.full((BLOCK_M,), NEG_BIG, dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    pos_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for start in range(0, M, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        col_ok = cols < M
+        s = similarity_tile(
+            Z, rows, row_ok, cols, col_ok, stride_z, D, BLOCK_M, BLOCK_N, BLOCK_K, NUM_K, UPCAST, PRECISION
+        )
+        logits = s * inv_tau
+        valid = row_ok[:, None] & col_ok[None, :] & (rows[:, None] != cols[None, :])
+        pos = valid & (img[:, None] == (cols % N_PER_VIEW)[None, :])
+        masked = tl.where(valid, logits, NEG_BIG)
+        m_new = tl.maximum(m_i, tl.max(masked, axis=1))
+        p = tl.where(valid, tl.exp(masked - m_new[:, None]), 0.0)
+        l_i = l_i * tl.exp(m_i - m_new) + tl.sum(p, axis=1)
+        m_i = m_new
+        pos_sum += tl.sum(tl.where(pos, logits, 0.0), axis=1)
+    lse = m_i + tl.log(tl.where(row_ok, l_i, 1.0))  # rows past M have no terms (l = 0)
+    tl.store(LSE + rows, lse, mask=row_ok)
+    tl.store(ROWLOSS + rows, lse - pos_sum / (N_VIEWS - 1), mask=row_ok)
+
+
+@triton.jit
+def _ntxent_bwd_kernel(
+    Z,
+    LSE,
+    DZ,  # (M, D) fp32: written (ACCUMULATE=False) or added to (ACCUMULATE=True)
+    M,
+    N_PER_VIEW,
+    D,
+    stride_z,
+    stride_dz,
+    inv_tau,
+    scale,  # 1 / (τ·M)
+    BLOCK_M: tl.constexpr,  # rows of dZ owned by this program
+    BLOCK_N: tl.constexpr,  # the other side's tile
+    BLOCK_K: tl.constexpr,
+    NUM_K: tl.constexpr,
+    BLOCK_DO: tl.constexpr,
+    N_VIEWS: tl.constexpr,
+    TRANSPOSED: tl.constexpr,
+    ACCUMULATE: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    own = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    own_ok = own < M
+    offs_do = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
+    acc = tl.zeros((BLOCK_M, BLOCK_DO), dtype=tl.float32)
+    if not TRANSPOSED:
+        lse_own = tl.load(LSE + own, mask=own_ok, other=0.0)
+    for start in range(0, M, BLOCK_N):
+        other = start + tl.arange(0, BLOCK_N)
+        other_ok = other < M
+        # Softmax rows are r, columns c: r = own without TRANSPOSED, r = other with it.
+        if TRANSPOSED:
+            s = similarity_tile(
+                Z,
+                other,
+                other_ok,
+                own,
+                own_ok,
+                stride_z,
+                D,
+                BLOCK_N,
+                BLOCK_M,
+                BLOCK_K,
+                NUM_K,
+                UPCAST,
+                PRECISION,
+            )
+            lse = tl.load(LSE + other, mask=other_ok, other=0.0)
+            r, r_ok, c, c_ok = other, other_ok, own, own_ok
+        else:
+            s = similarity_tile(
+                Z,
+                own,
+                own_ok,
+                other,
+                other_ok,
+                stride_z,
+                D,
+                BLOCK_M,
+                BLOCK_N,
+                BLOCK_K,
+                NUM_K,
+                UPCAST,
+                PRECISION,
+            )
+            lse = lse_own
+            r, r_ok, c, c_ok = own, own_ok, other, other_ok
+        valid = r_ok[:, None] & c_ok[None, :] & (r[:, None] != c[None, :])
+        pos = valid & ((r % N_PER_VIEW)[:, None] == (c % N_PER_VIEW)[None, :])
+        p = tl.where(valid, tl.exp(s * inv_tau - lse[:, None]), 0.0)
+        g = (p - pos.to(tl.float32) / (N_VIEWS - 1)) * scale
+        zo = tl.load(
+            Z + other[:, None] * stride_z + offs_do[None, :],
+            mask=other_ok[:, None] & (offs_do[None, :] < D),
+            other=0.0,
+        )
+        if UPCAST:
+            zo = zo.to(tl.float32)
+        if TRANSPOSED:
+            acc = tl.dot(tl.trans(g).to(zo.dtype), zo, acc, input_precision=PRECISION)
+        else:
+            acc = tl.dot(g.to(zo.dtype), zo, acc, input_precision=PRECISION)
+    out = DZ + own[:, None] * stride_dz + offs_do[None, :]
+    mask = own_ok[:, None] & (offs_do[None, :] < D)
+    if ACCUMULATE:
+        acc += tl.load(out, mask=mask, other=0.0)
+    tl.store(out, acc, mask=mask)
+
+
+def nt_xent_triton(
+    zhat: torch.Tensor,
+    *,
+    temperature: float,
+    n_views: int,
+    compute_grad: bool = True,
+    block_m: int = 64,
+    block_n: int = 64,
+    block_k: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """NT-Xent of normalised rows zhat (M, D), view-major → (loss, dL/dzhat in fp32 or None)."""
+    if zhat.stride(1) != 1:
+        zhat = zhat.contiguous()
+    m, d = zhat.shape
+    bk, num_k = feature_tiling(d) if block_k is None else (block_k, triton.cdiv(d, block_k))
+    common = dict(
+        BLOCK_K=bk,
+        NUM_K=num_k,
+        N_VIEWS=n_views,
+        UPCAST=INTERPRET and zhat.dtype == torch.bfloat16,
+        PRECISION="tf32" if zhat.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee",
+    )
+    inv_tau = 1.0 / temperature
+    lse = torch.empty(m, dtype=torch.float32, device=zhat.device)
+    row_loss = torch.empty(m, dtype=torch.float32, device=zhat.device)
+    _ntxent_fwd_kernel[(triton.cdiv(m, block_m),)](
+        zhat,
+        lse,
+        row_loss,
+        m,
+        m // n_views,
+        d,
+        zhat.stride(0),
+        inv_tau,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        **common,
+    )
+    loss = row_loss.sum() / m
+    if not compute_grad:
+        return loss, None
+    dz = torch.empty((m, d), dtype=torch.float32, device=zhat.device)
+    grid = (triton.cdiv(m, block_m), triton.cdiv(d, bk))
+    for transposed in (False, True):
+        _ntxent_bwd_kernel[grid](
+            zhat,
+            lse,
+            dz,
+            m,
+            m // n_views,
+            d,
+            zhat.stride(0),
+            dz.stride(0),
+            inv_tau,
+            inv_tau / m,
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
+            BLOCK_DO=bk,
+            TRANSPOSED=transposed,
+            ACCUMULATE=transposed,
+            **common,
+        )
+    return loss, dz

@@ -1,0 +1,45 @@
+"""Tile helpers shared by the contrastive kernels."""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def similarity_tile(
+    Z,
+    rows_a,
+    ok_a,
+    rows_b,
+    ok_b,
+    stride_z,
+    D,
+    BLOCK_A: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    NUM_K: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """S = Z[rows_a] Z[rows_b]ᵀ, (BLOCK_A, BLOCK_B) in fp32, over D in NUM_K steps of BLOCK_K;
+    masked rows and features read as 0."""
+    offs_k = tl.arange(0, BLOCK_K)
+    s = tl.zeros((BLOCK_A, BLOCK_B), dtype=tl.float32)
+    for kb in tl.static_range(NUM_K):
+        ks = kb * BLOCK_K + offs_k
+        a = tl.load(
+            Z + rows_a[:, None] * stride_z + ks[None, :], mask=ok_a[:, None] & (ks[None, :] < D), other=0.0
+        )
+        bt = tl.load(
+            Z + rows_b[None, :] * stride_z + ks[:, None], mask=ok_b[None, :] & (ks[:, None] < D), other=0.0
+        )
+        if UPCAST:
+            a = a.to(tl.float32)
+            bt = bt.to(tl.float32)
+        s = tl.dot(a, bt, s, input_precision=PRECISION)
+    return s
+
+
+def feature_tiling(d: int, max_block: int = 256) -> tuple[int, int]:
+    """(BLOCK_K, NUM_K) for D features: one power-of-two tile up to max_block, else several."""
+    block_k = min(triton.next_power_of_2(max(d, 16)), max_block)
+    return block_k, triton.cdiv(d, block_k)
