@@ -24,7 +24,7 @@ from fastsigclr import checkpoint as ckpt
 from fastsigclr.config import FastSigCLRError, from_dict, option, to_dict
 from fastsigclr.data import DATASETS, LOADERS, AugmentSpec, default_data_dir, load_split, prepare
 from fastsigclr.eval import extract_features, knn_accuracy
-from fastsigclr.losses import SigmoidPairwiseLoss
+from fastsigclr.losses import ContrastiveLoss, SigmoidPairwiseLoss
 from fastsigclr.models import ARCHS, SSLModel
 from fastsigclr.optim import build_optimizer, param_groups, warmup_cosine
 from fastsigclr.runinfo import resolve_device, run_record
@@ -35,7 +35,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cifar10": {"arch": "resnet18", "proj_dims": (2048, 2048, 64), "batch_size": 512, "epochs": 1000},
     "cifar100": {"arch": "resnet18", "proj_dims": (4096, 4096, 128), "batch_size": 512, "epochs": 1000},
 }
-METHODS = ("sigclr",)
+# method -> (loss, uses the labels, default temperature). sigclr: DESIGN §2.1 (t fixed at 10, b
+# learnable from −10); simclr: NT-Xent, τ = 0.2 on CIFAR; supcon and tcl: τ = 0.1, TCL k1 = 5000, k2 = 1.
+METHODS: dict[str, tuple[str, bool, float]] = {
+    "sigclr": ("sigmoid", False, 10.0),
+    "simclr": ("nt_xent", False, 0.2),
+    "supcon": ("supcon", True, 0.1),
+    "tcl": ("tcl", True, 0.1),
+}
 # Options that may differ when resuming a run (everything else must match its config.json).
 RESUMABLE_CHANGES = {
     "resume",
@@ -55,7 +62,11 @@ class TrainConfig:
     data_dir: str | None = option(None, "dataset folder; unset: $FASTSIGCLR_DATA or ~/.cache/fastsigclr/data")
     download: bool = option(True, "download the dataset when it is not in --data-dir")
     loader: str = option("gpu", "data loader backend", choices=tuple(LOADERS))
-    method: str = option("sigclr", "training objective", choices=METHODS)
+    method: str = option(
+        "sigclr",
+        "objective: sigclr (sigmoid, t 10), simclr (NT-Xent, τ 0.2), supcon / tcl (supervised, τ 0.1)",
+        choices=tuple(METHODS),
+    )
     arch: str | None = option(None, "backbone; unset: the dataset preset", choices=tuple(ARCHS))
     width: int = option(64, "channels of the first ResNet stage (64 = standard)")
     zero_init_residual: bool = option(False, "start each residual branch at zero")
@@ -72,8 +83,10 @@ class TrainConfig:
     momentum: float = option(0.9, "momentum")
     weight_decay: float = option(1e-4, "weight decay (not on BN parameters or biases)")
     warmup_epochs: float = option(10.0, "linear warm-up length in epochs (capped at the run length)")
-    temperature: float = option(10.0, "sigmoid loss temperature t")
-    bias: float = option(-10.0, "initial sigmoid loss bias b (learnable)")
+    temperature: float | None = option(None, "loss temperature; unset: the method's (10, 0.2, 0.1, 0.1)")
+    bias: float = option(-10.0, "initial sigmoid loss bias b (learnable; sigclr)")
+    k1: float = option(5000.0, "TCL weight of e^(-s) on positives (tcl)")
+    k2: float = option(1.0, "TCL weight of the negatives (tcl)")
     learnable_temperature: bool = option(False, "learn t as exp(t')")
     probe_lr: float = option(0.1, "online linear probe learning rate")
     knn_every: int = option(10, "run the kNN monitor every this many epochs (and at the end; 0: end only)")
@@ -101,7 +114,12 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {value}")
-        if self.temperature <= 0 or self.lr < 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
+        if (
+            (self.temperature is not None and self.temperature <= 0)
+            or self.lr < 0
+            or self.weight_decay < 0
+            or self.warmup_epochs < 0
+        ):
             raise ValueError("--temperature must be > 0 and --lr, --weight-decay, --warmup-epochs ≥ 0")
         if self.resume and not self.out:
             raise ValueError("--resume needs --out DIR: the run directory to continue")
@@ -110,6 +128,8 @@ class TrainConfig:
         """Preset values for the options left unset, and a default run directory."""
         preset = PRESETS[self.dataset]
         filled = {k: v for k, v in preset.items() if getattr(self, k) is None}
+        if self.temperature is None:
+            filled["temperature"] = METHODS[self.method][2]
         if self.out is None:
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             filled["out"] = str(Path("runs") / f"{self.dataset}-{self.method}-{stamp}")
@@ -141,9 +161,15 @@ def compute_dtypes(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype,
 def build_model(cfg: TrainConfig, info, device: torch.device):
     model = SSLModel(cfg.arch or "resnet18", cfg.width, cfg.proj_dims or (), cfg.zero_init_residual)
     model = model.to(device, memory_format=torch.channels_last)
-    criterion = SigmoidPairwiseLoss(
-        cfg.temperature, cfg.bias, learnable_temperature=cfg.learnable_temperature, n_views=cfg.n_views
-    ).to(device)
+    kind, _, default_t = METHODS[cfg.method]
+    t = cfg.temperature or default_t
+    if kind == "sigmoid":
+        criterion = SigmoidPairwiseLoss(
+            t, cfg.bias, learnable_temperature=cfg.learnable_temperature, n_views=cfg.n_views
+        )
+    else:
+        criterion = ContrastiveLoss(kind, t, k1=cfg.k1, k2=cfg.k2, n_views=cfg.n_views)
+    criterion = criterion.to(device)
     probe = torch.nn.Linear(model.backbone.out_dim, info.num_classes).to(device)
     return model, criterion, probe
 
@@ -158,6 +184,13 @@ class StepParts:
     optimizer: torch.optim.Optimizer
     probe_optimizer: torch.optim.Optimizer
     autocast_dtype: torch.dtype | None
+    supervised: bool = False  # the loss takes the labels (SupCon, TCL)
+
+
+def loss_scalars(criterion: torch.nn.Module) -> dict[str, float]:
+    """The loss's bias and temperature, where it has them (for the logs)."""
+    values = {name: getattr(criterion, name, None) for name in ("bias", "temperature")}
+    return {name: v.item() for name, v in values.items() if isinstance(v, torch.Tensor)}
 
 
 def train_step(parts: StepParts, views: torch.Tensor, labels: torch.Tensor):
@@ -168,7 +201,7 @@ def train_step(parts: StepParts, views: torch.Tensor, labels: torch.Tensor):
         views.device.type, dtype=parts.autocast_dtype, enabled=parts.autocast_dtype is not None
     ):
         h, z = parts.forward(views)
-        loss = parts.criterion(z)
+        loss = parts.criterion(z, labels) if parts.supervised else parts.criterion(z)
         logits = parts.probe(h.detach().float())
         probe_loss = F.cross_entropy(logits, labels.repeat(n_views))
     parts.optimizer.zero_grad(set_to_none=True)
@@ -221,9 +254,8 @@ def train(cfg: TrainConfig, command: list[str] | None = None) -> dict[str, Any]:
     steps_per_epoch = len(loader)
     total_steps = epochs * steps_per_epoch
     warmup_steps = int(min(cfg.warmup_epochs, epochs) * steps_per_epoch)
-    parts = StepParts(
-        torch.compile(model) if cfg.compile else model, criterion, probe, optimizer, probe_opt, autocast_dtype
-    )
+    forward = torch.compile(model) if cfg.compile else model
+    parts = StepParts(forward, criterion, probe, optimizer, probe_opt, autocast_dtype, METHODS[cfg.method][1])
 
     start_epoch, step = 0, 0
     if state is not None:
@@ -282,8 +314,7 @@ def train(cfg: TrainConfig, command: list[str] | None = None) -> dict[str, Any]:
                     "loss": loss.item(),
                     "lr": lr,
                     "probe_loss": probe_loss.item(),
-                    "bias": criterion.bias.item(),
-                    "temperature": criterion.temperature.item(),
+                    **loss_scalars(criterion),
                     "img_per_s": rate,
                 }
                 log.write(rec, step)
@@ -332,8 +363,7 @@ def train(cfg: TrainConfig, command: list[str] | None = None) -> dict[str, Any]:
         "test_images": len(test_x),
         "seconds_this_session": elapsed,
         "img_per_s_this_session": images_seen / elapsed if elapsed else None,
-        "final_bias": criterion.bias.item(),
-        "final_temperature": criterion.temperature.item(),
+        **{f"final_{name}": value for name, value in loss_scalars(criterion).items()},
         "run_dir": str(run_dir),
         "device": record["device"],
     }

@@ -6,7 +6,7 @@ from .sigmoid import (
     sigmoid_pairwise_loss,
     sigmoid_pairwise_loss_reference,
 )
-from .tcl import nt_xent_loss, supcon_loss, tcl_chunked, tcl_loss
+from .tcl import ContrastiveLoss, nt_xent_loss, supcon_loss, tcl_chunked, tcl_loss
 
 # name -> pure function (z, ...) -> scalar; the trainer picks its loss from here.
 LOSSES = {
@@ -18,6 +18,7 @@ LOSSES = {
 
 __all__ = [
     "LOSSES",
+    "ContrastiveLoss",
     "SigmoidPairwiseLoss",
     "nt_xent_loss",
     "sigmoid_pairwise_chunked",

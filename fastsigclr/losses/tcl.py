@@ -168,3 +168,32 @@ def nt_xent_loss(
     zhat = normalize_rows(z) if normalize else z
     backend = partial(kernel("nt_xent_triton"), temperature=float(temperature), n_views=n_views)
     return PrecomputedGrad.apply(backend, zhat)
+
+
+class ContrastiveLoss(torch.nn.Module):
+    """NT-Xent, SupCon or TCL as a module with fixed hyper-parameters (no learnable state)."""
+
+    def __init__(
+        self, kind: str, temperature: float, *, k1: float = 5000.0, k2: float = 1.0, n_views: int = 2
+    ) -> None:
+        super().__init__()
+        if kind not in ("nt_xent", "supcon", "tcl"):
+            raise ValueError(f"kind must be nt_xent, supcon or tcl, got {kind!r}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.kind, self.tau, self.k1, self.k2, self.n_views = kind, float(temperature), k1, k2, n_views
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """z: (n_views·N, D) view-major; labels (N,) for the supervised kinds."""
+        if self.kind == "nt_xent":
+            return nt_xent_loss(z, self.tau, n_views=self.n_views)
+        if self.kind == "supcon":
+            if labels is None:
+                raise ValueError("supcon needs labels")
+            return supcon_loss(z, labels, self.tau)
+        return tcl_loss(z, labels, self.tau, self.k1, self.k2, n_views=self.n_views)
+
+    def extra_repr(self) -> str:
+        extra = f", k1={self.k1}, k2={self.k2}" if self.kind == "tcl" else ""
+        return f"{self.kind}, temperature={self.tau}{extra}, n_views={self.n_views}"
