@@ -109,6 +109,23 @@ def _cmd_data_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ccem(args: argparse.Namespace) -> int:
+    from fastsigclr.ccem import CcemConfig, run
+
+    cfg = from_args(CcemConfig, args)
+    payload = run(cfg, command=["fastsigclr", *args.argv])
+    print(
+        f"{'variant':<8} {'N':>3} {'t':>5} {'b':>5} {'s+':>7} {'s+ pred':>7} {'s-':>7} {'s- pred':>7} regime"
+    )
+    for r in payload["rows"]:
+        print(
+            f"{r['variant']:<8} {r['N']:>3} {r['t']:>5g} {r['b']:>5g} {r['s_pos']:>7.3f} "
+            f"{r['s_pos_pred']:>7.3f} {r['s_neg']:>7.3f} {r['s_neg_pred']:>7.3f} {r['regime']}"
+        )
+    print(f"wrote {cfg.out}/results.json, results.csv and heatmap.png")
+    return 0
+
+
 def _lazy(module: str, name: str) -> Callable[[], type]:
     def load() -> type:
         import importlib
@@ -143,6 +160,13 @@ COMMANDS: list[Command] = [
         _lazy("fastsigclr.data.datasets", "DataConfig"),
         (),
         _cmd_data_verify,
+    ),
+    (
+        ("ccem",),
+        "reproduce the CCEM analysis of sigmoid-loss optima",
+        _lazy("fastsigclr.ccem", "CcemConfig"),
+        (),
+        _cmd_ccem,
     ),
     (("info",), "report versions, devices and which backends are usable", None, (), _cmd_info),
     (
