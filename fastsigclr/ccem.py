@@ -216,7 +216,8 @@ def plot_heatmap(rows: list[dict[str, Any]], cfg: CcemConfig, path: Path) -> Non
                 ok = (curve >= min(ts)) & (curve <= max(ts))
                 ax.plot(x[ok], np.interp(curve[ok], ts, range(len(ts))), style, label=label)
         fig.colorbar(image, ax=ax, fraction=0.046)
-    axes[0][0].legend(fontsize=7, loc="upper left")
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=7, loc="upper left")
     fig.suptitle(
         "CCEM: positive-pair similarity of sigmoid-loss optima" + (" (b = t)" if cfg.bias is None else "")
     )

@@ -1,5 +1,6 @@
 """Configuration machinery and the command line: generated options, clear errors, package layout."""
 
+import itertools
 import json
 import os
 import subprocess
@@ -56,27 +57,30 @@ def test_bench_loss_writes_json_and_plot(tmp_path: Path, capsys):
     for key in ("date", "command", "commit", "device", "versions", "matmul_tflops", "results"):
         assert key in payload
     assert payload["versions"]["torch"] and payload["config"]["sizes"] == [66, 130]
-    rows = {(r["provider"], r["rows"]): r for r in payload["results"]}
-    assert rows[("triton", 66)]["status"] == "skipped: needs CUDA"
-    for provider in ("eager", "chunked"):
-        for n in (66, 130):
-            r = rows[(provider, n)]
+    rows = {(r["loss"], r["provider"], r["rows"]): r for r in payload["results"]}
+    assert rows[("sigmoid", "triton", 66)]["status"] == "skipped: needs CUDA"
+    for loss in ("sigmoid", "nt_xent"):
+        for provider, n in itertools.product(("eager", "chunked"), (66, 130)):
+            r = rows[(loss, provider, n)]
             assert r["status"] == "ok" and r["median_ms"] > 0 and r["p20_ms"] <= r["p80_ms"]
             assert r["tflops"] == pytest.approx(4 * n * n * 17 / (r["median_ms"] * 1e-3) / 1e12)
             assert r["peak_extra_bytes"] > 0
-    assert rows[("eager", 130)]["speedup_vs_eager"] == pytest.approx(1.0)
-    # The reference materialises 130² logits (and more); the chunked path cannot need more.
-    assert rows[("eager", 130)]["peak_extra_bytes"] >= 130 * 130 * 4
+            assert r["speedup_vs_eager"] == pytest.approx(
+                rows[(loss, "eager", n)]["median_ms"] / r["median_ms"]
+            )
+        # The reference materialises 130² logits (and more).
+        assert rows[(loss, "eager", 130)]["peak_extra_bytes"] >= 130 * 130 * 4
     assert "chunked" in capsys.readouterr().out
 
 
 @pytest.mark.slow
 def test_bench_loss_compiled_reference(tmp_path: Path):
-    """The torch.compile baseline runs (about 15 s of compilation on a 2-core CPU)."""
+    """The torch.compile baselines run (about 15 s of compilation each on a 2-core CPU)."""
     args = ["bench", "loss", "--device", "cpu", "--sizes", "64", "--dims", "8", "--providers", "compiled"]
     assert main([*args, "--warmup", "1", "--reps", "2", "--out", str(tmp_path)]) == 0
-    (row,) = json.loads((tmp_path / "loss-cpu.json").read_text())["results"]
-    assert row["status"] == "ok" and row["median_ms"] > 0
+    rows = json.loads((tmp_path / "loss-cpu.json").read_text())["results"]
+    assert [r["loss"] for r in rows] == ["sigmoid", "nt_xent"]
+    assert all(r["status"] == "ok" and r["median_ms"] > 0 for r in rows)
 
 
 def test_kernels_are_not_a_top_level_module(tmp_path: Path):

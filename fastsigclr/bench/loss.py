@@ -1,4 +1,4 @@
-"""``fastsigclr bench loss``: pairwise sigmoid loss, forward + backward, providers side by side.
+"""``fastsigclr bench loss``: the sigmoid and NT-Xent losses, forward + backward, providers side by side.
 
 Providers: ``eager`` (the materialising PyTorch reference), ``compiled`` (the same under
 ``torch.compile``), ``chunked`` (the package's torch path) and ``triton`` (the fused kernel, CUDA
@@ -20,7 +20,12 @@ from tqdm.auto import tqdm
 from fastsigclr.bench.common import DTYPES, matmul_tflops, time_fn, write_json
 from fastsigclr.bench.memory import peak_extra_bytes
 from fastsigclr.config import option, to_dict
-from fastsigclr.losses import sigmoid_pairwise_loss, sigmoid_pairwise_loss_reference
+from fastsigclr.losses import (
+    nt_xent_loss,
+    nt_xent_loss_reference,
+    sigmoid_pairwise_loss,
+    sigmoid_pairwise_loss_reference,
+)
 from fastsigclr.runinfo import resolve_device, run_record
 
 PROVIDERS = ("eager", "compiled", "chunked", "triton")
@@ -37,10 +42,14 @@ class BenchLossConfig:
         None, "input dtypes; unset: bf16,fp16,fp32 on CUDA, fp32 on CPU", choices=tuple(DTYPES)
     )
     providers: tuple[str, ...] = option(PROVIDERS, "implementations to compare", choices=PROVIDERS)
+    losses: tuple[str, ...] = option(
+        ("sigmoid", "nt_xent"), "losses to measure", choices=("sigmoid", "nt_xent")
+    )
     warmup: int = option(3, "untimed calls before timing (compilation happens here)")
     reps: int | None = option(None, "timed calls per case; unset: 20 on CUDA, 5 on CPU")
     temperature: float = option(10.0, "fixed temperature t")
     bias: float = option(-10.0, "initial value of the learnable bias b")
+    nt_xent_temperature: float = option(0.2, "NT-Xent temperature τ")
     out: str = option("benchmarks/local", "directory for loss-<device>.json and loss-<device>.png")
 
     def __post_init__(self) -> None:
@@ -66,12 +75,22 @@ class BenchLossConfig:
         )
 
 
-def _loss_fn(provider: str):
-    if provider == "eager":
-        return sigmoid_pairwise_loss_reference
-    if provider == "compiled":
-        return torch.compile(sigmoid_pairwise_loss_reference, dynamic=False)
-    return partial(sigmoid_pairwise_loss, impl="torch" if provider == "chunked" else "triton")
+# loss -> (materialising reference, the package's function); both called as fn(z, bias)
+LOSS_FNS = {
+    "sigmoid": (sigmoid_pairwise_loss_reference, sigmoid_pairwise_loss),
+    "nt_xent": (nt_xent_loss_reference, nt_xent_loss),
+}
+
+
+def _loss_fn(provider: str, loss: str, cfg: BenchLossConfig):
+    reference, fused = LOSS_FNS[loss]
+    if provider in ("eager", "compiled"):
+        fn = reference if provider == "eager" else torch.compile(reference, dynamic=False)
+    else:
+        fn = partial(fused, impl="torch" if provider == "chunked" else "triton")
+    if loss == "sigmoid":
+        return lambda z, bias: fn(z, cfg.temperature, bias)
+    return lambda z, bias: fn(z, cfg.nt_xent_temperature)
 
 
 def _skip_reason(provider: str, device: torch.device) -> str | None:
@@ -81,10 +100,10 @@ def _skip_reason(provider: str, device: torch.device) -> str | None:
 
 
 def measure_case(
-    provider: str, rows: int, dim: int, dtype: str, cfg: BenchLossConfig, device: torch.device
+    loss: str, provider: str, rows: int, dim: int, dtype: str, cfg: BenchLossConfig, device: torch.device
 ) -> dict[str, Any]:
-    """Time and memory of one (provider, 2N, D, dtype) case, fwd+bwd with a learnable bias."""
-    row: dict[str, Any] = {"provider": provider, "rows": rows, "dim": dim, "dtype": dtype}
+    """Time and memory of one (loss, provider, 2N, D, dtype) case, fwd+bwd (sigmoid: learnable bias)."""
+    row: dict[str, Any] = {"loss": loss, "provider": provider, "rows": rows, "dim": dim, "dtype": dtype}
     reason = _skip_reason(provider, device)
     if reason:
         return {**row, "status": f"skipped: {reason}"}
@@ -93,12 +112,12 @@ def measure_case(
     gen = torch.Generator(device=device).manual_seed(rows + dim)
     z = torch.randn(rows, dim, device=device, dtype=DTYPES[dtype], generator=gen).requires_grad_()
     bias = torch.tensor(cfg.bias, device=device, requires_grad=True)
-    fn = _loss_fn(provider)
+    fn = _loss_fn(provider, loss, cfg)
 
     def step() -> None:
         z.grad = None
         bias.grad = None
-        fn(z, cfg.temperature, bias).backward()
+        fn(z, bias).backward()
 
     try:
         timing = time_fn(step, device, warmup=cfg.warmup, reps=cfg.reps or 1)
@@ -124,12 +143,14 @@ def measure_case(
 def add_ratios(rows: list[dict[str, Any]], matmul: dict[str, float]) -> None:
     """Speed-ups against the eager and compiled references of the same case, and the fraction
     of the matmul rate measured in the same run."""
-    by_case = {(r["rows"], r["dim"], r["dtype"], r["provider"]): r for r in rows if r["status"] == "ok"}
+    by_case = {
+        (r["loss"], r["rows"], r["dim"], r["dtype"], r["provider"]): r for r in rows if r["status"] == "ok"
+    }
     for r in rows:
         if r["status"] != "ok":
             continue
         for base in ("eager", "compiled"):
-            ref = by_case.get((r["rows"], r["dim"], r["dtype"], base))
+            ref = by_case.get((r["loss"], r["rows"], r["dim"], r["dtype"], base))
             r[f"speedup_vs_{base}"] = ref["median_ms"] / r["median_ms"] if ref else None
         rate = matmul.get(r["dtype"])
         r["fraction_of_matmul"] = r["tflops"] / rate if rate else None
@@ -145,7 +166,8 @@ def run(cfg: BenchLossConfig, command: list[str] | None = None) -> dict[str, Any
     matmul_size, matmul_reps = (8192, 20) if device.type == "cuda" else (1024, 5)
     matmul = {d: matmul_tflops(device, DTYPES[d], matmul_size, matmul_reps) for d in cfg.dtypes or ()}
     cases = [
-        (p, n, d, dt)
+        (loss, p, n, d, dt)
+        for loss in cfg.losses
         for dt in cfg.dtypes or ()
         for d in cfg.dims or ()
         for n in cfg.sizes or ()
@@ -153,9 +175,9 @@ def run(cfg: BenchLossConfig, command: list[str] | None = None) -> dict[str, Any
     ]
     rows = []
     bar = tqdm(cases, desc="bench loss", unit="case")
-    for provider, n, d, dt in bar:
-        bar.set_postfix_str(f"{provider} 2N={n} D={d} {dt}")
-        rows.append(measure_case(provider, n, d, dt, cfg, device))
+    for loss, provider, n, d, dt in bar:
+        bar.set_postfix_str(f"{loss} {provider} 2N={n} D={d} {dt}")
+        rows.append(measure_case(loss, provider, n, d, dt, cfg, device))
     add_ratios(rows, matmul)
     payload = {
         "benchmark": "loss",
@@ -175,12 +197,13 @@ def run(cfg: BenchLossConfig, command: list[str] | None = None) -> dict[str, Any
 
 def summary_table(payload: dict[str, Any]) -> str:
     """A plain-text table of the results (printed by the CLI)."""
-    head = f"{'provider':<9} {'dtype':<5} {'2N':>6} {'D':>4} {'median ms':>10} {'TFLOP/s':>8} "
+    head = f"{'loss':<8} {'provider':<9} {'dtype':<5} {'2N':>6} {'D':>4} {'median ms':>10} {'TFLOP/s':>8} "
     head += f"{'vs eager':>8} {'vs comp.':>8} {'peak MiB':>9}"
     lines = [head]
     for r in payload["results"]:
+        case = f"{r['loss']:<8} {r['provider']:<9} {r['dtype']:<5} {r['rows']:>6} {r['dim']:>4}"
         if r["status"] != "ok":
-            lines.append(f"{r['provider']:<9} {r['dtype']:<5} {r['rows']:>6} {r['dim']:>4} {r['status']}")
+            lines.append(f"{case} {r['status']}")
             continue
 
         def ratio(key: str, r: dict[str, Any] = r) -> str:
@@ -188,7 +211,7 @@ def summary_table(payload: dict[str, Any]) -> str:
 
         peak = f"{r['peak_extra_bytes'] / 2**20:.1f}" if r["peak_extra_bytes"] is not None else "-"
         lines.append(
-            f"{r['provider']:<9} {r['dtype']:<5} {r['rows']:>6} {r['dim']:>4} {r['median_ms']:>10.3f} "
-            f"{r['tflops']:>8.3f} {ratio('speedup_vs_eager'):>8} {ratio('speedup_vs_compiled'):>8} {peak:>9}"
+            f"{case} {r['median_ms']:>10.3f} {r['tflops']:>8.3f} {ratio('speedup_vs_eager'):>8} "
+            f"{ratio('speedup_vs_compiled'):>8} {peak:>9}"
         )
     return "\n".join(lines)

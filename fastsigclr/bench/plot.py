@@ -18,10 +18,10 @@ MARKERS = ["o", "s", "^", "D", "v"]
 def plot_loss(payload: dict[str, Any], path: Path) -> None:
     """Per dtype: fwd+bwd median time and peak extra memory against 2N, one line per provider and D."""
     rows = [r for r in payload["results"] if r["status"] == "ok"]
-    dtypes = sorted({r["dtype"] for r in rows}) or ["-"]
-    fig, axes = plt.subplots(len(dtypes), 2, figsize=(11, 4 * len(dtypes)), squeeze=False)
+    panels = sorted({(r.get("loss", "sigmoid"), r["dtype"]) for r in rows}) or [("sigmoid", "-")]
+    fig, axes = plt.subplots(len(panels), 2, figsize=(11, 4 * len(panels)), squeeze=False)
     dims = sorted({r["dim"] for r in rows})
-    for (ax_t, ax_m), dtype in zip(axes, dtypes, strict=True):
+    for (ax_t, ax_m), (loss, dtype) in zip(axes, panels, strict=True):
         for provider in COLORS:
             for i, dim in enumerate(dims):
                 sel = sorted(
@@ -43,7 +43,7 @@ def plot_loss(payload: dict[str, Any], path: Path) -> None:
                     ax_m.plot(*zip(*mem, strict=True), **style)
         device = payload.get("device", {}).get("name", "?")
         ax_t.set(xscale="log", yscale="log", xlabel="rows 2N", ylabel="fwd+bwd median (ms)")
-        ax_t.set_title(f"sigmoid loss, {dtype}, {device}")
+        ax_t.set_title(f"{loss} loss, {dtype}, {device}")
         ax_m.set(xscale="log", yscale="log", xlabel="rows 2N", ylabel="peak extra memory (MiB)")
         ax_m.set_title("memory above the inputs")
         for ax in (ax_t, ax_m):

@@ -1,0 +1,100 @@
+"""The CCEM experiment: the closed-form regimes, and free embeddings landing on the prediction."""
+
+import json
+import math
+
+import pytest
+
+from fastsigclr.ccem import CcemConfig, optimise, predict
+from fastsigclr.cli import main
+
+
+@pytest.mark.parametrize("n", [5, 8, 12, 20, 40])
+def test_regimes_match_the_b_equals_t_thresholds(n):
+    etf_from = (n - 1) / n * math.log(n - 3) if n > 3 else 0.0
+    anti_to = 0.5 * math.log((n - 2) / 2)
+    for t in [0.05 * k for k in range(1, 140)]:
+        if abs(t - etf_from) < 1e-6 or abs(t - anti_to) < 1e-6:
+            continue
+        pred = predict(n, t, t)
+        expected = "etf" if t > etf_from else "antipodal" if t < anti_to else "interior"
+        assert pred["regime"] == expected, (n, t, pred)
+        if expected == "etf":  # the minimiser along the family agrees with the closed form
+            assert pred["s_pos_pred"] == pytest.approx(1.0) and pred["s_neg_pred"] == pytest.approx(
+                -1 / (n - 1)
+            )
+        elif expected == "antipodal":
+            assert pred["s_pos_pred"] == pytest.approx(-1.0) and pred["s_neg_pred"] == pytest.approx(-1.0)
+        else:
+            assert -1 < pred["s_pos_pred"] < 1
+
+
+# Points well inside each regime for b = t (N = 12: antipodal below 0.80, ETF above 2.01;
+# N = 20: antipodal below 1.10, ETF above 2.69).
+POINTS = [
+    (12, 0.5, "antipodal"),
+    (12, 1.6, "interior"),
+    (12, 3.0, "etf"),
+    (20, 0.6, "antipodal"),
+    (20, 2.0, "interior"),
+    (20, 4.0, "etf"),
+]
+
+
+@pytest.mark.parametrize("n,t,regime", POINTS)
+def test_free_embeddings_reach_the_predicted_similarity(n, t, regime):
+    pred = predict(n, t, t)
+    assert pred["regime"] == regime
+    s_pos, s_neg = optimise("free", n, t, t, CcemConfig(steps=1500))
+    assert abs(s_pos - pred["s_pos_pred"]) <= 0.02, (s_pos, pred)
+    assert abs(s_neg - pred["s_neg_pred"]) <= 0.02, (s_neg, pred)
+
+
+def test_ccem_command_writes_table_csv_and_heatmap(tmp_path, capsys):
+    out = tmp_path / "ccem"
+    args = ["ccem", "--n", "6,12", "--t", "0.5,3", "--steps", "200", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    payload = json.loads((out / "results.json").read_text())
+    rows = payload["rows"]
+    keys = {"variant", "N", "d", "t", "b", "s_pos", "s_neg", "s_pos_pred", "s_neg_pred", "regime"}
+    assert len(rows) == 3 * 2 * 2 and all(set(r) == keys for r in rows)
+    assert {r["regime"] for r in rows} <= {"etf", "antipodal", "interior"}
+    assert all(r["b"] == r["t"] and r["d"] == r["N"] for r in rows)
+    # ReLU encoders output non-negative vectors: no similarity below zero.
+    assert all(r["s_pos"] >= -1e-9 and r["s_neg"] >= -1e-9 for r in rows if r["variant"] == "encoder")
+    assert (out / "results.csv").read_text().count("\n") == len(rows) + 1
+    assert (out / "heatmap.png").stat().st_size > 10_000
+    assert payload["versions"]["torch"] and "antipodal" in capsys.readouterr().out
+
+
+def test_explicit_bias_and_bad_options(tmp_path, capsys):
+    out = tmp_path / "b"
+    assert (
+        main(
+            [
+                "ccem",
+                "--n",
+                "8",
+                "--t",
+                "2",
+                "--bias",
+                "0,1",
+                "--variant",
+                "free",
+                "--steps",
+                "50",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["b"] for r in rows] == [0.0, 1.0]
+    with pytest.raises(SystemExit):
+        main(["ccem", "--n", "2"])
+    assert "--n needs values ≥ 3" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["ccem", "--variant", "linear"])
+    assert "linear not allowed; choose from free, encoder, sigclr" in capsys.readouterr().err
