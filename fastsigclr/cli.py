@@ -63,7 +63,8 @@ def _cmd_bench_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from fastsigclr.train import TrainConfig, train
+    from fastsigclr.recipe import TrainConfig
+    from fastsigclr.train import train
 
     summary = train(from_args(TrainConfig, args), command=["fastsigclr", *args.argv])
     knn = summary["knn_acc"]
@@ -139,7 +140,7 @@ Handler = Callable[[argparse.Namespace], int]
 Command = tuple[tuple[str, ...], str, Callable[[], type] | None, tuple[str, ...], Handler]
 # (subcommand path, help, config class (loaded lazily) or None, positional fields, handler)
 COMMANDS: list[Command] = [
-    (("train",), "pre-train an encoder (SigCLR)", _lazy("fastsigclr.train", "TrainConfig"), (), _cmd_train),
+    (("train",), "pre-train an encoder (SigCLR)", _lazy("fastsigclr.recipe", "TrainConfig"), (), _cmd_train),
     (
         ("eval",),
         "evaluate a run: knn or linear",

@@ -132,7 +132,7 @@ class EvalConfig:
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Evaluate a run's last checkpoint; prints nothing, writes eval-<protocol>.json in the run."""
-    from fastsigclr.train import load_run_model
+    from fastsigclr.recipe import load_run_model  # the recipe imports this module's helpers
 
     run_dir = Path(cfg.run or "")
     if not (run_dir / "config.json").is_file():

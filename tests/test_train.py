@@ -15,8 +15,8 @@ from fastsigclr import checkpoint
 from fastsigclr.cli import main
 from fastsigclr.data import DATASETS
 from fastsigclr.eval import extract_features, knn_accuracy
+from fastsigclr.recipe import TrainConfig, build_model, load_data
 from fastsigclr.runlog import read_metrics
-from fastsigclr.train import TrainConfig, build_model, load_data
 
 
 def cli(*args: str) -> list[str]:

@@ -19,7 +19,7 @@ import torch
 
 from fastsigclr.bench.common import time_fn, write_json
 from fastsigclr.config import option, to_dict
-from fastsigclr.data import DATASETS, AugmentSpec
+from fastsigclr.data import DATASETS, LOADERS, AugmentSpec
 from fastsigclr.data.augment import sample_params
 from fastsigclr.data.gpu_loader import augment_batch
 from fastsigclr.runinfo import resolve_device, run_record
@@ -59,7 +59,7 @@ class BenchTrainConfig:
 def run(cfg: BenchTrainConfig, command: list[str] | None = None) -> dict[str, Any]:
     from fastsigclr.bench.plot import plot_train
     from fastsigclr.optim import build_optimizer, param_groups
-    from fastsigclr.train import (
+    from fastsigclr.recipe import (
         PRESETS,
         StepParts,
         TrainConfig,
@@ -86,8 +86,6 @@ def run(cfg: BenchTrainConfig, command: list[str] | None = None) -> dict[str, An
     info, (train_x, train_y), _ = load_data(tcfg)
     view_dtype, autocast_dtype = compute_dtypes(tcfg, device)
     spec = AugmentSpec.simclr(info.image_size, info.mean, info.std)
-    from fastsigclr.data import LOADERS
-
     batch = cfg.batch_size or 1
     loader = LOADERS["gpu"](train_x, train_y, spec, batch, device, view_dtype, seed=0)
     model, criterion, probe = build_model(tcfg, info, device)
