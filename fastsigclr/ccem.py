@@ -145,6 +145,7 @@ def run(cfg: CcemConfig, command: list[str] | None = None) -> dict[str, Any]:
         for t in cfg.t
         for b in (cfg.bias if cfg.bias is not None else (t,))
     ]
+    record = run_record(torch.device("cpu"), command)  # what ran: taken before, not after
     rows = []
     for variant, n, t, b in tqdm(grid, desc="ccem", unit="config", disable=not cfg.progress):
         s_pos, s_neg = optimise(variant, n, t, b, cfg)
@@ -167,7 +168,7 @@ def run(cfg: CcemConfig, command: list[str] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     payload = {
         "experiment": "ccem",
-        **run_record(torch.device("cpu"), command),
+        **record,
         "config": to_dict(cfg),
         "rows": rows,
     }

@@ -71,6 +71,7 @@ def run(cfg: BenchTrainConfig, command: list[str] | None = None) -> dict[str, An
 
     device = resolve_device(cfg.device)
     cfg = cfg.resolved(device)
+    record = run_record(device, command)
     preset = PRESETS[cfg.dataset]
     tcfg = TrainConfig(
         dataset=cfg.dataset,
@@ -125,7 +126,7 @@ def run(cfg: BenchTrainConfig, command: list[str] | None = None) -> dict[str, An
         results[name] = {**timing, "img_per_s": per_second, "views_per_s": per_second * len(spec.views)}
     payload = {
         "benchmark": "train",
-        **run_record(device, command),
+        **record,
         "config": to_dict(cfg),
         "model": {"arch": cfg.arch, "width": cfg.width, "projector": list(preset["proj_dims"])},
         "views_dtype": str(view_dtype).removeprefix("torch."),
