@@ -63,6 +63,9 @@ class TrainConfig:
     momentum: float = option(0.9, "momentum")
     weight_decay: float = option(1e-4, "weight decay (not on BN parameters or biases)")
     warmup_epochs: float = option(10.0, "linear warm-up length in epochs (capped at the run length)")
+    use_labels: bool | None = option(
+        None, "supcon/tcl: contrast by class labels (default) or, with --no-use-labels, by views only"
+    )
     temperature: float | None = option(None, "loss temperature; unset: the method's (10, 0.2, 0.1, 0.1)")
     bias: float = option(-10.0, "initial sigmoid loss bias b (learnable; sigclr)")
     k1: float = option(5000.0, "TCL weight of e^(-s) on positives (tcl)")
@@ -101,6 +104,8 @@ class TrainConfig:
             or self.warmup_epochs < 0
         ):
             raise ValueError("--temperature must be > 0 and --lr, --weight-decay, --warmup-epochs ≥ 0")
+        if self.use_labels and not METHODS[self.method][1]:
+            raise ValueError(f"--use-labels: {self.method} cannot use labels; it is self-supervised")
         if self.resume and not self.out:
             raise ValueError("--resume needs --out DIR: the run directory to continue")
 
@@ -164,7 +169,11 @@ class StepParts:
     optimizer: torch.optim.Optimizer
     probe_optimizer: torch.optim.Optimizer
     autocast_dtype: torch.dtype | None
-    supervised: bool = False  # the loss takes the labels (SupCon, TCL)
+    supervised: bool = False  # the loss takes the labels (SupCon, TCL unless --no-use-labels)
+
+
+def uses_labels(cfg: TrainConfig) -> bool:
+    return METHODS[cfg.method][1] if cfg.use_labels is None else cfg.use_labels
 
 
 def loss_scalars(criterion: torch.nn.Module) -> dict[str, float]:

@@ -32,6 +32,7 @@ from fastsigclr.recipe import (
     load_run_model,
     loss_scalars,
     train_step,
+    uses_labels,
 )
 from fastsigclr.runinfo import resolve_device, run_record
 from fastsigclr.runlog import RunLog
@@ -103,7 +104,7 @@ def train(cfg: TrainConfig, command: list[str] | None = None) -> dict[str, Any]:
     total_steps = epochs * steps_per_epoch
     warmup_steps = int(min(cfg.warmup_epochs, epochs) * steps_per_epoch)
     forward = torch.compile(model) if cfg.compile else model
-    parts = StepParts(forward, criterion, probe, optimizer, probe_opt, autocast_dtype, METHODS[cfg.method][1])
+    parts = StepParts(forward, criterion, probe, optimizer, probe_opt, autocast_dtype, uses_labels(cfg))
 
     start_epoch, step = 0, 0
     if state is not None:

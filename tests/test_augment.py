@@ -222,3 +222,15 @@ def test_loader_rejects_bad_input():
         )
     with pytest.raises(ValueError, match="larger than the 10 images"):
         loader(n=10, batch=16)
+
+
+def test_third_view_takes_a_different_weak_transform():
+    spec = AugmentSpec.simclr(32, MEAN, STD, n_views=3)
+    first, second, third = spec.views
+    assert third != first and third != second
+    assert (
+        third.crop_scale == (0.2, 1.0) and third.jitter_p == 0 and third.gray_p == 0 and third.solarize_p == 0
+    )
+    p = sample_params(spec, 4000, 32, 32, torch.Generator().manual_seed(0))
+    assert (p[2, :, P_BRIGHT] == 1).all() and (p[2, :, P_GRAY] == 0).all()
+    assert (p[2, :, P_H] * p[2, :, P_W] / 1024).min() >= 0.19  # crop scale from 0.2 (integer sides)

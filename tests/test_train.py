@@ -176,3 +176,13 @@ def test_every_method_trains(cifar10_dir, tmp_path, method, temperature):
     assert len(losses) == 2 and all(map(torch.isfinite, torch.tensor(losses)))
     summary = json.loads((out / "summary.json").read_text())
     assert ("final_bias" in summary) == (method == "sigclr")
+
+
+def test_self_supervised_tcl_with_a_third_view(cifar10_dir, tmp_path, capsys):
+    out = tmp_path / "tcl3"
+    extra = ["--epochs", "1", "--method", "tcl", "--no-use-labels", "--n-views", "3", "--limit-train", "256"]
+    assert main(quick_args(cifar10_dir, out, *extra)) == 0
+    assert len(step_losses(out)) == 2 and all(map(torch.isfinite, torch.tensor(step_losses(out))))
+    with pytest.raises(SystemExit):
+        main(quick_args(cifar10_dir, tmp_path / "bad", "--method", "simclr", "--use-labels"))
+    assert "simclr cannot use labels" in capsys.readouterr().err

@@ -48,11 +48,14 @@ class AugmentSpec:
 
     @classmethod
     def simclr(cls, size: int, mean, std, *, n_views: int = 2, blur: bool | None = None) -> AugmentSpec:
-        """Asymmetric views: blur p 1.0 / 0.1 (off at 32² unless asked), solarisation p 0.0 / 0.2."""
+        """Asymmetric views: blur p 1.0 / 0.1 (off at 32² unless asked), solarisation p 0.0 / 0.2.
+        A third view (TCL's self-supervised setting) takes a different, weak transform: crop
+        (scale 0.2–1) and flip only; further views repeat the first three."""
         use_blur = size > 32 if blur is None else blur
         first = ViewSpec(blur_p=1.0 if use_blur else 0.0)
         second = ViewSpec(blur_p=0.1 if use_blur else 0.0, solarize_p=0.2)
-        views = tuple(first if v % 2 == 0 else second for v in range(n_views))
+        weak = ViewSpec(crop_scale=(0.2, 1.0), jitter_p=0.0, gray_p=0.0)
+        views = tuple((first, second, weak)[v % 3] for v in range(n_views))
         return cls(size=size, mean=tuple(mean), std=tuple(std), views=views)
 
     @property

@@ -197,14 +197,11 @@ class ContrastiveLoss(torch.nn.Module):
         self.register_buffer("temperature", torch.tensor(float(temperature)))
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """z: (n_views·N, D) view-major; labels (N,) for the supervised kinds."""
+        """z: (n_views·N, D) view-major; labels (N,) for supervised SupCon/TCL, None for views only."""
         if self.kind == "nt_xent":
             return nt_xent_loss(z, self.tau, n_views=self.n_views)
-        if self.kind == "supcon":
-            if labels is None:
-                raise ValueError("supcon needs labels")
-            return supcon_loss(z, labels, self.tau)
-        return tcl_loss(z, labels, self.tau, self.k1, self.k2, n_views=self.n_views)
+        k1, k2 = (0.0, 1.0) if self.kind == "supcon" else (self.k1, self.k2)
+        return tcl_loss(z, labels, self.tau, k1, k2, n_views=self.n_views)
 
     def extra_repr(self) -> str:
         extra = f", k1={self.k1}, k2={self.k2}" if self.kind == "tcl" else ""
