@@ -18,7 +18,7 @@ import triton.language as tl
 from .tiles import feature_tiling, similarity_tile
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-NEG_BIG = -1.0e30  # finite "−∞": rows without a valid column yet never produce exp(−∞ + ∞)
+NEG_BIG = tl.constexpr(-1.0e30)  # finite "−∞": rows without a valid column never give exp(−∞ + ∞)
 
 
 @triton.jit

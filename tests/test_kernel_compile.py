@@ -26,3 +26,6 @@ def test_kernels_compile_for_sm90(tmp_path):
     assert {r["kernel"].split()[1] for r in loss} == {"bf16", "fp16", "fp32"}
     assert all(r["wgmma"] for r in loss if r["kernel"].split()[1] != "fp32")
     assert len([r for r in rows if r["kernel"].startswith("augment") and "error" not in r]) == 4
+    ntxent = [r for r in rows if r["kernel"].startswith("ntxent")]
+    assert len(ntxent) == 6 and not any("error" in r for r in ntxent)
+    assert all(r["wgmma"] for r in ntxent if "bf16" in r["kernel"])

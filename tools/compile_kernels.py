@@ -107,6 +107,48 @@ def sigmoid_cases(target: GPUTarget, all_configs: bool, quick: bool):
                 yield {"kernel": f"sigmoid {dtype} D={d}", "error": "no candidate config fits an H100"}
 
 
+def ntxent_cases(target: GPUTarget):
+    """Forward and both backward passes of the NT-Xent kernel, at the launcher's 64×64 tiles."""
+    from fastsigclr.kernels import ntxent
+
+    for dtype in ("bf16", "fp32"):
+        block_k, num_k = (128, 1)
+        shared = dict(
+            BLOCK_M=64, BLOCK_N=64, BLOCK_K=block_k, NUM_K=num_k, N_VIEWS=2, UPCAST=False, PRECISION="ieee"
+        )
+        fwd = {
+            "Z": PTR[dtype],
+            "LSE": "*fp32",
+            "ROWLOSS": "*fp32",
+            "M": "i32",
+            "N_PER_VIEW": "i32",
+            "D": "i32",
+            "stride_z": "i32",
+            "inv_tau": "fp32",
+        }
+        row = run_case(f"ntxent fwd {dtype}", ntxent._ntxent_fwd_kernel, fwd, shared, target, 4, 2)
+        row["tensor_cores_required"] = dtype != "fp32" and target.arch >= 90
+        yield row
+        bwd = {
+            "Z": PTR[dtype],
+            "LSE": "*fp32",
+            "DZ": "*fp32",
+            "M": "i32",
+            "N_PER_VIEW": "i32",
+            "D": "i32",
+            "stride_z": "i32",
+            "stride_dz": "i32",
+            "inv_tau": "fp32",
+            "scale": "fp32",
+        }
+        for transposed in (False, True):
+            consts = dict(shared, BLOCK_DO=block_k, TRANSPOSED=transposed, ACCUMULATE=transposed)
+            name = f"ntxent bwd {dtype} transposed={transposed}"
+            row = run_case(name, ntxent._ntxent_bwd_kernel, bwd, consts, target, 4, 2)
+            row["tensor_cores_required"] = dtype != "fp32" and target.arch >= 90
+            yield row
+
+
 def augment_cases(target: GPUTarget):
     means = {n: "fp32" for n in ("mean0", "mean1", "mean2", "inv_std0", "inv_std1", "inv_std2")}
     for dtype in ("bf16", "fp32"):
@@ -155,8 +197,14 @@ def main() -> int:
     args = ap.parse_args()
     target = GPUTarget("cuda", args.arch, 32)
     report, failures = [], 0
-    for row in [*sigmoid_cases(target, args.all_configs, args.quick), *augment_cases(target)]:
-        if row.get("tensor_cores_required") and row.get("fits_h100") and not row.get("wgmma"):
+    cases = [
+        *sigmoid_cases(target, args.all_configs, args.quick),
+        *ntxent_cases(target),
+        *augment_cases(target),
+    ]
+    for row in cases:
+        fits = row.get("fits_h100", "error" not in row)
+        if row.get("tensor_cores_required") and fits and not row.get("wgmma"):
             row["error"] = "16-bit dots did not lower to wgmma (tensor cores)"
         # A candidate too big for an H100 is expected (the autotuner skips it); other errors are not.
         failures += ("error" in row and not row["kernel"].startswith("sigmoid")) or (
