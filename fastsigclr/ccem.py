@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from fastsigclr.checkpoint import write_text_atomic
 from fastsigclr.config import option, to_dict
 from fastsigclr.losses import sigmoid_pairwise_loss
 from fastsigclr.runinfo import run_record
@@ -172,7 +173,7 @@ def run(cfg: CcemConfig, command: list[str] | None = None) -> dict[str, Any]:
         "config": to_dict(cfg),
         "rows": rows,
     }
-    (out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    write_text_atomic(out / "results.json", json.dumps(payload, indent=2) + "\n")
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from fastsigclr.checkpoint import write_text_atomic
 from fastsigclr.config import FastSigCLRError, option
 from fastsigclr.data.gpu_loader import normalized
 
@@ -185,8 +186,6 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         )
         result.update(epochs=cfg.linear_epochs, accuracy=probe["test_acc"], train_accuracy=probe["train_acc"])
     out = run_dir / f"eval-{cfg.protocol}.json"
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(out)
+    write_text_atomic(out, json.dumps(result, indent=2) + "\n")
     result["path"] = str(out)
     return result

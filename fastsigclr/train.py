@@ -116,7 +116,9 @@ def train(cfg: TrainConfig, command: list[str] | None = None) -> dict[str, Any]:
         ckpt.set_rng_state(state["rng"])
         start_epoch, step = state["epoch"], state["step"]
     record = run_record(device, command)
-    (run_dir / "config.json").write_text(json.dumps({"config": to_dict(cfg), **record}, indent=2) + "\n")
+    ckpt.write_text_atomic(
+        run_dir / "config.json", json.dumps({"config": to_dict(cfg), **record}, indent=2) + "\n"
+    )
     log = RunLog(
         run_dir, resume_epoch=start_epoch if state is not None else None, tensorboard=cfg.tensorboard
     )
@@ -216,5 +218,5 @@ def train(cfg: TrainConfig, command: list[str] | None = None) -> dict[str, Any]:
         "run_dir": str(run_dir),
         "device": record["device"],
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    ckpt.write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

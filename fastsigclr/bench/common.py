@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from fastsigclr.checkpoint import write_text_atomic
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -49,8 +51,4 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, size: int, reps: int
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Atomic write: a reader never sees half a results file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")
