@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .tiles import feature_tiling, similarity_tile
+
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 # Widest feature tile kept in registers: a 128×256 fp32 accumulator is already 128 registers
@@ -110,23 +112,21 @@ def _sigmoid_pairwise_kernel(
                 zj_t = zj_t.to(tl.float32)
             s = tl.dot(zi, zj_t, input_precision=PRECISION)
         else:
-            s = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for kb in tl.static_range(NUM_K):
-                ks = kb * BLOCK_K + offs_k
-                zik = tl.load(
-                    Z + rows[:, None] * stride_z + ks[None, :],
-                    mask=row_ok[:, None] & (ks[None, :] < D),
-                    other=0.0,
-                )
-                zjk_t = tl.load(
-                    Z + cols[None, :] * stride_z + ks[:, None],
-                    mask=col_ok[None, :] & (ks[:, None] < D),
-                    other=0.0,
-                )
-                if UPCAST:
-                    zik = zik.to(tl.float32)
-                    zjk_t = zjk_t.to(tl.float32)
-                s = tl.dot(zik, zjk_t, s, input_precision=PRECISION)
+            s = similarity_tile(
+                Z,
+                rows,
+                row_ok,
+                cols,
+                col_ok,
+                stride_z,
+                D,
+                BLOCK_M,
+                BLOCK_N,
+                BLOCK_K,
+                NUM_K,
+                UPCAST,
+                PRECISION,
+            )
 
         valid = row_ok[:, None] & col_ok[None, :] & (rows[:, None] != cols[None, :])
         pos = valid & (row_img[:, None] == (cols % N_PER_VIEW)[None, :])
@@ -202,8 +202,7 @@ def sigmoid_pairwise_triton(
     if zhat.stride(1) != 1:
         zhat = zhat.contiguous()
     m, d = zhat.shape
-    block_k = block_k or min(triton.next_power_of_2(max(d, 16)), MAX_BLOCK_D)
-    num_k = triton.cdiv(d, block_k)
+    block_k, num_k = feature_tiling(d, MAX_BLOCK_D) if block_k is None else (block_k, triton.cdiv(d, block_k))
     block_do = block_k
     n_splits = triton.cdiv(d, block_do) if compute_grad else 1
     # Without a gradient the kernel never touches DZ, so zhat stands in for it.
