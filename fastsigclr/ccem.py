@@ -77,7 +77,7 @@ def predict(n: int, t: float, b: float) -> dict[str, Any]:
     sigmoid = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
     if 2 * sigmoid(b - t) >= (n - 2) * sigmoid(-t / (n - 1) - b):
         regime = "etf"
-    elif t + b <= math.log((n - 2) / 2) if n > 2 else False:
+    elif t + b <= math.log((n - 2) / 2):
         regime = "antipodal"
     else:
         regime = "interior"

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from fastsigclr.checkpoint import write_text_atomic
 from fastsigclr.config import FastSigCLRError, option
 from fastsigclr.data.gpu_loader import normalized
+from fastsigclr.recipe import load_run_model
 
 
 @torch.no_grad()
@@ -133,8 +134,6 @@ class EvalConfig:
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Evaluate a run's last checkpoint; prints nothing, writes eval-<protocol>.json in the run."""
-    from fastsigclr.recipe import load_run_model  # the recipe imports this module's helpers
-
     run_dir = Path(cfg.run or "")
     if not (run_dir / "config.json").is_file():
         raise FastSigCLRError(

@@ -22,31 +22,17 @@ from fastsigclr.data import LOADERS, AugmentSpec
 from fastsigclr.eval import extract_features, knn_accuracy
 from fastsigclr.optim import build_optimizer, param_groups, warmup_cosine
 from fastsigclr.recipe import (
-    METHODS,
-    PRESETS,
     StepParts,
     TrainConfig,
     build_model,
     compute_dtypes,
     load_data,
-    load_run_model,
     loss_scalars,
     train_step,
     uses_labels,
 )
 from fastsigclr.runinfo import resolve_device, run_record
 from fastsigclr.runlog import RunLog
-
-__all__ = [
-    "METHODS",
-    "PRESETS",
-    "TrainConfig",
-    "build_model",
-    "load_data",
-    "load_run_model",
-    "train",
-    "train_step",
-]
 
 # Options that may differ when resuming a run (everything else must match its config.json).
 RESUMABLE_CHANGES = {

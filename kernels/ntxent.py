@@ -9,15 +9,12 @@ Tiles are fixed at 64×64 (not yet tuned on a GPU).
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from .tiles import feature_tiling, similarity_tile
+from .tiles import dot_settings, feature_tiling, similarity_tile
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 NEG_BIG = tl.constexpr(-1.0e30)  # finite "−∞": rows without a valid column never give exp(−∞ + ∞)
 
 
@@ -178,8 +175,7 @@ def nt_xent_triton(
         BLOCK_K=bk,
         NUM_K=num_k,
         N_VIEWS=n_views,
-        UPCAST=INTERPRET and zhat.dtype == torch.bfloat16,
-        PRECISION="tf32" if zhat.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee",
+        **dot_settings(zhat.dtype),
     )
     inv_tau = 1.0 / temperature
     lse = torch.empty(m, dtype=torch.float32, device=zhat.device)

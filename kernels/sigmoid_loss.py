@@ -8,15 +8,11 @@ respect to the (already normalised) rows, the bias and the temperature.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from .tiles import feature_tiling, similarity_tile
-
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+from .tiles import INTERPRET, dot_settings, feature_tiling, similarity_tile
 
 # Widest feature tile kept in registers: a 128×256 fp32 accumulator is already 128 registers
 # per thread at 8 warps. Wider D is split across a second grid axis (S is recomputed per split).
@@ -213,15 +209,13 @@ def sigmoid_pairwise_triton(
     )
     t = temperature.detach().to(torch.float32).contiguous()
     b = bias.detach().to(torch.float32).contiguous()
-    precision = "tf32" if zhat.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
     args = dict(
         BLOCK_K=block_k,
         NUM_K=num_k,
         BLOCK_DO=block_do,
         COMPUTE_LOSS=compute_loss,
         COMPUTE_GRAD=compute_grad,
-        UPCAST=INTERPRET and zhat.dtype == torch.bfloat16,
-        PRECISION=precision,
+        **dot_settings(zhat.dtype),
     )
 
     rowsum = torch.empty((3, m), dtype=torch.float32, device=zhat.device)

@@ -1,7 +1,12 @@
 """Tile helpers shared by the contrastive kernels."""
 
+import os
+
+import torch
 import triton
 import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit
@@ -37,6 +42,13 @@ def similarity_tile(
             bt = bt.to(tl.float32)
         s = tl.dot(a, bt, s, input_precision=PRECISION)
     return s
+
+
+def dot_settings(dtype: torch.dtype) -> dict:
+    """UPCAST (the interpreter's bf16 tl.dot is wrong, so it computes in fp32 there) and PRECISION
+    (fp32 operands follow torch.backends.cuda.matmul.allow_tf32, like torch's own matmuls)."""
+    tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
+    return {"UPCAST": INTERPRET and dtype == torch.bfloat16, "PRECISION": "tf32" if tf32 else "ieee"}
 
 
 def feature_tiling(d: int, max_block: int = 256) -> tuple[int, int]:

@@ -60,7 +60,6 @@ def run(cfg: BenchTrainConfig, command: list[str] | None = None) -> dict[str, An
     from fastsigclr.bench.plot import plot_train
     from fastsigclr.optim import build_optimizer, param_groups
     from fastsigclr.recipe import (
-        PRESETS,
         StepParts,
         TrainConfig,
         build_model,
@@ -72,7 +71,6 @@ def run(cfg: BenchTrainConfig, command: list[str] | None = None) -> dict[str, An
     device = resolve_device(cfg.device)
     cfg = cfg.resolved(device)
     record = run_record(device, command)
-    preset = PRESETS[cfg.dataset]
     tcfg = TrainConfig(
         dataset=cfg.dataset,
         data_dir=cfg.data_dir,
@@ -128,7 +126,7 @@ def run(cfg: BenchTrainConfig, command: list[str] | None = None) -> dict[str, An
         "benchmark": "train",
         **record,
         "config": to_dict(cfg),
-        "model": {"arch": cfg.arch, "width": cfg.width, "projector": list(preset["proj_dims"])},
+        "model": {"arch": cfg.arch, "width": cfg.width, "projector": list(tcfg.proj_dims or ())},
         "views_dtype": str(view_dtype).removeprefix("torch."),
         "augment_path": "triton kernel" if loader.use_kernel else "pytorch reference",
         "results": results,

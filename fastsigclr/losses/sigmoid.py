@@ -13,7 +13,6 @@ chunks (no (V·N)² tensor), ``"triton"`` runs the fused kernel of ``fastsigclr.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -95,10 +94,6 @@ def sigmoid_pairwise_chunked(
     return (loss * inv_m if compute_loss else None), dz, dt * inv_m, db * inv_m
 
 
-def _with_views(backend: Callable, n_views: int, zhat, t, b, *, compute_grad: bool):
-    return backend(zhat, t, b, n_views, compute_grad=compute_grad)
-
-
 def sigmoid_pairwise_loss(
     z: torch.Tensor,
     temperature: Scalar,
@@ -118,8 +113,8 @@ def sigmoid_pairwise_loss(
     which = resolve_impl(impl, z)
     zhat = normalize_rows(z) if normalize else z
     backend = kernel("sigmoid_pairwise_triton") if which == "triton" else sigmoid_pairwise_chunked
-    # The backends take (zhat, t, b, n_views); n_views is bound here so only tensors go through autograd.
-    bound = partial(_with_views, backend, n_views)
+    # n_views is bound here so that only tensors go through autograd.
+    bound = partial(backend, n_views=n_views)
     return PrecomputedGrad.apply(bound, zhat, as_scalar_tensor(temperature, z), as_scalar_tensor(bias, z))
 
 
