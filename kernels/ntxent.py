@@ -47,7 +47,21 @@ def _ntxent_fwd_kernel(
         cols = start + tl.arange(0, BLOCK_N)
         col_ok = cols < M
         s = similarity_tile(
-            Z, rows, row_ok, cols, col_ok, stride_z, D, BLOCK_M, BLOCK_N, BLOCK_K, NUM_K, UPCAST, PRECISION
+            Z,
+            rows,
+            row_ok,
+            stride_z,
+            Z,
+            cols,
+            col_ok,
+            stride_z,
+            D,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_K,
+            NUM_K,
+            UPCAST,
+            PRECISION,
         )
         logits = s * inv_tau
         valid = row_ok[:, None] & col_ok[None, :] & (rows[:, None] != cols[None, :])
@@ -103,6 +117,8 @@ def _ntxent_bwd_kernel(
                 Z,
                 other,
                 other_ok,
+                stride_z,
+                Z,
                 own,
                 own_ok,
                 stride_z,
@@ -121,6 +137,8 @@ def _ntxent_bwd_kernel(
                 Z,
                 own,
                 own_ok,
+                stride_z,
+                Z,
                 other,
                 other_ok,
                 stride_z,

@@ -49,21 +49,26 @@ H100_SHARED_MEMORY = 227 * 1024
 
 @triton.jit
 def _sigmoid_pairwise_kernel(
-    Z,  # (M, D) normalised rows, view-major; any of fp32/fp16/bf16
+    Z,  # (M, D) normalised anchor rows, view-major; any of fp32/fp16/bf16
+    ZC,  # (MC, D) normalised columns: Z itself, or another rank's rows (same dtype)
     DZ,  # (M, D) out: ∂L/∂Z (not yet scaled by grad_output)
     ROWSUM,  # (3, M) fp32 out: per-row sums of loss terms / M, of G, of G∘S (written by split 0)
     T,  # pointer to the temperature (fp32 scalar)
     B,  # pointer to the bias (fp32 scalar)
     M,
+    MC,
     N_PER_VIEW,
     D,
     stride_z,
+    stride_zc,
     stride_dz,
+    INV_M,  # 1 / (rows of the whole batch): 1/M here, 1/(world·M) for a distributed block
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,  # feature tile for S = Z_I Z_Jᵀ
     NUM_K: tl.constexpr,  # ceil(D / BLOCK_K)
     BLOCK_DO: tl.constexpr,  # feature slice of dZ owned by this program (grid axis 1)
+    SELF_BLOCK: tl.constexpr,  # columns are the anchors: skip i = j, positives at i ≡ j (mod N)
     COMPUTE_LOSS: tl.constexpr,
     COMPUTE_GRAD: tl.constexpr,
     UPCAST: tl.constexpr,  # interpreter only: its bf16 tl.dot is wrong, so compute in fp32
@@ -73,7 +78,7 @@ def _sigmoid_pairwise_kernel(
     pid_d = tl.program_id(1)
     t = tl.load(T).to(tl.float32)
     b = tl.load(B).to(tl.float32)
-    inv_m = 1.0 / M
+    inv_m = INV_M
 
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
@@ -95,12 +100,12 @@ def _sigmoid_pairwise_kernel(
     g_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
     gs_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
 
-    for start_n in range(0, M, BLOCK_N):
+    for start_n in range(0, MC, BLOCK_N):
         cols = start_n + tl.arange(0, BLOCK_N)
-        col_ok = cols < M
+        col_ok = cols < MC
         if NUM_K == 1:
             zj_t = tl.load(
-                Z + cols[None, :] * stride_z + offs_k[:, None],
+                ZC + cols[None, :] * stride_zc + offs_k[:, None],
                 mask=col_ok[None, :] & (offs_k[:, None] < D),
                 other=0.0,
             )
@@ -112,9 +117,11 @@ def _sigmoid_pairwise_kernel(
                 Z,
                 rows,
                 row_ok,
+                stride_z,
+                ZC,
                 cols,
                 col_ok,
-                stride_z,
+                stride_zc,
                 D,
                 BLOCK_M,
                 BLOCK_N,
@@ -124,8 +131,12 @@ def _sigmoid_pairwise_kernel(
                 PRECISION,
             )
 
-        valid = row_ok[:, None] & col_ok[None, :] & (rows[:, None] != cols[None, :])
-        pos = valid & (row_img[:, None] == (cols % N_PER_VIEW)[None, :])
+        if SELF_BLOCK:
+            valid = row_ok[:, None] & col_ok[None, :] & (rows[:, None] != cols[None, :])
+            pos = valid & (row_img[:, None] == (cols % N_PER_VIEW)[None, :])
+        else:  # another rank's images: every pair is a negative
+            valid = row_ok[:, None] & col_ok[None, :]
+            pos = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int1)
         a = t * s + b
         # One exp serves both the softplus and the sigmoid.
         e = tl.exp(-tl.abs(a))
@@ -142,7 +153,7 @@ def _sigmoid_pairwise_kernel(
             loss_acc += tl.sum(tl.where(valid, tl.maximum(x, 0.0) + l1p, 0.0), axis=1)
         if COMPUTE_GRAD:
             zj = tl.load(
-                Z + cols[:, None] * stride_z + offs_do[None, :],
+                ZC + cols[:, None] * stride_zc + offs_do[None, :],
                 mask=col_ok[:, None] & (offs_do[None, :] < D),
                 other=0.0,
             )
@@ -151,7 +162,8 @@ def _sigmoid_pairwise_kernel(
             dz_acc = tl.dot(g.to(zj.dtype), zj, dz_acc, input_precision=PRECISION)
 
     if COMPUTE_GRAD:
-        # ∂L/∂ẑ_i = t·Σ_j (g_ij + g_ji) ẑ_j = 2t·Σ_j g_ij ẑ_j, since g is symmetric.
+        # ∂L/∂ẑ_i = t·Σ_j (g_ij + g_ji) ẑ_j = 2t·Σ_j g_ij ẑ_j, since g is symmetric; so the
+        # rows of one rank need only their own rows of G, whoever holds the columns.
         tl.store(
             DZ + rows[:, None] * stride_dz + offs_do[None, :],
             (2.0 * t * dz_acc).to(DZ.dtype.element_ty),
@@ -165,7 +177,7 @@ def _sigmoid_pairwise_kernel(
         tl.store(ROWSUM + 2 * M + rows, gs_acc, mask=row_ok)
 
 
-_autotuned_kernel = triton.autotune(configs=_configs(), key=["M", "D"])(_sigmoid_pairwise_kernel)
+_autotuned_kernel = triton.autotune(configs=_configs(), key=["M", "MC", "D"])(_sigmoid_pairwise_kernel)
 
 
 def _grad_storage_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -195,17 +207,63 @@ def sigmoid_pairwise_triton(
     the loss is None without compute_loss and dL/dzhat None without compute_grad.
     block_* override the autotuned tile sizes (tests use them to exercise tails).
     """
-    if zhat.stride(1) != 1:
-        zhat = zhat.contiguous()
-    m, d = zhat.shape
+    m = zhat.shape[0]
+    return sigmoid_block_triton(
+        zhat,
+        zhat,
+        temperature,
+        bias,
+        n_per_view=m // n_views,
+        inv_m=1.0 / m,
+        self_block=True,
+        compute_grad=compute_grad,
+        compute_loss=compute_loss,
+        block_m=block_m,
+        block_n=block_n,
+        block_k=block_k,
+    )
+
+
+def sigmoid_block_triton(
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    temperature: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    n_per_view: int,
+    inv_m: float,
+    self_block: bool,
+    compute_grad: bool = True,
+    compute_loss: bool = True,
+    dz_dtype: torch.dtype | None = None,
+    block_m: int | None = None,
+    block_n: int | None = None,
+    block_k: int | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """One block of the loss: anchors ``rows`` (M, D) against ``cols`` (MC, D), both normalised.
+
+    self_block: cols is rows (skip i = j; positives where i ≡ j mod n_per_view); otherwise every
+    pair is a negative (another rank's images). Every term is scaled by inv_m = 1 / (rows of the
+    whole batch). Returns this block's (loss, ∂L/∂rows, ∂L/∂t, ∂L/∂b); ∂L/∂rows is stored in
+    dz_dtype (default: bf16 for bf16 rows, else fp32).
+    """
+    if rows.stride(1) != 1:
+        rows = rows.contiguous()
+    if cols.stride(1) != 1:
+        cols = cols.contiguous()
+    if cols.dtype != rows.dtype or cols.shape[1] != rows.shape[1]:
+        raise ValueError(
+            f"cols {cols.dtype} {tuple(cols.shape)} do not match rows {rows.dtype} {tuple(rows.shape)}"
+        )
+    m, d = rows.shape
     block_k, num_k = feature_tiling(d, MAX_BLOCK_D) if block_k is None else (block_k, triton.cdiv(d, block_k))
     block_do = block_k
     n_splits = triton.cdiv(d, block_do) if compute_grad else 1
-    # Without a gradient the kernel never touches DZ, so zhat stands in for it.
+    # Without a gradient the kernel never touches DZ, so the rows stand in for it.
     dz = (
-        torch.empty(zhat.shape, dtype=_grad_storage_dtype(zhat.dtype), device=zhat.device)
+        torch.empty(rows.shape, dtype=dz_dtype or _grad_storage_dtype(rows.dtype), device=rows.device)
         if compute_grad
-        else zhat
+        else rows
     )
     t = temperature.detach().to(torch.float32).contiguous()
     b = bias.detach().to(torch.float32).contiguous()
@@ -213,13 +271,15 @@ def sigmoid_pairwise_triton(
         BLOCK_K=block_k,
         NUM_K=num_k,
         BLOCK_DO=block_do,
+        SELF_BLOCK=self_block,
         COMPUTE_LOSS=compute_loss,
         COMPUTE_GRAD=compute_grad,
-        **dot_settings(zhat.dtype),
+        **dot_settings(rows.dtype),
     )
 
-    rowsum = torch.empty((3, m), dtype=torch.float32, device=zhat.device)
-    common = (zhat, dz, rowsum, t, b, m, m // n_views, d, zhat.stride(0), dz.stride(0))
+    rowsum = torch.empty((3, m), dtype=torch.float32, device=rows.device)
+    common = (rows, cols, dz, rowsum, t, b, m, cols.shape[0], n_per_view, d)
+    common += (rows.stride(0), cols.stride(0), dz.stride(0), float(inv_m))
     if block_m is None and block_n is None:
         _autotuned_kernel[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), n_splits)](*common, **args)
     else:

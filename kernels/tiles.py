@@ -11,12 +11,14 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 @triton.jit
 def similarity_tile(
-    Z,
+    ZA,
     rows_a,
     ok_a,
+    stride_a,
+    ZB,
     rows_b,
     ok_b,
-    stride_z,
+    stride_b,
     D,
     BLOCK_A: tl.constexpr,
     BLOCK_B: tl.constexpr,
@@ -25,17 +27,17 @@ def similarity_tile(
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """S = Z[rows_a] Z[rows_b]ᵀ, (BLOCK_A, BLOCK_B) in fp32, over D in NUM_K steps of BLOCK_K;
+    """S = ZA[rows_a] ZB[rows_b]ᵀ, (BLOCK_A, BLOCK_B) in fp32, over D in NUM_K steps of BLOCK_K;
     masked rows and features read as 0."""
     offs_k = tl.arange(0, BLOCK_K)
     s = tl.zeros((BLOCK_A, BLOCK_B), dtype=tl.float32)
     for kb in tl.static_range(NUM_K):
         ks = kb * BLOCK_K + offs_k
         a = tl.load(
-            Z + rows_a[:, None] * stride_z + ks[None, :], mask=ok_a[:, None] & (ks[None, :] < D), other=0.0
+            ZA + rows_a[:, None] * stride_a + ks[None, :], mask=ok_a[:, None] & (ks[None, :] < D), other=0.0
         )
         bt = tl.load(
-            Z + rows_b[None, :] * stride_z + ks[:, None], mask=ok_b[None, :] & (ks[:, None] < D), other=0.0
+            ZB + rows_b[None, :] * stride_b + ks[:, None], mask=ok_b[None, :] & (ks[:, None] < D), other=0.0
         )
         if UPCAST:
             a = a.to(tl.float32)

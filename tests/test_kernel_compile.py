@@ -22,9 +22,12 @@ def test_kernels_compile_for_sm90(tmp_path):
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     rows = json.loads(report.read_text())["kernels"]
-    loss = [r for r in rows if r["kernel"].startswith("sigmoid") and r.get("fits_h100")]
+    loss = [r for r in rows if r["kernel"].split()[0] == "sigmoid" and r.get("fits_h100")]
+    loss = [r for r in loss if "cross-rank" not in r["kernel"]]
     assert {r["kernel"].split()[1] for r in loss} == {"bf16", "fp16", "fp32"}
     assert all(r["wgmma"] for r in loss if r["kernel"].split()[1] != "fp32")
+    cross = [r for r in rows if r["kernel"].startswith("sigmoid cross-rank") and r.get("fits_h100")]
+    assert cross and all(r["wgmma"] for r in cross)
     assert len([r for r in rows if r["kernel"].startswith("augment") and "error" not in r]) == 4
     ntxent = [r for r in rows if r["kernel"].startswith("ntxent")]
     assert len(ntxent) == 6 and not any("error" in r for r in ntxent)

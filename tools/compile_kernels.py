@@ -51,60 +51,65 @@ def sigmoid_signature(dtype: str) -> dict:
     grad = PTR["bf16" if dtype == "bf16" else "fp32"]
     return {
         "Z": PTR[dtype],
+        "ZC": PTR[dtype],
         "DZ": grad,
         "ROWSUM": "*fp32",
         "T": "*fp32",
         "B": "*fp32",
         "M": "i32",
+        "MC": "i32",
         "N_PER_VIEW": "i32",
         "D": "i32",
         "stride_z": "i32",
+        "stride_zc": "i32",
         "stride_dz": "i32",
+        "INV_M": "fp32",
     }
 
 
 def sigmoid_cases(target: GPUTarget, all_configs: bool, quick: bool):
     """Per dtype and D: the autotune candidates in order until one fits an H100's shared memory
-    (every candidate with --all-configs). --quick starts fp32 at the small candidates."""
+    (every candidate with --all-configs). --quick starts fp32 at the small candidates. The
+    cross-rank block (SELF_BLOCK=False, the distributed loss) is compiled for bf16 at D = 128."""
     configs = sigmoid_loss._configs()
-    for dtype in ("bf16", "fp16", "fp32"):
-        for d in (128, 512):
-            if quick and dtype == "fp32" and d == 512:
-                continue
-            block_k = min(triton.next_power_of_2(d), sigmoid_loss.MAX_BLOCK_D)
-            constexprs = dict(
-                BLOCK_K=block_k,
-                NUM_K=triton.cdiv(d, block_k),
-                BLOCK_DO=block_k,
-                COMPUTE_LOSS=True,
-                COMPUTE_GRAD=True,
-                UPCAST=False,
-                PRECISION="ieee",
+    cases = [(dtype, d, True) for dtype in ("bf16", "fp16", "fp32") for d in (128, 512)]
+    for dtype, d, self_block in [*cases, ("bf16", 128, False)]:
+        if quick and dtype == "fp32" and d == 512:
+            continue
+        block_k = min(triton.next_power_of_2(d), sigmoid_loss.MAX_BLOCK_D)
+        constexprs = dict(
+            BLOCK_K=block_k,
+            NUM_K=triton.cdiv(d, block_k),
+            BLOCK_DO=block_k,
+            SELF_BLOCK=self_block,
+            COMPUTE_LOSS=True,
+            COMPUTE_GRAD=True,
+            UPCAST=False,
+            PRECISION="ieee",
+        )
+        candidates = configs[-2:] if quick and dtype == "fp32" else configs
+        fitted = False
+        for cfg in candidates:
+            if fitted and not all_configs:
+                break
+            kind = "sigmoid" if self_block else "sigmoid cross-rank"
+            name = f"{kind} {dtype} D={d} BM={cfg.kwargs['BLOCK_M']} BN={cfg.kwargs['BLOCK_N']} "
+            name += f"w={cfg.num_warps} s={cfg.num_stages}"
+            row = run_case(
+                name,
+                sigmoid_loss._sigmoid_pairwise_kernel,
+                sigmoid_signature(dtype),
+                {**cfg.kwargs, **constexprs},
+                target,
+                cfg.num_warps,
+                cfg.num_stages,
             )
-            candidates = configs[-2:] if quick and dtype == "fp32" else configs
-            fitted = False
-            for cfg in candidates:
-                if fitted and not all_configs:
-                    break
-                name = f"sigmoid {dtype} D={d} BM={cfg.kwargs['BLOCK_M']} BN={cfg.kwargs['BLOCK_N']} "
-                name += f"w={cfg.num_warps} s={cfg.num_stages}"
-                row = run_case(
-                    name,
-                    sigmoid_loss._sigmoid_pairwise_kernel,
-                    sigmoid_signature(dtype),
-                    {**cfg.kwargs, **constexprs},
-                    target,
-                    cfg.num_warps,
-                    cfg.num_stages,
-                )
-                row["fits_h100"] = (
-                    "error" not in row and row["shared_bytes"] <= sigmoid_loss.H100_SHARED_MEMORY
-                )
-                fitted = fitted or row["fits_h100"]
-                row["tensor_cores_required"] = dtype != "fp32" and target.arch >= 90
-                yield row
-            if not fitted:
-                yield {"kernel": f"sigmoid {dtype} D={d}", "error": "no candidate config fits an H100"}
+            row["fits_h100"] = "error" not in row and row["shared_bytes"] <= sigmoid_loss.H100_SHARED_MEMORY
+            fitted = fitted or row["fits_h100"]
+            row["tensor_cores_required"] = dtype != "fp32" and target.arch >= 90
+            yield row
+        if not fitted:
+            yield {"kernel": f"{kind} {dtype} D={d}", "error": "no candidate config fits an H100"}
 
 
 def ntxent_cases(target: GPUTarget):
