@@ -25,6 +25,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"  device  {dev['type']}: {dev['name']}")
     fused = "usable" if cuda and package_version("triton") else "needs CUDA and triton"
     print(f"  loss    impl='triton' {fused}; impl='torch' usable")
+    from fastsigclr.data import dali_loader, ffcv_loader
+
+    where = "GPU pipeline" if cuda else "CPU pipeline"
+    print(f"  loader  gpu: usable ({'fused Triton kernel' if cuda else 'PyTorch reference on the CPU'})")
+    for name, module in (("dali", dali_loader), ("ffcv", ffcv_loader)):
+        state = f"usable ({where})" if package_version(name) else f"not installed: {module.INSTALL_HINT}"
+        print(f"  loader  {name}: {state}")
     return 0
 
 
@@ -35,6 +42,30 @@ def _cmd_bench_loss(args: argparse.Namespace) -> int:
     payload = run(cfg, command=["fastsigclr", *args.argv])
     print(summary_table(payload))
     print(f"wrote {cfg.out}/loss-{payload['device']['type']}.json and .png")
+    return 0
+
+
+def _cmd_bench_augment(args: argparse.Namespace) -> int:
+    from fastsigclr.bench.augment import BenchAugmentConfig, run, summary_table
+
+    cfg = from_args(BenchAugmentConfig, args)
+    payload = run(cfg, command=["fastsigclr", *args.argv])
+    print(summary_table(payload))
+    print(f"wrote {cfg.out}/augment-{payload['device']['type']}.json and .png")
+    return 0
+
+
+def _cmd_bench_all(args: argparse.Namespace) -> int:
+    from fastsigclr.bench.suite import BenchAllConfig, run
+
+    cfg = from_args(BenchAllConfig, args)
+    payload = run(cfg, command=["fastsigclr", *args.argv])
+    for row in payload["figures"]:
+        print(f"{row['benchmark']:<8} {row['what']:<48} {row['median']:>12.4g} {row['unit']}")
+    print(
+        f"wrote {cfg.out}/all-{payload['device']['type']}.json "
+        f"({len(payload['figures'])} figures) and each benchmark's JSON and PNG"
+    )
     return 0
 
 
@@ -110,6 +141,14 @@ def _cmd_data_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_write_ffcv(args: argparse.Namespace) -> int:
+    from fastsigclr.data.loaders import WriteFfcvConfig, write_ffcv
+
+    path = write_ffcv(from_args(WriteFfcvConfig, args))
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
 def _cmd_ccem(args: argparse.Namespace) -> int:
     from fastsigclr.ccem import CcemConfig, run
 
@@ -163,6 +202,13 @@ COMMANDS: list[Command] = [
         _cmd_data_verify,
     ),
     (
+        ("data", "write-ffcv"),
+        "write a dataset's training split as an FFCV .beton (for --loader ffcv)",
+        _lazy("fastsigclr.data.loaders", "WriteFfcvConfig"),
+        (),
+        _cmd_data_write_ffcv,
+    ),
+    (
         ("ccem",),
         "reproduce the CCEM analysis of sigmoid-loss optima",
         _lazy("fastsigclr.ccem", "CcemConfig"),
@@ -183,6 +229,20 @@ COMMANDS: list[Command] = [
         _lazy("fastsigclr.bench.train", "BenchTrainConfig"),
         (),
         _cmd_bench_train,
+    ),
+    (
+        ("bench", "augment"),
+        "views/s of the gpu, dali and ffcv loaders and of a PIL DataLoader baseline",
+        _lazy("fastsigclr.bench.augment", "BenchAugmentConfig"),
+        (),
+        _cmd_bench_augment,
+    ),
+    (
+        ("bench", "all"),
+        "every microbenchmark (loss, augment, train) and one summary JSON",
+        _lazy("fastsigclr.bench.suite", "BenchAllConfig"),
+        (),
+        _cmd_bench_all,
     ),
     (("bench", "plot"), "redraw the plot of a benchmark results JSON", None, (), _cmd_bench_plot),
 ]

@@ -25,6 +25,7 @@ from fastsigclr.runinfo import resolve_device
 PRESETS: dict[str, dict[str, Any]] = {
     "cifar10": {"arch": "resnet18", "proj_dims": (2048, 2048, 64), "batch_size": 512, "epochs": 1000},
     "cifar100": {"arch": "resnet18", "proj_dims": (4096, 4096, 128), "batch_size": 512, "epochs": 1000},
+    "tinyimagenet": {"arch": "resnet50", "proj_dims": (4096, 4096, 128), "batch_size": 1024, "epochs": 800},
 }
 # method -> (loss, uses the labels, default temperature). sigclr: DESIGN §2.1 (t fixed at 10, b
 # learnable from −10); simclr: NT-Xent, τ = 0.2 on CIFAR; supcon and tcl: τ = 0.1, TCL k1 = 5000, k2 = 1.
@@ -51,7 +52,9 @@ class TrainConfig:
     width: int = option(64, "channels of the first ResNet stage (64 = standard)")
     zero_init_residual: bool = option(False, "start each residual branch at zero")
     proj_dims: tuple[int, ...] | None = option(None, "projector hidden..output sizes; unset: preset")
-    batch_size: int | None = option(None, "images per step (each gives n_views views); unset: preset")
+    batch_size: int | None = option(
+        None, "images per step over all ranks (each gives n_views views); unset: preset"
+    )
     epochs: int | None = option(None, "training epochs; unset: preset")
     n_views: int = option(2, "augmented views per image")
     # LARS by default: with b = −10 the first gradients are almost pure positive-pair attraction, and
@@ -75,6 +78,10 @@ class TrainConfig:
     knn_every: int = option(10, "run the kNN monitor every this many epochs (and at the end; 0: end only)")
     knn_k: int = option(200, "kNN monitor neighbours")
     compile: bool = option(False, "torch.compile the model")
+    sync_bn: bool = option(True, "torchrun runs: batch-norm statistics over the global batch")
+    dist_loss: str = option(
+        "ring", "torchrun runs: how the sigmoid loss sees other ranks' rows", choices=("ring", "gather")
+    )
     device: str = option("auto", "device", choices=("auto", "cpu", "cuda"))
     precision: str = option(
         "auto", "compute dtype; auto: bf16 autocast on CUDA, fp32 on CPU", choices=("auto", "bf16", "fp32")
@@ -128,8 +135,8 @@ def load_data(cfg: TrainConfig):
     folder = prepare(
         info, Path(cfg.data_dir or default_data_dir()), download_ok=cfg.download, progress=cfg.progress
     )
-    train_x, train_y = load_split(info, folder, "train")
-    test_x, test_y = load_split(info, folder, "test")
+    train_x, train_y = load_split(info, folder, "train", progress=cfg.progress)
+    test_x, test_y = load_split(info, folder, "test", progress=cfg.progress)
     if cfg.limit_train:
         train_x, train_y = train_x[: cfg.limit_train], train_y[: cfg.limit_train]
     if cfg.limit_test:

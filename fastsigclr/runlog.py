@@ -9,10 +9,22 @@ from typing import Any
 
 class RunLog:
     """Appends records to ``metrics.jsonl``; on resume, first drops records past the checkpoint so
-    a resumed run's file reads as if the run had never stopped."""
+    a resumed run's file reads as if the run had never stopped. Disabled (ranks other than 0 of a
+    distributed run), it writes nothing."""
 
-    def __init__(self, run_dir: Path, *, resume_epoch: int | None = None, tensorboard: bool = True) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        resume_epoch: int | None = None,
+        tensorboard: bool = True,
+        enabled: bool = True,
+    ) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
+        self.file = None
+        self.tb = None
+        if not enabled:
+            return
         if resume_epoch is not None and self.path.exists():
             kept = [
                 line
@@ -23,7 +35,6 @@ class RunLog:
             tmp.write_text("".join(line + "\n" for line in kept))
             tmp.replace(self.path)
         self.file = open(self.path, "a")  # noqa: SIM115 - lives as long as the run
-        self.tb = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -33,6 +44,8 @@ class RunLog:
                 self.tb = None
 
     def write(self, record: dict[str, Any], step: int | None = None) -> None:
+        if self.file is None:
+            return
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         if self.tb is not None and step is not None:
@@ -42,7 +55,8 @@ class RunLog:
                     self.tb.add_scalar(f"{prefix}/{key}", value, step)
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
         if self.tb is not None:
             self.tb.close()
 

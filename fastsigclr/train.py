@@ -4,22 +4,31 @@ loader (uint8 on the device → two augmented views, channels_last) → ResNet f
 pairwise sigmoid loss (fused kernel on CUDA) → SGD/LARS step; detached features feed an online
 linear probe, and a kNN monitor runs on the test split every few epochs. Each epoch ends with an
 atomic checkpoint, so ``--resume`` continues exactly where the last finished epoch left off.
+
+Under ``torchrun`` each rank takes its share of every global batch; the loss is the loss of the
+global batch (fastsigclr.distributed), batch norm is global (--sync-bn), DDP sums the gradients,
+and rank 0 alone logs, evaluates and writes. A run may resume with a different number of ranks.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from fastsigclr import checkpoint as ckpt
+from fastsigclr import distributed
 from fastsigclr.config import FastSigCLRError, from_dict, to_dict
 from fastsigclr.data import LOADERS, AugmentSpec
+from fastsigclr.data.loaders import loader_options
 from fastsigclr.eval import extract_features, knn_accuracy
+from fastsigclr.models.sync_bn import convert_global_bn
 from fastsigclr.optim import build_optimizer, param_groups, warmup_cosine
 from fastsigclr.recipe import (
     StepParts,
@@ -44,10 +53,11 @@ RESUMABLE_CHANGES = {
     "log_every",
     "tensorboard",
     "download",
+    "dist_loss",
 }
 
 
-def _prepare_run_dir(cfg: TrainConfig, device: torch.device) -> tuple[Path, dict | None]:
+def _prepare_run_dir(cfg: TrainConfig, device: torch.device, create: bool) -> tuple[Path, dict | None]:
     run_dir = Path(cfg.out or "")
     last = run_dir / "checkpoints" / "last.pt"
     if cfg.resume:
@@ -65,56 +75,105 @@ def _prepare_run_dir(cfg: TrainConfig, device: torch.device) -> tuple[Path, dict
         raise FastSigCLRError(
             f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if create:
+        run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir, None
 
 
+def _loader_options(cfg: TrainConfig, info, train, ctx: distributed.Context) -> dict[str, Any]:
+    """Backend arguments; rank 0 writes a missing FFCV dataset while the others wait for it."""
+    data_dir = Path(cfg.data_dir or "")
+    if cfg.loader == "ffcv" and ctx.is_main:
+        loader_options(cfg.loader, info, data_dir, train, cfg.limit_train, progress=cfg.progress)
+    distributed.barrier(ctx)
+    return loader_options(cfg.loader, info, data_dir, train, cfg.limit_train, progress=False)
+
+
 def train(cfg: TrainConfig, command: list[str] | None = None) -> dict[str, Any]:
+    ctx = distributed.setup(resolve_device(cfg.device))
+    try:
+        return _train(cfg, ctx, command)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train(cfg: TrainConfig, ctx: distributed.Context, command: list[str] | None) -> dict[str, Any]:
+    if ctx.distributed and cfg.out is None:
+        raise FastSigCLRError("torchrun runs need --out DIR: every rank must agree on the run directory")
     cfg = cfg.resolved()
-    device = resolve_device(cfg.device)
+    device = ctx.device
+    main = ctx.is_main
     view_dtype, autocast_dtype = compute_dtypes(cfg, device)
-    run_dir, state = _prepare_run_dir(cfg, device)
-    info, (train_x, train_y), (test_x, test_y) = load_data(cfg)
+    run_dir, state = _prepare_run_dir(cfg, device, create=main)
+    distributed.barrier(ctx)  # every rank has checked the run directory before rank 0 writes
+    info, (train_x, train_y), (test_x, test_y) = load_data(
+        dataclasses.replace(cfg, progress=cfg.progress and main)
+    )
     torch.manual_seed(cfg.seed)
 
     spec = AugmentSpec.simclr(info.image_size, info.mean, info.std, n_views=cfg.n_views)
-    batch_size = cfg.batch_size or 1
-    loader = LOADERS[cfg.loader](train_x, train_y, spec, batch_size, device, view_dtype, seed=cfg.seed)
-    model, criterion, probe = build_model(cfg, info, device)
-    optimizer = build_optimizer(
-        cfg.optimizer, param_groups([model, criterion], cfg.weight_decay), cfg.lr, cfg.momentum
+    batch_size = cfg.batch_size or 1  # global: each rank takes batch_size / world_size
+    loader = LOADERS[cfg.loader](
+        train_x,
+        train_y,
+        spec,
+        batch_size,
+        device,
+        view_dtype,
+        seed=cfg.seed,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        **_loader_options(cfg, info, (train_x, train_y), ctx),
     )
-    probe_opt = torch.optim.SGD(probe.parameters(), lr=cfg.probe_lr, momentum=0.9)
-    epochs = cfg.epochs or 1
-    steps_per_epoch = len(loader)
-    total_steps = epochs * steps_per_epoch
-    warmup_steps = int(min(cfg.warmup_epochs, epochs) * steps_per_epoch)
-    forward = torch.compile(model) if cfg.compile else model
-    parts = StepParts(forward, criterion, probe, optimizer, probe_opt, autocast_dtype, uses_labels(cfg))
-
+    model, criterion, probe = build_model(cfg, info, device)
+    if ctx.distributed and cfg.sync_bn:
+        model = convert_global_bn(model)
     start_epoch, step = 0, 0
     if state is not None:
         model.load_state_dict(state["model"])
         criterion.load_state_dict(state["criterion"])
         probe.load_state_dict(state["probe"])
+    optimizer = build_optimizer(
+        cfg.optimizer, param_groups([model, criterion], cfg.weight_decay), cfg.lr, cfg.momentum
+    )
+    probe_opt = torch.optim.SGD(probe.parameters(), lr=cfg.probe_lr, momentum=0.9)
+    if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         probe_opt.load_state_dict(state["probe_optimizer"])
         ckpt.set_rng_state(state["rng"])
         start_epoch, step = state["epoch"], state["step"]
-    record = run_record(device, command)
-    ckpt.write_text_atomic(
-        run_dir / "config.json", json.dumps({"config": to_dict(cfg), **record}, indent=2) + "\n"
-    )
+    epochs = cfg.epochs or 1
+    steps_per_epoch = len(loader)
+    total_steps = epochs * steps_per_epoch
+    warmup_steps = int(min(cfg.warmup_epochs, epochs) * steps_per_epoch)
+    forward, loss_fn, probe_fwd = model, criterion, probe
+    if ctx.distributed:
+        ids = [device.index] if device.type == "cuda" else None
+        forward = DDP(model, device_ids=ids, broadcast_buffers=False)
+        forward.register_comm_hook(None, distributed.sum_gradients_hook)
+        loss_fn = distributed.DistributedCriterion(criterion, cfg.dist_loss)
+        probe_fwd = DDP(probe, device_ids=ids)  # a local loss per rank: DDP's average is right
+    forward = torch.compile(forward) if cfg.compile else forward
+    parts = StepParts(forward, loss_fn, probe_fwd, optimizer, probe_opt, autocast_dtype, uses_labels(cfg))
+    record = {**run_record(device, command), "world_size": ctx.world_size}
+    if main:
+        ckpt.write_text_atomic(
+            run_dir / "config.json", json.dumps({"config": to_dict(cfg), **record}, indent=2) + "\n"
+        )
     log = RunLog(
-        run_dir, resume_epoch=start_epoch if state is not None else None, tensorboard=cfg.tensorboard
+        run_dir,
+        resume_epoch=start_epoch if state is not None else None,
+        tensorboard=cfg.tensorboard,
+        enabled=main,
     )
+    train_images = torch.from_numpy(train_x)
     test_images = torch.from_numpy(test_x)
     test_labels = torch.from_numpy(test_y).to(device)
     train_labels = torch.from_numpy(train_y).to(device)
 
     def knn_monitor() -> float:
         kw = dict(device=device, autocast_dtype=autocast_dtype)
-        bank = extract_features(model.backbone, loader.images, info.mean, info.std, **kw)
+        bank = extract_features(model.backbone, train_images, info.mean, info.std, **kw)
         queries = extract_features(model.backbone, test_images, info.mean, info.std, **kw)
         return knn_accuracy(bank, train_labels, queries, test_labels, info.num_classes, k=cfg.knn_k)
 
@@ -130,7 +189,7 @@ def train(cfg: TrainConfig, command: list[str] | None = None) -> dict[str, Any]:
             loader.epoch(epoch),
             total=steps_per_epoch,
             desc=f"epoch {epoch + 1}/{epochs}",
-            disable=not cfg.progress,
+            disable=not (cfg.progress and main),
             leave=False,
             unit="step",
         )
@@ -143,7 +202,7 @@ def train(cfg: TrainConfig, command: list[str] | None = None) -> dict[str, Any]:
             loss_sum += loss.detach()
             probe_correct += (logits.argmax(1) == labels.repeat(cfg.n_views)).sum()
             if step % cfg.log_every == 0 or step == total_steps:
-                rate = len(labels) * (bar.n + 1) / max(time.perf_counter() - epoch_start, 1e-9)
+                rate = batch_size * (bar.n + 1) / max(time.perf_counter() - epoch_start, 1e-9)
                 rec = {
                     "kind": "step",
                     "epoch": epoch,
@@ -160,7 +219,9 @@ def train(cfg: TrainConfig, command: list[str] | None = None) -> dict[str, Any]:
         images_seen += steps_per_epoch * batch_size
         monitor = epoch + 1 == epochs or bool(cfg.knn_every and (epoch + 1) % cfg.knn_every == 0)
         if monitor:
-            knn = knn_monitor()
+            knn = knn_monitor() if main else None
+            distributed.barrier(ctx)
+        probe_correct = distributed.all_sum(ctx, probe_correct)
         rec = {
             "kind": "epoch",
             "epoch": epoch,
@@ -173,11 +234,12 @@ def train(cfg: TrainConfig, command: list[str] | None = None) -> dict[str, Any]:
         }
         log.write(rec, step)
         knn_text = f" knn {rec['knn_acc']:.4f}" if rec["knn_acc"] is not None else ""
-        tqdm.write(
-            f"epoch {epoch + 1}/{epochs} loss {rec['loss']:.4f} probe {rec['probe_acc']:.3f}{knn_text} "
-            f"{rec['img_per_s']:.0f} img/s",
-            nolock=True,
-        )
+        if main:
+            tqdm.write(
+                f"epoch {epoch + 1}/{epochs} loss {rec['loss']:.4f} probe {rec['probe_acc']:.3f}{knn_text} "
+                f"{rec['img_per_s']:.0f} img/s",
+                nolock=True,
+            )
         state = {
             "model": model.state_dict(),
             "criterion": criterion.state_dict(),
@@ -189,7 +251,9 @@ def train(cfg: TrainConfig, command: list[str] | None = None) -> dict[str, Any]:
             "step": step,
             "config": to_dict(cfg),
         }
-        ckpt.save_atomic(state, run_dir / "checkpoints" / "last.pt")
+        if main:
+            ckpt.save_atomic(state, run_dir / "checkpoints" / "last.pt")
+        distributed.barrier(ctx)
     log.close()
     elapsed = time.perf_counter() - run_start
     summary = {
@@ -203,6 +267,8 @@ def train(cfg: TrainConfig, command: list[str] | None = None) -> dict[str, Any]:
         **{f"final_{name}": value for name, value in loss_scalars(criterion).items()},
         "run_dir": str(run_dir),
         "device": record["device"],
+        "world_size": ctx.world_size,
     }
-    ckpt.write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if main:
+        ckpt.write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

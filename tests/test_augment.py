@@ -220,8 +220,23 @@ def test_loader_rejects_bad_input():
             torch.device("cpu"),
             torch.float32,
         )
-    with pytest.raises(ValueError, match="larger than the 10 images"):
+    with pytest.raises(ValueError, match="larger than the 10 training images"):
         loader(n=10, batch=16)
+    with pytest.raises(ValueError, match="not divisible by the 3 ranks"):
+        loader(n=64, batch=16, world_size=3)
+
+
+def test_ranks_split_the_global_batch_exactly():
+    """K ranks' views, concatenated per view in rank order, are the one-process views."""
+    whole = list(loader(n=64, batch=16).epoch(2))
+    shards = [list(loader(n=64, batch=16, rank=r, world_size=2).epoch(2)) for r in range(2)]
+    assert len(whole) == len(shards[0]) == 4
+    for i, (views, labels) in enumerate(whole):
+        parts = [shard[i] for shard in shards]
+        assert torch.equal(torch.cat([p[1] for p in parts]), labels)
+        per_view = [p[0].view(2, 8, *p[0].shape[1:]) for p in parts]
+        joined = torch.cat(per_view, dim=1).reshape(views.shape)
+        assert torch.equal(joined, views)
 
 
 def test_third_view_takes_a_different_weak_transform():

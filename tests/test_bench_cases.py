@@ -31,3 +31,27 @@ def test_loss_fwd_bwd(benchmark, provider, rows, dim):
 
     loss = benchmark(step)
     assert torch.isfinite(loss) and z.grad is not None
+
+
+@pytest.fixture(scope="module")
+def augment_batch_inputs():
+    from fastsigclr.bench.augment import synthetic_images
+    from fastsigclr.data.augment import AugmentSpec
+
+    return synthetic_images(256, 32), AugmentSpec.simclr(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+@pytest.mark.parametrize("backend", ["gpu", "dali"])
+def test_augment_epoch(benchmark, backend, augment_batch_inputs):
+    """One epoch of 256 CIFAR-sized images, two views each, on the CPU."""
+    import numpy as np
+
+    from fastsigclr.data import LOADERS
+
+    images, spec = augment_batch_inputs
+    loader = LOADERS[backend](images, np.arange(256), spec, 64, torch.device("cpu"), torch.float32)
+
+    def epoch():
+        return sum(len(x) for x, _ in loader.epoch(0))
+
+    assert benchmark(epoch) == 512

@@ -74,6 +74,36 @@ def plot_train(payload: dict[str, Any], path: Path) -> None:
     _save(fig, path)
 
 
+def plot_augment(payload: dict[str, Any], path: Path) -> None:
+    """Grouped bars: views/s of each loader backend per image size, with the ratio to PIL."""
+    rows = [r for r in payload["results"] if r["status"] == "ok"]
+    sizes = sorted({r["size"] for r in rows})
+    backends = [b for b in ("gpu", "dali", "ffcv", "pil") if any(r["backend"] == b for r in rows)]
+    colors = {"gpu": "tab:red", "dali": "tab:green", "ffcv": "tab:blue", "pil": "tab:gray"}
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    width = 0.8 / max(1, len(backends))
+    for i, backend in enumerate(backends):
+        for j, size in enumerate(sizes):
+            r = next((r for r in rows if r["backend"] == backend and r["size"] == size), None)
+            if r is None:
+                continue
+            x = j + (i - (len(backends) - 1) / 2) * width
+            err = [[r["views_per_s"] - r["p20_views_per_s"]], [r["p80_views_per_s"] - r["views_per_s"]]]
+            ax.bar(
+                x, r["views_per_s"], width, yerr=err, color=colors[backend], label=backend if j == 0 else None
+            )
+            if "speedup_vs_pil" in r and backend != "pil":
+                ax.annotate(
+                    f"×{r['speedup_vs_pil']:.1f}", (x, r["views_per_s"]), ha="center", va="bottom", fontsize=7
+                )
+    ax.set_xticks(range(len(sizes)), [f"{s}×{s}" for s in sizes])
+    ax.set(yscale="log", ylabel="views / s (median, p20–p80)")
+    ax.set_title(f"augmentation throughput, {payload['device']['name']}")
+    ax.legend(fontsize=8)
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+    _save(fig, path)
+
+
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,7 +113,7 @@ def _save(fig, path: Path) -> None:
     tmp.replace(path)
 
 
-PLOTTERS = {"loss": plot_loss, "train": plot_train}
+PLOTTERS = {"loss": plot_loss, "train": plot_train, "augment": plot_augment}
 
 
 def plot_file(json_path: Path, png_path: Path | None = None) -> Path:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from fastsigclr.bench.common import time_fn, write_json
@@ -34,6 +35,11 @@ class BenchTrainConfig:
     width: int | None = option(None, "first-stage channels; unset: 64 on CUDA, 16 on CPU")
     batch_size: int | None = option(None, "images per step; unset: 512 on CUDA, 64 on CPU")
     limit_train: int | None = option(None, "images kept on the device; unset: the whole training split")
+    data: str = option(
+        "auto",
+        "images: the dataset (real), synthetic ones of its shape, or auto (real when already downloaded)",
+        choices=("auto", "real", "synthetic"),
+    )
     compile: bool = option(False, "torch.compile the model (compilation stays outside the timing)")
     warmup: int = option(3, "untimed steps before timing")
     reps: int | None = option(None, "timed steps; unset: 30 on CUDA, 3 on CPU")
@@ -56,6 +62,27 @@ class BenchTrainConfig:
         )
 
 
+def _images(cfg: BenchTrainConfig, tcfg):
+    """(info, (images, labels), "real" | "synthetic"): the dataset's training images, or smooth
+    random images of its shape where it is not downloaded (a fresh clone, no network)."""
+    from fastsigclr.bench.augment import synthetic_images
+    from fastsigclr.data.datasets import DatasetError
+    from fastsigclr.recipe import load_data
+
+    info = DATASETS[cfg.dataset]
+    if cfg.data != "synthetic":
+        try:
+            download = cfg.data == "real"
+            loaded = load_data(dataclasses.replace(tcfg, download=download))
+            return loaded[0], loaded[1], "real"
+        except DatasetError:
+            if cfg.data == "real":
+                raise
+    n = cfg.limit_train or 4096
+    images = synthetic_images(n, info.image_size)
+    return info, (images, np.arange(n) % info.num_classes), "synthetic"
+
+
 def run(cfg: BenchTrainConfig, command: list[str] | None = None) -> dict[str, Any]:
     from fastsigclr.bench.plot import plot_train
     from fastsigclr.optim import build_optimizer, param_groups
@@ -64,7 +91,6 @@ def run(cfg: BenchTrainConfig, command: list[str] | None = None) -> dict[str, An
         TrainConfig,
         build_model,
         compute_dtypes,
-        load_data,
         train_step,
     )
 
@@ -82,7 +108,7 @@ def run(cfg: BenchTrainConfig, command: list[str] | None = None) -> dict[str, An
         progress=False,
         out="-",
     ).resolved()
-    info, (train_x, train_y), _ = load_data(tcfg)
+    info, (train_x, train_y), data_kind = _images(cfg, tcfg)
     view_dtype, autocast_dtype = compute_dtypes(tcfg, device)
     spec = AugmentSpec.simclr(info.image_size, info.mean, info.std)
     batch = cfg.batch_size or 1
@@ -129,6 +155,7 @@ def run(cfg: BenchTrainConfig, command: list[str] | None = None) -> dict[str, An
         "model": {"arch": cfg.arch, "width": cfg.width, "projector": list(tcfg.proj_dims or ())},
         "views_dtype": str(view_dtype).removeprefix("torch."),
         "augment_path": "triton kernel" if loader.use_kernel else "pytorch reference",
+        "data": data_kind,
         "results": results,
         "full_over_model": results["full_step"]["img_per_s"] / results["model_step"]["img_per_s"],
     }

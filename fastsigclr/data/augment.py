@@ -191,12 +191,17 @@ def color_ops(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return torch.where(p[:, P_GRAY].view(view) > 0.5, gray, x)
 
 
+def blur_window(size: int) -> int:
+    """Gaussian blur window for an S×S image: about 10% of it, odd, at least 3 (SimCLR's rule)."""
+    return max(3, int(0.1 * size) // 2 * 2 + 1)
+
+
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Per-sample separable Gaussian blur (reflect padding); sigma 0 leaves a sample unchanged.
 
     x (B, S, S, 3); kernel size ≈ 10% of the image (odd), as SimCLR's recipe."""
     b, s, _, c = x.shape
-    k = max(3, int(0.1 * s) // 2 * 2 + 1)
+    k = blur_window(s)
     r = torch.arange(k, device=x.device, dtype=x.dtype) - k // 2
     sig = sigma.clamp_min(1e-6)[:, None]
     kern = torch.exp(-(r[None, :] ** 2) / (2 * sig**2))

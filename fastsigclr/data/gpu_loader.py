@@ -1,8 +1,8 @@
 """The GPU-resident loader: the whole dataset on the device as uint8, shuffled on the device each
 epoch, augmented in batches by the fused kernel (CUDA) or the PyTorch reference (CPU).
 
-Every epoch draws from a generator seeded by (seed, epoch), so an epoch's batches depend only on
-those two numbers: a run resumed at an epoch boundary sees exactly the batches it would have seen.
+The order and the augmentation parameters come from ``order.epoch_plan`` (seeded by (seed,
+epoch); each rank its slice of every global batch), as for every backend.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from fastsigclr.data.augment import (
     augment_reference,
     finish,
     gaussian_blur,
-    sample_params,
 )
+from fastsigclr.data.order import check_sharding, epoch_plan, num_batches
 
 
 def augment_batch(
@@ -46,13 +46,12 @@ def augment_batch(
     return x.permute(0, 3, 1, 2).to(dtype).contiguous(memory_format=torch.channels_last)
 
 
-def seed_for(seed: int, epoch: int, rank: int = 0) -> int:
-    return (seed * 1_000_003 + epoch * 7_919 + rank * 104_729) % (2**63 - 1)
-
-
 class GpuLoader:
     """Yields ``(views, labels)``: views (V·B, 3, S, S) channels_last in ``dtype``, view-major
-    (rows v·B … v·B + B − 1 are view v of the batch), labels (B,) int64 on the device."""
+    (rows v·B … v·B + B − 1 are view v of the batch), labels (B,) int64 on the device.
+
+    batch_size is the global batch; each of world_size ranks gets batch_size / world_size of it.
+    """
 
     def __init__(
         self,
@@ -71,8 +70,7 @@ class GpuLoader:
     ) -> None:
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+        check_sharding(len(images), batch_size, drop_last, rank, world_size)
         self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device)
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
         self.spec = spec
@@ -84,28 +82,25 @@ class GpuLoader:
         self.rank = rank
         self.world_size = world_size
         self.use_kernel = device.type == "cuda" if use_kernel is None else use_kernel
-        n = len(self.images)
-        if drop_last and n // world_size < batch_size:
-            raise ValueError(
-                f"batch size {batch_size} is larger than the {n // world_size} images per rank; "
-                f"lower --batch-size or use more data"
-            )
 
     def __len__(self) -> int:
-        per_rank = len(self.images) // self.world_size
-        return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
+        return num_batches(len(self.images), self.batch_size, self.drop_last)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        # One permutation shared by all ranks (same seed), each rank taking its own slice of it.
-        gen = torch.Generator(device=self.device).manual_seed(seed_for(self.seed, epoch))
-        perm = torch.randperm(len(self.images), generator=gen, device=self.device)
-        per_rank = len(perm) // self.world_size
-        perm = perm[self.rank * per_rank : (self.rank + 1) * per_rank]
-        aug_gen = torch.Generator(device=self.device).manual_seed(seed_for(self.seed, epoch, self.rank + 1))
         _, h, w, _ = self.images.shape
-        for i in range(len(self)):
-            index = perm[i * self.batch_size : (i + 1) * self.batch_size]
-            params = sample_params(self.spec, len(index), h, w, aug_gen)
+        plan = epoch_plan(
+            len(self.images),
+            (h, w),
+            self.spec,
+            self.batch_size,
+            seed=self.seed,
+            epoch=epoch,
+            drop_last=self.drop_last,
+            rank=self.rank,
+            world_size=self.world_size,
+            device=self.device,
+        )
+        for index, params in plan:
             views = augment_batch(self.images, index, params, self.spec, self.dtype, self.use_kernel)
             yield views, self.labels[index]
 

@@ -1,0 +1,270 @@
+"""``fastsigclr bench augment``: views per second of each loader backend on the same recipe, against
+the way most SSL code augments: PIL operations per image in ``torch.utils.data.DataLoader``
+workers (torchvision-style; written here with PIL directly, one view at a time).
+
+Each backend runs whole epochs over the same synthetic uint8 images (CIFAR 32² and Tiny-ImageNet
+64² shapes): one untimed epoch (compilation, pipeline build, caches), then ``reps`` timed epochs,
+each ending when its last batch is on the device. Reported: median and spread of views/s, the
+ratio to the PIL baseline measured in the same run, and peak memory (device memory on CUDA,
+process RSS on the CPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import resource
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fastsigclr.bench.common import write_json
+from fastsigclr.config import FastSigCLRError, option, to_dict
+from fastsigclr.data.augment import AugmentSpec
+from fastsigclr.runinfo import package_version, resolve_device, run_record
+
+BACKENDS = ("gpu", "dali", "ffcv", "pil")
+
+
+# ---- the torchvision-style baseline: PIL per image, DataLoader workers ------------------------------
+
+
+def _pil_view(img, view, spec: AugmentSpec, rng: np.random.Generator) -> np.ndarray:
+    from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+
+    w, h = img.size
+    for _ in range(10):
+        area = h * w * rng.uniform(*view.crop_scale)
+        ratio = math.exp(rng.uniform(math.log(view.crop_ratio[0]), math.log(view.crop_ratio[1])))
+        cw, ch = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
+        if 0 < cw <= w and 0 < ch <= h:
+            x0, y0 = rng.integers(0, w - cw + 1), rng.integers(0, h - ch + 1)
+            break
+    else:
+        cw, ch, x0, y0 = w, h, 0, 0
+    out = img.resize((spec.size, spec.size), Image.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
+    if rng.random() < view.flip_p:
+        out = out.transpose(Image.FLIP_LEFT_RIGHT)
+    if rng.random() < view.jitter_p:
+        for enhance, spread in (
+            (ImageEnhance.Brightness, view.brightness),
+            (ImageEnhance.Contrast, view.contrast),
+            (ImageEnhance.Color, view.saturation),
+        ):
+            out = enhance(out).enhance(rng.uniform(max(0.0, 1 - spread), 1 + spread))
+        hsv = np.array(out.convert("HSV"))
+        hsv[..., 0] = (hsv[..., 0].astype(np.int16) + int(rng.uniform(-view.hue, view.hue) * 255)) % 256
+        out = Image.fromarray(hsv, "HSV").convert("RGB")
+    if rng.random() < view.gray_p:
+        out = out.convert("L").convert("RGB")
+    if rng.random() < view.blur_p:
+        out = out.filter(ImageFilter.GaussianBlur(rng.uniform(*view.blur_sigma)))
+    if rng.random() < view.solarize_p:
+        out = ImageOps.solarize(out, 128)
+    x = np.asarray(out, dtype=np.float32) / 255.0
+    return (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+
+
+class PilViews(torch.utils.data.Dataset):
+    """Per-image PIL augmentation of every view, as torchvision transforms do it."""
+
+    def __init__(self, images: np.ndarray, spec: AugmentSpec, seed: int = 0) -> None:
+        self.images, self.spec, self.seed = images, spec, seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        rng = np.random.default_rng((self.seed, i, time.perf_counter_ns()))
+        img = Image.fromarray(self.images[i])
+        views = [torch.from_numpy(_pil_view(img, v, self.spec, rng)) for v in self.spec.views]
+        return torch.stack(views), i
+
+
+class PilLoader:
+    """The baseline behind the loader interface: DataLoader workers, then channels_last views."""
+
+    def __init__(self, images, labels, spec, batch_size, device, dtype, *, seed=0, workers=None, **_):
+        self.device, self.dtype = device, dtype
+        self.workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+        self.loader = torch.utils.data.DataLoader(
+            PilViews(images, spec, seed),
+            batch_size=batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=self.workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=self.workers > 0,
+        )
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def epoch(self, epoch: int):
+        for views, ids in self.loader:
+            b, v = views.shape[:2]
+            x = views.transpose(0, 1).reshape(v * b, *views.shape[2:]).permute(0, 3, 1, 2)
+            x = x.to(self.device, non_blocking=True).to(self.dtype)
+            yield x.contiguous(memory_format=torch.channels_last), ids.to(self.device)
+
+
+# ---- the benchmark ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchAugmentConfig:
+    backends: tuple[str, ...] = option(BACKENDS, "loaders to measure (pil: the torchvision-style baseline)")
+    sizes: tuple[int, ...] = option((32, 64), "image sizes: 32 (CIFAR), 64 (Tiny-ImageNet)")
+    images: int | None = option(None, "images per epoch; unset: 50000 on CUDA, 1024 on CPU")
+    batch_size: int | None = option(None, "images per batch; unset: 512 on CUDA, 128 on CPU")
+    workers: int | None = option(None, "DataLoader workers / DALI and FFCV threads; unset: min(8, CPUs)")
+    reps: int = option(3, "timed epochs per backend and size")
+    device: str = option("auto", "device to measure on", choices=("auto", "cpu", "cuda"))
+    out: str = option("benchmarks/local", "directory for augment-<device>.json and .png")
+
+    def __post_init__(self) -> None:
+        unknown = set(self.backends) - set(BACKENDS)
+        if unknown:
+            raise ValueError(f"unknown backends {sorted(unknown)}; choose from {', '.join(BACKENDS)}")
+        if any(s < 8 for s in self.sizes) or self.reps < 1:
+            raise ValueError("--sizes must be ≥ 8 and --reps ≥ 1")
+        for name in ("images", "batch_size", "workers"):
+            value = getattr(self, name)
+            if value is not None and value < (0 if name == "workers" else 1):
+                raise ValueError(f"--{name.replace('_', '-')} must be positive")
+
+    def resolved(self, device: torch.device) -> BenchAugmentConfig:
+        cuda = device.type == "cuda"
+        return dataclasses.replace(
+            self,
+            device=device.type,
+            images=self.images or (50_000 if cuda else 1024),
+            batch_size=self.batch_size or (512 if cuda else 128),
+            workers=self.workers if self.workers is not None else min(8, os.cpu_count() or 1),
+        )
+
+
+def synthetic_images(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """Smooth random uint8 images (JPEG-like content; noise would flatter nothing here)."""
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, max(2, size // 4), max(2, size // 4), generator=gen)
+    x = torch.nn.functional.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
+    return (x * 255).round().byte().permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _make_loader(name: str, images, labels, spec, cfg: BenchAugmentConfig, device, tmp: Path):
+    from fastsigclr.data.ffcv_loader import write_beton
+    from fastsigclr.data.loaders import LOADERS
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    common = dict(seed=0)
+    if name == "pil":
+        return PilLoader(images, labels, spec, cfg.batch_size, device, dtype, workers=cfg.workers)
+    if name == "dali":
+        return LOADERS[name](
+            images, labels, spec, cfg.batch_size, device, dtype, num_threads=cfg.workers, **common
+        )
+    if name == "ffcv":
+        beton = write_beton(tmp / f"bench-{spec.size}.beton", images, labels, progress=False)
+        workers = max(1, cfg.workers)
+        return LOADERS[name](
+            images, labels, spec, cfg.batch_size, device, dtype, beton=beton, num_workers=workers
+        )
+    return LOADERS[name](images, labels, spec, cfg.batch_size, device, dtype, **common)
+
+
+def measure(name: str, size: int, cfg: BenchAugmentConfig, device: torch.device, tmp: Path) -> dict[str, Any]:
+    images = synthetic_images(cfg.images, size)
+    labels = np.arange(cfg.images)
+    spec = AugmentSpec.simclr(size, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    row: dict[str, Any] = {"backend": name, "size": size, "images": cfg.images}
+    try:
+        loader = _make_loader(name, images, labels, spec, cfg, device, tmp)
+    except FastSigCLRError as err:
+        return {**row, "status": "unavailable", "reason": str(err)}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def one_epoch(e: int) -> int:
+        views = 0
+        for x, _ in loader.epoch(e):
+            views += x.shape[0]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return views
+
+    one_epoch(0)  # warm-up: compilation, pipeline build, worker start
+    rates = []
+    for e in range(1, cfg.reps + 1):
+        t0 = time.perf_counter()
+        views = one_epoch(e)
+        rates.append(views / (time.perf_counter() - t0))
+    q = statistics.quantiles(rates, n=5) if len(rates) >= 2 else [rates[0]] * 4
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _peak_rss_bytes()
+    return {
+        **row,
+        "status": "ok",
+        "views_per_s": statistics.median(rates),
+        "p20_views_per_s": q[0],
+        "p80_views_per_s": q[3],
+        "reps": len(rates),
+        "peak_memory_bytes": peak,
+        "peak_memory_kind": "cuda allocated" if device.type == "cuda" else "process max RSS (cumulative)",
+    }
+
+
+def run(cfg: BenchAugmentConfig, command: list[str] | None = None) -> dict[str, Any]:
+    from fastsigclr.bench.plot import plot_augment
+
+    device = resolve_device(cfg.device)
+    cfg = cfg.resolved(device)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="fastsigclr-bench-") as tmp:
+        for size in cfg.sizes:
+            for name in cfg.backends:
+                results.append(measure(name, size, cfg, device, Path(tmp)))
+    for r in results:
+        base = next(
+            (b for b in results if b["backend"] == "pil" and b["size"] == r["size"] and b["status"] == "ok"),
+            None,
+        )
+        if r["status"] == "ok" and base:
+            r["speedup_vs_pil"] = r["views_per_s"] / base["views_per_s"]
+    payload = {
+        "benchmark": "augment",
+        "config": to_dict(cfg),
+        **run_record(device, command),
+        "versions_loaders": {k: package_version(k) for k in ("dali", "ffcv")},
+        "results": results,
+    }
+    out = Path(cfg.out)
+    write_json(out / f"augment-{device.type}.json", payload)
+    plot_augment(payload, out / f"augment-{device.type}.png")
+    return payload
+
+
+def summary_table(payload: dict[str, Any]) -> str:
+    lines = [f"{'backend':<6} {'size':>4} {'views/s':>10} {'×pil':>6}  peak memory"]
+    for r in payload["results"]:
+        if r["status"] != "ok":
+            lines.append(f"{r['backend']:<6} {r['size']:>4} {'-':>10} {'-':>6}  {r['status']}")
+            continue
+        speed = f"{r['speedup_vs_pil']:.2f}" if "speedup_vs_pil" in r else "-"
+        lines.append(
+            f"{r['backend']:<6} {r['size']:>4} {r['views_per_s']:>10.0f} {speed:>6}  "
+            f"{r['peak_memory_bytes'] / 2**20:.0f} MiB"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,260 @@
+"""The NVIDIA DALI backend: the same recipe, parameters and order as the gpu loader, run by DALI.
+
+Order and augmentation parameters come from ``order.epoch_plan`` and enter the pipeline through
+``external_source`` next to the images, so DALI applies exactly the crop boxes, flips and colour
+factors the gpu loader would (on the CPU, bit-for-bit the same draws; tests compare the views).
+The pipeline: JPEG decode (``mixed`` on a GPU) or raw uint8 pixels → ``resize`` of the crop box
+(bilinear) → brightness, contrast about the gray mean, saturation, hue as a 3×3 rotation about
+the gray axis (``coord_transform``), each clamped → grayscale → optional Gaussian blur →
+solarisation → ``crop_mirror_normalize`` (flip, mean/std, HWC float). CUDA present: a GPU
+pipeline on the current device; otherwise a CPU-only pipeline (``device_id=None``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastsigclr.config import FastSigCLRError
+from fastsigclr.data.augment import (
+    GRAY_WEIGHTS,
+    P_BLUR,
+    P_BRIGHT,
+    P_CONTRAST,
+    P_FLIP,
+    P_GRAY,
+    P_H,
+    P_HUE,
+    P_SAT,
+    P_SOLAR,
+    P_W,
+    P_X0,
+    P_Y0,
+    AugmentSpec,
+    blur_window,
+    hue_coefficients,
+)
+from fastsigclr.data.order import check_sharding, epoch_plan, num_batches
+
+INSTALL_HINT = "pip install 'fastsigclr[dali]'  (or: pip install nvidia-dali-cuda130)"
+
+
+def _import_dali():
+    try:
+        import nvidia.dali as dali
+        import nvidia.dali.fn as fn
+        import nvidia.dali.math as dmath
+        import nvidia.dali.types as types
+    except ImportError as err:
+        raise FastSigCLRError(
+            f"--loader dali needs NVIDIA DALI, which is not installed: {INSTALL_HINT}"
+        ) from err
+    return dali, fn, dmath, types
+
+
+def _hue_matrix(hue: np.ndarray) -> np.ndarray:
+    """(n, 3, 3) rotations about the gray axis; coord_transform computes out = M · pixel."""
+    a, b, c = (k.numpy() for k in hue_coefficients(torch.from_numpy(hue)))
+    return np.stack(
+        [np.stack([a, b, c], -1), np.stack([c, a, b], -1), np.stack([b, c, a], -1)], axis=1
+    ).astype(np.float32)
+
+
+def view_arguments(params: np.ndarray, blur: bool) -> list[np.ndarray]:
+    """Per-sample arguments of one view, from its (b, N_PARAMS) parameter rows, as batches
+    (the blur's two only when the recipe blurs)."""
+    p = params.astype(np.float32)
+    start = p[:, [P_Y0, P_X0]]
+    end = start + p[:, [P_H, P_W]]
+    args = [
+        start,
+        end,
+        p[:, P_FLIP].astype(np.int32),
+        p[:, P_BRIGHT],
+        p[:, P_CONTRAST],
+        p[:, P_SAT],
+        _hue_matrix(p[:, P_HUE]),
+        p[:, P_GRAY],
+        p[:, P_SOLAR],
+    ]
+    if blur:  # DALI needs σ > 0; the flag turns the blur off where the recipe says none
+        args += [np.maximum(p[:, P_BLUR], 0.1), (p[:, P_BLUR] > 0).astype(np.float32)]
+    return args
+
+
+def n_arguments(spec: AugmentSpec) -> int:
+    return 11 if spec.uses_blur else 9
+
+
+def _view_graph(images, args, spec: AugmentSpec, fn, dmath, types, gpu: bool):
+    start, end, flip, bright, contrast, sat, hue_m, gray, solar, *blur_args = args
+    if gpu:  # arithmetic operands must live where the image does; argument inputs stay on the CPU
+        bright, contrast, sat, gray, solar = (x.gpu() for x in (bright, contrast, sat, gray, solar))
+    gray_row = np.array([GRAY_WEIGHTS], dtype=np.float32)
+    gray_all = np.repeat(gray_row, 3, axis=0)
+    x = fn.resize(
+        images,
+        size=(spec.size, spec.size),
+        roi_start=start,
+        roi_end=end,
+        roi_relative=False,
+        interp_type=types.INTERP_LINEAR,
+        antialias=False,
+        dtype=types.FLOAT,
+    )
+    x = x * (1.0 / 255.0)
+    x = dmath.clamp(x * bright, 0.0, 1.0)
+    mean = fn.reductions.mean(fn.coord_transform(x, M=gray_row))
+    x = dmath.clamp(contrast * x + (1.0 - contrast) * mean, 0.0, 1.0)
+    x = dmath.clamp(sat * x + (1.0 - sat) * fn.coord_transform(x, M=gray_all), 0.0, 1.0)
+    x = dmath.clamp(fn.coord_transform(x, M=hue_m), 0.0, 1.0)
+    x = gray * fn.coord_transform(x, M=gray_all) + (1.0 - gray) * x
+    if blur_args:
+        sigma, blur_on = blur_args
+        blur_on = blur_on.gpu() if gpu else blur_on
+        blurred = fn.gaussian_blur(x, sigma=sigma, window_size=blur_window(spec.size))
+        x = blur_on * blurred + (1.0 - blur_on) * x
+    x = x + solar * (x >= 0.5) * (1.0 - 2.0 * x)
+    return fn.crop_mirror_normalize(
+        x,
+        mirror=flip,
+        mean=list(spec.mean),
+        std=list(spec.std),
+        output_layout="HWC",
+        dtype=types.FLOAT,
+    )
+
+
+class DaliLoader:
+    """Yields ``(views, labels)`` like GpuLoader: views (V·B, 3, S, S) channels_last in ``dtype``,
+    view-major; labels (B,) int64; both on ``device``. batch_size is the global batch.
+
+    files: the same images as JPEG files (decoded by DALI, ``mixed`` on a GPU); without them the
+    uint8 pixels of ``images`` are fed. ``images`` always gives the sizes the crop boxes use."""
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        spec: AugmentSpec,
+        batch_size: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        *,
+        seed: int = 0,
+        drop_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        files: Sequence[Path] | None = None,
+        num_threads: int | None = None,
+    ) -> None:
+        self._dali = _import_dali()
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+        if files is not None and len(files) != len(images):
+            raise ValueError(f"{len(files)} JPEG files for {len(images)} images")
+        check_sharding(len(images), batch_size, drop_last, rank, world_size)
+        self.images = images
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.files = None if files is None else [Path(f) for f in files]
+        self.spec = spec
+        self.batch_size = batch_size
+        self.device = device
+        self.dtype = dtype
+        self.seed = seed
+        self.drop_last = drop_last
+        self.rank = rank
+        self.world_size = world_size
+        self.num_threads = num_threads or max(1, min(8, os.cpu_count() or 1))
+        self.gpu = device.type == "cuda"
+
+    def __len__(self) -> int:
+        return num_batches(len(self.images), self.batch_size, self.drop_last)
+
+    def _encoded(self, i: int) -> np.ndarray:
+        return np.fromfile(self.files[i], dtype=np.uint8)
+
+    def _pipeline(self, feed: Iterator[list], max_batch: int):
+        dali, fn, dmath, types = self._dali
+        spec, gpu, jpeg = self.spec, self.gpu, self.files is not None
+        n_args = n_arguments(spec)
+        n_outputs = 2 + n_args * len(spec.views)
+
+        def source():
+            try:
+                return next(feed)
+            except StopIteration:
+                raise StopIteration from None
+
+        @dali.pipeline_def(
+            batch_size=max_batch,
+            num_threads=self.num_threads,
+            device_id=torch.cuda.current_device() if gpu else None,
+            prefetch_queue_depth=2,
+            exec_dynamic=True,
+        )
+        def pipeline():
+            layouts = ["" if jpeg else "HWC"] + [""] * (n_outputs - 1)
+            outs = fn.external_source(source=source, num_outputs=n_outputs, batch=True, layout=layouts)
+            images, labels = outs[0], outs[1]
+            if jpeg:
+                images = fn.decoders.image(images, device="mixed" if gpu else "cpu", output_type=types.RGB)
+            elif gpu:
+                images = images.gpu()
+            views = []
+            for v in range(len(spec.views)):
+                args = outs[2 + v * n_args : 2 + (v + 1) * n_args]
+                views.append(_view_graph(images, args, spec, fn, dmath, types, gpu))
+            return (*views, labels)
+
+        pipe = pipeline()
+        pipe.build()
+        return pipe
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        h, w = self.images.shape[1:3]
+        plan = epoch_plan(
+            len(self.images),
+            (h, w),
+            self.spec,
+            self.batch_size,
+            seed=self.seed,
+            epoch=epoch,
+            drop_last=self.drop_last,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
+
+        def feed():
+            for index, params in plan:
+                idx = index.numpy()
+                pixels = [self._encoded(i) for i in idx] if self.files else list(self.images[idx])
+                batch = [pixels, list(self.labels[idx])]
+                for view_params in params.numpy():
+                    args = view_arguments(view_params, self.spec.uses_blur)
+                    batch += [[np.ascontiguousarray(x) for x in a] for a in args]
+                yield batch
+
+        pipe = self._pipeline(feed(), self.batch_size // self.world_size)
+        while True:
+            try:
+                outputs = pipe.run()
+            except StopIteration:
+                return
+            *views, labels = (self._to_torch(o) for o in outputs)
+            x = torch.cat(views).permute(0, 3, 1, 2)  # NHWC memory viewed as NCHW: channels_last
+            yield x.to(self.dtype).contiguous(memory_format=torch.channels_last), labels.reshape(-1)
+
+    def _to_torch(self, out) -> torch.Tensor:
+        tensor = out.as_tensor()
+        if not self.gpu or not hasattr(tensor, "as_cpu") or type(tensor).__name__.endswith("CPU"):
+            return torch.from_numpy(np.array(tensor)).to(self.device)
+        from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
+
+        result = torch.empty(tensor.shape(), dtype=to_torch_type[tensor.dtype], device=self.device)
+        feed_ndarray(tensor, result, cuda_stream=torch.cuda.current_stream())
+        return result

@@ -1,0 +1,176 @@
+"""The FFCV backend: a ``.beton`` written once per dataset, read by FFCV's loader, augmented by the
+numba operations of ``ffcv_ops`` (decoded once per image, V views), moved with ``ToDevice``.
+
+Order: FFCV's RANDOM order (seeded by seed + epoch) or QUASI_RANDOM; distributed runs use FFCV's
+own sharding (each rank a disjoint share of the epoch). Augmentation draws are seeded per batch
+(see ffcv_ops), so a seed reproduces a run; FFCV's order differs from the gpu/dali loaders'.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastsigclr.config import FastSigCLRError
+from fastsigclr.data.augment import AugmentSpec
+from fastsigclr.data.order import check_sharding
+
+INSTALL_HINT = (
+    "apt-get install -y --no-install-recommends libopencv-dev libturbojpeg0-dev pkg-config build-essential "
+    "&& pip install 'fastsigclr[ffcv]'"
+)
+# 2 MiB pages: FFCV's default (8 MiB) makes a .beton of a small dataset mostly padding.
+PAGE_SIZE = 1 << 21
+
+
+def _import_ffcv():
+    try:
+        import ffcv  # noqa: F401
+        from ffcv import fields, loader, transforms, writer
+        from ffcv.fields import decoders
+
+        from fastsigclr.data import ffcv_ops
+    except ImportError as err:
+        raise FastSigCLRError(f"--loader ffcv needs FFCV, which is not installed: {INSTALL_HINT}") from err
+    return fields, decoders, loader, transforms, writer, ffcv_ops
+
+
+class _Indexed:
+    """(image, label) pairs for FFCV's writer."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.images[i], int(self.labels[i])
+
+
+def write_beton(
+    path: Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    jpeg: bool = False,
+    jpeg_quality: int = 95,
+    num_workers: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Write images (uint8 (N, H, W, 3)) and labels to ``path`` (raw pixels, or JPEG when
+    ``jpeg``), through a temporary file renamed into place: a half-written .beton never remains."""
+    fields, _, _, _, writer, _ = _import_ffcv()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    image_field = fields.RGBImageField(write_mode="jpg" if jpeg else "raw", jpeg_quality=jpeg_quality)
+    w = writer.DatasetWriter(
+        str(tmp),
+        {"image": image_field, "label": fields.IntField()},
+        page_size=PAGE_SIZE,
+        num_workers=num_workers or min(8, os.cpu_count() or 1),
+    )
+    try:
+        # FFCV's writer draws its own tqdm bar; without progress, silence it.
+        if progress:
+            w.from_indexed_dataset(_Indexed(images, labels))
+        else:
+            import contextlib
+            import io
+
+            with contextlib.redirect_stderr(io.StringIO()):
+                w.from_indexed_dataset(_Indexed(images, labels))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+class FfcvLoader:
+    """Yields ``(views, labels)`` like GpuLoader: views (V·B, 3, S, S) channels_last in ``dtype``,
+    view-major; labels (B,) int64; both on ``device``. batch_size is the global batch.
+
+    beton: the dataset written by ``write_beton`` (``fastsigclr data write-ffcv``); ``images`` and
+    ``labels`` are only checked against it."""
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        spec: AugmentSpec,
+        batch_size: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        *,
+        seed: int = 0,
+        drop_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        beton: Path | None = None,
+        order: str = "random",
+        num_workers: int | None = None,
+    ) -> None:
+        _, decoders, loader, transforms, _, ops = _import_ffcv()
+        check_sharding(len(images), batch_size, drop_last, rank, world_size)
+        if beton is None or not Path(beton).is_file():
+            raise FastSigCLRError(
+                f"no FFCV dataset at {beton}; write it with `fastsigclr data write-ffcv --dataset NAME`"
+            )
+        if order not in ("random", "quasi_random"):
+            raise ValueError(f"order must be 'random' or 'quasi_random', got {order!r}")
+        if order == "quasi_random" and world_size > 1:
+            raise ValueError("FFCV's quasi-random order is not available in distributed runs; use 'random'")
+        self.spec = spec
+        self.batch_size = batch_size
+        self.device = device
+        self.dtype = dtype
+        self.n_views = len(spec.views)
+        self.n_images = len(images)
+        pipelines = {
+            "image": [
+                decoders.SimpleRGBImageDecoder(),
+                *ops.view_operations(spec, seed),
+                transforms.ToTensor(),
+                transforms.ToDevice(device, non_blocking=True),
+            ],
+            "label": [
+                decoders.IntDecoder(),
+                transforms.ToTensor(),
+                transforms.Squeeze(),
+                transforms.ToDevice(device, non_blocking=True),
+            ],
+        }
+        option = loader.OrderOption.RANDOM if order == "random" else loader.OrderOption.QUASI_RANDOM
+        self.loader = loader.Loader(
+            str(beton),
+            batch_size=batch_size // world_size,
+            num_workers=num_workers or min(8, os.cpu_count() or 1),
+            order=option,
+            os_cache=True,
+            distributed=world_size > 1,
+            seed=seed,
+            drop_last=drop_last,
+            pipelines=pipelines,
+            batches_ahead=2,
+        )
+        if self.loader.reader.num_samples != len(images):
+            raise FastSigCLRError(
+                f"{beton} holds {self.loader.reader.num_samples} images, the dataset {len(images)}: "
+                f"it was written for other data; write it again with `fastsigclr data write-ffcv`"
+            )
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.loader.next_epoch = epoch  # FFCV's order is seeded by seed + epoch
+        for views, labels in self.loader:
+            b = views.shape[0]
+            # (B, V, S, S, 3) → view-major (V·B, S, S, 3), viewed as NCHW: channels_last.
+            x = views.transpose(0, 1).reshape(self.n_views * b, *views.shape[2:]).permute(0, 3, 1, 2)
+            yield x.to(self.dtype).contiguous(memory_format=torch.channels_last), labels.long().reshape(-1)

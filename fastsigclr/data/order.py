@@ -1,0 +1,78 @@
+"""What every loader backend shares: the epoch's order, its global batches, each rank's share of
+a batch, and the augmentation parameters of that share.
+
+An epoch's permutation and parameters come from generators seeded by (seed, epoch) alone, so an
+epoch is the same whether a run was resumed or not, and whatever the number of ranks: each rank
+takes a contiguous slice of every global batch, and the slices concatenated in rank order are
+the batch one process would have drawn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from fastsigclr.data.augment import AugmentSpec, sample_params
+
+
+def seed_for(seed: int, epoch: int, stream: int = 0) -> int:
+    return (seed * 1_000_003 + epoch * 7_919 + stream * 104_729) % (2**63 - 1)
+
+
+def rank_share(global_batch: int, world_size: int) -> int:
+    """Images per rank in a global batch; a remainder below world_size is left out."""
+    return global_batch // world_size
+
+
+def check_sharding(n: int, batch_size: int, drop_last: bool, rank: int, world_size: int) -> None:
+    """The errors every loader gives for impossible batch/rank settings."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+    if batch_size % world_size:
+        raise ValueError(
+            f"batch size {batch_size} is not divisible by the {world_size} ranks; choose a "
+            f"--batch-size that is a multiple of the number of processes"
+        )
+    if drop_last and n < batch_size:
+        raise ValueError(
+            f"batch size {batch_size} is larger than the {n} training images; "
+            f"lower --batch-size or use more data"
+        )
+    if not drop_last and n % batch_size and n % batch_size < world_size:
+        raise ValueError(f"the last batch of {n % batch_size} images cannot be shared by {world_size} ranks")
+
+
+def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
+    return n // batch_size if drop_last else -(-n // batch_size)
+
+
+def epoch_plan(
+    n: int,
+    image_hw: tuple[int, int],
+    spec: AugmentSpec,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    drop_last: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | str = "cpu",
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (indices (b,), params (V, b, N_PARAMS)) of this rank's share of each global batch.
+
+    Drawing the whole batch's parameters costs 12 floats per image and view: nothing next to
+    the augmentation itself. The generators live on ``device`` (CUDA and CPU streams differ)."""
+    gen = torch.Generator(device=device).manual_seed(seed_for(seed, epoch))
+    perm = torch.randperm(n, generator=gen, device=device)
+    aug_gen = torch.Generator(device=device).manual_seed(seed_for(seed, epoch, 1))
+    h, w = image_hw
+    for i in range(num_batches(n, batch_size, drop_last)):
+        index = perm[i * batch_size : (i + 1) * batch_size]
+        params = sample_params(spec, len(index), h, w, aug_gen)
+        share = rank_share(len(index), world_size)
+        mine = slice(rank * share, (rank + 1) * share)
+        yield index[mine], params[:, mine].contiguous()

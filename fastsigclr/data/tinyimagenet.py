@@ -1,0 +1,149 @@
+"""Tiny-ImageNet-200 in its official layout: index, validation, labels, and a decoded cache.
+
+    tiny-imagenet-200/wnids.txt                        the class ids (200)
+    tiny-imagenet-200/train/<wnid>/images/*.JPEG       500 per class
+    tiny-imagenet-200/val/val_annotations.txt          "<file>\t<wnid>\t<box>" (10,000 lines)
+    tiny-imagenet-200/val/images/*.JPEG
+
+Labels are the index of the wnid in sorted order; the "test" split is the labelled validation set
+(the official test images have no labels). JPEGs stay JPEG for DALI and FFCV; the gpu loader
+reads a uint8 (N, 64, 64, 3) cache decoded once (with a progress bar) beside the folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from fastsigclr.data.datasets import DatasetError, DatasetInfo
+
+
+def _wnids(info: DatasetInfo, folder: Path) -> list[str]:
+    path = folder / "wnids.txt"
+    if not path.is_file():
+        raise DatasetError(f"missing {path}: not the Tiny-ImageNet layout; delete {folder} to fetch it again")
+    wnids = sorted({line.strip() for line in path.read_text().splitlines() if line.strip()})
+    if len(wnids) != info.num_classes:
+        raise DatasetError(f"{path} lists {len(wnids)} classes, expected {info.num_classes}")
+    return wnids
+
+
+def split_files(info: DatasetInfo, folder: Path, split: str) -> tuple[list[Path], np.ndarray]:
+    """The split's JPEG paths and int64 labels, in a fixed order, after checking the layout."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    folder = Path(folder)
+    wnids = _wnids(info, folder)
+    index = {w: i for i, w in enumerate(wnids)}
+    files: list[Path] = []
+    labels: list[int] = []
+    if split == "train":
+        per_class = info.train_count // info.num_classes
+        for wnid in wnids:
+            found = sorted((folder / "train" / wnid / "images").glob("*.JPEG"))
+            if len(found) != per_class:
+                raise DatasetError(
+                    f"{folder / 'train' / wnid / 'images'} holds {len(found)} JPEGs, expected {per_class}: "
+                    f"the dataset is incomplete; delete {folder} to fetch it again"
+                )
+            files += found
+            labels += [index[wnid]] * per_class
+    else:
+        notes = folder / "val" / "val_annotations.txt"
+        if not notes.is_file():
+            raise DatasetError(f"missing {notes}: the validation labels; delete {folder} to fetch it again")
+        for n, line in enumerate(notes.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            parts = line.split("\t")
+            if len(parts) < 2 or parts[1] not in index:
+                raise DatasetError(
+                    f"{notes}:{n}: expected '<file>\\t<wnid>...' with a known wnid, got {line!r}"
+                )
+            path = folder / "val" / "images" / parts[0]
+            if not path.is_file():
+                raise DatasetError(f"{notes}:{n}: {path} does not exist")
+            files.append(path)
+            labels.append(index[parts[1]])
+        if len(files) != info.test_count:
+            raise DatasetError(f"{notes} labels {len(files)} images, expected {info.test_count}")
+    return files, np.asarray(labels, dtype=np.int64)
+
+
+def _decode(path: Path, size: int) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)  # a few are grayscale JPEGs
+    except (OSError, UnidentifiedImageError) as err:
+        raise DatasetError(
+            f"{path} is not a readable JPEG ({err}); delete it to fetch the dataset again"
+        ) from err
+    if rgb.shape != (size, size, 3):
+        raise DatasetError(f"{path} is {rgb.shape[1]}×{rgb.shape[0]}, expected {size}×{size}")
+    return rgb
+
+
+def _fingerprint(files: list[Path]) -> str:
+    h = hashlib.sha1()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}\n".encode())
+    return h.hexdigest()
+
+
+def load_split(
+    info: DatasetInfo, folder: Path, split: str, *, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (N, 64, 64, 3) and labels, from the decoded cache when it matches the files."""
+    folder = Path(folder)
+    files, labels = split_files(info, folder, split)
+    cache = folder.parent / f"{info.folder}-decoded"
+    images_path, meta_path = cache / f"{split}-images.npy", cache / f"{split}-meta.json"
+    fingerprint = _fingerprint(files)
+    if images_path.is_file() and meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("fingerprint") == fingerprint:
+            images = np.load(images_path, mmap_mode="r")
+            if images.shape == (len(files), info.image_size, info.image_size, 3):
+                return np.ascontiguousarray(images), labels
+    images = np.empty((len(files), info.image_size, info.image_size, 3), dtype=np.uint8)
+    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+        decoded = pool.map(lambda f: _decode(f, info.image_size), files, chunksize=64)
+        for i, rgb in enumerate(
+            tqdm(
+                decoded,
+                total=len(files),
+                desc=f"decode {info.name} {split}",
+                unit="img",
+                disable=not progress,
+            )
+        ):
+            images[i] = rgb
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = images_path.with_name(f".{images_path.name}.partial")
+    with open(tmp, "wb") as f:
+        np.save(f, images)
+    os.replace(tmp, images_path)
+    meta_path.write_text(json.dumps({"fingerprint": fingerprint, "count": len(files)}) + "\n")
+    return images, labels
+
+
+def verify(info: DatasetInfo, folder: Path) -> dict[str, str]:
+    """md5 of the index files; the layout and counts are checked by split_files."""
+    for split in ("train", "test"):
+        split_files(info, folder, split)
+    names = ("wnids.txt", "words.txt", "val/val_annotations.txt")
+    out = {}
+    for name in names:
+        path = Path(folder) / name
+        if path.is_file():
+            out[name] = hashlib.md5(path.read_bytes()).hexdigest()
+    return out

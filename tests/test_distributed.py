@@ -1,0 +1,239 @@
+"""The distributed sigmoid loss with 2 and 3 gloo processes on the CPU: value and every gradient
+(z, bias, learnable temperature) equal the single-process loss on the concatenated batch, for
+both modes, 2 and 3 views, the torch path and the Triton kernel (interpreter without CUDA)."""
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from helpers import KERNEL_DEVICE, assert_close_rel
+from test_sigmoid_loss import error_scales, reference
+
+from fastsigclr import checkpoint
+from fastsigclr.distributed import (
+    DistributedCriterion,
+    gather_rows,
+    sigmoid_pairwise_loss_distributed,
+)
+from fastsigclr.kernels import sigmoid_block_triton
+from fastsigclr.losses import ContrastiveLoss, sigmoid_pairwise_loss
+from fastsigclr.losses.sigmoid import sigmoid_block_chunked
+from fastsigclr.runlog import read_metrics
+
+N_PER_RANK = 5  # odd, and 2N = 10 per rank: no size is a multiple of any block
+D = 19
+T0, B0 = 7.0, -3.0
+CASES = [
+    (mode, n_views, impl)
+    for mode in ("ring", "gather")
+    for n_views in (2, 3)
+    for impl in ("torch", "triton")
+    if impl == "torch" or n_views == 2  # the kernel: once per mode (the interpreter is slow)
+]
+
+
+def global_batch(world: int, n_views: int, dtype=torch.float32) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(100 * world + n_views)
+    return torch.randn(n_views * world * N_PER_RANK, D, generator=gen, dtype=torch.float64).to(dtype)
+
+
+def local_rows(z: torch.Tensor, rank: int, world: int, n_views: int) -> torch.Tensor:
+    """Rank r's rows of the global view-major batch: rows v·K·n + r·n … + n − 1 for each view v."""
+    n = N_PER_RANK
+    return torch.cat([z[v * world * n + rank * n : v * world * n + (rank + 1) * n] for v in range(n_views)])
+
+
+def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        results = {}
+        for mode, n_views, impl in CASES:
+            z = local_rows(global_batch(world, n_views), rank, world, n_views).requires_grad_()
+            log_t = torch.tensor(math.log(T0), requires_grad=True)
+            b = torch.tensor(B0, requires_grad=True)
+            loss = sigmoid_pairwise_loss_distributed(z, log_t.exp(), b, n_views=n_views, mode=mode, impl=impl)
+            loss.backward()
+            results[(mode, n_views, impl)] = (loss.detach(), z.grad, log_t.grad, b.grad)
+        # The other losses through DistributedCriterion (gathered rows, gradient to the owner).
+        z = local_rows(global_batch(world, 2), rank, world, 2).requires_grad_()
+        labels = torch.arange(rank * N_PER_RANK, (rank + 1) * N_PER_RANK) % 3
+        for kind in ("nt_xent", "supcon"):
+            crit = DistributedCriterion(ContrastiveLoss(kind, 0.2, n_views=2))
+            z.grad = None
+            loss = crit(z, labels) if kind == "supcon" else crit(z)
+            loss.backward()
+            results[kind] = (loss.detach(), z.grad.clone())
+        # A shape mismatch is an error on every rank, not a hang.
+        try:
+            sigmoid_pairwise_loss_distributed(torch.randn(4 + 2 * rank, D), 10.0, -10.0)
+            results["mismatch"] = "no error"
+        except ValueError as err:
+            results["mismatch"] = str(err)
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ranks(world: int, tmp_path: Path) -> list[dict]:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    mp.spawn(_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world, join=True)
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_distributed_loss_equals_single_process(world, tmp_path):
+    per_rank = run_ranks(world, tmp_path)
+    for mode, n_views, impl in CASES:
+        what = f"K={world} {mode} V={n_views} {impl}"
+        z = global_batch(world, n_views).double().requires_grad_()
+        log_t = torch.tensor(math.log(T0), dtype=torch.float64, requires_grad=True)
+        b = torch.tensor(B0, dtype=torch.float64, requires_grad=True)
+        expected = reference(z, log_t.exp(), b, n_views)
+        expected.backward()
+        dz_scale, dt_scale = error_scales(z.detach(), T0, B0, n_views)
+        for rank, results in enumerate(per_rank):
+            loss, dz, dlog_t, db = results[(mode, n_views, impl)]
+            assert_close_rel(loss, expected, 5e-6, f"{what} loss on rank {rank}")
+            rows = local_rows(z.grad, rank, world, n_views)
+            assert_close_rel(dz, rows, 5e-6, f"{what} dz on rank {rank}", scale=dz_scale)
+            # d/dt' = t·dL/dt, so its error scale is t·Σ|g|.
+            assert_close_rel(dlog_t, log_t.grad, 5e-6, f"{what} dt on rank {rank}", scale=T0 * dt_scale)
+            assert_close_rel(db, b.grad, 5e-6, f"{what} db on rank {rank}")
+        # Equal to the package's own single-process loss too (not only to the oracle).
+        single = sigmoid_pairwise_loss(global_batch(world, n_views), T0, B0, n_views=n_views, impl="torch")
+        assert_close_rel(per_rank[0][(mode, n_views, impl)][0], single, 2e-6, f"{what} vs single process")
+
+    z = global_batch(world, 2).requires_grad_()
+    labels = torch.arange(world * N_PER_RANK) % 3
+    for kind in ("nt_xent", "supcon"):
+        z.grad = None
+        crit = ContrastiveLoss(kind, 0.2, n_views=2)
+        expected = crit(z, labels) if kind == "supcon" else crit(z)
+        expected.backward()
+        for rank, results in enumerate(per_rank):
+            loss, dz = results[kind]
+            assert_close_rel(loss, expected, 2e-6, f"{kind} loss rank {rank}")
+            assert_close_rel(dz, local_rows(z.grad, rank, world, 2), 2e-5, f"{kind} dz rank {rank}")
+    for results in per_rank:
+        assert "same shape" in results["mismatch"], results["mismatch"]
+
+
+def test_distributed_needs_a_process_group():
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        sigmoid_pairwise_loss_distributed(torch.randn(4, 3), 10.0, -10.0)
+    with pytest.raises(ValueError, match="mode"):
+        sigmoid_pairwise_loss_distributed(torch.randn(4, 3), 10.0, -10.0, mode="allreduce")
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        gather_rows(torch.randn(4, 3), 2)
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_cross_rank_block_against_float64(impl):
+    """A block of another rank's columns: rectangular, every pair a negative, scaled by 1/M."""
+
+    gen = torch.Generator().manual_seed(3)
+    rows = torch.nn.functional.normalize(torch.randn(13, 37, generator=gen, dtype=torch.float64), dim=1)
+    cols = torch.nn.functional.normalize(torch.randn(29, 37, generator=gen, dtype=torch.float64), dim=1)
+    t, b, inv_m = 6.0, -2.0, 1 / 90
+    a = t * rows @ cols.T + b
+    g = torch.sigmoid(a) * inv_m
+    want = (
+        torch.nn.functional.softplus(a).sum() * inv_m,
+        2 * t * g @ cols,
+        (g * (rows @ cols.T)).sum(),
+        g.sum(),
+    )
+    args = dict(n_per_view=13, inv_m=inv_m, self_block=False)
+    if impl == "torch":
+        got = sigmoid_block_chunked(
+            rows.float(), cols.float(), torch.tensor(t), torch.tensor(b), chunk_rows=5, **args
+        )
+    else:
+        dev = KERNEL_DEVICE
+        got = sigmoid_block_triton(
+            rows.float().to(dev),
+            cols.float().to(dev),
+            torch.tensor(t, device=dev),
+            torch.tensor(b, device=dev),
+            block_m=16,
+            block_n=16,
+            block_k=16,
+            **args,
+        )
+    for name, x, y in zip(("loss", "dz", "dt", "db"), got, want, strict=True):
+        assert_close_rel(x, y, 5e-6, f"{impl} {name}")
+
+
+def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
+    port = _free_port()
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
+    cmd += [f"--master_port={port}", "-m", "fastsigclr", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_args(data_dir: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        *(
+            f"train --dataset cifar10 --data-dir {data_dir} --device cpu --limit-train 256 --limit-test 200 "
+            f"--width 8 --proj-dims 64,32 --batch-size 64 --epochs 1 --log-every 1 --knn-every 0 "
+            f"--no-progress --no-tensorboard --lr 0.05 --out {out}"
+        ).split(),
+        *extra,
+    ]
+
+
+def test_torchrun_matches_one_process(cifar10_dir, tmp_path):
+    """2 ranks × 32 images with global batch norm = 1 process × 64 images: same step losses and
+    weights; then the 2-rank run resumes in 1 process and the 1-process run in 2 ranks."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = torchrun(1, *train_args(cifar10_dir, one))
+    assert single.returncode == 0, single.stderr[-3000:]
+    double = torchrun(2, *train_args(cifar10_dir, two))
+    assert double.returncode == 0, double.stderr[-3000:]
+    for name in ("config.json", "metrics.jsonl", "summary.json", "checkpoints/last.pt"):
+        assert (two / name).is_file(), name
+    assert json.loads((two / "summary.json").read_text())["world_size"] == 2
+    a = [r["loss"] for r in read_metrics(one) if r["kind"] == "step"]
+    b = [r["loss"] for r in read_metrics(two) if r["kind"] == "step"]
+    assert len(a) == len(b) == 4
+    # Step 1 sees the same data and weights: only the fp32 summation order differs (measured
+    # 1.2e-6 relative). Step 2 sees the first update: measured 1.0e-4 apart, and a one-process
+    # run with 2 threads instead of 1 differs from it by 1.3e-4, so fp32 noise is that large;
+    # gradients averaged instead of summed over ranks put step 2 2.8e-3 away. Later steps
+    # amplify fp32 noise (5e-3 at step 4 between thread counts) and are not compared.
+    assert abs(a[0] - b[0]) <= 1e-5 * abs(a[0]), (a, b)
+    assert abs(a[1] - b[1]) <= 1e-3 * abs(a[1]), (a, b)
+    # Different world sizes on resume: the data and the loss do not depend on them.
+    more = ["--epochs", "2", "--resume"]
+    assert torchrun(1, *train_args(cifar10_dir, two, *more)).returncode == 0
+    resumed_two = torchrun(2, *train_args(cifar10_dir, one, *more))
+    assert resumed_two.returncode == 0, resumed_two.stderr[-3000:]
+    a = [r["loss"] for r in read_metrics(one) if r["kind"] == "step"]
+    b = [r["loss"] for r in read_metrics(two) if r["kind"] == "step"]
+    assert len(a) == len(b) == 8 and all(map(math.isfinite, a + b))
+    state = checkpoint.load(one / "checkpoints" / "last.pt")
+    assert state["epoch"] == 2 and state["step"] == 8
+
+
+def test_torchrun_needs_an_out_dir_and_a_divisible_batch(cifar10_dir, tmp_path):
+    no_out = [a for a in train_args(cifar10_dir, tmp_path / "x") if a not in ("--out", str(tmp_path / "x"))]
+    proc = torchrun(2, *no_out)
+    assert proc.returncode != 0 and "need --out" in proc.stderr + proc.stdout
+    proc = torchrun(3, *train_args(cifar10_dir, tmp_path / "y"))
+    assert proc.returncode != 0 and "not divisible by the 3 ranks" in proc.stderr + proc.stdout
