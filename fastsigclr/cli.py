@@ -55,6 +55,20 @@ def _cmd_bench_augment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_dist(args: argparse.Namespace) -> int:
+    from fastsigclr.bench.dist import BenchDistConfig, run
+
+    cfg = from_args(BenchDistConfig, args)
+    payload = run(cfg, command=["fastsigclr", *args.argv])
+    for r in payload["results"]:
+        print(
+            f"{r['provider']:<7} 2N={r['rows']:<6} {r['median_ms']:9.3f} ms  "
+            f"×{r['overhead_vs_plain']:.2f} of plain"
+        )
+    print(f"wrote {cfg.out}/dist-{payload['device']['type']}.json")
+    return 0
+
+
 def _cmd_bench_all(args: argparse.Namespace) -> int:
     from fastsigclr.bench.suite import BenchAllConfig, run
 
@@ -238,8 +252,15 @@ COMMANDS: list[Command] = [
         _cmd_bench_augment,
     ),
     (
+        ("bench", "dist"),
+        "overhead of the distributed sigmoid loss with one rank, against the plain loss",
+        _lazy("fastsigclr.bench.dist", "BenchDistConfig"),
+        (),
+        _cmd_bench_dist,
+    ),
+    (
         ("bench", "all"),
-        "every microbenchmark (loss, augment, train) and one summary JSON",
+        "every microbenchmark (loss, augment, train, dist) and one summary JSON",
         _lazy("fastsigclr.bench.suite", "BenchAllConfig"),
         (),
         _cmd_bench_all,

@@ -5,6 +5,10 @@
 #   3. the loss benchmark (eager, compiled, chunked, triton; bf16 grid)        -> loss-cuda.json/.png
 #   4. train step vs model step vs augmentation, ResNet-18 batch 512           -> train-cuda.json/.png
 #   5. a short SigCLR run on real CIFAR-10 with kNN and linear accuracy        -> run-cifar10/
+#   6. augmentation views/s: gpu loader vs the PIL DataLoader baseline         -> augment-cuda.json/.png
+#      (DALI and FFCV are not installed on the GPU machine: recorded as unavailable)
+#   7. distributed sigmoid loss with one rank vs the plain loss                -> dist-cuda.json
+#   8. the same on two local ranks through torchrun (NCCL), a 1-epoch smoke    -> run-torchrun/
 #
 # The GPU machine has no network: carry the CIFAR-10 pack with the repo, e.g.
 #   mkdir -p shared-data/tools shared-data/data && cp ../shared/tools/cifar10-from-jpeg shared-data/tools/ &&
@@ -40,12 +44,16 @@ if [[ $SMOKE == 1 ]]; then
   TRAIN=(--width 8 --batch-size 32 --limit-train 256 --reps 2)
   RUN=(--epochs 1 --width 8 --batch-size 128 --limit-train 1024 --limit-test 500)
   LINEAR=(--linear-epochs 2)
+  AUG=(--sizes 32 --images 256 --batch-size 64 --reps 1)
+  DIST=(--sizes 256 --dim 32 --reps 2)
 else
   PYTEST=(tests)
   LOSS=(--dtypes bf16)
   TRAIN=()
   RUN=(--epochs "$EPOCHS" --warmup-epochs 2 --knn-every 5)
   LINEAR=()
+  AUG=()
+  DIST=()
 fi
 
 step "1. tests, compiled (not interpreted)"
@@ -66,5 +74,16 @@ run fastsigclr train --dataset cifar10 --data-dir "$DATA" "${RUN[@]}" --no-progr
 run fastsigclr eval --run "$OUT/run-cifar10" knn --no-progress
 run fastsigclr eval --run "$OUT/run-cifar10" linear "${LINEAR[@]}" --no-progress
 rm -rf "$OUT/run-cifar10/checkpoints" "$OUT/run-cifar10/tensorboard"  # keep the record, not the weights
+step "6. augmentation throughput"
+run fastsigclr bench augment "${AUG[@]}" --out "$OUT"
+step "7. distributed loss overhead, world size 1"
+run fastsigclr bench dist "${DIST[@]}" --out "$OUT"
+if [[ $SMOKE == 0 ]] && [[ $(python -c "import torch; print(torch.cuda.device_count())") -ge 2 ]]; then
+  step "8. torchrun, 2 ranks, 1 epoch"
+  rm -rf "$OUT/run-torchrun"
+  run torchrun --nproc_per_node 2 -m fastsigclr train --dataset cifar10 --data-dir "$DATA" --epochs 1 \
+    --no-progress --out "$OUT/run-torchrun"
+  rm -rf "$OUT/run-torchrun/checkpoints" "$OUT/run-torchrun/tensorboard"
+fi
 step "done (status $status)"
 exit $status

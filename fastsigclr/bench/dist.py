@@ -1,0 +1,91 @@
+"""``fastsigclr bench dist``: the cost of the distributed sigmoid loss's machinery with one rank,
+against the plain loss on the same rows (forward + backward, same device, same run).
+
+With world size 1 no bytes travel, so the difference is the bookkeeping: the block loop, the fp32
+gradient accumulator, the shape check and the all-reduce of three floats. Multi-GPU scaling needs
+a multi-GPU machine and is not measured here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from fastsigclr.bench.common import DTYPES, time_fn, write_json
+from fastsigclr.config import option, to_dict
+from fastsigclr.runinfo import resolve_device, run_record
+
+
+@dataclass(frozen=True)
+class BenchDistConfig:
+    device: str = option("auto", "device to measure on", choices=("auto", "cpu", "cuda"))
+    sizes: tuple[int, ...] | None = option(None, "rows 2N; unset: 8192,16384 on CUDA, 512,1024 on CPU")
+    dim: int = option(128, "feature size D")
+    dtype: str | None = option(None, "input dtype; unset: bf16 on CUDA, fp32 on CPU", choices=tuple(DTYPES))
+    reps: int | None = option(None, "timed calls; unset: 20 on CUDA, 10 on CPU")
+    out: str = option("benchmarks/local", "directory for dist-<device>.json")
+
+    def resolved(self, device: torch.device) -> BenchDistConfig:
+        cuda = device.type == "cuda"
+        return dataclasses.replace(
+            self,
+            device=device.type,
+            sizes=self.sizes or ((8192, 16384) if cuda else (512, 1024)),
+            dtype=self.dtype or ("bf16" if cuda else "fp32"),
+            reps=self.reps or (20 if cuda else 10),
+        )
+
+
+def run(cfg: BenchDistConfig, command: list[str] | None = None) -> dict[str, Any]:
+    from fastsigclr.distributed import sigmoid_pairwise_loss_distributed
+    from fastsigclr.losses import sigmoid_pairwise_loss
+
+    device = resolve_device(cfg.device)
+    cfg = cfg.resolved(device)
+    own_group = not dist.is_initialized()
+    if own_group:
+        store = dist.FileStore(os.path.join(tempfile.mkdtemp(prefix="fastsigclr-dist-"), "store"), 1)
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", store=store, rank=0, world_size=1
+        )
+    try:
+        results = []
+        for rows in cfg.sizes:
+            z = torch.randn(rows, cfg.dim, device=device, dtype=DTYPES[cfg.dtype], requires_grad=True)
+            bias = torch.tensor(-10.0, device=device, requires_grad=True)
+            providers = {
+                "plain": lambda z=z, b=bias: sigmoid_pairwise_loss(z, 10.0, b),
+                "ring": lambda z=z, b=bias: sigmoid_pairwise_loss_distributed(z, 10.0, b, mode="ring"),
+                "gather": lambda z=z, b=bias: sigmoid_pairwise_loss_distributed(z, 10.0, b, mode="gather"),
+            }
+            for name, fn in providers.items():
+
+                def step(fn=fn, z=z):
+                    z.grad = None
+                    fn().backward()
+
+                timing = time_fn(step, device, warmup=2, reps=cfg.reps)
+                results.append({"provider": name, "rows": rows, "dim": cfg.dim, "dtype": cfg.dtype, **timing})
+            plain = next(r for r in results if r["rows"] == rows and r["provider"] == "plain")
+            for r in results:
+                if r["rows"] == rows:
+                    r["overhead_vs_plain"] = r["median_ms"] / plain["median_ms"]
+    finally:
+        if own_group:
+            dist.destroy_process_group()
+    payload = {
+        "benchmark": "dist",
+        "config": to_dict(cfg),
+        **run_record(device, command),
+        "world_size": 1,
+        "results": results,
+    }
+    write_json(Path(cfg.out) / f"dist-{device.type}.json", payload)
+    return payload

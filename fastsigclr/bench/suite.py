@@ -1,0 +1,136 @@
+"""``fastsigclr bench all``: every microbenchmark in one go (loss, augmentation, train step, and
+the distributed loss's overhead with one rank), each
+writing its own JSON and plot, plus one ``all-<device>.json`` that lists every figure with its
+median and spread beside the device, versions, git SHA, date and command.
+
+On the CPU the sizes are small (a few minutes on 2 cores); on CUDA each benchmark runs its own
+GPU defaults, the sizes of the issues' targets.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastsigclr.bench.augment import BenchAugmentConfig
+from fastsigclr.bench.common import write_json
+from fastsigclr.bench.dist import BenchDistConfig
+from fastsigclr.bench.loss import BenchLossConfig
+from fastsigclr.bench.train import BenchTrainConfig
+from fastsigclr.config import option, to_dict
+from fastsigclr.runinfo import resolve_device, run_record
+
+BENCHMARKS = ("loss", "augment", "train", "dist")
+# The CPU sizes: enough to show each comparison without turning the suite into a training run.
+CPU_LOSS = dict(sizes=(512, 1024, 2048), dims=(64, 128), reps=3)
+CPU_AUGMENT = dict(images=512, batch_size=128, reps=3)
+CPU_TRAIN = dict(reps=3, limit_train=2048)
+# --quick: the smallest run that still exercises every benchmark end to end (a smoke test).
+QUICK = {
+    "loss": dict(sizes=(256,), dims=(32,), reps=1, warmup=1, providers=("eager", "chunked")),
+    "augment": dict(sizes=(32,), images=128, batch_size=64, reps=1),
+    "train": dict(reps=1, warmup=1, limit_train=256, width=8, batch_size=32),
+    "dist": dict(sizes=(256,), dim=32, reps=1),
+}
+
+
+@dataclass(frozen=True)
+class BenchAllConfig:
+    device: str = option("auto", "device to measure on", choices=("auto", "cpu", "cuda"))
+    only: tuple[str, ...] = option(BENCHMARKS, "benchmarks to run", choices=BENCHMARKS)
+    data: str = option(
+        "auto", "train step images: real, synthetic, or auto", choices=("auto", "real", "synthetic")
+    )
+    out: str = option(
+        "benchmarks/local", "directory for all-<device>.json and every benchmark's JSON and PNG"
+    )
+    quick: bool = option(False, "smallest sizes only: a smoke test of the whole suite, not a measurement")
+
+
+def _figures(name: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """One flat record per measured figure: what, median, spread (p20, p80), unit."""
+    rows = []
+    if name == "loss":
+        for r in payload["results"]:
+            if r["status"] == "ok":
+                what = f"{r.get('loss', 'sigmoid')} {r['provider']} {r['dtype']} 2N={r['rows']} D={r['dim']}"
+                rows.append(
+                    {
+                        "what": what,
+                        "median": r["median_ms"],
+                        "p20": r["p20_ms"],
+                        "p80": r["p80_ms"],
+                        "unit": "ms",
+                    }
+                )
+    elif name == "augment":
+        for r in payload["results"]:
+            if r["status"] == "ok":
+                rows.append(
+                    {
+                        "what": f"augment {r['backend']} {r['size']}x{r['size']}",
+                        "median": r["views_per_s"],
+                        "p20": r["p20_views_per_s"],
+                        "p80": r["p80_views_per_s"],
+                        "unit": "views/s",
+                    }
+                )
+    elif name == "dist":
+        for r in payload["results"]:
+            what = f"dist {r['provider']} (world 1) {r['dtype']} 2N={r['rows']} D={r['dim']}"
+            rows.append(
+                {"what": what, "median": r["median_ms"], "p20": r["p20_ms"], "p80": r["p80_ms"], "unit": "ms"}
+            )
+    else:
+        for key, r in payload["results"].items():
+            rows.append(
+                {
+                    "what": f"train {key}",
+                    "median": r["median_ms"],
+                    "p20": r["p20_ms"],
+                    "p80": r["p80_ms"],
+                    "unit": "ms",
+                }
+            )
+    return [{"benchmark": name, **row} for row in rows]
+
+
+def run(cfg: BenchAllConfig, command: list[str] | None = None, progress=print) -> dict[str, Any]:
+    from fastsigclr.bench import augment, dist, loss, train
+
+    device = resolve_device(cfg.device)
+    cpu = device.type == "cpu"
+    out = Path(cfg.out)
+    sizes = {"loss": CPU_LOSS, "augment": CPU_AUGMENT, "train": CPU_TRAIN} if cpu else {}
+    if cfg.quick:
+        sizes = QUICK
+    common = dict(device=device.type, out=str(out))
+    plans = {
+        "loss": (loss.run, BenchLossConfig(**common, **sizes.get("loss", {}))),
+        "augment": (augment.run, BenchAugmentConfig(**common, **sizes.get("augment", {}))),
+        "train": (train.run, BenchTrainConfig(**common, data=cfg.data, **sizes.get("train", {}))),
+        "dist": (dist.run, BenchDistConfig(**common, **sizes.get("dist", {}))),
+    }
+    payloads, seconds = {}, {}
+    for name in cfg.only:
+        fn, sub = plans[name]
+        progress(f"bench {name} …")
+        start = time.perf_counter()
+        payloads[name] = fn(sub, command=command)
+        seconds[name] = round(time.perf_counter() - start, 1)
+    summary = {
+        "benchmark": "all",
+        "config": to_dict(cfg),
+        **run_record(device, command),
+        "files": {name: f"{name}-{device.type}.json" for name in payloads},
+        "seconds": seconds,
+        "figures": [row for name, p in payloads.items() for row in _figures(name, p)],
+        "sub_configs": {name: to_dict(plans[name][1]) for name in payloads},
+    }
+    if "train" in payloads:
+        summary["train_data"] = payloads["train"].get("data")
+        summary["train_full_over_model"] = payloads["train"]["full_over_model"]
+    write_json(out / f"all-{device.type}.json", summary)
+    return summary
