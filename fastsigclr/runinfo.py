@@ -37,14 +37,25 @@ def package_version(name: str) -> str | None:
 
 
 def git_commit() -> str | None:
-    """The checkout's commit (with ``-dirty`` if it has uncommitted changes), or None outside git."""
+    """The checkout's commit (with ``-dirty`` if it has uncommitted changes), or None outside git.
+
+    Result files under benchmarks/results/ do not count: a benchmark suite rewrites them while it
+    runs, and they are what is being measured, not what measures."""
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ":/",
+                ":(top,exclude)benchmarks/results",
+            ],
             cwd=here,
             capture_output=True,
             text=True,
