@@ -38,7 +38,7 @@ from fastsigclr.data.augment import (
     blur_window,
     hue_coefficients,
 )
-from fastsigclr.data.order import check_sharding, epoch_plan, num_batches
+from fastsigclr.data.base import LoaderBase
 
 INSTALL_HINT = "pip install 'fastsigclr[dali]'  (or: pip install nvidia-dali-cuda130)"
 
@@ -129,9 +129,8 @@ def _view_graph(images, args, spec: AugmentSpec, fn, dmath, types, gpu: bool):
     )
 
 
-class DaliLoader:
-    """Yields ``(views, labels)`` like GpuLoader: views (V·B, 3, S, S) channels_last in ``dtype``,
-    view-major; labels (B,) int64; both on ``device``. batch_size is the global batch.
+class DaliLoader(LoaderBase):
+    """DALI runs the recipe (see the module docstring; LoaderBase for the contract).
 
     files: the same images as JPEG files (decoded by DALI, ``mixed`` on a GPU); without them the
     uint8 pixels of ``images`` are fed. ``images`` always gives the sizes the crop boxes use."""
@@ -140,40 +139,18 @@ class DaliLoader:
         self,
         images: np.ndarray,
         labels: np.ndarray,
-        spec: AugmentSpec,
-        batch_size: int,
-        device: torch.device,
-        dtype: torch.dtype,
-        *,
-        seed: int = 0,
-        drop_last: bool = True,
-        rank: int = 0,
-        world_size: int = 1,
+        *args,
         files: Sequence[Path] | None = None,
         num_threads: int | None = None,
+        **kwargs,
     ) -> None:
         self._dali = _import_dali()
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+        super().__init__(images, labels, *args, **kwargs)
         if files is not None and len(files) != len(images):
             raise ValueError(f"{len(files)} JPEG files for {len(images)} images")
-        check_sharding(len(images), batch_size, drop_last, rank, world_size)
-        self.images = images
-        self.labels = np.asarray(labels, dtype=np.int64)
         self.files = None if files is None else [Path(f) for f in files]
-        self.spec = spec
-        self.batch_size = batch_size
-        self.device = device
-        self.dtype = dtype
-        self.seed = seed
-        self.drop_last = drop_last
-        self.rank = rank
-        self.world_size = world_size
         self.num_threads = num_threads or max(1, min(8, os.cpu_count() or 1))
-        self.gpu = device.type == "cuda"
-
-    def __len__(self) -> int:
-        return num_batches(len(self.images), self.batch_size, self.drop_last)
+        self.gpu = self.device.type == "cuda"
 
     def _encoded(self, i: int) -> np.ndarray:
         return np.fromfile(self.files[i], dtype=np.uint8)
@@ -216,18 +193,7 @@ class DaliLoader:
         return pipe
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        h, w = self.images.shape[1:3]
-        plan = epoch_plan(
-            len(self.images),
-            (h, w),
-            self.spec,
-            self.batch_size,
-            seed=self.seed,
-            epoch=epoch,
-            drop_last=self.drop_last,
-            rank=self.rank,
-            world_size=self.world_size,
-        )
+        plan = self.plan(epoch)
 
         def feed():
             for index, params in plan:

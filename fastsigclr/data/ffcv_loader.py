@@ -16,8 +16,7 @@ import numpy as np
 import torch
 
 from fastsigclr.config import FastSigCLRError
-from fastsigclr.data.augment import AugmentSpec
-from fastsigclr.data.order import check_sharding
+from fastsigclr.data.base import LoaderBase
 
 INSTALL_HINT = (
     "apt-get install -y --no-install-recommends libopencv-dev libturbojpeg0-dev pkg-config build-essential "
@@ -91,46 +90,33 @@ def write_beton(
     return path
 
 
-class FfcvLoader:
-    """Yields ``(views, labels)`` like GpuLoader: views (V·B, 3, S, S) channels_last in ``dtype``,
-    view-major; labels (B,) int64; both on ``device``. batch_size is the global batch.
-
-    beton: the dataset written by ``write_beton`` (``fastsigclr data write-ffcv``); ``images`` and
-    ``labels`` are only checked against it."""
+class FfcvLoader(LoaderBase):
+    """FFCV reads, decodes and orders; the numba operations of ffcv_ops augment (LoaderBase has
+    the contract). beton: the dataset written by ``write_beton`` (``fastsigclr data write-ffcv``);
+    ``images`` and ``labels`` are only checked against it."""
 
     def __init__(
         self,
         images: np.ndarray,
         labels: np.ndarray,
-        spec: AugmentSpec,
-        batch_size: int,
-        device: torch.device,
-        dtype: torch.dtype,
-        *,
-        seed: int = 0,
-        drop_last: bool = True,
-        rank: int = 0,
-        world_size: int = 1,
+        *args,
         beton: Path | None = None,
         order: str = "random",
         num_workers: int | None = None,
+        **kwargs,
     ) -> None:
         _, decoders, loader, transforms, _, ops = _import_ffcv()
-        check_sharding(len(images), batch_size, drop_last, rank, world_size)
+        super().__init__(images, labels, *args, **kwargs)
         if beton is None or not Path(beton).is_file():
             raise FastSigCLRError(
                 f"no FFCV dataset at {beton}; write it with `fastsigclr data write-ffcv --dataset NAME`"
             )
         if order not in ("random", "quasi_random"):
             raise ValueError(f"order must be 'random' or 'quasi_random', got {order!r}")
-        if order == "quasi_random" and world_size > 1:
+        if order == "quasi_random" and self.world_size > 1:
             raise ValueError("FFCV's quasi-random order is not available in distributed runs; use 'random'")
-        self.spec = spec
-        self.batch_size = batch_size
-        self.device = device
-        self.dtype = dtype
+        spec, device, world_size, seed = self.spec, self.device, self.world_size, self.seed
         self.n_views = len(spec.views)
-        self.n_images = len(images)
         pipelines = {
             "image": [
                 decoders.SimpleRGBImageDecoder(),
@@ -148,13 +134,13 @@ class FfcvLoader:
         option = loader.OrderOption.RANDOM if order == "random" else loader.OrderOption.QUASI_RANDOM
         self.loader = loader.Loader(
             str(beton),
-            batch_size=batch_size // world_size,
+            batch_size=self.batch_size // world_size,
             num_workers=num_workers or min(8, os.cpu_count() or 1),
             order=option,
             os_cache=True,
             distributed=world_size > 1,
             seed=seed,
-            drop_last=drop_last,
+            drop_last=self.drop_last,
             pipelines=pipelines,
             batches_ahead=2,
         )

@@ -9,7 +9,7 @@ PyTorch reference of ``fastsigclr.data.augment`` for the same parameters), wrapp
 Images travel through the pipeline as (B, V, S, S, 3) float32 after ``ViewCrops``: one decode
 per image, V views. Each operation seeds numba's generator from (seed, its own salt, the batch's
 sample indices) before drawing, so the draws are reproducible for a seed and change with the
-batch (FFCV's random order changes every epoch).
+batch (FFCV's random order changes every epoch); the draws are serial, the image work parallel.
 """
 
 from __future__ import annotations
@@ -188,6 +188,36 @@ def seed_batch(seed, salt, indices):
     np.random.seed(h % 4_294_967_295)
 
 
+# The draws live in their own (serial) functions, one scalar at a time: inside FFCV's parallel
+# code numba would turn np.random.random(shape) into a parallel loop whose threads each use
+# their own generator, and the same seed would stop giving the same draws (seen: two loaders
+# with one seed disagreed on their views).
+@numba.njit(cache=True)
+def uniform_draws(seed, salt, indices, n, k):
+    """(len(indices), n, k) uniforms in [0, 1), seeded by seed_batch."""
+    seed_batch(seed, salt, indices)
+    out = np.empty((len(indices), n, k))
+    for i in range(len(indices)):
+        for v in range(n):
+            for j in range(k):
+                out[i, v, j] = np.random.random()
+    return out
+
+
+@numba.njit(cache=True)
+def crop_draws(seed, salt, indices, h, w, boxes, flip_p):
+    """Per image and view: (y0, x0, height, width, flip) from each view's crop settings."""
+    seed_batch(seed, salt, indices)
+    n_views = boxes.shape[0]
+    out = np.empty((len(indices), n_views, 5))
+    for i in range(len(indices)):
+        for v in range(n_views):
+            y0, x0, ch, cw = sample_crop(h, w, boxes[v, 0], boxes[v, 1], boxes[v, 2], boxes[v, 3])
+            out[i, v, 0], out[i, v, 1], out[i, v, 2], out[i, v, 3] = y0, x0, ch, cw
+            out[i, v, 4] = 1.0 if np.random.random() < flip_p[v] else 0.0
+    return out
+
+
 # ---- FFCV operations ------------------------------------------------------------------------------
 
 
@@ -219,17 +249,17 @@ class ViewCrops(_ViewsOp):
 
         def crops(images, dst, indices):
             b, h, w = images.shape[0], images.shape[1], images.shape[2]
-            seed_batch(seed, salt, indices)
-            box = np.empty((b, n_views, 4), dtype=np.float64)
-            flips = np.random.random((b, n_views))
-            for i in range(b):
-                for v in range(n_views):
-                    y0, x0, ch, cw = sample_crop(h, w, boxes[v, 0], boxes[v, 1], boxes[v, 2], boxes[v, 3])
-                    box[i, v, 0], box[i, v, 1], box[i, v, 2], box[i, v, 3] = y0, x0, ch, cw
+            box = crop_draws(seed, salt, indices, h, w, boxes, flip_p)
             for i in my_range(b):
                 for v in range(n_views):
-                    y0, x0, ch, cw = box[i, v, 0], box[i, v, 1], box[i, v, 2], box[i, v, 3]
-                    crop_resize_image(images[i], y0, x0, ch, cw, flips[i, v] < flip_p[v], dst[i, v])
+                    y0, x0, ch, cw, flip = (
+                        box[i, v, 0],
+                        box[i, v, 1],
+                        box[i, v, 2],
+                        box[i, v, 3],
+                        box[i, v, 4],
+                    )
+                    crop_resize_image(images[i], y0, x0, ch, cw, flip > 0.5, dst[i, v])
             return dst[:b]
 
         crops.is_parallel = True
@@ -263,12 +293,10 @@ class ColorJitter(_ViewsOp):
 
         def jitter(images, _dst, indices):
             b = images.shape[0]
-            seed_batch(seed, salt, indices)
-            apply = np.random.random((b, n_views))
-            f = np.random.random((b, n_views, 4))
+            f = uniform_draws(seed, salt, indices, n_views, 5)
             for i in my_range(b):
                 for v in range(n_views):
-                    if apply[i, v] < p[v]:
+                    if f[i, v, 4] < p[v]:
                         bright = lo[v, 0] + f[i, v, 0] * (hi[v, 0] - lo[v, 0])
                         contrast = lo[v, 1] + f[i, v, 1] * (hi[v, 1] - lo[v, 1])
                         sat = lo[v, 2] + f[i, v, 2] * (hi[v, 2] - lo[v, 2])
@@ -297,11 +325,10 @@ class _PerViewFlagOp(_ViewsOp):
 
         def apply_flag(images, _dst, indices):
             b = images.shape[0]
-            seed_batch(seed, salt, indices)
-            draw = np.random.random((b, n_views))
+            draw = uniform_draws(seed, salt, indices, n_views, 1)
             for i in my_range(b):
                 for v in range(n_views):
-                    if draw[i, v] < p[v]:
+                    if draw[i, v, 0] < p[v]:
                         image_fn(images[i, v])
             return images
 
@@ -343,13 +370,11 @@ class GaussianBlur(_ViewsOp):
 
         def blur(images, _dst, indices):
             b = images.shape[0]
-            seed_batch(seed, salt, indices)
-            apply = np.random.random((b, n_views))
-            f = np.random.random((b, n_views))
+            f = uniform_draws(seed, salt, indices, n_views, 2)
             for i in my_range(b):
                 for v in range(n_views):
-                    if apply[i, v] < p[v]:
-                        sigma = sig[v, 0] + f[i, v] * (sig[v, 1] - sig[v, 0])
+                    if f[i, v, 0] < p[v]:
+                        sigma = sig[v, 0] + f[i, v, 1] * (sig[v, 1] - sig[v, 0])
                         gaussian_blur_image(images[i, v], sigma, window)
             return images
 

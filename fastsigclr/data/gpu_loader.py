@@ -19,7 +19,7 @@ from fastsigclr.data.augment import (
     finish,
     gaussian_blur,
 )
-from fastsigclr.data.order import check_sharding, epoch_plan, num_batches
+from fastsigclr.data.base import LoaderBase
 
 
 def augment_batch(
@@ -46,61 +46,20 @@ def augment_batch(
     return x.permute(0, 3, 1, 2).to(dtype).contiguous(memory_format=torch.channels_last)
 
 
-class GpuLoader:
-    """Yields ``(views, labels)``: views (V·B, 3, S, S) channels_last in ``dtype``, view-major
-    (rows v·B … v·B + B − 1 are view v of the batch), labels (B,) int64 on the device.
-
-    batch_size is the global batch; each of world_size ranks gets batch_size / world_size of it.
-    """
+class GpuLoader(LoaderBase):
+    """The dataset on the device as uint8, augmented a batch at a time by the fused kernel (CUDA)
+    or the PyTorch reference; see LoaderBase for the contract."""
 
     def __init__(
-        self,
-        images: np.ndarray,
-        labels: np.ndarray,
-        spec: AugmentSpec,
-        batch_size: int,
-        device: torch.device,
-        dtype: torch.dtype,
-        *,
-        seed: int = 0,
-        drop_last: bool = True,
-        rank: int = 0,
-        world_size: int = 1,
-        use_kernel: bool | None = None,
+        self, images: np.ndarray, labels: np.ndarray, *args, use_kernel: bool | None = None, **kwargs
     ) -> None:
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
-        check_sharding(len(images), batch_size, drop_last, rank, world_size)
-        self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
-        self.spec = spec
-        self.batch_size = batch_size
-        self.device = device
-        self.dtype = dtype
-        self.seed = seed
-        self.drop_last = drop_last
-        self.rank = rank
-        self.world_size = world_size
-        self.use_kernel = device.type == "cuda" if use_kernel is None else use_kernel
-
-    def __len__(self) -> int:
-        return num_batches(len(self.images), self.batch_size, self.drop_last)
+        super().__init__(images, labels, *args, **kwargs)
+        self.images = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        self.labels = torch.from_numpy(self.labels).to(self.device)
+        self.use_kernel = self.device.type == "cuda" if use_kernel is None else use_kernel
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        _, h, w, _ = self.images.shape
-        plan = epoch_plan(
-            len(self.images),
-            (h, w),
-            self.spec,
-            self.batch_size,
-            seed=self.seed,
-            epoch=epoch,
-            drop_last=self.drop_last,
-            rank=self.rank,
-            world_size=self.world_size,
-            device=self.device,
-        )
-        for index, params in plan:
+        for index, params in self.plan(epoch, self.device):
             views = augment_batch(self.images, index, params, self.spec, self.dtype, self.use_kernel)
             yield views, self.labels[index]
 

@@ -1,0 +1,73 @@
+"""What every loader backend takes, checks and stores; the backends add how they augment."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from fastsigclr.data.augment import AugmentSpec
+from fastsigclr.data.order import check_sharding, epoch_plan, num_batches
+
+
+class LoaderBase:
+    """The loader contract: ``epoch(e)`` yields ``(views, labels)``, views (V·B, 3, S, S)
+    channels_last in ``dtype``, view-major (rows v·B … v·B + B − 1 are view v of the batch),
+    labels (B,) int64, both on ``device``; ``len()`` is the number of batches per epoch.
+
+    batch_size is the global batch; each of world_size ranks gets batch_size / world_size of it.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        spec: AugmentSpec,
+        batch_size: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        *,
+        seed: int = 0,
+        drop_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+        if len(labels) != len(images):
+            raise ValueError(f"{len(labels)} labels for {len(images)} images")
+        check_sharding(len(images), batch_size, drop_last, rank, world_size)
+        self.images = images
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.spec = spec
+        self.batch_size = batch_size
+        self.device = device
+        self.dtype = dtype
+        self.seed = seed
+        self.drop_last = drop_last
+        self.rank = rank
+        self.world_size = world_size
+
+    def __len__(self) -> int:
+        return num_batches(len(self.images), self.batch_size, self.drop_last)
+
+    def plan(
+        self, epoch: int, device: torch.device | str = "cpu"
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's (indices, augmentation parameters) of each batch of ``epoch``."""
+        return epoch_plan(
+            len(self.images),
+            tuple(self.images.shape[1:3]),
+            self.spec,
+            self.batch_size,
+            seed=self.seed,
+            epoch=epoch,
+            drop_last=self.drop_last,
+            rank=self.rank,
+            world_size=self.world_size,
+            device=device,
+        )
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        raise NotImplementedError
