@@ -237,3 +237,13 @@ def test_torchrun_needs_an_out_dir_and_a_divisible_batch(cifar10_dir, tmp_path):
     assert proc.returncode != 0 and "need --out" in proc.stderr + proc.stdout
     proc = torchrun(3, *train_args(cifar10_dir, tmp_path / "y"))
     assert proc.returncode != 0 and "not divisible by the 3 ranks" in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("loader", ["dali", "ffcv"])
+def test_torchrun_shards_every_loader(loader, cifar10_dir, tmp_path):
+    """Two ranks with the DALI and FFCV backends: each rank takes half of every global batch."""
+    out = tmp_path / loader
+    proc = torchrun(2, *train_args(cifar10_dir, out, "--loader", loader, "--limit-train", "128"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = [r for r in read_metrics(out) if r["kind"] == "step"]
+    assert len(steps) == 2 and all(math.isfinite(r["loss"]) for r in steps)  # 128 images / batch 64
