@@ -26,8 +26,12 @@ step() { echo "== $(date -u +%H:%M:%S) $*"; }
 run() { "$@" || { echo "!! failed ($?): $*"; status=1; }; }
 
 step "install (no network: no dependencies, no build isolation)"
-python -c "import fastsigclr.kernels" 2>/dev/null || pip install -q --no-deps --no-build-isolation -e . \
-  || { echo "!! cannot install the package"; exit 1; }
+if ! python -c "import fastsigclr.kernels" 2>/dev/null; then
+  pip install -q --no-deps --no-build-isolation -e . 2>/dev/null \
+    || { echo "(not installable with this setuptools: importing the checkout)"; export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"; }
+fi
+python -c "import fastsigclr.kernels" || { echo "!! cannot import the package"; exit 1; }
+fastsigclr() { python -m fastsigclr "$@"; }
 export FASTSIGCLR_SHARED=${FASTSIGCLR_SHARED:-$PWD/shared-data}
 DATA=$(mktemp -d)
 step "CIFAR-10 in the official layout from the JPEG pack"
