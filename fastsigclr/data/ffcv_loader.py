@@ -159,4 +159,8 @@ class FfcvLoader(LoaderBase):
             b = views.shape[0]
             # (B, V, S, S, 3) → view-major (V·B, S, S, 3), viewed as NCHW: channels_last.
             x = views.transpose(0, 1).reshape(self.n_views * b, *views.shape[2:]).permute(0, 3, 1, 2)
-            yield x.to(self.dtype).contiguous(memory_format=torch.channels_last), labels.long().reshape(-1)
+            out = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
+            # FFCV reuses its batch buffers a few batches later: nothing yielded may alias them.
+            if out.untyped_storage().data_ptr() == views.untyped_storage().data_ptr():
+                out = out.clone(memory_format=torch.channels_last)
+            yield out, labels.reshape(-1).long().clone()
