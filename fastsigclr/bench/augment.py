@@ -93,7 +93,7 @@ class PilViews(torch.utils.data.Dataset):
 class PilLoader:
     """The baseline behind the loader interface: DataLoader workers, then channels_last views."""
 
-    def __init__(self, images, labels, spec, batch_size, device, dtype, *, seed=0, workers=None, **_):
+    def __init__(self, images, labels, spec, batch_size, device, dtype, *, seed=0, workers=None):
         self.device, self.dtype = device, dtype
         self.workers = workers if workers is not None else min(8, os.cpu_count() or 1)
         self.loader = torch.utils.data.DataLoader(
@@ -170,20 +170,15 @@ def _make_loader(name: str, images, labels, spec, cfg: BenchAugmentConfig, devic
     from fastsigclr.data.loaders import LOADERS
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    common = dict(seed=0)
+    args = (images, labels, spec, cfg.batch_size, device, dtype)
     if name == "pil":
-        return PilLoader(images, labels, spec, cfg.batch_size, device, dtype, workers=cfg.workers)
+        return PilLoader(*args, workers=cfg.workers)
     if name == "dali":
-        return LOADERS[name](
-            images, labels, spec, cfg.batch_size, device, dtype, num_threads=cfg.workers, **common
-        )
+        return LOADERS[name](*args, num_threads=cfg.workers)
     if name == "ffcv":
         beton = write_beton(tmp / f"bench-{spec.size}.beton", images, labels, progress=False)
-        workers = max(1, cfg.workers)
-        return LOADERS[name](
-            images, labels, spec, cfg.batch_size, device, dtype, beton=beton, num_workers=workers
-        )
-    return LOADERS[name](images, labels, spec, cfg.batch_size, device, dtype, **common)
+        return LOADERS[name](*args, beton=beton, num_workers=max(1, cfg.workers))
+    return LOADERS[name](*args)
 
 
 def measure(name: str, size: int, cfg: BenchAugmentConfig, device: torch.device, tmp: Path) -> dict[str, Any]:

@@ -49,51 +49,34 @@ class BenchAllConfig:
     quick: bool = option(False, "smallest sizes only: a smoke test of the whole suite, not a measurement")
 
 
+MS = ("median_ms", "p20_ms", "p80_ms")
+VIEWS = ("views_per_s", "p20_views_per_s", "p80_views_per_s")
+
+
+def _row(what: str, r: dict[str, Any], fields: tuple[str, str, str], unit: str) -> dict[str, Any]:
+    median, p20, p80 = (r[f] for f in fields)
+    return {"what": what, "median": median, "p20": p20, "p80": p80, "unit": unit}
+
+
 def _figures(name: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
     """One flat record per measured figure: what, median, spread (p20, p80), unit."""
-    rows = []
-    if name == "loss":
-        for r in payload["results"]:
-            if r["status"] == "ok":
-                what = f"{r.get('loss', 'sigmoid')} {r['provider']} {r['dtype']} 2N={r['rows']} D={r['dim']}"
-                rows.append(
-                    {
-                        "what": what,
-                        "median": r["median_ms"],
-                        "p20": r["p20_ms"],
-                        "p80": r["p80_ms"],
-                        "unit": "ms",
-                    }
-                )
+    results = payload["results"]
+    if name == "train":
+        rows = [_row(f"train {key}", r, MS, "ms") for key, r in results.items()]
     elif name == "augment":
-        for r in payload["results"]:
-            if r["status"] == "ok":
-                rows.append(
-                    {
-                        "what": f"augment {r['backend']} {r['size']}x{r['size']}",
-                        "median": r["views_per_s"],
-                        "p20": r["p20_views_per_s"],
-                        "p80": r["p80_views_per_s"],
-                        "unit": "views/s",
-                    }
-                )
-    elif name == "dist":
-        for r in payload["results"]:
-            what = f"dist {r['provider']} (world 1) {r['dtype']} 2N={r['rows']} D={r['dim']}"
-            rows.append(
-                {"what": what, "median": r["median_ms"], "p20": r["p20_ms"], "p80": r["p80_ms"], "unit": "ms"}
+        ok = [r for r in results if r["status"] == "ok"]
+        rows = [_row(f"augment {r['backend']} {r['size']}x{r['size']}", r, VIEWS, "views/s") for r in ok]
+    else:  # loss and dist: one row per provider, dtype and size
+        rows = []
+        for r in results:
+            if r.get("status", "ok") != "ok":
+                continue
+            kind = (
+                f"{r.get('loss', 'sigmoid')} {r['provider']}"
+                if name == "loss"
+                else f"dist {r['provider']} (world 1)"
             )
-    else:
-        for key, r in payload["results"].items():
-            rows.append(
-                {
-                    "what": f"train {key}",
-                    "median": r["median_ms"],
-                    "p20": r["p20_ms"],
-                    "p80": r["p80_ms"],
-                    "unit": "ms",
-                }
-            )
+            rows.append(_row(f"{kind} {r['dtype']} 2N={r['rows']} D={r['dim']}", r, MS, "ms"))
     return [{"benchmark": name, **row} for row in rows]
 
 

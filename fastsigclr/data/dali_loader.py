@@ -162,10 +162,7 @@ class DaliLoader(LoaderBase):
         n_outputs = 2 + n_args * len(spec.views)
 
         def source():
-            try:
-                return next(feed)
-            except StopIteration:
-                raise StopIteration from None
+            return next(feed)  # StopIteration ends the epoch
 
         @dali.pipeline_def(
             batch_size=max_batch,
@@ -216,8 +213,10 @@ class DaliLoader(LoaderBase):
             yield x.to(self.dtype).contiguous(memory_format=torch.channels_last), labels.reshape(-1)
 
     def _to_torch(self, out) -> torch.Tensor:
+        from nvidia.dali.tensors import TensorCPU
+
         tensor = out.as_tensor()
-        if not self.gpu or not hasattr(tensor, "as_cpu") or type(tensor).__name__.endswith("CPU"):
+        if isinstance(tensor, TensorCPU):  # every output of a CPU pipeline, and the labels
             return torch.from_numpy(np.array(tensor)).to(self.device)
         from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 

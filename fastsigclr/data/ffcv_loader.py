@@ -8,6 +8,8 @@ own sharding (each rank a disjoint share of the epoch). Augmentation draws are s
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,14 +78,9 @@ def write_beton(
     )
     try:
         # FFCV's writer draws its own tqdm bar; without progress, silence it.
-        if progress:
+        quiet = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
+        with quiet:
             w.from_indexed_dataset(_Indexed(images, labels))
-        else:
-            import contextlib
-            import io
-
-            with contextlib.redirect_stderr(io.StringIO()):
-                w.from_indexed_dataset(_Indexed(images, labels))
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)

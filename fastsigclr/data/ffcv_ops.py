@@ -310,16 +310,13 @@ class ColorJitter(_ViewsOp):
 
 
 class _PerViewFlagOp(_ViewsOp):
-    """Applies ``image_fn`` to a view with that view's probability ``prob(view)``."""
+    """Applies ``image_fn`` to a view with that view's probability, the ViewSpec field ``prob``."""
 
-    @staticmethod
-    def prob(view) -> float:
-        raise NotImplementedError
-
+    prob = ""
     image_fn = None
 
     def generate_code(self):
-        p = np.array([self.prob(v) for v in self.spec.views])
+        p = np.array([getattr(v, self.prob) for v in self.spec.views])
         n_views, seed, salt, image_fn = len(p), self.seed, self.salt, type(self).image_fn
         my_range = Compiler.get_iterator()
 
@@ -338,21 +335,11 @@ class _PerViewFlagOp(_ViewsOp):
 
 
 class RandomGrayscale(_PerViewFlagOp):
-    salt = 3
-    image_fn = grayscale_image
-
-    @staticmethod
-    def prob(view) -> float:
-        return view.gray_p
+    salt, prob, image_fn = 3, "gray_p", grayscale_image
 
 
 class RandomSolarize(_PerViewFlagOp):
-    salt = 4
-    image_fn = solarize_image
-
-    @staticmethod
-    def prob(view) -> float:
-        return view.solarize_p
+    salt, prob, image_fn = 4, "solarize_p", solarize_image
 
 
 class GaussianBlur(_ViewsOp):

@@ -20,11 +20,6 @@ def seed_for(seed: int, epoch: int, stream: int = 0) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + stream * 104_729) % (2**63 - 1)
 
 
-def rank_share(global_batch: int, world_size: int) -> int:
-    """Images per rank in a global batch; a remainder below world_size is left out."""
-    return global_batch // world_size
-
-
 def check_sharding(n: int, batch_size: int, drop_last: bool, rank: int, world_size: int) -> None:
     """The errors every loader gives for impossible batch/rank settings."""
     if batch_size < 1:
@@ -73,6 +68,6 @@ def epoch_plan(
     for i in range(num_batches(n, batch_size, drop_last)):
         index = perm[i * batch_size : (i + 1) * batch_size]
         params = sample_params(spec, len(index), h, w, aug_gen)
-        share = rank_share(len(index), world_size)
+        share = len(index) // world_size  # a remainder below world_size is left out
         mine = slice(rank * share, (rank + 1) * share)
         yield index[mine], params[:, mine].contiguous()
