@@ -18,12 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from fastsigclr import checkpoint as ckpt
 from fastsigclr.config import ConfigError, FastSigCLRError, build, option, to_dict
 from fastsigclr.data import LOADERS
 from fastsigclr.eval import EvalConfig, score, split_features
 from fastsigclr.models import ARCHS
-from fastsigclr.recipe import PRESETS, TrainConfig, load_run_model
+from fastsigclr.recipe import PRESETS, TrainConfig, compute_dtypes, load_run_model
 from fastsigclr.runinfo import resolve_device, run_record
 from fastsigclr.sweep_report import EVAL_FILE, collect_run, run_state, write_results
 from fastsigclr.train import train
@@ -190,9 +192,12 @@ def run_sweep(
     """Run (or continue) the grid; one line per run through ``log``; returns the results payload."""
     runs = plan(cfg)
     _check_budget(cfg)
+    device = resolve_device(cfg.device or "auto")
+    view_dtype, _ = compute_dtypes(runs[0].train_config, device)
     head = {
         "kind": "sweep",
-        **run_record(resolve_device(cfg.device or "auto"), command),
+        **run_record(device, command),
+        "precision": "bf16" if view_dtype == torch.bfloat16 else "fp32",
         "config": to_dict(cfg),
         "grid": {
             "settings": {name: SETTINGS[name] for name in cfg.settings},

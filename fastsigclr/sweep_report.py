@@ -118,7 +118,7 @@ def markdown(payload: dict[str, Any]) -> str:
         "",
         f"{first['dataset']}, {first['arch']} width {first['width']}, projector {proj}, "
         f"{first['epochs']} epochs, batch {first['batch_size']}, {images}; device {device['type']} "
-        f"({device['name']}), precision {first['precision']}; commit {payload['commit']}, "
+        f"({device['name']}), precision {payload['precision']}; commit {payload['commit']}, "
         f"updated {payload['updated']}.",
         "",
         "Top-1 accuracy on the test split in %, mean ± sample standard deviation over seeds, from "

@@ -119,5 +119,9 @@ def test_clear_errors(run_dir, tmp_path, capsys):
     assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "x.npy").exists()
     with pytest.raises(FastSigCLRError, match="was not written by `fastsigclr export`"):
         load_backbone(foreign)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a tensor file")
+    with pytest.raises(FastSigCLRError, match="is not a safetensors file"):
+        load_backbone(junk)
     with pytest.raises(FastSigCLRError, match="no exported encoder at"):
         load_backbone(tmp_path / "nothing.safetensors")

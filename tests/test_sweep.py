@@ -69,6 +69,8 @@ def test_grid_writes_results_table_and_plot(grid):
     assert all(r["final_bias"] != -10.0 and r["config"]["learnable_bias"] for r in learnt)
     assert runs[0]["final_bias"] != runs[2]["final_bias"]  # the seeds differ
     table = (out / "results.md").read_text()
+    assert "resnet18 width 8, projector 32-16, 2 epochs, batch 32, 64 train / 48 test images" in table
+    assert "precision fp32" in table and saved["precision"] == "fp32"
     rows = [line for line in table.splitlines() if line.startswith("| sigclr")]
     assert len(rows) == 2
     for row, setting_runs in zip(rows, (learnt, fixed), strict=True):
