@@ -14,11 +14,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 from fastsigclr.bench.plot import _save as save_figure
 from fastsigclr.checkpoint import write_text_atomic
 from fastsigclr.config import to_dict
-from fastsigclr.runlog import read_metrics
 
 if TYPE_CHECKING:
     from fastsigclr.sweep import PlannedRun
@@ -48,11 +48,23 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _records(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl, without a last line cut short by a killed run."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
 def collect_run(run_dir: Path) -> dict[str, Any]:
     """A run directory's results: kNN curve and training time from metrics.jsonl, loss scalars
     from summary.json, the sweep's kNN and linear accuracy from its evaluation file."""
-    metrics = read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
-    epochs = [r for r in metrics if r.get("kind") == "epoch"]
+    epochs = [r for r in _records(run_dir / "metrics.jsonl") if r.get("kind") == "epoch"]
     found: dict[str, Any] = {
         "epochs_done": len(epochs),
         "train_seconds": sum(r["seconds"] for r in epochs),
@@ -179,6 +191,7 @@ def plot(payload: dict[str, Any], path: Path) -> None:
                 epochs, [100 * a for a in accs], marker=".", color=colors[e["setting"]], label=label
             )
     ax_curve.set(xlabel="epoch", ylabel="kNN top-1 (%)", title="kNN monitor during training")
+    ax_curve.xaxis.set_major_locator(MaxNLocator(integer=True))
     if labelled:
         ax_curve.legend(fontsize=8)
     for ax in (ax_acc, ax_curve):

@@ -123,6 +123,8 @@ def test_interrupted_grid_continues(grid, cifar10_dir, tmp_path, monkeypatch):
         run_grid(cifar10_dir, out, "--settings", "sigclr", "--seeds", "0")
     assert (run_dir / "metrics.jsonl").is_file() and not (run_dir / "checkpoints" / "last.pt").exists()
     assert json.loads((out / "results.json").read_text())["runs"][0]["status"] == "pending"
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "epo')  # a record cut short by the kill
     crash_at(2)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_grid(cifar10_dir, out, "--settings", "sigclr", "--seeds", "0")
