@@ -10,9 +10,10 @@ mean and std of the 0..1 pixels) and where it came from (dataset, method, epoch)
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,17 +92,21 @@ def export(cfg: ExportConfig) -> dict[str, str]:
         "method": train_cfg.method,
         "epoch": str(state["epoch"]),
     }
-    out = Path(cfg.out or "")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        st.torch.save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _write_atomic(Path(cfg.out or ""), lambda tmp: tmp.write_bytes(st.torch.save(tensors, metadata=meta)))
     return meta
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """``write`` to a temporary name beside ``path`` (created with the usual permissions), then
+    rename over it: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -194,16 +199,10 @@ def labels_path(out: str | Path) -> Path:
     return out.with_name(out.name[: -len(".npy")] + ".labels.npy")
 
 
-def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
 
 
 def embed(cfg: EmbedConfig) -> dict[str, Any]:
@@ -214,6 +213,6 @@ def embed(cfg: EmbedConfig) -> dict[str, Any]:
     loaded = load_run_model(run_dir, cfg.device)
     feats, labels = split_features(loaded, cfg.split, progress=cfg.progress)
     out = Path(cfg.out or "")
-    _save_npy_atomic(out, feats.cpu().numpy().astype(np.float32))
-    _save_npy_atomic(labels_path(out), labels.cpu().numpy().astype(np.int64))
+    _write_atomic(out, lambda tmp: tmp.write_bytes(_npy_bytes(feats.cpu().numpy())))
+    _write_atomic(labels_path(out), lambda tmp: tmp.write_bytes(_npy_bytes(labels.cpu().numpy())))
     return {"features": str(out), "labels": str(labels_path(out)), "shape": tuple(feats.shape)}
