@@ -90,7 +90,7 @@ def _loader_options(cfg: TrainConfig, info, train, ctx: distributed.Context) -> 
 
 
 def train(cfg: TrainConfig, command: list[str] | None = None) -> dict[str, Any]:
-    ctx = distributed.setup(resolve_device(cfg.device))
+    ctx = distributed.setup(resolve_device(cfg.device), cfg.dist_timeout)
     try:
         return _train(cfg, ctx, command)
     finally:
@@ -101,6 +101,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, command: list[str] | None
     if ctx.distributed and cfg.out is None:
         raise FastSigCLRError("torchrun runs need --out DIR: every rank must agree on the run directory")
     cfg = cfg.resolved()
+    distributed.check_same_run(ctx, to_dict(cfg))  # before anything reads or writes the run
     device = ctx.device
     main = ctx.is_main
     view_dtype, autocast_dtype = compute_dtypes(cfg, device)
