@@ -211,6 +211,7 @@ class DaliLoader(LoaderBase):
         return pipe
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's batches (LoaderBase); starting it first ends an epoch still open."""
         self.close()
         running = self._epoch(epoch)
         self._running = weakref.ref(running)  # a weak reference: dropping the iterator still ends it
@@ -225,9 +226,9 @@ class DaliLoader(LoaderBase):
             running.close()
 
     def _epoch(self, epoch: int) -> Generator[tuple[torch.Tensor, torch.Tensor], None, None]:
+        stream = torch.cuda.current_stream(self.device) if self.gpu else None
         feed = (self._batch(index, params) for index, params in self.plan(epoch))
         pipe = self._pipeline(feed, self.batch_size // self.world_size)
-        stream = torch.cuda.current_stream(self.device) if self.gpu else None
         try:
             while True:
                 try:
