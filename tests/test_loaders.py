@@ -327,7 +327,8 @@ def test_train_runs_with_each_backend(loader, cifar10_dir, tmp_path):
     assert len(steps) == 4 and all(math.isfinite(r["loss"]) for r in steps)
 
 
-@pytest.mark.parametrize("loader", ["dali", "gpu"])
+# ids "…-loader": an id "gpu" would read as the gpu mark (conftest skips those without CUDA).
+@pytest.mark.parametrize("loader", ["dali", "gpu"], ids=lambda name: f"{name}-loader")
 def test_train_on_tiny_imagenet(loader, tmp_path, monkeypatch):
     """64² JPEGs through the trainer (DALI decodes the files). The gpu loader trains the same
     model on the same images: the control that tells a DALI fault from one of the backward."""
