@@ -57,7 +57,10 @@ class TrainConfig:
     zero_init_residual: bool = option(False, "start each residual branch at zero")
     proj_dims: tuple[int, ...] | None = option(None, "projector hidden..output sizes; unset: preset", ge=1)
     batch_size: int | None = option(
-        None, "images per step over all ranks (each gives n_views views); unset: preset; ≤ the images", ge=1
+        None,
+        "images per step over all ranks (each gives n_views views), at most the training images; "
+        "unset: preset",
+        ge=1,
     )
     epochs: int | None = option(None, "training epochs; unset: preset", ge=1)
     n_views: int = option(2, "augmented views per image", ge=2)
