@@ -97,7 +97,7 @@ class TrainConfig:
     # must exceed the longest stretch rank 0 works alone while the others wait at a barrier: the
     # FFCV dataset write, the kNN monitor, the checkpoint write.
     dist_timeout: float = option(
-        600.0, "torchrun runs: seconds a rank waits to join the run, and at most for any collective"
+        600.0, "torchrun runs: seconds a rank waits to join the run, and at most for any collective", gt=0
     )
     device: str = option("auto", "device", choices=("auto", "cpu", "cuda"))
     precision: str = option(
@@ -118,8 +118,6 @@ class TrainConfig:
         check_fields(self)
         if self.use_labels and not METHODS[self.method][1]:
             raise ValueError(f"--use-labels: {self.method} cannot use labels; it is self-supervised")
-        if not 0 < self.dist_timeout < float("inf"):
-            raise ValueError(f"--dist-timeout must be a positive number of seconds, got {self.dist_timeout}")
         if self.resume and not self.out:
             raise ValueError("--resume needs --out DIR: the run directory to continue")
 
