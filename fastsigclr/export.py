@@ -24,6 +24,7 @@ from torch import nn
 from fastsigclr import checkpoint as ckpt
 from fastsigclr.config import FastSigCLRError, from_dict, option
 from fastsigclr.data import DATASETS
+from fastsigclr.data.datasets import data_dir_option
 from fastsigclr.eval import split_features
 from fastsigclr.models import ResNet, projector
 from fastsigclr.recipe import PRESETS, TrainConfig, load_run_model
@@ -179,6 +180,7 @@ def load_projector(path: str | Path, map_location: str = "cpu") -> nn.Sequential
 @dataclass(frozen=True)
 class EmbedConfig:
     run: str | None = option(None, "run directory written by `fastsigclr train` (required)")
+    data_dir: str | None = data_dir_option("the run's --data-dir")
     split: str = option(
         "test", "dataset split to embed (as the run used it: its --limit-*)", ("train", "test")
     )
@@ -210,7 +212,7 @@ def embed(cfg: EmbedConfig) -> dict[str, Any]:
     int64, written as two .npy files; returns their paths and shape."""
     run_dir = Path(cfg.run or "")
     _run_checkpoint(run_dir)  # the clear errors first, before the data is read
-    loaded = load_run_model(run_dir, cfg.device)
+    loaded = load_run_model(run_dir, cfg.device, cfg.data_dir)
     feats, labels = split_features(loaded, cfg.split, progress=cfg.progress)
     out = Path(cfg.out or "")
     _write_atomic(out, lambda tmp: tmp.write_bytes(_npy_bytes(feats.cpu().numpy())))

@@ -125,6 +125,7 @@ def plan(cfg: SweepConfig) -> list[PlannedRun]:
             values = {**cfg.budget(), **SETTINGS[setting], "seed": seed, "out": str(run_dir)}
             values["progress"] = cfg.progress
             train_cfg = build(TrainConfig, values)
+            train_cfg.resolved()  # its checks against the preset (e.g. a batch larger than the images)
             runs.append(PlannedRun(len(runs) + 1, setting, seed, run_dir, train_cfg))
     return runs
 
@@ -191,7 +192,6 @@ def run_sweep(
 ) -> dict[str, Any]:
     """Run (or continue) the grid; one line per run through ``log``; returns the results payload."""
     runs = plan(cfg)
-    _check_budget(cfg)
     device = resolve_device(cfg.device or "auto")
     view_dtype, _ = compute_dtypes(runs[0].train_config, device)
     head = {
@@ -210,6 +210,7 @@ def run_sweep(
             },
         },
     }
+    _check_budget(cfg)  # after every option is known to be valid: it writes the sweep's sweep.json
     failures: dict[int, str] = {}
     write_results(Path(cfg.out), head, runs, failures)
     durations: list[float] = []

@@ -146,6 +146,8 @@ def test_bad_grids_fail_before_any_run(tmp_path, capsys):
         (["--settings", "sigclr,nope"], "nope not allowed; choose from sigclr, simclr"),
         (["--seeds", "0,0"], "--seeds must list at least one value, each once"),
         (["--width", "0"], "--width must be ≥ 1"),
+        (["--linear-epochs", "0"], "--linear-epochs must be ≥ 1"),
+        (["--limit-train", "64", "--batch-size", "128"], "--batch-size 128 is larger than the 64 images"),
     ]
     for extra, message in cases:
         with pytest.raises(SystemExit):
