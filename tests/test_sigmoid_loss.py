@@ -195,6 +195,20 @@ def test_kernel_without_gradient_or_loss():
     assert_close_rel(no_loss[1], want[1], 1e-5, "dz")
 
 
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_skipped_loss_is_nan_with_the_same_gradients(impl):
+    """compute_loss=False: the value is NaN (it cannot pass for a loss in a log) and backward
+    gives exactly the gradients of the full computation (z, t and b)."""
+    z = torch.randn(74, 17, generator=torch.Generator().manual_seed(4))
+    full = run(sigmoid_pairwise_loss, z, 3.0, -1.5, torch.float32, impl=impl)
+    grad_only = run(sigmoid_pairwise_loss, z, 3.0, -1.5, torch.float32, impl=impl, compute_loss=False)
+    assert torch.isfinite(full[0]) and torch.isnan(grad_only[0])
+    for name, x, y in zip(("dz", "dt", "db"), full[1:], grad_only[1:], strict=True):
+        assert torch.equal(x, y), name
+    module = SigmoidPairwiseLoss(impl=impl)
+    assert torch.isnan(module(z.to(KERNEL_DEVICE if impl == "triton" else "cpu"), compute_loss=False))
+
+
 def test_fp32_rows_on_bf16_operands():
     """fp32_dot='bf16' rounds fp32 rows (and G) to bf16 for the tensor cores. Its error against
     float64 (interpreter, rounding emulated to nearest), measured at 2N = 130, D = 64, t = 10,
