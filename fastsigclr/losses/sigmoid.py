@@ -1,4 +1,4 @@
-"""SigCLR's pairwise sigmoid loss (DESIGN.md §2.1).
+"""SigCLR's pairwise sigmoid loss (docs/design.md §3).
 
 For rows ``z`` of shape ``(V·N, D)``, view-major, and anchors ``i`` against columns ``j ≠ i``::
 
