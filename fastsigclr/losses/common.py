@@ -112,7 +112,10 @@ def grad_dtype(dtype: torch.dtype) -> torch.dtype:
 
 class PrecomputedGrad(torch.autograd.Function):
     """``backend(zhat, *scalars, compute_grad=...) -> (loss, dL/dzhat, *dL/dscalars)`` computes
-    the loss and every gradient in one pass; backward only rescales them by grad_output."""
+    the loss and every gradient in one pass; backward only rescales them by grad_output.
+
+    A backend that skipped the loss value (loss None) yields NaN: the result still carries the
+    gradient, and a value that was never computed cannot pass for a real loss in a log."""
 
     @staticmethod
     def forward(ctx, backend, zhat, *scalars):
@@ -125,7 +128,10 @@ class PrecomputedGrad(torch.autograd.Function):
             ctx.save_for_backward(dz, *dscalars)
             ctx.dtypes = [zhat.dtype, *(s.dtype for s in scalars)]
         # 16-bit inputs give an fp32 loss; fp64 stays fp64 (gradcheck needs it).
-        return loss.to(torch.promote_types(zhat.dtype, torch.float32))
+        dtype = torch.promote_types(zhat.dtype, torch.float32)
+        if loss is None:
+            return torch.full((), float("nan"), dtype=dtype, device=zhat.device)
+        return loss.to(dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
