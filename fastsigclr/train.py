@@ -13,7 +13,6 @@ and rank 0 alone logs, evaluates and writes. A run may resume with a different n
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from fastsigclr import checkpoint as ckpt
-from fastsigclr import distributed
-from fastsigclr.config import FastSigCLRError, from_dict, to_dict
+from fastsigclr import distributed, rundir
+from fastsigclr.config import FastSigCLRError, to_dict
 from fastsigclr.data import LOADERS, AugmentSpec
 from fastsigclr.data.loaders import loader_options
 from fastsigclr.eval import extract_features, knn_accuracy
@@ -43,42 +42,6 @@ from fastsigclr.recipe import (
 from fastsigclr.runinfo import resolve_device, run_record
 from fastsigclr.runlog import RunLog
 
-# Options that may differ when resuming a run (everything else must match its config.json).
-RESUMABLE_CHANGES = {
-    "resume",
-    "progress",
-    "out",
-    "epochs",
-    "knn_every",
-    "log_every",
-    "tensorboard",
-    "download",
-    "dist_loss",
-}
-
-
-def _prepare_run_dir(cfg: TrainConfig, device: torch.device, create: bool) -> tuple[Path, dict | None]:
-    run_dir = Path(cfg.out or "")
-    last = run_dir / "checkpoints" / "last.pt"
-    if cfg.resume:
-        if not last.is_file():
-            raise FastSigCLRError(f"nothing to resume in {run_dir}: no checkpoints/last.pt")
-        saved = json.loads((run_dir / "config.json").read_text())["config"]
-        old = to_dict(from_dict(TrainConfig, saved))
-        new = to_dict(cfg)
-        diff = {k: (old[k], new[k]) for k in new if k not in RESUMABLE_CHANGES and old[k] != new[k]}
-        if diff:
-            listed = "; ".join(f"--{k.replace('_', '-')} was {a!r}, now {b!r}" for k, (a, b) in diff.items())
-            raise FastSigCLRError(f"cannot resume {run_dir} with different settings: {listed}")
-        return run_dir, ckpt.load(last, map_location=device)
-    if last.exists() or (run_dir / "metrics.jsonl").exists():
-        raise FastSigCLRError(
-            f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
-        )
-    if create:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir, None
-
 
 def _loader_options(cfg: TrainConfig, info, train, ctx: distributed.Context) -> dict[str, Any]:
     """Backend arguments; rank 0 writes a missing FFCV dataset while the others wait for it."""
@@ -89,28 +52,32 @@ def _loader_options(cfg: TrainConfig, info, train, ctx: distributed.Context) -> 
     return loader_options(cfg.loader, info, data_dir, train, cfg.limit_train, progress=False)
 
 
-def train(cfg: TrainConfig, command: list[str] | None = None) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig, command: list[str] | None = None, given: set[str] | None = None
+) -> dict[str, Any]:
+    """Train, or resume with ``cfg.resume``: ``given`` names the options to take over the run's
+    saved ones (those typed on the command line; unset: those that differ from the defaults)."""
+    out = cfg.out
+    cfg = rundir.settings(cfg, rundir.changed_options(cfg) if given is None else given)
     ctx = distributed.setup(resolve_device(cfg.device))
     try:
-        return _train(cfg, ctx, command)
+        if ctx.distributed and out is None:
+            raise FastSigCLRError("torchrun runs need --out DIR: every rank must agree on the run directory")
+        with rundir.open_run(cfg, ctx) as run:
+            return run.complete if run.complete is not None else _train(run, ctx, command)
     finally:
         distributed.teardown(ctx)
 
 
-def _train(cfg: TrainConfig, ctx: distributed.Context, command: list[str] | None) -> dict[str, Any]:
-    if ctx.distributed and cfg.out is None:
-        raise FastSigCLRError("torchrun runs need --out DIR: every rank must agree on the run directory")
-    cfg = cfg.resolved()
+def _train(run: rundir.RunDir, ctx: distributed.Context, command: list[str] | None) -> dict[str, Any]:
+    cfg, state = run.cfg, run.state
     device = ctx.device
     main = ctx.is_main
     view_dtype, autocast_dtype = compute_dtypes(cfg, device)
-    run_dir, state = _prepare_run_dir(cfg, device, create=main)
-    distributed.barrier(ctx)  # every rank has checked the run directory before rank 0 writes
     info, (train_x, train_y), (test_x, test_y) = load_data(
         dataclasses.replace(cfg, progress=cfg.progress and main)
     )
     torch.manual_seed(cfg.seed)
-
     spec = AugmentSpec.simclr(info.image_size, info.mean, info.std, n_views=cfg.n_views)
     batch_size = cfg.batch_size or 1  # global: each rank takes batch_size / world_size
     loader = LOADERS[cfg.loader](
@@ -156,12 +123,9 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, command: list[str] | None
     forward = torch.compile(forward) if cfg.compile else forward
     parts = StepParts(forward, loss_fn, probe_fwd, optimizer, probe_opt, autocast_dtype, uses_labels(cfg))
     record = {**run_record(device, command), "world_size": ctx.world_size}
-    if main:
-        ckpt.write_text_atomic(
-            run_dir / "config.json", json.dumps({"config": to_dict(cfg), **record}, indent=2) + "\n"
-        )
+    run.begin(record)
     log = RunLog(
-        run_dir,
+        run.path,
         resume_epoch=start_epoch if state is not None else None,
         tensorboard=cfg.tensorboard,
         enabled=main,
@@ -180,81 +144,79 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, command: list[str] | None
     knn = None
     run_start = time.perf_counter()
     images_seen = 0
-    for epoch in range(start_epoch, epochs):
-        model.train()
-        epoch_start = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        probe_correct = torch.zeros((), device=device)
-        bar = tqdm(
-            loader.epoch(epoch),
-            total=steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{epochs}",
-            disable=not (cfg.progress and main),
-            leave=False,
-            unit="step",
-        )
-        for views, labels in bar:
-            lr = cfg.lr * warmup_cosine(step, total_steps, warmup_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss, probe_loss, logits = train_step(parts, views, labels)
-            step += 1
-            loss_sum += loss.detach()
-            probe_correct += (logits.argmax(1) == labels.repeat(cfg.n_views)).sum()
-            if step % cfg.log_every == 0 or step == total_steps:
-                rate = batch_size * (bar.n + 1) / max(time.perf_counter() - epoch_start, 1e-9)
-                rec = {
-                    "kind": "step",
-                    "epoch": epoch,
-                    "step": step,
-                    "loss": loss.item(),
-                    "lr": lr,
-                    "probe_loss": probe_loss.item(),
-                    **loss_scalars(criterion),
-                    "img_per_s": rate,
-                }
-                log.write(rec, step)
-                bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
-        seconds = time.perf_counter() - epoch_start
-        images_seen += steps_per_epoch * batch_size
-        monitor = epoch + 1 == epochs or bool(cfg.knn_every and (epoch + 1) % cfg.knn_every == 0)
-        if monitor:
-            knn = knn_monitor() if main else None
-            distributed.barrier(ctx)
-        probe_correct = distributed.all_sum(ctx, probe_correct)
-        rec = {
-            "kind": "epoch",
-            "epoch": epoch,
-            "step": step,
-            "loss": (loss_sum / steps_per_epoch).item(),
-            "probe_acc": probe_correct.item() / (steps_per_epoch * batch_size * cfg.n_views),
-            "knn_acc": knn if monitor else None,
-            "seconds": seconds,
-            "img_per_s": steps_per_epoch * batch_size / seconds,
-        }
-        log.write(rec, step)
-        knn_text = f" knn {rec['knn_acc']:.4f}" if rec["knn_acc"] is not None else ""
-        if main:
-            tqdm.write(
-                f"epoch {epoch + 1}/{epochs} loss {rec['loss']:.4f} probe {rec['probe_acc']:.3f}{knn_text} "
-                f"{rec['img_per_s']:.0f} img/s",
-                nolock=True,
+    try:
+        for epoch in range(start_epoch, epochs):
+            model.train()
+            epoch_start = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            probe_correct = torch.zeros((), device=device)
+            bar = tqdm(
+                loader.epoch(epoch),
+                total=steps_per_epoch,
+                desc=f"epoch {epoch + 1}/{epochs}",
+                disable=not (cfg.progress and main),
+                leave=False,
+                unit="step",
             )
-        state = {
-            "model": model.state_dict(),
-            "criterion": criterion.state_dict(),
-            "probe": probe.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "probe_optimizer": probe_opt.state_dict(),
-            "rng": ckpt.rng_state(),
-            "epoch": epoch + 1,
-            "step": step,
-            "config": to_dict(cfg),
-        }
-        if main:
-            ckpt.save_atomic(state, run_dir / "checkpoints" / "last.pt")
+            for views, labels in bar:
+                lr = cfg.lr * warmup_cosine(step, total_steps, warmup_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                loss, probe_loss, logits = train_step(parts, views, labels)
+                step += 1
+                loss_sum += loss.detach()
+                probe_correct += (logits.argmax(1) == labels.repeat(cfg.n_views)).sum()
+                if step % cfg.log_every == 0 or step == total_steps:
+                    rate = batch_size * (bar.n + 1) / max(time.perf_counter() - epoch_start, 1e-9)
+                    rec = {
+                        "kind": "step",
+                        "epoch": epoch,
+                        "step": step,
+                        "loss": loss.item(),
+                        "lr": lr,
+                        "probe_loss": probe_loss.item(),
+                        **loss_scalars(criterion),
+                        "img_per_s": rate,
+                    }
+                    log.write(rec, step)
+                    bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
+            seconds = time.perf_counter() - epoch_start
+            images_seen += steps_per_epoch * batch_size
+            mean_loss = (loss_sum / steps_per_epoch).item()
+            monitor = epoch + 1 == epochs or bool(cfg.knn_every and (epoch + 1) % cfg.knn_every == 0)
+            if monitor:
+                knn = knn_monitor() if main else None
+                distributed.barrier(ctx)
+            probe_correct = distributed.all_sum(ctx, probe_correct)
+            rec = {
+                "kind": "epoch",
+                "epoch": epoch,
+                "step": step,
+                "loss": mean_loss,
+                "probe_acc": probe_correct.item() / (steps_per_epoch * batch_size * cfg.n_views),
+                "knn_acc": knn if monitor else None,
+                "seconds": seconds,
+                "img_per_s": steps_per_epoch * batch_size / seconds,
+            }
+            log.write(rec, step)
+            knn_text = f" knn {rec['knn_acc']:.4f}" if rec["knn_acc"] is not None else ""
+            if main:
+                tqdm.write(
+                    f"epoch {epoch + 1}/{epochs} loss {rec['loss']:.4f} probe {rec['probe_acc']:.3f}"
+                    f"{knn_text} {rec['img_per_s']:.0f} img/s",
+                    nolock=True,
+                )
+            modules = {"model": model, "criterion": criterion, "probe": probe}
+            saved = {name: m.state_dict() for name, m in modules.items()}
+            saved.update(optimizer=optimizer.state_dict(), probe_optimizer=probe_opt.state_dict())
+            saved.update(rng=ckpt.rng_state(), epoch=epoch + 1, step=step, config=to_dict(cfg))
+            run.save_checkpoint(saved)
+            distributed.barrier(ctx)
+    finally:
+        log.close()
+    if start_epoch == epochs:  # resumed after its last checkpoint but before its summary was written
+        knn = knn_monitor() if main else None
         distributed.barrier(ctx)
-    log.close()
     elapsed = time.perf_counter() - run_start
     summary = {
         "epochs": epochs,
@@ -265,10 +227,9 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, command: list[str] | None
         "seconds_this_session": elapsed,
         "img_per_s_this_session": images_seen / elapsed if elapsed else None,
         **{f"final_{name}": value for name, value in loss_scalars(criterion).items()},
-        "run_dir": str(run_dir),
+        "run_dir": str(run.path),
         "device": record["device"],
         "world_size": ctx.world_size,
     }
-    if main:
-        ckpt.write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    run.finish(summary)
     return summary
