@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {value}")
+        for name in ("lr", "bias"):  # the weights are float32: a larger value overflows in the first step
+            value = getattr(self, name)
+            if not math.isfinite(value) or abs(value) > torch.finfo(torch.float32).max:
+                raise ValueError(f"--{name} must be a finite float32 number, got {value}")
         if (
             (self.temperature is not None and self.temperature <= 0)
             or self.lr < 0

@@ -13,6 +13,7 @@ and rank 0 alone logs, evaluates and writes. A run may resume with a different n
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -179,10 +180,20 @@ def _train(run: rundir.RunDir, ctx: distributed.Context, command: list[str] | No
                         "img_per_s": rate,
                     }
                     log.write(rec, step)
+                    # The loss is checked where it is read anyway (logging steps, and the epoch's sum
+                    # below): a check at every step would cost a GPU synchronisation per step.
+                    if not math.isfinite(rec["loss"]):
+                        raise _diverged(run, f"the loss is {rec['loss']}", step, epoch)
                     bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
             seconds = time.perf_counter() - epoch_start
             images_seen += steps_per_epoch * batch_size
             mean_loss = (loss_sum / steps_per_epoch).item()
+            # Before the checkpoint: a diverged epoch must not replace the last good one. The weights
+            # too: the loss of a step is computed before its update, so it can still be finite.
+            if not math.isfinite(mean_loss) or not _all_finite(model, criterion, probe):
+                finite = math.isfinite(mean_loss)
+                what = "the weights are not finite" if finite else f"the epoch's mean loss is {mean_loss}"
+                raise _diverged(run, what, step, epoch)
             monitor = epoch + 1 == epochs or bool(cfg.knn_every and (epoch + 1) % cfg.knn_every == 0)
             if monitor:
                 knn = knn_monitor() if main else None
@@ -233,3 +244,24 @@ def _train(run: rundir.RunDir, ctx: distributed.Context, command: list[str] | No
     }
     run.finish(summary)
     return summary
+
+
+def _all_finite(*modules: torch.nn.Module) -> bool:
+    """Every floating-point weight and buffer is finite (one synchronisation for all of them)."""
+    flags = [t.isfinite().all() for m in modules for t in m.state_dict().values() if t.is_floating_point()]
+    return bool(torch.stack(flags).all())
+
+
+def _diverged(run: rundir.RunDir, what: str, step: int, epoch: int) -> FastSigCLRError:
+    lr = run.cfg.lr
+    if (run.path / rundir.CHECKPOINT).exists():
+        fix = (
+            f"{run.path / rundir.CHECKPOINT} (epoch {epoch}) is kept. --resume keeps the run's --lr: "
+            f"start a new run with another --out and a lower --lr than {lr:g} (e.g. --lr {lr / 2:g})"
+        )
+    else:
+        fix = (
+            f"no epoch finished: run the same command again with a lower --lr than {lr:g} "
+            f"(e.g. --lr {lr / 2:g})"
+        )
+    return FastSigCLRError(f"training diverged: {what} at step {step} (epoch {epoch + 1}); {fix}")

@@ -1,9 +1,11 @@
 """The run directory's life cycle through the real command line: interrupted and failed starts,
-resume with the run's own settings, finished runs, broken directories, the lock."""
+resume with the run's own settings, finished runs, broken directories, the lock, divergence."""
 
 import ctypes
 import json
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -214,6 +216,17 @@ def test_a_read_only_out_is_a_clear_error(tmp_path, where):
     assert list(read_only.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    "option,value", [("--lr", "nan"), ("--lr", "inf"), ("--lr", "1e39"), ("--bias", "-inf")]
+)
+def test_non_finite_lr_and_bias_are_config_errors(tmp_path, capsys, option, value):
+    out = tmp_path / "r"
+    args = ["train", "--device", "cpu", "--no-download", "--data-dir", str(tmp_path), "--out", str(out)]
+    err = fails_with([*args, f"{option}={value}"], capsys)
+    assert f"{option} must be a finite float32 number" in err
+    assert not out.exists()
+
+
 def test_a_run_in_progress_holds_its_directory(run_copy, capsys):
     """A second training on a locked directory is refused naming the holder, and touches nothing;
     once the lock is released, the directory is usable again."""
@@ -226,3 +239,35 @@ def test_a_run_in_progress_holds_its_directory(run_copy, capsys):
     finally:
         os.close(fd)
     assert main(["train", "--out", str(run_copy), "--resume"]) == 0
+
+
+@pytest.mark.parametrize("log_every", [1, 100])
+def test_a_loss_that_becomes_nan_stops_the_run(cifar10_dir, tmp_path, capsys, log_every):
+    """--lr 1e20: step 1's update overflows and step 2's loss is NaN. It is seen where the loss is
+    read: at step 2 when it is a logging step, else at the end of the epoch (its loss sum)."""
+    out = tmp_path / "run"
+    args = tiny_args(cifar10_dir, out, "--epochs", "2", "--lr", "1e20", "--log-every", str(log_every))
+    err = fails_with(args, capsys)
+    what = "the loss is nan" if log_every == 1 else "the epoch's mean loss is nan"
+    assert f"training diverged: {what} at step 2 (epoch 1); no epoch finished" in err and "--lr" in err
+    assert not (out / "checkpoints").exists() and steps(out) == ([1, 2] if log_every == 1 else [])
+
+
+def test_a_diverging_run_keeps_its_last_good_checkpoint(cifar10_dir, tmp_path, capsys):
+    """--lr 1e6, one step per epoch: the weights grow until they overflow (measured: in epoch 4)
+    while the loss, computed before each update, is still finite; the check of the weights before
+    each checkpoint stops the run and the last checkpoint stays the last finite one."""
+    out = tmp_path / "run"
+    extra = ["--limit-train", "32", "--epochs", "40", "--warmup-epochs", "0", "--lr", "1e6"]
+    err = fails_with(tiny_args(cifar10_dir, out, *extra), capsys)
+    found = re.search(
+        r"training diverged: .* at step (\d+) \(epoch (\d+)\); .*last\.pt \(epoch (\d+)\) is kept", err
+    )
+    assert found, err
+    step, epoch, kept = map(int, found.groups())
+    assert step == epoch and kept == epoch - 1 >= 1 and "lower --lr than 1e+06" in err
+    state = checkpoint.load(out / "checkpoints" / "last.pt")
+    assert state["epoch"] == kept
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+    assert [r["epoch"] for r in read_metrics(out) if r["kind"] == "epoch"] == list(range(kept))
+    assert all(math.isfinite(r["loss"]) for r in read_metrics(out) if r["kind"] == "epoch")
