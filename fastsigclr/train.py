@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from fastsigclr.data.loaders import loader_options
 from fastsigclr.eval import extract_features, knn_accuracy
 from fastsigclr.models.sync_bn import convert_global_bn
 from fastsigclr.optim import build_optimizer, param_groups, warmup_cosine
+from fastsigclr.pace import Pace, cpu_notice, format_duration
 from fastsigclr.recipe import (
     StepParts,
     TrainConfig,
@@ -145,10 +147,16 @@ def _train(run: rundir.RunDir, ctx: distributed.Context, command: list[str] | No
     knn = None
     run_start = time.perf_counter()
     images_seen = 0
+    notice = (
+        cpu_notice(device, len(train_x), epochs - start_epoch, cfg.arch or "", cfg.width) if main else None
+    )
+    if notice:
+        print(notice, file=sys.stderr)
+    pace = Pace(batch_size, (epochs - start_epoch) * steps_per_epoch, estimate=notice is not None)
     try:
         for epoch in range(start_epoch, epochs):
             model.train()
-            epoch_start = time.perf_counter()
+            pace.begin_epoch()
             loss_sum = torch.zeros((), device=device)
             probe_correct = torch.zeros((), device=device)
             bar = tqdm(
@@ -165,10 +173,13 @@ def _train(run: rundir.RunDir, ctx: distributed.Context, command: list[str] | No
                     group["lr"] = lr
                 loss, probe_loss, logits = train_step(parts, views, labels)
                 step += 1
+                estimate = pace.step()
+                if estimate:
+                    tqdm.write(estimate, file=sys.stderr)
                 loss_sum += loss.detach()
                 probe_correct += (logits.argmax(1) == labels.repeat(cfg.n_views)).sum()
                 if step % cfg.log_every == 0 or step == total_steps:
-                    rate = batch_size * (bar.n + 1) / max(time.perf_counter() - epoch_start, 1e-9)
+                    rate = pace.img_per_s()
                     rec = {
                         "kind": "step",
                         "epoch": epoch,
@@ -184,8 +195,11 @@ def _train(run: rundir.RunDir, ctx: distributed.Context, command: list[str] | No
                     # below): a check at every step would cost a GPU synchronisation per step.
                     if not math.isfinite(rec["loss"]):
                         raise _diverged(run, f"the loss is {rec['loss']}", step, epoch)
-                    bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
-            seconds = time.perf_counter() - epoch_start
+                    left = format_duration(pace.run_left())
+                    bar.set_postfix(
+                        loss=f"{rec['loss']:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}", run_left=left
+                    )
+            seconds = time.perf_counter() - pace.epoch_start
             images_seen += steps_per_epoch * batch_size
             mean_loss = (loss_sum / steps_per_epoch).item()
             # Before the checkpoint: a diverged epoch must not replace the last good one. The weights
