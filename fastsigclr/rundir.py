@@ -38,6 +38,7 @@ from fastsigclr import checkpoint as ckpt
 from fastsigclr import distributed
 from fastsigclr.config import ConfigError, FastSigCLRError, from_dict, replace, to_dict
 from fastsigclr.recipe import TrainConfig
+from fastsigclr.runlog import RunLog
 
 LOCK = "run.lock"
 CHECKPOINT = Path("checkpoints") / "last.pt"
@@ -240,6 +241,7 @@ class RunDir:
     state: dict[str, Any] | None = None  # the checkpoint this run resumes from
     complete: dict[str, Any] | None = None  # the summary of a run with no epoch left to train
     restart: bool = False  # an interrupted start, whose files ``begin`` replaces
+    log: RunLog | None = None  # metrics.jsonl (and TensorBoard), from ``begin`` to ``close``
     _fd: int | None = None
     _created: list[Path] = field(default_factory=list)
     _created_lock: bool = False
@@ -282,8 +284,9 @@ class RunDir:
                 file=sys.stderr,
             )
 
-    def begin(self, record: dict[str, Any]) -> None:
-        """Training starts: an interrupted start's files go, config.json is (re)written."""
+    def begin(self, record: dict[str, Any]) -> RunLog:
+        """Training starts: an interrupted start's files go, config.json is (re)written, and the
+        run's log opens (records past a resumed checkpoint dropped); ``close`` closes it."""
         if self.main:
             for name in RUN_FILES if self.restart else ():
                 target = self.path / name
@@ -291,6 +294,11 @@ class RunDir:
             text = json.dumps({"config": to_dict(self.cfg), **record}, indent=2) + "\n"
             ckpt.write_text_atomic(self.path / "config.json", text)
         self._begun = True
+        resume_epoch = self.state["epoch"] if self.state is not None else None
+        self.log = RunLog(
+            self.path, resume_epoch=resume_epoch, tensorboard=self.cfg.tensorboard, enabled=self.main
+        )
+        return self.log
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         if self.main:
@@ -301,6 +309,9 @@ class RunDir:
             ckpt.write_text_atomic(self.path / "summary.json", json.dumps(summary, indent=2) + "\n")
 
     def close(self, failed: bool) -> None:
+        if self.log is not None:
+            self.log.close()
+            self.log = None
         if failed and not self._begun:
             if self._fd is not None and self._created_lock:
                 (self.path / LOCK).unlink(missing_ok=True)

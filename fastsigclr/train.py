@@ -43,7 +43,6 @@ from fastsigclr.recipe import (
     uses_labels,
 )
 from fastsigclr.runinfo import resolve_device, run_record
-from fastsigclr.runlog import RunLog
 
 
 def _loader_options(cfg: TrainConfig, info, train, ctx: distributed.Context) -> dict[str, Any]:
@@ -81,6 +80,7 @@ def _train(run: rundir.RunDir, ctx: distributed.Context, command: list[str] | No
         dataclasses.replace(cfg, progress=cfg.progress and main)
     )
     torch.manual_seed(cfg.seed)
+
     spec = AugmentSpec.simclr(info.image_size, info.mean, info.std, n_views=cfg.n_views)
     batch_size = cfg.batch_size or 1  # global: each rank takes batch_size / world_size
     loader = LOADERS[cfg.loader](
@@ -126,13 +126,7 @@ def _train(run: rundir.RunDir, ctx: distributed.Context, command: list[str] | No
     forward = torch.compile(forward) if cfg.compile else forward
     parts = StepParts(forward, loss_fn, probe_fwd, optimizer, probe_opt, autocast_dtype, uses_labels(cfg))
     record = {**run_record(device, command), "world_size": ctx.world_size}
-    run.begin(record)
-    log = RunLog(
-        run.path,
-        resume_epoch=start_epoch if state is not None else None,
-        tensorboard=cfg.tensorboard,
-        enabled=main,
-    )
+    log = run.begin(record)
     train_images = torch.from_numpy(train_x)
     test_images = torch.from_numpy(test_x)
     test_labels = torch.from_numpy(test_y).to(device)
@@ -153,92 +147,94 @@ def _train(run: rundir.RunDir, ctx: distributed.Context, command: list[str] | No
     if notice:
         print(notice, file=sys.stderr)
     pace = Pace(batch_size, (epochs - start_epoch) * steps_per_epoch, estimate=notice is not None)
-    try:
-        for epoch in range(start_epoch, epochs):
-            model.train()
-            pace.begin_epoch()
-            loss_sum = torch.zeros((), device=device)
-            probe_correct = torch.zeros((), device=device)
-            bar = tqdm(
-                loader.epoch(epoch),
-                total=steps_per_epoch,
-                desc=f"epoch {epoch + 1}/{epochs}",
-                disable=not (cfg.progress and main),
-                leave=False,
-                unit="step",
-            )
-            for views, labels in bar:
-                lr = cfg.lr * warmup_cosine(step, total_steps, warmup_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                loss, probe_loss, logits = train_step(parts, views, labels)
-                step += 1
-                estimate = pace.step()
-                if estimate:
-                    tqdm.write(estimate, file=sys.stderr)
-                loss_sum += loss.detach()
-                probe_correct += (logits.argmax(1) == labels.repeat(cfg.n_views)).sum()
-                if step % cfg.log_every == 0 or step == total_steps:
-                    rate = pace.img_per_s()
-                    rec = {
-                        "kind": "step",
-                        "epoch": epoch,
-                        "step": step,
-                        "loss": loss.item(),
-                        "lr": lr,
-                        "probe_loss": probe_loss.item(),
-                        **loss_scalars(criterion),
-                        "img_per_s": rate,
-                    }
-                    log.write(rec, step)
-                    # The loss is checked where it is read anyway (logging steps, and the epoch's sum
-                    # below): a check at every step would cost a GPU synchronisation per step.
-                    if not math.isfinite(rec["loss"]):
-                        raise _diverged(run, f"the loss is {rec['loss']}", step, epoch)
-                    left = format_duration(pace.run_left())
-                    bar.set_postfix(
-                        loss=f"{rec['loss']:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}", run_left=left
-                    )
-            seconds = time.perf_counter() - pace.epoch_start
-            images_seen += steps_per_epoch * batch_size
-            mean_loss = (loss_sum / steps_per_epoch).item()
-            # Before the checkpoint: a diverged epoch must not replace the last good one. The weights
-            # too: the loss of a step is computed before its update, so it can still be finite.
-            if not math.isfinite(mean_loss) or not _all_finite(model, criterion, probe):
-                finite = math.isfinite(mean_loss)
-                what = "the weights are not finite" if finite else f"the epoch's mean loss is {mean_loss}"
-                raise _diverged(run, what, step, epoch)
-            monitor = epoch + 1 == epochs or bool(cfg.knn_every and (epoch + 1) % cfg.knn_every == 0)
-            if monitor:
-                knn = knn_monitor() if main else None
-                distributed.barrier(ctx)
-            probe_correct = distributed.all_sum(ctx, probe_correct)
-            rec = {
-                "kind": "epoch",
-                "epoch": epoch,
-                "step": step,
-                "loss": mean_loss,
-                "probe_acc": probe_correct.item() / (steps_per_epoch * batch_size * cfg.n_views),
-                "knn_acc": knn if monitor else None,
-                "seconds": seconds,
-                "img_per_s": steps_per_epoch * batch_size / seconds,
-            }
-            log.write(rec, step)
-            knn_text = f" knn {rec['knn_acc']:.4f}" if rec["knn_acc"] is not None else ""
-            if main:
-                tqdm.write(
-                    f"epoch {epoch + 1}/{epochs} loss {rec['loss']:.4f} probe {rec['probe_acc']:.3f}"
-                    f"{knn_text} {rec['img_per_s']:.0f} img/s",
-                    nolock=True,
-                )
-            modules = {"model": model, "criterion": criterion, "probe": probe}
-            saved = {name: m.state_dict() for name, m in modules.items()}
-            saved.update(optimizer=optimizer.state_dict(), probe_optimizer=probe_opt.state_dict())
-            saved.update(rng=ckpt.rng_state(), epoch=epoch + 1, step=step, config=to_dict(cfg))
-            run.save_checkpoint(saved)
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        pace.begin_epoch()
+        loss_sum = torch.zeros((), device=device)
+        probe_correct = torch.zeros((), device=device)
+        bar = tqdm(
+            loader.epoch(epoch),
+            total=steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{epochs}",
+            disable=not (cfg.progress and main),
+            leave=False,
+            unit="step",
+        )
+        for views, labels in bar:
+            lr = cfg.lr * warmup_cosine(step, total_steps, warmup_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss, probe_loss, logits = train_step(parts, views, labels)
+            step += 1
+            estimate = pace.step()
+            if estimate:
+                tqdm.write(estimate, file=sys.stderr)
+            loss_sum += loss.detach()
+            probe_correct += (logits.argmax(1) == labels.repeat(cfg.n_views)).sum()
+            if step % cfg.log_every == 0 or step == total_steps:
+                rate = pace.img_per_s()
+                rec = {
+                    "kind": "step",
+                    "epoch": epoch,
+                    "step": step,
+                    "loss": loss.item(),
+                    "lr": lr,
+                    "probe_loss": probe_loss.item(),
+                    **loss_scalars(criterion),
+                    "img_per_s": rate,
+                }
+                log.write(rec, step)
+                # The loss is checked where it is read anyway (logging steps, and the epoch's sum
+                # below): a check at every step would cost a GPU synchronisation per step.
+                if not math.isfinite(rec["loss"]):
+                    raise _diverged(run, f"the loss is {rec['loss']}", step, epoch)
+                left = format_duration(pace.run_left())
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}", run_left=left)
+        seconds = time.perf_counter() - pace.epoch_start
+        images_seen += steps_per_epoch * batch_size
+        mean_loss = (loss_sum / steps_per_epoch).item()
+        # Before the checkpoint: a diverged epoch must not replace the last good one. The weights
+        # too: the loss of a step is computed before its update, so it can still be finite.
+        if not math.isfinite(mean_loss) or not _all_finite(model, criterion, probe):
+            finite = math.isfinite(mean_loss)
+            what = "the weights are not finite" if finite else f"the epoch's mean loss is {mean_loss}"
+            raise _diverged(run, what, step, epoch)
+        monitor = epoch + 1 == epochs or bool(cfg.knn_every and (epoch + 1) % cfg.knn_every == 0)
+        if monitor:
+            knn = knn_monitor() if main else None
             distributed.barrier(ctx)
-    finally:
-        log.close()
+        probe_correct = distributed.all_sum(ctx, probe_correct)
+        rec = {
+            "kind": "epoch",
+            "epoch": epoch,
+            "step": step,
+            "loss": mean_loss,
+            "probe_acc": probe_correct.item() / (steps_per_epoch * batch_size * cfg.n_views),
+            "knn_acc": knn if monitor else None,
+            "seconds": seconds,
+            "img_per_s": steps_per_epoch * batch_size / seconds,
+        }
+        log.write(rec, step)
+        knn_text = f" knn {rec['knn_acc']:.4f}" if rec["knn_acc"] is not None else ""
+        if main:
+            tqdm.write(
+                f"epoch {epoch + 1}/{epochs} loss {rec['loss']:.4f} probe {rec['probe_acc']:.3f}{knn_text} "
+                f"{rec['img_per_s']:.0f} img/s",
+                nolock=True,
+            )
+        state = {
+            "model": model.state_dict(),
+            "criterion": criterion.state_dict(),
+            "probe": probe.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "probe_optimizer": probe_opt.state_dict(),
+            "rng": ckpt.rng_state(),
+            "epoch": epoch + 1,
+            "step": step,
+            "config": to_dict(cfg),
+        }
+        run.save_checkpoint(state)
+        distributed.barrier(ctx)
     if start_epoch == epochs:  # resumed after its last checkpoint but before its summary was written
         knn = knn_monitor() if main else None
         distributed.barrier(ctx)
