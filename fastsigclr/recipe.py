@@ -83,6 +83,12 @@ class TrainConfig:
     dist_loss: str = option(
         "ring", "torchrun runs: how the sigmoid loss sees other ranks' rows", choices=("ring", "gather")
     )
+    # torch's own default is 30 min (gloo) / 10 min (NCCL). The bound also covers collectives, so it
+    # must exceed the longest stretch rank 0 works alone while the others wait at a barrier: the
+    # FFCV dataset write, the kNN monitor, the checkpoint write.
+    dist_timeout: float = option(
+        600.0, "torchrun runs: seconds a rank waits to join the run, and at most for any collective"
+    )
     device: str = option("auto", "device", choices=("auto", "cpu", "cuda"))
     precision: str = option(
         "auto", "compute dtype; auto: bf16 autocast on CUDA, fp32 on CPU", choices=("auto", "bf16", "fp32")
@@ -118,6 +124,8 @@ class TrainConfig:
             raise ValueError("--temperature must be > 0 and --lr, --weight-decay, --warmup-epochs ≥ 0")
         if self.use_labels and not METHODS[self.method][1]:
             raise ValueError(f"--use-labels: {self.method} cannot use labels; it is self-supervised")
+        if not 0 < self.dist_timeout < float("inf"):
+            raise ValueError(f"--dist-timeout must be a positive number of seconds, got {self.dist_timeout}")
         if self.resume and not self.out:
             raise ValueError("--resume needs --out DIR: the run directory to continue")
 

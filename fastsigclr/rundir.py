@@ -59,6 +59,7 @@ RESUMABLE = frozenset(
         "download",
         "data_dir",
         "dist_loss",
+        "dist_timeout",
         "compile",
     }
 )

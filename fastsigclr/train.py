@@ -61,10 +61,11 @@ def train(
     saved ones (those typed on the command line; unset: those that differ from the defaults)."""
     out = cfg.out
     cfg = rundir.settings(cfg, rundir.changed_options(cfg) if given is None else given)
-    ctx = distributed.setup(resolve_device(cfg.device))
+    ctx = distributed.setup(resolve_device(cfg.device), cfg.dist_timeout)
     try:
         if ctx.distributed and out is None:
             raise FastSigCLRError("torchrun runs need --out DIR: every rank must agree on the run directory")
+        distributed.check_same_run(ctx, to_dict(cfg))  # before anything writes the run
         with rundir.open_run(cfg, ctx) as run:
             return run.complete if run.complete is not None else _train(run, ctx, command)
     finally:
