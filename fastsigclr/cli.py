@@ -152,7 +152,12 @@ def _cmd_data_verify(args: argparse.Namespace) -> int:
     counts = [
         len(load_split(info, cfg.resolved_dir() / info.folder, split)[1]) for split in ("train", "test")
     ]
-    print(f"layout and counts OK: {counts[0]} train, {counts[1]} test images")
+    official = (
+        f"the {len(info.file_md5)} official md5s match"
+        if info.file_md5
+        else "no official per-file md5s (the archive's is checked at download)"
+    )
+    print(f"{official}; layout and counts OK: {counts[0]} train, {counts[1]} test images")
     return 0
 
 
@@ -211,7 +216,7 @@ COMMANDS: list[Command] = [
     ),
     (
         ("data", "verify"),
-        "md5 of each dataset file, and a layout and count check",
+        "md5 of each dataset file against the official ones, and a layout and count check",
         _lazy("fastsigclr.data.datasets", "DataConfig"),
         (),
         _cmd_data_verify,

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from fastsigclr.checkpoint import write_text_atomic
-from fastsigclr.config import FastSigCLRError, option
+from fastsigclr.config import FastSigCLRError, check_fields, option
+from fastsigclr.data.datasets import data_dir_option
 from fastsigclr.data.gpu_loader import normalized
 from fastsigclr.recipe import load_run_model
 
@@ -115,21 +116,21 @@ def linear_probe(
 class EvalConfig:
     protocol: str = option("knn", "evaluation protocol", choices=("knn", "linear"))
     run: str | None = option(None, "run directory written by `fastsigclr train` (required)")
+    data_dir: str | None = data_dir_option("the run's --data-dir")
     device: str = option("auto", "device", choices=("auto", "cpu", "cuda"))
-    knn_k: int = option(200, "neighbours in the kNN vote")
-    knn_temperature: float = option(0.1, "temperature of the kNN vote weights")
-    linear_epochs: int = option(100, "linear probe epochs")
-    linear_batch_size: int = option(256, "linear probe batch size")
-    linear_lr: float = option(0.2, "linear probe learning rate (cosine schedule)")
-    linear_weight_decay: float = option(0.0, "linear probe weight decay")
-    seed: int = option(0, "seed of the linear probe's shuffling")
+    knn_k: int = option(200, "neighbours in the kNN vote", ge=1)
+    knn_temperature: float = option(0.1, "temperature of the kNN vote weights", gt=0)
+    linear_epochs: int = option(100, "linear probe epochs", ge=1)
+    linear_batch_size: int = option(256, "linear probe batch size", ge=1)
+    linear_lr: float = option(0.2, "linear probe learning rate (cosine schedule)", ge=0)
+    linear_weight_decay: float = option(0.0, "linear probe weight decay", ge=0)
+    seed: int = option(0, "seed of the linear probe's shuffling", ge=0)
     progress: bool = option(True, "show progress bars")
 
     def __post_init__(self) -> None:
         if not self.run:
             raise ValueError("--run DIR is required: the directory of a `fastsigclr train` run")
-        if self.knn_k < 1 or self.linear_epochs < 1 or self.linear_batch_size < 1:
-            raise ValueError("--knn-k, --linear-epochs and --linear-batch-size must be ≥ 1")
+        check_fields(self)
 
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
@@ -139,7 +140,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         raise FastSigCLRError(
             f"{run_dir} is not a run directory (no config.json); pass --run DIR of a train run"
         )
-    loaded = load_run_model(run_dir, cfg.device)
+    loaded = load_run_model(run_dir, cfg.device, cfg.data_dir)
     info, device = loaded["info"], loaded["device"]
     kw = dict(device=device, autocast_dtype=loaded["autocast"], progress=cfg.progress)
     train_feats = extract_features(

@@ -58,6 +58,7 @@ RESUMABLE = frozenset(
         "tensorboard",
         "download",
         "data_dir",
+        "ffcv_dir",
         "dist_loss",
         "dist_timeout",
         "compile",

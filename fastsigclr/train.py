@@ -48,10 +48,11 @@ from fastsigclr.runinfo import resolve_device, run_record
 def _loader_options(cfg: TrainConfig, info, train, ctx: distributed.Context) -> dict[str, Any]:
     """Backend arguments; rank 0 writes a missing FFCV dataset while the others wait for it."""
     data_dir = Path(cfg.data_dir or "")
+    kw = dict(ffcv_dir=cfg.ffcv_dir)
     if cfg.loader == "ffcv" and ctx.is_main:
-        loader_options(cfg.loader, info, data_dir, train, cfg.limit_train, progress=cfg.progress)
+        loader_options(cfg.loader, info, data_dir, train, cfg.limit_train, progress=cfg.progress, **kw)
     distributed.barrier(ctx)
-    return loader_options(cfg.loader, info, data_dir, train, cfg.limit_train, progress=False)
+    return loader_options(cfg.loader, info, data_dir, train, cfg.limit_train, progress=False, **kw)
 
 
 def train(

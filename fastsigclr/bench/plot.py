@@ -8,6 +8,8 @@ from typing import Any
 
 import matplotlib
 
+from fastsigclr.config import FastSigCLRError
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
@@ -117,11 +119,27 @@ PLOTTERS = {"loss": plot_loss, "train": plot_train, "augment": plot_augment}
 
 
 def plot_file(json_path: Path, png_path: Path | None = None) -> Path:
-    """Redraw the plot of a results file (by its ``benchmark`` field)."""
-    payload = json.loads(Path(json_path).read_text())
-    kind = payload.get("benchmark")
+    """Redraw the plot of a results file (by its ``benchmark`` field); a file that is missing,
+    not JSON or not a results file with a plot is a FastSigCLRError naming it."""
+    path = Path(json_path)
+    hint = "pass a results JSON written by `fastsigclr bench loss`, `augment` or `train`"
+    try:
+        payload = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FastSigCLRError(f"{path} does not exist; {hint}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise FastSigCLRError(f"{path} is not a readable JSON file ({err}); {hint}") from None
+    kind = payload.get("benchmark") if isinstance(payload, dict) else None
     if kind not in PLOTTERS:
-        raise ValueError(f"{json_path}: unknown benchmark {kind!r}; known: {', '.join(PLOTTERS)}")
-    out = png_path or Path(json_path).with_suffix(".png")
-    PLOTTERS[kind](payload, out)
+        raise FastSigCLRError(
+            f"{path} is not a benchmark results file with a plot (benchmark {kind!r}); {hint}"
+        )
+    out = png_path or path.with_suffix(".png")
+    try:
+        PLOTTERS[kind](payload, out)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+        raise FastSigCLRError(
+            f"{path} is not a complete {kind} results file ({type(err).__name__}: {err}); "
+            f"run `fastsigclr bench {kind}` to write it again"
+        ) from err
     return out

@@ -30,7 +30,7 @@ from .common import (
     kernel,
     resolve_impl,
 )
-from .normalize import normalize_rows
+from .normalize import EPS, normalize_rows
 
 
 def check_inputs(z: torch.Tensor, temperature: Scalar, bias: Scalar, n_views: int) -> None:
@@ -144,7 +144,8 @@ def sigmoid_pairwise_loss(
     """SigCLR loss of ``z`` (shape ``(n_views·N, D)``, view-major) → fp32 scalar.
 
     temperature, bias: floats or 0-d tensors (learnable tensors receive gradients).
-    normalize: L2-normalise rows first (set False when z is already on the unit sphere).
+    normalize: L2-normalise rows first, z / max(‖z‖, 1e-4) (normalize.EPS; set False when z is
+    already on the unit sphere).
     impl: "triton" (fused kernel, CUDA), "torch" (chunked, any device), "auto" (triton on CUDA).
     """
     check_inputs(z, temperature, bias, n_views)
@@ -161,7 +162,7 @@ def sigmoid_pairwise_loss_reference(
 ) -> torch.Tensor:
     """Plain autograd formulation that materialises the (V·N)² logits: the baseline to beat."""
     m = z.shape[0]
-    zhat = F.normalize(z, dim=1) if normalize else z
+    zhat = F.normalize(z, dim=1, eps=EPS) if normalize else z
     logits = temperature * (zhat @ zhat.T) + bias
     img = torch.arange(m, device=z.device) % (m // n_views)
     same = img[:, None] == img[None, :]

@@ -18,7 +18,7 @@ import torch
 
 from . import common
 from .common import Impl, PrecomputedGrad, check_matrix, check_rows, kernel, resolve_impl
-from .normalize import normalize_rows
+from .normalize import EPS, normalize_rows
 
 
 def row_labels(z: torch.Tensor, labels: torch.Tensor | None, n_views: int) -> torch.Tensor:
@@ -173,7 +173,7 @@ def nt_xent_loss(
 def nt_xent_loss_reference(z: torch.Tensor, temperature: float = 0.2, *, n_views: int = 2) -> torch.Tensor:
     """Plain autograd formulation that materialises the (V·N)² logits: the baseline to beat."""
     m = z.shape[0]
-    zhat = torch.nn.functional.normalize(z, dim=1)
+    zhat = torch.nn.functional.normalize(z, dim=1, eps=EPS)
     eye = torch.eye(m, dtype=torch.bool, device=z.device)
     logits = (zhat @ zhat.T / temperature).masked_fill(eye, float("-inf"))
     image = torch.arange(m, device=z.device) % (m // n_views)
