@@ -82,9 +82,8 @@ class TrainConfig:
     temperature: float | None = option(
         None, "loss temperature; unset: the method's (10, 0.2, 0.1, 0.1)", gt=0
     )
-    bias: float = option(
-        -10.0, "initial sigmoid loss bias b (learnable; sigclr)", ge=-FLOAT32_MAX, le=FLOAT32_MAX
-    )
+    bias: float = option(-10.0, "initial sigmoid loss bias b (sigclr)", ge=-FLOAT32_MAX, le=FLOAT32_MAX)
+    learnable_bias: bool = option(True, "learn the bias b (sigclr); --no-learnable-bias keeps it at --bias")
     k1: float = option(5000.0, "TCL weight of e^(-s) on positives (tcl)", ge=0)
     k2: float = option(1.0, "TCL weight of the negatives (tcl)", ge=0)
     learnable_temperature: bool = option(False, "learn t as exp(t')")
@@ -177,7 +176,11 @@ def build_model(cfg: TrainConfig, info, device: torch.device):
     t = cfg.temperature or default_t
     if kind == "sigmoid":
         criterion = SigmoidPairwiseLoss(
-            t, cfg.bias, learnable_temperature=cfg.learnable_temperature, n_views=cfg.n_views
+            t,
+            cfg.bias,
+            learnable_temperature=cfg.learnable_temperature,
+            learnable_bias=cfg.learnable_bias,
+            n_views=cfg.n_views,
         )
     else:
         criterion = ContrastiveLoss(kind, t, k1=cfg.k1, k2=cfg.k2, n_views=cfg.n_views)
