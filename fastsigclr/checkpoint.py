@@ -43,8 +43,11 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
         raise FastSigCLRError(f"no checkpoint at {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, OSError) as err:
-        raise FastSigCLRError(f"checkpoint {path} is unreadable ({err}); it may be truncated") from err
+    except Exception as err:  # unpickling arbitrary bytes can fail in many ways; all mean "unreadable"
+        raise FastSigCLRError(
+            f"checkpoint {path} is unreadable ({type(err).__name__}: {err}); it is truncated or not a "
+            f"checkpoint: restore it, or train again with another --out"
+        ) from err
 
 
 def rng_state() -> dict[str, Any]:

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from fastsigclr import __version__
-from fastsigclr.config import FastSigCLRError, add_arguments, from_args
+from fastsigclr.config import FastSigCLRError, add_arguments, from_args, typed_fields
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -111,7 +111,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from fastsigclr.recipe import TrainConfig
     from fastsigclr.train import train
 
-    summary = train(from_args(TrainConfig, args), command=["fastsigclr", *args.argv])
+    cfg = from_args(TrainConfig, args)
+    summary = train(cfg, command=["fastsigclr", *args.argv], given=typed_fields(TrainConfig, args))
     knn = summary["knn_acc"]
     print(f"done: {summary['epochs']} epochs, kNN accuracy {knn:.4f}" if knn is not None else "done")
     print(f"run directory: {summary['run_dir']}")

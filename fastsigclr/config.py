@@ -150,6 +150,11 @@ def from_args(cls: type[C], namespace: argparse.Namespace) -> C:
     return build(cls, values)
 
 
+def typed_fields(cls: type, namespace: argparse.Namespace) -> set[str]:
+    """The fields of ``cls`` whose option was given on the command line (left out: None)."""
+    return {f.name for f in dataclasses.fields(cls) if getattr(namespace, f.name, None) is not None}
+
+
 def build(cls: type[C], values: dict[str, Any]) -> C:
     """Construct and validate; unknown keys and disallowed choices are errors that list what is allowed."""
     fields = {f.name: f for f in dataclasses.fields(cls)}

@@ -21,6 +21,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -326,3 +327,12 @@ def all_sum(ctx: Context, value: torch.Tensor) -> torch.Tensor:
     out = value.clone()
     dist.all_reduce(out)
     return out
+
+
+def share(ctx: Context, value: Any) -> Any:
+    """Rank 0's ``value`` (any picklable object) on every rank."""
+    if not ctx.distributed:
+        return value
+    box = [value if ctx.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

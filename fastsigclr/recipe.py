@@ -38,6 +38,9 @@ METHODS: dict[str, tuple[str, bool, float]] = {
     "supcon": ("supcon", True, 0.1),
     "tcl": ("tcl", True, 0.1),
 }
+# The weights are float32: a larger --lr or --bias overflows at the first step (--lr 1e39 stopped in
+# the optimiser: "value cannot be converted to type float without overflow").
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,7 @@ class TrainConfig:
     # 4 steps at lr 0.05; at lr 0.5 → 64), where normalisation leaves no gradient to escape. LARS
     # bounds each layer's step and trained stably at both rates (loss 6.9 → 6.2).
     optimizer: str = option("lars", "optimizer", choices=("sgd", "lars"))
-    lr: float = option(0.5, "peak learning rate", ge=0)
+    lr: float = option(0.5, "peak learning rate", ge=0, le=FLOAT32_MAX)
     momentum: float = option(0.9, "momentum", ge=0, lt=1)
     weight_decay: float = option(1e-4, "weight decay (not on BN parameters or biases)", ge=0)
     warmup_epochs: float = option(10.0, "linear warm-up length in epochs (capped at the run length)", ge=0)
@@ -79,7 +82,7 @@ class TrainConfig:
     temperature: float | None = option(
         None, "loss temperature; unset: the method's (10, 0.2, 0.1, 0.1)", gt=0
     )
-    bias: float = option(-10.0, "initial sigmoid loss bias b (sigclr)")
+    bias: float = option(-10.0, "initial sigmoid loss bias b (sigclr)", ge=-FLOAT32_MAX, le=FLOAT32_MAX)
     learnable_bias: bool = option(True, "learn the bias b (sigclr); --no-learnable-bias keeps it at --bias")
     k1: float = option(5000.0, "TCL weight of e^(-s) on positives (tcl)", ge=0)
     k2: float = option(1.0, "TCL weight of the negatives (tcl)", ge=0)

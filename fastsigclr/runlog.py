@@ -30,7 +30,7 @@ class RunLog:
             kept = [
                 line
                 for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("epoch", 0) < resume_epoch
+                if (epoch := _epoch_of(line)) is not None and epoch < resume_epoch
             ]
             tmp = self.path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
@@ -66,6 +66,14 @@ class RunLog:
             self.file.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def _epoch_of(line: str) -> int | None:
+    """A record's epoch; None for a blank line or one cut short by a kill."""
+    try:
+        return json.loads(line).get("epoch", 0)
+    except (json.JSONDecodeError, AttributeError):
+        return None
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -13,7 +13,8 @@ and rank 0 alone logs, evaluates and writes. A run may resume with a different n
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,14 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from fastsigclr import checkpoint as ckpt
-from fastsigclr import distributed
-from fastsigclr.config import FastSigCLRError, from_dict, to_dict
+from fastsigclr import distributed, rundir
+from fastsigclr.config import FastSigCLRError, to_dict
 from fastsigclr.data import LOADERS, AugmentSpec
 from fastsigclr.data.loaders import loader_options
 from fastsigclr.eval import extract_features, knn_accuracy
 from fastsigclr.models.sync_bn import convert_global_bn
 from fastsigclr.optim import build_optimizer, param_groups, warmup_cosine
+from fastsigclr.pace import Pace, cpu_notice, format_duration
 from fastsigclr.recipe import (
     StepParts,
     TrainConfig,
@@ -41,44 +43,6 @@ from fastsigclr.recipe import (
     uses_labels,
 )
 from fastsigclr.runinfo import resolve_device, run_record
-from fastsigclr.runlog import RunLog
-
-# Options that may differ when resuming a run (everything else must match its config.json).
-RESUMABLE_CHANGES = {
-    "resume",
-    "progress",
-    "out",
-    "epochs",
-    "knn_every",
-    "log_every",
-    "tensorboard",
-    "download",
-    "dist_loss",
-    "ffcv_dir",
-}
-
-
-def _prepare_run_dir(cfg: TrainConfig, device: torch.device, create: bool) -> tuple[Path, dict | None]:
-    run_dir = Path(cfg.out or "")
-    last = run_dir / "checkpoints" / "last.pt"
-    if cfg.resume:
-        if not last.is_file():
-            raise FastSigCLRError(f"nothing to resume in {run_dir}: no checkpoints/last.pt")
-        saved = json.loads((run_dir / "config.json").read_text())["config"]
-        old = to_dict(from_dict(TrainConfig, saved))
-        new = to_dict(cfg)
-        diff = {k: (old[k], new[k]) for k in new if k not in RESUMABLE_CHANGES and old[k] != new[k]}
-        if diff:
-            listed = "; ".join(f"--{k.replace('_', '-')} was {a!r}, now {b!r}" for k, (a, b) in diff.items())
-            raise FastSigCLRError(f"cannot resume {run_dir} with different settings: {listed}")
-        return run_dir, ckpt.load(last, map_location=device)
-    if last.exists() or (run_dir / "metrics.jsonl").exists():
-        raise FastSigCLRError(
-            f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
-        )
-    if create:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir, None
 
 
 def _loader_options(cfg: TrainConfig, info, train, ctx: distributed.Context) -> dict[str, Any]:
@@ -91,24 +55,29 @@ def _loader_options(cfg: TrainConfig, info, train, ctx: distributed.Context) -> 
     return loader_options(cfg.loader, info, data_dir, train, cfg.limit_train, progress=False, **kw)
 
 
-def train(cfg: TrainConfig, command: list[str] | None = None) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig, command: list[str] | None = None, given: set[str] | None = None
+) -> dict[str, Any]:
+    """Train, or resume with ``cfg.resume``: ``given`` names the options to take over the run's
+    saved ones (those typed on the command line; unset: those that differ from the defaults)."""
+    out = cfg.out
+    cfg = rundir.settings(cfg, rundir.changed_options(cfg) if given is None else given)
     ctx = distributed.setup(resolve_device(cfg.device), cfg.dist_timeout)
     try:
-        return _train(cfg, ctx, command)
+        if ctx.distributed and out is None:
+            raise FastSigCLRError("torchrun runs need --out DIR: every rank must agree on the run directory")
+        distributed.check_same_run(ctx, to_dict(cfg))  # before anything writes the run
+        with rundir.open_run(cfg, ctx) as run:
+            return run.complete if run.complete is not None else _train(run, ctx, command)
     finally:
         distributed.teardown(ctx)
 
 
-def _train(cfg: TrainConfig, ctx: distributed.Context, command: list[str] | None) -> dict[str, Any]:
-    if ctx.distributed and cfg.out is None:
-        raise FastSigCLRError("torchrun runs need --out DIR: every rank must agree on the run directory")
-    cfg = cfg.resolved()
-    distributed.check_same_run(ctx, to_dict(cfg))  # before anything reads or writes the run
+def _train(run: rundir.RunDir, ctx: distributed.Context, command: list[str] | None) -> dict[str, Any]:
+    cfg, state = run.cfg, run.state
     device = ctx.device
     main = ctx.is_main
     view_dtype, autocast_dtype = compute_dtypes(cfg, device)
-    run_dir, state = _prepare_run_dir(cfg, device, create=main)
-    distributed.barrier(ctx)  # every rank has checked the run directory before rank 0 writes
     info, (train_x, train_y), (test_x, test_y) = load_data(
         dataclasses.replace(cfg, progress=cfg.progress and main)
     )
@@ -159,16 +128,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, command: list[str] | None
     forward = torch.compile(forward) if cfg.compile else forward
     parts = StepParts(forward, loss_fn, probe_fwd, optimizer, probe_opt, autocast_dtype, uses_labels(cfg))
     record = {**run_record(device, command), "world_size": ctx.world_size}
-    if main:
-        ckpt.write_text_atomic(
-            run_dir / "config.json", json.dumps({"config": to_dict(cfg), **record}, indent=2) + "\n"
-        )
-    log = RunLog(
-        run_dir,
-        resume_epoch=start_epoch if state is not None else None,
-        tensorboard=cfg.tensorboard,
-        enabled=main,
-    )
+    log = run.begin(record)
     train_images = torch.from_numpy(train_x)
     test_images = torch.from_numpy(test_x)
     test_labels = torch.from_numpy(test_y).to(device)
@@ -183,9 +143,15 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, command: list[str] | None
     knn = None
     run_start = time.perf_counter()
     images_seen = 0
+    notice = (
+        cpu_notice(device, len(train_x), epochs - start_epoch, cfg.arch or "", cfg.width) if main else None
+    )
+    if notice:
+        print(notice, file=sys.stderr)
+    pace = Pace(batch_size, (epochs - start_epoch) * steps_per_epoch, estimate=notice is not None)
     for epoch in range(start_epoch, epochs):
         model.train()
-        epoch_start = time.perf_counter()
+        pace.begin_epoch()
         loss_sum = torch.zeros((), device=device)
         probe_correct = torch.zeros((), device=device)
         bar = tqdm(
@@ -202,10 +168,13 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, command: list[str] | None
                 group["lr"] = lr
             loss, probe_loss, logits = train_step(parts, views, labels)
             step += 1
+            estimate = pace.step()
+            if estimate:
+                tqdm.write(estimate, file=sys.stderr)
             loss_sum += loss.detach()
             probe_correct += (logits.argmax(1) == labels.repeat(cfg.n_views)).sum()
             if step % cfg.log_every == 0 or step == total_steps:
-                rate = batch_size * (bar.n + 1) / max(time.perf_counter() - epoch_start, 1e-9)
+                rate = pace.img_per_s()
                 rec = {
                     "kind": "step",
                     "epoch": epoch,
@@ -217,9 +186,21 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, command: list[str] | None
                     "img_per_s": rate,
                 }
                 log.write(rec, step)
-                bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
-        seconds = time.perf_counter() - epoch_start
+                # The loss is checked where it is read anyway (logging steps, and the epoch's sum
+                # below): a check at every step would cost a GPU synchronisation per step.
+                if not math.isfinite(rec["loss"]):
+                    raise _diverged(run, f"the loss is {rec['loss']}", step, epoch)
+                left = format_duration(pace.run_left())
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}", run_left=left)
+        seconds = time.perf_counter() - pace.epoch_start
         images_seen += steps_per_epoch * batch_size
+        mean_loss = (loss_sum / steps_per_epoch).item()
+        # Before the checkpoint: a diverged epoch must not replace the last good one. The weights
+        # too: the loss of a step is computed before its update, so it can still be finite.
+        if not math.isfinite(mean_loss) or not _all_finite(model, criterion, probe):
+            finite = math.isfinite(mean_loss)
+            what = "the weights are not finite" if finite else f"the epoch's mean loss is {mean_loss}"
+            raise _diverged(run, what, step, epoch)
         monitor = epoch + 1 == epochs or bool(cfg.knn_every and (epoch + 1) % cfg.knn_every == 0)
         if monitor:
             knn = knn_monitor() if main else None
@@ -229,7 +210,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, command: list[str] | None
             "kind": "epoch",
             "epoch": epoch,
             "step": step,
-            "loss": (loss_sum / steps_per_epoch).item(),
+            "loss": mean_loss,
             "probe_acc": probe_correct.item() / (steps_per_epoch * batch_size * cfg.n_views),
             "knn_acc": knn if monitor else None,
             "seconds": seconds,
@@ -254,10 +235,11 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, command: list[str] | None
             "step": step,
             "config": to_dict(cfg),
         }
-        if main:
-            ckpt.save_atomic(state, run_dir / "checkpoints" / "last.pt")
+        run.save_checkpoint(state)
         distributed.barrier(ctx)
-    log.close()
+    if start_epoch == epochs:  # resumed after its last checkpoint but before its summary was written
+        knn = knn_monitor() if main else None
+        distributed.barrier(ctx)
     elapsed = time.perf_counter() - run_start
     summary = {
         "epochs": epochs,
@@ -268,10 +250,30 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, command: list[str] | None
         "seconds_this_session": elapsed,
         "img_per_s_this_session": images_seen / elapsed if elapsed else None,
         **{f"final_{name}": value for name, value in loss_scalars(criterion).items()},
-        "run_dir": str(run_dir),
+        "run_dir": str(run.path),
         "device": record["device"],
         "world_size": ctx.world_size,
     }
-    if main:
-        ckpt.write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    run.finish(summary)
     return summary
+
+
+def _all_finite(*modules: torch.nn.Module) -> bool:
+    """Every floating-point weight and buffer is finite (one synchronisation for all of them)."""
+    flags = [t.isfinite().all() for m in modules for t in m.state_dict().values() if t.is_floating_point()]
+    return bool(torch.stack(flags).all())
+
+
+def _diverged(run: rundir.RunDir, what: str, step: int, epoch: int) -> FastSigCLRError:
+    lr = run.cfg.lr
+    if (run.path / rundir.CHECKPOINT).exists():
+        fix = (
+            f"{run.path / rundir.CHECKPOINT} (epoch {epoch}) is kept. --resume keeps the run's --lr: "
+            f"start a new run with another --out and a lower --lr than {lr:g} (e.g. --lr {lr / 2:g})"
+        )
+    else:
+        fix = (
+            f"no epoch finished: run the same command again with a lower --lr than {lr:g} "
+            f"(e.g. --lr {lr / 2:g})"
+        )
+    return FastSigCLRError(f"training diverged: {what} at step {step} (epoch {epoch + 1}); {fix}")

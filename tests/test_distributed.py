@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from helpers import KERNEL_DEVICE, assert_close_rel
 from test_sigmoid_loss import error_scales, reference
 
-from fastsigclr import checkpoint
+from fastsigclr import checkpoint, rundir
 from fastsigclr.distributed import (
     DistributedCriterion,
     gather_rows,
@@ -247,3 +247,18 @@ def test_torchrun_shards_every_loader(loader, cifar10_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps = [r for r in read_metrics(out) if r["kind"] == "step"]
     assert len(steps) == 2 and all(math.isfinite(r["loss"]) for r in steps)  # 128 images / batch 64
+
+
+def test_torchrun_on_a_locked_run_directory_stops_every_rank(cifar10_dir, tmp_path):
+    """Rank 0 alone takes the run directory's lock; its refusal reaches the other rank, which
+    would otherwise wait for rank 0 forever."""
+    out = tmp_path / "run"
+    out.mkdir()
+    fd = rundir.lock_dir(out)  # a training in progress
+    try:
+        proc = torchrun(2, *train_args(cifar10_dir, out))
+    finally:
+        os.close(fd)
+    assert proc.returncode != 0
+    assert (proc.stderr + proc.stdout).count("is in use by another training") == 2, proc.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["run.lock"]

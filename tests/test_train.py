@@ -72,8 +72,9 @@ def test_loss_falls(cifar10_dir, tmp_path):
     assert len(steps) == 8 and all(map(torch.isfinite, torch.tensor(steps)))
 
 
-def test_interrupted_run_resumes_exactly(cifar10_dir, tmp_path):
-    """Kill a run after its first checkpoint, resume it, and compare with an uninterrupted run."""
+def test_interrupted_run_resumes_exactly(cifar10_dir, tmp_path, capsys):
+    """Kill a run after its first checkpoint, resume it, and compare with an uninterrupted run.
+    While it runs, its directory is locked: a second training there is refused, naming it."""
     args = ["--epochs", "3", "--knn-every", "0", "--seed", "3"]
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     subprocess.run(cli(*quick_args(cifar10_dir, whole, *args)), check=True, capture_output=True)
@@ -84,6 +85,9 @@ def test_interrupted_run_resumes_exactly(cifar10_dir, tmp_path):
     while not (broken / "checkpoints" / "last.pt").exists():
         assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
         time.sleep(0.02)
+    with pytest.raises(SystemExit):
+        main(quick_args(cifar10_dir, broken, *args, "--resume"))
+    assert f"is in use by another training (pid {proc.pid} on" in capsys.readouterr().err
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert checkpoint.load(broken / "checkpoints" / "last.pt")["epoch"] < 3

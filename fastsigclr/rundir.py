@@ -1,0 +1,357 @@
+"""The run directory's life cycle: settle the settings, lock, find what it holds, begin, finish.
+
+A run directory is in one of four states, read from its files:
+
+- empty (or missing): a new run starts there;
+- interrupted start: config.json or metrics.jsonl but no checkpoint and no finished epoch (the run
+  stopped during its first epoch): nothing can be resumed, so a new run replaces those files;
+- checkpoint: ``--resume`` continues it (or reports it complete); a new run is refused;
+- finished epochs in metrics.jsonl but no checkpoint: refused either way (its weights are gone).
+
+``settings`` decides the configuration before anything else, on every rank: a new run's resolved
+options, or for ``--resume`` the run's config.json with the options typed on the command line as
+overrides (only those in ``RESUMABLE``; the others must agree). ``open_run`` then, on rank 0 only,
+takes an exclusive ``fcntl.flock`` on ``run.lock`` inside the directory for the whole run (two
+trainings on one directory would interleave metrics.jsonl), decides how the run begins and shares
+that with every rank. A start that fails before ``RunDir.begin`` removes what it created.
+
+``--resume auto`` (resume when a checkpoint exists, start fresh when not, never overwrite a
+finished run) fits in two places: ``settings`` and ``RunDir._open`` treat "no checkpoint" as a new
+run instead of an error, and a checkpoint as a resume (a finished run then reports it is complete).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fastsigclr import checkpoint as ckpt
+from fastsigclr import distributed
+from fastsigclr.config import ConfigError, FastSigCLRError, from_dict, replace, to_dict
+from fastsigclr.recipe import TrainConfig
+from fastsigclr.runlog import RunLog
+
+LOCK = "run.lock"
+CHECKPOINT = Path("checkpoints") / "last.pt"
+# What a run writes; an interrupted start (no checkpoint, no finished epoch) has these replaced.
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "tensorboard", "checkpoints")
+# Options that may differ when resuming: they change neither the model, the data nor the recipe
+# of the steps already taken. Every other option typed with --resume must equal the run's own.
+RESUMABLE = frozenset(
+    {
+        "resume",
+        "out",
+        "epochs",
+        "progress",
+        "log_every",
+        "knn_every",
+        "knn_k",
+        "tensorboard",
+        "download",
+        "data_dir",
+        "ffcv_dir",
+        "dist_loss",
+        "dist_timeout",
+        "compile",
+    }
+)
+CHECKPOINT_KEYS = ("model", "criterion", "probe", "optimizer", "probe_optimizer", "rng", "epoch", "step")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def changed_options(cfg: TrainConfig) -> set[str]:
+    """The options of a config built through the API that differ from their defaults (what the
+    command line's typed options are for a config built by ``fastsigclr train``)."""
+    defaults = TrainConfig()
+    return {name for name, value in to_dict(cfg).items() if getattr(defaults, name) != value}
+
+
+def _epoch_records(path: Path) -> int:
+    """Finished epochs recorded in metrics.jsonl (a line cut short by a kill is skipped)."""
+    count = 0
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                count += json.loads(line).get("kind") == "epoch"
+            except (json.JSONDecodeError, AttributeError):
+                continue
+    return count
+
+
+def _holds(path: Path) -> str:
+    """'checkpoint', 'orphaned epochs', 'interrupted start' or 'empty'."""
+    if (path / CHECKPOINT).exists():
+        return "checkpoint"
+    if _epoch_records(path / "metrics.jsonl"):
+        return "orphaned epochs"
+    if any((path / name).exists() for name in RUN_FILES):
+        return "interrupted start"
+    return "empty"
+
+
+def _no_checkpoint(path: Path, holds: str) -> FastSigCLRError:
+    if holds == "orphaned epochs":
+        return FastSigCLRError(
+            f"{path} records finished epochs in metrics.jsonl but has no {CHECKPOINT} to continue "
+            f"from; choose another --out, or delete {path} to start over"
+        )
+    if holds == "interrupted start":
+        return FastSigCLRError(
+            f"nothing to resume in {path}: no {CHECKPOINT} (the run stopped before its first epoch "
+            f"ended); run the same command without --resume to start it again"
+        )
+    return FastSigCLRError(
+        f"nothing to resume in {path}: no {CHECKPOINT}; start a run there without --resume"
+    )
+
+
+def _saved_config(path: Path) -> TrainConfig:
+    fix = "restore it, or start a new run with another --out"
+    file = path / "config.json"
+    try:
+        saved = json.loads(file.read_text())["config"]
+        return from_dict(TrainConfig, saved)
+    except FileNotFoundError:
+        raise FastSigCLRError(
+            f"cannot resume {path}: config.json (the run's settings) is missing; {fix}"
+        ) from None
+    except (ValueError, KeyError, TypeError, AttributeError) as err:  # JSON, layout, or values
+        reason = err if isinstance(err, ConfigError | json.JSONDecodeError) else f"{type(err).__name__} {err}"
+        raise FastSigCLRError(
+            f"cannot resume {path}: its config.json is unreadable ({reason}); {fix}"
+        ) from None
+
+
+def _merge(path: Path, cfg: TrainConfig, given: set[str]) -> TrainConfig:
+    """The run's saved settings with the typed options as overrides (resumable ones only)."""
+    base = _saved_config(path)
+    typed = {name: getattr(cfg, name) for name in given if name not in ("resume", "out")}
+    conflicts = [
+        f"{_flag(name)} was {getattr(base, name)!r}, now {value!r}"
+        for name, value in sorted(typed.items())
+        if name not in RESUMABLE and getattr(base, name) != value
+    ]
+    if conflicts:
+        raise FastSigCLRError(
+            f"cannot resume {path} with different settings: {'; '.join(conflicts)}. These change the "
+            f"model, data or recipe: leave them out to keep the run's own, or start a new run with "
+            f"another --out"
+        )
+    return replace(base, **typed, resume=True, out=cfg.out)
+
+
+def settings(cfg: TrainConfig, given: set[str]) -> TrainConfig:
+    """The run's configuration: resolved options for a new run; for ``--resume``, the run's
+    config.json with the options in ``given`` (those typed) as overrides. Reads, never writes."""
+    if not cfg.resume:
+        return cfg.resolved()
+    path = Path(cfg.out or "")
+    if path.exists() and not path.is_dir():
+        raise FastSigCLRError(f"--out {path} is a file, not a run directory; pass the run's directory")
+    if not path.is_dir():
+        raise FastSigCLRError(f"nothing to resume: {path} does not exist; start a run there without --resume")
+    holds = _holds(path)
+    if holds != "checkpoint":
+        raise _no_checkpoint(path, holds)
+    return _merge(path, cfg, given).resolved()
+
+
+def _make_dir(path: Path) -> list[Path]:
+    """Create ``path``; returns the folders this created, deepest first."""
+    if path.exists() and not path.is_dir():
+        raise FastSigCLRError(f"--out {path} is a file, not a directory; choose a directory path")
+    created = [p for p in (path, *path.parents) if not p.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise FastSigCLRError(
+            f"cannot create the run directory {path} ({err.strerror}); choose a writable --out"
+        ) from None
+    return created
+
+
+def lock_dir(path: Path) -> int:
+    """An exclusive flock on ``path/run.lock``, holding this process's pid; raises naming the
+    holder when another process has it. The lock ends with the descriptor (exit, crash, kill)."""
+    file = path / LOCK
+    while True:
+        try:
+            fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as err:
+            raise FastSigCLRError(
+                f"--out {path} is not writable ({err.strerror}); choose another --out"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "a process"
+            os.close(fd)
+            raise FastSigCLRError(
+                f"{path} is in use by another training ({holder}); wait for it to end, or choose "
+                f"another --out"
+            ) from None
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(file)):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the holder removed the file as we locked it: lock the current one
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    return fd
+
+
+def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+    state = ckpt.load(path / CHECKPOINT, map_location=device)
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise FastSigCLRError(
+            f"{path / CHECKPOINT} is not a fastsigclr training checkpoint (no {', '.join(missing)}); "
+            f"restore it, or start a new run with another --out"
+        )
+    return state
+
+
+def _read_summary(path: Path) -> dict[str, Any] | None:
+    try:
+        summary = json.loads((path / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+@dataclass
+class RunDir:
+    """An open run directory. As a context manager it releases the lock at the end, and when the
+    run fails before ``begin`` it removes what it created (the lock file, the folders)."""
+
+    path: Path
+    cfg: TrainConfig
+    main: bool = True  # rank 0: the only rank that locks and writes
+    state: dict[str, Any] | None = None  # the checkpoint this run resumes from
+    complete: dict[str, Any] | None = None  # the summary of a run with no epoch left to train
+    restart: bool = False  # an interrupted start, whose files ``begin`` replaces
+    log: RunLog | None = None  # metrics.jsonl (and TensorBoard), from ``begin`` to ``close``
+    _fd: int | None = None
+    _created: list[Path] = field(default_factory=list)
+    _created_lock: bool = False
+    _begun: bool = False
+
+    def _open(self, device: torch.device) -> None:
+        """Rank 0: create and lock the directory, then decide how the run begins."""
+        self._created = _make_dir(self.path)
+        self._created_lock = not (self.path / LOCK).exists()
+        self._fd = lock_dir(self.path)
+        holds = _holds(self.path)
+        if not self.cfg.resume:
+            if holds == "checkpoint":
+                raise FastSigCLRError(
+                    f"{self.path} already holds a run; pass --resume to continue it (add --epochs N to "
+                    f"train past its end) or choose another --out"
+                )
+            if holds == "orphaned epochs":
+                raise _no_checkpoint(self.path, holds)
+            self.restart = holds == "interrupted start"
+            if self.restart:
+                note = "holds a start that stopped before its first epoch ended: starting it again"
+                print(f"fastsigclr: {self.path} {note}", file=sys.stderr)
+            return
+        if holds != "checkpoint":
+            raise _no_checkpoint(self.path, holds)
+        self.state = _load_checkpoint(self.path, device)
+        done, epochs = self.state["epoch"], self.cfg.epochs or 0
+        if done > epochs:
+            raise FastSigCLRError(
+                f"{self.path} has already trained {done} epochs and --epochs {epochs} is fewer; pass "
+                f"--epochs {done} or more"
+            )
+        summary = _read_summary(self.path)
+        if done == epochs and summary is not None and summary.get("epochs") == done:
+            self.complete = summary
+            print(
+                f"fastsigclr: {self.path} is already complete ({done} of {epochs} epochs): nothing to "
+                f"train. To train it further: --resume --epochs N with N > {done}",
+                file=sys.stderr,
+            )
+
+    def begin(self, record: dict[str, Any]) -> RunLog:
+        """Training starts: an interrupted start's files go, config.json is (re)written, and the
+        run's log opens (records past a resumed checkpoint dropped); ``close`` closes it."""
+        if self.main:
+            for name in RUN_FILES if self.restart else ():
+                target = self.path / name
+                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+            text = json.dumps({"config": to_dict(self.cfg), **record}, indent=2) + "\n"
+            ckpt.write_text_atomic(self.path / "config.json", text)
+        self._begun = True
+        resume_epoch = self.state["epoch"] if self.state is not None else None
+        self.log = RunLog(
+            self.path, resume_epoch=resume_epoch, tensorboard=self.cfg.tensorboard, enabled=self.main
+        )
+        return self.log
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        if self.main:
+            ckpt.save_atomic(state, self.path / CHECKPOINT)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        if self.main:
+            ckpt.write_text_atomic(self.path / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+    def close(self, failed: bool) -> None:
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+        if failed and not self._begun:
+            if self._fd is not None and self._created_lock:
+                (self.path / LOCK).unlink(missing_ok=True)
+            for folder in self._created:  # deepest first; a folder someone else filled stays
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(failed=exc_type is not None)
+
+
+def open_run(cfg: TrainConfig, ctx: distributed.Context) -> RunDir:
+    """Lock the run directory and decide how the run begins (rank 0), shared with every rank; the
+    other ranks load the checkpoint a resumed run continues from. ``cfg`` comes from ``settings``."""
+    run = RunDir(Path(cfg.out or ""), cfg, main=ctx.is_main)
+    error: FastSigCLRError | None = None
+    if ctx.is_main:
+        try:
+            run._open(ctx.device)
+        except FastSigCLRError as err:
+            error = err
+        except BaseException:
+            run.close(failed=True)
+            raise
+    resuming = run.state is not None and run.complete is None
+    plan = distributed.share(ctx, (str(error) if error else None, run.restart, run.complete, resuming))
+    message, run.restart, run.complete, resuming = plan
+    if message is not None:
+        run.close(failed=True)
+        raise error or FastSigCLRError(message)
+    if resuming and run.state is None:
+        run.state = _load_checkpoint(run.path, ctx.device)
+    return run

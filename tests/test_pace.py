@@ -1,0 +1,91 @@
+"""A run's pace: img/s per logged step, the run's time left on the progress bar, and what a CPU
+run of a GPU-sized job says at its start."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import fastsigclr.train
+from fastsigclr.cli import main
+from fastsigclr.pace import SMALL_CPU_RUN, Pace, cpu_notice, format_duration
+from fastsigclr.runlog import read_metrics
+
+
+def tiny_args(data_dir: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        *(
+            f"train --dataset cifar10 --data-dir {data_dir} --device cpu --width 8 --proj-dims 64,32 "
+            f"--limit-test 50 --batch-size 32 --log-every 1 --knn-every 0 --no-tensorboard --out {out}"
+        ).split(),
+        *extra,
+    ]
+
+
+def test_step_img_per_s_counts_steps_without_a_progress_bar(cifar10_dir, tmp_path):
+    """The last step's img/s covers the same steps as the epoch's, over a little less time."""
+    out = tmp_path / "run"
+    assert main(tiny_args(cifar10_dir, out, "--limit-train", "128", "--epochs", "1", "--no-progress")) == 0
+    records = read_metrics(out)
+    last_step = [r for r in records if r["kind"] == "step"][-1]
+    epoch = next(r for r in records if r["kind"] == "epoch")
+    assert last_step["step"] == 4
+    assert 1.0 <= last_step["img_per_s"] / epoch["img_per_s"] <= 1.2, (last_step, epoch)
+
+
+def test_progress_bar_shows_the_time_left_of_the_run(cifar10_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(tiny_args(cifar10_dir, out, "--limit-train", "64", "--epochs", "2", "--progress")) == 0
+    left = re.findall(r"run_left=(\d+s|\d+m\d\ds)", capsys.readouterr().err)
+    assert len(left) >= 4, left  # one per logged step
+
+
+@pytest.mark.parametrize(
+    "seconds,text", [(4.6, "5s"), (425, "7m05s"), (11_100, "3h05m"), (4.2 * 86_400, "4.2 days")]
+)
+def test_format_duration(seconds, text):
+    assert format_duration(seconds) == text
+
+
+def test_cpu_notice_only_for_gpu_sized_cpu_jobs():
+    cpu = torch.device("cpu")
+    default = cpu_notice(cpu, 50_000, 1000, "resnet18", 64)
+    assert default and "1000 epochs of 50,000 images (resnet18, width 64)" in default
+    assert SMALL_CPU_RUN in default
+    assert cpu_notice(cpu, 5000, 10, "resnet18", 16) is None  # the suggested command itself
+    assert cpu_notice(torch.device("cuda"), 50_000, 1000, "resnet18", 64) is None
+
+
+def test_pace_estimates_the_run_once_from_the_steps_after_the_first():
+    now = [0.0]
+    pace = Pace(batch_size=128, steps_left=1000, estimate=True, clock=lambda: now[0])
+    lines = []
+    for duration in [10.0] + [2.0] * 6:  # a slow first step, then 2 s per step
+        now[0] += duration
+        lines.append(pace.step())
+    assert lines[:3] == [None] * 3 and lines[4:] == [None] * 3
+    assert "64.0 img/s" in lines[3] and "996 steps left take about 33m12s" in lines[3]
+    assert pace.run_left() == pytest.approx(22.0 / 7 * 993)
+    quiet = Pace(batch_size=128, steps_left=1000, clock=lambda: now[0])
+    assert all(quiet.step() is None for _ in range(6))
+
+
+def test_the_default_job_on_a_cpu_says_how_long_it_takes(cifar10_dir, tmp_path, monkeypatch, capsys):
+    """The default 1000-epoch CIFAR-10 job (narrowed to width 8 to keep this test short), stopped
+    with Ctrl-C after its first steps: the notice at the start, then the estimate, once each."""
+    real_step, calls = fastsigclr.train.train_step, []
+
+    def interrupt_at_step_six(*args):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    monkeypatch.setattr(fastsigclr.train, "train_step", interrupt_at_step_six)
+    args = f"train --data-dir {cifar10_dir} --device cpu --width 8 --proj-dims 64,32 --batch-size 64"
+    assert main([*args.split(), "--no-progress", "--no-tensorboard", "--out", str(tmp_path / "r")]) == 130
+    err = capsys.readouterr().err
+    assert err.count("note: 1000 epochs of 50,000 images (resnet18, width 8) on the CPU") == 1, err
+    estimate = re.findall(r"estimate: [\d.]+ img/s on this CPU .* 780,996 steps left take about \S+", err)
+    assert len(estimate) == 1 and err.count(SMALL_CPU_RUN) == 2, err

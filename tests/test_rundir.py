@@ -1,0 +1,276 @@
+"""The run directory's life cycle through the real command line: interrupted and failed starts,
+resume with the run's own settings, finished runs, broken directories, the lock, divergence."""
+
+import ctypes
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import fastsigclr.train
+from fastsigclr import checkpoint, rundir
+from fastsigclr.cli import main
+from fastsigclr.runlog import read_metrics
+
+
+def tiny_args(data_dir: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        *(
+            f"train --dataset cifar10 --data-dir {data_dir} --device cpu --width 8 --proj-dims 64,32 "
+            f"--limit-train 64 --limit-test 50 --batch-size 32 --epochs 1 --log-every 1 --knn-every 0 "
+            f"--no-progress --no-tensorboard --out {out}"
+        ).split(),
+        *extra,
+    ]
+
+
+def steps(run_dir: Path) -> list[int]:
+    return [r["step"] for r in read_metrics(run_dir) if r["kind"] == "step"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(cifar10_dir, tmp_path_factory) -> Path:
+    """One finished run (1 epoch of 2 steps, width 8); tests work on copies of it."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert main(tiny_args(cifar10_dir, out)) == 0
+    return out
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path) -> Path:
+    return Path(shutil.copytree(finished_run, tmp_path / "run"))
+
+
+def fails_with(args: list[str], capsys) -> str:
+    """The one-line error of a command that must fail (exit status 2, no traceback)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    return err
+
+
+def test_an_interrupted_start_can_be_started_again(cifar10_dir, tmp_path, monkeypatch, capsys):
+    """A crash in the first epoch leaves config.json and step records but no checkpoint: --resume
+    says to start again, and the same command does, replacing the partial records."""
+    out = tmp_path / "run"
+    real_step, calls = fastsigclr.train.train_step, []
+
+    def crash_at_step_two(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated crash")
+        return real_step(*args)
+
+    monkeypatch.setattr(fastsigclr.train, "train_step", crash_at_step_two)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        main(tiny_args(cifar10_dir, out))
+    monkeypatch.undo()
+    assert steps(out) == [1] and (out / "config.json").is_file()
+    assert not (out / "checkpoints" / "last.pt").exists()
+    err = fails_with(tiny_args(cifar10_dir, out, "--resume"), capsys)
+    assert "nothing to resume" in err and "without --resume to start it again" in err
+    assert main(tiny_args(cifar10_dir, out)) == 0
+    assert "starting it again" in capsys.readouterr().err
+    assert steps(out) == [1, 2] and checkpoint.load(out / "checkpoints" / "last.pt")["epoch"] == 1
+
+
+def test_a_failed_start_leaves_nothing_it_created(tmp_path, capsys):
+    missing_data = ["--data-dir", str(tmp_path / "no-data"), "--no-download", "--device", "cpu"]
+    new = tmp_path / "a" / "b" / "run"
+    assert "cifar10 not found" in fails_with(["train", *missing_data, "--out", str(new)], capsys)
+    assert not (tmp_path / "a").exists()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("mine")
+    assert "cifar10 not found" in fails_with(["train", *missing_data, "--out", str(existing)], capsys)
+    assert sorted(p.name for p in existing.iterdir()) == ["notes.txt"]
+
+
+def test_resume_takes_the_runs_own_settings(run_copy, capsys):
+    """Only the options typed with --resume change; a model/recipe option that differs is refused.
+    A record cut short by a kill does not stop the resume."""
+    with open(run_copy / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "step", "epo')
+    args = ["train", "--out", str(run_copy), "--resume"]
+    err = fails_with([*args, "--epochs", "2", "--width", "16", "--lr", "0.1"], capsys)
+    assert "cannot resume" in err and "--lr was 0.5, now 0.1; --width was 8, now 16" in err
+    assert main([*args, "--epochs", "2", "--log-every", "2"]) == 0
+    config = json.loads((run_copy / "config.json").read_text())["config"]
+    assert (config["width"], config["epochs"], config["log_every"], config["limit_train"]) == (8, 2, 2, 64)
+    state = checkpoint.load(run_copy / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["step"]) == (2, 4)
+    assert steps(run_copy) == [1, 2, 4]  # epoch 2 logs every 2nd step
+    summary = json.loads((run_copy / "summary.json").read_text())
+    assert summary["epochs"] == 2 and 0 <= summary["knn_acc"] <= 1
+
+
+def test_a_finished_run_is_complete_and_can_be_extended(run_copy, capsys):
+    summary_before = (run_copy / "summary.json").read_bytes()
+    metrics_before = (run_copy / "metrics.jsonl").read_bytes()
+    args = ["train", "--out", str(run_copy), "--resume"]
+    assert main(args) == 0
+    assert "is already complete (1 of 1 epochs)" in capsys.readouterr().err
+    assert (run_copy / "summary.json").read_bytes() == summary_before
+    assert (run_copy / "metrics.jsonl").read_bytes() == metrics_before
+    assert main([*args, "--epochs", "2"]) == 0
+    summary = json.loads((run_copy / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["steps"] == 4 and summary["knn_acc"] is not None
+    err = fails_with([*args, "--epochs", "1"], capsys)
+    assert "already trained 2 epochs and --epochs 1 is fewer" in err
+    # Stopped after its last checkpoint but before its summary: resuming writes the summary.
+    (run_copy / "summary.json").unlink()
+    assert main(args) == 0
+    summary = json.loads((run_copy / "summary.json").read_text())
+    assert summary["epochs"] == 2 and 0 <= summary["knn_acc"] <= 1 and steps(run_copy) == [1, 2, 3, 4]
+
+
+def _random_checkpoint(run: Path) -> None:
+    (run / "checkpoints" / "last.pt").write_bytes(os.urandom(4096))
+
+
+def _foreign_checkpoint(run: Path) -> None:
+    torch.save({"weights": torch.zeros(3)}, run / "checkpoints" / "last.pt")
+
+
+def _corrupt_config(run: Path) -> None:
+    (run / "config.json").write_text('{"config": {"width": 8,')
+
+
+def _unknown_key_config(run: Path) -> None:
+    saved = json.loads((run / "config.json").read_text())
+    saved["config"]["widht"] = 8
+    (run / "config.json").write_text(json.dumps(saved))
+
+
+@pytest.mark.parametrize(
+    "damage,resume,expected",
+    [
+        (lambda run: (run / "config.json").unlink(), True, "config.json (the run's settings) is missing"),
+        (_corrupt_config, True, "its config.json is unreadable"),
+        (
+            _unknown_key_config,
+            True,
+            "its config.json is unreadable (unknown option(s) for TrainConfig: widht",
+        ),
+        (_random_checkpoint, True, "is unreadable"),
+        (_foreign_checkpoint, True, "is not a fastsigclr training checkpoint (no model"),
+        (lambda run: shutil.rmtree(run / "checkpoints"), True, "no checkpoints/last.pt to continue"),
+        (lambda run: shutil.rmtree(run / "checkpoints"), False, "no checkpoints/last.pt to continue"),
+    ],
+)
+def test_a_damaged_run_directory_is_a_clear_error(run_copy, capsys, damage, resume, expected):
+    damage(run_copy)
+    args = ["train", "--out", str(run_copy), *(["--resume"] if resume else [])]
+    assert expected in fails_with(args, capsys)
+
+
+def test_an_out_that_is_a_file_is_a_clear_error(tmp_path, capsys):
+    file = tmp_path / "file"
+    file.write_text("not a run")
+    args = ["train", "--device", "cpu", "--no-download", "--data-dir", str(tmp_path)]
+    assert "is a file, not a directory" in fails_with([*args, "--out", str(file)], capsys)
+    assert "is a file, not a run directory" in fails_with([*args, "--out", str(file), "--resume"], capsys)
+    assert "(Not a directory); choose a writable --out" in fails_with([*args, "--out", f"{file}/run"], capsys)
+    assert file.read_text() == "not a run"
+
+
+def _without_root_file_access() -> None:
+    """In the child, before exec: root drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from its
+    bounding set, so file permissions apply to it as to anyone (PR_CAPBSET_DROP = 24)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):
+        if libc.prctl(24, capability, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+@pytest.mark.parametrize("where", ["out", "parent"])
+def test_a_read_only_out_is_a_clear_error(tmp_path, where):
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    out = read_only if where == "out" else read_only / "run"
+    cmd = [sys.executable, "-m", "fastsigclr", "train", "--device", "cpu", "--no-download"]
+    cmd += ["--data-dir", str(tmp_path / "no-data"), "--out", str(out)]
+    try:
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            preexec_fn=_without_root_file_access if os.geteuid() == 0 else None,
+        )
+    except subprocess.SubprocessError as err:
+        pytest.skip(f"cannot drop root's file-access capabilities here: {err}")
+    finally:
+        read_only.chmod(0o755)
+    expected = "is not writable (Permission denied)" if where == "out" else "(Permission denied); choose"
+    assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert list(read_only.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "option,value,expected",
+    [
+        ("--lr", "1e39", "--lr must be ≥ 0 and ≤ 3.40282e+38"),  # beyond float32: overflowed in the optimiser
+        ("--bias", "-1e39", "--bias must be ≥ -3.40282e+38 and ≤ 3.40282e+38"),
+    ],
+)
+def test_lr_and_bias_must_fit_in_float32(tmp_path, capsys, option, value, expected):
+    out = tmp_path / "r"
+    args = ["train", "--device", "cpu", "--no-download", "--data-dir", str(tmp_path), "--out", str(out)]
+    assert expected in fails_with([*args, f"{option}={value}"], capsys)
+    assert not out.exists()
+
+
+def test_a_run_in_progress_holds_its_directory(run_copy, capsys):
+    """A second training on a locked directory is refused naming the holder, and touches nothing;
+    once the lock is released, the directory is usable again."""
+    fd = rundir.lock_dir(run_copy)  # what a running training holds
+    try:
+        before = {p.name: p.stat().st_mtime_ns for p in run_copy.iterdir()}
+        err = fails_with(["train", "--out", str(run_copy), "--resume", "--epochs", "2"], capsys)
+        assert f"is in use by another training (pid {os.getpid()} on" in err
+        assert {p.name: p.stat().st_mtime_ns for p in run_copy.iterdir()} == before
+    finally:
+        os.close(fd)
+    assert main(["train", "--out", str(run_copy), "--resume"]) == 0
+
+
+@pytest.mark.parametrize("log_every", [1, 100])
+def test_a_loss_that_becomes_nan_stops_the_run(cifar10_dir, tmp_path, capsys, log_every):
+    """--lr 1e20: step 1's update overflows and step 2's loss is NaN. It is seen where the loss is
+    read: at step 2 when it is a logging step, else at the end of the epoch (its loss sum)."""
+    out = tmp_path / "run"
+    args = tiny_args(cifar10_dir, out, "--epochs", "2", "--lr", "1e20", "--log-every", str(log_every))
+    err = fails_with(args, capsys)
+    what = "the loss is nan" if log_every == 1 else "the epoch's mean loss is nan"
+    assert f"training diverged: {what} at step 2 (epoch 1); no epoch finished" in err and "--lr" in err
+    assert not (out / "checkpoints").exists() and steps(out) == ([1, 2] if log_every == 1 else [])
+
+
+def test_a_diverging_run_keeps_its_last_good_checkpoint(cifar10_dir, tmp_path, capsys):
+    """--lr 1e6, one step per epoch: the weights grow until they overflow (measured: in epoch 4)
+    while the loss, computed before each update, is still finite; the check of the weights before
+    each checkpoint stops the run and the last checkpoint stays the last finite one."""
+    out = tmp_path / "run"
+    extra = ["--limit-train", "32", "--epochs", "40", "--warmup-epochs", "0", "--lr", "1e6"]
+    err = fails_with(tiny_args(cifar10_dir, out, *extra), capsys)
+    found = re.search(
+        r"training diverged: .* at step (\d+) \(epoch (\d+)\); .*last\.pt \(epoch (\d+)\) is kept", err
+    )
+    assert found, err
+    step, epoch, kept = map(int, found.groups())
+    assert step == epoch and kept == epoch - 1 >= 1 and "lower --lr than 1e+06" in err
+    state = checkpoint.load(out / "checkpoints" / "last.pt")
+    assert state["epoch"] == kept
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+    assert [r["epoch"] for r in read_metrics(out) if r["kind"] == "epoch"] == list(range(kept))
+    assert all(math.isfinite(r["loss"]) for r in read_metrics(out) if r["kind"] == "epoch")
