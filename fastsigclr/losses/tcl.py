@@ -6,8 +6,9 @@ are no labels), i excluded; negatives N(i) are the rest::
     D_i = Σ_{p∈P(i)} e^{s_ip/τ} + k1·Σ_{p∈P(i)} e^{−s_ip} + k2·Σ_{n∈N(i)} e^{s_in/τ}
 
 k1 = 0, k2 = 1 is SupCon; SupCon with image ids as labels is NT-Xent. The loss is the mean of ℓ_i
-over anchors that have a positive. One torch path serves all three: it walks row chunks and
-forms the whole gradient there, so nothing M×M is kept for backward.
+over anchors that have a positive. The torch paths walk row chunks and form the whole gradient
+there, so nothing M×M is kept for backward: ``tcl_chunked`` serves all three, ``nt_xent_chunked``
+is NT-Xent's lean special case (known positives, one softmax per row).
 """
 
 from __future__ import annotations
@@ -98,6 +99,48 @@ def tcl_chunked(
     return loss * inv, dz
 
 
+def nt_xent_chunked(
+    zhat: torch.Tensor,
+    *,
+    temperature: float,
+    n_views: int,
+    compute_grad: bool = True,
+    chunk_rows: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Loss and dL/dzhat of NT-Xent over normalised view-major rows ``zhat`` (M, D).
+
+    ℓ_i = lse_i − (1/(V−1))·Σ_{p∈P(i)} s_ip/τ, lse_i over k ≠ i; dℓ_i/ds_ij = (softmax_ij −
+    [j∈P(i)]/(V−1))/τ. Each chunk holds one (rows × M) buffer, turned in place from logits into
+    the gradient (the plain autograd version keeps about three such matrices)."""
+    m = zhat.shape[0]
+    work = torch.float64 if zhat.dtype == torch.float64 else torch.float32
+    zf = zhat.to(work)
+    inv_tau = 1.0 / temperature
+    offsets = torch.arange(1, n_views, device=zhat.device) * (m // n_views)
+    loss = zf.new_zeros(())
+    dz = torch.zeros_like(zf) if compute_grad else None
+    step = chunk_rows or max(1, common.CHUNK_ELEMENTS // m)
+    for start in range(0, m, step):
+        stop = min(m, start + step)
+        positives = (torch.arange(start, stop, device=zhat.device)[:, None] + offsets) % m
+        g = torch.mm(zf[start:stop], zf.T).mul_(inv_tau)
+        g.diagonal(offset=start).fill_(float("-inf"))
+        peak = g.amax(1, keepdim=True)
+        pos_logits = g.gather(1, positives)
+        g.sub_(peak).exp_()  # e^{logit − max}; the diagonal becomes 0
+        total = g.sum(1, keepdim=True)
+        loss += (peak + total.log() - pos_logits.mean(1, keepdim=True)).sum()
+        if dz is not None:
+            g.div_(total).scatter_add_(1, positives, g.new_full(positives.shape, -1.0 / (n_views - 1)))
+            g.mul_(inv_tau)
+            dz[start:stop].addmm_(g, zf)
+            dz.addmm_(g.T, zf[start:stop])  # s_ij = s_ji: the column side of each pair
+    inv = 1.0 / m
+    if dz is not None:
+        dz *= inv
+    return loss * inv, dz
+
+
 def _loss(
     z: torch.Tensor,
     labels: torch.Tensor | None,
@@ -163,23 +206,22 @@ def nt_xent_loss(
     check_rows(z, n_views)
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    if resolve_impl(impl, z) == "torch":
-        return _loss(z, None, temperature, 0.0, 1.0, n_views, normalize)
     zhat = normalize_rows(z) if normalize else z
-    backend = partial(kernel("nt_xent_triton"), temperature=float(temperature), n_views=n_views)
+    launch = nt_xent_chunked if resolve_impl(impl, z) == "torch" else kernel("nt_xent_triton")
+    backend = partial(launch, temperature=float(temperature), n_views=n_views)
     return PrecomputedGrad.apply(backend, zhat)
 
 
 def nt_xent_loss_reference(z: torch.Tensor, temperature: float = 0.2, *, n_views: int = 2) -> torch.Tensor:
-    """Plain autograd formulation that materialises the (V·N)² logits: the baseline to beat."""
+    """The plain autograd formulation, the baseline to beat: ``F.cross_entropy`` over the (V·N)²
+    similarity logits with the diagonal masked, each anchor's targets its V−1 other views."""
     m = z.shape[0]
     zhat = torch.nn.functional.normalize(z, dim=1)
-    eye = torch.eye(m, dtype=torch.bool, device=z.device)
-    logits = (zhat @ zhat.T / temperature).masked_fill(eye, float("-inf"))
-    image = torch.arange(m, device=z.device) % (m // n_views)
-    positive = (image[:, None] == image[None, :]) & ~eye
-    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-    return -(log_prob.masked_fill(~positive, 0).sum(1) / (n_views - 1)).mean()
+    logits = (zhat @ zhat.T / temperature).fill_diagonal_(float("-inf"))
+    offsets = torch.arange(1, n_views, device=z.device) * (m // n_views)
+    targets = (torch.arange(m, device=z.device)[:, None] + offsets) % m  # (M, V−1)
+    # (M, M, V−1) logits against (M, V−1) targets: the mean over anchors and their positives.
+    return torch.nn.functional.cross_entropy(logits[:, :, None].expand(-1, -1, n_views - 1), targets)
 
 
 class ContrastiveLoss(torch.nn.Module):
