@@ -216,8 +216,14 @@ def prepare_data(shared: Path, data: Path) -> int:
 
 def find_shared() -> Path:
     """The folder holding tools/cifar10-from-jpeg and data/cifar10-jpeg/: $FASTSIGCLR_SHARED, the
-    git-ignored shared-data/ carried with the checkout, or shared/ beside it (CI, developers)."""
-    for candidate in (os.environ.get("FASTSIGCLR_SHARED"), ROOT / "shared-data", ROOT.parent / "shared"):
+    git-ignored shared-data/ carried with the checkout, or a shared/ in it or beside it (CI)."""
+    candidates = (
+        os.environ.get("FASTSIGCLR_SHARED"),
+        ROOT / "shared-data",
+        ROOT / "shared",
+        ROOT.parent / "shared",
+    )
+    for candidate in candidates:
         if candidate and (Path(candidate) / "tools" / "cifar10-from-jpeg").is_file():
             return Path(candidate)
     return ROOT / "shared-data"
