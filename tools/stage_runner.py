@@ -198,7 +198,10 @@ class StageRun:
         elif left < 1:
             rec.update(status="not run", reason=f"the stage's {self.stage.limit_s} s were spent")
         if rec["status"] != "pending":
-            print(f"== {now()[11:19]} stage {self.stage.key} {step.name}: {rec['status']}, {rec['reason']}")
+            print(
+                f"== {now()[11:19]} stage {self.stage.key} {step.name}: {rec['status']}, {rec['reason']}",
+                flush=True,
+            )
             return
         log = self.folder / f"{step.name}.log"
         rec.update(status="running", started=now(), log=f"stage-{self.stage.key}/{log.name}")

@@ -24,6 +24,12 @@ def _device_name(payload: dict[str, Any]) -> str:
     return payload.get("device", {}).get("name", "?")
 
 
+def _plain_log_labels(axis) -> None:
+    """Numbers (60, 200) rather than powers (6×10¹) on a log axis, some minor ticks labelled too."""
+    axis.set_major_formatter(FormatStrFormatter("%g"))
+    axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.5)))
+
+
 def _loss_panel(ax_t, ax_m, rows: list[dict[str, Any]], payload: dict[str, Any]) -> None:
     """One loss and dtype: time and memory against 2N, a line per provider and D, and the time
     the measured matmul rate would take for the same 4·(2N)²·D FLOPs (dashed)."""
@@ -73,8 +79,7 @@ def plot_loss(payload: dict[str, Any], path: Path) -> None:
             ax.set(xscale="log", yscale="log", xlabel="rows 2N (log scale)")
             ax.set_xticks(sizes, [str(n) for n in sizes], minor=False)
             ax.xaxis.set_minor_formatter(FormatStrFormatter(""))
-            ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-            ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.5)))
+            _plain_log_labels(ax.yaxis)
             ax.grid(True, which="both", alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7, ncol=2)
@@ -150,6 +155,7 @@ def plot_augment(payload: dict[str, Any], path: Path) -> None:
     _grouped_bars(ax, sizes, backends, value, colors)
     ax.set_xticks(range(len(sizes)), [f"{s}×{s}" for s in sizes])
     ax.set(yscale="log", xlabel="image size (pixels); ×: speed-up over PIL")
+    _plain_log_labels(ax.yaxis)
     ax.set_ylabel("views / s (median; bars: p20–p80)")
     ax.set_title(f"augmentation throughput, {_device_name(payload)}")
     ax.legend(fontsize=8, title="loader", title_fontsize=8)
