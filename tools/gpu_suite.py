@@ -60,11 +60,11 @@ def correctness(smoke: bool) -> tuple[Step, ...]:
         loss = "--sizes 64,128 --dims 16 --dtypes fp32 --reps 2 --warmup 1"
     return (
         dataclasses.replace(DATA, group="tests"),
-        Step("pytest-gpu", f"{PYTEST} tests/test_gpu.py", 330, group="tests"),
-        Step("pytest-sigmoid-kernel", f"{PYTEST} {SIGMOID_TESTS}{only}", 330, group="tests"),
-        Step("pytest-kernels", f"{PYTEST} {OTHER_KERNEL_TESTS}{only}", 330, group="tests"),
+        Step("pytest-gpu", f"{PYTEST} tests/test_gpu.py", 270, group="tests"),
+        Step("pytest-sigmoid-kernel", f"{PYTEST} {SIGMOID_TESTS}{only}", 270, group="tests"),
+        Step("pytest-kernels", f"{PYTEST} {OTHER_KERNEL_TESTS}{only}", 270, group="tests"),
         # eager vs the kernel; the bench measures the bf16 matmul rate in the same run
-        Step("bench-loss", f"{BENCH} loss {loss} --providers eager,triton --out {{out}}", 150),
+        Step("bench-loss", f"{BENCH} loss {loss} --providers eager,triton --out {{out}}", 90),
     )
 
 
@@ -150,8 +150,8 @@ def build_stages(smoke: bool = False, epochs: int = 10) -> list[Stage]:
             "correctness",
             "GPU-marked tests; the kernel tests compiled; loss bench, 2N 1024/8192/"
             "16384, D 128, bf16: eager vs kernel vs the matmul rate",
-            240,
-            420,
+            200,
+            360,
             correctness(smoke),
         ),
         Stage(
@@ -175,7 +175,7 @@ def build_stages(smoke: bool = False, epochs: int = 10) -> list[Stage]:
             "pipeline",
             "bench train (ResNet-18, batch 512), augment (gpu vs PIL), dist; torchrun if 2 GPUs",
             150,
-            210,
+            240,
             pipeline(smoke),
         ),
         Stage(
@@ -183,7 +183,7 @@ def build_stages(smoke: bool = False, epochs: int = 10) -> list[Stage]:
             "cifar10",
             f"SigCLR on CIFAR-10, {epochs} epochs, kNN and linear probe",
             200,
-            270,
+            300,
             cifar10(smoke, epochs),
         ),
     ]

@@ -13,11 +13,11 @@
 #   cp -r ../shared/data/cifar10-jpeg shared-data/data/
 # Then one `run` call per stage, stage 1 (the short correctness check) first; <sha> is the checkout's
 # `git rev-parse HEAD` (.git does not travel), timeout_s the stage's limit + 90 s (start-up, record):
-#   run(command="OUT=$OUT COMMIT=<sha> bash tools/gpu_suite.sh 1", carry=["shared-data"], timeout_s=510)
+#   run(command="OUT=$OUT COMMIT=<sha> bash tools/gpu_suite.sh 1", carry=["shared-data"], timeout_s=450)
 #   run(command="OUT=$OUT COMMIT=<sha> bash tools/gpu_suite.sh 2", carry=["shared-data"], timeout_s=390)
 #   run(command="OUT=$OUT COMMIT=<sha> bash tools/gpu_suite.sh 3", carry=["shared-data"], timeout_s=390)
-#   run(command="OUT=$OUT COMMIT=<sha> bash tools/gpu_suite.sh 4", carry=["shared-data"], timeout_s=300)
-#   run(command="OUT=$OUT COMMIT=<sha> bash tools/gpu_suite.sh 5", carry=["shared-data"], timeout_s=360)
+#   run(command="OUT=$OUT COMMIT=<sha> bash tools/gpu_suite.sh 4", carry=["shared-data"], timeout_s=330)
+#   run(command="OUT=$OUT COMMIT=<sha> bash tools/gpu_suite.sh 5", carry=["shared-data"], timeout_s=390)
 # What comes back (files_at) holds stage-K.json and stage-K/ (loss-cuda.json, train-cuda.json, ... and
 # their plots): copy the figures into benchmarks/results/. Stage 5 trains EPOCHS=<n> epochs (default
 # 10; set it before `bash`). CIFAR-10 is converted once per machine into /tmp/fastsigclr-suite/.
