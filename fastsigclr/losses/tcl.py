@@ -111,35 +111,43 @@ def nt_xent_chunked(
 
     ℓ_i = lse_i − (1/(V−1))·Σ_{p∈P(i)} s_ip/τ, lse_i over k ≠ i; dℓ_i/ds_ij = (softmax_ij −
     [j∈P(i)]/(V−1))/τ. Each chunk holds one (rows × M) buffer, turned in place from logits into
-    the gradient (the plain autograd version keeps about three such matrices)."""
+    exponentials; the softmax's 1/Σ and the 1/τ scale the (rows × D) operands instead, and the
+    positives' part, −(2/((V−1)τ))·Σ_{p∈P(i)} ẑ_p, is summed once per image: per chunk, three
+    products and four passes over the buffer (max, subtract, exp, sum), against about three such
+    matrices kept by plain autograd."""
     m = zhat.shape[0]
     work = torch.float64 if zhat.dtype == torch.float64 else torch.float32
     zf = zhat.to(work)
     inv_tau = 1.0 / temperature
     offsets = torch.arange(1, n_views, device=zhat.device) * (m // n_views)
     loss = zf.new_zeros(())
-    dz = torch.zeros_like(zf) if compute_grad else None
-    # Up to twice the chunk bound (2N ≤ 2048 with the default), one chunk: 2N = 2048, D = 128 took
-    # 720 ms whole against 968 ms in two chunks (2 threads on 2 shared x86-64 cores, torch 2.13,
-    # median of 11), and 186 against 194 ms with 1 thread; its peak, 18 MiB, is the same either way.
-    # At 2N = 4096 one chunk stopped paying (1253 against 901 ms with 1 thread) and needs 68 MiB.
-    single = m * m <= 2 * common.CHUNK_ELEMENTS
-    step = chunk_rows or (m if single else max(1, common.CHUNK_ELEMENTS // m))
+    dz = None
+    if compute_grad:  # the positives' part: the other views of each row's image
+        dz = zf.view(n_views, m // n_views, -1).sum(0).repeat(n_views, 1).sub_(zf)
+        dz.mul_(-2.0 * inv_tau / (n_views - 1))
+    # One (rows × M) temporary where the sigmoid path keeps about three: chunks of 4·CHUNK_ELEMENTS
+    # (32 MiB of fp32; one chunk up to 2N = 2896). Measured on 2 shared x86-64 cores (torch 2.13,
+    # D = 128, median of 7): with 2 threads every extra chunk costs (2N = 2048: 126 ms whole, 185 in
+    # 1024-row chunks, 264 in 256-row ones; 2N = 4096: 655 whole, 733 in 2048-row chunks, 1381 in
+    # 256-row ones), with 1 thread chunk size matters little (2N = 4096: 363-478 ms from 256 rows to
+    # all). So: the fewest chunks the memory bound allows.
+    step = chunk_rows or max(1, 4 * common.CHUNK_ELEMENTS // m)
     for start in range(0, m, step):
         stop = min(m, start + step)
+        rows = zf[start:stop]
+        e = torch.addmm(loss, rows, zf.T, beta=0, alpha=inv_tau)  # logits s/τ (beta=0: nothing added)
+        e.diagonal(offset=start).fill_(float("-inf"))
+        peak = e.amax(1, keepdim=True)
         positives = (torch.arange(start, stop, device=zhat.device)[:, None] + offsets) % m
-        g = torch.mm(zf[start:stop], zf.T).mul_(inv_tau)
-        g.diagonal(offset=start).fill_(float("-inf"))
-        peak = g.amax(1, keepdim=True)
-        pos_logits = g.gather(1, positives)
-        g.sub_(peak).exp_()  # e^{logit − max}; the diagonal becomes 0
-        total = g.sum(1, keepdim=True)
+        pos_logits = e.gather(1, positives)
+        e.sub_(peak).exp_()  # e^{logit − max}; the diagonal becomes 0
+        total = e.sum(1, keepdim=True)
         loss += (peak + total.log() - pos_logits.mean(1, keepdim=True)).sum()
         if dz is not None:
-            g.div_(total).scatter_add_(1, positives, g.new_full(positives.shape, -1.0 / (n_views - 1)))
-            g.mul_(inv_tau)
-            dz[start:stop].addmm_(g, zf)
-            dz.addmm_(g.T, zf[start:stop])  # s_ij = s_ji: the column side of each pair
+            scale = inv_tau / total  # softmax = e / total, and dℓ/ds carries 1/τ
+            dz[start:stop] += torch.mm(e, zf).mul_(scale)
+            dz += torch.mm((rows * scale).T, e).T  # s_ij = s_ji: the column side of each pair
+        del e  # before the next chunk's buffer exists: one at a time
     inv = 1.0 / m
     if dz is not None:
         dz *= inv
