@@ -27,32 +27,50 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from fastsigclr.checkpoint import write_text_atomic
-from fastsigclr.config import option, to_dict
+from fastsigclr.config import FastSigCLRError, check_fields, option, to_dict
 from fastsigclr.losses import sigmoid_pairwise_loss
-from fastsigclr.runinfo import run_record
+from fastsigclr.runinfo import available_memory_bytes, run_record
 
 VARIANTS = ("free", "encoder", "sigclr")
+# Peak float64 values per N² while optimising one configuration, measured with
+# bench.memory.TensorAllocations at N = 40, 80, 160 (14.1/14.05/14.03, 81.2/81.2/81.1, 30.7/30.6/30.5).
+PEAK_VALUES_PER_N2 = {"free": 14.1, "encoder": 81.2, "sigclr": 30.7}
 
 
 @dataclass(frozen=True)
 class CcemConfig:
-    n: tuple[int, ...] = option((4, 8, 12, 20, 40), "numbers of pairs N (the dimension is d = N)")
-    t: tuple[float, ...] = option((0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0), "temperatures t")
+    n: tuple[int, ...] = option(
+        (4, 8, 12, 20, 40), "numbers of pairs N (the dimension is d = N; the conditions involve N − 2)", ge=3
+    )
+    t: tuple[float, ...] = option((0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0), "temperatures t", gt=0)
     bias: tuple[float, ...] | None = option(None, "biases b in CCEM's convention; unset: b = t")
     variant: tuple[str, ...] = option(VARIANTS, "what to optimise", choices=VARIANTS)
-    steps: int = option(1500, "Adam steps per configuration (cosine learning-rate decay)")
-    lr: float = option(0.05, "Adam learning rate")
-    seed: int = option(0, "random seed of the initial embeddings and encoder inputs")
+    steps: int = option(1500, "Adam steps per configuration (cosine learning-rate decay)", ge=1)
+    lr: float = option(0.05, "Adam learning rate", gt=0)
+    seed: int = option(0, "random seed of the initial embeddings and encoder inputs", ge=0)
     out: str = option("benchmarks/local/ccem", "directory for results.json, results.csv and heatmap.png")
     progress: bool = option(True, "show a progress bar")
 
     def __post_init__(self) -> None:
-        if not self.n or min(self.n) < 3:
-            raise ValueError("--n needs values ≥ 3 (the conditions involve N − 2)")
-        if not self.t or min(self.t) <= 0:
-            raise ValueError("--t needs positive temperatures")
-        if self.steps < 1 or self.lr <= 0:
-            raise ValueError("--steps must be ≥ 1 and --lr > 0")
+        for name in ("n", "t", "variant", "bias"):
+            if getattr(self, name) == ():
+                raise ValueError(f"--{name} needs at least one value")
+        check_fields(self)
+
+
+def check_memory(cfg: CcemConfig, available: int | None = None) -> None:
+    """Refuse a grid whose largest N would not fit in memory, before anything is allocated."""
+    available = available_memory_bytes() if available is None else available
+    n = max(cfg.n)
+    variant = max(cfg.variant, key=PEAK_VALUES_PER_N2.__getitem__)
+    per_n2 = PEAK_VALUES_PER_N2[variant] * 8
+    if per_n2 * n * n > available:
+        largest = math.isqrt(int(available / per_n2))
+        raise FastSigCLRError(
+            f"--n {n} needs about {per_n2 * n * n / 2**30:.1f} GiB for the {variant} variant "
+            f"({PEAK_VALUES_PER_N2[variant]:g}·N² float64 values), more than the "
+            f"{available / 2**30:.1f} GiB available: use --n values ≤ {largest}"
+        )
 
 
 def cross_view_loss(u: torch.Tensor, v: torch.Tensor, t: float, b: float) -> torch.Tensor:
@@ -139,6 +157,7 @@ def optimise(variant: str, n: int, t: float, b: float, cfg: CcemConfig) -> tuple
 def run(cfg: CcemConfig, command: list[str] | None = None) -> dict[str, Any]:
     """Every (variant, N, t, b) of the grid: measured and predicted similarities, written as
     results.json (with the run record), results.csv and heatmap.png under cfg.out."""
+    check_memory(cfg)
     grid = [
         (variant, n, t, b)
         for variant in cfg.variant

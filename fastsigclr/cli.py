@@ -132,6 +132,35 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from fastsigclr.sweep import SweepConfig, run_sweep
+
+    cfg = from_args(SweepConfig, args)
+    payload = run_sweep(cfg, command=["fastsigclr", *args.argv])
+    failed = [r for r in payload["runs"] if r["status"] == "failed"]
+    print(f"wrote {cfg.out}/results.json, results.md and results.png", end="")
+    print(f"; {len(failed)} run(s) failed (run the same command again to retry them)" if failed else "")
+    return 1 if failed else 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from fastsigclr.export import ExportConfig, export
+
+    cfg = from_args(ExportConfig, args)
+    meta = export(cfg)
+    parts = "backbone and projector" if cfg.projector else "backbone"
+    print(f"wrote {cfg.out}: {meta['arch']} width {meta['width']} {parts}, epoch {meta['epoch']}")
+    return 0
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from fastsigclr.export import EmbedConfig, embed
+
+    result = embed(from_args(EmbedConfig, args))
+    print(f"wrote {result['features']} {result['shape']} and {result['labels']}")
+    return 0
+
+
 def _cmd_data_download(args: argparse.Namespace) -> int:
     from fastsigclr.data.datasets import DATASETS, DataConfig, load_split, prepare
 
@@ -154,7 +183,12 @@ def _cmd_data_verify(args: argparse.Namespace) -> int:
     counts = [
         len(load_split(info, cfg.resolved_dir() / info.folder, split)[1]) for split in ("train", "test")
     ]
-    print(f"layout and counts OK: {counts[0]} train, {counts[1]} test images")
+    official = (
+        f"the {len(info.file_md5)} official md5s match"
+        if info.file_md5
+        else "no official per-file md5s (the archive's is checked at download)"
+    )
+    print(f"{official}; layout and counts OK: {counts[0]} train, {counts[1]} test images")
     return 0
 
 
@@ -205,6 +239,27 @@ COMMANDS: list[Command] = [
         _cmd_eval,
     ),
     (
+        ("sweep",),
+        "train and evaluate a grid of settings × seeds; results.json, .md and .png",
+        _lazy("fastsigclr.sweep", "SweepConfig"),
+        (),
+        _cmd_sweep,
+    ),
+    (
+        ("export",),
+        "write a run's backbone (and projector) as safetensors, loadable with fastsigclr.export",
+        _lazy("fastsigclr.export", "ExportConfig"),
+        (),
+        _cmd_export,
+    ),
+    (
+        ("embed",),
+        "write the backbone features of a dataset split (.npy) and its labels (.labels.npy)",
+        _lazy("fastsigclr.export", "EmbedConfig"),
+        (),
+        _cmd_embed,
+    ),
+    (
         ("data", "download"),
         "download, verify and extract a dataset",
         _lazy("fastsigclr.data.datasets", "DataConfig"),
@@ -213,7 +268,7 @@ COMMANDS: list[Command] = [
     ),
     (
         ("data", "verify"),
-        "md5 of each dataset file, and a layout and count check",
+        "md5 of each dataset file against the official ones, and a layout and count check",
         _lazy("fastsigclr.data.datasets", "DataConfig"),
         (),
         _cmd_data_verify,

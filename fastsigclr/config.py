@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import operator
 import types
 import typing
 from typing import Any, TypeVar
@@ -23,9 +25,58 @@ class ConfigError(FastSigCLRError, ValueError):
     """A configuration value or key is invalid; the message says what is allowed."""
 
 
-def option(default: Any, help: str, choices: tuple[str, ...] | None = None, **kw: Any) -> Any:
-    """A dataclass field carrying its help text and, for strings, the allowed values."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices}, **kw)
+# option(...) keyword -> (test, symbol in messages and --help)
+BOUNDS = {
+    "ge": (operator.ge, "≥"),
+    "gt": (operator.gt, ">"),
+    "le": (operator.le, "≤"),
+    "lt": (operator.lt, "<"),
+}
+
+
+def option(
+    default: Any,
+    help: str,
+    choices: tuple[str, ...] | None = None,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    **kw: Any,
+) -> Any:
+    """A dataclass field carrying its help text, for strings the allowed values, and for numbers
+    the bounds every value must satisfy (ge: ≥, gt: >, le: ≤, lt: <; checked by check_fields)."""
+    bounds = {
+        name: value for name, value in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if value is not None
+    }
+    return dataclasses.field(
+        default=default, metadata={"help": help, "choices": choices, "bounds": bounds}, **kw
+    )
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _allowed(bounds: dict[str, float]) -> str:
+    return " and ".join(f"{BOUNDS[b][1]} {limit:g}" for b, limit in bounds.items())
+
+
+def check_fields(config: Any) -> None:
+    """Every number of a config (tuples element by element) must be finite and within the bounds
+    its option declares; called by each config's ``__post_init__``. Raises a ValueError that
+    names the option, the value and the allowed range."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        bounds = f.metadata.get("bounds", {})
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            if not math.isfinite(v):
+                raise ValueError(f"{_flag(f.name)} must be a finite number, got {v}")
+            if not all(BOUNDS[b][0](v, limit) for b, limit in bounds.items()):
+                raise ValueError(f"{_flag(f.name)} must be {_allowed(bounds)}, got {v:g}")
 
 
 def _base_type(annotation: Any) -> tuple[Any, bool]:
@@ -77,6 +128,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, positional: tuple[
         choices = f.metadata.get("choices")
         if choices:
             help_text += f"; one of {', '.join(choices)}"
+        if f.metadata.get("bounds"):
+            help_text += f"; {_allowed(f.metadata['bounds'])}"
         if f.name in positional:
             parser.add_argument(f.name, nargs="?", default=None, choices=choices, help=help_text)
         elif kind is bool:

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from fastsigclr import cluster
 from fastsigclr.config import FastSigCLRError
 from fastsigclr.losses import SigmoidPairwiseLoss
 from fastsigclr.losses.common import (
@@ -273,9 +274,11 @@ class Context:
         return self.world_size > 1
 
 
-def setup(device: torch.device) -> Context:
+def setup(device: torch.device, timeout_s: float) -> Context:
     """Join the process group that torchrun describes in the environment (RANK, WORLD_SIZE,
-    LOCAL_RANK, MASTER_ADDR/PORT): NCCL on CUDA, gloo on CPU. Without torchrun: one process."""
+    LOCAL_RANK, MASTER_ADDR/PORT): NCCL on CUDA, gloo on CPU. Without torchrun: one process.
+    ``timeout_s`` bounds the wait to join and every collective after (FastSigCLRError on a join
+    that does not complete in time)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Context(device=device)
@@ -296,8 +299,14 @@ def setup(device: torch.device) -> Context:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+        cluster.join(backend, rank, world, timeout_s, device if device.type == "cuda" else None)
     return Context(rank=rank, world_size=world, local_rank=local_rank, device=device)
+
+
+def check_same_run(ctx: Context, settings: dict) -> None:
+    """Refuse, on every rank, a run whose ranks differ in settings or code (see fastsigclr.cluster)."""
+    if ctx.distributed:
+        cluster.check_same_run(settings)
 
 
 def teardown(ctx: Context) -> None:

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from fastsigclr.checkpoint import write_text_atomic
-from fastsigclr.config import FastSigCLRError, option
+from fastsigclr.config import FastSigCLRError, check_fields, option
+from fastsigclr.data.datasets import data_dir_option
 from fastsigclr.data.gpu_loader import normalized
 from fastsigclr.recipe import load_run_model
 
@@ -115,21 +116,67 @@ def linear_probe(
 class EvalConfig:
     protocol: str = option("knn", "evaluation protocol", choices=("knn", "linear"))
     run: str | None = option(None, "run directory written by `fastsigclr train` (required)")
+    data_dir: str | None = data_dir_option("the run's --data-dir")
     device: str = option("auto", "device", choices=("auto", "cpu", "cuda"))
-    knn_k: int = option(200, "neighbours in the kNN vote")
-    knn_temperature: float = option(0.1, "temperature of the kNN vote weights")
-    linear_epochs: int = option(100, "linear probe epochs")
-    linear_batch_size: int = option(256, "linear probe batch size")
-    linear_lr: float = option(0.2, "linear probe learning rate (cosine schedule)")
-    linear_weight_decay: float = option(0.0, "linear probe weight decay")
-    seed: int = option(0, "seed of the linear probe's shuffling")
+    knn_k: int = option(200, "neighbours in the kNN vote", ge=1)
+    knn_temperature: float = option(0.1, "temperature of the kNN vote weights", gt=0)
+    linear_epochs: int = option(100, "linear probe epochs", ge=1)
+    linear_batch_size: int = option(256, "linear probe batch size", ge=1)
+    linear_lr: float = option(0.2, "linear probe learning rate (cosine schedule)", ge=0)
+    linear_weight_decay: float = option(0.0, "linear probe weight decay", ge=0)
+    seed: int = option(0, "seed of the linear probe's shuffling", ge=0)
     progress: bool = option(True, "show progress bars")
 
     def __post_init__(self) -> None:
         if not self.run:
             raise ValueError("--run DIR is required: the directory of a `fastsigclr train` run")
-        if self.knn_k < 1 or self.linear_epochs < 1 or self.linear_batch_size < 1:
-            raise ValueError("--knn-k, --linear-epochs and --linear-batch-size must be ≥ 1")
+        check_fields(self)
+
+
+def split_features(
+    loaded: dict[str, Any], split: str, *, progress: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features (N, F) fp32, labels (N,)) of one split of a run loaded by ``load_run_model``, both
+    on its device: un-augmented images through the backbone in eval mode."""
+    info, device = loaded["info"], loaded["device"]
+    images, labels = loaded[split]
+    feats = extract_features(
+        loaded["backbone"],
+        images,
+        info.mean,
+        info.std,
+        device,
+        autocast_dtype=loaded["autocast"],
+        progress=progress,
+        desc=split,
+    )
+    return feats, torch.from_numpy(labels).to(device)
+
+
+def score(
+    cfg: EvalConfig,
+    protocol: str,
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    num_classes: int,
+) -> dict[str, Any]:
+    """One protocol on (features, labels) of both splits, with ``cfg``'s settings: the accuracy
+    and what it was measured with."""
+    if protocol == "knn":
+        accuracy = knn_accuracy(*train, *test, num_classes, k=cfg.knn_k, temperature=cfg.knn_temperature)
+        return {"k": cfg.knn_k, "temperature": cfg.knn_temperature, "accuracy": accuracy}
+    probe = linear_probe(
+        *train,
+        *test,
+        num_classes,
+        epochs=cfg.linear_epochs,
+        batch_size=cfg.linear_batch_size,
+        lr=cfg.linear_lr,
+        weight_decay=cfg.linear_weight_decay,
+        seed=cfg.seed,
+        progress=cfg.progress,
+    )
+    return {"epochs": cfg.linear_epochs, "accuracy": probe["test_acc"], "train_accuracy": probe["train_acc"]}
 
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
@@ -139,51 +186,17 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         raise FastSigCLRError(
             f"{run_dir} is not a run directory (no config.json); pass --run DIR of a train run"
         )
-    loaded = load_run_model(run_dir, cfg.device)
-    info, device = loaded["info"], loaded["device"]
-    kw = dict(device=device, autocast_dtype=loaded["autocast"], progress=cfg.progress)
-    train_feats = extract_features(
-        loaded["backbone"], loaded["train"][0], info.mean, info.std, **kw, desc="train"
-    )
-    test_feats = extract_features(
-        loaded["backbone"], loaded["test"][0], info.mean, info.std, **kw, desc="test"
-    )
-    train_y = torch.from_numpy(loaded["train"][1]).to(device)
-    test_y = torch.from_numpy(loaded["test"][1]).to(device)
+    loaded = load_run_model(run_dir, cfg.device, cfg.data_dir)
+    train = split_features(loaded, "train", progress=cfg.progress)
+    test = split_features(loaded, "test", progress=cfg.progress)
     result: dict[str, Any] = {
         "protocol": cfg.protocol,
         "run": str(run_dir),
         "epoch": loaded["epoch"],
-        "train_images": len(train_y),
-        "test_images": len(test_y),
+        "train_images": len(train[1]),
+        "test_images": len(test[1]),
+        **score(cfg, cfg.protocol, train, test, loaded["info"].num_classes),
     }
-    if cfg.protocol == "knn":
-        result["k"] = cfg.knn_k
-        result["temperature"] = cfg.knn_temperature
-        result["accuracy"] = knn_accuracy(
-            train_feats,
-            train_y,
-            test_feats,
-            test_y,
-            info.num_classes,
-            k=cfg.knn_k,
-            temperature=cfg.knn_temperature,
-        )
-    else:
-        probe = linear_probe(
-            train_feats,
-            train_y,
-            test_feats,
-            test_y,
-            info.num_classes,
-            epochs=cfg.linear_epochs,
-            batch_size=cfg.linear_batch_size,
-            lr=cfg.linear_lr,
-            weight_decay=cfg.linear_weight_decay,
-            seed=cfg.seed,
-            progress=cfg.progress,
-        )
-        result.update(epochs=cfg.linear_epochs, accuracy=probe["test_acc"], train_accuracy=probe["train_acc"])
     out = run_dir / f"eval-{cfg.protocol}.json"
     write_text_atomic(out, json.dumps(result, indent=2) + "\n")
     result["path"] = str(out)

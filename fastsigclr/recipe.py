@@ -15,8 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from fastsigclr import checkpoint as ckpt
-from fastsigclr.config import from_dict, option
+from fastsigclr.config import ConfigError, FastSigCLRError, check_fields, from_dict, option
 from fastsigclr.data import DATASETS, LOADERS, default_data_dir, load_split, prepare
+from fastsigclr.data.datasets import data_dir_option
+from fastsigclr.data.loaders import ffcv_dir_option
+from fastsigclr.data.subset import balanced_indices
 from fastsigclr.losses import ContrastiveLoss, SigmoidPairwiseLoss
 from fastsigclr.models import ARCHS, SSLModel
 from fastsigclr.runinfo import resolve_device
@@ -40,77 +43,80 @@ METHODS: dict[str, tuple[str, bool, float]] = {
 @dataclass(frozen=True)
 class TrainConfig:
     dataset: str = option("cifar10", "dataset (its preset fills unset options)", choices=tuple(PRESETS))
-    data_dir: str | None = option(None, "dataset folder; unset: $FASTSIGCLR_DATA or ~/.cache/fastsigclr/data")
+    data_dir: str | None = data_dir_option()
     download: bool = option(True, "download the dataset when it is not in --data-dir")
     loader: str = option("gpu", "data loader backend", choices=tuple(LOADERS))
+    ffcv_dir: str | None = ffcv_dir_option()
     method: str = option(
         "sigclr",
         "objective: sigclr (sigmoid, t 10), simclr (NT-Xent, τ 0.2), supcon / tcl (supervised, τ 0.1)",
         choices=tuple(METHODS),
     )
     arch: str | None = option(None, "backbone; unset: the dataset preset", choices=tuple(ARCHS))
-    width: int = option(64, "channels of the first ResNet stage (64 = standard)")
+    width: int = option(64, "channels of the first ResNet stage (64 = standard)", ge=1)
     zero_init_residual: bool = option(False, "start each residual branch at zero")
-    proj_dims: tuple[int, ...] | None = option(None, "projector hidden..output sizes; unset: preset")
+    proj_dims: tuple[int, ...] | None = option(None, "projector hidden..output sizes; unset: preset", ge=1)
     batch_size: int | None = option(
-        None, "images per step over all ranks (each gives n_views views); unset: preset"
+        None,
+        "images per step over all ranks (each gives n_views views), at most the training images; "
+        "unset: preset",
+        ge=1,
     )
-    epochs: int | None = option(None, "training epochs; unset: preset")
-    n_views: int = option(2, "augmented views per image")
+    epochs: int | None = option(None, "training epochs; unset: preset", ge=1)
+    n_views: int = option(2, "augmented views per image", ge=2)
     # LARS by default: with b = −10 the first gradients are almost pure positive-pair attraction, and
     # plain SGD stepped straight into collapse (ResNet-18 width 16, batch 128, CPU: loss 6.9 → 98.9 in
     # 4 steps at lr 0.05; at lr 0.5 → 64), where normalisation leaves no gradient to escape. LARS
     # bounds each layer's step and trained stably at both rates (loss 6.9 → 6.2).
     optimizer: str = option("lars", "optimizer", choices=("sgd", "lars"))
-    lr: float = option(0.5, "peak learning rate")
-    momentum: float = option(0.9, "momentum")
-    weight_decay: float = option(1e-4, "weight decay (not on BN parameters or biases)")
-    warmup_epochs: float = option(10.0, "linear warm-up length in epochs (capped at the run length)")
+    lr: float = option(0.5, "peak learning rate", ge=0)
+    momentum: float = option(0.9, "momentum", ge=0, lt=1)
+    weight_decay: float = option(1e-4, "weight decay (not on BN parameters or biases)", ge=0)
+    warmup_epochs: float = option(10.0, "linear warm-up length in epochs (capped at the run length)", ge=0)
     use_labels: bool | None = option(
         None, "supcon/tcl: contrast by class labels (default) or, with --no-use-labels, by views only"
     )
-    temperature: float | None = option(None, "loss temperature; unset: the method's (10, 0.2, 0.1, 0.1)")
-    bias: float = option(-10.0, "initial sigmoid loss bias b (learnable; sigclr)")
-    k1: float = option(5000.0, "TCL weight of e^(-s) on positives (tcl)")
-    k2: float = option(1.0, "TCL weight of the negatives (tcl)")
+    temperature: float | None = option(
+        None, "loss temperature; unset: the method's (10, 0.2, 0.1, 0.1)", gt=0
+    )
+    bias: float = option(-10.0, "initial sigmoid loss bias b (sigclr)")
+    learnable_bias: bool = option(True, "learn the bias b (sigclr); --no-learnable-bias keeps it at --bias")
+    k1: float = option(5000.0, "TCL weight of e^(-s) on positives (tcl)", ge=0)
+    k2: float = option(1.0, "TCL weight of the negatives (tcl)", ge=0)
     learnable_temperature: bool = option(False, "learn t as exp(t')")
-    probe_lr: float = option(0.1, "online linear probe learning rate")
-    knn_every: int = option(10, "run the kNN monitor every this many epochs (and at the end; 0: end only)")
-    knn_k: int = option(200, "kNN monitor neighbours")
+    probe_lr: float = option(0.1, "online linear probe learning rate", ge=0)
+    knn_every: int = option(
+        10, "run the kNN monitor every this many epochs (and at the end; 0: end only)", ge=0
+    )
+    knn_k: int = option(200, "kNN monitor neighbours", ge=1)
     compile: bool = option(False, "torch.compile the model")
     sync_bn: bool = option(True, "torchrun runs: batch-norm statistics over the global batch")
     dist_loss: str = option(
         "ring", "torchrun runs: how the sigmoid loss sees other ranks' rows", choices=("ring", "gather")
     )
+    # torch's own default is 30 min (gloo) / 10 min (NCCL). The bound also covers collectives, so it
+    # must exceed the longest stretch rank 0 works alone while the others wait at a barrier: the
+    # FFCV dataset write, the kNN monitor, the checkpoint write.
+    dist_timeout: float = option(
+        600.0, "torchrun runs: seconds a rank waits to join the run, and at most for any collective", gt=0
+    )
     device: str = option("auto", "device", choices=("auto", "cpu", "cuda"))
     precision: str = option(
         "auto", "compute dtype; auto: bf16 autocast on CUDA, fp32 on CPU", choices=("auto", "bf16", "fp32")
     )
-    seed: int = option(0, "random seed")
-    limit_train: int | None = option(None, "use only the first N training images")
-    limit_test: int | None = option(None, "use only the first N test images")
+    seed: int = option(0, "random seed", ge=0)
+    limit_train: int | None = option(
+        None, "use a class-balanced subset of N training images (the same for every loader)", ge=1
+    )
+    limit_test: int | None = option(None, "use a class-balanced subset of N test images", ge=1)
     out: str | None = option(None, "run directory; unset: runs/<dataset>-<method>-<time>")
     resume: bool = option(False, "continue the run in --out from its last checkpoint")
-    log_every: int = option(50, "steps between metrics.jsonl step records")
+    log_every: int = option(50, "steps between metrics.jsonl step records", ge=1)
     progress: bool = option(True, "show progress bars")
     tensorboard: bool = option(True, "also log to TensorBoard when it is installed")
 
     def __post_init__(self) -> None:
-        positive = ("width", "n_views", "log_every", "knn_k")
-        for name in positive:
-            if getattr(self, name) < 1 + (name == "n_views"):
-                raise ValueError(f"--{name.replace('_', '-')} must be ≥ {1 + (name == 'n_views')}")
-        for name in ("batch_size", "epochs", "limit_train", "limit_test"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {value}")
-        if (
-            (self.temperature is not None and self.temperature <= 0)
-            or self.lr < 0
-            or self.weight_decay < 0
-            or self.warmup_epochs < 0
-        ):
-            raise ValueError("--temperature must be > 0 and --lr, --weight-decay, --warmup-epochs ≥ 0")
+        check_fields(self)
         if self.use_labels and not METHODS[self.method][1]:
             raise ValueError(f"--use-labels: {self.method} cannot use labels; it is self-supervised")
         if self.resume and not self.out:
@@ -127,6 +133,14 @@ class TrainConfig:
             filled["out"] = str(Path("runs") / f"{self.dataset}-{self.method}-{stamp}")
         if self.data_dir is None:
             filled["data_dir"] = str(default_data_dir())
+        batch = filled.get("batch_size", self.batch_size)
+        if self.limit_train is not None and batch > self.limit_train:
+            given = "" if self.batch_size else f" (the {self.dataset} preset)"
+            raise ConfigError(
+                f"--batch-size {batch}{given} is larger than the {self.limit_train} images of "
+                f"--limit-train {self.limit_train}: pass --batch-size {self.limit_train} or less, or a "
+                f"larger --limit-train"
+            )
         return dataclasses.replace(self, **filled)
 
 
@@ -138,9 +152,11 @@ def load_data(cfg: TrainConfig):
     train_x, train_y = load_split(info, folder, "train", progress=cfg.progress)
     test_x, test_y = load_split(info, folder, "test", progress=cfg.progress)
     if cfg.limit_train:
-        train_x, train_y = train_x[: cfg.limit_train], train_y[: cfg.limit_train]
+        keep = balanced_indices(train_y, cfg.limit_train)
+        train_x, train_y = train_x[keep], train_y[keep]
     if cfg.limit_test:
-        test_x, test_y = test_x[: cfg.limit_test], test_y[: cfg.limit_test]
+        keep = balanced_indices(test_y, cfg.limit_test)
+        test_x, test_y = test_x[keep], test_y[keep]
     return info, (train_x, train_y), (test_x, test_y)
 
 
@@ -157,7 +173,11 @@ def build_model(cfg: TrainConfig, info, device: torch.device):
     t = cfg.temperature or default_t
     if kind == "sigmoid":
         criterion = SigmoidPairwiseLoss(
-            t, cfg.bias, learnable_temperature=cfg.learnable_temperature, n_views=cfg.n_views
+            t,
+            cfg.bias,
+            learnable_temperature=cfg.learnable_temperature,
+            learnable_bias=cfg.learnable_bias,
+            n_views=cfg.n_views,
         )
     else:
         criterion = ContrastiveLoss(kind, t, k1=cfg.k1, k2=cfg.k2, n_views=cfg.n_views)
@@ -208,10 +228,18 @@ def train_step(parts: StepParts, views: torch.Tensor, labels: torch.Tensor):
     return loss, probe_loss, logits
 
 
-def load_run_model(run_dir: Path, device_name: str = "auto") -> dict[str, Any]:
-    """A run's backbone (last checkpoint), its data and settings, for evaluation."""
+def load_run_model(run_dir: Path, device_name: str = "auto", data_dir: str | None = None) -> dict[str, Any]:
+    """A run's backbone (last checkpoint), its data (from ``data_dir`` when given, else where the
+    run read it) and settings, for evaluation."""
     saved = json.loads((Path(run_dir) / "config.json").read_text())["config"]
-    cfg = from_dict(TrainConfig, saved)
+    cfg = from_dict(TrainConfig, {**saved, **({"data_dir": data_dir} if data_dir else {})})
+    info = DATASETS[cfg.dataset]
+    where = Path(cfg.data_dir or default_data_dir()).expanduser()
+    if not ((where / info.folder).is_dir() or (where / info.archive).is_file()):
+        raise FastSigCLRError(
+            f"{info.name} is not in {where} ({'--data-dir' if data_dir else 'where the run read it'}): "
+            f"pass --data-dir DIR, the folder that now holds {info.folder}/ (or {info.archive})"
+        )
     device = resolve_device(device_name)
     state = ckpt.load(Path(run_dir) / "checkpoints" / "last.pt", map_location=device)
     info, train, test = load_data(dataclasses.replace(cfg, download=False, progress=False))

@@ -99,6 +99,17 @@ def run_record(device: torch.device, command: list[str] | None = None) -> dict[s
     }
 
 
+def available_memory_bytes() -> int:
+    """Memory the OS can give this process now: MemAvailable on Linux, else free physical pages."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

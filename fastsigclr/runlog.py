@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,12 @@ class RunLog:
                 self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
             except ImportError:
                 self.tb = None
+                print(
+                    "note: TensorBoard logging is off (the tensorboard package is not installed: "
+                    "pip install 'fastsigclr[tensorboard]'); metrics.jsonl has every record; "
+                    "--no-tensorboard silences this",
+                    file=sys.stderr,
+                )
 
     def write(self, record: dict[str, Any], step: int | None = None) -> None:
         if self.file is None:

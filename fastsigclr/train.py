@@ -54,6 +54,7 @@ RESUMABLE_CHANGES = {
     "tensorboard",
     "download",
     "dist_loss",
+    "ffcv_dir",
 }
 
 
@@ -83,14 +84,15 @@ def _prepare_run_dir(cfg: TrainConfig, device: torch.device, create: bool) -> tu
 def _loader_options(cfg: TrainConfig, info, train, ctx: distributed.Context) -> dict[str, Any]:
     """Backend arguments; rank 0 writes a missing FFCV dataset while the others wait for it."""
     data_dir = Path(cfg.data_dir or "")
+    kw = dict(ffcv_dir=cfg.ffcv_dir)
     if cfg.loader == "ffcv" and ctx.is_main:
-        loader_options(cfg.loader, info, data_dir, train, cfg.limit_train, progress=cfg.progress)
+        loader_options(cfg.loader, info, data_dir, train, cfg.limit_train, progress=cfg.progress, **kw)
     distributed.barrier(ctx)
-    return loader_options(cfg.loader, info, data_dir, train, cfg.limit_train, progress=False)
+    return loader_options(cfg.loader, info, data_dir, train, cfg.limit_train, progress=False, **kw)
 
 
 def train(cfg: TrainConfig, command: list[str] | None = None) -> dict[str, Any]:
-    ctx = distributed.setup(resolve_device(cfg.device))
+    ctx = distributed.setup(resolve_device(cfg.device), cfg.dist_timeout)
     try:
         return _train(cfg, ctx, command)
     finally:
@@ -101,6 +103,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, command: list[str] | None
     if ctx.distributed and cfg.out is None:
         raise FastSigCLRError("torchrun runs need --out DIR: every rank must agree on the run directory")
     cfg = cfg.resolved()
+    distributed.check_same_run(ctx, to_dict(cfg))  # before anything reads or writes the run
     device = ctx.device
     main = ctx.is_main
     view_dtype, autocast_dtype = compute_dtypes(cfg, device)

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .tiles import dot_settings, feature_tiling, similarity_tile
+from .tiles import CompileCase, dot_settings, feature_tiling, similarity_tile
 
 NEG_BIG = tl.constexpr(-1.0e30)  # finite "−∞": rows without a valid column never give exp(−∞ + ∞)
 
@@ -236,3 +236,25 @@ def nt_xent_triton(
             **common,
         )
     return loss, dz
+
+
+def compile_cases(quick: bool = False) -> list[CompileCase]:
+    """What tools/compile_kernels.py compiles for sm_90: the forward and both backward passes at
+    the launcher's 64×64 tiles and triton's default 4 warps and 3 stages, D = 128, M = 8192, bf16
+    and fp32 (quick changes nothing)."""
+    m, d, cases = 8192, 128, []
+    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        shared = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=d, NUM_K=1, N_VIEWS=2, UPCAST=False, PRECISION="ieee")
+        common = dict(dtype=name, D=d, BLOCK_M=64, BLOCK_N=64)
+        fwd = (dtype, torch.float32, torch.float32, m, m // 2, d, d, 1 / 0.2)
+        cases.append(
+            CompileCase(
+                _ntxent_fwd_kernel, fwd, shared, 4, 3, dict(kernel="ntxent fwd", **common), name == "bf16"
+            )
+        )
+        bwd = (dtype, torch.float32, torch.float32, m, m // 2, d, d, d, 1 / 0.2, 1 / (0.2 * m))
+        for transposed in (False, True):
+            consts = dict(shared, BLOCK_DO=d, TRANSPOSED=transposed, ACCUMULATE=transposed)
+            meta = dict(kernel="ntxent bwd", variant=f"transposed={transposed}", **common)
+            cases.append(CompileCase(_ntxent_bwd_kernel, bwd, consts, 4, 3, meta, name == "bf16"))
+    return cases

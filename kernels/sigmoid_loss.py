@@ -1,183 +1,27 @@
 """Fused pairwise sigmoid loss: forward and the whole backward in one blockwise pass.
 
-For row block I and column block J: S = Z_I Z_Jᵀ, a = t·S + b, the softplus loss terms,
-G = (σ(a) − [positive]) / M, dZ_I += G Z_J, db += ΣG, dt += Σ G∘S, all accumulated in fp32.
-Nothing M×M is ever written to memory; the launcher returns the loss and the gradients with
-respect to the (already normalised) rows, the bias and the temperature.
+A program owns a block I of anchor rows, a range of column blocks (grid axis 1, so that small
+batches still fill the GPU) and a feature slice of dZ (grid axis 2, for D > 128). Per column block
+J it forms S = Z_I Z_Jᵀ, treats every pair as a negative, r = 2¹⁵·σ(t·S + b) (plus softplus terms
+on logging steps), and accumulates R Z_J, with Z_J loaded once for both dots. The O(M·V) pairs
+that are not negatives (i = j, and the positives i ≡ j mod N) are corrected once per row after
+the sweep; 2t/M and ∂L/∂t = Σ G∘S = Σ_i ⟨ẑ_i, (GZ)_i⟩ come at the end. Nothing M×M is ever
+written to memory. The launcher returns the loss and the gradients with respect to the (already
+normalised) rows, the bias and the temperature.
+
+Here: the launchers. The kernel is in sigmoid_kernel.py, its per-pair arithmetic in
+sigmoid_terms.py, its tile configurations (and what tools/compile_kernels.py compiles of it) in
+sigmoid_tuning.py.
 """
 
 from __future__ import annotations
 
 import torch
 import triton
-import triton.language as tl
 
-from .tiles import INTERPRET, dot_settings, feature_tiling, similarity_tile
-
-# Widest feature tile kept in registers: a 128×256 fp32 accumulator is already 128 registers
-# per thread at 8 warps. Wider D is split across a second grid axis (S is recomputed per split).
-MAX_BLOCK_D = 256
-
-
-def _configs() -> list[triton.Config]:
-    if INTERPRET:
-        # The interpreter's cost grows with programs × iterations: large blocks on small problems.
-        # multi-config autotuning needs a GPU to time candidates, so one config here.
-        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=1)]
-    # Candidate set for Hopper/Ampere; not yet tuned on hardware (issue 8 records the winners).
-    # Compiled for sm_90 (tools/compile_kernels.py, triton 3.6): 128×64, 3 stages takes 48 KiB of
-    # shared memory for bf16 at D = 128 and 160 KiB at D = 512, but 224 KiB for fp32 at D = 128 and
-    # 672 KiB at D = 512, which no GPU can launch: the small configs at the end are for fp32.
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm, bn, w, s in [
-            (128, 64, 8, 3),
-            (128, 128, 8, 2),
-            (64, 64, 4, 3),
-            (64, 128, 4, 3),
-            (128, 32, 4, 4),
-            (64, 32, 4, 2),
-            (32, 32, 4, 2),
-        ]
-    ]
-
-
-# Shared memory an H100 block may use. Configs over it fail to compile and the autotuner skips
-# them; the last two candidates exist so fp32 operands always have one that fits.
-H100_SHARED_MEMORY = 227 * 1024
-
-
-@triton.jit
-def _sigmoid_pairwise_kernel(
-    Z,  # (M, D) normalised anchor rows, view-major; any of fp32/fp16/bf16
-    ZC,  # (MC, D) normalised columns: Z itself, or another rank's rows (same dtype)
-    DZ,  # (M, D) out: ∂L/∂Z (not yet scaled by grad_output)
-    ROWSUM,  # (3, M) fp32 out: per-row sums of loss terms / M, of G, of G∘S (written by split 0)
-    T,  # pointer to the temperature (fp32 scalar)
-    B,  # pointer to the bias (fp32 scalar)
-    M,
-    MC,
-    N_PER_VIEW,
-    D,
-    stride_z,
-    stride_zc,
-    stride_dz,
-    INV_M,  # 1 / (rows of the whole batch): 1/M here, 1/(world·M) for a distributed block
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,  # feature tile for S = Z_I Z_Jᵀ
-    NUM_K: tl.constexpr,  # ceil(D / BLOCK_K)
-    BLOCK_DO: tl.constexpr,  # feature slice of dZ owned by this program (grid axis 1)
-    SELF_BLOCK: tl.constexpr,  # columns are the anchors: skip i = j, positives at i ≡ j (mod N)
-    COMPUTE_LOSS: tl.constexpr,
-    COMPUTE_GRAD: tl.constexpr,
-    UPCAST: tl.constexpr,  # interpreter only: its bf16 tl.dot is wrong, so compute in fp32
-    PRECISION: tl.constexpr,  # "ieee" or "tf32" for fp32 operands (ignored for 16-bit ones)
-):
-    pid_m = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    t = tl.load(T).to(tl.float32)
-    b = tl.load(B).to(tl.float32)
-    inv_m = INV_M
-
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < M
-    row_img = rows % N_PER_VIEW
-    offs_k = tl.arange(0, BLOCK_K)
-    offs_do = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
-
-    if NUM_K == 1:
-        zi = tl.load(
-            Z + rows[:, None] * stride_z + offs_k[None, :],
-            mask=row_ok[:, None] & (offs_k[None, :] < D),
-            other=0.0,
-        )
-        if UPCAST:
-            zi = zi.to(tl.float32)
-
-    dz_acc = tl.zeros((BLOCK_M, BLOCK_DO), dtype=tl.float32)
-    loss_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    g_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    gs_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
-
-    for start_n in range(0, MC, BLOCK_N):
-        cols = start_n + tl.arange(0, BLOCK_N)
-        col_ok = cols < MC
-        if NUM_K == 1:
-            zj_t = tl.load(
-                ZC + cols[None, :] * stride_zc + offs_k[:, None],
-                mask=col_ok[None, :] & (offs_k[:, None] < D),
-                other=0.0,
-            )
-            if UPCAST:
-                zj_t = zj_t.to(tl.float32)
-            s = tl.dot(zi, zj_t, input_precision=PRECISION)
-        else:
-            s = similarity_tile(
-                Z,
-                rows,
-                row_ok,
-                stride_z,
-                ZC,
-                cols,
-                col_ok,
-                stride_zc,
-                D,
-                BLOCK_M,
-                BLOCK_N,
-                BLOCK_K,
-                NUM_K,
-                UPCAST,
-                PRECISION,
-            )
-
-        if SELF_BLOCK:
-            valid = row_ok[:, None] & col_ok[None, :] & (rows[:, None] != cols[None, :])
-            pos = valid & (row_img[:, None] == (cols % N_PER_VIEW)[None, :])
-        else:  # another rank's images: every pair is a negative
-            valid = row_ok[:, None] & col_ok[None, :]
-            pos = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int1)
-        a = t * s + b
-        # One exp serves both the softplus and the sigmoid.
-        e = tl.exp(-tl.abs(a))
-        r = 1.0 / (1.0 + e)
-        sig = tl.where(a >= 0, r, e * r)
-        g = tl.where(valid, sig - pos.to(tl.float32), 0.0) * inv_m
-        g_acc += tl.sum(g, axis=1)
-        gs_acc += tl.sum(g * s, axis=1)
-        if COMPUTE_LOSS:
-            # softplus(−y·a) = max(−y·a, 0) + log1p(e); log(1 + e) rounds 1 + e and loses all
-            # digits of e below 6e-8, so small e takes four Taylor terms (error < e⁵/5 ≤ 2e-11).
-            x = tl.where(pos, -a, a)
-            l1p = tl.where(e < 1e-2, e * (1.0 - e * (0.5 - e * (1.0 / 3.0 - 0.25 * e))), tl.log(1.0 + e))
-            loss_acc += tl.sum(tl.where(valid, tl.maximum(x, 0.0) + l1p, 0.0), axis=1)
-        if COMPUTE_GRAD:
-            zj = tl.load(
-                ZC + cols[:, None] * stride_zc + offs_do[None, :],
-                mask=col_ok[:, None] & (offs_do[None, :] < D),
-                other=0.0,
-            )
-            if UPCAST:
-                zj = zj.to(tl.float32)
-            dz_acc = tl.dot(g.to(zj.dtype), zj, dz_acc, input_precision=PRECISION)
-
-    if COMPUTE_GRAD:
-        # ∂L/∂ẑ_i = t·Σ_j (g_ij + g_ji) ẑ_j = 2t·Σ_j g_ij ẑ_j, since g is symmetric; so the
-        # rows of one rank need only their own rows of G, whoever holds the columns.
-        tl.store(
-            DZ + rows[:, None] * stride_dz + offs_do[None, :],
-            (2.0 * t * dz_acc).to(DZ.dtype.element_ty),
-            mask=row_ok[:, None] & (offs_do[None, :] < D),
-        )
-    # Per-row rather than per-block sums: the buffer's shape must not depend on the autotuned
-    # BLOCK_M, or slots written by a candidate config during tuning would survive as stale sums.
-    if pid_d == 0:
-        tl.store(ROWSUM + rows, loss_acc * inv_m, mask=row_ok)
-        tl.store(ROWSUM + M + rows, g_acc, mask=row_ok)
-        tl.store(ROWSUM + 2 * M + rows, gs_acc, mask=row_ok)
-
-
-_autotuned_kernel = triton.autotune(configs=_configs(), key=["M", "MC", "D"])(_sigmoid_pairwise_kernel)
+from .sigmoid_kernel import MAX_BLOCK_D, _sigmoid_pairwise_kernel
+from .sigmoid_tuning import autotuned_kernel
+from .tiles import INTERPRET, dot_settings, feature_tiling
 
 
 def _grad_storage_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -185,6 +29,41 @@ def _grad_storage_dtype(dtype: torch.dtype) -> torch.dtype:
     # loss scaler relies on. fp16 would flush the unscaled gradient (~1e-5 at M = 8192) to
     # zero before GradScaler multiplies it back up, so fp16 inputs keep an fp32 gradient.
     return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+
+
+def default_col_splits(m: int, mc: int, device: torch.device) -> int:
+    """Column ranges per row block: enough programs for two waves on the GPU's SMs with 128-row
+    blocks (2N = 8192 has 64 row blocks for 132 SMs on an H100: 5 ranges), each range at least
+    64 columns. One in the interpreter, whose cost grows with the number of programs."""
+    if device.type != "cuda":
+        return 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(triton.cdiv(2 * sms, triton.cdiv(m, 128)), mc // 64))
+
+
+def _used_splits(mc: int, block_n: int, col_splits: int) -> int:
+    """Grid axis 1: the kernel's column ranges (whole blocks each) that are not empty."""
+    span = triton.cdiv(triton.cdiv(mc, block_n), col_splits) * block_n
+    return triton.cdiv(mc, span)
+
+
+def _check_fp32_dot(fp32_dot: str | None) -> None:
+    if fp32_dot not in (None, "ieee", "tf32", "bf16"):
+        raise ValueError(f"fp32_dot must be None, 'ieee', 'tf32' or 'bf16', got {fp32_dot!r}")
+
+
+def _dot_flags(dtype: torch.dtype, fp32_dot: str | None) -> dict:
+    """PRECISION, CAST_BF16 and UPCAST. fp32 rows: fp32_dot None follows torch's allow_tf32 (like
+    torch's matmuls); 'bf16' rounds the operands to bf16 in the kernel (tensor cores at bf16 rate,
+    error measured in tests/test_sigmoid_loss.py). 16-bit rows ignore it. The interpreter holds
+    16-bit operands in fp32 (UPCAST): its bf16 tl.dot is wrong, and its fp16 one runs without
+    BLAS (76 ms for one 512×512×64 tile); products of 16-bit values are exact in fp32 either way."""
+    cast = dtype == torch.float32 and fp32_dot == "bf16"
+    precision = dot_settings(dtype)["PRECISION"]
+    if dtype == torch.float32 and fp32_dot in ("ieee", "tf32"):
+        precision = fp32_dot
+    upcast = INTERPRET and (cast or dtype != torch.float32)
+    return {"PRECISION": "ieee" if cast else precision, "CAST_BF16": cast, "UPCAST": upcast}
 
 
 def sigmoid_pairwise_triton(
@@ -195,17 +74,22 @@ def sigmoid_pairwise_triton(
     *,
     compute_grad: bool = True,
     compute_loss: bool = True,
+    fp32_dot: str | None = None,
     block_m: int | None = None,
     block_n: int | None = None,
     block_k: int | None = None,
+    col_splits: int | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """Loss and gradients of the pairwise sigmoid loss in one fused pass.
 
     zhat: (M, D) normalised rows (view-major, M = n_views·N), fp32/fp16/bf16, unit stride in D.
     temperature, bias: 0-d tensors on zhat's device.
     Returns (loss, dL/dzhat, dL/dt, dL/db); the loss and scalar gradients are fp32 0-d tensors,
-    the loss is None without compute_loss and dL/dzhat None without compute_grad.
-    block_* override the autotuned tile sizes (tests use them to exercise tails).
+    the loss is None without compute_loss (its terms are then skipped: 8.6 instead of 24 SASS
+    instructions per pair, bf16 at D = 128) and dL/dzhat None without compute_grad.
+    fp32_dot: how fp32 rows meet the tensor cores (see _dot_flags).
+    block_*, col_splits override the autotuned tile sizes and the column ranges per row block
+    (tests use them to exercise tails and the reduction over column ranges).
     """
     m = zhat.shape[0]
     return sigmoid_block_triton(
@@ -218,9 +102,11 @@ def sigmoid_pairwise_triton(
         self_block=True,
         compute_grad=compute_grad,
         compute_loss=compute_loss,
+        fp32_dot=fp32_dot,
         block_m=block_m,
         block_n=block_n,
         block_k=block_k,
+        col_splits=col_splits,
     )
 
 
@@ -236,9 +122,11 @@ def sigmoid_block_triton(
     compute_grad: bool = True,
     compute_loss: bool = True,
     dz_dtype: torch.dtype | None = None,
+    fp32_dot: str | None = None,
     block_m: int | None = None,
     block_n: int | None = None,
     block_k: int | None = None,
+    col_splits: int | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """One block of the loss: anchors ``rows`` (M, D) against ``cols`` (MC, D), both normalised.
 
@@ -247,6 +135,7 @@ def sigmoid_block_triton(
     whole batch). Returns this block's (loss, ∂L/∂rows, ∂L/∂t, ∂L/∂b); ∂L/∂rows is stored in
     dz_dtype (default: bf16 for bf16 rows, else fp32).
     """
+    _check_fp32_dot(fp32_dot)
     if rows.stride(1) != 1:
         rows = rows.contiguous()
     if cols.stride(1) != 1:
@@ -255,36 +144,44 @@ def sigmoid_block_triton(
         raise ValueError(
             f"cols {cols.dtype} {tuple(cols.shape)} do not match rows {rows.dtype} {tuple(rows.shape)}"
         )
-    m, d = rows.shape
+    (m, d), mc = rows.shape, cols.shape[0]
     block_k, num_k = feature_tiling(d, MAX_BLOCK_D) if block_k is None else (block_k, triton.cdiv(d, block_k))
-    block_do = block_k
-    n_splits = triton.cdiv(d, block_do) if compute_grad else 1
-    # Without a gradient the kernel never touches DZ, so the rows stand in for it.
-    dz = (
-        torch.empty(rows.shape, dtype=dz_dtype or _grad_storage_dtype(rows.dtype), device=rows.device)
-        if compute_grad
-        else rows
-    )
+    splits = col_splits or default_col_splits(m, mc, rows.device)
+    out_dtype = dz_dtype or _grad_storage_dtype(rows.dtype)
+    accumulate = splits > 1 and compute_grad
+    if not compute_grad:
+        dz = rows.new_empty(0)  # never touched
+    elif accumulate:
+        dz = torch.zeros(rows.shape, dtype=torch.float32, device=rows.device)
+    else:
+        dz = torch.empty(rows.shape, dtype=out_dtype, device=rows.device)
     t = temperature.detach().to(torch.float32).contiguous()
     b = bias.detach().to(torch.float32).contiguous()
-    args = dict(
-        BLOCK_K=block_k,
-        NUM_K=num_k,
-        BLOCK_DO=block_do,
-        SELF_BLOCK=self_block,
-        COMPUTE_LOSS=compute_loss,
-        COMPUTE_GRAD=compute_grad,
-        **dot_settings(rows.dtype),
-    )
-
-    rowsum = torch.empty((3, m), dtype=torch.float32, device=rows.device)
-    common = (rows, cols, dz, rowsum, t, b, m, cols.shape[0], n_per_view, d)
-    common += (rows.stride(0), cols.stride(0), dz.stride(0), float(inv_m))
-    if block_m is None and block_n is None:
-        _autotuned_kernel[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), n_splits)](*common, **args)
-    else:
-        bm, bn = block_m or 64, block_n or 64
-        grid = (triton.cdiv(m, bm), n_splits)
-        _sigmoid_pairwise_kernel[grid](*common, BLOCK_M=bm, BLOCK_N=bn, num_warps=4, **args)
+    rowsum = torch.zeros((3, m), dtype=torch.float32, device=rows.device)
+    args = (rows, cols, dz, rowsum, t, b, m, mc, n_per_view, d, rows.stride(0), cols.stride(0))
+    args += (dz.stride(0) if compute_grad else 0, splits, float(inv_m))
+    flags = dict(BLOCK_K=block_k, NUM_K=num_k, BLOCK_DO=block_k, SELF_BLOCK=self_block)
+    flags.update(COMPUTE_LOSS=compute_loss, COMPUTE_GRAD=compute_grad, ACCUMULATE=accumulate)
+    flags.update(_dot_flags(rows.dtype, fp32_dot))
+    _launch(args, flags, (block_m, block_n), (m, mc, splits, num_k if compute_grad else 1))
     loss, db, dt = rowsum.sum(dim=1).unbind()
+    if accumulate:
+        dz = dz.to(out_dtype)
     return (loss if compute_loss else None), (dz if compute_grad else None), dt, db
+
+
+def _launch(args: tuple, flags: dict, blocks: tuple, sizes: tuple[int, int, int, int]) -> None:
+    """The autotuned kernel, or fixed tiles when blocks (BLOCK_M, BLOCK_N) are given. sizes: rows,
+    columns, column ranges requested, feature slices of dZ. Grid: row blocks × the non-empty
+    column ranges × feature slices."""
+    m, mc, splits, d_splits = sizes
+    if blocks == (None, None):
+
+        def grid(meta: dict) -> tuple[int, int, int]:
+            return triton.cdiv(m, meta["BLOCK_M"]), _used_splits(mc, meta["BLOCK_N"], splits), d_splits
+
+        autotuned_kernel[grid](*args, **flags)
+    else:
+        bm, bn = blocks[0] or 64, blocks[1] or 64
+        grid = (triton.cdiv(m, bm), _used_splits(mc, bn, splits), d_splits)
+        _sigmoid_pairwise_kernel[grid](*args, BLOCK_M=bm, BLOCK_N=bn, num_warps=4, **flags)

@@ -58,8 +58,13 @@ def test_each_loss_gets_its_own_panels(drawn):
     assert list(floor.get_ydata()) == pytest.approx([4 * n * n * 64 / 1e9 * 1e3 for n in (256, 512)])
 
 
+def results_files(kinds):
+    """Committed files of these ``benchmark`` kinds (kernels-sm90.json, a compile report, has none)."""
+    return sorted(p for p in RESULTS.glob("*.json") if json.loads(p.read_text()).get("benchmark") in kinds)
+
+
 def plotted_results():
-    return sorted(p for p in RESULTS.glob("*.json") if json.loads(p.read_text())["benchmark"] != "all")
+    return results_files(plot.PLOTTERS)
 
 
 @pytest.mark.parametrize("path", plotted_results(), ids=lambda p: p.name)
@@ -74,7 +79,7 @@ def test_every_axis_has_a_label_with_its_unit(path, drawn):
 
 def test_committed_results_redraw(tmp_path, capsys):
     """`fastsigclr bench plot` on copies of every committed results file (the summary has no plot)."""
-    for path in RESULTS.glob("*.json"):
+    for path in results_files([*plot.PLOTTERS, "all"]):
         shutil.copy(path, tmp_path)
     assert main(["bench", "plot", *map(str, sorted(tmp_path.glob("*.json")))]) == 0
     for path in plotted_results():
@@ -93,10 +98,14 @@ def test_bench_dist_writes_a_plot(tmp_path):
     [
         ("missing.json", None, "does not exist"),
         ("folder", "dir", "is a directory"),
-        ("broken.json", "{not json", "is not JSON"),
-        ("other.json", '{"benchmark": "speed"}', "not a benchmark results file (benchmark 'speed'"),
-        ("list.json", "[1, 2]", "not a benchmark results file"),
-        ("short.json", '{"benchmark": "loss", "results": [{"status": "ok"}]}', "without the fields"),
+        ("broken.json", "{not json", "is not a readable JSON file"),
+        (
+            "other.json",
+            '{"benchmark": "speed"}',
+            "not a benchmark results file with a plot (benchmark 'speed'",
+        ),
+        ("list.json", "[1, 2]", "not a benchmark results file with a plot (benchmark None"),
+        ("short.json", '{"benchmark": "loss", "results": [{"status": "ok"}]}', "not a complete loss results"),
     ],
 )
 def test_bench_plot_bad_file_is_a_one_line_error(tmp_path, capsys, name, content, problem):

@@ -94,7 +94,7 @@ def test_explicit_bias_and_bad_options(tmp_path, capsys):
     assert [r["b"] for r in rows] == [0.0, 1.0]
     with pytest.raises(SystemExit):
         main(["ccem", "--n", "2"])
-    assert "--n needs values ≥ 3" in capsys.readouterr().err
+    assert "--n must be ≥ 3, got 2" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["ccem", "--variant", "linear"])
     assert "linear not allowed; choose from free, encoder, sigclr" in capsys.readouterr().err

@@ -19,7 +19,7 @@ def test_unknown_keys_and_bad_choices_are_errors():
         build(BenchLossConfig, {"sizez": (1,)})
     with pytest.raises(ConfigError, match="bf8 not allowed; choose from fp32, fp16, bf16"):
         build(BenchLossConfig, {"dtypes": ("bf8",)})
-    with pytest.raises(ConfigError, match="at least 2 rows"):
+    with pytest.raises(ConfigError, match="--sizes must be ≥ 2, got 1"):
         build(BenchLossConfig, {"sizes": (1, 8)})
 
 

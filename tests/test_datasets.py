@@ -53,6 +53,7 @@ def build_archive(name: str, path: Path, per_file: int = 6) -> DatasetInfo:
         md5=md5,
         train_count=per_file * len(info.train_files),
         test_count=per_file * len(info.test_files),
+        file_md5=tuple((fname, hashlib.md5(payload).hexdigest()) for fname, payload in files.items()),
     )
 
 
@@ -98,6 +99,8 @@ def test_download_verify_extract_read(name, server, tmp_path):
     # A second call reuses the folder without the network.
     assert prepare(info, data_dir, url="http://127.0.0.1:9/unreachable", progress=False) == folder
     assert set(verify(info, data_dir)) >= set(info.train_files)
+    with pytest.raises(DatasetError, match=rf"not the official {name}: {info.train_files[0]} has md5"):
+        verify(DATASETS[name], data_dir)  # the official sums: these generated files differ
 
 
 def test_checksum_mismatch_removes_the_partial_download(server, tmp_path):
@@ -165,12 +168,21 @@ def test_real_cifar10_reads_in_the_official_layout(cifar10_dir):
     assert np.allclose(x.reshape(-1, 3).mean(0) / 255, info.mean, atol=0.01)
 
 
-def test_data_commands_on_real_cifar10(cifar10_dir, capsys):
+def test_data_commands_on_real_cifar10(cifar10_dir, capsys, monkeypatch):
     from fastsigclr.cli import main
 
-    assert main(["data", "verify", "--dataset", "cifar10", "--data-dir", str(cifar10_dir)]) == 0
+    # The shared copy is rebuilt from JPEGs: its pixel batches are not the official files.
+    verify = ["data", "verify", "--dataset", "cifar10", "--data-dir", str(cifar10_dir)]
+    with pytest.raises(SystemExit):
+        main(verify)
+    err = capsys.readouterr().err
+    assert "is not the official cifar10: data_batch_1 has md5" in err and "batches.meta" not in err
+    folder = cifar10_dir / DATASETS["cifar10"].folder
+    sums = tuple((name, md5sum(folder / name)) for name, _ in DATASETS["cifar10"].file_md5)
+    monkeypatch.setitem(DATASETS, "cifar10", dataclasses.replace(DATASETS["cifar10"], file_md5=sums))
+    assert main(verify) == 0
     out = capsys.readouterr().out
-    assert "data_batch_1" in out and "layout and counts OK: 50000 train, 10000 test" in out
+    assert "data_batch_1" in out and "md5s match; layout and counts OK: 50000 train, 10000 test" in out
     assert (
         main(["data", "download", "--dataset", "cifar10", "--data-dir", str(cifar10_dir), "--no-progress"])
         == 0

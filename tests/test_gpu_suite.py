@@ -67,6 +67,8 @@ def test_header_says_how_to_run_each_stage(tools):
             out.stdout
         )
     assert re.search(r"^all\s+25.0 min", out.stdout, re.M), out.stdout
+    assert "not on the GPU machine: test_loaders.py (DALI and FFCV)" in out.stdout
+    assert re.search(r"^test files in no stage: ", out.stdout, re.M), out.stdout
 
 
 def run_probe(stage_runner, tmp_path, limit_s, steps):

@@ -327,14 +327,18 @@ def test_train_runs_with_each_backend(loader, cifar10_dir, tmp_path):
     assert len(steps) == 4 and all(math.isfinite(r["loss"]) for r in steps)
 
 
-def test_train_on_tiny_imagenet_with_dali_jpegs(tmp_path, monkeypatch):
+# ids "…-loader": an id "gpu" would read as the gpu mark (conftest skips those without CUDA).
+@pytest.mark.parametrize("loader", ["dali", "gpu"], ids=lambda name: f"{name}-loader")
+def test_train_on_tiny_imagenet(loader, tmp_path, monkeypatch):
+    """64² JPEGs through the trainer (DALI decodes the files). The gpu loader trains the same
+    model on the same images: the control that tells a DALI fault from one of the backward."""
     monkeypatch.setitem(DATASETS, "tinyimagenet", small_info())
     write_tiny(tmp_path / "data")
     out = tmp_path / "run"
     args = (
         f"train --dataset tinyimagenet --data-dir {tmp_path / 'data'} --device cpu --arch resnet18 --width 8 "
-        f"--proj-dims 64,32 --batch-size 8 --epochs 1 --knn-k 5 --loader dali --no-progress --no-tensorboard "
-        f"--out {out}"
+        f"--proj-dims 64,32 --batch-size 8 --epochs 1 --knn-k 5 --loader {loader} --no-progress "
+        f"--no-tensorboard --out {out}"
     ).split()
     assert main(args) == 0
     config = read_metrics(out)

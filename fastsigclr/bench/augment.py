@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from fastsigclr.bench.common import write_json
-from fastsigclr.config import FastSigCLRError, option, to_dict
+from fastsigclr.config import FastSigCLRError, check_fields, option, to_dict
 from fastsigclr.data.augment import AugmentSpec
 from fastsigclr.runinfo import package_version, resolve_device, run_record
 
@@ -123,11 +123,13 @@ class PilLoader:
 @dataclass(frozen=True)
 class BenchAugmentConfig:
     backends: tuple[str, ...] = option(BACKENDS, "loaders to measure (pil: the torchvision-style baseline)")
-    sizes: tuple[int, ...] = option((32, 64), "image sizes: 32 (CIFAR), 64 (Tiny-ImageNet)")
-    images: int | None = option(None, "images per epoch; unset: 50000 on CUDA, 1024 on CPU")
-    batch_size: int | None = option(None, "images per batch; unset: 512 on CUDA, 128 on CPU")
-    workers: int | None = option(None, "DataLoader workers / DALI and FFCV threads; unset: min(8, CPUs)")
-    reps: int = option(3, "timed epochs per backend and size")
+    sizes: tuple[int, ...] = option((32, 64), "image sizes: 32 (CIFAR), 64 (Tiny-ImageNet)", ge=8)
+    images: int | None = option(None, "images per epoch; unset: 50000 on CUDA, 1024 on CPU", ge=1)
+    batch_size: int | None = option(None, "images per batch; unset: 512 on CUDA, 128 on CPU", ge=1)
+    workers: int | None = option(
+        None, "DataLoader workers / DALI and FFCV threads; unset: min(8, CPUs)", ge=0
+    )
+    reps: int = option(3, "timed epochs per backend and size", ge=1)
     device: str = option("auto", "device to measure on", choices=("auto", "cpu", "cuda"))
     out: str = option("benchmarks/local", "directory for augment-<device>.json and .png")
 
@@ -135,12 +137,9 @@ class BenchAugmentConfig:
         unknown = set(self.backends) - set(BACKENDS)
         if unknown:
             raise ValueError(f"unknown backends {sorted(unknown)}; choose from {', '.join(BACKENDS)}")
-        if any(s < 8 for s in self.sizes) or self.reps < 1:
-            raise ValueError("--sizes must be ≥ 8 and --reps ≥ 1")
-        for name in ("images", "batch_size", "workers"):
-            value = getattr(self, name)
-            if value is not None and value < (0 if name == "workers" else 1):
-                raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        if not self.sizes:
+            raise ValueError("--sizes needs at least one value")
+        check_fields(self)
 
     def resolved(self, device: torch.device) -> BenchAugmentConfig:
         cuda = device.type == "cuda"

@@ -16,6 +16,16 @@ from fastsigclr.checkpoint import write_text_atomic
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def check_even_sizes(sizes: tuple[int, ...] | None) -> None:
+    """--sizes counts the rows 2N of two views of N images (the losses' view-major layout)."""
+    odd = [n for n in sizes or () if n % 2]
+    if odd:
+        raise ValueError(
+            f"--sizes {','.join(map(str, odd))}: each size is 2N rows, two views of N images, so it must "
+            f"be even; pass e.g. --sizes {','.join(str(n + 1) for n in odd)}"
+        )
+
+
 def time_fn(fn: Callable[[], object], device: torch.device, *, warmup: int, reps: int) -> dict[str, float]:
     """Median and 20th/80th percentiles of ``fn`` in milliseconds; warm-up (and any compilation
     it triggers) stays outside the timed region. CUDA is timed with events, one pair per call."""

@@ -18,19 +18,27 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from fastsigclr.bench.common import DTYPES, time_fn, write_json
-from fastsigclr.config import option, to_dict
+from fastsigclr.bench.common import DTYPES, check_even_sizes, time_fn, write_json
+from fastsigclr.config import check_fields, option, to_dict
 from fastsigclr.runinfo import resolve_device, run_record
 
 
 @dataclass(frozen=True)
 class BenchDistConfig:
     device: str = option("auto", "device to measure on", choices=("auto", "cpu", "cuda"))
-    sizes: tuple[int, ...] | None = option(None, "rows 2N; unset: 8192,16384 on CUDA, 512,1024 on CPU")
-    dim: int = option(128, "feature size D")
+    sizes: tuple[int, ...] | None = option(
+        None, "rows 2N (even); unset: 8192,16384 on CUDA, 512,1024 on CPU", ge=2
+    )
+    dim: int = option(128, "feature size D", ge=1)
     dtype: str | None = option(None, "input dtype; unset: bf16 on CUDA, fp32 on CPU", choices=tuple(DTYPES))
-    reps: int | None = option(None, "timed calls; unset: 20 on CUDA, 10 on CPU")
+    reps: int | None = option(None, "timed calls; unset: 20 on CUDA, 10 on CPU", ge=1)
     out: str = option("benchmarks/local", "directory for dist-<device>.json and .png")
+
+    def __post_init__(self) -> None:
+        if self.sizes == ():
+            raise ValueError("--sizes needs at least one value")
+        check_fields(self)
+        check_even_sizes(self.sizes)
 
     def resolved(self, device: torch.device) -> BenchDistConfig:
         cuda = device.type == "cuda"

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from fastsigclr.bench.common import DTYPES, matmul_tflops, time_fn, write_json
+from fastsigclr.bench.common import DTYPES, check_even_sizes, matmul_tflops, time_fn, write_json
 from fastsigclr.bench.memory import peak_extra_bytes
-from fastsigclr.config import option, to_dict
+from fastsigclr.config import check_fields, option, to_dict
 from fastsigclr.losses import (
     nt_xent_loss,
     nt_xent_loss_reference,
@@ -35,9 +35,14 @@ PROVIDERS = ("eager", "compiled", "chunked", "triton")
 class BenchLossConfig:
     device: str = option("auto", "device to measure on", choices=("auto", "cpu", "cuda"))
     sizes: tuple[int, ...] | None = option(
-        None, "rows 2N to measure; unset: 1024,4096,8192,16384,65536 on CUDA, 512,1024,2048 on CPU"
+        None,
+        "rows 2N to measure (even: two views of N images); unset: 1024,4096,8192,16384,65536 on CUDA, "
+        "512,1024,2048 on CPU",
+        ge=2,
     )
-    dims: tuple[int, ...] | None = option(None, "feature sizes D; unset: 64,128,256 on CUDA, 64,128 on CPU")
+    dims: tuple[int, ...] | None = option(
+        None, "feature sizes D; unset: 64,128,256 on CUDA, 64,128 on CPU", ge=1
+    )
     dtypes: tuple[str, ...] | None = option(
         None, "input dtypes; unset: bf16,fp16,fp32 on CUDA, fp32 on CPU", choices=tuple(DTYPES)
     )
@@ -45,22 +50,19 @@ class BenchLossConfig:
     losses: tuple[str, ...] = option(
         ("sigmoid", "nt_xent"), "losses to measure", choices=("sigmoid", "nt_xent")
     )
-    warmup: int = option(3, "untimed calls before timing (compilation happens here)")
-    reps: int | None = option(None, "timed calls per case; unset: 20 on CUDA, 5 on CPU")
-    temperature: float = option(10.0, "fixed temperature t")
+    warmup: int = option(3, "untimed calls before timing (compilation happens here)", ge=1)
+    reps: int | None = option(None, "timed calls per case; unset: 20 on CUDA, 5 on CPU", ge=1)
+    temperature: float = option(10.0, "fixed temperature t", gt=0)
     bias: float = option(-10.0, "initial value of the learnable bias b")
-    nt_xent_temperature: float = option(0.2, "NT-Xent temperature τ")
+    nt_xent_temperature: float = option(0.2, "NT-Xent temperature τ", gt=0)
     out: str = option("benchmarks/local", "directory for loss-<device>.json and loss-<device>.png")
 
     def __post_init__(self) -> None:
         for name in ("sizes", "dims"):
-            values = getattr(self, name)
-            if values is not None and (not values or min(values) < 1):
-                raise ValueError(f"--{name} needs positive integers, got {values}")
-        if self.sizes is not None and min(self.sizes) < 2:
-            raise ValueError("--sizes: every size needs at least 2 rows")
-        if self.warmup < 1 or (self.reps is not None and self.reps < 1):
-            raise ValueError("--warmup and --reps must be ≥ 1")
+            if getattr(self, name) == ():
+                raise ValueError(f"--{name} needs at least one value")
+        check_fields(self)
+        check_even_sizes(self.sizes)
 
     def resolved(self, device: torch.device) -> BenchLossConfig:
         """The per-device defaults filled in."""

@@ -201,38 +201,40 @@ def _save(fig, path: Path) -> None:
 PLOTTERS = {"loss": plot_loss, "train": plot_train, "augment": plot_augment, "dist": plot_dist}
 
 
-def _read_results(json_path: Path) -> dict[str, Any]:
-    hint = "give a results JSON written by `fastsigclr bench` (e.g. benchmarks/results/loss-cpu.json)"
-    if not json_path.is_file():
-        problem = "is a directory" if json_path.is_dir() else "does not exist"
-        raise FastSigCLRError(f"{json_path} {problem}; {hint}")
+def _read_results(path: Path) -> dict[str, Any]:
+    hint = "pass a results JSON written by `fastsigclr bench loss`, `augment`, `train` or `dist`"
+    if path.is_dir():
+        raise FastSigCLRError(f"{path} is a directory; {hint}")
     try:
-        payload = json.loads(json_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise FastSigCLRError(f"{json_path} is not JSON ({err}); {hint}") from None
-    if not isinstance(payload, dict) or payload.get("benchmark") not in (*PLOTTERS, "all"):
-        kind = payload.get("benchmark") if isinstance(payload, dict) else None
+        payload = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FastSigCLRError(f"{path} does not exist; {hint}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise FastSigCLRError(f"{path} is not a readable JSON file ({err}); {hint}") from None
+    kind = payload.get("benchmark") if isinstance(payload, dict) else None
+    if kind not in (*PLOTTERS, "all"):
         raise FastSigCLRError(
-            f"{json_path} is not a benchmark results file (benchmark {kind!r}; plottable: "
-            f"{', '.join(PLOTTERS)}); {hint}"
+            f"{path} is not a benchmark results file with a plot (benchmark {kind!r}); plottable: "
+            f"{', '.join(PLOTTERS)}; {hint}"
         )
     return payload
 
 
 def plot_file(json_path: Path, png_path: Path | None = None) -> Path | None:
-    """Redraw the plot of a results file (by its ``benchmark`` field) beside it, or at ``png_path``.
-    None for the summary of ``bench all``: its figures are drawn from the files it lists."""
-    json_path = Path(json_path)
-    payload = _read_results(json_path)
+    """Redraw the plot of a results file (by its ``benchmark`` field) beside it, or at ``png_path``;
+    None for the summary of ``bench all``, whose figures are drawn from the files it lists. A file
+    that is missing, not JSON or not a results file with a plot is a FastSigCLRError naming it."""
+    path = Path(json_path)
+    payload = _read_results(path)
     kind = payload["benchmark"]
     if kind == "all":
         return None
-    out = png_path or json_path.with_suffix(".png")
+    out = png_path or path.with_suffix(".png")
     try:
         PLOTTERS[kind](payload, out)
-    except (KeyError, TypeError, IndexError, AttributeError) as err:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
         raise FastSigCLRError(
-            f"{json_path}: a {kind} results file without the fields its plot needs ({type(err).__name__}: "
-            f"{err}); re-run `fastsigclr bench {kind}` to write a complete one"
-        ) from None
+            f"{path} is not a complete {kind} results file ({type(err).__name__}: {err}); "
+            f"run `fastsigclr bench {kind}` to write it again"
+        ) from err
     return out

@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 from fastsigclr.bench.common import time_fn, write_json
-from fastsigclr.config import option, to_dict
+from fastsigclr.config import check_fields, option, to_dict
 from fastsigclr.data import DATASETS, LOADERS, AugmentSpec
 from fastsigclr.data.augment import sample_params
+from fastsigclr.data.datasets import data_dir_option
 from fastsigclr.data.gpu_loader import augment_batch
 from fastsigclr.runinfo import resolve_device, run_record
 
@@ -29,27 +30,26 @@ from fastsigclr.runinfo import resolve_device, run_record
 @dataclass(frozen=True)
 class BenchTrainConfig:
     dataset: str = option("cifar10", "dataset whose images feed the loader", choices=tuple(DATASETS))
-    data_dir: str | None = option(None, "dataset folder; unset: $FASTSIGCLR_DATA or ~/.cache/fastsigclr/data")
+    data_dir: str | None = data_dir_option()
     device: str = option("auto", "device to measure on", choices=("auto", "cpu", "cuda"))
     arch: str = option("resnet18", "backbone")
-    width: int | None = option(None, "first-stage channels; unset: 64 on CUDA, 16 on CPU")
-    batch_size: int | None = option(None, "images per step; unset: 512 on CUDA, 64 on CPU")
-    limit_train: int | None = option(None, "images kept on the device; unset: the whole training split")
+    width: int | None = option(None, "first-stage channels; unset: 64 on CUDA, 16 on CPU", ge=1)
+    batch_size: int | None = option(None, "images per step; unset: 512 on CUDA, 64 on CPU", ge=1)
+    limit_train: int | None = option(
+        None, "images kept on the device (class-balanced); unset: the whole training split", ge=1
+    )
     data: str = option(
         "auto",
         "images: the dataset (real), synthetic ones of its shape, or auto (real when already downloaded)",
         choices=("auto", "real", "synthetic"),
     )
     compile: bool = option(False, "torch.compile the model (compilation stays outside the timing)")
-    warmup: int = option(3, "untimed steps before timing")
-    reps: int | None = option(None, "timed steps; unset: 30 on CUDA, 3 on CPU")
+    warmup: int = option(3, "untimed steps before timing", ge=0)
+    reps: int | None = option(None, "timed steps; unset: 30 on CUDA, 3 on CPU", ge=1)
     out: str = option("benchmarks/local", "directory for train-<device>.json and .png")
 
     def __post_init__(self) -> None:
-        for name in ("width", "batch_size", "limit_train", "reps"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1")
+        check_fields(self)
 
     def resolved(self, device: torch.device) -> BenchTrainConfig:
         cuda = device.type == "cuda"

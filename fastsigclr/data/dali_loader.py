@@ -8,12 +8,20 @@ The pipeline: JPEG decode (``mixed`` on a GPU) or raw uint8 pixels → ``resize`
 the gray axis (``coord_transform``), each clamped → grayscale → optional Gaussian blur →
 solarisation → ``crop_mirror_normalize`` (flip, mean/std, HWC float). CUDA present: a GPU
 pipeline on the current device; otherwise a CPU-only pipeline (``device_id=None``).
+
+Memory and lifetime: every array fed to DALI is copied by DALI when it is fed (``no_copy=False``),
+so the feed may drop or reuse it at once; every output is copied into a tensor that torch
+allocated before the pipeline runs again, so nothing yielded aliases DALI's memory. Each epoch
+builds its pipeline and shuts it down (its threads joined) when the epoch ends, when an
+exception leaves it, when its iterator is closed or dropped, and at the latest when the next
+epoch starts, never at some later garbage collection.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -151,9 +159,20 @@ class DaliLoader(LoaderBase):
         self.files = None if files is None else [Path(f) for f in files]
         self.num_threads = num_threads or max(1, min(8, os.cpu_count() or 1))
         self.gpu = self.device.type == "cuda"
+        self._running: weakref.ref | None = None  # the iterator of the epoch under way
 
     def _encoded(self, i: int) -> np.ndarray:
         return np.fromfile(self.files[i], dtype=np.uint8)
+
+    def _batch(self, index: torch.Tensor, params: torch.Tensor) -> list:
+        """What is fed for one batch, one entry per external_source output: whole-batch arrays
+        (the JPEG files, of different lengths, as a list of samples)."""
+        idx = index.numpy()
+        images = [self._encoded(i) for i in idx] if self.files else self.images[idx]
+        batch = [images, self.labels[idx]]
+        for view_params in params.numpy():
+            batch += [np.ascontiguousarray(a) for a in view_arguments(view_params, self.spec.uses_blur)]
+        return batch
 
     def _pipeline(self, feed: Iterator[list], max_batch: int):
         dali, fn, dmath, types = self._dali
@@ -173,7 +192,9 @@ class DaliLoader(LoaderBase):
         )
         def pipeline():
             layouts = ["" if jpeg else "HWC"] + [""] * (n_outputs - 1)
-            outs = fn.external_source(source=source, num_outputs=n_outputs, batch=True, layout=layouts)
+            outs = fn.external_source(
+                source=source, num_outputs=n_outputs, batch=True, layout=layouts, no_copy=False
+            )
             images, labels = outs[0], outs[1]
             if jpeg:
                 images = fn.decoders.image(images, device="mixed" if gpu else "cpu", output_type=types.RGB)
@@ -190,36 +211,49 @@ class DaliLoader(LoaderBase):
         return pipe
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        plan = self.plan(epoch)
+        """The epoch's batches (LoaderBase); starting it first ends an epoch still open."""
+        self.close()
+        running = self._epoch(epoch)
+        self._running = weakref.ref(running)  # a weak reference: dropping the iterator still ends it
+        return running
 
-        def feed():
-            for index, params in plan:
-                idx = index.numpy()
-                pixels = [self._encoded(i) for i in idx] if self.files else list(self.images[idx])
-                batch = [pixels, list(self.labels[idx])]
-                for view_params in params.numpy():
-                    args = view_arguments(view_params, self.spec.uses_blur)
-                    batch += [[np.ascontiguousarray(x) for x in a] for a in args]
-                yield batch
+    def close(self) -> None:
+        """Shut down the pipeline of an epoch whose consumer stopped early (``break``, an
+        exception) and still holds its iterator; an epoch that ran out shut its own down."""
+        running = self._running() if self._running is not None else None
+        self._running = None
+        if running is not None:
+            running.close()
 
-        pipe = self._pipeline(feed(), self.batch_size // self.world_size)
-        while True:
-            try:
-                outputs = pipe.run()
-            except StopIteration:
-                return
-            *views, labels = (self._to_torch(o) for o in outputs)
-            x = torch.cat(views).permute(0, 3, 1, 2)  # NHWC memory viewed as NCHW: channels_last
-            yield x.to(self.dtype).contiguous(memory_format=torch.channels_last), labels.reshape(-1)
+    def _epoch(self, epoch: int) -> Generator[tuple[torch.Tensor, torch.Tensor], None, None]:
+        stream = torch.cuda.current_stream(self.device) if self.gpu else None
+        feed = (self._batch(index, params) for index, params in self.plan(epoch))
+        pipe = self._pipeline(feed, self.batch_size // self.world_size)
+        try:
+            while True:
+                try:
+                    outputs = pipe.run(stream)  # on a GPU: outputs ordered on torch's stream
+                except StopIteration:
+                    return
+                views, labels = self._copy_out(outputs, stream)
+                del outputs
+                yield views, labels
+        finally:
+            # DALI has no public shutdown: Pipeline.__del__ and DALI's atexit hook call this one.
+            # It stops the executor and joins its threads now, not whenever the GC frees the pipe.
+            pipe._shutdown()
 
-    def _to_torch(self, out) -> torch.Tensor:
-        from nvidia.dali.tensors import TensorCPU
-
-        tensor = out.as_tensor()
-        if isinstance(tensor, TensorCPU):  # every output of a CPU pipeline, and the labels
-            return torch.from_numpy(np.array(tensor)).to(self.device)
+    def _copy_out(self, outputs, stream) -> tuple[torch.Tensor, torch.Tensor]:
+        """The views (view-major, channels_last, ``dtype``) and labels, copied out of DALI's
+        buffers into tensors torch allocated (on ``stream`` for a GPU pipeline)."""
         from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 
-        result = torch.empty(tensor.shape(), dtype=to_torch_type[tensor.dtype], device=self.device)
-        feed_ndarray(tensor, result, cuda_stream=torch.cuda.current_stream())
-        return result
+        *views, labels = (o.as_tensor() for o in outputs)
+        b, size = views[0].shape()[0], self.spec.size
+        x = torch.empty((len(views) * b, size, size, 3), dtype=torch.float32, device=self.device)
+        for v, view in enumerate(views):
+            feed_ndarray(view, x[v * b : (v + 1) * b], cuda_stream=stream)
+        y = torch.empty(labels.shape(), dtype=to_torch_type[labels.dtype], device=self.device)
+        feed_ndarray(labels, y, cuda_stream=stream)
+        x = x.permute(0, 3, 1, 2)  # NHWC memory viewed as NCHW: channels_last
+        return x.to(self.dtype).contiguous(memory_format=torch.channels_last), y.reshape(-1)

@@ -11,11 +11,19 @@ from typing import Any
 
 import numpy as np
 
-from fastsigclr.config import option
+from fastsigclr.config import FastSigCLRError, check_fields, option
 from fastsigclr.data.dali_loader import DaliLoader
-from fastsigclr.data.datasets import DATASETS, DatasetInfo, default_data_dir, load_split, prepare
+from fastsigclr.data.datasets import (
+    DATASETS,
+    DatasetInfo,
+    data_dir_option,
+    default_data_dir,
+    load_split,
+    prepare,
+)
 from fastsigclr.data.ffcv_loader import FfcvLoader, write_beton
 from fastsigclr.data.gpu_loader import GpuLoader
+from fastsigclr.data.subset import balanced_indices
 
 LOADERS = {
     "gpu": GpuLoader,
@@ -24,10 +32,19 @@ LOADERS = {
 }
 
 
-def beton_path(info: DatasetInfo, data_dir: Path, limit: int | None = None) -> Path:
-    """Where ``data write-ffcv`` puts a dataset's training split (or its first ``limit`` images)."""
-    suffix = f"-first{limit}" if limit else ""
-    return Path(data_dir) / "ffcv" / f"{info.name}-train{suffix}.beton"
+def ffcv_dir_option() -> Any:
+    """The ``--ffcv-dir`` option of the commands that write a .beton."""
+    return option(None, "folder for the .beton files of --loader ffcv; unset: <data-dir>/ffcv")
+
+
+def beton_path(
+    info: DatasetInfo, data_dir: Path, limit: int | None = None, ffcv_dir: str | Path | None = None
+) -> Path:
+    """Where ``data write-ffcv`` puts a dataset's training split (or the class-balanced subset
+    of ``limit`` images): ``ffcv_dir``, else ``data_dir``/ffcv."""
+    suffix = f"-balanced{limit}" if limit else ""
+    folder = Path(ffcv_dir).expanduser() if ffcv_dir else Path(data_dir) / "ffcv"
+    return folder / f"{info.name}-train{suffix}.beton"
 
 
 def ensure_beton(
@@ -37,15 +54,22 @@ def ensure_beton(
     labels: np.ndarray,
     limit: int | None = None,
     *,
+    ffcv_dir: str | Path | None = None,
     progress: bool = True,
 ) -> Path:
     """The .beton of these training images, written first if it does not exist (raw pixels for
     CIFAR, JPEG for Tiny-ImageNet)."""
-    path = beton_path(info, data_dir, limit)
+    path = beton_path(info, data_dir, limit, ffcv_dir)
     if not path.is_file():
         if progress:
             print(f"writing the FFCV dataset {path} (once)")
-        write_beton(path, images, labels, jpeg=info.kind == "tiny", progress=progress)
+        try:
+            write_beton(path, images, labels, jpeg=info.kind == "tiny", progress=progress)
+        except OSError as err:
+            raise FastSigCLRError(
+                f"cannot write the FFCV dataset {path} ({err.strerror or err}): pass --ffcv-dir DIR, a "
+                f"writable folder, to `fastsigclr train --loader ffcv` or `fastsigclr data write-ffcv`"
+            ) from err
     return path
 
 
@@ -56,17 +80,18 @@ def loader_options(
     train: tuple[np.ndarray, np.ndarray],
     limit: int | None,
     *,
+    ffcv_dir: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Backend-specific constructor arguments: the JPEG files for DALI (Tiny-ImageNet), the
-    .beton for FFCV."""
+    """Backend-specific constructor arguments: the JPEG files for DALI (Tiny-ImageNet; the same
+    balanced subset as ``train``), the .beton for FFCV."""
     if name == "dali" and info.kind == "tiny":
         from fastsigclr.data.tinyimagenet import split_files
 
-        files, _ = split_files(info, Path(data_dir) / info.folder, "train")
-        return {"files": files[:limit] if limit else files}
+        files, labels = split_files(info, Path(data_dir) / info.folder, "train")
+        return {"files": [files[i] for i in balanced_indices(labels, limit)] if limit else files}
     if name == "ffcv":
-        return {"beton": ensure_beton(info, data_dir, *train, limit, progress=progress)}
+        return {"beton": ensure_beton(info, data_dir, *train, limit, ffcv_dir=ffcv_dir, progress=progress)}
     return {}
 
 
@@ -75,15 +100,17 @@ class WriteFfcvConfig:
     """Options of ``fastsigclr data write-ffcv``."""
 
     dataset: str = option("cifar10", "dataset", choices=tuple(DATASETS))
-    data_dir: str | None = option(None, "dataset folder; unset: $FASTSIGCLR_DATA or ~/.cache/fastsigclr/data")
-    limit: int | None = option(None, "write only the first N training images (as train --limit-train)")
+    data_dir: str | None = data_dir_option()
+    ffcv_dir: str | None = ffcv_dir_option()
+    limit: int | None = option(
+        None, "write only a class-balanced subset of N training images (as train --limit-train)", ge=1
+    )
     download: bool = option(True, "download the dataset when it is not in --data-dir")
     force: bool = option(False, "rewrite an existing .beton")
     progress: bool = option(True, "show progress bars")
 
     def __post_init__(self) -> None:
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit must be ≥ 1, got {self.limit}")
+        check_fields(self)
 
 
 def write_ffcv(cfg: WriteFfcvConfig) -> Path:
@@ -92,8 +119,11 @@ def write_ffcv(cfg: WriteFfcvConfig) -> Path:
     folder = prepare(info, data_dir, download_ok=cfg.download, progress=cfg.progress)
     images, labels = load_split(info, folder, "train", progress=cfg.progress)
     if cfg.limit:
-        images, labels = images[: cfg.limit], labels[: cfg.limit]
-    path = beton_path(info, data_dir, cfg.limit)
+        keep = balanced_indices(labels, cfg.limit)
+        images, labels = images[keep], labels[keep]
+    path = beton_path(info, data_dir, cfg.limit, cfg.ffcv_dir)
     if cfg.force:
         path.unlink(missing_ok=True)
-    return ensure_beton(info, data_dir, images, labels, cfg.limit, progress=cfg.progress)
+    return ensure_beton(
+        info, data_dir, images, labels, cfg.limit, ffcv_dir=cfg.ffcv_dir, progress=cfg.progress
+    )

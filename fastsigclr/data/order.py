@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import torch
 
+from fastsigclr.config import ConfigError
 from fastsigclr.data.augment import AugmentSpec, sample_params
 
 
@@ -21,23 +22,24 @@ def seed_for(seed: int, epoch: int, stream: int = 0) -> int:
 
 
 def check_sharding(n: int, batch_size: int, drop_last: bool, rank: int, world_size: int) -> None:
-    """The errors every loader gives for impossible batch/rank settings."""
+    """The errors every loader gives for impossible batch/rank settings (ConfigErrors: the
+    command line prints them without a traceback)."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be ≥ 1, got {batch_size}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
     if batch_size % world_size:
-        raise ValueError(
+        raise ConfigError(
             f"batch size {batch_size} is not divisible by the {world_size} ranks; choose a "
             f"--batch-size that is a multiple of the number of processes"
         )
     if drop_last and n < batch_size:
-        raise ValueError(
-            f"batch size {batch_size} is larger than the {n} training images; "
-            f"lower --batch-size or use more data"
+        raise ConfigError(
+            f"--batch-size {batch_size} is larger than the {n} training images: pass --batch-size {n} "
+            f"or less, or use more images"
         )
     if not drop_last and n % batch_size and n % batch_size < world_size:
-        raise ValueError(f"the last batch of {n % batch_size} images cannot be shared by {world_size} ranks")
+        raise ConfigError(f"the last batch of {n % batch_size} images cannot be shared by {world_size} ranks")
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool) -> int:

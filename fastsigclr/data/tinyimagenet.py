@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -127,12 +128,15 @@ def load_split(
             )
         ):
             images[i] = rgb
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = images_path.with_name(f".{images_path.name}.partial")
-    with open(tmp, "wb") as f:
-        np.save(f, images)
-    os.replace(tmp, images_path)
-    meta_path.write_text(json.dumps({"fingerprint": fingerprint, "count": len(files)}) + "\n")
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = images_path.with_name(f".{images_path.name}.partial")
+        with open(tmp, "wb") as f:
+            np.save(f, images)
+        os.replace(tmp, images_path)
+        meta_path.write_text(json.dumps({"fingerprint": fingerprint, "count": len(files)}) + "\n")
+    except OSError as err:  # a read-only data dir: train anyway, decode again next time
+        print(f"note: cannot cache the decoded images in {cache} ({err.strerror or err})", file=sys.stderr)
     return images, labels
 
 

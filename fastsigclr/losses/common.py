@@ -70,11 +70,20 @@ def as_scalar_tensor(value: Scalar, like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(float(value), dtype=torch.float32, device=like.device)
 
 
+# What the Triton kernels take (fp64 tl.dot is not among their configurations).
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
 def resolve_impl(impl: str, z: torch.Tensor) -> str:
     if impl not in ("auto", "triton", "torch"):
         raise ValueError(f"impl must be one of 'auto', 'triton', 'torch', got {impl!r}")
     if impl == "auto":
-        return "triton" if z.is_cuda else "torch"
+        return "triton" if z.is_cuda and z.dtype in KERNEL_DTYPES else "torch"
+    if impl == "triton" and z.dtype not in KERNEL_DTYPES:
+        raise ValueError(
+            f"impl='triton' supports float32, float16 and bfloat16 inputs, got {z.dtype}; convert z "
+            f"(e.g. z.float()) or use impl='torch', which also computes in float64"
+        )
     if impl == "triton" and not z.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError(
             "impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before import to run the "
@@ -103,17 +112,26 @@ def grad_dtype(dtype: torch.dtype) -> torch.dtype:
 
 class PrecomputedGrad(torch.autograd.Function):
     """``backend(zhat, *scalars, compute_grad=...) -> (loss, dL/dzhat, *dL/dscalars)`` computes
-    the loss and every gradient in one pass; backward only rescales them by grad_output."""
+    the loss and every gradient in one pass; backward only rescales them by grad_output.
+
+    A backend that skipped the loss value (loss None) yields NaN: the result still carries the
+    gradient, and a value that was never computed cannot pass for a real loss in a log."""
 
     @staticmethod
     def forward(ctx, backend, zhat, *scalars):
-        loss, dz, *dscalars = backend(zhat, *scalars, compute_grad=ctx.needs_input_grad[1])
+        # Backends pick their own working precision (fp32, or fp64 for fp64 input); autocast
+        # would turn their matmuls to 16 bits and clash with their fp32 out= buffers.
+        with torch.autocast(zhat.device.type, enabled=False):
+            loss, dz, *dscalars = backend(zhat, *scalars, compute_grad=ctx.needs_input_grad[1])
         if any(ctx.needs_input_grad[1:]):
             dz = None if dz is None else dz.to(grad_dtype(zhat.dtype))
             ctx.save_for_backward(dz, *dscalars)
             ctx.dtypes = [zhat.dtype, *(s.dtype for s in scalars)]
         # 16-bit inputs give an fp32 loss; fp64 stays fp64 (gradcheck needs it).
-        return loss.to(torch.promote_types(zhat.dtype, torch.float32))
+        dtype = torch.promote_types(zhat.dtype, torch.float32)
+        if loss is None:
+            return torch.full((), float("nan"), dtype=dtype, device=zhat.device)
+        return loss.to(dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable

@@ -19,7 +19,7 @@ import torch
 
 from . import common
 from .common import Impl, PrecomputedGrad, check_matrix, check_rows, kernel, resolve_impl
-from .normalize import normalize_rows
+from .normalize import EPS, normalize_rows
 
 
 def row_labels(z: torch.Tensor, labels: torch.Tensor | None, n_views: int) -> torch.Tensor:
@@ -229,7 +229,7 @@ def nt_xent_loss_reference(z: torch.Tensor, temperature: float = 0.2, *, n_views
     """The plain autograd formulation, the baseline to beat: ``F.cross_entropy`` over the (V·N)²
     similarity logits with the diagonal masked, each anchor's targets its V−1 other views."""
     m = z.shape[0]
-    zhat = torch.nn.functional.normalize(z, dim=1)
+    zhat = torch.nn.functional.normalize(z, dim=1, eps=EPS)
     logits = (zhat @ zhat.T / temperature).fill_diagonal_(float("-inf"))
     offsets = torch.arange(1, n_views, device=z.device) * (m // n_views)
     targets = (torch.arange(m, device=z.device)[:, None] + offsets) % m  # (M, V−1)

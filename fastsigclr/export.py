@@ -1,0 +1,220 @@
+"""Use a trained encoder elsewhere: ``fastsigclr export`` writes its weights as safetensors with
+what is needed to rebuild it (``load_backbone`` does), ``fastsigclr embed`` writes the features of
+a dataset split as .npy.
+
+An exported file holds the backbone's tensors under ``backbone.`` (with ``--projector`` also the
+projector's under ``projector.``) and string metadata: the format tag, the architecture (arch,
+width, feature size, projector sizes), the input recipe (image size, channel
+mean and std of the 0..1 pixels) and where it came from (dataset, method, epoch).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from fastsigclr import checkpoint as ckpt
+from fastsigclr.config import FastSigCLRError, from_dict, option
+from fastsigclr.data import DATASETS
+from fastsigclr.data.datasets import data_dir_option
+from fastsigclr.eval import split_features
+from fastsigclr.models import ResNet, projector
+from fastsigclr.recipe import PRESETS, TrainConfig, load_run_model
+
+FORMAT = "fastsigclr-encoder-v1"
+INSTALL_HINT = "pip install safetensors (a dependency of fastsigclr)"
+
+
+def _safetensors():
+    """The safetensors package (with its torch functions), or an error that says how to install it."""
+    try:
+        import safetensors
+        import safetensors.torch
+    except ImportError:
+        raise FastSigCLRError(f"safetensors is not installed; {INSTALL_HINT}") from None
+    return safetensors
+
+
+def _run_checkpoint(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
+    """The run's resolved config and last checkpoint, or an error that says what is missing."""
+    if not (run_dir / "config.json").is_file():
+        raise FastSigCLRError(
+            f"{run_dir} is not a run directory (no config.json); pass --run DIR of a train run"
+        )
+    last = run_dir / "checkpoints" / "last.pt"
+    if not last.is_file():
+        raise FastSigCLRError(
+            f"{run_dir} has no checkpoint (checkpoints/last.pt): it has not finished an epoch; "
+            "train it (or resume it) first"
+        )
+    cfg = from_dict(TrainConfig, json.loads((run_dir / "config.json").read_text())["config"])
+    return cfg, ckpt.load(last)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    run: str | None = option(None, "run directory written by `fastsigclr train` (required)")
+    out: str | None = option(None, "file to write, e.g. encoder.safetensors (required)")
+    projector: bool = option(False, "also export the projector g")
+
+    def __post_init__(self) -> None:
+        if not self.run or not self.out:
+            raise ValueError("--run DIR and --out FILE.safetensors are both required")
+
+
+def export(cfg: ExportConfig) -> dict[str, str]:
+    """Write the run's backbone (and projector) weights with their metadata; returns the metadata."""
+    st = _safetensors()
+    run_dir = Path(cfg.run or "")
+    train_cfg, state = _run_checkpoint(run_dir)
+    parts = ("backbone", "projector") if cfg.projector else ("backbone",)
+    tensors = _unique_tensors({k: v for k, v in state["model"].items() if k.split(".", 1)[0] in parts})
+    info = DATASETS[train_cfg.dataset]
+    arch = train_cfg.arch or PRESETS[train_cfg.dataset]["arch"]
+    meta = {
+        "format": FORMAT,
+        "arch": arch,
+        "width": str(train_cfg.width),
+        "out_dim": str(state["model"]["projector.0.weight"].shape[1]),  # the projector's input
+        "proj_dims": json.dumps(list(train_cfg.proj_dims or PRESETS[train_cfg.dataset]["proj_dims"])),
+        "has_projector": str(cfg.projector),
+        "image_size": str(info.image_size),
+        "mean": json.dumps(list(info.mean)),
+        "std": json.dumps(list(info.std)),
+        "dataset": train_cfg.dataset,
+        "method": train_cfg.method,
+        "epoch": str(state["epoch"]),
+    }
+    _write_atomic(Path(cfg.out or ""), lambda tmp: tmp.write_bytes(st.torch.save(tensors, metadata=meta)))
+    return meta
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """``write`` to a temporary name beside ``path`` (created with the usual permissions), then
+    rename over it: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a file written by ``fastsigclr export`` (an error for any other file)."""
+    st = _safetensors()
+    path = Path(path)
+    if not path.is_file():
+        raise FastSigCLRError(f"no exported encoder at {path}; write one with `fastsigclr export`")
+    try:
+        with st.safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as err:  # safetensors raises its own error types for foreign files
+        raise FastSigCLRError(f"{path} is not a safetensors file ({err})") from err
+    if meta.get("format") != FORMAT:
+        raise FastSigCLRError(
+            f"{path} was not written by `fastsigclr export` (format {meta.get('format')!r}, "
+            f"expected {FORMAT!r})"
+        )
+    return meta
+
+
+def _unique_tensors(state: dict[str, Any]) -> dict[str, Any]:
+    """Each tensor once, under its first name: a module registered under two names (a ResNet
+    block's ``last_bn`` is its last batch norm) gives two keys for one tensor, and safetensors
+    stores no tensor twice."""
+    seen: set[tuple] = set()
+    unique = {}
+    for key, value in state.items():
+        identity = (value.data_ptr(), value.shape, value.stride())
+        if identity not in seen:
+            seen.add(identity)
+            unique[key] = value.detach().cpu().contiguous()
+    return unique
+
+
+def _load_part(path: str | Path, part: str, module: nn.Module, map_location: str) -> nn.Module:
+    tensors = _safetensors().torch.load_file(str(path), device=map_location)
+    prefix = f"{part}."
+    state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    # The names left out at export must be second names of tensors that were loaded.
+    own = module.state_dict(keep_vars=True)
+    loaded = {id(own[k]) for k in state if k in own}
+    aliases_only = all(id(own[k]) in loaded for k in missing)
+    if unexpected or not aliases_only:
+        raise FastSigCLRError(
+            f"{path}: its {part} tensors do not fit a {type(module).__name__} built from its metadata "
+            f"(missing {missing}, unexpected {unexpected}); export the run again"
+        )
+    return module.to(map_location).eval()
+
+
+def load_backbone(path: str | Path, map_location: str = "cpu") -> ResNet:
+    """Rebuild an exported backbone, in eval mode: ``(B, 3, S, S)`` images, normalised with the
+    file's ``mean`` and ``std`` (``read_metadata``), → ``(B, out_dim)`` features."""
+    meta = read_metadata(path)
+    model = ResNet(meta["arch"], int(meta["width"]))
+    return _load_part(path, "backbone", model, map_location)
+
+
+def load_projector(path: str | Path, map_location: str = "cpu") -> nn.Sequential:
+    """Rebuild an exported projector (written with ``--projector``), in eval mode."""
+    meta = read_metadata(path)
+    if meta["has_projector"] != "True":
+        raise FastSigCLRError(f"{path} holds no projector; export it again with --projector")
+    model = projector(int(meta["out_dim"]), tuple(json.loads(meta["proj_dims"])))
+    return _load_part(path, "projector", model, map_location)
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    run: str | None = option(None, "run directory written by `fastsigclr train` (required)")
+    data_dir: str | None = data_dir_option("the run's --data-dir")
+    split: str = option(
+        "test", "dataset split to embed (as the run used it: its --limit-*)", ("train", "test")
+    )
+    out: str | None = option(None, "features file FILE.npy; labels go to FILE.labels.npy (required)")
+    device: str = option("auto", "device", choices=("auto", "cpu", "cuda"))
+    progress: bool = option(True, "show a progress bar")
+
+    def __post_init__(self) -> None:
+        if not self.run or not self.out:
+            raise ValueError("--run DIR and --out FILE.npy are both required")
+        if not self.out.endswith(".npy"):
+            raise ValueError(f"--out must name a .npy file (labels go beside it), got {self.out!r}")
+
+
+def labels_path(out: str | Path) -> Path:
+    """Where ``embed`` writes the labels of the features file ``out`` (FILE.npy → FILE.labels.npy)."""
+    out = Path(out)
+    return out.with_name(out.name[: -len(".npy")] + ".labels.npy")
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def embed(cfg: EmbedConfig) -> dict[str, Any]:
+    """Backbone features (N, F) float32 of the un-augmented images of a split and their labels (N,)
+    int64, written as two .npy files; returns their paths and shape."""
+    run_dir = Path(cfg.run or "")
+    _run_checkpoint(run_dir)  # the clear errors first, before the data is read
+    loaded = load_run_model(run_dir, cfg.device, cfg.data_dir)
+    feats, labels = split_features(loaded, cfg.split, progress=cfg.progress)
+    out = Path(cfg.out or "")
+    _write_atomic(out, lambda tmp: tmp.write_bytes(_npy_bytes(feats.cpu().numpy())))
+    _write_atomic(labels_path(out), lambda tmp: tmp.write_bytes(_npy_bytes(labels.cpu().numpy())))
+    return {"features": str(out), "labels": str(labels_path(out)), "shape": tuple(feats.shape)}

@@ -1,0 +1,241 @@
+"""``fastsigclr sweep``: a grid of named settings × seeds at one budget, each run trained through
+``fastsigclr.train.train`` in its own run directory, then evaluated on frozen features (kNN and a
+linear probe, both on one extraction of the features), summarised in results.json / .md / .png.
+
+Resumable: a run whose evaluation is recorded is skipped, a trained run is only evaluated, a run
+with a checkpoint resumes through the trainer's ``--resume``, and a run that never reached its
+first checkpoint starts again. The results are rewritten atomically after every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fastsigclr import checkpoint as ckpt
+from fastsigclr.config import ConfigError, FastSigCLRError, build, option, to_dict
+from fastsigclr.data import LOADERS
+from fastsigclr.eval import EvalConfig, score, split_features
+from fastsigclr.models import ARCHS
+from fastsigclr.recipe import PRESETS, TrainConfig, compute_dtypes, load_run_model
+from fastsigclr.runinfo import resolve_device, run_record
+from fastsigclr.sweep_report import EVAL_FILE, collect_run, run_state, write_results
+from fastsigclr.train import train
+
+# Each setting is a set of `fastsigclr train` options; the budget options apply to all of them.
+# The ablations are those of SigCLR: the bias fixed (at its −10 initialisation, or at 0) instead
+# of learnt, and a learnt temperature instead of the fixed t = 10.
+SETTINGS: dict[str, dict[str, Any]] = {
+    "sigclr": {"method": "sigclr"},
+    "simclr": {"method": "simclr"},
+    "supcon": {"method": "supcon"},
+    "tcl": {"method": "tcl"},
+    "sigclr-fixed-b-10": {"method": "sigclr", "bias": -10.0, "learnable_bias": False},
+    "sigclr-fixed-b0": {"method": "sigclr", "bias": 0.0, "learnable_bias": False},
+    "sigclr-learnable-t": {"method": "sigclr", "learnable_temperature": True},
+}
+# SweepConfig fields passed to every run when set (unset: `fastsigclr train`'s default or preset).
+BUDGET = (
+    "dataset",
+    "data_dir",
+    "download",
+    "loader",
+    "arch",
+    "width",
+    "proj_dims",
+    "batch_size",
+    "epochs",
+    "lr",
+    "warmup_epochs",
+    "limit_train",
+    "limit_test",
+    "device",
+    "precision",
+    "knn_every",
+)
+_UNSET = "unset: `fastsigclr train`'s default"
+# What the sweep does to a run found in each state (fastsigclr.sweep_report.run_state), in its log.
+ACTIONS = {"new": "trained", "started": "restarted", "checkpointed": "resumed", "trained": "evaluated"}
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    settings: tuple[str, ...] = option(tuple(SETTINGS), "named settings to run", choices=tuple(SETTINGS))
+    seeds: tuple[int, ...] = option((0, 1, 2), "seeds of every setting")
+    out: str = option("runs/sweep", "sweep directory: runs/<setting>-seed<N>/ and results.json, .md, .png")
+    dataset: str | None = option(None, f"dataset; {_UNSET}", choices=tuple(PRESETS))
+    data_dir: str | None = option(None, f"dataset folder; {_UNSET}")
+    download: bool | None = option(None, f"download the dataset when missing; {_UNSET}")
+    loader: str | None = option(None, f"data loader backend; {_UNSET}", choices=tuple(LOADERS))
+    arch: str | None = option(None, "backbone; unset: the dataset preset", choices=tuple(ARCHS))
+    width: int | None = option(None, f"channels of the first ResNet stage; {_UNSET}")
+    proj_dims: tuple[int, ...] | None = option(None, "projector hidden..output sizes; unset: preset")
+    batch_size: int | None = option(None, "images per step; unset: preset")
+    epochs: int | None = option(None, "training epochs; unset: preset")
+    lr: float | None = option(None, f"peak learning rate; {_UNSET}")
+    warmup_epochs: float | None = option(None, f"warm-up epochs; {_UNSET}")
+    limit_train: int | None = option(None, "use only N training images; unset: all")
+    limit_test: int | None = option(None, "use only N test images; unset: all")
+    device: str | None = option(None, f"device; {_UNSET}", choices=("auto", "cpu", "cuda"))
+    precision: str | None = option(None, f"compute dtype; {_UNSET}", choices=("auto", "bf16", "fp32"))
+    knn_every: int | None = option(None, f"kNN monitor every N epochs (the curve); {_UNSET}")
+    linear_epochs: int | None = option(None, "linear probe epochs; unset: `fastsigclr eval`'s default")
+    progress: bool = option(False, "show the trainer's progress bars")
+
+    def __post_init__(self) -> None:
+        for name in ("settings", "seeds"):
+            values = getattr(self, name)
+            if not values or len(set(values)) != len(values):
+                raise ValueError(f"--{name} must list at least one value, each once; got {values}")
+
+    def budget(self) -> dict[str, Any]:
+        """The train options given for every run (unset ones are left to the trainer)."""
+        return {k: getattr(self, k) for k in BUDGET if getattr(self, k) is not None}
+
+    def eval_config(self, run_dir: Path, seed: int) -> EvalConfig:
+        given = {} if self.linear_epochs is None else {"linear_epochs": self.linear_epochs}
+        device = self.device or "auto"
+        return build(EvalConfig, {"run": str(run_dir), "device": device, "seed": seed, **given})
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    index: int  # 1-based position in the grid
+    setting: str
+    seed: int
+    run_dir: Path
+    train_config: TrainConfig
+
+
+def plan(cfg: SweepConfig) -> list[PlannedRun]:
+    """Every run of the grid, seed-major (after the first len(settings) runs, every setting has a
+    result), each with its train config; invalid option combinations fail here, before any run."""
+    runs = []
+    for seed in cfg.seeds:
+        for setting in cfg.settings:
+            run_dir = Path(cfg.out) / "runs" / f"{setting}-seed{seed}"
+            values = {**cfg.budget(), **SETTINGS[setting], "seed": seed, "out": str(run_dir)}
+            values["progress"] = cfg.progress
+            train_cfg = build(TrainConfig, values)
+            train_cfg.resolved()  # its checks against the preset (e.g. a batch larger than the images)
+            runs.append(PlannedRun(len(runs) + 1, setting, seed, run_dir, train_cfg))
+    return runs
+
+
+def _check_budget(cfg: SweepConfig) -> None:
+    """A sweep directory keeps one budget: its runs are only comparable at the same one."""
+    path = Path(cfg.out) / "sweep.json"
+    given = {**cfg.budget(), "linear_epochs": cfg.linear_epochs}
+    current = json.loads(json.dumps({k: v for k, v in given.items() if v is not None}))  # tuples → lists
+    if not path.is_file():
+        ckpt.write_text_atomic(path, json.dumps(current, indent=2) + "\n")
+        return
+    saved = json.loads(path.read_text())
+    diff = [k for k in sorted({*saved, *current}) if saved.get(k) != current.get(k)]
+    if diff:
+        listed = "; ".join(
+            f"--{k.replace('_', '-')} was {saved.get(k, 'unset')!r}, now {current.get(k, 'unset')!r}"
+            for k in diff
+        )
+        raise ConfigError(f"{cfg.out} holds a sweep at another budget: {listed}; use another --out")
+
+
+def _evaluate(cfg: SweepConfig, run: PlannedRun) -> dict[str, Any]:
+    """kNN and linear probe of the run's last checkpoint on one extraction of its features."""
+    start = time.perf_counter()
+    loaded = load_run_model(run.run_dir, cfg.device or "auto")
+    train_split = split_features(loaded, "train")
+    test_split = split_features(loaded, "test")
+    eval_cfg = dataclasses.replace(cfg.eval_config(run.run_dir, run.seed), progress=False)
+    classes = loaded["info"].num_classes
+    result = {
+        "epoch": loaded["epoch"],
+        "knn": score(eval_cfg, "knn", train_split, test_split, classes),
+        "linear": score(eval_cfg, "linear", train_split, test_split, classes),
+        "eval_config": to_dict(eval_cfg),
+        "seconds": time.perf_counter() - start,
+    }
+    ckpt.write_text_atomic(run.run_dir / EVAL_FILE, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _execute(cfg: SweepConfig, run: PlannedRun, state: str, command: list[str] | None) -> str:
+    """Train (fresh, resumed or restarted) and evaluate one run; returns what was done."""
+    if state == "started":  # killed before its first checkpoint: nothing to keep
+        shutil.rmtree(run.run_dir)
+    if state != "trained":
+        train(dataclasses.replace(run.train_config, resume=state == "checkpointed"), command=command)
+    _evaluate(cfg, run)
+    return ACTIONS[state]
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _accuracies(record: dict[str, Any]) -> str:
+    return f"kNN {100 * record['knn_acc']:.2f}%, linear {100 * record['linear_acc']:.2f}%"
+
+
+def run_sweep(
+    cfg: SweepConfig, command: list[str] | None = None, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Run (or continue) the grid; one line per run through ``log``; returns the results payload."""
+    runs = plan(cfg)
+    device = resolve_device(cfg.device or "auto")
+    view_dtype, _ = compute_dtypes(runs[0].train_config, device)
+    head = {
+        "kind": "sweep",
+        **run_record(device, command),
+        "precision": "bf16" if view_dtype == torch.bfloat16 else "fp32",
+        "config": to_dict(cfg),
+        "grid": {
+            "settings": {name: SETTINGS[name] for name in cfg.settings},
+            "seeds": list(cfg.seeds),
+            "budget": cfg.budget(),
+            "eval": {  # each run's probe is seeded with the run's seed
+                k: v
+                for k, v in to_dict(cfg.eval_config(Path(cfg.out), 0)).items()
+                if k.startswith(("knn", "linear"))
+            },
+        },
+    }
+    _check_budget(cfg)  # after every option is known to be valid: it writes the sweep's sweep.json
+    failures: dict[int, str] = {}
+    write_results(Path(cfg.out), head, runs, failures)
+    durations: list[float] = []
+    total = len(runs)
+    for run in runs:
+        where = f"[{run.index}/{total}] {run.setting} seed {run.seed}"
+        state = run_state(run.run_dir)
+        if state == "done":
+            log(f"{where}: skipped, done before ({_accuracies(collect_run(run.run_dir))})")
+            continue
+        start_note = {"checkpointed": "resuming from its checkpoint", "trained": "evaluating"}
+        log(f"{where}: {start_note.get(state, 'training')} in {run.run_dir}")
+        start = time.perf_counter()
+        try:
+            action = _execute(cfg, run, state, command)
+        except FastSigCLRError as err:
+            failures[run.index] = str(err)
+            log(f"{where}: FAILED: {err}")
+        else:
+            durations.append(time.perf_counter() - start)
+            left = sum(run_state(r.run_dir) != "done" for r in runs[run.index :])
+            eta = _duration(left * sum(durations) / len(durations))
+            log(
+                f"{where}: {action}, {_accuracies(collect_run(run.run_dir))} in "
+                f"{_duration(durations[-1])}; ETA {eta} for {left} run(s) left"
+            )
+        write_results(Path(cfg.out), head, runs, failures)
+    return write_results(Path(cfg.out), head, runs, failures)

@@ -1,0 +1,225 @@
+"""What a sweep reports, read back from its run directories: results.json (provenance, the grid,
+each run's config, results and kNN curve), results.md (mean ± std over seeds per setting) and
+results.png (accuracy per setting with every seed; kNN accuracy against epoch)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import statistics
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
+
+from fastsigclr.bench.plot import _save as save_figure
+from fastsigclr.checkpoint import write_text_atomic
+from fastsigclr.config import to_dict
+
+if TYPE_CHECKING:
+    from fastsigclr.sweep import PlannedRun
+
+EVAL_FILE = "sweep-eval.json"  # in each run directory: the sweep's evaluation of that run
+STATUS = {
+    "done": "done",
+    "trained": "partial",
+    "checkpointed": "partial",
+    "started": "pending",
+    "new": "pending",
+}
+
+
+def run_state(run_dir: Path) -> str:
+    """done (evaluated) | trained (summary, not evaluated) | checkpointed | started | new."""
+    if (run_dir / EVAL_FILE).is_file():
+        return "done"
+    if (run_dir / "summary.json").is_file():
+        return "trained"
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        return "checkpointed"
+    return "started" if run_dir.exists() else "new"
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl, without a last line cut short by a killed run."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def collect_run(run_dir: Path) -> dict[str, Any]:
+    """A run directory's results: kNN curve and training time from metrics.jsonl, loss scalars
+    from summary.json, the sweep's kNN and linear accuracy from its evaluation file."""
+    epochs = [r for r in _records(run_dir / "metrics.jsonl") if r.get("kind") == "epoch"]
+    found: dict[str, Any] = {
+        "epochs_done": len(epochs),
+        "train_seconds": sum(r["seconds"] for r in epochs),
+        "knn_curve": [[r["epoch"] + 1, r["knn_acc"]] for r in epochs if r.get("knn_acc") is not None],
+    }
+    summary = _read_json(run_dir / "summary.json") or {}
+    for key in ("final_bias", "final_temperature"):
+        if key in summary:
+            found[key] = summary[key]
+    if "knn_acc" in summary:
+        found["monitor_knn_acc"] = summary["knn_acc"]  # the trainer's own last kNN monitor
+    evaluation = _read_json(run_dir / EVAL_FILE)
+    if evaluation is not None:
+        found.update(
+            knn_acc=evaluation["knn"]["accuracy"],
+            linear_acc=evaluation["linear"]["accuracy"],
+            linear_train_acc=evaluation["linear"]["train_accuracy"],
+            eval_seconds=evaluation["seconds"],
+        )
+    return found
+
+
+def _stats(values: list[float]) -> dict[str, Any] | None:
+    """Mean and sample standard deviation (None for a single value) of the seeds' values."""
+    if not values:
+        return None
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return {"mean": statistics.fmean(values), "std": std, "n": len(values)}
+
+
+def aggregate(entries: list[dict[str, Any]], settings: list[str]) -> list[dict[str, Any]]:
+    """One row per setting over its finished runs."""
+    rows = []
+    for setting in settings:
+        mine = [e for e in entries if e["setting"] == setting]
+        done = [e for e in mine if e["status"] == "done"]
+        row: dict[str, Any] = {"setting": setting, "done": len(done), "planned": len(mine)}
+        for key in ("knn_acc", "linear_acc", "final_bias", "final_temperature"):
+            row[key] = _stats([e[key] for e in done if key in e])
+        rows.append(row)
+    return rows
+
+
+def _percent(stats: dict[str, Any] | None) -> str:
+    if stats is None:
+        return "–"
+    spread = f" ± {100 * stats['std']:.2f}" if stats["std"] is not None else ""
+    return f"{100 * stats['mean']:.2f}{spread}"
+
+
+def _scalar(stats: dict[str, Any] | None) -> str:
+    return "–" if stats is None else f"{stats['mean']:.3g}"
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    """The table of results.md, under a header saying what was run, where and how it was scored."""
+    first = payload["runs"][0]["config"]
+    images = f"{first['limit_train'] or 'all'} train / {first['limit_test'] or 'all'} test images"
+    proj = "-".join(map(str, first["proj_dims"]))
+    device = payload["device"]
+    lines = [
+        "# Sweep results",
+        "",
+        f"{first['dataset']}, {first['arch']} width {first['width']}, projector {proj}, "
+        f"{first['epochs']} epochs, batch {first['batch_size']}, {images}; device {device['type']} "
+        f"({device['name']}), precision {payload['precision']}; commit {payload['commit']}, "
+        f"updated {payload['updated']}.",
+        "",
+        "Top-1 accuracy on the test split in %, mean ± sample standard deviation over seeds, from "
+        "frozen backbone features (extracted once per run): weighted kNN (k = 200, cosine) and a "
+        "linear probe trained on the features. Command: `" + payload["command"] + "`.",
+        "",
+        "| setting | train options | runs done | kNN top-1 | linear top-1 | final b | final t |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in payload["table"]:
+        options = ", ".join(f"{k}={v}" for k, v in payload["grid"]["settings"][row["setting"]].items())
+        lines.append(
+            f"| {row['setting']} | {options} | {row['done']}/{row['planned']} | {_percent(row['knn_acc'])} "
+            f"| {_percent(row['linear_acc'])} | {_scalar(row['final_bias'])} "
+            f"| {_scalar(row['final_temperature'])} |"
+        )
+    failed = [e for e in payload["runs"] if e["status"] == "failed"]
+    lines += [""] + [f"Failed: {e['setting']} seed {e['seed']}: {e['error']}" for e in failed]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def plot(payload: dict[str, Any], path: Path) -> None:
+    """Left: kNN and linear accuracy per setting, one dot per seed and the mean ± std. Right: the
+    kNN monitor's accuracy against epoch, one line per run, one colour per setting."""
+    fig, (ax_acc, ax_curve) = plt.subplots(1, 2, figsize=(12, 4.5))
+    settings = [row["setting"] for row in payload["table"]]
+    colors = {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(settings)}
+    for offset, key, color, label in (
+        (-0.15, "knn_acc", "tab:blue", "kNN"),
+        (0.15, "linear_acc", "tab:orange", "linear"),
+    ):
+        for i, row in enumerate(payload["table"]):
+            values = [100 * e[key] for e in payload["runs"] if e["setting"] == row["setting"] and key in e]
+            ax_acc.scatter([i + offset] * len(values), values, color=color, s=14, alpha=0.6)
+            if row[key] is not None:
+                std = 100 * (row[key]["std"] or 0.0)
+                ax_acc.errorbar(
+                    i + offset,
+                    100 * row[key]["mean"],
+                    yerr=std,
+                    fmt="_",
+                    color=color,
+                    capsize=4,
+                    markersize=14,
+                    label=label if i == 0 else None,
+                )
+    ax_acc.set_xticks(range(len(settings)), settings, rotation=25, ha="right")
+    ax_acc.set(ylabel="test top-1 (%)", title="accuracy per setting (dots: seeds; bars: mean ± std)")
+    if ax_acc.get_legend_handles_labels()[0]:
+        ax_acc.legend(fontsize=8)
+    labelled: set[str] = set()
+    for e in payload["runs"]:
+        if e["knn_curve"]:
+            epochs, accs = zip(*e["knn_curve"], strict=True)
+            label = None if e["setting"] in labelled else e["setting"]
+            labelled.add(e["setting"])
+            ax_curve.plot(
+                epochs, [100 * a for a in accs], marker=".", color=colors[e["setting"]], label=label
+            )
+    ax_curve.set(xlabel="epoch", ylabel="kNN top-1 (%)", title="kNN monitor during training")
+    ax_curve.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if labelled:
+        ax_curve.legend(fontsize=8)
+    for ax in (ax_acc, ax_curve):
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(f"sweep on {payload['device']['name']} ({payload['device']['type']})")
+    save_figure(fig, path)
+
+
+def write_results(
+    out: Path, head: dict[str, Any], runs: list[PlannedRun], failures: dict[int, str]
+) -> dict[str, Any]:
+    """Read every run directory back and rewrite results.json, .md and .png atomically."""
+    entries = []
+    for run in runs:
+        state = run_state(run.run_dir)
+        status = "failed" if run.index in failures and state != "done" else STATUS[state]
+        saved = _read_json(run.run_dir / "config.json")
+        config = saved["config"] if saved else to_dict(run.train_config.resolved())
+        entry = {"index": run.index, "setting": run.setting, "seed": run.seed, "run_dir": str(run.run_dir)}
+        entry.update(status=status, config=config, **collect_run(run.run_dir))
+        if status == "failed":
+            entry["error"] = failures[run.index]
+        entries.append(entry)
+    updated = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    payload = {**head, "updated": updated, "runs": entries}
+    payload["table"] = aggregate(entries, list(head["grid"]["settings"]))
+    out = Path(out)
+    write_text_atomic(out / "results.json", json.dumps(payload, indent=2, default=str) + "\n")
+    write_text_atomic(out / "results.md", markdown(payload))
+    plot(payload, out / "results.png")
+    return payload

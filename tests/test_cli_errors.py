@@ -1,0 +1,123 @@
+"""Bad input on the command line ends as one line, `fastsigclr: error: ...`, exit status 2, no
+traceback: numbers that are not finite or out of range, batches larger than the data, benchmark
+files that are not benchmark files, CCEM grids that cannot fit in memory."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fastsigclr.ccem import CcemConfig, check_memory
+from fastsigclr.cli import main
+from fastsigclr.config import FastSigCLRError
+
+
+def cli_error(argv: list[str], capsys) -> str:
+    """Run the CLI, expect exit status 2, return the one-line message."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fastsigclr: error: ") and "\n" not in err, err
+    return err
+
+
+TRAIN = ["train", "--device", "cpu", "--no-download", "--no-progress"]
+# Each runs to the point where today's code crashed or went on; the data dir is empty, so a value
+# that slipped through ends at "cifar10 not found" instead of downloading.
+BAD_VALUES = [
+    ([*TRAIN, "--momentum", "5"], "--momentum must be ≥ 0 and < 1, got 5"),
+    ([*TRAIN, "--momentum", "-0.5"], "--momentum must be ≥ 0 and < 1, got -0.5"),
+    ([*TRAIN, "--probe-lr", "-1"], "--probe-lr must be ≥ 0, got -1"),
+    ([*TRAIN, "--temperature", "nan"], "--temperature must be a finite number, got nan"),
+    ([*TRAIN, "--temperature", "inf"], "--temperature must be a finite number, got inf"),
+    ([*TRAIN, "--lr", "nan"], "--lr must be a finite number, got nan"),
+    ([*TRAIN, "--bias=-inf"], "--bias must be a finite number, got -inf"),
+    ([*TRAIN, "--warmup-epochs", "inf"], "--warmup-epochs must be a finite number, got inf"),
+    ([*TRAIN, "--weight-decay", "nan"], "--weight-decay must be a finite number, got nan"),
+    ([*TRAIN, "--k1", "-1"], "--k1 must be ≥ 0, got -1"),
+    ([*TRAIN, "--knn-every", "-1"], "--knn-every must be ≥ 0, got -1"),
+    ([*TRAIN, "--proj-dims", "64,0"], "--proj-dims must be ≥ 1, got 0"),
+    ([*TRAIN, "--seed", "-1"], "--seed must be ≥ 0, got -1"),
+    (["eval", "--run", "R", "--knn-temperature", "nan"], "--knn-temperature must be a finite number"),
+    (["eval", "--run", "R", "--linear-lr", "-0.1"], "--linear-lr must be ≥ 0, got -0.1"),
+    (["ccem", "--t", "1,nan", "--n", "4", "--steps", "1"], "--t must be a finite number, got nan"),
+    (["ccem", "--t", "inf", "--n", "4", "--steps", "1"], "--t must be a finite number, got inf"),
+    (["ccem", "--bias", "nan", "--n", "4", "--steps", "1"], "--bias must be a finite number, got nan"),
+    (["ccem", "--lr", "inf", "--n", "4", "--steps", "1"], "--lr must be a finite number, got inf"),
+    (["bench", "loss", "--temperature", "nan"], "--temperature must be a finite number, got nan"),
+    (["bench", "loss", "--nt-xent-temperature", "-1"], "--nt-xent-temperature must be > 0, got -1"),
+    (["bench", "augment", "--workers", "-1"], "--workers must be ≥ 0, got -1"),
+    (["bench", "train", "--warmup", "-1"], "--warmup must be ≥ 0, got -1"),
+    (["bench", "dist", "--dim", "0"], "--dim must be ≥ 1, got 0"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD_VALUES)
+def test_bad_numbers_are_one_line_errors(argv, message, tmp_path, capsys):
+    out = ["--out", str(tmp_path / "out")] if argv[0] in ("train", "ccem", "bench") else []
+    data = ["--data-dir", str(tmp_path / "data")] if argv[0] == "train" else []
+    assert message in cli_error([*argv, *data, *out], capsys)
+
+
+@pytest.mark.parametrize("command", ["loss", "dist"])
+def test_bench_sizes_must_be_two_views(command, tmp_path, capsys):
+    """Today `bench loss --sizes 7` crashed inside the chunked loss (7 rows are not two views)."""
+    argv = ["bench", command, "--device", "cpu", "--sizes", "64,7", "--reps", "1", "--out", str(tmp_path)]
+    if command == "loss":
+        argv += ["--providers", "chunked", "--dims", "8", "--warmup", "1"]
+    err = cli_error(argv, capsys)
+    assert "--sizes 7: each size is 2N rows, two views of N images, so it must be even" in err
+    assert "--sizes 8" in err
+    assert not list(tmp_path.iterdir()), "nothing is measured or written"
+
+
+def test_batch_larger_than_limit_train_names_both_numbers(tmp_path, capsys):
+    """The first thing a CPU user tries: the preset batch (512) against --limit-train 128."""
+    argv = [*TRAIN, "--data-dir", str(tmp_path), "--out", str(tmp_path / "run"), "--limit-train", "128"]
+    err = cli_error(argv, capsys)
+    assert "--batch-size 512 (the cifar10 preset) is larger than the 128 images of --limit-train 128" in err
+    assert "pass --batch-size 128 or less" in err
+    err = cli_error([*argv, "--batch-size", "4096"], capsys)
+    assert "--batch-size 4096 is larger than the 128 images" in err and "preset" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def write_json(path: Path, payload) -> Path:
+    path.write_text(payload if isinstance(payload, str) else json.dumps(payload))
+    return path
+
+
+@pytest.mark.parametrize(
+    "payload,message",
+    [
+        (None, "does not exist"),
+        ("not json {", "is not a readable JSON file"),
+        ([1, 2], "is not a benchmark results file with a plot (benchmark None)"),
+        (
+            {"benchmark": "speed", "results": []},
+            "is not a benchmark results file with a plot (benchmark 'speed'",
+        ),
+        ({"benchmark": "loss"}, "is not a complete loss results file (KeyError: 'results')"),
+        ({"benchmark": "train", "results": {"full_step": {}}}, "is not a complete train results file"),
+    ],
+)
+def test_bench_plot_of_a_file_that_is_not_a_benchmark(payload, message, tmp_path, capsys):
+    path = tmp_path / "results.json"
+    if payload is not None:
+        write_json(path, payload)
+    err = cli_error(["bench", "plot", str(path)], capsys)
+    assert f"{path} {message}" in err
+    assert not (tmp_path / "results.png").exists()
+
+
+def test_ccem_grid_too_large_for_memory_is_refused(tmp_path, capsys):
+    """--n 100000 needed ~6 TB of float64 values and died allocating them; the bound is computed
+    from the measured peak per N² (the encoder variant's 81.2 N² values, 8 bytes each)."""
+    err = cli_error(["ccem", "--n", "4,100000", "--steps", "1", "--out", str(tmp_path)], capsys)
+    assert "--n 100000 needs about 6049.9 GiB for the encoder variant (81.2·N² float64 values)" in err
+    assert "use --n values ≤" in err
+    cfg = CcemConfig(n=(4, 1000), variant=("free",))
+    check_memory(cfg, available=int(14.1 * 8 * 1000**2) + 1)  # just fits
+    with pytest.raises(FastSigCLRError, match=r"--n 1000 needs about 0\.1 GiB for the free .* ≤ 999"):
+        check_memory(cfg, available=int(14.1 * 8 * 1000**2) - 8)

@@ -1,0 +1,127 @@
+"""`fastsigclr export` and `embed` on a real (tiny) CIFAR-10 run: the exported encoder rebuilds the
+checkpoint's network exactly, and embeddings equal the features evaluation extracts."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import safetensors.torch as safetensors_torch
+import torch
+
+from fastsigclr.cli import main
+from fastsigclr.config import FastSigCLRError
+from fastsigclr.eval import extract_features
+from fastsigclr.export import labels_path, load_backbone, load_projector, read_metadata
+from fastsigclr.recipe import load_run_model
+
+
+@pytest.fixture(scope="module")
+def run_dir(cifar10_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "run"
+    args = (
+        f"train --dataset cifar10 --data-dir {cifar10_dir} --device cpu --limit-train 64 --limit-test 48 "
+        f"--width 8 --proj-dims 32,16 --batch-size 32 --epochs 1 --knn-every 0 --no-progress --out {out}"
+    ).split()
+    assert main(args) == 0
+    return out
+
+
+@pytest.mark.parametrize("with_projector", [False, True])
+def test_export_round_trip(run_dir, tmp_path, with_projector, capsys):
+    path = tmp_path / "enc.safetensors"
+    extra = ["--projector"] if with_projector else []
+    assert main(["export", "--run", str(run_dir), "--out", str(path), *extra]) == 0
+    assert f"wrote {path}" in capsys.readouterr().out
+    meta = read_metadata(path)
+    assert (meta["arch"], meta["width"], meta["out_dim"], json.loads(meta["proj_dims"])) == (
+        "resnet18",
+        "8",
+        "64",
+        [32, 16],
+    )
+    assert meta["epoch"] == "1" and meta["dataset"] == "cifar10" and len(json.loads(meta["mean"])) == 3
+    loaded = load_run_model(run_dir, "cpu")
+    info, images = loaded["info"], torch.from_numpy(loaded["test"][0][:8])
+    expected = extract_features(loaded["backbone"], images, info.mean, info.std, torch.device("cpu"))
+    backbone = load_backbone(path)
+    assert not backbone.training
+    got = extract_features(backbone, images, info.mean, info.std, torch.device("cpu"))
+    assert torch.equal(got, expected)
+    ckpt_state = loaded["backbone"].state_dict()
+    assert all(torch.equal(v, ckpt_state[k]) for k, v in backbone.state_dict().items())
+    if with_projector:
+        state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["model"]
+        head = load_projector(path)
+        assert all(torch.equal(v, state[f"projector.{k}"]) for k, v in head.state_dict().items())
+        assert head(got).shape == (len(images), 16)
+    else:
+        with pytest.raises(FastSigCLRError, match="holds no projector; export it again with --projector"):
+            load_projector(path)
+
+
+def test_embed_matches_extract_features(run_dir, tmp_path, capsys):
+    out = tmp_path / "emb" / "test.npy"
+    for target in (out, tmp_path / "again.npy"):
+        assert (
+            main(["embed", "--run", str(run_dir), "--split", "test", "--out", str(target), "--no-progress"])
+            == 0
+        )
+    assert "wrote" in capsys.readouterr().out
+    feats, labels = np.load(out), np.load(labels_path(out))
+    assert labels_path(out).name == "test.labels.npy"
+    assert feats.shape == (48, 64) and feats.dtype == np.float32
+    assert labels.shape == (48,) and labels.dtype == np.int64
+    assert np.array_equal(feats, np.load(tmp_path / "again.npy"))  # deterministic
+    loaded = load_run_model(run_dir, "cpu")
+    info = loaded["info"]
+    expected = extract_features(
+        loaded["backbone"], loaded["test"][0], info.mean, info.std, torch.device("cpu")
+    )
+    assert np.array_equal(feats, expected.numpy())
+    assert np.array_equal(labels, loaded["test"][1])
+    train_out = tmp_path / "train.npy"
+    assert (
+        main(["embed", "--run", str(run_dir), "--split", "train", "--out", str(train_out), "--no-progress"])
+        == 0
+    )
+    assert np.load(train_out).shape == (64, 64)
+
+
+def test_clear_errors(run_dir, tmp_path, capsys):
+    no_ckpt = tmp_path / "no-ckpt"
+    no_ckpt.mkdir()
+    shutil.copy(run_dir / "config.json", no_ckpt / "config.json")
+    foreign = tmp_path / "foreign.safetensors"
+    safetensors_torch.save_file({"w": torch.zeros(2)}, str(foreign))
+    cases = [
+        (
+            ["export", "--run", str(tmp_path / "missing"), "--out", str(tmp_path / "x.safetensors")],
+            "not a run directory",
+        ),
+        (["export", "--run", str(no_ckpt), "--out", str(tmp_path / "x.safetensors")], "has no checkpoint"),
+        (["embed", "--run", str(no_ckpt), "--out", str(tmp_path / "x.npy")], "has no checkpoint"),
+        (
+            ["embed", "--run", str(tmp_path / "missing"), "--out", str(tmp_path / "x.npy")],
+            "not a run directory",
+        ),
+        (["embed", "--run", str(run_dir), "--out", str(tmp_path / "x.npz")], "--out must name a .npy file"),
+        (
+            ["export", "--out", str(tmp_path / "x.safetensors")],
+            "--run DIR and --out FILE.safetensors are both",
+        ),
+    ]
+    for args, message in cases:
+        with pytest.raises(SystemExit):
+            main(args)
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (args, err)
+    assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "x.npy").exists()
+    with pytest.raises(FastSigCLRError, match="was not written by `fastsigclr export`"):
+        load_backbone(foreign)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a tensor file")
+    with pytest.raises(FastSigCLRError, match="is not a safetensors file"):
+        load_backbone(junk)
+    with pytest.raises(FastSigCLRError, match="no exported encoder at"):
+        load_backbone(tmp_path / "nothing.safetensors")

@@ -1,0 +1,158 @@
+"""`fastsigclr sweep` on a tiny grid of real CIFAR-10 runs (2 settings × 2 seeds, ResNet-18 width 8,
+64 images, 2 epochs): the three outputs, skipping finished runs, and continuing an interrupted grid."""
+
+import json
+import shutil
+import statistics
+
+import matplotlib.image
+import pytest
+import torch
+
+from fastsigclr import checkpoint
+from fastsigclr.cli import build_parser, main
+from fastsigclr.config import build, from_args
+from fastsigclr.runlog import read_metrics
+from fastsigclr.sweep import SETTINGS, SweepConfig, run_sweep
+
+BUDGET = [
+    *("--dataset", "cifar10", "--device", "cpu", "--width", "8", "--proj-dims", "32,16"),
+    *("--batch-size", "32", "--epochs", "2", "--limit-train", "64", "--limit-test", "48"),
+    *("--knn-every", "1", "--linear-epochs", "3"),
+]
+GRID = ("--settings", "sigclr,sigclr-fixed-b0", "--seeds", "0,1")
+
+
+def sweep_args(data_dir, out, *extra):
+    return ["sweep", "--data-dir", str(data_dir), "--out", str(out), *BUDGET, *extra]
+
+
+def run_grid(data_dir, out, *extra):
+    """run_sweep through the CLI's parser, collecting the progress lines."""
+    args = build_parser().parse_args(sweep_args(data_dir, out, *extra))
+    lines = []
+    payload = run_sweep(from_args(SweepConfig, args), command=["fastsigclr", "sweep"], log=lines.append)
+    return payload, lines
+
+
+@pytest.fixture(scope="module")
+def grid(cifar10_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "grid"
+    payload, lines = run_grid(cifar10_dir, out, *GRID)
+    return out, payload, lines
+
+
+def test_grid_writes_results_table_and_plot(grid):
+    out, payload, lines = grid
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["runs"] == json.loads(json.dumps(payload["runs"]))
+    assert saved["commit"] and saved["versions"]["torch"] and saved["device"]["type"] == "cpu"
+    assert saved["command"] == "fastsigclr sweep" and saved["grid"]["seeds"] == [0, 1]
+    assert saved["grid"]["settings"] == {s: SETTINGS[s] for s in ("sigclr", "sigclr-fixed-b0")}
+    runs = saved["runs"]
+    # seed-major: every setting has a result after the first two runs
+    assert [(r["setting"], r["seed"]) for r in runs] == [
+        ("sigclr", 0),
+        ("sigclr-fixed-b0", 0),
+        ("sigclr", 1),
+        ("sigclr-fixed-b0", 1),
+    ]
+    for r in runs:
+        assert r["status"] == "done" and r["config"]["seed"] == r["seed"] and r["config"]["width"] == 8
+        assert 0 <= r["linear_acc"] <= 1 and r["epochs_done"] == 2
+        assert [e for e, _ in r["knn_curve"]] == [1, 2]
+        # One extraction serves the sweep's kNN; it equals the trainer's own last kNN monitor.
+        assert r["knn_acc"] == r["monitor_knn_acc"] == r["knn_curve"][-1][1]
+    fixed = [r for r in runs if r["setting"] == "sigclr-fixed-b0"]
+    learnt = [r for r in runs if r["setting"] == "sigclr"]
+    assert all(r["final_bias"] == 0.0 and not r["config"]["learnable_bias"] for r in fixed)
+    assert all(r["final_bias"] != -10.0 and r["config"]["learnable_bias"] for r in learnt)
+    assert runs[0]["final_bias"] != runs[2]["final_bias"]  # the seeds differ
+    table = (out / "results.md").read_text()
+    assert "resnet18 width 8, projector 32-16, 2 epochs, batch 32, 64 train / 48 test images" in table
+    assert "precision fp32" in table and saved["precision"] == "fp32"
+    rows = [line for line in table.splitlines() if line.startswith("| sigclr")]
+    assert len(rows) == 2
+    for row, setting_runs in zip(rows, (learnt, fixed), strict=True):
+        values = [100 * r["linear_acc"] for r in setting_runs]
+        expected = f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
+        assert "| 2/2 |" in row and expected in row, (row, expected)
+    image = matplotlib.image.imread(out / "results.png")
+    assert image.shape[0] > 300 and image.shape[1] > 600
+    assert [line[:5] for line in lines if "ETA" in line] == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]
+    assert "ETA" in lines[-1] and "0 run(s) left" in lines[-1]
+
+
+def test_second_invocation_skips_finished_runs(grid, cifar10_dir, tmp_path, capsys):
+    out = tmp_path / "grid"
+    shutil.copytree(grid[0], out)  # copy2: modification times preserved
+    files = [p for p in out.glob("runs/*/*") if p.is_file()] + list(out.glob("runs/*/checkpoints/*"))
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
+    assert main(sweep_args(cifar10_dir, out, *GRID)) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("skipped, done before") == 4 and "training" not in printed
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files} == before
+    assert [r["status"] for r in json.loads((out / "results.json").read_text())["runs"]] == ["done"] * 4
+    with pytest.raises(SystemExit):
+        main(sweep_args(cifar10_dir, out, *GRID, "--epochs", "3"))
+    assert (
+        "holds a sweep at another budget: --epochs was 2, now 3; use another --out" in capsys.readouterr().err
+    )
+
+
+def test_interrupted_grid_continues(grid, cifar10_dir, tmp_path, monkeypatch):
+    """The first sweep dies before the run's first checkpoint, the second after it; the third
+    restarts nothing and ends with exactly the run of the uninterrupted grid."""
+    real_save = checkpoint.save_atomic
+    out = tmp_path / "broken"
+
+    def crash_at(call):
+        calls = []
+
+        def save(*args, **kw):
+            calls.append(1)
+            if len(calls) == call:
+                raise RuntimeError("simulated crash")
+            real_save(*args, **kw)
+
+        monkeypatch.setattr(checkpoint, "save_atomic", save)
+
+    run_dir = out / "runs" / "sigclr-seed0"
+    crash_at(1)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_grid(cifar10_dir, out, "--settings", "sigclr", "--seeds", "0")
+    assert (run_dir / "metrics.jsonl").is_file() and not (run_dir / "checkpoints" / "last.pt").exists()
+    assert json.loads((out / "results.json").read_text())["runs"][0]["status"] == "pending"
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "epo')  # a record cut short by the kill
+    crash_at(2)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_grid(cifar10_dir, out, "--settings", "sigclr", "--seeds", "0")
+    assert checkpoint.load(run_dir / "checkpoints" / "last.pt")["epoch"] == 1
+    monkeypatch.setattr(checkpoint, "save_atomic", real_save)
+    payload, lines = run_grid(cifar10_dir, out, "--settings", "sigclr", "--seeds", "0")
+    assert "resuming from its checkpoint" in lines[0] and "resumed" in lines[1]
+    whole = grid[0] / "runs" / "sigclr-seed0"
+    a = checkpoint.load(whole / "checkpoints" / "last.pt")["model"]
+    b = checkpoint.load(run_dir / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    losses = [[r["loss"] for r in read_metrics(d) if r["kind"] == "step"] for d in (whole, run_dir)]
+    assert losses[0] == losses[1]
+    assert payload["runs"][0]["knn_acc"] == grid[1]["runs"][0]["knn_acc"]
+
+
+def test_bad_grids_fail_before_any_run(tmp_path, capsys):
+    cases = [
+        (["--settings", "sigclr,nope"], "nope not allowed; choose from sigclr, simclr"),
+        (["--seeds", "0,0"], "--seeds must list at least one value, each once"),
+        (["--width", "0"], "--width must be ≥ 1"),
+        (["--linear-epochs", "0"], "--linear-epochs must be ≥ 1"),
+        (["--limit-train", "64", "--batch-size", "128"], "--batch-size 128 is larger than the 64 images"),
+    ]
+    for extra, message in cases:
+        with pytest.raises(SystemExit):
+            main(["sweep", "--out", str(tmp_path / "s"), "--device", "cpu", *extra])
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+    cfg = build(SweepConfig, {"out": str(tmp_path / "s")})
+    assert cfg.settings == tuple(SETTINGS) and cfg.seeds == (0, 1, 2) and cfg.budget() == {}
