@@ -1,5 +1,5 @@
 """Softmax-family contrastive losses: TCL, with SupCon and SimCLR's NT-Xent as special cases
-(DESIGN.md §2.2–2.3). Positives P(i) are the rows sharing i's label (its other views when there
+(docs/design.md §5). Positives P(i) are the rows sharing i's label (its other views when there
 are no labels), i excluded; negatives N(i) are the rest::
 
     ℓ_i = −(1/|P(i)|) Σ_{p∈P(i)} log( e^{s_ip/τ} / D_i ),
