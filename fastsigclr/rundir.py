@@ -36,8 +36,8 @@ import torch
 
 from fastsigclr import checkpoint as ckpt
 from fastsigclr import distributed
-from fastsigclr.config import ConfigError, FastSigCLRError, from_dict, replace, to_dict
-from fastsigclr.recipe import TrainConfig
+from fastsigclr.config import ConfigError, FastSigCLRError, replace, to_dict
+from fastsigclr.recipe import TrainConfig, saved_config
 from fastsigclr.runlog import RunLog
 
 LOCK = "run.lock"
@@ -122,7 +122,7 @@ def _saved_config(path: Path) -> TrainConfig:
     file = path / "config.json"
     try:
         saved = json.loads(file.read_text())["config"]
-        return from_dict(TrainConfig, saved)
+        return saved_config(saved)
     except FileNotFoundError:
         raise FastSigCLRError(
             f"cannot resume {path}: config.json (the run's settings) is missing; {fix}"

@@ -18,14 +18,15 @@ from helpers import KERNEL_DEVICE, assert_close_rel
 from test_sigmoid_loss import error_scales, reference
 
 from fastsigclr import checkpoint, rundir
-from fastsigclr.distributed import (
+from fastsigclr.kernels import sigmoid_block_triton
+from fastsigclr.losses import (
+    LOSSES,
     DistributedCriterion,
-    gather_rows,
+    sigmoid_block_chunked,
+    sigmoid_pairwise_loss,
     sigmoid_pairwise_loss_distributed,
 )
-from fastsigclr.kernels import sigmoid_block_triton
-from fastsigclr.losses import ContrastiveLoss, sigmoid_pairwise_loss
-from fastsigclr.losses.sigmoid import sigmoid_block_chunked
+from fastsigclr.losses.ranks import gather_rows
 from fastsigclr.runlog import read_metrics
 
 N_PER_RANK = 5  # odd, and 2N = 10 per rank: no size is a multiple of any block
@@ -66,8 +67,8 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         # The other losses through DistributedCriterion (gathered rows, gradient to the owner).
         z = local_rows(global_batch(world, 2), rank, world, 2).requires_grad_()
         labels = torch.arange(rank * N_PER_RANK, (rank + 1) * N_PER_RANK) % 3
-        for kind in ("nt_xent", "supcon"):
-            crit = DistributedCriterion(ContrastiveLoss(kind, 0.2, n_views=2))
+        for kind in ("simclr", "supcon"):
+            crit = DistributedCriterion(LOSSES[kind].build(temperature=0.2, n_views=2), LOSSES[kind])
             z.grad = None
             loss = crit(z, labels) if kind == "supcon" else crit(z)
             loss.backward()
@@ -114,9 +115,9 @@ def test_distributed_loss_equals_single_process(world, tmp_path):
 
     z = global_batch(world, 2).requires_grad_()
     labels = torch.arange(world * N_PER_RANK) % 3
-    for kind in ("nt_xent", "supcon"):
+    for kind in ("simclr", "supcon"):
         z.grad = None
-        crit = ContrastiveLoss(kind, 0.2, n_views=2)
+        crit = LOSSES[kind].build(temperature=0.2, n_views=2)
         expected = crit(z, labels) if kind == "supcon" else crit(z)
         expected.backward()
         for rank, results in enumerate(per_rank):
