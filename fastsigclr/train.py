@@ -153,8 +153,9 @@ def _train(run: rundir.RunDir, ctx: distributed.Context, command: list[str] | No
     for epoch in range(start_epoch, epochs):
         model.train()
         pace.begin_epoch()
-        # The loss value is computed only on the steps that log it (the fused kernel skips it
-        # elsewhere); the epoch's mean loss is over those steps (loss_steps in its record).
+        # The loss value is computed only where it is read: logged steps and each epoch's last step
+        # (the fused kernel skips it elsewhere); the epoch's mean loss is over those steps
+        # (loss_steps in its record).
         loss_sum = torch.zeros((), device=device)
         loss_steps = 0
         probe_correct = torch.zeros((), device=device)
@@ -170,16 +171,18 @@ def _train(run: rundir.RunDir, ctx: distributed.Context, command: list[str] | No
             lr = cfg.lr * warmup_cosine(step, total_steps, warmup_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            logged = (step + 1) % cfg.log_every == 0 or index + 1 == steps_per_epoch
-            loss, probe_loss, logits = train_step(parts, views, labels, compute_loss=logged)
+            logged = (step + 1) % cfg.log_every == 0 or step + 1 == total_steps
+            computed = logged or index + 1 == steps_per_epoch
+            loss, probe_loss, logits = train_step(parts, views, labels, compute_loss=computed)
             step += 1
             estimate = pace.step()
             if estimate:
                 tqdm.write(estimate, file=sys.stderr)
             probe_correct += (logits.argmax(1) == labels.repeat(cfg.n_views)).sum()
-            if logged:
+            if computed:
                 loss_sum += loss.detach()
                 loss_steps += 1
+            if logged:
                 rate = pace.img_per_s()
                 rec = {
                     "kind": "step",

@@ -73,6 +73,14 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             loss = crit(z, labels) if kind == "supcon" else crit(z)
             loss.backward()
             results[kind] = (loss.detach(), z.grad.clone())
+        # compute_loss=False through the wrapper: NaN value, the same gradients.
+        sig = LOSSES["sigclr"]
+        crit = DistributedCriterion(sig.build(n_views=2, **{**sig.defaults(), "logit_scale": T0}), sig)
+        for compute_loss in (True, False):
+            z.grad = None
+            loss = crit(z, compute_loss=compute_loss)
+            loss.backward()
+            results[("compute_loss", compute_loss)] = (loss.detach(), z.grad.clone())
         # A shape mismatch is an error on every rank, not a hang.
         try:
             sigmoid_pairwise_loss_distributed(torch.randn(4 + 2 * rank, D), 10.0, -10.0)
@@ -126,6 +134,8 @@ def test_distributed_loss_equals_single_process(world, tmp_path):
             assert_close_rel(dz, local_rows(z.grad, rank, world, 2), 2e-5, f"{kind} dz rank {rank}")
     for results in per_rank:
         assert "same shape" in results["mismatch"], results["mismatch"]
+        (loss, dz), (skipped, dz_skipped) = results[("compute_loss", True)], results[("compute_loss", False)]
+        assert torch.isfinite(loss) and torch.isnan(skipped) and torch.equal(dz, dz_skipped)
 
 
 def test_distributed_needs_a_process_group():

@@ -134,9 +134,11 @@ class NTXentLoss(torch.nn.Module):
 SPEC = LossSpec(
     summary="SimCLR: NT-Xent, softmax of the positive against all other rows, τ 0.2",
     build=lambda *, n_views, temperature: NTXentLoss(temperature, n_views=n_views),
-    function=lambda z, labels=None, **p: nt_xent_loss(z, p["temperature"], n_views=p.get("n_views", 2)),
-    reference=lambda z, labels=None, **p: nt_xent_loss_reference(
-        z, p["temperature"], n_views=p.get("n_views", 2)
+    function=lambda z, labels=None, *, n_views=2, impl="auto", **p: nt_xent_loss(
+        z, p["temperature"], n_views=n_views, impl=impl
+    ),
+    reference=lambda z, labels=None, *, n_views=2, **p: nt_xent_loss_reference(
+        z, p["temperature"], n_views=n_views
     ),
     params={"temperature": softmax_temperature(TAU)},
     kernel="nt_xent_triton",

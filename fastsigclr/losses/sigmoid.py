@@ -300,14 +300,12 @@ def _build(
     )
 
 
-def _function(z: torch.Tensor, labels: None = None, **params) -> torch.Tensor:
-    return sigmoid_pairwise_loss(z, params["logit_scale"], params["bias"], n_views=params.get("n_views", 2))
+def _function(z: torch.Tensor, labels: None = None, *, n_views: int = 2, impl: Impl = "auto", **params):
+    return sigmoid_pairwise_loss(z, params["logit_scale"], params["bias"], n_views=n_views, impl=impl)
 
 
-def _reference(z: torch.Tensor, labels: None = None, **params) -> torch.Tensor:
-    return sigmoid_pairwise_loss_reference(
-        z, params["logit_scale"], params["bias"], n_views=params.get("n_views", 2)
-    )
+def _reference(z: torch.Tensor, labels: None = None, *, n_views: int = 2, **params) -> torch.Tensor:
+    return sigmoid_pairwise_loss_reference(z, params["logit_scale"], params["bias"], n_views=n_views)
 
 
 SPEC = LossSpec(

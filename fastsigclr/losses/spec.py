@@ -28,7 +28,8 @@ class LossSpec:
     build(n_views=..., **params) -> the nn.Module the trainer calls as ``module(z)`` (or
     ``module(z, labels)`` when supervised), with ``compute_loss=`` where the loss can skip its value.
     function / reference: the functional API and the plain (materialising, float64-capable)
-    reference, both ``(z, labels, **params)`` over view-major rows.
+    reference, both ``(z, labels, *, n_views, **params)`` over view-major rows (function also
+    takes ``impl``); unknown params (e.g. learnable_bias) are ignored.
     kernel: the name of its Triton launcher in ``fastsigclr.kernels``, if it has one.
     distributed: ``(module, z_local, labels, *, mode, group, compute_loss) -> loss`` where the loss
     has an exact blockwise form across ranks; None: the global batch's rows are gathered.

@@ -209,12 +209,15 @@ def _tcl_params(params: dict) -> dict:
     return {"temperature": params["temperature"], "k1": params.get("k1", 0.0), "k2": params.get("k2", 1.0)}
 
 
-def _function(z: torch.Tensor, labels: torch.Tensor | None = None, **params) -> torch.Tensor:
-    return tcl_loss(z, labels, **_tcl_params(params), n_views=params.get("n_views", 2))
+def _function(
+    z: torch.Tensor, labels: torch.Tensor | None = None, *, n_views: int = 2, impl: str = "auto", **params
+):
+    """impl is accepted for the registry's common signature: TCL has the torch path only."""
+    return tcl_loss(z, labels, **_tcl_params(params), n_views=n_views)
 
 
-def _reference(z: torch.Tensor, labels: torch.Tensor | None = None, **params) -> torch.Tensor:
-    return tcl_loss_reference(z, labels, **_tcl_params(params), n_views=params.get("n_views", 2))
+def _reference(z: torch.Tensor, labels: torch.Tensor | None = None, *, n_views: int = 2, **params):
+    return tcl_loss_reference(z, labels, **_tcl_params(params), n_views=n_views)
 
 
 SUPCON = LossSpec(
