@@ -38,7 +38,7 @@ def test_every_spec_function_matches_its_reference(method, rows, dim, n_views):
     params = spec.defaults()
     got = value_and_grad(lambda x, y: spec.function(x, y, n_views=n_views, **params), z, labels)
     want = value_and_grad(lambda x, y: spec.reference(x, y, n_views=n_views, **params), z, labels)
-    # Measured ≤ 4e-15 relative over these cases (float64 throughout).
+    # Measured over these cases: loss ≤ 3.2e-16, dz ≤ 1.2e-15 relative (float64 throughout).
     assert_close_rel(got[0], want[0], 1e-12, f"{method} loss")
     assert_close_rel(got[1], want[1], 1e-12, f"{method} dz")
     module = spec.build(n_views=n_views, **params)

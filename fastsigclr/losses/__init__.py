@@ -1,7 +1,7 @@
 """Contrastive losses as pure functions, thin nn.Module wrappers, references, and ``LOSSES``: the
 one registry (training method → LossSpec) that the trainer, the distributed wrapper, the loss
 benchmark and the command line read. Adding a loss: one module with its functions, module,
-reference and ``SPEC`` (see ``spec.LossSpec``), and one line below."""
+reference and ``SPEC`` (see ``spec.LossSpec``), its import and one line below."""
 
 from . import ntxent, sigmoid, tcl
 from .ntxent import NTXentLoss, nt_xent_chunked, nt_xent_loss, nt_xent_loss_reference
