@@ -21,7 +21,7 @@ from fastsigclr.data.datasets import data_dir_option
 from fastsigclr.data.loaders import ffcv_dir_option
 from fastsigclr.data.subset import balanced_indices
 from fastsigclr.losses import LOSSES
-from fastsigclr.losses.options import LOSS_OPTIONS, LossOptions, check_applicable, method_params
+from fastsigclr.losses.options import LOSS_OPTIONS, check_applicable, method_params, with_loss_options
 from fastsigclr.models import ARCHS, SSLModel
 from fastsigclr.runinfo import resolve_device
 
@@ -36,8 +36,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
+@with_loss_options
 @dataclass(frozen=True)
-class TrainConfig(LossOptions):
+class TrainConfig:
     dataset: str = option("cifar10", "dataset (its preset fills unset options)", choices=tuple(PRESETS))
     data_dir: str | None = data_dir_option()
     download: bool = option(True, "download the dataset when it is not in --data-dir")

@@ -52,7 +52,7 @@ IRRELEVANT = [
     ("tcl", "learnable_bias", False, "--learnable-bias applies to sigclr only; drop it"),
     ("simclr", "learnable_logit_scale", True, "--learnable-logit-scale applies to sigclr only"),
     ("simclr", "logit_scale", 5.0, "--logit-scale applies to sigclr only; drop it"),
-    ("sigclr", "temperature", 0.5, "--temperature applies to simclr, supcon, tcl only; drop it (sigclr"),
+    ("sigclr", "temperature", 0.5, "--temperature applies to simclr, supcon, tcl"),
 ]
 
 

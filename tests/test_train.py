@@ -168,8 +168,12 @@ def test_training_beats_a_random_network_on_knn(cifar10_dir, tmp_path):
 
 @pytest.mark.parametrize(
     "method,key,temperature",
-    [("simclr", "temperature", 0.2), ("supcon", "temperature", 0.1), ("tcl", "temperature", 0.1)]
-    + [("sigclr", "logit_scale", 10.0)],
+    [
+        ("simclr", "temperature", 0.2),
+        ("supcon", "temperature", 0.1),
+        ("tcl", "temperature", 0.1),
+        ("sigclr", "logit_scale", 10.0),
+    ],
 )
 def test_every_method_trains(cifar10_dir, tmp_path, method, key, temperature):
     out = tmp_path / method

@@ -22,14 +22,15 @@ from fastsigclr.bench.common import DTYPES, check_even_sizes, matmul_tflops, tim
 from fastsigclr.bench.memory import peak_extra_bytes
 from fastsigclr.config import check_fields, option, to_dict
 from fastsigclr.losses import LOSSES
-from fastsigclr.losses.options import LossOptions, check_applicable, method_params
+from fastsigclr.losses.options import check_applicable, method_params, with_loss_options
 from fastsigclr.runinfo import resolve_device, run_record
 
 PROVIDERS = ("eager", "compiled", "chunked", "triton")
 
 
+@with_loss_options
 @dataclass(frozen=True)
-class BenchLossConfig(LossOptions):
+class BenchLossConfig:
     device: str = option("auto", "device to measure on", choices=("auto", "cpu", "cuda"))
     sizes: tuple[int, ...] | None = option(
         None,

@@ -1,13 +1,14 @@
 """The command-line options of the losses' hyper-parameters, generated once from the registry
-(``fastsigclr train`` and ``fastsigclr bench loss`` inherit them): one option per parameter name of
-any loss, unset by default (each method's own default then applies), help and bounds from the
-spec. A new loss whose parameters already exist needs no change here or in the configs."""
+(``fastsigclr train`` and ``fastsigclr bench loss`` add them with ``with_loss_options``): one option
+per parameter name of any loss, unset by default (each method's own default then applies), help
+and bounds from the spec. A new loss whose parameters already exist needs no change here or in the
+configs."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from fastsigclr.config import option
 
@@ -37,8 +38,16 @@ def _fields() -> list[tuple[str, Any, Any]]:
     return fields
 
 
-LossOptions = dataclasses.make_dataclass("LossOptions", _fields(), frozen=True)
-LOSS_OPTIONS = tuple(f.name for f in dataclasses.fields(LossOptions))
+_FIELDS = _fields()
+LOSS_OPTIONS = tuple(name for name, _, _ in _FIELDS)
+C = TypeVar("C")
+
+
+def with_loss_options(cls: type[C]) -> type[C]:
+    """Class decorator for a frozen config dataclass: the same class with the loss options added
+    after its own fields (so its --help and error messages list its own options first)."""
+    namespace = {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__}
+    return dataclasses.make_dataclass(cls.__name__, _FIELDS, bases=(cls,), frozen=True, namespace=namespace)
 
 
 def _flag(name: str) -> str:

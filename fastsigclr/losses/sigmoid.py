@@ -44,7 +44,7 @@ from .normalize import EPS, normalize_rows
 from .sigmoid_torch import sigmoid_block_chunked
 from .spec import HyperParam, LossSpec
 
-# SigCLR's fixed logit scale t and SigLIP's initial bias b (docs/design.md §2.1).
+# SigCLR's fixed logit scale t and SigLIP's initial bias b (docs/design.md §3).
 LOGIT_SCALE = 10.0
 BIAS = -10.0
 # The weights are float32: a larger --bias overflows at the first step.
