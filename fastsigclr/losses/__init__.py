@@ -3,7 +3,7 @@ one registry (training method → LossSpec) that the trainer, the distributed wr
 benchmark and the command line read. Adding a loss: one module with its functions, module,
 reference and ``SPEC`` (see ``spec.LossSpec``), its import and one line below."""
 
-from . import ntxent, sigmoid, tcl
+from . import dcl, ntxent, sigmoid, tcl
 from .ntxent import NTXentLoss, nt_xent_chunked, nt_xent_loss, nt_xent_loss_reference
 from .ranks import DistributedCriterion
 from .sigmoid import (
@@ -22,6 +22,7 @@ LOSSES: dict[str, LossSpec] = {
     "simclr": ntxent.SPEC,
     "supcon": tcl.SUPCON,
     "tcl": tcl.TCL,
+    "dcl": dcl.SPEC,
 }
 
 __all__ = [
