@@ -25,7 +25,7 @@ from fastsigclr.losses.options import LOSS_OPTIONS, check_applicable, method_par
 from fastsigclr.models import ARCHS, SSLModel
 from fastsigclr.runinfo import resolve_device
 
-# DESIGN.md §5: what `--dataset` chooses; every value can be overridden by its option.
+# docs/design.md §9: what `--dataset` chooses; every value can be overridden by its option.
 PRESETS: dict[str, dict[str, Any]] = {
     "cifar10": {"arch": "resnet18", "proj_dims": (2048, 2048, 64), "batch_size": 512, "epochs": 1000},
     "cifar100": {"arch": "resnet18", "proj_dims": (4096, 4096, 128), "batch_size": 512, "epochs": 1000},
