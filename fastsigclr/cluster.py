@@ -65,6 +65,14 @@ def join_failure(rank: int, world_size: int, timeout_s: float, err: BaseExceptio
     )
 
 
+def max_restarts() -> int:
+    """torchrun's ``--max-restarts`` for this job (it tells its workers); 0 outside torchrun."""
+    try:
+        return int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
+    except ValueError:
+        return 0
+
+
 def _is_loopback(addr: str) -> bool:
     try:
         return ipaddress.ip_address(socket.gethostbyname(addr)).is_loopback
