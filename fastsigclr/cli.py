@@ -65,7 +65,7 @@ def _cmd_bench_dist(args: argparse.Namespace) -> int:
             f"{r['provider']:<7} 2N={r['rows']:<6} {r['median_ms']:9.3f} ms  "
             f"×{r['overhead_vs_plain']:.2f} of plain"
         )
-    print(f"wrote {cfg.out}/dist-{payload['device']['type']}.json")
+    print(f"wrote {cfg.out}/dist-{payload['device']['type']}.json and .png")
     return 0
 
 
@@ -103,7 +103,10 @@ def _cmd_bench_plot(args: argparse.Namespace) -> int:
     from fastsigclr.bench.plot import plot_file
 
     for path in args.files:
-        print(f"wrote {plot_file(Path(path))}")
+        png = plot_file(Path(path))
+        print(
+            f"wrote {png}" if png else f"{path}: a `bench all` summary; its benchmarks' files hold the plots"
+        )
     return 0
 
 

@@ -37,7 +37,8 @@ def package_version(name: str) -> str | None:
 
 
 def git_commit() -> str | None:
-    """The checkout's commit (with ``-dirty`` if it has uncommitted changes), or None outside git.
+    """The checkout's commit (with ``-dirty`` if it has uncommitted changes); outside git (a copy
+    of the tree without .git, as on the GPU machine) $FASTSIGCLR_COMMIT, else None.
 
     Result files under benchmarks/results/ do not count: a benchmark suite rewrites them while it
     runs, and they are what is being measured, not what measures."""
@@ -63,7 +64,7 @@ def git_commit() -> str | None:
             check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return None
+        return os.environ.get("FASTSIGCLR_COMMIT") or None
     return sha + ("-dirty" if dirty else "")
 
 

@@ -19,6 +19,13 @@ if not HAS_CUDA:
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
 
 
+def pytest_addoption(parser, pluginmanager):
+    # pyproject.toml's addopts name --benchmark-disable; without pytest-benchmark (the GPU machine's
+    # image) pytest would refuse to start over it, so the option is accepted and means nothing there.
+    if not pluginmanager.has_plugin("benchmark"):
+        parser.addoption("--benchmark-disable", action="store_true", help="pytest-benchmark is not installed")
+
+
 def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs a CUDA device; runs on the GPU machine")
     for item in items:

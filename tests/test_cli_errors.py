@@ -95,8 +95,8 @@ def write_json(path: Path, payload) -> Path:
         ("not json {", "is not a readable JSON file"),
         ([1, 2], "is not a benchmark results file with a plot (benchmark None)"),
         (
-            {"benchmark": "dist", "results": []},
-            "is not a benchmark results file with a plot (benchmark 'dist')",
+            {"benchmark": "speed", "results": []},
+            "is not a benchmark results file with a plot (benchmark 'speed'",
         ),
         ({"benchmark": "loss"}, "is not a complete loss results file (KeyError: 'results')"),
         ({"benchmark": "train", "results": {"full_step": {}}}, "is not a complete train results file"),

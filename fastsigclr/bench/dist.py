@@ -32,7 +32,7 @@ class BenchDistConfig:
     dim: int = option(128, "feature size D", ge=1)
     dtype: str | None = option(None, "input dtype; unset: bf16 on CUDA, fp32 on CPU", choices=tuple(DTYPES))
     reps: int | None = option(None, "timed calls; unset: 20 on CUDA, 10 on CPU", ge=1)
-    out: str = option("benchmarks/local", "directory for dist-<device>.json")
+    out: str = option("benchmarks/local", "directory for dist-<device>.json and .png")
 
     def __post_init__(self) -> None:
         if self.sizes == ():
@@ -52,6 +52,7 @@ class BenchDistConfig:
 
 
 def run(cfg: BenchDistConfig, command: list[str] | None = None) -> dict[str, Any]:
+    from fastsigclr.bench.plot import plot_dist
     from fastsigclr.distributed import sigmoid_pairwise_loss_distributed
     from fastsigclr.losses import sigmoid_pairwise_loss
 
@@ -95,5 +96,7 @@ def run(cfg: BenchDistConfig, command: list[str] | None = None) -> dict[str, Any
         "world_size": 1,
         "results": results,
     }
-    write_json(Path(cfg.out) / f"dist-{device.type}.json", payload)
+    out = Path(cfg.out)
+    write_json(out / f"dist-{device.type}.json", payload)
+    plot_dist(payload, out / f"dist-{device.type}.png")
     return payload

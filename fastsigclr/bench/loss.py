@@ -175,12 +175,7 @@ def run(cfg: BenchLossConfig, command: list[str] | None = None) -> dict[str, Any
         for n in cfg.sizes or ()
         for p in cfg.providers
     ]
-    rows = []
-    bar = tqdm(cases, desc="bench loss", unit="case")
-    for loss, provider, n, d, dt in bar:
-        bar.set_postfix_str(f"{loss} {provider} 2N={n} D={d} {dt}")
-        rows.append(measure_case(loss, provider, n, d, dt, cfg, device))
-    add_ratios(rows, matmul)
+    rows: list[dict[str, Any]] = []
     payload = {
         "benchmark": "loss",
         **record,
@@ -188,12 +183,19 @@ def run(cfg: BenchLossConfig, command: list[str] | None = None) -> dict[str, Any
         "flops_per_case": "4·(2N)²·D (forward + backward, full matrix)",
         "matmul_tflops": matmul,
         "matmul_shape": [matmul_size] * 3,
+        "complete": False,
         "results": rows,
     }
-    out = Path(cfg.out)
-    stem = f"loss-{device.type}"
-    write_json(out / f"{stem}.json", payload)
-    plot_loss(payload, out / f"{stem}.png")
+    stem = Path(cfg.out) / f"loss-{device.type}"
+    bar = tqdm(cases, desc="bench loss", unit="case")
+    for loss, provider, n, d, dt in bar:
+        bar.set_postfix_str(f"{loss} {provider} 2N={n} D={d} {dt}")
+        rows.append(measure_case(loss, provider, n, d, dt, cfg, device))
+        add_ratios(rows, matmul)
+        write_json(stem.with_suffix(".json"), payload)  # after every case: a killed run keeps its cases
+    payload["complete"] = True
+    write_json(stem.with_suffix(".json"), payload)
+    plot_loss(payload, stem.with_suffix(".png"))
     return payload
 
 

@@ -1,4 +1,4 @@
-"""The two-view augmentation recipe (DESIGN.md §4) as one spec, its parameter sampler, and the
+"""The two-view augmentation recipe (docs/design.md §8) as one spec, its parameter sampler, and the
 pure-PyTorch reference that is both the CPU path and the oracle of the fused Triton kernel.
 
 Per view: random resized crop (bilinear, per-sample box), horizontal flip, colour jitter with

@@ -6,7 +6,15 @@ from .sigmoid import (
     sigmoid_pairwise_loss,
     sigmoid_pairwise_loss_reference,
 )
-from .tcl import ContrastiveLoss, nt_xent_loss, nt_xent_loss_reference, supcon_loss, tcl_chunked, tcl_loss
+from .tcl import (
+    ContrastiveLoss,
+    nt_xent_chunked,
+    nt_xent_loss,
+    nt_xent_loss_reference,
+    supcon_loss,
+    tcl_chunked,
+    tcl_loss,
+)
 
 # name -> pure function (z, ...) -> scalar; the trainer picks its loss from here.
 LOSSES = {
@@ -20,6 +28,7 @@ __all__ = [
     "LOSSES",
     "ContrastiveLoss",
     "SigmoidPairwiseLoss",
+    "nt_xent_chunked",
     "nt_xent_loss",
     "nt_xent_loss_reference",
     "sigmoid_pairwise_chunked",

@@ -1,0 +1,165 @@
+"""tools/gpu_suite.sh: stages that fit the GPU machine's time, a record on disk after every step, an
+exit status that no failure escapes, and every stage run end to end at tiny sizes (--smoke)."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import shared_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITE = ROOT / "tools" / "gpu_suite.sh"
+
+
+@pytest.fixture
+def tools(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    import gpu_suite
+    import stage_runner
+
+    return gpu_suite, stage_runner
+
+
+@pytest.mark.parametrize("smoke", [False, True])
+def test_stages_fit_the_device_budget(tools, smoke):
+    gpu_suite, _ = tools
+    stages = gpu_suite.build_stages(smoke)
+    assert [s.key for s in stages] == ["1", "2", "3", "4", "5"]
+    assert sum(s.limit_s for s in stages) <= gpu_suite.SUITE_LIMIT_S == 25 * 60
+    for stage in stages:
+        assert stage.expected_s <= stage.limit_s <= gpu_suite.STAGE_LIMIT_S == 8 * 60, stage.name
+        assert all(step.timeout_s <= stage.limit_s for step in stage.steps), stage.name
+    first = {step.name: step.command for step in stages[0].steps}
+    for path in ("tests/test_gpu.py", "tests/test_sigmoid_loss.py", "tests/test_contrastive_losses.py"):
+        assert any(path in command for command in first.values()), path
+    if not smoke:
+        assert "--sizes 1024,8192,16384 --dims 128 --dtypes bf16" in first["bench-loss"]
+        assert "--providers eager,triton" in first["bench-loss"]
+
+
+def test_header_says_how_to_run_each_stage(tools):
+    """The script's header holds the `run` call of every stage, with room for the stage's limit."""
+    gpu_suite, _ = tools
+    header = SUITE.read_text()
+    for stage in gpu_suite.build_stages():
+        call = re.search(
+            rf'run\(command="OUT=\$OUT COMMIT=<sha> bash tools/gpu_suite.sh {stage.key}", '
+            rf'carry=\["shared-data"\], timeout_s=(\d+)\)',
+            header,
+        )
+        assert call, f"no run command for stage {stage.key}"
+        assert stage.limit_s + 60 <= int(call[1]) <= 600
+    out = subprocess.run(
+        ["bash", str(SUITE), "list"],
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    for stage in gpu_suite.build_stages():
+        assert re.search(rf"^{stage.key}\s+{stage.name}\s+[\d.]+ min\s+[\d.]+ min", out.stdout, re.M), (
+            out.stdout
+        )
+    assert re.search(r"^all\s+25.0 min", out.stdout, re.M), out.stdout
+    assert "not on the GPU machine: test_loaders.py (DALI and FFCV)" in out.stdout
+    assert re.search(r"^test files in no stage: ", out.stdout, re.M), out.stdout
+
+
+def run_probe(stage_runner, tmp_path, limit_s, steps):
+    stage = stage_runner.Stage("9", "probe", "runner check", 1, limit_s, tuple(steps))
+    fmt = {"py": sys.executable, "data": "-", "shared": "-"}
+    header = {"commit": "abc", "environment": {"cuda_devices": 0}}
+    rc = stage_runner.StageRun(stage, tmp_path, header, fmt, dict(os.environ)).run()
+    return rc, json.loads((tmp_path / "stage-9.json").read_text())
+
+
+def test_failed_timed_out_and_unreached_steps_fail_the_stage(tools, tmp_path):
+    _, runner = tools
+    Step = runner.Step
+    # The second step reads the record while the stage runs: it is on disk, the first step in it.
+    check = "import json, sys; r = json.load(open(sys.argv[1])); assert r['steps'][0]['status'] == 'ok', r"
+    steps = [
+        Step("ok", "{py} -c pass", 30),
+        Step("sees-record", f'{{py}} -c "{check}" {{record}}', 30),
+        Step("two-gpus", "{py} -c pass", 30, gpus=2),
+        Step("fails", "{py} -c \"print('boom'); raise SystemExit(3)\"", 30, group="g"),
+        Step("hangs", '{py} -c "import time; time.sleep(120)"', 30, group="g"),
+        Step("late", "{py} -c pass", 30),
+    ]
+    start = time.monotonic()
+    rc, record = run_probe(runner, tmp_path, 8, steps)
+    assert time.monotonic() - start < 30  # "hangs" ended at the stage's limit, not its own
+    status = {s["name"]: s["status"] for s in record["steps"]}
+    assert status == {
+        "ok": "ok",
+        "sees-record": "ok",
+        "two-gpus": "skipped",
+        "fails": "failed",
+        "hangs": "timeout",
+        "late": "not run",
+    }
+    fails = next(s for s in record["steps"] if s["name"] == "fails")
+    assert fails["rc"] == 3 and fails["last_line"] == "boom" and (tmp_path / fails["log"]).is_file()
+    assert rc == 1 and record["status"] == "failed" and record["commit"] == "abc" and record["finished"]
+    rc, record = run_probe(runner, tmp_path, 30, steps[:1] + steps[2:3])
+    assert rc == 0 and record["status"] == "ok"
+
+
+def test_a_terminated_stage_records_what_ran(tmp_path):
+    """The `run` tool's time limit ends the suite with SIGTERM: the record says what was running."""
+    code = f"""
+import os, signal, sys
+sys.path.insert(0, {str(ROOT / "tools")!r})
+import stage_runner as r
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+steps = (r.Step("ok", "{{py}} -c pass", 30), r.Step("sleeps", "sleep 60", 90))
+stage = r.Stage("9", "probe", "", 1, 120, steps)
+header, fmt = {{"environment": {{"cuda_devices": 0}}}}, {{"py": sys.executable}}
+sys.exit(r.StageRun(stage, r.Path(sys.argv[1]), header, fmt, dict(os.environ)).run())
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)])
+    record = tmp_path / "stage-9.json"
+    for _ in range(300):  # until "sleeps" runs
+        time.sleep(0.1)
+        if record.is_file() and json.loads(record.read_text())["steps"][1]["status"] == "running":
+            break
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 143
+    steps = {s["name"]: s["status"] for s in json.loads(record.read_text())["steps"]}
+    assert steps == {"ok": "ok", "sleeps": "interrupted"}
+    assert json.loads(record.read_text())["status"] == "failed"
+
+
+@pytest.mark.slow
+def test_smoke_runs_every_stage(cifar10_dir, tmp_path):
+    """Every stage at tiny sizes on the CPU; any failing step fails this test."""
+    env = {
+        **os.environ,
+        "OUT": str(tmp_path),
+        "COMMIT": "0123abc",
+        "PYTHON": sys.executable,
+        "FASTSIGCLR_SUITE_DATA": str(cifar10_dir),
+        "FASTSIGCLR_SHARED": str(shared_dir()),
+    }
+    out = subprocess.run(["bash", str(SUITE), "--smoke", "all"], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
+    for key in "12345":
+        record = json.loads((tmp_path / f"stage-{key}.json").read_text())
+        assert record["status"] == "ok" and record["smoke"] and record["commit"] == "0123abc"
+        env_record = record["environment"]
+        assert env_record["versions"]["torch"] and env_record["date"] and env_record["device"]["type"]
+        assert "nvidia_smi" in env_record and record["command"] == "tools/gpu_suite.sh --smoke all"
+        skipped = [s["name"] for s in record["steps"] if s["status"] != "ok"]
+        assert skipped == (["torchrun-2-ranks"] if key == "4" else []), record["steps"]
+    for name in ("1/loss", "3/grid/loss", "3/chunked/loss", "3/compiled/loss", "4/dist", "4/train"):
+        for suffix in (".json", ".png"):
+            assert (tmp_path / f"stage-{name}-cpu{suffix}").is_file(), name
+    run = tmp_path / "stage-5" / "run-cifar10"
+    assert {"summary.json", "eval-knn.json", "eval-linear.json"} <= {p.name for p in run.iterdir()}
+    assert not (run / "checkpoints").exists()

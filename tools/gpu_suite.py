@@ -1,0 +1,323 @@
+#!/usr/bin/env python3
+"""The GPU suite's five stages and its command line; ``tools/gpu_suite.sh`` is the entry point (its
+header says how to run each stage on the lent GPU machine), tools/stage_runner.py runs a stage.
+
+    tools/gpu_suite.sh list              the stages, their limits and expected durations
+    tools/gpu_suite.sh 1 [2 ...]         stages by number or name; `all` runs the five in order
+    tools/gpu_suite.sh --smoke all       every step at tiny sizes: minutes on a CPU (CI runs it)
+    tools/gpu_suite.sh data SHARED DIR   CIFAR-10 in the official layout from the JPEG pack
+
+Results go to $OUT (default benchmarks/local/gpu-suite): stage-K.json and stage-K/ per stage. The
+commit is $COMMIT or --commit (.git may not travel to the GPU machine), else git's. Exit status 1
+when a step failed, ran out of time or was not reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from stage_runner import ROOT, Stage, StageRun, Step, environment, git_commit, now
+
+# The `run` tool allows 600 s per command, the machine's start and the transfers included: a stage
+# takes at most 8 minutes, and the five together at most 25.
+STAGE_LIMIT_S = 480
+SUITE_LIMIT_S = 1500
+
+PYTEST = "{py} -m pytest -p no:cacheprovider -q"
+BENCH = "{py} -m fastsigclr bench"
+DATA = Step("data", "{py} tools/gpu_suite.py data {shared} {data}", 120)
+# Test files by stage (each named once; `list` shows any file left out). The kernel tests run
+# Triton kernels: in CI through the interpreter, here compiled for the device.
+SIGMOID_TESTS = "tests/test_sigmoid_loss.py"
+KERNEL_TESTS = "tests/test_contrastive_losses.py tests/test_augment.py tests/test_loss_precision.py"
+TRAIN_TESTS = "tests/test_train.py tests/test_distributed.py"
+OTHER_TESTS = (
+    "tests/test_models_optim.py tests/test_loss_memory.py tests/test_config_cli.py tests/test_datasets.py "
+    "tests/test_ccem.py tests/test_bench_plot.py tests/test_cli_errors.py tests/test_data_errors.py"
+)
+NOT_THERE_CASES = "not shards_every_loader"  # two torchrun cases with the DALI and FFCV loaders
+# Not run on the GPU machine, and why: its image has no DALI, FFCV, ruff, hadolint, pytest-benchmark
+# or safetensors, and some files test CPU-only machinery that CI covers.
+NOT_THERE = {
+    "tests/test_loaders.py": "DALI and FFCV",
+    "tests/test_dali_memory.py": "DALI",
+    "tests/test_bench_suite.py": "DALI and FFCV",
+    "tests/test_lint.py": "ruff",
+    "tests/test_docker.py": "hadolint",
+    "tests/test_bench_cases.py": "pytest-benchmark (CPU sizes)",
+    "tests/test_export_embed.py": "safetensors",
+    "tests/test_kernel_compile.py": "compiles for sm_90 on any host: CI",
+    "tests/test_multinode.py": "network namespaces on the CPU: CI",
+    "tests/test_sweep.py": "a CPU training grid: CI",
+    "tests/test_gpu_suite.py": "this suite on the CPU: CI",
+}
+
+
+def correctness(smoke: bool) -> tuple[Step, ...]:
+    only = " -k without_gradient" if smoke else ""
+    loss = "--sizes 1024,8192,16384 --dims 128 --dtypes bf16"
+    if smoke:
+        loss = "--sizes 64,128 --dims 16 --dtypes fp32 --reps 2 --warmup 1"
+    return (
+        dataclasses.replace(DATA, group="tests"),
+        Step("pytest-gpu", f"{PYTEST} tests/test_gpu.py", 270, group="tests"),
+        Step("pytest-sigmoid-kernel", f"{PYTEST} {SIGMOID_TESTS}{only}", 270, group="tests"),
+        Step("pytest-kernels", f"{PYTEST} {KERNEL_TESTS}{only}", 270, group="tests"),
+        # eager vs the kernel; the bench measures the bf16 matmul rate in the same run
+        Step("bench-loss", f"{BENCH} loss {loss} --providers eager,triton --out {{out}}", 90),
+    )
+
+
+def tests(smoke: bool) -> tuple[Step, ...]:
+    train, rest = f"{TRAIN_TESTS} -k '{NOT_THERE_CASES}'", OTHER_TESTS
+    if smoke:
+        train, rest = "tests/test_train.py -k cuda_without_gpu", "tests/test_models_optim.py -k lars"
+    return (
+        Step("pytest-train", f"{PYTEST} {train}", 290, group="tests"),
+        Step("pytest-rest", f"{PYTEST} {rest}", 290, group="tests"),
+    )
+
+
+def loss(smoke: bool) -> tuple[Step, ...]:
+    # The bench's CUDA sizes (2N 1024-65536) and dims (64, 128, 256), in bf16, the training dtype.
+    one = "--dims 128 --dtypes bf16"
+    grid, chunked, compiled = (
+        "--dtypes bf16 --reps 10",
+        f"--sizes 1024,4096,16384 {one} --reps 10",
+        f"--sizes 16384 {one}",
+    )
+    compiled_providers = "eager,compiled,triton"
+    if smoke:  # torch.compile costs ~15 s per case on a CPU; tests/test_config_cli.py runs it
+        tiny = "--dtypes fp32 --reps 2 --warmup 1"
+        grid, chunked = f"--sizes 64,128 --dims 8,16 {tiny}", f"--sizes 64 --dims 8 {tiny}"
+        compiled, compiled_providers = chunked, "eager,triton"
+    bench = f"{BENCH} loss --out {{out}}"
+    return (
+        Step("bench-loss-grid", f"{bench}/grid {grid} --providers eager,triton", 150),
+        Step("bench-loss-chunked", f"{bench}/chunked {chunked} --providers eager,chunked", 90),
+        Step("bench-loss-compiled", f"{bench}/compiled {compiled} --providers {compiled_providers}", 120),
+    )
+
+
+def pipeline(smoke: bool) -> tuple[Step, ...]:
+    # The benchmarks' CUDA defaults: ResNet-18 at batch 512; 50,000 images; 2N 8192 and 16384.
+    train, augment, dist = "", "", ""
+    if smoke:
+        train = "--width 8 --batch-size 32 --limit-train 256 --reps 2 --warmup 1"
+        augment, dist = (
+            "--backends gpu,pil --sizes 32 --images 128 --batch-size 64 --reps 1",
+            "--sizes 128 --dim 16 --reps 2",
+        )
+    torchrun = "{py} -m torch.distributed.run --nproc_per_node 2 -m fastsigclr train --dataset cifar10"
+    return (
+        DATA,
+        Step("bench-train", f"{BENCH} train --data-dir {{data}} --data real {train} --out {{out}}", 120),
+        Step("bench-augment", f"{BENCH} augment {augment} --out {{out}}", 120),
+        Step("bench-dist", f"{BENCH} dist {dist} --out {{out}}", 60),
+        Step(
+            "torchrun-2-ranks",
+            f"{torchrun} --data-dir {{data}} --epochs 1 --no-progress --out {{out}}/run-torchrun",
+            150,
+            gpus=2,
+        ),
+    )
+
+
+def cifar10(smoke: bool, epochs: int) -> tuple[Step, ...]:
+    train, linear = f"--epochs {epochs} --warmup-epochs 1 --knn-every 5 --no-progress", ""
+    if smoke:
+        train = "--epochs 1 --width 8 --batch-size 128 --limit-train 512 --limit-test 200 --no-progress"
+        linear = "--linear-epochs 2"
+    run = "{out}/run-cifar10"
+    fastsigclr = "{py} -m fastsigclr"
+    return (
+        DATA,
+        Step("train", f"{fastsigclr} train --dataset cifar10 --data-dir {{data}} {train} --out {run}", 200),
+        Step("eval-knn", f"{fastsigclr} eval --run {run} knn --no-progress", 60),
+        Step("eval-linear", f"{fastsigclr} eval --run {run} linear {linear} --no-progress", 120),
+        # Keep the record, not the weights: what comes back from the GPU machine is limited.
+        Step("drop-weights", f"rm -rf {run}/checkpoints {run}/tensorboard", 10),
+    )
+
+
+def build_stages(smoke: bool = False, epochs: int = 10) -> list[Stage]:
+    """The five stages; with smoke, the same steps at tiny sizes, on whatever device is there.
+    Expected durations are estimates from each step's work, not yet measured on a GPU."""
+    return [
+        Stage(
+            "1",
+            "correctness",
+            "GPU-marked tests; the kernel tests compiled; loss bench, 2N 1024/8192/"
+            "16384, D 128, bf16: eager vs kernel vs the matmul rate",
+            200,
+            360,
+            correctness(smoke),
+        ),
+        Stage(
+            "2",
+            "tests",
+            "training, distributed and the other tests with CUDA present (list: what is left out, why)",
+            200,
+            300,
+            tests(smoke),
+        ),
+        Stage(
+            "3",
+            "loss",
+            "loss bench: bf16 grid (2N 1024-65536, D 64/128/256), chunked torch path, torch.compile",
+            240,
+            300,
+            loss(smoke),
+        ),
+        Stage(
+            "4",
+            "pipeline",
+            "bench train (ResNet-18, batch 512), augment (gpu vs PIL), dist; torchrun if 2 GPUs",
+            150,
+            240,
+            pipeline(smoke),
+        ),
+        Stage(
+            "5",
+            "cifar10",
+            f"SigCLR on CIFAR-10, {epochs} epochs, kNN and linear probe",
+            200,
+            300,
+            cifar10(smoke, epochs),
+        ),
+    ]
+
+
+def prepare_data(shared: Path, data: Path) -> int:
+    """CIFAR-10 in the official layout under ``data``, written once (moved into place when whole)."""
+    target = data / "cifar-10-batches-py"
+    if (target / "test_batch").is_file():
+        print(f"{target}: already written")
+        return 0
+    tool = shared / "tools" / "cifar10-from-jpeg"
+    if not tool.is_file():
+        print(
+            f"no CIFAR-10 pack under {shared}: copy the shared tools/cifar10-from-jpeg and "
+            "data/cifar10-jpeg/ into shared-data/ and carry it (see tools/gpu_suite.sh)",
+            file=sys.stderr,
+        )
+        return 1
+    partial = data.with_name(data.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.rmtree(target, ignore_errors=True)
+    rc = subprocess.run([sys.executable, str(tool), str(partial)]).returncode
+    if rc == 0:
+        data.mkdir(parents=True, exist_ok=True)
+        (partial / "cifar-10-batches-py").rename(target)
+        partial.rmdir()
+    return rc
+
+
+def find_shared() -> Path:
+    """The folder holding tools/cifar10-from-jpeg and data/cifar10-jpeg/: $FASTSIGCLR_SHARED, the
+    git-ignored shared-data/ carried with the checkout, or a shared/ in it or beside it (CI)."""
+    candidates = (
+        os.environ.get("FASTSIGCLR_SHARED"),
+        ROOT / "shared-data",
+        ROOT / "shared",
+        ROOT.parent / "shared",
+    )
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "tools" / "cifar10-from-jpeg").is_file():
+            return Path(candidate)
+    return ROOT / "shared-data"
+
+
+def print_stages(stages: list[Stage]) -> None:
+    def minutes(seconds: int) -> str:
+        return f"{seconds / 60:.1f} min"
+
+    print(f"{'stage':<6}{'name':<13}{'limit':>9}{'expected':>10}  steps")
+    for st in stages:
+        steps = ", ".join(s.name for s in st.steps)
+        print(f"{st.key:<6}{st.name:<13}{minutes(st.limit_s):>9}{minutes(st.expected_s):>10}  {steps}")
+        print(f"{'':<6}{st.what}")
+    limit, expected = sum(s.limit_s for s in stages), sum(s.expected_s for s in stages)
+    print(f"{'all':<19}{minutes(limit):>9}{minutes(expected):>10}  (expected: estimates, not yet measured)")
+    print("not on the GPU machine: " + "; ".join(f"{Path(f).name} ({why})" for f, why in NOT_THERE.items()))
+    unplaced = unplaced_tests(stages)
+    print(f"test files in no stage: {' '.join(unplaced) if unplaced else 'none'}")
+
+
+def unplaced_tests(stages: list[Stage]) -> list[str]:
+    """tests/test_*.py files that no stage runs and NOT_THERE does not name (new ones, say)."""
+    named = {word for st in stages for step in st.steps for word in step.command.split()}
+    files = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "tests").glob("test_*.py"))
+    return [f for f in files if f not in named and f not in NOT_THERE]
+
+
+def select(names: list[str], stages: list[Stage]) -> list[Stage]:
+    if names == ["all"]:
+        return stages
+    known = {**{s.key: s for s in stages}, **{s.name: s for s in stages}}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        choices = ", ".join(f"{s.key} ({s.name})" for s in stages)
+        raise SystemExit(f"gpu_suite: unknown stage {', '.join(unknown)}; choose list, all, or {choices}")
+    return [known[n] for n in names]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="tools/gpu_suite.sh", description="The GPU suite, in stages.")
+    ap.add_argument("stages", nargs="+", help="list, all, or stage numbers or names (see list)")
+    ap.add_argument("--smoke", action="store_true", help="every step at tiny sizes: minutes on a CPU")
+    ap.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/local/gpu-suite", help="results")
+    ap.add_argument("--commit", default=os.environ.get("COMMIT"), help="the commit measured; else git's")
+    ap.add_argument("--epochs", type=int, default=int(os.environ.get("EPOCHS", "10")), help="stage 5")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["data"] and len(argv) == 3:
+        return prepare_data(Path(argv[1]), Path(argv[2]))
+    args = parse_args(argv)
+    stages = build_stages(args.smoke, args.epochs)
+    if args.stages == ["list"]:
+        print_stages(stages)
+        return 0
+    chosen = select(args.stages, stages)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    shared = find_shared()
+    data = Path(os.environ.get("FASTSIGCLR_SUITE_DATA") or "/tmp/fastsigclr-suite/cifar10").resolve()
+    env = {**os.environ, "FASTSIGCLR_SHARED": str(shared), "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    git = git_commit()
+    commit = args.commit or git
+    if commit:  # the benchmarks' own records, where .git did not travel
+        env["FASTSIGCLR_COMMIT"] = commit
+    command = ["tools/gpu_suite.sh", *argv]
+    fmt = {"py": sys.executable, "data": str(data), "shared": str(shared)}
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # lets a running stage record and clean up
+    status = 0
+    for stage in chosen:
+        print(f"== {now()[11:19]} stage {stage.key} ({stage.name}), limit {stage.limit_s} s", flush=True)
+        header = {
+            "suite": "tools/gpu_suite.sh",
+            "command": " ".join(command),
+            "smoke": args.smoke,
+            "commit": commit,
+            "commit_source": "given" if args.commit else ("git" if git else None),
+            "git_commit": git,
+            "environment": environment(sys.executable, env, command),
+        }
+        status |= StageRun(stage, out, header, fmt, env).run()
+    print(f"== done: {'ok' if status == 0 else 'FAILED'}, stages {' '.join(s.key for s in chosen)} -> {out}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
