@@ -299,6 +299,7 @@ def setup(device: torch.device, timeout_s: float) -> Context:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
+        cluster.check_restartable()
         backend = "nccl" if device.type == "cuda" else "gloo"
         cluster.join(backend, rank, world, timeout_s, device if device.type == "cuda" else None)
     return Context(rank=rank, world_size=world, local_rank=local_rank, device=device)
