@@ -5,6 +5,7 @@ uninterrupted run, bitwise (CPU, same world size, one thread per rank).
 
 Faults come from tests/faults/sitecustomize.py: the command under test is unchanged."""
 
+import itertools
 import json
 import os
 import re
@@ -32,6 +33,7 @@ EPOCHS = 3
 TIMING = ("img_per_s", "seconds")  # the only fields a restart may change
 # torchrun's environment on every node of a restarting job (fastsigclr.cluster.check_restartable).
 RESTART_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+PORTS = itertools.count(RDZV_PORT + 1)  # the uninterrupted job uses RDZV_PORT
 
 
 def train_args(data_dir: Path, out: Path) -> list[str]:
@@ -118,10 +120,10 @@ def hosts():
 
 @pytest.fixture
 def launch(hosts, tmp_path, request):
-    """launch(node_rank, out, env=...) starts that node's restarting agent; the port differs per
-    test, so that no test waits for the last one's rendezvous port."""
+    """launch(node_rank, out, env=...) starts that node's restarting agent; each test has its own
+    rendezvous port, so that none waits for the last one's to be free."""
     nodes: list[Node] = []
-    port = RDZV_PORT + 1 + len(request.node.name) % 50
+    port = next(PORTS)
     data_dir = request.getfixturevalue("cifar10_dir")
 
     def start(node_rank: int, out: Path, env: dict[str, str] | None = None) -> Node:
