@@ -1,6 +1,7 @@
 """``fastsigclr bench augment``: views per second of each loader backend on the same recipe, against
 the way most SSL code augments: PIL operations per image in ``torch.utils.data.DataLoader``
-workers (torchvision-style; written here with PIL directly, one view at a time).
+workers (torchvision-style; written here with PIL directly, one view at a time), applying the
+same parameter table (``plan.AugmentPlan``) as the loaders.
 
 Each backend runs whole epochs over the same synthetic uint8 images (CIFAR 32² and Tiny-ImageNet
 64² shapes): one untimed epoch (compilation, pipeline build, caches), then ``reps`` timed epochs,
@@ -12,7 +13,6 @@ process RSS on the CPU).
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import resource
 import statistics
@@ -27,7 +27,7 @@ import torch
 
 from fastsigclr.bench.common import write_json
 from fastsigclr.config import FastSigCLRError, check_fields, option, to_dict
-from fastsigclr.data.augment import AugmentSpec
+from fastsigclr.data.plan import AugmentPlan, AugmentSpec, Col, seed_for
 from fastsigclr.runinfo import package_version, resolve_device, run_record
 
 BACKENDS = ("gpu", "dali", "ffcv", "pil")
@@ -36,58 +36,68 @@ BACKENDS = ("gpu", "dali", "ffcv", "pil")
 # ---- the torchvision-style baseline: PIL per image, DataLoader workers ------------------------------
 
 
-def _pil_view(img, view, spec: AugmentSpec, rng: np.random.Generator) -> np.ndarray:
+def _pil_view(img, row: np.ndarray, spec: AugmentSpec) -> np.ndarray:
+    """One view by PIL operations from its row of the plan (columns ``Col``)."""
     from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-    w, h = img.size
-    for _ in range(10):
-        area = h * w * rng.uniform(*view.crop_scale)
-        ratio = math.exp(rng.uniform(math.log(view.crop_ratio[0]), math.log(view.crop_ratio[1])))
-        cw, ch = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
-        if 0 < cw <= w and 0 < ch <= h:
-            x0, y0 = rng.integers(0, w - cw + 1), rng.integers(0, h - ch + 1)
-            break
-    else:
-        cw, ch, x0, y0 = w, h, 0, 0
+    y0, x0, ch, cw = (float(row[c]) for c in (Col.Y0, Col.X0, Col.H, Col.W))
     out = img.resize((spec.size, spec.size), Image.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
-    if rng.random() < view.flip_p:
+    if row[Col.FLIP] > 0.5:
         out = out.transpose(Image.FLIP_LEFT_RIGHT)
-    if rng.random() < view.jitter_p:
-        for enhance, spread in (
-            (ImageEnhance.Brightness, view.brightness),
-            (ImageEnhance.Contrast, view.contrast),
-            (ImageEnhance.Color, view.saturation),
-        ):
-            out = enhance(out).enhance(rng.uniform(max(0.0, 1 - spread), 1 + spread))
+    for enhance, col in (
+        (ImageEnhance.Brightness, Col.BRIGHT),
+        (ImageEnhance.Contrast, Col.CONTRAST),
+        (ImageEnhance.Color, Col.SAT),
+    ):
+        if row[col] != 1:
+            out = enhance(out).enhance(float(row[col]))
+    if row[Col.HUE] != 0:
         hsv = np.array(out.convert("HSV"))
-        hsv[..., 0] = (hsv[..., 0].astype(np.int16) + int(rng.uniform(-view.hue, view.hue) * 255)) % 256
+        hsv[..., 0] = (hsv[..., 0].astype(np.int16) + int(row[Col.HUE] * 255)) % 256
         out = Image.fromarray(hsv, "HSV").convert("RGB")
-    if rng.random() < view.gray_p:
+    if row[Col.GRAY] > 0.5:
         out = out.convert("L").convert("RGB")
-    if rng.random() < view.blur_p:
-        out = out.filter(ImageFilter.GaussianBlur(rng.uniform(*view.blur_sigma)))
-    if rng.random() < view.solarize_p:
+    if row[Col.BLUR] > 0:
+        out = out.filter(ImageFilter.GaussianBlur(float(row[Col.BLUR])))
+    if row[Col.SOLAR] > 0.5:
         out = ImageOps.solarize(out, 128)
     x = np.asarray(out, dtype=np.float32) / 255.0
     return (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
 
 
 class PilViews(torch.utils.data.Dataset):
-    """Per-image PIL augmentation of every view, as torchvision transforms do it."""
+    """Per-image PIL augmentation of every view, as torchvision transforms do it, applying the
+    rows of the run's AugmentPlan; keys are (epoch, sample id) pairs (each worker process keeps
+    its copy of the epoch's table)."""
 
     def __init__(self, images: np.ndarray, spec: AugmentSpec, seed: int = 0) -> None:
-        self.images, self.spec, self.seed = images, spec, seed
+        self.images, self.spec = images, spec
+        self.plan = AugmentPlan(spec, len(images), tuple(images.shape[1:3]), seed)
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: tuple[int, int]):
         from PIL import Image
 
-        rng = np.random.default_rng((self.seed, i, time.perf_counter_ns()))
+        epoch, i = key
+        rows = self.plan.table(epoch)[:, i].numpy()
         img = Image.fromarray(self.images[i])
-        views = [torch.from_numpy(_pil_view(img, v, self.spec, rng)) for v in self.spec.views]
-        return torch.stack(views), i
+        return torch.stack([torch.from_numpy(_pil_view(img, row, self.spec)) for row in rows]), i
+
+
+class _EpochOrder(torch.utils.data.Sampler):
+    """(epoch, sample id) keys in the epoch's seeded random order; ``epoch`` is set per epoch."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(seed_for(self.seed, self.epoch))
+        return ((self.epoch, i) for i in torch.randperm(self.n, generator=gen).tolist())
 
 
 class PilLoader:
@@ -96,10 +106,11 @@ class PilLoader:
     def __init__(self, images, labels, spec, batch_size, device, dtype, *, seed=0, workers=None):
         self.device, self.dtype = device, dtype
         self.workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+        self.order = _EpochOrder(len(images), seed)
         self.loader = torch.utils.data.DataLoader(
             PilViews(images, spec, seed),
             batch_size=batch_size,
-            shuffle=True,
+            sampler=self.order,
             drop_last=True,
             num_workers=self.workers,
             pin_memory=device.type == "cuda",
@@ -110,6 +121,7 @@ class PilLoader:
         return len(self.loader)
 
     def epoch(self, epoch: int):
+        self.order.epoch = epoch
         for views, ids in self.loader:
             b, v = views.shape[:2]
             x = views.transpose(0, 1).reshape(v * b, *views.shape[2:]).permute(0, 3, 1, 2)
