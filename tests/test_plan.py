@@ -6,30 +6,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from fastsigclr.bench.augment import PilViews, count_ops, synthetic_images
+from fastsigclr.data.augment import augment_reference
 from fastsigclr.data.order import epoch_plan
 from fastsigclr.data.plan import AugmentPlan, AugmentSpec, Col, sample_params
 
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
-
-
-class OpCounter(TorchDispatchMode):
-    """Counts the ATen operations dispatched inside the ``with`` block."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops += 1
-        return func(*args, **(kwargs or {}))
-
-
-def count_ops(fn) -> int:
-    with OpCounter() as counter:
-        fn()
-    return counter.ops
 
 
 def ks_uniform(x: np.ndarray, lo: float, hi: float) -> float:
@@ -108,3 +91,22 @@ def test_plan_is_the_same_for_any_world_size_and_resume_point():
     assert torch.equal(params, run.table(1)[:, index])  # a sample's rows, whichever batch it is in
     assert not torch.equal(run.table(1), run.table(2))
     assert not torch.equal(run.table(2), AugmentPlan(spec, 64, (32, 32), seed=6).table(2))
+
+
+def test_pil_baseline_applies_the_plan():
+    """The PIL baseline's views of (epoch, sample) use that sample's rows: where a row changes
+    no colour (PIL's jitter and hue differ from the recipe's by design), they are the
+    reference's up to PIL's 8-bit output (one level: 1/255 over the std)."""
+    spec = AugmentSpec.simclr(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    images = synthetic_images(48, 32)
+    pil = PilViews(images, spec, seed=3)
+    table = pil.plan.table(1)
+    plain = 0
+    for i in range(48):
+        views, _ = pil[(1, i)]
+        ref = augment_reference(torch.from_numpy(images[i : i + 1]), table[:, i : i + 1], spec)
+        for v, row in enumerate(table[:, i]):
+            if row[Col.BRIGHT] == 1 and row[Col.HUE] == 0 and row[Col.GRAY] == 0 and row[Col.SOLAR] == 0:
+                plain += 1
+                assert (views[v] - ref[v].permute(1, 2, 0)).abs().max() <= 1.01 / 255 / 0.25
+    assert plain >= 5

@@ -18,16 +18,18 @@ import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastsigclr.bench.common import write_json
 from fastsigclr.config import FastSigCLRError, check_fields, option, to_dict
-from fastsigclr.data.plan import AugmentPlan, AugmentSpec, Col, seed_for
+from fastsigclr.data.plan import AugmentPlan, AugmentSpec, Col, sample_params, seed_for
 from fastsigclr.runinfo import package_version, resolve_device, run_record
 
 BACKENDS = ("gpu", "dali", "ffcv", "pil")
@@ -127,6 +129,68 @@ class PilLoader:
             x = views.transpose(0, 1).reshape(v * b, *views.shape[2:]).permute(0, 3, 1, 2)
             x = x.to(self.device, non_blocking=True).to(self.dtype)
             yield x.contiguous(memory_format=torch.channels_last), ids.to(self.device)
+
+
+# ---- the cost of drawing the plan ------------------------------------------------------------------
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen operations dispatched inside its ``with`` block (each a kernel launch on
+    a GPU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(fn: Callable[[], Any]) -> int:
+    with OpCounter() as counter:
+        fn()
+    return counter.ops
+
+
+def _median_ms(fn: Callable[[], Any], reps: int) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def plan_cost(size: int, images: int = 50_000, batch_size: int = 512, reps: int = 5) -> dict[str, Any]:
+    """Operations and CPU time to draw an epoch's parameter table (``images`` rows per view), to
+    take a batch's rows from it (what a loader does per batch), and to draw a batch on its own."""
+    spec = AugmentSpec.simclr(size, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    plan = AugmentPlan(spec, images, (size, size), seed=0)
+    gen = torch.Generator().manual_seed(0)
+    index = torch.randperm(images, generator=gen)[:batch_size]
+    plan.table(0)  # drawn once per epoch: a batch's rows then only gather
+
+    def draw_epoch() -> torch.Tensor:  # what plan.table does once per epoch
+        return sample_params(spec, images, size, size, gen)
+
+    def draw_batch() -> torch.Tensor:
+        return sample_params(spec, batch_size, size, size, gen)
+
+    return {
+        "size": size,
+        "images": images,
+        "batch_size": batch_size,
+        "views": len(spec.views),
+        "epoch_table_ops": count_ops(draw_epoch),
+        "epoch_table_ms": _median_ms(draw_epoch, reps),
+        "batch_rows_ops": count_ops(lambda: plan.rows(0, index)),
+        "batch_rows_ms": _median_ms(lambda: plan.rows(0, index), reps * 20),
+        "batch_draw_ops": count_ops(draw_batch),
+        "batch_draw_ms": _median_ms(draw_batch, reps * 20),
+        "threads": torch.get_num_threads(),
+    }
 
 
 # ---- the benchmark ---------------------------------------------------------------------------------
@@ -255,6 +319,7 @@ def run(cfg: BenchAugmentConfig, command: list[str] | None = None) -> dict[str, 
         **run_record(device, command),
         "versions_loaders": {k: package_version(k) for k in ("dali", "ffcv")},
         "results": results,
+        "plan": [plan_cost(size) for size in cfg.sizes],
     }
     out = Path(cfg.out)
     write_json(out / f"augment-{device.type}.json", payload)
@@ -272,5 +337,12 @@ def summary_table(payload: dict[str, Any]) -> str:
         lines.append(
             f"{r['backend']:<6} {r['size']:>4} {r['views_per_s']:>10.0f} {speed:>6}  "
             f"{r['peak_memory_bytes'] / 2**20:.0f} MiB"
+        )
+    for p in payload.get("plan", []):
+        lines.append(
+            f"plan {p['size']}²: epoch table of {p['images']} images {p['epoch_table_ms']:.0f} ms "
+            f"({p['epoch_table_ops']} ops), a batch's rows {p['batch_rows_ms']:.3f} ms "
+            f"({p['batch_rows_ops']} ops), a batch drawn alone {p['batch_draw_ms']:.2f} ms "
+            f"({p['batch_draw_ops']} ops)"
         )
     return "\n".join(lines)
