@@ -163,7 +163,7 @@ def _median_ms(fn: Callable[[], Any], reps: int) -> float:
     return statistics.median(times)
 
 
-def plan_cost(size: int, images: int = 50_000, batch_size: int = 512, reps: int = 5) -> dict[str, Any]:
+def plan_cost(size: int, images: int, batch_size: int, reps: int = 5) -> dict[str, Any]:
     """Operations and CPU time to draw an epoch's parameter table (``images`` rows per view), to
     take a batch's rows from it (what a loader does per batch), and to draw a batch on its own."""
     spec = AugmentSpec.simclr(size, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
@@ -206,6 +206,7 @@ class BenchAugmentConfig:
         None, "DataLoader workers / DALI and FFCV threads; unset: min(8, CPUs)", ge=0
     )
     reps: int = option(3, "timed epochs per backend and size", ge=1)
+    plan_images: int = option(50_000, "images of the epoch whose augmentation plan is drawn and timed", ge=1)
     device: str = option("auto", "device to measure on", choices=("auto", "cpu", "cuda"))
     out: str = option("benchmarks/local", "directory for augment-<device>.json and .png")
 
@@ -319,7 +320,7 @@ def run(cfg: BenchAugmentConfig, command: list[str] | None = None) -> dict[str, 
         **run_record(device, command),
         "versions_loaders": {k: package_version(k) for k in ("dali", "ffcv")},
         "results": results,
-        "plan": [plan_cost(size) for size in cfg.sizes],
+        "plan": [plan_cost(size, cfg.plan_images, cfg.batch_size) for size in cfg.sizes],
     }
     out = Path(cfg.out)
     write_json(out / f"augment-{device.type}.json", payload)
