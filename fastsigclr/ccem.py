@@ -1,4 +1,4 @@
-"""``fastsigclr ccem``: the CCEM analysis of the sigmoid loss's optimal embeddings (DESIGN.md §3).
+"""``fastsigclr ccem``: the CCEM analysis of the sigmoid loss's optimal embeddings (docs/design.md §6).
 
 CCEM convention: N pairs (u_i, v_i) on the unit sphere in d = N dimensions and
 L = (1/N)[Σ_i log(1 + e^{−(t⟨u_i,v_i⟩ − b)}) + Σ_{i≠j} log(1 + e^{t⟨u_i,v_j⟩ − b})] (its b is minus

@@ -24,13 +24,13 @@ from fastsigclr.losses import ContrastiveLoss, SigmoidPairwiseLoss
 from fastsigclr.models import ARCHS, SSLModel
 from fastsigclr.runinfo import resolve_device
 
-# DESIGN.md §5: what `--dataset` chooses; every value can be overridden by its option.
+# docs/design.md §9: what `--dataset` chooses; every value can be overridden by its option.
 PRESETS: dict[str, dict[str, Any]] = {
     "cifar10": {"arch": "resnet18", "proj_dims": (2048, 2048, 64), "batch_size": 512, "epochs": 1000},
     "cifar100": {"arch": "resnet18", "proj_dims": (4096, 4096, 128), "batch_size": 512, "epochs": 1000},
     "tinyimagenet": {"arch": "resnet50", "proj_dims": (4096, 4096, 128), "batch_size": 1024, "epochs": 800},
 }
-# method -> (loss, uses the labels, default temperature). sigclr: DESIGN §2.1 (t fixed at 10, b
+# method -> (loss, uses the labels, default temperature). sigclr: docs/design.md §3 (t fixed at 10, b
 # learnable from −10); simclr: NT-Xent, τ = 0.2 on CIFAR; supcon and tcl: τ = 0.1, TCL k1 = 5000, k2 = 1.
 METHODS: dict[str, tuple[str, bool, float]] = {
     "sigclr": ("sigmoid", False, 10.0),

@@ -1,5 +1,6 @@
-"""The pure-PyTorch reference of the augmentation recipe: it applies the rows of the parameter
-table (``plan.Col``) and is both the CPU path and the oracle of the fused Triton kernel.
+"""The pure-PyTorch reference of the augmentation recipe (docs/design.md §8): it applies the rows
+of the parameter table (``plan.Col``) and is both the CPU path and the oracle of the fused Triton
+kernel.
 
 Per view: random resized crop (bilinear, per-sample box), horizontal flip, colour jitter with
 probability p (brightness → contrast → saturation → hue, in that fixed order, each clamped to

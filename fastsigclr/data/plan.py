@@ -1,5 +1,5 @@
-"""The augmentation plan: the recipe (one spec), the parameter table every backend applies, and
-the one sampler that draws it.
+"""The augmentation plan (docs/design.md §8): the recipe (one spec), the parameter table every
+backend applies, and the one sampler that draws it.
 
 The table has one row per (view, image) and the named columns of ``Col``. ``sample_params``
 draws n rows in a fixed number of vectorised operations whatever n and the number of views:
