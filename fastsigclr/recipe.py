@@ -31,6 +31,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cifar100": {"arch": "resnet18", "proj_dims": (4096, 4096, 128), "batch_size": 512, "epochs": 1000},
     "tinyimagenet": {"arch": "resnet50", "proj_dims": (4096, 4096, 128), "batch_size": 1024, "epochs": 800},
 }
+RESUME_MODES = ("no", "yes", "auto")
 # The weights are float32: a larger --lr or --bias overflows at the first step (--lr 1e39 stopped in
 # the optimiser: "value cannot be converted to type float without overflow").
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
@@ -99,7 +100,13 @@ class TrainConfig:
     )
     limit_test: int | None = option(None, "use a class-balanced subset of N test images", ge=1)
     out: str | None = option(None, "run directory; unset: runs/<dataset>-<method>-<time>")
-    resume: bool = option(False, "continue the run in --out from its last checkpoint")
+    resume: str = option(
+        "no",
+        "continue the run in --out from its last checkpoint (yes); auto: continue it when it has "
+        "one, else start it (a finished run stays as it is), for restarts by torchrun --max-restarts",
+        choices=RESUME_MODES,
+        bare="yes",
+    )
     log_every: int = option(50, "steps between metrics.jsonl step records", ge=1)
     progress: bool = option(True, "show progress bars")
     tensorboard: bool = option(True, "also log to TensorBoard when it is installed")
@@ -110,8 +117,10 @@ class TrainConfig:
         if self.use_labels and not spec.supervised:
             raise ValueError(f"--use-labels: {self.method} cannot use labels; it is self-supervised")
         check_applicable(self, (self.method,))
-        if self.resume and not self.out:
-            raise ValueError("--resume needs --out DIR: the run directory to continue")
+        if self.resume not in RESUME_MODES:
+            raise ValueError(f"--resume must be one of {', '.join(RESUME_MODES)}, got {self.resume!r}")
+        if self.resume != "no" and not self.out:
+            raise ValueError(f"--resume {self.resume} needs --out DIR: the run directory to continue")
 
     def resolved(self) -> TrainConfig:
         """Preset values for the options left unset, and a default run directory."""
@@ -193,9 +202,13 @@ _OLD_SIGCLR_KEYS = {"temperature": "logit_scale", "learnable_temperature": "lear
 
 
 def saved_config(saved: dict[str, Any]) -> TrainConfig:
-    """A run's config.json settings as a TrainConfig. Files written before the loss registry
-    (they hold learnable_temperature, and every method's options) are read in today's names:
-    sigclr's temperature is its logit_scale, and options the method never used are dropped."""
+    """The ``config`` of a run's config.json as a TrainConfig, older files read in today's names:
+    runs written before ``--resume auto`` saved ``resume`` as true/false (read as yes/no); files
+    written before the loss registry (they hold learnable_temperature, and every method's options)
+    have sigclr's temperature read as its logit_scale, and options the method never used dropped."""
+    resume = saved.get("resume")
+    if isinstance(resume, bool):
+        saved = {**saved, "resume": RESUME_MODES[int(resume)]}
     if "learnable_temperature" in saved:
         saved = dict(saved)
         spec = LOSSES.get(saved.get("method", "sigclr"))

@@ -122,10 +122,11 @@ def _train(run: rundir.RunDir, ctx: distributed.Context, command: list[str] | No
     forward, loss_fn, probe_fwd = model, criterion, probe
     if ctx.distributed:
         ids = [device.index] if device.type == "cuda" else None
-        forward = DDP(model, device_ids=ids, broadcast_buffers=False)
+        forward = DDP(model, device_ids=ids, broadcast_buffers=False, **distributed.DDP_OPTIONS)
         forward.register_comm_hook(None, distributed.sum_gradients_hook)
         loss_fn = DistributedCriterion(criterion, LOSSES[cfg.method], cfg.dist_loss)
-        probe_fwd = DDP(probe, device_ids=ids)  # a local loss per rank: DDP's average is right
+        # a local loss per rank: DDP's average is right
+        probe_fwd = DDP(probe, device_ids=ids, **distributed.DDP_OPTIONS)
     forward = torch.compile(forward) if cfg.compile else forward
     parts = StepParts(forward, loss_fn, probe_fwd, optimizer, probe_opt, autocast_dtype, uses_labels(cfg))
     record = {**run_record(device, command), "world_size": ctx.world_size}
