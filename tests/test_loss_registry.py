@@ -101,6 +101,7 @@ def old_config(method: str, temperature: float) -> dict:
         saved.pop(name)
     saved.update(temperature=temperature, bias=-10.0, learnable_bias=True, k1=5000.0, k2=1.0)
     saved["learnable_temperature"] = method == "sigclr"
+    saved["resume"] = False  # before --resume auto too
     return saved
 
 
@@ -123,7 +124,7 @@ def test_old_config_json_still_loads(tmp_path):
     (run / "checkpoints" / "last.pt").write_bytes(b"")  # settings() only checks that it exists
     saved = {**old_config("sigclr", 7.0), "out": str(run)}
     (run / "config.json").write_text(json.dumps({"config": saved}))
-    cfg = rundir.settings(TrainConfig(out=str(run), resume=True), {"out", "resume"})
+    cfg = rundir.settings(TrainConfig(out=str(run), resume="yes"), {"out", "resume"})
     assert (cfg.method, cfg.logit_scale, cfg.learnable_logit_scale) == ("sigclr", 7.0, True)
 
 
