@@ -291,7 +291,7 @@ COMMANDS: list[Command] = [
     (("info",), "report versions, devices and which backends are usable", None, (), _cmd_info),
     (
         ("bench", "loss"),
-        "time the sigmoid loss implementations side by side",
+        "time each loss's implementations side by side (any --method's loss)",
         _lazy("fastsigclr.bench.loss", "BenchLossConfig"),
         (),
         _cmd_bench_loss,

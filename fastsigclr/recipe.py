@@ -20,7 +20,8 @@ from fastsigclr.data import DATASETS, LOADERS, default_data_dir, load_split, pre
 from fastsigclr.data.datasets import data_dir_option
 from fastsigclr.data.loaders import ffcv_dir_option
 from fastsigclr.data.subset import balanced_indices
-from fastsigclr.losses import ContrastiveLoss, SigmoidPairwiseLoss
+from fastsigclr.losses import LOSSES
+from fastsigclr.losses.options import LOSS_OPTIONS, check_applicable, method_params, with_loss_options
 from fastsigclr.models import ARCHS, SSLModel
 from fastsigclr.runinfo import resolve_device
 
@@ -30,20 +31,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cifar100": {"arch": "resnet18", "proj_dims": (4096, 4096, 128), "batch_size": 512, "epochs": 1000},
     "tinyimagenet": {"arch": "resnet50", "proj_dims": (4096, 4096, 128), "batch_size": 1024, "epochs": 800},
 }
-# method -> (loss, uses the labels, default temperature). sigclr: docs/design.md §3 (t fixed at 10, b
-# learnable from −10); simclr: NT-Xent, τ = 0.2 on CIFAR; supcon and tcl: τ = 0.1, TCL k1 = 5000, k2 = 1.
-METHODS: dict[str, tuple[str, bool, float]] = {
-    "sigclr": ("sigmoid", False, 10.0),
-    "simclr": ("nt_xent", False, 0.2),
-    "supcon": ("supcon", True, 0.1),
-    "tcl": ("tcl", True, 0.1),
-}
 RESUME_MODES = ("no", "yes", "auto")
 # The weights are float32: a larger --lr or --bias overflows at the first step (--lr 1e39 stopped in
 # the optimiser: "value cannot be converted to type float without overflow").
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
+@with_loss_options
 @dataclass(frozen=True)
 class TrainConfig:
     dataset: str = option("cifar10", "dataset (its preset fills unset options)", choices=tuple(PRESETS))
@@ -53,8 +47,8 @@ class TrainConfig:
     ffcv_dir: str | None = ffcv_dir_option()
     method: str = option(
         "sigclr",
-        "objective: sigclr (sigmoid, t 10), simclr (NT-Xent, τ 0.2), supcon / tcl (supervised, τ 0.1)",
-        choices=tuple(METHODS),
+        "objective: " + "; ".join(f"{m}: {s.summary}" for m, s in LOSSES.items()),
+        choices=tuple(LOSSES),
     )
     arch: str | None = option(None, "backbone; unset: the dataset preset", choices=tuple(ARCHS))
     width: int = option(64, "channels of the first ResNet stage (64 = standard)", ge=1)
@@ -80,14 +74,6 @@ class TrainConfig:
     use_labels: bool | None = option(
         None, "supcon/tcl: contrast by class labels (default) or, with --no-use-labels, by views only"
     )
-    temperature: float | None = option(
-        None, "loss temperature; unset: the method's (10, 0.2, 0.1, 0.1)", gt=0
-    )
-    bias: float = option(-10.0, "initial sigmoid loss bias b (sigclr)", ge=-FLOAT32_MAX, le=FLOAT32_MAX)
-    learnable_bias: bool = option(True, "learn the bias b (sigclr); --no-learnable-bias keeps it at --bias")
-    k1: float = option(5000.0, "TCL weight of e^(-s) on positives (tcl)", ge=0)
-    k2: float = option(1.0, "TCL weight of the negatives (tcl)", ge=0)
-    learnable_temperature: bool = option(False, "learn t as exp(t')")
     probe_lr: float = option(0.1, "online linear probe learning rate", ge=0)
     knn_every: int = option(
         10, "run the kNN monitor every this many epochs (and at the end; 0: end only)", ge=0
@@ -127,8 +113,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        if self.use_labels and not METHODS[self.method][1]:
+        spec = LOSSES[self.method]
+        if self.use_labels and not spec.supervised:
             raise ValueError(f"--use-labels: {self.method} cannot use labels; it is self-supervised")
+        check_applicable(self, (self.method,))
         if self.resume not in RESUME_MODES:
             raise ValueError(f"--resume must be one of {', '.join(RESUME_MODES)}, got {self.resume!r}")
         if self.resume != "no" and not self.out:
@@ -138,8 +126,7 @@ class TrainConfig:
         """Preset values for the options left unset, and a default run directory."""
         preset = PRESETS[self.dataset]
         filled = {k: v for k, v in preset.items() if getattr(self, k) is None}
-        if self.temperature is None:
-            filled["temperature"] = METHODS[self.method][2]
+        filled.update({k: v for k, v in LOSSES[self.method].defaults().items() if getattr(self, k) is None})
         if self.out is None:
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             filled["out"] = str(Path("runs") / f"{self.dataset}-{self.method}-{stamp}")
@@ -181,18 +168,7 @@ def compute_dtypes(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype,
 def build_model(cfg: TrainConfig, info, device: torch.device):
     model = SSLModel(cfg.arch or "resnet18", cfg.width, cfg.proj_dims or (), cfg.zero_init_residual)
     model = model.to(device, memory_format=torch.channels_last)
-    kind, _, default_t = METHODS[cfg.method]
-    t = cfg.temperature or default_t
-    if kind == "sigmoid":
-        criterion = SigmoidPairwiseLoss(
-            t,
-            cfg.bias,
-            learnable_temperature=cfg.learnable_temperature,
-            learnable_bias=cfg.learnable_bias,
-            n_views=cfg.n_views,
-        )
-    else:
-        criterion = ContrastiveLoss(kind, t, k1=cfg.k1, k2=cfg.k2, n_views=cfg.n_views)
+    criterion = LOSSES[cfg.method].build(n_views=cfg.n_views, **method_params(cfg, cfg.method))
     criterion = criterion.to(device)
     probe = torch.nn.Linear(model.backbone.out_dim, info.num_classes).to(device)
     return model, criterion, probe
@@ -212,24 +188,50 @@ class StepParts:
 
 
 def uses_labels(cfg: TrainConfig) -> bool:
-    return METHODS[cfg.method][1] if cfg.use_labels is None else cfg.use_labels
+    return LOSSES[cfg.method].supervised if cfg.use_labels is None else cfg.use_labels
 
 
 def loss_scalars(criterion: torch.nn.Module) -> dict[str, float]:
-    """The loss's bias and temperature, where it has them (for the logs)."""
-    values = {name: getattr(criterion, name, None) for name in ("bias", "temperature")}
-    return {name: v.item() for name, v in values.items() if isinstance(v, torch.Tensor)}
+    """The loss's scalars for the logs, named apart: sigclr's logit_scale and bias, the softmax
+    losses' temperature."""
+    return criterion.log_values()
 
 
-def train_step(parts: StepParts, views: torch.Tensor, labels: torch.Tensor):
+# Keys of config.json files written before the loss registry: sigclr's scale was "temperature".
+_OLD_SIGCLR_KEYS = {"temperature": "logit_scale", "learnable_temperature": "learnable_logit_scale"}
+
+
+def saved_config(saved: dict[str, Any]) -> TrainConfig:
+    """The ``config`` of a run's config.json as a TrainConfig, older files read in today's names:
+    runs written before ``--resume auto`` saved ``resume`` as true/false (read as yes/no); files
+    written before the loss registry (they hold learnable_temperature, and every method's options)
+    have sigclr's temperature read as its logit_scale, and options the method never used dropped."""
+    resume = saved.get("resume")
+    if isinstance(resume, bool):
+        saved = {**saved, "resume": RESUME_MODES[int(resume)]}
+    if "learnable_temperature" in saved:
+        saved = dict(saved)
+        spec = LOSSES.get(saved.get("method", "sigclr"))
+        if saved.get("method", "sigclr") == "sigclr":
+            saved.update({new: saved.pop(old) for old, new in _OLD_SIGCLR_KEYS.items() if old in saved})
+        saved.pop("learnable_temperature", None)
+        for name in LOSS_OPTIONS:
+            if spec is not None and name not in spec.params:
+                saved.pop(name, None)
+    return from_dict(TrainConfig, saved)
+
+
+def train_step(parts: StepParts, views: torch.Tensor, labels: torch.Tensor, compute_loss: bool = True):
     """One step on (V·B, 3, S, S) views: SSL loss on the projections, and the online probe on
-    detached features with its own optimiser. Returns (loss, probe loss, probe logits)."""
+    detached features with its own optimiser. Returns (loss, probe loss, probe logits).
+    compute_loss False: losses that can skip their value (the fused sigmoid kernel) return NaN
+    with exact gradients; pass True on the steps whose loss is read."""
     n_views = len(views) // len(labels)
     with torch.autocast(
         views.device.type, dtype=parts.autocast_dtype, enabled=parts.autocast_dtype is not None
     ):
         h, z = parts.forward(views)
-        loss = parts.criterion(z, labels) if parts.supervised else parts.criterion(z)
+        loss = parts.criterion(z, labels if parts.supervised else None, compute_loss=compute_loss)
         logits = parts.probe(h.detach().float())
         probe_loss = F.cross_entropy(logits, labels.repeat(n_views))
     parts.optimizer.zero_grad(set_to_none=True)
@@ -238,15 +240,6 @@ def train_step(parts: StepParts, views: torch.Tensor, labels: torch.Tensor):
     parts.optimizer.step()
     parts.probe_optimizer.step()
     return loss, probe_loss, logits
-
-
-def saved_config(saved: dict[str, Any]) -> TrainConfig:
-    """The ``config`` of a run's config.json. Runs written before ``--resume auto`` saved
-    ``resume`` as true/false: read as yes/no."""
-    resume = saved.get("resume")
-    if isinstance(resume, bool):
-        saved = {**saved, "resume": RESUME_MODES[int(resume)]}
-    return from_dict(TrainConfig, saved)
 
 
 def load_run_model(run_dir: Path, device_name: str = "auto", data_dir: str | None = None) -> dict[str, Any]:

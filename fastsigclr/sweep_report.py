@@ -71,8 +71,10 @@ def collect_run(run_dir: Path) -> dict[str, Any]:
         "knn_curve": [[r["epoch"] + 1, r["knn_acc"]] for r in epochs if r.get("knn_acc") is not None],
     }
     summary = _read_json(run_dir / "summary.json") or {}
-    for key in ("final_bias", "final_temperature"):
-        if key in summary:
+    # Summaries written before the loss registry named sigclr's logit scale final_temperature.
+    summary.setdefault("final_logit_scale", summary.get("final_temperature"))
+    for key in ("final_bias", "final_logit_scale"):
+        if summary.get(key) is not None:
             found[key] = summary[key]
     if "knn_acc" in summary:
         found["monitor_knn_acc"] = summary["knn_acc"]  # the trainer's own last kNN monitor
@@ -102,7 +104,7 @@ def aggregate(entries: list[dict[str, Any]], settings: list[str]) -> list[dict[s
         mine = [e for e in entries if e["setting"] == setting]
         done = [e for e in mine if e["status"] == "done"]
         row: dict[str, Any] = {"setting": setting, "done": len(done), "planned": len(mine)}
-        for key in ("knn_acc", "linear_acc", "final_bias", "final_temperature"):
+        for key in ("knn_acc", "linear_acc", "final_bias", "final_logit_scale"):
             row[key] = _stats([e[key] for e in done if key in e])
         rows.append(row)
     return rows
@@ -145,7 +147,7 @@ def markdown(payload: dict[str, Any]) -> str:
         lines.append(
             f"| {row['setting']} | {options} | {row['done']}/{row['planned']} | {_percent(row['knn_acc'])} "
             f"| {_percent(row['linear_acc'])} | {_scalar(row['final_bias'])} "
-            f"| {_scalar(row['final_temperature'])} |"
+            f"| {_scalar(row['final_logit_scale'])} |"
         )
     failed = [e for e in payload["runs"] if e["status"] == "failed"]
     lines += [""] + [f"Failed: {e['setting']} seed {e['seed']}: {e['error']}" for e in failed]

@@ -29,6 +29,7 @@ from fastsigclr.config import FastSigCLRError, to_dict
 from fastsigclr.data import LOADERS, AugmentSpec
 from fastsigclr.data.loaders import loader_options
 from fastsigclr.eval import extract_features, knn_accuracy
+from fastsigclr.losses import LOSSES, DistributedCriterion
 from fastsigclr.models.sync_bn import convert_global_bn
 from fastsigclr.optim import build_optimizer, param_groups, warmup_cosine
 from fastsigclr.pace import Pace, cpu_notice, format_duration
@@ -123,7 +124,7 @@ def _train(run: rundir.RunDir, ctx: distributed.Context, command: list[str] | No
         ids = [device.index] if device.type == "cuda" else None
         forward = DDP(model, device_ids=ids, broadcast_buffers=False, **distributed.DDP_OPTIONS)
         forward.register_comm_hook(None, distributed.sum_gradients_hook)
-        loss_fn = distributed.DistributedCriterion(criterion, cfg.dist_loss)
+        loss_fn = DistributedCriterion(criterion, LOSSES[cfg.method], cfg.dist_loss)
         # a local loss per rank: DDP's average is right
         probe_fwd = DDP(probe, device_ids=ids, **distributed.DDP_OPTIONS)
     forward = torch.compile(forward) if cfg.compile else forward
@@ -153,7 +154,11 @@ def _train(run: rundir.RunDir, ctx: distributed.Context, command: list[str] | No
     for epoch in range(start_epoch, epochs):
         model.train()
         pace.begin_epoch()
+        # The loss value is computed only where it is read: logged steps and each epoch's last step
+        # (the fused kernel skips it elsewhere); the epoch's mean loss is over those steps
+        # (loss_steps in its record).
         loss_sum = torch.zeros((), device=device)
+        loss_steps = 0
         probe_correct = torch.zeros((), device=device)
         bar = tqdm(
             loader.epoch(epoch),
@@ -163,18 +168,22 @@ def _train(run: rundir.RunDir, ctx: distributed.Context, command: list[str] | No
             leave=False,
             unit="step",
         )
-        for views, labels in bar:
+        for index, (views, labels) in enumerate(bar):
             lr = cfg.lr * warmup_cosine(step, total_steps, warmup_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss, probe_loss, logits = train_step(parts, views, labels)
+            logged = (step + 1) % cfg.log_every == 0 or step + 1 == total_steps
+            computed = logged or index + 1 == steps_per_epoch
+            loss, probe_loss, logits = train_step(parts, views, labels, compute_loss=computed)
             step += 1
             estimate = pace.step()
             if estimate:
                 tqdm.write(estimate, file=sys.stderr)
-            loss_sum += loss.detach()
             probe_correct += (logits.argmax(1) == labels.repeat(cfg.n_views)).sum()
-            if step % cfg.log_every == 0 or step == total_steps:
+            if computed:
+                loss_sum += loss.detach()
+                loss_steps += 1
+            if logged:
                 rate = pace.img_per_s()
                 rec = {
                     "kind": "step",
@@ -195,7 +204,7 @@ def _train(run: rundir.RunDir, ctx: distributed.Context, command: list[str] | No
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}", run_left=left)
         seconds = time.perf_counter() - pace.epoch_start
         images_seen += steps_per_epoch * batch_size
-        mean_loss = (loss_sum / steps_per_epoch).item()
+        mean_loss = (loss_sum / loss_steps).item()
         # Before the checkpoint: a diverged epoch must not replace the last good one. The weights
         # too: the loss of a step is computed before its update, so it can still be finite.
         if not math.isfinite(mean_loss) or not _all_finite(model, criterion, probe):
@@ -212,6 +221,7 @@ def _train(run: rundir.RunDir, ctx: distributed.Context, command: list[str] | No
             "epoch": epoch,
             "step": step,
             "loss": mean_loss,
+            "loss_steps": loss_steps,
             "probe_acc": probe_correct.item() / (steps_per_epoch * batch_size * cfg.n_views),
             "knn_acc": knn if monitor else None,
             "seconds": seconds,

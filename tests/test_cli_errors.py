@@ -47,7 +47,7 @@ BAD_VALUES = [
     (["ccem", "--bias", "nan", "--n", "4", "--steps", "1"], "--bias must be a finite number, got nan"),
     (["ccem", "--lr", "inf", "--n", "4", "--steps", "1"], "--lr must be a finite number, got inf"),
     (["bench", "loss", "--temperature", "nan"], "--temperature must be a finite number, got nan"),
-    (["bench", "loss", "--nt-xent-temperature", "-1"], "--nt-xent-temperature must be > 0, got -1"),
+    (["bench", "loss", "--temperature", "-1"], "--temperature must be > 0, got -1"),
     (["bench", "augment", "--workers", "-1"], "--workers must be ≥ 0, got -1"),
     (["bench", "train", "--warmup", "-1"], "--warmup must be ≥ 0, got -1"),
     (["bench", "dist", "--dim", "0"], "--dim must be ≥ 1, got 0"),

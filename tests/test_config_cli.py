@@ -58,8 +58,8 @@ def test_bench_loss_writes_json_and_plot(tmp_path: Path, capsys):
         assert key in payload
     assert payload["versions"]["torch"] and payload["config"]["sizes"] == [66, 130]
     rows = {(r["loss"], r["provider"], r["rows"]): r for r in payload["results"]}
-    assert rows[("sigmoid", "triton", 66)]["status"] == "skipped: needs CUDA"
-    for loss in ("sigmoid", "nt_xent"):
+    assert rows[("sigclr", "triton", 66)]["status"] == "skipped: needs CUDA"
+    for loss in ("sigclr", "simclr"):
         for provider, n in itertools.product(("eager", "chunked"), (66, 130)):
             r = rows[(loss, provider, n)]
             assert r["status"] == "ok" and r["median_ms"] > 0 and r["p20_ms"] <= r["p80_ms"]
@@ -79,7 +79,7 @@ def test_bench_loss_compiled_reference(tmp_path: Path):
     args = ["bench", "loss", "--device", "cpu", "--sizes", "64", "--dims", "8", "--providers", "compiled"]
     assert main([*args, "--warmup", "1", "--reps", "2", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "loss-cpu.json").read_text())["results"]
-    assert [r["loss"] for r in rows] == ["sigmoid", "nt_xent"]
+    assert [r["loss"] for r in rows] == ["sigclr", "simclr"]
     assert all(r["status"] == "ok" and r["median_ms"] > 0 for r in rows)
 
 

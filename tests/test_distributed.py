@@ -18,14 +18,15 @@ from helpers import KERNEL_DEVICE, assert_close_rel
 from test_sigmoid_loss import error_scales, reference
 
 from fastsigclr import checkpoint, rundir
-from fastsigclr.distributed import (
+from fastsigclr.kernels import sigmoid_block_triton
+from fastsigclr.losses import (
+    LOSSES,
     DistributedCriterion,
-    gather_rows,
+    sigmoid_block_chunked,
+    sigmoid_pairwise_loss,
     sigmoid_pairwise_loss_distributed,
 )
-from fastsigclr.kernels import sigmoid_block_triton
-from fastsigclr.losses import ContrastiveLoss, sigmoid_pairwise_loss
-from fastsigclr.losses.sigmoid import sigmoid_block_chunked
+from fastsigclr.losses.ranks import gather_rows
 from fastsigclr.runlog import read_metrics
 
 N_PER_RANK = 5  # odd, and 2N = 10 per rank: no size is a multiple of any block
@@ -66,12 +67,20 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         # The other losses through DistributedCriterion (gathered rows, gradient to the owner).
         z = local_rows(global_batch(world, 2), rank, world, 2).requires_grad_()
         labels = torch.arange(rank * N_PER_RANK, (rank + 1) * N_PER_RANK) % 3
-        for kind in ("nt_xent", "supcon"):
-            crit = DistributedCriterion(ContrastiveLoss(kind, 0.2, n_views=2))
+        for kind in ("simclr", "supcon"):
+            crit = DistributedCriterion(LOSSES[kind].build(temperature=0.2, n_views=2), LOSSES[kind])
             z.grad = None
             loss = crit(z, labels) if kind == "supcon" else crit(z)
             loss.backward()
             results[kind] = (loss.detach(), z.grad.clone())
+        # compute_loss=False through the wrapper: NaN value, the same gradients.
+        sig = LOSSES["sigclr"]
+        crit = DistributedCriterion(sig.build(n_views=2, **{**sig.defaults(), "logit_scale": T0}), sig)
+        for compute_loss in (True, False):
+            z.grad = None
+            loss = crit(z, compute_loss=compute_loss)
+            loss.backward()
+            results[("compute_loss", compute_loss)] = (loss.detach(), z.grad.clone())
         # A shape mismatch is an error on every rank, not a hang.
         try:
             sigmoid_pairwise_loss_distributed(torch.randn(4 + 2 * rank, D), 10.0, -10.0)
@@ -114,9 +123,9 @@ def test_distributed_loss_equals_single_process(world, tmp_path):
 
     z = global_batch(world, 2).requires_grad_()
     labels = torch.arange(world * N_PER_RANK) % 3
-    for kind in ("nt_xent", "supcon"):
+    for kind in ("simclr", "supcon"):
         z.grad = None
-        crit = ContrastiveLoss(kind, 0.2, n_views=2)
+        crit = LOSSES[kind].build(temperature=0.2, n_views=2)
         expected = crit(z, labels) if kind == "supcon" else crit(z)
         expected.backward()
         for rank, results in enumerate(per_rank):
@@ -125,6 +134,8 @@ def test_distributed_loss_equals_single_process(world, tmp_path):
             assert_close_rel(dz, local_rows(z.grad, rank, world, 2), 2e-5, f"{kind} dz rank {rank}")
     for results in per_rank:
         assert "same shape" in results["mismatch"], results["mismatch"]
+        (loss, dz), (skipped, dz_skipped) = results[("compute_loss", True)], results[("compute_loss", False)]
+        assert torch.isfinite(loss) and torch.isnan(skipped) and torch.equal(dz, dz_skipped)
 
 
 def test_distributed_needs_a_process_group():

@@ -167,15 +167,21 @@ def test_training_beats_a_random_network_on_knn(cifar10_dir, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "method,temperature", [("simclr", 0.2), ("supcon", 0.1), ("tcl", 0.1), ("sigclr", 10.0)]
+    "method,key,temperature",
+    [
+        ("simclr", "temperature", 0.2),
+        ("supcon", "temperature", 0.1),
+        ("tcl", "temperature", 0.1),
+        ("sigclr", "logit_scale", 10.0),
+    ],
 )
-def test_every_method_trains(cifar10_dir, tmp_path, method, temperature):
+def test_every_method_trains(cifar10_dir, tmp_path, method, key, temperature):
     out = tmp_path / method
     assert (
         main(quick_args(cifar10_dir, out, "--epochs", "1", "--method", method, "--limit-train", "256")) == 0
     )
     config = json.loads((out / "config.json").read_text())["config"]
-    assert config["method"] == method and config["temperature"] == temperature
+    assert config["method"] == method and config[key] == temperature
     losses = step_losses(out)
     assert len(losses) == 2 and all(map(torch.isfinite, torch.tensor(losses)))
     summary = json.loads((out / "summary.json").read_text())

@@ -1,16 +1,17 @@
-"""``fastsigclr bench loss``: the sigmoid and NT-Xent losses, forward + backward, providers side by side.
+"""``fastsigclr bench loss``: any loss of the registry (``fastsigclr.losses.LOSSES``, by training
+method), forward + backward, providers side by side.
 
 Providers: ``eager`` (the materialising PyTorch reference), ``compiled`` (the same under
-``torch.compile``), ``chunked`` (the package's torch path) and ``triton`` (the fused kernel, CUDA
-only). Each case reports the median time, achieved TFLOP/s for 4·(2N)²·D, the ratio to the eager
-and compiled baselines measured in the same run, and the peak memory allocated above the inputs.
+``torch.compile``), ``chunked`` (the package's torch path) and ``triton`` (the loss's Triton
+kernel, CUDA only; skipped for losses without one). Each case reports the median time, achieved
+TFLOP/s for 4·(2N)²·D, the ratio to the eager and compiled baselines measured in the same run, and
+the peak memory allocated above the inputs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +21,14 @@ from tqdm.auto import tqdm
 from fastsigclr.bench.common import DTYPES, check_even_sizes, matmul_tflops, time_fn, write_json
 from fastsigclr.bench.memory import peak_extra_bytes
 from fastsigclr.config import check_fields, option, to_dict
-from fastsigclr.losses import (
-    nt_xent_loss,
-    nt_xent_loss_reference,
-    sigmoid_pairwise_loss,
-    sigmoid_pairwise_loss_reference,
-)
+from fastsigclr.losses import LOSSES
+from fastsigclr.losses.options import check_applicable, method_params, with_loss_options
 from fastsigclr.runinfo import resolve_device, run_record
 
 PROVIDERS = ("eager", "compiled", "chunked", "triton")
 
 
+@with_loss_options
 @dataclass(frozen=True)
 class BenchLossConfig:
     device: str = option("auto", "device to measure on", choices=("auto", "cpu", "cuda"))
@@ -48,13 +46,10 @@ class BenchLossConfig:
     )
     providers: tuple[str, ...] = option(PROVIDERS, "implementations to compare", choices=PROVIDERS)
     losses: tuple[str, ...] = option(
-        ("sigmoid", "nt_xent"), "losses to measure", choices=("sigmoid", "nt_xent")
+        ("sigclr", "simclr"), "losses to measure, by training method", choices=tuple(LOSSES)
     )
     warmup: int = option(3, "untimed calls before timing (compilation happens here)", ge=1)
     reps: int | None = option(None, "timed calls per case; unset: 20 on CUDA, 5 on CPU", ge=1)
-    temperature: float = option(10.0, "fixed temperature t", gt=0)
-    bias: float = option(-10.0, "initial value of the learnable bias b")
-    nt_xent_temperature: float = option(0.2, "NT-Xent temperature τ", gt=0)
     out: str = option("benchmarks/local", "directory for loss-<device>.json and loss-<device>.png")
 
     def __post_init__(self) -> None:
@@ -63,6 +58,7 @@ class BenchLossConfig:
                 raise ValueError(f"--{name} needs at least one value")
         check_fields(self)
         check_even_sizes(self.sizes)
+        check_applicable(self, self.losses, fix="drop it or measure one of those in --losses")
 
     def resolved(self, device: torch.device) -> BenchLossConfig:
         """The per-device defaults filled in."""
@@ -77,25 +73,24 @@ class BenchLossConfig:
         )
 
 
-# loss -> (materialising reference, the package's function); both called as fn(z, bias)
-LOSS_FNS = {
-    "sigmoid": (sigmoid_pairwise_loss_reference, sigmoid_pairwise_loss),
-    "nt_xent": (nt_xent_loss_reference, nt_xent_loss),
-}
-
-
-def _loss_fn(provider: str, loss: str, cfg: BenchLossConfig):
-    reference, fused = LOSS_FNS[loss]
+def _loss_fn(provider: str, method: str, cfg: BenchLossConfig, device: torch.device):
+    """fn(z, labels) -> loss of one provider; learnable hyper-parameters (sigclr's bias by default)
+    are tensors that receive gradients, as in training. Labels: 10 classes for supervised losses."""
+    spec = LOSSES[method]
+    params: dict[str, Any] = method_params(cfg, method)
+    for name, value in list(params.items()):
+        if params.get(f"learnable_{name}"):
+            params[name] = torch.tensor(float(value), device=device, requires_grad=True)
     if provider in ("eager", "compiled"):
-        fn = reference if provider == "eager" else torch.compile(reference, dynamic=False)
-    else:
-        fn = partial(fused, impl="torch" if provider == "chunked" else "triton")
-    if loss == "sigmoid":
-        return lambda z, bias: fn(z, cfg.temperature, bias)
-    return lambda z, bias: fn(z, cfg.nt_xent_temperature)
+        ref = spec.reference if provider == "eager" else torch.compile(spec.reference, dynamic=False)
+        return lambda z, labels: ref(z, labels, **params)
+    impl = "torch" if provider == "chunked" else "triton"
+    return lambda z, labels: spec.function(z, labels, impl=impl, **params)
 
 
-def _skip_reason(provider: str, device: torch.device) -> str | None:
+def _skip_reason(provider: str, method: str, device: torch.device) -> str | None:
+    if provider == "triton" and LOSSES[method].kernel is None:
+        return "no Triton kernel"
     if provider == "triton" and device.type != "cuda":
         return "needs CUDA"
     return None
@@ -104,22 +99,23 @@ def _skip_reason(provider: str, device: torch.device) -> str | None:
 def measure_case(
     loss: str, provider: str, rows: int, dim: int, dtype: str, cfg: BenchLossConfig, device: torch.device
 ) -> dict[str, Any]:
-    """Time and memory of one (loss, provider, 2N, D, dtype) case, fwd+bwd (sigmoid: learnable bias)."""
+    """Time and memory of one (loss, provider, 2N, D, dtype) case, fwd+bwd (sigclr: learnable bias)."""
     row: dict[str, Any] = {"loss": loss, "provider": provider, "rows": rows, "dim": dim, "dtype": dtype}
-    reason = _skip_reason(provider, device)
+    reason = _skip_reason(provider, loss, device)
     if reason:
         return {**row, "status": f"skipped: {reason}"}
     if provider == "compiled":
         torch._dynamo.reset()  # one graph per shape; never fall back to eager at the cache limit
     gen = torch.Generator(device=device).manual_seed(rows + dim)
     z = torch.randn(rows, dim, device=device, dtype=DTYPES[dtype], generator=gen).requires_grad_()
-    bias = torch.tensor(cfg.bias, device=device, requires_grad=True)
-    fn = _loss_fn(provider, loss, cfg)
+    labels = (
+        torch.randint(0, 10, (rows // 2,), device=device, generator=gen) if LOSSES[loss].supervised else None
+    )
+    fn = _loss_fn(provider, loss, cfg, device)
 
     def step() -> None:
         z.grad = None
-        bias.grad = None
-        fn(z, bias).backward()
+        fn(z, labels).backward()
 
     try:
         timing = time_fn(step, device, warmup=cfg.warmup, reps=cfg.reps or 1)

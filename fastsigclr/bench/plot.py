@@ -16,7 +16,13 @@ from fastsigclr.config import FastSigCLRError
 
 COLORS = {"eager": "tab:gray", "compiled": "tab:blue", "chunked": "tab:orange", "triton": "tab:red"}
 MARKERS = ["o", "s", "^", "D", "v"]
-LOSS_NAMES = {"sigmoid": "sigmoid (SigCLR)", "nt_xent": "NT-Xent (SimCLR)"}
+# By training method; "sigmoid" and "nt_xent" name them in results written before the registry.
+LOSS_NAMES = {
+    "sigclr": "sigmoid (SigCLR)",
+    "simclr": "NT-Xent (SimCLR)",
+    "sigmoid": "sigmoid (SigCLR)",
+    "nt_xent": "NT-Xent (SimCLR)",
+}
 TIME_LABEL = "forward + backward, median (ms)"
 
 

@@ -1,40 +1,48 @@
-"""Contrastive losses as pure functions (plus thin nn.Module wrappers where a loss owns parameters)."""
+"""Contrastive losses as pure functions, thin nn.Module wrappers, references, and ``LOSSES``: the
+one registry (training method → LossSpec) that the trainer, the distributed wrapper, the loss
+benchmark and the command line read. Adding a loss: one module with its functions, module,
+reference and ``SPEC`` (see ``spec.LossSpec``), its import and one line below."""
 
+from . import dcl, ntxent, sigmoid, tcl
+from .ntxent import NTXentLoss, nt_xent_chunked, nt_xent_loss, nt_xent_loss_reference
+from .ranks import DistributedCriterion
 from .sigmoid import (
     SigmoidPairwiseLoss,
-    sigmoid_pairwise_chunked,
     sigmoid_pairwise_loss,
+    sigmoid_pairwise_loss_distributed,
     sigmoid_pairwise_loss_reference,
 )
-from .tcl import (
-    ContrastiveLoss,
-    nt_xent_chunked,
-    nt_xent_loss,
-    nt_xent_loss_reference,
-    supcon_loss,
-    tcl_chunked,
-    tcl_loss,
-)
+from .sigmoid_torch import sigmoid_block_chunked, sigmoid_pairwise_chunked
+from .spec import HyperParam, LossSpec
+from .tcl import TCLLoss, supcon_loss, tcl_chunked, tcl_loss, tcl_loss_reference
 
-# name -> pure function (z, ...) -> scalar; the trainer picks its loss from here.
-LOSSES = {
-    "sigmoid": sigmoid_pairwise_loss,
-    "nt_xent": nt_xent_loss,
-    "supcon": supcon_loss,
-    "tcl": tcl_loss,
+# training method (`fastsigclr train --method`) -> its loss
+LOSSES: dict[str, LossSpec] = {
+    "sigclr": sigmoid.SPEC,
+    "simclr": ntxent.SPEC,
+    "supcon": tcl.SUPCON,
+    "tcl": tcl.TCL,
+    "dcl": dcl.SPEC,
 }
 
 __all__ = [
     "LOSSES",
-    "ContrastiveLoss",
+    "DistributedCriterion",
+    "HyperParam",
+    "LossSpec",
+    "NTXentLoss",
     "SigmoidPairwiseLoss",
+    "TCLLoss",
     "nt_xent_chunked",
     "nt_xent_loss",
     "nt_xent_loss_reference",
+    "sigmoid_block_chunked",
     "sigmoid_pairwise_chunked",
     "sigmoid_pairwise_loss",
+    "sigmoid_pairwise_loss_distributed",
     "sigmoid_pairwise_loss_reference",
     "supcon_loss",
     "tcl_chunked",
     "tcl_loss",
+    "tcl_loss_reference",
 ]

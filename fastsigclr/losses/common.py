@@ -4,7 +4,7 @@ for backends that compute the gradient in the same pass as the value."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from types import ModuleType
 from typing import Literal
 
 import torch
@@ -92,16 +92,17 @@ def resolve_impl(impl: str, z: torch.Tensor) -> str:
     return impl
 
 
-def kernel(name: str) -> Callable:
-    """A launcher from fastsigclr.kernels, with a clear error where triton is missing."""
+def kernels() -> ModuleType:
+    """The fastsigclr.kernels package (its launchers are attributes), with a clear error where
+    triton is missing."""
     try:
-        import fastsigclr.kernels as kernels
+        import fastsigclr.kernels as package
     except ImportError as err:  # pragma: no cover - depends on the platform
         raise RuntimeError(
             "impl='triton' needs the triton package (Linux); install it with `pip install triton` "
             "or use impl='torch'"
         ) from err
-    return getattr(kernels, name)
+    return package
 
 
 def grad_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -1,4 +1,5 @@
-"""SigCLR's pairwise sigmoid loss (docs/design.md §3).
+"""SigCLR's pairwise sigmoid loss (docs/design.md §3): functional API, module, reference, its
+blockwise form across ranks, and its registry entry.
 
 For rows ``z`` of shape ``(V·N, D)``, view-major, and anchors ``i`` against columns ``j ≠ i``::
 
@@ -6,20 +7,29 @@ For rows ``z`` of shape ``(V·N, D)``, view-major, and anchors ``i`` against col
     L    = (1 / (V·N)) · Σ_i Σ_{j≠i} softplus(−y_ij · a_ij)
 
 Because the loss is elementwise in the logits, its whole gradient can be formed in the same pass
-as the value. Both implementations do so inside ``common.PrecomputedGrad``: ``"torch"`` walks row
-chunks (no (V·N)² tensor), ``"triton"`` runs the fused kernel of ``fastsigclr.kernels``.
+as the value. One block loop (``sigmoid_blocks``) does so inside ``common.PrecomputedGrad``, in one
+process (a single self-block) and across ranks (this rank's rows against every rank's block, the
+ring or all-gather of ``ranks``): ``"torch"`` walks row chunks (no (V·N)² tensor), ``"triton"``
+runs the fused kernel of ``fastsigclr.kernels``.
+
+Why no gradient travels between ranks: with G the (scaled) matrix σ(a) − [positive], the loss
+gives ∂L/∂ẑ_i = 2t·Σ_j G_ij ẑ_j because G is symmetric. Rank r therefore needs only its own rows
+of G, i.e. its rows against every rank's columns, to form the complete gradient of its rows. The
+loss and ∂L/∂t, ∂L/∂b are sums over rows: one 3-float all-reduce.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from functools import partial
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from . import common
+from . import ranks
 from .common import (
     Impl,
     PrecomputedGrad,
@@ -27,10 +37,18 @@ from .common import (
     as_scalar_tensor,
     check_rows,
     check_scalar,
-    kernel,
+    kernels,
     resolve_impl,
 )
 from .normalize import EPS, normalize_rows
+from .sigmoid_torch import sigmoid_block_chunked
+from .spec import HyperParam, LossSpec
+
+# SigCLR's fixed logit scale t and SigLIP's initial bias b (docs/design.md §3).
+LOGIT_SCALE = 10.0
+BIAS = -10.0
+# The weights are float32: a larger --bias overflows at the first step.
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def check_inputs(z: torch.Tensor, temperature: Scalar, bias: Scalar, n_views: int) -> None:
@@ -40,96 +58,53 @@ def check_inputs(z: torch.Tensor, temperature: Scalar, bias: Scalar, n_views: in
     check_scalar("bias", bias, z)
 
 
-def sigmoid_pairwise_chunked(
+# (self_block, cols) for every column block this rank's rows meet; world size 1: [(True, zhat)].
+Blocks = Callable[[torch.Tensor], Iterable[tuple[bool, torch.Tensor]]]
+
+
+def sigmoid_blocks(
     zhat: torch.Tensor,
     temperature: torch.Tensor,
     bias: torch.Tensor,
+    *,
     n_views: int,
-    *,
+    impl: str,
+    blocks: Blocks,
+    world_size: int = 1,
+    group=None,
     compute_grad: bool = True,
     compute_loss: bool = True,
-    chunk_rows: int | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """The torch implementation: loss and gradients chunk by chunk, same contract as the kernel.
-
-    zhat: (M, D) normalised rows. Returns (loss, dL/dzhat, dL/dt, dL/db) computed in fp32
-    (fp64 for fp64 input); nothing of M×M elements is allocated when chunk_rows < M.
-    """
+    """The loss of a batch of ``world_size`` equal shares, this rank's rows ``zhat`` (M, D)
+    against each column block of ``blocks(zhat)``: (loss, dL/dzhat, dL/dt, dL/db) of the whole
+    batch (loss None without compute_loss). With one rank: one self-block, no all-reduce."""
     m = zhat.shape[0]
-    return sigmoid_block_chunked(
-        zhat,
-        zhat,
-        temperature,
-        bias,
-        n_per_view=m // n_views,
-        inv_m=1.0 / m,
-        self_block=True,
-        compute_grad=compute_grad,
-        compute_loss=compute_loss,
-        chunk_rows=chunk_rows,
-    )
-
-
-def sigmoid_block_chunked(
-    rows: torch.Tensor,
-    cols: torch.Tensor,
-    temperature: torch.Tensor,
-    bias: torch.Tensor,
-    *,
-    n_per_view: int,
-    inv_m: float,
-    self_block: bool,
-    compute_grad: bool = True,
-    compute_loss: bool = True,
-    chunk_rows: int | None = None,
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """One block of the loss, anchors ``rows`` (M, D) against ``cols`` (MC, D): the torch twin
-    of ``fastsigclr.kernels.sigmoid_block_triton`` (same arguments and returns).
-
-    self_block: cols is rows (skip i = j; positives where i ≡ j mod n_per_view); otherwise every
-    pair is a negative. Every term is scaled by inv_m = 1 / (rows of the whole batch).
-    """
-    m, mc = rows.shape[0], cols.shape[0]
-    work = torch.float64 if rows.dtype == torch.float64 else torch.float32
-    zf = rows.to(work)
-    cf = zf if self_block else cols.to(work)
-    t = temperature.detach().to(work)
-    b = bias.detach().to(work)
-    step = chunk_rows or max(1, common.CHUNK_ELEMENTS // mc)
-    col_img = torch.arange(mc, device=rows.device) % n_per_view
-    loss = zf.new_zeros(())
-    db = zf.new_zeros(())
-    dt = zf.new_zeros(())
-    dz = torch.empty_like(zf) if compute_grad else None
-    # Per chunk: three (rows × MC) float temporaries (s, a, g) and one bool mask, plus two more
-    # briefly for the loss terms; the self-pairs are the chunk's diagonal, cleared through a view.
-    for start in range(0, m, step):
-        stop = min(m, start + step)
-        s = zf[start:stop] @ cf.T
-        a = torch.addcmul(b, s, t)
-        if self_block:
-            pos = (torch.arange(start, stop, device=rows.device) % n_per_view)[:, None] == col_img[None, :]
-            pos.diagonal(offset=start).fill_(False)
-        else:
-            pos = torch.zeros_like(s, dtype=torch.bool)
-        if compute_loss:
-            terms = F.softplus(torch.where(pos, a.neg(), a))
-            if self_block:
-                terms.diagonal(offset=start).zero_()
-            loss += terms.sum()
-            del terms
-        g = torch.sigmoid(a).add_(pos, alpha=-1)
-        del a
-        if self_block:
-            g.diagonal(offset=start).zero_()
-        db += g.sum()
-        dt += s.mul_(g).sum()  # s is spent; torch.dot (serial fp32 sum) lost 5e-6 at M = 258
-        if dz is not None:
-            torch.matmul(g, cf, out=dz[start:stop])
-        del s, g, pos  # before the next chunk allocates its own
-    if dz is not None:
-        dz.mul_(2 * inv_m * t)
-    return (loss * inv_m if compute_loss else None), dz, dt * inv_m, db * inv_m
+    many = world_size > 1
+    if impl == "triton":
+        # Across ranks dz sums several blocks: each is kept in fp32 until the sum is done.
+        block = partial(kernels().sigmoid_block_triton, dz_dtype=torch.float32 if many else None)
+    else:
+        block = sigmoid_block_chunked
+    sums, dz = None, None
+    for self_block, cols in blocks(zhat):
+        loss, dz_block, dt, db = block(
+            zhat,
+            cols,
+            temperature,
+            bias,
+            n_per_view=m // n_views,
+            inv_m=1.0 / (m * world_size),
+            self_block=self_block,
+            compute_grad=compute_grad,
+            compute_loss=compute_loss,
+        )
+        part = torch.stack([dt, db, dt.new_zeros(()) if loss is None else loss.to(dt.dtype)])
+        sums = part if sums is None else sums + part
+        dz = dz_block if dz is None or dz_block is None else dz.add_(dz_block)
+    if many:
+        dist.all_reduce(sums, group=group)
+    dt, db, loss = sums.unbind()
+    return (loss if compute_loss else None), dz, dt, db
 
 
 def sigmoid_pairwise_loss(
@@ -144,7 +119,8 @@ def sigmoid_pairwise_loss(
 ) -> torch.Tensor:
     """SigCLR loss of ``z`` (shape ``(n_views·N, D)``, view-major) → fp32 scalar.
 
-    temperature, bias: floats or 0-d tensors (learnable tensors receive gradients).
+    temperature, bias: floats or 0-d tensors (learnable tensors receive gradients); temperature
+    is the logit scale t, which multiplies the similarities (``--logit-scale`` in training).
     normalize: L2-normalise rows first, z / max(‖z‖, 1e-4) (normalize.EPS; set False when z is
     already on the unit sphere).
     impl: "triton" (fused kernel, CUDA), "torch" (chunked, any device), "auto" (triton on CUDA).
@@ -155,10 +131,62 @@ def sigmoid_pairwise_loss(
     check_inputs(z, temperature, bias, n_views)
     which = resolve_impl(impl, z)
     zhat = normalize_rows(z) if normalize else z
-    backend = kernel("sigmoid_pairwise_triton") if which == "triton" else sigmoid_pairwise_chunked
     # n_views is bound here so that only tensors go through autograd.
-    bound = partial(backend, n_views=n_views, compute_loss=compute_loss)
-    return PrecomputedGrad.apply(bound, zhat, as_scalar_tensor(temperature, z), as_scalar_tensor(bias, z))
+    backend = partial(
+        sigmoid_blocks, n_views=n_views, impl=which, blocks=_self_block, compute_loss=compute_loss
+    )
+    return PrecomputedGrad.apply(backend, zhat, as_scalar_tensor(temperature, z), as_scalar_tensor(bias, z))
+
+
+def _self_block(zhat: torch.Tensor) -> list[tuple[bool, torch.Tensor]]:
+    return [(True, zhat)]
+
+
+def sigmoid_pairwise_loss_distributed(
+    z_local: torch.Tensor,
+    temperature: Scalar,
+    bias: Scalar,
+    *,
+    n_views: int = 2,
+    mode: str = "ring",
+    group=None,
+    normalize: bool = True,
+    impl: Impl = "auto",
+    check_shapes: bool = True,
+    compute_loss: bool = True,
+) -> torch.Tensor:
+    """The SigCLR loss of the global batch, computed from each rank's ``z_local`` (V·n, D).
+
+    Returns the global loss (the same fp32 scalar on every rank; NaN without compute_loss).
+    Backward gives ``z_local`` its rows of the global gradient and ``temperature``/``bias`` (when
+    they are tensors that need gradients) the global ∂L/∂t and ∂L/∂b, identical on every rank.
+    mode: "ring" (neighbour exchange, two remote blocks held at most, whatever the world size) or
+    "gather" (all-gather: K blocks held at once).
+    check_shapes: verify with one small all-gather that every rank's z has the same shape.
+    """
+    ranks.check_mode(mode)
+    rank, world_size = ranks.world(group)
+    check_inputs(z_local, temperature, bias, n_views)
+    if check_shapes:
+        ranks.check_same_shape(z_local, group)
+    which = resolve_impl(impl, z_local)
+    zhat = normalize_rows(z_local) if normalize else z_local
+    stream = ranks.ring_blocks if mode == "ring" else ranks.gather_blocks
+
+    def blocks(rows: torch.Tensor) -> Iterable[tuple[bool, torch.Tensor]]:
+        return ((owner == rank, cols) for owner, cols in stream(rows, group))
+
+    backend = partial(
+        sigmoid_blocks,
+        n_views=n_views,
+        impl=which,
+        blocks=blocks,
+        world_size=world_size,
+        group=group,
+        compute_loss=compute_loss,
+    )
+    t = as_scalar_tensor(temperature, z_local)
+    return PrecomputedGrad.apply(backend, zhat, t, as_scalar_tensor(bias, z_local))
 
 
 def sigmoid_pairwise_loss_reference(
@@ -184,8 +212,8 @@ class SigmoidPairwiseLoss(nn.Module):
 
     def __init__(
         self,
-        temperature: float = 10.0,
-        bias: float = -10.0,
+        temperature: float = LOGIT_SCALE,
+        bias: float = BIAS,
         *,
         learnable_temperature: bool = False,
         learnable_bias: bool = True,
@@ -215,9 +243,13 @@ class SigmoidPairwiseLoss(nn.Module):
     def temperature(self) -> torch.Tensor:
         return self.log_temperature.exp()
 
-    def forward(self, z: torch.Tensor, *, compute_loss: bool = True) -> torch.Tensor:
+    def forward(
+        self, z: torch.Tensor, labels: torch.Tensor | None = None, *, compute_loss: bool = True
+    ) -> torch.Tensor:
         """z: (n_views·N, D) view-major projections → scalar loss (NaN without compute_loss:
-        see sigmoid_pairwise_loss)."""
+        see sigmoid_pairwise_loss). The loss is self-supervised: labels must be None."""
+        if labels is not None:
+            raise ValueError("the sigmoid loss is self-supervised: call it without labels")
         return sigmoid_pairwise_loss(
             z,
             self.temperature,
@@ -228,8 +260,68 @@ class SigmoidPairwiseLoss(nn.Module):
             compute_loss=compute_loss,
         )
 
+    def log_values(self) -> dict[str, float]:
+        """What the logs record of this loss: the logit scale t and the bias b."""
+        return {"logit_scale": self.temperature.item(), "bias": self.bias.item()}
+
     def extra_repr(self) -> str:
         return (
-            f"temperature={float(self.temperature):.4g}, bias={float(self.bias):.4g}, "
+            f"logit_scale={float(self.temperature):.4g}, bias={float(self.bias):.4g}, "
             f"learnable_temperature={self.learnable_temperature}, n_views={self.n_views}"
         )
+
+
+def _distributed(
+    module: SigmoidPairwiseLoss, z: torch.Tensor, labels: None, *, mode: str, group, compute_loss: bool
+) -> torch.Tensor:
+    return sigmoid_pairwise_loss_distributed(
+        z,
+        module.temperature,
+        module.bias,
+        n_views=module.n_views,
+        mode=mode,
+        group=group,
+        normalize=module.normalize,
+        impl=module.impl,
+        check_shapes=False,  # the loaders give every rank the same batch size
+        compute_loss=compute_loss,
+    )
+
+
+def _build(
+    *, n_views: int, logit_scale: float, bias: float, learnable_bias: bool, learnable_logit_scale: bool
+) -> SigmoidPairwiseLoss:
+    return SigmoidPairwiseLoss(
+        logit_scale,
+        bias,
+        learnable_temperature=learnable_logit_scale,
+        learnable_bias=learnable_bias,
+        n_views=n_views,
+    )
+
+
+def _function(z: torch.Tensor, labels: None = None, *, n_views: int = 2, impl: Impl = "auto", **params):
+    return sigmoid_pairwise_loss(z, params["logit_scale"], params["bias"], n_views=n_views, impl=impl)
+
+
+def _reference(z: torch.Tensor, labels: None = None, *, n_views: int = 2, **params) -> torch.Tensor:
+    return sigmoid_pairwise_loss_reference(z, params["logit_scale"], params["bias"], n_views=n_views)
+
+
+SPEC = LossSpec(
+    summary="SigCLR: pairwise sigmoid, softplus(−y·(t·s + b)), t 10 fixed, b learnt from −10",
+    build=_build,
+    function=_function,
+    reference=_reference,
+    params={
+        "logit_scale": HyperParam(
+            LOGIT_SCALE, "sigmoid logit scale t: logits t·s + b (multiplies the similarities)", {"gt": 0}
+        ),
+        "learnable_logit_scale": HyperParam(False, "learn t as exp(t')"),
+        "bias": HyperParam(BIAS, "initial sigmoid bias b", {"ge": -FLOAT32_MAX, "le": FLOAT32_MAX}),
+        "learnable_bias": HyperParam(True, "learn the bias b; --no-learnable-bias keeps it at --bias"),
+    },
+    kernel="sigmoid_pairwise_triton",
+    distributed=_distributed,
+    notes={"temperature": "sigclr multiplies its logits by a scale instead: pass --logit-scale"},
+)

@@ -1,4 +1,4 @@
-"""Softmax-family contrastive losses: TCL, with SupCon and SimCLR's NT-Xent as special cases
+"""Supervised softmax-family contrastive losses: TCL, with SupCon and SimCLR's NT-Xent as special cases
 (docs/design.md §5). Positives P(i) are the rows sharing i's label (its other views when there
 are no labels), i excluded; negatives N(i) are the rest::
 
@@ -7,8 +7,8 @@ are no labels), i excluded; negatives N(i) are the rest::
 
 k1 = 0, k2 = 1 is SupCon; SupCon with image ids as labels is NT-Xent. The loss is the mean of ℓ_i
 over anchors that have a positive. The torch paths walk row chunks and form the whole gradient
-there, so nothing M×M is kept for backward: ``tcl_chunked`` serves all three, ``nt_xent_chunked``
-is NT-Xent's lean special case (known positives, one softmax per row).
+there, so nothing M×M is kept for backward: ``tcl_chunked`` serves SupCon and TCL (NT-Xent has
+its own lean path in ``ntxent``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,12 @@ from functools import partial
 import torch
 
 from . import common
-from .common import Impl, PrecomputedGrad, check_matrix, check_rows, kernel, resolve_impl
+from .common import PrecomputedGrad, check_matrix, check_rows
 from .normalize import EPS, normalize_rows
+from .spec import HyperParam, LossSpec, softmax_temperature
+
+# docs/design.md §2.3: τ = 0.1, k1 = 5000, k2 = 1 (k1 = 0, k2 = 1 is SupCon).
+TAU, K1, K2 = 0.1, 5000.0, 1.0
 
 
 def row_labels(z: torch.Tensor, labels: torch.Tensor | None, n_views: int) -> torch.Tensor:
@@ -99,61 +103,6 @@ def tcl_chunked(
     return loss * inv, dz
 
 
-def nt_xent_chunked(
-    zhat: torch.Tensor,
-    *,
-    temperature: float,
-    n_views: int,
-    compute_grad: bool = True,
-    chunk_rows: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Loss and dL/dzhat of NT-Xent over normalised view-major rows ``zhat`` (M, D).
-
-    ℓ_i = lse_i − (1/(V−1))·Σ_{p∈P(i)} s_ip/τ, lse_i over k ≠ i; dℓ_i/ds_ij = (softmax_ij −
-    [j∈P(i)]/(V−1))/τ. Each chunk holds one (rows × M) buffer, turned in place from logits into
-    exponentials; the softmax's 1/Σ and the 1/τ scale the (rows × D) operands instead, and the
-    positives' part, −(2/((V−1)τ))·Σ_{p∈P(i)} ẑ_p, is summed once per image: per chunk, three
-    products and four passes over the buffer (max, subtract, exp, sum), against about three such
-    matrices kept by plain autograd."""
-    m = zhat.shape[0]
-    work = torch.float64 if zhat.dtype == torch.float64 else torch.float32
-    zf = zhat.to(work)
-    inv_tau = 1.0 / temperature
-    offsets = torch.arange(1, n_views, device=zhat.device) * (m // n_views)
-    loss = zf.new_zeros(())
-    dz = None
-    if compute_grad:  # the positives' part: the other views of each row's image
-        dz = zf.view(n_views, m // n_views, -1).sum(0).repeat(n_views, 1).sub_(zf)
-        dz.mul_(-2.0 * inv_tau / (n_views - 1))
-    # One (rows × M) temporary where the sigmoid path keeps about three: chunks of 4·CHUNK_ELEMENTS
-    # (32 MiB of fp32; one chunk up to 2N = 2896). Measured on 2 shared x86-64 cores (torch 2.13,
-    # D = 128, median of 7): with 2 threads every extra chunk costs (2N = 2048: 126 ms whole, 185 in
-    # 1024-row chunks, 264 in 256-row ones; 2N = 4096: 655 whole, 733 in 2048-row chunks, 1381 in
-    # 256-row ones), with 1 thread chunk size matters little (2N = 4096: 363-478 ms from 256 rows to
-    # all). So: the fewest chunks the memory bound allows.
-    step = chunk_rows or max(1, 4 * common.CHUNK_ELEMENTS // m)
-    for start in range(0, m, step):
-        stop = min(m, start + step)
-        rows = zf[start:stop]
-        e = torch.addmm(loss, rows, zf.T, beta=0, alpha=inv_tau)  # logits s/τ (beta=0: nothing added)
-        e.diagonal(offset=start).fill_(float("-inf"))
-        peak = e.amax(1, keepdim=True)
-        positives = (torch.arange(start, stop, device=zhat.device)[:, None] + offsets) % m
-        pos_logits = e.gather(1, positives)
-        e.sub_(peak).exp_()  # e^{logit − max}; the diagonal becomes 0
-        total = e.sum(1, keepdim=True)
-        loss += (peak + total.log() - pos_logits.mean(1, keepdim=True)).sum()
-        if dz is not None:
-            scale = inv_tau / total  # softmax = e / total, and dℓ/ds carries 1/τ
-            dz[start:stop] += torch.mm(e, zf).mul_(scale)
-            dz += torch.mm((rows * scale).T, e).T  # s_ij = s_ji: the column side of each pair
-        del e  # before the next chunk's buffer exists: one at a time
-    inv = 1.0 / m
-    if dz is not None:
-        dz *= inv
-    return loss * inv, dz
-
-
 def _loss(
     z: torch.Tensor,
     labels: torch.Tensor | None,
@@ -181,9 +130,9 @@ def _loss(
 def tcl_loss(
     z: torch.Tensor,
     labels: torch.Tensor | None = None,
-    temperature: float = 0.1,
-    k1: float = 5000.0,
-    k2: float = 1.0,
+    temperature: float = TAU,
+    k1: float = K1,
+    k2: float = K2,
     *,
     n_views: int = 2,
     normalize: bool = True,
@@ -197,7 +146,7 @@ def tcl_loss(
 
 
 def supcon_loss(
-    z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1, *, normalize: bool = True
+    z: torch.Tensor, labels: torch.Tensor, temperature: float = TAU, *, normalize: bool = True
 ) -> torch.Tensor:
     """Supervised contrastive loss: TCL with k1 = 0, k2 = 1. labels: (M,) per row, or per image
     (the number of views is then M / len(labels))."""
@@ -206,61 +155,88 @@ def supcon_loss(
     return _loss(z, labels, temperature, 0.0, 1.0, 2, normalize)
 
 
-def nt_xent_loss(
+def tcl_loss_reference(
     z: torch.Tensor,
-    temperature: float = 0.2,
+    labels: torch.Tensor | None = None,
+    temperature: float = TAU,
+    k1: float = K1,
+    k2: float = K2,
     *,
     n_views: int = 2,
-    normalize: bool = True,
-    impl: Impl = "auto",
 ) -> torch.Tensor:
-    """SimCLR's NT-Xent of z (n_views·N, D), view-major → scalar: for each anchor, cross-entropy
-    of its positives against all other rows (mean over positives when n_views > 2)."""
-    check_rows(z, n_views)
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    zhat = normalize_rows(z) if normalize else z
-    launch = nt_xent_chunked if resolve_impl(impl, z) == "torch" else kernel("nt_xent_triton")
-    backend = partial(launch, temperature=float(temperature), n_views=n_views)
-    return PrecomputedGrad.apply(backend, zhat)
-
-
-def nt_xent_loss_reference(z: torch.Tensor, temperature: float = 0.2, *, n_views: int = 2) -> torch.Tensor:
-    """The plain autograd formulation, the baseline to beat: ``F.cross_entropy`` over the (V·N)²
-    similarity logits with the diagonal masked, each anchor's targets its V−1 other views."""
-    m = z.shape[0]
+    """The plain autograd formulation over the materialised (M, M) similarities (any dtype)."""
+    rows = row_labels(z, labels, n_views)
     zhat = torch.nn.functional.normalize(z, dim=1, eps=EPS)
-    logits = (zhat @ zhat.T / temperature).fill_diagonal_(float("-inf"))
-    offsets = torch.arange(1, n_views, device=z.device) * (m // n_views)
-    targets = (torch.arange(m, device=z.device)[:, None] + offsets) % m  # (M, V−1)
-    if n_views == 2:
-        return torch.nn.functional.cross_entropy(logits, targets[:, 0])
-    # The same cross-entropy with V−1 targets per row (mean over anchors and their positives); one
-    # (M, M, V−1) expanded input to cross_entropy ran 1.5–1.9× slower at 2N = 1024–2048 on a CPU.
-    return -torch.nn.functional.log_softmax(logits, dim=1).gather(1, targets).mean()
+    s = zhat @ zhat.T
+    eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    pos = (rows[:, None] == rows[None, :]) & ~eye
+    neg = rows[:, None] != rows[None, :]
+    e = torch.exp(s / temperature)
+    denom = (e * pos).sum(1) + k1 * (torch.exp(-s) * pos).sum(1) + k2 * (e * neg).sum(1)
+    n_pos = pos.sum(1)
+    row_loss = -(s * pos).sum(1) / temperature / n_pos.clamp_min(1) + torch.log(denom)
+    return row_loss[n_pos > 0].mean()
 
 
-class ContrastiveLoss(torch.nn.Module):
-    """NT-Xent, SupCon or TCL as a module with fixed hyper-parameters (no learnable state)."""
+class TCLLoss(torch.nn.Module):
+    """TCL (SupCon with k1 = 0, k2 = 1) as a module with fixed hyper-parameters (no learnable state)."""
 
-    def __init__(
-        self, kind: str, temperature: float, *, k1: float = 5000.0, k2: float = 1.0, n_views: int = 2
-    ) -> None:
+    def __init__(self, temperature: float = TAU, k1: float = K1, k2: float = K2, *, n_views: int = 2) -> None:
         super().__init__()
-        if kind not in ("nt_xent", "supcon", "tcl"):
-            raise ValueError(f"kind must be nt_xent, supcon or tcl, got {kind!r}")
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.kind, self.tau, self.k1, self.k2, self.n_views = kind, float(temperature), k1, k2, n_views
+        self.tau, self.k1, self.k2, self.n_views = float(temperature), float(k1), float(k2), n_views
         self.register_buffer("temperature", torch.tensor(float(temperature)))
 
-    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """z: (n_views·N, D) view-major; labels (N,) for supervised SupCon/TCL, None for views only."""
-        if self.kind == "nt_xent":
-            return nt_xent_loss(z, self.tau, n_views=self.n_views)
-        k1, k2 = (0.0, 1.0) if self.kind == "supcon" else (self.k1, self.k2)
-        return tcl_loss(z, labels, self.tau, k1, k2, n_views=self.n_views)
+    def forward(
+        self, z: torch.Tensor, labels: torch.Tensor | None = None, *, compute_loss: bool = True
+    ) -> torch.Tensor:
+        """z: (n_views·N, D) view-major; labels (N,) for supervised SupCon/TCL, None for views only.
+        compute_loss is ignored: the torch path forms value and gradient together."""
+        return tcl_loss(z, labels, self.tau, self.k1, self.k2, n_views=self.n_views)
+
+    def log_values(self) -> dict[str, float]:
+        return {"temperature": self.tau}
 
     def extra_repr(self) -> str:
-        extra = f", k1={self.k1}, k2={self.k2}" if self.kind == "tcl" else ""
-        return f"{self.kind}, temperature={self.tau}{extra}, n_views={self.n_views}"
+        return f"temperature={self.tau}, k1={self.k1}, k2={self.k2}, n_views={self.n_views}"
+
+
+TEMPERATURE = softmax_temperature(TAU)
+
+
+def _tcl_params(params: dict) -> dict:
+    return {"temperature": params["temperature"], "k1": params.get("k1", 0.0), "k2": params.get("k2", 1.0)}
+
+
+def _function(
+    z: torch.Tensor, labels: torch.Tensor | None = None, *, n_views: int = 2, impl: str = "auto", **params
+):
+    """impl is accepted for the registry's common signature: TCL has the torch path only."""
+    return tcl_loss(z, labels, **_tcl_params(params), n_views=n_views)
+
+
+def _reference(z: torch.Tensor, labels: torch.Tensor | None = None, *, n_views: int = 2, **params):
+    return tcl_loss_reference(z, labels, **_tcl_params(params), n_views=n_views)
+
+
+SUPCON = LossSpec(
+    summary="SupCon: softmax over same-class positives, τ 0.1 (labels; --no-use-labels: views)",
+    build=lambda *, n_views, temperature: TCLLoss(temperature, 0.0, 1.0, n_views=n_views),
+    function=_function,
+    reference=_reference,
+    params={"temperature": TEMPERATURE},
+    supervised=True,
+)
+TCL = LossSpec(
+    summary="TCL: SupCon with k1·e^(−s) on positives and k2 on negatives, τ 0.1, k1 5000, k2 1",
+    build=lambda *, n_views, temperature, k1, k2: TCLLoss(temperature, k1, k2, n_views=n_views),
+    function=_function,
+    reference=_reference,
+    params={
+        "temperature": TEMPERATURE,
+        "k1": HyperParam(K1, "TCL weight of e^(-s) on positives", {"ge": 0}),
+        "k2": HyperParam(K2, "TCL weight of the negatives", {"ge": 0}),
+    },
+    supervised=True,
+)

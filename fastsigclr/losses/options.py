@@ -1,0 +1,74 @@
+"""The command-line options of the losses' hyper-parameters, generated once from the registry
+(``fastsigclr train`` and ``fastsigclr bench loss`` add them with ``with_loss_options``): one option
+per parameter name of any loss, unset by default (each method's own default then applies), help
+and bounds from the spec. A new loss whose parameters already exist needs no change here or in the
+configs."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+from fastsigclr.config import option
+
+from . import LOSSES
+from .spec import HyperParam
+
+
+def _users() -> dict[str, dict[str, HyperParam]]:
+    users: dict[str, dict[str, HyperParam]] = {}
+    for method, spec in LOSSES.items():
+        for name, param in spec.params.items():
+            users.setdefault(name, {})[method] = param
+    return users
+
+
+def _shown(value: float | bool) -> str:
+    return ("on" if value else "off") if isinstance(value, bool) else f"{value:g}"
+
+
+def _fields() -> list[tuple[str, Any, Any]]:
+    fields = []
+    for name, by_method in _users().items():
+        first = next(iter(by_method.values()))
+        kind = bool if isinstance(first.default, bool) else float
+        shown = ", ".join(f"{m} {_shown(p.default)}" for m, p in by_method.items())
+        fields.append((name, kind | None, option(None, f"{first.help} (unset: {shown})", **first.bounds)))
+    return fields
+
+
+_FIELDS = _fields()
+LOSS_OPTIONS = tuple(name for name, _, _ in _FIELDS)
+C = TypeVar("C")
+
+
+def with_loss_options(cls: type[C]) -> type[C]:
+    """Class decorator for a frozen config dataclass: the same class with the loss options added
+    after its own fields (so its --help and error messages list its own options first)."""
+    namespace = {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__}
+    return dataclasses.make_dataclass(cls.__name__, _FIELDS, bases=(cls,), frozen=True, namespace=namespace)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_applicable(config: Any, methods: Iterable[str], fix: str = "drop it") -> None:
+    """A loss option given (not None) that none of ``methods`` takes is a ValueError naming the
+    methods it applies to (and the spec's hint where the method has one, e.g. --logit-scale)."""
+    methods = tuple(methods)
+    for name in LOSS_OPTIONS:
+        if getattr(config, name) is None or any(name in LOSSES[m].params for m in methods):
+            continue
+        users = ", ".join(m for m, spec in LOSSES.items() if name in spec.params)
+        notes = [LOSSES[m].notes[name] for m in methods if name in LOSSES[m].notes]
+        note = f" ({notes[0]})" if notes else ""
+        raise ValueError(f"{_flag(name)} applies to {users} only; {fix}{note}")
+
+
+def method_params(config: Any, method: str) -> dict[str, Any]:
+    """The hyper-parameters of ``method``'s loss: the config's values, its defaults where unset."""
+    spec = LOSSES[method]
+    values = {name: getattr(config, name, None) for name in spec.params}
+    return {name: spec.params[name].default if v is None else v for name, v in values.items()}
