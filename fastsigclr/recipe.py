@@ -1,6 +1,7 @@
 """The training recipe: the config of ``fastsigclr train``, the dataset presets and methods, and
-how data, model, loss and one optimisation step are built from it. Shared by the trainer, the
-evaluation of a run and ``fastsigclr bench train``; the loop itself lives in ``fastsigclr.train``."""
+what a run trains with, built from them (``build``: data, loader, model, loss, probe, optimisers),
+with ``resume`` and ``checkpoint_state`` to continue it. Shared by the trainer, the evaluation of a
+run and ``fastsigclr bench train``; the optimisation step and the loop live in ``fastsigclr.train``."""
 
 from __future__ import annotations
 
@@ -11,18 +12,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fastsigclr import checkpoint as ckpt
-from fastsigclr.config import ConfigError, FastSigCLRError, check_fields, from_dict, option
-from fastsigclr.data import DATASETS, LOADERS, default_data_dir, load_split, prepare
-from fastsigclr.data.datasets import data_dir_option
-from fastsigclr.data.loaders import ffcv_dir_option
+from fastsigclr import distributed
+from fastsigclr.config import ConfigError, FastSigCLRError, check_fields, from_dict, option, to_dict
+from fastsigclr.data import DATASETS, LOADERS, AugmentSpec, DatasetInfo, default_data_dir, load_split, prepare
+from fastsigclr.data.datasets import data_dir_option, dataset_option
+from fastsigclr.data.loaders import ffcv_dir_option, loader_options
 from fastsigclr.data.subset import balanced_indices
 from fastsigclr.losses import ContrastiveLoss, SigmoidPairwiseLoss
 from fastsigclr.models import ARCHS, SSLModel
-from fastsigclr.runinfo import resolve_device
+from fastsigclr.models.sync_bn import convert_global_bn
+from fastsigclr.optim import build_optimizer, param_groups
+from fastsigclr.runinfo import device_option, resolve_device
 
 # docs/design.md §9: what `--dataset` chooses; every value can be overridden by its option.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -41,11 +45,12 @@ METHODS: dict[str, tuple[str, bool, float]] = {
 # The weights are float32: a larger --lr or --bias overflows at the first step (--lr 1e39 stopped in
 # the optimiser: "value cannot be converted to type float without overflow").
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+Split = tuple[np.ndarray, np.ndarray]  # (uint8 images (N, H, W, 3), labels (N,))
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    dataset: str = option("cifar10", "dataset (its preset fills unset options)", choices=tuple(PRESETS))
+    dataset: str = dataset_option("dataset (its preset fills unset options)")
     data_dir: str | None = data_dir_option()
     download: bool = option(True, "download the dataset when it is not in --data-dir")
     loader: str = option("gpu", "data loader backend", choices=tuple(LOADERS))
@@ -91,7 +96,8 @@ class TrainConfig:
     knn_every: int = option(
         10, "run the kNN monitor every this many epochs (and at the end; 0: end only)", ge=0
     )
-    knn_k: int = option(200, "kNN monitor neighbours", ge=1)
+    knn_k: int = option(200, "neighbours in the kNN vote", ge=1)
+    knn_temperature: float = option(0.1, "temperature of the kNN vote weights", gt=0)
     compile: bool = option(False, "torch.compile the model")
     sync_bn: bool = option(True, "torchrun runs: batch-norm statistics over the global batch")
     dist_loss: str = option(
@@ -103,7 +109,7 @@ class TrainConfig:
     dist_timeout: float = option(
         600.0, "torchrun runs: seconds a rank waits to join the run, and at most for any collective", gt=0
     )
-    device: str = option("auto", "device", choices=("auto", "cpu", "cuda"))
+    device: str = device_option()
     precision: str = option(
         "auto", "compute dtype; auto: bf16 autocast on CUDA, fp32 on CPU", choices=("auto", "bf16", "fp32")
     )
@@ -190,16 +196,104 @@ def build_model(cfg: TrainConfig, info, device: torch.device):
 
 
 @dataclass
-class StepParts:
-    """What one optimisation step touches (shared by the trainer and `fastsigclr bench train`)."""
+class Setup:
+    """What a run trains with, all made from its config by ``build``."""
 
-    forward: torch.nn.Module
+    cfg: TrainConfig
+    info: DatasetInfo
+    train_data: Split
+    test_data: Split
+    loader: Any  # one of LOADERS: ``epoch(e)`` yields (views, labels), ``len`` steps per epoch
+    model: torch.nn.Module  # SSLModel: backbone f, projector g
     criterion: torch.nn.Module
     probe: torch.nn.Module
     optimizer: torch.optim.Optimizer
     probe_optimizer: torch.optim.Optimizer
     autocast_dtype: torch.dtype | None
-    supervised: bool = False  # the loss takes the labels (SupCon, TCL unless --no-use-labels)
+
+
+def build(
+    cfg: TrainConfig, ctx: distributed.Context, data: tuple[DatasetInfo, Split, Split] | None = None
+) -> Setup:
+    """Data (``load_data``, or ``data`` given as (info, train, test)), loader, model, loss, online
+    probe and their optimisers, on ``ctx.device``; seeded by ``cfg.seed``."""
+    device = ctx.device
+    view_dtype, autocast_dtype = compute_dtypes(cfg, device)
+    if data is None:
+        data = load_data(dataclasses.replace(cfg, progress=cfg.progress and ctx.is_main))
+    info, train_data, test_data = data
+    torch.manual_seed(cfg.seed)
+    spec = AugmentSpec.simclr(info.image_size, info.mean, info.std, n_views=cfg.n_views)
+    loader = LOADERS[cfg.loader](
+        *train_data,
+        spec,
+        cfg.batch_size or 1,  # global: each rank takes batch_size / world_size
+        device,
+        view_dtype,
+        seed=cfg.seed,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        **_loader_options(cfg, info, train_data, ctx),
+    )
+    model, criterion, probe = build_model(cfg, info, device)
+    if ctx.distributed and cfg.sync_bn:
+        model = convert_global_bn(model)
+    optimizer = build_optimizer(
+        cfg.optimizer, param_groups([model, criterion], cfg.weight_decay), cfg.lr, cfg.momentum
+    )
+    probe_opt = torch.optim.SGD(probe.parameters(), lr=cfg.probe_lr, momentum=0.9)
+    return Setup(
+        cfg,
+        info,
+        train_data,
+        test_data,
+        loader,
+        model,
+        criterion,
+        probe,
+        optimizer,
+        probe_opt,
+        autocast_dtype,
+    )
+
+
+def _loader_options(cfg: TrainConfig, info: DatasetInfo, train: Split, ctx: distributed.Context) -> dict:
+    """Backend arguments; rank 0 writes a missing FFCV dataset while the others wait for it."""
+    data_dir = Path(cfg.data_dir or "")
+    kw = dict(ffcv_dir=cfg.ffcv_dir)
+    if cfg.loader == "ffcv" and ctx.is_main:
+        loader_options(cfg.loader, info, data_dir, train, cfg.limit_train, progress=cfg.progress, **kw)
+    distributed.barrier(ctx)
+    return loader_options(cfg.loader, info, data_dir, train, cfg.limit_train, progress=False, **kw)
+
+
+def resume(setup: Setup, state: dict[str, Any] | None) -> tuple[int, int]:
+    """Load a checkpoint written by ``checkpoint_state`` (None: a new run): weights, optimiser
+    states and RNG. Returns the (epoch, step) to continue from."""
+    if state is None:
+        return 0, 0
+    setup.model.load_state_dict(state["model"])
+    setup.criterion.load_state_dict(state["criterion"])
+    setup.probe.load_state_dict(state["probe"])
+    setup.optimizer.load_state_dict(state["optimizer"])
+    setup.probe_optimizer.load_state_dict(state["probe_optimizer"])
+    ckpt.set_rng_state(state["rng"])
+    return state["epoch"], state["step"]
+
+
+def checkpoint_state(setup: Setup, epoch: int, step: int) -> dict[str, Any]:
+    """What ``resume`` needs to continue after ``epoch`` epochs and ``step`` steps."""
+    return {
+        "model": setup.model.state_dict(),
+        "criterion": setup.criterion.state_dict(),
+        "probe": setup.probe.state_dict(),
+        "optimizer": setup.optimizer.state_dict(),
+        "probe_optimizer": setup.probe_optimizer.state_dict(),
+        "rng": ckpt.rng_state(),
+        "epoch": epoch,
+        "step": step,
+        "config": to_dict(setup.cfg),
+    }
 
 
 def uses_labels(cfg: TrainConfig) -> bool:
@@ -210,25 +304,6 @@ def loss_scalars(criterion: torch.nn.Module) -> dict[str, float]:
     """The loss's bias and temperature, where it has them (for the logs)."""
     values = {name: getattr(criterion, name, None) for name in ("bias", "temperature")}
     return {name: v.item() for name, v in values.items() if isinstance(v, torch.Tensor)}
-
-
-def train_step(parts: StepParts, views: torch.Tensor, labels: torch.Tensor):
-    """One step on (V·B, 3, S, S) views: SSL loss on the projections, and the online probe on
-    detached features with its own optimiser. Returns (loss, probe loss, probe logits)."""
-    n_views = len(views) // len(labels)
-    with torch.autocast(
-        views.device.type, dtype=parts.autocast_dtype, enabled=parts.autocast_dtype is not None
-    ):
-        h, z = parts.forward(views)
-        loss = parts.criterion(z, labels) if parts.supervised else parts.criterion(z)
-        logits = parts.probe(h.detach().float())
-        probe_loss = F.cross_entropy(logits, labels.repeat(n_views))
-    parts.optimizer.zero_grad(set_to_none=True)
-    parts.probe_optimizer.zero_grad(set_to_none=True)
-    (loss + probe_loss).backward()  # the probe sees detached features: separate gradients
-    parts.optimizer.step()
-    parts.probe_optimizer.step()
-    return loss, probe_loss, logits
 
 
 def load_run_model(run_dir: Path, device_name: str = "auto", data_dir: str | None = None) -> dict[str, Any]:

@@ -55,6 +55,7 @@ RESUMABLE = frozenset(
         "log_every",
         "knn_every",
         "knn_k",
+        "knn_temperature",
         "tensorboard",
         "download",
         "data_dir",

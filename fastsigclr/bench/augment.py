@@ -28,7 +28,7 @@ import torch
 from fastsigclr.bench.common import write_json
 from fastsigclr.config import FastSigCLRError, check_fields, option, to_dict
 from fastsigclr.data.augment import AugmentSpec
-from fastsigclr.runinfo import package_version, resolve_device, run_record
+from fastsigclr.runinfo import device_option, package_version, resolve_device, run_record
 
 BACKENDS = ("gpu", "dali", "ffcv", "pil")
 
@@ -130,7 +130,7 @@ class BenchAugmentConfig:
         None, "DataLoader workers / DALI and FFCV threads; unset: min(8, CPUs)", ge=0
     )
     reps: int = option(3, "timed epochs per backend and size", ge=1)
-    device: str = option("auto", "device to measure on", choices=("auto", "cpu", "cuda"))
+    device: str = device_option("device to measure on")
     out: str = option("benchmarks/local", "directory for augment-<device>.json and .png")
 
     def __post_init__(self) -> None:

@@ -26,14 +26,14 @@ from fastsigclr.losses import (
     sigmoid_pairwise_loss,
     sigmoid_pairwise_loss_reference,
 )
-from fastsigclr.runinfo import resolve_device, run_record
+from fastsigclr.runinfo import device_option, resolve_device, run_record
 
 PROVIDERS = ("eager", "compiled", "chunked", "triton")
 
 
 @dataclass(frozen=True)
 class BenchLossConfig:
-    device: str = option("auto", "device to measure on", choices=("auto", "cpu", "cuda"))
+    device: str = device_option("device to measure on")
     sizes: tuple[int, ...] | None = option(
         None,
         "rows 2N to measure (even: two views of N images); unset: 1024,4096,8192,16384,65536 on CUDA, "

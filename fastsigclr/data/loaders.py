@@ -17,6 +17,7 @@ from fastsigclr.data.datasets import (
     DATASETS,
     DatasetInfo,
     data_dir_option,
+    dataset_option,
     default_data_dir,
     load_split,
     prepare,
@@ -99,7 +100,7 @@ def loader_options(
 class WriteFfcvConfig:
     """Options of ``fastsigclr data write-ffcv``."""
 
-    dataset: str = option("cifar10", "dataset", choices=tuple(DATASETS))
+    dataset: str = dataset_option()
     data_dir: str | None = data_dir_option()
     ffcv_dir: str | None = ffcv_dir_option()
     limit: int | None = option(
