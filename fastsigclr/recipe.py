@@ -19,7 +19,7 @@ from fastsigclr import checkpoint as ckpt
 from fastsigclr import distributed
 from fastsigclr.config import ConfigError, FastSigCLRError, check_fields, from_dict, option, to_dict
 from fastsigclr.data import DATASETS, LOADERS, AugmentSpec, DatasetInfo, default_data_dir, load_split, prepare
-from fastsigclr.data.datasets import data_dir_option, dataset_option
+from fastsigclr.data.datasets import data_dir_option, data_folder, dataset_option
 from fastsigclr.data.loaders import ffcv_dir_option, loader_options
 from fastsigclr.data.subset import balanced_indices
 from fastsigclr.losses import ContrastiveLoss, SigmoidPairwiseLoss
@@ -155,9 +155,7 @@ class TrainConfig:
 
 def load_data(cfg: TrainConfig):
     info = DATASETS[cfg.dataset]
-    folder = prepare(
-        info, Path(cfg.data_dir or default_data_dir()), download_ok=cfg.download, progress=cfg.progress
-    )
+    folder = prepare(info, data_folder(cfg.data_dir), download_ok=cfg.download, progress=cfg.progress)
     train_x, train_y = load_split(info, folder, "train", progress=cfg.progress)
     test_x, test_y = load_split(info, folder, "test", progress=cfg.progress)
     if cfg.limit_train:
@@ -259,7 +257,7 @@ def build(
 
 def _loader_options(cfg: TrainConfig, info: DatasetInfo, train: Split, ctx: distributed.Context) -> dict:
     """Backend arguments; rank 0 writes a missing FFCV dataset while the others wait for it."""
-    data_dir = Path(cfg.data_dir or "")
+    data_dir = data_folder(cfg.data_dir)
     kw = dict(ffcv_dir=cfg.ffcv_dir)
     if cfg.loader == "ffcv" and ctx.is_main:
         loader_options(cfg.loader, info, data_dir, train, cfg.limit_train, progress=cfg.progress, **kw)
@@ -312,7 +310,7 @@ def load_run_model(run_dir: Path, device_name: str = "auto", data_dir: str | Non
     saved = json.loads((Path(run_dir) / "config.json").read_text())["config"]
     cfg = from_dict(TrainConfig, {**saved, **({"data_dir": data_dir} if data_dir else {})})
     info = DATASETS[cfg.dataset]
-    where = Path(cfg.data_dir or default_data_dir()).expanduser()
+    where = data_folder(cfg.data_dir)
     if not ((where / info.folder).is_dir() or (where / info.archive).is_file()):
         raise FastSigCLRError(
             f"{info.name} is not in {where} ({'--data-dir' if data_dir else 'where the run read it'}): "

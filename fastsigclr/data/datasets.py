@@ -129,6 +129,11 @@ def default_data_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "fastsigclr" / "data"
 
 
+def data_folder(given: str | Path | None) -> Path:
+    """The folder that ``--data-dir`` names: ``given`` (``~`` expanded), else ``default_data_dir()``."""
+    return Path(given).expanduser() if given else default_data_dir()
+
+
 def dataset_option(help: str = "dataset") -> Any:
     """The ``--dataset`` option of every command that reads one."""
     return option("cifar10", help, choices=tuple(DATASETS))
@@ -388,4 +393,4 @@ class DataConfig:
     progress: bool = option(True, "show a progress bar")
 
     def resolved_dir(self) -> Path:
-        return Path(self.data_dir).expanduser() if self.data_dir else default_data_dir()
+        return data_folder(self.data_dir)

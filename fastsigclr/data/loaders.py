@@ -17,8 +17,8 @@ from fastsigclr.data.datasets import (
     DATASETS,
     DatasetInfo,
     data_dir_option,
+    data_folder,
     dataset_option,
-    default_data_dir,
     load_split,
     prepare,
 )
@@ -116,7 +116,7 @@ class WriteFfcvConfig:
 
 def write_ffcv(cfg: WriteFfcvConfig) -> Path:
     info = DATASETS[cfg.dataset]
-    data_dir = Path(cfg.data_dir).expanduser() if cfg.data_dir else default_data_dir()
+    data_dir = data_folder(cfg.data_dir)
     folder = prepare(info, data_dir, download_ok=cfg.download, progress=cfg.progress)
     images, labels = load_split(info, folder, "train", progress=cfg.progress)
     if cfg.limit:
