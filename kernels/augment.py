@@ -3,7 +3,8 @@
 One program per sample: it gathers its source image straight from the dataset (no batch copy),
 and for each view does the bilinear resized crop with flip, colour jitter, grayscale, solarisation
 and normalisation in registers, writing the view once. The pure-PyTorch reference is
-``fastsigclr.data.augment.augment_reference``; the parameter table layout is defined there.
+``fastsigclr.data.augment.augment_reference``; the parameter table's columns are
+``fastsigclr.data.plan.Col``.
 """
 
 from __future__ import annotations
@@ -12,9 +13,13 @@ import torch
 import triton
 import triton.language as tl
 
-# Column indices of the parameter table (fastsigclr.data.augment.P_*). Compiled kernels may only
-# read globals declared constexpr.
-_Y0, _X0, _H, _W, _FLIP, _BRIGHT, _CONTRAST, _SAT, _HUE, _GRAY, _SOLAR = (tl.constexpr(i) for i in range(11))
+from fastsigclr.data.plan import Col
+
+# Columns of the parameter table, by name (compiled kernels may only read constexpr globals).
+COL_Y0, COL_X0, COL_H, COL_W = (tl.constexpr(int(c)) for c in (Col.Y0, Col.X0, Col.H, Col.W))
+COL_FLIP, COL_GRAY, COL_SOLAR = (tl.constexpr(int(c)) for c in (Col.FLIP, Col.GRAY, Col.SOLAR))
+COL_BRIGHT, COL_CONTRAST = tl.constexpr(int(Col.BRIGHT)), tl.constexpr(int(Col.CONTRAST))
+COL_SAT, COL_HUE = tl.constexpr(int(Col.SAT)), tl.constexpr(int(Col.HUE))
 TWO_PI = tl.constexpr(6.283185307179586)
 INV_SQRT3 = tl.constexpr(0.5773502691896258)
 
@@ -37,7 +42,7 @@ def _tap(src, yi, xi, W, valid):
 def _two_view_kernel(
     SRC,  # (N, H, W, 3) uint8 dataset, contiguous
     IDX,  # (B,) int64 rows of SRC that make up the batch
-    PARAMS,  # (V, B, N_PARAMS) float32
+    PARAMS,  # (V, B, N_PARAMS) float32, columns plan.Col
     OUT,  # (V·B, S, S, 3): channels_last memory of (V·B, 3, S, S)
     H,
     W,
@@ -65,10 +70,10 @@ def _two_view_kernel(
     wmax = (W - 1).to(tl.float32)
     for v in tl.static_range(N_VIEWS):
         p = PARAMS + (v * B + pid) * N_PARAMS
-        flip = tl.load(p + _FLIP)
+        flip = tl.load(p + COL_FLIP)
         oxf = tl.where(flip > 0.5, S - 1 - ox, ox)
-        sy = tl.load(p + _Y0) + (oy.to(tl.float32) + 0.5) / S * tl.load(p + _H) - 0.5
-        sx = tl.load(p + _X0) + (oxf.to(tl.float32) + 0.5) / S * tl.load(p + _W) - 0.5
+        sy = tl.load(p + COL_Y0) + (oy.to(tl.float32) + 0.5) / S * tl.load(p + COL_H) - 0.5
+        sx = tl.load(p + COL_X0) + (oxf.to(tl.float32) + 0.5) / S * tl.load(p + COL_W) - 0.5
         sy = tl.minimum(tl.maximum(sy, 0.0), hmax)
         sx = tl.minimum(tl.maximum(sx, 0.0), wmax)
         fy = tl.floor(sy)
@@ -87,22 +92,22 @@ def _two_view_kernel(
         g = ((g00 * (1 - wx) + g01 * wx) * (1 - wy) + (g10 * (1 - wx) + g11 * wx) * wy) / 255.0
         b = ((b00 * (1 - wx) + b01 * wx) * (1 - wy) + (b10 * (1 - wx) + b11 * wx) * wy) / 255.0
 
-        bright = tl.load(p + _BRIGHT)
+        bright = tl.load(p + COL_BRIGHT)
         r = tl.minimum(tl.maximum(r * bright, 0.0), 1.0)
         g = tl.minimum(tl.maximum(g * bright, 0.0), 1.0)
         b = tl.minimum(tl.maximum(b * bright, 0.0), 1.0)
-        contrast = tl.load(p + _CONTRAST)
+        contrast = tl.load(p + COL_CONTRAST)
         mean = tl.sum(tl.where(valid, _gray(r, g, b), 0.0), axis=0) / (S * S)
         r = tl.minimum(tl.maximum(contrast * r + (1 - contrast) * mean, 0.0), 1.0)
         g = tl.minimum(tl.maximum(contrast * g + (1 - contrast) * mean, 0.0), 1.0)
         b = tl.minimum(tl.maximum(contrast * b + (1 - contrast) * mean, 0.0), 1.0)
-        sat = tl.load(p + _SAT)
+        sat = tl.load(p + COL_SAT)
         gray = _gray(r, g, b)
         r = tl.minimum(tl.maximum(sat * r + (1 - sat) * gray, 0.0), 1.0)
         g = tl.minimum(tl.maximum(sat * g + (1 - sat) * gray, 0.0), 1.0)
         b = tl.minimum(tl.maximum(sat * b + (1 - sat) * gray, 0.0), 1.0)
         # Hue: rotation by 2π·hue about the gray axis (1, 1, 1)/√3, as hue_coefficients().
-        angle = TWO_PI * tl.load(p + _HUE)
+        angle = TWO_PI * tl.load(p + COL_HUE)
         cos = tl.cos(angle)
         sin = tl.sin(angle)
         third = (1 - cos) / 3
@@ -113,13 +118,13 @@ def _two_view_kernel(
         r = tl.minimum(tl.maximum(r, 0.0), 1.0)
         g = tl.minimum(tl.maximum(g, 0.0), 1.0)
         b = tl.minimum(tl.maximum(b, 0.0), 1.0)
-        to_gray = tl.load(p + _GRAY) > 0.5
+        to_gray = tl.load(p + COL_GRAY) > 0.5
         gray = _gray(r, g, b)
         r = tl.where(to_gray, gray, r)
         g = tl.where(to_gray, gray, g)
         b = tl.where(to_gray, gray, b)
         if FINISH:
-            solar = tl.load(p + _SOLAR) > 0.5
+            solar = tl.load(p + COL_SOLAR) > 0.5
             r = (tl.where(solar, tl.where(r >= 0.5, 1 - r, r), r) - mean0) * inv_std0
             g = (tl.where(solar, tl.where(g >= 0.5, 1 - g, g), g) - mean1) * inv_std1
             b = (tl.where(solar, tl.where(b >= 0.5, 1 - b, b), b) - mean2) * inv_std2

@@ -8,26 +8,9 @@ import pytest
 import torch
 from helpers import KERNEL_DEVICE
 
-from fastsigclr.data.augment import (
-    N_PARAMS,
-    P_BLUR,
-    P_BRIGHT,
-    P_CONTRAST,
-    P_FLIP,
-    P_GRAY,
-    P_H,
-    P_HUE,
-    P_SAT,
-    P_SOLAR,
-    P_W,
-    P_X0,
-    P_Y0,
-    AugmentSpec,
-    augment_reference,
-    gaussian_blur,
-    sample_params,
-)
+from fastsigclr.data.augment import augment_reference, gaussian_blur
 from fastsigclr.data.gpu_loader import GpuLoader, normalized
+from fastsigclr.data.plan import AugmentSpec, Col, sample_params
 from fastsigclr.kernels import two_view_augment
 
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
@@ -41,9 +24,9 @@ def images(n, h, w, seed=0):
 
 
 def identity_params(n_views, b, h, w):
-    p = torch.zeros(n_views, b, N_PARAMS)
-    p[..., P_H], p[..., P_W] = h, w
-    p[..., P_BRIGHT] = p[..., P_CONTRAST] = p[..., P_SAT] = 1.0
+    p = torch.zeros(n_views, b, len(Col))
+    p[..., Col.H], p[..., Col.W] = h, w
+    p[..., Col.BRIGHT] = p[..., Col.CONTRAST] = p[..., Col.SAT] = 1.0
     return p
 
 
@@ -54,7 +37,7 @@ def test_kernel_matches_reference(h, w, size, batch):
     gen = torch.Generator().manual_seed(h * w + batch)
     index = torch.randperm(40, generator=gen)[:batch]
     params = sample_params(spec, batch, h, w, gen)
-    params[:, :, P_SOLAR] = (torch.rand(2, batch, generator=gen) < 0.5).float()  # exercise solarisation
+    params[:, :, Col.SOLAR] = (torch.rand(2, batch, generator=gen) < 0.5).float()  # exercise solarisation
     ref = augment_reference(data[index], params, spec)
     dev = KERNEL_DEVICE
     out = two_view_augment(data.to(dev), index.to(dev), params.to(dev), size, MEAN, STD, torch.float32)
@@ -85,28 +68,28 @@ def test_single_operations_do_what_they_say():
     spec = AugmentSpec(size=16, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     base = augment_reference(data, identity_params(2, 2, 16, 16), spec)[:2]
     p = identity_params(2, 2, 16, 16)
-    p[:, :, P_FLIP] = 1
+    p[:, :, Col.FLIP] = 1
     assert torch.allclose(augment_reference(data, p, spec)[:2], base.flip(-1), atol=1e-6)
     p = identity_params(2, 2, 16, 16)
-    p[:, :, P_GRAY] = 1
+    p[:, :, Col.GRAY] = 1
     gray = augment_reference(data, p, spec)[:2]
     assert torch.allclose(gray[:, 0], gray[:, 1]) and torch.allclose(gray[:, 1], gray[:, 2])
     p = identity_params(2, 2, 16, 16)
-    p[:, :, P_SOLAR] = 1
+    p[:, :, Col.SOLAR] = 1
     solar = augment_reference(data, p, spec)[:2]
     assert torch.allclose(solar, torch.where(base >= 0.5, 1 - base, base), atol=1e-6)
     for turns in (0.0, 1.0):  # no rotation, and a full turn of the chroma plane
         p = identity_params(2, 2, 16, 16)
-        p[:, :, P_HUE] = turns
+        p[:, :, Col.HUE] = turns
         assert torch.allclose(augment_reference(data, p, spec)[:2], base, atol=1e-5)
     p = identity_params(2, 2, 16, 16)
-    p[:, :, P_HUE] = 1 / 3  # a third of a turn cycles the channels: r → g → b → r
+    p[:, :, Col.HUE] = 1 / 3  # a third of a turn cycles the channels: r → g → b → r
     assert torch.allclose(augment_reference(data, p, spec)[:2], base[:, [2, 0, 1]], atol=1e-5)
     p = identity_params(2, 2, 16, 16)
-    p[:, :, P_BRIGHT] = 0.5
+    p[:, :, Col.BRIGHT] = 0.5
     assert torch.allclose(augment_reference(data, p, spec)[:2], base * 0.5, atol=1e-6)
     p = identity_params(2, 2, 16, 16)
-    p[:, :, P_SAT] = 0.0
+    p[:, :, Col.SAT] = 0.0
     desat = augment_reference(data, p, spec)[:2]
     assert torch.allclose(desat, gray, atol=1e-6)
 
@@ -128,36 +111,36 @@ def test_parameters_follow_the_recipe():
     n, h, w = 20_000, 1000, 1000  # large images: integer rounding of crop sides is negligible
     spec = AugmentSpec.simclr(64, MEAN, STD)  # 64²: blur on (p 1.0 / 0.1), solarise p 0 / 0.2
     p = sample_params(spec, n, h, w, torch.Generator().manual_seed(0))
-    assert p.shape == (2, n, N_PARAMS)
+    assert p.shape == (2, n, len(Col))
     for v, view in enumerate(spec.views):
         q = p[v]
-        assert (q[:, P_Y0] >= 0).all() and (q[:, P_Y0] + q[:, P_H] <= h).all()
-        assert (q[:, P_X0] >= 0).all() and (q[:, P_X0] + q[:, P_W] <= w).all()
-        area = q[:, P_H] * q[:, P_W] / (h * w)
+        assert (q[:, Col.Y0] >= 0).all() and (q[:, Col.Y0] + q[:, Col.H] <= h).all()
+        assert (q[:, Col.X0] >= 0).all() and (q[:, Col.X0] + q[:, Col.W] <= w).all()
+        area = q[:, Col.H] * q[:, Col.W] / (h * w)
         assert area.min() >= 0.079 and area.max() <= 1.0
         # Below 0.75 of the area every aspect ratio fits, so accepted areas there are uniform.
         small = np.sort(area[area <= 0.75].numpy())
         cdf = (small - 0.08) / (0.75 - 0.08)
         ks = np.max(np.abs(cdf - np.arange(1, len(small) + 1) / len(small)))
         assert ks < 1.95 / math.sqrt(len(small)), ks  # KS test at the 0.1% level
-        log_ratio = torch.log(q[:, P_W] / q[:, P_H])
+        log_ratio = torch.log(q[:, Col.W] / q[:, Col.H])
         assert log_ratio.abs().max() <= math.log(4 / 3) + 0.01
         rates = {
-            P_FLIP: (q[:, P_FLIP].mean(), view.flip_p),
-            P_GRAY: (q[:, P_GRAY].mean(), view.gray_p),
-            P_SOLAR: (q[:, P_SOLAR].mean(), view.solarize_p),
-            P_BLUR: ((q[:, P_BLUR] > 0).float().mean(), view.blur_p),
+            Col.FLIP: (q[:, Col.FLIP].mean(), view.flip_p),
+            Col.GRAY: (q[:, Col.GRAY].mean(), view.gray_p),
+            Col.SOLAR: (q[:, Col.SOLAR].mean(), view.solarize_p),
+            Col.BLUR: ((q[:, Col.BLUR] > 0).float().mean(), view.blur_p),
         }
-        jittered = (q[:, P_BRIGHT] != 1) | (q[:, P_HUE] != 0)
+        jittered = (q[:, Col.BRIGHT] != 1) | (q[:, Col.HUE] != 0)
         rates["jitter"] = (jittered.float().mean(), view.jitter_p)
         for name, (rate, target) in rates.items():
             assert abs(rate.item() - target) <= five_sigma(target, n) + 1e-9, (v, name, rate, target)
         j = q[jittered]
-        for col, spread in ((P_BRIGHT, 0.4), (P_CONTRAST, 0.4), (P_SAT, 0.2)):
+        for col, spread in ((Col.BRIGHT, 0.4), (Col.CONTRAST, 0.4), (Col.SAT, 0.2)):
             assert j[:, col].min() >= 1 - spread and j[:, col].max() <= 1 + spread
             assert abs(j[:, col].mean().item() - 1) < 5 * spread / math.sqrt(3 * len(j))
-        assert j[:, P_HUE].abs().max() <= 0.1
-        sigma = q[q[:, P_BLUR] > 0, P_BLUR]
+        assert j[:, Col.HUE].abs().max() <= 0.1
+        sigma = q[q[:, Col.BLUR] > 0, Col.BLUR]
         assert sigma.numel() == 0 or (sigma.min() >= 0.1 and sigma.max() <= 2.0)
     assert [view.blur_p for view in AugmentSpec.simclr(32, MEAN, STD).views] == [0.0, 0.0]  # off at 32²
 
@@ -247,5 +230,5 @@ def test_third_view_takes_a_different_weak_transform():
         third.crop_scale == (0.2, 1.0) and third.jitter_p == 0 and third.gray_p == 0 and third.solarize_p == 0
     )
     p = sample_params(spec, 4000, 32, 32, torch.Generator().manual_seed(0))
-    assert (p[2, :, P_BRIGHT] == 1).all() and (p[2, :, P_GRAY] == 0).all()
-    assert (p[2, :, P_H] * p[2, :, P_W] / 1024).min() >= 0.19  # crop scale from 0.2 (integer sides)
+    assert (p[2, :, Col.BRIGHT] == 1).all() and (p[2, :, Col.GRAY] == 0).all()
+    assert (p[2, :, Col.H] * p[2, :, Col.W] / 1024).min() >= 0.19  # crop scale from 0.2 (integer sides)

@@ -60,7 +60,9 @@ def augment_cases(quick: bool = False) -> list[CompileCase]:
     for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
         for size, finish in ((32, True), (64, False)):
             args = (torch.uint8, torch.int64, torch.float32, dtype, size, size, 512, *([0.5] * 6))
-            consts = dict(S=size, BLOCK=triton.next_power_of_2(size * size), N_VIEWS=2, N_PARAMS=12)
+            consts = dict(
+                S=size, BLOCK=triton.next_power_of_2(size * size), N_VIEWS=2, N_PARAMS=len(augment.Col)
+            )
             meta = dict(kernel="augment", variant=f"{size}x{size} finish={finish}", dtype=name)
             warps = 4 if consts["BLOCK"] <= 1024 else 8
             cases.append(

@@ -1,6 +1,7 @@
 """``fastsigclr bench augment``: views per second of each loader backend on the same recipe, against
 the way most SSL code augments: PIL operations per image in ``torch.utils.data.DataLoader``
-workers (torchvision-style; written here with PIL directly, one view at a time).
+workers (torchvision-style; written here with PIL directly, one view at a time), applying the
+same parameter table (``plan.AugmentPlan``) as the loaders.
 
 Each backend runs whole epochs over the same synthetic uint8 images (CIFAR 32² and Tiny-ImageNet
 64² shapes): one untimed epoch (compilation, pipeline build, caches), then ``reps`` timed epochs,
@@ -12,22 +13,23 @@ process RSS on the CPU).
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastsigclr.bench.common import write_json
 from fastsigclr.config import FastSigCLRError, check_fields, option, to_dict
-from fastsigclr.data.augment import AugmentSpec
+from fastsigclr.data.plan import AugmentPlan, AugmentSpec, Col, sample_params, seed_for
 from fastsigclr.runinfo import device_option, package_version, resolve_device, run_record
 
 BACKENDS = ("gpu", "dali", "ffcv", "pil")
@@ -36,58 +38,68 @@ BACKENDS = ("gpu", "dali", "ffcv", "pil")
 # ---- the torchvision-style baseline: PIL per image, DataLoader workers ------------------------------
 
 
-def _pil_view(img, view, spec: AugmentSpec, rng: np.random.Generator) -> np.ndarray:
+def _pil_view(img, row: np.ndarray, spec: AugmentSpec) -> np.ndarray:
+    """One view by PIL operations from its row of the plan (columns ``Col``)."""
     from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-    w, h = img.size
-    for _ in range(10):
-        area = h * w * rng.uniform(*view.crop_scale)
-        ratio = math.exp(rng.uniform(math.log(view.crop_ratio[0]), math.log(view.crop_ratio[1])))
-        cw, ch = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
-        if 0 < cw <= w and 0 < ch <= h:
-            x0, y0 = rng.integers(0, w - cw + 1), rng.integers(0, h - ch + 1)
-            break
-    else:
-        cw, ch, x0, y0 = w, h, 0, 0
+    y0, x0, ch, cw = (float(row[c]) for c in (Col.Y0, Col.X0, Col.H, Col.W))
     out = img.resize((spec.size, spec.size), Image.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
-    if rng.random() < view.flip_p:
+    if row[Col.FLIP] > 0.5:
         out = out.transpose(Image.FLIP_LEFT_RIGHT)
-    if rng.random() < view.jitter_p:
-        for enhance, spread in (
-            (ImageEnhance.Brightness, view.brightness),
-            (ImageEnhance.Contrast, view.contrast),
-            (ImageEnhance.Color, view.saturation),
-        ):
-            out = enhance(out).enhance(rng.uniform(max(0.0, 1 - spread), 1 + spread))
+    for enhance, col in (
+        (ImageEnhance.Brightness, Col.BRIGHT),
+        (ImageEnhance.Contrast, Col.CONTRAST),
+        (ImageEnhance.Color, Col.SAT),
+    ):
+        if row[col] != 1:
+            out = enhance(out).enhance(float(row[col]))
+    if row[Col.HUE] != 0:
         hsv = np.array(out.convert("HSV"))
-        hsv[..., 0] = (hsv[..., 0].astype(np.int16) + int(rng.uniform(-view.hue, view.hue) * 255)) % 256
+        hsv[..., 0] = (hsv[..., 0].astype(np.int16) + int(row[Col.HUE] * 255)) % 256
         out = Image.fromarray(hsv, "HSV").convert("RGB")
-    if rng.random() < view.gray_p:
+    if row[Col.GRAY] > 0.5:
         out = out.convert("L").convert("RGB")
-    if rng.random() < view.blur_p:
-        out = out.filter(ImageFilter.GaussianBlur(rng.uniform(*view.blur_sigma)))
-    if rng.random() < view.solarize_p:
+    if row[Col.BLUR] > 0:
+        out = out.filter(ImageFilter.GaussianBlur(float(row[Col.BLUR])))
+    if row[Col.SOLAR] > 0.5:
         out = ImageOps.solarize(out, 128)
     x = np.asarray(out, dtype=np.float32) / 255.0
     return (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
 
 
 class PilViews(torch.utils.data.Dataset):
-    """Per-image PIL augmentation of every view, as torchvision transforms do it."""
+    """Per-image PIL augmentation of every view, as torchvision transforms do it, applying the
+    rows of the run's AugmentPlan; keys are (epoch, sample id) pairs (each worker process keeps
+    its copy of the epoch's table)."""
 
     def __init__(self, images: np.ndarray, spec: AugmentSpec, seed: int = 0) -> None:
-        self.images, self.spec, self.seed = images, spec, seed
+        self.images, self.spec = images, spec
+        self.plan = AugmentPlan(spec, len(images), tuple(images.shape[1:3]), seed)
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: tuple[int, int]):
         from PIL import Image
 
-        rng = np.random.default_rng((self.seed, i, time.perf_counter_ns()))
+        epoch, i = key
+        rows = self.plan.table(epoch)[:, i].numpy()
         img = Image.fromarray(self.images[i])
-        views = [torch.from_numpy(_pil_view(img, v, self.spec, rng)) for v in self.spec.views]
-        return torch.stack(views), i
+        return torch.stack([torch.from_numpy(_pil_view(img, row, self.spec)) for row in rows]), i
+
+
+class _EpochOrder(torch.utils.data.Sampler):
+    """(epoch, sample id) keys in the epoch's seeded random order; ``epoch`` is set per epoch."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(seed_for(self.seed, self.epoch))
+        return ((self.epoch, i) for i in torch.randperm(self.n, generator=gen).tolist())
 
 
 class PilLoader:
@@ -96,10 +108,11 @@ class PilLoader:
     def __init__(self, images, labels, spec, batch_size, device, dtype, *, seed=0, workers=None):
         self.device, self.dtype = device, dtype
         self.workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+        self.order = _EpochOrder(len(images), seed)
         self.loader = torch.utils.data.DataLoader(
             PilViews(images, spec, seed),
             batch_size=batch_size,
-            shuffle=True,
+            sampler=self.order,
             drop_last=True,
             num_workers=self.workers,
             pin_memory=device.type == "cuda",
@@ -110,11 +123,74 @@ class PilLoader:
         return len(self.loader)
 
     def epoch(self, epoch: int):
+        self.order.epoch = epoch
         for views, ids in self.loader:
             b, v = views.shape[:2]
             x = views.transpose(0, 1).reshape(v * b, *views.shape[2:]).permute(0, 3, 1, 2)
             x = x.to(self.device, non_blocking=True).to(self.dtype)
             yield x.contiguous(memory_format=torch.channels_last), ids.to(self.device)
+
+
+# ---- the cost of drawing the plan ------------------------------------------------------------------
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen operations dispatched inside its ``with`` block (each a kernel launch on
+    a GPU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(fn: Callable[[], Any]) -> int:
+    with OpCounter() as counter:
+        fn()
+    return counter.ops
+
+
+def _median_ms(fn: Callable[[], Any], reps: int) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def plan_cost(size: int, images: int, batch_size: int, reps: int = 5) -> dict[str, Any]:
+    """Operations and CPU time to draw an epoch's parameter table (``images`` rows per view), to
+    take a batch's rows from it (what a loader does per batch), and to draw a batch on its own."""
+    spec = AugmentSpec.simclr(size, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    plan = AugmentPlan(spec, images, (size, size), seed=0)
+    gen = torch.Generator().manual_seed(0)
+    index = torch.randperm(images, generator=gen)[:batch_size]
+    plan.table(0)  # drawn once per epoch: a batch's rows then only gather
+
+    def draw_epoch() -> torch.Tensor:  # what plan.table does once per epoch
+        return sample_params(spec, images, size, size, gen)
+
+    def draw_batch() -> torch.Tensor:
+        return sample_params(spec, batch_size, size, size, gen)
+
+    return {
+        "size": size,
+        "images": images,
+        "batch_size": batch_size,
+        "views": len(spec.views),
+        "epoch_table_ops": count_ops(draw_epoch),
+        "epoch_table_ms": _median_ms(draw_epoch, reps),
+        "batch_rows_ops": count_ops(lambda: plan.rows(0, index)),
+        "batch_rows_ms": _median_ms(lambda: plan.rows(0, index), reps * 20),
+        "batch_draw_ops": count_ops(draw_batch),
+        "batch_draw_ms": _median_ms(draw_batch, reps * 20),
+        "threads": torch.get_num_threads(),
+    }
 
 
 # ---- the benchmark ---------------------------------------------------------------------------------
@@ -130,6 +206,7 @@ class BenchAugmentConfig:
         None, "DataLoader workers / DALI and FFCV threads; unset: min(8, CPUs)", ge=0
     )
     reps: int = option(3, "timed epochs per backend and size", ge=1)
+    plan_images: int = option(50_000, "images of the epoch whose augmentation plan is drawn and timed", ge=1)
     device: str = device_option("device to measure on")
     out: str = option("benchmarks/local", "directory for augment-<device>.json and .png")
 
@@ -243,6 +320,7 @@ def run(cfg: BenchAugmentConfig, command: list[str] | None = None) -> dict[str, 
         **run_record(device, command),
         "versions_loaders": {k: package_version(k) for k in ("dali", "ffcv")},
         "results": results,
+        "plan": [plan_cost(size, cfg.plan_images, cfg.batch_size) for size in cfg.sizes],
     }
     out = Path(cfg.out)
     write_json(out / f"augment-{device.type}.json", payload)
@@ -260,5 +338,12 @@ def summary_table(payload: dict[str, Any]) -> str:
         lines.append(
             f"{r['backend']:<6} {r['size']:>4} {r['views_per_s']:>10.0f} {speed:>6}  "
             f"{r['peak_memory_bytes'] / 2**20:.0f} MiB"
+        )
+    for p in payload.get("plan", []):
+        lines.append(
+            f"plan {p['size']}²: epoch table of {p['images']} images {p['epoch_table_ms']:.0f} ms "
+            f"({p['epoch_table_ops']} ops), a batch's rows {p['batch_rows_ms']:.3f} ms "
+            f"({p['batch_rows_ops']} ops), a batch drawn alone {p['batch_draw_ms']:.2f} ms "
+            f"({p['batch_draw_ops']} ops)"
         )
     return "\n".join(lines)

@@ -22,8 +22,8 @@ from fastsigclr import distributed
 from fastsigclr.bench.common import time_fn, write_json
 from fastsigclr.config import check_fields, option, option_from, to_dict
 from fastsigclr.data import DATASETS, DatasetInfo
-from fastsigclr.data.augment import sample_params
 from fastsigclr.data.gpu_loader import augment_batch
+from fastsigclr.data.plan import sample_params
 from fastsigclr.recipe import PRESETS, Setup, Split, TrainConfig, build, load_data
 from fastsigclr.runinfo import resolve_device, run_record
 from fastsigclr.train import StepParts

@@ -1,6 +1,5 @@
 """Datasets (files, download, checks), the augmentation recipe and the loader backends."""
 
-from fastsigclr.data.augment import AugmentSpec, ViewSpec
 from fastsigclr.data.datasets import (
     DATASETS,
     DatasetError,
@@ -10,6 +9,7 @@ from fastsigclr.data.datasets import (
     prepare,
 )
 from fastsigclr.data.loaders import LOADERS
+from fastsigclr.data.plan import AugmentSpec, ViewSpec
 
 __all__ = [
     "DATASETS",

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from fastsigclr.data.augment import AugmentSpec
 from fastsigclr.data.order import check_sharding, epoch_plan, num_batches
+from fastsigclr.data.plan import AugmentPlan, AugmentSpec
 
 
 class LoaderBase:
@@ -48,6 +48,7 @@ class LoaderBase:
         self.drop_last = drop_last
         self.rank = rank
         self.world_size = world_size
+        self.augment_plan = AugmentPlan(spec, len(images), tuple(images.shape[1:3]), seed)
 
     def __len__(self) -> int:
         return num_batches(len(self.images), self.batch_size, self.drop_last)
@@ -57,11 +58,8 @@ class LoaderBase:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's (indices, augmentation parameters) of each batch of ``epoch``."""
         return epoch_plan(
-            len(self.images),
-            tuple(self.images.shape[1:3]),
-            self.spec,
+            self.augment_plan,
             self.batch_size,
-            seed=self.seed,
             epoch=epoch,
             drop_last=self.drop_last,
             rank=self.rank,

@@ -28,25 +28,9 @@ import numpy as np
 import torch
 
 from fastsigclr.config import FastSigCLRError
-from fastsigclr.data.augment import (
-    GRAY_WEIGHTS,
-    P_BLUR,
-    P_BRIGHT,
-    P_CONTRAST,
-    P_FLIP,
-    P_GRAY,
-    P_H,
-    P_HUE,
-    P_SAT,
-    P_SOLAR,
-    P_W,
-    P_X0,
-    P_Y0,
-    AugmentSpec,
-    blur_window,
-    hue_coefficients,
-)
+from fastsigclr.data.augment import GRAY_WEIGHTS, blur_window, hue_coefficients
 from fastsigclr.data.base import LoaderBase
+from fastsigclr.data.plan import AugmentSpec, Col
 
 INSTALL_HINT = "pip install 'fastsigclr[dali]'  (or: pip install nvidia-dali-cuda130)"
 
@@ -73,24 +57,24 @@ def _hue_matrix(hue: np.ndarray) -> np.ndarray:
 
 
 def view_arguments(params: np.ndarray, blur: bool) -> list[np.ndarray]:
-    """Per-sample arguments of one view, from its (b, N_PARAMS) parameter rows, as batches
+    """Per-sample arguments of one view, from its (b, len(Col)) parameter rows, as batches
     (the blur's two only when the recipe blurs)."""
     p = params.astype(np.float32)
-    start = p[:, [P_Y0, P_X0]]
-    end = start + p[:, [P_H, P_W]]
+    start = p[:, [Col.Y0, Col.X0]]
+    end = start + p[:, [Col.H, Col.W]]
     args = [
         start,
         end,
-        p[:, P_FLIP].astype(np.int32),
-        p[:, P_BRIGHT],
-        p[:, P_CONTRAST],
-        p[:, P_SAT],
-        _hue_matrix(p[:, P_HUE]),
-        p[:, P_GRAY],
-        p[:, P_SOLAR],
+        p[:, Col.FLIP].astype(np.int32),
+        p[:, Col.BRIGHT],
+        p[:, Col.CONTRAST],
+        p[:, Col.SAT],
+        _hue_matrix(p[:, Col.HUE]),
+        p[:, Col.GRAY],
+        p[:, Col.SOLAR],
     ]
     if blur:  # DALI needs σ > 0; the flag turns the blur off where the recipe says none
-        args += [np.maximum(p[:, P_BLUR], 0.1), (p[:, P_BLUR] > 0).astype(np.float32)]
+        args += [np.maximum(p[:, Col.BLUR], 0.1), (p[:, Col.BLUR] > 0).astype(np.float32)]
     return args
 
 

@@ -2,8 +2,9 @@
 numba operations of ``ffcv_ops`` (decoded once per image, V views), moved with ``ToDevice``.
 
 Order: FFCV's RANDOM order (seeded by seed + epoch) or QUASI_RANDOM; distributed runs use FFCV's
-own sharding (each rank a disjoint share of the epoch). Augmentation draws are seeded per batch
-(see ffcv_ops), so a seed reproduces a run; FFCV's order differs from the gpu/dali loaders'.
+own sharding (each rank a disjoint share of the epoch). The augmentation parameters are the rows
+of the run's AugmentPlan (by sample id and epoch, see ffcv_ops): a sample's views in an epoch are
+the gpu/dali loaders' views of it; only the order (which batch it lands in) is FFCV's.
 """
 
 from __future__ import annotations
@@ -114,10 +115,11 @@ class FfcvLoader(LoaderBase):
             raise ValueError("FFCV's quasi-random order is not available in distributed runs; use 'random'")
         spec, device, world_size, seed = self.spec, self.device, self.world_size, self.seed
         self.n_views = len(spec.views)
+        self.epoch_rows = ops.EpochRows(self.augment_plan)
         pipelines = {
             "image": [
                 decoders.SimpleRGBImageDecoder(),
-                *ops.view_operations(spec, seed),
+                *ops.view_operations(spec, self.epoch_rows),
                 transforms.ToTensor(),
                 transforms.ToDevice(device, non_blocking=True),
             ],
@@ -152,6 +154,7 @@ class FfcvLoader(LoaderBase):
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.loader.next_epoch = epoch  # FFCV's order is seeded by seed + epoch
+        self.epoch_rows.epoch = epoch  # set before FFCV's threads start on the epoch
         for views, labels in self.loader:
             b = views.shape[0]
             # (B, V, S, S, 3) → view-major (V·B, S, S, 3), viewed as NCHW: channels_last.

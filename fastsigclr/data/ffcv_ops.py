@@ -4,55 +4,35 @@ FFCV brings decoding, ordering and batching, but no colour jitter with hue, gray
 solarisation or blur, and a crop whose draws cannot be seeded. Each step of the recipe is
 therefore a numba function on one image with explicit parameters (``*_image``: tested against the
 PyTorch reference of ``fastsigclr.data.augment`` for the same parameters), wrapped in an FFCV
-``Operation`` that draws the parameters for its batch and runs the images in parallel.
+``Operation`` that applies its columns of the parameter table to the batch in parallel.
 
-Images travel through the pipeline as (B, V, S, S, 3) float32 after ``ViewCrops``: one decode
-per image, V views. Each operation seeds numba's generator from (seed, its own salt, the batch's
-sample indices) before drawing, so the draws are reproducible for a seed and change with the
-batch (FFCV's random order changes every epoch); the draws are serial, the image work parallel.
+Nothing is drawn here: every operation looks up its batch's rows of the run's ``AugmentPlan``
+(by sample id, for the epoch under way) through ``EpochRows``, so FFCV applies exactly the
+parameters the gpu and DALI loaders apply to the same sample in the same epoch. Images travel
+through the pipeline as (B, V, S, S, 3) float32 after ``ViewCrops``: one decode per image, V views.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import replace
 
 import numba
 import numpy as np
+import torch
 from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation
 
-from fastsigclr.data.augment import GRAY_WEIGHTS, AugmentSpec, blur_window
+from fastsigclr.data.augment import GRAY_WEIGHTS, blur_window
+from fastsigclr.data.plan import AugmentPlan, AugmentSpec, Col
 
 WR, WG, WB = GRAY_WEIGHTS
 SQRT3 = math.sqrt(3.0)
 
 
 # ---- per-image kernels (numba) -------------------------------------------------------------------
-
-
-@numba.njit(cache=True)
-def sample_crop(h, w, scale_lo, scale_hi, ratio_lo, ratio_hi):
-    """RandomResizedCrop's box (y0, x0, height, width): ten tries, then the centred fallback."""
-    log_lo, log_hi = math.log(ratio_lo), math.log(ratio_hi)
-    for _ in range(10):
-        area = h * w * np.random.uniform(scale_lo, scale_hi)
-        ratio = math.exp(np.random.uniform(log_lo, log_hi))
-        cw = round(math.sqrt(area * ratio))
-        ch = round(math.sqrt(area / ratio))
-        if 1 <= cw <= w and 1 <= ch <= h:
-            y0 = math.floor(np.random.random() * (h - ch + 1))
-            x0 = math.floor(np.random.random() * (w - cw + 1))
-            return y0, x0, ch, cw
-    in_ratio = w / h
-    if in_ratio < ratio_lo:
-        cw, ch = w, round(w / ratio_lo)
-    elif in_ratio > ratio_hi:
-        cw, ch = round(h * ratio_hi), h
-    else:
-        cw, ch = w, h
-    return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 
 @numba.njit(cache=True)
@@ -179,88 +159,67 @@ def normalize_image(x, mean, std):
                 x[i, j, c] = (x[i, j, c] - mean[c]) / std[c]
 
 
-@numba.njit(cache=True)
-def seed_batch(seed, salt, indices):
-    """Seed numba's generator from (seed, salt, the batch's sample indices)."""
-    h = (seed * 1_000_003 + salt * 7_919) % 2_305_843_009_213_693_951
-    for idx in indices:
-        h = (h * 1_000_003 + idx + 1) % 2_305_843_009_213_693_951
-    np.random.seed(h % 4_294_967_295)
+# ---- the plan's rows, looked up from compiled code ------------------------------------------------
+
+# Compiled code cannot hold a Python object: each operation holds the key of its EpochRows and
+# calls back into Python (numba.objmode) once per batch to fetch its rows.
+_LIVE: weakref.WeakValueDictionary[int, EpochRows] = weakref.WeakValueDictionary()
 
 
-# The draws live in their own (serial) functions, one scalar at a time: inside FFCV's parallel
-# code numba would turn np.random.random(shape) into a parallel loop whose threads each use
-# their own generator, and the same seed would stop giving the same draws (seen: two loaders
-# with one seed disagreed on their views).
-@numba.njit(cache=True)
-def uniform_draws(seed, salt, indices, n, k):
-    """(len(indices), n, k) uniforms in [0, 1), seeded by seed_batch."""
-    seed_batch(seed, salt, indices)
-    out = np.empty((len(indices), n, k))
-    for i in range(len(indices)):
-        for v in range(n):
-            for j in range(k):
-                out[i, v, j] = np.random.random()
-    return out
+class EpochRows:
+    """A run's AugmentPlan and the epoch its FFCV loader is reading (set by ``FfcvLoader.epoch``)."""
+
+    def __init__(self, plan: AugmentPlan, epoch: int = 0) -> None:
+        self.plan, self.epoch = plan, epoch
+        self.key = id(self)
+        _LIVE[self.key] = self
 
 
-@numba.njit(cache=True)
-def crop_draws(seed, salt, indices, h, w, boxes, flip_p):
-    """Per image and view: (y0, x0, height, width, flip) from each view's crop settings."""
-    seed_batch(seed, salt, indices)
-    n_views = boxes.shape[0]
-    out = np.empty((len(indices), n_views, 5))
-    for i in range(len(indices)):
-        for v in range(n_views):
-            y0, x0, ch, cw = sample_crop(h, w, boxes[v, 0], boxes[v, 1], boxes[v, 2], boxes[v, 3])
-            out[i, v, 0], out[i, v, 1], out[i, v, 2], out[i, v, 3] = y0, x0, ch, cw
-            out[i, v, 4] = 1.0 if np.random.random() < flip_p[v] else 0.0
-    return out
+def batch_rows(key: int, indices: np.ndarray) -> np.ndarray:
+    """(b, V, len(Col)) float32: the plan's rows of these sample ids in the epoch under way."""
+    rows = _LIVE[key]
+    index = torch.from_numpy(np.asarray(indices, dtype=np.int64))
+    return rows.plan.rows(rows.epoch, index).transpose(0, 1).contiguous().numpy()
+
+
+@numba.njit
+def plan_rows(key, indices):
+    with numba.objmode(rows="float32[:, :, ::1]"):
+        rows = batch_rows(key, indices)
+    return rows
 
 
 # ---- FFCV operations ------------------------------------------------------------------------------
 
 
 class _ViewsOp(Operation):
-    """An in-place operation on (B, V, S, S, 3) float32 views, with per-view settings."""
+    """An in-place operation on (B, V, S, S, 3) float32 views, applying its columns of the rows
+    of ``rows`` (an EpochRows) for the batch's sample ids."""
 
-    salt = 0
-
-    def __init__(self, spec: AugmentSpec, seed: int) -> None:
+    def __init__(self, spec: AugmentSpec, rows: EpochRows) -> None:
         super().__init__()
         self.spec = spec
-        self.seed = seed
+        self.rows = rows  # kept alive here: the compiled code only holds its key
 
     def declare_state_and_memory(self, previous_state):
         return replace(previous_state, jit_mode=True), None
 
 
 class ViewCrops(_ViewsOp):
-    """uint8 (B, H, W, 3) → float32 (B, V, S, S, 3): each view's random resized crop and flip."""
-
-    salt = 1
+    """uint8 (B, H, W, 3) → float32 (B, V, S, S, 3): each view's resized crop and flip."""
 
     def generate_code(self):
-        views = self.spec.views
-        boxes = np.array([[*v.crop_scale, *v.crop_ratio] for v in views], dtype=np.float64)
-        flip_p = np.array([v.flip_p for v in views])
-        n_views, seed, salt = len(views), self.seed, self.salt
+        n_views, key = len(self.spec.views), self.rows.key
         my_range = Compiler.get_iterator()
 
         def crops(images, dst, indices):
-            b, h, w = images.shape[0], images.shape[1], images.shape[2]
-            box = crop_draws(seed, salt, indices, h, w, boxes, flip_p)
-            for i in my_range(b):
+            rows = plan_rows(key, indices)
+            for i in my_range(images.shape[0]):
                 for v in range(n_views):
-                    y0, x0, ch, cw, flip = (
-                        box[i, v, 0],
-                        box[i, v, 1],
-                        box[i, v, 2],
-                        box[i, v, 3],
-                        box[i, v, 4],
-                    )
-                    crop_resize_image(images[i], y0, x0, ch, cw, flip > 0.5, dst[i, v])
-            return dst[:b]
+                    q = rows[i, v]
+                    flip = q[Col.FLIP] > 0.5
+                    crop_resize_image(images[i], q[Col.Y0], q[Col.X0], q[Col.H], q[Col.W], flip, dst[i, v])
+            return dst[: images.shape[0]]
 
         crops.is_parallel = True
         crops.with_indices = True
@@ -273,35 +232,21 @@ class ViewCrops(_ViewsOp):
 
 
 class ColorJitter(_ViewsOp):
-    """With each view's probability: brightness, contrast, saturation and hue factors."""
-
-    salt = 2
+    """Brightness, contrast, saturation and hue factors (rows without jitter hold the identity,
+    and are skipped)."""
 
     def generate_code(self):
-        views = self.spec.views
-        p = np.array([v.jitter_p for v in views])
-        lo = np.array(
-            [
-                [max(0.0, 1 - v.brightness), max(0.0, 1 - v.contrast), max(0.0, 1 - v.saturation)]
-                for v in views
-            ]
-        )
-        hi = np.array([[1 + v.brightness, 1 + v.contrast, 1 + v.saturation] for v in views])
-        hue = np.array([v.hue for v in views])
-        n_views, seed, salt = len(views), self.seed, self.salt
+        n_views, key = len(self.spec.views), self.rows.key
         my_range = Compiler.get_iterator()
 
         def jitter(images, _dst, indices):
-            b = images.shape[0]
-            f = uniform_draws(seed, salt, indices, n_views, 5)
-            for i in my_range(b):
+            rows = plan_rows(key, indices)
+            for i in my_range(images.shape[0]):
                 for v in range(n_views):
-                    if f[i, v, 4] < p[v]:
-                        bright = lo[v, 0] + f[i, v, 0] * (hi[v, 0] - lo[v, 0])
-                        contrast = lo[v, 1] + f[i, v, 1] * (hi[v, 1] - lo[v, 1])
-                        sat = lo[v, 2] + f[i, v, 2] * (hi[v, 2] - lo[v, 2])
-                        h = (2 * f[i, v, 3] - 1) * hue[v]
-                        color_jitter_image(images[i, v], bright, contrast, sat, h)
+                    q = rows[i, v]
+                    bright, contrast, sat, hue = q[Col.BRIGHT], q[Col.CONTRAST], q[Col.SAT], q[Col.HUE]
+                    if bright != 1 or contrast != 1 or sat != 1 or hue != 0:
+                        color_jitter_image(images[i, v], bright, contrast, sat, hue)
             return images
 
         jitter.is_parallel = True
@@ -309,23 +254,21 @@ class ColorJitter(_ViewsOp):
         return jitter
 
 
-class _PerViewFlagOp(_ViewsOp):
-    """Applies ``image_fn`` to a view with that view's probability, the ViewSpec field ``prob``."""
+class _FlagOp(_ViewsOp):
+    """Applies ``image_fn`` to the views whose ``column`` (a 0/1 flag of the table) is set."""
 
-    prob = ""
+    column = Col.FLIP
     image_fn = None
 
     def generate_code(self):
-        p = np.array([getattr(v, self.prob) for v in self.spec.views])
-        n_views, seed, salt, image_fn = len(p), self.seed, self.salt, type(self).image_fn
+        n_views, key, column, image_fn = len(self.spec.views), self.rows.key, self.column, type(self).image_fn
         my_range = Compiler.get_iterator()
 
         def apply_flag(images, _dst, indices):
-            b = images.shape[0]
-            draw = uniform_draws(seed, salt, indices, n_views, 1)
-            for i in my_range(b):
+            rows = plan_rows(key, indices)
+            for i in my_range(images.shape[0]):
                 for v in range(n_views):
-                    if draw[i, v, 0] < p[v]:
+                    if rows[i, v, column] > 0.5:
                         image_fn(images[i, v])
             return images
 
@@ -334,35 +277,27 @@ class _PerViewFlagOp(_ViewsOp):
         return apply_flag
 
 
-class RandomGrayscale(_PerViewFlagOp):
-    salt, prob, image_fn = 3, "gray_p", grayscale_image
+class RandomGrayscale(_FlagOp):
+    column, image_fn = Col.GRAY, grayscale_image
 
 
-class RandomSolarize(_PerViewFlagOp):
-    salt, prob, image_fn = 4, "solarize_p", solarize_image
+class RandomSolarize(_FlagOp):
+    column, image_fn = Col.SOLAR, solarize_image
 
 
 class GaussianBlur(_ViewsOp):
-    """With each view's probability, a blur of σ uniform in the view's range."""
-
-    salt = 5
+    """A Gaussian blur of the row's σ (none where σ is 0)."""
 
     def generate_code(self):
-        views = self.spec.views
-        p = np.array([v.blur_p for v in views])
-        sig = np.array([v.blur_sigma for v in views], dtype=np.float64)
+        n_views, key = len(self.spec.views), self.rows.key
         window = blur_window(self.spec.size)
-        n_views, seed, salt = len(views), self.seed, self.salt
         my_range = Compiler.get_iterator()
 
         def blur(images, _dst, indices):
-            b = images.shape[0]
-            f = uniform_draws(seed, salt, indices, n_views, 2)
-            for i in my_range(b):
+            rows = plan_rows(key, indices)
+            for i in my_range(images.shape[0]):
                 for v in range(n_views):
-                    if f[i, v, 0] < p[v]:
-                        sigma = sig[v, 0] + f[i, v, 1] * (sig[v, 1] - sig[v, 0])
-                        gaussian_blur_image(images[i, v], sigma, window)
+                    gaussian_blur_image(images[i, v], rows[i, v, Col.BLUR], window)
             return images
 
         blur.is_parallel = True
@@ -388,9 +323,9 @@ class NormalizeViews(_ViewsOp):
         return normalize
 
 
-def view_operations(spec: AugmentSpec, seed: int) -> list[Operation]:
+def view_operations(spec: AugmentSpec, rows: EpochRows) -> list[Operation]:
     """The recipe after decoding: crops, jitter, grayscale, (blur), solarisation, normalisation."""
-    ops: list[Operation] = [ViewCrops(spec, seed), ColorJitter(spec, seed), RandomGrayscale(spec, seed)]
+    ops: list[Operation] = [ViewCrops(spec, rows), ColorJitter(spec, rows), RandomGrayscale(spec, rows)]
     if spec.uses_blur:
-        ops.append(GaussianBlur(spec, seed))
-    return [*ops, RandomSolarize(spec, seed), NormalizeViews(spec, seed)]
+        ops.append(GaussianBlur(spec, rows))
+    return [*ops, RandomSolarize(spec, rows), NormalizeViews(spec, rows)]

@@ -2,7 +2,8 @@
 epoch, augmented in batches by the fused kernel (CUDA) or the PyTorch reference (CPU).
 
 The order and the augmentation parameters come from ``order.epoch_plan`` (seeded by (seed,
-epoch); each rank its slice of every global batch), as for every backend.
+epoch); each rank its slice of every global batch; the rows of ``plan.AugmentPlan``), as for
+every backend.
 """
 
 from __future__ import annotations
@@ -12,14 +13,9 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from fastsigclr.data.augment import (
-    P_BLUR,
-    AugmentSpec,
-    augment_reference,
-    finish,
-    gaussian_blur,
-)
+from fastsigclr.data.augment import augment_reference, finish, gaussian_blur
 from fastsigclr.data.base import LoaderBase
+from fastsigclr.data.plan import AugmentSpec, Col
 
 
 def augment_batch(
@@ -42,7 +38,7 @@ def augment_batch(
     raw = two_view_augment(images, index, params, spec.size, spec.mean, spec.std, torch.float32, finish=False)
     x = raw.permute(0, 2, 3, 1)
     p = params.reshape(-1, params.shape[-1])
-    x = finish(gaussian_blur(x, p[:, P_BLUR]), p, spec)
+    x = finish(gaussian_blur(x, p[:, Col.BLUR]), p, spec)
     return x.permute(0, 3, 1, 2).to(dtype).contiguous(memory_format=torch.channels_last)
 
 

@@ -1,10 +1,10 @@
 """What every loader backend shares: the epoch's order, its global batches, each rank's share of
 a batch, and the augmentation parameters of that share.
 
-An epoch's permutation and parameters come from generators seeded by (seed, epoch) alone, so an
-epoch is the same whether a run was resumed or not, and whatever the number of ranks: each rank
-takes a contiguous slice of every global batch, and the slices concatenated in rank order are
-the batch one process would have drawn.
+An epoch's permutation and parameter table (``plan.AugmentPlan``) come from generators seeded by
+(seed, epoch) alone, so an epoch is the same whether a run was resumed or not, and whatever the
+number of ranks: each rank takes a contiguous slice of every global batch, and the slices
+concatenated in rank order are the batch one process would have drawn.
 """
 
 from __future__ import annotations
@@ -14,11 +14,7 @@ from collections.abc import Iterator
 import torch
 
 from fastsigclr.config import ConfigError
-from fastsigclr.data.augment import AugmentSpec, sample_params
-
-
-def seed_for(seed: int, epoch: int, stream: int = 0) -> int:
-    return (seed * 1_000_003 + epoch * 7_919 + stream * 104_729) % (2**63 - 1)
+from fastsigclr.data.plan import AugmentPlan, seed_for
 
 
 def check_sharding(n: int, batch_size: int, drop_last: bool, rank: int, world_size: int) -> None:
@@ -47,29 +43,24 @@ def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
 
 
 def epoch_plan(
-    n: int,
-    image_hw: tuple[int, int],
-    spec: AugmentSpec,
+    plan: AugmentPlan,
     batch_size: int,
     *,
-    seed: int,
     epoch: int,
     drop_last: bool = True,
     rank: int = 0,
     world_size: int = 1,
     device: torch.device | str = "cpu",
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (indices (b,), params (V, b, N_PARAMS)) of this rank's share of each global batch.
+    """Yield (indices (b,), params (V, b, len(Col))) of this rank's share of each global batch.
 
-    Drawing the whole batch's parameters costs 12 floats per image and view: nothing next to
-    the augmentation itself. The generators live on ``device`` (CUDA and CPU streams differ)."""
-    gen = torch.Generator(device=device).manual_seed(seed_for(seed, epoch))
-    perm = torch.randperm(n, generator=gen, device=device)
-    aug_gen = torch.Generator(device=device).manual_seed(seed_for(seed, epoch, 1))
-    h, w = image_hw
-    for i in range(num_batches(n, batch_size, drop_last)):
+    The epoch's table is drawn once (on the CPU) and moved to ``device``; a batch only gathers
+    its rows. The permutation's generator lives on ``device`` (CUDA and CPU streams differ)."""
+    gen = torch.Generator(device=device).manual_seed(seed_for(plan.seed, epoch))
+    perm = torch.randperm(plan.n, generator=gen, device=device)
+    table = plan.table(epoch).to(device)
+    for i in range(num_batches(plan.n, batch_size, drop_last)):
         index = perm[i * batch_size : (i + 1) * batch_size]
-        params = sample_params(spec, len(index), h, w, aug_gen)
         share = len(index) // world_size  # a remainder below world_size is left out
-        mine = slice(rank * share, (rank + 1) * share)
-        yield index[mine], params[:, mine].contiguous()
+        mine = index[rank * share : (rank + 1) * share]
+        yield mine, table[:, mine]
