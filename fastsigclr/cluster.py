@@ -65,6 +65,30 @@ def join_failure(rank: int, world_size: int, timeout_s: float, err: BaseExceptio
     )
 
 
+def max_restarts() -> int:
+    """torchrun's ``--max-restarts`` for this job (it tells its workers); 0 outside torchrun."""
+    try:
+        return int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
+    except ValueError:
+        return 0
+
+
+def check_restartable() -> None:
+    """Refuse a restarting torchrun job whose workers share the agent's rendezvous store (torch's
+    default since 2.5). The store outlives the workers, so a restarted worker can read the
+    addresses the previous attempt's ranks published and fail to connect to them: measured with
+    torch 2.13, both restarts of a 2-node job whose rank 3 was killed failed that way
+    (pytorch/pytorch#135712). With the store not shared, rank 0 starts a new one per attempt."""
+    shared = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    if shared and max_restarts() > 0:
+        raise FastSigCLRError(
+            f"torchrun --max-restarts {max_restarts()} with the rendezvous store shared with the "
+            "workers: a restart would reuse the previous attempt's addresses and fail to connect "
+            "(pytorch/pytorch#135712); set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in the environment "
+            "of torchrun on every node"
+        )
+
+
 def _is_loopback(addr: str) -> bool:
     try:
         return ipaddress.ip_address(socket.gethostbyname(addr)).is_loopback

@@ -43,16 +43,18 @@ def option(
     gt: float | None = None,
     le: float | None = None,
     lt: float | None = None,
+    bare: str | None = None,
     **kw: Any,
 ) -> Any:
     """A dataclass field carrying its help text, for strings the allowed values, and for numbers
-    the bounds every value must satisfy (ge: ≥, gt: >, le: ≤, lt: <; checked by check_fields)."""
+    the bounds every value must satisfy (ge: ≥, gt: >, le: ≤, lt: <; checked by check_fields).
+    ``bare``: a string option whose flag may stand alone (``--name`` means ``bare``; ``--no-name``
+    means the default), as a yes/no option that gained more choices."""
     bounds = {
         name: value for name, value in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if value is not None
     }
-    return dataclasses.field(
-        default=default, metadata={"help": help, "choices": choices, "bounds": bounds}, **kw
-    )
+    metadata = {"help": help, "choices": choices, "bounds": bounds, "bare": bare}
+    return dataclasses.field(default=default, metadata=metadata, **kw)
 
 
 def option_from(cls: type, name: str, default: Any = dataclasses.MISSING, unset: str | None = None) -> Any:
@@ -147,8 +149,18 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, positional: tuple[
             help_text += f"; one of {', '.join(choices)}"
         if f.metadata.get("bounds"):
             help_text += f"; {_allowed(f.metadata['bounds'])}"
+        bare = f.metadata.get("bare")
         if f.name in positional:
             parser.add_argument(f.name, nargs="?", default=None, choices=choices, help=help_text)
+        elif bare is not None:
+            help_text += f"; {flag} alone: {bare}"
+            parser.add_argument(
+                flag, nargs="?", const=bare, default=None, metavar=f.name.upper(), help=help_text
+            )
+            no_flag = "--no-" + flag[2:]
+            parser.add_argument(
+                no_flag, dest=f.name, action="store_const", const=default, help=f"{flag} {default}"
+            )
         elif kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:

@@ -249,6 +249,17 @@ class DistributedCriterion(nn.Module):
         return c(z_all, gather_labels(labels, self.group))
 
 
+# Options of every DDP wrapper. find_unused_parameters=True keeps the gradient buckets DDP builds
+# at the start (parameter order) instead of rebuilding them after the first step in the order the
+# gradients arrived. A resumed run starts a new DDP, whose first step would otherwise all-reduce in
+# another layout (float32 sums in another order) than the uninterrupted run's: measured, the losses
+# 1.7e-7 relative apart one step later, 0.8% seven steps later (2 nodes x 2 ranks, width 8, LARS);
+# with it the resumed run is bitwise the uninterrupted one (tests/test_elastic.py). Cost: one walk
+# of the autograd graph per step, and DDP's one-time warning per rank that it found no unused
+# parameters.
+DDP_OPTIONS = {"find_unused_parameters": True}
+
+
 def sum_gradients_hook(group, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """DDP communication hook: all-reduce SUM (DDP's default averages). See the module docstring.
     (DDP checks this signature's annotations as objects: this module has no lazy annotations.)"""
@@ -299,6 +310,7 @@ def setup(device: torch.device, timeout_s: float) -> Context:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
+        cluster.check_restartable()
         backend = "nccl" if device.type == "cuda" else "gloo"
         cluster.join(backend, rank, world, timeout_s, device if device.type == "cuda" else None)
     return Context(rank=rank, world_size=world, local_rank=local_rank, device=device)

@@ -22,12 +22,12 @@ import numpy as np
 from torch import nn
 
 from fastsigclr import checkpoint as ckpt
-from fastsigclr.config import FastSigCLRError, from_dict, option
+from fastsigclr.config import FastSigCLRError, option
 from fastsigclr.data import DATASETS
 from fastsigclr.data.datasets import data_dir_option
 from fastsigclr.eval import split_features
 from fastsigclr.models import ResNet, projector
-from fastsigclr.recipe import PRESETS, TrainConfig, load_run_model
+from fastsigclr.recipe import PRESETS, TrainConfig, load_run_model, saved_config
 from fastsigclr.runinfo import device_option
 
 FORMAT = "fastsigclr-encoder-v1"
@@ -56,7 +56,7 @@ def _run_checkpoint(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
             f"{run_dir} has no checkpoint (checkpoints/last.pt): it has not finished an epoch; "
             "train it (or resume it) first"
         )
-    cfg = from_dict(TrainConfig, json.loads((run_dir / "config.json").read_text())["config"])
+    cfg = saved_config(json.loads((run_dir / "config.json").read_text())["config"])
     return cfg, ckpt.load(last)
 
 

@@ -42,6 +42,7 @@ METHODS: dict[str, tuple[str, bool, float]] = {
     "supcon": ("supcon", True, 0.1),
     "tcl": ("tcl", True, 0.1),
 }
+RESUME_MODES = ("no", "yes", "auto")
 # The weights are float32: a larger --lr or --bias overflows at the first step (--lr 1e39 stopped in
 # the optimiser: "value cannot be converted to type float without overflow").
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
@@ -119,7 +120,13 @@ class TrainConfig:
     )
     limit_test: int | None = option(None, "use a class-balanced subset of N test images", ge=1)
     out: str | None = option(None, "run directory; unset: runs/<dataset>-<method>-<time>")
-    resume: bool = option(False, "continue the run in --out from its last checkpoint")
+    resume: str = option(
+        "no",
+        "continue the run in --out from its last checkpoint (yes); auto: continue it when it has "
+        "one, else start it (a finished run stays as it is), for restarts by torchrun --max-restarts",
+        choices=RESUME_MODES,
+        bare="yes",
+    )
     log_every: int = option(50, "steps between metrics.jsonl step records", ge=1)
     progress: bool = option(True, "show progress bars")
     tensorboard: bool = option(True, "also log to TensorBoard when it is installed")
@@ -128,8 +135,10 @@ class TrainConfig:
         check_fields(self)
         if self.use_labels and not METHODS[self.method][1]:
             raise ValueError(f"--use-labels: {self.method} cannot use labels; it is self-supervised")
-        if self.resume and not self.out:
-            raise ValueError("--resume needs --out DIR: the run directory to continue")
+        if self.resume not in RESUME_MODES:
+            raise ValueError(f"--resume must be one of {', '.join(RESUME_MODES)}, got {self.resume!r}")
+        if self.resume != "no" and not self.out:
+            raise ValueError(f"--resume {self.resume} needs --out DIR: the run directory to continue")
 
     def resolved(self) -> TrainConfig:
         """Preset values for the options left unset, and a default run directory."""
@@ -304,11 +313,20 @@ def loss_scalars(criterion: torch.nn.Module) -> dict[str, float]:
     return {name: v.item() for name, v in values.items() if isinstance(v, torch.Tensor)}
 
 
+def saved_config(saved: dict[str, Any]) -> TrainConfig:
+    """The ``config`` of a run's config.json. Runs written before ``--resume auto`` saved
+    ``resume`` as true/false: read as yes/no."""
+    resume = saved.get("resume")
+    if isinstance(resume, bool):
+        saved = {**saved, "resume": RESUME_MODES[int(resume)]}
+    return from_dict(TrainConfig, saved)
+
+
 def load_run_model(run_dir: Path, device_name: str = "auto", data_dir: str | None = None) -> dict[str, Any]:
     """A run's backbone (last checkpoint), its data (from ``data_dir`` when given, else where the
     run read it) and settings, for evaluation."""
     saved = json.loads((Path(run_dir) / "config.json").read_text())["config"]
-    cfg = from_dict(TrainConfig, {**saved, **({"data_dir": data_dir} if data_dir else {})})
+    cfg = saved_config({**saved, **({"data_dir": data_dir} if data_dir else {})})
     info = DATASETS[cfg.dataset]
     where = data_folder(cfg.data_dir)
     if not ((where / info.folder).is_dir() or (where / info.archive).is_file()):

@@ -8,16 +8,18 @@ A run directory is in one of four states, read from its files:
 - checkpoint: ``--resume`` continues it (or reports it complete); a new run is refused;
 - finished epochs in metrics.jsonl but no checkpoint: refused either way (its weights are gone).
 
+``--resume auto`` is for jobs that restart themselves (``torchrun --max-restarts``): the same
+command continues the run when it has a checkpoint and starts it when it has none (empty, or an
+interrupted start); a finished run reports that it is complete, so nothing is ever overwritten.
+``settings`` turns it into ``yes`` or ``no`` from what the directory holds, so the saved config
+says which happened and the ranks' check that they run alike covers that decision too.
+
 ``settings`` decides the configuration before anything else, on every rank: a new run's resolved
 options, or for ``--resume`` the run's config.json with the options typed on the command line as
 overrides (only those in ``RESUMABLE``; the others must agree). ``open_run`` then, on rank 0 only,
 takes an exclusive ``fcntl.flock`` on ``run.lock`` inside the directory for the whole run (two
 trainings on one directory would interleave metrics.jsonl), decides how the run begins and shares
 that with every rank. A start that fails before ``RunDir.begin`` removes what it created.
-
-``--resume auto`` (resume when a checkpoint exists, start fresh when not, never overwrite a
-finished run) fits in two places: ``settings`` and ``RunDir._open`` treat "no checkpoint" as a new
-run instead of an error, and a checkpoint as a resume (a finished run then reports it is complete).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import os
 import shutil
 import socket
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,9 +38,9 @@ from typing import Any
 import torch
 
 from fastsigclr import checkpoint as ckpt
-from fastsigclr import distributed
-from fastsigclr.config import ConfigError, FastSigCLRError, from_dict, replace, to_dict
-from fastsigclr.recipe import TrainConfig
+from fastsigclr import cluster, distributed
+from fastsigclr.config import ConfigError, FastSigCLRError, replace, to_dict
+from fastsigclr.recipe import TrainConfig, saved_config
 from fastsigclr.runlog import RunLog
 
 LOCK = "run.lock"
@@ -122,8 +125,7 @@ def _saved_config(path: Path) -> TrainConfig:
     fix = "restore it, or start a new run with another --out"
     file = path / "config.json"
     try:
-        saved = json.loads(file.read_text())["config"]
-        return from_dict(TrainConfig, saved)
+        return saved_config(json.loads(file.read_text())["config"])
     except FileNotFoundError:
         raise FastSigCLRError(
             f"cannot resume {path}: config.json (the run's settings) is missing; {fix}"
@@ -150,15 +152,18 @@ def _merge(path: Path, cfg: TrainConfig, given: set[str]) -> TrainConfig:
             f"model, data or recipe: leave them out to keep the run's own, or start a new run with "
             f"another --out"
         )
-    return replace(base, **typed, resume=True, out=cfg.out)
+    return replace(base, **typed, resume=cfg.resume, out=cfg.out)
 
 
 def settings(cfg: TrainConfig, given: set[str]) -> TrainConfig:
     """The run's configuration: resolved options for a new run; for ``--resume``, the run's
-    config.json with the options in ``given`` (those typed) as overrides. Reads, never writes."""
-    if not cfg.resume:
-        return cfg.resolved()
+    config.json with the options in ``given`` (those typed) as overrides. ``--resume auto``
+    becomes ``yes`` when ``--out`` holds a checkpoint, else ``no``. Reads, never writes."""
     path = Path(cfg.out or "")
+    if cfg.resume == "auto":
+        cfg = replace(cfg, resume="yes" if path.is_dir() and _holds(path) == "checkpoint" else "no")
+    if cfg.resume == "no":
+        return cfg.resolved()
     if path.exists() and not path.is_dir():
         raise FastSigCLRError(f"--out {path} is a file, not a run directory; pass the run's directory")
     if not path.is_dir():
@@ -183,10 +188,22 @@ def _make_dir(path: Path) -> list[Path]:
     return created
 
 
-def lock_dir(path: Path) -> int:
-    """An exclusive flock on ``path/run.lock``, holding this process's pid; raises naming the
-    holder when another process has it. The lock ends with the descriptor (exit, crash, kill)."""
+def lock_wait(cfg: TrainConfig) -> float:
+    """Seconds rank 0 waits for the run's lock: none, unless torchrun may restart the job. Then
+    the holder can be a worker of the attempt it replaces, still dying: torchrun starts the new
+    workers once the old ones have exited, or after 30 s + 30 s it gives up waiting for one (stuck
+    in the kernel, e.g. on a network filesystem). Half of --dist-timeout: the other ranks wait
+    at most --dist-timeout for rank 0's decision, and must still hear an error in time."""
+    return cfg.dist_timeout / 2 if cluster.max_restarts() > 0 else 0.0
+
+
+def lock_dir(path: Path, wait_s: float = 0.0) -> int:
+    """An exclusive flock on ``path/run.lock``, holding this process's pid; when another process
+    has it, waits up to ``wait_s`` for it to end, then raises naming the holder. The lock ends
+    with the descriptor (exit, crash, kill)."""
     file = path / LOCK
+    deadline = time.monotonic() + wait_s
+    waiting = False
     while True:
         try:
             fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -199,9 +216,17 @@ def lock_dir(path: Path) -> int:
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "a process"
             os.close(fd)
+            if time.monotonic() < deadline:
+                if not waiting:
+                    note = f"is locked by {holder}: waiting up to {wait_s:g} s for it to end (a restart)"
+                    print(f"fastsigclr: {path} {note}", file=sys.stderr)
+                    waiting = True
+                time.sleep(0.2)
+                continue
+            waited = f" for {wait_s:g} s" if wait_s else ""
             raise FastSigCLRError(
-                f"{path} is in use by another training ({holder}); wait for it to end, or choose "
-                f"another --out"
+                f"{path} is in use by another training ({holder}){waited}; wait for it to end, or "
+                f"choose another --out"
             ) from None
         try:
             if os.path.samestat(os.fstat(fd), os.stat(file)):
@@ -254,9 +279,13 @@ class RunDir:
         """Rank 0: create and lock the directory, then decide how the run begins."""
         self._created = _make_dir(self.path)
         self._created_lock = not (self.path / LOCK).exists()
-        self._fd = lock_dir(self.path)
+        self._fd = lock_dir(self.path, lock_wait(self.cfg))
+        for name in ckpt.remove_temporaries(self.path) + ckpt.remove_temporaries(
+            self.path / CHECKPOINT.parent
+        ):
+            print(f"fastsigclr: removed {name}, left by a writer that was stopped", file=sys.stderr)
         holds = _holds(self.path)
-        if not self.cfg.resume:
+        if self.cfg.resume == "no":
             if holds == "checkpoint":
                 raise FastSigCLRError(
                     f"{self.path} already holds a run; pass --resume to continue it (add --epochs N to "
@@ -286,6 +315,9 @@ class RunDir:
                 f"train. To train it further: --resume --epochs N with N > {done}",
                 file=sys.stderr,
             )
+        else:
+            step = self.state["step"]
+            print(f"fastsigclr: resuming {self.path} after epoch {done} (step {step})", file=sys.stderr)
 
     def begin(self, record: dict[str, Any]) -> RunLog:
         """Training starts: an interrupted start's files go, config.json is (re)written, and the

@@ -7,11 +7,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fastsigclr.checkpoint import write_text_atomic
+
 
 class RunLog:
-    """Appends records to ``metrics.jsonl``; on resume, first drops records past the checkpoint so
-    a resumed run's file reads as if the run had never stopped. Disabled (ranks other than 0 of a
-    distributed run), it writes nothing."""
+    """Appends records to ``metrics.jsonl``; on resume, first drops the records past the
+    checkpoint (those of the epoch it stopped in, and a line cut short by a kill): the resumed run
+    writes them again as it recomputes those steps, so the file reads as if the run had never
+    stopped, one record per step. Disabled (ranks other than 0 of a distributed run), it writes
+    nothing."""
 
     def __init__(
         self,
@@ -32,9 +36,7 @@ class RunLog:
                 for line in self.path.read_text().splitlines()
                 if (epoch := _epoch_of(line)) is not None and epoch < resume_epoch
             ]
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            tmp.replace(self.path)
+            write_text_atomic(self.path, "".join(line + "\n" for line in kept))
         self.file = open(self.path, "a")  # noqa: SIM115 - lives as long as the run
         if tensorboard:
             try:

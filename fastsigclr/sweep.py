@@ -173,7 +173,10 @@ def _execute(cfg: SweepConfig, run: PlannedRun, state: str, command: list[str] |
     if state == "started":  # killed before its first checkpoint: nothing to keep
         shutil.rmtree(run.run_dir)
     if state != "trained":
-        train(dataclasses.replace(run.train_config, resume=state == "checkpointed"), command=command)
+        train(
+            dataclasses.replace(run.train_config, resume="yes" if state == "checkpointed" else "no"),
+            command=command,
+        )
     _evaluate(cfg, run)
     return ACTIONS[state]
 

@@ -97,10 +97,11 @@ def step_parts(setup: Setup, ctx: distributed.Context) -> StepParts:
     forward, loss_fn, probe_fwd = setup.model, setup.criterion, setup.probe
     if ctx.distributed:
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        forward = DDP(forward, device_ids=ids, broadcast_buffers=False)
+        forward = DDP(forward, device_ids=ids, broadcast_buffers=False, **distributed.DDP_OPTIONS)
         forward.register_comm_hook(None, distributed.sum_gradients_hook)
         loss_fn = distributed.DistributedCriterion(loss_fn, cfg.dist_loss)
-        probe_fwd = DDP(probe_fwd, device_ids=ids)  # a local loss per rank: DDP's average is right
+        # a local loss per rank: DDP's average is right
+        probe_fwd = DDP(probe_fwd, device_ids=ids, **distributed.DDP_OPTIONS)
     forward = torch.compile(forward) if cfg.compile else forward
     opts = (setup.optimizer, setup.probe_optimizer)
     return StepParts(forward, loss_fn, probe_fwd, *opts, setup.autocast_dtype, uses_labels(cfg))

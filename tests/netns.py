@@ -104,13 +104,15 @@ def _kill(pids: list[int], sig: int = signal.SIGKILL) -> None:
 
 
 def torchrun_argv(
-    node_rank: int, nproc: int, endpoint: str, local_addr: str, rdzv: dict[str, int]
+    node_rank: int, nproc: int, endpoint: str, local_addr: str, rdzv: dict[str, int], max_restarts: int = 0
 ) -> list[str]:
-    """The README's two-node torchrun launcher, for one node, up to its ``-m`` module."""
+    """The README's two-node torchrun launcher, for one node, up to its ``-m`` module; with
+    ``max_restarts``, the README's restarting one."""
     conf = ",".join([f"is_host={int(node_rank == 0)}", *(f"{k}={v}" for k, v in rdzv.items())])
+    restarts = f" --max-restarts {max_restarts}" if max_restarts else ""
     return [
         "torchrun",
-        *f"--nnodes 2 --node_rank {node_rank} --nproc_per_node {nproc} --rdzv_backend c10d".split(),
+        *f"--nnodes 2 --node_rank {node_rank} --nproc_per_node {nproc}{restarts} --rdzv_backend c10d".split(),
         *f"--rdzv_endpoint {endpoint} --rdzv_conf {conf} --local_addr {local_addr}".split(),
     ]
 
@@ -127,11 +129,12 @@ class Node:
     host: Host
     argv: list[str]  # the command as the README writes it: torchrun_argv(...) + ["-m", "fastsigclr", ...]
     log: Path
+    env: dict[str, str] = field(default_factory=dict)  # added to the environment (test faults)
     proc: subprocess.Popen | None = field(default=None, repr=False)
     started: float = 0.0
 
     def start(self) -> Node:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": IFNAME}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": IFNAME, **self.env}
         assert self.argv[0] == "torchrun", self.argv
         cmd = ["ip", "netns", "exec", self.host.netns, *_torchrun_executable(), *self.argv[1:]]
         with self.log.open("wb") as out:
@@ -178,6 +181,14 @@ class Node:
 
     def kill_rank(self, rank: int, sig: int = signal.SIGKILL) -> None:
         os.kill(self.worker_pids()[rank], sig)
+
+    def kill(self) -> None:
+        """The node dies at once: SIGKILL to the agent and to each of its workers."""
+        assert self.proc is not None
+        workers = list(self.worker_pids().values())
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        _kill(workers)
+        self.proc.wait(timeout=10)
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM to the agent (it stops its workers); after ``grace``, SIGKILL to what is left."""

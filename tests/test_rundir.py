@@ -57,9 +57,11 @@ def fails_with(args: list[str], capsys) -> str:
     return err
 
 
-def test_an_interrupted_start_can_be_started_again(cifar10_dir, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("again", [[], ["--resume", "auto"]])
+def test_an_interrupted_start_can_be_started_again(cifar10_dir, tmp_path, monkeypatch, capsys, again):
     """A crash in the first epoch leaves config.json and step records but no checkpoint: --resume
-    says to start again, and the same command does, replacing the partial records."""
+    says to start again, and the same command does (or with --resume auto), replacing the partial
+    records."""
     out = tmp_path / "run"
     real_step, calls = fastsigclr.train.train_step, []
 
@@ -77,7 +79,7 @@ def test_an_interrupted_start_can_be_started_again(cifar10_dir, tmp_path, monkey
     assert not (out / "checkpoints" / "last.pt").exists()
     err = fails_with(tiny_args(cifar10_dir, out, "--resume"), capsys)
     assert "nothing to resume" in err and "without --resume to start it again" in err
-    assert main(tiny_args(cifar10_dir, out)) == 0
+    assert main(tiny_args(cifar10_dir, out, *again)) == 0
     assert "starting it again" in capsys.readouterr().err
     assert steps(out) == [1, 2] and checkpoint.load(out / "checkpoints" / "last.pt")["epoch"] == 1
 
@@ -113,13 +115,15 @@ def test_resume_takes_the_runs_own_settings(run_copy, capsys):
 
 
 def test_a_finished_run_is_complete_and_can_be_extended(run_copy, capsys):
+    """--resume (yes) and --resume auto leave a finished run as it is; --epochs extends it."""
     summary_before = (run_copy / "summary.json").read_bytes()
     metrics_before = (run_copy / "metrics.jsonl").read_bytes()
     args = ["train", "--out", str(run_copy), "--resume"]
-    assert main(args) == 0
-    assert "is already complete (1 of 1 epochs)" in capsys.readouterr().err
-    assert (run_copy / "summary.json").read_bytes() == summary_before
-    assert (run_copy / "metrics.jsonl").read_bytes() == metrics_before
+    for resume in ([], ["auto"]):
+        assert main([*args, *resume]) == 0
+        assert "is already complete (1 of 1 epochs)" in capsys.readouterr().err
+        assert (run_copy / "summary.json").read_bytes() == summary_before
+        assert (run_copy / "metrics.jsonl").read_bytes() == metrics_before
     assert main([*args, "--epochs", "2"]) == 0
     summary = json.loads((run_copy / "summary.json").read_text())
     assert summary["epochs"] == 2 and summary["steps"] == 4 and summary["knn_acc"] is not None
@@ -153,22 +157,23 @@ def _unknown_key_config(run: Path) -> None:
 @pytest.mark.parametrize(
     "damage,resume,expected",
     [
-        (lambda run: (run / "config.json").unlink(), True, "config.json (the run's settings) is missing"),
-        (_corrupt_config, True, "its config.json is unreadable"),
+        (lambda run: (run / "config.json").unlink(), "yes", "config.json (the run's settings) is missing"),
+        (_corrupt_config, "yes", "its config.json is unreadable"),
         (
             _unknown_key_config,
-            True,
+            "yes",
             "its config.json is unreadable (unknown option(s) for TrainConfig: widht",
         ),
-        (_random_checkpoint, True, "is unreadable"),
-        (_foreign_checkpoint, True, "is not a fastsigclr training checkpoint (no model"),
-        (lambda run: shutil.rmtree(run / "checkpoints"), True, "no checkpoints/last.pt to continue"),
-        (lambda run: shutil.rmtree(run / "checkpoints"), False, "no checkpoints/last.pt to continue"),
+        (_random_checkpoint, "yes", "is unreadable"),
+        (_foreign_checkpoint, "yes", "is not a fastsigclr training checkpoint (no model"),
+        (lambda run: shutil.rmtree(run / "checkpoints"), "yes", "no checkpoints/last.pt to continue"),
+        (lambda run: shutil.rmtree(run / "checkpoints"), "no", "no checkpoints/last.pt to continue"),
+        (lambda run: shutil.rmtree(run / "checkpoints"), "auto", "no checkpoints/last.pt to continue"),
     ],
 )
 def test_a_damaged_run_directory_is_a_clear_error(run_copy, capsys, damage, resume, expected):
     damage(run_copy)
-    args = ["train", "--out", str(run_copy), *(["--resume"] if resume else [])]
+    args = ["train", "--out", str(run_copy), "--resume", resume]
     assert expected in fails_with(args, capsys)
 
 
