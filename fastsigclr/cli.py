@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from fastsigclr import __version__
 from fastsigclr.config import FastSigCLRError, add_arguments, from_args, typed_fields
@@ -35,45 +36,51 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bench_loss(args: argparse.Namespace) -> int:
-    from fastsigclr.bench.loss import BenchLossConfig, run, summary_table
+def _run_bench(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """Run the ``fastsigclr bench`` command of ``args`` with its options: (config, results payload)."""
+    import importlib
 
-    cfg = from_args(BenchLossConfig, args)
-    payload = run(cfg, command=["fastsigclr", *args.argv])
+    config = args.config()
+    cfg = from_args(config, args)
+    run = importlib.import_module(config.__module__).run
+    return cfg, run(cfg, command=["fastsigclr", *args.argv])
+
+
+def _wrote(cfg: Any, payload: dict[str, Any]) -> str:
+    return f"wrote {cfg.out}/{payload['benchmark']}-{payload['device']['type']}.json and .png"
+
+
+def _cmd_bench_loss(args: argparse.Namespace) -> int:
+    from fastsigclr.bench.loss import summary_table
+
+    cfg, payload = _run_bench(args)
     print(summary_table(payload))
-    print(f"wrote {cfg.out}/loss-{payload['device']['type']}.json and .png")
+    print(_wrote(cfg, payload))
     return 0
 
 
 def _cmd_bench_augment(args: argparse.Namespace) -> int:
-    from fastsigclr.bench.augment import BenchAugmentConfig, run, summary_table
+    from fastsigclr.bench.augment import summary_table
 
-    cfg = from_args(BenchAugmentConfig, args)
-    payload = run(cfg, command=["fastsigclr", *args.argv])
+    cfg, payload = _run_bench(args)
     print(summary_table(payload))
-    print(f"wrote {cfg.out}/augment-{payload['device']['type']}.json and .png")
+    print(_wrote(cfg, payload))
     return 0
 
 
 def _cmd_bench_dist(args: argparse.Namespace) -> int:
-    from fastsigclr.bench.dist import BenchDistConfig, run
-
-    cfg = from_args(BenchDistConfig, args)
-    payload = run(cfg, command=["fastsigclr", *args.argv])
+    cfg, payload = _run_bench(args)
     for r in payload["results"]:
         print(
             f"{r['provider']:<7} 2N={r['rows']:<6} {r['median_ms']:9.3f} ms  "
             f"×{r['overhead_vs_plain']:.2f} of plain"
         )
-    print(f"wrote {cfg.out}/dist-{payload['device']['type']}.json and .png")
+    print(_wrote(cfg, payload))
     return 0
 
 
 def _cmd_bench_all(args: argparse.Namespace) -> int:
-    from fastsigclr.bench.suite import BenchAllConfig, run
-
-    cfg = from_args(BenchAllConfig, args)
-    payload = run(cfg, command=["fastsigclr", *args.argv])
+    cfg, payload = _run_bench(args)
     for row in payload["figures"]:
         print(f"{row['benchmark']:<8} {row['what']:<48} {row['median']:>12.4g} {row['unit']}")
     print(
@@ -84,16 +91,13 @@ def _cmd_bench_all(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_train(args: argparse.Namespace) -> int:
-    from fastsigclr.bench.train import BenchTrainConfig, run
-
-    cfg = from_args(BenchTrainConfig, args)
-    payload = run(cfg, command=["fastsigclr", *args.argv])
+    cfg, payload = _run_bench(args)
     res = payload["results"]
     print(f"(a) full step   {res['full_step']['img_per_s']:10.1f} img/s")
     ratio = payload["full_over_model"]
     print(f"(b) model step  {res['model_step']['img_per_s']:10.1f} img/s   a/b = {ratio:.3f}")
     print(f"(c) augmentation {res['augment']['views_per_s']:9.1f} views/s ({payload['augment_path']})")
-    print(f"wrote {cfg.out}/train-{payload['device']['type']}.json and .png")
+    print(_wrote(cfg, payload))
     return 0
 
 
@@ -347,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
             add_arguments(leaf, config(), positional)
         if path == ("bench", "plot"):
             leaf.add_argument("files", nargs="+", help="results JSON files written by fastsigclr bench")
-        leaf.set_defaults(handler=handler)
+        leaf.set_defaults(handler=handler, config=config)
     return parser
 
 

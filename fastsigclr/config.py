@@ -57,6 +57,23 @@ def option(
     return dataclasses.field(default=default, metadata=metadata, **kw)
 
 
+def option_from(cls: type, name: str, default: Any = dataclasses.MISSING, unset: str | None = None) -> Any:
+    """Option ``name`` of config ``cls`` declared again for another command: the same help, choices
+    and bounds, and the same default unless ``default`` is given (``unset``: what the help says an
+    unset value means), so that each is written once."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    metadata = dict(f.metadata)
+    if unset is not None:
+        metadata["help"] = f"{metadata['help']}; unset: {unset}"
+    value = f.default if default is dataclasses.MISSING else default
+    return dataclasses.field(default=value, metadata=metadata)
+
+
+def default_of(cls: type, name: str) -> Any:
+    """The default of option ``name`` of config ``cls`` (for text that quotes it)."""
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 

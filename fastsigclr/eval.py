@@ -1,5 +1,6 @@
-"""Evaluation of a backbone: weighted kNN (k = 200, cosine, temperature-weighted votes) and the
-offline linear probe (frozen features extracted once; 100 epochs, batch 256, SGD lr 0.2 cosine)."""
+"""Evaluation of a backbone: weighted kNN (the k most cosine-similar training features vote,
+temperature-weighted) and the offline linear probe (frozen features extracted once, SGD with a
+cosine schedule). The settings and their defaults are EvalConfig's."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from fastsigclr.checkpoint import write_text_atomic
-from fastsigclr.config import FastSigCLRError, check_fields, option
+from fastsigclr.config import FastSigCLRError, check_fields, option, option_from
 from fastsigclr.data.datasets import data_dir_option
 from fastsigclr.data.gpu_loader import normalized
-from fastsigclr.recipe import load_run_model
+from fastsigclr.recipe import TrainConfig, load_run_model
+from fastsigclr.runinfo import device_option
 
 
 @torch.no_grad()
@@ -55,8 +57,8 @@ def knn_accuracy(
     test_labels: torch.Tensor,
     num_classes: int,
     *,
-    k: int = 200,
-    temperature: float = 0.1,
+    k: int,
+    temperature: float,
     chunk: int = 1024,
 ) -> float:
     """Top-1 accuracy of a weighted kNN vote: each of the k most cosine-similar training samples
@@ -81,11 +83,11 @@ def linear_probe(
     test_labels: torch.Tensor,
     num_classes: int,
     *,
-    epochs: int = 100,
-    batch_size: int = 256,
-    lr: float = 0.2,
-    weight_decay: float = 0.0,
-    seed: int = 0,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
     progress: bool = False,
 ) -> dict[str, float]:
     """Train a linear classifier on frozen features; returns train and test top-1 accuracy."""
@@ -117,9 +119,9 @@ class EvalConfig:
     protocol: str = option("knn", "evaluation protocol", choices=("knn", "linear"))
     run: str | None = option(None, "run directory written by `fastsigclr train` (required)")
     data_dir: str | None = data_dir_option("the run's --data-dir")
-    device: str = option("auto", "device", choices=("auto", "cpu", "cuda"))
-    knn_k: int = option(200, "neighbours in the kNN vote", ge=1)
-    knn_temperature: float = option(0.1, "temperature of the kNN vote weights", gt=0)
+    device: str = device_option()
+    knn_k: int = option_from(TrainConfig, "knn_k")
+    knn_temperature: float = option_from(TrainConfig, "knn_temperature")
     linear_epochs: int = option(100, "linear probe epochs", ge=1)
     linear_batch_size: int = option(256, "linear probe batch size", ge=1)
     linear_lr: float = option(0.2, "linear probe learning rate (cosine schedule)", ge=0)

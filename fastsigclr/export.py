@@ -28,6 +28,7 @@ from fastsigclr.data.datasets import data_dir_option
 from fastsigclr.eval import split_features
 from fastsigclr.models import ResNet, projector
 from fastsigclr.recipe import PRESETS, TrainConfig, load_run_model, saved_config
+from fastsigclr.runinfo import device_option
 
 FORMAT = "fastsigclr-encoder-v1"
 INSTALL_HINT = "pip install safetensors (a dependency of fastsigclr)"
@@ -185,7 +186,7 @@ class EmbedConfig:
         "test", "dataset split to embed (as the run used it: its --limit-*)", ("train", "test")
     )
     out: str | None = option(None, "features file FILE.npy; labels go to FILE.labels.npy (required)")
-    device: str = option("auto", "device", choices=("auto", "cpu", "cuda"))
+    device: str = device_option()
     progress: bool = option(True, "show a progress bar")
 
     def __post_init__(self) -> None:

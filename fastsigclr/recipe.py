@@ -1,6 +1,7 @@
 """The training recipe: the config of ``fastsigclr train``, the dataset presets and methods, and
-how data, model, loss and one optimisation step are built from it. Shared by the trainer, the
-evaluation of a run and ``fastsigclr bench train``; the loop itself lives in ``fastsigclr.train``."""
+what a run trains with, built from them (``build``: data, loader, model, loss, probe, optimisers),
+with ``resume`` and ``checkpoint_state`` to continue it. Shared by the trainer, the evaluation of a
+run and ``fastsigclr bench train``; the optimisation step and the loop live in ``fastsigclr.train``."""
 
 from __future__ import annotations
 
@@ -11,19 +12,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fastsigclr import checkpoint as ckpt
-from fastsigclr.config import ConfigError, FastSigCLRError, check_fields, from_dict, option
-from fastsigclr.data import DATASETS, LOADERS, default_data_dir, load_split, prepare
-from fastsigclr.data.datasets import data_dir_option
-from fastsigclr.data.loaders import ffcv_dir_option
+from fastsigclr import distributed
+from fastsigclr.config import ConfigError, FastSigCLRError, check_fields, from_dict, option, to_dict
+from fastsigclr.data import DATASETS, LOADERS, AugmentSpec, DatasetInfo, default_data_dir, load_split, prepare
+from fastsigclr.data.datasets import data_dir_option, data_folder, dataset_option
+from fastsigclr.data.loaders import ffcv_dir_option, loader_options
 from fastsigclr.data.subset import balanced_indices
 from fastsigclr.losses import LOSSES
 from fastsigclr.losses.options import LOSS_OPTIONS, check_applicable, method_params, with_loss_options
 from fastsigclr.models import ARCHS, SSLModel
-from fastsigclr.runinfo import resolve_device
+from fastsigclr.models.sync_bn import convert_global_bn
+from fastsigclr.optim import build_optimizer, param_groups
+from fastsigclr.runinfo import device_option, resolve_device
 
 # docs/design.md §9: what `--dataset` chooses; every value can be overridden by its option.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -35,12 +39,13 @@ RESUME_MODES = ("no", "yes", "auto")
 # The weights are float32: a larger --lr or --bias overflows at the first step (--lr 1e39 stopped in
 # the optimiser: "value cannot be converted to type float without overflow").
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+Split = tuple[np.ndarray, np.ndarray]  # (uint8 images (N, H, W, 3), labels (N,))
 
 
 @with_loss_options
 @dataclass(frozen=True)
 class TrainConfig:
-    dataset: str = option("cifar10", "dataset (its preset fills unset options)", choices=tuple(PRESETS))
+    dataset: str = dataset_option("dataset (its preset fills unset options)")
     data_dir: str | None = data_dir_option()
     download: bool = option(True, "download the dataset when it is not in --data-dir")
     loader: str = option("gpu", "data loader backend", choices=tuple(LOADERS))
@@ -78,7 +83,8 @@ class TrainConfig:
     knn_every: int = option(
         10, "run the kNN monitor every this many epochs (and at the end; 0: end only)", ge=0
     )
-    knn_k: int = option(200, "kNN monitor neighbours", ge=1)
+    knn_k: int = option(200, "neighbours in the kNN vote", ge=1)
+    knn_temperature: float = option(0.1, "temperature of the kNN vote weights", gt=0)
     compile: bool = option(False, "torch.compile the model")
     sync_bn: bool = option(True, "torchrun runs: batch-norm statistics over the global batch")
     dist_loss: str = option(
@@ -90,7 +96,7 @@ class TrainConfig:
     dist_timeout: float = option(
         600.0, "torchrun runs: seconds a rank waits to join the run, and at most for any collective", gt=0
     )
-    device: str = option("auto", "device", choices=("auto", "cpu", "cuda"))
+    device: str = device_option()
     precision: str = option(
         "auto", "compute dtype; auto: bf16 autocast on CUDA, fp32 on CPU", choices=("auto", "bf16", "fp32")
     )
@@ -145,9 +151,7 @@ class TrainConfig:
 
 def load_data(cfg: TrainConfig):
     info = DATASETS[cfg.dataset]
-    folder = prepare(
-        info, Path(cfg.data_dir or default_data_dir()), download_ok=cfg.download, progress=cfg.progress
-    )
+    folder = prepare(info, data_folder(cfg.data_dir), download_ok=cfg.download, progress=cfg.progress)
     train_x, train_y = load_split(info, folder, "train", progress=cfg.progress)
     test_x, test_y = load_split(info, folder, "test", progress=cfg.progress)
     if cfg.limit_train:
@@ -175,16 +179,104 @@ def build_model(cfg: TrainConfig, info, device: torch.device):
 
 
 @dataclass
-class StepParts:
-    """What one optimisation step touches (shared by the trainer and `fastsigclr bench train`)."""
+class Setup:
+    """What a run trains with, all made from its config by ``build``."""
 
-    forward: torch.nn.Module
+    cfg: TrainConfig
+    info: DatasetInfo
+    train_data: Split
+    test_data: Split
+    loader: Any  # one of LOADERS: ``epoch(e)`` yields (views, labels), ``len`` steps per epoch
+    model: torch.nn.Module  # SSLModel: backbone f, projector g
     criterion: torch.nn.Module
     probe: torch.nn.Module
     optimizer: torch.optim.Optimizer
     probe_optimizer: torch.optim.Optimizer
     autocast_dtype: torch.dtype | None
-    supervised: bool = False  # the loss takes the labels (SupCon, TCL unless --no-use-labels)
+
+
+def build(
+    cfg: TrainConfig, ctx: distributed.Context, data: tuple[DatasetInfo, Split, Split] | None = None
+) -> Setup:
+    """Data (``load_data``, or ``data`` given as (info, train, test)), loader, model, loss, online
+    probe and their optimisers, on ``ctx.device``; seeded by ``cfg.seed``."""
+    device = ctx.device
+    view_dtype, autocast_dtype = compute_dtypes(cfg, device)
+    if data is None:
+        data = load_data(dataclasses.replace(cfg, progress=cfg.progress and ctx.is_main))
+    info, train_data, test_data = data
+    torch.manual_seed(cfg.seed)
+    spec = AugmentSpec.simclr(info.image_size, info.mean, info.std, n_views=cfg.n_views)
+    loader = LOADERS[cfg.loader](
+        *train_data,
+        spec,
+        cfg.batch_size or 1,  # global: each rank takes batch_size / world_size
+        device,
+        view_dtype,
+        seed=cfg.seed,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        **_loader_options(cfg, info, train_data, ctx),
+    )
+    model, criterion, probe = build_model(cfg, info, device)
+    if ctx.distributed and cfg.sync_bn:
+        model = convert_global_bn(model)
+    optimizer = build_optimizer(
+        cfg.optimizer, param_groups([model, criterion], cfg.weight_decay), cfg.lr, cfg.momentum
+    )
+    probe_opt = torch.optim.SGD(probe.parameters(), lr=cfg.probe_lr, momentum=0.9)
+    return Setup(
+        cfg,
+        info,
+        train_data,
+        test_data,
+        loader,
+        model,
+        criterion,
+        probe,
+        optimizer,
+        probe_opt,
+        autocast_dtype,
+    )
+
+
+def _loader_options(cfg: TrainConfig, info: DatasetInfo, train: Split, ctx: distributed.Context) -> dict:
+    """Backend arguments; rank 0 writes a missing FFCV dataset while the others wait for it."""
+    data_dir = data_folder(cfg.data_dir)
+    kw = dict(ffcv_dir=cfg.ffcv_dir)
+    if cfg.loader == "ffcv" and ctx.is_main:
+        loader_options(cfg.loader, info, data_dir, train, cfg.limit_train, progress=cfg.progress, **kw)
+    distributed.barrier(ctx)
+    return loader_options(cfg.loader, info, data_dir, train, cfg.limit_train, progress=False, **kw)
+
+
+def resume(setup: Setup, state: dict[str, Any] | None) -> tuple[int, int]:
+    """Load a checkpoint written by ``checkpoint_state`` (None: a new run): weights, optimiser
+    states and RNG. Returns the (epoch, step) to continue from."""
+    if state is None:
+        return 0, 0
+    setup.model.load_state_dict(state["model"])
+    setup.criterion.load_state_dict(state["criterion"])
+    setup.probe.load_state_dict(state["probe"])
+    setup.optimizer.load_state_dict(state["optimizer"])
+    setup.probe_optimizer.load_state_dict(state["probe_optimizer"])
+    ckpt.set_rng_state(state["rng"])
+    return state["epoch"], state["step"]
+
+
+def checkpoint_state(setup: Setup, epoch: int, step: int) -> dict[str, Any]:
+    """What ``resume`` needs to continue after ``epoch`` epochs and ``step`` steps."""
+    return {
+        "model": setup.model.state_dict(),
+        "criterion": setup.criterion.state_dict(),
+        "probe": setup.probe.state_dict(),
+        "optimizer": setup.optimizer.state_dict(),
+        "probe_optimizer": setup.probe_optimizer.state_dict(),
+        "rng": ckpt.rng_state(),
+        "epoch": epoch,
+        "step": step,
+        "config": to_dict(setup.cfg),
+    }
 
 
 def uses_labels(cfg: TrainConfig) -> bool:
@@ -221,34 +313,13 @@ def saved_config(saved: dict[str, Any]) -> TrainConfig:
     return from_dict(TrainConfig, saved)
 
 
-def train_step(parts: StepParts, views: torch.Tensor, labels: torch.Tensor, compute_loss: bool = True):
-    """One step on (V·B, 3, S, S) views: SSL loss on the projections, and the online probe on
-    detached features with its own optimiser. Returns (loss, probe loss, probe logits).
-    compute_loss False: losses that can skip their value (the fused sigmoid kernel) return NaN
-    with exact gradients; pass True on the steps whose loss is read."""
-    n_views = len(views) // len(labels)
-    with torch.autocast(
-        views.device.type, dtype=parts.autocast_dtype, enabled=parts.autocast_dtype is not None
-    ):
-        h, z = parts.forward(views)
-        loss = parts.criterion(z, labels if parts.supervised else None, compute_loss=compute_loss)
-        logits = parts.probe(h.detach().float())
-        probe_loss = F.cross_entropy(logits, labels.repeat(n_views))
-    parts.optimizer.zero_grad(set_to_none=True)
-    parts.probe_optimizer.zero_grad(set_to_none=True)
-    (loss + probe_loss).backward()  # the probe sees detached features: separate gradients
-    parts.optimizer.step()
-    parts.probe_optimizer.step()
-    return loss, probe_loss, logits
-
-
 def load_run_model(run_dir: Path, device_name: str = "auto", data_dir: str | None = None) -> dict[str, Any]:
     """A run's backbone (last checkpoint), its data (from ``data_dir`` when given, else where the
     run read it) and settings, for evaluation."""
     saved = json.loads((Path(run_dir) / "config.json").read_text())["config"]
     cfg = saved_config({**saved, **({"data_dir": data_dir} if data_dir else {})})
     info = DATASETS[cfg.dataset]
-    where = Path(cfg.data_dir or default_data_dir()).expanduser()
+    where = data_folder(cfg.data_dir)
     if not ((where / info.folder).is_dir() or (where / info.archive).is_file()):
         raise FastSigCLRError(
             f"{info.name} is not in {where} ({'--data-dir' if data_dir else 'where the run read it'}): "

@@ -58,6 +58,7 @@ RESUMABLE = frozenset(
         "log_every",
         "knn_every",
         "knn_k",
+        "knn_temperature",
         "tensorboard",
         "download",
         "data_dir",

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from fastsigclr.config import ConfigError
+from fastsigclr.config import ConfigError, option
 
 # name shown -> distribution names to try (DALI ships per-CUDA-version distributions).
 PACKAGES = {
@@ -108,6 +108,11 @@ def available_memory_bytes() -> int:
     except OSError:
         pass
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def device_option(help: str = "device") -> Any:
+    """The ``--device`` option of every command that computes (read by ``resolve_device``)."""
+    return option("auto", help, choices=("auto", "cpu", "cuda"))
 
 
 def default_device() -> torch.device:

@@ -21,11 +21,9 @@ from typing import Any
 import torch
 
 from fastsigclr import checkpoint as ckpt
-from fastsigclr.config import ConfigError, FastSigCLRError, build, option, to_dict
-from fastsigclr.data import LOADERS
+from fastsigclr.config import ConfigError, FastSigCLRError, build, check_fields, option, option_from, to_dict
 from fastsigclr.eval import EvalConfig, score, split_features
-from fastsigclr.models import ARCHS
-from fastsigclr.recipe import PRESETS, TrainConfig, compute_dtypes, load_run_model
+from fastsigclr.recipe import TrainConfig, compute_dtypes, load_run_model
 from fastsigclr.runinfo import resolve_device, run_record
 from fastsigclr.sweep_report import EVAL_FILE, collect_run, run_state, write_results
 from fastsigclr.train import train
@@ -61,7 +59,7 @@ BUDGET = (
     "precision",
     "knn_every",
 )
-_UNSET = "unset: `fastsigclr train`'s default"
+_UNSET = "`fastsigclr train`'s default"
 # What the sweep does to a run found in each state (fastsigclr.sweep_report.run_state), in its log.
 ACTIONS = {"new": "trained", "started": "restarted", "checkpointed": "resumed", "trained": "evaluated"}
 
@@ -71,26 +69,29 @@ class SweepConfig:
     settings: tuple[str, ...] = option(tuple(SETTINGS), "named settings to run", choices=tuple(SETTINGS))
     seeds: tuple[int, ...] = option((0, 1, 2), "seeds of every setting")
     out: str = option("runs/sweep", "sweep directory: runs/<setting>-seed<N>/ and results.json, .md, .png")
-    dataset: str | None = option(None, f"dataset; {_UNSET}", choices=tuple(PRESETS))
-    data_dir: str | None = option(None, f"dataset folder; {_UNSET}")
-    download: bool | None = option(None, f"download the dataset when missing; {_UNSET}")
-    loader: str | None = option(None, f"data loader backend; {_UNSET}", choices=tuple(LOADERS))
-    arch: str | None = option(None, "backbone; unset: the dataset preset", choices=tuple(ARCHS))
-    width: int | None = option(None, f"channels of the first ResNet stage; {_UNSET}")
-    proj_dims: tuple[int, ...] | None = option(None, "projector hidden..output sizes; unset: preset")
-    batch_size: int | None = option(None, "images per step; unset: preset")
-    epochs: int | None = option(None, "training epochs; unset: preset")
-    lr: float | None = option(None, f"peak learning rate; {_UNSET}")
-    warmup_epochs: float | None = option(None, f"warm-up epochs; {_UNSET}")
-    limit_train: int | None = option(None, "use only N training images; unset: all")
-    limit_test: int | None = option(None, "use only N test images; unset: all")
-    device: str | None = option(None, f"device; {_UNSET}", choices=("auto", "cpu", "cuda"))
-    precision: str | None = option(None, f"compute dtype; {_UNSET}", choices=("auto", "bf16", "fp32"))
-    knn_every: int | None = option(None, f"kNN monitor every N epochs (the curve); {_UNSET}")
-    linear_epochs: int | None = option(None, "linear probe epochs; unset: `fastsigclr eval`'s default")
+    dataset: str | None = option_from(TrainConfig, "dataset", None, unset=_UNSET)
+    data_dir: str | None = option_from(TrainConfig, "data_dir")
+    download: bool | None = option_from(TrainConfig, "download", None, unset=_UNSET)
+    loader: str | None = option_from(TrainConfig, "loader", None, unset=_UNSET)
+    arch: str | None = option_from(TrainConfig, "arch")
+    width: int | None = option_from(TrainConfig, "width", None, unset=_UNSET)
+    proj_dims: tuple[int, ...] | None = option_from(TrainConfig, "proj_dims")
+    batch_size: int | None = option_from(TrainConfig, "batch_size")
+    epochs: int | None = option_from(TrainConfig, "epochs")
+    lr: float | None = option_from(TrainConfig, "lr", None, unset=_UNSET)
+    warmup_epochs: float | None = option_from(TrainConfig, "warmup_epochs", None, unset=_UNSET)
+    limit_train: int | None = option_from(TrainConfig, "limit_train")
+    limit_test: int | None = option_from(TrainConfig, "limit_test")
+    device: str | None = option_from(TrainConfig, "device", None, unset=_UNSET)
+    precision: str | None = option_from(TrainConfig, "precision", None, unset=_UNSET)
+    knn_every: int | None = option_from(TrainConfig, "knn_every", None, unset=_UNSET)
+    linear_epochs: int | None = option_from(
+        EvalConfig, "linear_epochs", None, unset="`fastsigclr eval`'s default"
+    )
     progress: bool = option(False, "show the trainer's progress bars")
 
     def __post_init__(self) -> None:
+        check_fields(self)
         for name in ("settings", "seeds"):
             values = getattr(self, name)
             if not values or len(set(values)) != len(values):

@@ -18,7 +18,8 @@ from matplotlib.ticker import MaxNLocator
 
 from fastsigclr.bench.plot import _save as save_figure
 from fastsigclr.checkpoint import write_text_atomic
-from fastsigclr.config import to_dict
+from fastsigclr.config import default_of, to_dict
+from fastsigclr.eval import EvalConfig
 
 if TYPE_CHECKING:
     from fastsigclr.sweep import PlannedRun
@@ -136,8 +137,9 @@ def markdown(payload: dict[str, Any]) -> str:
         f"updated {payload['updated']}.",
         "",
         "Top-1 accuracy on the test split in %, mean ± sample standard deviation over seeds, from "
-        "frozen backbone features (extracted once per run): weighted kNN (k = 200, cosine) and a "
-        "linear probe trained on the features. Command: `" + payload["command"] + "`.",
+        "frozen backbone features (extracted once per run): weighted kNN "
+        f"(k = {default_of(EvalConfig, 'knn_k')}, cosine) and a linear probe trained on the features. "
+        f"Command: `{payload['command']}`.",
         "",
         "| setting | train options | runs done | kNN top-1 | linear top-1 | final b | final t |",
         "|---|---|---:|---:|---:|---:|---:|",

@@ -8,52 +8,44 @@ atomic checkpoint, so ``--resume`` continues exactly where the last finished epo
 Under ``torchrun`` each rank takes its share of every global batch; the loss is the loss of the
 global batch (fastsigclr.distributed), batch norm is global (--sync-bn), DDP sums the gradients,
 and rank 0 alone logs, evaluates and writes. A run may resume with a different number of ranks.
+
+The order of this file is the order of a run: ``train`` opens the run directory; ``build``
+(fastsigclr.recipe) makes data, loader, model, loss, probe and optimisers from the config, and
+``resume`` loads a checkpoint into them; ``step_parts`` wraps the modules for the ranks;
+``Epochs.run_epoch`` steps through the loader with ``train_step``, and ``Epochs.end_epoch``
+checks, monitors, logs and checkpoints; ``Epochs.finish`` writes the summary.
+``fastsigclr bench train`` times the same ``build`` and ``train_step``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import sys
 import time
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from fastsigclr import checkpoint as ckpt
 from fastsigclr import distributed, rundir
 from fastsigclr.config import FastSigCLRError, to_dict
-from fastsigclr.data import LOADERS, AugmentSpec
-from fastsigclr.data.loaders import loader_options
 from fastsigclr.eval import extract_features, knn_accuracy
 from fastsigclr.losses import LOSSES, DistributedCriterion
-from fastsigclr.models.sync_bn import convert_global_bn
-from fastsigclr.optim import build_optimizer, param_groups, warmup_cosine
+from fastsigclr.optim import warmup_cosine
 from fastsigclr.pace import Pace, cpu_notice, format_duration
 from fastsigclr.recipe import (
-    StepParts,
+    Setup,
     TrainConfig,
-    build_model,
-    compute_dtypes,
-    load_data,
+    build,
+    checkpoint_state,
     loss_scalars,
-    train_step,
+    resume,
     uses_labels,
 )
 from fastsigclr.runinfo import resolve_device, run_record
-
-
-def _loader_options(cfg: TrainConfig, info, train, ctx: distributed.Context) -> dict[str, Any]:
-    """Backend arguments; rank 0 writes a missing FFCV dataset while the others wait for it."""
-    data_dir = Path(cfg.data_dir or "")
-    kw = dict(ffcv_dir=cfg.ffcv_dir)
-    if cfg.loader == "ffcv" and ctx.is_main:
-        loader_options(cfg.loader, info, data_dir, train, cfg.limit_train, progress=cfg.progress, **kw)
-    distributed.barrier(ctx)
-    return loader_options(cfg.loader, info, data_dir, train, cfg.limit_train, progress=False, **kw)
 
 
 def train(
@@ -75,108 +67,130 @@ def train(
 
 
 def _train(run: rundir.RunDir, ctx: distributed.Context, command: list[str] | None) -> dict[str, Any]:
-    cfg, state = run.cfg, run.state
-    device = ctx.device
-    main = ctx.is_main
-    view_dtype, autocast_dtype = compute_dtypes(cfg, device)
-    info, (train_x, train_y), (test_x, test_y) = load_data(
-        dataclasses.replace(cfg, progress=cfg.progress and main)
-    )
-    torch.manual_seed(cfg.seed)
+    setup = build(run.cfg, ctx)
+    start_epoch, step = resume(setup, run.state)
+    parts = step_parts(setup, ctx)
+    record = {**run_record(ctx.device, command), "world_size": ctx.world_size}
+    epochs = Epochs(run, ctx, setup, parts, run.begin(record), start_epoch, step)
+    for epoch in range(start_epoch, epochs.epochs):
+        sums = epochs.run_epoch(epoch)
+        epochs.end_epoch(epoch, *sums)
+    return epochs.finish(record["device"])
 
-    spec = AugmentSpec.simclr(info.image_size, info.mean, info.std, n_views=cfg.n_views)
-    batch_size = cfg.batch_size or 1  # global: each rank takes batch_size / world_size
-    loader = LOADERS[cfg.loader](
-        train_x,
-        train_y,
-        spec,
-        batch_size,
-        device,
-        view_dtype,
-        seed=cfg.seed,
-        rank=ctx.rank,
-        world_size=ctx.world_size,
-        **_loader_options(cfg, info, (train_x, train_y), ctx),
-    )
-    model, criterion, probe = build_model(cfg, info, device)
-    if ctx.distributed and cfg.sync_bn:
-        model = convert_global_bn(model)
-    start_epoch, step = 0, 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        criterion.load_state_dict(state["criterion"])
-        probe.load_state_dict(state["probe"])
-    optimizer = build_optimizer(
-        cfg.optimizer, param_groups([model, criterion], cfg.weight_decay), cfg.lr, cfg.momentum
-    )
-    probe_opt = torch.optim.SGD(probe.parameters(), lr=cfg.probe_lr, momentum=0.9)
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        probe_opt.load_state_dict(state["probe_optimizer"])
-        ckpt.set_rng_state(state["rng"])
-        start_epoch, step = state["epoch"], state["step"]
-    epochs = cfg.epochs or 1
-    steps_per_epoch = len(loader)
-    total_steps = epochs * steps_per_epoch
-    warmup_steps = int(min(cfg.warmup_epochs, epochs) * steps_per_epoch)
-    forward, loss_fn, probe_fwd = model, criterion, probe
+
+@dataclass
+class StepParts:
+    """What one optimisation step touches (shared by the trainer and `fastsigclr bench train`)."""
+
+    forward: torch.nn.Module
+    criterion: torch.nn.Module
+    probe: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    probe_optimizer: torch.optim.Optimizer
+    autocast_dtype: torch.dtype | None
+    supervised: bool = False  # the loss takes the labels (SupCon, TCL unless --no-use-labels)
+
+
+def step_parts(setup: Setup, ctx: distributed.Context) -> StepParts:
+    """The modules a step runs: under torchrun the model in DDP (gradients summed, the loss of the
+    global batch), then compiled with ``--compile``."""
+    cfg = setup.cfg
+    forward, loss_fn, probe_fwd = setup.model, setup.criterion, setup.probe
     if ctx.distributed:
-        ids = [device.index] if device.type == "cuda" else None
-        forward = DDP(model, device_ids=ids, broadcast_buffers=False, **distributed.DDP_OPTIONS)
+        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        forward = DDP(forward, device_ids=ids, broadcast_buffers=False, **distributed.DDP_OPTIONS)
         forward.register_comm_hook(None, distributed.sum_gradients_hook)
-        loss_fn = DistributedCriterion(criterion, LOSSES[cfg.method], cfg.dist_loss)
+        loss_fn = DistributedCriterion(loss_fn, LOSSES[cfg.method], cfg.dist_loss)
         # a local loss per rank: DDP's average is right
-        probe_fwd = DDP(probe, device_ids=ids, **distributed.DDP_OPTIONS)
+        probe_fwd = DDP(probe_fwd, device_ids=ids, **distributed.DDP_OPTIONS)
     forward = torch.compile(forward) if cfg.compile else forward
-    parts = StepParts(forward, loss_fn, probe_fwd, optimizer, probe_opt, autocast_dtype, uses_labels(cfg))
-    record = {**run_record(device, command), "world_size": ctx.world_size}
-    log = run.begin(record)
-    train_images = torch.from_numpy(train_x)
-    test_images = torch.from_numpy(test_x)
-    test_labels = torch.from_numpy(test_y).to(device)
-    train_labels = torch.from_numpy(train_y).to(device)
+    opts = (setup.optimizer, setup.probe_optimizer)
+    return StepParts(forward, loss_fn, probe_fwd, *opts, setup.autocast_dtype, uses_labels(cfg))
 
-    def knn_monitor() -> float:
-        kw = dict(device=device, autocast_dtype=autocast_dtype)
-        bank = extract_features(model.backbone, train_images, info.mean, info.std, **kw)
-        queries = extract_features(model.backbone, test_images, info.mean, info.std, **kw)
-        return knn_accuracy(bank, train_labels, queries, test_labels, info.num_classes, k=cfg.knn_k)
 
-    knn = None
-    run_start = time.perf_counter()
-    images_seen = 0
-    notice = (
-        cpu_notice(device, len(train_x), epochs - start_epoch, cfg.arch or "", cfg.width) if main else None
-    )
-    if notice:
-        print(notice, file=sys.stderr)
-    pace = Pace(batch_size, (epochs - start_epoch) * steps_per_epoch, estimate=notice is not None)
-    for epoch in range(start_epoch, epochs):
-        model.train()
-        pace.begin_epoch()
-        # The loss value is computed only where it is read: logged steps and each epoch's last step
-        # (the fused kernel skips it elsewhere); the epoch's mean loss is over those steps
-        # (loss_steps in its record).
-        loss_sum = torch.zeros((), device=device)
+def train_step(parts: StepParts, views: torch.Tensor, labels: torch.Tensor, compute_loss: bool = True):
+    """One step on (V·B, 3, S, S) views: SSL loss on the projections, and the online probe on
+    detached features with its own optimiser. Returns (loss, probe loss, probe logits).
+    compute_loss False: losses that can skip their value (the fused sigmoid kernel) return NaN
+    with exact gradients; pass True on the steps whose loss is read."""
+    n_views = len(views) // len(labels)
+    with torch.autocast(
+        views.device.type, dtype=parts.autocast_dtype, enabled=parts.autocast_dtype is not None
+    ):
+        h, z = parts.forward(views)
+        loss = parts.criterion(z, labels if parts.supervised else None, compute_loss=compute_loss)
+        logits = parts.probe(h.detach().float())
+        probe_loss = F.cross_entropy(logits, labels.repeat(n_views))
+    parts.optimizer.zero_grad(set_to_none=True)
+    parts.probe_optimizer.zero_grad(set_to_none=True)
+    (loss + probe_loss).backward()  # the probe sees detached features: separate gradients
+    parts.optimizer.step()
+    parts.probe_optimizer.step()
+    return loss, probe_loss, logits
+
+
+class Epochs:
+    """The epochs of one session of a run (from ``start_epoch``): steps with the learning-rate
+    schedule, step and epoch records, the kNN monitor, checkpoints and the summary."""
+
+    def __init__(
+        self,
+        run: rundir.RunDir,
+        ctx: distributed.Context,
+        setup: Setup,
+        parts: StepParts,
+        log: Any,
+        start_epoch: int,
+        step: int,
+    ) -> None:
+        cfg = setup.cfg
+        self.run, self.ctx, self.setup, self.parts, self.log = run, ctx, setup, parts, log
+        self.cfg, self.start_epoch, self.step = cfg, start_epoch, step
+        self.epochs = cfg.epochs or 1
+        self.batch_size = cfg.batch_size or 1
+        self.steps_per_epoch = len(setup.loader)
+        self.total_steps = self.epochs * self.steps_per_epoch
+        self.warmup_steps = int(min(cfg.warmup_epochs, self.epochs) * self.steps_per_epoch)
+        self.knn: float | None = None
+        self.images_seen = 0
+        self.run_start = time.perf_counter()
+        left = self.epochs - start_epoch
+        train_images = len(setup.train_data[0])
+        notice = (
+            cpu_notice(ctx.device, train_images, left, cfg.arch or "", cfg.width) if ctx.is_main else None
+        )
+        if notice:
+            print(notice, file=sys.stderr)
+        self.pace = Pace(self.batch_size, left * self.steps_per_epoch, estimate=notice is not None)
+
+    def run_epoch(self, epoch: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+        """Train one epoch; returns the sum of its computed losses, how many steps computed one,
+        and the probe's correct predictions (device tensors: read once, at the end of the epoch).
+        The loss value is computed only where it is read: logged steps and the epoch's last step
+        (the fused kernel skips it elsewhere), so the epoch's mean loss is over those steps."""
+        cfg, setup = self.cfg, self.setup
+        setup.model.train()
+        self.pace.begin_epoch()
+        loss_sum = torch.zeros((), device=self.ctx.device)
         loss_steps = 0
-        probe_correct = torch.zeros((), device=device)
+        probe_correct = torch.zeros((), device=self.ctx.device)
         bar = tqdm(
-            loader.epoch(epoch),
-            total=steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{epochs}",
-            disable=not (cfg.progress and main),
+            setup.loader.epoch(epoch),
+            total=self.steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{self.epochs}",
+            disable=not (cfg.progress and self.ctx.is_main),
             leave=False,
             unit="step",
         )
         for index, (views, labels) in enumerate(bar):
-            lr = cfg.lr * warmup_cosine(step, total_steps, warmup_steps)
-            for group in optimizer.param_groups:
+            lr = cfg.lr * warmup_cosine(self.step, self.total_steps, self.warmup_steps)
+            for group in setup.optimizer.param_groups:
                 group["lr"] = lr
-            logged = (step + 1) % cfg.log_every == 0 or step + 1 == total_steps
-            computed = logged or index + 1 == steps_per_epoch
-            loss, probe_loss, logits = train_step(parts, views, labels, compute_loss=computed)
-            step += 1
-            estimate = pace.step()
+            logged = (self.step + 1) % cfg.log_every == 0 or self.step + 1 == self.total_steps
+            computed = logged or index + 1 == self.steps_per_epoch
+            loss, probe_loss, logits = train_step(self.parts, views, labels, compute_loss=computed)
+            self.step += 1
+            estimate = self.pace.step()
             if estimate:
                 tqdm.write(estimate, file=sys.stderr)
             probe_correct += (logits.argmax(1) == labels.repeat(cfg.n_views)).sum()
@@ -184,89 +198,109 @@ def _train(run: rundir.RunDir, ctx: distributed.Context, command: list[str] | No
                 loss_sum += loss.detach()
                 loss_steps += 1
             if logged:
-                rate = pace.img_per_s()
-                rec = {
-                    "kind": "step",
-                    "epoch": epoch,
-                    "step": step,
-                    "loss": loss.item(),
-                    "lr": lr,
-                    "probe_loss": probe_loss.item(),
-                    **loss_scalars(criterion),
-                    "img_per_s": rate,
-                }
-                log.write(rec, step)
-                # The loss is checked where it is read anyway (logging steps, and the epoch's sum
-                # below): a check at every step would cost a GPU synchronisation per step.
-                if not math.isfinite(rec["loss"]):
-                    raise _diverged(run, f"the loss is {rec['loss']}", step, epoch)
-                left = format_duration(pace.run_left())
-                bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}", run_left=left)
-        seconds = time.perf_counter() - pace.epoch_start
-        images_seen += steps_per_epoch * batch_size
+                self._log_step(epoch, loss, probe_loss, lr, bar)
+        return loss_sum, loss_steps, probe_correct
+
+    def _log_step(
+        self, epoch: int, loss: torch.Tensor, probe_loss: torch.Tensor, lr: float, bar: tqdm
+    ) -> None:
+        rate = self.pace.img_per_s()
+        rec = {
+            "kind": "step",
+            "epoch": epoch,
+            "step": self.step,
+            "loss": loss.item(),
+            "lr": lr,
+            "probe_loss": probe_loss.item(),
+            **loss_scalars(self.setup.criterion),
+            "img_per_s": rate,
+        }
+        self.log.write(rec, self.step)
+        # The loss is checked where it is read anyway (logging steps, and the epoch's sum in
+        # end_epoch): a check at every step would cost a GPU synchronisation per step.
+        if not math.isfinite(rec["loss"]):
+            raise _diverged(self.run, f"the loss is {rec['loss']}", self.step, epoch)
+        left = format_duration(self.pace.run_left())
+        bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}", run_left=left)
+
+    def end_epoch(
+        self, epoch: int, loss_sum: torch.Tensor, loss_steps: int, probe_correct: torch.Tensor
+    ) -> None:
+        """Check the epoch, run the kNN monitor when due, write the epoch record and checkpoint."""
+        setup, ctx = self.setup, self.ctx
+        seconds = time.perf_counter() - self.pace.epoch_start
+        images = self.steps_per_epoch * self.batch_size
+        self.images_seen += images
         mean_loss = (loss_sum / loss_steps).item()
         # Before the checkpoint: a diverged epoch must not replace the last good one. The weights
         # too: the loss of a step is computed before its update, so it can still be finite.
-        if not math.isfinite(mean_loss) or not _all_finite(model, criterion, probe):
+        if not math.isfinite(mean_loss) or not _all_finite(setup.model, setup.criterion, setup.probe):
             finite = math.isfinite(mean_loss)
             what = "the weights are not finite" if finite else f"the epoch's mean loss is {mean_loss}"
-            raise _diverged(run, what, step, epoch)
-        monitor = epoch + 1 == epochs or bool(cfg.knn_every and (epoch + 1) % cfg.knn_every == 0)
+            raise _diverged(self.run, what, self.step, epoch)
+        every = self.cfg.knn_every
+        monitor = epoch + 1 == self.epochs or bool(every and (epoch + 1) % every == 0)
         if monitor:
-            knn = knn_monitor() if main else None
-            distributed.barrier(ctx)
+            self.knn_monitor()
         probe_correct = distributed.all_sum(ctx, probe_correct)
         rec = {
             "kind": "epoch",
             "epoch": epoch,
-            "step": step,
+            "step": self.step,
             "loss": mean_loss,
             "loss_steps": loss_steps,
-            "probe_acc": probe_correct.item() / (steps_per_epoch * batch_size * cfg.n_views),
-            "knn_acc": knn if monitor else None,
+            "probe_acc": probe_correct.item() / (images * self.cfg.n_views),
+            "knn_acc": self.knn if monitor else None,
             "seconds": seconds,
-            "img_per_s": steps_per_epoch * batch_size / seconds,
+            "img_per_s": images / seconds,
         }
-        log.write(rec, step)
-        knn_text = f" knn {rec['knn_acc']:.4f}" if rec["knn_acc"] is not None else ""
-        if main:
+        self.log.write(rec, self.step)
+        if ctx.is_main:
+            knn_text = f" knn {rec['knn_acc']:.4f}" if rec["knn_acc"] is not None else ""
             tqdm.write(
-                f"epoch {epoch + 1}/{epochs} loss {rec['loss']:.4f} probe {rec['probe_acc']:.3f}{knn_text} "
-                f"{rec['img_per_s']:.0f} img/s",
+                f"epoch {epoch + 1}/{self.epochs} loss {rec['loss']:.4f} probe {rec['probe_acc']:.3f}"
+                f"{knn_text} {rec['img_per_s']:.0f} img/s",
                 nolock=True,
             )
-        state = {
-            "model": model.state_dict(),
-            "criterion": criterion.state_dict(),
-            "probe": probe.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "probe_optimizer": probe_opt.state_dict(),
-            "rng": ckpt.rng_state(),
-            "epoch": epoch + 1,
-            "step": step,
-            "config": to_dict(cfg),
+        self.run.save_checkpoint(checkpoint_state(setup, epoch + 1, self.step))
+        distributed.barrier(ctx)
+
+    def knn_monitor(self) -> None:
+        """kNN accuracy of the backbone's test features against its training features, on rank 0
+        (the others wait); kept in ``self.knn``."""
+        setup, ctx = self.setup, self.ctx
+        self.knn = None
+        if ctx.is_main:
+            (train_x, train_y), (test_x, test_y) = setup.train_data, setup.test_data
+            info, backbone = setup.info, setup.model.backbone
+            kw = dict(device=ctx.device, autocast_dtype=setup.autocast_dtype)
+            bank = extract_features(backbone, torch.from_numpy(train_x), info.mean, info.std, **kw)
+            queries = extract_features(backbone, torch.from_numpy(test_x), info.mean, info.std, **kw)
+            labels = [torch.from_numpy(y).to(ctx.device) for y in (train_y, test_y)]
+            knn = dict(k=self.cfg.knn_k, temperature=self.cfg.knn_temperature)
+            self.knn = knn_accuracy(bank, labels[0], queries, labels[1], info.num_classes, **knn)
+        distributed.barrier(ctx)
+
+    def finish(self, device: dict[str, Any]) -> dict[str, Any]:
+        """The run's summary (summary.json), written once the last epoch is checkpointed."""
+        if self.start_epoch == self.epochs:  # resumed after its last checkpoint, before its summary
+            self.knn_monitor()
+        elapsed = time.perf_counter() - self.run_start
+        summary = {
+            "epochs": self.epochs,
+            "steps": self.step,
+            "knn_acc": self.knn,
+            "train_images": len(self.setup.train_data[0]),
+            "test_images": len(self.setup.test_data[0]),
+            "seconds_this_session": elapsed,
+            "img_per_s_this_session": self.images_seen / elapsed if elapsed else None,
+            **{f"final_{name}": value for name, value in loss_scalars(self.setup.criterion).items()},
+            "run_dir": str(self.run.path),
+            "device": device,
+            "world_size": self.ctx.world_size,
         }
-        run.save_checkpoint(state)
-        distributed.barrier(ctx)
-    if start_epoch == epochs:  # resumed after its last checkpoint but before its summary was written
-        knn = knn_monitor() if main else None
-        distributed.barrier(ctx)
-    elapsed = time.perf_counter() - run_start
-    summary = {
-        "epochs": epochs,
-        "steps": step,
-        "knn_acc": knn,
-        "train_images": len(train_x),
-        "test_images": len(test_x),
-        "seconds_this_session": elapsed,
-        "img_per_s_this_session": images_seen / elapsed if elapsed else None,
-        **{f"final_{name}": value for name, value in loss_scalars(criterion).items()},
-        "run_dir": str(run.path),
-        "device": record["device"],
-        "world_size": ctx.world_size,
-    }
-    run.finish(summary)
-    return summary
+        self.run.finish(summary)
+        return summary
 
 
 def _all_finite(*modules: torch.nn.Module) -> bool:

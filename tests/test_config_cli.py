@@ -137,3 +137,42 @@ def test_bench_train_writes_json_and_plot(cifar10_dir, tmp_path: Path, capsys):
         res["full_step"]["img_per_s"] / res["model_step"]["img_per_s"]
     )
     assert payload["augment_path"] == "pytorch reference" and "a/b =" in capsys.readouterr().out
+
+
+def test_every_dataset_has_a_preset():
+    from fastsigclr.data import DATASETS
+    from fastsigclr.recipe import PRESETS
+
+    assert set(PRESETS) == set(DATASETS)
+
+
+def test_shared_options_are_declared_once():
+    """Options of other commands reuse train's: same default, help, choices and bounds."""
+    import dataclasses
+
+    from fastsigclr.eval import EvalConfig
+    from fastsigclr.recipe import TrainConfig
+    from fastsigclr.sweep import SweepConfig
+
+    train = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for cls, name in ((EvalConfig, "knn_k"), (EvalConfig, "knn_temperature"), (EvalConfig, "device")):
+        field = {f.name: f for f in dataclasses.fields(cls)}[name]
+        assert (field.default, field.metadata) == (train[name].default, train[name].metadata)
+    sweep_width = {f.name: f for f in dataclasses.fields(SweepConfig)}["width"]
+    assert sweep_width.default is None and sweep_width.metadata["bounds"] == train["width"].metadata["bounds"]
+    with pytest.raises(ConfigError, match="--width must be ≥ 1, got 0"):
+        build(SweepConfig, {"width": 0})
+
+
+def test_bench_train_times_the_trainers_recipe():
+    """bench train has no optimiser settings of its own: they are fastsigclr train's defaults."""
+    import torch
+
+    from fastsigclr.bench.train import BenchTrainConfig
+    from fastsigclr.recipe import TrainConfig
+
+    timed = BenchTrainConfig().resolved(torch.device("cpu")).train_config()
+    default = TrainConfig()
+    for name in ("optimizer", "lr", "momentum", "weight_decay", "probe_lr", "method", "bias"):
+        assert getattr(timed, name) == getattr(default, name), name
+    assert (timed.arch, timed.width, timed.batch_size) == ("resnet18", 16, 64)

@@ -160,8 +160,9 @@ def test_training_beats_a_random_network_on_knn(cifar10_dir, tmp_path):
     cpu = torch.device("cpu")
     bank = extract_features(model.backbone, tx, info.mean, info.std, cpu)
     queries = extract_features(model.backbone, vx, info.mean, info.std, cpu)
+    knn = dict(k=cfg.knn_k, temperature=cfg.knn_temperature)
     random_init = knn_accuracy(
-        bank, torch.from_numpy(ty), queries, torch.from_numpy(vy), DATASETS["cifar10"].num_classes
+        bank, torch.from_numpy(ty), queries, torch.from_numpy(vy), DATASETS["cifar10"].num_classes, **knn
     )
     assert trained > random_init, (trained, random_init)
 

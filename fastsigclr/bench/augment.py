@@ -30,7 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from fastsigclr.bench.common import write_json
 from fastsigclr.config import FastSigCLRError, check_fields, option, to_dict
 from fastsigclr.data.plan import AugmentPlan, AugmentSpec, Col, sample_params, seed_for
-from fastsigclr.runinfo import package_version, resolve_device, run_record
+from fastsigclr.runinfo import device_option, package_version, resolve_device, run_record
 
 BACKENDS = ("gpu", "dali", "ffcv", "pil")
 
@@ -207,7 +207,7 @@ class BenchAugmentConfig:
     )
     reps: int = option(3, "timed epochs per backend and size", ge=1)
     plan_images: int = option(50_000, "images of the epoch whose augmentation plan is drawn and timed", ge=1)
-    device: str = option("auto", "device to measure on", choices=("auto", "cpu", "cuda"))
+    device: str = device_option("device to measure on")
     out: str = option("benchmarks/local", "directory for augment-<device>.json and .png")
 
     def __post_init__(self) -> None:

@@ -20,12 +20,12 @@ import torch.distributed as dist
 
 from fastsigclr.bench.common import DTYPES, check_even_sizes, time_fn, write_json
 from fastsigclr.config import check_fields, option, to_dict
-from fastsigclr.runinfo import resolve_device, run_record
+from fastsigclr.runinfo import device_option, resolve_device, run_record
 
 
 @dataclass(frozen=True)
 class BenchDistConfig:
-    device: str = option("auto", "device to measure on", choices=("auto", "cpu", "cuda"))
+    device: str = device_option("device to measure on")
     sizes: tuple[int, ...] | None = option(
         None, "rows 2N (even); unset: 8192,16384 on CUDA, 512,1024 on CPU", ge=2
     )

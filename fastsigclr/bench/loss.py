@@ -23,7 +23,7 @@ from fastsigclr.bench.memory import peak_extra_bytes
 from fastsigclr.config import check_fields, option, to_dict
 from fastsigclr.losses import LOSSES
 from fastsigclr.losses.options import check_applicable, method_params, with_loss_options
-from fastsigclr.runinfo import resolve_device, run_record
+from fastsigclr.runinfo import device_option, resolve_device, run_record
 
 PROVIDERS = ("eager", "compiled", "chunked", "triton")
 
@@ -31,7 +31,7 @@ PROVIDERS = ("eager", "compiled", "chunked", "triton")
 @with_loss_options
 @dataclass(frozen=True)
 class BenchLossConfig:
-    device: str = option("auto", "device to measure on", choices=("auto", "cpu", "cuda"))
+    device: str = device_option("device to measure on")
     sizes: tuple[int, ...] | None = option(
         None,
         "rows 2N to measure (even: two views of N images); unset: 1024,4096,8192,16384,65536 on CUDA, "

@@ -20,7 +20,7 @@ from fastsigclr.bench.dist import BenchDistConfig
 from fastsigclr.bench.loss import BenchLossConfig
 from fastsigclr.bench.train import BenchTrainConfig
 from fastsigclr.config import option, to_dict
-from fastsigclr.runinfo import resolve_device, run_record
+from fastsigclr.runinfo import device_option, resolve_device, run_record
 
 BENCHMARKS = ("loss", "augment", "train", "dist")
 # The CPU sizes: enough to show each comparison without turning the suite into a training run.
@@ -38,7 +38,7 @@ QUICK = {
 
 @dataclass(frozen=True)
 class BenchAllConfig:
-    device: str = option("auto", "device to measure on", choices=("auto", "cpu", "cuda"))
+    device: str = device_option("device to measure on")
     only: tuple[str, ...] = option(BENCHMARKS, "benchmarks to run", choices=BENCHMARKS)
     data: str = option(
         "auto", "train step images: real, synthetic, or auto", choices=("auto", "real", "synthetic")

@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 
 from fastsigclr.data.plan import AugmentSpec, Col
-from fastsigclr.data.plan import sample_params as sample_params  # bench/train.py imports it from here
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 

@@ -129,6 +129,16 @@ def default_data_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "fastsigclr" / "data"
 
 
+def data_folder(given: str | Path | None) -> Path:
+    """The folder that ``--data-dir`` names: ``given`` (``~`` expanded), else ``default_data_dir()``."""
+    return Path(given).expanduser() if given else default_data_dir()
+
+
+def dataset_option(help: str = "dataset") -> Any:
+    """The ``--dataset`` option of every command that reads one."""
+    return option("cifar10", help, choices=tuple(DATASETS))
+
+
 def data_dir_option(unset: str = f"${DATA_ENV} or ~/.cache/fastsigclr/data") -> Any:
     """The ``--data-dir`` option of every command that reads a dataset."""
     return option(None, f"folder holding the dataset (or its archive); unset: {unset}")
@@ -373,21 +383,14 @@ def verify(info: DatasetInfo, data_dir: Path) -> dict[str, str]:
     return sums
 
 
-def cifar_like(name: str) -> DatasetInfo:
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}") from None
-
-
 @dataclass(frozen=True)
 class DataConfig:
     """Options of ``fastsigclr data download`` and ``fastsigclr data verify``."""
 
-    dataset: str = option("cifar10", "dataset", choices=tuple(DATASETS))
+    dataset: str = dataset_option()
     data_dir: str | None = data_dir_option()
     url: str | None = option(None, "download from this URL (a mirror) instead of the official one")
     progress: bool = option(True, "show a progress bar")
 
     def resolved_dir(self) -> Path:
-        return Path(self.data_dir).expanduser() if self.data_dir else default_data_dir()
+        return data_folder(self.data_dir)

@@ -17,7 +17,8 @@ from fastsigclr.data.datasets import (
     DATASETS,
     DatasetInfo,
     data_dir_option,
-    default_data_dir,
+    data_folder,
+    dataset_option,
     load_split,
     prepare,
 )
@@ -99,7 +100,7 @@ def loader_options(
 class WriteFfcvConfig:
     """Options of ``fastsigclr data write-ffcv``."""
 
-    dataset: str = option("cifar10", "dataset", choices=tuple(DATASETS))
+    dataset: str = dataset_option()
     data_dir: str | None = data_dir_option()
     ffcv_dir: str | None = ffcv_dir_option()
     limit: int | None = option(
@@ -115,7 +116,7 @@ class WriteFfcvConfig:
 
 def write_ffcv(cfg: WriteFfcvConfig) -> Path:
     info = DATASETS[cfg.dataset]
-    data_dir = Path(cfg.data_dir).expanduser() if cfg.data_dir else default_data_dir()
+    data_dir = data_folder(cfg.data_dir)
     folder = prepare(info, data_dir, download_ok=cfg.download, progress=cfg.progress)
     images, labels = load_split(info, folder, "train", progress=cfg.progress)
     if cfg.limit:
