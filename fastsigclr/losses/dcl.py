@@ -17,7 +17,7 @@ import torch
 from . import common
 from .common import PrecomputedGrad, check_rows
 from .normalize import EPS, normalize_rows
-from .spec import LossSpec, softmax_temperature
+from .spec import FixedTemperatureLoss, LossSpec, softmax_temperature
 
 # The same τ as simclr's NT-Xent, so that the two compare at equal settings (the paper reports DCL
 # less sensitive to τ than NT-Xent).
@@ -93,27 +93,14 @@ def dcl_loss_reference(z: torch.Tensor, temperature: float = TAU, *, n_views: in
     return (denominator - (logits * positives).sum(1) / (n_views - 1)).mean()
 
 
-class DCLLoss(torch.nn.Module):
+class DCLLoss(FixedTemperatureLoss):
     """DCL as a module with a fixed temperature (no learnable state)."""
 
+    title = "DCL"
+    loss = staticmethod(dcl_loss)
+
     def __init__(self, temperature: float = TAU, *, n_views: int = 2) -> None:
-        super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.tau, self.n_views = float(temperature), n_views
-        self.register_buffer("temperature", torch.tensor(float(temperature)))
-
-    def forward(self, z: torch.Tensor, labels: None = None, *, compute_loss: bool = True) -> torch.Tensor:
-        """z: (n_views·N, D) view-major → scalar; compute_loss is ignored (one pass forms both)."""
-        if labels is not None:
-            raise ValueError("DCL is self-supervised: call it without labels")
-        return dcl_loss(z, self.tau, n_views=self.n_views)
-
-    def log_values(self) -> dict[str, float]:
-        return {"temperature": self.tau}
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.tau}, n_views={self.n_views}"
+        super().__init__(temperature, n_views=n_views)
 
 
 SPEC = LossSpec(

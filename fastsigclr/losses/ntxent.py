@@ -13,7 +13,7 @@ import torch
 from . import common
 from .common import Impl, PrecomputedGrad, check_rows, kernels, resolve_impl
 from .normalize import EPS, normalize_rows
-from .spec import LossSpec, softmax_temperature
+from .spec import FixedTemperatureLoss, LossSpec, softmax_temperature
 
 TAU = 0.2  # SimCLR on CIFAR (solo-learn)
 
@@ -107,28 +107,14 @@ def nt_xent_loss_reference(z: torch.Tensor, temperature: float = TAU, *, n_views
     return -torch.nn.functional.log_softmax(logits, dim=1).gather(1, targets).mean()
 
 
-class NTXentLoss(torch.nn.Module):
+class NTXentLoss(FixedTemperatureLoss):
     """NT-Xent as a module with a fixed temperature (no learnable state)."""
 
+    title = "NT-Xent"
+    loss = staticmethod(nt_xent_loss)
+
     def __init__(self, temperature: float = TAU, *, n_views: int = 2) -> None:
-        super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.tau, self.n_views = float(temperature), n_views
-        self.register_buffer("temperature", torch.tensor(float(temperature)))
-
-    def forward(self, z: torch.Tensor, labels: None = None, *, compute_loss: bool = True) -> torch.Tensor:
-        """z: (n_views·N, D) view-major → scalar; compute_loss is ignored (value and gradient
-        come from the same pass)."""
-        if labels is not None:
-            raise ValueError("NT-Xent is self-supervised: call it without labels")
-        return nt_xent_loss(z, self.tau, n_views=self.n_views)
-
-    def log_values(self) -> dict[str, float]:
-        return {"temperature": self.tau}
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.tau}, n_views={self.n_views}"
+        super().__init__(temperature, n_views=n_views)
 
 
 SPEC = LossSpec(

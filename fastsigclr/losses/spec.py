@@ -54,3 +54,34 @@ class LossSpec:
 def softmax_temperature(default: float) -> HyperParam:
     """τ of the softmax losses (``--temperature``): it divides the similarities."""
     return HyperParam(default, "softmax temperature τ: logits s/τ (divides the similarities)", {"gt": 0})
+
+
+class FixedTemperatureLoss(nn.Module):
+    """A self-supervised softmax loss with a fixed temperature τ and no learnable state, as a
+    module: subclasses name the loss (``title``) and its function ``loss(z, τ, n_views=...)``."""
+
+    title = "the loss"
+
+    @staticmethod
+    def loss(z: torch.Tensor, temperature: float, *, n_views: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __init__(self, temperature: float, *, n_views: int = 2) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.tau, self.n_views = float(temperature), n_views
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+
+    def forward(self, z: torch.Tensor, labels: None = None, *, compute_loss: bool = True) -> torch.Tensor:
+        """z: (n_views·N, D) view-major → scalar; compute_loss is ignored (value and gradient come
+        from the same pass)."""
+        if labels is not None:
+            raise ValueError(f"{self.title} is self-supervised: call it without labels")
+        return self.loss(z, self.tau, n_views=self.n_views)
+
+    def log_values(self) -> dict[str, float]:
+        return {"temperature": self.tau}
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.tau}, n_views={self.n_views}"
