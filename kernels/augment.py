@@ -15,6 +15,8 @@ import triton.language as tl
 
 from fastsigclr.data.plan import Col
 
+from .tiles import CompileCase
+
 # Columns of the parameter table, by name (compiled kernels may only read constexpr globals).
 COL_Y0, COL_X0, COL_H, COL_W = (tl.constexpr(int(c)) for c in (Col.Y0, Col.X0, Col.H, Col.W))
 COL_FLIP, COL_GRAY, COL_SOLAR = (tl.constexpr(int(c)) for c in (Col.FLIP, Col.GRAY, Col.SOLAR))
@@ -174,6 +176,25 @@ def two_view_augment(
         N_VIEWS=n_views,
         N_PARAMS=n_params,
         FINISH=finish,
-        num_warps=4 if block <= 1024 else 8,
+        num_warps=_warps(block),
     )
     return out.permute(0, 3, 1, 2)
+
+
+def _warps(block: int) -> int:
+    return 4 if block <= 1024 else 8
+
+
+def compile_cases(quick: bool = False) -> list[CompileCase]:
+    """The launches ``tools/compile_kernels.py`` compiles: bf16/fp32 out, 32² with the finishing
+    ops in the kernel, 64² without (a blur comes first), at the launcher's warps and triton's
+    default 3 stages. ``quick`` changes nothing: four cases compile in seconds."""
+    cases = []
+    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        for size, finish in ((32, True), (64, False)):
+            args = (torch.uint8, torch.int64, torch.float32, dtype, size, size, 512, *([0.5] * 6))
+            block = triton.next_power_of_2(size * size)
+            consts = dict(S=size, BLOCK=block, N_VIEWS=2, N_PARAMS=len(Col), FINISH=finish)
+            meta = dict(kernel="augment", variant=f"{size}x{size} finish={finish}", dtype=name)
+            cases.append(CompileCase(_two_view_kernel, args, consts, _warps(block), 3, meta))
+    return cases

@@ -36,7 +36,6 @@ from multiprocessing import get_context
 if os.environ.get("TRITON_INTERPRET") == "1":
     sys.exit("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
 
-import torch
 import triton
 from triton import knobs
 from triton.backends.compiler import GPUTarget
@@ -52,27 +51,8 @@ NVIDIA_BIN = os.path.join(os.path.dirname(triton.backends.nvidia.__file__), "bin
 GROUP = ("kernel", "variant", "dtype", "D")  # the rows one autotuner chooses among
 
 
-def augment_cases(quick: bool = False) -> list[CompileCase]:
-    """The two-view augmentation kernel (its module lists no cases): bf16/fp32 out, 32² with the
-    finishing ops in the kernel, 64² without (a blur comes first), at its launcher's warps (4 up
-    to 1024 pixels, else 8) and triton's default 3 stages."""
-    cases = []
-    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
-        for size, finish in ((32, True), (64, False)):
-            args = (torch.uint8, torch.int64, torch.float32, dtype, size, size, 512, *([0.5] * 6))
-            consts = dict(
-                S=size, BLOCK=triton.next_power_of_2(size * size), N_VIEWS=2, N_PARAMS=len(augment.Col)
-            )
-            meta = dict(kernel="augment", variant=f"{size}x{size} finish={finish}", dtype=name)
-            warps = 4 if consts["BLOCK"] <= 1024 else 8
-            cases.append(
-                CompileCase(augment._two_view_kernel, args, dict(consts, FINISH=finish), warps, 3, meta)
-            )
-    return cases
-
-
 def all_cases(quick: bool) -> list[CompileCase]:
-    return [*sigmoid_tuning.compile_cases(quick), *ntxent.compile_cases(quick), *augment_cases(quick)]
+    return [*sigmoid_tuning.compile_cases(quick), *ntxent.compile_cases(quick), *augment.compile_cases(quick)]
 
 
 def specialise(case: CompileCase, backend) -> tuple[ASTSource, dict]:
