@@ -172,7 +172,7 @@ def test_bench_train_times_the_trainers_recipe():
     from fastsigclr.recipe import TrainConfig
 
     timed = BenchTrainConfig().resolved(torch.device("cpu")).train_config()
-    default = TrainConfig()
+    default = TrainConfig().resolved()  # loss options: the method's defaults, as bench train resolves them
     for name in ("optimizer", "lr", "momentum", "weight_decay", "probe_lr", "method", "bias"):
         assert getattr(timed, name) == getattr(default, name), name
     assert (timed.arch, timed.width, timed.batch_size) == ("resnet18", 16, 64)
