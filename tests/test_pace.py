@@ -76,11 +76,11 @@ def test_the_default_job_on_a_cpu_says_how_long_it_takes(cifar10_dir, tmp_path, 
     with Ctrl-C after its first steps: the notice at the start, then the estimate, once each."""
     real_step, calls = fastsigclr.train.train_step, []
 
-    def interrupt_at_step_six(*args):
+    def interrupt_at_step_six(*args, **kw):
         calls.append(1)
         if len(calls) == 6:
             raise KeyboardInterrupt
-        return real_step(*args)
+        return real_step(*args, **kw)
 
     monkeypatch.setattr(fastsigclr.train, "train_step", interrupt_at_step_six)
     args = f"train --data-dir {cifar10_dir} --device cpu --width 8 --proj-dims 64,32 --batch-size 64"

@@ -65,11 +65,11 @@ def test_an_interrupted_start_can_be_started_again(cifar10_dir, tmp_path, monkey
     out = tmp_path / "run"
     real_step, calls = fastsigclr.train.train_step, []
 
-    def crash_at_step_two(*args):
+    def crash_at_step_two(*args, **kw):
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("simulated crash")
-        return real_step(*args)
+        return real_step(*args, **kw)
 
     monkeypatch.setattr(fastsigclr.train, "train_step", crash_at_step_two)
     with pytest.raises(RuntimeError, match="simulated crash"):

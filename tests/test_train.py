@@ -64,12 +64,15 @@ def test_issue_command_writes_a_complete_run(cifar10_dir, tmp_path, capsys):
 
 
 def test_loss_falls(cifar10_dir, tmp_path):
+    """Three epochs: the change between two epochs of 4 steps is within their noise (after the
+    augmentation sampler changed, seed 0 went 6.78 -> 6.94 over 2 epochs; before it, seed 1 rose
+    from epoch 1 to 2 of 4); the third epoch ended 0.33-0.92 below the first for seeds 0-3."""
     out = tmp_path / "run"
-    assert main(quick_args(cifar10_dir, out, "--epochs", "2", "--knn-every", "0")) == 0
+    assert main(quick_args(cifar10_dir, out, "--epochs", "3", "--knn-every", "0")) == 0
     epochs = [r for r in read_metrics(out) if r["kind"] == "epoch"]
-    assert len(epochs) == 2 and epochs[1]["loss"] < epochs[0]["loss"]
+    assert len(epochs) == 3 and epochs[2]["loss"] < epochs[0]["loss"]
     steps = step_losses(out)
-    assert len(steps) == 8 and all(map(torch.isfinite, torch.tensor(steps)))
+    assert len(steps) == 12 and all(map(torch.isfinite, torch.tensor(steps)))
 
 
 def test_interrupted_run_resumes_exactly(cifar10_dir, tmp_path, capsys):
