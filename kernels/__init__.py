@@ -6,6 +6,24 @@ Kernels only: no torch.nn modules and no training logic. Importing this package 
 
 from .augment import two_view_augment
 from .ntxent import nt_xent_triton
-from .sigmoid_loss import sigmoid_block_triton, sigmoid_pairwise_triton
+from .sigmoid import (
+    Plan,
+    grad_dtype,
+    plan_schedule,
+    sigmoid_block,
+    sigmoid_block_triton,
+    sigmoid_loss,
+    sigmoid_pairwise_triton,
+)
 
-__all__ = ["nt_xent_triton", "sigmoid_block_triton", "sigmoid_pairwise_triton", "two_view_augment"]
+__all__ = [
+    "Plan",
+    "grad_dtype",
+    "nt_xent_triton",
+    "plan_schedule",
+    "sigmoid_block",
+    "sigmoid_block_triton",
+    "sigmoid_loss",
+    "sigmoid_pairwise_triton",
+    "two_view_augment",
+]

@@ -3,8 +3,8 @@
 One program per sample: it gathers its source image straight from the dataset (no batch copy),
 and for each view does the bilinear resized crop with flip, colour jitter, grayscale, solarisation
 and normalisation in registers, writing the view once. The pure-PyTorch reference is
-``fastsigclr.data.augment.augment_reference``; the parameter table's columns are
-``fastsigclr.data.plan.Col``.
+``fastsigclr.data.augment.augment_reference``. The caller names the parameter table's
+columns (``columns``: the data package's plan owns the table; kernels sit below it).
 """
 
 from __future__ import annotations
@@ -13,15 +13,11 @@ import torch
 import triton
 import triton.language as tl
 
-from fastsigclr.data.plan import Col
-
 from .tiles import CompileCase
 
-# Columns of the parameter table, by name (compiled kernels may only read constexpr globals).
-COL_Y0, COL_X0, COL_H, COL_W = (tl.constexpr(int(c)) for c in (Col.Y0, Col.X0, Col.H, Col.W))
-COL_FLIP, COL_GRAY, COL_SOLAR = (tl.constexpr(int(c)) for c in (Col.FLIP, Col.GRAY, Col.SOLAR))
-COL_BRIGHT, COL_CONTRAST = tl.constexpr(int(Col.BRIGHT)), tl.constexpr(int(Col.CONTRAST))
-COL_SAT, COL_HUE = tl.constexpr(int(Col.SAT)), tl.constexpr(int(Col.HUE))
+# The parameters the kernel reads, each a column of the (V, B, N_PARAMS) table: the launcher's
+# ``columns`` maps every name to its index, and the kernel takes them as COL_<NAME> constexprs.
+COLUMNS = ("y0", "x0", "h", "w", "flip", "bright", "contrast", "sat", "hue", "gray", "solar")
 TWO_PI = tl.constexpr(6.283185307179586)
 INV_SQRT3 = tl.constexpr(0.5773502691896258)
 
@@ -44,7 +40,7 @@ def _tap(src, yi, xi, W, valid):
 def _two_view_kernel(
     SRC,  # (N, H, W, 3) uint8 dataset, contiguous
     IDX,  # (B,) int64 rows of SRC that make up the batch
-    PARAMS,  # (V, B, N_PARAMS) float32, columns plan.Col
+    PARAMS,  # (V, B, N_PARAMS) float32, columns COL_*
     OUT,  # (V·B, S, S, 3): channels_last memory of (V·B, 3, S, S)
     H,
     W,
@@ -60,6 +56,17 @@ def _two_view_kernel(
     N_VIEWS: tl.constexpr,
     N_PARAMS: tl.constexpr,
     FINISH: tl.constexpr,  # solarise + normalise here (False when a blur must come first)
+    COL_Y0: tl.constexpr,  # the columns of PARAMS (COLUMNS)
+    COL_X0: tl.constexpr,
+    COL_H: tl.constexpr,
+    COL_W: tl.constexpr,
+    COL_FLIP: tl.constexpr,
+    COL_BRIGHT: tl.constexpr,
+    COL_CONTRAST: tl.constexpr,
+    COL_SAT: tl.constexpr,
+    COL_HUE: tl.constexpr,
+    COL_GRAY: tl.constexpr,
+    COL_SOLAR: tl.constexpr,
 ):
     pid = tl.program_id(0)
     row = tl.load(IDX + pid).to(tl.int64)
@@ -145,13 +152,18 @@ def two_view_augment(
     std: tuple[float, float, float],
     dtype: torch.dtype,
     *,
+    columns: dict[str, int],
     finish: bool = True,
 ) -> torch.Tensor:
     """Augment ``dataset[index]`` into V views: returns (V·B, 3, S, S) channels_last in ``dtype``.
 
-    dataset: (N, H, W, 3) uint8 contiguous; index: (B,) integer; params: (V, B, N_PARAMS) float32.
-    finish=False skips solarisation and normalisation (for a blur applied in between).
+    dataset: (N, H, W, 3) uint8 contiguous; index: (B,) integer; params: (V, B, N_PARAMS) float32
+    whose column ``columns[name]`` holds each parameter of COLUMNS. finish=False skips
+    solarisation and normalisation (for a blur applied in between).
     """
+    missing = [name for name in COLUMNS if not 0 <= columns.get(name, -1) < params.shape[-1]]
+    if missing:
+        raise ValueError(f"columns must give each of {', '.join(missing)} a column of params")
     if dataset.dtype != torch.uint8 or dataset.dim() != 4 or dataset.shape[-1] != 3:
         raise ValueError(f"dataset must be uint8 (N, H, W, 3), got {dataset.dtype} {tuple(dataset.shape)}")
     dataset = dataset.contiguous()
@@ -176,9 +188,14 @@ def two_view_augment(
         N_VIEWS=n_views,
         N_PARAMS=n_params,
         FINISH=finish,
+        **_column_constexprs(columns),
         num_warps=_warps(block),
     )
     return out.permute(0, 3, 1, 2)
+
+
+def _column_constexprs(columns: dict[str, int]) -> dict[str, int]:
+    return {f"COL_{name.upper()}": int(columns[name]) for name in COLUMNS}
 
 
 def _warps(block: int) -> int:
@@ -194,7 +211,8 @@ def compile_cases(quick: bool = False) -> list[CompileCase]:
         for size, finish in ((32, True), (64, False)):
             args = (torch.uint8, torch.int64, torch.float32, dtype, size, size, 512, *([0.5] * 6))
             block = triton.next_power_of_2(size * size)
-            consts = dict(S=size, BLOCK=block, N_VIEWS=2, N_PARAMS=len(Col), FINISH=finish)
+            consts = dict(S=size, BLOCK=block, N_VIEWS=2, N_PARAMS=len(COLUMNS) + 1, FINISH=finish)
+            consts.update(_column_constexprs({name: i for i, name in enumerate(COLUMNS)}))
             meta = dict(kernel="augment", variant=f"{size}x{size} finish={finish}", dtype=name)
             cases.append(CompileCase(_two_view_kernel, args, consts, _warps(block), 3, meta))
     return cases

@@ -1,315 +1,372 @@
-"""The fused sigmoid loss kernel (see sigmoid_loss.py for what it computes and how it is
-launched): the sweep over column blocks, the per-row corrections of the pairs that are not
-negatives, and the output.
+"""The fused sigmoid loss kernel: the per-pair arithmetic, one tile of pairs, a row's sweep over
+its column tiles, and the program that owns a range of those sweeps. Its launcher, autograd
+Function and public functions are in sigmoid.py.
+
+Logits a = logit_scale·⟨ẑ_i, ẑ_j⟩ + logit_bias are formed in the exp2 domain (log2 e folded into
+the scale and bias). Every pair of a tile is first treated as a negative, r = 2¹⁵·σ(a); the O(M·V)
+pairs that are not (i = j, and the positives) are corrected once per row afterwards.
 """
 
+import math
+
+import numpy as np
 import triton
 import triton.language as tl
 
-from .sigmoid_terms import G_SCALE, INV_G_SCALE, LN2, LOG2E, dot_weight, negative_weight, softplus2
-from .tiles import INTERPRET, as_operand, bf16_values, similarity_tile
+from .tiles import INTERPRET, add_rows, bf16_values, fast_rcp, load_rows, row_dots, similarity_tile
 
-# Widest feature tile: one tile serves S and dZ up to D = 128. A 256-wide dZ accumulator (128
-# fp32 registers per thread) spilled 1-2 KB per thread in every candidate at D = 256 (sm_90,
-# triton 3.6), so wider D loops over 128-feature steps for S and splits dZ into 128-wide slices
-# on grid axis 2 (S is recomputed per slice: 1.5x the FLOPs of one pass at D = 256). The
-# interpreter has no registers to spill: one tile up to 256 there halves its programs at D = 130.
+# Widest feature tile. Up to it, one tile serves S and dZ, and a program keeps dZ of its rows in
+# registers over its whole sweep. Wider D takes S in a loop over 128-feature steps and adds each
+# tile's dZ slices to memory instead: a 256-wide register accumulator (128 fp32 registers per
+# thread) spilled 1-2 KB per thread in every candidate at D = 256 (sm_90, triton 3.6). The
+# interpreter has no registers to spill: one tile up to 256 halves its work at D = 130.
 MAX_BLOCK_D = 256 if INTERPRET else 128
 
+# r = 2¹⁵·σ is what the second dot multiplies: ≤ 32768 < 65504 (fp16's largest), and fp16 keeps
+# it normal down to σ = 6.1e-5 / 2¹⁵ = 1.9e-9 (a < −20), where σ·(1/M) flushed every negative
+# pair at logit_scale 10, logit_bias −10, 2N = 8192 (σ(−10)/8192 = 5.5e-9 < 6e-8, fp16's
+# smallest subnormal).
+G_SCALE = tl.constexpr(32768.0)
+INV_G_SCALE = tl.constexpr(1.0 / 32768.0)
+LOG2E = tl.constexpr(1 / math.log(2))
+LN2 = tl.constexpr(math.log(2))
+# Pair modes (the launcher's `pairs`): cols is rows, positives at i ≡ j (mod N_PER_VIEW), no
+# i = j term; every pair a negative; SigLIP's two towers, positives at i = j.
+SELF, CROSS, TWO_TOWER = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 
-@triton.jit
-def _sweep_block(
-    Z,
-    ZC,
-    zi,
-    rows,
-    row_ok,
-    cols,
-    stride_z,
-    stride_zc,
-    MC,
-    D,
-    pid_d,
-    t2,
-    b2,
-    dz_acc,
-    r_acc,
-    l_acc,
-    gs_acc,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    NUM_K: tl.constexpr,
-    BLOCK_DO: tl.constexpr,
-    TAIL: tl.constexpr,
-    COMPUTE_LOSS: tl.constexpr,
-    COMPUTE_GRAD: tl.constexpr,
-    UPCAST: tl.constexpr,
-    PRECISION: tl.constexpr,
-    CAST_BF16: tl.constexpr,
-):
-    """One column block, every pair as a negative: S, row sums of r (and of the loss terms), and
-    R·Z_J into dz_acc, or, without the gradient, row sums of r∘S. When D fits one tile, Z_J is
-    loaded once and serves both dots (through tl.trans for S). TAIL masks columns ≥ MC: they
-    load as zero rows of Z_J, so they add nothing to R·Z_J or r∘S, only to the row sums."""
-    col_ok = cols < MC
-    if NUM_K == 1:
-        offs_k = tl.arange(0, BLOCK_K)
-        mask = offs_k[None, :] < D
-        if TAIL:
-            mask = mask & col_ok[:, None]
-        zd = as_operand(
-            tl.load(ZC + cols[:, None] * stride_zc + offs_k[None, :], mask=mask, other=0.0), CAST_BF16, UPCAST
-        )
-        s = tl.dot(zi, tl.trans(zd), input_precision=PRECISION)
-    else:
-        s = similarity_tile(
-            Z, rows, row_ok, stride_z, ZC, cols, col_ok, stride_zc, D,
-            BLOCK_M, BLOCK_N, BLOCK_K, NUM_K, UPCAST, PRECISION, CAST_BF16,
-        )  # fmt: skip
-        offs_do = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
-        mask = col_ok[:, None] & (offs_do[None, :] < D)
-        zd = as_operand(
-            tl.load(ZC + cols[:, None] * stride_zc + offs_do[None, :], mask=mask, other=0.0),
-            CAST_BF16,
-            UPCAST,
-        )
-    x, r = negative_weight(s, t2, b2)
-    if TAIL:
-        r = tl.where(col_ok[None, :], r, 0.0)
-    r_acc += tl.sum(r, axis=1)
-    if COMPUTE_LOSS:
-        terms = softplus2(x, r)
-        if TAIL:
-            terms = tl.where(col_ok[None, :], terms, 0.0)
-        l_acc += tl.sum(terms, axis=1)
-    if COMPUTE_GRAD:
-        dz_acc = tl.dot(dot_weight(r, ZC, CAST_BF16, UPCAST), zd, dz_acc, input_precision=PRECISION)
-    else:
-        gs_acc += tl.sum(r * s, axis=1)
-    return dz_acc, r_acc, l_acc, gs_acc
+
+def _log1m_coefficients(degree: int = 8) -> list[float]:
+    """P with q·P(q) = −log2(1 − q) on [0, 1/2]: Chebyshev interpolation in float64. Degree 8
+    errs by 1.5e-7 relative when evaluated in fp32 (degree 7: 2.7e-7; 9: 1.1e-7)."""
+    f = np.polynomial.Chebyshev.interpolate(
+        lambda q: -np.log1p(-q) / (q * math.log(2)), degree, domain=[0, 0.5]
+    )
+    return [float(c) for c in f.convert(kind=np.polynomial.Polynomial).coef]
+
+
+_P0, _P1, _P2, _P3, _P4, _P5, _P6, _P7, _P8 = (tl.constexpr(c) for c in _log1m_coefficients())
 
 
 @triton.jit
-def _row_dots(
-    Z,
-    rows_a,
-    rows_b,
-    ok,
-    stride_z,
-    D,
-    BLOCK_M: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    NUM_K: tl.constexpr,
-    UPCAST: tl.constexpr,
-    CAST_BF16: tl.constexpr,
-):
-    """⟨z_a, z_b⟩ row by row in fp32, over the operand values the dots saw."""
-    offs_k = tl.arange(0, BLOCK_K)
-    acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    for kb in tl.static_range(NUM_K):
-        ks = kb * BLOCK_K + offs_k
-        mask = ok[:, None] & (ks[None, :] < D)
-        a = tl.load(Z + rows_a[:, None] * stride_z + ks[None, :], mask=mask, other=0.0)
-        b = tl.load(Z + rows_b[:, None] * stride_z + ks[None, :], mask=mask, other=0.0)
-        a = as_operand(a, CAST_BF16, UPCAST).to(tl.float32)
-        b = as_operand(b, CAST_BF16, UPCAST).to(tl.float32)
-        acc += tl.sum(a * b, axis=1)
+def _log1m_poly(q):
+    p = _P7 + q * _P8
+    p = _P6 + q * p
+    p = _P5 + q * p
+    p = _P4 + q * p
+    p = _P3 + q * p
+    p = _P2 + q * p
+    p = _P1 + q * p
+    return _P0 + q * p
+
+
+@triton.jit
+def negative_weight(s, scale2, bias2):
+    """For logits a = logit_scale·s + logit_bias, with scale2 = −logit_scale·log2 e and bias2 =
+    −logit_bias·log2 e: x = −a·log2 e and r = 2¹⁵·σ(a), from one exp2 and one reciprocal.
+    x → ±∞ gives r = 0 or 2¹⁵, never NaN."""
+    x = s * scale2 + bias2
+    r = fast_rcp(tl.exp2(x) * INV_G_SCALE + INV_G_SCALE)
+    return x, r
+
+
+@triton.jit
+def softplus2(x, r):
+    """softplus(a)/ln 2 = max(a·log2 e, 0) + log2(1 + 2^−|a·log2 e|) from x and r (see above).
+    With q = min(σ(a), σ(−a)) ≤ 1/2, the second term is −log2(1 − q) = q·P(q): accurate for the
+    small q of nearly every pair, where a log2 of the rounded 1 − q would keep none of q's digits
+    below 6e-8, and on the FMA units (no MUFU: 8 FFMA for P)."""
+    q = tl.minimum(r, G_SCALE - r) * INV_G_SCALE
+    return tl.maximum(-x, 0.0) + q * _log1m_poly(q)
+
+
+@triton.jit
+def dot_weight(r, ZC, CAST_BF16: tl.constexpr, UPCAST: tl.constexpr):
+    """r as an operand of the gradient dots, rounded to the operand dtype: ZC's, or bf16 with
+    CAST_BF16 (held in fp32 under UPCAST)."""
+    if CAST_BF16 or ZC.dtype.element_ty == tl.bfloat16:
+        w = bf16_values(r, UPCAST)
+    else:
+        w = r.to(ZC.dtype.element_ty)
+    if UPCAST:
+        w = w.to(tl.float32)
+    return w
+
+
+@triton.jit
+def _add_fix(acc, OUT, out_rows, ok, stride_out, coef, Z, src_rows, stride_z, D, gscale,
+             IN_REGISTERS: tl.constexpr, ATOMIC: tl.constexpr, BLOCK_K: tl.constexpr,
+             NUM_K: tl.constexpr, CAST_BF16: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+    """A per-row correction coef·z_src of dZ: into the register accumulator acc (one feature
+    tile), or scaled by gscale into OUT's rows, slice by slice."""
+    coef = tl.where(ok, coef, 0.0)
+    if IN_REGISTERS:
+        offs = tl.arange(0, BLOCK_K)
+        acc += coef[:, None] * load_rows(Z, src_rows, ok, stride_z, offs, D, CAST_BF16, UPCAST).to(tl.float32)
+    else:
+        for kb in range(NUM_K):
+            offs = kb * BLOCK_K + tl.arange(0, BLOCK_K)
+            z = load_rows(Z, src_rows, ok, stride_z, offs, D, CAST_BF16, UPCAST).to(tl.float32)
+            add_rows(OUT, out_rows, ok, stride_out, offs, D, (gscale * coef)[:, None] * z, ATOMIC, False)
     return acc
 
 
 @triton.jit
-def _load_slice(Z, rows, ok, stride_z, offs_do, D, UPCAST: tl.constexpr, CAST_BF16: tl.constexpr):
-    mask = ok[:, None] & (offs_do[None, :] < D)
-    z = tl.load(Z + rows[:, None] * stride_z + offs_do[None, :], mask=mask, other=0.0)
-    return as_operand(z, CAST_BF16, UPCAST).to(tl.float32)
-
-
-@triton.jit
-def _correct_self_pairs(
-    Z,
-    rows,
-    row_ok,
-    stride_z,
-    M,
-    N_PER_VIEW,
-    D,
-    offs_do,
-    t2,
-    b2,
-    dz_acc,
-    r_acc,
-    l_acc,
-    gs_acc,
-    BLOCK_M: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    NUM_K: tl.constexpr,
-    COMPUTE_LOSS: tl.constexpr,
-    COMPUTE_GRAD: tl.constexpr,
-    UPCAST: tl.constexpr,
-    CAST_BF16: tl.constexpr,
-):
-    """The sweep counted i = j and the positives as negatives. The diagonal has no term: remove
-    its weight r_ii, as rounded for the dot, and its softplus(a_ii). A positive's weight is
-    r − 2¹⁵ and its term softplus(−a) = softplus(a) − a: add x_ip = −a·log2 e to the loss, and
-    replace its rounded weight by r − 2¹⁵ in fp32. Subtracting 2¹⁵ from the 16-bit weight instead
-    would leave its rounding error, up to 2⁻⁹·2¹⁵ for bf16, on a weight that tends to 0 as σ → 1."""
-    s_ii = _row_dots(Z, rows, rows, row_ok, stride_z, D, BLOCK_M, BLOCK_K, NUM_K, UPCAST, CAST_BF16)
-    x_ii, r_ii = negative_weight(s_ii, t2, b2)
-    n_views = M // N_PER_VIEW
-    r_acc -= r_ii + (n_views - 1) * G_SCALE
-    if COMPUTE_LOSS:
-        l_acc -= softplus2(x_ii, r_ii)
-    if COMPUTE_GRAD:
-        w_ii = dot_weight(r_ii, Z, CAST_BF16, UPCAST).to(tl.float32)
-        dz_acc -= w_ii[:, None] * _load_slice(Z, rows, row_ok, stride_z, offs_do, D, UPCAST, CAST_BF16)
-    else:
+def _correct_rows(X, Y, DX, DY, rows, row_ok, M, MC, N_PER_VIEW, D, stride_x, stride_y, stride_dx,
+                  stride_dy, scale2, bias2, gscale, dz_acc, l_acc, r_acc, gs_acc,
+                  BLOCK_K: tl.constexpr, NUM_K: tl.constexpr, PAIRS: tl.constexpr,
+                  GRAD_ROWS: tl.constexpr, GRAD_COLS: tl.constexpr, COMPUTE_LOSS: tl.constexpr,
+                  ATOMIC_ROWS: tl.constexpr, CAST_BF16: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+    """The sweep counted every pair as a negative. SELF: i = j has no term (remove its rounded
+    weight r_ii and its softplus). A positive's weight is r − 2¹⁵ and its term softplus(−a) =
+    softplus(a) − a: add x = −a·log2 e to the loss and replace the rounded weight by r − 2¹⁵ in
+    fp32. Subtracting 2¹⁵ from the 16-bit weight instead would leave its rounding error, up to
+    2⁻⁹·2¹⁵ for bf16, on a weight that tends to 0 as σ → 1. TWO_TOWER: the positive is (i, i)."""
+    regs = NUM_K == 1
+    if PAIRS == SELF:
+        s_ii = row_dots(X, X, rows, rows, row_ok, stride_x, stride_x, D, BLOCK_K, NUM_K, CAST_BF16, UPCAST)
+        x_ii, r_ii = negative_weight(s_ii, scale2, bias2)
+        r_acc -= r_ii + (M // N_PER_VIEW - 1) * G_SCALE
         gs_acc -= r_ii * s_ii
-    for view in range(1, n_views):
-        pos = (rows + view * N_PER_VIEW) % M
-        s_ip = _row_dots(Z, rows, pos, row_ok, stride_z, D, BLOCK_M, BLOCK_K, NUM_K, UPCAST, CAST_BF16)
-        x_ip, r_ip = negative_weight(s_ip, t2, b2)
         if COMPUTE_LOSS:
-            l_acc += x_ip
-        if COMPUTE_GRAD:
-            fix = r_ip - dot_weight(r_ip, Z, CAST_BF16, UPCAST).to(tl.float32) - G_SCALE
-            dz_acc += fix[:, None] * _load_slice(Z, pos, row_ok, stride_z, offs_do, D, UPCAST, CAST_BF16)
-        else:
+            l_acc -= softplus2(x_ii, r_ii)
+        if GRAD_ROWS:
+            w_ii = dot_weight(r_ii, X, CAST_BF16, UPCAST).to(tl.float32)
+            dz_acc = _add_fix(dz_acc, DX, rows, row_ok, stride_dx, -w_ii, X, rows, stride_x, D, gscale,
+                              regs, ATOMIC_ROWS, BLOCK_K, NUM_K, CAST_BF16, UPCAST)  # fmt: skip
+        for view in range(1, M // N_PER_VIEW):
+            pos = (rows + view * N_PER_VIEW) % M
+            s_ip = row_dots(X, X, rows, pos, row_ok, stride_x, stride_x, D, BLOCK_K, NUM_K, CAST_BF16, UPCAST)
+            x_ip, r_ip = negative_weight(s_ip, scale2, bias2)
             gs_acc -= G_SCALE * s_ip
-    return dz_acc, r_acc, l_acc, gs_acc
+            if COMPUTE_LOSS:
+                l_acc += x_ip
+            if GRAD_ROWS:
+                fix = r_ip - dot_weight(r_ip, X, CAST_BF16, UPCAST).to(tl.float32) - G_SCALE
+                dz_acc = _add_fix(dz_acc, DX, rows, row_ok, stride_dx, fix, X, pos, stride_x, D, gscale,
+                                  regs, ATOMIC_ROWS, BLOCK_K, NUM_K, CAST_BF16, UPCAST)  # fmt: skip
+    else:  # TWO_TOWER
+        ok = row_ok & (rows < MC)
+        s_ii = row_dots(X, Y, rows, rows, ok, stride_x, stride_y, D, BLOCK_K, NUM_K, CAST_BF16, UPCAST)
+        x_ii, r_ii = negative_weight(s_ii, scale2, bias2)
+        r_acc -= tl.where(ok, G_SCALE, 0.0)
+        gs_acc -= G_SCALE * s_ii
+        if COMPUTE_LOSS:
+            l_acc += tl.where(ok, x_ii, 0.0)
+        fix = r_ii - dot_weight(r_ii, Y, CAST_BF16, UPCAST).to(tl.float32) - G_SCALE
+        if GRAD_ROWS:
+            dz_acc = _add_fix(dz_acc, DX, rows, ok, stride_dx, fix, Y, rows, stride_y, D, gscale,
+                              regs, ATOMIC_ROWS, BLOCK_K, NUM_K, CAST_BF16, UPCAST)  # fmt: skip
+        if GRAD_COLS:
+            _add_fix(dz_acc, DY, rows, ok, stride_dy, fix, X, rows, stride_x, D, gscale,
+                     False, True, BLOCK_K, NUM_K, CAST_BF16, UPCAST)  # fmt: skip
+    return dz_acc, l_acc, r_acc, gs_acc
 
 
 @triton.jit
-def _sigmoid_pairwise_kernel(
-    Z,  # (M, D) normalised anchor rows, view-major; any of fp32/fp16/bf16
-    ZC,  # (MC, D) normalised columns: Z itself, or another rank's rows (same dtype)
-    DZ,  # (M, D) out: ∂L/∂Z (not yet scaled by grad_output); fp32 and added to with ACCUMULATE
-    ROWSUM,  # (3, M) fp32, zeroed: per-row sums of loss terms, of G and of G∘S are added to it
-    T,  # pointer to the temperature (fp32 scalar)
-    B,  # pointer to the bias (fp32 scalar)
+def _tile(X, Y, DX, DY, zi, rows, row_ok, j, MC, D, stride_x, stride_y, stride_dx,
+          stride_dy, scale2, bias2, gscale, dz_acc, l_acc, r_acc, gs_acc,
+          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_K: tl.constexpr,
+          BLOCK_DO: tl.constexpr, WEIGHT: tl.constexpr, TAIL: tl.constexpr, GRAD_ROWS: tl.constexpr,
+          COL_SIDE: tl.constexpr,
+          COMPUTE_LOSS: tl.constexpr, ATOMIC_ROWS: tl.constexpr, INT64: tl.constexpr,
+          UPCAST: tl.constexpr, PRECISION: tl.constexpr, CAST_BF16: tl.constexpr):  # fmt: skip
+    """One tile: S = Z_I Z_Jᵀ once, r and (on logging steps) the softplus terms once, then
+    G·Z_J into the rows of I and, COL_SIDE, Gᵀ·Z_I into the rows of J. WEIGHT: how many ordered
+    pairs each element stands for in the sums (2 off the diagonal of the symmetric schedule).
+    Up to one feature tile, Z_J is loaded once for both dots and dZ_I stays in dz_acc; wider
+    rows add each BLOCK_DO-wide slice of both products to memory, over the one G (S is never
+    recomputed). 64-wide slices: 128 at D = 256 took 255 registers and spilled 1.1 KB per thread
+    (128×128 tiles, 8 warps, sm_90, triton 3.6).
+    TAIL masks columns ≥ MC: they load as zero rows, so they only reach the row sums. Rows ≥ M
+    need no mask: zero too, they reach only their own row sums, which the sweep drops."""
+    cols = j * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < MC
+    if INT64:
+        cols = cols.to(tl.int64)
+    offs = tl.arange(0, BLOCK_K)
+    zj = cols  # only read when NUM_K == 1
+    if NUM_K == 1:
+        zj = load_rows(Y, cols, col_ok, stride_y, offs, D, CAST_BF16, UPCAST)
+        s = tl.dot(zi, tl.trans(zj), input_precision=PRECISION)
+    else:
+        s = similarity_tile(
+            X, rows, row_ok, stride_x, Y, cols, col_ok, stride_y, D,
+            BLOCK_M, BLOCK_N, BLOCK_K, NUM_K, UPCAST, PRECISION, CAST_BF16,
+        )  # fmt: skip
+    x, r = negative_weight(s, scale2, bias2)
+    if TAIL:
+        r = tl.where(col_ok[None, :], r, 0.0)
+    r_acc += WEIGHT * tl.sum(r, axis=1)
+    gs_acc += WEIGHT * tl.sum(r * s, axis=1)
+    if COMPUTE_LOSS:
+        terms = softplus2(x, r)
+        if TAIL:
+            terms = tl.where(col_ok[None, :], terms, 0.0)
+        l_acc += WEIGHT * tl.sum(terms, axis=1)
+    w = dot_weight(r, Y, CAST_BF16, UPCAST)
+    if NUM_K == 1:
+        if GRAD_ROWS:
+            dz_acc = tl.dot(w, zj, dz_acc, input_precision=PRECISION)
+        if COL_SIDE:
+            dcol = tl.dot(tl.trans(w), zi, input_precision=PRECISION)
+            add_rows(DY, cols, col_ok, stride_dy, offs, D, dcol * gscale, True, False)
+    else:
+        for k in range(0, D, BLOCK_DO):
+            ks = k + tl.arange(0, BLOCK_DO)
+            if GRAD_ROWS:
+                zj_slice = load_rows(Y, cols, col_ok, stride_y, ks, D, CAST_BF16, UPCAST)
+                part = tl.dot(w, zj_slice, input_precision=PRECISION)
+                add_rows(DX, rows, row_ok, stride_dx, ks, D, part * gscale, ATOMIC_ROWS, False)
+            if COL_SIDE:
+                zs = load_rows(X, rows, row_ok, stride_x, ks, D, CAST_BF16, UPCAST)
+                dcol = tl.dot(tl.trans(w), zs, input_precision=PRECISION)
+                add_rows(DY, cols, col_ok, stride_dy, ks, D, dcol * gscale, True, False)
+    return dz_acc, l_acc, r_acc, gs_acc
+
+
+@triton.jit
+def _sweep(X, Y, DX, DY, i, j_lo, j_hi, correct, M, MC, N_PER_VIEW, D, stride_x, stride_y, stride_dx,
+           stride_dy, scale2, bias2, gscale,
+           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_K: tl.constexpr,
+           BLOCK_DO: tl.constexpr, PAIRS: tl.constexpr, SYMMETRIC: tl.constexpr, GRAD_ROWS: tl.constexpr,
+           GRAD_COLS: tl.constexpr, COMPUTE_LOSS: tl.constexpr, ATOMIC_ROWS: tl.constexpr,
+           INT64: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+           CAST_BF16: tl.constexpr):  # fmt: skip
+    """Row block i against column tiles j_lo..j_hi−1, then (correct) its rows' corrections, then
+    its dZ out of registers. Returns the sums of loss terms, of r and of r·s of its rows."""
+    rows = i * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    if INT64:
+        rows = rows.to(tl.int64)
+    offs = tl.arange(0, BLOCK_K)
+    zi = rows  # only read when NUM_K == 1
+    if NUM_K == 1:
+        zi = load_rows(X, rows, row_ok, stride_x, offs, D, CAST_BF16, UPCAST)
+    dz_acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+    l_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    r_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    gs_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    if SYMMETRIC:  # noqa: SIM102
+        # The diagonal tile holds both orders of its pairs: counted once, no transposed product.
+        if (j_lo == i) & (j_hi > j_lo):  # masked as a tail: one tile per row block
+            dz_acc, l_acc, r_acc, gs_acc = _tile(
+                X, Y, DX, DY, zi, rows, row_ok, i, MC, D, stride_x, stride_y, stride_dx, stride_dy,
+                scale2, bias2, gscale, dz_acc, l_acc, r_acc, gs_acc, BLOCK_M, BLOCK_N, BLOCK_K, NUM_K,
+                BLOCK_DO, 1.0, True, GRAD_ROWS, False, COMPUTE_LOSS, ATOMIC_ROWS, INT64, UPCAST, PRECISION,
+                CAST_BF16,
+            )  # fmt: skip
+            j_lo += 1
+    weight: tl.constexpr = 2.0 if SYMMETRIC else 1.0
+    col_side: tl.constexpr = (SYMMETRIC and GRAD_ROWS) or GRAD_COLS
+    tail = MC // BLOCK_N  # the column tile that ends at MC, when MC is not a multiple of BLOCK_N
+    for j in range(j_lo, tl.minimum(j_hi, tail)):
+        dz_acc, l_acc, r_acc, gs_acc = _tile(
+            X, Y, DX, DY, zi, rows, row_ok, j, MC, D, stride_x, stride_y, stride_dx, stride_dy,
+            scale2, bias2, gscale, dz_acc, l_acc, r_acc, gs_acc, BLOCK_M, BLOCK_N, BLOCK_K, NUM_K,
+            BLOCK_DO, weight, False, GRAD_ROWS, col_side, COMPUTE_LOSS, ATOMIC_ROWS, INT64, UPCAST, PRECISION,
+            CAST_BF16,
+        )  # fmt: skip
+    if (tail >= j_lo) & (tail < j_hi):
+        dz_acc, l_acc, r_acc, gs_acc = _tile(
+            X, Y, DX, DY, zi, rows, row_ok, tail, MC, D, stride_x, stride_y, stride_dx, stride_dy,
+            scale2, bias2, gscale, dz_acc, l_acc, r_acc, gs_acc, BLOCK_M, BLOCK_N, BLOCK_K, NUM_K,
+            BLOCK_DO, weight, True, GRAD_ROWS, col_side, COMPUTE_LOSS, ATOMIC_ROWS, INT64, UPCAST, PRECISION,
+            CAST_BF16,
+        )  # fmt: skip
+    if PAIRS != CROSS:  # noqa: SIM102
+        if correct:
+            dz_acc, l_acc, r_acc, gs_acc = _correct_rows(
+                X, Y, DX, DY, rows, row_ok, M, MC, N_PER_VIEW, D, stride_x, stride_y, stride_dx,
+                stride_dy, scale2, bias2, gscale, dz_acc, l_acc, r_acc, gs_acc, BLOCK_K, NUM_K, PAIRS,
+                GRAD_ROWS, GRAD_COLS, COMPUTE_LOSS, ATOMIC_ROWS, CAST_BF16, UPCAST,
+            )  # fmt: skip
+    if NUM_K == 1 and GRAD_ROWS:
+        # Without atomics the program owns its slot's rows alone: one plain store.
+        add_rows(DX, rows, row_ok, stride_dx, offs, D, dz_acc * gscale, ATOMIC_ROWS, not ATOMIC_ROWS)
+    zero = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    return (
+        tl.sum(tl.where(row_ok, l_acc, zero), axis=0),
+        tl.sum(tl.where(row_ok, r_acc, zero), axis=0),
+        tl.sum(tl.where(row_ok, gs_acc, zero), axis=0),
+    )
+
+
+@triton.jit
+def _sigmoid_block_kernel(
+    X,  # (M, D) normalised rows; fp32, fp16 or bf16
+    Y,  # (MC, D) normalised columns, X's dtype: X itself (SELF), another rank's rows, or the texts
+    DX,  # fp32 ∂L/∂X: (M, D) zeroed, added to atomically (ATOMIC_ROWS), else one (M, D) slot per column range
+    DY,  # fp32 (MC, D) ∂L/∂Y, zeroed, added to atomically (SELF's symmetric schedule: DX itself)
+    PARTIALS,  # (programs, 3) fp32 out: each program's sums of loss terms, of G and of G∘S
+    LOGIT_SCALE,  # pointer to the fp32 logit scale
+    LOGIT_BIAS,  # pointer to the fp32 logit bias
     M,
     MC,
     N_PER_VIEW,
     D,
-    stride_z,
-    stride_zc,
-    stride_dz,
-    COL_SPLITS,  # column ranges requested on grid axis 1 (the grid drops empty ones)
-    INV_M,  # 1 / (rows of the whole batch): 1/M here, 1/(world·M) for a distributed block
+    stride_x,
+    stride_y,
+    stride_dx,
+    stride_dy,
+    INV_M,  # 1 / (rows of the whole batch): 1/M, or 1/(world·M) for a block of a distributed batch
     BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,  # feature tile for S = Z_I Z_Jᵀ
+    BLOCK_N: tl.constexpr,  # = BLOCK_M in the symmetric schedule
+    BLOCK_K: tl.constexpr,  # feature tile
     NUM_K: tl.constexpr,  # ceil(D / BLOCK_K)
-    BLOCK_DO: tl.constexpr,  # feature slice of dZ owned by this program (grid axis 2): BLOCK_K
-    SELF_BLOCK: tl.constexpr,  # columns are the anchors: no i = j term, positives at i ≡ j (mod N)
+    BLOCK_DO: tl.constexpr,  # slices of dZ when NUM_K > 1 (see _tile)
+    PAIRS: tl.constexpr,  # SELF, CROSS or TWO_TOWER
+    SYMMETRIC: tl.constexpr,  # SELF on tiles j ≥ i only (else every ordered tile)
+    GRAD_ROWS: tl.constexpr,
+    GRAD_COLS: tl.constexpr,  # TWO_TOWER's ∂L/∂Y
     COMPUTE_LOSS: tl.constexpr,
-    COMPUTE_GRAD: tl.constexpr,
-    ACCUMULATE: tl.constexpr,  # several column ranges add into DZ (atomically)
-    UPCAST: tl.constexpr,  # interpreter only: 16-bit operands held in fp32 (see _dot_flags)
+    ATOMIC_ROWS: tl.constexpr,  # False: deterministic, partials reduced by the launcher in a fixed order
+    INT64: tl.constexpr,  # 64-bit offsets (an offset can pass 2³¹)
+    UPCAST: tl.constexpr,  # interpreter only: 16-bit operands held in fp32
     PRECISION: tl.constexpr,  # "ieee" or "tf32" for fp32 operands (ignored for 16-bit ones)
     CAST_BF16: tl.constexpr,  # fp32 inputs rounded to bf16 operands (tensor cores at bf16 rate)
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    pid_d = tl.program_id(2)
-    t = tl.load(T).to(tl.float32)
-    t2 = -t * LOG2E
-    b2 = -tl.load(B).to(tl.float32) * LOG2E
-
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < M
-    offs_do = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
-    zi = rows  # only read when NUM_K == 1
-    if NUM_K == 1:
-        offs_k = tl.arange(0, BLOCK_K)
-        zi = tl.load(
-            Z + rows[:, None] * stride_z + offs_k[None, :],
-            mask=row_ok[:, None] & (offs_k[None, :] < D),
-            other=0.0,
-        )
-        zi = as_operand(zi, CAST_BF16, UPCAST)
-
-    dz_acc = tl.zeros((BLOCK_M, BLOCK_DO), dtype=tl.float32)
-    r_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    l_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    gs_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
-
-    # Column range of this program: whole blocks, so only the block that ends at MC is masked.
-    span = tl.cdiv(tl.cdiv(MC, BLOCK_N), COL_SPLITS) * BLOCK_N
-    lo = pid_n * span
-    hi = tl.minimum(lo + span, MC)
-    full = lo + (hi - lo) // BLOCK_N * BLOCK_N
-    for start in range(lo, full, BLOCK_N):
-        dz_acc, r_acc, l_acc, gs_acc = _sweep_block(
-            Z, ZC, zi, rows, row_ok, start + tl.arange(0, BLOCK_N), stride_z, stride_zc, MC, D, pid_d, t2, b2,
-            dz_acc, r_acc, l_acc, gs_acc, BLOCK_M, BLOCK_N, BLOCK_K, NUM_K, BLOCK_DO,
-            False, COMPUTE_LOSS, COMPUTE_GRAD, UPCAST, PRECISION, CAST_BF16,
-        )  # fmt: skip
-    if full < hi:
-        dz_acc, r_acc, l_acc, gs_acc = _sweep_block(
-            Z, ZC, zi, rows, row_ok, full + tl.arange(0, BLOCK_N), stride_z, stride_zc, MC, D, pid_d, t2, b2,
-            dz_acc, r_acc, l_acc, gs_acc, BLOCK_M, BLOCK_N, BLOCK_K, NUM_K, BLOCK_DO,
-            True, COMPUTE_LOSS, COMPUTE_GRAD, UPCAST, PRECISION, CAST_BF16,
-        )  # fmt: skip
-
-    # Nested: SELF_BLOCK is decided at compile time, pid_n at run time.
-    if SELF_BLOCK:  # noqa: SIM102
-        if pid_n == 0:
-            dz_acc, r_acc, l_acc, gs_acc = _correct_self_pairs(
-                Z, rows, row_ok, stride_z, M, N_PER_VIEW, D, offs_do, t2, b2, dz_acc, r_acc, l_acc, gs_acc,
-                BLOCK_M, BLOCK_K, NUM_K, COMPUTE_LOSS, COMPUTE_GRAD, UPCAST, CAST_BF16,
-            )  # fmt: skip
-    _write_out(
-        Z, DZ, ROWSUM, rows, row_ok, offs_do, stride_z, stride_dz, M, D, pid_d, t, INV_M,
-        dz_acc, r_acc, l_acc, gs_acc, COMPUTE_LOSS, COMPUTE_GRAD, ACCUMULATE, UPCAST, CAST_BF16,
+    """Grid: (row units, column ranges). A row unit is one row block's sweep over its column
+    tiles, or, SYMMETRIC, row blocks u and nb−1−u over their tiles j ≥ i: nb + 1 tiles for every
+    unit. Each program takes an equal contiguous range of its unit's tiles."""
+    pid_u = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    n_s = tl.num_programs(1)
+    logit_scale = tl.load(LOGIT_SCALE).to(tl.float32)
+    scale2 = -logit_scale * LOG2E
+    bias2 = -tl.load(LOGIT_BIAS).to(tl.float32) * LOG2E
+    # ∂L/∂ẑ_i = logit_scale·Σ_j (g_ij + g_ji)·ẑ_j = 2·logit_scale·Σ_j g_ij ẑ_j when g is symmetric.
+    gscale = (1.0 if PAIRS == TWO_TOWER else 2.0) * logit_scale * INV_M * INV_G_SCALE
+    if not ATOMIC_ROWS:
+        slot = pid_s.to(tl.int64) if INT64 else pid_s
+        DX += slot * M * stride_dx
+    nb = tl.cdiv(M, BLOCK_M)
+    length = nb + 1 if SYMMETRIC else tl.cdiv(MC, BLOCK_N)
+    span = tl.cdiv(length, n_s)
+    k0 = pid_s * span
+    k1 = tl.minimum(k0 + span, length)
+    first = nb - pid_u if SYMMETRIC else length  # tiles of the unit's first row block
+    j0 = pid_u if SYMMETRIC else 0
+    l_sum, r_sum, gs_sum = _sweep(
+        X, Y, DX, DY, pid_u, j0 + k0, j0 + tl.minimum(k1, first), k0 == 0, M, MC, N_PER_VIEW, D,
+        stride_x, stride_y, stride_dx, stride_dy, scale2, bias2, gscale, BLOCK_M, BLOCK_N, BLOCK_K,
+        NUM_K, BLOCK_DO, PAIRS, SYMMETRIC, GRAD_ROWS, GRAD_COLS, COMPUTE_LOSS, ATOMIC_ROWS, INT64, UPCAST,
+        PRECISION, CAST_BF16,
     )  # fmt: skip
-
-
-@triton.jit
-def _write_out(
-    Z,
-    DZ,
-    ROWSUM,
-    rows,
-    row_ok,
-    offs_do,
-    stride_z,
-    stride_dz,
-    M,
-    D,
-    pid_d,
-    t,
-    INV_M,
-    dz_acc,
-    r_acc,
-    l_acc,
-    gs_acc,
-    COMPUTE_LOSS: tl.constexpr,
-    COMPUTE_GRAD: tl.constexpr,
-    ACCUMULATE: tl.constexpr,
-    UPCAST: tl.constexpr,
-    CAST_BF16: tl.constexpr,
-):
-    """dZ_I = 2t·(GZ)_I, and the row sums, with G = r/(2¹⁵·M): ∂L/∂ẑ_i = t·Σ_j (g_ij + g_ji) ẑ_j
-    = 2t·Σ_j g_ij ẑ_j since g is symmetric, so the rows of one rank need only their own rows of
-    G, whoever holds the columns; and Σ_j g_ij s_ij = ⟨ẑ_i, (GZ)_i⟩ summed over feature slices."""
-    scale = INV_M * INV_G_SCALE
-    if COMPUTE_GRAD:
-        out = dz_acc * (2.0 * t * scale)
-        mask = row_ok[:, None] & (offs_do[None, :] < D)
-        ptrs = DZ + rows[:, None] * stride_dz + offs_do[None, :]
-        if ACCUMULATE:
-            tl.atomic_add(ptrs, out, mask=mask, sem="relaxed")
-        elif DZ.dtype.element_ty == tl.bfloat16:
-            tl.store(ptrs, bf16_values(out, UPCAST).to(tl.bfloat16), mask=mask)
-        else:
-            tl.store(ptrs, out.to(DZ.dtype.element_ty), mask=mask)
-        zi = _load_slice(Z, rows, row_ok, stride_z, offs_do, D, UPCAST, CAST_BF16)
-        gs_acc = tl.sum(zi * dz_acc, axis=1)
-    # Per-row rather than per-block sums: the buffer's shape must not depend on the autotuned
-    # BLOCK_M. Every feature slice adds its share of ⟨ẑ_i, (GZ)_i⟩; slice 0 adds the rest.
-    tl.atomic_add(ROWSUM + 2 * M + rows, gs_acc * scale, mask=row_ok, sem="relaxed")
-    if pid_d == 0:
-        tl.atomic_add(ROWSUM + M + rows, r_acc * scale, mask=row_ok, sem="relaxed")
-        if COMPUTE_LOSS:
-            tl.atomic_add(ROWSUM + rows, l_acc * (INV_M * LN2), mask=row_ok, sem="relaxed")
+    if SYMMETRIC:
+        i = nb - 1 - pid_u
+        lo = tl.maximum(k0, first) - first
+        hi = k1 - first
+        if (i > pid_u) and (hi > lo):
+            l2, r2, gs2 = _sweep(
+                X, Y, DX, DY, i, i + lo, i + hi, lo == 0, M, MC, N_PER_VIEW, D, stride_x, stride_y,
+                stride_dx, stride_dy, scale2, bias2, gscale, BLOCK_M, BLOCK_N, BLOCK_K, NUM_K, BLOCK_DO,
+                PAIRS, SYMMETRIC, GRAD_ROWS, GRAD_COLS, COMPUTE_LOSS, ATOMIC_ROWS, INT64, UPCAST, PRECISION,
+                CAST_BF16,
+            )  # fmt: skip
+            l_sum += l2
+            r_sum += r2
+            gs_sum += gs2
+    out = PARTIALS + (pid_u * n_s + pid_s) * 3
+    tl.store(out, l_sum * (INV_M * LN2))
+    tl.store(out + 1, r_sum * (INV_M * INV_G_SCALE))
+    tl.store(out + 2, gs_sum * (INV_M * INV_G_SCALE))

@@ -1,5 +1,6 @@
 """Tile helpers shared by the contrastive kernels, and the description of a compile case."""
 
+import functools
 import os
 from dataclasses import dataclass, field
 
@@ -93,6 +94,41 @@ def similarity_tile(
     return s
 
 
+@triton.jit
+def load_rows(Z, rows, ok, stride, offs, D, CAST_BF16: tl.constexpr, UPCAST: tl.constexpr):
+    """Rows of Z at the features offs, masked rows and features as 0, as a dot operand."""
+    mask = ok[:, None] & (offs[None, :] < D)
+    z = tl.load(Z + rows[:, None] * stride + offs[None, :], mask=mask, other=0.0)
+    return as_operand(z, CAST_BF16, UPCAST)
+
+
+@triton.jit
+def add_rows(OUT, rows, ok, stride, offs, D, value, ATOMIC: tl.constexpr, STORE: tl.constexpr):
+    """OUT[rows, offs] += value: atomically (other programs add to the same rows), by a plain
+    read-modify-write (rows this program alone adds to), or, STORE, as its only writer."""
+    mask = ok[:, None] & (offs[None, :] < D)
+    ptrs = OUT + rows[:, None] * stride + offs[None, :]
+    if ATOMIC:
+        tl.atomic_add(ptrs, value, mask=mask, sem="relaxed")
+    elif STORE:
+        tl.store(ptrs, value, mask=mask)
+    else:
+        tl.store(ptrs, tl.load(ptrs, mask=mask, other=0.0) + value, mask=mask)
+
+
+@triton.jit
+def row_dots(X, Y, rows_a, rows_b, ok, stride_a, stride_b, D, BLOCK_K: tl.constexpr,
+              NUM_K: tl.constexpr, CAST_BF16: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+    """⟨x_a, y_b⟩ row by row in fp32, over the operand values the dots saw."""
+    acc = tl.zeros(rows_a.shape, dtype=tl.float32)
+    for kb in tl.static_range(NUM_K):
+        ks = kb * BLOCK_K + tl.arange(0, BLOCK_K)
+        a = load_rows(X, rows_a, ok, stride_a, ks, D, CAST_BF16, UPCAST).to(tl.float32)
+        b = load_rows(Y, rows_b, ok, stride_b, ks, D, CAST_BF16, UPCAST).to(tl.float32)
+        acc += tl.sum(a * b, axis=1)
+    return acc
+
+
 def dot_settings(dtype: torch.dtype) -> dict:
     """UPCAST (the interpreter's bf16 tl.dot is wrong, so it computes in fp32 there) and PRECISION
     (fp32 operands follow torch.backends.cuda.matmul.allow_tf32, like torch's own matmuls)."""
@@ -104,6 +140,92 @@ def feature_tiling(d: int, max_block: int = 256) -> tuple[int, int]:
     """(BLOCK_K, NUM_K) for D features: one power-of-two tile up to max_block, else several."""
     block_k = min(triton.next_power_of_2(max(d, 16)), max_block)
     return block_k, triton.cdiv(d, block_k)
+
+
+INT32_MAX = 2**31 - 1
+# Hopper's SMs (H100 SXM and H200): what a schedule fills when no GPU is there to ask.
+H100_SMS = 132
+WAVE_TARGET = 0.9
+
+
+def needs_int64(tensors: list[torch.Tensor], *extents: int) -> bool:
+    """Whether a kernel's element offsets can pass 2³¹ − 1, where 32-bit offsets (triton's
+    default for integer arguments and aranges) overflow silently: the furthest element any 2-D
+    operand reaches, (rows − 1)·stride(0) + (cols − 1)·stride(1), or any other extent (e.g. the
+    slots of a partial-sum buffer). Reads only shapes and strides: meta tensors and strided views
+    test it at the boundary without memory."""
+    furthest = [(t.shape[0] - 1) * t.stride(0) + (t.shape[1] - 1) * t.stride(1) for t in tensors if t.numel()]
+    return max([*furthest, *(e - 1 for e in extents)], default=0) > INT32_MAX
+
+
+def wave_efficiency(tiles: int, programs: int, tiles_per_program: int, sms: int) -> float:
+    """Work done over work the GPU could do in the waves a grid takes: ``programs`` programs of at
+    most ``tiles_per_program`` tiles, ``sms`` at a time, ``tiles`` tiles in all."""
+    waves = -(-programs // sms)
+    return tiles / (waves * sms * tiles_per_program)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one launch covers its tiles: the symmetric schedule or every ordered tile, square
+    tiles of ``block`` rows, ``programs`` column ranges per row unit, and the launch
+    configuration. Deterministic runs record it (``dataclasses.asdict``) so a resumed run
+    reduces in the same order."""
+
+    symmetric: bool
+    block_m: int
+    block_n: int
+    programs: int
+    num_warps: int
+    num_stages: int
+
+
+def schedule_units(m: int, mc: int, block_m: int, symmetric: bool, block_n: int = 0) -> tuple[int, int, int]:
+    """(row units, tiles per unit, tiles in all) of a schedule."""
+    nb, nbc = triton.cdiv(m, block_m), triton.cdiv(mc, block_n or block_m)
+    if symmetric:
+        return (nb + 1) // 2, nb + 1, nb * (nb + 1) // 2
+    return nb, nbc, nb * nbc
+
+
+def launch_config(block: int) -> tuple[int, int]:
+    """(warps, stages) of a square tile of ``block`` rows."""
+    # 4 warps per 64 rows: a 128×128 fp32 accumulator over 128 threads spilled 1.5-1.8 KB per
+    # thread at D = 128 (sm_90, triton 3.6). 2 stages kept 128-row tiles at 80 KiB at D = 128.
+    return (8, 2) if block == 128 else (4, 3)
+
+
+@functools.lru_cache(maxsize=256)
+def plan_schedule(
+    m: int, mc: int, *, symmetric_ok: bool, sms: int = H100_SMS, blocks: tuple[int, ...] = (128, 64)
+) -> Plan:
+    """Of the schedules with ≥ WAVE_TARGET wave efficiency (all if none), the one with the
+    shortest modelled time on ``sms`` SMs, one program each at a time:
+    waves × tiles per program × tile cost, a symmetric tile costing 1.5 (three dots against two;
+    its special functions serve two ordered tiles) and a 64-row tile 1.25/4 of a 128-row one
+    (half the rows per wgmma issue). Its wave efficiency is ≥ 90% for 2N from 1,024 to 65,536
+    (docs/design.md §3.4)."""
+    best = None
+    for symmetric in (True, False) if symmetric_ok else (False,):
+        for block in blocks:
+            units, length, tiles = schedule_units(m, mc, block, symmetric)
+            for programs in range(1, length + 1):
+                span = triton.cdiv(length, programs)
+                if programs > 1 and triton.cdiv(length, programs - 1) == span:
+                    continue  # the same ranges with an empty program
+                waves = triton.cdiv(units * programs, sms)
+                cost = waves * span * (1.5 if symmetric else 1.0) * (1.0 if block == 128 else 1.25 / 4)
+                efficient = wave_efficiency(tiles, units * programs, span, sms) >= WAVE_TARGET
+                key = (not efficient, cost, units * programs)
+                if best is None or key < best[0]:
+                    best = (key, Plan(symmetric, block, block, programs, *launch_config(block)))
+    return best[1]
+
+
+def schedule_efficiency(m: int, mc: int, plan: Plan, sms: int = H100_SMS) -> float:
+    """Wave efficiency of a plan: its tiles over the tile slots of the waves it takes."""
+    units, length, tiles = schedule_units(m, mc, plan.block_m, plan.symmetric)
+    return wave_efficiency(tiles, units * plan.programs, triton.cdiv(length, plan.programs), sms)
 
 
 def select_configs(measured: list[tuple[object, int, int, int]], max_shared: int, min_rows: int = 1) -> list:

@@ -9,7 +9,7 @@ import torch
 from helpers import KERNEL_DEVICE
 
 from fastsigclr.data.augment import augment_reference, gaussian_blur
-from fastsigclr.data.gpu_loader import GpuLoader, normalized
+from fastsigclr.data.gpu_loader import KERNEL_COLUMNS, GpuLoader, normalized
 from fastsigclr.data.plan import AugmentSpec, Col, sample_params
 from fastsigclr.kernels import two_view_augment
 
@@ -40,12 +40,16 @@ def test_kernel_matches_reference(h, w, size, batch):
     params[:, :, Col.SOLAR] = (torch.rand(2, batch, generator=gen) < 0.5).float()  # exercise solarisation
     ref = augment_reference(data[index], params, spec)
     dev = KERNEL_DEVICE
-    out = two_view_augment(data.to(dev), index.to(dev), params.to(dev), size, MEAN, STD, torch.float32)
+    out = two_view_augment(
+        data.to(dev), index.to(dev), params.to(dev), size, MEAN, STD, torch.float32, columns=KERNEL_COLUMNS
+    )
     assert out.shape == ref.shape == (2 * batch, 3, size, size)
     assert out.is_contiguous(memory_format=torch.channels_last)
     # Same arithmetic in the same order; measured ≤ 2e-6 (fp32 rounding of sums of four taps).
     assert (out.cpu() - ref).abs().max().item() < 1e-5
-    half = two_view_augment(data.to(dev), index.to(dev), params.to(dev), size, MEAN, STD, torch.bfloat16)
+    half = two_view_augment(
+        data.to(dev), index.to(dev), params.to(dev), size, MEAN, STD, torch.bfloat16, columns=KERNEL_COLUMNS
+    )
     assert half.dtype == torch.bfloat16 and half.is_contiguous(memory_format=torch.channels_last)
     # bf16 keeps 8 significant bits: |x| ≤ 4.2 here, and the interpreter truncates (2⁻⁷ relative).
     assert (half.cpu().float() - ref).abs().max().item() < 4.2 * 2**-7
@@ -58,7 +62,14 @@ def test_identity_parameters_reproduce_the_image():
     expected = normalized(data, MEAN, STD, torch.float32)
     assert torch.allclose(out[:4], expected, atol=1e-5) and torch.allclose(out[4:], expected, atol=1e-5)
     kernel = two_view_augment(
-        data, torch.arange(4), identity_params(2, 4, 32, 32), 32, MEAN, STD, torch.float32
+        data,
+        torch.arange(4),
+        identity_params(2, 4, 32, 32),
+        32,
+        MEAN,
+        STD,
+        torch.float32,
+        columns=KERNEL_COLUMNS,
     )
     assert torch.allclose(kernel[:4], expected, atol=1e-5)
 
@@ -232,3 +243,10 @@ def test_third_view_takes_a_different_weak_transform():
     p = sample_params(spec, 4000, 32, 32, torch.Generator().manual_seed(0))
     assert (p[2, :, Col.BRIGHT] == 1).all() and (p[2, :, Col.GRAY] == 0).all()
     assert (p[2, :, Col.H] * p[2, :, Col.W] / 1024).min() >= 0.19  # crop scale from 0.2 (integer sides)
+
+
+def test_kernel_names_each_column_it_needs():
+    params = torch.zeros(2, 1, 12)
+    with pytest.raises(ValueError, match="solar"):
+        two_view_augment(images(1, 8, 8), torch.arange(1), params, 8, MEAN, STD, torch.float32,
+                         columns={k: v for k, v in KERNEL_COLUMNS.items() if k != "solar"})  # fmt: skip

@@ -42,7 +42,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 from triton.runtime.jit import MockTensor, create_function_from_signature
 
-from fastsigclr.kernels import augment, ntxent, sigmoid_tuning
+from fastsigclr.kernels import augment, ntxent, sigmoid
 from fastsigclr.kernels.tiles import CompileCase, select_configs
 
 # Shared memory one block may opt in to on an H100/H200 (sm_90): 227 KiB.
@@ -52,7 +52,7 @@ GROUP = ("kernel", "variant", "dtype", "D")  # the rows one autotuner chooses am
 
 
 def all_cases(quick: bool) -> list[CompileCase]:
-    return [*sigmoid_tuning.compile_cases(quick), *ntxent.compile_cases(quick), *augment.compile_cases(quick)]
+    return [*sigmoid.compile_cases(quick), *ntxent.compile_cases(quick), *augment.compile_cases(quick)]
 
 
 def specialise(case: CompileCase, backend) -> tuple[ASTSource, dict]:

@@ -17,6 +17,9 @@ from fastsigclr.data.augment import augment_reference, finish, gaussian_blur
 from fastsigclr.data.base import LoaderBase
 from fastsigclr.data.plan import AugmentSpec, Col
 
+# The parameter table's columns by name, as the augmentation kernel reads them.
+KERNEL_COLUMNS = {col.name.lower(): int(col) for col in Col}
+
 
 def augment_batch(
     images: torch.Tensor,
@@ -32,10 +35,22 @@ def augment_batch(
     from fastsigclr.kernels import two_view_augment
 
     if not spec.uses_blur:
-        return two_view_augment(images, index, params, spec.size, spec.mean, spec.std, dtype)
+        return two_view_augment(
+            images, index, params, spec.size, spec.mean, spec.std, dtype, columns=KERNEL_COLUMNS
+        )
     # The blur needs whole neighbourhoods of the jittered view, so it runs between the kernel
     # (crop, flip, jitter, grayscale) and the solarise/normalise step.
-    raw = two_view_augment(images, index, params, spec.size, spec.mean, spec.std, torch.float32, finish=False)
+    raw = two_view_augment(
+        images,
+        index,
+        params,
+        spec.size,
+        spec.mean,
+        spec.std,
+        torch.float32,
+        columns=KERNEL_COLUMNS,
+        finish=False,
+    )
     x = raw.permute(0, 2, 3, 1)
     p = params.reshape(-1, params.shape[-1])
     x = finish(gaussian_blur(x, p[:, Col.BLUR]), p, spec)

@@ -1,0 +1,369 @@
+"""Fused sigmoid loss: forward and the whole backward in one blockwise pass (docs/design.md §3).
+
+``_sigmoid_block_kernel`` (sigmoid_kernel.py) → ``sigmoid_block``, the launcher: one block of
+the loss, rows against columns in one of three pair modes, returning the loss and every gradient →
+``SigmoidLoss``, the autograd Function of the one-process SigCLR loss → ``sigmoid_loss``. Here also:
+the schedule (which tiles, how many programs), the autotune candidates, and what
+tools/compile_kernels.py compiles (``compile_cases``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import torch
+import triton
+from triton.runtime.errors import OutOfResources
+
+from .sigmoid_kernel import CROSS, MAX_BLOCK_D, SELF, TWO_TOWER, _sigmoid_block_kernel
+from .tiles import (
+    INTERPRET,
+    CompileCase,
+    Plan,
+    feature_tiling,
+    needs_int64,
+    plan_schedule,
+    schedule_units,
+    select_configs,
+)
+
+Pairs = Literal["self", "cross", "two_tower"]
+PAIR_MODES = {"self": SELF.value, "cross": CROSS.value, "two_tower": TWO_TOWER.value}
+
+
+def grad_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a gradient of ``dtype`` inputs is returned in. bf16 keeps fp32's exponent range;
+    an fp16 gradient stored before GradScaler multiplies it back up would flush to zero (~1e-5
+    at M = 8192), so fp16 inputs keep an fp32 gradient; other dtypes keep their own."""
+    return torch.float32 if dtype == torch.float16 else dtype
+
+
+def _dot_flags(dtype: torch.dtype, fp32_dot: str | None) -> dict:
+    """PRECISION, CAST_BF16 and UPCAST. fp32 rows take TF32 by default ('tf32'; error against
+    float64 in docs/design.md §3.4), 'bf16' rounds the operands to bf16 in the kernel, 'ieee' is
+    exact (FMA units; a pinned tile, never autotuned: its candidates spilled 26-45 KB per thread
+    and took 104-257 s each to compile). 16-bit rows ignore it. The interpreter holds 16-bit
+    operands in fp32 (UPCAST): its bf16 tl.dot is wrong, its fp16 one runs without BLAS (76 ms
+    for one 512×512×64 tile), and products of 16-bit values are exact in fp32 either way."""
+    if fp32_dot not in (None, "ieee", "tf32", "bf16"):
+        raise ValueError(f"fp32_dot must be None, 'ieee', 'tf32' or 'bf16', got {fp32_dot!r}")
+    fp32 = dtype == torch.float32
+    cast = fp32 and fp32_dot == "bf16"
+    precision = "ieee" if (not fp32 or fp32_dot in ("ieee", "bf16")) else "tf32"
+    return {"PRECISION": precision, "CAST_BF16": cast, "UPCAST": INTERPRET and (cast or not fp32)}
+
+
+def _configs() -> list[triton.Config]:
+    """Autotune candidates: warps and stages only (the plan pins the tile). Never IEEE fp32."""
+    if INTERPRET:
+        return [triton.Config({}, num_warps=4, num_stages=1)]
+    return [triton.Config({}, num_warps=w, num_stages=s) for w, s in ((8, 2), (8, 3), (4, 2), (4, 3))]
+
+
+# Non-constexpr parameters in launch order: what the pruning hook receives by name.
+_ARGS = ("X", "Y", "DX", "DY", "PARTIALS", "LOGIT_SCALE", "LOGIT_BIAS", "M", "MC", "N_PER_VIEW", "D")
+_ARGS += ("stride_x", "stride_y", "stride_dx", "stride_dy", "INV_M")
+# Every constexpr that selects a variant is in the key (a config tuned without the loss terms
+# must not serve the variant that computes them: more registers).
+_KEY = [
+    "M",
+    "MC",
+    "D",
+    "BLOCK_M",
+    "BLOCK_K",
+    "NUM_K",
+    "BLOCK_DO",
+    "PAIRS",
+    "SYMMETRIC",
+    "GRAD_ROWS",
+    "GRAD_COLS",
+]
+_KEY += ["COMPUTE_LOSS", "INT64", "PRECISION", "CAST_BF16"]
+
+
+def _prune_configs(configs: list[triton.Config], named_args: dict, **constexprs) -> list[triton.Config]:
+    """The candidates for this tile (4 warps per 64 rows) that load and spill nothing
+    (select_configs): each is compiled here, as the autotuner would anyway."""
+    warps = 4 * constexprs["BLOCK_M"] // 64
+    configs = [c for c in configs if c.num_warps == warps] or configs[:1]
+    if len(configs) == 1:
+        return configs
+    args = [named_args[name] for name in _ARGS]
+    device = torch.cuda.current_device()
+    max_shared = triton.runtime.driver.active.utils.get_device_properties(device)["max_shared_mem"]
+    measured = []
+    for cfg in configs:
+        kernel = _sigmoid_block_kernel.warmup(*args, grid=(1,), **constexprs, **cfg.all_kwargs())
+        try:
+            kernel._init_handles()  # raises when it needs more shared memory than there is
+        except OutOfResources:
+            continue
+        measured.append((cfg, constexprs["BLOCK_M"], kernel.metadata.shared, kernel.n_spills))
+    kept = select_configs(measured, max_shared)
+    if not kept:
+        raise RuntimeError(
+            f"no tile configuration of the sigmoid loss kernel fits this GPU's {max_shared} bytes of "
+            f"shared memory at D = {named_args['D']}; use impl='torch' or bf16 inputs"
+        )
+    return kept
+
+
+autotuned_kernel = triton.autotune(
+    configs=_configs(),
+    key=_KEY,
+    reset_to_zero=["DX", "DY"],
+    prune_configs_by={"early_config_prune": _prune_configs},
+)(_sigmoid_block_kernel)
+
+
+def _blocks(d: int, exact: bool) -> tuple[int, ...]:
+    """Tile sizes the plan may choose: 64 rows for IEEE fp32 (see _dot_flags) and past one
+    feature tile, where 128×128 tiles kept S, the loss terms and G live over the dZ slices and
+    spilled 0.4-1.1 KB per thread at D = 256-1024 (8 warps, sm_90, triton 3.6)."""
+    return (64,) if exact or d > MAX_BLOCK_D else (128, 64)
+
+
+def _plan(rows: torch.Tensor, mc: int, symmetric_ok: bool, exact: bool, tiles: dict) -> Plan:
+    """The plan of a launch: the one given, tile overrides (tests; the symmetric schedule needs
+    square tiles), one program per row unit of 64-row tiles in the interpreter, or the fastest
+    schedule on this GPU (IEEE fp32: 64-row tiles only, see _dot_flags)."""
+    if tiles.get("plan") is not None:
+        return tiles["plan"]
+    m = rows.shape[0]
+    bm, bn = tiles.get("block_m"), tiles.get("block_n")
+    if bm or bn or INTERPRET:
+        bm, bn = bm or bn or 64, bn or bm or 64
+        plan = Plan(symmetric_ok and bm == bn, bm, bn, 1, 4, 1 if INTERPRET else 2)
+    else:
+        sms = torch.cuda.get_device_properties(rows.device).multi_processor_count
+        plan = plan_schedule(m, mc, symmetric_ok=symmetric_ok, sms=sms, blocks=_blocks(rows.shape[1], exact))
+    if tiles.get("col_splits"):
+        plan = dataclasses.replace(plan, programs=tiles["col_splits"])
+    return plan
+
+
+def _slice_width(block_k: int, num_k: int) -> int:
+    """dZ's slices past one feature tile: 64 features (see the kernel's _tile)."""
+    return block_k if num_k == 1 else min(64, block_k)
+
+
+def _operands(rows: torch.Tensor, cols: torch.Tensor, pairs: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows and columns with unit stride in the features (what the loads assume)."""
+    if pairs not in PAIR_MODES:
+        raise ValueError(f"pairs must be one of {', '.join(map(repr, PAIR_MODES))}, got {pairs!r}")
+    rows = rows if rows.stride(1) == 1 else rows.contiguous()
+    if pairs == "self":
+        return rows, rows
+    cols = cols if cols.stride(1) == 1 else cols.contiguous()
+    if cols.dtype != rows.dtype or cols.shape[1] != rows.shape[1]:
+        raise ValueError(
+            f"cols {cols.dtype} {tuple(cols.shape)} do not match rows {rows.dtype} {tuple(rows.shape)}"
+        )
+    return rows, cols
+
+
+def sigmoid_block(
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor,
+    *,
+    n_per_view: int | None,
+    inv_m: float,
+    pairs: Pairs,
+    grad_rows: bool = True,
+    grad_cols: bool = False,
+    compute_loss: bool = True,
+    deterministic: bool = False,
+    fp32_dot: str | None = None,
+    out_dtype: torch.dtype | None = None,
+    **tiles,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """One block of the sigmoid loss: ``rows`` (M, D) against ``cols`` (MC, D), both normalised,
+    logits logit_scale·⟨row, col⟩ + logit_bias, every term scaled by inv_m.
+
+    pairs: "self" (cols is rows: no i = j term, positives where i ≡ j mod n_per_view; the
+    symmetric schedule), "cross" (every pair a negative: another rank's rows), "two_tower"
+    (SigLIP: positives where i = j; grad_cols gives ∂L/∂cols).
+    deterministic: every sum in a fixed order (no atomics; "self" then takes every ordered tile)
+    with a pinned plan: bitwise equal between runs.
+    fp32_dot: how fp32 rows meet the tensor cores (see _dot_flags). out_dtype: of the gradients
+    (default grad_dtype). tiles: plan (a Plan), or block_m, block_n, block_k, col_splits.
+    Returns (loss | None, ∂L/∂rows | None, ∂L/∂cols | None, ∂L/∂logit_scale, ∂L/∂logit_bias).
+    """
+    rows, cols = _operands(rows, cols, pairs)
+    flags = _dot_flags(rows.dtype, fp32_dot)
+    if pairs == "two_tower" and grad_cols and deterministic:
+        # ∂L/∂y is the row gradient of the same loss with the towers swapped: no atomics.
+        kw = dict(n_per_view=None, inv_m=inv_m, pairs=pairs, deterministic=True, fp32_dot=fp32_dot)
+        kw.update(out_dtype=out_dtype, **tiles)
+        loss, d_rows, _, dt, db = sigmoid_block(rows, cols, logit_scale, logit_bias, grad_rows=grad_rows,
+                                                compute_loss=compute_loss, **kw)  # fmt: skip
+        d_cols = sigmoid_block(cols, rows, logit_scale, logit_bias, compute_loss=False, **kw)[1]
+        return loss, d_rows, d_cols, dt, db
+    exact = rows.dtype == torch.float32 and flags["PRECISION"] == "ieee" and not flags["CAST_BF16"]
+    plan = _plan(rows, cols.shape[0], pairs == "self" and not deterministic, exact, tiles)
+    return _launch(rows, cols, logit_scale, logit_bias, plan, flags, deterministic, tiles.get("block_k"),
+                   n_per_view=n_per_view or rows.shape[0], inv_m=inv_m, pairs=pairs, grad_rows=grad_rows,
+                   grad_cols=grad_cols, compute_loss=compute_loss, out_dtype=out_dtype)  # fmt: skip
+
+
+def _launch(rows, cols, logit_scale, logit_bias, plan: Plan, flags: dict, deterministic: bool,
+            block_k: int | None, *, n_per_view: int, inv_m: float, pairs: str, grad_rows: bool,
+            grad_cols: bool, compute_loss: bool, out_dtype: torch.dtype | None) -> tuple:  # fmt: skip
+    (m, d), mc = rows.shape, cols.shape[0]
+    units, length, _ = schedule_units(m, mc, plan.block_m, plan.symmetric, plan.block_n)
+    programs = min(plan.programs, length)
+    block_k, num_k = feature_tiling(d, MAX_BLOCK_D) if block_k is None else (block_k, triton.cdiv(d, block_k))
+    slots = 1 if not deterministic else programs
+    f32 = dict(dtype=torch.float32, device=rows.device)
+    dx = torch.zeros((slots, m, d), **f32) if grad_rows else rows.new_empty(0)
+    two_tower_cols = pairs == "two_tower" and grad_cols
+    dy = dx[0] if plan.symmetric and grad_rows else torch.zeros((mc, d), **f32) if two_tower_cols else dx
+    partials = torch.empty((units * programs, 3), **f32)
+    int64 = needs_int64([rows, cols], slots * m * d)
+    scalars = [s.detach().to(torch.float32).reshape(1).contiguous() for s in (logit_scale, logit_bias)]
+    args = (rows, cols, dx, dy, partials, *scalars, m, mc, n_per_view, d, rows.stride(0), cols.stride(0))
+    args += (d, d, float(inv_m))
+    consts = dict(BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=block_k, NUM_K=num_k)
+    consts.update(
+        BLOCK_DO=_slice_width(block_k, num_k),
+        PAIRS=PAIR_MODES[pairs],
+        SYMMETRIC=plan.symmetric,
+        GRAD_ROWS=grad_rows,
+    )
+    consts.update(GRAD_COLS=two_tower_cols, COMPUTE_LOSS=compute_loss, ATOMIC_ROWS=not deterministic)
+    consts.update(INT64=int64, **flags)
+    grid = (units, programs)
+    exact = rows.dtype == torch.float32 and flags["PRECISION"] == "ieee" and not flags["CAST_BF16"]
+    if deterministic or exact or INTERPRET:
+        _sigmoid_block_kernel[grid](*args, num_warps=plan.num_warps, num_stages=plan.num_stages, **consts)
+    else:
+        autotuned_kernel[grid](*args, **consts)
+    loss, db, dt = partials.sum(dim=0).unbind()
+    out = out_dtype or grad_dtype(rows.dtype)
+    d_rows = (dx.sum(dim=0) if slots > 1 else dx[0]).to(out) if grad_rows else None
+    d_cols = dy.to(out) if two_tower_cols else None
+    return (loss if compute_loss else None), d_rows, d_cols, dt, db
+
+
+class SigmoidLoss(torch.autograd.Function):
+    """The one-process SigCLR loss of normalised rows: the kernel forms the loss and every
+    gradient in forward; backward only scales them by grad_output. Without compute_loss the
+    value is NaN (a value never computed cannot pass for a loss in a log)."""
+
+    @staticmethod
+    def forward(ctx, zhat, logit_scale, logit_bias, n_views, compute_loss, deterministic):
+        m = zhat.shape[0]
+        loss, dz, _, ds, db = sigmoid_block(
+            zhat, zhat, logit_scale, logit_bias, n_per_view=m // n_views, inv_m=1.0 / m, pairs="self",
+            grad_rows=ctx.needs_input_grad[0], compute_loss=compute_loss, deterministic=deterministic,
+        )  # fmt: skip
+        ctx.save_for_backward(dz, ds, db)
+        ctx.dtypes = (zhat.dtype, logit_scale.dtype, logit_bias.dtype)
+        return loss if loss is not None else torch.full((), float("nan"), device=zhat.device)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        grads = [
+            None if saved is None or not wanted else (saved * grad_out).to(dtype)
+            for saved, wanted, dtype in zip(ctx.saved_tensors, ctx.needs_input_grad, ctx.dtypes, strict=False)
+        ]
+        return (*grads, None, None, None)
+
+
+def sigmoid_loss(
+    zhat: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor,
+    n_views: int = 2,
+    *,
+    compute_loss: bool = True,
+    deterministic: bool = False,
+) -> torch.Tensor:
+    """SigCLR loss of normalised view-major rows zhat (n_views·N, D) → fp32 scalar; logit_scale
+    and logit_bias are 0-d tensors on zhat's device and receive gradients."""
+    return SigmoidLoss.apply(zhat, logit_scale, logit_bias, n_views, compute_loss, deterministic)
+
+
+def sigmoid_pairwise_triton(
+    zhat: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor, n_views: int, *,
+    compute_grad: bool = True, compute_loss: bool = True, fp32_dot: str | None = None, **tiles,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(loss, ∂L/∂zhat, ∂L/∂logit_scale, ∂L/∂logit_bias) of the one-process loss: sigmoid_block
+    with pairs="self", as the loss module calls it (tiles: see sigmoid_block)."""
+    m = zhat.shape[0]
+    loss, dz, _, ds, db = sigmoid_block(
+        zhat, zhat, logit_scale, logit_bias, n_per_view=m // n_views, inv_m=1.0 / m, pairs="self",
+        grad_rows=compute_grad, compute_loss=compute_loss, fp32_dot=fp32_dot, **tiles,
+    )  # fmt: skip
+    return loss, dz, ds, db
+
+
+def sigmoid_block_triton(
+    rows: torch.Tensor, cols: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor, *,
+    n_per_view: int, inv_m: float, self_block: bool, compute_grad: bool = True, compute_loss: bool = True,
+    dz_dtype: torch.dtype | None = None, **options,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The four-result form the losses' block loop calls (self_block: pairs "self", else
+    "cross"); sigmoid_block is the full contract."""
+    loss, dz, _, ds, db = sigmoid_block(
+        rows, cols, logit_scale, logit_bias, n_per_view=n_per_view, inv_m=inv_m,
+        pairs="self" if self_block else "cross", grad_rows=compute_grad, compute_loss=compute_loss,
+        out_dtype=dz_dtype, **options,
+    )  # fmt: skip
+    return loss, dz, ds, db
+
+
+# (kernel, pairs, symmetric, deterministic, dtype name, dtype, fp32_dot, feature sizes) of what
+# tools/compile_kernels.py compiles: the launches of a 2N = 8192 batch on an H100.
+_COMPILE_VARIANTS = [
+    ("sigmoid", "self", True, False, "bf16", torch.bfloat16, None, (64, 128, 256, 512, 768, 1024)),
+    ("sigmoid", "self", True, False, "fp16", torch.float16, None, (128,)),
+    ("sigmoid", "self", True, False, "fp32 tf32", torch.float32, "tf32", (128,)),
+    ("sigmoid", "self", True, False, "fp32 bf16-operands", torch.float32, "bf16", (128,)),
+    ("sigmoid", "self", True, False, "fp32 ieee", torch.float32, "ieee", (128,)),
+    ("sigmoid deterministic", "self", False, True, "bf16", torch.bfloat16, None, (128,)),
+    ("sigmoid cross-rank", "cross", False, False, "bf16", torch.bfloat16, None, (128,)),
+    ("sigmoid two-tower", "two_tower", False, False, "bf16", torch.bfloat16, None, (128, 768)),
+]
+
+
+def compile_cases(quick: bool = False) -> list[CompileCase]:
+    """The launches tools/compile_kernels.py compiles for sm_90, at 2N = 8192 with the plan and
+    alignment they get at run time: each variant of _COMPILE_VARIANTS with and without the loss
+    terms, every autotune candidate of its tile (IEEE fp32 and deterministic runs: their one
+    pinned configuration). quick (CI): all of bf16 self at D = 128, one candidate with the loss
+    elsewhere."""
+    m, cases = 8192, []
+    for kernel, pairs, symmetric, det, name, dtype, fp32_dot, dims in _COMPILE_VARIANTS:
+        flags = dict(_dot_flags(dtype, fp32_dot), UPCAST=False)
+        exact = flags["PRECISION"] == "ieee" and dtype == torch.float32 and not flags["CAST_BF16"]
+        for d in dims:
+            plan = plan_schedule(m, m, symmetric_ok=symmetric, blocks=_blocks(d, exact))
+            configs = [(plan.num_warps, plan.num_stages)] if det or exact else [
+                (c.num_warps, c.num_stages) for c in _configs() if c.num_warps == plan.num_warps
+            ]  # fmt: skip
+            block_k, num_k = feature_tiling(d, MAX_BLOCK_D)
+            every = not quick or (kernel == "sigmoid" and name == "bf16" and d == 128)
+            for loss in (True, False) if every else (True,):
+                consts = dict(BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=block_k, NUM_K=num_k)
+                consts.update(BLOCK_DO=_slice_width(block_k, num_k))
+                consts.update(PAIRS=PAIR_MODES[pairs], SYMMETRIC=symmetric, GRAD_ROWS=True)
+                consts.update(GRAD_COLS=pairs == "two_tower", COMPUTE_LOSS=loss, ATOMIC_ROWS=not det)
+                consts.update(INT64=False, **flags)
+                args = (dtype, dtype, torch.float32, torch.float32, torch.float32, torch.float32)
+                args += (torch.float32, m, m, m // 2, d, d, d, d, d, 1.0 / m)
+                # Ordered pairs per iteration of the sweep: a symmetric tile stands for two.
+                pairs_per_iteration = plan.block_m * plan.block_n * (2 if symmetric else 1)
+                for warps, stages in configs if every else configs[:1]:
+                    meta = dict(kernel=kernel, variant="loss" if loss else "no loss", dtype=name, D=d)
+                    meta.update(BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, programs=plan.programs)
+                    cases.append(CompileCase(
+                        _sigmoid_block_kernel, args, consts, warps, stages, meta,
+                        tensor_cores=fp32_dot != "ieee", candidate=not (det or exact),
+                        pairs_per_iteration=pairs_per_iteration if num_k == 1 else 0,
+                    ))  # fmt: skip
+    return cases

@@ -1,0 +1,169 @@
+"""The sigmoid kernel's block contract (``sigmoid_block``): its three pair modes against a float64
+reference of the loss and of every gradient at odd sizes (rows not a multiple of the tile, the
+symmetric schedule's tiles straddling the diagonal, a single tile, several feature tiles, several
+column ranges); the deterministic mode, which must not depend on the order programs run in; the
+launcher's 64-bit offset decision at its boundary; and the schedule's wave efficiency."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import KERNEL_DEVICE, assert_close_rel, max_rel_error
+
+from fastsigclr.kernels import Plan, grad_dtype, plan_schedule, sigmoid_block
+from fastsigclr.kernels.tiles import needs_int64, schedule_efficiency
+
+SCALE, BIAS = 3.0, -1.5
+# Worst error measured over the cases below, interpreter, fp32, relative to max |reference|:
+# 3.0e-7 (∂L/∂rows). The bound leaves 7x.
+TOL = 2e-6
+
+
+def reference(x, y, pairs: str, n_per_view: int | None, inv_m: float):
+    """float64 loss and gradients from autograd over the materialised logits. "cross" is one
+    rank's block of a loss symmetric in rows and columns: its rows' gradient counts each pair
+    twice (∂L/∂ẑ_i = 2t·Σ_j g_ij ẑ_j, the contract); the two towers' are plain autograd."""
+    x = x.double().requires_grad_()
+    y = x if pairs == "self" else y.double().requires_grad_()
+    t = torch.tensor(SCALE, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(BIAS, dtype=torch.float64, requires_grad=True)
+    logits = t * x @ y.T + b
+    m, mc = logits.shape
+    sign = -torch.ones(m, mc, dtype=torch.float64)
+    keep = torch.ones(m, mc, dtype=torch.bool)
+    if pairs == "self":
+        image = torch.arange(m) % n_per_view
+        sign[image[:, None] == image[None, :]] = 1.0
+        keep = ~torch.eye(m, dtype=torch.bool)
+    elif pairs == "two_tower":
+        k = min(m, mc)
+        sign[torch.arange(k), torch.arange(k)] = 1.0
+    loss = -F.logsigmoid(sign * logits)[keep].sum() * inv_m
+    loss.backward()
+    d_rows = x.grad * (2 if pairs == "cross" else 1)
+    return loss.detach(), d_rows, (y.grad if pairs == "two_tower" else None), t.grad, b.grad
+
+
+# (pairs, rows, cols, D, block, block_k or None, column ranges): 74 rows in 32-row tiles end in a
+# 10-row tail; 16-row tiles put 5 tiles on each side of the diagonal; 20 rows fit one 64-row
+# tile; block_k = 16 at D = 40 sweeps three feature tiles (S in a loop, dZ slice by slice).
+CASES = [
+    ("self", 74, 74, 17, 32, None, 1),
+    ("self", 75, 75, 17, 16, None, 3),
+    ("self", 20, 20, 9, 64, None, 1),
+    ("self", 66, 66, 40, 16, 16, 2),
+    ("cross", 70, 45, 33, 32, None, 2),
+    ("cross", 30, 50, 40, 16, 16, 3),
+    ("two_tower", 70, 70, 20, 16, None, 2),
+    ("two_tower", 37, 37, 40, 16, 16, 1),
+    ("two_tower", 40, 29, 12, 16, None, 3),
+]
+
+
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
+@pytest.mark.parametrize("pairs,m,mc,d,block,block_k,splits", CASES)
+def test_block_matches_float64(pairs, m, mc, d, block, block_k, splits, deterministic):
+    gen = torch.Generator().manual_seed(m * 100 + d)
+    x = F.normalize(torch.randn(m, d, generator=gen), dim=1)
+    y = x if pairs == "self" else F.normalize(torch.randn(mc, d, generator=gen), dim=1)
+    n_per_view = m // 3 if m % 3 == 0 else m // 2
+    inv_m = 1.0 / m
+    dev = KERNEL_DEVICE
+    got = sigmoid_block(
+        x.to(dev), y.to(dev), torch.tensor(SCALE, device=dev), torch.tensor(BIAS, device=dev),
+        n_per_view=n_per_view, inv_m=inv_m, pairs=pairs, grad_cols=pairs == "two_tower",
+        deterministic=deterministic, block_m=block, block_n=block, block_k=block_k, col_splits=splits,
+    )  # fmt: skip
+    want = reference(x, y, pairs, n_per_view, inv_m)
+    for name, a, e in zip(("loss", "d_rows", "d_cols", "d_scale", "d_bias"), got, want, strict=True):
+        if e is None:
+            assert a is None, name
+        else:
+            assert_close_rel(a, e, TOL, f"{pairs} {name}")
+
+
+def test_gradients_only_and_loss_only():
+    """compute_loss=False returns no loss and the same gradients; grad_rows=False no gradient."""
+    x = F.normalize(torch.randn(50, 24, generator=torch.Generator().manual_seed(1)), dim=1)
+    one = torch.tensor(SCALE), torch.tensor(BIAS)
+    kw = dict(n_per_view=25, inv_m=1 / 50, pairs="self", block_m=16, block_n=16)
+    full = sigmoid_block(x, x, *one, **kw)
+    no_loss = sigmoid_block(x, x, *one, compute_loss=False, **kw)
+    no_grad = sigmoid_block(x, x, *one, grad_rows=False, **kw)
+    assert no_loss[0] is None and no_grad[1] is None
+    assert torch.equal(no_loss[1], full[1])
+    assert_close_rel(no_grad[0], full[0], 1e-7, "loss")
+
+
+def _reversed_programs(monkeypatch):
+    """Run the interpreter's programs in reverse order (last row unit and column range first)."""
+    from triton.runtime import interpreter
+
+    builder = interpreter.interpreter_builder
+    forward = type(builder).set_grid_idx
+
+    def backwards(self, x, y, z):
+        nx, ny, _ = self.grid_dim
+        forward(self, nx - 1 - x, ny - 1 - y, z)
+
+    monkeypatch.setattr(type(builder), "set_grid_idx", backwards)
+
+
+@pytest.mark.skipif(KERNEL_DEVICE.type == "cuda", reason="reorders the interpreter's programs")
+def test_deterministic_result_does_not_depend_on_program_order(monkeypatch):
+    """deterministic=True: bitwise the same result with the programs run in reverse. The atomic
+    mode, run the same way, changes in its last bits: the check can see an order dependence."""
+    gen = torch.Generator().manual_seed(3)
+    x = F.normalize(torch.randn(130, 40, generator=gen), dim=1)
+    y = F.normalize(torch.randn(130, 40, generator=gen), dim=1)
+    one = torch.tensor(SCALE), torch.tensor(BIAS)
+    runs = {}
+    for order in ("forward", "reverse"):
+        if order == "reverse":
+            _reversed_programs(monkeypatch)
+        for mode, det in (("atomic", False), ("deterministic", True)):
+            kw = dict(inv_m=1 / 130, deterministic=det, block_m=32, block_n=32, col_splits=3)
+            self_block = sigmoid_block(x, x, *one, n_per_view=65, pairs="self", **kw)
+            towers = sigmoid_block(x, y, *one, n_per_view=None, pairs="two_tower", grad_cols=True, **kw)
+            runs[order, mode] = [*self_block[:2], *self_block[3:], *towers[:3]]
+    for a, b in zip(runs["forward", "deterministic"], runs["reverse", "deterministic"], strict=True):
+        assert torch.equal(a, b)
+    atomic = zip(runs["forward", "atomic"], runs["reverse", "atomic"], strict=True)
+    assert any(not torch.equal(a, b) for a, b in atomic)
+
+
+def test_64_bit_offsets_from_the_boundary():
+    """The launcher's decision: 32-bit offsets while the furthest element is at 2³¹ − 1, 64-bit
+    one element further, from shapes and strides alone (meta tensors, a row-strided view)."""
+    limit = 2**31 - 1
+    rows = torch.empty(2**20, 2048, device="meta")  # last offset 2³¹ − 1
+    assert not needs_int64([rows])
+    assert needs_int64([torch.empty(2**20 + 1, 2048, device="meta")])
+    narrow = torch.empty(2**20, 2049, device="meta")[:, :128]  # 128 features, row stride 2049
+    assert narrow.stride(0) == 2049 and needs_int64([narrow])
+    assert not needs_int64([narrow[:1000]])
+    assert not needs_int64([], limit + 1) and needs_int64([], limit + 2)  # elements: slots × M × D
+
+
+@pytest.mark.parametrize("two_n", [1024, 2048, 3072, 4096, 6144, 8192, 12288, 16384, 32768, 65536])
+def test_schedule_fills_the_waves(two_n):
+    """≥ 90% wave efficiency on 132 SMs (docs/design.md §3.4 has the table), and the symmetric
+    schedule wherever the pair mode allows it and it is as fast in the model (from 2N = 2048)."""
+    plan = plan_schedule(two_n, two_n, symmetric_ok=True)
+    assert schedule_efficiency(two_n, two_n, plan) >= 0.9, plan
+    assert plan.symmetric == (two_n >= 2048)
+    full = plan_schedule(two_n, two_n, symmetric_ok=False)
+    assert not full.symmetric and schedule_efficiency(two_n, two_n, full) >= 0.9, full
+
+
+def test_pinned_plan_and_modes():
+    x = F.normalize(torch.randn(40, 8, generator=torch.Generator().manual_seed(2)), dim=1)
+    one = torch.tensor(SCALE), torch.tensor(BIAS)
+    plan = Plan(symmetric=False, block_m=16, block_n=16, programs=2, num_warps=4, num_stages=1)
+    pinned = sigmoid_block(
+        x, x, *one, n_per_view=20, inv_m=1 / 40, pairs="self", plan=plan, deterministic=True
+    )
+    free = sigmoid_block(x, x, *one, n_per_view=20, inv_m=1 / 40, pairs="self", block_m=32, block_n=32)
+    assert max_rel_error(pinned[1], free[1]) < TOL
+    with pytest.raises(ValueError, match="pairs must be one of"):
+        sigmoid_block(x, x, *one, n_per_view=20, inv_m=1 / 40, pairs="both")
+    assert grad_dtype(torch.float16) == torch.float32 and grad_dtype(torch.bfloat16) == torch.bfloat16
