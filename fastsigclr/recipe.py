@@ -25,6 +25,7 @@ from fastsigclr.data.subset import balanced_indices
 from fastsigclr.losses import LOSSES
 from fastsigclr.losses.options import LOSS_OPTIONS, check_applicable, method_params, with_loss_options
 from fastsigclr.models import ARCHS, SSLModel
+from fastsigclr.models.resnet import memory_format
 from fastsigclr.models.sync_bn import convert_global_bn
 from fastsigclr.optim import build_optimizer, param_groups
 from fastsigclr.runinfo import device_option, resolve_device
@@ -171,7 +172,7 @@ def compute_dtypes(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype,
 
 def build_model(cfg: TrainConfig, info, device: torch.device):
     model = SSLModel(cfg.arch or "resnet18", cfg.width, cfg.proj_dims or (), cfg.zero_init_residual)
-    model = model.to(device, memory_format=torch.channels_last)
+    model = model.to(device, memory_format=memory_format(device))
     criterion = LOSSES[cfg.method].build(n_views=cfg.n_views, **method_params(cfg, cfg.method))
     criterion = criterion.to(device)
     probe = torch.nn.Linear(model.backbone.out_dim, info.num_classes).to(device)
