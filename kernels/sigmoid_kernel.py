@@ -242,7 +242,9 @@ def _sweep(X, Y, DX, DY, i, j_lo, j_hi, correct, M, MC, N_PER_VIEW, D, stride_x,
     zi = rows  # only read when NUM_K == 1
     if NUM_K == 1:
         zi = load_rows(X, rows, row_ok, stride_x, offs, D, CAST_BF16, UPCAST)
-    dz_acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+    # dZ_I in registers up to one feature tile; past it dZ goes to memory and this is a stub (a
+    # full-size stub carried through the sweep cost 64 registers and spilled, D = 1024, sm_90).
+    dz_acc = tl.zeros((BLOCK_M, BLOCK_K) if NUM_K == 1 else (16, 16), dtype=tl.float32)
     l_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
     r_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
     gs_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)

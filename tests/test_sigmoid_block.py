@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from helpers import KERNEL_DEVICE, assert_close_rel, max_rel_error
 
-from fastsigclr.kernels import Plan, grad_dtype, plan_schedule, sigmoid_block
+from fastsigclr.kernels import Plan, grad_dtype, plan_schedule, sigmoid_block, sigmoid_loss
 from fastsigclr.kernels.tiles import needs_int64, schedule_efficiency
 
 SCALE, BIAS = 3.0, -1.5
@@ -18,14 +18,14 @@ SCALE, BIAS = 3.0, -1.5
 TOL = 2e-6
 
 
-def reference(x, y, pairs: str, n_per_view: int | None, inv_m: float):
+def reference(x, y, pairs: str, n_per_view: int | None, inv_m: float, scale=SCALE, bias=BIAS):
     """float64 loss and gradients from autograd over the materialised logits. "cross" is one
     rank's block of a loss symmetric in rows and columns: its rows' gradient counts each pair
     twice (∂L/∂ẑ_i = 2t·Σ_j g_ij ẑ_j, the contract); the two towers' are plain autograd."""
     x = x.double().requires_grad_()
     y = x if pairs == "self" else y.double().requires_grad_()
-    t = torch.tensor(SCALE, dtype=torch.float64, requires_grad=True)
-    b = torch.tensor(BIAS, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor(scale, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(bias, dtype=torch.float64, requires_grad=True)
     logits = t * x @ y.T + b
     m, mc = logits.shape
     sign = -torch.ones(m, mc, dtype=torch.float64)
@@ -167,3 +167,48 @@ def test_pinned_plan_and_modes():
     with pytest.raises(ValueError, match="pairs must be one of"):
         sigmoid_block(x, x, *one, n_per_view=20, inv_m=1 / 40, pairs="both")
     assert grad_dtype(torch.float16) == torch.float32 and grad_dtype(torch.bfloat16) == torch.bfloat16
+
+
+def test_loss_function_backward_scales_the_fused_gradients():
+    """SigmoidLoss (the kernel's autograd Function): value and the gradients of the rows, the
+    logit scale and the bias against float64 autograd, scaled by a grad_output of 3."""
+    gen = torch.Generator().manual_seed(9)
+    zh = F.normalize(torch.randn(46, 12, generator=gen), dim=1)
+    x = zh.clone().requires_grad_()
+    scale = torch.tensor(SCALE, requires_grad=True)
+    bias = torch.tensor(BIAS, requires_grad=True)
+    (3 * sigmoid_loss(x, scale, bias, 2, deterministic=True)).backward()
+    _, d_rows, _, d_scale, d_bias = reference(zh, None, "self", 23, 1 / 46)
+    assert_close_rel(x.grad, 3 * d_rows, TOL, "rows")
+    assert_close_rel(scale.grad, 3 * d_scale, TOL, "logit_scale")
+    assert_close_rel(bias.grad, 3 * d_bias, TOL, "logit_bias")
+    assert torch.isnan(sigmoid_loss(zh, scale, bias, 2, compute_loss=False))
+
+
+def _tf32(x: torch.Tensor) -> torch.Tensor:
+    """x rounded to TF32 as tensor cores read fp32 operands (10 mantissa bits, to nearest)."""
+    bits = x.float().contiguous().view(torch.int32)
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32).double()
+
+
+@pytest.mark.parametrize("m,d,scale,bias", [(130, 64, 10.0, -10.0), (512, 128, 10.0, -10.0)])
+def test_tf32_error_against_float64(m, d, scale, bias):
+    """fp32 rows take TF32 by default. The interpreter computes tf32 dots in fp32, so this
+    measures the format on the kernel's arithmetic: S from TF32-rounded rows, the weights 2¹⁵·σ
+    rounded to TF32 for G·Z. Measured dZ error 3.9e-4 / 3.3e-4 of its scale (error_scales; bf16
+    operands: 1.9e-3), loss and the scalar gradients ≤ 1.2e-6 (docs/design.md §3.4)."""
+    from test_sigmoid_loss import error_scales
+
+    zh = F.normalize(
+        torch.randn(m, d, generator=torch.Generator().manual_seed(m), dtype=torch.float64), dim=1
+    )
+    zt = _tf32(zh)
+    image = torch.arange(m) % (m // 2)
+    positive = (image[:, None] == image[None, :]).double()
+    eye = torch.eye(m, dtype=torch.bool)
+    r = torch.sigmoid(scale * zt @ zt.T + bias) * 2**15
+    g = (_tf32(r) / 2**15 - positive).masked_fill(eye, 0) / m
+    dz = 2 * scale * g @ zt
+    exact = reference(zh, None, "self", m // 2, 1 / m, scale, bias)
+    err = max_rel_error(dz, exact[1], error_scales(zh, scale, bias, 2)[0])
+    assert 1e-4 < err < 8e-4  # rounds (unlike fp32), by a quarter of bf16 operands' error
