@@ -121,7 +121,7 @@ def _correct_rows(X, Y, DX, DY, rows, row_ok, M, MC, N_PER_VIEW, D, stride_x, st
     softplus(a) − a: add x = −a·log2 e to the loss and replace the rounded weight by r − 2¹⁵ in
     fp32. Subtracting 2¹⁵ from the 16-bit weight instead would leave its rounding error, up to
     2⁻⁹·2¹⁵ for bf16, on a weight that tends to 0 as σ → 1. TWO_TOWER: the positive is (i, i)."""
-    regs = NUM_K == 1
+    regs: tl.constexpr = NUM_K == 1
     if PAIRS == SELF:
         s_ii = row_dots(X, X, rows, rows, row_ok, stride_x, stride_x, D, BLOCK_K, NUM_K, CAST_BF16, UPCAST)
         x_ii, r_ii = negative_weight(s_ii, scale2, bias2)
