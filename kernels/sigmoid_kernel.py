@@ -163,6 +163,21 @@ def _correct_rows(X, Y, DX, DY, rows, row_ok, M, MC, N_PER_VIEW, D, stride_x, st
 
 
 @triton.jit
+def _block(Z, b, LIMIT, stride, D, BLOCK: tl.constexpr, BLOCK_K: tl.constexpr, NUM_K: tl.constexpr,
+           INT64: tl.constexpr, CAST_BF16: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+    """Block b of Z's rows: their indices, which are < LIMIT, and, when D fits one feature tile,
+    the rows themselves as a dot operand (else the indices stand in, unread)."""
+    idx = b * BLOCK + tl.arange(0, BLOCK)
+    ok = idx < LIMIT
+    if INT64:
+        idx = idx.to(tl.int64)
+    z = idx
+    if NUM_K == 1:
+        z = load_rows(Z, idx, ok, stride, tl.arange(0, BLOCK_K), D, CAST_BF16, UPCAST)
+    return idx, ok, z
+
+
+@triton.jit
 def _tile(X, Y, DX, DY, zi, rows, row_ok, j, MC, D, stride_x, stride_y, stride_dx,
           stride_dy, scale2, bias2, gscale, dz_acc, l_acc, r_acc, gs_acc,
           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_K: tl.constexpr,
@@ -179,14 +194,9 @@ def _tile(X, Y, DX, DY, zi, rows, row_ok, j, MC, D, stride_x, stride_y, stride_d
     (128×128 tiles, 8 warps, sm_90, triton 3.6).
     TAIL masks columns ≥ MC: they load as zero rows, so they only reach the row sums. Rows ≥ M
     need no mask: zero too, they reach only their own row sums, which the sweep drops."""
-    cols = j * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < MC
-    if INT64:
-        cols = cols.to(tl.int64)
+    cols, col_ok, zj = _block(Y, j, MC, stride_y, D, BLOCK_N, BLOCK_K, NUM_K, INT64, CAST_BF16, UPCAST)
     offs = tl.arange(0, BLOCK_K)
-    zj = cols  # only read when NUM_K == 1
     if NUM_K == 1:
-        zj = load_rows(Y, cols, col_ok, stride_y, offs, D, CAST_BF16, UPCAST)
         s = tl.dot(zi, tl.trans(zj), input_precision=PRECISION)
     else:
         s = similarity_tile(
@@ -234,14 +244,8 @@ def _sweep(X, Y, DX, DY, i, j_lo, j_hi, correct, M, MC, N_PER_VIEW, D, stride_x,
            CAST_BF16: tl.constexpr):  # fmt: skip
     """Row block i against column tiles j_lo..j_hi−1, then (correct) its rows' corrections, then
     its dZ out of registers. Returns the sums of loss terms, of r and of r·s of its rows."""
-    rows = i * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < M
-    if INT64:
-        rows = rows.to(tl.int64)
+    rows, row_ok, zi = _block(X, i, M, stride_x, D, BLOCK_M, BLOCK_K, NUM_K, INT64, CAST_BF16, UPCAST)
     offs = tl.arange(0, BLOCK_K)
-    zi = rows  # only read when NUM_K == 1
-    if NUM_K == 1:
-        zi = load_rows(X, rows, row_ok, stride_x, offs, D, CAST_BF16, UPCAST)
     # dZ_I in registers up to one feature tile; past it dZ goes to memory and this is a stub (a
     # full-size stub carried through the sweep cost 64 registers and spilled, D = 1024, sm_90).
     dz_acc = tl.zeros((BLOCK_M, BLOCK_K) if NUM_K == 1 else (16, 16), dtype=tl.float32)
