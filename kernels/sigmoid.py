@@ -358,11 +358,16 @@ def compile_cases(quick: bool = False) -> list[CompileCase]:
                 consts.update(INT64=False, **flags)
                 args = (dtype, dtype, torch.float32, torch.float32, torch.float32, torch.float32)
                 args += (torch.float32, m, m, m // 2, d, d, d, d, d, 1.0 / m)
-                # Ordered pairs per iteration of the sweep: a symmetric tile stands for two.
+                # Ordered pairs per iteration of the sweep: a symmetric tile stands for two. Its
+                # dots per element: S, G·Z_J, and Gᵀ·Z_I in the symmetric and two-tower sweeps.
                 pairs_per_iteration = plan.block_m * plan.block_n * (2 if symmetric else 1)
+                dots = 3 if symmetric or pairs == "two_tower" else 2
+                flops = 2 * block_k * dots // (2 if symmetric else 1)
                 for warps, stages in configs if every else configs[:1]:
                     meta = dict(kernel=kernel, variant="loss" if loss else "no loss", dtype=name, D=d)
                     meta.update(BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, programs=plan.programs)
+                    if num_k == 1:
+                        meta.update(dot_flops_per_pair=flops)
                     cases.append(CompileCase(
                         _sigmoid_block_kernel, args, consts, warps, stages, meta,
                         tensor_cores=fp32_dot != "ieee", candidate=not (det or exact),
