@@ -14,6 +14,7 @@ from .sigmoid import (
     sigmoid_block_triton,
     sigmoid_loss,
     sigmoid_pairwise_triton,
+    sigmoid_plan,
 )
 
 __all__ = [
@@ -25,5 +26,6 @@ __all__ = [
     "sigmoid_block_triton",
     "sigmoid_loss",
     "sigmoid_pairwise_triton",
+    "sigmoid_plan",
     "two_view_augment",
 ]

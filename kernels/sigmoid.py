@@ -202,11 +202,22 @@ def sigmoid_block(
                                                 compute_loss=compute_loss, **kw)  # fmt: skip
         d_cols = sigmoid_block(cols, rows, logit_scale, logit_bias, compute_loss=False, **kw)[1]
         return loss, d_rows, d_cols, dt, db
-    exact = rows.dtype == torch.float32 and flags["PRECISION"] == "ieee" and not flags["CAST_BF16"]
-    plan = _plan(rows, cols.shape[0], pairs == "self" and not deterministic, exact, tiles)
+    plan = sigmoid_plan(rows, cols, pairs=pairs, deterministic=deterministic, fp32_dot=fp32_dot, **tiles)
     return _launch(rows, cols, logit_scale, logit_bias, plan, flags, deterministic, tiles.get("block_k"),
                    n_per_view=n_per_view or rows.shape[0], inv_m=inv_m, pairs=pairs, grad_rows=grad_rows,
                    grad_cols=grad_cols, compute_loss=compute_loss, out_dtype=out_dtype)  # fmt: skip
+
+
+def sigmoid_plan(
+    rows: torch.Tensor, cols: torch.Tensor, *, pairs: Pairs, deterministic: bool = False,
+    fp32_dot: str | None = None, **tiles,
+) -> Plan:  # fmt: skip
+    """The plan sigmoid_block would launch these operands with: record it (dataclasses.asdict)
+    with a deterministic run and pass it back as ``plan=`` to reduce in the same order."""
+    rows, cols = _operands(rows, cols, pairs)
+    flags = _dot_flags(rows.dtype, fp32_dot)
+    exact = rows.dtype == torch.float32 and flags["PRECISION"] == "ieee" and not flags["CAST_BF16"]
+    return _plan(rows, cols.shape[0], pairs == "self" and not deterministic, exact, tiles)
 
 
 def _launch(rows, cols, logit_scale, logit_bias, plan: Plan, flags: dict, deterministic: bool,

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from helpers import KERNEL_DEVICE, assert_close_rel, max_rel_error
 
-from fastsigclr.kernels import Plan, grad_dtype, plan_schedule, sigmoid_block, sigmoid_loss
+from fastsigclr.kernels import Plan, grad_dtype, plan_schedule, sigmoid_block, sigmoid_loss, sigmoid_plan
 from fastsigclr.kernels.tiles import needs_int64, schedule_efficiency
 
 SCALE, BIAS = 3.0, -1.5
@@ -164,6 +164,12 @@ def test_pinned_plan_and_modes():
     )
     free = sigmoid_block(x, x, *one, n_per_view=20, inv_m=1 / 40, pairs="self", block_m=32, block_n=32)
     assert max_rel_error(pinned[1], free[1]) < TOL
+    recorded = sigmoid_plan(x, x, pairs="self", deterministic=True, block_m=16, block_n=16, col_splits=2)
+    assert recorded == plan
+    again = sigmoid_block(
+        x, x, *one, n_per_view=20, inv_m=1 / 40, pairs="self", plan=recorded, deterministic=True
+    )
+    assert all(torch.equal(a, b) for a, b in zip(pinned[:2] + pinned[3:], again[:2] + again[3:], strict=True))
     with pytest.raises(ValueError, match="pairs must be one of"):
         sigmoid_block(x, x, *one, n_per_view=20, inv_m=1 / 40, pairs="both")
     assert grad_dtype(torch.float16) == torch.float32 and grad_dtype(torch.bfloat16) == torch.bfloat16
