@@ -115,7 +115,8 @@ def _correct_rows(X, Y, DX, DY, rows, row_ok, M, MC, N_PER_VIEW, D, stride_x, st
                   stride_dy, scale2, bias2, gscale, dz_acc, l_acc, r_acc, gs_acc,
                   BLOCK_K: tl.constexpr, NUM_K: tl.constexpr, PAIRS: tl.constexpr,
                   GRAD_ROWS: tl.constexpr, GRAD_COLS: tl.constexpr, COMPUTE_LOSS: tl.constexpr,
-                  ATOMIC_ROWS: tl.constexpr, CAST_BF16: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+                  ATOMIC_ROWS: tl.constexpr, CAST_BF16: tl.constexpr, UPCAST: tl.constexpr,
+                  GS_FROM_DZ: tl.constexpr):  # fmt: skip
     """The sweep counted every pair as a negative. SELF: i = j has no term (remove its rounded
     weight r_ii and its softplus). A positive's weight is r − 2¹⁵ and its term softplus(−a) =
     softplus(a) − a: add x = −a·log2 e to the loss and replace the rounded weight by r − 2¹⁵ in
@@ -126,7 +127,8 @@ def _correct_rows(X, Y, DX, DY, rows, row_ok, M, MC, N_PER_VIEW, D, stride_x, st
         s_ii = row_dots(X, X, rows, rows, row_ok, stride_x, stride_x, D, BLOCK_K, NUM_K, CAST_BF16, UPCAST)
         x_ii, r_ii = negative_weight(s_ii, scale2, bias2)
         r_acc -= r_ii + (M // N_PER_VIEW - 1) * G_SCALE
-        gs_acc -= r_ii * s_ii
+        if not GS_FROM_DZ:
+            gs_acc -= r_ii * s_ii
         if COMPUTE_LOSS:
             l_acc -= softplus2(x_ii, r_ii)
         if GRAD_ROWS:
@@ -137,7 +139,8 @@ def _correct_rows(X, Y, DX, DY, rows, row_ok, M, MC, N_PER_VIEW, D, stride_x, st
             pos = (rows + view * N_PER_VIEW) % M
             s_ip = row_dots(X, X, rows, pos, row_ok, stride_x, stride_x, D, BLOCK_K, NUM_K, CAST_BF16, UPCAST)
             x_ip, r_ip = negative_weight(s_ip, scale2, bias2)
-            gs_acc -= G_SCALE * s_ip
+            if not GS_FROM_DZ:
+                gs_acc -= G_SCALE * s_ip
             if COMPUTE_LOSS:
                 l_acc += x_ip
             if GRAD_ROWS:
@@ -149,7 +152,8 @@ def _correct_rows(X, Y, DX, DY, rows, row_ok, M, MC, N_PER_VIEW, D, stride_x, st
         s_ii = row_dots(X, Y, rows, rows, ok, stride_x, stride_y, D, BLOCK_K, NUM_K, CAST_BF16, UPCAST)
         x_ii, r_ii = negative_weight(s_ii, scale2, bias2)
         r_acc -= tl.where(ok, G_SCALE, 0.0)
-        gs_acc -= G_SCALE * s_ii
+        if not GS_FROM_DZ:
+            gs_acc -= G_SCALE * s_ii
         if COMPUTE_LOSS:
             l_acc += tl.where(ok, x_ii, 0.0)
         fix = r_ii - dot_weight(r_ii, Y, CAST_BF16, UPCAST).to(tl.float32) - G_SCALE
@@ -182,7 +186,7 @@ def _tile(X, Y, DX, DY, zi, rows, row_ok, j, MC, D, stride_x, stride_y, stride_d
           stride_dy, scale2, bias2, gscale, dz_acc, l_acc, r_acc, gs_acc,
           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_K: tl.constexpr,
           BLOCK_DO: tl.constexpr, WEIGHT: tl.constexpr, TAIL: tl.constexpr, GRAD_ROWS: tl.constexpr,
-          COL_SIDE: tl.constexpr,
+          COL_SIDE: tl.constexpr, GS_FROM_DZ: tl.constexpr,
           COMPUTE_LOSS: tl.constexpr, ATOMIC_ROWS: tl.constexpr, INT64: tl.constexpr,
           UPCAST: tl.constexpr, PRECISION: tl.constexpr, CAST_BF16: tl.constexpr):  # fmt: skip
     """One tile: S = Z_I Z_Jᵀ once, r and (on logging steps) the softplus terms once, then
@@ -207,7 +211,8 @@ def _tile(X, Y, DX, DY, zi, rows, row_ok, j, MC, D, stride_x, stride_y, stride_d
     if TAIL:
         r = tl.where(col_ok[None, :], r, 0.0)
     r_acc += WEIGHT * tl.sum(r, axis=1)
-    gs_acc += WEIGHT * tl.sum(r * s, axis=1)
+    if not GS_FROM_DZ:
+        gs_acc += WEIGHT * tl.sum(r * s, axis=1)
     if COMPUTE_LOSS:
         terms = softplus2(x, r)
         if TAIL:
@@ -258,34 +263,40 @@ def _sweep(X, Y, DX, DY, i, j_lo, j_hi, correct, M, MC, N_PER_VIEW, D, stride_x,
             dz_acc, l_acc, r_acc, gs_acc = _tile(
                 X, Y, DX, DY, zi, rows, row_ok, i, MC, D, stride_x, stride_y, stride_dx, stride_dy,
                 scale2, bias2, gscale, dz_acc, l_acc, r_acc, gs_acc, BLOCK_M, BLOCK_N, BLOCK_K, NUM_K,
-                BLOCK_DO, 1.0, True, GRAD_ROWS, False, COMPUTE_LOSS, ATOMIC_ROWS, INT64, UPCAST, PRECISION,
-                CAST_BF16,
+                BLOCK_DO, 1.0, True, GRAD_ROWS, False, False, COMPUTE_LOSS, ATOMIC_ROWS, INT64, UPCAST,
+                PRECISION, CAST_BF16,
             )  # fmt: skip
             j_lo += 1
     weight: tl.constexpr = 2.0 if SYMMETRIC else 1.0
     col_side: tl.constexpr = (SYMMETRIC and GRAD_ROWS) or GRAD_COLS
+    # Σ_j g_ij s_ij = ⟨ẑ_i, (GZ)_i⟩ from dz_acc once, where it holds every pair of these rows (as
+    # the previous kernel did), on steps without the loss terms: the per-tile sum of r·s spilled
+    # 4 bytes per thread there, and this way 52 with them (D = 128 bf16, 128×128, 8 warps, sm_90).
+    gs_from_dz: tl.constexpr = NUM_K == 1 and GRAD_ROWS and not SYMMETRIC and not COMPUTE_LOSS
     tail = MC // BLOCK_N  # the column tile that ends at MC, when MC is not a multiple of BLOCK_N
     for j in range(j_lo, tl.minimum(j_hi, tail)):
         dz_acc, l_acc, r_acc, gs_acc = _tile(
             X, Y, DX, DY, zi, rows, row_ok, j, MC, D, stride_x, stride_y, stride_dx, stride_dy,
             scale2, bias2, gscale, dz_acc, l_acc, r_acc, gs_acc, BLOCK_M, BLOCK_N, BLOCK_K, NUM_K,
-            BLOCK_DO, weight, False, GRAD_ROWS, col_side, COMPUTE_LOSS, ATOMIC_ROWS, INT64, UPCAST, PRECISION,
-            CAST_BF16,
+            BLOCK_DO, weight, False, GRAD_ROWS, col_side, gs_from_dz, COMPUTE_LOSS, ATOMIC_ROWS, INT64,
+            UPCAST, PRECISION, CAST_BF16,
         )  # fmt: skip
     if (tail >= j_lo) & (tail < j_hi):
         dz_acc, l_acc, r_acc, gs_acc = _tile(
             X, Y, DX, DY, zi, rows, row_ok, tail, MC, D, stride_x, stride_y, stride_dx, stride_dy,
             scale2, bias2, gscale, dz_acc, l_acc, r_acc, gs_acc, BLOCK_M, BLOCK_N, BLOCK_K, NUM_K,
-            BLOCK_DO, weight, True, GRAD_ROWS, col_side, COMPUTE_LOSS, ATOMIC_ROWS, INT64, UPCAST, PRECISION,
-            CAST_BF16,
+            BLOCK_DO, weight, True, GRAD_ROWS, col_side, gs_from_dz, COMPUTE_LOSS, ATOMIC_ROWS, INT64,
+            UPCAST, PRECISION, CAST_BF16,
         )  # fmt: skip
     if PAIRS != CROSS:  # noqa: SIM102
         if correct:
             dz_acc, l_acc, r_acc, gs_acc = _correct_rows(
                 X, Y, DX, DY, rows, row_ok, M, MC, N_PER_VIEW, D, stride_x, stride_y, stride_dx,
                 stride_dy, scale2, bias2, gscale, dz_acc, l_acc, r_acc, gs_acc, BLOCK_K, NUM_K, PAIRS,
-                GRAD_ROWS, GRAD_COLS, COMPUTE_LOSS, ATOMIC_ROWS, CAST_BF16, UPCAST,
+                GRAD_ROWS, GRAD_COLS, COMPUTE_LOSS, ATOMIC_ROWS, CAST_BF16, UPCAST, gs_from_dz,
             )  # fmt: skip
+    if gs_from_dz:
+        gs_acc = tl.sum(zi.to(tl.float32) * dz_acc, axis=1)
     if NUM_K == 1 and GRAD_ROWS:
         # Without atomics the program owns its slot's rows alone: one plain store.
         add_rows(DX, rows, row_ok, stride_dx, offs, D, dz_acc * gscale, ATOMIC_ROWS, not ATOMIC_ROWS)
