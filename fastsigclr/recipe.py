@@ -23,7 +23,13 @@ from fastsigclr.data.datasets import data_dir_option, data_folder, dataset_optio
 from fastsigclr.data.loaders import ffcv_dir_option, loader_options
 from fastsigclr.data.subset import balanced_indices
 from fastsigclr.losses import LOSSES
-from fastsigclr.losses.options import LOSS_OPTIONS, check_applicable, method_params, with_loss_options
+from fastsigclr.losses.options import (
+    LOSS_OPTIONS,
+    check_applicable,
+    method_params,
+    renamed_options,
+    with_loss_options,
+)
 from fastsigclr.models import ARCHS, SSLModel
 from fastsigclr.models.sync_bn import convert_global_bn
 from fastsigclr.optim import build_optimizer, param_groups
@@ -36,7 +42,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tinyimagenet": {"arch": "resnet50", "proj_dims": (4096, 4096, 128), "batch_size": 1024, "epochs": 800},
 }
 RESUME_MODES = ("no", "yes", "auto")
-# The weights are float32: a larger --lr or --bias overflows at the first step (--lr 1e39 stopped in
+# The weights are float32: a larger --lr or --logit-bias overflows at the first step (--lr 1e39 stopped in
 # the optimiser: "value cannot be converted to type float without overflow").
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 Split = tuple[np.ndarray, np.ndarray]  # (uint8 images (N, H, W, 3), labels (N,))
@@ -284,7 +290,7 @@ def uses_labels(cfg: TrainConfig) -> bool:
 
 
 def loss_scalars(criterion: torch.nn.Module) -> dict[str, float]:
-    """The loss's scalars for the logs, named apart: sigclr's logit_scale and bias, the softmax
+    """The loss's scalars for the logs, named apart: sigclr's logit_scale and logit_bias, the softmax
     losses' temperature."""
     return criterion.log_values()
 
@@ -297,7 +303,9 @@ def saved_config(saved: dict[str, Any]) -> TrainConfig:
     """The ``config`` of a run's config.json as a TrainConfig, older files read in today's names:
     runs written before ``--resume auto`` saved ``resume`` as true/false (read as yes/no); files
     written before the loss registry (they hold learnable_temperature, and every method's options)
-    have sigclr's temperature read as its logit_scale, and options the method never used dropped."""
+    have sigclr's temperature read as its logit_scale, and options the method never used dropped;
+    renamed loss options (sigclr's bias, now logit_bias) are read under today's names."""
+    saved = renamed_options(saved)
     resume = saved.get("resume")
     if isinstance(resume, bool):
         saved = {**saved, "resume": RESUME_MODES[int(resume)]}

@@ -1,5 +1,5 @@
 """The distributed sigmoid loss with 2 and 3 gloo processes on the CPU: value and every gradient
-(z, bias, learnable temperature) equal the single-process loss on the concatenated batch, for
+(z, logit bias, learnable logit scale) equal the single-process loss on the concatenated batch, for
 both modes, 2 and 3 views, the torch path and the Triton kernel (interpreter without CUDA)."""
 
 import json

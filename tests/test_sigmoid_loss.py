@@ -1,5 +1,5 @@
 """The pairwise sigmoid loss: both implementations against a float64 reference that materialises
-the logits, on odd sizes, for the value and every gradient (z, bias, learnable temperature)."""
+the logits, on odd sizes, for the value and every gradient (z, logit bias, learnable logit scale)."""
 
 import math
 
@@ -341,9 +341,9 @@ def test_tolerance_can_fail():
         (lambda: (torch.randn(9, 4), 10.0, -10.0, 2), ValueError, "not divisible"),
         (lambda: (torch.randn(1, 4), 10.0, -10.0, 2), ValueError, "at least 2 rows"),
         (lambda: (torch.ones(8, 4, dtype=torch.int64), 10.0, -10.0, 2), TypeError, "floating-point"),
-        (lambda: (torch.randn(8, 4), 0.0, -10.0, 2), ValueError, "temperature must be > 0"),
-        (lambda: (torch.randn(8, 4), -1.0, -10.0, 2), ValueError, "temperature must be > 0"),
-        (lambda: (torch.randn(8, 4), torch.tensor(-2.0), -10.0, 2), ValueError, "temperature must be > 0"),
+        (lambda: (torch.randn(8, 4), 0.0, -10.0, 2), ValueError, "logit_scale must be > 0"),
+        (lambda: (torch.randn(8, 4), -1.0, -10.0, 2), ValueError, "logit_scale must be > 0"),
+        (lambda: (torch.randn(8, 4), torch.tensor(-2.0), -10.0, 2), ValueError, "logit_scale must be > 0"),
         (lambda: (torch.randn(8, 4), 10.0, -10.0, 1), ValueError, "n_views"),
         (lambda: (torch.randn(8, 4), 10.0, torch.zeros(3), 2), ValueError, "bias must be a scalar"),
         (lambda: (torch.randn(8, 4), 10.0, torch.tensor(1), 2), TypeError, "bias must be a floating"),
@@ -373,22 +373,22 @@ def test_impl_selection(monkeypatch):
 
 def test_module_parameters_and_gradients():
     fixed = SigmoidPairwiseLoss()
-    assert fixed.bias.item() == -10.0 and math.isclose(fixed.temperature.item(), 10.0, rel_tol=1e-6)
-    assert [name for name, _ in fixed.named_parameters()] == ["bias"]
-    learn = SigmoidPairwiseLoss(temperature=5.0, bias=-2.0, learnable_temperature=True, impl="torch")
-    assert {name for name, _ in learn.named_parameters()} == {"bias", "log_temperature"}
+    assert fixed.logit_bias.item() == -10.0 and math.isclose(fixed.logit_scale.item(), 10.0, rel_tol=1e-6)
+    assert [name for name, _ in fixed.named_parameters()] == ["logit_bias"]
+    learn = SigmoidPairwiseLoss(logit_scale=5.0, logit_bias=-2.0, learnable_logit_scale=True, impl="torch")
+    assert {name for name, _ in learn.named_parameters()} == {"logit_bias", "log_logit_scale"}
     z = torch.randn(20, 6, dtype=torch.float64)
     learn.double()
     learn(z).backward()
-    # dL/dt' = t · dL/dt, checked against the functional form with a leaf temperature.
-    t = learn.temperature.item()  # log(5) was rounded to fp32 before .double()
+    # dL/dt' = t · dL/dt, checked against the functional form with a leaf logit scale.
+    t = learn.logit_scale.item()  # log(5) was rounded to fp32 before .double()
     _, _, dt, db = run(sigmoid_pairwise_loss, z, t, -2.0, torch.float64, impl="torch")
-    assert_close_rel(learn.log_temperature.grad, t * dt, 1e-10, "dt'")
-    assert_close_rel(learn.bias.grad, db, 1e-10, "db")
-    with pytest.raises(ValueError, match="temperature must be > 0"):
-        SigmoidPairwiseLoss(temperature=0.0)
+    assert_close_rel(learn.log_logit_scale.grad, t * dt, 1e-10, "dt'")
+    assert_close_rel(learn.logit_bias.grad, db, 1e-10, "db")
+    with pytest.raises(ValueError, match="logit_scale must be > 0"):
+        SigmoidPairwiseLoss(logit_scale=0.0)
     state = learn.state_dict()
-    assert set(state) == {"bias", "log_temperature"}
+    assert set(state) == {"logit_bias", "log_logit_scale"}
 
 
 def test_no_gradient_when_nothing_requires_it():

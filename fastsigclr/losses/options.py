@@ -72,3 +72,14 @@ def method_params(config: Any, method: str) -> dict[str, Any]:
     spec = LOSSES[method]
     values = {name: getattr(config, name, None) for name in spec.params}
     return {name: spec.params[name].default if v is None else v for name, v in values.items()}
+
+
+def renamed_options(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with the loss options written under an earlier name (``LossSpec.renamed``,
+    e.g. sigclr's bias, now logit_bias) read under today's; other keys as they are."""
+    renamed = dict(saved)
+    for spec in LOSSES.values():
+        for before, after in spec.renamed.items():
+            if before in renamed and after not in renamed:
+                renamed[after] = renamed.pop(before)
+    return renamed

@@ -46,16 +46,16 @@ from .spec import HyperParam, LossSpec
 
 # SigCLR's fixed logit scale t and SigLIP's initial bias b (docs/design.md §3).
 LOGIT_SCALE = 10.0
-BIAS = -10.0
-# The weights are float32: a larger --bias overflows at the first step.
+LOGIT_BIAS = -10.0
+# The weights are float32: a larger --logit-bias overflows at the first step.
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
-def check_inputs(z: torch.Tensor, temperature: Scalar, bias: Scalar, n_views: int) -> None:
+def check_inputs(z: torch.Tensor, logit_scale: Scalar, logit_bias: Scalar, n_views: int) -> None:
     """Raise a ValueError/TypeError that names the problem and the fix."""
     check_rows(z, n_views)
-    check_scalar("temperature", temperature, z, positive=True)
-    check_scalar("bias", bias, z)
+    check_scalar("logit_scale", logit_scale, z, positive=True)
+    check_scalar("logit_bias", logit_bias, z)
 
 
 # (self_block, cols) for every column block this rank's rows meet; world size 1: [(True, zhat)].
@@ -64,8 +64,8 @@ Blocks = Callable[[torch.Tensor], Iterable[tuple[bool, torch.Tensor]]]
 
 def sigmoid_blocks(
     zhat: torch.Tensor,
-    temperature: torch.Tensor,
-    bias: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor,
     *,
     n_views: int,
     impl: str,
@@ -90,8 +90,8 @@ def sigmoid_blocks(
         loss, dz_block, dt, db = block(
             zhat,
             cols,
-            temperature,
-            bias,
+            logit_scale,
+            logit_bias,
             n_per_view=m // n_views,
             inv_m=1.0 / (m * world_size),
             self_block=self_block,
@@ -109,8 +109,8 @@ def sigmoid_blocks(
 
 def sigmoid_pairwise_loss(
     z: torch.Tensor,
-    temperature: Scalar,
-    bias: Scalar,
+    logit_scale: Scalar,
+    logit_bias: Scalar,
     *,
     n_views: int = 2,
     normalize: bool = True,
@@ -119,8 +119,8 @@ def sigmoid_pairwise_loss(
 ) -> torch.Tensor:
     """SigCLR loss of ``z`` (shape ``(n_views·N, D)``, view-major) → fp32 scalar.
 
-    temperature, bias: floats or 0-d tensors (learnable tensors receive gradients); temperature
-    is the logit scale t, which multiplies the similarities (``--logit-scale`` in training).
+    logit_scale, logit_bias: floats or 0-d tensors (learnable tensors receive gradients): the
+    logits are logit_scale·⟨ẑ_i, ẑ_j⟩ + logit_bias (``--logit-scale``, ``--logit-bias`` in training).
     normalize: L2-normalise rows first, z / max(‖z‖, 1e-4) (normalize.EPS; set False when z is
     already on the unit sphere).
     impl: "triton" (fused kernel, CUDA), "torch" (chunked, any device), "auto" (triton on CUDA).
@@ -128,14 +128,15 @@ def sigmoid_pairwise_loss(
     pair at D = 128; the gradients are unchanged): the result then has the value NaN and is only
     for ``backward()``. Compute it on the steps whose loss is logged.
     """
-    check_inputs(z, temperature, bias, n_views)
+    check_inputs(z, logit_scale, logit_bias, n_views)
     which = resolve_impl(impl, z)
     zhat = normalize_rows(z) if normalize else z
     # n_views is bound here so that only tensors go through autograd.
     backend = partial(
         sigmoid_blocks, n_views=n_views, impl=which, blocks=_self_block, compute_loss=compute_loss
     )
-    return PrecomputedGrad.apply(backend, zhat, as_scalar_tensor(temperature, z), as_scalar_tensor(bias, z))
+    t, b = as_scalar_tensor(logit_scale, z), as_scalar_tensor(logit_bias, z)
+    return PrecomputedGrad.apply(backend, zhat, t, b)
 
 
 def _self_block(zhat: torch.Tensor) -> list[tuple[bool, torch.Tensor]]:
@@ -144,8 +145,8 @@ def _self_block(zhat: torch.Tensor) -> list[tuple[bool, torch.Tensor]]:
 
 def sigmoid_pairwise_loss_distributed(
     z_local: torch.Tensor,
-    temperature: Scalar,
-    bias: Scalar,
+    logit_scale: Scalar,
+    logit_bias: Scalar,
     *,
     n_views: int = 2,
     mode: str = "ring",
@@ -158,7 +159,7 @@ def sigmoid_pairwise_loss_distributed(
     """The SigCLR loss of the global batch, computed from each rank's ``z_local`` (V·n, D).
 
     Returns the global loss (the same fp32 scalar on every rank; NaN without compute_loss).
-    Backward gives ``z_local`` its rows of the global gradient and ``temperature``/``bias`` (when
+    Backward gives ``z_local`` its rows of the global gradient and ``logit_scale``/``logit_bias`` (when
     they are tensors that need gradients) the global ∂L/∂t and ∂L/∂b, identical on every rank.
     mode: "ring" (neighbour exchange, two remote blocks held at most, whatever the world size) or
     "gather" (all-gather: K blocks held at once).
@@ -166,7 +167,7 @@ def sigmoid_pairwise_loss_distributed(
     """
     ranks.check_mode(mode)
     rank, world_size = ranks.world(group)
-    check_inputs(z_local, temperature, bias, n_views)
+    check_inputs(z_local, logit_scale, logit_bias, n_views)
     if check_shapes:
         ranks.check_same_shape(z_local, group)
     which = resolve_impl(impl, z_local)
@@ -185,17 +186,17 @@ def sigmoid_pairwise_loss_distributed(
         group=group,
         compute_loss=compute_loss,
     )
-    t = as_scalar_tensor(temperature, z_local)
-    return PrecomputedGrad.apply(backend, zhat, t, as_scalar_tensor(bias, z_local))
+    t, b = as_scalar_tensor(logit_scale, z_local), as_scalar_tensor(logit_bias, z_local)
+    return PrecomputedGrad.apply(backend, zhat, t, b)
 
 
 def sigmoid_pairwise_loss_reference(
-    z: torch.Tensor, temperature: Scalar, bias: Scalar, *, n_views: int = 2, normalize: bool = True
+    z: torch.Tensor, logit_scale: Scalar, logit_bias: Scalar, *, n_views: int = 2, normalize: bool = True
 ) -> torch.Tensor:
     """Plain autograd formulation that materialises the (V·N)² logits: the baseline to beat."""
     m = z.shape[0]
     zhat = F.normalize(z, dim=1, eps=EPS) if normalize else z
-    logits = temperature * (zhat @ zhat.T) + bias
+    logits = logit_scale * (zhat @ zhat.T) + logit_bias
     img = torch.arange(m, device=z.device) % (m // n_views)
     same = img[:, None] == img[None, :]
     eye = torch.eye(m, dtype=torch.bool, device=z.device)
@@ -205,43 +206,45 @@ def sigmoid_pairwise_loss_reference(
 
 
 class SigmoidPairwiseLoss(nn.Module):
-    """The SigCLR loss with a learnable bias (init −10) and a fixed or learnable temperature.
+    """The SigCLR loss with a learnable logit bias (init −10) and a fixed or learnable logit scale.
 
-    A learnable temperature is kept as ``t = exp(t')`` with ``t'`` initialised to ``log(t0)``.
+    A learnable scale is kept as ``logit_scale = exp(log_logit_scale)``, initialised to log(t0).
+    Checkpoints written under the earlier names (``log_temperature``, ``bias``) load as today's.
     """
 
     def __init__(
         self,
-        temperature: float = LOGIT_SCALE,
-        bias: float = BIAS,
+        logit_scale: float = LOGIT_SCALE,
+        logit_bias: float = LOGIT_BIAS,
         *,
-        learnable_temperature: bool = False,
-        learnable_bias: bool = True,
+        learnable_logit_scale: bool = False,
+        learnable_logit_bias: bool = True,
         n_views: int = 2,
         normalize: bool = True,
         impl: Impl = "auto",
     ) -> None:
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not logit_scale > 0:
+            raise ValueError(f"logit_scale must be > 0, got {logit_scale}")
         self.n_views = n_views
         self.normalize = normalize
         self.impl = impl
-        self.learnable_temperature = learnable_temperature
-        log_t = torch.tensor(math.log(temperature))
-        if learnable_temperature:
-            self.log_temperature = nn.Parameter(log_t)
+        self.learnable_logit_scale = learnable_logit_scale
+        log_t = torch.tensor(math.log(logit_scale))
+        if learnable_logit_scale:
+            self.log_logit_scale = nn.Parameter(log_t)
         else:
-            self.register_buffer("log_temperature", log_t)
-        b = torch.tensor(float(bias))
-        if learnable_bias:
-            self.bias = nn.Parameter(b)
+            self.register_buffer("log_logit_scale", log_t)
+        b = torch.tensor(float(logit_bias))
+        if learnable_logit_bias:
+            self.logit_bias = nn.Parameter(b)
         else:
-            self.register_buffer("bias", b)
+            self.register_buffer("logit_bias", b)
+        self._register_load_state_dict_pre_hook(_renamed_state)
 
     @property
-    def temperature(self) -> torch.Tensor:
-        return self.log_temperature.exp()
+    def logit_scale(self) -> torch.Tensor:
+        return self.log_logit_scale.exp()
 
     def forward(
         self, z: torch.Tensor, labels: torch.Tensor | None = None, *, compute_loss: bool = True
@@ -252,8 +255,8 @@ class SigmoidPairwiseLoss(nn.Module):
             raise ValueError("the sigmoid loss is self-supervised: call it without labels")
         return sigmoid_pairwise_loss(
             z,
-            self.temperature,
-            self.bias,
+            self.logit_scale,
+            self.logit_bias,
             n_views=self.n_views,
             normalize=self.normalize,
             impl=self.impl,
@@ -261,14 +264,24 @@ class SigmoidPairwiseLoss(nn.Module):
         )
 
     def log_values(self) -> dict[str, float]:
-        """What the logs record of this loss: the logit scale t and the bias b."""
-        return {"logit_scale": self.temperature.item(), "bias": self.bias.item()}
+        """What the logs record of this loss: the logit scale t and the logit bias b."""
+        return {"logit_scale": self.logit_scale.item(), "logit_bias": self.logit_bias.item()}
 
     def extra_repr(self) -> str:
         return (
-            f"logit_scale={float(self.temperature):.4g}, bias={float(self.bias):.4g}, "
-            f"learnable_temperature={self.learnable_temperature}, n_views={self.n_views}"
+            f"logit_scale={float(self.logit_scale):.4g}, logit_bias={float(self.logit_bias):.4g}, "
+            f"learnable_logit_scale={self.learnable_logit_scale}, n_views={self.n_views}"
         )
+
+
+# state_dict keys of checkpoints written before the loss's quantities had one name each.
+OLD_STATE_KEYS = {"log_temperature": "log_logit_scale", "bias": "logit_bias"}
+
+
+def _renamed_state(state: dict, prefix: str, *args) -> None:
+    for old, new in OLD_STATE_KEYS.items():
+        if prefix + old in state and prefix + new not in state:
+            state[prefix + new] = state.pop(prefix + old)
 
 
 def _distributed(
@@ -276,8 +289,8 @@ def _distributed(
 ) -> torch.Tensor:
     return sigmoid_pairwise_loss_distributed(
         z,
-        module.temperature,
-        module.bias,
+        module.logit_scale,
+        module.logit_bias,
         n_views=module.n_views,
         mode=mode,
         group=group,
@@ -288,24 +301,16 @@ def _distributed(
     )
 
 
-def _build(
-    *, n_views: int, logit_scale: float, bias: float, learnable_bias: bool, learnable_logit_scale: bool
-) -> SigmoidPairwiseLoss:
-    return SigmoidPairwiseLoss(
-        logit_scale,
-        bias,
-        learnable_temperature=learnable_logit_scale,
-        learnable_bias=learnable_bias,
-        n_views=n_views,
-    )
+def _build(*, n_views: int, **params) -> SigmoidPairwiseLoss:
+    return SigmoidPairwiseLoss(**params, n_views=n_views)
 
 
 def _function(z: torch.Tensor, labels: None = None, *, n_views: int = 2, impl: Impl = "auto", **params):
-    return sigmoid_pairwise_loss(z, params["logit_scale"], params["bias"], n_views=n_views, impl=impl)
+    return sigmoid_pairwise_loss(z, params["logit_scale"], params["logit_bias"], n_views=n_views, impl=impl)
 
 
 def _reference(z: torch.Tensor, labels: None = None, *, n_views: int = 2, **params) -> torch.Tensor:
-    return sigmoid_pairwise_loss_reference(z, params["logit_scale"], params["bias"], n_views=n_views)
+    return sigmoid_pairwise_loss_reference(z, params["logit_scale"], params["logit_bias"], n_views=n_views)
 
 
 SPEC = LossSpec(
@@ -318,10 +323,15 @@ SPEC = LossSpec(
             LOGIT_SCALE, "sigmoid logit scale t: logits t·s + b (multiplies the similarities)", {"gt": 0}
         ),
         "learnable_logit_scale": HyperParam(False, "learn t as exp(t')"),
-        "bias": HyperParam(BIAS, "initial sigmoid bias b", {"ge": -FLOAT32_MAX, "le": FLOAT32_MAX}),
-        "learnable_bias": HyperParam(True, "learn the bias b; --no-learnable-bias keeps it at --bias"),
+        "logit_bias": HyperParam(
+            LOGIT_BIAS, "initial sigmoid logit bias b", {"ge": -FLOAT32_MAX, "le": FLOAT32_MAX}
+        ),
+        "learnable_logit_bias": HyperParam(
+            True, "learn the logit bias b; --no-learnable-logit-bias keeps it at --logit-bias"
+        ),
     },
     kernel="sigmoid_pairwise_triton",
     distributed=_distributed,
     notes={"temperature": "sigclr multiplies its logits by a scale instead: pass --logit-scale"},
+    renamed={"bias": "logit_bias", "learnable_bias": "learnable_logit_bias"},
 )

@@ -11,8 +11,8 @@ from . import common
 
 def sigmoid_pairwise_chunked(
     zhat: torch.Tensor,
-    temperature: torch.Tensor,
-    bias: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor,
     n_views: int,
     *,
     compute_grad: bool = True,
@@ -28,8 +28,8 @@ def sigmoid_pairwise_chunked(
     return sigmoid_block_chunked(
         zhat,
         zhat,
-        temperature,
-        bias,
+        logit_scale,
+        logit_bias,
         n_per_view=m // n_views,
         inv_m=1.0 / m,
         self_block=True,
@@ -42,8 +42,8 @@ def sigmoid_pairwise_chunked(
 def sigmoid_block_chunked(
     rows: torch.Tensor,
     cols: torch.Tensor,
-    temperature: torch.Tensor,
-    bias: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor,
     *,
     n_per_view: int,
     inv_m: float,
@@ -62,8 +62,8 @@ def sigmoid_block_chunked(
     work = torch.float64 if rows.dtype == torch.float64 else torch.float32
     zf = rows.to(work)
     cf = zf if self_block else cols.to(work)
-    t = temperature.detach().to(work)
-    b = bias.detach().to(work)
+    t = logit_scale.detach().to(work)
+    b = logit_bias.detach().to(work)
     step = chunk_rows or max(1, common.CHUNK_ELEMENTS // mc)
     col_img = torch.arange(mc, device=rows.device) % n_per_view
     loss = zf.new_zeros(())

@@ -35,6 +35,7 @@ class LossSpec:
     has an exact blockwise form across ranks; None: the global batch's rows are gathered.
     notes: per option name, the hint added when the option is given to this method (misnamed
     options, e.g. --temperature for sigclr).
+    renamed: earlier option name → today's, for config files written under the earlier name.
     """
 
     summary: str
@@ -46,6 +47,7 @@ class LossSpec:
     kernel: str | None = None
     distributed: Callable[..., torch.Tensor] | None = None
     notes: dict[str, str] = field(default_factory=dict)
+    renamed: dict[str, str] = field(default_factory=dict)
 
     def defaults(self) -> dict[str, Any]:
         return {name: p.default for name, p in self.params.items()}
