@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from helpers import KERNEL_DEVICE, assert_close_rel, max_rel_error
 
 from fastsigclr.kernels import sigmoid_block_triton, sigmoid_pairwise_triton
-from fastsigclr.losses import SigmoidPairwiseLoss, sigmoid_pairwise_chunked, sigmoid_pairwise_loss
+from fastsigclr.losses import SigmoidPairwiseLoss, sigmoid_blocks, sigmoid_pairwise_loss
 from fastsigclr.losses import common as loss_common
 
 # rows = n_views·N: the 2N sizes for two views, the nearest multiples of 3 for three.
@@ -148,7 +148,7 @@ def test_kernel_tiles_and_feature_splits(m, d, block_m, block_n, block_k, col_sp
     dev = KERNEL_DEVICE
     blocks = dict(block_m=block_m, block_n=block_n, block_k=block_k, col_splits=col_splits)
     got = sigmoid_pairwise_triton(zh.to(dev), t.to(dev), b.to(dev), n_views, **blocks)
-    want = sigmoid_pairwise_chunked(zh.double(), t.double(), b.double(), n_views)
+    want = sigmoid_blocks(zh.double(), t.double(), b.double(), n_views=n_views)
     for name, a, e in zip(("loss", "dz", "dt", "db"), got, want, strict=True):
         assert_close_rel(a, e, 5e-6, name)  # measured ≤ 3e-7
 
@@ -185,7 +185,7 @@ def test_kernel_without_gradient_or_loss():
     t, b = torch.tensor(10.0), torch.tensor(-10.0)
     dev = KERNEL_DEVICE
     loss, dz, dt, db = sigmoid_pairwise_triton(zh.to(dev), t.to(dev), b.to(dev), 2, compute_grad=False)
-    want = sigmoid_pairwise_chunked(zh, t, b, 2)
+    want = sigmoid_blocks(zh, t, b, n_views=2)
     assert dz is None
     assert_close_rel(loss, want[0], 1e-5, "loss")
     assert_close_rel(dt, want[2], 1e-5, "dt")

@@ -8,11 +8,12 @@ from .ntxent import NTXentLoss, nt_xent_chunked, nt_xent_loss, nt_xent_loss_refe
 from .ranks import DistributedCriterion
 from .sigmoid import (
     SigmoidPairwiseLoss,
+    sigmoid_blocks,
     sigmoid_pairwise_loss,
     sigmoid_pairwise_loss_distributed,
     sigmoid_pairwise_loss_reference,
 )
-from .sigmoid_torch import sigmoid_block_chunked, sigmoid_pairwise_chunked
+from .sigmoid_torch import sigmoid_block_chunked
 from .spec import HyperParam, LossSpec
 from .tcl import TCLLoss, supcon_loss, tcl_chunked, tcl_loss, tcl_loss_reference
 
@@ -37,7 +38,7 @@ __all__ = [
     "nt_xent_loss",
     "nt_xent_loss_reference",
     "sigmoid_block_chunked",
-    "sigmoid_pairwise_chunked",
+    "sigmoid_blocks",
     "sigmoid_pairwise_loss",
     "sigmoid_pairwise_loss_distributed",
     "sigmoid_pairwise_loss_reference",

@@ -9,8 +9,8 @@ For rows ``z`` of shape ``(V·N, D)``, view-major, and anchors ``i`` against col
 Because the loss is elementwise in the logits, its whole gradient can be formed in the same pass
 as the value. One block loop (``sigmoid_blocks``) does so inside ``common.PrecomputedGrad``, in one
 process (a single self-block) and across ranks (this rank's rows against every rank's block, the
-ring or all-gather of ``ranks``): ``"torch"`` walks row chunks (no (V·N)² tensor), ``"triton"``
-runs the fused kernel of ``fastsigclr.kernels``.
+ring or all-gather of ``ranks``): ``"torch"`` walks strips of rows, each unordered pair once
+(``sigmoid_torch``; no (V·N)² tensor), ``"triton"`` runs the fused kernel of ``fastsigclr.kernels``.
 
 Why no gradient travels between ranks: with G the (scaled) matrix σ(a) − [positive], the loss
 gives ∂L/∂ẑ_i = 2t·Σ_j G_ij ẑ_j because G is symmetric. Rank r therefore needs only its own rows
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -58,7 +57,7 @@ def check_inputs(z: torch.Tensor, logit_scale: Scalar, logit_bias: Scalar, n_vie
     check_scalar("logit_bias", logit_bias, z)
 
 
-# (self_block, cols) for every column block this rank's rows meet; world size 1: [(True, zhat)].
+# (self_block, cols) for every column block this rank's rows meet.
 Blocks = Callable[[torch.Tensor], Iterable[tuple[bool, torch.Tensor]]]
 
 
@@ -68,40 +67,37 @@ def sigmoid_blocks(
     logit_bias: torch.Tensor,
     *,
     n_views: int,
-    impl: str,
-    blocks: Blocks,
+    impl: str = "torch",
+    blocks: Blocks | None = None,
     world_size: int = 1,
     group=None,
     compute_grad: bool = True,
     compute_loss: bool = True,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """The loss of a batch of ``world_size`` equal shares, this rank's rows ``zhat`` (M, D)
-    against each column block of ``blocks(zhat)``: (loss, dL/dzhat, dL/dt, dL/db) of the whole
-    batch (loss None without compute_loss). With one rank: one self-block, no all-reduce."""
+    against each column block of ``blocks(zhat)`` (None: one rank, one self-block, no
+    all-reduce): (loss, dL/dzhat, dL/dt, dL/db) of the whole batch, loss None without
+    compute_loss. impl: "torch" (sigmoid_torch's chunked block) or "triton" (the kernel's)."""
     m = zhat.shape[0]
-    many = world_size > 1
-    if impl == "triton":
-        # Across ranks dz sums several blocks: each is kept in fp32 until the sum is done.
-        block = partial(kernels().sigmoid_block_triton, dz_dtype=torch.float32 if many else None)
-    else:
-        block = sigmoid_block_chunked
+    args = dict(n_per_view=m // n_views, inv_m=1.0 / (m * world_size), compute_loss=compute_loss)
     sums, dz = None, None
-    for self_block, cols in blocks(zhat):
-        loss, dz_block, dt, db = block(
-            zhat,
-            cols,
-            logit_scale,
-            logit_bias,
-            n_per_view=m // n_views,
-            inv_m=1.0 / (m * world_size),
-            self_block=self_block,
-            compute_grad=compute_grad,
-            compute_loss=compute_loss,
-        )
+    for self_block, cols in [(True, zhat)] if blocks is None else blocks(zhat):
+        if impl == "triton":
+            # Across ranks dz sums several blocks: each is kept in fp32 until the sum is done.
+            dz_dtype = torch.float32 if world_size > 1 else None
+            loss, dz_block, dt, db = kernels.sigmoid_block_triton(
+                zhat, cols, logit_scale, logit_bias, self_block=self_block, compute_grad=compute_grad,
+                dz_dtype=dz_dtype, **args
+            )  # fmt: skip
+        else:
+            pairs = "self" if self_block else "cross"
+            loss, dz_block, _, dt, db = sigmoid_block_chunked(
+                zhat, cols, logit_scale, logit_bias, pairs=pairs, grad_rows=compute_grad, **args
+            )
         part = torch.stack([dt, db, dt.new_zeros(()) if loss is None else loss.to(dt.dtype)])
         sums = part if sums is None else sums + part
         dz = dz_block if dz is None or dz_block is None else dz.add_(dz_block)
-    if many:
+    if world_size > 1:
         dist.all_reduce(sums, group=group)
     dt, db, loss = sums.unbind()
     return (loss if compute_loss else None), dz, dt, db
@@ -131,16 +127,9 @@ def sigmoid_pairwise_loss(
     check_inputs(z, logit_scale, logit_bias, n_views)
     which = resolve_impl(impl, z)
     zhat = normalize_rows(z) if normalize else z
-    # n_views is bound here so that only tensors go through autograd.
-    backend = partial(
-        sigmoid_blocks, n_views=n_views, impl=which, blocks=_self_block, compute_loss=compute_loss
-    )
+    options = {"n_views": n_views, "impl": which, "compute_loss": compute_loss}
     t, b = as_scalar_tensor(logit_scale, z), as_scalar_tensor(logit_bias, z)
-    return PrecomputedGrad.apply(backend, zhat, t, b)
-
-
-def _self_block(zhat: torch.Tensor) -> list[tuple[bool, torch.Tensor]]:
-    return [(True, zhat)]
+    return PrecomputedGrad.apply(sigmoid_blocks, options, zhat, t, b)
 
 
 def sigmoid_pairwise_loss_distributed(
@@ -177,17 +166,9 @@ def sigmoid_pairwise_loss_distributed(
     def blocks(rows: torch.Tensor) -> Iterable[tuple[bool, torch.Tensor]]:
         return ((owner == rank, cols) for owner, cols in stream(rows, group))
 
-    backend = partial(
-        sigmoid_blocks,
-        n_views=n_views,
-        impl=which,
-        blocks=blocks,
-        world_size=world_size,
-        group=group,
-        compute_loss=compute_loss,
-    )
+    options = dict(n_views=n_views, impl=which, blocks=blocks, world_size=world_size, group=group)
     t, b = as_scalar_tensor(logit_scale, z_local), as_scalar_tensor(logit_bias, z_local)
-    return PrecomputedGrad.apply(backend, zhat, t, b)
+    return PrecomputedGrad.apply(sigmoid_blocks, {**options, "compute_loss": compute_loss}, zhat, t, b)
 
 
 def sigmoid_pairwise_loss_reference(

@@ -65,7 +65,7 @@ class FixedTemperatureLoss(nn.Module):
     title = "the loss"
 
     @staticmethod
-    def loss(z: torch.Tensor, temperature: float, *, n_views: int) -> torch.Tensor:
+    def loss(z: torch.Tensor, temperature: float, *, n_views: int, impl: str = "auto") -> torch.Tensor:
         raise NotImplementedError
 
     def __init__(self, temperature: float, *, n_views: int = 2) -> None:
@@ -87,3 +87,26 @@ class FixedTemperatureLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"temperature={self.tau}, n_views={self.n_views}"
+
+
+def fixed_temperature_spec(
+    summary: str,
+    module: type[FixedTemperatureLoss],
+    reference: Callable[..., torch.Tensor],
+    tau: float,
+    kernel: str | None = None,
+) -> LossSpec:
+    """The registry entry of a FixedTemperatureLoss: its one parameter τ (default ``tau``), the
+    module built from it, its function (``module.loss``) and ``reference(z, τ, n_views=...)``."""
+
+    def build(*, n_views: int, temperature: float) -> nn.Module:
+        return module(temperature, n_views=n_views)
+
+    def function(z: torch.Tensor, labels: None = None, *, n_views: int = 2, impl: str = "auto", **params):
+        return module.loss(z, params["temperature"], n_views=n_views, impl=impl)
+
+    def plain(z: torch.Tensor, labels: None = None, *, n_views: int = 2, **params) -> torch.Tensor:
+        return reference(z, params["temperature"], n_views=n_views)
+
+    params = {"temperature": softmax_temperature(tau)}
+    return LossSpec(summary, build, function, plain, params, kernel=kernel)
