@@ -6,6 +6,7 @@ reference and ``SPEC`` (see ``spec.LossSpec``), its import and one line below.""
 from . import dcl, ntxent, sigmoid, tcl
 from .ntxent import NTXentLoss, nt_xent_chunked, nt_xent_loss, nt_xent_loss_reference
 from .ranks import DistributedCriterion
+from .siglip import SigLipLoss, siglip_loss, siglip_loss_distributed, siglip_loss_reference
 from .sigmoid import (
     SigmoidPairwiseLoss,
     sigmoid_blocks,
@@ -32,11 +33,15 @@ __all__ = [
     "HyperParam",
     "LossSpec",
     "NTXentLoss",
+    "SigLipLoss",
     "SigmoidPairwiseLoss",
     "TCLLoss",
     "nt_xent_chunked",
     "nt_xent_loss",
     "nt_xent_loss_reference",
+    "siglip_loss",
+    "siglip_loss_distributed",
+    "siglip_loss_reference",
     "sigmoid_block_chunked",
     "sigmoid_blocks",
     "sigmoid_pairwise_loss",

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from fastsigclr.config import option
 
 from . import LOSSES
-from .spec import HyperParam
+from .spec import HyperParam, LossSpec
 
 
 def _users() -> dict[str, dict[str, HyperParam]]:
@@ -54,22 +54,29 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def check_applicable(config: Any, methods: Iterable[str], fix: str = "drop it") -> None:
+def check_applicable(
+    config: Any, methods: Iterable[str], fix: str = "drop it", losses: dict[str, LossSpec] = LOSSES
+) -> None:
     """A loss option given (not None) that none of ``methods`` takes is a ValueError naming the
-    methods it applies to (and the spec's hint where the method has one, e.g. --logit-scale)."""
+    methods it applies to (and the spec's hint where the method has one, e.g. --logit-scale).
+    losses: where the methods are looked up (``bench loss`` adds losses that are not methods)."""
     methods = tuple(methods)
     for name in LOSS_OPTIONS:
-        if getattr(config, name) is None or any(name in LOSSES[m].params for m in methods):
+        if getattr(config, name) is None or any(name in losses[m].params for m in methods):
             continue
-        users = ", ".join(m for m, spec in LOSSES.items() if name in spec.params)
-        notes = [LOSSES[m].notes[name] for m in methods if name in LOSSES[m].notes]
+        users = ", ".join(m for m, spec in losses.items() if name in spec.params)
+        notes = [losses[m].notes[name] for m in methods if name in losses[m].notes]
         note = f" ({notes[0]})" if notes else ""
         raise ValueError(f"{_flag(name)} applies to {users} only; {fix}{note}")
 
 
 def method_params(config: Any, method: str) -> dict[str, Any]:
     """The hyper-parameters of ``method``'s loss: the config's values, its defaults where unset."""
-    spec = LOSSES[method]
+    return spec_params(config, LOSSES[method])
+
+
+def spec_params(config: Any, spec: LossSpec) -> dict[str, Any]:
+    """The hyper-parameters of a loss: the config's values, the spec's defaults where unset."""
     values = {name: getattr(config, name, None) for name in spec.params}
     return {name: spec.params[name].default if v is None else v for name, v in values.items()}
 
