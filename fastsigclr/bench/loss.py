@@ -26,7 +26,8 @@ from fastsigclr.bench.open_clip_loss import OPEN_CLIP_LOSSES, open_clip_fn
 from fastsigclr.bench.open_clip_loss import installed as open_clip_installed
 from fastsigclr.config import check_fields, option, to_dict
 from fastsigclr.losses import LOSSES, siglip
-from fastsigclr.losses.options import check_applicable, spec_params, with_loss_options
+from fastsigclr.losses.options import check_applicable, with_loss_options
+from fastsigclr.runconfig import loss_params
 from fastsigclr.runinfo import device_option, resolve_device, run_record
 
 PROVIDERS = ("eager", "compiled", "chunked", "triton", "open_clip")
@@ -84,7 +85,7 @@ def _loss_fn(provider: str, method: str, cfg: BenchLossConfig, device: torch.dev
     """fn(z, labels) -> loss of one provider; learnable hyper-parameters (sigclr's bias by default)
     are tensors that receive gradients, as in training. Labels: 10 classes for supervised losses."""
     spec = BENCH_LOSSES[method]
-    params: dict[str, Any] = spec_params(cfg, spec)
+    params: dict[str, Any] = loss_params(cfg, spec)
     for name, value in list(params.items()):
         if params.get(f"learnable_{name}"):
             params[name] = torch.tensor(float(value), device=device, requires_grad=True)

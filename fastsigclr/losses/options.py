@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
-from fastsigclr.config import option
+from fastsigclr.config import flag, option
 
 from . import LOSSES
 from .spec import HyperParam, LossSpec
@@ -50,10 +50,6 @@ def with_loss_options(cls: type[C]) -> type[C]:
     return dataclasses.make_dataclass(cls.__name__, _FIELDS, bases=(cls,), frozen=True, namespace=namespace)
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def check_applicable(
     config: Any, methods: Iterable[str], fix: str = "drop it", losses: dict[str, LossSpec] = LOSSES
 ) -> None:
@@ -67,18 +63,7 @@ def check_applicable(
         users = ", ".join(m for m, spec in losses.items() if name in spec.params)
         notes = [losses[m].notes[name] for m in methods if name in losses[m].notes]
         note = f" ({notes[0]})" if notes else ""
-        raise ValueError(f"{_flag(name)} applies to {users} only; {fix}{note}")
-
-
-def method_params(config: Any, method: str) -> dict[str, Any]:
-    """The hyper-parameters of ``method``'s loss: the config's values, its defaults where unset."""
-    return spec_params(config, LOSSES[method])
-
-
-def spec_params(config: Any, spec: LossSpec) -> dict[str, Any]:
-    """The hyper-parameters of a loss: the config's values, the spec's defaults where unset."""
-    values = {name: getattr(config, name, None) for name in spec.params}
-    return {name: spec.params[name].default if v is None else v for name, v in values.items()}
+        raise ValueError(f"{flag(name)} applies to {users} only; {fix}{note}")
 
 
 def renamed_options(saved: dict[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ class LossSpec:
     ``module(z, labels)`` when supervised), with ``compute_loss=`` where the loss can skip its value.
     function / reference: the functional API and the plain (materialising, float64-capable)
     reference, both ``(z, labels, *, n_views, **params)`` over view-major rows (function also
-    takes ``impl``); unknown params (e.g. learnable_bias) are ignored.
+    takes ``impl``); unknown params (e.g. learnable_logit_bias) are ignored.
     kernel: the name of its Triton launcher in ``fastsigclr.kernels``, if it has one.
     distributed: ``(module, z_local, labels, *, mode, group, compute_loss) -> loss`` where the loss
     has an exact blockwise form across ranks; None: the global batch's rows are gathered.
