@@ -156,3 +156,18 @@ def test_ring_equals_the_global_batch(world, tmp_path):
         skipped = results[False]
         assert torch.isnan(skipped[0])
         assert all(torch.equal(a, e) for a, e in zip(skipped[1:], results[True][1:], strict=True))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("open_clip") is None, reason="open_clip_torch not installed")
+def test_bench_open_clip_provider_computes_each_loss():
+    """The bench's open_clip provider: on SigCLR's rows (ẑ against the other view, its self-pairs
+    taken out) it is SigCLR's loss; on siglip's it is the two-tower loss of z's halves."""
+    from fastsigclr.bench.open_clip_loss import open_clip_fn
+    from fastsigclr.losses import sigmoid_pairwise_loss_reference
+
+    z = torch.randn(22, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    params = {"logit_scale": T0, "logit_bias": B0}
+    want = sigmoid_pairwise_loss_reference(z, T0, B0, n_views=2)
+    assert_close_rel(open_clip_fn("sigclr", params)(z, None), want, 1e-12, "sigclr")
+    x, y = F.normalize(z, dim=1).chunk(2)
+    assert_close_rel(open_clip_fn("siglip", params)(z, None), oracle(x, y, T0, B0), 1e-12, "siglip")
