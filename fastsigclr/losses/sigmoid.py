@@ -250,7 +250,7 @@ class SigmoidPairwiseLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"logit_scale={float(self.logit_scale):.4g}, logit_bias={float(self.logit_bias):.4g}, "
+            f"logit_scale={self.logit_scale.item():.4g}, logit_bias={self.logit_bias.item():.4g}, "
             f"learnable_logit_scale={self.learnable_logit_scale}, n_views={self.n_views}"
         )
 
@@ -282,10 +282,6 @@ def _distributed(
     )
 
 
-def _build(*, n_views: int, **params) -> SigmoidPairwiseLoss:
-    return SigmoidPairwiseLoss(**params, n_views=n_views)
-
-
 def _function(z: torch.Tensor, labels: None = None, *, n_views: int = 2, impl: Impl = "auto", **params):
     return sigmoid_pairwise_loss(z, params["logit_scale"], params["logit_bias"], n_views=n_views, impl=impl)
 
@@ -296,7 +292,7 @@ def _reference(z: torch.Tensor, labels: None = None, *, n_views: int = 2, **para
 
 SPEC = LossSpec(
     summary="SigCLR: pairwise sigmoid, softplus(−y·(t·s + b)), t 10 fixed, b learnt from −10",
-    build=_build,
+    build=SigmoidPairwiseLoss,  # its keywords are the spec's parameter names
     function=_function,
     reference=_reference,
     params={
