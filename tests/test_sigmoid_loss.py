@@ -9,7 +9,12 @@ import torch.nn.functional as F
 from helpers import KERNEL_DEVICE, assert_close_rel, max_rel_error
 
 from fastsigclr.kernels import sigmoid_block_triton, sigmoid_pairwise_triton
-from fastsigclr.losses import SigmoidPairwiseLoss, sigmoid_blocks, sigmoid_pairwise_loss
+from fastsigclr.losses import (
+    SigmoidPairwiseLoss,
+    sigmoid_block_chunked,
+    sigmoid_blocks,
+    sigmoid_pairwise_loss,
+)
 from fastsigclr.losses import common as loss_common
 
 # rows = n_views·N: the issue's 2N sizes for two views, the nearest multiples of 3 for three.
@@ -396,3 +401,21 @@ def test_no_gradient_when_nothing_requires_it():
     with torch.no_grad():
         loss = sigmoid_pairwise_loss(z, 10.0, -10.0, impl="torch")
     assert not loss.requires_grad and loss.dtype == torch.float32
+
+
+@pytest.mark.parametrize("m,n_views", [(15, 3), (26, 2), (33, 3)])
+@pytest.mark.parametrize("chunk_rows", [1, 5, 7, None])
+def test_torch_block_evaluates_each_pair_once_at_any_strip(m, n_views, chunk_rows):
+    """The symmetric schedule of sigmoid_block_chunked: strips of 1 row, of rows that do not
+    divide M (the last one short, squares straddling the diagonal), and one strip, against the
+    float64 oracle for the value and every gradient."""
+    gen = torch.Generator().manual_seed(m * 10 + n_views)
+    z = F.normalize(torch.randn(m, 9, generator=gen, dtype=torch.float64), dim=1)
+    expected = run(lambda x, t, b: reference(x, t, b, n_views, normalize=False), z, 3.0, -1.5, torch.float64)
+    t, b = torch.tensor(3.0, dtype=torch.float64), torch.tensor(-1.5, dtype=torch.float64)
+    loss, dz, d_cols, dt, db = sigmoid_block_chunked(
+        z, z, t, b, n_per_view=m // n_views, inv_m=1 / m, pairs="self", chunk_rows=chunk_rows
+    )
+    assert d_cols is None
+    for name, a, e in zip(("loss", "dz", "dt", "db"), (loss, dz, dt, db), expected, strict=True):
+        assert_close_rel(a, e, 1e-12, f"{name} M={m} strips of {chunk_rows}")
