@@ -15,7 +15,13 @@ import torch.nn.functional as F
 from helpers import assert_close_rel
 
 from fastsigclr.bench.open_clip_loss import open_clip_siglip
-from fastsigclr.losses import SigLipLoss, common, siglip_loss, siglip_loss_distributed, siglip_loss_reference
+from fastsigclr.losses import (
+    SigLipLoss,
+    siglip_loss,
+    siglip_loss_distributed,
+    siglip_loss_reference,
+    sigmoid_torch,
+)
 
 T0, B0 = 4.0, -2.0  # logits in a range where positives and negatives both carry gradient
 
@@ -56,7 +62,7 @@ NAMES = ("loss", "dx", "dy", "dt", "db")
 def test_matches_float64_oracle(n, d, chunk, monkeypatch):
     """Strips of several rows and of one (chunk elements over B columns), the last one short."""
     if chunk is not None:
-        monkeypatch.setattr(common, "CHUNK_ELEMENTS", chunk)
+        monkeypatch.setattr(sigmoid_torch, "STRIP_ELEMENTS", chunk)
     x, y = towers(n, d, seed=n)
     want = value_and_grads(oracle, x, y)
     got = value_and_grads(lambda *a: siglip_loss(*a, impl="torch"), x, y)

@@ -14,8 +14,8 @@ from fastsigclr.losses import (
     sigmoid_block_chunked,
     sigmoid_blocks,
     sigmoid_pairwise_loss,
+    sigmoid_torch,
 )
-from fastsigclr.losses import common as loss_common
 
 # rows = n_views·N: the 2N sizes for two views, the nearest multiples of 3 for three.
 ROWS = {2: [2, 6, 74, 130, 258], 3: [3, 6, 75, 129, 258]}
@@ -294,7 +294,7 @@ def test_strided_rows_without_normalisation():
 
 def test_gradcheck_torch_path(monkeypatch):
     # Tiny chunks so the gradient is assembled over several chunks.
-    monkeypatch.setattr(loss_common, "CHUNK_ELEMENTS", 24)
+    monkeypatch.setattr(sigmoid_torch, "STRIP_ELEMENTS", 24)
     gen = torch.Generator().manual_seed(11)
     z = torch.randn(12, 5, dtype=torch.float64, generator=gen, requires_grad=True)
     t = torch.tensor(2.5, dtype=torch.float64, requires_grad=True)
@@ -308,7 +308,7 @@ def test_gradcheck_torch_path(monkeypatch):
 def test_chunking_does_not_change_the_result(monkeypatch):
     z = torch.randn(90, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     whole = run(sigmoid_pairwise_loss, z, 3.0, -1.0, torch.float64, impl="torch")
-    monkeypatch.setattr(loss_common, "CHUNK_ELEMENTS", 7 * 90)  # 7-row chunks, last one short
+    monkeypatch.setattr(sigmoid_torch, "STRIP_ELEMENTS", 7 * 90)  # 7-row strips, last one short
     chunked = run(sigmoid_pairwise_loss, z, 3.0, -1.0, torch.float64, impl="torch")
     for x, y in zip(whole, chunked, strict=True):
         assert_close_rel(x, y, 1e-12)
