@@ -83,22 +83,45 @@ def test_bench_loss_compiled_reference(tmp_path: Path):
     assert all(r["status"] == "ok" and r["median_ms"] > 0 for r in rows)
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def test_kernels_are_not_a_top_level_module(tmp_path: Path):
-    """kernels/ is installed only as fastsigclr.kernels; from outside the repo `kernels` is absent."""
+    """kernels/ is importable only as fastsigclr.kernels: from a folder whose path holds just the
+    package (what an install puts on sys.path), `kernels` is absent. The package is linked there from
+    this checkout, so the check needs no install (a copied checkout has none)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "fastsigclr").symlink_to(ROOT / "fastsigclr", target_is_directory=True)
     code = (
-        "import importlib.util, fastsigclr.kernels as k; "
-        "print(importlib.util.find_spec('kernels') is None, k.sigmoid_pairwise_triton.__module__)"
+        "import importlib.util, fastsigclr, fastsigclr.kernels as k; "
+        "print(importlib.util.find_spec('kernels') is None, k.sigmoid_pairwise_triton.__module__, "
+        "fastsigclr.__file__)"
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = {**os.environ, "PYTHONPATH": str(site)}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["True", "fastsigclr.kernels.sigmoid_loss"]
+    assert out.stdout.split() == [
+        "True",
+        "fastsigclr.kernels.sigmoid_loss",
+        str(site / "fastsigclr" / "__init__.py"),
+    ]
 
 
 def test_console_script_and_module_entry_points(tmp_path: Path):
-    for cmd in (["fastsigclr", "--help"], [sys.executable, "-m", "fastsigclr", "bench", "loss", "--help"]):
-        exe = Path(sys.executable).with_name("fastsigclr") if cmd[0] == "fastsigclr" else None
-        argv = [str(exe), *cmd[1:]] if exe else cmd
+    """The console script pyproject.toml declares, and ``python -m fastsigclr``. Where the package
+    is not installed (a copied checkout on the PYTHONPATH), the script's entry point is called as
+    the installed script would call it."""
+    tomllib = pytest.importorskip("tomllib")
+    entry = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["fastsigclr"]
+    module, function = entry.split(":")
+    exe = Path(sys.executable).with_name("fastsigclr")
+    script = (
+        [str(exe)]
+        if exe.is_file()
+        else [sys.executable, "-c", f"import sys; from {module} import {function}; sys.exit({function}())"]
+    )
+    for argv in ([*script, "--help"], [sys.executable, "-m", "fastsigclr", "bench", "loss", "--help"]):
         out = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
         assert "usage: fastsigclr" in out.stdout

@@ -51,8 +51,14 @@ NVIDIA_BIN = os.path.join(os.path.dirname(triton.backends.nvidia.__file__), "bin
 GROUP = ("kernel", "variant", "dtype", "D")  # the rows one autotuner chooses among
 
 
-def all_cases(quick: bool) -> list[CompileCase]:
-    return [*sigmoid_tuning.compile_cases(quick), *ntxent.compile_cases(quick), *augment.compile_cases(quick)]
+def all_cases(quick: bool, only: str = "") -> list[CompileCase]:
+    """Every module's compile cases; ``only``: those whose kernel name starts with it."""
+    cases = [
+        *sigmoid_tuning.compile_cases(quick),
+        *ntxent.compile_cases(quick),
+        *augment.compile_cases(quick),
+    ]
+    return [c for c in cases if c.meta.get("kernel", "").startswith(only)]
 
 
 def specialise(case: CompileCase, backend) -> tuple[ASTSource, dict]:
@@ -138,11 +144,11 @@ def compile_case(case: CompileCase, arch: int) -> dict:
     return row
 
 
-def run_case(index: int, quick: bool, arch: int) -> dict:
+def run_case(index: int, quick: bool, arch: int, only: str = "") -> dict:
     """Worker: rebuild the case list (kernels cannot be pickled) and compile case ``index``."""
     knobs.nvidia.dump_ptxas_log = True
     knobs.compilation.always_compile = True  # a cached kernel has no ptxas log
-    case = all_cases(quick)[index]
+    case = all_cases(quick, only)[index]
     row = dict(case.meta, warps=case.num_warps, stages=case.num_stages, candidate=case.candidate)
     row["tensor_cores"] = case.tensor_cores
     try:
@@ -168,6 +174,13 @@ def mark_kept(rows: list[dict]) -> None:
 
 def failures(rows: list[dict]) -> list[str]:
     bad = [f"{r['kernel']} {r.get('dtype')}: {r['error']}" for r in rows if "error" in r]
+    # A launcher's own configuration (not an autotune candidate) must fit: nothing prunes it.
+    bad += [
+        f"{r['kernel']} {r.get('variant', '')} {r['dtype']} D={r['D']}: {r['shared_bytes']} bytes of shared "
+        f"memory, over the {SM90_MAX_SHARED} a block may use"
+        for r in rows
+        if not r["candidate"] and r.get("launchable") is False
+    ]
     groups = {tuple(r.get(k) for k in GROUP) for r in rows if r["candidate"]}
     kept = {tuple(r.get(k) for k in GROUP) for r in rows if r.get("kept")}
     bad += [f"{' '.join(map(str, g))}: no autotune candidate fits without spilling" for g in groups - kept]
@@ -180,11 +193,14 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="the cases CI compiles (see compile_cases)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiles in parallel")
     ap.add_argument("--json", help="write the report here")
+    ap.add_argument("--only", default="", help="only kernels whose name starts with this (e.g. ntxent)")
     args = ap.parse_args()
-    count = len(all_cases(args.quick))
+    count = len(all_cases(args.quick, args.only))
     rows = []
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
-        for row in pool.map(run_case, range(count), [args.quick] * count, [args.arch] * count):
+        for row in pool.map(
+            run_case, range(count), [args.quick] * count, [args.arch] * count, [args.only] * count
+        ):
             rows.append(row)
             what = " ".join(str(row.get(k, "")) for k in (*GROUP, "BLOCK_M", "BLOCK_N"))
             print(
