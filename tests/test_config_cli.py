@@ -199,3 +199,28 @@ def test_bench_train_times_the_trainers_recipe():
     for name in ("optimizer", "lr", "momentum", "weight_decay", "probe_lr", "method", "bias"):
         assert getattr(timed, name) == getattr(default, name), name
     assert (timed.arch, timed.width, timed.batch_size) == ("resnet18", 16, 64)
+
+
+def test_bench_loss_reports_an_unlaunchable_case(tmp_path: Path, monkeypatch):
+    """A kernel that needs more shared memory than the GPU has raises triton's OutOfResources at
+    launch; the bench records that case and goes on (it caught only out-of-memory and aborted)."""
+    from triton.runtime.errors import OutOfResources
+
+    import fastsigclr.bench.loss as bench_loss
+
+    real, calls = bench_loss.time_fn, []
+
+    def time_fn(step, device, **kw):  # the first case (2N = 66) does not fit
+        calls.append(1)
+        if len(calls) == 1:
+            raise OutOfResources(238080, 232448, "shared memory")
+        return real(step, device, **kw)
+
+    monkeypatch.setattr(bench_loss, "time_fn", time_fn)
+    args = ["bench", "loss", "--device", "cpu", "--sizes", "66,130", "--dims", "17", "--losses", "simclr"]
+    assert (
+        main([*args, "--providers", "chunked", "--warmup", "1", "--reps", "1", "--out", str(tmp_path)]) == 0
+    )
+    rows = {r["rows"]: r for r in json.loads((tmp_path / "loss-cpu.json").read_text())["results"]}
+    assert rows[66]["status"].startswith("unlaunchable: out of resource: shared memory")
+    assert rows[130]["status"] == "ok"

@@ -93,3 +93,28 @@ def test_config_selection():
     assert select_configs([fit, spill, big, small], limit) == ["fit", "small"]
     assert select_configs([spill, big, small], limit, min_rows=64) == ["spill", "small"]
     assert select_configs([big], limit) == []
+
+
+def test_ntxent_widest_launches_fit_in_shared_memory():
+    """NT-Xent has no autotuner to prune a config that does not fit: its launcher's widest feature
+    tile (its shared memory grows with the tile's width and element size) is compiled for bf16 and
+    fp32, both as one tile and as several, and every pass fits in the 232,448 bytes of an sm_90 block.
+    A 256-wide tile needed 238,080 (bf16, D = 256) to 344,064 bytes (fp32, D = 130)."""
+    from fastsigclr.kernels import ntxent
+    from fastsigclr.kernels.tiles import feature_tiling
+
+    widest = feature_tiling(1 << 20, ntxent.MAX_FEATURE_TILE)[0]
+    rows = [r for r in json.loads(COMMITTED.read_text())["kernels"] if r["kernel"].startswith("ntxent")]
+    for dtype in ("bf16", "fp32"):
+        for kernel, variant in (
+            ("ntxent fwd", None),
+            *(("ntxent bwd", f"transposed={t}") for t in (False, True)),
+        ):
+            found = [
+                r
+                for r in rows
+                if (r["kernel"], r.get("variant"), r["dtype"], r.get("BLOCK_K"))
+                == (kernel, variant, dtype, widest)
+            ]
+            assert {r["D"] > widest for r in found} == {False, True}, (kernel, variant, dtype)
+            assert all(r["shared_bytes"] <= 227 * KIB for r in found), found

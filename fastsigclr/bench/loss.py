@@ -25,6 +25,14 @@ from fastsigclr.losses import LOSSES
 from fastsigclr.losses.options import check_applicable, method_params, with_loss_options
 from fastsigclr.runinfo import device_option, resolve_device, run_record
 
+try:
+    from triton.runtime.errors import OutOfResources
+except ImportError:  # no triton (not Linux): no kernel can run out of resources
+
+    class OutOfResources(Exception):
+        pass
+
+
 PROVIDERS = ("eager", "compiled", "chunked", "triton")
 
 
@@ -124,6 +132,8 @@ def measure_case(
         peak = peak_extra_bytes(step, device) if measurable else None
     except torch.OutOfMemoryError:
         return {**row, "status": "out of memory"}
+    except OutOfResources as err:  # a kernel needing more shared memory or registers than the GPU has
+        return {**row, "status": f"unlaunchable: {str(err).splitlines()[0]}"}
     finally:
         if device.type == "cuda":
             torch.cuda.empty_cache()
