@@ -265,15 +265,16 @@ def _launches(name: str, dtype: torch.dtype, m: int, d: int) -> list[CompileCase
     bk, num_k = feature_tiling(d, MAX_FEATURE_TILE)
     shared = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=bk, NUM_K=num_k, N_VIEWS=2, UPCAST=False, PRECISION="ieee")
     common = dict(dtype=name, D=d, BLOCK_M=64, BLOCK_N=64, BLOCK_K=bk)
+    # Pairs of one inner-loop iteration (with NUM_K > 1 the hottest loop is over features: no count),
+    # and the tensor-core FLOPs per pair of its dots: S over the padded features, then G·Z.
+    pairs = 64 * 64 if num_k == 1 else 0
     fwd = (dtype, torch.float32, torch.float32, m, m // 2, d, d, 1 / 0.2)
-    cases = [
-        CompileCase(
-            _ntxent_fwd_kernel, fwd, shared, 4, 3, dict(kernel="ntxent fwd", **common), name == "bf16"
-        )
-    ]
+    meta = dict(kernel="ntxent fwd", dot_flops_per_pair=2 * bk * num_k, **common)
+    cases = [CompileCase(_ntxent_fwd_kernel, fwd, shared, 4, 3, meta, name == "bf16", pairs)]
     bwd = (dtype, torch.float32, torch.float32, m, m // 2, d, d, d, 1 / 0.2, 1 / (0.2 * m))
     for transposed in (False, True):
         consts = dict(shared, BLOCK_DO=bk, TRANSPOSED=transposed, ACCUMULATE=transposed)
         meta = dict(kernel="ntxent bwd", variant=f"transposed={transposed}", **common)
-        cases.append(CompileCase(_ntxent_bwd_kernel, bwd, consts, 4, 3, meta, name == "bf16"))
+        meta["dot_flops_per_pair"] = 2 * bk * num_k + 2 * bk
+        cases.append(CompileCase(_ntxent_bwd_kernel, bwd, consts, 4, 3, meta, name == "bf16", pairs))
     return cases

@@ -118,3 +118,32 @@ def test_ntxent_widest_launches_fit_in_shared_memory():
             ]
             assert {r["D"] > widest for r in found} == {False, True}, (kernel, variant, dtype)
             assert all(r["shared_bytes"] <= 227 * KIB for r in found), found
+
+
+def test_cost_model_per_pair(monkeypatch):
+    """The model's arithmetic on one row: issue 24/128, MUFU 2/16, tensor 4·128 FLOPs / 4096 per
+    clock (bf16); the largest bounds the loop; (2N)² pairs over 132 SMs at 1.83 GHz."""
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    import cost_model
+
+    # The clock that the tensor-core peak implies: 989.4 TFLOP/s dense bf16 over 132 SMs × 4096.
+    assert abs(989.4e12 / (132 * 4096 * 1.83e9) - 1) < 1e-3
+    row = {"kernel": "sigmoid", "dtype": "bf16", "D": 128, "sass_per_pair": 24.0, "mufu_per_pair": 2.0}
+    m = cost_model.model(row)
+    assert m["cycles_per_pair"] == {"issue": 0.1875, "mufu": 0.125, "tensor": 0.125} and m["bound"] == "issue"
+    want = 65536**2 * 0.1875 / (132 * 1.83e9) * 1e6
+    assert abs(m["predicted_us"]["H100 SXM 2N=65536"] - want) <= 0.05
+    assert cost_model.model({**row, "dtype": "fp32 ieee"})["cycles_per_pair"]["tensor"] == 0
+    tf32 = cost_model.model({**row, "dtype": "fp32 tf32", "sass_per_pair": 8.0})
+    assert tf32["bound"] == "tensor" and tf32["cycles_per_pair"]["tensor"] == 0.25
+    assert cost_model.model({"kernel": "augment", "dtype": "bf16", "D": 0}) is None
+
+
+def test_committed_report_records_its_run_and_the_model():
+    report = json.loads(COMMITTED.read_text())
+    for key in ("date", "command", "commit", "versions", "compiled_on", "cost_model"):
+        assert report.get(key), key
+    counted = [r for r in report["kernels"] if "sass_per_pair" in r and "error" not in r]
+    assert counted and all(
+        set(r["model"]["predicted_us"]) >= {"H100 SXM 2N=8192", "H200 SXM 2N=65536"} for r in counted
+    )

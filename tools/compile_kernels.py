@@ -36,6 +36,8 @@ from multiprocessing import get_context
 if os.environ.get("TRITON_INTERPRET") == "1":
     sys.exit("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
 
+import cost_model
+import torch
 import triton
 from triton import knobs
 from triton.backends.compiler import GPUTarget
@@ -44,6 +46,7 @@ from triton.runtime.jit import MockTensor, create_function_from_signature
 
 from fastsigclr.kernels import augment, ntxent, sigmoid_tuning
 from fastsigclr.kernels.tiles import CompileCase, select_configs
+from fastsigclr.runinfo import run_record
 
 # Shared memory one block may opt in to on an H100/H200 (sm_90): 227 KiB.
 SM90_MAX_SHARED = 227 * 1024
@@ -187,6 +190,45 @@ def failures(rows: list[dict]) -> list[str]:
     return bad
 
 
+def header(argv: list[str]) -> dict:
+    """What every results file records (date, command, commit, versions), the host that compiled,
+    and the cost model's constants (tools/cost_model.py)."""
+    record = run_record(torch.device("cpu"), ["tools/compile_kernels.py", *argv])
+    record["compiled_on"] = record.pop("device")
+    return {**record, "cost_model": cost_model.constants()}
+
+
+def remodel(path: str, argv: list[str]) -> int:
+    """Apply the cost model to the rows of an existing report, in place (no compiling)."""
+    with open(path) as f:
+        report = json.load(f)
+    cost_model.annotate(report["kernels"])
+    report.update(header(argv), modelled_without_compiling=True)
+    write_report(path, report)
+    print_predictions(report["kernels"])
+    return 0
+
+
+def write_report(path: str, report: dict) -> None:
+    with open(path + ".partial", "w") as f:
+        json.dump(report, f, indent=1)
+        f.write("\n")
+    os.replace(path + ".partial", path)
+
+
+def print_predictions(rows: list[dict]) -> None:
+    """The modelled best config per (kernel, variant, dtype, D) and its predicted time."""
+    groups = sorted({tuple(r.get(k) for k in GROUP) for r in rows if "model" in r}, key=str)
+    for group in groups:
+        pick = cost_model.best(rows, **dict(zip(GROUP, group, strict=True)))
+        if pick is None:
+            continue
+        m = pick["model"]
+        times = ", ".join(f"{k} {v} µs" for k, v in m["predicted_us"].items())
+        what = " ".join(str(g) for g in group if g is not None)
+        print(f"{what} {pick['BLOCK_M']}x{pick['BLOCK_N']}: {m['bound']}-bound; {times}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability ×10 (90 = Hopper)")
@@ -194,7 +236,10 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiles in parallel")
     ap.add_argument("--json", help="write the report here")
     ap.add_argument("--only", default="", help="only kernels whose name starts with this (e.g. ntxent)")
+    ap.add_argument("--model", metavar="REPORT", help="apply the cost model to REPORT's rows, no compiling")
     args = ap.parse_args()
+    if args.model:
+        return remodel(args.model, sys.argv[1:])
     count = len(all_cases(args.quick, args.only))
     rows = []
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
@@ -207,13 +252,15 @@ def main() -> int:
                 f"[{len(rows)}/{count}] {what} {row.get('seconds', 'error')} s", file=sys.stderr, flush=True
             )
     mark_kept(rows)
+    cost_model.annotate(rows)
     for row in rows:
         print(json.dumps(row), flush=True)
+    print_predictions(rows)
     if args.json:
-        report = {"arch": args.arch, "triton": triton.__version__, "quick": args.quick, "kernels": rows}
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-            f.write("\n")
+        seconds = round(sum(r.get("seconds", 0) for r in rows), 1)
+        report = {**header(sys.argv[1:]), "arch": args.arch, "triton": triton.__version__}
+        report.update(quick=args.quick, only=args.only, compile_seconds=seconds, kernels=rows)
+        write_report(args.json, report)
     problems = failures(rows)
     for line in problems:
         print("FAILED:", line, file=sys.stderr)
