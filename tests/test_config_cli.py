@@ -224,3 +224,23 @@ def test_bench_loss_reports_an_unlaunchable_case(tmp_path: Path, monkeypatch):
     rows = {r["rows"]: r for r in json.loads((tmp_path / "loss-cpu.json").read_text())["results"]}
     assert rows[66]["status"].startswith("unlaunchable: out of resource: shared memory")
     assert rows[130]["status"] == "ok"
+
+
+def test_bench_loss_siglip_kernel_provider_says_why_it_skips(tmp_path: Path):
+    """The siglip-kernel baseline runs on CUDA only and computes the sigmoid loss only."""
+    args = [
+        "bench",
+        "loss",
+        "--device",
+        "cpu",
+        "--sizes",
+        "64",
+        "--dims",
+        "8",
+        "--providers",
+        "siglip-kernel",
+    ]
+    assert main([*args, "--warmup", "1", "--reps", "1", "--out", str(tmp_path)]) == 0
+    rows = {r["loss"]: r for r in json.loads((tmp_path / "loss-cpu.json").read_text())["results"]}
+    assert rows["sigclr"]["status"] == "skipped: needs CUDA"
+    assert rows["simclr"]["status"] == "skipped: siglip-kernel computes the sigmoid loss only"
