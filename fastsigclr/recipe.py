@@ -19,8 +19,8 @@ from fastsigclr import checkpoint as ckpt
 from fastsigclr import distributed
 from fastsigclr.config import FastSigCLRError, to_dict
 from fastsigclr.data import DATASETS, LOADERS, AugmentSpec, DatasetInfo, load_split, prepare
+from fastsigclr.data.base import LoaderSource
 from fastsigclr.data.datasets import data_folder
-from fastsigclr.data.loaders import loader_options
 from fastsigclr.data.subset import balanced_indices
 from fastsigclr.losses import LossSpec
 from fastsigclr.models import SSLModel
@@ -95,7 +95,7 @@ def build(
     info, train_data, test_data = data
     torch.manual_seed(cfg.seed)
     spec = AugmentSpec.simclr(info.image_size, info.mean, info.std, n_views=cfg.n_views)
-    loader = LOADERS[cfg.loader](
+    loader = LOADERS[cfg.loader].cls(
         *train_data,
         spec,
         cfg.batch_size,  # global: each rank takes batch_size / world_size
@@ -130,13 +130,14 @@ def build(
 
 
 def _loader_options(cfg: TrainConfig, info: DatasetInfo, train: Split, ctx: distributed.Context) -> dict:
-    """Backend arguments; rank 0 writes a missing FFCV dataset while the others wait for it."""
-    data_dir = data_folder(cfg.data_dir)
-    kw = dict(ffcv_dir=cfg.ffcv_dir)
-    if cfg.loader == "ffcv" and ctx.is_main:
-        loader_options(cfg.loader, info, data_dir, train, cfg.limit_train, progress=cfg.progress, **kw)
+    """The backend's own arguments; its preparation (FFCV: writing a missing .beton) runs on rank 0
+    while the others wait for it."""
+    entry = LOADERS[cfg.loader]
+    src = LoaderSource(info, data_folder(cfg.data_dir), train, cfg.limit_train, cfg.ffcv_dir, cfg.progress)
+    if entry.prepare is not None and ctx.is_main:
+        entry.prepare(src)
     distributed.barrier(ctx)
-    return loader_options(cfg.loader, info, data_dir, train, cfg.limit_train, progress=False, **kw)
+    return entry.options(dataclasses.replace(src, progress=False))
 
 
 def resume(setup: Setup, state: dict[str, Any] | None) -> tuple[int, int]:

@@ -36,7 +36,7 @@ class TrainConfig:
     dataset: str = dataset_option("dataset (its preset fills unset options)")
     data_dir: str | None = data_dir_option()
     download: bool = option(True, "download the dataset when it is not in --data-dir")
-    loader: str = option("gpu", "data loader backend", choices=tuple(LOADERS))
+    loader: str = option("gpu", "data loader backend", choices=LOADERS.keys())
     ffcv_dir: str | None = ffcv_dir_option()
     method: str = option(
         "sigclr",
