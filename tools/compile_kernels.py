@@ -61,6 +61,10 @@ def all_cases(quick: bool, only: str = "") -> list[CompileCase]:
         *ntxent.compile_cases(quick),
         *augment.compile_cases(quick),
     ]
+    if only.startswith("siglip-kernel"):  # the public baseline (tools/baseline_kernels.py)
+        from baseline_kernels import siglip_kernel_cases
+
+        cases = siglip_kernel_cases()
     return [c for c in cases if c.meta.get("kernel", "").startswith(only)]
 
 
@@ -120,6 +124,39 @@ def inner_loop(instructions: list[tuple[int, str]]) -> list[str]:
     return best[1]
 
 
+def nested_loop(instructions: list[tuple[int, str]], trips: int) -> tuple[int, int]:
+    """(SASS, MUFU) per iteration of the innermost loop that holds other loops (a column loop with
+    feature loops inside), each loop directly inside it counted ``trips`` times. Approximate: a
+    software-pipelined loop runs a little fewer times than its trip count."""
+    ranges = []
+    for addr, text in instructions:
+        if re.search(r"(^|\s)BRA\b", text):
+            target = int(re.findall(r"0x([0-9a-f]+)", text)[-1], 16)
+            if target < addr:
+                ranges.append((target, addr))
+
+    def inside(a: tuple, b: tuple) -> bool:
+        return a != b and b[0] <= a[0] and a[1] <= b[1]
+
+    holders = [r for r in ranges if any(inside(q, r) for q in ranges)]
+    if not holders:
+        return 0, 0
+    outer = min(holders, key=lambda r: r[1] - r[0])
+    inner = [
+        q for q in ranges if inside(q, outer) and not any(inside(q, p) and inside(p, outer) for p in ranges)
+    ]
+
+    def counts(r: tuple) -> tuple[int, int]:
+        body = [t for a, t in instructions if r[0] <= a <= r[1]]
+        return len(body), sum(t.split()[0].startswith("MUFU") for t in body)
+
+    total, mufu = counts(outer)
+    for q in inner:
+        n, u = counts(q)
+        total, mufu = total + (trips - 1) * n, mufu + (trips - 1) * u
+    return total, mufu
+
+
 def compile_case(case: CompileCase, arch: int) -> dict:
     target = GPUTarget("cuda", arch, 32)
     src, options = specialise(case, make_backend(target))
@@ -133,9 +170,13 @@ def compile_case(case: CompileCase, arch: int) -> dict:
     ptx = kernel.asm["ptx"]
     row["wgmma"] = "wgmma" in ptx
     row["mma"] = "mma.sync" in ptx
-    if case.pairs_per_iteration:
+    per_thread = case.pairs_per_iteration / (case.num_warps * 32)
+    if case.pairs_per_iteration and "feature_trips" in case.meta:
+        total, mufu = nested_loop(sass_instructions(kernel.asm["cubin"]), case.meta["feature_trips"])
+        row.update(loop_instructions=total, sass_per_pair=round(total / per_thread, 2))
+        row["mufu_per_pair"] = round(mufu / per_thread, 3)
+    elif case.pairs_per_iteration:
         body = inner_loop(sass_instructions(kernel.asm["cubin"]))
-        per_thread = case.pairs_per_iteration / (case.num_warps * 32)
         row["loop_instructions"] = len(body)
         row["sass_per_pair"] = round(len(body) / per_thread, 2)
         row["mufu_per_pair"] = round(sum(t.split()[0].startswith("MUFU") for t in body) / per_thread, 3)

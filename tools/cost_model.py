@@ -46,7 +46,7 @@ def operand_type(dtype: str) -> str | None:
     return None
 
 
-def dot_flops_per_pair(row: dict) -> int:
+def dot_flops_per_pair(row: dict) -> int | dict:
     """Tensor-core FLOPs per pair: the case's own figure, else the sigmoid kernel's two dots (S over
     the padded features, then G·Z, each 2·BLOCK_K) at one feature tile."""
     if "dot_flops_per_pair" in row:
@@ -60,10 +60,15 @@ def model(row: dict) -> dict | None:
     if "sass_per_pair" not in row or row.get("error"):
         return None
     operand = operand_type(row["dtype"])
+    flops = dot_flops_per_pair(row)
+    if isinstance(flops, dict):  # dots on different operand types: {operand: FLOPs per pair}
+        tensor = sum(f / TENSOR_FLOP_PER_CLOCK[op] for op, f in flops.items())
+    else:
+        tensor = flops / TENSOR_FLOP_PER_CLOCK[operand] if operand else 0.0
     cycles = {
         "issue": row["sass_per_pair"] / ISSUE_PER_CLOCK,
         "mufu": row["mufu_per_pair"] / MUFU_PER_CLOCK,
-        "tensor": dot_flops_per_pair(row) / TENSOR_FLOP_PER_CLOCK[operand] if operand else 0.0,
+        "tensor": tensor,
     }
     bound = max(cycles, key=cycles.get)
     per_pair = cycles[bound]
