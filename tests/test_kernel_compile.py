@@ -147,3 +147,25 @@ def test_committed_report_records_its_run_and_the_model():
     assert counted and all(
         set(r["model"]["predicted_us"]) >= {"H100 SXM 2N=8192", "H200 SXM 2N=65536"} for r in counted
     )
+
+
+def test_nested_loop_counts_feature_loops_per_trip(monkeypatch):
+    """A column loop (0x10-0x60) holding a feature loop (0x20-0x40) run 4 times: the outer body's 6
+    instructions once, the inner 3 (one MUFU) 3 more times."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    import compile_kernels
+
+    sass = ["MOV", "A", "B", "MUFU.EX2", "BRA 0x20", "C", "BRA 0x10", "EXIT"]
+    listing = [(16 * i, text) for i, text in enumerate(sass)]
+    assert compile_kernels.nested_loop(listing, 4) == (6 + 3 * 3, 1 + 3)
+    assert compile_kernels.nested_loop(listing[:5], 4) == (0, 0)  # one loop: nothing nested
+
+
+def test_siglip_kernel_report_is_modelled():
+    """benchmarks/results/siglip-kernel-sm90.json: the baseline compiled for sm_90 at B = 65,536,
+    D = 128 and 768, with per-pair counts and the model, and its run recorded."""
+    report = json.loads((COMMITTED.parent / "siglip-kernel-sm90.json").read_text())
+    assert report["command"].startswith("tools/compile_kernels.py --only siglip-kernel") and report["commit"]
+    rows = {r["D"]: r for r in report["kernels"]}
+    assert set(rows) == {128, 768} and all(r["wgmma"] and r["model"] for r in rows.values())
