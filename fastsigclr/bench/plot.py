@@ -20,6 +20,7 @@ COLORS = {
     "chunked": "tab:orange",
     "triton": "tab:red",
     "open_clip": "tab:green",
+    "siglip-kernel": "tab:purple",
 }
 MARKERS = ["o", "s", "^", "D", "v"]
 # By training method; "sigmoid" and "nt_xent" name them in results written before the registry.
