@@ -24,6 +24,7 @@ from fastsigclr.data.datasets import data_folder
 from fastsigclr.data.subset import balanced_indices
 from fastsigclr.losses import LossSpec
 from fastsigclr.models import SSLModel
+from fastsigclr.models.resnet import memory_format
 from fastsigclr.models.sync_bn import convert_global_bn
 from fastsigclr.optim import build_optimizer, param_groups
 from fastsigclr.runconfig import TrainConfig, loss_params, saved_config
@@ -54,7 +55,7 @@ def compute_dtypes(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype,
 
 def build_model(cfg: TrainConfig, info, device: torch.device):
     model = SSLModel(cfg.arch or "resnet18", cfg.width, cfg.proj_dims or (), cfg.zero_init_residual)
-    model = model.to(device, memory_format=torch.channels_last)
+    model = model.to(device, memory_format=memory_format(device))
     criterion = cfg.loss_spec.build(n_views=cfg.n_views, **loss_params(cfg, cfg.loss_spec))
     criterion = criterion.to(device)
     probe = torch.nn.Linear(model.backbone.out_dim, info.num_classes).to(device)
