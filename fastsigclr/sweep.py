@@ -105,7 +105,7 @@ class SweepConfig:
         for name in ("settings", "seeds"):
             values = getattr(self, name)
             if not values or len(set(values)) != len(values):
-                raise ValueError(f"--{name} must list at least one value, each once; got {values}")
+                raise ValueError(f"{flag(name)} must list at least one value, each once; got {values}")
 
     def budget(self) -> dict[str, Any]:
         """The train options given for every run (unset ones are left to the trainer)."""

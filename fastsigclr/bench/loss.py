@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from fastsigclr.bench.common import DTYPES, check_even_sizes, matmul_tflops, time_fn, write_json
 from fastsigclr.bench.memory import peak_extra_bytes
-from fastsigclr.config import check_fields, option, to_dict
+from fastsigclr.config import check_fields, check_not_empty, option, to_dict
 from fastsigclr.losses import LOSSES
 from fastsigclr.losses.options import check_applicable, with_loss_options
 from fastsigclr.runconfig import loss_params
@@ -54,9 +54,7 @@ class BenchLossConfig:
     out: str = option("benchmarks/local", "directory for loss-<device>.json and loss-<device>.png")
 
     def __post_init__(self) -> None:
-        for name in ("sizes", "dims"):
-            if getattr(self, name) == ():
-                raise ValueError(f"--{name} needs at least one value")
+        check_not_empty(self, "sizes", "dims")
         check_fields(self)
         check_even_sizes(self.sizes)
         check_applicable(self, self.losses, fix="drop it or measure one of those in --losses")
