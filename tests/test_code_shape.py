@@ -186,3 +186,19 @@ def test_upward_imports_are_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert upward_imports(package / "data" / "x.py") == [
         "data.x (floor 1) imports fastsigclr.train (floor 4)"
     ]
+
+
+def test_the_slow_table_names_tests_that_exist() -> None:
+    """Every entry of tests/slow_tests.py's SLOW is a test function of the file it names."""
+    import slow_tests
+
+    tests = ROOT / "tests"
+    missing = []
+    for entry in slow_tests.SLOW:
+        file, function = entry.split("[")[0].split("::")
+        path = tests / file
+        tree = ast.parse(path.read_text()) if path.is_file() else ast.Module(body=[], type_ignores=[])
+        names = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+        if function not in names:
+            missing.append(entry)
+    assert not missing, f"tests/slow_tests.py names tests that do not exist: {missing}"
