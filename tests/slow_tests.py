@@ -23,6 +23,7 @@ NEEDS_CIFAR10 = "cifar10_dir"
 SLOW: dict[str, float] = {
     "test_bench_suite.py::test_bench_all_writes_its_json_and_plots": 15.7,
     "test_config_cli.py::test_bench_loss_compiled_reference": 51.0,
+    "test_config_cli.py::test_bench_loss_reports_an_unlaunchable_case": 6.1,  # after the merge, load 10
     "test_config_cli.py::test_bench_train_writes_json_and_plot": 39.6,
     "test_config_cli.py::test_console_script_and_module_entry_points": 9.9,
     "test_contrastive_losses.py::test_nt_xent_kernel_against_float64[blocks1-75-130-3-dtype0-5e-06]": 16.3,
