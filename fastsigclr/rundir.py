@@ -86,7 +86,7 @@ def _epoch_records(path: Path) -> int:
     """Finished epochs recorded in metrics.jsonl (a line cut short by a kill is skipped)."""
     count = 0
     if path.is_file():
-        for line in path.read_text().splitlines():
+        for line in ckpt.read_text(path).splitlines():
             try:
                 count += json.loads(line).get("kind") == "epoch"
             except (json.JSONDecodeError, AttributeError):
@@ -125,7 +125,7 @@ def _saved_config(path: Path) -> TrainConfig:
     fix = "restore it, or start a new run with another --out"
     file = path / "config.json"
     try:
-        return saved_config(json.loads(file.read_text())["config"])
+        return saved_config(json.loads(ckpt.read_text(file))["config"])
     except FileNotFoundError:
         raise FastSigCLRError(
             f"cannot resume {path}: config.json (the run's settings) is missing; {fix}"
@@ -206,7 +206,7 @@ def lock_dir(path: Path, wait_s: float = 0.0) -> int:
     waiting = False
     while True:
         try:
-            fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = ckpt.open_nofollow(file, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
             raise FastSigCLRError(
                 f"--out {path} is not writable ({err.strerror}); choose another --out"
@@ -252,7 +252,7 @@ def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
 
 def _read_summary(path: Path) -> dict[str, Any] | None:
     try:
-        summary = json.loads((path / "summary.json").read_text())
+        summary = json.loads(ckpt.read_text(path / "summary.json"))
     except (OSError, ValueError):
         return None
     return summary if isinstance(summary, dict) else None
@@ -278,8 +278,9 @@ class RunDir:
     def _open(self, device: torch.device) -> None:
         """Rank 0: create and lock the directory, then decide how the run begins."""
         self._created = _make_dir(self.path)
-        self._created_lock = not (self.path / LOCK).exists()
+        self._created_lock = not os.path.lexists(self.path / LOCK)
         self._fd = lock_dir(self.path, lock_wait(self.cfg))
+        ckpt.refuse_links(self.path, (*RUN_FILES, CHECKPOINT))  # never read or written through
         for name in ckpt.remove_temporaries(self.path) + ckpt.remove_temporaries(
             self.path / CHECKPOINT.parent
         ):
