@@ -170,3 +170,21 @@ def test_the_decoded_cache_is_keyed_by_the_files_bytes(tmp_path, monkeypatch, ca
     monkeypatch.setitem(DATASETS, "tinyimagenet", info)
     assert main(f"data verify --dataset tinyimagenet --data-dir {tmp_path / 'data'}".split()) == 0
     assert "the decoded train cache, made from other bytes, was removed" in capsys.readouterr().err
+
+
+def test_a_dataset_pickle_that_would_run_code_is_refused(tmp_path):
+    """CIFAR's python batches are pickles: one that names a callable is refused, never called,
+    and a plain batch (dict, bytes, list, numpy array) still loads."""
+    import pickle
+
+    from fastsigclr.data.datasets import _load_pickle
+
+    marker = tmp_path / "the-code-ran"
+    plain = {b"labels": [1, 2], b"data": np.arange(6, dtype=np.uint8).reshape(2, 3), b"batch_label": b"x"}
+    (tmp_path / "good").write_bytes(pickle.dumps(plain, protocol=2))
+    loaded = _load_pickle(tmp_path / "good")
+    assert loaded["labels"] == [1, 2] and np.array_equal(loaded["data"], plain[b"data"])
+    (tmp_path / "data_batch_1").write_bytes(pickle.dumps({b"labels": _RunsCode(marker)}))
+    with pytest.raises(DatasetError, match=r"data_batch_1 .*refused to load pathlib.*Path\.touch"):
+        _load_pickle(tmp_path / "data_batch_1")
+    assert not marker.exists()
