@@ -3,10 +3,12 @@
 A run directory is in one of four states, read from its files:
 
 - empty (or missing): a new run starts there;
-- interrupted start: config.json or metrics.jsonl but no checkpoint and no finished epoch (the run
-  stopped during its first epoch): nothing can be resumed, so a new run replaces those files;
+- interrupted start: config.json or metrics.jsonl but no checkpoint, no summary and at most one
+  finished epoch (the run stopped during its first epoch, or between that epoch's record and its
+  checkpoint): nothing can be resumed, so a new run replaces those files;
 - checkpoint: ``--resume`` continues it (or reports it complete); a new run is refused;
-- finished epochs in metrics.jsonl but no checkpoint: refused either way (its weights are gone).
+- finished epochs in metrics.jsonl but no checkpoint, otherwise: refused either way (its weights
+  are gone).
 
 ``--resume auto`` is for jobs that restart themselves (``torchrun --max-restarts``): the same
 command continues the run when it has a checkpoint and starts it when it has none (empty, or an
@@ -94,7 +96,9 @@ def _holds(path: Path) -> str:
     """'checkpoint', 'orphaned epochs', 'interrupted start' or 'empty'."""
     if (path / CHECKPOINT).exists():
         return "checkpoint"
-    if _epoch_records(path / "metrics.jsonl"):
+    # Epoch 1's record precedes its checkpoint: a kill between them leaves one record, no summary.
+    epochs = _epoch_records(path / "metrics.jsonl")
+    if epochs > 1 or (epochs and (path / "summary.json").exists()):
         return "orphaned epochs"
     if any((path / name).exists() for name in RUN_FILES):
         return "interrupted start"
