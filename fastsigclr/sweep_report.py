@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
+from fastsigclr import significance
 from fastsigclr.bench.plot import _save as save_figure
 from fastsigclr.checkpoint import write_text_atomic
 from fastsigclr.config import default_of, to_dict
@@ -162,6 +163,8 @@ def markdown(payload: dict[str, Any]) -> str:
             f"| {_percent(row['linear_acc'])} | {_scalar(row['final_logit_bias'])} "
             f"| {_scalar(row['final_logit_scale'])} |"
         )
+    done = [e for e in payload["runs"] if e["status"] == "done"]
+    lines += ["", *significance.markdown(significance.compare(done))]
     failed = [e for e in payload["runs"] if e["status"] == "failed"]
     lines += [""] + [f"Failed: {e['setting']} seed {e['seed']}: {e['error']}" for e in failed]
     return "\n".join(lines).rstrip() + "\n"

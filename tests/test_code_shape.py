@@ -26,7 +26,9 @@ KNOWN_LONG = {"kernels/ntxent.py:nt_xent_triton": 62}
 # docs/design.md §12: a module imports (at module level) only from its floor or the floors below.
 # A package name stands for all its modules.
 FLOORS = {
-    **dict.fromkeys(("config", "checkpoint", "runinfo", "runlog", "optim", "pace", "__init__"), 0),
+    **dict.fromkeys(
+        ("config", "checkpoint", "runinfo", "runlog", "optim", "pace", "significance", "__init__"), 0
+    ),
     **dict.fromkeys(("kernels", "losses", "models", "data"), 1),
     **dict.fromkeys(("cluster", "distributed", "runconfig"), 2),
     **dict.fromkeys(("recipe", "eval", "rundir"), 3),
