@@ -170,7 +170,7 @@ def checkpoint_state(setup: Setup, epoch: int, step: int) -> dict[str, Any]:
 
 
 def loss_scalars(criterion: torch.nn.Module) -> dict[str, float]:
-    """The loss's scalars for the logs, named apart: sigclr's logit_scale and bias, the softmax
+    """The loss's scalars for the logs, named apart: sigclr's logit_scale and logit_bias, the softmax
     losses' temperature."""
     return criterion.log_values()
 
@@ -178,7 +178,7 @@ def loss_scalars(criterion: torch.nn.Module) -> dict[str, float]:
 def load_run_model(run_dir: Path, device_name: str = "auto", data_dir: str | None = None) -> dict[str, Any]:
     """A run's backbone (last checkpoint), its data (from ``data_dir`` when given, else where the
     run read it) and settings, for evaluation."""
-    saved = json.loads((Path(run_dir) / "config.json").read_text())["config"]
+    saved = json.loads(ckpt.read_text(Path(run_dir) / "config.json"))["config"]
     cfg = saved_config({**saved, **({"data_dir": data_dir} if data_dir else {})})
     info = DATASETS[cfg.dataset]
     where = data_folder(cfg.data_dir)

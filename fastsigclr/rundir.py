@@ -3,10 +3,12 @@
 A run directory is in one of four states, read from its files:
 
 - empty (or missing): a new run starts there;
-- interrupted start: config.json or metrics.jsonl but no checkpoint and no finished epoch (the run
-  stopped during its first epoch): nothing can be resumed, so a new run replaces those files;
+- interrupted start: config.json or metrics.jsonl but no checkpoint, no summary and at most one
+  finished epoch (the run stopped during its first epoch, or between that epoch's record and its
+  checkpoint): nothing can be resumed, so a new run replaces those files;
 - checkpoint: ``--resume`` continues it (or reports it complete); a new run is refused;
-- finished epochs in metrics.jsonl but no checkpoint: refused either way (its weights are gone).
+- finished epochs in metrics.jsonl but no checkpoint, otherwise: refused either way (its weights
+  are gone).
 
 ``--resume auto`` is for jobs that restart themselves (``torchrun --max-restarts``): the same
 command continues the run when it has a checkpoint and starts it when it has none (empty, or an
@@ -34,8 +36,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from fastsigclr import checkpoint as ckpt
 from fastsigclr import cluster, distributed
@@ -82,7 +82,7 @@ def _epoch_records(path: Path) -> int:
     """Finished epochs recorded in metrics.jsonl (a line cut short by a kill is skipped)."""
     count = 0
     if path.is_file():
-        for line in path.read_text().splitlines():
+        for line in ckpt.read_text(path).splitlines():
             try:
                 count += json.loads(line).get("kind") == "epoch"
             except (json.JSONDecodeError, AttributeError):
@@ -94,7 +94,9 @@ def _holds(path: Path) -> str:
     """'checkpoint', 'orphaned epochs', 'interrupted start' or 'empty'."""
     if (path / CHECKPOINT).exists():
         return "checkpoint"
-    if _epoch_records(path / "metrics.jsonl"):
+    # Epoch 1's record precedes its checkpoint: a kill between them leaves one record, no summary.
+    epochs = _epoch_records(path / "metrics.jsonl")
+    if epochs > 1 or (epochs and (path / "summary.json").exists()):
         return "orphaned epochs"
     if any((path / name).exists() for name in RUN_FILES):
         return "interrupted start"
@@ -121,7 +123,7 @@ def _saved_config(path: Path) -> TrainConfig:
     fix = "restore it, or start a new run with another --out"
     file = path / "config.json"
     try:
-        return saved_config(json.loads(file.read_text())["config"])
+        return saved_config(json.loads(ckpt.read_text(file))["config"])
     except FileNotFoundError:
         raise FastSigCLRError(
             f"cannot resume {path}: config.json (the run's settings) is missing; {fix}"
@@ -202,7 +204,7 @@ def lock_dir(path: Path, wait_s: float = 0.0) -> int:
     waiting = False
     while True:
         try:
-            fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = ckpt.open_nofollow(file, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
             raise FastSigCLRError(
                 f"--out {path} is not writable ({err.strerror}); choose another --out"
@@ -235,8 +237,10 @@ def lock_dir(path: Path, wait_s: float = 0.0) -> int:
     return fd
 
 
-def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
-    state = ckpt.load(path / CHECKPOINT, map_location=device)
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    # On the CPU: load_state_dict copies weights and optimiser states onto their parameters' device,
+    # and torch.set_rng_state takes only a CPU ByteTensor (map_location=device moved it to the GPU).
+    state = ckpt.load(path / CHECKPOINT, map_location="cpu")
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise FastSigCLRError(
@@ -248,7 +252,7 @@ def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
 
 def _read_summary(path: Path) -> dict[str, Any] | None:
     try:
-        summary = json.loads((path / "summary.json").read_text())
+        summary = json.loads(ckpt.read_text(path / "summary.json"))
     except (OSError, ValueError):
         return None
     return summary if isinstance(summary, dict) else None
@@ -271,11 +275,12 @@ class RunDir:
     _created_lock: bool = False
     _begun: bool = False
 
-    def _open(self, device: torch.device) -> None:
+    def _open(self) -> None:
         """Rank 0: create and lock the directory, then decide how the run begins."""
         self._created = _make_dir(self.path)
-        self._created_lock = not (self.path / LOCK).exists()
+        self._created_lock = not os.path.lexists(self.path / LOCK)
         self._fd = lock_dir(self.path, lock_wait(self.cfg))
+        ckpt.refuse_links(self.path, (*RUN_FILES, CHECKPOINT))  # never read or written through
         for name in ckpt.remove_temporaries(self.path) + ckpt.remove_temporaries(
             self.path / CHECKPOINT.parent
         ):
@@ -296,7 +301,7 @@ class RunDir:
             return
         if holds != "checkpoint":
             raise _no_checkpoint(self.path, holds)
-        self.state = _load_checkpoint(self.path, device)
+        self.state = _load_checkpoint(self.path)
         done, epochs = self.state["epoch"], self.cfg.epochs or 0
         if done > epochs:
             raise FastSigCLRError(
@@ -369,7 +374,7 @@ def open_run(cfg: TrainConfig, ctx: distributed.Context) -> RunDir:
     error: FastSigCLRError | None = None
     if ctx.is_main:
         try:
-            run._open(ctx.device)
+            run._open()
         except FastSigCLRError as err:
             error = err
         except BaseException:
@@ -382,5 +387,5 @@ def open_run(cfg: TrainConfig, ctx: distributed.Context) -> RunDir:
         run.close(failed=True)
         raise error or FastSigCLRError(message)
     if resuming and run.state is None:
-        run.state = _load_checkpoint(run.path, ctx.device)
+        run.state = _load_checkpoint(run.path)
     return run

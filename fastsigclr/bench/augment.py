@@ -28,7 +28,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastsigclr.bench.common import write_json
-from fastsigclr.config import FastSigCLRError, check_fields, option, to_dict
+from fastsigclr.config import FastSigCLRError, check_fields, check_not_empty, option, to_dict
 from fastsigclr.data.loaders import LOADERS, loader_versions
 from fastsigclr.data.plan import AugmentPlan, AugmentSpec, Col, sample_params, seed_for
 from fastsigclr.runinfo import device_option, resolve_device, run_record
@@ -127,8 +127,10 @@ class PilLoader:
         self.order.epoch = epoch
         for views, ids in self.loader:
             b, v = views.shape[:2]
-            x = views.transpose(0, 1).reshape(v * b, *views.shape[2:]).permute(0, 3, 1, 2)
-            x = x.to(self.device, non_blocking=True).to(self.dtype)
+            # Moved as the workers pinned it, reordered on the device: a reshape first would copy
+            # the batch into pageable memory, and the copy to the GPU would wait for it.
+            x = views.to(self.device, non_blocking=True).transpose(0, 1).reshape(v * b, *views.shape[2:])
+            x = x.permute(0, 3, 1, 2).to(self.dtype)
             yield x.contiguous(memory_format=torch.channels_last), ids.to(self.device)
 
 
@@ -215,8 +217,7 @@ class BenchAugmentConfig:
         unknown = set(self.backends) - set(BACKENDS)
         if unknown:
             raise ValueError(f"unknown backends {sorted(unknown)}; choose from {', '.join(BACKENDS)}")
-        if not self.sizes:
-            raise ValueError("--sizes needs at least one value")
+        check_not_empty(self, "sizes")
         check_fields(self)
 
     def resolved(self, device: torch.device) -> BenchAugmentConfig:
