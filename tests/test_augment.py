@@ -63,9 +63,8 @@ def test_identity_parameters_reproduce_the_image():
     assert torch.allclose(out[:4], expected, atol=1e-5) and torch.allclose(out[4:], expected, atol=1e-5)
     dev = KERNEL_DEVICE
     params = identity_params(2, 4, 32, 32).to(dev)
-    kernel = two_view_augment(
-        data.to(dev), torch.arange(4, device=dev), params, 32, MEAN, STD, torch.float32, columns=KERNEL_COLUMNS
-    )
+    index = torch.arange(4, device=dev)
+    kernel = two_view_augment(data.to(dev), index, params, 32, MEAN, STD, torch.float32, columns=KERNEL_COLUMNS)
     assert torch.allclose(kernel[:4].cpu(), expected, atol=1e-5)
 
 
