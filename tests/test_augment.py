@@ -64,7 +64,9 @@ def test_identity_parameters_reproduce_the_image():
     dev = KERNEL_DEVICE
     params = identity_params(2, 4, 32, 32).to(dev)
     index = torch.arange(4, device=dev)
-    kernel = two_view_augment(data.to(dev), index, params, 32, MEAN, STD, torch.float32, columns=KERNEL_COLUMNS)
+    kernel = two_view_augment(
+        data.to(dev), index, params, 32, MEAN, STD, torch.float32, columns=KERNEL_COLUMNS
+    )
     assert torch.allclose(kernel[:4].cpu(), expected, atol=1e-5)
 
 
