@@ -56,18 +56,11 @@ def _two_view_kernel(
     N_VIEWS: tl.constexpr,
     N_PARAMS: tl.constexpr,
     FINISH: tl.constexpr,  # solarise + normalise here (False when a blur must come first)
-    COL_Y0: tl.constexpr,  # the columns of PARAMS (COLUMNS)
-    COL_X0: tl.constexpr,
-    COL_H: tl.constexpr,
-    COL_W: tl.constexpr,
-    COL_FLIP: tl.constexpr,
-    COL_BRIGHT: tl.constexpr,
-    COL_CONTRAST: tl.constexpr,
-    COL_SAT: tl.constexpr,
-    COL_HUE: tl.constexpr,
-    COL_GRAY: tl.constexpr,
-    COL_SOLAR: tl.constexpr,
-):
+    # the columns of PARAMS (COLUMNS)
+    COL_Y0: tl.constexpr, COL_X0: tl.constexpr, COL_H: tl.constexpr, COL_W: tl.constexpr,
+    COL_FLIP: tl.constexpr, COL_BRIGHT: tl.constexpr, COL_CONTRAST: tl.constexpr, COL_SAT: tl.constexpr,
+    COL_HUE: tl.constexpr, COL_GRAY: tl.constexpr, COL_SOLAR: tl.constexpr,
+):  # fmt: skip
     pid = tl.program_id(0)
     row = tl.load(IDX + pid).to(tl.int64)
     src = SRC + row * H * W * 3
