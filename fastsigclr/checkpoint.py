@@ -3,6 +3,7 @@ file or the new one, never a mix, and a reader never sees half of it."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import uuid
@@ -15,24 +16,63 @@ import torch
 from fastsigclr.config import FastSigCLRError
 
 TEMPORARY = ".tmp"  # suffix of the files being written: ".<name>.<pid>-<random>.tmp"
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk or quota: the same write works once space is freed
+WRITE_FIX = "choose a writable place and run again"
 
 
-def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+class WriteError(FastSigCLRError):
+    """A file could not be written (nothing of it is left behind): no space, no permission, a
+    read-only filesystem, a folder in the way. ``no_space``: freeing space fixes it."""
+
+    def __init__(self, path: Path, err: OSError, fix: str) -> None:
+        self.path, self.no_space = Path(path), err.errno in NO_SPACE
+        if self.no_space:
+            super().__init__(f"no space left on device writing {path}; free space and {fix}")
+            return
+        # mkdir of a folder path with a file in it: EEXIST or ENOTDIR
+        path_file = err.errno in (errno.EEXIST, errno.ENOTDIR)
+        reason = "a part of its folder path is a file" if path_file else err.strerror or str(err)
+        super().__init__(f"cannot write {path} ({reason}); {fix}")
+
+
+def _os_error(exc: BaseException | None) -> OSError | None:
+    """The OSError behind ``exc``: torch.save reports a failed write as ``RuntimeError ...
+    unexpected pos`` with the ENOSPC only in the exception's context."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def _create(tmp: Path) -> IO[bytes]:
+    """A new file for ``write_atomic`` (O_EXCL: a name no other writer holds; mode 0o666 less the
+    umask, as for any new file)."""
+    return os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), "wb")
+
+
+def write_atomic(path: Path, write: Callable[[IO[bytes]], None], fix: str = WRITE_FIX) -> None:
     """``write(f)`` to a temporary file in ``path``'s folder, fsync it, rename it over ``path``,
     then fsync the folder so that the rename itself survives a power cut. A kill before the rename
-    leaves ``path`` as it was (and a temporary file that ``remove_temporaries`` deletes)."""
+    leaves ``path`` as it was (and a temporary file that ``remove_temporaries`` deletes). A write
+    that fails (a full disk, a read-only folder) leaves ``path`` as it was and raises a
+    ``WriteError`` that ends with ``fix``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{TEMPORARY}")
     try:
-        # O_EXCL: a name no other writer holds; mode 0o666 less the umask, as for any new file.
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), "wb") as f:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _create(tmp) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):  # ENOTDIR too, when a file stands where the folder goes
+            tmp.unlink(missing_ok=True)
+        cause = _os_error(exc)
+        if cause is not None and isinstance(exc, (OSError, RuntimeError)):
+            raise WriteError(path, cause, fix) from exc
         raise
     _fsync_dir(path.parent)
 
@@ -57,14 +97,14 @@ def remove_temporaries(folder: Path) -> list[Path]:
     return found
 
 
-def save_atomic(obj: Any, path: Path) -> None:
+def save_atomic(obj: Any, path: Path, fix: str = WRITE_FIX) -> None:
     """torch.save ``obj`` to ``path`` atomically (``write_atomic``)."""
-    write_atomic(path, lambda f: torch.save(obj, f))
+    write_atomic(path, lambda f: torch.save(obj, f), fix)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str, fix: str = WRITE_FIX) -> None:
     """Write a text file (config, summary, results, metrics) atomically (``write_atomic``)."""
-    write_atomic(path, lambda f: f.write(text.encode()))
+    write_atomic(path, lambda f: f.write(text.encode()), fix)
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

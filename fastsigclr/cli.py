@@ -132,8 +132,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate(from_args(EvalConfig, args))
     print(
         f"{result['protocol']} accuracy {result['accuracy']:.4f} (epoch {result['epoch']}, "
-        f"{result['test_images']} test images); wrote {result['path']}"
+        f"{result['test_images']} test images)" + (f"; wrote {result['path']}" if result["path"] else "")
     )
+    if result["path"] is None:
+        raise FastSigCLRError(result["write_error"])
     return 0
 
 
@@ -351,14 +353,62 @@ def build_parser() -> argparse.ArgumentParser:
             add_arguments(leaf, config(), positional)
         if path == ("bench", "plot"):
             leaf.add_argument("files", nargs="+", help="results JSON files written by fastsigclr bench")
-        leaf.set_defaults(handler=handler, config=config)
+        leaf.set_defaults(handler=handler, config=config, leaf=leaf)
     return parser
+
+
+def _value_options(parser: argparse.ArgumentParser) -> tuple[set[str], set[str]]:
+    """(flags that take exactly one value, every flag) of ``parser`` and all its subcommands."""
+    takes_value, flags = set(), set()
+    for action in parser._actions:
+        flags.update(action.option_strings)
+        if action.option_strings and action.nargs is None and action.const is None:
+            takes_value.update(action.option_strings)
+        for sub in getattr(action, "choices", None) or {}:
+            if isinstance(action.choices, dict):
+                more = _value_options(action.choices[sub])
+                takes_value |= more[0]
+                flags |= more[1]
+    return takes_value, flags
+
+
+def join_dash_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``--bias -inf`` and ``--proj-dims -1,5`` as ``--bias=-inf``: argparse reads a value that
+    begins with '-' (and is not a plain negative number) as an option and stops with "expected one
+    argument"; joined, the value reaches the config's validation and its one-line error."""
+    takes_value, flags = _value_options(parser)
+    joined: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        dash_value = nxt is not None and nxt.startswith("-") and nxt.split("=")[0] not in flags
+        if token in takes_value and dash_value:
+            joined.append(f"{token}={nxt}")
+            i += 2
+            continue
+        joined.append(token)
+        i += 1
+    return joined
+
+
+def _did_you_mean(leaf: argparse.ArgumentParser, unknown: list[str]) -> str:
+    """``unrecognized arguments`` with the closest option of the command for each typo (difflib)."""
+    import difflib
+
+    flags = [f for action in leaf._actions for f in action.option_strings if f.startswith("--")]
+    typos = [token.split("=")[0] for token in unknown if token.startswith("-")]
+    close = [match for typo in typos for match in difflib.get_close_matches(typo, flags, n=1, cutoff=0.6)]
+    hint = f"; did you mean {' or '.join(dict.fromkeys(close))}?" if close else ""
+    return f"unrecognized arguments: {' '.join(unknown)}{hint} (`{leaf.prog} --help` lists the options)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(join_dash_values(parser, argv))
+    if unknown:
+        (getattr(args, "leaf", None) or parser).error(_did_you_mean(getattr(args, "leaf", parser), unknown))
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2

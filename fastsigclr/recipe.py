@@ -17,7 +17,15 @@ import torch
 
 from fastsigclr import checkpoint as ckpt
 from fastsigclr import distributed
-from fastsigclr.config import ConfigError, FastSigCLRError, check_fields, from_dict, option, to_dict
+from fastsigclr.config import (
+    SEED_MAX,
+    ConfigError,
+    FastSigCLRError,
+    check_fields,
+    from_dict,
+    option,
+    to_dict,
+)
 from fastsigclr.data import DATASETS, LOADERS, AugmentSpec, DatasetInfo, default_data_dir, load_split, prepare
 from fastsigclr.data.datasets import data_dir_option, data_folder, dataset_option
 from fastsigclr.data.loaders import ffcv_dir_option, loader_options
@@ -100,7 +108,7 @@ class TrainConfig:
     precision: str = option(
         "auto", "compute dtype; auto: bf16 autocast on CUDA, fp32 on CPU", choices=("auto", "bf16", "fp32")
     )
-    seed: int = option(0, "random seed", ge=0)
+    seed: int = option(0, "random seed", ge=0, le=SEED_MAX)
     limit_train: int | None = option(
         None, "use a class-balanced subset of N training images (the same for every loader)", ge=1
     )
@@ -250,16 +258,37 @@ def _loader_options(cfg: TrainConfig, info: DatasetInfo, train: Split, ctx: dist
     return loader_options(cfg.loader, info, data_dir, train, cfg.limit_train, progress=False, **kw)
 
 
-def resume(setup: Setup, state: dict[str, Any] | None) -> tuple[int, int]:
+def _mismatch(own: dict[str, Any], saved: dict[str, Any]) -> str:
+    """The first difference between a module's tensors and a checkpoint's, in words."""
+    for key, value in own.items():
+        there = saved.get(key)
+        if isinstance(there, torch.Tensor) and there.shape != value.shape:
+            return f"{key} is {tuple(there.shape)} there, {tuple(value.shape)} here"
+    missing, extra = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+    return f"{len(missing)} tensors missing (e.g. {missing[:1]}), {len(extra)} unexpected (e.g. {extra[:1]})"
+
+
+def load_weights(module: Any, state: Any, source: str) -> None:
+    """``module.load_state_dict(state)`` (a module or an optimiser), or one line when the checkpoint
+    ``source`` holds another model's weights: another run's checkpoint copied in."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        own = module.state_dict() if isinstance(module, torch.nn.Module) else None
+        what = _mismatch(own, state) if own is not None and isinstance(state, dict) else str(err)[:160]
+        raise FastSigCLRError(
+            f"{source} does not fit this run's model ({what}): it comes from another run (another --arch, "
+            f"--width, --proj-dims, --method or dataset); restore this run's own checkpoint"
+        ) from None
+
+
+def resume(setup: Setup, state: dict[str, Any] | None, source: str = "the checkpoint") -> tuple[int, int]:
     """Load a checkpoint written by ``checkpoint_state`` (None: a new run): weights, optimiser
     states and RNG. Returns the (epoch, step) to continue from."""
     if state is None:
         return 0, 0
-    setup.model.load_state_dict(state["model"])
-    setup.criterion.load_state_dict(state["criterion"])
-    setup.probe.load_state_dict(state["probe"])
-    setup.optimizer.load_state_dict(state["optimizer"])
-    setup.probe_optimizer.load_state_dict(state["probe_optimizer"])
+    for part in ("model", "criterion", "probe", "optimizer", "probe_optimizer"):
+        load_weights(getattr(setup, part), state[part], source)
     ckpt.set_rng_state(state["rng"])
     return state["epoch"], state["step"]
 
@@ -313,11 +342,33 @@ def saved_config(saved: dict[str, Any]) -> TrainConfig:
     return from_dict(TrainConfig, saved)
 
 
+def read_config(
+    run_dir: Path, context: str, fix: str, overrides: dict[str, Any] | None = None
+) -> TrainConfig:
+    """The ``config`` of a run's config.json (with ``overrides``) as a TrainConfig, or one line
+    ``<context>: ... ; <fix>`` when it is missing, truncated, or holds values of the wrong type."""
+    file = Path(run_dir) / "config.json"
+    try:
+        saved = json.loads(file.read_text())["config"]
+        if not isinstance(saved, dict):
+            raise ConfigError(f"its 'config' is a {type(saved).__name__}, not an object of options")
+        return saved_config({**saved, **(overrides or {})})
+    except FileNotFoundError:
+        raise FastSigCLRError(f"{context}: config.json (the run's settings) is missing; {fix}") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:  # JSON, layout, or values
+        reason = err if isinstance(err, ConfigError | json.JSONDecodeError) else f"{type(err).__name__} {err}"
+        raise FastSigCLRError(f"{context}: its config.json is unreadable ({reason}); {fix}") from None
+
+
+# What eval, export and embed say of a run whose config.json cannot be read.
+RESTORE_CONFIG = "restore it from a copy of the run: the model cannot be rebuilt without it"
+
+
 def load_run_model(run_dir: Path, device_name: str = "auto", data_dir: str | None = None) -> dict[str, Any]:
     """A run's backbone (last checkpoint), its data (from ``data_dir`` when given, else where the
     run read it) and settings, for evaluation."""
-    saved = json.loads((Path(run_dir) / "config.json").read_text())["config"]
-    cfg = saved_config({**saved, **({"data_dir": data_dir} if data_dir else {})})
+    overrides = {"data_dir": data_dir} if data_dir else {}
+    cfg = read_config(run_dir, f"cannot read the run {run_dir}", RESTORE_CONFIG, overrides)
     info = DATASETS[cfg.dataset]
     where = data_folder(cfg.data_dir)
     if not ((where / info.folder).is_dir() or (where / info.archive).is_file()):
@@ -329,7 +380,7 @@ def load_run_model(run_dir: Path, device_name: str = "auto", data_dir: str | Non
     state = ckpt.load(Path(run_dir) / "checkpoints" / "last.pt", map_location=device)
     info, train, test = load_data(dataclasses.replace(cfg, download=False, progress=False))
     model, _, _ = build_model(cfg, info, device)
-    model.load_state_dict(state["model"])
+    load_weights(model, state["model"], str(Path(run_dir) / "checkpoints" / "last.pt"))
     _, autocast_dtype = compute_dtypes(cfg, device)
     return {
         "backbone": model.backbone,

@@ -39,8 +39,8 @@ import torch
 
 from fastsigclr import checkpoint as ckpt
 from fastsigclr import cluster, distributed
-from fastsigclr.config import ConfigError, FastSigCLRError, replace, to_dict
-from fastsigclr.recipe import TrainConfig, saved_config
+from fastsigclr.config import FastSigCLRError, replace, to_dict
+from fastsigclr.recipe import TrainConfig, read_config
 from fastsigclr.runlog import RunLog
 
 LOCK = "run.lock"
@@ -122,19 +122,7 @@ def _no_checkpoint(path: Path, holds: str) -> FastSigCLRError:
 
 
 def _saved_config(path: Path) -> TrainConfig:
-    fix = "restore it, or start a new run with another --out"
-    file = path / "config.json"
-    try:
-        return saved_config(json.loads(file.read_text())["config"])
-    except FileNotFoundError:
-        raise FastSigCLRError(
-            f"cannot resume {path}: config.json (the run's settings) is missing; {fix}"
-        ) from None
-    except (ValueError, KeyError, TypeError, AttributeError) as err:  # JSON, layout, or values
-        reason = err if isinstance(err, ConfigError | json.JSONDecodeError) else f"{type(err).__name__} {err}"
-        raise FastSigCLRError(
-            f"cannot resume {path}: its config.json is unreadable ({reason}); {fix}"
-        ) from None
+    return read_config(path, f"cannot resume {path}", "restore it, or start a new run with another --out")
 
 
 def _merge(path: Path, cfg: TrainConfig, given: set[str]) -> TrainConfig:
@@ -336,8 +324,15 @@ class RunDir:
         return self.log
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """Write the checkpoint; one that cannot be written (a full disk) leaves the previous one."""
         if self.main:
-            ckpt.save_atomic(state, self.path / CHECKPOINT)
+            kept = (self.path / CHECKPOINT).exists()
+            fix = (
+                f"run again with --resume: the previous checkpoint (epoch {state['epoch'] - 1}) is kept"
+                if kept
+                else f"run again with another --out, or delete {self.path} first: no epoch was checkpointed"
+            )
+            ckpt.save_atomic(state, self.path / CHECKPOINT, fix)
 
     def finish(self, summary: dict[str, Any]) -> None:
         if self.main:

@@ -21,7 +21,16 @@ from typing import Any
 import torch
 
 from fastsigclr import checkpoint as ckpt
-from fastsigclr.config import ConfigError, FastSigCLRError, build, check_fields, option, option_from, to_dict
+from fastsigclr.config import (
+    SEED_MAX,
+    ConfigError,
+    FastSigCLRError,
+    build,
+    check_fields,
+    option,
+    option_from,
+    to_dict,
+)
 from fastsigclr.eval import EvalConfig, score, split_features
 from fastsigclr.recipe import TrainConfig, compute_dtypes, load_run_model
 from fastsigclr.runinfo import resolve_device, run_record
@@ -67,7 +76,7 @@ ACTIONS = {"new": "trained", "started": "restarted", "checkpointed": "resumed", 
 @dataclass(frozen=True)
 class SweepConfig:
     settings: tuple[str, ...] = option(tuple(SETTINGS), "named settings to run", choices=tuple(SETTINGS))
-    seeds: tuple[int, ...] = option((0, 1, 2), "seeds of every setting")
+    seeds: tuple[int, ...] = option((0, 1, 2), "seeds of every setting", ge=0, le=SEED_MAX)
     out: str = option("runs/sweep", "sweep directory: runs/<setting>-seed<N>/ and results.json, .md, .png")
     dataset: str | None = option_from(TrainConfig, "dataset", None, unset=_UNSET)
     data_dir: str | None = option_from(TrainConfig, "data_dir")

@@ -1,5 +1,7 @@
 """Comparison helpers shared by the tests."""
 
+import ctypes
+
 import torch
 
 # Where Triton kernels run in the tests: CUDA when present (compiled), else the CPU interpreter.
@@ -24,3 +26,12 @@ def assert_close_rel(
 ) -> None:
     err = max_rel_error(actual, expected, scale)
     assert err <= tol, f"{what}: max error {err:.3e} relative to the scale exceeds {tol:.1e}"
+
+
+def without_root_file_access() -> None:
+    """In a child process, before exec: root drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from
+    its bounding set, so file permissions apply to it as to anyone (PR_CAPBSET_DROP = 24)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):
+        if libc.prctl(24, capability, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")

@@ -1,7 +1,6 @@
 """The run directory's life cycle through the real command line: interrupted and failed starts,
 resume with the run's own settings, finished runs, broken directories, the lock, divergence."""
 
-import ctypes
 import json
 import math
 import os
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import without_root_file_access
 
 import fastsigclr.train
 from fastsigclr import checkpoint, rundir
@@ -187,15 +187,6 @@ def test_an_out_that_is_a_file_is_a_clear_error(tmp_path, capsys):
     assert file.read_text() == "not a run"
 
 
-def _without_root_file_access() -> None:
-    """In the child, before exec: root drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from its
-    bounding set, so file permissions apply to it as to anyone (PR_CAPBSET_DROP = 24)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    for capability in (1, 2):
-        if libc.prctl(24, capability, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
-
-
 @pytest.mark.parametrize("where", ["out", "parent"])
 def test_a_read_only_out_is_a_clear_error(tmp_path, where):
     read_only = tmp_path / "ro"
@@ -210,7 +201,7 @@ def test_a_read_only_out_is_a_clear_error(tmp_path, where):
             capture_output=True,
             text=True,
             timeout=300,
-            preexec_fn=_without_root_file_access if os.geteuid() == 0 else None,
+            preexec_fn=without_root_file_access if os.geteuid() == 0 else None,
         )
     except subprocess.SubprocessError as err:
         pytest.skip(f"cannot drop root's file-access capabilities here: {err}")
