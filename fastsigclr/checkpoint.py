@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import uuid
 from collections.abc import Callable
@@ -15,6 +16,7 @@ import torch
 
 from fastsigclr.config import FastSigCLRError
 
+DIGEST = "digest"  # a checkpoint's key holding tensor_digest of the rest
 TEMPORARY = ".tmp"  # suffix of the files being written: ".<name>.<pid>-<random>.tmp"
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk or quota: the same write works once space is freed
 WRITE_FIX = "choose a writable place and run again"
@@ -97,8 +99,35 @@ def remove_temporaries(folder: Path) -> list[Path]:
     return found
 
 
+def tensor_digest(obj: Any) -> str:
+    """SHA-256 of every tensor's bytes in ``obj`` (nested dicts and lists), with its place: a
+    byte changed inside a tensor (a NaN from a bad disk) changes it. SHA-256 because it was the
+    fastest hashlib digest measured (2-core CPU, shared and loaded: sha256 118 MB/s, blake2b 74,
+    md5 56; CPUs with SHA extensions are ~10× faster): ~1.1 s for a ResNet-18 width-64 model
+    with its momentum (133 MB), once per checkpoint and once per load."""
+    h = hashlib.sha256()
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, torch.Tensor):
+            h.update(f"{where}:{value.dtype}:{tuple(value.shape)};".encode())
+            h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(value, dict):
+            for key in sorted(value, key=str):
+                if key != DIGEST:
+                    walk(value[key], f"{where}/{key}")
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                walk(item, f"{where}/{i}")
+
+    walk(obj, "")
+    return h.hexdigest()
+
+
 def save_atomic(obj: Any, path: Path, fix: str = WRITE_FIX) -> None:
-    """torch.save ``obj`` to ``path`` atomically (``write_atomic``)."""
+    """torch.save ``obj`` to ``path`` atomically (``write_atomic``); a dict gets the digest of its
+    tensors under ``DIGEST``, which ``load`` checks."""
+    if isinstance(obj, dict):
+        obj = {**obj, DIGEST: tensor_digest(obj)}
     write_atomic(path, lambda f: torch.save(obj, f), fix)
 
 
@@ -112,12 +141,25 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     if not path.is_file():
         raise FastSigCLRError(f"no checkpoint at {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:  # unpickling arbitrary bytes can fail in many ways; all mean "unreadable"
         raise FastSigCLRError(
             f"checkpoint {path} is unreadable ({type(err).__name__}: {err}); it is truncated or not a "
             f"checkpoint: restore it, or train again with another --out"
         ) from err
+    check_digest(state, path)
+    return state
+
+
+def check_digest(state: Any, path: Path) -> None:
+    """A checkpoint whose tensors no longer match the digest written with them is damaged (its
+    bytes changed on disk or in a copy); one written before digests (none stored) is trusted."""
+    if isinstance(state, dict) and DIGEST in state and state[DIGEST] != tensor_digest(state):
+        raise FastSigCLRError(
+            f"checkpoint {path} is damaged: its tensors no longer match the digest written with them "
+            f"(its bytes changed on disk or in a copy); restore it from a copy, or train again with "
+            f"another --out"
+        )
 
 
 def rng_state() -> dict[str, Any]:

@@ -180,11 +180,16 @@ def _cmd_data_download(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_verify(args: argparse.Namespace) -> int:
-    from fastsigclr.data.datasets import DATASETS, DataConfig, load_split, verify
+    from fastsigclr.data.datasets import DATASETS, DataConfig, UnofficialData, load_split, verify
 
     cfg = from_args(DataConfig, args)
     info = DATASETS[cfg.dataset]
-    sums = verify(info, cfg.resolved_dir())
+    try:
+        sums = verify(info, cfg.resolved_dir())
+    except UnofficialData as note:  # usable data with other bytes: said, with exit status 1
+        print("\n".join(f"{md5}  {name}" for name, md5 in note.sums.items()))
+        print(f"fastsigclr: data verify: {note}", file=sys.stderr)
+        return 1
     for name, md5 in sums.items():
         print(f"{md5}  {name}")
     counts = [

@@ -162,6 +162,16 @@ def load_data(cfg: TrainConfig):
     folder = prepare(info, data_folder(cfg.data_dir), download_ok=cfg.download, progress=cfg.progress)
     train_x, train_y = load_split(info, folder, "train", progress=cfg.progress)
     test_x, test_y = load_split(info, folder, "test", progress=cfg.progress)
+    for name, limit, count in (
+        ("train", cfg.limit_train, len(train_y)),
+        ("test", cfg.limit_test, len(test_y)),
+    ):
+        # Refused rather than capped: config.json would record a subset that was never used.
+        if limit is not None and limit > count:
+            raise ConfigError(
+                f"--limit-{name} {limit} is more than the {count} {name} images of {info.name}: pass "
+                f"--limit-{name} {count} or less, or leave it out to use them all"
+            )
     if cfg.limit_train:
         keep = balanced_indices(train_y, cfg.limit_train)
         train_x, train_y = train_x[keep], train_y[keep]

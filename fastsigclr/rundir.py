@@ -297,7 +297,7 @@ class RunDir:
             )
         summary = _read_summary(self.path)
         if done == epochs and summary is not None and summary.get("epochs") == done:
-            self.complete = summary
+            self.complete = {**summary, "run_dir": str(self.path)}  # where it is now, if it moved
             print(
                 f"fastsigclr: {self.path} is already complete ({done} of {epochs} epochs): nothing to "
                 f"train. To train it further: --resume --epochs N with N > {done}",

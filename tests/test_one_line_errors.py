@@ -12,45 +12,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import run_fixture
 import torch
 from helpers import without_root_file_access
+from run_fixture import fails_with, tiny_args
 
 from fastsigclr import checkpoint
 from fastsigclr.cli import main
 
-
-def tiny_args(data_dir: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        *(
-            f"train --dataset cifar10 --data-dir {data_dir} --device cpu --width 8 --proj-dims 64,32 "
-            f"--limit-train 64 --limit-test 50 --batch-size 32 --epochs 1 --log-every 1 --knn-every 0 "
-            f"--no-progress --no-tensorboard --out {out}"
-        ).split(),
-        *extra,
-    ]
-
-
-@pytest.fixture(scope="module")
-def finished_run(cifar10_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("finished") / "run"
-    assert main(tiny_args(cifar10_dir, out)) == 0
-    return out
-
-
-@pytest.fixture
-def run_copy(finished_run, tmp_path) -> Path:
-    return Path(shutil.copytree(finished_run, tmp_path / "run"))
-
-
-def fails_with(args: list[str], capsys) -> str:
-    """The error line of a command that must fail with exit status 2 (notes may come before it)."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 2 and "Traceback" not in err, err
-    last = err.splitlines()[-1]
-    assert last.startswith("fastsigclr: error: ") and "error" not in "".join(err.splitlines()[:-1]), err
-    return last
+finished_run, run_copy = run_fixture.finished_run, run_fixture.run_copy  # the fixtures
 
 
 class FullDisk(io.FileIO):
@@ -222,3 +192,42 @@ def test_ccem_with_a_huge_t_runs(tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert [r["regime"] for r in rows] == ["etf"]
+
+
+def test_a_jpeg_that_is_a_symlink_to_itself(tmp_path, capsys, monkeypatch):
+    """os.stat of the loop raised ELOOP through the decoded cache's fingerprint."""
+    from tiny_fixture import small_info, write_tiny
+
+    from fastsigclr.data import DATASETS
+
+    monkeypatch.setitem(DATASETS, "tinyimagenet", small_info())
+    folder = write_tiny(tmp_path)
+    jpeg = sorted((folder / "train").glob("*/images/*.JPEG"))[3]
+    jpeg.unlink()
+    jpeg.symlink_to(jpeg)
+    err = fails_with(["data", "verify", "--dataset", "tinyimagenet", "--data-dir", str(tmp_path)], capsys)
+    assert "Traceback" not in err
+    argv = ["train", "--dataset", "tinyimagenet", "--data-dir", str(tmp_path), "--device", "cpu"]
+    err = fails_with([*argv, "--batch-size", "4", "--out", str(tmp_path / "run"), "--no-progress"], capsys)
+    assert f"{jpeg} cannot be read (Too many levels of symbolic links); delete it" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_truncated_beton_says_which_file_and_to_delete_it(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("ffcv")
+    from cifar_fixture import write_cifar
+
+    from fastsigclr.data import DATASETS
+
+    monkeypatch.setitem(DATASETS, "cifar10", write_cifar(tmp_path))
+    ffcv = ["--ffcv-dir", str(tmp_path / "ffcv")]
+    assert main(["data", "write-ffcv", "--data-dir", str(tmp_path), "--no-progress", *ffcv]) == 0
+    beton = tmp_path / "ffcv" / "cifar10-train.beton"
+    beton.write_bytes(beton.read_bytes()[: beton.stat().st_size // 3])
+    argv = ["train", "--data-dir", str(tmp_path), "--device", "cpu", "--loader", "ffcv", *ffcv]
+    argv += ["--width", "8", "--batch-size", "20", "--epochs", "1", "--no-progress", "--no-tensorboard"]
+    err = fails_with([*argv, "--out", str(tmp_path / "run")], capsys)
+    assert f"{beton} is truncated or damaged (" in err
+    assert "delete it and run again (it is written anew), or rerun `fastsigclr data write-ffcv" in err
+    beton.unlink()
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 0  # written anew

@@ -284,7 +284,6 @@ def prepare(
     folder = data_dir / info.folder
     if folder.is_dir():
         return folder
-    data_dir.mkdir(parents=True, exist_ok=True)
     archive = data_dir / info.archive
     if archive.exists():
         actual = md5sum(archive)
@@ -299,7 +298,14 @@ def prepare(
             f"or drop --no-download"
         )
     else:
-        download(url or info.url, archive, info.md5, progress=progress)
+        created = [p for p in (data_dir, *data_dir.parents) if not p.exists()]
+        try:
+            download(url or info.url, archive, info.md5, progress=progress)
+        except BaseException:  # a failed start removes the folders it created (deepest first)
+            for made in created:
+                if made.is_dir() and not any(made.iterdir()):
+                    made.rmdir()
+            raise
     return extract(archive, info, data_dir)
 
 
@@ -318,6 +324,21 @@ def _load_pickle(path: Path) -> dict:
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
 
 
+def _read_batch(info: DatasetInfo, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR batch file: uint8 (N, H, W, 3) images and int64 labels, or a DatasetError."""
+    batch = _load_pickle(path)
+    if "data" not in batch or info.label_key not in batch:
+        raise DatasetError(f"{path} lacks 'data' or '{info.label_key}': not the {info.name} python layout")
+    data = np.asarray(batch["data"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * info.image_size**2:
+        raise DatasetError(
+            f"{path}: data has dtype {data.dtype} and shape {data.shape}, "
+            f"expected uint8 (N, {3 * info.image_size**2})"
+        )
+    images = data.reshape(-1, 3, info.image_size, info.image_size).transpose(0, 2, 3, 1)
+    return images, np.asarray(batch[info.label_key], dtype=np.int64)
+
+
 def load_split(
     info: DatasetInfo, folder: Path, split: str, *, progress: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -333,19 +354,9 @@ def load_split(
     warn_unofficial(info, Path(folder), files)
     images, labels = [], []
     for name in files:
-        batch = _load_pickle(Path(folder) / name)
-        if "data" not in batch or info.label_key not in batch:
-            raise DatasetError(
-                f"{folder / name} lacks 'data' or '{info.label_key}': not the {info.name} python layout"
-            )
-        data = np.asarray(batch["data"])
-        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * info.image_size**2:
-            raise DatasetError(
-                f"{folder / name}: data has dtype {data.dtype} and shape {data.shape}, "
-                f"expected uint8 (N, {3 * info.image_size**2})"
-            )
-        images.append(data.reshape(-1, 3, info.image_size, info.image_size).transpose(0, 2, 3, 1))
-        labels.append(np.asarray(batch[info.label_key], dtype=np.int64))
+        batch_images, batch_labels = _read_batch(info, Path(folder) / name)
+        images.append(batch_images)
+        labels.append(batch_labels)
     x = np.ascontiguousarray(np.concatenate(images))
     y = np.concatenate(labels)
     expected = info.train_count if split == "train" else info.test_count
@@ -360,8 +371,9 @@ def load_split(
 
 
 def verify(info: DatasetInfo, data_dir: Path) -> dict[str, str]:
-    """md5 of each file of the extracted folder (the report of ``fastsigclr data verify``); a
-    file of ``info.file_md5`` that is missing or differs is a DatasetError naming it."""
+    """md5 of each file of the extracted folder (the report of ``fastsigclr data verify``). A file
+    of ``info.file_md5`` that is missing or does not load is a DatasetError naming it (download
+    again); files that differ but load are an ``UnofficialData`` error: usable, not official."""
     folder = Path(data_dir) / info.folder
     if not folder.is_dir():
         raise DatasetError(f"{folder} does not exist; run `fastsigclr data download --dataset {info.name}`")
@@ -370,17 +382,37 @@ def verify(info: DatasetInfo, data_dir: Path) -> dict[str, str]:
 
         return tinyimagenet.verify(info, folder)
     sums = {p.name: md5sum(p) for p in sorted(folder.iterdir()) if p.is_file()}
-    bad = [
-        f"{name} is missing" if name not in sums else f"{name} has md5 {sums[name]}, expected {md5}"
-        for name, md5 in info.file_md5
-        if sums.get(name) != md5
-    ]
-    if bad:
+    differ = [(name, md5) for name, md5 in info.file_md5 if sums.get(name) != md5]
+    unusable = [f"{name} is missing" for name, _ in differ if name not in sums]
+    batches = (*info.train_files, *info.test_files)
+    for name, _ in differ:
+        if name in sums:
+            try:
+                _read_batch(info, folder / name) if name in batches else _load_pickle(folder / name)
+            except DatasetError as err:
+                unusable.append(f"{name} does not load ({str(err).split('; ')[0]})")
+    listed = "; ".join(f"{name} has md5 {sums[name]}, expected {md5}" for name, md5 in differ if name in sums)
+    if unusable:
         raise DatasetError(
-            f"{folder} is not the official {info.name}: {'; '.join(bad)}. The files are corrupt or "
-            f"modified: {_redownload_hint(info, folder)}"
+            f"{folder} is not the official {info.name}: {'; '.join(unusable)}"
+            f"{'; ' + listed if listed else ''}. The files are corrupt: {_redownload_hint(info, folder)}"
+        )
+    if differ:
+        raise UnofficialData(
+            f"{folder} is not the official {info.name}: {listed}. Each loads as a complete batch of the "
+            f"right shape: usable data (a re-encoded or rebuilt copy, or pixels changed in place), so "
+            f"keep it; download again only if you need the official bytes",
+            sums,
         )
     return sums
+
+
+class UnofficialData(DatasetError):
+    """Files whose md5 is not the official one but that load as complete batches: usable data."""
+
+    def __init__(self, message: str, sums: dict[str, str]) -> None:
+        super().__init__(message)
+        self.sums = sums
 
 
 @dataclass(frozen=True)

@@ -131,18 +131,25 @@ class FfcvLoader(LoaderBase):
             ],
         }
         option = loader.OrderOption.RANDOM if order == "random" else loader.OrderOption.QUASI_RANDOM
-        self.loader = loader.Loader(
-            str(beton),
-            batch_size=self.batch_size // world_size,
-            num_workers=num_workers or min(8, os.cpu_count() or 1),
-            order=option,
-            os_cache=True,
-            distributed=world_size > 1,
-            seed=seed,
-            drop_last=self.drop_last,
-            pipelines=pipelines,
-            batches_ahead=2,
-        )
+        try:
+            self.loader = loader.Loader(
+                str(beton),
+                batch_size=self.batch_size // world_size,
+                num_workers=num_workers or min(8, os.cpu_count() or 1),
+                order=option,
+                os_cache=True,
+                distributed=world_size > 1,
+                seed=seed,
+                drop_last=self.drop_last,
+                pipelines=pipelines,
+                batches_ahead=2,
+            )
+        except (ValueError, OSError, IndexError, EOFError) as err:  # FFCV's reader of a cut file
+            # a truncated .beton lost its allocation table (written last): "negative dimensions"
+            raise FastSigCLRError(
+                f"{beton} is truncated or damaged ({type(err).__name__}: {err}); delete it and run again "
+                f"(it is written anew), or rerun `fastsigclr data write-ffcv --force`"
+            ) from None
         if self.loader.reader.num_samples != len(images):
             raise FastSigCLRError(
                 f"{beton} holds {self.loader.reader.num_samples} images, the dataset {len(images)}: "

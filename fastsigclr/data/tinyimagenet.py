@@ -95,7 +95,12 @@ def _decode(path: Path, size: int) -> np.ndarray:
 def _fingerprint(files: list[Path]) -> str:
     h = hashlib.sha1()
     for f in files:
-        st = f.stat()
+        try:
+            st = f.stat()
+        except OSError as err:  # ELOOP: a JPEG that is a symlink to itself
+            raise DatasetError(
+                f"{f} cannot be read ({err.strerror}); delete it to fetch the dataset again"
+            ) from None
         h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}\n".encode())
     return h.hexdigest()
 
