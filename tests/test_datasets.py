@@ -173,8 +173,7 @@ def test_data_commands_on_real_cifar10(cifar10_dir, capsys, monkeypatch):
 
     # The shared copy is rebuilt from JPEGs: its pixel batches are not the official files.
     verify = ["data", "verify", "--dataset", "cifar10", "--data-dir", str(cifar10_dir)]
-    with pytest.raises(SystemExit):
-        main(verify)
+    assert main(verify) == 1  # it loads: usable, not official
     err = capsys.readouterr().err
     assert "is not the official cifar10: data_batch_1 has md5" in err and "batches.meta" not in err
     folder = cifar10_dir / DATASETS["cifar10"].folder
