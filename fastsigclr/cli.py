@@ -8,30 +8,33 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastsigclr import __version__
+from fastsigclr.cli_args import did_you_mean, join_dash_values
 from fastsigclr.config import FastSigCLRError, add_arguments, from_args, typed_fields
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
     import torch
 
-    from fastsigclr.runinfo import default_device, device_description, git_commit, package_version
+    from fastsigclr.data.loaders import LOADERS
+    from fastsigclr.runinfo import default_device, device_description, git_commit, versions
 
     print(f"fastsigclr {__version__} (commit {git_commit() or 'unknown'})")
-    for name in ("torch", "triton", "numpy", "numba", "dali", "ffcv"):
-        version = package_version(name)
-        print(f"  {name:<7} {version or 'not installed'}")
+    found = versions()
+    for name in ("torch", "triton", "numpy", "numba", *(e.package for e in LOADERS.values() if e.package)):
+        print(f"  {name:<7} {found[name] or 'not installed'}")
     cuda = torch.cuda.is_available()
     print(f"  CUDA    {'available: ' + str(torch.version.cuda) if cuda else 'not available'}")
     dev = device_description(default_device())
     print(f"  device  {dev['type']}: {dev['name']}")
-    fused = "usable" if cuda and package_version("triton") else "needs CUDA and triton"
+    fused = "usable" if cuda and found["triton"] else "needs CUDA and triton"
     print(f"  loss    impl='triton' {fused}; impl='torch' usable")
-    from fastsigclr.data import dali_loader, ffcv_loader
-
-    where = "GPU pipeline" if cuda else "CPU pipeline"
-    print(f"  loader  gpu: usable ({'fused Triton kernel' if cuda else 'PyTorch reference on the CPU'})")
-    for name, module in (("dali", dali_loader), ("ffcv", ffcv_loader)):
-        state = f"usable ({where})" if package_version(name) else f"not installed: {module.INSTALL_HINT}"
+    for name, entry in LOADERS.items():
+        usable = entry.package is None or found[entry.package]
+        state = (
+            f"usable ({entry.runs_on[0 if cuda else 1]})"
+            if usable
+            else f"not installed: {entry.install_hint}"
+        )
         print(f"  loader  {name}: {state}")
     return 0
 
@@ -115,7 +118,7 @@ def _cmd_bench_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from fastsigclr.recipe import TrainConfig
+    from fastsigclr.runconfig import TrainConfig
     from fastsigclr.train import train
 
     cfg = from_args(TrainConfig, args)
@@ -180,7 +183,8 @@ def _cmd_data_download(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_verify(args: argparse.Namespace) -> int:
-    from fastsigclr.data.datasets import DATASETS, DataConfig, UnofficialData, load_split, verify
+    from fastsigclr.data.datasets import DATASETS, DataConfig, load_split, verify
+    from fastsigclr.data.verdict import UnofficialData
 
     cfg = from_args(DataConfig, args)
     info = DATASETS[cfg.dataset]
@@ -242,7 +246,13 @@ Handler = Callable[[argparse.Namespace], int]
 Command = tuple[tuple[str, ...], str, Callable[[], type] | None, tuple[str, ...], Handler]
 # (subcommand path, help, config class (loaded lazily) or None, positional fields, handler)
 COMMANDS: list[Command] = [
-    (("train",), "pre-train an encoder (SigCLR)", _lazy("fastsigclr.recipe", "TrainConfig"), (), _cmd_train),
+    (
+        ("train",),
+        "pre-train an encoder (SigCLR)",
+        _lazy("fastsigclr.runconfig", "TrainConfig"),
+        (),
+        _cmd_train,
+    ),
     (
         ("eval",),
         "evaluate a run: knn or linear",
@@ -362,58 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _value_options(parser: argparse.ArgumentParser) -> tuple[set[str], set[str]]:
-    """(flags that take exactly one value, every flag) of ``parser`` and all its subcommands."""
-    takes_value, flags = set(), set()
-    for action in parser._actions:
-        flags.update(action.option_strings)
-        if action.option_strings and action.nargs is None and action.const is None:
-            takes_value.update(action.option_strings)
-        for sub in getattr(action, "choices", None) or {}:
-            if isinstance(action.choices, dict):
-                more = _value_options(action.choices[sub])
-                takes_value |= more[0]
-                flags |= more[1]
-    return takes_value, flags
-
-
-def join_dash_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
-    """``--bias -inf`` and ``--proj-dims -1,5`` as ``--bias=-inf``: argparse reads a value that
-    begins with '-' (and is not a plain negative number) as an option and stops with "expected one
-    argument"; joined, the value reaches the config's validation and its one-line error."""
-    takes_value, flags = _value_options(parser)
-    joined: list[str] = []
-    i = 0
-    while i < len(argv):
-        token = argv[i]
-        nxt = argv[i + 1] if i + 1 < len(argv) else None
-        dash_value = nxt is not None and nxt.startswith("-") and nxt.split("=")[0] not in flags
-        if token in takes_value and dash_value:
-            joined.append(f"{token}={nxt}")
-            i += 2
-            continue
-        joined.append(token)
-        i += 1
-    return joined
-
-
-def _did_you_mean(leaf: argparse.ArgumentParser, unknown: list[str]) -> str:
-    """``unrecognized arguments`` with the closest option of the command for each typo (difflib)."""
-    import difflib
-
-    flags = [f for action in leaf._actions for f in action.option_strings if f.startswith("--")]
-    typos = [token.split("=")[0] for token in unknown if token.startswith("-")]
-    close = [match for typo in typos for match in difflib.get_close_matches(typo, flags, n=1, cutoff=0.6)]
-    hint = f"; did you mean {' or '.join(dict.fromkeys(close))}?" if close else ""
-    return f"unrecognized arguments: {' '.join(unknown)}{hint} (`{leaf.prog} --help` lists the options)"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, unknown = parser.parse_known_args(join_dash_values(parser, argv))
     if unknown:
-        (getattr(args, "leaf", None) or parser).error(_did_you_mean(getattr(args, "leaf", parser), unknown))
+        (getattr(args, "leaf", None) or parser).error(did_you_mean(getattr(args, "leaf", parser), unknown))
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2

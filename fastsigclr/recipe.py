@@ -1,13 +1,12 @@
-"""The training recipe: the config of ``fastsigclr train``, the dataset presets and methods, and
-what a run trains with, built from them (``build``: data, loader, model, loss, probe, optimisers),
-with ``resume`` and ``checkpoint_state`` to continue it. Shared by the trainer, the evaluation of a
-run and ``fastsigclr bench train``; the optimisation step and the loop live in ``fastsigclr.train``."""
+"""The training recipe: what a run trains with, built from its resolved config
+(``fastsigclr.runconfig``): ``build`` makes the data, loader, model, loss, probe and optimisers,
+``resume`` and ``checkpoint_state`` continue it, and ``load_run_model`` reads a finished run's
+backbone. Shared by the trainer, the evaluation of a run and ``fastsigclr bench train``; the
+optimisation step and the loop live in ``fastsigclr.train``."""
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,144 +16,20 @@ import torch
 
 from fastsigclr import checkpoint as ckpt
 from fastsigclr import distributed
-from fastsigclr.config import (
-    SEED_MAX,
-    ConfigError,
-    FastSigCLRError,
-    check_fields,
-    from_dict,
-    option,
-    to_dict,
-)
-from fastsigclr.data import DATASETS, LOADERS, AugmentSpec, DatasetInfo, default_data_dir, load_split, prepare
-from fastsigclr.data.datasets import data_dir_option, data_folder, dataset_option
-from fastsigclr.data.loaders import ffcv_dir_option, loader_options
+from fastsigclr.config import ConfigError, FastSigCLRError, to_dict
+from fastsigclr.data import DATASETS, LOADERS, AugmentSpec, DatasetInfo, load_split, prepare
+from fastsigclr.data.base import LoaderSource
+from fastsigclr.data.datasets import data_folder
 from fastsigclr.data.subset import balanced_indices
-from fastsigclr.losses import LOSSES
-from fastsigclr.losses.options import LOSS_OPTIONS, check_applicable, method_params, with_loss_options
-from fastsigclr.models import ARCHS, SSLModel
+from fastsigclr.losses import LossSpec
+from fastsigclr.models import SSLModel
+from fastsigclr.models.resnet import memory_format
 from fastsigclr.models.sync_bn import convert_global_bn
 from fastsigclr.optim import build_optimizer, param_groups
-from fastsigclr.runinfo import device_option, resolve_device
+from fastsigclr.runconfig import RESTORE_CONFIG, TrainConfig, loss_params, read_config
+from fastsigclr.runinfo import resolve_device
 
-# docs/design.md §9: what `--dataset` chooses; every value can be overridden by its option.
-PRESETS: dict[str, dict[str, Any]] = {
-    "cifar10": {"arch": "resnet18", "proj_dims": (2048, 2048, 64), "batch_size": 512, "epochs": 1000},
-    "cifar100": {"arch": "resnet18", "proj_dims": (4096, 4096, 128), "batch_size": 512, "epochs": 1000},
-    "tinyimagenet": {"arch": "resnet50", "proj_dims": (4096, 4096, 128), "batch_size": 1024, "epochs": 800},
-}
-RESUME_MODES = ("no", "yes", "auto")
-# The weights are float32: a larger --lr or --bias overflows at the first step (--lr 1e39 stopped in
-# the optimiser: "value cannot be converted to type float without overflow").
-FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 Split = tuple[np.ndarray, np.ndarray]  # (uint8 images (N, H, W, 3), labels (N,))
-
-
-@with_loss_options
-@dataclass(frozen=True)
-class TrainConfig:
-    dataset: str = dataset_option("dataset (its preset fills unset options)")
-    data_dir: str | None = data_dir_option()
-    download: bool = option(True, "download the dataset when it is not in --data-dir")
-    loader: str = option("gpu", "data loader backend", choices=tuple(LOADERS))
-    ffcv_dir: str | None = ffcv_dir_option()
-    method: str = option(
-        "sigclr",
-        "objective: " + "; ".join(f"{m}: {s.summary}" for m, s in LOSSES.items()),
-        choices=tuple(LOSSES),
-    )
-    arch: str | None = option(None, "backbone; unset: the dataset preset", choices=tuple(ARCHS))
-    width: int = option(64, "channels of the first ResNet stage (64 = standard)", ge=1)
-    zero_init_residual: bool = option(False, "start each residual branch at zero")
-    proj_dims: tuple[int, ...] | None = option(None, "projector hidden..output sizes; unset: preset", ge=1)
-    batch_size: int | None = option(
-        None,
-        "images per step over all ranks (each gives n_views views), at most the training images; "
-        "unset: preset",
-        ge=1,
-    )
-    epochs: int | None = option(None, "training epochs; unset: preset", ge=1)
-    n_views: int = option(2, "augmented views per image", ge=2)
-    # LARS by default: with b = −10 the first gradients are almost pure positive-pair attraction, and
-    # plain SGD stepped straight into collapse (ResNet-18 width 16, batch 128, CPU: loss 6.9 → 98.9 in
-    # 4 steps at lr 0.05; at lr 0.5 → 64), where normalisation leaves no gradient to escape. LARS
-    # bounds each layer's step and trained stably at both rates (loss 6.9 → 6.2).
-    optimizer: str = option("lars", "optimizer", choices=("sgd", "lars"))
-    lr: float = option(0.5, "peak learning rate", ge=0, le=FLOAT32_MAX)
-    momentum: float = option(0.9, "momentum", ge=0, lt=1)
-    weight_decay: float = option(1e-4, "weight decay (not on BN parameters or biases)", ge=0)
-    warmup_epochs: float = option(10.0, "linear warm-up length in epochs (capped at the run length)", ge=0)
-    use_labels: bool | None = option(
-        None, "supcon/tcl: contrast by class labels (default) or, with --no-use-labels, by views only"
-    )
-    probe_lr: float = option(0.1, "online linear probe learning rate", ge=0)
-    knn_every: int = option(
-        10, "run the kNN monitor every this many epochs (and at the end; 0: end only)", ge=0
-    )
-    knn_k: int = option(200, "neighbours in the kNN vote", ge=1)
-    knn_temperature: float = option(0.1, "temperature of the kNN vote weights", gt=0)
-    compile: bool = option(False, "torch.compile the model")
-    sync_bn: bool = option(True, "torchrun runs: batch-norm statistics over the global batch")
-    dist_loss: str = option(
-        "ring", "torchrun runs: how the sigmoid loss sees other ranks' rows", choices=("ring", "gather")
-    )
-    # torch's own default is 30 min (gloo) / 10 min (NCCL). The bound also covers collectives, so it
-    # must exceed the longest stretch rank 0 works alone while the others wait at a barrier: the
-    # FFCV dataset write, the kNN monitor, the checkpoint write.
-    dist_timeout: float = option(
-        600.0, "torchrun runs: seconds a rank waits to join the run, and at most for any collective", gt=0
-    )
-    device: str = device_option()
-    precision: str = option(
-        "auto", "compute dtype; auto: bf16 autocast on CUDA, fp32 on CPU", choices=("auto", "bf16", "fp32")
-    )
-    seed: int = option(0, "random seed", ge=0, le=SEED_MAX)
-    limit_train: int | None = option(
-        None, "use a class-balanced subset of N training images (the same for every loader)", ge=1
-    )
-    limit_test: int | None = option(None, "use a class-balanced subset of N test images", ge=1)
-    out: str | None = option(None, "run directory; unset: runs/<dataset>-<method>-<time>")
-    resume: str = option(
-        "no",
-        "continue the run in --out from its last checkpoint (yes); auto: continue it when it has "
-        "one, else start it (a finished run stays as it is), for restarts by torchrun --max-restarts",
-        choices=RESUME_MODES,
-        bare="yes",
-    )
-    log_every: int = option(50, "steps between metrics.jsonl step records", ge=1)
-    progress: bool = option(True, "show progress bars")
-    tensorboard: bool = option(True, "also log to TensorBoard when it is installed")
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-        spec = LOSSES[self.method]
-        if self.use_labels and not spec.supervised:
-            raise ValueError(f"--use-labels: {self.method} cannot use labels; it is self-supervised")
-        check_applicable(self, (self.method,))
-        if self.resume not in RESUME_MODES:
-            raise ValueError(f"--resume must be one of {', '.join(RESUME_MODES)}, got {self.resume!r}")
-        if self.resume != "no" and not self.out:
-            raise ValueError(f"--resume {self.resume} needs --out DIR: the run directory to continue")
-
-    def resolved(self) -> TrainConfig:
-        """Preset values for the options left unset, and a default run directory."""
-        preset = PRESETS[self.dataset]
-        filled = {k: v for k, v in preset.items() if getattr(self, k) is None}
-        filled.update({k: v for k, v in LOSSES[self.method].defaults().items() if getattr(self, k) is None})
-        if self.out is None:
-            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-            filled["out"] = str(Path("runs") / f"{self.dataset}-{self.method}-{stamp}")
-        if self.data_dir is None:
-            filled["data_dir"] = str(default_data_dir())
-        batch = filled.get("batch_size", self.batch_size)
-        if self.limit_train is not None and batch > self.limit_train:
-            given = "" if self.batch_size else f" (the {self.dataset} preset)"
-            raise ConfigError(
-                f"--batch-size {batch}{given} is larger than the {self.limit_train} images of "
-                f"--limit-train {self.limit_train}: pass --batch-size {self.limit_train} or less, or a "
-                f"larger --limit-train"
-            )
-        return dataclasses.replace(self, **filled)
 
 
 def load_data(cfg: TrainConfig):
@@ -189,8 +64,8 @@ def compute_dtypes(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype,
 
 def build_model(cfg: TrainConfig, info, device: torch.device):
     model = SSLModel(cfg.arch or "resnet18", cfg.width, cfg.proj_dims or (), cfg.zero_init_residual)
-    model = model.to(device, memory_format=torch.channels_last)
-    criterion = LOSSES[cfg.method].build(n_views=cfg.n_views, **method_params(cfg, cfg.method))
+    model = model.to(device, memory_format=memory_format(device))
+    criterion = cfg.loss_spec.build(n_views=cfg.n_views, **loss_params(cfg, cfg.loss_spec))
     criterion = criterion.to(device)
     probe = torch.nn.Linear(model.backbone.out_dim, info.num_classes).to(device)
     return model, criterion, probe
@@ -201,6 +76,7 @@ class Setup:
     """What a run trains with, all made from its config by ``build``."""
 
     cfg: TrainConfig
+    loss_spec: LossSpec  # the method's registry entry (cfg.loss_spec)
     info: DatasetInfo
     train_data: Split
     test_data: Split
@@ -217,7 +93,10 @@ def build(
     cfg: TrainConfig, ctx: distributed.Context, data: tuple[DatasetInfo, Split, Split] | None = None
 ) -> Setup:
     """Data (``load_data``, or ``data`` given as (info, train, test)), loader, model, loss, online
-    probe and their optimisers, on ``ctx.device``; seeded by ``cfg.seed``."""
+    probe and their optimisers, on ``ctx.device``; seeded by ``cfg.seed``. ``cfg`` is resolved
+    (``TrainConfig.resolved``): its batch size, epochs and loss parameters are set."""
+    if cfg.batch_size is None or cfg.epochs is None:
+        raise ValueError("build needs a resolved config (TrainConfig.resolved()): its batch size is unset")
     device = ctx.device
     view_dtype, autocast_dtype = compute_dtypes(cfg, device)
     if data is None:
@@ -225,10 +104,10 @@ def build(
     info, train_data, test_data = data
     torch.manual_seed(cfg.seed)
     spec = AugmentSpec.simclr(info.image_size, info.mean, info.std, n_views=cfg.n_views)
-    loader = LOADERS[cfg.loader](
+    loader = LOADERS[cfg.loader].cls(
         *train_data,
         spec,
-        cfg.batch_size or 1,  # global: each rank takes batch_size / world_size
+        cfg.batch_size,  # global: each rank takes batch_size / world_size
         device,
         view_dtype,
         seed=cfg.seed,
@@ -245,6 +124,7 @@ def build(
     probe_opt = torch.optim.SGD(probe.parameters(), lr=cfg.probe_lr, momentum=0.9)
     return Setup(
         cfg,
+        cfg.loss_spec,
         info,
         train_data,
         test_data,
@@ -259,13 +139,14 @@ def build(
 
 
 def _loader_options(cfg: TrainConfig, info: DatasetInfo, train: Split, ctx: distributed.Context) -> dict:
-    """Backend arguments; rank 0 writes a missing FFCV dataset while the others wait for it."""
-    data_dir = data_folder(cfg.data_dir)
-    kw = dict(ffcv_dir=cfg.ffcv_dir)
-    if cfg.loader == "ffcv" and ctx.is_main:
-        loader_options(cfg.loader, info, data_dir, train, cfg.limit_train, progress=cfg.progress, **kw)
+    """The backend's own arguments; its preparation (FFCV: writing a missing .beton) runs on rank 0
+    while the others wait for it."""
+    entry = LOADERS[cfg.loader]
+    src = LoaderSource(info, data_folder(cfg.data_dir), train, cfg.limit_train, cfg.ffcv_dir, cfg.progress)
+    if entry.prepare is not None and ctx.is_main:
+        entry.prepare(src)
     distributed.barrier(ctx)
-    return loader_options(cfg.loader, info, data_dir, train, cfg.limit_train, progress=False, **kw)
+    return entry.options(dataclasses.replace(src, progress=False))
 
 
 def _mismatch(own: dict[str, Any], saved: dict[str, Any]) -> str:
@@ -318,60 +199,10 @@ def checkpoint_state(setup: Setup, epoch: int, step: int) -> dict[str, Any]:
     }
 
 
-def uses_labels(cfg: TrainConfig) -> bool:
-    return LOSSES[cfg.method].supervised if cfg.use_labels is None else cfg.use_labels
-
-
 def loss_scalars(criterion: torch.nn.Module) -> dict[str, float]:
     """The loss's scalars for the logs, named apart: sigclr's logit_scale and bias, the softmax
     losses' temperature."""
     return criterion.log_values()
-
-
-# Keys of config.json files written before the loss registry: sigclr's scale was "temperature".
-_OLD_SIGCLR_KEYS = {"temperature": "logit_scale", "learnable_temperature": "learnable_logit_scale"}
-
-
-def saved_config(saved: dict[str, Any]) -> TrainConfig:
-    """The ``config`` of a run's config.json as a TrainConfig, older files read in today's names:
-    runs written before ``--resume auto`` saved ``resume`` as true/false (read as yes/no); files
-    written before the loss registry (they hold learnable_temperature, and every method's options)
-    have sigclr's temperature read as its logit_scale, and options the method never used dropped."""
-    resume = saved.get("resume")
-    if isinstance(resume, bool):
-        saved = {**saved, "resume": RESUME_MODES[int(resume)]}
-    if "learnable_temperature" in saved:
-        saved = dict(saved)
-        spec = LOSSES.get(saved.get("method", "sigclr"))
-        if saved.get("method", "sigclr") == "sigclr":
-            saved.update({new: saved.pop(old) for old, new in _OLD_SIGCLR_KEYS.items() if old in saved})
-        saved.pop("learnable_temperature", None)
-        for name in LOSS_OPTIONS:
-            if spec is not None and name not in spec.params:
-                saved.pop(name, None)
-    return from_dict(TrainConfig, saved)
-
-
-def read_config(
-    run_dir: Path, context: str, fix: str, overrides: dict[str, Any] | None = None
-) -> TrainConfig:
-    """The ``config`` of a run's config.json (with ``overrides``) as a TrainConfig, or one line
-    ``<context>: ... ; <fix>`` when it is missing, truncated, or holds values of the wrong type."""
-    file = Path(run_dir) / "config.json"
-    try:
-        saved = json.loads(file.read_text())["config"]
-        if not isinstance(saved, dict):
-            raise ConfigError(f"its 'config' is a {type(saved).__name__}, not an object of options")
-        return saved_config({**saved, **(overrides or {})})
-    except FileNotFoundError:
-        raise FastSigCLRError(f"{context}: config.json (the run's settings) is missing; {fix}") from None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:  # JSON, layout, or values
-        reason = err if isinstance(err, ConfigError | json.JSONDecodeError) else f"{type(err).__name__} {err}"
-        raise FastSigCLRError(f"{context}: its config.json is unreadable ({reason}); {fix}") from None
-
-
-# What eval, export and embed say of a run whose config.json cannot be read.
-RESTORE_CONFIG = "restore it from a copy of the run: the model cannot be rebuilt without it"
 
 
 def load_run_model(run_dir: Path, device_name: str = "auto", data_dir: str | None = None) -> dict[str, Any]:

@@ -29,10 +29,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastsigclr.bench.common import write_json
 from fastsigclr.config import FastSigCLRError, check_fields, option, to_dict
+from fastsigclr.data.loaders import LOADERS, loader_versions
 from fastsigclr.data.plan import AugmentPlan, AugmentSpec, Col, sample_params, seed_for
-from fastsigclr.runinfo import device_option, package_version, resolve_device, run_record
+from fastsigclr.runinfo import device_option, resolve_device, run_record
 
-BACKENDS = ("gpu", "dali", "ffcv", "pil")
+BACKENDS = (*LOADERS, "pil")
 
 
 # ---- the torchvision-style baseline: PIL per image, DataLoader workers ------------------------------
@@ -242,19 +243,12 @@ def _peak_rss_bytes() -> int:
 
 
 def _make_loader(name: str, images, labels, spec, cfg: BenchAugmentConfig, device, tmp: Path):
-    from fastsigclr.data.ffcv_loader import write_beton
-    from fastsigclr.data.loaders import LOADERS
-
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     args = (images, labels, spec, cfg.batch_size, device, dtype)
     if name == "pil":
         return PilLoader(*args, workers=cfg.workers)
-    if name == "dali":
-        return LOADERS[name](*args, num_threads=cfg.workers)
-    if name == "ffcv":
-        beton = write_beton(tmp / f"bench-{spec.size}.beton", images, labels, progress=False)
-        return LOADERS[name](*args, beton=beton, num_workers=max(1, cfg.workers))
-    return LOADERS[name](*args)
+    entry = LOADERS[name]
+    return entry.cls(*args, **entry.bench_options(images, labels, spec, cfg.workers, tmp))
 
 
 def measure(name: str, size: int, cfg: BenchAugmentConfig, device: torch.device, tmp: Path) -> dict[str, Any]:
@@ -318,7 +312,7 @@ def run(cfg: BenchAugmentConfig, command: list[str] | None = None) -> dict[str, 
         "benchmark": "augment",
         "config": to_dict(cfg),
         **run_record(device, command),
-        "versions_loaders": {k: package_version(k) for k in ("dali", "ffcv")},
+        "versions_loaders": loader_versions(),
         "results": results,
         "plan": [plan_cost(size, cfg.plan_images, cfg.batch_size) for size in cfg.sizes],
     }

@@ -24,7 +24,8 @@ from fastsigclr.config import check_fields, option, option_from, to_dict
 from fastsigclr.data import DATASETS, DatasetInfo
 from fastsigclr.data.gpu_loader import augment_batch
 from fastsigclr.data.plan import sample_params
-from fastsigclr.recipe import PRESETS, Setup, Split, TrainConfig, build, load_data
+from fastsigclr.recipe import Setup, Split, build, load_data
+from fastsigclr.runconfig import PRESETS, TrainConfig
 from fastsigclr.runinfo import resolve_device, run_record
 from fastsigclr.train import StepParts
 

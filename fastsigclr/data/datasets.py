@@ -166,7 +166,7 @@ def _md5_once(path: Path) -> tuple[str, bool]:
     return _MD5_SEEN[key], fresh
 
 
-def _redownload_hint(info: DatasetInfo, folder: Path) -> str:
+def redownload_hint(info: DatasetInfo, folder: Path) -> str:
     return (
         f"delete {folder} and download it again (`fastsigclr data download --dataset {info.name} "
         f"--data-dir {folder.parent}`)"
@@ -190,7 +190,7 @@ def warn_unofficial(info: DatasetInfo, folder: Path, names: tuple[str, ...]) -> 
         print(
             f"warning: {', '.join(bad)} in {folder} differ from the official {info.name} files (md5): "
             f"corrupt, or not the official release; `fastsigclr data verify` names the differences; if "
-            f"corrupt, {_redownload_hint(info, Path(folder))}",
+            f"corrupt, {redownload_hint(info, Path(folder))}",
             file=sys.stderr,
         )
 
@@ -309,7 +309,7 @@ def prepare(
     return extract(archive, info, data_dir)
 
 
-def _load_pickle(path: Path) -> dict:
+def load_pickle(path: Path) -> dict:
     if not path.is_file():
         raise DatasetError(f"missing file {path}: the dataset folder is incomplete; delete it to fetch again")
     try:
@@ -324,9 +324,9 @@ def _load_pickle(path: Path) -> dict:
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
 
 
-def _read_batch(info: DatasetInfo, path: Path) -> tuple[np.ndarray, np.ndarray]:
+def read_batch(info: DatasetInfo, path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One CIFAR batch file: uint8 (N, H, W, 3) images and int64 labels, or a DatasetError."""
-    batch = _load_pickle(path)
+    batch = load_pickle(path)
     if "data" not in batch or info.label_key not in batch:
         raise DatasetError(f"{path} lacks 'data' or '{info.label_key}': not the {info.name} python layout")
     data = np.asarray(batch["data"])
@@ -354,7 +354,7 @@ def load_split(
     warn_unofficial(info, Path(folder), files)
     images, labels = [], []
     for name in files:
-        batch_images, batch_labels = _read_batch(info, Path(folder) / name)
+        batch_images, batch_labels = read_batch(info, Path(folder) / name)
         images.append(batch_images)
         labels.append(batch_labels)
     x = np.ascontiguousarray(np.concatenate(images))
@@ -371,9 +371,8 @@ def load_split(
 
 
 def verify(info: DatasetInfo, data_dir: Path) -> dict[str, str]:
-    """md5 of each file of the extracted folder (the report of ``fastsigclr data verify``). A file
-    of ``info.file_md5`` that is missing or does not load is a DatasetError naming it (download
-    again); files that differ but load are an ``UnofficialData`` error: usable, not official."""
+    """md5 of each file of the extracted folder (the report of ``fastsigclr data verify``); files
+    that are missing or differ from ``info.file_md5`` are judged by ``verdict.check_official``."""
     folder = Path(data_dir) / info.folder
     if not folder.is_dir():
         raise DatasetError(f"{folder} does not exist; run `fastsigclr data download --dataset {info.name}`")
@@ -382,37 +381,10 @@ def verify(info: DatasetInfo, data_dir: Path) -> dict[str, str]:
 
         return tinyimagenet.verify(info, folder)
     sums = {p.name: md5sum(p) for p in sorted(folder.iterdir()) if p.is_file()}
-    differ = [(name, md5) for name, md5 in info.file_md5 if sums.get(name) != md5]
-    unusable = [f"{name} is missing" for name, _ in differ if name not in sums]
-    batches = (*info.train_files, *info.test_files)
-    for name, _ in differ:
-        if name in sums:
-            try:
-                _read_batch(info, folder / name) if name in batches else _load_pickle(folder / name)
-            except DatasetError as err:
-                unusable.append(f"{name} does not load ({str(err).split('; ')[0]})")
-    listed = "; ".join(f"{name} has md5 {sums[name]}, expected {md5}" for name, md5 in differ if name in sums)
-    if unusable:
-        raise DatasetError(
-            f"{folder} is not the official {info.name}: {'; '.join(unusable)}"
-            f"{'; ' + listed if listed else ''}. The files are corrupt: {_redownload_hint(info, folder)}"
-        )
-    if differ:
-        raise UnofficialData(
-            f"{folder} is not the official {info.name}: {listed}. Each loads as a complete batch of the "
-            f"right shape: usable data (a re-encoded or rebuilt copy, or pixels changed in place), so "
-            f"keep it; download again only if you need the official bytes",
-            sums,
-        )
+    from fastsigclr.data.verdict import check_official
+
+    check_official(info, folder, sums)
     return sums
-
-
-class UnofficialData(DatasetError):
-    """Files whose md5 is not the official one but that load as complete batches: usable data."""
-
-    def __init__(self, message: str, sums: dict[str, str]) -> None:
-        super().__init__(message)
-        self.sums = sums
 
 
 @dataclass(frozen=True)

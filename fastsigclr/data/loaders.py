@@ -1,7 +1,8 @@
-"""Loader backends by name: each turns uint8 images + labels + an AugmentSpec into batches of
-(views (V·B, 3, S, S) channels_last in the training dtype, labels (B,)), with the same
-constructor and ``epoch(e)``/``len`` interface. DALI and FFCV are imported only when chosen; a
-missing one is a clear error with the command that installs it."""
+"""Loader backends by name (``LOADERS``: one ``base.LoaderEntry`` each): each turns uint8 images +
+labels + an AugmentSpec into batches of (views (V·B, 3, S, S) channels_last in the training
+dtype, labels (B,)), with the same constructor and ``epoch(e)``/``len`` interface. DALI and FFCV
+are imported only when chosen; a missing one is a clear error with the command that installs it.
+A new backend is one module (its ``LoaderBase`` subclass) and one entry below."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import Any
 import numpy as np
 
 from fastsigclr.config import FastSigCLRError, check_fields, option
+from fastsigclr.data import dali_loader, ffcv_loader
+from fastsigclr.data.base import LoaderEntry, LoaderSource
 from fastsigclr.data.dali_loader import DaliLoader
 from fastsigclr.data.datasets import (
     DATASETS,
@@ -25,12 +28,7 @@ from fastsigclr.data.datasets import (
 from fastsigclr.data.ffcv_loader import FfcvLoader, write_beton
 from fastsigclr.data.gpu_loader import GpuLoader
 from fastsigclr.data.subset import balanced_indices
-
-LOADERS = {
-    "gpu": GpuLoader,
-    "dali": DaliLoader,
-    "ffcv": FfcvLoader,
-}
+from fastsigclr.runinfo import package_version
 
 
 def ffcv_dir_option() -> Any:
@@ -74,6 +72,11 @@ def ensure_beton(
     return path
 
 
+def loader_versions() -> dict[str, str | None]:
+    """The version of each backend's package (None: not installed), by the name ``info`` shows."""
+    return {e.package: package_version(e.package, e.distributions) for e in LOADERS.values() if e.package}
+
+
 def loader_options(
     name: str,
     info: DatasetInfo,
@@ -84,16 +87,60 @@ def loader_options(
     ffcv_dir: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Backend-specific constructor arguments: the JPEG files for DALI (Tiny-ImageNet; the same
-    balanced subset as ``train``), the .beton for FFCV."""
-    if name == "dali" and info.kind == "tiny":
-        from fastsigclr.data.tinyimagenet import split_files
+    """Backend ``name``'s constructor arguments beyond the common ones (its entry's ``options``)."""
+    return LOADERS[name].options(LoaderSource(info, Path(data_dir), train, limit, ffcv_dir, progress))
 
-        files, labels = split_files(info, Path(data_dir) / info.folder, "train")
-        return {"files": [files[i] for i in balanced_indices(labels, limit)] if limit else files}
-    if name == "ffcv":
-        return {"beton": ensure_beton(info, data_dir, *train, limit, ffcv_dir=ffcv_dir, progress=progress)}
-    return {}
+
+def _dali_files(src: LoaderSource) -> dict[str, Any]:
+    """Tiny-ImageNet: the JPEG files themselves (the same balanced subset as ``src.train``)."""
+    if src.info.kind != "tiny":
+        return {}
+    from fastsigclr.data.tinyimagenet import split_files
+
+    files, labels = split_files(src.info, src.data_dir / src.info.folder, "train")
+    return {"files": [files[i] for i in balanced_indices(labels, src.limit)] if src.limit else files}
+
+
+def _beton(src: LoaderSource) -> dict[str, Any]:
+    """The .beton of the training split (written first when missing)."""
+    path = ensure_beton(
+        src.info, src.data_dir, *src.train, src.limit, ffcv_dir=src.ffcv_dir, progress=src.progress
+    )
+    return {"beton": path}
+
+
+def _dali_bench(images: np.ndarray, labels: np.ndarray, spec: Any, workers: int, tmp: Path) -> dict[str, Any]:
+    return {"num_threads": workers}
+
+
+def _ffcv_bench(images: np.ndarray, labels: np.ndarray, spec: Any, workers: int, tmp: Path) -> dict[str, Any]:
+    beton = write_beton(tmp / f"bench-{spec.size}.beton", images, labels, progress=False)
+    return {"beton": beton, "num_workers": max(1, workers)}
+
+
+PIPELINE = ("GPU pipeline", "CPU pipeline")
+LOADERS: dict[str, LoaderEntry] = {
+    "gpu": LoaderEntry(GpuLoader, runs_on=("fused Triton kernel", "PyTorch reference on the CPU")),
+    "dali": LoaderEntry(
+        DaliLoader,
+        runs_on=PIPELINE,
+        package="dali",  # DALI ships one distribution per CUDA version
+        distributions=("nvidia-dali-cuda130", "nvidia-dali-cuda120", "nvidia-dali-cuda110", "nvidia-dali"),
+        install_hint=dali_loader.INSTALL_HINT,
+        options=_dali_files,
+        bench_options=_dali_bench,
+    ),
+    "ffcv": LoaderEntry(
+        FfcvLoader,
+        runs_on=PIPELINE,
+        package="ffcv",
+        distributions=("ffcv",),
+        install_hint=ffcv_loader.INSTALL_HINT,
+        options=_beton,
+        prepare=_beton,  # rank 0 writes a missing .beton; the others then find it
+        bench_options=_ffcv_bench,
+    ),
+}
 
 
 @dataclass(frozen=True)
