@@ -7,14 +7,12 @@ import io
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import run_fixture
 import torch
-from helpers import without_root_file_access
+from helpers import run_in
 from run_fixture import fails_with, tiny_args
 
 from fastsigclr import checkpoint
@@ -54,21 +52,9 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one(run_copy, capsys, mo
 
 def test_a_read_only_run_still_prints_its_accuracy(run_copy, cifar10_dir):
     """The accuracy was computed and lost with the file that could not be written."""
-    cmd = [sys.executable, "-m", "fastsigclr", "eval", "--run", str(run_copy), "--device", "cpu"]
-    cmd += ["--knn-k", "5", "--no-progress"]
-    run_copy.chmod(0o555)
-    try:
-        proc = subprocess.run(
-            cmd,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            preexec_fn=without_root_file_access if os.geteuid() == 0 else None,
-        )
-    except subprocess.SubprocessError as err:
-        pytest.skip(f"cannot drop root's file-access capabilities here: {err}")
-    finally:
-        run_copy.chmod(0o755)
+    proc = run_in(
+        run_copy, "eval", "--run", str(run_copy), "--device", "cpu", "--knn-k", "5", "--no-progress"
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stdout.startswith("knn accuracy 0.") and "wrote" not in proc.stdout, proc.stdout
     err = proc.stderr.strip().splitlines()[-1]
