@@ -170,6 +170,13 @@ def test_bench_loss_estimates_memory_before_allocating(tmp_path, capsys):
         check_runnable(cfg, torch.device("cpu"), available=2**30)
     ok = BenchLossConfig(device="cpu", sizes=(6388,), providers=("eager",)).resolved(torch.device("cpu"))
     check_runnable(ok, torch.device("cpu"), available=2**30)
+    # CUDA records a case that runs out of memory: only a size whose one bf16 matrix cannot fit goes.
+    cuda = torch.device("cuda")
+    fits = BenchLossConfig(device="cuda", sizes=(20_000,), providers=("eager",)).resolved(cuda)
+    check_runnable(fits, cuda, available=2**30)  # 0.75 GiB of bf16
+    huge = BenchLossConfig(device="cuda", sizes=(30_000,), providers=("eager",)).resolved(cuda)
+    with pytest.raises(Exception, match=r"needs about 1.7 GiB .* \(2 bytes .*one matrix.* ≤ 23170"):
+        check_runnable(huge, cuda, available=2**30)
 
 
 def test_ccem_with_a_huge_t_runs(tmp_path, capsys):

@@ -122,13 +122,19 @@ def check_runnable(cfg: BenchLossConfig, device: torch.device, available: int | 
         return
     if available is None:
         available = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory_bytes()
+    # The CPU's allocator fails with a RuntimeError (or the OOM killer), so the measured peak
+    # bounds it; a CUDA case that runs out of memory is recorded as such, so there only a size
+    # whose single 2N×2N matrix cannot fit is refused.
+    cpu = device.type == "cpu"
+    per_logit = EAGER_BYTES_PER_LOGIT if cpu else min(DTYPES[d].itemsize for d in cfg.dtypes or ("fp32",))
     rows = max(cfg.sizes or ())
-    need = EAGER_BYTES_PER_LOGIT * rows * rows
+    need = per_logit * rows * rows
     if need > available:
-        largest = 2 * (math.isqrt(int(available / EAGER_BYTES_PER_LOGIT)) // 2)
+        largest = 2 * (math.isqrt(int(available / per_logit)) // 2)
+        what = "measured peak" if cpu else "one matrix, the least it needs"
         raise FastSigCLRError(
             f"--sizes {rows} needs about {need / 2**30:,.1f} GiB for the eager and compiled references "
-            f"({EAGER_BYTES_PER_LOGIT:g} bytes per element of the 2N×2N matrix, measured), more than the "
+            f"({per_logit:g} bytes per element of the 2N×2N matrix: {what}), more than the "
             f"{available / 2**30:.1f} GiB available: use --sizes ≤ {largest}, or --providers chunked,triton"
         )
 
