@@ -110,7 +110,11 @@ def test_checksum_mismatch_removes_the_partial_download(server, tmp_path):
     data_dir = tmp_path / "data"
     with pytest.raises(DatasetError, match="checksum mismatch.*partial download was removed"):
         prepare(bad, data_dir, url=f"{url}/cifar-10-python.tar.gz", progress=False)
-    assert list(data_dir.iterdir()) == []
+    assert not data_dir.exists()  # this call created it: a failed start removes it
+    data_dir.mkdir()
+    with pytest.raises(DatasetError, match="checksum mismatch"):
+        prepare(bad, data_dir, url=f"{url}/cifar-10-python.tar.gz", progress=False)
+    assert list(data_dir.iterdir()) == []  # a folder that was there stays
 
 
 def test_corrupt_archive_on_disk_is_rejected(tmp_path):
