@@ -2,15 +2,18 @@
 method), forward + backward, providers side by side.
 
 Providers: ``eager`` (the materialising PyTorch reference), ``compiled`` (the same under
-``torch.compile``), ``chunked`` (the package's torch path) and ``triton`` (the loss's Triton
-kernel, CUDA only; skipped for losses without one). Each case reports the median time, achieved
-TFLOP/s for 4·(2N)²·D, the ratio to the eager and compiled baselines measured in the same run, and
-the peak memory allocated above the inputs.
+``torch.compile``), ``chunked`` (the package's torch path), ``triton`` (the loss's Triton
+kernel, CUDA only; skipped for losses without one) and ``siglip-kernel`` (the PyPI package's fused
+SigLIP loss, the public baseline, CUDA only and sigclr only: its two-tower loss of the two views,
+B = N, so N² pairs against SigCLR's (2N)²; no TFLOP/s is given for it). Each case reports the
+median time, achieved TFLOP/s for 4·(2N)²·D, the ratio to the eager and compiled baselines measured
+in the same run, and the peak memory allocated above the inputs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +30,21 @@ from fastsigclr.losses.options import check_applicable, with_loss_options
 from fastsigclr.runconfig import loss_params
 from fastsigclr.runinfo import available_memory_bytes, device_option, resolve_device, run_record
 
-PROVIDERS = ("eager", "compiled", "chunked", "triton")
 # Peak bytes per element of the (2N)² logit matrix of the eager references (fp32 inputs, D = 64),
 # measured with bench.memory at 2N = 256, 512, 1024: sigclr 27.1/26.5/26.3, supcon and tcl
 # 26.0/25.5/25.3, dcl 22.1/21.5/21.3, simclr 13.0/12.5/12.3. The largest bounds every loss.
 EAGER_BYTES_PER_LOGIT = 26.3
+
+try:
+    from triton.runtime.errors import OutOfResources
+except ImportError:  # no triton (not Linux): no kernel can run out of resources
+
+    class OutOfResources(Exception):
+        pass
+
+
+PROVIDERS = ("eager", "compiled", "chunked", "triton", "siglip-kernel")
+DEFAULT_PROVIDERS = ("eager", "compiled", "chunked", "triton")
 
 
 @with_loss_options
@@ -50,7 +63,7 @@ class BenchLossConfig:
     dtypes: tuple[str, ...] | None = option(
         None, "input dtypes; unset: bf16,fp16,fp32 on CUDA, fp32 on CPU", choices=tuple(DTYPES)
     )
-    providers: tuple[str, ...] = option(PROVIDERS, "implementations to compare", choices=PROVIDERS)
+    providers: tuple[str, ...] = option(DEFAULT_PROVIDERS, "implementations to compare", choices=PROVIDERS)
     losses: tuple[str, ...] = option(
         ("sigclr", "simclr"), "losses to measure, by training method", choices=tuple(LOSSES)
     )
@@ -87,6 +100,12 @@ def _loss_fn(provider: str, method: str, cfg: BenchLossConfig, device: torch.dev
     for name, value in list(params.items()):
         if params.get(f"learnable_{name}"):
             params[name] = torch.tensor(float(value), device=device, requires_grad=True)
+    if provider == "siglip-kernel":
+        from siglip_kernel import fused_siglip_loss
+
+        log_t = torch.tensor(float(params["logit_scale"]), device=device).log().requires_grad_()
+        bias = torch.tensor(float(params["bias"]), device=device, requires_grad=True)
+        return lambda z, labels: fused_siglip_loss(*z.chunk(2), log_t, bias)
     if provider in ("eager", "compiled"):
         ref = spec.reference if provider == "eager" else torch.compile(spec.reference, dynamic=False)
         return lambda z, labels: ref(z, labels, **params)
@@ -95,6 +114,13 @@ def _loss_fn(provider: str, method: str, cfg: BenchLossConfig, device: torch.dev
 
 
 def _skip_reason(provider: str, method: str, device: torch.device) -> str | None:
+    if provider == "siglip-kernel":
+        if method != "sigclr":
+            return "siglip-kernel computes the sigmoid loss only"
+        if device.type != "cuda":
+            return "needs CUDA"
+        if importlib.util.find_spec("siglip_kernel") is None:
+            return "siglip-kernel is not installed (pip install 'fastsigclr[baselines]')"
     if provider == "triton" and LOSSES[method].kernel is None:
         return "no Triton kernel"
     if provider == "triton" and device.type != "cuda":
@@ -167,6 +193,8 @@ def measure_case(
         peak = peak_extra_bytes(step, device) if measurable else None
     except torch.OutOfMemoryError:
         return {**row, "status": "out of memory"}
+    except OutOfResources as err:  # a kernel needing more shared memory or registers than the GPU has
+        return {**row, "status": f"unlaunchable: {str(err).splitlines()[0]}"}
     finally:
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -175,7 +203,7 @@ def measure_case(
         **row,
         "status": "ok",
         **timing,
-        "tflops": flops / (timing["median_ms"] * 1e-3) / 1e12,
+        "tflops": None if provider == "siglip-kernel" else flops / (timing["median_ms"] * 1e-3) / 1e12,
         "peak_extra_bytes": peak,
         "z_bytes": z.numel() * z.element_size(),
     }
@@ -194,7 +222,7 @@ def add_ratios(rows: list[dict[str, Any]], matmul: dict[str, float]) -> None:
             ref = by_case.get((r["loss"], r["rows"], r["dim"], r["dtype"], base))
             r[f"speedup_vs_{base}"] = ref["median_ms"] / r["median_ms"] if ref else None
         rate = matmul.get(r["dtype"])
-        r["fraction_of_matmul"] = r["tflops"] / rate if rate else None
+        r["fraction_of_matmul"] = r["tflops"] / rate if rate and r["tflops"] else None
 
 
 def run(cfg: BenchLossConfig, command: list[str] | None = None) -> dict[str, Any]:
@@ -254,8 +282,9 @@ def summary_table(payload: dict[str, Any]) -> str:
             return f"{r[key]:.2f}x" if r.get(key) else "-"
 
         peak = f"{r['peak_extra_bytes'] / 2**20:.1f}" if r["peak_extra_bytes"] is not None else "-"
+        tflops = f"{r['tflops']:.3f}" if r["tflops"] is not None else "-"
         lines.append(
-            f"{case} {r['median_ms']:>10.3f} {r['tflops']:>8.3f} {ratio('speedup_vs_eager'):>8} "
+            f"{case} {r['median_ms']:>10.3f} {tflops:>8} {ratio('speedup_vs_eager'):>8} "
             f"{ratio('speedup_vs_compiled'):>8} {peak:>9}"
         )
     return "\n".join(lines)
