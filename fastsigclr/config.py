@@ -29,7 +29,7 @@ class ConfigError(FastSigCLRError, ValueError):
 # The largest --seed: seeds reach torch.manual_seed, which overflowed ("Overflow when unpacking long
 # long") at 99999999999999999999 and took 2**63 - 1 through a whole run.
 SEED_MAX = 2**63 - 1
-# The largest float32: the weights and loss parameters are float32, so a larger --lr or --bias
+# The largest float32: the weights and loss parameters are float32, so a larger --lr or --logit-bias
 # overflows at the first step (--lr 1e39 stopped in the optimiser: "value cannot be converted to
 # type float without overflow"). The bound of every option that becomes a float32.
 FLOAT32_MAX = float.fromhex("0x1.fffffep+127")
@@ -87,6 +87,13 @@ def default_of(cls: type, name: str) -> Any:
 def flag(name: str) -> str:
     """The command-line flag of option ``name``: ``--field-name``."""
     return "--" + name.replace("_", "-")
+
+
+def check_not_empty(config: Any, *names: str) -> None:
+    """Options ``names`` of ``config`` (tuples) must hold at least one value."""
+    for name in names:
+        if getattr(config, name) == ():
+            raise ValueError(f"{flag(name)} needs at least one value")
 
 
 def _allowed(bounds: dict[str, float]) -> str:

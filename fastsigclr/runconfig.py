@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fastsigclr import checkpoint as ckpt
 from fastsigclr.config import (
     FLOAT32_MAX,
     SEED_MAX,
@@ -26,7 +27,7 @@ from fastsigclr.data.datasets import data_dir_option, dataset_option
 from fastsigclr.data.loaders import ffcv_dir_option
 from fastsigclr.data.order import check_batch
 from fastsigclr.losses import LOSSES, LossSpec
-from fastsigclr.losses.options import LOSS_OPTIONS, check_applicable, with_loss_options
+from fastsigclr.losses.options import LOSS_OPTIONS, check_applicable, renamed_options, with_loss_options
 from fastsigclr.models import ARCHS
 from fastsigclr.runinfo import device_option
 
@@ -172,7 +173,9 @@ def saved_config(saved: dict[str, Any]) -> TrainConfig:
     """The ``config`` of a run's config.json as a TrainConfig, older files read in today's names:
     runs written before ``--resume auto`` saved ``resume`` as true/false (read as yes/no); files
     written before the loss registry (they hold learnable_temperature, and every method's options)
-    have sigclr's temperature read as its logit_scale, and options the method never used dropped."""
+    have sigclr's temperature read as its logit_scale, and options the method never used dropped;
+    renamed loss options (sigclr's bias, now logit_bias: LossSpec.renamed) are read under today's."""
+    saved = renamed_options(saved)
     resume = saved.get("resume")
     if isinstance(resume, bool):
         saved = {**saved, "resume": RESUME_MODES[int(resume)]}
@@ -195,7 +198,7 @@ def read_config(
     ``<context>: ... ; <fix>`` when it is missing, truncated, or holds values of the wrong type."""
     file = Path(run_dir) / "config.json"
     try:
-        saved = json.loads(file.read_text())["config"]
+        saved = json.loads(ckpt.read_text(file))["config"]
         if not isinstance(saved, dict):
             raise ConfigError(f"its 'config' is a {type(saved).__name__}, not an object of options")
         return saved_config({**saved, **(overrides or {})})

@@ -7,8 +7,9 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 
@@ -16,13 +17,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
+from fastsigclr import significance
 from fastsigclr.bench.plot import _save as save_figure
 from fastsigclr.checkpoint import write_text_atomic
 from fastsigclr.config import default_of, to_dict
 from fastsigclr.eval import EvalConfig
-
-if TYPE_CHECKING:
-    from fastsigclr.sweep import PlannedRun
+from fastsigclr.runconfig import TrainConfig
 
 EVAL_FILE = "sweep-eval.json"  # in each run directory: the sweep's evaluation of that run
 STATUS = {
@@ -32,6 +32,17 @@ STATUS = {
     "started": "pending",
     "new": "pending",
 }
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a sweep's grid: planned by ``sweep.plan``, read back here for the report."""
+
+    index: int  # 1-based position in the grid
+    setting: str
+    seed: int
+    run_dir: Path
+    train_config: TrainConfig
 
 
 def run_state(run_dir: Path) -> str:
@@ -74,7 +85,8 @@ def collect_run(run_dir: Path) -> dict[str, Any]:
     summary = _read_json(run_dir / "summary.json") or {}
     # Summaries written before the loss registry named sigclr's logit scale final_temperature.
     summary.setdefault("final_logit_scale", summary.get("final_temperature"))
-    for key in ("final_bias", "final_logit_scale"):
+    summary.setdefault("final_logit_bias", summary.get("final_bias"))  # and its logit bias final_bias
+    for key in ("final_logit_bias", "final_logit_scale"):
         if summary.get(key) is not None:
             found[key] = summary[key]
     if "knn_acc" in summary:
@@ -105,7 +117,7 @@ def aggregate(entries: list[dict[str, Any]], settings: list[str]) -> list[dict[s
         mine = [e for e in entries if e["setting"] == setting]
         done = [e for e in mine if e["status"] == "done"]
         row: dict[str, Any] = {"setting": setting, "done": len(done), "planned": len(mine)}
-        for key in ("knn_acc", "linear_acc", "final_bias", "final_logit_scale"):
+        for key in ("knn_acc", "linear_acc", "final_logit_bias", "final_logit_scale"):
             row[key] = _stats([e[key] for e in done if key in e])
         rows.append(row)
     return rows
@@ -148,9 +160,11 @@ def markdown(payload: dict[str, Any]) -> str:
         options = ", ".join(f"{k}={v}" for k, v in payload["grid"]["settings"][row["setting"]].items())
         lines.append(
             f"| {row['setting']} | {options} | {row['done']}/{row['planned']} | {_percent(row['knn_acc'])} "
-            f"| {_percent(row['linear_acc'])} | {_scalar(row['final_bias'])} "
+            f"| {_percent(row['linear_acc'])} | {_scalar(row['final_logit_bias'])} "
             f"| {_scalar(row['final_logit_scale'])} |"
         )
+    done = [e for e in payload["runs"] if e["status"] == "done"]
+    lines += ["", *significance.markdown(significance.compare(done))]
     failed = [e for e in payload["runs"] if e["status"] == "failed"]
     lines += [""] + [f"Failed: {e['setting']} seed {e['seed']}: {e['error']}" for e in failed]
     return "\n".join(lines).rstrip() + "\n"

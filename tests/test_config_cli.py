@@ -196,7 +196,7 @@ def test_bench_train_times_the_trainers_recipe():
 
     timed = BenchTrainConfig().resolved(torch.device("cpu")).train_config()
     default = TrainConfig().resolved()  # loss options: the method's defaults, as bench train resolves them
-    for name in ("optimizer", "lr", "momentum", "weight_decay", "probe_lr", "method", "bias"):
+    for name in ("optimizer", "lr", "momentum", "weight_decay", "probe_lr", "method", "logit_bias"):
         assert getattr(timed, name) == getattr(default, name), name
     assert (timed.arch, timed.width, timed.batch_size) == ("resnet18", 16, 64)
 

@@ -181,7 +181,7 @@ def test_a_read_only_out_is_a_clear_error(tmp_path, where):
     "option,value,expected",
     [
         ("--lr", "1e39", "--lr must be ≥ 0 and ≤ 3.40282e+38"),  # beyond float32: overflowed in the optimiser
-        ("--bias", "-1e39", "--bias must be ≥ -3.40282e+38 and ≤ 3.40282e+38"),
+        ("--logit-bias", "-1e39", "--logit-bias must be ≥ -3.40282e+38 and ≤ 3.40282e+38"),
     ],
 )
 def test_lr_and_bias_must_fit_in_float32(tmp_path, capsys, option, value, expected):

@@ -133,7 +133,7 @@ def test_bench_loss_that_can_measure_nothing_here_fails(tmp_path, capsys):
 @pytest.mark.parametrize(
     "option,value,message",
     [
-        ("--bias", "-inf", "--bias must be a finite number, got -inf"),
+        ("--logit-bias", "-inf", "--logit-bias must be a finite number, got -inf"),
         ("--proj-dims", "-1,5", "--proj-dims must be ≥ 1, got -1"),
         ("--lr", "-1e-3", "--lr must be ≥ 0"),
     ],

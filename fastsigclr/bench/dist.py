@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from fastsigclr.bench.common import DTYPES, check_even_sizes, time_fn, write_json
-from fastsigclr.config import check_fields, option, to_dict
+from fastsigclr.config import check_fields, check_not_empty, option, to_dict
 from fastsigclr.runinfo import device_option, resolve_device, run_record
 
 
@@ -35,8 +35,7 @@ class BenchDistConfig:
     out: str = option("benchmarks/local", "directory for dist-<device>.json and .png")
 
     def __post_init__(self) -> None:
-        if self.sizes == ():
-            raise ValueError("--sizes needs at least one value")
+        check_not_empty(self, "sizes")
         check_fields(self)
         check_even_sizes(self.sizes)
 
@@ -54,7 +53,7 @@ class BenchDistConfig:
 def run(cfg: BenchDistConfig, command: list[str] | None = None) -> dict[str, Any]:
     from fastsigclr.bench.plot import plot_dist
     from fastsigclr.losses import sigmoid_pairwise_loss, sigmoid_pairwise_loss_distributed
-    from fastsigclr.losses.sigmoid import BIAS
+    from fastsigclr.losses.sigmoid import LOGIT_BIAS
     from fastsigclr.losses.sigmoid import LOGIT_SCALE as t
 
     device = resolve_device(cfg.device)
@@ -69,7 +68,7 @@ def run(cfg: BenchDistConfig, command: list[str] | None = None) -> dict[str, Any
         results = []
         for rows in cfg.sizes:
             z = torch.randn(rows, cfg.dim, device=device, dtype=DTYPES[cfg.dtype], requires_grad=True)
-            bias = torch.tensor(BIAS, device=device, requires_grad=True)
+            bias = torch.tensor(LOGIT_BIAS, device=device, requires_grad=True)
             providers = {
                 "plain": lambda z=z, b=bias: sigmoid_pairwise_loss(z, t, b),
                 "ring": lambda z=z, b=bias: sigmoid_pairwise_loss_distributed(z, t, b, mode="ring"),

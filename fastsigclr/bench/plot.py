@@ -19,6 +19,7 @@ COLORS = {
     "compiled": "tab:blue",
     "chunked": "tab:orange",
     "triton": "tab:red",
+    "open_clip": "tab:green",
     "siglip-kernel": "tab:purple",
 }
 MARKERS = ["o", "s", "^", "D", "v"]
@@ -26,6 +27,7 @@ MARKERS = ["o", "s", "^", "D", "v"]
 LOSS_NAMES = {
     "sigclr": "sigmoid (SigCLR)",
     "simclr": "NT-Xent (SimCLR)",
+    "siglip": "two-tower sigmoid (SigLIP)",
     "sigmoid": "sigmoid (SigCLR)",
     "nt_xent": "NT-Xent (SimCLR)",
 }

@@ -25,6 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fastsigclr.config import FastSigCLRError, option
+from fastsigclr.data import plain_pickle
 
 DATA_ENV = "FASTSIGCLR_DATA"
 
@@ -314,7 +315,7 @@ def load_pickle(path: Path) -> dict:
         raise DatasetError(f"missing file {path}: the dataset folder is incomplete; delete it to fetch again")
     try:
         with open(path, "rb") as f:
-            raw = pickle.load(f, encoding="bytes")
+            raw = plain_pickle.load(f)  # never calls what a crafted file names
     except (pickle.UnpicklingError, EOFError, ValueError, AttributeError, ImportError, IndexError) as err:
         raise DatasetError(
             f"{path} is truncated or corrupt ({type(err).__name__}: {err}); delete its folder to fetch again"

@@ -92,17 +92,29 @@ def _decode(path: Path, size: int) -> np.ndarray:
     return rgb
 
 
-def _fingerprint(files: list[Path]) -> str:
+def content_key(files: list[Path]) -> str:
+    """The decoded cache's key: every file's name and a digest of its bytes, so a file changed in
+    place (even to the same size and mtime) re-decodes instead of reading stale pixels. Reading the
+    bytes costs far less than decoding them (figures in docs/design.md §7)."""
     h = hashlib.sha1()
     for f in files:
         try:
-            st = f.stat()
+            data = f.read_bytes()
         except OSError as err:  # ELOOP: a JPEG that is a symlink to itself
             raise DatasetError(
                 f"{f} cannot be read ({err.strerror}); delete it to fetch the dataset again"
             ) from None
-        h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}\n".encode())
+        h.update(f"{f.name}:{hashlib.sha1(data).hexdigest()}\n".encode())
     return h.hexdigest()
+
+
+def _cached_key(meta_path: Path) -> str | None:
+    """The key the cache was decoded under; None when its meta file is unreadable."""
+    try:
+        meta = json.loads(meta_path.read_text())
+        return meta.get("fingerprint") if isinstance(meta, dict) else None
+    except (OSError, ValueError):
+        return None
 
 
 def load_split(
@@ -113,13 +125,11 @@ def load_split(
     files, labels = split_files(info, folder, split)
     cache = folder.parent / f"{info.folder}-decoded"
     images_path, meta_path = cache / f"{split}-images.npy", cache / f"{split}-meta.json"
-    fingerprint = _fingerprint(files)
-    if images_path.is_file() and meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("fingerprint") == fingerprint:
-            images = np.load(images_path, mmap_mode="r")
-            if images.shape == (len(files), info.image_size, info.image_size, 3):
-                return np.ascontiguousarray(images), labels
+    fingerprint = content_key(files)
+    if images_path.is_file() and meta_path.is_file() and _cached_key(meta_path) == fingerprint:
+        images = np.load(images_path, mmap_mode="r")
+        if images.shape == (len(files), info.image_size, info.image_size, 3):
+            return np.ascontiguousarray(images), labels
     images = np.empty((len(files), info.image_size, info.image_size, 3), dtype=np.uint8)
     with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
         decoded = pool.map(lambda f: _decode(f, info.image_size), files, chunksize=64)
@@ -145,14 +155,44 @@ def load_split(
     return images, labels
 
 
+def _undecodable(files: list[Path], size: int) -> list[str]:
+    def check(path: Path) -> str | None:
+        try:
+            _decode(path, size)
+        except DatasetError:
+            return str(path)
+        return None
+
+    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+        return [name for name in pool.map(check, files, chunksize=64) if name is not None]
+
+
 def verify(info: DatasetInfo, folder: Path) -> dict[str, str]:
-    """md5 of the index files; the layout and counts are checked by split_files."""
+    """Checks the files themselves: the layout and counts (split_files), every JPEG decodes at its
+    size, and a decoded cache made from other bytes than the files' is removed. Returns the md5 of
+    the index files."""
+    folder = Path(folder)
+    cache = folder.parent / f"{info.folder}-decoded"
     for split in ("train", "test"):
-        split_files(info, folder, split)
-    names = ("wnids.txt", "words.txt", "val/val_annotations.txt")
+        files, _ = split_files(info, folder, split)
+        bad = _undecodable(files, info.image_size)
+        meta = cache / f"{split}-meta.json"
+        stale = meta.is_file() and _cached_key(meta) != content_key(files)
+        if stale:  # the next load decodes the files again
+            meta.unlink()
+            (cache / f"{split}-images.npy").unlink(missing_ok=True)
+        dropped = f"; the decoded {split} cache, made from other bytes, was removed" if stale else ""
+        if bad:
+            raise DatasetError(
+                f"{len(bad)} of {len(files)} {split} JPEGs do not decode as {info.image_size}² images "
+                f"(first: {', '.join(bad[:3])}){dropped}: the files are damaged; delete {folder} to fetch "
+                f"it again"
+            )
+        if stale:
+            print(f"note: {dropped[2:]} ({cache}): the files changed since it was decoded", file=sys.stderr)
     out = {}
-    for name in names:
-        path = Path(folder) / name
+    for name in ("wnids.txt", "words.txt", "val/val_annotations.txt"):
+        path = folder / name
         if path.is_file():
             out[name] = hashlib.md5(path.read_bytes()).hexdigest()
     return out
