@@ -303,9 +303,8 @@ def prepare(
         try:
             download(url or info.url, archive, info.md5, progress=progress)
         except BaseException:  # a failed start removes the folders it created (deepest first)
-            for made in created:
-                if made.is_dir() and not any(made.iterdir()):
-                    made.rmdir()
+            for made in (m for m in created if m.is_dir() and not any(m.iterdir())):
+                made.rmdir()
             raise
     return extract(archive, info, data_dir)
 
