@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastsigclr import __version__
+from fastsigclr.cli_args import did_you_mean, join_dash_values
 from fastsigclr.config import FastSigCLRError, add_arguments, from_args, typed_fields
 
 
@@ -134,8 +135,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate(from_args(EvalConfig, args))
     print(
         f"{result['protocol']} accuracy {result['accuracy']:.4f} (epoch {result['epoch']}, "
-        f"{result['test_images']} test images); wrote {result['path']}"
+        f"{result['test_images']} test images)" + (f"; wrote {result['path']}" if result["path"] else "")
     )
+    if result["path"] is None:
+        raise FastSigCLRError(result["write_error"])
     return 0
 
 
@@ -181,10 +184,16 @@ def _cmd_data_download(args: argparse.Namespace) -> int:
 
 def _cmd_data_verify(args: argparse.Namespace) -> int:
     from fastsigclr.data.datasets import DATASETS, DataConfig, load_split, verify
+    from fastsigclr.data.verdict import UnofficialData
 
     cfg = from_args(DataConfig, args)
     info = DATASETS[cfg.dataset]
-    sums = verify(info, cfg.resolved_dir())
+    try:
+        sums = verify(info, cfg.resolved_dir())
+    except UnofficialData as note:  # usable data with other bytes: said, with exit status 1
+        print("\n".join(f"{md5}  {name}" for name, md5 in note.sums.items()))
+        print(f"fastsigclr: data verify: {note}", file=sys.stderr)
+        return 1
     for name, md5 in sums.items():
         print(f"{md5}  {name}")
     counts = [
@@ -359,14 +368,16 @@ def build_parser() -> argparse.ArgumentParser:
             add_arguments(leaf, config(), positional)
         if path == ("bench", "plot"):
             leaf.add_argument("files", nargs="+", help="results JSON files written by fastsigclr bench")
-        leaf.set_defaults(handler=handler, config=config)
+        leaf.set_defaults(handler=handler, config=config, leaf=leaf)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(join_dash_values(parser, argv))
+    if unknown:
+        (getattr(args, "leaf", None) or parser).error(did_you_mean(getattr(args, "leaf", parser), unknown))
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2

@@ -26,6 +26,9 @@ class ConfigError(FastSigCLRError, ValueError):
     """A configuration value or key is invalid; the message says what is allowed."""
 
 
+# The largest --seed: seeds reach torch.manual_seed, which overflowed ("Overflow when unpacking long
+# long") at 99999999999999999999 and took 2**63 - 1 through a whole run.
+SEED_MAX = 2**63 - 1
 # The largest float32: the weights and loss parameters are float32, so a larger --lr or --logit-bias
 # overflows at the first step (--lr 1e39 stopped in the optimiser: "value cannot be converted to
 # type float without overflow"). The bound of every option that becomes a float32.
@@ -94,7 +97,12 @@ def check_not_empty(config: Any, *names: str) -> None:
 
 
 def _allowed(bounds: dict[str, float]) -> str:
-    return " and ".join(f"{BOUNDS[b][1]} {limit:g}" for b, limit in bounds.items())
+    return " and ".join(f"{BOUNDS[b][1]} {_number(limit)}" for b, limit in bounds.items())
+
+
+def _number(value: float) -> str:
+    """An int in full (a seed bound of 2**63 − 1 read 9.22337e+18 in %g), a float in %g."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def check_fields(config: Any) -> None:
@@ -110,7 +118,7 @@ def check_fields(config: Any) -> None:
             if not math.isfinite(v):
                 raise ValueError(f"{flag(f.name)} must be a finite number, got {v}")
             if not all(BOUNDS[b][0](v, limit) for b, limit in bounds.items()):
-                raise ValueError(f"{flag(f.name)} must be {_allowed(bounds)}, got {v:g}")
+                raise ValueError(f"{flag(f.name)} must be {_allowed(bounds)}, got {_number(v)}")
 
 
 def _base_type(annotation: Any) -> tuple[Any, bool]:
@@ -222,11 +230,30 @@ def build(cls: type[C], values: dict[str, Any]) -> C:
         raise ConfigError(str(err)) from err
 
 
+def _json_fits(value: Any, annotation: Any) -> bool:
+    """Whether a value read from JSON has the type a field declares (an int fits a float)."""
+    kind, optional = _base_type(annotation)
+    if value is None:
+        return optional
+    if typing.get_origin(kind) is tuple:
+        elem = typing.get_args(kind)[0]
+        return isinstance(value, (list, tuple)) and all(_json_fits(v, elem) for v in value)
+    if kind in (int, float):
+        return isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
 def from_dict(cls: type[C], data: dict[str, Any]) -> C:
-    """Rebuild a config saved with ``to_dict`` (lists become tuples again)."""
+    """Rebuild a config saved with ``to_dict`` (lists become tuples again); a value of the wrong
+    type (a hand-edited ``"lr": "abc"``) is a ConfigError naming it."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected an object of options, got {type(data).__name__} {data!r:.40}")
     hints = _hints(cls)
     values = {}
     for key, value in data.items():
+        if key in hints and not _json_fits(value, hints[key]):
+            wanted = getattr(_base_type(hints[key])[0], "__name__", str(hints[key]))
+            raise ConfigError(f"{key} is {value!r:.40}, not a {wanted}")
         kind = _base_type(hints[key])[0] if key in hints else None
         if isinstance(value, list) and kind is not None and typing.get_origin(kind) is tuple:
             value = tuple(value)

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from fastsigclr.checkpoint import write_text_atomic
-from fastsigclr.config import FastSigCLRError, check_fields, option, option_from
+from fastsigclr.checkpoint import WriteError, write_text_atomic
+from fastsigclr.config import SEED_MAX, FastSigCLRError, check_fields, option, option_from
 from fastsigclr.data.datasets import data_dir_option
 from fastsigclr.data.gpu_loader import normalized
 from fastsigclr.recipe import load_run_model
@@ -127,7 +127,7 @@ class EvalConfig:
     linear_batch_size: int = option(256, "linear probe batch size", ge=1)
     linear_lr: float = option(0.2, "linear probe learning rate (cosine schedule)", ge=0)
     linear_weight_decay: float = option(0.0, "linear probe weight decay", ge=0)
-    seed: int = option(0, "seed of the linear probe's shuffling", ge=0)
+    seed: int = option(0, "seed of the linear probe's shuffling", ge=0, le=SEED_MAX)
     progress: bool = option(True, "show progress bars")
 
     def __post_init__(self) -> None:
@@ -183,7 +183,9 @@ def score(
 
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
-    """Evaluate a run's last checkpoint; prints nothing, writes eval-<protocol>.json in the run."""
+    """Evaluate a run's last checkpoint; prints nothing, writes eval-<protocol>.json in the run.
+    When that file cannot be written (a read-only run), the result has ``path`` None and
+    ``write_error``, the one-line reason: the accuracy is not lost with the file."""
     run_dir = Path(cfg.run or "")
     if not (run_dir / "config.json").is_file():
         raise FastSigCLRError(
@@ -201,6 +203,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         **score(cfg, cfg.protocol, train, test, loaded["info"].num_classes),
     }
     out = run_dir / f"eval-{cfg.protocol}.json"
-    write_text_atomic(out, json.dumps(result, indent=2) + "\n")
+    fix = "the accuracy above was not saved: make the run directory writable and run eval again"
+    try:
+        write_text_atomic(out, json.dumps(result, indent=2) + "\n", fix)
+    except WriteError as err:
+        return {**result, "path": None, "write_error": str(err)}
     result["path"] = str(out)
     return result

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ from fastsigclr.data.datasets import data_dir_option
 from fastsigclr.eval import split_features
 from fastsigclr.models import ResNet, projector
 from fastsigclr.recipe import load_run_model
-from fastsigclr.runconfig import PRESETS, TrainConfig, saved_config
+from fastsigclr.runconfig import PRESETS, RESTORE_CONFIG, TrainConfig, read_config
 from fastsigclr.runinfo import device_option
 
 FORMAT = "fastsigclr-encoder-v1"
@@ -57,7 +55,7 @@ def _run_checkpoint(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
             f"{run_dir} has no checkpoint (checkpoints/last.pt): it has not finished an epoch; "
             "train it (or resume it) first"
         )
-    cfg = saved_config(json.loads(ckpt.read_text(run_dir / "config.json"))["config"])
+    cfg = read_config(run_dir, f"cannot read the run {run_dir}", RESTORE_CONFIG)
     return cfg, ckpt.load(last)
 
 
@@ -95,21 +93,15 @@ def export(cfg: ExportConfig) -> dict[str, str]:
         "method": train_cfg.method,
         "epoch": str(state["epoch"]),
     }
-    _write_atomic(Path(cfg.out or ""), lambda tmp: tmp.write_bytes(st.torch.save(tensors, metadata=meta)))
+    _write_file(Path(cfg.out or ""), st.torch.save(tensors, metadata=meta), "encoder.safetensors")
     return meta
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """``write`` to a temporary name beside ``path`` (created with the usual permissions), then
-    rename over it: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def _write_file(path: Path, data: bytes, example: str) -> None:
+    """``data`` to ``path`` atomically; an --out that is a folder or cannot be written is one line."""
+    if path.is_dir():
+        raise FastSigCLRError(f"--out {path} is a folder; name a file in it, e.g. {path / example}")
+    ckpt.write_atomic(path, lambda f: f.write(data), fix="choose a writable --out")
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -217,6 +209,6 @@ def embed(cfg: EmbedConfig) -> dict[str, Any]:
     loaded = load_run_model(run_dir, cfg.device, cfg.data_dir)
     feats, labels = split_features(loaded, cfg.split, progress=cfg.progress)
     out = Path(cfg.out or "")
-    _write_atomic(out, lambda tmp: tmp.write_bytes(_npy_bytes(feats.cpu().numpy())))
-    _write_atomic(labels_path(out), lambda tmp: tmp.write_bytes(_npy_bytes(labels.cpu().numpy())))
+    _write_file(out, _npy_bytes(feats.cpu().numpy()), "features.npy")
+    _write_file(labels_path(out), _npy_bytes(labels.cpu().numpy()), "features.npy")
     return {"features": str(out), "labels": str(labels_path(out)), "shape": tuple(feats.shape)}

@@ -13,8 +13,9 @@ SMALL_CPU_RUN = "--limit-train 5000 --epochs 10 --width 16 --batch-size 128"
 # we time, trains at 132 img/s on the 2-core CI machine (benchmarks/results/train-cpu.json), so
 # 1e6 images is over 2 hours; the default CIFAR job (1000 × 50,000 images, width 64) is 5e7.
 CPU_NOTICE_IMAGES = 1_000_000
-# Steps timed for the estimate, after the first one, which carries one-time costs (allocations,
-# first-touch of the dataset).
+# Steps timed for the refined estimate, after the first one, which carries one-time costs
+# (allocations, first-touch of the dataset). A first estimate comes from step 1 alone: on a slow CPU
+# four steps of the default job take minutes, and a user deciding whether to wait needs it sooner.
 ESTIMATE_STEPS = 3
 
 
@@ -37,15 +38,16 @@ def cpu_notice(device: torch.device, images: int, epochs: int, arch: str, width:
         return None
     return (
         f"fastsigclr: note: {epochs} epochs of {images:,} images ({arch}, width {width}) on the CPU is "
-        f"a GPU-sized job; its length is estimated after the first {ESTIMATE_STEPS + 1} steps. For a "
-        f"short CPU run: {SMALL_CPU_RUN}"
+        f"a GPU-sized job; its length is estimated after its first step, and again after step "
+        f"{ESTIMATE_STEPS + 1}. For a short CPU run: {SMALL_CPU_RUN}"
     )
 
 
 class Pace:
     """The clock of one session of a run: ``step()`` after every step, ``begin_epoch()`` at each
-    epoch's start. With ``estimate``, ``step()`` returns once, after the first steps, a line with
-    the estimated length of the whole run."""
+    epoch's start. With ``estimate``, ``step()`` returns a line with the estimated length of the
+    whole run twice: after step 1 (its time includes one-time costs: an upper bound), and refined
+    from steps 2 to ``ESTIMATE_STEPS + 1``."""
 
     def __init__(
         self,
@@ -75,15 +77,20 @@ class Pace:
             return None
         if self.steps == 1:
             self._first_step_end = self.clock()
+            first = self._first_step_end - self.epoch_start
+            return self._line(first, "step 1, with its one-time costs: at most", "; refined after step 4")
         if self.steps < ESTIMATE_STEPS + 1 or self._first_step_end is None:
             return None
         self.estimate = False
         per_step = (self.clock() - self._first_step_end) / ESTIMATE_STEPS
+        return self._line(per_step, f"steps 2-{ESTIMATE_STEPS + 1}", "")
+
+    def _line(self, per_step: float, measured: str, later: str) -> str:
         left = self.steps_left - self.steps
         return (
-            f"fastsigclr: estimate: {self.batch_size / per_step:.1f} img/s on this CPU (steps 2-"
-            f"{ESTIMATE_STEPS + 1}), so the {left:,} steps left take about "
-            f"{format_duration(per_step * left)}. For a short CPU run: {SMALL_CPU_RUN}"
+            f"fastsigclr: estimate: {self.batch_size / max(per_step, 1e-9):.1f} img/s on this CPU "
+            f"({measured}), so the {left:,} steps left take about {format_duration(per_step * left)}"
+            f"{later}. For a short CPU run: {SMALL_CPU_RUN}"
         )
 
     def img_per_s(self) -> float:

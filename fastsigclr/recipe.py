@@ -7,7 +7,6 @@ optimisation step and the loop live in ``fastsigclr.train``."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import torch
 
 from fastsigclr import checkpoint as ckpt
 from fastsigclr import distributed
-from fastsigclr.config import FastSigCLRError, to_dict
+from fastsigclr.config import ConfigError, FastSigCLRError, to_dict
 from fastsigclr.data import DATASETS, LOADERS, AugmentSpec, DatasetInfo, load_split, prepare
 from fastsigclr.data.base import LoaderSource
 from fastsigclr.data.datasets import data_folder
@@ -27,7 +26,7 @@ from fastsigclr.models import SSLModel
 from fastsigclr.models.resnet import memory_format
 from fastsigclr.models.sync_bn import convert_global_bn
 from fastsigclr.optim import build_optimizer, param_groups
-from fastsigclr.runconfig import TrainConfig, loss_params, saved_config
+from fastsigclr.runconfig import RESTORE_CONFIG, TrainConfig, loss_params, read_config
 from fastsigclr.runinfo import resolve_device
 
 Split = tuple[np.ndarray, np.ndarray]  # (uint8 images (N, H, W, 3), labels (N,))
@@ -38,6 +37,16 @@ def load_data(cfg: TrainConfig):
     folder = prepare(info, data_folder(cfg.data_dir), download_ok=cfg.download, progress=cfg.progress)
     train_x, train_y = load_split(info, folder, "train", progress=cfg.progress)
     test_x, test_y = load_split(info, folder, "test", progress=cfg.progress)
+    for name, limit, count in (
+        ("train", cfg.limit_train, len(train_y)),
+        ("test", cfg.limit_test, len(test_y)),
+    ):
+        # Refused rather than capped: config.json would record a subset that was never used.
+        if limit is not None and limit > count:
+            raise ConfigError(
+                f"--limit-{name} {limit} is more than the {count} {name} images of {info.name}: pass "
+                f"--limit-{name} {count} or less, or leave it out to use them all"
+            )
     if cfg.limit_train:
         keep = balanced_indices(train_y, cfg.limit_train)
         train_x, train_y = train_x[keep], train_y[keep]
@@ -140,16 +149,37 @@ def _loader_options(cfg: TrainConfig, info: DatasetInfo, train: Split, ctx: dist
     return entry.options(dataclasses.replace(src, progress=False))
 
 
-def resume(setup: Setup, state: dict[str, Any] | None) -> tuple[int, int]:
+def _mismatch(own: dict[str, Any], saved: dict[str, Any]) -> str:
+    """The first difference between a module's tensors and a checkpoint's, in words."""
+    for key, value in own.items():
+        there = saved.get(key)
+        if isinstance(there, torch.Tensor) and there.shape != value.shape:
+            return f"{key} is {tuple(there.shape)} there, {tuple(value.shape)} here"
+    missing, extra = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+    return f"{len(missing)} tensors missing (e.g. {missing[:1]}), {len(extra)} unexpected (e.g. {extra[:1]})"
+
+
+def load_weights(module: Any, state: Any, source: str) -> None:
+    """``module.load_state_dict(state)`` (a module or an optimiser), or one line when the checkpoint
+    ``source`` holds another model's weights: another run's checkpoint copied in."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        own = module.state_dict() if isinstance(module, torch.nn.Module) else None
+        what = _mismatch(own, state) if own is not None and isinstance(state, dict) else str(err)[:160]
+        raise FastSigCLRError(
+            f"{source} does not fit this run's model ({what}): it comes from another run (another --arch, "
+            f"--width, --proj-dims, --method or dataset); restore this run's own checkpoint"
+        ) from None
+
+
+def resume(setup: Setup, state: dict[str, Any] | None, source: str = "the checkpoint") -> tuple[int, int]:
     """Load a checkpoint written by ``checkpoint_state`` (None: a new run): weights, optimiser
     states and RNG. Returns the (epoch, step) to continue from."""
     if state is None:
         return 0, 0
-    setup.model.load_state_dict(state["model"])
-    setup.criterion.load_state_dict(state["criterion"])
-    setup.probe.load_state_dict(state["probe"])
-    setup.optimizer.load_state_dict(state["optimizer"])
-    setup.probe_optimizer.load_state_dict(state["probe_optimizer"])
+    for part in ("model", "criterion", "probe", "optimizer", "probe_optimizer"):
+        load_weights(getattr(setup, part), state[part], source)
     ckpt.set_rng_state(state["rng"])
     return state["epoch"], state["step"]
 
@@ -178,8 +208,8 @@ def loss_scalars(criterion: torch.nn.Module) -> dict[str, float]:
 def load_run_model(run_dir: Path, device_name: str = "auto", data_dir: str | None = None) -> dict[str, Any]:
     """A run's backbone (last checkpoint), its data (from ``data_dir`` when given, else where the
     run read it) and settings, for evaluation."""
-    saved = json.loads(ckpt.read_text(Path(run_dir) / "config.json"))["config"]
-    cfg = saved_config({**saved, **({"data_dir": data_dir} if data_dir else {})})
+    overrides = {"data_dir": data_dir} if data_dir else {}
+    cfg = read_config(run_dir, f"cannot read the run {run_dir}", RESTORE_CONFIG, overrides)
     info = DATASETS[cfg.dataset]
     where = data_folder(cfg.data_dir)
     if not ((where / info.folder).is_dir() or (where / info.archive).is_file()):
@@ -191,7 +221,7 @@ def load_run_model(run_dir: Path, device_name: str = "auto", data_dir: str | Non
     state = ckpt.load(Path(run_dir) / "checkpoints" / "last.pt", map_location=device)
     info, train, test = load_data(dataclasses.replace(cfg, download=False, progress=False))
     model, _, _ = build_model(cfg, info, device)
-    model.load_state_dict(state["model"])
+    load_weights(model, state["model"], str(Path(run_dir) / "checkpoints" / "last.pt"))
     _, autocast_dtype = compute_dtypes(cfg, device)
     return {
         "backbone": model.backbone,

@@ -7,11 +7,21 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastsigclr.config import FLOAT32_MAX, check_fields, from_dict, option
+from fastsigclr import checkpoint as ckpt
+from fastsigclr.config import (
+    FLOAT32_MAX,
+    SEED_MAX,
+    ConfigError,
+    FastSigCLRError,
+    check_fields,
+    from_dict,
+    option,
+)
 from fastsigclr.data import LOADERS, default_data_dir
 from fastsigclr.data.datasets import data_dir_option, dataset_option
 from fastsigclr.data.loaders import ffcv_dir_option
@@ -88,7 +98,7 @@ class TrainConfig:
     precision: str = option(
         "auto", "compute dtype; auto: bf16 autocast on CUDA, fp32 on CPU", choices=("auto", "bf16", "fp32")
     )
-    seed: int = option(0, "random seed", ge=0)
+    seed: int = option(0, "random seed", ge=0, le=SEED_MAX)
     limit_train: int | None = option(
         None, "use a class-balanced subset of N training images (the same for every loader)", ge=1
     )
@@ -179,3 +189,29 @@ def saved_config(saved: dict[str, Any]) -> TrainConfig:
             if spec is not None and name not in spec.params:
                 saved.pop(name, None)
     return from_dict(TrainConfig, saved)
+
+
+def read_config(
+    run_dir: Path, context: str, fix: str, overrides: dict[str, Any] | None = None
+) -> TrainConfig:
+    """The ``config`` of a run's config.json (with ``overrides``) as a TrainConfig, or one line
+    ``<context>: ... ; <fix>`` when it is missing, truncated, or holds values of the wrong type."""
+    file = Path(run_dir) / "config.json"
+    try:
+        saved = json.loads(ckpt.read_text(file))["config"]
+        if not isinstance(saved, dict):
+            raise ConfigError(f"its 'config' is a {type(saved).__name__}, not an object of options")
+        return saved_config({**saved, **(overrides or {})})
+    except FileNotFoundError:
+        raise FastSigCLRError(f"{context}: config.json (the run's settings) is missing; {fix}") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:  # JSON, layout, or values
+        reason = err if isinstance(err, ConfigError | json.JSONDecodeError) else f"{type(err).__name__} {err}"
+        raise FastSigCLRError(f"{context}: its config.json is unreadable ({reason}); {fix}") from None
+
+
+# What eval, export and embed say of a run whose config.json cannot be read.
+RESTORE_CONFIG = "restore it from a copy of the run: the model cannot be rebuilt without it"
+
+
+# What eval, export and embed say of a run whose config.json cannot be read.
+RESTORE_CONFIG = "restore it from a copy of the run: the model cannot be rebuilt without it"

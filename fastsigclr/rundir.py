@@ -39,8 +39,8 @@ from typing import Any
 
 from fastsigclr import checkpoint as ckpt
 from fastsigclr import cluster, distributed
-from fastsigclr.config import ConfigError, FastSigCLRError, flag, replace, to_dict
-from fastsigclr.runconfig import TrainConfig, saved_config
+from fastsigclr.config import FastSigCLRError, flag, replace, to_dict
+from fastsigclr.runconfig import TrainConfig, read_config
 from fastsigclr.runlog import RunLog
 
 LOCK = "run.lock"
@@ -120,19 +120,7 @@ def _no_checkpoint(path: Path, holds: str) -> FastSigCLRError:
 
 
 def _saved_config(path: Path) -> TrainConfig:
-    fix = "restore it, or start a new run with another --out"
-    file = path / "config.json"
-    try:
-        return saved_config(json.loads(ckpt.read_text(file))["config"])
-    except FileNotFoundError:
-        raise FastSigCLRError(
-            f"cannot resume {path}: config.json (the run's settings) is missing; {fix}"
-        ) from None
-    except (ValueError, KeyError, TypeError, AttributeError) as err:  # JSON, layout, or values
-        reason = err if isinstance(err, ConfigError | json.JSONDecodeError) else f"{type(err).__name__} {err}"
-        raise FastSigCLRError(
-            f"cannot resume {path}: its config.json is unreadable ({reason}); {fix}"
-        ) from None
+    return read_config(path, f"cannot resume {path}", "restore it, or start a new run with another --out")
 
 
 def _merge(path: Path, cfg: TrainConfig, given: set[str]) -> TrainConfig:
@@ -310,7 +298,7 @@ class RunDir:
             )
         summary = _read_summary(self.path)
         if done == epochs and summary is not None and summary.get("epochs") == done:
-            self.complete = summary
+            self.complete = {**summary, "run_dir": str(self.path)}  # where it is now, if it moved
             print(
                 f"fastsigclr: {self.path} is already complete ({done} of {epochs} epochs): nothing to "
                 f"train. To train it further: --resume --epochs N with N > {done}",
@@ -337,8 +325,15 @@ class RunDir:
         return self.log
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """Write the checkpoint; one that cannot be written (a full disk) leaves the previous one."""
         if self.main:
-            ckpt.save_atomic(state, self.path / CHECKPOINT)
+            kept = (self.path / CHECKPOINT).exists()
+            fix = (
+                f"run again with --resume: the previous checkpoint (epoch {state['epoch'] - 1}) is kept"
+                if kept
+                else "run the same command again: no epoch was checkpointed yet, so it starts over"
+            )
+            ckpt.save_atomic(state, self.path / CHECKPOINT, fix)
 
     def finish(self, summary: dict[str, Any]) -> None:
         if self.main:

@@ -32,11 +32,9 @@ class RunLog:
         if not enabled:
             return
         if resume_epoch is not None and self.path.exists():
-            kept = [
-                line
-                for line in read_text(self.path).splitlines()
-                if (epoch := _epoch_of(line)) is not None and epoch < resume_epoch
-            ]
+            lines = read_text(self.path).splitlines()
+            self._set_aside_damaged(lines)
+            kept = [line for line in lines if (epoch := _epoch_of(line)) is not None and epoch < resume_epoch]
             write_text_atomic(self.path, "".join(line + "\n" for line in kept))
         # Lives as long as the run; a metrics.jsonl that is a symlink is refused, never appended to.
         self.file = os.fdopen(open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a")
@@ -53,6 +51,26 @@ class RunLog:
                     "--no-tensorboard silences this",
                     file=sys.stderr,
                 )
+
+    def _set_aside_damaged(self, lines: list[str]) -> None:
+        """Lines before the last that are not JSON records (damaged on disk, or edited) are
+        appended to metrics.jsonl.damaged and named on stderr: the resume keeps nothing it cannot
+        read in the log, and loses nothing. The last line may be cut short by a kill: it is
+        dropped, as the resumed run writes that record again."""
+        damaged = [
+            (n, line) for n, line in enumerate(lines[:-1], 1) if line.strip() and _epoch_of(line) is None
+        ]
+        if not damaged:
+            return
+        side = self.path.with_name(self.path.name + ".damaged")
+        with open(side, "a") as f:
+            f.writelines(f"{n}\t{line}\n" for n, line in damaged)
+        numbers = ", ".join(str(n) for n, _ in damaged)
+        print(
+            f"fastsigclr: {self.path} line(s) {numbers} are not JSON records: moved to {side} (with their "
+            f"line numbers); the other records are kept",
+            file=sys.stderr,
+        )
 
     def write(self, record: dict[str, Any], step: int | None = None) -> None:
         if self.file is None:

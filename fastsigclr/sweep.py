@@ -22,6 +22,7 @@ import torch
 
 from fastsigclr import checkpoint as ckpt
 from fastsigclr.config import (
+    SEED_MAX,
     ConfigError,
     FastSigCLRError,
     build,
@@ -77,7 +78,7 @@ ACTIONS = {"new": "trained", "started": "restarted", "checkpointed": "resumed", 
 @dataclass(frozen=True)
 class SweepConfig:
     settings: tuple[str, ...] = option(tuple(SETTINGS), "named settings to run", choices=tuple(SETTINGS))
-    seeds: tuple[int, ...] = option((0, 1, 2), "seeds of every setting")
+    seeds: tuple[int, ...] = option((0, 1, 2), "seeds of every setting", ge=0, le=SEED_MAX)
     out: str = option("runs/sweep", "sweep directory: runs/<setting>-seed<N>/ and results.json, .md, .png")
     dataset: str | None = option_from(TrainConfig, "dataset", None, unset=_UNSET)
     data_dir: str | None = option_from(TrainConfig, "data_dir")
@@ -117,19 +118,34 @@ class SweepConfig:
         return build(EvalConfig, {"run": str(run_dir), "device": device, "seed": seed, **given})
 
 
+def _planned(cfg: SweepConfig, index: int, setting: str, seed: int) -> PlannedRun:
+    run_dir = Path(cfg.out) / "runs" / f"{setting}-seed{seed}"
+    values = {**cfg.budget(), **SETTINGS[setting], "seed": seed, "out": str(run_dir)}
+    values["progress"] = cfg.progress
+    train_cfg = build(TrainConfig, values)
+    train_cfg.resolved()  # its checks against the preset (e.g. a batch larger than the images)
+    return PlannedRun(index, setting, seed, run_dir, train_cfg)
+
+
 def plan(cfg: SweepConfig) -> list[PlannedRun]:
     """Every run of the grid, seed-major (after the first len(settings) runs, every setting has a
     result), each with its train config; invalid option combinations fail here, before any run."""
-    runs = []
-    for seed in cfg.seeds:
-        for setting in cfg.settings:
-            run_dir = Path(cfg.out) / "runs" / f"{setting}-seed{seed}"
-            values = {**cfg.budget(), **SETTINGS[setting], "seed": seed, "out": str(run_dir)}
-            values["progress"] = cfg.progress
-            train_cfg = build(TrainConfig, values)
-            train_cfg.resolved()  # its checks against the preset (e.g. a batch larger than the images)
-            runs.append(PlannedRun(len(runs) + 1, setting, seed, run_dir, train_cfg))
-    return runs
+    grid = [(setting, seed) for seed in cfg.seeds for setting in cfg.settings]
+    return [_planned(cfg, index, setting, seed) for index, (setting, seed) in enumerate(grid, 1)]
+
+
+def finished_before(cfg: SweepConfig, runs: list[PlannedRun]) -> list[PlannedRun]:
+    """Finished runs of the sweep directory outside this grid (an earlier call with more settings
+    or seeds): the report keeps them, so a rerun of a subset never drops results."""
+    planned = {run.run_dir.name for run in runs}
+    found = []
+    for run_dir in sorted((Path(cfg.out) / "runs").glob("*-seed*")):
+        setting, _, seed = run_dir.name.rpartition("-seed")
+        if run_dir.name in planned or setting not in SETTINGS or not seed.isdigit():
+            continue
+        if run_state(run_dir) == "done":
+            found.append(_planned(cfg, len(runs) + len(found) + 1, setting, int(seed)))
+    return found
 
 
 def _check_budget(cfg: SweepConfig) -> None:
@@ -215,8 +231,15 @@ def run_sweep(
         },
     }
     _check_budget(cfg)  # after every option is known to be valid: it writes the sweep's sweep.json
+    earlier = finished_before(cfg, runs)
+    if earlier:
+        log(f"the report keeps {len(earlier)} finished run(s) of earlier calls outside this grid")
+        grid = head["grid"]
+        grid["settings"] = {**grid["settings"], **{r.setting: SETTINGS[r.setting] for r in earlier}}
+        grid["seeds"] = sorted({*grid["seeds"], *(r.seed for r in earlier)})
     failures: dict[int, str] = {}
-    write_results(Path(cfg.out), head, runs, failures)
+    report = runs + earlier
+    write_results(Path(cfg.out), head, report, failures)
     durations: list[float] = []
     total = len(runs)
     for run in runs:
@@ -241,5 +264,5 @@ def run_sweep(
                 f"{where}: {action}, {_accuracies(collect_run(run.run_dir))} in "
                 f"{_duration(durations[-1])}; ETA {eta} for {left} run(s) left"
             )
-        write_results(Path(cfg.out), head, runs, failures)
-    return write_results(Path(cfg.out), head, runs, failures)
+        write_results(Path(cfg.out), head, report, failures)
+    return write_results(Path(cfg.out), head, report, failures)

@@ -61,7 +61,7 @@ def train(
 
 def _train(run: rundir.RunDir, ctx: distributed.Context, command: list[str] | None) -> dict[str, Any]:
     setup = build(run.cfg, ctx)
-    start_epoch, step = resume(setup, run.state)
+    start_epoch, step = resume(setup, run.state, str(run.path / rundir.CHECKPOINT))
     parts = step_parts(setup, ctx)
     record = {**run_record(ctx.device, command), "world_size": ctx.world_size}
     epochs = Epochs(run, ctx, setup, parts, run.begin(record), start_epoch, step)

@@ -1,5 +1,12 @@
 """Comparison helpers shared by the tests."""
 
+import ctypes
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 
 # Where Triton kernels run in the tests: CUDA when present (compiled), else the CPU interpreter.
@@ -24,3 +31,30 @@ def assert_close_rel(
 ) -> None:
     err = max_rel_error(actual, expected, scale)
     assert err <= tol, f"{what}: max error {err:.3e} relative to the scale exceeds {tol:.1e}"
+
+
+def run_in(read_only: Path, *argv: str) -> subprocess.CompletedProcess:
+    """``python -m fastsigclr argv`` with ``read_only`` made read-only for its duration (root drops
+    its file-access capabilities, so the permissions hold for it too); skips where it cannot."""
+    read_only.chmod(0o555)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "fastsigclr", *argv],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            preexec_fn=without_root_file_access if os.geteuid() == 0 else None,
+        )
+    except subprocess.SubprocessError as err:
+        pytest.skip(f"cannot drop root's file-access capabilities here: {err}")
+    finally:
+        read_only.chmod(0o755)
+
+
+def without_root_file_access() -> None:
+    """In a child process, before exec: root drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from
+    its bounding set, so file permissions apply to it as to anyone (PR_CAPBSET_DROP = 24)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):
+        if libc.prctl(24, capability, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")

@@ -38,7 +38,7 @@ BAD_VALUES = [
     ([*TRAIN, "--k1", "-1"], "--k1 must be ≥ 0, got -1"),
     ([*TRAIN, "--knn-every", "-1"], "--knn-every must be ≥ 0, got -1"),
     ([*TRAIN, "--proj-dims", "64,0"], "--proj-dims must be ≥ 1, got 0"),
-    ([*TRAIN, "--seed", "-1"], "--seed must be ≥ 0, got -1"),
+    ([*TRAIN, "--seed", "-1"], "--seed must be ≥ 0 and ≤ 9223372036854775807, got -1"),
     ([*TRAIN, "--resume", "maybe"], "--resume: maybe not allowed; choose from no, yes, auto"),
     (["eval", "--run", "R", "--knn-temperature", "nan"], "--knn-temperature must be a finite number"),
     (["eval", "--run", "R", "--linear-lr", "-0.1"], "--linear-lr must be ≥ 0, got -0.1"),

@@ -34,7 +34,7 @@ FLOORS = {
     **dict.fromkeys(("recipe", "eval", "rundir"), 3),
     **dict.fromkeys(("train", "export", "ccem"), 4),
     **dict.fromkeys(("sweep", "sweep_report", "bench"), 5),
-    **dict.fromkeys(("cli", "__main__"), 6),
+    **dict.fromkeys(("cli", "cli_args", "__main__"), 6),
 }
 
 

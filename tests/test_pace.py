@@ -57,15 +57,19 @@ def test_cpu_notice_only_for_gpu_sized_cpu_jobs():
     assert cpu_notice(torch.device("cuda"), 50_000, 1000, "resnet18", 64) is None
 
 
-def test_pace_estimates_the_run_once_from_the_steps_after_the_first():
+def test_pace_estimates_the_run_from_step_one_then_from_the_steps_after_it():
     now = [0.0]
     pace = Pace(batch_size=128, steps_left=1000, estimate=True, clock=lambda: now[0])
     lines = []
     for duration in [10.0] + [2.0] * 6:  # a slow first step, then 2 s per step
         now[0] += duration
         lines.append(pace.step())
-    assert lines[:3] == [None] * 3 and lines[4:] == [None] * 3
+    # Step 1 at once (10 s a step: an upper bound, said so), the refined figure after step 4.
+    assert "12.8 img/s" in lines[0] and "(step 1, with its one-time costs: at most)" in lines[0]
+    assert "999 steps left take about 2h46m; refined after step 4" in lines[0]
+    assert lines[1:3] == [None] * 2 and lines[4:] == [None] * 3
     assert "64.0 img/s" in lines[3] and "996 steps left take about 33m12s" in lines[3]
+    assert "refined" not in lines[3]
     assert pace.run_left() == pytest.approx(22.0 / 7 * 993)
     quiet = Pace(batch_size=128, steps_left=1000, clock=lambda: now[0])
     assert all(quiet.step() is None for _ in range(6))
@@ -73,7 +77,8 @@ def test_pace_estimates_the_run_once_from_the_steps_after_the_first():
 
 def test_the_default_job_on_a_cpu_says_how_long_it_takes(cifar10_dir, tmp_path, monkeypatch, capsys):
     """The default 1000-epoch CIFAR-10 job (narrowed to width 8 to keep this test short), stopped
-    with Ctrl-C after its first steps: the notice at the start, then the estimate, once each."""
+    with Ctrl-C after its first steps: the notice at the start, the estimate from step 1, then the
+    refined one, once each."""
     real_step, calls = fastsigclr.train.train_step, []
 
     def interrupt_at_step_six(*args, **kw):
@@ -87,5 +92,7 @@ def test_the_default_job_on_a_cpu_says_how_long_it_takes(cifar10_dir, tmp_path, 
     assert main([*args.split(), "--no-progress", "--no-tensorboard", "--out", str(tmp_path / "r")]) == 130
     err = capsys.readouterr().err
     assert err.count("note: 1000 epochs of 50,000 images (resnet18, width 8) on the CPU") == 1, err
+    first = re.findall(r"estimate: [\d.]+ img/s on this CPU \(step 1.* 780,999 steps left take about", err)
     estimate = re.findall(r"estimate: [\d.]+ img/s on this CPU .* 780,996 steps left take about \S+", err)
-    assert len(estimate) == 1 and err.count(SMALL_CPU_RUN) == 2, err
+    assert len(first) == 1 and len(estimate) == 1 and err.count(SMALL_CPU_RUN) == 3, err
+    assert err.index("780,999 steps") < err.index("780,996 steps")

@@ -1,51 +1,29 @@
 """The run directory's life cycle through the real command line: interrupted and failed starts,
 resume with the run's own settings, finished runs, broken directories, the lock, divergence."""
 
-import ctypes
 import json
 import math
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import run_fixture
 import torch
+from helpers import run_in
+from run_fixture import tiny_args
 
 import fastsigclr.train
 from fastsigclr import checkpoint, rundir
 from fastsigclr.cli import main
 from fastsigclr.runlog import read_metrics
 
-
-def tiny_args(data_dir: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        *(
-            f"train --dataset cifar10 --data-dir {data_dir} --device cpu --width 8 --proj-dims 64,32 "
-            f"--limit-train 64 --limit-test 50 --batch-size 32 --epochs 1 --log-every 1 --knn-every 0 "
-            f"--no-progress --no-tensorboard --out {out}"
-        ).split(),
-        *extra,
-    ]
+finished_run, run_copy = run_fixture.finished_run, run_fixture.run_copy  # the fixtures
 
 
 def steps(run_dir: Path) -> list[int]:
     return [r["step"] for r in read_metrics(run_dir) if r["kind"] == "step"]
-
-
-@pytest.fixture(scope="module")
-def finished_run(cifar10_dir, tmp_path_factory) -> Path:
-    """One finished run (1 epoch of 2 steps, width 8); tests work on copies of it."""
-    out = tmp_path_factory.mktemp("finished") / "run"
-    assert main(tiny_args(cifar10_dir, out)) == 0
-    return out
-
-
-@pytest.fixture
-def run_copy(finished_run, tmp_path) -> Path:
-    return Path(shutil.copytree(finished_run, tmp_path / "run"))
 
 
 def fails_with(args: list[str], capsys) -> str:
@@ -187,35 +165,13 @@ def test_an_out_that_is_a_file_is_a_clear_error(tmp_path, capsys):
     assert file.read_text() == "not a run"
 
 
-def _without_root_file_access() -> None:
-    """In the child, before exec: root drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from its
-    bounding set, so file permissions apply to it as to anyone (PR_CAPBSET_DROP = 24)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    for capability in (1, 2):
-        if libc.prctl(24, capability, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
-
-
 @pytest.mark.parametrize("where", ["out", "parent"])
 def test_a_read_only_out_is_a_clear_error(tmp_path, where):
     read_only = tmp_path / "ro"
     read_only.mkdir()
-    read_only.chmod(0o555)
     out = read_only if where == "out" else read_only / "run"
-    cmd = [sys.executable, "-m", "fastsigclr", "train", "--device", "cpu", "--no-download"]
-    cmd += ["--data-dir", str(tmp_path / "no-data"), "--out", str(out)]
-    try:
-        proc = subprocess.run(
-            cmd,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            preexec_fn=_without_root_file_access if os.geteuid() == 0 else None,
-        )
-    except subprocess.SubprocessError as err:
-        pytest.skip(f"cannot drop root's file-access capabilities here: {err}")
-    finally:
-        read_only.chmod(0o755)
+    args = ["train", "--device", "cpu", "--no-download", "--data-dir", str(tmp_path / "no-data")]
+    proc = run_in(read_only, *args, "--out", str(out))
     expected = "is not writable (Permission denied)" if where == "out" else "(Permission denied); choose"
     assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert list(read_only.iterdir()) == []

@@ -103,6 +103,25 @@ def test_second_invocation_skips_finished_runs(grid, cifar10_dir, tmp_path, caps
     )
 
 
+def test_a_subset_rerun_keeps_the_other_finished_runs(grid, cifar10_dir, tmp_path, capsys):
+    """Rerunning one setting and seed rewrote results.json/.md with that run alone."""
+    out = tmp_path / "grid"
+    shutil.copytree(grid[0], out)
+    assert main(sweep_args(cifar10_dir, out, "--settings", "sigclr", "--seeds", "0")) == 0
+    printed = capsys.readouterr().out
+    assert "skipped, done before" in printed and "the report keeps 3 finished run(s)" in printed
+    saved = json.loads((out / "results.json").read_text())
+    assert sorted((r["setting"], r["seed"], r["status"]) for r in saved["runs"]) == sorted(
+        (s, seed, "done") for s in ("sigclr", "sigclr-fixed-b0") for seed in (0, 1)
+    )
+    assert saved["grid"]["seeds"] == [0, 1] and set(saved["grid"]["settings"]) == {
+        "sigclr",
+        "sigclr-fixed-b0",
+    }
+    assert saved["table"] == json.loads((grid[0] / "results.json").read_text())["table"]
+    assert "sigclr-fixed-b0" in (out / "results.md").read_text()
+
+
 def test_interrupted_grid_continues(grid, cifar10_dir, tmp_path, monkeypatch):
     """The first sweep dies before the run's first checkpoint, the second after it; the third
     restarts nothing and ends with exactly the run of the uninterrupted grid."""

@@ -63,4 +63,4 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, size: int, reps: int
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    write_text_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")
+    write_text_atomic(path, json.dumps(payload, indent=2, default=str) + "\n", fix="choose a writable --out")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,16 @@ from fastsigclr.bench.common import DTYPES, check_even_sizes, matmul_tflops, tim
 from fastsigclr.bench.memory import peak_extra_bytes
 from fastsigclr.bench.open_clip_loss import OPEN_CLIP_LOSSES, open_clip_fn
 from fastsigclr.bench.open_clip_loss import installed as open_clip_installed
-from fastsigclr.config import check_fields, check_not_empty, option, to_dict
+from fastsigclr.config import FastSigCLRError, check_fields, check_not_empty, option, to_dict
 from fastsigclr.losses import LOSSES, siglip
 from fastsigclr.losses.options import check_applicable, with_loss_options
 from fastsigclr.runconfig import loss_params
-from fastsigclr.runinfo import device_option, resolve_device, run_record
+from fastsigclr.runinfo import available_memory_bytes, device_option, resolve_device, run_record
+
+# Peak bytes per element of the (2N)² logit matrix of the eager references (fp32 inputs, D = 64),
+# measured with bench.memory at 2N = 256, 512, 1024: sigclr 27.1/26.5/26.3, supcon and tcl
+# 26.0/25.5/25.3, dcl 22.1/21.5/21.3, simclr 13.0/12.5/12.3. The largest bounds every loss.
+EAGER_BYTES_PER_LOGIT = 26.3
 
 try:
     from triton.runtime.errors import OutOfResources
@@ -134,6 +140,43 @@ def _skip_reason(provider: str, method: str, device: torch.device) -> str | None
     return None
 
 
+def check_runnable(cfg: BenchLossConfig, device: torch.device, available: int | None = None) -> None:
+    """Refuse, before anything is measured, a run whose every case would be skipped (``--providers
+    triton`` on a CPU) or whose largest eager/compiled case cannot fit in memory (``--sizes
+    10000000`` asked the allocator for 400 TB)."""
+    reasons = {
+        f"{p} ({reason})"
+        for p in cfg.providers
+        for loss in cfg.losses
+        if (reason := _skip_reason(p, loss, device))
+    }
+    runnable = [p for p in cfg.providers for loss in cfg.losses if not _skip_reason(p, loss, device)]
+    if not runnable:
+        raise FastSigCLRError(
+            f"nothing to measure on this {device.type}: {', '.join(sorted(reasons))}; choose --providers "
+            f"among eager, compiled, chunked here, or run on a CUDA device"
+        )
+    if not {"eager", "compiled"} & set(cfg.providers):
+        return
+    if available is None:
+        available = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory_bytes()
+    # The CPU's allocator fails with a RuntimeError (or the OOM killer), so the measured peak
+    # bounds it; a CUDA case that runs out of memory is recorded as such, so there only a size
+    # whose single 2N×2N matrix cannot fit is refused.
+    cpu = device.type == "cpu"
+    per_logit = EAGER_BYTES_PER_LOGIT if cpu else min(DTYPES[d].itemsize for d in cfg.dtypes or ("fp32",))
+    rows = max(cfg.sizes or ())
+    need = per_logit * rows * rows
+    if need > available:
+        largest = 2 * (math.isqrt(int(available / per_logit)) // 2)
+        what = "measured peak" if cpu else "one matrix, the least it needs"
+        raise FastSigCLRError(
+            f"--sizes {rows} needs about {need / 2**30:,.1f} GiB for the eager and compiled references "
+            f"({per_logit:g} bytes per element of the 2N×2N matrix: {what}), more than the "
+            f"{available / 2**30:.1f} GiB available: use --sizes ≤ {largest}, or --providers chunked,triton"
+        )
+
+
 def measure_case(
     loss: str, provider: str, rows: int, dim: int, dtype: str, cfg: BenchLossConfig, device: torch.device
 ) -> dict[str, Any]:
@@ -202,6 +245,7 @@ def run(cfg: BenchLossConfig, command: list[str] | None = None) -> dict[str, Any
 
     device = resolve_device(cfg.device)
     cfg = cfg.resolved(device)
+    check_runnable(cfg, device)
     record = run_record(device, command)
     matmul_size, matmul_reps = (8192, 20) if device.type == "cuda" else (1024, 5)
     matmul = {d: matmul_tflops(device, DTYPES[d], matmul_size, matmul_reps) for d in cfg.dtypes or ()}

@@ -167,7 +167,7 @@ def _md5_once(path: Path) -> tuple[str, bool]:
     return _MD5_SEEN[key], fresh
 
 
-def _redownload_hint(info: DatasetInfo, folder: Path) -> str:
+def redownload_hint(info: DatasetInfo, folder: Path) -> str:
     return (
         f"delete {folder} and download it again (`fastsigclr data download --dataset {info.name} "
         f"--data-dir {folder.parent}`)"
@@ -191,7 +191,7 @@ def warn_unofficial(info: DatasetInfo, folder: Path, names: tuple[str, ...]) -> 
         print(
             f"warning: {', '.join(bad)} in {folder} differ from the official {info.name} files (md5): "
             f"corrupt, or not the official release; `fastsigclr data verify` names the differences; if "
-            f"corrupt, {_redownload_hint(info, Path(folder))}",
+            f"corrupt, {redownload_hint(info, Path(folder))}",
             file=sys.stderr,
         )
 
@@ -285,7 +285,6 @@ def prepare(
     folder = data_dir / info.folder
     if folder.is_dir():
         return folder
-    data_dir.mkdir(parents=True, exist_ok=True)
     archive = data_dir / info.archive
     if archive.exists():
         actual = md5sum(archive)
@@ -300,11 +299,17 @@ def prepare(
             f"or drop --no-download"
         )
     else:
-        download(url or info.url, archive, info.md5, progress=progress)
+        created = [p for p in (data_dir, *data_dir.parents) if not p.exists()]
+        try:
+            download(url or info.url, archive, info.md5, progress=progress)
+        except BaseException:  # a failed start removes the folders it created (deepest first)
+            for made in (m for m in created if m.is_dir() and not any(m.iterdir())):
+                made.rmdir()
+            raise
     return extract(archive, info, data_dir)
 
 
-def _load_pickle(path: Path) -> dict:
+def load_pickle(path: Path) -> dict:
     if not path.is_file():
         raise DatasetError(f"missing file {path}: the dataset folder is incomplete; delete it to fetch again")
     try:
@@ -317,6 +322,21 @@ def _load_pickle(path: Path) -> dict:
     if not isinstance(raw, dict):
         raise DatasetError(f"{path} does not hold a CIFAR batch dictionary")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
+
+
+def read_batch(info: DatasetInfo, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR batch file: uint8 (N, H, W, 3) images and int64 labels, or a DatasetError."""
+    batch = load_pickle(path)
+    if "data" not in batch or info.label_key not in batch:
+        raise DatasetError(f"{path} lacks 'data' or '{info.label_key}': not the {info.name} python layout")
+    data = np.asarray(batch["data"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * info.image_size**2:
+        raise DatasetError(
+            f"{path}: data has dtype {data.dtype} and shape {data.shape}, "
+            f"expected uint8 (N, {3 * info.image_size**2})"
+        )
+    images = data.reshape(-1, 3, info.image_size, info.image_size).transpose(0, 2, 3, 1)
+    return images, np.asarray(batch[info.label_key], dtype=np.int64)
 
 
 def load_split(
@@ -334,19 +354,9 @@ def load_split(
     warn_unofficial(info, Path(folder), files)
     images, labels = [], []
     for name in files:
-        batch = _load_pickle(Path(folder) / name)
-        if "data" not in batch or info.label_key not in batch:
-            raise DatasetError(
-                f"{folder / name} lacks 'data' or '{info.label_key}': not the {info.name} python layout"
-            )
-        data = np.asarray(batch["data"])
-        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * info.image_size**2:
-            raise DatasetError(
-                f"{folder / name}: data has dtype {data.dtype} and shape {data.shape}, "
-                f"expected uint8 (N, {3 * info.image_size**2})"
-            )
-        images.append(data.reshape(-1, 3, info.image_size, info.image_size).transpose(0, 2, 3, 1))
-        labels.append(np.asarray(batch[info.label_key], dtype=np.int64))
+        batch_images, batch_labels = read_batch(info, Path(folder) / name)
+        images.append(batch_images)
+        labels.append(batch_labels)
     x = np.ascontiguousarray(np.concatenate(images))
     y = np.concatenate(labels)
     expected = info.train_count if split == "train" else info.test_count
@@ -361,8 +371,8 @@ def load_split(
 
 
 def verify(info: DatasetInfo, data_dir: Path) -> dict[str, str]:
-    """md5 of each file of the extracted folder (the report of ``fastsigclr data verify``); a
-    file of ``info.file_md5`` that is missing or differs is a DatasetError naming it."""
+    """md5 of each file of the extracted folder (the report of ``fastsigclr data verify``); files
+    that are missing or differ from ``info.file_md5`` are judged by ``verdict.check_official``."""
     folder = Path(data_dir) / info.folder
     if not folder.is_dir():
         raise DatasetError(f"{folder} does not exist; run `fastsigclr data download --dataset {info.name}`")
@@ -371,16 +381,9 @@ def verify(info: DatasetInfo, data_dir: Path) -> dict[str, str]:
 
         return tinyimagenet.verify(info, folder)
     sums = {p.name: md5sum(p) for p in sorted(folder.iterdir()) if p.is_file()}
-    bad = [
-        f"{name} is missing" if name not in sums else f"{name} has md5 {sums[name]}, expected {md5}"
-        for name, md5 in info.file_md5
-        if sums.get(name) != md5
-    ]
-    if bad:
-        raise DatasetError(
-            f"{folder} is not the official {info.name}: {'; '.join(bad)}. The files are corrupt or "
-            f"modified: {_redownload_hint(info, folder)}"
-        )
+    from fastsigclr.data.verdict import check_official
+
+    check_official(info, folder, sums)
     return sums
 
 

@@ -14,6 +14,7 @@ import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,6 +89,18 @@ def write_beton(
     return path
 
 
+def _open_loader(loader: Any, beton: Path, **options: Any) -> Any:
+    """FFCV's Loader of ``beton``, or one line when the file is cut short or damaged."""
+    try:
+        return loader.Loader(str(beton), **options)
+    except (ValueError, OSError, IndexError, EOFError) as err:  # FFCV's reader of a cut file
+        # a truncated .beton lost its allocation table (written last): "negative dimensions"
+        raise FastSigCLRError(
+            f"{beton} is truncated or damaged ({type(err).__name__}: {err}); delete it and run again "
+            f"(it is written anew), or rerun `fastsigclr data write-ffcv --force`"
+        ) from None
+
+
 class FfcvLoader(LoaderBase):
     """FFCV reads, decodes and orders; the numba operations of ffcv_ops augment (LoaderBase has
     the contract). beton: the dataset written by ``write_beton`` (``fastsigclr data write-ffcv``);
@@ -131,8 +144,9 @@ class FfcvLoader(LoaderBase):
             ],
         }
         option = loader.OrderOption.RANDOM if order == "random" else loader.OrderOption.QUASI_RANDOM
-        self.loader = loader.Loader(
-            str(beton),
+        self.loader = _open_loader(
+            loader,
+            Path(beton),
             batch_size=self.batch_size // world_size,
             num_workers=num_workers or min(8, os.cpu_count() or 1),
             order=option,

@@ -98,7 +98,13 @@ def content_key(files: list[Path]) -> str:
     bytes costs far less than decoding them (figures in docs/design.md §7)."""
     h = hashlib.sha1()
     for f in files:
-        h.update(f"{f.name}:{hashlib.sha1(f.read_bytes()).hexdigest()}\n".encode())
+        try:
+            data = f.read_bytes()
+        except OSError as err:  # ELOOP: a JPEG that is a symlink to itself
+            raise DatasetError(
+                f"{f} cannot be read ({err.strerror}); delete it to fetch the dataset again"
+            ) from None
+        h.update(f"{f.name}:{hashlib.sha1(data).hexdigest()}\n".encode())
     return h.hexdigest()
 
 

@@ -1,0 +1,226 @@
+"""Faults that ended in tracebacks end as one line naming the problem and the fix, and lose
+nothing: a full disk at a checkpoint, read-only and misplaced outputs, damaged or hand-edited
+config.json, another run's checkpoint, values too large for the code that uses them."""
+
+import errno
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import run_fixture
+import torch
+from helpers import run_in
+from run_fixture import fails_with, tiny_args
+
+from fastsigclr import checkpoint
+from fastsigclr.cli import main
+
+finished_run, run_copy = run_fixture.finished_run, run_fixture.run_copy  # the fixtures
+
+
+class FullDisk(io.FileIO):
+    """A file on a disk that fills up after ``room`` bytes (ENOSPC), as a real one does."""
+
+    room = 10_000
+
+    def write(self, data) -> int:
+        if self.tell() + len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().write(data)
+
+
+def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one(run_copy, capsys, monkeypatch):
+    """torch.save buried the ENOSPC in `RuntimeError ... unexpected pos`; the write of epoch 2's
+    checkpoint fails, epoch 1's stays, no temporary file is left, and --resume continues."""
+    before = (run_copy / "checkpoints" / "last.pt").read_bytes()
+    monkeypatch.setattr(
+        checkpoint, "_create", lambda tmp: FullDisk(os.open(tmp, os.O_WRONLY | os.O_CREAT), "wb")
+    )
+    err = fails_with(["train", "--out", str(run_copy), "--resume", "--epochs", "2"], capsys)
+    last = run_copy / "checkpoints" / "last.pt"
+    assert f"no space left on device writing {last}; free space and run again with --resume" in err
+    assert "the previous checkpoint (epoch 1) is kept" in err
+    monkeypatch.undo()
+    assert last.read_bytes() == before
+    assert not [p.name for p in last.parent.iterdir() if p.name != "last.pt"]
+    assert main(["train", "--out", str(run_copy), "--resume", "--epochs", "2"]) == 0
+    assert checkpoint.load(last)["epoch"] == 2
+
+
+def test_a_read_only_run_still_prints_its_accuracy(run_copy, cifar10_dir):
+    """The accuracy was computed and lost with the file that could not be written."""
+    proc = run_in(
+        run_copy, "eval", "--run", str(run_copy), "--device", "cpu", "--knn-k", "5", "--no-progress"
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stdout.startswith("knn accuracy 0.") and "wrote" not in proc.stdout, proc.stdout
+    err = proc.stderr.strip().splitlines()[-1]
+    assert f"cannot write {run_copy / 'eval-knn.json'} (Permission denied)" in err
+    assert "the accuracy above was not saved: make the run directory writable" in err
+    assert not (run_copy / "eval-knn.json").exists()
+
+
+@pytest.mark.parametrize("command", ["export", "embed"])
+def test_an_output_onto_a_folder_or_an_unwritable_place(run_copy, tmp_path, capsys, command):
+    name = "encoder.safetensors" if command == "export" else "features.npy"
+    folder = tmp_path / name
+    folder.mkdir()
+    args = [command, "--run", str(run_copy), *(["--device", "cpu", "--no-progress"] * (command == "embed"))]
+    err = fails_with([*args, "--out", str(folder)], capsys)
+    assert f"--out {folder} is a folder; name a file in it, e.g. {folder / name}" in err
+    blocked = tmp_path / "a-file"
+    blocked.write_text("in the way")
+    err = fails_with([*args, "--out", str(blocked / name)], capsys)
+    assert f"cannot write {blocked / name} (a part of its folder path is a file); choose a writable" in err
+    assert blocked.read_text() == "in the way" and list(folder.iterdir()) == []
+
+
+def test_bench_out_in_the_way(tmp_path, capsys):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("in the way")
+    args = ["bench", "loss", "--device", "cpu", "--providers", "eager", "--sizes", "8", "--dims", "4"]
+    err = fails_with([*args, "--reps", "1", "--warmup", "1", "--out", str(blocked)], capsys)
+    assert f"cannot write {blocked}/loss-cpu.json (a part of its folder path is a file)" in err
+
+
+def _truncate(run: Path) -> None:
+    (run / "config.json").write_text((run / "config.json").read_text()[:40])
+
+
+def _edit(key, value):
+    def edit(run: Path) -> None:
+        saved = json.loads((run / "config.json").read_text())
+        if key == "config":
+            saved["config"] = value
+        else:
+            saved["config"][key] = value
+        (run / "config.json").write_text(json.dumps(saved))
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "damage,reason",
+    [
+        (_truncate, "its config.json is unreadable (Expecting"),
+        (_edit("lr", "abc"), "(lr is 'abc', not a float)"),
+        (_edit("width", 8.5), "(width is 8.5, not a int)"),
+        (_edit("proj_dims", ["a"]), "(proj_dims is ['a'], not a tuple"),
+        (_edit("config", [1, 2]), "(its 'config' is a list, not an object of options)"),
+    ],
+)
+@pytest.mark.parametrize("command", ["eval", "export", "embed", "resume"])
+def test_a_damaged_or_hand_edited_config_is_one_line(run_copy, tmp_path, capsys, damage, reason, command):
+    damage(run_copy)
+    args = {
+        "eval": ["eval", "--run", str(run_copy), "--device", "cpu"],
+        "export": ["export", "--run", str(run_copy), "--out", str(tmp_path / "e.safetensors")],
+        "embed": ["embed", "--run", str(run_copy), "--out", str(tmp_path / "e.npy")],
+        "resume": ["train", "--out", str(run_copy), "--resume", "--epochs", "2"],
+    }[command]
+    err = fails_with(args, capsys)
+    assert reason in err and ("restore it" in err), err
+
+
+@pytest.mark.parametrize("command", ["eval", "resume"])
+def test_another_runs_checkpoint_is_named(run_copy, tmp_path, cifar10_dir, capsys, command):
+    """A width-16 run's checkpoint copied into a width-8 run: load_state_dict's many-line error."""
+    other = tmp_path / "other"
+    assert main(tiny_args(cifar10_dir, other, "--width", "16")) == 0
+    shutil.copy(other / "checkpoints" / "last.pt", run_copy / "checkpoints" / "last.pt")
+    capsys.readouterr()
+    args = (
+        ["eval", "--run", str(run_copy), "--device", "cpu"]
+        if command == "eval"
+        else ["train", "--out", str(run_copy), "--resume", "--epochs", "2"]
+    )
+    err = fails_with(args, capsys)
+    assert f"{run_copy / 'checkpoints' / 'last.pt'} does not fit this run's model" in err
+    assert "(backbone.stem.0.weight is (16, 3, 3, 3) there, (8, 3, 3, 3) here)" in err
+    assert "comes from another run" in err
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "--seed", "99999999999999999999"], "--seed must be ≥ 0 and ≤ 9223372036854775807, got"),
+        (["eval", "--run", "R", "--seed", str(2**64)], "--seed must be ≥ 0 and ≤ 9223372036854775807"),
+        (["sweep", "--seeds", "0,-1"], "--seeds must be ≥ 0"),
+        (["bench", "loss", "--device", "cpu", "--sizes", "10000000"], "--sizes 10000000 needs about"),
+    ],
+)
+def test_values_too_large_for_the_code_that_uses_them(argv, message, tmp_path, capsys):
+    out = [] if argv[0] == "eval" else ["--out", str(tmp_path / "out")]
+    err = fails_with([*argv, *out], capsys)
+    assert message in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bench_loss_estimates_memory_before_allocating(tmp_path, capsys):
+    """4·(10⁷)² bytes is what the allocator was asked for; the estimate says so first."""
+    from fastsigclr.bench.loss import BenchLossConfig, check_runnable
+
+    cfg = BenchLossConfig(device="cpu", sizes=(10_000_000,), providers=("eager",)).resolved(
+        torch.device("cpu")
+    )
+    with pytest.raises(Exception, match=r"needs about 2,449,378.4 GiB .* use --sizes ≤ 6388, or --providers"):
+        check_runnable(cfg, torch.device("cpu"), available=2**30)
+    ok = BenchLossConfig(device="cpu", sizes=(6388,), providers=("eager",)).resolved(torch.device("cpu"))
+    check_runnable(ok, torch.device("cpu"), available=2**30)
+    # CUDA records a case that runs out of memory: only a size whose one bf16 matrix cannot fit goes.
+    cuda = torch.device("cuda")
+    fits = BenchLossConfig(device="cuda", sizes=(20_000,), providers=("eager",)).resolved(cuda)
+    check_runnable(fits, cuda, available=2**30)  # 0.75 GiB of bf16
+    huge = BenchLossConfig(device="cuda", sizes=(30_000,), providers=("eager",)).resolved(cuda)
+    with pytest.raises(Exception, match=r"needs about 1.7 GiB .* \(2 bytes .*one matrix.* ≤ 23170"):
+        check_runnable(huge, cuda, available=2**30)
+
+
+def test_ccem_with_a_huge_t_runs(tmp_path, capsys):
+    """--t 1e30 overflowed math.exp in the closed-form prediction."""
+    argv = ["ccem", "--t", "1e30", "--n", "4", "--steps", "2", "--variant", "free", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [r["regime"] for r in rows] == ["etf"]
+
+
+def test_a_jpeg_that_is_a_symlink_to_itself(tmp_path, capsys, monkeypatch):
+    """os.stat of the loop raised ELOOP through the decoded cache's fingerprint."""
+    from tiny_fixture import small_info, write_tiny
+
+    from fastsigclr.data import DATASETS
+
+    monkeypatch.setitem(DATASETS, "tinyimagenet", small_info())
+    folder = write_tiny(tmp_path)
+    jpeg = sorted((folder / "train").glob("*/images/*.JPEG"))[3]
+    jpeg.unlink()
+    jpeg.symlink_to(jpeg)
+    err = fails_with(["data", "verify", "--dataset", "tinyimagenet", "--data-dir", str(tmp_path)], capsys)
+    assert "Traceback" not in err
+    argv = ["train", "--dataset", "tinyimagenet", "--data-dir", str(tmp_path), "--device", "cpu"]
+    err = fails_with([*argv, "--batch-size", "4", "--out", str(tmp_path / "run"), "--no-progress"], capsys)
+    assert f"{jpeg} cannot be read (Too many levels of symbolic links); delete it" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_truncated_beton_says_which_file_and_to_delete_it(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("ffcv")
+    from cifar_fixture import write_cifar
+
+    from fastsigclr.data import DATASETS
+
+    monkeypatch.setitem(DATASETS, "cifar10", write_cifar(tmp_path))
+    ffcv = ["--ffcv-dir", str(tmp_path / "ffcv")]
+    assert main(["data", "write-ffcv", "--data-dir", str(tmp_path), "--no-progress", *ffcv]) == 0
+    beton = tmp_path / "ffcv" / "cifar10-train.beton"
+    beton.write_bytes(beton.read_bytes()[: beton.stat().st_size // 3])
+    argv = ["train", "--data-dir", str(tmp_path), "--device", "cpu", "--loader", "ffcv", *ffcv]
+    argv += ["--width", "8", "--batch-size", "20", "--epochs", "1", "--no-progress", "--no-tensorboard"]
+    err = fails_with([*argv, "--out", str(tmp_path / "run")], capsys)
+    assert f"{beton} is truncated or damaged (" in err
+    assert "delete it and run again (it is written anew), or rerun `fastsigclr data write-ffcv" in err
+    beton.unlink()
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 0  # written anew

@@ -1,0 +1,152 @@
+"""Faults that went unsaid or were misreported: a damaged checkpoint taken for divergence, a
+damaged line of metrics.jsonl dropped, a sweep report that forgot runs, a --limit-train larger
+than the data recorded as used, a failed start that left the data folder it made, a moved run
+named by its old path, usable data called corrupt, benchmarks that measure nothing, option values
+that begin with '-', option typos."""
+
+import json
+import pickle
+import struct
+
+import pytest
+import run_fixture
+import torch
+from cifar_fixture import write_cifar
+from run_fixture import fails_with, tiny_args
+
+from fastsigclr import checkpoint
+from fastsigclr.cli import main
+from fastsigclr.data import DATASETS
+
+finished_run, run_copy = run_fixture.finished_run, run_fixture.run_copy  # the fixtures
+LAST = ("checkpoints", "last.pt")
+
+
+def _nan_into_a_tensor(path) -> None:
+    """Overwrite one float of the projector's first weight in the file with a NaN, as a bad disk
+    or copy would: the file still loads."""
+    weight = torch.load(path, weights_only=False)["model"]["projector.0.weight"]
+    raw = bytearray(path.read_bytes())
+    at = raw.find(weight.contiguous().numpy().tobytes()[:64])
+    assert at > 0 and raw.find(weight.contiguous().numpy().tobytes()[:64], at + 1) == -1
+    raw[at + 8 : at + 12] = struct.pack("<f", float("nan"))
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("command", ["resume", "eval"])
+def test_a_damaged_checkpoint_is_named_damaged_not_diverged(run_copy, capsys, command):
+    last = run_copy.joinpath(*LAST)
+    _nan_into_a_tensor(last)
+    args = (
+        ["train", "--out", str(run_copy), "--resume", "--epochs", "2"]
+        if command == "resume"
+        else ["eval", "--run", str(run_copy), "--device", "cpu", "--no-progress"]
+    )
+    err = fails_with(args, capsys)
+    assert f"checkpoint {last} is damaged: its tensors no longer match the digest" in err
+    assert "diverged" not in err
+
+
+def test_a_checkpoint_written_before_digests_still_loads(run_copy):
+    last = run_copy.joinpath(*LAST)
+    state = torch.load(last, weights_only=False)
+    assert state.pop(checkpoint.DIGEST) == checkpoint.tensor_digest(state)
+    torch.save(state, last)
+    assert main(["train", "--out", str(run_copy), "--resume", "--epochs", "2"]) == 0
+    assert checkpoint.DIGEST in torch.load(last, weights_only=False)  # the new one has it
+
+
+def test_a_damaged_line_of_metrics_is_set_aside_and_named(run_copy, capsys):
+    path = run_copy / "metrics.jsonl"
+    lines = path.read_text().splitlines()
+    lines.insert(1, '{"kind": "step", "ep\x00och": ')
+    path.write_text("\n".join(lines) + "\n")
+    assert main(["train", "--out", str(run_copy), "--resume", "--epochs", "2"]) == 0
+    err = capsys.readouterr().err
+    assert f"{path} line(s) 2 are not JSON records: moved to {path}.damaged" in err
+    assert (run_copy / "metrics.jsonl.damaged").read_text() == '2\t{"kind": "step", "ep\x00och": \n'
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "step"] == [1, 2, 3, 4]
+
+
+def test_limit_train_beyond_the_data_is_refused(cifar10_dir, tmp_path, capsys):
+    """It trained on all 50,000 images while config.json recorded 10,000,000."""
+    out = tmp_path / "run"
+    err = fails_with(tiny_args(cifar10_dir, out, "--limit-train", "10000000"), capsys)
+    assert "--limit-train 10000000 is more than the 50000 train images of cifar10" in err
+    assert "pass --limit-train 50000 or less, or leave it out" in err
+    err = fails_with(tiny_args(cifar10_dir, out, "--limit-test", "10001"), capsys)
+    assert "--limit-test 10001 is more than the 10000 test images" in err
+    assert not out.exists()
+
+
+def test_a_failed_start_removes_the_data_folder_it_made(tmp_path, capsys):
+    data = tmp_path / "nonexist" / "deeper"
+    args = ["train", "--data-dir", str(data), "--no-download", "--device", "cpu"]
+    assert "cifar10 not found" in fails_with([*args, "--out", str(tmp_path / "run")], capsys)
+    assert not (tmp_path / "nonexist").exists() and not (tmp_path / "run").exists()
+
+
+def test_a_moved_run_reports_where_it_is_now(run_copy, tmp_path, capsys):
+    moved = tmp_path / "moved"
+    run_copy.rename(moved)
+    assert main(["train", "--out", str(moved), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert f"run directory: {moved}\n" in out and str(run_copy) not in out
+
+
+@pytest.fixture
+def small_cifar(tmp_path, monkeypatch):
+    data_dir = tmp_path / "data"
+    info = write_cifar(data_dir)
+    monkeypatch.setitem(DATASETS, "cifar10", info)
+    return data_dir, data_dir / info.folder
+
+
+def test_verify_tells_unreadable_from_re_encoded(small_cifar, capsys):
+    data_dir, folder = small_cifar
+    verify = ["data", "verify", "--data-dir", str(data_dir)]
+    with open(folder / "data_batch_2", "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    (folder / "data_batch_2").write_bytes(pickle.dumps(batch, protocol=4))  # other bytes, same data
+    assert main(verify) == 1
+    captured = capsys.readouterr()
+    assert "data_batch_2" in captured.out and "Traceback" not in captured.err
+    assert "data_batch_2 has md5" in captured.err and "Each loads as a complete batch" in captured.err
+    assert "usable data" in captured.err and "keep it" in captured.err and "delete" not in captured.err
+    (folder / "data_batch_4").write_bytes((folder / "data_batch_4").read_bytes()[:500])
+    err = fails_with(verify, capsys)
+    assert "data_batch_4 does not load (" in err and "data_batch_2 has md5" in err
+    assert f"The files are corrupt: delete {folder} and download it again" in err
+
+
+def test_bench_loss_that_can_measure_nothing_here_fails(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("the Triton provider runs here")
+    args = ["bench", "loss", "--device", "cpu", "--providers", "triton", "--sizes", "64"]
+    err = fails_with([*args, "--out", str(tmp_path / "b")], capsys)
+    assert "nothing to measure on this cpu: triton (needs CUDA)" in err
+    assert "choose --providers among eager, compiled, chunked here" in err
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize(
+    "option,value,message",
+    [
+        ("--logit-bias", "-inf", "--logit-bias must be a finite number, got -inf"),
+        ("--proj-dims", "-1,5", "--proj-dims must be ≥ 1, got -1"),
+        ("--lr", "-1e-3", "--lr must be ≥ 0"),
+    ],
+)
+def test_option_values_that_begin_with_a_dash(option, value, message, tmp_path, capsys):
+    argv = ["train", "--device", "cpu", "--no-download", "--data-dir", str(tmp_path)]
+    assert message in fails_with([*argv, option, value, "--out", str(tmp_path / "r")], capsys)
+
+
+def test_option_typos_get_the_closest_options(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--lr-rate", "3", "--widht", "8", "--device", "cpu"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "unrecognized arguments: --lr-rate 3 --widht 8; did you mean --lr or --width?" in err
+    assert "`fastsigclr train --help` lists the options" in err
