@@ -12,16 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from fastsigclr import checkpoint as ckpt
 from fastsigclr import distributed
 from fastsigclr.config import ConfigError, FastSigCLRError, check_fields, from_dict, option, to_dict
-from fastsigclr.data import DATASETS, LOADERS, AugmentSpec, DatasetInfo, default_data_dir, load_split, prepare
+from fastsigclr.data import DATASETS, LOADERS, AugmentSpec, DatasetInfo, default_data_dir, prepare
 from fastsigclr.data.datasets import data_dir_option, data_folder, dataset_option
 from fastsigclr.data.loaders import ffcv_dir_option, loader_options
-from fastsigclr.data.subset import balanced_indices
+from fastsigclr.data.samples import SampleIndex
+from fastsigclr.data.splits import DataSplits, open_splits
 from fastsigclr.losses import LOSSES
 from fastsigclr.losses.options import LOSS_OPTIONS, check_applicable, method_params, with_loss_options
 from fastsigclr.models import ARCHS, SSLModel
@@ -34,12 +34,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cifar10": {"arch": "resnet18", "proj_dims": (2048, 2048, 64), "batch_size": 512, "epochs": 1000},
     "cifar100": {"arch": "resnet18", "proj_dims": (4096, 4096, 128), "batch_size": 512, "epochs": 1000},
     "tinyimagenet": {"arch": "resnet50", "proj_dims": (4096, 4096, 128), "batch_size": 1024, "epochs": 800},
+    "stl10": {"arch": "resnet18", "proj_dims": (4096, 4096, 128), "batch_size": 256, "epochs": 400},
+    "imagenet100": {"arch": "resnet18", "proj_dims": (4096, 4096, 128), "batch_size": 256, "epochs": 400},
+    # SimCLR's ResNet-50 recipe: 224² crops, batch 4096, one 2048 hidden layer to 128, 100 epochs
+    # (its repository's default; the paper's best figures took 1000).
+    "imagenet": {"arch": "resnet50", "proj_dims": (2048, 128), "batch_size": 4096, "epochs": 100},
+    "folder": {"arch": "resnet18", "proj_dims": (2048, 2048, 128), "batch_size": 256, "epochs": 100},
 }
 RESUME_MODES = ("no", "yes", "auto")
 # The weights are float32: a larger --lr or --bias overflows at the first step (--lr 1e39 stopped in
 # the optimiser: "value cannot be converted to type float without overflow").
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
-Split = tuple[np.ndarray, np.ndarray]  # (uint8 images (N, H, W, 3), labels (N,))
 
 
 @with_loss_options
@@ -49,6 +54,28 @@ class TrainConfig:
     data_dir: str | None = data_dir_option()
     download: bool = option(True, "download the dataset when it is not in --data-dir")
     loader: str = option("gpu", "data loader backend", choices=tuple(LOADERS))
+    image_size: int | None = option(
+        None,
+        "crop size of the views; unset: the dataset's (32 CIFAR, 64 Tiny-ImageNet, 96 STL-10, 224)",
+        ge=8,
+    )
+    store_size: int | None = option(
+        None,
+        "images of mixed sizes are decoded (gpu loader, kNN) or written (FFCV) at this size² (shorter "
+        "side, centre crop); unset: 8/7 of --image-size",
+        ge=8,
+    )
+    memory_budget: float | None = option(
+        None,
+        "GiB the gpu loader's decoded images may take; unset: half the free device (or host) memory",
+        gt=0,
+    )
+    max_broken: float = option(
+        0.01,
+        "largest fraction of images that cannot be decoded to list and skip; above it the run stops",
+        ge=0,
+        le=1,
+    )
     ffcv_dir: str | None = ffcv_dir_option()
     method: str = option(
         "sigclr",
@@ -132,6 +159,10 @@ class TrainConfig:
         """Preset values for the options left unset, and a default run directory."""
         preset = PRESETS[self.dataset]
         filled = {k: v for k, v in preset.items() if getattr(self, k) is None}
+        if self.image_size is None:
+            filled["image_size"] = DATASETS[self.dataset].image_size
+        if self.store_size is None:
+            filled["store_size"] = round(filled.get("image_size", self.image_size) * 8 / 7)
         filled.update({k: v for k, v in LOSSES[self.method].defaults().items() if getattr(self, k) is None})
         if self.out is None:
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -149,18 +180,20 @@ class TrainConfig:
         return dataclasses.replace(self, **filled)
 
 
-def load_data(cfg: TrainConfig):
+def load_data(cfg: TrainConfig, announce: bool = True) -> DataSplits:
+    """The run's splits (``data.splits``): what the loader trains on, and the labelled splits of
+    the kNN monitor and the probe; an image folder's classes and counts printed (``announce``)."""
     info = DATASETS[cfg.dataset]
     folder = prepare(info, data_folder(cfg.data_dir), download_ok=cfg.download, progress=cfg.progress)
-    train_x, train_y = load_split(info, folder, "train", progress=cfg.progress)
-    test_x, test_y = load_split(info, folder, "test", progress=cfg.progress)
-    if cfg.limit_train:
-        keep = balanced_indices(train_y, cfg.limit_train)
-        train_x, train_y = train_x[keep], train_y[keep]
-    if cfg.limit_test:
-        keep = balanced_indices(test_y, cfg.limit_test)
-        test_x, test_y = test_x[keep], test_y[keep]
-    return info, (train_x, train_y), (test_x, test_y)
+    return open_splits(
+        info,
+        folder,
+        limit_train=cfg.limit_train,
+        limit_test=cfg.limit_test,
+        store_size=cfg.store_size,
+        max_broken=cfg.max_broken,
+        announce=announce,
+    )
 
 
 def compute_dtypes(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype, torch.dtype | None]:
@@ -174,7 +207,7 @@ def build_model(cfg: TrainConfig, info, device: torch.device):
     model = model.to(device, memory_format=torch.channels_last)
     criterion = LOSSES[cfg.method].build(n_views=cfg.n_views, **method_params(cfg, cfg.method))
     criterion = criterion.to(device)
-    probe = torch.nn.Linear(model.backbone.out_dim, info.num_classes).to(device)
+    probe = torch.nn.Linear(model.backbone.out_dim, max(info.num_classes, 1)).to(device)  # 0: unlabeled
     return model, criterion, probe
 
 
@@ -184,8 +217,7 @@ class Setup:
 
     cfg: TrainConfig
     info: DatasetInfo
-    train_data: Split
-    test_data: Split
+    data: DataSplits  # the loader's split, and the kNN monitor's labelled ones
     loader: Any  # one of LOADERS: ``epoch(e)`` yields (views, labels), ``len`` steps per epoch
     model: torch.nn.Module  # SSLModel: backbone f, projector g
     criterion: torch.nn.Module
@@ -195,20 +227,19 @@ class Setup:
     autocast_dtype: torch.dtype | None
 
 
-def build(
-    cfg: TrainConfig, ctx: distributed.Context, data: tuple[DatasetInfo, Split, Split] | None = None
-) -> Setup:
-    """Data (``load_data``, or ``data`` given as (info, train, test)), loader, model, loss, online
-    probe and their optimisers, on ``ctx.device``; seeded by ``cfg.seed``."""
+def build(cfg: TrainConfig, ctx: distributed.Context, data: DataSplits | None = None) -> Setup:
+    """Data (``load_data``, or ``data`` given), loader, model, loss, online probe and their
+    optimisers, on ``ctx.device``; seeded by ``cfg.seed``."""
     device = ctx.device
     view_dtype, autocast_dtype = compute_dtypes(cfg, device)
     if data is None:
-        data = load_data(dataclasses.replace(cfg, progress=cfg.progress and ctx.is_main))
-    info, train_data, test_data = data
+        data = load_data(dataclasses.replace(cfg, progress=cfg.progress and ctx.is_main), ctx.is_main)
+    info = data.info
     torch.manual_seed(cfg.seed)
-    spec = AugmentSpec.simclr(info.image_size, info.mean, info.std, n_views=cfg.n_views)
+    spec = AugmentSpec.simclr(cfg.image_size or info.image_size, info.mean, info.std, n_views=cfg.n_views)
     loader = LOADERS[cfg.loader](
-        *train_data,
+        data.pretrain,
+        None,
         spec,
         cfg.batch_size or 1,  # global: each rank takes batch_size / world_size
         device,
@@ -216,8 +247,10 @@ def build(
         seed=cfg.seed,
         rank=ctx.rank,
         world_size=ctx.world_size,
-        **_loader_options(cfg, info, train_data, ctx),
+        **_loader_options(cfg, info, data.pretrain, ctx),
     )
+    if loader.samples.decoded:
+        data.adopt(loader.samples)
     model, criterion, probe = build_model(cfg, info, device)
     if ctx.distributed and cfg.sync_bn:
         model = convert_global_bn(model)
@@ -228,8 +261,7 @@ def build(
     return Setup(
         cfg,
         info,
-        train_data,
-        test_data,
+        data,
         loader,
         model,
         criterion,
@@ -240,14 +272,21 @@ def build(
     )
 
 
-def _loader_options(cfg: TrainConfig, info: DatasetInfo, train: Split, ctx: distributed.Context) -> dict:
+def _loader_options(
+    cfg: TrainConfig, info: DatasetInfo, samples: SampleIndex, ctx: distributed.Context
+) -> dict:
     """Backend arguments; rank 0 writes a missing FFCV dataset while the others wait for it."""
+    kw = dict(
+        ffcv_dir=cfg.ffcv_dir,
+        store_size=cfg.store_size,
+        budget=None if cfg.memory_budget is None else int(cfg.memory_budget * (1 << 30)),
+        max_broken=cfg.max_broken,
+    )
     data_dir = data_folder(cfg.data_dir)
-    kw = dict(ffcv_dir=cfg.ffcv_dir)
     if cfg.loader == "ffcv" and ctx.is_main:
-        loader_options(cfg.loader, info, data_dir, train, cfg.limit_train, progress=cfg.progress, **kw)
+        loader_options(cfg.loader, info, data_dir, samples, cfg.limit_train, progress=cfg.progress, **kw)
     distributed.barrier(ctx)
-    return loader_options(cfg.loader, info, data_dir, train, cfg.limit_train, progress=False, **kw)
+    return loader_options(cfg.loader, info, data_dir, samples, cfg.limit_train, progress=False, **kw)
 
 
 def resume(setup: Setup, state: dict[str, Any] | None) -> tuple[int, int]:
@@ -320,14 +359,20 @@ def load_run_model(run_dir: Path, device_name: str = "auto", data_dir: str | Non
     cfg = saved_config({**saved, **({"data_dir": data_dir} if data_dir else {})})
     info = DATASETS[cfg.dataset]
     where = data_folder(cfg.data_dir)
-    if not ((where / info.folder).is_dir() or (where / info.archive).is_file()):
+    if not ((where / info.folder).is_dir() or (info.archive and (where / info.archive).is_file())):
         raise FastSigCLRError(
             f"{info.name} is not in {where} ({'--data-dir' if data_dir else 'where the run read it'}): "
             f"pass --data-dir DIR, the folder that now holds {info.folder}/ (or {info.archive})"
         )
     device = resolve_device(device_name)
     state = ckpt.load(Path(run_dir) / "checkpoints" / "last.pt", map_location=device)
-    info, train, test = load_data(dataclasses.replace(cfg, download=False, progress=False))
+    data = load_data(dataclasses.replace(cfg, download=False, progress=False), announce=False)
+    if not data.has_knn:
+        raise FastSigCLRError(
+            f"{data.info.name} in {where} has no labelled train and test images (a flat folder, or no val/): "
+            f"evaluation needs DIR/train/<class>/ and DIR/val/<class>/"
+        )
+    info, train, test = data.info, data.arrays("train"), data.arrays("test")
     model, _, _ = build_model(cfg, info, device)
     model.load_state_dict(state["model"])
     _, autocast_dtype = compute_dtypes(cfg, device)

@@ -120,7 +120,11 @@ def train_step(parts: StepParts, views: torch.Tensor, labels: torch.Tensor, comp
         h, z = parts.forward(views)
         loss = parts.criterion(z, labels if parts.supervised else None, compute_loss=compute_loss)
         logits = parts.probe(h.detach().float())
-        probe_loss = F.cross_entropy(logits, labels.repeat(n_views))
+        # Unlabeled images (label -1: a flat folder, STL-10's unlabeled split) do not train it.
+        target = labels.repeat(n_views)
+        probe_loss = F.cross_entropy(logits, target, ignore_index=-1, reduction="sum") / target.ne(
+            -1
+        ).sum().clamp(min=1)
     parts.optimizer.zero_grad(set_to_none=True)
     parts.probe_optimizer.zero_grad(set_to_none=True)
     (loss + probe_loss).backward()  # the probe sees detached features: separate gradients
@@ -152,10 +156,11 @@ class Epochs:
         self.total_steps = self.epochs * self.steps_per_epoch
         self.warmup_steps = int(min(cfg.warmup_epochs, self.epochs) * self.steps_per_epoch)
         self.knn: float | None = None
+        self.labelled = setup.data.pretrain.labelled  # False: no online probe accuracy to report
         self.images_seen = 0
         self.run_start = time.perf_counter()
         left = self.epochs - start_epoch
-        train_images = len(setup.train_data[0])
+        train_images = len(setup.data.pretrain)
         notice = (
             cpu_notice(ctx.device, train_images, left, cfg.arch or "", cfg.width) if ctx.is_main else None
         )
@@ -249,7 +254,7 @@ class Epochs:
             "step": self.step,
             "loss": mean_loss,
             "loss_steps": loss_steps,
-            "probe_acc": probe_correct.item() / (images * self.cfg.n_views),
+            "probe_acc": probe_correct.item() / (images * self.cfg.n_views) if self.labelled else None,
             "knn_acc": self.knn if monitor else None,
             "seconds": seconds,
             "img_per_s": images / seconds,
@@ -257,8 +262,9 @@ class Epochs:
         self.log.write(rec, self.step)
         if ctx.is_main:
             knn_text = f" knn {rec['knn_acc']:.4f}" if rec["knn_acc"] is not None else ""
+            probe_text = f" probe {rec['probe_acc']:.3f}" if self.labelled else ""
             tqdm.write(
-                f"epoch {epoch + 1}/{self.epochs} loss {rec['loss']:.4f} probe {rec['probe_acc']:.3f}"
+                f"epoch {epoch + 1}/{self.epochs} loss {rec['loss']:.4f}{probe_text}"
                 f"{knn_text} {rec['img_per_s']:.0f} img/s",
                 nolock=True,
             )
@@ -270,8 +276,8 @@ class Epochs:
         (the others wait); kept in ``self.knn``."""
         setup, ctx = self.setup, self.ctx
         self.knn = None
-        if ctx.is_main:
-            (train_x, train_y), (test_x, test_y) = setup.train_data, setup.test_data
+        if ctx.is_main and setup.data.has_knn:
+            (train_x, train_y), (test_x, test_y) = setup.data.arrays("train"), setup.data.arrays("test")
             info, backbone = setup.info, setup.model.backbone
             kw = dict(device=ctx.device, autocast_dtype=setup.autocast_dtype)
             bank = extract_features(backbone, torch.from_numpy(train_x), info.mean, info.std, **kw)
@@ -290,8 +296,8 @@ class Epochs:
             "epochs": self.epochs,
             "steps": self.step,
             "knn_acc": self.knn,
-            "train_images": len(self.setup.train_data[0]),
-            "test_images": len(self.setup.test_data[0]),
+            "train_images": len(self.setup.data.pretrain),
+            "test_images": len(self.setup.data.test) if self.setup.data.test is not None else 0,
             "seconds_this_session": elapsed,
             "img_per_s_this_session": self.images_seen / elapsed if elapsed else None,
             **{f"final_{name}": value for name, value in loss_scalars(self.setup.criterion).items()},

@@ -9,10 +9,12 @@ import torch
 
 from fastsigclr.data.order import check_sharding, epoch_plan, num_batches
 from fastsigclr.data.plan import AugmentPlan, AugmentSpec
+from fastsigclr.data.samples import SampleIndex
 
 
 class LoaderBase:
-    """The loader contract: ``epoch(e)`` yields ``(views, labels)``, views (V·B, 3, S, S)
+    """The loader contract: ``images`` is a split (``samples.SampleIndex``), or uint8 (N, H, W, 3)
+    images with their ``labels``; ``epoch(e)`` yields ``(views, labels)``, views (V·B, 3, S, S)
     channels_last in ``dtype``, view-major (rows v·B … v·B + B − 1 are view v of the batch),
     labels (B,) int64, both on ``device``; ``len()`` is the number of batches per epoch.
 
@@ -21,8 +23,8 @@ class LoaderBase:
 
     def __init__(
         self,
-        images: np.ndarray,
-        labels: np.ndarray,
+        images: np.ndarray | SampleIndex,
+        labels: np.ndarray | None,
         spec: AugmentSpec,
         batch_size: int,
         device: torch.device,
@@ -33,13 +35,10 @@ class LoaderBase:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
-        if len(labels) != len(images):
-            raise ValueError(f"{len(labels)} labels for {len(images)} images")
-        check_sharding(len(images), batch_size, drop_last, rank, world_size)
-        self.images = images
-        self.labels = np.asarray(labels, dtype=np.int64)
+        samples = images if isinstance(images, SampleIndex) else SampleIndex.from_array(images, labels)
+        check_sharding(len(samples), batch_size, drop_last, rank, world_size)
+        self.samples = samples
+        self.labels = samples.labels
         self.spec = spec
         self.batch_size = batch_size
         self.device = device
@@ -48,10 +47,14 @@ class LoaderBase:
         self.drop_last = drop_last
         self.rank = rank
         self.world_size = world_size
-        self.augment_plan = AugmentPlan(spec, len(images), tuple(images.shape[1:3]), seed)
+        self.augment_plan = AugmentPlan(spec, len(samples), self.image_sizes(), seed)
+
+    def image_sizes(self) -> np.ndarray:
+        """(N, 2) sizes of the images this loader crops (the crop boxes are in their pixels)."""
+        return self.samples.sizes
 
     def __len__(self) -> int:
-        return num_batches(len(self.images), self.batch_size, self.drop_last)
+        return num_batches(len(self.samples), self.batch_size, self.drop_last)
 
     def plan(
         self, epoch: int, device: torch.device | str = "cpu"

@@ -20,6 +20,7 @@ import torch
 
 from fastsigclr.config import FastSigCLRError
 from fastsigclr.data.base import LoaderBase
+from fastsigclr.data.samples import SampleIndex, resize_center
 
 INSTALL_HINT = (
     "apt-get install -y --no-install-recommends libopencv-dev libturbojpeg0-dev pkg-config build-essential "
@@ -42,31 +43,42 @@ def _import_ffcv():
 
 
 class _Indexed:
-    """(image, label) pairs for FFCV's writer."""
+    """(image, label) pairs for FFCV's writer, decoded on demand; images of mixed sizes at
+    ``store_size``² (``samples.resize_center``)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
-        self.images, self.labels = images, labels
+    def __init__(self, samples: SampleIndex, store_size: int | None) -> None:
+        self.samples = samples
+        self.store_size = None if samples.uniform_size else store_size
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.samples)
 
     def __getitem__(self, i: int):
-        return self.images[i], int(self.labels[i])
+        rgb = self.samples.decode(i)
+        if self.store_size is not None:
+            rgb = resize_center(rgb, self.store_size)
+        return rgb, int(self.samples.labels[i])
 
 
 def write_beton(
     path: Path,
-    images: np.ndarray,
-    labels: np.ndarray,
+    images: np.ndarray | SampleIndex,
+    labels: np.ndarray | None = None,
     *,
+    store_size: int | None = None,
     jpeg: bool = False,
     jpeg_quality: int = 95,
     num_workers: int | None = None,
     progress: bool = True,
 ) -> Path:
-    """Write images (uint8 (N, H, W, 3)) and labels to ``path`` (raw pixels, or JPEG when
-    ``jpeg``), through a temporary file renamed into place: a half-written .beton never remains."""
+    """Write a split (or uint8 (N, H, W, 3) images and labels) to ``path`` (raw pixels, or JPEG
+    when ``jpeg``; images of mixed sizes at ``store_size``²), through a temporary file renamed
+    into place: a half-written .beton never remains. Every image must decode (``data_samples``
+    leaves out those that do not)."""
     fields, _, _, _, writer, _ = _import_ffcv()
+    samples = images if isinstance(images, SampleIndex) else SampleIndex.from_array(images, labels)
+    if samples.uniform_size is None and store_size is None:
+        raise ValueError("images of mixed sizes need a store_size")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
@@ -81,7 +93,7 @@ def write_beton(
         # FFCV's writer draws its own tqdm bar; without progress, silence it.
         quiet = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
         with quiet:
-            w.from_indexed_dataset(_Indexed(images, labels))
+            w.from_indexed_dataset(_Indexed(samples, store_size))
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -95,8 +107,8 @@ class FfcvLoader(LoaderBase):
 
     def __init__(
         self,
-        images: np.ndarray,
-        labels: np.ndarray,
+        images: np.ndarray | SampleIndex,
+        labels: np.ndarray | None,
         *args,
         beton: Path | None = None,
         order: str = "random",
@@ -104,11 +116,16 @@ class FfcvLoader(LoaderBase):
         **kwargs,
     ) -> None:
         _, decoders, loader, transforms, _, ops = _import_ffcv()
-        super().__init__(images, labels, *args, **kwargs)
         if beton is None or not Path(beton).is_file():
             raise FastSigCLRError(
                 f"no FFCV dataset at {beton}; write it with `fastsigclr data write-ffcv --dataset NAME`"
             )
+        from ffcv.reader import Reader
+
+        reader = Reader(str(beton))
+        meta = reader.metadata[f"f{reader.field_names.index('image')}"]  # fields are unnamed: f0, f1
+        self._beton_sizes = np.stack([meta["height"], meta["width"]], -1).astype(np.int64)
+        super().__init__(images, labels, *args, **kwargs)
         if order not in ("random", "quasi_random"):
             raise ValueError(f"order must be 'random' or 'quasi_random', got {order!r}")
         if order == "quasi_random" and self.world_size > 1:
@@ -143,11 +160,20 @@ class FfcvLoader(LoaderBase):
             pipelines=pipelines,
             batches_ahead=2,
         )
-        if self.loader.reader.num_samples != len(images):
+        if self.loader.reader.num_samples != len(self.samples):
             raise FastSigCLRError(
-                f"{beton} holds {self.loader.reader.num_samples} images, the dataset {len(images)}: "
+                f"{beton} holds {self.loader.reader.num_samples} images, the dataset {len(self.samples)}: "
                 f"it was written for other data; write it again with `fastsigclr data write-ffcv`"
             )
+
+    def image_sizes(self) -> np.ndarray:
+        """The sizes of the images in the .beton (mixed-size folders are stored at one size)."""
+        if len(self._beton_sizes) != len(self.samples):
+            raise FastSigCLRError(
+                f"the .beton holds {len(self._beton_sizes)} images, the dataset {len(self.samples)}: it was "
+                f"written for other data; write it again with `fastsigclr data write-ffcv --force`"
+            )
+        return self._beton_sizes
 
     def __len__(self) -> int:
         return len(self.loader)

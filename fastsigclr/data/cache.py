@@ -1,0 +1,55 @@
+"""The decoded-array cache of a file-based split: ``in_memory`` decodes a split's files once
+(with a progress bar) and keeps the uint8 array beside the data, keyed by the files' names, sizes
+and times, so a second run reads it back (Tiny-ImageNet's 100,000 JPEGs: one .npy)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def fingerprint(files: list[Path], size: int | None) -> str:
+    h = hashlib.sha1(f"size={size}\n".encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}\n".encode())
+    return h.hexdigest()
+
+
+def load(folder: Path, name: str, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(images, kept sample ids) cached under ``key``, or None."""
+    images_path, meta_path = folder / f"{name}-images.npy", folder / f"{name}-meta.json"
+    if not (images_path.is_file() and meta_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("fingerprint") != key:
+            return None
+        images = np.load(images_path)
+        kept = np.asarray(meta["kept"], dtype=np.int64)
+    except (OSError, ValueError, KeyError):
+        return None
+    if images.ndim != 4 or len(images) != len(kept):
+        return None
+    return images, kept
+
+
+def save(folder: Path, name: str, key: str, images: np.ndarray, kept: np.ndarray) -> None:
+    """Write atomically; a read-only data dir is a note, not an error (decoded again next time)."""
+    images_path, meta_path = folder / f"{name}-images.npy", folder / f"{name}-meta.json"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = images_path.with_name(f".{images_path.name}.partial")
+        with open(tmp, "wb") as f:
+            np.save(f, images)
+        os.replace(tmp, images_path)
+        tmp_meta = meta_path.with_name(f".{meta_path.name}.partial")
+        tmp_meta.write_text(json.dumps({"fingerprint": key, "kept": kept.tolist()}) + "\n")
+        os.replace(tmp_meta, meta_path)
+    except OSError as err:
+        print(f"note: cannot cache the decoded images in {folder} ({err.strerror or err})", file=sys.stderr)

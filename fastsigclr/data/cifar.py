@@ -1,0 +1,71 @@
+"""CIFAR-10 and CIFAR-100 in the official "python version" layout: pickled batches of uint8 rows
+(3·32·32, channel-major) with their labels. A sample is a row of its split, decoded by a reshape."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from fastsigclr.data.files import check_md5s, warn_unofficial
+from fastsigclr.data.info import DatasetError, DatasetInfo
+from fastsigclr.data.samples import SampleIndex
+
+
+def load_pickle(path: Path) -> dict:
+    if not path.is_file():
+        raise DatasetError(f"missing file {path}: the dataset folder is incomplete; delete it to fetch again")
+    try:
+        with open(path, "rb") as f:
+            raw = pickle.load(f, encoding="bytes")
+    except (pickle.UnpicklingError, EOFError, ValueError, AttributeError, ImportError, IndexError) as err:
+        raise DatasetError(
+            f"{path} is truncated or corrupt ({type(err).__name__}: {err}); delete its folder to fetch again"
+        ) from err
+    if not isinstance(raw, dict):
+        raise DatasetError(f"{path} does not hold a CIFAR batch dictionary")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
+
+
+class CifarReader:
+    """The pickled batches of one CIFAR folder; "pretrain" is the train split."""
+
+    pretrain_split = "train"  # the split pre-training reads
+
+    def __init__(self, info: DatasetInfo, folder: Path) -> None:
+        self.info, self.folder = info, Path(folder)
+
+    def index(self, split: str) -> SampleIndex:
+        info, folder = self.info, self.folder
+        files = info.test_files if split == "test" else info.train_files
+        warn_unofficial(info, folder, files)
+        images, labels = [], []
+        for name in files:
+            batch = load_pickle(folder / name)
+            if "data" not in batch or info.label_key not in batch:
+                raise DatasetError(
+                    f"{folder / name} lacks 'data' or '{info.label_key}': not the {info.name} python layout"
+                )
+            data = np.asarray(batch["data"])
+            if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * info.image_size**2:
+                raise DatasetError(
+                    f"{folder / name}: data has dtype {data.dtype} and shape {data.shape}, "
+                    f"expected uint8 (N, {3 * info.image_size**2})"
+                )
+            images.append(data.reshape(-1, 3, info.image_size, info.image_size).transpose(0, 2, 3, 1))
+            labels.append(np.asarray(batch[info.label_key], dtype=np.int64))
+        x = np.ascontiguousarray(np.concatenate(images))
+        y = np.concatenate(labels)
+        expected = info.test_count if split == "test" else info.train_count
+        if len(x) != expected or len(y) != expected:
+            raise DatasetError(
+                f"{info.name} {split}: found {len(x)} images and {len(y)} labels, expected {expected}; "
+                f"the folder {folder} is incomplete"
+            )
+        if y.min() < 0 or y.max() >= info.num_classes:
+            raise DatasetError(f"{info.name} {split}: labels outside 0..{info.num_classes - 1}")
+        return SampleIndex.from_array(x, y, f"{info.name} {split}")
+
+    def verify(self) -> dict[str, str]:
+        return check_md5s(self.info, self.folder)
