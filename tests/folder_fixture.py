@@ -6,10 +6,9 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import shared_dir
 from PIL import Image
-
-import pytest
 
 
 def write_cifar_folder(root: Path, per_class: int = 8, val_per_class: int = 4, classes: int = 10) -> Path:
@@ -24,7 +23,7 @@ def write_cifar_folder(root: Path, per_class: int = 8, val_per_class: int = 4, c
         for c in range(classes):
             folder = root / split / names[c]
             folder.mkdir(parents=True, exist_ok=True)
-            for k, i in enumerate(np.flatnonzero(labels == c)[:per]):
+            for i in np.flatnonzero(labels == c)[:per]:
                 (folder / f"{stem}_{i}.jpg").write_bytes(jpeg[offsets[i] : offsets[i + 1]].tobytes())
     return root
 
