@@ -115,7 +115,7 @@ def _cmd_bench_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from fastsigclr.recipe import TrainConfig
+    from fastsigclr.runconfig import TrainConfig
     from fastsigclr.train import train
 
     cfg = from_args(TrainConfig, args)
@@ -244,7 +244,13 @@ Handler = Callable[[argparse.Namespace], int]
 Command = tuple[tuple[str, ...], str, Callable[[], type] | None, tuple[str, ...], Handler]
 # (subcommand path, help, config class (loaded lazily) or None, positional fields, handler)
 COMMANDS: list[Command] = [
-    (("train",), "pre-train an encoder (SigCLR)", _lazy("fastsigclr.recipe", "TrainConfig"), (), _cmd_train),
+    (
+        ("train",),
+        "pre-train an encoder (SigCLR)",
+        _lazy("fastsigclr.runconfig", "TrainConfig"),
+        (),
+        _cmd_train,
+    ),
     (
         ("eval",),
         "evaluate a run: knn or linear",

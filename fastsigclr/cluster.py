@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from fastsigclr import __version__
-from fastsigclr.config import FastSigCLRError
+from fastsigclr.config import FastSigCLRError, flag
 from fastsigclr.runinfo import git_commit
 
 # What must match across ranks for them to compute the same thing (the commit only helps a reader
@@ -152,7 +152,7 @@ def differences(per_rank: list[dict[str, Any]]) -> list[str]:
     for key in sorted(set().union(*settings)):
         values = [s.get(key) for s in settings]
         if any(v != values[0] for v in values):
-            found.append(f"--{key.replace('_', '-')} is {_by_value([repr(v) for v in values])}")
+            found.append(f"{flag(key)} is {_by_value([repr(v) for v in values])}")
     codes = [r["code"] for r in per_rank]
     for key in COMPARED_CODE:
         values = [c.get(key) for c in codes]

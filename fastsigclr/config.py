@@ -25,6 +25,11 @@ class ConfigError(FastSigCLRError, ValueError):
     """A configuration value or key is invalid; the message says what is allowed."""
 
 
+# The largest float32: the weights and loss parameters are float32, so a larger --lr or --bias
+# overflows at the first step (--lr 1e39 stopped in the optimiser: "value cannot be converted to
+# type float without overflow"). The bound of every option that becomes a float32.
+FLOAT32_MAX = float.fromhex("0x1.fffffep+127")
+
 # option(...) keyword -> (test, symbol in messages and --help)
 BOUNDS = {
     "ge": (operator.ge, "≥"),
@@ -74,7 +79,8 @@ def default_of(cls: type, name: str) -> Any:
     return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 
 
-def _flag(name: str) -> str:
+def flag(name: str) -> str:
+    """The command-line flag of option ``name``: ``--field-name``."""
     return "--" + name.replace("_", "-")
 
 
@@ -93,9 +99,9 @@ def check_fields(config: Any) -> None:
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 continue
             if not math.isfinite(v):
-                raise ValueError(f"{_flag(f.name)} must be a finite number, got {v}")
+                raise ValueError(f"{flag(f.name)} must be a finite number, got {v}")
             if not all(BOUNDS[b][0](v, limit) for b, limit in bounds.items()):
-                raise ValueError(f"{_flag(f.name)} must be {_allowed(bounds)}, got {v:g}")
+                raise ValueError(f"{flag(f.name)} must be {_allowed(bounds)}, got {v:g}")
 
 
 def _base_type(annotation: Any) -> tuple[Any, bool]:
@@ -125,7 +131,7 @@ def _parse_value(text: str, annotation: Any, name: str) -> Any:
             raise ValueError(text)
         return kind(text)
     except ValueError:
-        raise ConfigError(f"--{name.replace('_', '-')}: cannot read {text!r} as {kind.__name__}") from None
+        raise ConfigError(f"{flag(name)}: cannot read {text!r} as {kind.__name__}") from None
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -137,7 +143,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, positional: tuple[
     with its default and help text."""
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
+        arg = flag(f.name)
         kind, _ = _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
@@ -153,18 +159,18 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, positional: tuple[
         if f.name in positional:
             parser.add_argument(f.name, nargs="?", default=None, choices=choices, help=help_text)
         elif bare is not None:
-            help_text += f"; {flag} alone: {bare}"
+            help_text += f"; {arg} alone: {bare}"
             parser.add_argument(
-                flag, nargs="?", const=bare, default=None, metavar=f.name.upper(), help=help_text
+                arg, nargs="?", const=bare, default=None, metavar=f.name.upper(), help=help_text
             )
-            no_flag = "--no-" + flag[2:]
+            no_flag = "--no-" + arg[2:]
             parser.add_argument(
-                no_flag, dest=f.name, action="store_const", const=default, help=f"{flag} {default}"
+                no_flag, dest=f.name, action="store_const", const=default, help=f"{arg} {default}"
             )
         elif kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            parser.add_argument(arg, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            parser.add_argument(flag, default=None, metavar=f.name.upper(), help=help_text)
+            parser.add_argument(arg, default=None, metavar=f.name.upper(), help=help_text)
 
 
 def from_args(cls: type[C], namespace: argparse.Namespace) -> C:
@@ -199,8 +205,7 @@ def build(cls: type[C], values: dict[str, Any]) -> C:
             bad = [v for v in items if v not in choices]
             if bad:
                 raise ConfigError(
-                    f"--{name.replace('_', '-')}: {', '.join(map(str, bad))} not allowed; "
-                    f"choose from {', '.join(choices)}"
+                    f"{flag(name)}: {', '.join(map(str, bad))} not allowed; choose from {', '.join(choices)}"
                 )
     try:
         return cls(**values)

@@ -19,7 +19,8 @@ from fastsigclr.checkpoint import write_text_atomic
 from fastsigclr.config import FastSigCLRError, check_fields, option, option_from
 from fastsigclr.data.datasets import data_dir_option
 from fastsigclr.data.gpu_loader import normalized
-from fastsigclr.recipe import TrainConfig, load_run_model
+from fastsigclr.recipe import load_run_model
+from fastsigclr.runconfig import TrainConfig
 from fastsigclr.runinfo import device_option
 
 

@@ -27,7 +27,8 @@ from fastsigclr.data import DATASETS
 from fastsigclr.data.datasets import data_dir_option
 from fastsigclr.eval import split_features
 from fastsigclr.models import ResNet, projector
-from fastsigclr.recipe import PRESETS, TrainConfig, load_run_model, saved_config
+from fastsigclr.recipe import load_run_model
+from fastsigclr.runconfig import PRESETS, TrainConfig, saved_config
 from fastsigclr.runinfo import device_option
 
 FORMAT = "fastsigclr-encoder-v1"

@@ -39,8 +39,8 @@ import torch
 
 from fastsigclr import checkpoint as ckpt
 from fastsigclr import cluster, distributed
-from fastsigclr.config import ConfigError, FastSigCLRError, replace, to_dict
-from fastsigclr.recipe import TrainConfig, saved_config
+from fastsigclr.config import ConfigError, FastSigCLRError, flag, replace, to_dict
+from fastsigclr.runconfig import TrainConfig, saved_config
 from fastsigclr.runlog import RunLog
 
 LOCK = "run.lock"
@@ -69,10 +69,6 @@ RESUMABLE = frozenset(
     }
 )
 CHECKPOINT_KEYS = ("model", "criterion", "probe", "optimizer", "probe_optimizer", "rng", "epoch", "step")
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 def changed_options(cfg: TrainConfig) -> set[str]:
@@ -142,7 +138,7 @@ def _merge(path: Path, cfg: TrainConfig, given: set[str]) -> TrainConfig:
     base = _saved_config(path)
     typed = {name: getattr(cfg, name) for name in given if name not in ("resume", "out")}
     conflicts = [
-        f"{_flag(name)} was {getattr(base, name)!r}, now {value!r}"
+        f"{flag(name)} was {getattr(base, name)!r}, now {value!r}"
         for name, value in sorted(typed.items())
         if name not in RESUMABLE and getattr(base, name) != value
     ]

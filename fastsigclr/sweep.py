@@ -21,9 +21,19 @@ from typing import Any
 import torch
 
 from fastsigclr import checkpoint as ckpt
-from fastsigclr.config import ConfigError, FastSigCLRError, build, check_fields, option, option_from, to_dict
+from fastsigclr.config import (
+    ConfigError,
+    FastSigCLRError,
+    build,
+    check_fields,
+    flag,
+    option,
+    option_from,
+    to_dict,
+)
 from fastsigclr.eval import EvalConfig, score, split_features
-from fastsigclr.recipe import TrainConfig, compute_dtypes, load_run_model
+from fastsigclr.recipe import compute_dtypes, load_run_model
+from fastsigclr.runconfig import TrainConfig
 from fastsigclr.runinfo import resolve_device, run_record
 from fastsigclr.sweep_report import EVAL_FILE, collect_run, run_state, write_results
 from fastsigclr.train import train
@@ -143,8 +153,7 @@ def _check_budget(cfg: SweepConfig) -> None:
     diff = [k for k in sorted({*saved, *current}) if saved.get(k) != current.get(k)]
     if diff:
         listed = "; ".join(
-            f"--{k.replace('_', '-')} was {saved.get(k, 'unset')!r}, now {current.get(k, 'unset')!r}"
-            for k in diff
+            f"{flag(k)} was {saved.get(k, 'unset')!r}, now {current.get(k, 'unset')!r}" for k in diff
         )
         raise ConfigError(f"{cfg.out} holds a sweep at another budget: {listed}; use another --out")
 

@@ -33,18 +33,11 @@ from tqdm.auto import tqdm
 from fastsigclr import distributed, rundir
 from fastsigclr.config import FastSigCLRError, to_dict
 from fastsigclr.eval import extract_features, knn_accuracy
-from fastsigclr.losses import LOSSES, DistributedCriterion
+from fastsigclr.losses import DistributedCriterion
 from fastsigclr.optim import warmup_cosine
 from fastsigclr.pace import Pace, cpu_notice, format_duration
-from fastsigclr.recipe import (
-    Setup,
-    TrainConfig,
-    build,
-    checkpoint_state,
-    loss_scalars,
-    resume,
-    uses_labels,
-)
+from fastsigclr.recipe import Setup, build, checkpoint_state, loss_scalars, resume
+from fastsigclr.runconfig import TrainConfig, uses_labels
 from fastsigclr.runinfo import resolve_device, run_record
 
 
@@ -100,7 +93,7 @@ def step_parts(setup: Setup, ctx: distributed.Context) -> StepParts:
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         forward = DDP(forward, device_ids=ids, broadcast_buffers=False, **distributed.DDP_OPTIONS)
         forward.register_comm_hook(None, distributed.sum_gradients_hook)
-        loss_fn = DistributedCriterion(loss_fn, LOSSES[cfg.method], cfg.dist_loss)
+        loss_fn = DistributedCriterion(loss_fn, setup.loss_spec, cfg.dist_loss)
         # a local loss per rank: DDP's average is right
         probe_fwd = DDP(probe_fwd, device_ids=ids, **distributed.DDP_OPTIONS)
     forward = torch.compile(forward) if cfg.compile else forward
@@ -150,8 +143,8 @@ class Epochs:
         cfg = setup.cfg
         self.run, self.ctx, self.setup, self.parts, self.log = run, ctx, setup, parts, log
         self.cfg, self.start_epoch, self.step = cfg, start_epoch, step
-        self.epochs = cfg.epochs or 1
-        self.batch_size = cfg.batch_size or 1
+        self.epochs = cfg.epochs  # set: build takes resolved configs only
+        self.batch_size = cfg.batch_size  # set: build takes resolved configs only
         self.steps_per_epoch = len(setup.loader)
         self.total_steps = self.epochs * self.steps_per_epoch
         self.warmup_steps = int(min(cfg.warmup_epochs, self.epochs) * self.steps_per_epoch)

@@ -17,7 +17,7 @@ MAX_FILE_LINES = 400
 FLOORS = {
     **dict.fromkeys(("config", "checkpoint", "runinfo", "runlog", "optim", "pace", "__init__"), 0),
     **dict.fromkeys(("kernels", "losses", "models", "data"), 1),
-    **dict.fromkeys(("cluster", "distributed"), 2),
+    **dict.fromkeys(("cluster", "distributed", "runconfig"), 2),
     **dict.fromkeys(("recipe", "eval", "rundir"), 3),
     **dict.fromkeys(("train", "export", "ccem"), 4),
     **dict.fromkeys(("sweep", "sweep_report", "bench"), 5),

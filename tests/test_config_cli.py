@@ -141,7 +141,7 @@ def test_bench_train_writes_json_and_plot(cifar10_dir, tmp_path: Path, capsys):
 
 def test_every_dataset_has_a_preset():
     from fastsigclr.data import DATASETS
-    from fastsigclr.recipe import PRESETS
+    from fastsigclr.runconfig import PRESETS
 
     assert set(PRESETS) == set(DATASETS)
 
@@ -151,7 +151,7 @@ def test_shared_options_are_declared_once():
     import dataclasses
 
     from fastsigclr.eval import EvalConfig
-    from fastsigclr.recipe import TrainConfig
+    from fastsigclr.runconfig import TrainConfig
     from fastsigclr.sweep import SweepConfig
 
     train = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -169,7 +169,7 @@ def test_bench_train_times_the_trainers_recipe():
     import torch
 
     from fastsigclr.bench.train import BenchTrainConfig
-    from fastsigclr.recipe import TrainConfig
+    from fastsigclr.runconfig import TrainConfig
 
     timed = BenchTrainConfig().resolved(torch.device("cpu")).train_config()
     default = TrainConfig().resolved()  # loss options: the method's defaults, as bench train resolves them

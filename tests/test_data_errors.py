@@ -17,7 +17,8 @@ from fastsigclr.data import DATASETS
 from fastsigclr.data.datasets import load_split
 from fastsigclr.data.loaders import loader_options
 from fastsigclr.data.subset import balanced_indices
-from fastsigclr.recipe import TrainConfig, load_data
+from fastsigclr.recipe import load_data
+from fastsigclr.runconfig import TrainConfig
 from fastsigclr.runlog import RunLog, read_metrics
 
 

@@ -20,7 +20,7 @@ from netns import ADDRS, RDZV_PORT, HostPair, Node, Unavailable, torchrun_argv
 
 from fastsigclr import checkpoint, cluster, rundir
 from fastsigclr.config import FastSigCLRError
-from fastsigclr.recipe import TrainConfig
+from fastsigclr.runconfig import TrainConfig
 from fastsigclr.runlog import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]

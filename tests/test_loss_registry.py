@@ -15,7 +15,8 @@ from fastsigclr import checkpoint, rundir
 from fastsigclr.cli import main
 from fastsigclr.config import ConfigError, build, to_dict
 from fastsigclr.losses import LOSSES
-from fastsigclr.recipe import TrainConfig, loss_scalars, saved_config
+from fastsigclr.recipe import loss_scalars
+from fastsigclr.runconfig import TrainConfig, saved_config
 from fastsigclr.runlog import read_metrics
 
 

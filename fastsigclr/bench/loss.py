@@ -22,7 +22,8 @@ from fastsigclr.bench.common import DTYPES, check_even_sizes, matmul_tflops, tim
 from fastsigclr.bench.memory import peak_extra_bytes
 from fastsigclr.config import check_fields, option, to_dict
 from fastsigclr.losses import LOSSES
-from fastsigclr.losses.options import check_applicable, method_params, with_loss_options
+from fastsigclr.losses.options import check_applicable, with_loss_options
+from fastsigclr.runconfig import loss_params
 from fastsigclr.runinfo import device_option, resolve_device, run_record
 
 PROVIDERS = ("eager", "compiled", "chunked", "triton")
@@ -77,7 +78,7 @@ def _loss_fn(provider: str, method: str, cfg: BenchLossConfig, device: torch.dev
     """fn(z, labels) -> loss of one provider; learnable hyper-parameters (sigclr's bias by default)
     are tensors that receive gradients, as in training. Labels: 10 classes for supervised losses."""
     spec = LOSSES[method]
-    params: dict[str, Any] = method_params(cfg, method)
+    params: dict[str, Any] = loss_params(cfg, spec)
     for name, value in list(params.items()):
         if params.get(f"learnable_{name}"):
             params[name] = torch.tensor(float(value), device=device, requires_grad=True)

@@ -26,7 +26,8 @@ from fastsigclr.data.gpu_loader import augment_batch
 from fastsigclr.data.plan import sample_params
 from fastsigclr.data.samples import SampleIndex
 from fastsigclr.data.splits import DataSplits
-from fastsigclr.recipe import PRESETS, Setup, TrainConfig, build, load_data
+from fastsigclr.recipe import Setup, build, load_data
+from fastsigclr.runconfig import PRESETS, TrainConfig
 from fastsigclr.runinfo import resolve_device, run_record
 from fastsigclr.train import StepParts
 

@@ -17,6 +17,19 @@ from fastsigclr.config import ConfigError
 from fastsigclr.data.plan import AugmentPlan, seed_for
 
 
+def check_batch(
+    batch_size: int, n: int, images: str = "training images", fix: str = "use more images", given: str = ""
+) -> None:
+    """The one check (and message) of a batch larger than the training images: by every loader on
+    the images it has, and by ``TrainConfig.resolved`` on ``--limit-train`` before anything loads.
+    ``given``: where the batch size came from, when not typed (e.g. " (the cifar10 preset)")."""
+    if batch_size > n:
+        raise ConfigError(
+            f"--batch-size {batch_size}{given} is larger than the {n} {images}: pass --batch-size {n} "
+            f"or less, or {fix}"
+        )
+
+
 def check_sharding(n: int, batch_size: int, drop_last: bool, rank: int, world_size: int) -> None:
     """The errors every loader gives for impossible batch/rank settings (ConfigErrors: the
     command line prints them without a traceback)."""
@@ -29,11 +42,8 @@ def check_sharding(n: int, batch_size: int, drop_last: bool, rank: int, world_si
             f"batch size {batch_size} is not divisible by the {world_size} ranks; choose a "
             f"--batch-size that is a multiple of the number of processes"
         )
-    if drop_last and n < batch_size:
-        raise ConfigError(
-            f"--batch-size {batch_size} is larger than the {n} training images: pass --batch-size {n} "
-            f"or less, or use more images"
-        )
+    if drop_last:
+        check_batch(batch_size, n)
     if not drop_last and n % batch_size and n % batch_size < world_size:
         raise ConfigError(f"the last batch of {n % batch_size} images cannot be shared by {world_size} ranks")
 

@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
-from fastsigclr.config import option
+from fastsigclr.config import flag, option
 
 from . import LOSSES
 from .spec import HyperParam
@@ -50,10 +50,6 @@ def with_loss_options(cls: type[C]) -> type[C]:
     return dataclasses.make_dataclass(cls.__name__, _FIELDS, bases=(cls,), frozen=True, namespace=namespace)
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def check_applicable(config: Any, methods: Iterable[str], fix: str = "drop it") -> None:
     """A loss option given (not None) that none of ``methods`` takes is a ValueError naming the
     methods it applies to (and the spec's hint where the method has one, e.g. --logit-scale)."""
@@ -64,11 +60,4 @@ def check_applicable(config: Any, methods: Iterable[str], fix: str = "drop it") 
         users = ", ".join(m for m, spec in LOSSES.items() if name in spec.params)
         notes = [LOSSES[m].notes[name] for m in methods if name in LOSSES[m].notes]
         note = f" ({notes[0]})" if notes else ""
-        raise ValueError(f"{_flag(name)} applies to {users} only; {fix}{note}")
-
-
-def method_params(config: Any, method: str) -> dict[str, Any]:
-    """The hyper-parameters of ``method``'s loss: the config's values, its defaults where unset."""
-    spec = LOSSES[method]
-    values = {name: getattr(config, name, None) for name in spec.params}
-    return {name: spec.params[name].default if v is None else v for name, v in values.items()}
+        raise ValueError(f"{flag(name)} applies to {users} only; {fix}{note}")

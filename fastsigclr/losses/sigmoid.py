@@ -29,6 +29,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from fastsigclr.config import FLOAT32_MAX
+
 from . import ranks
 from .common import (
     Impl,
@@ -47,8 +49,6 @@ from .spec import HyperParam, LossSpec
 # SigCLR's fixed logit scale t and SigLIP's initial bias b (docs/design.md §3).
 LOGIT_SCALE = 10.0
 BIAS = -10.0
-# The weights are float32: a larger --bias overflows at the first step.
-FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def check_inputs(z: torch.Tensor, temperature: Scalar, bias: Scalar, n_views: int) -> None:

@@ -56,6 +56,17 @@ def _shortcut(cin: int, cout: int, stride: int) -> nn.Module:
     return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
 
+def memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last on CUDA (cuDNN's NHWC convolutions), contiguous on every other device.
+
+    On CPUs with AVX-512 (Xeon with AMX), torch 2.13's oneDNN channels_last convolution backward
+    frees memory twice and kills the process (docs/upstream-onednn-crash.md); contiguous tensors
+    take another primitive. On an AVX-512 CPU restricted to AVX2, where channels_last does not
+    crash, a ResNet-18 step was no faster in channels_last (figures in docs/design.md §9).
+    """
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
 ARCHS: dict[str, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
     "resnet18": (BasicBlock, (2, 2, 2, 2)),
     "resnet50": (Bottleneck, (3, 4, 6, 3)),
@@ -92,4 +103,5 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) → (B, out_dim) globally average-pooled features."""
+        x = x.contiguous(memory_format=memory_format(x.device))  # loaders give channels_last views
         return torch.flatten(nn.functional.adaptive_avg_pool2d(self.stages(self.stem(x)), 1), 1)

@@ -1,0 +1,211 @@
+"""The configuration of ``fastsigclr train``: ``TrainConfig`` (its options, checks and defaults),
+the dataset ``PRESETS`` that fill the options left unset, the loss hyper-parameters filled from the
+method's spec, and ``saved_config``, which reads a run's config.json, older files included. The
+run directory, the recipe, evaluation, export and sweeps all read a run's settings from here."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastsigclr.config import FLOAT32_MAX, check_fields, from_dict, option
+from fastsigclr.data import DATASETS, LOADERS, default_data_dir
+from fastsigclr.data.datasets import data_dir_option, dataset_option
+from fastsigclr.data.loaders import ffcv_dir_option
+from fastsigclr.data.order import check_batch
+from fastsigclr.losses import LOSSES, LossSpec
+from fastsigclr.losses.options import LOSS_OPTIONS, check_applicable, with_loss_options
+from fastsigclr.models import ARCHS
+from fastsigclr.runinfo import device_option
+
+# docs/design.md §9: what `--dataset` chooses; every value can be overridden by its option.
+PRESETS: dict[str, dict[str, Any]] = {
+    "cifar10": {"arch": "resnet18", "proj_dims": (2048, 2048, 64), "batch_size": 512, "epochs": 1000},
+    "cifar100": {"arch": "resnet18", "proj_dims": (4096, 4096, 128), "batch_size": 512, "epochs": 1000},
+    "tinyimagenet": {"arch": "resnet50", "proj_dims": (4096, 4096, 128), "batch_size": 1024, "epochs": 800},
+    "stl10": {"arch": "resnet18", "proj_dims": (4096, 4096, 128), "batch_size": 256, "epochs": 400},
+    "imagenet100": {"arch": "resnet18", "proj_dims": (4096, 4096, 128), "batch_size": 256, "epochs": 400},
+    # SimCLR's ResNet-50 recipe: 224² crops, batch 4096, one 2048 hidden layer to 128, 100 epochs
+    # (its repository's default; the paper's best figures took 1000).
+    "imagenet": {"arch": "resnet50", "proj_dims": (2048, 128), "batch_size": 4096, "epochs": 100},
+    "folder": {"arch": "resnet18", "proj_dims": (2048, 2048, 128), "batch_size": 256, "epochs": 100},
+}
+RESUME_MODES = ("no", "yes", "auto")
+
+
+@with_loss_options
+@dataclass(frozen=True)
+class TrainConfig:
+    dataset: str = dataset_option("dataset (its preset fills unset options)")
+    data_dir: str | None = data_dir_option()
+    download: bool = option(True, "download the dataset when it is not in --data-dir")
+    loader: str = option("gpu", "data loader backend", choices=tuple(LOADERS))
+    image_size: int | None = option(
+        None,
+        "crop size of the views; unset: the dataset's (32 CIFAR, 64 Tiny-ImageNet, 96 STL-10, 224)",
+        ge=8,
+    )
+    store_size: int | None = option(
+        None,
+        "images of mixed sizes are decoded (gpu loader, kNN) or written (FFCV) at this size² (shorter "
+        "side, centre crop); unset: 8/7 of --image-size",
+        ge=8,
+    )
+    memory_budget: float | None = option(
+        None,
+        "GiB the gpu loader's decoded images may take; unset: half the free device (or host) memory",
+        gt=0,
+    )
+    max_broken: float = option(
+        0.01,
+        "largest fraction of images that cannot be decoded to list and skip; above it the run stops",
+        ge=0,
+        le=1,
+    )
+    ffcv_dir: str | None = ffcv_dir_option()
+    method: str = option(
+        "sigclr",
+        "objective: " + "; ".join(f"{m}: {s.summary}" for m, s in LOSSES.items()),
+        choices=tuple(LOSSES),
+    )
+    arch: str | None = option(None, "backbone; unset: the dataset preset", choices=tuple(ARCHS))
+    width: int = option(64, "channels of the first ResNet stage (64 = standard)", ge=1)
+    zero_init_residual: bool = option(False, "start each residual branch at zero")
+    proj_dims: tuple[int, ...] | None = option(None, "projector hidden..output sizes; unset: preset", ge=1)
+    batch_size: int | None = option(
+        None,
+        "images per step over all ranks (each gives n_views views), at most the training images; "
+        "unset: preset",
+        ge=1,
+    )
+    epochs: int | None = option(None, "training epochs; unset: preset", ge=1)
+    n_views: int = option(2, "augmented views per image", ge=2)
+    # LARS by default: with b = −10 the first gradients are almost pure positive-pair attraction, and
+    # plain SGD stepped straight into collapse (ResNet-18 width 16, batch 128, CPU: loss 6.9 → 98.9 in
+    # 4 steps at lr 0.05; at lr 0.5 → 64), where normalisation leaves no gradient to escape. LARS
+    # bounds each layer's step and trained stably at both rates (loss 6.9 → 6.2).
+    optimizer: str = option("lars", "optimizer", choices=("sgd", "lars"))
+    lr: float = option(0.5, "peak learning rate", ge=0, le=FLOAT32_MAX)
+    momentum: float = option(0.9, "momentum", ge=0, lt=1)
+    weight_decay: float = option(1e-4, "weight decay (not on BN parameters or biases)", ge=0)
+    warmup_epochs: float = option(10.0, "linear warm-up length in epochs (capped at the run length)", ge=0)
+    use_labels: bool | None = option(
+        None, "supcon/tcl: contrast by class labels (default) or, with --no-use-labels, by views only"
+    )
+    probe_lr: float = option(0.1, "online linear probe learning rate", ge=0)
+    knn_every: int = option(
+        10, "run the kNN monitor every this many epochs (and at the end; 0: end only)", ge=0
+    )
+    knn_k: int = option(200, "neighbours in the kNN vote", ge=1)
+    knn_temperature: float = option(0.1, "temperature of the kNN vote weights", gt=0)
+    compile: bool = option(False, "torch.compile the model")
+    sync_bn: bool = option(True, "torchrun runs: batch-norm statistics over the global batch")
+    dist_loss: str = option(
+        "ring", "torchrun runs: how the sigmoid loss sees other ranks' rows", choices=("ring", "gather")
+    )
+    # torch's own default is 30 min (gloo) / 10 min (NCCL). The bound also covers collectives, so it
+    # must exceed the longest stretch rank 0 works alone while the others wait at a barrier: the
+    # FFCV dataset write, the kNN monitor, the checkpoint write.
+    dist_timeout: float = option(
+        600.0, "torchrun runs: seconds a rank waits to join the run, and at most for any collective", gt=0
+    )
+    device: str = device_option()
+    precision: str = option(
+        "auto", "compute dtype; auto: bf16 autocast on CUDA, fp32 on CPU", choices=("auto", "bf16", "fp32")
+    )
+    seed: int = option(0, "random seed", ge=0)
+    limit_train: int | None = option(
+        None, "use a class-balanced subset of N training images (the same for every loader)", ge=1
+    )
+    limit_test: int | None = option(None, "use a class-balanced subset of N test images", ge=1)
+    out: str | None = option(None, "run directory; unset: runs/<dataset>-<method>-<time>")
+    resume: str = option(
+        "no",
+        "continue the run in --out from its last checkpoint (yes); auto: continue it when it has "
+        "one, else start it (a finished run stays as it is), for restarts by torchrun --max-restarts",
+        choices=RESUME_MODES,
+        bare="yes",
+    )
+    log_every: int = option(50, "steps between metrics.jsonl step records", ge=1)
+    progress: bool = option(True, "show progress bars")
+    tensorboard: bool = option(True, "also log to TensorBoard when it is installed")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.use_labels and not self.loss_spec.supervised:
+            raise ValueError(f"--use-labels: {self.method} cannot use labels; it is self-supervised")
+        check_applicable(self, (self.method,))
+        if self.resume not in RESUME_MODES:
+            raise ValueError(f"--resume must be one of {', '.join(RESUME_MODES)}, got {self.resume!r}")
+        if self.resume != "no" and not self.out:
+            raise ValueError(f"--resume {self.resume} needs --out DIR: the run directory to continue")
+
+    @property
+    def loss_spec(self) -> LossSpec:
+        """The method's entry of ``LOSSES``: the one place a run looks its method up."""
+        return LOSSES[self.method]
+
+    def resolved(self) -> TrainConfig:
+        """Preset values for the options left unset, the method's loss defaults, and a default run
+        directory."""
+        preset = PRESETS[self.dataset]
+        filled = {k: v for k, v in preset.items() if getattr(self, k) is None}
+        if self.image_size is None:
+            filled["image_size"] = DATASETS[self.dataset].image_size
+        if self.store_size is None:
+            filled["store_size"] = round(filled.get("image_size", self.image_size) * 8 / 7)
+        loss = loss_params(self, self.loss_spec)
+        filled.update({k: v for k, v in loss.items() if getattr(self, k) is None})
+        if self.out is None:
+            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            filled["out"] = str(Path("runs") / f"{self.dataset}-{self.method}-{stamp}")
+        if self.data_dir is None:
+            filled["data_dir"] = str(default_data_dir())
+        if self.limit_train is not None:
+            check_batch(
+                filled.get("batch_size", self.batch_size),
+                self.limit_train,
+                images=f"images of --limit-train {self.limit_train}",
+                fix="a larger --limit-train",
+                given="" if self.batch_size else f" (the {self.dataset} preset)",
+            )
+        return dataclasses.replace(self, **filled)
+
+
+def loss_params(config: Any, spec: LossSpec) -> dict[str, Any]:
+    """The hyper-parameters of ``spec``'s loss (the one place they are filled): the config's values,
+    the spec's defaults where unset. ``config`` is any config with the loss options (``TrainConfig``,
+    ``BenchLossConfig``)."""
+    values = {name: getattr(config, name, None) for name in spec.params}
+    return {name: spec.params[name].default if v is None else v for name, v in values.items()}
+
+
+def uses_labels(cfg: TrainConfig) -> bool:
+    return cfg.loss_spec.supervised if cfg.use_labels is None else cfg.use_labels
+
+
+# Keys of config.json files written before the loss registry: sigclr's scale was "temperature".
+_OLD_SIGCLR_KEYS = {"temperature": "logit_scale", "learnable_temperature": "learnable_logit_scale"}
+
+
+def saved_config(saved: dict[str, Any]) -> TrainConfig:
+    """The ``config`` of a run's config.json as a TrainConfig, older files read in today's names:
+    runs written before ``--resume auto`` saved ``resume`` as true/false (read as yes/no); files
+    written before the loss registry (they hold learnable_temperature, and every method's options)
+    have sigclr's temperature read as its logit_scale, and options the method never used dropped."""
+    resume = saved.get("resume")
+    if isinstance(resume, bool):
+        saved = {**saved, "resume": RESUME_MODES[int(resume)]}
+    if "learnable_temperature" in saved:
+        saved = dict(saved)
+        spec = LOSSES.get(saved.get("method", "sigclr"))
+        if saved.get("method", "sigclr") == "sigclr":
+            saved.update({new: saved.pop(old) for old, new in _OLD_SIGCLR_KEYS.items() if old in saved})
+        saved.pop("learnable_temperature", None)
+        for name in LOSS_OPTIONS:
+            if spec is not None and name not in spec.params:
+                saved.pop(name, None)
+    return from_dict(TrainConfig, saved)
