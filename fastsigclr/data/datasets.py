@@ -125,7 +125,7 @@ DATASETS: dict[str, DatasetInfo] = {
         classes=IMAGENET100_WNIDS,
         downloadable=False,
     ),
-    "imagenet": DatasetInfo(name="imagenet", reader=FolderReader, num_classes=1000, downloadable=False),
+    "imagenet": DatasetInfo(name="imagenet", reader=FolderReader, downloadable=False),
     "folder": DatasetInfo(name="folder", reader=FolderReader, downloadable=False),
 }
 
