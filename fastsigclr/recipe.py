@@ -145,18 +145,19 @@ def _loader_options(
     return loader_options(cfg.loader, info, data_dir, samples, cfg.limit_train, progress=False, **kw)
 
 
-def resume(setup: Setup, state: dict[str, Any] | None) -> tuple[int, int]:
+def resume(setup: Setup, state: dict[str, Any] | None) -> tuple[int, int, dict[str, Any] | None]:
     """Load a checkpoint written by ``checkpoint_state`` (None: a new run): weights, optimiser
-    states and RNG. Returns the (epoch, step) to continue from."""
+    states and RNG. Returns the (epoch, step) to continue from and, for a checkpoint written inside
+    an epoch, its ``position`` (the batches done and the epoch's running sums), else None."""
     if state is None:
-        return 0, 0
+        return 0, 0, None
     setup.model.load_state_dict(state["model"])
     setup.criterion.load_state_dict(state["criterion"])
     setup.probe.load_state_dict(state["probe"])
     setup.optimizer.load_state_dict(state["optimizer"])
     setup.probe_optimizer.load_state_dict(state["probe_optimizer"])
     ckpt.set_rng_state(state["rng"])
-    return state["epoch"], state["step"]
+    return state["epoch"], state["step"], state.get("position")
 
 
 def checkpoint_state(setup: Setup, epoch: int, step: int) -> dict[str, Any]:

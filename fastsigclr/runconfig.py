@@ -19,6 +19,7 @@ from fastsigclr.data.order import check_batch
 from fastsigclr.losses import LOSSES, LossSpec
 from fastsigclr.losses.options import LOSS_OPTIONS, check_applicable, with_loss_options
 from fastsigclr.models import ARCHS
+from fastsigclr.preempt import PREEMPTED_EXIT, parse_interval
 from fastsigclr.runinfo import device_option
 
 # docs/design.md §9: what `--dataset` chooses; every value can be overridden by its option.
@@ -129,6 +130,11 @@ class TrainConfig:
         choices=RESUME_MODES,
         bare="yes",
     )
+    checkpoint_every: str | None = option(
+        None,
+        "also checkpoint inside epochs, every N steps ('500') or N minutes ('30m'); SIGTERM and SIGUSR1 "
+        f"always checkpoint at the next step and exit with status {PREEMPTED_EXIT}",
+    )
     log_every: int = option(50, "steps between metrics.jsonl step records", ge=1)
     progress: bool = option(True, "show progress bars")
     tensorboard: bool = option(True, "also log to TensorBoard when it is installed")
@@ -142,6 +148,8 @@ class TrainConfig:
             raise ValueError(f"--resume must be one of {', '.join(RESUME_MODES)}, got {self.resume!r}")
         if self.resume != "no" and not self.out:
             raise ValueError(f"--resume {self.resume} needs --out DIR: the run directory to continue")
+        if self.checkpoint_every is not None:
+            parse_interval(self.checkpoint_every)
 
     @property
     def loss_spec(self) -> LossSpec:

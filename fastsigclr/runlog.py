@@ -22,6 +22,7 @@ class RunLog:
         run_dir: Path,
         *,
         resume_epoch: int | None = None,
+        resume_step: int | None = None,
         tensorboard: bool = True,
         enabled: bool = True,
     ) -> None:
@@ -31,10 +32,12 @@ class RunLog:
         if not enabled:
             return
         if resume_epoch is not None and self.path.exists():
+            # A checkpoint inside an epoch (resume_step) keeps that epoch's records up to its step.
             kept = [
                 line
                 for line in self.path.read_text().splitlines()
-                if (epoch := _epoch_of(line)) is not None and epoch < resume_epoch
+                if (epoch := _epoch_of(line)) is not None
+                and (epoch < resume_epoch or (resume_step is not None and _step_of(line) <= resume_step))
             ]
             write_text_atomic(self.path, "".join(line + "\n" for line in kept))
         self.file = open(self.path, "a")  # noqa: SIM115 - lives as long as the run
@@ -76,6 +79,11 @@ def _epoch_of(line: str) -> int | None:
         return json.loads(line).get("epoch", 0)
     except (json.JSONDecodeError, AttributeError):
         return None
+
+
+def _step_of(line: str) -> int:
+    """A (readable) record's step."""
+    return json.loads(line).get("step", 0)
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

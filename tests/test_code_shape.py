@@ -15,7 +15,7 @@ MAX_FILE_LINES = 400
 # docs/design.md §12: a module imports (at module level) only from its floor or the floors below.
 # A package name stands for all its modules.
 FLOORS = {
-    **dict.fromkeys(("config", "checkpoint", "runinfo", "runlog", "optim", "pace", "__init__"), 0),
+    **dict.fromkeys(("config", "checkpoint", "runinfo", "runlog", "optim", "pace", "preempt", "__init__"), 0),
     **dict.fromkeys(("kernels", "losses", "models", "data"), 1),
     **dict.fromkeys(("cluster", "distributed", "runconfig"), 2),
     **dict.fromkeys(("recipe", "eval", "rundir"), 3),

@@ -57,9 +57,10 @@ class LoaderBase:
         return num_batches(len(self.samples), self.batch_size, self.drop_last)
 
     def plan(
-        self, epoch: int, device: torch.device | str = "cpu"
+        self, epoch: int, device: torch.device | str = "cpu", start: int = 0
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This rank's (indices, augmentation parameters) of each batch of ``epoch``."""
+        """This rank's (indices, augmentation parameters) of each batch of ``epoch`` from batch
+        ``start`` on."""
         return epoch_plan(
             self.augment_plan,
             self.batch_size,
@@ -68,7 +69,10 @@ class LoaderBase:
             rank=self.rank,
             world_size=self.world_size,
             device=device,
+            start=start,
         )
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's batches from batch ``start`` on: the same batches an uninterrupted epoch
+        yields there (a run resumed from a mid-epoch checkpoint)."""
         raise NotImplementedError

@@ -197,10 +197,10 @@ class DaliLoader(LoaderBase):
         pipe.build()
         return pipe
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The epoch's batches (LoaderBase); starting it first ends an epoch still open."""
         self.close()
-        running = self._epoch(epoch)
+        running = self._epoch(epoch, start)
         self._running = weakref.ref(running)  # a weak reference: dropping the iterator still ends it
         return running
 
@@ -212,9 +212,9 @@ class DaliLoader(LoaderBase):
         if running is not None:
             running.close()
 
-    def _epoch(self, epoch: int) -> Generator[tuple[torch.Tensor, torch.Tensor], None, None]:
+    def _epoch(self, epoch: int, start: int = 0) -> Generator[tuple[torch.Tensor, torch.Tensor], None, None]:
         stream = torch.cuda.current_stream(self.device) if self.gpu else None
-        feed = (self._batch(index, params) for index, params in self.plan(epoch))
+        feed = (self._batch(index, params) for index, params in self.plan(epoch, start=start))
         pipe = self._pipeline(feed, self.batch_size // self.world_size)
         try:
             while True:

@@ -178,10 +178,14 @@ class FfcvLoader(LoaderBase):
     def __len__(self) -> int:
         return len(self.loader)
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """FFCV's order has no entry point inside an epoch: a resumed epoch reads (and drops)
+        its first ``start`` batches."""
         self.loader.next_epoch = epoch  # FFCV's order is seeded by seed + epoch
         self.epoch_rows.epoch = epoch  # set before FFCV's threads start on the epoch
-        for views, labels in self.loader:
+        for i, (views, labels) in enumerate(self.loader):
+            if i < start:
+                continue
             b = views.shape[0]
             # (B, V, S, S, 3) → view-major (V·B, S, S, 3), viewed as NCHW: channels_last.
             x = views.transpose(0, 1).reshape(self.n_views * b, *views.shape[2:]).permute(0, 3, 1, 2)

@@ -102,8 +102,8 @@ class GpuLoader(LoaderBase):
         self.labels = torch.from_numpy(self.labels).to(self.device)
         self.use_kernel = self.device.type == "cuda" if use_kernel is None else use_kernel
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for index, params in self.plan(epoch, self.device):
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for index, params in self.plan(epoch, self.device, start):
             views = augment_batch(self.images, index, params, self.spec, self.dtype, self.use_kernel)
             yield views, self.labels[index]
 

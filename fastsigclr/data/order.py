@@ -61,15 +61,17 @@ def epoch_plan(
     rank: int = 0,
     world_size: int = 1,
     device: torch.device | str = "cpu",
+    start: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (indices (b,), params (V, b, len(Col))) of this rank's share of each global batch.
+    """Yield (indices (b,), params (V, b, len(Col))) of this rank's share of each global batch,
+    from batch ``start`` on (a run resumed inside the epoch: the batches it has not trained).
 
     The epoch's table is drawn once (on the CPU) and moved to ``device``; a batch only gathers
     its rows. The permutation's generator lives on ``device`` (CUDA and CPU streams differ)."""
     gen = torch.Generator(device=device).manual_seed(seed_for(plan.seed, epoch))
     perm = torch.randperm(plan.n, generator=gen, device=device)
     table = plan.table(epoch).to(device)
-    for i in range(num_batches(plan.n, batch_size, drop_last)):
+    for i in range(start, num_batches(plan.n, batch_size, drop_last)):
         index = perm[i * batch_size : (i + 1) * batch_size]
         share = len(index) // world_size  # a remainder below world_size is left out
         mine = index[rank * share : (rank + 1) * share]
