@@ -157,3 +157,27 @@ def test_imagenet100_keeps_its_100_classes(tmp_path, monkeypatch):
     (tmp_path / "train" / info.classes[5]).rmdir()
     with pytest.raises(Exception, match="lacks 1 of the 100 class folders of imagenet100"):
         FolderReader(info, tmp_path)
+
+
+def test_bench_augment_has_a_folder_case(tmp_path):
+    """`bench augment`'s folder of mixed-size JPEGs: each loader's rate next to PIL's, same run."""
+    from fastsigclr.bench.augment import BenchAugmentConfig, run
+
+    cfg = BenchAugmentConfig(
+        backends=("gpu", "pil"),
+        sizes=(32,),
+        images=16,
+        batch_size=8,
+        workers=0,
+        reps=1,
+        folder_size=32,
+        folder_store=36,
+        plan_images=64,
+        device="cpu",
+        out=str(tmp_path),
+    )
+    rows = [r for r in run(cfg)["results"] if r["case"] == "folder"]
+    assert [r["backend"] for r in rows] == ["gpu", "pil"] and all(r["status"] == "ok" for r in rows)
+    gpu, pil = rows
+    assert gpu["speedup_vs_pil"] == gpu["views_per_s"] / pil["views_per_s"] and gpu["setup_s"] > 0
+    assert (tmp_path / "augment-cpu.png").is_file()
