@@ -14,24 +14,26 @@ from fastsigclr.config import FastSigCLRError, add_arguments, from_args, typed_f
 def _cmd_info(args: argparse.Namespace) -> int:
     import torch
 
-    from fastsigclr.runinfo import default_device, device_description, git_commit, package_version
+    from fastsigclr.data.loaders import LOADERS
+    from fastsigclr.runinfo import default_device, device_description, git_commit, versions
 
     print(f"fastsigclr {__version__} (commit {git_commit() or 'unknown'})")
-    for name in ("torch", "triton", "numpy", "numba", "dali", "ffcv"):
-        version = package_version(name)
-        print(f"  {name:<7} {version or 'not installed'}")
+    found = versions()
+    for name in ("torch", "triton", "numpy", "numba", *(e.package for e in LOADERS.values() if e.package)):
+        print(f"  {name:<7} {found[name] or 'not installed'}")
     cuda = torch.cuda.is_available()
     print(f"  CUDA    {'available: ' + str(torch.version.cuda) if cuda else 'not available'}")
     dev = device_description(default_device())
     print(f"  device  {dev['type']}: {dev['name']}")
-    fused = "usable" if cuda and package_version("triton") else "needs CUDA and triton"
+    fused = "usable" if cuda and found["triton"] else "needs CUDA and triton"
     print(f"  loss    impl='triton' {fused}; impl='torch' usable")
-    from fastsigclr.data import dali_loader, ffcv_loader
-
-    where = "GPU pipeline" if cuda else "CPU pipeline"
-    print(f"  loader  gpu: usable ({'fused Triton kernel' if cuda else 'PyTorch reference on the CPU'})")
-    for name, module in (("dali", dali_loader), ("ffcv", ffcv_loader)):
-        state = f"usable ({where})" if package_version(name) else f"not installed: {module.INSTALL_HINT}"
+    for name, entry in LOADERS.items():
+        usable = entry.package is None or found[entry.package]
+        state = (
+            f"usable ({entry.runs_on[0 if cuda else 1]})"
+            if usable
+            else f"not installed: {entry.install_hint}"
+        )
         print(f"  loader  {name}: {state}")
     return 0
 

@@ -12,6 +12,7 @@ import math
 import operator
 import types
 import typing
+from collections.abc import Collection
 from typing import Any, TypeVar
 
 C = TypeVar("C")
@@ -42,7 +43,7 @@ BOUNDS = {
 def option(
     default: Any,
     help: str,
-    choices: tuple[str, ...] | None = None,
+    choices: Collection[str] | None = None,
     *,
     ge: float | None = None,
     gt: float | None = None,
@@ -53,6 +54,7 @@ def option(
 ) -> Any:
     """A dataclass field carrying its help text, for strings the allowed values, and for numbers
     the bounds every value must satisfy (ge: ≥, gt: >, le: ≤, lt: <; checked by check_fields).
+    ``choices`` may be a registry's live ``keys()``, so that an entry added later is accepted.
     ``bare``: a string option whose flag may stand alone (``--name`` means ``bare``; ``--no-name``
     means the default), as a yes/no option that gained more choices."""
     bounds = {

@@ -18,8 +18,8 @@ from fastsigclr import checkpoint as ckpt
 from fastsigclr import distributed
 from fastsigclr.config import FastSigCLRError, to_dict
 from fastsigclr.data import DATASETS, LOADERS, AugmentSpec, DatasetInfo, prepare
+from fastsigclr.data.base import LoaderSource
 from fastsigclr.data.datasets import data_folder
-from fastsigclr.data.loaders import loader_options
 from fastsigclr.data.samples import SampleIndex
 from fastsigclr.data.splits import DataSplits, open_splits
 from fastsigclr.losses import LossSpec
@@ -92,7 +92,7 @@ def build(cfg: TrainConfig, ctx: distributed.Context, data: DataSplits | None = 
     info = data.info
     torch.manual_seed(cfg.seed)
     spec = AugmentSpec.simclr(cfg.image_size or info.image_size, info.mean, info.std, n_views=cfg.n_views)
-    loader = LOADERS[cfg.loader](
+    loader = LOADERS[cfg.loader].cls(
         data.pretrain,
         None,
         spec,
@@ -131,18 +131,25 @@ def build(cfg: TrainConfig, ctx: distributed.Context, data: DataSplits | None = 
 def _loader_options(
     cfg: TrainConfig, info: DatasetInfo, samples: SampleIndex, ctx: distributed.Context
 ) -> dict:
-    """Backend arguments; rank 0 writes a missing FFCV dataset while the others wait for it."""
-    kw = dict(
-        ffcv_dir=cfg.ffcv_dir,
+    """The backend's own arguments; its preparation (FFCV: writing a missing .beton) runs on rank 0
+    while the others wait for it."""
+    entry = LOADERS[cfg.loader]
+    budget = None if cfg.memory_budget is None else int(cfg.memory_budget * (1 << 30))
+    src = LoaderSource(
+        info,
+        data_folder(cfg.data_dir),
+        samples,
+        cfg.limit_train,
+        cfg.ffcv_dir,
+        cfg.progress,
         store_size=cfg.store_size,
-        budget=None if cfg.memory_budget is None else int(cfg.memory_budget * (1 << 30)),
+        budget=budget,
         max_broken=cfg.max_broken,
     )
-    data_dir = data_folder(cfg.data_dir)
-    if cfg.loader == "ffcv" and ctx.is_main:
-        loader_options(cfg.loader, info, data_dir, samples, cfg.limit_train, progress=cfg.progress, **kw)
+    if entry.prepare is not None and ctx.is_main:
+        entry.prepare(src)
     distributed.barrier(ctx)
-    return loader_options(cfg.loader, info, data_dir, samples, cfg.limit_train, progress=False, **kw)
+    return entry.options(dataclasses.replace(src, progress=False))
 
 
 def resume(setup: Setup, state: dict[str, Any] | None) -> tuple[int, int, dict[str, Any] | None]:

@@ -43,7 +43,7 @@ class TrainConfig:
     dataset: str = dataset_option("dataset (its preset fills unset options)")
     data_dir: str | None = data_dir_option()
     download: bool = option(True, "download the dataset when it is not in --data-dir")
-    loader: str = option("gpu", "data loader backend", choices=tuple(LOADERS))
+    loader: str = option("gpu", "data loader backend", choices=LOADERS.keys())
     image_size: int | None = option(
         None,
         "crop size of the views; unset: the dataset's (32 CIFAR, 64 Tiny-ImageNet, 96 STL-10, 224)",

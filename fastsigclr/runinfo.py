@@ -15,20 +15,15 @@ import torch
 
 from fastsigclr.config import ConfigError, option
 
-# name shown -> distribution names to try (DALI ships per-CUDA-version distributions).
-PACKAGES = {
-    "torch": ("torch",),
-    "triton": ("triton",),
-    "numpy": ("numpy",),
-    "numba": ("numba",),
-    "dali": ("nvidia-dali-cuda130", "nvidia-dali-cuda120", "nvidia-dali-cuda110", "nvidia-dali"),
-    "ffcv": ("ffcv",),
-    "tqdm": ("tqdm",),
-}
+# The packages whose versions every record holds, besides each loader backend's own (its entry in
+# fastsigclr.data.loaders.LOADERS names its package and distributions).
+PACKAGES = ("torch", "triton", "numpy", "numba", "tqdm")
 
 
-def package_version(name: str) -> str | None:
-    for dist in PACKAGES.get(name, (name,)):
+def package_version(name: str, distributions: tuple[str, ...] = ()) -> str | None:
+    """The installed version of ``name``, found under the first of ``distributions`` (default: the
+    distribution ``name``) that is installed; None when none is."""
+    for dist in distributions or (name,):
         try:
             return importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -95,8 +90,17 @@ def run_record(device: torch.device, command: list[str] | None = None) -> dict[s
         "device": device_description(device),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "versions": {name: package_version(name) for name in PACKAGES},
+        "versions": versions(),
     }
+
+
+def versions() -> dict[str, str | None]:
+    """The versions of ``PACKAGES`` and of each loader backend's package (None: not installed)."""
+    # Imported here: the loader registry sits a floor above (docs/design.md §12), and a record is
+    # written once per run or benchmark.
+    from fastsigclr.data.loaders import loader_versions
+
+    return {**{name: package_version(name) for name in PACKAGES}, **loader_versions()}
 
 
 def available_memory_bytes() -> int:

@@ -49,7 +49,7 @@ def test_augment_epoch(benchmark, backend, augment_batch_inputs):
     from fastsigclr.data import LOADERS
 
     images, spec = augment_batch_inputs
-    loader = LOADERS[backend](images, np.arange(256), spec, 64, torch.device("cpu"), torch.float32)
+    loader = LOADERS[backend].cls(images, np.arange(256), spec, 64, torch.device("cpu"), torch.float32)
 
     def epoch():
         return sum(len(x) for x, _ in loader.epoch(0))

@@ -14,6 +14,7 @@ from tiny_fixture import small_info, write_tiny
 
 from fastsigclr.cli import main
 from fastsigclr.data import DATASETS
+from fastsigclr.data.base import LoaderSource
 from fastsigclr.data.datasets import load_split
 from fastsigclr.data.loaders import loader_options
 from fastsigclr.data.subset import balanced_indices
@@ -175,9 +176,8 @@ def test_unwritable_ffcv_folder_says_where_and_how(small_cifar, tmp_path, capsys
     assert beton.is_file()
     # What `train --loader ffcv --ffcv-dir` asks for: the same file, found and not rewritten.
     train = load_data(TrainConfig(data_dir=str(data_dir), limit_train=20, progress=False)).pretrain
-    assert loader_options("ffcv", info, data_dir, train, 20, ffcv_dir=elsewhere, progress=False) == {
-        "beton": beton
-    }
+    src = LoaderSource(info, data_dir, train, 20, ffcv_dir=elsewhere, progress=False)
+    assert loader_options("ffcv", src) == {"beton": beton}
 
 
 def test_missing_tensorboard_is_said_once(tmp_path, capsys, monkeypatch):

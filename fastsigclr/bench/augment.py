@@ -32,11 +32,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastsigclr.bench.common import write_json
 from fastsigclr.config import FastSigCLRError, check_fields, option, to_dict
+from fastsigclr.data.loaders import LOADERS, loader_versions
 from fastsigclr.data.plan import AugmentPlan, AugmentSpec, Col, sample_params, seed_for
 from fastsigclr.data.samples import SampleIndex
-from fastsigclr.runinfo import device_option, package_version, resolve_device, run_record
+from fastsigclr.runinfo import device_option, resolve_device, run_record
 
-BACKENDS = ("gpu", "dali", "ffcv", "pil")
+BACKENDS = (*LOADERS, "pil")
 
 
 # ---- the torchvision-style baseline: PIL per image, DataLoader workers ------------------------------
@@ -272,21 +273,13 @@ def write_jpeg_folder(folder: Path, n: int, side: int, seed: int = 0) -> SampleI
 
 
 def _make_loader(name: str, samples: SampleIndex, spec, cfg: BenchAugmentConfig, device, tmp: Path):
-    from fastsigclr.data.ffcv_loader import write_beton
-    from fastsigclr.data.loaders import LOADERS
-
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     args = (samples, None, spec, cfg.batch_size, device, dtype)
     store = cfg.folder_store if samples.uniform_size is None else None
     if name == "pil":
         return PilLoader(*args, workers=cfg.workers)
-    if name == "dali":
-        return LOADERS[name](*args, num_threads=cfg.workers)
-    if name == "ffcv":
-        path = tmp / f"bench-{'folder' if store else 'uint8'}-{spec.size}.beton"
-        beton = write_beton(path, samples, store_size=store, jpeg=store is not None, progress=False)
-        return LOADERS[name](*args, beton=beton, num_workers=max(1, cfg.workers))
-    return LOADERS[name](*args, store_size=store)
+    entry = LOADERS[name]
+    return entry.cls(*args, **entry.bench_options(samples, spec, cfg.workers, tmp, store))
 
 
 def measure(
@@ -367,7 +360,7 @@ def run(cfg: BenchAugmentConfig, command: list[str] | None = None) -> dict[str, 
         "benchmark": "augment",
         "config": to_dict(cfg),
         **run_record(device, command),
-        "versions_loaders": {k: package_version(k) for k in ("dali", "ffcv")},
+        "versions_loaders": loader_versions(),
         "results": results,
         "plan": [plan_cost(size, cfg.plan_images, cfg.batch_size) for size in cfg.sizes],
     }

@@ -1,12 +1,17 @@
-"""What every loader backend takes, checks and stores; the backends add how they augment."""
+"""What every loader backend takes, checks and stores (the backends add how they augment), and
+``LoaderEntry``, what the registry ``loaders.LOADERS`` holds for each."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from fastsigclr.data.info import DatasetInfo
 from fastsigclr.data.order import check_sharding, epoch_plan, num_batches
 from fastsigclr.data.plan import AugmentPlan, AugmentSpec
 from fastsigclr.data.samples import SampleIndex
@@ -76,3 +81,48 @@ class LoaderBase:
         """The epoch's batches from batch ``start`` on: the same batches an uninterrupted epoch
         yields there (a run resumed from a mid-epoch checkpoint)."""
         raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class LoaderSource:
+    """Where a run's training images come from, for a backend's extra constructor arguments:
+    the dataset, its folder, the pre-training split (after ``--limit-train``, which is ``limit``),
+    ``--ffcv-dir``, whether to show progress, and the image-folder options (``--store-size``,
+    ``--memory-budget`` in bytes, ``--max-broken``)."""
+
+    info: DatasetInfo
+    data_dir: Path
+    samples: SampleIndex
+    limit: int | None = None
+    ffcv_dir: str | Path | None = None
+    progress: bool = True
+    store_size: int | None = None
+    budget: int | None = None
+    max_broken: float = 0.0
+
+
+def _no_options(*_: Any) -> dict[str, Any]:
+    return {}
+
+
+@dataclass(frozen=True)
+class LoaderEntry:
+    """One backend of ``loaders.LOADERS``: everything the trainer, ``fastsigclr bench augment``,
+    ``fastsigclr info`` and the run records need to know about it, so none of them names it.
+
+    ``cls`` takes LoaderBase's constructor plus the keyword arguments that ``options`` (training:
+    from a ``LoaderSource``, on every rank) or ``bench_options`` (``bench augment``: from
+    (samples, spec, workers, scratch folder, storage side of mixed sizes)) return.
+    ``prepare``, when given, runs first on rank 0 alone while the other ranks wait (it writes what
+    ``options`` then reads, e.g. FFCV's .beton). ``package``: the name ``info`` and the run
+    records show for its version, found under the first installed of ``distributions``; None:
+    nothing beyond torch. ``runs_on``: what ``info`` says it runs (with CUDA, without)."""
+
+    cls: type[LoaderBase]
+    runs_on: tuple[str, str]
+    package: str | None = None
+    distributions: tuple[str, ...] = ()
+    install_hint: str = ""
+    options: Callable[[LoaderSource], dict[str, Any]] = _no_options
+    prepare: Callable[[LoaderSource], Any] | None = None
+    bench_options: Callable[..., dict[str, Any]] = _no_options

@@ -1,9 +1,10 @@
-"""Loader backends by name: each turns a split (``samples.SampleIndex``, or uint8 images +
-labels) and an AugmentSpec into batches of (views (V·B, 3, S, S) channels_last in the training
-dtype, labels (B,)), with the same constructor and ``epoch(e)``/``len`` interface. The gpu loader
-decodes the split into memory; DALI reads and decodes its files; FFCV reads a .beton written
-from it. DALI and FFCV are imported only when chosen; a missing one is a clear error with the
-command that installs it."""
+"""Loader backends by name (``LOADERS``: one ``base.LoaderEntry`` each): each turns a split
+(``samples.SampleIndex``, or uint8 images + labels) and an AugmentSpec into batches of (views
+(V·B, 3, S, S) channels_last in the training dtype, labels (B,)), with the same constructor and
+``epoch(e)``/``len`` interface. The gpu loader decodes the split into memory; DALI reads and
+decodes its files; FFCV reads a .beton written from it. DALI and FFCV are imported only when
+chosen; a missing one is a clear error with the command that installs it. A new backend is one
+module (its ``LoaderBase`` subclass) and one entry below."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from fastsigclr.config import FastSigCLRError, check_fields, option
+from fastsigclr.data import dali_loader, ffcv_loader
+from fastsigclr.data.base import LoaderEntry, LoaderSource
 from fastsigclr.data.dali_loader import DaliLoader
 from fastsigclr.data.datasets import (
     DATASETS,
@@ -25,12 +28,7 @@ from fastsigclr.data.ffcv_loader import FfcvLoader, write_beton
 from fastsigclr.data.gpu_loader import GpuLoader
 from fastsigclr.data.samples import SampleIndex, report_broken
 from fastsigclr.data.splits import open_splits
-
-LOADERS = {
-    "gpu": GpuLoader,
-    "dali": DaliLoader,
-    "ffcv": FfcvLoader,
-}
+from fastsigclr.runinfo import package_version
 
 
 def ffcv_dir_option() -> Any:
@@ -79,31 +77,80 @@ def ensure_beton(
     return path
 
 
-def loader_options(
-    name: str,
-    info: DatasetInfo,
-    data_dir: Path,
-    samples: SampleIndex,
-    limit: int | None,
-    *,
-    ffcv_dir: str | Path | None = None,
-    store_size: int | None = None,
-    budget: int | None = None,
-    max_broken: float = 0.0,
-    progress: bool = True,
+def loader_versions() -> dict[str, str | None]:
+    """The version of each backend's package (None: not installed), by the name ``info`` shows."""
+    return {e.package: package_version(e.package, e.distributions) for e in LOADERS.values() if e.package}
+
+
+def loader_options(name: str, src: LoaderSource) -> dict[str, Any]:
+    """Backend ``name``'s constructor arguments beyond the common ones (its entry's ``options``)."""
+    return LOADERS[name].options(src)
+
+
+def _store(samples: SampleIndex, store_size: int | None) -> int | None:
+    """The side images are stored at: ``store_size`` for images of mixed sizes, else None."""
+    return store_size if samples.uniform_size is None else None
+
+
+def _gpu_options(src: LoaderSource) -> dict[str, Any]:
+    """The storage size of mixed-size images, the memory budget, the undecodable-file threshold."""
+    store = _store(src.samples, src.store_size)
+    return {"store_size": store, "budget": src.budget, "max_broken": src.max_broken, "progress": src.progress}
+
+
+def _beton(src: LoaderSource) -> dict[str, Any]:
+    """The .beton of the pre-training split (written first when missing)."""
+    store = _store(src.samples, src.store_size)
+    path = beton_path(src.info, src.data_dir, src.limit, src.ffcv_dir, store)
+    jpeg = src.samples.files is not None
+    return {"beton": ensure_beton(path, src.samples, store_size=store, jpeg=jpeg, progress=src.progress)}
+
+
+def _gpu_bench(samples: SampleIndex, spec: Any, workers: int, tmp: Path, store: int | None) -> dict[str, Any]:
+    return {"store_size": store}
+
+
+def _dali_bench(
+    samples: SampleIndex, spec: Any, workers: int, tmp: Path, store: int | None
 ) -> dict[str, Any]:
-    """Backend-specific constructor arguments: the gpu loader's memory budget and storage size,
-    the .beton for FFCV (DALI reads the split's files)."""
-    mixed = samples.uniform_size is None
-    if name == "gpu":
-        size = store_size if mixed else None
-        return {"store_size": size, "budget": budget, "max_broken": max_broken, "progress": progress}
-    if name == "ffcv":
-        size = store_size if mixed else None
-        path = beton_path(info, data_dir, limit, ffcv_dir, size)
-        jpeg = samples.files is not None
-        return {"beton": ensure_beton(path, samples, store_size=size, jpeg=jpeg, progress=progress)}
-    return {}
+    return {"num_threads": workers}
+
+
+def _ffcv_bench(
+    samples: SampleIndex, spec: Any, workers: int, tmp: Path, store: int | None
+) -> dict[str, Any]:
+    path = tmp / f"bench-{'folder' if store else 'uint8'}-{spec.size}.beton"
+    beton = write_beton(path, samples, store_size=store, jpeg=store is not None, progress=False)
+    return {"beton": beton, "num_workers": max(1, workers)}
+
+
+PIPELINE = ("GPU pipeline", "CPU pipeline")
+LOADERS: dict[str, LoaderEntry] = {
+    "gpu": LoaderEntry(
+        GpuLoader,
+        runs_on=("fused Triton kernel", "PyTorch reference on the CPU"),
+        options=_gpu_options,
+        bench_options=_gpu_bench,
+    ),
+    "dali": LoaderEntry(
+        DaliLoader,
+        runs_on=PIPELINE,
+        package="dali",  # DALI ships one distribution per CUDA version
+        distributions=("nvidia-dali-cuda130", "nvidia-dali-cuda120", "nvidia-dali-cuda110", "nvidia-dali"),
+        install_hint=dali_loader.INSTALL_HINT,
+        bench_options=_dali_bench,  # the split's files, when it has some, are read by DALI itself
+    ),
+    "ffcv": LoaderEntry(
+        FfcvLoader,
+        runs_on=PIPELINE,
+        package="ffcv",
+        distributions=("ffcv",),
+        install_hint=ffcv_loader.INSTALL_HINT,
+        options=_beton,
+        prepare=_beton,  # rank 0 writes a missing .beton; the others then find it
+        bench_options=_ffcv_bench,
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -131,10 +178,11 @@ def write_ffcv(cfg: WriteFfcvConfig) -> Path:
     info = DATASETS[cfg.dataset]
     data_dir = data_folder(cfg.data_dir)
     folder = prepare(info, data_dir, download_ok=cfg.download, progress=cfg.progress)
-    splits = open_splits(info, folder, limit_train=cfg.limit)
-    samples = splits.pretrain
-    size = (cfg.store_size or 256) if samples.uniform_size is None else None
-    path = beton_path(info, data_dir, cfg.limit, cfg.ffcv_dir, size)
+    samples = open_splits(info, folder, limit_train=cfg.limit).pretrain
+    src = LoaderSource(
+        info, data_dir, samples, cfg.limit, cfg.ffcv_dir, cfg.progress, store_size=cfg.store_size or 256
+    )
+    path = beton_path(info, data_dir, cfg.limit, cfg.ffcv_dir, _store(samples, src.store_size))
     if cfg.force:
         path.unlink(missing_ok=True)
-    return ensure_beton(path, samples, store_size=size, jpeg=samples.files is not None, progress=cfg.progress)
+    return _beton(src)["beton"]
