@@ -222,6 +222,16 @@ class DaliLoader(LoaderBase):
                     outputs = pipe.run(stream)  # on a GPU: outputs ordered on torch's stream
                 except StopIteration:
                     return
+                except RuntimeError as err:  # an image whose header read but whose data does not
+                    if self.files is None or "decod" not in str(err).lower():
+                        raise
+                    lines = [line.strip() for line in str(err).splitlines() if "decod" in line.lower()]
+                    first = lines[0] if lines else type(err).__name__
+                    raise FastSigCLRError(
+                        f"DALI could not decode an image of epoch {epoch + 1} ({first[:200]}): list the "
+                        f"broken files with `fastsigclr data verify --dataset folder --data-dir DIR` and "
+                        f"delete them, or train with --loader gpu (it skips them, up to --max-broken)"
+                    ) from err
                 views, labels = self._copy_out(outputs, stream)
                 del outputs
                 yield views, labels
