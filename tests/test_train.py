@@ -115,8 +115,8 @@ def test_run_directory_errors(cifar10_dir, tmp_path, capsys):
         main(quick_args(cifar10_dir, tmp_path / "empty", "--resume"))
     assert "nothing to resume" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["train", "--dataset", "imagenet"])
-    assert "imagenet not allowed; choose from cifar10, cifar100" in capsys.readouterr().err
+        main(["train", "--dataset", "imagenet21k"])
+    assert "imagenet21k not allowed; choose from cifar10, cifar100" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(
             [
