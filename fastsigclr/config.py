@@ -26,7 +26,7 @@ class ConfigError(FastSigCLRError, ValueError):
     """A configuration value or key is invalid; the message says what is allowed."""
 
 
-# The largest float32: the weights and loss parameters are float32, so a larger --lr or --bias
+# The largest float32: the weights and loss parameters are float32, so a larger --lr or --logit-bias
 # overflows at the first step (--lr 1e39 stopped in the optimiser: "value cannot be converted to
 # type float without overflow"). The bound of every option that becomes a float32.
 FLOAT32_MAX = float.fromhex("0x1.fffffep+127")

@@ -183,7 +183,7 @@ def checkpoint_state(setup: Setup, epoch: int, step: int) -> dict[str, Any]:
 
 
 def loss_scalars(criterion: torch.nn.Module) -> dict[str, float]:
-    """The loss's scalars for the logs, named apart: sigclr's logit_scale and bias, the softmax
+    """The loss's scalars for the logs, named apart: sigclr's logit_scale and logit_bias, the softmax
     losses' temperature."""
     return criterion.log_values()
 

@@ -17,7 +17,7 @@ from fastsigclr.data.datasets import data_dir_option, dataset_option
 from fastsigclr.data.loaders import ffcv_dir_option
 from fastsigclr.data.order import check_batch
 from fastsigclr.losses import LOSSES, LossSpec
-from fastsigclr.losses.options import LOSS_OPTIONS, check_applicable, with_loss_options
+from fastsigclr.losses.options import LOSS_OPTIONS, check_applicable, renamed_options, with_loss_options
 from fastsigclr.models import ARCHS
 from fastsigclr.preempt import PREEMPTED_EXIT, parse_interval
 from fastsigclr.runinfo import device_option
@@ -203,7 +203,9 @@ def saved_config(saved: dict[str, Any]) -> TrainConfig:
     """The ``config`` of a run's config.json as a TrainConfig, older files read in today's names:
     runs written before ``--resume auto`` saved ``resume`` as true/false (read as yes/no); files
     written before the loss registry (they hold learnable_temperature, and every method's options)
-    have sigclr's temperature read as its logit_scale, and options the method never used dropped."""
+    have sigclr's temperature read as its logit_scale, and options the method never used dropped;
+    renamed loss options (sigclr's bias, now logit_bias: LossSpec.renamed) are read under today's."""
+    saved = renamed_options(saved)
     resume = saved.get("resume")
     if isinstance(resume, bool):
         saved = {**saved, "resume": RESUME_MODES[int(resume)]}

@@ -35,8 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from fastsigclr import checkpoint as ckpt
 from fastsigclr import cluster, distributed
 from fastsigclr.config import ConfigError, FastSigCLRError, flag, replace, to_dict
@@ -235,8 +233,10 @@ def lock_dir(path: Path, wait_s: float = 0.0) -> int:
     return fd
 
 
-def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
-    state = ckpt.load(path / CHECKPOINT, map_location=device)
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    # On the CPU: load_state_dict copies weights and optimiser states onto their parameters' device,
+    # and torch.set_rng_state takes only a CPU ByteTensor (map_location=device moved it to the GPU).
+    state = ckpt.load(path / CHECKPOINT, map_location="cpu")
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise FastSigCLRError(
@@ -271,7 +271,7 @@ class RunDir:
     _created_lock: bool = False
     _begun: bool = False
 
-    def _open(self, device: torch.device) -> None:
+    def _open(self) -> None:
         """Rank 0: create and lock the directory, then decide how the run begins."""
         self._created = _make_dir(self.path)
         self._created_lock = not (self.path / LOCK).exists()
@@ -296,7 +296,7 @@ class RunDir:
             return
         if holds != "checkpoint":
             raise _no_checkpoint(self.path, holds)
-        self.state = _load_checkpoint(self.path, device)
+        self.state = _load_checkpoint(self.path)
         done, epochs = self.state["epoch"], self.cfg.epochs or 0
         if done > epochs:
             raise FastSigCLRError(
@@ -377,7 +377,7 @@ def open_run(cfg: TrainConfig, ctx: distributed.Context) -> RunDir:
     error: FastSigCLRError | None = None
     if ctx.is_main:
         try:
-            run._open(ctx.device)
+            run._open()
         except FastSigCLRError as err:
             error = err
         except BaseException:
@@ -390,5 +390,5 @@ def open_run(cfg: TrainConfig, ctx: distributed.Context) -> RunDir:
         run.close(failed=True)
         raise error or FastSigCLRError(message)
     if resuming and run.state is None:
-        run.state = _load_checkpoint(run.path, ctx.device)
+        run.state = _load_checkpoint(run.path)
     return run

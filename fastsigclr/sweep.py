@@ -46,8 +46,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "simclr": {"method": "simclr"},
     "supcon": {"method": "supcon"},
     "tcl": {"method": "tcl"},
-    "sigclr-fixed-b-10": {"method": "sigclr", "bias": -10.0, "learnable_bias": False},
-    "sigclr-fixed-b0": {"method": "sigclr", "bias": 0.0, "learnable_bias": False},
+    "sigclr-fixed-b-10": {"method": "sigclr", "logit_bias": -10.0, "learnable_logit_bias": False},
+    "sigclr-fixed-b0": {"method": "sigclr", "logit_bias": 0.0, "learnable_logit_bias": False},
     "sigclr-learnable-t": {"method": "sigclr", "learnable_logit_scale": True},
 }
 # SweepConfig fields passed to every run when set (unset: `fastsigclr train`'s default or preset).

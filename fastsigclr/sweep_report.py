@@ -74,7 +74,8 @@ def collect_run(run_dir: Path) -> dict[str, Any]:
     summary = _read_json(run_dir / "summary.json") or {}
     # Summaries written before the loss registry named sigclr's logit scale final_temperature.
     summary.setdefault("final_logit_scale", summary.get("final_temperature"))
-    for key in ("final_bias", "final_logit_scale"):
+    summary.setdefault("final_logit_bias", summary.get("final_bias"))  # and its logit bias final_bias
+    for key in ("final_logit_bias", "final_logit_scale"):
         if summary.get(key) is not None:
             found[key] = summary[key]
     if "knn_acc" in summary:
@@ -105,7 +106,7 @@ def aggregate(entries: list[dict[str, Any]], settings: list[str]) -> list[dict[s
         mine = [e for e in entries if e["setting"] == setting]
         done = [e for e in mine if e["status"] == "done"]
         row: dict[str, Any] = {"setting": setting, "done": len(done), "planned": len(mine)}
-        for key in ("knn_acc", "linear_acc", "final_bias", "final_logit_scale"):
+        for key in ("knn_acc", "linear_acc", "final_logit_bias", "final_logit_scale"):
             row[key] = _stats([e[key] for e in done if key in e])
         rows.append(row)
     return rows
@@ -148,7 +149,7 @@ def markdown(payload: dict[str, Any]) -> str:
         options = ", ".join(f"{k}={v}" for k, v in payload["grid"]["settings"][row["setting"]].items())
         lines.append(
             f"| {row['setting']} | {options} | {row['done']}/{row['planned']} | {_percent(row['knn_acc'])} "
-            f"| {_percent(row['linear_acc'])} | {_scalar(row['final_bias'])} "
+            f"| {_percent(row['linear_acc'])} | {_scalar(row['final_logit_bias'])} "
             f"| {_scalar(row['final_logit_scale'])} |"
         )
     failed = [e for e in payload["runs"] if e["status"] == "failed"]

@@ -272,10 +272,10 @@ class Epochs:
     ) -> None:
         """Check the epoch, run the kNN monitor when due, write the epoch record and checkpoint."""
         setup, ctx = self.setup, self.ctx
+        mean_loss = (loss_sum / loss_steps).item()  # waits for the epoch's queued GPU work: time after
         seconds = time.perf_counter() - self.pace.epoch_start
         images = self.steps_per_epoch * self.batch_size
         self.images_seen += images
-        mean_loss = (loss_sum / loss_steps).item()
         # Before the checkpoint: a diverged epoch must not replace the last good one. The weights
         # too: the loss of a step is computed before its update, so it can still be finite.
         if not math.isfinite(mean_loss) or not _all_finite(setup.model, setup.criterion, setup.probe):

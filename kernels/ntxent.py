@@ -16,6 +16,11 @@ import triton.language as tl
 from .tiles import CompileCase, dot_settings, feature_tiling, similarity_tile
 
 NEG_BIG = tl.constexpr(-1.0e30)  # finite "−∞": rows without a valid column never give exp(−∞ + ∞)
+# The widest feature tile: at 256 the backward needs more shared memory than a block may use on an
+# H100/H200 (232,448 bytes): 344,064 (fp32, D = 130) and 238,080 (bf16, D = 256, transposed), compiled
+# for sm_90 with triton 3.6. At 128 the widest need 180,736 (fp32) and 123,392 (bf16), D = 128;
+# compile_cases() compiles the widest tile of every dtype and the compile tool fails past the limit.
+MAX_FEATURE_TILE = 128
 
 
 @triton.jit
@@ -155,7 +160,9 @@ def _ntxent_bwd_kernel(
         valid = r_ok[:, None] & c_ok[None, :] & (r[:, None] != c[None, :])
         pos = valid & ((r % N_PER_VIEW)[:, None] == (c % N_PER_VIEW)[None, :])
         p = tl.where(valid, tl.exp(s * inv_tau - lse[:, None]), 0.0)
-        g = (p - pos.to(tl.float32) / (N_VIEWS - 1)) * scale
+        # 1/(τM) is applied to the sum, after the dot: at M = 8192, τ = 0.2 a scaled negative
+        # weight is ~7.5e-8, at fp16's subnormal floor (5.96e-8), while p and 1/(V−1) are ≤ 1.
+        g = p - pos.to(tl.float32) / (N_VIEWS - 1)
         zo = tl.load(
             Z + other[:, None] * stride_z + offs_do[None, :],
             mask=other_ok[:, None] & (offs_do[None, :] < D),
@@ -167,6 +174,7 @@ def _ntxent_bwd_kernel(
             acc = tl.dot(tl.trans(g).to(zo.dtype), zo, acc, input_precision=PRECISION)
         else:
             acc = tl.dot(g.to(zo.dtype), zo, acc, input_precision=PRECISION)
+    acc = acc * scale
     out = DZ + own[:, None] * stride_dz + offs_do[None, :]
     mask = own_ok[:, None] & (offs_do[None, :] < D)
     if ACCUMULATE:
@@ -188,7 +196,7 @@ def nt_xent_triton(
     if zhat.stride(1) != 1:
         zhat = zhat.contiguous()
     m, d = zhat.shape
-    bk, num_k = feature_tiling(d) if block_k is None else (block_k, triton.cdiv(d, block_k))
+    bk, num_k = feature_tiling(d, MAX_FEATURE_TILE) if block_k is None else (block_k, triton.cdiv(d, block_k))
     common = dict(
         BLOCK_K=bk,
         NUM_K=num_k,
@@ -240,21 +248,33 @@ def nt_xent_triton(
 
 def compile_cases(quick: bool = False) -> list[CompileCase]:
     """What tools/compile_kernels.py compiles for sm_90: the forward and both backward passes at
-    the launcher's 64×64 tiles and triton's default 4 warps and 3 stages, D = 128, M = 8192, bf16
-    and fp32 (quick changes nothing)."""
-    m, d, cases = 8192, 128, []
+    the launcher's 64×64 tiles and triton's default 4 warps and 3 stages, M = 8192, bf16 and fp32, at
+    D = 128 (one feature tile of MAX_FEATURE_TILE, the widest; shared memory grows with the tile's
+    width and element size, so fp16 needs what bf16 does); without quick also D = 256 (bf16) and
+    D = 130 (fp32), two feature tiles."""
+    m, cases = 8192, []
+    sizes = {"bf16": (128,) if quick else (128, 256), "fp32": (128,) if quick else (128, 130)}
     for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
-        shared = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=d, NUM_K=1, N_VIEWS=2, UPCAST=False, PRECISION="ieee")
-        common = dict(dtype=name, D=d, BLOCK_M=64, BLOCK_N=64)
-        fwd = (dtype, torch.float32, torch.float32, m, m // 2, d, d, 1 / 0.2)
-        cases.append(
-            CompileCase(
-                _ntxent_fwd_kernel, fwd, shared, 4, 3, dict(kernel="ntxent fwd", **common), name == "bf16"
-            )
-        )
-        bwd = (dtype, torch.float32, torch.float32, m, m // 2, d, d, d, 1 / 0.2, 1 / (0.2 * m))
-        for transposed in (False, True):
-            consts = dict(shared, BLOCK_DO=d, TRANSPOSED=transposed, ACCUMULATE=transposed)
-            meta = dict(kernel="ntxent bwd", variant=f"transposed={transposed}", **common)
-            cases.append(CompileCase(_ntxent_bwd_kernel, bwd, consts, 4, 3, meta, name == "bf16"))
+        for d in sizes[name]:
+            cases += _launches(name, dtype, m, d)
+    return cases
+
+
+def _launches(name: str, dtype: torch.dtype, m: int, d: int) -> list[CompileCase]:
+    """The three launches of nt_xent_triton at (dtype, M, D) with its default tiles."""
+    bk, num_k = feature_tiling(d, MAX_FEATURE_TILE)
+    shared = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=bk, NUM_K=num_k, N_VIEWS=2, UPCAST=False, PRECISION="ieee")
+    common = dict(dtype=name, D=d, BLOCK_M=64, BLOCK_N=64, BLOCK_K=bk)
+    # Pairs of one inner-loop iteration (with NUM_K > 1 the hottest loop is over features: no count),
+    # and the tensor-core FLOPs per pair of its dots: S over the padded features, then G·Z.
+    pairs = 64 * 64 if num_k == 1 else 0
+    fwd = (dtype, torch.float32, torch.float32, m, m // 2, d, d, 1 / 0.2)
+    meta = dict(kernel="ntxent fwd", dot_flops_per_pair=2 * bk * num_k, **common)
+    cases = [CompileCase(_ntxent_fwd_kernel, fwd, shared, 4, 3, meta, name == "bf16", pairs)]
+    bwd = (dtype, torch.float32, torch.float32, m, m // 2, d, d, d, 1 / 0.2, 1 / (0.2 * m))
+    for transposed in (False, True):
+        consts = dict(shared, BLOCK_DO=bk, TRANSPOSED=transposed, ACCUMULATE=transposed)
+        meta = dict(kernel="ntxent bwd", variant=f"transposed={transposed}", **common)
+        meta["dot_flops_per_pair"] = 2 * bk * num_k + 2 * bk
+        cases.append(CompileCase(_ntxent_bwd_kernel, bwd, consts, 4, 3, meta, name == "bf16", pairs))
     return cases

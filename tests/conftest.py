@@ -5,6 +5,7 @@ fastsigclr.kernels is imported, so it is decided here, at the top of the first c
 """
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -51,7 +52,12 @@ def shared_dir() -> Path | None:
 
 @pytest.fixture(scope="session")
 def cifar10_dir(tmp_path_factory) -> Path:
-    """All of CIFAR-10 (JPEG q75 copy) written in the official python layout; the data dir."""
+    """All of CIFAR-10 (JPEG q75 copy) written in the official python layout; the data dir. Where
+    $FASTSIGCLR_CIFAR10 names a folder (the GPU suite's, shared by its stages), it is converted
+    there once and reused by every later process."""
+    where = os.environ.get("FASTSIGCLR_CIFAR10")
+    if where and (Path(where) / "cifar-10-batches-py" / "test_batch").is_file():
+        return Path(where)
     shared = shared_dir()
     if shared is None:
         pytest.skip("shared/ with the CIFAR-10 JPEG pack is not beside this checkout")
@@ -61,4 +67,8 @@ def cifar10_dir(tmp_path_factory) -> Path:
         check=True,
         capture_output=True,
     )
-    return out
+    if not where:
+        return out
+    Path(where).mkdir(parents=True, exist_ok=True)
+    shutil.move(out / "cifar-10-batches-py", Path(where) / "cifar-10-batches-py")  # moved in whole
+    return Path(where)

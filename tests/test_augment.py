@@ -57,10 +57,10 @@ def test_identity_parameters_reproduce_the_image():
     out = augment_reference(data, identity_params(2, 4, 32, 32), spec)
     expected = normalized(data, MEAN, STD, torch.float32)
     assert torch.allclose(out[:4], expected, atol=1e-5) and torch.allclose(out[4:], expected, atol=1e-5)
-    kernel = two_view_augment(
-        data, torch.arange(4), identity_params(2, 4, 32, 32), 32, MEAN, STD, torch.float32
-    )
-    assert torch.allclose(kernel[:4], expected, atol=1e-5)
+    dev = KERNEL_DEVICE
+    params = identity_params(2, 4, 32, 32).to(dev)
+    kernel = two_view_augment(data.to(dev), torch.arange(4, device=dev), params, 32, MEAN, STD, torch.float32)
+    assert torch.allclose(kernel[:4].cpu(), expected, atol=1e-5)
 
 
 def test_single_operations_do_what_they_say():

@@ -32,7 +32,7 @@ BAD_VALUES = [
     ([*TRAIN, "--temperature", "nan"], "--temperature must be a finite number, got nan"),
     ([*TRAIN, "--temperature", "inf"], "--temperature must be a finite number, got inf"),
     ([*TRAIN, "--lr", "nan"], "--lr must be a finite number, got nan"),
-    ([*TRAIN, "--bias=-inf"], "--bias must be a finite number, got -inf"),
+    ([*TRAIN, "--logit-bias=-inf"], "--logit-bias must be a finite number, got -inf"),
     ([*TRAIN, "--warmup-epochs", "inf"], "--warmup-epochs must be a finite number, got inf"),
     ([*TRAIN, "--weight-decay", "nan"], "--weight-decay must be a finite number, got nan"),
     ([*TRAIN, "--k1", "-1"], "--k1 must be ≥ 0, got -1"),

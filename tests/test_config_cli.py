@@ -83,22 +83,45 @@ def test_bench_loss_compiled_reference(tmp_path: Path):
     assert all(r["status"] == "ok" and r["median_ms"] > 0 for r in rows)
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def test_kernels_are_not_a_top_level_module(tmp_path: Path):
-    """kernels/ is installed only as fastsigclr.kernels; from outside the repo `kernels` is absent."""
+    """kernels/ is importable only as fastsigclr.kernels: from a folder whose path holds just the
+    package (what an install puts on sys.path), `kernels` is absent. The package is linked there from
+    this checkout, so the check needs no install (a copied checkout has none)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "fastsigclr").symlink_to(ROOT / "fastsigclr", target_is_directory=True)
     code = (
-        "import importlib.util, fastsigclr.kernels as k; "
-        "print(importlib.util.find_spec('kernels') is None, k.sigmoid_pairwise_triton.__module__)"
+        "import importlib.util, fastsigclr, fastsigclr.kernels as k; "
+        "print(importlib.util.find_spec('kernels') is None, k.sigmoid_pairwise_triton.__module__, "
+        "fastsigclr.__file__)"
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = {**os.environ, "PYTHONPATH": str(site)}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["True", "fastsigclr.kernels.sigmoid_loss"]
+    assert out.stdout.split() == [
+        "True",
+        "fastsigclr.kernels.sigmoid_loss",
+        str(site / "fastsigclr" / "__init__.py"),
+    ]
 
 
 def test_console_script_and_module_entry_points(tmp_path: Path):
-    for cmd in (["fastsigclr", "--help"], [sys.executable, "-m", "fastsigclr", "bench", "loss", "--help"]):
-        exe = Path(sys.executable).with_name("fastsigclr") if cmd[0] == "fastsigclr" else None
-        argv = [str(exe), *cmd[1:]] if exe else cmd
+    """The console script pyproject.toml declares, and ``python -m fastsigclr``. Where the package
+    is not installed (a copied checkout on the PYTHONPATH), the script's entry point is called as
+    the installed script would call it."""
+    tomllib = pytest.importorskip("tomllib")
+    entry = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["fastsigclr"]
+    module, function = entry.split(":")
+    exe = Path(sys.executable).with_name("fastsigclr")
+    script = (
+        [str(exe)]
+        if exe.is_file()
+        else [sys.executable, "-c", f"import sys; from {module} import {function}; sys.exit({function}())"]
+    )
+    for argv in ([*script, "--help"], [sys.executable, "-m", "fastsigclr", "bench", "loss", "--help"]):
         out = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
         assert "usage: fastsigclr" in out.stdout
@@ -173,6 +196,51 @@ def test_bench_train_times_the_trainers_recipe():
 
     timed = BenchTrainConfig().resolved(torch.device("cpu")).train_config()
     default = TrainConfig().resolved()  # loss options: the method's defaults, as bench train resolves them
-    for name in ("optimizer", "lr", "momentum", "weight_decay", "probe_lr", "method", "bias"):
+    for name in ("optimizer", "lr", "momentum", "weight_decay", "probe_lr", "method", "logit_bias"):
         assert getattr(timed, name) == getattr(default, name), name
     assert (timed.arch, timed.width, timed.batch_size) == ("resnet18", 16, 64)
+
+
+def test_bench_loss_reports_an_unlaunchable_case(tmp_path: Path, monkeypatch):
+    """A kernel that needs more shared memory than the GPU has raises triton's OutOfResources at
+    launch; the bench records that case and goes on (it caught only out-of-memory and aborted)."""
+    from triton.runtime.errors import OutOfResources
+
+    import fastsigclr.bench.loss as bench_loss
+
+    real, calls = bench_loss.time_fn, []
+
+    def time_fn(step, device, **kw):  # the first case (2N = 66) does not fit
+        calls.append(1)
+        if len(calls) == 1:
+            raise OutOfResources(238080, 232448, "shared memory")
+        return real(step, device, **kw)
+
+    monkeypatch.setattr(bench_loss, "time_fn", time_fn)
+    args = ["bench", "loss", "--device", "cpu", "--sizes", "66,130", "--dims", "17", "--losses", "simclr"]
+    assert (
+        main([*args, "--providers", "chunked", "--warmup", "1", "--reps", "1", "--out", str(tmp_path)]) == 0
+    )
+    rows = {r["rows"]: r for r in json.loads((tmp_path / "loss-cpu.json").read_text())["results"]}
+    assert rows[66]["status"].startswith("unlaunchable: out of resource: shared memory")
+    assert rows[130]["status"] == "ok"
+
+
+def test_bench_loss_siglip_kernel_provider_says_why_it_skips(tmp_path: Path):
+    """The siglip-kernel baseline runs on CUDA only and computes the sigmoid loss only."""
+    args = [
+        "bench",
+        "loss",
+        "--device",
+        "cpu",
+        "--sizes",
+        "64",
+        "--dims",
+        "8",
+        "--providers",
+        "siglip-kernel",
+    ]
+    assert main([*args, "--warmup", "1", "--reps", "1", "--out", str(tmp_path)]) == 0
+    rows = {r["loss"]: r for r in json.loads((tmp_path / "loss-cpu.json").read_text())["results"]}
+    assert rows["sigclr"]["status"] == "skipped: needs CUDA"
+    assert rows["simclr"]["status"] == "skipped: siglip-kernel computes the sigmoid loss only"

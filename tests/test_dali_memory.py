@@ -119,3 +119,32 @@ def test_dali_pipeline_ends_with_its_epoch_also_when_the_consumer_stops_early(ma
         for _ in loader.epoch(4):
             raise RuntimeError("consumer failed")
     assert dali_threads_settle(before) == before
+
+
+def test_dali_host_outputs_are_copied_on_the_host_then_moved(monkeypatch):
+    """DALI copies within one side: the labels (always CPU outputs) went into a CUDA tensor on a GPU.
+    The meta device stands in for the GPU; every output here is a CPU one, as the labels are there."""
+    import types
+
+    import nvidia.dali.plugin.pytorch as plugin
+    from nvidia.dali.backend import TensorListCPU
+
+    real, destinations = plugin.feed_ndarray, []
+
+    def feed(tensor, arr, cuda_stream=None):
+        destinations.append(arr.device.type)
+        return real(tensor, arr, cuda_stream) if arr.device.type == "cpu" else arr
+
+    monkeypatch.setattr(plugin, "feed_ndarray", feed)
+    loader = DaliLoader.__new__(DaliLoader)
+    loader.device, loader.dtype, loader.spec = (
+        torch.device("meta"),
+        torch.bfloat16,
+        types.SimpleNamespace(size=4),
+    )
+    b = 3
+    view = np.zeros((b, 4, 4, 3), dtype=np.float32)
+    outputs = [TensorListCPU(view), TensorListCPU(view), TensorListCPU(np.arange(b).reshape(b, 1))]
+    x, y = loader._copy_out(outputs, stream=None)
+    assert destinations == ["cpu", "cpu", "cpu"]
+    assert x.device.type == y.device.type == "meta" and x.shape == (2 * b, 3, 4, 4) and y.shape == (b,)

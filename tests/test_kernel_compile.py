@@ -93,3 +93,79 @@ def test_config_selection():
     assert select_configs([fit, spill, big, small], limit) == ["fit", "small"]
     assert select_configs([spill, big, small], limit, min_rows=64) == ["spill", "small"]
     assert select_configs([big], limit) == []
+
+
+def test_ntxent_widest_launches_fit_in_shared_memory():
+    """NT-Xent has no autotuner to prune a config that does not fit: its launcher's widest feature
+    tile (its shared memory grows with the tile's width and element size) is compiled for bf16 and
+    fp32, both as one tile and as several, and every pass fits in the 232,448 bytes of an sm_90 block.
+    A 256-wide tile needed 238,080 (bf16, D = 256) to 344,064 bytes (fp32, D = 130)."""
+    from fastsigclr.kernels import ntxent
+    from fastsigclr.kernels.tiles import feature_tiling
+
+    widest = feature_tiling(1 << 20, ntxent.MAX_FEATURE_TILE)[0]
+    rows = [r for r in json.loads(COMMITTED.read_text())["kernels"] if r["kernel"].startswith("ntxent")]
+    for dtype in ("bf16", "fp32"):
+        for kernel, variant in (
+            ("ntxent fwd", None),
+            *(("ntxent bwd", f"transposed={t}") for t in (False, True)),
+        ):
+            found = [
+                r
+                for r in rows
+                if (r["kernel"], r.get("variant"), r["dtype"], r.get("BLOCK_K"))
+                == (kernel, variant, dtype, widest)
+            ]
+            assert {r["D"] > widest for r in found} == {False, True}, (kernel, variant, dtype)
+            assert all(r["shared_bytes"] <= 227 * KIB for r in found), found
+
+
+def test_cost_model_per_pair(monkeypatch):
+    """The model's arithmetic on one row: issue 24/128, MUFU 2/16, tensor 4·128 FLOPs / 4096 per
+    clock (bf16); the largest bounds the loop; (2N)² pairs over 132 SMs at 1.83 GHz."""
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    import cost_model
+
+    # The clock that the tensor-core peak implies: 989.4 TFLOP/s dense bf16 over 132 SMs × 4096.
+    assert abs(989.4e12 / (132 * 4096 * 1.83e9) - 1) < 1e-3
+    row = {"kernel": "sigmoid", "dtype": "bf16", "D": 128, "sass_per_pair": 24.0, "mufu_per_pair": 2.0}
+    m = cost_model.model(row)
+    assert m["cycles_per_pair"] == {"issue": 0.1875, "mufu": 0.125, "tensor": 0.125} and m["bound"] == "issue"
+    want = 65536**2 * 0.1875 / (132 * 1.83e9) * 1e6
+    assert abs(m["predicted_us"]["H100 SXM 2N=65536"] - want) <= 0.05
+    assert cost_model.model({**row, "dtype": "fp32 ieee"})["cycles_per_pair"]["tensor"] == 0
+    tf32 = cost_model.model({**row, "dtype": "fp32 tf32", "sass_per_pair": 8.0})
+    assert tf32["bound"] == "tensor" and tf32["cycles_per_pair"]["tensor"] == 0.25
+    assert cost_model.model({"kernel": "augment", "dtype": "bf16", "D": 0}) is None
+
+
+def test_committed_report_records_its_run_and_the_model():
+    report = json.loads(COMMITTED.read_text())
+    for key in ("date", "command", "commit", "versions", "compiled_on", "cost_model"):
+        assert report.get(key), key
+    counted = [r for r in report["kernels"] if "sass_per_pair" in r and "error" not in r]
+    assert counted and all(
+        set(r["model"]["predicted_us"]) >= {"H100 SXM 2N=8192", "H200 SXM 2N=65536"} for r in counted
+    )
+
+
+def test_nested_loop_counts_feature_loops_per_trip(monkeypatch):
+    """A column loop (0x10-0x60) holding a feature loop (0x20-0x40) run 4 times: the outer body's 6
+    instructions once, the inner 3 (one MUFU) 3 more times."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    import compile_kernels
+
+    sass = ["MOV", "A", "B", "MUFU.EX2", "BRA 0x20", "C", "BRA 0x10", "EXIT"]
+    listing = [(16 * i, text) for i, text in enumerate(sass)]
+    assert compile_kernels.nested_loop(listing, 4) == (6 + 3 * 3, 1 + 3)
+    assert compile_kernels.nested_loop(listing[:5], 4) == (0, 0)  # one loop: nothing nested
+
+
+def test_siglip_kernel_report_is_modelled():
+    """benchmarks/results/siglip-kernel-sm90.json: the baseline compiled for sm_90 at B = 65,536,
+    D = 128 and 768, with per-pair counts and the model, and its run recorded."""
+    report = json.loads((COMMITTED.parent / "siglip-kernel-sm90.json").read_text())
+    assert report["command"].startswith("tools/compile_kernels.py --only siglip-kernel") and report["commit"]
+    rows = {r["D"]: r for r in report["kernels"]}
+    assert set(rows) == {128, 768} and all(r["wgmma"] and r["model"] for r in rows.values())

@@ -49,8 +49,8 @@ def test_every_spec_function_matches_its_reference(method, rows, dim, n_views):
 IRRELEVANT = [
     ("sigclr", "k1", 3.0, "--k1 applies to tcl only; drop it"),
     ("simclr", "k2", 2.0, "--k2 applies to tcl only; drop it"),
-    ("supcon", "bias", 0.0, "--bias applies to sigclr only; drop it"),
-    ("tcl", "learnable_bias", False, "--learnable-bias applies to sigclr only; drop it"),
+    ("supcon", "logit_bias", 0.0, "--logit-bias applies to sigclr only; drop it"),
+    ("tcl", "learnable_logit_bias", False, "--learnable-logit-bias applies to sigclr only; drop it"),
     ("simclr", "learnable_logit_scale", True, "--learnable-logit-scale applies to sigclr only"),
     ("simclr", "logit_scale", 5.0, "--logit-scale applies to sigclr only; drop it"),
     ("sigclr", "temperature", 0.5, "--temperature applies to simclr, supcon, tcl"),
@@ -77,7 +77,7 @@ def test_irrelevant_option_is_one_line_on_the_command_line(tmp_path, capsys):
 
 def test_logit_scale_and_temperature_are_named_apart():
     sig = TrainConfig(method="sigclr", logit_scale=5.0).resolved()
-    assert (sig.logit_scale, sig.bias, sig.learnable_bias, sig.temperature, sig.k1) == (
+    assert (sig.logit_scale, sig.logit_bias, sig.learnable_logit_bias, sig.temperature, sig.k1) == (
         5.0,
         -10.0,
         True,
@@ -85,10 +85,10 @@ def test_logit_scale_and_temperature_are_named_apart():
         None,
     )
     criterion = LOSSES["sigclr"].build(n_views=2, **{k: getattr(sig, k) for k in LOSSES["sigclr"].params})
-    assert loss_scalars(criterion) == pytest.approx({"logit_scale": 5.0, "bias": -10.0})
+    assert loss_scalars(criterion) == pytest.approx({"logit_scale": 5.0, "logit_bias": -10.0})
     for method, tau in (("simclr", 0.2), ("supcon", 0.1), ("tcl", 0.1)):
         cfg = TrainConfig(method=method).resolved()
-        assert (cfg.temperature, cfg.logit_scale, cfg.bias) == (tau, None, None)
+        assert (cfg.temperature, cfg.logit_scale, cfg.logit_bias) == (tau, None, None)
         criterion = LOSSES[method].build(n_views=2, **{k: getattr(cfg, k) for k in LOSSES[method].params})
         assert loss_scalars(criterion) == pytest.approx({"temperature": tau})
     assert TrainConfig(method="simclr", temperature=0.3).resolved().temperature == 0.3
@@ -98,7 +98,7 @@ def old_config(method: str, temperature: float) -> dict:
     """config.json's settings as written before the loss registry: every method's options saved,
     sigclr's logit scale under "temperature"."""
     saved = to_dict(TrainConfig(method=method).resolved())
-    for name in ("logit_scale", "learnable_logit_scale"):
+    for name in ("logit_scale", "learnable_logit_scale", "logit_bias", "learnable_logit_bias"):
         saved.pop(name)
     saved.update(temperature=temperature, bias=-10.0, learnable_bias=True, k1=5000.0, k2=1.0)
     saved["learnable_temperature"] = method == "sigclr"
@@ -110,7 +110,7 @@ def test_old_config_json_still_loads(tmp_path):
     sig = saved_config(old_config("sigclr", 7.0))
     assert (sig.logit_scale, sig.learnable_logit_scale, sig.temperature, sig.k1) == (7.0, True, None, None)
     sim = saved_config(old_config("simclr", 0.3))
-    assert (sim.temperature, sim.bias, sim.learnable_bias, sim.k1, sim.logit_scale) == (
+    assert (sim.temperature, sim.logit_bias, sim.learnable_logit_bias, sim.k1, sim.logit_scale) == (
         0.3,
         None,
         None,
@@ -118,7 +118,7 @@ def test_old_config_json_still_loads(tmp_path):
         None,
     )
     tcl = saved_config(old_config("tcl", 0.1))
-    assert (tcl.k1, tcl.k2, tcl.bias) == (5000.0, 1.0, None)
+    assert (tcl.k1, tcl.k2, tcl.logit_bias) == (5000.0, 1.0, None)
     # An old run directory resumes with its own settings.
     run = tmp_path / "old"
     (run / "checkpoints").mkdir(parents=True)
@@ -127,6 +127,35 @@ def test_old_config_json_still_loads(tmp_path):
     (run / "config.json").write_text(json.dumps({"config": saved}))
     cfg = rundir.settings(TrainConfig(out=str(run), resume="yes"), {"out", "resume"})
     assert (cfg.method, cfg.logit_scale, cfg.learnable_logit_scale) == ("sigclr", 7.0, True)
+
+
+def test_config_json_with_the_earlier_bias_names_loads():
+    """config.json written while sigclr's logit bias was --bias / --learnable-bias: read as
+    logit_bias / learnable_logit_bias (LossSpec.renamed), for every method's file."""
+    for method in LOSSES:
+        saved = to_dict(
+            TrainConfig(method=method, logit_bias=-3.0 if method == "sigclr" else None).resolved()
+        )
+        saved["bias"], saved["learnable_bias"] = saved.pop("logit_bias"), saved.pop("learnable_logit_bias")
+        cfg = saved_config(saved)
+        want = (-3.0, True) if method == "sigclr" else (None, None)
+        assert (cfg.logit_bias, cfg.learnable_logit_bias) == want, method
+
+
+def test_checkpoint_with_the_earlier_state_keys_resumes_exactly():
+    """A criterion state_dict saved as {log_temperature, bias} loads into today's module
+    (log_logit_scale, logit_bias) with the same values, learnable scale or not."""
+    for learnable in (False, True):
+        old = LOSSES["sigclr"].build(n_views=2, **{**LOSSES["sigclr"].defaults(), "logit_scale": 4.0})
+        state = {"log_temperature": torch.tensor(1.25), "bias": torch.tensor(-7.5)}
+        params = {**LOSSES["sigclr"].defaults(), "learnable_logit_scale": learnable}
+        new = LOSSES["sigclr"].build(n_views=2, **params)
+        new.load_state_dict(state)
+        assert set(new.state_dict()) == {"log_logit_scale", "logit_bias"} == set(old.state_dict())
+        assert new.logit_scale.item() == pytest.approx(torch.tensor(1.25).exp().item(), rel=1e-7)
+        assert new.logit_bias.item() == -7.5
+        with pytest.raises(RuntimeError, match="Missing key"):
+            new.load_state_dict({"bias": torch.tensor(-7.5)})
 
 
 def tiny_args(data_dir: Path, out: Path, *extra: str) -> list[str]:
@@ -164,7 +193,7 @@ def test_loss_value_only_on_the_steps_that_read_it(cifar10_dir, tmp_path, monkey
     logged = [r for r in read_metrics(sparse) if r["kind"] == "step"]
     assert [r["step"] for r in logged] == [3, 6, 8]
     assert all(r["loss"] == full[r["step"]]["loss"] for r in logged)
-    assert "temperature" not in logged[0] and {"logit_scale", "bias"} <= set(logged[0])
+    assert "temperature" not in logged[0] and {"logit_scale", "logit_bias"} <= set(logged[0])
     epochs = [r for r in read_metrics(sparse) if r["kind"] == "epoch"]
     assert [r["loss_steps"] for r in epochs] == [2, 2]
     want = [(full[3]["loss"] + full[4]["loss"]) / 2, (full[6]["loss"] + full[8]["loss"]) / 2]

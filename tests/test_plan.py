@@ -110,3 +110,34 @@ def test_pil_baseline_applies_the_plan():
                 plain += 1
                 assert (views[v] - ref[v].permute(1, 2, 0)).abs().max() <= 1.01 / 255 / 0.25
     assert plain >= 5
+
+
+def test_order_is_drawn_on_the_cpu_for_every_device(monkeypatch):
+    """The gpu loader drew its order from a CUDA generator (another stream of numbers) while DALI's
+    came from the CPU; the meta device stands in for the GPU."""
+    calls, real = [], torch.randperm
+
+    def randperm(n, *args, generator=None, device=None, **kwargs):
+        calls.append((generator.device.type, torch.device(device or "cpu").type))
+        return real(n, *args, generator=generator, device=device, **kwargs)
+
+    monkeypatch.setattr(torch, "randperm", randperm)
+    plan = AugmentPlan(AugmentSpec.simclr(32, MEAN, STD), 64, (32, 32), seed=0)
+    index, params = next(iter(epoch_plan(plan, 16, epoch=0, device="meta")))
+    assert calls == [("cpu", "cpu")]
+    assert index.device.type == params.device.type == "meta"
+
+
+def test_pil_baseline_moves_the_pinned_batch_before_reordering_it():
+    """The bench's PIL loader reshaped its pinned batch on the host (a pageable copy) before moving
+    it; the meta device stands in for the GPU: no host memory may be allocated per batch."""
+    from fastsigclr.bench.augment import PilLoader
+    from fastsigclr.bench.memory import TensorAllocations
+
+    spec = AugmentSpec.simclr(16, MEAN, STD)
+    loader = PilLoader(np.zeros((8, 16, 16, 3), np.uint8), None, spec, 4, torch.device("meta"), torch.float32)
+    loader.loader = [(torch.zeros(4, 2, 16, 16, 3), torch.arange(4))]  # one batch as the workers give it
+    with TensorAllocations() as host:
+        x, ids = next(loader.epoch(0))
+    assert host.peak_bytes == 0 and x.shape == (8, 3, 16, 16)
+    assert x.device.type == ids.device.type == "meta"

@@ -225,7 +225,7 @@ def test_a_read_only_out_is_a_clear_error(tmp_path, where):
     "option,value,expected",
     [
         ("--lr", "1e39", "--lr must be ≥ 0 and ≤ 3.40282e+38"),  # beyond float32: overflowed in the optimiser
-        ("--bias", "-1e39", "--bias must be ≥ -3.40282e+38 and ≤ 3.40282e+38"),
+        ("--logit-bias", "-1e39", "--logit-bias must be ≥ -3.40282e+38 and ≤ 3.40282e+38"),
     ],
 )
 def test_lr_and_bias_must_fit_in_float32(tmp_path, capsys, option, value, expected):
@@ -279,3 +279,18 @@ def test_a_diverging_run_keeps_its_last_good_checkpoint(cifar10_dir, tmp_path, c
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
     assert [r["epoch"] for r in read_metrics(out) if r["kind"] == "epoch"] == list(range(kept))
     assert all(math.isfinite(r["loss"]) for r in read_metrics(out) if r["kind"] == "epoch")
+
+
+def test_resume_keeps_rng_states_on_the_cpu(tmp_path):
+    """A resume on CUDA loaded the checkpoint with map_location=device and handed torch.set_rng_state
+    a GPU tensor, which it refuses; the meta device stands in for the GPU here."""
+    state = {key: {} for key in rundir.CHECKPOINT_KEYS}
+    state.update(rng=checkpoint.rng_state(), epoch=1, step=2)
+    (tmp_path / rundir.CHECKPOINT.parent).mkdir()
+    checkpoint.save_atomic(state, tmp_path / rundir.CHECKPOINT)
+    saved = torch.get_rng_state()
+    torch.rand(3)  # move the generator on
+    with torch.device("meta"):  # the device the trainer runs on, for every load that defaults to it
+        loaded = rundir._load_checkpoint(tmp_path)
+    checkpoint.set_rng_state(loaded["rng"])
+    assert torch.equal(torch.get_rng_state(), saved)

@@ -1,5 +1,5 @@
 """The pairwise sigmoid loss: both implementations against a float64 reference that materialises
-the logits, on odd sizes, for the value and every gradient (z, bias, learnable temperature)."""
+the logits, on odd sizes, for the value and every gradient (z, logit bias, learnable logit scale)."""
 
 import math
 
@@ -9,8 +9,13 @@ import torch.nn.functional as F
 from helpers import KERNEL_DEVICE, assert_close_rel, max_rel_error
 
 from fastsigclr.kernels import sigmoid_block_triton, sigmoid_pairwise_triton
-from fastsigclr.losses import SigmoidPairwiseLoss, sigmoid_pairwise_chunked, sigmoid_pairwise_loss
-from fastsigclr.losses import common as loss_common
+from fastsigclr.losses import (
+    SigmoidPairwiseLoss,
+    sigmoid_block_chunked,
+    sigmoid_blocks,
+    sigmoid_pairwise_loss,
+    sigmoid_torch,
+)
 
 # rows = n_views·N: the issue's 2N sizes for two views, the nearest multiples of 3 for three.
 ROWS = {2: [2, 6, 74, 130, 258], 3: [3, 6, 75, 129, 258]}
@@ -148,7 +153,7 @@ def test_kernel_tiles_and_feature_splits(m, d, block_m, block_n, block_k, col_sp
     dev = KERNEL_DEVICE
     blocks = dict(block_m=block_m, block_n=block_n, block_k=block_k, col_splits=col_splits)
     got = sigmoid_pairwise_triton(zh.to(dev), t.to(dev), b.to(dev), n_views, **blocks)
-    want = sigmoid_pairwise_chunked(zh.double(), t.double(), b.double(), n_views)
+    want = sigmoid_blocks(zh.double(), t.double(), b.double(), n_views=n_views)
     for name, a, e in zip(("loss", "dz", "dt", "db"), got, want, strict=True):
         assert_close_rel(a, e, 5e-6, name)  # measured ≤ 3e-7
 
@@ -185,7 +190,7 @@ def test_kernel_without_gradient_or_loss():
     t, b = torch.tensor(10.0), torch.tensor(-10.0)
     dev = KERNEL_DEVICE
     loss, dz, dt, db = sigmoid_pairwise_triton(zh.to(dev), t.to(dev), b.to(dev), 2, compute_grad=False)
-    want = sigmoid_pairwise_chunked(zh, t, b, 2)
+    want = sigmoid_blocks(zh, t, b, n_views=2)
     assert dz is None
     assert_close_rel(loss, want[0], 1e-5, "loss")
     assert_close_rel(dt, want[2], 1e-5, "dt")
@@ -205,8 +210,9 @@ def test_skipped_loss_is_nan_with_the_same_gradients(impl):
     assert torch.isfinite(full[0]) and torch.isnan(grad_only[0])
     for name, x, y in zip(("dz", "dt", "db"), full[1:], grad_only[1:], strict=True):
         assert torch.equal(x, y), name
-    module = SigmoidPairwiseLoss(impl=impl)
-    assert torch.isnan(module(z.to(KERNEL_DEVICE if impl == "triton" else "cpu"), compute_loss=False))
+    dev = KERNEL_DEVICE if impl == "triton" else torch.device("cpu")
+    module = SigmoidPairwiseLoss(impl=impl).to(dev)  # its t and b where the rows are
+    assert torch.isnan(module(z.to(dev), compute_loss=False))
 
 
 def test_fp32_rows_on_bf16_operands():
@@ -281,7 +287,8 @@ def test_strided_rows_without_normalisation():
     assert zh.stride(0) == 49
     want = reference(base.double(), 2.0, 0.5, 2, normalize=False)
     for impl in ("torch", "triton"):
-        rows = zh.to(KERNEL_DEVICE) if impl == "triton" else zh
+        # Sliced where it is used: copying the slice to another device makes it dense (stride 40).
+        rows = wide.to(KERNEL_DEVICE)[:, :40] if impl == "triton" else zh
         assert rows.stride(0) == 49
         got = sigmoid_pairwise_loss(rows, 2.0, 0.5, normalize=False, impl=impl)
         assert_close_rel(got, want, 1e-5, impl)
@@ -289,7 +296,7 @@ def test_strided_rows_without_normalisation():
 
 def test_gradcheck_torch_path(monkeypatch):
     # Tiny chunks so the gradient is assembled over several chunks.
-    monkeypatch.setattr(loss_common, "CHUNK_ELEMENTS", 24)
+    monkeypatch.setattr(sigmoid_torch, "STRIP_ELEMENTS", 24)
     gen = torch.Generator().manual_seed(11)
     z = torch.randn(12, 5, dtype=torch.float64, generator=gen, requires_grad=True)
     t = torch.tensor(2.5, dtype=torch.float64, requires_grad=True)
@@ -303,7 +310,7 @@ def test_gradcheck_torch_path(monkeypatch):
 def test_chunking_does_not_change_the_result(monkeypatch):
     z = torch.randn(90, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     whole = run(sigmoid_pairwise_loss, z, 3.0, -1.0, torch.float64, impl="torch")
-    monkeypatch.setattr(loss_common, "CHUNK_ELEMENTS", 7 * 90)  # 7-row chunks, last one short
+    monkeypatch.setattr(sigmoid_torch, "STRIP_ELEMENTS", 7 * 90)  # 7-row strips, last one short
     chunked = run(sigmoid_pairwise_loss, z, 3.0, -1.0, torch.float64, impl="torch")
     for x, y in zip(whole, chunked, strict=True):
         assert_close_rel(x, y, 1e-12)
@@ -341,9 +348,9 @@ def test_tolerance_can_fail():
         (lambda: (torch.randn(9, 4), 10.0, -10.0, 2), ValueError, "not divisible"),
         (lambda: (torch.randn(1, 4), 10.0, -10.0, 2), ValueError, "at least 2 rows"),
         (lambda: (torch.ones(8, 4, dtype=torch.int64), 10.0, -10.0, 2), TypeError, "floating-point"),
-        (lambda: (torch.randn(8, 4), 0.0, -10.0, 2), ValueError, "temperature must be > 0"),
-        (lambda: (torch.randn(8, 4), -1.0, -10.0, 2), ValueError, "temperature must be > 0"),
-        (lambda: (torch.randn(8, 4), torch.tensor(-2.0), -10.0, 2), ValueError, "temperature must be > 0"),
+        (lambda: (torch.randn(8, 4), 0.0, -10.0, 2), ValueError, "logit_scale must be > 0"),
+        (lambda: (torch.randn(8, 4), -1.0, -10.0, 2), ValueError, "logit_scale must be > 0"),
+        (lambda: (torch.randn(8, 4), torch.tensor(-2.0), -10.0, 2), ValueError, "logit_scale must be > 0"),
         (lambda: (torch.randn(8, 4), 10.0, -10.0, 1), ValueError, "n_views"),
         (lambda: (torch.randn(8, 4), 10.0, torch.zeros(3), 2), ValueError, "bias must be a scalar"),
         (lambda: (torch.randn(8, 4), 10.0, torch.tensor(1), 2), TypeError, "bias must be a floating"),
@@ -373,22 +380,22 @@ def test_impl_selection(monkeypatch):
 
 def test_module_parameters_and_gradients():
     fixed = SigmoidPairwiseLoss()
-    assert fixed.bias.item() == -10.0 and math.isclose(fixed.temperature.item(), 10.0, rel_tol=1e-6)
-    assert [name for name, _ in fixed.named_parameters()] == ["bias"]
-    learn = SigmoidPairwiseLoss(temperature=5.0, bias=-2.0, learnable_temperature=True, impl="torch")
-    assert {name for name, _ in learn.named_parameters()} == {"bias", "log_temperature"}
+    assert fixed.logit_bias.item() == -10.0 and math.isclose(fixed.logit_scale.item(), 10.0, rel_tol=1e-6)
+    assert [name for name, _ in fixed.named_parameters()] == ["logit_bias"]
+    learn = SigmoidPairwiseLoss(logit_scale=5.0, logit_bias=-2.0, learnable_logit_scale=True, impl="torch")
+    assert {name for name, _ in learn.named_parameters()} == {"logit_bias", "log_logit_scale"}
     z = torch.randn(20, 6, dtype=torch.float64)
     learn.double()
     learn(z).backward()
-    # dL/dt' = t · dL/dt, checked against the functional form with a leaf temperature.
-    t = learn.temperature.item()  # log(5) was rounded to fp32 before .double()
+    # dL/dt' = t · dL/dt, checked against the functional form with a leaf logit scale.
+    t = learn.logit_scale.item()  # log(5) was rounded to fp32 before .double()
     _, _, dt, db = run(sigmoid_pairwise_loss, z, t, -2.0, torch.float64, impl="torch")
-    assert_close_rel(learn.log_temperature.grad, t * dt, 1e-10, "dt'")
-    assert_close_rel(learn.bias.grad, db, 1e-10, "db")
-    with pytest.raises(ValueError, match="temperature must be > 0"):
-        SigmoidPairwiseLoss(temperature=0.0)
+    assert_close_rel(learn.log_logit_scale.grad, t * dt, 1e-10, "dt'")
+    assert_close_rel(learn.logit_bias.grad, db, 1e-10, "db")
+    with pytest.raises(ValueError, match="logit_scale must be > 0"):
+        SigmoidPairwiseLoss(logit_scale=0.0)
     state = learn.state_dict()
-    assert set(state) == {"bias", "log_temperature"}
+    assert set(state) == {"logit_bias", "log_logit_scale"}
 
 
 def test_no_gradient_when_nothing_requires_it():
@@ -396,3 +403,21 @@ def test_no_gradient_when_nothing_requires_it():
     with torch.no_grad():
         loss = sigmoid_pairwise_loss(z, 10.0, -10.0, impl="torch")
     assert not loss.requires_grad and loss.dtype == torch.float32
+
+
+@pytest.mark.parametrize("m,n_views", [(15, 3), (26, 2), (33, 3)])
+@pytest.mark.parametrize("chunk_rows", [1, 5, 7, None])
+def test_torch_block_evaluates_each_pair_once_at_any_strip(m, n_views, chunk_rows):
+    """The symmetric schedule of sigmoid_block_chunked: strips of 1 row, of rows that do not
+    divide M (the last one short, squares straddling the diagonal), and one strip, against the
+    float64 oracle for the value and every gradient."""
+    gen = torch.Generator().manual_seed(m * 10 + n_views)
+    z = F.normalize(torch.randn(m, 9, generator=gen, dtype=torch.float64), dim=1)
+    expected = run(lambda x, t, b: reference(x, t, b, n_views, normalize=False), z, 3.0, -1.5, torch.float64)
+    t, b = torch.tensor(3.0, dtype=torch.float64), torch.tensor(-1.5, dtype=torch.float64)
+    loss, dz, d_cols, dt, db = sigmoid_block_chunked(
+        z, z, t, b, n_per_view=m // n_views, inv_m=1 / m, pairs="self", chunk_rows=chunk_rows
+    )
+    assert d_cols is None
+    for name, a, e in zip(("loss", "dz", "dt", "db"), (loss, dz, dt, db), expected, strict=True):
+        assert_close_rel(a, e, 1e-12, f"{name} M={m} strips of {chunk_rows}")

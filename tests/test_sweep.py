@@ -65,9 +65,9 @@ def test_grid_writes_results_table_and_plot(grid):
         assert r["knn_acc"] == r["monitor_knn_acc"] == r["knn_curve"][-1][1]
     fixed = [r for r in runs if r["setting"] == "sigclr-fixed-b0"]
     learnt = [r for r in runs if r["setting"] == "sigclr"]
-    assert all(r["final_bias"] == 0.0 and not r["config"]["learnable_bias"] for r in fixed)
-    assert all(r["final_bias"] != -10.0 and r["config"]["learnable_bias"] for r in learnt)
-    assert runs[0]["final_bias"] != runs[2]["final_bias"]  # the seeds differ
+    assert all(r["final_logit_bias"] == 0.0 and not r["config"]["learnable_logit_bias"] for r in fixed)
+    assert all(r["final_logit_bias"] != -10.0 and r["config"]["learnable_logit_bias"] for r in learnt)
+    assert runs[0]["final_logit_bias"] != runs[2]["final_logit_bias"]  # the seeds differ
     table = (out / "results.md").read_text()
     assert "resnet18 width 8, projector 32-16, 2 epochs, batch 32, 64 train / 48 test images" in table
     assert "precision fp32" in table and saved["precision"] == "fp32"

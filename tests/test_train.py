@@ -190,7 +190,7 @@ def test_every_method_trains(cifar10_dir, tmp_path, method, key, temperature):
     losses = step_losses(out)
     assert len(losses) == 2 and all(map(torch.isfinite, torch.tensor(losses)))
     summary = json.loads((out / "summary.json").read_text())
-    assert ("final_bias" in summary) == (method == "sigclr")
+    assert ("final_logit_bias" in summary) == (method == "sigclr")
 
 
 def test_self_supervised_tcl_with_a_third_view(cifar10_dir, tmp_path, capsys):

@@ -36,6 +36,8 @@ from multiprocessing import get_context
 if os.environ.get("TRITON_INTERPRET") == "1":
     sys.exit("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
 
+import cost_model
+import torch
 import triton
 from triton import knobs
 from triton.backends.compiler import GPUTarget
@@ -44,6 +46,7 @@ from triton.runtime.jit import MockTensor, create_function_from_signature
 
 from fastsigclr.kernels import augment, ntxent, sigmoid_tuning
 from fastsigclr.kernels.tiles import CompileCase, select_configs
+from fastsigclr.runinfo import run_record
 
 # Shared memory one block may opt in to on an H100/H200 (sm_90): 227 KiB.
 SM90_MAX_SHARED = 227 * 1024
@@ -51,8 +54,18 @@ NVIDIA_BIN = os.path.join(os.path.dirname(triton.backends.nvidia.__file__), "bin
 GROUP = ("kernel", "variant", "dtype", "D")  # the rows one autotuner chooses among
 
 
-def all_cases(quick: bool) -> list[CompileCase]:
-    return [*sigmoid_tuning.compile_cases(quick), *ntxent.compile_cases(quick), *augment.compile_cases(quick)]
+def all_cases(quick: bool, only: str = "") -> list[CompileCase]:
+    """Every module's compile cases; ``only``: those whose kernel name starts with it."""
+    cases = [
+        *sigmoid_tuning.compile_cases(quick),
+        *ntxent.compile_cases(quick),
+        *augment.compile_cases(quick),
+    ]
+    if only.startswith("siglip-kernel"):  # the public baseline (tools/baseline_kernels.py)
+        from baseline_kernels import siglip_kernel_cases
+
+        cases = siglip_kernel_cases()
+    return [c for c in cases if c.meta.get("kernel", "").startswith(only)]
 
 
 def specialise(case: CompileCase, backend) -> tuple[ASTSource, dict]:
@@ -111,6 +124,39 @@ def inner_loop(instructions: list[tuple[int, str]]) -> list[str]:
     return best[1]
 
 
+def nested_loop(instructions: list[tuple[int, str]], trips: int) -> tuple[int, int]:
+    """(SASS, MUFU) per iteration of the innermost loop that holds other loops (a column loop with
+    feature loops inside), each loop directly inside it counted ``trips`` times. Approximate: a
+    software-pipelined loop runs a little fewer times than its trip count."""
+    ranges = []
+    for addr, text in instructions:
+        if re.search(r"(^|\s)BRA\b", text):
+            target = int(re.findall(r"0x([0-9a-f]+)", text)[-1], 16)
+            if target < addr:
+                ranges.append((target, addr))
+
+    def inside(a: tuple, b: tuple) -> bool:
+        return a != b and b[0] <= a[0] and a[1] <= b[1]
+
+    holders = [r for r in ranges if any(inside(q, r) for q in ranges)]
+    if not holders:
+        return 0, 0
+    outer = min(holders, key=lambda r: r[1] - r[0])
+    inner = [
+        q for q in ranges if inside(q, outer) and not any(inside(q, p) and inside(p, outer) for p in ranges)
+    ]
+
+    def counts(r: tuple) -> tuple[int, int]:
+        body = [t for a, t in instructions if r[0] <= a <= r[1]]
+        return len(body), sum(t.split()[0].startswith("MUFU") for t in body)
+
+    total, mufu = counts(outer)
+    for q in inner:
+        n, u = counts(q)
+        total, mufu = total + (trips - 1) * n, mufu + (trips - 1) * u
+    return total, mufu
+
+
 def compile_case(case: CompileCase, arch: int) -> dict:
     target = GPUTarget("cuda", arch, 32)
     src, options = specialise(case, make_backend(target))
@@ -124,9 +170,13 @@ def compile_case(case: CompileCase, arch: int) -> dict:
     ptx = kernel.asm["ptx"]
     row["wgmma"] = "wgmma" in ptx
     row["mma"] = "mma.sync" in ptx
-    if case.pairs_per_iteration:
+    per_thread = case.pairs_per_iteration / (case.num_warps * 32)
+    if case.pairs_per_iteration and "feature_trips" in case.meta:
+        total, mufu = nested_loop(sass_instructions(kernel.asm["cubin"]), case.meta["feature_trips"])
+        row.update(loop_instructions=total, sass_per_pair=round(total / per_thread, 2))
+        row["mufu_per_pair"] = round(mufu / per_thread, 3)
+    elif case.pairs_per_iteration:
         body = inner_loop(sass_instructions(kernel.asm["cubin"]))
-        per_thread = case.pairs_per_iteration / (case.num_warps * 32)
         row["loop_instructions"] = len(body)
         row["sass_per_pair"] = round(len(body) / per_thread, 2)
         row["mufu_per_pair"] = round(sum(t.split()[0].startswith("MUFU") for t in body) / per_thread, 3)
@@ -138,11 +188,11 @@ def compile_case(case: CompileCase, arch: int) -> dict:
     return row
 
 
-def run_case(index: int, quick: bool, arch: int) -> dict:
+def run_case(index: int, quick: bool, arch: int, only: str = "") -> dict:
     """Worker: rebuild the case list (kernels cannot be pickled) and compile case ``index``."""
     knobs.nvidia.dump_ptxas_log = True
     knobs.compilation.always_compile = True  # a cached kernel has no ptxas log
-    case = all_cases(quick)[index]
+    case = all_cases(quick, only)[index]
     row = dict(case.meta, warps=case.num_warps, stages=case.num_stages, candidate=case.candidate)
     row["tensor_cores"] = case.tensor_cores
     try:
@@ -168,10 +218,56 @@ def mark_kept(rows: list[dict]) -> None:
 
 def failures(rows: list[dict]) -> list[str]:
     bad = [f"{r['kernel']} {r.get('dtype')}: {r['error']}" for r in rows if "error" in r]
+    # A launcher's own configuration (not an autotune candidate) must fit: nothing prunes it.
+    bad += [
+        f"{r['kernel']} {r.get('variant', '')} {r['dtype']} D={r['D']}: {r['shared_bytes']} bytes of shared "
+        f"memory, over the {SM90_MAX_SHARED} a block may use"
+        for r in rows
+        if not r["candidate"] and r.get("launchable") is False
+    ]
     groups = {tuple(r.get(k) for k in GROUP) for r in rows if r["candidate"]}
     kept = {tuple(r.get(k) for k in GROUP) for r in rows if r.get("kept")}
     bad += [f"{' '.join(map(str, g))}: no autotune candidate fits without spilling" for g in groups - kept]
     return bad
+
+
+def header(argv: list[str]) -> dict:
+    """What every results file records (date, command, commit, versions), the host that compiled,
+    and the cost model's constants (tools/cost_model.py)."""
+    record = run_record(torch.device("cpu"), ["tools/compile_kernels.py", *argv])
+    record["compiled_on"] = record.pop("device")
+    return {**record, "cost_model": cost_model.constants()}
+
+
+def remodel(path: str, argv: list[str]) -> int:
+    """Apply the cost model to the rows of an existing report, in place (no compiling)."""
+    with open(path) as f:
+        report = json.load(f)
+    cost_model.annotate(report["kernels"])
+    report.update(header(argv), modelled_without_compiling=True)
+    write_report(path, report)
+    print_predictions(report["kernels"])
+    return 0
+
+
+def write_report(path: str, report: dict) -> None:
+    with open(path + ".partial", "w") as f:
+        json.dump(report, f, indent=1)
+        f.write("\n")
+    os.replace(path + ".partial", path)
+
+
+def print_predictions(rows: list[dict]) -> None:
+    """The modelled best config per (kernel, variant, dtype, D) and its predicted time."""
+    groups = sorted({tuple(r.get(k) for k in GROUP) for r in rows if "model" in r}, key=str)
+    for group in groups:
+        pick = cost_model.best(rows, **dict(zip(GROUP, group, strict=True)))
+        if pick is None:
+            continue
+        m = pick["model"]
+        times = ", ".join(f"{k} {v} µs" for k, v in m["predicted_us"].items())
+        what = " ".join(str(g) for g in group if g is not None)
+        print(f"{what} {pick['BLOCK_M']}x{pick['BLOCK_N']}: {m['bound']}-bound; {times}")
 
 
 def main() -> int:
@@ -180,24 +276,32 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="the cases CI compiles (see compile_cases)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiles in parallel")
     ap.add_argument("--json", help="write the report here")
+    ap.add_argument("--only", default="", help="only kernels whose name starts with this (e.g. ntxent)")
+    ap.add_argument("--model", metavar="REPORT", help="apply the cost model to REPORT's rows, no compiling")
     args = ap.parse_args()
-    count = len(all_cases(args.quick))
+    if args.model:
+        return remodel(args.model, sys.argv[1:])
+    count = len(all_cases(args.quick, args.only))
     rows = []
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
-        for row in pool.map(run_case, range(count), [args.quick] * count, [args.arch] * count):
+        for row in pool.map(
+            run_case, range(count), [args.quick] * count, [args.arch] * count, [args.only] * count
+        ):
             rows.append(row)
             what = " ".join(str(row.get(k, "")) for k in (*GROUP, "BLOCK_M", "BLOCK_N"))
             print(
                 f"[{len(rows)}/{count}] {what} {row.get('seconds', 'error')} s", file=sys.stderr, flush=True
             )
     mark_kept(rows)
+    cost_model.annotate(rows)
     for row in rows:
         print(json.dumps(row), flush=True)
+    print_predictions(rows)
     if args.json:
-        report = {"arch": args.arch, "triton": triton.__version__, "quick": args.quick, "kernels": rows}
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-            f.write("\n")
+        seconds = round(sum(r.get("seconds", 0) for r in rows), 1)
+        report = {**header(sys.argv[1:]), "arch": args.arch, "triton": triton.__version__}
+        report.update(quick=args.quick, only=args.only, compile_seconds=seconds, kernels=rows)
+        write_report(args.json, report)
     problems = failures(rows)
     for line in problems:
         print("FAILED:", line, file=sys.stderr)

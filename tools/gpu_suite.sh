@@ -1,26 +1,29 @@
 #!/usr/bin/env bash
-# The GPU suite in five stages of at most 8 minutes each (25 in all), one stage per call of the
-# `run` tool (10 minutes per command). tools/gpu_suite.py defines the stages, tools/stage_runner.py
-# runs them; `bash tools/gpu_suite.sh list` prints each stage's steps, time limit and expected time.
+# The GPU suite in five stages, each with its own time limit; tools/gpu_suite.py defines the stages,
+# tools/stage_runner.py runs them, and `bash tools/gpu_suite.sh list` prints each stage's steps, limit
+# and expected time. Stages are ordered by what they are worth if the GPU time runs out: 1 checks the
+# kernels and the CUDA-only paths and times the loss kernel, 2 runs the other tests with CUDA present,
+# 3 the loss benchmarks, 4 the data pipeline and training step, 5 a short SigCLR training.
 #
+# On any machine with an NVIDIA GPU, Python, torch and triton: copy the checkout there, with the
+# CIFAR-10 pack (tools/cifar10-from-jpeg and data/cifar10-jpeg/, 53 MiB) in its git-ignored
+# shared-data/ folder:
+#   mkdir -p shared-data/tools shared-data/data && cp PACK/tools/cifar10-from-jpeg shared-data/tools/ &&
+#   cp -r PACK/data/cifar10-jpeg shared-data/data/
+# Then run the stages from the checkout's root, one command each, stage 1 first (without .git, set
+# COMMIT=<sha>, the copied commit). Each stage ends its steps at its limit; allow a minute more for
+# start-up and its record:
+#   OUT=results bash tools/gpu_suite.sh 1    # limit 5.5 min
+#   OUT=results bash tools/gpu_suite.sh 2    # limit 5.0 min
+#   OUT=results bash tools/gpu_suite.sh 3    # limit 5.0 min
+#   OUT=results bash tools/gpu_suite.sh 4    # limit 4.0 min
+#   OUT=results bash tools/gpu_suite.sh 5    # limit 5.0 min
 # Each stage writes $OUT/stage-K.json before its first step and after every step (commit, driver, GPU
 # clocks, device, versions, date, command; each step's status, exit code, seconds and last output
-# line), its logs and results under $OUT/stage-K/, and exits 1 when a step fails or runs out of time.
-#
-# Once, from the checkout's root: put the CIFAR-10 pack into the git-ignored shared-data/ (53 MiB;
-# with the repository it stays under the 64 MiB a call may carry):
-#   mkdir -p shared-data/tools shared-data/data && cp ../shared/tools/cifar10-from-jpeg shared-data/tools/ &&
-#   cp -r ../shared/data/cifar10-jpeg shared-data/data/
-# Then one `run` call per stage, stage 1 (the short correctness check) first; <sha> is the checkout's
-# `git rev-parse HEAD` (.git does not travel), timeout_s the stage's limit + 90 s (start-up, record):
-#   run(command="OUT=$OUT COMMIT=<sha> bash tools/gpu_suite.sh 1", carry=["shared-data"], timeout_s=450)
-#   run(command="OUT=$OUT COMMIT=<sha> bash tools/gpu_suite.sh 2", carry=["shared-data"], timeout_s=390)
-#   run(command="OUT=$OUT COMMIT=<sha> bash tools/gpu_suite.sh 3", carry=["shared-data"], timeout_s=390)
-#   run(command="OUT=$OUT COMMIT=<sha> bash tools/gpu_suite.sh 4", carry=["shared-data"], timeout_s=330)
-#   run(command="OUT=$OUT COMMIT=<sha> bash tools/gpu_suite.sh 5", carry=["shared-data"], timeout_s=390)
-# What comes back (files_at) holds stage-K.json and stage-K/ (loss-cuda.json, train-cuda.json, ... and
-# their plots): copy the figures into benchmarks/results/. Stage 5 trains EPOCHS=<n> epochs (default
-# 10; set it before `bash`). CIFAR-10 is converted once per machine into /tmp/fastsigclr-suite/.
+# line), its logs and results under $OUT/stage-K/ (loss-cuda.json, train-cuda.json, ... and their
+# plots: copy the figures into benchmarks/results/), and exits 1 when a step fails or runs out of
+# time. Stage 5 trains EPOCHS=<n> epochs (default 10). CIFAR-10 is converted once per machine, into
+# $FASTSIGCLR_SUITE_DATA (default /tmp/fastsigclr-suite/cifar10), by the first step that needs it.
 #
 # On a CPU, `bash tools/gpu_suite.sh --smoke all` runs every step at tiny sizes in a few minutes
 # (tests/test_gpu_suite.py does, in CI). The interpreter: $PYTHON, else python3, else python.

@@ -136,8 +136,10 @@ class PilLoader:
         self.order.epoch = epoch
         for views, ids in self.loader:
             b, v = views.shape[:2]
-            x = views.transpose(0, 1).reshape(v * b, *views.shape[2:]).permute(0, 3, 1, 2)
-            x = x.to(self.device, non_blocking=True).to(self.dtype)
+            # Moved as the workers pinned it, reordered on the device: a reshape first would copy
+            # the batch into pageable memory, and the copy to the GPU would wait for it.
+            x = views.to(self.device, non_blocking=True).transpose(0, 1).reshape(v * b, *views.shape[2:])
+            x = x.permute(0, 3, 1, 2).to(self.dtype)
             yield x.contiguous(memory_format=torch.channels_last), ids.to(self.device)
 
 

@@ -54,7 +54,7 @@ class BenchDistConfig:
 def run(cfg: BenchDistConfig, command: list[str] | None = None) -> dict[str, Any]:
     from fastsigclr.bench.plot import plot_dist
     from fastsigclr.losses import sigmoid_pairwise_loss, sigmoid_pairwise_loss_distributed
-    from fastsigclr.losses.sigmoid import BIAS
+    from fastsigclr.losses.sigmoid import LOGIT_BIAS
     from fastsigclr.losses.sigmoid import LOGIT_SCALE as t
 
     device = resolve_device(cfg.device)
@@ -69,7 +69,7 @@ def run(cfg: BenchDistConfig, command: list[str] | None = None) -> dict[str, Any
         results = []
         for rows in cfg.sizes:
             z = torch.randn(rows, cfg.dim, device=device, dtype=DTYPES[cfg.dtype], requires_grad=True)
-            bias = torch.tensor(BIAS, device=device, requires_grad=True)
+            bias = torch.tensor(LOGIT_BIAS, device=device, requires_grad=True)
             providers = {
                 "plain": lambda z=z, b=bias: sigmoid_pairwise_loss(z, t, b),
                 "ring": lambda z=z, b=bias: sigmoid_pairwise_loss_distributed(z, t, b, mode="ring"),

@@ -2,15 +2,21 @@
 method), forward + backward, providers side by side.
 
 Providers: ``eager`` (the materialising PyTorch reference), ``compiled`` (the same under
-``torch.compile``), ``chunked`` (the package's torch path) and ``triton`` (the loss's Triton
-kernel, CUDA only; skipped for losses without one). Each case reports the median time, achieved
-TFLOP/s for 4·(2N)²·D, the ratio to the eager and compiled baselines measured in the same run, and
-the peak memory allocated above the inputs.
+``torch.compile``), ``chunked`` (the package's torch path), ``triton`` (the loss's Triton
+kernel, CUDA only; skipped for losses without one), ``open_clip`` (open_clip's SigLipLoss, for
+sigclr and siglip; the ``bench`` extra) and ``siglip-kernel`` (the PyPI package's fused SigLIP
+loss, the public baseline, CUDA only: for sigclr its two-tower loss of the two views, B = N, so N²
+pairs against SigCLR's (2N)², no TFLOP/s given; for siglip the same loss as the others). Besides
+the training methods, ``siglip``: SigLIP's two-tower loss with z's halves as images and texts.
+Each case reports the median time, achieved TFLOP/s for 4·(2N)²·D, the ratio to the eager,
+compiled and open_clip baselines measured in the same run, and the peak memory allocated above the
+inputs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,13 +26,26 @@ from tqdm.auto import tqdm
 
 from fastsigclr.bench.common import DTYPES, check_even_sizes, matmul_tflops, time_fn, write_json
 from fastsigclr.bench.memory import peak_extra_bytes
+from fastsigclr.bench.open_clip_loss import OPEN_CLIP_LOSSES, open_clip_fn
+from fastsigclr.bench.open_clip_loss import installed as open_clip_installed
 from fastsigclr.config import check_fields, option, to_dict
-from fastsigclr.losses import LOSSES
+from fastsigclr.losses import LOSSES, siglip
 from fastsigclr.losses.options import check_applicable, with_loss_options
 from fastsigclr.runconfig import loss_params
 from fastsigclr.runinfo import device_option, resolve_device, run_record
 
-PROVIDERS = ("eager", "compiled", "chunked", "triton")
+try:
+    from triton.runtime.errors import OutOfResources
+except ImportError:  # no triton (not Linux): no kernel can run out of resources
+
+    class OutOfResources(Exception):
+        pass
+
+
+PROVIDERS = ("eager", "compiled", "chunked", "triton", "open_clip", "siglip-kernel")
+DEFAULT_PROVIDERS = ("eager", "compiled", "chunked", "triton", "open_clip")
+# What can be measured: the training methods' losses and SigLIP's two-tower loss.
+BENCH_LOSSES = {**LOSSES, "siglip": siglip.SPEC}
 
 
 @with_loss_options
@@ -45,9 +64,9 @@ class BenchLossConfig:
     dtypes: tuple[str, ...] | None = option(
         None, "input dtypes; unset: bf16,fp16,fp32 on CUDA, fp32 on CPU", choices=tuple(DTYPES)
     )
-    providers: tuple[str, ...] = option(PROVIDERS, "implementations to compare", choices=PROVIDERS)
+    providers: tuple[str, ...] = option(DEFAULT_PROVIDERS, "implementations to compare", choices=PROVIDERS)
     losses: tuple[str, ...] = option(
-        ("sigclr", "simclr"), "losses to measure, by training method", choices=tuple(LOSSES)
+        ("sigclr", "simclr"), "losses to measure, by training method (or siglip)", choices=tuple(BENCH_LOSSES)
     )
     warmup: int = option(3, "untimed calls before timing (compilation happens here)", ge=1)
     reps: int | None = option(None, "timed calls per case; unset: 20 on CUDA, 5 on CPU", ge=1)
@@ -59,7 +78,8 @@ class BenchLossConfig:
                 raise ValueError(f"--{name} needs at least one value")
         check_fields(self)
         check_even_sizes(self.sizes)
-        check_applicable(self, self.losses, fix="drop it or measure one of those in --losses")
+        fix = "drop it or measure one of those in --losses"
+        check_applicable(self, self.losses, fix=fix, losses=BENCH_LOSSES)
 
     def resolved(self, device: torch.device) -> BenchLossConfig:
         """The per-device defaults filled in."""
@@ -77,11 +97,19 @@ class BenchLossConfig:
 def _loss_fn(provider: str, method: str, cfg: BenchLossConfig, device: torch.device):
     """fn(z, labels) -> loss of one provider; learnable hyper-parameters (sigclr's bias by default)
     are tensors that receive gradients, as in training. Labels: 10 classes for supervised losses."""
-    spec = LOSSES[method]
+    spec = BENCH_LOSSES[method]
     params: dict[str, Any] = loss_params(cfg, spec)
     for name, value in list(params.items()):
         if params.get(f"learnable_{name}"):
             params[name] = torch.tensor(float(value), device=device, requires_grad=True)
+    if provider == "open_clip":
+        return open_clip_fn(method, params)
+    if provider == "siglip-kernel":
+        from siglip_kernel import fused_siglip_loss
+
+        log_t = torch.tensor(float(params["logit_scale"]), device=device).log().requires_grad_()
+        bias = torch.tensor(float(params["logit_bias"]), device=device, requires_grad=True)
+        return lambda z, labels: fused_siglip_loss(*z.chunk(2), log_t, bias)
     if provider in ("eager", "compiled"):
         ref = spec.reference if provider == "eager" else torch.compile(spec.reference, dynamic=False)
         return lambda z, labels: ref(z, labels, **params)
@@ -90,7 +118,18 @@ def _loss_fn(provider: str, method: str, cfg: BenchLossConfig, device: torch.dev
 
 
 def _skip_reason(provider: str, method: str, device: torch.device) -> str | None:
-    if provider == "triton" and LOSSES[method].kernel is None:
+    if provider == "open_clip" and method not in OPEN_CLIP_LOSSES:
+        return "no open_clip loss"
+    if provider == "open_clip" and not open_clip_installed():
+        return "open_clip_torch not installed (pip install open_clip_torch)"
+    if provider == "siglip-kernel":
+        if method not in ("sigclr", "siglip"):
+            return "siglip-kernel computes the sigmoid loss only"
+        if device.type != "cuda":
+            return "needs CUDA"
+        if importlib.util.find_spec("siglip_kernel") is None:
+            return "siglip-kernel is not installed (pip install 'fastsigclr[baselines]')"
+    if provider == "triton" and BENCH_LOSSES[method].kernel is None:
         return "no Triton kernel"
     if provider == "triton" and device.type != "cuda":
         return "needs CUDA"
@@ -110,7 +149,9 @@ def measure_case(
     gen = torch.Generator(device=device).manual_seed(rows + dim)
     z = torch.randn(rows, dim, device=device, dtype=DTYPES[dtype], generator=gen).requires_grad_()
     labels = (
-        torch.randint(0, 10, (rows // 2,), device=device, generator=gen) if LOSSES[loss].supervised else None
+        torch.randint(0, 10, (rows // 2,), device=device, generator=gen)
+        if BENCH_LOSSES[loss].supervised
+        else None
     )
     fn = _loss_fn(provider, loss, cfg, device)
 
@@ -125,6 +166,8 @@ def measure_case(
         peak = peak_extra_bytes(step, device) if measurable else None
     except torch.OutOfMemoryError:
         return {**row, "status": "out of memory"}
+    except OutOfResources as err:  # a kernel needing more shared memory or registers than the GPU has
+        return {**row, "status": f"unlaunchable: {str(err).splitlines()[0]}"}
     finally:
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -133,7 +176,7 @@ def measure_case(
         **row,
         "status": "ok",
         **timing,
-        "tflops": flops / (timing["median_ms"] * 1e-3) / 1e12,
+        "tflops": None if provider == "siglip-kernel" else flops / (timing["median_ms"] * 1e-3) / 1e12,
         "peak_extra_bytes": peak,
         "z_bytes": z.numel() * z.element_size(),
     }
@@ -148,11 +191,11 @@ def add_ratios(rows: list[dict[str, Any]], matmul: dict[str, float]) -> None:
     for r in rows:
         if r["status"] != "ok":
             continue
-        for base in ("eager", "compiled"):
+        for base in ("eager", "compiled", "open_clip"):
             ref = by_case.get((r["loss"], r["rows"], r["dim"], r["dtype"], base))
             r[f"speedup_vs_{base}"] = ref["median_ms"] / r["median_ms"] if ref else None
         rate = matmul.get(r["dtype"])
-        r["fraction_of_matmul"] = r["tflops"] / rate if rate else None
+        r["fraction_of_matmul"] = r["tflops"] / rate if rate and r["tflops"] else None
 
 
 def run(cfg: BenchLossConfig, command: list[str] | None = None) -> dict[str, Any]:
@@ -199,7 +242,7 @@ def run(cfg: BenchLossConfig, command: list[str] | None = None) -> dict[str, Any
 def summary_table(payload: dict[str, Any]) -> str:
     """A plain-text table of the results (printed by the CLI)."""
     head = f"{'loss':<8} {'provider':<9} {'dtype':<5} {'2N':>6} {'D':>4} {'median ms':>10} {'TFLOP/s':>8} "
-    head += f"{'vs eager':>8} {'vs comp.':>8} {'peak MiB':>9}"
+    head += f"{'vs eager':>8} {'vs comp.':>8} {'vs oclip':>8} {'peak MiB':>9}"
     lines = [head]
     for r in payload["results"]:
         case = f"{r['loss']:<8} {r['provider']:<9} {r['dtype']:<5} {r['rows']:>6} {r['dim']:>4}"
@@ -211,8 +254,9 @@ def summary_table(payload: dict[str, Any]) -> str:
             return f"{r[key]:.2f}x" if r.get(key) else "-"
 
         peak = f"{r['peak_extra_bytes'] / 2**20:.1f}" if r["peak_extra_bytes"] is not None else "-"
+        tflops = f"{r['tflops']:.3f}" if r["tflops"] is not None else "-"
         lines.append(
-            f"{case} {r['median_ms']:>10.3f} {r['tflops']:>8.3f} {ratio('speedup_vs_eager'):>8} "
-            f"{ratio('speedup_vs_compiled'):>8} {peak:>9}"
+            f"{case} {r['median_ms']:>10.3f} {tflops:>8} {ratio('speedup_vs_eager'):>8} "
+            f"{ratio('speedup_vs_compiled'):>8} {ratio('speedup_vs_open_clip'):>8} {peak:>9}"
         )
     return "\n".join(lines)

@@ -14,12 +14,20 @@ from matplotlib.ticker import FormatStrFormatter, LogFormatter
 
 from fastsigclr.config import FastSigCLRError
 
-COLORS = {"eager": "tab:gray", "compiled": "tab:blue", "chunked": "tab:orange", "triton": "tab:red"}
+COLORS = {
+    "eager": "tab:gray",
+    "compiled": "tab:blue",
+    "chunked": "tab:orange",
+    "triton": "tab:red",
+    "open_clip": "tab:green",
+    "siglip-kernel": "tab:purple",
+}
 MARKERS = ["o", "s", "^", "D", "v"]
 # By training method; "sigmoid" and "nt_xent" name them in results written before the registry.
 LOSS_NAMES = {
     "sigclr": "sigmoid (SigCLR)",
     "simclr": "NT-Xent (SimCLR)",
+    "siglip": "two-tower sigmoid (SigLIP)",
     "sigmoid": "sigmoid (SigCLR)",
     "nt_xent": "NT-Xent (SimCLR)",
 }

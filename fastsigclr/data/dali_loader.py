@@ -242,15 +242,21 @@ class DaliLoader(LoaderBase):
 
     def _copy_out(self, outputs, stream) -> tuple[torch.Tensor, torch.Tensor]:
         """The views (view-major, channels_last, ``dtype``) and labels, copied out of DALI's
-        buffers into tensors torch allocated (on ``stream`` for a GPU pipeline)."""
+        buffers into tensors torch allocated (on ``stream`` for a GPU pipeline), then moved to
+        the device. DALI copies within one side only: its GPU outputs go into device memory, its
+        CPU ones (the labels, always; every output of a CPU pipeline) into host memory."""
+        from nvidia.dali.backend import TensorGPU
         from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 
         *views, labels = (o.as_tensor() for o in outputs)
         b, size = views[0].shape()[0], self.spec.size
-        x = torch.empty((len(views) * b, size, size, 3), dtype=torch.float32, device=self.device)
+        on_gpu = isinstance(views[0], TensorGPU)
+        home, copy_stream = (self.device, stream) if on_gpu else (torch.device("cpu"), None)
+        x = torch.empty((len(views) * b, size, size, 3), dtype=torch.float32, device=home)
         for v, view in enumerate(views):
-            feed_ndarray(view, x[v * b : (v + 1) * b], cuda_stream=stream)
-        y = torch.empty(labels.shape(), dtype=to_torch_type[labels.dtype], device=self.device)
-        feed_ndarray(labels, y, cuda_stream=stream)
-        x = x.permute(0, 3, 1, 2)  # NHWC memory viewed as NCHW: channels_last
+            feed_ndarray(view, x[v * b : (v + 1) * b], cuda_stream=copy_stream)
+        y = torch.empty(labels.shape(), dtype=to_torch_type[labels.dtype])
+        feed_ndarray(labels, y)
+        x = x.to(self.device).permute(0, 3, 1, 2)  # NHWC memory viewed as NCHW: channels_last
+        y = y.to(self.device, non_blocking=True)
         return x.to(self.dtype).contiguous(memory_format=torch.channels_last), y.reshape(-1)

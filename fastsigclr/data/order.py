@@ -66,10 +66,11 @@ def epoch_plan(
     """Yield (indices (b,), params (V, b, len(Col))) of this rank's share of each global batch,
     from batch ``start`` on (a run resumed inside the epoch: the batches it has not trained).
 
-    The epoch's table is drawn once (on the CPU) and moved to ``device``; a batch only gathers
-    its rows. The permutation's generator lives on ``device`` (CUDA and CPU streams differ)."""
-    gen = torch.Generator(device=device).manual_seed(seed_for(plan.seed, epoch))
-    perm = torch.randperm(plan.n, generator=gen, device=device)
+    The epoch's table and permutation are drawn once on the CPU, whatever ``device`` (a CUDA
+    generator draws another order: every backend must see the same one), and moved there; a batch
+    only gathers its rows."""
+    gen = torch.Generator().manual_seed(seed_for(plan.seed, epoch))
+    perm = torch.randperm(plan.n, generator=gen).to(device)
     table = plan.table(epoch).to(device)
     for i in range(start, num_batches(plan.n, batch_size, drop_last)):
         index = perm[i * batch_size : (i + 1) * batch_size]

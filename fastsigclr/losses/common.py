@@ -1,13 +1,19 @@
-"""What every loss shares: input checks, the implementation switch, and the autograd Function
-for backends that compute the gradient in the same pass as the value."""
+"""What every loss shares: input checks, the implementation switch, the Triton kernels (None
+where triton is missing), and the autograd Function for backends that compute the gradient in the
+same pass as the value."""
 
 from __future__ import annotations
 
 import os
-from types import ModuleType
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
+
+try:  # the kernels need triton (Linux); without it every loss still has its torch path
+    from fastsigclr import kernels
+except ImportError:  # pragma: no cover - depends on the platform
+    kernels = None
 
 Impl = Literal["auto", "triton", "torch"]
 Scalar = float | torch.Tensor
@@ -78,7 +84,12 @@ def resolve_impl(impl: str, z: torch.Tensor) -> str:
     if impl not in ("auto", "triton", "torch"):
         raise ValueError(f"impl must be one of 'auto', 'triton', 'torch', got {impl!r}")
     if impl == "auto":
-        return "triton" if z.is_cuda and z.dtype in KERNEL_DTYPES else "torch"
+        return "triton" if z.is_cuda and z.dtype in KERNEL_DTYPES and kernels is not None else "torch"
+    if impl == "triton" and kernels is None:  # pragma: no cover - depends on the platform
+        raise RuntimeError(
+            "impl='triton' needs the triton package (Linux); install it with `pip install triton` "
+            "or use impl='torch'"
+        )
     if impl == "triton" and z.dtype not in KERNEL_DTYPES:
         raise ValueError(
             f"impl='triton' supports float32, float16 and bfloat16 inputs, got {z.dtype}; convert z "
@@ -92,39 +103,30 @@ def resolve_impl(impl: str, z: torch.Tensor) -> str:
     return impl
 
 
-def kernels() -> ModuleType:
-    """The fastsigclr.kernels package (its launchers are attributes), with a clear error where
-    triton is missing."""
-    try:
-        import fastsigclr.kernels as package
-    except ImportError as err:  # pragma: no cover - depends on the platform
-        raise RuntimeError(
-            "impl='triton' needs the triton package (Linux); install it with `pip install triton` "
-            "or use impl='torch'"
-        ) from err
-    return package
-
-
 def grad_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a loss's dL/dz is stored in, for z of ``dtype``: the one rule of the package (the
+    Triton launchers keep a copy of it until kernels/ defines it and this imports it from there)."""
     # bf16 keeps fp32's exponent range; an fp16 gradient stored before GradScaler multiplies it
     # back up would flush to zero (~1e-5 at M = 8192), so fp16 inputs keep an fp32 gradient.
     return torch.float32 if dtype == torch.float16 else dtype
 
 
 class PrecomputedGrad(torch.autograd.Function):
-    """``backend(zhat, *scalars, compute_grad=...) -> (loss, dL/dzhat, *dL/dscalars)`` computes
-    the loss and every gradient in one pass; backward only rescales them by grad_output.
+    """``PrecomputedGrad.apply(backend, options, zhat, *scalars)``: ``backend(zhat, *scalars,
+    compute_grad=..., **options) -> (loss, dL/dzhat, *dL/dscalars)`` computes the loss and every
+    gradient in one pass; backward only rescales them by grad_output. options: the backend's
+    non-tensor arguments (n_views, a temperature), which autograd passes through.
 
     A backend that skipped the loss value (loss None) yields NaN: the result still carries the
     gradient, and a value that was never computed cannot pass for a real loss in a log."""
 
     @staticmethod
-    def forward(ctx, backend, zhat, *scalars):
+    def forward(ctx, backend: Callable, options: dict[str, Any], zhat, *scalars):
         # Backends pick their own working precision (fp32, or fp64 for fp64 input); autocast
         # would turn their matmuls to 16 bits and clash with their fp32 out= buffers.
         with torch.autocast(zhat.device.type, enabled=False):
-            loss, dz, *dscalars = backend(zhat, *scalars, compute_grad=ctx.needs_input_grad[1])
-        if any(ctx.needs_input_grad[1:]):
+            loss, dz, *dscalars = backend(zhat, *scalars, compute_grad=ctx.needs_input_grad[2], **options)
+        if any(ctx.needs_input_grad[2:]):
             dz = None if dz is None else dz.to(grad_dtype(zhat.dtype))
             ctx.save_for_backward(dz, *dscalars)
             ctx.dtypes = [zhat.dtype, *(s.dtype for s in scalars)]
@@ -139,6 +141,6 @@ class PrecomputedGrad(torch.autograd.Function):
     def backward(ctx, grad_out):
         grads = []
         for i, (saved, dtype) in enumerate(zip(ctx.saved_tensors, ctx.dtypes, strict=True)):
-            wanted = ctx.needs_input_grad[1 + i] and saved is not None
+            wanted = ctx.needs_input_grad[2 + i] and saved is not None
             grads.append((saved * grad_out).to(dtype) if wanted else None)
-        return (None, *grads)
+        return (None, None, *grads)

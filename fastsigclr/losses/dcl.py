@@ -10,14 +10,13 @@ over the negatives, dℓ_i/ds_ik = q_ik/τ for negatives and −1/(|P(i)|·τ) f
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 
 from . import common
 from .common import PrecomputedGrad, check_rows
 from .normalize import EPS, normalize_rows
-from .spec import FixedTemperatureLoss, LossSpec, softmax_temperature
+from .softmax_chunks import log_sum_exp_terms, softmax_chunks, view_positives, work_copy
+from .spec import FixedTemperatureLoss, fixed_temperature_spec
 
 # The same τ as simclr's NT-Xent, so that the two compare at equal settings (the paper reports DCL
 # less sensitive to τ than NT-Xent).
@@ -34,51 +33,27 @@ def dcl_chunked(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Loss and dL/dzhat of DCL over normalised view-major rows ``zhat`` (M, D); one (rows × M)
     buffer per chunk, turned in place from logits into the negatives' exponentials."""
-    m = zhat.shape[0]
-    work = torch.float64 if zhat.dtype == torch.float64 else torch.float32
-    zf = zhat.to(work)
-    inv_tau = 1.0 / temperature
-    offsets = torch.arange(1, n_views, device=zhat.device) * (m // n_views)
-    loss = zf.new_zeros(())
-    dz = None
-    if compute_grad:  # the positives' part, −(2/((V−1)τ))·Σ_{p∈P(i)} ẑ_p: s_ip enters ℓ_i and ℓ_p
-        dz = zf.view(n_views, m // n_views, -1).sum(0).repeat(n_views, 1).sub_(zf)
-        dz.mul_(-2.0 * inv_tau / (n_views - 1))
-    step = chunk_rows or max(1, 4 * common.CHUNK_ELEMENTS // m)
-    for start in range(0, m, step):
-        stop = min(m, start + step)
-        rows = zf[start:stop]
-        e = torch.mm(rows, zf.T).mul_(inv_tau)
-        positives = (torch.arange(start, stop, device=zhat.device)[:, None] + offsets) % m
-        pos_logits = e.gather(1, positives)
-        e.diagonal(offset=start).fill_(float("-inf"))
-        e.scatter_(1, positives, float("-inf"))  # decoupled: no positive in the denominator
-        peak = e.amax(1, keepdim=True)
-        e.sub_(peak).exp_()
-        total = e.sum(1, keepdim=True)
-        loss += (peak + total.log() - pos_logits.mean(1, keepdim=True)).sum()
-        if dz is not None:
-            scale = inv_tau / total
-            dz[start:stop] += torch.mm(e, zf).mul_(scale)
-            dz += torch.mm((rows * scale).T, e).T  # s_ik = s_ki: the column side of each pair
-        del e
-    inv = 1.0 / m
-    if dz is not None:
-        dz *= inv
-    return loss * inv, dz
+    zf = work_copy(zhat)
+    dz = view_positives(zf, n_views, temperature) if compute_grad else None
+    step = chunk_rows or max(1, 4 * common.CHUNK_ELEMENTS // zf.shape[0])  # as NT-Xent's
+    terms = log_sum_exp_terms(temperature, n_views, decoupled=True)
+    return softmax_chunks(zf, terms, step=step, inv=1.0 / zf.shape[0], dz=dz)
 
 
 def dcl_loss(
-    z: torch.Tensor, temperature: float = TAU, *, n_views: int = 2, normalize: bool = True
+    z: torch.Tensor, temperature: float = TAU, *, n_views: int = 2, normalize: bool = True, impl: str = "auto"
 ) -> torch.Tensor:
-    """DCL of z (n_views·N, D), view-major → scalar (torch path on any device)."""
+    """DCL of z (n_views·N, D), view-major → scalar (torch path on any device; impl "auto" or
+    "torch": DCL has no Triton kernel)."""
+    if impl not in ("auto", "torch"):
+        raise ValueError(f"DCL has the torch path only: pass impl='torch' or 'auto', got {impl!r}")
     check_rows(z, n_views)
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if z.shape[0] // n_views < 2:
         raise ValueError("DCL needs at least 2 images per batch: with one, no row has a negative")
     zhat = normalize_rows(z) if normalize else z
-    return PrecomputedGrad.apply(partial(dcl_chunked, temperature=float(temperature), n_views=n_views), zhat)
+    return PrecomputedGrad.apply(dcl_chunked, {"temperature": float(temperature), "n_views": n_views}, zhat)
 
 
 def dcl_loss_reference(z: torch.Tensor, temperature: float = TAU, *, n_views: int = 2) -> torch.Tensor:
@@ -103,14 +78,6 @@ class DCLLoss(FixedTemperatureLoss):
         super().__init__(temperature, n_views=n_views)
 
 
-SPEC = LossSpec(
-    summary="DCL: NT-Xent without the positive in the denominator, τ 0.2",
-    build=lambda *, n_views, temperature: DCLLoss(temperature, n_views=n_views),
-    function=lambda z, labels=None, *, n_views=2, impl="auto", **p: dcl_loss(
-        z, p["temperature"], n_views=n_views
-    ),
-    reference=lambda z, labels=None, *, n_views=2, **p: dcl_loss_reference(
-        z, p["temperature"], n_views=n_views
-    ),
-    params={"temperature": softmax_temperature(TAU)},
+SPEC = fixed_temperature_spec(
+    "DCL: NT-Xent without the positive in the denominator, τ 0.2", DCLLoss, dcl_loss_reference, TAU
 )

@@ -6,14 +6,13 @@ the blockwise kernel of ``fastsigclr.kernels`` (online log-sum-exp, tiles recomp
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 
 from . import common
 from .common import Impl, PrecomputedGrad, check_rows, kernels, resolve_impl
 from .normalize import EPS, normalize_rows
-from .spec import FixedTemperatureLoss, LossSpec, softmax_temperature
+from .softmax_chunks import log_sum_exp_terms, softmax_chunks, view_positives, work_copy
+from .spec import FixedTemperatureLoss, fixed_temperature_spec
 
 TAU = 0.2  # SimCLR on CIFAR (solo-learn)
 
@@ -30,47 +29,21 @@ def nt_xent_chunked(
 
     ℓ_i = lse_i − (1/(V−1))·Σ_{p∈P(i)} s_ip/τ, lse_i over k ≠ i; dℓ_i/ds_ij = (softmax_ij −
     [j∈P(i)]/(V−1))/τ. Each chunk holds one (rows × M) buffer, turned in place from logits into
-    exponentials; the softmax's 1/Σ and the 1/τ scale the (rows × D) operands instead, and the
-    positives' part, −(2/((V−1)τ))·Σ_{p∈P(i)} ẑ_p, is summed once per image: per chunk, three
-    products and four passes over the buffer (max, subtract, exp, sum), against about three such
-    matrices kept by plain autograd."""
-    m = zhat.shape[0]
-    work = torch.float64 if zhat.dtype == torch.float64 else torch.float32
-    zf = zhat.to(work)
-    inv_tau = 1.0 / temperature
-    offsets = torch.arange(1, n_views, device=zhat.device) * (m // n_views)
-    loss = zf.new_zeros(())
-    dz = None
-    if compute_grad:  # the positives' part: the other views of each row's image
-        dz = zf.view(n_views, m // n_views, -1).sum(0).repeat(n_views, 1).sub_(zf)
-        dz.mul_(-2.0 * inv_tau / (n_views - 1))
+    exponentials (softmax_chunks.log_sum_exp_terms); the softmax's 1/Σ and the 1/τ scale the
+    (rows × D) operands instead, and the positives' part, −(2/((V−1)τ))·Σ_{p∈P(i)} ẑ_p, is summed
+    once per image: per chunk, three products and four passes over the buffer (max, subtract, exp,
+    sum), against about three such matrices kept by plain autograd."""
+    zf = work_copy(zhat)
+    dz = view_positives(zf, n_views, temperature) if compute_grad else None
     # One (rows × M) temporary where the sigmoid path keeps about three: chunks of 4·CHUNK_ELEMENTS
     # (32 MiB of fp32; one chunk up to 2N = 2896). Measured on 2 shared x86-64 cores (torch 2.13,
     # D = 128, median of 7): with 2 threads every extra chunk costs (2N = 2048: 126 ms whole, 185 in
     # 1024-row chunks, 264 in 256-row ones; 2N = 4096: 655 whole, 733 in 2048-row chunks, 1381 in
     # 256-row ones), with 1 thread chunk size matters little (2N = 4096: 363-478 ms from 256 rows to
     # all). So: the fewest chunks the memory bound allows.
-    step = chunk_rows or max(1, 4 * common.CHUNK_ELEMENTS // m)
-    for start in range(0, m, step):
-        stop = min(m, start + step)
-        rows = zf[start:stop]
-        e = torch.addmm(loss, rows, zf.T, beta=0, alpha=inv_tau)  # logits s/τ (beta=0: nothing added)
-        e.diagonal(offset=start).fill_(float("-inf"))
-        peak = e.amax(1, keepdim=True)
-        positives = (torch.arange(start, stop, device=zhat.device)[:, None] + offsets) % m
-        pos_logits = e.gather(1, positives)
-        e.sub_(peak).exp_()  # e^{logit − max}; the diagonal becomes 0
-        total = e.sum(1, keepdim=True)
-        loss += (peak + total.log() - pos_logits.mean(1, keepdim=True)).sum()
-        if dz is not None:
-            scale = inv_tau / total  # softmax = e / total, and dℓ/ds carries 1/τ
-            dz[start:stop] += torch.mm(e, zf).mul_(scale)
-            dz += torch.mm((rows * scale).T, e).T  # s_ij = s_ji: the column side of each pair
-        del e  # before the next chunk's buffer exists: one at a time
-    inv = 1.0 / m
-    if dz is not None:
-        dz *= inv
-    return loss * inv, dz
+    step = chunk_rows or max(1, 4 * common.CHUNK_ELEMENTS // zf.shape[0])
+    terms = log_sum_exp_terms(temperature, n_views, decoupled=False)
+    return softmax_chunks(zf, terms, step=step, inv=1.0 / zf.shape[0], dz=dz)
 
 
 def nt_xent_loss(
@@ -87,9 +60,8 @@ def nt_xent_loss(
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     zhat = normalize_rows(z) if normalize else z
-    launch = nt_xent_chunked if resolve_impl(impl, z) == "torch" else kernels().nt_xent_triton
-    backend = partial(launch, temperature=float(temperature), n_views=n_views)
-    return PrecomputedGrad.apply(backend, zhat)
+    backend = nt_xent_chunked if resolve_impl(impl, z) == "torch" else kernels.nt_xent_triton
+    return PrecomputedGrad.apply(backend, {"temperature": float(temperature), "n_views": n_views}, zhat)
 
 
 def nt_xent_loss_reference(z: torch.Tensor, temperature: float = TAU, *, n_views: int = 2) -> torch.Tensor:
@@ -117,15 +89,10 @@ class NTXentLoss(FixedTemperatureLoss):
         super().__init__(temperature, n_views=n_views)
 
 
-SPEC = LossSpec(
-    summary="SimCLR: NT-Xent, softmax of the positive against all other rows, τ 0.2",
-    build=lambda *, n_views, temperature: NTXentLoss(temperature, n_views=n_views),
-    function=lambda z, labels=None, *, n_views=2, impl="auto", **p: nt_xent_loss(
-        z, p["temperature"], n_views=n_views, impl=impl
-    ),
-    reference=lambda z, labels=None, *, n_views=2, **p: nt_xent_loss_reference(
-        z, p["temperature"], n_views=n_views
-    ),
-    params={"temperature": softmax_temperature(TAU)},
+SPEC = fixed_temperature_spec(
+    "SimCLR: NT-Xent, softmax of the positive against all other rows, τ 0.2",
+    NTXentLoss,
+    nt_xent_loss_reference,
+    TAU,
     kernel="nt_xent_triton",
 )

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from fastsigclr.config import flag, option
 
 from . import LOSSES
-from .spec import HyperParam
+from .spec import HyperParam, LossSpec
 
 
 def _users() -> dict[str, dict[str, HyperParam]]:
@@ -50,14 +50,28 @@ def with_loss_options(cls: type[C]) -> type[C]:
     return dataclasses.make_dataclass(cls.__name__, _FIELDS, bases=(cls,), frozen=True, namespace=namespace)
 
 
-def check_applicable(config: Any, methods: Iterable[str], fix: str = "drop it") -> None:
+def check_applicable(
+    config: Any, methods: Iterable[str], fix: str = "drop it", losses: dict[str, LossSpec] = LOSSES
+) -> None:
     """A loss option given (not None) that none of ``methods`` takes is a ValueError naming the
-    methods it applies to (and the spec's hint where the method has one, e.g. --logit-scale)."""
+    methods it applies to (and the spec's hint where the method has one, e.g. --logit-scale).
+    losses: where the methods are looked up (``bench loss`` adds losses that are not methods)."""
     methods = tuple(methods)
     for name in LOSS_OPTIONS:
-        if getattr(config, name) is None or any(name in LOSSES[m].params for m in methods):
+        if getattr(config, name) is None or any(name in losses[m].params for m in methods):
             continue
-        users = ", ".join(m for m, spec in LOSSES.items() if name in spec.params)
-        notes = [LOSSES[m].notes[name] for m in methods if name in LOSSES[m].notes]
+        users = ", ".join(m for m, spec in losses.items() if name in spec.params)
+        notes = [losses[m].notes[name] for m in methods if name in losses[m].notes]
         note = f" ({notes[0]})" if notes else ""
         raise ValueError(f"{flag(name)} applies to {users} only; {fix}{note}")
+
+
+def renamed_options(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with the loss options written under an earlier name (``LossSpec.renamed``,
+    e.g. sigclr's bias, now logit_bias) read under today's; other keys as they are."""
+    renamed = dict(saved)
+    for spec in LOSSES.values():
+        for before, after in spec.renamed.items():
+            if before in renamed and after not in renamed:
+                renamed[after] = renamed.pop(before)
+    return renamed

@@ -79,6 +79,19 @@ def ring_blocks(zhat: torch.Tensor, group=None) -> Iterator[tuple[int, torch.Ten
             current = incoming
 
 
+def ring_exchange(tensors: list[torch.Tensor], group=None) -> list[torch.Tensor]:
+    """Send ``tensors`` to rank r+1 and receive the same shapes from rank r−1 (blocking)."""
+    rank, size = world(group)
+    send_to = _global_rank(group, (rank + 1) % size)
+    recv_from = _global_rank(group, (rank - 1) % size)
+    received = [torch.empty_like(t) for t in tensors]
+    ops = [dist.P2POp(dist.isend, t, send_to, group) for t in tensors]
+    ops += [dist.P2POp(dist.irecv, t, recv_from, group) for t in received]
+    for request in dist.batch_isend_irecv(ops) if ops else []:
+        request.wait()
+    return received
+
+
 def gather_blocks(zhat: torch.Tensor, group=None) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield (owner rank, rows) for every rank, from one all-gather (all K blocks held)."""
     rank, size = world(group)

@@ -9,8 +9,8 @@ For rows ``z`` of shape ``(V·N, D)``, view-major, and anchors ``i`` against col
 Because the loss is elementwise in the logits, its whole gradient can be formed in the same pass
 as the value. One block loop (``sigmoid_blocks``) does so inside ``common.PrecomputedGrad``, in one
 process (a single self-block) and across ranks (this rank's rows against every rank's block, the
-ring or all-gather of ``ranks``): ``"torch"`` walks row chunks (no (V·N)² tensor), ``"triton"``
-runs the fused kernel of ``fastsigclr.kernels``.
+ring or all-gather of ``ranks``): ``"torch"`` walks strips of rows, each unordered pair once
+(``sigmoid_torch``; no (V·N)² tensor), ``"triton"`` runs the fused kernel of ``fastsigclr.kernels``.
 
 Why no gradient travels between ranks: with G the (scaled) matrix σ(a) − [positive], the loss
 gives ∂L/∂ẑ_i = 2t·Σ_j G_ij ẑ_j because G is symmetric. Rank r therefore needs only its own rows
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -48,60 +47,57 @@ from .spec import HyperParam, LossSpec
 
 # SigCLR's fixed logit scale t and SigLIP's initial bias b (docs/design.md §3).
 LOGIT_SCALE = 10.0
-BIAS = -10.0
+LOGIT_BIAS = -10.0
 
 
-def check_inputs(z: torch.Tensor, temperature: Scalar, bias: Scalar, n_views: int) -> None:
+def check_inputs(z: torch.Tensor, logit_scale: Scalar, logit_bias: Scalar, n_views: int) -> None:
     """Raise a ValueError/TypeError that names the problem and the fix."""
     check_rows(z, n_views)
-    check_scalar("temperature", temperature, z, positive=True)
-    check_scalar("bias", bias, z)
+    check_scalar("logit_scale", logit_scale, z, positive=True)
+    check_scalar("logit_bias", logit_bias, z)
 
 
-# (self_block, cols) for every column block this rank's rows meet; world size 1: [(True, zhat)].
+# (self_block, cols) for every column block this rank's rows meet.
 Blocks = Callable[[torch.Tensor], Iterable[tuple[bool, torch.Tensor]]]
 
 
 def sigmoid_blocks(
     zhat: torch.Tensor,
-    temperature: torch.Tensor,
-    bias: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor,
     *,
     n_views: int,
-    impl: str,
-    blocks: Blocks,
+    impl: str = "torch",
+    blocks: Blocks | None = None,
     world_size: int = 1,
     group=None,
     compute_grad: bool = True,
     compute_loss: bool = True,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """The loss of a batch of ``world_size`` equal shares, this rank's rows ``zhat`` (M, D)
-    against each column block of ``blocks(zhat)``: (loss, dL/dzhat, dL/dt, dL/db) of the whole
-    batch (loss None without compute_loss). With one rank: one self-block, no all-reduce."""
+    against each column block of ``blocks(zhat)`` (None: one rank, one self-block, no
+    all-reduce): (loss, dL/dzhat, dL/dt, dL/db) of the whole batch, loss None without
+    compute_loss. impl: "torch" (sigmoid_torch's chunked block) or "triton" (the kernel's)."""
     m = zhat.shape[0]
-    many = world_size > 1
-    if impl == "triton":
-        # Across ranks dz sums several blocks: each is kept in fp32 until the sum is done.
-        block = partial(kernels().sigmoid_block_triton, dz_dtype=torch.float32 if many else None)
-    else:
-        block = sigmoid_block_chunked
+    args = dict(n_per_view=m // n_views, inv_m=1.0 / (m * world_size), compute_loss=compute_loss)
     sums, dz = None, None
-    for self_block, cols in blocks(zhat):
-        loss, dz_block, dt, db = block(
-            zhat,
-            cols,
-            temperature,
-            bias,
-            n_per_view=m // n_views,
-            inv_m=1.0 / (m * world_size),
-            self_block=self_block,
-            compute_grad=compute_grad,
-            compute_loss=compute_loss,
-        )
+    for self_block, cols in [(True, zhat)] if blocks is None else blocks(zhat):
+        if impl == "triton":
+            # Across ranks dz sums several blocks: each is kept in fp32 until the sum is done.
+            dz_dtype = torch.float32 if world_size > 1 else None
+            loss, dz_block, dt, db = kernels.sigmoid_block_triton(
+                zhat, cols, logit_scale, logit_bias, self_block=self_block, compute_grad=compute_grad,
+                dz_dtype=dz_dtype, **args
+            )  # fmt: skip
+        else:
+            pairs = "self" if self_block else "cross"
+            loss, dz_block, _, dt, db = sigmoid_block_chunked(
+                zhat, cols, logit_scale, logit_bias, pairs=pairs, grad_rows=compute_grad, **args
+            )
         part = torch.stack([dt, db, dt.new_zeros(()) if loss is None else loss.to(dt.dtype)])
         sums = part if sums is None else sums + part
         dz = dz_block if dz is None or dz_block is None else dz.add_(dz_block)
-    if many:
+    if world_size > 1:
         dist.all_reduce(sums, group=group)
     dt, db, loss = sums.unbind()
     return (loss if compute_loss else None), dz, dt, db
@@ -109,8 +105,8 @@ def sigmoid_blocks(
 
 def sigmoid_pairwise_loss(
     z: torch.Tensor,
-    temperature: Scalar,
-    bias: Scalar,
+    logit_scale: Scalar,
+    logit_bias: Scalar,
     *,
     n_views: int = 2,
     normalize: bool = True,
@@ -119,8 +115,8 @@ def sigmoid_pairwise_loss(
 ) -> torch.Tensor:
     """SigCLR loss of ``z`` (shape ``(n_views·N, D)``, view-major) → fp32 scalar.
 
-    temperature, bias: floats or 0-d tensors (learnable tensors receive gradients); temperature
-    is the logit scale t, which multiplies the similarities (``--logit-scale`` in training).
+    logit_scale, logit_bias: floats or 0-d tensors (learnable tensors receive gradients): the
+    logits are logit_scale·⟨ẑ_i, ẑ_j⟩ + logit_bias (``--logit-scale``, ``--logit-bias`` in training).
     normalize: L2-normalise rows first, z / max(‖z‖, 1e-4) (normalize.EPS; set False when z is
     already on the unit sphere).
     impl: "triton" (fused kernel, CUDA), "torch" (chunked, any device), "auto" (triton on CUDA).
@@ -128,24 +124,18 @@ def sigmoid_pairwise_loss(
     pair at D = 128; the gradients are unchanged): the result then has the value NaN and is only
     for ``backward()``. Compute it on the steps whose loss is logged.
     """
-    check_inputs(z, temperature, bias, n_views)
+    check_inputs(z, logit_scale, logit_bias, n_views)
     which = resolve_impl(impl, z)
     zhat = normalize_rows(z) if normalize else z
-    # n_views is bound here so that only tensors go through autograd.
-    backend = partial(
-        sigmoid_blocks, n_views=n_views, impl=which, blocks=_self_block, compute_loss=compute_loss
-    )
-    return PrecomputedGrad.apply(backend, zhat, as_scalar_tensor(temperature, z), as_scalar_tensor(bias, z))
-
-
-def _self_block(zhat: torch.Tensor) -> list[tuple[bool, torch.Tensor]]:
-    return [(True, zhat)]
+    options = {"n_views": n_views, "impl": which, "compute_loss": compute_loss}
+    t, b = as_scalar_tensor(logit_scale, z), as_scalar_tensor(logit_bias, z)
+    return PrecomputedGrad.apply(sigmoid_blocks, options, zhat, t, b)
 
 
 def sigmoid_pairwise_loss_distributed(
     z_local: torch.Tensor,
-    temperature: Scalar,
-    bias: Scalar,
+    logit_scale: Scalar,
+    logit_bias: Scalar,
     *,
     n_views: int = 2,
     mode: str = "ring",
@@ -158,7 +148,7 @@ def sigmoid_pairwise_loss_distributed(
     """The SigCLR loss of the global batch, computed from each rank's ``z_local`` (V·n, D).
 
     Returns the global loss (the same fp32 scalar on every rank; NaN without compute_loss).
-    Backward gives ``z_local`` its rows of the global gradient and ``temperature``/``bias`` (when
+    Backward gives ``z_local`` its rows of the global gradient and ``logit_scale``/``logit_bias`` (when
     they are tensors that need gradients) the global ∂L/∂t and ∂L/∂b, identical on every rank.
     mode: "ring" (neighbour exchange, two remote blocks held at most, whatever the world size) or
     "gather" (all-gather: K blocks held at once).
@@ -166,7 +156,7 @@ def sigmoid_pairwise_loss_distributed(
     """
     ranks.check_mode(mode)
     rank, world_size = ranks.world(group)
-    check_inputs(z_local, temperature, bias, n_views)
+    check_inputs(z_local, logit_scale, logit_bias, n_views)
     if check_shapes:
         ranks.check_same_shape(z_local, group)
     which = resolve_impl(impl, z_local)
@@ -176,26 +166,18 @@ def sigmoid_pairwise_loss_distributed(
     def blocks(rows: torch.Tensor) -> Iterable[tuple[bool, torch.Tensor]]:
         return ((owner == rank, cols) for owner, cols in stream(rows, group))
 
-    backend = partial(
-        sigmoid_blocks,
-        n_views=n_views,
-        impl=which,
-        blocks=blocks,
-        world_size=world_size,
-        group=group,
-        compute_loss=compute_loss,
-    )
-    t = as_scalar_tensor(temperature, z_local)
-    return PrecomputedGrad.apply(backend, zhat, t, as_scalar_tensor(bias, z_local))
+    options = dict(n_views=n_views, impl=which, blocks=blocks, world_size=world_size, group=group)
+    t, b = as_scalar_tensor(logit_scale, z_local), as_scalar_tensor(logit_bias, z_local)
+    return PrecomputedGrad.apply(sigmoid_blocks, {**options, "compute_loss": compute_loss}, zhat, t, b)
 
 
 def sigmoid_pairwise_loss_reference(
-    z: torch.Tensor, temperature: Scalar, bias: Scalar, *, n_views: int = 2, normalize: bool = True
+    z: torch.Tensor, logit_scale: Scalar, logit_bias: Scalar, *, n_views: int = 2, normalize: bool = True
 ) -> torch.Tensor:
     """Plain autograd formulation that materialises the (V·N)² logits: the baseline to beat."""
     m = z.shape[0]
     zhat = F.normalize(z, dim=1, eps=EPS) if normalize else z
-    logits = temperature * (zhat @ zhat.T) + bias
+    logits = logit_scale * (zhat @ zhat.T) + logit_bias
     img = torch.arange(m, device=z.device) % (m // n_views)
     same = img[:, None] == img[None, :]
     eye = torch.eye(m, dtype=torch.bool, device=z.device)
@@ -205,43 +187,45 @@ def sigmoid_pairwise_loss_reference(
 
 
 class SigmoidPairwiseLoss(nn.Module):
-    """The SigCLR loss with a learnable bias (init −10) and a fixed or learnable temperature.
+    """The SigCLR loss with a learnable logit bias (init −10) and a fixed or learnable logit scale.
 
-    A learnable temperature is kept as ``t = exp(t')`` with ``t'`` initialised to ``log(t0)``.
+    A learnable scale is kept as ``logit_scale = exp(log_logit_scale)``, initialised to log(t0).
+    Checkpoints written under the earlier names (``log_temperature``, ``bias``) load as today's.
     """
 
     def __init__(
         self,
-        temperature: float = LOGIT_SCALE,
-        bias: float = BIAS,
+        logit_scale: float = LOGIT_SCALE,
+        logit_bias: float = LOGIT_BIAS,
         *,
-        learnable_temperature: bool = False,
-        learnable_bias: bool = True,
+        learnable_logit_scale: bool = False,
+        learnable_logit_bias: bool = True,
         n_views: int = 2,
         normalize: bool = True,
         impl: Impl = "auto",
     ) -> None:
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not logit_scale > 0:
+            raise ValueError(f"logit_scale must be > 0, got {logit_scale}")
         self.n_views = n_views
         self.normalize = normalize
         self.impl = impl
-        self.learnable_temperature = learnable_temperature
-        log_t = torch.tensor(math.log(temperature))
-        if learnable_temperature:
-            self.log_temperature = nn.Parameter(log_t)
+        self.learnable_logit_scale = learnable_logit_scale
+        log_t = torch.tensor(math.log(logit_scale))
+        if learnable_logit_scale:
+            self.log_logit_scale = nn.Parameter(log_t)
         else:
-            self.register_buffer("log_temperature", log_t)
-        b = torch.tensor(float(bias))
-        if learnable_bias:
-            self.bias = nn.Parameter(b)
+            self.register_buffer("log_logit_scale", log_t)
+        b = torch.tensor(float(logit_bias))
+        if learnable_logit_bias:
+            self.logit_bias = nn.Parameter(b)
         else:
-            self.register_buffer("bias", b)
+            self.register_buffer("logit_bias", b)
+        self._register_load_state_dict_pre_hook(_renamed_state)
 
     @property
-    def temperature(self) -> torch.Tensor:
-        return self.log_temperature.exp()
+    def logit_scale(self) -> torch.Tensor:
+        return self.log_logit_scale.exp()
 
     def forward(
         self, z: torch.Tensor, labels: torch.Tensor | None = None, *, compute_loss: bool = True
@@ -252,8 +236,8 @@ class SigmoidPairwiseLoss(nn.Module):
             raise ValueError("the sigmoid loss is self-supervised: call it without labels")
         return sigmoid_pairwise_loss(
             z,
-            self.temperature,
-            self.bias,
+            self.logit_scale,
+            self.logit_bias,
             n_views=self.n_views,
             normalize=self.normalize,
             impl=self.impl,
@@ -261,14 +245,24 @@ class SigmoidPairwiseLoss(nn.Module):
         )
 
     def log_values(self) -> dict[str, float]:
-        """What the logs record of this loss: the logit scale t and the bias b."""
-        return {"logit_scale": self.temperature.item(), "bias": self.bias.item()}
+        """What the logs record of this loss: the logit scale t and the logit bias b."""
+        return {"logit_scale": self.logit_scale.item(), "logit_bias": self.logit_bias.item()}
 
     def extra_repr(self) -> str:
         return (
-            f"logit_scale={float(self.temperature):.4g}, bias={float(self.bias):.4g}, "
-            f"learnable_temperature={self.learnable_temperature}, n_views={self.n_views}"
+            f"logit_scale={self.logit_scale.item():.4g}, logit_bias={self.logit_bias.item():.4g}, "
+            f"learnable_logit_scale={self.learnable_logit_scale}, n_views={self.n_views}"
         )
+
+
+# state_dict keys of checkpoints written before the loss's quantities had one name each.
+OLD_STATE_KEYS = {"log_temperature": "log_logit_scale", "bias": "logit_bias"}
+
+
+def _renamed_state(state: dict, prefix: str, *args) -> None:
+    for old, new in OLD_STATE_KEYS.items():
+        if prefix + old in state and prefix + new not in state:
+            state[prefix + new] = state.pop(prefix + old)
 
 
 def _distributed(
@@ -276,8 +270,8 @@ def _distributed(
 ) -> torch.Tensor:
     return sigmoid_pairwise_loss_distributed(
         z,
-        module.temperature,
-        module.bias,
+        module.logit_scale,
+        module.logit_bias,
         n_views=module.n_views,
         mode=mode,
         group=group,
@@ -288,29 +282,17 @@ def _distributed(
     )
 
 
-def _build(
-    *, n_views: int, logit_scale: float, bias: float, learnable_bias: bool, learnable_logit_scale: bool
-) -> SigmoidPairwiseLoss:
-    return SigmoidPairwiseLoss(
-        logit_scale,
-        bias,
-        learnable_temperature=learnable_logit_scale,
-        learnable_bias=learnable_bias,
-        n_views=n_views,
-    )
-
-
 def _function(z: torch.Tensor, labels: None = None, *, n_views: int = 2, impl: Impl = "auto", **params):
-    return sigmoid_pairwise_loss(z, params["logit_scale"], params["bias"], n_views=n_views, impl=impl)
+    return sigmoid_pairwise_loss(z, params["logit_scale"], params["logit_bias"], n_views=n_views, impl=impl)
 
 
 def _reference(z: torch.Tensor, labels: None = None, *, n_views: int = 2, **params) -> torch.Tensor:
-    return sigmoid_pairwise_loss_reference(z, params["logit_scale"], params["bias"], n_views=n_views)
+    return sigmoid_pairwise_loss_reference(z, params["logit_scale"], params["logit_bias"], n_views=n_views)
 
 
 SPEC = LossSpec(
     summary="SigCLR: pairwise sigmoid, softplus(−y·(t·s + b)), t 10 fixed, b learnt from −10",
-    build=_build,
+    build=SigmoidPairwiseLoss,  # its keywords are the spec's parameter names
     function=_function,
     reference=_reference,
     params={
@@ -318,10 +300,15 @@ SPEC = LossSpec(
             LOGIT_SCALE, "sigmoid logit scale t: logits t·s + b (multiplies the similarities)", {"gt": 0}
         ),
         "learnable_logit_scale": HyperParam(False, "learn t as exp(t')"),
-        "bias": HyperParam(BIAS, "initial sigmoid bias b", {"ge": -FLOAT32_MAX, "le": FLOAT32_MAX}),
-        "learnable_bias": HyperParam(True, "learn the bias b; --no-learnable-bias keeps it at --bias"),
+        "logit_bias": HyperParam(
+            LOGIT_BIAS, "initial sigmoid logit bias b", {"ge": -FLOAT32_MAX, "le": FLOAT32_MAX}
+        ),
+        "learnable_logit_bias": HyperParam(
+            True, "learn the logit bias b; --no-learnable-logit-bias keeps it at --logit-bias"
+        ),
     },
     kernel="sigmoid_pairwise_triton",
     distributed=_distributed,
     notes={"temperature": "sigclr multiplies its logits by a scale instead: pass --logit-scale"},
+    renamed={"bias": "logit_bias", "learnable_bias": "learnable_logit_bias"},
 )

@@ -29,12 +29,13 @@ class LossSpec:
     ``module(z, labels)`` when supervised), with ``compute_loss=`` where the loss can skip its value.
     function / reference: the functional API and the plain (materialising, float64-capable)
     reference, both ``(z, labels, *, n_views, **params)`` over view-major rows (function also
-    takes ``impl``); unknown params (e.g. learnable_bias) are ignored.
+    takes ``impl``); unknown params (e.g. learnable_logit_bias) are ignored.
     kernel: the name of its Triton launcher in ``fastsigclr.kernels``, if it has one.
     distributed: ``(module, z_local, labels, *, mode, group, compute_loss) -> loss`` where the loss
     has an exact blockwise form across ranks; None: the global batch's rows are gathered.
     notes: per option name, the hint added when the option is given to this method (misnamed
     options, e.g. --temperature for sigclr).
+    renamed: earlier option name → today's, for config files written under the earlier name.
     """
 
     summary: str
@@ -46,6 +47,7 @@ class LossSpec:
     kernel: str | None = None
     distributed: Callable[..., torch.Tensor] | None = None
     notes: dict[str, str] = field(default_factory=dict)
+    renamed: dict[str, str] = field(default_factory=dict)
 
     def defaults(self) -> dict[str, Any]:
         return {name: p.default for name, p in self.params.items()}
@@ -63,7 +65,7 @@ class FixedTemperatureLoss(nn.Module):
     title = "the loss"
 
     @staticmethod
-    def loss(z: torch.Tensor, temperature: float, *, n_views: int) -> torch.Tensor:
+    def loss(z: torch.Tensor, temperature: float, *, n_views: int, impl: str = "auto") -> torch.Tensor:
         raise NotImplementedError
 
     def __init__(self, temperature: float, *, n_views: int = 2) -> None:
@@ -85,3 +87,26 @@ class FixedTemperatureLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"temperature={self.tau}, n_views={self.n_views}"
+
+
+def fixed_temperature_spec(
+    summary: str,
+    module: type[FixedTemperatureLoss],
+    reference: Callable[..., torch.Tensor],
+    tau: float,
+    kernel: str | None = None,
+) -> LossSpec:
+    """The registry entry of a FixedTemperatureLoss: its one parameter τ (default ``tau``), the
+    module built from it, its function (``module.loss``) and ``reference(z, τ, n_views=...)``."""
+
+    def build(*, n_views: int, temperature: float) -> nn.Module:
+        return module(temperature, n_views=n_views)
+
+    def function(z: torch.Tensor, labels: None = None, *, n_views: int = 2, impl: str = "auto", **params):
+        return module.loss(z, params["temperature"], n_views=n_views, impl=impl)
+
+    def plain(z: torch.Tensor, labels: None = None, *, n_views: int = 2, **params) -> torch.Tensor:
+        return reference(z, params["temperature"], n_views=n_views)
+
+    params = {"temperature": softmax_temperature(tau)}
+    return LossSpec(summary, build, function, plain, params, kernel=kernel)

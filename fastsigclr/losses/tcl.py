@@ -13,13 +13,12 @@ its own lean path in ``ntxent``).
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 
 from . import common
 from .common import PrecomputedGrad, check_matrix, check_rows
 from .normalize import EPS, normalize_rows
+from .softmax_chunks import ChunkTerms, softmax_chunks, work_copy
 from .spec import HyperParam, LossSpec, softmax_temperature
 
 # docs/design.md §2.3: τ = 0.1, k1 = 5000, k2 = 1 (k1 = 0, k2 = 1 is SupCon).
@@ -58,49 +57,50 @@ def tcl_chunked(
     """Loss and dL/dzhat of TCL over normalised rows ``zhat`` (M, D) with per-row ``labels`` (M,).
 
     Exponentials are shifted by 1/τ (s ≤ 1, so e^{s/τ − 1/τ} ≤ 1): no overflow at any τ."""
-    m = zhat.shape[0]
-    work = torch.float64 if zhat.dtype == torch.float64 else torch.float32
-    zf = zhat.to(work)
-    inv_tau = 1.0 / temperature
-    shift = inv_tau
+    zf = work_copy(zhat)
     n_pos = torch.bincount(labels)[labels] - 1
     valid = n_pos > 0
     n_valid = int(valid.sum())
     if n_valid == 0:
         raise ValueError("no anchor has a positive: every label must occur at least twice in the batch")
-    loss = zf.new_zeros(())
-    dz = torch.zeros_like(zf) if compute_grad else None
-    step = chunk_rows or max(1, common.CHUNK_ELEMENTS // m)
-    for start in range(0, m, step):
-        stop = min(m, start + step)
+    step = chunk_rows or max(1, common.CHUNK_ELEMENTS // zf.shape[0])
+    terms = _tcl_terms(labels, n_pos, valid, temperature, k1, k2)
+    return softmax_chunks(
+        zf, terms, step=step, inv=1.0 / n_valid, dz=torch.zeros_like(zf) if compute_grad else None
+    )
+
+
+def _tcl_terms(
+    labels: torch.Tensor, n_pos: torch.Tensor, valid: torch.Tensor, temperature: float, k1: float, k2: float
+) -> ChunkTerms:
+    """TCL's chunk: its row losses and the weights dℓ_i/ds_ij themselves (no per-row scale)."""
+    inv_tau = 1.0 / temperature
+    shift = inv_tau
+
+    def terms(zf: torch.Tensor, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, None]:
         s = zf[start:stop] @ zf.T
         same = labels[start:stop, None] == labels[None, :]
         same.diagonal(offset=start).fill_(False)  # the anchor itself is neither positive nor negative
         e = torch.exp(s * inv_tau - shift)
         e.diagonal(offset=start).zero_()
-        weight = torch.where(same, 1.0, k2).to(work)
+        weight = torch.where(same, 1.0, k2).to(zf.dtype)
         weight.diagonal(offset=start).zero_()
         down = torch.exp(-s - shift) * same if k1 else None  # e^{−s} on positives (no /τ)
         denom = (e * weight).sum(1) + (k1 * down.sum(1) if down is not None else 0.0)
-        pos = same.to(work)
-        p = n_pos[start:stop].clamp_min(1).to(work)
+        pos = same.to(zf.dtype)
+        p = n_pos[start:stop].clamp_min(1).to(zf.dtype)
         ok = valid[start:stop]
         row_loss = -(s * pos).sum(1) * inv_tau / p + torch.log(denom) + shift
-        loss += row_loss[ok].sum()
-        if dz is not None:
-            # dℓ_i/ds_ij = −[j∈P]/(|P|τ) + ([j∈P](e_ij/τ − k1·e^{−s_ij}) + [j∈N]·k2·e_ij/τ) / D_i
-            g = e * weight * inv_tau
-            if down is not None:
-                g -= k1 * down
-            g /= denom[:, None]
-            g -= pos * (inv_tau / p[:, None])
-            g[~ok] = 0
-            dz[start:stop] += g @ zf
-            dz += g.T @ zf[start:stop]  # s_ij = s_ji: the column side of each pair
-    inv = 1.0 / n_valid
-    if dz is not None:
-        dz *= inv
-    return loss * inv, dz
+        # dℓ_i/ds_ij = −[j∈P]/(|P|τ) + ([j∈P](e_ij/τ − k1·e^{−s_ij}) + [j∈N]·k2·e_ij/τ) / D_i
+        g = e * weight * inv_tau
+        if down is not None:
+            g -= k1 * down
+        g /= denom[:, None]
+        g -= pos * (inv_tau / p[:, None])
+        g[~ok] = 0
+        return row_loss[ok].sum(), g, None
+
+    return terms
 
 
 def _loss(
@@ -123,8 +123,8 @@ def _loss(
         raise ValueError(f"k1 and k2 must be ≥ 0, got k1={k1}, k2={k2}")
     rows = row_labels(z, labels, n_views)
     zhat = normalize_rows(z) if normalize else z
-    backend = partial(tcl_chunked, labels=rows, temperature=float(temperature), k1=float(k1), k2=float(k2))
-    return PrecomputedGrad.apply(backend, zhat)
+    options = {"labels": rows, "temperature": float(temperature), "k1": float(k1), "k2": float(k2)}
+    return PrecomputedGrad.apply(tcl_chunked, options, zhat)
 
 
 def tcl_loss(

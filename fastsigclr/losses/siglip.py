@@ -1,0 +1,198 @@
+"""SigLIP's two-tower sigmoid loss (Zhai et al., ICCV 2023): B images ``x`` against B texts ``y``::
+
+    a_ij = t·⟨x_i, y_j⟩ + b,   z_ij = +1 if i = j else −1
+    L    = −(1/B) · Σ_i Σ_j log σ(z_ij · a_ij)
+
+the number open_clip's ``SigLipLoss()(x, y, logit_scale, logit_bias)`` returns (its logit_scale
+already exponentiated, its sum divided by B), with x, y, t and b differentiated in one pass (the
+torch block of ``sigmoid_torch``: x and y are stacked into one (2B, D) tensor so that
+``common.PrecomputedGrad`` serves it as it serves SigCLR), and its exact form across ranks: each
+rank's images meet every rank's texts once around a ring, the texts' gradient travelling with
+them back to their rank (docs/design.md §4).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from . import ranks, sigmoid
+from .common import Impl, PrecomputedGrad, Scalar, as_scalar_tensor, check_scalar
+from .normalize import EPS, normalize_rows
+from .sigmoid_torch import sigmoid_block_chunked
+from .spec import LossSpec
+
+
+def check_towers(x: torch.Tensor, y: torch.Tensor, logit_scale: Scalar, logit_bias: Scalar) -> None:
+    """Raise a ValueError/TypeError that names the problem and the fix."""
+    for name, value in (("x", x), ("y", y)):
+        if not isinstance(value, torch.Tensor) or value.dim() != 2 or not value.is_floating_point():
+            raise TypeError(f"{name} must be a 2-D floating-point tensor (B, D), one row per pair")
+        if min(value.shape) < 1:
+            raise ValueError(
+                f"{name} has shape {tuple(value.shape)}: needs at least one pair and one feature"
+            )
+    if x.shape != y.shape or x.dtype != y.dtype or x.device != y.device:
+        raise ValueError(
+            f"image and text features must match: x is {x.dtype} {tuple(x.shape)} on {x.device}, "
+            f"y is {y.dtype} {tuple(y.shape)} on {y.device}; pass one (B, D) row per pair for each"
+        )
+    check_scalar("logit_scale", logit_scale, x, positive=True)
+    check_scalar("logit_bias", logit_bias, x)
+
+
+def _resolve(impl: str) -> None:
+    if impl not in ("auto", "triton", "torch"):
+        raise ValueError(f"impl must be one of 'auto', 'triton', 'torch', got {impl!r}")
+    if impl == "triton":
+        raise ValueError(
+            "impl='triton' is not available for the two-tower loss yet (the fused kernel has no "
+            "two-tower block in this version); use impl='torch' or 'auto'"
+        )
+
+
+def two_tower_blocks(
+    xy: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor,
+    *,
+    group=None,
+    world_size: int = 1,
+    compute_grad: bool = True,
+    compute_loss: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """(loss, dL/d(x;y), dL/dt, dL/db) of the whole batch for this rank's images and texts
+    stacked as ``xy`` (2B, D); one rank: one block, no communication."""
+    b = xy.shape[0] // 2
+    x, y = xy[:b], xy[b:]
+    block = dict(n_per_view=None, inv_m=1.0 / (b * world_size), pairs="two_tower", compute_loss=compute_loss)
+    if world_size == 1:
+        loss, dx, dy, dt, db = sigmoid_block_chunked(
+            x, y, logit_scale, logit_bias, grad_rows=compute_grad, grad_cols=compute_grad, **block
+        )
+        return loss, (torch.cat([dx, dy]) if compute_grad else None), dt, db
+    dx, dy, sums = None, None, None
+    texts, travelling = y, None
+    for step in range(world_size):
+        loss, d_rows, d_cols, dt, db = sigmoid_block_chunked(
+            x, texts, logit_scale, logit_bias, positives=step == 0, grad_rows=compute_grad,
+            grad_cols=compute_grad, **block
+        )  # fmt: skip
+        part = torch.stack([dt, db, dt.new_zeros(()) if loss is None else loss])
+        sums = part if sums is None else sums + part
+        dx = d_rows if dx is None or d_rows is None else dx.add_(d_rows)
+        travelling = d_cols if travelling is None or d_cols is None else travelling.add_(d_cols)
+        # Pass the texts and their gradient so far on to rank r + 1; after the last block each
+        # gradient reaches its own rank (the texts are not sent then).
+        last = step == world_size - 1
+        sent = ([] if last else [texts.contiguous()]) + ([travelling] if compute_grad else [])
+        received = ranks.ring_exchange(sent, group)
+        texts = texts if last else received[0]
+        travelling = received[-1] if compute_grad else None
+    dy = travelling
+    dist.all_reduce(sums, group=group)
+    dt, db, loss = sums.unbind()
+    return (loss if compute_loss else None), (torch.cat([dx, dy]) if compute_grad else None), dt, db
+
+
+def siglip_loss(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    logit_scale: Scalar,
+    logit_bias: Scalar,
+    *,
+    impl: Impl = "auto",
+    compute_loss: bool = True,
+) -> torch.Tensor:
+    """SigLIP's loss of image features ``x`` and text features ``y`` (both (B, D), row i of each
+    a pair; used as given, as open_clip does: normalise them first) → fp32 scalar (fp64 for
+    fp64 input). logit_scale (t, already exponentiated), logit_bias (b): floats or 0-d tensors;
+    learnable tensors receive gradients. compute_loss=False: NaN, gradients only."""
+    check_towers(x, y, logit_scale, logit_bias)
+    _resolve(impl)
+    t, b = as_scalar_tensor(logit_scale, x), as_scalar_tensor(logit_bias, x)
+    options = {"compute_loss": compute_loss}
+    return PrecomputedGrad.apply(two_tower_blocks, options, torch.cat([x, y]), t, b)
+
+
+def siglip_loss_distributed(
+    x_local: torch.Tensor,
+    y_local: torch.Tensor,
+    logit_scale: Scalar,
+    logit_bias: Scalar,
+    *,
+    group=None,
+    impl: Impl = "auto",
+    check_shapes: bool = True,
+    compute_loss: bool = True,
+) -> torch.Tensor:
+    """SigLIP's loss of the global batch (each rank's pairs concatenated in rank order), from each
+    rank's (b, D) images and texts: the same fp32 scalar on every rank. Backward gives x_local
+    and y_local their rows of the global gradient and t, b the global ∂L/∂t, ∂L/∂b: sum parameter
+    gradients across ranks (or multiply the loss by the world size under DDP's average)."""
+    _, world_size = ranks.world(group)
+    check_towers(x_local, y_local, logit_scale, logit_bias)
+    _resolve(impl)
+    if check_shapes:
+        ranks.check_same_shape(x_local, group)
+    t, b = as_scalar_tensor(logit_scale, x_local), as_scalar_tensor(logit_bias, x_local)
+    options = {"group": group, "world_size": world_size, "compute_loss": compute_loss}
+    return PrecomputedGrad.apply(two_tower_blocks, options, torch.cat([x_local, y_local]), t, b)
+
+
+def siglip_loss_reference(
+    x: torch.Tensor, y: torch.Tensor, logit_scale: Scalar, logit_bias: Scalar
+) -> torch.Tensor:
+    """The SigLIP definition, materialised: B×B logits, ±1 labels, −Σ log σ / B (any dtype)."""
+    logits = logit_scale * (x @ y.T) + logit_bias
+    labels = 2 * torch.eye(x.shape[0], dtype=logits.dtype, device=x.device) - 1
+    return -F.logsigmoid(labels * logits).sum() / x.shape[0]
+
+
+class SigLipLoss(nn.Module):
+    """A drop-in for open_clip's ``SigLipLoss``: ``loss(image_features, text_features,
+    logit_scale, logit_bias)`` with the same value and gradients, computed without the B×B
+    matrix. world_size > 1: the exact global loss over torch.distributed's default group (or
+    ``group``), on every rank (see siglip_loss_distributed for the gradient convention)."""
+
+    def __init__(self, *, rank: int = 0, world_size: int = 1, group=None, impl: Impl = "auto") -> None:
+        super().__init__()
+        self.rank, self.world_size, self.group, self.impl = rank, world_size, group, impl
+
+    def forward(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: Scalar,
+        logit_bias: Scalar,
+        output_dict: bool = False,
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        args = (image_features, text_features, logit_scale, logit_bias)
+        if self.world_size > 1:
+            loss = siglip_loss_distributed(*args, group=self.group, impl=self.impl)
+        else:
+            loss = siglip_loss(*args, impl=self.impl)
+        return {"contrastive_loss": loss} if output_dict else loss
+
+
+def _function(z: torch.Tensor, labels: None = None, *, n_views: int = 2, impl: Impl = "auto", **params):
+    x, y = normalize_rows(z).chunk(2)
+    return siglip_loss(x, y, params["logit_scale"], params["logit_bias"], impl=impl)
+
+
+def _reference(z: torch.Tensor, labels: None = None, *, n_views: int = 2, **params) -> torch.Tensor:
+    x, y = F.normalize(z, dim=1, eps=EPS).chunk(2)
+    return siglip_loss_reference(x, y, params["logit_scale"], params["logit_bias"])
+
+
+# Not a training method (not in LOSSES): the entry through which `fastsigclr bench loss` measures
+# it, with z's two halves as the images and the texts (rows normalised) and sigclr's parameters.
+SPEC = LossSpec(
+    summary="SigLIP: two-tower sigmoid, images z[:N] against texts z[N:], positives on the diagonal",
+    build=lambda **params: SigLipLoss(),
+    function=_function,
+    reference=_reference,
+    params=sigmoid.SPEC.params,
+)

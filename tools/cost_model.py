@@ -1,0 +1,119 @@
+"""A throughput model of a compiled kernel's inner loop on Hopper, from its SASS counts.
+
+Per pair (one element of the loop's tile) and per SM, three pipes each take cycles:
+
+    issue   = SASS instructions per pair (over the threads) / 128   4 schedulers × 32 lanes per clock
+    mufu    = MUFU operations per pair / 16                          ex2, rcp, lg2, ...: 16 per clock
+    tensor  = dot FLOPs per pair / tensor FLOP per clock            4096 (bf16, fp16), 2048 (tf32)
+
+They overlap at best, so the largest bounds the loop; fp32 FMA on the CUDA cores (IEEE dots) is
+counted in issue. Time at 2N rows: the pairs the kernel evaluates (every ordered pair, (2N)²) times
+the bound, spread over the SMs at the clock, or the compulsory memory traffic (read Z once, write
+an fp32 dZ once) over the bandwidth, whichever is longer. Not modelled: latency a loop cannot hide,
+the tail of a grid that does not fill its last wave, L2 traffic of the re-read column tiles.
+
+Figures (per SM per clock unless said; sm_90):
+  - tensor cores: 989.4 TFLOP/s dense bf16/fp16, 494.7 dense tf32 for an H100 SXM (NVIDIA H100
+    datasheet); over 132 SMs that is 4096 and 2048 FLOP per clock at 1.83 GHz, the clock used here
+    for every pipe (its maximum boost, 1.98 GHz, would make issue- and MUFU-bound loops 8% faster);
+  - issue: 4 warp schedulers, one warp instruction (32 lanes) each per clock; MUFU: 16 results per
+    clock, 4 per sub-partition; FP32: 128 lanes (NVIDIA H100 architecture whitepaper, 2022);
+  - H200: the same GH100 with 132 SMs and the same clocks; HBM 4.8 TB/s against the H100 SXM's
+    3.35 TB/s (NVIDIA H200 and H100 datasheets).
+"""
+
+from __future__ import annotations
+
+ISSUE_PER_CLOCK = 128
+MUFU_PER_CLOCK = 16
+TENSOR_FLOP_PER_CLOCK = {"bf16": 4096, "fp16": 4096, "tf32": 2048}
+GPUS = {
+    "H100 SXM": {"sms": 132, "clock_ghz": 1.83, "hbm_tb_s": 3.35},
+    "H200 SXM": {"sms": 132, "clock_ghz": 1.83, "hbm_tb_s": 4.8},
+}
+SIZES = (8192, 65536)  # 2N
+ELEMENT_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+
+
+def operand_type(dtype: str) -> str | None:
+    """The tensor-core operand type of a report's dtype label; None for CUDA-core (IEEE) dots."""
+    if dtype in ("bf16", "fp16"):
+        return dtype
+    if dtype == "fp32 tf32":
+        return "tf32"
+    if dtype == "fp32 bf16-operands":
+        return "bf16"
+    return None
+
+
+def dot_flops_per_pair(row: dict) -> int | dict:
+    """Tensor-core FLOPs per pair: the case's own figure, else the sigmoid kernel's two dots (S over
+    the padded features, then G·Z, each 2·BLOCK_K) at one feature tile."""
+    if "dot_flops_per_pair" in row:
+        return row["dot_flops_per_pair"]
+    block_k = max(16, 1 << (row["D"] - 1).bit_length())
+    return 4 * block_k
+
+
+def model(row: dict) -> dict | None:
+    """The cost per pair and the predicted time of one compiled case; None without SASS counts."""
+    if "sass_per_pair" not in row or row.get("error"):
+        return None
+    operand = operand_type(row["dtype"])
+    flops = dot_flops_per_pair(row)
+    if isinstance(flops, dict):  # dots on different operand types: {operand: FLOPs per pair}
+        tensor = sum(f / TENSOR_FLOP_PER_CLOCK[op] for op, f in flops.items())
+    else:
+        tensor = flops / TENSOR_FLOP_PER_CLOCK[operand] if operand else 0.0
+    cycles = {
+        "issue": row["sass_per_pair"] / ISSUE_PER_CLOCK,
+        "mufu": row["mufu_per_pair"] / MUFU_PER_CLOCK,
+        "tensor": tensor,
+    }
+    bound = max(cycles, key=cycles.get)
+    per_pair = cycles[bound]
+    element = ELEMENT_BYTES[row["dtype"].split()[0]]
+    predicted = {}
+    for gpu, spec in GPUS.items():
+        for rows in SIZES:
+            compute_s = rows * rows * per_pair / (spec["sms"] * spec["clock_ghz"] * 1e9)
+            memory_s = rows * row["D"] * (element + 4) / (spec["hbm_tb_s"] * 1e12)
+            predicted[f"{gpu} 2N={rows}"] = round(max(compute_s, memory_s) * 1e6, 1)
+    return {
+        "cycles_per_pair": {k: round(v, 4) for k, v in cycles.items()},
+        "bound": bound,
+        "predicted_us": predicted,
+    }
+
+
+def constants() -> dict:
+    """What a report records about the model it applied."""
+    return {
+        "issue_per_clock": ISSUE_PER_CLOCK,
+        "mufu_per_clock": MUFU_PER_CLOCK,
+        "tensor_flop_per_clock": TENSOR_FLOP_PER_CLOCK,
+        "gpus": GPUS,
+        "time": "max((2N)² · bound cycles / (SMs · clock), 2N · D · (input bytes + 4) / HBM bandwidth)",
+    }
+
+
+def annotate(rows: list[dict]) -> None:
+    for row in rows:
+        found = model(row)
+        if found:
+            row["model"] = found
+        else:
+            row.pop("model", None)
+
+
+def best(rows: list[dict], **match) -> dict | None:
+    """The modelled row with the fewest cycles per pair among those matching (kept candidates or
+    launcher configs): what the autotuner would pick if the model were the timing."""
+    pool = [
+        r
+        for r in rows
+        if "model" in r
+        and all(r.get(k) == v for k, v in match.items())
+        and (r.get("kept") or not r.get("candidate"))
+    ]
+    return min(pool, key=lambda r: max(r["model"]["cycles_per_pair"].values()), default=None)
