@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from fastsigclr.checkpoint import write_text_atomic
-from fastsigclr.config import FastSigCLRError, check_fields, option, to_dict
+from fastsigclr.config import FastSigCLRError, check_fields, check_not_empty, option, to_dict
 from fastsigclr.losses import sigmoid_pairwise_loss
 from fastsigclr.runinfo import available_memory_bytes, run_record
 
@@ -52,9 +52,7 @@ class CcemConfig:
     progress: bool = option(True, "show a progress bar")
 
     def __post_init__(self) -> None:
-        for name in ("n", "t", "variant", "bias"):
-            if getattr(self, name) == ():
-                raise ValueError(f"--{name} needs at least one value")
+        check_not_empty(self, "n", "t", "variant", "bias")
         check_fields(self)
 
 

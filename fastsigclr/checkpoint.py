@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
+import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -14,6 +16,8 @@ import torch
 
 from fastsigclr.config import FastSigCLRError
 
+# torch.load(weights_only=True)'s messages for a global, a call or an object off its allow-list.
+REFUSED = re.compile(r"GLOBAL|Can only (build|create new object)|[Tt]rying to call reduce")
 TEMPORARY = ".tmp"  # suffix of the files being written: ".<name>.<pid>-<random>.tmp"
 
 
@@ -67,17 +71,76 @@ def write_text_atomic(path: Path, text: str) -> None:
     write_atomic(path, lambda f: f.write(text.encode()))
 
 
-def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FastSigCLRError(f"no checkpoint at {path}")
+def symlink_error(path: Path) -> FastSigCLRError:
+    return FastSigCLRError(
+        f"{path} is a symbolic link: fastsigclr never follows links in a run directory (it could read "
+        f"or overwrite the file the link points to); replace the link with the file itself, or use "
+        f"another run directory"
+    )
+
+
+def refuse_links(folder: Path, names: Iterable[str | Path]) -> None:
+    """Raise ``symlink_error`` for the first of ``folder``'s ``names`` (relative paths) that is a
+    symbolic link."""
+    for name in names:
+        if (Path(folder) / name).is_symlink():
+            raise symlink_error(Path(folder) / name)
+
+
+def open_nofollow(path: Path, flags: int = os.O_RDONLY, mode: int = 0o644) -> int:
+    """``os.open`` of a run-directory file that never follows a symbolic link at ``path``
+    (O_NOFOLLOW: the kernel refuses it, so no check-then-open race); a link raises one line."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # unpickling arbitrary bytes can fail in many ways; all mean "unreadable"
-        raise FastSigCLRError(
-            f"checkpoint {path} is unreadable ({type(err).__name__}: {err}); it is truncated or not a "
-            f"checkpoint: restore it, or train again with another --out"
-        ) from err
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise symlink_error(Path(path)) from None
+        raise
+
+
+def read_text(path: Path) -> str:
+    """A run-directory text file (config.json, metrics.jsonl, summary.json), never through a link."""
+    with os.fdopen(open_nofollow(path), encoding="utf-8") as f:
+        return f.read()
+
+
+def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint as written by ``save_atomic``, unpickled with ``weights_only=True``: torch's
+    allow-list of tensors, dicts, lists, tuples, strings and numbers is all a checkpoint holds
+    (state dicts, optimiser states, RNG states, the config as plain JSON values), so a file that
+    names any other callable (a crafted pickle that would run code) is refused, never executed."""
+    path = Path(path)
+    if path.parent.is_symlink():  # checkpoints/ as a link: refused like the file itself
+        raise symlink_error(path.parent)
+    if not path.is_file() and not path.is_symlink():
+        raise FastSigCLRError(f"no checkpoint at {path}")
+    with os.fdopen(open_nofollow(path), "rb") as f:
+        try:
+            return torch.load(f, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as err:
+            if REFUSED.search(str(err)):  # torch's words for a callable or type off its allow-list
+                raise _refused(path, err) from err
+            raise _unreadable(path, err) from err  # random bytes: "Unsupported operand 250"
+        except Exception as err:  # unpickling arbitrary bytes can fail in many ways; all mean "unreadable"
+            raise _unreadable(path, err) from err
+
+
+def _refused(path: Path, err: Exception) -> FastSigCLRError:
+    # torch's message is a paragraph; the line naming the refused type is the one to show.
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    reason = next((line for line in lines if REFUSED.search(line)), lines[-1])
+    return FastSigCLRError(
+        f"checkpoint {path} is refused: it holds more than tensors and plain values "
+        f"({reason.rstrip('.')}), which no checkpoint written by fastsigclr does; do not load it, "
+        f"train again with another --out"
+    )
+
+
+def _unreadable(path: Path, err: Exception) -> FastSigCLRError:
+    return FastSigCLRError(
+        f"checkpoint {path} is unreadable ({type(err).__name__}: {' '.join(str(err).split())}); it is "
+        f"truncated or not a checkpoint: restore it, or train again with another --out"
+    )
 
 
 def rng_state() -> dict[str, Any]:

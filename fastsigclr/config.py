@@ -86,6 +86,13 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def check_not_empty(config: Any, *names: str) -> None:
+    """Options ``names`` of ``config`` (tuples) must hold at least one value."""
+    for name in names:
+        if getattr(config, name) == ():
+            raise ValueError(f"{flag(name)} needs at least one value")
+
+
 def _allowed(bounds: dict[str, float]) -> str:
     return " and ".join(f"{BOUNDS[b][1]} {limit:g}" for b, limit in bounds.items())
 

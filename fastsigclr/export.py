@@ -57,7 +57,7 @@ def _run_checkpoint(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
             f"{run_dir} has no checkpoint (checkpoints/last.pt): it has not finished an epoch; "
             "train it (or resume it) first"
         )
-    cfg = saved_config(json.loads((run_dir / "config.json").read_text())["config"])
+    cfg = saved_config(json.loads(ckpt.read_text(run_dir / "config.json"))["config"])
     return cfg, ckpt.load(last)
 
 

@@ -191,7 +191,7 @@ def loss_scalars(criterion: torch.nn.Module) -> dict[str, float]:
 def load_run_model(run_dir: Path, device_name: str = "auto", data_dir: str | None = None) -> dict[str, Any]:
     """A run's backbone (last checkpoint), its data (from ``data_dir`` when given, else where the
     run read it) and settings, for evaluation."""
-    saved = json.loads((Path(run_dir) / "config.json").read_text())["config"]
+    saved = json.loads(ckpt.read_text(Path(run_dir) / "config.json"))["config"]
     cfg = saved_config({**saved, **({"data_dir": data_dir} if data_dir else {})})
     info = DATASETS[cfg.dataset]
     where = data_folder(cfg.data_dir)

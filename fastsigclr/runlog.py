@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from fastsigclr.checkpoint import write_text_atomic
+from fastsigclr.checkpoint import open_nofollow, read_text, write_text_atomic
 
 
 class RunLog:
@@ -35,12 +36,13 @@ class RunLog:
             # A checkpoint inside an epoch (resume_step) keeps that epoch's records up to its step.
             kept = [
                 line
-                for line in self.path.read_text().splitlines()
+                for line in read_text(self.path).splitlines()
                 if (epoch := _epoch_of(line)) is not None
                 and (epoch < resume_epoch or (resume_step is not None and _step_of(line) <= resume_step))
             ]
             write_text_atomic(self.path, "".join(line + "\n" for line in kept))
-        self.file = open(self.path, "a")  # noqa: SIM115 - lives as long as the run
+        # Lives as long as the run; a metrics.jsonl that is a symlink is refused, never appended to.
+        self.file = os.fdopen(open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a")
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -88,4 +90,4 @@ def _step_of(line: str) -> int:
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in read_text(path).splitlines() if line.strip()]

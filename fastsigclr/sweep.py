@@ -35,7 +35,7 @@ from fastsigclr.eval import EvalConfig, score, split_features
 from fastsigclr.recipe import compute_dtypes, load_run_model
 from fastsigclr.runconfig import TrainConfig
 from fastsigclr.runinfo import resolve_device, run_record
-from fastsigclr.sweep_report import EVAL_FILE, collect_run, run_state, write_results
+from fastsigclr.sweep_report import EVAL_FILE, PlannedRun, collect_run, run_state, write_results
 from fastsigclr.train import train
 
 # Each setting is a set of `fastsigclr train` options; the budget options apply to all of them.
@@ -105,7 +105,7 @@ class SweepConfig:
         for name in ("settings", "seeds"):
             values = getattr(self, name)
             if not values or len(set(values)) != len(values):
-                raise ValueError(f"--{name} must list at least one value, each once; got {values}")
+                raise ValueError(f"{flag(name)} must list at least one value, each once; got {values}")
 
     def budget(self) -> dict[str, Any]:
         """The train options given for every run (unset ones are left to the trainer)."""
@@ -115,15 +115,6 @@ class SweepConfig:
         given = {} if self.linear_epochs is None else {"linear_epochs": self.linear_epochs}
         device = self.device or "auto"
         return build(EvalConfig, {"run": str(run_dir), "device": device, "seed": seed, **given})
-
-
-@dataclass(frozen=True)
-class PlannedRun:
-    index: int  # 1-based position in the grid
-    setting: str
-    seed: int
-    run_dir: Path
-    train_config: TrainConfig
 
 
 def plan(cfg: SweepConfig) -> list[PlannedRun]:

@@ -7,8 +7,9 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 
@@ -16,13 +17,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
+from fastsigclr import significance
 from fastsigclr.bench.plot import _save as save_figure
 from fastsigclr.checkpoint import write_text_atomic
 from fastsigclr.config import default_of, to_dict
 from fastsigclr.eval import EvalConfig
-
-if TYPE_CHECKING:
-    from fastsigclr.sweep import PlannedRun
+from fastsigclr.runconfig import TrainConfig
 
 EVAL_FILE = "sweep-eval.json"  # in each run directory: the sweep's evaluation of that run
 STATUS = {
@@ -32,6 +32,17 @@ STATUS = {
     "started": "pending",
     "new": "pending",
 }
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a sweep's grid: planned by ``sweep.plan``, read back here for the report."""
+
+    index: int  # 1-based position in the grid
+    setting: str
+    seed: int
+    run_dir: Path
+    train_config: TrainConfig
 
 
 def run_state(run_dir: Path) -> str:
@@ -152,6 +163,8 @@ def markdown(payload: dict[str, Any]) -> str:
             f"| {_percent(row['linear_acc'])} | {_scalar(row['final_logit_bias'])} "
             f"| {_scalar(row['final_logit_scale'])} |"
         )
+    done = [e for e in payload["runs"] if e["status"] == "done"]
+    lines += ["", *significance.markdown(significance.compare(done))]
     failed = [e for e in payload["runs"] if e["status"] == "failed"]
     lines += [""] + [f"Failed: {e['setting']} seed {e['seed']}: {e['error']}" for e in failed]
     return "\n".join(lines).rstrip() + "\n"

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import slow_tests
 import torch
 
 HAS_CUDA = torch.cuda.is_available()
@@ -32,6 +33,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not HAS_CUDA:
             item.add_marker(skip)
+        if slow_tests.is_slow(item):  # the slow tier, by measured duration (tests/slow_tests.py)
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture

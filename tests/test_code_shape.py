@@ -1,6 +1,12 @@
-"""The shape of the package: no function longer than 60 lines (from its ``def`` to its last line),
-no module longer than 400 lines (past either, split it by responsibility), and modules in floors
-that import only downwards (docs/design.md §12)."""
+"""The shape of the code: no function longer than 60 lines (from its ``def`` to its last line), no
+module longer than 400 lines (past either, split it by responsibility), in ``fastsigclr/``,
+``kernels/`` and ``tools/``; and the package's modules in floors that import only downwards
+(docs/design.md §12).
+
+A ``@triton.jit`` function may have up to 100 lines: a kernel body is one function by design (a
+launch runs one), and today's longest is 94 lines (``kernels/ntxent.py`` ``_ntxent_bwd_kernel``).
+``KNOWN_LONG`` lists the functions past their limit while ``kernels/`` is being rewritten, each at
+most its length today; an entry that is no longer long must be removed."""
 
 from __future__ import annotations
 
@@ -9,13 +15,21 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "fastsigclr"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "fastsigclr"
+CHECKED = ("fastsigclr", "kernels", "tools")
 MAX_FUNCTION_LINES = 60
+MAX_KERNEL_LINES = 100  # a @triton.jit body (see the module docstring)
 MAX_FILE_LINES = 400
+# path:function -> its length today, the most it may have until it is split (kernels/ rewrite).
+KNOWN_LONG = {"kernels/ntxent.py:nt_xent_triton": 62}
 # docs/design.md §12: a module imports (at module level) only from its floor or the floors below.
 # A package name stands for all its modules.
 FLOORS = {
-    **dict.fromkeys(("config", "checkpoint", "runinfo", "runlog", "optim", "pace", "preempt", "__init__"), 0),
+    **dict.fromkeys(
+        ("config", "checkpoint", "runinfo", "runlog", "optim", "pace", "preempt", "significance", "__init__"),
+        0,
+    ),
     **dict.fromkeys(("kernels", "losses", "models", "data"), 1),
     **dict.fromkeys(("cluster", "distributed", "runconfig"), 2),
     **dict.fromkeys(("recipe", "eval", "rundir"), 3),
@@ -25,8 +39,13 @@ FLOORS = {
 }
 
 
+def _is_kernel(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    return any(ast.unparse(d) in ("triton.jit", "jit") for d in node.decorator_list)
+
+
 def long_functions(source: str, limit: int = MAX_FUNCTION_LINES) -> list[tuple[str, int, int]]:
-    """(qualified name, first line, length) of each function or method longer than ``limit`` lines."""
+    """(qualified name, first line, length) of each function or method longer than ``limit`` lines
+    (``MAX_KERNEL_LINES`` for a ``@triton.jit`` function)."""
     found = []
 
     def visit(node: ast.AST, prefix: str) -> None:
@@ -34,7 +53,7 @@ def long_functions(source: str, limit: int = MAX_FUNCTION_LINES) -> list[tuple[s
             name = f"{prefix}{getattr(child, 'name', '')}"
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 length = child.end_lineno - child.lineno + 1
-                if length > limit:
+                if length > (MAX_KERNEL_LINES if _is_kernel(child) else limit):
                     found.append((name, child.lineno, length))
                 visit(child, f"{name}.")
             elif isinstance(child, ast.ClassDef):
@@ -50,26 +69,47 @@ def _modules() -> list[Path]:
     return sorted(PACKAGE.rglob("*.py"))
 
 
+def _checked() -> list[Path]:
+    return sorted(p for folder in CHECKED for p in (ROOT / folder).rglob("*.py"))
+
+
 def test_the_package_is_found() -> None:
     names = {p.relative_to(PACKAGE).as_posix() for p in _modules()}
     assert {"train.py", "recipe.py", "cli.py"} <= names
+    folders = {p.relative_to(ROOT).parts[0] for p in _checked()}
+    assert folders == set(CHECKED)
+
+
+def _long() -> dict[str, tuple[int, int]]:
+    """path:function -> (first line, length) of every function past its limit."""
+    return {
+        f"{path.relative_to(ROOT).as_posix()}:{name}": (line, length)
+        for path in _checked()
+        for name, line, length in long_functions(path.read_text())
+    }
 
 
 def test_no_function_over_60_lines() -> None:
     long = [
-        f"{path.relative_to(PACKAGE.parent)}:{line} {name} ({length} lines)"
-        for path in _modules()
-        for name, line, length in long_functions(path.read_text())
+        f"{key.replace(':', f':{line} ', 1)} ({length} lines)"
+        for key, (line, length) in _long().items()
+        if length > KNOWN_LONG.get(key, 0)
     ]
-    assert not long, f"functions over {MAX_FUNCTION_LINES} lines: split them by responsibility: " + "; ".join(
-        long
+    assert not long, (
+        f"functions over {MAX_FUNCTION_LINES} lines ({MAX_KERNEL_LINES} for a @triton.jit kernel): "
+        "split them by responsibility: " + "; ".join(long)
     )
+
+
+def test_known_long_functions_are_still_long() -> None:
+    stale = sorted(set(KNOWN_LONG) - set(_long()))
+    assert not stale, f"no longer past their limit: remove them from KNOWN_LONG: {stale}"
 
 
 def test_no_module_over_400_lines() -> None:
     long = [
-        f"{path.relative_to(PACKAGE.parent)} ({n} lines)"
-        for path in _modules()
+        f"{path.relative_to(ROOT)} ({n} lines)"
+        for path in _checked()
         if (n := len(path.read_text().splitlines())) > MAX_FILE_LINES
     ]
     assert not long, f"modules over {MAX_FILE_LINES} lines: split them by responsibility: " + "; ".join(long)
@@ -82,6 +122,13 @@ def test_no_module_over_400_lines() -> None:
 def test_long_functions_counts_from_def_to_last_line(body_lines: int, expected: list) -> None:
     source = "def f():\n" + "    x = 1\n" * body_lines + "    return 0\n"
     assert long_functions(source) == expected
+
+
+@pytest.mark.parametrize(("body_lines", "expected"), [(98, []), (99, [("k", 2, 101)])])
+def test_a_triton_kernel_may_have_100_lines(body_lines: int, expected: list) -> None:
+    source = "@triton.jit\ndef k():\n" + "    x = 1\n" * body_lines + "    return 0\n"
+    assert long_functions(source) == expected
+    assert long_functions(source.replace("@triton.jit\n", "@other\n")) == [("k", 2, body_lines + 2)]
 
 
 def test_long_functions_names_methods_and_nested_functions() -> None:
@@ -142,3 +189,19 @@ def test_upward_imports_are_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert upward_imports(package / "data" / "x.py") == [
         "data.x (floor 1) imports fastsigclr.train (floor 4)"
     ]
+
+
+def test_the_slow_table_names_tests_that_exist() -> None:
+    """Every entry of tests/slow_tests.py's SLOW is a test function of the file it names."""
+    import slow_tests
+
+    tests = ROOT / "tests"
+    missing = []
+    for entry in slow_tests.SLOW:
+        file, function = entry.split("[")[0].split("::")
+        path = tests / file
+        tree = ast.parse(path.read_text()) if path.is_file() else ast.Module(body=[], type_ignores=[])
+        names = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+        if function not in names:
+            missing.append(entry)
+    assert not missing, f"tests/slow_tests.py names tests that do not exist: {missing}"

@@ -71,8 +71,11 @@ def test_grid_writes_results_table_and_plot(grid):
     table = (out / "results.md").read_text()
     assert "resnet18 width 8, projector 32-16, 2 epochs, batch 32, 64 train / 48 test images" in table
     assert "precision fp32" in table and saved["precision"] == "fp32"
-    rows = [line for line in table.splitlines() if line.startswith("| sigclr")]
+    rows = [line for line in table.splitlines() if line.startswith("| sigclr") and "method=" in line]
     assert len(rows) == 2
+    # The comparisons of significance.COMPARISONS whose settings ran: b = 0 against the learnt b.
+    tests = [line for line in table.splitlines() if line.startswith("| sigclr-fixed-b0 | sigclr |")]
+    assert [line.split(" | ")[2] for line in tests] == ["kNN", "linear"], tests
     for row, setting_runs in zip(rows, (learnt, fixed), strict=True):
         values = [100 * r["linear_acc"] for r in setting_runs]
         expected = f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"

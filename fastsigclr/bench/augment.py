@@ -31,7 +31,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastsigclr.bench.common import write_json
-from fastsigclr.config import FastSigCLRError, check_fields, option, to_dict
+from fastsigclr.config import FastSigCLRError, check_fields, check_not_empty, option, to_dict
 from fastsigclr.data.loaders import LOADERS, loader_versions
 from fastsigclr.data.plan import AugmentPlan, AugmentSpec, Col, sample_params, seed_for
 from fastsigclr.data.samples import SampleIndex
@@ -230,8 +230,7 @@ class BenchAugmentConfig:
         unknown = set(self.backends) - set(BACKENDS)
         if unknown:
             raise ValueError(f"unknown backends {sorted(unknown)}; choose from {', '.join(BACKENDS)}")
-        if not self.sizes:
-            raise ValueError("--sizes needs at least one value")
+        check_not_empty(self, "sizes")
         check_fields(self)
 
     def resolved(self, device: torch.device) -> BenchAugmentConfig:

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from fastsigclr.bench.common import DTYPES, check_even_sizes, time_fn, write_json
-from fastsigclr.config import check_fields, option, to_dict
+from fastsigclr.config import check_fields, check_not_empty, option, to_dict
 from fastsigclr.runinfo import device_option, resolve_device, run_record
 
 
@@ -35,8 +35,7 @@ class BenchDistConfig:
     out: str = option("benchmarks/local", "directory for dist-<device>.json and .png")
 
     def __post_init__(self) -> None:
-        if self.sizes == ():
-            raise ValueError("--sizes needs at least one value")
+        check_not_empty(self, "sizes")
         check_fields(self)
         check_even_sizes(self.sizes)
 

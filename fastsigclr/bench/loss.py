@@ -28,7 +28,7 @@ from fastsigclr.bench.common import DTYPES, check_even_sizes, matmul_tflops, tim
 from fastsigclr.bench.memory import peak_extra_bytes
 from fastsigclr.bench.open_clip_loss import OPEN_CLIP_LOSSES, open_clip_fn
 from fastsigclr.bench.open_clip_loss import installed as open_clip_installed
-from fastsigclr.config import check_fields, option, to_dict
+from fastsigclr.config import check_fields, check_not_empty, option, to_dict
 from fastsigclr.losses import LOSSES, siglip
 from fastsigclr.losses.options import check_applicable, with_loss_options
 from fastsigclr.runconfig import loss_params
@@ -73,9 +73,7 @@ class BenchLossConfig:
     out: str = option("benchmarks/local", "directory for loss-<device>.json and loss-<device>.png")
 
     def __post_init__(self) -> None:
-        for name in ("sizes", "dims"):
-            if getattr(self, name) == ():
-                raise ValueError(f"--{name} needs at least one value")
+        check_not_empty(self, "sizes", "dims")
         check_fields(self)
         check_even_sizes(self.sizes)
         fix = "drop it or measure one of those in --losses"

@@ -14,11 +14,26 @@ import numpy as np
 
 
 def fingerprint(files: list[Path], size: int | None) -> str:
+    """The cache's key: every file's name and a digest of its bytes, so a file changed in place
+    (even to the same size and mtime) is decoded again (reading the bytes costs far less than
+    decoding them: docs/design.md §7)."""
     h = hashlib.sha1(f"size={size}\n".encode())
     for f in files:
-        st = f.stat()
-        h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}\n".encode())
+        h.update(f"{f.name}:{hashlib.sha1(f.read_bytes()).hexdigest()}\n".encode())
     return h.hexdigest()
+
+
+def drop_stale(folder: Path, name: str, key: str) -> bool:
+    """Remove the cache ``name`` when it was made from other bytes than ``key``'s; whether it did."""
+    meta = folder / f"{name}-meta.json"
+    try:
+        stale = meta.is_file() and json.loads(meta.read_text()).get("fingerprint") != key
+    except (OSError, ValueError, AttributeError):
+        stale = meta.is_file()
+    if stale:
+        meta.unlink()
+        (folder / f"{name}-images.npy").unlink(missing_ok=True)
+    return stale
 
 
 def load(folder: Path, name: str, key: str) -> tuple[np.ndarray, np.ndarray] | None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastsigclr.data import plain_pickle
 from fastsigclr.data.files import check_md5s, warn_unofficial
 from fastsigclr.data.info import DatasetError, DatasetInfo
 from fastsigclr.data.samples import SampleIndex
@@ -18,7 +19,7 @@ def load_pickle(path: Path) -> dict:
         raise DatasetError(f"missing file {path}: the dataset folder is incomplete; delete it to fetch again")
     try:
         with open(path, "rb") as f:
-            raw = pickle.load(f, encoding="bytes")
+            raw = plain_pickle.load(f)  # never calls what a crafted file names
     except (pickle.UnpicklingError, EOFError, ValueError, AttributeError, ImportError, IndexError) as err:
         raise DatasetError(
             f"{path} is truncated or corrupt ({type(err).__name__}: {err}); delete its folder to fetch again"

@@ -13,12 +13,14 @@ the gpu loader's array is decoded once (with a progress bar) into a cache beside
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from fastsigclr.data import cache
 from fastsigclr.data.info import DatasetError, DatasetInfo
-from fastsigclr.data.samples import SampleIndex, file_index
+from fastsigclr.data.samples import SampleIndex, file_index, image_size
 
 
 def _wnids(info: DatasetInfo, folder: Path) -> list[str]:
@@ -96,10 +98,30 @@ class TinyImageNetReader:
         index.cache_name = "test" if split == "test" else "train"
         return index
 
+    def _check(self, split: str) -> None:
+        index, side = self.index(split), self.info.image_size
+        key = cache.fingerprint(index.files, None)
+        stale = cache.drop_stale(index.cache_dir, index.cache_name, key)
+        dropped = f"; the decoded {split} cache, made from other bytes, was removed" if stale else ""
+        bad = [path for path, _ in index.undecodable(progress=False)]
+        seen = set(bad)
+        bad += [str(f) for f in index.files if str(f) not in seen and image_size(f) != (side, side)]
+        if bad:
+            raise DatasetError(
+                f"{len(bad)} of {len(index)} {split} JPEGs do not decode as {side}² images (first: "
+                f"{', '.join(bad[:3])}){dropped}: the files are damaged; delete {self.folder} to fetch "
+                f"it again"
+            )
+        if stale:
+            where = index.cache_dir
+            print(f"note: {dropped[2:]} ({where}): the files changed since it was decoded", file=sys.stderr)
+
     def verify(self) -> dict[str, str]:
-        """md5 of the index files; the layout and counts are checked by split_files."""
+        """Checks the files themselves: the layout and counts (split_files), every JPEG decodes at
+        its size, and a decoded cache made from other bytes than the files' is removed. Returns
+        the md5 of the index files."""
         for split in ("train", "test"):
-            split_files(self.info, self.folder, split)
+            self._check(split)
         out = {}
         for name in ("wnids.txt", "words.txt", "val/val_annotations.txt"):
             path = self.folder / name

@@ -4,6 +4,7 @@
 - ``FSC_FAULT=step:RANK:STEP``: global rank RANK SIGKILLs itself right after step STEP;
 - ``FSC_FAULT=checkpoint:EPOCH``: the writer of the checkpoint of epoch EPOCH SIGKILLs itself
   halfway through writing it (the temporary file holds half of its bytes, fsynced);
+- either with ``:SIGNAL`` appended (``step:0:5:SIGTERM``): that signal instead of SIGKILL;
 - ``FSC_FAULT_ONCE=FILE``: the fault fires once, in the first process that reaches it (it
   creates FILE first), so the run's restart, by torchrun or by hand, runs clean.
 
@@ -18,9 +19,12 @@ _FAULT = os.environ.get("FSC_FAULT", "")
 _ONCE = Path(os.environ.get("FSC_FAULT_ONCE", "/nonexistent/fsc-fault-once"))
 
 
+_SIGNAL = signal.SIGKILL
+
+
 def _die() -> None:
     _ONCE.touch()
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), _SIGNAL)
 
 
 def _armed() -> bool:
@@ -69,7 +73,10 @@ def _kill_in_checkpoint(epoch: int) -> None:
     checkpoint.save_atomic = faulty
 
 
-if _FAULT.startswith("step:"):
-    _kill_at_step(*map(int, _FAULT.split(":")[1:]))
-elif _FAULT.startswith("checkpoint:"):
-    _kill_in_checkpoint(int(_FAULT.split(":")[1]))
+_PARTS = _FAULT.split(":")
+if _PARTS[-1].startswith("SIG"):
+    _SIGNAL = signal.Signals[_PARTS.pop()]
+if _PARTS[0] == "step":
+    _kill_at_step(*map(int, _PARTS[1:]))
+elif _PARTS[0] == "checkpoint":
+    _kill_in_checkpoint(int(_PARTS[1]))
