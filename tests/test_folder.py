@@ -86,7 +86,8 @@ def test_broken_images_are_listed_and_skipped_or_stop_the_run(tmp_path, capsys):
         main(folder_args(data, tmp_path / "run2", "--batch-size", "8"))
     assert exc.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "cannot be decoded, more than --max-broken 0.01" in last and "Traceback" not in last
+    assert "cannot be decoded (first: " in last and "more than --max-broken 0.01" in last
+    assert "Traceback" not in last
     with pytest.raises(SystemExit) as exc:  # refused up front, both files named
         main(["data", "verify", "--dataset", "folder", "--data-dir", str(data), "--no-progress"])
     assert exc.value.code == 2

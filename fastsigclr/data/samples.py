@@ -96,8 +96,9 @@ def report_broken(what: str, broken: Sequence[tuple[str, str]], total: int, max_
     print(f"{what}: {len(broken)} of {total} images cannot be decoded:\n" + "\n".join(lines), file=sys.stderr)
     if share > max_broken:
         raise DatasetError(
-            f"{what}: {len(broken)} of {total} images ({share:.1%}) cannot be decoded, more than "
-            f"--max-broken {max_broken:g}: repair or delete the files listed above, or raise --max-broken"
+            f"{what}: {len(broken)} of {total} images ({share:.1%}) cannot be decoded (first: "
+            f"{broken[0][0]}), more than --max-broken {max_broken:g}: repair or delete the files listed "
+            f"above, or raise --max-broken"
         )
     print(
         f"{what}: skipped those {len(broken)} images (at most --max-broken {max_broken:g})", file=sys.stderr
