@@ -171,40 +171,49 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _split_counts(info, folder) -> str:
+    from fastsigclr.data.splits import open_splits
+
+    splits = open_splits(info, folder, announce=False)
+    counts = [f"{len(splits.pretrain)} pre-training"] if splits.pretrain is not splits.train else []
+    labelled = (("train", splits.train), ("test", splits.test))
+    counts += [f"{len(s)} {name}" for name, s in labelled if s is not None]
+    return ", ".join(counts) + " images"
+
+
 def _cmd_data_download(args: argparse.Namespace) -> int:
-    from fastsigclr.data.datasets import DATASETS, DataConfig, load_split, prepare
+    from fastsigclr.data.datasets import DATASETS, DataConfig, prepare
 
     cfg = from_args(DataConfig, args)
     info = DATASETS[cfg.dataset]
     folder = prepare(info, cfg.resolved_dir(), url=cfg.url, progress=cfg.progress)
-    counts = [len(load_split(info, folder, split)[1]) for split in ("train", "test")]
-    print(f"{info.name}: {counts[0]} train and {counts[1]} test images in {folder}")
+    print(f"{info.name}: {_split_counts(info, folder)} in {folder}")
     return 0
 
 
 def _cmd_data_verify(args: argparse.Namespace) -> int:
-    from fastsigclr.data.datasets import DATASETS, DataConfig, load_split, verify
+    from fastsigclr.data.datasets import DATASETS, DataConfig, verify
     from fastsigclr.data.verdict import UnofficialData
 
     cfg = from_args(DataConfig, args)
     info = DATASETS[cfg.dataset]
     try:
-        sums = verify(info, cfg.resolved_dir())
+        sums = verify(info, cfg.resolved_dir(), progress=cfg.progress)
     except UnofficialData as note:  # usable data with other bytes: said, with exit status 1
         print("\n".join(f"{md5}  {name}" for name, md5 in note.sums.items()))
         print(f"fastsigclr: data verify: {note}", file=sys.stderr)
         return 1
+    if not info.downloadable:  # an image folder: what was decoded, per split
+        print("\n".join(f"{name}: {what}" for name, what in sums.items()))
+        return 0
     for name, md5 in sums.items():
         print(f"{md5}  {name}")
-    counts = [
-        len(load_split(info, cfg.resolved_dir() / info.folder, split)[1]) for split in ("train", "test")
-    ]
     official = (
         f"the {len(info.file_md5)} official md5s match"
         if info.file_md5
         else "no official per-file md5s (the archive's is checked at download)"
     )
-    print(f"{official}; layout and counts OK: {counts[0]} train, {counts[1]} test images")
+    print(f"{official}; layout and counts OK: {_split_counts(info, cfg.resolved_dir() / info.folder)}")
     return 0
 
 

@@ -86,7 +86,7 @@ def export(cfg: ExportConfig) -> dict[str, str]:
         "out_dim": str(state["model"]["projector.0.weight"].shape[1]),  # the projector's input
         "proj_dims": json.dumps(list(train_cfg.proj_dims or PRESETS[train_cfg.dataset]["proj_dims"])),
         "has_projector": str(cfg.projector),
-        "image_size": str(info.image_size),
+        "image_size": str(train_cfg.image_size or info.image_size),
         "mean": json.dumps(list(info.mean)),
         "std": json.dumps(list(info.std)),
         "dataset": train_cfg.dataset,

@@ -11,16 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from fastsigclr import checkpoint as ckpt
 from fastsigclr import distributed
-from fastsigclr.config import ConfigError, FastSigCLRError, to_dict
-from fastsigclr.data import DATASETS, LOADERS, AugmentSpec, DatasetInfo, load_split, prepare
+from fastsigclr.config import FastSigCLRError, to_dict
+from fastsigclr.data import DATASETS, LOADERS, AugmentSpec, DatasetInfo, prepare
 from fastsigclr.data.base import LoaderSource
 from fastsigclr.data.datasets import data_folder
-from fastsigclr.data.subset import balanced_indices
+from fastsigclr.data.samples import SampleIndex
+from fastsigclr.data.splits import DataSplits, open_splits
 from fastsigclr.losses import LossSpec
 from fastsigclr.models import SSLModel
 from fastsigclr.models.resnet import memory_format
@@ -29,31 +29,21 @@ from fastsigclr.optim import build_optimizer, param_groups
 from fastsigclr.runconfig import RESTORE_CONFIG, TrainConfig, loss_params, read_config
 from fastsigclr.runinfo import resolve_device
 
-Split = tuple[np.ndarray, np.ndarray]  # (uint8 images (N, H, W, 3), labels (N,))
 
-
-def load_data(cfg: TrainConfig):
+def load_data(cfg: TrainConfig, announce: bool = True) -> DataSplits:
+    """The run's splits (``data.splits``): what the loader trains on, and the labelled splits of
+    the kNN monitor and the probe; an image folder's classes and counts printed (``announce``)."""
     info = DATASETS[cfg.dataset]
     folder = prepare(info, data_folder(cfg.data_dir), download_ok=cfg.download, progress=cfg.progress)
-    train_x, train_y = load_split(info, folder, "train", progress=cfg.progress)
-    test_x, test_y = load_split(info, folder, "test", progress=cfg.progress)
-    for name, limit, count in (
-        ("train", cfg.limit_train, len(train_y)),
-        ("test", cfg.limit_test, len(test_y)),
-    ):
-        # Refused rather than capped: config.json would record a subset that was never used.
-        if limit is not None and limit > count:
-            raise ConfigError(
-                f"--limit-{name} {limit} is more than the {count} {name} images of {info.name}: pass "
-                f"--limit-{name} {count} or less, or leave it out to use them all"
-            )
-    if cfg.limit_train:
-        keep = balanced_indices(train_y, cfg.limit_train)
-        train_x, train_y = train_x[keep], train_y[keep]
-    if cfg.limit_test:
-        keep = balanced_indices(test_y, cfg.limit_test)
-        test_x, test_y = test_x[keep], test_y[keep]
-    return info, (train_x, train_y), (test_x, test_y)
+    return open_splits(
+        info,
+        folder,
+        limit_train=cfg.limit_train,
+        limit_test=cfg.limit_test,
+        store_size=cfg.store_size,
+        max_broken=cfg.max_broken,
+        announce=announce,
+    )
 
 
 def compute_dtypes(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype, torch.dtype | None]:
@@ -67,7 +57,7 @@ def build_model(cfg: TrainConfig, info, device: torch.device):
     model = model.to(device, memory_format=memory_format(device))
     criterion = cfg.loss_spec.build(n_views=cfg.n_views, **loss_params(cfg, cfg.loss_spec))
     criterion = criterion.to(device)
-    probe = torch.nn.Linear(model.backbone.out_dim, info.num_classes).to(device)
+    probe = torch.nn.Linear(model.backbone.out_dim, max(info.num_classes, 1)).to(device)  # 0: unlabeled
     return model, criterion, probe
 
 
@@ -78,8 +68,7 @@ class Setup:
     cfg: TrainConfig
     loss_spec: LossSpec  # the method's registry entry (cfg.loss_spec)
     info: DatasetInfo
-    train_data: Split
-    test_data: Split
+    data: DataSplits  # the loader's split, and the kNN monitor's labelled ones
     loader: Any  # one of LOADERS: ``epoch(e)`` yields (views, labels), ``len`` steps per epoch
     model: torch.nn.Module  # SSLModel: backbone f, projector g
     criterion: torch.nn.Module
@@ -89,23 +78,22 @@ class Setup:
     autocast_dtype: torch.dtype | None
 
 
-def build(
-    cfg: TrainConfig, ctx: distributed.Context, data: tuple[DatasetInfo, Split, Split] | None = None
-) -> Setup:
-    """Data (``load_data``, or ``data`` given as (info, train, test)), loader, model, loss, online
-    probe and their optimisers, on ``ctx.device``; seeded by ``cfg.seed``. ``cfg`` is resolved
+def build(cfg: TrainConfig, ctx: distributed.Context, data: DataSplits | None = None) -> Setup:
+    """Data (``load_data``, or ``data`` given), loader, model, loss, online probe and their
+    optimisers, on ``ctx.device``; seeded by ``cfg.seed``. ``cfg`` is resolved
     (``TrainConfig.resolved``): its batch size, epochs and loss parameters are set."""
     if cfg.batch_size is None or cfg.epochs is None:
         raise ValueError("build needs a resolved config (TrainConfig.resolved()): its batch size is unset")
     device = ctx.device
     view_dtype, autocast_dtype = compute_dtypes(cfg, device)
     if data is None:
-        data = load_data(dataclasses.replace(cfg, progress=cfg.progress and ctx.is_main))
-    info, train_data, test_data = data
+        data = load_data(dataclasses.replace(cfg, progress=cfg.progress and ctx.is_main), ctx.is_main)
+    info = data.info
     torch.manual_seed(cfg.seed)
-    spec = AugmentSpec.simclr(info.image_size, info.mean, info.std, n_views=cfg.n_views)
+    spec = AugmentSpec.simclr(cfg.image_size or info.image_size, info.mean, info.std, n_views=cfg.n_views)
     loader = LOADERS[cfg.loader].cls(
-        *train_data,
+        data.pretrain,
+        None,
         spec,
         cfg.batch_size,  # global: each rank takes batch_size / world_size
         device,
@@ -113,8 +101,10 @@ def build(
         seed=cfg.seed,
         rank=ctx.rank,
         world_size=ctx.world_size,
-        **_loader_options(cfg, info, train_data, ctx),
+        **_loader_options(cfg, info, data.pretrain, ctx),
     )
+    if loader.samples.decoded:
+        data.adopt(loader.samples)
     model, criterion, probe = build_model(cfg, info, device)
     if ctx.distributed and cfg.sync_bn:
         model = convert_global_bn(model)
@@ -126,8 +116,7 @@ def build(
         cfg,
         cfg.loss_spec,
         info,
-        train_data,
-        test_data,
+        data,
         loader,
         model,
         criterion,
@@ -138,11 +127,24 @@ def build(
     )
 
 
-def _loader_options(cfg: TrainConfig, info: DatasetInfo, train: Split, ctx: distributed.Context) -> dict:
+def _loader_options(
+    cfg: TrainConfig, info: DatasetInfo, samples: SampleIndex, ctx: distributed.Context
+) -> dict:
     """The backend's own arguments; its preparation (FFCV: writing a missing .beton) runs on rank 0
     while the others wait for it."""
     entry = LOADERS[cfg.loader]
-    src = LoaderSource(info, data_folder(cfg.data_dir), train, cfg.limit_train, cfg.ffcv_dir, cfg.progress)
+    budget = None if cfg.memory_budget is None else int(cfg.memory_budget * (1 << 30))
+    src = LoaderSource(
+        info,
+        data_folder(cfg.data_dir),
+        samples,
+        cfg.limit_train,
+        cfg.ffcv_dir,
+        cfg.progress,
+        store_size=cfg.store_size,
+        budget=budget,
+        max_broken=cfg.max_broken,
+    )
     if entry.prepare is not None and ctx.is_main:
         entry.prepare(src)
     distributed.barrier(ctx)
@@ -173,15 +175,18 @@ def load_weights(module: Any, state: Any, source: str) -> None:
         ) from None
 
 
-def resume(setup: Setup, state: dict[str, Any] | None, source: str = "the checkpoint") -> tuple[int, int]:
+def resume(
+    setup: Setup, state: dict[str, Any] | None, source: str = "the checkpoint"
+) -> tuple[int, int, dict[str, Any] | None]:
     """Load a checkpoint written by ``checkpoint_state`` (None: a new run): weights, optimiser
-    states and RNG. Returns the (epoch, step) to continue from."""
+    states and RNG. Returns the (epoch, step) to continue from and, for a checkpoint written inside
+    an epoch, its ``position`` (the batches done and the epoch's running sums), else None."""
     if state is None:
-        return 0, 0
+        return 0, 0, None
     for part in ("model", "criterion", "probe", "optimizer", "probe_optimizer"):
         load_weights(getattr(setup, part), state[part], source)
     ckpt.set_rng_state(state["rng"])
-    return state["epoch"], state["step"]
+    return state["epoch"], state["step"], state.get("position")
 
 
 def checkpoint_state(setup: Setup, epoch: int, step: int) -> dict[str, Any]:
@@ -212,14 +217,20 @@ def load_run_model(run_dir: Path, device_name: str = "auto", data_dir: str | Non
     cfg = read_config(run_dir, f"cannot read the run {run_dir}", RESTORE_CONFIG, overrides)
     info = DATASETS[cfg.dataset]
     where = data_folder(cfg.data_dir)
-    if not ((where / info.folder).is_dir() or (where / info.archive).is_file()):
+    if not ((where / info.folder).is_dir() or (info.archive and (where / info.archive).is_file())):
         raise FastSigCLRError(
             f"{info.name} is not in {where} ({'--data-dir' if data_dir else 'where the run read it'}): "
             f"pass --data-dir DIR, the folder that now holds {info.folder}/ (or {info.archive})"
         )
     device = resolve_device(device_name)
     state = ckpt.load(Path(run_dir) / "checkpoints" / "last.pt", map_location=device)
-    info, train, test = load_data(dataclasses.replace(cfg, download=False, progress=False))
+    data = load_data(dataclasses.replace(cfg, download=False, progress=False), announce=False)
+    if not data.has_knn:
+        raise FastSigCLRError(
+            f"{data.info.name} in {where} has no labelled train and test images (a flat folder, or no val/): "
+            f"evaluation needs DIR/train/<class>/ and DIR/val/<class>/"
+        )
+    info, train, test = data.info, data.arrays("train"), data.arrays("test")
     model, _, _ = build_model(cfg, info, device)
     load_weights(model, state["model"], str(Path(run_dir) / "checkpoints" / "last.pt"))
     _, autocast_dtype = compute_dtypes(cfg, device)

@@ -22,13 +22,14 @@ from fastsigclr.config import (
     from_dict,
     option,
 )
-from fastsigclr.data import LOADERS, default_data_dir
+from fastsigclr.data import DATASETS, LOADERS, default_data_dir
 from fastsigclr.data.datasets import data_dir_option, dataset_option
 from fastsigclr.data.loaders import ffcv_dir_option
 from fastsigclr.data.order import check_batch
 from fastsigclr.losses import LOSSES, LossSpec
 from fastsigclr.losses.options import LOSS_OPTIONS, check_applicable, renamed_options, with_loss_options
 from fastsigclr.models import ARCHS
+from fastsigclr.preempt import PREEMPTED_EXIT, parse_interval
 from fastsigclr.runinfo import device_option
 
 # docs/design.md §9: what `--dataset` chooses; every value can be overridden by its option.
@@ -36,6 +37,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cifar10": {"arch": "resnet18", "proj_dims": (2048, 2048, 64), "batch_size": 512, "epochs": 1000},
     "cifar100": {"arch": "resnet18", "proj_dims": (4096, 4096, 128), "batch_size": 512, "epochs": 1000},
     "tinyimagenet": {"arch": "resnet50", "proj_dims": (4096, 4096, 128), "batch_size": 1024, "epochs": 800},
+    "stl10": {"arch": "resnet18", "proj_dims": (4096, 4096, 128), "batch_size": 256, "epochs": 400},
+    "imagenet100": {"arch": "resnet18", "proj_dims": (4096, 4096, 128), "batch_size": 256, "epochs": 400},
+    # SimCLR's ResNet-50 recipe: 224² crops, batch 4096, one 2048 hidden layer to 128, 100 epochs
+    # (its repository's default; the paper's best figures took 1000).
+    "imagenet": {"arch": "resnet50", "proj_dims": (2048, 128), "batch_size": 4096, "epochs": 100},
+    "folder": {"arch": "resnet18", "proj_dims": (2048, 2048, 128), "batch_size": 256, "epochs": 100},
 }
 RESUME_MODES = ("no", "yes", "auto")
 
@@ -47,6 +54,28 @@ class TrainConfig:
     data_dir: str | None = data_dir_option()
     download: bool = option(True, "download the dataset when it is not in --data-dir")
     loader: str = option("gpu", "data loader backend", choices=LOADERS.keys())
+    image_size: int | None = option(
+        None,
+        "crop size of the views; unset: the dataset's (32 CIFAR, 64 Tiny-ImageNet, 96 STL-10, 224)",
+        ge=8,
+    )
+    store_size: int | None = option(
+        None,
+        "images of mixed sizes are decoded (gpu loader, kNN) or written (FFCV) at this size² (shorter "
+        "side, centre crop); unset: 8/7 of --image-size",
+        ge=8,
+    )
+    memory_budget: float | None = option(
+        None,
+        "GiB the gpu loader's decoded images may take; unset: half the free device (or host) memory",
+        gt=0,
+    )
+    max_broken: float = option(
+        0.01,
+        "largest fraction of images that cannot be decoded to list and skip; above it the run stops",
+        ge=0,
+        le=1,
+    )
     ffcv_dir: str | None = ffcv_dir_option()
     method: str = option(
         "sigclr",
@@ -111,6 +140,11 @@ class TrainConfig:
         choices=RESUME_MODES,
         bare="yes",
     )
+    checkpoint_every: str | None = option(
+        None,
+        "also checkpoint inside epochs, every N steps ('500') or N minutes ('30m'); SIGTERM and SIGUSR1 "
+        f"always checkpoint at the next step and exit with status {PREEMPTED_EXIT}",
+    )
     log_every: int = option(50, "steps between metrics.jsonl step records", ge=1)
     progress: bool = option(True, "show progress bars")
     tensorboard: bool = option(True, "also log to TensorBoard when it is installed")
@@ -124,6 +158,8 @@ class TrainConfig:
             raise ValueError(f"--resume must be one of {', '.join(RESUME_MODES)}, got {self.resume!r}")
         if self.resume != "no" and not self.out:
             raise ValueError(f"--resume {self.resume} needs --out DIR: the run directory to continue")
+        if self.checkpoint_every is not None:
+            parse_interval(self.checkpoint_every)
 
     @property
     def loss_spec(self) -> LossSpec:
@@ -135,6 +171,10 @@ class TrainConfig:
         directory."""
         preset = PRESETS[self.dataset]
         filled = {k: v for k, v in preset.items() if getattr(self, k) is None}
+        if self.image_size is None:
+            filled["image_size"] = DATASETS[self.dataset].image_size
+        if self.store_size is None:
+            filled["store_size"] = round(filled.get("image_size", self.image_size) * 8 / 7)
         loss = loss_params(self, self.loss_spec)
         filled.update({k: v for k, v in loss.items() if getattr(self, k) is None})
         if self.out is None:

@@ -305,8 +305,11 @@ class RunDir:
                 file=sys.stderr,
             )
         else:
-            step = self.state["step"]
-            print(f"fastsigclr: resuming {self.path} after epoch {done} (step {step})", file=sys.stderr)
+            step, position = self.state["step"], self.state.get("position")
+            where = (
+                f"in epoch {done + 1} after batch {position['batch']}" if position else f"after epoch {done}"
+            )
+            print(f"fastsigclr: resuming {self.path} {where} (step {step})", file=sys.stderr)
 
     def begin(self, record: dict[str, Any]) -> RunLog:
         """Training starts: an interrupted start's files go, config.json is (re)written, and the
@@ -319,8 +322,13 @@ class RunDir:
             ckpt.write_text_atomic(self.path / "config.json", text)
         self._begun = True
         resume_epoch = self.state["epoch"] if self.state is not None else None
+        inside = self.state is not None and self.state.get("position") is not None  # a mid-epoch checkpoint
         self.log = RunLog(
-            self.path, resume_epoch=resume_epoch, tensorboard=self.cfg.tensorboard, enabled=self.main
+            self.path,
+            resume_epoch=resume_epoch,
+            resume_step=self.state["step"] if inside else None,
+            tensorboard=self.cfg.tensorboard,
+            enabled=self.main,
         )
         return self.log
 

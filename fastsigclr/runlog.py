@@ -23,6 +23,7 @@ class RunLog:
         run_dir: Path,
         *,
         resume_epoch: int | None = None,
+        resume_step: int | None = None,
         tensorboard: bool = True,
         enabled: bool = True,
     ) -> None:
@@ -32,9 +33,15 @@ class RunLog:
         if not enabled:
             return
         if resume_epoch is not None and self.path.exists():
+            # A checkpoint inside an epoch (resume_step) keeps that epoch's records up to its step.
             lines = read_text(self.path).splitlines()
             self._set_aside_damaged(lines)
-            kept = [line for line in lines if (epoch := _epoch_of(line)) is not None and epoch < resume_epoch]
+            kept = [
+                line
+                for line in lines
+                if (epoch := _epoch_of(line)) is not None
+                and (epoch < resume_epoch or (resume_step is not None and _step_of(line) <= resume_step))
+            ]
             write_text_atomic(self.path, "".join(line + "\n" for line in kept))
         # Lives as long as the run; a metrics.jsonl that is a symlink is refused, never appended to.
         self.file = os.fdopen(open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a")
@@ -96,6 +103,11 @@ def _epoch_of(line: str) -> int | None:
         return json.loads(line).get("epoch", 0)
     except (json.JSONDecodeError, AttributeError):
         return None
+
+
+def _step_of(line: str) -> int:
+    """A (readable) record's step."""
+    return json.loads(line).get("step", 0)
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from fastsigclr import distributed, rundir
+from fastsigclr import distributed, preempt, rundir
 from fastsigclr.config import FastSigCLRError, to_dict
 from fastsigclr.eval import extract_features, knn_accuracy
 from fastsigclr.losses import DistributedCriterion
@@ -61,13 +61,16 @@ def train(
 
 def _train(run: rundir.RunDir, ctx: distributed.Context, command: list[str] | None) -> dict[str, Any]:
     setup = build(run.cfg, ctx)
-    start_epoch, step = resume(setup, run.state, str(run.path / rundir.CHECKPOINT))
+    start_epoch, step, position = resume(setup, run.state, str(run.path / rundir.CHECKPOINT))
     parts = step_parts(setup, ctx)
     record = {**run_record(ctx.device, command), "world_size": ctx.world_size}
     epochs = Epochs(run, ctx, setup, parts, run.begin(record), start_epoch, step)
-    for epoch in range(start_epoch, epochs.epochs):
-        sums = epochs.run_epoch(epoch)
-        epochs.end_epoch(epoch, *sums)
+    with preempt.Preemption() as epochs.stop:
+        for epoch in range(start_epoch, epochs.epochs):
+            sums = epochs.run_epoch(epoch, position if epoch == start_epoch else None)
+            epochs.end_epoch(epoch, *sums)
+            if epoch + 1 < epochs.epochs:
+                epochs.exit_if_stopped(f"after epoch {epoch + 1}")
     return epochs.finish(record["device"])
 
 
@@ -113,7 +116,11 @@ def train_step(parts: StepParts, views: torch.Tensor, labels: torch.Tensor, comp
         h, z = parts.forward(views)
         loss = parts.criterion(z, labels if parts.supervised else None, compute_loss=compute_loss)
         logits = parts.probe(h.detach().float())
-        probe_loss = F.cross_entropy(logits, labels.repeat(n_views))
+        # Unlabeled images (label -1: a flat folder, STL-10's unlabeled split) do not train it.
+        target = labels.repeat(n_views)
+        probe_loss = F.cross_entropy(logits, target, ignore_index=-1, reduction="sum") / target.ne(
+            -1
+        ).sum().clamp(min=1)
     parts.optimizer.zero_grad(set_to_none=True)
     parts.probe_optimizer.zero_grad(set_to_none=True)
     (loss + probe_loss).backward()  # the probe sees detached features: separate gradients
@@ -145,37 +152,43 @@ class Epochs:
         self.total_steps = self.epochs * self.steps_per_epoch
         self.warmup_steps = int(min(cfg.warmup_epochs, self.epochs) * self.steps_per_epoch)
         self.knn: float | None = None
+        self.labelled = setup.data.pretrain.labelled  # False: no online probe accuracy to report
         self.images_seen = 0
         self.run_start = time.perf_counter()
         left = self.epochs - start_epoch
-        train_images = len(setup.train_data[0])
+        train_images = len(setup.data.pretrain)
         notice = (
             cpu_notice(ctx.device, train_images, left, cfg.arch or "", cfg.width) if ctx.is_main else None
         )
         if notice:
             print(notice, file=sys.stderr)
         self.pace = Pace(self.batch_size, left * self.steps_per_epoch, estimate=notice is not None)
+        self.interval = preempt.Interval(cfg.checkpoint_every)  # mid-epoch checkpoints
+        self.stop = preempt.Preemption()  # set by _train while its signal handlers are in place
 
-    def run_epoch(self, epoch: int) -> tuple[torch.Tensor, int, torch.Tensor]:
-        """Train one epoch; returns the sum of its computed losses, how many steps computed one,
-        and the probe's correct predictions (device tensors: read once, at the end of the epoch).
-        The loss value is computed only where it is read: logged steps and the epoch's last step
-        (the fused kernel skips it elsewhere), so the epoch's mean loss is over those steps."""
+    def run_epoch(self, epoch: int, position: dict | None = None) -> tuple[torch.Tensor, int, torch.Tensor]:
+        """Train one epoch (from ``position``, a mid-epoch checkpoint's, when given); returns the
+        sum of its computed losses, how many steps computed one, and the probe's correct
+        predictions (device tensors: read once, at the end of the epoch). The loss value is
+        computed only where it is read: logged steps and the epoch's last step (the fused kernel
+        skips it elsewhere), so the epoch's mean loss is over those steps."""
         cfg, setup = self.cfg, self.setup
         setup.model.train()
         self.pace.begin_epoch()
-        loss_sum = torch.zeros((), device=self.ctx.device)
-        loss_steps = 0
-        probe_correct = torch.zeros((), device=self.ctx.device)
+        start = position["batch"] if position else 0
+        loss_sum = torch.tensor(position["loss_sum"] if position else 0.0, device=self.ctx.device)
+        loss_steps = position["loss_steps"] if position else 0
+        probe_correct = torch.tensor(position["probe_correct"] if position else 0.0, device=self.ctx.device)
         bar = tqdm(
-            setup.loader.epoch(epoch),
+            setup.loader.epoch(epoch, start),
+            initial=start,
             total=self.steps_per_epoch,
             desc=f"epoch {epoch + 1}/{self.epochs}",
             disable=not (cfg.progress and self.ctx.is_main),
             leave=False,
             unit="step",
         )
-        for index, (views, labels) in enumerate(bar):
+        for index, (views, labels) in enumerate(bar, start):
             lr = cfg.lr * warmup_cosine(self.step, self.total_steps, self.warmup_steps)
             for group in setup.optimizer.param_groups:
                 group["lr"] = lr
@@ -192,7 +205,45 @@ class Epochs:
                 loss_steps += 1
             if logged:
                 self._log_step(epoch, loss, probe_loss, lr, bar)
+            if index + 1 < self.steps_per_epoch:
+                self._inside_epoch(epoch, index + 1, (loss_sum, loss_steps, probe_correct))
         return loss_sum, loss_steps, probe_correct
+
+    def _stopping(self) -> bool:
+        """A preemption signal reached this rank, or (torchrun) any rank: all stop at one step."""
+        flag = torch.tensor(float(self.stop.signal is not None), device=self.ctx.device)
+        return bool(distributed.all_sum(self.ctx, flag).item() > 0) if self.ctx.distributed else bool(flag)
+
+    def _inside_epoch(self, epoch: int, batch: int, sums: tuple[torch.Tensor, int, torch.Tensor]) -> None:
+        """After ``batch`` batches of ``epoch``: a mid-epoch checkpoint when ``--checkpoint-every``
+        is due or a preemption signal came (then exit, see ``exit_if_stopped``)."""
+        stopping = self._stopping()
+        if not (stopping or self.interval.due(self.step)):
+            return
+        loss_sum, loss_steps, probe_correct = sums
+        state = checkpoint_state(self.setup, epoch, self.step)
+        state["position"] = {
+            "batch": batch,  # the sampler's position: the batches of the epoch already trained
+            "loss_sum": loss_sum.item(),
+            "loss_steps": loss_steps,
+            "probe_correct": probe_correct.item(),
+        }
+        self.run.save_checkpoint(state)
+        self.interval.reset()
+        if stopping:
+            self.exit_if_stopped(f"in epoch {epoch + 1} after batch {batch}", checkpointed=True)
+
+    def exit_if_stopped(self, where: str, checkpointed: bool = False) -> None:
+        """After a preemption signal, with the checkpoint written: exit with PREEMPTED_EXIT."""
+        if not (checkpointed or self._stopping()):
+            return
+        if self.ctx.is_main:
+            print(
+                f"fastsigclr: preempted: checkpointed {where} (step {self.step}); exiting with status "
+                f"{preempt.PREEMPTED_EXIT}: the same command with --resume auto continues it",
+                file=sys.stderr,
+            )
+        raise SystemExit(preempt.PREEMPTED_EXIT)
 
     def _log_step(
         self, epoch: int, loss: torch.Tensor, probe_loss: torch.Tensor, lr: float, bar: tqdm
@@ -242,7 +293,7 @@ class Epochs:
             "step": self.step,
             "loss": mean_loss,
             "loss_steps": loss_steps,
-            "probe_acc": probe_correct.item() / (images * self.cfg.n_views),
+            "probe_acc": probe_correct.item() / (images * self.cfg.n_views) if self.labelled else None,
             "knn_acc": self.knn if monitor else None,
             "seconds": seconds,
             "img_per_s": images / seconds,
@@ -250,8 +301,9 @@ class Epochs:
         self.log.write(rec, self.step)
         if ctx.is_main:
             knn_text = f" knn {rec['knn_acc']:.4f}" if rec["knn_acc"] is not None else ""
+            probe_text = f" probe {rec['probe_acc']:.3f}" if self.labelled else ""
             tqdm.write(
-                f"epoch {epoch + 1}/{self.epochs} loss {rec['loss']:.4f} probe {rec['probe_acc']:.3f}"
+                f"epoch {epoch + 1}/{self.epochs} loss {rec['loss']:.4f}{probe_text}"
                 f"{knn_text} {rec['img_per_s']:.0f} img/s",
                 nolock=True,
             )
@@ -263,8 +315,8 @@ class Epochs:
         (the others wait); kept in ``self.knn``."""
         setup, ctx = self.setup, self.ctx
         self.knn = None
-        if ctx.is_main:
-            (train_x, train_y), (test_x, test_y) = setup.train_data, setup.test_data
+        if ctx.is_main and setup.data.has_knn:
+            (train_x, train_y), (test_x, test_y) = setup.data.arrays("train"), setup.data.arrays("test")
             info, backbone = setup.info, setup.model.backbone
             kw = dict(device=ctx.device, autocast_dtype=setup.autocast_dtype)
             bank = extract_features(backbone, torch.from_numpy(train_x), info.mean, info.std, **kw)
@@ -283,8 +335,8 @@ class Epochs:
             "epochs": self.epochs,
             "steps": self.step,
             "knn_acc": self.knn,
-            "train_images": len(self.setup.train_data[0]),
-            "test_images": len(self.setup.test_data[0]),
+            "train_images": len(self.setup.data.pretrain),
+            "test_images": len(self.setup.data.test) if self.setup.data.test is not None else 0,
             "seconds_this_session": elapsed,
             "img_per_s_this_session": self.images_seen / elapsed if elapsed else None,
             **{f"final_{name}": value for name, value in loss_scalars(self.setup.criterion).items()},

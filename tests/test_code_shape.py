@@ -27,7 +27,8 @@ KNOWN_LONG = {"kernels/ntxent.py:nt_xent_triton": 62}
 # A package name stands for all its modules.
 FLOORS = {
     **dict.fromkeys(
-        ("config", "checkpoint", "runinfo", "runlog", "optim", "pace", "significance", "__init__"), 0
+        ("config", "checkpoint", "runinfo", "runlog", "optim", "pace", "preempt", "significance", "__init__"),
+        0,
     ),
     **dict.fromkeys(("kernels", "losses", "models", "data"), 1),
     **dict.fromkeys(("cluster", "distributed", "runconfig"), 2),

@@ -14,6 +14,7 @@ from tiny_fixture import small_info, write_tiny
 
 from fastsigclr.cli import main
 from fastsigclr.data import DATASETS
+from fastsigclr.data.base import LoaderSource
 from fastsigclr.data.datasets import load_split
 from fastsigclr.data.loaders import loader_options
 from fastsigclr.data.subset import balanced_indices
@@ -75,7 +76,7 @@ def test_loading_files_that_differ_warns_once(small_cifar, capsys):
     data_dir, info = small_cifar
     flip_pixel_byte(data_dir / info.folder / "data_batch_5")
     cfg = TrainConfig(data_dir=str(data_dir), progress=False)
-    assert len(load_data(cfg)[1][0]) == 40
+    assert len(load_data(cfg).train) == 40
     err = capsys.readouterr().err
     assert err.count("warning: data_batch_5 in") == 1 and "differ from the official cifar10 files" in err
     assert "data_batch_4" not in err
@@ -97,7 +98,9 @@ def test_balanced_indices():
 def test_limit_train_and_test_are_class_balanced_on_cifar(small_cifar):
     data_dir, _ = small_cifar
     cfg = TrainConfig(data_dir=str(data_dir), limit_train=13, limit_test=10, progress=False)
-    _, (train_x, train_y), (test_x, test_y) = load_data(cfg)
+    data = load_data(cfg)
+    (train_x, train_y), (test_x, test_y) = data.arrays("train"), data.arrays("test")
+    assert data.pretrain is data.train
     assert len(train_x) == 13 and np.bincount(train_y, minlength=10).tolist() == [2, 2, 2] + [1] * 7
     assert len(test_x) == 10 and np.bincount(test_y, minlength=10).tolist() == [1] * 10
 
@@ -107,14 +110,16 @@ def test_limit_train_on_tiny_imagenet_is_balanced_for_every_loader(tmp_path, mon
     monkeypatch.setitem(DATASETS, "tinyimagenet", small_info())
     write_tiny(tmp_path)
     cfg = TrainConfig(dataset="tinyimagenet", data_dir=str(tmp_path), limit_train=7, limit_test=4)
-    info, train, (_, test_y) = load_data(cfg)
-    counts = np.bincount(train[1], minlength=3)
+    data = load_data(cfg)
+    train, test_y = data.train, data.test.labels
+    counts = np.bincount(train.labels, minlength=3)
     assert counts.max() - counts.min() <= 1 and counts.sum() == 7
     assert np.bincount(test_y, minlength=3).max() - np.bincount(test_y, minlength=3).min() <= 1
-    # DALI reads the JPEG files themselves: the same images, in the same order.
-    files = loader_options("dali", info, tmp_path, train, 7)["files"]
-    wnids = sorted({p.parent.parent.name for p in files})
-    assert [wnids.index(p.parent.parent.name) for p in files] == train[1].tolist()
+    # DALI reads the JPEG files themselves: the same images as the gpu loader decodes, in order.
+    wnids = sorted({p.parent.parent.name for p in train.files})
+    assert [wnids.index(p.parent.parent.name) for p in train.files] == train.labels.tolist()
+    decoded = train.in_memory(progress=False)
+    assert decoded.files == train.files and np.array_equal(decoded.array()[3], train.decode(3))
 
 
 def test_batch_larger_than_the_dataset(small_cifar, tmp_path, capsys):
@@ -168,10 +173,9 @@ def test_unwritable_ffcv_folder_says_where_and_how(small_cifar, tmp_path, capsys
     beton = elsewhere / "cifar10-train-balanced20.beton"
     assert beton.is_file()
     # What `train --loader ffcv --ffcv-dir` asks for: the same file, found and not rewritten.
-    train = load_data(TrainConfig(data_dir=str(data_dir), limit_train=20, progress=False))[1]
-    assert loader_options("ffcv", info, data_dir, train, 20, ffcv_dir=elsewhere, progress=False) == {
-        "beton": beton
-    }
+    train = load_data(TrainConfig(data_dir=str(data_dir), limit_train=20, progress=False)).pretrain
+    src = LoaderSource(info, data_dir, train, 20, ffcv_dir=elsewhere, progress=False)
+    assert loader_options("ffcv", src) == {"beton": beton}
 
 
 def test_missing_tensorboard_is_said_once(tmp_path, capsys, monkeypatch):

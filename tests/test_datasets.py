@@ -190,4 +190,4 @@ def test_data_commands_on_real_cifar10(cifar10_dir, capsys, monkeypatch):
         main(["data", "download", "--dataset", "cifar10", "--data-dir", str(cifar10_dir), "--no-progress"])
         == 0
     )
-    assert "50000 train and 10000 test images" in capsys.readouterr().out
+    assert "50000 train, 10000 test images" in capsys.readouterr().out

@@ -37,9 +37,9 @@ def test_a_toy_loader_is_one_module_and_one_entry(tmp_path, monkeypatch, capsys)
 
 
 def _counting(epoch, served):
-    def counted(self, e):
+    def counted(self, e, start=0):
         served.append(e)
-        return epoch(self, e)
+        return epoch(self, e, start)
 
     return counted
 

@@ -249,7 +249,7 @@ def test_tiny_imagenet_layout_labels_and_cache(tmp_path, monkeypatch):
     def no_decoding(*args):
         raise AssertionError("decoded again although the cache matches")
 
-    monkeypatch.setattr("fastsigclr.data.tinyimagenet._decode", no_decoding)
+    monkeypatch.setattr("fastsigclr.data.samples.decode_file", no_decoding)
     x2, _ = load_split(info, folder, "train", progress=False)
     assert np.array_equal(x, x2)
 

@@ -134,7 +134,7 @@ def test_data_verify_decodes_the_files_and_drops_a_stale_cache(tmp_path, monkeyp
     info = small_info()
     monkeypatch.setitem(DATASETS, "tinyimagenet", info)
     folder = write_tiny(tmp_path / "data")
-    from fastsigclr.data.tinyimagenet import load_split
+    from fastsigclr.data.datasets import load_split
 
     before, _ = load_split(info, folder, "train", progress=False)  # decodes and writes the cache
     victim = sorted(folder.glob("train/*/images/*.JPEG"))[5]
@@ -155,7 +155,8 @@ def test_the_decoded_cache_is_keyed_by_the_files_bytes(tmp_path, monkeypatch, ca
     same mtime: loading returns its pixels, not the cached ones; verify notes the stale cache."""
     info = small_info()
     folder = write_tiny(tmp_path / "data")
-    from fastsigclr.data.tinyimagenet import _decode, load_split
+    from fastsigclr.data.datasets import load_split
+    from fastsigclr.data.samples import decode_file
 
     before, _ = load_split(info, folder, "train", progress=False)
     files = sorted(folder.glob("train/*/images/*.JPEG"))
@@ -165,7 +166,7 @@ def test_the_decoded_cache_is_keyed_by_the_files_bytes(tmp_path, monkeypatch, ca
     os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
     i = files.index(victim)
     after, _ = load_split(info, folder, "train", progress=False)
-    assert np.array_equal(after[i], _decode(donor, 64)) and not np.array_equal(after[i], before[i])
+    assert np.array_equal(after[i], decode_file(donor)) and not np.array_equal(after[i], before[i])
     victim.write_bytes(donor.read_bytes().ljust(st.st_size, b"\1"))  # the cache is stale again
     monkeypatch.setitem(DATASETS, "tinyimagenet", info)
     assert main(f"data verify --dataset tinyimagenet --data-dir {tmp_path / 'data'}".split()) == 0
@@ -177,7 +178,7 @@ def test_a_dataset_pickle_that_would_run_code_is_refused(tmp_path):
     and a plain batch (dict, bytes, list, numpy array) still loads."""
     import pickle
 
-    from fastsigclr.data.datasets import _load_pickle
+    from fastsigclr.data.cifar import load_pickle as _load_pickle
 
     marker = tmp_path / "the-code-ran"
     plain = {b"labels": [1, 2], b"data": np.arange(6, dtype=np.uint8).reshape(2, 3), b"batch_label": b"x"}

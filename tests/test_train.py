@@ -115,8 +115,8 @@ def test_run_directory_errors(cifar10_dir, tmp_path, capsys):
         main(quick_args(cifar10_dir, tmp_path / "empty", "--resume"))
     assert "nothing to resume" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["train", "--dataset", "imagenet"])
-    assert "imagenet not allowed; choose from cifar10, cifar100" in capsys.readouterr().err
+        main(["train", "--dataset", "imagenet21k"])
+    assert "imagenet21k not allowed; choose from cifar10, cifar100" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(
             [
@@ -158,7 +158,8 @@ def test_training_beats_a_random_network_on_knn(cifar10_dir, tmp_path):
         dataset="cifar10", data_dir=str(cifar10_dir), limit_train=1024, limit_test=1000, width=16
     )
     cfg = cfg.resolved()
-    info, (tx, ty), (vx, vy) = load_data(cfg)
+    data = load_data(cfg)
+    info, (tx, ty), (vx, vy) = data.info, data.arrays("train"), data.arrays("test")
     torch.manual_seed(cfg.seed)  # the initialisation the run started from
     model, _, _ = build_model(cfg, info, torch.device("cpu"))
     cpu = torch.device("cpu")

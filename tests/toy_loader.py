@@ -17,12 +17,12 @@ from fastsigclr.data.base import LoaderBase, LoaderEntry, LoaderSource
 
 
 def prepared_file(src: LoaderSource) -> Path:
-    return src.data_dir / f"toy-{src.info.name}-{len(src.train[0])}.txt"
+    return src.data_dir / f"toy-{src.info.name}-{len(src.samples)}.txt"
 
 
 def prepare(src: LoaderSource) -> None:
     """Rank 0, before the others: write what every rank's loader reads."""
-    prepared_file(src).write_text(f"{len(src.train[0])}\n")
+    prepared_file(src).write_text(f"{len(src.samples)}\n")
 
 
 def options(src: LoaderSource) -> dict[str, Any]:
@@ -34,13 +34,14 @@ class ToyLoader(LoaderBase):
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, *args: Any, prepared: Path, **kwargs: Any):
         super().__init__(images, labels, *args, **kwargs)
-        if int(Path(prepared).read_text()) != len(images):
+        self.images = self.samples.in_memory(progress=False).array()  # the split decoded, uint8
+        if int(Path(prepared).read_text()) != len(self.images):
             raise ValueError(f"{prepared} was prepared for other images")
         self.epochs_served = 0
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         mean, std = torch.tensor(self.spec.mean), torch.tensor(self.spec.std)
-        for index, _ in self.plan(epoch):
+        for index, _ in self.plan(epoch, start=start):
             x = (torch.from_numpy(self.images[index.numpy()]).float() / 255 - mean) / std
             x = x.permute(0, 3, 1, 2)
             views = torch.cat([x.flip(-1) if v % 2 else x for v in range(len(self.spec.views))])

@@ -4,8 +4,11 @@ workers (torchvision-style; written here with PIL directly, one view at a time),
 same parameter table (``plan.AugmentPlan``) as the loaders.
 
 Each backend runs whole epochs over the same synthetic uint8 images (CIFAR 32² and Tiny-ImageNet
-64² shapes): one untimed epoch (compilation, pipeline build, caches), then ``reps`` timed epochs,
-each ending when its last batch is on the device. Reported: median and spread of views/s, the
+64² shapes), and (``--folder-size``) over a folder of JPEGs of mixed sizes cropped to that size:
+there DALI and the PIL baseline decode every file every epoch, the gpu loader decodes the folder
+once (at ``--folder-store``², its one-time ``setup_s`` reported apart) and FFCV reads the .beton
+written once at that size. One untimed epoch (compilation, pipeline build, caches), then ``reps``
+timed epochs, each ending when its last batch is on the device. Reported: median and spread of views/s, the
 ratio to the PIL baseline measured in the same run, and peak memory (device memory on CUDA,
 process RSS on the CPU).
 """
@@ -31,6 +34,7 @@ from fastsigclr.bench.common import write_json
 from fastsigclr.config import FastSigCLRError, check_fields, check_not_empty, option, to_dict
 from fastsigclr.data.loaders import LOADERS, loader_versions
 from fastsigclr.data.plan import AugmentPlan, AugmentSpec, Col, sample_params, seed_for
+from fastsigclr.data.samples import SampleIndex
 from fastsigclr.runinfo import device_option, resolve_device, run_record
 
 BACKENDS = (*LOADERS, "pil")
@@ -73,19 +77,24 @@ class PilViews(torch.utils.data.Dataset):
     rows of the run's AugmentPlan; keys are (epoch, sample id) pairs (each worker process keeps
     its copy of the epoch's table)."""
 
-    def __init__(self, images: np.ndarray, spec: AugmentSpec, seed: int = 0) -> None:
-        self.images, self.spec = images, spec
-        self.plan = AugmentPlan(spec, len(images), tuple(images.shape[1:3]), seed)
+    def __init__(self, images: np.ndarray | SampleIndex, spec: AugmentSpec, seed: int = 0) -> None:
+        self.samples = (
+            images
+            if isinstance(images, SampleIndex)
+            else SampleIndex.from_array(images, np.zeros(len(images)))
+        )
+        self.spec = spec
+        self.plan = AugmentPlan(spec, len(self.samples), self.samples.sizes, seed)
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.samples)
 
     def __getitem__(self, key: tuple[int, int]):
         from PIL import Image
 
         epoch, i = key
         rows = self.plan.table(epoch)[:, i].numpy()
-        img = Image.fromarray(self.images[i])
+        img = Image.fromarray(self.samples.decode(i))  # a file: decoded here, in the worker
         return torch.stack([torch.from_numpy(_pil_view(img, row, self.spec)) for row in rows]), i
 
 
@@ -109,7 +118,7 @@ class PilLoader:
     def __init__(self, images, labels, spec, batch_size, device, dtype, *, seed=0, workers=None):
         self.device, self.dtype = device, dtype
         self.workers = workers if workers is not None else min(8, os.cpu_count() or 1)
-        self.order = _EpochOrder(len(images), seed)
+        self.order = _EpochOrder(len(images), seed)  # images: uint8 array or SampleIndex
         self.loader = torch.utils.data.DataLoader(
             PilViews(images, spec, seed),
             batch_size=batch_size,
@@ -209,6 +218,10 @@ class BenchAugmentConfig:
         None, "DataLoader workers / DALI and FFCV threads; unset: min(8, CPUs)", ge=0
     )
     reps: int = option(3, "timed epochs per backend and size", ge=1)
+    folder_size: int | None = option(
+        64, "also a folder of JPEGs of mixed sizes (¾ to 3× this side) cropped to it; 0: none", ge=0
+    )
+    folder_store: int = option(96, "the folder case: the side the gpu loader and FFCV store images at", ge=8)
     plan_images: int = option(50_000, "images of the epoch whose augmentation plan is drawn and timed", ge=1)
     device: str = device_option("device to measure on")
     out: str = option("benchmarks/local", "directory for augment-<device>.json and .png")
@@ -243,22 +256,53 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _make_loader(name: str, images, labels, spec, cfg: BenchAugmentConfig, device, tmp: Path):
+def write_jpeg_folder(folder: Path, n: int, side: int, seed: int = 0) -> SampleIndex:
+    """``n`` smooth JPEGs (quality 90) of sides between ¾ and 3× ``side``, as an indexed folder."""
+    from PIL import Image
+
+    from fastsigclr.data.samples import file_index
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i in range(n):
+        h, w = (int(x) for x in rng.integers(3 * side // 4, 3 * side + 1, 2))
+        coarse = rng.integers(0, 256, (max(2, h // 8), max(2, w // 8), 3), dtype=np.uint8)
+        files.append(folder / f"{i:06d}.jpg")
+        Image.fromarray(coarse).resize((w, h), Image.BILINEAR).save(files[-1], quality=90)
+    return file_index("folder", files, np.arange(n) % 10)
+
+
+def _make_loader(name: str, samples: SampleIndex, spec, cfg: BenchAugmentConfig, device, tmp: Path):
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    args = (images, labels, spec, cfg.batch_size, device, dtype)
+    args = (samples, None, spec, cfg.batch_size, device, dtype)
+    store = cfg.folder_store if samples.uniform_size is None else None
     if name == "pil":
         return PilLoader(*args, workers=cfg.workers)
     entry = LOADERS[name]
-    return entry.cls(*args, **entry.bench_options(images, labels, spec, cfg.workers, tmp))
+    return entry.cls(*args, **entry.bench_options(samples, spec, cfg.workers, tmp, store))
 
 
-def measure(name: str, size: int, cfg: BenchAugmentConfig, device: torch.device, tmp: Path) -> dict[str, Any]:
-    images = synthetic_images(cfg.images, size)
-    labels = np.arange(cfg.images)
+def measure(
+    name: str,
+    size: int,
+    cfg: BenchAugmentConfig,
+    device: torch.device,
+    tmp: Path,
+    folder: SampleIndex | None = None,
+) -> dict[str, Any]:
+    """One backend on synthetic uint8 images of ``size``², or on ``folder`` cropped to ``size``."""
+    if folder is None:
+        samples = SampleIndex.from_array(synthetic_images(cfg.images, size), np.arange(cfg.images))
+    else:
+        samples = folder
     spec = AugmentSpec.simclr(size, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    row: dict[str, Any] = {"backend": name, "size": size, "images": cfg.images}
+    case = "uint8" if folder is None else "folder"
+    row: dict[str, Any] = {"backend": name, "size": size, "images": len(samples), "case": case}
     try:
-        loader = _make_loader(name, images, labels, spec, cfg, device, tmp)
+        t0 = time.perf_counter()
+        loader = _make_loader(name, samples, spec, cfg, device, tmp)
+        row["setup_s"] = time.perf_counter() - t0  # decoding the folder (gpu), writing the .beton (ffcv)
     except FastSigCLRError as err:
         return {**row, "status": "unavailable", "reason": str(err)}
     if device.type == "cuda":
@@ -302,11 +346,15 @@ def run(cfg: BenchAugmentConfig, command: list[str] | None = None) -> dict[str, 
         for size in cfg.sizes:
             for name in cfg.backends:
                 results.append(measure(name, size, cfg, device, Path(tmp)))
+        if cfg.folder_size:
+            folder = write_jpeg_folder(Path(tmp) / "folder", cfg.images, cfg.folder_size)
+            for name in cfg.backends:
+                results.append(measure(name, cfg.folder_size, cfg, device, Path(tmp), folder))
     for r in results:
-        base = next(
-            (b for b in results if b["backend"] == "pil" and b["size"] == r["size"] and b["status"] == "ok"),
-            None,
-        )
+        same = [
+            b for b in results if (b["size"], b["case"]) == (r["size"], r["case"]) and b["status"] == "ok"
+        ]
+        base = next((b for b in same if b["backend"] == "pil"), None)
         if r["status"] == "ok" and base:
             r["speedup_vs_pil"] = r["views_per_s"] / base["views_per_s"]
     payload = {
@@ -324,14 +372,15 @@ def run(cfg: BenchAugmentConfig, command: list[str] | None = None) -> dict[str, 
 
 
 def summary_table(payload: dict[str, Any]) -> str:
-    lines = [f"{'backend':<6} {'size':>4} {'views/s':>10} {'×pil':>6}  peak memory"]
+    lines = [f"{'backend':<6} {'case':<6} {'size':>4} {'views/s':>10} {'×pil':>6}  setup  peak memory"]
     for r in payload["results"]:
+        head = f"{r['backend']:<6} {r.get('case', 'uint8'):<6} {r['size']:>4}"
         if r["status"] != "ok":
-            lines.append(f"{r['backend']:<6} {r['size']:>4} {'-':>10} {'-':>6}  {r['status']}")
+            lines.append(f"{head} {'-':>10} {'-':>6}  {r['status']}")
             continue
         speed = f"{r['speedup_vs_pil']:.2f}" if "speedup_vs_pil" in r else "-"
         lines.append(
-            f"{r['backend']:<6} {r['size']:>4} {r['views_per_s']:>10.0f} {speed:>6}  "
+            f"{head} {r['views_per_s']:>10.0f} {speed:>6}  {r.get('setup_s', 0):5.1f}s "
             f"{r['peak_memory_bytes'] / 2**20:.0f} MiB"
         )
     for p in payload.get("plan", []):

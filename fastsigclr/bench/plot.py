@@ -153,8 +153,13 @@ def _grouped_bars(ax, groups: list, series: list[str], value, colors: dict[str, 
 
 def plot_augment(payload: dict[str, Any], path: Path) -> None:
     """Grouped bars: views/s of each loader backend per image size, with the ratio to PIL."""
-    rows = {(r["backend"], r["size"]): r for r in payload["results"] if r["status"] == "ok"}
-    sizes = sorted({size for _, size in rows})
+
+    def group(r: dict[str, Any]) -> str:
+        crop = f"{r['size']}×{r['size']}"
+        return f"folder of JPEGs → {crop}" if r.get("case") == "folder" else crop
+
+    rows = {(r["backend"], group(r)): r for r in payload["results"] if r["status"] == "ok"}
+    sizes = list(dict.fromkeys(g for _, g in rows))
     colors = {"gpu": "tab:red", "dali": "tab:green", "ffcv": "tab:blue", "pil": "tab:gray"}
     backends = [b for b in colors if any(b == backend for backend, _ in rows)]
 
@@ -167,8 +172,8 @@ def plot_augment(payload: dict[str, Any], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7.5, 3.9))
     _grouped_bars(ax, sizes, backends, value, colors)
-    ax.set_xticks(range(len(sizes)), [f"{s}×{s}" for s in sizes])
-    ax.set(yscale="log", xlabel="image size (pixels); ×: speed-up over PIL")
+    ax.set_xticks(range(len(sizes)), sizes)
+    ax.set(yscale="log", xlabel="uint8 images of one size, or a folder of JPEGs; ×: speed-up over PIL")
     _plain_log_labels(ax.yaxis)
     ax.set_ylabel("views / s (median; bars: p20–p80)")
     ax.set_title(f"augmentation throughput, {_device_name(payload)}")

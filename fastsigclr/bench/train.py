@@ -21,10 +21,12 @@ import torch
 from fastsigclr import distributed
 from fastsigclr.bench.common import time_fn, write_json
 from fastsigclr.config import check_fields, option, option_from, to_dict
-from fastsigclr.data import DATASETS, DatasetInfo
+from fastsigclr.data import DATASETS
 from fastsigclr.data.gpu_loader import augment_batch
 from fastsigclr.data.plan import sample_params
-from fastsigclr.recipe import Setup, Split, build, load_data
+from fastsigclr.data.samples import SampleIndex
+from fastsigclr.data.splits import DataSplits
+from fastsigclr.recipe import Setup, build, load_data
 from fastsigclr.runconfig import PRESETS, TrainConfig
 from fastsigclr.runinfo import resolve_device, run_record
 from fastsigclr.train import StepParts
@@ -76,9 +78,9 @@ class BenchTrainConfig:
         return TrainConfig(**given, limit_test=1, progress=False, out="-").resolved()
 
 
-def _images(cfg: BenchTrainConfig, tcfg: TrainConfig) -> tuple[tuple[DatasetInfo, Split, Split], str]:
-    """((info, train, test), "real" | "synthetic"): the dataset's images, or smooth random images
-    of its shape where it is not downloaded (a fresh clone, no network)."""
+def _images(cfg: BenchTrainConfig, tcfg: TrainConfig) -> tuple[DataSplits, str]:
+    """(splits, "real" | "synthetic"): the dataset's images, or smooth random images of its
+    shape where it is not downloaded (a fresh clone, no network)."""
     from fastsigclr.bench.augment import synthetic_images
     from fastsigclr.data.datasets import DatasetError
 
@@ -90,8 +92,9 @@ def _images(cfg: BenchTrainConfig, tcfg: TrainConfig) -> tuple[tuple[DatasetInfo
             if cfg.data == "real":
                 raise
     n = cfg.limit_train or 4096
-    images, labels = synthetic_images(n, info.image_size), np.arange(n) % info.num_classes
-    return (info, (images, labels), (images[:1], labels[:1])), "synthetic"
+    images, labels = synthetic_images(n, info.image_size), np.arange(n) % max(info.num_classes, 1)
+    train = SampleIndex.from_array(images, labels, "synthetic")
+    return DataSplits(info, train, train, train.subset(np.arange(1))), "synthetic"
 
 
 def run(cfg: BenchTrainConfig, command: list[str] | None = None) -> dict[str, Any]:

@@ -11,13 +11,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastsigclr.data.datasets import DatasetInfo
+from fastsigclr.data.info import DatasetInfo
 from fastsigclr.data.order import check_sharding, epoch_plan, num_batches
 from fastsigclr.data.plan import AugmentPlan, AugmentSpec
+from fastsigclr.data.samples import SampleIndex
 
 
 class LoaderBase:
-    """The loader contract: ``epoch(e)`` yields ``(views, labels)``, views (V·B, 3, S, S)
+    """The loader contract: ``images`` is a split (``samples.SampleIndex``), or uint8 (N, H, W, 3)
+    images with their ``labels``; ``epoch(e)`` yields ``(views, labels)``, views (V·B, 3, S, S)
     channels_last in ``dtype``, view-major (rows v·B … v·B + B − 1 are view v of the batch),
     labels (B,) int64, both on ``device``; ``len()`` is the number of batches per epoch.
 
@@ -26,8 +28,8 @@ class LoaderBase:
 
     def __init__(
         self,
-        images: np.ndarray,
-        labels: np.ndarray,
+        images: np.ndarray | SampleIndex,
+        labels: np.ndarray | None,
         spec: AugmentSpec,
         batch_size: int,
         device: torch.device,
@@ -38,13 +40,10 @@ class LoaderBase:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
-        if len(labels) != len(images):
-            raise ValueError(f"{len(labels)} labels for {len(images)} images")
-        check_sharding(len(images), batch_size, drop_last, rank, world_size)
-        self.images = images
-        self.labels = np.asarray(labels, dtype=np.int64)
+        samples = images if isinstance(images, SampleIndex) else SampleIndex.from_array(images, labels)
+        check_sharding(len(samples), batch_size, drop_last, rank, world_size)
+        self.samples = samples
+        self.labels = samples.labels
         self.spec = spec
         self.batch_size = batch_size
         self.device = device
@@ -53,15 +52,20 @@ class LoaderBase:
         self.drop_last = drop_last
         self.rank = rank
         self.world_size = world_size
-        self.augment_plan = AugmentPlan(spec, len(images), tuple(images.shape[1:3]), seed)
+        self.augment_plan = AugmentPlan(spec, len(samples), self.image_sizes(), seed)
+
+    def image_sizes(self) -> np.ndarray:
+        """(N, 2) sizes of the images this loader crops (the crop boxes are in their pixels)."""
+        return self.samples.sizes
 
     def __len__(self) -> int:
-        return num_batches(len(self.images), self.batch_size, self.drop_last)
+        return num_batches(len(self.samples), self.batch_size, self.drop_last)
 
     def plan(
-        self, epoch: int, device: torch.device | str = "cpu"
+        self, epoch: int, device: torch.device | str = "cpu", start: int = 0
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This rank's (indices, augmentation parameters) of each batch of ``epoch``."""
+        """This rank's (indices, augmentation parameters) of each batch of ``epoch`` from batch
+        ``start`` on."""
         return epoch_plan(
             self.augment_plan,
             self.batch_size,
@@ -70,24 +74,31 @@ class LoaderBase:
             rank=self.rank,
             world_size=self.world_size,
             device=device,
+            start=start,
         )
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's batches from batch ``start`` on: the same batches an uninterrupted epoch
+        yields there (a run resumed from a mid-epoch checkpoint)."""
         raise NotImplementedError
 
 
 @dataclass(frozen=True)
 class LoaderSource:
     """Where a run's training images come from, for a backend's extra constructor arguments:
-    the dataset, its folder, the training split (after ``--limit-train``, which is ``limit``),
-    ``--ffcv-dir``, and whether to show progress."""
+    the dataset, its folder, the pre-training split (after ``--limit-train``, which is ``limit``),
+    ``--ffcv-dir``, whether to show progress, and the image-folder options (``--store-size``,
+    ``--memory-budget`` in bytes, ``--max-broken``)."""
 
     info: DatasetInfo
     data_dir: Path
-    train: tuple[np.ndarray, np.ndarray]
+    samples: SampleIndex
     limit: int | None = None
     ffcv_dir: str | Path | None = None
     progress: bool = True
+    store_size: int | None = None
+    budget: int | None = None
+    max_broken: float = 0.0
 
 
 def _no_options(*_: Any) -> dict[str, Any]:
@@ -101,11 +112,11 @@ class LoaderEntry:
 
     ``cls`` takes LoaderBase's constructor plus the keyword arguments that ``options`` (training:
     from a ``LoaderSource``, on every rank) or ``bench_options`` (``bench augment``: from
-    (images, labels, spec, workers, scratch folder)) return. ``prepare``, when given, runs first
-    on rank 0 alone while the other ranks wait (it writes what ``options`` then reads, e.g. FFCV's
-    .beton). ``package``: the name ``info`` and the run records show for its version, found under
-    the first installed of ``distributions``; None: nothing beyond torch. ``runs_on``: what
-    ``info`` says it runs (with CUDA, without)."""
+    (samples, spec, workers, scratch folder, storage side of mixed sizes)) return.
+    ``prepare``, when given, runs first on rank 0 alone while the other ranks wait (it writes what
+    ``options`` then reads, e.g. FFCV's .beton). ``package``: the name ``info`` and the run
+    records show for its version, found under the first installed of ``distributions``; None:
+    nothing beyond torch. ``runs_on``: what ``info`` says it runs (with CUDA, without)."""
 
     cls: type[LoaderBase]
     runs_on: tuple[str, str]

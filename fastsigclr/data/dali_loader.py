@@ -31,6 +31,7 @@ from fastsigclr.config import FastSigCLRError
 from fastsigclr.data.augment import GRAY_WEIGHTS, blur_window, hue_coefficients
 from fastsigclr.data.base import LoaderBase
 from fastsigclr.data.plan import AugmentSpec, Col
+from fastsigclr.data.samples import SampleIndex
 
 INSTALL_HINT = "pip install 'fastsigclr[dali]'  (or: pip install nvidia-dali-cuda130)"
 
@@ -124,13 +125,13 @@ def _view_graph(images, args, spec: AugmentSpec, fn, dmath, types, gpu: bool):
 class DaliLoader(LoaderBase):
     """DALI runs the recipe (see the module docstring; LoaderBase for the contract).
 
-    files: the same images as JPEG files (decoded by DALI, ``mixed`` on a GPU); without them the
-    uint8 pixels of ``images`` are fed. ``images`` always gives the sizes the crop boxes use."""
+    A split with files (``SampleIndex.files``, or ``files`` given) is read and decoded by DALI
+    (``mixed`` on a GPU), each image at its own size; otherwise the decoded uint8 pixels are fed."""
 
     def __init__(
         self,
-        images: np.ndarray,
-        labels: np.ndarray,
+        images: np.ndarray | SampleIndex,
+        labels: np.ndarray | None,
         *args,
         files: Sequence[Path] | None = None,
         num_threads: int | None = None,
@@ -138,9 +139,11 @@ class DaliLoader(LoaderBase):
     ) -> None:
         self._dali = _import_dali()
         super().__init__(images, labels, *args, **kwargs)
-        if files is not None and len(files) != len(images):
-            raise ValueError(f"{len(files)} JPEG files for {len(images)} images")
+        if files is not None and len(files) != len(self.samples):
+            raise ValueError(f"{len(files)} JPEG files for {len(self.samples)} images")
+        files = self.samples.files if files is None else files
         self.files = None if files is None else [Path(f) for f in files]
+        self.images = None if self.files else self.samples.in_memory(progress=False).array()
         self.num_threads = num_threads or max(1, min(8, os.cpu_count() or 1))
         self.gpu = self.device.type == "cuda"
         self._running: weakref.ref | None = None  # the iterator of the epoch under way
@@ -194,10 +197,10 @@ class DaliLoader(LoaderBase):
         pipe.build()
         return pipe
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The epoch's batches (LoaderBase); starting it first ends an epoch still open."""
         self.close()
-        running = self._epoch(epoch)
+        running = self._epoch(epoch, start)
         self._running = weakref.ref(running)  # a weak reference: dropping the iterator still ends it
         return running
 
@@ -209,9 +212,9 @@ class DaliLoader(LoaderBase):
         if running is not None:
             running.close()
 
-    def _epoch(self, epoch: int) -> Generator[tuple[torch.Tensor, torch.Tensor], None, None]:
+    def _epoch(self, epoch: int, start: int = 0) -> Generator[tuple[torch.Tensor, torch.Tensor], None, None]:
         stream = torch.cuda.current_stream(self.device) if self.gpu else None
-        feed = (self._batch(index, params) for index, params in self.plan(epoch))
+        feed = (self._batch(index, params) for index, params in self.plan(epoch, start=start))
         pipe = self._pipeline(feed, self.batch_size // self.world_size)
         try:
             while True:
@@ -219,6 +222,16 @@ class DaliLoader(LoaderBase):
                     outputs = pipe.run(stream)  # on a GPU: outputs ordered on torch's stream
                 except StopIteration:
                     return
+                except RuntimeError as err:  # an image whose header read but whose data does not
+                    if self.files is None or "decod" not in str(err).lower():
+                        raise
+                    lines = [line.strip() for line in str(err).splitlines() if "decod" in line.lower()]
+                    first = lines[0] if lines else type(err).__name__
+                    raise FastSigCLRError(
+                        f"DALI could not decode an image of epoch {epoch + 1} ({first[:200]}): list the "
+                        f"broken files with `fastsigclr data verify --dataset folder --data-dir DIR` and "
+                        f"delete them, or train with --loader gpu (it skips them, up to --max-broken)"
+                    ) from err
                 views, labels = self._copy_out(outputs, stream)
                 del outputs
                 yield views, labels

@@ -1,64 +1,46 @@
-"""Dataset files: download with progress, verify the checksum, extract atomically, validate, read.
-
-CIFAR-10 and CIFAR-100 are read from the official "python version" layout, Tiny-ImageNet-200 from
-its zip's layout (``tinyimagenet``). A data directory that already holds the extracted folder is
-used as is (after validating layout and counts); one that holds the archive is verified and
-extracted; otherwise the archive is downloaded.
+"""The datasets by name (``DATASETS``: one ``DatasetInfo`` each, naming the reader of its layout),
+where they live, and how a command gets one: ``prepare`` (download, verify the checksum, extract
+atomically) and ``open_dataset`` (the reader over the folder). A data directory that already
+holds the extracted folder is used as is (after validating layout and counts); one that holds the
+archive is verified and extracted; otherwise the archive is downloaded. Folders the user provides
+(``folder``, ``imagenet``, ``imagenet100``) are never downloaded.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import pickle
-import sys
-import tarfile
-import tempfile
-import urllib.error
-import urllib.request
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from fastsigclr.config import FastSigCLRError, option
-from fastsigclr.data import plain_pickle
+from fastsigclr.config import option
+from fastsigclr.data.cifar import CifarReader
+from fastsigclr.data.files import download, extract, md5sum
+from fastsigclr.data.folder import FolderReader
+from fastsigclr.data.imagenet100 import IMAGENET100_WNIDS
+from fastsigclr.data.info import DatasetError, DatasetInfo
+from fastsigclr.data.samples import Reader, SampleIndex
+from fastsigclr.data.stl10 import STL10_FILES, Stl10Reader
+from fastsigclr.data.tinyimagenet import TinyImageNetReader
 
 DATA_ENV = "FASTSIGCLR_DATA"
-
-
-class DatasetError(FastSigCLRError):
-    """Missing, corrupt or unexpected dataset files; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    name: str
-    url: str
-    md5: str
-    archive: str
-    folder: str
-    train_files: tuple[str, ...]
-    test_files: tuple[str, ...]
-    label_key: str
-    num_classes: int
-    train_count: int
-    test_count: int
-    image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    kind: str = "cifar"  # "cifar": pickled batches; "tiny": Tiny-ImageNet's JPEG folders
-    # (file, md5) of the official extracted files, as torchvision's CIFAR10/CIFAR100 list them
-    # (Tiny-ImageNet publishes none); tests substitute the sums of the files they write.
-    file_md5: tuple[tuple[str, str], ...] = ()
-
+__all__ = [
+    "DATASETS",
+    "DatasetError",
+    "DatasetInfo",
+    "load_split",
+    "md5sum",
+    "open_dataset",
+    "prepare",
+    "verify",
+]
 
 DATASETS: dict[str, DatasetInfo] = {
     "cifar10": DatasetInfo(
         name="cifar10",
+        reader=CifarReader,
         url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
         md5="c58f30108f718f92721af3b95e74349a",
         archive="cifar-10-python.tar.gz",
@@ -84,6 +66,7 @@ DATASETS: dict[str, DatasetInfo] = {
     ),
     "cifar100": DatasetInfo(
         name="cifar100",
+        reader=CifarReader,
         url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
         md5="eb9058c3a382ffc7106e4002c42a8d85",
         archive="cifar-100-python.tar.gz",
@@ -105,13 +88,11 @@ DATASETS: dict[str, DatasetInfo] = {
     ),
     "tinyimagenet": DatasetInfo(
         name="tinyimagenet",
+        reader=TinyImageNetReader,
         url="http://cs231n.stanford.edu/tiny-imagenet-200.zip",
         md5="90528d7ca1a48142e341f4ef8d21d0de",
         archive="tiny-imagenet-200.zip",
         folder="tiny-imagenet-200",
-        train_files=(),
-        test_files=(),
-        label_key="",
         num_classes=200,
         train_count=100_000,
         test_count=10_000,
@@ -119,8 +100,33 @@ DATASETS: dict[str, DatasetInfo] = {
         # The per-channel statistics commonly quoted for the train split (not measured here).
         mean=(0.4802, 0.4481, 0.3975),
         std=(0.2770, 0.2691, 0.2821),
-        kind="tiny",
     ),
+    "stl10": DatasetInfo(
+        name="stl10",
+        reader=Stl10Reader,
+        url="http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz",
+        md5="91f7769df0f17e558f3565bffb0c7dfb",
+        archive="stl10_binary.tar.gz",
+        folder="stl10_binary",
+        train_files=STL10_FILES,
+        num_classes=10,
+        train_count=5_000,
+        test_count=8_000,
+        pretrain_count=100_000,
+        image_size=96,
+        # The per-channel statistics solo-learn uses for STL-10 (not measured here).
+        mean=(0.4914, 0.4823, 0.4466),
+        std=(0.247, 0.243, 0.261),
+    ),
+    "imagenet100": DatasetInfo(
+        name="imagenet100",
+        reader=FolderReader,
+        num_classes=100,
+        classes=IMAGENET100_WNIDS,
+        downloadable=False,
+    ),
+    "imagenet": DatasetInfo(name="imagenet", reader=FolderReader, downloadable=False),
+    "folder": DatasetInfo(name="folder", reader=FolderReader, downloadable=False),
 }
 
 
@@ -142,134 +148,10 @@ def dataset_option(help: str = "dataset") -> Any:
 
 def data_dir_option(unset: str = f"${DATA_ENV} or ~/.cache/fastsigclr/data") -> Any:
     """The ``--data-dir`` option of every command that reads a dataset."""
-    return option(None, f"folder holding the dataset (or its archive); unset: {unset}")
-
-
-def md5sum(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-# (resolved path, size, mtime_ns) -> md5: each version of a file is hashed once per process.
-_MD5_SEEN: dict[tuple[str, int, int], str] = {}
-
-
-def _md5_once(path: Path) -> tuple[str, bool]:
-    """(md5 of the file, whether this call computed it)."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    fresh = key not in _MD5_SEEN
-    if fresh:
-        _MD5_SEEN[key] = md5sum(path)
-    return _MD5_SEEN[key], fresh
-
-
-def redownload_hint(info: DatasetInfo, folder: Path) -> str:
-    return (
-        f"delete {folder} and download it again (`fastsigclr data download --dataset {info.name} "
-        f"--data-dir {folder.parent}`)"
+    return option(
+        None,
+        f"folder holding the dataset (or its archive; for folder/imagenet: train/<class>/); unset: {unset}",
     )
-
-
-def warn_unofficial(info: DatasetInfo, folder: Path, names: tuple[str, ...]) -> None:
-    """One stderr line naming those of ``names`` whose md5 is not the official one. Training goes
-    on: a re-packed copy (the tests' CIFAR-10 rebuilt from JPEGs) is legitimate. Hashing all of
-    CIFAR-10 (186 MB) took 0.35 s on a 2-core CPU, so it runs at every load, once per file
-    version and process."""
-    official = dict(info.file_md5)
-    bad = []
-    for name in names:
-        path = Path(folder) / name
-        if name in official and path.is_file():
-            actual, fresh = _md5_once(path)
-            if fresh and actual != official[name]:
-                bad.append(name)
-    if bad:
-        print(
-            f"warning: {', '.join(bad)} in {folder} differ from the official {info.name} files (md5): "
-            f"corrupt, or not the official release; `fastsigclr data verify` names the differences; if "
-            f"corrupt, {redownload_hint(info, Path(folder))}",
-            file=sys.stderr,
-        )
-
-
-def download(url: str, dest: Path, md5: str, *, progress: bool = True, timeout: float = 60.0) -> Path:
-    """Stream ``url`` to ``dest`` with a progress bar, check its md5, then move it into place.
-
-    The bytes go to ``dest.partial`` first; a failed or mismatching download is removed, so a
-    half-written archive is never left where a later run would trust it.
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(dest.name + ".partial")
-    h = hashlib.md5()
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(
-                total=total, unit="B", unit_scale=True, desc=f"download {dest.name}", disable=not progress
-            ) as bar:
-                while block := response.read(1 << 20):
-                    out.write(block)
-                    h.update(block)
-                    bar.update(len(block))
-    except (urllib.error.URLError, OSError, TimeoutError) as err:
-        partial.unlink(missing_ok=True)
-        raise DatasetError(
-            f"could not download {url}: {err}. Without network access, put {dest.name} (or its extracted "
-            f"folder) into {dest.parent}"
-        ) from err
-    if h.hexdigest() != md5:
-        partial.unlink(missing_ok=True)
-        raise DatasetError(
-            f"checksum mismatch for {url}: md5 {h.hexdigest()}, expected {md5}; the partial download "
-            f"was removed. Retry, or put a good copy of {dest.name} into {dest.parent}"
-        )
-    partial.replace(dest)
-    return dest
-
-
-def _safe_extract(archive: Path, into: Path) -> None:
-    if archive.name.endswith(".zip"):
-        root = into.resolve()
-        with zipfile.ZipFile(archive) as zf:
-            for name in zf.namelist():
-                target = (into / name).resolve()
-                if root not in target.parents and target != root:
-                    raise DatasetError(f"{archive}: refusing to extract unsafe member {name!r}")
-            zf.extractall(into)
-        return
-    with tarfile.open(archive) as tar:
-        if hasattr(tarfile, "data_filter"):
-            tar.extractall(into, filter="data")
-            return
-        root = into.resolve()
-        for member in tar.getmembers():  # pragma: no cover - Pythons without extraction filters
-            target = (into / member.name).resolve()
-            if (root not in target.parents and target != root) or member.issym() or member.islnk():
-                raise DatasetError(f"{archive}: refusing to extract unsafe member {member.name!r}")
-        tar.extractall(into)
-
-
-def extract(archive: Path, info: DatasetInfo, data_dir: Path) -> Path:
-    """Extract into a temporary folder beside the target, then rename: all or nothing."""
-    final = data_dir / info.folder
-    with tempfile.TemporaryDirectory(dir=data_dir, prefix=f".{info.folder}.") as tmp:
-        try:
-            _safe_extract(archive, Path(tmp))
-        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
-            raise DatasetError(
-                f"{archive} is not a readable archive ({err}); delete it and download again"
-            ) from err
-        extracted = Path(tmp) / info.folder
-        if not extracted.is_dir():
-            raise DatasetError(f"{archive} does not contain the folder {info.folder}/ of {info.name}")
-        if final.exists():  # another process finished first
-            return final
-        extracted.rename(final)
-    return final
 
 
 def prepare(
@@ -280,11 +162,16 @@ def prepare(
     url: str | None = None,
     progress: bool = True,
 ) -> Path:
-    """Return the extracted dataset folder under ``data_dir``, fetching what is missing."""
+    """Return the dataset folder under ``data_dir``, fetching what is missing."""
     data_dir = Path(data_dir).expanduser()
     folder = data_dir / info.folder
     if folder.is_dir():
         return folder
+    if not info.downloadable:
+        raise DatasetError(
+            f"{folder} does not exist: --dataset {info.name} reads the images you provide; pass "
+            f"--data-dir DIR with DIR/train/<class>/ (and optionally DIR/val/<class>/)"
+        )
     archive = data_dir / info.archive
     if archive.exists():
         actual = md5sum(archive)
@@ -309,82 +196,38 @@ def prepare(
     return extract(archive, info, data_dir)
 
 
-def load_pickle(path: Path) -> dict:
-    if not path.is_file():
-        raise DatasetError(f"missing file {path}: the dataset folder is incomplete; delete it to fetch again")
-    try:
-        with open(path, "rb") as f:
-            raw = plain_pickle.load(f)  # never calls what a crafted file names
-    except (pickle.UnpicklingError, EOFError, ValueError, AttributeError, ImportError, IndexError) as err:
-        raise DatasetError(
-            f"{path} is truncated or corrupt ({type(err).__name__}: {err}); delete its folder to fetch again"
-        ) from err
-    if not isinstance(raw, dict):
-        raise DatasetError(f"{path} does not hold a CIFAR batch dictionary")
-    return {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
-
-
-def read_batch(info: DatasetInfo, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One CIFAR batch file: uint8 (N, H, W, 3) images and int64 labels, or a DatasetError."""
-    batch = load_pickle(path)
-    if "data" not in batch or info.label_key not in batch:
-        raise DatasetError(f"{path} lacks 'data' or '{info.label_key}': not the {info.name} python layout")
-    data = np.asarray(batch["data"])
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * info.image_size**2:
-        raise DatasetError(
-            f"{path}: data has dtype {data.dtype} and shape {data.shape}, "
-            f"expected uint8 (N, {3 * info.image_size**2})"
-        )
-    images = data.reshape(-1, 3, info.image_size, info.image_size).transpose(0, 2, 3, 1)
-    return images, np.asarray(batch[info.label_key], dtype=np.int64)
+def open_dataset(info: DatasetInfo, folder: Path) -> Reader:
+    """The reader of ``info``'s layout over its (prepared) folder."""
+    return info.reader(info, Path(folder))
 
 
 def load_split(
     info: DatasetInfo, folder: Path, split: str, *, progress: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Images as uint8 (N, H, W, 3) and labels as int64 (N,), validated against ``info``.
-    Tiny-ImageNet's JPEGs are decoded once into a cache (progress bar)."""
+    """Images as uint8 (N, H, W, 3) and labels as int64 (N,), validated against ``info``: the
+    split's index decoded in memory (no undecodable image allowed)."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if info.kind == "tiny":
-        from fastsigclr.data import tinyimagenet
-
-        return tinyimagenet.load_split(info, folder, split, progress=progress)
-    files = info.train_files if split == "train" else info.test_files
-    warn_unofficial(info, Path(folder), files)
-    images, labels = [], []
-    for name in files:
-        batch_images, batch_labels = read_batch(info, Path(folder) / name)
-        images.append(batch_images)
-        labels.append(batch_labels)
-    x = np.ascontiguousarray(np.concatenate(images))
-    y = np.concatenate(labels)
-    expected = info.train_count if split == "train" else info.test_count
-    if len(x) != expected or len(y) != expected:
-        raise DatasetError(
-            f"{info.name} {split}: found {len(x)} images and {len(y)} labels, expected {expected}; "
-            f"the folder {folder} is incomplete"
-        )
-    if y.min() < 0 or y.max() >= info.num_classes:
-        raise DatasetError(f"{info.name} {split}: labels outside 0..{info.num_classes - 1}")
-    return x, y
+    index: SampleIndex | None = open_dataset(info, folder).index(split)
+    if index is None:
+        raise DatasetError(f"{info.name} in {folder} has no {split} split")
+    decoded = index.in_memory(info.image_size, progress=progress)
+    return decoded.array(), decoded.labels
 
 
-def verify(info: DatasetInfo, data_dir: Path) -> dict[str, str]:
-    """md5 of each file of the extracted folder (the report of ``fastsigclr data verify``); files
-    that are missing or differ from ``info.file_md5`` are judged by ``verdict.check_official``."""
+def verify(info: DatasetInfo, data_dir: Path, progress: bool = True) -> dict[str, str]:
+    """The report of ``fastsigclr data verify``: md5 of each file (checked against the official
+    ones where published) or, for an image folder, whether every image decodes."""
     folder = Path(data_dir) / info.folder
     if not folder.is_dir():
-        raise DatasetError(f"{folder} does not exist; run `fastsigclr data download --dataset {info.name}`")
-    if info.kind == "tiny":
-        from fastsigclr.data import tinyimagenet
-
-        return tinyimagenet.verify(info, folder)
-    sums = {p.name: md5sum(p) for p in sorted(folder.iterdir()) if p.is_file()}
-    from fastsigclr.data.verdict import check_official
-
-    check_official(info, folder, sums)
-    return sums
+        hint = (
+            f"run `fastsigclr data download --dataset {info.name}`"
+            if info.downloadable
+            else "pass --data-dir DIR, the folder holding train/<class>/"
+        )
+        raise DatasetError(f"{folder} does not exist; {hint}")
+    reader = open_dataset(info, folder)
+    return reader.verify(progress) if isinstance(reader, FolderReader) else reader.verify()
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import torch
 
 from fastsigclr.config import FastSigCLRError
 from fastsigclr.data.base import LoaderBase
+from fastsigclr.data.samples import SampleIndex, resize_center
 
 INSTALL_HINT = (
     "apt-get install -y --no-install-recommends libopencv-dev libturbojpeg0-dev pkg-config build-essential "
@@ -43,31 +44,42 @@ def _import_ffcv():
 
 
 class _Indexed:
-    """(image, label) pairs for FFCV's writer."""
+    """(image, label) pairs for FFCV's writer, decoded on demand; images of mixed sizes at
+    ``store_size``² (``samples.resize_center``)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
-        self.images, self.labels = images, labels
+    def __init__(self, samples: SampleIndex, store_size: int | None) -> None:
+        self.samples = samples
+        self.store_size = None if samples.uniform_size else store_size
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.samples)
 
     def __getitem__(self, i: int):
-        return self.images[i], int(self.labels[i])
+        rgb = self.samples.decode(i)
+        if self.store_size is not None:
+            rgb = resize_center(rgb, self.store_size)
+        return rgb, int(self.samples.labels[i])
 
 
 def write_beton(
     path: Path,
-    images: np.ndarray,
-    labels: np.ndarray,
+    images: np.ndarray | SampleIndex,
+    labels: np.ndarray | None = None,
     *,
+    store_size: int | None = None,
     jpeg: bool = False,
     jpeg_quality: int = 95,
     num_workers: int | None = None,
     progress: bool = True,
 ) -> Path:
-    """Write images (uint8 (N, H, W, 3)) and labels to ``path`` (raw pixels, or JPEG when
-    ``jpeg``), through a temporary file renamed into place: a half-written .beton never remains."""
+    """Write a split (or uint8 (N, H, W, 3) images and labels) to ``path`` (raw pixels, or JPEG
+    when ``jpeg``; images of mixed sizes at ``store_size``²), through a temporary file renamed
+    into place: a half-written .beton never remains. Every image must decode (``data_samples``
+    leaves out those that do not)."""
     fields, _, _, _, writer, _ = _import_ffcv()
+    samples = images if isinstance(images, SampleIndex) else SampleIndex.from_array(images, labels)
+    if samples.uniform_size is None and store_size is None:
+        raise ValueError("images of mixed sizes need a store_size")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
@@ -82,23 +94,43 @@ def write_beton(
         # FFCV's writer draws its own tqdm bar; without progress, silence it.
         quiet = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
         with quiet:
-            w.from_indexed_dataset(_Indexed(images, labels))
+            w.from_indexed_dataset(_Indexed(samples, store_size))
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
 
 
+# FFCV's reader of a cut file: a truncated .beton lost its allocation table (written last), e.g.
+# "negative dimensions are not allowed".
+_CUT = (ValueError, OSError, IndexError, EOFError)
+
+
+def _damaged(beton: Path, err: Exception) -> FastSigCLRError:
+    return FastSigCLRError(
+        f"{beton} is truncated or damaged ({type(err).__name__}: {err}); delete it and run again "
+        f"(it is written anew), or rerun `fastsigclr data write-ffcv --force`"
+    )
+
+
+def _beton_sizes(beton: Path) -> np.ndarray:
+    """(N, 2) heights and widths of the images stored in ``beton``, or one line when it is cut."""
+    from ffcv.reader import Reader
+
+    try:
+        reader = Reader(str(beton))
+    except _CUT as err:
+        raise _damaged(beton, err) from None
+    meta = reader.metadata[f"f{reader.field_names.index('image')}"]  # fields are unnamed: f0, f1
+    return np.stack([meta["height"], meta["width"]], -1).astype(np.int64)
+
+
 def _open_loader(loader: Any, beton: Path, **options: Any) -> Any:
     """FFCV's Loader of ``beton``, or one line when the file is cut short or damaged."""
     try:
         return loader.Loader(str(beton), **options)
-    except (ValueError, OSError, IndexError, EOFError) as err:  # FFCV's reader of a cut file
-        # a truncated .beton lost its allocation table (written last): "negative dimensions"
-        raise FastSigCLRError(
-            f"{beton} is truncated or damaged ({type(err).__name__}: {err}); delete it and run again "
-            f"(it is written anew), or rerun `fastsigclr data write-ffcv --force`"
-        ) from None
+    except _CUT as err:
+        raise _damaged(beton, err) from None
 
 
 class FfcvLoader(LoaderBase):
@@ -108,8 +140,8 @@ class FfcvLoader(LoaderBase):
 
     def __init__(
         self,
-        images: np.ndarray,
-        labels: np.ndarray,
+        images: np.ndarray | SampleIndex,
+        labels: np.ndarray | None,
         *args,
         beton: Path | None = None,
         order: str = "random",
@@ -117,11 +149,12 @@ class FfcvLoader(LoaderBase):
         **kwargs,
     ) -> None:
         _, decoders, loader, transforms, _, ops = _import_ffcv()
-        super().__init__(images, labels, *args, **kwargs)
         if beton is None or not Path(beton).is_file():
             raise FastSigCLRError(
                 f"no FFCV dataset at {beton}; write it with `fastsigclr data write-ffcv --dataset NAME`"
             )
+        self._beton_sizes = _beton_sizes(Path(beton))
+        super().__init__(images, labels, *args, **kwargs)
         if order not in ("random", "quasi_random"):
             raise ValueError(f"order must be 'random' or 'quasi_random', got {order!r}")
         if order == "quasi_random" and self.world_size > 1:
@@ -157,19 +190,32 @@ class FfcvLoader(LoaderBase):
             pipelines=pipelines,
             batches_ahead=2,
         )
-        if self.loader.reader.num_samples != len(images):
+        if self.loader.reader.num_samples != len(self.samples):
             raise FastSigCLRError(
-                f"{beton} holds {self.loader.reader.num_samples} images, the dataset {len(images)}: "
+                f"{beton} holds {self.loader.reader.num_samples} images, the dataset {len(self.samples)}: "
                 f"it was written for other data; write it again with `fastsigclr data write-ffcv`"
             )
+
+    def image_sizes(self) -> np.ndarray:
+        """The sizes of the images in the .beton (mixed-size folders are stored at one size)."""
+        if len(self._beton_sizes) != len(self.samples):
+            raise FastSigCLRError(
+                f"the .beton holds {len(self._beton_sizes)} images, the dataset {len(self.samples)}: it was "
+                f"written for other data; write it again with `fastsigclr data write-ffcv --force`"
+            )
+        return self._beton_sizes
 
     def __len__(self) -> int:
         return len(self.loader)
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """FFCV's order has no entry point inside an epoch: a resumed epoch reads (and drops)
+        its first ``start`` batches."""
         self.loader.next_epoch = epoch  # FFCV's order is seeded by seed + epoch
         self.epoch_rows.epoch = epoch  # set before FFCV's threads start on the epoch
-        for views, labels in self.loader:
+        for i, (views, labels) in enumerate(self.loader):
+            if i < start:
+                continue
             b = views.shape[0]
             # (B, V, S, S, 3) → view-major (V·B, S, S, 3), viewed as NCHW: channels_last.
             x = views.transpose(0, 1).reshape(self.n_views * b, *views.shape[2:]).permute(0, 3, 1, 2)

@@ -8,14 +8,17 @@ every backend.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
+from fastsigclr.config import FastSigCLRError
 from fastsigclr.data.augment import augment_reference, finish, gaussian_blur
 from fastsigclr.data.base import LoaderBase
 from fastsigclr.data.plan import AugmentSpec, Col
+from fastsigclr.data.samples import SampleIndex
 
 # The parameter table's columns by name, as the augmentation kernel reads them.
 KERNEL_COLUMNS = {col.name.lower(): int(col) for col in Col}
@@ -57,20 +60,65 @@ def augment_batch(
     return x.permute(0, 3, 1, 2).to(dtype).contiguous(memory_format=torch.channels_last)
 
 
+def memory_budget(device: torch.device) -> int:
+    """Bytes the decoded images may take by default: half the free memory of the device (CUDA)
+    or half the available host memory."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 2
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):  # no sysconf: no limit known
+        return 1 << 62
+
+
+def check_budget(samples: SampleIndex, store_size: int | None, budget: int, device: torch.device) -> None:
+    """A FastSigCLRError naming the streaming loaders when the decoded split exceeds ``budget``."""
+    need = samples.nbytes(store_size)
+    if need > budget:
+        gib = 1 << 30
+        raise FastSigCLRError(
+            f"the gpu loader keeps every decoded image in {device.type} memory: {samples.name} needs "
+            f"{need / gib:.2f} GiB, more than its budget of {budget / gib:.2f} GiB (--memory-budget). Use "
+            f"--loader dali (decodes the files as it goes) or --loader ffcv (reads a .beton), or "
+            f"--limit-train, or a smaller --store-size"
+        )
+
+
 class GpuLoader(LoaderBase):
     """The dataset on the device as uint8, augmented a batch at a time by the fused kernel (CUDA)
-    or the PyTorch reference; see LoaderBase for the contract."""
+    or the PyTorch reference; see LoaderBase for the contract.
+
+    A split that is not yet decoded is decoded here (``SampleIndex.in_memory``: images of mixed
+    sizes stored at ``store_size``², undecodable files listed and skipped up to ``max_broken``),
+    when it fits in ``budget`` bytes (default ``memory_budget``)."""
 
     def __init__(
-        self, images: np.ndarray, labels: np.ndarray, *args, use_kernel: bool | None = None, **kwargs
+        self,
+        images: np.ndarray | SampleIndex,
+        labels: np.ndarray | None,
+        spec: AugmentSpec,
+        batch_size: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        *,
+        use_kernel: bool | None = None,
+        store_size: int | None = None,
+        budget: int | None = None,
+        max_broken: float = 0.0,
+        progress: bool = False,
+        **kwargs,
     ) -> None:
-        super().__init__(images, labels, *args, **kwargs)
-        self.images = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        samples = images if isinstance(images, SampleIndex) else SampleIndex.from_array(images, labels)
+        if not samples.decoded or device.type == "cuda":  # an array already in host memory fits there
+            check_budget(samples, store_size, memory_budget(device) if budget is None else budget, device)
+        samples = samples.in_memory(store_size, progress=progress, max_broken=max_broken)
+        super().__init__(samples, None, spec, batch_size, device, dtype, **kwargs)
+        self.images = torch.from_numpy(np.ascontiguousarray(samples.array())).to(self.device)
         self.labels = torch.from_numpy(self.labels).to(self.device)
         self.use_kernel = self.device.type == "cuda" if use_kernel is None else use_kernel
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for index, params in self.plan(epoch, self.device):
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for index, params in self.plan(epoch, self.device, start):
             views = augment_batch(self.images, index, params, self.spec, self.dtype, self.use_kernel)
             yield views, self.labels[index]
 

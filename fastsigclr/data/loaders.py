@@ -1,16 +1,16 @@
-"""Loader backends by name (``LOADERS``: one ``base.LoaderEntry`` each): each turns uint8 images +
-labels + an AugmentSpec into batches of (views (V·B, 3, S, S) channels_last in the training
-dtype, labels (B,)), with the same constructor and ``epoch(e)``/``len`` interface. DALI and FFCV
-are imported only when chosen; a missing one is a clear error with the command that installs it.
-A new backend is one module (its ``LoaderBase`` subclass) and one entry below."""
+"""Loader backends by name (``LOADERS``: one ``base.LoaderEntry`` each): each turns a split
+(``samples.SampleIndex``, or uint8 images + labels) and an AugmentSpec into batches of (views
+(V·B, 3, S, S) channels_last in the training dtype, labels (B,)), with the same constructor and
+``epoch(e)``/``len`` interface. The gpu loader decodes the split into memory; DALI reads and
+decodes its files; FFCV reads a .beton written from it. DALI and FFCV are imported only when
+chosen; a missing one is a clear error with the command that installs it. A new backend is one
+module (its ``LoaderBase`` subclass) and one entry below."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from fastsigclr.config import FastSigCLRError, check_fields, option
 from fastsigclr.data import dali_loader, ffcv_loader
@@ -22,12 +22,12 @@ from fastsigclr.data.datasets import (
     data_dir_option,
     data_folder,
     dataset_option,
-    load_split,
     prepare,
 )
 from fastsigclr.data.ffcv_loader import FfcvLoader, write_beton
 from fastsigclr.data.gpu_loader import GpuLoader
-from fastsigclr.data.subset import balanced_indices
+from fastsigclr.data.samples import SampleIndex, report_broken
+from fastsigclr.data.splits import open_splits
 from fastsigclr.runinfo import package_version
 
 
@@ -37,33 +37,38 @@ def ffcv_dir_option() -> Any:
 
 
 def beton_path(
-    info: DatasetInfo, data_dir: Path, limit: int | None = None, ffcv_dir: str | Path | None = None
+    info: DatasetInfo,
+    data_dir: Path,
+    limit: int | None = None,
+    ffcv_dir: str | Path | None = None,
+    store_size: int | None = None,
 ) -> Path:
-    """Where ``data write-ffcv`` puts a dataset's training split (or the class-balanced subset
-    of ``limit`` images): ``ffcv_dir``, else ``data_dir``/ffcv."""
-    suffix = f"-balanced{limit}" if limit else ""
+    """Where ``data write-ffcv`` puts a dataset's pre-training split (or the class-balanced
+    subset of ``limit`` images; a folder's images stored at ``store_size``²): ``ffcv_dir``, else
+    ``data_dir``/ffcv."""
+    suffix = (f"-balanced{limit}" if limit else "") + (f"-{store_size}px" if store_size else "")
     folder = Path(ffcv_dir).expanduser() if ffcv_dir else Path(data_dir) / "ffcv"
     return folder / f"{info.name}-train{suffix}.beton"
 
 
 def ensure_beton(
-    info: DatasetInfo,
-    data_dir: Path,
-    images: np.ndarray,
-    labels: np.ndarray,
-    limit: int | None = None,
+    path: Path,
+    samples: SampleIndex,
     *,
-    ffcv_dir: str | Path | None = None,
+    store_size: int | None = None,
+    jpeg: bool = False,
     progress: bool = True,
 ) -> Path:
-    """The .beton of these training images, written first if it does not exist (raw pixels for
-    CIFAR, JPEG for Tiny-ImageNet)."""
-    path = beton_path(info, data_dir, limit, ffcv_dir)
+    """The .beton of this split at ``path``, written first if it does not exist (raw pixels, or
+    JPEG for splits read from image files). Every image is decoded once first: those that fail
+    are reported and the write stops (a .beton must not hold holes)."""
     if not path.is_file():
         if progress:
             print(f"writing the FFCV dataset {path} (once)")
+        if not samples.decoded:
+            report_broken(samples.name, samples.undecodable(progress=progress), len(samples), 0.0)
         try:
-            write_beton(path, images, labels, jpeg=info.kind == "tiny", progress=progress)
+            write_beton(path, samples, store_size=store_size, jpeg=jpeg, progress=progress)
         except OSError as err:
             raise FastSigCLRError(
                 f"cannot write the FFCV dataset {path} ({err.strerror or err}): pass --ffcv-dir DIR, a "
@@ -77,58 +82,63 @@ def loader_versions() -> dict[str, str | None]:
     return {e.package: package_version(e.package, e.distributions) for e in LOADERS.values() if e.package}
 
 
-def loader_options(
-    name: str,
-    info: DatasetInfo,
-    data_dir: Path,
-    train: tuple[np.ndarray, np.ndarray],
-    limit: int | None,
-    *,
-    ffcv_dir: str | Path | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
+def loader_options(name: str, src: LoaderSource) -> dict[str, Any]:
     """Backend ``name``'s constructor arguments beyond the common ones (its entry's ``options``)."""
-    return LOADERS[name].options(LoaderSource(info, Path(data_dir), train, limit, ffcv_dir, progress))
+    return LOADERS[name].options(src)
 
 
-def _dali_files(src: LoaderSource) -> dict[str, Any]:
-    """Tiny-ImageNet: the JPEG files themselves (the same balanced subset as ``src.train``)."""
-    if src.info.kind != "tiny":
-        return {}
-    from fastsigclr.data.tinyimagenet import split_files
+def _store(samples: SampleIndex, store_size: int | None) -> int | None:
+    """The side images are stored at: ``store_size`` for images of mixed sizes, else None."""
+    return store_size if samples.uniform_size is None else None
 
-    files, labels = split_files(src.info, src.data_dir / src.info.folder, "train")
-    return {"files": [files[i] for i in balanced_indices(labels, src.limit)] if src.limit else files}
+
+def _gpu_options(src: LoaderSource) -> dict[str, Any]:
+    """The storage size of mixed-size images, the memory budget, the undecodable-file threshold."""
+    store = _store(src.samples, src.store_size)
+    return {"store_size": store, "budget": src.budget, "max_broken": src.max_broken, "progress": src.progress}
 
 
 def _beton(src: LoaderSource) -> dict[str, Any]:
-    """The .beton of the training split (written first when missing)."""
-    path = ensure_beton(
-        src.info, src.data_dir, *src.train, src.limit, ffcv_dir=src.ffcv_dir, progress=src.progress
-    )
-    return {"beton": path}
+    """The .beton of the pre-training split (written first when missing)."""
+    store = _store(src.samples, src.store_size)
+    path = beton_path(src.info, src.data_dir, src.limit, src.ffcv_dir, store)
+    jpeg = src.samples.files is not None
+    return {"beton": ensure_beton(path, src.samples, store_size=store, jpeg=jpeg, progress=src.progress)}
 
 
-def _dali_bench(images: np.ndarray, labels: np.ndarray, spec: Any, workers: int, tmp: Path) -> dict[str, Any]:
+def _gpu_bench(samples: SampleIndex, spec: Any, workers: int, tmp: Path, store: int | None) -> dict[str, Any]:
+    return {"store_size": store}
+
+
+def _dali_bench(
+    samples: SampleIndex, spec: Any, workers: int, tmp: Path, store: int | None
+) -> dict[str, Any]:
     return {"num_threads": workers}
 
 
-def _ffcv_bench(images: np.ndarray, labels: np.ndarray, spec: Any, workers: int, tmp: Path) -> dict[str, Any]:
-    beton = write_beton(tmp / f"bench-{spec.size}.beton", images, labels, progress=False)
+def _ffcv_bench(
+    samples: SampleIndex, spec: Any, workers: int, tmp: Path, store: int | None
+) -> dict[str, Any]:
+    path = tmp / f"bench-{'folder' if store else 'uint8'}-{spec.size}.beton"
+    beton = write_beton(path, samples, store_size=store, jpeg=store is not None, progress=False)
     return {"beton": beton, "num_workers": max(1, workers)}
 
 
 PIPELINE = ("GPU pipeline", "CPU pipeline")
 LOADERS: dict[str, LoaderEntry] = {
-    "gpu": LoaderEntry(GpuLoader, runs_on=("fused Triton kernel", "PyTorch reference on the CPU")),
+    "gpu": LoaderEntry(
+        GpuLoader,
+        runs_on=("fused Triton kernel", "PyTorch reference on the CPU"),
+        options=_gpu_options,
+        bench_options=_gpu_bench,
+    ),
     "dali": LoaderEntry(
         DaliLoader,
         runs_on=PIPELINE,
         package="dali",  # DALI ships one distribution per CUDA version
         distributions=("nvidia-dali-cuda130", "nvidia-dali-cuda120", "nvidia-dali-cuda110", "nvidia-dali"),
         install_hint=dali_loader.INSTALL_HINT,
-        options=_dali_files,
-        bench_options=_dali_bench,
+        bench_options=_dali_bench,  # the split's files, when it has some, are read by DALI itself
     ),
     "ffcv": LoaderEntry(
         FfcvLoader,
@@ -153,6 +163,9 @@ class WriteFfcvConfig:
     limit: int | None = option(
         None, "write only a class-balanced subset of N training images (as train --limit-train)", ge=1
     )
+    store_size: int | None = option(
+        None, "images of mixed sizes are stored at this size² (shorter side, centre crop); unset: 256", ge=8
+    )
     download: bool = option(True, "download the dataset when it is not in --data-dir")
     force: bool = option(False, "rewrite an existing .beton")
     progress: bool = option(True, "show progress bars")
@@ -165,13 +178,11 @@ def write_ffcv(cfg: WriteFfcvConfig) -> Path:
     info = DATASETS[cfg.dataset]
     data_dir = data_folder(cfg.data_dir)
     folder = prepare(info, data_dir, download_ok=cfg.download, progress=cfg.progress)
-    images, labels = load_split(info, folder, "train", progress=cfg.progress)
-    if cfg.limit:
-        keep = balanced_indices(labels, cfg.limit)
-        images, labels = images[keep], labels[keep]
-    path = beton_path(info, data_dir, cfg.limit, cfg.ffcv_dir)
+    samples = open_splits(info, folder, limit_train=cfg.limit).pretrain
+    src = LoaderSource(
+        info, data_dir, samples, cfg.limit, cfg.ffcv_dir, cfg.progress, store_size=cfg.store_size or 256
+    )
+    path = beton_path(info, data_dir, cfg.limit, cfg.ffcv_dir, _store(samples, src.store_size))
     if cfg.force:
         path.unlink(missing_ok=True)
-    return ensure_beton(
-        info, data_dir, images, labels, cfg.limit, ffcv_dir=cfg.ffcv_dir, progress=cfg.progress
-    )
+    return _beton(src)["beton"]

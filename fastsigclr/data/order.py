@@ -61,8 +61,10 @@ def epoch_plan(
     rank: int = 0,
     world_size: int = 1,
     device: torch.device | str = "cpu",
+    start: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (indices (b,), params (V, b, len(Col))) of this rank's share of each global batch.
+    """Yield (indices (b,), params (V, b, len(Col))) of this rank's share of each global batch,
+    from batch ``start`` on (a run resumed inside the epoch: the batches it has not trained).
 
     The epoch's table and permutation are drawn once on the CPU, whatever ``device`` (a CUDA
     generator draws another order: every backend must see the same one), and moved there; a batch
@@ -70,7 +72,7 @@ def epoch_plan(
     gen = torch.Generator().manual_seed(seed_for(plan.seed, epoch))
     perm = torch.randperm(plan.n, generator=gen).to(device)
     table = plan.table(epoch).to(device)
-    for i in range(num_batches(plan.n, batch_size, drop_last)):
+    for i in range(start, num_batches(plan.n, batch_size, drop_last)):
         index = perm[i * batch_size : (i + 1) * batch_size]
         share = len(index) // world_size  # a remainder below world_size is left out
         mine = index[rank * share : (rank + 1) * share]

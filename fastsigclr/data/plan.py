@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+import numpy as np
 import torch
 
 
@@ -125,6 +126,19 @@ def _fallback_box(view: ViewSpec, h: int, w: int) -> tuple[int, int]:
     return h, w
 
 
+def _fallback_boxes(spec: AugmentSpec, hw: torch.Tensor) -> torch.Tensor:
+    """(V, n, 2) fallback boxes of images of per-sample sizes ``hw`` (n, 2) float64, computed as
+    ``_fallback_box`` does (float64, rounded half to even like Python's round)."""
+    h, w = hw[:, 0], hw[:, 1]
+    boxes = []
+    for view in spec.views:
+        lo, hi = view.crop_ratio
+        height = torch.where(w / h > hi, h, torch.where(w / h < lo, torch.round(w / lo), h))
+        width = torch.where(w / h > hi, torch.round(h * hi), w)
+        boxes.append(torch.stack([height, width], -1))
+    return torch.stack(boxes).float()
+
+
 def _constants(spec: AugmentSpec, h: int, w: int, device) -> dict[str, torch.Tensor]:
     """Per-view constants, (V, 1, k) for broadcasting against (V, n, k), in one tensor op."""
     rows = []
@@ -146,9 +160,10 @@ def _constants(spec: AugmentSpec, h: int, w: int, device) -> dict[str, torch.Ten
     }
 
 
-def _crop_boxes(u: torch.Tensor, k: dict[str, torch.Tensor], h: int, w: int) -> torch.Tensor:
+def _crop_boxes(u: torch.Tensor, k: dict[str, torch.Tensor], h, w) -> torch.Tensor:
     """(V, n, 4) boxes (y0, x0, height, width): the first of CROP_TRIES attempts that fits,
-    placed uniformly; rows where none fits take the centred fallback box."""
+    placed uniformly; rows where none fits take the centred fallback box. ``h``, ``w``: ints,
+    or float32 (1, n, 1) per-sample sizes."""
     t = CROP_TRIES
     scale, log_ratio = k["scale"], k["log_ratio"]
     area = (h * w) * (scale[..., :1] + u[..., :t] * (scale[..., 1:] - scale[..., :1]))
@@ -159,16 +174,27 @@ def _crop_boxes(u: torch.Tensor, k: dict[str, torch.Tensor], h: int, w: int) -> 
     found = fits.any(-1, keepdim=True)
     size = torch.cat([ch.gather(-1, first), cw.gather(-1, first)], -1)  # (V, n, 2)
     size = torch.where(found, size, k["fallback"])
-    room = torch.tensor([h, w], dtype=size.dtype, device=size.device) - size
+    if isinstance(h, torch.Tensor):
+        room = torch.cat([h, w], -1) - size
+    else:
+        room = torch.tensor([h, w], dtype=size.dtype, device=size.device) - size
     corner = torch.where(found, torch.floor(u[..., 2 * t : 2 * t + 2] * (room + 1)), torch.floor(room / 2))
     return torch.cat([corner, size], -1)
 
 
-def sample_params(spec: AugmentSpec, n: int, h: int, w: int, gen: torch.Generator) -> torch.Tensor:
+def sample_params(spec: AugmentSpec, n: int, h, w, gen: torch.Generator) -> torch.Tensor:
     """(V, n, len(Col)) float32 rows for n images of h×w, on the generator's device: the same
-    ~40 tensor operations whatever n and the number of views."""
+    ~40 tensor operations whatever n and the number of views. ``h`` and ``w`` are ints (one
+    size) or (n,) integer tensors (an image folder's sizes; a few more operations); for equal
+    sizes both give the same rows."""
     device = gen.device
-    k = _constants(spec, h, w, device)
+    if isinstance(h, torch.Tensor):
+        hw = torch.stack([h, w], -1).to(torch.float64)
+        k = _constants(spec, 1, 1, device)
+        k["fallback"] = _fallback_boxes(spec, hw).to(device)
+        h, w = (x.float().to(device)[None, :, None] for x in (hw[:, 0], hw[:, 1]))
+    else:
+        k = _constants(spec, h, w, device)
     u = torch.rand((len(spec.views), n, N_UNIFORMS), generator=gen, device=device)
     gates = u[..., _U_GATES:][..., _GATE_INDEX]
     values = k["low"] + u[..., _U_VALUES:_U_GATES] * (k["high"] - k["low"])
@@ -179,10 +205,17 @@ def sample_params(spec: AugmentSpec, n: int, h: int, w: int, gen: torch.Generato
 class AugmentPlan:
     """Every epoch's parameter table of one run: (V, n, len(Col)) on the CPU, row i the views of
     sample i, drawn from (seed, epoch) alone; the last epoch's table is kept (thread-safe: FFCV's
-    worker threads look rows up concurrently)."""
+    worker threads look rows up concurrently). ``image_hw``: (h, w) of every image, or an (n, 2)
+    array of each image's size (crop boxes are in each image's pixels)."""
 
-    def __init__(self, spec: AugmentSpec, n: int, image_hw: tuple[int, int], seed: int) -> None:
-        self.spec, self.n, self.image_hw, self.seed = spec, n, tuple(image_hw), seed
+    def __init__(self, spec: AugmentSpec, n: int, image_hw, seed: int) -> None:
+        sizes = np.asarray(image_hw, dtype=np.int64)
+        if sizes.ndim == 2 and len(np.unique(sizes, axis=0)) == 1:
+            sizes = sizes[0]  # one size: the fixed-size draw, the same rows as before
+        if sizes.ndim == 2 and len(sizes) != n:
+            raise ValueError(f"{len(sizes)} image sizes for {n} images")
+        self.spec, self.n, self.seed = spec, n, seed
+        self.image_hw = tuple(int(x) for x in sizes) if sizes.ndim == 1 else torch.from_numpy(sizes)
         self._lock = threading.Lock()
         self._epoch: int | None = None
         self._table = torch.empty(0)
@@ -191,7 +224,9 @@ class AugmentPlan:
         with self._lock:
             if self._epoch != epoch:
                 gen = torch.Generator().manual_seed(seed_for(self.seed, epoch, 1))
-                self._table = sample_params(self.spec, self.n, *self.image_hw, gen)
+                hw = self.image_hw
+                h, w = (hw[:, 0], hw[:, 1]) if isinstance(hw, torch.Tensor) else hw
+                self._table = sample_params(self.spec, self.n, h, w, gen)
                 self._epoch = epoch
             return self._table
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastsigclr.data.datasets import DatasetError, DatasetInfo, load_pickle, read_batch, redownload_hint
+from fastsigclr.data.cifar import load_pickle, read_batch
+from fastsigclr.data.files import redownload_hint
+from fastsigclr.data.info import DatasetError, DatasetInfo
 
 
 class UnofficialData(DatasetError):

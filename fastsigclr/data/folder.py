@@ -1,0 +1,141 @@
+"""Image folders: your own images, ImageNet and ImageNet-100.
+
+    DIR/train/<class>/*     labelled training images (class = folder name, sorted)
+    DIR/val/<class>/*       optional: labelled images for the kNN monitor and the probe
+    DIR/*                   or: a flat folder of unlabeled images (kNN and probe off)
+
+JPEG, PNG, WebP and BMP files of any size and mode (``samples.decode_file`` makes them RGB).
+Each file's size is read from its header when the index is built; a file whose header cannot be
+read is listed and left out (``samples.report_broken``), as is one that later fails to decode.
+A preset may keep only some class folders (ImageNet-100's 100 wnids).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fastsigclr.data.info import DatasetError, DatasetInfo
+from fastsigclr.data.samples import IMAGE_SUFFIXES, UNLABELED, SampleIndex, file_index, report_broken
+
+
+def _images_in(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(image files, other files) directly in ``folder``, sorted; hidden files are ignored."""
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
+    images = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
+    return images, [p for p in entries if p.suffix.lower() not in IMAGE_SUFFIXES]
+
+
+def _classes(info: DatasetInfo, split_dir: Path) -> list[str]:
+    found = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not info.classes:
+        return found
+    missing = sorted(set(info.classes) - set(found))
+    if missing:
+        raise DatasetError(
+            f"{split_dir} lacks {len(missing)} of the {len(info.classes)} class folders of {info.name} "
+            f"(e.g. {', '.join(missing[:3])}): point --data-dir at the folder holding train/<wnid>/"
+        )
+    return sorted(info.classes)
+
+
+class FolderReader:
+    """An image folder (see the module docstring); "pretrain" and "train" are DIR/train (or
+    DIR itself when flat), "test" is DIR/val when it exists."""
+
+    pretrain_split = "train"  # the split pre-training reads
+
+    def __init__(self, info: DatasetInfo, folder: Path) -> None:
+        self.info, self.folder = info, Path(folder)
+        if not self.folder.is_dir():
+            raise DatasetError(
+                f"{self.folder} is not a folder: pass --data-dir DIR, with DIR/train/<class>/ images "
+                f"(or images directly in DIR)"
+            )
+        train = self.folder / "train"
+        self.flat = not train.is_dir()
+        self.classes = [] if self.flat else _classes(info, train)
+        if not self.flat and not self.classes:
+            raise DatasetError(f"{train} holds no class folders: put the images in {train}/<class>/")
+        self._ignored: list[Path] = []
+        self._cache: dict[str, SampleIndex | None] = {}
+
+    def index(self, split: str) -> SampleIndex | None:
+        """The split's files, sizes and labels (None: no val/ folder); read once per reader."""
+        key = "test" if split == "test" else "train"
+        if key not in self._cache:
+            self._cache[key] = self._read(key)
+        return self._cache[key]
+
+    def _read(self, split: str) -> SampleIndex | None:
+        if self.flat:
+            if split == "test":
+                return None
+            files, self._ignored = _images_in(self.folder)
+            labels = [UNLABELED] * len(files)
+        else:
+            split_dir = self.folder / ("val" if split == "test" else "train")
+            if split == "test" and not split_dir.is_dir():
+                return None
+            files, labels = self._labelled(split_dir)
+        if not files:
+            where = self.folder if self.flat else self.folder / ("val" if split == "test" else "train")
+            raise DatasetError(
+                f"no images ({', '.join(IMAGE_SUFFIXES)}) in {where}: put them in "
+                f"{self.folder}/train/<class>/ (or directly in {self.folder} when they have no labels)"
+            )
+        return file_index(f"{self.info.name} {split}", files, np.asarray(labels), classes=self.classes)
+
+    def _labelled(self, split_dir: Path) -> tuple[list[Path], list[int]]:
+        files: list[Path] = []
+        labels: list[int] = []
+        known = set(self.classes)
+        extra = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and p.name not in known)
+        if extra and not self.info.classes:
+            raise DatasetError(
+                f"{split_dir} has class folders that train/ lacks: {', '.join(extra[:5])}; "
+                f"the classes of val/ must be those of train/"
+            )
+        for label, name in enumerate(self.classes):
+            if not (split_dir / name).is_dir():
+                continue
+            found, other = _images_in(split_dir / name)
+            files += found
+            labels += [label] * len(found)
+            self._ignored += other
+        return files, labels
+
+    def describe(self, train: SampleIndex, test: SampleIndex | None) -> str:
+        """What was found, printed once at the start of a run."""
+        lines = [f"{self.info.name}: {self.folder}"]
+        if self.flat:
+            lines.append(f"  {len(train)} unlabeled images: the kNN monitor and the probe are off")
+        else:
+            counts = np.bincount(train.labels, minlength=len(self.classes))
+            shown = ", ".join(f"{c} {n}" for c, n in zip(self.classes[:20], counts[:20], strict=True))
+            more = f", ... ({len(self.classes)} classes)" if len(self.classes) > 20 else ""
+            lines.append(f"  train: {len(train)} images in {len(self.classes)} classes ({shown}{more})")
+            lines.append(
+                f"  val: {len(test)} images"
+                if test is not None
+                else "  no val/ folder: the kNN monitor is off"
+            )
+        if self._ignored:
+            lines.append(
+                f"  ignored {len(self._ignored)} files that are not images (e.g. {self._ignored[0]})"
+            )
+        return "\n".join(lines)
+
+    def verify(self, progress: bool = True) -> dict[str, str]:
+        """Decode every image once; a DatasetError lists those that fail (none may). Returns
+        {split: what was checked}."""
+        print(self.describe(self.index("train"), self.index("test")))
+        out = {}
+        for split in ("train", "test"):
+            index = self.index(split)
+            if index is not None:
+                broken = index.broken + index.undecodable(progress=progress)
+                report_broken(index.name, broken, len(index) + len(index.broken), 0.0)
+                out[f"{split}/"] = f"all {len(index)} images decode"
+        return out

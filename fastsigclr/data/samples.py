@@ -1,0 +1,304 @@
+"""A split as an index of samples: labels, each image's size, and how to decode sample i on
+demand. Every reader (CIFAR pickles, Tiny-ImageNet, STL-10 binaries, image folders) yields one;
+the loaders read from it. Decoding a whole split into one uint8 array (``SampleIndex.in_memory``)
+is the strategy of the gpu loader and of the kNN monitor, not the data model.
+
+Image files are decoded by ``decode_file``: any Pillow format, converted to RGB (grayscale,
+CMYK, palette, 16-bit; transparency composited on white). A file that cannot be decoded is a
+``broken`` entry: listed with its path and reason, skipped with a count up to ``max_broken`` (a
+fraction of the split), beyond which the run stops (``report_broken``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from fastsigclr.data import cache
+from fastsigclr.data.info import DatasetError, DatasetInfo
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+UNLABELED = -1  # the label of an image without a class
+# Broken files listed in full up to this many; the rest are counted.
+LIST_BROKEN = 20
+
+
+class Reader(Protocol):
+    """One dataset layout. ``index(split)`` for split in ``splits``: "pretrain" (what the SSL
+    loader trains on), "train" (the labelled images of the kNN bank and the probe), "test"."""
+
+    info: DatasetInfo
+
+    def __init__(self, info: DatasetInfo, folder: Path) -> None: ...
+
+    def index(self, split: str) -> SampleIndex | None: ...
+
+    def verify(self) -> dict[str, str]: ...
+
+
+def decode_file(path: Path) -> np.ndarray:
+    """The image at ``path`` as uint8 (H, W, 3) RGB; OSError/ValueError when it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return to_rgb(im)
+    except (UnidentifiedImageError, Image.DecompressionBombError, SyntaxError) as err:
+        raise ValueError(str(err)) from err
+
+
+def to_rgb(im) -> np.ndarray:
+    """A Pillow image of any mode as uint8 (H, W, 3) RGB."""
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale: the high byte
+        gray = (np.asarray(im, dtype=np.int64) >> 8).clip(0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the file's header, without decoding it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (UnidentifiedImageError, Image.DecompressionBombError, SyntaxError) as err:
+        raise ValueError(str(err)) from err
+    return h, w
+
+
+def workers() -> int:
+    return max(1, min(16, os.cpu_count() or 1))
+
+
+def report_broken(what: str, broken: Sequence[tuple[str, str]], total: int, max_broken: float) -> None:
+    """List the files that cannot be decoded on stderr (path and reason); a DatasetError when more
+    than ``max_broken`` of the ``total`` are."""
+    if not broken:
+        return
+    lines = [f"  {path}: {reason}" for path, reason in broken[:LIST_BROKEN]]
+    if len(broken) > LIST_BROKEN:
+        lines.append(f"  ... and {len(broken) - LIST_BROKEN} more")
+    share = len(broken) / max(total, 1)
+    print(f"{what}: {len(broken)} of {total} images cannot be decoded:\n" + "\n".join(lines), file=sys.stderr)
+    if share > max_broken:
+        raise DatasetError(
+            f"{what}: {len(broken)} of {total} images ({share:.1%}) cannot be decoded (first: "
+            f"{broken[0][0]}), more than --max-broken {max_broken:g}: repair or delete the files listed "
+            f"above, or raise --max-broken"
+        )
+    print(
+        f"{what}: skipped those {len(broken)} images (at most --max-broken {max_broken:g})", file=sys.stderr
+    )
+
+
+class SampleIndex:
+    """The samples of one split. ``labels`` int64 (UNLABELED: none), ``sizes`` (N, 2) int64
+    (height, width) of each decoded image, ``decode(i)`` its uint8 (H, W, 3) pixels, ``files``
+    the encoded file of each sample when it has one (DALI and FFCV read them)."""
+
+    def __init__(
+        self,
+        name: str,
+        labels: np.ndarray,
+        sizes: np.ndarray,
+        decode: Callable[[int], np.ndarray],
+        *,
+        files: Sequence[Path] | None = None,
+        classes: Sequence[str] = (),
+        array: np.ndarray | None = None,
+    ) -> None:
+        self.name = name
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.sizes = np.asarray(sizes, dtype=np.int64).reshape(len(self.labels), 2)
+        self._decode = decode
+        self.files = None if files is None else [Path(f) for f in files]
+        self.classes = tuple(classes)
+        self._array = array
+        self.broken: list[tuple[str, str]] = []  # files left out of the index: (path, reason)
+        self.cache_dir: Path | None = None  # where in_memory keeps the decoded array (files only)
+        self.cache_name = "images"
+
+    @classmethod
+    def from_array(cls, images: np.ndarray, labels: np.ndarray, name: str = "images", **kw) -> SampleIndex:
+        """Images already decoded, uint8 (N, H, W, 3)."""
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+        if len(labels) != len(images):
+            raise ValueError(f"{len(labels)} labels for {len(images)} images")
+        sizes = np.broadcast_to(np.asarray(images.shape[1:3]), (len(images), 2))
+        return cls(name, labels, sizes, images.__getitem__, array=images, **kw)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def decoded(self) -> bool:
+        """Whether the images are one array in memory (``in_memory`` has run)."""
+        return self._array is not None
+
+    @property
+    def labelled(self) -> bool:
+        return len(self) > 0 and bool((self.labels != UNLABELED).all())
+
+    @property
+    def uniform_size(self) -> tuple[int, int] | None:
+        """(h, w) when every image has it, else None."""
+        if len(self) and (self.sizes == self.sizes[0]).all():
+            return int(self.sizes[0, 0]), int(self.sizes[0, 1])
+        return None
+
+    def decode(self, i: int) -> np.ndarray:
+        return self._decode(int(i))
+
+    def subset(self, keep: np.ndarray) -> SampleIndex:
+        keep = np.asarray(keep, dtype=np.int64)
+        base = self._decode
+        return SampleIndex(
+            self.name,
+            self.labels[keep],
+            self.sizes[keep],
+            lambda i: base(int(keep[i])),
+            files=None if self.files is None else [self.files[i] for i in keep],
+            classes=self.classes,
+            array=None if self._array is None else self._array[keep],
+        )
+
+    def nbytes(self, size: int | None = None) -> int:
+        """Bytes of the decoded uint8 array ``in_memory(size)`` would hold."""
+        if size is None and self.uniform_size is None:
+            raise ValueError("images of different sizes need a storage size")
+        h, w = (size, size) if size is not None and self.uniform_size is None else self.uniform_size
+        return len(self) * h * w * 3
+
+    def in_memory(
+        self, size: int | None = None, *, progress: bool = True, max_broken: float = 0.0
+    ) -> SampleIndex:
+        """This split decoded into one uint8 (N, H, W, 3) array (as a SampleIndex over it). Images
+        of one size are kept as they are; mixed sizes are stored at ``size``² (shorter side
+        resized to ``size``, centre crop). Files that cannot be decoded are reported
+        (``report_broken``) and left out. With ``cache_dir`` set, the array is kept there."""
+        if self._array is not None:
+            return self
+        same = self.uniform_size
+        if same is None and size is None:
+            raise ValueError("images of different sizes need a storage size")
+        key = cache.fingerprint(self.files, None if same else size) if self.cache_dir and self.files else None
+        found = cache.load(self.cache_dir, self.cache_name, key) if key else None
+        if found is None:
+            images, kept = self._decode_all(same or (size, size), progress, max_broken)
+            if key:
+                cache.save(self.cache_dir, self.cache_name, key, images, kept)
+        else:
+            images, kept = found
+        files = None if self.files is None else [self.files[i] for i in kept]
+        return SampleIndex.from_array(images, self.labels[kept], self.name, files=files, classes=self.classes)
+
+    def _decode_all(
+        self, hw: tuple[int, int], progress: bool, max_broken: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 (n, h, w, 3), the ids of the n samples that decoded)."""
+        h, w = hw
+        resize = self.uniform_size is None
+        images = np.empty((len(self), h, w, 3), dtype=np.uint8)
+        ok = np.ones(len(self), dtype=bool)
+        broken: list[tuple[str, str]] = []
+
+        def load(i: int) -> tuple[int, np.ndarray | str]:
+            try:
+                rgb = self.decode(i)
+            except (OSError, ValueError) as err:
+                return i, str(err) or type(err).__name__
+            rgb = resize_center(rgb, h) if resize else rgb
+            return i, rgb if rgb.shape == (h, w, 3) else f"is {rgb.shape[1]}×{rgb.shape[0]}, expected {w}×{h}"
+
+        with ThreadPoolExecutor(max_workers=workers()) as pool:
+            decoded = pool.map(load, range(len(self)), chunksize=64)
+            for i, rgb in tqdm(
+                decoded, total=len(self), desc=f"decode {self.name}", unit="img", disable=not progress
+            ):
+                if isinstance(rgb, str):
+                    ok[i] = False
+                    broken.append((str(self.files[i]) if self.files else f"sample {i}", rgb))
+                else:
+                    images[i] = rgb
+        report_broken(self.name, broken, len(self), max_broken)
+        kept = np.flatnonzero(ok)
+        return (images if ok.all() else images[kept]), kept
+
+    def undecodable(self, *, progress: bool = True) -> list[tuple[str, str]]:
+        """(path, reason) of every sample that fails to decode (each decoded once, not kept)."""
+
+        def check(i: int) -> tuple[str, str] | None:
+            try:
+                self.decode(i)
+            except (OSError, ValueError) as err:
+                return str(self.files[i]) if self.files else f"sample {i}", str(err) or type(err).__name__
+            return None
+
+        with ThreadPoolExecutor(max_workers=workers()) as pool:
+            found = pool.map(check, range(len(self)), chunksize=64)
+            bar = tqdm(found, total=len(self), desc=f"decode {self.name}", unit="img", disable=not progress)
+            return [x for x in bar if x is not None]
+
+    def array(self) -> np.ndarray:
+        """The decoded array of an in-memory index."""
+        if self._array is None:
+            raise ValueError(f"{self.name} is not decoded: call in_memory() first")
+        return self._array
+
+
+def resize_center(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Shorter side resized to ``size`` (bilinear, antialiased), then the centre ``size``² crop."""
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    im = Image.fromarray(rgb).resize((nw, nh), Image.BILINEAR)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def file_index(
+    name: str, files: Sequence[Path], labels: np.ndarray, *, classes: Sequence[str] = (), sizes=None
+) -> SampleIndex:
+    """An index over image files; ``sizes`` (h, w) for all (a layout of one size) or, when None,
+    read from each file's header (a file whose header cannot be read is left out and listed:
+    ``index.broken``)."""
+    files = [Path(f) for f in files]
+    labels = np.asarray(labels, dtype=np.int64)
+    broken: list[tuple[str, str]] = []
+    if sizes is not None:
+        table = np.broadcast_to(np.asarray(sizes, dtype=np.int64), (len(files), 2))
+    else:
+
+        def header(path: Path):
+            try:
+                return image_size(path)
+            except (OSError, ValueError) as err:
+                return str(err) or type(err).__name__
+
+        with ThreadPoolExecutor(max_workers=workers()) as pool:
+            found = list(pool.map(header, files, chunksize=256))
+        ok = np.array([isinstance(x, tuple) for x in found], dtype=bool)
+        broken = [(str(f), x) for f, x in zip(files, found, strict=True) if not isinstance(x, tuple)]
+        table = np.array([x for x in found if isinstance(x, tuple)], dtype=np.int64).reshape(-1, 2)
+        files = [f for f, good in zip(files, ok, strict=True) if good]
+        labels = labels[ok]
+    index = SampleIndex(name, labels, table, lambda i: decode_file(files[i]), files=files, classes=classes)
+    index.broken = broken
+    return index

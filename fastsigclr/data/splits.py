@@ -1,0 +1,101 @@
+"""What a run reads: the split the loader pre-trains on, and the labelled splits of the kNN
+monitor and the probe, with ``--limit-train``/``--limit-test`` and the undecodable-file policy
+applied, and the class count of a folder resolved."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fastsigclr.config import ConfigError
+from fastsigclr.data.datasets import open_dataset
+from fastsigclr.data.info import DatasetInfo
+from fastsigclr.data.samples import SampleIndex, report_broken
+from fastsigclr.data.subset import balanced_indices
+
+
+@dataclass
+class DataSplits:
+    """``pretrain``: what the loader trains on; ``train`` and ``test``: the labelled splits of the
+    kNN monitor and the probe (None when the dataset has none: an unlabeled folder, no val/)."""
+
+    info: DatasetInfo
+    pretrain: SampleIndex
+    train: SampleIndex | None
+    test: SampleIndex | None
+    store_size: int | None = None  # mixed-size images are decoded at this size for kNN and eval
+    max_broken: float = 0.0
+    _arrays: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def has_knn(self) -> bool:
+        return all(s is not None and s.labelled for s in (self.train, self.test))
+
+    def adopt(self, decoded: SampleIndex) -> None:
+        """Take the pre-training split as a loader decoded it (the gpu loader): the kNN monitor
+        then reads the same array, neither decoded nor reported twice."""
+        if self.train is self.pretrain:
+            self.train = decoded
+        self.pretrain = decoded
+
+    def arrays(self, split: str, *, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 (N, H, W, 3), labels) of "train" or "test", decoded once and kept."""
+        if split not in self._arrays:
+            index = self.pretrain if split == "pretrain" else getattr(self, split)
+            if index is self.pretrain and "pretrain" in self._arrays:
+                self._arrays[split] = self._arrays["pretrain"]
+            else:
+                decoded = index.in_memory(self.store_size, progress=progress, max_broken=self.max_broken)
+                self._arrays[split] = (decoded.array(), decoded.labels)
+        return self._arrays[split]
+
+
+def _limited(
+    index: SampleIndex | None, limit: int | None, flag: str | None = None, dataset: str = ""
+) -> SampleIndex | None:
+    """A class-balanced subset of ``limit`` samples. A limit past the split's size is refused
+    (``--limit-<flag>``) rather than capped: config.json would record a subset never used."""
+    if index is None or not limit:
+        return index
+    if flag is not None and limit > len(index):
+        raise ConfigError(
+            f"--limit-{flag} {limit} is more than the {len(index)} {flag} images of {dataset}: pass "
+            f"--limit-{flag} {len(index)} or less, or leave it out to use them all"
+        )
+    if limit >= len(index):
+        return index
+    return index.subset(balanced_indices(index.labels, limit))
+
+
+def open_splits(
+    info: DatasetInfo,
+    folder: Path,
+    *,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    store_size: int | None = None,
+    max_broken: float = 0.0,
+    announce: bool = True,
+) -> DataSplits:
+    """The splits of ``info`` in ``folder``; files whose header cannot be read are reported
+    (``report_broken``) and a folder's classes and counts printed (when ``announce``)."""
+    reader = open_dataset(info, folder)
+    train, test = reader.index("train"), reader.index("test")
+    pretrain = train if reader.pretrain_split == "train" else reader.index(reader.pretrain_split)
+    for index in {id(s): s for s in (pretrain, train, test) if s is not None}.values():
+        report_broken(index.name, index.broken, len(index) + len(index.broken), max_broken)
+    if hasattr(reader, "describe") and announce:
+        print(reader.describe(train, test))
+    same = pretrain is train
+    train = _limited(train, limit_train, "train" if same else None, info.name)
+    test = _limited(test, limit_test, "test", info.name)
+    pretrain = train if same else _limited(pretrain, limit_train, "train", info.name)
+    if train is not None and not train.labelled:
+        train = None
+    classes = train.classes if train is not None else ()
+    if classes and info.num_classes in (0, len(classes)):
+        info = dataclasses.replace(info, num_classes=len(classes))
+    return DataSplits(info, pretrain, train, test, store_size=store_size, max_broken=max_broken)

@@ -1,0 +1,72 @@
+"""Long epochs: checkpoints inside an epoch (``--checkpoint-every``) and preemption.
+
+Slurm sends SIGTERM (or, with ``--signal``, SIGUSR1) some time before it kills a job, and spot
+instances do the same; ``Preemption`` turns either signal into a flag the trainer reads at the
+next step boundary, where it writes a mid-epoch checkpoint and exits with ``PREEMPTED_EXIT``, so
+the requeued command (``--resume auto``) continues from that step."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from typing import Any
+
+# EX_TEMPFAIL (sysexits.h): "a temporary failure; try again", the status of a preempted run.
+PREEMPTED_EXIT = 75
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def parse_interval(text: str) -> tuple[float, str]:
+    """``"500"`` → (500, "steps"); ``"30m"`` or ``"30min"`` → (30, "minutes"). ValueError otherwise."""
+    raw = text.strip().lower()
+    unit = "minutes" if raw.endswith(("m", "min")) else "steps"
+    number = raw.removesuffix("min").removesuffix("m")
+    try:
+        value = float(number) if unit == "minutes" else int(number)
+    except ValueError:
+        value = 0
+    if not value > 0:
+        raise ValueError(f"--checkpoint-every takes N steps ('500') or N minutes ('30m'), got {text!r}")
+    return value, unit
+
+
+class Interval:
+    """When the next mid-epoch checkpoint is due: every N steps, or after N minutes."""
+
+    def __init__(self, text: str | None) -> None:
+        self.every = parse_interval(text) if text else None
+        self.last = time.monotonic()
+
+    def due(self, step: int) -> bool:
+        if self.every is None:
+            return False
+        value, unit = self.every
+        if unit == "steps":
+            return step % value == 0
+        return time.monotonic() - self.last >= 60 * value
+
+    def reset(self) -> None:
+        self.last = time.monotonic()
+
+
+class Preemption:
+    """While open, SIGTERM and SIGUSR1 only record themselves (``signal``); the previous handlers
+    come back on exit. Outside the main thread (no handlers can be set there) it records nothing."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _record(self, signum: int, frame: Any) -> None:
+        self.signal = signum  # nothing else here: a handler may interrupt a print or a write
+
+    def __enter__(self) -> Preemption:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._record) for s in SIGNALS}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}

@@ -1,0 +1,207 @@
+"""Bring your own images: ``--dataset folder`` through the CLI (real JPEGs with each loader and
+kNN on val/, odd formats, broken files, an unlabeled folder, a split too large for the gpu
+loader's memory budget) and the readers of the image-folder layout."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from folder_fixture import odd_images, write_cifar_folder, write_odd_folder
+
+from fastsigclr.cli import main
+from fastsigclr.data import DATASETS
+from fastsigclr.data.folder import FolderReader
+from fastsigclr.data.samples import decode_file
+from fastsigclr.runlog import read_metrics
+
+
+def folder_args(data_dir, out, *extra) -> list[str]:
+    return [
+        *(
+            f"train --dataset folder --data-dir {data_dir} --device cpu --arch resnet18 --width 8 "
+            f"--proj-dims 32,16 --batch-size 16 --epochs 1 --knn-k 5 --log-every 1 --image-size 32 "
+            f"--no-progress --no-tensorboard --out {out}"
+        ).split(),
+        *extra,
+    ]
+
+
+def summary(out) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("loader", ["gpu", "dali", "ffcv"], ids=lambda name: f"{name}-loader")
+def test_real_jpeg_folder_trains_with_each_loader_and_knn_on_val(loader, tmp_path, capsys):
+    """CIFAR-10's JPEGs written as train/<class>/ (8 per class) and val/<class>/ (4 per class)."""
+    if loader != "gpu":
+        pytest.importorskip({"dali": "nvidia.dali", "ffcv": "ffcv"}[loader])
+    data = write_cifar_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    assert main(folder_args(data, out, "--loader", loader)) == 0
+    err = capsys.readouterr().out
+    assert "train: 80 images in 10 classes (airplane 8, automobile 8" in err and "val: 40 images" in err
+    steps = [r for r in read_metrics(out) if r["kind"] == "step"]
+    assert len(steps) == 5 and all(math.isfinite(r["loss"]) for r in steps)
+    result = summary(out)
+    assert result["test_images"] == 40 and 0.0 <= result["knn_acc"] <= 1.0
+
+
+def test_odd_formats_modes_and_sizes_become_rgb(tmp_path):
+    for name, payload in odd_images().items():
+        path = tmp_path / name
+        path.write_bytes(payload)
+        rgb = decode_file(path)
+        assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3, name
+    gray = decode_file(tmp_path / "gray.png")
+    assert np.array_equal(gray[..., 0], gray[..., 2])
+    alpha = decode_file(tmp_path / "alpha.png")  # alpha 0 in the first column: white
+    assert alpha[:, 0].min() == 255
+    deep = decode_file(tmp_path / "deep16.png")  # 16-bit: the high byte, not clipped to 255
+    assert deep.max() < 255 or deep.min() > 0
+
+
+def test_odd_folder_trains_through_the_cli(tmp_path, capsys):
+    """Mixed sizes and modes: the gpu loader stores them at --store-size², kNN runs on val/."""
+    data = write_odd_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    assert main(folder_args(data, out, "--batch-size", "8", "--store-size", "36")) == 0
+    assert "train: 16 images in 2 classes (class0 8, class1 8)" in capsys.readouterr().out
+    assert summary(out)["knn_acc"] is not None
+
+
+def test_broken_images_are_listed_and_skipped_or_stop_the_run(tmp_path, capsys):
+    data = write_cifar_folder(tmp_path / "data", per_class=4, val_per_class=1, classes=5)
+    truncated = next((data / "train" / "bird").iterdir())
+    truncated.write_bytes(truncated.read_bytes()[:-300])  # its header reads; its decoding fails
+    garbage = data / "train" / "cat" / "notes.jpg"
+    garbage.write_bytes(b"not an image at all")  # fails when its header is read
+    out = tmp_path / "run"
+    assert main(folder_args(data, out, "--batch-size", "8", "--max-broken", "0.2")) == 0
+    err = capsys.readouterr().err
+    assert f"{garbage}:" in err and f"{truncated}:" in err
+    assert err.count("skipped those 1 images") == 2  # one at indexing, one at decoding
+    assert summary(out)["train_images"] == 19  # 20 written + 1 garbage, 2 left out
+    with pytest.raises(SystemExit) as exc:  # the default threshold, 1%: stop, naming the fix
+        main(folder_args(data, tmp_path / "run2", "--batch-size", "8"))
+    assert exc.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "cannot be decoded (first: " in last and "more than --max-broken 0.01" in last
+    assert "Traceback" not in last
+    with pytest.raises(SystemExit) as exc:  # refused up front, both files named
+        main(["data", "verify", "--dataset", "folder", "--data-dir", str(data), "--no-progress"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert str(garbage) in err and str(truncated) in err
+
+
+def test_verify_passes_a_clean_folder(tmp_path, capsys):
+    data = write_odd_folder(tmp_path / "data")
+    assert main(["data", "verify", "--dataset", "folder", "--data-dir", str(data), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "train/: all 16 images decode" in out and "test/: all 4 images decode" in out
+
+
+def test_unlabeled_flat_folder_trains_with_knn_and_probe_off(tmp_path, capsys):
+    data = tmp_path / "flat"
+    data.mkdir()
+    for name, payload in odd_images().items():
+        for k in range(2):
+            (data / f"{k}-{name}").write_bytes(payload)
+    (data / "README.txt").write_text("not an image")
+    out = tmp_path / "run"
+    assert main(folder_args(data, out, "--batch-size", "8", "--store-size", "36")) == 0
+    out_text = capsys.readouterr().out
+    assert out_text.count("16 unlabeled images: the kNN monitor and the probe are off") == 1
+    assert "ignored 1 files that are not images" in out_text
+    epochs = [r for r in read_metrics(out) if r["kind"] == "epoch"]
+    assert (
+        epochs[0]["probe_acc"] is None and epochs[0]["knn_acc"] is None and math.isfinite(epochs[0]["loss"])
+    )
+
+
+def test_too_large_for_the_memory_budget_names_the_streaming_loaders(tmp_path, capsys):
+    data = write_odd_folder(tmp_path / "data")
+    with pytest.raises(SystemExit) as exc:  # 16 images at 36²·3 bytes = 62 KB > 0.00001 GiB (10.7 KB)
+        main(
+            folder_args(
+                data,
+                tmp_path / "run",
+                "--batch-size",
+                "8",
+                "--store-size",
+                "36",
+                "--memory-budget",
+                "0.00001",
+            )
+        )
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "needs 0.00 GiB, more than its budget" in err or "more than its budget of 0.00 GiB" in err
+    assert "--loader dali" in err and "--loader ffcv" in err
+
+
+def test_imagenet100_keeps_its_100_classes(tmp_path, monkeypatch):
+    """The ImageNet layout with the subset's wnids and two others: only the subset is read."""
+    info = DATASETS["imagenet100"]
+    rgb = odd_images()["rgb.jpg"]
+    for wnid in (*info.classes[:100], "n99999999", "n00000001"):
+        for split in ("train", "val"):
+            (tmp_path / split / wnid).mkdir(parents=True)
+            (tmp_path / split / wnid / f"{wnid}_0.JPEG").write_bytes(rgb)
+    reader = FolderReader(info, tmp_path)
+    train, val = reader.index("train"), reader.index("test")
+    assert len(info.classes) == len(set(info.classes)) == 100
+    assert len(train) == len(val) == 100 and list(reader.classes) == sorted(info.classes)
+    assert train.labels.tolist() == list(range(100)) and train.sizes[0].tolist() == [40, 70]
+    (tmp_path / "train" / info.classes[5] / f"{info.classes[5]}_0.JPEG").unlink()
+    (tmp_path / "train" / info.classes[5]).rmdir()
+    with pytest.raises(Exception, match="lacks 1 of the 100 class folders of imagenet100"):
+        FolderReader(info, tmp_path)
+
+
+def test_bench_augment_has_a_folder_case(tmp_path):
+    """`bench augment`'s folder of mixed-size JPEGs: each loader's rate next to PIL's, same run."""
+    from fastsigclr.bench.augment import BenchAugmentConfig, run
+
+    cfg = BenchAugmentConfig(
+        backends=("gpu", "pil"),
+        sizes=(32,),
+        images=16,
+        batch_size=8,
+        workers=0,
+        reps=1,
+        folder_size=32,
+        folder_store=36,
+        plan_images=64,
+        device="cpu",
+        out=str(tmp_path),
+    )
+    rows = [r for r in run(cfg)["results"] if r["case"] == "folder"]
+    assert [r["backend"] for r in rows] == ["gpu", "pil"] and all(r["status"] == "ok" for r in rows)
+    gpu, pil = rows
+    assert gpu["speedup_vs_pil"] == gpu["views_per_s"] / pil["views_per_s"] and gpu["setup_s"] > 0
+    assert (tmp_path / "augment-cpu.png").is_file()
+
+
+def test_dali_names_the_fix_for_a_file_it_cannot_decode(tmp_path):
+    """A JPEG whose header reads but whose data is cut: DALI decodes it mid-epoch; the run stops
+    with one line naming `data verify` (the gpu loader skips such files up front)."""
+    pytest.importorskip("nvidia.dali")
+    import torch
+
+    from fastsigclr.config import FastSigCLRError
+    from fastsigclr.data.dali_loader import DaliLoader
+    from fastsigclr.data.plan import AugmentSpec
+    from fastsigclr.data.samples import file_index
+
+    payload = odd_images()["rgb.jpg"]
+    files = [tmp_path / f"{i}.jpg" for i in range(8)]
+    for i, path in enumerate(files):
+        path.write_bytes(payload if i != 3 else payload[:-300])
+    index = file_index("cut", files, np.zeros(8))
+    assert len(index) == 8  # the header of the cut file reads
+    spec = AugmentSpec.simclr(32, (0.5,) * 3, (0.25,) * 3)
+    loader = DaliLoader(index, None, spec, 4, torch.device("cpu"), torch.float32)
+    with pytest.raises(FastSigCLRError, match="DALI could not decode an image of epoch 1 .*data verify"):
+        list(loader.epoch(0))

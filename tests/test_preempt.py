@@ -1,0 +1,123 @@
+"""Long epochs: a checkpoint inside an epoch (``--checkpoint-every``) resumes with exactly the
+per-step losses and the bitwise weights of an uninterrupted run, after a kill or after SIGTERM
+(which checkpoints at the next step and exits with status 75 for ``--resume auto``)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from folder_fixture import smooth
+from PIL import Image
+
+import fastsigclr.train as trainer
+from fastsigclr.cli import main
+from fastsigclr.preempt import PREEMPTED_EXIT, parse_interval
+from fastsigclr.runlog import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Killed(BaseException):
+    """The process dies here (the CLI handles Ctrl-C; nothing handles this)."""
+
+
+def write_pngs(root: Path, classes: int = 2, per_class: int = 16) -> Path:
+    for c in range(classes):
+        (root / "train" / f"c{c}").mkdir(parents=True)
+        for k in range(per_class):
+            Image.fromarray(smooth(32, 32, 100 * c + k)).save(root / "train" / f"c{c}" / f"{k}.png")
+    return root
+
+
+def args(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        *(
+            f"train --dataset folder --data-dir {data} --device cpu --arch resnet18 --width 4 "
+            f"--proj-dims 16,8 --batch-size 8 --epochs 2 --image-size 32 --log-every 1 --knn-every 0 "
+            f"--no-progress --no-tensorboard --out {out}"
+        ).split(),
+        *extra,
+    ]
+
+
+def step_losses(out: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in read_metrics(out) if r["kind"] == "step"]
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    assert step_losses(a) == step_losses(b) and len(step_losses(a)) == 8
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("preempt")
+    data = write_pngs(root / "data")
+    assert main(args(data, root / "whole")) == 0
+    return data, root / "whole"
+
+
+def test_parse_interval():
+    assert parse_interval("500") == (500, "steps") and parse_interval("30m") == (30.0, "minutes")
+    assert parse_interval("1.5min") == (1.5, "minutes")
+    for bad in ("0", "-3", "ten", "5h"):
+        with pytest.raises(ValueError, match="--checkpoint-every takes N steps"):
+            parse_interval(bad)
+
+
+def test_killed_mid_epoch_resumes_exactly(uninterrupted, tmp_path, monkeypatch, capsys):
+    """Checkpoints every 3 steps (steps 3 and 6: inside epochs 1 and 2); a kill at step 8 (the
+    last step) loses steps 7 and 8, which the resumed run recomputes."""
+    data, whole = uninterrupted
+    step = trainer.train_step
+    calls = []
+
+    def killed_at_8(*a, **kw):
+        calls.append(1)
+        if len(calls) == 8:
+            raise Killed  # nothing after step 7 is written
+        return step(*a, **kw)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(trainer, "train_step", killed_at_8)
+    with pytest.raises(Killed):
+        main(args(data, out, "--checkpoint-every", "3"))
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert (state["epoch"], state["step"], state["position"]["batch"]) == (1, 6, 2)
+    monkeypatch.setattr(trainer, "train_step", step)
+    assert main(args(data, out, "--checkpoint-every", "3", "--resume")) == 0
+    assert "resuming" in capsys.readouterr().err
+    assert_same_run(whole, out)
+
+
+def test_sigterm_checkpoints_mid_epoch_and_resume_auto_continues(uninterrupted, tmp_path):
+    data, whole = uninterrupted
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "fastsigclr", *args(data, out, "--resume", "auto")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    metrics = out / "metrics.jsonl"
+    while not (metrics.is_file() and '"step": 1,' in metrics.read_text()):  # the first step is done
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first step"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == PREEMPTED_EXIT, err
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert 1 <= state["step"] < 8 and (state.get("position") or {}).get("batch", 0) >= 1, state["step"]
+    assert "exiting with status 75: the same command with --resume auto continues it" in err
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "after batch" in done.stderr  # it resumed inside the epoch
+    assert_same_run(whole, out)
