@@ -11,9 +11,7 @@ from .sigmoid import (
     grad_dtype,
     plan_schedule,
     sigmoid_block,
-    sigmoid_block_triton,
     sigmoid_loss,
-    sigmoid_pairwise_triton,
     sigmoid_plan,
 )
 
@@ -23,9 +21,7 @@ __all__ = [
     "nt_xent_triton",
     "plan_schedule",
     "sigmoid_block",
-    "sigmoid_block_triton",
     "sigmoid_loss",
-    "sigmoid_pairwise_triton",
     "sigmoid_plan",
     "two_view_augment",
 ]

@@ -309,35 +309,6 @@ def sigmoid_loss(
     return SigmoidLoss.apply(zhat, logit_scale, logit_bias, n_views, compute_loss, deterministic)
 
 
-def sigmoid_pairwise_triton(
-    zhat: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor, n_views: int, *,
-    compute_grad: bool = True, compute_loss: bool = True, fp32_dot: str | None = None, **tiles,
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:  # fmt: skip
-    """(loss, ∂L/∂zhat, ∂L/∂logit_scale, ∂L/∂logit_bias) of the one-process loss: sigmoid_block
-    with pairs="self", as the loss module calls it (tiles: see sigmoid_block)."""
-    m = zhat.shape[0]
-    loss, dz, _, ds, db = sigmoid_block(
-        zhat, zhat, logit_scale, logit_bias, n_per_view=m // n_views, inv_m=1.0 / m, pairs="self",
-        grad_rows=compute_grad, compute_loss=compute_loss, fp32_dot=fp32_dot, **tiles,
-    )  # fmt: skip
-    return loss, dz, ds, db
-
-
-def sigmoid_block_triton(
-    rows: torch.Tensor, cols: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor, *,
-    n_per_view: int, inv_m: float, self_block: bool, compute_grad: bool = True, compute_loss: bool = True,
-    dz_dtype: torch.dtype | None = None, **options,
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:  # fmt: skip
-    """The four-result form the losses' block loop calls (self_block: pairs "self", else
-    "cross"); sigmoid_block is the full contract."""
-    loss, dz, _, ds, db = sigmoid_block(
-        rows, cols, logit_scale, logit_bias, n_per_view=n_per_view, inv_m=inv_m,
-        pairs="self" if self_block else "cross", grad_rows=compute_grad, compute_loss=compute_loss,
-        out_dtype=dz_dtype, **options,
-    )  # fmt: skip
-    return loss, dz, ds, db
-
-
 # (kernel, pairs, symmetric, deterministic, dtype name, dtype, fp32_dot, feature sizes) of what
 # tools/compile_kernels.py compiles: the launches of a 2N = 8192 batch on an H100.
 _COMPILE_VARIANTS = [

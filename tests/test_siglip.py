@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from helpers import assert_close_rel
+from helpers import KERNEL_DEVICE, assert_close_rel
 
 from fastsigclr.bench.open_clip_loss import open_clip_siglip
 from fastsigclr.losses import (
@@ -48,8 +48,8 @@ def towers(n: int, d: int, seed: int, dtype=torch.float64) -> tuple[torch.Tensor
 def value_and_grads(fn, x, y, t0=T0, b0=B0):
     x, y = x.detach().clone().requires_grad_(), y.detach().clone().requires_grad_()
     scalar = torch.float64 if x.dtype == torch.float64 else torch.float32
-    t = torch.tensor(t0, dtype=scalar, requires_grad=True)
-    b = torch.tensor(b0, dtype=scalar, requires_grad=True)
+    t = torch.tensor(t0, dtype=scalar, device=x.device, requires_grad=True)
+    b = torch.tensor(b0, dtype=scalar, device=x.device, requires_grad=True)
     loss = fn(x, y, t, b)
     loss.backward()
     return loss.detach(), x.grad, y.grad, t.grad, b.grad
@@ -72,6 +72,19 @@ def test_matches_float64_oracle(n, d, chunk, monkeypatch):
     want32 = value_and_grads(oracle, x.float().double(), y.float().double())
     for name, a, e in zip(NAMES, fp32, want32, strict=True):
         assert_close_rel(a, e, 5e-6, f"fp32 B={n} {name}")
+
+
+@pytest.mark.parametrize("n,d", [(1, 3), (37, 17), (70, 33)])
+def test_triton_matches_float64_oracle(n, d):
+    """impl="triton": the kernel's two-tower block (Triton's interpreter on CPU) at sizes that are
+    no multiple of a tile, value and the gradients of x, y, t and b against the float64 oracle on
+    the same fp32 rows."""
+    x, y = (v.float().to(KERNEL_DEVICE) for v in towers(n, d, seed=n + d))
+    got = value_and_grads(lambda *a: siglip_loss(*a, impl="triton"), x, y)
+    want = value_and_grads(oracle, x.cpu().double(), y.cpu().double())
+    for name, a, e in zip(NAMES, got, want, strict=True):
+        assert a.dtype == torch.float32, name
+        assert_close_rel(a.cpu().double(), e, 1e-6, f"triton B={n} {name}")  # measured ≤ 2.5e-7
 
 
 def test_well_separated_pairs_keep_their_small_terms():
@@ -110,7 +123,7 @@ def test_module_is_a_drop_in():
         (lambda x, y: siglip_loss(x, y.double(), T0, B0), ValueError, "must match"),
         (lambda x, y: siglip_loss(x, y, 0.0, B0), ValueError, "logit_scale must be > 0"),
         (lambda x, y: siglip_loss(x, y, T0, torch.zeros(2)), ValueError, "logit_bias must be a scalar"),
-        (lambda x, y: siglip_loss(x, y, T0, B0, impl="triton"), ValueError, "not available .* yet"),
+        (lambda x, y: siglip_loss(x.double(), y.double(), T0, B0, impl="triton"), ValueError, "supports"),
         (lambda x, y: siglip_loss(x, y, T0, B0, impl="cuda"), ValueError, "impl must be one of"),
         (lambda x, y: siglip_loss_distributed(x, y, T0, B0), RuntimeError, "init_process_group"),
     ],
@@ -162,6 +175,36 @@ def test_ring_equals_the_global_batch(world, tmp_path):
         skipped = results[False]
         assert torch.isnan(skipped[0])
         assert all(torch.equal(a, e) for a, e in zip(skipped[1:], results[True][1:], strict=True))
+
+
+def _triton_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        x, y = towers(world * PER_RANK, 7, seed=world, dtype=torch.float32)
+        mine = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
+        got = value_and_grads(lambda *a: siglip_loss_distributed(*a, impl="triton"), x[mine], y[mine])
+        torch.save(got, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="gloo ring of CPU rows: the Triton interpreter's case")
+def test_triton_ring_equals_the_global_batch(tmp_path):
+    """impl="triton" across 2 ranks: the kernel's block of each rank's own pairs, the torch block
+    of the other rank's texts (all negatives, both gradients); fp32 rows against float64."""
+    world = 2
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    mp.spawn(_triton_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world, join=True)
+    x, y = towers(world * PER_RANK, 7, seed=world, dtype=torch.float32)
+    want = value_and_grads(oracle, x.double(), y.double())
+    for rank in range(world):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        mine = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
+        expected = (want[0], want[1][mine], want[2][mine], want[3], want[4])
+        for name, a, e in zip(NAMES, got, expected, strict=True):
+            assert a.dtype == torch.float32, name
+            assert_close_rel(a.double(), e, 1e-6, f"triton K={world} rank {rank} {name}")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("open_clip") is None, reason="open_clip_torch not installed")

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from helpers import KERNEL_DEVICE, assert_close_rel, max_rel_error
 
-from fastsigclr.kernels import sigmoid_block_triton, sigmoid_pairwise_triton
+from fastsigclr.kernels import sigmoid_block
 from fastsigclr.losses import (
     SigmoidPairwiseLoss,
     sigmoid_block_chunked,
@@ -23,6 +23,15 @@ DIMS = [1, 3, 17, 64, 130]
 # Worst errors measured on CPU (triton in the interpreter) over every case of the first test, each
 # against its scale (see error_scales): fp32 5.6e-7, fp16 9.8e-4 (dz). Margins of 9x and 4x.
 TOL = {torch.float32: 5e-6, torch.float16: 4e-3}
+
+
+def self_block(zh, t, b, n_views, **options):
+    """(loss, dz, dt, db) of sigmoid_block on one process's rows (pairs="self")."""
+    m = zh.shape[0]
+    loss, dz, _, dt, db = sigmoid_block(
+        zh, zh, t, b, n_per_view=m // n_views, inv_m=1.0 / m, pairs="self", **options
+    )
+    return loss, dz, dt, db
 
 
 def reference(z: torch.Tensor, t, b, n_views: int, normalize: bool = True) -> torch.Tensor:
@@ -152,7 +161,7 @@ def test_kernel_tiles_and_feature_splits(m, d, block_m, block_n, block_k, col_sp
     n_views = 3 if m % 3 == 0 else 2
     dev = KERNEL_DEVICE
     blocks = dict(block_m=block_m, block_n=block_n, block_k=block_k, col_splits=col_splits)
-    got = sigmoid_pairwise_triton(zh.to(dev), t.to(dev), b.to(dev), n_views, **blocks)
+    got = self_block(zh.to(dev), t.to(dev), b.to(dev), n_views, **blocks)
     want = sigmoid_blocks(zh.double(), t.double(), b.double(), n_views=n_views)
     for name, a, e in zip(("loss", "dz", "dt", "db"), got, want, strict=True):
         assert_close_rel(a, e, 5e-6, name)  # measured ≤ 3e-7
@@ -176,7 +185,7 @@ def test_16bit_gradient_at_8192_rows(dtype, tol):
     # The interpreter's cost grows with programs × iterations: its largest tile (2²⁰ elements).
     blocks = {} if dev.type == "cuda" else dict(block_m=1024, block_n=1024)
     t, b = torch.tensor(t0, device=dev), torch.tensor(b0, device=dev)
-    _, dz, _, _ = sigmoid_pairwise_triton(zh.to(dev), t, b, 2, compute_loss=False, **blocks)
+    _, dz, _, _ = self_block(zh.to(dev), t, b, 2, compute_loss=False, **blocks)
     z = zh.double()
     sample = torch.arange(0, m, 61)
     image = torch.arange(m) % (m // 2)
@@ -189,13 +198,13 @@ def test_kernel_without_gradient_or_loss():
     zh = F.normalize(torch.randn(66, 20), dim=1)
     t, b = torch.tensor(10.0), torch.tensor(-10.0)
     dev = KERNEL_DEVICE
-    loss, dz, dt, db = sigmoid_pairwise_triton(zh.to(dev), t.to(dev), b.to(dev), 2, compute_grad=False)
+    loss, dz, dt, db = self_block(zh.to(dev), t.to(dev), b.to(dev), 2, grad_rows=False)
     want = sigmoid_blocks(zh, t, b, n_views=2)
     assert dz is None
     assert_close_rel(loss, want[0], 1e-5, "loss")
     assert_close_rel(dt, want[2], 1e-5, "dt")
     assert_close_rel(db, want[3], 1e-5, "db")
-    no_loss = sigmoid_pairwise_triton(zh.to(dev), t.to(dev), b.to(dev), 2, compute_loss=False)
+    no_loss = self_block(zh.to(dev), t.to(dev), b.to(dev), 2, compute_loss=False)
     assert no_loss[0] is None
     assert_close_rel(no_loss[1], want[1], 1e-5, "dz")
 
@@ -229,15 +238,15 @@ def test_fp32_rows_on_bf16_operands():
     scales = [None, *error_scales(zh, t0, b0, n_views), None]
     dev = KERNEL_DEVICE
     t, b = torch.tensor(t0, device=dev), torch.tensor(b0, device=dev)
-    got = sigmoid_pairwise_triton(zh.float().to(dev), t, b, n_views, fp32_dot="bf16")
-    exact = sigmoid_pairwise_triton(zh.float().to(dev), t, b, n_views, fp32_dot="ieee")
+    got = self_block(zh.float().to(dev), t, b, n_views, fp32_dot="bf16")
+    exact = self_block(zh.float().to(dev), t, b, n_views, fp32_dot="ieee")
     bounds = {"loss": 1.2e-4, "dz": 4e-3, "dt": 1.2e-4, "db": 8e-7}
     for i, name in enumerate(("loss", "dz", "dt", "db")):
         assert_close_rel(got[i], expected[i], bounds[name], f"bf16 operands {name}", scales[i])
         assert_close_rel(exact[i], expected[i], TOL[torch.float32], f"fp32 {name}", scales[i])
     assert max_rel_error(got[1], expected[1], scales[1]) > 10 * TOL[torch.float32]
     with pytest.raises(ValueError, match="fp32_dot must be"):
-        sigmoid_pairwise_triton(zh.float().to(dev), t, b, n_views, fp32_dot="fp8")
+        self_block(zh.float().to(dev), t, b, n_views, fp32_dot="fp8")
 
 
 @pytest.mark.parametrize("col_splits", [1, 4])
@@ -252,17 +261,18 @@ def test_cross_rank_block_of_a_large_batch_in_fp16(col_splits):
     cols = F.normalize(torch.randn(1024, 32, generator=gen, dtype=torch.float64), dim=1).half()
     t0, b0, inv_m = 10.0, -10.0, 1 / 8192
     dev = KERNEL_DEVICE
-    got = sigmoid_block_triton(
+    loss, dz, _, dt, db = sigmoid_block(
         rows.to(dev),
         cols.to(dev),
         torch.tensor(t0, device=dev),
         torch.tensor(b0, device=dev),
         n_per_view=64,
         inv_m=inv_m,
-        self_block=False,
+        pairs="cross",
         col_splits=col_splits,
         **({} if dev.type == "cuda" else dict(block_m=64, block_n=256)),
     )
+    got = (loss, dz, dt, db)
     r, c = rows.double(), cols.double()
     g = torch.sigmoid(t0 * r @ c.T + b0) * inv_m
     want = (F.softplus(t0 * r @ c.T + b0).sum() * inv_m, 2 * t0 * g @ c, (g * (r @ c.T)).sum(), g.sum())

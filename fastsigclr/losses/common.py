@@ -103,12 +103,14 @@ def resolve_impl(impl: str, z: torch.Tensor) -> str:
     return impl
 
 
-def grad_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype a loss's dL/dz is stored in, for z of ``dtype``: the one rule of the package (the
-    Triton launchers keep a copy of it until kernels/ defines it and this imports it from there)."""
-    # bf16 keeps fp32's exponent range; an fp16 gradient stored before GradScaler multiplies it
-    # back up would flush to zero (~1e-5 at M = 8192), so fp16 inputs keep an fp32 gradient.
-    return torch.float32 if dtype == torch.float16 else dtype
+if kernels is not None:
+    grad_dtype = kernels.grad_dtype
+else:  # pragma: no cover - depends on the platform
+
+    def grad_dtype(dtype: torch.dtype) -> torch.dtype:
+        """fastsigclr.kernels.grad_dtype, for a platform without triton: fp16 inputs keep an fp32
+        gradient, other dtypes their own."""
+        return torch.float32 if dtype == torch.float16 else dtype
 
 
 class PrecomputedGrad(torch.autograd.Function):

@@ -5,7 +5,8 @@
 
 the number open_clip's ``SigLipLoss()(x, y, logit_scale, logit_bias)`` returns (its logit_scale
 already exponentiated, its sum divided by B), with x, y, t and b differentiated in one pass (the
-torch block of ``sigmoid_torch``: x and y are stacked into one (2B, D) tensor so that
+two-tower block of ``sigmoid_torch`` or of the kernel, ``fastsigclr.kernels.sigmoid_block``, with
+the same keywords: x and y are stacked into one (2B, D) tensor so that
 ``common.PrecomputedGrad`` serves it as it serves SigCLR), and its exact form across ranks: each
 rank's images meet every rank's texts once around a ring, the texts' gradient travelling with
 them back to their rank (docs/design.md §4).
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ranks, sigmoid
-from .common import Impl, PrecomputedGrad, Scalar, as_scalar_tensor, check_scalar
+from .common import Impl, PrecomputedGrad, Scalar, as_scalar_tensor, check_scalar, kernels, resolve_impl
 from .normalize import EPS, normalize_rows
 from .sigmoid_torch import sigmoid_block_chunked
 from .spec import LossSpec
@@ -43,16 +44,6 @@ def check_towers(x: torch.Tensor, y: torch.Tensor, logit_scale: Scalar, logit_bi
     check_scalar("logit_bias", logit_bias, x)
 
 
-def _resolve(impl: str) -> None:
-    if impl not in ("auto", "triton", "torch"):
-        raise ValueError(f"impl must be one of 'auto', 'triton', 'torch', got {impl!r}")
-    if impl == "triton":
-        raise ValueError(
-            "impl='triton' is not available for the two-tower loss yet (the fused kernel has no "
-            "two-tower block in this version); use impl='torch' or 'auto'"
-        )
-
-
 def two_tower_blocks(
     xy: torch.Tensor,
     logit_scale: torch.Tensor,
@@ -60,26 +51,34 @@ def two_tower_blocks(
     *,
     group=None,
     world_size: int = 1,
+    impl: str = "torch",
     compute_grad: bool = True,
     compute_loss: bool = True,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """(loss, dL/d(x;y), dL/dt, dL/db) of the whole batch for this rank's images and texts
-    stacked as ``xy`` (2B, D); one rank: one block, no communication."""
+    stacked as ``xy`` (2B, D); one rank: one block, no communication. impl: "torch"
+    (sigmoid_torch's chunked block) or "triton" (the kernel's two-tower block for this rank's
+    own pairs; the ring's blocks of other ranks' texts, all negatives with both gradients, stay
+    on the torch block: the kernel has no two-sided all-negative mode)."""
     b = xy.shape[0] // 2
     x, y = xy[:b], xy[b:]
     block = dict(n_per_view=None, inv_m=1.0 / (b * world_size), pairs="two_tower", compute_loss=compute_loss)
+    grads = dict(grad_rows=compute_grad, grad_cols=compute_grad)
+    own, own_args = sigmoid_block_chunked, {}
+    if impl == "triton":
+        # Across ranks the texts' gradient sums several blocks: each is kept in fp32.
+        own, own_args = kernels.sigmoid_block, {"out_dtype": torch.float32 if world_size > 1 else None}
     if world_size == 1:
-        loss, dx, dy, dt, db = sigmoid_block_chunked(
-            x, y, logit_scale, logit_bias, grad_rows=compute_grad, grad_cols=compute_grad, **block
-        )
+        loss, dx, dy, dt, db = own(x, y, logit_scale, logit_bias, **grads, **block, **own_args)
         return loss, (torch.cat([dx, dy]) if compute_grad else None), dt, db
     dx, dy, sums = None, None, None
     texts, travelling = y, None
     for step in range(world_size):
-        loss, d_rows, d_cols, dt, db = sigmoid_block_chunked(
-            x, texts, logit_scale, logit_bias, positives=step == 0, grad_rows=compute_grad,
-            grad_cols=compute_grad, **block
-        )  # fmt: skip
+        if step == 0:
+            out = own(x, texts, logit_scale, logit_bias, **grads, **block, **own_args)
+        else:
+            out = sigmoid_block_chunked(x, texts, logit_scale, logit_bias, positives=False, **grads, **block)
+        loss, d_rows, d_cols, dt, db = out
         part = torch.stack([dt, db, dt.new_zeros(()) if loss is None else loss])
         sums = part if sums is None else sums + part
         dx = d_rows if dx is None or d_rows is None else dx.add_(d_rows)
@@ -109,11 +108,12 @@ def siglip_loss(
     """SigLIP's loss of image features ``x`` and text features ``y`` (both (B, D), row i of each
     a pair; used as given, as open_clip does: normalise them first) → fp32 scalar (fp64 for
     fp64 input). logit_scale (t, already exponentiated), logit_bias (b): floats or 0-d tensors;
-    learnable tensors receive gradients. compute_loss=False: NaN, gradients only."""
+    learnable tensors receive gradients. compute_loss=False: NaN, gradients only.
+    impl: "triton" (fused kernel, CUDA), "torch" (chunked, any device), "auto" (triton on CUDA)."""
     check_towers(x, y, logit_scale, logit_bias)
-    _resolve(impl)
+    which = resolve_impl(impl, x)
     t, b = as_scalar_tensor(logit_scale, x), as_scalar_tensor(logit_bias, x)
-    options = {"compute_loss": compute_loss}
+    options = {"impl": which, "compute_loss": compute_loss}
     return PrecomputedGrad.apply(two_tower_blocks, options, torch.cat([x, y]), t, b)
 
 
@@ -134,11 +134,11 @@ def siglip_loss_distributed(
     gradients across ranks (or multiply the loss by the world size under DDP's average)."""
     _, world_size = ranks.world(group)
     check_towers(x_local, y_local, logit_scale, logit_bias)
-    _resolve(impl)
+    which = resolve_impl(impl, x_local)
     if check_shapes:
         ranks.check_same_shape(x_local, group)
     t, b = as_scalar_tensor(logit_scale, x_local), as_scalar_tensor(logit_bias, x_local)
-    options = {"group": group, "world_size": world_size, "compute_loss": compute_loss}
+    options = {"group": group, "world_size": world_size, "impl": which, "compute_loss": compute_loss}
     return PrecomputedGrad.apply(two_tower_blocks, options, torch.cat([x_local, y_local]), t, b)
 
 

@@ -80,20 +80,16 @@ def sigmoid_blocks(
     compute_loss. impl: "torch" (sigmoid_torch's chunked block) or "triton" (the kernel's)."""
     m = zhat.shape[0]
     args = dict(n_per_view=m // n_views, inv_m=1.0 / (m * world_size), compute_loss=compute_loss)
+    block = sigmoid_block_chunked
+    if impl == "triton":
+        # Across ranks dz sums several blocks: each is kept in fp32 until the sum is done.
+        block, args["out_dtype"] = kernels.sigmoid_block, torch.float32 if world_size > 1 else None
     sums, dz = None, None
     for self_block, cols in [(True, zhat)] if blocks is None else blocks(zhat):
-        if impl == "triton":
-            # Across ranks dz sums several blocks: each is kept in fp32 until the sum is done.
-            dz_dtype = torch.float32 if world_size > 1 else None
-            loss, dz_block, dt, db = kernels.sigmoid_block_triton(
-                zhat, cols, logit_scale, logit_bias, self_block=self_block, compute_grad=compute_grad,
-                dz_dtype=dz_dtype, **args
-            )  # fmt: skip
-        else:
-            pairs = "self" if self_block else "cross"
-            loss, dz_block, _, dt, db = sigmoid_block_chunked(
-                zhat, cols, logit_scale, logit_bias, pairs=pairs, grad_rows=compute_grad, **args
-            )
+        pairs = "self" if self_block else "cross"
+        loss, dz_block, _, dt, db = block(
+            zhat, cols, logit_scale, logit_bias, pairs=pairs, grad_rows=compute_grad, **args
+        )
         part = torch.stack([dt, db, dt.new_zeros(()) if loss is None else loss.to(dt.dtype)])
         sums = part if sums is None else sums + part
         dz = dz_block if dz is None or dz_block is None else dz.add_(dz_block)
@@ -307,7 +303,7 @@ SPEC = LossSpec(
             True, "learn the logit bias b; --no-learnable-logit-bias keeps it at --logit-bias"
         ),
     },
-    kernel="sigmoid_pairwise_triton",
+    kernel="sigmoid_block",
     distributed=_distributed,
     notes={"temperature": "sigclr multiplies its logits by a scale instead: pass --logit-scale"},
     renamed={"bias": "logit_bias", "learnable_bias": "learnable_logit_bias"},
