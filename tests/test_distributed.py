@@ -100,7 +100,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 def run_ranks(world: int, tmp_path: Path) -> list[dict]:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     mp.spawn(_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world, join=True)
-    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world)]
 
 
 @pytest.mark.parametrize("world", [2, 3])

@@ -9,6 +9,7 @@ import pytest
 import safetensors.torch as safetensors_torch
 import torch
 
+from fastsigclr import checkpoint
 from fastsigclr.cli import main
 from fastsigclr.config import FastSigCLRError
 from fastsigclr.eval import extract_features
@@ -51,7 +52,7 @@ def test_export_round_trip(run_dir, tmp_path, with_projector, capsys):
     ckpt_state = loaded["backbone"].state_dict()
     assert all(torch.equal(v, ckpt_state[k]) for k, v in backbone.state_dict().items())
     if with_projector:
-        state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["model"]
+        state = checkpoint.load(run_dir / "checkpoints" / "last.pt")["model"]
         head = load_projector(path)
         assert all(torch.equal(v, state[f"projector.{k}"]) for k, v in head.state_dict().items())
         assert head(got).shape == (len(images), 16)

@@ -165,7 +165,7 @@ def test_ring_equals_the_global_batch(world, tmp_path):
     x, y = towers(world * PER_RANK, 7, seed=world)
     want = value_and_grads(oracle, x, y)
     for rank in range(world):
-        results = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        results = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         mine = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
         expected = (want[0], want[1][mine], want[2][mine], want[3], want[4])
         for name, a, e in zip(NAMES, results[True], expected, strict=True):
@@ -199,7 +199,7 @@ def test_triton_ring_equals_the_global_batch(tmp_path):
     x, y = towers(world * PER_RANK, 7, seed=world, dtype=torch.float32)
     want = value_and_grads(oracle, x.double(), y.double())
     for rank in range(world):
-        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         mine = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
         expected = (want[0], want[1][mine], want[2][mine], want[3], want[4])
         for name, a, e in zip(NAMES, got, expected, strict=True):

@@ -25,7 +25,7 @@ LAST = ("checkpoints", "last.pt")
 def _nan_into_a_tensor(path) -> None:
     """Overwrite one float of the projector's first weight in the file with a NaN, as a bad disk
     or copy would: the file still loads."""
-    weight = torch.load(path, weights_only=False)["model"]["projector.0.weight"]
+    weight = torch.load(path, weights_only=True)["model"]["projector.0.weight"]
     raw = bytearray(path.read_bytes())
     at = raw.find(weight.contiguous().numpy().tobytes()[:64])
     assert at > 0 and raw.find(weight.contiguous().numpy().tobytes()[:64], at + 1) == -1
@@ -49,11 +49,11 @@ def test_a_damaged_checkpoint_is_named_damaged_not_diverged(run_copy, capsys, co
 
 def test_a_checkpoint_written_before_digests_still_loads(run_copy):
     last = run_copy.joinpath(*LAST)
-    state = torch.load(last, weights_only=False)
+    state = torch.load(last, weights_only=True)
     assert state.pop(checkpoint.DIGEST) == checkpoint.tensor_digest(state)
     torch.save(state, last)
     assert main(["train", "--out", str(run_copy), "--resume", "--epochs", "2"]) == 0
-    assert checkpoint.DIGEST in torch.load(last, weights_only=False)  # the new one has it
+    assert checkpoint.DIGEST in torch.load(last, weights_only=True)  # the new one has it
 
 
 def test_a_damaged_line_of_metrics_is_set_aside_and_named(run_copy, capsys):
