@@ -104,7 +104,9 @@ def test_sigterm_checkpoints_mid_epoch_and_resume_auto_continues(uninterrupted, 
     data, whole = uninterrupted
     out = tmp_path / "run"
     command = [sys.executable, "-m", "fastsigclr", *args(data, out, "--resume", "auto")]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # The baseline ran in this process: the child uses as many threads (another test may have
+    # set OMP_NUM_THREADS in os.environ, and a different thread count sums in another order).
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 600
     metrics = out / "metrics.jsonl"
