@@ -120,8 +120,11 @@ autotuned_kernel = triton.autotune(
 
 # The symmetric tile (S, G, G·Z_J in registers and Gᵀ·Z_I) spilled 756 bytes per thread at
 # D = 128 bf16 (128×128, 8 warps), 236 with Gᵀ·Z_I in 64-feature slices, 72 at 64×64 (sm_90,
-# triton 3.6). Until it compiles without spilling, compiled launches take every ordered tile;
-# the interpreter (the tests) runs both schedules.
+# triton 3.6). In 64-feature steps (_feature_tiling: both products added to memory per tile) it
+# compiles without spilling and models 0.172 cycles per ordered pair with the loss terms and
+# 0.107 without, against 0.193 and 0.125 for every ordered tile, but adds an fp32 atomic add per
+# ordered pair that the model does not charge (docs/design.md §3). Until a GPU timing shows the
+# gain, compiled launches take every ordered tile; the interpreter (the tests) runs both.
 SYMMETRIC_COMPILED = INTERPRET
 
 
@@ -134,10 +137,12 @@ def _blocks(d: int, fp32: bool) -> tuple[int, ...]:
     return (64,) if fp32 else (128, 64)
 
 
-def _feature_tiling(d: int) -> tuple[int, int]:
-    """(BLOCK_K, NUM_K): one feature tile up to MAX_BLOCK_D, else WIDE_BLOCK_K-feature steps."""
+def _feature_tiling(d: int, symmetric: bool = False) -> tuple[int, int]:
+    """(BLOCK_K, NUM_K): one feature tile up to MAX_BLOCK_D, else WIDE_BLOCK_K-feature steps;
+    compiled symmetric tiles wider than WIDE_BLOCK_K take the steps too (see SYMMETRIC_COMPILED)."""
     block_k, num_k = feature_tiling(d, MAX_BLOCK_D)
-    return (block_k, num_k) if num_k == 1 else (WIDE_BLOCK_K, triton.cdiv(d, WIDE_BLOCK_K))
+    wide = num_k > 1 or (symmetric and not INTERPRET and block_k > WIDE_BLOCK_K)
+    return (WIDE_BLOCK_K, triton.cdiv(d, WIDE_BLOCK_K)) if wide else (block_k, num_k)
 
 
 def _plan(rows: torch.Tensor, mc: int, symmetric_ok: bool, tiles: dict) -> Plan:
@@ -243,7 +248,9 @@ def _launch(rows, cols, logit_scale, logit_bias, plan: Plan, flags: dict, determ
     (m, d), mc = rows.shape, cols.shape[0]
     units, length, _ = schedule_units(m, mc, plan.block_m, plan.symmetric, plan.block_n)
     programs = min(plan.programs, length)
-    block_k, num_k = _feature_tiling(d) if block_k is None else (block_k, triton.cdiv(d, block_k))
+    block_k, num_k = (
+        _feature_tiling(d, plan.symmetric) if block_k is None else (block_k, triton.cdiv(d, block_k))
+    )
     slots = 1 if not deterministic else programs
     f32 = dict(dtype=torch.float32, device=rows.device)
     dx = torch.zeros((slots, m, d), **f32) if grad_rows else rows.new_empty(0)
@@ -336,9 +343,10 @@ def compile_cases(quick: bool = False) -> list[CompileCase]:
     """The launches tools/compile_kernels.py compiles for sm_90, at 2N = 8192 with the plan and
     alignment they get at run time (IEEE fp32 and deterministic runs: their one pinned
     configuration): bf16 SigCLR at D = 64 and 128 with every autotune candidate of its tile, at
-    D = 256-1024 the first, each with and without the loss terms; the other variants of
-    _COMPILE_VARIANTS, the first candidate with the loss. quick (CI): bf16 SigCLR at D = 128 as
-    above and the first candidate with the loss of the rest (it fits them all).
+    D = 256-1024 the first, each with and without the loss terms (the symmetric tile at D = 128
+    too); the other variants of _COMPILE_VARIANTS, the first candidate with the loss. quick (CI):
+    bf16 SigCLR and the symmetric tile at D = 128 as above and the first candidate with the loss
+    of the rest (it fits them all).
     Past one feature tile the report counts the column loop with its feature loops, each run
     feature_trips = D / WIDE_BLOCK_K times (tools/compile_kernels.py's nested_loop)."""
     m, cases = 8192, []
@@ -350,8 +358,8 @@ def compile_cases(quick: bool = False) -> list[CompileCase]:
             configs = [(plan.num_warps, plan.num_stages)] if det or exact or symmetric else [
                 (c.num_warps, c.num_stages) for c in _configs() if c.num_warps == plan.num_warps
             ]  # fmt: skip
-            block_k, num_k = _feature_tiling(d)
-            bf16 = kernel == "sigmoid" and name == "bf16"
+            block_k, num_k = _feature_tiling(d, symmetric)
+            bf16 = kernel in ("sigmoid", "sigmoid symmetric") and name == "bf16"
             every = bf16 and (d == 128 or (not quick and d == 64))
             for loss in (True, False) if every or (bf16 and not quick) else (True,):
                 consts = dict(BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=block_k, NUM_K=num_k)
