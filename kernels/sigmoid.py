@@ -132,7 +132,7 @@ def _blocks(d: int, fp32: bool) -> tuple[int, ...]:
     """Tile sizes the plan may choose: 64 rows for fp32 rows (a 128×128 TF32 tile needed 256 KiB
     of shared memory; IEEE: see _dot_flags), else 128 or 64. Past one feature tile 128×128 tiles
     compile without spilling in 64-feature steps (WIDE_BLOCK_K) and halve the loads and atomic
-    adds per pair of 64×64 ones: 87 SASS per pair against 121 at D = 768 (bf16 SigCLR with the
+    adds per pair of 64×64 ones: 87 SASS per pair against 139 at D = 768 (bf16 SigCLR with the
     loss terms, sm_90, triton 3.6)."""
     return (64,) if fp32 else (128, 64)
 

@@ -21,11 +21,10 @@ from .tiles import INTERPRET, add_rows, bf16_values, fast_rcp, load_rows, row_do
 # registers per thread) spilled 1-2 KB per thread in every candidate at D = 256 (sm_90, triton
 # 3.6). The interpreter has no registers to spill: one tile up to 256 halves its work at D = 130.
 MAX_BLOCK_D = 256 if INTERPRET else 128
-# Feature step of S and width of the dZ slices past one feature tile. 64: with 128×128 tiles and
-# 8 warps the whole tile compiles without spilling at D = 256-1024 (bf16, sm_90, triton 3.6; 192-
-# 255 registers), where 128-feature steps of S spilled 36-100 bytes per thread at D = 768-1024.
-# One width for every feature loop also gives each the same trip count, D / 64, which is what
-# tools/compile_kernels.py multiplies the loops' SASS by.
+# Feature step of S and width of the dZ slices past one feature tile. 64: 128×128 tiles, 8 warps
+# compile without spilling at D = 256-1024 (bf16, sm_90, triton 3.6; 254-255 registers), where
+# 128-feature steps of S spilled 20-100 bytes per thread at D = 768-1024. Every feature loop then
+# runs D / 64 times, what tools/compile_kernels.py multiplies the loops' SASS by.
 WIDE_BLOCK_K = 64
 
 # r = 2¹⁵·σ is what the second dot multiplies: ≤ 32768 < 65504 (fp16's largest), and fp16 keeps
@@ -209,8 +208,7 @@ def _tile(X, Y, DX, DY, zi, rows, row_ok, j, MC, D, stride_x, stride_y, stride_d
     if NUM_K == 1:
         s = tl.dot(zi, tl.trans(zj), input_precision=PRECISION)
     else:
-        # Bases advanced by k, offsets from the tile's rows: a loop-invariant (BLOCK, BLOCK_K)
-        # tensor of 64-bit pointers per operand held registers over the sweep and spilled.
+        # Bases advanced by k: loop-invariant (BLOCK, BLOCK_K) 64-bit pointers held registers.
         s = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k in range(0, D, BLOCK_K):
             za = load_rows(X + k, rows, row_ok, stride_x, offs, D - k, CAST_BF16, UPCAST)
@@ -235,9 +233,8 @@ def _tile(X, Y, DX, DY, zi, rows, row_ok, j, MC, D, stride_x, stride_y, stride_d
             dcol = tl.dot(tl.trans(w), zi, input_precision=PRECISION)
             add_rows(DY, cols, col_ok, stride_dy, offs, D, dcol * gscale, True, False)
     else:
-        # One loop per product: with both in one loop G and Gᵀ (a second register copy, through
-        # shared memory) and both accumulators were live at once, 160 bytes of spills per thread
-        # (two-tower, D = 768, 128×128, 8 warps); apart, none.
+        # One loop per product: in one loop G, Gᵀ (a second register copy) and both accumulators
+        # were live at once and spilled 160 bytes per thread (two-tower, D = 768, 128×128).
         ks = tl.arange(0, BLOCK_DO)
         if GRAD_ROWS:
             for k in range(0, D, BLOCK_DO):
