@@ -73,9 +73,7 @@ class DCLLoss(FixedTemperatureLoss):
 
     title = "DCL"
     loss = staticmethod(dcl_loss)
-
-    def __init__(self, temperature: float = TAU, *, n_views: int = 2) -> None:
-        super().__init__(temperature, n_views=n_views)
+    default_temperature = TAU
 
 
 SPEC = fixed_temperature_spec(
