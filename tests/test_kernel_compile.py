@@ -164,6 +164,19 @@ def test_nested_loop_counts_feature_loops_per_trip(monkeypatch):
     assert compile_kernels.nested_loop(listing[:5], 4) == (0, 0)  # one loop: nothing nested
 
 
+def test_nested_loop_picks_the_column_loop(monkeypatch):
+    """Of the loops holding loops, the column loop: innermost (not the persistent loop around it)
+    and with matrix instructions (not a smaller correction loop over feature slices)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    import compile_kernels
+
+    sass = ["MOV", "HGMMA", "A", "HGMMA", "BRA 0x20", "B", "BRA 0x10"]  # column loop 0x10-0x60
+    sass += ["C", "D", "BRA 0x80", "BRA 0x70", "BRA 0x0", "EXIT"]  # correction loop, persistent loop
+    listing = [(16 * i, text) for i, text in enumerate(sass)]
+    assert compile_kernels.nested_loop(listing, 4) == (6 + 3 * 3, 0)
+
+
 def test_siglip_kernel_report_is_modelled():
     """benchmarks/results/siglip-kernel-sm90.json: the baseline compiled for sm_90 at B = 65,536,
     D = 128 and 768, with per-pair counts and the model, and its run recorded."""
