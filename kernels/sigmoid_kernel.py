@@ -121,13 +121,13 @@ def _correct_rows(X, Y, DX, DY, rows, row_ok, M, MC, N_PER_VIEW, D, stride_x, st
                   BLOCK_K: tl.constexpr, NUM_K: tl.constexpr, PAIRS: tl.constexpr,
                   GRAD_ROWS: tl.constexpr, GRAD_COLS: tl.constexpr, COMPUTE_LOSS: tl.constexpr,
                   ATOMIC_ROWS: tl.constexpr, CAST_BF16: tl.constexpr, UPCAST: tl.constexpr,
-                  GS_FROM_DZ: tl.constexpr):  # fmt: skip
+                  GS_FROM_DZ: tl.constexpr, IN_REGS: tl.constexpr):  # fmt: skip
     """The sweep counted every pair as a negative. SELF: i = j has no term (remove its rounded
     weight r_ii and its softplus). A positive's weight is r − 2¹⁵ and its term softplus(−a) =
     softplus(a) − a: add x = −a·log2 e to the loss and replace the rounded weight by r − 2¹⁵ in
     fp32. Subtracting 2¹⁵ from the 16-bit weight instead would leave its rounding error, up to
     2⁻⁹·2¹⁵ for bf16, on a weight that tends to 0 as σ → 1. TWO_TOWER: the positive is (i, i)."""
-    regs: tl.constexpr = NUM_K == 1
+    regs: tl.constexpr = IN_REGS
     if PAIRS == SELF:
         s_ii = row_dots(X, X, rows, rows, row_ok, stride_x, stride_x, D, BLOCK_K, NUM_K, CAST_BF16, UPCAST)
         x_ii, r_ii = negative_weight(s_ii, scale2, bias2)
@@ -226,7 +226,9 @@ def _tile(X, Y, DX, DY, zi, rows, row_ok, j, MC, D, stride_x, stride_y, stride_d
             terms = tl.where(col_ok[None, :], terms, 0.0)
         l_acc += WEIGHT * tl.sum(terms, axis=1)
     w = dot_weight(r, Y, CAST_BF16, UPCAST)
-    if NUM_K == 1:
+    # BLOCK_DO < BLOCK_K at one feature tile (two-tower's ∂L/∂y): S as one tile, both products
+    # to memory in slices as past one feature tile (see _sweep's in_regs).
+    if NUM_K == 1 and BLOCK_DO == BLOCK_K:
         if GRAD_ROWS:
             dz_acc = tl.dot(w, zj, dz_acc, input_precision=PRECISION)
         if COL_SIDE:
@@ -264,7 +266,11 @@ def _sweep(X, Y, DX, DY, i, j_lo, j_hi, correct, M, MC, N_PER_VIEW, D, stride_x,
     offs = tl.arange(0, BLOCK_K)
     # dZ_I in registers up to one feature tile; past it dZ goes to memory and this is a stub (a
     # full-size stub carried through the sweep cost 64 registers and spilled, D = 1024, sm_90).
-    dz_acc = tl.zeros((BLOCK_M, BLOCK_K) if NUM_K == 1 else (16, 16), dtype=tl.float32)
+    # Two-tower with ∂L/∂y at one feature tile sends G·Z_J to memory too (BLOCK_DO < BLOCK_K,
+    # the launcher's _slice_width): S, G, dZ_I and Gᵀ·Z_I live at once spilled 424 bytes per thread
+    # at D = 128 bf16 (128×128, 8 warps, sm_90, triton 3.6; 30.8 SASS per pair before the spills).
+    in_regs: tl.constexpr = NUM_K == 1 and BLOCK_DO == BLOCK_K
+    dz_acc = tl.zeros((BLOCK_M, BLOCK_K) if in_regs else (16, 16), dtype=tl.float32)
     l_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
     r_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
     gs_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -283,7 +289,7 @@ def _sweep(X, Y, DX, DY, i, j_lo, j_hi, correct, M, MC, N_PER_VIEW, D, stride_x,
     # Σ_j g_ij s_ij = ⟨ẑ_i, (GZ)_i⟩ from dz_acc once, where it holds every pair of these rows (as
     # the previous kernel did), on steps without the loss terms: the per-tile sum of r·s spilled
     # 4 bytes per thread there, and this way 52 with them (D = 128 bf16, 128×128, 8 warps, sm_90).
-    gs_from_dz: tl.constexpr = NUM_K == 1 and GRAD_ROWS and not SYMMETRIC and not COMPUTE_LOSS
+    gs_from_dz: tl.constexpr = in_regs and GRAD_ROWS and not SYMMETRIC and not COMPUTE_LOSS
     tail = MC // BLOCK_N  # the column tile that ends at MC, when MC is not a multiple of BLOCK_N
     for j in range(j_lo, tl.minimum(j_hi, tail)):
         dz_acc, l_acc, r_acc, gs_acc = _tile(
@@ -304,11 +310,11 @@ def _sweep(X, Y, DX, DY, i, j_lo, j_hi, correct, M, MC, N_PER_VIEW, D, stride_x,
             dz_acc, l_acc, r_acc, gs_acc = _correct_rows(
                 X, Y, DX, DY, rows, row_ok, M, MC, N_PER_VIEW, D, stride_x, stride_y, stride_dx,
                 stride_dy, scale2, bias2, gscale, dz_acc, l_acc, r_acc, gs_acc, BLOCK_K, NUM_K, PAIRS,
-                GRAD_ROWS, GRAD_COLS, COMPUTE_LOSS, ATOMIC_ROWS, CAST_BF16, UPCAST, gs_from_dz,
+                GRAD_ROWS, GRAD_COLS, COMPUTE_LOSS, ATOMIC_ROWS, CAST_BF16, UPCAST, gs_from_dz, in_regs,
             )  # fmt: skip
     if gs_from_dz:
         gs_acc = tl.sum(zi.to(tl.float32) * dz_acc, axis=1)
-    if NUM_K == 1 and GRAD_ROWS:
+    if in_regs and GRAD_ROWS:
         # Without atomics the program owns its slot's rows alone: one plain store.
         add_rows(DX, rows, row_ok, stride_dx, offs, D, dz_acc * gscale, ATOMIC_ROWS, not ATOMIC_ROWS)
     zero = tl.zeros((BLOCK_M,), dtype=tl.float32)
