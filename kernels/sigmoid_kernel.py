@@ -1,19 +1,28 @@
-"""The fused sigmoid loss kernel: the per-pair arithmetic, one tile of pairs, a row's sweep over
-its column tiles, and the program that owns a range of those sweeps. Its launcher, autograd
-Function and public functions are in sigmoid.py.
+"""The fused sigmoid loss kernel: one tile of pairs (the per-pair arithmetic is in
+sigmoid_terms.py), a row's sweep over its column tiles, and the program that owns a range of those
+sweeps. Its launcher, autograd Function and public functions are in sigmoid.py.
 
 Logits a = logit_scale·⟨ẑ_i, ẑ_j⟩ + logit_bias are formed in the exp2 domain (log2 e folded into
-the scale and bias). Every pair of a tile is first treated as a negative, r = 2¹⁵·σ(a); the O(M·V)
-pairs that are not (i = j, and the positives) are corrected once per row afterwards.
+the scale and bias). Every pair of a tile but i = j is first treated as a negative, r = 2¹⁵·σ(a);
+the O(M·V) positives are corrected once per row afterwards.
+
+i = j (SELF) is dropped in the sweep, on the tiles that hold it, outside the column loop, which
+runs over the others without the test. Added as a negative and subtracted by the correction, the
+diagonal's r_ii·s_ii (the largest term of a row's Σ g·s) cancelled in fp32: ∂L/∂logit_scale erred
+1.3e-5 of its scale at D = 300, 26 rows (interpreter, fp32), 2.4e-6 this way (fp32's floor there:
+Σ|g·s| is 175× |Σ g·s|), and 6.5e-7 against 1.9e-9 at logit_scale 10, logit_bias −10, 24 rows.
+Compiled (D = 128 bf16, 128×128, 8 warps, sm_90, triton 3.6) the column loop keeps its 24.7 SASS
+per pair and no spills; a per-tile test in the loop spilled 484 bytes per thread (30.6 SASS), the
+diagonal tile after the loop 64, the diagonal tile apart from the tail tile 12-16.
 """
 
 import math
 
-import numpy as np
 import triton
 import triton.language as tl
 
-from .tiles import INTERPRET, add_rows, bf16_values, fast_rcp, load_rows, row_dots
+from .sigmoid_terms import G_SCALE, INV_G_SCALE, dot_weight, negative_weight, softplus2, weight_of
+from .tiles import INTERPRET, add_rows, load_rows, row_dots
 
 # Widest feature tile. Up to it, one tile serves S and dZ, and a program keeps dZ of its rows in
 # registers over its whole sweep. Wider D takes S in a loop over WIDE_BLOCK_K-feature steps and
@@ -27,74 +36,11 @@ MAX_BLOCK_D = 256 if INTERPRET else 128
 # runs D / 64 times, what tools/compile_kernels.py multiplies the loops' SASS by.
 WIDE_BLOCK_K = 64
 
-# r = 2¹⁵·σ is what the second dot multiplies: ≤ 32768 < 65504 (fp16's largest), and fp16 keeps
-# it normal down to σ = 6.1e-5 / 2¹⁵ = 1.9e-9 (a < −20), where σ·(1/M) flushed every negative
-# pair at logit_scale 10, logit_bias −10, 2N = 8192 (σ(−10)/8192 = 5.5e-9 < 6e-8, fp16's
-# smallest subnormal).
-G_SCALE = tl.constexpr(32768.0)
-INV_G_SCALE = tl.constexpr(1.0 / 32768.0)
 LOG2E = tl.constexpr(1 / math.log(2))
 LN2 = tl.constexpr(math.log(2))
 # Pair modes (the launcher's `pairs`): cols is rows, positives at i ≡ j (mod N_PER_VIEW), no
 # i = j term; every pair a negative; SigLIP's two towers, positives at i = j.
 SELF, CROSS, TWO_TOWER = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
-
-
-def _log1m_coefficients(degree: int = 8) -> list[float]:
-    """P with q·P(q) = −log2(1 − q) on [0, 1/2]: Chebyshev interpolation in float64. Degree 8
-    errs by 1.5e-7 relative when evaluated in fp32 (degree 7: 2.7e-7; 9: 1.1e-7)."""
-    f = np.polynomial.Chebyshev.interpolate(
-        lambda q: -np.log1p(-q) / (q * math.log(2)), degree, domain=[0, 0.5]
-    )
-    return [float(c) for c in f.convert(kind=np.polynomial.Polynomial).coef]
-
-
-_P0, _P1, _P2, _P3, _P4, _P5, _P6, _P7, _P8 = (tl.constexpr(c) for c in _log1m_coefficients())
-
-
-@triton.jit
-def _log1m_poly(q):
-    p = _P7 + q * _P8
-    p = _P6 + q * p
-    p = _P5 + q * p
-    p = _P4 + q * p
-    p = _P3 + q * p
-    p = _P2 + q * p
-    p = _P1 + q * p
-    return _P0 + q * p
-
-
-@triton.jit
-def negative_weight(s, scale2, bias2):
-    """For logits a = logit_scale·s + logit_bias, with scale2 = −logit_scale·log2 e and bias2 =
-    −logit_bias·log2 e: x = −a·log2 e and r = 2¹⁵·σ(a), from one exp2 and one reciprocal.
-    x → ±∞ gives r = 0 or 2¹⁵, never NaN."""
-    x = s * scale2 + bias2
-    r = fast_rcp(tl.exp2(x) * INV_G_SCALE + INV_G_SCALE)
-    return x, r
-
-
-@triton.jit
-def softplus2(x, r):
-    """softplus(a)/ln 2 = max(a·log2 e, 0) + log2(1 + 2^−|a·log2 e|) from x and r (see above).
-    With q = min(σ(a), σ(−a)) ≤ 1/2, the second term is −log2(1 − q) = q·P(q): accurate for the
-    small q of nearly every pair, where a log2 of the rounded 1 − q would keep none of q's digits
-    below 6e-8, and on the FMA units (no MUFU: 8 FFMA for P)."""
-    q = tl.minimum(r, G_SCALE - r) * INV_G_SCALE
-    return tl.maximum(-x, 0.0) + q * _log1m_poly(q)
-
-
-@triton.jit
-def dot_weight(r, ZC, CAST_BF16: tl.constexpr, UPCAST: tl.constexpr):
-    """r as an operand of the gradient dots, rounded to the operand dtype: ZC's, or bf16 with
-    CAST_BF16 (held in fp32 under UPCAST)."""
-    if CAST_BF16 or ZC.dtype.element_ty == tl.bfloat16:
-        w = bf16_values(r, UPCAST)
-    else:
-        w = r.to(ZC.dtype.element_ty)
-    if UPCAST:
-        w = w.to(tl.float32)
-    return w
 
 
 @triton.jit
@@ -122,24 +68,14 @@ def _correct_rows(X, Y, DX, DY, rows, row_ok, M, MC, N_PER_VIEW, D, stride_x, st
                   GRAD_ROWS: tl.constexpr, GRAD_COLS: tl.constexpr, COMPUTE_LOSS: tl.constexpr,
                   ATOMIC_ROWS: tl.constexpr, CAST_BF16: tl.constexpr, UPCAST: tl.constexpr,
                   GS_FROM_DZ: tl.constexpr, IN_REGS: tl.constexpr):  # fmt: skip
-    """The sweep counted every pair as a negative. SELF: i = j has no term (remove its rounded
-    weight r_ii and its softplus). A positive's weight is r − 2¹⁵ and its term softplus(−a) =
-    softplus(a) − a: add x = −a·log2 e to the loss and replace the rounded weight by r − 2¹⁵ in
-    fp32. Subtracting 2¹⁵ from the 16-bit weight instead would leave its rounding error, up to
-    2⁻⁹·2¹⁵ for bf16, on a weight that tends to 0 as σ → 1. TWO_TOWER: the positive is (i, i)."""
+    """The sweep counted every pair but i = j (SELF) as a negative. A positive's weight is r − 2¹⁵
+    and its term softplus(−a) = softplus(a) − a: add x = −a·log2 e to the loss and replace the
+    rounded weight by r − 2¹⁵ in fp32. Subtracting 2¹⁵ from the 16-bit weight instead would leave
+    its rounding error, up to 2⁻⁹·2¹⁵ for bf16, on a weight that tends to 0 as σ → 1. TWO_TOWER:
+    the positive is (i, i)."""
     regs: tl.constexpr = IN_REGS
     if PAIRS == SELF:
-        s_ii = row_dots(X, X, rows, rows, row_ok, stride_x, stride_x, D, BLOCK_K, NUM_K, CAST_BF16, UPCAST)
-        x_ii, r_ii = negative_weight(s_ii, scale2, bias2)
-        r_acc -= r_ii + (M // N_PER_VIEW - 1) * G_SCALE
-        if not GS_FROM_DZ:
-            gs_acc -= r_ii * s_ii
-        if COMPUTE_LOSS:
-            l_acc -= softplus2(x_ii, r_ii)
-        if GRAD_ROWS:
-            w_ii = dot_weight(r_ii, X, CAST_BF16, UPCAST).to(tl.float32)
-            dz_acc = _add_fix(dz_acc, DX, rows, row_ok, stride_dx, -w_ii, X, rows, stride_x, D, gscale,
-                              regs, ATOMIC_ROWS, BLOCK_K, NUM_K, CAST_BF16, UPCAST)  # fmt: skip
+        r_acc -= (M // N_PER_VIEW - 1) * G_SCALE
         for view in range(1, M // N_PER_VIEW):
             pos = (rows + view * N_PER_VIEW) % M
             s_ip = row_dots(X, X, rows, pos, row_ok, stride_x, stride_x, D, BLOCK_K, NUM_K, CAST_BF16, UPCAST)
@@ -191,7 +127,7 @@ def _tile(X, Y, DX, DY, zi, rows, row_ok, j, MC, D, stride_x, stride_y, stride_d
           stride_dy, scale2, bias2, gscale, dz_acc, l_acc, r_acc, gs_acc,
           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_K: tl.constexpr,
           BLOCK_DO: tl.constexpr, WEIGHT: tl.constexpr, TAIL: tl.constexpr, GRAD_ROWS: tl.constexpr,
-          COL_SIDE: tl.constexpr, GS_FROM_DZ: tl.constexpr,
+          COL_SIDE: tl.constexpr, GS_FROM_DZ: tl.constexpr, NO_SELF_PAIR: tl.constexpr,
           COMPUTE_LOSS: tl.constexpr, ATOMIC_ROWS: tl.constexpr, INT64: tl.constexpr,
           UPCAST: tl.constexpr, PRECISION: tl.constexpr, CAST_BF16: tl.constexpr):  # fmt: skip
     """One tile: S = Z_I Z_Jᵀ once, r and (on logging steps) the softplus terms once, then
@@ -202,7 +138,8 @@ def _tile(X, Y, DX, DY, zi, rows, row_ok, j, MC, D, stride_x, stride_y, stride_d
     over the one G (S is never recomputed). 64-wide slices: 128 at D = 256 took 255 registers
     and spilled 1.1 KB per thread (128×128 tiles, 8 warps, sm_90, triton 3.6).
     TAIL masks columns ≥ MC: they load as zero rows, so they only reach the row sums. Rows ≥ M
-    need no mask: zero too, they reach only their own row sums, which the sweep drops."""
+    need no mask: zero too, they reach only their own row sums, which the sweep drops.
+    NO_SELF_PAIR (SELF): this tile holds pairs i = j (_sweep tells), which have no term."""
     cols, col_ok, zj = _block(Y, j, MC, stride_y, D, BLOCK_N, BLOCK_K, NUM_K, INT64, CAST_BF16, UPCAST)
     offs = tl.arange(0, BLOCK_K)
     if NUM_K == 1:
@@ -214,7 +151,11 @@ def _tile(X, Y, DX, DY, zi, rows, row_ok, j, MC, D, stride_x, stride_y, stride_d
             za = load_rows(X + k, rows, row_ok, stride_x, offs, D - k, CAST_BF16, UPCAST)
             zb = load_rows(Y + k, cols, col_ok, stride_y, offs, D - k, CAST_BF16, UPCAST)
             s = tl.dot(za, tl.trans(zb), s, input_precision=PRECISION)
-    x, r = negative_weight(s, scale2, bias2)
+    if NO_SELF_PAIR:  # x = +∞ at i = j: r = 0 and a zero softplus term
+        x = tl.where(rows[:, None] == cols[None, :], float("inf"), s * scale2 + bias2)
+        r = weight_of(x)
+    else:
+        x, r = negative_weight(s, scale2, bias2)
     if TAIL:
         r = tl.where(col_ok[None, :], r, 0.0)
     r_acc += WEIGHT * tl.sum(r, axis=1)
@@ -274,16 +215,22 @@ def _sweep(X, Y, DX, DY, i, j_lo, j_hi, correct, M, MC, N_PER_VIEW, D, stride_x,
     l_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
     r_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
     gs_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    if SYMMETRIC:  # noqa: SIM102
+    # SELF: the column tiles d_lo..d_hi−1 hold i = j (i alone for square tiles): they drop it per
+    # element, outside the column loop (why: the module's docstring).
+    self_pairs: tl.constexpr = PAIRS == SELF
+    d_lo = i * BLOCK_M // BLOCK_N if self_pairs else j_hi
+    d_hi = ((i + 1) * BLOCK_M - 1) // BLOCK_N + 1 if self_pairs else j_hi
+    if SYMMETRIC:
         # The diagonal tile holds both orders of its pairs: counted once, no transposed product.
         if (j_lo == i) & (j_hi > j_lo):  # masked as a tail: one tile per row block
             dz_acc, l_acc, r_acc, gs_acc = _tile(
                 X, Y, DX, DY, zi, rows, row_ok, i, MC, D, stride_x, stride_y, stride_dx, stride_dy,
                 scale2, bias2, gscale, dz_acc, l_acc, r_acc, gs_acc, BLOCK_M, BLOCK_N, BLOCK_K, NUM_K,
-                BLOCK_DO, 1.0, True, GRAD_ROWS, False, False, COMPUTE_LOSS, ATOMIC_ROWS, INT64, UPCAST,
-                PRECISION, CAST_BF16,
+                BLOCK_DO, 1.0, True, GRAD_ROWS, False, False, True, COMPUTE_LOSS, ATOMIC_ROWS, INT64,
+                UPCAST, PRECISION, CAST_BF16,
             )  # fmt: skip
             j_lo += 1
+        d_lo, d_hi = j_hi, j_hi  # the others are off the diagonal
     weight: tl.constexpr = 2.0 if SYMMETRIC else 1.0
     col_side: tl.constexpr = (SYMMETRIC and GRAD_ROWS) or GRAD_COLS
     # Σ_j g_ij s_ij = ⟨ẑ_i, (GZ)_i⟩ from dz_acc once, where it holds every pair of these rows (as
@@ -291,19 +238,43 @@ def _sweep(X, Y, DX, DY, i, j_lo, j_hi, correct, M, MC, N_PER_VIEW, D, stride_x,
     # 4 bytes per thread there, and this way 52 with them (D = 128 bf16, 128×128, 8 warps, sm_90).
     gs_from_dz: tl.constexpr = in_regs and GRAD_ROWS and not SYMMETRIC and not COMPUTE_LOSS
     tail = MC // BLOCK_N  # the column tile that ends at MC, when MC is not a multiple of BLOCK_N
-    for j in range(j_lo, tl.minimum(j_hi, tail)):
+    end = tl.minimum(j_hi, tail)
+    # The tiles lo..hi−1 hold i = j (none unless SELF; the tail among them when it does): masked
+    # per element, as tails (full tiles pass), and the column loop takes the others.
+    lo = tl.minimum(tl.maximum(d_lo, j_lo), j_hi)
+    hi = tl.minimum(tl.maximum(d_hi, lo), tl.minimum(j_hi, tail + 1))
+    n_in = tl.maximum(tl.minimum(hi, end) - lo, 0)  # of them before the tail
+    if self_pairs:
+        if BLOCK_M == BLOCK_N:  # one tile, no loop (tools/compile_kernels.py counts the longest)
+            if lo < hi:
+                dz_acc, l_acc, r_acc, gs_acc = _tile(
+                    X, Y, DX, DY, zi, rows, row_ok, lo, MC, D, stride_x, stride_y, stride_dx, stride_dy,
+                    scale2, bias2, gscale, dz_acc, l_acc, r_acc, gs_acc, BLOCK_M, BLOCK_N, BLOCK_K, NUM_K,
+                    BLOCK_DO, weight, True, GRAD_ROWS, col_side, gs_from_dz, True, COMPUTE_LOSS, ATOMIC_ROWS,
+                    INT64, UPCAST, PRECISION, CAST_BF16,
+                )  # fmt: skip
+        else:
+            for j in range(lo, hi):
+                dz_acc, l_acc, r_acc, gs_acc = _tile(
+                    X, Y, DX, DY, zi, rows, row_ok, j, MC, D, stride_x, stride_y, stride_dx, stride_dy,
+                    scale2, bias2, gscale, dz_acc, l_acc, r_acc, gs_acc, BLOCK_M, BLOCK_N, BLOCK_K, NUM_K,
+                    BLOCK_DO, weight, True, GRAD_ROWS, col_side, gs_from_dz, True, COMPUTE_LOSS, ATOMIC_ROWS,
+                    INT64, UPCAST, PRECISION, CAST_BF16,
+                )  # fmt: skip
+    for t in range(j_lo, end - n_in):
+        j = t + (t >= lo).to(tl.int32) * n_in if self_pairs else t
         dz_acc, l_acc, r_acc, gs_acc = _tile(
             X, Y, DX, DY, zi, rows, row_ok, j, MC, D, stride_x, stride_y, stride_dx, stride_dy,
             scale2, bias2, gscale, dz_acc, l_acc, r_acc, gs_acc, BLOCK_M, BLOCK_N, BLOCK_K, NUM_K,
-            BLOCK_DO, weight, False, GRAD_ROWS, col_side, gs_from_dz, COMPUTE_LOSS, ATOMIC_ROWS, INT64,
-            UPCAST, PRECISION, CAST_BF16,
+            BLOCK_DO, weight, False, GRAD_ROWS, col_side, gs_from_dz, False, COMPUTE_LOSS, ATOMIC_ROWS,
+            INT64, UPCAST, PRECISION, CAST_BF16,
         )  # fmt: skip
-    if (tail >= j_lo) & (tail < j_hi):
+    if (tail >= j_lo) & (tail < j_hi) & ((tail < lo) | (tail >= hi)):
         dz_acc, l_acc, r_acc, gs_acc = _tile(
             X, Y, DX, DY, zi, rows, row_ok, tail, MC, D, stride_x, stride_y, stride_dx, stride_dy,
             scale2, bias2, gscale, dz_acc, l_acc, r_acc, gs_acc, BLOCK_M, BLOCK_N, BLOCK_K, NUM_K,
-            BLOCK_DO, weight, True, GRAD_ROWS, col_side, gs_from_dz, COMPUTE_LOSS, ATOMIC_ROWS, INT64,
-            UPCAST, PRECISION, CAST_BF16,
+            BLOCK_DO, weight, True, GRAD_ROWS, col_side, gs_from_dz, False, COMPUTE_LOSS, ATOMIC_ROWS,
+            INT64, UPCAST, PRECISION, CAST_BF16,
         )  # fmt: skip
     if PAIRS != CROSS:  # noqa: SIM102
         if correct:

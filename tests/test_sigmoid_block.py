@@ -47,9 +47,10 @@ def reference(x, y, pairs: str, n_per_view: int | None, inv_m: float, scale=SCAL
 # 10-row tail; 16-row tiles put 5 tiles on each side of the diagonal; 20 rows fit one 64-row
 # tile; block_k = 16 at D = 40 sweeps three feature tiles (S in a loop, dZ slice by slice); D = 300
 # without block_k takes the launcher's own 64-feature steps (five, the last 44 wide); two-tower
-# at D = 130 one feature tile for S and both products in 64-feature slices (three). Not "self" at
-# D = 300: its ∂L/∂logit_scale errs 1.2e-5 of its scale there (3.6e-5 with 256-feature steps), the
-# diagonal's r_ii·s_ii added in the sweep and subtracted by the correction cancelling in fp32.
+# at D = 130 one feature tile for S and both products in 64-feature slices (three). "self" at
+# D = 300 with 24 rows: 26 rows (seed 2,900) would put ∂L/∂logit_scale at 1/175 of Σ|g·s|, where
+# fp32 itself errs 2.0e-6 of it (torch, S in fp32) and the kernel 2.4-3.7e-6 (1.3e-5 when the
+# sweep still added i = j and the correction removed it).
 CASES = [
     ("self", 74, 74, 17, 32, None, 1),
     ("self", 75, 75, 17, 16, None, 3),
@@ -61,6 +62,7 @@ CASES = [
     ("two_tower", 37, 37, 40, 16, 16, 1),
     ("two_tower", 40, 29, 12, 16, None, 3),
     ("two_tower", 24, 21, 300, 32, None, 1),
+    ("self", 24, 24, 300, 32, None, 1),
     ("two_tower", 33, 30, 130, 32, None, 2),
 ]
 
@@ -85,6 +87,27 @@ def test_block_matches_float64(pairs, m, mc, d, block, block_k, splits, determin
             assert a is None, name
         else:
             assert_close_rel(a, e, TOL, f"{pairs} {name}")
+
+
+@pytest.mark.parametrize("block,splits", [(32, 1), (16, 2)])
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
+def test_self_pairs_dropped_in_the_sweep(block, splits, deterministic):
+    """Pairs "self" at SigLIP's initial logit_scale 10, logit_bias −10, D = 300: i = j (σ = 1/2) would
+    be the largest term of each row's Σ g·s, the negatives' σ ≈ 5e-5. The sweep drops it on the
+    tiles that hold it: ∂L/∂logit_scale within 1.1e-7 of its scale (interpreter, fp32), where
+    adding it and removing it in the correction erred 2.1-8.6e-7."""
+    gen = torch.Generator().manual_seed(2700)
+    x = F.normalize(torch.randn(24, 300, generator=gen), dim=1)
+    scale, bias = 10.0, -10.0
+    got = sigmoid_block(
+        x.to(KERNEL_DEVICE), x.to(KERNEL_DEVICE), torch.tensor(scale, device=KERNEL_DEVICE),
+        torch.tensor(bias, device=KERNEL_DEVICE), n_per_view=8, inv_m=1 / 24, pairs="self",
+        deterministic=deterministic, block_m=block, block_n=block, col_splits=splits,
+    )  # fmt: skip
+    want = reference(x, x, "self", 8, 1 / 24, scale=scale, bias=bias)
+    assert_close_rel(got[3], want[3], 3e-7, "d_scale")
+    for name, k in (("loss", 0), ("d_rows", 1), ("d_bias", 4)):
+        assert_close_rel(got[k], want[k], TOL, name)
 
 
 def test_gradients_only_and_loss_only():
