@@ -16,8 +16,10 @@ import torch
 import triton
 from triton.runtime.errors import OutOfResources
 
-from .sigmoid_kernel import CROSS, MAX_BLOCK_D, SELF, TWO_TOWER, _sigmoid_block_kernel
+from . import launches
+from .sigmoid_kernel import COMPILED_MAX_BLOCK_D, CROSS, MAX_BLOCK_D, SELF, TWO_TOWER, _sigmoid_block_kernel
 from .tiles import (
+    H100_SMS,
     INTERPRET,
     CompileCase,
     Plan,
@@ -39,7 +41,7 @@ def grad_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype == torch.float16 else dtype
 
 
-def _dot_flags(dtype: torch.dtype, fp32_dot: str | None) -> dict:
+def _dot_flags(dtype: torch.dtype, fp32_dot: str | None, interpret: bool = INTERPRET) -> dict:
     """PRECISION, CAST_BF16 and UPCAST. fp32 rows take TF32 by default ('tf32'; error against
     float64 in docs/design.md §3.4), 'bf16' rounds the operands to bf16 in the kernel, 'ieee' is
     exact (FMA units; a pinned tile, never autotuned: its candidates spilled 26-45 KB per thread
@@ -51,12 +53,12 @@ def _dot_flags(dtype: torch.dtype, fp32_dot: str | None) -> dict:
     fp32 = dtype == torch.float32
     cast = fp32 and fp32_dot == "bf16"
     precision = "ieee" if (not fp32 or fp32_dot in ("ieee", "bf16")) else "tf32"
-    return {"PRECISION": precision, "CAST_BF16": cast, "UPCAST": INTERPRET and (cast or not fp32)}
+    return {"PRECISION": precision, "CAST_BF16": cast, "UPCAST": interpret and (cast or not fp32)}
 
 
-def _configs() -> list[triton.Config]:
+def _configs(interpret: bool = INTERPRET) -> list[triton.Config]:
     """Autotune candidates: warps and stages only (the plan pins the tile). Never IEEE fp32."""
-    if INTERPRET:
+    if interpret:
         return [triton.Config({}, num_warps=4, num_stages=1)]
     # 128×128 with 3 stages needed 128 KiB of shared memory at D = 128 (sm_90): two stages only.
     return [triton.Config({}, num_warps=w, num_stages=s) for w, s in ((8, 2), (4, 2), (4, 3))]
@@ -83,11 +85,15 @@ _KEY = [
 _KEY += ["COMPUTE_LOSS", "INT64", "PRECISION", "CAST_BF16"]
 
 
+def _tile_configs(configs: list[triton.Config], block_m: int) -> list[triton.Config]:
+    """The candidates with 4 warps per 64 rows of the tile (the first if none has)."""
+    return [c for c in configs if c.num_warps == 4 * block_m // 64] or configs[:1]
+
+
 def _prune_configs(configs: list[triton.Config], named_args: dict, **constexprs) -> list[triton.Config]:
     """The candidates for this tile (4 warps per 64 rows) that load and spill nothing
     (select_configs): each is compiled here, as the autotuner would anyway."""
-    warps = 4 * constexprs["BLOCK_M"] // 64
-    configs = [c for c in configs if c.num_warps == warps] or configs[:1]
+    configs = _tile_configs(configs, constexprs["BLOCK_M"])
     if len(configs) == 1:
         return configs
     args = [named_args[name] for name in _ARGS]
@@ -121,34 +127,35 @@ autotuned_kernel = triton.autotune(
 # The symmetric tile (S, G, G·Z_J in registers and Gᵀ·Z_I) spilled 756 bytes per thread at
 # D = 128 bf16 (128×128, 8 warps), 236 with Gᵀ·Z_I in 64-feature slices, 72 at 64×64 (sm_90,
 # triton 3.6). Until it compiles without spilling, compiled launches take every ordered tile;
-# the interpreter (the tests) runs both schedules.
-SYMMETRIC_COMPILED = INTERPRET
+# the interpreter (the tests) runs both schedules (its plans never ask this).
+SYMMETRIC_COMPILED = False
 
 
-def _blocks(d: int, fp32: bool) -> tuple[int, ...]:
+def _blocks(d: int, fp32: bool, max_d: int = MAX_BLOCK_D) -> tuple[int, ...]:
     """Tile sizes the plan may choose: 64 rows for fp32 rows (a 128×128 TF32 tile needed 256 KiB
     of shared memory; IEEE: see _dot_flags) and past one feature tile, where 128×128 tiles kept S,
     the loss terms and G live over the dZ slices and spilled 0.4-1.1 KB per thread at D = 256-1024
     (8 warps, sm_90, triton 3.6)."""
-    return (64,) if fp32 or d > MAX_BLOCK_D else (128, 64)
+    return (64,) if fp32 or d > max_d else (128, 64)
 
 
-def _plan(rows: torch.Tensor, mc: int, symmetric_ok: bool, tiles: dict) -> Plan:
+def _plan(rows: torch.Tensor, mc: int, symmetric_ok: bool, tiles: dict, interpret: bool = INTERPRET) -> Plan:
     """The plan of a launch: the one given, tile overrides (tests; the symmetric schedule needs
     square tiles), one program per row unit of 64-row tiles in the interpreter, or the fastest
-    schedule on this GPU (IEEE fp32: 64-row tiles only, see _dot_flags)."""
+    schedule on this GPU, an H100's SMs where there is none (a compiled launch's record; IEEE
+    fp32: 64-row tiles only, see _dot_flags)."""
     if tiles.get("plan") is not None:
         return tiles["plan"]
     m = rows.shape[0]
     bm, bn = tiles.get("block_m"), tiles.get("block_n")
-    if bm or bn or INTERPRET:
+    if bm or bn or interpret:
         bm, bn = bm or bn or 64, bn or bm or 64
-        plan = Plan(symmetric_ok and bm == bn, bm, bn, 1, 4, 1 if INTERPRET else 2)
+        plan = Plan(symmetric_ok and bm == bn, bm, bn, 1, 4, 1 if interpret else 2)
     else:
-        sms = torch.cuda.get_device_properties(rows.device).multi_processor_count
-        symmetric_ok = symmetric_ok and SYMMETRIC_COMPILED
-        fp32 = rows.dtype == torch.float32
-        plan = plan_schedule(m, mc, symmetric_ok=symmetric_ok, sms=sms, blocks=_blocks(rows.shape[1], fp32))
+        cuda = rows.device.type == "cuda"
+        sms = torch.cuda.get_device_properties(rows.device).multi_processor_count if cuda else H100_SMS
+        blocks = _blocks(rows.shape[1], rows.dtype == torch.float32, COMPILED_MAX_BLOCK_D)
+        plan = plan_schedule(m, mc, symmetric_ok=symmetric_ok and SYMMETRIC_COMPILED, sms=sms, blocks=blocks)
     if tiles.get("col_splits"):
         plan = dataclasses.replace(plan, programs=tiles["col_splits"])
     return plan
@@ -214,9 +221,13 @@ def sigmoid_block(
         d_cols = sigmoid_block(cols, rows, logit_scale, logit_bias, compute_loss=False, **kw)[1]
         return loss, d_rows, d_cols, dt, db
     plan = sigmoid_plan(rows, cols, pairs=pairs, deterministic=deterministic, fp32_dot=fp32_dot, **tiles)
+    symmetric_ok = pairs == "self" and not deterministic  # what a compiled launch takes on an H100:
+    compiled = (_plan(rows, cols.shape[0], symmetric_ok, tiles, False),
+                _dot_flags(rows.dtype, fp32_dot, False)) if launches.recording() else None  # fmt: skip
     return _launch(rows, cols, logit_scale, logit_bias, plan, flags, deterministic, tiles.get("block_k"),
-                   n_per_view=n_per_view or rows.shape[0], inv_m=inv_m, pairs=pairs, grad_rows=grad_rows,
-                   grad_cols=grad_cols, compute_loss=compute_loss, out_dtype=out_dtype)  # fmt: skip
+                   compiled, n_per_view=n_per_view or rows.shape[0], inv_m=inv_m, pairs=pairs,
+                   grad_rows=grad_rows, grad_cols=grad_cols, compute_loss=compute_loss,
+                   out_dtype=out_dtype)  # fmt: skip
 
 
 def sigmoid_plan(
@@ -230,35 +241,54 @@ def sigmoid_plan(
     return _plan(rows, cols.shape[0], pairs == "self" and not deterministic, tiles)
 
 
-def _launch(rows, cols, logit_scale, logit_bias, plan: Plan, flags: dict, deterministic: bool,
-            block_k: int | None, *, n_per_view: int, inv_m: float, pairs: str, grad_rows: bool,
-            grad_cols: bool, compute_loss: bool, out_dtype: torch.dtype | None) -> tuple:  # fmt: skip
-    (m, d), mc = rows.shape, cols.shape[0]
+def _grid(plan: Plan, m: int, mc: int, deterministic: bool) -> tuple[int, int, int]:
+    """(row units, programs per unit, slots of the row-gradient buffer) of a plan."""
     units, length, _ = schedule_units(m, mc, plan.block_m, plan.symmetric, plan.block_n)
     programs = min(plan.programs, length)
-    block_k, num_k = feature_tiling(d, MAX_BLOCK_D) if block_k is None else (block_k, triton.cdiv(d, block_k))
-    slots = 1 if not deterministic else programs
+    return units, programs, programs if deterministic else 1
+
+
+def _constexprs(plan: Plan, rows, cols, block_k: int | None, max_d: int, flags: dict, *, pairs: str,
+                grad_rows: bool, two_tower_cols: bool, compute_loss: bool,
+                deterministic: bool) -> dict:  # fmt: skip
+    """The kernel's constexprs for a plan (max_d: the widest feature tile, see MAX_BLOCK_D)."""
+    (m, d), mc = rows.shape, cols.shape[0]
+    block_k, num_k = feature_tiling(d, max_d) if block_k is None else (block_k, triton.cdiv(d, block_k))
+    consts = dict(BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=block_k, NUM_K=num_k)
+    consts.update(BLOCK_DO=_slice_width(block_k, num_k), PAIRS=PAIR_MODES[pairs], SYMMETRIC=plan.symmetric)
+    consts.update(GRAD_ROWS=grad_rows, GRAD_COLS=two_tower_cols, COMPUTE_LOSS=compute_loss)
+    int64 = needs_int64([rows, cols], _grid(plan, m, mc, deterministic)[2] * m * d)
+    return dict(consts, ATOMIC_ROWS=not deterministic, INT64=int64, **flags)
+
+
+def _launch(rows, cols, logit_scale, logit_bias, plan: Plan, flags: dict, deterministic: bool,
+            block_k: int | None, compiled: tuple[Plan, dict] | None, *, n_per_view: int, inv_m: float,
+            pairs: str, grad_rows: bool, grad_cols: bool, compute_loss: bool,
+            out_dtype: torch.dtype | None) -> tuple:  # fmt: skip
+    (m, d), mc = rows.shape, cols.shape[0]
+    units, programs, slots = _grid(plan, m, mc, deterministic)
     f32 = dict(dtype=torch.float32, device=rows.device)
     dx = torch.zeros((slots, m, d), **f32) if grad_rows else rows.new_empty(0)
     two_tower_cols = pairs == "two_tower" and grad_cols
     dy = dx[0] if plan.symmetric and grad_rows else torch.zeros((mc, d), **f32) if two_tower_cols else dx
-    partials = torch.empty((units * programs, 3), **f32)
-    int64 = needs_int64([rows, cols], slots * m * d)
+    partials = torch.zeros((units * programs, 3), **f32)
     scalars = [s.detach().to(torch.float32).reshape(1).contiguous() for s in (logit_scale, logit_bias)]
     args = (rows, cols, dx, dy, partials, *scalars, m, mc, n_per_view, d, rows.stride(0), cols.stride(0))
     args += (d, d, float(inv_m))
-    consts = dict(BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=block_k, NUM_K=num_k)
-    consts.update(
-        BLOCK_DO=_slice_width(block_k, num_k),
-        PAIRS=PAIR_MODES[pairs],
-        SYMMETRIC=plan.symmetric,
-        GRAD_ROWS=grad_rows,
-    )
-    consts.update(GRAD_COLS=two_tower_cols, COMPUTE_LOSS=compute_loss, ATOMIC_ROWS=not deterministic)
-    consts.update(INT64=int64, **flags)
     grid = (units, programs)
+    what = dict(pairs=pairs, grad_rows=grad_rows, two_tower_cols=two_tower_cols, compute_loss=compute_loss)
+    what.update(deterministic=deterministic)
+    consts = _constexprs(plan, rows, cols, block_k, MAX_BLOCK_D, flags, **what)
     exact = rows.dtype == torch.float32 and flags["PRECISION"] == "ieee" and not flags["CAST_BF16"]
-    if deterministic or exact or INTERPRET:
+    pinned = deterministic or exact or not launches.autotune()
+    if compiled is not None:  # record the launch a compiled run would make (kernels/launches.py)
+        plan_c, flags_c = compiled
+        consts_c = _constexprs(plan_c, rows, cols, block_k, COMPILED_MAX_BLOCK_D, flags_c, **what)
+        tuned = _tile_configs(_configs(False), plan_c.block_m) if not pinned else [plan_c]
+        launches.record("sigmoid", args, consts_c, [(c.num_warps, c.num_stages) for c in tuned])
+    if launches.record_only():
+        pass
+    elif pinned or INTERPRET:
         _sigmoid_block_kernel[grid](*args, num_warps=plan.num_warps, num_stages=plan.num_stages, **consts)
     else:
         autotuned_kernel[grid](*args, **consts)

@@ -20,7 +20,8 @@ from .tiles import INTERPRET, add_rows, bf16_values, fast_rcp, load_rows, row_do
 # tile's dZ slices to memory instead: a 256-wide register accumulator (128 fp32 registers per
 # thread) spilled 1-2 KB per thread in every candidate at D = 256 (sm_90, triton 3.6). The
 # interpreter has no registers to spill: one tile up to 256 halves its work at D = 130.
-MAX_BLOCK_D = 256 if INTERPRET else 128
+COMPILED_MAX_BLOCK_D = 128
+MAX_BLOCK_D = 256 if INTERPRET else COMPILED_MAX_BLOCK_D
 
 # r = 2¹⁵·σ is what the second dot multiplies: ≤ 32768 < 65504 (fp16's largest), and fp16 keeps
 # it normal down to σ = 6.1e-5 / 2¹⁵ = 1.9e-9 (a < −20), where σ·(1/M) flushed every negative

@@ -129,11 +129,11 @@ def row_dots(X, Y, rows_a, rows_b, ok, stride_a, stride_b, D, BLOCK_K: tl.conste
     return acc
 
 
-def dot_settings(dtype: torch.dtype) -> dict:
+def dot_settings(dtype: torch.dtype, interpret: bool = INTERPRET) -> dict:
     """UPCAST (the interpreter's bf16 tl.dot is wrong, so it computes in fp32 there) and PRECISION
     (fp32 operands follow torch.backends.cuda.matmul.allow_tf32, like torch's own matmuls)."""
     tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
-    return {"UPCAST": INTERPRET and dtype == torch.bfloat16, "PRECISION": "tf32" if tf32 else "ieee"}
+    return {"UPCAST": interpret and dtype == torch.bfloat16, "PRECISION": "tf32" if tf32 else "ieee"}
 
 
 def feature_tiling(d: int, max_block: int = 256) -> tuple[int, int]:
