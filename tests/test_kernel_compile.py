@@ -198,3 +198,4 @@ def test_an_inventory_variant_compiles_and_is_timed(tmp_path):
     assert row["constexprs"] == variant["constexprs"] and row["shared_bytes"] > 0 and "error" not in row
     assert written["compile_seconds"] == row["seconds"] > 0 and written["variants"] == 1
     assert "1 variants" in out.stdout and "within the budget of 82.5 s" in out.stdout
+    assert 0 < row["cpu_seconds"]

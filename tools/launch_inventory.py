@@ -160,7 +160,8 @@ def main() -> int:
         )
         records = {name: Path(tmp) / f"{i}.jsonl" for i, name in enumerate(names)}
         status = {"tests": run_tests(files, records[names[0]], slow=False)}
-        status["slow tests"] = run_tests(files, records[names[1]], slow=True)  # fails: nothing is computed
+        # Record-only: nothing is computed, so their asserts fail; only the launches count.
+        status["slow tests (record-only)"] = run_tests(files, records[names[1]], slow=True)
         in_process(records[names[2]], "off", gpu_test_launches)
         in_process(records[names[3]], "on", lambda: bench_launches(bench))
         found, counts = variants(records)
