@@ -28,7 +28,7 @@ def gpu_cases(cases: list, on_gpu: list) -> list:
     """A kernel test's parametrisation: every case in the interpreter (CI), ``on_gpu`` where the
     kernels are compiled. Each new kernel variant (dtype, tiles, feature tiles, and whether each
     integer argument is 1, a multiple of 16 or neither) costs a GPU run seconds of compiling, and
-    the GPU suite's first stage must fit its limit (docs/design.md §3.6): there the tests keep
+    the GPU suite's first stage must fit its limit (docs/design.md §11): there the tests keep
     one odd size per launch kind, sizes whose variants other tests and the loss bench share."""
     return on_gpu if AS_ON_GPU else cases
 

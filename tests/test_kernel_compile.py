@@ -172,7 +172,6 @@ def test_siglip_kernel_report_is_modelled():
     assert set(rows) == {128, 768} and all(r["wgmma"] and r["model"] for r in rows.values())
 
 
-@pytest.mark.slow
 def test_an_inventory_variant_compiles_and_is_timed(tmp_path):
     """tools/compile_kernels.py --inventory on one variant of the committed launch inventory (the
     GPU suite's first stage): compiled for sm_90, its seconds reported and summed."""
@@ -198,4 +197,4 @@ def test_an_inventory_variant_compiles_and_is_timed(tmp_path):
     assert row["constexprs"] == variant["constexprs"] and row["shared_bytes"] > 0 and "error" not in row
     assert written["compile_seconds"] == row["seconds"] > 0 and written["variants"] == 1
     assert "1 variants" in out.stdout and "within the budget of 82.5 s" in out.stdout
-    assert 0 < row["cpu_seconds"]
+    assert row["cpu_seconds"] > 0

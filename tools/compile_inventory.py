@@ -2,8 +2,8 @@
 inventory (tools/launch_inventory.py: what the GPU suite's first stage JIT-compiles) and report
 each one's compile seconds and their sum, against a quarter of the stage's time limit.
 
-The sum is what one process spends compiling them one after another (the stage's pytest and bench
-processes compile in their own thread), so the cases are compiled one at a time by default.
+The sum is what one process spends compiling them one after another (the JIT compiles in the thread
+that launches, in the stage's pytest and bench processes), so they are compiled one at a time by default.
 """
 
 from __future__ import annotations

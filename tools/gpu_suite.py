@@ -155,9 +155,10 @@ def cifar10(smoke: bool, epochs: int) -> tuple[Step, ...]:
     )
 
 
-def stage1_compile(path: Path = STAGE1_COMPILE) -> tuple[float | None, str]:
-    """(seconds, what they are) of compiling stage 1's kernel variants, from the committed report;
-    (None, why not) where it is missing or damaged."""
+def stage1_compile(path: Path | None = None) -> tuple[float | None, str]:
+    """(seconds, what they are) of compiling stage 1's kernel variants, from the committed report
+    (STAGE1_COMPILE); (None, why not) where it is missing or damaged."""
+    path = path or STAGE1_COMPILE
     name = path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
     fix = "run tools/launch_inventory.py, then tools/compile_kernels.py --inventory"
     try:
