@@ -2,6 +2,7 @@
 the plan's first configuration under FASTSIGCLR_TUNE=off (the tests), and the record of the launch
 a compiled run would make, taken on this CPU from meta tensors without running anything."""
 
+import functools
 import json
 from pathlib import Path
 
@@ -78,12 +79,17 @@ def meta_rows(m: int, d: int, dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(m, d, dtype=dtype, device="meta")
 
 
+def self_block(rows: torch.Tensor, n_views: int):
+    """sigmoid_block on one process's rows, with meta scalars."""
+    m, one = rows.shape[0], torch.ones((), device="meta")
+    return sigmoid.sigmoid_block(rows, rows, one, one, n_per_view=m // n_views, inv_m=1 / m, pairs="self")
+
+
 @pytest.mark.parametrize("tune,configs", [("off", [[8, 2]]), ("on", [[8, 2]])])
 def test_sigmoid_record_is_the_compiled_launch(monkeypatch, tmp_path, tune, configs):
     """bf16 at 2N = 8192, D = 128 on meta tensors: the H100 plan (128-row tiles, 8 warps), one
     feature tile, no interpreter upcast, the one candidate of 8 warps either way."""
-    rows, one = meta_rows(8192, 128, torch.bfloat16), torch.ones((), device="meta")
-    run = lambda: sigmoid.sigmoid_block(rows, rows, one, one, n_per_view=4096, inv_m=1 / 8192, pairs="self")  # noqa: E731
+    run = functools.partial(self_block, meta_rows(8192, 128, torch.bfloat16), n_views=2)
     (entry,) = recorded(monkeypatch, tmp_path, run, tune)
     plan = plan_schedule(8192, 8192, symmetric_ok=False, sms=H100_SMS)
     consts = entry["constexprs"]
@@ -102,8 +108,7 @@ def test_sigmoid_record_is_the_compiled_launch(monkeypatch, tmp_path, tune, conf
 def test_sigmoid_record_of_fp32_rows(monkeypatch, tmp_path):
     """fp32 at D = 130: 64-row tiles, two 128-feature tiles (the interpreter takes one of 256);
     autotuned, both 4-warp candidates compile; pinned, the plan's (4, 3) only."""
-    rows, one = meta_rows(1026, 130, torch.float32), torch.ones((), device="meta")
-    run = lambda: sigmoid.sigmoid_block(rows, rows, one, one, n_per_view=513, inv_m=1 / 1026, pairs="self")  # noqa: E731
+    run = functools.partial(self_block, meta_rows(1026, 130, torch.float32), n_views=2)
     (tuned,) = recorded(monkeypatch, tmp_path, run, "on")
     (pinned,) = recorded(monkeypatch, tmp_path, run, "off", name="pinned.jsonl")
     assert tuned["configs"] == [[4, 2], [4, 3]] and pinned["configs"] == [[4, 3]]
@@ -128,8 +133,9 @@ def test_ntxent_and_augment_records(monkeypatch, tmp_path):
     data = torch.zeros(4, 40, 40, 3, dtype=torch.uint8)
     params = torch.zeros(2, 4, len(COLUMNS))
     columns = {name: i for i, name in enumerate(COLUMNS)}
-    run = lambda: two_view_augment(data, torch.arange(4), params, 32, (0.5,) * 3, (0.5,) * 3, torch.bfloat16,  # noqa: E731
-                                   columns=columns)  # fmt: skip
+    mean = std = (0.5, 0.5, 0.5)
+    run = functools.partial(two_view_augment, data, torch.arange(4), params, 32, mean, std, torch.bfloat16)
+    run = functools.partial(run, columns=columns)
     (entry,) = recorded(monkeypatch, tmp_path, run, name="augment.jsonl")
     block = triton.next_power_of_2(32 * 32)
     assert entry["kernel"] == "augment" and entry["configs"] == [[augment_kernel._warps(block), 3]]
