@@ -3,8 +3,8 @@
 ``_sigmoid_block_kernel`` (sigmoid_kernel.py) → ``sigmoid_block``, the launcher: one block of
 the loss, rows against columns in one of three pair modes, returning the loss and every gradient →
 ``SigmoidLoss``, the autograd Function of the one-process SigCLR loss → ``sigmoid_loss``. Here also:
-the schedule (which tiles, how many programs), the autotune candidates, and what
-tools/compile_kernels.py compiles (``compile_cases``).
+the schedule (which tiles, how many programs) and the autotune candidates; what
+tools/compile_kernels.py compiles is in sigmoid_cases.py.
 """
 
 from __future__ import annotations
@@ -17,11 +17,17 @@ import triton
 from triton.runtime.errors import OutOfResources
 
 from . import launches
-from .sigmoid_kernel import COMPILED_MAX_BLOCK_D, CROSS, MAX_BLOCK_D, SELF, TWO_TOWER, _sigmoid_block_kernel
+from .sigmoid_kernel import (
+    CROSS,
+    MAX_BLOCK_D,
+    SELF,
+    TWO_TOWER,
+    WIDE_BLOCK_K,
+    _sigmoid_block_kernel,
+)
 from .tiles import (
     H100_SMS,
     INTERPRET,
-    CompileCase,
     Plan,
     feature_tiling,
     needs_int64,
@@ -126,17 +132,35 @@ autotuned_kernel = triton.autotune(
 
 # The symmetric tile (S, G, G·Z_J in registers and Gᵀ·Z_I) spilled 756 bytes per thread at
 # D = 128 bf16 (128×128, 8 warps), 236 with Gᵀ·Z_I in 64-feature slices, 72 at 64×64 (sm_90,
-# triton 3.6). Until it compiles without spilling, compiled launches take every ordered tile;
-# the interpreter (the tests) runs both schedules (its plans never ask this).
+# triton 3.6). In 64-feature steps (_feature_tiling: both products added to memory per tile) it
+# compiles without spilling and models 0.172 cycles per ordered pair with the loss terms and
+# 0.107 without, against 0.193 and 0.125 for every ordered tile, but adds an fp32 atomic add per
+# ordered pair that the model does not charge (docs/design.md §3). Until a GPU timing shows the
+# gain, compiled launches take every ordered tile; the interpreter (the tests) runs both (its
+# plans never ask this).
 SYMMETRIC_COMPILED = False
 
 
-def _blocks(d: int, fp32: bool, max_d: int = MAX_BLOCK_D) -> tuple[int, ...]:
+def _blocks(d: int, fp32: bool) -> tuple[int, ...]:
     """Tile sizes the plan may choose: 64 rows for fp32 rows (a 128×128 TF32 tile needed 256 KiB
-    of shared memory; IEEE: see _dot_flags) and past one feature tile, where 128×128 tiles kept S,
-    the loss terms and G live over the dZ slices and spilled 0.4-1.1 KB per thread at D = 256-1024
-    (8 warps, sm_90, triton 3.6)."""
-    return (64,) if fp32 or d > max_d else (128, 64)
+    of shared memory; IEEE: see _dot_flags), else 128 or 64. Past one feature tile 128×128 tiles
+    compile without spilling in 64-feature steps (WIDE_BLOCK_K) and halve the loads and atomic
+    adds per pair of 64×64 ones: 87 SASS per pair against 139 at D = 768 (bf16 SigCLR with the
+    loss terms, sm_90, triton 3.6)."""
+    return (64,) if fp32 else (128, 64)
+
+
+# sigmoid_kernel.MAX_BLOCK_D when compiled: what a record of the compiled launch takes in the
+# interpreter (kernels/launches.py; tests/test_launches.py checks the two agree).
+COMPILED_MAX_BLOCK_D = 128
+
+
+def _feature_tiling(d: int, symmetric: bool = False, interpret: bool = INTERPRET) -> tuple[int, int]:
+    """(BLOCK_K, NUM_K): one feature tile up to MAX_BLOCK_D, else WIDE_BLOCK_K-feature steps;
+    compiled symmetric tiles wider than WIDE_BLOCK_K take the steps too (see SYMMETRIC_COMPILED)."""
+    block_k, num_k = feature_tiling(d, MAX_BLOCK_D if interpret else COMPILED_MAX_BLOCK_D)
+    wide = num_k > 1 or (symmetric and not interpret and block_k > WIDE_BLOCK_K)
+    return (WIDE_BLOCK_K, triton.cdiv(d, WIDE_BLOCK_K)) if wide else (block_k, num_k)
 
 
 def _plan(rows: torch.Tensor, mc: int, symmetric_ok: bool, tiles: dict, interpret: bool = INTERPRET) -> Plan:
@@ -154,7 +178,7 @@ def _plan(rows: torch.Tensor, mc: int, symmetric_ok: bool, tiles: dict, interpre
     else:
         cuda = rows.device.type == "cuda"
         sms = torch.cuda.get_device_properties(rows.device).multi_processor_count if cuda else H100_SMS
-        blocks = _blocks(rows.shape[1], rows.dtype == torch.float32, COMPILED_MAX_BLOCK_D)
+        blocks = _blocks(rows.shape[1], rows.dtype == torch.float32)
         plan = plan_schedule(m, mc, symmetric_ok=symmetric_ok and SYMMETRIC_COMPILED, sms=sms, blocks=blocks)
     if tiles.get("col_splits"):
         plan = dataclasses.replace(plan, programs=tiles["col_splits"])
@@ -248,12 +272,13 @@ def _grid(plan: Plan, m: int, mc: int, deterministic: bool) -> tuple[int, int, i
     return units, programs, programs if deterministic else 1
 
 
-def _constexprs(plan: Plan, rows, cols, block_k: int | None, max_d: int, flags: dict, *, pairs: str,
+def _constexprs(plan: Plan, rows, cols, block_k: int | None, interpret: bool, flags: dict, *, pairs: str,
                 grad_rows: bool, two_tower_cols: bool, compute_loss: bool,
                 deterministic: bool) -> dict:  # fmt: skip
-    """The kernel's constexprs for a plan (max_d: the widest feature tile, see MAX_BLOCK_D)."""
+    """The kernel's constexprs for a plan, interpreted or compiled (their widest feature tiles differ)."""
     (m, d), mc = rows.shape, cols.shape[0]
-    block_k, num_k = feature_tiling(d, max_d) if block_k is None else (block_k, triton.cdiv(d, block_k))
+    tiling = _feature_tiling(d, plan.symmetric, interpret)
+    block_k, num_k = tiling if block_k is None else (block_k, triton.cdiv(d, block_k))
     consts = dict(BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=block_k, NUM_K=num_k)
     consts.update(BLOCK_DO=_slice_width(block_k, num_k), PAIRS=PAIR_MODES[pairs], SYMMETRIC=plan.symmetric)
     consts.update(GRAD_ROWS=grad_rows, GRAD_COLS=two_tower_cols, COMPUTE_LOSS=compute_loss)
@@ -278,12 +303,12 @@ def _launch(rows, cols, logit_scale, logit_bias, plan: Plan, flags: dict, determ
     grid = (units, programs)
     what = dict(pairs=pairs, grad_rows=grad_rows, two_tower_cols=two_tower_cols, compute_loss=compute_loss)
     what.update(deterministic=deterministic)
-    consts = _constexprs(plan, rows, cols, block_k, MAX_BLOCK_D, flags, **what)
+    consts = _constexprs(plan, rows, cols, block_k, INTERPRET, flags, **what)
     exact = rows.dtype == torch.float32 and flags["PRECISION"] == "ieee" and not flags["CAST_BF16"]
     pinned = deterministic or exact or not launches.autotune()
     if compiled is not None:  # record the launch a compiled run would make (kernels/launches.py)
         plan_c, flags_c = compiled
-        consts_c = _constexprs(plan_c, rows, cols, block_k, COMPILED_MAX_BLOCK_D, flags_c, **what)
+        consts_c = _constexprs(plan_c, rows, cols, block_k, False, flags_c, **what)
         tuned = _tile_configs(_configs(False), plan_c.block_m) if not pinned else [plan_c]
         launches.record("sigmoid", args, consts_c, [(c.num_warps, c.num_stages) for c in tuned])
     if launches.record_only():
@@ -337,63 +362,3 @@ def sigmoid_loss(
     """SigCLR loss of normalised view-major rows zhat (n_views·N, D) → fp32 scalar; logit_scale
     and logit_bias are 0-d tensors on zhat's device and receive gradients."""
     return SigmoidLoss.apply(zhat, logit_scale, logit_bias, n_views, compute_loss, deterministic)
-
-
-# (kernel, pairs, symmetric, deterministic, dtype name, dtype, fp32_dot, feature sizes) of what
-# tools/compile_kernels.py compiles: the launches of a 2N = 8192 batch on an H100.
-_COMPILE_VARIANTS = [
-    ("sigmoid", "self", False, False, "bf16", torch.bfloat16, None, (64, 128, 256, 1024)),
-    ("sigmoid", "self", False, False, "fp16", torch.float16, None, (128,)),
-    ("sigmoid", "self", False, False, "fp32 tf32", torch.float32, "tf32", (128,)),
-    ("sigmoid", "self", False, False, "fp32 bf16-operands", torch.float32, "bf16", (128,)),
-    ("sigmoid", "self", False, False, "fp32 ieee", torch.float32, "ieee", (128,)),
-    ("sigmoid symmetric", "self", True, False, "bf16", torch.bfloat16, None, (128,)),
-    ("sigmoid deterministic", "self", False, True, "bf16", torch.bfloat16, None, (128,)),
-    ("sigmoid cross-rank", "cross", False, False, "bf16", torch.bfloat16, None, (128,)),
-    ("sigmoid two-tower", "two_tower", False, False, "bf16", torch.bfloat16, None, (128,)),
-]
-
-
-def compile_cases(quick: bool = False) -> list[CompileCase]:
-    """The launches tools/compile_kernels.py compiles for sm_90, at 2N = 8192 with the plan and
-    alignment they get at run time (IEEE fp32 and deterministic runs: their one pinned
-    configuration): bf16 SigCLR at D = 64 and 128 with every autotune candidate of its tile, at
-    D = 256 and 1024 the first, each with and without the loss terms; the other variants of
-    _COMPILE_VARIANTS, the first candidate with the loss. quick (CI): bf16 SigCLR at D = 128 as
-    above and the first candidate with the loss of the rest (it fits them all)."""
-    m, cases = 8192, []
-    for kernel, pairs, symmetric, det, name, dtype, fp32_dot, dims in _COMPILE_VARIANTS:
-        flags = dict(_dot_flags(dtype, fp32_dot), UPCAST=False)
-        exact = flags["PRECISION"] == "ieee" and dtype == torch.float32 and not flags["CAST_BF16"]
-        for d in dims:
-            plan = plan_schedule(m, m, symmetric_ok=symmetric, blocks=_blocks(d, dtype == torch.float32))
-            configs = [(plan.num_warps, plan.num_stages)] if det or exact or symmetric else [
-                (c.num_warps, c.num_stages) for c in _configs() if c.num_warps == plan.num_warps
-            ]  # fmt: skip
-            block_k, num_k = feature_tiling(d, MAX_BLOCK_D)
-            bf16 = kernel == "sigmoid" and name == "bf16"
-            every = bf16 and (d == 128 or (not quick and d == 64))
-            for loss in (True, False) if every or (bf16 and not quick) else (True,):
-                consts = dict(BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=block_k, NUM_K=num_k)
-                consts.update(BLOCK_DO=_slice_width(block_k, num_k))
-                consts.update(PAIRS=PAIR_MODES[pairs], SYMMETRIC=symmetric, GRAD_ROWS=True)
-                consts.update(GRAD_COLS=pairs == "two_tower", COMPUTE_LOSS=loss, ATOMIC_ROWS=not det)
-                consts.update(INT64=False, **flags)
-                args = (dtype, dtype, torch.float32, torch.float32, torch.float32, torch.float32)
-                args += (torch.float32, m, m, m // 2, d, d, d, d, d, 1.0 / m)
-                # Ordered pairs per iteration of the sweep: a symmetric tile stands for two. Its
-                # dots per element: S, G·Z_J, and Gᵀ·Z_I in the symmetric and two-tower sweeps.
-                pairs_per_iteration = plan.block_m * plan.block_n * (2 if symmetric else 1)
-                dots = 3 if symmetric or pairs == "two_tower" else 2
-                flops = 2 * block_k * dots // (2 if symmetric else 1)
-                for warps, stages in configs if every else configs[:1]:
-                    meta = dict(kernel=kernel, variant="loss" if loss else "no loss", dtype=name, D=d)
-                    meta.update(BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, programs=plan.programs)
-                    if num_k == 1:
-                        meta.update(dot_flops_per_pair=flops)
-                    cases.append(CompileCase(
-                        _sigmoid_block_kernel, args, consts, warps, stages, meta,
-                        tensor_cores=fp32_dot != "ieee", candidate=not (det or exact or symmetric),
-                        pairs_per_iteration=pairs_per_iteration if num_k == 1 else 0,
-                    ))  # fmt: skip
-    return cases

@@ -4,6 +4,9 @@ a compiled run would make, taken on this CPU from meta tensors without running a
 
 import functools
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -162,3 +165,14 @@ def test_compile_tool_rebuilds_recorded_arguments(monkeypatch):
     assert misaligned.dtype == torch.float32 and misaligned.data_ptr() % 16 != 0
     assert [compile_inventory.argument(a) for a in (17, 0.5, True)] == [17, 0.5, True]
     assert set(compile_inventory.KERNELS) == {"sigmoid", "ntxent fwd", "ntxent bwd", "augment"}
+
+
+def test_compiled_widest_feature_tile_is_the_kernels():
+    """The record's widest feature tile (sigmoid.COMPILED_MAX_BLOCK_D) is the kernel's own when
+    imported for compiling (without TRITON_INTERPRET)."""
+    code = (
+        "from fastsigclr.kernels import sigmoid, sigmoid_kernel as k; print(k.MAX_BLOCK_D, sigmoid.INTERPRET)"
+    )
+    env = {key: v for key, v in os.environ.items() if key != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == [str(sigmoid.COMPILED_MAX_BLOCK_D), "False"], out.stderr[-2000:]

@@ -46,7 +46,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 from triton.runtime.jit import MockTensor, create_function_from_signature
 
-from fastsigclr.kernels import augment, ntxent, sigmoid
+from fastsigclr.kernels import augment, ntxent, sigmoid_cases
 from fastsigclr.kernels.tiles import CompileCase, select_configs
 from fastsigclr.runinfo import run_record
 
@@ -59,7 +59,7 @@ GROUP = ("kernel", "variant", "dtype", "D")  # the rows one autotuner chooses am
 def all_cases(quick: bool, only: str = "") -> list[CompileCase]:
     """Every module's compile cases; ``only``: those whose kernel name starts with it."""
     cases = [
-        *sigmoid.compile_cases(quick),
+        *sigmoid_cases.compile_cases(quick),
         *ntxent.compile_cases(quick),
         *augment.compile_cases(quick),
     ]
@@ -127,8 +127,9 @@ def inner_loop(instructions: list[tuple[int, str]]) -> list[str]:
 
 
 def nested_loop(instructions: list[tuple[int, str]], trips: int) -> tuple[int, int]:
-    """(SASS, MUFU) per iteration of the innermost loop that holds other loops (a column loop with
-    feature loops inside), each loop directly inside it counted ``trips`` times. Approximate: a
+    """(SASS, MUFU) per iteration of the column loop (of the innermost loops holding loops, the
+    one with the most matrix instructions), each loop directly inside it counted ``trips`` times.
+    Approximate: a
     software-pipelined loop runs a little fewer times than its trip count."""
     ranges = []
     for addr, text in instructions:
@@ -140,10 +141,16 @@ def nested_loop(instructions: list[tuple[int, str]], trips: int) -> tuple[int, i
     def inside(a: tuple, b: tuple) -> bool:
         return a != b and b[0] <= a[0] and a[1] <= b[1]
 
+    def mma(r: tuple) -> int:
+        return sum(bool(re.search(r"\b(HGMMA|HMMA)\b", t)) for a, t in instructions if r[0] <= a <= r[1])
+
     holders = [r for r in ranges if any(inside(q, r) for q in ranges)]
     if not holders:
         return 0, 0
-    outer = min(holders, key=lambda r: r[1] - r[0])
+    # The column loop: of the innermost loops holding loops, the one with the most matrix
+    # instructions (a correction loop over feature slices holds none), then the smallest.
+    innermost = [r for r in holders if not any(inside(q, r) for q in holders)]
+    outer = min(innermost, key=lambda r: (-mma(r), r[1] - r[0]))
     inner = [
         q for q in ranges if inside(q, outer) and not any(inside(q, p) and inside(p, outer) for p in ranges)
     ]
