@@ -109,19 +109,15 @@ def test_sigmoid_record_is_the_compiled_launch(monkeypatch, tmp_path, tune, conf
 
 
 def test_sigmoid_record_of_fp32_rows(monkeypatch, tmp_path):
-    """fp32 at D = 130: 64-row tiles, two 128-feature tiles (the interpreter takes one of 256);
-    autotuned, both 4-warp candidates compile; pinned, the plan's (4, 3) only."""
+    """fp32 at D = 130: 64-row tiles, three 64-feature steps (the interpreter takes one tile of
+    256); autotuned, both 4-warp candidates compile; pinned, the plan's (4, 3) only."""
     run = functools.partial(self_block, meta_rows(1026, 130, torch.float32), n_views=2)
     (tuned,) = recorded(monkeypatch, tmp_path, run, "on")
     (pinned,) = recorded(monkeypatch, tmp_path, run, "off", name="pinned.jsonl")
     assert tuned["configs"] == [[4, 2], [4, 3]] and pinned["configs"] == [[4, 3]]
     consts = pinned["constexprs"]
-    assert (consts["BLOCK_M"], consts["BLOCK_K"], consts["NUM_K"], consts["PRECISION"]) == (
-        64,
-        128,
-        2,
-        "tf32",
-    )
+    tiles = (consts["BLOCK_M"], consts["BLOCK_K"], consts["NUM_K"], consts["BLOCK_DO"], consts["PRECISION"])
+    assert tiles == (64, 64, 3, 64, "tf32")
     assert pinned["args"][7] == 17 and pinned["args"][10] == 17  # 1026 and 130: neither 1 nor % 16
 
 
