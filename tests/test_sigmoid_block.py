@@ -7,7 +7,7 @@ launcher's 64-bit offset decision at its boundary; and the schedule's wave effic
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import KERNEL_DEVICE, assert_close_rel, max_rel_error
+from helpers import KERNEL_DEVICE, assert_close_rel, max_rel_error, reversed_programs
 
 from fastsigclr.kernels import Plan, grad_dtype, plan_schedule, sigmoid_block, sigmoid_loss, sigmoid_plan
 from fastsigclr.kernels.tiles import needs_int64, schedule_efficiency
@@ -94,20 +94,6 @@ def test_gradients_only_and_loss_only():
     assert_close_rel(no_grad[0], full[0], 1e-7, "loss")
 
 
-def _reversed_programs(monkeypatch):
-    """Run the interpreter's programs in reverse order (last row unit and column range first)."""
-    from triton.runtime import interpreter
-
-    builder = interpreter.interpreter_builder
-    forward = type(builder).set_grid_idx
-
-    def backwards(self, x, y, z):
-        nx, ny, _ = self.grid_dim
-        forward(self, nx - 1 - x, ny - 1 - y, z)
-
-    monkeypatch.setattr(type(builder), "set_grid_idx", backwards)
-
-
 @pytest.mark.skipif(KERNEL_DEVICE.type == "cuda", reason="reorders the interpreter's programs")
 def test_deterministic_result_does_not_depend_on_program_order(monkeypatch):
     """deterministic=True: bitwise the same result with the programs run in reverse. The atomic
@@ -119,7 +105,7 @@ def test_deterministic_result_does_not_depend_on_program_order(monkeypatch):
     runs = {}
     for order in ("forward", "reverse"):
         if order == "reverse":
-            _reversed_programs(monkeypatch)
+            reversed_programs(monkeypatch)
         for mode, det in (("atomic", False), ("deterministic", True)):
             kw = dict(inv_m=1 / 130, deterministic=det, block_m=32, block_n=32, col_splits=3)
             self_block = sigmoid_block(x, x, *one, n_per_view=65, pairs="self", **kw)
