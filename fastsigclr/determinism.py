@@ -1,8 +1,7 @@
-"""``--deterministic`` outside the loss: torch's deterministic algorithms, cuDNN without
-benchmarking, cuBLAS with a fixed workspace and Inductor without on-device benchmarking, for the
-time of a run (the settings before it are restored after it: runs started from Python share the
-process). The loss's own part, its kernel's fixed reduction order and recorded tile plans, is the
-loss's (``fastsigclr.losses.plans``)."""
+"""``--deterministic`` outside the loss: torch's deterministic algorithms (Inductor's with them),
+cuDNN without benchmarking and cuBLAS with a fixed workspace, for the time of a run (restored
+after it: runs started from Python share the process). The loss's own part, its kernel's fixed
+reduction order and recorded tile plans, is the loss's (``fastsigclr.losses.plans``)."""
 
 from __future__ import annotations
 
@@ -34,10 +33,10 @@ def _cublas_workspace() -> None:
 
 
 @contextlib.contextmanager
-def deterministic_torch(enabled: bool, compile: bool = False) -> Iterator[None]:
-    """Within it (``enabled``): torch.use_deterministic_algorithms(True), cuDNN deterministic and
-    not benchmarking, and (``compile``) Inductor's deterministic mode, which times no kernel
-    candidates against each other. Enter it before CUDA starts (see _cublas_workspace)."""
+def deterministic_torch(enabled: bool) -> Iterator[None]:
+    """Within it (``enabled``): torch.use_deterministic_algorithms(True), which also puts Inductor
+    in its deterministic mode (no timing of kernel candidates against each other: torch 2.13), and
+    cuDNN deterministic and not benchmarking. Enter it before CUDA starts (see _cublas_workspace)."""
     if not enabled:
         yield
         return
@@ -49,15 +48,10 @@ def deterministic_torch(enabled: bool, compile: bool = False) -> Iterator[None]:
         cudnn.deterministic,
         cudnn.benchmark,
     )
-    with contextlib.ExitStack() as stack:
-        if compile:
-            import torch._inductor.config as inductor
-
-            stack.enter_context(inductor.patch(deterministic=True))
-        torch.use_deterministic_algorithms(True)
-        cudnn.deterministic, cudnn.benchmark = True, False
-        try:
-            yield
-        finally:
-            torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-            cudnn.deterministic, cudnn.benchmark = saved[2], saved[3]
+    torch.use_deterministic_algorithms(True)
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        cudnn.deterministic, cudnn.benchmark = saved[2], saved[3]

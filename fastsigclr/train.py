@@ -50,7 +50,7 @@ def train(
     out = cfg.out
     cfg = rundir.settings(cfg, rundir.changed_options(cfg) if given is None else given)
     # --deterministic before CUDA starts (cuBLAS reads its workspace setting as it starts).
-    with deterministic_torch(cfg.deterministic, cfg.compile):
+    with deterministic_torch(cfg.deterministic):
         ctx = distributed.setup(resolve_device(cfg.device), cfg.dist_timeout)
         try:
             if ctx.distributed and out is None:
