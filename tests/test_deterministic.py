@@ -20,6 +20,7 @@ from fastsigclr import kernels
 from fastsigclr.checkpoint import load
 from fastsigclr.cli import main
 from fastsigclr.config import to_dict
+from fastsigclr.determinism import deterministic_torch
 from fastsigclr.kernels import Plan
 from fastsigclr.losses import SigmoidPairwiseLoss, nt_xent_loss, sigmoid_blocks, sigmoid_pairwise_loss
 from fastsigclr.losses import sigmoid as sigmoid_module
@@ -142,6 +143,27 @@ def test_deterministic_is_a_train_option(capsys):
     assert "deterministic" in TrainConfig.__dataclass_fields__ and not TrainConfig().deterministic
 
 
+def test_torch_settings_hold_for_the_run_only(monkeypatch, capsys):
+    """deterministic_torch: CUBLAS_WORKSPACE_CONFIG set (one line when CUDA started before it
+    could be), torch's deterministic algorithms and cuDNN's flags on inside, restored after."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    with deterministic_torch(True):
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert not torch.backends.cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
+    assert capsys.readouterr().err == ""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    with deterministic_torch(True):
+        pass
+    line = capsys.readouterr().err.strip()
+    assert line.count("\n") == 0 and "set CUBLAS_WORKSPACE_CONFIG=:4096:8 in the environment" in line
+    with deterministic_torch(False):
+        assert not torch.are_deterministic_algorithms_enabled()
+
+
 def test_a_config_written_before_the_option_loads():
     """config.json files written before --deterministic (no such key, no kernel_plans) load: the
     run is not deterministic and has no plans."""
@@ -150,16 +172,24 @@ def test_a_config_written_before_the_option_loads():
     assert saved_config(json.loads(json.dumps(saved))).deterministic is False
 
 
-@interpreter_only
-def test_resumed_run_launches_with_the_recorded_plans(cifar10_dir, tmp_path, monkeypatch, capsys):
-    """A --deterministic run (the kernel in the interpreter) records the plan its first step
-    launched with in config.json. Preempted in its second epoch and resumed where
-    kernels.sigmoid_plan picks another plan (another GPU), every launch takes the recorded one,
-    and the run ends bitwise as an uninterrupted run. torch's deterministic algorithms are on
-    during the run and off after it; a damaged record is one line naming the fix."""
-    monkeypatch.setattr(sigmoid_module, "resolve_impl", lambda impl, z: "triton")
+@pytest.mark.parametrize(
+    "device",
+    [
+        pytest.param("cpu", marks=interpreter_only, id="interpreter"),
+        pytest.param("cuda", marks=pytest.mark.gpu, id="cuda"),
+    ],
+)
+def test_resumed_run_launches_with_the_recorded_plans(cifar10_dir, tmp_path, monkeypatch, capsys, device):
+    """A --deterministic run records the plan its first step launched with in config.json.
+    Preempted in its second epoch and resumed where kernels.sigmoid_plan picks another plan
+    (another GPU), every launch takes the recorded one, and the run ends bitwise as an
+    uninterrupted run. torch's deterministic algorithms are on during the run and off after it; a
+    damaged record is one line naming the fix. On the CPU the kernel runs in the interpreter with
+    two made-up plans; on CUDA (bf16 autocast) the first plan is the GPU's own pick."""
+    if device == "cpu":
+        monkeypatch.setattr(sigmoid_module, "resolve_impl", lambda impl, z: "triton")
     launched, preempt_at = [], {"launch": 0}
-    launch = kernels.sigmoid_block
+    launch, pick = kernels.sigmoid_block, kernels.sigmoid_plan
 
     def spy(*args, **kw):
         launched.append(kw.get("plan"))
@@ -169,10 +199,12 @@ def test_resumed_run_launches_with_the_recorded_plans(cifar10_dir, tmp_path, mon
         return launch(*args, **kw)
 
     monkeypatch.setattr(kernels, "sigmoid_block", spy)
-    this_gpu = {"plan": PLAN_A}
-    monkeypatch.setattr(kernels, "sigmoid_plan", lambda rows, cols, **kw: this_gpu["plan"])
+    this_gpu = {"plan": PLAN_A if device == "cpu" else None}
+    monkeypatch.setattr(
+        kernels, "sigmoid_plan", lambda rows, cols, **kw: this_gpu["plan"] or pick(rows, cols, **kw)
+    )
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    args = ("--deterministic", "--epochs", "2")
+    args = ("--device", device, "--deterministic", "--epochs", "2")
     assert main(tiny_args(cifar10_dir, whole, *args)) == 0
     launched.clear()
     preempt_at["launch"] = 3  # the first step of epoch 2 (two steps per epoch)
@@ -180,17 +212,20 @@ def test_resumed_run_launches_with_the_recorded_plans(cifar10_dir, tmp_path, mon
         main(tiny_args(cifar10_dir, cut, *args))
     assert stopped.value.code == PREEMPTED_EXIT and not torch.are_deterministic_algorithms_enabled()
     recorded = json.loads((cut / "config.json").read_text())
-    assert recorded["kernel_plans"] == {"self": dataclasses.asdict(PLAN_A)}
+    first = Plan(**recorded["kernel_plans"]["self"])
+    assert set(recorded["kernel_plans"]) == {"self"} and set(launched) == {first}
+    assert first == PLAN_A or device == "cuda"
     assert recorded["config"]["deterministic"] is True
-    this_gpu["plan"], preempt_at["launch"] = PLAN_B, 0
+    this_gpu["plan"] = PLAN_B if device == "cpu" else dataclasses.replace(first, programs=first.programs + 1)
+    preempt_at["launch"] = 0
     launched.clear()
-    assert main(tiny_args(cifar10_dir, cut, "--resume", "--epochs", "2")) == 0
+    assert main(tiny_args(cifar10_dir, cut, *args, "--resume")) == 0
     assert "in epoch 2 after batch 1" in capsys.readouterr().err
-    assert launched and set(launched) == {PLAN_A}
-    assert saved_plans(cut) == {"self": dataclasses.asdict(PLAN_A)}
+    assert launched and set(launched) == {first}
+    assert saved_plans(cut) == recorded["kernel_plans"]
     a, b = (load(run / "checkpoints" / "last.pt")["model"] for run in (whole, cut))
     assert all(torch.equal(a[k], b[k]) for k in a)
     config = json.loads((cut / "config.json").read_text())
     (cut / "config.json").write_text(json.dumps({**config, "kernel_plans": {"self": {"block_m": 32}}}))
-    error = fails_with(tiny_args(cifar10_dir, cut, "--resume", "--epochs", "3"), capsys)
+    error = fails_with(tiny_args(cifar10_dir, cut, *args, "--resume", "--epochs", "3"), capsys)
     assert "kernel_plans of its config.json are unreadable" in error and "remove that entry" in error
