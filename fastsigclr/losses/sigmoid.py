@@ -18,8 +18,8 @@ of G, i.e. its rows against every rank's columns, to form the complete gradient 
 loss and ∂L/∂t, ∂L/∂b are sums over rows: one 3-float all-reduce.
 
 Deterministic mode (``deterministic=True``): the kernel reduces in a fixed order (no atomics) with a
-tile plan pinned per kind of block (``plans``, pair mode "self" or "cross" → ``kernels.Plan``: a
-cross block's plan differs from a self block's); the torch path always sums in a fixed order.
+tile plan pinned per kind of block (``plans``: pair mode "self" or "cross" → ``kernels.Plan``, each
+picked for its own block; ``plans.py``); the torch path always sums in a fixed order.
 """
 
 from __future__ import annotations
