@@ -22,7 +22,13 @@ from fastsigclr.cli import main
 from fastsigclr.config import to_dict
 from fastsigclr.determinism import deterministic_torch
 from fastsigclr.kernels import Plan
-from fastsigclr.losses import SigmoidPairwiseLoss, nt_xent_loss, sigmoid_blocks, sigmoid_pairwise_loss
+from fastsigclr.losses import (
+    SigLipLoss,
+    SigmoidPairwiseLoss,
+    nt_xent_loss,
+    sigmoid_blocks,
+    sigmoid_pairwise_loss,
+)
 from fastsigclr.losses import sigmoid as sigmoid_module
 from fastsigclr.preempt import PREEMPTED_EXIT
 from fastsigclr.runconfig import TrainConfig, saved_config, saved_plans
@@ -62,6 +68,30 @@ def test_loss_api_deterministic_does_not_depend_on_program_order(monkeypatch, pl
         runs[order, False] = _loss_and_grads(z)
     assert all(map(torch.equal, runs["forward", True], runs["reverse", True]))
     assert not all(map(torch.equal, runs["forward", False], runs["reverse", False]))
+
+
+@interpreter_only
+def test_siglip_deterministic_does_not_depend_on_program_order(monkeypatch):
+    """SigLIP's kernel block: with deterministic=True (its texts' gradient from a second launch,
+    not atomics) bitwise the same in reverse program order, where the default path's texts'
+    gradient changes; the plan it launched with is kept by the module for a run to record."""
+    gen = torch.Generator().manual_seed(7)
+    x, y = (F.normalize(torch.randn(130, 40, generator=gen), dim=1) for _ in range(2))
+
+    def run(deterministic):
+        module = SigLipLoss(impl="triton", deterministic=deterministic)
+        xg, yg = x.clone().requires_grad_(), y.clone().requires_grad_()
+        bias = torch.tensor(-10.0, requires_grad=True)
+        loss = module(xg, yg, torch.tensor(10.0), bias)
+        loss.backward()
+        return [loss.detach(), xg.grad, yg.grad, bias.grad], module.plans
+
+    forward = {det: run(det) for det in (True, False)}
+    reversed_programs(monkeypatch)
+    again = {det: run(det) for det in (True, False)}
+    assert all(map(torch.equal, forward[True][0], again[True][0]))
+    assert not all(map(torch.equal, forward[False][0], again[False][0]))
+    assert set(forward[True][1]) == {"two_tower"} and forward[False][1] == {}
 
 
 @interpreter_only
@@ -111,7 +141,7 @@ def test_plans_are_checked_and_need_the_flag():
     z = torch.randn(8, 4)
     with pytest.raises(ValueError, match="pass deterministic=True"):
         sigmoid_pairwise_loss(z, 10.0, -10.0, impl="torch", plans={"self": PLAN_A})
-    with pytest.raises(ValueError, match="'both' is not a kind of block"):
+    with pytest.raises(ValueError, match="'both' is not a kind of block; one of self, cross, two_tower"):
         SigmoidPairwiseLoss(deterministic=True, plans={"both": dataclasses.asdict(PLAN_A)})
     with pytest.raises(ValueError, match="not a plan's fields"):
         SigmoidPairwiseLoss(deterministic=True, plans={"self": {**dataclasses.asdict(PLAN_A), "programs": 0}})

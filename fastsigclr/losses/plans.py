@@ -17,9 +17,10 @@ import torch
 
 from .common import kernels
 
-# The kinds of block a SigCLR loss launches, each with its own plan: its rows against themselves,
-# and (across ranks) against another rank's rows.
-PLAN_KINDS = ("self", "cross")
+# The kinds of block the losses launch, each with its own plan (kernels.sigmoid_block's pair
+# modes): SigCLR's rows against themselves and (across ranks) against another rank's rows, and
+# SigLIP's images against its texts.
+PLAN_KINDS = ("self", "cross", "two_tower")
 
 
 def as_plans(saved: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -29,7 +30,9 @@ def as_plans(saved: Mapping[str, Any] | None) -> dict[str, Any]:
     if saved is None:
         return {}
     if not isinstance(saved, Mapping):
-        raise ValueError(f"plans must map 'self'/'cross' to a plan, got {type(saved).__name__}")
+        raise ValueError(
+            f"plans must map a kind of block ({', '.join(PLAN_KINDS)}) to a plan, got {type(saved).__name__}"
+        )
     plans: dict[str, Any] = {}
     for kind, plan in saved.items():
         if kind not in PLAN_KINDS:
