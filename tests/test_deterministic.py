@@ -31,7 +31,7 @@ from fastsigclr.losses import (
 )
 from fastsigclr.losses import sigmoid as sigmoid_module
 from fastsigclr.preempt import PREEMPTED_EXIT
-from fastsigclr.runconfig import TrainConfig, saved_config, saved_plans
+from fastsigclr.runconfig import TrainConfig, read_config, saved_plans
 
 interpreter_only = pytest.mark.skipif(
     KERNEL_DEVICE.type == "cuda", reason="reorders the interpreter's programs"
@@ -194,12 +194,14 @@ def test_torch_settings_hold_for_the_run_only(monkeypatch, capsys):
         assert not torch.are_deterministic_algorithms_enabled()
 
 
-def test_a_config_written_before_the_option_loads():
+def test_a_config_written_before_the_option_loads(tmp_path):
     """config.json files written before --deterministic (no such key, no kernel_plans) load: the
     run is not deterministic and has no plans."""
     saved = to_dict(TrainConfig(out="runs/old"))
     del saved["deterministic"]
-    assert saved_config(json.loads(json.dumps(saved))).deterministic is False
+    (tmp_path / "config.json").write_text(json.dumps({"config": saved, "world_size": 1}))
+    assert read_config(tmp_path, "cannot read", "restore it").deterministic is False
+    assert saved_plans(tmp_path) == {}
 
 
 @pytest.mark.parametrize(
@@ -211,9 +213,9 @@ def test_a_config_written_before_the_option_loads():
 )
 def test_resumed_run_launches_with_the_recorded_plans(cifar10_dir, tmp_path, monkeypatch, capsys, device):
     """A --deterministic run records the plan its first step launched with in config.json.
-    Preempted in its second epoch and resumed where kernels.sigmoid_plan picks another plan
-    (another GPU), every launch takes the recorded one, and the run ends bitwise as an
-    uninterrupted run. torch's deterministic algorithms are on during the run and off after it; a
+    Preempted in its second epoch and resumed (--resume auto) where kernels.sigmoid_plan picks
+    another plan (another GPU), every launch takes the recorded one, and the run ends bitwise as
+    an uninterrupted run. torch's deterministic algorithms are on during the run and off after it; a
     damaged record is one line naming the fix. On the CPU the kernel runs in the interpreter with
     two made-up plans; on CUDA (bf16 autocast) the first plan is the GPU's own pick."""
     if device == "cpu":
@@ -249,7 +251,7 @@ def test_resumed_run_launches_with_the_recorded_plans(cifar10_dir, tmp_path, mon
     this_gpu["plan"] = PLAN_B if device == "cpu" else dataclasses.replace(first, programs=first.programs + 1)
     preempt_at["launch"] = 0
     launched.clear()
-    assert main(tiny_args(cifar10_dir, cut, *args, "--resume")) == 0
+    assert main(tiny_args(cifar10_dir, cut, *args, "--resume", "auto")) == 0  # a requeued job
     assert "in epoch 2 after batch 1" in capsys.readouterr().err
     assert launched and set(launched) == {first}
     assert saved_plans(cut) == recorded["kernel_plans"]
