@@ -171,8 +171,8 @@ class TrainConfig:
 
     @property
     def loss_spec(self) -> LossSpec:
-        """The method's entry of ``LOSSES``: the one place a run looks its method up."""
-        return LOSSES[self.method]
+        """The method's entry of ``LOSSES`` (method_spec)."""
+        return method_spec(self.method)
 
     def resolved(self) -> TrainConfig:
         """Preset values for the options left unset, the method's loss defaults, and a default run
@@ -199,6 +199,12 @@ class TrainConfig:
                 given="" if self.batch_size else f" (the {self.dataset} preset)",
             )
         return dataclasses.replace(self, **filled)
+
+
+def method_spec(method: str) -> LossSpec | None:
+    """The entry of ``LOSSES`` for ``method``, None for a name it does not hold: the one place a
+    run's method is looked up (its config, and the saved configs read by saved_config)."""
+    return LOSSES.get(method)
 
 
 def loss_params(config: Any, spec: LossSpec) -> dict[str, Any]:
@@ -229,7 +235,7 @@ def saved_config(saved: dict[str, Any]) -> TrainConfig:
         saved = {**saved, "resume": RESUME_MODES[int(resume)]}
     if "learnable_temperature" in saved:
         saved = dict(saved)
-        spec = LOSSES.get(saved.get("method", "sigclr"))
+        spec = method_spec(saved.get("method", "sigclr"))
         if saved.get("method", "sigclr") == "sigclr":
             saved.update({new: saved.pop(old) for old, new in _OLD_SIGCLR_KEYS.items() if old in saved})
         saved.pop("learnable_temperature", None)

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from fastsigclr.checkpoint import open_nofollow, read_text, write_text_atomic
+from fastsigclr.checkpoint import WriteError, open_nofollow, read_text, write_text_atomic
+
+# What a record that cannot be appended (a full disk) asks for: the records past the last
+# checkpoint are dropped on resume and written again as the resumed run recomputes them.
+LOG_FIX = (
+    "run again with --resume auto: it continues from the last checkpoint (or starts over when there is "
+    "none) and writes the records after it again"
+)
 
 
 class RunLog:
@@ -28,7 +36,7 @@ class RunLog:
         enabled: bool = True,
     ) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
-        self.file = None
+        self.fd: int | None = None
         self.tb = None
         if not enabled:
             return
@@ -44,7 +52,8 @@ class RunLog:
             ]
             write_text_atomic(self.path, "".join(line + "\n" for line in kept))
         # Lives as long as the run; a metrics.jsonl that is a symlink is refused, never appended to.
-        self.file = os.fdopen(open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a")
+        # Unbuffered appends: a record is on disk when write returns, and a failed one can be cut back.
+        self.fd = open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -80,10 +89,15 @@ class RunLog:
         )
 
     def write(self, record: dict[str, Any], step: int | None = None) -> None:
-        if self.file is None:
+        if self.fd is None:
             return
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        data, start = (json.dumps(record) + "\n").encode(), os.fstat(self.fd).st_size
+        try:
+            _append(self.fd, data)
+        except OSError as err:  # a full disk: no line cut short is left for the resume to meet
+            with contextlib.suppress(OSError):  # the resume drops a last line cut short anyway
+                os.ftruncate(self.fd, start)
+            raise WriteError(self.path, err, LOG_FIX) from None
         if self.tb is not None and step is not None:
             prefix = record.get("kind", "train")
             for key, value in record.items():
@@ -91,10 +105,17 @@ class RunLog:
                     self.tb.add_scalar(f"{prefix}/{key}", value, step)
 
     def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
         if self.tb is not None:
             self.tb.close()
+
+
+def _append(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd`` (os.write may take part of it)."""
+    while data:
+        data = data[os.write(fd, data) :]
 
 
 def _epoch_of(line: str) -> int | None:

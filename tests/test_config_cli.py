@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from fastsigclr.bench.loss import BenchLossConfig
 from fastsigclr.cli import main
@@ -245,3 +246,15 @@ def test_bench_loss_siglip_kernel_provider_says_why_it_skips(tmp_path: Path):
     rows = {r["loss"]: r for r in results if r["provider"] == "siglip-kernel"}
     assert rows["sigclr"]["status"] == "skipped: needs CUDA"
     assert rows["simclr"]["status"] == "skipped: siglip-kernel computes the sigmoid loss only"
+
+
+def test_bench_loss_siglip_has_its_kernel_provider():
+    """SigLIP's two-tower loss runs on the sigmoid kernel's two-tower block: on CUDA `bench loss
+    --losses siglip --providers triton` measures it (it was skipped as having no kernel)."""
+    from fastsigclr import kernels
+    from fastsigclr.bench.loss import BENCH_LOSSES, _skip_reason
+
+    assert hasattr(kernels, BENCH_LOSSES["siglip"].kernel)
+    assert _skip_reason("triton", "siglip", torch.device("cpu")) == "needs CUDA"
+    assert _skip_reason("triton", "siglip", torch.device("cuda")) is None
+    assert _skip_reason("triton", "dcl", torch.device("cuda")) == "no Triton kernel"

@@ -50,6 +50,30 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one(run_copy, capsys, mo
     assert checkpoint.load(last)["epoch"] == 2
 
 
+def test_a_full_disk_while_logging_cuts_no_record_and_resumes(run_copy, capsys, monkeypatch):
+    """An append to metrics.jsonl on a full disk ended in a bare OSError traceback and could leave
+    half a record: now one line, the file holds whole records only, and --resume auto continues."""
+    from fastsigclr import runlog
+
+    metrics = run_copy / "metrics.jsonl"
+    before = metrics.read_text()
+
+    def half_then_full(fd: int, data: bytes) -> None:
+        os.write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(runlog, "_append", half_then_full)
+    err = fails_with(["train", "--out", str(run_copy), "--resume", "--epochs", "2"], capsys)
+    assert f"no space left on device writing {metrics}; free space and run again with --resume auto" in err
+    monkeypatch.undo()
+    lines = metrics.read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines]  # every line a whole record
+    assert metrics.read_text() == before
+    assert main(["train", "--out", str(run_copy), "--resume", "auto", "--epochs", "2"]) == 0
+    assert checkpoint.load(run_copy / "checkpoints" / "last.pt")["epoch"] == 2
+    assert max(json.loads(line)["epoch"] for line in metrics.read_text().splitlines()) == 1  # 0-based
+
+
 def test_a_read_only_run_still_prints_its_accuracy(run_copy, cifar10_dir):
     """The accuracy was computed and lost with the file that could not be written."""
     proc = run_in(

@@ -73,11 +73,9 @@ class DCLLoss(FixedTemperatureLoss):
 
     title = "DCL"
     loss = staticmethod(dcl_loss)
-
-    def __init__(self, temperature: float = TAU, *, n_views: int = 2) -> None:
-        super().__init__(temperature, n_views=n_views)
+    default_temperature = TAU
 
 
 SPEC = fixed_temperature_spec(
-    "DCL: NT-Xent without the positive in the denominator, τ 0.2", DCLLoss, dcl_loss_reference, TAU
+    "DCL: NT-Xent without the positive in the denominator, τ 0.2", DCLLoss, dcl_loss_reference
 )

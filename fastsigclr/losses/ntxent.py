@@ -84,15 +84,12 @@ class NTXentLoss(FixedTemperatureLoss):
 
     title = "NT-Xent"
     loss = staticmethod(nt_xent_loss)
-
-    def __init__(self, temperature: float = TAU, *, n_views: int = 2) -> None:
-        super().__init__(temperature, n_views=n_views)
+    default_temperature = TAU
 
 
 SPEC = fixed_temperature_spec(
     "SimCLR: NT-Xent, softmax of the positive against all other rows, τ 0.2",
     NTXentLoss,
     nt_xent_loss_reference,
-    TAU,
     kernel="nt_xent_triton",
 )

@@ -222,4 +222,5 @@ SPEC = LossSpec(
     function=_function,
     reference=_reference,
     params=sigmoid.SPEC.params,
+    kernel="sigmoid_block",  # its two-tower block (pairs="two_tower")
 )

@@ -65,16 +65,19 @@ def softmax_temperature(default: float) -> HyperParam:
 
 class FixedTemperatureLoss(nn.Module):
     """A self-supervised softmax loss with a fixed temperature τ and no learnable state, as a
-    module: subclasses name the loss (``title``) and its function ``loss(z, τ, n_views=...)``."""
+    module: subclasses name the loss (``title``), its default τ (``default_temperature``) and its
+    function ``loss(z, τ, n_views=...)``."""
 
     title = "the loss"
+    default_temperature = 0.2
 
     @staticmethod
     def loss(z: torch.Tensor, temperature: float, *, n_views: int, impl: str = "auto") -> torch.Tensor:
         raise NotImplementedError
 
-    def __init__(self, temperature: float, *, n_views: int = 2) -> None:
+    def __init__(self, temperature: float | None = None, *, n_views: int = 2) -> None:
         super().__init__()
+        temperature = self.default_temperature if temperature is None else temperature
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.tau, self.n_views = float(temperature), n_views
@@ -98,10 +101,10 @@ def fixed_temperature_spec(
     summary: str,
     module: type[FixedTemperatureLoss],
     reference: Callable[..., torch.Tensor],
-    tau: float,
     kernel: str | None = None,
 ) -> LossSpec:
-    """The registry entry of a FixedTemperatureLoss: its one parameter τ (default ``tau``), the
+    """The registry entry of a FixedTemperatureLoss: its one parameter τ (default
+    ``module.default_temperature``), the
     module built from it, its function (``module.loss``) and ``reference(z, τ, n_views=...)``."""
 
     def build(*, n_views: int, temperature: float) -> nn.Module:
@@ -113,5 +116,5 @@ def fixed_temperature_spec(
     def plain(z: torch.Tensor, labels: None = None, *, n_views: int = 2, **params) -> torch.Tensor:
         return reference(z, params["temperature"], n_views=n_views)
 
-    params = {"temperature": softmax_temperature(tau)}
+    params = {"temperature": softmax_temperature(module.default_temperature)}
     return LossSpec(summary, build, function, plain, params, kernel=kernel)
