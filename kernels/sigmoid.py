@@ -16,7 +16,7 @@ import torch
 import triton
 from triton.runtime.errors import OutOfResources
 
-from .sigmoid_kernel import CROSS, MAX_BLOCK_D, SELF, TWO_TOWER, _sigmoid_block_kernel
+from .sigmoid_kernel import CROSS, MAX_BLOCK_D, SELF, TWO_TOWER, WIDE_BLOCK_K, _sigmoid_block_kernel
 from .tiles import (
     INTERPRET,
     CompileCase,
@@ -120,17 +120,29 @@ autotuned_kernel = triton.autotune(
 
 # The symmetric tile (S, G, G·Z_J in registers and Gᵀ·Z_I) spilled 756 bytes per thread at
 # D = 128 bf16 (128×128, 8 warps), 236 with Gᵀ·Z_I in 64-feature slices, 72 at 64×64 (sm_90,
-# triton 3.6). Until it compiles without spilling, compiled launches take every ordered tile;
-# the interpreter (the tests) runs both schedules.
+# triton 3.6). In 64-feature steps (_feature_tiling: both products added to memory per tile) it
+# compiles without spilling and models 0.172 cycles per ordered pair with the loss terms and
+# 0.107 without, against 0.193 and 0.125 for every ordered tile, but adds an fp32 atomic add per
+# ordered pair that the model does not charge (docs/design.md §3). Until a GPU timing shows the
+# gain, compiled launches take every ordered tile; the interpreter (the tests) runs both.
 SYMMETRIC_COMPILED = INTERPRET
 
 
 def _blocks(d: int, fp32: bool) -> tuple[int, ...]:
     """Tile sizes the plan may choose: 64 rows for fp32 rows (a 128×128 TF32 tile needed 256 KiB
-    of shared memory; IEEE: see _dot_flags) and past one feature tile, where 128×128 tiles kept S,
-    the loss terms and G live over the dZ slices and spilled 0.4-1.1 KB per thread at D = 256-1024
-    (8 warps, sm_90, triton 3.6)."""
-    return (64,) if fp32 or d > MAX_BLOCK_D else (128, 64)
+    of shared memory; IEEE: see _dot_flags), else 128 or 64. Past one feature tile 128×128 tiles
+    compile without spilling in 64-feature steps (WIDE_BLOCK_K) and halve the loads and atomic
+    adds per pair of 64×64 ones: 87 SASS per pair against 139 at D = 768 (bf16 SigCLR with the
+    loss terms, sm_90, triton 3.6)."""
+    return (64,) if fp32 else (128, 64)
+
+
+def _feature_tiling(d: int, symmetric: bool = False) -> tuple[int, int]:
+    """(BLOCK_K, NUM_K): one feature tile up to MAX_BLOCK_D, else WIDE_BLOCK_K-feature steps;
+    compiled symmetric tiles wider than WIDE_BLOCK_K take the steps too (see SYMMETRIC_COMPILED)."""
+    block_k, num_k = feature_tiling(d, MAX_BLOCK_D)
+    wide = num_k > 1 or (symmetric and not INTERPRET and block_k > WIDE_BLOCK_K)
+    return (WIDE_BLOCK_K, triton.cdiv(d, WIDE_BLOCK_K)) if wide else (block_k, num_k)
 
 
 def _plan(rows: torch.Tensor, mc: int, symmetric_ok: bool, tiles: dict) -> Plan:
@@ -236,7 +248,9 @@ def _launch(rows, cols, logit_scale, logit_bias, plan: Plan, flags: dict, determ
     (m, d), mc = rows.shape, cols.shape[0]
     units, length, _ = schedule_units(m, mc, plan.block_m, plan.symmetric, plan.block_n)
     programs = min(plan.programs, length)
-    block_k, num_k = feature_tiling(d, MAX_BLOCK_D) if block_k is None else (block_k, triton.cdiv(d, block_k))
+    block_k, num_k = (
+        _feature_tiling(d, plan.symmetric) if block_k is None else (block_k, triton.cdiv(d, block_k))
+    )
     slots = 1 if not deterministic else programs
     f32 = dict(dtype=torch.float32, device=rows.device)
     dx = torch.zeros((slots, m, d), **f32) if grad_rows else rows.new_empty(0)
@@ -311,8 +325,9 @@ def sigmoid_loss(
 
 # (kernel, pairs, symmetric, deterministic, dtype name, dtype, fp32_dot, feature sizes) of what
 # tools/compile_kernels.py compiles: the launches of a 2N = 8192 batch on an H100.
+_WIDE = (128, 256, 512, 768, 1024)  # one feature tile, then 2-16 feature steps
 _COMPILE_VARIANTS = [
-    ("sigmoid", "self", False, False, "bf16", torch.bfloat16, None, (64, 128, 256, 1024)),
+    ("sigmoid", "self", False, False, "bf16", torch.bfloat16, None, (64, *_WIDE)),
     ("sigmoid", "self", False, False, "fp16", torch.float16, None, (128,)),
     ("sigmoid", "self", False, False, "fp32 tf32", torch.float32, "tf32", (128,)),
     ("sigmoid", "self", False, False, "fp32 bf16-operands", torch.float32, "bf16", (128,)),
@@ -320,7 +335,7 @@ _COMPILE_VARIANTS = [
     ("sigmoid symmetric", "self", True, False, "bf16", torch.bfloat16, None, (128,)),
     ("sigmoid deterministic", "self", False, True, "bf16", torch.bfloat16, None, (128,)),
     ("sigmoid cross-rank", "cross", False, False, "bf16", torch.bfloat16, None, (128,)),
-    ("sigmoid two-tower", "two_tower", False, False, "bf16", torch.bfloat16, None, (128,)),
+    ("sigmoid two-tower", "two_tower", False, False, "bf16", torch.bfloat16, None, _WIDE),
 ]
 
 
@@ -328,9 +343,12 @@ def compile_cases(quick: bool = False) -> list[CompileCase]:
     """The launches tools/compile_kernels.py compiles for sm_90, at 2N = 8192 with the plan and
     alignment they get at run time (IEEE fp32 and deterministic runs: their one pinned
     configuration): bf16 SigCLR at D = 64 and 128 with every autotune candidate of its tile, at
-    D = 256 and 1024 the first, each with and without the loss terms; the other variants of
-    _COMPILE_VARIANTS, the first candidate with the loss. quick (CI): bf16 SigCLR at D = 128 as
-    above and the first candidate with the loss of the rest (it fits them all)."""
+    D = 256-1024 the first, each with and without the loss terms (the symmetric tile at D = 128
+    too); the other variants of _COMPILE_VARIANTS, the first candidate with the loss. quick (CI):
+    bf16 SigCLR and the symmetric tile at D = 128 as above and the first candidate with the loss
+    of the rest (it fits them all).
+    Past one feature tile the report counts the column loop with its feature loops, each run
+    feature_trips = D / WIDE_BLOCK_K times (tools/compile_kernels.py's nested_loop)."""
     m, cases = 8192, []
     for kernel, pairs, symmetric, det, name, dtype, fp32_dot, dims in _COMPILE_VARIANTS:
         flags = dict(_dot_flags(dtype, fp32_dot), UPCAST=False)
@@ -340,8 +358,8 @@ def compile_cases(quick: bool = False) -> list[CompileCase]:
             configs = [(plan.num_warps, plan.num_stages)] if det or exact or symmetric else [
                 (c.num_warps, c.num_stages) for c in _configs() if c.num_warps == plan.num_warps
             ]  # fmt: skip
-            block_k, num_k = feature_tiling(d, MAX_BLOCK_D)
-            bf16 = kernel == "sigmoid" and name == "bf16"
+            block_k, num_k = _feature_tiling(d, symmetric)
+            bf16 = kernel in ("sigmoid", "sigmoid symmetric") and name == "bf16"
             every = bf16 and (d == 128 or (not quick and d == 64))
             for loss in (True, False) if every or (bf16 and not quick) else (True,):
                 consts = dict(BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=block_k, NUM_K=num_k)
@@ -352,18 +370,20 @@ def compile_cases(quick: bool = False) -> list[CompileCase]:
                 args = (dtype, dtype, torch.float32, torch.float32, torch.float32, torch.float32)
                 args += (torch.float32, m, m, m // 2, d, d, d, d, d, 1.0 / m)
                 # Ordered pairs per iteration of the sweep: a symmetric tile stands for two. Its
-                # dots per element: S, G·Z_J, and Gᵀ·Z_I in the symmetric and two-tower sweeps.
+                # dots per element over the padded features: S, G·Z_J, and Gᵀ·Z_I in the
+                # symmetric and two-tower sweeps.
                 pairs_per_iteration = plan.block_m * plan.block_n * (2 if symmetric else 1)
                 dots = 3 if symmetric or pairs == "two_tower" else 2
-                flops = 2 * block_k * dots // (2 if symmetric else 1)
+                flops = 2 * block_k * num_k * dots // (2 if symmetric else 1)
                 for warps, stages in configs if every else configs[:1]:
                     meta = dict(kernel=kernel, variant="loss" if loss else "no loss", dtype=name, D=d)
                     meta.update(BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, programs=plan.programs)
-                    if num_k == 1:
-                        meta.update(dot_flops_per_pair=flops)
+                    meta.update(dot_flops_per_pair=flops)
+                    if num_k > 1:
+                        meta.update(BLOCK_K=block_k, feature_trips=num_k)
                     cases.append(CompileCase(
                         _sigmoid_block_kernel, args, consts, warps, stages, meta,
                         tensor_cores=fp32_dot != "ieee", candidate=not (det or exact or symmetric),
-                        pairs_per_iteration=pairs_per_iteration if num_k == 1 else 0,
+                        pairs_per_iteration=pairs_per_iteration,
                     ))  # fmt: skip
     return cases

@@ -13,14 +13,19 @@ import numpy as np
 import triton
 import triton.language as tl
 
-from .tiles import INTERPRET, add_rows, bf16_values, fast_rcp, load_rows, row_dots, similarity_tile
+from .tiles import INTERPRET, add_rows, bf16_values, fast_rcp, load_rows, row_dots
 
 # Widest feature tile. Up to it, one tile serves S and dZ, and a program keeps dZ of its rows in
-# registers over its whole sweep. Wider D takes S in a loop over 128-feature steps and adds each
-# tile's dZ slices to memory instead: a 256-wide register accumulator (128 fp32 registers per
-# thread) spilled 1-2 KB per thread in every candidate at D = 256 (sm_90, triton 3.6). The
-# interpreter has no registers to spill: one tile up to 256 halves its work at D = 130.
+# registers over its whole sweep. Wider D takes S in a loop over WIDE_BLOCK_K-feature steps and
+# adds each tile's dZ slices to memory instead: a 256-wide register accumulator (128 fp32
+# registers per thread) spilled 1-2 KB per thread in every candidate at D = 256 (sm_90, triton
+# 3.6). The interpreter has no registers to spill: one tile up to 256 halves its work at D = 130.
 MAX_BLOCK_D = 256 if INTERPRET else 128
+# Feature step of S and width of the dZ slices past one feature tile. 64: 128×128 tiles, 8 warps
+# compile without spilling at D = 256-1024 (bf16, sm_90, triton 3.6; 254-255 registers), where
+# 128-feature steps of S spilled 20-100 bytes per thread at D = 768-1024. Every feature loop then
+# runs D / 64 times, what tools/compile_kernels.py multiplies the loops' SASS by.
+WIDE_BLOCK_K = 64
 
 # r = 2¹⁵·σ is what the second dot multiplies: ≤ 32768 < 65504 (fp16's largest), and fp16 keeps
 # it normal down to σ = 6.1e-5 / 2¹⁵ = 1.9e-9 (a < −20), where σ·(1/M) flushed every negative
@@ -193,9 +198,9 @@ def _tile(X, Y, DX, DY, zi, rows, row_ok, j, MC, D, stride_x, stride_y, stride_d
     G·Z_J into the rows of I and, COL_SIDE, Gᵀ·Z_I into the rows of J. WEIGHT: how many ordered
     pairs each element stands for in the sums (2 off the diagonal of the symmetric schedule).
     Up to one feature tile, Z_J is loaded once for both dots and dZ_I stays in dz_acc; wider
-    rows add each BLOCK_DO-wide slice of both products to memory, over the one G (S is never
-    recomputed). 64-wide slices: 128 at D = 256 took 255 registers and spilled 1.1 KB per thread
-    (128×128 tiles, 8 warps, sm_90, triton 3.6).
+    rows form S in BLOCK_K steps, then add each BLOCK_DO-wide slice of each product to memory,
+    over the one G (S is never recomputed). 64-wide slices: 128 at D = 256 took 255 registers
+    and spilled 1.1 KB per thread (128×128 tiles, 8 warps, sm_90, triton 3.6).
     TAIL masks columns ≥ MC: they load as zero rows, so they only reach the row sums. Rows ≥ M
     need no mask: zero too, they reach only their own row sums, which the sweep drops."""
     cols, col_ok, zj = _block(Y, j, MC, stride_y, D, BLOCK_N, BLOCK_K, NUM_K, INT64, CAST_BF16, UPCAST)
@@ -203,10 +208,12 @@ def _tile(X, Y, DX, DY, zi, rows, row_ok, j, MC, D, stride_x, stride_y, stride_d
     if NUM_K == 1:
         s = tl.dot(zi, tl.trans(zj), input_precision=PRECISION)
     else:
-        s = similarity_tile(
-            X, rows, row_ok, stride_x, Y, cols, col_ok, stride_y, D,
-            BLOCK_M, BLOCK_N, BLOCK_K, NUM_K, UPCAST, PRECISION, CAST_BF16,
-        )  # fmt: skip
+        # Bases advanced by k: loop-invariant (BLOCK, BLOCK_K) 64-bit pointers held registers.
+        s = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(0, D, BLOCK_K):
+            za = load_rows(X + k, rows, row_ok, stride_x, offs, D - k, CAST_BF16, UPCAST)
+            zb = load_rows(Y + k, cols, col_ok, stride_y, offs, D - k, CAST_BF16, UPCAST)
+            s = tl.dot(za, tl.trans(zb), s, input_precision=PRECISION)
     x, r = negative_weight(s, scale2, bias2)
     if TAIL:
         r = tl.where(col_ok[None, :], r, 0.0)
@@ -226,16 +233,20 @@ def _tile(X, Y, DX, DY, zi, rows, row_ok, j, MC, D, stride_x, stride_y, stride_d
             dcol = tl.dot(tl.trans(w), zi, input_precision=PRECISION)
             add_rows(DY, cols, col_ok, stride_dy, offs, D, dcol * gscale, True, False)
     else:
-        for k in range(0, D, BLOCK_DO):
-            ks = k + tl.arange(0, BLOCK_DO)
-            if GRAD_ROWS:
-                zj_slice = load_rows(Y, cols, col_ok, stride_y, ks, D, CAST_BF16, UPCAST)
+        # One loop per product: in one loop G, Gᵀ (a second register copy) and both accumulators
+        # were live at once and spilled 160 bytes per thread (two-tower, D = 768, 128×128).
+        ks = tl.arange(0, BLOCK_DO)
+        if GRAD_ROWS:
+            for k in range(0, D, BLOCK_DO):
+                zj_slice = load_rows(Y + k, cols, col_ok, stride_y, ks, D - k, CAST_BF16, UPCAST)
                 part = tl.dot(w, zj_slice, input_precision=PRECISION)
-                add_rows(DX, rows, row_ok, stride_dx, ks, D, part * gscale, ATOMIC_ROWS, False)
-            if COL_SIDE:
-                zs = load_rows(X, rows, row_ok, stride_x, ks, D, CAST_BF16, UPCAST)
-                dcol = tl.dot(tl.trans(w), zs, input_precision=PRECISION)
-                add_rows(DY, cols, col_ok, stride_dy, ks, D, dcol * gscale, True, False)
+                add_rows(DX + k, rows, row_ok, stride_dx, ks, D - k, part * gscale, ATOMIC_ROWS, False)
+        if COL_SIDE:
+            wt = tl.trans(w)
+            for k in range(0, D, BLOCK_DO):
+                zs = load_rows(X + k, rows, row_ok, stride_x, ks, D - k, CAST_BF16, UPCAST)
+                dcol = tl.dot(wt, zs, input_precision=PRECISION)
+                add_rows(DY + k, cols, col_ok, stride_dy, ks, D - k, dcol * gscale, True, False)
     return dz_acc, l_acc, r_acc, gs_acc
 
 

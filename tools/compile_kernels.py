@@ -125,8 +125,9 @@ def inner_loop(instructions: list[tuple[int, str]]) -> list[str]:
 
 
 def nested_loop(instructions: list[tuple[int, str]], trips: int) -> tuple[int, int]:
-    """(SASS, MUFU) per iteration of the innermost loop that holds other loops (a column loop with
-    feature loops inside), each loop directly inside it counted ``trips`` times. Approximate: a
+    """(SASS, MUFU) per iteration of the column loop (of the innermost loops holding loops, the
+    one with the most matrix instructions), each loop directly inside it counted ``trips`` times.
+    Approximate: a
     software-pipelined loop runs a little fewer times than its trip count."""
     ranges = []
     for addr, text in instructions:
@@ -138,10 +139,16 @@ def nested_loop(instructions: list[tuple[int, str]], trips: int) -> tuple[int, i
     def inside(a: tuple, b: tuple) -> bool:
         return a != b and b[0] <= a[0] and a[1] <= b[1]
 
+    def mma(r: tuple) -> int:
+        return sum(bool(re.search(r"\b(HGMMA|HMMA)\b", t)) for a, t in instructions if r[0] <= a <= r[1])
+
     holders = [r for r in ranges if any(inside(q, r) for q in ranges)]
     if not holders:
         return 0, 0
-    outer = min(holders, key=lambda r: r[1] - r[0])
+    # The column loop: of the innermost loops holding loops, the one with the most matrix
+    # instructions (a correction loop over feature slices holds none), then the smallest.
+    innermost = [r for r in holders if not any(inside(q, r) for q in holders)]
+    outer = min(innermost, key=lambda r: (-mma(r), r[1] - r[0]))
     inner = [
         q for q in ranges if inside(q, outer) and not any(inside(q, p) and inside(p, outer) for p in ranges)
     ]
