@@ -160,7 +160,8 @@ def _plan(rows: torch.Tensor, mc: int, symmetric_ok: bool, tiles: dict) -> Plan:
         sms = torch.cuda.get_device_properties(rows.device).multi_processor_count
         symmetric_ok = symmetric_ok and SYMMETRIC_COMPILED
         fp32 = rows.dtype == torch.float32
-        plan = plan_schedule(m, mc, symmetric_ok=symmetric_ok, sms=sms, blocks=_blocks(rows.shape[1], fp32))
+        d = rows.shape[1]
+        plan = plan_schedule(m, mc, symmetric_ok=symmetric_ok, sms=sms, blocks=_blocks(d, fp32), d=d)
     if tiles.get("col_splits"):
         plan = dataclasses.replace(plan, programs=tiles["col_splits"])
     return plan
@@ -354,7 +355,8 @@ def compile_cases(quick: bool = False) -> list[CompileCase]:
         flags = dict(_dot_flags(dtype, fp32_dot), UPCAST=False)
         exact = flags["PRECISION"] == "ieee" and dtype == torch.float32 and not flags["CAST_BF16"]
         for d in dims:
-            plan = plan_schedule(m, m, symmetric_ok=symmetric, blocks=_blocks(d, dtype == torch.float32))
+            plan = plan_schedule(m, m, symmetric_ok=symmetric, blocks=_blocks(d, dtype == torch.float32), d=d)
+            plan = dataclasses.replace(plan, symmetric=symmetric)  # the model keeps every tile (§3.4)
             configs = [(plan.num_warps, plan.num_stages)] if det or exact or symmetric else [
                 (c.num_warps, c.num_stages) for c in _configs() if c.num_warps == plan.num_warps
             ]  # fmt: skip
