@@ -178,8 +178,11 @@ def _plan(rows: torch.Tensor, mc: int, symmetric_ok: bool, tiles: dict, interpre
     else:
         cuda = rows.device.type == "cuda"
         sms = torch.cuda.get_device_properties(rows.device).multi_processor_count if cuda else H100_SMS
-        blocks = _blocks(rows.shape[1], rows.dtype == torch.float32)
-        plan = plan_schedule(m, mc, symmetric_ok=symmetric_ok and SYMMETRIC_COMPILED, sms=sms, blocks=blocks)
+        d = rows.shape[1]
+        blocks = _blocks(d, rows.dtype == torch.float32)
+        plan = plan_schedule(
+            m, mc, symmetric_ok=symmetric_ok and SYMMETRIC_COMPILED, sms=sms, blocks=blocks, d=d
+        )
     if tiles.get("col_splits"):
         plan = dataclasses.replace(plan, programs=tiles["col_splits"])
     return plan

@@ -3,6 +3,8 @@ launches at 2N = 8192 on an H100, with the plan, tiles and alignment sigmoid.py 
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from .sigmoid import PAIR_MODES, _blocks, _configs, _dot_flags, _feature_tiling, _slice_width
@@ -40,7 +42,8 @@ def compile_cases(quick: bool = False) -> list[CompileCase]:
         flags = dict(_dot_flags(dtype, fp32_dot), UPCAST=False)
         exact = flags["PRECISION"] == "ieee" and dtype == torch.float32 and not flags["CAST_BF16"]
         for d in dims:
-            plan = plan_schedule(m, m, symmetric_ok=symmetric, blocks=_blocks(d, dtype == torch.float32))
+            plan = plan_schedule(m, m, symmetric_ok=symmetric, blocks=_blocks(d, dtype == torch.float32), d=d)
+            plan = dataclasses.replace(plan, symmetric=symmetric)  # the model keeps every tile (§3.4)
             configs = [(plan.num_warps, plan.num_stages)] if det or exact or symmetric else [
                 (c.num_warps, c.num_stages) for c in _configs() if c.num_warps == plan.num_warps
             ]  # fmt: skip

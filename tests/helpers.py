@@ -53,6 +53,21 @@ def assert_close_rel(
     assert err <= tol, f"{what}: max error {err:.3e} relative to the scale exceeds {tol:.1e}"
 
 
+def reversed_programs(monkeypatch) -> None:
+    """Run the Triton interpreter's programs in reverse order (the last program of every grid
+    axis first): a result that depends on the order programs run in changes."""
+    from triton.runtime import interpreter
+
+    builder = interpreter.interpreter_builder
+    forward = type(builder).set_grid_idx
+
+    def backwards(self, x, y, z):
+        nx, ny, nz = self.grid_dim
+        forward(self, nx - 1 - x, ny - 1 - y, nz - 1 - z)
+
+    monkeypatch.setattr(type(builder), "set_grid_idx", backwards)
+
+
 def run_in(read_only: Path, *argv: str) -> subprocess.CompletedProcess:
     """``python -m fastsigclr argv`` with ``read_only`` made read-only for its duration (root drops
     its file-access capabilities, so the permissions hold for it too); skips where it cannot."""

@@ -36,6 +36,7 @@ SLOW: dict[str, float] = {
     "test_datasets.py::test_data_commands_on_real_cifar10": 9.0,
     "test_datasets.py::test_real_cifar10_reads_in_the_official_layout": 26.1,
     "test_dcl.py::test_train_with_dcl": 57.1,
+    "test_deterministic.py::test_resumed_run_launches_with_the_recorded_plans[interpreter]": 53.4,
     "test_distributed.py::test_distributed_loss_equals_single_process": 27.1,
     "test_distributed.py::test_torchrun_matches_one_process": 142.1,
     "test_distributed.py::test_torchrun_needs_an_out_dir_and_a_divisible_batch": 34.8,

@@ -30,6 +30,7 @@ FLOORS = {
         ("config", "checkpoint", "runinfo", "runlog", "optim", "pace", "preempt", "significance", "__init__"),
         0,
     ),
+    "determinism": 0,
     **dict.fromkeys(("kernels", "losses", "models", "data"), 1),
     **dict.fromkeys(("cluster", "distributed", "runconfig"), 2),
     **dict.fromkeys(("recipe", "eval", "rundir"), 3),
