@@ -17,7 +17,7 @@ CUDA = torch.device("cuda")
 
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float16, 4e-3), (torch.float32, 5e-6)])
 # 2N = 4128 leaves tails in 64- and 128-row tiles, D = 80 in its 128-feature tile and D = 240 in the
-# second of two; 2N, N and D are multiples of 16, as in the loss bench (the same integer
+# last of its 64-feature steps; 2N, N and D are multiples of 16, as in the loss bench (the same integer
 # specialisations): bf16 compiles nothing the bench (and the memory test) do not, fp16 and fp32 one
 # variant per D (docs/design.md §11).
 @pytest.mark.parametrize("m,d,n_views", [(4128, 80, 2), (4128, 240, 3)])
