@@ -52,10 +52,15 @@ def compute_dtypes(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype,
     return (torch.bfloat16, torch.bfloat16) if precision == "bf16" else (torch.float32, None)
 
 
-def build_model(cfg: TrainConfig, info, device: torch.device):
+def build_model(cfg: TrainConfig, info, device: torch.device, plans: dict[str, Any] | None = None):
+    """Model, loss and probe on ``device``; the loss deterministic with ``--deterministic``, launching
+    its kernel with ``plans`` (a resumed run's recorded ones) where its spec takes plans."""
     model = SSLModel(cfg.arch or "resnet18", cfg.width, cfg.proj_dims or (), cfg.zero_init_residual)
     model = model.to(device, memory_format=memory_format(device))
-    criterion = cfg.loss_spec.build(n_views=cfg.n_views, **loss_params(cfg, cfg.loss_spec))
+    params = loss_params(cfg, cfg.loss_spec)
+    if cfg.loss_spec.kernel_plans:
+        params.update(deterministic=cfg.deterministic, plans=plans)
+    criterion = cfg.loss_spec.build(n_views=cfg.n_views, **params)
     criterion = criterion.to(device)
     probe = torch.nn.Linear(model.backbone.out_dim, max(info.num_classes, 1)).to(device)  # 0: unlabeled
     return model, criterion, probe
@@ -78,10 +83,13 @@ class Setup:
     autocast_dtype: torch.dtype | None
 
 
-def build(cfg: TrainConfig, ctx: distributed.Context, data: DataSplits | None = None) -> Setup:
+def build(
+    cfg: TrainConfig, ctx: distributed.Context, data: DataSplits | None = None, plans: dict | None = None
+) -> Setup:
     """Data (``load_data``, or ``data`` given), loader, model, loss, online probe and their
     optimisers, on ``ctx.device``; seeded by ``cfg.seed``. ``cfg`` is resolved
-    (``TrainConfig.resolved``): its batch size, epochs and loss parameters are set."""
+    (``TrainConfig.resolved``): its batch size, epochs and loss parameters are set. plans: the
+    kernel plans a resumed --deterministic run recorded (``runconfig.saved_plans``)."""
     if cfg.batch_size is None or cfg.epochs is None:
         raise ValueError("build needs a resolved config (TrainConfig.resolved()): its batch size is unset")
     device = ctx.device
@@ -105,7 +113,7 @@ def build(cfg: TrainConfig, ctx: distributed.Context, data: DataSplits | None = 
     )
     if loader.samples.decoded:
         data.adopt(loader.samples)
-    model, criterion, probe = build_model(cfg, info, device)
+    model, criterion, probe = build_model(cfg, info, device, plans)
     if ctx.distributed and cfg.sync_bn:
         model = convert_global_bn(model)
     optimizer = build_optimizer(
@@ -201,6 +209,16 @@ def checkpoint_state(setup: Setup, epoch: int, step: int) -> dict[str, Any]:
         "epoch": epoch,
         "step": step,
         "config": to_dict(setup.cfg),
+    }
+
+
+def kernel_plans(setup: Setup) -> dict[str, dict[str, Any]]:
+    """The tile plans the loss's kernel has launched with so far (and those it was given), as
+    config.json records them: kind of block → the fields of a ``kernels.Plan``; {} for a loss
+    without plans."""
+    plans = setup.criterion.plans if setup.loss_spec.kernel_plans else {}
+    return {
+        kind: dataclasses.asdict(p) if dataclasses.is_dataclass(p) else dict(p) for kind, p in plans.items()
     }
 
 

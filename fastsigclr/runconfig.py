@@ -21,6 +21,7 @@ from fastsigclr.config import (
     check_fields,
     from_dict,
     option,
+    to_dict,
 )
 from fastsigclr.data import DATASETS, LOADERS, default_data_dir
 from fastsigclr.data.datasets import data_dir_option, dataset_option
@@ -28,6 +29,7 @@ from fastsigclr.data.loaders import ffcv_dir_option
 from fastsigclr.data.order import check_batch
 from fastsigclr.losses import LOSSES, LossSpec
 from fastsigclr.losses.options import LOSS_OPTIONS, check_applicable, renamed_options, with_loss_options
+from fastsigclr.losses.plans import as_plans
 from fastsigclr.models import ARCHS
 from fastsigclr.preempt import PREEMPTED_EXIT, parse_interval
 from fastsigclr.runinfo import device_option
@@ -128,6 +130,12 @@ class TrainConfig:
         "auto", "compute dtype; auto: bf16 autocast on CUDA, fp32 on CPU", choices=("auto", "bf16", "fp32")
     )
     seed: int = option(0, "random seed", ge=0, le=SEED_MAX)
+    deterministic: bool = option(
+        False,
+        "bitwise-equal runs and restarts: torch's deterministic algorithms, and the sigmoid kernel summing "
+        "in a fixed order with the tile plans recorded in config.json (a resumed run on another GPU "
+        "reuses them); off: equal to fp32 rounding, not bitwise, on a GPU",
+    )
     limit_train: int | None = option(
         None, "use a class-balanced subset of N training images (the same for every loader)", ge=1
     )
@@ -257,3 +265,26 @@ def read_config(
 
 # What eval, export and embed say of a run whose config.json cannot be read.
 RESTORE_CONFIG = "restore it from a copy of the run: the model cannot be rebuilt without it"
+
+
+def write_config(run_dir: Path, cfg: TrainConfig, record: dict[str, Any]) -> None:
+    """A run's config.json, atomically: its ``config`` and ``record`` (what ran, where, and the
+    kernel plans of a --deterministic run: ``kernel_plans``)."""
+    text = json.dumps({"config": to_dict(cfg), **record}, indent=2) + "\n"
+    ckpt.write_text_atomic(Path(run_dir) / "config.json", text)
+
+
+def saved_plans(run_dir: Path) -> dict[str, Any]:
+    """The tile plans a --deterministic run recorded in its config.json (``kernel_plans``: kind of
+    block → the fields of a ``kernels.Plan``), for its resumed run to launch with; {} for files
+    written before them or by runs without plans (the torch path, or no --deterministic)."""
+    try:
+        plans = json.loads(ckpt.read_text(Path(run_dir) / "config.json")).get("kernel_plans") or {}
+        as_plans(plans)  # checks them
+        return plans
+    except (OSError, ValueError, AttributeError) as err:
+        raise FastSigCLRError(
+            f"cannot resume {run_dir}: the kernel_plans of its config.json are unreadable ({err}); "
+            f"remove that entry to let the resumed run pick its plans on this GPU (its sums then run in "
+            f"another order than before)"
+        ) from None

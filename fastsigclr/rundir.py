@@ -40,7 +40,7 @@ from typing import Any
 from fastsigclr import checkpoint as ckpt
 from fastsigclr import cluster, distributed
 from fastsigclr.config import FastSigCLRError, flag, replace, to_dict
-from fastsigclr.runconfig import TrainConfig, read_config
+from fastsigclr.runconfig import TrainConfig, read_config, write_config
 from fastsigclr.runlog import RunLog
 
 LOCK = "run.lock"
@@ -48,7 +48,8 @@ CHECKPOINT = Path("checkpoints") / "last.pt"
 # What a run writes; an interrupted start (no checkpoint, no finished epoch) has these replaced.
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "tensorboard", "checkpoints")
 # Options that may differ when resuming: they change neither the model, the data nor the recipe
-# of the steps already taken. Every other option typed with --resume must equal the run's own.
+# of the steps already taken (--deterministic: the order of the sums from the resumed step on).
+# Every other option typed with --resume must equal the run's own.
 RESUMABLE = frozenset(
     {
         "resume",
@@ -66,6 +67,7 @@ RESUMABLE = frozenset(
         "dist_loss",
         "dist_timeout",
         "compile",
+        "deterministic",
     }
 )
 CHECKPOINT_KEYS = ("model", "criterion", "probe", "optimizer", "probe_optimizer", "rng", "epoch", "step")
@@ -258,6 +260,7 @@ class RunDir:
     complete: dict[str, Any] | None = None  # the summary of a run with no epoch left to train
     restart: bool = False  # an interrupted start, whose files ``begin`` replaces
     log: RunLog | None = None  # metrics.jsonl (and TensorBoard), from ``begin`` to ``close``
+    record: dict[str, Any] = field(default_factory=dict)  # config.json's besides the config, from ``begin``
     _fd: int | None = None
     _created: list[Path] = field(default_factory=list)
     _created_lock: bool = False
@@ -318,9 +321,8 @@ class RunDir:
             for name in RUN_FILES if self.restart else ():
                 target = self.path / name
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-            text = json.dumps({"config": to_dict(self.cfg), **record}, indent=2) + "\n"
-            ckpt.write_text_atomic(self.path / "config.json", text)
-        self._begun = True
+            write_config(self.path, self.cfg, record)
+        self._begun, self.record = True, record
         resume_epoch = self.state["epoch"] if self.state is not None else None
         inside = self.state is not None and self.state.get("position") is not None  # a mid-epoch checkpoint
         self.log = RunLog(

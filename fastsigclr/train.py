@@ -32,12 +32,13 @@ from tqdm.auto import tqdm
 
 from fastsigclr import distributed, preempt, rundir
 from fastsigclr.config import FastSigCLRError, to_dict
+from fastsigclr.determinism import deterministic_torch
 from fastsigclr.eval import extract_features, knn_accuracy
 from fastsigclr.losses import DistributedCriterion
 from fastsigclr.optim import warmup_cosine
 from fastsigclr.pace import Pace, cpu_notice, format_duration
-from fastsigclr.recipe import Setup, build, checkpoint_state, loss_scalars, resume
-from fastsigclr.runconfig import TrainConfig, uses_labels
+from fastsigclr.recipe import Setup, build, checkpoint_state, kernel_plans, loss_scalars, resume
+from fastsigclr.runconfig import TrainConfig, saved_plans, uses_labels, write_config
 from fastsigclr.runinfo import resolve_device, run_record
 
 
@@ -48,22 +49,28 @@ def train(
     saved ones (those typed on the command line; unset: those that differ from the defaults)."""
     out = cfg.out
     cfg = rundir.settings(cfg, rundir.changed_options(cfg) if given is None else given)
-    ctx = distributed.setup(resolve_device(cfg.device), cfg.dist_timeout)
-    try:
-        if ctx.distributed and out is None:
-            raise FastSigCLRError("torchrun runs need --out DIR: every rank must agree on the run directory")
-        distributed.check_same_run(ctx, to_dict(cfg))  # before anything writes the run
-        with rundir.open_run(cfg, ctx) as run:
-            return run.complete if run.complete is not None else _train(run, ctx, command)
-    finally:
-        distributed.teardown(ctx)
+    # --deterministic before CUDA starts (cuBLAS reads its workspace setting as it starts).
+    with deterministic_torch(cfg.deterministic):
+        ctx = distributed.setup(resolve_device(cfg.device), cfg.dist_timeout)
+        try:
+            if ctx.distributed and out is None:
+                raise FastSigCLRError(
+                    "torchrun runs need --out DIR: every rank must agree on the run directory"
+                )
+            distributed.check_same_run(ctx, to_dict(cfg))  # before anything writes the run
+            with rundir.open_run(cfg, ctx) as run:
+                return run.complete if run.complete is not None else _train(run, ctx, command)
+        finally:
+            distributed.teardown(ctx)
 
 
 def _train(run: rundir.RunDir, ctx: distributed.Context, command: list[str] | None) -> dict[str, Any]:
-    setup = build(run.cfg, ctx)
+    plans = saved_plans(run.path) if run.state is not None else {}  # a resumed run's recorded ones
+    setup = build(run.cfg, ctx, plans=plans)
     start_epoch, step, position = resume(setup, run.state, str(run.path / rundir.CHECKPOINT))
     parts = step_parts(setup, ctx)
     record = {**run_record(ctx.device, command), "world_size": ctx.world_size}
+    record.update({"kernel_plans": plans} if plans else {})
     epochs = Epochs(run, ctx, setup, parts, run.begin(record), start_epoch, step)
     with preempt.Preemption() as epochs.stop:
         for epoch in range(start_epoch, epochs.epochs):
@@ -196,6 +203,8 @@ class Epochs:
             computed = logged or index + 1 == self.steps_per_epoch
             loss, probe_loss, logits = train_step(self.parts, views, labels, compute_loss=computed)
             self.step += 1
+            if index == start:
+                self._record_plans()
             estimate = self.pace.step()
             if estimate:
                 tqdm.write(estimate, file=sys.stderr)
@@ -208,6 +217,15 @@ class Epochs:
             if index + 1 < self.steps_per_epoch:
                 self._inside_epoch(epoch, index + 1, (loss_sum, loss_steps, probe_correct))
         return loss_sum, loss_steps, probe_correct
+
+    def _record_plans(self) -> None:
+        """After an epoch's first step, on rank 0: the tile plans the loss's kernel launched with
+        that config.json does not hold yet (a --deterministic run's first step on CUDA) go into
+        it, for --resume to launch with them on whatever GPU it runs."""
+        plans = kernel_plans(self.setup)
+        if self.ctx.is_main and plans != self.run.record.get("kernel_plans", {}):
+            self.run.record["kernel_plans"] = plans
+            write_config(self.run.path, self.cfg, self.run.record)
 
     def _stopping(self) -> bool:
         """A preemption signal reached this rank, or (torchrun) any rank: all stop at one step."""

@@ -13,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import launches
 from .tiles import CompileCase
 
 # The parameters the kernel reads, each a column of the (V, B, N_PARAMS) table: the launcher's
@@ -166,24 +167,14 @@ def two_view_augment(
     if batch == 0:
         return out.permute(0, 3, 1, 2)
     block = triton.next_power_of_2(size * size)
-    _two_view_kernel[(batch,)](
-        dataset,
-        index.to(torch.int64).contiguous(),
-        params.to(torch.float32).contiguous(),
-        out,
-        h,
-        w,
-        batch,
-        *mean,
-        *(1.0 / s for s in std),
-        S=size,
-        BLOCK=block,
-        N_VIEWS=n_views,
-        N_PARAMS=n_params,
-        FINISH=finish,
-        **_column_constexprs(columns),
-        num_warps=_warps(block),
-    )
+    args = (dataset, index.to(torch.int64).contiguous(), params.to(torch.float32).contiguous(), out)
+    args += (h, w, batch, *mean, *(1.0 / s for s in std))
+    consts = dict(S=size, BLOCK=block, N_VIEWS=n_views, N_PARAMS=n_params, FINISH=finish)
+    consts.update(_column_constexprs(columns))
+    if launches.recording():  # kernels/launches.py: triton's default stages
+        launches.record("augment", args, consts, [(_warps(block), launches.DEFAULT_CONFIG[1])])
+    if not launches.record_only():
+        _two_view_kernel[(batch,)](*args, **consts, num_warps=_warps(block))
     return out.permute(0, 3, 1, 2)
 
 

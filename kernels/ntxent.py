@@ -13,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import launches
 from .tiles import CompileCase, dot_settings, feature_tiling, similarity_tile
 
 NEG_BIG = tl.constexpr(-1.0e30)  # finite "−∞": rows without a valid column never give exp(−∞ + ∞)
@@ -204,46 +205,32 @@ def nt_xent_triton(
         **dot_settings(zhat.dtype),
     )
     inv_tau = 1.0 / temperature
-    lse = torch.empty(m, dtype=torch.float32, device=zhat.device)
-    row_loss = torch.empty(m, dtype=torch.float32, device=zhat.device)
-    _ntxent_fwd_kernel[(triton.cdiv(m, block_m),)](
-        zhat,
-        lse,
-        row_loss,
-        m,
-        m // n_views,
-        d,
-        zhat.stride(0),
-        inv_tau,
-        BLOCK_M=block_m,
-        BLOCK_N=block_n,
-        **common,
+    lse = torch.zeros(m, dtype=torch.float32, device=zhat.device)
+    row_loss = torch.zeros(m, dtype=torch.float32, device=zhat.device)
+    args = (zhat, lse, row_loss, m, m // n_views, d, zhat.stride(0), inv_tau)
+    _run(
+        _ntxent_fwd_kernel, (triton.cdiv(m, block_m),), args, dict(BLOCK_M=block_m, BLOCK_N=block_n, **common)
     )
     loss = row_loss.sum() / m
     if not compute_grad:
         return loss, None
-    dz = torch.empty((m, d), dtype=torch.float32, device=zhat.device)
+    dz = torch.zeros((m, d), dtype=torch.float32, device=zhat.device)
     grid = (triton.cdiv(m, block_m), triton.cdiv(d, bk))
     for transposed in (False, True):
-        _ntxent_bwd_kernel[grid](
-            zhat,
-            lse,
-            dz,
-            m,
-            m // n_views,
-            d,
-            zhat.stride(0),
-            dz.stride(0),
-            inv_tau,
-            inv_tau / m,
-            BLOCK_M=block_m,
-            BLOCK_N=block_n,
-            BLOCK_DO=bk,
-            TRANSPOSED=transposed,
-            ACCUMULATE=transposed,
-            **common,
-        )
+        args = (zhat, lse, dz, m, m // n_views, d, zhat.stride(0), dz.stride(0), inv_tau, inv_tau / m)
+        consts = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DO=bk, TRANSPOSED=transposed, **common)
+        _run(_ntxent_bwd_kernel, grid, args, dict(consts, ACCUMULATE=transposed))
     return loss, dz
+
+
+def _run(kernel, grid: tuple, args: tuple, consts: dict) -> None:
+    """Launch (triton's default warps and stages), recording the compiled launch when asked
+    (kernels/launches.py: on a GPU UPCAST is off)."""
+    if launches.recording():
+        name = "ntxent fwd" if kernel is _ntxent_fwd_kernel else "ntxent bwd"
+        launches.record(name, args, dict(consts, UPCAST=False), [launches.DEFAULT_CONFIG])
+    if not launches.record_only():
+        kernel[grid](*args, **consts)
 
 
 def compile_cases(quick: bool = False) -> list[CompileCase]:

@@ -3,8 +3,8 @@
 ``_sigmoid_block_kernel`` (sigmoid_kernel.py) → ``sigmoid_block``, the launcher: one block of
 the loss, rows against columns in one of three pair modes, returning the loss and every gradient →
 ``SigmoidLoss``, the autograd Function of the one-process SigCLR loss → ``sigmoid_loss``. Here also:
-the schedule (which tiles, how many programs), the autotune candidates, and what
-tools/compile_kernels.py compiles (``compile_cases``).
+the schedule (which tiles, how many programs) and the autotune candidates; what
+tools/compile_kernels.py compiles is in sigmoid_cases.py.
 """
 
 from __future__ import annotations
@@ -16,10 +16,18 @@ import torch
 import triton
 from triton.runtime.errors import OutOfResources
 
-from .sigmoid_kernel import CROSS, MAX_BLOCK_D, SELF, TWO_TOWER, WIDE_BLOCK_K, _sigmoid_block_kernel
+from . import launches
+from .sigmoid_kernel import (
+    CROSS,
+    MAX_BLOCK_D,
+    SELF,
+    TWO_TOWER,
+    WIDE_BLOCK_K,
+    _sigmoid_block_kernel,
+)
 from .tiles import (
+    H100_SMS,
     INTERPRET,
-    CompileCase,
     Plan,
     feature_tiling,
     needs_int64,
@@ -39,7 +47,7 @@ def grad_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype == torch.float16 else dtype
 
 
-def _dot_flags(dtype: torch.dtype, fp32_dot: str | None) -> dict:
+def _dot_flags(dtype: torch.dtype, fp32_dot: str | None, interpret: bool = INTERPRET) -> dict:
     """PRECISION, CAST_BF16 and UPCAST. fp32 rows take TF32 by default ('tf32'; error against
     float64 in docs/design.md §3.4), 'bf16' rounds the operands to bf16 in the kernel, 'ieee' is
     exact (FMA units; a pinned tile, never autotuned: its candidates spilled 26-45 KB per thread
@@ -51,12 +59,12 @@ def _dot_flags(dtype: torch.dtype, fp32_dot: str | None) -> dict:
     fp32 = dtype == torch.float32
     cast = fp32 and fp32_dot == "bf16"
     precision = "ieee" if (not fp32 or fp32_dot in ("ieee", "bf16")) else "tf32"
-    return {"PRECISION": precision, "CAST_BF16": cast, "UPCAST": INTERPRET and (cast or not fp32)}
+    return {"PRECISION": precision, "CAST_BF16": cast, "UPCAST": interpret and (cast or not fp32)}
 
 
-def _configs() -> list[triton.Config]:
+def _configs(interpret: bool = INTERPRET) -> list[triton.Config]:
     """Autotune candidates: warps and stages only (the plan pins the tile). Never IEEE fp32."""
-    if INTERPRET:
+    if interpret:
         return [triton.Config({}, num_warps=4, num_stages=1)]
     # 128×128 with 3 stages needed 128 KiB of shared memory at D = 128 (sm_90): two stages only.
     return [triton.Config({}, num_warps=w, num_stages=s) for w, s in ((8, 2), (4, 2), (4, 3))]
@@ -83,11 +91,15 @@ _KEY = [
 _KEY += ["COMPUTE_LOSS", "INT64", "PRECISION", "CAST_BF16"]
 
 
+def _tile_configs(configs: list[triton.Config], block_m: int) -> list[triton.Config]:
+    """The candidates with 4 warps per 64 rows of the tile (the first if none has)."""
+    return [c for c in configs if c.num_warps == 4 * block_m // 64] or configs[:1]
+
+
 def _prune_configs(configs: list[triton.Config], named_args: dict, **constexprs) -> list[triton.Config]:
     """The candidates for this tile (4 warps per 64 rows) that load and spill nothing
     (select_configs): each is compiled here, as the autotuner would anyway."""
-    warps = 4 * constexprs["BLOCK_M"] // 64
-    configs = [c for c in configs if c.num_warps == warps] or configs[:1]
+    configs = _tile_configs(configs, constexprs["BLOCK_M"])
     if len(configs) == 1:
         return configs
     args = [named_args[name] for name in _ARGS]
@@ -124,8 +136,9 @@ autotuned_kernel = triton.autotune(
 # compiles without spilling and models 0.172 cycles per ordered pair with the loss terms and
 # 0.107 without, against 0.193 and 0.125 for every ordered tile, but adds an fp32 atomic add per
 # ordered pair that the model does not charge (docs/design.md §3). Until a GPU timing shows the
-# gain, compiled launches take every ordered tile; the interpreter (the tests) runs both.
-SYMMETRIC_COMPILED = INTERPRET
+# gain, compiled launches take every ordered tile; the interpreter (the tests) runs both (its
+# plans never ask this).
+SYMMETRIC_COMPILED = False
 
 
 def _blocks(d: int, fp32: bool) -> tuple[int, ...]:
@@ -137,30 +150,39 @@ def _blocks(d: int, fp32: bool) -> tuple[int, ...]:
     return (64,) if fp32 else (128, 64)
 
 
-def _feature_tiling(d: int, symmetric: bool = False) -> tuple[int, int]:
+# sigmoid_kernel.MAX_BLOCK_D when compiled: what a record of the compiled launch takes in the
+# interpreter (kernels/launches.py; tests/test_launches.py checks the two agree).
+COMPILED_MAX_BLOCK_D = 128
+
+
+def _feature_tiling(d: int, symmetric: bool = False, interpret: bool = INTERPRET) -> tuple[int, int]:
     """(BLOCK_K, NUM_K): one feature tile up to MAX_BLOCK_D, else WIDE_BLOCK_K-feature steps;
     compiled symmetric tiles wider than WIDE_BLOCK_K take the steps too (see SYMMETRIC_COMPILED)."""
-    block_k, num_k = feature_tiling(d, MAX_BLOCK_D)
-    wide = num_k > 1 or (symmetric and not INTERPRET and block_k > WIDE_BLOCK_K)
+    block_k, num_k = feature_tiling(d, MAX_BLOCK_D if interpret else COMPILED_MAX_BLOCK_D)
+    wide = num_k > 1 or (symmetric and not interpret and block_k > WIDE_BLOCK_K)
     return (WIDE_BLOCK_K, triton.cdiv(d, WIDE_BLOCK_K)) if wide else (block_k, num_k)
 
 
-def _plan(rows: torch.Tensor, mc: int, symmetric_ok: bool, tiles: dict) -> Plan:
+def _plan(rows: torch.Tensor, mc: int, symmetric_ok: bool, tiles: dict, interpret: bool = INTERPRET) -> Plan:
     """The plan of a launch: the one given, tile overrides (tests; the symmetric schedule needs
     square tiles), one program per row unit of 64-row tiles in the interpreter, or the fastest
-    schedule on this GPU (IEEE fp32: 64-row tiles only, see _dot_flags)."""
+    schedule on this GPU, an H100's SMs where there is none (a compiled launch's record; IEEE
+    fp32: 64-row tiles only, see _dot_flags)."""
     if tiles.get("plan") is not None:
         return tiles["plan"]
     m = rows.shape[0]
     bm, bn = tiles.get("block_m"), tiles.get("block_n")
-    if bm or bn or INTERPRET:
+    if bm or bn or interpret:
         bm, bn = bm or bn or 64, bn or bm or 64
-        plan = Plan(symmetric_ok and bm == bn, bm, bn, 1, 4, 1 if INTERPRET else 2)
+        plan = Plan(symmetric_ok and bm == bn, bm, bn, 1, 4, 1 if interpret else 2)
     else:
-        sms = torch.cuda.get_device_properties(rows.device).multi_processor_count
-        symmetric_ok = symmetric_ok and SYMMETRIC_COMPILED
-        fp32 = rows.dtype == torch.float32
-        plan = plan_schedule(m, mc, symmetric_ok=symmetric_ok, sms=sms, blocks=_blocks(rows.shape[1], fp32))
+        cuda = rows.device.type == "cuda"
+        sms = torch.cuda.get_device_properties(rows.device).multi_processor_count if cuda else H100_SMS
+        d = rows.shape[1]
+        blocks = _blocks(d, rows.dtype == torch.float32)
+        plan = plan_schedule(
+            m, mc, symmetric_ok=symmetric_ok and SYMMETRIC_COMPILED, sms=sms, blocks=blocks, d=d
+        )
     if tiles.get("col_splits"):
         plan = dataclasses.replace(plan, programs=tiles["col_splits"])
     return plan
@@ -232,9 +254,13 @@ def sigmoid_block(
         d_cols = sigmoid_block(cols, rows, logit_scale, logit_bias, compute_loss=False, **kw)[1]
         return loss, d_rows, d_cols, dt, db
     plan = sigmoid_plan(rows, cols, pairs=pairs, deterministic=deterministic, fp32_dot=fp32_dot, **tiles)
+    symmetric_ok = pairs == "self" and not deterministic  # what a compiled launch takes on an H100:
+    compiled = (_plan(rows, cols.shape[0], symmetric_ok, tiles, False),
+                _dot_flags(rows.dtype, fp32_dot, False)) if launches.recording() else None  # fmt: skip
     return _launch(rows, cols, logit_scale, logit_bias, plan, flags, deterministic, tiles.get("block_k"),
-                   n_per_view=n_per_view or rows.shape[0], inv_m=inv_m, pairs=pairs, grad_rows=grad_rows,
-                   grad_cols=grad_cols, compute_loss=compute_loss, out_dtype=out_dtype)  # fmt: skip
+                   compiled, n_per_view=n_per_view or rows.shape[0], inv_m=inv_m, pairs=pairs,
+                   grad_rows=grad_rows, grad_cols=grad_cols, compute_loss=compute_loss,
+                   out_dtype=out_dtype)  # fmt: skip
 
 
 def sigmoid_plan(
@@ -248,37 +274,56 @@ def sigmoid_plan(
     return _plan(rows, cols.shape[0], pairs == "self" and not deterministic, tiles)
 
 
-def _launch(rows, cols, logit_scale, logit_bias, plan: Plan, flags: dict, deterministic: bool,
-            block_k: int | None, *, n_per_view: int, inv_m: float, pairs: str, grad_rows: bool,
-            grad_cols: bool, compute_loss: bool, out_dtype: torch.dtype | None) -> tuple:  # fmt: skip
-    (m, d), mc = rows.shape, cols.shape[0]
+def _grid(plan: Plan, m: int, mc: int, deterministic: bool) -> tuple[int, int, int]:
+    """(row units, programs per unit, slots of the row-gradient buffer) of a plan."""
     units, length, _ = schedule_units(m, mc, plan.block_m, plan.symmetric, plan.block_n)
     programs = min(plan.programs, length)
-    block_k, num_k = (
-        _feature_tiling(d, plan.symmetric) if block_k is None else (block_k, triton.cdiv(d, block_k))
-    )
-    slots = 1 if not deterministic else programs
+    return units, programs, programs if deterministic else 1
+
+
+def _constexprs(plan: Plan, rows, cols, block_k: int | None, interpret: bool, flags: dict, *, pairs: str,
+                grad_rows: bool, two_tower_cols: bool, compute_loss: bool,
+                deterministic: bool) -> dict:  # fmt: skip
+    """The kernel's constexprs for a plan, interpreted or compiled (their widest feature tiles differ)."""
+    (m, d), mc = rows.shape, cols.shape[0]
+    tiling = _feature_tiling(d, plan.symmetric, interpret)
+    block_k, num_k = tiling if block_k is None else (block_k, triton.cdiv(d, block_k))
+    consts = dict(BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=block_k, NUM_K=num_k)
+    consts.update(BLOCK_DO=_slice_width(block_k, num_k, two_tower_cols), PAIRS=PAIR_MODES[pairs])
+    consts.update(SYMMETRIC=plan.symmetric)
+    consts.update(GRAD_ROWS=grad_rows, GRAD_COLS=two_tower_cols, COMPUTE_LOSS=compute_loss)
+    int64 = needs_int64([rows, cols], _grid(plan, m, mc, deterministic)[2] * m * d)
+    return dict(consts, ATOMIC_ROWS=not deterministic, INT64=int64, **flags)
+
+
+def _launch(rows, cols, logit_scale, logit_bias, plan: Plan, flags: dict, deterministic: bool,
+            block_k: int | None, compiled: tuple[Plan, dict] | None, *, n_per_view: int, inv_m: float,
+            pairs: str, grad_rows: bool, grad_cols: bool, compute_loss: bool,
+            out_dtype: torch.dtype | None) -> tuple:  # fmt: skip
+    (m, d), mc = rows.shape, cols.shape[0]
+    units, programs, slots = _grid(plan, m, mc, deterministic)
     f32 = dict(dtype=torch.float32, device=rows.device)
     dx = torch.zeros((slots, m, d), **f32) if grad_rows else rows.new_empty(0)
     two_tower_cols = pairs == "two_tower" and grad_cols
     dy = dx[0] if plan.symmetric and grad_rows else torch.zeros((mc, d), **f32) if two_tower_cols else dx
-    partials = torch.empty((units * programs, 3), **f32)
-    int64 = needs_int64([rows, cols], slots * m * d)
+    partials = torch.zeros((units * programs, 3), **f32)
     scalars = [s.detach().to(torch.float32).reshape(1).contiguous() for s in (logit_scale, logit_bias)]
     args = (rows, cols, dx, dy, partials, *scalars, m, mc, n_per_view, d, rows.stride(0), cols.stride(0))
     args += (d, d, float(inv_m))
-    consts = dict(BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=block_k, NUM_K=num_k)
-    consts.update(
-        BLOCK_DO=_slice_width(block_k, num_k, two_tower_cols),
-        PAIRS=PAIR_MODES[pairs],
-        SYMMETRIC=plan.symmetric,
-        GRAD_ROWS=grad_rows,
-    )
-    consts.update(GRAD_COLS=two_tower_cols, COMPUTE_LOSS=compute_loss, ATOMIC_ROWS=not deterministic)
-    consts.update(INT64=int64, **flags)
     grid = (units, programs)
+    what = dict(pairs=pairs, grad_rows=grad_rows, two_tower_cols=two_tower_cols, compute_loss=compute_loss)
+    what.update(deterministic=deterministic)
+    consts = _constexprs(plan, rows, cols, block_k, INTERPRET, flags, **what)
     exact = rows.dtype == torch.float32 and flags["PRECISION"] == "ieee" and not flags["CAST_BF16"]
-    if deterministic or exact or INTERPRET:
+    pinned = deterministic or exact or not launches.autotune()
+    if compiled is not None:  # record the launch a compiled run would make (kernels/launches.py)
+        plan_c, flags_c = compiled
+        consts_c = _constexprs(plan_c, rows, cols, block_k, False, flags_c, **what)
+        tuned = _tile_configs(_configs(False), plan_c.block_m) if not pinned else [plan_c]
+        launches.record("sigmoid", args, consts_c, [(c.num_warps, c.num_stages) for c in tuned])
+    if launches.record_only():
+        pass
+    elif pinned or INTERPRET:
         _sigmoid_block_kernel[grid](*args, num_warps=plan.num_warps, num_stages=plan.num_stages, **consts)
     else:
         autotuned_kernel[grid](*args, **consts)
@@ -327,71 +372,3 @@ def sigmoid_loss(
     """SigCLR loss of normalised view-major rows zhat (n_views·N, D) → fp32 scalar; logit_scale
     and logit_bias are 0-d tensors on zhat's device and receive gradients."""
     return SigmoidLoss.apply(zhat, logit_scale, logit_bias, n_views, compute_loss, deterministic)
-
-
-# (kernel, pairs, symmetric, deterministic, dtype name, dtype, fp32_dot, feature sizes) of what
-# tools/compile_kernels.py compiles: the launches of a 2N = 8192 batch on an H100.
-_WIDE = (128, 256, 512, 768, 1024)  # one feature tile, then 2-16 feature steps
-_COMPILE_VARIANTS = [
-    ("sigmoid", "self", False, False, "bf16", torch.bfloat16, None, (64, *_WIDE)),
-    ("sigmoid", "self", False, False, "fp16", torch.float16, None, (128,)),
-    ("sigmoid", "self", False, False, "fp32 tf32", torch.float32, "tf32", (128,)),
-    ("sigmoid", "self", False, False, "fp32 bf16-operands", torch.float32, "bf16", (128,)),
-    ("sigmoid", "self", False, False, "fp32 ieee", torch.float32, "ieee", (128,)),
-    ("sigmoid symmetric", "self", True, False, "bf16", torch.bfloat16, None, (128,)),
-    ("sigmoid deterministic", "self", False, True, "bf16", torch.bfloat16, None, (128,)),
-    ("sigmoid cross-rank", "cross", False, False, "bf16", torch.bfloat16, None, (128,)),
-    ("sigmoid two-tower", "two_tower", False, False, "bf16", torch.bfloat16, None, _WIDE),
-]
-
-
-def compile_cases(quick: bool = False) -> list[CompileCase]:
-    """The launches tools/compile_kernels.py compiles for sm_90, at 2N = 8192 with the plan and
-    alignment they get at run time (IEEE fp32 and deterministic runs: their one pinned
-    configuration): bf16 SigCLR at D = 64 and 128 with every autotune candidate of its tile, at
-    D = 256-1024 the first, each with and without the loss terms (the symmetric tile at D = 128
-    too); the other variants of _COMPILE_VARIANTS, the first candidate with the loss. quick (CI):
-    bf16 SigCLR and the symmetric tile at D = 128 as above and the first candidate with the loss
-    of the rest (it fits them all).
-    Past one feature tile (and for two-tower's slices at D = 128) the report counts the column
-    loop with its feature loops, each run feature_trips = D / WIDE_BLOCK_K times
-    (tools/compile_kernels.py's nested_loop)."""
-    m, cases = 8192, []
-    for kernel, pairs, symmetric, det, name, dtype, fp32_dot, dims in _COMPILE_VARIANTS:
-        flags = dict(_dot_flags(dtype, fp32_dot), UPCAST=False)
-        exact = flags["PRECISION"] == "ieee" and dtype == torch.float32 and not flags["CAST_BF16"]
-        for d in dims:
-            plan = plan_schedule(m, m, symmetric_ok=symmetric, blocks=_blocks(d, dtype == torch.float32))
-            configs = [(plan.num_warps, plan.num_stages)] if det or exact or symmetric else [
-                (c.num_warps, c.num_stages) for c in _configs() if c.num_warps == plan.num_warps
-            ]  # fmt: skip
-            block_k, num_k = _feature_tiling(d, symmetric)
-            bf16 = kernel in ("sigmoid", "sigmoid symmetric") and name == "bf16"
-            every = bf16 and (d == 128 or (not quick and d == 64))
-            for loss in (True, False) if every or (bf16 and not quick) else (True,):
-                consts = dict(BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=block_k, NUM_K=num_k)
-                block_do = _slice_width(block_k, num_k, pairs == "two_tower")
-                consts.update(BLOCK_DO=block_do)
-                consts.update(PAIRS=PAIR_MODES[pairs], SYMMETRIC=symmetric, GRAD_ROWS=True)
-                consts.update(GRAD_COLS=pairs == "two_tower", COMPUTE_LOSS=loss, ATOMIC_ROWS=not det)
-                consts.update(INT64=False, **flags)
-                args = (dtype, dtype, torch.float32, torch.float32, torch.float32, torch.float32)
-                args += (torch.float32, m, m, m // 2, d, d, d, d, d, 1.0 / m)
-                # Ordered pairs per iteration of the sweep: a symmetric tile stands for two. Its
-                # dots per element over the padded features: S, G·Z_J, and Gᵀ·Z_I in the
-                # symmetric and two-tower sweeps.
-                pairs_per_iteration = plan.block_m * plan.block_n * (2 if symmetric else 1)
-                dots = 3 if symmetric or pairs == "two_tower" else 2
-                flops = 2 * block_k * num_k * dots // (2 if symmetric else 1)
-                for warps, stages in configs if every else configs[:1]:
-                    meta = dict(kernel=kernel, variant="loss" if loss else "no loss", dtype=name, D=d)
-                    meta.update(BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, programs=plan.programs)
-                    meta.update(dot_flops_per_pair=flops)
-                    if block_do < block_k * num_k:
-                        meta.update(BLOCK_K=block_k, feature_trips=triton.cdiv(d, block_do))
-                    cases.append(CompileCase(
-                        _sigmoid_block_kernel, args, consts, warps, stages, meta,
-                        tensor_cores=fp32_dot != "ieee", candidate=not (det or exact or symmetric),
-                        pairs_per_iteration=pairs_per_iteration,
-                    ))  # fmt: skip
-    return cases

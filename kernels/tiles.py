@@ -129,11 +129,11 @@ def row_dots(X, Y, rows_a, rows_b, ok, stride_a, stride_b, D, BLOCK_K: tl.conste
     return acc
 
 
-def dot_settings(dtype: torch.dtype) -> dict:
+def dot_settings(dtype: torch.dtype, interpret: bool = INTERPRET) -> dict:
     """UPCAST (the interpreter's bf16 tl.dot is wrong, so it computes in fp32 there) and PRECISION
     (fp32 operands follow torch.backends.cuda.matmul.allow_tf32, like torch's own matmuls)."""
     tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
-    return {"UPCAST": INTERPRET and dtype == torch.bfloat16, "PRECISION": "tf32" if tf32 else "ieee"}
+    return {"UPCAST": interpret and dtype == torch.bfloat16, "PRECISION": "tf32" if tf32 else "ieee"}
 
 
 def feature_tiling(d: int, max_block: int = 256) -> tuple[int, int]:
@@ -195,26 +195,55 @@ def launch_config(block: int) -> tuple[int, int]:
     return (8, 2) if block == 128 else (4, 3)
 
 
+# The schedule's cost model, in units of one 128×128 ordered tile's compute (docs/design.md §3.4).
+# A symmetric tile: 1.72 (0.166 modelled cycles per ordered pair against 0.193 for every ordered
+# tile, bf16 D = 128, compiled for sm_90). A 64-row tile: 1.25/4 (half the rows per wgmma issue).
+SYMMETRIC_TILE = 1.72
+SMALL_TILE = 1.25 / 4
+# What one 128×128 tile computes in SM cycles: 0.193 cycles per pair at D ≤ 128 (issue-bound), in
+# proportion to D past it (0.36-1.0 at D = 256-1024, tensor-bound from 768).
+PAIR_CYCLES, PAIR_CYCLES_PER_FEATURE = 0.193, 1 / 1024
+# HBM bytes per SM per cycle: 3.35 TB/s over 132 SMs at 1.83 GHz (H100 SXM; the H200 has more).
+SM_BYTES_PER_CYCLE = 3.35e12 / 132 / 1.83e9
+
+
+def flush_cost(block: int, d: int) -> float:
+    """One program's fp32 dZ rows (block × D) added to memory, in tiles: 1.49 at 128 rows, any D
+    (bytes and compute both grow with D). Every column range pays it once; each off-diagonal
+    symmetric tile pays it for its transposed product."""
+    tile_cycles = 128 * 128 * max(PAIR_CYCLES, d * PAIR_CYCLES_PER_FEATURE)
+    return block * d * 4 / SM_BYTES_PER_CYCLE / tile_cycles
+
+
 @functools.lru_cache(maxsize=256)
 def plan_schedule(
-    m: int, mc: int, *, symmetric_ok: bool, sms: int = H100_SMS, blocks: tuple[int, ...] = (128, 64)
+    m: int,
+    mc: int,
+    *,
+    symmetric_ok: bool,
+    sms: int = H100_SMS,
+    blocks: tuple[int, ...] = (128, 64),
+    d: int = 128,
 ) -> Plan:
     """Of the schedules with ≥ WAVE_TARGET wave efficiency (all if none), the one with the
-    shortest modelled time on ``sms`` SMs, one program each at a time:
-    waves × tiles per program × tile cost, a symmetric tile costing 1.5 (three dots against two;
-    its special functions serve two ordered tiles) and a 64-row tile 1.25/4 of a 128-row one
-    (half the rows per wgmma issue). Its wave efficiency is ≥ 90% for 2N from 1,024 to 65,536
+    shortest modelled time on ``sms`` SMs, one program each at a time: waves × (tiles per program
+    × tile cost + the program's dZ flush), a symmetric tile costing SYMMETRIC_TILE and a flush
+    for its transposed product, a 64-row tile SMALL_TILE. Without the flush the model split
+    2N = 65,536 into 256 column ranges for a 3% gain, 8.6 GB of fp32 atomics (and an 8 GiB slot
+    buffer in deterministic mode). Its wave efficiency is ≥ 90% for 2N from 1,024 to 65,536
     (docs/design.md §3.4)."""
     best = None
     for symmetric in (True, False) if symmetric_ok else (False,):
         for block in blocks:
             units, length, tiles = schedule_units(m, mc, block, symmetric)
+            size, flush = 1.0 if block == 128 else SMALL_TILE, flush_cost(block, d)
+            tile = (SYMMETRIC_TILE * size + flush) if symmetric else size
             for programs in range(1, length + 1):
                 span = triton.cdiv(length, programs)
                 if programs > 1 and triton.cdiv(length, programs - 1) == span:
                     continue  # the same ranges with an empty program
                 waves = triton.cdiv(units * programs, sms)
-                cost = waves * span * (1.5 if symmetric else 1.0) * (1.0 if block == 128 else 1.25 / 4)
+                cost = waves * (span * tile + flush)
                 efficient = wave_efficiency(tiles, units * programs, span, sms) >= WAVE_TARGET
                 key = (not efficient, cost, units * programs)
                 if best is None or key < best[0]:

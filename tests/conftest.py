@@ -17,6 +17,9 @@ import torch
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Tests launch each kernel at its plan's configuration (kernels/launches.py): on a GPU nothing is
+# autotuned, so each kernel variant is compiled once (the GPU suite's first stage fits its limit).
+os.environ.setdefault("FASTSIGCLR_TUNE", "off")
 
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
 

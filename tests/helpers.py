@@ -13,6 +13,26 @@ import torch
 KERNEL_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+# Whether the kernel tests make their launches as on a GPU: on CUDA, and where the launches are
+# recorded as a GPU would make them (kernels/launches.py; tools/launch_inventory.py).
+AS_ON_GPU = KERNEL_DEVICE.type == "cuda" or bool(os.environ.get("FASTSIGCLR_RECORD_LAUNCHES"))
+
+
+def interpreter_tiles(**tiles) -> dict:
+    """Tile overrides that only keep the interpreter fast (large tiles, few programs): none on a
+    GPU, where the launch takes its plan, nor in a record of the GPU's launches."""
+    return {} if AS_ON_GPU else tiles
+
+
+def gpu_cases(cases: list, on_gpu: list) -> list:
+    """A kernel test's parametrisation: every case in the interpreter (CI), ``on_gpu`` where the
+    kernels are compiled. Each new kernel variant (dtype, tiles, feature tiles, and whether each
+    integer argument is 1, a multiple of 16 or neither) costs a GPU run seconds of compiling, and
+    the GPU suite's first stage must fit its limit (docs/design.md §11): there the tests keep
+    one odd size per launch kind, sizes whose variants other tests and the loss bench share."""
+    return on_gpu if AS_ON_GPU else cases
+
+
 def max_rel_error(actual: torch.Tensor, expected: torch.Tensor, scale: float | None = None) -> float:
     """max |actual − expected| over max |expected|, or over ``scale`` when one is given (for
     quantities whose own size is not their natural scale, e.g. a gradient after a projection)."""
@@ -31,6 +51,21 @@ def assert_close_rel(
 ) -> None:
     err = max_rel_error(actual, expected, scale)
     assert err <= tol, f"{what}: max error {err:.3e} relative to the scale exceeds {tol:.1e}"
+
+
+def reversed_programs(monkeypatch) -> None:
+    """Run the Triton interpreter's programs in reverse order (the last program of every grid
+    axis first): a result that depends on the order programs run in changes."""
+    from triton.runtime import interpreter
+
+    builder = interpreter.interpreter_builder
+    forward = type(builder).set_grid_idx
+
+    def backwards(self, x, y, z):
+        nx, ny, nz = self.grid_dim
+        forward(self, nx - 1 - x, ny - 1 - y, nz - 1 - z)
+
+    monkeypatch.setattr(type(builder), "set_grid_idx", backwards)
 
 
 def run_in(read_only: Path, *argv: str) -> subprocess.CompletedProcess:

@@ -9,8 +9,10 @@ without test_train and test_sweep, against 17–19 min for the whole suite on an
 they are about 3–4 times an idle machine's). ``SLOW`` lists each with that time; a ``[...]``
 suffix marks one case of a parametrised test, none marks every case. Re-measure and edit this
 table when a test moves across the line; ``tests/test_code_shape.py`` checks that every entry
-names a test that exists. The tests marked ``@pytest.mark.slow`` in their own files were marked
-so before this table.
+names a test that exists. Five entries (test_folder's FFCV case, test_one_line_errors' truncated
+.beton, test_preempt's two, test_security's trained checkpoint) came from `pytest -m "not slow"
+--durations=40` on the same machine at load 2-4. The tests marked ``@pytest.mark.slow`` in their
+own files were marked so before this table.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ SLOW: dict[str, float] = {
     "test_datasets.py::test_data_commands_on_real_cifar10": 9.0,
     "test_datasets.py::test_real_cifar10_reads_in_the_official_layout": 26.1,
     "test_dcl.py::test_train_with_dcl": 57.1,
+    "test_deterministic.py::test_resumed_run_launches_with_the_recorded_plans[interpreter]": 53.4,
     "test_distributed.py::test_distributed_loss_equals_single_process": 27.1,
     "test_distributed.py::test_torchrun_matches_one_process": 142.1,
     "test_distributed.py::test_torchrun_needs_an_out_dir_and_a_divisible_batch": 34.8,
@@ -46,6 +49,7 @@ SLOW: dict[str, float] = {
     "test_elastic.py::test_a_killed_rank_is_restarted_and_the_job_ends_as_if_uninterrupted": 124.2,
     "test_export_embed.py::test_embed_matches_extract_features": 23.5,
     "test_export_embed.py::test_export_round_trip": 79.1,
+    "test_folder.py::test_real_jpeg_folder_trains_with_each_loader_and_knn_on_val[ffcv-loader]": 12.5,
     "test_gpu_suite.py::test_failed_timed_out_and_unreached_steps_fail_the_stage": 8.4,
     "test_gpu_suite.py::test_smoke_runs_every_stage": 447.2,
     "test_kernel_compile.py::test_kernels_compile_for_sm90": 285.2,
@@ -66,17 +70,21 @@ SLOW: dict[str, float] = {
     "test_multinode.py::test_rendezvous_that_cannot_complete_ends_within_its_timeout": 20.5,
     "test_multinode.py::test_source_digest_covers_the_kernels_and_not_the_layout": 11.8,
     "test_multinode.py::test_two_nodes_train_like_one_process": 74.0,
+    "test_one_line_errors.py::test_a_truncated_beton_says_which_file_and_to_delete_it": 7.1,
     "test_pace.py::test_progress_bar_shows_the_time_left_of_the_run": 35.5,
     "test_pace.py::test_step_img_per_s_counts_steps_without_a_progress_bar": 88.8,
     "test_pace.py::test_the_default_job_on_a_cpu_says_how_long_it_takes": 57.9,
     "test_plan.py::test_draw_costs_a_fixed_number_of_operations[1]": 5.3,
     "test_plan.py::test_pil_baseline_applies_the_plan": 12.1,
+    "test_preempt.py::test_killed_mid_epoch_resumes_exactly": 7.9,
+    "test_preempt.py::test_sigterm_checkpoints_mid_epoch_and_resume_auto_continues": 20.4,
     "test_rundir.py::test_a_diverging_run_keeps_its_last_good_checkpoint": 53.0,
     "test_rundir.py::test_a_finished_run_is_complete_and_can_be_extended": 41.7,
     "test_rundir.py::test_a_loss_that_becomes_nan_stops_the_run": 32.2,
     "test_rundir.py::test_a_read_only_out_is_a_clear_error": 8.9,
     "test_rundir.py::test_an_interrupted_start_can_be_started_again": 79.9,
     "test_rundir.py::test_resume_takes_the_runs_own_settings": 52.6,
+    "test_security.py::test_the_trained_checkpoint_loads_under_weights_only": 6.3,
     "test_sigmoid_loss.py::test_16bit_gradient_at_8192_rows": 29.3,
     "test_sigmoid_loss.py::test_matches_float64_reference[258-130-2-triton-fp16]": 6.6,
     "test_sigmoid_loss.py::test_matches_float64_reference[258-130-2-triton-fp32]": 7.1,

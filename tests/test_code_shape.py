@@ -22,7 +22,7 @@ MAX_FUNCTION_LINES = 60
 MAX_KERNEL_LINES = 100  # a @triton.jit body (see the module docstring)
 MAX_FILE_LINES = 400
 # path:function -> its length today, the most it may have until it is split (kernels/ rewrite).
-KNOWN_LONG = {"kernels/ntxent.py:nt_xent_triton": 62}
+KNOWN_LONG: dict[str, int] = {}
 # docs/design.md §12: a module imports (at module level) only from its floor or the floors below.
 # A package name stands for all its modules.
 FLOORS = {
@@ -30,6 +30,7 @@ FLOORS = {
         ("config", "checkpoint", "runinfo", "runlog", "optim", "pace", "preempt", "significance", "__init__"),
         0,
     ),
+    "determinism": 0,
     **dict.fromkeys(("kernels", "losses", "models", "data"), 1),
     **dict.fromkeys(("cluster", "distributed", "runconfig"), 2),
     **dict.fromkeys(("recipe", "eval", "rundir"), 3),

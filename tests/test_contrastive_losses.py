@@ -6,7 +6,7 @@ from functools import partial
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import KERNEL_DEVICE, assert_close_rel
+from helpers import KERNEL_DEVICE, assert_close_rel, gpu_cases, interpreter_tiles
 
 from fastsigclr.bench.memory import TensorAllocations
 from fastsigclr.kernels import nt_xent_triton
@@ -88,7 +88,7 @@ def test_supcon_is_tcl_with_k1_0_k2_1():
 
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])
-@pytest.mark.parametrize("m,d", [(2, 1), (74, 17), (130, 130)])
+@pytest.mark.parametrize("m,d", gpu_cases([(2, 1), (74, 17), (130, 130)], [(74, 17)]))
 def test_nt_xent_is_cross_entropy(impl, m, d):
     """Two views: each anchor's target is its other view among all other rows."""
     z = torch.randn(m, d, generator=torch.Generator().manual_seed(m), dtype=torch.float64)
@@ -110,8 +110,8 @@ def test_nt_xent_is_cross_entropy(impl, m, d):
 @pytest.mark.parametrize(
     "dtype,tol", [(torch.float32, 5e-6), (torch.float16, 2e-3), (torch.bfloat16, 1.5e-2)]
 )
-@pytest.mark.parametrize("m,d,n_views", [(74, 17, 2), (75, 130, 3), (130, 3, 2)])
-@pytest.mark.parametrize("blocks", [(64, 64, None), (16, 32, 16)])
+@pytest.mark.parametrize("m,d,n_views", gpu_cases([(74, 17, 2), (75, 130, 3), (130, 3, 2)], [(74, 17, 2)]))
+@pytest.mark.parametrize("blocks", gpu_cases([(64, 64, None), (16, 32, 16)], [(64, 64, None)]))
 def test_nt_xent_kernel_against_float64(m, d, n_views, dtype, tol, blocks):
     """Tails in every tile; (16, 32, 16) also splits D across the K loop and across programs."""
     gen = torch.Generator().manual_seed(m * d)
@@ -132,7 +132,7 @@ def test_nt_xent_kernel_against_float64(m, d, n_views, dtype, tol, blocks):
 
 
 def test_nt_xent_kernel_without_gradient():
-    zh = F.normalize(torch.randn(40, 12), dim=1).to(KERNEL_DEVICE)
+    zh = F.normalize(torch.randn(40, 17), dim=1).to(KERNEL_DEVICE)
     loss, dz = nt_xent_triton(zh, temperature=0.2, n_views=2, compute_grad=False)
     assert dz is None
     assert_close_rel(loss, nt_xent_loss(zh.cpu(), 0.2, normalize=False, impl="torch"), 1e-5)
@@ -227,11 +227,12 @@ def test_materialised_nt_xent_reference_agrees(n_views):
 def test_nt_xent_kernel_16_bit_at_8192_rows(dtype, tol):
     """At M = 8192, τ = 0.2 a negative weight softmax/(τM) is ~7.5e-8: scaled before the 16-bit
     dot it sat at fp16's subnormal floor (5.96e-8). Tiles of 256 and D = 16 keep the interpreter
-    to 32 × 32 tile steps per pass."""
+    to 32 × 32 tile steps per pass (on a GPU: the launcher's tiles)."""
     m, d = 8192, 16
     gen = torch.Generator().manual_seed(8192)
     zh = F.normalize(torch.randn(m, d, dtype=torch.float64, generator=gen), dim=1).to(dtype)
     want = value_and_grad(lambda x: nt_xent_loss(x, 0.2, normalize=False, impl="torch"), zh.double())
-    loss, dz = nt_xent_triton(zh.to(KERNEL_DEVICE), temperature=0.2, n_views=2, block_m=256, block_n=256)
+    tiles = interpreter_tiles(block_m=256, block_n=256)
+    loss, dz = nt_xent_triton(zh.to(KERNEL_DEVICE), temperature=0.2, n_views=2, **tiles)
     assert_close_rel(loss, want[0], tol, "loss")
     assert_close_rel(dz, want[1], tol, "dz")

@@ -168,3 +168,56 @@ def test_smoke_runs_every_stage(cifar10_dir, tmp_path):
     run = tmp_path / "stage-5" / "run-cifar10"
     assert {"summary.json", "eval-knn.json", "eval-linear.json"} <= {p.name for p in run.iterdir()}
     assert not (run / "checkpoints").exists()
+
+
+def compile_report(path: Path, **fields) -> Path:
+    report = {"compile_seconds": 61.5, "variants": 40, "commit": "0123456789ab"}
+    report["compiled_on"] = {"type": "cpu", "name": "x86_64", "threads": 2, "cores": 2}
+    path.write_text(json.dumps({**report, **fields}))
+    return path
+
+
+def test_stage1_expected_time_reads_the_compile_report(tools, tmp_path, monkeypatch):
+    """Stage 1's expected time is the measured compile seconds plus the estimate of the rest; a
+    missing or damaged report gives the fallback estimate and a line that says why."""
+    gpu_suite, _ = tools
+    seconds, what = gpu_suite.stage1_compile(compile_report(tmp_path / "ok.json"))
+    assert seconds == 61.5
+    assert what == "61.5 s compiling 40 kernel variants, measured on a 2-core x86_64 CPU at 0123456"
+    monkeypatch.setattr(gpu_suite, "STAGE1_COMPILE", tmp_path / "ok.json")
+    assert gpu_suite.stage1_expected()[0] == 62 + gpu_suite.STAGE1_REST_S
+    assert gpu_suite.build_stages()[0].expected_s == 62 + gpu_suite.STAGE1_REST_S
+    monkeypatch.setattr(gpu_suite, "STAGE1_COMPILE", tmp_path / "missing.json")
+    expected, what = gpu_suite.stage1_expected()
+    assert expected == gpu_suite.STAGE1_FALLBACK_S
+    assert "missing.json is missing (run tools/launch_inventory.py" in what
+    for damaged in ("{not json", json.dumps({"variants": 3}), json.dumps([1])):
+        (tmp_path / "bad.json").write_text(damaged)
+        seconds, what = gpu_suite.stage1_compile(tmp_path / "bad.json")
+        assert seconds is None and "bad.json is unreadable (" in what, what
+
+
+def test_list_shows_stage1_expected_from_the_committed_report(tools):
+    """The committed report: under a quarter of stage 1's limit, each variant of the committed
+    inventory compiled once, its sum the rows' sum; `list` shows the expected time from it."""
+    gpu_suite, _ = tools
+    report = json.loads(gpu_suite.STAGE1_COMPILE.read_text())
+    inventory = json.loads((ROOT / "benchmarks" / "results" / "stage1-launches.json").read_text())
+    rows = report["kernels"]
+    assert report["variants"] == len(rows) == inventory["variant_count"] == len(inventory["variants"])
+    assert not [r for r in rows if "error" in r]
+    assert abs(sum(r["seconds"] for r in rows) - report["compile_seconds"]) < 0.1 * len(rows)
+    assert report["compile_seconds"] < 0.25 * gpu_suite.FIRST_STAGE_LIMIT_S == report["budget_s"]
+    assert {json.dumps(r["constexprs"], sort_keys=True) for r in rows} == {
+        json.dumps(v["constexprs"], sort_keys=True) for v in inventory["variants"]
+    }
+    out = subprocess.run(
+        ["bash", str(SUITE), "list"],
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+    )
+    expected = round(report["compile_seconds"]) + gpu_suite.STAGE1_REST_S
+    assert re.search(rf"^1\s+correctness\s+5.5 min\s+{expected / 60:.1f} min", out.stdout, re.M), out.stdout
+    line = f"stage 1 expected: {report['compile_seconds']:.1f} s compiling {len(rows)} kernel variants"
+    assert line in out.stdout and f"+ {gpu_suite.STAGE1_REST_S} s estimated for the rest" in out.stdout

@@ -226,3 +226,31 @@ def test_committed_reports_twice_as_fast_as_siglip_kernel():
             key = f"{gpu} 2N=65536"
             speedup = 2 * base["model"]["predicted_us"][key] / mine["model"]["predicted_us"][key]
             assert speedup >= 2.0, (d, gpu, speedup)
+
+
+def test_an_inventory_variant_compiles_and_is_timed(tmp_path):
+    """tools/compile_kernels.py --inventory on one variant of the committed launch inventory (the
+    GPU suite's first stage): compiled for sm_90, its seconds reported and summed."""
+    inventory = json.loads((ROOT / "benchmarks" / "results" / "stage1-launches.json").read_text())
+    variant = next(v for v in inventory["variants"] if v["kernel"] == "ntxent fwd")
+    one = tmp_path / "inventory.json"
+    one.write_text(json.dumps({**inventory, "variants": [variant], "variant_count": 1}))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
+    report = tmp_path / "report.json"
+    cmd = [
+        sys.executable,
+        str(ROOT / "tools" / "compile_kernels.py"),
+        "--inventory",
+        str(one),
+        "--json",
+        str(report),
+    ]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    written = json.loads(report.read_text())
+    (row,) = written["kernels"]
+    assert row["constexprs"] == variant["constexprs"] and row["shared_bytes"] > 0 and "error" not in row
+    assert written["compile_seconds"] == row["seconds"] > 0 and written["variants"] == 1
+    assert "1 variants" in out.stdout and "within the budget of 82.5 s" in out.stdout
+    assert row["cpu_seconds"] > 0

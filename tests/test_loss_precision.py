@@ -71,7 +71,7 @@ def test_other_losses_under_autocast_compute_in_fp32():
 
 
 def zero_row_case(dtype: torch.dtype) -> torch.Tensor:
-    z = torch.randn(8, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    z = torch.randn(8, 17, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     z[3] = 0
     return z.to(dtype).double()
 

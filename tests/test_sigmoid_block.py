@@ -7,10 +7,10 @@ launcher's 64-bit offset decision at its boundary; and the schedule's wave effic
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import KERNEL_DEVICE, assert_close_rel, max_rel_error
+from helpers import KERNEL_DEVICE, assert_close_rel, max_rel_error, reversed_programs
 
 from fastsigclr.kernels import Plan, grad_dtype, plan_schedule, sigmoid_block, sigmoid_loss, sigmoid_plan
-from fastsigclr.kernels.tiles import needs_int64, schedule_efficiency
+from fastsigclr.kernels.tiles import SYMMETRIC_TILE, flush_cost, needs_int64, schedule_efficiency
 
 SCALE, BIAS = 3.0, -1.5
 # Worst error measured over the cases below, interpreter, fp32, relative to max |reference|:
@@ -123,20 +123,6 @@ def test_gradients_only_and_loss_only():
     assert_close_rel(no_grad[0], full[0], 1e-7, "loss")
 
 
-def _reversed_programs(monkeypatch):
-    """Run the interpreter's programs in reverse order (last row unit and column range first)."""
-    from triton.runtime import interpreter
-
-    builder = interpreter.interpreter_builder
-    forward = type(builder).set_grid_idx
-
-    def backwards(self, x, y, z):
-        nx, ny, _ = self.grid_dim
-        forward(self, nx - 1 - x, ny - 1 - y, z)
-
-    monkeypatch.setattr(type(builder), "set_grid_idx", backwards)
-
-
 @pytest.mark.skipif(KERNEL_DEVICE.type == "cuda", reason="reorders the interpreter's programs")
 def test_deterministic_result_does_not_depend_on_program_order(monkeypatch):
     """deterministic=True: bitwise the same result with the programs run in reverse. The atomic
@@ -148,7 +134,7 @@ def test_deterministic_result_does_not_depend_on_program_order(monkeypatch):
     runs = {}
     for order in ("forward", "reverse"):
         if order == "reverse":
-            _reversed_programs(monkeypatch)
+            reversed_programs(monkeypatch)
         for mode, det in (("atomic", False), ("deterministic", True)):
             kw = dict(inv_m=1 / 130, deterministic=det, block_m=32, block_n=32, col_splits=3)
             self_block = sigmoid_block(x, x, *one, n_per_view=65, pairs="self", **kw)
@@ -174,14 +160,19 @@ def test_64_bit_offsets_from_the_boundary():
 
 
 @pytest.mark.parametrize("two_n", [1024, 2048, 3072, 4096, 6144, 8192, 12288, 16384, 32768, 65536])
-def test_schedule_fills_the_waves(two_n):
-    """≥ 90% wave efficiency on 132 SMs (docs/design.md §3.4 has the table), and the symmetric
-    schedule wherever the pair mode allows it and it is as fast in the model (from 2N = 2048)."""
-    plan = plan_schedule(two_n, two_n, symmetric_ok=True)
+@pytest.mark.parametrize("d", [128, 768])
+def test_schedule_fills_the_waves(two_n, d):
+    """≥ 90% wave efficiency on 132 SMs (docs/design.md §3.4 has the table), and column ranges
+    that keep dZ's flushes (fp32 atomics, or deterministic slots) within 9 × dZ's own bytes: the
+    model without the flush cost split 2N = 65,536 into 256 ranges (8.6 GB of atomics) for a
+    modelled 3%. The symmetric tile's transposed product flushes per tile (flush_cost 1.49 tiles
+    at 128 rows), more than the 0.28 tile it saves: the model keeps every ordered tile."""
+    plan = plan_schedule(two_n, two_n, symmetric_ok=True, d=d)
     assert schedule_efficiency(two_n, two_n, plan) >= 0.9, plan
-    assert plan.symmetric == (two_n >= 2048)
-    full = plan_schedule(two_n, two_n, symmetric_ok=False)
+    assert not plan.symmetric and flush_cost(128, d) > 2 - SYMMETRIC_TILE
+    full = plan_schedule(two_n, two_n, symmetric_ok=False, d=d)
     assert not full.symmetric and schedule_efficiency(two_n, two_n, full) >= 0.9, full
+    assert full.programs <= 9, full
 
 
 def test_pinned_plan_and_modes():

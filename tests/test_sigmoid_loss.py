@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import KERNEL_DEVICE, assert_close_rel, max_rel_error
+from helpers import KERNEL_DEVICE, assert_close_rel, gpu_cases, interpreter_tiles, max_rel_error
 
 from fastsigclr.kernels import sigmoid_block
 from fastsigclr.losses import (
@@ -83,7 +83,11 @@ def cases():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("impl", ["torch", "triton"])
-@pytest.mark.parametrize("m,d,n_views", list(cases()))
+# On a GPU: D = 17 (one 32-feature tile, the kernel tests' shared fp32/fp16 variant) at every row
+# count past one row per view (N = 1 is a variant of its own).
+@pytest.mark.parametrize(
+    "m,d,n_views", gpu_cases(list(cases()), [c for c in cases() if c[1] == 17 and c[0] > 3])
+)
 def test_matches_float64_reference(m, d, n_views, impl, dtype):
     gen = torch.Generator().manual_seed(m * 1000 + d * 10 + n_views)
     z = torch.randn(m, d, generator=gen, dtype=torch.float64)
@@ -98,7 +102,7 @@ def test_matches_float64_reference(m, d, n_views, impl, dtype):
         assert_close_rel(a, e, TOL[dtype], f"{impl} {dtype} {name}", scale)
 
 
-@pytest.mark.parametrize("m,d,n_views", [(74, 17, 2), (129, 64, 3), (258, 130, 2)])
+@pytest.mark.parametrize("m,d,n_views", gpu_cases([(74, 17, 2), (129, 64, 3), (258, 130, 2)], [(74, 17, 2)]))
 def test_triton_bf16_kernel(m, d, n_views):
     """bf16 operands (held in fp32 inside the interpreter, whose bf16 tl.dot is wrong; G and the
     stored dZ are rounded to bf16 to nearest, as on the GPU). Inputs are pre-normalised bf16 rows,
@@ -148,7 +152,7 @@ TILE_CASES += [
 ]
 
 
-@pytest.mark.parametrize("m,d,block_m,block_n,block_k,col_splits", TILE_CASES)
+@pytest.mark.parametrize("m,d,block_m,block_n,block_k,col_splits", gpu_cases(TILE_CASES, TILE_CASES[2:3]))
 def test_kernel_tiles_and_feature_splits(m, d, block_m, block_n, block_k, col_splits):
     """Small tiles: several row and column blocks with masked tails, D split across the K loop
     and across programs (block_k < D), and the columns split into ranges whose partial dZ add up
@@ -183,7 +187,7 @@ def test_16bit_gradient_at_8192_rows(dtype, tol):
     zh = F.normalize(torch.randn(m, d, generator=gen, dtype=torch.float64), dim=1).to(dtype)
     dev = KERNEL_DEVICE
     # The interpreter's cost grows with programs × iterations: its largest tile (2²⁰ elements).
-    blocks = {} if dev.type == "cuda" else dict(block_m=1024, block_n=1024)
+    blocks = interpreter_tiles(block_m=1024, block_n=1024)
     t, b = torch.tensor(t0, device=dev), torch.tensor(b0, device=dev)
     _, dz, _, _ = self_block(zh.to(dev), t, b, 2, compute_loss=False, **blocks)
     z = zh.double()
@@ -270,7 +274,7 @@ def test_cross_rank_block_of_a_large_batch_in_fp16(col_splits):
         inv_m=inv_m,
         pairs="cross",
         col_splits=col_splits,
-        **({} if dev.type == "cuda" else dict(block_m=64, block_n=256)),
+        **interpreter_tiles(block_m=64, block_n=256),
     )
     got = (loss, dz, dt, db)
     r, c = rows.double(), cols.double()
@@ -280,7 +284,7 @@ def test_cross_rank_block_of_a_large_batch_in_fp16(col_splits):
         assert_close_rel(x, y, TOL[torch.float16], name)
 
 
-@pytest.mark.parametrize("m,d,n_views", [(130, 64, 2), (129, 17, 3)])
+@pytest.mark.parametrize("m,d,n_views", gpu_cases([(130, 64, 2), (129, 17, 3)], [(129, 17, 3)]))
 def test_implementations_agree(m, d, n_views):
     z = torch.randn(m, d, generator=torch.Generator().manual_seed(3))
     a = run(sigmoid_pairwise_loss, z, 10.0, -10.0, torch.float32, n_views=n_views, impl="torch")
@@ -291,15 +295,15 @@ def test_implementations_agree(m, d, n_views):
 
 def test_strided_rows_without_normalisation():
     """Rows that are a slice of a wider buffer (row stride ≠ D) reach both paths correctly."""
-    base = F.normalize(torch.randn(74, 40, generator=torch.Generator().manual_seed(5)), dim=1)
+    base = F.normalize(torch.randn(74, 20, generator=torch.Generator().manual_seed(5)), dim=1)
     wide = torch.cat([base, torch.zeros(74, 9)], dim=1)
-    zh = wide[:, :40]
-    assert zh.stride(0) == 49
+    zh = wide[:, :20]
+    assert zh.stride(0) == 29
     want = reference(base.double(), 2.0, 0.5, 2, normalize=False)
     for impl in ("torch", "triton"):
         # Sliced where it is used: copying the slice to another device makes it dense (stride 40).
-        rows = wide.to(KERNEL_DEVICE)[:, :40] if impl == "triton" else zh
-        assert rows.stride(0) == 49
+        rows = wide.to(KERNEL_DEVICE)[:, :20] if impl == "triton" else zh
+        assert rows.stride(0) == 29
         got = sigmoid_pairwise_loss(rows, 2.0, 0.5, normalize=False, impl=impl)
         assert_close_rel(got, want, 1e-5, impl)
 
@@ -329,7 +333,7 @@ def test_chunking_does_not_change_the_result(monkeypatch):
 @pytest.mark.parametrize("impl", ["torch", "triton"])
 @pytest.mark.parametrize("t0,b0", [(100.0, 50.0), (100.0, -50.0), (1e-3, 50.0)])
 def test_extreme_logits_are_finite(impl, t0, b0):
-    z = torch.randn(66, 8, generator=torch.Generator().manual_seed(1))
+    z = torch.randn(66, 17, generator=torch.Generator().manual_seed(1))
     z[1] = z[0]  # a pair at similarity exactly 1
     z[2] = -z[0]  # and one at −1
     loss, dz, dt, db = run(sigmoid_pairwise_loss, z, t0, b0, torch.float32, impl=impl)

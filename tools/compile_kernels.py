@@ -13,7 +13,9 @@ Autotune candidates are marked ``kept`` when the runtime's pruning (select_confi
 them.
 
     python tools/compile_kernels.py [--arch 90] [--quick] [--jobs N] [--json OUT]
-The committed report is benchmarks/results/kernels-sm90.json (a run without --quick). Exit status
+    python tools/compile_kernels.py --inventory FILE [--json OUT]   (tools/compile_inventory.py)
+The committed report is benchmarks/results/kernels-sm90.json (a run without --quick); the GPU
+suite's first stage's is benchmarks/results/stage1-compile-sm90.json. Exit status
 1 if a launchable case fails to compile, a dot that must use tensor cores misses wgmma on sm_90,
 or a group of autotune candidates has none the runtime would keep.
 """
@@ -44,7 +46,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 from triton.runtime.jit import MockTensor, create_function_from_signature
 
-from fastsigclr.kernels import augment, ntxent, sigmoid
+from fastsigclr.kernels import augment, ntxent, sigmoid_cases
 from fastsigclr.kernels.tiles import CompileCase, select_configs
 from fastsigclr.runinfo import run_record
 
@@ -57,7 +59,7 @@ GROUP = ("kernel", "variant", "dtype", "D")  # the rows one autotuner chooses am
 def all_cases(quick: bool, only: str = "") -> list[CompileCase]:
     """Every module's compile cases; ``only``: those whose kernel name starts with it."""
     cases = [
-        *sigmoid.compile_cases(quick),
+        *sigmoid_cases.compile_cases(quick),
         *ntxent.compile_cases(quick),
         *augment.compile_cases(quick),
     ]
@@ -195,11 +197,16 @@ def compile_case(case: CompileCase, arch: int) -> dict:
     return row
 
 
-def run_case(index: int, quick: bool, arch: int, only: str = "") -> dict:
+def run_case(index: int, quick: bool, arch: int, only: str = "", inventory: str = "") -> dict:
     """Worker: rebuild the case list (kernels cannot be pickled) and compile case ``index``."""
     knobs.nvidia.dump_ptxas_log = True
     knobs.compilation.always_compile = True  # a cached kernel has no ptxas log
-    case = all_cases(quick, only)[index]
+    if inventory:
+        from compile_inventory import inventory_cases
+
+        case = inventory_cases(inventory)[index]
+    else:
+        case = all_cases(quick, only)[index]
     row = dict(case.meta, warps=case.num_warps, stages=case.num_stages, candidate=case.candidate)
     row["tensor_cores"] = case.tensor_cores
     try:
@@ -285,9 +292,18 @@ def main() -> int:
     ap.add_argument("--json", help="write the report here")
     ap.add_argument("--only", default="", help="only kernels whose name starts with this (e.g. ntxent)")
     ap.add_argument("--model", metavar="REPORT", help="apply the cost model to REPORT's rows, no compiling")
+    inventory = (
+        "compile a launch inventory's variants (tools/compile_inventory.py), one at a time unless --jobs"
+    )
+    ap.add_argument("--inventory", metavar="FILE", help=inventory)
     args = ap.parse_args()
     if args.model:
         return remodel(args.model, sys.argv[1:])
+    if args.inventory:
+        from compile_inventory import compile_inventory
+
+        jobs = args.jobs if "--jobs" in sys.argv else 1
+        return compile_inventory(args.inventory, args.arch, jobs, args.json, sys.argv[1:])
     count = len(all_cases(args.quick, args.only))
     rows = []
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:

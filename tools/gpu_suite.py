@@ -15,6 +15,7 @@ when a step failed, ran out of time or was not reached.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -30,6 +31,15 @@ from stage_runner import ROOT, Stage, StageRun, Step, environment, git_commit, n
 STAGE_LIMIT_S = 480
 SUITE_LIMIT_S = 1500
 FIRST_STAGE_LIMIT_S = 330
+# Stage 1's expected time: the measured seconds of compiling every kernel variant it JIT-compiles
+# (tools/launch_inventory.py, then tools/compile_kernels.py --inventory, on a 2-core CPU: a GPU
+# host's CPU compiles no slower) plus STAGE1_REST_S, an estimate of the rest from its work: pytest's
+# start-up and collection (~15 s), the kernel tests' own GPU time at their small sizes (~15 s),
+# test_training_on_cuda's two 2-epoch runs on 2,048 images, one under torch.compile (~60 s), and
+# the bench step's 12 timed cases with warm-up and the matmul rate (~30 s).
+STAGE1_COMPILE = ROOT / "benchmarks" / "results" / "stage1-compile-sm90.json"
+STAGE1_REST_S = 120
+STAGE1_FALLBACK_S = 240  # without the compile report: the estimate from each step's work
 
 PYTEST = "{py} -m pytest -p no:cacheprovider -q"
 BENCH = "{py} -m fastsigclr bench"
@@ -58,6 +68,7 @@ NOT_THERE = {
     "tests/test_multinode.py": "network namespaces on the CPU: CI",
     "tests/test_sweep.py": "a CPU training grid: CI",
     "tests/test_gpu_suite.py": "this suite on the CPU: CI",
+    "tests/test_launches.py": "the launchers' tune switch and launch record, on the CPU: CI",
 }
 
 
@@ -144,16 +155,43 @@ def cifar10(smoke: bool, epochs: int) -> tuple[Step, ...]:
     )
 
 
+def stage1_compile(path: Path | None = None) -> tuple[float | None, str]:
+    """(seconds, what they are) of compiling stage 1's kernel variants, from the committed report
+    (STAGE1_COMPILE); (None, why not) where it is missing or damaged."""
+    path = path or STAGE1_COMPILE
+    name = path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
+    fix = "run tools/launch_inventory.py, then tools/compile_kernels.py --inventory"
+    try:
+        report = json.loads(path.read_text())
+        seconds, variants = float(report["compile_seconds"]), int(report["variants"])
+        cpu, commit = report["compiled_on"], str(report.get("commit") or "?")[:7]
+        where = f"{cpu['cores']}-core {cpu['name']} CPU" if isinstance(cpu, dict) else str(cpu)
+    except FileNotFoundError:
+        return None, f"{name} is missing ({fix})"
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return None, f"{name} is unreadable ({type(err).__name__}: {err}; {fix})"
+    return seconds, f"{seconds:.1f} s compiling {variants} kernel variants, measured on a {where} at {commit}"
+
+
+def stage1_expected() -> tuple[int, str]:
+    """Stage 1's expected seconds and how they were reached."""
+    seconds, what = stage1_compile()
+    if seconds is None:
+        return STAGE1_FALLBACK_S, f"an estimate from its steps' work: {what}"
+    return round(seconds) + STAGE1_REST_S, f"{what}, + {STAGE1_REST_S} s estimated for the rest"
+
+
 def build_stages(smoke: bool = False, epochs: int = 10) -> list[Stage]:
     """The five stages; with smoke, the same steps at tiny sizes, on whatever device is there.
-    Expected durations are estimates from each step's work, not yet measured on a GPU."""
+    Expected durations are estimates from each step's work, not yet measured on a GPU, except
+    stage 1's compiling (stage1_expected)."""
     return [
         Stage(
             "1",
             "correctness",
             "GPU-marked tests; the kernel tests compiled; loss bench, 2N 1024/8192/"
             "16384, D 128, bf16: eager vs kernel vs the matmul rate",
-            240,
+            stage1_expected()[0],
             FIRST_STAGE_LIMIT_S,
             correctness(smoke),
         ),
@@ -243,6 +281,7 @@ def print_stages(stages: list[Stage]) -> None:
         print(f"{'':<6}{st.what}")
     limit, expected = sum(s.limit_s for s in stages), sum(s.expected_s for s in stages)
     print(f"{'all':<19}{minutes(limit):>9}{minutes(expected):>10}  (expected: estimates, not yet measured)")
+    print(f"stage 1 expected: {stage1_expected()[1]}")
     print("not in the suite: " + "; ".join(f"{Path(f).name} ({why})" for f, why in NOT_THERE.items()))
     unplaced = unplaced_tests(stages)
     print(f"test files in no stage: {' '.join(unplaced) if unplaced else 'none'}")

@@ -22,6 +22,7 @@ from torch import nn
 from . import ranks, sigmoid
 from .common import Impl, PrecomputedGrad, Scalar, as_scalar_tensor, check_scalar, kernels, resolve_impl
 from .normalize import EPS, normalize_rows
+from .plans import determinism, pinned_plan
 from .sigmoid_torch import sigmoid_block_chunked
 from .spec import LossSpec
 
@@ -54,12 +55,15 @@ def two_tower_blocks(
     impl: str = "torch",
     compute_grad: bool = True,
     compute_loss: bool = True,
+    deterministic: bool = False,
+    plans: dict | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """(loss, dL/d(x;y), dL/dt, dL/db) of the whole batch for this rank's images and texts
     stacked as ``xy`` (2B, D); one rank: one block, no communication. impl: "torch"
     (sigmoid_torch's chunked block) or "triton" (the kernel's two-tower block for this rank's
     own pairs; the ring's blocks of other ranks' texts, all negatives with both gradients, stay
-    on the torch block: the kernel has no two-sided all-negative mode)."""
+    on the torch block: the kernel has no two-sided all-negative mode). deterministic: the
+    kernel's block without atomics, with the plan ``plans["two_tower"]`` (see plans.py)."""
     b = xy.shape[0] // 2
     x, y = xy[:b], xy[b:]
     block = dict(n_per_view=None, inv_m=1.0 / (b * world_size), pairs="two_tower", compute_loss=compute_loss)
@@ -68,6 +72,8 @@ def two_tower_blocks(
     if impl == "triton":
         # Across ranks the texts' gradient sums several blocks: each is kept in fp32.
         own, own_args = kernels.sigmoid_block, {"out_dtype": torch.float32 if world_size > 1 else None}
+        if deterministic:
+            own_args.update(deterministic=True, plan=pinned_plan(plans, x, y, "two_tower"))
     if world_size == 1:
         loss, dx, dy, dt, db = own(x, y, logit_scale, logit_bias, **grads, **block, **own_args)
         return loss, (torch.cat([dx, dy]) if compute_grad else None), dt, db
@@ -104,16 +110,20 @@ def siglip_loss(
     *,
     impl: Impl = "auto",
     compute_loss: bool = True,
+    deterministic: bool = False,
+    plans: dict | None = None,
 ) -> torch.Tensor:
     """SigLIP's loss of image features ``x`` and text features ``y`` (both (B, D), row i of each
     a pair; used as given, as open_clip does: normalise them first) → fp32 scalar (fp64 for
     fp64 input). logit_scale (t, already exponentiated), logit_bias (b): floats or 0-d tensors;
     learnable tensors receive gradients. compute_loss=False: NaN, gradients only.
-    impl: "triton" (fused kernel, CUDA), "torch" (chunked, any device), "auto" (triton on CUDA)."""
+    impl: "triton" (fused kernel, CUDA), "torch" (chunked, any device), "auto" (triton on CUDA).
+    deterministic, plans: as sigmoid_pairwise_loss, the kernel's plan under ``"two_tower"`` (its
+    texts' gradient then comes from a second launch, the towers swapped, instead of atomics)."""
     check_towers(x, y, logit_scale, logit_bias)
     which = resolve_impl(impl, x)
     t, b = as_scalar_tensor(logit_scale, x), as_scalar_tensor(logit_bias, x)
-    options = {"impl": which, "compute_loss": compute_loss}
+    options = {"impl": which, "compute_loss": compute_loss, **determinism(deterministic, plans)}
     return PrecomputedGrad.apply(two_tower_blocks, options, torch.cat([x, y]), t, b)
 
 
@@ -127,11 +137,14 @@ def siglip_loss_distributed(
     impl: Impl = "auto",
     check_shapes: bool = True,
     compute_loss: bool = True,
+    deterministic: bool = False,
+    plans: dict | None = None,
 ) -> torch.Tensor:
     """SigLIP's loss of the global batch (each rank's pairs concatenated in rank order), from each
     rank's (b, D) images and texts: the same fp32 scalar on every rank. Backward gives x_local
     and y_local their rows of the global gradient and t, b the global ∂L/∂t, ∂L/∂b: sum parameter
-    gradients across ranks (or multiply the loss by the world size under DDP's average)."""
+    gradients across ranks (or multiply the loss by the world size under DDP's average).
+    deterministic, plans: as siglip_loss (the other ranks' blocks run the torch block)."""
     _, world_size = ranks.world(group)
     check_towers(x_local, y_local, logit_scale, logit_bias)
     which = resolve_impl(impl, x_local)
@@ -139,6 +152,7 @@ def siglip_loss_distributed(
         ranks.check_same_shape(x_local, group)
     t, b = as_scalar_tensor(logit_scale, x_local), as_scalar_tensor(logit_bias, x_local)
     options = {"group": group, "world_size": world_size, "impl": which, "compute_loss": compute_loss}
+    options.update(determinism(deterministic, plans))
     return PrecomputedGrad.apply(two_tower_blocks, options, torch.cat([x_local, y_local]), t, b)
 
 
@@ -155,11 +169,21 @@ class SigLipLoss(nn.Module):
     """A drop-in for open_clip's ``SigLipLoss``: ``loss(image_features, text_features,
     logit_scale, logit_bias)`` with the same value and gradients, computed without the B×B
     matrix. world_size > 1: the exact global loss over torch.distributed's default group (or
-    ``group``), on every rank (see siglip_loss_distributed for the gradient convention)."""
+    ``group``), on every rank (see siglip_loss_distributed for the gradient convention).
+    deterministic: see siglip_loss; ``self.plans`` holds the kernel's plan once launched."""
 
-    def __init__(self, *, rank: int = 0, world_size: int = 1, group=None, impl: Impl = "auto") -> None:
+    def __init__(
+        self,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        group=None,
+        impl: Impl = "auto",
+        deterministic: bool = False,
+    ) -> None:
         super().__init__()
         self.rank, self.world_size, self.group, self.impl = rank, world_size, group, impl
+        self.deterministic, self.plans = deterministic, {}
 
     def forward(
         self,
@@ -170,10 +194,13 @@ class SigLipLoss(nn.Module):
         output_dict: bool = False,
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         args = (image_features, text_features, logit_scale, logit_bias)
+        kw = dict(
+            impl=self.impl, deterministic=self.deterministic, plans=self.plans if self.deterministic else None
+        )
         if self.world_size > 1:
-            loss = siglip_loss_distributed(*args, group=self.group, impl=self.impl)
+            loss = siglip_loss_distributed(*args, group=self.group, **kw)
         else:
-            loss = siglip_loss(*args, impl=self.impl)
+            loss = siglip_loss(*args, **kw)
         return {"contrastive_loss": loss} if output_dict else loss
 
 

@@ -16,12 +16,17 @@ Why no gradient travels between ranks: with G the (scaled) matrix σ(a) − [pos
 gives ∂L/∂ẑ_i = 2t·Σ_j G_ij ẑ_j because G is symmetric. Rank r therefore needs only its own rows
 of G, i.e. its rows against every rank's columns, to form the complete gradient of its rows. The
 loss and ∂L/∂t, ∂L/∂b are sums over rows: one 3-float all-reduce.
+
+Deterministic mode (``deterministic=True``): the kernel reduces in a fixed order (no atomics) with a
+tile plan pinned per kind of block (``plans``: pair mode "self" or "cross" → ``kernels.Plan``, each
+picked for its own block; ``plans.py``); the torch path always sums in a fixed order.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -42,6 +47,7 @@ from .common import (
     resolve_impl,
 )
 from .normalize import EPS, normalize_rows
+from .plans import as_plans, determinism, pinned_plan
 from .sigmoid_torch import sigmoid_block_chunked
 from .spec import HyperParam, LossSpec
 
@@ -73,13 +79,18 @@ def sigmoid_blocks(
     group=None,
     compute_grad: bool = True,
     compute_loss: bool = True,
+    deterministic: bool = False,
+    plans: dict | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """The loss of a batch of ``world_size`` equal shares, this rank's rows ``zhat`` (M, D)
     against each column block of ``blocks(zhat)`` (None: one rank, one self-block, no
     all-reduce): (loss, dL/dzhat, dL/dt, dL/db) of the whole batch, loss None without
-    compute_loss. impl: "torch" (sigmoid_torch's chunked block) or "triton" (the kernel's)."""
+    compute_loss. impl: "torch" (sigmoid_torch's chunked block) or "triton" (the kernel's).
+    deterministic: the kernel without atomics, each kind of block with its plan in ``plans``
+    (pinned; one missing is picked and written in); the blocks are added in their fixed order."""
     m = zhat.shape[0]
     args = dict(n_per_view=m // n_views, inv_m=1.0 / (m * world_size), compute_loss=compute_loss)
+    args["deterministic"] = deterministic
     block = sigmoid_block_chunked
     if impl == "triton":
         # Across ranks dz sums several blocks: each is kept in fp32 until the sum is done.
@@ -87,8 +98,9 @@ def sigmoid_blocks(
     sums, dz = None, None
     for self_block, cols in [(True, zhat)] if blocks is None else blocks(zhat):
         pairs = "self" if self_block else "cross"
+        pinned = {"plan": pinned_plan(plans, zhat, cols, pairs)} if impl == "triton" and deterministic else {}
         loss, dz_block, _, dt, db = block(
-            zhat, cols, logit_scale, logit_bias, pairs=pairs, grad_rows=compute_grad, **args
+            zhat, cols, logit_scale, logit_bias, pairs=pairs, grad_rows=compute_grad, **args, **pinned
         )
         part = torch.stack([dt, db, dt.new_zeros(()) if loss is None else loss.to(dt.dtype)])
         sums = part if sums is None else sums + part
@@ -108,6 +120,8 @@ def sigmoid_pairwise_loss(
     normalize: bool = True,
     impl: Impl = "auto",
     compute_loss: bool = True,
+    deterministic: bool = False,
+    plans: dict | None = None,
 ) -> torch.Tensor:
     """SigCLR loss of ``z`` (shape ``(n_views·N, D)``, view-major) → fp32 scalar.
 
@@ -119,11 +133,19 @@ def sigmoid_pairwise_loss(
     compute_loss: False skips the loss terms (about 70% of the fused kernel's instructions per
     pair at D = 128; the gradients are unchanged): the result then has the value NaN and is only
     for ``backward()``. Compute it on the steps whose loss is logged.
+    deterministic: bitwise-equal results from call to call. The kernel then reduces its partial
+    sums in a fixed order (no atomics; about twice the tiles of the symmetric schedule where that
+    one runs, and a (column ranges, M, D) fp32 buffer) with a pinned tile plan: ``plans["self"]``
+    (a ``kernels.Plan``, or its fields as a dict) when given, else the one this GPU picks, which is
+    then written into ``plans`` (when a dict is passed): record it and pass it back after a
+    restart, so that another GPU reduces in the same order. The torch path always sums in a fixed
+    order. Without it results are exact to fp32 rounding, not bitwise (atomic adds, autotuning).
     """
     check_inputs(z, logit_scale, logit_bias, n_views)
     which = resolve_impl(impl, z)
     zhat = normalize_rows(z) if normalize else z
     options = {"n_views": n_views, "impl": which, "compute_loss": compute_loss}
+    options.update(determinism(deterministic, plans))
     t, b = as_scalar_tensor(logit_scale, z), as_scalar_tensor(logit_bias, z)
     return PrecomputedGrad.apply(sigmoid_blocks, options, zhat, t, b)
 
@@ -140,6 +162,8 @@ def sigmoid_pairwise_loss_distributed(
     impl: Impl = "auto",
     check_shapes: bool = True,
     compute_loss: bool = True,
+    deterministic: bool = False,
+    plans: dict | None = None,
 ) -> torch.Tensor:
     """The SigCLR loss of the global batch, computed from each rank's ``z_local`` (V·n, D).
 
@@ -149,6 +173,8 @@ def sigmoid_pairwise_loss_distributed(
     mode: "ring" (neighbour exchange, two remote blocks held at most, whatever the world size) or
     "gather" (all-gather: K blocks held at once).
     check_shapes: verify with one small all-gather that every rank's z has the same shape.
+    deterministic, plans: as sigmoid_pairwise_loss, with a plan for the "self" block and one for
+    the "cross" blocks (other ranks' rows); the blocks are added in the ring's (or gather's) order.
     """
     ranks.check_mode(mode)
     rank, world_size = ranks.world(group)
@@ -163,6 +189,7 @@ def sigmoid_pairwise_loss_distributed(
         return ((owner == rank, cols) for owner, cols in stream(rows, group))
 
     options = dict(n_views=n_views, impl=which, blocks=blocks, world_size=world_size, group=group)
+    options.update(determinism(deterministic, plans))
     t, b = as_scalar_tensor(logit_scale, z_local), as_scalar_tensor(logit_bias, z_local)
     return PrecomputedGrad.apply(sigmoid_blocks, {**options, "compute_loss": compute_loss}, zhat, t, b)
 
@@ -187,6 +214,8 @@ class SigmoidPairwiseLoss(nn.Module):
 
     A learnable scale is kept as ``logit_scale = exp(log_logit_scale)``, initialised to log(t0).
     Checkpoints written under the earlier names (``log_temperature``, ``bias``) load as today's.
+    deterministic: see sigmoid_pairwise_loss; ``plans`` (kind of block → Plan, or its fields) are
+    the plans to pin, and ``self.plans`` holds every plan launched so far, for the run to record.
     """
 
     def __init__(
@@ -199,6 +228,8 @@ class SigmoidPairwiseLoss(nn.Module):
         n_views: int = 2,
         normalize: bool = True,
         impl: Impl = "auto",
+        deterministic: bool = False,
+        plans: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not logit_scale > 0:
@@ -206,6 +237,8 @@ class SigmoidPairwiseLoss(nn.Module):
         self.n_views = n_views
         self.normalize = normalize
         self.impl = impl
+        self.deterministic = deterministic
+        self.plans = as_plans(plans)
         self.learnable_logit_scale = learnable_logit_scale
         log_t = torch.tensor(math.log(logit_scale))
         if learnable_logit_scale:
@@ -238,7 +271,12 @@ class SigmoidPairwiseLoss(nn.Module):
             normalize=self.normalize,
             impl=self.impl,
             compute_loss=compute_loss,
+            **self.determinism(),
         )
+
+    def determinism(self) -> dict[str, Any]:
+        """The loss functions' deterministic and plans arguments of this module."""
+        return {"deterministic": self.deterministic, "plans": self.plans if self.deterministic else None}
 
     def log_values(self) -> dict[str, float]:
         """What the logs record of this loss: the logit scale t and the logit bias b."""
@@ -275,6 +313,7 @@ def _distributed(
         impl=module.impl,
         check_shapes=False,  # the loaders give every rank the same batch size
         compute_loss=compute_loss,
+        **module.determinism(),
     )
 
 
@@ -304,6 +343,7 @@ SPEC = LossSpec(
         ),
     },
     kernel="sigmoid_block",
+    kernel_plans=True,
     distributed=_distributed,
     notes={"temperature": "sigclr multiplies its logits by a scale instead: pass --logit-scale"},
     renamed={"bias": "logit_bias", "learnable_bias": "learnable_logit_bias"},

@@ -102,7 +102,9 @@ def sigmoid_block_chunked(
     fp64 rows); loss None without compute_loss, the gradients None unless grad_rows / grad_cols.
     Nothing of M×MC elements is allocated: strips of chunk_rows rows (default: about
     STRIP_ELEMENTS elements each). deterministic: accepted for the kernel's signature; this
-    path always is (no atomics, a fixed order of sums).
+    path always is (no atomics, a fixed order of sums), on CUDA too: addmm, elementwise ops,
+    diagonal views and full sums, none of them among the ops torch.use_deterministic_algorithms
+    reports; its matmuls are deterministic with CUBLAS_WORKSPACE_CONFIG (``--deterministic``).
     """
     if pairs not in PAIRS:
         raise ValueError(f"pairs must be one of {PAIRS}, got {pairs!r}")

@@ -31,6 +31,10 @@ class LossSpec:
     reference, both ``(z, labels, *, n_views, **params)`` over view-major rows (function also
     takes ``impl``); unknown params (e.g. learnable_logit_bias) are ignored.
     kernel: the name of its Triton launcher in ``fastsigclr.kernels``, if it has one.
+    kernel_plans: build also takes ``deterministic=`` and ``plans=`` (its kernel sums with atomics
+    unless deterministic, then in the order of a tile plan per kind of block, which the module keeps
+    in ``.plans`` for the run to record). The other losses sum in a fixed order as they are: their
+    kernels have no atomics and no autotuning (NT-Xent), their torch paths fixed reductions.
     distributed: ``(module, z_local, labels, *, mode, group, compute_loss) -> loss`` where the loss
     has an exact blockwise form across ranks; None: the global batch's rows are gathered.
     notes: per option name, the hint added when the option is given to this method (misnamed
@@ -45,6 +49,7 @@ class LossSpec:
     params: dict[str, HyperParam]
     supervised: bool = False
     kernel: str | None = None
+    kernel_plans: bool = False
     distributed: Callable[..., torch.Tensor] | None = None
     notes: dict[str, str] = field(default_factory=dict)
     renamed: dict[str, str] = field(default_factory=dict)

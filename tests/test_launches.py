@@ -1,0 +1,174 @@
+"""How the launchers choose a configuration (kernels/launches.py): autotuned by default, pinned to
+the plan's first configuration under FASTSIGCLR_TUNE=off (the tests), and the record of the launch
+a compiled run would make, taken on this CPU from meta tensors without running anything."""
+
+import functools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import triton
+
+from fastsigclr.kernels import Plan, launches, sigmoid
+from fastsigclr.kernels import augment as augment_kernel
+from fastsigclr.kernels.augment import COLUMNS, two_view_augment
+from fastsigclr.kernels.ntxent import nt_xent_triton
+from fastsigclr.kernels.tiles import H100_SMS, plan_schedule
+
+
+def test_the_tests_run_pinned():
+    """tests/conftest.py sets FASTSIGCLR_TUNE=off before any launch."""
+    assert launches.autotune() is False
+
+
+def test_tune_switch_values(monkeypatch):
+    monkeypatch.setenv(launches.TUNE_ENV, "on")
+    assert launches.autotune() is True
+    monkeypatch.delenv(launches.TUNE_ENV)
+    assert launches.autotune() is True  # the production default
+    monkeypatch.setenv(launches.TUNE_ENV, "maybe")
+    with pytest.raises(ValueError, match="FASTSIGCLR_TUNE must be 'on' or 'off', got 'maybe'"):
+        launches.autotune()
+
+
+class FakeKernel:
+    """Stands in for a compiled kernel: notes how it was launched."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.calls.append(kwargs)
+
+
+@pytest.mark.parametrize(
+    "tune,fp32_dot,tuned", [("on", None, True), ("off", None, False), ("on", "ieee", False)]
+)
+def test_compiled_launcher_autotunes_only_when_asked(monkeypatch, tune, fp32_dot, tuned):
+    """The compiled path's decision (INTERPRET off, kernels faked): the autotuner by default, the
+    plain kernel at the plan's warps and stages when pinned, and IEEE fp32 always pinned."""
+    plain, autotuned = FakeKernel(), FakeKernel()
+    monkeypatch.setattr(sigmoid, "INTERPRET", False)
+    monkeypatch.setattr(sigmoid, "_sigmoid_block_kernel", plain)
+    monkeypatch.setattr(sigmoid, "autotuned_kernel", autotuned)
+    monkeypatch.setenv(launches.TUNE_ENV, tune)
+    rows = torch.nn.functional.normalize(torch.randn(96, 32), dim=1)
+    one = torch.tensor(1.0)
+    plan = Plan(False, 64, 64, 2, 4, 3)
+    sigmoid.sigmoid_block(rows, rows, one, one, n_per_view=48, inv_m=1 / 96, pairs="self", fp32_dot=fp32_dot,
+                          plan=plan)  # fmt: skip
+    assert (len(autotuned.calls), len(plain.calls)) == ((1, 0) if tuned else (0, 1))
+    if not tuned:
+        assert (plain.calls[0]["num_warps"], plain.calls[0]["num_stages"]) == (4, 3)
+    else:
+        assert "num_warps" not in autotuned.calls[0]
+
+
+def recorded(monkeypatch, tmp_path, launch, tune="off", name="launches.jsonl") -> list[dict]:
+    """The launches ``launch()`` records, run record-only."""
+    path = tmp_path / name
+    monkeypatch.setenv(launches.RECORD_ENV, str(path))
+    monkeypatch.setenv(launches.RECORD_ONLY_ENV, "1")
+    monkeypatch.setenv(launches.TUNE_ENV, tune)
+    launch()
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def meta_rows(m: int, d: int, dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty(m, d, dtype=dtype, device="meta")
+
+
+def self_block(rows: torch.Tensor, n_views: int):
+    """sigmoid_block on one process's rows, with meta scalars."""
+    m, one = rows.shape[0], torch.ones((), device="meta")
+    return sigmoid.sigmoid_block(rows, rows, one, one, n_per_view=m // n_views, inv_m=1 / m, pairs="self")
+
+
+@pytest.mark.parametrize("tune,configs", [("off", [[8, 2]]), ("on", [[8, 2]])])
+def test_sigmoid_record_is_the_compiled_launch(monkeypatch, tmp_path, tune, configs):
+    """bf16 at 2N = 8192, D = 128 on meta tensors: the H100 plan (128-row tiles, 8 warps), one
+    feature tile, no interpreter upcast, the one candidate of 8 warps either way."""
+    run = functools.partial(self_block, meta_rows(8192, 128, torch.bfloat16), n_views=2)
+    (entry,) = recorded(monkeypatch, tmp_path, run, tune)
+    plan = plan_schedule(8192, 8192, symmetric_ok=False, sms=H100_SMS)
+    consts = entry["constexprs"]
+    assert (consts["BLOCK_M"], consts["BLOCK_N"], plan.block_m) == (128, 128, 128)
+    assert (consts["BLOCK_K"], consts["NUM_K"], consts["UPCAST"], consts["SYMMETRIC"]) == (
+        128,
+        1,
+        False,
+        False,
+    )
+    assert entry["kernel"] == "sigmoid" and entry["configs"] == configs
+    assert entry["args"][0] == {"tensor": "bfloat16", "aligned": True}
+    assert entry["args"][7:11] == [16, 16, 16, 16]  # M, MC, N_PER_VIEW, D: multiples of 16
+
+
+def test_sigmoid_record_of_fp32_rows(monkeypatch, tmp_path):
+    """fp32 at D = 130: 64-row tiles, three 64-feature steps (the interpreter takes one tile of
+    256); autotuned, both 4-warp candidates compile; pinned, the plan's (4, 3) only."""
+    run = functools.partial(self_block, meta_rows(1026, 130, torch.float32), n_views=2)
+    (tuned,) = recorded(monkeypatch, tmp_path, run, "on")
+    (pinned,) = recorded(monkeypatch, tmp_path, run, "off", name="pinned.jsonl")
+    assert tuned["configs"] == [[4, 2], [4, 3]] and pinned["configs"] == [[4, 3]]
+    consts = pinned["constexprs"]
+    tiles = (consts["BLOCK_M"], consts["BLOCK_K"], consts["NUM_K"], consts["BLOCK_DO"], consts["PRECISION"])
+    assert tiles == (64, 64, 3, 64, "tf32")
+    assert pinned["args"][7] == 17 and pinned["args"][10] == 17  # 1026 and 130: neither 1 nor % 16
+
+
+def test_ntxent_and_augment_records(monkeypatch, tmp_path):
+    """NT-Xent: forward and both backward passes at triton's default 4 warps and 3 stages, no
+    upcast of bf16; augment: its warps for a 32² view."""
+    zh = meta_rows(8192, 128, torch.bfloat16)
+    entries = recorded(monkeypatch, tmp_path, lambda: nt_xent_triton(zh, temperature=0.2, n_views=2))
+    assert [e["kernel"] for e in entries] == ["ntxent fwd", "ntxent bwd", "ntxent bwd"]
+    assert all(e["configs"] == [[4, 3]] and e["constexprs"]["UPCAST"] is False for e in entries)
+    assert [e["constexprs"]["TRANSPOSED"] for e in entries[1:]] == [False, True]
+    data = torch.zeros(4, 40, 40, 3, dtype=torch.uint8)
+    params = torch.zeros(2, 4, len(COLUMNS))
+    columns = {name: i for i, name in enumerate(COLUMNS)}
+    mean = std = (0.5, 0.5, 0.5)
+    run = functools.partial(two_view_augment, data, torch.arange(4), params, 32, mean, std, torch.bfloat16)
+    run = functools.partial(run, columns=columns)
+    (entry,) = recorded(monkeypatch, tmp_path, run, name="augment.jsonl")
+    block = triton.next_power_of_2(32 * 32)
+    assert entry["kernel"] == "augment" and entry["configs"] == [[augment_kernel._warps(block), 3]]
+    assert entry["constexprs"]["S"] == 32 and entry["args"][3] == {"tensor": "bfloat16", "aligned": True}
+
+
+def test_integer_and_pointer_classes():
+    """The JIT's specialisations: 1, multiples of 16, others; 64-bit integers; misaligned views."""
+    spec = launches.specialised
+    assert [spec(1), spec(32), spec(33), spec(2**31 + 16)] == [1, 16, 17, 2**32 + 16]
+    assert spec(0.25) == 0.5 and spec(True) is True
+    base = torch.zeros(64)
+    assert spec(base[1:])["aligned"] is False and spec(base[4:])["aligned"] is True
+
+
+def test_compile_tool_rebuilds_recorded_arguments(monkeypatch):
+    """tools/compile_inventory.py passes a recorded tensor as its dtype (16-byte aligned, as the
+    JIT assumes of torch's allocations) or as a misaligned stand-in; scalars as recorded."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "tools"))
+    import compile_inventory
+
+    assert compile_inventory.argument({"tensor": "bfloat16", "aligned": True}) is torch.bfloat16
+    misaligned = compile_inventory.argument({"tensor": "float32", "aligned": False})
+    assert misaligned.dtype == torch.float32 and misaligned.data_ptr() % 16 != 0
+    assert [compile_inventory.argument(a) for a in (17, 0.5, True)] == [17, 0.5, True]
+    assert set(compile_inventory.KERNELS) == {"sigmoid", "ntxent fwd", "ntxent bwd", "augment"}
+
+
+def test_compiled_widest_feature_tile_is_the_kernels():
+    """The record's widest feature tile (sigmoid.COMPILED_MAX_BLOCK_D) is the kernel's own when
+    imported for compiling (without TRITON_INTERPRET)."""
+    code = (
+        "from fastsigclr.kernels import sigmoid, sigmoid_kernel as k; print(k.MAX_BLOCK_D, sigmoid.INTERPRET)"
+    )
+    env = {key: v for key, v in os.environ.items() if key != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == [str(sigmoid.COMPILED_MAX_BLOCK_D), "False"], out.stderr[-2000:]
