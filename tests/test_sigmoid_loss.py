@@ -199,11 +199,14 @@ def test_16bit_gradient_at_8192_rows(dtype, tol):
 
 
 def test_kernel_without_gradient_or_loss():
-    zh = F.normalize(torch.randn(66, 20), dim=1)
+    """Against float64 (the fp32 torch path itself errs up to 9.3e-6 in dt here, so comparing
+    with it failed for some unseeded inputs). Kernel, 40 seeds: dt ≤ 3.7e-6 of its scale (5.8e-5
+    before the sweep dropped i = j), the rest ≤ 1.4e-7."""
+    zh = F.normalize(torch.randn(66, 20, generator=torch.Generator().manual_seed(29)), dim=1)
     t, b = torch.tensor(10.0), torch.tensor(-10.0)
     dev = KERNEL_DEVICE
     loss, dz, dt, db = self_block(zh.to(dev), t.to(dev), b.to(dev), 2, grad_rows=False)
-    want = sigmoid_blocks(zh, t, b, n_views=2)
+    want = sigmoid_blocks(zh.double(), t.double(), b.double(), n_views=2)
     assert dz is None
     assert_close_rel(loss, want[0], 1e-5, "loss")
     assert_close_rel(dt, want[2], 1e-5, "dt")
