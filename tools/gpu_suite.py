@@ -46,7 +46,9 @@ BENCH = "{py} -m fastsigclr bench"
 DATA = Step("data", "{py} tools/gpu_suite.py data {shared} {data}", 120)
 # Test files by stage (each named once; `list` shows any file left out). The kernel tests run
 # Triton kernels: in CI through the interpreter, here compiled for the device.
-SIGMOID_TESTS = "tests/test_sigmoid_loss.py"
+SIGMOID_TESTS = (
+    "tests/test_sigmoid_loss.py tests/test_sigmoid_block.py tests/test_siglip.py tests/test_deterministic.py"
+)
 KERNEL_TESTS = "tests/test_contrastive_losses.py tests/test_augment.py tests/test_loss_precision.py"
 TRAIN_TESTS = "tests/test_train.py tests/test_distributed.py"
 OTHER_TESTS = (
@@ -78,12 +80,6 @@ NOT_THERE = {
 # Kernel tests written for the interpreter (CPU tensors into launches, its programs reordered, a
 # tile override per case): with them stage 1 would JIT 95 variants, 87.5 s of compiling against
 # its 82.5 s budget (tools/compile_kernels.py --inventory, 2-core CPU). CI runs them.
-NOT_THERE.update(
-    {
-        f"tests/test_{name}.py": "interpreter-only kernel cases, over stage 1's compile budget: CI"
-        for name in ("sigmoid_block", "siglip", "deterministic")
-    }
-)
 # Run directories, faults, preemption and the CPU trainer's losses and loaders: CPU-only runs
 # (--device cpu) that a GPU machine would repeat as they are; CI runs them.
 NOT_THERE.update(

@@ -42,6 +42,9 @@ from fastsigclr.runinfo import run_record  # noqa: E402
 NOT_RECORDED = {
     "tests/test_gpu.py::test_training_on_cuda": "a training run on CUDA (loss and augment launches of "
     "its batch; with --compile, torch.compile's own kernels): only a GPU runs it",
+    "tests/test_deterministic.py::test_resumed_run_launches_with_the_recorded_plans[cuda]": "a training "
+    "run on CUDA (bf16 autocast; the loss launches of its batch with the GPU's pinned plan): only a GPU "
+    "runs it",
 }
 
 
