@@ -74,11 +74,12 @@ CASES = [
     ("self", 24, 24, 300, 32, None, 1),
     ("two_tower", 33, 30, 130, 32, None, 2),
 ]
-# Where the kernel is compiled: each pair mode once at an odd size, with the launcher's own tiles
-# (the overrides above only keep the interpreter fast; docs/design.md §11).
+# Where the kernel is compiled: each pair mode once at an odd size and D = 17 or 20 (one 32-feature
+# tile; D = 33 took a 64-feature one, 4.7-5.0 s per mode to compile), with the launcher's own
+# tiles (the overrides above only keep the interpreter fast; docs/design.md §11).
 GPU_CASES = [
     ("self", 74, 74, 17, 32, None, 1),
-    ("cross", 70, 45, 33, 32, None, 2),
+    ("cross", 70, 45, 17, 32, None, 2),
     ("two_tower", 70, 70, 20, 16, None, 2),
 ]
 
@@ -106,7 +107,10 @@ def test_block_matches_float64(pairs, m, mc, d, block, block_k, splits, determin
             assert_close_rel(a, e, TOL, f"{pairs} {name}")
 
 
-@pytest.mark.parametrize("block,splits", gpu_cases([(32, 1), (16, 2)], [(32, 1)]))
+# Compiled, exact fp32 at D = 300 (five feature steps) took 7.7-7.9 s per mode to compile for
+# sm_90, a fifth of stage 1's compile budget: the interpreter's check (CI) only.
+@pytest.mark.skipif(AS_ON_GPU, reason="interpreter only: D = 300 in exact fp32 compiles 7.7-7.9 s per mode")
+@pytest.mark.parametrize("block,splits", [(32, 1), (16, 2)])
 @pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
 def test_self_pairs_dropped_in_the_sweep(block, splits, deterministic):
     """Pairs "self" at SigLIP's initial logit_scale 10, logit_bias −10, D = 300: i = j (σ = 1/2) would
@@ -194,7 +198,8 @@ def test_schedule_fills_the_waves(two_n, d):
 
 
 def test_pinned_plan_and_modes():
-    x = F.normalize(torch.randn(40, 8, generator=torch.Generator().manual_seed(2)), dim=1).to(KERNEL_DEVICE)
+    # D = 17: the feature tile of the other kernel tests (D = 8 compiled a 16-feature variant)
+    x = F.normalize(torch.randn(40, 17, generator=torch.Generator().manual_seed(2)), dim=1).to(KERNEL_DEVICE)
     one = torch.tensor(SCALE, device=KERNEL_DEVICE), torch.tensor(BIAS, device=KERNEL_DEVICE)
     plan = Plan(symmetric=False, block_m=16, block_n=16, programs=2, num_warps=4, num_stages=1)
     pinned = sigmoid_block(
@@ -219,7 +224,7 @@ def test_loss_function_backward_scales_the_fused_gradients():
     """SigmoidLoss (the kernel's autograd Function): value and the gradients of the rows, the
     logit scale and the bias against float64 autograd, scaled by a grad_output of 3."""
     gen = torch.Generator().manual_seed(9)
-    zh = F.normalize(torch.randn(46, 12, generator=gen), dim=1)
+    zh = F.normalize(torch.randn(46, 17, generator=gen), dim=1)  # D = 17 as the others (was 12)
     x = zh.to(KERNEL_DEVICE, copy=True).requires_grad_()
     scale = torch.tensor(SCALE, device=KERNEL_DEVICE, requires_grad=True)
     bias = torch.tensor(BIAS, device=KERNEL_DEVICE, requires_grad=True)
