@@ -17,11 +17,12 @@ import torch
 CUBLAS_WORKSPACES = (":4096:8", ":16:8")
 
 
-def _cublas_workspace() -> None:
+def _cublas_workspace() -> str | None:
     """CUBLAS_WORKSPACE_CONFIG set before CUDA starts (cuBLAS reads it as it starts); one line
-    when CUDA has started already."""
-    if os.environ.get("CUBLAS_WORKSPACE_CONFIG") in CUBLAS_WORKSPACES:
-        return
+    when CUDA has started already. Returns the value it had, for the run's end to restore."""
+    before = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    if before in CUBLAS_WORKSPACES:
+        return before
     if torch.cuda.is_initialized():
         print(
             f"fastsigclr: --deterministic: CUDA started before CUBLAS_WORKSPACE_CONFIG could be set, so "
@@ -30,6 +31,7 @@ def _cublas_workspace() -> None:
             file=sys.stderr,
         )
     os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACES[0]
+    return before
 
 
 @contextlib.contextmanager
@@ -40,7 +42,7 @@ def deterministic_torch(enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
-    _cublas_workspace()
+    workspace = _cublas_workspace()
     cudnn = torch.backends.cudnn
     saved = (
         torch.are_deterministic_algorithms_enabled(),
@@ -55,3 +57,7 @@ def deterministic_torch(enabled: bool) -> Iterator[None]:
     finally:
         torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
         cudnn.deterministic, cudnn.benchmark = saved[2], saved[3]
+        if workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = workspace

@@ -59,7 +59,10 @@ class RunLog:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
-            except ImportError:
+            except BaseException as err:  # the fd is no one else's to close
+                if not isinstance(err, ImportError):
+                    self.close()
+                    raise
                 self.tb = None
                 print(
                     "note: TensorBoard logging is off (the tensorboard package is not installed: "
@@ -104,12 +107,17 @@ class RunLog:
                 if isinstance(value, (int, float)) and key not in ("epoch", "step"):
                     self.tb.add_scalar(f"{prefix}/{key}", value, step)
 
+    def __del__(self) -> None:  # a log dropped without close() (a failed start) keeps no fd open
+        if getattr(self, "fd", None) is not None:
+            os.close(self.fd)
+
     def close(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
         if self.tb is not None:
             self.tb.close()
+            self.tb = None
 
 
 def _append(fd: int, data: bytes) -> None:

@@ -8,6 +8,7 @@ from .augment import two_view_augment
 from .ntxent import nt_xent_triton
 from .sigmoid import (
     Plan,
+    check_plan,
     grad_dtype,
     plan_schedule,
     sigmoid_block,
@@ -17,6 +18,7 @@ from .sigmoid import (
 
 __all__ = [
     "Plan",
+    "check_plan",
     "grad_dtype",
     "nt_xent_triton",
     "plan_schedule",

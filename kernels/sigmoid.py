@@ -29,6 +29,7 @@ from .tiles import (
     H100_SMS,
     INTERPRET,
     Plan,
+    check_plan,
     feature_tiling,
     needs_int64,
     plan_schedule,
@@ -169,6 +170,7 @@ def _plan(rows: torch.Tensor, mc: int, symmetric_ok: bool, tiles: dict, interpre
     schedule on this GPU, an H100's SMs where there is none (a compiled launch's record; IEEE
     fp32: 64-row tiles only, see _dot_flags)."""
     if tiles.get("plan") is not None:
+        check_plan(tiles["plan"], symmetric_ok=symmetric_ok)
         return tiles["plan"]
     m = rows.shape[0]
     bm, bn = tiles.get("block_m"), tiles.get("block_n")

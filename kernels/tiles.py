@@ -180,6 +180,31 @@ class Plan:
     num_stages: int
 
 
+def _power_of_two(n: int, low: int, high: int) -> bool:
+    return low <= n <= high and n & (n - 1) == 0
+
+
+def check_plan(plan: Plan, *, symmetric_ok: bool) -> None:
+    """A ValueError naming what a given plan (a recorded one, or ``plan=``) cannot launch: a
+    symmetric schedule where the launch may not take one (other pair modes, deterministic runs)
+    or with tiles that are not square (its gradients came out wrong by 46-60%), tiles that are
+    not powers of two from 16 to 256 (tl.arange needs them), warps not 1-16 and a power of two,
+    or fewer than one program or stage."""
+    problem = None
+    if plan.symmetric and not symmetric_ok:
+        problem = "a symmetric schedule, which only non-deterministic 'self' launches take"
+    elif plan.symmetric and plan.block_m != plan.block_n:
+        problem = f"a symmetric schedule of {plan.block_m}×{plan.block_n} tiles (it needs square ones)"
+    elif not (_power_of_two(plan.block_m, 16, 256) and _power_of_two(plan.block_n, 16, 256)):
+        problem = f"{plan.block_m}×{plan.block_n} tiles (each side a power of two from 16 to 256)"
+    elif not _power_of_two(plan.num_warps, 1, 16):
+        problem = f"{plan.num_warps} warps (a power of two up to 16)"
+    elif plan.programs < 1 or plan.num_stages < 1:
+        problem = f"{plan.programs} programs and {plan.num_stages} stages (at least one each)"
+    if problem:
+        raise ValueError(f"the tile plan {plan} has {problem}: pass a plan sigmoid_plan returned")
+
+
 def schedule_units(m: int, mc: int, block_m: int, symmetric: bool, block_n: int = 0) -> tuple[int, int, int]:
     """(row units, tiles per unit, tiles in all) of a schedule."""
     nb, nbc = triton.cdiv(m, block_m), triton.cdiv(mc, block_n or block_m)
@@ -200,18 +225,21 @@ def launch_config(block: int) -> tuple[int, int]:
 # tile, bf16 D = 128, compiled for sm_90). A 64-row tile: 1.25/4 (half the rows per wgmma issue).
 SYMMETRIC_TILE = 1.72
 SMALL_TILE = 1.25 / 4
-# What one 128×128 tile computes in SM cycles: 0.193 cycles per pair at D ≤ 128 (issue-bound), in
-# proportion to D past it (0.36-1.0 at D = 256-1024, tensor-bound from 768).
-PAIR_CYCLES, PAIR_CYCLES_PER_FEATURE = 0.193, 1 / 1024
+# What one 128×128 tile computes in SM cycles: 0.193 cycles per pair up to D = 128 (issue-bound),
+# then 0.0009 more per feature, the line through the compiled 0.193 at D = 128 and 1.0 at 1,024
+# (0.31, 0.54, 0.77 at D = 256, 512, 768 against the compiled 0.36, 0.52, 0.75).
+PAIR_CYCLES, PAIR_CYCLES_PER_FEATURE = 0.193, 0.0009
 # HBM bytes per SM per cycle: 3.35 TB/s over 132 SMs at 1.83 GHz (H100 SXM; the H200 has more).
 SM_BYTES_PER_CYCLE = 3.35e12 / 132 / 1.83e9
 
 
 def flush_cost(block: int, d: int) -> float:
-    """One program's fp32 dZ rows (block × D) added to memory, in tiles: 1.49 at 128 rows, any D
-    (bytes and compute both grow with D). Every column range pays it once; each off-diagonal
+    """One program's fp32 dZ rows (block × D) added to memory, in 128×128 tiles of compute: at
+    128 rows 0.75 at D = 64, 1.49 at 128, 1.87 at 256, 2.31 at 1,024 (the bytes grow with D
+    faster than the compute per pair). Every column range pays it once; each off-diagonal
     symmetric tile pays it for its transposed product."""
-    tile_cycles = 128 * 128 * max(PAIR_CYCLES, d * PAIR_CYCLES_PER_FEATURE)
+    pair_cycles = PAIR_CYCLES + PAIR_CYCLES_PER_FEATURE * max(d - 128, 0)
+    tile_cycles = 128 * 128 * pair_cycles
     return block * d * 4 / SM_BYTES_PER_CYCLE / tile_cycles
 
 

@@ -248,3 +248,26 @@ def test_a_truncated_beton_says_which_file_and_to_delete_it(tmp_path, capsys, mo
     assert "delete it and run again (it is written anew), or rerun `fastsigclr data write-ffcv" in err
     beton.unlink()
     assert main([*argv, "--out", str(tmp_path / "run")]) == 0  # written anew
+
+
+def test_a_log_that_cannot_start_keeps_no_file_open(tmp_path, monkeypatch):
+    """metrics.jsonl's descriptor is closed when TensorBoard cannot start (a read-only
+    tensorboard/ folder) and when a log is dropped without close()."""
+    import sys
+    import types
+
+    from fastsigclr import runlog
+
+    def refused(_folder):
+        raise PermissionError(errno.EACCES, "Permission denied", "tensorboard")
+
+    fake = types.SimpleNamespace(SummaryWriter=refused)
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        with pytest.raises(PermissionError):
+            runlog.RunLog(tmp_path)
+    dropped = runlog.RunLog(tmp_path, tensorboard=False)
+    dropped.write({"epoch": 0, "step": 1})
+    del dropped
+    assert len(os.listdir("/proc/self/fd")) == before

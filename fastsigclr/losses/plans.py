@@ -47,6 +47,10 @@ def as_plans(saved: Mapping[str, Any] | None) -> dict[str, Any]:
         ):  # fmt: skip
             raise ValueError(f"plans: {kind!r} is {plan!r:.80}, not a plan's fields ({', '.join(fields)})")
         plans[kind] = kernels.Plan(**plan)
+        try:  # the plan of a deterministic launch: never symmetric
+            kernels.check_plan(plans[kind], symmetric_ok=False)
+        except ValueError as err:
+            raise ValueError(f"plans: {kind!r}: {err}") from None
     return plans
 
 
