@@ -15,7 +15,8 @@ pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float16, 4e-3), (torch.float32, 5e-6)])
+# fp32 rows take TF32 by default (dZ 3.3-3.9e-4 of its scale in the format's model, design §3.4).
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float16, 4e-3), (torch.float32, 2e-3)])
 # 2N = 4128 leaves tails in 64- and 128-row tiles, D = 80 in its 128-feature tile and D = 240 in the
 # last of its 64-feature steps; 2N, N and D are multiples of 16, as in the loss bench (the same integer
 # specialisations): bf16 compiles nothing the bench (and the memory test) do not, fp16 and fp32 one
@@ -38,7 +39,7 @@ def test_autotuned_kernel_against_float64(m, d, n_views, dtype, tol):
 
 
 def test_memory_target_at_65536_rows():
-    """Issue 2: at 2N = 65536, D = 256, bf16, fwd+bwd allocates at most 4x the size of z."""
+    """At 2N = 65536, D = 256, bf16, fwd+bwd allocates at most 4x the size of z."""
     z = torch.randn(65536, 256, device=CUDA, dtype=torch.bfloat16, requires_grad=True)
     bias = torch.tensor(-10.0, device=CUDA, requires_grad=True)
     sigmoid_pairwise_loss(z, 10.0, bias).backward()  # compile outside the measurement

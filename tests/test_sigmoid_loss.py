@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import KERNEL_DEVICE, assert_close_rel, gpu_cases, interpreter_tiles, max_rel_error
+from helpers import KERNEL_DEVICE, assert_close_rel, fp32_tol, gpu_cases, interpreter_tiles, max_rel_error
 
 from fastsigclr.kernels import sigmoid_block
 from fastsigclr.losses import (
@@ -99,7 +99,8 @@ def test_matches_float64_reference(m, d, n_views, impl, dtype):
     actual = run(sigmoid_pairwise_loss, z_in, t0, b0, dtype, n_views=n_views, impl=impl)
     scales = [None, *error_scales(z_in, t0, b0, n_views), None]
     for name, a, e, scale in zip(("loss", "dz", "dt", "db"), actual, expected, scales, strict=True):
-        assert_close_rel(a, e, TOL[dtype], f"{impl} {dtype} {name}", scale)
+        tol = fp32_tol(TOL[dtype]) if dtype == torch.float32 and impl == "triton" else TOL[dtype]
+        assert_close_rel(a, e, tol, f"{impl} {dtype} {name}", scale)
 
 
 @pytest.mark.parametrize("m,d,n_views", gpu_cases([(74, 17, 2), (129, 64, 3), (258, 130, 2)], [(74, 17, 2)]))
@@ -168,7 +169,7 @@ def test_kernel_tiles_and_feature_splits(m, d, block_m, block_n, block_k, col_sp
     got = self_block(zh.to(dev), t.to(dev), b.to(dev), n_views, **blocks)
     want = sigmoid_blocks(zh.double(), t.double(), b.double(), n_views=n_views)
     for name, a, e in zip(("loss", "dz", "dt", "db"), got, want, strict=True):
-        assert_close_rel(a, e, 5e-6, name)  # measured ≤ 3e-7
+        assert_close_rel(a, e, fp32_tol(5e-6), name)  # measured ≤ 3e-7 (interpreter)
 
 
 @pytest.mark.slow
@@ -208,12 +209,13 @@ def test_kernel_without_gradient_or_loss():
     loss, dz, dt, db = self_block(zh.to(dev), t.to(dev), b.to(dev), 2, grad_rows=False)
     want = sigmoid_blocks(zh.double(), t.double(), b.double(), n_views=2)
     assert dz is None
-    assert_close_rel(loss, want[0], 1e-5, "loss")
-    assert_close_rel(dt, want[2], 1e-5, "dt")
-    assert_close_rel(db, want[3], 1e-5, "db")
+    tol = fp32_tol(1e-5)  # TF32 on a GPU
+    assert_close_rel(loss, want[0], tol, "loss")
+    assert_close_rel(dt, want[2], tol, "dt")
+    assert_close_rel(db, want[3], tol, "db")
     no_loss = self_block(zh.to(dev), t.to(dev), b.to(dev), 2, compute_loss=False)
     assert no_loss[0] is None
-    assert_close_rel(no_loss[1], want[1], 1e-5, "dz")
+    assert_close_rel(no_loss[1], want[1], tol, "dz")
 
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])
