@@ -255,8 +255,9 @@ def sigmoid_block(
                                                 compute_loss=compute_loss, **kw)  # fmt: skip
         d_cols = sigmoid_block(cols, rows, logit_scale, logit_bias, compute_loss=False, **kw)[1]
         return loss, d_rows, d_cols, dt, db
-    plan = sigmoid_plan(rows, cols, pairs=pairs, deterministic=deterministic, fp32_dot=fp32_dot, **tiles)
-    symmetric_ok = pairs == "self" and not deterministic  # what a compiled launch takes on an H100:
+    symmetric_ok = pairs == "self" and not deterministic
+    plan = _plan(rows, cols.shape[0], symmetric_ok, tiles)  # sigmoid_plan's, on the checked operands
+    # What a compiled launch takes on an H100:
     compiled = (_plan(rows, cols.shape[0], symmetric_ok, tiles, False),
                 _dot_flags(rows.dtype, fp32_dot, False)) if launches.recording() else None  # fmt: skip
     return _launch(rows, cols, logit_scale, logit_bias, plan, flags, deterministic, tiles.get("block_k"),
