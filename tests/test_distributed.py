@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import KERNEL_DEVICE, assert_close_rel
+from helpers import KERNEL_DEVICE, assert_close_rel, fp32_tol
 from test_sigmoid_loss import error_scales, reference
 
 from fastsigclr import checkpoint, rundir
@@ -189,7 +189,7 @@ def test_cross_rank_block_against_float64(impl):
         )
         got = (loss, dz, dt, db)
     for name, x, y in zip(("loss", "dz", "dt", "db"), got, want, strict=True):
-        assert_close_rel(x, y, 5e-6, f"{impl} {name}")
+        assert_close_rel(x, y, fp32_tol(5e-6) if impl == "triton" else 5e-6, f"{impl} {name}")
 
 
 def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:

@@ -3,6 +3,8 @@ gradient), the options generated from the specs (a method's irrelevant options a
 sigmoid logit scale and the softmax temperature are named apart in options, logs and summaries),
 old config.json files, and the loss value computed only where the trainer reads it."""
 
+import dataclasses
+import importlib
 import json
 from pathlib import Path
 
@@ -73,6 +75,17 @@ def test_irrelevant_option_is_one_line_on_the_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["bench", "loss", "--losses", "sigclr", "--k1", "3", "--out", str(tmp_path / "b")])
     assert "--k1 applies to tcl only; drop it or measure one of those in --losses" in capsys.readouterr().err
+
+
+def test_configs_with_loss_options_keep_their_module():
+    """`fastsigclr bench` finds a command's run() in its config's module. Python 3.12's
+    make_dataclass names its caller's module instead (it broke `bench loss` there, not on 3.11)."""
+    from fastsigclr.bench.loss import BenchLossConfig, run
+
+    modules = (TrainConfig.__module__, BenchLossConfig.__module__)
+    assert modules == ("fastsigclr.runconfig", "fastsigclr.bench.loss")
+    assert importlib.import_module(BenchLossConfig.__module__).run is run
+    assert TrainConfig.__qualname__ == "TrainConfig" and dataclasses.is_dataclass(BenchLossConfig)
 
 
 def test_logit_scale_and_temperature_are_named_apart():

@@ -201,7 +201,9 @@ def test_pinned_plan_and_modes():
     # D = 17: the feature tile of the other kernel tests (D = 8 compiled a 16-feature variant)
     x = F.normalize(torch.randn(40, 17, generator=torch.Generator().manual_seed(2)), dim=1).to(KERNEL_DEVICE)
     one = torch.tensor(SCALE, device=KERNEL_DEVICE), torch.tensor(BIAS, device=KERNEL_DEVICE)
-    plan = Plan(symmetric=False, block_m=16, block_n=16, programs=2, num_warps=4, num_stages=1)
+    # A plan made for this device: one pipeline stage in the interpreter, two compiled (sigmoid_plan).
+    stages = 2 if KERNEL_DEVICE.type == "cuda" else 1
+    plan = Plan(symmetric=False, block_m=16, block_n=16, programs=2, num_warps=4, num_stages=stages)
     pinned = sigmoid_block(
         x, x, *one, n_per_view=20, inv_m=1 / 40, pairs="self", plan=plan, deterministic=True
     )

@@ -6,7 +6,16 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import KERNEL_DEVICE, assert_close_rel, fp32_tol, gpu_cases, interpreter_tiles, max_rel_error
+from helpers import (
+    KERNEL_DEVICE,
+    assert_close_rel,
+    error_scales,
+    fp32_tol,
+    gpu_cases,
+    interpreter_tiles,
+    max_rel_error,
+    tf32_dt_scale,
+)
 
 from fastsigclr.kernels import sigmoid_block
 from fastsigclr.losses import (
@@ -43,23 +52,6 @@ def reference(z: torch.Tensor, t, b, n_views: int, normalize: bool = True) -> to
     y = (image[:, None] == image[None, :]).double() * 2 - 1
     off_diagonal = ~torch.eye(m, dtype=torch.bool)
     return -F.logsigmoid(y * logits)[off_diagonal].sum() / m
-
-
-def error_scales(z: torch.Tensor, t: float, b: float, n_views: int) -> tuple[float, float]:
-    """Natural sizes of the errors in dL/dz and dL/dt, where the values themselves cancel.
-
-    dL/dz = (I − ẑẑᵀ)·(dL/dẑ)/‖z‖ removes most of dL/dẑ at small D (all of it at D = 1, where the
-    true gradient is 0): its scale is max |(dL/dẑ)/‖z‖|. dL/dt = Σ g_ij·s_ij, and each rounded
-    s_ij = ⟨ẑ_i, ẑ_j⟩ errs by ε·‖ẑ_i‖‖ẑ_j‖ = ε however small s_ij is: its scale is Σ |g_ij|.
-    """
-    norms = z.norm(dim=1, keepdim=True)
-    zh = z / norms
-    m = z.shape[0]
-    image = torch.arange(m) % (m // n_views)
-    positive = (image[:, None] == image[None, :]).double()
-    g = (torch.sigmoid(t * zh @ zh.T + b) - positive).fill_diagonal_(0) / m
-    dzhat = 2 * t * g @ zh
-    return (dzhat / norms).abs().max().item(), g.abs().sum().item()
 
 
 def run(fn, z, t0, b0, dtype, **kw):
@@ -211,7 +203,7 @@ def test_kernel_without_gradient_or_loss():
     assert dz is None
     tol = fp32_tol(1e-5)  # TF32 on a GPU
     assert_close_rel(loss, want[0], tol, "loss")
-    assert_close_rel(dt, want[2], tol, "dt")
+    assert_close_rel(dt, want[2], tol, "dt", tf32_dt_scale(zh, 10.0, -10.0, 2))
     assert_close_rel(db, want[3], tol, "db")
     no_loss = self_block(zh.to(dev), t.to(dev), b.to(dev), 2, compute_loss=False)
     assert no_loss[0] is None
@@ -221,10 +213,13 @@ def test_kernel_without_gradient_or_loss():
 @pytest.mark.parametrize("impl", ["torch", "triton"])
 def test_skipped_loss_is_nan_with_the_same_gradients(impl):
     """compute_loss=False: the value is NaN (it cannot pass for a loss in a log) and backward
-    gives exactly the gradients of the full computation (z, t and b)."""
+    gives exactly the gradients of the full computation (z, t and b). Compiled, the kernel's
+    atomic sums of dt and db follow the order programs finish in (an H200 gave dt 1.9573 both
+    times, differing in the last bits): there both calls are deterministic."""
     z = torch.randn(74, 17, generator=torch.Generator().manual_seed(4))
-    full = run(sigmoid_pairwise_loss, z, 3.0, -1.5, torch.float32, impl=impl)
-    grad_only = run(sigmoid_pairwise_loss, z, 3.0, -1.5, torch.float32, impl=impl, compute_loss=False)
+    kw = {"impl": impl, "deterministic": impl == "triton" and KERNEL_DEVICE.type == "cuda"}
+    full = run(sigmoid_pairwise_loss, z, 3.0, -1.5, torch.float32, **kw)
+    grad_only = run(sigmoid_pairwise_loss, z, 3.0, -1.5, torch.float32, compute_loss=False, **kw)
     assert torch.isfinite(full[0]) and torch.isnan(grad_only[0])
     for name, x, y in zip(("dz", "dt", "db"), full[1:], grad_only[1:], strict=True):
         assert torch.equal(x, y), name
@@ -294,8 +289,9 @@ def test_implementations_agree(m, d, n_views):
     z = torch.randn(m, d, generator=torch.Generator().manual_seed(3))
     a = run(sigmoid_pairwise_loss, z, 10.0, -10.0, torch.float32, n_views=n_views, impl="torch")
     b = run(sigmoid_pairwise_loss, z, 10.0, -10.0, torch.float32, n_views=n_views, impl="triton")
-    for name, x, y in zip(("loss", "dz", "dt", "db"), a, b, strict=True):
-        assert_close_rel(x, y, 1e-5, name)
+    scales = (None, None, tf32_dt_scale(z, 10.0, -10.0, n_views), None)
+    for name, x, y, scale in zip(("loss", "dz", "dt", "db"), a, b, scales, strict=True):
+        assert_close_rel(x, y, fp32_tol(1e-5), name, scale)
 
 
 def test_strided_rows_without_normalisation():
@@ -310,7 +306,7 @@ def test_strided_rows_without_normalisation():
         rows = wide.to(KERNEL_DEVICE)[:, :20] if impl == "triton" else zh
         assert rows.stride(0) == 29
         got = sigmoid_pairwise_loss(rows, 2.0, 0.5, normalize=False, impl=impl)
-        assert_close_rel(got, want, 1e-5, impl)
+        assert_close_rel(got, want, fp32_tol(1e-5) if impl == "triton" else 1e-5, impl)
 
 
 def test_gradcheck_torch_path(monkeypatch):
@@ -345,8 +341,9 @@ def test_extreme_logits_are_finite(impl, t0, b0):
     for value in (loss, dz, dt, db):
         assert torch.isfinite(value).all()
     want = run(lambda x, t, b: reference(x, t, b, 2), z.double(), t0, b0, torch.float64)
-    assert_close_rel(loss, want[0], 1e-5, "loss")
-    assert_close_rel(db, want[3], 1e-5, "db")
+    tol = fp32_tol(1e-5) if impl == "triton" else 1e-5  # TF32 moves t = 100's logits by up to 0.1
+    assert_close_rel(loss, want[0], tol, "loss")
+    assert_close_rel(db, want[3], tol, "db")
 
 
 def test_tolerance_can_fail():

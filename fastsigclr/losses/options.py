@@ -46,8 +46,12 @@ C = TypeVar("C")
 def with_loss_options(cls: type[C]) -> type[C]:
     """Class decorator for a frozen config dataclass: the same class with the loss options added
     after its own fields (so its --help and error messages list its own options first)."""
-    namespace = {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__}
-    return dataclasses.make_dataclass(cls.__name__, _FIELDS, bases=(cls,), frozen=True, namespace=namespace)
+    namespace = {"__qualname__": cls.__qualname__, "__doc__": cls.__doc__}
+    made = dataclasses.make_dataclass(cls.__name__, _FIELDS, bases=(cls,), frozen=True, namespace=namespace)
+    # The module that defines cls, which `fastsigclr bench` imports for its run(): Python 3.12's
+    # make_dataclass sets __module__ to its caller's (this module), whatever the namespace says.
+    made.__module__ = cls.__module__
+    return made
 
 
 def check_applicable(
