@@ -74,6 +74,7 @@ def _configs(interpret: bool = INTERPRET) -> list[triton.Config]:
 # Non-constexpr parameters in launch order: what the pruning hook receives by name.
 _ARGS = ("X", "Y", "DX", "DY", "PARTIALS", "LOGIT_SCALE", "LOGIT_BIAS", "M", "MC", "N_PER_VIEW", "D")
 _ARGS += ("stride_x", "stride_y", "stride_dx", "stride_dy", "INV_M")
+_KERNEL_PARAMS = frozenset(_sigmoid_block_kernel.arg_names)
 # Every constexpr that selects a variant is in the key (a config tuned without the loss terms
 # must not serve the variant that computes them: more registers).
 _KEY = [
@@ -97,6 +98,12 @@ def _tile_configs(configs: list[triton.Config], block_m: int) -> list[triton.Con
     return [c for c in configs if c.num_warps == 4 * block_m // 64] or configs[:1]
 
 
+def _max_shared_memory() -> int:
+    """Shared memory per block on the current CUDA device, in bytes."""
+    props = triton.runtime.driver.active.utils.get_device_properties(torch.cuda.current_device())
+    return props["max_shared_mem"]
+
+
 def _prune_configs(configs: list[triton.Config], named_args: dict, **constexprs) -> list[triton.Config]:
     """The candidates for this tile (4 warps per 64 rows) that load and spill nothing
     (select_configs): each is compiled here, as the autotuner would anyway."""
@@ -104,8 +111,10 @@ def _prune_configs(configs: list[triton.Config], named_args: dict, **constexprs)
     if len(configs) == 1:
         return configs
     args = [named_args[name] for name in _ARGS]
-    device = torch.cuda.current_device()
-    max_shared = triton.runtime.driver.active.utils.get_device_properties(device)["max_shared_mem"]
+    # The autotuner passes its launch's keywords too (triton 3.6: grid and warmup, which warmup()
+    # takes again: a TypeError on the first autotuned launch of a 64-row tile, 2N = 1,024 on an H200).
+    constexprs = {name: value for name, value in constexprs.items() if name in _KERNEL_PARAMS}
+    max_shared = _max_shared_memory()
     measured = []
     for cfg in configs:
         kernel = _sigmoid_block_kernel.warmup(*args, grid=(1,), **constexprs, **cfg.all_kwargs())

@@ -54,6 +54,20 @@ def error_scales(z: torch.Tensor, t: float, b: float, n_views: int) -> tuple[flo
     return (dzhat / norms).abs().max().item(), g.abs().sum().item()
 
 
+TF32_UNIT = 2.0**-11  # TF32 keeps 10 of fp32's 23 mantissa bits: rounding errs up to 2⁻¹¹ of a value
+
+
+def tf32_db_bound(z: torch.Tensor, t: float, b: float, n_views: int) -> float:
+    """A first-order bound on the error in dL/db = Σ σ(±a_ij)/M when the dots are TF32: each
+    operand of ⟨ẑ_i, ẑ_j⟩ rounded by up to TF32_UNIT moves a_ij = t·s_ij + b by up to
+    t·2·TF32_UNIT (unit rows; fp32 accumulation adds far less), and σ by σ'(a_ij) times that."""
+    zh = torch.nn.functional.normalize(z.detach().double().cpu(), dim=1)
+    m = zh.shape[0]
+    a = float(t) * zh @ zh.T + float(b)
+    slope = (torch.sigmoid(a) * torch.sigmoid(-a)).fill_diagonal_(0)
+    return (slope.sum() * float(t) * 2 * TF32_UNIT / m).item()
+
+
 def tf32_dt_scale(z: torch.Tensor, t: float, b: float, n_views: int) -> float | None:
     """The scale to compare dL/dt with for fp32 rows through the kernel: its own size in the
     interpreter (exact fp32 dots), and Σ |g_ij| where the dots are TF32 (error_scales). There dt

@@ -41,6 +41,24 @@ def test_autotuned_kernel_against_float64(m, d, n_views, dtype, tol):
         assert_close_rel(x, y, tol, name, scale)
 
 
+def test_autotuned_launch_of_a_64_row_tile(monkeypatch):
+    """The production launch (autotuned; the other tests run pinned, tests/conftest.py) at 2N =
+    1,024, where the plan takes 64-row tiles and the autotuner compiles two candidates in its
+    pruning hook: that launch raised a TypeError on an H200 (tests/test_launches.py)."""
+    from fastsigclr.kernels import launches
+
+    monkeypatch.setenv(launches.TUNE_ENV, "on")
+    z = torch.randn(1024, 128, device=CUDA, generator=torch.Generator(CUDA).manual_seed(3))
+    x = z.to(torch.bfloat16).requires_grad_()
+    bias = torch.tensor(-10.0, device=CUDA, requires_grad=True)
+    sigmoid_pairwise_loss(x, 10.0, bias).backward()
+    want = z.to(torch.bfloat16).double().requires_grad_()
+    want_bias = torch.tensor(-10.0, device=CUDA, dtype=torch.float64, requires_grad=True)
+    sigmoid_pairwise_loss(want, 10.0, want_bias, impl="torch").backward()
+    assert_close_rel(x.grad, want.grad, 1e-2, "dz")
+    assert_close_rel(bias.grad, want_bias.grad, 1e-2, "db")
+
+
 def test_memory_target_at_65536_rows():
     """At 2N = 65536, D = 256, bf16, fwd+bwd allocates at most 4x the size of z, plus the fp32
     1/‖z‖ per row that normalize_rows keeps for backward and a few KiB of per-launch sums (an

@@ -7,17 +7,20 @@ import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
 import torch
 import triton
+from helpers import assert_close_rel
 
 from fastsigclr.kernels import Plan, launches, sigmoid
 from fastsigclr.kernels import augment as augment_kernel
 from fastsigclr.kernels.augment import COLUMNS, two_view_augment
 from fastsigclr.kernels.ntxent import nt_xent_triton
 from fastsigclr.kernels.tiles import H100_SMS, plan_schedule
+from fastsigclr.losses import sigmoid_blocks
 
 
 def test_the_tests_run_pinned():
@@ -66,6 +69,51 @@ def test_compiled_launcher_autotunes_only_when_asked(monkeypatch, tune, fp32_dot
         assert (plain.calls[0]["num_warps"], plain.calls[0]["num_stages"]) == (4, 3)
     else:
         assert "num_warps" not in autotuned.calls[0]
+
+
+def test_autotuner_prunes_a_64_row_tile_with_its_own_keywords(monkeypatch):
+    """The compiled path through Triton's own Autotuner where pruning compiles each candidate
+    (a 64-row tile has two: 4 warps with 2 or 3 stages). Triton hands the pruning hook its launch
+    keywords (grid, warmup), which warmup() then got twice: a TypeError at the first autotuned
+    launch on an H200 (2N = 1,024, bf16). Compiling and timing are faked; the launch then runs in
+    the interpreter with the chosen configuration and matches float64."""
+    kernel = sigmoid._sigmoid_block_kernel
+    compiled = []
+
+    class Compiled:  # what warmup() returns: fits in shared memory, spills nothing
+        metadata = types.SimpleNamespace(shared=0)
+        n_spills = 0
+
+        def _init_handles(self) -> None:
+            pass
+
+    def warmup(*args, grid, **kwargs):  # JITFunction.warmup's signature
+        unknown = set(kwargs) - sigmoid._KERNEL_PARAMS - {"num_warps", "num_stages", "num_ctas", "maxnreg"}
+        assert not unknown and len(args) == len(sigmoid._ARGS), unknown
+        compiled.append((kwargs["num_warps"], kwargs["num_stages"]))
+        return Compiled()
+
+    monkeypatch.setattr(kernel, "warmup", warmup)
+    monkeypatch.setattr(sigmoid, "_max_shared_memory", lambda: 232_448)
+    tuner = triton.autotune(
+        configs=sigmoid._configs(interpret=False),
+        key=sigmoid._KEY,
+        reset_to_zero=["DX", "DY"],
+        prune_configs_by={"early_config_prune": sigmoid._prune_configs},
+    )(kernel)
+    monkeypatch.setattr(tuner, "_bench", lambda *args, config, **kwargs: [float(config.num_stages)] * 3)
+    monkeypatch.setattr(sigmoid, "autotuned_kernel", tuner)
+    monkeypatch.setattr(sigmoid, "INTERPRET", False)
+    monkeypatch.setenv(launches.TUNE_ENV, "on")
+    gen = torch.Generator().manual_seed(6)
+    rows = torch.nn.functional.normalize(torch.randn(70, 24, generator=gen), dim=1)
+    t, b = torch.tensor(5.0), torch.tensor(-4.0)
+    got = sigmoid.sigmoid_block(rows, rows, t, b, n_per_view=35, inv_m=1 / 70, pairs="self",
+                                plan=Plan(False, 64, 64, 2, 4, 2))  # fmt: skip
+    assert sorted(compiled) == [(4, 2), (4, 3)] and tuner.best_config.num_stages == 2
+    want = sigmoid_blocks(rows.double(), t.double(), b.double(), n_views=2)
+    for name, x, y in zip(("loss", "dz", "dt", "db"), (got[0], got[1], got[3], got[4]), want, strict=True):
+        assert_close_rel(x, y, 1e-5, name)
 
 
 def recorded(monkeypatch, tmp_path, launch, tune="off", name="launches.jsonl") -> list[dict]:

@@ -14,6 +14,7 @@ from helpers import (
     gpu_cases,
     interpreter_tiles,
     max_rel_error,
+    tf32_db_bound,
     tf32_dt_scale,
 )
 
@@ -213,16 +214,21 @@ def test_kernel_without_gradient_or_loss():
 @pytest.mark.parametrize("impl", ["torch", "triton"])
 def test_skipped_loss_is_nan_with_the_same_gradients(impl):
     """compute_loss=False: the value is NaN (it cannot pass for a loss in a log) and backward
-    gives exactly the gradients of the full computation (z, t and b). Compiled, the kernel's
-    atomic sums of dt and db follow the order programs finish in (an H200 gave dt 1.9573 both
-    times, differing in the last bits): there both calls are deterministic."""
+    gives the gradients of the full computation (z, t and b): exactly, where the same arithmetic
+    runs (torch, the interpreter). Compiled, the two are separate kernel variants whose sums the
+    compiler may order differently (an H200 gave dt = 1.9573 both times, apart in the last bits,
+    deterministic or not): there they agree to fp32's rounding of those sums."""
     z = torch.randn(74, 17, generator=torch.Generator().manual_seed(4))
-    kw = {"impl": impl, "deterministic": impl == "triton" and KERNEL_DEVICE.type == "cuda"}
-    full = run(sigmoid_pairwise_loss, z, 3.0, -1.5, torch.float32, **kw)
-    grad_only = run(sigmoid_pairwise_loss, z, 3.0, -1.5, torch.float32, compute_loss=False, **kw)
+    full = run(sigmoid_pairwise_loss, z, 3.0, -1.5, torch.float32, impl=impl)
+    grad_only = run(sigmoid_pairwise_loss, z, 3.0, -1.5, torch.float32, impl=impl, compute_loss=False)
     assert torch.isfinite(full[0]) and torch.isnan(grad_only[0])
-    for name, x, y in zip(("dz", "dt", "db"), full[1:], grad_only[1:], strict=True):
-        assert torch.equal(x, y), name
+    compiled = impl == "triton" and KERNEL_DEVICE.type == "cuda"
+    scales = (None, error_scales(z, 3.0, -1.5, 2)[1], None)
+    for name, x, y, scale in zip(("dz", "dt", "db"), full[1:], grad_only[1:], scales, strict=True):
+        if compiled:
+            assert_close_rel(x, y, 1e-5, name, scale)
+        else:
+            assert torch.equal(x, y), name
     dev = KERNEL_DEVICE if impl == "triton" else torch.device("cpu")
     module = SigmoidPairwiseLoss(impl=impl).to(dev)  # its t and b where the rows are
     assert torch.isnan(module(z.to(dev), compute_loss=False))
@@ -341,9 +347,15 @@ def test_extreme_logits_are_finite(impl, t0, b0):
     for value in (loss, dz, dt, db):
         assert torch.isfinite(value).all()
     want = run(lambda x, t, b: reference(x, t, b, 2), z.double(), t0, b0, torch.float64)
-    tol = fp32_tol(1e-5) if impl == "triton" else 1e-5  # TF32 moves t = 100's logits by up to 0.1
+    tol = fp32_tol(1e-5) if impl == "triton" else 1e-5
     assert_close_rel(loss, want[0], tol, "loss")
-    assert_close_rel(db, want[3], tol, "db")
+    if impl == "triton" and KERNEL_DEVICE.type == "cuda":
+        # TF32 moves each logit by up to t·2⁻¹⁰ = 0.1 at t = 100, and db = Σσ(a)/M by σ'(a) times
+        # that: 3.4e-2 of db on an H200 at b = −50. Bound: first order in that logit error.
+        bound = tf32_db_bound(z, t0, b0, 2)
+        assert abs(db.item() - want[3].item()) <= bound, (db.item(), want[3].item(), bound)
+    else:
+        assert_close_rel(db, want[3], tol, "db")
 
 
 def test_tolerance_can_fail():
