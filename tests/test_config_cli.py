@@ -258,3 +258,47 @@ def test_bench_loss_siglip_has_its_kernel_provider():
     assert _skip_reason("triton", "siglip", torch.device("cpu")) == "needs CUDA"
     assert _skip_reason("triton", "siglip", torch.device("cuda")) is None
     assert _skip_reason("triton", "dcl", torch.device("cuda")) == "no Triton kernel"
+
+
+def test_bench_loss_counts_each_losss_own_matrix_work():
+    """SigLIP's two towers of B = 2N/2 rows have B² pairs and three products of them (S, G·Y,
+    Gᵀ·X): 6·B²·D, 1.5·(2N)²·D, not the 4·(2N)²·D of a 2N × 2N loss (which overstated its rate 2.7×)."""
+    from fastsigclr.bench.loss import useful_flops
+
+    assert useful_flops("siglip", 131072, 768) == 6 * 65536**2 * 768
+    assert useful_flops("sigclr", 131072, 768) == 4 * 131072**2 * 768
+    assert useful_flops("siglip", 10, 3) / useful_flops("simclr", 10, 3) == 1.5 / 4
+
+
+def test_bench_loss_deterministic_reaches_our_providers(tmp_path: Path, monkeypatch):
+    """--deterministic: sigclr's and siglip's chunked and triton providers are called with
+    deterministic=True (what train --deterministic costs), and the JSON's config records it."""
+    import fastsigclr.losses.siglip as siglip_module
+    import fastsigclr.losses.sigmoid as sigmoid_module
+
+    seen = []
+    for module, name in ((sigmoid_module, "sigmoid_pairwise_loss"), (siglip_module, "siglip_loss")):
+        real = getattr(module, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            seen.append((_name, kwargs.get("impl"), kwargs.get("deterministic")))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+    args = ["bench", "loss", "--device", "cpu", "--losses", "sigclr,siglip", "--sizes", "66", "--dims", "17"]
+    args += ["--providers", "eager,chunked", "--deterministic", "--warmup", "1", "--reps", "1"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    payload = json.loads((tmp_path / "loss-cpu.json").read_text())
+    assert payload["config"]["deterministic"] is True
+    assert all(r["status"] == "ok" for r in payload["results"])
+    # The bench times triton on CUDA only; its loss function is the same call in the interpreter.
+    from fastsigclr.bench.loss import BenchLossConfig, _loss_fn
+
+    z = torch.randn(66, 17, requires_grad=True)
+    cfg = BenchLossConfig(deterministic=True)
+    for method in ("sigclr", "siglip"):
+        _loss_fn("triton", method, cfg, torch.device("cpu"))(z, None).backward()
+    assert {(name, impl) for name, impl, _ in seen} == {
+        (name, impl) for name in ("sigmoid_pairwise_loss", "siglip_loss") for impl in ("torch", "triton")
+    }
+    assert all(det is True for *_, det in seen)

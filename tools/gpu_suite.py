@@ -123,12 +123,22 @@ def loss(smoke: bool) -> tuple[Step, ...]:
         f"--sizes 16384 {one}",
     )
     compiled_providers = "eager,compiled,triton"
+    tiny = "--dtypes fp32 --reps 2 --warmup 1"
     if smoke:  # torch.compile costs ~15 s per case on a CPU; tests/test_config_cli.py runs it
-        tiny = "--dtypes fp32 --reps 2 --warmup 1"
         grid, chunked = f"--sizes 64,128 --dims 8,16 {tiny}", f"--sizes 64 --dims 8 {tiny}"
         compiled, compiled_providers = chunked, "eager,triton"
     bench = f"{BENCH} loss --out {{out}}"
+    # SigLIP's two towers at B = 8,192 and 65,536, D = 128 and 768, against siglip-kernel where it
+    # is installed (its bf16 default: cuBLAS products over chunks of rows); then what a
+    # deterministic sum costs (siglip's texts' gradient from a second sweep instead of atomics).
+    siglip = "--losses siglip --sizes 16384,131072 --dims 128,768 --dtypes bf16 --reps 10"
+    determ = "--losses sigclr,siglip --sizes 16384,131072 --dims 128 --dtypes bf16 --reps 10"
+    if smoke:
+        siglip = determ = f"--losses sigclr,siglip --sizes 64 --dims 8 {tiny}"
     return (
+        Step("bench-loss-siglip", f"{bench}/siglip {siglip} --providers chunked,triton,siglip-kernel", 90),
+        Step("bench-loss-deterministic", f"{bench}/deterministic {determ} --providers chunked,triton "
+             "--deterministic", 60),
         Step("bench-loss-grid", f"{bench}/grid {grid} --providers eager,triton", 150),
         Step("bench-loss-chunked", f"{bench}/chunked {chunked} --providers eager,chunked", 90),
         Step("bench-loss-compiled", f"{bench}/compiled {compiled} --providers {compiled_providers}", 120),
@@ -204,8 +214,8 @@ def stage1_expected() -> tuple[int, str]:
 
 def build_stages(smoke: bool = False, epochs: int = 10) -> list[Stage]:
     """The five stages; with smoke, the same steps at tiny sizes, on whatever device is there.
-    Expected durations are estimates from each step's work, not yet measured on a GPU, except
-    stage 1's compiling (stage1_expected)."""
+    Expected durations are estimates from each step's work, except stage 1's compiling
+    (stage1_expected) and stage 2 (measured on an H200: benchmarks/results/gpu-2026-12-04)."""
     return [
         Stage(
             "1",
@@ -220,16 +230,17 @@ def build_stages(smoke: bool = False, epochs: int = 10) -> list[Stage]:
             "2",
             "tests",
             "training, distributed and the other tests with CUDA present (list: what is left out, why)",
-            200,
+            235,  # measured: 230 s on an H200 (benchmarks/results/gpu-2026-12-04)
             300,
             tests(smoke),
         ),
         Stage(
             "3",
             "loss",
-            "loss bench: bf16 grid (2N 1024-65536, D 64/128/256), chunked torch path, torch.compile",
-            240,
+            "loss bench: SigLIP vs siglip-kernel (B 8192/65536, D 128/768), deterministic sums, bf16 grid "
+            "(2N 1024-65536, D 64/128/256), chunked torch path, torch.compile",
             300,
+            360,
             loss(smoke),
         ),
         Stage(
@@ -237,7 +248,7 @@ def build_stages(smoke: bool = False, epochs: int = 10) -> list[Stage]:
             "pipeline",
             "bench train (ResNet-18, batch 512), augment (gpu vs PIL), dist; torchrun if 2 GPUs",
             150,
-            240,
+            210,
             pipeline(smoke),
         ),
         Stage(
@@ -301,7 +312,8 @@ def print_stages(stages: list[Stage]) -> None:
         print(f"{st.key:<6}{st.name:<13}{minutes(st.limit_s):>9}{minutes(st.expected_s):>10}  {steps}")
         print(f"{'':<6}{st.what}")
     limit, expected = sum(s.limit_s for s in stages), sum(s.expected_s for s in stages)
-    print(f"{'all':<19}{minutes(limit):>9}{minutes(expected):>10}  (expected: estimates, not yet measured)")
+    note = "(expected: stage 2 measured, the rest estimates)"
+    print(f"{'all':<19}{minutes(limit):>9}{minutes(expected):>10}  {note}")
     print(f"stage 1 expected: {stage1_expected()[1]}")
     print("not in the suite: " + "; ".join(f"{Path(f).name} ({why})" for f, why in NOT_THERE.items()))
     unplaced = unplaced_tests(stages)

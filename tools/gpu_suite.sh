@@ -15,8 +15,8 @@
 # start-up and its record:
 #   OUT=results bash tools/gpu_suite.sh 1    # limit 5.5 min
 #   OUT=results bash tools/gpu_suite.sh 2    # limit 5.0 min
-#   OUT=results bash tools/gpu_suite.sh 3    # limit 5.0 min
-#   OUT=results bash tools/gpu_suite.sh 4    # limit 4.0 min
+#   OUT=results bash tools/gpu_suite.sh 3    # limit 6.0 min
+#   OUT=results bash tools/gpu_suite.sh 4    # limit 3.5 min
 #   OUT=results bash tools/gpu_suite.sh 5    # limit 5.0 min
 # Each stage writes $OUT/stage-K.json before its first step and after every step (commit, driver, GPU
 # clocks, device, versions, date, command; each step's status, exit code, seconds and last output

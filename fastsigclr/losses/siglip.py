@@ -204,9 +204,14 @@ class SigLipLoss(nn.Module):
         return {"contrastive_loss": loss} if output_dict else loss
 
 
-def _function(z: torch.Tensor, labels: None = None, *, n_views: int = 2, impl: Impl = "auto", **params):
+def _function(
+    z: torch.Tensor, labels: None = None, *, n_views: int = 2, impl: Impl = "auto",
+    deterministic: bool = False,
+    **params,
+):  # fmt: skip
     x, y = normalize_rows(z).chunk(2)
-    return siglip_loss(x, y, params["logit_scale"], params["logit_bias"], impl=impl)
+    t, b = params["logit_scale"], params["logit_bias"]
+    return siglip_loss(x, y, t, b, impl=impl, deterministic=deterministic)
 
 
 def _reference(z: torch.Tensor, labels: None = None, *, n_views: int = 2, **params) -> torch.Tensor:
@@ -218,9 +223,10 @@ def _reference(z: torch.Tensor, labels: None = None, *, n_views: int = 2, **para
 # it, with z's two halves as the images and the texts (rows normalised) and sigclr's parameters.
 SPEC = LossSpec(
     summary="SigLIP: two-tower sigmoid, images z[:N] against texts z[N:], positives on the diagonal",
-    build=lambda **params: SigLipLoss(),
+    build=lambda deterministic=False, plans=None, **params: SigLipLoss(deterministic=deterministic),
     function=_function,
     reference=_reference,
     params=sigmoid.SPEC.params,
     kernel="sigmoid_block",  # its two-tower block (pairs="two_tower")
+    kernel_plans=True,
 )

@@ -317,8 +317,13 @@ def _distributed(
     )
 
 
-def _function(z: torch.Tensor, labels: None = None, *, n_views: int = 2, impl: Impl = "auto", **params):
-    return sigmoid_pairwise_loss(z, params["logit_scale"], params["logit_bias"], n_views=n_views, impl=impl)
+def _function(
+    z: torch.Tensor, labels: None = None, *, n_views: int = 2, impl: Impl = "auto",
+    deterministic: bool = False,
+    **params,
+):  # fmt: skip
+    t, b = params["logit_scale"], params["logit_bias"]
+    return sigmoid_pairwise_loss(z, t, b, n_views=n_views, impl=impl, deterministic=deterministic)
 
 
 def _reference(z: torch.Tensor, labels: None = None, *, n_views: int = 2, **params) -> torch.Tensor:
