@@ -173,6 +173,18 @@ def _feature_tiling(d: int, symmetric: bool = False, interpret: bool = INTERPRET
     return (WIDE_BLOCK_K, triton.cdiv(d, WIDE_BLOCK_K)) if wide else (block_k, num_k)
 
 
+def _cols_by_second_sweep(d: int) -> bool:
+    """Whether SigLIP's texts' gradient comes from a second sweep with the towers swapped rather than
+    from atomic adds in the one sweep: where a row tile's gradient fits in registers (one compiled
+    feature tile, D ≤ 128, decided the same in the interpreter). The one sweep adds G·Y and Gᵀ·X to
+    memory for every tile, D/16 bytes of fp32 atomics per pair with 128 × 128 tiles, and on an H200
+    both of its timed large cases ran at that traffic's rate (1.41 and 1.34 TB/s: 24.4 ms at
+    B = 65,536, D = 128; 154 ms at D = 768; benchmarks/results/gpu-2026-12-04). Two sweeps do S and G
+    twice (8·D instead of 6·D FLOPs and twice the exp2 per pair) but add nothing per tile. Past one
+    feature tile each sweep adds its rows' slices per tile, the same traffic in all: one sweep."""
+    return _feature_tiling(d, interpret=False)[1] == 1
+
+
 def _plan(rows: torch.Tensor, mc: int, symmetric_ok: bool, tiles: dict, interpret: bool = INTERPRET) -> Plan:
     """The plan of a launch: the one given, tile overrides (tests; the symmetric schedule needs
     square tiles), one program per row unit of 64-row tiles in the interpreter, or the fastest
@@ -256,7 +268,7 @@ def sigmoid_block(
     """
     rows, cols = _operands(rows, cols, pairs)
     flags = _dot_flags(rows.dtype, fp32_dot)
-    if pairs == "two_tower" and grad_cols and deterministic:
+    if pairs == "two_tower" and grad_cols and (deterministic or _cols_by_second_sweep(rows.shape[1])):
         # ∂L/∂y is the row gradient of the same loss with the towers swapped: no atomics.
         kw = dict(n_per_view=None, inv_m=inv_m, pairs=pairs, deterministic=True, fp32_dot=fp32_dot)
         kw.update(out_dtype=out_dtype, **tiles)

@@ -90,9 +90,10 @@ def test_loss_api_deterministic_repeats_bitwise_and_matches_float64():
 def test_siglip_deterministic_does_not_depend_on_program_order(monkeypatch):
     """SigLIP's kernel block: with deterministic=True (its texts' gradient from a second launch,
     not atomics) bitwise the same in reverse program order, where the default path's texts'
-    gradient changes; the plan it launched with is kept by the module for a run to record."""
+    gradient changes (D = 130: past one feature tile the default adds it atomically in its one
+    sweep); the plan it launched with is kept by the module for a run to record."""
     gen = torch.Generator().manual_seed(7)
-    x, y = (F.normalize(torch.randn(130, 40, generator=gen), dim=1) for _ in range(2))
+    x, y = (F.normalize(torch.randn(130, 130, generator=gen), dim=1) for _ in range(2))
 
     def run(deterministic):
         module = SigLipLoss(impl="triton", deterministic=deterministic)

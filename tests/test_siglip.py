@@ -74,7 +74,7 @@ def test_matches_float64_oracle(n, d, chunk, monkeypatch):
         assert_close_rel(a, e, 5e-6, f"fp32 B={n} {name}")
 
 
-@pytest.mark.parametrize("n,d", gpu_cases([(1, 3), (37, 17), (70, 33)], [(37, 17)]))
+@pytest.mark.parametrize("n,d", gpu_cases([(1, 3), (37, 17), (70, 33), (37, 130)], [(37, 17)]))
 def test_triton_matches_float64_oracle(n, d):
     """impl="triton": the kernel's two-tower block (Triton's interpreter on CPU) at sizes that are
     no multiple of a tile, value and the gradients of x, y, t and b against the float64 oracle on
@@ -85,6 +85,31 @@ def test_triton_matches_float64_oracle(n, d):
     for name, a, e in zip(NAMES, got, want, strict=True):
         assert a.dtype == torch.float32, name
         assert_close_rel(a.cpu().double(), e, fp32_tol(1e-6), f"triton B={n} {name}")  # measured ≤ 2.5e-7
+
+
+def test_texts_gradient_by_a_second_sweep_up_to_one_feature_tile(monkeypatch):
+    """Up to D = 128 (the rows' gradient fits in registers) the kernel forms the texts' gradient
+    in a second sweep with the towers swapped, adding nothing per tile; past it, in its one sweep
+    with atomic adds (kernels/sigmoid.py _cols_by_second_sweep). Both match float64."""
+    from fastsigclr.kernels import sigmoid as launcher
+
+    launched = []
+    real = launcher._launch
+
+    def spy(*args, **kwargs):
+        launched.append((kwargs["grad_rows"], kwargs["grad_cols"], kwargs["compute_loss"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(launcher, "_launch", spy)
+    for d, want in ((128, [(True, False, True), (True, False, False)]), (129, [(True, True, True)])):
+        launched.clear()
+        x, y = (v.float().to(KERNEL_DEVICE) for v in towers(21, d, seed=d))
+        got = value_and_grads(lambda *a: siglip_loss(*a, impl="triton"), x, y)
+        assert launched == want, d
+        expected = value_and_grads(oracle, x.cpu().double(), y.cpu().double())
+        for name, a, e in zip(NAMES, got, expected, strict=True):
+            # measured ≤ 3.0e-6 (dt, a sum that cancels, at D = 129; the rest ≤ 1.3e-7), interpreter
+            assert_close_rel(a.cpu().double(), e, fp32_tol(1e-5), f"D={d} {name}")
 
 
 def test_well_separated_pairs_keep_their_small_terms():
