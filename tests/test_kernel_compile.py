@@ -207,25 +207,28 @@ def test_committed_report_large_d_in_one_pass():
         assert min(steps) > 0 and max(steps) <= 1.1 * min(steps), (variant, sass)
 
 
-def test_committed_reports_twice_as_fast_as_siglip_kernel():
-    """SigLIP two-tower at B = 65,536, D = 128 and 768, bf16, through the same cost model: our one
-    pass forms ∂L/∂x and ∂L/∂y; siglip-kernel runs one pass per tower, so its loss costs two of its
-    modelled passes. Ours must be predicted at least 2× faster on both GPUs."""
+def test_cost_model_meets_the_h200s_two_tower_timings():
+    """The committed report's model of SigLIP's one-sweep two-tower kernel (bf16, 128 × 128 tiles,
+    B = 65,536) against the H200's medians of it, D = 128 and 768: within 10%. Both are bound by the
+    gradient products added per tile (the model's GRADIENT_ADD_TB_S is the mean rate of the two),
+    where the model without that term had predicted 4.4× and 7.7× too little."""
     sys.path.insert(0, str(ROOT / "tools"))
     try:
         import cost_model
     finally:
         sys.path.remove(str(ROOT / "tools"))
     ours = json.loads(COMMITTED.read_text())["kernels"]
-    theirs = json.loads((COMMITTED.parent / "siglip-kernel-sm90.json").read_text())["kernels"]
+    bench = ROOT / "benchmarks" / "results" / "gpu-2026-12-04" / "siglip-head-to-head-cuda.json"
+    timed = {
+        r["dim"]: r["median_ms"]
+        for r in json.loads(bench.read_text())["results"]
+        if r["provider"] == "triton" and r["rows"] == 131072
+    }
     for d in (128, 768):
         mine = cost_model.best(ours, kernel="sigmoid two-tower", variant="loss", dtype="bf16", D=d)
-        base = cost_model.best(theirs, kernel="siglip-kernel hopper", dtype="bf16", D=d)
-        assert mine and base, d
-        for gpu in cost_model.GPUS:
-            key = f"{gpu} 2N=65536"
-            speedup = 2 * base["model"]["predicted_us"][key] / mine["model"]["predicted_us"][key]
-            assert speedup >= 2.0, (d, gpu, speedup)
+        assert mine["model"]["time_bound"] == ["gradient adds"], d
+        predicted_ms = mine["model"]["predicted_us"]["H200 SXM 2N=65536"] / 1e3
+        assert abs(predicted_ms / timed[d] - 1) <= 0.10, (d, predicted_ms, timed[d])
 
 
 def test_an_inventory_variant_compiles_and_is_timed(tmp_path):

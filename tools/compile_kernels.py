@@ -281,7 +281,8 @@ def print_predictions(rows: list[dict]) -> None:
         m = pick["model"]
         times = ", ".join(f"{k} {v} µs" for k, v in m["predicted_us"].items())
         what = " ".join(str(g) for g in group if g is not None)
-        print(f"{what} {pick['BLOCK_M']}x{pick['BLOCK_N']}: {m['bound']}-bound; {times}")
+        limits = "/".join(m.get("time_bound", [m["bound"]]))
+        print(f"{what} {pick['BLOCK_M']}x{pick['BLOCK_N']}: loop {m['bound']}-bound, time {limits}; {times}")
 
 
 def main() -> int:

@@ -7,10 +7,13 @@ Per pair (one element of the loop's tile) and per SM, three pipes each take cycl
     tensor  = dot FLOPs per pair / tensor FLOP per clock            4096 (bf16, fp16), 2048 (tf32)
 
 They overlap at best, so the largest bounds the loop; fp32 FMA on the CUDA cores (IEEE dots) is
-counted in issue. Time at 2N rows: the pairs the kernel evaluates (every ordered pair, (2N)²) times
-the bound, spread over the SMs at the clock, or the compulsory memory traffic (read Z once, write
-an fp32 dZ once) over the bandwidth, whichever is longer. Not modelled: latency a loop cannot hide,
-the tail of a grid that does not fill its last wave, L2 traffic of the re-read column tiles.
+counted in issue. Time at 2N rows: the longest of the pairs the kernel evaluates (every ordered
+pair, (2N)²) times the bound, spread over the SMs at the clock; the compulsory memory traffic
+(read Z once, write an fp32 dZ once) over the bandwidth; and the gradient products the sigmoid
+kernel adds to memory per tile with fp32 atomics (gradient_bytes_per_pair) at GRADIENT_ADD_TB_S.
+Not modelled: latency a loop cannot hide, the tail of a grid that does not fill its last wave, L2
+traffic of the re-read column tiles, launch and host overheads (at B = 8,192 an H200 took 3.1 ms
+for SigLIP's loss, where every modelled term is under 0.4 ms).
 
 Figures (per SM per clock unless said; sm_90):
   - tensor cores: 989.4 TFLOP/s dense bf16/fp16, 494.7 dense tf32 for an H100 SXM (NVIDIA H100
@@ -19,7 +22,10 @@ Figures (per SM per clock unless said; sm_90):
   - issue: 4 warp schedulers, one warp instruction (32 lanes) each per clock; MUFU: 16 results per
     clock, 4 per sub-partition; FP32: 128 lanes (NVIDIA H100 architecture whitepaper, 2022);
   - H200: the same GH100 with 132 SMs and the same clocks; HBM 4.8 TB/s against the H100 SXM's
-    3.35 TB/s (NVIDIA H200 and H100 datasheets).
+    3.35 TB/s (NVIDIA H200 and H100 datasheets);
+  - fp32 atomic gradient adds: 1.37 TB/s, measured on an H200 (benchmarks/results/gpu-2026-12-04:
+    SigLIP's one-sweep kernel at B = 65,536 moved 34.4 GB in 24.4 ms at D = 128 and 206 GB in
+    154.3 ms at D = 768, 1.41 and 1.34 TB/s); the H100 is assumed the same (not measured).
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ GPUS = {
 }
 SIZES = (8192, 65536)  # 2N
 ELEMENT_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+GRADIENT_ADD_TB_S = 1.37  # fp32 atomic adds of gradient products, H200 (see above)
+# Widest feature tile whose row gradient a compiled sigmoid program keeps in registers over its sweep.
+REGISTER_ROWS_MAX_D = 128
 
 
 def operand_type(dtype: str) -> str | None:
@@ -55,6 +64,25 @@ def dot_flops_per_pair(row: dict) -> int | dict:
     return 4 * block_k
 
 
+def gradient_bytes_per_pair(row: dict) -> float:
+    """Bytes of fp32 gradient products the sigmoid kernel adds to memory per pair, tile by tile: a
+    BLOCK_M × BLOCK_N tile adds its rows' G·Z (BLOCK_M × D) unless they stay in registers (one
+    feature tile, D ≤ 128, outside the two-tower sweep, which adds both products in 64-feature
+    slices), and the columns' Gᵀ·Z (BLOCK_N × D) where it forms them (two towers; the symmetric
+    schedule, whose tile stands for both of its ordered pairs). 0 for other kernels, which keep
+    their accumulators on chip (and for siglip-kernel's, whose plain read-modify-writes the H200
+    run did not time)."""
+    kernel = row.get("kernel", "")
+    if not kernel.startswith("sigmoid") or "BLOCK_M" not in row:
+        return 0.0
+    two_tower, symmetric = "two-tower" in kernel, "symmetric" in kernel
+    rows_in_registers = row["D"] <= REGISTER_ROWS_MAX_D and not two_tower
+    rows = 0 if rows_in_registers else row["BLOCK_M"]
+    cols = row["BLOCK_N"] if two_tower or symmetric else 0
+    per_tile = 4 * row["D"] * (rows + cols)
+    return per_tile / (row["BLOCK_M"] * row["BLOCK_N"] * (2 if symmetric else 1))
+
+
 def model(row: dict) -> dict | None:
     """The cost per pair and the predicted time of one compiled case; None without SASS counts."""
     if "sass_per_pair" not in row or row.get("error"):
@@ -73,15 +101,23 @@ def model(row: dict) -> dict | None:
     bound = max(cycles, key=cycles.get)
     per_pair = cycles[bound]
     element = ELEMENT_BYTES[row["dtype"].split()[0]]
-    predicted = {}
+    added = gradient_bytes_per_pair(row)
+    predicted, limits = {}, set()
     for gpu, spec in GPUS.items():
         for rows in SIZES:
-            compute_s = rows * rows * per_pair / (spec["sms"] * spec["clock_ghz"] * 1e9)
-            memory_s = rows * row["D"] * (element + 4) / (spec["hbm_tb_s"] * 1e12)
-            predicted[f"{gpu} 2N={rows}"] = round(max(compute_s, memory_s) * 1e6, 1)
+            times = {
+                bound: rows * rows * per_pair / (spec["sms"] * spec["clock_ghz"] * 1e9),
+                "memory": rows * row["D"] * (element + 4) / (spec["hbm_tb_s"] * 1e12),
+                "gradient adds": rows * rows * added / (GRADIENT_ADD_TB_S * 1e12),
+            }
+            limit = max(times, key=times.get)
+            limits.add(limit)
+            predicted[f"{gpu} 2N={rows}"] = round(times[limit] * 1e6, 1)
     return {
         "cycles_per_pair": {k: round(v, 4) for k, v in cycles.items()},
         "bound": bound,
+        "gradient_bytes_per_pair": round(added, 3),
+        "time_bound": sorted(limits),
         "predicted_us": predicted,
     }
 
@@ -93,7 +129,9 @@ def constants() -> dict:
         "mufu_per_clock": MUFU_PER_CLOCK,
         "tensor_flop_per_clock": TENSOR_FLOP_PER_CLOCK,
         "gpus": GPUS,
-        "time": "max((2N)² · bound cycles / (SMs · clock), 2N · D · (input bytes + 4) / HBM bandwidth)",
+        "gradient_add_tb_s": GRADIENT_ADD_TB_S,
+        "time": "max((2N)² · bound cycles / (SMs · clock), 2N · D · (input bytes + 4) / HBM bandwidth, "
+        "(2N)² · gradient bytes per pair / gradient add rate)",
     }
 
 

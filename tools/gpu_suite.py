@@ -137,8 +137,11 @@ def loss(smoke: bool) -> tuple[Step, ...]:
         siglip = determ = f"--losses sigclr,siglip --sizes 64 --dims 8 {tiny}"
     return (
         Step("bench-loss-siglip", f"{bench}/siglip {siglip} --providers chunked,triton,siglip-kernel", 90),
-        Step("bench-loss-deterministic", f"{bench}/deterministic {determ} --providers chunked,triton "
-             "--deterministic", 60),
+        Step(
+            "bench-loss-deterministic",
+            f"{bench}/deterministic {determ} --providers chunked,triton --deterministic",
+            60,
+        ),
         Step("bench-loss-grid", f"{bench}/grid {grid} --providers eager,triton", 150),
         Step("bench-loss-chunked", f"{bench}/chunked {chunked} --providers eager,chunked", 90),
         Step("bench-loss-compiled", f"{bench}/compiled {compiled} --providers {compiled_providers}", 120),
