@@ -254,11 +254,14 @@ def header(argv: list[str]) -> dict:
 
 
 def remodel(path: str, argv: list[str]) -> int:
-    """Apply the cost model to the rows of an existing report, in place (no compiling)."""
+    """Apply the cost model to the rows of an existing report, in place (no compiling). The
+    report keeps its compile's date, command and commit; ``remodelled`` records this run's."""
     with open(path) as f:
         report = json.load(f)
     cost_model.annotate(report["kernels"])
-    report.update(header(argv), modelled_without_compiling=True)
+    now = header(argv)
+    report["cost_model"] = now["cost_model"]
+    report["remodelled"] = {key: now[key] for key in ("date", "command", "commit")}
     write_report(path, report)
     print_predictions(report["kernels"])
     return 0
