@@ -302,3 +302,18 @@ def test_bench_loss_deterministic_reaches_our_providers(tmp_path: Path, monkeypa
         (name, impl) for name in ("sigmoid_pairwise_loss", "siglip_loss") for impl in ("torch", "triton")
     }
     assert all(det is True for *_, det in seen)
+
+
+def test_bench_loss_profile_records_where_the_time_goes(tmp_path: Path):
+    """--profile: each measured case gets one profiled call's count of launches (operators on a
+    CPU, kernels on a GPU) and its most expensive ones by self time; without it, none."""
+    args = ["bench", "loss", "--device", "cpu", "--losses", "siglip", "--sizes", "66", "--dims", "17"]
+    args += ["--providers", "chunked", "--warmup", "1", "--reps", "1"]
+    assert main([*args, "--profile", "--out", str(tmp_path / "on")]) == 0
+    (case,) = json.loads((tmp_path / "on" / "loss-cpu.json").read_text())["results"]
+    profiled = case["profile"]
+    assert profiled["what"] == "CPU operators" and profiled["launches"] >= len(profiled["top"]) > 0
+    assert any(top["name"] == "aten::addmm" for top in profiled["top"])  # S of each strip
+    assert all(top["self_us"] > 0 for top in profiled["top"]) and profiled["self_us"] > 0
+    assert main([*args, "--out", str(tmp_path / "off")]) == 0
+    assert "profile" not in json.loads((tmp_path / "off" / "loss-cpu.json").read_text())["results"][0]

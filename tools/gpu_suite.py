@@ -55,6 +55,7 @@ OTHER_TESTS = (
     "tests/test_models_optim.py tests/test_loss_memory.py tests/test_config_cli.py tests/test_datasets.py "
     "tests/test_ccem.py tests/test_bench_plot.py tests/test_cli_errors.py tests/test_data_errors.py"
 )
+SIGLIP_PROVIDERS = "chunked,triton,siglip-kernel"  # siglip-kernel where installed ([baselines])
 NOT_THERE_CASES = "not shards_every_loader"  # two torchrun cases with the DALI and FFCV loaders
 # Not run by the suite, and why: a GPU image need not have DALI, FFCV, ruff, hadolint,
 # pytest-benchmark or safetensors, and some files test CPU-only machinery that CI covers.
@@ -136,7 +137,7 @@ def loss(smoke: bool) -> tuple[Step, ...]:
     if smoke:
         siglip = determ = f"--losses sigclr,siglip --sizes 64 --dims 8 {tiny}"
     return (
-        Step("bench-loss-siglip", f"{bench}/siglip {siglip} --providers chunked,triton,siglip-kernel", 90),
+        Step("bench-loss-siglip", f"{bench}/siglip {siglip} --providers {SIGLIP_PROVIDERS} --profile", 90),
         Step(
             "bench-loss-deterministic",
             f"{bench}/deterministic {determ} --providers chunked,triton --deterministic",

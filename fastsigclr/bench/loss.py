@@ -29,6 +29,7 @@ from fastsigclr.bench.common import DTYPES, check_even_sizes, matmul_tflops, tim
 from fastsigclr.bench.memory import peak_extra_bytes
 from fastsigclr.bench.open_clip_loss import OPEN_CLIP_LOSSES, open_clip_fn
 from fastsigclr.bench.open_clip_loss import installed as open_clip_installed
+from fastsigclr.bench.profile import profile_step
 from fastsigclr.config import FastSigCLRError, check_fields, check_not_empty, option, to_dict
 from fastsigclr.losses import LOSSES, siglip
 from fastsigclr.losses.options import check_applicable, with_loss_options
@@ -78,6 +79,9 @@ class BenchLossConfig:
         False,
         "our providers (chunked, triton) of sigclr and siglip sum in a fixed order, as `train "
         "--deterministic` does (siglip's kernel then forms the texts' gradient in a second sweep): its cost",
+    )
+    profile: bool = option(
+        False, "profile one more call per case: kernel launches and the kernels that take the time"
     )
     warmup: int = option(3, "untimed calls before timing (compilation happens here)", ge=1)
     reps: int | None = option(None, "timed calls per case; unset: 20 on CUDA, 5 on CPU", ge=1)
@@ -212,6 +216,7 @@ def measure_case(
         # Compiled code runs below the dispatcher, where the CPU allocation tracker cannot see it.
         measurable = device.type == "cuda" or provider != "compiled"
         peak = peak_extra_bytes(step, device) if measurable else None
+        profiled = {"profile": profile_step(step, device)} if cfg.profile else {}
     except torch.OutOfMemoryError:
         return {**row, "status": "out of memory"}
     except OutOfResources as err:  # a kernel needing more shared memory or registers than the GPU has
@@ -226,6 +231,7 @@ def measure_case(
         "tflops": useful_flops(loss, rows, dim) / (timing["median_ms"] * 1e-3) / 1e12,
         "peak_extra_bytes": peak,
         "z_bytes": z.numel() * z.element_size(),
+        **profiled,
     }
 
 
