@@ -32,11 +32,14 @@ def package_version(name: str, distributions: tuple[str, ...] = ()) -> str | Non
 
 
 def git_commit() -> str | None:
-    """The checkout's commit (with ``-dirty`` if it has uncommitted changes); outside git (a copy
-    of the tree without .git, as on the GPU machine) $FASTSIGCLR_COMMIT, else None.
+    """$FASTSIGCLR_COMMIT where it is set (the GPU suite sets it to a commit given to it: a copied
+    checkout's .git, if any travelled, may be older than its files), else the checkout's commit
+    (with ``-dirty`` if it has uncommitted changes), else None.
 
     Result files under benchmarks/results/ do not count: a benchmark suite rewrites them while it
     runs, and they are what is being measured, not what measures."""
+    if os.environ.get("FASTSIGCLR_COMMIT"):
+        return os.environ["FASTSIGCLR_COMMIT"]
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(
@@ -59,7 +62,7 @@ def git_commit() -> str | None:
             check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return os.environ.get("FASTSIGCLR_COMMIT") or None
+        return None
     return sha + ("-dirty" if dirty else "")
 
 

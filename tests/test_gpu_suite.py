@@ -221,3 +221,16 @@ def test_list_shows_stage1_expected_from_the_committed_report(tools):
     assert re.search(rf"^1\s+correctness\s+5.5 min\s+{expected / 60:.1f} min", out.stdout, re.M), out.stdout
     line = f"stage 1 expected: {report['compile_seconds']:.1f} s compiling {len(rows)} kernel variants"
     assert line in out.stdout and f"+ {gpu_suite.STAGE1_REST_S} s estimated for the rest" in out.stdout
+
+
+def test_a_given_commit_names_what_the_steps_measure(monkeypatch):
+    """A copied checkout may carry an older .git than its files (the first GPU run's records named
+    db4b003 for code at 5211000): a commit given to the suite reaches every record through
+    FASTSIGCLR_COMMIT, which runinfo prefers; without it, git's own."""
+    from fastsigclr.runinfo import git_commit
+
+    monkeypatch.delenv("FASTSIGCLR_COMMIT", raising=False)
+    own = git_commit()
+    assert own is None or re.fullmatch(r"[0-9a-f]{40}(-dirty)?", own)
+    monkeypatch.setenv("FASTSIGCLR_COMMIT", "5211000ef4b4f21b203dae7f05f7c0d666b18e45")
+    assert git_commit() == "5211000ef4b4f21b203dae7f05f7c0d666b18e45"

@@ -371,8 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     git = git_commit()
     commit = args.commit or git
-    if commit:  # the benchmarks' own records, where .git did not travel
-        env["FASTSIGCLR_COMMIT"] = commit
+    if args.commit:  # the benchmarks' own records: a copy's .git, if any, may be older than its files
+        env["FASTSIGCLR_COMMIT"] = args.commit
     command = ["tools/gpu_suite.sh", *argv]
     fmt = {"py": sys.executable, "data": str(data), "shared": str(shared)}
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # lets a running stage record and clean up
