@@ -78,7 +78,12 @@ def test_memory_target_at_65536_rows():
 
 
 @pytest.mark.parametrize("compile_flag", ["--no-compile", "--compile"])
-def test_training_on_cuda(cifar10_dir, tmp_path, compile_flag):
+def test_training_on_cuda(cifar10_dir, tmp_path, compile_flag, monkeypatch):
+    """`fastsigclr train` as a user runs it: autotuned launches (the other tests run pinned; a
+    batch of 256 gives 2N = 512 and 64-row tiles, whose autotuning raised on an H200 before)."""
+    from fastsigclr.kernels import launches
+
+    monkeypatch.setenv(launches.TUNE_ENV, "on")
     out = tmp_path / "run"
     args = (
         f"train --dataset cifar10 --data-dir {cifar10_dir} --device cuda --limit-train 2048 --limit-test 500 "
