@@ -269,8 +269,10 @@ def sigmoid_block(
     rows, cols = _operands(rows, cols, pairs)
     flags = _dot_flags(rows.dtype, fp32_dot)
     if pairs == "two_tower" and grad_cols and (deterministic or _cols_by_second_sweep(rows.shape[1])):
-        # ∂L/∂y is the row gradient of the same loss with the towers swapped: no atomics.
-        kw = dict(n_per_view=None, inv_m=inv_m, pairs=pairs, deterministic=True, fp32_dot=fp32_dot)
+        # ∂L/∂y is the row gradient of the same loss with the towers swapped: no per-tile adds
+        # (rows in registers add once per program; deterministic, into slots summed in order).
+        kw = dict(n_per_view=None, inv_m=inv_m, pairs=pairs, deterministic=deterministic)
+        kw.update(fp32_dot=fp32_dot)
         kw.update(out_dtype=out_dtype, **tiles)
         loss, d_rows, _, dt, db = sigmoid_block(rows, cols, logit_scale, logit_bias, grad_rows=grad_rows,
                                                 compute_loss=compute_loss, **kw)  # fmt: skip

@@ -312,8 +312,9 @@ def test_bench_loss_profile_records_where_the_time_goes(tmp_path: Path):
     assert main([*args, "--profile", "--out", str(tmp_path / "on")]) == 0
     (case,) = json.loads((tmp_path / "on" / "loss-cpu.json").read_text())["results"]
     profiled = case["profile"]
-    assert profiled["what"] == "CPU operators" and profiled["launches"] >= len(profiled["top"]) > 0
-    assert any(top["name"] == "aten::addmm" for top in profiled["top"])  # S of each strip
+    assert profiled["what"] == "CPU operators" and profiled["launches"] >= len(profiled["top"]) == 8
+    assert all(top["name"] and top["calls"] >= 1 for top in profiled["top"])
+    assert profiled["launches"] >= 20  # normalisation, strips, products and sums: dozens of ops
     assert all(top["self_us"] > 0 for top in profiled["top"]) and profiled["self_us"] > 0
     assert main([*args, "--out", str(tmp_path / "off")]) == 0
     assert "profile" not in json.loads((tmp_path / "off" / "loss-cpu.json").read_text())["results"][0]

@@ -209,9 +209,10 @@ def test_committed_report_large_d_in_one_pass():
 
 def test_cost_model_meets_the_h200s_two_tower_timings():
     """The committed report's model of SigLIP's one-sweep two-tower kernel (bf16, 128 × 128 tiles,
-    B = 65,536) against the H200's medians of it, D = 128 and 768: within 10%. Both are bound by the
-    gradient products added per tile (the model's GRADIENT_ADD_TB_S is the mean rate of the two),
-    where the model without that term had predicted 4.4× and 7.7× too little."""
+    B = 65,536) against the H200's medians of it, D = 128 and 768: within 10%. The model's
+    GRADIENT_ADD_TB_S is fitted to these two (their mean rate), so this checks that one rate serves
+    both and that the report and the formula still give it, not the rate itself; without that term
+    the model had predicted 4.4× and 7.7× too little."""
     sys.path.insert(0, str(ROOT / "tools"))
     try:
         import cost_model

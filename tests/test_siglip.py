@@ -245,3 +245,15 @@ def test_bench_open_clip_provider_computes_each_loss():
     assert_close_rel(open_clip_fn("sigclr", params)(z, None), want, 1e-12, "sigclr")
     x, y = F.normalize(z, dim=1).chunk(2)
     assert_close_rel(open_clip_fn("siglip", params)(z, None), oracle(x, y, T0, B0), 1e-12, "siglip")
+
+
+def test_spec_build_keeps_deterministic_and_plans():
+    """LossSpec.build with kernel_plans: deterministic= and plans= reach the module (a run that
+    records plans hands them back this way)."""
+    from fastsigclr.kernels import Plan
+    from fastsigclr.losses import siglip as siglip_module
+
+    plan = Plan(False, 64, 64, 1, 4, 1)
+    module = siglip_module.SPEC.build(deterministic=True, plans={"two_tower": plan})
+    assert module.deterministic and module.plans == {"two_tower": plan}
+    assert siglip_module.SPEC.build().plans == {} and not siglip_module.SPEC.build().deterministic

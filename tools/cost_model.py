@@ -23,7 +23,7 @@ Figures (per SM per clock unless said; sm_90):
     clock, 4 per sub-partition; FP32: 128 lanes (NVIDIA H100 architecture whitepaper, 2022);
   - H200: the same GH100 with 132 SMs and the same clocks; HBM 4.8 TB/s against the H100 SXM's
     3.35 TB/s (NVIDIA H200 and H100 datasheets);
-  - fp32 atomic gradient adds: 1.37 TB/s, measured on an H200 (benchmarks/results/gpu-2026-12-04:
+  - fp32 atomic gradient adds: 1.37 TB/s, fitted on an H200 (benchmarks/results/gpu-2026-12-04:
     SigLIP's one-sweep kernel at B = 65,536 moved 34.4 GB in 24.4 ms at D = 128 and 206 GB in
     154.3 ms at D = 768, 1.41 and 1.34 TB/s); the H100 is assumed the same (not measured).
 """

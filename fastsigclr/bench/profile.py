@@ -29,7 +29,9 @@ def profile_step(step: Callable[[], None], device: torch.device, top: int = 8) -
         times = [
             (e.key, e.count, e.self_device_time_total)
             for e in prof.key_averages()
-            if e.self_device_time_total > 0 and e.device_type == torch.autograd.DeviceType.CUDA
+            if e.self_device_time_total > 0
+            and e.device_type == torch.autograd.DeviceType.CUDA
+            and not e.is_user_annotation  # ranges (torch.compile's, record_function), not kernels
         ]
     else:
         events = prof.key_averages()

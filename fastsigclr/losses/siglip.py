@@ -219,11 +219,18 @@ def _reference(z: torch.Tensor, labels: None = None, *, n_views: int = 2, **para
     return siglip_loss_reference(x, y, params["logit_scale"], params["logit_bias"])
 
 
+def _built(deterministic: bool, plans: dict | None) -> SigLipLoss:
+    """The module as LossSpec.build makes it: plans given to a deterministic loss are pinned."""
+    module = SigLipLoss(deterministic=deterministic)
+    module.plans.update(plans or {})
+    return module
+
+
 # Not a training method (not in LOSSES): the entry through which `fastsigclr bench loss` measures
 # it, with z's two halves as the images and the texts (rows normalised) and sigclr's parameters.
 SPEC = LossSpec(
     summary="SigLIP: two-tower sigmoid, images z[:N] against texts z[N:], positives on the diagonal",
-    build=lambda deterministic=False, plans=None, **params: SigLipLoss(deterministic=deterministic),
+    build=lambda deterministic=False, plans=None, **params: _built(deterministic, plans),
     function=_function,
     reference=_reference,
     params=sigmoid.SPEC.params,
