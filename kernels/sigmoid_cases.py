@@ -25,6 +25,9 @@ _COMPILE_VARIANTS = [
     ("sigmoid deterministic", "self", False, True, "bf16", torch.bfloat16, None, (128,)),
     ("sigmoid cross-rank", "cross", False, False, "bf16", torch.bfloat16, None, (128,)),
     ("sigmoid two-tower", "two_tower", False, False, "bf16", torch.bfloat16, None, _WIDE),
+    # Up to one feature tile SigLIP takes two of these sweeps, the towers swapped for ∂L/∂y
+    # (sigmoid.py _cols_by_second_sweep): the rows' gradient only, in registers.
+    ("sigmoid two-tower sweep", "two_tower", False, False, "bf16", torch.bfloat16, None, (128,)),
 ]
 
 
@@ -50,14 +53,15 @@ def compile_cases(quick: bool = False) -> list[CompileCase]:
                 (c.num_warps, c.num_stages) for c in _configs() if c.num_warps == plan.num_warps
             ]  # fmt: skip
             block_k, num_k = _feature_tiling(d, symmetric)
+            grad_cols = kernel == "sigmoid two-tower"
             bf16 = kernel in ("sigmoid", "sigmoid symmetric") and name == "bf16"
             every = bf16 and (d == 128 or (not quick and d == 64))
             for loss in (True, False) if every or (bf16 and not quick) else (True,):
                 consts = dict(BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=block_k, NUM_K=num_k)
-                block_do = _slice_width(block_k, num_k, pairs == "two_tower")
+                block_do = _slice_width(block_k, num_k, grad_cols)
                 consts.update(BLOCK_DO=block_do)
                 consts.update(PAIRS=PAIR_MODES[pairs], SYMMETRIC=symmetric, GRAD_ROWS=True)
-                consts.update(GRAD_COLS=pairs == "two_tower", COMPUTE_LOSS=loss, ATOMIC_ROWS=not det)
+                consts.update(GRAD_COLS=grad_cols, COMPUTE_LOSS=loss, ATOMIC_ROWS=not det)
                 consts.update(INT64=False, **flags)
                 args = (dtype, dtype, torch.float32, torch.float32, torch.float32, torch.float32)
                 args += (torch.float32, m, m, m // 2, d, d, d, d, d, 1.0 / m)
@@ -65,7 +69,7 @@ def compile_cases(quick: bool = False) -> list[CompileCase]:
                 # dots per element over the padded features: S, G·Z_J, and Gᵀ·Z_I in the
                 # symmetric and two-tower sweeps.
                 pairs_per_iteration = plan.block_m * plan.block_n * (2 if symmetric else 1)
-                dots = 3 if symmetric or pairs == "two_tower" else 2
+                dots = 3 if symmetric or grad_cols else 2
                 flops = 2 * block_k * num_k * dots // (2 if symmetric else 1)
                 for warps, stages in configs if every else configs[:1]:
                     meta = dict(kernel=kernel, variant="loss" if loss else "no loss", dtype=name, D=d)

@@ -75,7 +75,8 @@ def gradient_bytes_per_pair(row: dict) -> float:
     kernel = row.get("kernel", "")
     if not kernel.startswith("sigmoid") or "BLOCK_M" not in row:
         return 0.0
-    two_tower, symmetric = "two-tower" in kernel, "symmetric" in kernel
+    # "sigmoid two-tower sweep" forms the rows' gradient alone (one of SigLIP's two sweeps).
+    two_tower, symmetric = kernel == "sigmoid two-tower", "symmetric" in kernel
     rows_in_registers = row["D"] <= REGISTER_ROWS_MAX_D and not two_tower
     rows = 0 if rows_in_registers else row["BLOCK_M"]
     cols = row["BLOCK_N"] if two_tower or symmetric else 0
