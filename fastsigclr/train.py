@@ -229,8 +229,10 @@ class Epochs:
 
     def _stopping(self) -> bool:
         """A preemption signal reached this rank, or (torchrun) any rank: all stop at one step."""
+        if not self.ctx.distributed:  # no tensor, no device sync per step
+            return self.stop.signal is not None
         flag = torch.tensor(float(self.stop.signal is not None), device=self.ctx.device)
-        return bool(distributed.all_sum(self.ctx, flag).item() > 0) if self.ctx.distributed else bool(flag)
+        return bool(distributed.all_sum(self.ctx, flag).item() > 0)
 
     def _inside_epoch(self, epoch: int, batch: int, sums: tuple[torch.Tensor, int, torch.Tensor]) -> None:
         """After ``batch`` batches of ``epoch``: a mid-epoch checkpoint when ``--checkpoint-every``

@@ -165,9 +165,16 @@ def test_smoke_runs_every_stage(cifar10_dir, tmp_path):
     for name in ("1/loss", "3/grid/loss", "3/chunked/loss", "3/compiled/loss", "4/dist", "4/train"):
         for suffix in (".json", ".png"):
             assert (tmp_path / f"stage-{name}-cpu{suffix}").is_file(), name
+    # The given commit names what the steps' own records measured, not the checkout's git.
+    assert json.loads((tmp_path / "stage-1" / "loss-cpu.json").read_text())["commit"] == "0123abc"
     run = tmp_path / "stage-5" / "run-cifar10"
     assert {"summary.json", "eval-knn.json", "eval-linear.json"} <= {p.name for p in run.iterdir()}
     assert not (run / "checkpoints").exists()
+    # Stage 5 again into the same $OUT (a rerun): it trains anew instead of refusing to resume
+    # records whose checkpoints drop-weights removed.
+    again = subprocess.run(["bash", str(SUITE), "--smoke", "5"], env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stdout[-6000:] + again.stderr[-3000:]
+    assert json.loads((tmp_path / "stage-5.json").read_text())["status"] == "ok"
 
 
 def compile_report(path: Path, **fields) -> Path:

@@ -77,6 +77,7 @@ NOT_THERE = {
     "tests/test_cpu_memory_format.py": "the CPU's oneDNN convolutions: CI",
     "tests/test_significance.py": "statistics on the CPU: CI",
     "tests/test_pace.py": "CPU time estimates: CI",
+    "tests/test_cuda_paths_on_cpu.py": "CUDA-only paths, faked on the CPU: CI",
 }
 # Kernel tests written for the interpreter (CPU tensors into launches, its programs reordered, a
 # tile override per case): with them stage 1 would JIT 95 variants, 87.5 s of compiling against
@@ -130,8 +131,7 @@ def loss(smoke: bool) -> tuple[Step, ...]:
         compiled, compiled_providers = chunked, "eager,triton"
     bench = f"{BENCH} loss --out {{out}}"
     # SigLIP's two towers at B = 8,192 and 65,536, D = 128 and 768, against siglip-kernel where it
-    # is installed (its bf16 default: cuBLAS products over chunks of rows); then what a
-    # deterministic sum costs (siglip's texts' gradient from a second sweep instead of atomics).
+    # is installed (its bf16 default: cuBLAS over chunks of rows); then what deterministic sums cost.
     siglip = "--losses siglip --sizes 16384,131072 --dims 128,768 --dtypes bf16 --reps 10"
     determ = "--losses sigclr,siglip --sizes 16384,131072 --dims 128 --dtypes bf16 --reps 10"
     if smoke:
@@ -182,6 +182,9 @@ def cifar10(smoke: bool, epochs: int) -> tuple[Step, ...]:
     fastsigclr = "{py} -m fastsigclr"
     return (
         DATA,
+        # A rerun into the same $OUT trains anew: drop-weights left the last run's records without
+        # its checkpoints, which --resume would refuse (and the evaluations find no checkpoint).
+        Step("fresh-run", f"rm -rf {run}", 10),
         Step("train", f"{fastsigclr} train --dataset cifar10 --data-dir {{data}} {train} --out {run}", 200),
         Step("eval-knn", f"{fastsigclr} eval --run {run} knn --no-progress", 60),
         Step("eval-linear", f"{fastsigclr} eval --run {run} linear {linear} --no-progress", 120),

@@ -55,10 +55,17 @@ def time_fn(fn: Callable[[], object], device: torch.device, *, warmup: int, reps
 
 
 def matmul_tflops(device: torch.device, dtype: torch.dtype, size: int, reps: int) -> float:
-    """Achieved rate of one square matmul in this run: the roofline the loss kernels are held to."""
+    """Achieved rate of one square matmul in this run: the roofline the loss kernels are held to.
+    fp32 on CUDA is timed with TF32 allowed, as the kernels take fp32 rows by default (torch's own
+    default, IEEE fp32 off the tensor cores, would let a TF32 kernel pass its roofline)."""
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    timing = time_fn(lambda: a @ b, device, warmup=2, reps=reps)
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = device.type == "cuda" and dtype == torch.float32
+    try:
+        timing = time_fn(lambda: a @ b, device, warmup=2, reps=reps)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
     return 2 * size**3 / (timing["median_ms"] * 1e-3) / 1e12
 
 

@@ -46,7 +46,10 @@ def _plain_log_labels(axis) -> None:
 
 def _loss_panel(ax_t, ax_m, rows: list[dict[str, Any]], payload: dict[str, Any]) -> None:
     """One loss and dtype: time and memory against 2N, a line per provider and D, and the time
-    the measured matmul rate would take for the same 4·(2N)²·D FLOPs (dashed)."""
+    the measured matmul rate would take for the loss's own matrix work (dashed; bench.loss's
+    useful_flops: 4·(2N)²·D, SigLIP's two towers 6·B²·D)."""
+    from fastsigclr.bench.loss import useful_flops
+
     dims = sorted({r["dim"] for r in rows})
     for i, dim in enumerate(dims):
         marker = MARKERS[i % len(MARKERS)]
@@ -64,7 +67,8 @@ def _loss_panel(ax_t, ax_m, rows: list[dict[str, Any]], payload: dict[str, Any])
         rate = payload.get("matmul_tflops", {}).get(rows[0]["dtype"])
         sizes = sorted({r["rows"] for r in rows if r["dim"] == dim})
         if rate and sizes:
-            floor = [4 * n * n * dim / (rate * 1e12) * 1e3 for n in sizes]
+            loss = rows[0].get("loss", "sigmoid")
+            floor = [useful_flops(loss, n, dim) / (rate * 1e12) * 1e3 for n in sizes]
             ax_t.plot(sizes, floor, "k--", marker=marker, lw=1, ms=3, label=f"at the matmul rate D={dim}")
 
 

@@ -112,6 +112,7 @@ def sigmoid_block_chunked(
     zr = rows.to(work)
     zc = zr if pairs == "self" else cols.to(work)
     t = logit_scale.detach().to(work)
+    t_alpha = t.item()  # addmm's alpha is a number: read once, not once per strip (a sync on CUDA)
     b = logit_bias.detach().to(work).expand(1, 1)
     m, mc = zr.shape[0], zc.shape[0]
     step = chunk_rows or max(1, STRIP_ELEMENTS // mc)
@@ -121,7 +122,7 @@ def sigmoid_block_chunked(
     for start in range(0, m, step):
         stop = min(m, start + step)
         first = start if pairs == "self" else 0
-        a = torch.addmm(b, zr[start:stop], zc[first:].T, alpha=t)
+        a = torch.addmm(b, zr[start:stop], zc[first:].T, alpha=t_alpha)
         offsets = _positive_offsets(pairs, n_per_view, start, stop - start, mc - first) if positives else []
         terms, g = _strip_terms(a, offsets, pairs == "self", compute_loss)
         if terms is not None:
