@@ -43,15 +43,18 @@ def error_scales(z: torch.Tensor, t: float, b: float, n_views: int) -> tuple[flo
     s_ij = ⟨ẑ_i, ẑ_j⟩ errs by ε·‖ẑ_i‖‖ẑ_j‖ = ε however small s_ij is: its scale is Σ |g_ij|.
     """
     z = z.detach().double().cpu()
-    t, b = float(t), float(b)
     norms = z.norm(dim=1, keepdim=True)
-    zh = z / norms
-    m = z.shape[0]
-    image = torch.arange(m) % (m // n_views)
-    positive = (image[:, None] == image[None, :]).double()
-    g = (torch.sigmoid(t * zh @ zh.T + b) - positive).fill_diagonal_(0) / m
-    dzhat = 2 * t * g @ zh
+    zh, logits, positive = _float64_pairs(z, t, b, n_views)
+    g = (torch.sigmoid(logits) - positive).fill_diagonal_(0) / z.shape[0]
+    dzhat = 2 * float(t) * g @ zh
     return (dzhat / norms).abs().max().item(), g.abs().sum().item()
+
+
+def _float64_pairs(z: torch.Tensor, t: float, b: float, n_views: int) -> tuple[torch.Tensor, ...]:
+    """(unit rows ẑ, logits t·ẑẑᵀ + b, 1 where i ≡ j mod M / n_views) in float64 on the CPU."""
+    zh = torch.nn.functional.normalize(z.detach().double().cpu(), dim=1)
+    image = torch.arange(zh.shape[0]) % (zh.shape[0] // n_views)
+    return zh, float(t) * zh @ zh.T + float(b), (image[:, None] == image[None, :]).double()
 
 
 # TF32 keeps 10 of fp32's 23 mantissa bits. The H200's tensor cores truncate the rest: emulated on
@@ -65,12 +68,9 @@ def tf32_db_bound(z: torch.Tensor, t: float, b: float, n_views: int) -> float:
     ⟨ẑ_i, ẑ_j⟩ cut by up to TF32_UNIT moves a_ij = t·s_ij + b by up to t·2·TF32_UNIT (unit rows),
     and σ by σ'(a_ij) times that (first order); plus fp32's own rounding of the sum, 1e-5 of it
     (at t = 1e-3 the first term is 1e-26 and db = 64 is fp32's 64.0 against 63.99999999999995)."""
-    zh = torch.nn.functional.normalize(z.detach().double().cpu(), dim=1)
-    m = zh.shape[0]
-    a = float(t) * zh @ zh.T + float(b)
+    _, a, positive = _float64_pairs(z, t, b, n_views)
+    m = a.shape[0]
     slope = (torch.sigmoid(a) * torch.sigmoid(-a)).fill_diagonal_(0)
-    image = torch.arange(m) % (m // n_views)
-    positive = (image[:, None] == image[None, :]).double()
     db = ((torch.sigmoid(a) - positive).fill_diagonal_(0).sum() / m).abs()
     return (slope.sum() * float(t) * 2 * TF32_UNIT / m + 1e-5 * db).item()
 

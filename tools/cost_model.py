@@ -40,8 +40,6 @@ GPUS = {
 SIZES = (8192, 65536)  # 2N
 ELEMENT_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 GRADIENT_ADD_TB_S = 1.37  # fp32 atomic adds of gradient products, H200 (see above)
-# Widest feature tile whose row gradient a compiled sigmoid program keeps in registers over its sweep.
-REGISTER_ROWS_MAX_D = 128
 
 
 def operand_type(dtype: str) -> str | None:
@@ -66,10 +64,10 @@ def dot_flops_per_pair(row: dict) -> int | dict:
 
 def gradient_bytes_per_pair(row: dict) -> float:
     """Bytes of fp32 gradient products the sigmoid kernel adds to memory per pair, tile by tile: a
-    BLOCK_M × BLOCK_N tile adds its rows' G·Z (BLOCK_M × D) unless they stay in registers (one
-    feature tile, D ≤ 128, outside the two-tower sweep, which adds both products in 64-feature
-    slices), and the columns' Gᵀ·Z (BLOCK_N × D) where it forms them (two towers; the symmetric
-    schedule, whose tile stands for both of its ordered pairs). 0 for other kernels, which keep
+    BLOCK_M × BLOCK_N tile adds its rows' G·Z (BLOCK_M × D) unless they stay in registers (the
+    report records ``feature_trips`` where the products go to memory in slices instead), and the
+    columns' Gᵀ·Z (BLOCK_N × D) where it forms them (two towers; the symmetric schedule, whose tile
+    stands for both of its ordered pairs). 0 for other kernels, which keep
     their accumulators on chip (and for siglip-kernel's, whose plain read-modify-writes the H200
     run did not time)."""
     kernel = row.get("kernel", "")
@@ -77,8 +75,7 @@ def gradient_bytes_per_pair(row: dict) -> float:
         return 0.0
     # "sigmoid two-tower sweep" forms the rows' gradient alone (one of SigLIP's two sweeps).
     two_tower, symmetric = kernel == "sigmoid two-tower", "symmetric" in kernel
-    rows_in_registers = row["D"] <= REGISTER_ROWS_MAX_D and not two_tower
-    rows = 0 if rows_in_registers else row["BLOCK_M"]
+    rows = row["BLOCK_M"] if "feature_trips" in row else 0
     cols = row["BLOCK_N"] if two_tower or symmetric else 0
     per_tile = 4 * row["D"] * (rows + cols)
     return per_tile / (row["BLOCK_M"] * row["BLOCK_N"] * (2 if symmetric else 1))
