@@ -25,6 +25,7 @@ from .sigmoid_kernel import (
     WIDE_BLOCK_K,
     _sigmoid_block_kernel,
 )
+from .sigmoid_strip import sigmoid_block_strips, strips_wanted
 from .tiles import (
     H100_SMS,
     INTERPRET,
@@ -77,20 +78,8 @@ _ARGS += ("stride_x", "stride_y", "stride_dx", "stride_dy", "INV_M")
 _KERNEL_PARAMS = frozenset(_sigmoid_block_kernel.arg_names)
 # Every constexpr that selects a variant is in the key (a config tuned without the loss terms
 # must not serve the variant that computes them: more registers).
-_KEY = [
-    "M",
-    "MC",
-    "D",
-    "BLOCK_M",
-    "BLOCK_K",
-    "NUM_K",
-    "BLOCK_DO",
-    "PAIRS",
-    "SYMMETRIC",
-    "GRAD_ROWS",
-    "GRAD_COLS",
-]
-_KEY += ["COMPUTE_LOSS", "INT64", "PRECISION", "CAST_BF16"]
+_KEY = ["M", "MC", "D", "BLOCK_M", "BLOCK_K", "NUM_K", "BLOCK_DO", "PAIRS", "SYMMETRIC", "GRAD_ROWS"]
+_KEY += ["GRAD_COLS", "COMPUTE_LOSS", "INT64", "PRECISION", "CAST_BF16"]
 
 
 def _tile_configs(configs: list[triton.Config], block_m: int) -> list[triton.Config]:
@@ -263,11 +252,19 @@ def sigmoid_block(
     deterministic: every sum in a fixed order (no atomics; "self" then takes every ordered tile)
     with a pinned plan: bitwise equal between runs.
     fp32_dot: how fp32 rows meet the tensor cores (see _dot_flags). out_dtype: of the gradients
-    (default grad_dtype). tiles: plan (a Plan), or block_m, block_n, block_k, col_splits.
+    (default grad_dtype). tiles: plan (a Plan), or block_m, block_n, block_k, col_splits, or
+    strip_rows (the weight strips of sigmoid_strip.py, which 16-bit CUDA rows past D = 128 take).
     Returns (loss | None, ∂L/∂rows | None, ∂L/∂cols | None, ∂L/∂logit_scale, ∂L/∂logit_bias).
     """
     rows, cols = _operands(rows, cols, pairs)
     flags = _dot_flags(rows.dtype, fp32_dot)
+    if strips_wanted(rows, tiles):  # past one feature tile on a GPU: no per-tile adds (sigmoid_strip.py)
+        return sigmoid_block_strips(
+            rows, cols, logit_scale, logit_bias, n_per_view=n_per_view or rows.shape[0], inv_m=inv_m,
+            pairs=pairs, pair_mode=PAIR_MODES[pairs], grad_rows=grad_rows, grad_cols=grad_cols,
+            compute_loss=compute_loss, flags=flags, out_dtype=out_dtype or grad_dtype(rows.dtype),
+            height=tiles.get("strip_rows") or 0,
+        )  # fmt: skip
     if pairs == "two_tower" and grad_cols and (deterministic or _cols_by_second_sweep(rows.shape[1])):
         # ∂L/∂y is the row gradient of the same loss with the towers swapped: no per-tile adds
         # (rows in registers add once per program; deterministic, into slots summed in order).

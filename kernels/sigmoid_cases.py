@@ -4,12 +4,14 @@ launches at 2N = 8192 on an H100, with the plan, tiles and alignment sigmoid.py 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import torch
 import triton
 
 from .sigmoid import PAIR_MODES, _blocks, _configs, _dot_flags, _feature_tiling, _slice_width
-from .sigmoid_kernel import _sigmoid_block_kernel
+from .sigmoid_kernel import WIDE_BLOCK_K, _sigmoid_block_kernel
+from .sigmoid_strip import STRIP_CONFIG, _weight_strip_kernel, strip_grid
 from .tiles import CompileCase, plan_schedule
 
 # (kernel, pairs, symmetric, deterministic, dtype name, dtype, fp32_dot, feature sizes) of what
@@ -82,4 +84,26 @@ def compile_cases(quick: bool = False) -> list[CompileCase]:
                         tensor_cores=fp32_dot != "ieee", candidate=not (det or exact or symmetric),
                         pairs_per_iteration=pairs_per_iteration,
                     ))  # fmt: skip
+    return cases
+
+
+def strip_cases() -> list[CompileCase]:
+    """The weight-strip kernel (sigmoid_strip.py) as a bf16 launch past one feature tile makes it on
+    an H100: SigCLR's rows and SigLIP's two towers at D = 256, 768 and 1024, with and without the
+    loss terms, its one configuration, a strip of 4,096 rows against 2N = 65,536 columns. Its column
+    loop holds the feature loop (D / 64 trips); its one dot is S (2·D FLOPs per pair)."""
+    cases, h, mc, block = [], 4096, 65536, STRIP_CONFIG["block"]
+    for pairs, d, loss in itertools.product(("self", "two_tower"), (256, 768, 1024), (True, False)):
+        consts = dict(BLOCK_M=block, BLOCK_N=block, BLOCK_K=WIDE_BLOCK_K, PAIRS=PAIR_MODES[pairs])
+        consts.update(COMPUTE_LOSS=loss, INT64=False, UPCAST=False, PRECISION="ieee", CAST_BF16=False)
+        args = (torch.bfloat16, torch.bfloat16, torch.bfloat16, *[torch.float32] * 3)
+        args += (0, h, mc, mc // 2, d, d, d, mc)
+        kernel = "sigmoid weight strip" + (" two-tower" if pairs == "two_tower" else "")
+        meta = dict(kernel=kernel, variant="loss" if loss else "no loss", dtype="bf16", D=d, BLOCK_M=block)
+        meta.update(BLOCK_N=block, programs=strip_grid(h, mc, block)[1], dot_flops_per_pair=2 * d)
+        meta.update(BLOCK_K=WIDE_BLOCK_K, feature_trips=triton.cdiv(d, WIDE_BLOCK_K), strip_rows=h)
+        cases.append(CompileCase(
+            _weight_strip_kernel, args, consts, STRIP_CONFIG["num_warps"], STRIP_CONFIG["num_stages"],
+            meta, tensor_cores=True, pairs_per_iteration=block * block,
+        ))  # fmt: skip
     return cases

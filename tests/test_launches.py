@@ -15,7 +15,7 @@ import torch
 import triton
 from helpers import assert_close_rel
 
-from fastsigclr.kernels import Plan, launches, sigmoid
+from fastsigclr.kernels import Plan, launches, sigmoid, sigmoid_strip
 from fastsigclr.kernels import augment as augment_kernel
 from fastsigclr.kernels.augment import COLUMNS, two_view_augment
 from fastsigclr.kernels.ntxent import nt_xent_triton
@@ -208,7 +208,27 @@ def test_compile_tool_rebuilds_recorded_arguments(monkeypatch):
     misaligned = compile_inventory.argument({"tensor": "float32", "aligned": False})
     assert misaligned.dtype == torch.float32 and misaligned.data_ptr() % 16 != 0
     assert [compile_inventory.argument(a) for a in (17, 0.5, True)] == [17, 0.5, True]
-    assert set(compile_inventory.KERNELS) == {"sigmoid", "ntxent fwd", "ntxent bwd", "augment"}
+    kernels = {"sigmoid", "sigmoid strip", "ntxent fwd", "ntxent bwd", "augment"}
+    assert set(compile_inventory.KERNELS) == kernels
+
+
+def test_wide_16_bit_rows_record_weight_strips(monkeypatch, tmp_path):
+    """bf16 SigCLR at 2N = 65,536, D = 768 on meta tensors: the compiled launch takes weight strips
+    of 4,096 rows (16 launches of the strip kernel, its one configuration, 64-feature steps, no
+    interpreter upcast), which compile_inventory turns back into compile cases of that kernel."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "tools"))
+    import compile_inventory
+
+    run = functools.partial(self_block, meta_rows(65536, 768, torch.bfloat16), n_views=2)
+    entries = recorded(monkeypatch, tmp_path, run)
+    assert len(entries) == 16 and {e["kernel"] for e in entries} == {"sigmoid strip"}
+    consts = entries[0]["constexprs"]
+    assert (consts["BLOCK_M"], consts["BLOCK_K"], consts["UPCAST"], consts["PAIRS"]) == (128, 64, False, 0)
+    assert entries[0]["configs"] == [[8, 2]]
+    path = tmp_path / "inventory.json"
+    path.write_text(json.dumps({"variants": [dict(entries[0], warps=8, stages=2, sources=[])]}))
+    (case,) = compile_inventory.inventory_cases(str(path))
+    assert case.fn is sigmoid_strip._weight_strip_kernel and case.constexprs == consts
 
 
 def test_compiled_widest_feature_tile_is_the_kernels():

@@ -19,11 +19,12 @@ import torch
 from gpu_suite import FIRST_STAGE_LIMIT_S
 from triton.runtime.jit import MockTensor
 
-from fastsigclr.kernels import augment, ntxent, sigmoid
+from fastsigclr.kernels import augment, ntxent, sigmoid, sigmoid_strip
 from fastsigclr.kernels.tiles import CompileCase
 
 KERNELS = {
     "sigmoid": sigmoid._sigmoid_block_kernel,
+    "sigmoid strip": sigmoid_strip._weight_strip_kernel,
     "ntxent fwd": ntxent._ntxent_fwd_kernel,
     "ntxent bwd": ntxent._ntxent_bwd_kernel,
     "augment": augment._two_view_kernel,

@@ -60,6 +60,7 @@ def all_cases(quick: bool, only: str = "") -> list[CompileCase]:
     """Every module's compile cases; ``only``: those whose kernel name starts with it."""
     cases = [
         *sigmoid_cases.compile_cases(quick),
+        *sigmoid_cases.strip_cases(),
         *ntxent.compile_cases(quick),
         *augment.compile_cases(quick),
     ]

@@ -9,8 +9,10 @@ Per pair (one element of the loop's tile) and per SM, three pipes each take cycl
 They overlap at best, so the largest bounds the loop; fp32 FMA on the CUDA cores (IEEE dots) is
 counted in issue. Time at 2N rows: the longest of the pairs the kernel evaluates (every ordered
 pair, (2N)²) times the bound, spread over the SMs at the clock; the compulsory memory traffic
-(read Z once, write an fp32 dZ once) over the bandwidth; and the gradient products the sigmoid
-kernel adds to memory per tile with fp32 atomics (gradient_bytes_per_pair) at GRADIENT_ADD_TB_S.
+(read Z once, write an fp32 dZ once) over the bandwidth; the gradient products the sigmoid
+kernel adds to memory per tile with fp32 atomics (gradient_bytes_per_pair) at GRADIENT_ADD_TB_S;
+and the weights the strip kernel writes (weight_bytes_per_pair) over the bandwidth. A strip
+kernel's block adds its products' matmul FLOPs (strip_product_flops) at MATMUL_TFLOP_S after it.
 Not modelled: latency a loop cannot hide, the tail of a grid that does not fill its last wave, L2
 traffic of the re-read column tiles, launch and host overheads (at B = 8,192 an H200 took 3.1 ms
 for SigLIP's loss, where every modelled term is under 0.4 ms).
@@ -23,6 +25,9 @@ Figures (per SM per clock unless said; sm_90):
     clock, 4 per sub-partition; FP32: 128 lanes (NVIDIA H100 architecture whitepaper, 2022);
   - H200: the same GH100 with 132 SMs and the same clocks; HBM 4.8 TB/s against the H100 SXM's
     3.35 TB/s (NVIDIA H200 and H100 datasheets);
+  - dense bf16 matmuls (the products that follow the weight strips): 796.8 TFLOP/s, measured on an
+    H200 by the loss bench in the same runs (8192³, benchmarks/results/gpu-2026-12-04); the H100 SXM
+    has the same tensor cores and clocks and is assumed the same (not measured);
   - fp32 atomic gradient adds: 1.37 TB/s, fitted on an H200 (benchmarks/results/gpu-2026-12-04:
     SigLIP's one-sweep kernel at B = 65,536 moved 34.4 GB in 24.4 ms at D = 128 and 206 GB in
     154.3 ms at D = 768, 1.41 and 1.34 TB/s); the H100 is assumed the same (not measured).
@@ -40,6 +45,7 @@ GPUS = {
 SIZES = (8192, 65536)  # 2N
 ELEMENT_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 GRADIENT_ADD_TB_S = 1.37  # fp32 atomic adds of gradient products, H200 (see above)
+MATMUL_TFLOP_S = 796.8  # dense bf16 matmul, H200 (see above)
 
 
 def operand_type(dtype: str) -> str | None:
@@ -71,7 +77,7 @@ def gradient_bytes_per_pair(row: dict) -> float:
     their accumulators on chip (and for siglip-kernel's, whose plain read-modify-writes the H200
     run did not time)."""
     kernel = row.get("kernel", "")
-    if not kernel.startswith("sigmoid") or "BLOCK_M" not in row:
+    if not kernel.startswith("sigmoid") or "BLOCK_M" not in row or is_strip(row):
         return 0.0
     # "sigmoid two-tower sweep" forms the rows' gradient alone (one of SigLIP's two sweeps).
     two_tower, symmetric = kernel == "sigmoid two-tower", "symmetric" in kernel
@@ -79,6 +85,24 @@ def gradient_bytes_per_pair(row: dict) -> float:
     cols = row["BLOCK_N"] if two_tower or symmetric else 0
     per_tile = 4 * row["D"] * (rows + cols)
     return per_tile / (row["BLOCK_M"] * row["BLOCK_N"] * (2 if symmetric else 1))
+
+
+def is_strip(row: dict) -> bool:
+    return row.get("kernel", "").startswith("sigmoid weight strip")
+
+
+def weight_bytes_per_pair(row: dict) -> float:
+    """Bytes the weight-strip kernel writes per pair (one weight in the operands' dtype); 0 for the
+    other kernels, which keep their weights on chip."""
+    return float(ELEMENT_BYTES[row["dtype"].split()[0]]) if is_strip(row) else 0.0
+
+
+def strip_product_flops(row: dict) -> int:
+    """Matmul FLOPs per pair after a weight strip: W·Y into the rows (2·D) and, two towers, Wᵀ·X into
+    the columns (2·D more); 0 for the other kernels."""
+    if not is_strip(row):
+        return 0
+    return 2 * row["D"] * (2 if "two-tower" in row["kernel"] else 1)
 
 
 def model(row: dict) -> dict | None:
@@ -100,24 +124,31 @@ def model(row: dict) -> dict | None:
     per_pair = cycles[bound]
     element = ELEMENT_BYTES[row["dtype"].split()[0]]
     added = gradient_bytes_per_pair(row)
-    predicted, limits = {}, set()
+    predicted, block, limits = {}, {}, set()
     for gpu, spec in GPUS.items():
         for rows in SIZES:
             times = {
                 bound: rows * rows * per_pair / (spec["sms"] * spec["clock_ghz"] * 1e9),
                 "memory": rows * row["D"] * (element + 4) / (spec["hbm_tb_s"] * 1e12),
                 "gradient adds": rows * rows * added / (GRADIENT_ADD_TB_S * 1e12),
+                "weights": rows * rows * weight_bytes_per_pair(row) / (spec["hbm_tb_s"] * 1e12),
             }
             limit = max(times, key=times.get)
             limits.add(limit)
             predicted[f"{gpu} 2N={rows}"] = round(times[limit] * 1e6, 1)
-    return {
+            if is_strip(row):
+                products = rows * rows * strip_product_flops(row) / (MATMUL_TFLOP_S * 1e12)
+                block[f"{gpu} 2N={rows}"] = round((times[limit] + products) * 1e6, 1)
+    found = {
         "cycles_per_pair": {k: round(v, 4) for k, v in cycles.items()},
         "bound": bound,
         "gradient_bytes_per_pair": round(added, 3),
         "time_bound": sorted(limits),
         "predicted_us": predicted,
     }
+    if block:  # the strip kernel, then its products' matmuls
+        found["block_us"] = block
+    return found
 
 
 def constants() -> dict:
@@ -128,8 +159,10 @@ def constants() -> dict:
         "tensor_flop_per_clock": TENSOR_FLOP_PER_CLOCK,
         "gpus": GPUS,
         "gradient_add_tb_s": GRADIENT_ADD_TB_S,
+        "matmul_tflop_s": MATMUL_TFLOP_S,
         "time": "max((2N)² · bound cycles / (SMs · clock), 2N · D · (input bytes + 4) / HBM bandwidth, "
-        "(2N)² · gradient bytes per pair / gradient add rate)",
+        "(2N)² · gradient bytes per pair / gradient add rate, (2N)² · weight bytes per pair / HBM "
+        "bandwidth); a weight strip's block adds (2N)² · product FLOPs per pair / matmul rate",
     }
 
 

@@ -46,9 +46,8 @@ BENCH = "{py} -m fastsigclr bench"
 DATA = Step("data", "{py} tools/gpu_suite.py data {shared} {data}", 120)
 # Test files by stage (each named once; `list` shows any file left out). The kernel tests run
 # Triton kernels: in CI through the interpreter, here compiled for the device.
-SIGMOID_TESTS = (
-    "tests/test_sigmoid_loss.py tests/test_sigmoid_block.py tests/test_siglip.py tests/test_deterministic.py"
-)
+SIGMOID_TESTS = "tests/test_sigmoid_loss.py tests/test_sigmoid_block.py tests/test_sigmoid_strips.py "
+SIGMOID_TESTS += "tests/test_siglip.py tests/test_deterministic.py"
 KERNEL_TESTS = "tests/test_contrastive_losses.py tests/test_augment.py tests/test_loss_precision.py"
 TRAIN_TESTS = "tests/test_train.py tests/test_distributed.py"
 OTHER_TESTS = (

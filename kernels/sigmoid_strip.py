@@ -1,0 +1,234 @@
+"""Past one feature tile on a GPU: the sigmoid loss's pair weights strip by strip, their products by
+dense matmuls (docs/design.md §3, "Weight strips").
+
+``_weight_strip_kernel`` → ``weight_strip``, its launcher → ``sigmoid_block_strips``, a block with
+``sigmoid_block``'s arguments and returns, to which ``sigmoid_block`` hands its 16-bit CUDA launches
+past one feature tile (``strips_wanted``).
+
+Why: past one feature tile the fused kernel adds each tile's gradient products to memory, D/16 bytes
+of fp32 atomics per pair with two towers (D/32 for SigCLR's rows), and on an H200 those ran at 1.37
+TB/s: 154 ms for SigLIP at B = 65,536, D = 768, whose 6·B²·D FLOPs take 24.8 ms at the 797 TFLOP/s
+a bf16 matmul reached in the same run. Here the kernel forms S (2·D FLOPs per pair, 64-feature
+steps as the fused kernel's wide path) and writes each pair's weight once, 2 bytes in the operands'
+dtype; the products are matmuls over the strip: W·Y into the strip's rows of ∂L/∂rows (SigCLR's G
+is symmetric, so these are whole rows) and, two towers, Wᵀ·X_strip added into ∂L/∂cols. Nothing is
+added per tile, and the strip is read back once per product.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from . import launches
+from .sigmoid_kernel import CROSS, SELF, TWO_TOWER, WIDE_BLOCK_K
+from .sigmoid_terms import INV_G_SCALE, softplus2, weight_of
+from .tiles import H100_SMS, bf16_values, load_rows, needs_int64
+
+LOG2E = tl.constexpr(1 / math.log(2))
+LN2 = tl.constexpr(math.log(2))
+# A strip holds at most this many bytes of weights: 512 MiB, 4,096 rows at 2N = 65,536 (bf16),
+# so a strip's W·Y (4,096 × D outputs) still fills the SMs at D = 768 with 128 × 128 output tiles
+# (192 of them), and the weights stay O(2N · D)-sized beside the operands (the same 512 MiB are
+# 4× the bf16 rows at 2N = 65,536, D = 2,048).
+STRIP_BYTES = 512 << 20
+# The strip kernel's one configuration: 128 × 128 tiles, 8 warps, 2 stages of 64-feature operand
+# tiles (64 KiB). Compiled for sm_90 (triton 3.6, bf16, a 4,096-row strip against 65,536 columns):
+# without the loss terms no spills, 21.6 SASS per pair for two towers at D = 256 and 30.4 for
+# SigCLR's rows (the positives' test per element); with them 4 and 32 bytes of spills per thread
+# and 38.9 and 47.9 SASS. 3 stages: 16 and 28 bytes, 39.5 and 48.2 SASS; 4 stages more.
+STRIP_CONFIG = {"block": 128, "num_warps": 8, "num_stages": 2}
+FP32_STRIP_CONFIG = {"block": 64, "num_warps": 4, "num_stages": 3}
+# Programs per launch: about four waves of the SMs, each a strip's row tile against a range of
+# its column tiles (the row sums of a tile stay in registers over the range).
+WAVES = 4
+
+
+@triton.jit
+def _weight_strip_kernel(
+    X,  # (M, D) normalised rows; fp32, fp16 or bf16
+    Y,  # (MC, D) normalised columns, X's dtype (X itself for SELF)
+    W,  # (H, MC) out: the strip's weights 2¹⁵·(σ(a) − [positive]) in W's dtype, 0 for SELF's i = j
+    PARTIALS,  # (programs, 3) fp32 out: each program's sums of softplus terms (in nats), of w and of w·s
+    LOGIT_SCALE,  # pointer to the fp32 logit scale
+    LOGIT_BIAS,  # pointer to the fp32 logit bias
+    ROW0,  # the strip's first row
+    H,  # rows in the strip
+    MC,
+    N_PER_VIEW,
+    D,
+    stride_x,
+    stride_y,
+    stride_w,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PAIRS: tl.constexpr,  # SELF, CROSS or TWO_TOWER (sigmoid_kernel.py)
+    COMPUTE_LOSS: tl.constexpr,
+    INT64: tl.constexpr,
+    UPCAST: tl.constexpr,  # interpreter only: 16-bit operands held in fp32
+    PRECISION: tl.constexpr,
+    CAST_BF16: tl.constexpr,
+):
+    """Grid: (row tiles of the strip, column ranges). A program takes its row tile against each
+    column tile of its range: S in BLOCK_K-feature steps, each pair's weight, positives by their
+    own sign (w = −2¹⁵·σ(−a) and softplus(−a) from x = a·log2 e: no cancellation as σ(a) → 1)."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    n_ranges = tl.num_programs(1)
+    scale2 = -tl.load(LOGIT_SCALE).to(tl.float32) * LOG2E
+    bias2 = -tl.load(LOGIT_BIAS).to(tl.float32) * LOG2E
+    local = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = local < H
+    if INT64:
+        local = local.to(tl.int64)
+    rows = ROW0 + local
+    row_view = rows % N_PER_VIEW
+    n_tiles = tl.cdiv(MC, BLOCK_N)
+    span = tl.cdiv(n_tiles, n_ranges)
+    j1 = tl.minimum(pid_n * span + span, n_tiles)
+    offs = tl.arange(0, BLOCK_K)
+    l_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    r_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    gs_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for j in range(pid_n * span, j1):
+        cols = j * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_ok = cols < MC
+        if INT64:
+            cols = cols.to(tl.int64)
+        s = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(0, D, BLOCK_K):  # bases advanced by k, as the fused kernel's wide path
+            za = load_rows(X + k, rows, row_ok, stride_x, offs, D - k, CAST_BF16, UPCAST)
+            zb = load_rows(Y + k, cols, col_ok, stride_y, offs, D - k, CAST_BF16, UPCAST)
+            s = tl.dot(za, tl.trans(zb), s, input_precision=PRECISION)
+        x = s * scale2 + bias2  # −a·log2 e
+        if PAIRS == SELF:
+            pos = row_view[:, None] == (cols % N_PER_VIEW)[None, :]
+            x = tl.where(pos, -x, x)
+            x = tl.where(rows[:, None] == cols[None, :], float("inf"), x)  # i = j: r = 0, no term
+        elif PAIRS == TWO_TOWER:
+            pos = rows[:, None] == cols[None, :]
+            x = tl.where(pos, -x, x)
+        r = weight_of(x)
+        r = tl.where(col_ok[None, :], r, 0.0)  # rows ≥ H: dropped from the sums below
+        g = r
+        if PAIRS != CROSS:
+            g = tl.where(pos, -r, r)
+        r_acc += tl.sum(g, axis=1)
+        gs_acc += tl.sum(g * s, axis=1)
+        if COMPUTE_LOSS:
+            l_acc += tl.sum(tl.where(col_ok[None, :], softplus2(x, r), 0.0), axis=1)
+        w = g
+        if W.dtype.element_ty == tl.bfloat16:
+            w = bf16_values(g, UPCAST)  # rounded to nearest (the interpreter's cast truncates)
+        ptrs = W + local[:, None] * stride_w + cols[None, :]
+        tl.store(ptrs, w.to(W.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+    zero = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    out = PARTIALS + (pid_m * n_ranges + pid_n) * 3
+    tl.store(out, tl.sum(tl.where(row_ok, l_acc, zero), axis=0) * LN2)
+    tl.store(out + 1, tl.sum(tl.where(row_ok, r_acc, zero), axis=0) * INV_G_SCALE)
+    tl.store(out + 2, tl.sum(tl.where(row_ok, gs_acc, zero), axis=0) * INV_G_SCALE)
+
+
+def strips_wanted(rows: torch.Tensor, tiles: dict) -> bool:
+    """Whether sigmoid_block hands this launch to sigmoid_block_strips: when asked (``strip_rows``),
+    or for 16-bit CUDA rows wider than one compiled feature tile (128) with no plan or tile given
+    (a recorded plan keeps the fused kernel's order of sums; tests pin tiles). Recording a compiled
+    launch (kernels/launches.py) on CPU tensors decides as CUDA would."""
+    if tiles.get("strip_rows") is not None:
+        return True
+    if any(tiles.get(k) is not None for k in ("plan", "block_m", "block_n", "block_k", "col_splits")):
+        return False
+    cuda = rows.device.type == "cuda" or launches.recording()
+    return cuda and rows.dtype in (torch.bfloat16, torch.float16) and rows.shape[1] > 128
+
+
+def strip_rows(m: int, mc: int, element_bytes: int, block: int) -> int:
+    """Rows per strip: as many as STRIP_BYTES of weights hold, a multiple of ``block``, at least one
+    tile and at most every row."""
+    fits = STRIP_BYTES // (element_bytes * mc) // block * block
+    return min(m, max(block, fits))
+
+
+def _config(rows: torch.Tensor, cast_bf16: bool) -> dict:
+    return STRIP_CONFIG if rows.dtype != torch.float32 or cast_bf16 else FP32_STRIP_CONFIG
+
+
+def weight_strip(rows, cols, w, partials, scalars, row0: int, *, n_per_view: int, pair_mode: int,
+                 compute_loss: bool, flags: dict, config: dict, sms: int) -> None:  # fmt: skip
+    """Launch the strip kernel: rows row0.. (w's height) against every column, weights into w,
+    per-program sums into partials[:programs] (strip_grid's programs)."""
+    h, mc = w.shape
+    grid = strip_grid(h, mc, config["block"], sms)
+    int64 = needs_int64([rows, cols, w])
+    consts = dict(BLOCK_M=config["block"], BLOCK_N=config["block"], BLOCK_K=WIDE_BLOCK_K, PAIRS=pair_mode)
+    consts.update(COMPUTE_LOSS=compute_loss, INT64=int64, **flags)
+    args = (rows, cols, w, partials, *scalars, row0, h, mc, n_per_view, rows.shape[1])
+    args += (rows.stride(0), cols.stride(0), w.stride(0))
+    if launches.recording():  # the launch a compiled run makes (interpreted: UPCAST off there)
+        launches.record("sigmoid strip", args, dict(consts, UPCAST=False),
+                        [(config["num_warps"], config["num_stages"])])  # fmt: skip
+    if not launches.record_only():
+        _weight_strip_kernel[grid](*args, num_warps=config["num_warps"], num_stages=config["num_stages"],
+                                   **consts)  # fmt: skip
+
+
+def strip_grid(h: int, mc: int, block: int, sms: int = H100_SMS) -> tuple[int, int]:
+    """(row tiles, column ranges): about WAVES waves of programs, no range empty."""
+    row_tiles, col_tiles = triton.cdiv(h, block), triton.cdiv(mc, block)
+    ranges = max(1, min(col_tiles, round(WAVES * sms / row_tiles)))
+    return row_tiles, triton.cdiv(col_tiles, triton.cdiv(col_tiles, ranges))
+
+
+def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a·b with an fp32 result: 16-bit CUDA operands straight to cuBLAS (fp32 accumulation and
+    output, torch ≥ 2.8), else in fp32 (the products of 16-bit values are exact there)."""
+    if a.is_cuda and a.dtype != torch.float32 and hasattr(torch.ops.aten.mm, "dtype"):
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return torch.mm(a.float(), b.float())
+
+
+def sigmoid_block_strips(rows, cols, logit_scale, logit_bias, *, n_per_view: int, inv_m: float,
+                         pairs: str, pair_mode: int, grad_rows: bool, grad_cols: bool, compute_loss: bool,
+                         flags: dict, out_dtype: torch.dtype, height: int = 0) -> tuple:  # fmt: skip
+    """sigmoid_block's block by weight strips (its arguments checked and resolved there): returns
+    (loss | None, ∂L/∂rows | None, ∂L/∂cols | None, ∂L/∂logit_scale, ∂L/∂logit_bias). Every
+    ordered pair is visited once, ``height`` rows per strip (0: strip_rows), in a fixed order
+    without atomics: deterministic as it is (cuBLAS's matmuls with CUBLAS_WORKSPACE_CONFIG, which
+    --deterministic sets)."""
+    (m, d), mc = rows.shape, cols.shape[0]
+    config = _config(rows, flags["CAST_BF16"])
+    w_dtype = torch.bfloat16 if flags["CAST_BF16"] else rows.dtype
+    height = height or strip_rows(m, mc, w_dtype.itemsize, config["block"])
+    cuda = rows.device.type == "cuda"
+    sms = torch.cuda.get_device_properties(rows.device).multi_processor_count if cuda else H100_SMS
+    f32 = dict(dtype=torch.float32, device=rows.device)
+    buffer = torch.empty((min(height, m), mc), dtype=w_dtype, device=rows.device)
+    partials = torch.zeros((math.prod(strip_grid(min(height, m), mc, config["block"], sms)), 3), **f32)
+    scalars = [s.detach().to(torch.float32).reshape(1).contiguous() for s in (logit_scale, logit_bias)]
+    two_tower_cols = pairs == "two_tower" and grad_cols
+    ops = (rows.to(w_dtype), cols.to(w_dtype)) if rows.dtype != w_dtype else (rows, cols)
+    d_rows = torch.empty((m, d), **f32) if grad_rows else None
+    d_cols = torch.zeros((mc, d), **f32) if two_tower_cols else None
+    sums = torch.zeros(3, **f32)
+    for row0 in range(0, m, height):
+        w = buffer[: min(height, m - row0)]
+        programs = math.prod(strip_grid(w.shape[0], mc, config["block"], sms))
+        weight_strip(rows, cols, w, partials, scalars, row0, n_per_view=n_per_view, pair_mode=pair_mode,
+                     compute_loss=compute_loss, flags=flags, config=config, sms=sms)  # fmt: skip
+        sums += partials[:programs].sum(dim=0)
+        if launches.record_only():
+            continue
+        if grad_rows:
+            d_rows[row0 : row0 + w.shape[0]] = _mm_fp32(w, ops[1])
+        if two_tower_cols:
+            d_cols += _mm_fp32(w.T, ops[0][row0 : row0 + w.shape[0]])
+    # ∂L/∂ẑ_i = t·Σ_j (g_ij + g_ji)·ẑ_j: 2t·G·Z for SigCLR's symmetric G, and for a cross block,
+    # whose mirrored block has the same G (see sigmoid_kernel.py).
+    gscale = scalars[0] * (inv_m * (1.0 if pairs == "two_tower" else 2.0) / 32768.0)
+    out = [g.mul_(gscale).to(out_dtype) if g is not None else None for g in (d_rows, d_cols)]
+    loss, db, dt = (sums * inv_m).unbind()
+    return (loss if compute_loss else None), out[0], out[1], dt, db

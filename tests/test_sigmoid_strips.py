@@ -1,0 +1,127 @@
+"""The weight strips (kernels/sigmoid_strip.py), which 16-bit CUDA blocks past one feature tile take:
+each pair mode against the float64 reference of test_sigmoid_block.py, loss and every gradient, at
+odd sizes (a tail strip, tile tails, a strip of one tile, D past 64-feature steps); positives at
+σ(a) → 1 without cancellation; the order of programs; which launches take the strips; and the
+strip's height."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import AS_ON_GPU, KERNEL_DEVICE, assert_close_rel, gpu_cases, reversed_programs
+from test_sigmoid_block import BIAS, SCALE, TOL, reference
+
+from fastsigclr.kernels import launches, sigmoid_block, sigmoid_strip
+
+# Relative to max |reference|, the weights and the operands rounded to the operand dtype:
+# bf16 measured 1.6e-3 (∂L/∂rows) and 1.7e-3 (∂L/∂cols) in fp32 outputs, as the fused kernel's
+# 1.3e-3 and 1.5e-3 on the same rows; fp16 1.8e-4 (fused 1.6e-4). The bounds leave 2.4x and 2.8x.
+ROUNDED_TOL = {torch.bfloat16: 4e-3, torch.float16: 5e-4}
+
+# (pairs, rows, cols, D, strip rows, dtype): fp32 (exact dots) checks the arithmetic at the
+# reference's own tolerance; 16-bit the rounding of the weights. 75 rows in strips of 32 end in an
+# 11-row strip; the interpreter's fp32 tiles are 64 rows, so 75 rows and 45 columns leave tile
+# tails; D = 130 and 200 take three and four 64-feature steps, the last partial.
+CASES = [
+    ("self", 75, 75, 130, 32, torch.float32),
+    ("self", 66, 66, 200, 66, torch.float32),
+    ("cross", 70, 45, 130, 64, torch.float32),
+    ("two_tower", 70, 61, 200, 32, torch.float32),
+    ("two_tower", 37, 37, 130, 37, torch.float32),
+    ("two_tower", 70, 70, 200, 64, torch.bfloat16),
+    ("self", 66, 66, 130, 64, torch.float16),
+]
+# Compiled: one launch per pair mode that a GPU hands the strips itself (16-bit, D > 128, no tiles).
+GPU_CASES = [
+    ("self", 96, 96, 160, 0, torch.bfloat16),
+    ("two_tower", 70, 70, 160, 0, torch.bfloat16),
+]
+
+
+def _block(x, y, pairs, n_per_view, strip, **kw):
+    dev = KERNEL_DEVICE
+    return sigmoid_block(
+        x.to(dev), y.to(dev), torch.tensor(SCALE, device=dev), torch.tensor(BIAS, device=dev),
+        n_per_view=n_per_view, inv_m=1.0 / x.shape[0], pairs=pairs, grad_cols=pairs == "two_tower",
+        fp32_dot="ieee", out_dtype=torch.float32, **({"strip_rows": strip} if strip else {}), **kw,
+    )  # fmt: skip
+
+
+def _rows(pairs, m, mc, d, dtype):
+    gen = torch.Generator().manual_seed(m * 100 + d)
+    x = F.normalize(torch.randn(m, d, generator=gen), dim=1).to(dtype)
+    y = x if pairs == "self" else F.normalize(torch.randn(mc, d, generator=gen), dim=1).to(dtype)
+    return x, y, m // 3 if m % 3 == 0 else m // 2
+
+
+@pytest.mark.parametrize("pairs,m,mc,d,strip,dtype", gpu_cases(CASES, GPU_CASES))
+def test_strips_match_float64(pairs, m, mc, d, strip, dtype, monkeypatch):
+    x, y, n_per_view = _rows(pairs, m, mc, d, dtype)
+    taken = []
+    launch = sigmoid_strip.weight_strip
+    monkeypatch.setattr(sigmoid_strip, "weight_strip", lambda *a, **k: taken.append(1) or launch(*a, **k))
+    got = _block(x, y, pairs, n_per_view, strip)
+    want = reference(x.float(), y.float(), pairs, n_per_view, 1.0 / m)
+    assert len(taken) == -(-m // (strip or m)), "the launch did not go through the strips"
+    tol = ROUNDED_TOL.get(dtype, TOL)
+    for name, a, e in zip(("loss", "d_rows", "d_cols", "d_scale", "d_bias"), got, want, strict=True):
+        if e is None:
+            assert a is None, name
+        else:  # the sums stay fp32 of unrounded weights: the reference's tolerance for all dtypes
+            assert_close_rel(a, e, tol if name in ("d_rows", "d_cols") else TOL, name)
+
+
+@pytest.mark.skipif(AS_ON_GPU, reason="interpreter: a forced strip height")
+def test_positives_near_one_keep_their_digits():
+    """Orthogonal rows at logit_scale 30, logit_bias −10: each positive has σ(a) = 1 − 2.1e-9 and
+    is alone along its own direction of ∂L/∂x. Its weight −2¹⁵·σ(−a) and its term softplus(−a)
+    come from x = a·log2 e directly. Rebuilt as 2¹⁵·σ(a) − 2¹⁵ in fp32 (spacing 2⁻⁸ at 2¹⁵), as the
+    fused kernel's per-row correction does, the weight keeps none of its digits: that kernel errs
+    4.5e-5 in ∂L/∂x, 1.1e-3 in the loss and 100% in ∂L/∂t here (interpreter, 16-row tiles); the
+    strips 5.7e-9, 1.1e-7 and 1.4e-6."""
+    x = torch.eye(12, 150)[torch.randperm(12, generator=torch.Generator().manual_seed(5))]
+    got = sigmoid_block(
+        x.to(KERNEL_DEVICE), x.to(KERNEL_DEVICE), torch.tensor(30.0), torch.tensor(-10.0), n_per_view=None,
+        inv_m=1 / 12, pairs="two_tower", grad_cols=True, fp32_dot="ieee", strip_rows=5,
+    )  # fmt: skip
+    want = reference(x, x, "two_tower", None, 1 / 12, scale=30.0, bias=-10.0)
+    for name, a, e in zip(("loss", "d_rows", "d_cols", "d_scale", "d_bias"), got, want, strict=True):
+        assert_close_rel(a, e, TOL, name)
+
+
+@pytest.mark.skipif(AS_ON_GPU, reason="interpreter: the order of its programs is reversed")
+def test_strips_do_not_depend_on_program_order(monkeypatch):
+    """No atomics: run in reverse, every result is bitwise the same."""
+    x, y, n = _rows("two_tower", 70, 61, 200, torch.bfloat16)
+    first = _block(x, y, "two_tower", n, 32)
+    reversed_programs(monkeypatch)
+    again = _block(x, y, "two_tower", n, 32)
+    for a, b in zip(first, again, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_which_launches_take_the_strips(monkeypatch):
+    """On CUDA (and in a record of its launches) 16-bit rows wider than one compiled feature tile
+    take the strips unless a plan or tiles are given; a forced height takes them anywhere."""
+    wide = torch.empty(8, 129, dtype=torch.bfloat16, device="meta")
+    assert sigmoid_strip.strips_wanted(torch.empty(8, 129, dtype=torch.bfloat16), {"strip_rows": 4})
+    assert not sigmoid_strip.strips_wanted(torch.empty(8, 129, dtype=torch.bfloat16), {})  # on a CPU
+    monkeypatch.setenv(launches.RECORD_ENV, "record.jsonl")
+    assert sigmoid_strip.strips_wanted(wide, {})
+    assert sigmoid_strip.strips_wanted(wide.half(), {})
+    assert not sigmoid_strip.strips_wanted(wide.float(), {})  # fp32: the fused kernel's TF32
+    assert not sigmoid_strip.strips_wanted(wide[:, :128], {})  # one feature tile: registers
+    for given in ({"plan": object()}, {"block_m": 64}, {"col_splits": 2}):
+        assert not sigmoid_strip.strips_wanted(wide, given)
+
+
+def test_strip_height_holds_the_weights_bound():
+    """At most STRIP_BYTES of weights, a whole number of tiles, one tile at least, every row at most."""
+    assert sigmoid_strip.strip_rows(65536, 65536, 2, 128) == 4096  # 512 MiB of bf16
+    assert sigmoid_strip.strip_rows(131072, 131072, 2, 128) == 2048
+    assert sigmoid_strip.strip_rows(8192, 8192, 2, 128) == 8192  # 128 MiB: one strip
+    assert sigmoid_strip.strip_rows(1000, 2**31, 2, 128) == 128  # wider than the bound: one tile
+    for m, mc in ((65536, 65536), (30000, 70000), (4096, 9000)):
+        h = sigmoid_strip.strip_rows(m, mc, 2, 128)
+        assert h == m or (h % 128 == 0 and h * mc * 2 <= sigmoid_strip.STRIP_BYTES)
+    rows, ranges = sigmoid_strip.strip_grid(4096, 65536, 128, 132)
+    assert rows == 32 and 3.5 * 132 <= rows * ranges <= 4.5 * 132
