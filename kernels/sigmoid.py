@@ -258,7 +258,7 @@ def sigmoid_block(
     """
     rows, cols = _operands(rows, cols, pairs)
     flags = _dot_flags(rows.dtype, fp32_dot)
-    if strips_wanted(rows, tiles):  # past one feature tile on a GPU: no per-tile adds (sigmoid_strip.py)
+    if strips_wanted(rows, cols, tiles):  # past one feature tile on a GPU: no per-tile adds
         return sigmoid_block_strips(
             rows, cols, logit_scale, logit_bias, n_per_view=n_per_view or rows.shape[0], inv_m=inv_m,
             pairs=pairs, pair_mode=PAIR_MODES[pairs], grad_rows=grad_rows, grad_cols=grad_cols,

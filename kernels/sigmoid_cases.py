@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 
 import torch
 import triton
@@ -95,12 +96,13 @@ def strip_cases() -> list[CompileCase]:
     cases, h, mc, block = [], 4096, 65536, STRIP_CONFIG["block"]
     for pairs, d, loss in itertools.product(("self", "two_tower"), (256, 768, 1024), (True, False)):
         consts = dict(BLOCK_M=block, BLOCK_N=block, BLOCK_K=WIDE_BLOCK_K, PAIRS=PAIR_MODES[pairs])
-        consts.update(COMPUTE_LOSS=loss, INT64=False, UPCAST=False, PRECISION="ieee", CAST_BF16=False)
+        consts.update(COMPUTE_LOSS=loss, STORE_W=True, INT64=False, UPCAST=False, PRECISION="ieee")
+        consts.update(CAST_BF16=False)
         args = (torch.bfloat16, torch.bfloat16, torch.bfloat16, *[torch.float32] * 3)
         args += (0, h, mc, mc // 2, d, d, d, mc)
         kernel = "sigmoid weight strip" + (" two-tower" if pairs == "two_tower" else "")
         meta = dict(kernel=kernel, variant="loss" if loss else "no loss", dtype="bf16", D=d, BLOCK_M=block)
-        meta.update(BLOCK_N=block, programs=strip_grid(h, mc, block)[1], dot_flops_per_pair=2 * d)
+        meta.update(BLOCK_N=block, programs=math.prod(strip_grid(h, mc, block)), dot_flops_per_pair=2 * d)
         meta.update(BLOCK_K=WIDE_BLOCK_K, feature_trips=triton.cdiv(d, WIDE_BLOCK_K), strip_rows=h)
         cases.append(CompileCase(
             _weight_strip_kernel, args, consts, STRIP_CONFIG["num_warps"], STRIP_CONFIG["num_stages"],

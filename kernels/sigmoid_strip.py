@@ -68,6 +68,7 @@ def _weight_strip_kernel(
     BLOCK_K: tl.constexpr,
     PAIRS: tl.constexpr,  # SELF, CROSS or TWO_TOWER (sigmoid_kernel.py)
     COMPUTE_LOSS: tl.constexpr,
+    STORE_W: tl.constexpr,  # False: the sums only (no gradient wanted; W is a stand-in)
     INT64: tl.constexpr,
     UPCAST: tl.constexpr,  # interpreter only: 16-bit operands held in fp32
     PRECISION: tl.constexpr,
@@ -121,11 +122,12 @@ def _weight_strip_kernel(
         gs_acc += tl.sum(g * s, axis=1)
         if COMPUTE_LOSS:
             l_acc += tl.sum(tl.where(col_ok[None, :], softplus2(x, r), 0.0), axis=1)
-        w = g
-        if W.dtype.element_ty == tl.bfloat16:
-            w = bf16_values(g, UPCAST)  # rounded to nearest (the interpreter's cast truncates)
-        ptrs = W + local[:, None] * stride_w + cols[None, :]
-        tl.store(ptrs, w.to(W.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+        if STORE_W:
+            w = g
+            if W.dtype.element_ty == tl.bfloat16:
+                w = bf16_values(g, UPCAST)  # rounded to nearest (the interpreter's cast truncates)
+            ptrs = W + local[:, None] * stride_w + cols[None, :]
+            tl.store(ptrs, w.to(W.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
     zero = tl.zeros((BLOCK_M,), dtype=tl.float32)
     out = PARTIALS + (pid_m * n_ranges + pid_n) * 3
     tl.store(out, tl.sum(tl.where(row_ok, l_acc, zero), axis=0) * LN2)
@@ -133,17 +135,27 @@ def _weight_strip_kernel(
     tl.store(out + 2, tl.sum(tl.where(row_ok, gs_acc, zero), axis=0) * INV_G_SCALE)
 
 
-def strips_wanted(rows: torch.Tensor, tiles: dict) -> bool:
+def strips_wanted(rows: torch.Tensor, cols: torch.Tensor, tiles: dict) -> bool:
     """Whether sigmoid_block hands this launch to sigmoid_block_strips: when asked (``strip_rows``),
     or for 16-bit CUDA rows wider than one compiled feature tile (128) with no plan or tile given
-    (a recorded plan keeps the fused kernel's order of sums; tests pin tiles). Recording a compiled
-    launch (kernels/launches.py) on CPU tensors decides as CUDA would."""
+    (a recorded plan keeps the fused kernel's order of sums; tests pin tiles), where torch can
+    multiply 16-bit operands into an fp32 result (torch ≥ 2.8: ``mm.dtype``; before it the strips
+    would take their products in fp32). Empty blocks stay with the fused kernel. Recording a
+    compiled launch (kernels/launches.py) on CPU tensors decides as CUDA would."""
+    if not (rows.numel() and cols.numel()):
+        return False
     if tiles.get("strip_rows") is not None:
         return True
     if any(tiles.get(k) is not None for k in ("plan", "block_m", "block_n", "block_k", "col_splits")):
         return False
     cuda = rows.device.type == "cuda" or launches.recording()
-    return cuda and rows.dtype in (torch.bfloat16, torch.float16) and rows.shape[1] > 128
+    wide = rows.dtype in (torch.bfloat16, torch.float16) and rows.shape[1] > 128
+    return cuda and wide and mm_has_out_dtype()
+
+
+def mm_has_out_dtype() -> bool:
+    """Whether torch.mm takes ``out_dtype`` (16-bit operands, an fp32 result: torch ≥ 2.8)."""
+    return hasattr(torch.ops.aten.mm, "dtype")
 
 
 def strip_rows(m: int, mc: int, element_bytes: int, block: int) -> int:
@@ -153,19 +165,27 @@ def strip_rows(m: int, mc: int, element_bytes: int, block: int) -> int:
     return min(m, max(block, fits))
 
 
+def strip_grid(h: int, mc: int, block: int, sms: int = H100_SMS) -> tuple[int, int]:
+    """(row tiles, column ranges) of a strip of h rows: about WAVES waves of programs, no range
+    empty. A block's strips all take the first strip's ranges (sigmoid_block_strips)."""
+    row_tiles, col_tiles = triton.cdiv(h, block), triton.cdiv(mc, block)
+    ranges = max(1, min(col_tiles, round(WAVES * sms / row_tiles)))
+    return row_tiles, triton.cdiv(col_tiles, triton.cdiv(col_tiles, ranges))
+
+
 def _config(rows: torch.Tensor, cast_bf16: bool) -> dict:
     return STRIP_CONFIG if rows.dtype != torch.float32 or cast_bf16 else FP32_STRIP_CONFIG
 
 
-def weight_strip(rows, cols, w, partials, scalars, row0: int, *, n_per_view: int, pair_mode: int,
-                 compute_loss: bool, flags: dict, config: dict, sms: int) -> None:  # fmt: skip
-    """Launch the strip kernel: rows row0.. (w's height) against every column, weights into w,
-    per-program sums into partials[:programs] (strip_grid's programs)."""
-    h, mc = w.shape
-    grid = strip_grid(h, mc, config["block"], sms)
-    int64 = needs_int64([rows, cols, w])
+def weight_strip(rows, cols, w, partials, scalars, row0: int, h: int, *, ranges: int, n_per_view: int,
+                 pair_mode: int, compute_loss: bool, store: bool, flags: dict,
+                 config: dict) -> int:  # fmt: skip
+    """Launch the strip kernel: rows row0..row0+h−1 against every column, their weights into w
+    (store; else w is a stand-in), per-program sums into partials; returns its programs."""
+    mc = cols.shape[0]
+    grid = (triton.cdiv(h, config["block"]), ranges)
     consts = dict(BLOCK_M=config["block"], BLOCK_N=config["block"], BLOCK_K=WIDE_BLOCK_K, PAIRS=pair_mode)
-    consts.update(COMPUTE_LOSS=compute_loss, INT64=int64, **flags)
+    consts.update(COMPUTE_LOSS=compute_loss, STORE_W=store, INT64=needs_int64([rows, cols, w]), **flags)
     args = (rows, cols, w, partials, *scalars, row0, h, mc, n_per_view, rows.shape[1])
     args += (rows.stride(0), cols.stride(0), w.stride(0))
     if launches.recording():  # the launch a compiled run makes (interpreted: UPCAST off there)
@@ -174,21 +194,17 @@ def weight_strip(rows, cols, w, partials, scalars, row0: int, *, n_per_view: int
     if not launches.record_only():
         _weight_strip_kernel[grid](*args, num_warps=config["num_warps"], num_stages=config["num_stages"],
                                    **consts)  # fmt: skip
-
-
-def strip_grid(h: int, mc: int, block: int, sms: int = H100_SMS) -> tuple[int, int]:
-    """(row tiles, column ranges): about WAVES waves of programs, no range empty."""
-    row_tiles, col_tiles = triton.cdiv(h, block), triton.cdiv(mc, block)
-    ranges = max(1, min(col_tiles, round(WAVES * sms / row_tiles)))
-    return row_tiles, triton.cdiv(col_tiles, triton.cdiv(col_tiles, ranges))
+    return grid[0] * grid[1]
 
 
 def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a·b with an fp32 result: 16-bit CUDA operands straight to cuBLAS (fp32 accumulation and
-    output, torch ≥ 2.8), else in fp32 (the products of 16-bit values are exact there)."""
-    if a.is_cuda and a.dtype != torch.float32 and hasattr(torch.ops.aten.mm, "dtype"):
-        return torch.mm(a, b, out_dtype=torch.float32)
-    return torch.mm(a.float(), b.float())
+    output, torch ≥ 2.8, which strips_wanted asks of a GPU launch), else in fp32 (forced strips:
+    the products of 16-bit values are exact there). Outside autocast, which would recast them."""
+    with torch.autocast(a.device.type, enabled=False):
+        if a.is_cuda and a.dtype != torch.float32:
+            return torch.mm(a, b, out_dtype=torch.float32)
+        return torch.mm(a.float(), b.float())
 
 
 def sigmoid_block_strips(rows, cols, logit_scale, logit_bias, *, n_per_view: int, inv_m: float,
@@ -198,34 +214,40 @@ def sigmoid_block_strips(rows, cols, logit_scale, logit_bias, *, n_per_view: int
     (loss | None, ∂L/∂rows | None, ∂L/∂cols | None, ∂L/∂logit_scale, ∂L/∂logit_bias). Every
     ordered pair is visited once, ``height`` rows per strip (0: strip_rows), in a fixed order
     without atomics: deterministic as it is (cuBLAS's matmuls with CUBLAS_WORKSPACE_CONFIG, which
-    --deterministic sets)."""
+    --deterministic sets). Without a gradient wanted no weight is stored, in one strip."""
+    rows, cols = rows.detach(), cols.detach()  # the gradients are returned, not traced
     (m, d), mc = rows.shape, cols.shape[0]
     config = _config(rows, flags["CAST_BF16"])
     w_dtype = torch.bfloat16 if flags["CAST_BF16"] else rows.dtype
-    height = height or strip_rows(m, mc, w_dtype.itemsize, config["block"])
+    two_tower_cols = pairs == "two_tower" and grad_cols
+    store = grad_rows or two_tower_cols
+    height = min(m, (height or strip_rows(m, mc, w_dtype.itemsize, config["block"])) if store else m)
     cuda = rows.device.type == "cuda"
     sms = torch.cuda.get_device_properties(rows.device).multi_processor_count if cuda else H100_SMS
     f32 = dict(dtype=torch.float32, device=rows.device)
-    buffer = torch.empty((min(height, m), mc), dtype=w_dtype, device=rows.device)
-    partials = torch.zeros((math.prod(strip_grid(min(height, m), mc, config["block"], sms)), 3), **f32)
+    buffer = torch.empty((height, mc) if store else (1, 1), dtype=w_dtype, device=rows.device)
+    # Every strip takes the first strip's column ranges: a shorter last strip would take more.
+    row_tiles, ranges = strip_grid(height, mc, config["block"], sms)
+    partials = torch.zeros((row_tiles * ranges, 3), **f32)
     scalars = [s.detach().to(torch.float32).reshape(1).contiguous() for s in (logit_scale, logit_bias)]
-    two_tower_cols = pairs == "two_tower" and grad_cols
     ops = (rows.to(w_dtype), cols.to(w_dtype)) if rows.dtype != w_dtype else (rows, cols)
     d_rows = torch.empty((m, d), **f32) if grad_rows else None
     d_cols = torch.zeros((mc, d), **f32) if two_tower_cols else None
     sums = torch.zeros(3, **f32)
     for row0 in range(0, m, height):
-        w = buffer[: min(height, m - row0)]
-        programs = math.prod(strip_grid(w.shape[0], mc, config["block"], sms))
-        weight_strip(rows, cols, w, partials, scalars, row0, n_per_view=n_per_view, pair_mode=pair_mode,
-                     compute_loss=compute_loss, flags=flags, config=config, sms=sms)  # fmt: skip
+        h = min(height, m - row0)
+        w = buffer[:h] if store else buffer
+        programs = weight_strip(rows, cols, w, partials, scalars, row0, h, ranges=ranges,
+                                n_per_view=n_per_view, pair_mode=pair_mode, compute_loss=compute_loss,
+                                store=store, flags=flags, config=config)  # fmt: skip
         sums += partials[:programs].sum(dim=0)
         if launches.record_only():
             continue
         if grad_rows:
-            d_rows[row0 : row0 + w.shape[0]] = _mm_fp32(w, ops[1])
+            d_rows[row0 : row0 + h] = _mm_fp32(w, ops[1])
         if two_tower_cols:
-            d_cols += _mm_fp32(w.T, ops[0][row0 : row0 + w.shape[0]])
+            d_cols += _mm_fp32(w.T, ops[0][row0 : row0 + h])
+    del buffer, w  # before the gradients' casts allocate
     # ∂L/∂ẑ_i = t·Σ_j (g_ij + g_ji)·ẑ_j: 2t·G·Z for SigCLR's symmetric G, and for a cross block,
     # whose mirrored block has the same G (see sigmoid_kernel.py).
     gscale = scalars[0] * (inv_m * (1.0 if pairs == "two_tower" else 2.0) / 32768.0)

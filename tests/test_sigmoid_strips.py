@@ -7,7 +7,7 @@ strip's height."""
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import AS_ON_GPU, KERNEL_DEVICE, assert_close_rel, gpu_cases, reversed_programs
+from helpers import AS_ON_GPU, KERNEL_DEVICE, assert_close_rel, gpu_cases, max_rel_error, reversed_programs
 from test_sigmoid_block import BIAS, SCALE, TOL, reference
 
 from fastsigclr.kernels import launches, sigmoid_block, sigmoid_strip
@@ -39,10 +39,11 @@ GPU_CASES = [
 
 def _block(x, y, pairs, n_per_view, strip, **kw):
     dev = KERNEL_DEVICE
+    kw = {"grad_cols": pairs == "two_tower", **kw}
     return sigmoid_block(
         x.to(dev), y.to(dev), torch.tensor(SCALE, device=dev), torch.tensor(BIAS, device=dev),
-        n_per_view=n_per_view, inv_m=1.0 / x.shape[0], pairs=pairs, grad_cols=pairs == "two_tower",
-        fp32_dot="ieee", out_dtype=torch.float32, **({"strip_rows": strip} if strip else {}), **kw,
+        n_per_view=n_per_view, inv_m=1.0 / x.shape[0], pairs=pairs, fp32_dot="ieee",
+        out_dtype=torch.float32, **({"strip_rows": strip} if strip else {}), **kw,
     )  # fmt: skip
 
 
@@ -102,16 +103,54 @@ def test_strips_do_not_depend_on_program_order(monkeypatch):
 def test_which_launches_take_the_strips(monkeypatch):
     """On CUDA (and in a record of its launches) 16-bit rows wider than one compiled feature tile
     take the strips unless a plan or tiles are given; a forced height takes them anywhere."""
-    wide = torch.empty(8, 129, dtype=torch.bfloat16, device="meta")
-    assert sigmoid_strip.strips_wanted(torch.empty(8, 129, dtype=torch.bfloat16), {"strip_rows": 4})
-    assert not sigmoid_strip.strips_wanted(torch.empty(8, 129, dtype=torch.bfloat16), {})  # on a CPU
+    monkeypatch.delenv(launches.RECORD_ENV, raising=False)  # tools/launch_inventory.py sets it
+    wanted = sigmoid_strip.strips_wanted
+    wide, cpu = (
+        torch.empty(8, 129, dtype=torch.bfloat16, device="meta"),
+        torch.empty(8, 129, dtype=torch.bfloat16),
+    )
+    assert wanted(cpu, cpu, {"strip_rows": 4}) and not wanted(cpu, cpu, {})  # forced; a CPU launch
     monkeypatch.setenv(launches.RECORD_ENV, "record.jsonl")
-    assert sigmoid_strip.strips_wanted(wide, {})
-    assert sigmoid_strip.strips_wanted(wide.half(), {})
-    assert not sigmoid_strip.strips_wanted(wide.float(), {})  # fp32: the fused kernel's TF32
-    assert not sigmoid_strip.strips_wanted(wide[:, :128], {})  # one feature tile: registers
+    assert wanted(wide, wide, {}) and wanted(wide.half(), wide.half(), {})
+    assert not wanted(wide.float(), wide.float(), {})  # fp32: the fused kernel's TF32
+    assert not wanted(wide[:, :128], wide[:, :128], {})  # one feature tile: registers
+    assert not wanted(wide, wide[:0], {"strip_rows": 4})  # an empty block: the fused kernel's zeros
     for given in ({"plan": object()}, {"block_m": 64}, {"col_splits": 2}):
-        assert not sigmoid_strip.strips_wanted(wide, given)
+        assert not wanted(wide, wide, given)
+    monkeypatch.setattr(sigmoid_strip, "mm_has_out_dtype", lambda: False)  # torch < 2.8: fp32 products
+    assert not wanted(wide, wide, {})
+
+
+@pytest.mark.skipif(AS_ON_GPU, reason="interpreter: a forced strip height and SM count")
+def test_a_short_last_strip_keeps_the_first_strips_ranges(monkeypatch):
+    """A last strip of fewer row tiles would take more column ranges (about WAVES·SMs programs
+    per strip) and, sized by the first strip, its sums ran past their buffer: with one SM, 256
+    rows in strips of 192 erred 6% in the loss, ∂L/∂t and ∂L/∂b. Every strip takes the first's."""
+    monkeypatch.setattr(sigmoid_strip, "H100_SMS", 1)
+    x, _, _ = _rows("self", 256, 256, 130, torch.float32)
+    got = _block(x, x, "self", 128, 192)
+    want = reference(x, x, "self", 128, 1 / 256)
+    for name, a, e in zip(("loss", "d_rows", "d_cols", "d_scale", "d_bias"), got, want, strict=True):
+        assert (a is None) if e is None else max_rel_error(a, e) <= TOL, name
+
+
+@pytest.mark.skipif(AS_ON_GPU, reason="interpreter: a forced strip height")
+def test_without_gradients_no_weight_is_stored(monkeypatch):
+    """Loss and scalars only (no ∂L/∂rows): one strip of every row, no weights stored, the sums
+    exact; and the gradients returned are plain tensors even for rows that require grad."""
+    x, y, n = _rows("two_tower", 70, 61, 200, torch.float32)
+    stores = []
+    launch = sigmoid_strip.weight_strip
+    monkeypatch.setattr(
+        sigmoid_strip, "weight_strip", lambda *a, **k: stores.append(k["store"]) or launch(*a, **k)
+    )
+    got = _block(x, y, "two_tower", n, 32, grad_rows=False, grad_cols=False)
+    want = reference(x, y, "two_tower", n, 1 / 70)
+    assert stores == [False] and got[1] is None and got[2] is None
+    for name, k in (("loss", 0), ("d_scale", 3), ("d_bias", 4)):
+        assert max_rel_error(got[k], want[k]) <= TOL, name
+    traced = _block(x.requires_grad_(), y.requires_grad_(), "two_tower", n, 32)
+    assert not any(t.requires_grad for t in traced)
 
 
 def test_strip_height_holds_the_weights_bound():
@@ -124,4 +163,5 @@ def test_strip_height_holds_the_weights_bound():
         h = sigmoid_strip.strip_rows(m, mc, 2, 128)
         assert h == m or (h % 128 == 0 and h * mc * 2 <= sigmoid_strip.STRIP_BYTES)
     rows, ranges = sigmoid_strip.strip_grid(4096, 65536, 128, 132)
+    assert sigmoid_strip.strip_grid(1024, 65536, 128, 132)[1] > ranges  # why the strips share one
     assert rows == 32 and 3.5 * 132 <= rows * ranges <= 4.5 * 132
