@@ -17,7 +17,10 @@ added per tile, and the strip is read back once per product.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+from collections.abc import Iterator
 
 import torch
 import triton
@@ -42,6 +45,8 @@ STRIP_BYTES = 512 << 20
 # and 38.9 and 47.9 SASS. 3 stages: 16 and 28 bytes, 39.5 and 48.2 SASS; 4 stages more.
 STRIP_CONFIG = {"block": 128, "num_warps": 8, "num_stages": 2}
 FP32_STRIP_CONFIG = {"block": 64, "num_warps": 4, "num_stages": 3}
+# Whether sigmoid_block may hand its launches to the strips (fused_only turns it off).
+_STRIPS = contextvars.ContextVar("weight_strips", default=True)
 # Programs per launch: about four waves of the SMs, each a strip's row tile against a range of
 # its column tiles (the row sums of a tile stay in registers over the range).
 WAVES = 4
@@ -73,6 +78,7 @@ def _weight_strip_kernel(
     UPCAST: tl.constexpr,  # interpreter only: 16-bit operands held in fp32
     PRECISION: tl.constexpr,
     CAST_BF16: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr = False,  # of the feature loop: a no-op on sm_90 (tools/warp_specialize.py)
 ):
     """Grid: (row tiles of the strip, column ranges). A program takes its row tile against each
     column tile of its range: S in BLOCK_K-feature steps, each pair's weight, positives by their
@@ -101,7 +107,8 @@ def _weight_strip_kernel(
         if INT64:
             cols = cols.to(tl.int64)
         s = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k in range(0, D, BLOCK_K):  # bases advanced by k, as the fused kernel's wide path
+        # Bases advanced by k, as the fused kernel's wide path.
+        for k in tl.range(0, D, BLOCK_K, warp_specialize=WARP_SPECIALIZE):
             za = load_rows(X + k, rows, row_ok, stride_x, offs, D - k, CAST_BF16, UPCAST)
             zb = load_rows(Y + k, cols, col_ok, stride_y, offs, D - k, CAST_BF16, UPCAST)
             s = tl.dot(za, tl.trans(zb), s, input_precision=PRECISION)
@@ -137,20 +144,33 @@ def _weight_strip_kernel(
 
 def strips_wanted(rows: torch.Tensor, cols: torch.Tensor, tiles: dict) -> bool:
     """Whether sigmoid_block hands this launch to sigmoid_block_strips: when asked (``strip_rows``),
-    or for 16-bit CUDA rows wider than one compiled feature tile (128) with no plan or tile given
-    (a recorded plan keeps the fused kernel's order of sums; tests pin tiles), where torch can
-    multiply 16-bit operands into an fp32 result (torch ≥ 2.8: ``mm.dtype``; before it the strips
-    would take their products in fp32). Empty blocks stay with the fused kernel. Recording a
-    compiled launch (kernels/launches.py) on CPU tensors decides as CUDA would."""
+    or (outside fused_only) for 16-bit CUDA rows wider than one compiled feature tile (128) with no
+    plan or tile given (a recorded plan keeps the fused kernel's order of sums; tests pin tiles),
+    where torch can multiply 16-bit operands into an fp32 result (torch ≥ 2.8: ``mm.dtype``; before
+    it the strips would take their products in fp32). Empty blocks stay with the fused kernel.
+    Recording a compiled launch (kernels/launches.py) on CPU tensors decides as CUDA would."""
     if not (rows.numel() and cols.numel()):
         return False
     if tiles.get("strip_rows") is not None:
         return True
+    if not _STRIPS.get():
+        return False
     if any(tiles.get(k) is not None for k in ("plan", "block_m", "block_n", "block_k", "col_splits")):
         return False
     cuda = rows.device.type == "cuda" or launches.recording()
     wide = rows.dtype in (torch.bfloat16, torch.float16) and rows.shape[1] > 128
     return cuda and wide and mm_has_out_dtype()
+
+
+@contextlib.contextmanager
+def fused_only() -> Iterator[None]:
+    """Within it, sigmoid_block keeps every launch on the fused kernel's one pass, whatever D (the
+    loss bench's ``triton-fused`` provider times the two side by side)."""
+    token = _STRIPS.set(False)
+    try:
+        yield
+    finally:
+        _STRIPS.reset(token)
 
 
 def mm_has_out_dtype() -> bool:

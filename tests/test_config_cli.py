@@ -1,5 +1,6 @@
 """Configuration machinery and the command line: generated options, clear errors, package layout."""
 
+import dataclasses
 import itertools
 import json
 import os
@@ -258,6 +259,33 @@ def test_bench_loss_siglip_has_its_kernel_provider():
     assert _skip_reason("triton", "siglip", torch.device("cpu")) == "needs CUDA"
     assert _skip_reason("triton", "siglip", torch.device("cuda")) is None
     assert _skip_reason("triton", "dcl", torch.device("cuda")) == "no Triton kernel"
+
+
+def test_bench_loss_times_the_fused_pass_beside_the_strips(monkeypatch):
+    """``triton-fused`` runs the sigmoid losses with the weight strips off (the fused kernel's one
+    pass past D = 128 too), on CUDA only; the call it makes sees strips_wanted refuse a wide bf16
+    block it would otherwise hand them."""
+    from fastsigclr.bench import loss as bench_loss
+    from fastsigclr.kernels import launches, sigmoid_strip
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert bench_loss._skip_reason("triton-fused", "siglip", cuda) is None
+    assert bench_loss._skip_reason("triton-fused", "sigclr", cpu) == "needs CUDA"
+    assert "sigmoid losses only" in bench_loss._skip_reason("triton-fused", "simclr", cuda)
+    monkeypatch.setenv(launches.RECORD_ENV, "record.jsonl")  # decide as on CUDA
+    wide = torch.empty(8, 256, dtype=torch.bfloat16, device="meta")
+    seen = []
+
+    def function(z, labels, **kw):
+        seen.append(sigmoid_strip.strips_wanted(z, z, {}))
+        return kw["impl"]
+
+    spec = dataclasses.replace(bench_loss.BENCH_LOSSES["sigclr"], function=function)
+    monkeypatch.setitem(bench_loss.BENCH_LOSSES, "sigclr", spec)
+    cfg = bench_loss.BenchLossConfig(losses=("sigclr",))
+    for provider in ("triton", "triton-fused"):
+        assert bench_loss._loss_fn(provider, "sigclr", cfg, cpu)(wide, None) == "triton"
+    assert seen == [True, False]
 
 
 def test_bench_loss_counts_each_losss_own_matrix_work():

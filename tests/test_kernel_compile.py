@@ -281,3 +281,25 @@ def test_weight_strips_are_compiled_and_modelled(monkeypatch):
     floor_ms = 6 * b * b * 768 / (cost_model.MATMUL_TFLOP_S * 1e12) * 1e3
     assert 0.9 * floor_ms <= block_ms <= 154.33 / 4, (block_ms, floor_ms)
     assert cost_model.strip_product_flops(found[(kernels[0], "loss", 256)]) == 2 * 256
+
+
+def test_warp_specialization_is_not_applied_on_sm90(tmp_path):
+    """The weight-strip kernel's feature loop with tl.range(warp_specialize=True), compiled by this
+    triton (tools/warp_specialize.py): for sm_90 no partitions and the same registers and SASS as
+    without, so the cost model has nothing to change; sm_100 splits the loop into partitions. As
+    the committed benchmarks/results/warp-specialize-sm90.json records; a triton that starts to
+    specialize on Hopper fails here."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
+    out = tmp_path / "ws.json"
+    cmd = [sys.executable, str(ROOT / "tools" / "warp_specialize.py"), "--json", str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    committed = json.loads((COMMITTED.parent / "warp-specialize-sm90.json").read_text())["rows"]
+    fields = ("partitions", "setmaxnreg", "warps", "registers", "spill_store_bytes", "sass_per_pair")
+    assert [{k: r.get(k) for k in fields} for r in rows] == [{k: r.get(k) for k in fields} for r in committed]
+    for variant in ("loss", "no loss"):
+        off, on = ({k: r.get(k) for k in fields} for r in rows if (r["arch"], r["variant"]) == (90, variant))
+        assert off == on and on["partitions"] == 0, variant
+    assert {(r["arch"], r["warp_specialize"]) for r in rows if r["partitions"]} == {(100, True)}

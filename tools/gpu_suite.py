@@ -54,7 +54,8 @@ OTHER_TESTS = (
     "tests/test_models_optim.py tests/test_loss_memory.py tests/test_config_cli.py tests/test_datasets.py "
     "tests/test_ccem.py tests/test_bench_plot.py tests/test_cli_errors.py tests/test_data_errors.py"
 )
-SIGLIP_PROVIDERS = "chunked,triton,siglip-kernel"  # siglip-kernel where installed ([baselines])
+# siglip-kernel where installed ([baselines]); triton-fused: the one pass where triton takes strips
+SIGLIP_PROVIDERS = "chunked,triton,triton-fused,siglip-kernel"
 NOT_THERE_CASES = "not shards_every_loader"  # two torchrun cases with the DALI and FFCV loaders
 # Not run by the suite, and why: a GPU image need not have DALI, FFCV, ruff, hadolint,
 # pytest-benchmark or safetensors, and some files test CPU-only machinery that CI covers.

@@ -49,7 +49,9 @@ except ImportError:  # no triton (not Linux): no kernel can run out of resources
         pass
 
 
-PROVIDERS = ("eager", "compiled", "chunked", "triton", "open_clip", "siglip-kernel")
+# triton-fused: the kernel's one fused pass past D = 128 too, where "triton" takes the weight strips
+# (kernels/sigmoid_strip.py) on a GPU: the two side by side.
+PROVIDERS = ("eager", "compiled", "chunked", "triton", "triton-fused", "open_clip", "siglip-kernel")
 DEFAULT_PROVIDERS = ("eager", "compiled", "chunked", "triton", "open_clip")
 # What can be measured: the training methods' losses and SigLIP's two-tower loss.
 BENCH_LOSSES = {**LOSSES, "siglip": siglip.SPEC}
@@ -129,7 +131,16 @@ def _loss_fn(provider: str, method: str, cfg: BenchLossConfig, device: torch.dev
     impl = "torch" if provider == "chunked" else "triton"
     if cfg.deterministic and spec.kernel_plans:
         params["deterministic"] = True
+    if provider == "triton-fused":  # forward forms every gradient: backward launches no kernel
+        return lambda z, labels: _fused_only(spec.function, z, labels, impl=impl, **params)
     return lambda z, labels: spec.function(z, labels, impl=impl, **params)
+
+
+def _fused_only(function, *args, **kwargs):
+    from fastsigclr.kernels import sigmoid_strip
+
+    with sigmoid_strip.fused_only():
+        return function(*args, **kwargs)
 
 
 def _skip_reason(provider: str, method: str, device: torch.device) -> str | None:
@@ -144,10 +155,12 @@ def _skip_reason(provider: str, method: str, device: torch.device) -> str | None
             return "needs CUDA"
         if importlib.util.find_spec("siglip_kernel") is None:
             return "siglip-kernel is not installed (pip install 'fastsigclr[baselines]')"
-    if provider == "triton" and BENCH_LOSSES[method].kernel is None:
+    if provider.startswith("triton") and BENCH_LOSSES[method].kernel is None:
         return "no Triton kernel"
-    if provider == "triton" and device.type != "cuda":
+    if provider.startswith("triton") and device.type != "cuda":
         return "needs CUDA"
+    if provider == "triton-fused" and method not in ("sigclr", "siglip"):
+        return "the weight strips serve the sigmoid losses only (same as triton)"
     return None
 
 

@@ -19,6 +19,7 @@ COLORS = {
     "compiled": "tab:blue",
     "chunked": "tab:orange",
     "triton": "tab:red",
+    "triton-fused": "tab:pink",
     "open_clip": "tab:green",
     "siglip-kernel": "tab:purple",
 }
