@@ -264,8 +264,8 @@ def test_weight_strips_are_compiled_and_modelled(monkeypatch):
     """The weight-strip kernel past one feature tile (kernels/sigmoid_strip.py) in the committed
     report: every case on wgmma, no spills without the loss terms, no gradient adds; its block
     (kernel, then the matmuls at MATMUL_TFLOP_S) for SigLIP at B = 65,536, D = 768 on an H200 is
-    under a quarter of the one pass's measured 154.3 ms and not under 90% of the matmul floor that
-    the measured rate sets for 6·B²·D FLOPs (a model that beat that floor would be wrong)."""
+    under a quarter of the one pass's measured 154.3 ms and not under the floor that the measured
+    matmul rate sets for its 6·B²·D FLOPs (a model that beat that floor would be wrong)."""
     monkeypatch.syspath_prepend(str(ROOT / "tools"))
     import cost_model
 
@@ -279,7 +279,7 @@ def test_weight_strips_are_compiled_and_modelled(monkeypatch):
     b = 65536
     block_ms = found[(kernels[1], "loss", 768)]["model"]["block_us"]["H200 SXM 2N=65536"] / 1e3
     floor_ms = 6 * b * b * 768 / (cost_model.MATMUL_TFLOP_S * 1e12) * 1e3
-    assert 0.9 * floor_ms <= block_ms <= 154.33 / 4, (block_ms, floor_ms)
+    assert floor_ms <= block_ms <= 154.33 / 4, (block_ms, floor_ms)
     assert cost_model.strip_product_flops(found[(kernels[0], "loss", 256)]) == 2 * 256
 
 
@@ -297,9 +297,10 @@ def test_warp_specialization_is_not_applied_on_sm90(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
     committed = json.loads((COMMITTED.parent / "warp-specialize-sm90.json").read_text())["rows"]
-    fields = ("partitions", "setmaxnreg", "warps", "registers", "spill_store_bytes", "sass_per_pair")
+    fields = ("specialized_loops", "partitions", "setmaxnreg", "warps", "registers", "sass_per_pair")
     assert [{k: r.get(k) for k in fields} for r in rows] == [{k: r.get(k) for k in fields} for r in committed]
     for variant in ("loss", "no loss"):
         off, on = ({k: r.get(k) for k in fields} for r in rows if (r["arch"], r["variant"]) == (90, variant))
-        assert off == on and on["partitions"] == 0, variant
-    assert {(r["arch"], r["warp_specialize"]) for r in rows if r["partitions"]} == {(100, True)}
+        assert off == on and on["specialized_loops"] == 0 and on["partitions"] == [], variant
+    assert {(r["arch"], r["warp_specialize"]) for r in rows if r["specialized_loops"]} == {(100, True)}
+    assert all(r["partitions"] for r in rows if r["specialized_loops"])

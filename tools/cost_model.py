@@ -35,6 +35,8 @@ Figures (per SM per clock unless said; sm_90):
 
 from __future__ import annotations
 
+from fastsigclr.kernels.sigmoid_strip import STRIP_CONFIG, strip_rows
+
 ISSUE_PER_CLOCK = 128
 MUFU_PER_CLOCK = 16
 TENSOR_FLOP_PER_CLOCK = {"bf16": 4096, "fp16": 4096, "tf32": 2048}
@@ -105,6 +107,21 @@ def strip_product_flops(row: dict) -> int:
     return 2 * row["D"] * (2 if "two-tower" in row["kernel"] else 1)
 
 
+def strip_block_seconds(row: dict, rows: int, kernel_s: float, spec: dict) -> float:
+    """A weight strip's block at 2N = rows: the strip kernel, no faster than its S at the measured
+    matmul rate (the compiled count prices its tensor cores at peak, 989 TFLOP/s), then the
+    products' matmuls at that rate, then their fp32 results moved by separate ops: each strip's
+    rows (written, then copied into place: 12 bytes per gradient element) and, two towers, each
+    strip's Wᵀ·X for every column (written, read, added to the columns' gradient: 16 bytes per
+    column element per strip) over the HBM bandwidth."""
+    pairs, d = rows * rows, row["D"]
+    s_matmul = pairs * 2 * d / (MATMUL_TFLOP_S * 1e12)
+    products = pairs * strip_product_flops(row) / (MATMUL_TFLOP_S * 1e12)
+    strips = -(-rows // strip_rows(rows, rows, ELEMENT_BYTES[row["dtype"]], STRIP_CONFIG["block"]))
+    moved = 12 * rows * d + (16 * strips * rows * d if "two-tower" in row["kernel"] else 0)
+    return max(kernel_s, s_matmul) + products + moved / (spec["hbm_tb_s"] * 1e12)
+
+
 def model(row: dict) -> dict | None:
     """The cost per pair and the predicted time of one compiled case; None without SASS counts."""
     if "sass_per_pair" not in row or row.get("error"):
@@ -137,8 +154,7 @@ def model(row: dict) -> dict | None:
             limits.add(limit)
             predicted[f"{gpu} 2N={rows}"] = round(times[limit] * 1e6, 1)
             if is_strip(row):
-                products = rows * rows * strip_product_flops(row) / (MATMUL_TFLOP_S * 1e12)
-                block[f"{gpu} 2N={rows}"] = round((times[limit] + products) * 1e6, 1)
+                block[f"{gpu} 2N={rows}"] = round(strip_block_seconds(row, rows, times[limit], spec) * 1e6, 1)
     found = {
         "cycles_per_pair": {k: round(v, 4) for k, v in cycles.items()},
         "bound": bound,

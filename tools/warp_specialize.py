@@ -7,9 +7,10 @@ past one feature tile: docs/design.md §3). Triton's frontend asks for it per lo
 ``tl.range(..., warp_specialize=True)``; the weight-strip kernel (kernels/sigmoid_strip.py) takes
 it on its feature loop as the constexpr WARP_SPECIALIZE. This tool compiles that kernel's
 two-tower case at D = 768 (bf16, with and without the loss terms) with the flag off and on, for
-sm_90 and, for contrast, sm_100, and reports whether the compiler split the loop into partitions
-(``ttg.warp_specialize`` in the TTGIR, ``setmaxnreg`` in the PTX), the warps it launches with, and
-ptxas's registers and spills, and on sm_90 the SASS per pair of the column loop.
+sm_90 and, for contrast, sm_100, and reports whether the compiler split the loop (a
+``ttg.warp_specialize`` op in the TTGIR, its partitions' warps and requested registers,
+``setmaxnreg`` in the PTX), the warps the kernel launches with, ptxas's registers (at launch) and
+spills, and on sm_90 the SASS per pair of the column loop.
 
     python tools/warp_specialize.py [--json OUT]
 """
@@ -22,6 +23,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import sys
 
 if os.environ.get("TRITON_INTERPRET") == "1":
@@ -49,7 +51,13 @@ def probe(case, arch: int, on: bool) -> dict:
             kernel = triton.compile(src, target=target, options=options)
     except Exception as err:  # a toolchain that rejects the request is a finding too
         return dict(row, error=f"{type(err).__name__}: {str(err)[:200]}")
-    row["partitions"] = kernel.asm["ttgir"].count("ttg.warp_specialize")
+    ttgir = kernel.asm["ttgir"]
+    # One `ttg.warp_specialize(...)` op per specialized loop: its default region runs on the
+    # launch's warps, its `partitionN(...) num_warps(W)` regions on warps of their own.
+    row["specialized_loops"] = len(re.findall(r"ttg\.warp_specialize\(", ttgir))
+    row["partitions"] = [int(w) for w in re.findall(r"^\s*partition\d+\(.*\bnum_warps\((\d+)\)", ttgir, re.M)]
+    asked = re.findall(r"requestedRegisters = array<i32: ([\d, ]+)>", ttgir)
+    row["partition_registers"] = [int(n) for found in asked for n in found.split(",")]
     row["setmaxnreg"] = "setmaxnreg" in kernel.asm["ptx"]
     row["warps"] = kernel.metadata.num_warps
     # ptxas's usage and the SASS counts (tools/compile_kernels.py), whose loop finder and wgmma
