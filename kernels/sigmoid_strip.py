@@ -33,10 +33,10 @@ from .tiles import H100_SMS, bf16_values, load_rows, needs_int64
 
 LOG2E = tl.constexpr(1 / math.log(2))
 LN2 = tl.constexpr(math.log(2))
-# A strip holds at most this many bytes of weights: 512 MiB, 4,096 rows at 2N = 65,536 (bf16),
-# so a strip's W·Y (4,096 × D outputs) still fills the SMs at D = 768 with 128 × 128 output tiles
-# (192 of them), and the weights stay O(2N · D)-sized beside the operands (the same 512 MiB are
-# 4× the bf16 rows at 2N = 65,536, D = 2,048).
+# A strip holds at most this many bytes of weights (or one row tile, past 2²¹ columns): 512 MiB,
+# 4,096 rows at 2N = 65,536 (bf16), whose W·Y has 192 output tiles of 128 × 128 at D = 768 (1.45
+# waves of 132 SMs) and 64 at D = 256, where cuBLAS must split the sum over the columns to fill
+# the SMs (assumed, not timed). The same 512 MiB are 4× the bf16 rows at 2N = 65,536, D = 1,024.
 STRIP_BYTES = 512 << 20
 # The strip kernel's one configuration: 128 × 128 tiles, 8 warps, 2 stages of 64-feature operand
 # tiles (64 KiB). Compiled for sm_90 (triton 3.6, bf16, a 4,096-row strip against 65,536 columns):

@@ -244,8 +244,8 @@ def build_stages(smoke: bool = False, epochs: int = 10) -> list[Stage]:
         Stage(
             "3",
             "loss",
-            "loss bench: SigLIP vs siglip-kernel (B 8192/65536, D 128/768), deterministic sums, bf16 grid "
-            "(2N 1024-65536, D 64/128/256), chunked torch path, torch.compile",
+            "loss bench: SigLIP vs siglip-kernel and the one pass (B 8192/65536, D 128/768), determinism, "
+            "bf16 grid (2N 1024-65536, D 64/128/256), chunked torch path, torch.compile",
             300,
             360,
             loss(smoke),
