@@ -235,6 +235,8 @@ def sigmoid_block_strips(rows, cols, logit_scale, logit_bias, *, n_per_view: int
     ordered pair is visited once, ``height`` rows per strip (0: strip_rows), in a fixed order
     without atomics: deterministic as it is (cuBLAS's matmuls with CUBLAS_WORKSPACE_CONFIG, which
     --deterministic sets). Without a gradient wanted no weight is stored, in one strip."""
+    if isinstance(height, bool) or not isinstance(height, int) or height < 0:
+        raise ValueError(f"strip_rows must be a positive number of rows (0: the default), got {height!r}")
     rows, cols = rows.detach(), cols.detach()  # the gradients are returned, not traced
     (m, d), mc = rows.shape, cols.shape[0]
     config = _config(rows, flags["CAST_BF16"])

@@ -153,6 +153,13 @@ def test_without_gradients_no_weight_is_stored(monkeypatch):
     assert not any(t.requires_grad for t in traced)
 
 
+@pytest.mark.parametrize("height", [-4, 2.5, True])
+def test_a_bad_strip_height_is_refused(height):
+    x = torch.zeros(4, 130)
+    with pytest.raises(ValueError, match="strip_rows must be a positive number of rows"):
+        _block(x, x, "self", 2, None, strip_rows=height)
+
+
 def test_strip_height_holds_the_weights_bound():
     """At most STRIP_BYTES of weights, a whole number of tiles, one tile at least, every row at most."""
     assert sigmoid_strip.strip_rows(65536, 65536, 2, 128) == 4096  # 512 MiB of bf16
