@@ -119,30 +119,28 @@ def tests(smoke: bool) -> tuple[Step, ...]:
 def loss(smoke: bool) -> tuple[Step, ...]:
     # The bench's CUDA sizes (2N 1024-65536) and dims (64, 128, 256), in bf16, the training dtype.
     one = "--dims 128 --dtypes bf16"
-    grid, chunked, compiled = (
-        "--dtypes bf16 --reps 10",
-        f"--sizes 1024,4096,16384 {one} --reps 10",
-        f"--sizes 16384 {one}",
-    )
+    grid, chunked = "--dtypes bf16 --reps 10", f"--sizes 1024,4096,16384 {one} --reps 10"
+    compiled = f"--sizes 16384 {one}"
     compiled_providers = "eager,compiled,triton"
     tiny = "--dtypes fp32 --reps 2 --warmup 1"
     if smoke:  # torch.compile costs ~15 s per case on a CPU; tests/test_config_cli.py runs it
         grid, chunked = f"--sizes 64,128 --dims 8,16 {tiny}", f"--sizes 64 --dims 8 {tiny}"
         compiled, compiled_providers = chunked, "eager,triton"
     bench = f"{BENCH} loss --out {{out}}"
-    # SigLIP's two towers at B = 8,192 and 65,536, D = 128 and 768, against siglip-kernel where it
-    # is installed (its bf16 default: cuBLAS over chunks of rows); then what deterministic sums cost.
+    # SigLIP's two towers at B = 8,192 and 65,536, D = 128 and 768, against siglip-kernel (its bf16
+    # default: cuBLAS over chunks of rows); what deterministic sums cost; SigCLR's strips vs one pass.
     siglip = "--losses siglip --sizes 16384,131072 --dims 128,768 --dtypes bf16 --reps 10"
     determ = "--losses sigclr,siglip --sizes 16384,131072 --dims 128 --dtypes bf16 --reps 10"
+    determ += " --providers chunked,triton"
+    strips = "--losses sigclr --sizes 16384,131072 --dims 256,768 --dtypes bf16 --reps 10"
+    strips += " --providers triton,triton-fused"
     if smoke:
-        siglip = determ = f"--losses sigclr,siglip --sizes 64 --dims 8 {tiny}"
+        siglip = f"--losses sigclr,siglip --sizes 64 --dims 8 {tiny}"
+        determ = strips = f"{siglip} --providers chunked,triton"
     return (
         Step("bench-loss-siglip", f"{bench}/siglip {siglip} --providers {SIGLIP_PROVIDERS} --profile", 90),
-        Step(
-            "bench-loss-deterministic",
-            f"{bench}/deterministic {determ} --providers chunked,triton --deterministic",
-            60,
-        ),
+        Step("bench-loss-strips", f"{bench}/strips {strips}", 45),
+        Step("bench-loss-deterministic", f"{bench}/deterministic {determ} --deterministic", 60),
         Step("bench-loss-grid", f"{bench}/grid {grid} --providers eager,triton", 150),
         Step("bench-loss-chunked", f"{bench}/chunked {chunked} --providers eager,chunked", 90),
         Step("bench-loss-compiled", f"{bench}/compiled {compiled} --providers {compiled_providers}", 120),
@@ -244,9 +242,10 @@ def build_stages(smoke: bool = False, epochs: int = 10) -> list[Stage]:
         Stage(
             "3",
             "loss",
-            "loss bench: SigLIP vs siglip-kernel and the one pass (B 8192/65536, D 128/768), determinism, "
-            "bf16 grid (2N 1024-65536, D 64/128/256), chunked torch path, torch.compile",
-            300,
+            "loss bench: SigLIP vs siglip-kernel and the one pass (B 8192/65536, D 128/768), SigCLR's "
+            "strips vs the one pass (D 256/768), determinism, bf16 grid (2N 1024-65536, D 64/128/256), "
+            "chunked, compile",
+            330,
             360,
             loss(smoke),
         ),
