@@ -18,10 +18,8 @@ from triton.runtime.errors import OutOfResources
 
 from . import launches
 from .sigmoid_kernel import (
-    CROSS,
     MAX_BLOCK_D,
-    SELF,
-    TWO_TOWER,
+    PAIR_MODES,
     WIDE_BLOCK_K,
     _sigmoid_block_kernel,
 )
@@ -39,7 +37,6 @@ from .tiles import (
 )
 
 Pairs = Literal["self", "cross", "two_tower"]
-PAIR_MODES = {"self": SELF.value, "cross": CROSS.value, "two_tower": TWO_TOWER.value}
 
 
 def grad_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -261,7 +258,7 @@ def sigmoid_block(
     if strips_wanted(rows, cols, tiles):  # past one feature tile on a GPU: no per-tile adds
         return sigmoid_block_strips(
             rows, cols, logit_scale, logit_bias, n_per_view=n_per_view or rows.shape[0], inv_m=inv_m,
-            pairs=pairs, pair_mode=PAIR_MODES[pairs], grad_rows=grad_rows, grad_cols=grad_cols,
+            pairs=pairs, grad_rows=grad_rows, grad_cols=grad_cols,
             compute_loss=compute_loss, flags=flags, out_dtype=out_dtype or grad_dtype(rows.dtype),
             height=tiles.get("strip_rows") or 0,
         )  # fmt: skip

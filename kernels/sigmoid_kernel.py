@@ -41,6 +41,7 @@ LN2 = tl.constexpr(math.log(2))
 # Pair modes (the launcher's `pairs`): cols is rows, positives at i ≡ j (mod N_PER_VIEW), no
 # i = j term; every pair a negative; SigLIP's two towers, positives at i = j.
 SELF, CROSS, TWO_TOWER = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
+PAIR_MODES = {"self": SELF.value, "cross": CROSS.value, "two_tower": TWO_TOWER.value}
 
 
 @triton.jit

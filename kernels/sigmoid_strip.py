@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import math
 from collections.abc import Iterator
 
 import torch
@@ -27,12 +26,10 @@ import triton
 import triton.language as tl
 
 from . import launches
-from .sigmoid_kernel import CROSS, SELF, TWO_TOWER, WIDE_BLOCK_K
+from .sigmoid_kernel import CROSS, LN2, LOG2E, PAIR_MODES, SELF, TWO_TOWER, WIDE_BLOCK_K
 from .sigmoid_terms import INV_G_SCALE, softplus2, weight_of
 from .tiles import H100_SMS, bf16_values, load_rows, needs_int64
 
-LOG2E = tl.constexpr(1 / math.log(2))
-LN2 = tl.constexpr(math.log(2))
 # A strip holds at most this many bytes of weights (or one row tile, past 2²¹ columns): 512 MiB,
 # 4,096 rows at 2N = 65,536 (bf16), whose W·Y has 192 output tiles of 128 × 128 at D = 768 (1.45
 # waves of 132 SMs) and 64 at D = 256, where cuBLAS must split the sum over the columns to fill
@@ -198,13 +195,14 @@ def _config(rows: torch.Tensor, cast_bf16: bool) -> dict:
 
 
 def weight_strip(rows, cols, w, partials, scalars, row0: int, h: int, *, ranges: int, n_per_view: int,
-                 pair_mode: int, compute_loss: bool, store: bool, flags: dict,
+                 pairs: str, compute_loss: bool, store: bool, flags: dict,
                  config: dict) -> int:  # fmt: skip
     """Launch the strip kernel: rows row0..row0+h−1 against every column, their weights into w
     (store; else w is a stand-in), per-program sums into partials; returns its programs."""
     mc = cols.shape[0]
-    grid = (triton.cdiv(h, config["block"]), ranges)
-    consts = dict(BLOCK_M=config["block"], BLOCK_N=config["block"], BLOCK_K=WIDE_BLOCK_K, PAIRS=pair_mode)
+    block = config["block"]
+    grid = (triton.cdiv(h, block), ranges)
+    consts = dict(BLOCK_M=block, BLOCK_N=block, BLOCK_K=WIDE_BLOCK_K, PAIRS=PAIR_MODES[pairs])
     consts.update(COMPUTE_LOSS=compute_loss, STORE_W=store, INT64=needs_int64([rows, cols, w]), **flags)
     args = (rows, cols, w, partials, *scalars, row0, h, mc, n_per_view, rows.shape[1])
     args += (rows.stride(0), cols.stride(0), w.stride(0))
@@ -228,7 +226,7 @@ def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def sigmoid_block_strips(rows, cols, logit_scale, logit_bias, *, n_per_view: int, inv_m: float,
-                         pairs: str, pair_mode: int, grad_rows: bool, grad_cols: bool, compute_loss: bool,
+                         pairs: str, grad_rows: bool, grad_cols: bool, compute_loss: bool,
                          flags: dict, out_dtype: torch.dtype, height: int = 0) -> tuple:  # fmt: skip
     """sigmoid_block's block by weight strips (its arguments checked and resolved there): returns
     (loss | None, ∂L/∂rows | None, ∂L/∂cols | None, ∂L/∂logit_scale, ∂L/∂logit_bias). Every
@@ -260,7 +258,7 @@ def sigmoid_block_strips(rows, cols, logit_scale, logit_bias, *, n_per_view: int
         h = min(height, m - row0)
         w = buffer[:h] if store else buffer
         programs = weight_strip(rows, cols, w, partials, scalars, row0, h, ranges=ranges,
-                                n_per_view=n_per_view, pair_mode=pair_mode, compute_loss=compute_loss,
+                                n_per_view=n_per_view, pairs=pairs, compute_loss=compute_loss,
                                 store=store, flags=flags, config=config)  # fmt: skip
         sums += partials[:programs].sum(dim=0)
         if launches.record_only():
@@ -272,7 +270,7 @@ def sigmoid_block_strips(rows, cols, logit_scale, logit_bias, *, n_per_view: int
     del buffer, w  # before the gradients' casts allocate
     # ∂L/∂ẑ_i = t·Σ_j (g_ij + g_ji)·ẑ_j: 2t·G·Z for SigCLR's symmetric G, and for a cross block,
     # whose mirrored block has the same G (see sigmoid_kernel.py).
-    gscale = scalars[0] * (inv_m * (1.0 if pairs == "two_tower" else 2.0) / 32768.0)
+    gscale = scalars[0] * (inv_m * (1.0 if pairs == "two_tower" else 2.0) * INV_G_SCALE.value)
     out = [g.mul_(gscale).to(out_dtype) if g is not None else None for g in (d_rows, d_cols)]
     loss, db, dt = (sums * inv_m).unbind()
     return (loss if compute_loss else None), out[0], out[1], dt, db

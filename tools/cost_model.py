@@ -117,7 +117,7 @@ def strip_block_seconds(row: dict, rows: int, kernel_s: float, spec: dict) -> fl
     pairs, d = rows * rows, row["D"]
     s_matmul = pairs * 2 * d / (MATMUL_TFLOP_S * 1e12)
     products = pairs * strip_product_flops(row) / (MATMUL_TFLOP_S * 1e12)
-    strips = -(-rows // strip_rows(rows, rows, ELEMENT_BYTES[row["dtype"]], STRIP_CONFIG["block"]))
+    strips = -(-rows // strip_rows(rows, rows, int(weight_bytes_per_pair(row)), STRIP_CONFIG["block"]))
     moved = 12 * rows * d + (16 * strips * rows * d if "two-tower" in row["kernel"] else 0)
     return max(kernel_s, s_matmul) + products + moved / (spec["hbm_tb_s"] * 1e12)
 
