@@ -99,7 +99,9 @@ def strip_cases() -> list[CompileCase]:
         consts.update(COMPUTE_LOSS=loss, STORE_W=True, INT64=False, UPCAST=False, PRECISION="ieee")
         consts.update(CAST_BF16=False)
         args = (torch.bfloat16, torch.bfloat16, torch.bfloat16, *[torch.float32] * 3)
-        args += (0, h, mc, mc // 2, d, d, d, mc)
+        # The first strip: SigCLR's square is its own rows (later columns count twice), SigLIP's
+        # every column (col0 and square are not specialised: any values compile the same).
+        args += (0, h, 0, h if pairs == "self" else mc, mc, mc // 2, d, d, d, mc)
         kernel = "sigmoid weight strip" + (" two-tower" if pairs == "two_tower" else "")
         meta = dict(kernel=kernel, variant="loss" if loss else "no loss", dtype="bf16", D=d, BLOCK_M=block)
         meta.update(BLOCK_N=block, programs=math.prod(strip_grid(h, mc, block)), dot_flops_per_pair=2 * d)

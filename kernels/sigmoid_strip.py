@@ -42,6 +42,11 @@ STRIP_BYTES = 512 << 20
 # and 38.9 and 47.9 SASS. 3 stages: 16 and 28 bytes, 39.5 and 48.2 SASS; 4 stages more.
 STRIP_CONFIG = {"block": 128, "num_warps": 8, "num_stages": 2}
 FP32_STRIP_CONFIG = {"block": 64, "num_warps": 4, "num_stages": 3}
+# SELF's strips add their mirror pairs into the later rows' gradient by products of at most this
+# many bytes of fp32 results (or one strip's height of rows): 128 MiB, 131,072 rows at D = 256, so
+# one product per strip at 2N = 65,536, whose 61,440 × 256 output (960 tiles of 128 × 128) fills
+# the SMs; blocks of one strip's 4,096 rows would take 120 products of 64 output tiles each.
+MIRROR_BYTES = 128 << 20
 # Whether sigmoid_block may hand its launches to the strips (fused_only turns it off).
 _STRIPS = contextvars.ContextVar("weight_strips", default=True)
 # Programs per launch: about four waves of the SMs, each a strip's row tile against a range of
@@ -53,12 +58,14 @@ WAVES = 4
 def _weight_strip_kernel(
     X,  # (M, D) normalised rows; fp32, fp16 or bf16
     Y,  # (MC, D) normalised columns, X's dtype (X itself for SELF)
-    W,  # (H, MC) out: the strip's weights 2¹⁵·(σ(a) − [positive]) in W's dtype, 0 for SELF's i = j
+    W,  # (H, MC − COL0) out: the strip's weights 2¹⁵·(σ(a) − [positive]) in W's dtype, 0 for i = j
     PARTIALS,  # (programs, 3) fp32 out: each program's sums of softplus terms (in nats), of w and of w·s
     LOGIT_SCALE,  # pointer to the fp32 logit scale
     LOGIT_BIAS,  # pointer to the fp32 logit bias
     ROW0,  # the strip's first row
     H,  # rows in the strip
+    COL0,  # its first column, 0 or a strip's first row (SELF): a multiple of 16, as the JIT specialises it
+    SQUARE,  # columns COL0..COL0+SQUARE−1 count once, later ones twice (SELF: the mirror pairs); 16·k
     MC,
     N_PER_VIEW,
     D,
@@ -79,7 +86,8 @@ def _weight_strip_kernel(
 ):
     """Grid: (row tiles of the strip, column ranges). A program takes its row tile against each
     column tile of its range: S in BLOCK_K-feature steps, each pair's weight, positives by their
-    own sign (w = −2¹⁵·σ(−a) and softplus(−a) from x = a·log2 e: no cancellation as σ(a) → 1)."""
+    own sign (w = −2¹⁵·σ(−a) and softplus(−a) from x = a·log2 e: no cancellation as σ(a) → 1).
+    SELF: a tile at or past SQUARE, a whole number of tiles, adds its sums twice."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     n_ranges = tl.num_programs(1)
@@ -91,7 +99,7 @@ def _weight_strip_kernel(
         local = local.to(tl.int64)
     rows = ROW0 + local
     row_view = rows % N_PER_VIEW
-    n_tiles = tl.cdiv(MC, BLOCK_N)
+    n_tiles = tl.cdiv(MC - COL0, BLOCK_N)
     span = tl.cdiv(n_tiles, n_ranges)
     j1 = tl.minimum(pid_n * span + span, n_tiles)
     offs = tl.arange(0, BLOCK_K)
@@ -99,8 +107,12 @@ def _weight_strip_kernel(
     r_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
     gs_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for j in range(pid_n * span, j1):
-        cols = j * BLOCK_N + tl.arange(0, BLOCK_N)
-        col_ok = cols < MC
+        local_cols = j * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_ok = local_cols < MC - COL0
+        cols = COL0 + local_cols
+        mirrored = 1.0
+        if PAIRS == SELF:  # 2 past the square: (i, j) stands for (j, i) too
+            mirrored = 1.0 + (j * BLOCK_N >= SQUARE).to(tl.float32)
         if INT64:
             cols = cols.to(tl.int64)
         s = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -122,15 +134,15 @@ def _weight_strip_kernel(
         g = r
         if PAIRS != CROSS:
             g = tl.where(pos, -r, r)
-        r_acc += tl.sum(g, axis=1)
-        gs_acc += tl.sum(g * s, axis=1)
+        r_acc += tl.sum(g, axis=1) * mirrored
+        gs_acc += tl.sum(g * s, axis=1) * mirrored
         if COMPUTE_LOSS:
-            l_acc += tl.sum(tl.where(col_ok[None, :], softplus2(x, r), 0.0), axis=1)
+            l_acc += tl.sum(tl.where(col_ok[None, :], softplus2(x, r), 0.0), axis=1) * mirrored
         if STORE_W:
             w = g
             if W.dtype.element_ty == tl.bfloat16:
                 w = bf16_values(g, UPCAST)  # rounded to nearest (the interpreter's cast truncates)
-            ptrs = W + local[:, None] * stride_w + cols[None, :]
+            ptrs = W + local[:, None] * stride_w + local_cols[None, :]
             tl.store(ptrs, w.to(W.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
     zero = tl.zeros((BLOCK_M,), dtype=tl.float32)
     out = PARTIALS + (pid_m * n_ranges + pid_n) * 3
@@ -194,17 +206,22 @@ def _config(rows: torch.Tensor, cast_bf16: bool) -> dict:
     return STRIP_CONFIG if rows.dtype != torch.float32 or cast_bf16 else FP32_STRIP_CONFIG
 
 
-def weight_strip(rows, cols, w, partials, scalars, row0: int, h: int, *, ranges: int, n_per_view: int,
-                 pairs: str, compute_loss: bool, store: bool, flags: dict,
+def weight_strip(rows, cols, w, partials, scalars, row0: int, h: int, *, col0: int, square: int, ranges: int,
+                 n_per_view: int, pairs: str, compute_loss: bool, store: bool, flags: dict,
                  config: dict) -> int:  # fmt: skip
-    """Launch the strip kernel: rows row0..row0+h−1 against every column, their weights into w
-    (store; else w is a stand-in), per-program sums into partials; returns its programs."""
+    """Launch the strip kernel: rows row0..row0+h−1 against columns col0.. (a multiple of the tile;
+    the sums of tiles past col0 + square twice), their weights into w (store; else w is a
+    stand-in), per-program sums into partials; returns its programs."""
     mc = cols.shape[0]
     block = config["block"]
     grid = (triton.cdiv(h, block), ranges)
     consts = dict(BLOCK_M=block, BLOCK_N=block, BLOCK_K=WIDE_BLOCK_K, PAIRS=PAIR_MODES[pairs])
     consts.update(COMPUTE_LOSS=compute_loss, STORE_W=store, INT64=needs_int64([rows, cols, w]), **flags)
-    args = (rows, cols, w, partials, *scalars, row0, h, mc, n_per_view, rows.shape[1])
+    # square in whole tiles: the same tiles count twice, and the JIT sees a multiple of 16 (one
+    # variant; SASS per pair rose from 30.4 to 34.3 and spills appeared with col0 and square left
+    # unspecialised, bf16 SigCLR rows at D = 256, sm_90).
+    square = triton.cdiv(square, block) * block
+    args = (rows, cols, w, partials, *scalars, row0, h, col0, square, mc, n_per_view, rows.shape[1])
     args += (rows.stride(0), cols.stride(0), w.stride(0))
     if launches.recording():  # the launch a compiled run makes (interpreted: UPCAST off there)
         launches.record("sigmoid strip", args, dict(consts, UPCAST=False),
@@ -225,46 +242,62 @@ def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.mm(a.float(), b.float())
 
 
+def _strips(m: int, height: int, symmetric: bool) -> list[tuple[int, int, int]]:
+    """(first row, rows, first column) of each strip: SELF's start at their own first row."""
+    return [(r0, min(height, m - r0), r0 if symmetric else 0) for r0 in range(0, m, height)]
+
+
 def sigmoid_block_strips(rows, cols, logit_scale, logit_bias, *, n_per_view: int, inv_m: float,
                          pairs: str, grad_rows: bool, grad_cols: bool, compute_loss: bool,
                          flags: dict, out_dtype: torch.dtype, height: int = 0) -> tuple:  # fmt: skip
     """sigmoid_block's block by weight strips (its arguments checked and resolved there): returns
-    (loss | None, ∂L/∂rows | None, ∂L/∂cols | None, ∂L/∂logit_scale, ∂L/∂logit_bias). Every
-    ordered pair is visited once, ``height`` rows per strip (0: strip_rows), in a fixed order
-    without atomics: deterministic as it is (cuBLAS's matmuls with CUBLAS_WORKSPACE_CONFIG, which
-    --deterministic sets). Without a gradient wanted no weight is stored, in one strip."""
+    (loss | None, ∂L/∂rows | None, ∂L/∂cols | None, ∂L/∂logit_scale, ∂L/∂logit_bias). ``height``
+    rows per strip (0: strip_rows), in a fixed order without atomics: deterministic as it is
+    (cuBLAS's matmuls with CUBLAS_WORKSPACE_CONFIG, which --deterministic sets). Other pair modes
+    visit every ordered pair once, in strips of every column; without a gradient wanted in one
+    strip, storing no weight. SELF visits each pair once (G is symmetric): a strip takes the columns
+    from its own first row on, its height rounded up to whole row tiles, and a pair past its
+    square (i, j) stands for (j, i): it counts twice in the sums, and Wᵀ·X_strip adds the mirror
+    pairs into the later rows' gradient."""
     if isinstance(height, bool) or not isinstance(height, int) or height < 0:
         raise ValueError(f"strip_rows must be a positive number of rows (0: the default), got {height!r}")
     rows, cols = rows.detach(), cols.detach()  # the gradients are returned, not traced
     (m, d), mc = rows.shape, cols.shape[0]
     config = _config(rows, flags["CAST_BF16"])
+    block, symmetric = config["block"], pairs == "self"
     w_dtype = torch.bfloat16 if flags["CAST_BF16"] else rows.dtype
     two_tower_cols = pairs == "two_tower" and grad_cols
     store = grad_rows or two_tower_cols
-    height = min(m, (height or strip_rows(m, mc, w_dtype.itemsize, config["block"])) if store else m)
+    height = height or strip_rows(m, mc, w_dtype.itemsize, block)
+    height = min(m, triton.cdiv(height, block) * block if symmetric else height if store else m)
+    strips = _strips(m, height, symmetric)
+    mirror = max(height, MIRROR_BYTES // (4 * d))  # rows per product of mirror pairs
     cuda = rows.device.type == "cuda"
     sms = torch.cuda.get_device_properties(rows.device).multi_processor_count if cuda else H100_SMS
     f32 = dict(dtype=torch.float32, device=rows.device)
-    buffer = torch.empty((height, mc) if store else (1, 1), dtype=w_dtype, device=rows.device)
-    # Every strip takes the first strip's column ranges: a shorter last strip would take more.
-    row_tiles, ranges = strip_grid(height, mc, config["block"], sms)
-    partials = torch.zeros((row_tiles * ranges, 3), **f32)
+    buffer = torch.empty(height * mc if store else 1, dtype=w_dtype, device=rows.device)
+    grids = [strip_grid(h, mc - c0, block, sms) for _, h, c0 in strips]
+    partials = torch.zeros((max(a * b for a, b in grids), 3), **f32)
     scalars = [s.detach().to(torch.float32).reshape(1).contiguous() for s in (logit_scale, logit_bias)]
     ops = (rows.to(w_dtype), cols.to(w_dtype)) if rows.dtype != w_dtype else (rows, cols)
-    d_rows = torch.empty((m, d), **f32) if grad_rows else None
+    d_rows = torch.zeros((m, d), **f32) if grad_rows else None
     d_cols = torch.zeros((mc, d), **f32) if two_tower_cols else None
     sums = torch.zeros(3, **f32)
-    for row0 in range(0, m, height):
-        h = min(height, m - row0)
-        w = buffer[:h] if store else buffer
-        programs = weight_strip(rows, cols, w, partials, scalars, row0, h, ranges=ranges,
-                                n_per_view=n_per_view, pairs=pairs, compute_loss=compute_loss,
-                                store=store, flags=flags, config=config)  # fmt: skip
+    for (row0, h, col0), (_, ranges) in zip(strips, grids, strict=True):
+        n = mc - col0
+        w = buffer[: h * n].view(h, n) if store else buffer.view(1, 1)
+        programs = weight_strip(rows, cols, w, partials, scalars, row0, h, col0=col0,
+                                square=h if symmetric else n, ranges=ranges, n_per_view=n_per_view,
+                                pairs=pairs, compute_loss=compute_loss, store=store, flags=flags,
+                                config=config)  # fmt: skip
         sums += partials[:programs].sum(dim=0)
-        if launches.record_only():
+        if launches.record_only() or not store:
             continue
         if grad_rows:
-            d_rows[row0 : row0 + h] = _mm_fp32(w, ops[1])
+            d_rows[row0 : row0 + h] += _mm_fp32(w, ops[1][col0:])
+            for c in range(row0 + h, m, mirror) if symmetric else ():  # the mirror pairs' rows
+                part = w[:, c - col0 : c - col0 + mirror].T
+                d_rows[c : c + mirror] += _mm_fp32(part, ops[0][row0 : row0 + h])
         if two_tower_cols:
             d_cols += _mm_fp32(w.T, ops[0][row0 : row0 + h])
     del buffer, w  # before the gradients' casts allocate

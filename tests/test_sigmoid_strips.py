@@ -18,17 +18,21 @@ from fastsigclr.kernels import launches, sigmoid_block, sigmoid_strip
 ROUNDED_TOL = {torch.bfloat16: 4e-3, torch.float16: 5e-4}
 
 # (pairs, rows, cols, D, strip rows, dtype): fp32 (exact dots) checks the arithmetic at the
-# reference's own tolerance; 16-bit the rounding of the weights. 75 rows in strips of 32 end in an
-# 11-row strip; the interpreter's fp32 tiles are 64 rows, so 75 rows and 45 columns leave tile
-# tails; D = 130 and 200 take three and four 64-feature steps, the last partial.
+# reference's own tolerance; 16-bit the rounding of the weights. The strips' fp32 tiles are 64
+# rows (16-bit: 128): 75 rows in strips of 32 end in an 11-row strip (SELF's strips round up to whole tiles:
+# 64 and 11), 75 rows and 45 columns leave tile tails; D = 130 and 200 take three and four
+# 64-feature steps, the last partial. 200 SigCLR rows in strips of 64 (positives 100 rows on, in
+# another strip) take three strips' mirror pairs and an 8-row last strip.
 CASES = [
     ("self", 75, 75, 130, 32, torch.float32),
+    ("self", 200, 200, 130, 64, torch.float32),
     ("self", 66, 66, 200, 66, torch.float32),
     ("cross", 70, 45, 130, 64, torch.float32),
     ("two_tower", 70, 61, 200, 32, torch.float32),
     ("two_tower", 37, 37, 130, 37, torch.float32),
     ("two_tower", 70, 70, 200, 64, torch.bfloat16),
     ("self", 66, 66, 130, 64, torch.float16),
+    ("self", 140, 140, 150, 64, torch.bfloat16),
 ]
 # Compiled: one launch per pair mode that a GPU hands the strips itself (16-bit, D > 128, no tiles).
 GPU_CASES = [
@@ -62,7 +66,9 @@ def test_strips_match_float64(pairs, m, mc, d, strip, dtype, monkeypatch):
     monkeypatch.setattr(sigmoid_strip, "weight_strip", lambda *a, **k: taken.append(1) or launch(*a, **k))
     got = _block(x, y, pairs, n_per_view, strip)
     want = reference(x.float(), y.float(), pairs, n_per_view, 1.0 / m)
-    assert len(taken) == -(-m // (strip or m)), "the launch did not go through the strips"
+    block = sigmoid_strip._config(x, False)["block"]
+    height = -(-strip // block) * block if pairs == "self" and strip else strip  # SELF: whole tiles
+    assert len(taken) == -(-m // (height or m)), "the launch did not go through the strips"
     tol = ROUNDED_TOL.get(dtype, TOL)
     for name, a, e in zip(("loss", "d_rows", "d_cols", "d_scale", "d_bias"), got, want, strict=True):
         if e is None:
@@ -122,16 +128,52 @@ def test_which_launches_take_the_strips(monkeypatch):
 
 
 @pytest.mark.skipif(AS_ON_GPU, reason="interpreter: a forced strip height and SM count")
-def test_a_short_last_strip_keeps_the_first_strips_ranges(monkeypatch):
-    """A last strip of fewer row tiles would take more column ranges (about WAVES·SMs programs
-    per strip) and, sized by the first strip, its sums ran past their buffer: with one SM, 256
-    rows in strips of 192 erred 6% in the loss, ∂L/∂t and ∂L/∂b. Every strip takes the first's."""
+def test_every_strips_sums_fit_their_buffer(monkeypatch):
+    """A strip of fewer row tiles, or (SigCLR) of fewer columns, takes another grid (about
+    WAVES·SMs programs per strip). Sized by the first strip, a short last strip's sums ran past
+    their buffer: with one SM, 256 rows in strips of 192 erred 6% in the loss, ∂L/∂t and ∂L/∂b.
+    The buffer holds the largest grid's."""
     monkeypatch.setattr(sigmoid_strip, "H100_SMS", 1)
-    x, _, _ = _rows("self", 256, 256, 130, torch.float32)
-    got = _block(x, x, "self", 128, 192)
-    want = reference(x, x, "self", 128, 1 / 256)
+    for pairs in ("self", "two_tower"):
+        x, y, n = _rows(pairs, 256, 256, 130, torch.float32)
+        got = _block(x, y, pairs, n, 192)
+        want = reference(x, y, pairs, n, 1 / 256)
+        for name, a, e in zip(("loss", "d_rows", "d_cols", "d_scale", "d_bias"), got, want, strict=True):
+            assert (a is None) if e is None else max_rel_error(a, e) <= TOL, (pairs, name)
+
+
+@pytest.mark.skipif(AS_ON_GPU, reason="interpreter: a forced strip height")
+@pytest.mark.parametrize("grad_rows", [True, False])
+def test_sigclr_strips_visit_each_pair_once(grad_rows, monkeypatch):
+    """SigCLR's G is symmetric: a strip takes the columns from its own first row on, so 200 rows in
+    strips of 64 visit 200²/2 + Σh²/2 = 26,176 pairs, not 40,000; the pairs past a strip's square
+    count twice in the sums and reach the later rows' gradient by Wᵀ·X_strip, here in products of
+    64 rows (MIRROR_BYTES shrunk), three for the first strip. With the loss alone nothing is stored
+    and the strips still halve the pairs."""
+    monkeypatch.setattr(sigmoid_strip, "MIRROR_BYTES", 4 * 130)  # one strip's height per product
+    x, _, _ = _rows("self", 200, 200, 130, torch.float32)
+    launched, products = [], []
+    launch, mm = sigmoid_strip.weight_strip, sigmoid_strip._mm_fp32
+    monkeypatch.setattr(
+        sigmoid_strip, "weight_strip", lambda *a, **k: launched.append((*a[5:7], k)) or launch(*a, **k)
+    )
+    monkeypatch.setattr(sigmoid_strip, "_mm_fp32", lambda a, b: products.append(a.shape) or mm(a, b))
+    got = _block(x, x, "self", 100, 64, grad_rows=grad_rows)
+    want = reference(x, x, "self", 100, 1 / 200)
+    assert [(row0, h, k["col0"], k["square"]) for row0, h, k in launched] == [
+        (0, 64, 0, 64), (64, 64, 64, 64), (128, 64, 128, 64), (192, 8, 192, 8)
+    ]  # fmt: skip
+    assert sum(h * (200 - k["col0"]) for _, h, k in launched) == 26176
+    assert all(k["store"] == grad_rows for *_, k in launched)
+    # Each strip's rows, then its mirror pairs' rows in blocks of 64: 3 + 2 + 1 + 0 of them.
+    expected = [(64, 200), (64, 64), (64, 64), (8, 64), (64, 136), (64, 64), (8, 64), (64, 72), (8, 64)]
+    expected += [(8, 8)]
+    assert products == (expected if grad_rows else [])
     for name, a, e in zip(("loss", "d_rows", "d_cols", "d_scale", "d_bias"), got, want, strict=True):
-        assert (a is None) if e is None else max_rel_error(a, e) <= TOL, name
+        if e is None or (name == "d_rows" and not grad_rows):
+            assert a is None, name
+        else:
+            assert max_rel_error(a, e) <= TOL, name
 
 
 @pytest.mark.skipif(AS_ON_GPU, reason="interpreter: a forced strip height")

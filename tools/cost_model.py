@@ -8,7 +8,8 @@ Per pair (one element of the loop's tile) and per SM, three pipes each take cycl
 
 They overlap at best, so the largest bounds the loop; fp32 FMA on the CUDA cores (IEEE dots) is
 counted in issue. Time at 2N rows: the longest of the pairs the kernel evaluates (every ordered
-pair, (2N)²) times the bound, spread over the SMs at the clock; the compulsory memory traffic
+pair, (2N)², but about half for SigCLR's weight strips: strip_pairs) times the bound, spread over
+the SMs at the clock; the compulsory memory traffic
 (read Z once, write an fp32 dZ once) over the bandwidth; the gradient products the sigmoid
 kernel adds to memory per tile with fp32 atomics (gradient_bytes_per_pair) at GRADIENT_ADD_TB_S;
 and the weights the strip kernel writes (weight_bytes_per_pair) over the bandwidth. A strip
@@ -107,18 +108,38 @@ def strip_product_flops(row: dict) -> int:
     return 2 * row["D"] * (2 if "two-tower" in row["kernel"] else 1)
 
 
+def strip_pairs(row: dict, rows: int) -> int:
+    """Pairs a kernel visits at 2N = rows: every ordered pair, but SigCLR's weight strips (G is
+    symmetric) visit each strip's rows against the columns from its own first row on: about
+    (2N)²/2 plus half of each strip's square."""
+    if not is_strip(row) or "two-tower" in row["kernel"]:
+        return rows * rows
+    height = _strip_height(row, rows)
+    return sum(min(height, rows - r0) * (rows - r0) for r0 in range(0, rows, height))
+
+
+def _strip_height(row: dict, rows: int) -> int:
+    return strip_rows(rows, rows, int(weight_bytes_per_pair(row)), STRIP_CONFIG["block"])
+
+
 def strip_block_seconds(row: dict, rows: int, kernel_s: float, spec: dict) -> float:
     """A weight strip's block at 2N = rows: the strip kernel, no faster than its S at the measured
     matmul rate (the compiled count prices its tensor cores at peak, 989 TFLOP/s), then the
-    products' matmuls at that rate, then their fp32 results moved by separate ops: each strip's
-    rows (written, then copied into place: 12 bytes per gradient element) and, two towers, each
-    strip's Wᵀ·X for every column (written, read, added to the columns' gradient: 16 bytes per
-    column element per strip) over the HBM bandwidth."""
+    products' matmuls at that rate, then their fp32 results moved by separate ops, 16 bytes per
+    element (written, read, added into a gradient read and written): each strip's rows; two towers,
+    Wᵀ·X_strip for every column; SigCLR, Wᵀ·X_strip for the rows after the strip (its mirror pairs)
+    and the rows' gradient zeroed first (4 bytes). The products' FLOPs are (2N)² · 2·D (SigCLR: W·Y
+    over the pairs visited, Wᵀ·X over those past each strip's square) and twice that for two
+    towers."""
     pairs, d = rows * rows, row["D"]
-    s_matmul = pairs * 2 * d / (MATMUL_TFLOP_S * 1e12)
+    s_matmul = strip_pairs(row, rows) * 2 * d / (MATMUL_TFLOP_S * 1e12)
     products = pairs * strip_product_flops(row) / (MATMUL_TFLOP_S * 1e12)
-    strips = -(-rows // strip_rows(rows, rows, int(weight_bytes_per_pair(row)), STRIP_CONFIG["block"]))
-    moved = 12 * rows * d + (16 * strips * rows * d if "two-tower" in row["kernel"] else 0)
+    height = _strip_height(row, rows)
+    starts = range(0, rows, height)
+    if "two-tower" in row["kernel"]:
+        moved = 16 * rows * d + 16 * len(starts) * rows * d
+    else:
+        moved = 4 * rows * d + 16 * rows * d + 16 * d * sum(max(0, rows - r0 - height) for r0 in starts)
     return max(kernel_s, s_matmul) + products + moved / (spec["hbm_tb_s"] * 1e12)
 
 
@@ -144,11 +165,12 @@ def model(row: dict) -> dict | None:
     predicted, block, limits = {}, {}, set()
     for gpu, spec in GPUS.items():
         for rows in SIZES:
+            visited = strip_pairs(row, rows)
             times = {
-                bound: rows * rows * per_pair / (spec["sms"] * spec["clock_ghz"] * 1e9),
+                bound: visited * per_pair / (spec["sms"] * spec["clock_ghz"] * 1e9),
                 "memory": rows * row["D"] * (element + 4) / (spec["hbm_tb_s"] * 1e12),
                 "gradient adds": rows * rows * added / (GRADIENT_ADD_TB_S * 1e12),
-                "weights": rows * rows * weight_bytes_per_pair(row) / (spec["hbm_tb_s"] * 1e12),
+                "weights": visited * weight_bytes_per_pair(row) / (spec["hbm_tb_s"] * 1e12),
             }
             limit = max(times, key=times.get)
             limits.add(limit)
@@ -176,9 +198,10 @@ def constants() -> dict:
         "gpus": GPUS,
         "gradient_add_tb_s": GRADIENT_ADD_TB_S,
         "matmul_tflop_s": MATMUL_TFLOP_S,
-        "time": "max((2N)² · bound cycles / (SMs · clock), 2N · D · (input bytes + 4) / HBM bandwidth, "
-        "(2N)² · gradient bytes per pair / gradient add rate, (2N)² · weight bytes per pair / HBM "
-        "bandwidth); a weight strip's block adds (2N)² · product FLOPs per pair / matmul rate",
+        "time": "max(pairs visited · bound cycles / (SMs · clock), 2N · D · (input bytes + 4) / HBM "
+        "bandwidth, (2N)² · gradient bytes per pair / gradient add rate, pairs visited · weight bytes "
+        "per pair / HBM bandwidth); pairs visited: (2N)², SigCLR's weight strips about half; a weight "
+        "strip's block adds (2N)² · product FLOPs per pair / matmul rate and its products' fp32 moves",
     }
 
 
