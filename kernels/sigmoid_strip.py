@@ -37,9 +37,10 @@ from .tiles import H100_SMS, bf16_values, load_rows, needs_int64
 STRIP_BYTES = 512 << 20
 # The strip kernel's one configuration: 128 × 128 tiles, 8 warps, 2 stages of 64-feature operand
 # tiles (64 KiB). Compiled for sm_90 (triton 3.6, bf16, a 4,096-row strip against 65,536 columns):
-# without the loss terms no spills, 21.6 SASS per pair for two towers at D = 256 and 30.4 for
-# SigCLR's rows (the positives' test per element); with them 4 and 32 bytes of spills per thread
-# and 38.9 and 47.9 SASS. 3 stages: 16 and 28 bytes, 39.5 and 48.2 SASS; 4 stages more.
+# without the loss terms no spills, 21.8 SASS per pair for two towers at D = 256 and 30.6 for
+# SigCLR's rows (the positives' test per element); with them 4 and 24 bytes of spills per thread
+# and 39.1 and 48.1 SASS. 3 stages (before the column start and square, 0.2 SASS per pair): 16 and
+# 28 bytes, 39.5 and 48.2 SASS; 4 stages more.
 STRIP_CONFIG = {"block": 128, "num_warps": 8, "num_stages": 2}
 FP32_STRIP_CONFIG = {"block": 64, "num_warps": 4, "num_stages": 3}
 # SELF's strips add their mirror pairs into the later rows' gradient by products of at most this
@@ -280,7 +281,8 @@ def sigmoid_block_strips(rows, cols, logit_scale, logit_bias, *, n_per_view: int
     partials = torch.zeros((max(a * b for a, b in grids), 3), **f32)
     scalars = [s.detach().to(torch.float32).reshape(1).contiguous() for s in (logit_scale, logit_bias)]
     ops = (rows.to(w_dtype), cols.to(w_dtype)) if rows.dtype != w_dtype else (rows, cols)
-    d_rows = torch.zeros((m, d), **f32) if grad_rows else None
+    # SELF's later rows gather mirror pairs from every earlier strip: they start at zero.
+    d_rows = (torch.zeros if symmetric else torch.empty)((m, d), **f32) if grad_rows else None
     d_cols = torch.zeros((mc, d), **f32) if two_tower_cols else None
     sums = torch.zeros(3, **f32)
     for (row0, h, col0), (_, ranges) in zip(strips, grids, strict=True):
@@ -294,7 +296,10 @@ def sigmoid_block_strips(rows, cols, logit_scale, logit_bias, *, n_per_view: int
         if launches.record_only() or not store:
             continue
         if grad_rows:
-            d_rows[row0 : row0 + h] += _mm_fp32(w, ops[1][col0:])
+            if symmetric:
+                d_rows[row0 : row0 + h] += _mm_fp32(w, ops[1][col0:])
+            else:
+                d_rows[row0 : row0 + h] = _mm_fp32(w, ops[1])
             for c in range(row0 + h, m, mirror) if symmetric else ():  # the mirror pairs' rows
                 part = w[:, c - col0 : c - col0 + mirror].T
                 d_rows[c : c + mirror] += _mm_fp32(part, ops[0][row0 : row0 + h])

@@ -125,10 +125,11 @@ def _strip_height(row: dict, rows: int) -> int:
 def strip_block_seconds(row: dict, rows: int, kernel_s: float, spec: dict) -> float:
     """A weight strip's block at 2N = rows: the strip kernel, no faster than its S at the measured
     matmul rate (the compiled count prices its tensor cores at peak, 989 TFLOP/s), then the
-    products' matmuls at that rate, then their fp32 results moved by separate ops, 16 bytes per
-    element (written, read, added into a gradient read and written): each strip's rows; two towers,
-    Wᵀ·X_strip for every column; SigCLR, Wᵀ·X_strip for the rows after the strip (its mirror pairs)
-    and the rows' gradient zeroed first (4 bytes). The products' FLOPs are (2N)² · 2·D (SigCLR: W·Y
+    products' matmuls at that rate, then their fp32 results moved by separate ops: two towers, each
+    strip's rows (written, then copied into place: 12 bytes per element) and Wᵀ·X_strip for every
+    column (written, read, added into a gradient read and written: 16 bytes); SigCLR, the rows'
+    gradient zeroed (4 bytes), then each strip's rows and Wᵀ·X_strip for the rows after the strip
+    (its mirror pairs) added (16 bytes each). The products' FLOPs are (2N)² · 2·D (SigCLR: W·Y
     over the pairs visited, Wᵀ·X over those past each strip's square) and twice that for two
     towers."""
     pairs, d = rows * rows, row["D"]
@@ -137,7 +138,7 @@ def strip_block_seconds(row: dict, rows: int, kernel_s: float, spec: dict) -> fl
     height = _strip_height(row, rows)
     starts = range(0, rows, height)
     if "two-tower" in row["kernel"]:
-        moved = 16 * rows * d + 16 * len(starts) * rows * d
+        moved = 12 * rows * d + 16 * len(starts) * rows * d
     else:
         moved = 4 * rows * d + 16 * rows * d + 16 * d * sum(max(0, rows - r0 - height) for r0 in starts)
     return max(kernel_s, s_matmul) + products + moved / (spec["hbm_tb_s"] * 1e12)
