@@ -106,6 +106,7 @@ def strip_cases() -> list[CompileCase]:
         meta = dict(kernel=kernel, variant="loss" if loss else "no loss", dtype="bf16", D=d, BLOCK_M=block)
         meta.update(BLOCK_N=block, programs=math.prod(strip_grid(h, mc, block)), dot_flops_per_pair=2 * d)
         meta.update(BLOCK_K=WIDE_BLOCK_K, feature_trips=triton.cdiv(d, WIDE_BLOCK_K), strip_rows=h)
+        meta.update(rare_tiles=True)  # SASS per pair of the common tile (tools/compile_kernels.py)
         cases.append(CompileCase(
             _weight_strip_kernel, args, consts, STRIP_CONFIG["num_warps"], STRIP_CONFIG["num_stages"],
             meta, tensor_cores=True, pairs_per_iteration=block * block,

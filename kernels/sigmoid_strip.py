@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from . import launches
-from .sigmoid_kernel import CROSS, LN2, LOG2E, PAIR_MODES, SELF, TWO_TOWER, WIDE_BLOCK_K
+from .sigmoid_kernel import LN2, LOG2E, PAIR_MODES, SELF, TWO_TOWER, WIDE_BLOCK_K
 from .sigmoid_terms import INV_G_SCALE, softplus2, weight_of
 from .tiles import H100_SMS, bf16_values, load_rows, needs_int64
 
@@ -53,6 +53,29 @@ _STRIPS = contextvars.ContextVar("weight_strips", default=True)
 # Programs per launch: about four waves of the SMs, each a strip's row tile against a range of
 # its column tiles (the row sums of a tile stay in registers over the range).
 WAVES = 4
+
+
+@triton.jit
+def _holds_positives(r0, c0, MC, N_PER_VIEW, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """SELF: whether rows r0..r0+BLOCK_M−1 and columns c0..c0+BLOCK_N−1 hold a positive or i = j,
+    a multiple of N_PER_VIEW among the differences c − i (shifted by a multiple of it to stay
+    non-negative)."""
+    shift = tl.cdiv(MC + BLOCK_M, N_PER_VIEW) * N_PER_VIEW
+    hi = c0 - r0 + BLOCK_N - 1 + shift
+    return hi - hi % N_PER_VIEW > c0 - r0 - BLOCK_M + shift
+
+
+@triton.jit
+def _positives(cols, row_view, N_PER_VIEW):
+    return row_view[:, None] == (cols % N_PER_VIEW)[None, :]
+
+
+@triton.jit
+def _marked(x, rows, cols, row_view, N_PER_VIEW):
+    """SELF's x on a tile that holds positives: theirs negated (x = a·log2 e, so r = 2¹⁵·σ(−a)
+    and softplus(−a) come without cancellation), i = j +∞ (r = 0, no term)."""
+    x = tl.where(_positives(cols, row_view, N_PER_VIEW), -x, x)
+    return tl.where(rows[:, None] == cols[None, :], float("inf"), x)
 
 
 @triton.jit
@@ -123,21 +146,31 @@ def _weight_strip_kernel(
             zb = load_rows(Y + k, cols, col_ok, stride_y, offs, D - k, CAST_BF16, UPCAST)
             s = tl.dot(za, tl.trans(zb), s, input_precision=PRECISION)
         x = s * scale2 + bias2  # −a·log2 e
+        c0 = COL0 + j * BLOCK_N
         if PAIRS == SELF:
-            pos = row_view[:, None] == (cols % N_PER_VIEW)[None, :]
-            x = tl.where(pos, -x, x)
-            x = tl.where(rows[:, None] == cols[None, :], float("inf"), x)  # i = j: r = 0, no term
-        elif PAIRS == TWO_TOWER:
-            pos = rows[:, None] == cols[None, :]
-            x = tl.where(pos, -x, x)
+            # Positives and i = j on the few tiles that hold them: tested per element on every
+            # tile they cost 11.2 SASS per pair (30.6 against 19.4: sm_90, D = 256, no loss terms).
+            special = _holds_positives(ROW0 + pid_m * BLOCK_M, c0, MC, N_PER_VIEW, BLOCK_M, BLOCK_N)
+            if special:
+                x = _marked(x, rows, cols, row_view, N_PER_VIEW)
+        elif PAIRS == TWO_TOWER:  # a branch here was predicated: 25.9 SASS per pair against 21.8
+            x = tl.where(rows[:, None] == cols[None, :], -x, x)
         r = weight_of(x)
+        # SELF takes its loss terms before the signs, where x dies: after them it spilled 720 bytes
+        # per thread (39.2 SASS per pair) where this order spills 124 (36.1; D = 256); two towers
+        # the other way round (4 bytes and 39.1 SASS against 104 bytes and 41.1).
+        if COMPUTE_LOSS and PAIRS == SELF:
+            l_acc += tl.sum(tl.where(col_ok[None, :], softplus2(x, r), 0.0), axis=1) * mirrored
         r = tl.where(col_ok[None, :], r, 0.0)  # rows ≥ H: dropped from the sums below
         g = r
-        if PAIRS != CROSS:
-            g = tl.where(pos, -r, r)
+        if PAIRS == SELF:
+            if special:
+                g = tl.where(_positives(cols, row_view, N_PER_VIEW), -r, r)
+        elif PAIRS == TWO_TOWER:
+            g = tl.where(rows[:, None] == cols[None, :], -r, r)
         r_acc += tl.sum(g, axis=1) * mirrored
         gs_acc += tl.sum(g * s, axis=1) * mirrored
-        if COMPUTE_LOSS:
+        if COMPUTE_LOSS and PAIRS != SELF:
             l_acc += tl.sum(tl.where(col_ok[None, :], softplus2(x, r), 0.0), axis=1) * mirrored
         if STORE_W:
             w = g

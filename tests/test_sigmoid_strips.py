@@ -34,10 +34,13 @@ CASES = [
     ("self", 66, 66, 130, 64, torch.float16),
     ("self", 140, 140, 150, 64, torch.bfloat16),
 ]
-# Compiled: one launch per pair mode that a GPU hands the strips itself (16-bit, D > 128, no tiles).
+# Compiled: one launch per pair mode that a GPU hands the strips itself (16-bit, D > 128, no tiles),
+# and SigCLR in three strips of 128 rows, whose mirror pairs cuBLAS takes from transposed slices of
+# the weights (sizes whose integers fall in the same specialisations: the same compiled variant).
 GPU_CASES = [
     ("self", 96, 96, 160, 0, torch.bfloat16),
     ("two_tower", 70, 70, 160, 0, torch.bfloat16),
+    ("self", 320, 320, 160, 128, torch.bfloat16),
 ]
 
 
@@ -214,3 +217,31 @@ def test_strip_height_holds_the_weights_bound():
     rows, ranges = sigmoid_strip.strip_grid(4096, 65536, 128, 132)
     assert sigmoid_strip.strip_grid(1024, 65536, 128, 132)[1] > ranges  # why the strips share one
     assert rows == 32 and 3.5 * 132 <= rows * ranges <= 4.5 * 132
+
+
+@pytest.mark.skipif(AS_ON_GPU, reason="interpreter: a scalar test of every tile position")
+def test_tiles_that_hold_positives_are_found():
+    """SigCLR's strip kernel tests positives and i = j per element only on tiles that hold one
+    (sigmoid_strip._holds_positives, a test of the tile's corners): against every pair of every
+    tile position, with views shorter and longer than a tile, and tiles above and below the
+    diagonal."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def probe(OUT, R0, C0, MC, N, BLOCK: tl.constexpr):
+        tl.store(OUT, sigmoid_strip._holds_positives(R0, C0, MC, N, BLOCK, BLOCK).to(tl.int32))
+
+    block = 8
+    for n, views in ((5, 3), (8, 2), (13, 2), (24, 3)):
+        mc = n * views
+        for r0 in range(0, mc, 2):  # even differences c0 − r0 meet a view's edge at 8 mod 24
+            for c0 in range(0, mc, 2):
+                out = torch.zeros(1, dtype=torch.int32)
+                probe[(1,)](out, r0, c0, mc, n, BLOCK=block)
+                want = any(
+                    (c - i) % n == 0
+                    for i in range(r0, r0 + block)
+                    for c in range(c0, c0 + block)
+                )  # fmt: skip
+                assert bool(out.item()) == want, (n, views, r0, c0)

@@ -127,10 +127,11 @@ def inner_loop(instructions: list[tuple[int, str]]) -> list[str]:
     return best[1]
 
 
-def nested_loop(instructions: list[tuple[int, str]], trips: int) -> tuple[int, int]:
+def nested_loop(instructions: list[tuple[int, str]], trips: int, rare: bool = False) -> tuple[int, int]:
     """(SASS, MUFU) per iteration of the column loop (of the innermost loops holding loops, the
     one with the most matrix instructions), each loop directly inside it counted ``trips`` times.
-    Approximate: a
+    ``rare``: without the blocks the loop skips by a forward branch, those holding no loop (the
+    weight strips' code for the few tiles with positives, i = j or a column tail). Approximate: a
     software-pipelined loop runs a little fewer times than its trip count."""
     ranges = []
     for addr, text in instructions:
@@ -156,8 +157,15 @@ def nested_loop(instructions: list[tuple[int, str]], trips: int) -> tuple[int, i
         q for q in ranges if inside(q, outer) and not any(inside(q, p) and inside(p, outer) for p in ranges)
     ]
 
+    skipped = []
+    for addr, text in instructions if rare else ():
+        if outer[0] <= addr < outer[1] and re.search(r"(^|\s)BRA\b", text):
+            target = int(re.findall(r"0x([0-9a-f]+)", text)[-1], 16)
+            if addr < target <= outer[1] and not any(addr < q[0] and q[1] < target for q in ranges):
+                skipped.append((addr, target))
+
     def counts(r: tuple) -> tuple[int, int]:
-        body = [t for a, t in instructions if r[0] <= a <= r[1]]
+        body = [t for a, t in instructions if r[0] <= a <= r[1] and not any(b < a < e for b, e in skipped)]
         return len(body), sum(t.split()[0].startswith("MUFU") for t in body)
 
     total, mufu = counts(outer)
@@ -182,8 +190,11 @@ def compile_case(case: CompileCase, arch: int) -> dict:
     row["mma"] = "mma.sync" in ptx
     per_thread = case.pairs_per_iteration / (case.num_warps * 32)
     if case.pairs_per_iteration and "feature_trips" in case.meta:
-        total, mufu = nested_loop(sass_instructions(kernel.asm["cubin"]), case.meta["feature_trips"])
+        sass, trips = sass_instructions(kernel.asm["cubin"]), case.meta["feature_trips"]
+        total, mufu = nested_loop(sass, trips, rare=case.meta.get("rare_tiles", False))
         row.update(loop_instructions=total, sass_per_pair=round(total / per_thread, 2))
+        if case.meta.get("rare_tiles"):  # what a tile with positives, i = j or a tail adds
+            row["rare_tile_instructions"] = nested_loop(sass, trips)[0] - total
         row["mufu_per_pair"] = round(mufu / per_thread, 3)
     elif case.pairs_per_iteration:
         body = inner_loop(sass_instructions(kernel.asm["cubin"]))
