@@ -37,10 +37,10 @@ from .tiles import H100_SMS, bf16_values, load_rows, needs_int64
 STRIP_BYTES = 512 << 20
 # The strip kernel's one configuration: 128 × 128 tiles, 8 warps, 2 stages of 64-feature operand
 # tiles (64 KiB). Compiled for sm_90 (triton 3.6, bf16, a 4,096-row strip against 65,536 columns):
-# without the loss terms no spills, 21.8 SASS per pair for two towers at D = 256 and 30.6 for
-# SigCLR's rows (the positives' test per element); with them 4 and 24 bytes of spills per thread
-# and 39.1 and 48.1 SASS. 3 stages (before the column start and square, 0.2 SASS per pair): 16 and
-# 28 bytes, 39.5 and 48.2 SASS; 4 stages more.
+# without the loss terms no spills, 21.8 SASS per pair for two towers at D = 256 and 19.5 for
+# SigCLR's rows (a common tile's: no positives in it); with them 4 and 124 bytes of spills per
+# thread and 39.1 and 36.1 SASS. 3 stages (two towers, before the column start and square, 0.2
+# SASS per pair): 16 bytes, 39.5 SASS; 4 stages more.
 STRIP_CONFIG = {"block": 128, "num_warps": 8, "num_stages": 2}
 FP32_STRIP_CONFIG = {"block": 64, "num_warps": 4, "num_stages": 3}
 # SELF's strips add their mirror pairs into the later rows' gradient by products of at most this
@@ -149,7 +149,7 @@ def _weight_strip_kernel(
         c0 = COL0 + j * BLOCK_N
         if PAIRS == SELF:
             # Positives and i = j on the few tiles that hold them: tested per element on every
-            # tile they cost 11.2 SASS per pair (30.6 against 19.4: sm_90, D = 256, no loss terms).
+            # tile they cost 11.1 SASS per pair (30.6 against 19.5: sm_90, D = 256, no loss terms).
             special = _holds_positives(ROW0 + pid_m * BLOCK_M, c0, MC, N_PER_VIEW, BLOCK_M, BLOCK_N)
             if special:
                 x = _marked(x, rows, cols, row_view, N_PER_VIEW)
