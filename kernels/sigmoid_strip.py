@@ -10,9 +10,10 @@ of fp32 atomics per pair with two towers (D/32 for SigCLR's rows), and on an H20
 TB/s: 154 ms for SigLIP at B = 65,536, D = 768, whose 6·B²·D FLOPs take 24.8 ms at the 797 TFLOP/s
 a bf16 matmul reached in the same run. Here the kernel forms S (2·D FLOPs per pair, 64-feature
 steps as the fused kernel's wide path) and writes each pair's weight once, 2 bytes in the operands'
-dtype; the products are matmuls over the strip: W·Y into the strip's rows of ∂L/∂rows (SigCLR's G
-is symmetric, so these are whole rows) and, two towers, Wᵀ·X_strip added into ∂L/∂cols. Nothing is
-added per tile, and the strip is read back once per product.
+dtype; the products are matmuls over the strip: W·Y into the strip's rows of ∂L/∂rows and, two
+towers, Wᵀ·X_strip into ∂L/∂cols. SigCLR's G is symmetric: a strip takes the columns from its own
+first row on, and Wᵀ·X_strip adds the mirror pairs into the later rows. Nothing is added per tile,
+and the strip is read back once per product.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import triton
 import triton.language as tl
 
 from . import launches
-from .sigmoid_kernel import LN2, LOG2E, PAIR_MODES, SELF, TWO_TOWER, WIDE_BLOCK_K
+from .sigmoid_kernel import CROSS, LN2, LOG2E, PAIR_MODES, SELF, TWO_TOWER, WIDE_BLOCK_K
 from .sigmoid_terms import INV_G_SCALE, softplus2, weight_of
 from .tiles import H100_SMS, bf16_values, load_rows, needs_int64
 
@@ -66,16 +67,45 @@ def _holds_positives(r0, c0, MC, N_PER_VIEW, BLOCK_M: tl.constexpr, BLOCK_N: tl.
 
 
 @triton.jit
-def _positives(cols, row_view, N_PER_VIEW):
-    return row_view[:, None] == (cols % N_PER_VIEW)[None, :]
+def _tested(r0, c0, MC, N_PER_VIEW, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAIRS: tl.constexpr):
+    """Whether a tile needs tests per element: it holds a positive or i = j, or ends past MC."""
+    tail = c0 + BLOCK_N > MC
+    if PAIRS == SELF:
+        return tail | _holds_positives(r0, c0, MC, N_PER_VIEW, BLOCK_M, BLOCK_N)
+    elif PAIRS == TWO_TOWER:
+        return tail | ((c0 < r0 + BLOCK_M) & (r0 < c0 + BLOCK_N))
+    else:
+        return tail
 
 
 @triton.jit
-def _marked(x, rows, cols, row_view, N_PER_VIEW):
-    """SELF's x on a tile that holds positives: theirs negated (x = a·log2 e, so r = 2¹⁵·σ(−a)
-    and softplus(−a) come without cancellation), i = j +∞ (r = 0, no term)."""
-    x = tl.where(_positives(cols, row_view, N_PER_VIEW), -x, x)
-    return tl.where(rows[:, None] == cols[None, :], float("inf"), x)
+def _weights(x, rows, cols, row_view, col_ok, N_PER_VIEW, PAIRS: tl.constexpr, COMPUTE_LOSS: tl.constexpr,
+             TESTED: tl.constexpr):  # fmt: skip
+    """A tile's weights r = 2¹⁵·σ(a), signed g (−2¹⁵·σ(−a) at positives, from their x negated: no
+    cancellation as σ(a) → 1; 0 at i = j and past the columns), and the row sums of its loss
+    terms (log2 units; 0 without COMPUTE_LOSS). TESTED: the tile holds positives, i = j or a
+    column tail, tested per element; the other tiles skip the tests."""
+    if TESTED:
+        if PAIRS == SELF:
+            pos = row_view[:, None] == (cols % N_PER_VIEW)[None, :]
+            x = tl.where(pos, -x, x)
+            x = tl.where(rows[:, None] == cols[None, :], float("inf"), x)  # i = j: r = 0, no term
+        elif PAIRS == TWO_TOWER:
+            pos = rows[:, None] == cols[None, :]
+            x = tl.where(pos, -x, x)
+    r = weight_of(x)
+    g = r
+    if TESTED:
+        g = tl.where(col_ok[None, :], r, 0.0)
+        if PAIRS != CROSS:
+            g = tl.where(pos, -g, g)
+    terms = tl.zeros((x.shape[0],), dtype=tl.float32)
+    if COMPUTE_LOSS:
+        t = softplus2(x, r)
+        if TESTED:
+            t = tl.where(col_ok[None, :], t, 0.0)
+        terms = tl.sum(t, axis=1)
+    return terms, g
 
 
 @triton.jit
@@ -147,31 +177,13 @@ def _weight_strip_kernel(
             s = tl.dot(za, tl.trans(zb), s, input_precision=PRECISION)
         x = s * scale2 + bias2  # −a·log2 e
         c0 = COL0 + j * BLOCK_N
-        if PAIRS == SELF:
-            # Positives and i = j on the few tiles that hold them: tested per element on every
-            # tile they cost 11.1 SASS per pair (30.6 against 19.5: sm_90, D = 256, no loss terms).
-            special = _holds_positives(ROW0 + pid_m * BLOCK_M, c0, MC, N_PER_VIEW, BLOCK_M, BLOCK_N)
-            if special:
-                x = _marked(x, rows, cols, row_view, N_PER_VIEW)
-        elif PAIRS == TWO_TOWER:  # a branch here was predicated: 25.9 SASS per pair against 21.8
-            x = tl.where(rows[:, None] == cols[None, :], -x, x)
-        r = weight_of(x)
-        # SELF takes its loss terms before the signs, where x dies: after them it spilled 720 bytes
-        # per thread (39.2 SASS per pair) where this order spills 124 (36.1; D = 256); two towers
-        # the other way round (4 bytes and 39.1 SASS against 104 bytes and 41.1).
-        if COMPUTE_LOSS and PAIRS == SELF:
-            l_acc += tl.sum(tl.where(col_ok[None, :], softplus2(x, r), 0.0), axis=1) * mirrored
-        r = tl.where(col_ok[None, :], r, 0.0)  # rows ≥ H: dropped from the sums below
-        g = r
-        if PAIRS == SELF:
-            if special:
-                g = tl.where(_positives(cols, row_view, N_PER_VIEW), -r, r)
-        elif PAIRS == TWO_TOWER:
-            g = tl.where(rows[:, None] == cols[None, :], -r, r)
+        if _tested(ROW0 + pid_m * BLOCK_M, c0, MC, N_PER_VIEW, BLOCK_M, BLOCK_N, PAIRS):
+            terms, g = _weights(x, rows, cols, row_view, col_ok, N_PER_VIEW, PAIRS, COMPUTE_LOSS, True)
+        else:
+            terms, g = _weights(x, rows, cols, row_view, col_ok, N_PER_VIEW, PAIRS, COMPUTE_LOSS, False)
+        l_acc += terms * mirrored
         r_acc += tl.sum(g, axis=1) * mirrored
         gs_acc += tl.sum(g * s, axis=1) * mirrored
-        if COMPUTE_LOSS and PAIRS != SELF:
-            l_acc += tl.sum(tl.where(col_ok[None, :], softplus2(x, r), 0.0), axis=1) * mirrored
         if STORE_W:
             w = g
             if W.dtype.element_ty == tl.bfloat16:
@@ -230,7 +242,7 @@ def strip_rows(m: int, mc: int, element_bytes: int, block: int) -> int:
 
 def strip_grid(h: int, mc: int, block: int, sms: int = H100_SMS) -> tuple[int, int]:
     """(row tiles, column ranges) of a strip of h rows: about WAVES waves of programs, no range
-    empty. A block's strips all take the first strip's ranges (sigmoid_block_strips)."""
+    empty. Each strip takes its own grid; the sums' buffer holds the largest (sigmoid_block_strips)."""
     row_tiles, col_tiles = triton.cdiv(h, block), triton.cdiv(mc, block)
     ranges = max(1, min(col_tiles, round(WAVES * sms / row_tiles)))
     return row_tiles, triton.cdiv(col_tiles, triton.cdiv(col_tiles, ranges))
@@ -266,19 +278,43 @@ def weight_strip(rows, cols, w, partials, scalars, row0: int, h: int, *, col0: i
     return grid[0] * grid[1]
 
 
-def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a·b with an fp32 result: 16-bit CUDA operands straight to cuBLAS (fp32 accumulation and
-    output, torch ≥ 2.8, which strips_wanted asks of a GPU launch), else in fp32 (forced strips:
-    the products of 16-bit values are exact there). Outside autocast, which would recast them."""
+def _mm_fp32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """a·b with an fp32 result (into ``out`` when given): 16-bit CUDA operands straight to cuBLAS
+    (fp32 accumulation and output, torch ≥ 2.8, which strips_wanted asks of a GPU launch), else in
+    fp32 (forced strips: the products of 16-bit values are exact there). Outside autocast, which
+    would recast them."""
     with torch.autocast(a.device.type, enabled=False):
         if a.is_cuda and a.dtype != torch.float32:
-            return torch.mm(a, b, out_dtype=torch.float32)
-        return torch.mm(a.float(), b.float())
+            return torch.mm(a, b, out_dtype=torch.float32, out=out)
+        return torch.mm(a.float(), b.float(), out=out)
 
 
 def _strips(m: int, height: int, symmetric: bool) -> list[tuple[int, int, int]]:
     """(first row, rows, first column) of each strip: SELF's start at their own first row."""
     return [(r0, min(height, m - r0), r0 if symmetric else 0) for r0 in range(0, m, height)]
+
+
+def _put(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, first: bool) -> None:
+    """grad = a·b (written in place) where nothing has reached grad yet, else grad += a·b."""
+    if first:
+        _mm_fp32(a, b, out=grad)
+    else:
+        grad += _mm_fp32(a, b)
+
+
+def _strip_products(w, ops, grads, row0: int, h: int, col0: int, *, first: bool, mirror: int) -> None:
+    """A strip's products: W·Y into its rows of ∂L/∂rows and, two towers, Wᵀ·X_strip into ∂L/∂cols;
+    SELF (``mirror`` rows per product, 0 for the other modes) also Wᵀ·X_strip into the rows after
+    the strip, its mirror pairs. The first strip writes every row it reaches (SELF's reach them
+    all), the others add: ∂L/∂rows and ∂L/∂cols need no zeroing."""
+    d_rows, d_cols = grads
+    x_strip = ops[0][row0 : row0 + h]
+    if d_rows is not None:
+        _put(d_rows[row0 : row0 + h], w, ops[1][col0:], first or not mirror)
+        for c in range(row0 + h, d_rows.shape[0], mirror) if mirror else ():
+            _put(d_rows[c : c + mirror], w[:, c - col0 : c - col0 + mirror].T, x_strip, first)
+    if d_cols is not None:
+        _put(d_cols, w.T, x_strip, first)
 
 
 def sigmoid_block_strips(rows, cols, logit_scale, logit_bias, *, n_per_view: int, inv_m: float,
@@ -289,10 +325,10 @@ def sigmoid_block_strips(rows, cols, logit_scale, logit_bias, *, n_per_view: int
     rows per strip (0: strip_rows), in a fixed order without atomics: deterministic as it is
     (cuBLAS's matmuls with CUBLAS_WORKSPACE_CONFIG, which --deterministic sets). Other pair modes
     visit every ordered pair once, in strips of every column; without a gradient wanted in one
-    strip, storing no weight. SELF visits each pair once (G is symmetric): a strip takes the columns
-    from its own first row on, its height rounded up to whole row tiles, and a pair past its
-    square (i, j) stands for (j, i): it counts twice in the sums, and Wᵀ·X_strip adds the mirror
-    pairs into the later rows' gradient."""
+    strip, storing no weight. SELF (G symmetric) takes the columns from each strip's own first row
+    on, its height rounded up to whole row tiles: a pair past the strip's square (i, j) stands for
+    (j, i), counted twice in the sums, and Wᵀ·X_strip adds these mirror pairs into the later rows'
+    gradient. With S strips that visits (1 + 1/S)/2 of the ordered pairs: all of them in one strip."""
     if isinstance(height, bool) or not isinstance(height, int) or height < 0:
         raise ValueError(f"strip_rows must be a positive number of rows (0: the default), got {height!r}")
     rows, cols = rows.detach(), cols.detach()  # the gradients are returned, not traced
@@ -300,12 +336,12 @@ def sigmoid_block_strips(rows, cols, logit_scale, logit_bias, *, n_per_view: int
     config = _config(rows, flags["CAST_BF16"])
     block, symmetric = config["block"], pairs == "self"
     w_dtype = torch.bfloat16 if flags["CAST_BF16"] else rows.dtype
-    two_tower_cols = pairs == "two_tower" and grad_cols
-    store = grad_rows or two_tower_cols
+    store = grad_rows or (pairs == "two_tower" and grad_cols)
     height = height or strip_rows(m, mc, w_dtype.itemsize, block)
     height = min(m, triton.cdiv(height, block) * block if symmetric else height if store else m)
     strips = _strips(m, height, symmetric)
-    mirror = max(height, MIRROR_BYTES // (4 * d))  # rows per product of mirror pairs
+    # SELF's mirror products, of whole tiles of rows: each starts 16-byte aligned in W.
+    mirror = max(height, MIRROR_BYTES // (4 * d) // block * block) if symmetric else 0
     cuda = rows.device.type == "cuda"
     sms = torch.cuda.get_device_properties(rows.device).multi_processor_count if cuda else H100_SMS
     f32 = dict(dtype=torch.float32, device=rows.device)
@@ -314,9 +350,8 @@ def sigmoid_block_strips(rows, cols, logit_scale, logit_bias, *, n_per_view: int
     partials = torch.zeros((max(a * b for a, b in grids), 3), **f32)
     scalars = [s.detach().to(torch.float32).reshape(1).contiguous() for s in (logit_scale, logit_bias)]
     ops = (rows.to(w_dtype), cols.to(w_dtype)) if rows.dtype != w_dtype else (rows, cols)
-    # SELF's later rows gather mirror pairs from every earlier strip: they start at zero.
-    d_rows = (torch.zeros if symmetric else torch.empty)((m, d), **f32) if grad_rows else None
-    d_cols = torch.zeros((mc, d), **f32) if two_tower_cols else None
+    grads = [torch.empty(shape, **f32) if want else None for shape, want in
+             (((m, d), grad_rows), ((mc, d), pairs == "two_tower" and grad_cols))]  # fmt: skip
     sums = torch.zeros(3, **f32)
     for (row0, h, col0), (_, ranges) in zip(strips, grids, strict=True):
         n = mc - col0
@@ -326,22 +361,12 @@ def sigmoid_block_strips(rows, cols, logit_scale, logit_bias, *, n_per_view: int
                                 pairs=pairs, compute_loss=compute_loss, store=store, flags=flags,
                                 config=config)  # fmt: skip
         sums += partials[:programs].sum(dim=0)
-        if launches.record_only() or not store:
-            continue
-        if grad_rows:
-            if symmetric:
-                d_rows[row0 : row0 + h] += _mm_fp32(w, ops[1][col0:])
-            else:
-                d_rows[row0 : row0 + h] = _mm_fp32(w, ops[1])
-            for c in range(row0 + h, m, mirror) if symmetric else ():  # the mirror pairs' rows
-                part = w[:, c - col0 : c - col0 + mirror].T
-                d_rows[c : c + mirror] += _mm_fp32(part, ops[0][row0 : row0 + h])
-        if two_tower_cols:
-            d_cols += _mm_fp32(w.T, ops[0][row0 : row0 + h])
+        if store and not launches.record_only():
+            _strip_products(w, ops, grads, row0, h, col0, first=row0 == 0, mirror=mirror)
     del buffer, w  # before the gradients' casts allocate
     # ∂L/∂ẑ_i = t·Σ_j (g_ij + g_ji)·ẑ_j: 2t·G·Z for SigCLR's symmetric G, and for a cross block,
     # whose mirrored block has the same G (see sigmoid_kernel.py).
     gscale = scalars[0] * (inv_m * (1.0 if pairs == "two_tower" else 2.0) * INV_G_SCALE.value)
-    out = [g.mul_(gscale).to(out_dtype) if g is not None else None for g in (d_rows, d_cols)]
+    out = [g.mul_(gscale).to(out_dtype) if g is not None else None for g in grads]
     loss, db, dt = (sums * inv_m).unbind()
     return (loss if compute_loss else None), out[0], out[1], dt, db

@@ -157,15 +157,10 @@ def nested_loop(instructions: list[tuple[int, str]], trips: int, rare: bool = Fa
         q for q in ranges if inside(q, outer) and not any(inside(q, p) and inside(p, outer) for p in ranges)
     ]
 
-    skipped = []
-    for addr, text in instructions if rare else ():
-        if outer[0] <= addr < outer[1] and re.search(r"(^|\s)BRA\b", text):
-            target = int(re.findall(r"0x([0-9a-f]+)", text)[-1], 16)
-            if addr < target <= outer[1] and not any(addr < q[0] and q[1] < target for q in ranges):
-                skipped.append((addr, target))
+    skipped = _rare_blocks(instructions, outer, ranges) if rare else set()
 
     def counts(r: tuple) -> tuple[int, int]:
-        body = [t for a, t in instructions if r[0] <= a <= r[1] and not any(b < a < e for b, e in skipped)]
+        body = [t for a, t in instructions if r[0] <= a <= r[1] and a not in skipped]
         return len(body), sum(t.split()[0].startswith("MUFU") for t in body)
 
     total, mufu = counts(outer)
@@ -173,6 +168,37 @@ def nested_loop(instructions: list[tuple[int, str]], trips: int, rare: bool = Fa
         n, u = counts(q)
         total, mufu = total + (trips - 1) * n, mufu + (trips - 1) * u
     return total, mufu
+
+
+def _rare_blocks(instructions: list[tuple[int, str]], outer: tuple, loops: list[tuple]) -> set[int]:
+    """Addresses in ``outer`` off its cheapest path: of each predicated forward branch holding no
+    loop, the block it skips, or, where that block ends in a jump over an else block, the longer
+    of the two (the tile tests per element cost more than the path without them)."""
+    at = dict(instructions)
+    addrs = [a for a, _ in instructions]
+    skipped: set[int] = set()
+
+    def block(lo: int, hi: int) -> list[int]:  # addresses lo <= a < hi
+        return [a for a in addrs if lo <= a < hi]
+
+    def loop_free(lo: int, hi: int) -> bool:
+        return not any(lo <= q[0] and q[1] < hi for q in loops)
+
+    for addr, text in instructions:
+        if not (outer[0] <= addr < outer[1] and text.startswith("@") and re.search(r"\bBRA\b", text)):
+            continue
+        target = int(re.findall(r"0x([0-9a-f]+)", text)[-1], 16)
+        if not (addr < target <= outer[1] and loop_free(addr, target)):
+            continue
+        then = block(addr + 1, target)
+        jump = at.get(then[-1], "") if then else ""
+        end = int(re.findall(r"0x([0-9a-f]+)", jump)[-1], 16) if re.match(r"BRA\b", jump) else 0
+        if target < end <= outer[1] and loop_free(target, end):  # if/else: the longer side
+            other = block(target, end)
+            skipped.update(then if len(then) - 1 > len(other) else other)
+        else:
+            skipped.update(then)
+    return skipped
 
 
 def compile_case(case: CompileCase, arch: int) -> dict:

@@ -125,22 +125,20 @@ def _strip_height(row: dict, rows: int) -> int:
 def strip_block_seconds(row: dict, rows: int, kernel_s: float, spec: dict) -> float:
     """A weight strip's block at 2N = rows: the strip kernel, no faster than its S at the measured
     matmul rate (the compiled count prices its tensor cores at peak, 989 TFLOP/s), then the
-    products' matmuls at that rate, then their fp32 results moved by separate ops: two towers, each
-    strip's rows (written, then copied into place: 12 bytes per element) and Wᵀ·X_strip for every
-    column (written, read, added into a gradient read and written: 16 bytes); SigCLR, the rows'
-    gradient zeroed (4 bytes), then each strip's rows and Wᵀ·X_strip for the rows after the strip
-    (its mirror pairs) added (16 bytes each). The products' FLOPs are (2N)² · 2·D (SigCLR: W·Y
-    over the pairs visited, Wᵀ·X over those past each strip's square) and twice that for two
-    towers."""
+    products' matmuls at that rate, then their fp32 results: written in place where the first
+    strip reaches a gradient row first (4 bytes per element; SigCLR's first strip reaches every
+    row, two towers' every strip its own rows and the first every column), else written, read and
+    added into the gradient (16 bytes: two towers' columns after the first strip; SigCLR's rows
+    from each later strip's first row on). The products' FLOPs are (2N)² · 2·D (SigCLR: W·Y over
+    the pairs visited, Wᵀ·X over those past each strip's square) and twice that for two towers."""
     pairs, d = rows * rows, row["D"]
     s_matmul = strip_pairs(row, rows) * 2 * d / (MATMUL_TFLOP_S * 1e12)
     products = pairs * strip_product_flops(row) / (MATMUL_TFLOP_S * 1e12)
-    height = _strip_height(row, rows)
-    starts = range(0, rows, height)
+    starts = range(0, rows, _strip_height(row, rows))
     if "two-tower" in row["kernel"]:
-        moved = 12 * rows * d + 16 * len(starts) * rows * d
+        moved = 8 * rows * d + 16 * (len(starts) - 1) * rows * d
     else:
-        moved = 4 * rows * d + 16 * rows * d + 16 * d * sum(max(0, rows - r0 - height) for r0 in starts)
+        moved = 4 * rows * d + 16 * d * sum(rows - r0 for r0 in starts[1:])
     return max(kernel_s, s_matmul) + products + moved / (spec["hbm_tb_s"] * 1e12)
 
 
