@@ -38,10 +38,10 @@ from .tiles import H100_SMS, bf16_values, load_rows, needs_int64
 STRIP_BYTES = 512 << 20
 # The strip kernel's one configuration: 128 × 128 tiles, 8 warps, 2 stages of 64-feature operand
 # tiles (64 KiB). Compiled for sm_90 (triton 3.6, bf16, a 4,096-row strip against 65,536 columns):
-# without the loss terms no spills, 21.8 SASS per pair for two towers at D = 256 and 19.5 for
-# SigCLR's rows (a common tile's: no positives in it); with them 4 and 124 bytes of spills per
-# thread and 39.1 and 36.1 SASS. 3 stages (two towers, before the column start and square, 0.2
-# SASS per pair): 16 bytes, 39.5 SASS; 4 stages more.
+# on a common tile (no positive, i = j or tail in it) 17.1 SASS per pair for two towers at D = 256
+# (no spills) and 18.2 for SigCLR's rows (52 bytes); with the loss terms 32.7 and 33.4 (104 and
+# 112 bytes of spills per thread). 3 stages (two towers, before the tiles' branch, the column start
+# and square): 16 bytes, 39.5 SASS against 39.1 with 2; 4 stages more.
 STRIP_CONFIG = {"block": 128, "num_warps": 8, "num_stages": 2}
 FP32_STRIP_CONFIG = {"block": 64, "num_warps": 4, "num_stages": 3}
 # SELF's strips add their mirror pairs into the later rows' gradient by products of at most this
