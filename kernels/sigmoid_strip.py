@@ -304,13 +304,14 @@ def _put(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, first: bool) -> N
 
 def _strip_products(w, ops, grads, row0: int, h: int, col0: int, *, first: bool, mirror: int) -> None:
     """A strip's products: W·Y into its rows of ∂L/∂rows and, two towers, Wᵀ·X_strip into ∂L/∂cols;
-    SELF (``mirror`` rows per product, 0 for the other modes) also Wᵀ·X_strip into the rows after
-    the strip, its mirror pairs. The first strip writes every row it reaches (SELF's reach them
-    all), the others add: ∂L/∂rows and ∂L/∂cols need no zeroing."""
+    SELF (``mirror`` rows per product; 0: another pair mode) also Wᵀ·X_strip into the rows after
+    the strip, its mirror pairs. Written in place where nothing has reached them yet (SELF's first
+    strip reaches every row; the other modes' strips each write their own rows, and the first
+    every column), else added: ∂L/∂rows and ∂L/∂cols need no zeroing."""
     d_rows, d_cols = grads
     x_strip = ops[0][row0 : row0 + h]
     if d_rows is not None:
-        _put(d_rows[row0 : row0 + h], w, ops[1][col0:], first or not mirror)
+        _put(d_rows[row0 : row0 + h], w, ops[1][col0:], first or not mirror)  # not mirror: own rows
         for c in range(row0 + h, d_rows.shape[0], mirror) if mirror else ():
             _put(d_rows[c : c + mirror], w[:, c - col0 : c - col0 + mirror].T, x_strip, first)
     if d_cols is not None:
@@ -340,7 +341,7 @@ def sigmoid_block_strips(rows, cols, logit_scale, logit_bias, *, n_per_view: int
     height = height or strip_rows(m, mc, w_dtype.itemsize, block)
     height = min(m, triton.cdiv(height, block) * block if symmetric else height if store else m)
     strips = _strips(m, height, symmetric)
-    # SELF's mirror products, of whole tiles of rows: each starts 16-byte aligned in W.
+    # SELF's mirror products, of whole tiles of rows: each starts at a 16-byte offset in W's rows.
     mirror = max(height, MIRROR_BYTES // (4 * d) // block * block) if symmetric else 0
     cuda = rows.device.type == "cuda"
     sms = torch.cuda.get_device_properties(rows.device).multi_processor_count if cuda else H100_SMS

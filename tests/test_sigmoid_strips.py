@@ -28,6 +28,7 @@ CASES = [
     ("self", 200, 200, 130, 64, torch.float32),
     ("self", 66, 66, 200, 66, torch.float32),
     ("cross", 70, 45, 130, 64, torch.float32),
+    ("cross", 70, 128, 130, 64, torch.float32),  # whole column tiles: the untested path
     ("two_tower", 70, 61, 200, 32, torch.float32),
     ("two_tower", 37, 37, 130, 37, torch.float32),
     ("two_tower", 70, 70, 200, 64, torch.bfloat16),

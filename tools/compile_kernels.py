@@ -127,11 +127,12 @@ def inner_loop(instructions: list[tuple[int, str]]) -> list[str]:
     return best[1]
 
 
-def nested_loop(instructions: list[tuple[int, str]], trips: int, rare: bool = False) -> tuple[int, int]:
+def nested_loop(instructions: list[tuple[int, str]], trips: int, path: str = "all") -> tuple[int, int]:
     """(SASS, MUFU) per iteration of the column loop (of the innermost loops holding loops, the
     one with the most matrix instructions), each loop directly inside it counted ``trips`` times.
-    ``rare``: without the blocks the loop skips by a forward branch, those holding no loop (the
-    weight strips' code for the few tiles with positives, i = j or a column tail). Approximate: a
+    ``path``: "all" its code; "cheapest" or "dearest" one path through the forward branches that
+    hold no loop (the weight strips' tiles without and with tests per element): of an if/else the
+    shorter or longer side, of an if without else none or all of its block. Approximate: a
     software-pipelined loop runs a little fewer times than its trip count."""
     ranges = []
     for addr, text in instructions:
@@ -157,7 +158,7 @@ def nested_loop(instructions: list[tuple[int, str]], trips: int, rare: bool = Fa
         q for q in ranges if inside(q, outer) and not any(inside(q, p) and inside(p, outer) for p in ranges)
     ]
 
-    skipped = _rare_blocks(instructions, outer, ranges) if rare else set()
+    skipped = _off_path(instructions, outer, ranges, path == "cheapest") if path != "all" else set()
 
     def counts(r: tuple) -> tuple[int, int]:
         body = [t for a, t in instructions if r[0] <= a <= r[1] and a not in skipped]
@@ -170,10 +171,12 @@ def nested_loop(instructions: list[tuple[int, str]], trips: int, rare: bool = Fa
     return total, mufu
 
 
-def _rare_blocks(instructions: list[tuple[int, str]], outer: tuple, loops: list[tuple]) -> set[int]:
-    """Addresses in ``outer`` off its cheapest path: of each predicated forward branch holding no
-    loop, the block it skips, or, where that block ends in a jump over an else block, the longer
-    of the two (the tile tests per element cost more than the path without them)."""
+def _off_path(
+    instructions: list[tuple[int, str]], outer: tuple, loops: list[tuple], cheapest: bool
+) -> set[int]:
+    """Addresses in ``outer`` off its cheapest (or dearest) path: of each predicated forward branch
+    holding no loop, the block it skips (dearest: none), or, where that block ends in a jump over an
+    else block, the longer (dearest: the shorter) of the two."""
     at = dict(instructions)
     addrs = [a for a, _ in instructions]
     skipped: set[int] = set()
@@ -193,10 +196,11 @@ def _rare_blocks(instructions: list[tuple[int, str]], outer: tuple, loops: list[
         then = block(addr + 1, target)
         jump = at.get(then[-1], "") if then else ""
         end = int(re.findall(r"0x([0-9a-f]+)", jump)[-1], 16) if re.match(r"BRA\b", jump) else 0
-        if target < end <= outer[1] and loop_free(target, end):  # if/else: the longer side
+        if target < end <= outer[1] and loop_free(target, end):  # if/else: one side
             other = block(target, end)
-            skipped.update(then if len(then) - 1 > len(other) else other)
-        else:
+            longer, shorter = (then, other) if len(then) > len(other) else (other, then)
+            skipped.update(longer if cheapest else shorter)
+        elif cheapest:
             skipped.update(then)
     return skipped
 
@@ -217,10 +221,10 @@ def compile_case(case: CompileCase, arch: int) -> dict:
     per_thread = case.pairs_per_iteration / (case.num_warps * 32)
     if case.pairs_per_iteration and "feature_trips" in case.meta:
         sass, trips = sass_instructions(kernel.asm["cubin"]), case.meta["feature_trips"]
-        total, mufu = nested_loop(sass, trips, rare=case.meta.get("rare_tiles", False))
+        total, mufu = nested_loop(sass, trips, "cheapest" if case.meta.get("rare_tiles") else "all")
         row.update(loop_instructions=total, sass_per_pair=round(total / per_thread, 2))
         if case.meta.get("rare_tiles"):  # what a tile with positives, i = j or a tail adds
-            row["rare_tile_instructions"] = nested_loop(sass, trips)[0] - total
+            row["rare_tile_instructions"] = nested_loop(sass, trips, "dearest")[0] - total
         row["mufu_per_pair"] = round(mufu / per_thread, 3)
     elif case.pairs_per_iteration:
         body = inner_loop(sass_instructions(kernel.asm["cubin"]))
