@@ -91,10 +91,11 @@ def compile_cases(quick: bool = False) -> list[CompileCase]:
 def strip_cases() -> list[CompileCase]:
     """The weight-strip kernel (sigmoid_strip.py) as a bf16 launch past one feature tile makes it on
     an H100: SigCLR's rows and SigLIP's two towers at D = 256, 768 and 1024, with and without the
-    loss terms, its one configuration, a strip of 4,096 rows against 2N = 65,536 columns. Its column
-    loop holds the feature loop (D / 64 trips); its one dot is S (2·D FLOPs per pair)."""
+    loss terms, its one configuration, a strip of 4,096 rows against 2N = 65,536 columns; and at
+    D = 128, where launches keep the fused kernel, to model the strips against it. Its column loop
+    holds the feature loop (D / 64 trips); its one dot is S (2·D FLOPs per pair)."""
     cases, h, mc, block = [], 4096, 65536, STRIP_CONFIG["block"]
-    for pairs, d, loss in itertools.product(("self", "two_tower"), (256, 768, 1024), (True, False)):
+    for pairs, d, loss in itertools.product(("self", "two_tower"), (128, 256, 768, 1024), (True, False)):
         consts = dict(BLOCK_M=block, BLOCK_N=block, BLOCK_K=WIDE_BLOCK_K, PAIRS=PAIR_MODES[pairs])
         consts.update(COMPUTE_LOSS=loss, STORE_W=True, INT64=False, UPCAST=False, PRECISION="ieee")
         consts.update(CAST_BF16=False)

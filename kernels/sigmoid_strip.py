@@ -39,8 +39,9 @@ STRIP_BYTES = 512 << 20
 # The strip kernel's one configuration: 128 × 128 tiles, 8 warps, 2 stages of 64-feature operand
 # tiles (64 KiB). Compiled for sm_90 (triton 3.6, bf16, a 4,096-row strip against 65,536 columns):
 # on a common tile (no positive, i = j or tail in it) 17.1 SASS per pair for two towers at D = 256
-# (no spills) and 18.2 for SigCLR's rows (52 bytes); with the loss terms 32.7 and 33.4 (104 and
-# 112 bytes of spills per thread). 3 stages (two towers, before the tiles' branch, the column start
+# (no spills) and 18.2 for SigCLR's rows (48 bytes); with the loss terms 32.7 and 33.4 (104 and
+# 112 bytes of spills per thread: loop-invariant values, reloaded 8-16 times per tile, none inside
+# the feature loop). 3 stages (two towers, before the tiles' branch, the column start
 # and square): 16 bytes, 39.5 SASS against 39.1 with 2; 4 stages more.
 STRIP_CONFIG = {"block": 128, "num_warps": 8, "num_stages": 2}
 FP32_STRIP_CONFIG = {"block": 64, "num_warps": 4, "num_stages": 3}
@@ -79,7 +80,7 @@ def _tested(r0, c0, MC, N_PER_VIEW, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr
 
 
 @triton.jit
-def _weights(x, rows, cols, row_view, col_ok, N_PER_VIEW, PAIRS: tl.constexpr, COMPUTE_LOSS: tl.constexpr,
+def _weights(x, rows, cols, col_ok, N_PER_VIEW, PAIRS: tl.constexpr, COMPUTE_LOSS: tl.constexpr,
              TESTED: tl.constexpr):  # fmt: skip
     """A tile's weights r = 2¹⁵·σ(a), signed g (−2¹⁵·σ(−a) at positives, from their x negated: no
     cancellation as σ(a) → 1; 0 at i = j and past the columns), and the row sums of its loss
@@ -87,7 +88,7 @@ def _weights(x, rows, cols, row_view, col_ok, N_PER_VIEW, PAIRS: tl.constexpr, C
     column tail, tested per element; the other tiles skip the tests."""
     if TESTED:
         if PAIRS == SELF:
-            pos = row_view[:, None] == (cols % N_PER_VIEW)[None, :]
+            pos = (rows % N_PER_VIEW)[:, None] == (cols % N_PER_VIEW)[None, :]
             x = tl.where(pos, -x, x)
             x = tl.where(rows[:, None] == cols[None, :], float("inf"), x)  # i = j: r = 0, no term
         elif PAIRS == TWO_TOWER:
@@ -152,7 +153,6 @@ def _weight_strip_kernel(
     if INT64:
         local = local.to(tl.int64)
     rows = ROW0 + local
-    row_view = rows % N_PER_VIEW
     n_tiles = tl.cdiv(MC - COL0, BLOCK_N)
     span = tl.cdiv(n_tiles, n_ranges)
     j1 = tl.minimum(pid_n * span + span, n_tiles)
@@ -178,9 +178,9 @@ def _weight_strip_kernel(
         x = s * scale2 + bias2  # −a·log2 e
         c0 = COL0 + j * BLOCK_N
         if _tested(ROW0 + pid_m * BLOCK_M, c0, MC, N_PER_VIEW, BLOCK_M, BLOCK_N, PAIRS):
-            terms, g = _weights(x, rows, cols, row_view, col_ok, N_PER_VIEW, PAIRS, COMPUTE_LOSS, True)
+            terms, g = _weights(x, rows, cols, col_ok, N_PER_VIEW, PAIRS, COMPUTE_LOSS, True)
         else:
-            terms, g = _weights(x, rows, cols, row_view, col_ok, N_PER_VIEW, PAIRS, COMPUTE_LOSS, False)
+            terms, g = _weights(x, rows, cols, col_ok, N_PER_VIEW, PAIRS, COMPUTE_LOSS, False)
         l_acc += terms * mirrored
         r_acc += tl.sum(g, axis=1) * mirrored
         gs_acc += tl.sum(g * s, axis=1) * mirrored

@@ -130,16 +130,21 @@ def strip_block_seconds(row: dict, rows: int, kernel_s: float, spec: dict) -> fl
     row, two towers' every strip its own rows and the first every column), else written, read and
     added into the gradient (16 bytes: two towers' columns after the first strip; SigCLR's rows
     from each later strip's first row on). The products' FLOPs are (2N)² · 2·D (SigCLR: W·Y over
-    the pairs visited, Wᵀ·X over those past each strip's square) and twice that for two towers."""
-    pairs, d = rows * rows, row["D"]
+    the pairs visited, Wᵀ·X over those past each strip's square) and twice that for two towers,
+    at the matmul rate or, if slower, their weights' reads (each product reads its pairs' weights
+    once) at the HBM bandwidth."""
+    pairs, d, hbm = rows * rows, row["D"], spec["hbm_tb_s"] * 1e12
     s_matmul = strip_pairs(row, rows) * 2 * d / (MATMUL_TFLOP_S * 1e12)
-    products = pairs * strip_product_flops(row) / (MATMUL_TFLOP_S * 1e12)
+    # Each product reads its pairs' weights once: below D = rate / bandwidth (166 on an H200) they,
+    # not the FLOPs, bound it.
+    reads = pairs * strip_product_flops(row) / (2 * d) * weight_bytes_per_pair(row)
+    products = max(pairs * strip_product_flops(row) / (MATMUL_TFLOP_S * 1e12), reads / hbm)
     starts = range(0, rows, _strip_height(row, rows))
     if "two-tower" in row["kernel"]:
         moved = 8 * rows * d + 16 * (len(starts) - 1) * rows * d
     else:
         moved = 4 * rows * d + 16 * d * sum(rows - r0 for r0 in starts[1:])
-    return max(kernel_s, s_matmul) + products + moved / (spec["hbm_tb_s"] * 1e12)
+    return max(kernel_s, s_matmul) + products + moved / hbm
 
 
 def model(row: dict) -> dict | None:
