@@ -38,10 +38,15 @@ CASES = [
 # Compiled: one launch per pair mode that a GPU hands the strips itself (16-bit, D > 128, no tiles),
 # and SigCLR in three strips of 128 rows, whose mirror pairs cuBLAS takes from transposed slices of
 # the weights (sizes whose integers fall in the same specialisations: the same compiled variant).
+# Every tile of those holds a positive, i = j or a column tail; 768 SigCLR rows in 3 views (256
+# rows apart) and 390 two-tower rows leave tiles off their diagonals and tails, which take the
+# untested path (_tested), in the same variants as 96 and 70 rows.
 GPU_CASES = [
     ("self", 96, 96, 160, 0, torch.bfloat16),
     ("two_tower", 70, 70, 160, 0, torch.bfloat16),
     ("self", 320, 320, 160, 128, torch.bfloat16),
+    ("self", 768, 768, 160, 0, torch.bfloat16),
+    ("two_tower", 390, 390, 160, 0, torch.bfloat16),
 ]
 
 
@@ -79,6 +84,21 @@ def test_strips_match_float64(pairs, m, mc, d, strip, dtype, monkeypatch):
             assert a is None, name
         else:  # the sums stay fp32 of unrounded weights: the reference's tolerance for all dtypes
             assert_close_rel(a, e, tol if name in ("d_rows", "d_cols") else TOL, name)
+
+
+def test_gpu_cases_take_both_tile_paths():
+    """The compiled cases reach both versions of a tile's weights, per pair mode: a tile (128 × 128,
+    one strip) with a positive, i = j or a column past the last takes the tests per element, one
+    with none the untested path; checked element by element, not by the kernel's own test."""
+    block, found = 128, set()
+    for pairs, m, mc, _, strip, _ in GPU_CASES:
+        n_per_view = m // 3 if m % 3 == 0 else m // 2
+        i, j = torch.arange(m)[:, None], torch.arange(-(-mc // block) * block)[None, :]
+        special = (j >= mc) | ((j - i) % n_per_view == 0 if pairs == "self" else i == j)
+        for r0 in range(0, m, block):
+            for c0 in range(0, j.shape[1], block) if not strip else ():
+                found.add((pairs, bool(special[r0 : r0 + block, c0 : c0 + block].any())))
+    assert found == {("self", True), ("self", False), ("two_tower", True), ("two_tower", False)}
 
 
 @pytest.mark.skipif(AS_ON_GPU, reason="interpreter: a forced strip height")
