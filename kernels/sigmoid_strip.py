@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 from . import launches
+from .fp32_products import mm_has_out_dtype, put_product
 from .sigmoid_kernel import CROSS, LN2, LOG2E, PAIR_MODES, SELF, TWO_TOWER, WIDE_BLOCK_K
 from .sigmoid_terms import INV_G_SCALE, softplus2, weight_of
 from .tiles import H100_SMS, bf16_values, load_rows, needs_int64
@@ -228,11 +229,6 @@ def fused_only() -> Iterator[None]:
         _STRIPS.reset(token)
 
 
-def mm_has_out_dtype() -> bool:
-    """Whether torch.mm takes ``out_dtype`` (16-bit operands, an fp32 result: torch ≥ 2.8)."""
-    return hasattr(torch.ops.aten.mm, "dtype")
-
-
 def strip_rows(m: int, mc: int, element_bytes: int, block: int) -> int:
     """Rows per strip: as many as STRIP_BYTES of weights hold, a multiple of ``block``, at least one
     tile and at most every row."""
@@ -278,28 +274,9 @@ def weight_strip(rows, cols, w, partials, scalars, row0: int, h: int, *, col0: i
     return grid[0] * grid[1]
 
 
-def _mm_fp32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """a·b with an fp32 result (into ``out`` when given): 16-bit CUDA operands straight to cuBLAS
-    (fp32 accumulation and output, torch ≥ 2.8, which strips_wanted asks of a GPU launch), else in
-    fp32 (forced strips: the products of 16-bit values are exact there). Outside autocast, which
-    would recast them."""
-    with torch.autocast(a.device.type, enabled=False):
-        if a.is_cuda and a.dtype != torch.float32:
-            return torch.mm(a, b, out_dtype=torch.float32, out=out)
-        return torch.mm(a.float(), b.float(), out=out)
-
-
 def _strips(m: int, height: int, symmetric: bool) -> list[tuple[int, int, int]]:
     """(first row, rows, first column) of each strip: SELF's start at their own first row."""
     return [(r0, min(height, m - r0), r0 if symmetric else 0) for r0 in range(0, m, height)]
-
-
-def _put(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, first: bool) -> None:
-    """grad = a·b (written in place) where nothing has reached grad yet, else grad += a·b."""
-    if first:
-        _mm_fp32(a, b, out=grad)
-    else:
-        grad += _mm_fp32(a, b)
 
 
 def _strip_products(w, ops, grads, row0: int, h: int, col0: int, *, first: bool, mirror: int) -> None:
@@ -311,11 +288,11 @@ def _strip_products(w, ops, grads, row0: int, h: int, col0: int, *, first: bool,
     d_rows, d_cols = grads
     x_strip = ops[0][row0 : row0 + h]
     if d_rows is not None:
-        _put(d_rows[row0 : row0 + h], w, ops[1][col0:], first or not mirror)  # not mirror: own rows
+        put_product(d_rows[row0 : row0 + h], w, ops[1][col0:], first or not mirror)  # not mirror: own rows
         for c in range(row0 + h, d_rows.shape[0], mirror) if mirror else ():
-            _put(d_rows[c : c + mirror], w[:, c - col0 : c - col0 + mirror].T, x_strip, first)
+            put_product(d_rows[c : c + mirror], w[:, c - col0 : c - col0 + mirror].T, x_strip, first)
     if d_cols is not None:
-        _put(d_cols, w.T, x_strip, first)
+        put_product(d_cols, w.T, x_strip, first)
 
 
 def sigmoid_block_strips(rows, cols, logit_scale, logit_bias, *, n_per_view: int, inv_m: float,

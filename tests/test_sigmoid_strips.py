@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from helpers import AS_ON_GPU, KERNEL_DEVICE, assert_close_rel, gpu_cases, max_rel_error, reversed_programs
 from test_sigmoid_block import BIAS, SCALE, TOL, reference
 
-from fastsigclr.kernels import launches, sigmoid_block, sigmoid_strip
+from fastsigclr.kernels import fp32_products, launches, sigmoid_block, sigmoid_strip
 
 # Relative to max |reference|, the weights and the operands rounded to the operand dtype:
 # bf16 measured 1.6e-3 (∂L/∂rows) and 1.7e-3 (∂L/∂cols) in fp32 outputs, as the fused kernel's
@@ -84,6 +84,39 @@ def test_strips_match_float64(pairs, m, mc, d, strip, dtype, monkeypatch):
             assert a is None, name
         else:  # the sums stay fp32 of unrounded weights: the reference's tolerance for all dtypes
             assert_close_rel(a, e, tol if name in ("d_rows", "d_cols") else TOL, name)
+
+
+def test_products_are_written_then_added():
+    """put_product writes a·b where nothing has reached the rows yet and adds it afterwards, in fp32
+    from 16-bit operands (exact here: small integers); off CUDA the addition goes through a product
+    written apart, and addmm_accumulates answers no without asking torch."""
+    gen = torch.Generator().manual_seed(1)
+    a, b = (torch.randint(-3, 4, shape, generator=gen).to(torch.bfloat16) for shape in ((5, 7), (7, 3)))
+    grad = torch.full((5, 3), float("nan"))
+    fp32_products.put_product(grad, a, b, first=True)  # written over whatever was there
+    exact = a.double() @ b.double()
+    assert grad.dtype == torch.float32 and torch.equal(grad.double(), exact)
+    fp32_products.put_product(grad, a.T.contiguous().T, b, first=False)  # strided operands, added
+    assert torch.equal(grad.double(), 2 * exact)
+    assert not fp32_products.addmm_accumulates(torch.device("cpu"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; runs on the GPU machine")
+def test_addmm_accumulates_in_place_on_cuda():
+    """On a GPU whose torch has addmm(out_dtype): the probe answers yes (on a torch that raises it
+    answers no, and the strips add through a product written apart), and a later strip's products
+    go into an fp32 row block in place, equal to written-then-added ones."""
+    dev = torch.device("cuda")
+    if not hasattr(torch.ops.aten.addmm, "dtype_out"):
+        pytest.skip("this torch has no addmm(out_dtype)")
+    accumulates = fp32_products.addmm_accumulates(dev)
+    gen = torch.Generator().manual_seed(2)
+    a, b = (torch.randn(shape, generator=gen).to(dev, torch.bfloat16) for shape in ((256, 384), (384, 160)))
+    grad = torch.randn(256, 160, generator=gen).to(dev)
+    want = grad + fp32_products.mm_fp32(a, b)
+    fp32_products.put_product(grad, a, b, first=False)
+    assert_close_rel(grad, want, 1e-6, f"in place (addmm_accumulates: {accumulates})")
 
 
 def test_gpu_cases_take_both_tile_paths():
@@ -180,12 +213,12 @@ def test_sigclr_strips_visit_each_pair_once(grad_rows, monkeypatch):
     monkeypatch.setattr(sigmoid_strip, "MIRROR_BYTES", 4 * 130)  # one strip's height per product
     x, _, _ = _rows("self", 200, 200, 130, torch.float32)
     launched, products = [], []
-    launch, mm = sigmoid_strip.weight_strip, sigmoid_strip._mm_fp32
+    launch, mm = sigmoid_strip.weight_strip, fp32_products.mm_fp32
     monkeypatch.setattr(
         sigmoid_strip, "weight_strip", lambda *a, **k: launched.append((*a[5:7], k)) or launch(*a, **k)
     )
     monkeypatch.setattr(
-        sigmoid_strip, "_mm_fp32", lambda a, b, out=None: products.append(a.shape) or mm(a, b, out)
+        fp32_products, "mm_fp32", lambda a, b, out=None: products.append(a.shape) or mm(a, b, out)
     )
     got = _block(x, x, "self", 100, 64, grad_rows=grad_rows)
     want = reference(x, x, "self", 100, 1 / 200)

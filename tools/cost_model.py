@@ -49,6 +49,10 @@ SIZES = (8192, 65536)  # 2N
 ELEMENT_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 GRADIENT_ADD_TB_S = 1.37  # fp32 atomic adds of gradient products, H200 (see above)
 MATMUL_TFLOP_S = 796.8  # dense bf16 matmul, H200 (see above)
+# A later strip's product added into the fp32 gradient, per element: read and written by cuBLAS
+# (C = C + A·B in place, where kernels/fp32_products.py's probe finds torch's addmm(out_dtype) takes
+# an fp32 C); 16 where it does not (the product written, read back, and the gradient read and written).
+PRODUCT_ADD_BYTES = 8
 
 
 def operand_type(dtype: str) -> str | None:
@@ -127,9 +131,9 @@ def strip_block_seconds(row: dict, rows: int, kernel_s: float, spec: dict) -> fl
     matmul rate (the compiled count prices its tensor cores at peak, 989 TFLOP/s), then the
     products' matmuls at that rate, then their fp32 results: written in place where the first
     strip reaches a gradient row first (4 bytes per element; SigCLR's first strip reaches every
-    row, two towers' every strip its own rows and the first every column), else written, read and
-    added into the gradient (16 bytes: two towers' columns after the first strip; SigCLR's rows
-    from each later strip's first row on). The products' FLOPs are (2N)² · 2·D (SigCLR: W·Y over
+    row, two towers' every strip its own rows and the first every column), else added into the
+    gradient (PRODUCT_ADD_BYTES: two towers' columns after the first strip; SigCLR's rows from each
+    later strip's first row on). The products' FLOPs are (2N)² · 2·D (SigCLR: W·Y over
     the pairs visited, Wᵀ·X over those past each strip's square) and twice that for two towers,
     at the matmul rate or, if slower, their weights' reads (each product reads its pairs' weights
     once) at the HBM bandwidth."""
@@ -139,11 +143,11 @@ def strip_block_seconds(row: dict, rows: int, kernel_s: float, spec: dict) -> fl
     # not the FLOPs, bound it.
     reads = pairs * strip_product_flops(row) / (2 * d) * weight_bytes_per_pair(row)
     products = max(pairs * strip_product_flops(row) / (MATMUL_TFLOP_S * 1e12), reads / hbm)
-    starts = range(0, rows, _strip_height(row, rows))
+    starts, add = range(0, rows, _strip_height(row, rows)), PRODUCT_ADD_BYTES
     if "two-tower" in row["kernel"]:
-        moved = 8 * rows * d + 16 * (len(starts) - 1) * rows * d
+        moved = 8 * rows * d + add * (len(starts) - 1) * rows * d
     else:
-        moved = 4 * rows * d + 16 * d * sum(rows - r0 for r0 in starts[1:])
+        moved = 4 * rows * d + add * d * sum(rows - r0 for r0 in starts[1:])
     return max(kernel_s, s_matmul) + products + moved / hbm
 
 
@@ -202,6 +206,7 @@ def constants() -> dict:
         "gpus": GPUS,
         "gradient_add_tb_s": GRADIENT_ADD_TB_S,
         "matmul_tflop_s": MATMUL_TFLOP_S,
+        "product_add_bytes": PRODUCT_ADD_BYTES,
         "time": "max(pairs visited · bound cycles / (SMs · clock), 2N · D · (input bytes + 4) / HBM "
         "bandwidth, (2N)² · gradient bytes per pair / gradient add rate, pairs visited · weight bytes "
         "per pair / HBM bandwidth); pairs visited: (2N)², SigCLR's weight strips about half; a weight "

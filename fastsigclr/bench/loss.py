@@ -143,6 +143,16 @@ def _fused_only(function, *args, **kwargs):
         return function(*args, **kwargs)
 
 
+def strip_products_accumulate(device: torch.device) -> bool | None:
+    """Whether the weight strips add a later strip's products inside cuBLAS on ``device`` (else
+    written apart, then added: kernels/fp32_products.py); None without the kernels (no triton)."""
+    try:
+        from fastsigclr.kernels import fp32_products
+    except ImportError:
+        return None
+    return fp32_products.addmm_accumulates(device)
+
+
 def _skip_reason(provider: str, method: str, device: torch.device) -> str | None:
     if provider == "open_clip" and method not in OPEN_CLIP_LOSSES:
         return "no open_clip loss"
@@ -306,6 +316,8 @@ def run(cfg: BenchLossConfig, command: list[str] | None = None) -> dict[str, Any
         "flops_per_case": FLOPS_PER_CASE,
         "matmul_tflops": matmul,
         "matmul_shape": [matmul_size] * 3,
+        # How the weight strips add a later strip's products: inside cuBLAS, or written then added.
+        "strip_products_accumulate": strip_products_accumulate(device),
         "complete": False,
         "results": rows,
     }
