@@ -46,13 +46,23 @@ STRIP_BYTES = 512 << 20
 # and square): 16 bytes, 39.5 SASS against 39.1 with 2; 4 stages more.
 STRIP_CONFIG = {"block": 128, "num_warps": 8, "num_stages": 2}
 FP32_STRIP_CONFIG = {"block": 64, "num_warps": 4, "num_stages": 3}
+# SigCLR's strips are at most a quarter of the rows (past STRIP_BYTES' bound, which first binds at
+# 2N = 32,768): S strips visit (1 + 1/S)/2 of the ordered pairs, so four visit 62.5% where one visits
+# all. Modelled on an H200 (tools/cost_model.py, bf16, the loss terms), at 2N = 16,384 the block
+# takes 368 µs in four strips against 466 in one at D = 256 and 883 against 1,045 at D = 768; at
+# 8,192, in two strips of this minimum, 101 against 117 and 237 against 264. A strip keeps at least
+# 4,096 rows: below that its W·Y has under 64 output tiles at D = 256 and the three launches per
+# strip (about 5 µs each, not modelled) would eat the gain. Not timed on a GPU.
+SYMMETRIC_MIN_ROWS = 4096
 # SELF's strips add their mirror pairs into the later rows' gradient by products of at most this
 # many bytes of fp32 results (or one strip's height of rows): 128 MiB, 131,072 rows at D = 256, so
 # one product per strip at 2N = 65,536, whose 61,440 × 256 output (960 tiles of 128 × 128) fills
 # the SMs; blocks of one strip's 4,096 rows would take 120 products of 64 output tiles each.
 MIRROR_BYTES = 128 << 20
-# Whether sigmoid_block may hand its launches to the strips (fused_only turns it off).
+# Whether sigmoid_block may hand its launches to the strips (fused_only turns it off), and whether
+# SigCLR's strips keep to a quarter of the rows (tall_strips turns it off).
 _STRIPS = contextvars.ContextVar("weight_strips", default=True)
+_QUARTERS = contextvars.ContextVar("symmetric_strip_quarters", default=True)
 # Programs per launch: about four waves of the SMs, each a strip's row tile against a range of
 # its column tiles (the row sums of a tile stay in registers over the range).
 WAVES = 4
@@ -219,20 +229,33 @@ def strips_wanted(rows: torch.Tensor, cols: torch.Tensor, tiles: dict) -> bool:
 
 
 @contextlib.contextmanager
-def fused_only() -> Iterator[None]:
-    """Within it, sigmoid_block keeps every launch on the fused kernel's one pass, whatever D (the
-    loss bench's ``triton-fused`` provider times the two side by side)."""
-    token = _STRIPS.set(False)
+def _setting(var: contextvars.ContextVar, value: bool) -> Iterator[None]:
+    token = var.set(value)
     try:
         yield
     finally:
-        _STRIPS.reset(token)
+        var.reset(token)
 
 
-def strip_rows(m: int, mc: int, element_bytes: int, block: int) -> int:
+def fused_only() -> contextlib.AbstractContextManager[None]:
+    """Within it, sigmoid_block keeps every launch on the fused kernel's one pass, whatever D (the
+    loss bench's ``triton-fused`` provider times the two side by side)."""
+    return _setting(_STRIPS, False)
+
+
+def tall_strips() -> contextlib.AbstractContextManager[None]:
+    """Within it, SigCLR's strips are as tall as STRIP_BYTES allows (one strip up to 2N = 16,384),
+    not a quarter of the rows (the loss bench's ``triton-tall-strips`` times the two)."""
+    return _setting(_QUARTERS, False)
+
+
+def strip_rows(m: int, mc: int, element_bytes: int, block: int, symmetric: bool = False) -> int:
     """Rows per strip: as many as STRIP_BYTES of weights hold, a multiple of ``block``, at least one
-    tile and at most every row."""
+    tile and at most every row; ``symmetric`` (SigCLR, each pair once) also at most a quarter of
+    the rows, but not under SYMMETRIC_MIN_ROWS."""
     fits = STRIP_BYTES // (element_bytes * mc) // block * block
+    if symmetric:
+        fits = min(fits, max(SYMMETRIC_MIN_ROWS, triton.cdiv(triton.cdiv(m, 4), block) * block))
     return min(m, max(block, fits))
 
 
@@ -315,7 +338,7 @@ def sigmoid_block_strips(rows, cols, logit_scale, logit_bias, *, n_per_view: int
     block, symmetric = config["block"], pairs == "self"
     w_dtype = torch.bfloat16 if flags["CAST_BF16"] else rows.dtype
     store = grad_rows or (pairs == "two_tower" and grad_cols)
-    height = height or strip_rows(m, mc, w_dtype.itemsize, block)
+    height = height or strip_rows(m, mc, w_dtype.itemsize, block, symmetric and _QUARTERS.get())
     height = min(m, triton.cdiv(height, block) * block if symmetric else height if store else m)
     strips = _strips(m, height, symmetric)
     # SELF's mirror products, of whole tiles of rows: each starts at a 16-byte offset in W's rows.

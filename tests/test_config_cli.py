@@ -265,12 +265,15 @@ def test_bench_loss_siglip_has_its_kernel_provider():
 def test_bench_loss_times_the_fused_pass_beside_the_strips(monkeypatch):
     """``triton-fused`` runs the sigmoid losses with the weight strips off (the fused kernel's one
     pass past D = 128 too), on CUDA only; the call it makes sees strips_wanted refuse a wide bf16
-    block it would otherwise hand them."""
+    block it would otherwise hand them. ``triton-tall-strips`` keeps the strips but sizes SigCLR's
+    by their bytes alone: one strip of 16,384 rows where ``triton`` takes four."""
     from fastsigclr.bench import loss as bench_loss
     from fastsigclr.kernels import launches, sigmoid_strip
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert bench_loss._skip_reason("triton-fused", "siglip", cuda) is None
+    assert bench_loss._skip_reason("triton-tall-strips", "sigclr", cuda) is None
+    assert "sigmoid losses only" in bench_loss._skip_reason("triton-tall-strips", "simclr", cuda)
     assert bench_loss._skip_reason("triton-fused", "sigclr", cpu) == "needs CUDA"
     assert "sigmoid losses only" in bench_loss._skip_reason("triton-fused", "simclr", cuda)
     monkeypatch.setenv(launches.RECORD_ENV, "record.jsonl")  # decide as on CUDA
@@ -278,15 +281,16 @@ def test_bench_loss_times_the_fused_pass_beside_the_strips(monkeypatch):
     seen = []
 
     def function(z, labels, **kw):
-        seen.append(sigmoid_strip.strips_wanted(z, z, {}))
+        height = sigmoid_strip.strip_rows(16384, 16384, 2, 128, sigmoid_strip._QUARTERS.get())
+        seen.append((sigmoid_strip.strips_wanted(z, z, {}), height))
         return kw["impl"]
 
     spec = dataclasses.replace(bench_loss.BENCH_LOSSES["sigclr"], function=function)
     monkeypatch.setitem(bench_loss.BENCH_LOSSES, "sigclr", spec)
     cfg = bench_loss.BenchLossConfig(losses=("sigclr",))
-    for provider in ("triton", "triton-fused"):
+    for provider in ("triton", "triton-fused", "triton-tall-strips"):
         assert bench_loss._loss_fn(provider, "sigclr", cfg, cpu)(wide, None) == "triton"
-    assert seen == [True, False]
+    assert seen == [(True, 4096), (False, 4096), (True, 16384)]
 
 
 def test_bench_loss_counts_each_losss_own_matrix_work():

@@ -265,7 +265,8 @@ def test_a_bad_strip_height_is_refused(height):
 
 
 def test_strip_height_holds_the_weights_bound():
-    """At most STRIP_BYTES of weights, a whole number of tiles, one tile at least, every row at most."""
+    """At most STRIP_BYTES of weights, a whole number of tiles, one tile at least, every row at most;
+    SigCLR's at most a quarter of the rows but at least 4,096."""
     assert sigmoid_strip.strip_rows(65536, 65536, 2, 128) == 4096  # 512 MiB of bf16
     assert sigmoid_strip.strip_rows(131072, 131072, 2, 128) == 2048
     assert sigmoid_strip.strip_rows(8192, 8192, 2, 128) == 8192  # 128 MiB: one strip
@@ -273,6 +274,13 @@ def test_strip_height_holds_the_weights_bound():
     for m, mc in ((65536, 65536), (30000, 70000), (4096, 9000)):
         h = sigmoid_strip.strip_rows(m, mc, 2, 128)
         assert h == m or (h % 128 == 0 and h * mc * 2 <= sigmoid_strip.STRIP_BYTES)
+    # SigCLR's strips: at most a quarter of the rows, at least SYMMETRIC_MIN_ROWS (4,096).
+    assert sigmoid_strip.strip_rows(16384, 16384, 2, 128, symmetric=True) == 4096  # four strips
+    assert sigmoid_strip.strip_rows(8192, 8192, 2, 128, symmetric=True) == 4096  # two
+    assert sigmoid_strip.strip_rows(4096, 4096, 2, 128, symmetric=True) == 4096  # one
+    assert sigmoid_strip.strip_rows(24576, 24576, 2, 128, symmetric=True) == 6144
+    assert sigmoid_strip.strip_rows(65536, 65536, 2, 128, symmetric=True) == 4096  # the bytes' bound
+    assert sigmoid_strip.strip_rows(40000, 40000, 2, 128, symmetric=True) == 6656  # the bytes' bound
     rows, ranges = sigmoid_strip.strip_grid(4096, 65536, 128, 132)
     assert sigmoid_strip.strip_grid(1024, 65536, 128, 132)[1] > ranges  # why the buffer fits the largest
     assert rows == 32 and 3.5 * 132 <= rows * ranges <= 4.5 * 132

@@ -123,7 +123,8 @@ def strip_pairs(row: dict, rows: int) -> int:
 
 
 def _strip_height(row: dict, rows: int) -> int:
-    return strip_rows(rows, rows, int(weight_bytes_per_pair(row)), STRIP_CONFIG["block"])
+    symmetric = "two-tower" not in row["kernel"]
+    return strip_rows(rows, rows, int(weight_bytes_per_pair(row)), STRIP_CONFIG["block"], symmetric)
 
 
 def strip_block_seconds(row: dict, rows: int, kernel_s: float, spec: dict) -> float:

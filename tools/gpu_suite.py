@@ -128,12 +128,13 @@ def loss(smoke: bool) -> tuple[Step, ...]:
         compiled, compiled_providers = chunked, "eager,triton"
     bench = f"{BENCH} loss --out {{out}}"
     # SigLIP's two towers at B = 8,192 and 65,536, D = 128 and 768, against siglip-kernel (its bf16
-    # default: cuBLAS over chunks of rows); what deterministic sums cost; SigCLR's strips vs one pass.
+    # default: cuBLAS over chunks of rows); what deterministic sums cost; SigCLR's strips (a quarter
+    # of the rows, or as tall as their bytes allow) vs one pass.
     siglip = "--losses siglip --sizes 16384,131072 --dims 128,768 --dtypes bf16 --reps 10"
     determ = "--losses sigclr,siglip --sizes 16384,131072 --dims 128 --dtypes bf16 --reps 10"
     determ += " --providers chunked,triton"
     strips = "--losses sigclr --sizes 16384,131072 --dims 256,768 --dtypes bf16 --reps 10"
-    strips += " --providers triton,triton-fused"
+    strips += " --providers triton,triton-tall-strips,triton-fused"
     if smoke:
         siglip = f"--losses sigclr,siglip --sizes 64 --dims 8 {tiny}"
         determ = strips = f"{siglip} --providers chunked,triton"

@@ -50,8 +50,10 @@ except ImportError:  # no triton (not Linux): no kernel can run out of resources
 
 
 # triton-fused: the kernel's one fused pass past D = 128 too, where "triton" takes the weight strips
-# (kernels/sigmoid_strip.py) on a GPU: the two side by side.
-PROVIDERS = ("eager", "compiled", "chunked", "triton", "triton-fused", "open_clip", "siglip-kernel")
+# (kernels/sigmoid_strip.py) on a GPU: the two side by side. triton-tall-strips: SigCLR's strips as
+# tall as their bytes' bound allows (one strip up to 2N = 16,384), where "triton" cuts a quarter.
+KERNEL_SETTINGS = {"triton-fused": "fused_only", "triton-tall-strips": "tall_strips"}
+PROVIDERS = ("eager", "compiled", "chunked", "triton", *KERNEL_SETTINGS, "open_clip", "siglip-kernel")
 DEFAULT_PROVIDERS = ("eager", "compiled", "chunked", "triton", "open_clip")
 # What can be measured: the training methods' losses and SigLIP's two-tower loss.
 BENCH_LOSSES = {**LOSSES, "siglip": siglip.SPEC}
@@ -131,15 +133,17 @@ def _loss_fn(provider: str, method: str, cfg: BenchLossConfig, device: torch.dev
     impl = "torch" if provider == "chunked" else "triton"
     if cfg.deterministic and spec.kernel_plans:
         params["deterministic"] = True
-    if provider == "triton-fused":  # forward forms every gradient: backward launches no kernel
-        return lambda z, labels: _fused_only(spec.function, z, labels, impl=impl, **params)
+    if provider in KERNEL_SETTINGS:  # forward forms every gradient: backward launches no kernel
+        setting = KERNEL_SETTINGS[provider]
+        return lambda z, labels: _within(setting, spec.function, z, labels, impl=impl, **params)
     return lambda z, labels: spec.function(z, labels, impl=impl, **params)
 
 
-def _fused_only(function, *args, **kwargs):
+def _within(setting: str, function, *args, **kwargs):
+    """function(*args, **kwargs) within one of sigmoid_strip's settings (fused_only, tall_strips)."""
     from fastsigclr.kernels import sigmoid_strip
 
-    with sigmoid_strip.fused_only():
+    with getattr(sigmoid_strip, setting)():
         return function(*args, **kwargs)
 
 
@@ -169,7 +173,7 @@ def _skip_reason(provider: str, method: str, device: torch.device) -> str | None
         return "no Triton kernel"
     if provider.startswith("triton") and device.type != "cuda":
         return "needs CUDA"
-    if provider == "triton-fused" and method not in ("sigclr", "siglip"):
+    if provider in KERNEL_SETTINGS and method not in ("sigclr", "siglip"):
         return "the weight strips serve the sigmoid losses only (same as triton)"
     return None
 

@@ -20,6 +20,7 @@ COLORS = {
     "chunked": "tab:orange",
     "triton": "tab:red",
     "triton-fused": "tab:pink",
+    "triton-tall-strips": "tab:olive",
     "open_clip": "tab:green",
     "siglip-kernel": "tab:purple",
 }
