@@ -211,7 +211,8 @@ def constants() -> dict:
         "time": "max(pairs visited · bound cycles / (SMs · clock), 2N · D · (input bytes + 4) / HBM "
         "bandwidth, (2N)² · gradient bytes per pair / gradient add rate, pairs visited · weight bytes "
         "per pair / HBM bandwidth); pairs visited: (2N)², SigCLR's weight strips about half; a weight "
-        "strip's block adds (2N)² · product FLOPs per pair / matmul rate and its products' fp32 moves",
+        "strip's block adds its products, max((2N)² · product FLOPs per pair / matmul rate, their "
+        "weights' reads / HBM bandwidth), and their fp32 moves (product_add_bytes per element added)",
     }
 
 

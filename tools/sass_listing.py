@@ -122,7 +122,7 @@ def spill_instructions(instructions: list[tuple[int, str]]) -> dict:
     skipped = _off_path(instructions, outer, ranges, True)
 
     def spills(a: int, t: str) -> bool:
-        return bool(re.match(r"(@!?P\d+\s+)?(LDL|STL)\b", t))
+        return bool(re.match(r"(@!?U?P(?:T|\d+)\s+)?(LDL|STL)\b", t))
 
     in_inner = [a for a, t in instructions if spills(a, t) and any(q[0] <= a <= q[1] for q in inner)]
     per_tile = [
