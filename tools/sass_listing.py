@@ -121,13 +121,13 @@ def spill_instructions(instructions: list[tuple[int, str]]) -> dict:
     outer, inner, ranges = nest
     skipped = _off_path(instructions, outer, ranges, True)
 
-    def spills(a: int, t: str) -> bool:
+    def spills(t: str) -> bool:
         return bool(re.match(r"(@!?U?P(?:T|\d+)\s+)?(LDL|STL)\b", t))
 
-    in_inner = [a for a, t in instructions if spills(a, t) and any(q[0] <= a <= q[1] for q in inner)]
+    in_inner = [a for a, t in instructions if spills(t) and any(q[0] <= a <= q[1] for q in inner)]
     per_tile = [
         a for a, t in instructions
-        if spills(a, t) and outer[0] <= a <= outer[1] and a not in skipped and a not in in_inner
+        if spills(t) and outer[0] <= a <= outer[1] and a not in skipped and a not in in_inner
     ]  # fmt: skip
     return {"spill_ops_feature_loop": len(in_inner), "spill_ops_per_tile": len(per_tile)}
 
