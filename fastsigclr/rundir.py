@@ -1,11 +1,13 @@
 """The run directory's life cycle: settle the settings, lock, find what it holds, begin, finish.
 
-A run directory is in one of four states, read from its files:
+A run directory is in one of five states, read from its files:
 
 - empty (or missing): a new run starts there;
-- interrupted start: config.json or metrics.jsonl but no checkpoint, no summary and at most one
-  finished epoch (the run stopped during its first epoch, or between that epoch's record and its
+- interrupted start: a run's config.json but no checkpoint, no summary and at most one finished
+  epoch (the run stopped during its first epoch, or between that epoch's record and its
   checkpoint): nothing can be resumed, so a new run replaces those files;
+- not a run: files of a run's names (config.json, checkpoints/, ...) without a run's config.json:
+  someone else's, so every start there is refused and nothing is removed;
 - checkpoint: ``--resume`` continues it (or reports it complete); a new run is refused;
 - finished epochs in metrics.jsonl but no checkpoint, otherwise: refused either way (its weights
   are gone).
@@ -26,26 +28,24 @@ that with every rank. A start that fails before ``RunDir.begin`` removes what it
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
-import socket
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fastsigclr import checkpoint as ckpt
-from fastsigclr import cluster, distributed
+from fastsigclr import distributed
 from fastsigclr.config import FastSigCLRError, flag, replace, to_dict
 from fastsigclr.runconfig import TrainConfig, read_config, write_config
+from fastsigclr.runlock import LOCK, lock_dir, lock_wait
 from fastsigclr.runlog import RunLog
 
-LOCK = "run.lock"
 CHECKPOINT = Path("checkpoints") / "last.pt"
-# What a run writes; an interrupted start (no checkpoint, no finished epoch) has these replaced.
+# What a run writes, config.json first (``begin`` writes it first); an interrupted start (no
+# checkpoint, no finished epoch) has these replaced.
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "tensorboard", "checkpoints")
 # Options that may differ when resuming: they change neither the model, the data nor the recipe
 # of the steps already taken (--deterministic: the order of the sums from the resumed step on).
@@ -92,17 +92,36 @@ def _epoch_records(path: Path) -> int:
     return count
 
 
+def _is_run_config(path: Path) -> bool:
+    """Whether ``path/config.json`` is a run's settings as ``begin`` writes them."""
+    try:
+        read_config(path, "", "")
+    except FastSigCLRError:
+        return False
+    return True
+
+
 def _holds(path: Path) -> str:
-    """'checkpoint', 'orphaned epochs', 'interrupted start' or 'empty'."""
+    """'checkpoint', 'orphaned epochs', 'interrupted start', 'not a run' or 'empty'."""
     if (path / CHECKPOINT).exists():
         return "checkpoint"
     # Epoch 1's record precedes its checkpoint: a kill between them leaves one record, no summary.
     epochs = _epoch_records(path / "metrics.jsonl")
     if epochs > 1 or (epochs and (path / "summary.json").exists()):
         return "orphaned epochs"
-    if any((path / name).exists() for name in RUN_FILES):
-        return "interrupted start"
+    if any(os.path.lexists(path / name) for name in RUN_FILES):
+        # ``begin`` writes config.json before anything else and never removes it: files of a run's
+        # names without it are someone else's, and a new run must not replace them.
+        return "interrupted start" if _is_run_config(path) else "not a run"
     return "empty"
+
+
+def _not_a_run(path: Path) -> FastSigCLRError:
+    found = ", ".join(name for name in RUN_FILES if os.path.lexists(path / name))
+    return FastSigCLRError(
+        f"--out {path} holds {found} but is not a fastsigclr run (no config.json of one); choose a new "
+        f"or empty --out, or move those files away (nothing was changed)"
+    )
 
 
 def _no_checkpoint(path: Path, holds: str) -> FastSigCLRError:
@@ -111,6 +130,8 @@ def _no_checkpoint(path: Path, holds: str) -> FastSigCLRError:
             f"{path} records finished epochs in metrics.jsonl but has no {CHECKPOINT} to continue "
             f"from; choose another --out, or delete {path} to start over"
         )
+    if holds == "not a run":
+        return _not_a_run(path)
     if holds == "interrupted start":
         return FastSigCLRError(
             f"nothing to resume in {path}: no {CHECKPOINT} (the run stopped before its first epoch "
@@ -176,57 +197,6 @@ def _make_dir(path: Path) -> list[Path]:
     return created
 
 
-def lock_wait(cfg: TrainConfig) -> float:
-    """Seconds rank 0 waits for the run's lock: none, unless torchrun may restart the job. Then
-    the holder can be a worker of the attempt it replaces, still dying: torchrun starts the new
-    workers once the old ones have exited, or after 30 s + 30 s it gives up waiting for one (stuck
-    in the kernel, e.g. on a network filesystem). Half of --dist-timeout: the other ranks wait
-    at most --dist-timeout for rank 0's decision, and must still hear an error in time."""
-    return cfg.dist_timeout / 2 if cluster.max_restarts() > 0 else 0.0
-
-
-def lock_dir(path: Path, wait_s: float = 0.0) -> int:
-    """An exclusive flock on ``path/run.lock``, holding this process's pid; when another process
-    has it, waits up to ``wait_s`` for it to end, then raises naming the holder. The lock ends
-    with the descriptor (exit, crash, kill)."""
-    file = path / LOCK
-    deadline = time.monotonic() + wait_s
-    waiting = False
-    while True:
-        try:
-            fd = ckpt.open_nofollow(file, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as err:
-            raise FastSigCLRError(
-                f"--out {path} is not writable ({err.strerror}); choose another --out"
-            ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "a process"
-            os.close(fd)
-            if time.monotonic() < deadline:
-                if not waiting:
-                    note = f"is locked by {holder}: waiting up to {wait_s:g} s for it to end (a restart)"
-                    print(f"fastsigclr: {path} {note}", file=sys.stderr)
-                    waiting = True
-                time.sleep(0.2)
-                continue
-            waited = f" for {wait_s:g} s" if wait_s else ""
-            raise FastSigCLRError(
-                f"{path} is in use by another training ({holder}){waited}; wait for it to end, or "
-                f"choose another --out"
-            ) from None
-        try:
-            if os.path.samestat(os.fstat(fd), os.stat(file)):
-                break
-        except FileNotFoundError:
-            pass
-        os.close(fd)  # the holder removed the file as we locked it: lock the current one
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-    return fd
-
-
 def _load_checkpoint(path: Path) -> dict[str, Any]:
     # On the CPU: load_state_dict copies weights and optimiser states onto their parameters' device,
     # and torch.set_rng_state takes only a CPU ByteTensor (map_location=device moved it to the GPU).
@@ -283,7 +253,7 @@ class RunDir:
                     f"{self.path} already holds a run; pass --resume to continue it (add --epochs N to "
                     f"train past its end) or choose another --out"
                 )
-            if holds == "orphaned epochs":
+            if holds in ("orphaned epochs", "not a run"):
                 raise _no_checkpoint(self.path, holds)
             self.restart = holds == "interrupted start"
             if self.restart:
@@ -318,7 +288,8 @@ class RunDir:
         """Training starts: an interrupted start's files go, config.json is (re)written, and the
         run's log opens (records past a resumed checkpoint dropped); ``close`` closes it."""
         if self.main:
-            for name in RUN_FILES if self.restart else ():
+            # config.json stays until it is rewritten (atomically): a kill here leaves a run's files.
+            for name in RUN_FILES[1:] if self.restart else ():
                 target = self.path / name
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
             write_config(self.path, self.cfg, record)

@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from helpers import KERNEL_DEVICE, assert_close_rel, fp32_tol
 from test_sigmoid_loss import error_scales, reference
 
-from fastsigclr import checkpoint, rundir
+from fastsigclr import checkpoint, runlock
 from fastsigclr.kernels import sigmoid_block
 from fastsigclr.losses import (
     LOSSES,
@@ -273,7 +273,7 @@ def test_torchrun_on_a_locked_run_directory_stops_every_rank(cifar10_dir, tmp_pa
     would otherwise wait for rank 0 forever."""
     out = tmp_path / "run"
     out.mkdir()
-    fd = rundir.lock_dir(out)  # a training in progress
+    fd = runlock.lock_dir(out)  # a training in progress
     try:
         proc = torchrun(2, *train_args(cifar10_dir, out))
     finally:

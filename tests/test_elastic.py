@@ -18,7 +18,7 @@ import pytest
 import torch
 from netns import ADDRS, RDZV_PORT, HostPair, Node, Unavailable, torchrun_argv
 
-from fastsigclr import checkpoint, cluster, rundir
+from fastsigclr import checkpoint, cluster, runlock
 from fastsigclr.config import FastSigCLRError
 from fastsigclr.runconfig import TrainConfig
 from fastsigclr.runlog import read_metrics
@@ -271,7 +271,7 @@ HOLD = (
 def hold_lock(run_dir: Path, seconds: float) -> subprocess.Popen:
     """A worker of the previous attempt, still dying: it holds the run's lock for ``seconds``."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(run_dir / rundir.LOCK), str(seconds)],
+        [sys.executable, "-c", HOLD, str(run_dir / runlock.LOCK), str(seconds)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -283,19 +283,19 @@ def test_a_restarted_rank_0_waits_for_a_dying_workers_lock(tmp_path, monkeypatch
     """Under torchrun restarts rank 0 waits up to --dist-timeout / 2 for the lock; a holder that
     outlives the wait is the usual error, naming it."""
     cfg = TrainConfig(dist_timeout=60)
-    assert rundir.lock_wait(cfg) == 0  # outside torchrun's restarts: no wait
+    assert runlock.lock_wait(cfg) == 0  # outside torchrun's restarts: no wait
     monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "2")
-    assert rundir.lock_wait(cfg) == 30
+    assert runlock.lock_wait(cfg) == 30
     holder = hold_lock(tmp_path, 1.0)
     start = time.monotonic()
-    os.close(rundir.lock_dir(tmp_path, rundir.lock_wait(cfg)))
+    os.close(runlock.lock_dir(tmp_path, runlock.lock_wait(cfg)))
     assert 0.3 < time.monotonic() - start < 30  # measured: the holder's exit, about 1 s
     assert "is locked by pid 7 on old: waiting up to 30 s" in capsys.readouterr().err
     holder.wait()
     holder = hold_lock(tmp_path, 60)
     try:
         with pytest.raises(FastSigCLRError, match=r"in use by another training \(pid 7 on old\) for 0.5 s"):
-            rundir.lock_dir(tmp_path, 0.5)
+            runlock.lock_dir(tmp_path, 0.5)
     finally:
         holder.kill()
         holder.wait()

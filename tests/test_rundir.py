@@ -15,7 +15,7 @@ from helpers import run_in
 from run_fixture import tiny_args
 
 import fastsigclr.train
-from fastsigclr import checkpoint, rundir
+from fastsigclr import checkpoint, rundir, runlock
 from fastsigclr.cli import main
 from fastsigclr.runlog import read_metrics
 
@@ -60,6 +60,22 @@ def test_an_interrupted_start_can_be_started_again(cifar10_dir, tmp_path, monkey
     assert main(tiny_args(cifar10_dir, out, *again)) == 0
     assert "starting it again" in capsys.readouterr().err
     assert steps(out) == [1, 2] and checkpoint.load(out / "checkpoints" / "last.pt")["epoch"] == 1
+
+
+@pytest.mark.parametrize("again", [[], ["--resume", "auto"], ["--resume"]])
+def test_a_folder_that_is_not_a_run_is_left_alone(cifar10_dir, tmp_path, capsys, again):
+    """Files of a run's names (someone's config.json, checkpoints/, tensorboard/) without a run's
+    config.json are not an interrupted start: every start there is refused and nothing changes."""
+    out = tmp_path / "project"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "model.ckpt").write_bytes(b"weights")
+    (out / "config.json").write_text('{"lr": 3}')
+    (out / "tensorboard").mkdir()
+    before = sorted((p.relative_to(out), p.read_bytes() if p.is_file() else None) for p in out.rglob("*"))
+    err = fails_with(tiny_args(cifar10_dir, out, *again), capsys)
+    assert "is not a fastsigclr run" in err and "config.json, tensorboard, checkpoints" in err, err
+    after = sorted((p.relative_to(out), p.read_bytes() if p.is_file() else None) for p in out.rglob("*"))
+    assert after == before  # the lock file it made is gone too
 
 
 def test_a_failed_start_leaves_nothing_it_created(tmp_path, capsys):
@@ -194,7 +210,7 @@ def test_lr_and_bias_must_fit_in_float32(tmp_path, capsys, option, value, expect
 def test_a_run_in_progress_holds_its_directory(run_copy, capsys):
     """A second training on a locked directory is refused naming the holder, and touches nothing;
     once the lock is released, the directory is usable again."""
-    fd = rundir.lock_dir(run_copy)  # what a running training holds
+    fd = runlock.lock_dir(run_copy)  # what a running training holds
     try:
         before = {p.name: p.stat().st_mtime_ns for p in run_copy.iterdir()}
         err = fails_with(["train", "--out", str(run_copy), "--resume", "--epochs", "2"], capsys)
