@@ -4,6 +4,7 @@ operations equal the PyTorch reference for the same parameters."""
 
 import dataclasses
 import math
+import os
 import sys
 
 import numba
@@ -185,6 +186,57 @@ def test_ffcv_loader_contract_coverage_and_seed(tmp_path):
     b = FfcvLoader(imgs, labels, spec, 16, CPU, torch.bfloat16, seed=2, beton=beton, num_workers=2)
     for (va, ia), (vb, ib) in zip(first, epoch_of(b, 0), strict=True):
         assert torch.equal(ia, ib) and torch.equal(va, vb)  # a seed reproduces order and draws
+
+
+def _labels_in(beton) -> list[int]:
+    from ffcv.reader import Reader
+
+    return Reader(str(beton)).metadata["f1"].tolist()  # fields are unnamed: f0 image, f1 label
+
+
+def test_a_beton_written_from_other_data_is_written_again(tmp_path, capsys):
+    """The .beton of a split is keyed by its content (labels, pixels; a split of files: their
+    bytes): the same data keeps the file; a relabelled image, a changed pixel, a JPEG replaced by
+    one of the same size and mtime, or a .beton without its record is written again."""
+    from PIL import Image
+
+    from fastsigclr.data.loaders import ensure_beton
+    from fastsigclr.data.samples import SampleIndex, decode_file
+
+    path, imgs, labels = tmp_path / "ffcv" / "d.beton", smooth_images(12, 8), np.arange(12) % 3
+
+    def ensure(samples) -> int:
+        ensure_beton(path, samples, progress=False)
+        return path.stat().st_ino  # a rewrite renames a new file into place
+
+    written = ensure(SampleIndex.from_array(imgs, labels))
+    assert ensure(SampleIndex.from_array(imgs.copy(), labels.copy())) == written
+    assert capsys.readouterr().err == ""
+    relabelled = labels.copy()
+    relabelled[4] = 0
+    written = ensure(SampleIndex.from_array(imgs, relabelled))
+    assert (
+        "was written from other data" in capsys.readouterr().err and _labels_in(path) == relabelled.tolist()
+    )
+    changed = imgs.copy()
+    changed[7, 3, 3, 0] ^= 1
+    assert ensure(SampleIndex.from_array(changed, relabelled)) != written
+    written = ensure(SampleIndex.from_array(changed, relabelled))
+    path.with_name("d.beton.json").unlink()  # written before the record existed
+    assert ensure(SampleIndex.from_array(changed, relabelled)) != written
+    files = []
+    for i, img in enumerate(imgs):
+        files.append(tmp_path / f"{i}.jpg")
+        Image.fromarray(img).save(files[-1], quality=90)
+    sizes = np.full((12, 2), 8)
+    jpegs = SampleIndex("jpegs", labels, sizes, lambda i: decode_file(files[i]), files=files)
+    path = tmp_path / "ffcv" / "jpegs.beton"
+    written = ensure(jpegs)
+    victim, donor = max(files, key=lambda p: p.stat().st_size), min(files, key=lambda p: p.stat().st_size)
+    st = victim.stat()
+    victim.write_bytes(donor.read_bytes().ljust(st.st_size, b"\0"))
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert ensure(jpegs) != written
 
 
 def test_ffcv_views_are_the_plan_of_the_gpu_loader(tmp_path):

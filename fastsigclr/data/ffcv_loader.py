@@ -10,7 +10,9 @@ the gpu/dali loaders' views of it; only the order (which batch it lands in) is F
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from fastsigclr import checkpoint as ckpt
 from fastsigclr.config import FastSigCLRError
+from fastsigclr.data import cache
 from fastsigclr.data.base import LoaderBase
 from fastsigclr.data.samples import SampleIndex, resize_center
 
@@ -61,6 +65,43 @@ class _Indexed:
         return rgb, int(self.samples.labels[i])
 
 
+def content_key(samples: SampleIndex, store_size: int | None, jpeg: bool) -> str:
+    """What a .beton was written from: the labels, how the images are stored, and the images'
+    bytes: for a split read from files, their names and a digest of each file (the decoded
+    cache's key, ``cache.fingerprint``: a file replaced by one of the same size and mtime counts);
+    for images held as one array, a digest of the array (CIFAR-10's 150 MB: 0.12 s on one core)."""
+    h = hashlib.blake2b(digest_size=20)
+    h.update(f"n={len(samples)} store={store_size} jpeg={jpeg}\n".encode())
+    h.update(np.ascontiguousarray(samples.labels).tobytes() + samples.sizes.tobytes())
+    if samples.files:
+        h.update(cache.fingerprint(samples.files, store_size).encode())
+    elif samples.decoded:
+        for i in range(0, len(samples), 4096):  # a block at a time: no copy of the whole split
+            h.update(np.ascontiguousarray(samples.array()[i : i + 4096]).data)
+    else:
+        for i in range(len(samples)):
+            h.update(np.ascontiguousarray(samples.decode(i)).data)
+    return h.hexdigest()
+
+
+def _key_file(path: Path) -> Path:
+    return path.with_name(f"{path.name}.json")
+
+
+def written_from(path: Path) -> str | None:
+    """The ``content_key`` recorded beside the .beton at ``path`` (None: none, or unreadable)."""
+    try:
+        key = json.loads(ckpt.read_text(_key_file(path))).get("content_key")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return key if isinstance(key, str) else None
+
+
+def is_current(path: Path, samples: SampleIndex, store_size: int | None, jpeg: bool) -> bool:
+    """Whether the .beton at ``path`` was written from these samples, stored this way."""
+    return written_from(path) == content_key(samples, None if samples.uniform_size else store_size, jpeg)
+
+
 def write_beton(
     path: Path,
     images: np.ndarray | SampleIndex,
@@ -95,9 +136,12 @@ def write_beton(
         quiet = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
         with quiet:
             w.from_indexed_dataset(_Indexed(samples, store_size))
+        _key_file(path).unlink(missing_ok=True)  # the old record goes before the old file does
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+    key = content_key(samples, None if samples.uniform_size else store_size, jpeg)
+    ckpt.write_text_atomic(_key_file(path), json.dumps({"content_key": key}) + "\n")
     return path
 
 

@@ -8,6 +8,7 @@ module (its ``LoaderBase`` subclass) and one entry below."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from fastsigclr.data.datasets import (
     dataset_option,
     prepare,
 )
-from fastsigclr.data.ffcv_loader import FfcvLoader, write_beton
+from fastsigclr.data.ffcv_loader import FfcvLoader, is_current, write_beton
 from fastsigclr.data.gpu_loader import GpuLoader
 from fastsigclr.data.samples import SampleIndex, report_broken
 from fastsigclr.data.splits import open_splits
@@ -61,9 +62,17 @@ def ensure_beton(
 ) -> Path:
     """The .beton of this split at ``path``, written first if it does not exist (raw pixels, or
     JPEG for splits read from image files). Every image is decoded once first: those that fail
-    are reported and the write stops (a .beton must not hold holes)."""
-    if not path.is_file():
-        if progress:
+    are reported and the write stops (a .beton must not hold holes). One written from other data
+    (images or labels changed, added or removed since: ``content_key``) is written again."""
+    exists = path.is_file()
+    if not exists or not is_current(path, samples, store_size, jpeg):
+        if exists:
+            print(
+                f"fastsigclr: {path} was written from other data (the split's images or labels changed "
+                f"since, or an older fastsigclr wrote it without a record of them): writing it again",
+                file=sys.stderr,
+            )
+        elif progress:
             print(f"writing the FFCV dataset {path} (once)")
         if not samples.decoded:
             report_broken(samples.name, samples.undecodable(progress=progress), len(samples), 0.0)
