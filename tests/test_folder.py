@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 from folder_fixture import odd_images, write_cifar_folder, write_odd_folder
+from run_fixture import fails_with
 
 from fastsigclr.cli import main
 from fastsigclr.data import DATASETS
@@ -80,8 +81,14 @@ def test_broken_images_are_listed_and_skipped_or_stop_the_run(tmp_path, capsys):
     assert main(folder_args(data, out, "--batch-size", "8", "--max-broken", "0.2")) == 0
     err = capsys.readouterr().err
     assert f"{garbage}:" in err and f"{truncated}:" in err
-    assert err.count("skipped those 1 images") == 2  # one at indexing, one at decoding
+    assert "skipped those 1 images" in err  # at indexing
+    assert "(and 1 more listed above)" in err and "skipped those 2 images" in err  # at decoding
     assert summary(out)["train_images"] == 19  # 20 written + 1 garbage, 2 left out
+    # Each pass alone is within 7% (1 of 21, 1 of 20); the split is not (2 of 21): refused.
+    err = fails_with(
+        folder_args(data, tmp_path / "run3", "--batch-size", "8", "--max-broken", "0.07"), capsys
+    )
+    assert "2 of 21 images (9.5%) cannot be decoded" in err and "more than --max-broken 0.07" in err, err
     with pytest.raises(SystemExit) as exc:  # the default threshold, 1%: stop, naming the fix
         main(folder_args(data, tmp_path / "run2", "--batch-size", "8"))
     assert exc.value.code == 2

@@ -84,25 +84,31 @@ def workers() -> int:
     return max(1, min(16, os.cpu_count() or 1))
 
 
-def report_broken(what: str, broken: Sequence[tuple[str, str]], total: int, max_broken: float) -> None:
+def report_broken(
+    what: str, broken: Sequence[tuple[str, str]], total: int, max_broken: float, already: int = 0
+) -> None:
     """List the files that cannot be decoded on stderr (path and reason); a DatasetError when more
-    than ``max_broken`` of the ``total`` are."""
+    than ``max_broken`` of the ``total`` are, counting the ``already`` left out by an earlier pass
+    (the header pass, whose files were listed then): the limit is on the split, not on each pass."""
     if not broken:
         return
     lines = [f"  {path}: {reason}" for path, reason in broken[:LIST_BROKEN]]
     if len(broken) > LIST_BROKEN:
         lines.append(f"  ... and {len(broken) - LIST_BROKEN} more")
-    share = len(broken) / max(total, 1)
-    print(f"{what}: {len(broken)} of {total} images cannot be decoded:\n" + "\n".join(lines), file=sys.stderr)
+    count = len(broken) + already
+    share = count / max(total, 1)
+    earlier = f" (and {already} more listed above)" if already else ""
+    print(
+        f"{what}: {len(broken)} of {total} images cannot be decoded{earlier}:\n" + "\n".join(lines),
+        file=sys.stderr,
+    )
     if share > max_broken:
         raise DatasetError(
-            f"{what}: {len(broken)} of {total} images ({share:.1%}) cannot be decoded (first: "
+            f"{what}: {count} of {total} images ({share:.1%}) cannot be decoded (first: "
             f"{broken[0][0]}), more than --max-broken {max_broken:g}: repair or delete the files listed "
             f"above, or raise --max-broken"
         )
-    print(
-        f"{what}: skipped those {len(broken)} images (at most --max-broken {max_broken:g})", file=sys.stderr
-    )
+    print(f"{what}: skipped those {count} images (at most --max-broken {max_broken:g})", file=sys.stderr)
 
 
 class SampleIndex:
@@ -167,7 +173,7 @@ class SampleIndex:
     def subset(self, keep: np.ndarray) -> SampleIndex:
         keep = np.asarray(keep, dtype=np.int64)
         base = self._decode
-        return SampleIndex(
+        part = SampleIndex(
             self.name,
             self.labels[keep],
             self.sizes[keep],
@@ -176,6 +182,8 @@ class SampleIndex:
             classes=self.classes,
             array=None if self._array is None else self._array[keep],
         )
+        part.broken = self.broken  # left out of the split it was taken from: they count for --max-broken
+        return part
 
     def nbytes(self, size: int | None = None) -> int:
         """Bytes of the decoded uint8 array ``in_memory(size)`` would hold."""
@@ -202,8 +210,10 @@ class SampleIndex:
             images, kept = self._decode_all(same or (size, size), progress, max_broken)
             if key:
                 cache.save(self.cache_dir, self.cache_name, key, images, kept)
-        else:
+        else:  # the files that did not decode when it was made count against this run's limit too
             images, kept = found
+            left_out = [(str(self.files[i]), "did not decode") for i in np.setdiff1d(np.arange(len(self)), kept)]
+            report_broken(self.name, left_out, len(self) + len(self.broken), max_broken, len(self.broken))
         files = None if self.files is None else [self.files[i] for i in kept]
         return SampleIndex.from_array(images, self.labels[kept], self.name, files=files, classes=self.classes)
 
@@ -235,7 +245,7 @@ class SampleIndex:
                     broken.append((str(self.files[i]) if self.files else f"sample {i}", rgb))
                 else:
                     images[i] = rgb
-        report_broken(self.name, broken, len(self), max_broken)
+        report_broken(self.name, broken, len(self) + len(self.broken), max_broken, len(self.broken))
         kept = np.flatnonzero(ok)
         return (images if ok.all() else images[kept]), kept
 
