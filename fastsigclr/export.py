@@ -27,7 +27,9 @@ from fastsigclr.eval import split_features
 from fastsigclr.models import ResNet, projector
 from fastsigclr.recipe import load_run_model
 from fastsigclr.runconfig import PRESETS, RESTORE_CONFIG, TrainConfig, read_config
+from fastsigclr.rundir import RUN_FILES
 from fastsigclr.runinfo import device_option
+from fastsigclr.runlock import LOCK
 
 FORMAT = "fastsigclr-encoder-v1"
 INSTALL_HINT = "pip install safetensors (a dependency of fastsigclr)"
@@ -93,15 +95,28 @@ def export(cfg: ExportConfig) -> dict[str, str]:
         "method": train_cfg.method,
         "epoch": str(state["epoch"]),
     }
-    _write_file(Path(cfg.out or ""), st.torch.save(tensors, metadata=meta), "encoder.safetensors")
+    _write_file(Path(cfg.out or ""), st.torch.save(tensors, metadata=meta), "encoder.safetensors", run_dir)
     return meta
 
 
-def _write_file(path: Path, data: bytes, example: str) -> None:
-    """``data`` to ``path`` atomically; an --out that is a folder or cannot be written is one line."""
+def _write_file(path: Path, data: bytes, example: str, run_dir: Path) -> None:
+    """``data`` to ``path`` atomically; an --out that is a folder, one of the run's own files, or
+    cannot be written is one line."""
+    _check_out(path, example, run_dir)
+    ckpt.write_atomic(path, lambda f: f.write(data), fix="choose a writable --out")
+
+
+def _check_out(path: Path, example: str, run_dir: Path) -> None:
     if path.is_dir():
         raise FastSigCLRError(f"--out {path} is a folder; name a file in it, e.g. {path / example}")
-    ckpt.write_atomic(path, lambda f: f.write(data), fix="choose a writable --out")
+    try:
+        inside = path.resolve().relative_to(run_dir.resolve()).parts
+    except ValueError:
+        inside = ()
+    if inside and inside[0] in (*RUN_FILES, LOCK):
+        raise FastSigCLRError(
+            f"--out {path} is the run's own {Path(*inside)}; name another file, e.g. {run_dir / example}"
+        )
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -206,9 +221,11 @@ def embed(cfg: EmbedConfig) -> dict[str, Any]:
     int64, written as two .npy files; returns their paths and shape."""
     run_dir = Path(cfg.run or "")
     _run_checkpoint(run_dir)  # the clear errors first, before the data is read
+    for path in (Path(cfg.out or ""), labels_path(cfg.out or "")):
+        _check_out(path, "features.npy", run_dir)
     loaded = load_run_model(run_dir, cfg.device, cfg.data_dir)
     feats, labels = split_features(loaded, cfg.split, progress=cfg.progress)
     out = Path(cfg.out or "")
-    _write_file(out, _npy_bytes(feats.cpu().numpy()), "features.npy")
-    _write_file(labels_path(out), _npy_bytes(labels.cpu().numpy()), "features.npy")
+    _write_file(out, _npy_bytes(feats.cpu().numpy()), "features.npy", run_dir)
+    _write_file(labels_path(out), _npy_bytes(labels.cpu().numpy()), "features.npy", run_dir)
     return {"features": str(out), "labels": str(labels_path(out)), "shape": tuple(feats.shape)}

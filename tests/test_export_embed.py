@@ -111,13 +111,27 @@ def test_clear_errors(run_dir, tmp_path, capsys):
             ["export", "--out", str(tmp_path / "x.safetensors")],
             "--run DIR and --out FILE.safetensors are both",
         ),
+        *(  # the run's own files, however named
+            (["export", "--run", str(run_dir), "--out", str(out)], f"is the run's own {own}; name another")
+            for out, own in (
+                (run_dir / "checkpoints" / "last.pt", "checkpoints/last.pt"),
+                (run_dir / "checkpoints" / ".." / "config.json", "config.json"),
+                (run_dir / "run.lock", "run.lock"),
+            )
+        ),
+        (
+            ["embed", "--run", str(run_dir), "--out", str(run_dir / "tensorboard" / "x.npy")],
+            "is the run's own tensorboard/x.npy",
+        ),
     ]
+    owned = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     for args, message in cases:
         with pytest.raises(SystemExit):
             main(args)
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, (args, err)
     assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "x.npy").exists()
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == owned
     with pytest.raises(FastSigCLRError, match="was not written by `fastsigclr export`"):
         load_backbone(foreign)
     junk = tmp_path / "junk.safetensors"
