@@ -212,7 +212,8 @@ class SampleIndex:
                 cache.save(self.cache_dir, self.cache_name, key, images, kept)
         else:  # the files that did not decode when it was made count against this run's limit too
             images, kept = found
-            left_out = [(str(self.files[i]), "did not decode") for i in np.setdiff1d(np.arange(len(self)), kept)]
+            missing = np.setdiff1d(np.arange(len(self)), kept)
+            left_out = [(str(self.files[i]), "did not decode") for i in missing]
             report_broken(self.name, left_out, len(self) + len(self.broken), max_broken, len(self.broken))
         files = None if self.files is None else [self.files[i] for i in kept]
         return SampleIndex.from_array(images, self.labels[kept], self.name, files=files, classes=self.classes)
