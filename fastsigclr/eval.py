@@ -100,7 +100,7 @@ def linear_probe(
     total = epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
     y = train_labels.to(device)
-    for _ in tqdm(range(epochs), desc="linear probe", unit="epoch", disable=not progress, leave=False):
+    for epoch in tqdm(range(epochs), desc="linear probe", unit="epoch", disable=not progress, leave=False):
         perm = torch.randperm(len(train_feats), generator=gen).to(device)
         for i in range(steps_per_epoch):
             idx = perm[i * batch_size : (i + 1) * batch_size]
@@ -109,6 +109,11 @@ def linear_probe(
             loss.backward()
             opt.step()
             sched.step()
+        if not math.isfinite(value := loss.item()):  # once an epoch: a diverged head scores nothing
+            raise FastSigCLRError(
+                f"the linear probe diverged (loss {value} in epoch {epoch + 1}) at --linear-lr {lr:g}: "
+                f"lower it, e.g. --linear-lr {lr / 10:g}"
+            )
     with torch.no_grad():
         train_acc = (head(train_feats).argmax(1) == y).float().mean().item()
         test_acc = (head(test_feats).argmax(1) == test_labels.to(device)).float().mean().item()
@@ -153,6 +158,12 @@ def split_features(
         progress=progress,
         desc=split,
     )
+    if bad := int((~torch.isfinite(feats).all(1)).sum()):
+        raise FastSigCLRError(
+            f"the backbone gives non-finite features (NaN or inf) for {bad} of the {len(feats)} {split} "
+            f"images: the run's checkpoint (epoch {loaded['epoch']}) holds a diverged model; retrain it "
+            f"(e.g. with a lower --lr) or evaluate another run"
+        )
     return feats, torch.from_numpy(labels).to(device)
 
 

@@ -150,3 +150,23 @@ def test_option_typos_get_the_closest_options(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "unrecognized arguments: --lr-rate 3 --widht 8; did you mean --lr or --width?" in err
     assert "`fastsigclr train --help` lists the options" in err
+
+
+def test_a_diverged_model_or_probe_is_not_scored(run_copy, capsys):
+    """A linear probe whose loss is NaN, and a checkpoint whose backbone gives NaN features, were
+    scored (a chance-level accuracy written to eval-*.json): both are now one line naming the fix."""
+    evaluate = ["eval", "--run", str(run_copy), "--device", "cpu", "--no-progress"]  # knn
+    probe = ["linear", "--linear-epochs", "2"]
+    err = fails_with([*evaluate, *probe, "--linear-lr", "3e38"], capsys)
+    assert "the linear probe diverged (loss nan in epoch " in err and "at --linear-lr 3e+38: lower" in err
+    state = checkpoint.load(run_copy.joinpath(*LAST))
+    next(v for k, v in state["model"].items() if k.startswith("backbone.") and v.is_floating_point()).fill_(
+        float("nan")
+    )
+    checkpoint.save_atomic(state, run_copy.joinpath(*LAST))
+    embed = ["embed", "--run", str(run_copy), "--out", str(run_copy / "f.npy"), "--no-progress"]
+    for command, split in ((evaluate, "64 of the 64 train"), (embed, "50 of the 50 test")):
+        err = fails_with(command, capsys)
+        assert f"the backbone gives non-finite features (NaN or inf) for {split} images" in err, err
+        assert "checkpoint (epoch 1) holds a diverged model" in err
+    assert not list(run_copy.glob("eval-*.json")) and not (run_copy / "f.npy").exists()
