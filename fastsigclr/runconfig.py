@@ -162,6 +162,11 @@ class TrainConfig:
         if self.use_labels and not self.loss_spec.supervised:
             raise ValueError(f"--use-labels: {self.method} cannot use labels; it is self-supervised")
         check_applicable(self, (self.method,))
+        if self.batch_size is not None and self.batch_size < self.loss_spec.min_images:
+            raise ValueError(
+                f"--method {self.method} needs at least {self.loss_spec.min_images} images per batch, got "
+                f"--batch-size {self.batch_size}: with fewer, no row has a negative; pass a larger one"
+            )
         if self.resume not in RESUME_MODES:
             raise ValueError(f"--resume must be one of {', '.join(RESUME_MODES)}, got {self.resume!r}")
         if self.resume != "no" and not self.out:

@@ -73,6 +73,17 @@ def test_bench_sizes_must_be_two_views(command, tmp_path, capsys):
     assert not list(tmp_path.iterdir()), "nothing is measured or written"
 
 
+def test_a_loss_that_needs_two_images_refuses_a_batch_of_one(tmp_path, capsys):
+    """DCL's denominator holds only negatives: one image per batch was a traceback from the loss."""
+    argv = [*TRAIN, "--data-dir", str(tmp_path), "--out", str(tmp_path / "run"), "--method", "dcl"]
+    err = cli_error([*argv, "--batch-size", "1"], capsys)
+    assert "--method dcl needs at least 2 images per batch, got --batch-size 1" in err
+    bench = ["bench", "loss", "--device", "cpu", "--losses", "simclr,dcl", "--sizes", "2,8", "--dims", "8"]
+    err = cli_error([*bench, "--out", str(tmp_path / "bench")], capsys)
+    assert "--losses dcl needs at least 2 images (--sizes 4: two views each), got --sizes 2" in err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "bench").exists()
+
+
 def test_batch_larger_than_limit_train_names_both_numbers(tmp_path, capsys):
     """The first thing a CPU user tries: the preset batch (512) against --limit-train 128."""
     argv = [*TRAIN, "--data-dir", str(tmp_path), "--out", str(tmp_path / "run"), "--limit-train", "128"]

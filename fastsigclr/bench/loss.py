@@ -97,6 +97,13 @@ class BenchLossConfig:
         check_even_sizes(self.sizes)
         fix = "drop it or measure one of those in --losses"
         check_applicable(self, self.losses, fix=fix, losses=BENCH_LOSSES)
+        for name in self.losses:
+            fewest = BENCH_LOSSES[name].min_images
+            if self.sizes and min(self.sizes) < 2 * fewest:
+                raise ValueError(
+                    f"--losses {name} needs at least {fewest} images (--sizes {2 * fewest}: two views each), "
+                    f"got --sizes {min(self.sizes)}; measure larger sizes, or drop {name}"
+                )
 
     def resolved(self, device: torch.device) -> BenchLossConfig:
         """The per-device defaults filled in."""

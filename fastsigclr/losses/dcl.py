@@ -77,5 +77,5 @@ class DCLLoss(FixedTemperatureLoss):
 
 
 SPEC = fixed_temperature_spec(
-    "DCL: NT-Xent without the positive in the denominator, τ 0.2", DCLLoss, dcl_loss_reference
+    "DCL: NT-Xent without the positive in the denominator, τ 0.2", DCLLoss, dcl_loss_reference, min_images=2
 )

@@ -40,6 +40,7 @@ class LossSpec:
     notes: per option name, the hint added when the option is given to this method (misnamed
     options, e.g. --temperature for sigclr).
     renamed: earlier option name → today's, for config files written under the earlier name.
+    min_images: the fewest images a batch may hold (DCL: 2, for a row to have a negative).
     """
 
     summary: str
@@ -53,6 +54,7 @@ class LossSpec:
     distributed: Callable[..., torch.Tensor] | None = None
     notes: dict[str, str] = field(default_factory=dict)
     renamed: dict[str, str] = field(default_factory=dict)
+    min_images: int = 1
 
     def defaults(self) -> dict[str, Any]:
         return {name: p.default for name, p in self.params.items()}
@@ -102,6 +104,7 @@ def fixed_temperature_spec(
     module: type[FixedTemperatureLoss],
     reference: Callable[..., torch.Tensor],
     kernel: str | None = None,
+    min_images: int = 1,
 ) -> LossSpec:
     """The registry entry of a FixedTemperatureLoss: its one parameter τ (default
     ``module.default_temperature``), the
@@ -117,4 +120,4 @@ def fixed_temperature_spec(
         return reference(z, params["temperature"], n_views=n_views)
 
     params = {"temperature": softmax_temperature(module.default_temperature)}
-    return LossSpec(summary, build, function, plain, params, kernel=kernel)
+    return LossSpec(summary, build, function, plain, params, kernel=kernel, min_images=min_images)
