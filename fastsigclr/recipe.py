@@ -228,9 +228,14 @@ def loss_scalars(criterion: torch.nn.Module) -> dict[str, float]:
     return criterion.log_values()
 
 
-def load_run_model(run_dir: Path, device_name: str = "auto", data_dir: str | None = None) -> dict[str, Any]:
-    """A run's backbone (last checkpoint), its data (from ``data_dir`` when given, else where the
-    run read it) and settings, for evaluation."""
+def load_run_model(
+    run_dir: Path,
+    device_name: str = "auto",
+    data_dir: str | None = None,
+    splits: tuple[str, ...] = ("train", "test"),
+) -> dict[str, Any]:
+    """A run's backbone (last checkpoint), its labelled ``splits`` decoded (from ``data_dir`` when
+    given, else where the run read it) and settings, for evaluation."""
     overrides = {"data_dir": data_dir} if data_dir else {}
     cfg = read_config(run_dir, f"cannot read the run {run_dir}", RESTORE_CONFIG, overrides)
     info = DATASETS[cfg.dataset]
@@ -243,20 +248,20 @@ def load_run_model(run_dir: Path, device_name: str = "auto", data_dir: str | Non
     device = resolve_device(device_name)
     state = ckpt.load(Path(run_dir) / "checkpoints" / "last.pt", map_location=device)
     data = load_data(dataclasses.replace(cfg, download=False, progress=False), announce=False)
-    if not data.has_knn:
+    missing = [name for name in splits if (index := getattr(data, name)) is None or not index.labelled]
+    if missing:
         raise FastSigCLRError(
-            f"{data.info.name} in {where} has no labelled train and test images (a flat folder, or no val/): "
-            f"evaluation needs DIR/train/<class>/ and DIR/val/<class>/"
+            f"{data.info.name} in {where} has no labelled {' and '.join(missing)} images (a flat folder, or "
+            f"no val/): eval needs DIR/train/<class>/ and DIR/val/<class>/, embed those of its --split"
         )
-    info, train, test = data.info, data.arrays("train"), data.arrays("test")
+    info = data.info
     model, _, _ = build_model(cfg, info, device)
     load_weights(model, state["model"], str(Path(run_dir) / "checkpoints" / "last.pt"))
     _, autocast_dtype = compute_dtypes(cfg, device)
     return {
         "backbone": model.backbone,
         "info": info,
-        "train": train,
-        "test": test,
+        **{name: data.arrays(name) for name in splits},
         "device": device,
         "epoch": state["epoch"],
         "autocast": autocast_dtype,

@@ -212,3 +212,22 @@ def test_dali_names_the_fix_for_a_file_it_cannot_decode(tmp_path):
     loader = DaliLoader(index, None, spec, 4, torch.device("cpu"), torch.float32)
     with pytest.raises(FastSigCLRError, match="DALI could not decode an image of epoch 1 .*data verify"):
         list(loader.epoch(0))
+
+
+def test_embed_reads_only_the_split_it_embeds(tmp_path, capsys):
+    """A folder whose val/ is gone: embed --split train still works (it needed both splits), and
+    --split test and eval say which labelled split is missing."""
+    import shutil
+
+    data = write_cifar_folder(tmp_path / "data", per_class=4, val_per_class=1, classes=4)
+    out = tmp_path / "run"
+    assert main(folder_args(data, out)) == 0
+    shutil.rmtree(data / "val")
+    embed = ["embed", "--run", str(out), "--device", "cpu", "--no-progress", "--out"]
+    assert main([*embed, str(tmp_path / "train.npy"), "--split", "train"]) == 0
+    assert np.load(tmp_path / "train.npy").shape[0] == 16
+    assert np.load(tmp_path / "train.labels.npy").tolist() == sorted([0, 1, 2, 3] * 4)
+    for argv in ([*embed, str(tmp_path / "test.npy"), "--split", "test"], ["eval", "--run", str(out)]):
+        err = fails_with(argv, capsys)
+        assert "has no labelled test images (a flat folder, or no val/)" in err, err
+    assert not (tmp_path / "test.npy").exists()
