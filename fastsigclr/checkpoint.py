@@ -239,3 +239,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
         # set_rng_state_all indexes a generator per saved state and fails past the last device).
         for index, device_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(device_state, index)
+
+
+def trained(state: dict[str, Any]) -> dict[str, Any]:
+    """How far a training checkpoint's model has trained: ``epoch`` (finished epochs), ``step``,
+    ``epoch_batches`` (batches of the next epoch a mid-epoch checkpoint holds; 0 at an epoch's end)
+    and ``label``, e.g. "epoch 3" or "epoch 3 and 120 batches of epoch 4"."""
+    epoch, step, position = int(state["epoch"]), int(state["step"]), state.get("position")
+    batches = int(position["batch"]) if isinstance(position, dict) else 0
+    label = f"epoch {epoch}" + (f" and {batches} batches of epoch {epoch + 1}" if batches else "")
+    return {"epoch": epoch, "step": step, "epoch_batches": batches, "label": label}

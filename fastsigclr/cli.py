@@ -134,7 +134,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     result = evaluate(from_args(EvalConfig, args))
     print(
-        f"{result['protocol']} accuracy {result['accuracy']:.4f} (epoch {result['epoch']}, "
+        f"{result['protocol']} accuracy {result['accuracy']:.4f} ({result['trained']}, "
         f"{result['test_images']} test images)" + (f"; wrote {result['path']}" if result["path"] else "")
     )
     if result["path"] is None:
@@ -159,7 +159,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     cfg = from_args(ExportConfig, args)
     meta = export(cfg)
     parts = "backbone and projector" if cfg.projector else "backbone"
-    print(f"wrote {cfg.out}: {meta['arch']} width {meta['width']} {parts}, epoch {meta['epoch']}")
+    print(f"wrote {cfg.out}: {meta['arch']} width {meta['width']} {parts}, {meta['trained']}")
     return 0
 
 

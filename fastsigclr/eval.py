@@ -161,8 +161,8 @@ def split_features(
     if bad := int((~torch.isfinite(feats).all(1)).sum()):
         raise FastSigCLRError(
             f"the backbone gives non-finite features (NaN or inf) for {bad} of the {len(feats)} {split} "
-            f"images: the run's checkpoint (epoch {loaded['epoch']}) holds a diverged model; retrain it "
-            f"(e.g. with a lower --lr) or evaluate another run"
+            f"images: the run's checkpoint ({loaded['trained']['label']}) holds a diverged model; retrain "
+            f"it (e.g. with a lower --lr) or evaluate another run"
         )
     return feats, torch.from_numpy(labels).to(device)
 
@@ -208,7 +208,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     result: dict[str, Any] = {
         "protocol": cfg.protocol,
         "run": str(run_dir),
-        "epoch": loaded["epoch"],
+        **{key: loaded["trained"][key] for key in ("epoch", "step", "epoch_batches")},
+        "trained": loaded["trained"]["label"],
         "train_images": len(train[1]),
         "test_images": len(test[1]),
         **score(cfg, cfg.protocol, train, test, loaded["info"].num_classes),

@@ -79,7 +79,7 @@ def export(cfg: ExportConfig) -> dict[str, str]:
     train_cfg, state = _run_checkpoint(run_dir)
     parts = ("backbone", "projector") if cfg.projector else ("backbone",)
     tensors = _unique_tensors({k: v for k, v in state["model"].items() if k.split(".", 1)[0] in parts})
-    info = DATASETS[train_cfg.dataset]
+    info, point = DATASETS[train_cfg.dataset], ckpt.trained(state)
     arch = train_cfg.arch or PRESETS[train_cfg.dataset]["arch"]
     meta = {
         "format": FORMAT,
@@ -93,7 +93,8 @@ def export(cfg: ExportConfig) -> dict[str, str]:
         "std": json.dumps(list(info.std)),
         "dataset": train_cfg.dataset,
         "method": train_cfg.method,
-        "epoch": str(state["epoch"]),
+        **{key: str(point[key]) for key in ("epoch", "step", "epoch_batches")},
+        "trained": point["label"],
     }
     _write_file(Path(cfg.out or ""), st.torch.save(tensors, metadata=meta), "encoder.safetensors", run_dir)
     return meta

@@ -263,6 +263,6 @@ def load_run_model(
         "info": info,
         **{name: data.arrays(name) for name in splits},
         "device": device,
-        "epoch": state["epoch"],
+        "trained": ckpt.trained(state),
         "autocast": autocast_dtype,
     }

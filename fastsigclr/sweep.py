@@ -174,7 +174,7 @@ def _evaluate(cfg: SweepConfig, run: PlannedRun) -> dict[str, Any]:
     eval_cfg = dataclasses.replace(cfg.eval_config(run.run_dir, run.seed), progress=False)
     classes = loaded["info"].num_classes
     result = {
-        "epoch": loaded["epoch"],
+        "epoch": loaded["trained"]["epoch"],
         "knn": score(eval_cfg, "knn", train_split, test_split, classes),
         "linear": score(eval_cfg, "linear", train_split, test_split, classes),
         "eval_config": to_dict(eval_cfg),

@@ -170,3 +170,22 @@ def test_a_diverged_model_or_probe_is_not_scored(run_copy, capsys):
         assert f"the backbone gives non-finite features (NaN or inf) for {split} images" in err, err
         assert "checkpoint (epoch 1) holds a diverged model" in err
     assert not list(run_copy.glob("eval-*.json")) and not (run_copy / "f.npy").exists()
+
+
+def test_a_mid_epoch_checkpoint_is_named_as_such(run_copy, capsys):
+    """eval and export called a checkpoint written inside epoch 2 (--checkpoint-every) "epoch 1",
+    the last finished epoch: they now say how far into the next one it is, and its step."""
+    state = checkpoint.load(run_copy.joinpath(*LAST))
+    state.update(step=3, position={"batch": 1, "loss_sum": 0.0, "loss_steps": 1, "probe_correct": 0.0})
+    checkpoint.save_atomic(state, run_copy.joinpath(*LAST))
+    assert main(["eval", "--run", str(run_copy), "--device", "cpu", "--no-progress"]) == 0
+    assert "(epoch 1 and 1 batches of epoch 2, 50 test images)" in capsys.readouterr().out
+    result = json.loads((run_copy / "eval-knn.json").read_text())
+    assert (result["epoch"], result["step"], result["epoch_batches"]) == (1, 3, 1)
+    out = run_copy.parent / "encoder.safetensors"
+    assert main(["export", "--run", str(run_copy), "--out", str(out)]) == 0
+    assert "width 8 backbone, epoch 1 and 1 batches of epoch 2" in capsys.readouterr().out
+    from fastsigclr.export import read_metadata
+
+    meta = read_metadata(out)
+    assert (meta["epoch"], meta["step"], meta["epoch_batches"]) == ("1", "3", "1")
