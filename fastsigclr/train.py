@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from fastsigclr import distributed, preempt, rundir
-from fastsigclr.config import FastSigCLRError, to_dict
+from fastsigclr.config import FastSigCLRError, flag, to_dict
 from fastsigclr.determinism import deterministic_torch
 from fastsigclr.eval import extract_features, knn_accuracy
 from fastsigclr.losses import DistributedCriterion
@@ -284,6 +284,9 @@ class Epochs:
         # end_epoch): a check at every step would cost a GPU synchronisation per step.
         if not math.isfinite(rec["loss"]):
             raise _diverged(self.run, f"the loss is {rec['loss']}", self.step, epoch)
+        if not math.isfinite(rec["probe_loss"]):  # the probe trains on detached features: its own lr
+            what = f"the online linear probe's loss is {rec['probe_loss']}"
+            raise _diverged(self.run, what, self.step, epoch, "probe_lr")
         left = format_duration(self.pace.run_left())
         bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}", run_left=left)
 
@@ -298,9 +301,13 @@ class Epochs:
         self.images_seen += images
         # Before the checkpoint: a diverged epoch must not replace the last good one. The weights
         # too: the loss of a step is computed before its update, so it can still be finite.
-        if not math.isfinite(mean_loss) or not _all_finite(setup.model, setup.criterion, setup.probe):
-            finite = math.isfinite(mean_loss)
-            what = "the weights are not finite" if finite else f"the epoch's mean loss is {mean_loss}"
+        broken = _not_finite({"model": setup.model, "loss": setup.criterion, "probe": setup.probe})
+        if not math.isfinite(mean_loss) or broken:
+            if math.isfinite(mean_loss) and broken == ["probe"]:
+                what = "the online linear probe's weights are not finite (the encoder's are)"
+                raise _diverged(self.run, what, self.step, epoch, "probe_lr")
+            what = f"the epoch's mean loss is {mean_loss}"
+            what = f"the {', '.join(broken)} weights are not finite" if math.isfinite(mean_loss) else what
             raise _diverged(self.run, what, self.step, epoch)
         every = self.cfg.knn_every
         monitor = epoch + 1 == self.epochs or bool(every and (epoch + 1) % every == 0)
@@ -368,22 +375,27 @@ class Epochs:
         return summary
 
 
-def _all_finite(*modules: torch.nn.Module) -> bool:
-    """Every floating-point weight and buffer is finite (one synchronisation for all of them)."""
-    flags = [t.isfinite().all() for m in modules for t in m.state_dict().values() if t.is_floating_point()]
-    return bool(torch.stack(flags).all())
+def _not_finite(parts: dict[str, torch.nn.Module]) -> list[str]:
+    """The names of the parts holding a weight or buffer that is not finite (one synchronisation)."""
+    flags = [
+        torch.stack([t.isfinite().all() for t in m.state_dict().values() if t.is_floating_point()]).all()
+        for m in parts.values()
+    ]
+    return [name for name, ok in zip(parts, torch.stack(flags).tolist(), strict=True) if not ok]
 
 
-def _diverged(run: rundir.RunDir, what: str, step: int, epoch: int) -> FastSigCLRError:
-    lr = run.cfg.lr
+def _diverged(run: rundir.RunDir, what: str, step: int, epoch: int, rate: str = "lr") -> FastSigCLRError:
+    """The one line of a diverged run: what, where, and the learning rate ``rate`` (the option of
+    the part that diverged: the encoder's --lr, the probe's --probe-lr) to lower."""
+    lr, option = getattr(run.cfg, rate), flag(rate)
     if (run.path / rundir.CHECKPOINT).exists():
         fix = (
-            f"{run.path / rundir.CHECKPOINT} (epoch {epoch}) is kept. --resume keeps the run's --lr: "
-            f"start a new run with another --out and a lower --lr than {lr:g} (e.g. --lr {lr / 2:g})"
+            f"{run.path / rundir.CHECKPOINT} (epoch {epoch}) is kept. --resume keeps the run's {option}: "
+            f"start a new run with another --out and a lower {option} than {lr:g} (e.g. {option} {lr / 2:g})"
         )
     else:
         fix = (
-            f"no epoch finished: run the same command again with a lower --lr than {lr:g} "
-            f"(e.g. --lr {lr / 2:g})"
+            f"no epoch finished: run the same command again with a lower {option} than {lr:g} "
+            f"(e.g. {option} {lr / 2:g})"
         )
     return FastSigCLRError(f"training diverged: {what} at step {step} (epoch {epoch + 1}); {fix}")

@@ -233,6 +233,15 @@ def test_a_loss_that_becomes_nan_stops_the_run(cifar10_dir, tmp_path, capsys, lo
     assert not (out / "checkpoints").exists() and steps(out) == ([1, 2] if log_every == 1 else [])
 
 
+def test_a_diverging_probe_names_probe_lr_not_lr(cifar10_dir, tmp_path, capsys):
+    """The online probe trains on detached features with its own --probe-lr: when it alone
+    diverges, the message names that option, not the encoder's --lr (which it blamed)."""
+    out = tmp_path / "run"
+    err = fails_with(tiny_args(cifar10_dir, out, "--probe-lr", "3e38"), capsys)
+    assert "training diverged: the online linear probe's loss is nan at step 2 (epoch 1)" in err, err
+    assert "with a lower --probe-lr than 3e+38" in err and "--lr " not in err
+
+
 def test_a_diverging_run_keeps_its_last_good_checkpoint(cifar10_dir, tmp_path, capsys):
     """--lr 1e6, one step per epoch: the weights grow until they overflow (measured: in epoch 4)
     while the loss, computed before each update, is still finite; the check of the weights before
@@ -266,3 +275,15 @@ def test_resume_keeps_rng_states_on_the_cpu(tmp_path):
         loaded = rundir._load_checkpoint(tmp_path)
     checkpoint.set_rng_state(loaded["rng"])
     assert torch.equal(torch.get_rng_state(), saved)
+
+
+def test_the_check_of_the_weights_names_the_parts_that_are_not_finite():
+    """end_epoch's check: which of model, loss and probe hold a NaN or inf (the probe alone: its
+    own --probe-lr is named)."""
+    parts = {name: torch.nn.Linear(3, 2) for name in ("model", "loss", "probe")}
+    assert fastsigclr.train._not_finite(parts) == []
+    with torch.no_grad():
+        parts["probe"].bias[1] = float("inf")
+        assert fastsigclr.train._not_finite(parts) == ["probe"]
+        parts["model"].weight[0, 0] = float("nan")
+    assert fastsigclr.train._not_finite(parts) == ["model", "probe"]
