@@ -68,6 +68,8 @@ RESUMABLE = frozenset(
         "dist_timeout",
         "compile",
         "deterministic",
+        "checkpoint_every",  # when checkpoints are written, not what they hold
+        "memory_budget",  # where the gpu loader may keep the images (a resumed run's machine)
     }
 )
 CHECKPOINT_KEYS = ("model", "criterion", "probe", "optimizer", "probe_optimizer", "rng", "epoch", "step")

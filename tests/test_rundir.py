@@ -98,9 +98,10 @@ def test_resume_takes_the_runs_own_settings(run_copy, capsys):
     args = ["train", "--out", str(run_copy), "--resume"]
     err = fails_with([*args, "--epochs", "2", "--width", "16", "--lr", "0.1"], capsys)
     assert "cannot resume" in err and "--lr was 0.5, now 0.1; --width was 8, now 16" in err
-    assert main([*args, "--epochs", "2", "--log-every", "2"]) == 0
+    assert main([*args, "--epochs", "2", "--log-every", "2", "--checkpoint-every", "30m"]) == 0
     config = json.loads((run_copy / "config.json").read_text())["config"]
     assert (config["width"], config["epochs"], config["log_every"], config["limit_train"]) == (8, 2, 2, 64)
+    assert config["checkpoint_every"] == "30m"  # when to checkpoint is not what was trained
     state = checkpoint.load(run_copy / "checkpoints" / "last.pt")
     assert (state["epoch"], state["step"]) == (2, 4)
     assert steps(run_copy) == [1, 2, 4]  # epoch 2 logs every 2nd step
