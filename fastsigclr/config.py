@@ -132,7 +132,10 @@ def _base_type(annotation: Any) -> tuple[Any, bool]:
 
 def _parse_value(text: str, annotation: Any, name: str) -> Any:
     kind, optional = _base_type(annotation)
-    if optional and text.lower() in ("", "none"):
+    if not text.strip():  # an unset shell variable, say: never read as "unset" silently
+        unset = ", or `none` to leave it unset" if optional else ""
+        raise ConfigError(f"{flag(name)} was given an empty value: pass a value{unset}")
+    if optional and text.strip().lower() == "none":
         return None
     if typing.get_origin(kind) is tuple:
         (elem, _ellipsis) = typing.get_args(kind)

@@ -136,6 +136,9 @@ def test_bench_loss_that_can_measure_nothing_here_fails(tmp_path, capsys):
         ("--logit-bias", "-inf", "--logit-bias must be a finite number, got -inf"),
         ("--proj-dims", "-1,5", "--proj-dims must be ≥ 1, got -1"),
         ("--lr", "-1e-3", "--lr must be ≥ 0"),
+        # An empty value (an unset shell variable) meant "unset": the preset's 1000 epochs.
+        ("--epochs", "", "--epochs was given an empty value: pass a value, or `none` to leave it unset"),
+        ("--lr", " ", "--lr was given an empty value: pass a value"),
     ],
 )
 def test_option_values_that_begin_with_a_dash(option, value, message, tmp_path, capsys):
