@@ -220,6 +220,20 @@ def _read_summary(path: Path) -> dict[str, Any] | None:
     return summary if isinstance(summary, dict) else None
 
 
+def _history(path: Path) -> list[dict[str, Any]]:
+    """config.json's earlier sessions, oldest first, with the one that wrote it last: the date,
+    command, commit, device and versions of each start and resume (kernel plans stay on top)."""
+    try:
+        saved = json.loads(ckpt.read_text(path / "config.json"))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(saved, dict):
+        return []
+    earlier = saved.get("history")
+    last = {k: v for k, v in saved.items() if k not in ("config", "history", "kernel_plans")}
+    return [*(earlier if isinstance(earlier, list) else []), last]
+
+
 @dataclass
 class RunDir:
     """An open run directory. As a context manager it releases the lock at the end, and when the
@@ -290,6 +304,8 @@ class RunDir:
         """Training starts: an interrupted start's files go, config.json is (re)written, and the
         run's log opens (records past a resumed checkpoint dropped); ``close`` closes it."""
         if self.main:
+            if self.state is not None:  # a resumed run keeps where and with what it ran before
+                record = {**record, "history": _history(self.path)}
             # config.json stays until it is rewritten (atomically): a kill here leaves a run's files.
             for name in RUN_FILES[1:] if self.restart else ():
                 target = self.path / name

@@ -102,6 +102,9 @@ def test_resume_takes_the_runs_own_settings(run_copy, capsys):
     config = json.loads((run_copy / "config.json").read_text())["config"]
     assert (config["width"], config["epochs"], config["log_every"], config["limit_train"]) == (8, 2, 2, 64)
     assert config["checkpoint_every"] == "30m"  # when to checkpoint is not what was trained
+    saved = json.loads((run_copy / "config.json").read_text())  # the first start's record is kept
+    assert "--resume" in saved["command"] and [h["command"].count("--resume") for h in saved["history"]] == [0]
+    assert {"date", "commit", "device", "versions"} <= set(saved["history"][0])
     state = checkpoint.load(run_copy / "checkpoints" / "last.pt")
     assert (state["epoch"], state["step"]) == (2, 4)
     assert steps(run_copy) == [1, 2, 4]  # epoch 2 logs every 2nd step
