@@ -199,14 +199,35 @@ def _make_dir(path: Path) -> list[Path]:
     return created
 
 
+def _wrong_types(state: dict[str, Any]) -> list[str]:
+    """What in a checkpoint with every key is not of its type (a hand-made or foreign file)."""
+    wrong = []
+    for key in CHECKPOINT_KEYS:
+        value = state[key]
+        if key in ("epoch", "step"):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                wrong.append(f"{key} is {value!r}, not a count")
+        elif not isinstance(value, dict):
+            wrong.append(f"{key} is a {type(value).__name__}, not a dict")
+    position = state.get("position")  # a mid-epoch checkpoint's: where in the epoch, and its sums
+    kinds = {"batch": int, "loss_steps": int, "loss_sum": (int, float), "probe_correct": (int, float)}
+    if position is not None and not (
+        isinstance(position, dict) and all(isinstance(position.get(k), t) for k, t in kinds.items())
+    ):
+        wrong.append(f"position is {position!r:.80}, not a dict of {', '.join(kinds)}")
+    return wrong
+
+
 def _load_checkpoint(path: Path) -> dict[str, Any]:
     # On the CPU: load_state_dict copies weights and optimiser states onto their parameters' device,
     # and torch.set_rng_state takes only a CPU ByteTensor (map_location=device moved it to the GPU).
     state = ckpt.load(path / CHECKPOINT, map_location="cpu")
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
-    if missing:
+    wrong = [] if missing else _wrong_types(state)
+    if missing or wrong:
+        why = f"no {', '.join(missing)}" if missing else "; ".join(wrong)
         raise FastSigCLRError(
-            f"{path / CHECKPOINT} is not a fastsigclr training checkpoint (no {', '.join(missing)}); "
+            f"{path / CHECKPOINT} is not a fastsigclr training checkpoint ({why}); "
             f"restore it, or start a new run with another --out"
         )
     return state

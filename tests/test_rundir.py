@@ -103,7 +103,8 @@ def test_resume_takes_the_runs_own_settings(run_copy, capsys):
     assert (config["width"], config["epochs"], config["log_every"], config["limit_train"]) == (8, 2, 2, 64)
     assert config["checkpoint_every"] == "30m"  # when to checkpoint is not what was trained
     saved = json.loads((run_copy / "config.json").read_text())  # the first start's record is kept
-    assert "--resume" in saved["command"] and [h["command"].count("--resume") for h in saved["history"]] == [0]
+    assert "--resume" in saved["command"]
+    assert [h["command"].count("--resume") for h in saved["history"]] == [0]
     assert {"date", "commit", "device", "versions"} <= set(saved["history"][0])
     state = checkpoint.load(run_copy / "checkpoints" / "last.pt")
     assert (state["epoch"], state["step"]) == (2, 4)
@@ -142,6 +143,17 @@ def _foreign_checkpoint(run: Path) -> None:
     torch.save({"weights": torch.zeros(3)}, run / "checkpoints" / "last.pt")
 
 
+def _hand_made_checkpoint(**changes):
+    """A checkpoint with every key, saved without a digest, some of wrong types (a TypeError)."""
+
+    def damage(run: Path) -> None:
+        state = checkpoint.load(run / "checkpoints" / "last.pt")
+        state.pop("digest", None)
+        torch.save({**state, **changes}, run / "checkpoints" / "last.pt")
+
+    return damage
+
+
 def _corrupt_config(run: Path) -> None:
     (run / "config.json").write_text('{"config": {"width": 8,')
 
@@ -164,6 +176,9 @@ def _unknown_key_config(run: Path) -> None:
         ),
         (_random_checkpoint, "yes", "is unreadable"),
         (_foreign_checkpoint, "yes", "is not a fastsigclr training checkpoint (no model"),
+        (_hand_made_checkpoint(epoch="1"), "yes", "training checkpoint (epoch is '1', not a count)"),
+        (_hand_made_checkpoint(step=-1, model=[]), "yes", "(model is a list, not a dict; step is -1, not"),
+        (_hand_made_checkpoint(position={"batch": 1}), "yes", "(position is {'batch': 1}, not a dict of"),
         (lambda run: shutil.rmtree(run / "checkpoints"), "yes", "no checkpoints/last.pt to continue"),
         (lambda run: shutil.rmtree(run / "checkpoints"), "no", "no checkpoints/last.pt to continue"),
         (lambda run: shutil.rmtree(run / "checkpoints"), "auto", "no checkpoints/last.pt to continue"),
