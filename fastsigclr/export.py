@@ -27,7 +27,7 @@ from fastsigclr.eval import split_features
 from fastsigclr.models import ResNet, projector
 from fastsigclr.recipe import load_run_model
 from fastsigclr.runconfig import PRESETS, RESTORE_CONFIG, TrainConfig, read_config
-from fastsigclr.rundir import RUN_FILES
+from fastsigclr.runfiles import RUN_FILES
 from fastsigclr.runinfo import device_option
 from fastsigclr.runlock import LOCK
 

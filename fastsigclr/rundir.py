@@ -40,13 +40,17 @@ from fastsigclr import checkpoint as ckpt
 from fastsigclr import distributed
 from fastsigclr.config import FastSigCLRError, flag, replace, to_dict
 from fastsigclr.runconfig import TrainConfig, read_config, write_config
+from fastsigclr.runfiles import (
+    CHECKPOINT,
+    RUN_FILES,
+    history,
+    load_checkpoint,
+    read_summary,
+    run_state,
+)
 from fastsigclr.runlock import LOCK, lock_dir, lock_wait
 from fastsigclr.runlog import RunLog
 
-CHECKPOINT = Path("checkpoints") / "last.pt"
-# What a run writes, config.json first (``begin`` writes it first); an interrupted start (no
-# checkpoint, no finished epoch) has these replaced.
-RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "tensorboard", "checkpoints")
 # Options that may differ when resuming: they change neither the model, the data nor the recipe
 # of the steps already taken (--deterministic: the order of the sums from the resumed step on).
 # Every other option typed with --resume must equal the run's own.
@@ -72,7 +76,6 @@ RESUMABLE = frozenset(
         "memory_budget",  # where the gpu loader may keep the images (a resumed run's machine)
     }
 )
-CHECKPOINT_KEYS = ("model", "criterion", "probe", "optimizer", "probe_optimizer", "rng", "epoch", "step")
 
 
 def changed_options(cfg: TrainConfig) -> set[str]:
@@ -80,42 +83,6 @@ def changed_options(cfg: TrainConfig) -> set[str]:
     command line's typed options are for a config built by ``fastsigclr train``)."""
     defaults = TrainConfig()
     return {name for name, value in to_dict(cfg).items() if getattr(defaults, name) != value}
-
-
-def _epoch_records(path: Path) -> int:
-    """Finished epochs recorded in metrics.jsonl (a line cut short by a kill is skipped)."""
-    count = 0
-    if path.is_file():
-        for line in ckpt.read_text(path).splitlines():
-            try:
-                count += json.loads(line).get("kind") == "epoch"
-            except (json.JSONDecodeError, AttributeError):
-                continue
-    return count
-
-
-def _is_run_config(path: Path) -> bool:
-    """Whether ``path/config.json`` is a run's settings as ``begin`` writes them."""
-    try:
-        read_config(path, "", "")
-    except FastSigCLRError:
-        return False
-    return True
-
-
-def _holds(path: Path) -> str:
-    """'checkpoint', 'orphaned epochs', 'interrupted start', 'not a run' or 'empty'."""
-    if (path / CHECKPOINT).exists():
-        return "checkpoint"
-    # Epoch 1's record precedes its checkpoint: a kill between them leaves one record, no summary.
-    epochs = _epoch_records(path / "metrics.jsonl")
-    if epochs > 1 or (epochs and (path / "summary.json").exists()):
-        return "orphaned epochs"
-    if any(os.path.lexists(path / name) for name in RUN_FILES):
-        # ``begin`` writes config.json before anything else and never removes it: files of a run's
-        # names without it are someone else's, and a new run must not replace them.
-        return "interrupted start" if _is_run_config(path) else "not a run"
-    return "empty"
 
 
 def _not_a_run(path: Path) -> FastSigCLRError:
@@ -172,14 +139,14 @@ def settings(cfg: TrainConfig, given: set[str]) -> TrainConfig:
     becomes ``yes`` when ``--out`` holds a checkpoint, else ``no``. Reads, never writes."""
     path = Path(cfg.out or "")
     if cfg.resume == "auto":
-        cfg = replace(cfg, resume="yes" if path.is_dir() and _holds(path) == "checkpoint" else "no")
+        cfg = replace(cfg, resume="yes" if path.is_dir() and run_state(path) == "checkpoint" else "no")
     if cfg.resume == "no":
         return cfg.resolved()
     if path.exists() and not path.is_dir():
         raise FastSigCLRError(f"--out {path} is a file, not a run directory; pass the run's directory")
     if not path.is_dir():
         raise FastSigCLRError(f"nothing to resume: {path} does not exist; start a run there without --resume")
-    holds = _holds(path)
+    holds = run_state(path)
     if holds != "checkpoint":
         raise _no_checkpoint(path, holds)
     return _merge(path, cfg, given).resolved()
@@ -197,62 +164,6 @@ def _make_dir(path: Path) -> list[Path]:
             f"cannot create the run directory {path} ({err.strerror}); choose a writable --out"
         ) from None
     return created
-
-
-def _wrong_types(state: dict[str, Any]) -> list[str]:
-    """What in a checkpoint with every key is not of its type (a hand-made or foreign file)."""
-    wrong = []
-    for key in CHECKPOINT_KEYS:
-        value = state[key]
-        if key in ("epoch", "step"):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                wrong.append(f"{key} is {value!r}, not a count")
-        elif not isinstance(value, dict):
-            wrong.append(f"{key} is a {type(value).__name__}, not a dict")
-    position = state.get("position")  # a mid-epoch checkpoint's: where in the epoch, and its sums
-    kinds = {"batch": int, "loss_steps": int, "loss_sum": (int, float), "probe_correct": (int, float)}
-    if position is not None and not (
-        isinstance(position, dict) and all(isinstance(position.get(k), t) for k, t in kinds.items())
-    ):
-        wrong.append(f"position is {position!r:.80}, not a dict of {', '.join(kinds)}")
-    return wrong
-
-
-def _load_checkpoint(path: Path) -> dict[str, Any]:
-    # On the CPU: load_state_dict copies weights and optimiser states onto their parameters' device,
-    # and torch.set_rng_state takes only a CPU ByteTensor (map_location=device moved it to the GPU).
-    state = ckpt.load(path / CHECKPOINT, map_location="cpu")
-    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
-    wrong = [] if missing else _wrong_types(state)
-    if missing or wrong:
-        why = f"no {', '.join(missing)}" if missing else "; ".join(wrong)
-        raise FastSigCLRError(
-            f"{path / CHECKPOINT} is not a fastsigclr training checkpoint ({why}); "
-            f"restore it, or start a new run with another --out"
-        )
-    return state
-
-
-def _read_summary(path: Path) -> dict[str, Any] | None:
-    try:
-        summary = json.loads(ckpt.read_text(path / "summary.json"))
-    except (OSError, ValueError):
-        return None
-    return summary if isinstance(summary, dict) else None
-
-
-def _history(path: Path) -> list[dict[str, Any]]:
-    """config.json's earlier sessions, oldest first, with the one that wrote it last: the date,
-    command, commit, device and versions of each start and resume (kernel plans stay on top)."""
-    try:
-        saved = json.loads(ckpt.read_text(path / "config.json"))
-    except (OSError, ValueError):
-        return []
-    if not isinstance(saved, dict):
-        return []
-    earlier = saved.get("history")
-    last = {k: v for k, v in saved.items() if k not in ("config", "history", "kernel_plans")}
-    return [*(earlier if isinstance(earlier, list) else []), last]
 
 
 @dataclass
@@ -283,7 +194,7 @@ class RunDir:
             self.path / CHECKPOINT.parent
         ):
             print(f"fastsigclr: removed {name}, left by a writer that was stopped", file=sys.stderr)
-        holds = _holds(self.path)
+        holds = run_state(self.path)
         if self.cfg.resume == "no":
             if holds == "checkpoint":
                 raise FastSigCLRError(
@@ -299,14 +210,14 @@ class RunDir:
             return
         if holds != "checkpoint":
             raise _no_checkpoint(self.path, holds)
-        self.state = _load_checkpoint(self.path)
+        self.state = load_checkpoint(self.path)
         done, epochs = self.state["epoch"], self.cfg.epochs or 0
         if done > epochs:
             raise FastSigCLRError(
                 f"{self.path} has already trained {done} epochs and --epochs {epochs} is fewer; pass "
                 f"--epochs {done} or more"
             )
-        summary = _read_summary(self.path)
+        summary = read_summary(self.path)
         if done == epochs and summary is not None and summary.get("epochs") == done:
             self.complete = {**summary, "run_dir": str(self.path)}  # where it is now, if it moved
             print(
@@ -326,7 +237,7 @@ class RunDir:
         run's log opens (records past a resumed checkpoint dropped); ``close`` closes it."""
         if self.main:
             if self.state is not None:  # a resumed run keeps where and with what it ran before
-                record = {**record, "history": _history(self.path)}
+                record = {**record, "history": history(self.path)}
             # config.json stays until it is rewritten (atomically): a kill here leaves a run's files.
             for name in RUN_FILES[1:] if self.restart else ():
                 target = self.path / name
@@ -402,5 +313,5 @@ def open_run(cfg: TrainConfig, ctx: distributed.Context) -> RunDir:
         run.close(failed=True)
         raise error or FastSigCLRError(message)
     if resuming and run.state is None:
-        run.state = _load_checkpoint(run.path)
+        run.state = load_checkpoint(run.path)
     return run

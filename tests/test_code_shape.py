@@ -33,8 +33,8 @@ FLOORS = {
     "determinism": 0,
     **dict.fromkeys(("kernels", "losses", "models", "data"), 1),
     **dict.fromkeys(("cluster", "distributed", "runconfig"), 2),
-    **dict.fromkeys(("recipe", "eval", "rundir", "runlock"), 3),
-    **dict.fromkeys(("train", "export", "ccem"), 4),
+    **dict.fromkeys(("recipe", "eval", "rundir", "runfiles", "runlock"), 3),
+    **dict.fromkeys(("train", "divergence", "export", "ccem"), 4),
     **dict.fromkeys(("sweep", "sweep_report", "bench"), 5),
     **dict.fromkeys(("cli", "cli_args", "__main__"), 6),
 }

@@ -15,7 +15,7 @@ from helpers import run_in
 from run_fixture import tiny_args
 
 import fastsigclr.train
-from fastsigclr import checkpoint, rundir, runlock
+from fastsigclr import checkpoint, divergence, rundir, runfiles, runlock
 from fastsigclr.cli import main
 from fastsigclr.runlog import read_metrics
 
@@ -284,14 +284,14 @@ def test_a_diverging_run_keeps_its_last_good_checkpoint(cifar10_dir, tmp_path, c
 def test_resume_keeps_rng_states_on_the_cpu(tmp_path):
     """A resume on CUDA loaded the checkpoint with map_location=device and handed torch.set_rng_state
     a GPU tensor, which it refuses; the meta device stands in for the GPU here."""
-    state = {key: {} for key in rundir.CHECKPOINT_KEYS}
+    state = {key: {} for key in runfiles.CHECKPOINT_KEYS}
     state.update(rng=checkpoint.rng_state(), epoch=1, step=2)
     (tmp_path / rundir.CHECKPOINT.parent).mkdir()
     checkpoint.save_atomic(state, tmp_path / rundir.CHECKPOINT)
     saved = torch.get_rng_state()
     torch.rand(3)  # move the generator on
     with torch.device("meta"):  # the device the trainer runs on, for every load that defaults to it
-        loaded = rundir._load_checkpoint(tmp_path)
+        loaded = runfiles.load_checkpoint(tmp_path)
     checkpoint.set_rng_state(loaded["rng"])
     assert torch.equal(torch.get_rng_state(), saved)
 
@@ -300,9 +300,9 @@ def test_the_check_of_the_weights_names_the_parts_that_are_not_finite():
     """end_epoch's check: which of model, loss and probe hold a NaN or inf (the probe alone: its
     own --probe-lr is named)."""
     parts = {name: torch.nn.Linear(3, 2) for name in ("model", "loss", "probe")}
-    assert fastsigclr.train._not_finite(parts) == []
+    assert divergence.not_finite(parts) == []
     with torch.no_grad():
         parts["probe"].bias[1] = float("inf")
-        assert fastsigclr.train._not_finite(parts) == ["probe"]
+        assert divergence.not_finite(parts) == ["probe"]
         parts["model"].weight[0, 0] = float("nan")
-    assert fastsigclr.train._not_finite(parts) == ["model", "probe"]
+    assert divergence.not_finite(parts) == ["model", "probe"]

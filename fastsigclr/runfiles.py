@@ -1,0 +1,112 @@
+"""What a run directory holds, read and checked: its files' names, which state its files say it
+is in (``run_state``), its training checkpoint (``load_checkpoint``: every key, of its type), its
+summary, and the sessions its config.json records (``history``). ``rundir`` acts on them."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from fastsigclr import checkpoint as ckpt
+from fastsigclr.config import FastSigCLRError
+from fastsigclr.runconfig import read_config
+
+CHECKPOINT = Path("checkpoints") / "last.pt"
+# What a run writes, config.json first (``begin`` writes it first); an interrupted start (no
+# checkpoint, no finished epoch) has these replaced.
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "tensorboard", "checkpoints")
+CHECKPOINT_KEYS = ("model", "criterion", "probe", "optimizer", "probe_optimizer", "rng", "epoch", "step")
+
+
+def epoch_records(path: Path) -> int:
+    """Finished epochs recorded in metrics.jsonl (a line cut short by a kill is skipped)."""
+    count = 0
+    if path.is_file():
+        for line in ckpt.read_text(path).splitlines():
+            try:
+                count += json.loads(line).get("kind") == "epoch"
+            except (json.JSONDecodeError, AttributeError):
+                continue
+    return count
+
+
+def is_run_config(path: Path) -> bool:
+    """Whether ``path/config.json`` is a run's settings as ``begin`` writes them."""
+    try:
+        read_config(path, "", "")
+    except FastSigCLRError:
+        return False
+    return True
+
+
+def run_state(path: Path) -> str:
+    """'checkpoint', 'orphaned epochs', 'interrupted start', 'not a run' or 'empty'."""
+    if (path / CHECKPOINT).exists():
+        return "checkpoint"
+    # Epoch 1's record precedes its checkpoint: a kill between them leaves one record, no summary.
+    epochs = epoch_records(path / "metrics.jsonl")
+    if epochs > 1 or (epochs and (path / "summary.json").exists()):
+        return "orphaned epochs"
+    if any(os.path.lexists(path / name) for name in RUN_FILES):
+        # ``begin`` writes config.json before anything else and never removes it: files of a run's
+        # names without it are someone else's, and a new run must not replace them.
+        return "interrupted start" if is_run_config(path) else "not a run"
+    return "empty"
+
+
+def wrong_types(state: dict[str, Any]) -> list[str]:
+    """What in a checkpoint with every key is not of its type (a hand-made or foreign file)."""
+    wrong = []
+    for key in CHECKPOINT_KEYS:
+        value = state[key]
+        if key in ("epoch", "step"):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                wrong.append(f"{key} is {value!r}, not a count")
+        elif not isinstance(value, dict):
+            wrong.append(f"{key} is a {type(value).__name__}, not a dict")
+    position = state.get("position")  # a mid-epoch checkpoint's: where in the epoch, and its sums
+    kinds = {"batch": int, "loss_steps": int, "loss_sum": (int, float), "probe_correct": (int, float)}
+    if position is not None and not (
+        isinstance(position, dict) and all(isinstance(position.get(k), t) for k, t in kinds.items())
+    ):
+        wrong.append(f"position is {position!r:.80}, not a dict of {', '.join(kinds)}")
+    return wrong
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    # On the CPU: load_state_dict copies weights and optimiser states onto their parameters' device,
+    # and torch.set_rng_state takes only a CPU ByteTensor (map_location=device moved it to the GPU).
+    state = ckpt.load(path / CHECKPOINT, map_location="cpu")
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    wrong = [] if missing else wrong_types(state)
+    if missing or wrong:
+        why = f"no {', '.join(missing)}" if missing else "; ".join(wrong)
+        raise FastSigCLRError(
+            f"{path / CHECKPOINT} is not a fastsigclr training checkpoint ({why}); "
+            f"restore it, or start a new run with another --out"
+        )
+    return state
+
+
+def read_summary(path: Path) -> dict[str, Any] | None:
+    try:
+        summary = json.loads(ckpt.read_text(path / "summary.json"))
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def history(path: Path) -> list[dict[str, Any]]:
+    """config.json's earlier sessions, oldest first, with the one that wrote it last: the date,
+    command, commit, device and versions of each start and resume (kernel plans stay on top)."""
+    try:
+        saved = json.loads(ckpt.read_text(path / "config.json"))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(saved, dict):
+        return []
+    earlier = saved.get("history")
+    last = {k: v for k, v in saved.items() if k not in ("config", "history", "kernel_plans")}
+    return [*(earlier if isinstance(earlier, list) else []), last]
