@@ -192,6 +192,7 @@ def _execute(cfg: SweepConfig, run: PlannedRun, state: str, command: list[str] |
         train(
             dataclasses.replace(run.train_config, resume="yes" if state == "checkpointed" else "no"),
             command=command,
+            again="the same sweep command continues it (and the runs after it)",
         )
     _evaluate(cfg, run)
     return ACTIONS[state]

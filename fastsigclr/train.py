@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from fastsigclr import distributed, preempt, rundir
-from fastsigclr.config import FastSigCLRError, flag, to_dict
+from fastsigclr import distributed, divergence, preempt, rundir
+from fastsigclr.config import FastSigCLRError, to_dict
 from fastsigclr.determinism import deterministic_torch
 from fastsigclr.eval import extract_features, knn_accuracy
 from fastsigclr.losses import DistributedCriterion
@@ -43,10 +43,14 @@ from fastsigclr.runinfo import resolve_device, run_record
 
 
 def train(
-    cfg: TrainConfig, command: list[str] | None = None, given: set[str] | None = None
+    cfg: TrainConfig,
+    command: list[str] | None = None,
+    given: set[str] | None = None,
+    again: str = "the same command with --resume auto continues it",
 ) -> dict[str, Any]:
     """Train, or resume with ``cfg.resume``: ``given`` names the options to take over the run's
-    saved ones (those typed on the command line; unset: those that differ from the defaults)."""
+    saved ones (those typed on the command line; unset: those that differ from the defaults);
+    ``again``: how a preempted run is continued (a sweep's own command, say)."""
     out = cfg.out
     cfg = rundir.settings(cfg, rundir.changed_options(cfg) if given is None else given)
     # --deterministic before CUDA starts (cuBLAS reads its workspace setting as it starts).
@@ -59,12 +63,14 @@ def train(
                 )
             distributed.check_same_run(ctx, to_dict(cfg))  # before anything writes the run
             with rundir.open_run(cfg, ctx) as run:
-                return run.complete if run.complete is not None else _train(run, ctx, command)
+                return run.complete if run.complete is not None else _train(run, ctx, command, again)
         finally:
             distributed.teardown(ctx)
 
 
-def _train(run: rundir.RunDir, ctx: distributed.Context, command: list[str] | None) -> dict[str, Any]:
+def _train(
+    run: rundir.RunDir, ctx: distributed.Context, command: list[str] | None, again: str
+) -> dict[str, Any]:
     plans = saved_plans(run.path) if run.state is not None else {}  # a resumed run's recorded ones
     setup = build(run.cfg, ctx, plans=plans)
     start_epoch, step, position = resume(setup, run.state, str(run.path / rundir.CHECKPOINT))
@@ -72,6 +78,7 @@ def _train(run: rundir.RunDir, ctx: distributed.Context, command: list[str] | No
     record = {**run_record(ctx.device, command), "world_size": ctx.world_size}
     record.update({"kernel_plans": plans} if plans else {})
     epochs = Epochs(run, ctx, setup, parts, run.begin(record), start_epoch, step)
+    epochs.again = again
     with preempt.Preemption() as epochs.stop:
         for epoch in range(start_epoch, epochs.epochs):
             sums = epochs.run_epoch(epoch, position if epoch == start_epoch else None)
@@ -172,6 +179,7 @@ class Epochs:
         self.pace = Pace(self.batch_size, left * self.steps_per_epoch, estimate=notice is not None)
         self.interval = preempt.Interval(cfg.checkpoint_every)  # mid-epoch checkpoints
         self.stop = preempt.Preemption()  # set by _train while its signal handlers are in place
+        self.again = ""  # how a preempted run continues: set by _train
 
     def run_epoch(self, epoch: int, position: dict | None = None) -> tuple[torch.Tensor, int, torch.Tensor]:
         """Train one epoch (from ``position``, a mid-epoch checkpoint's, when given); returns the
@@ -260,7 +268,7 @@ class Epochs:
         if self.ctx.is_main:
             print(
                 f"fastsigclr: preempted: checkpointed {where} (step {self.step}); exiting with status "
-                f"{preempt.PREEMPTED_EXIT}: the same command with --resume auto continues it",
+                f"{preempt.PREEMPTED_EXIT}: {self.again}",
                 file=sys.stderr,
             )
         raise SystemExit(preempt.PREEMPTED_EXIT)
@@ -283,10 +291,10 @@ class Epochs:
         # The loss is checked where it is read anyway (logging steps, and the epoch's sum in
         # end_epoch): a check at every step would cost a GPU synchronisation per step.
         if not math.isfinite(rec["loss"]):
-            raise _diverged(self.run, f"the loss is {rec['loss']}", self.step, epoch)
+            raise divergence.diverged(self.run, f"the loss is {rec['loss']}", self.step, epoch)
         if not math.isfinite(rec["probe_loss"]):  # the probe trains on detached features: its own lr
             what = f"the online linear probe's loss is {rec['probe_loss']}"
-            raise _diverged(self.run, what, self.step, epoch, "probe_lr")
+            raise divergence.diverged(self.run, what, self.step, epoch, "probe_lr")
         left = format_duration(self.pace.run_left())
         bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}", run_left=left)
 
@@ -301,14 +309,14 @@ class Epochs:
         self.images_seen += images
         # Before the checkpoint: a diverged epoch must not replace the last good one. The weights
         # too: the loss of a step is computed before its update, so it can still be finite.
-        broken = _not_finite({"model": setup.model, "loss": setup.criterion, "probe": setup.probe})
+        broken = divergence.not_finite({"model": setup.model, "loss": setup.criterion, "probe": setup.probe})
         if not math.isfinite(mean_loss) or broken:
             if math.isfinite(mean_loss) and broken == ["probe"]:
                 what = "the online linear probe's weights are not finite (the encoder's are)"
-                raise _diverged(self.run, what, self.step, epoch, "probe_lr")
+                raise divergence.diverged(self.run, what, self.step, epoch, "probe_lr")
             what = f"the epoch's mean loss is {mean_loss}"
             what = f"the {', '.join(broken)} weights are not finite" if math.isfinite(mean_loss) else what
-            raise _diverged(self.run, what, self.step, epoch)
+            raise divergence.diverged(self.run, what, self.step, epoch)
         every = self.cfg.knn_every
         monitor = epoch + 1 == self.epochs or bool(every and (epoch + 1) % every == 0)
         if monitor:
@@ -373,29 +381,3 @@ class Epochs:
         }
         self.run.finish(summary)
         return summary
-
-
-def _not_finite(parts: dict[str, torch.nn.Module]) -> list[str]:
-    """The names of the parts holding a weight or buffer that is not finite (one synchronisation)."""
-    flags = [
-        torch.stack([t.isfinite().all() for t in m.state_dict().values() if t.is_floating_point()]).all()
-        for m in parts.values()
-    ]
-    return [name for name, ok in zip(parts, torch.stack(flags).tolist(), strict=True) if not ok]
-
-
-def _diverged(run: rundir.RunDir, what: str, step: int, epoch: int, rate: str = "lr") -> FastSigCLRError:
-    """The one line of a diverged run: what, where, and the learning rate ``rate`` (the option of
-    the part that diverged: the encoder's --lr, the probe's --probe-lr) to lower."""
-    lr, option = getattr(run.cfg, rate), flag(rate)
-    if (run.path / rundir.CHECKPOINT).exists():
-        fix = (
-            f"{run.path / rundir.CHECKPOINT} (epoch {epoch}) is kept. --resume keeps the run's {option}: "
-            f"start a new run with another --out and a lower {option} than {lr:g} (e.g. {option} {lr / 2:g})"
-        )
-    else:
-        fix = (
-            f"no epoch finished: run the same command again with a lower {option} than {lr:g} "
-            f"(e.g. {option} {lr / 2:g})"
-        )
-    return FastSigCLRError(f"training diverged: {what} at step {step} (epoch {epoch + 1}); {fix}")

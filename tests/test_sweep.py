@@ -163,6 +163,20 @@ def test_interrupted_grid_continues(grid, cifar10_dir, tmp_path, monkeypatch):
     assert payload["runs"][0]["knn_acc"] == grid[1]["runs"][0]["knn_acc"]
 
 
+def test_a_preempted_sweep_says_to_run_the_sweep_again(cifar10_dir, tmp_path, monkeypatch, capsys):
+    """A preempted run inside a sweep told to add --resume auto, which `sweep` does not take: the
+    sweep's own command continues it (its run is resumed from the checkpoint just written)."""
+    import fastsigclr.train
+    from fastsigclr.preempt import PREEMPTED_EXIT
+
+    monkeypatch.setattr(fastsigclr.train.Epochs, "_stopping", lambda self: True)  # a signal came
+    with pytest.raises(SystemExit) as exc:
+        run_grid(cifar10_dir, tmp_path / "s", "--settings", "sigclr", "--seeds", "0")
+    err = capsys.readouterr().err
+    assert exc.value.code == PREEMPTED_EXIT and "after batch 1" in err, err
+    assert "the same sweep command continues it" in err and "--resume auto" not in err
+
+
 def test_bad_grids_fail_before_any_run(tmp_path, capsys):
     cases = [
         (["--settings", "sigclr,nope"], "nope not allowed; choose from sigclr, simclr"),
