@@ -84,6 +84,14 @@ def test_a_loss_that_needs_two_images_refuses_a_batch_of_one(tmp_path, capsys):
     assert not (tmp_path / "run").exists() and not (tmp_path / "bench").exists()
 
 
+def test_bench_train_on_a_named_folder_without_the_data_says_so(tmp_path, capsys):
+    """`bench train --data-dir WRONG` timed synthetic images without a word (its --data auto)."""
+    argv = ["bench", "train", "--device", "cpu", "--data-dir", str(tmp_path / "nothing"), "--reps", "1"]
+    err = cli_error([*argv, "--out", str(tmp_path / "b")], capsys)
+    assert f"cifar10 is not in --data-dir {tmp_path / 'nothing'}: name the folder that holds it" in err
+    assert "--data synthetic to time random images" in err and not (tmp_path / "b").exists()
+
+
 def test_batch_larger_than_limit_train_names_both_numbers(tmp_path, capsys):
     """The first thing a CPU user tries: the preset batch (512) against --limit-train 128."""
     argv = [*TRAIN, "--data-dir", str(tmp_path), "--out", str(tmp_path / "run"), "--limit-train", "128"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,8 @@ class BenchTrainConfig:
     )
     data: str = option(
         "auto",
-        "images: the dataset (real), synthetic ones of its shape, or auto (real when already downloaded)",
+        "images: the dataset (real), synthetic ones of its shape, or auto (real when already downloaded; "
+        "with --data-dir, real, without downloading)",
         choices=("auto", "real", "synthetic"),
     )
     compile: bool = option_from(TrainConfig, "compile")
@@ -91,6 +93,13 @@ def _images(cfg: BenchTrainConfig, tcfg: TrainConfig) -> tuple[DataSplits, str]:
         except DatasetError:
             if cfg.data == "real":
                 raise
+            if cfg.data_dir is not None:  # a folder was named: its images were meant
+                raise DatasetError(
+                    f"{cfg.dataset} is not in --data-dir {cfg.data_dir}: name the folder that holds it, "
+                    f"add --data real to download it there, or --data synthetic to time random images"
+                ) from None
+            note = f"{cfg.dataset} is not in {tcfg.data_dir}: timing synthetic images of its shape"
+            print(f"fastsigclr: {note} (--data real downloads it and times those)", file=sys.stderr)
     n = cfg.limit_train or 4096
     images, labels = synthetic_images(n, info.image_size), np.arange(n) % max(info.num_classes, 1)
     train = SampleIndex.from_array(images, labels, "synthetic")
