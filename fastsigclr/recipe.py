@@ -27,7 +27,7 @@ from fastsigclr.models.resnet import memory_format
 from fastsigclr.models.sync_bn import convert_global_bn
 from fastsigclr.optim import build_optimizer, param_groups
 from fastsigclr.runconfig import RESTORE_CONFIG, TrainConfig, loss_params, read_config
-from fastsigclr.runinfo import resolve_device
+from fastsigclr.runinfo import available_memory_bytes, resolve_device
 
 
 def load_data(cfg: TrainConfig, announce: bool = True) -> DataSplits:
@@ -66,6 +66,34 @@ def build_model(cfg: TrainConfig, info, device: torch.device, plans: dict[str, A
     return model, criterion, probe
 
 
+def check_step_memory(cfg: TrainConfig, device: torch.device, images: int, dtype: torch.dtype) -> None:
+    """Refuse an --image-size (or --batch-size) whose step cannot fit, before any data is read:
+    a lower bound, the step's views and the backbone's largest activation (one tensor, traced on
+    the meta device in ~30 ms), against the memory free on ``device``. More, and the process was
+    killed by the OS mid-step with no message; the bound never refuses a step that would fit."""
+    size = cfg.image_size or DATASETS[cfg.dataset].image_size
+    with torch.device("meta"):
+        backbone = SSLModel(cfg.arch or "resnet18", cfg.width, (1,), False).backbone
+    largest = [0]
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out: largest.append(max(largest.pop(), out.numel())))
+        for m in backbone.modules()
+        if not list(m.children())
+    ]
+    backbone(torch.empty(1, 3, size, size, device="meta"))
+    for hook in hooks:
+        hook.remove()
+    rows = images * cfg.n_views
+    need = rows * (3 * size * size + largest[0]) * dtype.itemsize
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory_bytes()
+    if need > free:
+        raise FastSigCLRError(
+            f"--image-size {size} with {images} images of {cfg.n_views} views per step needs more than "
+            f"{need / 2**30:.1f} GiB on {device} (the views and the largest activation alone), and "
+            f"{free / 2**30:.1f} GiB are free: lower --image-size or --batch-size"
+        )
+
+
 @dataclass
 class Setup:
     """What a run trains with, all made from its config by ``build``."""
@@ -94,6 +122,7 @@ def build(
         raise ValueError("build needs a resolved config (TrainConfig.resolved()): its batch size is unset")
     device = ctx.device
     view_dtype, autocast_dtype = compute_dtypes(cfg, device)
+    check_step_memory(cfg, device, cfg.batch_size // ctx.world_size, autocast_dtype or view_dtype)
     if data is None:
         data = load_data(dataclasses.replace(cfg, progress=cfg.progress and ctx.is_main), ctx.is_main)
     info = data.info

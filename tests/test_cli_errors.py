@@ -92,6 +92,15 @@ def test_bench_train_on_a_named_folder_without_the_data_says_so(tmp_path, capsys
     assert "--data synthetic to time random images" in err and not (tmp_path / "b").exists()
 
 
+def test_an_image_size_whose_step_cannot_fit_is_refused_before_any_data(tmp_path, capsys):
+    """--image-size 100000 was killed by the OS mid-step with no message."""
+    argv = [*TRAIN, "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "run"), "--batch-size", "8"]
+    err = cli_error([*argv, "--image-size", "100000"], capsys)
+    assert "--image-size 100000 with 8 images of 2 views per step needs more than " in err, err
+    assert "GiB are free: lower --image-size or --batch-size" in err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "none").exists()
+
+
 def test_batch_larger_than_limit_train_names_both_numbers(tmp_path, capsys):
     """The first thing a CPU user tries: the preset batch (512) against --limit-train 128."""
     argv = [*TRAIN, "--data-dir", str(tmp_path), "--out", str(tmp_path / "run"), "--limit-train", "128"]
