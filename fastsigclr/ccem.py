@@ -15,7 +15,6 @@ and an interior a otherwise (found by minimising the loss along a). Variants mea
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from fastsigclr.checkpoint import write_text_atomic
+from fastsigclr.checkpoint import json_text, write_text_atomic
 from fastsigclr.config import SEED_MAX, FastSigCLRError, check_fields, check_not_empty, option, to_dict
 from fastsigclr.losses import sigmoid_pairwise_loss
 from fastsigclr.runinfo import available_memory_bytes, run_record
@@ -197,7 +196,7 @@ def run(cfg: CcemConfig, command: list[str] | None = None) -> dict[str, Any]:
         "config": to_dict(cfg),
         "rows": rows,
     }
-    write_text_atomic(out / "results.json", json.dumps(payload, indent=2) + "\n")
+    write_text_atomic(out / "results.json", json_text(payload, indent=2) + "\n")
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
+import math
 import os
 import pickle
 import re
@@ -249,3 +251,19 @@ def trained(state: dict[str, Any]) -> dict[str, Any]:
     batches = int(position["batch"]) if isinstance(position, dict) else 0
     label = f"epoch {epoch}" + (f" and {batches} batches of epoch {epoch + 1}" if batches else "")
     return {"epoch": epoch, "step": step, "epoch_batches": batches, "label": label}
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: _finite(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(value) for value in obj]
+    return obj
+
+
+def json_text(obj: Any, indent: int | None = None, default: Callable[[Any], Any] | None = None) -> str:
+    """Strict JSON of ``obj``: a NaN or infinite float (a diverged loss, an empty mean) is null, as
+    other tools' parsers (jq, JavaScript, Go) refuse Python's NaN and Infinity tokens."""
+    return json.dumps(_finite(obj), indent=indent, default=default, allow_nan=False)

@@ -4,7 +4,6 @@ cosine schedule). The settings and their defaults are EvalConfig's."""
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from fastsigclr.checkpoint import WriteError, write_text_atomic
+from fastsigclr.checkpoint import WriteError, json_text, write_text_atomic
 from fastsigclr.config import SEED_MAX, FastSigCLRError, check_fields, option, option_from
 from fastsigclr.data.datasets import data_dir_option
 from fastsigclr.data.gpu_loader import normalized
@@ -217,7 +216,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     out = run_dir / f"eval-{cfg.protocol}.json"
     fix = "the accuracy above was not saved: make the run directory writable and run eval again"
     try:
-        write_text_atomic(out, json.dumps(result, indent=2) + "\n", fix)
+        write_text_atomic(out, json_text(result, indent=2) + "\n", fix)
     except WriteError as err:
         return {**result, "path": None, "write_error": str(err)}
     result["path"] = str(out)

@@ -28,7 +28,6 @@ that with every rank. A start that fails before ``RunDir.begin`` removes what it
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -268,7 +267,7 @@ class RunDir:
 
     def finish(self, summary: dict[str, Any]) -> None:
         if self.main:
-            ckpt.write_text_atomic(self.path / "summary.json", json.dumps(summary, indent=2) + "\n")
+            ckpt.write_text_atomic(self.path / "summary.json", ckpt.json_text(summary, indent=2) + "\n")
 
     def close(self, failed: bool) -> None:
         if self.log is not None:

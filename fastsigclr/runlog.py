@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fastsigclr.checkpoint import WriteError, open_nofollow, read_text, write_text_atomic
+from fastsigclr.checkpoint import WriteError, json_text, open_nofollow, read_text, write_text_atomic
 
 # What a record that cannot be appended (a full disk) asks for: the records past the last
 # checkpoint are dropped on resume and written again as the resumed run recomputes them.
@@ -94,7 +94,7 @@ class RunLog:
     def write(self, record: dict[str, Any], step: int | None = None) -> None:
         if self.fd is None:
             return
-        data, start = (json.dumps(record) + "\n").encode(), os.fstat(self.fd).st_size
+        data, start = (json_text(record) + "\n").encode(), os.fstat(self.fd).st_size
         try:
             _append(self.fd, data)
         except OSError as err:  # a full disk: no line cut short is left for the resume to meet

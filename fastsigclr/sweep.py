@@ -154,7 +154,7 @@ def _check_budget(cfg: SweepConfig) -> None:
     given = {**cfg.budget(), "linear_epochs": cfg.linear_epochs}
     current = json.loads(json.dumps({k: v for k, v in given.items() if v is not None}))  # tuples → lists
     if not path.is_file():
-        ckpt.write_text_atomic(path, json.dumps(current, indent=2) + "\n")
+        ckpt.write_text_atomic(path, ckpt.json_text(current, indent=2) + "\n")
         return
     saved = json.loads(path.read_text())
     diff = [k for k in sorted({*saved, *current}) if saved.get(k) != current.get(k)]
@@ -180,7 +180,7 @@ def _evaluate(cfg: SweepConfig, run: PlannedRun) -> dict[str, Any]:
         "eval_config": to_dict(eval_cfg),
         "seconds": time.perf_counter() - start,
     }
-    ckpt.write_text_atomic(run.run_dir / EVAL_FILE, json.dumps(result, indent=2) + "\n")
+    ckpt.write_text_atomic(run.run_dir / EVAL_FILE, ckpt.json_text(result, indent=2) + "\n")
     return result
 
 

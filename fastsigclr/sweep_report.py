@@ -19,7 +19,7 @@ from matplotlib.ticker import MaxNLocator
 
 from fastsigclr import significance
 from fastsigclr.bench.plot import _save as save_figure
-from fastsigclr.checkpoint import write_text_atomic
+from fastsigclr.checkpoint import json_text, write_text_atomic
 from fastsigclr.config import default_of, to_dict
 from fastsigclr.eval import EvalConfig
 from fastsigclr.runconfig import TrainConfig
@@ -237,7 +237,7 @@ def write_results(
     payload = {**head, "updated": updated, "runs": entries}
     payload["table"] = aggregate(entries, list(head["grid"]["settings"]))
     out = Path(out)
-    write_text_atomic(out / "results.json", json.dumps(payload, indent=2, default=str) + "\n")
+    write_text_atomic(out / "results.json", json_text(payload, indent=2, default=str) + "\n")
     write_text_atomic(out / "results.md", markdown(payload))
     plot(payload, out / "results.png")
     return payload

@@ -250,6 +250,13 @@ def test_a_loss_that_becomes_nan_stops_the_run(cifar10_dir, tmp_path, capsys, lo
     what = "the loss is nan" if log_every == 1 else "the epoch's mean loss is nan"
     assert f"training diverged: {what} at step 2 (epoch 1); no epoch finished" in err and "--lr" in err
     assert not (out / "checkpoints").exists() and steps(out) == ([1, 2] if log_every == 1 else [])
+    if log_every == 1:  # strict JSON, as jq or JavaScript read it: the NaN loss is null
+        records = [json.loads(line, parse_constant=_refuse) for line in (out / "metrics.jsonl").open()]
+        assert records[-1]["step"] == 2 and records[-1]["loss"] is None
+
+
+def _refuse(token: str):
+    raise ValueError(f"{token} is not JSON")
 
 
 def test_a_diverging_probe_names_probe_lr_not_lr(cifar10_dir, tmp_path, capsys):

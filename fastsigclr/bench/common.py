@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -11,7 +10,7 @@ from typing import Any
 
 import torch
 
-from fastsigclr.checkpoint import write_text_atomic
+from fastsigclr.checkpoint import json_text, write_text_atomic
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -70,4 +69,4 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, size: int, reps: int
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    write_text_atomic(path, json.dumps(payload, indent=2, default=str) + "\n", fix="choose a writable --out")
+    write_text_atomic(path, json_text(payload, indent=2, default=str) + "\n", fix="choose a writable --out")
