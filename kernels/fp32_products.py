@@ -4,8 +4,6 @@ where the device's torch allows (``addmm_accumulates``)."""
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 
@@ -25,29 +23,57 @@ def mm_fp32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -
         return torch.mm(a.float(), b.float(), out=out)
 
 
-@functools.cache
+_ACCUMULATES: dict[torch.device, bool] = {}
+
+
+def _probe_cases(w: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> list[tuple]:
+    """(A, B, C's rows) of the layouts the strips hand addmm: A the weights, an offset column slice
+    of them transposed, one row of them; B contiguous rows; C an offset block of rows."""
+    return [(w, y, slice(8, 48)), (w[:, 5:38].T, x, slice(0, 33)), (w[:, 7:8].T, x, slice(3, 4))]
+
+
 def addmm_accumulates(device: torch.device) -> bool:
     """Whether torch.addmm adds 16-bit products into an fp32 tensor in place on this CUDA device
     (``out_dtype=float32`` with the fp32 tensor as both ``self`` and ``out``: cuBLAS's C = C + A·B,
     half the moves of a product written, read back and added; torch's that take only a 16-bit self
-    raise). Probed once per device on small integers, whose sums are exact: an error or a wrong sum
-    answers no."""
+    raise). Probed once per device on the strips' layouts with integers whose sums are exact in
+    fp32 (``_probe_cases``): an error or a wrong sum answers no. An out-of-memory error answers no
+    for this call only (the next one probes again)."""
     if device.type != "cuda" or not hasattr(torch.ops.aten.addmm, "dtype_out"):
         return False
     if device.index is None:  # one answer per device: "cuda" is the current one
-        return addmm_accumulates(torch.device("cuda", torch.cuda.current_device()))
+        device = torch.device("cuda", torch.cuda.current_device())
+    if device not in _ACCUMULATES:
+        try:
+            _ACCUMULATES[device] = _probe(device)
+        except torch.OutOfMemoryError:
+            return False
+    return _ACCUMULATES[device]
+
+
+def _probe(device: torch.device) -> bool:
+    """The probe's sums: integers |v| ≤ 15 in the operands (exact in bf16), sums up to 16,200 (not
+    exact in bf16) added to C's |v| ≤ 2,000 (nor those): a product or a C rounded to bf16 shows."""
     gen = torch.Generator().manual_seed(0)
-    a, b = (torch.randint(-4, 5, shape, generator=gen).float() for shape in ((48, 32), (32, 40)))
-    c = torch.randint(-4, 5, (48, 40), generator=gen).float()
-    want = c + a @ b
-    got = c.to(device)
-    try:
-        with torch.autocast(device.type, enabled=False):
-            a, b = a.to(device, torch.bfloat16), b.to(device, torch.bfloat16)
-            torch.addmm(got, a, b, out_dtype=torch.float32, out=got)
-    except (RuntimeError, TypeError, NotImplementedError):
-        return False
-    return torch.equal(got.cpu(), want)
+    w, y, x = (
+        torch.randint(-15, 16, shape, generator=gen).float() for shape in ((40, 72), (72, 24), (40, 24))
+    )
+    c = torch.randint(-2000, 2001, (56, 24), generator=gen).float()
+    on_device = (t.to(device, torch.bfloat16) for t in (w, y, x))
+    for (a, b, rows), (a16, b16, _) in zip(_probe_cases(w, y, x), _probe_cases(*on_device), strict=True):
+        want = c.double()
+        want[rows] += a.double() @ b.double()
+        got = c.to(device)
+        try:
+            with torch.autocast(device.type, enabled=False):
+                torch.addmm(got[rows], a16, b16, out_dtype=torch.float32, out=got[rows])
+        except torch.OutOfMemoryError:
+            raise
+        except (RuntimeError, TypeError, NotImplementedError):
+            return False
+        if not torch.equal(got.cpu().double(), want):
+            return False
+    return True
 
 
 def put_product(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, first: bool) -> None:

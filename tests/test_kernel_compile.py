@@ -339,6 +339,24 @@ def test_strips_dispatch_agrees_with_the_model():
         assert strips[128] > fused[128] and strips[256] < fused[256], (variant, strips, fused)
 
 
+@pytest.mark.parametrize("d,wanted", [(128, False), (129, True), (256, True)])
+def test_the_dispatch_rule_is_the_one_the_model_agrees_with(d, wanted, tmp_path, monkeypatch):
+    """strips_wanted itself, as a CUDA launch decides it (a recorded launch on CPU tensors): bf16
+    SigCLR rows take the strips past D = 128 only, the rule the model's test above checks; with
+    a plan's tiles given, or in fp32, they stay with the fused kernel."""
+    import torch
+
+    from fastsigclr.kernels import launches, sigmoid_strip
+
+    if not sigmoid_strip.mm_has_out_dtype():
+        pytest.skip("this torch has no mm(out_dtype): the strips are never wanted")
+    monkeypatch.setenv(launches.RECORD_ENV, str(tmp_path / "launches.jsonl"))
+    rows = torch.zeros(8, d, dtype=torch.bfloat16)
+    assert sigmoid_strip.strips_wanted(rows, rows, {}) is wanted
+    assert not sigmoid_strip.strips_wanted(rows, rows, {"block_m": 64})
+    assert not sigmoid_strip.strips_wanted(rows.float(), rows.float(), {})
+
+
 def test_warp_specialization_is_not_applied_on_sm90(tmp_path):
     """The weight-strip kernel's feature loop with tl.range(warp_specialize=True), compiled by this
     triton (tools/warp_specialize.py): for sm_90 no partitions and the same registers and SASS as

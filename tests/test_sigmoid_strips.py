@@ -101,6 +101,33 @@ def test_products_are_written_then_added():
     assert not fp32_products.addmm_accumulates(torch.device("cpu"))
 
 
+def _addmm(rounding):
+    """A stand-in for CUDA's addmm(out_dtype=float32) on the CPU, whose torch has none: ``rounding``
+    says what it does to (C, A·B, C + A·B)."""
+
+    def addmm(c, a, b, *, out_dtype, out):
+        assert out_dtype == torch.float32 and out.data_ptr() == c.data_ptr()
+        if rounding == "raises":
+            raise RuntimeError("expected self to be of the operands' dtype")
+        c16 = c.bfloat16().float() if rounding == "C" else c.clone()
+        product = a.float() @ b.float()
+        total = c16 + (product.bfloat16().float() if rounding == "product" else product)
+        out.copy_(total.bfloat16().float() if rounding == "sum" else total)
+        return out
+
+    return addmm
+
+
+@pytest.mark.parametrize("rounding,answer", [(None, True), ("sum", False), ("product", False),
+                                             ("C", False), ("raises", False)])  # fmt: skip
+def test_the_probe_tells_exact_sums_from_rounded_ones(rounding, answer, monkeypatch):
+    """addmm_accumulates' probe answers yes only for fp32 sums of exact products into an fp32 C, in
+    the strips' layouts (offset rows, transposed column slices, one row): a result, a product or
+    a C rounded to bf16 anywhere answers no, as does an addmm that raises."""
+    monkeypatch.setattr(torch, "addmm", _addmm(rounding))
+    assert fp32_products._probe(torch.device("cpu")) is answer
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; runs on the GPU machine")
 def test_addmm_accumulates_in_place_on_cuda():
