@@ -40,13 +40,15 @@ CASES = [
 # the weights (sizes whose integers fall in the same specialisations: the same compiled variant).
 # Every tile of those holds a positive, i = j or a column tail; 768 SigCLR rows in 3 views (256
 # rows apart) and 390 two-tower rows leave tiles off their diagonals and tails, which take the
-# untested path (_tested), in the same variants as 96 and 70 rows.
+# untested path (_tested), in the same variants as 96 and 70 rows; in strips of 128 rows, the two
+# towers' later strips add their products into ∂L/∂cols (put_product, addmm in place where probed).
 GPU_CASES = [
     ("self", 96, 96, 160, 0, torch.bfloat16),
     ("two_tower", 70, 70, 160, 0, torch.bfloat16),
     ("self", 320, 320, 160, 128, torch.bfloat16),
     ("self", 768, 768, 160, 0, torch.bfloat16),
     ("two_tower", 390, 390, 160, 0, torch.bfloat16),
+    ("two_tower", 390, 390, 160, 128, torch.bfloat16),  # four strips: the columns' products added
 ]
 
 
