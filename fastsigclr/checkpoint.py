@@ -249,7 +249,8 @@ def trained(state: dict[str, Any]) -> dict[str, Any]:
     and ``label``, e.g. "epoch 3" or "epoch 3 and 120 batches of epoch 4"."""
     epoch, step, position = int(state["epoch"]), int(state["step"]), state.get("position")
     batches = int(position["batch"]) if isinstance(position, dict) else 0
-    label = f"epoch {epoch}" + (f" and {batches} batches of epoch {epoch + 1}" if batches else "")
+    within = f" and {batches} batch{'es' if batches > 1 else ''} of epoch {epoch + 1}" if batches else ""
+    label = f"epoch {epoch}{within}"
     return {"epoch": epoch, "step": step, "epoch_batches": batches, "label": label}
 
 

@@ -113,6 +113,11 @@ def linear_probe(
                 f"the linear probe diverged (loss {value} in epoch {epoch + 1}) at --linear-lr {lr:g}: "
                 f"lower it, e.g. --linear-lr {lr / 10:g}"
             )
+    if not all(bool(t.isfinite().all()) for t in head.parameters()):  # the last update's
+        raise FastSigCLRError(
+            f"the linear probe diverged (its weights are not finite after {epochs} epochs) at --linear-lr "
+            f"{lr:g}: lower it, e.g. --linear-lr {lr / 10:g}"
+        )
     with torch.no_grad():
         train_acc = (head(train_feats).argmax(1) == y).float().mean().item()
         test_acc = (head(test_feats).argmax(1) == test_labels.to(device)).float().mean().item()

@@ -85,7 +85,10 @@ def check_step_memory(cfg: TrainConfig, device: torch.device, images: int, dtype
         hook.remove()
     rows = images * cfg.n_views
     need = rows * (3 * size * size + largest[0]) * dtype.itemsize
-    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory_bytes()
+    free = available_memory_bytes()
+    if device.type == "cuda":  # with what torch's allocator holds unused (an earlier run in a sweep)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        free = torch.cuda.mem_get_info(device)[0] + cached
     if need > free:
         raise FastSigCLRError(
             f"--image-size {size} with {images} images of {cfg.n_views} views per step needs more than "

@@ -42,6 +42,7 @@ from fastsigclr.runconfig import TrainConfig, read_config, write_config
 from fastsigclr.runfiles import (
     CHECKPOINT,
     RUN_FILES,
+    config_fault,
     history,
     load_checkpoint,
     read_summary,
@@ -87,7 +88,7 @@ def changed_options(cfg: TrainConfig) -> set[str]:
 def _not_a_run(path: Path) -> FastSigCLRError:
     found = ", ".join(name for name in RUN_FILES if os.path.lexists(path / name))
     return FastSigCLRError(
-        f"--out {path} holds {found} but is not a fastsigclr run (no config.json of one); choose a new "
+        f"--out {path} holds {found} but is not a fastsigclr run ({config_fault(path)}); choose a new "
         f"or empty --out, or move those files away (nothing was changed)"
     )
 
@@ -176,6 +177,7 @@ class RunDir:
     state: dict[str, Any] | None = None  # the checkpoint this run resumes from
     complete: dict[str, Any] | None = None  # the summary of a run with no epoch left to train
     restart: bool = False  # an interrupted start, whose files ``begin`` replaces
+    kept: str | None = None  # how far the checkpoint on disk has trained ("epoch 3 and 12 batches ...")
     log: RunLog | None = None  # metrics.jsonl (and TensorBoard), from ``begin`` to ``close``
     record: dict[str, Any] = field(default_factory=dict)  # config.json's besides the config, from ``begin``
     _fd: int | None = None
@@ -257,13 +259,13 @@ class RunDir:
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         """Write the checkpoint; one that cannot be written (a full disk) leaves the previous one."""
         if self.main:
-            kept = (self.path / CHECKPOINT).exists()
             fix = (
-                f"run again with --resume: the previous checkpoint (epoch {state['epoch'] - 1}) is kept"
-                if kept
+                f"run again with --resume: the previous checkpoint ({self.kept}) is kept"
+                if self.kept and (self.path / CHECKPOINT).exists()
                 else "run the same command again: no epoch was checkpointed yet, so it starts over"
             )
             ckpt.save_atomic(state, self.path / CHECKPOINT, fix)
+        self.kept = ckpt.trained(state)["label"]
 
     def finish(self, summary: dict[str, Any]) -> None:
         if self.main:
@@ -313,4 +315,5 @@ def open_run(cfg: TrainConfig, ctx: distributed.Context) -> RunDir:
         raise error or FastSigCLRError(message)
     if resuming and run.state is None:
         run.state = load_checkpoint(run.path)
+    run.kept = ckpt.trained(run.state)["label"] if run.state is not None else None
     return run

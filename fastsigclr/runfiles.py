@@ -32,13 +32,13 @@ def epoch_records(path: Path) -> int:
     return count
 
 
-def is_run_config(path: Path) -> bool:
-    """Whether ``path/config.json`` is a run's settings as ``begin`` writes them."""
+def config_fault(path: Path) -> str | None:
+    """Why ``path/config.json`` is not a run's settings as ``begin`` writes them (None: it is)."""
     try:
-        read_config(path, "", "")
-    except FastSigCLRError:
-        return False
-    return True
+        read_config(path, "config.json", "")
+    except FastSigCLRError as err:
+        return str(err).removeprefix("config.json: ").removesuffix("; ")
+    return None
 
 
 def run_state(path: Path) -> str:
@@ -52,7 +52,7 @@ def run_state(path: Path) -> str:
     if any(os.path.lexists(path / name) for name in RUN_FILES):
         # ``begin`` writes config.json before anything else and never removes it: files of a run's
         # names without it are someone else's, and a new run must not replace them.
-        return "interrupted start" if is_run_config(path) else "not a run"
+        return "interrupted start" if config_fault(path) is None else "not a run"
     return "empty"
 
 

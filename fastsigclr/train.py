@@ -249,6 +249,9 @@ class Epochs:
         if not (stopping or self.interval.due(self.step)):
             return
         loss_sum, loss_steps, probe_correct = sums
+        # As end_epoch: a diverged step replaces no checkpoint (losses are computed on logging steps).
+        mean_loss = (loss_sum / loss_steps).item() if loss_steps else None
+        divergence.check(self.run, self.setup, mean_loss, "the epoch's mean loss so far", self.step, epoch)
         state = checkpoint_state(self.setup, epoch, self.step)
         state["position"] = {
             "batch": batch,  # the sampler's position: the batches of the epoch already trained
@@ -307,16 +310,8 @@ class Epochs:
         seconds = time.perf_counter() - self.pace.epoch_start
         images = self.steps_per_epoch * self.batch_size
         self.images_seen += images
-        # Before the checkpoint: a diverged epoch must not replace the last good one. The weights
-        # too: the loss of a step is computed before its update, so it can still be finite.
-        broken = divergence.not_finite({"model": setup.model, "loss": setup.criterion, "probe": setup.probe})
-        if not math.isfinite(mean_loss) or broken:
-            if math.isfinite(mean_loss) and broken == ["probe"]:
-                what = "the online linear probe's weights are not finite (the encoder's are)"
-                raise divergence.diverged(self.run, what, self.step, epoch, "probe_lr")
-            what = f"the epoch's mean loss is {mean_loss}"
-            what = f"the {', '.join(broken)} weights are not finite" if math.isfinite(mean_loss) else what
-            raise divergence.diverged(self.run, what, self.step, epoch)
+        # Before the checkpoint: a diverged epoch must not replace the last good one.
+        divergence.check(self.run, setup, mean_loss, "the epoch's mean loss", self.step, epoch)
         every = self.cfg.knn_every
         monitor = epoch + 1 == self.epochs or bool(every and (epoch + 1) % every == 0)
         if monitor:

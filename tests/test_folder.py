@@ -231,3 +231,21 @@ def test_embed_reads_only_the_split_it_embeds(tmp_path, capsys):
         err = fails_with(argv, capsys)
         assert "has no labelled test images (a flat folder, or no val/)" in err, err
     assert not (tmp_path / "test.npy").exists()
+
+
+def test_a_limited_split_is_not_charged_the_whole_splits_broken_files(capsys):
+    """A split of 84 with 4 unreadable headers (4.8%): --limit-train's subset of 10, one of which
+    fails to decode (10%), passes --max-broken 0.15; its decode pass was charged the whole split's
+    4 as well (5 of 14, 36%) and refused the run."""
+    from fastsigclr.data.samples import SampleIndex
+
+    def decode(i: int) -> np.ndarray:
+        if i == 3:
+            raise OSError("image file is truncated")
+        return np.zeros((8, 8, 3), np.uint8)
+
+    split = SampleIndex("train", np.arange(80) % 10, np.full((80, 2), 8), decode)
+    split.broken = [(f"junk{i}.jpg", "cannot identify image file") for i in range(4)]
+    subset = split.subset(np.arange(10))
+    assert len(subset.in_memory(max_broken=0.15, progress=False)) == 9
+    assert "1 of 10 images cannot be decoded" in capsys.readouterr().err

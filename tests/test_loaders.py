@@ -195,9 +195,10 @@ def _labels_in(beton) -> list[int]:
 
 
 def test_a_beton_written_from_other_data_is_written_again(tmp_path, capsys):
-    """The .beton of a split is keyed by its content (labels, pixels; a split of files: their
-    bytes): the same data keeps the file; a relabelled image, a changed pixel, a JPEG replaced by
-    one of the same size and mtime, or a .beton without its record is written again."""
+    """The .beton of a split records what it was written from (labels, sizes, the array's bytes; a
+    split of files: their names, sizes and mtimes): the same data keeps the file; a relabelled
+    image, a changed pixel or a rewritten JPEG writes it again. One without its record (an older
+    fastsigclr's, or copied without it) is used as it is, with a note."""
     from PIL import Image
 
     from fastsigclr.data.loaders import ensure_beton
@@ -215,27 +216,27 @@ def test_a_beton_written_from_other_data_is_written_again(tmp_path, capsys):
     relabelled = labels.copy()
     relabelled[4] = 0
     written = ensure(SampleIndex.from_array(imgs, relabelled))
-    assert (
-        "was written from other data" in capsys.readouterr().err and _labels_in(path) == relabelled.tolist()
-    )
+    assert "was written from other data" in capsys.readouterr().err
+    assert _labels_in(path) == relabelled.tolist()
     changed = imgs.copy()
     changed[7, 3, 3, 0] ^= 1
-    assert ensure(SampleIndex.from_array(changed, relabelled)) != written
     written = ensure(SampleIndex.from_array(changed, relabelled))
+    assert "was written from other data" in capsys.readouterr().err
     path.with_name("d.beton.json").unlink()  # written before the record existed
-    assert ensure(SampleIndex.from_array(changed, relabelled)) != written
+    assert ensure(SampleIndex.from_array(imgs, labels)) == written  # used, not rewritten
+    assert "has no record of the data it was written from" in capsys.readouterr().err
     files = []
     for i, img in enumerate(imgs):
-        files.append(tmp_path / f"{i}.jpg")
+        files.append(tmp_path / "jpegs" / f"{i}.jpg")
+        files[-1].parent.mkdir(exist_ok=True)
         Image.fromarray(img).save(files[-1], quality=90)
-    sizes = np.full((12, 2), 8)
-    jpegs = SampleIndex("jpegs", labels, sizes, lambda i: decode_file(files[i]), files=files)
+    jpegs = SampleIndex("jpegs", labels, np.full((12, 2), 8), lambda i: decode_file(files[i]), files=files)
     path = tmp_path / "ffcv" / "jpegs.beton"
     written = ensure(jpegs)
-    victim, donor = max(files, key=lambda p: p.stat().st_size), min(files, key=lambda p: p.stat().st_size)
-    st = victim.stat()
-    victim.write_bytes(donor.read_bytes().ljust(st.st_size, b"\0"))
-    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert ensure(jpegs) == written
+    st = files[5].stat()
+    Image.fromarray(imgs[6]).save(files[5], quality=90)  # edited in place: a new mtime
+    os.utime(files[5], ns=(st.st_atime_ns, st.st_mtime_ns + 1))
     assert ensure(jpegs) != written
 
 

@@ -73,7 +73,8 @@ def test_a_folder_that_is_not_a_run_is_left_alone(cifar10_dir, tmp_path, capsys,
     (out / "tensorboard").mkdir()
     before = sorted((p.relative_to(out), p.read_bytes() if p.is_file() else None) for p in out.rglob("*"))
     err = fails_with(tiny_args(cifar10_dir, out, *again), capsys)
-    assert "is not a fastsigclr run" in err and "config.json, tensorboard, checkpoints" in err, err
+    assert "config.json, tensorboard, checkpoints but is not a fastsigclr run (its config.json is " in err
+    assert "unreadable (KeyError 'config'))" in err, err
     after = sorted((p.relative_to(out), p.read_bytes() if p.is_file() else None) for p in out.rglob("*"))
     assert after == before  # the lock file it made is gone too
 
@@ -301,6 +302,21 @@ def test_resume_keeps_rng_states_on_the_cpu(tmp_path):
         loaded = runfiles.load_checkpoint(tmp_path)
     checkpoint.set_rng_state(loaded["rng"])
     assert torch.equal(torch.get_rng_state(), saved)
+
+
+def test_a_mid_epoch_checkpoint_is_never_a_diverged_one(cifar10_dir, tmp_path, capsys):
+    """--checkpoint-every 1 with --lr 1e6 (two steps an epoch): mid-epoch checkpoints were saved
+    without the check of the weights that an epoch's end makes, so a diverged one could replace the
+    last good one, and the message named the last epoch's end as kept. The kept checkpoint is
+    finite and named as it is."""
+    out = tmp_path / "run"
+    extra = ("--lr", "1e6", "--warmup-epochs", "0", "--epochs", "40", "--checkpoint-every", "1")
+    err = fails_with(tiny_args(cifar10_dir, out, *extra, "--log-every", "50"), capsys)
+    state = checkpoint.load(out / "checkpoints" / "last.pt")
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+    label = checkpoint.trained(state)["label"]
+    assert "training diverged: " in err and f"last.pt ({label}) is kept" in err, err
+    assert "1 batch of epoch" in label  # measured: "epoch 1 and 1 batch of epoch 2" (step 3 of 4)
 
 
 def test_the_check_of_the_weights_names_the_parts_that_are_not_finite():

@@ -182,12 +182,12 @@ def test_a_mid_epoch_checkpoint_is_named_as_such(run_copy, capsys):
     state.update(step=3, position={"batch": 1, "loss_sum": 0.0, "loss_steps": 1, "probe_correct": 0.0})
     checkpoint.save_atomic(state, run_copy.joinpath(*LAST))
     assert main(["eval", "--run", str(run_copy), "--device", "cpu", "--no-progress"]) == 0
-    assert "(epoch 1 and 1 batches of epoch 2, 50 test images)" in capsys.readouterr().out
+    assert "(epoch 1 and 1 batch of epoch 2, 50 test images)" in capsys.readouterr().out
     result = json.loads((run_copy / "eval-knn.json").read_text())
     assert (result["epoch"], result["step"], result["epoch_batches"]) == (1, 3, 1)
     out = run_copy.parent / "encoder.safetensors"
     assert main(["export", "--run", str(run_copy), "--out", str(out)]) == 0
-    assert "width 8 backbone, epoch 1 and 1 batches of epoch 2" in capsys.readouterr().out
+    assert "width 8 backbone, epoch 1 and 1 batch of epoch 2" in capsys.readouterr().out
     from fastsigclr.export import read_metadata
 
     meta = read_metadata(out)

@@ -25,7 +25,7 @@ from fastsigclr.data.datasets import (
     dataset_option,
     prepare,
 )
-from fastsigclr.data.ffcv_loader import FfcvLoader, is_current, write_beton
+from fastsigclr.data.ffcv_loader import FfcvLoader, content_key, write_beton, written_from
 from fastsigclr.data.gpu_loader import GpuLoader
 from fastsigclr.data.samples import SampleIndex, report_broken
 from fastsigclr.data.splits import open_splits
@@ -62,16 +62,21 @@ def ensure_beton(
 ) -> Path:
     """The .beton of this split at ``path``, written first if it does not exist (raw pixels, or
     JPEG for splits read from image files). Every image is decoded once first: those that fail
-    are reported and the write stops (a .beton must not hold holes). One written from other data
-    (images or labels changed, added or removed since: ``content_key``) is written again."""
-    exists = path.is_file()
-    if not exists or not is_current(path, samples, store_size, jpeg):
-        if exists:
-            print(
-                f"fastsigclr: {path} was written from other data (the split's images or labels changed "
-                f"since, or an older fastsigclr wrote it without a record of them): writing it again",
-                file=sys.stderr,
-            )
+    are reported and the write stops (a .beton must not hold holes). One whose record says it was
+    written from other data (images or labels changed, added or removed since: ``content_key``) is
+    written again; one with no record (an older fastsigclr's, or copied without it) is used."""
+    recorded = written_from(path) if path.is_file() else None
+    if path.is_file() and recorded is None:
+        print(
+            f"fastsigclr: {path} has no record of the data it was written from ({path.name}.json: an "
+            f"older fastsigclr wrote it, or it was copied without it): using it as it is; `fastsigclr "
+            f"data write-ffcv --force` writes it again from the data",
+            file=sys.stderr,
+        )
+    elif recorded != content_key(samples, store_size, jpeg):
+        if recorded is not None:
+            note = "was written from other data (the split's images or labels changed since)"
+            print(f"fastsigclr: {path} {note}: writing it again", file=sys.stderr)
         elif progress:
             print(f"writing the FFCV dataset {path} (once)")
         if not samples.decoded:
@@ -107,8 +112,15 @@ def _gpu_options(src: LoaderSource) -> dict[str, Any]:
     return {"store_size": store, "budget": src.budget, "max_broken": src.max_broken, "progress": src.progress}
 
 
+def _beton_path(src: LoaderSource) -> dict[str, Any]:
+    """The .beton of the pre-training split, as rank 0's ``_beton`` left it (checked once there:
+    its content key reads every file's metadata, and the other ranks wait at a barrier)."""
+    store = _store(src.samples, src.store_size)
+    return {"beton": beton_path(src.info, src.data_dir, src.limit, src.ffcv_dir, store)}
+
+
 def _beton(src: LoaderSource) -> dict[str, Any]:
-    """The .beton of the pre-training split (written first when missing)."""
+    """The .beton of the pre-training split (written first when missing or stale)."""
     store = _store(src.samples, src.store_size)
     path = beton_path(src.info, src.data_dir, src.limit, src.ffcv_dir, store)
     jpeg = src.samples.files is not None
@@ -155,8 +167,8 @@ LOADERS: dict[str, LoaderEntry] = {
         package="ffcv",
         distributions=("ffcv",),
         install_hint=ffcv_loader.INSTALL_HINT,
-        options=_beton,
-        prepare=_beton,  # rank 0 writes a missing .beton; the others then find it
+        options=_beton_path,
+        prepare=_beton,  # rank 0 checks the .beton and writes it when missing or stale; all then read it
         bench_options=_ffcv_bench,
     ),
 }

@@ -182,8 +182,7 @@ class SampleIndex:
             classes=self.classes,
             array=None if self._array is None else self._array[keep],
         )
-        part.broken = self.broken  # left out of the split it was taken from: they count for --max-broken
-        return part
+        return part  # its split's header failures were counted against the whole split (open_splits)
 
     def nbytes(self, size: int | None = None) -> int:
         """Bytes of the decoded uint8 array ``in_memory(size)`` would hold."""
