@@ -274,6 +274,7 @@ def test_bench_loss_times_the_fused_pass_beside_the_strips(monkeypatch):
     assert bench_loss._skip_reason("triton-fused", "siglip", cuda) is None
     assert bench_loss._skip_reason("triton-tall-strips", "sigclr", cuda) is None
     assert "sigmoid losses only" in bench_loss._skip_reason("triton-tall-strips", "simclr", cuda)
+    assert "same as triton" in bench_loss._skip_reason("triton-tall-strips", "siglip", cuda)  # no quarters
     assert bench_loss._skip_reason("triton-fused", "sigclr", cpu) == "needs CUDA"
     assert "sigmoid losses only" in bench_loss._skip_reason("triton-fused", "simclr", cuda)
     monkeypatch.setenv(launches.RECORD_ENV, "record.jsonl")  # decide as on CUDA

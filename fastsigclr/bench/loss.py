@@ -182,6 +182,8 @@ def _skip_reason(provider: str, method: str, device: torch.device) -> str | None
         return "needs CUDA"
     if provider in KERNEL_SETTINGS and method not in ("sigclr", "siglip"):
         return "the weight strips serve the sigmoid losses only (same as triton)"
+    if provider == "triton-tall-strips" and method != "sigclr":
+        return "only SigCLR's strips are cut to a quarter of the rows (same as triton)"
     return None
 
 
