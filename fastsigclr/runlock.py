@@ -28,11 +28,11 @@ def lock_wait(cfg: TrainConfig) -> float:
     return cfg.dist_timeout / 2 if cluster.max_restarts() > 0 else 0.0
 
 
-def lock_dir(path: Path, wait_s: float = 0.0) -> int:
-    """An exclusive flock on ``path/run.lock``, holding this process's pid; when another process
-    has it, waits up to ``wait_s`` for it to end, then raises naming the holder. The lock ends
-    with the descriptor (exit, crash, kill)."""
-    file = path / LOCK
+def lock_dir(path: Path, wait_s: float = 0.0, name: str = LOCK, user: str = "training") -> int:
+    """An exclusive flock on ``path/name``, holding this process's pid; when another process
+    has it, waits up to ``wait_s`` for it to end, then raises naming the holder (another
+    ``user``). The lock ends with the descriptor (exit, crash, kill)."""
+    file = path / name
     deadline = time.monotonic() + wait_s
     waiting = False
     while True:
@@ -56,7 +56,7 @@ def lock_dir(path: Path, wait_s: float = 0.0) -> int:
                 continue
             waited = f" for {wait_s:g} s" if wait_s else ""
             raise FastSigCLRError(
-                f"{path} is in use by another training ({holder}){waited}; wait for it to end, or "
+                f"{path} is in use by another {user} ({holder}){waited}; wait for it to end, or "
                 f"choose another --out"
             ) from None
         try:

@@ -82,7 +82,8 @@ class RunLog:
         if not damaged:
             return
         side = self.path.with_name(self.path.name + ".damaged")
-        with open(side, "a") as f:
+        # Appended, never through a link: a metrics.jsonl.damaged that is one is refused.
+        with os.fdopen(open_nofollow(side, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a") as f:
             f.writelines(f"{n}\t{line}\n" for n, line in damaged)
         numbers = ", ".join(str(n) for n, _ in damaged)
         print(
@@ -126,17 +127,29 @@ def _append(fd: int, data: bytes) -> None:
         data = data[os.write(fd, data) :]
 
 
-def _epoch_of(line: str) -> int | None:
-    """A record's epoch; None for a blank line or one cut short by a kill."""
+def _position(line: str) -> tuple[int, int] | None:
+    """A record's epoch and step; None for a blank line, one cut short by a kill, or one whose
+    epoch or step is not a whole number (edited by hand): such a line is not a record."""
     try:
-        return json.loads(line).get("epoch", 0)
+        record = json.loads(line)
+        epoch, step = record.get("epoch", 0), record.get("step", 0)
     except (json.JSONDecodeError, AttributeError):
         return None
+    whole = all(isinstance(v, int) and not isinstance(v, bool) for v in (epoch, step))
+    return (epoch, step) if whole else None
+
+
+def _epoch_of(line: str) -> int | None:
+    """A record's epoch; None where ``_position`` finds no record."""
+    position = _position(line)
+    return None if position is None else position[0]
 
 
 def _step_of(line: str) -> int:
-    """A (readable) record's step."""
-    return json.loads(line).get("step", 0)
+    """A record's step (a line ``_epoch_of`` accepted)."""
+    position = _position(line)
+    assert position is not None
+    return position[1]
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

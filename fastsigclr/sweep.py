@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +36,15 @@ from fastsigclr.eval import EvalConfig, score, split_features
 from fastsigclr.recipe import compute_dtypes, load_run_model
 from fastsigclr.runconfig import TrainConfig
 from fastsigclr.runinfo import resolve_device, run_record
-from fastsigclr.sweep_report import EVAL_FILE, PlannedRun, collect_run, run_state, write_results
+from fastsigclr.runlock import lock_dir
+from fastsigclr.sweep_report import (
+    EVAL_FILE,
+    PlannedRun,
+    collect_run,
+    read_json,
+    run_state,
+    write_results,
+)
 from fastsigclr.train import train
 
 # Each setting is a set of `fastsigclr train` options; the budget options apply to all of them.
@@ -71,6 +79,7 @@ BUDGET = (
     "knn_every",
 )
 _UNSET = "`fastsigclr train`'s default"
+SWEEP_LOCK = "sweep.lock"
 # What the sweep does to a run found in each state (fastsigclr.sweep_report.run_state), in its log.
 ACTIONS = {"new": "trained", "started": "restarted", "checkpointed": "resumed", "trained": "evaluated"}
 
@@ -153,10 +162,10 @@ def _check_budget(cfg: SweepConfig) -> None:
     path = Path(cfg.out) / "sweep.json"
     given = {**cfg.budget(), "linear_epochs": cfg.linear_epochs}
     current = json.loads(json.dumps({k: v for k, v in given.items() if v is not None}))  # tuples → lists
-    if not path.is_file():
+    saved = read_json(path, "restore it, or use another --out")
+    if saved is None:
         ckpt.write_text_atomic(path, ckpt.json_text(current, indent=2) + "\n")
         return
-    saved = json.loads(path.read_text())
     diff = [k for k in sorted({*saved, *current}) if saved.get(k) != current.get(k)]
     if diff:
         listed = "; ".join(
@@ -185,9 +194,10 @@ def _evaluate(cfg: SweepConfig, run: PlannedRun) -> dict[str, Any]:
 
 
 def _execute(cfg: SweepConfig, run: PlannedRun, state: str, command: list[str] | None) -> str:
-    """Train (fresh, resumed or restarted) and evaluate one run; returns what was done."""
-    if state == "started":  # killed before its first checkpoint: nothing to keep
-        shutil.rmtree(run.run_dir)
+    """Train (fresh, resumed or restarted) and evaluate one run; returns what was done. A run
+    folder without a checkpoint ("started") is left to the trainer, under the run's lock: it
+    starts again a run that stopped in its first epoch, and refuses, removing nothing, a folder
+    that is not such a run (files of someone else's, or finished epochs whose weights are gone)."""
     if state != "trained":
         train(
             dataclasses.replace(run.train_config, resume="yes" if state == "checkpointed" else "no"),
@@ -211,8 +221,25 @@ def _accuracies(record: dict[str, Any]) -> str:
 def run_sweep(
     cfg: SweepConfig, command: list[str] | None = None, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
-    """Run (or continue) the grid; one line per run through ``log``; returns the results payload."""
+    """Run (or continue) the grid; one line per run through ``log``; returns the results payload.
+    The sweep directory is locked for the whole sweep (``sweep.lock``): a second sweep there would
+    train the same runs and rewrite the same reports."""
     runs = plan(cfg)
+    out = Path(cfg.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise FastSigCLRError(f"--out {out} cannot be created ({err.strerror}); choose another --out") from None
+    fd = lock_dir(out, name=SWEEP_LOCK, user="sweep")
+    try:
+        return _sweep(cfg, runs, command, log)
+    finally:
+        os.close(fd)
+
+
+def _sweep(
+    cfg: SweepConfig, runs: list[PlannedRun], command: list[str] | None, log: Callable[[str], None]
+) -> dict[str, Any]:
     device = resolve_device(cfg.device or "auto")
     view_dtype, _ = compute_dtypes(runs[0].train_config, device)
     head = {

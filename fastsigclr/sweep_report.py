@@ -19,8 +19,8 @@ from matplotlib.ticker import MaxNLocator
 
 from fastsigclr import significance
 from fastsigclr.bench.plot import _save as save_figure
-from fastsigclr.checkpoint import json_text, write_text_atomic
-from fastsigclr.config import default_of, to_dict
+from fastsigclr.checkpoint import json_text, read_text, write_text_atomic
+from fastsigclr.config import FastSigCLRError, default_of, to_dict
 from fastsigclr.eval import EvalConfig
 from fastsigclr.runconfig import TrainConfig
 
@@ -56,33 +56,57 @@ def run_state(run_dir: Path) -> str:
     return "started" if run_dir.exists() else "new"
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+def read_json(path: Path, fix: str) -> dict[str, Any] | None:
+    """A JSON object the sweep or its runs wrote (None where there is none), never read through a
+    link; a damaged one raises one line that ends with ``fix``."""
+    if not path.is_file() and not path.is_symlink():
+        return None
+    try:
+        value = json.loads(read_text(path))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise FastSigCLRError(f"{path} is damaged ({err}); {fix}") from None
+    if not isinstance(value, dict):
+        raise FastSigCLRError(f"{path} is damaged (not a JSON object); {fix}")
+    return value
+
+
+def _run_file(run_dir: Path, name: str) -> dict[str, Any] | None:
+    again = "the sweep evaluates the run again" if name == EVAL_FILE else "then run the sweep again"
+    return read_json(run_dir / name, f"restore it, or delete it ({again})")
 
 
 def _records(path: Path) -> list[dict[str, Any]]:
     """The records of a metrics.jsonl, without a last line cut short by a killed run."""
-    if not path.is_file():
+    if not path.is_file() and not path.is_symlink():
         return []
     records = []
-    for line in path.read_text().splitlines():
+    for line in read_text(path).splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(record, dict):
+            records.append(record)
     return records
+
+
+def _epoch_record(record: dict[str, Any]) -> bool:
+    """An epoch's record as the trainer writes it (a line edited by hand is left out)."""
+    whole = isinstance(record.get("epoch"), int) and not isinstance(record.get("epoch"), bool)
+    timed = isinstance(record.get("seconds"), (int, float))
+    return record.get("kind") == "epoch" and whole and timed
 
 
 def collect_run(run_dir: Path) -> dict[str, Any]:
     """A run directory's results: kNN curve and training time from metrics.jsonl, loss scalars
     from summary.json, the sweep's kNN and linear accuracy from its evaluation file."""
-    epochs = [r for r in _records(run_dir / "metrics.jsonl") if r.get("kind") == "epoch"]
+    epochs = [r for r in _records(run_dir / "metrics.jsonl") if _epoch_record(r)]
     found: dict[str, Any] = {
         "epochs_done": len(epochs),
         "train_seconds": sum(r["seconds"] for r in epochs),
         "knn_curve": [[r["epoch"] + 1, r["knn_acc"]] for r in epochs if r.get("knn_acc") is not None],
     }
-    summary = _read_json(run_dir / "summary.json") or {}
+    summary = _run_file(run_dir, "summary.json") or {}
     # Summaries written before the loss registry named sigclr's logit scale final_temperature.
     summary.setdefault("final_logit_scale", summary.get("final_temperature"))
     summary.setdefault("final_logit_bias", summary.get("final_bias"))  # and its logit bias final_bias
@@ -91,14 +115,19 @@ def collect_run(run_dir: Path) -> dict[str, Any]:
             found[key] = summary[key]
     if "knn_acc" in summary:
         found["monitor_knn_acc"] = summary["knn_acc"]  # the trainer's own last kNN monitor
-    evaluation = _read_json(run_dir / EVAL_FILE)
+    evaluation = _run_file(run_dir, EVAL_FILE)
     if evaluation is not None:
-        found.update(
-            knn_acc=evaluation["knn"]["accuracy"],
-            linear_acc=evaluation["linear"]["accuracy"],
-            linear_train_acc=evaluation["linear"]["train_accuracy"],
-            eval_seconds=evaluation["seconds"],
-        )
+        try:
+            found.update(
+                knn_acc=float(evaluation["knn"]["accuracy"]),
+                linear_acc=float(evaluation["linear"]["accuracy"]),
+                linear_train_acc=float(evaluation["linear"]["train_accuracy"]),
+                eval_seconds=float(evaluation["seconds"]),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            fix = "restore it, or delete it (the sweep evaluates the run again)"
+            what = f"an accuracy is missing: {err!r}"
+            raise FastSigCLRError(f"{run_dir / EVAL_FILE} is damaged ({what}); {fix}") from None
     return found
 
 
@@ -226,7 +255,7 @@ def write_results(
     for run in runs:
         state = run_state(run.run_dir)
         status = "failed" if run.index in failures and state != "done" else STATUS[state]
-        saved = _read_json(run.run_dir / "config.json")
+        saved = _run_file(run.run_dir, "config.json")
         config = saved["config"] if saved else to_dict(run.train_config.resolved())
         entry = {"index": run.index, "setting": run.setting, "seed": run.seed, "run_dir": str(run.run_dir)}
         entry.update(status=status, config=config, **collect_run(run.run_dir))

@@ -69,6 +69,31 @@ def test_a_damaged_line_of_metrics_is_set_aside_and_named(run_copy, capsys):
     assert [r["step"] for r in records if r["kind"] == "step"] == [1, 2, 3, 4]
 
 
+def test_a_record_edited_by_hand_is_set_aside_not_a_traceback(run_copy, capsys):
+    """An epoch or step that is not a whole number ("0") is not a record the resume can place."""
+    path = run_copy / "metrics.jsonl"
+    lines = path.read_text().splitlines()
+    record = json.loads(lines[1])
+    record["epoch"] = str(record["epoch"])
+    lines[1] = json.dumps(record)
+    path.write_text("\n".join(lines) + "\n")
+    assert main(["train", "--out", str(run_copy), "--resume", "--epochs", "2"]) == 0
+    assert f"{path} line(s) 2 are not JSON records" in capsys.readouterr().err
+    assert (run_copy / "metrics.jsonl.damaged").read_text() == f"2\t{lines[1]}\n"
+
+
+def test_the_damaged_lines_file_is_never_written_through_a_link(run_copy, tmp_path, capsys):
+    path = run_copy / "metrics.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], "not json", *lines[1:]]) + "\n")
+    elsewhere = tmp_path / "someone-elses.txt"
+    elsewhere.write_text("keep me\n")
+    (run_copy / "metrics.jsonl.damaged").symlink_to(elsewhere)
+    err = fails_with(["train", "--out", str(run_copy), "--resume", "--epochs", "2"], capsys)
+    assert f"{run_copy / 'metrics.jsonl.damaged'} is a symbolic link" in err
+    assert elsewhere.read_text() == "keep me\n"
+
+
 def test_limit_train_beyond_the_data_is_refused(cifar10_dir, tmp_path, capsys):
     """It trained on all 50,000 images while config.json recorded 10,000,000."""
     out = tmp_path / "run"

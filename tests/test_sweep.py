@@ -2,6 +2,7 @@
 64 images, 2 epochs): the three outputs, skipping finished runs, and continuing an interrupted grid."""
 
 import json
+import os
 import shutil
 import statistics
 
@@ -192,3 +193,48 @@ def test_bad_grids_fail_before_any_run(tmp_path, capsys):
     assert not (tmp_path / "s").exists()
     cfg = build(SweepConfig, {"out": str(tmp_path / "s")})
     assert cfg.settings == tuple(SETTINGS) and cfg.seeds == (0, 1, 2) and cfg.budget() == {}
+
+
+def test_a_run_folder_the_sweep_cannot_tell_is_its_own_is_never_removed(cifar10_dir, tmp_path):
+    """A grid's run folder without a checkpoint used to be deleted as an interrupted start: the
+    trainer decides now, under the run's lock, and refuses files that are not a run's."""
+    out = tmp_path / "s"
+    run_dir = out / "runs" / "sigclr-seed0"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "mine.pt").write_bytes(b"someone else's weights")
+    (run_dir / "config.json").write_text("{}")
+    payload, lines = run_grid(cifar10_dir, out, "--settings", "sigclr", "--seeds", "0")
+    assert "FAILED" in lines[-1] and "is not a fastsigclr run" in lines[-1], lines
+    assert (run_dir / "checkpoints" / "mine.pt").read_bytes() == b"someone else's weights"
+    assert (run_dir / "config.json").read_text() == "{}"
+    assert payload["runs"][0]["status"] == "failed"
+
+
+def test_a_second_sweep_on_the_same_directory_is_refused(tmp_path, capsys):
+    from fastsigclr.runlock import lock_dir
+    from fastsigclr.sweep import SWEEP_LOCK
+
+    out = tmp_path / "s"
+    out.mkdir()
+    held = lock_dir(out, name=SWEEP_LOCK, user="sweep")  # the first sweep
+    try:
+        with pytest.raises(SystemExit):
+            main(["sweep", "--out", str(out), "--device", "cpu", "--settings", "sigclr", "--seeds", "0"])
+    finally:
+        os.close(held)
+    err = capsys.readouterr().err
+    assert f"{out} is in use by another sweep (pid {os.getpid()}" in err, err
+    assert not (out / "sweep.json").exists()
+
+
+@pytest.mark.parametrize("name", ["sweep.json", "sweep-eval.json"])
+def test_a_damaged_sweep_file_is_named(grid, tmp_path, cifar10_dir, capsys, name):
+    out = tmp_path / "copy"
+    shutil.copytree(grid[0], out, symlinks=True)
+    damaged = out / name if name == "sweep.json" else out / "runs" / "sigclr-seed0" / name
+    damaged.write_text('{"knn": ')
+    with pytest.raises(SystemExit):
+        main(sweep_args(cifar10_dir, out, *GRID))
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and err.splitlines()[-1].startswith("fastsigclr: error: "), err
+    assert f"{damaged} is damaged" in err and "restore it" in err
