@@ -229,7 +229,8 @@ def run_sweep(
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise FastSigCLRError(f"--out {out} cannot be created ({err.strerror}); choose another --out") from None
+        why = f"cannot be created ({err.strerror})"
+        raise FastSigCLRError(f"--out {out} {why}; choose another --out") from None
     fd = lock_dir(out, name=SWEEP_LOCK, user="sweep")
     try:
         return _sweep(cfg, runs, command, log)
