@@ -13,6 +13,8 @@ import contextlib
 import hashlib
 import io
 import json
+import multiprocessing
+import multiprocessing.queues
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,6 +107,32 @@ def written_from(path: Path) -> str | None:
     return key if isinstance(key, str) else None
 
 
+def _stop_writer(writer: Any, before: set[Any], err: BaseException) -> None:
+    """End what FFCV's writer started when its write is interrupted (Ctrl-C) or fails: its worker
+    processes (not daemons: the interpreter's exit would wait for them), its queues' feeder
+    threads (blocked on pipes no worker reads any more: the exit would join them forever) and its
+    shared-memory block of metadata."""
+    tb = err.__traceback__
+    while tb is not None:  # the writer's queues are locals of its frames
+        for value in list(tb.tb_frame.f_locals.values()):
+            if isinstance(value, multiprocessing.queues.Queue):
+                value.cancel_join_thread()
+        tb = tb.tb_next
+    workers = [p for p in multiprocessing.active_children() if p not in before]
+    for p in workers:
+        p.terminate()
+    for p in workers:
+        p.join(timeout=5)
+        if p.is_alive():
+            p.kill()
+            p.join()
+    block = getattr(writer, "metadata_sm", None)
+    if block is not None:
+        with contextlib.suppress(OSError):
+            block.close()
+            block.unlink()
+
+
 def write_beton(
     path: Path,
     images: np.ndarray | SampleIndex,
@@ -134,11 +162,16 @@ def write_beton(
         page_size=PAGE_SIZE,
         num_workers=num_workers or min(8, os.cpu_count() or 1),
     )
+    before = set(multiprocessing.active_children())
     try:
         # FFCV's writer draws its own tqdm bar; without progress, silence it.
         quiet = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
-        with quiet:
-            w.from_indexed_dataset(_Indexed(samples, store_size))
+        try:
+            with quiet:
+                w.from_indexed_dataset(_Indexed(samples, store_size))
+        except BaseException as err:
+            _stop_writer(w, before, err)
+            raise
         _key_file(path).unlink(missing_ok=True)  # the old record goes before the old file does
         tmp.replace(path)
     finally:
