@@ -47,7 +47,9 @@ class CcemConfig:
     steps: int = option(1500, "Adam steps per configuration (cosine learning-rate decay)", ge=1)
     lr: float = option(0.05, "Adam learning rate", gt=0)
     seed: int = option(0, "random seed of the initial embeddings and encoder inputs", ge=0, le=SEED_MAX)
-    out: str = option("benchmarks/local/ccem", "directory for results.json, results.csv and heatmap.png")
+    out: str = option(
+        "benchmarks/local/ccem", "directory for results.json, results.csv and heatmap.png", path=True
+    )
     progress: bool = option(True, "show a progress bar")
 
     def __post_init__(self) -> None:

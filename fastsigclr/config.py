@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import math
 import operator
+import os
 import types
 import typing
 from collections.abc import Collection
@@ -53,17 +54,20 @@ def option(
     le: float | None = None,
     lt: float | None = None,
     bare: str | None = None,
+    path: bool = False,
     **kw: Any,
 ) -> Any:
     """A dataclass field carrying its help text, for strings the allowed values, and for numbers
     the bounds every value must satisfy (ge: ≥, gt: >, le: ≤, lt: <; checked by check_fields).
     ``choices`` may be a registry's live ``keys()``, so that an entry added later is accepted.
     ``bare``: a string option whose flag may stand alone (``--name`` means ``bare``; ``--no-name``
-    means the default), as a yes/no option that gained more choices."""
+    means the default), as a yes/no option that gained more choices. ``path``: a file or folder,
+    whose leading ``~`` is expanded when read from the command line (a shell leaves ``--out=~/x``
+    as it is)."""
     bounds = {
         name: value for name, value in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if value is not None
     }
-    metadata = {"help": help, "choices": choices, "bounds": bounds, "bare": bare}
+    metadata = {"help": help, "choices": choices, "bounds": bounds, "bare": bare, "path": path}
     return dataclasses.field(default=default, metadata=metadata, **kw)
 
 
@@ -201,7 +205,10 @@ def from_args(cls: type[C], namespace: argparse.Namespace) -> C:
         raw = getattr(namespace, f.name, None)
         if raw is None:
             continue
-        values[f.name] = raw if isinstance(raw, bool) else _parse_value(raw, hints[f.name], f.name)
+        value = raw if isinstance(raw, bool) else _parse_value(raw, hints[f.name], f.name)
+        if f.metadata.get("path") and isinstance(value, str):
+            value = os.path.expanduser(value)
+        values[f.name] = value
     return build(cls, values)
 
 

@@ -127,7 +127,7 @@ def linear_probe(
 @dataclass(frozen=True)
 class EvalConfig:
     protocol: str = option("knn", "evaluation protocol", choices=("knn", "linear"))
-    run: str | None = option(None, "run directory written by `fastsigclr train` (required)")
+    run: str | None = option(None, "run directory written by `fastsigclr train` (required)", path=True)
     data_dir: str | None = data_dir_option("the run's --data-dir")
     device: str = device_option()
     knn_k: int = option_from(TrainConfig, "knn_k")

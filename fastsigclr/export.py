@@ -63,8 +63,8 @@ def _run_checkpoint(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    run: str | None = option(None, "run directory written by `fastsigclr train` (required)")
-    out: str | None = option(None, "file to write, e.g. encoder.safetensors (required)")
+    run: str | None = option(None, "run directory written by `fastsigclr train` (required)", path=True)
+    out: str | None = option(None, "file to write, e.g. encoder.safetensors (required)", path=True)
     projector: bool = option(False, "also export the projector g")
 
     def __post_init__(self) -> None:
@@ -189,12 +189,14 @@ def load_projector(path: str | Path, map_location: str = "cpu") -> nn.Sequential
 
 @dataclass(frozen=True)
 class EmbedConfig:
-    run: str | None = option(None, "run directory written by `fastsigclr train` (required)")
+    run: str | None = option(None, "run directory written by `fastsigclr train` (required)", path=True)
     data_dir: str | None = data_dir_option("the run's --data-dir")
     split: str = option(
         "test", "dataset split to embed (as the run used it: its --limit-*)", ("train", "test")
     )
-    out: str | None = option(None, "features file FILE.npy; labels go to FILE.labels.npy (required)")
+    out: str | None = option(
+        None, "features file FILE.npy; labels go to FILE.labels.npy (required)", path=True
+    )
     device: str = device_option()
     progress: bool = option(True, "show a progress bar")
 

@@ -140,7 +140,7 @@ class TrainConfig:
         None, "use a class-balanced subset of N training images (the same for every loader)", ge=1
     )
     limit_test: int | None = option(None, "use a class-balanced subset of N test images", ge=1)
-    out: str | None = option(None, "run directory; unset: runs/<dataset>-<method>-<time>")
+    out: str | None = option(None, "run directory; unset: runs/<dataset>-<method>-<time>", path=True)
     resume: str = option(
         "no",
         "continue the run in --out from its last checkpoint (yes); auto: continue it when it has "
@@ -203,6 +203,12 @@ class TrainConfig:
                 fix="a larger --limit-train",
                 given="" if self.batch_size else f" (the {self.dataset} preset)",
             )
+        # Folders are recorded whole: a run resumed, evaluated or exported from another working
+        # directory reads the same data, and config.json says where the run was.
+        for name in ("out", "data_dir", "ffcv_dir"):
+            value = filled.get(name, getattr(self, name))
+            if value is not None:
+                filled[name] = str(Path(value).expanduser().absolute())
         return dataclasses.replace(self, **filled)
 
 

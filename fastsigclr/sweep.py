@@ -88,7 +88,9 @@ ACTIONS = {"new": "trained", "started": "restarted", "checkpointed": "resumed", 
 class SweepConfig:
     settings: tuple[str, ...] = option(tuple(SETTINGS), "named settings to run", choices=tuple(SETTINGS))
     seeds: tuple[int, ...] = option((0, 1, 2), "seeds of every setting", ge=0, le=SEED_MAX)
-    out: str = option("runs/sweep", "sweep directory: runs/<setting>-seed<N>/ and results.json, .md, .png")
+    out: str = option(
+        "runs/sweep", "sweep directory: runs/<setting>-seed<N>/ and results.json, .md, .png", path=True
+    )
     dataset: str | None = option_from(TrainConfig, "dataset", None, unset=_UNSET)
     data_dir: str | None = option_from(TrainConfig, "data_dir")
     download: bool | None = option_from(TrainConfig, "download", None, unset=_UNSET)

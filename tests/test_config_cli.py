@@ -352,3 +352,24 @@ def test_bench_loss_profile_records_where_the_time_goes(tmp_path: Path):
     assert all(top["self_us"] > 0 for top in profiled["top"]) and profiled["self_us"] > 0
     assert main([*args, "--out", str(tmp_path / "off")]) == 0
     assert "profile" not in json.loads((tmp_path / "off" / "loss-cpu.json").read_text())["results"][0]
+
+
+def test_paths_expand_a_tilde_and_runs_record_whole_folders(tmp_path, monkeypatch):
+    """A shell leaves `--out=~/x` as typed; a run's config.json names its folders whole, so that
+    a resume or an eval from another working directory finds the same data."""
+    from fastsigclr.cli import build_parser
+    from fastsigclr.config import from_args
+    from fastsigclr.export import EmbedConfig
+    from fastsigclr.runconfig import TrainConfig
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(["train", "--out=~/runs/a", "--data-dir", "data", "--ffcv-dir", "~/f"])
+    cfg = from_args(TrainConfig, args)
+    assert cfg.out == str(tmp_path / "home" / "runs" / "a") and cfg.data_dir == "data"
+    resolved = cfg.resolved()
+    assert resolved.data_dir == str(tmp_path / "data") and resolved.ffcv_dir == str(tmp_path / "home" / "f")
+    assert resolved.out == cfg.out
+    args = build_parser().parse_args(["embed", "--run=~/runs/a", "--out=~/e.npy"])
+    embed = from_args(EmbedConfig, args)
+    assert (embed.run, embed.out) == (str(tmp_path / "home/runs/a"), str(tmp_path / "home/e.npy"))

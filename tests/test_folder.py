@@ -249,3 +249,43 @@ def test_a_limited_split_is_not_charged_the_whole_splits_broken_files(capsys):
     subset = split.subset(np.arange(10))
     assert len(subset.in_memory(max_broken=0.15, progress=False)) == 9
     assert "1 of 10 images cannot be decoded" in capsys.readouterr().err
+
+
+def test_nested_images_hidden_folders_and_empty_classes(tmp_path):
+    """A class's images in subfolders are read (they were left out without a word); hidden folders
+    (.ipynb_checkpoints) are skipped in train/ and val/ alike; an empty class folder is named."""
+    payload = next(iter(odd_images().values()))
+    data = tmp_path / "data"
+    for rel in ("train/cat/a.png", "train/cat/2019/b.png", "train/cat/2019/deeper/c.png", "val/cat/d.png"):
+        (data / rel).parent.mkdir(parents=True, exist_ok=True)
+        (data / rel).write_bytes(payload)
+    (data / "train" / "dog").mkdir()
+    for hidden in (
+        "train/.ipynb_checkpoints/x.png",
+        "val/.ipynb_checkpoints/y.png",
+        "train/cat/.cache/z.png",
+    ):
+        (data / hidden).parent.mkdir(parents=True, exist_ok=True)
+        (data / hidden).write_bytes(payload)
+    reader = FolderReader(DATASETS["folder"], data)
+    train, test = reader.index("train"), reader.index("test")
+    assert reader.classes == ["cat", "dog"]
+    assert [p.relative_to(data / "train").as_posix() for p in train.files] == [
+        "cat/2019/b.png",
+        "cat/2019/deeper/c.png",
+        "cat/a.png",
+    ]
+    assert train.labels.tolist() == [0, 0, 0] and len(test) == 1
+    text = reader.describe(train, test)
+    assert "warning: 1 class folder(s) of train/ hold no images (dog)" in text
+
+
+def test_a_flat_folder_says_its_subfolders_are_not_read(tmp_path):
+    payload = next(iter(odd_images().values()))
+    (tmp_path / "more").mkdir()
+    (tmp_path / "more" / "b.png").write_bytes(payload)
+    (tmp_path / "a.png").write_bytes(payload)
+    reader = FolderReader(DATASETS["folder"], tmp_path)
+    train = reader.index("train")
+    assert len(train) == 1
+    assert "ignored 1 subfolder(s) (e.g. more/)" in reader.describe(train, None)

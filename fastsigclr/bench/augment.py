@@ -224,7 +224,7 @@ class BenchAugmentConfig:
     folder_store: int = option(96, "the folder case: the side the gpu loader and FFCV store images at", ge=8)
     plan_images: int = option(50_000, "images of the epoch whose augmentation plan is drawn and timed", ge=1)
     device: str = device_option("device to measure on")
-    out: str = option("benchmarks/local", "directory for augment-<device>.json and .png")
+    out: str = option("benchmarks/local", "directory for augment-<device>.json and .png", path=True)
 
     def __post_init__(self) -> None:
         unknown = set(self.backends) - set(BACKENDS)

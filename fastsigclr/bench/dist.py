@@ -32,7 +32,7 @@ class BenchDistConfig:
     dim: int = option(128, "feature size D", ge=1)
     dtype: str | None = option(None, "input dtype; unset: bf16 on CUDA, fp32 on CPU", choices=tuple(DTYPES))
     reps: int | None = option(None, "timed calls; unset: 20 on CUDA, 10 on CPU", ge=1)
-    out: str = option("benchmarks/local", "directory for dist-<device>.json and .png")
+    out: str = option("benchmarks/local", "directory for dist-<device>.json and .png", path=True)
 
     def __post_init__(self) -> None:
         check_not_empty(self, "sizes")

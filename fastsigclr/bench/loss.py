@@ -89,7 +89,7 @@ class BenchLossConfig:
     )
     warmup: int = option(3, "untimed calls before timing (compilation happens here)", ge=1)
     reps: int | None = option(None, "timed calls per case; unset: 20 on CUDA, 5 on CPU", ge=1)
-    out: str = option("benchmarks/local", "directory for loss-<device>.json and loss-<device>.png")
+    out: str = option("benchmarks/local", "directory for loss-<device>.json and loss-<device>.png", path=True)
 
     def __post_init__(self) -> None:
         check_not_empty(self, "sizes", "dims")

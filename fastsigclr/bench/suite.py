@@ -44,7 +44,7 @@ class BenchAllConfig:
         "auto", "train step images: real, synthetic, or auto", choices=("auto", "real", "synthetic")
     )
     out: str = option(
-        "benchmarks/local", "directory for all-<device>.json and every benchmark's JSON and PNG"
+        "benchmarks/local", "directory for all-<device>.json and every benchmark's JSON and PNG", path=True
     )
     quick: bool = option(False, "smallest sizes only: a smoke test of the whole suite, not a measurement")
 

@@ -56,7 +56,7 @@ class BenchTrainConfig:
     compile: bool = option_from(TrainConfig, "compile")
     warmup: int = option(3, "untimed steps before timing", ge=0)
     reps: int | None = option(None, "timed steps; unset: 30 on CUDA, 3 on CPU", ge=1)
-    out: str = option("benchmarks/local", "directory for train-<device>.json and .png")
+    out: str = option("benchmarks/local", "directory for train-<device>.json and .png", path=True)
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -151,6 +151,7 @@ def data_dir_option(unset: str = f"${DATA_ENV} or ~/.cache/fastsigclr/data") -> 
     return option(
         None,
         f"folder holding the dataset (or its archive; for folder/imagenet: train/<class>/); unset: {unset}",
+        path=True,
     )
 
 

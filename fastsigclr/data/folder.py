@@ -1,6 +1,6 @@
 """Image folders: your own images, ImageNet and ImageNet-100.
 
-    DIR/train/<class>/*     labelled training images (class = folder name, sorted)
+    DIR/train/<class>/**    labelled training images (class = folder name, sorted; subfolders too)
     DIR/val/<class>/*       optional: labelled images for the kNN monitor and the probe
     DIR/*                   or: a flat folder of unlabeled images (kNN and probe off)
 
@@ -12,6 +12,7 @@ A preset may keep only some class folders (ImageNet-100's 100 wnids).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,18 @@ from fastsigclr.data.info import DatasetError, DatasetInfo
 from fastsigclr.data.samples import IMAGE_SUFFIXES, UNLABELED, SampleIndex, file_index, report_broken
 
 
-def _images_in(folder: Path) -> tuple[list[Path], list[Path]]:
-    """(image files, other files) directly in ``folder``, sorted; hidden files are ignored."""
+def _images_in(folder: Path, nested: bool = False) -> tuple[list[Path], list[Path]]:
+    """(image files, other files) in ``folder``, sorted; with ``nested``, those of its subfolders
+    too (a class's images are often kept in folders by date or source). Hidden files and folders
+    (.ipynb_checkpoints, .DS_Store) are ignored."""
+    if nested:
+        entries = []
+        for root, dirs, names in os.walk(folder):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            entries += [Path(root) / n for n in names if not n.startswith(".")]
+        entries = sorted(p for p in entries if p.is_file())
+        images = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
+        return images, [p for p in entries if p.suffix.lower() not in IMAGE_SUFFIXES]
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
     images = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
     return images, [p for p in entries if p.suffix.lower() not in IMAGE_SUFFIXES]
@@ -59,6 +70,7 @@ class FolderReader:
         if not self.flat and not self.classes:
             raise DatasetError(f"{train} holds no class folders: put the images in {train}/<class>/")
         self._ignored: list[Path] = []
+        self._subfolders: list[Path] = []  # of a flat folder: not read
         self._cache: dict[str, SampleIndex | None] = {}
 
     def index(self, split: str) -> SampleIndex | None:
@@ -73,6 +85,7 @@ class FolderReader:
             if split == "test":
                 return None
             files, self._ignored = _images_in(self.folder)
+            self._subfolders = sorted(p for p in self.folder.iterdir() if p.is_dir() and p.name[0] != ".")
             labels = [UNLABELED] * len(files)
         else:
             split_dir = self.folder / ("val" if split == "test" else "train")
@@ -91,7 +104,11 @@ class FolderReader:
         files: list[Path] = []
         labels: list[int] = []
         known = set(self.classes)
-        extra = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and p.name not in known)
+        extra = sorted(
+            p.name
+            for p in split_dir.iterdir()
+            if p.is_dir() and p.name not in known and not p.name.startswith(".")
+        )
         if extra and not self.info.classes:
             raise DatasetError(
                 f"{split_dir} has class folders that train/ lacks: {', '.join(extra[:5])}; "
@@ -100,7 +117,7 @@ class FolderReader:
         for label, name in enumerate(self.classes):
             if not (split_dir / name).is_dir():
                 continue
-            found, other = _images_in(split_dir / name)
+            found, other = _images_in(split_dir / name, nested=True)
             files += found
             labels += [label] * len(found)
             self._ignored += other
@@ -116,10 +133,22 @@ class FolderReader:
             shown = ", ".join(f"{c} {n}" for c, n in zip(self.classes[:20], counts[:20], strict=True))
             more = f", ... ({len(self.classes)} classes)" if len(self.classes) > 20 else ""
             lines.append(f"  train: {len(train)} images in {len(self.classes)} classes ({shown}{more})")
+            empty = [c for c, n in zip(self.classes, counts, strict=True) if n == 0]
+            if empty:
+                lines.append(
+                    f"  warning: {len(empty)} class folder(s) of train/ hold no images "
+                    f"({', '.join(empty[:5])}): those classes are never trained on"
+                )
             lines.append(
                 f"  val: {len(test)} images"
                 if test is not None
                 else "  no val/ folder: the kNN monitor is off"
+            )
+        if self._subfolders:
+            lines.append(
+                f"  ignored {len(self._subfolders)} subfolder(s) (e.g. {self._subfolders[0].name}/): "
+                f"unlabeled images are read from {self.folder} itself; for classes, use "
+                f"{self.folder}/train/<class>/"
             )
         if self._ignored:
             lines.append(

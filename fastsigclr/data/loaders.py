@@ -34,7 +34,7 @@ from fastsigclr.runinfo import package_version
 
 def ffcv_dir_option() -> Any:
     """The ``--ffcv-dir`` option of the commands that write a .beton."""
-    return option(None, "folder for the .beton files of --loader ffcv; unset: <data-dir>/ffcv")
+    return option(None, "folder for the .beton files of --loader ffcv; unset: <data-dir>/ffcv", path=True)
 
 
 def beton_path(
