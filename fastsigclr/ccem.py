@@ -15,6 +15,7 @@ and an interior a otherwise (found by minimising the loss along a). Variants mea
 from __future__ import annotations
 
 import csv
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from fastsigclr.checkpoint import json_text, write_text_atomic
+from fastsigclr.checkpoint import json_text, writable_folder, write_text_atomic
 from fastsigclr.config import SEED_MAX, FastSigCLRError, check_fields, check_not_empty, option, to_dict
 from fastsigclr.losses import sigmoid_pairwise_loss
 from fastsigclr.runinfo import available_memory_bytes, run_record
@@ -164,6 +165,7 @@ def run(cfg: CcemConfig, command: list[str] | None = None) -> dict[str, Any]:
     """Every (variant, N, t, b) of the grid: measured and predicted similarities, written as
     results.json (with the run record), results.csv and heatmap.png under cfg.out."""
     check_memory(cfg)
+    out = writable_folder(Path(cfg.out))  # before the grid's minutes, not after
     grid = [
         (variant, n, t, b)
         for variant in cfg.variant
@@ -190,8 +192,6 @@ def run(cfg: CcemConfig, command: list[str] | None = None) -> dict[str, Any]:
                 "regime": pred["regime"],
             }
         )
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     payload = {
         "experiment": "ccem",
         **record,
@@ -199,10 +199,11 @@ def run(cfg: CcemConfig, command: list[str] | None = None) -> dict[str, Any]:
         "rows": rows,
     }
     write_text_atomic(out / "results.json", json_text(payload, indent=2) + "\n")
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(out / "results.csv", table.getvalue())
     plot_heatmap(rows, cfg, out / "heatmap.png")
     return payload
 
@@ -214,6 +215,8 @@ def plot_heatmap(rows: list[dict[str, Any]], cfg: CcemConfig, path: Path) -> Non
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from fastsigclr.bench.plot import save_figure
 
     variants = [v for v in cfg.variant if any(r["variant"] == v for r in rows)]
     fig, axes = plt.subplots(1, len(variants) + 1, figsize=(4.2 * (len(variants) + 1), 3.8), squeeze=False)
@@ -248,6 +251,4 @@ def plot_heatmap(rows: list[dict[str, Any]], cfg: CcemConfig, path: Path) -> Non
     fig.suptitle(
         "CCEM: positive-pair similarity of sigmoid-loss optima" + (" (b = t)" if cfg.bias is None else "")
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -142,6 +142,33 @@ def write_text_atomic(path: Path, text: str, fix: str = WRITE_FIX) -> None:
     write_atomic(path, lambda f: f.write(text.encode()), fix)
 
 
+def writable_folder(
+    folder: Path, option: str = "--out", what: str | None = None, keep: bool = False
+) -> Path:
+    """Check that ``folder`` can be created and a file made in it, before a command spends its
+    time computing what it will write there; raises one line naming ``option`` (and ``what`` the
+    folder is, when it is not the option's value itself). The folders it made are removed again
+    unless ``keep``: a command that fails later leaves nothing behind."""
+    folder = Path(folder)
+    made = [p for p in (folder, *folder.parents) if not os.path.lexists(p)]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-check.{os.getpid()}-{uuid.uuid4().hex[:8]}{TEMPORARY}"
+        with _create(probe):
+            pass
+        probe.unlink()
+        if not keep:
+            for path in made:  # innermost first
+                path.rmdir()
+    except OSError as err:
+        in_the_way = err.errno in (errno.EEXIST, errno.ENOTDIR)
+        reason = "it or a folder above it is a file" if in_the_way else err.strerror
+        fix = f"choose another {option}"
+        name = what or f"{option} {folder}"
+        raise FastSigCLRError(f"{name} is not writable ({reason}); {fix}") from None
+    return folder
+
+
 def symlink_error(path: Path) -> FastSigCLRError:
     return FastSigCLRError(
         f"{path} is a symbolic link: fastsigclr never follows links in a run directory (it could read "

@@ -108,8 +108,11 @@ def _write_file(path: Path, data: bytes, example: str, run_dir: Path) -> None:
 
 
 def _check_out(path: Path, example: str, run_dir: Path) -> None:
+    """--out must be a new or replaceable file outside the run's own files, in a writable folder
+    (checked before the features or weights are computed)."""
     if path.is_dir():
         raise FastSigCLRError(f"--out {path} is a folder; name a file in it, e.g. {path / example}")
+    ckpt.writable_folder(path.parent, "--out", f"the folder of --out {path}")
     try:
         inside = path.resolve().relative_to(run_dir.resolve()).parts
     except ValueError:

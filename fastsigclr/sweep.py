@@ -227,12 +227,7 @@ def run_sweep(
     The sweep directory is locked for the whole sweep (``sweep.lock``): a second sweep there would
     train the same runs and rewrite the same reports."""
     runs = plan(cfg)
-    out = Path(cfg.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        why = f"cannot be created ({err.strerror})"
-        raise FastSigCLRError(f"--out {out} {why}; choose another --out") from None
+    out = ckpt.writable_folder(Path(cfg.out), keep=True)
     fd = lock_dir(out, name=SWEEP_LOCK, user="sweep")
     try:
         return _sweep(cfg, runs, command, log)

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
 from fastsigclr import significance
-from fastsigclr.bench.plot import _save as save_figure
+from fastsigclr.bench.plot import save_figure
 from fastsigclr.checkpoint import json_text, read_text, write_text_atomic
 from fastsigclr.config import FastSigCLRError, default_of, to_dict
 from fastsigclr.eval import EvalConfig

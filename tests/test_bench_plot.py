@@ -30,7 +30,7 @@ def loss_row(loss, provider, rows, ms, mib):
 def drawn(monkeypatch):
     """The figure a plot function would save, kept for inspection."""
     figures = []
-    monkeypatch.setattr(plot, "_save", lambda fig, path: figures.append(fig))
+    monkeypatch.setattr(plot, "save_figure", lambda fig, path: figures.append(fig))
     return figures
 
 

@@ -107,7 +107,8 @@ def test_bench_out_in_the_way(tmp_path, capsys):
     blocked.write_text("in the way")
     args = ["bench", "loss", "--device", "cpu", "--providers", "eager", "--sizes", "8", "--dims", "4"]
     err = fails_with([*args, "--reps", "1", "--warmup", "1", "--out", str(blocked)], capsys)
-    assert f"cannot write {blocked}/loss-cpu.json (a part of its folder path is a file)" in err
+    assert f"--out {blocked} is not writable (it or a folder above it is a file); choose another --out" in err
+    assert blocked.read_text() == "in the way"
 
 
 def _truncate(run: Path) -> None:

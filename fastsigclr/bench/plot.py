@@ -103,7 +103,7 @@ def plot_loss(payload: dict[str, Any], path: Path) -> None:
             ax.grid(True, which="both", alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7, ncol=2)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _rate_spread(r: dict[str, Any], batch: int, key: str) -> tuple[float, list[float]]:
@@ -136,7 +136,7 @@ def plot_train(payload: dict[str, Any], path: Path) -> None:
         f"{_device_name(payload)}, batch {batch}, {res['full_step']['reps']} timed steps: "
         f"a/b = {payload['full_over_model']:.2f}"
     )
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _grouped_bars(ax, groups: list, series: list[str], value, colors: dict[str, str]) -> None:
@@ -185,7 +185,7 @@ def plot_augment(payload: dict[str, Any], path: Path) -> None:
     ax.set_title(f"augmentation throughput, {_device_name(payload)}")
     ax.legend(fontsize=8, title="loader", title_fontsize=8)
     ax.grid(True, axis="y", which="both", alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_dist(payload: dict[str, Any], path: Path) -> None:
@@ -211,10 +211,11 @@ def plot_dist(payload: dict[str, Any], path: Path) -> None:
     ax.set_title(f"distributed sigmoid loss, world size {payload['world_size']}, {_device_name(payload)}")
     ax.legend(fontsize=8, title="provider", title_fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig: Any, path: Path) -> None:
+    """Lay out, write ``path`` through a temporary file renamed into place, and close the figure."""
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.png")

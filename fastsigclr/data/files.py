@@ -73,9 +73,18 @@ def download(url: str, dest: Path, md5: str, *, progress: bool = True, timeout: 
     The bytes go to ``dest.partial`` first; a failed or mismatching download is removed, so a
     half-written archive is never left where a later run would trust it.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".partial")
     h = hashlib.md5()
+    if not url.lower().startswith(("http://", "https://", "ftp://", "file:")):
+        raise DatasetError(f"--url {url} is not a URL; pass one that starts with https:// (or http://)")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        open(partial, "wb").close()
+    except OSError as err:
+        raise DatasetError(
+            f"cannot write the download to {dest.parent} ({err.strerror}); pass --data-dir DIR, a "
+            f"writable folder"
+        ) from None
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
@@ -86,7 +95,7 @@ def download(url: str, dest: Path, md5: str, *, progress: bool = True, timeout: 
                     out.write(block)
                     h.update(block)
                     bar.update(len(block))
-    except (urllib.error.URLError, OSError, TimeoutError) as err:
+    except (urllib.error.URLError, OSError, TimeoutError, ValueError) as err:  # ValueError: "http://[x"
         partial.unlink(missing_ok=True)
         raise DatasetError(
             f"could not download {url}: {err}. Without network access, put {dest.name} (or its extracted "
