@@ -142,9 +142,7 @@ def write_text_atomic(path: Path, text: str, fix: str = WRITE_FIX) -> None:
     write_atomic(path, lambda f: f.write(text.encode()), fix)
 
 
-def writable_folder(
-    folder: Path, option: str = "--out", what: str | None = None, keep: bool = False
-) -> Path:
+def writable_folder(folder: Path, option: str = "--out", what: str | None = None, keep: bool = False) -> Path:
     """Check that ``folder`` can be created and a file made in it, before a command spends its
     time computing what it will write there; raises one line naming ``option`` (and ``what`` the
     folder is, when it is not the option's value itself). The folders it made are removed again
