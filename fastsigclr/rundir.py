@@ -292,6 +292,14 @@ class RunDir:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(failed=exc_type is not None)
+        if exc_type is KeyboardInterrupt and self.main and self._begun:  # Ctrl-C: how to go on
+            note = (
+                f"its checkpoint ({self.kept}) is kept; continue with `fastsigclr train --out {self.path} "
+                f"--resume`"
+                if self.kept and (self.path / CHECKPOINT).exists()
+                else "no checkpoint was written yet; the same command starts it again"
+            )
+            print(f"fastsigclr: {self.path} was interrupted: {note}", file=sys.stderr)
 
 
 def open_run(cfg: TrainConfig, ctx: distributed.Context) -> RunDir:

@@ -150,3 +150,16 @@ def test_ccem_grid_too_large_for_memory_is_refused(tmp_path, capsys):
     check_memory(cfg, available=int(14.1 * 8 * 1000**2) + 1)  # just fits
     with pytest.raises(FastSigCLRError, match=r"--n 1000 needs about 0\.1 GiB for the free .* ≤ 999"):
         check_memory(cfg, available=int(14.1 * 8 * 1000**2) - 8)
+
+
+def test_a_reader_that_leaves_early_is_no_traceback():
+    """`fastsigclr info | head -1`: the pipe closes before info has written all it prints."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen(
+        [sys.executable, "-m", "fastsigclr", "info"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    child.stdout.close()  # the reader is gone before the first line
+    err = child.stderr.read().decode()
+    assert child.wait(timeout=120) == 141 and "Traceback" not in err and "Broken pipe" not in err, err

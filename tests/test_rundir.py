@@ -329,3 +329,18 @@ def test_the_check_of_the_weights_names_the_parts_that_are_not_finite():
         assert divergence.not_finite(parts) == ["probe"]
         parts["model"].weight[0, 0] = float("nan")
     assert divergence.not_finite(parts) == ["model", "probe"]
+
+
+def test_ctrl_c_says_how_to_continue(run_copy, monkeypatch, capsys):
+    """Ctrl-C inside epoch 2 of a resumed run: the checkpoint of epoch 1 stays, and the message
+    gives the command that continues from it."""
+
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fastsigclr.train, "train_step", interrupted)
+    assert main(["train", "--out", str(run_copy), "--resume", "--epochs", "2"]) == 130
+    err = capsys.readouterr().err
+    assert f"{run_copy} was interrupted: its checkpoint (epoch 1) is kept; continue with" in err, err
+    assert f"`fastsigclr train --out {run_copy} --resume`" in err
+    assert checkpoint.load(run_copy / "checkpoints" / "last.pt")["epoch"] == 1
