@@ -214,6 +214,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "run": str(run_dir),
         **{key: loaded["trained"][key] for key in ("epoch", "step", "epoch_batches")},
         "trained": loaded["trained"]["label"],
+        "data_dir": loaded["data_dir"],
         "train_images": len(train[1]),
         "test_images": len(test[1]),
         **score(cfg, cfg.protocol, train, test, loaded["info"].num_classes),

@@ -215,6 +215,23 @@ def load_weights(module: Any, state: Any, source: str) -> None:
         ) from None
 
 
+def _check_classes(setup: Setup, state: dict[str, Any]) -> None:
+    """The probe's classes are the data's: a checkpoint whose probe has another number of them was
+    trained on other data (a --data-dir whose train/ holds other class folders), not another model."""
+    own, saved = setup.probe.state_dict(), state.get("probe")
+    if not isinstance(saved, dict):
+        return
+    for name, tensor in own.items():
+        theirs = saved.get(name)
+        matrices = isinstance(theirs, torch.Tensor) and theirs.dim() == tensor.dim() == 2
+        if name.endswith("weight") and matrices and theirs.shape[0] != tensor.shape[0]:
+            where = f"{setup.info.name} in {setup.cfg.data_dir}"
+            raise FastSigCLRError(
+                f"the run was trained on {theirs.shape[0]} classes and its data now has {tensor.shape[0]} "
+                f"({where}); resume it on the data it was trained on (--data-dir), or start a new run"
+            )
+
+
 def resume(
     setup: Setup, state: dict[str, Any] | None, source: str = "the checkpoint"
 ) -> tuple[int, int, dict[str, Any] | None]:
@@ -223,6 +240,7 @@ def resume(
     an epoch, its ``position`` (the batches done and the epoch's running sums), else None."""
     if state is None:
         return 0, 0, None
+    _check_classes(setup, state)
     for part in ("model", "criterion", "probe", "optimizer", "probe_optimizer"):
         load_weights(getattr(setup, part), state[part], source)
     ckpt.set_rng_state(state["rng"])
@@ -297,4 +315,5 @@ def load_run_model(
         "device": device,
         "trained": ckpt.trained(state),
         "autocast": autocast_dtype,
+        "data_dir": str(where.absolute()),  # where the images were read: the run's, or --data-dir
     }

@@ -272,3 +272,24 @@ def test_a_log_that_cannot_start_keeps_no_file_open(tmp_path, monkeypatch):
     dropped.write({"epoch": 0, "step": 1})
     del dropped
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_resume_on_data_with_other_classes_names_the_data_not_the_model():
+    """A checkpoint whose probe has 3 classes, resumed where the data has 5 (a --data-dir whose
+    train/ holds other class folders), was called "another run's checkpoint"."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from fastsigclr.config import FastSigCLRError
+    from fastsigclr.recipe import resume
+
+    setup = SimpleNamespace(
+        probe=torch.nn.Linear(8, 5),
+        info=SimpleNamespace(name="folder"),
+        cfg=SimpleNamespace(data_dir="/data/other"),
+    )
+    state = {"probe": torch.nn.Linear(8, 3).state_dict()}
+    with pytest.raises(FastSigCLRError) as err:
+        resume(setup, state)
+    assert str(err.value).startswith("the run was trained on 3 classes and its data now has 5 (folder in")
