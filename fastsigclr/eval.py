@@ -20,6 +20,7 @@ from fastsigclr.data.datasets import data_dir_option
 from fastsigclr.data.gpu_loader import normalized
 from fastsigclr.recipe import load_run_model
 from fastsigclr.runconfig import TrainConfig
+from fastsigclr.runfiles import check_run_dir
 from fastsigclr.runinfo import device_option
 
 
@@ -202,10 +203,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     When that file cannot be written (a read-only run), the result has ``path`` None and
     ``write_error``, the one-line reason: the accuracy is not lost with the file."""
     run_dir = Path(cfg.run or "")
-    if not (run_dir / "config.json").is_file():
-        raise FastSigCLRError(
-            f"{run_dir} is not a run directory (no config.json); pass --run DIR of a train run"
-        )
+    check_run_dir(run_dir)
     loaded = load_run_model(run_dir, cfg.device, cfg.data_dir)
     train = split_features(loaded, "train", progress=cfg.progress)
     test = split_features(loaded, "test", progress=cfg.progress)

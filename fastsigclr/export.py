@@ -27,7 +27,7 @@ from fastsigclr.eval import split_features
 from fastsigclr.models import ResNet, projector
 from fastsigclr.recipe import load_run_model
 from fastsigclr.runconfig import PRESETS, RESTORE_CONFIG, TrainConfig, read_config
-from fastsigclr.runfiles import RUN_FILES
+from fastsigclr.runfiles import RUN_FILES, check_run_dir
 from fastsigclr.runinfo import device_option
 from fastsigclr.runlock import LOCK
 
@@ -47,10 +47,7 @@ def _safetensors():
 
 def _run_checkpoint(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
     """The run's resolved config and last checkpoint, or an error that says what is missing."""
-    if not (run_dir / "config.json").is_file():
-        raise FastSigCLRError(
-            f"{run_dir} is not a run directory (no config.json); pass --run DIR of a train run"
-        )
+    check_run_dir(run_dir)
     last = run_dir / "checkpoints" / "last.pt"
     if not last.is_file():
         raise FastSigCLRError(

@@ -32,6 +32,19 @@ def epoch_records(path: Path) -> int:
     return count
 
 
+def check_run_dir(run_dir: Path) -> None:
+    """``--run`` of eval, export and embed must be a run directory: one line otherwise, naming
+    the directory when a file inside a run was given (``--run R/config.json``)."""
+    if (run_dir / "config.json").is_file():
+        return
+    for parent in list(run_dir.parents)[:2] if run_dir.exists() else ():  # R/config.json, R/checkpoints/x
+        if (parent / "config.json").is_file():
+            raise FastSigCLRError(
+                f"--run {run_dir} is inside a run; pass the run's directory: --run {parent}"
+            )
+    raise FastSigCLRError(f"{run_dir} is not a run directory (no config.json); pass --run DIR of a train run")
+
+
 def config_fault(path: Path) -> str | None:
     """Why ``path/config.json`` is not a run's settings as ``begin`` writes them (None: it is)."""
     try:

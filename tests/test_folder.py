@@ -100,6 +100,7 @@ def test_broken_images_are_listed_and_skipped_or_stop_the_run(tmp_path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert str(garbage) in err and str(truncated) in err
+    assert "every image must decode" in err and "--max-broken" not in err  # verify takes no such option
 
 
 def test_verify_passes_a_clean_folder(tmp_path, capsys):

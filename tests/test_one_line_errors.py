@@ -293,3 +293,16 @@ def test_resume_on_data_with_other_classes_names_the_data_not_the_model():
     with pytest.raises(FastSigCLRError) as err:
         resume(setup, state)
     assert str(err.value).startswith("the run was trained on 3 classes and its data now has 5 (folder in")
+
+
+def test_run_given_as_a_file_inside_the_run_names_the_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    for inside in (run / "config.json", run / "checkpoints" / "last.pt"):
+        for command in (["eval"], ["export", "--out", str(tmp_path / "e.safetensors")]):
+            err = fails_with([*command, "--run", str(inside)], capsys)
+            assert f"--run {inside} is inside a run; pass the run's directory: --run {run}" in err
+    err = fails_with(["eval", "--run", str(tmp_path / "nothing")], capsys)
+    assert "is not a run directory (no config.json)" in err

@@ -222,7 +222,8 @@ def verify(info: DatasetInfo, data_dir: Path, progress: bool = True) -> dict[str
     folder = Path(data_dir) / info.folder
     if not folder.is_dir():
         hint = (
-            f"run `fastsigclr data download --dataset {info.name}`"
+            f"run `fastsigclr data download --dataset {info.name} --data-dir {data_dir}`, or pass the "
+            f"--data-dir that holds it"
             if info.downloadable
             else "pass --data-dir DIR, the folder holding train/<class>/"
         )

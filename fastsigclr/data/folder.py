@@ -165,6 +165,7 @@ class FolderReader:
             index = self.index(split)
             if index is not None:
                 broken = index.broken + index.undecodable(progress=progress)
-                report_broken(index.name, broken, len(index) + len(index.broken), 0.0)
+                fix = "repair or delete the files listed above: every image must decode"
+                report_broken(index.name, broken, len(index) + len(index.broken), 0.0, fix=fix)
                 out[f"{split}/"] = f"all {len(index)} images decode"
         return out

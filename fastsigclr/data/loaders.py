@@ -80,7 +80,8 @@ def ensure_beton(
         elif progress:
             print(f"writing the FFCV dataset {path} (once)")
         if not samples.decoded:
-            report_broken(samples.name, samples.undecodable(progress=progress), len(samples), 0.0)
+            fix = "repair or delete the files listed above: an FFCV dataset holds every image"
+            report_broken(samples.name, samples.undecodable(progress=progress), len(samples), 0.0, fix=fix)
         try:
             write_beton(path, samples, store_size=store_size, jpeg=jpeg, progress=progress)
         except OSError as err:
