@@ -226,7 +226,7 @@ def embed(cfg: EmbedConfig) -> dict[str, Any]:
     _run_checkpoint(run_dir)  # the clear errors first, before the data is read
     for path in (Path(cfg.out or ""), labels_path(cfg.out or "")):
         _check_out(path, "features.npy", run_dir)
-    loaded = load_run_model(run_dir, cfg.device, cfg.data_dir, splits=(cfg.split,))
+    loaded = load_run_model(run_dir, cfg.device, cfg.data_dir, splits=(cfg.split,), labelled=False)
     feats, labels = split_features(loaded, cfg.split, progress=cfg.progress)
     out = Path(cfg.out or "")
     _write_file(out, _npy_bytes(feats.cpu().numpy()), "features.npy", run_dir)

@@ -283,9 +283,11 @@ def load_run_model(
     device_name: str = "auto",
     data_dir: str | None = None,
     splits: tuple[str, ...] = ("train", "test"),
+    labelled: bool = True,
 ) -> dict[str, Any]:
-    """A run's backbone (last checkpoint), its labelled ``splits`` decoded (from ``data_dir`` when
-    given, else where the run read it) and settings, for evaluation."""
+    """A run's backbone (last checkpoint), its ``splits`` decoded (from ``data_dir`` when given,
+    else where the run read it) and settings, for evaluation; ``labelled``: they must have
+    labels (eval), else images without a class come with label -1 (embed)."""
     overrides = {"data_dir": data_dir} if data_dir else {}
     cfg = read_config(run_dir, f"cannot read the run {run_dir}", RESTORE_CONFIG, overrides)
     info = DATASETS[cfg.dataset]
@@ -298,7 +300,16 @@ def load_run_model(
     device = resolve_device(device_name)
     state = ckpt.load(Path(run_dir) / "checkpoints" / "last.pt", map_location=device)
     data = load_data(dataclasses.replace(cfg, download=False, progress=False), announce=False)
-    missing = [name for name in splits if (index := getattr(data, name)) is None or not index.labelled]
+    # Without labels (a flat folder), the train split is the images pre-training read.
+    source = {
+        name: "pretrain" if name == "train" and data.train is None and not labelled else name
+        for name in splits
+    }
+    missing = [
+        name
+        for name in splits
+        if (index := getattr(data, source[name])) is None or (labelled and not index.labelled)
+    ]
     if missing:
         raise FastSigCLRError(
             f"{data.info.name} in {where} has no labelled {' and '.join(missing)} images (a flat folder, or "
@@ -311,7 +322,7 @@ def load_run_model(
     return {
         "backbone": model.backbone,
         "info": info,
-        **{name: data.arrays(name) for name in splits},
+        **{name: data.arrays(source[name]) for name in splits},
         "device": device,
         "trained": ckpt.trained(state),
         "autocast": autocast_dtype,

@@ -126,6 +126,11 @@ def test_unlabeled_flat_folder_trains_with_knn_and_probe_off(tmp_path, capsys):
     assert (
         epochs[0]["probe_acc"] is None and epochs[0]["knn_acc"] is None and math.isfinite(epochs[0]["loss"])
     )
+    # Features of one's own unlabeled images: embed writes them, with label -1 for "no class".
+    features = tmp_path / "f.npy"
+    embed = ["embed", "--run", str(out), "--device", "cpu", "--no-progress", "--split", "train"]
+    assert main([*embed, "--out", str(features)]) == 0
+    assert np.load(features).shape[0] == 16 and set(np.load(tmp_path / "f.labels.npy").tolist()) == {-1}
 
 
 def test_too_large_for_the_memory_budget_names_the_streaming_loaders(tmp_path, capsys):
