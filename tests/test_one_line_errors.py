@@ -98,7 +98,8 @@ def test_an_output_onto_a_folder_or_an_unwritable_place(run_copy, tmp_path, caps
     blocked = tmp_path / "a-file"
     blocked.write_text("in the way")
     err = fails_with([*args, "--out", str(blocked / name)], capsys)
-    assert f"cannot write {blocked / name} (a part of its folder path is a file); choose a writable" in err
+    expected = "is not writable (it or a folder above it is a file); choose another --out"
+    assert f"the folder of --out {blocked / name} {expected}" in err
     assert blocked.read_text() == "in the way" and list(folder.iterdir()) == []
 
 
