@@ -14,29 +14,9 @@ from fastsigclr.config import FastSigCLRError, add_arguments, from_args, typed_f
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    import torch
+    from fastsigclr.runinfo import install_report
 
-    from fastsigclr.data.loaders import LOADERS
-    from fastsigclr.runinfo import default_device, device_description, git_commit, versions
-
-    print(f"fastsigclr {__version__} (commit {git_commit() or 'unknown'})")
-    found = versions()
-    for name in ("torch", "triton", "numpy", "numba", *(e.package for e in LOADERS.values() if e.package)):
-        print(f"  {name:<7} {found[name] or 'not installed'}")
-    cuda = torch.cuda.is_available()
-    print(f"  CUDA    {'available: ' + str(torch.version.cuda) if cuda else 'not available'}")
-    dev = device_description(default_device())
-    print(f"  device  {dev['type']}: {dev['name']}")
-    fused = "usable" if cuda and found["triton"] else "needs CUDA and triton"
-    print(f"  loss    impl='triton' {fused}; impl='torch' usable")
-    for name, entry in LOADERS.items():
-        usable = entry.package is None or found[entry.package]
-        state = (
-            f"usable ({entry.runs_on[0 if cuda else 1]})"
-            if usable
-            else f"not installed: {entry.install_hint}"
-        )
-        print(f"  loader  {name}: {state}")
+    print("\n".join(install_report(__version__)))
     return 0
 
 
@@ -399,6 +379,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `fastsigclr info | head`: the reader left; say nothing more
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
-        return 141  # 128 + SIGPIPE, as a shell reports a process a closed pipe ended
+    except BrokenPipeError:  # `info | head`: the reader left; /dev/null spares a second error at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports it

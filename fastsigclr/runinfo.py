@@ -133,3 +133,29 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
     return torch.device(name)
+
+
+def install_report(version: str) -> list[str]:
+    """What ``fastsigclr info`` prints: versions, CUDA, the default device, and which loss kernel
+    and loaders are usable here (with how to install those that are not)."""
+    from fastsigclr.data.loaders import LOADERS
+
+    lines = [f"fastsigclr {version} (commit {git_commit() or 'unknown'})"]
+    found = versions()
+    for name in ("torch", "triton", "numpy", "numba", *(e.package for e in LOADERS.values() if e.package)):
+        lines.append(f"  {name:<7} {found[name] or 'not installed'}")
+    cuda = torch.cuda.is_available()
+    lines.append(f"  CUDA    {'available: ' + str(torch.version.cuda) if cuda else 'not available'}")
+    dev = device_description(default_device())
+    lines.append(f"  device  {dev['type']}: {dev['name']}")
+    fused = "usable" if cuda and found["triton"] else "needs CUDA and triton"
+    lines.append(f"  loss    impl='triton' {fused}; impl='torch' usable")
+    for name, entry in LOADERS.items():
+        usable = entry.package is None or found[entry.package]
+        state = (
+            f"usable ({entry.runs_on[0 if cuda else 1]})"
+            if usable
+            else f"not installed: {entry.install_hint}"
+        )
+        lines.append(f"  loader  {name}: {state}")
+    return lines
