@@ -156,8 +156,9 @@ def writable_folder(folder: Path, option: str = "--out", what: str | None = None
             pass
         probe.unlink()
         if not keep:
-            for path in made:  # innermost first
-                path.rmdir()
+            for path in made:  # innermost first; one another command just filled stays
+                with contextlib.suppress(OSError):
+                    path.rmdir()
     except OSError as err:
         in_the_way = err.errno in (errno.EEXIST, errno.ENOTDIR)
         reason = "it or a folder above it is a file" if in_the_way else err.strerror

@@ -373,12 +373,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     args.argv = argv
     try:
-        return args.handler(args)
+        code = args.handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the try, not at interpreter exit
+        return code
     except FastSigCLRError as err:
         parser.exit(2, f"fastsigclr: error: {err}\n")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `info | head`: the reader left; /dev/null spares a second error at exit
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141  # 128 + SIGPIPE, as a shell reports it
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:  # it was stdout's pipe (another one's is a real failure: raised)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141  # 128 + SIGPIPE, as a shell reports it
+        raise

@@ -227,6 +227,7 @@ def run_sweep(
     The sweep directory is locked for the whole sweep (``sweep.lock``): a second sweep there would
     train the same runs and rewrite the same reports."""
     runs = plan(cfg)
+    resolve_device(cfg.device or "auto")  # an unusable --device is refused before anything is made
     out = ckpt.writable_folder(Path(cfg.out), keep=True)
     fd = lock_dir(out, name=SWEEP_LOCK, user="sweep")
     try:

@@ -256,7 +256,8 @@ def write_results(
         state = run_state(run.run_dir)
         status = "failed" if run.index in failures and state != "done" else STATUS[state]
         saved = _run_file(run.run_dir, "config.json")
-        config = saved["config"] if saved else to_dict(run.train_config.resolved())
+        found = saved.get("config") if saved else None  # a foreign config.json: the trainer refuses it
+        config = found if isinstance(found, dict) else to_dict(run.train_config.resolved())
         entry = {"index": run.index, "setting": run.setting, "seed": run.seed, "run_dir": str(run.run_dir)}
         entry.update(status=status, config=config, **collect_run(run.run_dir))
         if status == "failed":

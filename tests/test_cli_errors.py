@@ -154,11 +154,13 @@ def test_ccem_grid_too_large_for_memory_is_refused(tmp_path, capsys):
 
 def test_a_reader_that_leaves_early_is_no_traceback():
     """`fastsigclr info | head -1`: the pipe closes before info has written all it prints."""
+    import os
     import subprocess
     import sys
 
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # buffered, as usual
     child = subprocess.Popen(
-        [sys.executable, "-m", "fastsigclr", "info"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [sys.executable, "-m", "fastsigclr", "info"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
     )
     child.stdout.close()  # the reader is gone before the first line
     err = child.stderr.read().decode()

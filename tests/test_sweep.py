@@ -202,11 +202,11 @@ def test_a_run_folder_the_sweep_cannot_tell_is_its_own_is_never_removed(cifar10_
     run_dir = out / "runs" / "sigclr-seed0"
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "checkpoints" / "mine.pt").write_bytes(b"someone else's weights")
-    (run_dir / "config.json").write_text("{}")
+    (run_dir / "config.json").write_text('{"mine": 1}')
     payload, lines = run_grid(cifar10_dir, out, "--settings", "sigclr", "--seeds", "0")
     assert "FAILED" in lines[-1] and "is not a fastsigclr run" in lines[-1], lines
     assert (run_dir / "checkpoints" / "mine.pt").read_bytes() == b"someone else's weights"
-    assert (run_dir / "config.json").read_text() == "{}"
+    assert (run_dir / "config.json").read_text() == '{"mine": 1}'
     assert payload["runs"][0]["status"] == "failed"
 
 

@@ -90,7 +90,7 @@ def report_broken(
     total: int,
     max_broken: float,
     already: int = 0,
-    fix: str = "repair or delete the files listed above, or raise --max-broken",
+    fix: str | None = None,
 ) -> None:
     """List the files that cannot be decoded on stderr (path and reason); a DatasetError when more
     than ``max_broken`` of the ``total`` are, counting the ``already`` left out by an earlier pass
@@ -110,7 +110,8 @@ def report_broken(
     if share > max_broken:
         raise DatasetError(
             f"{what}: {count} of {total} images ({share:.1%}) cannot be decoded (first: "
-            f"{broken[0][0]}), more than {'--max-broken ' if max_broken else ''}{max_broken:g}: {fix}"
+            f"{broken[0][0]}), more than {'' if fix else '--max-broken '}{max_broken:g}: "
+            f"{fix or 'repair or delete the files listed above, or raise --max-broken'}"
         )
     print(f"{what}: skipped those {count} images (at most --max-broken {max_broken:g})", file=sys.stderr)
 
