@@ -23,10 +23,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _run_bench(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """Run the ``fastsigclr bench`` command of ``args`` with its options: (config, results payload)."""
     import importlib
+    from pathlib import Path
+
+    from fastsigclr.checkpoint import writable_folder
 
     config = args.config()
     cfg = from_args(config, args)
     run = importlib.import_module(config.__module__).run
+    writable_folder(Path(cfg.out))  # every benchmark writes there: checked before it measures, not after
     return cfg, run(cfg, command=["fastsigclr", *args.argv])
 
 

@@ -256,12 +256,16 @@ class RunDir:
         )
         return self.log
 
+    def _kept_on_disk(self) -> bool:
+        """Whether a checkpoint of this run (``kept``) is on disk to continue from."""
+        return bool(self.kept) and (self.path / CHECKPOINT).exists()
+
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         """Write the checkpoint; one that cannot be written (a full disk) leaves the previous one."""
         if self.main:
             fix = (
                 f"run again with --resume: the previous checkpoint ({self.kept}) is kept"
-                if self.kept and (self.path / CHECKPOINT).exists()
+                if self._kept_on_disk()
                 else "run the same command again: no epoch was checkpointed yet, so it starts over"
             )
             ckpt.save_atomic(state, self.path / CHECKPOINT, fix)
@@ -296,7 +300,7 @@ class RunDir:
             note = (
                 f"its checkpoint ({self.kept}) is kept; continue with `fastsigclr train --out {self.path} "
                 f"--resume`"
-                if self.kept and (self.path / CHECKPOINT).exists()
+                if self._kept_on_disk()
                 else "no checkpoint was written yet; the same command starts it again"
             )
             print(f"fastsigclr: {self.path} was interrupted: {note}", file=sys.stderr)

@@ -31,7 +31,6 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastsigclr.bench.common import write_json
-from fastsigclr.checkpoint import writable_folder
 from fastsigclr.config import FastSigCLRError, check_fields, check_not_empty, option, to_dict
 from fastsigclr.data.loaders import LOADERS, loader_versions
 from fastsigclr.data.plan import AugmentPlan, AugmentSpec, Col, sample_params, seed_for
@@ -342,7 +341,6 @@ def run(cfg: BenchAugmentConfig, command: list[str] | None = None) -> dict[str, 
 
     device = resolve_device(cfg.device)
     cfg = cfg.resolved(device)
-    writable_folder(Path(cfg.out))  # before the measurements, not after
     results = []
     with tempfile.TemporaryDirectory(prefix="fastsigclr-bench-") as tmp:
         for size in cfg.sizes:

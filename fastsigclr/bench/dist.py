@@ -19,7 +19,6 @@ import torch
 import torch.distributed as dist
 
 from fastsigclr.bench.common import DTYPES, check_even_sizes, time_fn, write_json
-from fastsigclr.checkpoint import writable_folder
 from fastsigclr.config import check_fields, check_not_empty, option, to_dict
 from fastsigclr.runinfo import device_option, resolve_device, run_record
 
@@ -56,8 +55,6 @@ def run(cfg: BenchDistConfig, command: list[str] | None = None) -> dict[str, Any
     from fastsigclr.losses import sigmoid_pairwise_loss, sigmoid_pairwise_loss_distributed
     from fastsigclr.losses.sigmoid import LOGIT_BIAS
     from fastsigclr.losses.sigmoid import LOGIT_SCALE as t
-
-    writable_folder(Path(cfg.out))  # before the measurements, not after
 
     device = resolve_device(cfg.device)
     cfg = cfg.resolved(device)

@@ -30,7 +30,6 @@ from fastsigclr.bench.memory import peak_extra_bytes
 from fastsigclr.bench.open_clip_loss import OPEN_CLIP_LOSSES, open_clip_fn
 from fastsigclr.bench.open_clip_loss import installed as open_clip_installed
 from fastsigclr.bench.profile import profile_step
-from fastsigclr.checkpoint import writable_folder
 from fastsigclr.config import FastSigCLRError, check_fields, check_not_empty, option, to_dict
 from fastsigclr.losses import LOSSES, siglip
 from fastsigclr.losses.options import check_applicable, with_loss_options
@@ -310,7 +309,6 @@ def run(cfg: BenchLossConfig, command: list[str] | None = None) -> dict[str, Any
 
     device = resolve_device(cfg.device)
     cfg = cfg.resolved(device)
-    writable_folder(Path(cfg.out))  # before the measurements, not after
     check_runnable(cfg, device)
     record = run_record(device, command)
     matmul_size, matmul_reps = (8192, 20) if device.type == "cuda" else (1024, 5)

@@ -19,7 +19,6 @@ from fastsigclr.bench.common import write_json
 from fastsigclr.bench.dist import BenchDistConfig
 from fastsigclr.bench.loss import BenchLossConfig
 from fastsigclr.bench.train import BenchTrainConfig
-from fastsigclr.checkpoint import writable_folder
 from fastsigclr.config import option, to_dict
 from fastsigclr.runinfo import device_option, resolve_device, run_record
 
@@ -86,7 +85,7 @@ def run(cfg: BenchAllConfig, command: list[str] | None = None, progress=print) -
 
     device = resolve_device(cfg.device)
     cpu = device.type == "cpu"
-    out = writable_folder(Path(cfg.out))  # before the measurements, not after
+    out = Path(cfg.out)
     sizes = {"loss": CPU_LOSS, "augment": CPU_AUGMENT, "train": CPU_TRAIN} if cpu else {}
     if cfg.quick:
         sizes = QUICK

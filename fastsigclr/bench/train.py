@@ -21,7 +21,6 @@ import torch
 
 from fastsigclr import distributed
 from fastsigclr.bench.common import time_fn, write_json
-from fastsigclr.checkpoint import writable_folder
 from fastsigclr.config import check_fields, option, option_from, to_dict
 from fastsigclr.data import DATASETS
 from fastsigclr.data.gpu_loader import augment_batch
@@ -115,7 +114,6 @@ def run(cfg: BenchTrainConfig, command: list[str] | None = None) -> dict[str, An
 
     device = resolve_device(cfg.device)
     cfg = cfg.resolved(device)
-    writable_folder(Path(cfg.out))  # before the measurements, not after
     tcfg = cfg.train_config()
     data, data_kind = _images(cfg, tcfg)
     ctx = distributed.Context(device=device)
