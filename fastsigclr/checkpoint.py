@@ -170,8 +170,8 @@ def writable_folder(folder: Path, option: str = "--out", what: str | None = None
 
 def symlink_error(path: Path) -> FastSigCLRError:
     return FastSigCLRError(
-        f"{path} is a symbolic link: fastsigclr never follows links in a run directory (it could read "
-        f"or overwrite the file the link points to); replace the link with the file itself, or use "
+        f"{path} is a symbolic link: fastsigclr never follows links in a run or sweep directory (it could "
+        f"read or overwrite the file the link points to); replace the link with the file itself, or use "
         f"another run directory"
     )
 

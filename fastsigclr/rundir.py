@@ -178,6 +178,7 @@ class RunDir:
     complete: dict[str, Any] | None = None  # the summary of a run with no epoch left to train
     restart: bool = False  # an interrupted start, whose files ``begin`` replaces
     kept: str | None = None  # how far the checkpoint on disk has trained ("epoch 3 and 12 batches ...")
+    again: str | None = None  # how an interrupted run goes on, if not by train --resume (a sweep's command)
     log: RunLog | None = None  # metrics.jsonl (and TensorBoard), from ``begin`` to ``close``
     record: dict[str, Any] = field(default_factory=dict)  # config.json's besides the config, from ``begin``
     _fd: int | None = None
@@ -297,12 +298,11 @@ class RunDir:
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(failed=exc_type is not None)
         if exc_type is KeyboardInterrupt and self.main and self._begun:  # Ctrl-C: how to go on
-            note = (
-                f"its checkpoint ({self.kept}) is kept; continue with `fastsigclr train --out {self.path} "
-                f"--resume`"
-                if self._kept_on_disk()
-                else "no checkpoint was written yet; the same command starts it again"
-            )
+            if self._kept_on_disk():
+                how = self.again or f"continue with `fastsigclr train --out {self.path} --resume`"
+                note = f"its checkpoint ({self.kept}) is kept; {how}"
+            else:
+                note = f"no checkpoint was written yet; {self.again or 'the same command starts it again'}"
             print(f"fastsigclr: {self.path} was interrupted: {note}", file=sys.stderr)
 
 

@@ -159,12 +159,23 @@ def finished_before(cfg: SweepConfig, runs: list[PlannedRun]) -> list[PlannedRun
     return found
 
 
+def _whole_paths(budget: dict[str, Any]) -> dict[str, Any]:
+    """The budget with its folder (--data-dir) as a whole path: the same folder named from another
+    working directory, or with ~, is the same budget."""
+    value = budget.get("data_dir")
+    if not isinstance(value, str):
+        return budget
+    return {**budget, "data_dir": str(Path(value).expanduser().absolute())}
+
+
 def _check_budget(cfg: SweepConfig) -> None:
     """A sweep directory keeps one budget: its runs are only comparable at the same one."""
     path = Path(cfg.out) / "sweep.json"
     given = {**cfg.budget(), "linear_epochs": cfg.linear_epochs}
-    current = json.loads(json.dumps({k: v for k, v in given.items() if v is not None}))  # tuples → lists
+    current = _whole_paths(json.loads(json.dumps({k: v for k, v in given.items() if v is not None})))
     saved = read_json(path, "restore it, or use another --out")
+    if saved is not None:  # one written before paths were recorded whole (relative, or with a ~)
+        saved = _whole_paths(saved)
     if saved is None:
         ckpt.write_text_atomic(path, ckpt.json_text(current, indent=2) + "\n")
         return

@@ -65,6 +65,8 @@ def read_json(path: Path, fix: str) -> dict[str, Any] | None:
         value = json.loads(read_text(path))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise FastSigCLRError(f"{path} is damaged ({err}); {fix}") from None
+    except PermissionError:
+        raise FastSigCLRError(f"cannot read {path} (permission denied); make it readable") from None
     if not isinstance(value, dict):
         raise FastSigCLRError(f"{path} is damaged (not a JSON object); {fix}")
     return value

@@ -46,11 +46,12 @@ def train(
     cfg: TrainConfig,
     command: list[str] | None = None,
     given: set[str] | None = None,
-    again: str = "the same command with --resume auto continues it",
+    again: str | None = None,
 ) -> dict[str, Any]:
     """Train, or resume with ``cfg.resume``: ``given`` names the options to take over the run's
     saved ones (those typed on the command line; unset: those that differ from the defaults);
-    ``again``: how a preempted run is continued (a sweep's own command, say)."""
+    ``again``: how a preempted or interrupted run is continued, if not by its own train command (a
+    sweep's command, say)."""
     out = cfg.out
     cfg = rundir.settings(cfg, rundir.changed_options(cfg) if given is None else given)
     # --deterministic before CUDA starts (cuBLAS reads its workspace setting as it starts).
@@ -63,13 +64,14 @@ def train(
                 )
             distributed.check_same_run(ctx, to_dict(cfg))  # before anything writes the run
             with rundir.open_run(cfg, ctx) as run:
+                run.again = again
                 return run.complete if run.complete is not None else _train(run, ctx, command, again)
         finally:
             distributed.teardown(ctx)
 
 
 def _train(
-    run: rundir.RunDir, ctx: distributed.Context, command: list[str] | None, again: str
+    run: rundir.RunDir, ctx: distributed.Context, command: list[str] | None, again: str | None
 ) -> dict[str, Any]:
     plans = saved_plans(run.path) if run.state is not None else {}  # a resumed run's recorded ones
     setup = build(run.cfg, ctx, plans=plans)
@@ -78,7 +80,7 @@ def _train(
     record = {**run_record(ctx.device, command), "world_size": ctx.world_size}
     record.update({"kernel_plans": plans} if plans else {})
     epochs = Epochs(run, ctx, setup, parts, run.begin(record), start_epoch, step)
-    epochs.again = again
+    epochs.again = again or "the same command with --resume auto continues it"
     with preempt.Preemption() as epochs.stop:
         for epoch in range(start_epoch, epochs.epochs):
             sums = epochs.run_epoch(epoch, position if epoch == start_epoch else None)

@@ -178,6 +178,27 @@ def test_a_preempted_sweep_says_to_run_the_sweep_again(cifar10_dir, tmp_path, mo
     assert "the same sweep command continues it" in err and "--resume auto" not in err
 
 
+def test_ctrl_c_in_a_sweep_says_to_run_the_sweep_again(cifar10_dir, tmp_path, monkeypatch, capsys):
+    """Ctrl-C in a sweep's run (before its first checkpoint, and after it): the note names the
+    sweep's own command, not `train --resume`."""
+    import fastsigclr.train
+
+    calls = {"n": 0}
+    step = fastsigclr.train.train_step
+
+    def interrupted_at_step_3(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:  # epoch 2 (2 batches an epoch): epoch 1's checkpoint is on disk
+            raise KeyboardInterrupt
+        return step(*args, **kw)
+
+    monkeypatch.setattr(fastsigclr.train, "train_step", interrupted_at_step_3)
+    assert main(sweep_args(cifar10_dir, tmp_path / "s", "--settings", "sigclr", "--seeds", "0")) == 130
+    err = capsys.readouterr().err
+    assert "its checkpoint (epoch 1) is kept; the same sweep command continues it" in err, err
+    assert "--resume" not in err, err
+
+
 def test_bad_grids_fail_before_any_run(tmp_path, capsys):
     cases = [
         (["--settings", "sigclr,nope"], "nope not allowed; choose from sigclr, simclr"),
@@ -238,3 +259,23 @@ def test_a_damaged_sweep_file_is_named(grid, tmp_path, cifar10_dir, capsys, name
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and err.splitlines()[-1].startswith("fastsigclr: error: "), err
     assert f"{damaged} is damaged" in err and "restore it" in err
+
+
+def test_the_same_data_folder_named_another_way_is_the_same_budget(tmp_path, monkeypatch, capsys):
+    """sweep.json records --data-dir whole; one saved with a ~ or a relative path (as earlier
+    versions wrote it) is the same budget as the whole path, and another folder is not."""
+    from fastsigclr.sweep import _check_budget
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "s"
+    out.mkdir()
+    for saved in ("~/data", "data", str(tmp_path / "data")):
+        (out / "sweep.json").write_text(json.dumps({"data_dir": saved}))
+        for given in ("~/data", "data", str(tmp_path / "data")):
+            _check_budget(build(SweepConfig, {"out": str(out), "data_dir": os.path.expanduser(given)}))
+    (out / "sweep.json").unlink()
+    _check_budget(build(SweepConfig, {"out": str(out), "data_dir": "data"}))
+    assert json.loads((out / "sweep.json").read_text()) == {"data_dir": str(tmp_path / "data")}
+    with pytest.raises(Exception, match="holds a sweep at another budget: --data-dir was"):
+        _check_budget(build(SweepConfig, {"out": str(out), "data_dir": "other"}))
