@@ -226,9 +226,12 @@ def _check_classes(setup: Setup, state: dict[str, Any]) -> None:
         matrices = isinstance(theirs, torch.Tensor) and theirs.dim() == tensor.dim() == 2
         if name.endswith("weight") and matrices and theirs.shape[0] != tensor.shape[0]:
             where = f"{setup.info.name} in {setup.cfg.data_dir}"
+            # an unlabeled run's probe has one output, as has a one-class one
+            before = f"{theirs.shape[0]} classes" if theirs.shape[0] > 1 else "unlabeled images (or 1 class)"
+            now = f"{tensor.shape[0]} classes" if setup.info.num_classes else "unlabeled images"
             raise FastSigCLRError(
-                f"the run was trained on {theirs.shape[0]} classes and its data now has {tensor.shape[0]} "
-                f"({where}); resume it on the data it was trained on (--data-dir), or start a new run"
+                f"the run was trained on {before} and its data now has {now} ({where}); resume it on the "
+                f"data it was trained on (--data-dir), or start a new run"
             )
 
 
@@ -310,6 +313,11 @@ def load_run_model(
         for name in splits
         if (index := getattr(data, source[name])) is None or (labelled and not index.labelled)
     ]
+    if missing and not labelled:  # embed: only a test split can be missing (no val/ folder)
+        raise FastSigCLRError(
+            f"{data.info.name} in {where} has no test images (no val/ folder): embed the images it was "
+            f"pre-trained on with --split train"
+        )
     if missing:
         raise FastSigCLRError(
             f"{data.info.name} in {where} has no labelled {' and '.join(missing)} images (a flat folder, or "

@@ -4,6 +4,7 @@ loader's memory budget) and the readers of the image-folder layout."""
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -131,6 +132,12 @@ def test_unlabeled_flat_folder_trains_with_knn_and_probe_off(tmp_path, capsys):
     embed = ["embed", "--run", str(out), "--device", "cpu", "--no-progress", "--split", "train"]
     assert main([*embed, "--out", str(features)]) == 0
     assert np.load(features).shape[0] == 16 and set(np.load(tmp_path / "f.labels.npy").tolist()) == {-1}
+    with pytest.raises(SystemExit):  # embed's default split, test, is not there: the fix is named
+        main([*embed[:-2], "--out", str(tmp_path / "t.npy")])
+    assert (
+        "has no test images (no val/ folder): embed the images it was pre-trained on with --split train"
+        in (capsys.readouterr().err)
+    )
 
 
 def test_too_large_for_the_memory_budget_names_the_streaming_loaders(tmp_path, capsys):
@@ -233,9 +240,10 @@ def test_embed_reads_only_the_split_it_embeds(tmp_path, capsys):
     assert main([*embed, str(tmp_path / "train.npy"), "--split", "train"]) == 0
     assert np.load(tmp_path / "train.npy").shape[0] == 16
     assert np.load(tmp_path / "train.labels.npy").tolist() == sorted([0, 1, 2, 3] * 4)
-    for argv in ([*embed, str(tmp_path / "test.npy"), "--split", "test"], ["eval", "--run", str(out)]):
-        err = fails_with(argv, capsys)
-        assert "has no labelled test images (a flat folder, or no val/)" in err, err
+    err = fails_with([*embed, str(tmp_path / "test.npy"), "--split", "test"], capsys)
+    assert "has no test images (no val/ folder): embed the images it was pre-trained on with --split" in err
+    err = fails_with(["eval", "--run", str(out)], capsys)
+    assert "has no labelled test images (a flat folder, or no val/)" in err, err
     assert not (tmp_path / "test.npy").exists()
 
 
@@ -295,3 +303,45 @@ def test_a_flat_folder_says_its_subfolders_are_not_read(tmp_path):
     train = reader.index("train")
     assert len(train) == 1
     assert "ignored 1 subfolder(s) (e.g. more/)" in reader.describe(train, None)
+
+
+def test_the_tools_own_ffcv_folder_is_not_named_among_a_flat_folders_subfolders(tmp_path):
+    payload = next(iter(odd_images().values()))
+    (tmp_path / "ffcv").mkdir()  # `data write-ffcv`'s file of this folder
+    (tmp_path / "a.png").write_bytes(payload)
+    reader = FolderReader(DATASETS["folder"], tmp_path)
+    assert "subfolder" not in reader.describe(reader.index("train"), None)
+
+
+def test_a_class_subfolder_that_cannot_be_read_stops_the_run(tmp_path):
+    """A class's subfolder without read permission used to be skipped by the walk without a word
+    (its images never trained on); now it is named, with the fix. Root drops its file-access
+    capabilities in the child, so the permission holds for it too."""
+    import subprocess
+    import sys
+
+    from helpers import without_root_file_access
+
+    data = write_odd_folder(tmp_path / "data")
+    locked = next(p for p in (data / "train").iterdir() if p.is_dir()) / "locked"
+    locked.mkdir()
+    (locked / "x.png").write_bytes(next(iter(odd_images().values())))
+    locked.chmod(0)
+    verify = ["data", "verify", "--dataset", "folder", "--data-dir", str(data), "--no-progress"]
+    try:
+        child = subprocess.run(
+            [sys.executable, "-m", "fastsigclr", *verify],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            preexec_fn=without_root_file_access if os.geteuid() == 0 else None,
+        )
+    except subprocess.SubprocessError as err:
+        pytest.skip(f"cannot drop root's file-access capabilities here: {err}")
+    finally:
+        locked.chmod(0o755)
+    assert child.returncode == 2, child.stderr
+    assert child.stderr.strip().splitlines()[-1] == (
+        f"fastsigclr: error: cannot read the folder {locked} (Permission denied): make it readable "
+        f"(chmod), or move it out of the dataset"
+    ), child.stderr

@@ -285,15 +285,24 @@ def test_resume_on_data_with_other_classes_names_the_data_not_the_model():
     from fastsigclr.config import FastSigCLRError
     from fastsigclr.recipe import resume
 
-    setup = SimpleNamespace(
-        probe=torch.nn.Linear(8, 5),
-        info=SimpleNamespace(name="folder"),
-        cfg=SimpleNamespace(data_dir="/data/other"),
-    )
-    state = {"probe": torch.nn.Linear(8, 3).state_dict()}
+    def setup(classes: int) -> SimpleNamespace:
+        return SimpleNamespace(
+            probe=torch.nn.Linear(8, max(classes, 1)),  # as recipe.build_model makes it
+            info=SimpleNamespace(name="folder", num_classes=classes),
+            cfg=SimpleNamespace(data_dir="/data/other"),
+        )
+
     with pytest.raises(FastSigCLRError) as err:
-        resume(setup, state)
-    assert str(err.value).startswith("the run was trained on 3 classes and its data now has 5 (folder in")
+        resume(setup(5), {"probe": torch.nn.Linear(8, 3).state_dict()})
+    assert str(err.value).startswith(
+        "the run was trained on 3 classes and its data now has 5 classes (folder"
+    )
+    with pytest.raises(FastSigCLRError) as err:  # a run on a flat folder of unlabeled images
+        resume(setup(5), {"probe": torch.nn.Linear(8, 1).state_dict()})
+    assert "trained on unlabeled images (or 1 class) and its data now has 5 classes" in str(err.value)
+    with pytest.raises(FastSigCLRError) as err:
+        resume(setup(0), {"probe": torch.nn.Linear(8, 3).state_dict()})
+    assert "trained on 3 classes and its data now has unlabeled images (folder in" in str(err.value)
 
 
 def test_run_given_as_a_file_inside_the_run_names_the_run(tmp_path, capsys):

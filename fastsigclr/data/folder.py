@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastsigclr.data.info import DatasetError, DatasetInfo
+from fastsigclr.data.info import FFCV_SUBFOLDER, DatasetError, DatasetInfo
 from fastsigclr.data.samples import IMAGE_SUFFIXES, UNLABELED, SampleIndex, file_index, report_broken
 
 
@@ -27,7 +27,7 @@ def _images_in(folder: Path, nested: bool = False) -> tuple[list[Path], list[Pat
     (.ipynb_checkpoints, .DS_Store) are ignored."""
     if nested:
         entries = []
-        for root, dirs, names in os.walk(folder):
+        for root, dirs, names in os.walk(folder, onerror=_unreadable):
             dirs[:] = [d for d in dirs if not d.startswith(".")]
             entries += [Path(root) / n for n in names if not n.startswith(".")]
         entries = sorted(p for p in entries if p.is_file())
@@ -36,6 +36,14 @@ def _images_in(folder: Path, nested: bool = False) -> tuple[list[Path], list[Pat
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
     images = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
     return images, [p for p in entries if p.suffix.lower() not in IMAGE_SUFFIXES]
+
+
+def _unreadable(err: OSError) -> None:
+    """A folder of images that cannot be listed stops the run: its images would be left out unseen."""
+    raise DatasetError(
+        f"cannot read the folder {err.filename} ({err.strerror}): make it readable (chmod), or move it "
+        f"out of the dataset"
+    )
 
 
 def _classes(info: DatasetInfo, split_dir: Path) -> list[str]:
@@ -85,7 +93,11 @@ class FolderReader:
             if split == "test":
                 return None
             files, self._ignored = _images_in(self.folder)
-            self._subfolders = sorted(p for p in self.folder.iterdir() if p.is_dir() and p.name[0] != ".")
+            self._subfolders = sorted(  # the FFCV file's folder is the tool's own, not images
+                p
+                for p in self.folder.iterdir()
+                if p.is_dir() and p.name[0] != "." and p.name != FFCV_SUBFOLDER
+            )
             labels = [UNLABELED] * len(files)
         else:
             split_dir = self.folder / ("val" if split == "test" else "train")

@@ -13,6 +13,7 @@ from fastsigclr.config import FastSigCLRError
 # default of every photo dataset without its own.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+FFCV_SUBFOLDER = "ffcv"  # where `data write-ffcv` keeps a dataset's FFCV file, in its --data-dir
 
 
 class DatasetError(FastSigCLRError):

@@ -27,6 +27,7 @@ from fastsigclr.data.datasets import (
 )
 from fastsigclr.data.ffcv_loader import FfcvLoader, content_key, write_beton, written_from
 from fastsigclr.data.gpu_loader import GpuLoader
+from fastsigclr.data.info import FFCV_SUBFOLDER
 from fastsigclr.data.samples import SampleIndex, report_broken
 from fastsigclr.data.splits import open_splits
 from fastsigclr.runinfo import package_version
@@ -48,7 +49,7 @@ def beton_path(
     subset of ``limit`` images; a folder's images stored at ``store_size``²): ``ffcv_dir``, else
     ``data_dir``/ffcv."""
     suffix = (f"-balanced{limit}" if limit else "") + (f"-{store_size}px" if store_size else "")
-    folder = Path(ffcv_dir).expanduser() if ffcv_dir else Path(data_dir) / "ffcv"
+    folder = Path(ffcv_dir).expanduser() if ffcv_dir else Path(data_dir) / FFCV_SUBFOLDER
     return folder / f"{info.name}-train{suffix}.beton"
 
 
