@@ -67,3 +67,65 @@ def test_an_interrupted_ffcv_write_ends_and_cleans_up(tmp_path):
     assert child.returncode == -signal.SIGINT and "KeyboardInterrupt" in err, err[-2000:]
     assert not partial.exists() and not beton.exists()
     assert not {n for n in _shared_memory() - before if n.startswith("psm_")}
+
+
+# A worker that fails: its image raises while decoding (a file changed after it was checked), or
+# the worker is killed (as by the kernel's out-of-memory killer).
+FAILING = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    import numpy as np
+    from fastsigclr.config import FastSigCLRError
+    from fastsigclr.data import ffcv_loader
+    from fastsigclr.data.samples import SampleIndex
+
+    decode = SampleIndex.decode
+    def failing(self, i):
+        if i == 700:
+            if sys.argv[2] == "raise":
+                raise ValueError("not a PNG")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return decode(self, i)
+    SampleIndex.decode = failing
+    images = np.zeros((2000, 8, 8, 3), np.uint8)
+    try:
+        ffcv_loader.write_beton(sys.argv[1], images, np.zeros(2000, np.int64), num_workers=2, progress=False)
+    except FastSigCLRError as err:
+        print(err)
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("how", "said"),
+    [
+        (
+            "raise",
+            "ended (exit status 1) on image 700: ValueError: not a PNG; repair or remove that image and "
+            "write again",
+        ),
+        (
+            "kill",
+            "ended (killed by SIGKILL); write again (a killed worker: the machine may be short of memory)",
+        ),
+    ],
+)
+def test_a_failing_ffcv_worker_ends_the_write_with_one_line(tmp_path, how, said):
+    """FFCV's writer waits for its sample count and never looks at its workers: one that died left
+    it waiting forever. The write ends with one line naming the image (or the kill), and leaves
+    neither the partial file nor its shared memory behind."""
+    before = _shared_memory()
+    try:
+        child = subprocess.run(
+            [sys.executable, "-c", FAILING, str(tmp_path / "d.beton"), how],
+            capture_output=True,
+            text=True,
+            timeout=180,  # importing FFCV compiles numba code first
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the write with a failed worker did not end (FFCV kept waiting for it)")
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert child.stdout.strip() == f"writing {tmp_path / 'd.beton'} failed: a worker of FFCV's writer {said}"
+    assert list(tmp_path.iterdir()) == []
+    assert not {n for n in _shared_memory() - before if n.startswith("psm_")}
