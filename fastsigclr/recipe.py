@@ -228,7 +228,8 @@ def _check_classes(setup: Setup, state: dict[str, Any]) -> None:
             where = f"{setup.info.name} in {setup.cfg.data_dir}"
             # an unlabeled run's probe has one output, as has a one-class one
             before = f"{theirs.shape[0]} classes" if theirs.shape[0] > 1 else "unlabeled images (or 1 class)"
-            now = f"{tensor.shape[0]} classes" if setup.info.num_classes else "unlabeled images"
+            now = f"{tensor.shape[0]} class{'es' if tensor.shape[0] > 1 else ''}"
+            now = now if setup.info.num_classes else "unlabeled images"
             raise FastSigCLRError(
                 f"the run was trained on {before} and its data now has {now} ({where}); resume it on the "
                 f"data it was trained on (--data-dir), or start a new run"

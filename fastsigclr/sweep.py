@@ -163,7 +163,7 @@ def _whole_paths(budget: dict[str, Any]) -> dict[str, Any]:
     """The budget with its folder (--data-dir) as a whole path: the same folder named from another
     working directory, or with ~, is the same budget."""
     value = budget.get("data_dir")
-    if not isinstance(value, str):
+    if not isinstance(value, str) or not value:  # "": the dataset's default folder, as train reads it
         return budget
     return {**budget, "data_dir": str(Path(value).expanduser().absolute())}
 
@@ -174,12 +174,13 @@ def _check_budget(cfg: SweepConfig) -> None:
     given = {**cfg.budget(), "linear_epochs": cfg.linear_epochs}
     current = _whole_paths(json.loads(json.dumps({k: v for k, v in given.items() if v is not None})))
     saved = read_json(path, "restore it, or use another --out")
-    if saved is not None:  # one written before paths were recorded whole (relative, or with a ~)
-        saved = _whole_paths(saved)
     if saved is None:
         ckpt.write_text_atomic(path, ckpt.json_text(current, indent=2) + "\n")
         return
-    diff = [k for k in sorted({*saved, *current}) if saved.get(k) != current.get(k)]
+    # One written before paths were recorded whole (relative, or with a ~) is compared whole too;
+    # the message quotes it as it was saved.
+    whole = _whole_paths(saved)
+    diff = [k for k in sorted({*whole, *current}) if whole.get(k) != current.get(k)]
     if diff:
         listed = "; ".join(
             f"{flag(k)} was {saved.get(k, 'unset')!r}, now {current.get(k, 'unset')!r}" for k in diff

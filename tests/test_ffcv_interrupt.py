@@ -1,7 +1,8 @@
-"""Ctrl-C during an FFCV write: FFCV's writer starts worker processes (not daemons) fed by queues,
-and an interrupted write used to leave the interpreter's exit waiting on them forever. The write
-in a child process is interrupted with SIGINT (to its pid only, as a `kill -INT` would be) while
-its workers are writing; it must end promptly and leave neither the partial file nor its
+"""FFCV writes that do not end as planned. Ctrl-C: FFCV's writer starts worker processes (not
+daemons) fed by queues, and an interrupted write used to leave the interpreter's exit waiting on
+them forever; the write in a child process is interrupted with SIGINT (to its pid, as `kill -INT`,
+or to its group, as a terminal's Ctrl-C) while its workers are writing. A failed worker: FFCV
+waited for it forever. Either must end promptly and leave neither the partial file nor its
 shared memory behind."""
 
 import os
@@ -42,11 +43,16 @@ def _shared_memory() -> set[str]:
 
 
 @pytest.mark.slow
-def test_an_interrupted_ffcv_write_ends_and_cleans_up(tmp_path):
+@pytest.mark.parametrize("to", ["pid", "group"])
+def test_an_interrupted_ffcv_write_ends_and_cleans_up(tmp_path, to):
+    """SIGINT to the writer alone, or to its process group as a terminal's Ctrl-C sends it (the
+    workers end too, which the worker watch must not report as a failed worker)."""
     beton = tmp_path / "d.beton"
     partial = tmp_path / ".d.beton.partial"
     before = _shared_memory()
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(beton)], stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(beton)], stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 120  # importing FFCV compiles numba code first
         while not partial.exists() and child.poll() is None and time.monotonic() < deadline:
@@ -54,7 +60,7 @@ def test_an_interrupted_ffcv_write_ends_and_cleans_up(tmp_path):
         assert partial.exists(), "the write never started"
         time.sleep(1.0)  # the workers are writing
         assert child.poll() is None, "the write ended before the interrupt: slow the child down"
-        os.kill(child.pid, signal.SIGINT)
+        os.kill(child.pid, signal.SIGINT) if to == "pid" else os.killpg(child.pid, signal.SIGINT)
         try:
             _, err = child.communicate(timeout=30)
         except subprocess.TimeoutExpired:
@@ -69,63 +75,93 @@ def test_an_interrupted_ffcv_write_ends_and_cleans_up(tmp_path):
     assert not {n for n in _shared_memory() - before if n.startswith("psm_")}
 
 
-# A worker that fails: its image raises while decoding (a file changed after it was checked), or
-# the worker is killed (as by the kernel's out-of-memory killer).
-FAILING = textwrap.dedent(
+# A worker that fails (the FAIL variable says how): its image raises while decoding (a file changed
+# after it was checked), it is killed (as by the out-of-memory killer) or crashes, all at image 700
+# of 2,000; or ("end") it fails after its last sample was counted, as its pages are flushed to a
+# full disk, while the writer waits in a blocking queue read. The failing samples are a class of a
+# module of their own, so that workers started by spawn or forkserver (which unpickle the dataset,
+# not inherit it) fail too.
+FAILING_MODULE = textwrap.dedent(
     """
-    import os, signal, sys, time
-    import numpy as np
-    from fastsigclr.config import FastSigCLRError
-    from fastsigclr.data import ffcv_loader
+    import multiprocessing, os, signal, time
+    import ffcv.writer
     from fastsigclr.data.samples import SampleIndex
 
-    decode = SampleIndex.decode
-    def failing(self, i):
-        if i == 700:
-            if sys.argv[2] == "raise":
+    FAIL = os.environ["FAIL"]
+
+    class FailingSamples(SampleIndex):
+        def decode(self, i):
+            if i == 700 and FAIL == "raise":
                 raise ValueError("not a PNG")
-            os.kill(os.getpid(), signal.SIGKILL)
-        return decode(self, i)
-    SampleIndex.decode = failing
-    images = np.zeros((2000, 8, 8, 3), np.uint8)
+            if i == 700 and FAIL in ("kill", "crash"):
+                os.kill(os.getpid(), signal.SIGKILL if FAIL == "kill" else signal.SIGSEGV)
+            return super().decode(i)
+
+    flush = ffcv.writer.MemoryAllocator.__exit__
+
+    def full_disk(self, *exc):
+        flush(self, *exc)
+        if FAIL == "end" and multiprocessing.parent_process() is not None:
+            time.sleep(1.0)  # the writer has counted every sample and waits for the allocations
+            raise OSError(28, "No space left on device")
+
+    ffcv.writer.MemoryAllocator.__exit__ = full_disk
+    """
+)
+FAILING = textwrap.dedent(
+    """
+    import multiprocessing, sys
+    import numpy as np
+    from failing_samples import FailingSamples
+    from fastsigclr.config import FastSigCLRError
+    from fastsigclr.data import ffcv_loader
+
+    multiprocessing.set_start_method(sys.argv[2], force=True)
+    samples = FailingSamples.from_array(np.zeros((2000, 8, 8, 3), np.uint8), np.zeros(2000, np.int64))
+    samples.__class__ = FailingSamples
     try:
-        ffcv_loader.write_beton(sys.argv[1], images, np.zeros(2000, np.int64), num_workers=2, progress=False)
+        ffcv_loader.write_beton(sys.argv[1], samples, num_workers=2, progress=False)
     except FastSigCLRError as err:
         print(err)
     """
 )
+IMAGE_700 = "on image 700: ValueError: not a PNG; repair or remove that image and write again"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("how", "said"),
+    ("fail", "start", "said"),
     [
-        (
-            "raise",
-            "ended (exit status 1) on image 700: ValueError: not a PNG; repair or remove that image and "
-            "write again",
-        ),
-        (
-            "kill",
-            "ended (killed by SIGKILL); write again (a killed worker: the machine may be short of memory)",
-        ),
+        ("raise", "forkserver", f"ended (exit status 1) {IMAGE_700}"),
+        ("kill", "fork", "ended (killed by SIGKILL); write again (a killed worker: the machine may be short"),
+        ("crash", "spawn", "ended (killed by SIGSEGV); it crashed: write again, and check the images"),
+        ("end", "fork", "ended (exit status 1); its error is printed above (without --no-progress"),
     ],
 )
-def test_a_failing_ffcv_worker_ends_the_write_with_one_line(tmp_path, how, said):
-    """FFCV's writer waits for its sample count and never looks at its workers: one that died left
-    it waiting forever. The write ends with one line naming the image (or the kill), and leaves
-    neither the partial file nor its shared memory behind."""
+def test_a_failing_ffcv_worker_ends_the_write_with_one_line(tmp_path, fail, start, said):
+    """FFCV's writer waits for its workers' count of samples, then for their allocations, and never
+    looks at the workers: one that died left it waiting forever. The write ends with one line
+    naming the image (or the kill, the crash), under each start method and with SIGINT ignored (a
+    job started with & from a script), and leaves neither the partial file nor its shared memory."""
+    (tmp_path / "mod").mkdir()
+    (tmp_path / "mod" / "failing_samples.py").write_text(FAILING_MODULE)
+    env = {**os.environ, "FAIL": fail, "PYTHONPATH": str(tmp_path / "mod")}
+    out = tmp_path / "out"
+    out.mkdir()
     before = _shared_memory()
     try:
         child = subprocess.run(
-            [sys.executable, "-c", FAILING, str(tmp_path / "d.beton"), how],
+            [sys.executable, "-c", FAILING, str(out / "d.beton"), start],
             capture_output=True,
             text=True,
+            env=env,
             timeout=180,  # importing FFCV compiles numba code first
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
         )
     except subprocess.TimeoutExpired:
         pytest.fail("the write with a failed worker did not end (FFCV kept waiting for it)")
     assert child.returncode == 0, child.stderr[-2000:]
-    assert child.stdout.strip() == f"writing {tmp_path / 'd.beton'} failed: a worker of FFCV's writer {said}"
-    assert list(tmp_path.iterdir()) == []
+    line = child.stdout.strip()
+    assert line.startswith(f"writing {out / 'd.beton'} failed: a worker of FFCV's writer {said}"), line
+    assert list(out.iterdir()) == []
     assert not {n for n in _shared_memory() - before if n.startswith("psm_")}

@@ -313,10 +313,12 @@ def test_the_tools_own_ffcv_folder_is_not_named_among_a_flat_folders_subfolders(
     assert "subfolder" not in reader.describe(reader.index("train"), None)
 
 
-def test_a_class_subfolder_that_cannot_be_read_stops_the_run(tmp_path):
+@pytest.mark.parametrize("mode", [0o000, 0o644])
+def test_a_class_subfolder_that_cannot_be_read_stops_the_run(tmp_path, mode):
     """A class's subfolder without read permission used to be skipped by the walk without a word
-    (its images never trained on); now it is named, with the fix. Root drops its file-access
-    capabilities in the child, so the permission holds for it too."""
+    (its images never trained on), and one that can be listed but not entered (no x) raised a
+    traceback; now it is named, with the fix. Root drops its file-access capabilities in the
+    child, so the permission holds for it too."""
     import subprocess
     import sys
 
@@ -326,7 +328,7 @@ def test_a_class_subfolder_that_cannot_be_read_stops_the_run(tmp_path):
     locked = next(p for p in (data / "train").iterdir() if p.is_dir()) / "locked"
     locked.mkdir()
     (locked / "x.png").write_bytes(next(iter(odd_images().values())))
-    locked.chmod(0)
+    locked.chmod(mode)
     verify = ["data", "verify", "--dataset", "folder", "--data-dir", str(data), "--no-progress"]
     try:
         child = subprocess.run(

@@ -303,6 +303,9 @@ def test_resume_on_data_with_other_classes_names_the_data_not_the_model():
     with pytest.raises(FastSigCLRError) as err:
         resume(setup(0), {"probe": torch.nn.Linear(8, 3).state_dict()})
     assert "trained on 3 classes and its data now has unlabeled images (folder in" in str(err.value)
+    with pytest.raises(FastSigCLRError) as err:
+        resume(setup(1), {"probe": torch.nn.Linear(8, 3).state_dict()})
+    assert "trained on 3 classes and its data now has 1 class (folder in" in str(err.value)
 
 
 def test_run_given_as_a_file_inside_the_run_names_the_run(tmp_path, capsys):

@@ -179,8 +179,8 @@ def test_a_preempted_sweep_says_to_run_the_sweep_again(cifar10_dir, tmp_path, mo
 
 
 def test_ctrl_c_in_a_sweep_says_to_run_the_sweep_again(cifar10_dir, tmp_path, monkeypatch, capsys):
-    """Ctrl-C in a sweep's run (before its first checkpoint, and after it): the note names the
-    sweep's own command, not `train --resume`."""
+    """Ctrl-C in a sweep's run after its first checkpoint: the note names the sweep's own
+    command, not `train --resume`."""
     import fastsigclr.train
 
     calls = {"n": 0}
@@ -272,10 +272,12 @@ def test_the_same_data_folder_named_another_way_is_the_same_budget(tmp_path, mon
     out.mkdir()
     for saved in ("~/data", "data", str(tmp_path / "data")):
         (out / "sweep.json").write_text(json.dumps({"data_dir": saved}))
-        for given in ("~/data", "data", str(tmp_path / "data")):
-            _check_budget(build(SweepConfig, {"out": str(out), "data_dir": os.path.expanduser(given)}))
+        for given in ("~/data", "data", str(tmp_path / "data")):  # as typed on the command line
+            args = build_parser().parse_args(["sweep", "--out", str(out), "--data-dir", given])
+            _check_budget(from_args(SweepConfig, args))
     (out / "sweep.json").unlink()
     _check_budget(build(SweepConfig, {"out": str(out), "data_dir": "data"}))
     assert json.loads((out / "sweep.json").read_text()) == {"data_dir": str(tmp_path / "data")}
-    with pytest.raises(Exception, match="holds a sweep at another budget: --data-dir was"):
+    (out / "sweep.json").write_text(json.dumps({"data_dir": "data"}))
+    with pytest.raises(Exception, match="another budget: --data-dir was 'data', now '.*other'; use"):
         _check_budget(build(SweepConfig, {"out": str(out), "data_dir": "other"}))

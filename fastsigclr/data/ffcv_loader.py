@@ -9,7 +9,6 @@ the gpu/dali loaders' views of it; only the order (which batch it lands in) is F
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import hashlib
 import io
@@ -17,8 +16,6 @@ import json
 import multiprocessing
 import multiprocessing.queues
 import os
-import signal
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +26,7 @@ import torch
 from fastsigclr import checkpoint as ckpt
 from fastsigclr.config import FastSigCLRError
 from fastsigclr.data.base import LoaderBase
+from fastsigclr.data.ffcv_watch import WorkerFailed, WorkerWatch
 from fastsigclr.data.info import DatasetError
 from fastsigclr.data.samples import SampleIndex, resize_center
 
@@ -75,59 +73,6 @@ class _Indexed:
             self.error.value = f"{where}: {type(err).__name__}: {err}".encode()[:399]
             raise
         return rgb, int(self.samples.labels[i])
-
-
-def _child_pids() -> set[int]:
-    """This process's children (Linux: /proc/self/task/*/children), exited ones not yet reaped too."""
-    pids: set[int] = set()
-    for listing in Path("/proc/self/task").glob("*/children"):
-        with contextlib.suppress(OSError, ValueError):
-            pids.update(int(pid) for pid in listing.read_text().split())
-    return pids
-
-
-class _WorkerWatch(threading.Thread):
-    """FFCV's writer waits until its workers have counted every sample and never looks at the
-    workers themselves: one that dies (an image that fails to decode, an out-of-memory kill) leaves
-    it waiting forever. This thread looks at the children started after ``before`` every 0.2 s,
-    without reaping them (WNOWAIT: multiprocessing still joins them), and interrupts the main
-    thread when one has ended with an error (``failed`` says how)."""
-
-    def __init__(self, before: set[int]) -> None:
-        super().__init__(name="ffcv-worker-watch", daemon=True)
-        self.before, self.failed = before, None
-        self._done = threading.Event()
-
-    def run(self) -> None:
-        while not self._done.wait(0.2):
-            for pid in sorted(_child_pids() - self.before):
-                try:
-                    ended = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-                except ChildProcessError:  # reaped in between
-                    continue
-                if ended is None or (ended.si_code == os.CLD_EXITED and ended.si_status == 0):
-                    continue
-                self.failed = (
-                    f"exit status {ended.si_status}"
-                    if ended.si_code == os.CLD_EXITED
-                    else f"killed by {signal.Signals(ended.si_status).name}"
-                )
-                _thread.interrupt_main()
-                return
-
-    def stop(self) -> None:
-        self._done.set()
-        self.join()
-
-    def error(self, path: Path, said: str) -> FastSigCLRError:
-        """The one line of a write a worker failed, ``said``: its image and error (may be empty)."""
-        if said:
-            how = f" on {said}; repair or remove that image and write again"
-        elif self.failed is not None and self.failed.startswith("killed"):
-            how = "; write again (a killed worker: the machine may be short of memory)"
-        else:
-            how = "; its error is printed above (without --no-progress, which silences it)"
-        return FastSigCLRError(f"writing {path} failed: a worker of FFCV's writer ended ({self.failed}){how}")
 
 
 def content_key(samples: SampleIndex, store_size: int | None, jpeg: bool) -> str:
@@ -227,22 +172,22 @@ def write_beton(
         num_workers=num_workers or min(8, os.cpu_count() or 1),
     )
     before = set(multiprocessing.active_children())
-    watch = _WorkerWatch(_child_pids())
     indexed = _Indexed(samples, store_size)
+    watch = WorkerWatch()  # FFCV would wait forever for a worker that died
     try:
         # FFCV's writer draws its own tqdm bar; without progress, silence it.
         quiet = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
         try:
-            watch.start()
-            with quiet:
+            with quiet, watch:
                 w.from_indexed_dataset(indexed)
-            watch.stop()
         except BaseException as err:
-            watch.stop()
+            watch.stop()  # no wake-up can land in the cleanup
             _stop_writer(w, before, err)
-            if watch.failed is not None and isinstance(err, KeyboardInterrupt):  # the watch's interrupt
+            if isinstance(err, WorkerFailed):
                 raise watch.error(path, indexed.error.value.decode(errors="replace")) from None
             raise
+        if watch.failed is not None:  # a worker failed as the write ended: the file is not trusted
+            raise watch.error(path, indexed.error.value.decode(errors="replace"))
         _key_file(path).unlink(missing_ok=True)  # the old record goes before the old file does
         tmp.replace(path)
     finally:

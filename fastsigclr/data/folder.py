@@ -12,6 +12,7 @@ A preset may keep only some class folders (ImageNet-100's 100 wnids).
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -30,7 +31,11 @@ def _images_in(folder: Path, nested: bool = False) -> tuple[list[Path], list[Pat
         for root, dirs, names in os.walk(folder, onerror=_unreadable):
             dirs[:] = [d for d in dirs if not d.startswith(".")]
             entries += [Path(root) / n for n in names if not n.startswith(".")]
-        entries = sorted(p for p in entries if p.is_file())
+        try:  # a folder that can be listed but not entered (no x permission) fails here
+            entries = sorted(p for p in entries if p.is_file())
+        except OSError as err:  # named by its folder, the one to fix
+            err.filename = str(Path(err.filename).parent) if err.filename else str(folder)
+            _unreadable(err)
         images = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
         return images, [p for p in entries if p.suffix.lower() not in IMAGE_SUFFIXES]
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
@@ -39,11 +44,14 @@ def _images_in(folder: Path, nested: bool = False) -> tuple[list[Path], list[Pat
 
 
 def _unreadable(err: OSError) -> None:
-    """A folder of images that cannot be listed stops the run: its images would be left out unseen."""
-    raise DatasetError(
-        f"cannot read the folder {err.filename} ({err.strerror}): make it readable (chmod), or move it "
-        f"out of the dataset"
-    )
+    """A folder of images that cannot be read stops the run: its images would be left out unseen."""
+    if err.errno in (errno.EACCES, errno.EPERM):
+        fix = "make it readable (chmod), or move it out of the dataset"
+    elif err.errno == errno.ENOENT:
+        fix = "it was moved or removed while being read; run again once the dataset stays put"
+    else:
+        fix = "repair it, or move it out of the dataset"
+    raise DatasetError(f"cannot read the folder {err.filename} ({err.strerror}): {fix}")
 
 
 def _classes(info: DatasetInfo, split_dir: Path) -> list[str]:
