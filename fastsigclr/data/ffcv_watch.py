@@ -5,10 +5,12 @@ their allocations; it never looks at the workers themselves. A worker that dies 
 fails to decode, an out-of-memory kill, a crash) leaves that wait running forever, in a sleep loop
 or a blocking queue read. ``WorkerWatch`` is a thread that looks at the processes started after it
 every 0.1 s and, when one has ended with an error, wakes the main thread with a signal of its own
-(SIGUSR1, whose handler it installs for the write): the handler raises ``WorkerFailed`` there,
+(SIGUSR2, whose handler it installs for the write): the handler raises ``WorkerFailed`` there,
 which ends the wait wherever it is. A signal of its own, not SIGINT, so that a user's Ctrl-C (which
 also ends the workers) stays a KeyboardInterrupt, and the watch works where SIGINT is ignored (a
-job started with ``&`` from a script).
+job started with ``&`` from a script); not SIGUSR1, which a scheduler may send as its notice of
+preemption (``fastsigclr.preempt``). A SIGUSR2 the watch did not send goes on to the handler it
+replaced (or its default action).
 
 The processes are read from multiprocessing's own record of the children this process started
 (the start method does not matter: fork, spawn and forkserver alike); a child's exit status is
@@ -28,7 +30,7 @@ from typing import Any
 
 from fastsigclr.config import FastSigCLRError
 
-WAKE = signal.SIGUSR1
+WAKE = signal.SIGUSR2
 POLL_SECONDS = 0.1
 
 
@@ -80,6 +82,13 @@ class WorkerWatch(threading.Thread):
         self.stop()
 
     def _wake(self, signum: int, frame: Any) -> None:
+        if not self._sent:  # someone else's: as if the watch were not there
+            if callable(self._previous):
+                self._previous(signum, frame)
+            elif self._previous != signal.SIG_IGN:  # the default action (SIGUSR2's: end the process)
+                signal.signal(WAKE, signal.SIG_DFL)
+                signal.raise_signal(WAKE)
+            return
         self._delivered = True
         if self._armed:
             self._armed = False
