@@ -184,6 +184,8 @@ def write_beton(
             watch.stop()  # no wake-up can land in the cleanup
             _stop_writer(w, before, err)
             if isinstance(err, WorkerFailed):
+                if isinstance(err.__context__, KeyboardInterrupt):  # it landed on a user's Ctrl-C
+                    raise err.__context__ from None
                 raise watch.error(path, indexed.error.value.decode(errors="replace")) from None
             raise
         if watch.failed is not None:  # a worker failed as the write ended: the file is not trusted

@@ -85,14 +85,18 @@ class WorkerWatch(threading.Thread):
         if not self._sent:  # someone else's: as if the watch were not there
             if callable(self._previous):
                 self._previous(signum, frame)
-            elif self._previous != signal.SIG_IGN:  # the default action (SIGUSR2's: end the process)
+            elif self._previous == signal.SIG_DFL:  # the default action (SIGUSR2's: end the process)
                 signal.signal(WAKE, signal.SIG_DFL)
                 signal.raise_signal(WAKE)
-            return
+            return  # ignored, or a handler set outside Python (None): left alone
         self._delivered = True
-        if self._armed:
+        # Landing at the entry of __exit__ or stop (before stop disarms): dropped, so that it can
+        # never replace the exception being handled (a user's Ctrl-C); ``failed`` still tells of it.
+        stopping = frame is not None and frame.f_code in _STOPPING
+        if self._armed and not stopping:
             self._armed = False
             raise WorkerFailed(self.failed)
+        self._armed = False
 
     def run(self) -> None:
         seen: set[Any] = set()
@@ -123,6 +127,8 @@ class WorkerWatch(threading.Thread):
                 deadline = time.monotonic() + 5.0
                 while self._sent and not self._delivered and time.monotonic() < deadline:
                     time.sleep(0.01)  # the handler runs between these sleeps
+                if self._sent and not self._delivered:  # blocked: later SIGUSR2s are someone else's
+                    self._sent = False
                 break
             except WorkerFailed:
                 continue
@@ -141,3 +147,6 @@ class WorkerWatch(threading.Thread):
         else:
             how = "; its error is printed above (without --no-progress, which silences it)"
         return FastSigCLRError(f"writing {path} failed: a worker of FFCV's writer ended ({self.failed}){how}")
+
+
+_STOPPING = (WorkerWatch.__exit__.__code__, WorkerWatch.stop.__code__)
