@@ -127,10 +127,11 @@ def reversed_programs(monkeypatch) -> None:
     monkeypatch.setattr(type(builder), "set_grid_idx", backwards)
 
 
-def run_in(read_only: Path, *argv: str) -> subprocess.CompletedProcess:
-    """``python -m fastsigclr argv`` with ``read_only`` made read-only for its duration (root drops
-    its file-access capabilities, so the permissions hold for it too); skips where it cannot."""
-    read_only.chmod(0o555)
+def run_in(read_only: Path, *argv: str, mode: int = 0o555) -> subprocess.CompletedProcess:
+    """``python -m fastsigclr argv`` with ``read_only`` made read-only (or given ``mode``) for its
+    duration (root drops its file-access capabilities, so the permissions hold for it too); skips
+    where it cannot."""
+    read_only.chmod(mode)
     try:
         return subprocess.run(
             [sys.executable, "-m", "fastsigclr", *argv],

@@ -4,7 +4,6 @@ loader's memory budget) and the readers of the image-folder layout."""
 
 import json
 import math
-import os
 
 import numpy as np
 import pytest
@@ -319,29 +318,14 @@ def test_a_class_subfolder_that_cannot_be_read_stops_the_run(tmp_path, mode):
     (its images never trained on), and one that can be listed but not entered (no x) raised a
     traceback; now it is named, with the fix. Root drops its file-access capabilities in the
     child, so the permission holds for it too."""
-    import subprocess
-    import sys
-
-    from helpers import without_root_file_access
+    from helpers import run_in
 
     data = write_odd_folder(tmp_path / "data")
     locked = next(p for p in (data / "train").iterdir() if p.is_dir()) / "locked"
     locked.mkdir()
     (locked / "x.png").write_bytes(next(iter(odd_images().values())))
-    locked.chmod(mode)
     verify = ["data", "verify", "--dataset", "folder", "--data-dir", str(data), "--no-progress"]
-    try:
-        child = subprocess.run(
-            [sys.executable, "-m", "fastsigclr", *verify],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            preexec_fn=without_root_file_access if os.geteuid() == 0 else None,
-        )
-    except subprocess.SubprocessError as err:
-        pytest.skip(f"cannot drop root's file-access capabilities here: {err}")
-    finally:
-        locked.chmod(0o755)
+    child = run_in(locked, *verify, mode=mode)
     assert child.returncode == 2, child.stderr
     assert child.stderr.strip().splitlines()[-1] == (
         f"fastsigclr: error: cannot read the folder {locked} (Permission denied): make it readable "
