@@ -3,6 +3,7 @@ for `bench dist`, every committed results file redrawn, and one-line errors for 
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -87,10 +88,14 @@ def test_committed_results_redraw(tmp_path, capsys):
     assert "all-cpu.json: a `bench all` summary" in capsys.readouterr().out
 
 
-def test_bench_dist_writes_a_plot(tmp_path):
+def test_bench_dist_writes_a_plot_and_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where its process group's store goes
     args = ["bench", "dist", "--device", "cpu", "--sizes", "32,64", "--dim", "8", "--reps", "2"]
-    assert main([*args, "--out", str(tmp_path)]) == 0
-    assert (tmp_path / "dist-cpu.png").stat().st_size > 10_000
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "dist-cpu.png").stat().st_size > 10_000
+    assert list(scratch.iterdir()) == []
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +60,9 @@ def run(cfg: BenchDistConfig, command: list[str] | None = None) -> dict[str, Any
     device = resolve_device(cfg.device)
     cfg = cfg.resolved(device)
     own_group = not dist.is_initialized()
-    if own_group:
-        store = dist.FileStore(os.path.join(tempfile.mkdtemp(prefix="fastsigclr-dist-"), "store"), 1)
+    store_dir = tempfile.mkdtemp(prefix="fastsigclr-dist-") if own_group else None
+    if store_dir is not None:
+        store = dist.FileStore(os.path.join(store_dir, "store"), 1)
         dist.init_process_group(
             "nccl" if device.type == "cuda" else "gloo", store=store, rank=0, world_size=1
         )
@@ -89,6 +91,8 @@ def run(cfg: BenchDistConfig, command: list[str] | None = None) -> dict[str, Any
     finally:
         if own_group:
             dist.destroy_process_group()
+        if store_dir is not None:
+            shutil.rmtree(store_dir, ignore_errors=True)  # the store's folder, left by FileStore
     payload = {
         "benchmark": "dist",
         "config": to_dict(cfg),
