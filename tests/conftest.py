@@ -4,6 +4,7 @@ TRITON_INTERPRET must be set before any @triton.jit function is defined, i.e. be
 fastsigclr.kernels is imported, so it is decided here, at the top of the first conftest.
 """
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -60,21 +61,28 @@ def shared_dir() -> Path | None:
 def cifar10_dir(tmp_path_factory) -> Path:
     """All of CIFAR-10 (JPEG q75 copy) written in the official python layout; the data dir. Where
     $FASTSIGCLR_CIFAR10 names a folder (the GPU suite's, shared by its stages), it is converted
-    there once and reused by every later process."""
+    there once and reused by every later process; else into the run's temporary folder, once for
+    all of pytest-xdist's workers (a lock beside it)."""
     where = os.environ.get("FASTSIGCLR_CIFAR10")
     if where and (Path(where) / "cifar-10-batches-py" / "test_batch").is_file():
         return Path(where)
     shared = shared_dir()
     if shared is None:
         pytest.skip("shared/ with the CIFAR-10 JPEG pack is not beside this checkout")
-    out = tmp_path_factory.mktemp("cifar10")
-    subprocess.run(
-        [sys.executable, str(shared / "tools" / "cifar10-from-jpeg"), str(out)],
-        check=True,
-        capture_output=True,
-    )
-    if not where:
-        return out
-    Path(where).mkdir(parents=True, exist_ok=True)
-    shutil.move(out / "cifar-10-batches-py", Path(where) / "cifar-10-batches-py")  # moved in whole
-    return Path(where)
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # every worker's basetemp sits in the run's one folder
+    target = Path(where) if where else base / "cifar10-shared"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(base / "cifar10-shared.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one worker converts; the others wait, then reuse it
+        if not (target / "cifar-10-batches-py" / "test_batch").is_file():
+            out = tmp_path_factory.mktemp("cifar10")
+            subprocess.run(
+                [sys.executable, str(shared / "tools" / "cifar10-from-jpeg"), str(out)],
+                check=True,
+                capture_output=True,
+            )
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.move(out / "cifar-10-batches-py", target / "cifar-10-batches-py")  # moved in whole
+    return target
