@@ -60,8 +60,8 @@ def run(cfg: BenchDistConfig, command: list[str] | None = None) -> dict[str, Any
     device = resolve_device(cfg.device)
     cfg = cfg.resolved(device)
     own_group = not dist.is_initialized()
-    store_dir = tempfile.mkdtemp(prefix="fastsigclr-dist-") if own_group else None
-    if store_dir is not None:
+    if own_group:
+        store_dir = tempfile.mkdtemp(prefix="fastsigclr-dist-")
         store = dist.FileStore(os.path.join(store_dir, "store"), 1)
         dist.init_process_group(
             "nccl" if device.type == "cuda" else "gloo", store=store, rank=0, world_size=1
@@ -91,7 +91,6 @@ def run(cfg: BenchDistConfig, command: list[str] | None = None) -> dict[str, Any
     finally:
         if own_group:
             dist.destroy_process_group()
-        if store_dir is not None:
             shutil.rmtree(store_dir, ignore_errors=True)  # the store's folder, left by FileStore
     payload = {
         "benchmark": "dist",
