@@ -24,6 +24,14 @@ os.environ.setdefault("FASTSIGCLR_TUNE", "off")
 
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
 
+# Under pytest-xdist each worker gets its share of the cores (and so do the processes it starts):
+# two workers each running torch's default of one thread per core on 2 cores made the kNN training
+# test take 463 s instead of 126 s, its threads waiting on each other's time slices.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT") and "OMP_NUM_THREADS" not in os.environ:
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(_share)
+    torch.set_num_threads(_share)
+
 
 def pytest_addoption(parser, pluginmanager):
     # pyproject.toml's addopts name --benchmark-disable; without pytest-benchmark (the GPU machine's

@@ -12,7 +12,9 @@ table when a test moves across the line; ``tests/test_code_shape.py`` checks tha
 names a test that exists. Five entries (test_folder's FFCV case, test_one_line_errors' truncated
 .beton, test_preempt's two, test_security's trained checkpoint) came from `pytest -m "not slow"
 --durations=40` on the same machine at load 2-4. The tests marked ``@pytest.mark.slow`` in their
-own files were marked so before this table.
+own files were marked so before this table. The four marked "xdist" came from `pytest -m "not slow"
+-n auto --dist loadscope --durations=25` on an idle 2-core machine (2026-12-06, two workers sharing
+it: about twice an idle serial run's time).
 """
 
 from __future__ import annotations
@@ -52,7 +54,9 @@ SLOW: dict[str, float] = {
     "test_folder.py::test_real_jpeg_folder_trains_with_each_loader_and_knn_on_val[ffcv-loader]": 12.5,
     "test_gpu_suite.py::test_failed_timed_out_and_unreached_steps_fail_the_stage": 8.4,
     "test_gpu_suite.py::test_smoke_runs_every_stage": 447.2,
+    "test_kernel_compile.py::test_an_inventory_variant_compiles_and_is_timed": 16.1,  # xdist
     "test_kernel_compile.py::test_kernels_compile_for_sm90": 285.2,
+    "test_kernel_compile.py::test_warp_specialization_is_not_applied_on_sm90": 41.2,  # xdist
     "test_loader_registry.py::test_a_toy_loader_is_one_module_and_one_entry": 51.4,
     "test_loaders.py::test_ffcv_image_kernels_equal_the_reference": 7.6,
     "test_loaders.py::test_ffcv_loader_contract_coverage_and_seed": 33.6,
@@ -85,12 +89,14 @@ SLOW: dict[str, float] = {
     "test_rundir.py::test_an_interrupted_start_can_be_started_again": 79.9,
     "test_rundir.py::test_resume_takes_the_runs_own_settings": 52.6,
     "test_security.py::test_the_trained_checkpoint_loads_under_weights_only": 6.3,
+    "test_sigmoid_block.py::test_deterministic_result_does_not_depend_on_program_order": 14.4,  # xdist
     "test_sigmoid_loss.py::test_16bit_gradient_at_8192_rows": 29.3,
     "test_sigmoid_loss.py::test_matches_float64_reference[258-130-2-triton-fp16]": 6.6,
     "test_sigmoid_loss.py::test_matches_float64_reference[258-130-2-triton-fp32]": 7.1,
     "test_sigmoid_loss.py::test_matches_float64_reference[258-130-3-triton-fp16]": 6.6,
     "test_sigmoid_loss.py::test_matches_float64_reference[258-130-3-triton-fp32]": 6.8,
     "test_sigmoid_loss.py::test_triton_bf16_kernel[258-130-2]": 7.0,
+    "test_sigmoid_strips.py::test_tiles_that_hold_positives_are_found": 15.0,  # xdist
 }
 
 
