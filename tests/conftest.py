@@ -65,6 +65,11 @@ def shared_dir() -> Path | None:
     return None
 
 
+def _converted(data_dir: Path) -> bool:
+    """Whether CIFAR-10 is written in ``data_dir`` (its folder is moved in whole, so one file tells)."""
+    return (data_dir / "cifar-10-batches-py" / "test_batch").is_file()
+
+
 @pytest.fixture(scope="session")
 def cifar10_dir(tmp_path_factory) -> Path:
     """All of CIFAR-10 (JPEG q75 copy) written in the official python layout; the data dir. Where
@@ -72,7 +77,7 @@ def cifar10_dir(tmp_path_factory) -> Path:
     there once and reused by every later process; else into the run's temporary folder, once for
     all of pytest-xdist's workers (a lock beside it)."""
     where = os.environ.get("FASTSIGCLR_CIFAR10")
-    if where and (Path(where) / "cifar-10-batches-py" / "test_batch").is_file():
+    if where and _converted(Path(where)):
         return Path(where)
     shared = shared_dir()
     if shared is None:
@@ -84,7 +89,7 @@ def cifar10_dir(tmp_path_factory) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(base / "cifar10-shared.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one worker converts; the others wait, then reuse it
-        if not (target / "cifar-10-batches-py" / "test_batch").is_file():
+        if not _converted(target):
             out = tmp_path_factory.mktemp("cifar10")
             subprocess.run(
                 [sys.executable, str(shared / "tools" / "cifar10-from-jpeg"), str(out)],
