@@ -149,13 +149,13 @@ def test_training_beats_a_random_network_on_knn(cifar10_dir, tmp_path):
     out = tmp_path / "run"
     args = (
         f"train --dataset cifar10 --data-dir {cifar10_dir} --device cpu --limit-train 1024 "
-        f"--limit-test 1000 --width 16 --batch-size 128 --epochs 10 --warmup-epochs 1 --knn-every 0 "
+        f"--limit-test 1000 --width 8 --batch-size 128 --epochs 10 --warmup-epochs 1 --knn-every 0 "
         f"--no-progress --out {out}"
     ).split()
     assert main(args) == 0
     trained = json.loads((out / "summary.json").read_text())["knn_acc"]
     cfg = TrainConfig(
-        dataset="cifar10", data_dir=str(cifar10_dir), limit_train=1024, limit_test=1000, width=16
+        dataset="cifar10", data_dir=str(cifar10_dir), limit_train=1024, limit_test=1000, width=8
     )
     cfg = cfg.resolved()
     data = load_data(cfg)
