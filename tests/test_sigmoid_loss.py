@@ -339,6 +339,9 @@ def test_chunking_does_not_change_the_result(monkeypatch):
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])
 @pytest.mark.parametrize("t0,b0", [(100.0, 50.0), (100.0, -50.0), (1e-3, 50.0)])
+# exp2(x) overflowing to +inf is the kernel's designed path for σ(a) → 0 (it gives r = 0); the
+# interpreter evaluates exp2 in numpy, which warns where the GPU does not.
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp2:RuntimeWarning")
 def test_extreme_logits_are_finite(impl, t0, b0):
     z = torch.randn(66, 17, generator=torch.Generator().manual_seed(1))
     z[1] = z[0]  # a pair at similarity exactly 1
