@@ -63,7 +63,8 @@ def knn_accuracy(
     chunk: int = 1024,
 ) -> float:
     """Top-1 accuracy of a weighted kNN vote: each of the k most cosine-similar training samples
-    votes for its class with weight exp(similarity / temperature)."""
+    votes for its class with weight exp(similarity / temperature), computed relative to the nearest
+    neighbour's similarity (the same vote, without float32 overflowing for temperatures under 1/88)."""
     bank = F.normalize(train_feats, dim=1)
     labels = train_labels.to(bank.device)
     k = min(k, len(bank))
@@ -72,7 +73,8 @@ def knn_accuracy(
         q = F.normalize(test_feats[start : start + chunk].to(bank.device), dim=1)
         sim, idx = (q @ bank.T).topk(k, dim=1)
         votes = torch.zeros(len(q), num_classes, device=bank.device)
-        votes.scatter_add_(1, labels[idx], (sim / temperature).exp())
+        # topk sorts descending: sim[:, :1] is each row's largest, so every weight is in (0, 1].
+        votes.scatter_add_(1, labels[idx], ((sim - sim[:, :1]) / temperature).exp())
         correct += (votes.argmax(1) == test_labels[start : start + chunk].to(bank.device)).sum().item()
     return correct / max(1, len(test_feats))
 
