@@ -1,4 +1,4 @@
-from fastsigclr.cli import main
+from fastsigclr.entry import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -165,3 +165,29 @@ def test_a_reader_that_leaves_early_is_no_traceback():
     child.stdout.close()  # the reader is gone before the first line
     err = child.stderr.read().decode()
     assert child.wait(timeout=120) == 141 and "Traceback" not in err and "Broken pipe" not in err, err
+
+
+@pytest.mark.parametrize("where", ["import", "parser"])
+def test_ctrl_c_while_the_command_starts_is_not_a_traceback(where, monkeypatch, capsys):
+    """The console script imports torch and the loaders (about 2 s) and builds the parser before
+    any command runs: a Ctrl-C there printed a KeyboardInterrupt traceback (exit -2)."""
+    import builtins
+
+    import fastsigclr.cli
+    from fastsigclr import entry
+
+    def interrupt(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    if where == "import":
+        real_import = builtins.__import__
+
+        def importing(name, *args, **kwargs):
+            return interrupt() if name == "fastsigclr.cli" else real_import(name, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "__import__", importing)
+    else:
+        monkeypatch.setattr(fastsigclr.cli, "build_parser", interrupt)
+    monkeypatch.setattr("sys.argv", ["fastsigclr", "--version"])
+    assert entry.main() == 130
+    assert capsys.readouterr().err == "interrupted\n"

@@ -36,7 +36,7 @@ FLOORS = {
     **dict.fromkeys(("recipe", "eval", "rundir", "runfiles", "runlock"), 3),
     **dict.fromkeys(("train", "divergence", "export", "ccem"), 4),
     **dict.fromkeys(("sweep", "sweep_report", "bench"), 5),
-    **dict.fromkeys(("cli", "cli_args", "__main__"), 6),
+    **dict.fromkeys(("cli", "cli_args", "entry", "__main__"), 6),
 }
 
 
