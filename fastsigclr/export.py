@@ -24,10 +24,10 @@ from fastsigclr.config import FastSigCLRError, option
 from fastsigclr.data import DATASETS
 from fastsigclr.data.datasets import data_dir_option
 from fastsigclr.eval import split_features
-from fastsigclr.models import ResNet, projector
-from fastsigclr.recipe import load_run_model
+from fastsigclr.models import ResNet, SSLModel, projector
+from fastsigclr.recipe import load_run_model, load_weights
 from fastsigclr.runconfig import PRESETS, RESTORE_CONFIG, TrainConfig, read_config
-from fastsigclr.runfiles import RUN_FILES, check_run_dir
+from fastsigclr.runfiles import CHECKPOINT, RUN_FILES, check_run_dir, trained_checkpoint
 from fastsigclr.runinfo import device_option
 from fastsigclr.runlock import LOCK
 
@@ -48,14 +48,13 @@ def _safetensors():
 def _run_checkpoint(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
     """The run's resolved config and last checkpoint, or an error that says what is missing."""
     check_run_dir(run_dir)
-    last = run_dir / "checkpoints" / "last.pt"
-    if not last.is_file():
-        raise FastSigCLRError(
-            f"{run_dir} has no checkpoint (checkpoints/last.pt): it has not finished an epoch; "
-            "train it (or resume it) first"
-        )
+    state = trained_checkpoint(run_dir)
     cfg = read_config(run_dir, f"cannot read the run {run_dir}", RESTORE_CONFIG)
-    return cfg, ckpt.load(last)
+    # The weights must be the run's model (the file's metadata is read from its config): another
+    # run's checkpoint copied in is one line here, as in eval and embed.
+    model = SSLModel(cfg.arch or "resnet18", cfg.width, cfg.proj_dims or (), cfg.zero_init_residual)
+    load_weights(model, state["model"], str(run_dir / CHECKPOINT))
+    return cfg, state
 
 
 @dataclass(frozen=True)
@@ -157,9 +156,19 @@ def _load_part(path: str | Path, part: str, module: nn.Module, map_location: str
     tensors = _safetensors().torch.load_file(str(path), device=map_location)
     prefix = f"{part}."
     state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    own = module.state_dict(keep_vars=True)
+    shapes = [
+        f"{k} is {tuple(v.shape)}, not {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    if shapes:  # load_state_dict would raise its multi-line RuntimeError
+        raise FastSigCLRError(
+            f"{path}: its {part} tensors do not fit the {type(module).__name__} its metadata describes "
+            f"({'; '.join(shapes[:2])}): the file was edited or assembled by hand; export the run again"
+        )
     missing, unexpected = module.load_state_dict(state, strict=False)
     # The names left out at export must be second names of tensors that were loaded.
-    own = module.state_dict(keep_vars=True)
     loaded = {id(own[k]) for k in state if k in own}
     aliases_only = all(id(own[k]) in loaded for k in missing)
     if unexpected or not aliases_only:

@@ -27,6 +27,7 @@ from fastsigclr.models.resnet import memory_format
 from fastsigclr.models.sync_bn import convert_global_bn
 from fastsigclr.optim import build_optimizer, param_groups
 from fastsigclr.runconfig import RESTORE_CONFIG, TrainConfig, loss_params, read_config
+from fastsigclr.runfiles import trained_checkpoint
 from fastsigclr.runinfo import available_memory_bytes, resolve_device
 
 
@@ -302,7 +303,7 @@ def load_run_model(
             f"pass --data-dir DIR, the folder that now holds {info.folder}/ (or {info.archive})"
         )
     device = resolve_device(device_name)
-    state = ckpt.load(Path(run_dir) / "checkpoints" / "last.pt", map_location=device)
+    state = trained_checkpoint(Path(run_dir))
     data = load_data(dataclasses.replace(cfg, download=False, progress=False), announce=False)
     # Without labels (a flat folder), the train split is the images pre-training read.
     source = {

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import safetensors.torch as safetensors_torch
 import torch
+from run_fixture import fails_with
 
 from fastsigclr import checkpoint
 from fastsigclr.cli import main
@@ -140,3 +141,38 @@ def test_clear_errors(run_dir, tmp_path, capsys):
         load_backbone(junk)
     with pytest.raises(FastSigCLRError, match="no exported encoder at"):
         load_backbone(tmp_path / "nothing.safetensors")
+
+
+def test_a_foreign_or_mismatched_checkpoint_is_one_line(run_dir, tmp_path, capsys):
+    """eval, embed and export check what the checkpoint holds before they use it: a torch file that
+    is not a training checkpoint, and another model's weights (export used to write them, labelled
+    with this run's width, into a file that load_backbone then could not read)."""
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    last = run / "checkpoints" / "last.pt"
+    good = checkpoint.load(last)
+    out = tmp_path / "x.safetensors"
+    commands = (
+        ["eval", "--run", str(run), "knn", "--no-progress"],
+        ["embed", "--run", str(run), "--out", str(tmp_path / "x.npy"), "--no-progress"],
+        ["export", "--run", str(run), "--out", str(out)],
+    )
+    for foreign in ({"state_dict": {}}, [1, 2, 3]):
+        torch.save(foreign, last)
+        for args in commands:
+            assert "is not a fastsigclr training checkpoint" in fails_with(args, capsys), args
+    wider = {**good, "model": {**good["model"], "backbone.stem.0.weight": torch.zeros(16, 3, 3, 3)}}
+    checkpoint.save_atomic(wider, last)  # a whole checkpoint of a wider model (its own digest)
+    for args in commands:
+        line = fails_with(args, capsys)
+        assert "does not fit this run's model" in line and "backbone.stem.0.weight" in line, (args, line)
+    assert not out.exists() and not (tmp_path / "x.npy").exists()
+
+
+def test_an_exported_file_edited_by_hand_is_one_line(run_dir, tmp_path):
+    path = tmp_path / "enc.safetensors"
+    assert main(["export", "--run", str(run_dir), "--out", str(path)]) == 0
+    tensors = safetensors_torch.load_file(str(path))
+    edited = tmp_path / "edited.safetensors"
+    safetensors_torch.save_file(tensors, str(edited), metadata={**read_metadata(path), "width": "16"})
+    with pytest.raises(FastSigCLRError, match=r"do not fit the ResNet its metadata describes \(\S+ is \(8,"):
+        load_backbone(edited)
