@@ -113,6 +113,7 @@ class Setup:
     optimizer: torch.optim.Optimizer
     probe_optimizer: torch.optim.Optimizer
     autocast_dtype: torch.dtype | None
+    data_identity: dict[str, Any] | None = None  # the pre-training split's, as loaded (SampleIndex.identity)
 
 
 def build(
@@ -130,6 +131,7 @@ def build(
     if data is None:
         data = load_data(dataclasses.replace(cfg, progress=cfg.progress and ctx.is_main), ctx.is_main)
     info = data.info
+    identity = data.pretrain.identity()  # before a loader decodes it (and leaves out broken files)
     torch.manual_seed(cfg.seed)
     spec = AugmentSpec.simclr(cfg.image_size or info.image_size, info.mean, info.std, n_views=cfg.n_views)
     loader = LOADERS[cfg.loader].cls(
@@ -165,6 +167,7 @@ def build(
         optimizer,
         probe_opt,
         autocast_dtype,
+        identity,
     )
 
 
@@ -237,6 +240,26 @@ def _check_classes(setup: Setup, state: dict[str, Any]) -> None:
             )
 
 
+def _check_data(setup: Setup, state: dict[str, Any]) -> None:
+    """The images are those the checkpoint was trained on (their number, labels and file names):
+    epochs continued over other images are neither the run's nor exact (a checkpoint inside an
+    epoch keeps its place in the old order). Checkpoints written before the record are trusted."""
+    saved = state.get("data")
+    if not isinstance(saved, dict) or setup.data_identity in (None, saved):
+        return
+    now = setup.data_identity
+    where = f"{setup.info.name} in {setup.cfg.data_dir}"
+    what = (
+        f"{saved.get('images')} images and {where} now holds {now['images']}"
+        if saved.get("images") != now["images"]
+        else f"other images than {where} now holds (as many, {now['images']}, but other files or labels)"
+    )
+    raise FastSigCLRError(
+        f"the run was trained on {what}; resume it on the data it was trained on (--data-dir), or "
+        f"start a new run with another --out"
+    )
+
+
 def resume(
     setup: Setup, state: dict[str, Any] | None, source: str = "the checkpoint"
 ) -> tuple[int, int, dict[str, Any] | None]:
@@ -246,6 +269,7 @@ def resume(
     if state is None:
         return 0, 0, None
     _check_classes(setup, state)
+    _check_data(setup, state)
     for part in ("model", "criterion", "probe", "optimizer", "probe_optimizer"):
         load_weights(getattr(setup, part), state[part], source)
     ckpt.set_rng_state(state["rng"])
@@ -264,6 +288,7 @@ def checkpoint_state(setup: Setup, epoch: int, step: int) -> dict[str, Any]:
         "epoch": epoch,
         "step": step,
         "config": to_dict(setup.cfg),
+        "data": setup.data_identity,
     }
 
 

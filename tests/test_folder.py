@@ -331,3 +331,27 @@ def test_a_class_subfolder_that_cannot_be_read_stops_the_run(tmp_path, mode):
         f"fastsigclr: error: cannot read the folder {locked} (Permission denied): make it readable "
         f"(chmod), or move it out of the dataset"
     ), child.stderr
+
+
+def test_resume_on_changed_images_is_refused_and_on_the_same_ones_goes_on(tmp_path, capsys):
+    """Images removed from (or renamed in) a folder between a checkpoint and its resume: the run went
+    on over other images (a checkpoint inside an epoch mixed two orders) and recorded the new count
+    as its own. Same classes, so the class check did not see it."""
+    data = write_cifar_folder(tmp_path / "imgs", per_class=12, val_per_class=2, classes=2)
+    out = tmp_path / "run"
+    assert main(folder_args(data, out, "--knn-every", "0")) == 0
+    again = ["train", "--resume", "--out", str(out), "--epochs", "2", "--device", "cpu", "--no-progress"]
+    files = sorted((data / "train").rglob("*.jpg"))
+    kept = {f: f.read_bytes() for f in files[:4]}
+    for f in kept:
+        f.unlink()
+    err = fails_with(again, capsys)
+    assert "the run was trained on 24 images and folder in" in err and "now holds 20; resume it on" in err
+    for f, blob in kept.items():
+        f.write_bytes(blob)
+    files[0].rename(files[0].with_name("renamed.jpg"))
+    err = fails_with(again, capsys)
+    assert "as many, 24, but other files or labels" in err, err
+    files[0].with_name("renamed.jpg").rename(files[0])
+    assert main(again) == 0
+    assert summary(out)["epochs"] == 2 and summary(out)["train_images"] == 24

@@ -11,6 +11,7 @@ fraction of the split), beyond which the run stops (``report_broken``).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -164,6 +165,21 @@ class SampleIndex:
     @property
     def labelled(self) -> bool:
         return len(self) > 0 and bool((self.labels != UNLABELED).all())
+
+    def identity(self) -> dict[str, int | str]:
+        """The number of samples and a digest of their labels, sizes and file names (relative to
+        the files' common folder, so a moved dataset keeps it): what a resumed run checks it trains
+        on. Not the pixels: reading them all would cost a pass over the data."""
+        h = hashlib.sha256(self.labels.astype("<i8").tobytes() + self.sizes.astype("<i8").tobytes())
+        if self.files:
+            names = [str(f) for f in self.files]
+            # Every name between the least and the greatest shares their common prefix; cut at a
+            # separator, it is the folder to name files from. For 1.28 M names os.path.commonpath
+            # took 3.3 s; this whole digest takes 1.9 s, 1.4 of them in str() of the paths.
+            prefix = os.path.commonprefix([min(names), max(names)])  # noqa: RUF071 (cut below)
+            cut = prefix.rfind(os.sep) + 1
+            h.update("\n".join(name[cut:] for name in names).encode())
+        return {"images": len(self), "digest": h.hexdigest()[:16]}
 
     @property
     def uniform_size(self) -> tuple[int, int] | None:
