@@ -1,6 +1,7 @@
 """A run that diverged: which parts hold weights that are not finite, and the one line that says
-what diverged, where, what was kept, and which learning rate to lower (the encoder's --lr, or the
-online probe's --probe-lr when it alone diverged: it trains on detached features)."""
+what diverged, where, what was kept, and what to change: usually a learning rate to lower (the
+encoder's --lr, or the online probe's --probe-lr when it alone diverged: it trains on detached
+features), else --weight-decay or the loss's settings when the learning rate cannot be the cause."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from fastsigclr import rundir
 from fastsigclr.config import FastSigCLRError, flag
+from fastsigclr.runconfig import loss_params
 
 
 def not_finite(parts: dict[str, torch.nn.Module]) -> list[str]:
@@ -25,20 +27,39 @@ def not_finite(parts: dict[str, torch.nn.Module]) -> list[str]:
     return [name for (name, _), ok in zip(named, good, strict=True) if not ok]
 
 
-def diverged(run: rundir.RunDir, what: str, step: int, epoch: int, rate: str = "lr") -> FastSigCLRError:
-    """The one line of a diverged run: what, where, and the learning rate ``rate`` to lower."""
+def _change(run: rundir.RunDir, rate: str) -> str:
+    """What to run again with: a lower ``rate``, unless it cannot be what diverged. At --lr 0 no
+    weight moves, so the loss's own settings overflowed; with SGD and lr × --weight-decay ≥ 1 each
+    step overshoots zero by the decay alone, whatever the gradients."""
     lr, option = getattr(run.cfg, rate), flag(rate)
+    if rate == "lr" and lr == 0:
+        params = loss_params(run.cfg, run.cfg.loss_spec)
+        shown = ", ".join(f"{flag(k)} {v:g}" for k, v in params.items() if type(v) is float)
+        return (
+            f"other loss settings (at --lr 0 no weight moves, so the loss itself overflowed"
+            f"{' with ' + shown if shown else ''}; `fastsigclr train --help` gives their defaults)"
+        )
+    # The probe's SGD has no weight decay; LARS scales each update to its weight's norm, decay and all.
+    decay = run.cfg.weight_decay if rate == "lr" and run.cfg.optimizer == "sgd" else 0.0
+    if lr * decay >= 1:
+        return (
+            f"a lower --weight-decay than {decay:g} (at {option} {lr:g} it takes {lr * decay:g} of each "
+            f"weight every step; e.g. --weight-decay {min(1e-4, 0.1 / lr):g})"
+        )
+    return f"a lower {option} than {lr:g} (e.g. {option} {lr / 2:g})"
+
+
+def diverged(run: rundir.RunDir, what: str, step: int, epoch: int, rate: str = "lr") -> FastSigCLRError:
+    """The one line of a diverged run: what, where, and what to change (``_change``: usually the
+    learning rate ``rate``, lowered)."""
+    change = _change(run, rate)
     if (run.path / rundir.CHECKPOINT).exists():
         fix = (
             f"{run.path / rundir.CHECKPOINT} ({run.kept or f'epoch {epoch}'}) is kept. --resume keeps the "
-            f"run's {option}: start a new run with another --out and a lower {option} than {lr:g} (e.g. "
-            f"{option} {lr / 2:g})"
+            f"run's settings: start a new run with another --out and {change}"
         )
     else:
-        fix = (
-            f"no epoch finished: run the same command again with a lower {option} than {lr:g} "
-            f"(e.g. {option} {lr / 2:g})"
-        )
+        fix = f"no epoch finished: run the same command again with {change}"
     return FastSigCLRError(f"training diverged: {what} at step {step} (epoch {epoch + 1}); {fix}")
 
 

@@ -79,6 +79,17 @@ def knn_accuracy(
     return correct / max(1, len(test_feats))
 
 
+def _probe_fix(lr: float, weight_decay: float) -> str:
+    """Which option to lower: with lr × decay ≥ 1 each SGD step takes more than the whole weight
+    away, whatever the gradients; else the learning rate."""
+    if lr * weight_decay >= 1:
+        return (
+            f"at --linear-weight-decay {weight_decay:g} (with --linear-lr {lr:g} it takes "
+            f"{lr * weight_decay:g} of each weight every step): lower it, e.g. --linear-weight-decay 0"
+        )
+    return f"at --linear-lr {lr:g}: lower it, e.g. --linear-lr {lr / 10:g}"
+
+
 def linear_probe(
     train_feats: torch.Tensor,
     train_labels: torch.Tensor,
@@ -112,14 +123,12 @@ def linear_probe(
             opt.step()
             sched.step()
         if not math.isfinite(value := loss.item()):  # once an epoch: a diverged head scores nothing
-            raise FastSigCLRError(
-                f"the linear probe diverged (loss {value} in epoch {epoch + 1}) at --linear-lr {lr:g}: "
-                f"lower it, e.g. --linear-lr {lr / 10:g}"
-            )
+            fix = _probe_fix(lr, weight_decay)
+            raise FastSigCLRError(f"the linear probe diverged (loss {value} in epoch {epoch + 1}) {fix}")
     if not all(bool(t.isfinite().all()) for t in head.parameters()):  # the last update's
         raise FastSigCLRError(
-            f"the linear probe diverged (its weights are not finite after {epochs} epochs) at --linear-lr "
-            f"{lr:g}: lower it, e.g. --linear-lr {lr / 10:g}"
+            f"the linear probe diverged (its weights are not finite after {epochs} epochs) "
+            f"{_probe_fix(lr, weight_decay)}"
         )
     with torch.no_grad():
         train_acc = (head(train_feats).argmax(1) == y).float().mean().item()
@@ -206,6 +215,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     ``write_error``, the one-line reason: the accuracy is not lost with the file."""
     run_dir = Path(cfg.run or "")
     check_run_dir(run_dir)
+    out = run_dir / f"eval-{cfg.protocol}.json"
+    if out.is_dir() and not out.is_symlink():  # found before the features are computed, not after
+        raise FastSigCLRError(f"{out} is a folder, where eval writes its result: remove or rename it")
     loaded = load_run_model(run_dir, cfg.device, cfg.data_dir)
     train = split_features(loaded, "train", progress=cfg.progress)
     test = split_features(loaded, "test", progress=cfg.progress)
@@ -219,7 +231,6 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "test_images": len(test[1]),
         **score(cfg, cfg.protocol, train, test, loaded["info"].num_classes),
     }
-    out = run_dir / f"eval-{cfg.protocol}.json"
     fix = "the accuracy above was not saved: make the run directory writable and run eval again"
     try:
         write_text_atomic(out, json_text(result, indent=2) + "\n", fix)

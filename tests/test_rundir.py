@@ -269,6 +269,27 @@ def test_a_diverging_probe_names_probe_lr_not_lr(cifar10_dir, tmp_path, capsys):
     assert "with a lower --probe-lr than 3e+38" in err and "--lr " not in err
 
 
+@pytest.mark.parametrize(
+    "flags,fix",
+    [
+        # At --lr 0 the message asked for "a lower --lr than 0 (e.g. --lr 0)".
+        (
+            ["--lr", "0", "--logit-scale", "1e38"],
+            "again with other loss settings (at --lr 0 no weight moves, so the loss itself overflowed "
+            "with --logit-scale 1e+38, --logit-bias -10;",
+        ),
+        (
+            ["--optimizer", "sgd", "--warmup-epochs", "0", "--weight-decay", "1e30"],
+            "again with a lower --weight-decay than 1e+30 (at --lr 0.5 it takes 5e+29 of each weight",
+        ),
+    ],
+)
+def test_divergence_names_the_option_that_caused_it(cifar10_dir, tmp_path, capsys, flags, fix):
+    err = fails_with(tiny_args(cifar10_dir, tmp_path / "run", "--lr", "0.5", *flags), capsys)
+    assert "training diverged: the loss is " in err and fix in err, err
+    assert "a lower --lr" not in err
+
+
 def test_a_diverging_run_keeps_its_last_good_checkpoint(cifar10_dir, tmp_path, capsys):
     """--lr 1e6, one step per epoch: the weights grow until they overflow (measured: in epoch 4)
     while the loss, computed before each update, is still finite; the check of the weights before

@@ -7,7 +7,8 @@ import run_fixture
 from helpers import run_in
 from run_fixture import fails_with
 
-finished_run = run_fixture.finished_run  # the fixture
+finished_run = run_fixture.finished_run  # the fixtures
+run_copy = run_fixture.run_copy
 
 COMMANDS = {
     "ccem": ["ccem", "--n", "4", "--t", "1", "--no-progress"],
@@ -49,3 +50,15 @@ def test_a_download_into_an_unwritable_folder_or_from_a_non_url(tmp_path, capsys
     assert "(Permission denied); pass --data-dir DIR, a writable folder" in proc.stderr
     err = fails_with([*args, "--data-dir", str(tmp_path / "d"), "--url", "notaurl"], capsys)
     assert "--url notaurl is not a URL; pass one that starts with https://" in err
+
+
+def test_eval_names_a_folder_where_its_result_goes_before_the_work(run_copy, capsys, monkeypatch):
+    """eval-knn.json a folder: eval computed the accuracy, then said "make the run directory
+    writable" (it was); now one line before any feature is extracted."""
+    import fastsigclr.eval
+
+    (run_copy / "eval-knn.json").mkdir()
+    monkeypatch.setattr(fastsigclr.eval, "load_run_model", lambda *a, **k: pytest.fail("loaded the run"))
+    err = fails_with(["eval", "--run", str(run_copy), "knn", "--no-progress"], capsys)
+    folder = run_copy / "eval-knn.json"
+    assert err.endswith(f"{folder} is a folder, where eval writes its result: remove or rename it"), err
