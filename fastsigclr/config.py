@@ -143,8 +143,14 @@ def _parse_value(text: str, annotation: Any, name: str) -> Any:
         return None
     if typing.get_origin(kind) is tuple:
         (elem, _ellipsis) = typing.get_args(kind)
-        parts = [p for p in text.split(",") if p.strip()]
-        return tuple(_parse_value(p.strip(), elem, name) for p in parts)
+        parts = [p.strip() for p in text.split(",")]
+        if not all(parts):  # "64,,32" or ",,": never read as fewer values silently
+            kept = ",".join(p for p in parts if p)
+            raise ConfigError(
+                f"{flag(name)}: {text!r} has an empty value between commas; pass values separated by "
+                f"single commas" + (f", e.g. {kept}" if kept else "")
+            )
+        return tuple(_parse_value(p, elem, name) for p in parts)
     try:
         if kind is bool:
             lowered = text.lower()

@@ -7,6 +7,7 @@ the requeued command (``--resume auto``) continues from that step."""
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 import time
@@ -26,7 +27,7 @@ def parse_interval(text: str) -> tuple[float, str]:
         value = float(number) if unit == "minutes" else int(number)
     except ValueError:
         value = 0
-    if not value > 0:
+    if not (value > 0 and math.isfinite(value)):  # "infm" meant never, which is leaving it unset
         raise ValueError(f"--checkpoint-every takes N steps ('500') or N minutes ('30m'), got {text!r}")
     return value, unit
 
