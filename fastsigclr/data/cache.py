@@ -27,7 +27,7 @@ def fingerprint(files: list[Path], size: int | None) -> str:
             raise DatasetError(
                 f"{f} cannot be read ({err.strerror}); delete it to fetch the dataset again"
             ) from None
-        h.update(f"{f.name}:{hashlib.sha1(data).hexdigest()}\n".encode())
+        h.update(os.fsencode(f.name) + f":{hashlib.sha1(data).hexdigest()}\n".encode())
     return h.hexdigest()
 
 

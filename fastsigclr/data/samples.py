@@ -175,10 +175,15 @@ class SampleIndex:
             names = [str(f) for f in self.files]
             # Every name between the least and the greatest shares their common prefix; cut at a
             # separator, it is the folder to name files from. For 1.28 M names os.path.commonpath
-            # took 3.3 s; this whole digest takes 1.9 s, 1.4 of them in str() of the paths.
+            # took 3.4 s; this whole digest 1.8 s, 1.5 of them in str() of the paths (2-core CPU).
             prefix = os.path.commonprefix([min(names), max(names)])  # noqa: RUF071 (cut below)
             cut = prefix.rfind(os.sep) + 1
-            h.update("\n".join(name[cut:] for name in names).encode())
+            # Encoded as os.fsencode does (a name that is not UTF-8 gives back its own bytes), in
+            # chunks: one string of every name held ~300 MB at ImageNet's 1.28 M.
+            encoding = sys.getfilesystemencoding()
+            for start in range(0, len(names), 1 << 16):
+                chunk = "\0".join(name[cut:] for name in names[start : start + (1 << 16)]) + "\0"
+                h.update(chunk.encode(encoding, "surrogateescape"))
         return {"images": len(self), "digest": h.hexdigest()[:16]}
 
     @property
