@@ -138,7 +138,8 @@ def _ranks(ranks: list[int]) -> str:
     return f"rank{'s' if len(ranks) > 1 else ''} {text}"
 
 
-def _by_value(shown: list[str]) -> str:
+def by_value(shown: list[str]) -> str:
+    """Each distinct value once, with the ranks that hold it: "'a' on ranks 0-2, 'b' on rank 3"."""
     groups: dict[str, list[int]] = {}
     for rank, value in enumerate(shown):
         groups.setdefault(value, []).append(rank)
@@ -152,7 +153,7 @@ def differences(per_rank: list[dict[str, Any]]) -> list[str]:
     for key in sorted(set().union(*settings)):
         values = [s.get(key) for s in settings]
         if any(v != values[0] for v in values):
-            found.append(f"{flag(key)} is {_by_value([repr(v) for v in values])}")
+            found.append(f"{flag(key)} is {by_value([repr(v) for v in values])}")
     codes = [r["code"] for r in per_rank]
     for key in COMPARED_CODE:
         values = [c.get(key) for c in codes]
@@ -160,7 +161,7 @@ def differences(per_rank: list[dict[str, Any]]) -> list[str]:
             where = [
                 f" (commit {c.get('commit') or 'unknown'})" if key == "source_sha256" else "" for c in codes
             ]
-            found.append(f"{key} is {_by_value([f'{v}{w}' for v, w in zip(values, where, strict=True)])}")
+            found.append(f"{key} is {by_value([f'{v}{w}' for v, w in zip(values, where, strict=True)])}")
     return found
 
 

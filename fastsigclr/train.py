@@ -75,6 +75,7 @@ def _train(
 ) -> dict[str, Any]:
     plans = saved_plans(run.path) if run.state is not None else {}  # a resumed run's recorded ones
     setup = build(run.cfg, ctx, plans=plans)
+    distributed.check_same_data(ctx, setup.data_identity)  # every rank, before resume checks its own
     start_epoch, step, position = resume(setup, run.state, str(run.path / rundir.CHECKPOINT))
     parts = step_parts(setup, ctx)
     record = {**run_record(ctx.device, command), "world_size": ctx.world_size}

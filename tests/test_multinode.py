@@ -29,7 +29,7 @@ from netns import (
 )
 from test_distributed import train_args
 
-from fastsigclr import cluster
+from fastsigclr import cluster, distributed
 from fastsigclr.cli import main
 from fastsigclr.config import FastSigCLRError
 
@@ -212,12 +212,24 @@ EXPECTED = {
 }
 
 
+DATA = {"images": 120, "digest": "aaaa"}
+DATA_CASES = {"data-same": DATA, "data-other": {"images": 70, "digest": "bbbb"}}
+
+
 def _check_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         for case, (settings, code) in CASES.items():
             try:
                 cluster.check_same_run(*((settings, code) if rank == 2 else (SETTINGS, CODE)))
+                message = None
+            except FastSigCLRError as err:
+                message = str(err)
+            (Path(out_dir) / f"{case}-{rank}.json").write_text(json.dumps(message))
+        ctx = distributed.Context(rank=rank, world_size=world)
+        for case, other in DATA_CASES.items():  # each node's own copy of the dataset
+            try:
+                distributed.check_same_data(ctx, other if rank == 2 else DATA)
                 message = None
             except FastSigCLRError as err:
                 message = str(err)
@@ -236,6 +248,12 @@ def test_check_same_run_names_the_ranks_and_what_differs(tmp_path):
             assert message is None, message
         else:
             assert f"the 3 ranks were not started alike, so none starts: {expected}. Run" in message, message
+    data = {c: {json.loads((tmp_path / f"{c}-{r}.json").read_text()) for r in range(3)} for c in DATA_CASES}
+    assert data["data-same"] == {None}
+    assert data["data-other"] == {  # one line on every rank: one rank alone would leave the rest waiting
+        "the 3 ranks read different images, so none starts: 120 images (digest aaaa) on ranks 0-1, 70 images "
+        "(digest bbbb) on rank 2; give every node the same copy of the dataset in --data-dir"
+    }
 
 
 def _digest_of(package_parent: Path) -> str:
