@@ -27,10 +27,17 @@ def not_finite(parts: dict[str, torch.nn.Module]) -> list[str]:
     return [name for (name, _), ok in zip(named, good, strict=True) if not ok]
 
 
+def decay_limit(momentum: float) -> float:
+    """lr × weight decay from which SGD with heavy-ball ``momentum`` diverges on the decay alone,
+    whatever the gradients: w ← w − lr·v, v ← μ·v + wd·w is stable only while lr·wd < 2(1 + μ)
+    (checked with torch.optim.SGD and zero gradients at μ = 0.9: shrinking at 3.5, NaN at 3.9)."""
+    return 2 * (1 + momentum)
+
+
 def _change(run: rundir.RunDir, rate: str) -> str:
     """What to run again with: a lower ``rate``, unless it cannot be what diverged. At --lr 0 no
-    weight moves, so the loss's own settings overflowed; with SGD and lr × --weight-decay ≥ 1 each
-    step overshoots zero by the decay alone, whatever the gradients."""
+    weight moves, so the loss's own settings overflowed; with SGD past ``decay_limit`` the weight
+    decay alone diverges, so both it and the learning rate are named."""
     lr, option = getattr(run.cfg, rate), flag(rate)
     if rate == "lr" and lr == 0:
         params = loss_params(run.cfg, run.cfg.loss_spec)
@@ -40,11 +47,11 @@ def _change(run: rundir.RunDir, rate: str) -> str:
             f"{' with ' + shown if shown else ''}; `fastsigclr train --help` gives their defaults)"
         )
     # The probe's SGD has no weight decay; LARS scales each update to its weight's norm, decay and all.
-    decay = run.cfg.weight_decay if rate == "lr" and run.cfg.optimizer == "sgd" else 0.0
-    if lr * decay >= 1:
+    sgd = rate == "lr" and run.cfg.optimizer == "sgd"
+    if sgd and lr * run.cfg.weight_decay >= (limit := decay_limit(run.cfg.momentum)):
         return (
-            f"a lower --weight-decay than {decay:g} (at {option} {lr:g} it takes {lr * decay:g} of each "
-            f"weight every step; e.g. --weight-decay {min(1e-4, 0.1 / lr):g})"
+            f"a lower --weight-decay or --lr (--lr × --weight-decay is {lr * run.cfg.weight_decay:g}, and "
+            f"from 2(1 + --momentum) = {limit:g} SGD diverges on the weight decay alone)"
         )
     return f"a lower {option} than {lr:g} (e.g. {option} {lr / 2:g})"
 

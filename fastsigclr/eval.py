@@ -23,6 +23,8 @@ from fastsigclr.runconfig import TrainConfig
 from fastsigclr.runfiles import check_run_dir
 from fastsigclr.runinfo import device_option
 
+PROBE_MOMENTUM = 0.9  # the linear probe's SGD
+
 
 @torch.no_grad()
 def extract_features(
@@ -79,13 +81,14 @@ def knn_accuracy(
     return correct / max(1, len(test_feats))
 
 
-def _probe_fix(lr: float, weight_decay: float) -> str:
-    """Which option to lower: with lr × decay ≥ 1 each SGD step takes more than the whole weight
-    away, whatever the gradients; else the learning rate."""
-    if lr * weight_decay >= 1:
+def _probe_fix(lr: float, weight_decay: float, momentum: float) -> str:
+    """Which option to lower: past 2(1 + momentum) SGD diverges on the weight decay alone
+    (``divergence.decay_limit``), whatever the gradients; else the learning rate."""
+    if lr * weight_decay >= (limit := 2 * (1 + momentum)):
         return (
-            f"at --linear-weight-decay {weight_decay:g} (with --linear-lr {lr:g} it takes "
-            f"{lr * weight_decay:g} of each weight every step): lower it, e.g. --linear-weight-decay 0"
+            f"at --linear-lr {lr:g} and --linear-weight-decay {weight_decay:g}: their product, "
+            f"{lr * weight_decay:g}, is past {limit:g}, from which SGD diverges on the weight decay "
+            f"alone; lower either, e.g. --linear-weight-decay 0"
         )
     return f"at --linear-lr {lr:g}: lower it, e.g. --linear-lr {lr / 10:g}"
 
@@ -108,7 +111,7 @@ def linear_probe(
     device = train_feats.device
     gen = torch.Generator(device="cpu").manual_seed(seed)
     head = torch.nn.Linear(train_feats.shape[1], num_classes).to(device)
-    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=PROBE_MOMENTUM, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(len(train_feats) / batch_size)
     total = epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
@@ -123,12 +126,12 @@ def linear_probe(
             opt.step()
             sched.step()
         if not math.isfinite(value := loss.item()):  # once an epoch: a diverged head scores nothing
-            fix = _probe_fix(lr, weight_decay)
+            fix = _probe_fix(lr, weight_decay, PROBE_MOMENTUM)
             raise FastSigCLRError(f"the linear probe diverged (loss {value} in epoch {epoch + 1}) {fix}")
     if not all(bool(t.isfinite().all()) for t in head.parameters()):  # the last update's
         raise FastSigCLRError(
             f"the linear probe diverged (its weights are not finite after {epochs} epochs) "
-            f"{_probe_fix(lr, weight_decay)}"
+            f"{_probe_fix(lr, weight_decay, PROBE_MOMENTUM)}"
         )
     with torch.no_grad():
         train_acc = (head(train_feats).argmax(1) == y).float().mean().item()

@@ -280,14 +280,19 @@ def test_a_diverging_probe_names_probe_lr_not_lr(cifar10_dir, tmp_path, capsys):
         ),
         (
             ["--optimizer", "sgd", "--warmup-epochs", "0", "--weight-decay", "1e30"],
-            "again with a lower --weight-decay than 1e+30 (at --lr 0.5 it takes 5e+29 of each weight",
+            "again with a lower --weight-decay or --lr (--lr × --weight-decay is 5e+29, and from "
+            "2(1 + --momentum) = 3.8 SGD diverges on the weight decay alone)",
+        ),
+        # lr × decay = 1: under 3.8, so the decay alone does not diverge; the learning rate does.
+        (
+            ["--optimizer", "sgd", "--warmup-epochs", "0", "--lr", "1e8", "--weight-decay", "1e-8"],
+            "again with a lower --lr than 1e+08 (e.g. --lr 5e+07)",
         ),
     ],
 )
 def test_divergence_names_the_option_that_caused_it(cifar10_dir, tmp_path, capsys, flags, fix):
     err = fails_with(tiny_args(cifar10_dir, tmp_path / "run", "--lr", "0.5", *flags), capsys)
-    assert "training diverged: the loss is " in err and fix in err, err
-    assert "a lower --lr" not in err
+    assert "training diverged: the " in err and fix in err, err
 
 
 def test_a_diverging_run_keeps_its_last_good_checkpoint(cifar10_dir, tmp_path, capsys):
