@@ -147,8 +147,8 @@ def _parse_value(text: str, annotation: Any, name: str) -> Any:
         if not all(parts):  # "64,,32" or ",,": never read as fewer values silently
             kept = ",".join(p for p in parts if p)
             raise ConfigError(
-                f"{flag(name)}: {text!r} has an empty value between commas; pass values separated by "
-                f"single commas" + (f", e.g. {kept}" if kept else "")
+                f"{flag(name)}: {text!r} has an empty value (two commas in a row, or one at an end); "
+                f"pass values separated by single commas" + (f", e.g. {kept}" if kept else "")
             )
         return tuple(_parse_value(p, elem, name) for p in parts)
     try:

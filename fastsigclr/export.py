@@ -10,6 +10,7 @@ mean and std of the 0..1 pixels) and where it came from (dataset, method, epoch)
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from dataclasses import dataclass
@@ -52,7 +53,10 @@ def _run_checkpoint(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
     cfg = read_config(run_dir, f"cannot read the run {run_dir}", RESTORE_CONFIG)
     # The weights must be the run's model (the file's metadata is read from its config): another
     # run's checkpoint copied in is one line here, as in eval and embed.
-    model = SSLModel(cfg.arch or "resnet18", cfg.width, cfg.proj_dims or (), cfg.zero_init_residual)
+    preset = PRESETS[cfg.dataset]  # for a config.json written before configs were resolved
+    arch, proj_dims = cfg.arch or preset["arch"], tuple(cfg.proj_dims or preset["proj_dims"])
+    cfg = dataclasses.replace(cfg, arch=arch, proj_dims=proj_dims)
+    model = SSLModel(arch, cfg.width, proj_dims, cfg.zero_init_residual)
     load_weights(model, state["model"], str(run_dir / CHECKPOINT))
     return cfg, state
 
@@ -76,13 +80,12 @@ def export(cfg: ExportConfig) -> dict[str, str]:
     parts = ("backbone", "projector") if cfg.projector else ("backbone",)
     tensors = _unique_tensors({k: v for k, v in state["model"].items() if k.split(".", 1)[0] in parts})
     info, point = DATASETS[train_cfg.dataset], ckpt.trained(state)
-    arch = train_cfg.arch or PRESETS[train_cfg.dataset]["arch"]
     meta = {
         "format": FORMAT,
-        "arch": arch,
+        "arch": str(train_cfg.arch),
         "width": str(train_cfg.width),
         "out_dim": str(state["model"]["projector.0.weight"].shape[1]),  # the projector's input
-        "proj_dims": json.dumps(list(train_cfg.proj_dims or PRESETS[train_cfg.dataset]["proj_dims"])),
+        "proj_dims": json.dumps(list(train_cfg.proj_dims or ())),
         "has_projector": str(cfg.projector),
         "image_size": str(train_cfg.image_size or info.image_size),
         "mean": json.dumps(list(info.mean)),

@@ -28,7 +28,10 @@ def parse_interval(text: str) -> tuple[float, str]:
     except ValueError:
         value = 0
     if not (value > 0 and math.isfinite(value)):  # "infm" meant never, which is leaving it unset
-        raise ValueError(f"--checkpoint-every takes N steps ('500') or N minutes ('30m'), got {text!r}")
+        raise ValueError(
+            f"--checkpoint-every takes N steps ('500') or N minutes ('30m'), got {text!r}; leave it out to "
+            f"checkpoint only at the end of each epoch"
+        )
     return value, unit
 
 

@@ -250,9 +250,10 @@ def _check_data(setup: Setup, state: dict[str, Any]) -> None:
     now = setup.data_identity
     where = f"{setup.info.name} in {setup.cfg.data_dir}"
     what = (
-        f"{saved.get('images')} images and {where} now holds {now['images']}"
+        f"{saved.get('images')!r:.20} images and {where} now holds {now['images']}"
         if saved.get("images") != now["images"]
-        else f"other images than {where} now holds (as many, {now['images']}, but other files or labels)"
+        else f"other images than {where} now holds (as many, {now['images']}, but other files, labels "
+        f"or sizes)"
     )
     raise FastSigCLRError(
         f"the run was trained on {what}; resume it on the data it was trained on (--data-dir), or "

@@ -88,7 +88,7 @@ def wrong_types(state: dict[str, Any]) -> list[str]:
     return wrong
 
 
-def load_checkpoint(path: Path, fix: str = "start a new run with another --out") -> dict[str, Any]:
+def load_checkpoint(path: Path) -> dict[str, Any]:
     # On the CPU: load_state_dict copies weights and optimiser states onto their parameters' device,
     # and torch.set_rng_state takes only a CPU ByteTensor (map_location=device moved it to the GPU).
     state = ckpt.load(path / CHECKPOINT, map_location="cpu")
@@ -97,7 +97,8 @@ def load_checkpoint(path: Path, fix: str = "start a new run with another --out")
     if missing or wrong:
         why = f"no {', '.join(missing)}" if missing else "; ".join(wrong)
         raise FastSigCLRError(
-            f"{path / CHECKPOINT} is not a fastsigclr training checkpoint ({why}); restore it, or {fix}"
+            f"{path / CHECKPOINT} is not a fastsigclr training checkpoint ({why}); restore it from a copy "
+            f"of the run, or start a new run with another --out"
         )
     return state
 
@@ -110,7 +111,7 @@ def trained_checkpoint(path: Path) -> dict[str, Any]:
             f"{path} has no checkpoint ({CHECKPOINT}): it has not finished an epoch; "
             "train it (or resume it) first"
         )
-    return load_checkpoint(path, fix="train the run again")
+    return load_checkpoint(path)
 
 
 def read_summary(path: Path) -> dict[str, Any] | None:

@@ -351,7 +351,7 @@ def test_resume_on_changed_images_is_refused_and_on_the_same_ones_goes_on(tmp_pa
         f.write_bytes(blob)
     files[0].rename(files[0].with_name("renamed.jpg"))
     err = fails_with(again, capsys)
-    assert "as many, 24, but other files or labels" in err, err
+    assert "as many, 24, but other files, labels or sizes" in err, err
     files[0].with_name("renamed.jpg").rename(files[0])
     assert main(again) == 0
     assert summary(out)["epochs"] == 2 and summary(out)["train_images"] == 24
