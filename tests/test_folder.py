@@ -353,5 +353,6 @@ def test_resume_on_changed_images_is_refused_and_on_the_same_ones_goes_on(tmp_pa
     err = fails_with(again, capsys)
     assert "as many, 24, but other files, labels or sizes" in err, err
     files[0].with_name("renamed.jpg").rename(files[0])
-    assert main(again) == 0
+    moved = data.rename(tmp_path / "moved elsewhere")  # the same images in another folder resume
+    assert main([*again, "--data-dir", str(moved)]) == 0
     assert summary(out)["epochs"] == 2 and summary(out)["train_images"] == 24
