@@ -19,6 +19,7 @@ from fastsigclr.config import FastSigCLRError, to_dict
 from fastsigclr.data import DATASETS, LOADERS, AugmentSpec, DatasetInfo, prepare
 from fastsigclr.data.base import LoaderSource
 from fastsigclr.data.datasets import data_folder
+from fastsigclr.data.folder import FolderReader
 from fastsigclr.data.samples import SampleIndex
 from fastsigclr.data.splits import DataSplits, open_splits
 from fastsigclr.losses import LossSpec
@@ -309,6 +310,18 @@ def loss_scalars(criterion: torch.nn.Module) -> dict[str, float]:
     return criterion.log_values()
 
 
+def _missing_split(name: str, where: Path, missing: list[str], labelled: bool) -> FastSigCLRError:
+    if not labelled:  # embed: only a test split can be missing (no val/ folder)
+        return FastSigCLRError(
+            f"{name} in {where} has no test images (no val/ folder): embed the images it was "
+            f"pre-trained on with --split train"
+        )
+    return FastSigCLRError(
+        f"{name} in {where} has no labelled {' and '.join(missing)} images (a flat folder, or "
+        f"no val/): eval needs DIR/train/<class>/ and DIR/val/<class>/, embed those of its --split"
+    )
+
+
 def load_run_model(
     run_dir: Path,
     device_name: str = "auto",
@@ -330,6 +343,8 @@ def load_run_model(
         )
     device = resolve_device(device_name)
     state = trained_checkpoint(Path(run_dir))
+    if info.reader is FolderReader and "test" in splits and not (where / info.folder / "val").is_dir():
+        raise _missing_split(info.name, where, ["test"], labelled)  # before train/'s headers are read
     data = load_data(dataclasses.replace(cfg, download=False, progress=False), announce=False)
     # Without labels (a flat folder), the train split is the images pre-training read.
     source = {
@@ -341,16 +356,8 @@ def load_run_model(
         for name in splits
         if (index := getattr(data, source[name])) is None or (labelled and not index.labelled)
     ]
-    if missing and not labelled:  # embed: only a test split can be missing (no val/ folder)
-        raise FastSigCLRError(
-            f"{data.info.name} in {where} has no test images (no val/ folder): embed the images it was "
-            f"pre-trained on with --split train"
-        )
     if missing:
-        raise FastSigCLRError(
-            f"{data.info.name} in {where} has no labelled {' and '.join(missing)} images (a flat folder, or "
-            f"no val/): eval needs DIR/train/<class>/ and DIR/val/<class>/, embed those of its --split"
-        )
+        raise _missing_split(data.info.name, where, missing, labelled)
     info = data.info
     model, _, _ = build_model(cfg, info, device)
     load_weights(model, state["model"], str(Path(run_dir) / "checkpoints" / "last.pt"))

@@ -226,10 +226,13 @@ def test_dali_names_the_fix_for_a_file_it_cannot_decode(tmp_path):
         list(loader.epoch(0))
 
 
-def test_embed_reads_only_the_split_it_embeds(tmp_path, capsys):
+def test_embed_reads_only_the_split_it_embeds(tmp_path, capsys, monkeypatch):
     """A folder whose val/ is gone: embed --split train still works (it needed both splits), and
-    --split test and eval say which labelled split is missing."""
+    --split test and eval say which labelled split is missing, before reading train/ (for a large
+    folder, minutes of image headers)."""
     import shutil
+
+    import fastsigclr.recipe
 
     data = write_cifar_folder(tmp_path / "data", per_class=4, val_per_class=1, classes=4)
     out = tmp_path / "run"
@@ -239,6 +242,7 @@ def test_embed_reads_only_the_split_it_embeds(tmp_path, capsys):
     assert main([*embed, str(tmp_path / "train.npy"), "--split", "train"]) == 0
     assert np.load(tmp_path / "train.npy").shape[0] == 16
     assert np.load(tmp_path / "train.labels.npy").tolist() == sorted([0, 1, 2, 3] * 4)
+    monkeypatch.setattr(fastsigclr.recipe, "load_data", lambda *a, **k: pytest.fail("read the data"))
     err = fails_with([*embed, str(tmp_path / "test.npy"), "--split", "test"], capsys)
     assert "has no test images (no val/ folder): embed the images it was pre-trained on with --split" in err
     err = fails_with(["eval", "--run", str(out)], capsys)
