@@ -12,6 +12,7 @@ import torch
 
 from fastsigclr import rundir
 from fastsigclr.config import FastSigCLRError, flag
+from fastsigclr.optim import sgd_decay_limit
 from fastsigclr.runconfig import loss_params
 
 
@@ -27,16 +28,9 @@ def not_finite(parts: dict[str, torch.nn.Module]) -> list[str]:
     return [name for (name, _), ok in zip(named, good, strict=True) if not ok]
 
 
-def decay_limit(momentum: float) -> float:
-    """lr × weight decay from which SGD with heavy-ball ``momentum`` diverges on the decay alone,
-    whatever the gradients: w ← w − lr·v, v ← μ·v + wd·w is stable only while lr·wd < 2(1 + μ)
-    (checked with torch.optim.SGD and zero gradients at μ = 0.9: shrinking at 3.5, NaN at 3.9)."""
-    return 2 * (1 + momentum)
-
-
 def _change(run: rundir.RunDir, rate: str) -> str:
     """What to run again with: a lower ``rate``, unless it cannot be what diverged. At --lr 0 no
-    weight moves, so the loss's own settings overflowed; with SGD past ``decay_limit`` the weight
+    weight moves, so the loss's own settings overflowed; with SGD past ``optim.sgd_decay_limit`` the weight
     decay alone diverges, so both it and the learning rate are named."""
     lr, option = getattr(run.cfg, rate), flag(rate)
     if rate == "lr" and lr == 0:
@@ -48,7 +42,7 @@ def _change(run: rundir.RunDir, rate: str) -> str:
         )
     # The probe's SGD has no weight decay; LARS scales each update to its weight's norm, decay and all.
     sgd = rate == "lr" and run.cfg.optimizer == "sgd"
-    if sgd and lr * run.cfg.weight_decay >= (limit := decay_limit(run.cfg.momentum)):
+    if sgd and lr * run.cfg.weight_decay >= (limit := sgd_decay_limit(run.cfg.momentum)):
         return (
             f"a lower --weight-decay or --lr (--lr × --weight-decay is {lr * run.cfg.weight_decay:g}, and "
             f"from 2(1 + --momentum) = {limit:g} SGD diverges on the weight decay alone)"

@@ -18,6 +18,7 @@ from fastsigclr.checkpoint import WriteError, json_text, write_text_atomic
 from fastsigclr.config import SEED_MAX, FastSigCLRError, check_fields, option, option_from
 from fastsigclr.data.datasets import data_dir_option
 from fastsigclr.data.gpu_loader import normalized
+from fastsigclr.optim import sgd_decay_limit
 from fastsigclr.recipe import load_run_model
 from fastsigclr.runconfig import TrainConfig
 from fastsigclr.runfiles import check_run_dir
@@ -82,9 +83,9 @@ def knn_accuracy(
 
 
 def _probe_fix(lr: float, weight_decay: float, momentum: float) -> str:
-    """Which option to lower: past 2(1 + momentum) SGD diverges on the weight decay alone
-    (``divergence.decay_limit``), whatever the gradients; else the learning rate."""
-    if lr * weight_decay >= (limit := 2 * (1 + momentum)):
+    """Which option to lower: past ``sgd_decay_limit`` SGD diverges on the weight decay alone,
+    whatever the gradients; else the learning rate."""
+    if lr * weight_decay >= (limit := sgd_decay_limit(momentum)):
         return (
             f"at --linear-lr {lr:g} and --linear-weight-decay {weight_decay:g}: their product, "
             f"{lr * weight_decay:g}, is past {limit:g}, from which SGD diverges on the weight decay "

@@ -28,7 +28,7 @@ from fastsigclr.models.resnet import memory_format
 from fastsigclr.models.sync_bn import convert_global_bn
 from fastsigclr.optim import build_optimizer, param_groups
 from fastsigclr.runconfig import RESTORE_CONFIG, TrainConfig, loss_params, read_config
-from fastsigclr.runfiles import trained_checkpoint
+from fastsigclr.runfiles import CHECKPOINT, trained_checkpoint
 from fastsigclr.runinfo import available_memory_bytes, resolve_device
 
 
@@ -343,7 +343,7 @@ def load_run_model(
         )
     device = resolve_device(device_name)
     state = trained_checkpoint(Path(run_dir))
-    if info.reader is FolderReader and "test" in splits and not (where / info.folder / "val").is_dir():
+    if info.reader is FolderReader and "test" in splits and not FolderReader.has_test(where / info.folder):
         raise _missing_split(info.name, where, ["test"], labelled)  # before train/'s headers are read
     data = load_data(dataclasses.replace(cfg, download=False, progress=False), announce=False)
     # Without labels (a flat folder), the train split is the images pre-training read.
@@ -360,7 +360,7 @@ def load_run_model(
         raise _missing_split(data.info.name, where, missing, labelled)
     info = data.info
     model, _, _ = build_model(cfg, info, device)
-    load_weights(model, state["model"], str(Path(run_dir) / "checkpoints" / "last.pt"))
+    load_weights(model, state["model"], str(Path(run_dir) / CHECKPOINT))
     _, autocast_dtype = compute_dtypes(cfg, device)
     return {
         "backbone": model.backbone,

@@ -89,6 +89,12 @@ class FolderReader:
         self._subfolders: list[Path] = []  # of a flat folder: not read
         self._cache: dict[str, SampleIndex | None] = {}
 
+    @staticmethod
+    def has_test(folder: Path) -> bool:
+        """Whether ``folder`` holds a "test" split (DIR/train/ and DIR/val/), known without reading
+        a file: callers that need one can say so before the train split's headers are read."""
+        return (folder / "train").is_dir() and (folder / "val").is_dir()
+
     def index(self, split: str) -> SampleIndex | None:
         """The split's files, sizes and labels (None: no val/ folder); read once per reader."""
         key = "test" if split == "test" else "train"
