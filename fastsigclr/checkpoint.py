@@ -11,8 +11,10 @@ import math
 import os
 import pickle
 import re
+import signal
+import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,6 +28,8 @@ REFUSED = re.compile(r"GLOBAL|Can only (build|create new object)|[Tt]rying to ca
 TEMPORARY = ".tmp"  # suffix of the files being written: ".<name>.<pid>-<random>.tmp"
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk or quota: the same write works once space is freed
 WRITE_FIX = "choose a writable place and run again"
+# held back while files that belong together are renamed: Ctrl-C, kill, a closed terminal
+HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class WriteError(FastSigCLRError):
@@ -66,23 +70,70 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None], fix: str = WRIT
     leaves ``path`` as it was (and a temporary file that ``remove_temporaries`` deletes). A write
     that fails (a full disk, a read-only folder) leaves ``path`` as it was and raises a
     ``WriteError`` that ends with ``fix``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{TEMPORARY}")
+    write_atomic_files({Path(path): write}, fix)
+
+
+def write_atomic_files(writes: Mapping[Path, Callable[[IO[bytes]], None]], fix: str = WRITE_FIX) -> None:
+    """``write_atomic`` for files that belong together (features and their labels): every file is
+    written in full to its temporary first, and only then are they renamed over their paths, one
+    after the other, with Ctrl-C and SIGTERM held back (``held_signals``). A failure or an
+    interrupt while writing leaves every path as it was; only a kill that cannot be caught
+    (SIGKILL, a power cut) in the microseconds between two renames can leave old beside new."""
+    temporaries: dict[Path, Path] = {}
+    current = next(iter(writes))  # the file a failure names
+    try:
+        for current, write in writes.items():
+            tmp = current.with_name(f".{current.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{TEMPORARY}")
+            temporaries[current] = tmp
+            _write_temporary(current, tmp, write, fix)
+        with held_signals():
+            for current, tmp in temporaries.items():
+                os.replace(tmp, current)
+    except BaseException as exc:
+        for tmp in temporaries.values():
+            with contextlib.suppress(OSError):  # ENOTDIR too, when a file stands where the folder goes
+                tmp.unlink(missing_ok=True)
+        cause = _os_error(exc)
+        if cause is not None and isinstance(exc, (OSError, RuntimeError)):
+            raise WriteError(current, cause, fix) from exc
+        raise
+    for folder in dict.fromkeys(path.parent for path in writes):
+        _fsync_dir(folder)
+
+
+def _write_temporary(path: Path, tmp: Path, write: Callable[[IO[bytes]], None], fix: str) -> None:
+    """``write(f)`` into the new file ``tmp`` beside ``path``, fsynced; a failed write is a
+    ``WriteError`` naming ``path``."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with _create(tmp) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):  # ENOTDIR too, when a file stands where the folder goes
-            tmp.unlink(missing_ok=True)
+    except (OSError, RuntimeError) as exc:
         cause = _os_error(exc)
-        if cause is not None and isinstance(exc, (OSError, RuntimeError)):
-            raise WriteError(path, cause, fix) from exc
-        raise
-    _fsync_dir(path.parent)
+        if cause is None:
+            raise
+        raise WriteError(path, cause, fix) from exc
+
+
+@contextlib.contextmanager
+def held_signals(signals: Iterable[int] = HELD_SIGNALS) -> Iterator[None]:
+    """Within it, ``signals`` are only recorded; on leaving, the previous handlers come back and
+    each signal that arrived is raised again, so it acts (a KeyboardInterrupt for Ctrl-C) after
+    the work it would have split. Handlers belong to the main thread: elsewhere it holds nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _frame: arrived.append(signum)) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(arrived):
+            signal.raise_signal(s)
 
 
 def _fsync_dir(folder: Path) -> None:

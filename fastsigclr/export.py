@@ -11,7 +11,7 @@ mean and std of the 0..1 pixels) and where it came from (dataset, method, epoch)
 from __future__ import annotations
 
 import dataclasses
-import io
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,12 +225,6 @@ def labels_path(out: str | Path) -> Path:
     return out.with_name(out.name[: -len(".npy")] + ".labels.npy")
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
-
-
 def embed(cfg: EmbedConfig) -> dict[str, Any]:
     """Backbone features (N, F) float32 of the un-augmented images of a split and their labels (N,)
     int64, written as two .npy files; returns their paths and shape."""
@@ -241,6 +235,11 @@ def embed(cfg: EmbedConfig) -> dict[str, Any]:
     loaded = load_run_model(run_dir, cfg.device, cfg.data_dir, splits=(cfg.split,), labelled=False)
     feats, labels = split_features(loaded, cfg.split, progress=cfg.progress)
     out = Path(cfg.out or "")
-    _write_file(out, _npy_bytes(feats.cpu().numpy()), "features.npy", run_dir)
-    _write_file(labels_path(out), _npy_bytes(labels.cpu().numpy()), "features.npy", run_dir)
+    arrays = {out: feats.cpu().numpy(), labels_path(out): labels.cpu().numpy()}
+    for path in arrays:
+        _check_out(path, "features.npy", run_dir)
+    # One write for both: an interrupt leaves the old pair or the new one, never new features
+    # beside the labels of another split or run.
+    writes = {path: functools.partial(np.save, arr=array) for path, array in arrays.items()}
+    ckpt.write_atomic_files(writes, fix="choose a writable --out")
     return {"features": str(out), "labels": str(labels_path(out)), "shape": tuple(feats.shape)}

@@ -2,7 +2,9 @@
 checkpoint's network exactly, and embeddings equal the features evaluation extracts."""
 
 import json
+import os
 import shutil
+import signal
 
 import numpy as np
 import pytest
@@ -176,3 +178,24 @@ def test_an_exported_file_edited_by_hand_is_one_line(run_dir, tmp_path):
     safetensors_torch.save_file(tensors, str(edited), metadata={**read_metadata(path), "width": "16"})
     with pytest.raises(FastSigCLRError, match=r"do not fit the ResNet its metadata describes \(\S+ is \(8,"):
         load_backbone(edited)
+
+
+def test_an_interrupted_embed_leaves_the_previous_pair(run_dir, tmp_path, monkeypatch, capsys):
+    """Ctrl-C while the labels are written: the features and labels already there are the
+    previous embed's pair, not new features beside old labels; nothing temporary is left."""
+    out = tmp_path / "pair.npy"
+    args = ["embed", "--run", str(run_dir), "--out", str(out), "--no-progress"]
+    assert main([*args, "--split", "test"]) == 0
+    before = np.load(out), np.load(labels_path(out))
+    real = checkpoint._write_temporary
+
+    def interrupted(path, tmp, write, fix):
+        if path == labels_path(out):
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: a KeyboardInterrupt here
+        real(path, tmp, write, fix)
+
+    monkeypatch.setattr(checkpoint, "_write_temporary", interrupted)
+    assert main([*args, "--split", "train"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert np.array_equal(np.load(out), before[0]) and np.array_equal(np.load(labels_path(out)), before[1])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pair.labels.npy", "pair.npy"]

@@ -1,0 +1,95 @@
+"""Files written together (``checkpoint.write_atomic_files``): all old or all new, whatever
+interrupts the write."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from fastsigclr import checkpoint as ckpt
+
+
+def _pair(tmp_path: Path) -> dict[Path, bytes]:
+    old = {tmp_path / "a.bin": b"old a", tmp_path / "b.bin": b"old b"}
+    for path, data in old.items():
+        path.write_bytes(data)
+    return old
+
+
+def _writes(data: dict[Path, bytes]):
+    return {path: (lambda f, d=d: f.write(d)) for path, d in data.items()}
+
+
+def _contents(tmp_path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(tmp_path.iterdir())}
+
+
+def test_ctrl_c_while_writing_leaves_every_old_file(tmp_path):
+    old = _pair(tmp_path)
+
+    def second(f):
+        f.write(b"half of new b")
+        os.kill(os.getpid(), signal.SIGINT)
+
+    writes = {tmp_path / "a.bin": lambda f: f.write(b"new a"), tmp_path / "b.bin": second}
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.write_atomic_files(writes)
+    assert _contents(tmp_path) == {p.name: d for p, d in old.items()}  # no temporary left either
+
+
+def test_ctrl_c_between_the_renames_waits_for_the_second(tmp_path, monkeypatch):
+    """The signal lands after the first rename: without ``held_signals`` its KeyboardInterrupt
+    would leave a new a.bin beside the old b.bin."""
+    _pair(tmp_path)
+    handler = signal.getsignal(signal.SIGINT)
+    real, renames = os.replace, []
+
+    def replace(src, dst):
+        real(src, dst)
+        renames.append(Path(dst).name)
+        if len(renames) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(ckpt.os, "replace", replace)
+    new = {tmp_path / "a.bin": b"new a", tmp_path / "b.bin": b"new b"}
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.write_atomic_files(_writes(new))
+    assert renames == ["a.bin", "b.bin"]
+    assert _contents(tmp_path) == {"a.bin": b"new a", "b.bin": b"new b"}
+    assert signal.getsignal(signal.SIGINT) is handler
+
+
+def test_sigterm_is_handed_to_its_previous_handler_after_the_renames(tmp_path, monkeypatch):
+    _pair(tmp_path)
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: seen.append(signum))
+    try:
+        real = os.replace
+
+        def replace(src, dst):
+            if not seen and Path(dst).name == "a.bin":
+                os.kill(os.getpid(), signal.SIGTERM)
+            assert not seen  # held back while any file is renamed
+            real(src, dst)
+
+        monkeypatch.setattr(ckpt.os, "replace", replace)
+        ckpt.write_atomic_files(_writes({tmp_path / "a.bin": b"new a", tmp_path / "b.bin": b"new b"}))
+        assert seen == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert _contents(tmp_path) == {"a.bin": b"new a", "b.bin": b"new b"}
+
+
+def test_a_failed_write_names_its_file_and_leaves_both(tmp_path):
+    old = _pair(tmp_path)
+
+    def full(f):
+        raise OSError(28, "No space left on device")
+
+    writes = {tmp_path / "a.bin": lambda f: f.write(b"new a"), tmp_path / "b.bin": full}
+    with pytest.raises(ckpt.WriteError, match=r"no space left on device writing .*b\.bin; free space"):
+        ckpt.write_atomic_files(writes)
+    assert _contents(tmp_path) == {p.name: d for p, d in old.items()}
