@@ -126,7 +126,9 @@ def held_signals(signals: Iterable[int] = HELD_SIGNALS) -> Iterator[None]:
         yield
         return
     arrived: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, _frame: arrived.append(signum)) for s in signals}
+    # A handler set outside Python reads as None and could not be put back: such a signal is left as it is.
+    held = [s for s in signals if signal.getsignal(s) is not None]
+    previous = {s: signal.signal(s, lambda signum, _frame: arrived.append(signum)) for s in held}
     try:
         yield
     finally:

@@ -54,6 +54,13 @@ class Interval:
         self.last = time.monotonic()
 
 
+def restore_handler(signum: int, previous: Any) -> None:
+    """Put back the handler that ``signal.signal`` returned. It returns None for a handler set
+    outside Python (a C library's), which cannot be set again (TypeError): once replaced it is
+    gone, and the default action is the nearest."""
+    signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+
+
 class Preemption:
     """While open, SIGTERM and SIGUSR1 only record themselves (``signal``); the previous handlers
     come back on exit. Outside the main thread (no handlers can be set there) it records nothing."""
@@ -72,5 +79,5 @@ class Preemption:
 
     def __exit__(self, *exc: Any) -> None:
         for s, handler in self._previous.items():
-            signal.signal(s, handler)
+            restore_handler(s, handler)
         self._previous = {}

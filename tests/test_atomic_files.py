@@ -93,3 +93,24 @@ def test_a_failed_write_names_its_file_and_leaves_both(tmp_path):
     with pytest.raises(ckpt.WriteError, match=r"no space left on device writing .*b\.bin; free space"):
         ckpt.write_atomic_files(writes)
     assert _contents(tmp_path) == {p.name: d for p, d in old.items()}
+
+
+def test_a_handler_set_outside_python_is_left_alone(tmp_path, monkeypatch):
+    """Python reads a handler that a C library set as None (getsignal, and signal.signal's return)
+    and cannot set None back: holding such a signal would raise TypeError after the renames. It is
+    left alone."""
+    real_get, real_set, touched = signal.getsignal, signal.signal, []
+
+    def fake_set(s, handler):
+        if s != signal.SIGHUP:
+            return real_set(s, handler)
+        touched.append(handler)
+        if handler is None:
+            raise TypeError("signal handler must be signal.SIG_IGN, signal.SIG_DFL, or a callable object")
+        return None
+
+    monkeypatch.setattr(ckpt.signal, "getsignal", lambda s: None if s == signal.SIGHUP else real_get(s))
+    monkeypatch.setattr(ckpt.signal, "signal", fake_set)
+    ckpt.write_atomic_files(_writes({tmp_path / "a.bin": b"new a"}))
+    assert (tmp_path / "a.bin").read_bytes() == b"new a"
+    assert touched == []

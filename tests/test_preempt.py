@@ -123,3 +123,43 @@ def test_sigterm_checkpoints_mid_epoch_and_resume_auto_continues(uninterrupted, 
     assert done.returncode == 0, done.stderr
     assert "after batch" in done.stderr  # it resumed inside the epoch
     assert_same_run(whole, out)
+
+
+def _foreign_handler(monkeypatch, signum: int) -> list:
+    """signal.signal as Python behaves when a C library set ``signum``'s handler: the first call
+    returns None (Python cannot read it), and None cannot be set again."""
+    real, calls = signal.signal, []
+
+    def fake(s, handler):
+        if s != signum:
+            return real(s, handler)
+        if handler is None:
+            raise TypeError("signal handler must be signal.SIG_IGN, signal.SIG_DFL, or a callable object")
+        calls.append(handler)
+        return None if len(calls) == 1 else real(s, handler)
+
+    monkeypatch.setattr(signal, "signal", fake)
+    return calls
+
+
+def test_a_handler_set_outside_python_gives_way_to_the_default(monkeypatch):
+    """Preemption and the FFCV worker watch replace a handler; one a C library set reads as None,
+    and putting None back raised TypeError as training ended. The default action comes back."""
+    from fastsigclr.data.ffcv_watch import WAKE, WorkerWatch
+    from fastsigclr.preempt import Preemption
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, WAKE)}
+    try:
+        calls = _foreign_handler(monkeypatch, signal.SIGTERM)
+        with Preemption():
+            pass
+        assert calls[-1] == signal.SIG_DFL
+        monkeypatch.undo()
+        calls = _foreign_handler(monkeypatch, WAKE)
+        with WorkerWatch():
+            pass
+        assert calls[-1] == signal.SIG_DFL
+    finally:
+        monkeypatch.undo()
+        for s, handler in before.items():
+            signal.signal(s, handler)

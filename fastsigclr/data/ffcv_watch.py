@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from fastsigclr.config import FastSigCLRError
+from fastsigclr.preempt import restore_handler
 
 WAKE = signal.SIGUSR2
 POLL_SECONDS = 0.1
@@ -133,7 +134,7 @@ class WorkerWatch(threading.Thread):
             except WorkerFailed:
                 continue
         if self._installed and (self._delivered or not self._sent):  # else it stays, harmless, disarmed
-            signal.signal(WAKE, self._previous)
+            restore_handler(WAKE, self._previous)
             self._installed = False
 
     def error(self, path: Path, said: str) -> FastSigCLRError:
