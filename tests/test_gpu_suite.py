@@ -49,6 +49,13 @@ def test_stages_fit_the_device_budget(tools, smoke):
         assert "--providers eager,triton" in first["bench-loss"]
 
 
+def test_every_test_file_is_in_a_stage_or_says_why_not(tools):
+    """A new test file must be placed: run by a stage on the GPU, or named in NOT_THERE with why."""
+    gpu_suite, _ = tools
+    assert gpu_suite.unplaced_tests(gpu_suite.build_stages()) == []
+    assert all((ROOT / path).is_file() for path in gpu_suite.NOT_THERE), "NOT_THERE names a missing file"
+
+
 def test_header_says_how_to_run_each_stage(tools):
     """The script's header gives every stage's command and its limit, for any GPU machine."""
     gpu_suite, _ = tools
