@@ -203,29 +203,6 @@ def test_bench_augment_has_a_folder_case(tmp_path):
     assert (tmp_path / "augment-cpu.png").is_file()
 
 
-def test_dali_names_the_fix_for_a_file_it_cannot_decode(tmp_path):
-    """A JPEG whose header reads but whose data is cut: DALI decodes it mid-epoch; the run stops
-    with one line naming `data verify` (the gpu loader skips such files up front)."""
-    pytest.importorskip("nvidia.dali")
-    import torch
-
-    from fastsigclr.config import FastSigCLRError
-    from fastsigclr.data.dali_loader import DaliLoader
-    from fastsigclr.data.plan import AugmentSpec
-    from fastsigclr.data.samples import file_index
-
-    payload = odd_images()["rgb.jpg"]
-    files = [tmp_path / f"{i}.jpg" for i in range(8)]
-    for i, path in enumerate(files):
-        path.write_bytes(payload if i != 3 else payload[:-300])
-    index = file_index("cut", files, np.zeros(8))
-    assert len(index) == 8  # the header of the cut file reads
-    spec = AugmentSpec.simclr(32, (0.5,) * 3, (0.25,) * 3)
-    loader = DaliLoader(index, None, spec, 4, torch.device("cpu"), torch.float32)
-    with pytest.raises(FastSigCLRError, match="DALI could not decode an image of epoch 1 .*data verify"):
-        list(loader.epoch(0))
-
-
 def test_embed_reads_only_the_split_it_embeds(tmp_path, capsys, monkeypatch):
     """A folder whose val/ is gone: embed --split train still works (it needed both splits), and
     --split test and eval say which labelled split is missing, before reading train/ (for a large

@@ -15,13 +15,23 @@ allocated before the pipeline runs again, so nothing yielded aliases DALI's memo
 builds its pipeline and shuts it down (its threads joined) when the epoch ends, when an
 exception leaves it, when its iterator is closed or dropped, and at the latest when the next
 epoch starts, never at some later garbage collection.
+
+Files DALI cannot decode: their headers were read up front (the split's index), their data only
+as the epoch reaches them. When a batch fails to decode, the files of that batch and of those
+fed ahead of it (``PREFETCH``) are decoded with Pillow, each that fails is listed on stderr and
+counted against ``max_broken`` (with those the header pass left out), and the pipeline restarts
+at that batch. From then on each such file's place in a batch is taken by the next good image of
+the same batch, so every batch, on every rank, keeps the size and the augmentation parameters the
+plan gave it, and a resumed run that meets the file again makes the same batches.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import weakref
 from collections.abc import Generator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +40,12 @@ import torch
 from fastsigclr.config import FastSigCLRError
 from fastsigclr.data.augment import GRAY_WEIGHTS, blur_window, hue_coefficients
 from fastsigclr.data.base import LoaderBase
+from fastsigclr.data.info import DatasetError
 from fastsigclr.data.plan import AugmentSpec, Col
-from fastsigclr.data.samples import SampleIndex
+from fastsigclr.data.samples import SampleIndex, decode_file, report_broken, workers
 
 INSTALL_HINT = "pip install 'fastsigclr[dali]'  (or: pip install nvidia-dali-cuda130)"
+PREFETCH = 2  # batches DALI is fed ahead of the one it returns (its prefetch_queue_depth)
 
 
 def _import_dali():
@@ -135,6 +147,7 @@ class DaliLoader(LoaderBase):
         *args,
         files: Sequence[Path] | None = None,
         num_threads: int | None = None,
+        max_broken: float = 0.0,
         **kwargs,
     ) -> None:
         self._dali = _import_dali()
@@ -147,6 +160,8 @@ class DaliLoader(LoaderBase):
         self.num_threads = num_threads or max(1, min(8, os.cpu_count() or 1))
         self.gpu = self.device.type == "cuda"
         self._running: weakref.ref | None = None  # the iterator of the epoch under way
+        self.max_broken = max_broken
+        self.found_broken: dict[int, str] = {}  # sample id → why its file did not decode (mid-run)
 
     def _encoded(self, i: int) -> np.ndarray:
         return np.fromfile(self.files[i], dtype=np.uint8)
@@ -154,12 +169,54 @@ class DaliLoader(LoaderBase):
     def _batch(self, index: torch.Tensor, params: torch.Tensor) -> list:
         """What is fed for one batch, one entry per external_source output: whole-batch arrays
         (the JPEG files, of different lengths, as a list of samples)."""
-        idx = index.numpy()
+        idx = self._in_place_of_broken(index.numpy())
         images = [self._encoded(i) for i in idx] if self.files else self.images[idx]
         batch = [images, self.labels[idx]]
         for view_params in params.numpy():
             batch += [np.ascontiguousarray(a) for a in view_arguments(view_params, self.spec.uses_blur)]
         return batch
+
+    def _in_place_of_broken(self, idx: np.ndarray) -> np.ndarray:
+        """The batch's sample ids, each whose file did not decode replaced by the next good one of
+        the batch (cyclically): the batch keeps its size and its views' parameters."""
+        bad = np.array([int(i) in self.found_broken for i in idx], dtype=bool)
+        if not bad.any():
+            return idx
+        good = np.flatnonzero(~bad)
+        if len(good) == 0:  # only with --max-broken near 1: the split's first good image
+            first = next((i for i in range(len(self.samples)) if i not in self.found_broken), None)
+            if first is None:
+                raise DatasetError(f"{self.samples.name}: no image of the split decodes")
+            return np.full_like(idx, first)
+        out = idx.copy()
+        at = np.flatnonzero(bad)
+        out[at] = idx[good[np.searchsorted(good, at) % len(good)]]
+        return out
+
+    def _find_broken(self, epoch: int, batch: int) -> bool:
+        """Decode with Pillow the files of batch ``batch`` and of those fed ahead of it; list those
+        that fail and leave them out from now on (a DatasetError past ``max_broken``). False when
+        every one decodes (DALI failed where Pillow does not)."""
+        window = itertools.islice(self.plan(epoch, start=batch), PREFETCH + 1)
+        ids = sorted({int(i) for index, _ in window for i in index.numpy()} - self.found_broken.keys())
+
+        def check(i: int) -> str | None:
+            try:
+                decode_file(self.files[i])
+            except (OSError, ValueError) as err:
+                return str(err) or type(err).__name__
+            return None
+
+        with ThreadPoolExecutor(max_workers=workers()) as pool:
+            found = {i: why for i, why in zip(ids, pool.map(check, ids), strict=True) if why is not None}
+        if not found:
+            return False
+        listed = [(str(self.files[i]), why) for i, why in found.items()]
+        already = len(self.samples.broken) + len(self.found_broken)
+        total = len(self.samples) + len(self.samples.broken)
+        report_broken(self.samples.name, listed, total, self.max_broken, already)
+        self.found_broken.update(found)
+        return True
 
     def _pipeline(self, feed: Iterator[list], max_batch: int):
         dali, fn, dmath, types = self._dali
@@ -174,7 +231,7 @@ class DaliLoader(LoaderBase):
             batch_size=max_batch,
             num_threads=self.num_threads,
             device_id=torch.cuda.current_device() if gpu else None,
-            prefetch_queue_depth=2,
+            prefetch_queue_depth=PREFETCH,
             exec_dynamic=True,
         )
         def pipeline():
@@ -214,31 +271,40 @@ class DaliLoader(LoaderBase):
 
     def _epoch(self, epoch: int, start: int = 0) -> Generator[tuple[torch.Tensor, torch.Tensor], None, None]:
         stream = torch.cuda.current_stream(self.device) if self.gpu else None
-        feed = (self._batch(index, params) for index, params in self.plan(epoch, start=start))
-        pipe = self._pipeline(feed, self.batch_size // self.world_size)
-        try:
-            while True:
-                try:
-                    outputs = pipe.run(stream)  # on a GPU: outputs ordered on torch's stream
-                except StopIteration:
-                    return
-                except RuntimeError as err:  # an image whose header read but whose data does not
-                    if self.files is None or "decod" not in str(err).lower():
-                        raise
-                    lines = [line.strip() for line in str(err).splitlines() if "decod" in line.lower()]
-                    first = lines[0] if lines else type(err).__name__
-                    raise FastSigCLRError(
-                        f"DALI could not decode an image of epoch {epoch + 1} ({first[:200]}): list the "
-                        f"broken files with `fastsigclr data verify --dataset folder --data-dir DIR` and "
-                        f"delete them, or train with --loader gpu (it skips them, up to --max-broken)"
-                    ) from err
-                views, labels = self._copy_out(outputs, stream)
-                del outputs
-                yield views, labels
-        finally:
-            # DALI has no public shutdown: Pipeline.__del__ and DALI's atexit hook call this one.
-            # It stops the executor and joins its threads now, not whenever the GC frees the pipe.
-            pipe._shutdown()
+        batch = start
+        while True:  # once, and again from a batch where files were found that do not decode
+            feed = (self._batch(index, params) for index, params in self.plan(epoch, start=batch))
+            pipe = self._pipeline(feed, self.batch_size // self.world_size)
+            try:
+                while True:
+                    try:
+                        outputs = pipe.run(stream)  # on a GPU: outputs ordered on torch's stream
+                    except StopIteration:
+                        return
+                    except RuntimeError as err:  # an image whose header read but whose data does not
+                        if self.files is None or "decod" not in str(err).lower():
+                            raise
+                        if not self._find_broken(epoch, batch):
+                            raise self._undecodable(err, epoch) from err
+                        break
+                    views, labels = self._copy_out(outputs, stream)
+                    del outputs
+                    batch += 1
+                    yield views, labels
+            finally:
+                # DALI has no public shutdown: Pipeline.__del__ and DALI's atexit hook call this one.
+                # It stops the executor and joins its threads now, not whenever the GC frees the pipe.
+                pipe._shutdown()
+
+    @staticmethod
+    def _undecodable(err: RuntimeError, epoch: int) -> FastSigCLRError:
+        """DALI failed on a batch whose files Pillow decodes: one line with DALI's reason."""
+        lines = [line.strip() for line in str(err).splitlines() if "decod" in line.lower()]
+        first = lines[0] if lines else type(err).__name__
+        return FastSigCLRError(
+            f"DALI could not decode an image of epoch {epoch + 1} that Pillow reads ({first[:200]}): "
+            f"convert the folder's images to plain RGB JPEG or PNG, or train with --loader gpu"
+        )
 
     def _copy_out(self, outputs, stream) -> tuple[torch.Tensor, torch.Tensor]:
         """The views (view-major, channels_last, ``dtype``) and labels, copied out of DALI's

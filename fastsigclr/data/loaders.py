@@ -114,6 +114,11 @@ def _gpu_options(src: LoaderSource) -> dict[str, Any]:
     return {"store_size": store, "budget": src.budget, "max_broken": src.max_broken, "progress": src.progress}
 
 
+def _dali_options(src: LoaderSource) -> dict[str, Any]:
+    """The undecodable-file threshold: DALI meets a file's data only as it decodes it."""
+    return {"max_broken": src.max_broken}
+
+
 def _beton_path(src: LoaderSource) -> dict[str, Any]:
     """The .beton of the pre-training split, as rank 0's ``_beton`` left it (checked once there:
     its content key reads every file's metadata, and the other ranks wait at a barrier)."""
@@ -161,6 +166,7 @@ LOADERS: dict[str, LoaderEntry] = {
         package="dali",  # DALI ships one distribution per CUDA version
         distributions=("nvidia-dali-cuda130", "nvidia-dali-cuda120", "nvidia-dali-cuda110", "nvidia-dali"),
         install_hint=dali_loader.INSTALL_HINT,
+        options=_dali_options,
         bench_options=_dali_bench,  # the split's files, when it has some, are read by DALI itself
     ),
     "ffcv": LoaderEntry(
