@@ -5,6 +5,7 @@ cosine schedule). The settings and their defaults are EvalConfig's."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from fastsigclr.runfiles import check_run_dir
 from fastsigclr.runinfo import device_option
 
 PROBE_MOMENTUM = 0.9  # the linear probe's SGD
+FEATURE_BATCH = 512  # images per forward pass when features are extracted
 
 
 @torch.no_grad()
@@ -41,16 +43,46 @@ def extract_features(
     desc: str = "features",
 ) -> torch.Tensor:
     """Backbone features (N, F) in fp32 of un-augmented uint8 (N, H, W, 3) images, in eval mode."""
+    data = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
+    batches = ((data[start : start + batch_size], None) for start in range(0, len(data), batch_size))
+    total = math.ceil(len(data) / batch_size)
+    feats, _ = batch_features(backbone, batches, mean, std, device, autocast_dtype=autocast_dtype,
+                              progress=progress, desc=desc, total=total)  # fmt: skip
+    return feats
+
+
+@torch.no_grad()
+def batch_features(
+    backbone: torch.nn.Module,
+    batches: Iterable[tuple[np.ndarray | torch.Tensor, np.ndarray | None]],
+    mean,
+    std,
+    device: torch.device,
+    *,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = False,
+    desc: str = "features",
+    total: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Backbone features (N, F) in fp32, in eval mode, of uint8 (n, H, W, 3) batches, and their
+    labels (N,) on ``device`` (None for batches without labels): a split held in memory or one
+    decoded as it streams (``DataSplits.batches``)."""
     was_training = backbone.training
     backbone.eval()
-    data = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
-    feats = []
-    for start in tqdm(range(0, len(data), batch_size), desc=desc, disable=not progress, leave=False):
-        x = normalized(data[start : start + batch_size].to(device), mean, std, torch.float32)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            feats.append(backbone(x).float())
-    backbone.train(was_training)
-    return torch.cat(feats)
+    feats, labels = [], []
+    try:
+        for images, y in tqdm(batches, desc=desc, total=total, disable=not progress, leave=False):
+            data = (
+                images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
+            )
+            x = normalized(data.to(device), mean, std, torch.float32)
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                feats.append(backbone(x).float())
+            if y is not None:
+                labels.append(torch.as_tensor(y))
+    finally:
+        backbone.train(was_training)
+    return torch.cat(feats), torch.cat(labels).to(device) if labels else None
 
 
 @torch.no_grad()
@@ -166,17 +198,17 @@ def split_features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(features (N, F) fp32, labels (N,)) of one split of a run loaded by ``load_run_model``, both
     on its device: un-augmented images through the backbone in eval mode."""
-    info, device = loaded["info"], loaded["device"]
-    images, labels = loaded[split]
-    feats = extract_features(
+    info, device, data, name = loaded["info"], loaded["device"], loaded["data"], loaded["sources"][split]
+    feats, labels = batch_features(
         loaded["backbone"],
-        images,
+        data.batches(name, batch=FEATURE_BATCH),
         info.mean,
         info.std,
         device,
         autocast_dtype=loaded["autocast"],
         progress=progress,
         desc=split,
+        total=math.ceil(len(getattr(data, name)) / FEATURE_BATCH),
     )
     if bad := int((~torch.isfinite(feats).all(1)).sum()):
         raise FastSigCLRError(
@@ -184,7 +216,7 @@ def split_features(
             f"images: the run's checkpoint ({loaded['trained']['label']}) holds a diverged model; retrain "
             f"it (e.g. with a lower --lr) or evaluate another run"
         )
-    return feats, torch.from_numpy(labels).to(device)
+    return feats, labels
 
 
 def score(

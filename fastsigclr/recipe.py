@@ -329,9 +329,10 @@ def load_run_model(
     splits: tuple[str, ...] = ("train", "test"),
     labelled: bool = True,
 ) -> dict[str, Any]:
-    """A run's backbone (last checkpoint), its ``splits`` decoded (from ``data_dir`` when given,
-    else where the run read it) and settings, for evaluation; ``labelled``: they must have
-    labels (eval), else images without a class come with label -1 (embed)."""
+    """A run's backbone (last checkpoint), its ``splits`` (read from ``data_dir`` when given,
+    else where the run read it: ``data.batches(sources[split])``) and settings, for evaluation;
+    ``labelled``: they must have labels (eval), else images without a class come with label -1
+    (embed)."""
     overrides = {"data_dir": data_dir} if data_dir else {}
     cfg = read_config(run_dir, f"cannot read the run {run_dir}", RESTORE_CONFIG, overrides)
     info = DATASETS[cfg.dataset]
@@ -365,7 +366,8 @@ def load_run_model(
     return {
         "backbone": model.backbone,
         "info": info,
-        **{name: data.arrays(source[name]) for name in splits},
+        "data": data,  # DataSplits: data.batches(sources[name]) reads a split, held or streamed
+        "sources": source,
         "device": device,
         "trained": ckpt.trained(state),
         "autocast": autocast_dtype,

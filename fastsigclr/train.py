@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from fastsigclr import distributed, divergence, preempt, rundir
 from fastsigclr.config import FastSigCLRError, to_dict
 from fastsigclr.determinism import deterministic_torch
-from fastsigclr.eval import extract_features, knn_accuracy
+from fastsigclr.eval import FEATURE_BATCH, batch_features, knn_accuracy
 from fastsigclr.losses import DistributedCriterion
 from fastsigclr.optim import warmup_cosine
 from fastsigclr.pace import Pace, cpu_notice, format_duration
@@ -349,14 +349,17 @@ class Epochs:
         setup, ctx = self.setup, self.ctx
         self.knn = None
         if ctx.is_main and setup.data.has_knn:
-            (train_x, train_y), (test_x, test_y) = setup.data.arrays("train"), setup.data.arrays("test")
-            info, backbone = setup.info, setup.model.backbone
+            info, data = setup.info, setup.data
             kw = dict(device=ctx.device, autocast_dtype=setup.autocast_dtype)
-            bank = extract_features(backbone, torch.from_numpy(train_x), info.mean, info.std, **kw)
-            queries = extract_features(backbone, torch.from_numpy(test_x), info.mean, info.std, **kw)
-            labels = [torch.from_numpy(y).to(ctx.device) for y in (train_y, test_y)]
+            # A split too large to keep decoded streams: a bar then shows its decoding
+            bank, queries = (
+                batch_features(setup.model.backbone, data.batches(split, batch=FEATURE_BATCH), info.mean,
+                               info.std, progress=self.cfg.progress and not data.kept(split),
+                               desc=f"kNN {split}", **kw)
+                for split in ("train", "test")
+            )  # fmt: skip
             knn = dict(k=self.cfg.knn_k, temperature=self.cfg.knn_temperature)
-            self.knn = knn_accuracy(bank, labels[0], queries, labels[1], info.num_classes, **knn)
+            self.knn = knn_accuracy(*bank, *queries, info.num_classes, **knn)
         distributed.barrier(ctx)
 
     def finish(self, device: dict[str, Any]) -> dict[str, Any]:

@@ -46,7 +46,7 @@ def test_export_round_trip(run_dir, tmp_path, with_projector, capsys):
     )
     assert meta["epoch"] == "1" and meta["dataset"] == "cifar10" and len(json.loads(meta["mean"])) == 3
     loaded = load_run_model(run_dir, "cpu")
-    info, images = loaded["info"], torch.from_numpy(loaded["test"][0][:8])
+    info, images = loaded["info"], torch.from_numpy(loaded["data"].arrays("test")[0][:8])
     expected = extract_features(loaded["backbone"], images, info.mean, info.std, torch.device("cpu"))
     backbone = load_backbone(path)
     assert not backbone.training
@@ -79,11 +79,10 @@ def test_embed_matches_extract_features(run_dir, tmp_path, capsys):
     assert np.array_equal(feats, np.load(tmp_path / "again.npy"))  # deterministic
     loaded = load_run_model(run_dir, "cpu")
     info = loaded["info"]
-    expected = extract_features(
-        loaded["backbone"], loaded["test"][0], info.mean, info.std, torch.device("cpu")
-    )
+    test_images, test_labels = loaded["data"].arrays("test")
+    expected = extract_features(loaded["backbone"], test_images, info.mean, info.std, torch.device("cpu"))
     assert np.array_equal(feats, expected.numpy())
-    assert np.array_equal(labels, loaded["test"][1])
+    assert np.array_equal(labels, test_labels)
     train_out = tmp_path / "train.npy"
     assert (
         main(["embed", "--run", str(run_dir), "--split", "train", "--out", str(train_out), "--no-progress"])

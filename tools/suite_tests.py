@@ -51,7 +51,7 @@ NOT_THERE.update(
         for name in [
             *("rundir", "elastic", "kill_resume", "preempt", "silent_faults", "one_line_errors", "knn"),
             *("security", "folder", "presets", "plan", "loader_registry", "loss_registry", "dcl"),
-            *("data_identity", "unwritable_outputs", "atomic_files", "ffcv_watch"),
+            *("data_identity", "unwritable_outputs", "atomic_files", "ffcv_watch", "streamed_splits"),
         ]
     }
 )

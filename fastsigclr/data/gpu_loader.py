@@ -8,7 +8,6 @@ every backend.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -18,7 +17,7 @@ from fastsigclr.config import FastSigCLRError
 from fastsigclr.data.augment import augment_reference, finish, gaussian_blur
 from fastsigclr.data.base import LoaderBase
 from fastsigclr.data.plan import AugmentSpec, Col
-from fastsigclr.data.samples import SampleIndex
+from fastsigclr.data.samples import SampleIndex, available_memory
 
 # The parameter table's columns by name, as the augmentation kernel reads them.
 KERNEL_COLUMNS = {col.name.lower(): int(col) for col in Col}
@@ -65,10 +64,7 @@ def memory_budget(device: torch.device) -> int:
     or half the available host memory."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0] // 2
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
-    except (ValueError, OSError, AttributeError):  # no sysconf: no limit known
-        return 1 << 62
+    return available_memory() // 2
 
 
 def check_budget(samples: SampleIndex, store_size: int | None, budget: int, device: torch.device) -> None:

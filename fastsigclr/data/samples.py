@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
@@ -79,6 +79,14 @@ def image_size(path: Path) -> tuple[int, int]:
     except (UnidentifiedImageError, Image.DecompressionBombError, SyntaxError) as err:
         raise ValueError(str(err)) from err
     return h, w
+
+
+def available_memory() -> int:
+    """Bytes of host memory available now (1 << 62 where the system does not say)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
 
 
 def workers() -> int:
@@ -248,18 +256,12 @@ class SampleIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(uint8 (n, h, w, 3), the ids of the n samples that decoded)."""
         h, w = hw
-        resize = self.uniform_size is None
         images = np.empty((len(self), h, w, 3), dtype=np.uint8)
         ok = np.ones(len(self), dtype=bool)
         broken: list[tuple[str, str]] = []
 
         def load(i: int) -> tuple[int, np.ndarray | str]:
-            try:
-                rgb = self.decode(i)
-            except (OSError, ValueError) as err:
-                return i, str(err) or type(err).__name__
-            rgb = resize_center(rgb, h) if resize else rgb
-            return i, rgb if rgb.shape == (h, w, 3) else f"is {rgb.shape[1]}×{rgb.shape[0]}, expected {w}×{h}"
+            return i, self._decoded_at(i, hw)
 
         with ThreadPoolExecutor(max_workers=workers()) as pool:
             decoded = pool.map(load, range(len(self)), chunksize=64)
@@ -274,6 +276,38 @@ class SampleIndex:
         report_broken(self.name, broken, len(self) + len(self.broken), max_broken, len(self.broken))
         kept = np.flatnonzero(ok)
         return (images if ok.all() else images[kept]), kept
+
+    def _decoded_at(self, i: int, hw: tuple[int, int]) -> np.ndarray | str:
+        """Sample i decoded at ``hw`` (mixed sizes: resized and centre-cropped), or why it is not."""
+        h, w = hw
+        try:
+            rgb = self.decode(i)
+        except (OSError, ValueError) as err:
+            return str(err) or type(err).__name__
+        rgb = resize_center(rgb, h) if self.uniform_size is None else rgb
+        return rgb if rgb.shape == (h, w, 3) else f"is {rgb.shape[1]}×{rgb.shape[0]}, expected {w}×{h}"
+
+    def stream(
+        self, size: int | None, *, batch: int, skip: Collection[int] = (), progress: bool = False
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]]:
+        """The split decoded a batch at a time, in order, as ``in_memory(size)`` would store it but
+        never all at once: (uint8 (n, H, W, 3), their labels, the (id, reason) of the batch's
+        samples that did not decode, left out). Ids in ``skip`` are left out unread."""
+        same = self.uniform_size
+        if same is None and size is None:
+            raise ValueError("images of different sizes need a storage size")
+        hw, skip = same or (size, size), set(skip)
+        wanted = [i for i in range(len(self)) if i not in skip]
+        bar = tqdm(total=len(wanted), desc=f"decode {self.name}", unit="img", disable=not progress)
+        with ThreadPoolExecutor(max_workers=workers()) as pool, bar:
+            for start in range(0, len(wanted), batch):
+                ids = wanted[start : start + batch]
+                got = list(pool.map(lambda i: self._decoded_at(i, hw), ids))
+                bar.update(len(ids))
+                keep = [k for k, rgb in enumerate(got) if not isinstance(rgb, str)]
+                images = np.stack([got[k] for k in keep]) if keep else np.empty((0, *hw, 3), np.uint8)
+                broken = [(ids[k], rgb) for k, rgb in enumerate(got) if isinstance(rgb, str)]
+                yield images, self.labels[[ids[k] for k in keep]], broken
 
     def undecodable(self, *, progress: bool = True) -> list[tuple[str, str]]:
         """(path, reason) of every sample that fails to decode (each decoded once, not kept)."""

@@ -5,6 +5,7 @@ applied, and the class count of a folder resolved."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 from fastsigclr.config import ConfigError
 from fastsigclr.data.datasets import open_dataset
 from fastsigclr.data.info import DatasetInfo
-from fastsigclr.data.samples import SampleIndex, report_broken
+from fastsigclr.data.samples import SampleIndex, available_memory, report_broken
 from fastsigclr.data.subset import balanced_indices
 
 
@@ -28,7 +29,11 @@ class DataSplits:
     test: SampleIndex | None
     store_size: int | None = None  # mixed-size images are decoded at this size for kNN and eval
     max_broken: float = 0.0
+    # A labelled split decoded for kNN and eval is kept in host memory up to this many bytes (None:
+    # a quarter of the available memory); a larger one streams, decoded again at each use.
+    keep_bytes: int | None = None
     _arrays: dict = field(default_factory=dict, repr=False)
+    _left_out: dict = field(default_factory=dict, repr=False)  # split → ids a stream found broken
 
     @property
     def has_knn(self) -> bool:
@@ -41,10 +46,45 @@ class DataSplits:
             self.train = decoded
         self.pretrain = decoded
 
+    def _index(self, split: str) -> SampleIndex:
+        return self.pretrain if split == "pretrain" else getattr(self, split)
+
+    def kept(self, split: str) -> bool:
+        """Whether ``batches(split)`` reads an array decoded once and kept (else it streams)."""
+        index = self._index(split)
+        if split in self._arrays or index._array is not None:
+            return True
+        budget = self.keep_bytes if self.keep_bytes is not None else available_memory() // 4
+        return index.nbytes(self.store_size) <= budget
+
+    def batches(
+        self, split: str, *, batch: int = 1024, progress: bool = False
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """uint8 (n, H, W, 3) images of a split and their labels, in order, ``batch`` at a time:
+        slices of ``arrays(split)`` when the split is ``kept``, else decoded as they stream (for
+        ImageNet's 1.28 M images at 256², 252 GB as one array). A stream's undecodable files are
+        left out and reported once, after the pass that met them, against ``max_broken``."""
+        if self.kept(split):
+            images, labels = self.arrays(split, progress=progress)
+            for start in range(0, len(images), batch):
+                yield images[start : start + batch], labels[start : start + batch]
+            return
+        index, known = self._index(split), self._left_out.setdefault(split, set())
+        found: list[tuple[int, str]] = []
+        stream = index.stream(self.store_size, batch=batch, skip=known, progress=progress)
+        for images, labels, broken in stream:
+            found += broken
+            yield images, labels
+        if found:
+            listed = [(str(index.files[i]) if index.files else f"sample {i}", why) for i, why in found]
+            total, already = len(index) + len(index.broken), len(index.broken) + len(known)
+            known.update(i for i, _ in found)
+            report_broken(index.name, listed, total, self.max_broken, already)
+
     def arrays(self, split: str, *, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(uint8 (N, H, W, 3), labels) of "train" or "test", decoded once and kept."""
         if split not in self._arrays:
-            index = self.pretrain if split == "pretrain" else getattr(self, split)
+            index = self._index(split)
             if index is self.pretrain and "pretrain" in self._arrays:
                 self._arrays[split] = self._arrays["pretrain"]
             else:
