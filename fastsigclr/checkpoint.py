@@ -76,9 +76,11 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None], fix: str = WRIT
 def write_atomic_files(writes: Mapping[Path, Callable[[IO[bytes]], None]], fix: str = WRITE_FIX) -> None:
     """``write_atomic`` for files that belong together (features and their labels): every file is
     written in full to its temporary first, and only then are they renamed over their paths, one
-    after the other, with Ctrl-C and SIGTERM held back (``held_signals``). A failure or an
-    interrupt while writing leaves every path as it was; only a kill that cannot be caught
-    (SIGKILL, a power cut) in the microseconds between two renames can leave old beside new."""
+    after the other, with Ctrl-C, SIGTERM and SIGHUP held back (``held_signals``), and the folders
+    fsynced. A failure or an interrupt while writing leaves every path as it was. Between two
+    renames (microseconds) old can be left beside new only by what is not held: a kill that
+    cannot be caught (SIGKILL, a power cut), another signal, one whose handler was set outside
+    Python, or a rename that fails after the first succeeded."""
     temporaries: dict[Path, Path] = {}
     current = next(iter(writes))  # the file a failure names
     try:
@@ -89,6 +91,8 @@ def write_atomic_files(writes: Mapping[Path, Callable[[IO[bytes]], None]], fix: 
         with held_signals():
             for current, tmp in temporaries.items():
                 os.replace(tmp, current)
+            for folder in dict.fromkeys(path.parent for path in writes):
+                _fsync_dir(folder)  # before a held signal acts: the renames survive a power cut
     except BaseException as exc:
         for tmp in temporaries.values():
             with contextlib.suppress(OSError):  # ENOTDIR too, when a file stands where the folder goes
@@ -97,8 +101,6 @@ def write_atomic_files(writes: Mapping[Path, Callable[[IO[bytes]], None]], fix: 
         if cause is not None and isinstance(exc, (OSError, RuntimeError)):
             raise WriteError(current, cause, fix) from exc
         raise
-    for folder in dict.fromkeys(path.parent for path in writes):
-        _fsync_dir(folder)
 
 
 def _write_temporary(path: Path, tmp: Path, write: Callable[[IO[bytes]], None], fix: str) -> None:
@@ -132,10 +134,19 @@ def held_signals(signals: Iterable[int] = HELD_SIGNALS) -> Iterator[None]:
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        for s in dict.fromkeys(arrived):
-            signal.raise_signal(s)
+        try:  # a signal that lands as the handlers come back must not leave the rest unrestored
+            _each(lambda item: signal.signal(*item), list(previous.items()))
+        finally:
+            _each(signal.raise_signal, list(dict.fromkeys(arrived)))
+
+
+def _each(act: Callable[[Any], Any], items: list) -> None:
+    """``act`` on every item in order, each even when an earlier one raised (that is re-raised)."""
+    if items:
+        try:
+            act(items[0])
+        finally:
+            _each(act, items[1:])
 
 
 def _fsync_dir(folder: Path) -> None:

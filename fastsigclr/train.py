@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from fastsigclr import distributed, divergence, preempt, rundir
 from fastsigclr.config import FastSigCLRError, to_dict
+from fastsigclr.data.samples import over_limit
 from fastsigclr.determinism import deterministic_torch
 from fastsigclr.eval import FEATURE_BATCH, batch_features, knn_accuracy
 from fastsigclr.losses import DistributedCriterion
@@ -171,6 +172,7 @@ class Epochs:
         self.knn: float | None = None
         self.labelled = setup.data.pretrain.labelled  # False: no online probe accuracy to report
         self.images_seen = 0
+        self.left_out = 0  # images the ranks' loaders left out as they trained (all ranks, summed)
         self.run_start = time.perf_counter()
         left = self.epochs - start_epoch
         train_images = len(setup.data.pretrain)
@@ -227,6 +229,8 @@ class Epochs:
                 self._log_step(epoch, loss, probe_loss, lr, bar)
             if index + 1 < self.steps_per_epoch:
                 self._inside_epoch(epoch, index + 1, (loss_sum, loss_steps, probe_correct))
+        if self.ctx.distributed:  # the last step's left-out images, before the kNN monitor reads them
+            self._stopping()  # (a stop signal stays set for exit_if_stopped)
         return loss_sum, loss_steps, probe_correct
 
     def _record_plans(self) -> None:
@@ -239,11 +243,19 @@ class Epochs:
             write_config(self.run.path, self.cfg, self.run.record)
 
     def _stopping(self) -> bool:
-        """A preemption signal reached this rank, or (torchrun) any rank: all stop at one step."""
-        if not self.ctx.distributed:  # no tensor, no device sync per step
+        """A preemption signal reached this rank, or (torchrun) any rank: all stop at one step. The
+        same sum carries the images the ranks' loaders left out (DALI), whose --max-broken check
+        then stops every rank at this step (one rank alone would leave the others waiting)."""
+        if not self.ctx.distributed:  # no tensor, no device sync per step; the loader checks alone
             return self.stop.signal is not None
-        flag = torch.tensor(float(self.stop.signal is not None), device=self.ctx.device)
-        return bool(distributed.all_sum(self.ctx, flag).item() > 0)
+        flags = [float(self.stop.signal is not None), float(self.setup.loader.left_out())]
+        stop, left_out = distributed.all_sum(self.ctx, torch.tensor(flags, device=self.ctx.device)).tolist()
+        if left_out > self.left_out:
+            self.left_out, split = int(left_out), self.setup.data.pretrain
+            total, known = len(split) + len(split.broken), self.left_out + len(split.broken)
+            if error := over_limit(split.name, known, total, self.cfg.max_broken):
+                raise error
+        return stop > 0
 
     def _inside_epoch(self, epoch: int, batch: int, sums: tuple[torch.Tensor, int, torch.Tensor]) -> None:
         """After ``batch`` batches of ``epoch``: a mid-epoch checkpoint when ``--checkpoint-every``

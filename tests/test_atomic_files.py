@@ -114,3 +114,36 @@ def test_a_handler_set_outside_python_is_left_alone(tmp_path, monkeypatch):
     ckpt.write_atomic_files(_writes({tmp_path / "a.bin": b"new a"}))
     assert (tmp_path / "a.bin").read_bytes() == b"new a"
     assert touched == []
+
+
+def test_every_held_signal_acts_and_the_renames_are_fsynced_first(tmp_path, monkeypatch):
+    """Ctrl-C and SIGTERM both land during the renames: the folder is fsynced, then SIGTERM's
+    handler still runs although Ctrl-C's KeyboardInterrupt came first, and both handlers are back."""
+    _pair(tmp_path)
+    seen, synced = [], []
+
+    def record(signum, _frame):
+        seen.append(signum)
+
+    before = signal.getsignal(signal.SIGINT)
+    previous = signal.signal(signal.SIGTERM, record)
+    real_replace = os.replace
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        if Path(dst).name == "a.bin":
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(ckpt.os, "replace", replace)
+    monkeypatch.setattr(ckpt, "_fsync_dir", lambda folder: synced.append((folder, list(seen))))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ckpt.write_atomic_files(_writes({tmp_path / "a.bin": b"new a", tmp_path / "b.bin": b"new b"}))
+        assert synced == [(tmp_path, [])]  # fsynced before any held signal acted
+        assert seen == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGINT) is before
+        assert signal.getsignal(signal.SIGTERM) is record
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert _contents(tmp_path) == {"a.bin": b"new a", "b.bin": b"new b"}

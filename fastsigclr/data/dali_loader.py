@@ -17,12 +17,15 @@ exception leaves it, when its iterator is closed or dropped, and at the latest w
 epoch starts, never at some later garbage collection.
 
 Files DALI cannot decode: their headers were read up front (the split's index), their data only
-as the epoch reaches them. When a batch fails to decode, the files of that batch and of those
-fed ahead of it (``PREFETCH``) are decoded with Pillow, each that fails is listed on stderr and
+as the epoch reaches them. When a batch fails to decode, the files of that batch and of the next
+``PREFETCH`` (those fed ahead of it) are decoded with Pillow, each that fails is listed on stderr and
 counted against ``max_broken`` (with those the header pass left out), and the pipeline restarts
 at that batch. From then on each such file's place in a batch is taken by the next good image of
 the same batch, so every batch, on every rank, keeps the size and the augmentation parameters the
-plan gave it, and a resumed run that meets the file again makes the same batches.
+plan gave it, and a resumed run that meets the file again makes the same batches (as long as
+Pillow fails where DALI does: both use libjpeg-turbo on the CPU; nvJPEG is not checked). With
+several ranks each lists what its share meets and the trainer checks ``max_broken`` on their sum
+(``left_out``).
 """
 
 from __future__ import annotations
@@ -45,7 +48,9 @@ from fastsigclr.data.plan import AugmentSpec, Col
 from fastsigclr.data.samples import SampleIndex, decode_file, report_broken, workers
 
 INSTALL_HINT = "pip install 'fastsigclr[dali]'  (or: pip install nvidia-dali-cuda130)"
-PREFETCH = 2  # batches DALI is fed ahead of the one it returns (its prefetch_queue_depth)
+# DALI's prefetch_queue_depth: when batch k fails, batches up to k + 1 were fed (measured on the
+# CPU pipeline); _find_broken checks k … k + PREFETCH, a window that holds them.
+PREFETCH = 2
 
 
 def _import_dali():
@@ -183,8 +188,8 @@ class DaliLoader(LoaderBase):
         if not bad.any():
             return idx
         good = np.flatnonzero(~bad)
-        if len(good) == 0:  # only with --max-broken near 1: the split's first good image
-            first = next((i for i in range(len(self.samples)) if i not in self.found_broken), None)
+        if len(good) == 0:  # only with --max-broken near 1: the split's first image that decodes
+            first = next((i for i in range(len(self.samples)) if self._decodes(i)), None)
             if first is None:
                 raise DatasetError(f"{self.samples.name}: no image of the split decodes")
             return np.full_like(idx, first)
@@ -192,6 +197,16 @@ class DaliLoader(LoaderBase):
         at = np.flatnonzero(bad)
         out[at] = idx[good[np.searchsorted(good, at) % len(good)]]
         return out
+
+    def _decodes(self, i: int) -> bool:
+        """Sample i is not known broken and Pillow decodes its file."""
+        if i in self.found_broken:
+            return False
+        try:
+            decode_file(self.files[i])
+        except (OSError, ValueError):
+            return False
+        return True
 
     def _find_broken(self, epoch: int, batch: int) -> bool:
         """Decode with Pillow the files of batch ``batch`` and of those fed ahead of it; list those
@@ -214,9 +229,14 @@ class DaliLoader(LoaderBase):
         listed = [(str(self.files[i]), why) for i, why in found.items()]
         already = len(self.samples.broken) + len(self.found_broken)
         total = len(self.samples) + len(self.samples.broken)
-        report_broken(self.samples.name, listed, total, self.max_broken, already)
+        # One rank sees its share of each epoch: with several, the trainer checks the limit on
+        # their sum (``left_out``), so that every rank stops at the same step, with one message.
+        report_broken(self.samples.name, listed, total, self.max_broken, already, limit=self.world_size == 1)
         self.found_broken.update(found)
         return True
+
+    def left_out(self) -> int:
+        return len(self.found_broken)
 
     def _pipeline(self, feed: Iterator[list], max_batch: int):
         dali, fn, dmath, types = self._dali
