@@ -82,7 +82,7 @@ def write_atomic_files(writes: Mapping[Path, Callable[[IO[bytes]], None]], fix: 
     cannot be caught (SIGKILL, a power cut), another signal, one whose handler was set outside
     Python, or a rename that fails after the first succeeded."""
     temporaries: dict[Path, Path] = {}
-    current = next(iter(writes))  # the file a failure names
+    current, renamed = next(iter(writes)), False  # the file a failure names; all are in place
     try:
         for current, write in writes.items():
             tmp = current.with_name(f".{current.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{TEMPORARY}")
@@ -91,6 +91,7 @@ def write_atomic_files(writes: Mapping[Path, Callable[[IO[bytes]], None]], fix: 
         with held_signals():
             for current, tmp in temporaries.items():
                 os.replace(tmp, current)
+            renamed = True
             for folder in dict.fromkeys(path.parent for path in writes):
                 _fsync_dir(folder)  # before a held signal acts: the renames survive a power cut
     except BaseException as exc:
@@ -98,7 +99,8 @@ def write_atomic_files(writes: Mapping[Path, Callable[[IO[bytes]], None]], fix: 
             with contextlib.suppress(OSError):  # ENOTDIR too, when a file stands where the folder goes
                 tmp.unlink(missing_ok=True)
         cause = _os_error(exc)
-        if cause is not None and isinstance(exc, (OSError, RuntimeError)):
+        # Not a WriteError once every file is in place (a folder that could not be fsynced)
+        if cause is not None and isinstance(exc, (OSError, RuntimeError)) and not renamed:
             raise WriteError(current, cause, fix) from exc
         raise
 

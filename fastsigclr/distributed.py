@@ -107,6 +107,15 @@ def check_same_data(ctx: Context, identity: dict[str, Any] | None) -> None:
         )
 
 
+def union(ctx: Context, ids: set[int]) -> set[int]:
+    """The union of every rank's ``ids``."""
+    if not ctx.distributed:
+        return set(ids)
+    per_rank: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(per_rank, sorted(ids))
+    return set().union(*per_rank)
+
+
 def teardown(ctx: Context) -> None:
     if ctx.distributed and dist.is_initialized():
         dist.destroy_process_group()

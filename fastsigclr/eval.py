@@ -19,6 +19,7 @@ from fastsigclr.checkpoint import WriteError, json_text, write_text_atomic
 from fastsigclr.config import SEED_MAX, FastSigCLRError, check_fields, option, option_from
 from fastsigclr.data.datasets import data_dir_option
 from fastsigclr.data.gpu_loader import normalized
+from fastsigclr.data.splits import DataSplits
 from fastsigclr.optim import sgd_decay_limit
 from fastsigclr.recipe import load_run_model
 from fastsigclr.runconfig import TrainConfig
@@ -193,22 +194,57 @@ class EvalConfig:
         check_fields(self)
 
 
+def data_features(
+    backbone: torch.nn.Module,
+    data: DataSplits,
+    split: str,
+    device: torch.device,
+    *,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = False,
+    desc: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features (N, F) fp32, labels (N,)) on ``device`` of one of ``data``'s splits, read held
+    or streamed (``DataSplits.batches``): un-augmented images through the backbone in eval mode."""
+    batches = data.batches(split, batch=FEATURE_BATCH)
+    total = math.ceil(len(data.index(split)) / FEATURE_BATCH)
+    mean, std = data.info.mean, data.info.std
+    feats, labels = batch_features(backbone, batches, mean, std, device, autocast_dtype=autocast_dtype,
+                                   progress=progress, desc=desc or split, total=total)  # fmt: skip
+    assert labels is not None  # every split's batches come with labels (-1: none)
+    return feats, labels
+
+
+def knn_notice(data: DataSplits, cfg: TrainConfig, world_size: int) -> str | None:
+    """Under torchrun, when the kNN monitor will stream a labelled split: rank 0 decodes it at each
+    pass while the other ranks wait at a barrier, for at most --dist-timeout."""
+    if world_size == 1 or not data.has_knn:
+        return None
+    streamed = [split for split in ("train", "test") if not data.kept(split)]
+    if not streamed:
+        return None
+    images = sum(len(data.index(split)) for split in streamed)
+    return (
+        f"note: the kNN monitor decodes {images} images ({', '.join(streamed)}: too large to keep "
+        f"decoded) on rank 0 at each pass while the other {world_size - 1} ranks wait, for at most "
+        f"--dist-timeout {cfg.dist_timeout:g} s: raise it if a pass may take longer (--knn-every "
+        f"sets how often the monitor runs; it runs at the end in any case)"
+    )
+
+
 def split_features(
     loaded: dict[str, Any], split: str, *, progress: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(features (N, F) fp32, labels (N,)) of one split of a run loaded by ``load_run_model``, both
     on its device: un-augmented images through the backbone in eval mode."""
-    info, device, data, name = loaded["info"], loaded["device"], loaded["data"], loaded["sources"][split]
-    feats, labels = batch_features(
+    feats, labels = data_features(
         loaded["backbone"],
-        data.batches(name, batch=FEATURE_BATCH),
-        info.mean,
-        info.std,
-        device,
+        loaded["data"],
+        loaded["sources"][split],
+        loaded["device"],
         autocast_dtype=loaded["autocast"],
         progress=progress,
         desc=split,
-        total=math.ceil(len(getattr(data, name)) / FEATURE_BATCH),
     )
     if bad := int((~torch.isfinite(feats).all(1)).sum()):
         raise FastSigCLRError(

@@ -32,9 +32,9 @@ from tqdm.auto import tqdm
 
 from fastsigclr import distributed, divergence, preempt, rundir
 from fastsigclr.config import FastSigCLRError, to_dict
-from fastsigclr.data.samples import over_limit
+from fastsigclr.data.broken import over_limit
 from fastsigclr.determinism import deterministic_torch
-from fastsigclr.eval import FEATURE_BATCH, batch_features, knn_accuracy
+from fastsigclr.eval import data_features, knn_accuracy, knn_notice
 from fastsigclr.losses import DistributedCriterion
 from fastsigclr.optim import warmup_cosine
 from fastsigclr.pace import Pace, cpu_notice, format_duration
@@ -172,15 +172,16 @@ class Epochs:
         self.knn: float | None = None
         self.labelled = setup.data.pretrain.labelled  # False: no online probe accuracy to report
         self.images_seen = 0
-        self.left_out = 0  # images the ranks' loaders left out as they trained (all ranks, summed)
+        self.left_out = 0  # the sum of the ranks' counts of images their loaders left out (DALI)
         self.run_start = time.perf_counter()
         left = self.epochs - start_epoch
         train_images = len(setup.data.pretrain)
         notice = (
             cpu_notice(ctx.device, train_images, left, cfg.arch or "", cfg.width) if ctx.is_main else None
         )
-        if notice:
-            print(notice, file=sys.stderr)
+        for line in (notice, knn_notice(setup.data, cfg, ctx.world_size) if ctx.is_main else None):
+            if line:
+                print(line, file=sys.stderr)
         self.pace = Pace(self.batch_size, left * self.steps_per_epoch, estimate=notice is not None)
         self.interval = preempt.Interval(cfg.checkpoint_every)  # mid-epoch checkpoints
         self.stop = preempt.Preemption()  # set by _train while its signal handlers are in place
@@ -244,16 +245,18 @@ class Epochs:
 
     def _stopping(self) -> bool:
         """A preemption signal reached this rank, or (torchrun) any rank: all stop at one step. The
-        same sum carries the images the ranks' loaders left out (DALI), whose --max-broken check
-        then stops every rank at this step (one rank alone would leave the others waiting)."""
+        same sum counts the images the ranks' loaders left out (DALI): when it grows, the union of
+        their ids (a file two ranks met counts once) is checked against --max-broken on every rank
+        at this step (one rank stopping alone would leave the others waiting)."""
         if not self.ctx.distributed:  # no tensor, no device sync per step; the loader checks alone
             return self.stop.signal is not None
-        flags = [float(self.stop.signal is not None), float(self.setup.loader.left_out())]
-        stop, left_out = distributed.all_sum(self.ctx, torch.tensor(flags, device=self.ctx.device)).tolist()
-        if left_out > self.left_out:
-            self.left_out, split = int(left_out), self.setup.data.pretrain
-            total, known = len(split) + len(split.broken), self.left_out + len(split.broken)
-            if error := over_limit(split.name, known, total, self.cfg.max_broken):
+        mine = self.setup.loader.left_out()
+        flags = torch.tensor([float(self.stop.signal is not None), float(len(mine))], device=self.ctx.device)
+        stop, found = distributed.all_sum(self.ctx, flags).tolist()
+        if found > self.left_out:  # the same sum on every rank: all take this collective
+            self.left_out, split = int(found), self.setup.data.pretrain
+            known = len(distributed.union(self.ctx, mine)) + len(split.broken)
+            if error := over_limit(split.name, known, len(split) + len(split.broken), self.cfg.max_broken):
                 raise error
         return stop > 0
 
@@ -361,17 +364,15 @@ class Epochs:
         setup, ctx = self.setup, self.ctx
         self.knn = None
         if ctx.is_main and setup.data.has_knn:
-            info, data = setup.info, setup.data
-            kw = dict(device=ctx.device, autocast_dtype=setup.autocast_dtype)
+            data, kw = setup.data, dict(autocast_dtype=setup.autocast_dtype)
             # A split too large to keep decoded streams: a bar then shows its decoding
             bank, queries = (
-                batch_features(setup.model.backbone, data.batches(split, batch=FEATURE_BATCH), info.mean,
-                               info.std, progress=self.cfg.progress and not data.kept(split),
-                               desc=f"kNN {split}", **kw)
+                data_features(setup.model.backbone, data, split, ctx.device, desc=f"kNN {split}",
+                              progress=self.cfg.progress and not data.kept(split), **kw)
                 for split in ("train", "test")
             )  # fmt: skip
             knn = dict(k=self.cfg.knn_k, temperature=self.cfg.knn_temperature)
-            self.knn = knn_accuracy(*bank, *queries, info.num_classes, **knn)
+            self.knn = knn_accuracy(*bank, *queries, setup.info.num_classes, **knn)
         distributed.barrier(ctx)
 
     def finish(self, device: dict[str, Any]) -> dict[str, Any]:

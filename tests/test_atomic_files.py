@@ -147,3 +147,17 @@ def test_every_held_signal_acts_and_the_renames_are_fsynced_first(tmp_path, monk
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert _contents(tmp_path) == {"a.bin": b"new a", "b.bin": b"new b"}
+
+
+def test_a_folder_that_cannot_be_fsynced_after_the_renames_is_not_a_failed_write(tmp_path, monkeypatch):
+    """The files are in place: the error is the fsync's own OSError, not "cannot write"."""
+    _pair(tmp_path)
+
+    def broken_sync(folder):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(ckpt, "_fsync_dir", broken_sync)
+    with pytest.raises(OSError, match="Input/output error") as err:
+        ckpt.write_atomic_files(_writes({tmp_path / "a.bin": b"new a", tmp_path / "b.bin": b"new b"}))
+    assert not isinstance(err.value, ckpt.WriteError)
+    assert _contents(tmp_path) == {"a.bin": b"new a", "b.bin": b"new b"}

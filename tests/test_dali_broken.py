@@ -150,3 +150,15 @@ def test_two_ranks_check_the_limit_on_their_sum_and_stop_together(tmp_path):
     proc = torchrun(2, *args)
     said = "2 of 40 images (5.0%) cannot be decoded, more than --max-broken 0.03"
     assert proc.returncode != 0 and (proc.stderr + proc.stdout).count(said) == 2, proc.stderr[-3000:]
+
+
+def test_a_file_both_ranks_meet_counts_once(tmp_path):
+    """Each epoch deals the images to the ranks afresh, so both meet the cut file in time (each
+    lists it): it is one file, within --max-broken, and the run finishes."""
+    data = write_cifar_folder(tmp_path / "data", per_class=8, val_per_class=1, classes=5)
+    cut = sorted((data / "train" / "bird").iterdir())[0]
+    _cut_file(cut)
+    args = folder_args(data, tmp_path / "run", "--batch-size", "8", "--loader", "dali", "--epochs", "6")
+    proc = torchrun(2, *args, "--knn-every", "0", "--max-broken", "0.03")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count(f"{cut}:") >= 2  # met by each rank (and listed by the final kNN monitor)

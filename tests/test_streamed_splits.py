@@ -87,3 +87,16 @@ def test_knn_monitor_and_eval_give_the_same_accuracy_streamed(tmp_path, monkeypa
         accuracy[mode] = json.loads((runs["kept"] / "eval-knn.json").read_text())["accuracy"]
     assert accuracy["kept"] == accuracy["streamed"] == knn["kept"]
     assert streams == ["folder test", "folder train", "folder test"]
+
+
+def test_torchrun_is_told_when_rank_0_will_stream_the_knn_splits(tmp_path):
+    from fastsigclr.eval import knn_notice
+
+    data_dir = write_cifar_folder(tmp_path / "data", per_class=2, val_per_class=1, classes=5)
+    cfg = TrainConfig(dataset="folder", data_dir=str(data_dir), dist_timeout=900)
+    kept, streamed = _data(data_dir), _data(data_dir)
+    streamed.keep_bytes = 0
+    assert knn_notice(kept, cfg, 2) is None and knn_notice(streamed, cfg, 1) is None
+    said = knn_notice(streamed, cfg, 4)
+    assert "decodes 15 images (train, test" in said and "other 3 ranks wait" in said
+    assert "--dist-timeout 900 s: raise it" in said

@@ -61,11 +61,11 @@ class LoaderBase:
     def __len__(self) -> int:
         return num_batches(len(self.samples), self.batch_size, self.drop_last)
 
-    def left_out(self) -> int:
-        """Images this rank found undecodable as it trained, and left out (DALI meets a file's data
-        only then); every other loader decodes up front, or reads what was: 0. With several ranks
-        the trainer sums them to check ``--max-broken`` on all ranks at once."""
-        return 0
+    def left_out(self) -> set[int]:
+        """Sample ids this rank found undecodable as it trained, and left out (DALI meets a file's
+        data only then); every other loader decodes up front, or reads what was: none. With
+        several ranks the trainer joins them to check ``--max-broken`` on all ranks at once."""
+        return set()
 
     def plan(
         self, epoch: int, device: torch.device | str = "cpu", start: int = 0

@@ -43,9 +43,10 @@ import torch
 from fastsigclr.config import FastSigCLRError
 from fastsigclr.data.augment import GRAY_WEIGHTS, blur_window, hue_coefficients
 from fastsigclr.data.base import LoaderBase
+from fastsigclr.data.broken import report_broken
 from fastsigclr.data.info import DatasetError
 from fastsigclr.data.plan import AugmentSpec, Col
-from fastsigclr.data.samples import SampleIndex, decode_file, report_broken, workers
+from fastsigclr.data.samples import SampleIndex, decode_file, workers
 
 INSTALL_HINT = "pip install 'fastsigclr[dali]'  (or: pip install nvidia-dali-cuda130)"
 # DALI's prefetch_queue_depth: when batch k fails, batches up to k + 1 were fed (measured on the
@@ -230,13 +231,13 @@ class DaliLoader(LoaderBase):
         already = len(self.samples.broken) + len(self.found_broken)
         total = len(self.samples) + len(self.samples.broken)
         # One rank sees its share of each epoch: with several, the trainer checks the limit on
-        # their sum (``left_out``), so that every rank stops at the same step, with one message.
+        # the union of their finds (``left_out``), so every rank stops at one step, one message.
         report_broken(self.samples.name, listed, total, self.max_broken, already, limit=self.world_size == 1)
         self.found_broken.update(found)
         return True
 
-    def left_out(self) -> int:
-        return len(self.found_broken)
+    def left_out(self) -> set[int]:
+        return set(self.found_broken)
 
     def _pipeline(self, feed: Iterator[list], max_batch: int):
         dali, fn, dmath, types = self._dali

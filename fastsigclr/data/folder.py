@@ -6,7 +6,7 @@
 
 JPEG, PNG, WebP and BMP files of any size and mode (``samples.decode_file`` makes them RGB).
 Each file's size is read from its header when the index is built; a file whose header cannot be
-read is listed and left out (``samples.report_broken``), as is one that later fails to decode.
+read is listed and left out (``broken.report_broken``), as is one that later fails to decode.
 A preset may keep only some class folders (ImageNet-100's 100 wnids).
 """
 
@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fastsigclr.data.broken import report_broken
 from fastsigclr.data.info import FFCV_SUBFOLDER, DatasetError, DatasetInfo
-from fastsigclr.data.samples import IMAGE_SUFFIXES, UNLABELED, SampleIndex, file_index, report_broken
+from fastsigclr.data.samples import IMAGE_SUFFIXES, UNLABELED, SampleIndex, file_index
 
 
 def _images_in(folder: Path, nested: bool = False) -> tuple[list[Path], list[Path]]:

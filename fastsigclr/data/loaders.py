@@ -16,6 +16,7 @@ from typing import Any
 from fastsigclr.config import FastSigCLRError, check_fields, option
 from fastsigclr.data import dali_loader, ffcv_loader
 from fastsigclr.data.base import LoaderEntry, LoaderSource
+from fastsigclr.data.broken import report_broken
 from fastsigclr.data.dali_loader import DaliLoader
 from fastsigclr.data.datasets import (
     DATASETS,
@@ -28,7 +29,7 @@ from fastsigclr.data.datasets import (
 from fastsigclr.data.ffcv_loader import FfcvLoader, content_key, write_beton, written_from
 from fastsigclr.data.gpu_loader import GpuLoader
 from fastsigclr.data.info import FFCV_SUBFOLDER
-from fastsigclr.data.samples import SampleIndex, report_broken
+from fastsigclr.data.samples import SampleIndex
 from fastsigclr.data.splits import open_splits
 from fastsigclr.runinfo import package_version
 

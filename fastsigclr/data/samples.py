@@ -1,12 +1,13 @@
 """A split as an index of samples: labels, each image's size, and how to decode sample i on
 demand. Every reader (CIFAR pickles, Tiny-ImageNet, STL-10 binaries, image folders) yields one;
 the loaders read from it. Decoding a whole split into one uint8 array (``SampleIndex.in_memory``)
-is the strategy of the gpu loader and of the kNN monitor, not the data model.
+is the strategy of the gpu loader and of the kNN monitor for a split that fits, not the data
+model (``SampleIndex.stream`` decodes one a batch at a time).
 
 Image files are decoded by ``decode_file``: any Pillow format, converted to RGB (grayscale,
 CMYK, palette, 16-bit; transparency composited on white). A file that cannot be decoded is a
 ``broken`` entry: listed with its path and reason, skipped with a count up to ``max_broken`` (a
-fraction of the split), beyond which the run stops (``report_broken``).
+fraction of the split), beyond which the run stops (``broken.report_broken``).
 """
 
 from __future__ import annotations
@@ -23,12 +24,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fastsigclr.data import cache
-from fastsigclr.data.info import DatasetError, DatasetInfo
+from fastsigclr.data.broken import report_broken
+from fastsigclr.data.info import DatasetInfo
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 UNLABELED = -1  # the label of an image without a class
-# Broken files listed in full up to this many; the rest are counted.
-LIST_BROKEN = 20
 
 
 class Reader(Protocol):
@@ -82,7 +82,16 @@ def image_size(path: Path) -> tuple[int, int]:
 
 
 def available_memory() -> int:
-    """Bytes of host memory available now (1 << 62 where the system does not say)."""
+    """Bytes of host memory available now: the kernel's MemAvailable (free memory plus the page
+    cache it can drop: after reading a dataset's files, often most of it), else the free pages,
+    else 1 << 62 where the system does not say."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
@@ -91,51 +100,6 @@ def available_memory() -> int:
 
 def workers() -> int:
     return max(1, min(16, os.cpu_count() or 1))
-
-
-def report_broken(
-    what: str,
-    broken: Sequence[tuple[str, str]],
-    total: int,
-    max_broken: float,
-    already: int = 0,
-    fix: str | None = None,
-    limit: bool = True,
-) -> None:
-    """List the files that cannot be decoded on stderr (path and reason); a DatasetError when more
-    than ``max_broken`` of the ``total`` are, counting the ``already`` left out by an earlier pass
-    (the header pass, whose files were listed then): the limit is on the split, not on each pass.
-    ``limit`` False: only the list (a rank's share, whose limit the ranks check together)."""
-    if not broken:
-        return
-    lines = [f"  {path}: {reason}" for path, reason in broken[:LIST_BROKEN]]
-    if len(broken) > LIST_BROKEN:
-        lines.append(f"  ... and {len(broken) - LIST_BROKEN} more")
-    count = len(broken) + already
-    earlier = f" (and {already} more listed above)" if already else ""
-    print(
-        f"{what}: {len(broken)} of {total} images cannot be decoded{earlier}:\n" + "\n".join(lines),
-        file=sys.stderr,
-    )
-    if not limit:
-        return
-    if error := over_limit(what, count, total, max_broken, broken[0][0], fix):
-        raise error
-    print(f"{what}: skipped those {count} images (at most --max-broken {max_broken:g})", file=sys.stderr)
-
-
-def over_limit(
-    what: str, count: int, total: int, max_broken: float, first: str | None = None, fix: str | None = None
-) -> DatasetError | None:
-    """The error when ``count`` undecodable images of ``total`` are more than ``max_broken``."""
-    share = count / max(total, 1)
-    if share <= max_broken:
-        return None
-    return DatasetError(
-        f"{what}: {count} of {total} images ({share:.1%}) cannot be decoded"
-        f"{f' (first: {first})' if first else ''}, more than {'' if fix else '--max-broken '}{max_broken:g}: "
-        f"{fix or 'repair or delete the files listed above, or raise --max-broken'}"
-    )
 
 
 class SampleIndex:
@@ -312,10 +276,17 @@ class SampleIndex:
         hw, skip = same or (size, size), set(skip)
         wanted = [i for i in range(len(self)) if i not in skip]
         bar = tqdm(total=len(wanted), desc=f"decode {self.name}", unit="img", disable=not progress)
+        batches = [wanted[start : start + batch] for start in range(0, len(wanted), batch)]
         with ThreadPoolExecutor(max_workers=workers()) as pool, bar:
-            for start in range(0, len(wanted), batch):
-                ids = wanted[start : start + batch]
-                got = list(pool.map(lambda i: self._decoded_at(i, hw), ids))
+            # The next batch decodes while the caller uses this one (a forward pass, say).
+            ahead = [pool.submit(self._decoded_at, i, hw) for i in batches[0]] if batches else []
+            for k, ids in enumerate(batches):
+                got = [future.result() for future in ahead]
+                ahead = (
+                    [pool.submit(self._decoded_at, i, hw) for i in batches[k + 1]]
+                    if k + 1 < len(batches)
+                    else []
+                )
                 bar.update(len(ids))
                 keep = [k for k, rgb in enumerate(got) if not isinstance(rgb, str)]
                 images = np.stack([got[k] for k in keep]) if keep else np.empty((0, *hw, 3), np.uint8)

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from fastsigclr.config import ConfigError
+from fastsigclr.data.broken import report_broken
 from fastsigclr.data.datasets import open_dataset
 from fastsigclr.data.info import DatasetInfo
-from fastsigclr.data.samples import SampleIndex, available_memory, report_broken
+from fastsigclr.data.samples import SampleIndex, available_memory
 from fastsigclr.data.subset import balanced_indices
 
 
@@ -34,6 +35,7 @@ class DataSplits:
     keep_bytes: int | None = None
     _arrays: dict = field(default_factory=dict, repr=False)
     _left_out: dict = field(default_factory=dict, repr=False)  # split → ids a stream found broken
+    _kept: dict = field(default_factory=dict, repr=False)  # split → kept (True) or streamed
 
     @property
     def has_knn(self) -> bool:
@@ -46,16 +48,20 @@ class DataSplits:
             self.train = decoded
         self.pretrain = decoded
 
-    def _index(self, split: str) -> SampleIndex:
+    def index(self, split: str) -> SampleIndex:
+        """The SampleIndex of "pretrain", "train" or "test"."""
         return self.pretrain if split == "pretrain" else getattr(self, split)
 
     def kept(self, split: str) -> bool:
-        """Whether ``batches(split)`` reads an array decoded once and kept (else it streams)."""
-        index = self._index(split)
+        """Whether ``batches(split)`` reads an array decoded once and kept (else it streams);
+        decided at the first call, so a split does not flip between the two as memory moves."""
+        index = self.index(split)
         if split in self._arrays or index._array is not None:
             return True
-        budget = self.keep_bytes if self.keep_bytes is not None else available_memory() // 4
-        return index.nbytes(self.store_size) <= budget
+        if split not in self._kept:
+            budget = self.keep_bytes if self.keep_bytes is not None else available_memory() // 4
+            self._kept[split] = index.nbytes(self.store_size) <= budget
+        return self._kept[split]
 
     def batches(
         self, split: str, *, batch: int = 1024, progress: bool = False
@@ -69,7 +75,7 @@ class DataSplits:
             for start in range(0, len(images), batch):
                 yield images[start : start + batch], labels[start : start + batch]
             return
-        index, known = self._index(split), self._left_out.setdefault(split, set())
+        index, known = self.index(split), self._left_out.setdefault(split, set())
         found: list[tuple[int, str]] = []
         stream = index.stream(self.store_size, batch=batch, skip=known, progress=progress)
         for images, labels, broken in stream:
@@ -84,7 +90,7 @@ class DataSplits:
     def arrays(self, split: str, *, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(uint8 (N, H, W, 3), labels) of "train" or "test", decoded once and kept."""
         if split not in self._arrays:
-            index = self._index(split)
+            index = self.index(split)
             if index is self.pretrain and "pretrain" in self._arrays:
                 self._arrays[split] = self._arrays["pretrain"]
             else:

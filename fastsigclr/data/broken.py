@@ -1,0 +1,58 @@
+"""Files that cannot be decoded: listed with their path and reason, left out with a count up to
+``--max-broken`` of a split (header failures and later ones together), beyond which the run
+stops with one line."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from fastsigclr.data.info import DatasetError
+
+# Broken files listed in full up to this many; the rest are counted.
+LIST_BROKEN = 20
+
+
+def report_broken(
+    what: str,
+    broken: Sequence[tuple[str, str]],
+    total: int,
+    max_broken: float,
+    already: int = 0,
+    fix: str | None = None,
+    limit: bool = True,
+) -> None:
+    """List the files that cannot be decoded on stderr (path and reason); a DatasetError when more
+    than ``max_broken`` of the ``total`` are, counting the ``already`` left out by an earlier pass
+    (the header pass, whose files were listed then): the limit is on the split, not on each pass.
+    ``limit`` False: only the list (a rank's share, whose limit the ranks check together)."""
+    if not broken:
+        return
+    lines = [f"  {path}: {reason}" for path, reason in broken[:LIST_BROKEN]]
+    if len(broken) > LIST_BROKEN:
+        lines.append(f"  ... and {len(broken) - LIST_BROKEN} more")
+    count = len(broken) + already
+    earlier = f" (and {already} more listed above)" if already else ""
+    print(
+        f"{what}: {len(broken)} of {total} images cannot be decoded{earlier}:\n" + "\n".join(lines),
+        file=sys.stderr,
+    )
+    if not limit:
+        return
+    if error := over_limit(what, count, total, max_broken, broken[0][0], fix):
+        raise error
+    print(f"{what}: skipped those {count} images (at most --max-broken {max_broken:g})", file=sys.stderr)
+
+
+def over_limit(
+    what: str, count: int, total: int, max_broken: float, first: str | None = None, fix: str | None = None
+) -> DatasetError | None:
+    """The error when ``count`` undecodable images of ``total`` are more than ``max_broken``."""
+    share = count / max(total, 1)
+    if share <= max_broken:
+        return None
+    return DatasetError(
+        f"{what}: {count} of {total} images ({share:.1%}) cannot be decoded"
+        f"{f' (first: {first})' if first else ''}, more than {'' if fix else '--max-broken '}{max_broken:g}: "
+        f"{fix or 'repair or delete the files listed above, or raise --max-broken'}"
+    )
