@@ -24,8 +24,8 @@ at that batch. From then on each such file's place in a batch is taken by the ne
 the same batch, so every batch, on every rank, keeps the size and the augmentation parameters the
 plan gave it, and a resumed run that meets the file again makes the same batches (as long as
 Pillow fails where DALI does: both use libjpeg-turbo on the CPU; nvJPEG is not checked). With
-several ranks each lists what its share meets and the trainer checks ``max_broken`` on their sum
-(``left_out``).
+several ranks each lists what its share meets and the trainer checks ``max_broken`` on the union
+of their finds (``left_out``).
 """
 
 from __future__ import annotations
