@@ -9,6 +9,7 @@ average them: ``sum_gradients_hook`` does that (the trainer installs it).
 """
 
 import os
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,7 +108,7 @@ def check_same_data(ctx: Context, identity: dict[str, Any] | None) -> None:
         )
 
 
-def union(ctx: Context, ids: set[int]) -> set[int]:
+def union(ctx: Context, ids: Collection[int]) -> set[int]:
     """The union of every rank's ``ids``."""
     if not ctx.distributed:
         return set(ids)

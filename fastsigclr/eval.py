@@ -44,11 +44,12 @@ def extract_features(
     desc: str = "features",
 ) -> torch.Tensor:
     """Backbone features (N, F) in fp32 of un-augmented uint8 (N, H, W, 3) images, in eval mode."""
-    data = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
-    batches = ((data[start : start + batch_size], None) for start in range(0, len(data), batch_size))
-    total = math.ceil(len(data) / batch_size)
-    feats, _ = batch_features(backbone, batches, mean, std, device, autocast_dtype=autocast_dtype,
-                              progress=progress, desc=desc, total=total)  # fmt: skip
+    batches = ((images[start : start + batch_size], None) for start in range(0, len(images), batch_size))
+    total = math.ceil(len(images) / batch_size)
+    feats, _ = batch_features(
+        backbone, batches, mean, std, device, len(images), autocast_dtype=autocast_dtype, progress=progress,
+        desc=desc, total=total,
+    )  # fmt: skip
     return feats
 
 
@@ -59,42 +60,37 @@ def batch_features(
     mean,
     std,
     device: torch.device,
+    rows: int,
     *,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
     desc: str = "features",
     total: int | None = None,
-    rows: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Backbone features (N, F) in fp32, in eval mode, of uint8 (n, H, W, 3) batches, and their
     labels (N,) on ``device`` (None for batches without labels): a split held in memory or one
-    decoded as it streams (``DataSplits.batches``). ``rows``, at least N when given, sizes one
-    buffer that the batches fill (the features of a list of batches joined at the end would be
-    held twice at that moment: 21 GB for ImageNet's 1.28 M ResNet-50 features)."""
+    decoded as it streams (``DataSplits.batches``). The batches fill one buffer of ``rows`` ≥ N
+    (a list of batches joined at the end would hold the features twice at that moment: 21 GB for
+    ImageNet's 1.28 M ResNet-50 features)."""
     was_training = backbone.training
     backbone.eval()
-    feats, labels, filled = [], [], 0
+    out, labels, filled = None, [], 0
     try:
         for images, y in tqdm(batches, desc=desc, total=total, disable=not progress, leave=False):
-            data = (
-                images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
-            )
-            x = normalized(data.to(device), mean, std, torch.float32)
+            x = normalized(torch.as_tensor(images).to(device), mean, std, torch.float32)
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 f = backbone(x).float()
-            if rows is not None and not feats:
-                feats.append(torch.empty((rows, f.shape[1]), dtype=f.dtype, device=f.device))
-            if rows is not None:
-                feats[0][filled : filled + len(f)] = f  # raises past ``rows``
-            else:
-                feats.append(f)
+            if out is None:
+                out = f.new_empty((rows, f.shape[1]))
+            out[filled : filled + len(f)] = f  # raises past ``rows``
             filled += len(f)
             if y is not None:
                 labels.append(torch.as_tensor(y))
     finally:
         backbone.train(was_training)
-    out = feats[0][:filled] if rows is not None and feats else torch.cat(feats)
-    return out, torch.cat(labels).to(device) if labels else None
+    if out is None:
+        raise ValueError("no images to extract features from")
+    return out[:filled], torch.cat(labels).to(device) if labels else None
 
 
 @torch.no_grad()
@@ -225,9 +221,9 @@ def data_features(
     batches = data.batches(split, batch=FEATURE_BATCH)
     rows = len(data.index(split))  # the split's images; a stream leaves out those that do not decode
     mean, std = data.info.mean, data.info.std
-    feats, labels = batch_features(backbone, batches, mean, std, device, autocast_dtype=autocast_dtype,
-                                   progress=progress, desc=desc or split,
-                                   total=math.ceil(rows / FEATURE_BATCH), rows=rows)  # fmt: skip
+    feats, labels = batch_features(backbone, batches, mean, std, device, rows,
+                                   autocast_dtype=autocast_dtype, progress=progress, desc=desc or split,
+                                   total=math.ceil(rows / FEATURE_BATCH))  # fmt: skip
     assert labels is not None  # every split's batches come with labels (-1: none)
     return feats, labels
 

@@ -107,14 +107,18 @@ def versions() -> dict[str, str | None]:
 
 
 def available_memory_bytes() -> int:
-    """Memory the OS can give this process now: MemAvailable on Linux, else free physical pages."""
+    """Memory the OS can give this process now: MemAvailable on Linux (free memory plus the page
+    cache it can drop), else free physical pages, else 1 << 62 where the system does not say."""
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
-    except OSError:
+    except (OSError, ValueError, IndexError):
         pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # no sysconf: no limit known
+        return 1 << 62
 
 
 def device_option(help: str = "device") -> Any:

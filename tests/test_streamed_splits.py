@@ -70,7 +70,7 @@ def test_knn_monitor_and_eval_give_the_same_accuracy_streamed(tmp_path, monkeypa
     monkeypatch.setattr(SampleIndex, "stream", stream)
     for mode in ("kept", "streamed"):
         if mode == "streamed":
-            monkeypatch.setattr(splits_module, "available_memory", lambda: 0)
+            monkeypatch.setattr(splits_module, "available_memory_bytes", lambda: 0)
         runs[mode] = tmp_path / mode
         assert main(folder_args(data_dir, runs[mode])) == 0
     knn = {mode: json.loads((out / "summary.json").read_text())["knn_acc"] for mode, out in runs.items()}
@@ -82,7 +82,7 @@ def test_knn_monitor_and_eval_give_the_same_accuracy_streamed(tmp_path, monkeypa
     accuracy = {}
     for mode in ("kept", "streamed"):
         if mode == "streamed":
-            monkeypatch.setattr(splits_module, "available_memory", lambda: 0)
+            monkeypatch.setattr(splits_module, "available_memory_bytes", lambda: 0)
         assert main(["eval", "knn", "--run", str(runs["kept"]), "--knn-k", "5", "--no-progress"]) == 0
         accuracy[mode] = json.loads((runs["kept"] / "eval-knn.json").read_text())["accuracy"]
     assert accuracy["kept"] == accuracy["streamed"] == knn["kept"]

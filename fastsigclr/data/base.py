@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,11 +61,11 @@ class LoaderBase:
     def __len__(self) -> int:
         return num_batches(len(self.samples), self.batch_size, self.drop_last)
 
-    def left_out(self) -> set[int]:
+    def left_out(self) -> Collection[int]:
         """Sample ids this rank found undecodable as it trained, and left out (DALI meets a file's
         data only then); every other loader decodes up front, or reads what was: none. With
         several ranks the trainer joins them to check ``--max-broken`` on all ranks at once."""
-        return set()
+        return ()
 
     def plan(
         self, epoch: int, device: torch.device | str = "cpu", start: int = 0

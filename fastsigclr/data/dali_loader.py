@@ -33,7 +33,7 @@ from __future__ import annotations
 import itertools
 import os
 import weakref
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Collection, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -201,13 +201,15 @@ class DaliLoader(LoaderBase):
 
     def _decodes(self, i: int) -> bool:
         """Sample i is not known broken and Pillow decodes its file."""
-        if i in self.found_broken:
-            return False
+        return i not in self.found_broken and self._why_not(i) is None
+
+    def _why_not(self, i: int) -> str | None:
+        """Why Pillow cannot decode sample i's file; None when it can."""
         try:
             decode_file(self.files[i])
-        except (OSError, ValueError):
-            return False
-        return True
+        except (OSError, ValueError) as err:
+            return str(err) or type(err).__name__
+        return None
 
     def _find_broken(self, epoch: int, batch: int) -> bool:
         """Decode with Pillow the files of batch ``batch`` and of those fed ahead of it; list those
@@ -215,16 +217,10 @@ class DaliLoader(LoaderBase):
         every one decodes (DALI failed where Pillow does not)."""
         window = itertools.islice(self.plan(epoch, start=batch), PREFETCH + 1)
         ids = sorted({int(i) for index, _ in window for i in index.numpy()} - self.found_broken.keys())
-
-        def check(i: int) -> str | None:
-            try:
-                decode_file(self.files[i])
-            except (OSError, ValueError) as err:
-                return str(err) or type(err).__name__
-            return None
-
         with ThreadPoolExecutor(max_workers=workers()) as pool:
-            found = {i: why for i, why in zip(ids, pool.map(check, ids), strict=True) if why is not None}
+            found = {
+                i: why for i, why in zip(ids, pool.map(self._why_not, ids), strict=True) if why is not None
+            }
         if not found:
             return False
         listed = [(str(self.files[i]), why) for i, why in found.items()]
@@ -236,8 +232,8 @@ class DaliLoader(LoaderBase):
         self.found_broken.update(found)
         return True
 
-    def left_out(self) -> set[int]:
-        return set(self.found_broken)
+    def left_out(self) -> Collection[int]:
+        return self.found_broken.keys()
 
     def _pipeline(self, feed: Iterator[list], max_batch: int):
         dali, fn, dmath, types = self._dali

@@ -17,7 +17,8 @@ from fastsigclr.config import FastSigCLRError
 from fastsigclr.data.augment import augment_reference, finish, gaussian_blur
 from fastsigclr.data.base import LoaderBase
 from fastsigclr.data.plan import AugmentSpec, Col
-from fastsigclr.data.samples import SampleIndex, available_memory
+from fastsigclr.data.samples import SampleIndex
+from fastsigclr.runinfo import available_memory_bytes
 
 # The parameter table's columns by name, as the augmentation kernel reads them.
 KERNEL_COLUMNS = {col.name.lower(): int(col) for col in Col}
@@ -64,7 +65,7 @@ def memory_budget(device: torch.device) -> int:
     or half the available host memory."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0] // 2
-    return available_memory() // 2
+    return available_memory_bytes() // 2
 
 
 def check_budget(samples: SampleIndex, store_size: int | None, budget: int, device: torch.device) -> None:

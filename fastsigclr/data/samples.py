@@ -81,23 +81,6 @@ def image_size(path: Path) -> tuple[int, int]:
     return h, w
 
 
-def available_memory() -> int:
-    """Bytes of host memory available now: the kernel's MemAvailable (free memory plus the page
-    cache it can drop: after reading a dataset's files, often most of it), else the free pages,
-    else 1 << 62 where the system does not say."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 62
-
-
 def workers() -> int:
     return max(1, min(16, os.cpu_count() or 1))
 
@@ -247,12 +230,16 @@ class SampleIndex:
             ):
                 if isinstance(rgb, str):
                     ok[i] = False
-                    broken.append((str(self.files[i]) if self.files else f"sample {i}", rgb))
+                    broken.append((self.source(i), rgb))
                 else:
                     images[i] = rgb
         report_broken(self.name, broken, len(self) + len(self.broken), max_broken, len(self.broken))
         kept = np.flatnonzero(ok)
         return (images if ok.all() else images[kept]), kept
+
+    def source(self, i: int) -> str:
+        """What a message names sample i by: its file, else its place in the split."""
+        return str(self.files[i]) if self.files else f"sample {i}"
 
     def _decoded_at(self, i: int, hw: tuple[int, int]) -> np.ndarray | str:
         """Sample i decoded at ``hw`` (mixed sizes: resized and centre-cropped), or why it is not."""
@@ -300,7 +287,7 @@ class SampleIndex:
             try:
                 self.decode(i)
             except (OSError, ValueError) as err:
-                return str(self.files[i]) if self.files else f"sample {i}", str(err) or type(err).__name__
+                return self.source(i), str(err) or type(err).__name__
             return None
 
         with ThreadPoolExecutor(max_workers=workers()) as pool:

@@ -15,8 +15,9 @@ from fastsigclr.config import ConfigError
 from fastsigclr.data.broken import report_broken
 from fastsigclr.data.datasets import open_dataset
 from fastsigclr.data.info import DatasetInfo
-from fastsigclr.data.samples import SampleIndex, available_memory
+from fastsigclr.data.samples import SampleIndex
 from fastsigclr.data.subset import balanced_indices
+from fastsigclr.runinfo import available_memory_bytes
 
 
 @dataclass
@@ -59,7 +60,7 @@ class DataSplits:
         if split in self._arrays or index._array is not None:
             return True
         if split not in self._kept:
-            budget = self.keep_bytes if self.keep_bytes is not None else available_memory() // 4
+            budget = self.keep_bytes if self.keep_bytes is not None else available_memory_bytes() // 4
             self._kept[split] = index.nbytes(self.store_size) <= budget
         return self._kept[split]
 
@@ -82,7 +83,7 @@ class DataSplits:
             found += broken
             yield images, labels
         if found:
-            listed = [(str(index.files[i]) if index.files else f"sample {i}", why) for i, why in found]
+            listed = [(index.source(i), why) for i, why in found]
             total, already = len(index) + len(index.broken), len(index.broken) + len(known)
             known.update(i for i, _ in found)
             report_broken(index.name, listed, total, self.max_broken, already)
