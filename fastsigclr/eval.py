@@ -1,6 +1,6 @@
-"""Evaluation of a backbone: weighted kNN (the k most cosine-similar training features vote,
-temperature-weighted) and the offline linear probe (frozen features extracted once, SGD with a
-cosine schedule). The settings and their defaults are EvalConfig's."""
+"""Evaluation of a backbone: the weighted kNN vote (``fastsigclr.knn``) and the offline linear
+probe (frozen features extracted once, SGD with a cosine schedule). The settings and their
+defaults are EvalConfig's."""
 
 from __future__ import annotations
 
@@ -15,11 +15,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from fastsigclr import distributed
 from fastsigclr.checkpoint import WriteError, json_text, write_text_atomic
 from fastsigclr.config import SEED_MAX, FastSigCLRError, check_fields, option, option_from
 from fastsigclr.data.datasets import data_dir_option
 from fastsigclr.data.gpu_loader import normalized
 from fastsigclr.data.splits import DataSplits
+from fastsigclr.distributed import Context
+from fastsigclr.knn import knn_accuracy, knn_accuracy_ranks
 from fastsigclr.optim import sgd_decay_limit
 from fastsigclr.recipe import load_run_model
 from fastsigclr.runconfig import TrainConfig
@@ -91,40 +94,6 @@ def batch_features(
     if out is None:
         raise ValueError("no images to extract features from")
     return out[:filled], torch.cat(labels).to(device) if labels else None
-
-
-@torch.no_grad()
-def knn_accuracy(
-    train_feats: torch.Tensor,
-    train_labels: torch.Tensor,
-    test_feats: torch.Tensor,
-    test_labels: torch.Tensor,
-    num_classes: int,
-    *,
-    k: int,
-    temperature: float,
-    chunk: int | None = None,
-) -> float:
-    """Top-1 accuracy of a weighted kNN vote: each of the k most cosine-similar training samples
-    votes for its class with weight exp(similarity / temperature), computed relative to the nearest
-    neighbour's similarity (the same vote, without float32 overflowing for temperatures under 1/88).
-    The bank is not copied: each query chunk's dot products are divided by the bank's norms (for
-    ImageNet's 1.28 M ResNet-50 features a normalised copy is 10.5 GB more), and the chunk of
-    queries (default: up to 1,024, and at most 2²⁸ similarities, 1 GiB) bounds the rest."""
-    bank = train_feats
-    inv_norm = 1.0 / bank.norm(dim=1).clamp_min(1e-12)  # F.normalize's epsilon
-    labels = train_labels.to(bank.device)
-    k = min(k, len(bank))
-    chunk = chunk or max(1, min(1024, (1 << 28) // max(1, len(bank))))
-    correct = 0
-    for start in range(0, len(test_feats), chunk):
-        q = F.normalize(test_feats[start : start + chunk].to(bank.device), dim=1)
-        sim, idx = ((q @ bank.T) * inv_norm).topk(k, dim=1)
-        votes = torch.zeros(len(q), num_classes, device=bank.device)
-        # topk sorts descending: sim[:, :1] is each row's largest, so every weight is in (0, 1].
-        votes.scatter_add_(1, labels[idx], ((sim - sim[:, :1]) / temperature).exp())
-        correct += (votes.argmax(1) == test_labels[start : start + chunk].to(bank.device)).sum().item()
-    return correct / max(1, len(test_feats))
 
 
 def _probe_fix(lr: float, weight_decay: float, momentum: float) -> str:
@@ -215,11 +184,14 @@ def data_features(
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
     desc: str | None = None,
+    part: tuple[int, int] = (0, 1),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(features (N, F) fp32, labels (N,)) on ``device`` of one of ``data``'s splits, read held
-    or streamed (``DataSplits.batches``): un-augmented images through the backbone in eval mode."""
-    batches = data.batches(split, batch=FEATURE_BATCH)
-    rows = len(data.index(split))  # the split's images; a stream leaves out those that do not decode
+    or streamed (``DataSplits.batches``): un-augmented images through the backbone in eval mode.
+    ``part`` (rank, ranks): that rank's share of the split alone."""
+    batches = data.batches(split, batch=FEATURE_BATCH, part=part)
+    lo, hi = data.part_range(split, *part)
+    rows = hi - lo  # the share's images; a stream leaves out those that do not decode
     mean, std = data.info.mean, data.info.std
     feats, labels = batch_features(backbone, batches, mean, std, device, rows,
                                    autocast_dtype=autocast_dtype, progress=progress, desc=desc or split,
@@ -228,21 +200,30 @@ def data_features(
     return feats, labels
 
 
-def knn_notice(data: DataSplits, cfg: TrainConfig, world_size: int) -> str | None:
-    """Under torchrun, when the kNN monitor will stream a labelled split: rank 0 decodes it at each
-    pass while the other ranks wait at a barrier, for at most --dist-timeout."""
-    if world_size == 1 or not data.has_knn:
-        return None
-    streamed = [split for split in ("train", "test") if not data.kept(split)]
-    if not streamed:
-        return None
-    images = sum(len(data.index(split)) for split in streamed)
-    return (
-        f"note: the kNN monitor decodes {images} images ({', '.join(streamed)}: too large to keep "
-        f"decoded) on rank 0 at each pass while the other {world_size - 1} ranks wait, for at most "
-        f"--dist-timeout {cfg.dist_timeout:g} s: raise it if a pass may take longer (--knn-every "
-        f"sets how often the monitor runs; it runs at the end in any case)"
-    )
+def monitor_accuracy(
+    backbone: torch.nn.Module,
+    data: DataSplits,
+    ctx: Context,
+    num_classes: int,
+    *,
+    k: int,
+    temperature: float,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> float:
+    """The kNN monitor's accuracy: the test split's features voted on by the train split's. Under
+    torchrun every rank reads and embeds its share of both splits (``DataSplits.part_batches``),
+    the ranks check the files none of them could decode against --max-broken together, and they
+    share the vote (``knn_accuracy_ranks``): every rank returns the same accuracy. A bar shows a
+    split's decoding (rank 0's share) when it streams."""
+    part, features = (ctx.rank, ctx.world_size), []
+    for split in ("train", "test"):
+        bar = progress and ctx.is_main and not data.kept(split)
+        features += data_features(backbone, data, split, ctx.device, autocast_dtype=autocast_dtype,
+                                  progress=bar, desc=f"kNN {split}", part=part)  # fmt: skip
+        if ctx.distributed:
+            data.check_left_out(split, distributed.union(ctx, data.left_out(split)))
+    return knn_accuracy_ranks(ctx, *features, num_classes, k=k, temperature=temperature)
 
 
 def split_features(

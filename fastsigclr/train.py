@@ -34,7 +34,7 @@ from fastsigclr import distributed, divergence, preempt, rundir
 from fastsigclr.config import FastSigCLRError, to_dict
 from fastsigclr.data.broken import over_limit
 from fastsigclr.determinism import deterministic_torch
-from fastsigclr.eval import data_features, knn_accuracy, knn_notice
+from fastsigclr.eval import monitor_accuracy
 from fastsigclr.losses import DistributedCriterion
 from fastsigclr.optim import warmup_cosine
 from fastsigclr.pace import Pace, cpu_notice, format_duration
@@ -179,9 +179,8 @@ class Epochs:
         notice = (
             cpu_notice(ctx.device, train_images, left, cfg.arch or "", cfg.width) if ctx.is_main else None
         )
-        for line in (notice, knn_notice(setup.data, cfg, ctx.world_size) if ctx.is_main else None):
-            if line:
-                print(line, file=sys.stderr)
+        if notice:
+            print(notice, file=sys.stderr)
         self.pace = Pace(self.batch_size, left * self.steps_per_epoch, estimate=notice is not None)
         self.interval = preempt.Interval(cfg.checkpoint_every)  # mid-epoch checkpoints
         self.stop = preempt.Preemption()  # set by _train while its signal handlers are in place
@@ -359,21 +358,18 @@ class Epochs:
         distributed.barrier(ctx)
 
     def knn_monitor(self) -> None:
-        """kNN accuracy of the backbone's test features against its training features, on rank 0
-        (the others wait); kept in ``self.knn``."""
-        setup, ctx = self.setup, self.ctx
+        """kNN accuracy of the backbone's test features against its training features, kept in
+        ``self.knn``: under torchrun each rank embeds its share of both splits and the vote is
+        shared (``monitor_accuracy``)."""
+        setup = self.setup
         self.knn = None
-        if ctx.is_main and setup.data.has_knn:
-            data, kw = setup.data, dict(autocast_dtype=setup.autocast_dtype)
-            # A split too large to keep decoded streams: a bar then shows its decoding
-            bank, queries = (
-                data_features(setup.model.backbone, data, split, ctx.device, desc=f"kNN {split}",
-                              progress=self.cfg.progress and not data.kept(split), **kw)
-                for split in ("train", "test")
+        if setup.data.has_knn:
+            self.knn = monitor_accuracy(
+                setup.model.backbone, setup.data, self.ctx, setup.info.num_classes, k=self.cfg.knn_k,
+                temperature=self.cfg.knn_temperature, autocast_dtype=setup.autocast_dtype,
+                progress=self.cfg.progress,
             )  # fmt: skip
-            knn = dict(k=self.cfg.knn_k, temperature=self.cfg.knn_temperature)
-            self.knn = knn_accuracy(*bank, *queries, setup.info.num_classes, **knn)
-        distributed.barrier(ctx)
+        distributed.barrier(self.ctx)
 
     def finish(self, device: dict[str, Any]) -> dict[str, Any]:
         """The run's summary (summary.json), written once the last epoch is checkpointed."""

@@ -18,6 +18,7 @@ from helpers import KERNEL_DEVICE, assert_close_rel, fp32_tol
 from test_sigmoid_loss import error_scales, reference
 
 from fastsigclr import checkpoint, runlock
+from fastsigclr.cli import main
 from fastsigclr.kernels import sigmoid_block
 from fastsigclr.losses import (
     LOSSES,
@@ -227,7 +228,12 @@ def test_torchrun_matches_one_process(cifar10_dir, tmp_path):
     assert double.returncode == 0, double.stderr[-3000:]
     for name in ("config.json", "metrics.jsonl", "summary.json", "checkpoints/last.pt"):
         assert (two / name).is_file(), name
-    assert json.loads((two / "summary.json").read_text())["world_size"] == 2
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    # The kNN monitor's vote, each rank holding half of both splits, is one process's on the same
+    # checkpoint (eval: the whole bank in one process).
+    assert main(["eval", "knn", "--run", str(two), "--no-progress"]) == 0
+    assert json.loads((two / "eval-knn.json").read_text())["accuracy"] == summary["knn_acc"] > 0.1
     a = [r["loss"] for r in read_metrics(one) if r["kind"] == "step"]
     b = [r["loss"] for r in read_metrics(two) if r["kind"] == "step"]
     assert len(a) == len(b) == 4

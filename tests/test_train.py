@@ -14,7 +14,8 @@ import torch
 from fastsigclr import checkpoint
 from fastsigclr.cli import main
 from fastsigclr.data import DATASETS
-from fastsigclr.eval import extract_features, knn_accuracy
+from fastsigclr.eval import extract_features
+from fastsigclr.knn import knn_accuracy
 from fastsigclr.recipe import build_model, load_data
 from fastsigclr.runconfig import TrainConfig
 from fastsigclr.runlog import read_metrics

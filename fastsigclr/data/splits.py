@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from fastsigclr.config import ConfigError
-from fastsigclr.data.broken import report_broken
+from fastsigclr.data.broken import over_limit, report_broken
 from fastsigclr.data.datasets import open_dataset
 from fastsigclr.data.info import DatasetInfo
 from fastsigclr.data.samples import SampleIndex
@@ -37,6 +37,7 @@ class DataSplits:
     _arrays: dict = field(default_factory=dict, repr=False)
     _left_out: dict = field(default_factory=dict, repr=False)  # split → ids a stream found broken
     _kept: dict = field(default_factory=dict, repr=False)  # split → kept (True) or streamed
+    _parts: dict = field(default_factory=dict, repr=False)  # (split, rank, ranks) → its SampleIndex
 
     @property
     def has_knn(self) -> bool:
@@ -65,12 +66,16 @@ class DataSplits:
         return self._kept[split]
 
     def batches(
-        self, split: str, *, batch: int = 1024, progress: bool = False
+        self, split: str, *, batch: int = 1024, progress: bool = False, part: tuple[int, int] = (0, 1)
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """uint8 (n, H, W, 3) images of a split and their labels, in order, ``batch`` at a time:
         slices of ``arrays(split)`` when the split is ``kept``, else decoded as they stream (for
         ImageNet's 1.28 M images at 256², 252 GB as one array). A stream's undecodable files are
-        left out and reported once, after the pass that met them, against ``max_broken``."""
+        left out and reported once, after the pass that met them, against ``max_broken``.
+        ``part`` (rank, ranks): only that rank's share of the split (``part_batches``)."""
+        if part[1] > 1:
+            yield from self.part_batches(split, *part, batch=batch, progress=progress)
+            return
         if self.kept(split):
             images, labels = self.arrays(split, progress=progress)
             for start in range(0, len(images), batch):
@@ -87,6 +92,76 @@ class DataSplits:
             total, already = len(index) + len(index.broken), len(index.broken) + len(known)
             known.update(i for i, _ in found)
             report_broken(index.name, listed, total, self.max_broken, already)
+
+    def part_range(self, split: str, rank: int, ranks: int) -> tuple[int, int]:
+        """The ids [lo, hi) of ``rank``'s share of a split: ``ranks`` contiguous shares, in order,
+        their sizes at most one apart."""
+        n = len(self.index(split))
+        return n * rank // ranks, n * (rank + 1) // ranks
+
+    def part_batches(
+        self, split: str, rank: int, ranks: int, *, batch: int = 1024, progress: bool = False
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``rank``'s share of a split (``part_range``), as ``batches`` gives the whole: sliced from
+        the split when this process holds it decoded (the gpu loader's, an in-memory dataset),
+        else decoded, and kept when the whole split would be (each rank then holds its share, so
+        a node of ``ranks`` processes holds the split once). The files that do not decode are
+        listed and left out but not counted here: the ranks check the limit on the union of their
+        finds (``left_out`` → ``check_left_out``), so that they stop together."""
+        index, (lo, hi) = self.index(split), self.part_range(split, rank, ranks)
+        key = (split, rank, ranks)
+        if split in self._arrays or index.decoded:
+            images, labels = self._arrays[split] if split in self._arrays else (index.array(), index.labels)
+            held = images[lo:hi], labels[lo:hi]
+        elif key in self._arrays:
+            held = self._arrays[key]
+        else:
+            yield from self._decode_part(split, key, lo, hi, batch, progress)
+            return
+        for start in range(0, len(held[0]), batch):
+            yield held[0][start : start + batch], held[1][start : start + batch]
+
+    def _decode_part(
+        self, split: str, key: tuple, lo: int, hi: int, batch: int, progress: bool
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        index = self.index(split)
+        part = self._parts.get(key)
+        if part is None:
+            part = self._parts[key] = index.subset(np.arange(lo, hi))
+        known = self._left_out.setdefault(split, set())
+        keep = self.kept(split)  # the whole split's decision: each rank keeps its share of it
+        hw = part.uniform_size or (self.store_size, self.store_size)
+        kept = np.empty((len(part), *hw, 3), np.uint8) if keep else None
+        labels_kept = np.empty(len(part), np.int64)
+        filled, found = 0, []
+        skip = {i - lo for i in known if lo <= i < hi}
+        for images, labels, broken in part.stream(self.store_size, batch=batch, skip=skip, progress=progress):
+            found += [(lo + i, why) for i, why in broken]
+            if kept is not None:
+                rows = slice(filled, filled + len(images))
+                kept[rows], labels_kept[rows], filled = images, labels, filled + len(images)
+            yield images, labels
+        if kept is not None:  # a pass that stopped early keeps nothing
+            self._arrays[key] = kept[:filled], labels_kept[:filled]
+        if found:
+            known.update(i for i, _ in found)
+            listed = [(index.source(i), why) for i, why in found]
+            report_broken(index.name, listed, len(index) + len(index.broken), self.max_broken, limit=False)
+
+    def left_out(self, split: str) -> set[int]:
+        """The ids of ``split`` this process found undecodable when it streamed it (a view)."""
+        return self._left_out.setdefault(split, set())
+
+    def check_left_out(self, split: str, found: set[int]) -> None:
+        """Adopt ``found``, the union of the ranks' ``left_out(split)``, and check it (with the
+        header pass's failures) against ``max_broken``: a DatasetError on every rank alike."""
+        index = self.index(split)
+        known = self.left_out(split)
+        known.update(found)
+        first = index.source(min(known)) if known else None
+        total = len(index) + len(index.broken)
+        if error := over_limit(index.name, len(known) + len(index.broken), total, self.max_broken, first):
+            raise error
 
     def arrays(self, split: str, *, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(uint8 (N, H, W, 3), labels) of "train" or "test", decoded once and kept."""
