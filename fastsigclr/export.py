@@ -10,7 +10,6 @@ mean and std of the 0..1 pixels) and where it came from (dataset, method, epoch)
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from fastsigclr.data.datasets import data_dir_option
 from fastsigclr.eval import split_features
 from fastsigclr.models import ResNet, SSLModel, projector
 from fastsigclr.recipe import load_run_model, load_weights
-from fastsigclr.runconfig import PRESETS, RESTORE_CONFIG, TrainConfig, read_config
+from fastsigclr.runconfig import RESTORE_CONFIG, TrainConfig, read_config
 from fastsigclr.runfiles import CHECKPOINT, RUN_FILES, check_run_dir, trained_checkpoint
 from fastsigclr.runinfo import device_option
 from fastsigclr.runlock import LOCK
@@ -53,10 +52,7 @@ def _run_checkpoint(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
     cfg = read_config(run_dir, f"cannot read the run {run_dir}", RESTORE_CONFIG)
     # The weights must be the run's model (the file's metadata is read from its config): another
     # run's checkpoint copied in is one line here, as in eval and embed.
-    preset = PRESETS[cfg.dataset]  # for a config.json written before configs were resolved
-    arch, proj_dims = cfg.arch or preset["arch"], tuple(cfg.proj_dims or preset["proj_dims"])
-    cfg = dataclasses.replace(cfg, arch=arch, proj_dims=proj_dims)
-    model = SSLModel(arch, cfg.width, proj_dims, cfg.zero_init_residual)
+    model = SSLModel(str(cfg.arch), cfg.width, tuple(cfg.proj_dims or ()), cfg.zero_init_residual)
     load_weights(model, state["model"], str(run_dir / CHECKPOINT))
     return cfg, state
 

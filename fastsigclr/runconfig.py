@@ -239,8 +239,12 @@ def saved_config(saved: dict[str, Any]) -> TrainConfig:
     runs written before ``--resume auto`` saved ``resume`` as true/false (read as yes/no); files
     written before the loss registry (they hold learnable_temperature, and every method's options)
     have sigclr's temperature read as its logit_scale, and options the method never used dropped;
-    renamed loss options (sigclr's bias, now logit_bias: LossSpec.renamed) are read under today's."""
+    renamed loss options (sigclr's bias, now logit_bias: LossSpec.renamed) are read under today's;
+    files written before configs were resolved (no arch or proj_dims: the preset's then) get the
+    preset's model, so that eval, embed, export and a resumed run all rebuild the one trained."""
     saved = renamed_options(saved)
+    preset = PRESETS.get(saved.get("dataset"), {}) if isinstance(saved.get("dataset"), str) else {}
+    saved = {**saved, **{k: preset[k] for k in ("arch", "proj_dims") if k in preset and saved.get(k) is None}}
     resume = saved.get("resume")
     if isinstance(resume, bool):
         saved = {**saved, "resume": RESUME_MODES[int(resume)]}

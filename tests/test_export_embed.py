@@ -198,3 +198,25 @@ def test_an_interrupted_embed_leaves_the_previous_pair(run_dir, tmp_path, monkey
     assert "interrupted" in capsys.readouterr().err
     assert np.array_equal(np.load(out), before[0]) and np.array_equal(np.load(labels_path(out)), before[1])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pair.labels.npy", "pair.npy"]
+
+
+def test_a_config_written_before_configs_were_resolved(cifar10_dir, tmp_path, capsys):
+    """Old config.json files left arch and proj_dims null when the preset's were used: eval, embed
+    and export all rebuild the preset's model (eval built one without a projector, and refused
+    the run's own checkpoint as another model's)."""
+    out = tmp_path / "run"
+    args = (
+        f"train --dataset cifar10 --data-dir {cifar10_dir} --device cpu --limit-train 64 --limit-test 48 "
+        f"--width 8 --batch-size 32 --epochs 1 --knn-every 0 --no-progress --out {out}"
+    ).split()
+    assert main(args) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["proj_dims"] == [2048, 2048, 64]  # the cifar10 preset's
+    config["config"].update(arch=None, proj_dims=None)
+    (out / "config.json").write_text(json.dumps(config))
+    assert main(["eval", "knn", "--run", str(out), "--no-progress"]) == 0
+    assert main(["embed", "--run", str(out), "--out", str(tmp_path / "f.npy"), "--no-progress"]) == 0
+    assert main(["export", "--run", str(out), "--out", str(tmp_path / "enc.safetensors"), "--projector"]) == 0
+    meta = read_metadata(tmp_path / "enc.safetensors")
+    assert (meta["arch"], json.loads(meta["proj_dims"])) == ("resnet18", [2048, 2048, 64])
+    assert "error" not in capsys.readouterr().err
