@@ -92,18 +92,19 @@ def check_same_run(ctx: Context, settings: dict) -> None:
         cluster.check_same_run(settings)
 
 
-def check_same_data(ctx: Context, identity: dict[str, Any] | None) -> None:
-    """Refuse, on every rank, a run whose ranks read other images (``SampleIndex.identity``: each
-    node may hold its own copy of the dataset at the same --data-dir). Raised on one rank alone,
-    the others would wait in the next collective until --dist-timeout."""
+def check_same_data(ctx: Context, identity: dict[str, Any] | None, what: str = "images") -> None:
+    """Refuse, on every rank, a run whose ranks read other images (``SampleIndex.identity``, None
+    for a split that is absent: each node may hold its own copy of the dataset at the same
+    --data-dir). Raised on one rank alone, the others would wait in the next collective until
+    --dist-timeout."""
     if not ctx.distributed:
         return
     per_rank: list[Any] = [None] * ctx.world_size
     dist.all_gather_object(per_rank, identity)
     if any(other != per_rank[0] for other in per_rank):
-        shown = [f"{i['images']} images (digest {i['digest']})" if i else "unknown" for i in per_rank]
+        shown = [f"{i['images']} images (digest {i['digest']})" if i else "none" for i in per_rank]
         raise FastSigCLRError(
-            f"the {ctx.world_size} ranks read different images, so none starts: {cluster.by_value(shown)}; "
+            f"the {ctx.world_size} ranks read different {what}, so none starts: {cluster.by_value(shown)}; "
             f"give every node the same copy of the dataset in --data-dir"
         )
 

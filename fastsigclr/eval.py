@@ -69,12 +69,14 @@ def batch_features(
     progress: bool = False,
     desc: str = "features",
     total: int | None = None,
+    width: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Backbone features (N, F) in fp32, in eval mode, of uint8 (n, H, W, 3) batches, and their
     labels (N,) on ``device`` (None for batches without labels): a split held in memory or one
     decoded as it streams (``DataSplits.batches``). The batches fill one buffer of ``rows`` ≥ N
     (a list of batches joined at the end would hold the features twice at that moment: 21 GB for
-    ImageNet's 1.28 M ResNet-50 features)."""
+    ImageNet's 1.28 M ResNet-50 features). No batch at all is an error unless ``width`` (F) is
+    given: then (0, F) features and no labels (a rank's empty share of a small split)."""
     was_training = backbone.training
     backbone.eval()
     out, labels, filled = None, [], 0
@@ -91,8 +93,10 @@ def batch_features(
                 labels.append(torch.as_tensor(y))
     finally:
         backbone.train(was_training)
-    if out is None:
+    if out is None and width is None:
         raise ValueError("no images to extract features from")
+    if out is None:
+        out = torch.empty((0, width), device=device)
     return out[:filled], torch.cat(labels).to(device) if labels else None
 
 
@@ -188,16 +192,18 @@ def data_features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(features (N, F) fp32, labels (N,)) on ``device`` of one of ``data``'s splits, read held
     or streamed (``DataSplits.batches``): un-augmented images through the backbone in eval mode.
-    ``part`` (rank, ranks): that rank's share of the split alone."""
+    ``part`` (rank, ranks): that rank's share of the split alone, which may hold no image (its
+    features are then (0, ``backbone.out_dim``))."""
+    width = getattr(backbone, "out_dim", None) if part[1] > 1 else None
     batches = data.batches(split, batch=FEATURE_BATCH, part=part)
     lo, hi = data.part_range(split, *part)
     rows = hi - lo  # the share's images; a stream leaves out those that do not decode
     mean, std = data.info.mean, data.info.std
     feats, labels = batch_features(backbone, batches, mean, std, device, rows,
                                    autocast_dtype=autocast_dtype, progress=progress, desc=desc or split,
-                                   total=math.ceil(rows / FEATURE_BATCH))  # fmt: skip
-    assert labels is not None  # every split's batches come with labels (-1: none)
-    return feats, labels
+                                   total=math.ceil(rows / FEATURE_BATCH), width=width)  # fmt: skip
+    # Every split's batches come with labels (-1: none); an empty share has no batch.
+    return feats, labels if labels is not None else torch.empty(0, dtype=torch.int64, device=device)
 
 
 def monitor_accuracy(
@@ -222,7 +228,7 @@ def monitor_accuracy(
         features += data_features(backbone, data, split, ctx.device, autocast_dtype=autocast_dtype,
                                   progress=bar, desc=f"kNN {split}", part=part)  # fmt: skip
         if ctx.distributed:
-            data.check_left_out(split, distributed.union(ctx, data.left_out(split)))
+            data.check_left_out(split, distributed.union(ctx, data.left_out(split)), announce=ctx.is_main)
     return knn_accuracy_ranks(ctx, *features, num_classes, k=k, temperature=temperature)
 
 

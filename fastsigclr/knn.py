@@ -83,7 +83,7 @@ def knn_accuracy_ranks(
     chunk: int | None = None,
 ) -> float:
     """``knn_accuracy`` of every rank's queries against every rank's share of the bank, on every
-    rank alike. The queries (the smaller split) are gathered to every rank; each rank finds the k
+    rank alike. The queries (the test split's features) are gathered to every rank; each rank finds the k
     nearest in its share for each chunk of them, and the ranks' candidates (k per rank) are gathered
     and merged: the k nearest of the whole bank. A bank share is then 1/K of the whole (1.3 GB per
     rank for ImageNet's training features on 8 ranks, not 10.5 on one)."""

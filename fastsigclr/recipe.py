@@ -262,6 +262,20 @@ def _check_data(setup: Setup, state: dict[str, Any]) -> None:
     )
 
 
+def check_rank_data(setup: Setup, ctx: distributed.Context) -> None:
+    """Refuse, on every rank, a torchrun run whose ranks read other data: the pre-training split,
+    and the kNN monitor's labelled splits, whose shares the ranks embed (a node without val/, or
+    with other images there, would take other collectives or embed the wrong shares)."""
+    if not ctx.distributed:
+        return
+    distributed.check_same_data(ctx, setup.data_identity)
+    for split in ("train", "test"):
+        index = setup.data.index(split)
+        if index is not setup.data.pretrain:
+            identity = None if index is None else index.identity()
+            distributed.check_same_data(ctx, identity, f"{split} images (the kNN monitor's)")
+
+
 def resume(
     setup: Setup, state: dict[str, Any] | None, source: str = "the checkpoint"
 ) -> tuple[int, int, dict[str, Any] | None]:

@@ -121,7 +121,7 @@ class TrainConfig:
     )
     # torch's own default is 30 min (gloo) / 10 min (NCCL). The bound also covers collectives, so it
     # must exceed the longest stretch rank 0 works alone while the others wait at a barrier: the
-    # FFCV dataset write, the kNN monitor, the checkpoint write.
+    # FFCV dataset write, the checkpoint write.
     dist_timeout: float = option(
         600.0, "torchrun runs: seconds a rank waits to join the run, and at most for any collective", gt=0
     )

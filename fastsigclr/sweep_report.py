@@ -22,7 +22,7 @@ from fastsigclr.bench.plot import save_figure
 from fastsigclr.checkpoint import json_text, read_text, write_text_atomic
 from fastsigclr.config import FastSigCLRError, default_of, to_dict
 from fastsigclr.eval import EvalConfig
-from fastsigclr.runconfig import TrainConfig
+from fastsigclr.runconfig import TrainConfig, saved_config
 
 EVAL_FILE = "sweep-eval.json"  # in each run directory: the sweep's evaluation of that run
 STATUS = {
@@ -249,6 +249,15 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     save_figure(fig, path)
 
 
+def _config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A run's config.json ``config`` read in today's names (an old file's model filled from its
+    preset: ``saved_config``); as it is when it does not read."""
+    try:
+        return to_dict(saved_config(saved))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return saved
+
+
 def write_results(
     out: Path, head: dict[str, Any], runs: list[PlannedRun], failures: dict[int, str]
 ) -> dict[str, Any]:
@@ -259,7 +268,7 @@ def write_results(
         status = "failed" if run.index in failures and state != "done" else STATUS[state]
         saved = _run_file(run.run_dir, "config.json")
         found = saved.get("config") if saved else None  # a foreign config.json: the trainer refuses it
-        config = found if isinstance(found, dict) else to_dict(run.train_config.resolved())
+        config = _config(found) if isinstance(found, dict) else to_dict(run.train_config.resolved())
         entry = {"index": run.index, "setting": run.setting, "seed": run.seed, "run_dir": str(run.run_dir)}
         entry.update(status=status, config=config, **collect_run(run.run_dir))
         if status == "failed":

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from fastsigclr import distributed, divergence, preempt, rundir
+from fastsigclr import distributed, divergence, preempt, recipe, rundir
 from fastsigclr.config import FastSigCLRError, to_dict
 from fastsigclr.data.broken import over_limit
 from fastsigclr.determinism import deterministic_torch
@@ -76,7 +76,7 @@ def _train(
 ) -> dict[str, Any]:
     plans = saved_plans(run.path) if run.state is not None else {}  # a resumed run's recorded ones
     setup = build(run.cfg, ctx, plans=plans)
-    distributed.check_same_data(ctx, setup.data_identity)  # every rank, before resume checks its own
+    recipe.check_rank_data(setup, ctx)  # every rank, before resume checks its own
     start_epoch, step, position = resume(setup, run.state, str(run.path / rundir.CHECKPOINT))
     parts = step_parts(setup, ctx)
     record = {**run_record(ctx.device, command), "world_size": ctx.world_size}

@@ -95,20 +95,24 @@ def test_knn_monitor_and_eval_give_the_same_accuracy_streamed(tmp_path, monkeypa
     assert streams == ["folder test", "folder train", "folder test"]
 
 
-def _backbone() -> torch.nn.Module:
+class _Pools(torch.nn.Module):
     """Features that depend on each image alone, exactly: 4×4 average pools of its channels."""
-    return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten())
+
+    out_dim = 48
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
 
 
 def _monitor(data, ctx) -> float:
-    return monitor_accuracy(_backbone(), data, ctx, data.info.num_classes, k=5, temperature=0.1)
+    return monitor_accuracy(_Pools(), data, ctx, data.info.num_classes, k=5, temperature=0.1)
 
 
-def _monitor_worker(rank: int, world: int, tmp: str, keep_bytes: int | None, max_broken: float) -> None:
+def _monitor_worker(rank: int, world: int, tmp: str, keep_bytes: int | None, options: dict) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{tmp}/init", rank=rank, world_size=world)
     try:
-        data = _data(Path(tmp) / "data", max_broken=max_broken)
+        data = _data(Path(tmp) / "data", **options)
         data.keep_bytes = keep_bytes
         ctx = Context(rank=rank, world_size=world)
         try:
@@ -122,6 +126,22 @@ def _monitor_worker(rank: int, world: int, tmp: str, keep_bytes: int | None, max
         dist.destroy_process_group()
 
 
+def _ranks(tmp_path, keep_bytes, **options) -> list[dict]:
+    mp.spawn(_monitor_worker, args=(2, str(tmp_path), keep_bytes, options), nprocs=2)
+    (tmp_path / "init").unlink(missing_ok=True)
+    return [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+
+
+def _cut(data_dir, names=("bird", "cat"), first=1):
+    """Cut the first ``first`` files of each class in ``names`` of val/ a few bytes into their scan:
+    their headers read, their decoding fails."""
+    cut = [path for name in names for path in sorted((data_dir / "val" / name).iterdir())[:first]]
+    for path in cut:
+        data = path.read_bytes()
+        path.write_bytes(data[: data.index(b"\xff\xda") + 40])  # SOS, the scan's start
+    return cut
+
+
 @pytest.mark.parametrize("keep_bytes", [None, 0], ids=["kept", "streamed"])
 def test_the_ranks_share_the_knn_monitor(tmp_path, keep_bytes):
     """Under torchrun every rank embeds its share of both splits (kept after the first pass when the
@@ -129,22 +149,91 @@ def test_the_ranks_share_the_knn_monitor(tmp_path, keep_bytes):
     process's. A cut file in each rank's share of the test split is left out within --max-broken;
     two together are over a limit that one alone is under, and then every rank stops."""
     data_dir = write_cifar_folder(tmp_path / "data", per_class=4, val_per_class=2, classes=5)
-    cut = [sorted((data_dir / "val" / name).iterdir())[0] for name in ("bird", "cat")]
-    for path in cut:  # ids 4 and 6 of the 10 test images: one in each rank's share
-        path.write_bytes(path.read_bytes()[:-300])
+    cut = _cut(data_dir)  # ids 4 and 6 of the 10 test images: one in each rank's share
     alone = _data(data_dir, max_broken=0.2)
     alone.keep_bytes = keep_bytes
     want = _monitor(alone, Context())
     assert [alone.index("test").source(i) for i in (4, 6)] == [str(path) for path in cut]
-    for max_broken in (0.2, 0.15):
-        mp.spawn(_monitor_worker, args=(2, str(tmp_path), keep_bytes, max_broken), nprocs=2)
-        results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
-        (tmp_path / "init").unlink(missing_ok=True)
-        if max_broken == 0.15:
-            assert all("2 of 10 images (20.0%) cannot be decoded" in r.get("error", "") for r in results)
-            continue
-        for rank, result in enumerate(results):
-            assert result["accuracy"] == [want, want], (rank, result, want)
-            assert result["left_out"] == [4, 6]
-            shares = [f"{split} {rank}" for split in ("test", "train")]
-            assert result["kept"] == (shares if keep_bytes is None else [])
+    results = _ranks(tmp_path, keep_bytes, max_broken=0.15)
+    assert all("2 of 10 images (20.0%) cannot be decoded" in r.get("error", "") for r in results)
+    for rank, result in enumerate(_ranks(tmp_path, keep_bytes, max_broken=0.2)):
+        assert result["accuracy"] == [want, want], (rank, result, want)
+        assert result["left_out"] == [4, 6]
+        shares = [f"{split} {rank}" for split in ("test", "train")]
+        assert result["kept"] == (shares if keep_bytes is None else [])
+
+
+@pytest.mark.parametrize("case", ["one test image", "a share all broken"])
+def test_a_rank_whose_share_is_empty_still_votes(tmp_path, case):
+    """One test image on 2 ranks leaves rank 0 none; cut files filling rank 1's share leave it
+    none on the second pass (known broken, not read again). Its features are (0, F), it takes
+    the ranks' collectives like the others, and both get one process's accuracy."""
+    data_dir = write_cifar_folder(tmp_path / "data", per_class=4, val_per_class=2, classes=5)
+    if case == "one test image":
+        options = {"limit_test": 1}
+    else:
+        _cut(data_dir, ("bird", "cat", "deer"), first=2)  # ids 4-9: rank 1's share is [5, 10)
+        options = {"max_broken": 0.6}
+    alone = _data(data_dir, **options)
+    alone.keep_bytes = 0
+    want = _monitor(alone, Context())
+    for rank, result in enumerate(_ranks(tmp_path, 0, **options)):
+        assert result["accuracy"] == [want, want], (rank, result, want)
+
+
+def test_a_share_of_one_size_is_stored_at_the_splits_size(tmp_path):
+    """A rank's share of a mixed-size split may hold one size alone: it is still resized and cropped
+    to --store-size, as the whole split is (it was kept at its own size)."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for name, size in (("a", (40, 40)), ("b", (50, 30))):
+            folder = tmp_path / "data" / split / name
+            folder.mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", size, (60 * i, 20, 200 - 40 * i)).save(folder / f"{i}.png")
+    whole = _data(tmp_path / "data", store_size=24, image_size=20)
+    want = whole.arrays("test")
+    for keep_bytes in (None, 0):
+        shares = _data(tmp_path / "data", store_size=24, image_size=20)
+        shares.keep_bytes = keep_bytes
+        for _ in range(2):  # the first pass decodes (and keeps), the second reads what was kept
+            got = _joined(b for rank in range(2) for b in shares.part_batches("test", rank, 2, batch=3))
+            assert got[0].shape == (8, 24, 24, 3) and np.array_equal(got[0], want[0]), keep_bytes
+            assert np.array_equal(got[1], want[1])
+
+
+def _identity_worker(rank: int, world: int, tmp: str) -> None:
+    from types import SimpleNamespace
+
+    from fastsigclr.config import FastSigCLRError
+    from fastsigclr.recipe import check_rank_data
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/init", rank=rank, world_size=world)
+    try:
+        data = _data(Path(tmp) / f"node{rank}")
+        setup = SimpleNamespace(data=data, data_identity=data.pretrain.identity())
+        try:
+            check_rank_data(setup, Context(rank=rank, world_size=world))
+            message = None
+        except FastSigCLRError as err:
+            message = str(err)
+        (Path(tmp) / f"rank{rank}.json").write_text(json.dumps(message))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_whose_nodes_hold_other_test_images_do_not_start(tmp_path):
+    """Each rank embeds its share of the kNN monitor's splits, so a node without val/ (or with other
+    images there) would take other collectives or embed the wrong share: every rank refuses at the
+    start, with one line, as for other pre-training images."""
+    import shutil
+
+    write_cifar_folder(tmp_path / "node0", per_class=2, val_per_class=2, classes=5)
+    shutil.copytree(tmp_path / "node0", tmp_path / "node1")
+    shutil.rmtree(tmp_path / "node1" / "val")
+    mp.spawn(_identity_worker, args=(2, str(tmp_path)), nprocs=2)
+    said = {json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)}
+    assert len(said) == 1 and (message := said.pop()) is not None
+    assert message.startswith("the 2 ranks read different test images (the kNN monitor's), so none starts: ")
+    assert "10 images (digest" in message and "on rank 0, none on rank 1" in message

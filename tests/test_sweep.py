@@ -281,3 +281,13 @@ def test_the_same_data_folder_named_another_way_is_the_same_budget(tmp_path, mon
     (out / "sweep.json").write_text(json.dumps({"data_dir": "data"}))
     with pytest.raises(Exception, match="another budget: --data-dir was 'data', now '.*other'; use"):
         _check_budget(build(SweepConfig, {"out": str(out), "data_dir": "other"}))
+
+
+def test_an_old_runs_config_is_reported_with_its_presets_model():
+    """config.json files written before configs were resolved hold no arch or proj_dims: the
+    report reads them with the preset's (results.md joined proj_dims, and raised on None)."""
+    from fastsigclr.sweep_report import _config
+
+    config = _config({"dataset": "tinyimagenet", "arch": None, "proj_dims": None, "width": 8})
+    assert (config["arch"], list(config["proj_dims"]), config["width"]) == ("resnet50", [4096, 4096, 128], 8)
+    assert _config({"dataset": 3}) == {"dataset": 3}  # one that does not read stays as it is

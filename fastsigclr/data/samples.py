@@ -82,7 +82,13 @@ def image_size(path: Path) -> tuple[int, int]:
 
 
 def workers() -> int:
-    return max(1, min(16, os.cpu_count() or 1))
+    """Decoding threads: the CPUs, at most 16, shared by the processes torchrun starts on this node
+    (LOCAL_WORLD_SIZE), which decode their shares at once (8 ranks took 16 threads each)."""
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    return max(1, min(16, (os.cpu_count() or 1) // local))
 
 
 class SampleIndex:
@@ -252,16 +258,24 @@ class SampleIndex:
         return rgb if rgb.shape == (h, w, 3) else f"is {rgb.shape[1]}×{rgb.shape[0]}, expected {w}×{h}"
 
     def stream(
-        self, size: int | None, *, batch: int, skip: Collection[int] = (), progress: bool = False
+        self,
+        size: int | None,
+        *,
+        batch: int,
+        skip: Collection[int] = (),
+        progress: bool = False,
+        ids: range | None = None,
     ) -> Iterator[tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]]:
-        """The split decoded a batch at a time, in order, as ``in_memory(size)`` would store it but
-        never all at once: (uint8 (n, H, W, 3), their labels, the (id, reason) of the batch's
-        samples that did not decode, left out). Ids in ``skip`` are left out unread."""
+        """The split (or its samples ``ids``) decoded a batch at a time, in order, as
+        ``in_memory(size)`` would store them but never all at once: (uint8 (n, H, W, 3), their
+        labels, the (id, reason) of the batch's samples that did not decode, left out). Ids in
+        ``skip`` are left out unread. The storage size is the split's: a run of ``ids`` that
+        happens to hold one size is stored at ``size`` as the rest."""
         same = self.uniform_size
         if same is None and size is None:
             raise ValueError("images of different sizes need a storage size")
         hw, skip = same or (size, size), set(skip)
-        wanted = [i for i in range(len(self)) if i not in skip]
+        wanted = [i for i in (range(len(self)) if ids is None else ids) if i not in skip]
         bar = tqdm(total=len(wanted), desc=f"decode {self.name}", unit="img", disable=not progress)
         batches = [wanted[start : start + batch] for start in range(0, len(wanted), batch)]
         with ThreadPoolExecutor(max_workers=workers()) as pool, bar:

@@ -5,6 +5,7 @@ applied, and the class count of a folder resolved."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ class DataSplits:
     _arrays: dict = field(default_factory=dict, repr=False)
     _left_out: dict = field(default_factory=dict, repr=False)  # split → ids a stream found broken
     _kept: dict = field(default_factory=dict, repr=False)  # split → kept (True) or streamed
-    _parts: dict = field(default_factory=dict, repr=False)  # (split, rank, ranks) → its SampleIndex
+    _checked: dict = field(default_factory=dict, repr=False)  # split → ids the ranks' union checked
 
     @property
     def has_knn(self) -> bool:
@@ -94,9 +95,10 @@ class DataSplits:
             report_broken(index.name, listed, total, self.max_broken, already)
 
     def part_range(self, split: str, rank: int, ranks: int) -> tuple[int, int]:
-        """The ids [lo, hi) of ``rank``'s share of a split: ``ranks`` contiguous shares, in order,
-        their sizes at most one apart."""
-        n = len(self.index(split))
+        """The rows [lo, hi) of ``rank``'s share of a split: ``ranks`` contiguous shares, in order,
+        their sizes at most one apart, of the split's ids (of its array where one is kept, which
+        leaves out the files that did not decode)."""
+        n = len(self._arrays[split][1]) if split in self._arrays else len(self.index(split))
         return n * rank // ranks, n * (rank + 1) // ranks
 
     def part_batches(
@@ -124,19 +126,15 @@ class DataSplits:
     def _decode_part(
         self, split: str, key: tuple, lo: int, hi: int, batch: int, progress: bool
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        index = self.index(split)
-        part = self._parts.get(key)
-        if part is None:
-            part = self._parts[key] = index.subset(np.arange(lo, hi))
-        known = self._left_out.setdefault(split, set())
+        index, known = self.index(split), self.left_out(split)
         keep = self.kept(split)  # the whole split's decision: each rank keeps its share of it
-        hw = part.uniform_size or (self.store_size, self.store_size)
-        kept = np.empty((len(part), *hw, 3), np.uint8) if keep else None
-        labels_kept = np.empty(len(part), np.int64)
+        hw = index.uniform_size or (self.store_size, self.store_size)
+        kept = np.empty((hi - lo, *hw, 3), np.uint8) if keep else None
+        labels_kept = np.empty(hi - lo, np.int64)
         filled, found = 0, []
-        skip = {i - lo for i in known if lo <= i < hi}
-        for images, labels, broken in part.stream(self.store_size, batch=batch, skip=skip, progress=progress):
-            found += [(lo + i, why) for i, why in broken]
+        stream = index.stream(self.store_size, batch=batch, skip=known, progress=progress, ids=range(lo, hi))
+        for images, labels, broken in stream:
+            found += broken
             if kept is not None:
                 rows = slice(filled, filled + len(images))
                 kept[rows], labels_kept[rows], filled = images, labels, filled + len(images)
@@ -152,16 +150,21 @@ class DataSplits:
         """The ids of ``split`` this process found undecodable when it streamed it (a view)."""
         return self._left_out.setdefault(split, set())
 
-    def check_left_out(self, split: str, found: set[int]) -> None:
+    def check_left_out(self, split: str, found: set[int], *, announce: bool = False) -> None:
         """Adopt ``found``, the union of the ranks' ``left_out(split)``, and check it (with the
-        header pass's failures) against ``max_broken``: a DatasetError on every rank alike."""
+        header pass's failures) against ``max_broken``: a DatasetError on every rank alike. Within
+        the limit, ``announce`` says how many are skipped when the union has grown."""
         index = self.index(split)
         known = self.left_out(split)
         known.update(found)
+        count, total = len(known) + len(index.broken), len(index) + len(index.broken)
         first = index.source(min(known)) if known else None
-        total = len(index) + len(index.broken)
-        if error := over_limit(index.name, len(known) + len(index.broken), total, self.max_broken, first):
+        if error := over_limit(index.name, count, total, self.max_broken, first):
             raise error
+        if announce and len(known) > self._checked.get(split, 0):
+            print(f"{index.name}: skipped those {count} images (at most --max-broken {self.max_broken:g})",
+                  file=sys.stderr)  # fmt: skip
+        self._checked[split] = len(known)
 
     def arrays(self, split: str, *, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(uint8 (N, H, W, 3), labels) of "train" or "test", decoded once and kept."""
