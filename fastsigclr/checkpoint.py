@@ -14,6 +14,7 @@ import re
 import signal
 import threading
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -278,11 +279,19 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     if not path.is_file() and not path.is_symlink():
         raise FastSigCLRError(f"no checkpoint at {path}")
     with os.fdopen(open_nofollow(path), "rb") as f:
+        head = f.read(2)
+        f.seek(0)
         try:
-            state = torch.load(f, map_location=map_location, weights_only=True)
+            with warnings.catch_warnings():  # torch's note on a bare pickle's protocol: refused below
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                state = torch.load(f, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as err:
             if REFUSED.search(str(err)):  # torch's words for a callable or type off its allow-list
                 raise _refused(path, err) from err
+            if head[:1] == b"\x80" and head[1:2] in (b"\x04", b"\x05"):
+                # A bare pickle (fastsigclr writes torch's zip files) whose framing the safe loader
+                # does not read ("Unsupported operand 149"): what it holds was never looked at.
+                raise _refused(path, err, f"is a bare pickle of protocol {head[1]}") from err
             raise _unreadable(path, err) from err  # random bytes: "Unsupported operand 250"
         except Exception as err:  # unpickling arbitrary bytes can fail in many ways; all mean "unreadable"
             raise _unreadable(path, err) from err
@@ -290,20 +299,30 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     return state
 
 
-def _refused(path: Path, err: Exception) -> FastSigCLRError:
-    # torch's message is a paragraph; the line naming the refused type is the one to show.
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    reason = next((line for line in lines if REFUSED.search(line)), lines[-1])
+def _torch_reason(err: Exception) -> str:
+    """The reason in torch's refusal, without the paragraph around it (which advises loading the
+    file with weights_only=False, i.e. running whatever code a crafted file holds)."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line for line in lines if "weights_only" not in line and "torch.load" not in line] or [""]
+    return next((line for line in lines if REFUSED.search(line)), lines[0]).rstrip(".")
+
+
+def _refused(
+    path: Path, err: Exception, what: str = "holds more than tensors and plain values"
+) -> FastSigCLRError:
     return FastSigCLRError(
-        f"checkpoint {path} is refused: it holds more than tensors and plain values "
-        f"({reason.rstrip('.')}), which no checkpoint written by fastsigclr does; do not load it, "
-        f"train again with another --out"
+        f"checkpoint {path} is refused: it {what} ({_torch_reason(err)}), which no checkpoint "
+        f"written by fastsigclr does; do not load it, train again with another --out"
     )
 
 
 def _unreadable(path: Path, err: Exception) -> FastSigCLRError:
+    detail = ": ".join(filter(None, (type(err).__name__, _torch_reason(err))))
     return FastSigCLRError(
-        f"checkpoint {path} is unreadable ({type(err).__name__}: {' '.join(str(err).split())}); it is "
+        f"checkpoint {path} is unreadable ({detail}); it is "
         f"truncated or not a checkpoint: restore it, or train again with another --out"
     )
 

@@ -15,7 +15,7 @@ import torch
 
 from fastsigclr import checkpoint as ckpt
 from fastsigclr import distributed
-from fastsigclr.config import FastSigCLRError, to_dict
+from fastsigclr.config import ConfigError, FastSigCLRError, to_dict
 from fastsigclr.data import DATASETS, LOADERS, AugmentSpec, DatasetInfo, prepare
 from fastsigclr.data.base import LoaderSource
 from fastsigclr.data.datasets import data_folder
@@ -27,7 +27,7 @@ from fastsigclr.models import SSLModel
 from fastsigclr.models.resnet import memory_format
 from fastsigclr.models.sync_bn import convert_global_bn
 from fastsigclr.optim import build_optimizer, param_groups
-from fastsigclr.runconfig import RESTORE_CONFIG, TrainConfig, loss_params, read_config
+from fastsigclr.runconfig import RESTORE_CONFIG, TrainConfig, loss_params, read_config, uses_labels
 from fastsigclr.runfiles import CHECKPOINT, trained_checkpoint
 from fastsigclr.runinfo import available_memory_bytes, resolve_device
 
@@ -75,7 +75,9 @@ def check_step_memory(cfg: TrainConfig, device: torch.device, images: int, dtype
     killed by the OS mid-step with no message; the bound never refuses a step that would fit."""
     size = cfg.image_size or DATASETS[cfg.dataset].image_size
     with torch.device("meta"):
-        backbone = SSLModel(cfg.arch or "resnet18", cfg.width, (1,), False).backbone
+        # eval(): batch norm in training mode refuses the one-image trace where a stage is 1×1
+        # (--image-size 8), which a real batch trains through
+        backbone = SSLModel(cfg.arch or "resnet18", cfg.width, (1,), False).backbone.eval()
     largest = [0]
     hooks = [
         m.register_forward_hook(lambda _m, _i, out: largest.append(max(largest.pop(), out.numel())))
@@ -132,6 +134,13 @@ def build(
     if data is None:
         data = load_data(dataclasses.replace(cfg, progress=cfg.progress and ctx.is_main), ctx.is_main)
     info = data.info
+    if uses_labels(cfg) and not data.pretrain.labelled:  # else labels of -1 reach the loss mid-step
+        given = "--use-labels" if cfg.use_labels else f"--method {cfg.method}"
+        raise ConfigError(
+            f"{given} contrasts images by their class labels, and the {len(data.pretrain)} {info.name} "
+            f"images it would pre-train on have none: pass --no-use-labels (each image its own class), "
+            f"or give labelled images (a folder's train/<class>/ folders)"
+        )
     identity = data.pretrain.identity()  # before a loader decodes it (and leaves out broken files)
     torch.manual_seed(cfg.seed)
     spec = AugmentSpec.simclr(cfg.image_size or info.image_size, info.mean, info.std, n_views=cfg.n_views)

@@ -111,6 +111,10 @@ def _no_checkpoint(path: Path, holds: str) -> FastSigCLRError:
     )
 
 
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
 def _saved_config(path: Path) -> TrainConfig:
     return read_config(path, f"cannot resume {path}", "restore it, or start a new run with another --out")
 
@@ -214,10 +218,17 @@ class RunDir:
             raise _no_checkpoint(self.path, holds)
         self.state = load_checkpoint(self.path)
         done, epochs = self.state["epoch"], self.cfg.epochs or 0
-        if done > epochs:
+        position = self.state.get("position")  # a mid-epoch checkpoint: inside epoch done + 1
+        if done > epochs or (position and done == epochs):
+            trained = _count(done, "epoch", "epochs") + (
+                f" and {_count(position['batch'], 'batch', 'batches')} of epoch {done + 1}"
+                if position
+                else ""
+            )
+            least = done + 1 if position else done
             raise FastSigCLRError(
-                f"{self.path} has already trained {done} epochs and --epochs {epochs} is fewer; pass "
-                f"--epochs {done} or more"
+                f"{self.path} has already trained {trained} and --epochs {epochs} is fewer; pass "
+                f"--epochs {least} or more"
             )
         summary = read_summary(self.path)
         if done == epochs and summary is not None and summary.get("epochs") == done:
@@ -228,7 +239,7 @@ class RunDir:
                 file=sys.stderr,
             )
         else:
-            step, position = self.state["step"], self.state.get("position")
+            step = self.state["step"]
             where = (
                 f"in epoch {done + 1} after batch {position['batch']}" if position else f"after epoch {done}"
             )

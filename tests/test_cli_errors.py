@@ -101,6 +101,19 @@ def test_an_image_size_whose_step_cannot_fit_is_refused_before_any_data(tmp_path
     assert not (tmp_path / "run").exists() and not (tmp_path / "none").exists()
 
 
+def test_the_step_memory_check_takes_the_smallest_image_size():
+    """--image-size 8 (its least) leaves ResNet's last stage 1×1: the check's one-image trace in
+    training mode raised from batch norm ("Expected more than 1 value per channel"), a traceback."""
+    import torch
+
+    from fastsigclr.recipe import check_step_memory
+    from fastsigclr.runconfig import TrainConfig
+
+    for arch in ("resnet18", "resnet50"):
+        cfg = TrainConfig(dataset="cifar10", image_size=8, arch=arch, width=8, batch_size=64, out="-")
+        check_step_memory(cfg, torch.device("cpu"), 64, torch.float32)
+
+
 def test_batch_larger_than_limit_train_names_both_numbers(tmp_path, capsys):
     """The first thing a CPU user tries: the preset batch (512) against --limit-train 128."""
     argv = [*TRAIN, "--data-dir", str(tmp_path), "--out", str(tmp_path / "run"), "--limit-train", "128"]
@@ -109,6 +122,16 @@ def test_batch_larger_than_limit_train_names_both_numbers(tmp_path, capsys):
     assert "pass --batch-size 128 or less" in err
     err = cli_error([*argv, "--batch-size", "4096"], capsys)
     assert "--batch-size 4096 is larger than the 128 images" in err and "preset" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_folder_data_dir_that_is_a_file_says_so(tmp_path, capsys):
+    (tmp_path / "images").write_text("not a folder")
+    argv = [*TRAIN, "--dataset", "folder", "--out", str(tmp_path / "run"), "--batch-size", "8"]
+    err = cli_error([*argv, "--data-dir", str(tmp_path / "images")], capsys)
+    assert f"{tmp_path / 'images'} is a file, not a folder: --dataset folder reads the images" in err, err
+    err = cli_error([*argv, "--data-dir", str(tmp_path / "none")], capsys)
+    assert f"{tmp_path / 'none'} does not exist: --dataset folder" in err, err
     assert not (tmp_path / "run").exists()
 
 

@@ -274,6 +274,25 @@ def test_nested_images_hidden_folders_and_empty_classes(tmp_path):
     assert "warning: 1 class folder(s) of train/ hold no images (dog)" in text
 
 
+@pytest.mark.parametrize("method", ["supcon", "tcl"])
+def test_a_method_that_uses_labels_on_unlabeled_images_is_one_line(tmp_path, capsys, method):
+    """SupCon and TCL contrast by class: on a flat folder their labels were -1 and the first step
+    raised in the loss (bincount), leaving a started run behind. Refused before the run starts."""
+    data = tmp_path / "flat"
+    data.mkdir()
+    for name, payload in odd_images().items():
+        (data / name).write_bytes(payload)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        main(folder_args(data, out, "--batch-size", "8", "--store-size", "36", "--method", method))
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--method {method} contrasts images by their class labels, and the 8 folder images" in err
+    assert "pass --no-use-labels" in err and "Traceback" not in err and not out.exists()
+    assert main(folder_args(data, out, "--batch-size", "8", "--store-size", "36", "--method", method,
+                            "--no-use-labels")) == 0  # fmt: skip
+
+
 def test_a_flat_folder_says_its_subfolders_are_not_read(tmp_path):
     payload = next(iter(odd_images().values()))
     (tmp_path / "more").mkdir()
@@ -337,3 +356,25 @@ def test_resume_on_changed_images_is_refused_and_on_the_same_ones_goes_on(tmp_pa
     moved = data.rename(tmp_path / "moved elsewhere")  # the same images in another folder resume
     assert main([*again, "--data-dir", str(moved)]) == 0
     assert summary(out)["epochs"] == 2 and summary(out)["train_images"] == 24
+
+
+@pytest.mark.parametrize("flat", [False, True], ids=["class folders", "flat"])
+def test_a_link_to_nothing_or_a_pipe_named_like_an_image_is_listed(tmp_path, capsys, flat):
+    """Names that are not regular files were skipped without a word (is_file() filtered them); now
+    they are listed with the files that do not read, and counted: a pipe without being opened
+    (Pillow would wait on it for ever)."""
+    import os
+
+    root = tmp_path / "data"
+    folder = root if flat else root / "train" / "cat"
+    folder.mkdir(parents=True)
+    for k, payload in enumerate(list(odd_images().values()) * 2):
+        (folder / f"{k}.png").write_bytes(payload)
+    (folder / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    os.mkfifo(folder / "pipe.jpg")
+    args = folder_args(root, tmp_path / "run", "--batch-size", "8", "--store-size", "36")
+    err = fails_with(args, capsys)
+    assert "2 of 18 images (11.1%) cannot be decoded" in err, err
+    assert main([*args, "--max-broken", "0.2"]) == 0
+    listed = capsys.readouterr().err
+    assert f"{folder / 'gone.jpg'}: " in listed and f"{folder / 'pipe.jpg'}: not a regular file" in listed

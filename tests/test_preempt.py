@@ -95,6 +95,14 @@ def test_killed_mid_epoch_resumes_exactly(uninterrupted, tmp_path, monkeypatch, 
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert (state["epoch"], state["step"], state["position"]["batch"]) == (1, 6, 2)
     monkeypatch.setattr(trainer, "train_step", step)
+    # Inside epoch 2, --epochs 1 is fewer than what it trained (it was declared complete, with
+    # a batch of epoch 2 in its weights and a summary of 1 epoch).
+    with pytest.raises(SystemExit):
+        main(args(data, out, "--checkpoint-every", "3", "--resume", "--epochs", "1"))
+    assert (
+        "has already trained 1 epoch and 2 batches of epoch 2 and --epochs 1 is fewer; pass --epochs 2 "
+        "or more" in capsys.readouterr().err
+    )
     assert main(args(data, out, "--checkpoint-every", "3", "--resume")) == 0
     assert "resuming" in capsys.readouterr().err
     assert_same_run(whole, out)

@@ -89,6 +89,24 @@ def test_a_checkpoint_that_would_run_code_is_refused(command, run, tmp_path, cap
     assert not marker.exists(), "unpickling the checkpoint ran its code"
 
 
+def test_a_bare_pickle_or_random_bytes_are_named_without_torchs_advice(run, tmp_path, capsys):
+    """A crafted protocol-4 pickle (not torch's zip file) failed in the safe loader's framing and
+    was called truncated, with torch's paragraph advising weights_only=False, the one thing that
+    would run its code (and torch's warning on the protocol before it)."""
+    import pickle
+
+    data, run_dir = run
+    marker = tmp_path / "the-code-ran"
+    last = run_dir / "checkpoints" / "last.pt"
+    last.write_bytes(pickle.dumps({"model": _RunsCode(marker)}, protocol=4))
+    err = one_line_error(capsys, commands(data, run_dir, tmp_path)["eval"])
+    assert "last.pt is refused: it is a bare pickle of protocol 4 (Unsupported operand" in err, err
+    assert "weights_only" not in err and not marker.exists()
+    last.write_bytes(bytes(range(256)) * 3)
+    err = one_line_error(capsys, commands(data, run_dir, tmp_path)["eval"])
+    assert "last.pt is unreadable (UnpicklingError: " in err and "weights_only" not in err, err
+
+
 def snapshot(target: Path) -> dict[str, tuple[bytes, int]]:
     files = [target] if target.is_file() else sorted(p for p in target.rglob("*") if p.is_file())
     return {str(p.relative_to(target.parent)): (p.read_bytes(), os.stat(p).st_mtime_ns) for p in files}

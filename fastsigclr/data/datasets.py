@@ -169,8 +169,9 @@ def prepare(
     if folder.is_dir():
         return folder
     if not info.downloadable:
+        state = "is a file, not a folder" if folder.exists() else "does not exist"
         raise DatasetError(
-            f"{folder} does not exist: --dataset {info.name} reads the images you provide; pass "
+            f"{folder} {state}: --dataset {info.name} reads the images you provide; pass "
             f"--data-dir DIR with DIR/train/<class>/ (and optionally DIR/val/<class>/)"
         )
     archive = data_dir / info.archive

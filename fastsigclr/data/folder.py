@@ -33,13 +33,14 @@ def _images_in(folder: Path, nested: bool = False) -> tuple[list[Path], list[Pat
             dirs[:] = [d for d in dirs if not d.startswith(".")]
             entries += [Path(root) / n for n in names if not n.startswith(".")]
         try:  # a folder that can be listed but not entered (no x permission) fails here
-            entries = sorted(p for p in entries if p.is_file())
+            entries = sorted(p for p in entries if not p.is_dir())  # a link to nothing is listed
         except OSError as err:  # named by its folder, the one to fix
             err.filename = str(Path(err.filename).parent) if err.filename else str(folder)
             _unreadable(err)
         images = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
         return images, [p for p in entries if p.suffix.lower() not in IMAGE_SUFFIXES]
-    entries = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
+    # Not is_file(): a link to nothing named like an image is listed as one that does not read.
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and not p.is_dir())
     images = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
     return images, [p for p in entries if p.suffix.lower() not in IMAGE_SUFFIXES]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import sys
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -70,9 +71,12 @@ def to_rgb(im) -> np.ndarray:
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) from the file's header, without decoding it."""
+    """(height, width) from the file's header, without decoding it. A name that is not a regular
+    file (a link to nothing: FileNotFoundError; a pipe, which Pillow would wait on) is refused."""
     from PIL import Image, UnidentifiedImageError
 
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ValueError("not a regular file (a pipe, socket or device)")
     try:
         with Image.open(path) as im:
             w, h = im.size
