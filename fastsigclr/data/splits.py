@@ -129,18 +129,17 @@ class DataSplits:
         index, known = self.index(split), self.left_out(split)
         keep = self.kept(split)  # the whole split's decision: each rank keeps its share of it
         hw = index.uniform_size or (self.store_size, self.store_size)
-        kept = np.empty((hi - lo, *hw, 3), np.uint8) if keep else None
-        labels_kept = np.empty(hi - lo, np.int64)
+        kept = (np.empty((hi - lo, *hw, 3), np.uint8), np.empty(hi - lo, np.int64)) if keep else None
         filled, found = 0, []
         stream = index.stream(self.store_size, batch=batch, skip=known, progress=progress, ids=range(lo, hi))
         for images, labels, broken in stream:
             found += broken
             if kept is not None:
                 rows = slice(filled, filled + len(images))
-                kept[rows], labels_kept[rows], filled = images, labels, filled + len(images)
+                kept[0][rows], kept[1][rows], filled = images, labels, filled + len(images)
             yield images, labels
         if kept is not None:  # a pass that stopped early keeps nothing
-            self._arrays[key] = kept[:filled], labels_kept[:filled]
+            self._arrays[key] = kept[0][:filled], kept[1][:filled]
         if found:
             known.update(i for i, _ in found)
             listed = [(index.source(i), why) for i, why in found]
