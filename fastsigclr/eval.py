@@ -22,7 +22,7 @@ from fastsigclr.data.datasets import data_dir_option
 from fastsigclr.data.gpu_loader import normalized
 from fastsigclr.data.splits import DataSplits
 from fastsigclr.distributed import Context
-from fastsigclr.knn import knn_accuracy, knn_accuracy_ranks
+from fastsigclr.knn import knn_accuracy
 from fastsigclr.optim import sgd_decay_limit
 from fastsigclr.recipe import load_run_model
 from fastsigclr.runconfig import TrainConfig
@@ -220,7 +220,7 @@ def monitor_accuracy(
     """The kNN monitor's accuracy: the test split's features voted on by the train split's. Under
     torchrun every rank reads and embeds its share of both splits (``DataSplits.part_batches``),
     the ranks check the files none of them could decode against --max-broken together, and they
-    share the vote (``knn_accuracy_ranks``): every rank returns the same accuracy. A bar shows a
+    share the vote (``knn_accuracy``): every rank returns the same accuracy. A bar shows a
     split's decoding (rank 0's share) when it streams."""
     part, features = (ctx.rank, ctx.world_size), []
     for split in ("train", "test"):
@@ -229,7 +229,7 @@ def monitor_accuracy(
                                   progress=bar, desc=f"kNN {split}", part=part)  # fmt: skip
         if ctx.distributed:
             data.check_left_out(split, distributed.union(ctx, data.left_out(split)), announce=ctx.is_main)
-    return knn_accuracy_ranks(ctx, *features, num_classes, k=k, temperature=temperature)
+    return knn_accuracy(*features, num_classes, k=k, temperature=temperature, ctx=ctx)
 
 
 def split_features(

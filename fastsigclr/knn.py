@@ -1,7 +1,7 @@
 """The weighted kNN vote: each of the k most cosine-similar training features votes for its class
-with weight exp(similarity / temperature). ``knn_accuracy`` holds the whole bank in one process;
-``knn_accuracy_ranks`` lets torchrun's ranks each hold a share of it and gives every rank the same
-accuracy, the one the whole bank gives (up to ties between equal similarities)."""
+with weight exp(similarity / temperature). ``knn_accuracy`` holds the whole bank in one process,
+or lets torchrun's ranks each hold a share of it and gives every rank the same accuracy, the one
+the whole bank gives (up to float rounding and ties between equal similarities)."""
 
 from __future__ import annotations
 
@@ -54,9 +54,14 @@ def knn_accuracy(
     k: int,
     temperature: float,
     chunk: int | None = None,
+    ctx: Context | None = None,
 ) -> float:
     """Top-1 accuracy of the weighted kNN vote of ``test_feats`` against the bank ``train_feats``.
-    Queries go ``chunk`` at a time (default: up to 1,024, and at most 2²⁸ similarities, 1 GiB)."""
+    Queries go ``chunk`` at a time (default: up to 1,024, and at most 2²⁸ similarities, 1 GiB).
+    With ``ctx`` of several ranks each rank passes its share of both (``_vote_over_ranks``)."""
+    if ctx is not None and ctx.distributed:
+        bank, queries = (train_feats, train_labels), (test_feats, test_labels)
+        return _vote_over_ranks(ctx, bank, queries, num_classes, k, temperature, chunk)
     bank, inv_norm = train_feats, _bank(train_feats)
     labels = train_labels.to(bank.device)
     k = min(k, len(bank))
@@ -69,35 +74,22 @@ def knn_accuracy(
     return correct / max(1, len(test_feats))
 
 
-@torch.no_grad()
-def knn_accuracy_ranks(
-    ctx: Context,
-    train_feats: torch.Tensor,
-    train_labels: torch.Tensor,
-    test_feats: torch.Tensor,
-    test_labels: torch.Tensor,
-    num_classes: int,
-    *,
-    k: int,
-    temperature: float,
-    chunk: int | None = None,
-) -> float:
+def _vote_over_ranks(
+    ctx: Context, bank: tuple[torch.Tensor, torch.Tensor], queries: tuple[torch.Tensor, torch.Tensor],
+    num_classes: int, k: int, temperature: float, chunk: int | None,
+) -> float:  # fmt: skip
     """``knn_accuracy`` of every rank's queries against every rank's share of the bank, on every
-    rank alike. The queries (the test split's features) are gathered to every rank; each rank finds the k
-    nearest in its share for each chunk of them, and the ranks' candidates (k per rank) are gathered
-    and merged: the k nearest of the whole bank. A bank share is then 1/K of the whole (1.3 GB per
-    rank for ImageNet's training features on 8 ranks, not 10.5 on one)."""
-    if not ctx.distributed:
-        return knn_accuracy(train_feats, train_labels, test_feats, test_labels, num_classes,
-                            k=k, temperature=temperature, chunk=chunk)  # fmt: skip
+    rank alike. The queries (the test split's features) are gathered to every rank; each rank
+    finds the k nearest in its share for each chunk of them, and the ranks' candidates (k per rank)
+    are gathered and merged: the k nearest of the whole bank. A bank share is then 1/K of the
+    whole (1.3 GB per rank for ImageNet's training features on 8 ranks, not 10.5 on one)."""
     device = ctx.device
-    queries = gather_uneven(ctx, test_feats.to(device))
-    query_labels = gather_uneven(ctx, test_labels.to(device))
-    sizes = gather_uneven(ctx, torch.tensor([len(train_feats)], device=device)).tolist()
+    feats, labels = bank[0].to(device), bank[1].to(device)
+    inv_norm, mine = _bank(feats), min(k, len(feats))
+    queries, query_labels = (gather_uneven(ctx, t.to(device)) for t in queries)
+    sizes = gather_uneven(ctx, torch.tensor([len(feats)], device=device)).tolist()
     k = min(k, sum(sizes))
     chunk = _chunk(max(sizes), chunk)  # the same on every rank: every rank takes each collective
-    bank, inv_norm = train_feats.to(device), _bank(train_feats.to(device))
-    labels, mine = train_labels.to(device), min(k, len(train_feats))
     correct = 0
     for start in range(0, len(queries), chunk):
         q = F.normalize(queries[start : start + chunk], dim=1)
@@ -105,7 +97,7 @@ def knn_accuracy_ranks(
         sim = torch.full((len(q), k), float("-inf"), device=device)
         lab = torch.zeros((len(q), k), dtype=labels.dtype, device=device)
         if mine:
-            sim[:, :mine], lab[:, :mine] = nearest(bank, inv_norm, labels, q, mine)
+            sim[:, :mine], lab[:, :mine] = nearest(feats, inv_norm, labels, q, mine)
         sims, labs = torch.cat(_all_gather(sim), 1), torch.cat(_all_gather(lab), 1)
         best, at = sims.topk(k, dim=1)
         predicted = vote(best, labs.gather(1, at), num_classes, temperature)

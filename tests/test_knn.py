@@ -38,7 +38,7 @@ def _vote_worker(rank: int, world: int, init_file: str, out_dir: str, shares: li
     import torch.distributed as dist
 
     from fastsigclr.distributed import Context
-    from fastsigclr.knn import gather_uneven, knn_accuracy_ranks
+    from fastsigclr.knn import gather_uneven
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -49,7 +49,7 @@ def _vote_worker(rank: int, world: int, init_file: str, out_dir: str, shares: li
         ctx = Context(rank=rank, world_size=world)
         mine = bank[lo:hi], bank_labels[lo:hi], queries[q_lo:q_hi], labels[q_lo:q_hi]
         got = {
-            (k, temperature): knn_accuracy_ranks(ctx, *mine, 10, k=k, temperature=temperature, chunk=64)
+            (k, temperature): knn_accuracy(*mine, 10, k=k, temperature=temperature, chunk=64, ctx=ctx)
             for k in (1, 20)
             for temperature in (0.07, 0.002)
         }
