@@ -258,7 +258,12 @@ class DaliLoader(LoaderBase):
             )
             images, labels = outs[0], outs[1]
             if jpeg:
-                images = fn.decoders.image(images, device="mixed" if gpu else "cpu", output_type=types.RGB)
+                # adjust_orientation=False: the pixels as stored, as Pillow (every other loader, kNN,
+                # eval) and the header sizes the crop boxes come from see them; DALI's default turns
+                # an EXIF-rotated photo (a phone's) and a non-square one was then read out of bounds
+                images = fn.decoders.image(
+                    images, device="mixed" if gpu else "cpu", output_type=types.RGB, adjust_orientation=False
+                )
             elif gpu:
                 images = images.gpu()
             views = []
