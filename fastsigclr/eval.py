@@ -24,10 +24,10 @@ from fastsigclr.data.splits import DataSplits
 from fastsigclr.distributed import Context
 from fastsigclr.knn import knn_accuracy
 from fastsigclr.optim import sgd_decay_limit
-from fastsigclr.recipe import load_run_model
 from fastsigclr.runconfig import TrainConfig
 from fastsigclr.runfiles import check_run_dir
 from fastsigclr.runinfo import device_option
+from fastsigclr.runmodel import load_run_model
 
 PROBE_MOMENTUM = 0.9  # the linear probe's SGD
 FEATURE_BATCH = 512  # images per forward pass when features are extracted

@@ -25,11 +25,12 @@ from fastsigclr.data import DATASETS
 from fastsigclr.data.datasets import data_dir_option
 from fastsigclr.eval import split_features
 from fastsigclr.models import ResNet, SSLModel, projector
-from fastsigclr.recipe import load_run_model, load_weights
+from fastsigclr.recipe import load_weights
 from fastsigclr.runconfig import RESTORE_CONFIG, TrainConfig, read_config
 from fastsigclr.runfiles import CHECKPOINT, RUN_FILES, check_run_dir, trained_checkpoint
 from fastsigclr.runinfo import device_option
 from fastsigclr.runlock import LOCK
+from fastsigclr.runmodel import load_run_model
 
 FORMAT = "fastsigclr-encoder-v1"
 INSTALL_HINT = "pip install safetensors (a dependency of fastsigclr)"

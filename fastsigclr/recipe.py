@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +18,6 @@ from fastsigclr.config import ConfigError, FastSigCLRError, to_dict
 from fastsigclr.data import DATASETS, LOADERS, AugmentSpec, DatasetInfo, prepare
 from fastsigclr.data.base import LoaderSource
 from fastsigclr.data.datasets import data_folder
-from fastsigclr.data.folder import FolderReader
 from fastsigclr.data.samples import SampleIndex
 from fastsigclr.data.splits import DataSplits, open_splits
 from fastsigclr.losses import LossSpec
@@ -27,9 +25,8 @@ from fastsigclr.models import SSLModel
 from fastsigclr.models.resnet import memory_format
 from fastsigclr.models.sync_bn import convert_global_bn
 from fastsigclr.optim import build_optimizer, param_groups
-from fastsigclr.runconfig import RESTORE_CONFIG, TrainConfig, loss_params, read_config, uses_labels
-from fastsigclr.runfiles import CHECKPOINT, trained_checkpoint
-from fastsigclr.runinfo import available_memory_bytes, resolve_device
+from fastsigclr.runconfig import TrainConfig, loss_params, uses_labels
+from fastsigclr.runinfo import available_memory_bytes
 
 
 def load_data(cfg: TrainConfig, announce: bool = True) -> DataSplits:
@@ -285,6 +282,22 @@ def check_rank_data(setup: Setup, ctx: distributed.Context) -> None:
             distributed.check_same_data(ctx, identity, f"{split} images (the kNN monitor's)")
 
 
+def _check_position(setup: Setup, state: dict[str, Any]) -> None:
+    """A checkpoint inside an epoch resumes by skipping the epoch's first batches: with a loader
+    whose order depends on the rank count, only at the count that wrote it (another trains some
+    images of the epoch twice and leaves others out: 92 and 108 of 384, FFCV from 2 ranks to 1)."""
+    position, loader = state.get("position") or {}, setup.loader
+    ranks = position.get("world_size")
+    if not loader.order_by_ranks or ranks in (None, loader.world_size):
+        return
+    raise FastSigCLRError(
+        f"the checkpoint is inside epoch {state['epoch'] + 1} (after batch {position['batch']}), "
+        f"written by {ranks} ranks, and --loader {setup.cfg.loader} deals an epoch's images by the "
+        f"number of ranks: resume it on {ranks} ranks (torchrun --nproc_per_node, --nnodes); the "
+        f"count may change from a checkpoint between epochs"
+    )
+
+
 def resume(
     setup: Setup, state: dict[str, Any] | None, source: str = "the checkpoint"
 ) -> tuple[int, int, dict[str, Any] | None]:
@@ -295,6 +308,7 @@ def resume(
         return 0, 0, None
     _check_classes(setup, state)
     _check_data(setup, state)
+    _check_position(setup, state)
     for part in ("model", "criterion", "probe", "optimizer", "probe_optimizer"):
         load_weights(getattr(setup, part), state[part], source)
     ckpt.set_rng_state(state["rng"])
@@ -331,68 +345,3 @@ def loss_scalars(criterion: torch.nn.Module) -> dict[str, float]:
     """The loss's scalars for the logs, named apart: sigclr's logit_scale and logit_bias, the softmax
     losses' temperature."""
     return criterion.log_values()
-
-
-def _missing_split(name: str, where: Path, missing: list[str], labelled: bool) -> FastSigCLRError:
-    if not labelled:  # embed: only a test split can be missing (no val/ folder)
-        return FastSigCLRError(
-            f"{name} in {where} has no test images (no val/ folder): embed the images it was "
-            f"pre-trained on with --split train"
-        )
-    return FastSigCLRError(
-        f"{name} in {where} has no labelled {' and '.join(missing)} images (a flat folder, or "
-        f"no val/): eval needs DIR/train/<class>/ and DIR/val/<class>/, embed those of its --split"
-    )
-
-
-def load_run_model(
-    run_dir: Path,
-    device_name: str = "auto",
-    data_dir: str | None = None,
-    splits: tuple[str, ...] = ("train", "test"),
-    labelled: bool = True,
-) -> dict[str, Any]:
-    """A run's backbone (last checkpoint), its ``splits`` (read from ``data_dir`` when given,
-    else where the run read it: ``data.batches(sources[split])``) and settings, for evaluation;
-    ``labelled``: they must have labels (eval), else images without a class come with label -1
-    (embed)."""
-    overrides = {"data_dir": data_dir} if data_dir else {}
-    cfg = read_config(run_dir, f"cannot read the run {run_dir}", RESTORE_CONFIG, overrides)
-    info = DATASETS[cfg.dataset]
-    where = data_folder(cfg.data_dir)
-    if not ((where / info.folder).is_dir() or (info.archive and (where / info.archive).is_file())):
-        raise FastSigCLRError(
-            f"{info.name} is not in {where} ({'--data-dir' if data_dir else 'where the run read it'}): "
-            f"pass --data-dir DIR, the folder that now holds {info.folder}/ (or {info.archive})"
-        )
-    device = resolve_device(device_name)
-    state = trained_checkpoint(Path(run_dir))
-    if info.reader is FolderReader and "test" in splits and not FolderReader.has_test(where / info.folder):
-        raise _missing_split(info.name, where, ["test"], labelled)  # before train/'s headers are read
-    data = load_data(dataclasses.replace(cfg, download=False, progress=False), announce=False)
-    # Without labels (a flat folder), the train split is the images pre-training read.
-    source = {
-        name: "pretrain" if name == "train" and data.train is None and not labelled else name
-        for name in splits
-    }
-    missing = [
-        name
-        for name in splits
-        if (index := getattr(data, source[name])) is None or (labelled and not index.labelled)
-    ]
-    if missing:
-        raise _missing_split(data.info.name, where, missing, labelled)
-    info = data.info
-    model, _, _ = build_model(cfg, info, device)
-    load_weights(model, state["model"], str(Path(run_dir) / CHECKPOINT))
-    _, autocast_dtype = compute_dtypes(cfg, device)
-    return {
-        "backbone": model.backbone,
-        "info": info,
-        "data": data,  # DataSplits: data.batches(sources[name]) reads a split, held or streamed
-        "sources": source,
-        "device": device,
-        "trained": ckpt.trained(state),
-        "autocast": autocast_dtype,
-        "data_dir": str(where.absolute()),  # where the images were read: the run's, or --data-dir
-    }

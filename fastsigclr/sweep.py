@@ -33,10 +33,11 @@ from fastsigclr.config import (
     to_dict,
 )
 from fastsigclr.eval import EvalConfig, score, split_features
-from fastsigclr.recipe import compute_dtypes, load_run_model
+from fastsigclr.recipe import compute_dtypes
 from fastsigclr.runconfig import TrainConfig
 from fastsigclr.runinfo import resolve_device, run_record
 from fastsigclr.runlock import lock_dir
+from fastsigclr.runmodel import load_run_model
 from fastsigclr.sweep_report import (
     EVAL_FILE,
     PlannedRun,

@@ -275,6 +275,7 @@ class Epochs:
             "loss_sum": loss_sum.item(),
             "loss_steps": loss_steps,
             "probe_correct": probe_correct.item(),
+            "world_size": self.ctx.world_size,  # FFCV's order inside an epoch depends on it
         }
         self.run.save_checkpoint(state)
         self.interval.reset()

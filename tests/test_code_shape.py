@@ -33,7 +33,7 @@ FLOORS = {
     "determinism": 0,
     **dict.fromkeys(("kernels", "losses", "models", "data"), 1),
     **dict.fromkeys(("cluster", "distributed", "runconfig"), 2),
-    **dict.fromkeys(("recipe", "eval", "knn", "rundir", "runfiles", "runlock"), 3),
+    **dict.fromkeys(("recipe", "runmodel", "eval", "knn", "rundir", "runfiles", "runlock"), 3),
     **dict.fromkeys(("train", "divergence", "export", "ccem"), 4),
     **dict.fromkeys(("sweep", "sweep_report", "bench"), 5),
     **dict.fromkeys(("cli", "cli_args", "entry", "__main__"), 6),

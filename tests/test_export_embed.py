@@ -17,7 +17,7 @@ from fastsigclr.cli import main
 from fastsigclr.config import FastSigCLRError
 from fastsigclr.eval import extract_features
 from fastsigclr.export import labels_path, load_backbone, load_projector, read_metadata
-from fastsigclr.recipe import load_run_model
+from fastsigclr.runmodel import load_run_model
 
 
 @pytest.fixture(scope="module")

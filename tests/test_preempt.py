@@ -94,6 +94,7 @@ def test_killed_mid_epoch_resumes_exactly(uninterrupted, tmp_path, monkeypatch, 
         main(args(data, out, "--checkpoint-every", "3"))
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert (state["epoch"], state["step"], state["position"]["batch"]) == (1, 6, 2)
+    assert state["position"]["world_size"] == 1  # FFCV's order inside an epoch depends on it
     monkeypatch.setattr(trainer, "train_step", step)
     # Inside epoch 2, --epochs 1 is fewer than what it trained (it was declared complete, with
     # a batch of epoch 2 in its weights and a summary of 1 epoch).
@@ -171,3 +172,35 @@ def test_a_handler_set_outside_python_gives_way_to_the_default(monkeypatch):
         monkeypatch.undo()
         for s, handler in before.items():
             signal.signal(s, handler)
+
+
+def test_a_loader_whose_order_depends_on_the_ranks_resumes_inside_an_epoch_only_at_that_count():
+    """FFCV deals an epoch by the rank count (one rank: a permutation of seed + epoch; several:
+    DistributedSampler's): a checkpoint inside an epoch written by 2 ranks and resumed by 1 skipped
+    the wrong batches, training 92 of 384 images twice and 108 not at all. Refused; between epochs,
+    or with the other loaders (whose order is the same at any count), it goes on."""
+    from types import SimpleNamespace
+
+    from fastsigclr.config import FastSigCLRError
+    from fastsigclr.data.dali_loader import DaliLoader
+    from fastsigclr.data.ffcv_loader import FfcvLoader
+    from fastsigclr.data.gpu_loader import GpuLoader
+    from fastsigclr.recipe import _check_position
+
+    assert FfcvLoader.order_by_ranks and not GpuLoader.order_by_ranks and not DaliLoader.order_by_ranks
+
+    def setup(order_by_ranks: bool):
+        loader = SimpleNamespace(order_by_ranks=order_by_ranks, world_size=1)
+        return SimpleNamespace(loader=loader, cfg=SimpleNamespace(loader="ffcv"))
+
+    inside = {"epoch": 3, "position": {"batch": 5, "world_size": 2}}
+    with pytest.raises(
+        FastSigCLRError,
+        match=r"inside epoch 4 \(after batch 5\), written by 2 ranks, and "
+        r"--loader ffcv deals an epoch's images by the number of ranks: resume it on 2 ranks",
+    ):
+        _check_position(setup(True), inside)
+    _check_position(setup(False), inside)  # gpu, dali: the same order at any rank count
+    _check_position(setup(True), {"epoch": 3, "position": {"batch": 5, "world_size": 1}})
+    _check_position(setup(True), {"epoch": 3, "position": None})  # between epochs
+    _check_position(setup(True), {"epoch": 3, "position": {"batch": 5}})  # written before the count was

@@ -26,6 +26,10 @@ class LoaderBase:
     batch_size is the global batch; each of world_size ranks gets batch_size / world_size of it.
     """
 
+    # Whether an epoch's order depends on the number of ranks (FFCV's own distributed order): a
+    # checkpoint inside an epoch then resumes only at the rank count that wrote it.
+    order_by_ranks = False
+
     def __init__(
         self,
         images: np.ndarray | SampleIndex,

@@ -236,6 +236,8 @@ class FfcvLoader(LoaderBase):
     the contract). beton: the dataset written by ``write_beton`` (``fastsigclr data write-ffcv``);
     ``images`` and ``labels`` are only checked against it."""
 
+    order_by_ranks = True  # one rank: a permutation of seed + epoch; several: DistributedSampler's
+
     def __init__(
         self,
         images: np.ndarray | SampleIndex,

@@ -1,0 +1,84 @@
+"""A trained run read back for evaluation: its backbone from the last checkpoint, its splits
+from where it read them (or --data-dir), and its settings; what ``eval``, ``embed``, ``export``
+and a sweep's evaluation take."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from fastsigclr import checkpoint as ckpt
+from fastsigclr.config import FastSigCLRError
+from fastsigclr.data import DATASETS
+from fastsigclr.data.datasets import data_folder
+from fastsigclr.data.folder import FolderReader
+from fastsigclr.recipe import build_model, compute_dtypes, load_data, load_weights
+from fastsigclr.runconfig import RESTORE_CONFIG, read_config
+from fastsigclr.runfiles import CHECKPOINT, trained_checkpoint
+from fastsigclr.runinfo import resolve_device
+
+
+def _missing_split(name: str, where: Path, missing: list[str], labelled: bool) -> FastSigCLRError:
+    if not labelled:  # embed: only a test split can be missing (no val/ folder)
+        return FastSigCLRError(
+            f"{name} in {where} has no test images (no val/ folder): embed the images it was "
+            f"pre-trained on with --split train"
+        )
+    return FastSigCLRError(
+        f"{name} in {where} has no labelled {' and '.join(missing)} images (a flat folder, or "
+        f"no val/): eval needs DIR/train/<class>/ and DIR/val/<class>/, embed those of its --split"
+    )
+
+
+def load_run_model(
+    run_dir: Path,
+    device_name: str = "auto",
+    data_dir: str | None = None,
+    splits: tuple[str, ...] = ("train", "test"),
+    labelled: bool = True,
+) -> dict[str, Any]:
+    """A run's backbone (last checkpoint), its ``splits`` (read from ``data_dir`` when given,
+    else where the run read it: ``data.batches(sources[split])``) and settings, for evaluation;
+    ``labelled``: they must have labels (eval), else images without a class come with label -1
+    (embed)."""
+    overrides = {"data_dir": data_dir} if data_dir else {}
+    cfg = read_config(run_dir, f"cannot read the run {run_dir}", RESTORE_CONFIG, overrides)
+    info = DATASETS[cfg.dataset]
+    where = data_folder(cfg.data_dir)
+    if not ((where / info.folder).is_dir() or (info.archive and (where / info.archive).is_file())):
+        raise FastSigCLRError(
+            f"{info.name} is not in {where} ({'--data-dir' if data_dir else 'where the run read it'}): "
+            f"pass --data-dir DIR, the folder that now holds {info.folder}/ (or {info.archive})"
+        )
+    device = resolve_device(device_name)
+    state = trained_checkpoint(Path(run_dir))
+    if info.reader is FolderReader and "test" in splits and not FolderReader.has_test(where / info.folder):
+        raise _missing_split(info.name, where, ["test"], labelled)  # before train/'s headers are read
+    data = load_data(dataclasses.replace(cfg, download=False, progress=False), announce=False)
+    # Without labels (a flat folder), the train split is the images pre-training read.
+    source = {
+        name: "pretrain" if name == "train" and data.train is None and not labelled else name
+        for name in splits
+    }
+    missing = [
+        name
+        for name in splits
+        if (index := getattr(data, source[name])) is None or (labelled and not index.labelled)
+    ]
+    if missing:
+        raise _missing_split(data.info.name, where, missing, labelled)
+    info = data.info
+    model, _, _ = build_model(cfg, info, device)
+    load_weights(model, state["model"], str(Path(run_dir) / CHECKPOINT))
+    _, autocast_dtype = compute_dtypes(cfg, device)
+    return {
+        "backbone": model.backbone,
+        "info": info,
+        "data": data,  # DataSplits: data.batches(sources[name]) reads a split, held or streamed
+        "sources": source,
+        "device": device,
+        "trained": ckpt.trained(state),
+        "autocast": autocast_dtype,
+        "data_dir": str(where.absolute()),  # where the images were read: the run's, or --data-dir
+    }
