@@ -161,3 +161,28 @@ def test_a_folder_that_cannot_be_fsynced_after_the_renames_is_not_a_failed_write
         ckpt.write_atomic_files(_writes({tmp_path / "a.bin": b"new a", tmp_path / "b.bin": b"new b"}))
     assert not isinstance(err.value, ckpt.WriteError)
     assert _contents(tmp_path) == {"a.bin": b"new a", "b.bin": b"new b"}
+
+
+def test_each_writer_has_its_own_partial_file_and_dead_writers_leave_none(tmp_path):
+    """Two runs starting on a new dataset both wrote `.x.beton.partial`: one deleted the other's
+    file or wrote into it, and both could fail (one saying the folder was not writable). Now each
+    process writes `.x.beton.<pid>.partial`; one left by a process no longer running is removed
+    (a killed writer's, maybe gigabytes), a running one's is left alone."""
+    import os
+    import subprocess
+    import sys
+
+    from fastsigclr.checkpoint import own_partial
+
+    target = tmp_path / "x.beton"
+    mine = own_partial(target)
+    assert mine.name == f".x.beton.{os.getpid()}.partial"
+    ended = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                               text=True).stdout)  # fmt: skip
+    dead = tmp_path / f".x.beton.{ended}.partial"
+    alive = tmp_path / f".x.beton.{os.getppid()}.partial"
+    other = tmp_path / f".y.beton.{ended}.partial"
+    for path in (dead, alive, other):
+        path.write_bytes(b"partial")
+    assert own_partial(target) == mine
+    assert not dead.exists() and alive.exists() and other.exists()

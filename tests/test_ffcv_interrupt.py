@@ -48,11 +48,11 @@ def test_an_interrupted_ffcv_write_ends_and_cleans_up(tmp_path, to):
     """SIGINT to the writer alone, or to its process group as a terminal's Ctrl-C sends it (the
     workers end too, which the worker watch must not report as a failed worker)."""
     beton = tmp_path / "d.beton"
-    partial = tmp_path / ".d.beton.partial"
     before = _shared_memory()
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(beton)], stderr=subprocess.PIPE, text=True, start_new_session=True
     )
+    partial = tmp_path / f".d.beton.{child.pid}.partial"  # the writer's own temporary file
     try:
         deadline = time.monotonic() + 120  # importing FFCV compiles numba code first
         while not partial.exists() and child.poll() is None and time.monotonic() < deadline:

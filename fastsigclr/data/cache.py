@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastsigclr import checkpoint as ckpt
 from fastsigclr.data.info import DatasetError
 
 
@@ -65,14 +66,17 @@ def load(folder: Path, name: str, key: str) -> tuple[np.ndarray, np.ndarray] | N
 def save(folder: Path, name: str, key: str, images: np.ndarray, kept: np.ndarray) -> None:
     """Write atomically; a read-only data dir is a note, not an error (decoded again next time)."""
     images_path, meta_path = folder / f"{name}-images.npy", folder / f"{name}-meta.json"
+    temporaries: list[Path] = []
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = images_path.with_name(f".{images_path.name}.partial")
-        with open(tmp, "wb") as f:
+        # Each writer its own temporaries: two runs may cache the same split at once.
+        temporaries = [ckpt.own_partial(images_path), ckpt.own_partial(meta_path)]
+        with open(temporaries[0], "wb") as f:
             np.save(f, images)
-        os.replace(tmp, images_path)
-        tmp_meta = meta_path.with_name(f".{meta_path.name}.partial")
-        tmp_meta.write_text(json.dumps({"fingerprint": key, "kept": kept.tolist()}) + "\n")
-        os.replace(tmp_meta, meta_path)
+        os.replace(temporaries[0], images_path)
+        temporaries[1].write_text(json.dumps({"fingerprint": key, "kept": kept.tolist()}) + "\n")
+        os.replace(temporaries[1], meta_path)
     except OSError as err:
+        for tmp in temporaries:  # a full disk leaves no half-written cache behind
+            tmp.unlink(missing_ok=True)
         print(f"note: cannot cache the decoded images in {folder} ({err.strerror or err})", file=sys.stderr)

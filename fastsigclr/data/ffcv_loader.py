@@ -163,7 +163,7 @@ def write_beton(
         raise ValueError("images of mixed sizes need a store_size")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
+    tmp = ckpt.own_partial(path)  # another run may be writing the same .beton now
     image_field = fields.RGBImageField(write_mode="jpg" if jpeg else "raw", jpeg_quality=jpeg_quality)
     w = writer.DatasetWriter(
         str(tmp),
