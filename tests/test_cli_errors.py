@@ -135,6 +135,17 @@ def test_a_folder_data_dir_that_is_a_file_says_so(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_bench_augment_with_a_batch_past_its_images_is_one_line(tmp_path, capsys):
+    """Every epoch dropped its one partial batch, timed nothing, and the rates divided by zero."""
+    argv = ["bench", "augment", "--device", "cpu", "--reps", "1", "--plan-images", "100", "--sizes", "8"]
+    err = cli_error([*argv, "--images", "10", "--batch-size", "16", "--out", str(tmp_path / "b")], capsys)
+    assert (
+        "--batch-size 16 is larger than the 10 images of --images 10: pass --batch-size 10 or less, or "
+        "raise --images" in err
+    ), err
+    assert not (tmp_path / "b").exists()
+
+
 def write_json(path: Path, payload) -> Path:
     path.write_text(payload if isinstance(payload, str) else json.dumps(payload))
     return path

@@ -33,6 +33,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from fastsigclr.bench.common import write_json
 from fastsigclr.config import FastSigCLRError, check_fields, check_not_empty, option, to_dict
 from fastsigclr.data.loaders import LOADERS, loader_versions
+from fastsigclr.data.order import check_batch
 from fastsigclr.data.plan import AugmentPlan, AugmentSpec, Col, sample_params, seed_for
 from fastsigclr.data.samples import SampleIndex
 from fastsigclr.runinfo import device_option, resolve_device, run_record
@@ -235,13 +236,19 @@ class BenchAugmentConfig:
 
     def resolved(self, device: torch.device) -> BenchAugmentConfig:
         cuda = device.type == "cuda"
-        return dataclasses.replace(
+        resolved = dataclasses.replace(
             self,
             device=device.type,
             images=self.images or (50_000 if cuda else 1024),
             batch_size=self.batch_size or (512 if cuda else 128),
             workers=self.workers if self.workers is not None else min(8, os.cpu_count() or 1),
         )
+        # An epoch drops its last partial batch: a batch past the images timed nothing (and raised
+        # ZeroDivisionError on the rates).
+        given = "" if self.batch_size else " (the default here)"
+        check_batch(resolved.batch_size, resolved.images, f"images of --images {resolved.images}",
+                    "raise --images", given)  # fmt: skip
+        return resolved
 
 
 def synthetic_images(n: int, size: int, seed: int = 0) -> np.ndarray:
