@@ -32,9 +32,10 @@ from fastsigclr.config import (
     option_from,
     to_dict,
 )
+from fastsigclr.data.order import check_batch
 from fastsigclr.eval import EvalConfig, score, split_features
-from fastsigclr.recipe import compute_dtypes
-from fastsigclr.runconfig import TrainConfig
+from fastsigclr.recipe import compute_dtypes, load_data
+from fastsigclr.runconfig import TrainConfig, uses_labels
 from fastsigclr.runinfo import resolve_device, run_record
 from fastsigclr.runlock import lock_dir
 from fastsigclr.runmodel import load_run_model
@@ -169,6 +170,28 @@ def _whole_paths(budget: dict[str, Any]) -> dict[str, Any]:
     return {**budget, "data_dir": str(Path(value).expanduser().absolute())}
 
 
+def _check_data(runs: list[PlannedRun]) -> None:
+    """What the data must give every run, checked once before the first: the budget's limits and
+    batch (each run failed alone on them, and the sweep directory kept that budget), labelled
+    train and test images (each run trained in full, then failed at its evaluation), and labels to
+    pre-train on for a setting that uses them."""
+    first = runs[0].train_config.resolved()
+    data = load_data(dataclasses.replace(first, progress=False), announce=False)
+    check_batch(first.batch_size or 0, len(data.pretrain), "images to pre-train on", "use more images")
+    if not data.has_knn:
+        raise ConfigError(
+            f"a sweep scores each run by kNN and a linear probe on labelled train and test images, and "
+            f"{data.info.name} in {first.data_dir} has none (a flat folder, or no val/): give "
+            f"DIR/train/<class>/ and DIR/val/<class>/, or train single runs with `fastsigclr train`"
+        )
+    for run in runs:
+        if uses_labels(run.train_config) and not data.pretrain.labelled:
+            raise ConfigError(
+                f"the setting {run.setting} contrasts by class labels and the {data.info.name} images it "
+                f"would pre-train on have none: leave it out of --settings"
+            )
+
+
 def _check_budget(cfg: SweepConfig) -> None:
     """A sweep directory keeps one budget: its runs are only comparable at the same one."""
     path = Path(cfg.out) / "sweep.json"
@@ -270,6 +293,7 @@ def _sweep(
             },
         },
     }
+    _check_data(runs)  # before sweep.json pins a budget the data cannot give
     _check_budget(cfg)  # after every option is known to be valid: it writes the sweep's sweep.json
     earlier = finished_before(cfg, runs)
     if earlier:

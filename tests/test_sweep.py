@@ -291,3 +291,26 @@ def test_an_old_runs_config_is_reported_with_its_presets_model():
     config = _config({"dataset": "tinyimagenet", "arch": None, "proj_dims": None, "width": 8})
     assert (config["arch"], list(config["proj_dims"]), config["width"]) == ("resnet50", [4096, 4096, 128], 8)
     assert _config({"dataset": 3}) == {"dataset": 3}  # one that does not read stays as it is
+
+
+def test_what_the_data_cannot_give_fails_before_the_budget_is_kept(cifar10_dir, tmp_path, capsys):
+    """A limit past the split's images failed each run alone, and sweep.json had already pinned it
+    (the corrected command was refused as another budget); a folder without labelled val/ trained
+    every run in full before each failed at its evaluation. Both stop at once, nothing written."""
+    from folder_fixture import odd_images
+
+    out, too_many = tmp_path / "s", ["--limit-train", "60000"]
+    with pytest.raises(SystemExit):
+        main([*sweep_args(cifar10_dir, out, "--settings", "sigclr", "--seeds", "0"), *too_many])
+    assert "--limit-train 60000 is more than the 50000 train images" in capsys.readouterr().err
+    assert not (out / "sweep.json").exists() and not (out / "runs").exists()
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for k, payload in enumerate(list(odd_images().values()) * 2):
+        (flat / f"{k}.png").write_bytes(payload)
+    argv = ["sweep", "--dataset", "folder", "--data-dir", str(flat), "--out", str(out), "--device", "cpu"]
+    with pytest.raises(SystemExit):
+        main([*argv, "--batch-size", "8", "--settings", "sigclr", "--seeds", "0"])
+    err = capsys.readouterr().err
+    assert "a sweep scores each run by kNN and a linear probe on labelled train and test images" in err, err
+    assert not (out / "sweep.json").exists() and not (out / "runs").exists()
