@@ -35,7 +35,8 @@ from fastsigclr.config import (
 from fastsigclr.data.order import check_batch
 from fastsigclr.eval import EvalConfig, score, split_features
 from fastsigclr.recipe import compute_dtypes, load_data
-from fastsigclr.runconfig import TrainConfig, uses_labels
+from fastsigclr.runconfig import TrainConfig, read_config, uses_labels
+from fastsigclr.rundir import RESUMABLE
 from fastsigclr.runinfo import resolve_device, run_record
 from fastsigclr.runlock import lock_dir
 from fastsigclr.runmodel import load_run_model
@@ -231,6 +232,24 @@ def _evaluate(cfg: SweepConfig, run: PlannedRun) -> dict[str, Any]:
     return result
 
 
+def _check_finished(run: PlannedRun) -> None:
+    """A finished run in the sweep's folder must be the one the grid plans there (another put in
+    its place was evaluated and averaged with the rest): its settings, its epochs included."""
+    fix = f"move it out of {run.run_dir.parent} and run the sweep again"
+    saved = read_config(run.run_dir, f"cannot read the run {run.run_dir}", fix)
+    planned = run.train_config.resolved()
+    differ = [
+        f"{flag(name)} {getattr(saved, name)!r} (the sweep's: {getattr(planned, name)!r})"
+        for name in to_dict(planned)
+        if (name == "epochs" or name not in RESUMABLE) and getattr(saved, name) != getattr(planned, name)
+    ]
+    if differ:
+        raise FastSigCLRError(
+            f"{run.run_dir} holds a finished run with other settings than the sweep's {run.setting} seed "
+            f"{run.seed}: {'; '.join(differ)}; {fix}"
+        )
+
+
 def _execute(cfg: SweepConfig, run: PlannedRun, state: str, command: list[str] | None) -> str:
     """Train (fresh, resumed or restarted) and evaluate one run; returns what was done. A run
     folder without a checkpoint ("started") is left to the trainer, under the run's lock: it
@@ -242,6 +261,8 @@ def _execute(cfg: SweepConfig, run: PlannedRun, state: str, command: list[str] |
             command=command,
             again="the same sweep command continues it (and the runs after it)",
         )
+    else:  # a resumed run is checked by the trainer; a finished one is only evaluated
+        _check_finished(run)
     _evaluate(cfg, run)
     return ACTIONS[state]
 

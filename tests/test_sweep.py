@@ -314,3 +314,30 @@ def test_what_the_data_cannot_give_fails_before_the_budget_is_kept(cifar10_dir, 
     err = capsys.readouterr().err
     assert "a sweep scores each run by kNN and a linear probe on labelled train and test images" in err, err
     assert not (out / "sweep.json").exists() and not (out / "runs").exists()
+
+
+def test_a_finished_run_of_other_settings_in_the_grids_place_is_not_evaluated(grid, cifar10_dir, tmp_path,
+                                                                               capsys):  # fmt: skip
+    """A finished run put in a planned run's folder (trained, not yet evaluated by the sweep) was
+    evaluated and averaged with the others: width 4 beside the grid's 8, said nowhere. Its planned
+    twin, trained by the sweep itself, passes the same check."""
+    from fastsigclr.sweep import SweepConfig, _check_finished, plan
+
+    out = tmp_path / "grid"
+    shutil.copytree(grid[0], out)
+    foreign = out / "runs" / "sigclr-seed1"
+    (foreign / "sweep-eval.json").unlink()  # trained, not evaluated: the sweep would evaluate it now
+    config = json.loads((foreign / "config.json").read_text())
+    config["config"]["width"] = 4
+    (foreign / "config.json").write_text(json.dumps(config))
+    assert main(sweep_args(cifar10_dir, out, *GRID)) == 1
+    printed = capsys.readouterr().out
+    assert (
+        "sigclr seed 1: FAILED: " in printed
+        and "holds a finished run with other settings than the "
+        "sweep's sigclr seed 1: --width 4 (the sweep's: 8); move it out of"
+        in printed
+    ), printed
+    args = build_parser().parse_args(sweep_args(cifar10_dir, out, *GRID))
+    runs = plan(from_args(SweepConfig, args))
+    _check_finished(next(r for r in runs if (r.setting, r.seed) == ("sigclr", 0)))
