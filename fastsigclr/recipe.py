@@ -196,9 +196,18 @@ def _loader_options(
         budget=budget,
         max_broken=cfg.max_broken,
     )
+    failed: FastSigCLRError | None = None
     if entry.prepare is not None and ctx.is_main:
-        entry.prepare(src)
-    distributed.barrier(ctx)
+        try:
+            entry.prepare(src)
+        except FastSigCLRError as err:  # the others learn it below, not from a broken connection
+            failed = err
+    # Rank 0's outcome, to every rank (a barrier too): all stop with its line, or all go on.
+    said = distributed.share(ctx, None if failed is None else str(failed))
+    if failed is not None:
+        raise failed
+    if said is not None:
+        raise FastSigCLRError(said)
     return entry.options(dataclasses.replace(src, progress=False))
 
 

@@ -287,3 +287,16 @@ def test_torchrun_on_a_locked_run_directory_stops_every_rank(cifar10_dir, tmp_pa
     assert proc.returncode != 0
     assert (proc.stderr + proc.stdout).count("is in use by another training") == 2, proc.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["run.lock"]
+
+
+def test_torchrun_stops_every_rank_on_rank_0s_failed_preparation(cifar10_dir, tmp_path):
+    """Rank 0 alone writes the FFCV dataset; when it cannot, the other rank left the barrier on a
+    broken connection and printed gloo's traceback ("Connection closed by peer"). Now every rank
+    stops with rank 0's one line."""
+    (tmp_path / "file").write_text("not a folder")
+    extra = ("--loader", "ffcv", "--ffcv-dir", str(tmp_path / "file" / "ffcv"))
+    proc = torchrun(2, *train_args(cifar10_dir, tmp_path / "run", *extra))
+    assert proc.returncode != 0
+    said = proc.stderr + proc.stdout
+    assert said.count("fastsigclr: error: cannot write the FFCV dataset") == 2, said[-3000:]
+    assert "Connection closed by peer" not in said and "Connection reset" not in said, said[-3000:]
