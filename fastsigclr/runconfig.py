@@ -24,6 +24,7 @@ from fastsigclr.config import (
     to_dict,
 )
 from fastsigclr.data import DATASETS, LOADERS, default_data_dir
+from fastsigclr.data.broken import max_broken_option
 from fastsigclr.data.datasets import data_dir_option, dataset_option
 from fastsigclr.data.loaders import ffcv_dir_option
 from fastsigclr.data.order import check_batch
@@ -72,12 +73,7 @@ class TrainConfig:
         "GiB the gpu loader's decoded images may take; unset: half the free device (or host) memory",
         gt=0,
     )
-    max_broken: float = option(
-        0.01,
-        "largest fraction of images that cannot be decoded to list and skip; above it the run stops",
-        ge=0,
-        le=1,
-    )
+    max_broken: float = max_broken_option()
     ffcv_dir: str | None = ffcv_dir_option()
     method: str = option(
         "sigclr",

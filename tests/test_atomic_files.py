@@ -172,7 +172,7 @@ def test_each_writer_has_its_own_partial_file_and_dead_writers_leave_none(tmp_pa
     import subprocess
     import sys
 
-    from fastsigclr.checkpoint import own_partial
+    from fastsigclr.data.files import own_partial
 
     target = tmp_path / "x.beton"
     mine = own_partial(target)

@@ -187,3 +187,25 @@ def test_missing_tensorboard_is_said_once(tmp_path, capsys, monkeypatch):
     RunLog(tmp_path, tensorboard=False).close()
     RunLog(tmp_path, tensorboard=True, enabled=False).close()  # ranks other than 0
     assert capsys.readouterr().err == ""
+
+
+def test_write_ffcv_leaves_out_what_a_run_would_and_names_its_own_options(tmp_path, capsys):
+    """`data write-ffcv` refused a folder with one unreadable file that `train --loader ffcv` skips
+    (its limit was 0, and the error named --max-broken, which it did not take), and a --limit past
+    the images was told to change --limit-train."""
+    pytest.importorskip("ffcv")
+    from folder_fixture import write_cifar_folder
+
+    data_dir = write_cifar_folder(tmp_path / "data", per_class=6, val_per_class=1, classes=5)
+    (data_dir / "train" / "cat" / "junk.jpg").write_bytes(b"not an image")  # 1 of 31
+    args = ["data", "write-ffcv", "--dataset", "folder", "--data-dir", str(data_dir), "--no-progress"]
+    with pytest.raises(SystemExit):
+        main(args)
+    assert "more than --max-broken 0.01" in capsys.readouterr().err
+    assert main([*args, "--max-broken", "0.05"]) == 0
+    assert "folder train: skipped those 1 images (at most --max-broken 0.05)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--max-broken", "0.05", "--limit", "100"])
+    assert "--limit 100 is more than the 30 train images of folder: pass --limit 30 or less" in (
+        capsys.readouterr().err
+    )

@@ -6,11 +6,24 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import Any
 
+from fastsigclr.config import option
 from fastsigclr.data.info import DatasetError
 
 # Broken files listed in full up to this many; the rest are counted.
 LIST_BROKEN = 20
+
+
+def max_broken_option() -> Any:
+    """--max-broken, the one definition: of `fastsigclr train` and of `data write-ffcv`, which must
+    leave out the same files for a run to find the .beton it wrote."""
+    return option(
+        0.01,
+        "largest fraction of images that cannot be decoded to list and skip; above it the run stops",
+        ge=0,
+        le=1,
+    )
 
 
 def report_broken(

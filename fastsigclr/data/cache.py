@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastsigclr import checkpoint as ckpt
+from fastsigclr.data.files import own_partial
 from fastsigclr.data.info import DatasetError
 
 
@@ -70,7 +70,7 @@ def save(folder: Path, name: str, key: str, images: np.ndarray, kept: np.ndarray
     try:
         folder.mkdir(parents=True, exist_ok=True)
         # Each writer its own temporaries: two runs may cache the same split at once.
-        temporaries = [ckpt.own_partial(images_path), ckpt.own_partial(meta_path)]
+        temporaries = [own_partial(images_path), own_partial(meta_path)]
         with open(temporaries[0], "wb") as f:
             np.save(f, images)
         os.replace(temporaries[0], images_path)

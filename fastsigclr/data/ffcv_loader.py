@@ -27,6 +27,7 @@ from fastsigclr import checkpoint as ckpt
 from fastsigclr.config import FastSigCLRError
 from fastsigclr.data.base import LoaderBase
 from fastsigclr.data.ffcv_watch import WorkerFailed, WorkerWatch
+from fastsigclr.data.files import own_partial
 from fastsigclr.data.info import DatasetError
 from fastsigclr.data.samples import SampleIndex, resize_center
 
@@ -163,7 +164,7 @@ def write_beton(
         raise ValueError("images of mixed sizes need a store_size")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = ckpt.own_partial(path)  # another run may be writing the same .beton now
+    tmp = own_partial(path)  # another run may be writing the same .beton now
     image_field = fields.RGBImageField(write_mode="jpg" if jpeg else "raw", jpeg_quality=jpeg_quality)
     w = writer.DatasetWriter(
         str(tmp),

@@ -1,8 +1,11 @@
-"""Dataset files: md5 checks, download with progress and checksum, safe atomic extraction."""
+"""Dataset files: md5 checks, download with progress and checksum, safe atomic extraction, and
+the temporary file each writer of a derived file (a .beton, a decoded cache) writes first."""
 
 from __future__ import annotations
 
+import glob
 import hashlib
+import os
 import sys
 import tarfile
 import tempfile
@@ -150,3 +153,26 @@ def extract(archive: Path, info: DatasetInfo, data_dir: Path) -> Path:
             return final
         extracted.rename(final)
     return final
+
+
+def own_partial(path: Path) -> Path:
+    """The temporary file this process writes ``path``'s bytes to before renaming it into place:
+    ``.<name>.<pid>.partial``, so that two processes writing the same file (two runs starting on a
+    new dataset) do not write or delete each other's; those of processes no longer running (killed
+    writers, each maybe gigabytes) are removed first."""
+    path = Path(path)
+    for found in path.parent.glob(f".{glob.escape(path.name)}.*.partial"):
+        pid = found.name[len(path.name) + 2 : -len(".partial")]
+        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            found.unlink(missing_ok=True)
+    return path.with_name(f".{path.name}.{os.getpid()}.partial")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: another user's process, running
+        return True
+    return True

@@ -16,7 +16,7 @@ from typing import Any
 from fastsigclr.config import FastSigCLRError, check_fields, option
 from fastsigclr.data import dali_loader, ffcv_loader
 from fastsigclr.data.base import LoaderEntry, LoaderSource
-from fastsigclr.data.broken import report_broken
+from fastsigclr.data.broken import max_broken_option, report_broken
 from fastsigclr.data.dali_loader import DaliLoader
 from fastsigclr.data.datasets import (
     DATASETS,
@@ -196,6 +196,7 @@ class WriteFfcvConfig:
     store_size: int | None = option(
         None, "images of mixed sizes are stored at this size² (shorter side, centre crop); unset: 256", ge=8
     )
+    max_broken: float = max_broken_option()
     download: bool = option(True, "download the dataset when it is not in --data-dir")
     force: bool = option(False, "rewrite an existing .beton")
     progress: bool = option(True, "show progress bars")
@@ -208,10 +209,15 @@ def write_ffcv(cfg: WriteFfcvConfig) -> Path:
     info = DATASETS[cfg.dataset]
     data_dir = data_folder(cfg.data_dir)
     folder = prepare(info, data_dir, download_ok=cfg.download, progress=cfg.progress)
-    samples = open_splits(info, folder, limit_train=cfg.limit).pretrain
-    src = LoaderSource(
-        info, data_dir, samples, cfg.limit, cfg.ffcv_dir, cfg.progress, store_size=cfg.store_size or 256
+    # The files a run with this --max-broken leaves out, so that it finds this .beton as its own.
+    splits = open_splits(
+        info, folder, limit_train=cfg.limit, max_broken=cfg.max_broken, limit_option="--limit"
     )
+    samples = splits.pretrain
+    src = LoaderSource(
+        info, data_dir, samples, cfg.limit, cfg.ffcv_dir, cfg.progress, store_size=cfg.store_size or 256,
+        max_broken=cfg.max_broken,
+    )  # fmt: skip
     path = beton_path(info, data_dir, cfg.limit, cfg.ffcv_dir, _store(samples, src.store_size))
     if cfg.force:
         path.unlink(missing_ok=True)

@@ -178,16 +178,17 @@ class DataSplits:
 
 
 def _limited(
-    index: SampleIndex | None, limit: int | None, flag: str | None = None, dataset: str = ""
+    index: SampleIndex | None, limit: int | None, flag: str | None = None, dataset: str = "", option: str = ""
 ) -> SampleIndex | None:
     """A class-balanced subset of ``limit`` samples. A limit past the split's size is refused
     (``--limit-<flag>``) rather than capped: config.json would record a subset never used."""
     if index is None or not limit:
         return index
     if flag is not None and limit > len(index):
+        option = option or f"--limit-{flag}"
         raise ConfigError(
-            f"--limit-{flag} {limit} is more than the {len(index)} {flag} images of {dataset}: pass "
-            f"--limit-{flag} {len(index)} or less, or leave it out to use them all"
+            f"{option} {limit} is more than the {len(index)} {flag} images of {dataset}: pass "
+            f"{option} {len(index)} or less, or leave it out to use them all"
         )
     if limit >= len(index):
         return index
@@ -203,9 +204,11 @@ def open_splits(
     store_size: int | None = None,
     max_broken: float = 0.0,
     announce: bool = True,
+    limit_option: str = "--limit-train",
 ) -> DataSplits:
     """The splits of ``info`` in ``folder``; files whose header cannot be read are reported
-    (``report_broken``) and a folder's classes and counts printed (when ``announce``)."""
+    (``report_broken``) and a folder's classes and counts printed (when ``announce``).
+    ``limit_option``: what the caller's option for ``limit_train`` is called, for its errors."""
     reader = open_dataset(info, folder)
     train, test = reader.index("train"), reader.index("test")
     pretrain = train if reader.pretrain_split == "train" else reader.index(reader.pretrain_split)
@@ -214,9 +217,9 @@ def open_splits(
     if hasattr(reader, "describe") and announce:
         print(reader.describe(train, test))
     same = pretrain is train
-    train = _limited(train, limit_train, "train" if same else None, info.name)
+    train = _limited(train, limit_train, "train" if same else None, info.name, limit_option)
     test = _limited(test, limit_test, "test", info.name)
-    pretrain = train if same else _limited(pretrain, limit_train, "train", info.name)
+    pretrain = train if same else _limited(pretrain, limit_train, "train", info.name, limit_option)
     if train is not None and not train.labelled:
         train = None
     classes = train.classes if train is not None else ()
