@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 import weakref
 from collections.abc import Collection, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -43,7 +44,7 @@ import torch
 from fastsigclr.config import FastSigCLRError
 from fastsigclr.data.augment import GRAY_WEIGHTS, blur_window, hue_coefficients
 from fastsigclr.data.base import LoaderBase
-from fastsigclr.data.broken import report_broken
+from fastsigclr.data.broken import LIST_BROKEN, report_broken
 from fastsigclr.data.info import DatasetError
 from fastsigclr.data.plan import AugmentSpec, Col
 from fastsigclr.data.samples import SampleIndex, decode_file, workers
@@ -168,6 +169,30 @@ class DaliLoader(LoaderBase):
         self._running: weakref.ref | None = None  # the iterator of the epoch under way
         self.max_broken = max_broken
         self.found_broken: dict[int, str] = {}  # sample id → why its file did not decode (mid-run)
+        if self.files:
+            self._check_files()
+
+    def _check_files(self) -> None:
+        """What the header pass found that DALI reads otherwise than Pillow (``image_header``):
+        a format it does not decode stops the run now, by name (mid-epoch, DALI's error names no
+        file); transparency, which it drops where Pillow composites on white, is said once."""
+        notes, listed = self.samples.notes, LIST_BROKEN
+        refused = [(self.files[i], note) for i, note in notes.items() if note.startswith("format")]
+        if refused:
+            shown = ", ".join(f"{path} ({note})" for path, note in refused[:listed])
+            raise FastSigCLRError(
+                f"DALI cannot decode {len(refused)} of the images Pillow reads: {shown}"
+                f"{' ...' if len(refused) > listed else ''}; convert them to JPEG or PNG, or use --loader "
+                f"gpu or ffcv"
+            )
+        clear = [self.files[i] for i, note in notes.items() if note == "transparency"]
+        if clear and self.rank == 0:
+            print(
+                f"note: {len(clear)} images have transparency (e.g. {clear[0]}): DALI decodes them "
+                f"without it, where the other loaders, the kNN monitor and eval put them on white; "
+                f"--loader gpu or ffcv trains on those pixels",
+                file=sys.stderr,
+            )
 
     def _encoded(self, i: int) -> np.ndarray:
         return np.fromfile(self.files[i], dtype=np.uint8)

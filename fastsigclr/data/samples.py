@@ -70,9 +70,21 @@ def to_rgb(im) -> np.ndarray:
     return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
+# What DALI's image decoder reads, by Pillow's format names (MPO: a phone's JPEG with a preview).
+DALI_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP", "PPM", "JPEG2000"})
+
+
 def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) from the file's header, without decoding it. A name that is not a regular
-    file (a link to nothing: FileNotFoundError; a pipe, which Pillow would wait on) is refused."""
+    """(height, width) from the file's header, without decoding it."""
+    return image_header(path)[:2]
+
+
+def image_header(path: Path) -> tuple[int, int, str]:
+    """(height, width, note) from the file's header, without decoding it; the note names what
+    only some decoders take as Pillow does: "format GIF" (one DALI does not decode) or
+    "transparency" (which Pillow composites on white and DALI drops), else "". A name that is not
+    a regular file (a link to nothing: FileNotFoundError; a pipe, which Pillow would wait on) is
+    refused."""
     from PIL import Image, UnidentifiedImageError
 
     if not stat.S_ISREG(os.stat(path).st_mode):
@@ -80,9 +92,11 @@ def image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             w, h = im.size
+            alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
+            note = f"format {im.format}" if im.format not in DALI_FORMATS else "transparency" if alpha else ""
     except (UnidentifiedImageError, Image.DecompressionBombError, SyntaxError) as err:
         raise ValueError(str(err)) from err
-    return h, w
+    return h, w, note
 
 
 def workers() -> int:
@@ -119,6 +133,7 @@ class SampleIndex:
         self.classes = tuple(classes)
         self._array = array
         self.broken: list[tuple[str, str]] = []  # files left out of the index: (path, reason)
+        self.notes: dict[int, str] = {}  # sample → what only some decoders read (image_header)
         self.cache_dir: Path | None = None  # where in_memory keeps the decoded array (files only)
         self.cache_name = "images"
 
@@ -186,6 +201,8 @@ class SampleIndex:
             classes=self.classes,
             array=None if self._array is None else self._array[keep],
         )
+        position = {int(old): new for new, old in enumerate(keep)}
+        part.notes = {position[i]: note for i, note in self.notes.items() if i in position}
         return part  # its split's header failures were counted against the whole split (open_splits)
 
     def nbytes(self, size: int | None = None) -> int:
@@ -341,13 +358,14 @@ def file_index(
     files = [Path(f) for f in files]
     labels = np.asarray(labels, dtype=np.int64)
     broken: list[tuple[str, str]] = []
+    notes: dict[int, str] = {}
     if sizes is not None:
         table = np.broadcast_to(np.asarray(sizes, dtype=np.int64), (len(files), 2))
     else:
 
         def header(path: Path):
             try:
-                return image_size(path)
+                return image_header(path)
             except (OSError, ValueError) as err:
                 return str(err) or type(err).__name__
 
@@ -355,9 +373,12 @@ def file_index(
             found = list(pool.map(header, files, chunksize=256))
         ok = np.array([isinstance(x, tuple) for x in found], dtype=bool)
         broken = [(str(f), x) for f, x in zip(files, found, strict=True) if not isinstance(x, tuple)]
-        table = np.array([x for x in found if isinstance(x, tuple)], dtype=np.int64).reshape(-1, 2)
+        headers = [x for x in found if isinstance(x, tuple)]
+        table = np.array([x[:2] for x in headers], dtype=np.int64).reshape(-1, 2)
+        notes = {i: x[2] for i, x in enumerate(headers) if x[2]}
         files = [f for f, good in zip(files, ok, strict=True) if good]
         labels = labels[ok]
     index = SampleIndex(name, labels, table, lambda i: decode_file(files[i]), files=files, classes=classes)
     index.broken = broken
+    index.notes = notes
     return index
