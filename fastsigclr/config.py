@@ -94,10 +94,12 @@ def flag(name: str) -> str:
 
 
 def check_not_empty(config: Any, *names: str) -> None:
-    """Options ``names`` of ``config`` (tuples) must hold at least one value."""
+    """Options ``names`` of ``config`` (tuples, lists of values) must hold at least one value, each
+    once (a value given twice ran, or timed, the same case twice)."""
     for name in names:
-        if getattr(config, name) == ():
-            raise ValueError(f"{flag(name)} needs at least one value")
+        values = tuple(getattr(config, name))
+        if not values or len(set(values)) != len(values):
+            raise ValueError(f"{flag(name)} must list at least one value, each once; got {list(values)}")
 
 
 def _allowed(bounds: dict[str, float]) -> str:

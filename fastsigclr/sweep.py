@@ -27,6 +27,7 @@ from fastsigclr.config import (
     FastSigCLRError,
     build,
     check_fields,
+    check_not_empty,
     flag,
     option,
     option_from,
@@ -117,10 +118,7 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        for name in ("settings", "seeds"):
-            values = getattr(self, name)
-            if not values or len(set(values)) != len(values):
-                raise ValueError(f"{flag(name)} must list at least one value, each once; got {values}")
+        check_not_empty(self, "settings", "seeds")
 
     def budget(self) -> dict[str, Any]:
         """The train options given for every run (unset ones are left to the trainer)."""

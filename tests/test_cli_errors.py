@@ -146,6 +146,21 @@ def test_bench_augment_with_a_batch_past_its_images_is_one_line(tmp_path, capsys
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.parametrize(
+    "argv,name",
+    [
+        (["ccem", "--n", "3,3", "--steps", "1"], "--n"),
+        (["ccem", "--variant", "sigclr,sigclr", "--steps", "1"], "--variant"),
+        (["bench", "loss", "--device", "cpu", "--sizes", "8,8"], "--sizes"),
+    ],
+)
+def test_a_value_listed_twice_is_refused(argv, name, tmp_path, capsys):
+    """ccem ran --n 3,3 twice (and bench timed a size twice) where sweep refused its duplicates."""
+    err = cli_error([*argv, "--out", str(tmp_path / "o")], capsys)
+    assert f"{name} must list at least one value, each once; got " in err, err
+    assert not (tmp_path / "o").exists()
+
+
 def write_json(path: Path, payload) -> Path:
     path.write_text(payload if isinstance(payload, str) else json.dumps(payload))
     return path
