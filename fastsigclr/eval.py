@@ -4,6 +4,7 @@ defaults are EvalConfig's."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -164,8 +165,10 @@ class EvalConfig:
     run: str | None = option(None, "run directory written by `fastsigclr train` (required)", path=True)
     data_dir: str | None = data_dir_option("the run's --data-dir")
     device: str = device_option()
-    knn_k: int = option_from(TrainConfig, "knn_k")
-    knn_temperature: float = option_from(TrainConfig, "knn_temperature")
+    knn_k: int | None = option_from(TrainConfig, "knn_k", None, unset="the run's --knn-k")
+    knn_temperature: float | None = option_from(
+        TrainConfig, "knn_temperature", None, unset="the run's --knn-temperature"
+    )
     linear_epochs: int = option(100, "linear probe epochs", ge=1)
     linear_batch_size: int = option(256, "linear probe batch size", ge=1)
     linear_lr: float = option(0.2, "linear probe learning rate (cosine schedule)", ge=0)
@@ -177,6 +180,13 @@ class EvalConfig:
         if not self.run:
             raise ValueError("--run DIR is required: the directory of a `fastsigclr train` run")
         check_fields(self)
+
+    def for_run(self, run: TrainConfig) -> EvalConfig:
+        """The kNN settings left unset taken from the run's: eval then scores what its monitor
+        scored (with k = 200 where the run had trained with --knn-k 20, they differed)."""
+        k = run.knn_k if self.knn_k is None else self.knn_k
+        temperature = run.knn_temperature if self.knn_temperature is None else self.knn_temperature
+        return dataclasses.replace(self, knn_k=k, knn_temperature=temperature)
 
 
 def data_features(
@@ -291,6 +301,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if out.is_dir() and not out.is_symlink():  # found before the features are computed, not after
         raise FastSigCLRError(f"{out} is a folder, where eval writes its result: remove or rename it")
     loaded = load_run_model(run_dir, cfg.device, cfg.data_dir)
+    cfg = cfg.for_run(loaded["config"])
     train = split_features(loaded, "train", progress=cfg.progress)
     test = split_features(loaded, "test", progress=cfg.progress)
     result: dict[str, Any] = {

@@ -80,5 +80,6 @@ def load_run_model(
         "device": device,
         "trained": ckpt.trained(state),
         "autocast": autocast_dtype,
+        "config": cfg,  # the run's settings (TrainConfig)
         "data_dir": str(where.absolute()),  # where the images were read: the run's, or --data-dir
     }

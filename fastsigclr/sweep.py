@@ -217,7 +217,9 @@ def _evaluate(cfg: SweepConfig, run: PlannedRun) -> dict[str, Any]:
     loaded = load_run_model(run.run_dir, cfg.device or "auto")
     train_split = split_features(loaded, "train")
     test_split = split_features(loaded, "test")
-    eval_cfg = dataclasses.replace(cfg.eval_config(run.run_dir, run.seed), progress=False)
+    eval_cfg = dataclasses.replace(
+        cfg.eval_config(run.run_dir, run.seed).for_run(loaded["config"]), progress=False
+    )
     classes = loaded["info"].num_classes
     result = {
         "epoch": loaded["trained"]["epoch"],
@@ -307,7 +309,7 @@ def _sweep(
             "budget": cfg.budget(),
             "eval": {  # each run's probe is seeded with the run's seed
                 k: v
-                for k, v in to_dict(cfg.eval_config(Path(cfg.out), 0)).items()
+                for k, v in to_dict(cfg.eval_config(Path(cfg.out), 0).for_run(runs[0].train_config)).items()
                 if k.startswith(("knn", "linear"))
             },
         },

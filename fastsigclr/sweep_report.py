@@ -21,7 +21,6 @@ from fastsigclr import significance
 from fastsigclr.bench.plot import save_figure
 from fastsigclr.checkpoint import json_text, read_text, write_text_atomic
 from fastsigclr.config import FastSigCLRError, default_of, to_dict
-from fastsigclr.eval import EvalConfig
 from fastsigclr.runconfig import TrainConfig, saved_config
 
 EVAL_FILE = "sweep-eval.json"  # in each run directory: the sweep's evaluation of that run
@@ -181,7 +180,8 @@ def markdown(payload: dict[str, Any]) -> str:
         "",
         "Top-1 accuracy on the test split in %, mean ± sample standard deviation over seeds, from "
         "frozen backbone features (extracted once per run): weighted kNN "
-        f"(k = {default_of(EvalConfig, 'knn_k')}, cosine) and a linear probe trained on the features. "
+        f"(k = {first.get('knn_k', default_of(TrainConfig, 'knn_k'))}, cosine) and a linear probe trained on "
+        "the features. "
         f"Command: `{payload['command']}`.",
         "",
         "| setting | train options | runs done | kNN top-1 | linear top-1 | final b | final t |",

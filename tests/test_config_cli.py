@@ -13,7 +13,7 @@ import torch
 
 from fastsigclr.bench.loss import BenchLossConfig
 from fastsigclr.cli import main
-from fastsigclr.config import ConfigError, build, from_dict, to_dict
+from fastsigclr.config import ConfigError, build, flag, from_dict, to_dict
 
 
 def test_unknown_keys_and_bad_choices_are_errors():
@@ -181,9 +181,15 @@ def test_shared_options_are_declared_once():
     from fastsigclr.sweep import SweepConfig
 
     train = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    for cls, name in ((EvalConfig, "knn_k"), (EvalConfig, "knn_temperature"), (EvalConfig, "device")):
-        field = {f.name: f for f in dataclasses.fields(cls)}[name]
-        assert (field.default, field.metadata) == (train[name].default, train[name].metadata)
+    field = {f.name: f for f in dataclasses.fields(EvalConfig)}["device"]
+    assert (field.default, field.metadata) == (train["device"].default, train["device"].metadata)
+    for name in ("knn_k", "knn_temperature"):  # unset: the run's own (EvalConfig.for_run)
+        field = {f.name: f for f in dataclasses.fields(EvalConfig)}[name]
+        assert field.default is None and field.metadata["bounds"] == train[name].metadata["bounds"]
+        assert field.metadata["help"] == f"{train[name].metadata['help']}; unset: the run's {flag(name)}"
+    run = TrainConfig(knn_k=20, knn_temperature=0.5)
+    assert build(EvalConfig, {"run": "r"}).for_run(run).knn_k == 20
+    assert build(EvalConfig, {"run": "r", "knn_k": 7}).for_run(run).knn_temperature == 0.5
     sweep_width = {f.name: f for f in dataclasses.fields(SweepConfig)}["width"]
     assert sweep_width.default is None and sweep_width.metadata["bounds"] == train["width"].metadata["bounds"]
     with pytest.raises(ConfigError, match="--width must be ≥ 1, got 0"):

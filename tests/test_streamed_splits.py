@@ -89,8 +89,10 @@ def test_knn_monitor_and_eval_give_the_same_accuracy_streamed(tmp_path, monkeypa
     for mode in ("kept", "streamed"):
         if mode == "streamed":
             monkeypatch.setattr(splits_module, "available_memory_bytes", lambda: 0)
-        assert main(["eval", "knn", "--run", str(runs["kept"]), "--knn-k", "5", "--no-progress"]) == 0
-        accuracy[mode] = json.loads((runs["kept"] / "eval-knn.json").read_text())["accuracy"]
+        assert main(["eval", "knn", "--run", str(runs["kept"]), "--no-progress"]) == 0  # the run's --knn-k 5
+        result = json.loads((runs["kept"] / "eval-knn.json").read_text())
+        assert result["k"] == 5
+        accuracy[mode] = result["accuracy"]
     assert accuracy["kept"] == accuracy["streamed"] == knn["kept"]
     assert streams == ["folder test", "folder train", "folder test"]
 
