@@ -108,7 +108,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = from_args(TrainConfig, args)
     summary = train(cfg, command=["fastsigclr", *args.argv], given=typed_fields(TrainConfig, args))
-    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 says it for the run
+    if (
+        int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and os.environ.get("RANK", "0") != "0"
+    ):  # rank 0 says it
         return 0
     knn = summary["knn_acc"]
     print(f"done: {summary['epochs']} epochs, kNN accuracy {knn:.4f}" if knn is not None else "done")

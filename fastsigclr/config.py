@@ -97,8 +97,8 @@ def check_not_empty(config: Any, *names: str) -> None:
     """Options ``names`` of ``config`` (tuples, lists of values) must hold at least one value, each
     once (a value given twice ran, or timed, the same case twice)."""
     for name in names:
-        if (given := getattr(config, name)) is None:  # unset: the command's default list
-            continue
+        if not isinstance(given := getattr(config, name), (tuple, list)):  # unset (None): the default
+            continue  # (another type is check_fields' to refuse)
         values = tuple(given)
         if not values or len(set(values)) != len(values):
             raise ValueError(f"{flag(name)} must list at least one value, each once; got {list(values)}")

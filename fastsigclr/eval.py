@@ -275,6 +275,8 @@ def score(
     """One protocol on (features, labels) of both splits, with ``cfg``'s settings: the accuracy
     and what it was measured with."""
     if protocol == "knn":
+        if cfg.knn_k is None or cfg.knn_temperature is None:
+            raise ValueError("score needs the kNN settings: EvalConfig.for_run(the run's config) fills them")
         accuracy = knn_accuracy(*train, *test, num_classes, k=cfg.knn_k, temperature=cfg.knn_temperature)
         return {"k": cfg.knn_k, "temperature": cfg.knn_temperature, "accuracy": accuracy}
     probe = linear_probe(

@@ -196,14 +196,21 @@ def _loader_options(
         budget=budget,
         max_broken=cfg.max_broken,
     )
-    failed: FastSigCLRError | None = None
+    failed: Exception | None = None
     if entry.prepare is not None and ctx.is_main:
         try:
             entry.prepare(src)
-        except FastSigCLRError as err:  # the others learn it below, not from a broken connection
+        except Exception as err:  # the others learn it below, not from a broken connection
+            if not ctx.distributed:
+                raise
             failed = err
     # Rank 0's outcome, to every rank (a barrier too): all stop with its line, or all go on.
-    said = distributed.share(ctx, None if failed is None else str(failed))
+    said = None if failed is None else str(failed)
+    if failed is not None and not isinstance(failed, FastSigCLRError):
+        said = (
+            f"rank 0 could not prepare the data ({type(failed).__name__}: {failed}); its traceback is above"
+        )
+    said = distributed.share(ctx, said)
     if failed is not None:
         raise failed
     if said is not None:

@@ -81,8 +81,11 @@ def wrong_types(state: dict[str, Any]) -> list[str]:
             wrong.append(f"{key} is a {type(value).__name__}, not a dict")
     position = state.get("position")  # a mid-epoch checkpoint's: where in the epoch, and its sums
     kinds = {"batch": int, "loss_steps": int, "loss_sum": (int, float), "probe_correct": (int, float)}
+    ranks = position.get("world_size", 1) if isinstance(position, dict) else 1  # an int, where written
     if position is not None and not (
-        isinstance(position, dict) and all(isinstance(position.get(k), t) for k, t in kinds.items())
+        isinstance(position, dict)
+        and all(isinstance(position.get(k), t) for k, t in kinds.items())
+        and isinstance(ranks, int)
     ):
         wrong.append(f"position is {position!r:.80}, not a dict of {', '.join(kinds)}")
     return wrong

@@ -183,12 +183,14 @@ def _check_data(runs: list[PlannedRun]) -> None:
             f"{data.info.name} in {first.data_dir} has none (a flat folder, or no val/): give "
             f"DIR/train/<class>/ and DIR/val/<class>/, or train single runs with `fastsigclr train`"
         )
-    for run in runs:
-        if uses_labels(run.train_config) and not data.pretrain.labelled:
-            raise ConfigError(
-                f"the setting {run.setting} contrasts by class labels and the {data.info.name} images it "
-                f"would pre-train on have none: leave it out of --settings"
-            )
+    labelled = sorted({run.setting for run in runs if uses_labels(run.train_config)})
+    if labelled and not data.pretrain.labelled:
+        rest = [s for s in dict.fromkeys(run.setting for run in runs) if s not in labelled]
+        fix = f"pass --settings {','.join(rest)}" if rest else "choose settings without labels"
+        raise ConfigError(
+            f"the settings {', '.join(labelled)} contrast by class labels and the {data.info.name} images "
+            f"they would pre-train on have none: {fix}"
+        )
 
 
 def _check_budget(cfg: SweepConfig) -> None:
@@ -314,7 +316,8 @@ def _sweep(
             },
         },
     }
-    _check_data(runs)  # before sweep.json pins a budget the data cannot give
+    if any(run_state(run.run_dir) not in ("done", "trained") for run in runs):  # some run trains
+        _check_data(runs)  # before sweep.json pins a budget the data cannot give
     _check_budget(cfg)  # after every option is known to be valid: it writes the sweep's sweep.json
     earlier = finished_before(cfg, runs)
     if earlier:

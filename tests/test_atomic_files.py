@@ -166,23 +166,30 @@ def test_a_folder_that_cannot_be_fsynced_after_the_renames_is_not_a_failed_write
 def test_each_writer_has_its_own_partial_file_and_dead_writers_leave_none(tmp_path):
     """Two runs starting on a new dataset both wrote `.x.beton.partial`: one deleted the other's
     file or wrote into it, and both could fail (one saying the folder was not writable). Now each
-    process writes `.x.beton.<pid>.partial`; one left by a process no longer running is removed
-    (a killed writer's, maybe gigabytes), a running one's is left alone."""
+    writer has `.x.beton.<host>.<pid>-<random>.partial` (two containers' writers may share a pid);
+    one of this host's processes no longer running is removed (a killed writer's, maybe
+    gigabytes), a running one's, another host's and another file's are left alone, and odd names
+    are no error."""
     import os
     import subprocess
     import sys
 
-    from fastsigclr.data.files import own_partial
+    from fastsigclr.data.files import _host, own_partial
 
-    target = tmp_path / "x.beton"
-    mine = own_partial(target)
-    assert mine.name == f".x.beton.{os.getpid()}.partial"
+    target, host = tmp_path / "x.beton", _host()
+    mine, again = own_partial(target), own_partial(target)
+    assert mine.name.startswith(f".x.beton.{host}.{os.getpid()}-") and mine != again
     ended = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                                text=True).stdout)  # fmt: skip
-    dead = tmp_path / f".x.beton.{ended}.partial"
-    alive = tmp_path / f".x.beton.{os.getppid()}.partial"
-    other = tmp_path / f".y.beton.{ended}.partial"
-    for path in (dead, alive, other):
+    dead = tmp_path / f".x.beton.{host}.{ended}-0123abcd.partial"
+    kept = [
+        tmp_path / f".x.beton.{host}.{os.getppid()}-0123abcd.partial",  # running
+        tmp_path / f".x.beton.otherhost.{ended}-0123abcd.partial",  # its writer cannot be asked about
+        tmp_path / f".y.beton.{host}.{ended}-0123abcd.partial",  # another file's
+        tmp_path / f".x.beton.{host}.²3-0123abcd.partial",  # not a pid
+        tmp_path / f".x.beton.{host}.{'9' * 30}-0123abcd.partial",  # past any pid
+    ]
+    for path in (dead, *kept):
         path.write_bytes(b"partial")
-    assert own_partial(target) == mine
-    assert not dead.exists() and alive.exists() and other.exists()
+    own_partial(target)
+    assert not dead.exists() and all(path.exists() for path in kept)

@@ -52,12 +52,15 @@ def test_an_interrupted_ffcv_write_ends_and_cleans_up(tmp_path, to):
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(beton)], stderr=subprocess.PIPE, text=True, start_new_session=True
     )
-    partial = tmp_path / f".d.beton.{child.pid}.partial"  # the writer's own temporary file
+
+    def partial() -> Path | None:  # the writer's own temporary file: .d.beton.<host>.<pid>-<random>.partial
+        return next(tmp_path.glob(f".d.beton.*.{child.pid}-*.partial"), None)
+
     try:
         deadline = time.monotonic() + 120  # importing FFCV compiles numba code first
-        while not partial.exists() and child.poll() is None and time.monotonic() < deadline:
+        while partial() is None and child.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert partial.exists(), "the write never started"
+        assert partial() is not None, "the write never started"
         time.sleep(1.0)  # the workers are writing
         assert child.poll() is None, "the write ended before the interrupt: slow the child down"
         os.kill(child.pid, signal.SIGINT) if to == "pid" else os.killpg(child.pid, signal.SIGINT)
@@ -71,7 +74,7 @@ def test_an_interrupted_ffcv_write_ends_and_cleans_up(tmp_path, to):
             child.kill()
             child.wait()
     assert child.returncode == -signal.SIGINT and "KeyboardInterrupt" in err, err[-2000:]
-    assert not partial.exists() and not beton.exists()
+    assert partial() is None and not beton.exists()
     assert not {n for n in _shared_memory() - before if n.startswith("psm_")}
 
 

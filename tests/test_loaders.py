@@ -143,7 +143,9 @@ def test_dali_refuses_by_name_what_it_cannot_decode_and_says_it_drops_transparen
     spec = AugmentSpec.simclr(32, MEAN, STD)
     rgba = tmp_path / "clear.png"
     Image.new("RGBA", (32, 32), (200, 10, 10, 0)).save(rgba)
-    index = file_index("odd", [*files, rgba], np.zeros(9, np.int64))
+    keyed = tmp_path / "keyed.png"  # an RGB colour key: Pillow drops it as DALI does, nothing to say
+    Image.new("RGB", (32, 32), (0, 0, 0)).save(keyed, transparency=(0, 0, 0))
+    index = file_index("odd", [*files, rgba, keyed], np.zeros(10, np.int64))
     assert index.notes == {8: "transparency"}
     DaliLoader(index, None, spec, 4, CPU, torch.float32)
     assert "note: 1 images have transparency (e.g. " in capsys.readouterr().err

@@ -204,3 +204,13 @@ def test_a_loader_whose_order_depends_on_the_ranks_resumes_inside_an_epoch_only_
     _check_position(setup(True), {"epoch": 3, "position": {"batch": 5, "world_size": 1}})
     _check_position(setup(True), {"epoch": 3, "position": None})  # between epochs
     _check_position(setup(True), {"epoch": 3, "position": {"batch": 5}})  # written before the count was
+    from fastsigclr.runfiles import wrong_types
+
+    sums = {"batch": 5, "loss_steps": 5, "loss_sum": 1.0, "probe_correct": 0.0}
+    state = {
+        "epoch": 3,
+        "step": 9,
+        **{k: {} for k in ("model", "criterion", "probe", "optimizer", "probe_optimizer", "rng")},
+    }
+    assert not any("position" in w for w in wrong_types({**state, "position": {**sums, "world_size": 2}}))
+    assert any("position" in w for w in wrong_types({**state, "position": {**sums, "world_size": "2"}}))

@@ -116,3 +116,26 @@ def test_imagenet_folder_layout_trains(tmp_path, capsys):
     ).split()
     assert main(args) == 0
     assert "train: 8 images in 2 classes (n01440764 4, n01443537 4)" in capsys.readouterr().out
+
+
+def test_stl10s_unlabeled_pretraining_refuses_methods_with_labels_at_once(small_stl10, tmp_path, capsys):
+    """STL-10 pre-trains on its unlabeled split: supcon there raised in the loss at the first step
+    (labels of -1) and left a started run; a sweep naming supcon trained the other settings first.
+    Both stop before anything trains, naming the fix."""
+    data_dir, _, _ = small_stl10
+    common = f"--dataset stl10 --data-dir {data_dir} --no-download --device cpu --width 8".split()
+    common += ["--batch-size", "8"]
+    with pytest.raises(SystemExit):
+        main(["train", *common, "--method", "supcon", "--out", str(tmp_path / "run"), "--no-progress"])
+    assert "--method supcon contrasts images by their class labels, and the 16 stl10 images" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(SystemExit):
+        main(["sweep", *common, "--settings", "sigclr,supcon,tcl", "--seeds", "0", "--out", f"{tmp_path}/s"])
+    err = capsys.readouterr().err
+    assert (
+        "the settings supcon, tcl contrast by class labels and the stl10 images they would pre-train on "
+        "have none: pass --settings sigclr" in err
+    ), err
+    assert not (tmp_path / "s" / "sweep.json").exists()

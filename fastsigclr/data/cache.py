@@ -4,6 +4,7 @@ and times, so a second run reads it back (Tiny-ImageNet's 100,000 JPEGs: one .np
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -78,5 +79,6 @@ def save(folder: Path, name: str, key: str, images: np.ndarray, kept: np.ndarray
         os.replace(temporaries[1], meta_path)
     except OSError as err:
         for tmp in temporaries:  # a full disk leaves no half-written cache behind
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a read-only folder: EROFS, even for no file
+                tmp.unlink()
         print(f"note: cannot cache the decoded images in {folder} ({err.strerror or err})", file=sys.stderr)

@@ -3,14 +3,18 @@ the temporary file each writer of a derived file (a .beton, a decoded cache) wri
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import os
+import re
+import socket
 import sys
 import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -157,15 +161,23 @@ def extract(archive: Path, info: DatasetInfo, data_dir: Path) -> Path:
 
 def own_partial(path: Path) -> Path:
     """The temporary file this process writes ``path``'s bytes to before renaming it into place:
-    ``.<name>.<pid>.partial``, so that two processes writing the same file (two runs starting on a
-    new dataset) do not write or delete each other's; those of processes no longer running (killed
-    writers, each maybe gigabytes) are removed first."""
-    path = Path(path)
-    for found in path.parent.glob(f".{glob.escape(path.name)}.*.partial"):
-        pid = found.name[len(path.name) + 2 : -len(".partial")]
-        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
-            found.unlink(missing_ok=True)
-    return path.with_name(f".{path.name}.{os.getpid()}.partial")
+    ``.<name>.<host>.<pid>-<random>.partial``, so that two processes writing the same file (two
+    runs starting on a new dataset; two containers whose writers have the same pid; two hosts on
+    a shared filesystem) never write or delete each other's. Those of this host's processes no
+    longer running (killed writers, each maybe gigabytes) are removed first, as far as they can
+    be; another host's are left alone (whether its writer runs cannot be asked from here)."""
+    path, host = Path(path), _host()
+    for found in path.parent.glob(f".{glob.escape(path.name)}.{glob.escape(host)}.*.partial"):
+        writer = re.fullmatch(r"([0-9]{1,9})-[0-9a-f]{8}", found.name[len(path.name) + len(host) + 3 : -8])
+        if writer and not _running(int(writer[1])):
+            with contextlib.suppress(OSError):  # another user's, in a shared folder: theirs to remove
+                found.unlink()
+    return path.with_name(f".{path.name}.{host}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
+
+
+def _host() -> str:
+    """This host's name as a file name part (no separator, no dot: the pid follows the last one)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
 
 
 def _running(pid: int) -> bool:

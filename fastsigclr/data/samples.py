@@ -92,7 +92,8 @@ def image_header(path: Path) -> tuple[int, int, str]:
     try:
         with Image.open(path) as im:
             w, h = im.size
-            alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
+            # what to_rgb composites on white (an RGB or L colour key it drops, as DALI does)
+            alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
             note = f"format {im.format}" if im.format not in DALI_FORMATS else "transparency" if alpha else ""
     except (UnidentifiedImageError, Image.DecompressionBombError, SyntaxError) as err:
         raise ValueError(str(err)) from err
