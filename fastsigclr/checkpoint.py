@@ -301,7 +301,7 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
 
 def _torch_reason(err: Exception) -> str:
     """The reason in torch's refusal, without the paragraph around it (which advises loading the
-    file with weights_only=False, i.e. running whatever code a crafted file holds)."""
+    file without the safe loader, i.e. running whatever code a crafted file holds)."""
     text = str(err)
     if "WeightsUnpickler error:" in text:
         text = text.split("WeightsUnpickler error:", 1)[1]

@@ -153,3 +153,18 @@ def without_root_file_access() -> None:
     for capability in (1, 2):
         if libc.prctl(24, capability, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def write_refusal(path: Path, call) -> None:
+    """Write to ``path`` (JSON) the one line ``call()`` refused with (a FastSigCLRError), or null:
+    what a gloo worker hands back to the test that spawned it."""
+    import json
+
+    from fastsigclr.config import FastSigCLRError
+
+    try:
+        call()
+        message = None
+    except FastSigCLRError as err:
+        message = str(err)
+    path.write_text(json.dumps(message))

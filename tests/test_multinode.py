@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import write_refusal
 from netns import (
     ADDRS,
     RDZV_PORT,
@@ -31,7 +32,6 @@ from test_distributed import train_args
 
 from fastsigclr import cluster, distributed
 from fastsigclr.cli import main
-from fastsigclr.config import FastSigCLRError
 
 ROOT = Path(__file__).resolve().parents[1]
 NPROC = 2  # ranks per node: 4 in all, one global batch of 64 = 16 images per rank
@@ -220,20 +220,15 @@ def _check_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         for case, (settings, code) in CASES.items():
-            try:
-                cluster.check_same_run(*((settings, code) if rank == 2 else (SETTINGS, CODE)))
-                message = None
-            except FastSigCLRError as err:
-                message = str(err)
-            (Path(out_dir) / f"{case}-{rank}.json").write_text(json.dumps(message))
+            given = (settings, code) if rank == 2 else (SETTINGS, CODE)
+            write_refusal(
+                Path(out_dir) / f"{case}-{rank}.json", lambda given=given: cluster.check_same_run(*given)
+            )
         ctx = distributed.Context(rank=rank, world_size=world)
         for case, other in DATA_CASES.items():  # each node's own copy of the dataset
-            try:
-                distributed.check_same_data(ctx, other if rank == 2 else DATA)
-                message = None
-            except FastSigCLRError as err:
-                message = str(err)
-            (Path(out_dir) / f"{case}-{rank}.json").write_text(json.dumps(message))
+            identity = other if rank == 2 else DATA
+            write_refusal(Path(out_dir) / f"{case}-{rank}.json",
+                          lambda identity=identity: distributed.check_same_data(ctx, identity))  # fmt: skip
     finally:
         dist.destroy_process_group()
 

@@ -91,7 +91,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(command, run, tmp_path, cap
 
 def test_a_bare_pickle_or_random_bytes_are_named_without_torchs_advice(run, tmp_path, capsys):
     """A crafted protocol-4 pickle (not torch's zip file) failed in the safe loader's framing and
-    was called truncated, with torch's paragraph advising weights_only=False, the one thing that
+    was called truncated, with torch's paragraph advising the unsafe loader, the one thing that
     would run its code (and torch's warning on the protocol before it)."""
     import pickle
 

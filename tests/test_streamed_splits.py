@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from folder_fixture import write_cifar_folder, write_odd_folder
+from helpers import write_refusal
 from test_folder import folder_args
 
 import fastsigclr.data.splits as splits_module
@@ -208,19 +209,16 @@ def test_a_share_of_one_size_is_stored_at_the_splits_size(tmp_path):
 def _identity_worker(rank: int, world: int, tmp: str) -> None:
     from types import SimpleNamespace
 
-    from fastsigclr.config import FastSigCLRError
     from fastsigclr.recipe import check_rank_data
 
     dist.init_process_group("gloo", init_method=f"file://{tmp}/init", rank=rank, world_size=world)
     try:
         data = _data(Path(tmp) / f"node{rank}")
         setup = SimpleNamespace(data=data, data_identity=data.pretrain.identity())
-        try:
-            check_rank_data(setup, Context(rank=rank, world_size=world))
-            message = None
-        except FastSigCLRError as err:
-            message = str(err)
-        (Path(tmp) / f"rank{rank}.json").write_text(json.dumps(message))
+        write_refusal(
+            Path(tmp) / f"rank{rank}.json",
+            lambda: check_rank_data(setup, Context(rank=rank, world_size=world)),
+        )
     finally:
         dist.destroy_process_group()
 

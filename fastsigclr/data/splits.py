@@ -82,17 +82,7 @@ class DataSplits:
             for start in range(0, len(images), batch):
                 yield images[start : start + batch], labels[start : start + batch]
             return
-        index, known = self.index(split), self._left_out.setdefault(split, set())
-        found: list[tuple[int, str]] = []
-        stream = index.stream(self.store_size, batch=batch, skip=known, progress=progress)
-        for images, labels, broken in stream:
-            found += broken
-            yield images, labels
-        if found:
-            listed = [(index.source(i), why) for i, why in found]
-            total, already = len(index) + len(index.broken), len(index.broken) + len(known)
-            known.update(i for i, _ in found)
-            report_broken(index.name, listed, total, self.max_broken, already)
+        yield from self._stream(split, range(len(self.index(split))), batch, progress)
 
     def part_range(self, split: str, rank: int, ranks: int) -> tuple[int, int]:
         """The rows [lo, hi) of ``rank``'s share of a split: ``ranks`` contiguous shares, in order,
@@ -118,20 +108,24 @@ class DataSplits:
         elif key in self._arrays:
             held = self._arrays[key]
         else:
-            yield from self._decode_part(split, key, lo, hi, batch, progress)
+            yield from self._stream(split, range(lo, hi), batch, progress, key)
             return
         for start in range(0, len(held[0]), batch):
             yield held[0][start : start + batch], held[1][start : start + batch]
 
-    def _decode_part(
-        self, split: str, key: tuple, lo: int, hi: int, batch: int, progress: bool
+    def _stream(
+        self, split: str, ids: range, batch: int, progress: bool, key: tuple | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The samples ``ids`` of a split decoded as they stream, those known undecodable left out
+        unread; its new undecodable ones reported after the pass. ``key``: a rank's share, kept
+        under it when the whole split would be, its finds only listed (the ranks check the limit
+        on their union, ``check_left_out``)."""
         index, known = self.index(split), self.left_out(split)
-        keep = self.kept(split)  # the whole split's decision: each rank keeps its share of it
         hw = index.uniform_size or (self.store_size, self.store_size)
-        kept = (np.empty((hi - lo, *hw, 3), np.uint8), np.empty(hi - lo, np.int64)) if keep else None
+        keep = key is not None and self.kept(split)  # the whole split's decision: a rank keeps its share
+        kept = (np.empty((len(ids), *hw, 3), np.uint8), np.empty(len(ids), np.int64)) if keep else None
         filled, found = 0, []
-        stream = index.stream(self.store_size, batch=batch, skip=known, progress=progress, ids=range(lo, hi))
+        stream = index.stream(self.store_size, batch=batch, skip=known, progress=progress, ids=ids)
         for images, labels, broken in stream:
             found += broken
             if kept is not None:
@@ -141,9 +135,11 @@ class DataSplits:
         if kept is not None:  # a pass that stopped early keeps nothing
             self._arrays[key] = kept[0][:filled], kept[1][:filled]
         if found:
+            already = len(index.broken) + len(known) if key is None else 0  # a share lists its own
             known.update(i for i, _ in found)
             listed = [(index.source(i), why) for i, why in found]
-            report_broken(index.name, listed, len(index) + len(index.broken), self.max_broken, limit=False)
+            total = len(index) + len(index.broken)
+            report_broken(index.name, listed, total, self.max_broken, already, limit=key is None)
 
     def left_out(self, split: str) -> set[int]:
         """The ids of ``split`` this process found undecodable when it streamed it (a view)."""
