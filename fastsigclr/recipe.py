@@ -7,6 +7,7 @@ optimisation step and the loop live in ``fastsigclr.train``."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,7 @@ from fastsigclr.models import SSLModel
 from fastsigclr.models.resnet import memory_format
 from fastsigclr.models.sync_bn import convert_global_bn
 from fastsigclr.optim import build_optimizer, param_groups
-from fastsigclr.runconfig import TrainConfig, loss_params, uses_labels
+from fastsigclr.runconfig import TrainConfig, default_store_size, loss_params, uses_labels
 from fastsigclr.runinfo import available_memory_bytes
 
 
@@ -34,7 +35,7 @@ def load_data(cfg: TrainConfig, announce: bool = True) -> DataSplits:
     the kNN monitor and the probe; an image folder's classes and counts printed (``announce``)."""
     info = DATASETS[cfg.dataset]
     folder = prepare(info, data_folder(cfg.data_dir), download_ok=cfg.download, progress=cfg.progress)
-    return open_splits(
+    data = open_splits(
         info,
         folder,
         limit_train=cfg.limit_train,
@@ -42,6 +43,23 @@ def load_data(cfg: TrainConfig, announce: bool = True) -> DataSplits:
         store_size=cfg.store_size,
         max_broken=cfg.max_broken,
         announce=announce,
+    )
+    note = store_size_note(data, cfg.store_size, cfg.image_size)
+    if note and announce:
+        print(note, file=sys.stderr)
+    return data
+
+
+def store_size_note(data: DataSplits, store_size: int | None, image_size: int | None) -> str | None:
+    """A line when images of mixed sizes are stored smaller than the views cut from them: every
+    view and every kNN image is then upsampled (legal: a memory trade some runs make on purpose)."""
+    mixed = any(s is not None and s.uniform_size is None for s in (data.pretrain, data.train, data.test))
+    if not mixed or store_size is None or image_size is None or store_size >= image_size:
+        return None
+    return (
+        f"note: --store-size {store_size} is below --image-size {image_size}: the images (of mixed sizes) "
+        f"are kept at {store_size}² and every view is upsampled; leave --store-size unset "
+        f"({default_store_size(image_size)}, 8/7 of --image-size) to keep their detail"
     )
 
 

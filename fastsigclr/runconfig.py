@@ -183,7 +183,7 @@ class TrainConfig:
         if self.image_size is None:
             filled["image_size"] = DATASETS[self.dataset].image_size
         if self.store_size is None:
-            filled["store_size"] = round(filled.get("image_size", self.image_size) * 8 / 7)
+            filled["store_size"] = default_store_size(filled.get("image_size", self.image_size))
         loss = loss_params(self, self.loss_spec)
         filled.update({k: v for k, v in loss.items() if getattr(self, k) is None})
         if self.out is None:
@@ -206,6 +206,11 @@ class TrainConfig:
             if value is not None:
                 filled[name] = str(Path(value).expanduser().absolute())
         return dataclasses.replace(self, **filled)
+
+
+def default_store_size(image_size: int) -> int:
+    """--store-size when unset: 8/7 of --image-size (256 for 224-pixel views)."""
+    return round(image_size * 8 / 7)
 
 
 def method_spec(method: str) -> LossSpec | None:

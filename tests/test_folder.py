@@ -14,6 +14,8 @@ from fastsigclr.cli import main
 from fastsigclr.data import DATASETS
 from fastsigclr.data.folder import FolderReader
 from fastsigclr.data.samples import decode_file
+from fastsigclr.data.splits import open_splits
+from fastsigclr.recipe import store_size_note
 from fastsigclr.runlog import read_metrics
 
 
@@ -67,8 +69,21 @@ def test_odd_folder_trains_through_the_cli(tmp_path, capsys):
     data = write_odd_folder(tmp_path / "data")
     out = tmp_path / "run"
     assert main(folder_args(data, out, "--batch-size", "8", "--store-size", "36")) == 0
-    assert "train: 16 images in 2 classes (class0 8, class1 8)" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "train: 16 images in 2 classes (class0 8, class1 8)" in said.out
+    assert "--store-size" not in said.err  # 36 ≥ --image-size 32: nothing to say
     assert summary(out)["knn_acc"] is not None
+
+
+def test_a_store_size_below_the_image_size_is_said(tmp_path):
+    """Mixed sizes kept smaller than the views: one note naming both options and the default;
+    images of one size are kept as they are, so --store-size means nothing there."""
+    mixed = open_splits(DATASETS["folder"], write_odd_folder(tmp_path / "odd"), announce=False)
+    note = store_size_note(mixed, 24, 32)
+    assert note is not None and "--store-size 24 is below --image-size 32" in note and "(37," in note
+    assert store_size_note(mixed, 32, 32) is None and store_size_note(mixed, 36, 32) is None
+    uniform = open_splits(DATASETS["folder"], write_cifar_folder(tmp_path / "cifar", 2, 1, 2), announce=False)
+    assert store_size_note(uniform, 24, 32) is None
 
 
 def test_broken_images_are_listed_and_skipped_or_stop_the_run(tmp_path, capsys):
