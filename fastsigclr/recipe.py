@@ -316,17 +316,18 @@ def check_rank_data(setup: Setup, ctx: distributed.Context) -> None:
             distributed.check_same_data(ctx, identity, f"{split} images (the kNN monitor's)")
 
 
-def _check_position(setup: Setup, state: dict[str, Any]) -> None:
+def check_position(cfg: TrainConfig, world_size: int, state: dict[str, Any] | None) -> None:
     """A checkpoint inside an epoch resumes by skipping the epoch's first batches: with a loader
     whose order depends on the rank count, only at the count that wrote it (another trains some
-    images of the epoch twice and leaves others out: 92 and 108 of 384, FFCV from 2 ranks to 1)."""
-    position, loader = state.get("position") or {}, setup.loader
+    images of the epoch twice and leaves others out: 92 and 108 of 384, FFCV from 2 ranks to 1).
+    Checked before ``build``, whose preparation (FFCV: writing a .beton) can take minutes."""
+    position = (state or {}).get("position") or {}
     ranks = position.get("world_size")
-    if not loader.order_by_ranks or ranks in (None, loader.world_size):
+    if not LOADERS[cfg.loader].cls.order_by_ranks or ranks in (None, world_size):
         return
     raise FastSigCLRError(
         f"the checkpoint is inside epoch {state['epoch'] + 1} (after batch {position['batch']}), "
-        f"written by {ranks} ranks, and --loader {setup.cfg.loader} deals an epoch's images by the "
+        f"written by {ranks} ranks, and --loader {cfg.loader} deals an epoch's images by the "
         f"number of ranks: resume it on {ranks} ranks (torchrun --nproc_per_node, --nnodes); the "
         f"count may change from a checkpoint between epochs"
     )
@@ -342,7 +343,6 @@ def resume(
         return 0, 0, None
     _check_classes(setup, state)
     _check_data(setup, state)
-    _check_position(setup, state)
     for part in ("model", "criterion", "probe", "optimizer", "probe_optimizer"):
         load_weights(getattr(setup, part), state[part], source)
     ckpt.set_rng_state(state["rng"])

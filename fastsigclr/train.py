@@ -75,6 +75,7 @@ def _train(
     run: rundir.RunDir, ctx: distributed.Context, command: list[str] | None, again: str | None
 ) -> dict[str, Any]:
     plans = saved_plans(run.path) if run.state is not None else {}  # a resumed run's recorded ones
+    recipe.check_position(run.cfg, ctx.world_size, run.state)  # before a .beton is written
     setup = build(run.cfg, ctx, plans=plans)
     recipe.check_rank_data(setup, ctx)  # every rank, before resume checks its own
     start_epoch, step, position = resume(setup, run.state, str(run.path / rundir.CHECKPOINT))

@@ -185,13 +185,10 @@ def test_a_loader_whose_order_depends_on_the_ranks_resumes_inside_an_epoch_only_
     from fastsigclr.data.dali_loader import DaliLoader
     from fastsigclr.data.ffcv_loader import FfcvLoader
     from fastsigclr.data.gpu_loader import GpuLoader
-    from fastsigclr.recipe import _check_position
+    from fastsigclr.recipe import check_position
 
     assert FfcvLoader.order_by_ranks and not GpuLoader.order_by_ranks and not DaliLoader.order_by_ranks
-
-    def setup(order_by_ranks: bool):
-        loader = SimpleNamespace(order_by_ranks=order_by_ranks, world_size=1)
-        return SimpleNamespace(loader=loader, cfg=SimpleNamespace(loader="ffcv"))
+    ffcv, gpu, dali = (SimpleNamespace(loader=name) for name in ("ffcv", "gpu", "dali"))
 
     inside = {"epoch": 3, "position": {"batch": 5, "world_size": 2}}
     with pytest.raises(
@@ -199,11 +196,13 @@ def test_a_loader_whose_order_depends_on_the_ranks_resumes_inside_an_epoch_only_
         match=r"inside epoch 4 \(after batch 5\), written by 2 ranks, and "
         r"--loader ffcv deals an epoch's images by the number of ranks: resume it on 2 ranks",
     ):
-        _check_position(setup(True), inside)
-    _check_position(setup(False), inside)  # gpu, dali: the same order at any rank count
-    _check_position(setup(True), {"epoch": 3, "position": {"batch": 5, "world_size": 1}})
-    _check_position(setup(True), {"epoch": 3, "position": None})  # between epochs
-    _check_position(setup(True), {"epoch": 3, "position": {"batch": 5}})  # written before the count was
+        check_position(ffcv, 1, inside)
+    check_position(gpu, 1, inside)  # gpu, dali: the same order at any rank count
+    check_position(dali, 1, inside)
+    check_position(ffcv, 2, inside)
+    check_position(ffcv, 1, {"epoch": 3, "position": None})  # between epochs
+    check_position(ffcv, 1, {"epoch": 3, "position": {"batch": 5}})  # written before the count was
+    check_position(ffcv, 1, None)  # a new run
     from fastsigclr.runfiles import wrong_types
 
     sums = {"batch": 5, "loss_steps": 5, "loss_sum": 1.0, "probe_correct": 0.0}
