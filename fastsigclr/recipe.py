@@ -19,6 +19,7 @@ from fastsigclr.config import ConfigError, FastSigCLRError, to_dict
 from fastsigclr.data import DATASETS, LOADERS, AugmentSpec, DatasetInfo, prepare
 from fastsigclr.data.base import LoaderSource
 from fastsigclr.data.datasets import data_folder
+from fastsigclr.data.info import default_store_size
 from fastsigclr.data.samples import SampleIndex
 from fastsigclr.data.splits import DataSplits, open_splits
 from fastsigclr.losses import LossSpec
@@ -26,7 +27,7 @@ from fastsigclr.models import SSLModel
 from fastsigclr.models.resnet import memory_format
 from fastsigclr.models.sync_bn import convert_global_bn
 from fastsigclr.optim import build_optimizer, param_groups
-from fastsigclr.runconfig import TrainConfig, default_store_size, loss_params, uses_labels
+from fastsigclr.runconfig import TrainConfig, loss_params, uses_labels
 from fastsigclr.runinfo import available_memory_bytes
 
 
@@ -51,14 +52,17 @@ def load_data(cfg: TrainConfig, announce: bool = True) -> DataSplits:
 
 
 def store_size_note(data: DataSplits, store_size: int | None, image_size: int | None) -> str | None:
-    """A line when images of mixed sizes are stored smaller than the views cut from them: every
-    view and every kNN image is then upsampled (legal: a memory trade some runs make on purpose)."""
-    mixed = any(s is not None and s.uniform_size is None for s in (data.pretrain, data.train, data.test))
-    if not mixed or store_size is None or image_size is None or store_size >= image_size:
+    """A line when images are stored (``SampleIndex.resized``) smaller than the views cut from
+    them: every view and every kNN image is then upsampled (legal: a memory trade some runs make
+    on purpose)."""
+    if store_size is None or image_size is None or store_size >= image_size:
+        return None
+    splits = (s for s in (data.pretrain, data.train, data.test) if s is not None and not s.decoded)
+    if not any(s.resized(store_size) is not None for s in splits):
         return None
     return (
-        f"note: --store-size {store_size} is below --image-size {image_size}: the images (of mixed sizes) "
-        f"are kept at {store_size}² and every view is upsampled; leave --store-size unset "
+        f"note: --store-size {store_size} is below --image-size {image_size}: the images are kept at "
+        f"{store_size}² and every view is upsampled; leave --store-size unset "
         f"({default_store_size(image_size)}, 8/7 of --image-size) to keep their detail"
     )
 

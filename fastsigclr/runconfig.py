@@ -26,6 +26,7 @@ from fastsigclr.config import (
 from fastsigclr.data import DATASETS, LOADERS, default_data_dir
 from fastsigclr.data.broken import max_broken_option
 from fastsigclr.data.datasets import data_dir_option, dataset_option
+from fastsigclr.data.info import default_store_size
 from fastsigclr.data.loaders import ffcv_dir_option
 from fastsigclr.data.order import check_batch
 from fastsigclr.losses import LOSSES, LossSpec
@@ -64,8 +65,8 @@ class TrainConfig:
     )
     store_size: int | None = option(
         None,
-        "images of mixed sizes are decoded (gpu loader, kNN) or written (FFCV) at this size² (shorter "
-        "side, centre crop); unset: 8/7 of --image-size",
+        "images are decoded (gpu loader, kNN) or written (FFCV) at this size² (shorter side, centre "
+        "crop), unless all share one size no larger; unset: 8/7 of --image-size",
         ge=8,
     )
     memory_budget: float | None = option(
@@ -206,11 +207,6 @@ class TrainConfig:
             if value is not None:
                 filled[name] = str(Path(value).expanduser().absolute())
         return dataclasses.replace(self, **filled)
-
-
-def default_store_size(image_size: int) -> int:
-    """--store-size when unset: 8/7 of --image-size (256 for 224-pixel views)."""
-    return round(image_size * 8 / 7)
 
 
 def method_spec(method: str) -> LossSpec | None:

@@ -76,14 +76,15 @@ def test_odd_folder_trains_through_the_cli(tmp_path, capsys):
 
 
 def test_a_store_size_below_the_image_size_is_said(tmp_path):
-    """Mixed sizes kept smaller than the views: one note naming both options and the default;
-    images of one size are kept as they are, so --store-size means nothing there."""
+    """Images kept smaller than the views: one note naming both options and the default; images
+    of one size that fits --store-size² are kept as they are, so it means nothing there."""
     mixed = open_splits(DATASETS["folder"], write_odd_folder(tmp_path / "odd"), announce=False)
     note = store_size_note(mixed, 24, 32)
     assert note is not None and "--store-size 24 is below --image-size 32" in note and "(37," in note
     assert store_size_note(mixed, 32, 32) is None and store_size_note(mixed, 36, 32) is None
     uniform = open_splits(DATASETS["folder"], write_cifar_folder(tmp_path / "cifar", 2, 1, 2), announce=False)
-    assert store_size_note(uniform, 24, 32) is None
+    assert store_size_note(uniform, 33, 40) is None  # 32² kept: nothing is resized
+    assert store_size_note(uniform, 24, 32) is not None  # 32² stored at 24²
 
 
 def test_broken_images_are_listed_and_skipped_or_stop_the_run(tmp_path, capsys):

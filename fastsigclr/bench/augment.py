@@ -283,7 +283,7 @@ def write_jpeg_folder(folder: Path, n: int, side: int, seed: int = 0) -> SampleI
 def _make_loader(name: str, samples: SampleIndex, spec, cfg: BenchAugmentConfig, device, tmp: Path):
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     args = (samples, None, spec, cfg.batch_size, device, dtype)
-    store = cfg.folder_store if samples.uniform_size is None else None
+    store = samples.resized(cfg.folder_store)
     if name == "pil":
         return PilLoader(*args, workers=cfg.workers)
     entry = LOADERS[name]

@@ -52,12 +52,12 @@ def _import_ffcv():
 
 
 class _Indexed:
-    """(image, label) pairs for FFCV's writer, decoded on demand; images of mixed sizes at
-    ``store_size``² (``samples.resize_center``)."""
+    """(image, label) pairs for FFCV's writer, decoded on demand; stored at ``store_size``² as
+    ``SampleIndex.resized`` says (``samples.resize_center``)."""
 
     def __init__(self, samples: SampleIndex, store_size: int | None) -> None:
         self.samples = samples
-        self.store_size = None if samples.uniform_size else store_size
+        self.store_size = samples.resized(store_size)
         # A worker's error, for the writer's one-line message (its traceback may go to a silenced stderr).
         self.error = multiprocessing.Array("c", 400)
 
@@ -82,7 +82,7 @@ def content_key(samples: SampleIndex, store_size: int | None, jpeg: bool) -> str
     modification time, a stat each (reading ImageNet's 140 GB at every start took minutes: the
     .beton is what spares that read); for images held as one array, a digest of its bytes
     (CIFAR-10's 150 MB: 0.12 s on one core). ``data write-ffcv --force`` rewrites it regardless."""
-    store_size = None if samples.uniform_size else store_size  # images of one size are kept as they are
+    store_size = samples.resized(store_size)  # None: kept as they are
     h = hashlib.blake2b(digest_size=20)
     h.update(f"n={len(samples)} store={store_size} jpeg={jpeg}\n".encode())
     h.update(np.ascontiguousarray(samples.labels).tobytes() + samples.sizes.tobytes())
@@ -155,13 +155,12 @@ def write_beton(
     progress: bool = True,
 ) -> Path:
     """Write a split (or uint8 (N, H, W, 3) images and labels) to ``path`` (raw pixels, or JPEG
-    when ``jpeg``; images of mixed sizes at ``store_size``²), through a temporary file renamed
+    when ``jpeg``; at ``store_size``² as ``SampleIndex.resized`` says), through a temporary file renamed
     into place: a half-written .beton never remains. Every image must decode (``data_samples``
     leaves out those that do not)."""
     fields, _, _, _, writer, _ = _import_ffcv()
     samples = images if isinstance(images, SampleIndex) else SampleIndex.from_array(images, labels)
-    if samples.uniform_size is None and store_size is None:
-        raise ValueError("images of mixed sizes need a store_size")
+    samples.resized(store_size)  # images of mixed sizes need a store_size: a ValueError before any write
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = own_partial(path)  # another run may be writing the same .beton now

@@ -47,3 +47,8 @@ class DatasetInfo:
     file_md5: tuple[tuple[str, str], ...] = ()
     classes: tuple[str, ...] = ()  # the class folders a folder preset keeps (ImageNet-100); (): all
     downloadable: bool = True  # False: the user provides the files (ImageNet, own folders)
+
+
+def default_store_size(image_size: int) -> int:
+    """--store-size when unset: 8/7 of --image-size (256 for 224-pixel views)."""
+    return round(image_size * 8 / 7)

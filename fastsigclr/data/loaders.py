@@ -28,7 +28,7 @@ from fastsigclr.data.datasets import (
 )
 from fastsigclr.data.ffcv_loader import FfcvLoader, content_key, write_beton, written_from
 from fastsigclr.data.gpu_loader import GpuLoader
-from fastsigclr.data.info import FFCV_SUBFOLDER
+from fastsigclr.data.info import FFCV_SUBFOLDER, default_store_size
 from fastsigclr.data.samples import SampleIndex
 from fastsigclr.data.splits import open_splits
 from fastsigclr.runinfo import package_version
@@ -105,8 +105,8 @@ def loader_options(name: str, src: LoaderSource) -> dict[str, Any]:
 
 
 def _store(samples: SampleIndex, store_size: int | None) -> int | None:
-    """The side images are stored at: ``store_size`` for images of mixed sizes, else None."""
-    return store_size if samples.uniform_size is None else None
+    """The side images are stored at (``SampleIndex.resized``), None: as they are."""
+    return samples.resized(store_size)
 
 
 def _gpu_options(src: LoaderSource) -> dict[str, Any]:
@@ -194,7 +194,10 @@ class WriteFfcvConfig:
         None, "write only a class-balanced subset of N training images (as train --limit-train)", ge=1
     )
     store_size: int | None = option(
-        None, "images of mixed sizes are stored at this size² (shorter side, centre crop); unset: 256", ge=8
+        None,
+        "images are stored at this size² (shorter side, centre crop), unless all share one size no "
+        "larger: train --store-size; unset: train's default at the dataset's crop (256 for 224)",
+        ge=8,
     )
     max_broken: float = max_broken_option()
     download: bool = option(True, "download the dataset when it is not in --data-dir")
@@ -205,20 +208,26 @@ class WriteFfcvConfig:
         check_fields(self)
 
 
-def write_ffcv(cfg: WriteFfcvConfig) -> Path:
+def write_ffcv(cfg: WriteFfcvConfig) -> tuple[Path, int | None]:
+    """The .beton ``train --loader ffcv`` reads for ``cfg``'s data, written when missing or stale
+    (``--force``: always), and the side its images are stored at (None: as they are)."""
     info = DATASETS[cfg.dataset]
     data_dir = data_folder(cfg.data_dir)
     folder = prepare(info, data_dir, download_ok=cfg.download, progress=cfg.progress)
-    # The files a run with this --max-broken leaves out, so that it finds this .beton as its own.
+    store_size = cfg.store_size or default_store_size(info.image_size)
+    # The files a run with this --max-broken leaves out, and the labelled splits' storage size (both
+    # resized when one is: DataSplits), so that the run finds this .beton as its own.
     splits = open_splits(
-        info, folder, limit_train=cfg.limit, max_broken=cfg.max_broken, limit_option="--limit"
-    )
+        info, folder, limit_train=cfg.limit, store_size=store_size, max_broken=cfg.max_broken,
+        limit_option="--limit",
+    )  # fmt: skip
     samples = splits.pretrain
     src = LoaderSource(
-        info, data_dir, samples, cfg.limit, cfg.ffcv_dir, cfg.progress, store_size=cfg.store_size or 256,
+        info, data_dir, samples, cfg.limit, cfg.ffcv_dir, cfg.progress, store_size=store_size,
         max_broken=cfg.max_broken,
     )  # fmt: skip
-    path = beton_path(info, data_dir, cfg.limit, cfg.ffcv_dir, _store(samples, src.store_size))
+    stored = _store(samples, store_size)
+    path = beton_path(info, data_dir, cfg.limit, cfg.ffcv_dir, stored)
     if cfg.force:
         path.unlink(missing_ok=True)
-    return _beton(src)["beton"]
+    return _beton(src)["beton"], stored

@@ -137,6 +137,9 @@ class SampleIndex:
         self.notes: dict[int, str] = {}  # sample → what only some decoders read (image_header)
         self.cache_dir: Path | None = None  # where in_memory keeps the decoded array (files only)
         self.cache_name = "images"
+        # Stored at the storage size even when the images share a size that fits it: set on both
+        # labelled splits when only one would be resized (DataSplits), so kNN compares alike.
+        self.resize_always = False
 
     @classmethod
     def from_array(cls, images: np.ndarray, labels: np.ndarray, name: str = "images", **kw) -> SampleIndex:
@@ -187,6 +190,23 @@ class SampleIndex:
             return int(self.sizes[0, 0]), int(self.sizes[0, 1])
         return None
 
+    def resized(self, size: int | None) -> int | None:
+        """The side of the squares ``in_memory(size)``, ``stream`` and FFCV store the images at
+        (shorter side resized, centre crop); None: as they are, when all share one size no
+        larger than ``size``² (CIFAR's 32² at 37). 4000×3000 photos of one camera were kept
+        whole (22 GB for 16) and compared by kNN with a split resized."""
+        same = self.uniform_size
+        if same is not None and not self.resize_always and (size is None or max(same) <= size):
+            return None
+        if size is None:
+            raise ValueError("images of different sizes need a storage size")
+        return size
+
+    def stored_hw(self, size: int | None) -> tuple[int, int]:
+        """(h, w) of the images as ``in_memory(size)`` stores them (``resized``)."""
+        side = self.resized(size)
+        return (side, side) if side is not None else self.uniform_size  # type: ignore[return-value]
+
     def decode(self, i: int) -> np.ndarray:
         return self._decode(int(i))
 
@@ -202,33 +222,30 @@ class SampleIndex:
             classes=self.classes,
             array=None if self._array is None else self._array[keep],
         )
+        part.resize_always = self.resize_always
         position = {int(old): new for new, old in enumerate(keep)}
         part.notes = {position[i]: note for i, note in self.notes.items() if i in position}
         return part  # its split's header failures were counted against the whole split (open_splits)
 
     def nbytes(self, size: int | None = None) -> int:
         """Bytes of the decoded uint8 array ``in_memory(size)`` would hold."""
-        if size is None and self.uniform_size is None:
-            raise ValueError("images of different sizes need a storage size")
-        h, w = (size, size) if size is not None and self.uniform_size is None else self.uniform_size
+        h, w = self.stored_hw(size)
         return len(self) * h * w * 3
 
     def in_memory(
         self, size: int | None = None, *, progress: bool = True, max_broken: float = 0.0
     ) -> SampleIndex:
         """This split decoded into one uint8 (N, H, W, 3) array (as a SampleIndex over it). Images
-        of one size are kept as they are; mixed sizes are stored at ``size``² (shorter side
-        resized to ``size``, centre crop). Files that cannot be decoded are reported
-        (``report_broken``) and left out. With ``cache_dir`` set, the array is kept there."""
+        of one size that fits ``size``² are kept as they are; others are stored at ``size``²
+        (``resized``). Files that cannot be decoded are reported (``report_broken``) and left out.
+        With ``cache_dir`` set, the array is kept there."""
         if self._array is not None:
             return self
-        same = self.uniform_size
-        if same is None and size is None:
-            raise ValueError("images of different sizes need a storage size")
-        key = cache.fingerprint(self.files, None if same else size) if self.cache_dir and self.files else None
+        side, hw = self.resized(size), self.stored_hw(size)
+        key = cache.fingerprint(self.files, side) if self.cache_dir and self.files else None
         found = cache.load(self.cache_dir, self.cache_name, key) if key else None
         if found is None:
-            images, kept = self._decode_all(same or (size, size), progress, max_broken)
+            images, kept = self._decode_all(hw, side is not None, progress, max_broken)
             if key:
                 cache.save(self.cache_dir, self.cache_name, key, images, kept)
         else:  # the files that did not decode when it was made count against this run's limit too
@@ -240,16 +257,16 @@ class SampleIndex:
         return SampleIndex.from_array(images, self.labels[kept], self.name, files=files, classes=self.classes)
 
     def _decode_all(
-        self, hw: tuple[int, int], progress: bool, max_broken: float
+        self, hw: tuple[int, int], resize: bool, progress: bool, max_broken: float
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(uint8 (n, h, w, 3), the ids of the n samples that decoded)."""
+        """(uint8 (n, h, w, 3), the ids of the n samples that decoded; ``resize``: to ``hw``)."""
         h, w = hw
         images = np.empty((len(self), h, w, 3), dtype=np.uint8)
         ok = np.ones(len(self), dtype=bool)
         broken: list[tuple[str, str]] = []
 
         def load(i: int) -> tuple[int, np.ndarray | str]:
-            return i, self._decoded_at(i, hw)
+            return i, self._decoded_at(i, hw, resize)
 
         with ThreadPoolExecutor(max_workers=workers()) as pool:
             decoded = pool.map(load, range(len(self)), chunksize=64)
@@ -269,14 +286,15 @@ class SampleIndex:
         """What a message names sample i by: its file, else its place in the split."""
         return str(self.files[i]) if self.files else f"sample {i}"
 
-    def _decoded_at(self, i: int, hw: tuple[int, int]) -> np.ndarray | str:
-        """Sample i decoded at ``hw`` (mixed sizes: resized and centre-cropped), or why it is not."""
+    def _decoded_at(self, i: int, hw: tuple[int, int], resize: bool) -> np.ndarray | str:
+        """Sample i decoded at ``hw`` (``resize``: resized and centre-cropped to it), or why it is
+        not."""
         h, w = hw
         try:
             rgb = self.decode(i)
         except (OSError, ValueError) as err:
             return str(err) or type(err).__name__
-        rgb = resize_center(rgb, h) if self.uniform_size is None else rgb
+        rgb = resize_center(rgb, h) if resize else rgb
         return rgb if rgb.shape == (h, w, 3) else f"is {rgb.shape[1]}×{rgb.shape[0]}, expected {w}×{h}"
 
     def stream(
@@ -293,20 +311,17 @@ class SampleIndex:
         labels, the (id, reason) of the batch's samples that did not decode, left out). Ids in
         ``skip`` are left out unread. The storage size is the split's: a run of ``ids`` that
         happens to hold one size is stored at ``size`` as the rest."""
-        same = self.uniform_size
-        if same is None and size is None:
-            raise ValueError("images of different sizes need a storage size")
-        hw, skip = same or (size, size), set(skip)
+        hw, skip, resize = self.stored_hw(size), set(skip), self.resized(size) is not None
         wanted = [i for i in (range(len(self)) if ids is None else ids) if i not in skip]
         bar = tqdm(total=len(wanted), desc=f"decode {self.name}", unit="img", disable=not progress)
         batches = [wanted[start : start + batch] for start in range(0, len(wanted), batch)]
         with ThreadPoolExecutor(max_workers=workers()) as pool, bar:
             # The next batch decodes while the caller uses this one (a forward pass, say).
-            ahead = [pool.submit(self._decoded_at, i, hw) for i in batches[0]] if batches else []
+            ahead = [pool.submit(self._decoded_at, i, hw, resize) for i in batches[0]] if batches else []
             for k, ids in enumerate(batches):
                 got = [future.result() for future in ahead]
                 ahead = (
-                    [pool.submit(self._decoded_at, i, hw) for i in batches[k + 1]]
+                    [pool.submit(self._decoded_at, i, hw, resize) for i in batches[k + 1]]
                     if k + 1 < len(batches)
                     else []
                 )

@@ -40,6 +40,16 @@ class DataSplits:
     _kept: dict = field(default_factory=dict, repr=False)  # split → kept (True) or streamed
     _checked: dict = field(default_factory=dict, repr=False)  # split → ids the ranks' union checked
 
+    def __post_init__(self) -> None:
+        # kNN compares features of the two labelled splits: when only one of them would be resized
+        # (its own images larger than --store-size², or of mixed sizes), both are, so that the
+        # bank and the queries are embedded at one resolution (128×96 against 18² was embedded
+        # apart). Splits held as one array (official datasets) are what they are.
+        labelled = [s for s in (self.train, self.test) if s is not None and not s.decoded]
+        if self.store_size and len({s.stored_hw(self.store_size) for s in labelled}) > 1:
+            for s in labelled:
+                s.resize_always = True
+
     @property
     def has_knn(self) -> bool:
         return all(s is not None and s.labelled for s in (self.train, self.test))
@@ -121,7 +131,7 @@ class DataSplits:
         under it when the whole split would be, its finds only listed (the ranks check the limit
         on their union, ``check_left_out``)."""
         index, known = self.index(split), self.left_out(split)
-        hw = index.uniform_size or (self.store_size, self.store_size)
+        hw = index.stored_hw(self.store_size)
         keep = key is not None and self.kept(split)  # the whole split's decision: a rank keeps its share
         kept = (np.empty((len(ids), *hw, 3), np.uint8), np.empty(len(ids), np.int64)) if keep else None
         filled, found = 0, []

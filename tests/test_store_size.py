@@ -1,0 +1,104 @@
+"""What a split of image files is stored at (``SampleIndex.resized``): images that share one size
+no larger than --store-size² as they are, every other split at --store-size² (shorter side resized,
+centre crop), and the two labelled splits of the kNN monitor at one resolution."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastsigclr.cli import main
+from fastsigclr.data import DATASETS
+from fastsigclr.data.base import LoaderSource
+from fastsigclr.data.ffcv_loader import content_key
+from fastsigclr.data.loaders import _store, loader_options
+from fastsigclr.data.samples import decode_file
+from fastsigclr.recipe import load_data
+from fastsigclr.runconfig import TrainConfig
+
+
+def _write(root: Path, split: str, sizes: list[tuple[int, int]], per_class: int = 3) -> None:
+    """``per_class`` PNGs of each (w, h) in ``sizes`` in classes a and b of ``split``."""
+    rng = np.random.default_rng(len(sizes) + per_class)
+    for c in ("a", "b"):
+        folder = root / split / c
+        folder.mkdir(parents=True, exist_ok=True)
+        for k in range(per_class):
+            w, h = sizes[k % len(sizes)]
+            pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"{k}.png")
+
+
+def _data(folder: Path, store_size: int):
+    cfg = TrainConfig(dataset="folder", data_dir=str(folder), progress=False, store_size=store_size)
+    return load_data(cfg.resolved(), announce=False)
+
+
+def test_images_of_one_size_larger_than_the_store_size_are_resized(tmp_path):
+    """Photos of one camera were kept whole (4000×3000: 22 GB for 16 of them, the memory budget
+    counted at full size) and embedded at full size beside a split resized to --store-size."""
+    _write(tmp_path, "train", [(64, 48)])
+    _write(tmp_path, "val", [(64, 48)])
+    data = _data(tmp_path, store_size=18)
+    for split in ("train", "test"):
+        index = data.index(split)
+        assert index.resized(18) == 18 and index.nbytes(18) == len(index) * 18 * 18 * 3
+        images, _ = data.arrays(split)
+        assert images.shape == (6, 18, 18, 3)
+    assert _store(data.pretrain, 18) == 18
+    # FFCV: a .beton written at another store size is not taken for this one (the key held None).
+    assert content_key(data.pretrain, 18, jpeg=False) != content_key(data.pretrain, 24, jpeg=False)
+
+
+def test_images_of_one_size_that_fits_are_kept_as_they_are(tmp_path):
+    _write(tmp_path, "train", [(32, 32)])
+    _write(tmp_path, "val", [(32, 32)])
+    data = _data(tmp_path, store_size=37)
+    images, _ = data.arrays("train")
+    assert data.pretrain.resized(37) is None and _store(data.pretrain, 37) is None
+    assert images.shape == (6, 32, 32, 3)
+    assert np.array_equal(images[0], decode_file(data.pretrain.files[0]))  # the pixels, untouched
+
+
+def test_the_labelled_splits_are_stored_at_one_size(tmp_path):
+    """train/ of one size that fits, val/ of mixed sizes: both at --store-size², as kNN embeds
+    the bank and the queries alike (each kept, and each streamed)."""
+    _write(tmp_path, "train", [(16, 16)])
+    _write(tmp_path, "val", [(16, 16), (30, 20)])
+    for keep_bytes in (None, 0):
+        data = _data(tmp_path, store_size=18)
+        data.keep_bytes = keep_bytes
+        shapes = {
+            np.concatenate([b for b, _ in data.batches(split, batch=4)]).shape for split in ("train", "test")
+        }
+        assert shapes == {(6, 18, 18, 3)}, keep_bytes
+    # Both of one size: kept as they are.
+    _write(tmp_path / "same", "train", [(16, 16)])
+    _write(tmp_path / "same", "val", [(16, 16)])
+    data = _data(tmp_path / "same", store_size=18)
+    assert data.arrays("train")[0].shape == data.arrays("test")[0].shape == (6, 16, 16, 3)
+
+
+def test_write_ffcv_writes_the_beton_a_run_reads(tmp_path, capsys):
+    """`data write-ffcv` stores as a run does (its val/ of mixed sizes makes both splits resized)
+    and says at which --store-size a run finds it: its default, 256, wrote a file that a run at
+    another --image-size never read."""
+    pytest.importorskip("ffcv")
+    _write(tmp_path, "train", [(16, 16)], per_class=8)
+    _write(tmp_path, "val", [(16, 16), (30, 20)])
+    argv = ["data", "write-ffcv", "--dataset", "folder", "--data-dir", str(tmp_path), "--no-progress"]
+    assert main([*argv, "--store-size", "18"]) == 0
+    said = capsys.readouterr().out
+    want = "its images are stored at 18²: train --loader ffcv reads it with --store-size 18 (the default"
+    assert f"{want} at --image-size 16)" in said, said
+    beton = tmp_path / "ffcv" / "folder-train-18px.beton"
+    written = beton.stat().st_mtime_ns
+    cfg = TrainConfig(dataset="folder", data_dir=str(tmp_path), image_size=16, progress=False).resolved()
+    data = load_data(cfg, announce=False)
+    src = LoaderSource(
+        DATASETS["folder"], tmp_path, data.pretrain, None, None, False, store_size=cfg.store_size
+    )
+    assert loader_options("ffcv", src)["beton"] == beton and beton.stat().st_mtime_ns == written
+    assert main(argv) == 0  # the default: 32² kept as they are would fit 256², but val/ is mixed
+    assert "stored at 256²" in capsys.readouterr().out
