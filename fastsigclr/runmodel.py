@@ -47,9 +47,16 @@ def load_run_model(
     info = DATASETS[cfg.dataset]
     where = data_folder(cfg.data_dir)
     if not ((where / info.folder).is_dir() or (info.archive and (where / info.archive).is_file())):
+        named = "--data-dir" if data_dir else "where the run read it"
+        if not info.folder:  # the dataset is the folder itself (--dataset folder)
+            raise FastSigCLRError(
+                f"{where} ({named}) is not a folder any more: pass --data-dir DIR, the folder that now "
+                f"holds the run's images"
+            )
+        archive = f" (or {info.archive})" if info.archive else ""
         raise FastSigCLRError(
-            f"{info.name} is not in {where} ({'--data-dir' if data_dir else 'where the run read it'}): "
-            f"pass --data-dir DIR, the folder that now holds {info.folder}/ (or {info.archive})"
+            f"{info.name} is not in {where} ({named}): pass --data-dir DIR, the folder that now holds "
+            f"{info.folder}/{archive}"
         )
     device = resolve_device(device_name)
     state = trained_checkpoint(Path(run_dir))

@@ -209,3 +209,31 @@ def test_write_ffcv_leaves_out_what_a_run_would_and_names_its_own_options(tmp_pa
     assert "--limit 100 is more than the 30 train images of folder: pass --limit 30 or less" in (
         capsys.readouterr().err
     )
+
+
+def test_a_folder_run_whose_images_moved_is_told_to_pass_data_dir(tmp_path, capsys):
+    """A folder dataset is --data-dir itself: the message named an empty folder and archive
+    ("the folder that now holds / (or )")."""
+    from folder_fixture import write_cifar_folder
+    from test_folder import folder_args
+
+    data_dir = write_cifar_folder(tmp_path / "data", per_class=2, val_per_class=1, classes=2)
+    run = tmp_path / "run"
+    assert main(folder_args(data_dir, run, "--batch-size", "4", "--knn-k", "1")) == 0
+    moved = tmp_path / "moved"
+    shutil.move(data_dir, moved)
+    for command in (
+        ["eval", "--run", str(run), "knn"],
+        ["embed", "--run", str(run), "--out", str(tmp_path / "e.npy")],
+    ):
+        with pytest.raises(SystemExit):
+            main([*command, "--no-progress"])
+        err = capsys.readouterr().err
+        assert (
+            f"{data_dir} (where the run read it) is not a folder any more: pass --data-dir DIR, the " in err
+        )
+        assert "/ (or )" not in err
+    assert (
+        main(["eval", "--run", str(run), "knn", "--knn-k", "1", "--no-progress", "--data-dir", str(moved)])
+        == 0
+    )
