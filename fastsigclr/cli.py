@@ -207,16 +207,12 @@ def _cmd_data_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_write_ffcv(args: argparse.Namespace) -> int:
-    from fastsigclr.data.info import default_store_size
-    from fastsigclr.data.loaders import WriteFfcvConfig, write_ffcv
+    from fastsigclr.data.loaders import WriteFfcvConfig, stored_note, write_ffcv
 
     path, stored = write_ffcv(from_args(WriteFfcvConfig, args))
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     if stored is not None:  # a run finds it only at this storage size
-        crops = [s for s in range(8, stored + 1) if default_store_size(s) == stored]
-        unset = f" (the default at --image-size {crops[-1]})" if crops else ""
-        reads = f"train --loader ffcv reads it with --store-size {stored}"
-        print(f"its images are stored at {stored}²: {reads}{unset}")
+        print(stored_note(stored))
     return 0
 
 

@@ -208,6 +208,16 @@ class WriteFfcvConfig:
         check_fields(self)
 
 
+def stored_note(stored: int) -> str:
+    """What ``data write-ffcv`` says of a .beton whose images are stored at ``stored``²: the
+    --store-size (and the --image-size whose default it is) at which a run reads it."""
+    crops = [s for s in range(8, stored + 1) if default_store_size(s) == stored]
+    unset = f" (the default at --image-size {crops[-1]})" if crops else ""
+    return (
+        f"its images are stored at {stored}²: train --loader ffcv reads it with --store-size {stored}" + unset
+    )
+
+
 def write_ffcv(cfg: WriteFfcvConfig) -> tuple[Path, int | None]:
     """The .beton ``train --loader ffcv`` reads for ``cfg``'s data, written when missing or stale
     (``--force``: always), and the side its images are stored at (None: as they are)."""

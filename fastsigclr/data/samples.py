@@ -4,7 +4,7 @@ the loaders read from it. Decoding a whole split into one uint8 array (``SampleI
 is the strategy of the gpu loader and of the kNN monitor for a split that fits, not the data
 model (``SampleIndex.stream`` decodes one a batch at a time).
 
-Image files are decoded by ``decode_file``: any Pillow format, converted to RGB (grayscale,
+Image files are decoded by ``imagefile.decode_file``: any Pillow format, converted to RGB (grayscale,
 CMYK, palette, 16-bit; transparency composited on white). A file that cannot be decoded is a
 ``broken`` entry: listed with its path and reason, skipped with a count up to ``max_broken`` (a
 fraction of the split), beyond which the run stops (``broken.report_broken``).
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 import sys
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +25,14 @@ from tqdm.auto import tqdm
 
 from fastsigclr.data import cache
 from fastsigclr.data.broken import report_broken
+from fastsigclr.data.imagefile import (  # noqa: F401 (decode_file, image_size, DALI_FORMATS: read from here too)
+    DALI_FORMATS,
+    decode_file,
+    image_header,
+    image_size,
+    resize_center,
+    to_rgb,
+)
 from fastsigclr.data.info import DatasetInfo
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -43,61 +50,6 @@ class Reader(Protocol):
     def index(self, split: str) -> SampleIndex | None: ...
 
     def verify(self) -> dict[str, str]: ...
-
-
-def decode_file(path: Path) -> np.ndarray:
-    """The image at ``path`` as uint8 (H, W, 3) RGB; OSError/ValueError when it cannot be read."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return to_rgb(im)
-    except (UnidentifiedImageError, Image.DecompressionBombError, SyntaxError) as err:
-        raise ValueError(str(err)) from err
-
-
-def to_rgb(im) -> np.ndarray:
-    """A Pillow image of any mode as uint8 (H, W, 3) RGB."""
-    from PIL import Image
-
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale: the high byte
-        gray = (np.asarray(im, dtype=np.int64) >> 8).clip(0, 255).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=-1)
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    return np.asarray(im.convert("RGB"), dtype=np.uint8)
-
-
-# What DALI's image decoder reads, by Pillow's format names (MPO: a phone's JPEG with a preview).
-DALI_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP", "PPM", "JPEG2000"})
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) from the file's header, without decoding it."""
-    return image_header(path)[:2]
-
-
-def image_header(path: Path) -> tuple[int, int, str]:
-    """(height, width, note) from the file's header, without decoding it; the note names what
-    only some decoders take as Pillow does: "format GIF" (one DALI does not decode) or
-    "transparency" (which Pillow composites on white and DALI drops), else "". A name that is not
-    a regular file (a link to nothing: FileNotFoundError; a pipe, which Pillow would wait on) is
-    refused."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not stat.S_ISREG(os.stat(path).st_mode):
-        raise ValueError("not a regular file (a pipe, socket or device)")
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            # what to_rgb composites on white (an RGB or L colour key it drops, as DALI does)
-            alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
-            note = f"format {im.format}" if im.format not in DALI_FORMATS else "transparency" if alpha else ""
-    except (UnidentifiedImageError, Image.DecompressionBombError, SyntaxError) as err:
-        raise ValueError(str(err)) from err
-    return h, w, note
 
 
 def workers() -> int:
@@ -351,18 +303,6 @@ class SampleIndex:
         if self._array is None:
             raise ValueError(f"{self.name} is not decoded: call in_memory() first")
         return self._array
-
-
-def resize_center(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Shorter side resized to ``size`` (bilinear, antialiased), then the centre ``size``² crop."""
-    from PIL import Image
-
-    h, w = rgb.shape[:2]
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    im = Image.fromarray(rgb).resize((nw, nh), Image.BILINEAR)
-    top, left = (nh - size) // 2, (nw - size) // 2
-    return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
 def file_index(

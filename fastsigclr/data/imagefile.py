@@ -1,0 +1,103 @@
+"""One image file: its header (size, and what only some decoders read) without decoding it, its
+pixels as uint8 RGB whatever its mode, and the centre crop images are stored at. Pillow reads
+them all; an error is a ValueError or OSError with the reason, which the splits list as a broken
+file (``broken.report_broken``)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import stat
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+# Pillow refuses an image past 2 × its MAX_IMAGE_PIXELS (178,956,970 pixels) as a possible
+# decompression bomb: a file of a few KB that decodes to gigabytes, per decoding thread. That guard
+# stands (every file is untrusted); its warning between 89 and 179 megapixels is not repeated.
+
+
+@functools.cache
+def _pillow():
+    from PIL import Image
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    return Image
+
+
+def _refusal(err: Exception) -> ValueError:
+    """A ValueError for Pillow's refusal of a file, with the fix where there is one."""
+    if isinstance(err, _pillow().DecompressionBombError):
+        size = str(err).split(", could be")[0]  # "Image size (N pixels) exceeds limit of M pixels"
+        return ValueError(f"{size}, a guard against decompression bombs: downscale it")
+    return ValueError(str(err))
+
+
+def decode_file(path: Path) -> np.ndarray:
+    """The image at ``path`` as uint8 (H, W, 3) RGB; OSError/ValueError when it cannot be read."""
+    from PIL import UnidentifiedImageError
+
+    Image = _pillow()
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return to_rgb(im)
+    except (UnidentifiedImageError, Image.DecompressionBombError, SyntaxError) as err:
+        raise _refusal(err) from err
+
+
+def to_rgb(im) -> np.ndarray:
+    """A Pillow image of any mode as uint8 (H, W, 3) RGB."""
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale: the high byte
+        gray = (np.asarray(im, dtype=np.int64) >> 8).clip(0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+# What DALI's image decoder reads, by Pillow's format names (MPO: a phone's JPEG with a preview).
+DALI_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP", "PPM", "JPEG2000"})
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the file's header, without decoding it."""
+    return image_header(path)[:2]
+
+
+def image_header(path: Path) -> tuple[int, int, str]:
+    """(height, width, note) from the file's header, without decoding it; the note names what
+    only some decoders take as Pillow does: "format GIF" (one DALI does not decode) or
+    "transparency" (which Pillow composites on white and DALI drops), else "". A name that is not
+    a regular file (a link to nothing: FileNotFoundError; a pipe, which Pillow would wait on) is
+    refused."""
+    from PIL import UnidentifiedImageError
+
+    Image = _pillow()
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ValueError("not a regular file (a pipe, socket or device)")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            # what to_rgb composites on white (an RGB or L colour key it drops, as DALI does)
+            alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+            note = f"format {im.format}" if im.format not in DALI_FORMATS else "transparency" if alpha else ""
+    except (UnidentifiedImageError, Image.DecompressionBombError, SyntaxError) as err:
+        raise _refusal(err) from err
+    return h, w, note
+
+
+def resize_center(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Shorter side resized to ``size`` (bilinear, antialiased), then the centre ``size``² crop."""
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    im = Image.fromarray(rgb).resize((nw, nh), Image.BILINEAR)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
