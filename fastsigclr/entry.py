@@ -4,11 +4,28 @@ before torch and the loaders are imported (about 2 s), so a Ctrl-C at any moment
 
 from __future__ import annotations
 
+import signal
 import sys
+
+
+def _import_torch() -> None:
+    """Import torch (and numpy, which torch's C code imports) with SIGINT held, then let a Ctrl-C
+    that came meanwhile land. torch swallows an exception raised inside numpy's import: a Ctrl-C
+    there was lost (the run went on to the end, status 0) or left numpy half-imported
+    (RecursionError, "module 'numpy' has no attribute 'ndarray'", an abort from pybind11)."""
+    hold = getattr(signal, "pthread_sigmask", None)  # POSIX; elsewhere imported as it comes
+    held = hold(signal.SIG_BLOCK, {signal.SIGINT}) if hold else None
+    try:
+        import numpy  # noqa: F401
+        import torch  # noqa: F401
+    finally:
+        if hold:
+            hold(signal.SIG_SETMASK, held)  # a pending SIGINT is delivered here: KeyboardInterrupt
 
 
 def main() -> int:
     try:
+        _import_torch()
         from fastsigclr.cli import main as run
 
         return run()
