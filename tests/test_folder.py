@@ -394,3 +394,90 @@ def test_a_link_to_nothing_or_a_pipe_named_like_an_image_is_listed(tmp_path, cap
     assert main([*args, "--max-broken", "0.2"]) == 0
     listed = capsys.readouterr().err
     assert f"{folder / 'gone.jpg'}: " in listed and f"{folder / 'pipe.jpg'}: not a regular file" in listed
+
+
+def images_at(root, *rels: str):
+    """One small PNG at each path under ``root``."""
+    payload = odd_images()["gray.png"]
+    for rel in rels:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(payload)
+    return root
+
+
+def test_images_outside_class_folders_are_counted_and_named(tmp_path):
+    """train/loose.jpg and val/l.png were skipped without a word (their class is unknown):
+    counted (their headers not read) and named with the fix."""
+    data = images_at(
+        tmp_path, "train/a/0.png", "train/b/0.png", "val/a/0.png", "train/loose.jpg", "val/l.png"
+    )
+    (data / "train" / "notes.txt").write_text("not an image")
+    reader = FolderReader(DATASETS["folder"], data)
+    train, test = reader.index("train"), reader.index("test")
+    assert len(train) == 2 and len(test) == 1
+    text = reader.describe(train, test)
+    assert (
+        "ignored 2 images outside class folders (e.g. train/loose.jpg): move them into a class folder" in text
+    )
+    assert "ignored 1 files that are not images" in text, text
+
+
+def test_linked_subfolders_of_a_class_are_read_once_and_loops_are_said(tmp_path):
+    """A link to a folder inside a class folder was not followed (os.walk's default), a linked
+    class folder was: b's 3 linked images were left out without a word. Followed now; a second link
+    to one folder, a link to a class folder and one to an ancestor are skipped and said."""
+    data = images_at(tmp_path / "data", "train/a/0.png", "train/b/0.png", "train/b/sub/1.png")
+    extra = images_at(tmp_path / "extra", "0.png", "1.png", "2.png")
+    (data / "train/b/linked").symlink_to(extra)
+    (data / "train/b/twice").symlink_to(extra)  # two links to one folder: read once
+    (data / "train/b/sub/up").symlink_to(tmp_path)  # a folder above DIR: a walk over all of it
+    (data / "train/b/to_a").symlink_to(data / "train/a")  # a class folder: read as itself
+    reader = FolderReader(DATASETS["folder"], data)
+    train = reader.index("train")
+    assert np.bincount(train.labels).tolist() == [1, 5]
+    assert all(p.parent.name != "twice" for p in train.files)
+    text = reader.describe(train, None)
+    assert (
+        f"skipped 3 linked folder(s) read already or holding their link (e.g. train/b/to_a -> "
+        f"{data.resolve()}/train/a): each folder is read once; remove the extra link"
+    ) in text, text
+
+
+def test_a_layout_error_names_the_layout_meant(tmp_path):
+    """A torchvision root (DIR/<class>/*) and an empty val/ were told to put the images in
+    DIR/train/<class>/, which they had (val/) or which a parent did."""
+    from fastsigclr.data.info import DatasetError
+
+    def refused(folder) -> str:
+        with pytest.raises(DatasetError) as err:
+            reader = FolderReader(DATASETS["folder"], folder)
+            reader.index("train")
+            reader.index("test")
+        return str(err.value)
+
+    root = images_at(tmp_path / "root", "cats/0.png", "dogs/0.png")
+    assert refused(root) == (
+        f"{root} holds class folders (cats, dogs) and no train/: move them into {root}/train/ (or pass "
+        f"the folder holding train/ as --data-dir)"
+    )
+    data = images_at(tmp_path / "data", "train/a/0.png", "train/b/0.png")
+    assert f"holds class folders (a, b) and no train/: pass its parent, {data}, the folder" in refused(
+        data / "train"
+    )
+    for empty in ("val", "val/a"):
+        (data / empty).mkdir()
+        assert refused(data) == (
+            f"{data / 'val'} holds no images in class folders: add {data}/val/<class>/ images (the "
+            f"classes of train/) or remove val/"
+        )
+    flat = images_at(tmp_path / "flat", "a.png", "sub/b.png")  # images and subfolders: read as before
+    assert len(FolderReader(DATASETS["folder"], flat).index("train")) == 1
+
+
+def test_a_test_folder_without_val_is_named(tmp_path):
+    data = images_at(tmp_path, "train/a/0.png", "test/a/0.png")
+    reader = FolderReader(DATASETS["folder"], data)
+    assert reader.describe(reader.index("train"), reader.index("test")).endswith(
+        "no val/ folder: the kNN monitor is off; test/ was found and is not read: rename it val/ to use "
+        "it for the kNN monitor"
+    )

@@ -1,13 +1,15 @@
 """Image folders: your own images, ImageNet and ImageNet-100.
 
     DIR/train/<class>/**    labelled training images (class = folder name, sorted; subfolders too)
-    DIR/val/<class>/*       optional: labelled images for the kNN monitor and the probe
+    DIR/val/<class>/**      optional: labelled images for the kNN monitor and the probe
     DIR/*                   or: a flat folder of unlabeled images (kNN and probe off)
 
 JPEG, PNG, WebP and BMP files of any size and mode (``samples.decode_file`` makes them RGB).
 Each file's size is read from its header when the index is built; a file whose header cannot be
 read is listed and left out (``broken.report_broken``), as is one that later fails to decode.
-A preset may keep only some class folders (ImageNet-100's 100 wnids).
+A preset may keep only some class folders (ImageNet-100's 100 wnids). What is not read is said
+at the start (images outside class folders, a repeated or looping linked folder, test/ without
+val/), and a layout that is probably another one (torchvision's DIR/<class>/) is refused naming it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -23,29 +26,62 @@ from fastsigclr.data.info import FFCV_SUBFOLDER, DatasetError, DatasetInfo
 from fastsigclr.data.samples import IMAGE_SUFFIXES, UNLABELED, SampleIndex, file_index
 
 
-def _images_in(folder: Path, nested: bool = False) -> tuple[list[Path], list[Path]]:
-    """(image files, other files) in ``folder``, sorted; with ``nested``, those of its subfolders
-    too (a class's images are often kept in folders by date or source). Hidden files and folders
-    (.ipynb_checkpoints, .DS_Store) are ignored."""
-    if nested:
-        entries = []
-        for root, dirs, names in os.walk(folder, onerror=_unreadable):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-            entries += [Path(root) / n for n in names if not n.startswith(".")]
-        try:  # a folder that can be listed but not entered (no x permission) fails here
-            entries = sorted(p for p in entries if not p.is_dir())  # a link to nothing is listed
-        except OSError as err:  # named by its folder, the one to fix
-            err.filename = str(Path(err.filename).parent) if err.filename else str(folder)
-            _unreadable(err)
-        images = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
-        return images, [p for p in entries if p.suffix.lower() not in IMAGE_SUFFIXES]
-    # Not is_file(): a link to nothing named like an image is listed as one that does not read.
-    entries = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and not p.is_dir())
+def _images_in(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(image files, other files) directly in ``folder``, sorted. Hidden files (.DS_Store) are
+    ignored; not is_file(): a link to nothing named like an image is listed as one that does not read."""
+    return _by_suffix(p for p in folder.iterdir() if not p.name.startswith(".") and not p.is_dir())
+
+
+def _by_suffix(entries) -> tuple[list[Path], list[Path]]:
+    entries = sorted(entries)
     images = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
     return images, [p for p in entries if p.suffix.lower() not in IMAGE_SUFFIXES]
 
 
-def _unreadable(err: OSError) -> None:
+def _folder_key(path: Path) -> tuple[int, int]:
+    """The (device, inode) of the folder ``path`` names, links followed: one per real folder."""
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        _unreadable(err)
+    return st.st_dev, st.st_ino
+
+
+def _walk(folder: Path, seen: set[tuple[int, int]], looped: list[Path]) -> tuple[list[Path], list[Path]]:
+    """(image files, other files) in ``folder`` and its subfolders, sorted (a class's images are
+    often kept in folders by date or source). Links to folders are followed, as a linked class
+    folder is, but each real folder is read once per split: one already in ``seen`` (a second
+    link to it, a link to a class folder) or a link to a folder holding this one (a walk without
+    end) is skipped and appended to ``looped``, to be said. Hidden files and folders
+    (.ipynb_checkpoints, .DS_Store) are ignored."""
+    entries = []
+    for root, dirs, names in os.walk(folder, onerror=_unreadable, followlinks=True):
+        kept = []
+        for name in sorted(d for d in dirs if not d.startswith(".")):  # sorted: the same one is kept
+            path = Path(root) / name
+            key = _folder_key(path)
+            if key in seen or _leads_up(path):
+                looped.append(path)
+            else:
+                seen.add(key)
+                kept.append(name)
+        dirs[:] = kept
+        entries += [Path(root) / n for n in names if not n.startswith(".")]
+    try:  # a folder that can be listed but not entered (no x permission) fails here
+        return _by_suffix(p for p in entries if not p.is_dir())  # a link to nothing is listed
+    except OSError as err:  # named by its folder, the one to fix
+        err.filename = str(Path(err.filename).parent) if err.filename else str(folder)
+        _unreadable(err)
+
+
+def _leads_up(path: Path) -> bool:
+    """Whether the folder ``path`` is a link to a folder holding it (DIR, /, ~: a walk without end,
+    or one over the whole disk). Only a link can; one to a folder above the class folder is not in
+    ``seen``, so the real paths tell."""
+    return path.is_symlink() and Path(os.path.realpath(path.parent)).is_relative_to(os.path.realpath(path))
+
+
+def _unreadable(err: OSError) -> NoReturn:
     """A folder of images that cannot be read stops the run: its images would be left out unseen."""
     if err.errno in (errno.EACCES, errno.EPERM):
         fix = "make it readable (chmod), or move it out of the dataset"
@@ -88,6 +124,8 @@ class FolderReader:
         if not self.flat and not self.classes:
             raise DatasetError(f"{train} holds no class folders: put the images in {train}/<class>/")
         self._ignored: list[Path] = []
+        self._loose: list[Path] = []  # images in train/ or val/ themselves, outside class folders
+        self._looped: list[Path] = []  # links to folders already read, or to a folder holding them
         self._subfolders: list[Path] = []  # of a flat folder: not read
         self._cache: dict[str, SampleIndex | None] = {}
 
@@ -121,12 +159,32 @@ class FolderReader:
                 return None
             files, labels = self._labelled(split_dir)
         if not files:
-            where = self.folder if self.flat else self.folder / ("val" if split == "test" else "train")
-            raise DatasetError(
-                f"no images ({', '.join(IMAGE_SUFFIXES)}) in {where}: put them in "
-                f"{self.folder}/train/<class>/ (or directly in {self.folder} when they have no labels)"
-            )
+            raise self._no_images(split)
         return file_index(f"{self.info.name} {split}", files, np.asarray(labels), classes=self.classes)
+
+    def _no_images(self, split: str) -> DatasetError:
+        """The error of a split without images, naming the layout that was probably meant."""
+        root = self.folder
+        if not self.flat and split == "test":
+            return DatasetError(
+                f"{root / 'val'} holds no images in class folders: add {root}/val/<class>/ images "
+                f"(the classes of train/) or remove val/"
+            )
+        if self.flat and self._subfolders:  # torchvision's ImageFolder root: DIR/<class>/*
+            names = ", ".join(p.name for p in self._subfolders[:3])
+            names += ", ..." if len(self._subfolders) > 3 else ""
+            parent = root.absolute().parent
+            fix = (
+                f"pass its parent, {parent}, the folder holding train/, as --data-dir"
+                if (parent / "train").is_dir()
+                else f"move them into {root}/train/ (or pass the folder holding train/ as --data-dir)"
+            )
+            return DatasetError(f"{root} holds class folders ({names}) and no train/: {fix}")
+        where = root if self.flat else root / "train"
+        return DatasetError(
+            f"no images ({', '.join(IMAGE_SUFFIXES)}) in {where}: put them in "
+            f"{root}/train/<class>/ (or directly in {root} when they have no labels)"
+        )
 
     def _labelled(self, split_dir: Path) -> tuple[list[Path], list[int]]:
         files: list[Path] = []
@@ -142,10 +200,16 @@ class FolderReader:
                 f"{split_dir} has class folders that train/ lacks: {', '.join(extra[:5])}; "
                 f"the classes of val/ must be those of train/"
             )
+        loose, other = _images_in(split_dir)  # counted, not read: their class is unknown
+        self._loose += loose
+        self._ignored += other
+        class_dirs = [split_dir / name for name in self.classes if (split_dir / name).is_dir()]
+        # Each real folder once: the split's own folders may not be read again through a link.
+        seen = {_folder_key(p) for p in (self.folder, split_dir, *class_dirs)}
         for label, name in enumerate(self.classes):
             if not (split_dir / name).is_dir():
                 continue
-            found, other = _images_in(split_dir / name, nested=True)
+            found, other = _walk(split_dir / name, seen, self._looped)
             files += found
             labels += [label] * len(found)
             self._ignored += other
@@ -167,22 +231,44 @@ class FolderReader:
                     f"  warning: {len(empty)} class folder(s) of train/ hold no images "
                     f"({', '.join(empty[:5])}): those classes are never trained on"
                 )
-            lines.append(
-                f"  val: {len(test)} images"
-                if test is not None
-                else "  no val/ folder: the kNN monitor is off"
-            )
+            lines.append(f"  val: {len(test)} images" if test is not None else self._no_val())
         if self._subfolders:
             lines.append(
                 f"  ignored {len(self._subfolders)} subfolder(s) (e.g. {self._subfolders[0].name}/): "
                 f"unlabeled images are read from {self.folder} itself; for classes, use "
                 f"{self.folder}/train/<class>/"
             )
+        if self._loose:
+            lines.append(
+                f"  ignored {len(self._loose)} images outside class folders "
+                f"(e.g. {self._relative(self._loose[0])}): move them into a class folder"
+            )
+        if self._looped:
+            first = self._looped[0]
+            lines.append(
+                f"  skipped {len(self._looped)} linked folder(s) read already or holding their link "
+                f"(e.g. {self._relative(first)} -> {os.path.realpath(first)}): each folder is read "
+                f"once; remove the extra link"
+            )
         if self._ignored:
             lines.append(
                 f"  ignored {len(self._ignored)} files that are not images (e.g. {self._ignored[0]})"
             )
         return "\n".join(lines)
+
+    def _no_val(self) -> str:
+        """The line of a layout without val/, naming a split folder that was probably meant as one."""
+        line = "  no val/ folder: the kNN monitor is off"
+        other = next((n for n in ("test", "valid", "validation") if (self.folder / n).is_dir()), None)
+        if other:  # read by no one: torchvision and Kaggle layouts call it so
+            line += f"; {other}/ was found and is not read: rename it val/ to use it for the kNN monitor"
+        return line
+
+    def _relative(self, path: Path) -> str:
+        try:
+            return path.relative_to(self.folder).as_posix()
+        except ValueError:
+            return str(path)
 
     def verify(self, progress: bool = True) -> dict[str, str]:
         """Decode every image once; a DatasetError lists those that fail (none may). Returns
