@@ -12,6 +12,7 @@ from typing import Any
 from fastsigclr import checkpoint as ckpt
 from fastsigclr.config import FastSigCLRError
 from fastsigclr.runconfig import read_config
+from fastsigclr.runlog import read_records
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
 # What a run writes, config.json first (``begin`` writes it first); an interrupted start (no
@@ -22,14 +23,7 @@ CHECKPOINT_KEYS = ("model", "criterion", "probe", "optimizer", "probe_optimizer"
 
 def epoch_records(path: Path) -> int:
     """Finished epochs recorded in metrics.jsonl (a line cut short by a kill is skipped)."""
-    count = 0
-    if path.is_file():
-        for line in ckpt.read_text(path).splitlines():
-            try:
-                count += json.loads(line).get("kind") == "epoch"
-            except (json.JSONDecodeError, AttributeError):
-                continue
-    return count
+    return sum(record.get("kind") == "epoch" for record in read_records(path)) if path.is_file() else 0
 
 
 def check_run_dir(run_dir: Path) -> None:

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fastsigclr.checkpoint import WriteError, json_text, open_nofollow, read_text, write_text_atomic
+from fastsigclr.checkpoint import WriteError, json_text, open_nofollow, write_text_atomic
+from fastsigclr.config import FastSigCLRError
 
 # What a record that cannot be appended (a full disk) asks for: the records past the last
 # checkpoint are dropped on resume and written again as the resumed run recomputes them.
@@ -42,12 +43,13 @@ class RunLog:
             return
         if resume_epoch is not None and self.path.exists():
             # A checkpoint inside an epoch (resume_step) keeps that epoch's records up to its step.
-            lines = read_text(self.path).splitlines()
+            lines = read_lines(self.path)
             self._set_aside_damaged(lines)
             kept = [
                 line
                 for line in lines
-                if (epoch := _epoch_of(line)) is not None
+                if isinstance(line, str)
+                and (epoch := _epoch_of(line)) is not None
                 and (epoch < resume_epoch or (resume_step is not None and _step_of(line) <= resume_step))
             ]
             write_text_atomic(self.path, "".join(line + "\n" for line in kept))
@@ -71,20 +73,24 @@ class RunLog:
                     file=sys.stderr,
                 )
 
-    def _set_aside_damaged(self, lines: list[str]) -> None:
-        """Lines before the last that are not JSON records (damaged on disk, or edited) are
-        appended to metrics.jsonl.damaged and named on stderr: the resume keeps nothing it cannot
-        read in the log, and loses nothing. The last line may be cut short by a kill: it is
-        dropped, as the resumed run writes that record again."""
+    def _set_aside_damaged(self, lines: list[str | bytes]) -> None:
+        """Lines before the last that are not JSON records (damaged on disk, or edited; bytes that
+        are not UTF-8) are appended to metrics.jsonl.damaged as they were and named on stderr: the
+        resume keeps nothing it cannot read in the log, and loses nothing. The last line may be
+        cut short by a kill: it is dropped, as the resumed run writes that record again."""
         damaged = [
-            (n, line) for n, line in enumerate(lines[:-1], 1) if line.strip() and _epoch_of(line) is None
+            (n, line)
+            for n, line in enumerate(lines[:-1], 1)
+            if isinstance(line, bytes) or (line.strip() and _epoch_of(line) is None)
         ]
         if not damaged:
             return
         side = self.path.with_name(self.path.name + ".damaged")
         # Appended, never through a link: a metrics.jsonl.damaged that is one is refused.
-        with os.fdopen(open_nofollow(side, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a") as f:
-            f.writelines(f"{n}\t{line}\n" for n, line in damaged)
+        with os.fdopen(open_nofollow(side, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab") as f:
+            f.writelines(
+                b"%d\t%s\n" % (n, line if isinstance(line, bytes) else line.encode()) for n, line in damaged
+            )
         numbers = ", ".join(str(n) for n, _ in damaged)
         print(
             f"fastsigclr: {self.path} line(s) {numbers} are not JSON records: moved to {side} (with their "
@@ -152,6 +158,40 @@ def _step_of(line: str) -> int:
     return position[1]
 
 
+def read_lines(path: Path) -> list[str | bytes]:
+    """The lines of a metrics.jsonl, never through a link: each decoded as UTF-8, or its bytes
+    where it is not (a damaged disk block, which raised UnicodeDecodeError from the resume and the
+    sweep: no record, as a line that is not JSON). One that is not a file is one line."""
+    try:
+        with os.fdopen(open_nofollow(path), "rb") as f:
+            data = f.read()
+    except IsADirectoryError:
+        raise FastSigCLRError(
+            f"{path} is a folder, not the run's records: move it out of the run directory and run again "
+            f"(the records from the last checkpoint on are written anew)"
+        ) from None
+    lines: list[str | bytes] = []
+    for raw in data.splitlines():
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            lines.append(raw)
+    return lines
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a metrics.jsonl (``read_lines``), in order; other lines (one cut short
+    by a kill, damaged, edited) are left out. None when there is no such file."""
+    records = []
+    for line in read_lines(path) if os.path.lexists(path) else ():
+        try:
+            record = json.loads(line)
+        except ValueError:  # JSONDecodeError, and UnicodeDecodeError of bytes
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in read_text(path).splitlines() if line.strip()]
+    return read_records(Path(run_dir) / "metrics.jsonl")

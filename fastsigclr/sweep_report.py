@@ -22,6 +22,7 @@ from fastsigclr.bench.plot import save_figure
 from fastsigclr.checkpoint import json_text, read_text, write_text_atomic
 from fastsigclr.config import FastSigCLRError, default_of, to_dict
 from fastsigclr.runconfig import TrainConfig, saved_config
+from fastsigclr.runlog import read_records
 
 EVAL_FILE = "sweep-eval.json"  # in each run directory: the sweep's evaluation of that run
 STATUS = {
@@ -76,21 +77,6 @@ def _run_file(run_dir: Path, name: str) -> dict[str, Any] | None:
     return read_json(run_dir / name, f"restore it, or delete it ({again})")
 
 
-def _records(path: Path) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl, without a last line cut short by a killed run."""
-    if not path.is_file() and not path.is_symlink():
-        return []
-    records = []
-    for line in read_text(path).splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
-
 def _epoch_record(record: dict[str, Any]) -> bool:
     """An epoch's record as the trainer writes it (a line edited by hand is left out)."""
     whole = isinstance(record.get("epoch"), int) and not isinstance(record.get("epoch"), bool)
@@ -101,7 +87,7 @@ def _epoch_record(record: dict[str, Any]) -> bool:
 def collect_run(run_dir: Path) -> dict[str, Any]:
     """A run directory's results: kNN curve and training time from metrics.jsonl, loss scalars
     from summary.json, the sweep's kNN and linear accuracy from its evaluation file."""
-    epochs = [r for r in _records(run_dir / "metrics.jsonl") if _epoch_record(r)]
+    epochs = [r for r in read_records(run_dir / "metrics.jsonl") if _epoch_record(r)]
     found: dict[str, Any] = {
         "epochs_done": len(epochs),
         "train_seconds": sum(r["seconds"] for r in epochs),

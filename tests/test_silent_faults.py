@@ -69,6 +69,31 @@ def test_a_damaged_line_of_metrics_is_set_aside_and_named(run_copy, capsys):
     assert [r["step"] for r in records if r["kind"] == "step"] == [1, 2, 3, 4]
 
 
+def test_a_line_that_is_not_utf8_is_set_aside_as_it_was(run_copy, capsys):
+    """One bad byte (a damaged disk block) raised UnicodeDecodeError from the resume and from the
+    sweep's report; the line is now set aside, its bytes kept, as any line that is no record."""
+    from fastsigclr.runfiles import epoch_records
+
+    path = run_copy / "metrics.jsonl"
+    lines = path.read_bytes().splitlines()
+    bad = lines[1][:10] + b"\xff" + lines[1][11:]
+    path.write_bytes(b"\n".join([lines[0], bad, *lines[2:]]) + b"\n")
+    assert epoch_records(path) == 1  # what --resume auto and the sweep read
+    assert main(["train", "--out", str(run_copy), "--resume", "--epochs", "2"]) == 0
+    assert f"{path} line(s) 2 are not JSON records: moved to {path}.damaged" in capsys.readouterr().err
+    assert (run_copy / "metrics.jsonl.damaged").read_bytes() == b"2\t" + bad + b"\n"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "step"] == [1, 3, 4]  # step 2's is in .damaged
+
+
+def test_a_metrics_file_that_is_a_folder_is_one_line(run_copy, capsys):
+    path = run_copy / "metrics.jsonl"
+    path.unlink()
+    path.mkdir()
+    err = fails_with(["train", "--out", str(run_copy), "--resume", "--epochs", "2"], capsys)
+    assert f"{path} is a folder, not the run's records: move it out of the run directory" in err
+
+
 def test_a_record_edited_by_hand_is_set_aside_not_a_traceback(run_copy, capsys):
     """An epoch or step that is not a whole number ("0") is not a record the resume can place."""
     path = run_copy / "metrics.jsonl"
