@@ -276,6 +276,9 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     path = Path(path)
     if path.parent.is_symlink():  # checkpoints/ as a link: refused like the file itself
         raise symlink_error(path.parent)
+    if path.is_dir() and not path.is_symlink():
+        raise FastSigCLRError(f"{path} is a folder, not a checkpoint: move it away (and any checkpoint "
+                              f"in it back to {path.name})")  # fmt: skip
     if not path.is_file() and not path.is_symlink():
         raise FastSigCLRError(f"no checkpoint at {path}")
     with os.fdopen(open_nofollow(path), "rb") as f:

@@ -38,6 +38,8 @@ def lock_dir(path: Path, wait_s: float = 0.0, name: str = LOCK, user: str = "tra
     while True:
         try:
             fd = ckpt.open_nofollow(file, os.O_RDWR | os.O_CREAT, 0o644)
+        except IsADirectoryError:  # not the lock this writes: someone's folder, kept
+            raise FastSigCLRError(f"{file} is a folder: move it out of {path} and run again") from None
         except OSError as err:
             raise FastSigCLRError(
                 f"--out {path} is not writable ({err.strerror}); choose another --out"

@@ -155,6 +155,14 @@ def _hand_made_checkpoint(**changes):
     return damage
 
 
+def _folder_at(name: str):
+    def damage(run: Path) -> None:
+        (run / name).unlink(missing_ok=True)
+        (run / name).mkdir()
+
+    return damage
+
+
 def _corrupt_config(run: Path) -> None:
     (run / "config.json").write_text('{"config": {"width": 8,')
 
@@ -183,6 +191,8 @@ def _unknown_key_config(run: Path) -> None:
         (lambda run: shutil.rmtree(run / "checkpoints"), "yes", "no checkpoints/last.pt to continue"),
         (lambda run: shutil.rmtree(run / "checkpoints"), "no", "no checkpoints/last.pt to continue"),
         (lambda run: shutil.rmtree(run / "checkpoints"), "auto", "no checkpoints/last.pt to continue"),
+        (_folder_at("checkpoints/last.pt"), "yes", "last.pt is a folder, not a checkpoint: move it away"),
+        (_folder_at("run.lock"), "yes", "run.lock is a folder: move it out of"),  # "not writable" before
     ],
 )
 def test_a_damaged_run_directory_is_a_clear_error(run_copy, capsys, damage, resume, expected):
