@@ -264,7 +264,10 @@ def read_config(
     ``<context>: ... ; <fix>`` when it is missing, truncated, or holds values of the wrong type."""
     file = Path(run_dir) / "config.json"
     try:
-        saved = json.loads(ckpt.read_text(file))["config"]
+        whole = json.loads(ckpt.read_text(file))
+        if not isinstance(whole, dict):  # [1, 2] gave "TypeError list indices must be integers"
+            raise ConfigError(f"a JSON {type(whole).__name__}, not an object holding the run's 'config'")
+        saved = whole["config"]
         if not isinstance(saved, dict):
             raise ConfigError(f"its 'config' is a {type(saved).__name__}, not an object of options")
         return saved_config({**saved, **(overrides or {})})

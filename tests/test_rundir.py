@@ -183,6 +183,11 @@ def _unknown_key_config(run: Path) -> None:
             "yes",
             "its config.json is unreadable (unknown option(s) for TrainConfig: widht",
         ),
+        (
+            lambda run: (run / "config.json").write_text("[1, 2]"),
+            "yes",
+            "its config.json is unreadable (a JSON list, not an object holding the run's 'config')",
+        ),
         (_random_checkpoint, "yes", "is unreadable"),
         (_foreign_checkpoint, "yes", "is not a fastsigclr training checkpoint (no model"),
         (_hand_made_checkpoint(epoch="1"), "yes", "training checkpoint (epoch is '1', not a count)"),
