@@ -27,7 +27,16 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from fastsigclr.checkpoint import json_text, writable_folder, write_text_atomic
-from fastsigclr.config import SEED_MAX, FastSigCLRError, check_fields, check_not_empty, option, to_dict
+from fastsigclr.config import (
+    FLOAT32_MAX,
+    SEED_MAX,
+    FastSigCLRError,
+    check_fields,
+    check_not_empty,
+    default_of,
+    option,
+    to_dict,
+)
 from fastsigclr.losses import sigmoid_pairwise_loss
 from fastsigclr.runinfo import available_memory_bytes, run_record
 
@@ -35,6 +44,12 @@ VARIANTS = ("free", "encoder", "sigclr")
 # Peak float64 values per N² while optimising one configuration, measured with
 # bench.memory.TensorAllocations at N = 40, 80, 160 (14.1/14.05/14.03, 81.2/81.2/81.1, 30.7/30.6/30.5).
 PEAK_VALUES_PER_N2 = {"free": 14.1, "encoder": 81.2, "sigclr": 30.7}
+# The bound of |t| and |b|: the sigclr variant hands them to sigmoid_pairwise_loss, which makes them
+# float32 tensors (--t 1e39 became inf and every loss NaN). The float64 variants would take more, up
+# to where Adam's squared gradient (about t) overflows float64, t ≈ 1.3e154: from there the update is
+# 0 and --t 1e300 wrote the starting similarities. The regimes' thresholds lie at t and b of the
+# order of ln N, far below either bound, so the smaller one serves all three variants.
+T_BIAS_MAX = FLOAT32_MAX
 
 
 @dataclass(frozen=True)
@@ -42,8 +57,12 @@ class CcemConfig:
     n: tuple[int, ...] = option(
         (4, 8, 12, 20, 40), "numbers of pairs N (the dimension is d = N; the conditions involve N − 2)", ge=3
     )
-    t: tuple[float, ...] = option((0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0), "temperatures t", gt=0)
-    bias: tuple[float, ...] | None = option(None, "biases b in CCEM's convention; unset: b = t")
+    t: tuple[float, ...] = option(
+        (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0), "temperatures t", gt=0, le=T_BIAS_MAX
+    )
+    bias: tuple[float, ...] | None = option(
+        None, "biases b in CCEM's convention; unset: b = t", ge=-T_BIAS_MAX, le=T_BIAS_MAX
+    )
     variant: tuple[str, ...] = option(VARIANTS, "what to optimise", choices=VARIANTS)
     steps: int = option(1500, "Adam steps per configuration (cosine learning-rate decay)", ge=1)
     lr: float = option(0.05, "Adam learning rate", gt=0)
@@ -94,32 +113,31 @@ def _sigmoid(x: float) -> float:
 
 
 def predict(n: int, t: float, b: float) -> dict[str, Any]:
-    """The optimum along the family (minimised on a grid of 100,001 values of a) and the regime by
-    the closed-form conditions."""
-    a = np.linspace(0.0, 1.0, 100_001)
-    s_pos, s_neg = family(n, a)
-    loss = np.logaddexp(0, -(t * s_pos - b)) + (n - 1) * np.logaddexp(0, t * s_neg - b)
-    best = int(loss.argmin())
+    """The optimum along the family and its regime, both by the closed-form conditions (ETF: a = 0,
+    antipodal: a = 1); an interior a is the minimiser on a grid of 100,001 values of a."""
     if 2 * _sigmoid(b - t) >= (n - 2) * _sigmoid(-t / (n - 1) - b):
-        regime = "etf"
+        regime, a = "etf", 0.0
     elif t + b <= math.log((n - 2) / 2):
-        regime = "antipodal"
+        regime, a = "antipodal", 1.0
     else:
-        regime = "interior"
-    return {
-        "s_pos_pred": float(s_pos[best]),
-        "s_neg_pred": float(s_neg[best]),
-        "a_pred": float(a[best]),
-        "regime": regime,
-    }
+        # Only here is the loss minimised numerically. At the ends float64 lost t·s next to a large
+        # |b| or a tiny t (--t 1 --bias -1e30: t·s⁻ − b rounded to −b for every a, the loss was flat,
+        # and its first minimiser, a = 0, was reported for an antipodal regime); an interior optimum
+        # needs ln((N − 2)/2) − t < b < max(t, ln(N − 2)), where t·s is not lost next to b.
+        grid = np.linspace(0.0, 1.0, 100_001)
+        s_pos, s_neg = family(n, grid)
+        loss = np.logaddexp(0, -(t * s_pos - b)) + (n - 1) * np.logaddexp(0, t * s_neg - b)
+        regime, a = "interior", float(grid[loss.argmin()])
+    s_pos, s_neg = family(n, a)
+    return {"s_pos_pred": float(s_pos), "s_neg_pred": float(s_neg), "a_pred": a, "regime": regime}
 
 
 def _embeddings(variant: str, n: int, gen: torch.Generator):
-    """Parameters to optimise and a function returning (u, v) on the unit sphere."""
+    """Parameters to optimise and a function returning (u, v) before they are normalised."""
     if variant in ("free", "sigclr"):
         u = torch.randn(n, n, generator=gen, dtype=torch.float64, requires_grad=True)
         v = torch.randn(n, n, generator=gen, dtype=torch.float64, requires_grad=True)
-        return [u, v], lambda: (F.normalize(u, dim=1), F.normalize(v, dim=1))
+        return [u, v], lambda: (u, v)
     hidden = 4 * n
     x = torch.randn(n, n, generator=gen, dtype=torch.float64)
     y = torch.randn(n, n, generator=gen, dtype=torch.float64)
@@ -131,31 +149,50 @@ def _embeddings(variant: str, n: int, gen: torch.Generator):
 
     def encode():
         u = torch.relu(torch.relu(x @ w1) @ w2)
-        v = torch.relu(torch.relu(y @ w3) @ w4)
-        return F.normalize(u, dim=1), F.normalize(v, dim=1)
+        return u, torch.relu(torch.relu(y @ w3) @ w4)
 
     return weights, encode
 
 
+def diverged(variant: str, n: int, t: float, b: float, cfg: CcemConfig, what: str) -> FastSigCLRError:
+    """The one line of a configuration whose optimisation left float64: what, and what to change.
+    Only the learning rate can be the cause: with |t|, |b| ≤ T_BIAS_MAX and rows on the unit
+    sphere the float64 loss is finite, and Adam's step is about --lr at most whatever the loss's
+    scale, so the rows grow past float64 (or to NaN) only when --lr is that large."""
+    lower = min(cfg.lr / 10, default_of(CcemConfig, "lr"))  # 1e307 after 1e308 would diverge again
+    return FastSigCLRError(
+        f"the {variant} optimisation of N {n}, t {t:g}, b {b:g} diverged: {what}; no results were "
+        f"written: run again with a lower --lr than {cfg.lr:g} (e.g. --lr {lower:g}): Adam moves "
+        f"each weight by about --lr a step at most, whatever --t and --bias"
+    )
+
+
 def optimise(variant: str, n: int, t: float, b: float, cfg: CcemConfig) -> tuple[float, float]:
-    """Optimise one configuration; return the measured (s⁺, s⁻)."""
+    """Optimise one configuration; return the measured (s⁺, s⁻). Raises ``diverged`` when a loss
+    is not finite or the rows outgrow float64 (F.normalize then makes them 0, and s⁺ = s⁻ = 0)."""
     gen = torch.Generator().manual_seed(cfg.seed + 1000 * n)
-    params, embed = _embeddings(variant, n, gen)
+    params, raw = _embeddings(variant, n, gen)
     opt = torch.optim.Adam(params, lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
-    for _ in range(cfg.steps):
-        u, v = embed()
+    for step in range(1, cfg.steps + 1):
+        u, v = (F.normalize(rows, dim=1) for rows in raw())
         if variant == "sigclr":
             # 2N rows, view-major; SigLIP's bias is minus CCEM's.
             loss = sigmoid_pairwise_loss(torch.cat([u, v]), t, -b, normalize=False, impl="torch")
         else:
             loss = cross_view_loss(u, v, t, b)
+        if not math.isfinite(value := loss.item()):  # a CPU scalar: no synchronisation to spare
+            raise diverged(variant, n, t, b, cfg, f"the loss is {value} at step {step} of {cfg.steps}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
     with torch.no_grad():
-        u, v = embed()
+        rows = torch.cat(raw())
+        if not (norms := rows.norm(dim=1)).isfinite().all():
+            worst = norms[~norms.isfinite()][0].item()
+            raise diverged(variant, n, t, b, cfg, f"a row's norm is {worst} after {cfg.steps} steps")
+        u, v = F.normalize(rows, dim=1).split(n)
         s = u @ v.T
         off = ~torch.eye(n, dtype=torch.bool)
         return s.diagonal().mean().item(), s[off].mean().item()

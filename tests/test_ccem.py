@@ -98,3 +98,68 @@ def test_explicit_bias_and_bad_options(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["ccem", "--variant", "linear"])
     assert "linear not allowed; choose from free, encoder, sigclr" in capsys.readouterr().err
+
+
+def ccem_error(argv: list[str], capsys) -> str:
+    """Run `fastsigclr ccem`, expect exit status 2, return its one-line message."""
+    with pytest.raises(SystemExit) as exc:
+        main(["ccem", "--no-progress", *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fastsigclr: error: ") and "\n" not in err, err
+    return err
+
+
+@pytest.mark.parametrize(
+    "variant,lr,what",
+    [
+        ("free", "1e308", "the loss is nan at step 2 of 5"),
+        ("encoder", "1e308", "the loss is nan at step 2 of 5"),
+        ("sigclr", "1e308", "the loss is nan at step 2 of 5"),
+        # Finite steps, but rows past float64's norm: F.normalize made them 0 and wrote s⁺ = s⁻ = 0.
+        ("free", "1e200", "a row's norm is inf after 5 steps"),
+    ],
+)
+def test_a_diverging_optimisation_is_one_line_and_writes_nothing(variant, lr, what, tmp_path, capsys):
+    """--lr 1e308 wrote rows of nan (and --lr 1e200 rows of 0) with "wrote …" and exit status 0."""
+    out = tmp_path / "cc"
+    argv = ["--steps", "5", "--n", "3", "--t", "1", "--variant", variant, "--lr", lr, "--out", str(out)]
+    err = ccem_error(argv, capsys)
+    assert f"the {variant} optimisation of N 3, t 1, b 1 diverged: {what}" in err, err
+    assert (
+        f"no results were written: run again with a lower --lr than {float(lr):g} (e.g. --lr 0.05)" in err
+    ), err
+    assert "whatever --t and --bias" in err and not out.exists()
+    assert "wrote" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--t", "1e300"], "--t must be > 0 and ≤ 3.40282e+38, got 1e+300"),
+        (["--t", "1,1e39"], "--t must be > 0 and ≤ 3.40282e+38, got 1e+39"),
+        (["--bias", "-1e39"], "--bias must be ≥ -3.40282e+38 and ≤ 3.40282e+38, got -1e+39"),
+    ],
+)
+def test_t_and_bias_past_float32_are_refused(argv, message, tmp_path, capsys):
+    """--t 1e300 wrote the embeddings' starting similarities (Adam's squared gradient overflowed)
+    and NaN for the sigclr variant (t reaches its loss as a float32)."""
+    out = tmp_path / "cc"
+    assert message in ccem_error([*argv, "--steps", "1", "--out", str(out)], capsys)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("n,t,b,regime", [(3, 1.0, -1e30, "antipodal"), (5, 1e-14, 0.0, "antipodal")])
+def test_the_prediction_follows_the_closed_form_where_float64_loses_t_s(n, t, b, regime):
+    """--bias -1e30 predicted s⁺ = 1 for an antipodal regime: t·s⁻ − b rounded to −b for every a,
+    the loss along the family was flat, and its first minimiser (a = 0) was reported."""
+    pred = predict(n, t, b)
+    assert pred["regime"] == regime and pred["a_pred"] == 1.0
+    assert pred["s_pos_pred"] == -1.0 and pred["s_neg_pred"] == -1.0
+
+
+def test_a_large_negative_bias_is_measured_and_predicted_antipodal():
+    """b ≪ −t saturates σ: the positives stop pulling and the negatives push every s⁻ to −1."""
+    s_pos, s_neg = optimise("free", 4, 1.0, -1e30, CcemConfig(steps=300))
+    assert s_pos == pytest.approx(-1.0, abs=0.02) and s_neg == pytest.approx(-1.0, abs=0.02)
+    assert predict(4, 1.0, -1e30)["s_pos_pred"] == -1.0

@@ -92,7 +92,7 @@ class BenchLossConfig:
     out: str = option("benchmarks/local", "directory for loss-<device>.json and loss-<device>.png", path=True)
 
     def __post_init__(self) -> None:
-        check_not_empty(self, "sizes", "dims")
+        check_not_empty(self, "sizes", "dims", "dtypes", "providers", "losses")
         check_fields(self)
         check_even_sizes(self.sizes)
         fix = "drop it or measure one of those in --losses"
