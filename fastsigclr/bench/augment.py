@@ -231,7 +231,7 @@ class BenchAugmentConfig:
         unknown = set(self.backends) - set(BACKENDS)
         if unknown:
             raise ValueError(f"unknown backends {sorted(unknown)}; choose from {', '.join(BACKENDS)}")
-        check_not_empty(self, "sizes")
+        check_not_empty(self, "backends", "sizes")
         check_fields(self)
 
     def resolved(self, device: torch.device) -> BenchAugmentConfig:

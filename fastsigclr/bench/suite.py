@@ -19,7 +19,7 @@ from fastsigclr.bench.common import write_json
 from fastsigclr.bench.dist import BenchDistConfig
 from fastsigclr.bench.loss import BenchLossConfig
 from fastsigclr.bench.train import BenchTrainConfig
-from fastsigclr.config import option, to_dict
+from fastsigclr.config import check_fields, check_not_empty, option, to_dict
 from fastsigclr.runinfo import device_option, resolve_device, run_record
 
 BENCHMARKS = ("loss", "augment", "train", "dist")
@@ -47,6 +47,10 @@ class BenchAllConfig:
         "benchmarks/local", "directory for all-<device>.json and every benchmark's JSON and PNG", path=True
     )
     quick: bool = option(False, "smallest sizes only: a smoke test of the whole suite, not a measurement")
+
+    def __post_init__(self) -> None:
+        check_not_empty(self, "only")  # --only loss,loss ran the loss benchmark twice
+        check_fields(self)
 
 
 MS = ("median_ms", "p20_ms", "p80_ms")
