@@ -378,11 +378,12 @@ class Epochs:
         if self.start_epoch == self.epochs:  # resumed after its last checkpoint, before its summary
             self.knn_monitor()
         elapsed = time.perf_counter() - self.run_start
+        left_out = distributed.union(self.ctx, self.setup.loader.left_out())  # DALI's, met as it trained
         summary = {
             "epochs": self.epochs,
             "steps": self.step,
             "knn_acc": self.knn,
-            "train_images": len(self.setup.data.pretrain),
+            "train_images": len(self.setup.data.pretrain) - len(left_out),
             "test_images": len(self.setup.data.test) if self.setup.data.test is not None else 0,
             "seconds_this_session": elapsed,
             "img_per_s_this_session": self.images_seen / elapsed if elapsed else None,

@@ -3,6 +3,8 @@
 image of that batch, so batches keep their size; a resumed epoch makes the same batches; with two
 ranks the limit is checked on their sum and stops both."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -126,6 +128,8 @@ def test_training_with_dali_leaves_out_a_cut_file(tmp_path, capsys):
     assert main(args) == 0
     err = capsys.readouterr().err
     assert f"{truncated}:" in err and "skipped those 1 images" in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["train_images"] == 19  # 20 files, 1 left out (it counted 20, the gpu loader 19)
 
 
 def _cut_file(path) -> None:
