@@ -23,6 +23,7 @@ from fastsigclr import checkpoint as ckpt
 from fastsigclr.config import FastSigCLRError, option
 from fastsigclr.data import DATASETS
 from fastsigclr.data.datasets import data_dir_option
+from fastsigclr.data.info import default_store_size
 from fastsigclr.eval import split_features
 from fastsigclr.models import ResNet, SSLModel, projector
 from fastsigclr.recipe import load_weights
@@ -77,6 +78,7 @@ def export(cfg: ExportConfig) -> dict[str, str]:
     parts = ("backbone", "projector") if cfg.projector else ("backbone",)
     tensors = _unique_tensors({k: v for k, v in state["model"].items() if k.split(".", 1)[0] in parts})
     info, point = DATASETS[train_cfg.dataset], ckpt.trained(state)
+    image_size = train_cfg.image_size or info.image_size
     meta = {
         "format": FORMAT,
         "arch": str(train_cfg.arch),
@@ -84,7 +86,10 @@ def export(cfg: ExportConfig) -> dict[str, str]:
         "out_dim": str(state["model"]["projector.0.weight"].shape[1]),  # the projector's input
         "proj_dims": json.dumps(list(train_cfg.proj_dims or ())),
         "has_projector": str(cfg.projector),
-        "image_size": str(train_cfg.image_size or info.image_size),
+        "image_size": str(image_size),
+        # what eval and embed feed: images resized (shorter side) and centre-cropped to this side,
+        # unless all share one size no larger (data.samples.SampleIndex.resized)
+        "store_size": str(train_cfg.store_size or default_store_size(image_size)),
         "mean": json.dumps(list(info.mean)),
         "std": json.dumps(list(info.std)),
         "dataset": train_cfg.dataset,

@@ -45,6 +45,7 @@ def test_export_round_trip(run_dir, tmp_path, with_projector, capsys):
         [32, 16],
     )
     assert meta["epoch"] == "1" and meta["dataset"] == "cifar10" and len(json.loads(meta["mean"])) == 3
+    assert (meta["image_size"], meta["store_size"]) == ("32", "37")  # CIFAR's 32² fed as they are
     loaded = load_run_model(run_dir, "cpu")
     info, images = loaded["info"], torch.from_numpy(loaded["data"].arrays("test")[0][:8])
     expected = extract_features(loaded["backbone"], images, info.mean, info.std, torch.device("cpu"))
