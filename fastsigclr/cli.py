@@ -156,7 +156,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     from fastsigclr.export import EmbedConfig, embed
 
     result = embed(from_args(EmbedConfig, args))
-    print(f"wrote {result['features']} {result['shape']} and {result['labels']}")
+    print(f"wrote {result['features']} {result['shape']} and {result['labels']}, {result['trained']}")
     return 0
 
 

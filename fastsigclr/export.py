@@ -244,4 +244,9 @@ def embed(cfg: EmbedConfig) -> dict[str, Any]:
     # beside the labels of another split or run.
     writes = {path: functools.partial(np.save, arr=array) for path, array in arrays.items()}
     ckpt.write_atomic_files(writes, fix="choose a writable --out")
-    return {"features": str(out), "labels": str(labels_path(out)), "shape": tuple(feats.shape)}
+    return {
+        "features": str(out),
+        "labels": str(labels_path(out)),
+        "shape": tuple(feats.shape),
+        "trained": loaded["trained"]["label"],  # which checkpoint: the run may still be training
+    }

@@ -72,7 +72,8 @@ def test_embed_matches_extract_features(run_dir, tmp_path, capsys):
             main(["embed", "--run", str(run_dir), "--split", "test", "--out", str(target), "--no-progress"])
             == 0
         )
-    assert "wrote" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert f"wrote {out} (48, 64) and {labels_path(out)}, epoch 1\n" in said  # which checkpoint it embedded
     feats, labels = np.load(out), np.load(labels_path(out))
     assert labels_path(out).name == "test.labels.npy"
     assert feats.shape == (48, 64) and feats.dtype == np.float32
