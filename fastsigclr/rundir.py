@@ -194,10 +194,20 @@ class RunDir:
         """Rank 0: create and lock the directory, then decide how the run begins."""
         self._created = _make_dir(self.path)
         self._created_lock = not os.path.lexists(self.path / LOCK)
-        self._fd = lock_dir(self.path, lock_wait(self.cfg))
+        cannot_lock: FastSigCLRError | None = None
+        try:
+            self._fd = lock_dir(self.path, lock_wait(self.cfg))
+        except FastSigCLRError as err:
+            if self.cfg.resume == "no" or os.access(self.path, os.W_OK):
+                raise
+            # Read-only storage (an archive): a finished run is still reported complete, which
+            # writes nothing and needs no lock (nothing else can write there either).
+            cannot_lock = err
         ckpt.refuse_links(self.path, (*RUN_FILES, CHECKPOINT))  # never read or written through
-        for name in ckpt.remove_temporaries(self.path) + ckpt.remove_temporaries(
-            self.path / CHECKPOINT.parent
+        for name in (
+            ()
+            if cannot_lock
+            else ckpt.remove_temporaries(self.path) + ckpt.remove_temporaries(self.path / CHECKPOINT.parent)
         ):
             print(f"fastsigclr: removed {name}, left by a writer that was stopped", file=sys.stderr)
         holds = run_state(self.path)
@@ -215,7 +225,7 @@ class RunDir:
                 print(f"fastsigclr: {self.path} {note}", file=sys.stderr)
             return
         if holds != "checkpoint":
-            raise _no_checkpoint(self.path, holds)
+            raise cannot_lock or _no_checkpoint(self.path, holds)
         self.state = load_checkpoint(self.path)
         done, epochs = self.state["epoch"], self.cfg.epochs or 0
         position = self.state.get("position")  # a mid-epoch checkpoint: inside epoch done + 1
@@ -238,6 +248,8 @@ class RunDir:
                 f"train. To train it further: --resume --epochs N with N > {done}",
                 file=sys.stderr,
             )
+        elif cannot_lock is not None:  # a run to train further where nothing can be written
+            raise cannot_lock
         else:
             step = self.state["step"]
             where = (

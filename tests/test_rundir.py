@@ -385,3 +385,19 @@ def test_ctrl_c_says_how_to_continue(run_copy, monkeypatch, capsys):
     assert f"{run_copy} was interrupted: its checkpoint (epoch 1) is kept; continue with" in err, err
     assert f"`fastsigclr train --out {run_copy} --resume`" in err
     assert checkpoint.load(run_copy / "checkpoints" / "last.pt")["epoch"] == 1
+
+
+def test_a_finished_run_on_read_only_storage_is_reported_complete(run_copy, capsys):
+    """Resuming a finished run changes nothing, so it needs no lock: on storage this process cannot
+    write it said "--out … is not writable; choose another --out". A run with epochs left to
+    train there is still refused, naming the cause."""
+    from helpers import run_in
+
+    (run_copy / "run.lock").unlink(missing_ok=True)  # no lock file to open: as on a read-only mount
+    done = run_in(run_copy, "train", "--out", str(run_copy), "--resume")
+    assert done.returncode == 0, done.stderr
+    assert f"{run_copy} is already complete (1 of 1 epochs): nothing to train" in done.stderr
+    further = run_in(run_copy, "train", "--out", str(run_copy), "--resume", "--epochs", "2")
+    assert further.returncode == 2
+    assert f"--out {run_copy} is not writable (Permission denied)" in further.stderr.splitlines()[-1]
+    assert not (run_copy / "run.lock").exists()
