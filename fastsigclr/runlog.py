@@ -41,9 +41,9 @@ class RunLog:
         self.tb = None
         if not enabled:
             return
-        if resume_epoch is not None and self.path.exists():
+        if resume_epoch is not None:
             # A checkpoint inside an epoch (resume_step) keeps that epoch's records up to its step.
-            lines = read_lines(self.path)
+            lines = read_lines(self.path) if os.path.lexists(self.path) else []
             self._set_aside_damaged(lines)
             kept = [
                 line
@@ -52,6 +52,7 @@ class RunLog:
                 and (epoch := _epoch_of(line)) is not None
                 and (epoch < resume_epoch or (resume_step is not None and _step_of(line) <= resume_step))
             ]
+            self._note_missing(kept, resume_epoch)
             write_text_atomic(self.path, "".join(line + "\n" for line in kept))
         # Lives as long as the run; a metrics.jsonl that is a symlink is refused, never appended to.
         # Unbuffered appends: a record is on disk when write returns, and a failed one can be cut back.
@@ -97,6 +98,22 @@ class RunLog:
             f"line numbers); the other records are kept",
             file=sys.stderr,
         )
+
+    def _note_missing(self, kept: list[str], resume_epoch: int) -> None:
+        """Say which epochs the checkpoint has trained that metrics.jsonl holds no record of
+        (deleted, or lines cut out): the resume does not recompute them, and went on without a word."""
+        records = [json.loads(line) for line in kept]  # each a JSON object (_position took it)
+        recorded = {r.get("epoch", 0) for r in records if r.get("kind") == "epoch"}
+        missing = [e + 1 for e in range(resume_epoch) if e not in recorded]
+        if missing:
+            named = ", ".join(map(str, missing[:5])) + (
+                f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            )
+            print(
+                f"fastsigclr: {self.path} holds no record of epoch(s) {named}, which the checkpoint has "
+                f"trained: those records are lost (the run goes on from its checkpoint)",
+                file=sys.stderr,
+            )
 
     def write(self, record: dict[str, Any], step: int | None = None) -> None:
         if self.fd is None:

@@ -17,6 +17,7 @@ from run_fixture import fails_with, tiny_args
 from fastsigclr import checkpoint
 from fastsigclr.cli import main
 from fastsigclr.data import DATASETS
+from fastsigclr.runlog import read_metrics
 
 finished_run, run_copy = run_fixture.finished_run, run_fixture.run_copy  # the fixtures
 LAST = ("checkpoints", "last.pt")
@@ -84,6 +85,20 @@ def test_a_line_that_is_not_utf8_is_set_aside_as_it_was(run_copy, capsys):
     assert (run_copy / "metrics.jsonl.damaged").read_bytes() == b"2\t" + bad + b"\n"
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "step"] == [1, 3, 4]  # step 2's is in .damaged
+
+
+def test_records_lost_from_metrics_are_said_on_resume(run_copy, capsys):
+    """A metrics.jsonl deleted (or its epoch's lines cut out) resumed without a word, and the file
+    went on from the checkpoint's step as if complete."""
+    path = run_copy / "metrics.jsonl"
+    path.unlink()
+    assert main(["train", "--out", str(run_copy), "--resume", "--epochs", "2"]) == 0
+    err = capsys.readouterr().err
+    assert f"{path} holds no record of epoch(s) 1, which the checkpoint has trained: those records" in err
+    assert main(["train", "--out", str(run_copy), "--resume", "--epochs", "3"]) == 0  # epoch 2's is there
+    assert "holds no record of epoch(s) 1," in capsys.readouterr().err  # still lost, said again
+    epochs = [r["epoch"] for r in read_metrics(run_copy) if r["kind"] == "epoch"]
+    assert epochs == [1, 2]
 
 
 def test_a_metrics_file_that_is_a_folder_is_one_line(run_copy, capsys):
