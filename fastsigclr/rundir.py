@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -292,7 +293,10 @@ class RunDir:
                 if self._kept_on_disk()
                 else "run the same command again: no epoch was checkpointed yet, so it starts over"
             )
-            ckpt.save_atomic(state, self.path / CHECKPOINT, fix)
+            # Ctrl-C waits for the write (seconds at most) and then stops the run, as SIGTERM's
+            # checkpoint does: a Ctrl-C inside the first write lost the epoch it was saving.
+            with ckpt.held_signals((signal.SIGINT,)):
+                ckpt.save_atomic(state, self.path / CHECKPOINT, fix)
         self.kept = ckpt.trained(state)["label"]
 
     def finish(self, summary: dict[str, Any]) -> None:

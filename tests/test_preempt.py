@@ -109,6 +109,29 @@ def test_killed_mid_epoch_resumes_exactly(uninterrupted, tmp_path, monkeypatch, 
     assert_same_run(whole, out)
 
 
+def test_ctrl_c_while_the_first_checkpoint_is_written_keeps_it(uninterrupted, tmp_path, monkeypatch, capsys):
+    """A Ctrl-C inside the first checkpoint's write lost the epoch (the temporary file was removed;
+    "no checkpoint was written yet"), where SIGTERM's checkpoint kept it: now it waits for the write
+    and then stops the run."""
+    data, whole = uninterrupted
+    real, calls = torch.save, []
+
+    def interrupted_save(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C as the write begins
+        return real(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", interrupted_save)
+    out = tmp_path / "run"
+    assert main(args(data, out)) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
+    monkeypatch.setattr(torch, "save", real)
+    assert main(args(data, out, "--resume")) == 0
+    assert_same_run(whole, out)
+
+
 def test_sigterm_checkpoints_mid_epoch_and_resume_auto_continues(uninterrupted, tmp_path):
     data, whole = uninterrupted
     out = tmp_path / "run"
