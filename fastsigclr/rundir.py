@@ -141,10 +141,16 @@ def _merge(path: Path, cfg: TrainConfig, given: set[str]) -> TrainConfig:
 def settings(cfg: TrainConfig, given: set[str]) -> TrainConfig:
     """The run's configuration: resolved options for a new run; for ``--resume``, the run's
     config.json with the options in ``given`` (those typed) as overrides. ``--resume auto``
-    becomes ``yes`` when ``--out`` holds a checkpoint, else ``no``. Reads, never writes."""
+    becomes ``yes`` when ``--out`` holds a checkpoint, else ``no``, and a start that stopped
+    before its first checkpoint starts again with its config.json's settings under the typed ones
+    (``--out R --resume auto`` alone restarted it with every default). Reads, never writes."""
     path = Path(cfg.out or "")
     if cfg.resume == "auto":
-        cfg = replace(cfg, resume="yes" if path.is_dir() and run_state(path) == "checkpoint" else "no")
+        holds = run_state(path) if path.is_dir() else "empty"
+        if holds == "interrupted start":  # started again with its own settings, the typed ones over them
+            typed = {name: getattr(cfg, name) for name in given if name not in ("resume", "out")}
+            return replace(_saved_config(path), **typed, resume="no", out=cfg.out).resolved()
+        cfg = replace(cfg, resume="yes" if holds == "checkpoint" else "no")
     if cfg.resume == "no":
         return cfg.resolved()
     if path.exists() and not path.is_dir():

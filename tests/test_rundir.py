@@ -35,11 +35,12 @@ def fails_with(args: list[str], capsys) -> str:
     return err
 
 
-@pytest.mark.parametrize("again", [[], ["--resume", "auto"]])
+@pytest.mark.parametrize("again", [[], ["--resume", "auto"], "bare"])
 def test_an_interrupted_start_can_be_started_again(cifar10_dir, tmp_path, monkeypatch, capsys, again):
     """A crash in the first epoch leaves config.json and step records but no checkpoint: --resume
     says to start again, and the same command does (or with --resume auto), replacing the partial
-    records."""
+    records. ``--out R --resume auto`` alone starts it with its config.json's settings (it took
+    every default: another dataset folder, width and batch)."""
     out = tmp_path / "run"
     real_step, calls = fastsigclr.train.train_step, []
 
@@ -57,9 +58,12 @@ def test_an_interrupted_start_can_be_started_again(cifar10_dir, tmp_path, monkey
     assert not (out / "checkpoints" / "last.pt").exists()
     err = fails_with(tiny_args(cifar10_dir, out, "--resume"), capsys)
     assert "nothing to resume" in err and "without --resume to start it again" in err
-    assert main(tiny_args(cifar10_dir, out, *again)) == 0
+    saved = json.loads((out / "config.json").read_text())["config"]
+    bare = ["train", "--out", str(out), "--resume", "auto", "--no-progress", "--no-tensorboard"]
+    assert main(bare if again == "bare" else tiny_args(cifar10_dir, out, *again)) == 0
     assert "starting it again" in capsys.readouterr().err
     assert steps(out) == [1, 2] and checkpoint.load(out / "checkpoints" / "last.pt")["epoch"] == 1
+    assert json.loads((out / "config.json").read_text())["config"] == saved
 
 
 @pytest.mark.parametrize("again", [[], ["--resume", "auto"], ["--resume"]])
