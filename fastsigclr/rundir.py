@@ -197,19 +197,23 @@ class RunDir:
     _created_lock: bool = False
     _begun: bool = False
 
-    def _open(self) -> None:
-        """Rank 0: create and lock the directory, then decide how the run begins."""
-        self._created = _make_dir(self.path)
+    def _lock(self) -> FastSigCLRError | None:
+        """Lock the directory; None, or why a --resume on storage this process cannot write could
+        not (read-only storage, an archive: a finished run is still reported complete, which writes
+        nothing and needs no lock, as nothing else can write there either)."""
         self._created_lock = not os.path.lexists(self.path / LOCK)
-        cannot_lock: FastSigCLRError | None = None
         try:
             self._fd = lock_dir(self.path, lock_wait(self.cfg))
         except FastSigCLRError as err:
             if self.cfg.resume == "no" or os.access(self.path, os.W_OK):
                 raise
-            # Read-only storage (an archive): a finished run is still reported complete, which
-            # writes nothing and needs no lock (nothing else can write there either).
-            cannot_lock = err
+            return err
+        return None
+
+    def _open(self) -> None:
+        """Rank 0: create and lock the directory, then decide how the run begins."""
+        self._created = _make_dir(self.path)
+        cannot_lock = self._lock()
         ckpt.refuse_links(self.path, (*RUN_FILES, CHECKPOINT))  # never read or written through
         for name in (
             ()
