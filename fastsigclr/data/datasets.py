@@ -155,6 +155,27 @@ def data_dir_option(unset: str = f"${DATA_ENV} or ~/.cache/fastsigclr/data") -> 
     )
 
 
+def _own_folder(info: DatasetInfo, data_dir: Path) -> None:
+    """A DatasetError when ``data_dir`` is the dataset's extracted folder itself (it holds the
+    files that folder holds, and no such folder inside): looking inside it, a download would nest
+    a second copy, and `data verify` advised exactly that. Beside the archive, it is the parent."""
+    if not info.folder or (data_dir / info.folder).exists() or (data_dir / info.archive).is_file():
+        return
+    # The reader's marks ("name/": a folder), else the batch files; all of them, of the right kind,
+    # so that a data folder that merely has a train/ beside other things is not taken for it.
+    marks = getattr(info.reader, "layout_marks", ()) or (*info.train_files, *info.test_files)
+    held = (((data_dir / m).is_dir() if m.endswith("/") else (data_dir / m).is_file()) for m in marks)
+    if marks and all(held):
+        parent = (
+            data_dir.parent
+            if data_dir.name not in ("", ".", "..")
+            else Path(os.path.abspath(data_dir)).parent
+        )
+        raise DatasetError(
+            f"--data-dir {data_dir} is the dataset's own folder: pass its parent, --data-dir {parent}"
+        )
+
+
 def prepare(
     info: DatasetInfo,
     data_dir: Path,
@@ -168,6 +189,7 @@ def prepare(
     folder = data_dir / info.folder
     if folder.is_dir():
         return folder
+    _own_folder(info, data_dir)  # before any download into it
     if not info.downloadable:
         state = "is a file, not a folder" if folder.exists() else "does not exist"
         raise DatasetError(
@@ -222,6 +244,7 @@ def verify(info: DatasetInfo, data_dir: Path, progress: bool = True) -> dict[str
     ones where published) or, for an image folder, whether every image decodes."""
     folder = Path(data_dir) / info.folder
     if not folder.is_dir():
+        _own_folder(info, Path(data_dir))
         hint = (
             f"run `fastsigclr data download --dataset {info.name} --data-dir {data_dir}`, or pass the "
             f"--data-dir that holds it"

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from fastsigclr.data import cache
+from fastsigclr.data.files import redownload_hint
 from fastsigclr.data.info import DatasetError, DatasetInfo
 from fastsigclr.data.samples import SampleIndex, file_index, image_size
 
@@ -29,7 +30,10 @@ def _wnids(info: DatasetInfo, folder: Path) -> list[str]:
         raise DatasetError(f"missing {path}: not the Tiny-ImageNet layout; delete {folder} to fetch it again")
     wnids = sorted({line.strip() for line in path.read_text().splitlines() if line.strip()})
     if len(wnids) != info.num_classes:
-        raise DatasetError(f"{path} lists {len(wnids)} classes, expected {info.num_classes}")
+        raise DatasetError(
+            f"{path} lists {len(wnids)} classes, expected {info.num_classes}: not the official file; "
+            f"{redownload_hint(info, folder)}"
+        )
     return wnids
 
 
@@ -40,20 +44,44 @@ def _train_files(info: DatasetInfo, folder: Path, wnids: list[str]) -> tuple[lis
     for label, wnid in enumerate(wnids):
         found = sorted((folder / "train" / wnid / "images").glob("*.JPEG"))
         if len(found) != per_class:
-            raise DatasetError(
-                f"{folder / 'train' / wnid / 'images'} holds {len(found)} JPEGs, expected {per_class}: "
-                f"the dataset is incomplete; delete {folder} to fetch it again"
-            )
+            raise DatasetError(_count_message(info, folder, wnid, found, per_class))
         files += found
         labels += [label] * per_class
     return files, labels
 
 
+def _names(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def _count_message(info: DatasetInfo, folder: Path, wnid: str, found: list[Path], per_class: int) -> str:
+    """Why a class folder does not hold ``per_class`` JPEGs, naming the files the official ones
+    (``<wnid>_<k>.JPEG``, k < per_class) leave over or lack, with the fix for each case."""
+    where = folder / "train" / wnid / "images"
+    official = {f"{wnid}_{k}.JPEG" for k in range(per_class)}
+    names = {path.name for path in found}
+    if len(found) > per_class:  # a copy or a stray file: the rest is whole, removing it is enough
+        extra = sorted(names - official)
+        one = len(extra) == 1
+        return (
+            f"{where} holds {len(found)} JPEGs, {len(found) - per_class} more than the official "
+            f"{per_class}: {_names(extra)} {'is not an official file' if one else 'are not official files'}; "
+            f"remove {'it' if one else 'them'} (or {redownload_hint(info, folder)})"
+        )
+    missing = sorted(official - names) if names <= official else []
+    lack = f" (missing: {_names(missing)})" if missing else ""
+    return (
+        f"{where} holds {len(found)} JPEGs, expected {per_class}{lack}: the dataset is incomplete; "
+        f"{redownload_hint(info, folder)}"
+    )
+
+
 def _val_files(info: DatasetInfo, folder: Path, wnids: list[str]) -> tuple[list[Path], list[int]]:
     index = {w: i for i, w in enumerate(wnids)}
     notes = folder / "val" / "val_annotations.txt"
+    fix = redownload_hint(info, folder)
     if not notes.is_file():
-        raise DatasetError(f"missing {notes}: the validation labels; delete {folder} to fetch it again")
+        raise DatasetError(f"missing {notes}: the validation labels; {fix}")
     files: list[Path] = []
     labels: list[int] = []
     for n, line in enumerate(notes.read_text().splitlines(), 1):
@@ -61,14 +89,16 @@ def _val_files(info: DatasetInfo, folder: Path, wnids: list[str]) -> tuple[list[
             continue
         parts = line.split("\t")
         if len(parts) < 2 or parts[1] not in index:
-            raise DatasetError(f"{notes}:{n}: expected '<file>\\t<wnid>...' with a known wnid, got {line!r}")
+            raise DatasetError(
+                f"{notes}:{n}: expected '<file>\\t<wnid>...' with a known wnid, got {line!r}; {fix}"
+            )
         path = folder / "val" / "images" / parts[0]
         if not path.is_file():
-            raise DatasetError(f"{notes}:{n}: {path} does not exist")
+            raise DatasetError(f"{notes}:{n}: {path} does not exist: the dataset is incomplete; {fix}")
         files.append(path)
         labels.append(index[parts[1]])
     if len(files) != info.test_count:
-        raise DatasetError(f"{notes} labels {len(files)} images, expected {info.test_count}")
+        raise DatasetError(f"{notes} labels {len(files)} images, expected {info.test_count}; {fix}")
     return files, labels
 
 
@@ -86,6 +116,7 @@ class TinyImageNetReader:
     """The JPEG folders of Tiny-ImageNet-200 (64² each); "pretrain" is the train split."""
 
     pretrain_split = "train"  # the split pre-training reads
+    layout_marks = ("wnids.txt", "train/", "val/")  # what tells a --data-dir that is this folder itself
 
     def __init__(self, info: DatasetInfo, folder: Path) -> None:
         self.info, self.folder = info, Path(folder)
