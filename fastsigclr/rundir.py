@@ -122,8 +122,7 @@ def _saved_config(path: Path) -> TrainConfig:
 
 def _merge(path: Path, cfg: TrainConfig, given: set[str]) -> TrainConfig:
     """The run's saved settings with the typed options as overrides (resumable ones only)."""
-    base = _saved_config(path)
-    typed = {name: getattr(cfg, name) for name in given if name not in ("resume", "out")}
+    base, typed = _saved_config(path), _typed(cfg, given)
     conflicts = [
         f"{flag(name)} was {getattr(base, name)!r}, now {value!r}"
         for name, value in sorted(typed.items())
@@ -138,17 +137,23 @@ def _merge(path: Path, cfg: TrainConfig, given: set[str]) -> TrainConfig:
     return replace(base, **typed, resume=cfg.resume, out=cfg.out)
 
 
+def _typed(cfg: TrainConfig, given: set[str]) -> dict[str, Any]:
+    """The options typed on the command line (``given``) and their values, besides --resume, --out."""
+    return {name: getattr(cfg, name) for name in given if name not in ("resume", "out")}
+
+
 def settings(cfg: TrainConfig, given: set[str]) -> TrainConfig:
     """The run's configuration: resolved options for a new run; for ``--resume``, the run's
     config.json with the options in ``given`` (those typed) as overrides. ``--resume auto``
-    becomes ``yes`` when ``--out`` holds a checkpoint, else ``no``, and a start that stopped
-    before its first checkpoint starts again with its config.json's settings under the typed ones
-    (``--out R --resume auto`` alone restarted it with every default). Reads, never writes."""
+    becomes ``yes`` when ``--out`` holds a checkpoint, else ``no``; a start that stopped before its
+    first checkpoint starts again with its config.json's settings when only resumable options are
+    typed (``--out R --resume auto`` alone restarted it with every default), else as typed (a
+    typed --image-size over the saved, filled config kept the old --store-size). Reads, never writes."""
     path = Path(cfg.out or "")
     if cfg.resume == "auto":
         holds = run_state(path) if path.is_dir() else "empty"
-        if holds == "interrupted start":  # started again with its own settings, the typed ones over them
-            typed = {name: getattr(cfg, name) for name in given if name not in ("resume", "out")}
+        typed = _typed(cfg, given)
+        if holds == "interrupted start" and set(typed) <= RESUMABLE:  # its own settings, typed ones over
             return replace(_saved_config(path), **typed, resume="no", out=cfg.out).resolved()
         cfg = replace(cfg, resume="yes" if holds == "checkpoint" else "no")
     if cfg.resume == "no":
@@ -307,6 +312,8 @@ class RunDir:
             # checkpoint does: a Ctrl-C inside the first write lost the epoch it was saving.
             with ckpt.held_signals((signal.SIGINT,)):
                 ckpt.save_atomic(state, self.path / CHECKPOINT, fix)
+                self.kept = ckpt.trained(state)["label"]  # before the held Ctrl-C: what it says is kept
+            return
         self.kept = ckpt.trained(state)["label"]
 
     def finish(self, summary: dict[str, Any]) -> None:

@@ -405,3 +405,20 @@ def test_a_finished_run_on_read_only_storage_is_reported_complete(run_copy, caps
     assert further.returncode == 2
     assert f"--out {run_copy} is not writable (Permission denied)" in further.stderr.splitlines()[-1]
     assert not (run_copy / "run.lock").exists()
+
+
+def test_resume_auto_of_an_interrupted_start_takes_its_settings_or_the_typed_ones_whole(tmp_path):
+    """Only resumable options typed: the start's own settings (config.json) under them. A setting
+    that changes the run typed: the command's, as a new start (over config.json's filled values, a
+    typed --image-size 64 kept --store-size 37)."""
+    from fastsigclr.runconfig import TrainConfig, write_config
+
+    out = tmp_path / "run"
+    out.mkdir()
+    write_config(out, TrainConfig(dataset="cifar10", out=str(out), width=8).resolved(), {})
+    assert runfiles.run_state(out) == "interrupted start"
+    again = rundir.settings(TrainConfig(out=str(out), resume="auto", epochs=3), {"epochs", "resume", "out"})
+    assert (again.dataset, again.width, again.epochs, again.resume) == ("cifar10", 8, 3, "no")
+    typed = TrainConfig(dataset="cifar10", out=str(out), resume="auto", image_size=64)
+    new = rundir.settings(typed, {"dataset", "image_size", "resume", "out"})
+    assert (new.image_size, new.store_size, new.width) == (64, 73, TrainConfig().width)
