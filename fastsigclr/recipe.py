@@ -160,7 +160,7 @@ def build(
             f"images it would pre-train on have none: pass --no-use-labels (each image its own class), "
             f"or give labelled images (a folder's train/<class>/ folders)"
         )
-    identity = data.pretrain.identity()  # before a loader decodes it (and leaves out broken files)
+    identity = data_identity(data, cfg)  # before a loader decodes it (and leaves out broken files)
     torch.manual_seed(cfg.seed)
     spec = AugmentSpec.simclr(cfg.image_size or info.image_size, info.mean, info.std, n_views=cfg.n_views)
     loader = LOADERS[cfg.loader].cls(
@@ -285,15 +285,30 @@ def _check_classes(setup: Setup, state: dict[str, Any]) -> None:
             )
 
 
+def data_identity(data: DataSplits, cfg: TrainConfig) -> dict[str, Any]:
+    """What a checkpoint records of the images it trains on (``SampleIndex.identity``), and the
+    side they are stored at (None: as they are): the pixels a resume must see again."""
+    return {**data.pretrain.identity(), "stored": data.pretrain.resized(cfg.store_size)}
+
+
 def _check_data(setup: Setup, state: dict[str, Any]) -> None:
     """The images are those the checkpoint was trained on (their number, labels and file names):
     epochs continued over other images are neither the run's nor exact (a checkpoint inside an
     epoch keeps its place in the old order). Checkpoints written before the record are trusted."""
-    saved = state.get("data")
-    if not isinstance(saved, dict) or setup.data_identity in (None, saved):
+    saved, now = state.get("data"), setup.data_identity
+    if not isinstance(saved, dict) or now is None:
         return
-    now = setup.data_identity
+    now = {key: value for key, value in now.items() if key in saved or key != "stored"}  # older records
+    if now == saved:
+        return
     where = f"{setup.info.name} in {setup.cfg.data_dir}"
+    if {k: v for k, v in now.items() if k != "stored"} == {k: v for k, v in saved.items() if k != "stored"}:
+        side = lambda s: "as they are" if s is None else f"at {s}²"  # noqa: E731
+        raise FastSigCLRError(
+            f"the run stored its images {side(saved.get('stored'))} and they would now be stored "
+            f"{side(now.get('stored'))} (the labelled splits beside them changed: val/ of other sizes); "
+            f"resume it on the data it was trained on (--data-dir), or start a new run with another --out"
+        )
     what = (
         f"{saved.get('images')!r:.20} images and {where} now holds {now['images']}"
         if saved.get("images") != now["images"]

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 from folder_fixture import odd_images, write_cifar_folder, write_odd_folder
+from PIL import Image
 from run_fixture import fails_with
 
 from fastsigclr.cli import main
@@ -369,6 +370,13 @@ def test_resume_on_changed_images_is_refused_and_on_the_same_ones_goes_on(tmp_pa
     err = fails_with(again, capsys)
     assert "as many, 24, but other files, labels or sizes" in err, err
     files[0].with_name("renamed.jpg").rename(files[0])
+    # The same training images, but val/ now of mixed sizes: both splits are stored at 37², where
+    # the run trained on its 32² images as they are (other pixels: not the run, nor exact).
+    odd = next((data / "val").iterdir()) / "odd.png"
+    Image.new("RGB", (40, 30)).save(odd)
+    err = fails_with(again, capsys)
+    assert "the run stored its images as they are and they would now be stored at 37²" in err, err
+    odd.unlink()
     moved = data.rename(tmp_path / "moved elsewhere")  # the same images in another folder resume
     assert main([*again, "--data-dir", str(moved)]) == 0
     assert summary(out)["epochs"] == 2 and summary(out)["train_images"] == 24

@@ -100,5 +100,23 @@ def test_write_ffcv_writes_the_beton_a_run_reads(tmp_path, capsys):
         DATASETS["folder"], tmp_path, data.pretrain, None, None, False, store_size=cfg.store_size
     )
     assert loader_options("ffcv", src)["beton"] == beton and beton.stat().st_mtime_ns == written
-    assert main(argv) == 0  # the default: 32² kept as they are would fit 256², but val/ is mixed
+    assert main(argv) == 0  # the default: 16² would fit 256² as they are, but val/ is mixed
     assert "stored at 256²" in capsys.readouterr().out
+
+
+def test_images_held_as_one_array_are_as_they_are_and_a_resized_cache_has_its_own_name(tmp_path):
+    """An array (CIFAR's) is what in_memory returns whatever the size: resized said 27 where the
+    gpu loader fed 32² and FFCV wrote 27². A file split's decoded cache at a storage size is its
+    own file, so the one at the files' own size (which `data verify` checks) is not replaced."""
+    from fastsigclr.data.samples import SampleIndex, file_index
+
+    array = SampleIndex.from_array(np.zeros((4, 32, 32, 3), np.uint8), np.arange(4))
+    assert array.resized(27) is None and array.stored_hw(27) == (32, 32)
+    _write(tmp_path, "train", [(32, 32)])
+    files = sorted((tmp_path / "train").rglob("*.png"))
+    index = file_index("x", files, np.arange(len(files)) % 2)
+    index.cache_dir, index.cache_name = tmp_path / "cache", "train"
+    assert index.in_memory(18, progress=False).array().shape == (6, 18, 18, 3)
+    assert index.in_memory(None, progress=False).array().shape == (6, 32, 32, 3)
+    names = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert names == ["train-18px-images.npy", "train-18px-meta.json", "train-images.npy", "train-meta.json"]

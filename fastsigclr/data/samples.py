@@ -148,8 +148,10 @@ class SampleIndex:
         larger than ``size``² (CIFAR's 32² at 37). 4000×3000 photos of one camera were kept
         whole (22 GB for 16) and compared by kNN with a split resized."""
         same = self.uniform_size
-        if same is not None and not self.resize_always and (size is None or max(same) <= size):
-            return None
+        if self.decoded or (
+            same is not None and not self.resize_always and (size is None or max(same) <= size)
+        ):
+            return None  # an array held (CIFAR's) is what in_memory returns: as it is
         if size is None:
             raise ValueError("images of different sizes need a storage size")
         return size
@@ -195,11 +197,12 @@ class SampleIndex:
             return self
         side, hw = self.resized(size), self.stored_hw(size)
         key = cache.fingerprint(self.files, side) if self.cache_dir and self.files else None
-        found = cache.load(self.cache_dir, self.cache_name, key) if key else None
+        name = self.cache_name if side is None else f"{self.cache_name}-{side}px"  # one per storage
+        found = cache.load(self.cache_dir, name, key) if key else None
         if found is None:
             images, kept = self._decode_all(hw, side is not None, progress, max_broken)
             if key:
-                cache.save(self.cache_dir, self.cache_name, key, images, kept)
+                cache.save(self.cache_dir, name, key, images, kept)
         else:  # the files that did not decode when it was made count against this run's limit too
             images, kept = found
             missing = np.setdiff1d(np.arange(len(self)), kept)
