@@ -139,6 +139,9 @@ def test_data_dir_that_is_the_dataset_folder_names_its_parent(tmp_path, monkeypa
     assert fails_with(train_args(name, folder, tmp_path / "run"), capsys) == expected
     assert fails_with(["data", "download", "--dataset", name, "--data-dir", str(folder)], capsys) == expected
     assert sorted(folder.rglob("*")) == before and not (tmp_path / "run").exists()
+    renamed = folder.rename(data_dir / "mine")  # its parent holds no such folder: rename it first
+    said = fails_with(["data", "verify", "--dataset", name, "--data-dir", str(renamed)], capsys)
+    assert f"own folder: rename it {info.folder} (what the reader looks for) and pass its parent" in said
 
 
 @pytest.fixture

@@ -171,9 +171,10 @@ def _own_folder(info: DatasetInfo, data_dir: Path) -> None:
             if data_dir.name not in ("", ".", "..")
             else Path(os.path.abspath(data_dir)).parent
         )
-        raise DatasetError(
-            f"--data-dir {data_dir} is the dataset's own folder: pass its parent, --data-dir {parent}"
-        )
+        name = Path(os.path.abspath(data_dir)).name
+        rename = "" if name == info.folder else f"rename it {info.folder} (what the reader looks for) and "
+        raise DatasetError(f"--data-dir {data_dir} is the dataset's own folder: {rename}pass its parent, "
+                           f"--data-dir {parent}")  # fmt: skip
 
 
 def prepare(
