@@ -13,7 +13,7 @@ import operator
 import os
 import types
 import typing
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any, TypeVar
 
 C = TypeVar("C")
@@ -91,6 +91,12 @@ def default_of(cls: type, name: str) -> Any:
 def flag(name: str) -> str:
     """The command-line flag of option ``name``: ``--field-name``."""
     return "--" + name.replace("_", "-")
+
+
+def listed(items: Sequence[Any], shown: int = 3) -> str:
+    """The first ``shown`` of ``items`` for a message, and how many more: "a, b, c and 4 more"."""
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(str(item) for item in items[:shown]) + more
 
 
 def check_not_empty(config: Any, *names: str) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fastsigclr.checkpoint import WriteError, json_text, open_nofollow, write_text_atomic
-from fastsigclr.config import FastSigCLRError
+from fastsigclr.config import FastSigCLRError, listed
 
 # What a record that cannot be appended (a full disk) asks for: the records past the last
 # checkpoint are dropped on resume and written again as the resumed run recomputes them.
@@ -106,12 +106,9 @@ class RunLog:
         recorded = {r.get("epoch", 0) for r in records if r.get("kind") == "epoch"}
         missing = [e + 1 for e in range(resume_epoch) if e not in recorded]
         if missing:
-            named = ", ".join(map(str, missing[:5])) + (
-                f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            )
             print(
-                f"fastsigclr: {self.path} holds no record of epoch(s) {named}, which the checkpoint has "
-                f"trained: those records are lost (the run goes on from its checkpoint)",
+                f"fastsigclr: {self.path} holds no record of epoch(s) {listed(missing, 5)}, which the "
+                f"checkpoint has trained: those records are lost (the run goes on from its checkpoint)",
                 file=sys.stderr,
             )
 
@@ -198,7 +195,7 @@ def read_lines(path: Path) -> list[str | bytes]:
 
 def read_records(path: Path) -> list[dict[str, Any]]:
     """The JSON objects of a metrics.jsonl (``read_lines``), in order; other lines (one cut short
-    by a kill, damaged, edited) are left out. None when there is no such file."""
+    by a kill, damaged, edited) are left out; none when there is no such file."""
     records = []
     for line in read_lines(path) if os.path.lexists(path) else ():
         try:

@@ -57,14 +57,18 @@ def _walk(folder: Path, seen: set[tuple[int, int]], looped: list[Path]) -> tuple
     entries = []
     for root, dirs, names in os.walk(folder, onerror=_unreadable, followlinks=True):
         kept = []
-        for name in sorted(d for d in dirs if not d.startswith(".")):  # sorted: the same one is kept
-            path = Path(root) / name
+        # Real folders before links, so that of a folder and a link to it the link is the one
+        # skipped and named (sorted by name, the link could come first).
+        paths = sorted(
+            (Path(root) / d for d in dirs if not d.startswith(".")), key=lambda p: (p.is_symlink(), p)
+        )
+        for path in paths:
             key = _folder_key(path)
             if key in seen or _leads_up(path):
                 looped.append(path)
             else:
                 seen.add(key)
-                kept.append(name)
+                kept.append(path.name)
         dirs[:] = kept
         entries += [Path(root) / n for n in names if not n.startswith(".")]
     try:  # a folder that can be listed but not entered (no x permission) fails here

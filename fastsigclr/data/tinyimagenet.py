@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastsigclr.config import listed
 from fastsigclr.data import cache
 from fastsigclr.data.files import redownload_hint
 from fastsigclr.data.info import DatasetError, DatasetInfo
@@ -50,10 +51,6 @@ def _train_files(info: DatasetInfo, folder: Path, wnids: list[str]) -> tuple[lis
     return files, labels
 
 
-def _names(names: list[str]) -> str:
-    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-
-
 def _count_message(info: DatasetInfo, folder: Path, wnid: str, found: list[Path], per_class: int) -> str:
     """Why a class folder does not hold ``per_class`` JPEGs, naming the files the official ones
     (``<wnid>_<k>.JPEG``, k < per_class) leave over or lack, with the fix for each case."""
@@ -65,11 +62,11 @@ def _count_message(info: DatasetInfo, folder: Path, wnid: str, found: list[Path]
         one = len(extra) == 1
         return (
             f"{where} holds {len(found)} JPEGs, {len(found) - per_class} more than the official "
-            f"{per_class}: {_names(extra)} {'is not an official file' if one else 'are not official files'}; "
+            f"{per_class}: {listed(extra)} {'is not an official file' if one else 'are not official files'}; "
             f"remove {'it' if one else 'them'} (or {redownload_hint(info, folder)})"
         )
     missing = sorted(official - names) if names <= official else []
-    lack = f" (missing: {_names(missing)})" if missing else ""
+    lack = f" (missing: {listed(missing)})" if missing else ""
     return (
         f"{where} holds {len(found)} JPEGs, expected {per_class}{lack}: the dataset is incomplete; "
         f"{redownload_hint(info, folder)}"
