@@ -67,11 +67,14 @@ def t_two_sided_p(t: float, df: float) -> float:
     return betainc(df / 2.0, 0.5, df / (df + t * t))
 
 
-def welch(a: list[float], b: list[float]) -> dict[str, float]:
+def welch(a: list[float], b: list[float]) -> dict[str, float | None]:
     """Welch's t-test of mean(a) − mean(b): the difference, t, the Welch–Satterthwaite degrees
-    of freedom and the two-sided p-value. Needs two or more values on each side."""
+    of freedom and the two-sided p-value. Needs two or more values on each side; with no spread on
+    either side t, df and p are None (a sweep at chance on every seed divided by zero)."""
     va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
     diff = statistics.fmean(a) - statistics.fmean(b)
+    if va + vb == 0:  # every seed alike on both sides (all at chance, say): no t, no test
+        return {"diff": diff, "t": None, "df": None, "p": None}
     se = math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     t = diff / se
@@ -99,7 +102,10 @@ def compare(runs: list[dict[str, Any]], comparisons=COMPARISONS) -> list[dict[st
         values = [[r[metric] for r in runs if r["setting"] == s and metric in r] for s in (a, b)]
         if min(map(len, values)) >= 2:
             rows.append({"a": a, "b": b, "metric": metric, **welch(*values)})
-    for row, adjusted in zip(rows, holm([r["p"] for r in rows]), strict=True):
+    tested = [r for r in rows if r["p"] is not None]  # Holm's correction over the tests made
+    for row in rows:
+        row["p_holm"] = None
+    for row, adjusted in zip(tested, holm([r["p"] for r in tested]), strict=True):
         row["p_holm"] = adjusted
     return rows
 
@@ -109,16 +115,18 @@ def markdown(rows: list[dict[str, Any]], alpha: float = 0.05) -> list[str]:
     if not rows:
         return []
     lines = [
-        f"Welch's t-tests over seeds (difference a − b in points; Holm's correction over the {len(rows)} "
-        f"comparisons, α = {alpha}):",
+        f"Welch's t-tests over seeds (difference a − b in points; Holm's correction over the "
+        f"{sum(r['p'] is not None for r in rows)} comparisons tested, α = {alpha}):",
         "",
         "| a | b | metric | a − b | t | df | p | Holm p | holds |",
         "|---|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
-        holds = "yes" if r["p_holm"] < alpha else "no"
-        lines.append(
-            f"| {r['a']} | {r['b']} | {METRIC_NAMES.get(r['metric'], r['metric'])} | {100 * r['diff']:+.2f} "
-            f"| {r['t']:.2f} | {r['df']:.1f} | {r['p']:.2g} | {r['p_holm']:.2g} | {holds} |"
-        )
+        if r["p"] is None:
+            tail = "| – | – | – | – | no test: every seed alike on both sides |"
+        else:
+            holds = "yes" if r["p_holm"] < alpha else "no"
+            tail = f"| {r['t']:.2f} | {r['df']:.1f} | {r['p']:.2g} | {r['p_holm']:.2g} | {holds} |"
+        name = METRIC_NAMES.get(r["metric"], r["metric"])
+        lines.append(f"| {r['a']} | {r['b']} | {name} | {100 * r['diff']:+.2f} {tail}")
     return lines

@@ -57,3 +57,23 @@ def test_the_committed_sweeps_comparisons():
     assert b0["diff"] == pytest.approx(-0.154, abs=5e-4) and b0["p_holm"] < 0.05
     same = rows[("sigclr", "simclr", "knn_acc")]
     assert same["p"] > 0.3 and same["p_holm"] == 1.0
+
+
+def test_no_spread_on_either_side_is_no_test_and_the_report_is_written():
+    """Every seed at chance on both sides (a smoke sweep): welch divided by zero and the sweep
+    stopped at its report, at every rerun. Such a row has no t, df or p, and Holm's correction
+    counts only the rows tested."""
+    from fastsigclr.significance import markdown
+
+    assert welch([0.1, 0.1], [0.1, 0.1]) == {"diff": 0.0, "t": None, "df": None, "p": None}
+    runs = [{"setting": s, "linear_acc": v} for s, v in [("sigclr", 0.1), ("sigclr", 0.1), ("simclr", 0.1),
+                                                          ("simclr", 0.1)]]  # fmt: skip
+    runs += [{"setting": "sigclr", "knn_acc": v} for v in (0.2, 0.3)]
+    runs += [{"setting": "simclr", "knn_acc": v} for v in (0.1, 0.15)]
+    rows = compare(runs, [("sigclr", "simclr", "linear_acc"), ("sigclr", "simclr", "knn_acc")])
+    assert rows[0]["p"] is None and rows[0]["p_holm"] is None
+    assert rows[1]["p"] is not None and rows[1]["p_holm"] == rows[1]["p"]  # one test: Holm leaves it
+    lines = markdown(rows)
+    assert "correction over the 1 comparisons tested" in lines[0]
+    assert lines[-2].endswith("| +0.00 | – | – | – | – | no test: every seed alike on both sides |")
+    json.dumps(rows, allow_nan=False)  # nothing for results.json to refuse
