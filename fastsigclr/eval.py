@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from fastsigclr import distributed
 from fastsigclr.checkpoint import WriteError, json_text, write_text_atomic
-from fastsigclr.config import SEED_MAX, FastSigCLRError, check_fields, option, option_from
+from fastsigclr.config import FLOAT32_MAX, SEED_MAX, FastSigCLRError, check_fields, option, option_from
 from fastsigclr.data.datasets import data_dir_option
 from fastsigclr.data.gpu_loader import normalized
 from fastsigclr.data.splits import DataSplits
@@ -171,8 +171,8 @@ class EvalConfig:
     )
     linear_epochs: int = option(100, "linear probe epochs", ge=1)
     linear_batch_size: int = option(256, "linear probe batch size", ge=1)
-    linear_lr: float = option(0.2, "linear probe learning rate (cosine schedule)", ge=0)
-    linear_weight_decay: float = option(0.0, "linear probe weight decay", ge=0)
+    linear_lr: float = option(0.2, "linear probe learning rate (cosine schedule)", ge=0, le=FLOAT32_MAX)
+    linear_weight_decay: float = option(0.0, "linear probe weight decay", ge=0, le=FLOAT32_MAX)
     seed: int = option(0, "seed of the linear probe's shuffling", ge=0, le=SEED_MAX)
     progress: bool = option(True, "show progress bars")
 
@@ -180,6 +180,11 @@ class EvalConfig:
         if not self.run:
             raise ValueError("--run DIR is required: the directory of a `fastsigclr train` run")
         check_fields(self)
+        # Refused before any feature is extracted: with few steps the weights grew to 1e15 and
+        # stayed finite, and a chance-level accuracy was reported as the probe's.
+        lr, decay = self.linear_lr, self.linear_weight_decay
+        if self.protocol == "linear" and lr * decay >= sgd_decay_limit(PROBE_MOMENTUM):
+            raise ValueError(f"the linear probe would diverge {_probe_fix(lr, decay, PROBE_MOMENTUM)}")
 
     def for_run(self, run: TrainConfig) -> EvalConfig:
         """The kNN settings left unset taken from the run's: eval then scores what its monitor

@@ -44,7 +44,12 @@ BAD_VALUES = [
     ([*TRAIN, "--seed", "-1"], "--seed must be ≥ 0 and ≤ 9223372036854775807, got -1"),
     ([*TRAIN, "--resume", "maybe"], "--resume: maybe not allowed; choose from no, yes, auto"),
     (["eval", "--run", "R", "--knn-temperature", "nan"], "--knn-temperature must be a finite number"),
-    (["eval", "--run", "R", "--linear-lr", "-0.1"], "--linear-lr must be ≥ 0, got -0.1"),
+    (["eval", "--run", "R", "--linear-lr", "-0.1"], "--linear-lr must be ≥ 0 and ≤ 3.40282e+38, got -0.1"),
+    (["eval", "--run", "R", "--linear-lr", "1e39"], "--linear-lr must be ≥ 0 and ≤ 3.40282e+38, got 1e+39"),
+    (  # 3 epochs left the weights at 1e15, finite: a chance-level accuracy was written as the probe's
+        ["eval", "--run", "R", "linear", "--linear-weight-decay", "1e6", "--linear-epochs", "3"],
+        "the linear probe would diverge at --linear-lr 0.2 and --linear-weight-decay 1e+06: their product",
+    ),
     (["ccem", "--t", "1,nan", "--n", "4", "--steps", "1"], "--t must be a finite number, got nan"),
     (["ccem", "--t", "inf", "--n", "4", "--steps", "1"], "--t must be a finite number, got inf"),
     (["ccem", "--bias", "nan", "--n", "4", "--steps", "1"], "--bias must be a finite number, got nan"),
