@@ -54,7 +54,9 @@ def diverged(run: rundir.RunDir, what: str, step: int, epoch: int, rate: str = "
     """The one line of a diverged run: what, where, and what to change (``_change``: usually the
     learning rate ``rate``, lowered)."""
     change = _change(run, rate)
-    if (run.path / rundir.CHECKPOINT).exists():
+    if run.again is not None:  # a sweep's run: its settings are the sweep's budget, fixed in sweep.json
+        fix = f"a sweep's settings hold for all its runs: start a new sweep with another --out and {change}"
+    elif (run.path / rundir.CHECKPOINT).exists():
         fix = (
             f"{run.path / rundir.CHECKPOINT} ({run.kept or f'epoch {epoch}'}) is kept. --resume keeps the "
             f"run's settings: start a new run with another --out and {change}"

@@ -273,3 +273,22 @@ def test_a_mid_epoch_checkpoint_is_named_as_such(run_copy, capsys):
 
     meta = read_metadata(out)
     assert (meta["epoch"], meta["step"], meta["epoch_batches"]) == ("1", "3", "1")
+
+
+def test_a_sweeps_diverged_run_is_told_to_start_a_new_sweep(tmp_path):
+    """Inside a sweep, "run the same command again with a lower --lr" could not be followed: the
+    sweep refused another --lr in its folder (its budget), and the same command diverged again."""
+    from types import SimpleNamespace
+
+    from fastsigclr.divergence import diverged
+    from fastsigclr.runconfig import TrainConfig
+
+    cfg = TrainConfig(dataset="cifar10", out=str(tmp_path), lr=1e30).resolved()
+    run = SimpleNamespace(path=tmp_path, cfg=cfg, kept=None, again=None)
+    assert "no epoch finished: run the same command again with a lower --lr" in str(diverged(run, "x", 1, 0))
+    run.again = "the same sweep command continues it (and the runs after it)"
+    said = str(diverged(run, "x", 1, 0))
+    assert (
+        "a sweep's settings hold for all its runs: start a new sweep with another --out and a lower --lr"
+        in said
+    )
