@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fastsigclr import checkpoint as ckpt
-from fastsigclr.config import FastSigCLRError
+from fastsigclr.config import ConfigError, FastSigCLRError
 from fastsigclr.data import DATASETS
 from fastsigclr.data.datasets import data_folder
 from fastsigclr.data.folder import FolderReader
@@ -62,7 +62,15 @@ def load_run_model(
     state = trained_checkpoint(Path(run_dir))
     if info.reader is FolderReader and "test" in splits and not FolderReader.has_test(where / info.folder):
         raise _missing_split(info.name, where, ["test"], labelled)  # before train/'s headers are read
-    data = load_data(dataclasses.replace(cfg, download=False, progress=False), announce=False)
+    try:
+        data = load_data(dataclasses.replace(cfg, download=False, progress=False), announce=False)
+    except ConfigError as err:  # the run's --limit-train/--limit-test past this data: not the run's
+        if not str(err).startswith("--limit-"):
+            raise
+        raise FastSigCLRError(
+            f"the run's {str(err).split(':')[0]} in {where}: this is not the data the run read; pass "
+            f"--data-dir DIR, the folder that holds it"
+        ) from None
     # Without labels (a flat folder), the train split is the images pre-training read.
     source = {
         name: "pretrain" if name == "train" and data.train is None and not labelled else name

@@ -237,3 +237,22 @@ def test_a_folder_run_whose_images_moved_is_told_to_pass_data_dir(tmp_path, caps
         main(["eval", "--run", str(run), "knn", "--knn-k", "1", "--no-progress", "--data-dir", str(moved)])
         == 0
     )
+
+
+def test_eval_on_data_smaller_than_the_runs_limit_says_it_is_not_the_runs_data(tmp_path, capsys):
+    """The run's --limit-train past the images of eval's --data-dir: the error said to pass
+    --limit-train, which eval has no option for."""
+    from folder_fixture import write_cifar_folder
+    from test_folder import folder_args
+
+    data_dir = write_cifar_folder(tmp_path / "data", per_class=4, val_per_class=1, classes=2)
+    run = tmp_path / "run"
+    assert main(folder_args(data_dir, run, "--batch-size", "4", "--knn-k", "1", "--limit-train", "8")) == 0
+    other = write_cifar_folder(tmp_path / "other", per_class=2, val_per_class=1, classes=2)
+    with pytest.raises(SystemExit):
+        main(["eval", "--run", str(run), "knn", "--no-progress", "--data-dir", str(other)])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (
+        f"fastsigclr: error: the run's --limit-train 8 is more than the 4 train images of folder in {other}: "
+        f"this is not the data the run read; pass --data-dir DIR, the folder that holds it"
+    ), last
