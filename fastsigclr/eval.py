@@ -283,7 +283,9 @@ def score(
         if cfg.knn_k is None or cfg.knn_temperature is None:
             raise ValueError("score needs the kNN settings: EvalConfig.for_run(the run's config) fills them")
         accuracy = knn_accuracy(*train, *test, num_classes, k=cfg.knn_k, temperature=cfg.knn_temperature)
-        return {"k": cfg.knn_k, "temperature": cfg.knn_temperature, "accuracy": accuracy}
+        # the k the vote took: at most the bank (knn.nearest; --knn-k 1000 on 256 images took 256)
+        k = min(cfg.knn_k, len(train[1]))
+        return {"k": k, "temperature": cfg.knn_temperature, "accuracy": accuracy}
     probe = linear_probe(
         *train,
         *test,

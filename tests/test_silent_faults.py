@@ -264,6 +264,7 @@ def test_a_mid_epoch_checkpoint_is_named_as_such(run_copy, capsys):
     assert "(epoch 1 and 1 batch of epoch 2, 50 test images)" in capsys.readouterr().out
     result = json.loads((run_copy / "eval-knn.json").read_text())
     assert (result["epoch"], result["step"], result["epoch_batches"]) == (1, 3, 1)
+    assert result["k"] == 64  # the run's --knn-k 200 over a bank of 64: the k the vote took
     saved = json.loads((run_copy / "config.json").read_text())["config"]["data_dir"]
     assert result["data_dir"] == saved  # the images it scored, recorded beside the accuracy
     out = run_copy.parent / "encoder.safetensors"
