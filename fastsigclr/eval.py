@@ -297,7 +297,11 @@ def score(
         seed=cfg.seed,
         progress=cfg.progress,
     )
-    return {"epochs": cfg.linear_epochs, "accuracy": probe["test_acc"], "train_accuracy": probe["train_acc"]}
+    settings = {
+        name: getattr(cfg, f"linear_{name}") for name in ("epochs", "batch_size", "lr", "weight_decay")
+    }
+    # every setting of the probe beside its accuracy: two files of one run can be told apart
+    return {**settings, "seed": cfg.seed, "accuracy": probe["test_acc"], "train_accuracy": probe["train_acc"]}
 
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
