@@ -9,6 +9,7 @@ first checkpoint starts again. The results are rewritten atomically after every 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -287,10 +288,19 @@ def run_sweep(
     train the same runs and rewrite the same reports."""
     runs = plan(cfg)
     resolve_device(cfg.device or "auto")  # an unusable --device is refused before anything is made
+    existed = os.path.lexists(cfg.out)
     out = ckpt.writable_folder(Path(cfg.out), keep=True)
     fd = lock_dir(out, name=SWEEP_LOCK, user="sweep")
     try:
         return _sweep(cfg, runs, command, log)
+    except BaseException:
+        # A sweep refused before anything was written (its data, its budget) leaves no folder, as a
+        # refused train does; one that holds anything else (runs, sweep.json) stays whole.
+        if not existed and os.listdir(out) == [SWEEP_LOCK]:
+            with contextlib.suppress(OSError):
+                (out / SWEEP_LOCK).unlink()
+                out.rmdir()
+        raise
     finally:
         os.close(fd)
 
