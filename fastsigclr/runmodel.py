@@ -13,6 +13,7 @@ from fastsigclr.config import ConfigError, FastSigCLRError
 from fastsigclr.data import DATASETS
 from fastsigclr.data.datasets import data_folder
 from fastsigclr.data.folder import FolderReader
+from fastsigclr.data.info import DatasetInfo
 from fastsigclr.recipe import build_model, compute_dtypes, load_data, load_weights
 from fastsigclr.runconfig import RESTORE_CONFIG, read_config
 from fastsigclr.runfiles import CHECKPOINT, trained_checkpoint
@@ -31,6 +32,22 @@ def _missing_split(name: str, where: Path, missing: list[str], labelled: bool) -
     )
 
 
+def _check_data_dir(info: DatasetInfo, where: Path, named: str) -> None:
+    """One line when the run's data is not in ``where`` (``named``: which folder that is)."""
+    if (where / info.folder).is_dir() or (info.archive and (where / info.archive).is_file()):
+        return
+    if not info.folder:  # the dataset is the folder itself (--dataset folder)
+        raise FastSigCLRError(
+            f"{where} ({named}) is not a folder any more: pass --data-dir DIR, the folder that now "
+            f"holds the run's images"
+        )
+    archive = f" (or {info.archive})" if info.archive else ""
+    raise FastSigCLRError(
+        f"{info.name} is not in {where} ({named}): pass --data-dir DIR, the folder that now holds "
+        f"{info.folder}/{archive}"
+    )
+
+
 def load_run_model(
     run_dir: Path,
     device_name: str = "auto",
@@ -46,18 +63,7 @@ def load_run_model(
     cfg = read_config(run_dir, f"cannot read the run {run_dir}", RESTORE_CONFIG, overrides)
     info = DATASETS[cfg.dataset]
     where = data_folder(cfg.data_dir)
-    if not ((where / info.folder).is_dir() or (info.archive and (where / info.archive).is_file())):
-        named = "--data-dir" if data_dir else "where the run read it"
-        if not info.folder:  # the dataset is the folder itself (--dataset folder)
-            raise FastSigCLRError(
-                f"{where} ({named}) is not a folder any more: pass --data-dir DIR, the folder that now "
-                f"holds the run's images"
-            )
-        archive = f" (or {info.archive})" if info.archive else ""
-        raise FastSigCLRError(
-            f"{info.name} is not in {where} ({named}): pass --data-dir DIR, the folder that now holds "
-            f"{info.folder}/{archive}"
-        )
+    _check_data_dir(info, where, "--data-dir" if data_dir else "where the run read it")
     device = resolve_device(device_name)
     state = trained_checkpoint(Path(run_dir))
     if info.reader is FolderReader and "test" in splits and not FolderReader.has_test(where / info.folder):
