@@ -292,23 +292,23 @@ def data_identity(data: DataSplits, cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _check_data(setup: Setup, state: dict[str, Any]) -> None:
-    """The images are those the checkpoint was trained on (their number, labels and file names):
-    epochs continued over other images are neither the run's nor exact (a checkpoint inside an
-    epoch keeps its place in the old order). Checkpoints written before the record are trusted."""
+    """The images are those the checkpoint was trained on (number, labels, files, storage side): other
+    ones are neither the run's nor exact. Checkpoints written before the record are trusted."""
     saved, now = state.get("data"), setup.data_identity
     if not isinstance(saved, dict) or now is None:
         return
-    now = {key: value for key, value in now.items() if key in saved or key != "stored"}  # older records
+    then_side, now_side = saved.get("stored", now["stored"]), now["stored"]  # older records hold none
+    saved, now = ({k: v for k, v in d.items() if k != "stored"} for d in (saved, now))
     if now == saved:
-        return
-    where = f"{setup.info.name} in {setup.cfg.data_dir}"
-    if {k: v for k, v in now.items() if k != "stored"} == {k: v for k, v in saved.items() if k != "stored"}:
-        side = lambda s: "as they are" if s is None else f"at {s}²"  # noqa: E731
+        if then_side == now_side:
+            return
+        then, after = ("as they are" if side is None else f"at {side}²" for side in (then_side, now_side))
         raise FastSigCLRError(
-            f"the run stored its images {side(saved.get('stored'))} and they would now be stored "
-            f"{side(now.get('stored'))} (the labelled splits beside them changed: val/ of other sizes); "
-            f"resume it on the data it was trained on (--data-dir), or start a new run with another --out"
+            f"the run stored its images {then} and they would now be stored {after} (the labelled splits "
+            f"beside them changed: val/ of other sizes); resume it on the data it was trained on "
+            f"(--data-dir), or start a new run with another --out"
         )
+    where = f"{setup.info.name} in {setup.cfg.data_dir}"
     what = (
         f"{saved.get('images')!r:.20} images and {where} now holds {now['images']}"
         if saved.get("images") != now["images"]
