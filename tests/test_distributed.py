@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ from fastsigclr.losses import (
     sigmoid_pairwise_loss_distributed,
 )
 from fastsigclr.losses.ranks import gather_rows
+from fastsigclr.models.sync_bn import GlobalBatchNorm
 from fastsigclr.runlog import read_metrics
 
 N_PER_RANK = 5  # odd, and 2N = 10 per rank: no size is a multiple of any block
@@ -191,6 +193,79 @@ def test_cross_rank_block_against_float64(impl):
         got = (loss, dz, dt, db)
     for name, x, y in zip(("loss", "dz", "dt", "db"), got, want, strict=True):
         assert_close_rel(x, y, fp32_tol(5e-6) if impl == "triton" else 5e-6, f"{impl} {name}")
+
+
+BN_SHAPES = {1: (2 * 3, 4), 2: (2 * 3, 4, 2, 3)}  # (global rows, channels, ...): BatchNorm1d, 2d
+
+
+def _bn_case(dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.nn.Module]:
+    """A float64 global batch, the weights of a loss on it, and a BatchNorm with affine parameters."""
+    gen = torch.Generator().manual_seed(dim)
+    x = torch.randn(BN_SHAPES[dim], generator=gen, dtype=torch.float64) * 3 + 1
+    weights = torch.randn(BN_SHAPES[dim], generator=gen, dtype=torch.float64)
+    bn = (torch.nn.BatchNorm1d if dim == 1 else torch.nn.BatchNorm2d)(4, momentum=0.3).double()
+    with torch.no_grad():
+        bn.weight.copy_(torch.randn(4, generator=gen, dtype=torch.float64))
+        bn.bias.copy_(torch.randn(4, generator=gen, dtype=torch.float64))
+    return x, weights, bn
+
+
+def _bn_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """Two steps of a GlobalBatchNorm on this rank's rows; the loss's share of its rows."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        results = {}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for dim in BN_SHAPES:
+                x, weights, bn = _bn_case(dim)
+                gbn = GlobalBatchNorm(4, momentum=0.3).double()
+                gbn.load_state_dict(bn.state_dict())
+                rows = slice(rank * 3, (rank + 1) * 3)
+                for step in range(2):
+                    mine = (x[rows] * (step + 1)).requires_grad_()
+                    y = gbn(mine)
+                    (y * weights[rows]).sum().backward()
+                    grads = (mine.grad, gbn.weight.grad.clone(), gbn.bias.grad.clone())
+                    results[(dim, step)] = (y.detach(), *grads)
+                    gbn.weight.grad = gbn.bias.grad = None
+                results[(dim, "buffers")] = {k: v.clone() for k, v in gbn.state_dict().items()}
+        results["warnings"] = [f"{w.category.__name__}: {w.message}" for w in caught]
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_global_batch_norm_equals_batch_norm_on_the_whole_batch(tmp_path):
+    """2 gloo ranks × 3 rows = one BatchNorm on the 6 rows, in float64: the output, both steps'
+    running statistics, and the gradients: the input's (the backward all-reduce: without it each
+    rank misses the other's share of d(mean) and d(var)), and the weight's and bias's summed over
+    the ranks (as DDP sums them). No rank warns (torch 2.13 deprecates
+    torch.distributed.nn.functional.all_reduce with a FutureWarning on every rank)."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    mp.spawn(_bn_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    per_rank = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for rank, results in enumerate(per_rank):
+        assert results["warnings"] == [], (rank, results["warnings"])
+    for dim in BN_SHAPES:
+        x, weights, bn = _bn_case(dim)
+        for step in range(2):
+            whole = (x * (step + 1)).requires_grad_()
+            y = bn(whole)
+            (y * weights).sum().backward()
+            for rank, results in enumerate(per_rank):
+                got_y, got_dx, _, _ = results[(dim, step)]
+                rows = slice(rank * 3, (rank + 1) * 3)
+                torch.testing.assert_close(got_y, y.detach()[rows], rtol=1e-12, atol=1e-12)
+                torch.testing.assert_close(got_dx, whole.grad[rows], rtol=1e-10, atol=1e-12)
+            for i, (name, param) in enumerate((("weight", bn.weight), ("bias", bn.bias))):
+                summed = per_rank[0][(dim, step)][2 + i] + per_rank[1][(dim, step)][2 + i]
+                torch.testing.assert_close(summed, param.grad, rtol=1e-10, atol=1e-12, msg=name)
+            bn.weight.grad = bn.bias.grad = None
+        for results in per_rank:
+            for key, value in bn.state_dict().items():
+                torch.testing.assert_close(results[(dim, "buffers")][key], value, rtol=1e-12, atol=0)
 
 
 def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:

@@ -1,10 +1,10 @@
 """Batch normalisation over the global batch of a distributed run, on any device.
 
 torch's SyncBatchNorm refuses CPU tensors, which would leave the gloo path (and CI) untested, so
-this one is written with autograd-aware all-reduces: two per layer and step (the sums, then the
-centred squares: no E[x²] − E[x]² cancellation). Their backward all-reduces the incoming
-gradients, which is exactly right when every rank back-propagates its own rows' share of one
-global loss (see fastsigclr.distributed).
+this one is written with autograd-aware all-reduces (``AllReduceSum``): two per layer and step (the
+sums, then the centred squares: no E[x²] − E[x]² cancellation). Their backward all-reduces the
+incoming gradients, which is exactly right when every rank back-propagates its own rows' share of
+one global loss (see fastsigclr.distributed).
 """
 
 from __future__ import annotations
@@ -12,7 +12,32 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.nn.functional import all_reduce
+
+
+class AllReduceSum(torch.autograd.Function):
+    """The sum of a tensor over the ranks of ``group`` (a copy; the input is untouched), with a
+    backward that sums the incoming gradient over the ranks too: each rank's output feeds its own
+    share of one global loss, so d(loss)/d(input) on a rank is the sum of every rank's gradient of
+    the output. torch.distributed.nn.functional.all_reduce does the same, but torch 2.13
+    deprecates it with a FutureWarning on every rank, pointing to a private module."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group=None) -> torch.Tensor:
+        ctx.group = group
+        out = x.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        return grad, None
+
+
+def all_reduce(x: torch.Tensor, group=None) -> torch.Tensor:
+    """``AllReduceSum`` of ``x``: differentiable."""
+    return AllReduceSum.apply(x, group)
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -30,7 +55,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             return super().forward(x)
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
-        xf = x.float()
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # float64 stays float64
         local = torch.cat([xf.sum(dims), xf.new_tensor([x.numel() / x.shape[1]])])
         total = all_reduce(local, group=self.group)
         count = total[-1]
