@@ -44,7 +44,7 @@ import torch
 from fastsigclr.config import FastSigCLRError
 from fastsigclr.data.augment import GRAY_WEIGHTS, blur_window, hue_coefficients
 from fastsigclr.data.base import LoaderBase
-from fastsigclr.data.broken import LIST_BROKEN, report_broken
+from fastsigclr.data.broken import report_broken
 from fastsigclr.data.info import DatasetError
 from fastsigclr.data.plan import AugmentSpec, Col
 from fastsigclr.data.samples import SampleIndex, decode_file, workers
@@ -169,32 +169,39 @@ class DaliLoader(LoaderBase):
         self._running: weakref.ref | None = None  # the iterator of the epoch under way
         self.max_broken = max_broken
         self.found_broken: dict[int, str] = {}  # sample id → why its file did not decode (mid-run)
+        self.by_pillow: set[int] = set()  # sample ids whose files reach DALI as Pillow's pixels
         if self.files:
             self._check_files()
 
     def _check_files(self) -> None:
-        """What the header pass found that DALI reads otherwise than Pillow (``image_header``):
-        a format it does not decode stops the run now, by name (mid-epoch, DALI's error names no
-        file); transparency, which it drops where Pillow composites on white, is said once."""
-        notes, listed = self.samples.notes, LIST_BROKEN
-        refused = [(self.files[i], note) for i, note in notes.items() if note.startswith("format")]
-        if refused:
-            shown = ", ".join(f"{path} ({note})" for path, note in refused[:listed])
-            raise FastSigCLRError(
-                f"DALI cannot decode {len(refused)} of the images Pillow reads: {shown}"
-                f"{' ...' if len(refused) > listed else ''}; convert them to JPEG or PNG, or use --loader "
-                f"gpu or ffcv"
-            )
-        clear = [self.files[i] for i, note in notes.items() if note == "transparency"]
-        if clear and self.rank == 0:
+        """What the header pass found that DALI reads otherwise than Pillow (``image_header``): a
+        format it does not decode (a GIF named .jpg; mid-epoch its error names no file) and
+        transparency, which it drops where Pillow composites on white. Those files reach DALI as
+        Pillow's pixels (``_encoded``), so every loader, kNN and eval see the same image; said
+        once, as they cost a Pillow decode per epoch each."""
+        self.by_pillow = {i for i, note in self.samples.notes.items() if note}
+        if self.by_pillow and self.rank == 0:
+            i = min(self.by_pillow)
             print(
-                f"note: {len(clear)} images have transparency (e.g. {clear[0]}): DALI decodes them "
-                f"without it, where the other loaders, the kNN monitor and eval put them on white; "
-                f"--loader gpu or ffcv trains on those pixels",
+                f"note: {len(self.by_pillow)} images are decoded by Pillow as they are fed to DALI, which "
+                f"does not decode their format or drops their transparency (e.g. {self.files[i]}: "
+                f"{self.samples.notes[i]}); with many of them --loader gpu or ffcv is faster",
                 file=sys.stderr,
             )
 
     def _encoded(self, i: int) -> np.ndarray:
+        """Sample i's bytes as DALI decodes them: the file, or for one DALI reads otherwise than
+        Pillow, Pillow's pixels as a binary PPM (no compression: a header and the RGB bytes, which
+        DALI decodes exactly; tests compare the views). A file Pillow cannot decode goes as it is:
+        DALI's failure on it is then handled as any broken file's."""
+        if i in self.by_pillow:
+            try:
+                pixels = decode_file(self.files[i])
+            except (OSError, ValueError):
+                pass
+            else:
+                header = f"P6\n{pixels.shape[1]} {pixels.shape[0]}\n255\n".encode()
+                return np.frombuffer(header + pixels.tobytes(), dtype=np.uint8)
         return np.fromfile(self.files[i], dtype=np.uint8)
 
     def _batch(self, index: torch.Tensor, params: torch.Tensor) -> list:
