@@ -5,7 +5,8 @@ A run directory is in one of five states, read from its files:
 - empty (or missing): a new run starts there;
 - interrupted start: a run's config.json but no checkpoint, no summary and at most one finished
   epoch (the run stopped during its first epoch, or between that epoch's record and its
-  checkpoint): nothing can be resumed, so a new run replaces those files;
+  checkpoint): nothing can be resumed, so a new run replaces those files (only the files a run
+  writes: anything else where they are, a link or a file of the wrong kind, refuses the start);
 - not a run: files of a run's names (config.json, checkpoints/, ...) without a run's config.json:
   someone else's, so every start there is refused and nothing is removed;
 - checkpoint: ``--resume`` continues it (or reports it complete); a new run is refused;
@@ -29,7 +30,6 @@ that with every rank. A start that fails before ``RunDir.begin`` removes what it
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -48,6 +48,7 @@ from fastsigclr.runfiles import (
     load_checkpoint,
     read_summary,
     run_state,
+    start_files,
 )
 from fastsigclr.runlock import LOCK, lock_dir, lock_wait
 from fastsigclr.runlog import RunLog
@@ -237,6 +238,7 @@ class RunDir:
                 raise _no_checkpoint(self.path, holds)
             self.restart = holds == "interrupted start"
             if self.restart:
+                start_files(self.path)  # refused before anything goes: a file the run did not write
                 note = "holds a start that stopped before its first epoch ended: starting it again"
                 print(f"fastsigclr: {self.path} {note}", file=sys.stderr)
             return
@@ -280,9 +282,8 @@ class RunDir:
             if self.state is not None:  # a resumed run keeps where and with what it ran before
                 record = {**record, "history": history(self.path)}
             # config.json stays until it is rewritten (atomically): a kill here leaves a run's files.
-            for name in RUN_FILES[1:] if self.restart else ():
-                target = self.path / name
-                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+            for target in start_files(self.path) if self.restart else ():  # only what a run writes
+                target.rmdir() if target.is_dir() and not target.is_symlink() else target.unlink()
             write_config(self.path, self.cfg, record)
         self._begun, self.record = True, record
         resume_epoch = self.state["epoch"] if self.state is not None else None

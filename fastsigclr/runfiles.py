@@ -18,6 +18,8 @@ CHECKPOINT = Path("checkpoints") / "last.pt"
 # What a run writes, config.json first (``begin`` writes it first); an interrupted start (no
 # checkpoint, no finished epoch) has these replaced.
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "tensorboard", "checkpoints")
+# The run's folders and what it writes in them (the start of a name): nothing else is replaced.
+RUN_FOLDERS = {"tensorboard": "events.out.tfevents.", "checkpoints": CHECKPOINT.name}
 CHECKPOINT_KEYS = ("model", "criterion", "probe", "optimizer", "probe_optimizer", "rng", "epoch", "step")
 
 
@@ -61,6 +63,39 @@ def run_state(path: Path) -> str:
         # names without it are someone else's, and a new run must not replace them.
         return "interrupted start" if config_fault(path) is None else "not a run"
     return "empty"
+
+
+def start_files(path: Path) -> list[Path]:
+    """What replacing the interrupted start in ``path`` removes (``RUN_FILES[1:]`` and the files
+    the run wrote in its folders), each folder after its files. Raises one line, before anything is
+    removed, naming the first that fastsigclr did not write: a folder where it writes a file or a
+    file where it makes a folder, a symbolic link, another name in its folders."""
+    found: list[Path] = []
+    for name in RUN_FILES[1:]:
+        target = path / name
+        if not os.path.lexists(target):
+            continue
+        folder = name in RUN_FOLDERS
+        if target.is_symlink():
+            raise ckpt.symlink_error(target)
+        if target.is_dir() != folder or not (folder or target.is_file()):
+            what = "a folder" if target.is_dir() else "a file" if folder else "not a regular file"
+            raise _not_ours(path, target, f"is {what}, not the {name}{'/' if folder else ''} a run writes")
+        for inside in sorted(target.iterdir()) if folder else ():
+            if inside.is_symlink():
+                raise ckpt.symlink_error(inside)
+            if not (inside.name.startswith(RUN_FOLDERS[name]) and inside.is_file()):
+                raise _not_ours(path, inside, "is not a file fastsigclr writes")
+            found.append(inside)
+        found.append(target)
+    return found
+
+
+def _not_ours(path: Path, target: Path, why: str) -> FastSigCLRError:
+    return FastSigCLRError(
+        f"{target} {why}: a new start in {path} would delete it; move it out of {path} and run again "
+        f"(nothing was removed)"
+    )
 
 
 def wrong_types(state: dict[str, Any]) -> list[str]:

@@ -59,9 +59,12 @@ def test_an_interrupted_start_can_be_started_again(cifar10_dir, tmp_path, monkey
     err = fails_with(tiny_args(cifar10_dir, out, "--resume"), capsys)
     assert "nothing to resume" in err and "without --resume to start it again" in err
     saved = json.loads((out / "config.json").read_text())["config"]
+    (out / "tensorboard").mkdir()
+    (out / "tensorboard" / "events.out.tfevents.1.host.1.0").write_bytes(b"the start's events")
     bare = ["train", "--out", str(out), "--resume", "auto", "--no-progress", "--no-tensorboard"]
     assert main(bare if again == "bare" else tiny_args(cifar10_dir, out, *again)) == 0
     assert "starting it again" in capsys.readouterr().err
+    assert not (out / "tensorboard").exists()  # the start's own event file went with its folder
     assert steps(out) == [1, 2] and checkpoint.load(out / "checkpoints" / "last.pt")["epoch"] == 1
     assert json.loads((out / "config.json").read_text())["config"] == saved
 
@@ -422,3 +425,49 @@ def test_resume_auto_of_an_interrupted_start_takes_its_settings_or_the_typed_one
     typed = TrainConfig(dataset="cifar10", out=str(out), resume="auto", image_size=64)
     new = rundir.settings(typed, {"dataset", "image_size", "resume", "out"})
     assert (new.image_size, new.store_size, new.width) == (64, 73, TrainConfig().width)
+
+
+def _tree(folder: Path) -> dict[Path, object]:
+    """Every path under ``folder``: a link's target, a folder's mark, a file's bytes."""
+    return {
+        p.relative_to(folder): os.readlink(p)
+        if p.is_symlink()
+        else "folder"
+        if p.is_dir()
+        else p.read_bytes()
+        for p in folder.rglob("*")
+    }
+
+
+@pytest.mark.parametrize(
+    "make, name, message",
+    [
+        (lambda p, t: p.write_bytes(b"mine"), "checkpoints", "is a file, not the checkpoints/ a run writes"),
+        (lambda p, t: (p.mkdir(), (p / "x").write_bytes(b"mine")), "metrics.jsonl", "is a folder, not the"),
+        (lambda p, t: (p.mkdir(), (p / "model.ckpt").write_bytes(b"w")), "checkpoints", "is not a file fast"),
+        (lambda p, t: (p.mkdir(), (p / "notes.txt").write_bytes(b"w")), "tensorboard", "is not a file fast"),
+        (
+            lambda p, t: (p.mkdir(), (p / "events.out.tfevents.1").symlink_to(t)),
+            "tensorboard",
+            "is a symbolic",
+        ),
+        (lambda p, t: p.symlink_to(t), "summary.json", "is a symbolic link: fastsigclr never follows links"),
+    ],
+)
+@pytest.mark.parametrize("again", [[], ["--resume", "auto"]])
+def test_a_restart_removes_only_files_a_run_writes(tmp_path, capsys, make, name, message, again):
+    """An interrupted start's files are replaced, but one the run did not write where they are (a
+    regular file named checkpoints, someone's file in checkpoints/ or tensorboard/, a folder named
+    metrics.jsonl, a link) was deleted with them: now the start is refused in one line naming it,
+    and nothing is removed (before the data is read: none is there)."""
+    from fastsigclr.runconfig import TrainConfig, write_config
+
+    out, linked = tmp_path / "run", tmp_path / "linked"
+    out.mkdir()
+    linked.write_bytes(b"someone's file")
+    write_config(out, TrainConfig(dataset="cifar10", out=str(out), width=8).resolved(), {})
+    make(out / name, linked)
+    before = _tree(out)
+    err = fails_with(tiny_args(tmp_path / "no-data", out, *again), capsys).strip().splitlines()
+    assert len(err) == 1 and message in err[0] and str(out / name) in err[0], err
+    assert _tree(out) == before and linked.read_bytes() == b"someone's file"
