@@ -111,11 +111,37 @@ def collect_run(run_dir: Path) -> dict[str, Any]:
                 linear_train_acc=float(evaluation["linear"]["train_accuracy"]),
                 eval_seconds=float(evaluation["seconds"]),
             )
+            k = evaluation["knn"].get("k")
+            if isinstance(k, int) and not isinstance(k, bool):
+                found["knn_k"] = k  # the vote's (an older record's: the --knn-k asked, even past the bank)
         except (KeyError, TypeError, ValueError) as err:
             fix = "restore it, or delete it (the sweep evaluates the run again)"
             what = f"an accuracy is missing: {err!r}"
             raise FastSigCLRError(f"{run_dir / EVAL_FILE} is damaged ({what}); {fix}") from None
     return found
+
+
+def knn_k(config: dict[str, Any], recorded: int | None) -> int:
+    """The k a run's kNN vote took: its evaluation's record, else its --knn-k, at most the train
+    split's images (knn.nearest's min(k, bank); a record written before the k taken was recorded
+    holds the k asked)."""
+    asked = recorded if recorded is not None else config.get("knn_k", default_of(TrainConfig, "knn_k"))
+    bank = config.get("limit_train")
+    return min(asked, bank) if isinstance(bank, int) and bank > 0 else asked
+
+
+def _knn_k_text(payload: dict[str, Any]) -> str:
+    """results.md's k of the kNN vote: the one the finished runs took (each run's, when they differ),
+    and the --knn-k asked where the train split had fewer images."""
+    runs = [e for e in payload["runs"] if e["status"] == "done"] or payload["runs"]
+    taken = sorted({e["knn_k"] for e in runs})
+    asked = sorted({e["config"].get("knn_k", default_of(TrainConfig, "knn_k")) for e in runs})
+    if len(taken) > 1:
+        return f"k = {', '.join(map(str, taken))}: the runs differ, each run's k is its knn_k in results.json"
+    over = [str(k) for k in asked if k > taken[0]]  # the vote took the whole bank: the train split
+    if over:
+        return f"k = {taken[0]}: the train split has {taken[0]} images, fewer than --knn-k {', '.join(over)}"
+    return f"k = {taken[0]}"
 
 
 def _stats(values: list[float]) -> dict[str, Any] | None:
@@ -166,7 +192,7 @@ def markdown(payload: dict[str, Any]) -> str:
         "",
         "Top-1 accuracy on the test split in %, mean ± sample standard deviation over seeds, from "
         "frozen backbone features (extracted once per run): weighted kNN "
-        f"(k = {first.get('knn_k', default_of(TrainConfig, 'knn_k'))}, cosine) and a linear probe trained on "
+        f"({_knn_k_text(payload)}; cosine) and a linear probe trained on "
         "the features. "
         f"Command: `{payload['command']}`.",
         "",
@@ -257,6 +283,7 @@ def write_results(
         config = _config(found) if isinstance(found, dict) else to_dict(run.train_config.resolved())
         entry = {"index": run.index, "setting": run.setting, "seed": run.seed, "run_dir": str(run.run_dir)}
         entry.update(status=status, config=config, **collect_run(run.run_dir))
+        entry["knn_k"] = knn_k(config, entry.get("knn_k"))
         if status == "failed":
             entry["error"] = failures[run.index]
         entries.append(entry)

@@ -72,6 +72,9 @@ def test_grid_writes_results_table_and_plot(grid):
     table = (out / "results.md").read_text()
     assert "resnet18 width 8, projector 32-16, 2 epochs, batch 32, 64 train / 48 test images" in table
     assert "precision fp32" in table and saved["precision"] == "fp32"
+    # The vote's k is at most the bank: 64 train images, not the --knn-k 200 asked (it said k = 200).
+    assert "weighted kNN (k = 64: the train split has 64 images, fewer than --knn-k 200; cosine)" in table
+    assert [r["knn_k"] for r in runs] == [64] * 4 and runs[0]["config"]["knn_k"] == 200
     rows = [line for line in table.splitlines() if line.startswith("| sigclr") and "method=" in line]
     assert len(rows) == 2
     # The comparisons of significance.COMPARISONS whose settings ran: b = 0 against the learnt b.
@@ -101,6 +104,41 @@ def test_second_invocation_skips_finished_runs(grid, cifar10_dir, tmp_path, caps
         main(sweep_args(cifar10_dir, out, *GRID, "--epochs", "3"))
     assert (
         "holds a sweep at another budget: --epochs was 2, now 3; use another --out" in capsys.readouterr().err
+    )
+
+
+def test_results_md_names_the_k_each_run_took_where_they_differ(grid, cifar10_dir, tmp_path):
+    """An evaluation written before the k taken was recorded holds the --knn-k asked (200, over a
+    bank of 64): the report takes the bank's 64. Runs whose votes took different k say so."""
+    out = tmp_path / "grid"
+    shutil.copytree(grid[0], out)
+    for run, k in (("sigclr-seed0", 200), ("sigclr-seed1", 32)):
+        record = json.loads((out / "runs" / run / "sweep-eval.json").read_text())
+        record["knn"]["k"] = k
+        (out / "runs" / run / "sweep-eval.json").write_text(json.dumps(record))
+    assert main(sweep_args(cifar10_dir, out, *GRID)) == 0
+    saved = json.loads((out / "results.json").read_text())
+    assert [(r["setting"], r["seed"], r["knn_k"]) for r in saved["runs"]] == [
+        ("sigclr", 0, 64),
+        ("sigclr-fixed-b0", 0, 64),
+        ("sigclr", 1, 32),
+        ("sigclr-fixed-b0", 1, 64),
+    ]
+    table = (out / "results.md").read_text()
+    assert "(k = 32, 64: the runs differ, each run's k is its knn_k in results.json; cosine)" in table
+
+
+def test_the_k_of_the_report_is_the_k_the_vote_took():
+    """knn_k: the recorded k, else --knn-k, at most the train split's images (limit_train)."""
+    from fastsigclr.sweep_report import _knn_k_text, knn_k
+
+    assert knn_k({"knn_k": 200, "limit_train": 64}, None) == 64
+    assert knn_k({"knn_k": 200, "limit_train": None}, None) == 200
+    assert knn_k({"knn_k": 20, "limit_train": 64}, 20) == 20 and knn_k({"limit_train": 100}, 150) == 100
+    run = {"status": "done", "config": {"knn_k": 200}, "knn_k": 200}
+    assert _knn_k_text({"runs": [run, {**run, "status": "pending", "knn_k": 7}]}) == "k = 200"
+    assert _knn_k_text({"runs": [{**run, "knn_k": 50}]}) == (
+        "k = 50: the train split has 50 images, fewer than --knn-k 200"
     )
 
 
