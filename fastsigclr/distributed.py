@@ -8,6 +8,7 @@ of its own rows, so a DDP model must *sum* its parameter gradients across ranks 
 average them: ``sum_gradients_hook`` does that (the trainer installs it).
 """
 
+import inspect
 import os
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -28,6 +29,18 @@ from fastsigclr.config import FastSigCLRError
 # of the autograd graph per step, and DDP's one-time warning per rank that it found no unused
 # parameters.
 DDP_OPTIONS = {"find_unused_parameters": True}
+# The model's DDP (MODEL_DDP_OPTIONS) does not broadcast rank 0's buffers at every forward:
+# GlobalBatchNorm's statistics are the same on every rank already, and --no-sync-bn keeps each
+# rank's own. torch 2.13 deprecates broadcast_buffers (a FutureWarning on every rank) for
+# forward_sync_buffers, whose False still broadcasts rank 0's buffers once, as DDP starts: harmless,
+# since every rank holds the same buffers then (the model's only buffers are batch-norm statistics:
+# their initial values in a new run; in a resumed one the checkpoint's, which every rank loads
+# before DDP starts). torch before it: broadcast_buffers.
+_DDP_PARAMETERS = inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
+MODEL_DDP_OPTIONS = {
+    **DDP_OPTIONS,
+    "forward_sync_buffers" if "forward_sync_buffers" in _DDP_PARAMETERS else "broadcast_buffers": False,
+}
 
 
 def sum_gradients_hook(group, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:

@@ -113,7 +113,7 @@ def step_parts(setup: Setup, ctx: distributed.Context) -> StepParts:
     forward, loss_fn, probe_fwd = setup.model, setup.criterion, setup.probe
     if ctx.distributed:
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        forward = DDP(forward, device_ids=ids, broadcast_buffers=False, **distributed.DDP_OPTIONS)
+        forward = DDP(forward, device_ids=ids, **distributed.MODEL_DDP_OPTIONS)
         forward.register_comm_hook(None, distributed.sum_gradients_hook)
         loss_fn = DistributedCriterion(loss_fn, setup.loss_spec, cfg.dist_loss)
         # a local loss per rank: DDP's average is right
