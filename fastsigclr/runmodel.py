@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from fastsigclr import checkpoint as ckpt
-from fastsigclr.config import ConfigError, FastSigCLRError
+from fastsigclr.config import FastSigCLRError
 from fastsigclr.data import DATASETS
 from fastsigclr.data.datasets import data_folder
 from fastsigclr.data.folder import FolderReader
 from fastsigclr.data.info import DatasetInfo
+from fastsigclr.data.splits import LimitError
 from fastsigclr.recipe import build_model, compute_dtypes, load_data, load_weights
 from fastsigclr.runconfig import RESTORE_CONFIG, read_config
 from fastsigclr.runfiles import CHECKPOINT, trained_checkpoint
@@ -70,11 +71,9 @@ def load_run_model(
         raise _missing_split(info.name, where, ["test"], labelled)  # before train/'s headers are read
     try:
         data = load_data(dataclasses.replace(cfg, download=False, progress=False), announce=False)
-    except ConfigError as err:  # the run's --limit-train/--limit-test past this data: not the run's
-        if not str(err).startswith("--limit-"):
-            raise
+    except LimitError as err:  # the run's --limit-train/--limit-test past this data: not the run's
         raise FastSigCLRError(
-            f"the run's {str(err).split(':')[0]} in {where}: this is not the data the run read; pass "
+            f"the run's {err.problem} in {where}: this is not the data the run read; pass "
             f"--data-dir DIR, the folder that holds it"
         ) from None
     # Without labels (a flat folder), the train split is the images pre-training read.

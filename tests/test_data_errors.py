@@ -240,19 +240,67 @@ def test_a_folder_run_whose_images_moved_is_told_to_pass_data_dir(tmp_path, caps
 
 
 def test_eval_on_data_smaller_than_the_runs_limit_says_it_is_not_the_runs_data(tmp_path, capsys):
-    """The run's --limit-train past the images of eval's --data-dir: the error said to pass
-    --limit-train, which eval has no option for."""
+    """The run's --limit-train (or --limit-test) past the images of eval's or embed's --data-dir:
+    the error said to pass --limit-train, which eval has no option for. The limit's error is told
+    by its type (LimitError, naming its option), not by its message's first word."""
     from folder_fixture import write_cifar_folder
     from test_folder import folder_args
 
-    data_dir = write_cifar_folder(tmp_path / "data", per_class=4, val_per_class=1, classes=2)
+    data_dir = write_cifar_folder(tmp_path / "data", per_class=4, val_per_class=2, classes=2)
     run = tmp_path / "run"
-    assert main(folder_args(data_dir, run, "--batch-size", "4", "--knn-k", "1", "--limit-train", "8")) == 0
-    other = write_cifar_folder(tmp_path / "other", per_class=2, val_per_class=1, classes=2)
-    with pytest.raises(SystemExit):
-        main(["eval", "--run", str(run), "knn", "--no-progress", "--data-dir", str(other)])
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last == (
-        f"fastsigclr: error: the run's --limit-train 8 is more than the 4 train images of folder in {other}: "
-        f"this is not the data the run read; pass --data-dir DIR, the folder that holds it"
-    ), last
+    limits = ("--limit-train", "8", "--limit-test", "4")
+    assert main(folder_args(data_dir, run, "--batch-size", "4", "--knn-k", "1", *limits)) == 0
+    fewer_train = write_cifar_folder(tmp_path / "other", per_class=2, val_per_class=2, classes=2)
+    fewer_test = write_cifar_folder(tmp_path / "third", per_class=4, val_per_class=1, classes=2)
+    for other, problem in (
+        (fewer_train, "--limit-train 8 is more than the 4 train images"),
+        (fewer_test, "--limit-test 4 is more than the 2 test images"),
+    ):
+        for command in (
+            ["eval", "--run", str(run), "knn"],
+            ["embed", "--run", str(run), "--out", str(tmp_path / "e.npy")],
+        ):
+            with pytest.raises(SystemExit):
+                main([*command, "--no-progress", "--data-dir", str(other)])
+            last = capsys.readouterr().err.strip().splitlines()[-1]
+            assert last == (
+                f"fastsigclr: error: the run's {problem} of folder in {other}: this is not the data the run "
+                f"read; pass --data-dir DIR, the folder that holds it"
+            ), (command, last)
+
+
+def test_a_limit_past_the_data_is_told_by_its_type_not_its_words(tmp_path, monkeypatch):
+    """runmodel recognised the run's limit past the data by ``str(err).startswith("--limit-")``:
+    another ConfigError worded so was taken for it, and a reworded limit error would not be."""
+    from folder_fixture import write_cifar_folder
+
+    from fastsigclr import runmodel
+    from fastsigclr.config import ConfigError, FastSigCLRError
+    from fastsigclr.data.splits import LimitError, open_splits
+    from fastsigclr.runconfig import write_config
+
+    data_dir = write_cifar_folder(tmp_path / "data", per_class=2, val_per_class=1, classes=2)
+    with pytest.raises(LimitError) as raised:
+        open_splits(DATASETS["folder"], data_dir, limit_test=3, announce=False)
+    assert (raised.value.option, raised.value.limit, raised.value.available) == ("--limit-test", 3, 2)
+    assert pickle.loads(pickle.dumps(raised.value)).problem == raised.value.problem  # a worker's, sent back
+    run = tmp_path / "run"
+    run.mkdir()
+    write_config(run, TrainConfig(dataset="folder", data_dir=str(data_dir), out=str(run)).resolved(), {})
+    monkeypatch.setattr(runmodel, "trained_checkpoint", lambda path: {})
+    other = ConfigError("--limit-train is not a thing here: a made-up message")
+    monkeypatch.setattr(runmodel, "load_data", lambda *a, **kw: (_ for _ in ()).throw(other))
+    with pytest.raises(ConfigError) as passed:
+        runmodel.load_run_model(run, "cpu")
+    assert passed.value is other  # not taken for the run's limit
+    reworded = LimitError("--limit-train", 9, 4, "train", "folder")
+    reworded.args = ("the limit is too large",)  # what it says may change; its fields stay
+    monkeypatch.setattr(runmodel, "load_data", lambda *a, **kw: (_ for _ in ()).throw(reworded))
+    with pytest.raises(FastSigCLRError) as told:
+        runmodel.load_run_model(run, "cpu")
+    assert str(told.value).startswith(
+        "the run's --limit-train 9 is more than the 4 train images of folder in "
+    )
+    assert str(told.value).endswith(
+        "this is not the data the run read; pass --data-dir DIR, the folder that holds it"
+    )

@@ -183,6 +183,22 @@ class DataSplits:
         return self._arrays[split]
 
 
+class LimitError(ConfigError):
+    """A limit (``option``: --limit-train, --limit-test) past the images of its split. ``problem``
+    says which, without the fix: a run's evaluation on other data reports it as not the run's."""
+
+    def __init__(self, option: str, limit: int, available: int, split: str, dataset: str) -> None:
+        self.option, self.limit, self.available = option, limit, available
+        self._args = (option, limit, available, split, dataset)
+        self.problem = f"{option} {limit} is more than the {available} {split} images of {dataset}"
+        super().__init__(
+            f"{self.problem}: pass {option} {available} or less, or leave it out to use them all"
+        )
+
+    def __reduce__(self):  # pickled with its fields (the default passes the message alone)
+        return (LimitError, self._args)
+
+
 def _limited(
     index: SampleIndex | None, limit: int | None, flag: str | None = None, dataset: str = "", option: str = ""
 ) -> SampleIndex | None:
@@ -191,11 +207,7 @@ def _limited(
     if index is None or not limit:
         return index
     if flag is not None and limit > len(index):
-        option = option or f"--limit-{flag}"
-        raise ConfigError(
-            f"{option} {limit} is more than the {len(index)} {flag} images of {dataset}: pass "
-            f"{option} {len(index)} or less, or leave it out to use them all"
-        )
+        raise LimitError(option or f"--limit-{flag}", limit, len(index), flag, dataset)
     if limit >= len(index):
         return index
     return index.subset(balanced_indices(index.labels, limit))
