@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from fastsigclr import distributed, divergence, preempt, recipe, rundir
 from fastsigclr.config import FastSigCLRError, to_dict
-from fastsigclr.data.broken import over_limit
+from fastsigclr.data.broken import over_limit, recorded_left_out
 from fastsigclr.determinism import deterministic_torch
 from fastsigclr.eval import monitor_accuracy
 from fastsigclr.losses import DistributedCriterion
@@ -165,8 +165,7 @@ class Epochs:
         cfg = setup.cfg
         self.run, self.ctx, self.setup, self.parts, self.log = run, ctx, setup, parts, log
         self.cfg, self.start_epoch, self.step = cfg, start_epoch, step
-        self.epochs = cfg.epochs  # set: build takes resolved configs only
-        self.batch_size = cfg.batch_size  # set: build takes resolved configs only
+        self.epochs, self.batch_size = cfg.epochs, cfg.batch_size  # set: build takes resolved configs only
         self.steps_per_epoch = len(setup.loader)
         self.total_steps = self.epochs * self.steps_per_epoch
         self.warmup_steps = int(min(cfg.warmup_epochs, self.epochs) * self.steps_per_epoch)
@@ -174,12 +173,10 @@ class Epochs:
         self.labelled = setup.data.pretrain.labelled  # False: no online probe accuracy to report
         self.images_seen = 0
         self.left_out = 0  # the sum of the ranks' counts of images their loaders left out (DALI)
+        left, images = self.epochs - start_epoch, len(setup.data.pretrain)
+        self.left_out_ids = recorded_left_out(run.state, images, ctx.is_main)  # their ids, every session's
         self.run_start = time.perf_counter()
-        left = self.epochs - start_epoch
-        train_images = len(setup.data.pretrain)
-        notice = (
-            cpu_notice(ctx.device, train_images, left, cfg.arch or "", cfg.width) if ctx.is_main else None
-        )
+        notice = cpu_notice(ctx.device, images, left, cfg.arch or "", cfg.width) if ctx.is_main else None
         if notice:
             print(notice, file=sys.stderr)
         self.pace = Pace(self.batch_size, left * self.steps_per_epoch, estimate=notice is not None)
@@ -255,7 +252,8 @@ class Epochs:
         stop, found = distributed.all_sum(self.ctx, flags).tolist()
         if found > self.left_out:  # the same sum on every rank: all take this collective
             self.left_out, split = int(found), self.setup.data.pretrain
-            known = len(distributed.union(self.ctx, mine)) + len(split.broken)
+            self.left_out_ids |= (union := distributed.union(self.ctx, mine))
+            known = len(union) + len(split.broken)
             if error := over_limit(split.name, known, len(split) + len(split.broken), self.cfg.max_broken):
                 raise error
         return stop > 0
@@ -270,7 +268,7 @@ class Epochs:
         # As end_epoch: a diverged step replaces no checkpoint (losses are computed on logging steps).
         mean_loss = (loss_sum / loss_steps).item() if loss_steps else None
         divergence.check(self.run, self.setup, mean_loss, "the epoch's mean loss so far", self.step, epoch)
-        state = checkpoint_state(self.setup, epoch, self.step)
+        state = self._checkpoint_state(epoch)
         state["position"] = {
             "batch": batch,  # the sampler's position: the batches of the epoch already trained
             "loss_sum": loss_sum.item(),
@@ -282,6 +280,12 @@ class Epochs:
         self.interval.reset()
         if stopping:
             self.exit_if_stopped(f"in epoch {epoch + 1} after batch {batch}", checkpointed=True)
+
+    def _checkpoint_state(self, epoch: int) -> dict[str, Any]:
+        """``checkpoint_state`` and the ids of the images left out so far, in every session of the
+        run (rank 0's: the ranks' union): the summary's train_images leaves them out."""
+        left_out = sorted(self.left_out_ids | set(self.setup.loader.left_out()))
+        return {**checkpoint_state(self.setup, epoch, self.step), "left_out": left_out}
 
     def exit_if_stopped(self, where: str, checkpointed: bool = False) -> None:
         """After a preemption signal, with the checkpoint written: exit with PREEMPTED_EXIT."""
@@ -356,7 +360,7 @@ class Epochs:
                 f"{knn_text} {rec['img_per_s']:.0f} img/s",
                 nolock=True,
             )
-        self.run.save_checkpoint(checkpoint_state(setup, epoch + 1, self.step))
+        self.run.save_checkpoint(self._checkpoint_state(epoch + 1))
         distributed.barrier(ctx)
 
     def knn_monitor(self) -> None:
@@ -378,7 +382,7 @@ class Epochs:
         if self.start_epoch == self.epochs:  # resumed after its last checkpoint, before its summary
             self.knn_monitor()
         elapsed = time.perf_counter() - self.run_start
-        left_out = distributed.union(self.ctx, self.setup.loader.left_out())  # DALI's, met as it trained
+        left_out = self.left_out_ids | distributed.union(self.ctx, self.setup.loader.left_out())
         summary = {
             "epochs": self.epochs,
             "steps": self.step,

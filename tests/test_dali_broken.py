@@ -10,8 +10,9 @@ import pytest
 import torch
 from folder_fixture import odd_images, write_cifar_folder
 from test_distributed import torchrun
-from test_folder import folder_args
+from test_folder import folder_args, summary
 
+from fastsigclr import checkpoint
 from fastsigclr.cli import main
 from fastsigclr.config import FastSigCLRError
 from fastsigclr.data import dali_loader
@@ -130,6 +131,26 @@ def test_training_with_dali_leaves_out_a_cut_file(tmp_path, capsys):
     assert f"{truncated}:" in err and "skipped those 1 images" in err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["train_images"] == 19  # 20 files, 1 left out (it counted 20, the gpu loader 19)
+
+
+def test_a_resumed_run_leaves_out_the_files_of_every_session(tmp_path, capsys):
+    """summary.json's train_images leaves out what every session of the run left out: a file met
+    in both sessions once, and an earlier session's when the last one meets none (resumed after
+    its last checkpoint, before its summary: it counted 20 of 20)."""
+    data = write_cifar_folder(tmp_path / "data", per_class=4, val_per_class=1, classes=5)
+    truncated = next((data / "train" / "bird").iterdir())
+    _cut_file(truncated)
+    out = tmp_path / "run"
+    args = folder_args(data, out, "--batch-size", "4", "--loader", "dali", "--max-broken", "0.1")
+    assert main(args) == 0
+    assert f"{truncated}:" in capsys.readouterr().err
+    assert main([*args, "--epochs", "2", "--resume"]) == 0
+    assert f"{truncated}:" in capsys.readouterr().err  # met again
+    assert summary(out)["train_images"] == 19
+    assert len(checkpoint.load(out / "checkpoints" / "last.pt")["left_out"]) == 1
+    (out / "summary.json").unlink()  # stopped after its last checkpoint, before writing it
+    assert main([*args, "--epochs", "2", "--resume"]) == 0
+    assert summary(out)["train_images"] == 19
 
 
 def _cut_file(path) -> None:

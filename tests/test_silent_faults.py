@@ -17,6 +17,7 @@ from run_fixture import fails_with, tiny_args
 from fastsigclr import checkpoint
 from fastsigclr.cli import main
 from fastsigclr.data import DATASETS
+from fastsigclr.data.broken import recorded_left_out
 from fastsigclr.runlog import read_metrics
 
 finished_run, run_copy = run_fixture.finished_run, run_fixture.run_copy  # the fixtures
@@ -55,6 +56,29 @@ def test_a_checkpoint_written_before_digests_still_loads(run_copy):
     torch.save(state, last)
     assert main(["train", "--out", str(run_copy), "--resume", "--epochs", "2"]) == 0
     assert checkpoint.DIGEST in torch.load(last, weights_only=True)  # the new one has it
+
+
+def test_a_damaged_record_of_left_out_images_is_one_line(run_copy, capsys):
+    """The checkpoint's ids of the images earlier sessions left out (DALI) are read as untrusted:
+    one that is not a list of ids of the split's images is said in one line and counts none."""
+    last = run_copy.joinpath(*LAST)
+    state = checkpoint.load(last)
+    assert state["left_out"] == []
+    checkpoint.save_atomic({**state, "left_out": [3, 64]}, last)
+    (run_copy / "summary.json").unlink()  # the resumed session only writes it: its loader reads nothing
+    assert main(["train", "--out", str(run_copy), "--resume"]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "left out" in line]
+    assert said == [
+        "note: the checkpoint's record of the images earlier sessions left out is damaged (not a list of "
+        "ids of the 64 images): summary.json's train_images leaves out only those met from now on"
+    ]
+    assert json.loads((run_copy / "summary.json").read_text())["train_images"] == 64
+    assert recorded_left_out({"left_out": [3, 63]}, 64) == {3, 63}
+    for damaged in ([3, "7"], [-1], [True], "3,7", {"3": 1}, [3.0]):
+        assert recorded_left_out({"left_out": damaged}, 64) == set()
+        assert capsys.readouterr().err.count("is damaged") == 1
+        assert recorded_left_out({"left_out": damaged}, 64, announce=False) == set()
+    assert capsys.readouterr().err == ""
 
 
 def test_a_damaged_line_of_metrics_is_set_aside_and_named(run_copy, capsys):

@@ -69,3 +69,23 @@ def over_limit(
         f"{f' (first: {first})' if first else ''}, more than {'' if fix else '--max-broken '}{max_broken:g}: "
         f"{fix or 'repair or delete the files listed above, or raise --max-broken'}"
     )
+
+
+def recorded_left_out(state: dict[str, Any] | None, images: int, announce: bool = True) -> set[int]:
+    """The sample ids of a checkpoint ``state``'s ``left_out`` record: the images earlier sessions
+    of the run left out as they trained (DALI meets a broken file only as it reads it), read as
+    untrusted. None, or no record (a new run, an older fastsigclr's checkpoint): none. A record that
+    is not a list of ids of the split's ``images``: none, and a line that says so (``announce``)."""
+    record = None if state is None else state.get("left_out")
+    if record is None:
+        return set()
+    if isinstance(record, list) and all(type(i) is int and 0 <= i < images for i in record):
+        return set(record)
+    if announce:
+        print(
+            f"note: the checkpoint's record of the images earlier sessions left out is damaged (not a "
+            f"list of ids of the {images} images): summary.json's train_images leaves out only those "
+            f"met from now on",
+            file=sys.stderr,
+        )
+    return set()
