@@ -9,8 +9,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastsigclr import __version__
-from fastsigclr.cli_args import did_you_mean, join_dash_values
-from fastsigclr.config import FastSigCLRError, add_arguments, from_args, typed_fields
+from fastsigclr.cli_args import ArgumentParser, did_you_mean, join_dash_values
+from fastsigclr.config import FastSigCLRError, add_arguments, error_text, from_args, typed_fields
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -350,7 +350,7 @@ COMMANDS: list[Command] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="fastsigclr", description="Fast sigmoid contrastive self-supervised learning (SigCLR)."
     )
     parser.add_argument("--version", action="version", version=f"fastsigclr {__version__}")
@@ -387,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe shows here, inside the try, not at interpreter exit
         return code
     except FastSigCLRError as err:
-        parser.exit(2, f"fastsigclr: error: {err}\n")
+        parser.exit(2, error_text(err))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

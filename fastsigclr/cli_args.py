@@ -4,6 +4,22 @@ options for a mistyped one."""
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+
+from fastsigclr.config import defer_to_node
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's, whose usage errors (the same command line on every process of a torchrun node)
+    one process per node says (``config.defer_to_node``); one still running after the wait says
+    it, naming its rank."""
+
+    def error(self, message: str):
+        if defer_to_node():
+            self.print_usage(sys.stderr)
+            self.exit(2, f"{self.prog}: error: rank {os.environ.get('RANK', '?')}: {message}\n")
+        super().error(message)
 
 
 def _value_options(parser: argparse.ArgumentParser) -> tuple[set[str], set[str]]:

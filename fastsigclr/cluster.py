@@ -80,12 +80,13 @@ def check_restartable() -> None:
     torch 2.13, both restarts of a 2-node job whose rank 3 was killed failed that way
     (pytorch/pytorch#135712). With the store not shared, rank 0 starts a new one per attempt."""
     shared = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    if shared and max_restarts() > 0:
+    if shared and max_restarts() > 0:  # torchrun's environment: the same on every process of a node
         raise FastSigCLRError(
             f"torchrun --max-restarts {max_restarts()} with the rendezvous store shared with the "
             "workers: a restart would reuse the previous attempt's addresses and fail to connect "
             "(pytorch/pytorch#135712); set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in the environment "
-            "of torchrun on every node"
+            "of torchrun on every node",
+            alike=True,
         )
 
 
@@ -174,5 +175,6 @@ def check_same_run(settings: dict[str, Any], code: dict[str, Any] | None = None,
     if found:
         raise FastSigCLRError(
             f"the {len(per_rank)} ranks were not started alike, so none starts: {'; '.join(found)}. "
-            f"Run the same `fastsigclr train` options, fastsigclr code and torch version on every node"
+            f"Run the same `fastsigclr train` options, fastsigclr code and torch version on every node",
+            alike=True,  # every rank compares the same gathered settings
         )

@@ -11,20 +11,90 @@ import dataclasses
 import math
 import operator
 import os
+import time
 import types
 import typing
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 C = TypeVar("C")
 
 
 class FastSigCLRError(Exception):
-    """An error the user can fix; the CLI prints its message without a traceback."""
+    """An error the user can fix; the CLI prints its message without a traceback (``error_text``).
+    ``alike``: every process of a torchrun run raises it with the same message (from the command
+    line, the node's files, what the ranks agreed on, or rank 0's failure passed on), so one process
+    per node says it."""
+
+    alike = False
+
+    def __init__(self, *args: object, alike: bool | None = None) -> None:
+        super().__init__(*args)
+        if alike is not None:
+            self.alike = alike
 
 
 class ConfigError(FastSigCLRError, ValueError):
-    """A configuration value or key is invalid; the message says what is allowed."""
+    """A configuration value or key is invalid; the message says what is allowed. From the command
+    line (the same on every process of a node), the settings the ranks checked alike
+    (``cluster.check_same_run``) and the node's files: ``alike``."""
+
+    alike = True
+
+
+E = TypeVar("E", bound=BaseException)
+
+# How long a process of a torchrun run leaves an error its whole node raises alike to the node's
+# LOCAL_RANK 0 (``defer_to_node``). torchrun stops the other processes as soon as that one exits
+# with it: one that is still running after this says the error itself (it was not alike after all).
+ALIKE_GRACE_S = 10.0
+
+
+def alike(err: E) -> E:
+    """``err``, marked as raised alike by every process of a torchrun run (FastSigCLRError.alike)."""
+    err.alike = True
+    return err
+
+
+def raising_alike(fn: Callable[..., C], *args: Any, **kwargs: Any) -> C:
+    """``fn(*args, **kwargs)``; a FastSigCLRError it raises is marked ``alike``."""
+    try:
+        return fn(*args, **kwargs)
+    except FastSigCLRError as err:
+        err.alike = True
+        raise
+
+
+def _torchrun() -> bool:
+    try:
+        return int(os.environ.get("WORLD_SIZE") or 1) > 1
+    except ValueError:
+        return False
+
+
+def speaks_for_node() -> bool:
+    """Whether this process says what every process of its node would say alike (a warning about
+    the node's files, an ``alike`` error): torchrun's LOCAL_RANK 0, or a process outside torchrun."""
+    return not _torchrun() or os.environ.get("LOCAL_RANK", "0") == "0"
+
+
+def defer_to_node() -> bool:
+    """Before saying an error its node raises alike: in a process that does not speak for its
+    node, wait ``ALIKE_GRACE_S`` for torchrun to stop it. Returns whether it waited (and so must
+    say the error itself, naming its rank)."""
+    if speaks_for_node():
+        return False
+    time.sleep(ALIKE_GRACE_S)
+    return True
+
+
+def error_text(err: FastSigCLRError) -> str:
+    """The line the command line prints for ``err``. Under torchrun an ``alike`` error is said
+    once per node (``defer_to_node``), and one a rank meets alone names the rank."""
+    if not _torchrun() or (err.alike and not defer_to_node()):
+        return f"fastsigclr: error: {err}\n"
+    rank, text = os.environ.get("RANK", "?"), str(err)
+    return f"fastsigclr: error: {text if text.startswith(f'rank {rank} ') else f'rank {rank}: {text}'}\n"
 
 
 # The largest --seed: seeds reach torch.manual_seed, which overflowed ("Overflow when unpacking long

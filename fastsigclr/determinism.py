@@ -12,6 +12,8 @@ from collections.abc import Iterator
 
 import torch
 
+from fastsigclr.config import speaks_for_node
+
 # cuBLAS is deterministic with a fixed workspace per stream; torch's deterministic mode refuses
 # cuBLAS calls without one of these two values (":4096:8": 8 buffers of 4 MiB).
 CUBLAS_WORKSPACES = (":4096:8", ":16:8")
@@ -23,7 +25,7 @@ def _cublas_workspace() -> str | None:
     before = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     if before in CUBLAS_WORKSPACES:
         return before
-    if torch.cuda.is_initialized():
+    if torch.cuda.is_initialized() and speaks_for_node():  # every process of a torchrun node alike
         print(
             f"fastsigclr: --deterministic: CUDA started before CUBLAS_WORKSPACE_CONFIG could be set, so "
             f"cuBLAS may still vary; set CUBLAS_WORKSPACE_CONFIG={CUBLAS_WORKSPACES[0]} in the "

@@ -81,7 +81,8 @@ def setup(device: torch.device, timeout_s: float) -> Context:
     if missing:
         raise FastSigCLRError(
             f"WORLD_SIZE={world} but {', '.join(missing)} not set: start distributed runs with "
-            f"`torchrun --nproc_per_node K -m fastsigclr train ...`"
+            f"`torchrun --nproc_per_node K -m fastsigclr train ...`",
+            alike=True,  # the environment of every process of a node
         )
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     if device.type == "cuda":
@@ -118,7 +119,8 @@ def check_same_data(ctx: Context, identity: dict[str, Any] | None, what: str = "
         shown = [f"{i['images']} images (digest {i['digest']})" if i else "none" for i in per_rank]
         raise FastSigCLRError(
             f"the {ctx.world_size} ranks read different {what}, so none starts: {cluster.by_value(shown)}; "
-            f"give every node the same copy of the dataset in --data-dir"
+            f"give every node the same copy of the dataset in --data-dir",
+            alike=True,  # every rank compares the same gathered identities
         )
 
 

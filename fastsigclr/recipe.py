@@ -15,7 +15,7 @@ import torch
 
 from fastsigclr import checkpoint as ckpt
 from fastsigclr import distributed
-from fastsigclr.config import ConfigError, FastSigCLRError, to_dict
+from fastsigclr.config import ConfigError, FastSigCLRError, alike, to_dict
 from fastsigclr.data import DATASETS, LOADERS, AugmentSpec, DatasetInfo, prepare
 from fastsigclr.data.base import LoaderSource
 from fastsigclr.data.datasets import data_folder
@@ -234,9 +234,9 @@ def _loader_options(
         )
     said = distributed.share(ctx, said)
     if failed is not None:
-        raise failed
+        raise alike(failed)
     if said is not None:
-        raise FastSigCLRError(said)
+        raise FastSigCLRError(said, alike=True)
     return entry.options(dataclasses.replace(src, progress=False))
 
 
@@ -344,7 +344,7 @@ def check_position(cfg: TrainConfig, world_size: int, state: dict[str, Any] | No
     ranks = position.get("world_size")
     if not LOADERS[cfg.loader].cls.order_by_ranks or ranks in (None, world_size):
         return
-    raise FastSigCLRError(
+    raise ConfigError(
         f"the checkpoint is inside epoch {state['epoch'] + 1} (after batch {position['batch']}), "
         f"written by {ranks} ranks, and --loader {cfg.loader} deals an epoch's images by the "
         f"number of ranks: resume it on {ranks} ranks (torchrun --nproc_per_node, --nnodes); the "

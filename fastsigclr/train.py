@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from fastsigclr import distributed, divergence, preempt, recipe, rundir
-from fastsigclr.config import FastSigCLRError, to_dict
+from fastsigclr.config import ConfigError, raising_alike, to_dict
 from fastsigclr.data.broken import over_limit, recorded_left_out
 from fastsigclr.determinism import deterministic_torch
 from fastsigclr.eval import monitor_accuracy
@@ -54,17 +54,17 @@ def train(
     ``again``: how a preempted or interrupted run is continued, if not by its own train command (a
     sweep's command, say)."""
     out = cfg.out
-    cfg = rundir.settings(cfg, rundir.changed_options(cfg) if given is None else given)
+    # Errors alike on every process of a node (config.FastSigCLRError.alike): the command line and
+    # the run directory; rank 0's verdict on the run directory, which open_run shares.
+    cfg = raising_alike(rundir.settings, cfg, rundir.changed_options(cfg) if given is None else given)
     # --deterministic before CUDA starts (cuBLAS reads its workspace setting as it starts).
     with deterministic_torch(cfg.deterministic):
         ctx = distributed.setup(resolve_device(cfg.device), cfg.dist_timeout)
         try:
             if ctx.distributed and out is None:
-                raise FastSigCLRError(
-                    "torchrun runs need --out DIR: every rank must agree on the run directory"
-                )
+                raise ConfigError("torchrun runs need --out DIR: every rank must agree on the run directory")
             distributed.check_same_run(ctx, to_dict(cfg))  # before anything writes the run
-            with rundir.open_run(cfg, ctx) as run:
+            with raising_alike(rundir.open_run, cfg, ctx) as run:
                 run.again = again
                 return run.complete if run.complete is not None else _train(run, ctx, command, again)
         finally:
@@ -78,7 +78,7 @@ def _train(
     recipe.check_position(run.cfg, ctx.world_size, run.state)  # before a .beton is written
     setup = build(run.cfg, ctx, plans=plans)
     recipe.check_rank_data(setup, ctx)  # every rank, before resume checks its own
-    start_epoch, step, position = resume(setup, run.state, str(run.path / rundir.CHECKPOINT))
+    start_epoch, step, position = raising_alike(resume, setup, run.state, str(run.path / rundir.CHECKPOINT))
     parts = step_parts(setup, ctx)
     record = {**run_record(ctx.device, command), "world_size": ctx.world_size}
     record.update({"kernel_plans": plans} if plans else {})

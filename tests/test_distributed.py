@@ -335,11 +335,26 @@ def test_torchrun_matches_one_process(cifar10_dir, tmp_path):
 
 
 def test_torchrun_needs_an_out_dir_and_a_divisible_batch(cifar10_dir, tmp_path):
+    """Errors of the command line, the same on every rank, are said once per node (each rank said
+    them), and a warning about the node's files too (the data's md5); every rank still fails."""
     no_out = [a for a in train_args(cifar10_dir, tmp_path / "x") if a not in ("--out", str(tmp_path / "x"))]
-    proc = torchrun(2, *no_out)
-    assert proc.returncode != 0 and "need --out" in proc.stderr + proc.stdout
-    proc = torchrun(3, *train_args(cifar10_dir, tmp_path / "y"))
-    assert proc.returncode != 0 and "not divisible by the 3 ranks" in proc.stderr + proc.stdout
+    runs = [
+        (torchrun(2, *no_out), "fastsigclr: error: torchrun runs need --out DIR"),
+        (torchrun(3, *train_args(cifar10_dir, tmp_path / "y")), "not divisible by the 3 ranks"),
+        (
+            torchrun(2, *train_args(cifar10_dir, tmp_path / "z", "--batch-size", "63")),
+            "fastsigclr: error: batch size 63 is not divisible by the 2 ranks; choose a --batch-size",
+        ),
+        (torchrun(2, *train_args(cifar10_dir, tmp_path / "w", "--bogus")), "error: unrecognized arguments"),
+    ]
+    for proc, said in runs:
+        text = proc.stderr + proc.stdout
+        assert proc.returncode != 0 and text.count(said) == 1, text[-3000:]
+        assert "failed (exitcode: 2) local_rank: 0" in text, text[-3000:]  # rank 0 said it and failed
+        assert "error: rank" not in text, text[-3000:]  # no rank waited out its turn to say it
+    assert runs[3][0].stderr.count("usage: fastsigclr train") == 1
+    # The test data is a JPEG re-encoding of CIFAR-10: its md5 warning, said once.
+    assert runs[2][0].stderr.count("data_batch_1, data_batch_2") == 1, runs[2][0].stderr[-3000:]
 
 
 @pytest.mark.parametrize("loader", ["dali", "ffcv"])
@@ -364,18 +379,19 @@ def test_torchrun_on_a_locked_run_directory_stops_every_rank(cifar10_dir, tmp_pa
     finally:
         os.close(fd)
     assert proc.returncode != 0
-    assert (proc.stderr + proc.stdout).count("is in use by another training") == 2, proc.stderr[-3000:]
+    # Rank 0's refusal, passed on to rank 1: said once.
+    assert (proc.stderr + proc.stdout).count("is in use by another training") == 1, proc.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["run.lock"]
 
 
 def test_torchrun_stops_every_rank_on_rank_0s_failed_preparation(cifar10_dir, tmp_path):
     """Rank 0 alone writes the FFCV dataset; when it cannot, the other rank left the barrier on a
     broken connection and printed gloo's traceback ("Connection closed by peer"). Now every rank
-    stops with rank 0's one line."""
+    stops with rank 0's one line, said once."""
     (tmp_path / "file").write_text("not a folder")
     extra = ("--loader", "ffcv", "--ffcv-dir", str(tmp_path / "file" / "ffcv"))
     proc = torchrun(2, *train_args(cifar10_dir, tmp_path / "run", *extra))
     assert proc.returncode != 0
     said = proc.stderr + proc.stdout
-    assert said.count("fastsigclr: error: cannot write the FFCV dataset") == 2, said[-3000:]
+    assert said.count("fastsigclr: error: cannot write the FFCV dataset") == 1, said[-3000:]
     assert "Connection closed by peer" not in said and "Connection reset" not in said, said[-3000:]

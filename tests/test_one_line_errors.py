@@ -319,3 +319,38 @@ def test_run_given_as_a_file_inside_the_run_names_the_run(tmp_path, capsys):
             assert f"--run {inside} is inside a run; pass the run's directory: --run {run}" in err
     err = fails_with(["eval", "--run", str(tmp_path / "nothing")], capsys)
     assert "is not a run directory (no config.json)" in err
+
+
+def test_under_torchrun_an_error_is_said_once_per_node_or_names_its_rank(monkeypatch):
+    """An error every process of a node raises alike (``alike``: the command line, rank 0's failure
+    passed on) is said by LOCAL_RANK 0; another process waits for torchrun to stop it and says it,
+    naming its rank, only if it is still running. An error of one rank's own names the rank."""
+    from fastsigclr import config
+    from fastsigclr.config import ConfigError, FastSigCLRError, error_text, raising_alike
+
+    slept = []
+    monkeypatch.setattr(config.time, "sleep", slept.append)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert error_text(ConfigError("bad")) == error_text(FastSigCLRError("bad")) == "fastsigclr: error: bad\n"
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert error_text(FastSigCLRError("cannot read x")) == "fastsigclr: error: rank 3: cannot read x\n"
+    assert error_text(FastSigCLRError("rank 3 of 4 could not join")) == (
+        "fastsigclr: error: rank 3 of 4 could not join\n"  # it names its rank already
+    )
+    assert slept == []
+    for err in (ConfigError("bad"), FastSigCLRError("bad", alike=True)):
+        assert error_text(err) == "fastsigclr: error: rank 3: bad\n"
+    assert slept == [config.ALIKE_GRACE_S] * 2
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert error_text(ConfigError("bad")) == "fastsigclr: error: bad\n"
+    assert error_text(FastSigCLRError("own")) == "fastsigclr: error: rank 3: own\n"
+    assert len(slept) == 2
+
+    def refuse():
+        raise FastSigCLRError("refused")
+
+    with pytest.raises(FastSigCLRError) as raised:
+        raising_alike(refuse)
+    assert raised.value.alike and not FastSigCLRError("x").alike

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from fastsigclr.config import option
+from fastsigclr.config import alike, option, speaks_for_node
 from fastsigclr.data.info import DatasetError
 
 # Broken files listed in full up to this many; the rest are counted.
@@ -38,37 +38,42 @@ def report_broken(
     """List the files that cannot be decoded on stderr (path and reason); a DatasetError when more
     than ``max_broken`` of the ``total`` are, counting the ``already`` left out by an earlier pass
     (the header pass, whose files were listed then): the limit is on the split, not on each pass.
-    ``limit`` False: only the list (a rank's share, whose limit the ranks check together)."""
+    ``limit`` False: only the list (a rank's share, whose limit the ranks check together). A pass
+    over the whole split meets the same files in every process of a node: one lists them."""
     if not broken:
         return
+    said = not limit or speaks_for_node()
     lines = [f"  {path}: {reason}" for path, reason in broken[:LIST_BROKEN]]
     if len(broken) > LIST_BROKEN:
         lines.append(f"  ... and {len(broken) - LIST_BROKEN} more")
     count = len(broken) + already
     earlier = f" (and {already} more listed above)" if already else ""
-    print(
-        f"{what}: {len(broken)} of {total} images cannot be decoded{earlier}:\n" + "\n".join(lines),
-        file=sys.stderr,
-    )
+    if said:
+        print(f"{what}: {len(broken)} of {total} images cannot be decoded{earlier}:\n" + "\n".join(lines),
+              file=sys.stderr)  # fmt: skip
     if not limit:
         return
     if error := over_limit(what, count, total, max_broken, broken[0][0], fix):
         raise error
-    print(f"{what}: skipped those {count} images (at most --max-broken {max_broken:g})", file=sys.stderr)
+    if said:
+        print(f"{what}: skipped those {count} images (at most --max-broken {max_broken:g})", file=sys.stderr)
 
 
 def over_limit(
     what: str, count: int, total: int, max_broken: float, first: str | None = None, fix: str | None = None
 ) -> DatasetError | None:
-    """The error when ``count`` undecodable images of ``total`` are more than ``max_broken``."""
+    """The error when ``count`` undecodable images of ``total`` are more than ``max_broken``: raised
+    alike by every process of a node (the header pass reads the node's files; the ranks check
+    what they met as they trained on the union of their finds)."""
     share = count / max(total, 1)
     if share <= max_broken:
         return None
-    return DatasetError(
+    error = DatasetError(
         f"{what}: {count} of {total} images ({share:.1%}) cannot be decoded"
         f"{f' (first: {first})' if first else ''}, more than {'' if fix else '--max-broken '}{max_broken:g}: "
         f"{fix or 'repair or delete the files listed above, or raise --max-broken'}"
     )
+    return alike(error)
 
 
 def recorded_left_out(state: dict[str, Any] | None, images: int, announce: bool = True) -> set[int]:

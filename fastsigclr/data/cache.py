@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastsigclr.config import speaks_for_node
 from fastsigclr.data.files import own_partial
 from fastsigclr.data.info import DatasetError
 
@@ -81,4 +82,6 @@ def save(folder: Path, name: str, key: str, images: np.ndarray, kept: np.ndarray
         for tmp in temporaries:  # a full disk leaves no half-written cache behind
             with contextlib.suppress(OSError):  # a read-only folder: EROFS, even for no file
                 tmp.unlink()
-        print(f"note: cannot cache the decoded images in {folder} ({err.strerror or err})", file=sys.stderr)
+        if speaks_for_node():  # every process of a torchrun node tries the same folder
+            print(f"note: cannot cache the decoded images in {folder} ({err.strerror or err})",
+                  file=sys.stderr)  # fmt: skip

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from fastsigclr.config import speaks_for_node
 from fastsigclr.data.info import DatasetError, DatasetInfo
 
 
@@ -56,7 +57,8 @@ def warn_unofficial(info: DatasetInfo, folder: Path, names: tuple[str, ...]) -> 
     """One stderr line naming those of ``names`` whose md5 is not the official one. Training goes
     on: a re-packed copy (the tests' CIFAR-10 rebuilt from JPEGs) is legitimate. Hashing all of
     CIFAR-10 (186 MB) took 0.35 s on a 2-core CPU, so it runs at every load, once per file
-    version and process."""
+    version and process; under torchrun said by one process per node (every one reads the node's
+    files)."""
     official = dict(info.file_md5)
     bad = []
     for name in names:
@@ -65,7 +67,7 @@ def warn_unofficial(info: DatasetInfo, folder: Path, names: tuple[str, ...]) -> 
             actual, fresh = _md5_once(path)
             if fresh and actual != official[name]:
                 bad.append(name)
-    if bad:
+    if bad and speaks_for_node():
         print(
             f"warning: {', '.join(bad)} in {folder} differ from the official {info.name} files (md5): "
             f"corrupt, or not the official release; `fastsigclr data verify` names the differences; if "
