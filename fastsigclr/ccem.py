@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from fastsigclr.checkpoint import json_text, writable_folder, write_text_atomic
+from fastsigclr.checkpoint import json_text, writable_folder, write_atomic_files
 from fastsigclr.config import (
     FLOAT32_MAX,
     SEED_MAX,
@@ -201,8 +201,12 @@ def optimise(variant: str, n: int, t: float, b: float, cfg: CcemConfig) -> tuple
 def run(cfg: CcemConfig, command: list[str] | None = None) -> dict[str, Any]:
     """Every (variant, N, t, b) of the grid: measured and predicted similarities, written as
     results.json (with the run record), results.csv and heatmap.png under cfg.out."""
+    from fastsigclr.bench.common import check_outputs
+
     check_memory(cfg)
     out = writable_folder(Path(cfg.out))  # before the grid's minutes, not after
+    paths = [out / name for name in ("results.json", "results.csv", "heatmap.png")]
+    check_outputs(paths)  # a folder where one goes: said now, not after the grid
     grid = [
         (variant, n, t, b)
         for variant in cfg.variant
@@ -235,25 +239,30 @@ def run(cfg: CcemConfig, command: list[str] | None = None) -> dict[str, Any]:
         "config": to_dict(cfg),
         "rows": rows,
     }
-    write_text_atomic(out / "results.json", json_text(payload, indent=2) + "\n")
     table = io.StringIO(newline="")
     writer = csv.DictWriter(table, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    write_text_atomic(out / "results.csv", table.getvalue())
-    plot_heatmap(rows, cfg, out / "heatmap.png")
+    # The three describe one run: each is written in full before any replaces its old one
+    # (write_atomic_files), so a failed write leaves the previous run's set, never a mix.
+    contents = (json_text(payload, indent=2) + "\n").encode(), table.getvalue().encode(), heatmap(rows, cfg)
+    write_atomic_files({path: _writer(data) for path, data in zip(paths, contents, strict=True)})
     return payload
 
 
-def plot_heatmap(rows: list[dict[str, Any]], cfg: CcemConfig, path: Path) -> None:
-    """Measured s⁺ over (N, t), one panel per variant (first bias), with the ETF and antipodal
-    threshold curves of b = t."""
+def _writer(data: bytes):
+    return lambda f: f.write(data)
+
+
+def heatmap(rows: list[dict[str, Any]], cfg: CcemConfig) -> bytes:
+    """PNG of the measured s⁺ over (N, t), one panel per variant (first bias), with the ETF and
+    antipodal threshold curves of b = t."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fastsigclr.bench.plot import save_figure
+    from fastsigclr.bench.plot import figure_png
 
     variants = [v for v in cfg.variant if any(r["variant"] == v for r in rows)]
     fig, axes = plt.subplots(1, len(variants) + 1, figsize=(4.2 * (len(variants) + 1), 3.8), squeeze=False)
@@ -288,4 +297,4 @@ def plot_heatmap(rows: list[dict[str, Any]], cfg: CcemConfig, path: Path) -> Non
     fig.suptitle(
         "CCEM: positive-pair similarity of sigmoid-loss optima" + (" (b = t)" if cfg.bias is None else "")
     )
-    save_figure(fig, path)
+    return figure_png(fig)

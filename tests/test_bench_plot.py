@@ -1,5 +1,6 @@
 """Plots drawn from benchmark results: each loss in its own panels, labelled axes with units, a plot
-for `bench dist`, every committed results file redrawn, and one-line errors for bad files."""
+for `bench dist`, every committed results file redrawn, one-line errors for bad files, and output
+paths in the way named before anything is measured."""
 
 import json
 import shutil
@@ -125,3 +126,74 @@ def test_bench_plot_bad_file_is_a_one_line_error(tmp_path, capsys, name, content
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"fastsigclr: error: {path}"), err
     assert problem in err and ("fastsigclr bench" in err), err
+
+
+LOSS_ARGS = ["bench", "loss", "--device", "cpu", "--sizes", "64", "--dims", "16", "--providers", "eager"]
+LOSS_ARGS += ["--losses", "sigclr", "--warmup", "1", "--reps", "1"]
+
+
+def one_line_error(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    return err.strip()
+
+
+@pytest.mark.parametrize("name,kind", [("loss-cpu.png", "folder"), ("loss-cpu.json", "folder"),
+                                       ("loss-cpu.png", "link")])  # fmt: skip
+def test_an_output_in_the_way_is_named_before_measuring(tmp_path, capsys, monkeypatch, name, kind):
+    """A folder at loss-cpu.png: the benchmark ran, wrote its JSON, then an IsADirectoryError
+    traceback left loss-cpu.tmp.png behind; at loss-cpu.json: every case measured, then lost."""
+    from fastsigclr.bench import loss
+
+    monkeypatch.setattr(loss, "measure_case", lambda *a: pytest.fail("measured"))
+    out = tmp_path / "b"
+    out.mkdir()
+    if kind == "folder":
+        (out / name).mkdir()
+    else:
+        (out / name).symlink_to(tmp_path / "elsewhere.png")
+    err = one_line_error([*LOSS_ARGS, "--out", str(out)], capsys)
+    what = "a folder" if kind == "folder" else "a symbolic link"
+    assert err.endswith(f"{out / name} is {what}, where a results file is written; move it away, or "
+                        f"choose another --out"), err  # fmt: skip
+    assert [p.name for p in out.iterdir()] == [name]
+
+
+def test_bench_all_checks_every_benchmarks_files_first(tmp_path, capsys, monkeypatch):
+    from fastsigclr.bench import loss
+
+    monkeypatch.setattr(loss, "run", lambda *a, **k: pytest.fail("ran bench loss"))
+    (tmp_path / "dist-cpu.png").mkdir()
+    argv = ["bench", "all", "--quick", "--only", "loss,dist", "--out", str(tmp_path)]
+    assert "dist-cpu.png is a folder" in one_line_error(argv, capsys)
+
+
+def test_a_plot_that_cannot_be_written_keeps_the_results(tmp_path):
+    """The JSON stays, the message says how to draw the plot, no temporary is left."""
+    from fastsigclr.bench.common import write_results
+    from fastsigclr.config import FastSigCLRError
+
+    payload = json.loads((RESULTS / "dist-cpu.json").read_text())
+    paths = tmp_path / "dist-cpu.json", tmp_path / "dist-cpu.png"
+    paths[1].mkdir()  # appeared while it measured
+    with pytest.raises(FastSigCLRError) as info:
+        write_results(payload, paths, plot.plot_dist)
+    message = str(info.value)
+    assert message.startswith(f"cannot write {paths[1]}") and message.endswith(
+        f"; the measured results are in {paths[0]}: move what is in the way, or make the folder "
+        f"writable, then `fastsigclr bench plot {paths[0]}` draws the plot"
+    ), message
+    assert json.loads(paths[0].read_text()) == payload
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dist-cpu.json", "dist-cpu.png"]
+    assert list(paths[1].iterdir()) == []
+
+
+def test_bench_plot_names_a_folder_where_its_plot_goes(tmp_path, capsys):
+    shutil.copy(RESULTS / "dist-cpu.json", tmp_path)
+    (tmp_path / "dist-cpu.png").mkdir()
+    err = one_line_error(["bench", "plot", str(tmp_path / "dist-cpu.json")], capsys)
+    assert err.endswith(f"{tmp_path / 'dist-cpu.png'} is a folder, where a results file is written; "
+                        f"move it away, and run again"), err  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dist-cpu.json", "dist-cpu.png"]

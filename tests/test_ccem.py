@@ -163,3 +163,52 @@ def test_a_large_negative_bias_is_measured_and_predicted_antipodal():
     s_pos, s_neg = optimise("free", 4, 1.0, -1e30, CcemConfig(steps=300))
     assert s_pos == pytest.approx(-1.0, abs=0.02) and s_neg == pytest.approx(-1.0, abs=0.02)
     assert predict(4, 1.0, -1e30)["s_pos_pred"] == -1.0
+
+
+CCEM_SMALL = ["--n", "4", "--t", "1", "--steps", "2", "--variant", "free"]
+
+
+@pytest.mark.parametrize("name", ["results.json", "results.csv", "heatmap.png"])
+def test_a_folder_where_a_result_goes_is_named_before_the_grid(name, tmp_path, capsys, monkeypatch):
+    """heatmap.png a folder: a traceback after the grid; results.csv: results.json already replaced."""
+    import fastsigclr.ccem
+
+    monkeypatch.setattr(fastsigclr.ccem, "optimise", lambda *a: pytest.fail("optimised"))
+    (tmp_path / name).mkdir()
+    err = ccem_error([*CCEM_SMALL, "--out", str(tmp_path)], capsys)
+    assert err.endswith(f"{tmp_path / name} is a folder, where a results file is written; move it away, "
+                        f"or choose another --out"), err  # fmt: skip
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
+@pytest.mark.parametrize("fails", ["heatmap drawn", "heatmap written"])
+def test_a_failed_write_leaves_the_previous_runs_files_together(fails, tmp_path, capsys, monkeypatch):
+    """results.json and .csv were replaced one by one, then the heatmap failed: a new table beside
+    the old heatmap. Now all three are written first, then renamed."""
+    import errno
+
+    import matplotlib.figure
+
+    from fastsigclr import checkpoint
+
+    assert main(["ccem", "--no-progress", *CCEM_SMALL, "--out", str(tmp_path)]) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    full = OSError(errno.ENOSPC, "No space left on device")
+    if fails == "heatmap drawn":
+        monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda *a, **k: (_ for _ in ()).throw(full))
+    else:
+        create = checkpoint._create
+
+        def no_room_for_the_heatmap(tmp):
+            if "heatmap" in tmp.name:
+                raise full
+            return create(tmp)
+
+        monkeypatch.setattr(checkpoint, "_create", no_room_for_the_heatmap)
+    argv = ["ccem", "--no-progress", *CCEM_SMALL, "--out", str(tmp_path)]
+    argv[argv.index("--t") + 1] = "2"  # another run
+    with pytest.raises(OSError if fails == "heatmap drawn" else SystemExit):
+        main(argv)
+    if fails == "heatmap written":
+        assert f"no space left on device writing {tmp_path / 'heatmap.png'}" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fastsigclr.bench.common import write_json
+from fastsigclr.bench.common import result_paths, write_results
 from fastsigclr.config import FastSigCLRError, check_fields, check_not_empty, option, to_dict
 from fastsigclr.data.loaders import LOADERS, loader_versions
 from fastsigclr.data.order import check_batch
@@ -348,6 +348,7 @@ def run(cfg: BenchAugmentConfig, command: list[str] | None = None) -> dict[str, 
 
     device = resolve_device(cfg.device)
     cfg = cfg.resolved(device)
+    paths = result_paths(cfg.out, "augment", device)
     results = []
     with tempfile.TemporaryDirectory(prefix="fastsigclr-bench-") as tmp:
         for size in cfg.sizes:
@@ -372,9 +373,7 @@ def run(cfg: BenchAugmentConfig, command: list[str] | None = None) -> dict[str, 
         "results": results,
         "plan": [plan_cost(size, cfg.plan_images, cfg.batch_size) for size in cfg.sizes],
     }
-    out = Path(cfg.out)
-    write_json(out / f"augment-{device.type}.json", payload)
-    plot_augment(payload, out / f"augment-{device.type}.png")
+    write_results(payload, paths, plot_augment)
     return payload
 
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fastsigclr.checkpoint import json_text, write_text_atomic
+from fastsigclr.checkpoint import WriteError, json_text, write_text_atomic
+from fastsigclr.config import FastSigCLRError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -70,3 +73,49 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, size: int, reps: int
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     write_text_atomic(path, json_text(payload, indent=2, default=str) + "\n", fix="choose a writable --out")
+
+
+def check_outputs(paths: Iterable[Path], fix: str = "move it away, or choose another --out") -> None:
+    """Refuse, in one line and before anything is measured, an output path where a write would
+    fail or replace what is not a results file: a folder, a symbolic link (the rename would
+    replace the link), a pipe, socket or device. A missing path or a regular file is fine."""
+    for path in map(Path, paths):
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue
+        except OSError:  # a part of its folder path is a file: writable_folder names that
+            continue
+        if stat.S_ISREG(mode):
+            continue
+        what = (
+            "a folder"
+            if stat.S_ISDIR(mode)
+            else "a symbolic link"
+            if stat.S_ISLNK(mode)
+            else "not a regular file (a pipe, socket or device)"
+        )
+        raise FastSigCLRError(f"{path} is {what}, where a results file is written; {fix}")
+
+
+def result_paths(out: str | Path, name: str, device: torch.device) -> tuple[Path, Path]:
+    """``<out>/<name>-<device>.json`` and ``.png``, checked (``check_outputs``) before measuring."""
+    stem = Path(out) / f"{name}-{device.type}"
+    paths = stem.with_suffix(".json"), stem.with_suffix(".png")
+    check_outputs(paths)
+    return paths
+
+
+def write_results(payload: dict[str, Any], paths: tuple[Path, Path], plot: Callable[..., None]) -> None:
+    """The results JSON, then its plot; a plot that cannot be written keeps the JSON (the
+    measurement) and says how to draw the plot again."""
+    json_path, png_path = paths
+    write_json(json_path, payload)
+    try:
+        plot(payload, png_path)
+    except WriteError as err:
+        what = "free space" if err.no_space else "move what is in the way, or make the folder writable"
+        raise FastSigCLRError(
+            f"{str(err).rsplit('; ', 1)[0]}; the measured results are in {json_path}: {what}, then "
+            f"`fastsigclr bench plot {json_path}` draws the plot"
+        ) from err

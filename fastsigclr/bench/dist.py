@@ -13,13 +13,12 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from fastsigclr.bench.common import DTYPES, check_even_sizes, time_fn, write_json
+from fastsigclr.bench.common import DTYPES, check_even_sizes, result_paths, time_fn, write_results
 from fastsigclr.config import check_fields, check_not_empty, option, to_dict
 from fastsigclr.runinfo import device_option, resolve_device, run_record
 
@@ -59,6 +58,7 @@ def run(cfg: BenchDistConfig, command: list[str] | None = None) -> dict[str, Any
 
     device = resolve_device(cfg.device)
     cfg = cfg.resolved(device)
+    paths = result_paths(cfg.out, "dist", device)
     own_group = not dist.is_initialized()
     if own_group:
         store_dir = tempfile.mkdtemp(prefix="fastsigclr-dist-")
@@ -99,7 +99,5 @@ def run(cfg: BenchDistConfig, command: list[str] | None = None) -> dict[str, Any
         "world_size": 1,
         "results": results,
     }
-    out = Path(cfg.out)
-    write_json(out / f"dist-{device.type}.json", payload)
-    plot_dist(payload, out / f"dist-{device.type}.png")
+    write_results(payload, paths, plot_dist)
     return payload

@@ -19,13 +19,20 @@ import dataclasses
 import importlib.util
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from fastsigclr.bench.common import DTYPES, check_even_sizes, matmul_tflops, time_fn, write_json
+from fastsigclr.bench.common import (
+    DTYPES,
+    check_even_sizes,
+    matmul_tflops,
+    result_paths,
+    time_fn,
+    write_json,
+    write_results,
+)
 from fastsigclr.bench.memory import peak_extra_bytes
 from fastsigclr.bench.open_clip_loss import OPEN_CLIP_LOSSES, open_clip_fn
 from fastsigclr.bench.open_clip_loss import installed as open_clip_installed
@@ -310,6 +317,7 @@ def run(cfg: BenchLossConfig, command: list[str] | None = None) -> dict[str, Any
     device = resolve_device(cfg.device)
     cfg = cfg.resolved(device)
     check_runnable(cfg, device)
+    paths = result_paths(cfg.out, "loss", device)
     record = run_record(device, command)
     matmul_size, matmul_reps = (8192, 20) if device.type == "cuda" else (1024, 5)
     matmul = {d: matmul_tflops(device, DTYPES[d], matmul_size, matmul_reps) for d in cfg.dtypes or ()}
@@ -334,16 +342,14 @@ def run(cfg: BenchLossConfig, command: list[str] | None = None) -> dict[str, Any
         "complete": False,
         "results": rows,
     }
-    stem = Path(cfg.out) / f"loss-{device.type}"
     bar = tqdm(cases, desc="bench loss", unit="case")
     for loss, provider, n, d, dt in bar:
         bar.set_postfix_str(f"{loss} {provider} 2N={n} D={d} {dt}")
         rows.append(measure_case(loss, provider, n, d, dt, cfg, device))
         add_ratios(rows, matmul)
-        write_json(stem.with_suffix(".json"), payload)  # after every case: a killed run keeps its cases
+        write_json(paths[0], payload)  # after every case: a killed run keeps its cases
     payload["complete"] = True
-    write_json(stem.with_suffix(".json"), payload)
-    plot_loss(payload, stem.with_suffix(".png"))
+    write_results(payload, paths, plot_loss)
     return payload
 
 

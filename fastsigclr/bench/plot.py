@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import FormatStrFormatter, LogFormatter
 
+from fastsigclr.bench.common import check_outputs
+from fastsigclr.checkpoint import write_atomic
 from fastsigclr.config import FastSigCLRError
 
 COLORS = {
@@ -214,14 +217,22 @@ def plot_dist(payload: dict[str, Any], path: Path) -> None:
     save_figure(fig, path)
 
 
+def figure_png(fig: Any) -> bytes:
+    """Lay out and render ``fig`` as PNG bytes, then close it (closed even when rendering fails)."""
+    try:
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    return buffer.getvalue()
+
+
 def save_figure(fig: Any, path: Path) -> None:
-    """Lay out, write ``path`` through a temporary file renamed into place, and close the figure."""
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    """Render ``fig`` and write it to ``path`` atomically (``checkpoint.write_atomic``: a
+    temporary of a unique name, renamed into place, removed again when the write fails)."""
+    png = figure_png(fig)
+    write_atomic(path, lambda f: f.write(png))
 
 
 PLOTTERS = {"loss": plot_loss, "train": plot_train, "augment": plot_augment, "dist": plot_dist}
@@ -256,6 +267,7 @@ def plot_file(json_path: Path, png_path: Path | None = None) -> Path | None:
     if kind == "all":
         return None
     out = png_path or path.with_suffix(".png")
+    check_outputs([out], fix="move it away, and run again")
     try:
         PLOTTERS[kind](payload, out)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:

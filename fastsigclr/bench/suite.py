@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fastsigclr.bench.augment import BenchAugmentConfig
-from fastsigclr.bench.common import write_json
+from fastsigclr.bench.common import check_outputs, result_paths, write_json
 from fastsigclr.bench.dist import BenchDistConfig
 from fastsigclr.bench.loss import BenchLossConfig
 from fastsigclr.bench.train import BenchTrainConfig
@@ -100,6 +100,11 @@ def run(cfg: BenchAllConfig, command: list[str] | None = None, progress=print) -
         "train": (train.run, BenchTrainConfig(**common, data=cfg.data, **sizes.get("train", {}))),
         "dist": (dist.run, BenchDistConfig(**common, **sizes.get("dist", {}))),
     }
+    # Every benchmark's files before the first one measures: a folder in the way of the last one's
+    # plot would otherwise end the suite after the others' minutes.
+    for name in cfg.only:
+        result_paths(out, name, device)
+    check_outputs([out / f"all-{device.type}.json"])
     payloads, seconds = {}, {}
     for name in cfg.only:
         fn, sub = plans[name]

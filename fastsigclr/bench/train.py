@@ -13,14 +13,13 @@ import dataclasses
 import itertools
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from fastsigclr import distributed
-from fastsigclr.bench.common import time_fn, write_json
+from fastsigclr.bench.common import result_paths, time_fn, write_results
 from fastsigclr.config import check_fields, option, option_from, to_dict
 from fastsigclr.data import DATASETS
 from fastsigclr.data.gpu_loader import augment_batch
@@ -114,6 +113,7 @@ def run(cfg: BenchTrainConfig, command: list[str] | None = None) -> dict[str, An
 
     device = resolve_device(cfg.device)
     cfg = cfg.resolved(device)
+    paths = result_paths(cfg.out, "train", device)
     tcfg = cfg.train_config()
     data, data_kind = _images(cfg, tcfg)
     ctx = distributed.Context(device=device)
@@ -130,10 +130,7 @@ def run(cfg: BenchTrainConfig, command: list[str] | None = None) -> dict[str, An
         "results": results,
         "full_over_model": results["full_step"]["img_per_s"] / results["model_step"]["img_per_s"],
     }
-    out = Path(cfg.out)
-    stem = f"train-{device.type}"
-    write_json(out / f"{stem}.json", payload)
-    plot_train(payload, out / f"{stem}.png")
+    write_results(payload, paths, plot_train)
     return payload
 
 
