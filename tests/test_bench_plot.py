@@ -99,6 +99,13 @@ def test_bench_dist_writes_a_plot_and_leaves_no_temporary_folder(tmp_path, monke
     assert list(scratch.iterdir()) == []
 
 
+def edited(name: str, edit) -> str:
+    """A committed results file with ``edit`` applied to its payload, as JSON text."""
+    payload = json.loads((RESULTS / name).read_text())
+    edit(payload)
+    return json.dumps(payload)
+
+
 @pytest.mark.parametrize(
     "name,content,problem",
     [
@@ -111,7 +118,42 @@ def test_bench_dist_writes_a_plot_and_leaves_no_temporary_folder(tmp_path, monke
             "not a benchmark results file with a plot (benchmark 'speed'",
         ),
         ("list.json", "[1, 2]", "not a benchmark results file with a plot (benchmark None"),
-        ("short.json", '{"benchmark": "loss", "results": [{"status": "ok"}]}', "not a complete loss results"),
+        (
+            "short.json",
+            '{"benchmark": "loss", "results": [{"status": "ok"}]}',
+            "results[0].provider is missing",
+        ),
+        # bench plot drew these and exited 0 ("wrote badval.png"): the file is untrusted
+        (
+            "badval.json",
+            edited("loss-cpu.json", lambda p: p["results"][0].update(median_ms="abc")),
+            "results[0].median_ms is 'abc', not a positive number; run `fastsigclr bench loss`",
+        ),
+        (
+            "empty.json",
+            edited("loss-cpu.json", lambda p: p.update(results=[])),
+            "results is [], not a list of measured cases",
+        ),
+        (
+            "skipped.json",
+            edited("loss-cpu.json", lambda p: [r.update(status="skipped") for r in p["results"]]),
+            "results has no measured case",
+        ),
+        (
+            "nan.json",
+            edited("dist-cpu.json", lambda p: p["results"][1].update(p80_ms=float("nan"))),
+            "results[1].p80_ms is nan, not a positive number",
+        ),
+        (
+            "train.json",
+            edited("train-cpu.json", lambda p: p["results"]["augment"].update(views_per_s=-1)),
+            "results.augment.views_per_s is -1, not a positive number",
+        ),
+        (
+            "augment.json",
+            edited("augment-cpu.json", lambda p: p["results"][0].update(size=True)),
+            "results[0].size is True, not a positive whole number",
+        ),
     ],
 )
 def test_bench_plot_bad_file_is_a_one_line_error(tmp_path, capsys, name, content, problem):
@@ -126,6 +168,7 @@ def test_bench_plot_bad_file_is_a_one_line_error(tmp_path, capsys, name, content
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"fastsigclr: error: {path}"), err
     assert problem in err and ("fastsigclr bench" in err), err
+    assert not path.with_suffix(".png").exists()
 
 
 LOSS_ARGS = ["bench", "loss", "--device", "cpu", "--sizes", "64", "--dims", "16", "--providers", "eager"]

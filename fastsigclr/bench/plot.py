@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import FormatStrFormatter, LogFormatter
 
 from fastsigclr.bench.common import check_outputs
+from fastsigclr.bench.results_check import problem
 from fastsigclr.checkpoint import write_atomic
 from fastsigclr.config import FastSigCLRError
 
@@ -266,6 +267,9 @@ def plot_file(json_path: Path, png_path: Path | None = None) -> Path | None:
     kind = payload["benchmark"]
     if kind == "all":
         return None
+    found = problem(payload)
+    if found:
+        raise FastSigCLRError(f"{path}: {found}; run `fastsigclr bench {kind}` to write it again")
     out = png_path or path.with_suffix(".png")
     check_outputs([out], fix="move it away, and run again")
     try:
