@@ -217,6 +217,10 @@ def test_bench_loss_that_can_measure_nothing_here_fails(tmp_path, capsys):
     assert "nothing to measure on this cpu: triton (needs CUDA)" in err
     assert "choose --providers among eager, compiled, chunked here" in err
     assert not (tmp_path / "b").exists()
+    # each provider named once, its reasons per loss where they differ
+    err = fails_with([*args, "--out", str(tmp_path / "b"), "--providers", "siglip-kernel,triton"], capsys)
+    assert err.count("siglip-kernel (") == 1 and err.count("triton (") == 1, err
+    assert "siglip-kernel (sigclr: needs CUDA; simclr: siglip-kernel computes the sigmoid loss only)" in err
 
 
 @pytest.mark.parametrize(

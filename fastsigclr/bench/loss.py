@@ -194,20 +194,27 @@ def _skip_reason(provider: str, method: str, device: torch.device) -> str | None
     return None
 
 
+def skip_reasons(cfg: BenchLossConfig, device: torch.device) -> str:
+    """Each skipped provider once with its reasons: "triton (needs CUDA)", or per loss where they
+    differ: "siglip-kernel (sigclr: needs CUDA; simclr: siglip-kernel computes the sigmoid loss only)"."""
+    said = []
+    for provider in sorted(cfg.providers):
+        why = {loss: reason for loss in cfg.losses if (reason := _skip_reason(provider, loss, device))}
+        if len(set(why.values())) == 1 and len(why) == len(cfg.losses):
+            said.append(f"{provider} ({next(iter(why.values()))})")
+        elif why:
+            said.append(f"{provider} ({'; '.join(f'{loss}: {reason}' for loss, reason in why.items())})")
+    return ", ".join(said)
+
+
 def check_runnable(cfg: BenchLossConfig, device: torch.device, available: int | None = None) -> None:
     """Refuse, before anything is measured, a run whose every case would be skipped (``--providers
     triton`` on a CPU) or whose largest eager/compiled case cannot fit in memory (``--sizes
     10000000`` asked the allocator for 400 TB)."""
-    reasons = {
-        f"{p} ({reason})"
-        for p in cfg.providers
-        for loss in cfg.losses
-        if (reason := _skip_reason(p, loss, device))
-    }
     runnable = [p for p in cfg.providers for loss in cfg.losses if not _skip_reason(p, loss, device)]
     if not runnable:
         raise FastSigCLRError(
-            f"nothing to measure on this {device.type}: {', '.join(sorted(reasons))}; choose --providers "
+            f"nothing to measure on this {device.type}: {skip_reasons(cfg, device)}; choose --providers "
             f"among eager, compiled, chunked here, or run on a CUDA device"
         )
     if not {"eager", "compiled"} & set(cfg.providers):
