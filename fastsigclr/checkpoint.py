@@ -22,6 +22,7 @@ from typing import IO, Any
 import torch
 
 from fastsigclr.config import FastSigCLRError
+from fastsigclr.filetype import not_a_file
 
 DIGEST = "digest"  # a checkpoint's key holding tensor_digest of the rest
 # torch.load(weights_only=True)'s messages for a global, a call or an object off its allow-list.
@@ -37,8 +38,12 @@ class WriteError(FastSigCLRError):
     """A file could not be written (nothing of it is left behind): no space, no permission, a
     read-only filesystem, a folder in the way. ``no_space``: freeing space fixes it."""
 
-    def __init__(self, path: Path, err: OSError, fix: str) -> None:
-        self.path, self.no_space = Path(path), err.errno in NO_SPACE
+    def __init__(self, path: Path, err: OSError | str, fix: str) -> None:
+        """``err``: the OSError, or the reason in words (``not_a_file``'s: nothing was tried)."""
+        self.path, self.no_space = Path(path), isinstance(err, OSError) and err.errno in NO_SPACE
+        if isinstance(err, str):
+            super().__init__(f"cannot write {path} ({err}); {fix}")
+            return
         if self.no_space:
             super().__init__(f"no space left on device writing {path}; free space and {fix}")
             return
@@ -46,6 +51,13 @@ class WriteError(FastSigCLRError):
         path_file = err.errno in (errno.EEXIST, errno.ENOTDIR)
         reason = "a part of its folder path is a file" if path_file else err.strerror or str(err)
         super().__init__(f"cannot write {path} ({reason}); {fix}")
+
+
+def _check_targets(paths: Iterable[Path], fix: str) -> None:
+    """A ``WriteError`` for the first of ``paths`` where a folder, link, device, FIFO or socket stands."""
+    for path in paths:
+        if (what := not_a_file(path)) is not None:
+            raise WriteError(path, f"it is {what}, and fastsigclr replaces only regular files", fix)
 
 
 def _os_error(exc: BaseException | None) -> OSError | None:
@@ -70,7 +82,8 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None], fix: str = WRIT
     then fsync the folder so that the rename itself survives a power cut. A kill before the rename
     leaves ``path`` as it was (and a temporary file that ``remove_temporaries`` deletes). A write
     that fails (a full disk, a read-only folder) leaves ``path`` as it was and raises a
-    ``WriteError`` that ends with ``fix``."""
+    ``WriteError`` that ends with ``fix``; so does a folder, link, device or FIFO at ``path``
+    (``not_a_file``: a rename would replace it, as root /dev/null itself), before any writing."""
     write_atomic_files({Path(path): write}, fix)
 
 
@@ -82,6 +95,7 @@ def write_atomic_files(writes: Mapping[Path, Callable[[IO[bytes]], None]], fix: 
     renames (microseconds) old can be left beside new only by what is not held: a kill that
     cannot be caught (SIGKILL, a power cut), another signal, one whose handler was set outside
     Python, or a rename that fails after the first succeeded."""
+    _check_targets(writes, fix)
     temporaries: dict[Path, Path] = {}
     current, renamed = next(iter(writes)), False  # the file a failure names; all are in place
     try:
@@ -89,6 +103,7 @@ def write_atomic_files(writes: Mapping[Path, Callable[[IO[bytes]], None]], fix: 
             tmp = current.with_name(f".{current.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{TEMPORARY}")
             temporaries[current] = tmp
             _write_temporary(current, tmp, write, fix)
+        _check_targets(writes, fix)  # again: one may have been made while the files were written
         with held_signals():
             for current, tmp in temporaries.items():
                 os.replace(tmp, current)

@@ -23,6 +23,7 @@ from fastsigclr.data.datasets import data_dir_option
 from fastsigclr.data.gpu_loader import normalized
 from fastsigclr.data.splits import DataSplits
 from fastsigclr.distributed import Context
+from fastsigclr.filetype import not_a_file
 from fastsigclr.knn import knn_accuracy
 from fastsigclr.optim import sgd_decay_limit
 from fastsigclr.runconfig import TrainConfig
@@ -311,8 +312,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     run_dir = Path(cfg.run or "")
     check_run_dir(run_dir)
     out = run_dir / f"eval-{cfg.protocol}.json"
-    if out.is_dir() and not out.is_symlink():  # found before the features are computed, not after
-        raise FastSigCLRError(f"{out} is a folder, where eval writes its result: remove or rename it")
+    # found before the features are computed, not after; a link, FIFO or device is never replaced
+    if (what := not_a_file(out)) is not None:
+        raise FastSigCLRError(f"{out} is {what}, where eval writes its result: remove or rename it")
     loaded = load_run_model(run_dir, cfg.device, cfg.data_dir)
     cfg = cfg.for_run(loaded["config"])
     train = split_features(loaded, "train", progress=cfg.progress)

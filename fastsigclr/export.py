@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from fastsigclr import checkpoint as ckpt
@@ -25,15 +28,17 @@ from fastsigclr.data import DATASETS
 from fastsigclr.data.datasets import data_dir_option
 from fastsigclr.data.info import default_store_size
 from fastsigclr.eval import split_features
-from fastsigclr.models import ResNet, SSLModel, projector
-from fastsigclr.recipe import load_weights
+from fastsigclr.filetype import not_a_file
+from fastsigclr.models import ResNet, projector
 from fastsigclr.runconfig import RESTORE_CONFIG, TrainConfig, read_config
 from fastsigclr.runfiles import CHECKPOINT, RUN_FILES, check_run_dir, trained_checkpoint
 from fastsigclr.runinfo import device_option
 from fastsigclr.runlock import LOCK
 from fastsigclr.runmodel import load_run_model
+from fastsigclr.runweights import check_fits, check_record
 
 FORMAT = "fastsigclr-encoder-v1"
+LABELS = ".labels.npy"  # embed's labels of FILE.npy: FILE.labels.npy
 INSTALL_HINT = "pip install safetensors (a dependency of fastsigclr)"
 
 
@@ -52,10 +57,11 @@ def _run_checkpoint(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
     check_run_dir(run_dir)
     state = trained_checkpoint(run_dir)
     cfg = read_config(run_dir, f"cannot read the run {run_dir}", RESTORE_CONFIG)
-    # The weights must be the run's model (the file's metadata is read from its config): another
-    # run's checkpoint copied in is one line here, as in eval and embed.
-    model = SSLModel(str(cfg.arch), cfg.width, tuple(cfg.proj_dims or ()), cfg.zero_init_residual)
-    load_weights(model, state["model"], str(run_dir / CHECKPOINT))
+    # The weights must be the run's model and config.json the run's settings (the file's metadata,
+    # normalisation included, is read from it): another run's checkpoint copied in, or an edited
+    # config.json, is one line here, as in eval and embed.
+    check_record(cfg, state, str(run_dir / CHECKPOINT))
+    check_fits(cfg, state["model"], str(run_dir / CHECKPOINT))
     return cfg, state
 
 
@@ -77,6 +83,12 @@ def export(cfg: ExportConfig) -> dict[str, str]:
     train_cfg, state = _run_checkpoint(run_dir)
     parts = ("backbone", "projector") if cfg.projector else ("backbone",)
     tensors = _unique_tensors({k: v for k, v in state["model"].items() if k.split(".", 1)[0] in parts})
+    broken = next((k for k, v in tensors.items() if v.is_floating_point() and not v.isfinite().all()), None)
+    if broken is not None:  # a diverged run (the trainer stops at a non-finite loss) or a damaged file
+        raise FastSigCLRError(
+            f"{run_dir / CHECKPOINT} holds non-finite weights ({broken} has NaN or inf): the run diverged "
+            f"or the file was damaged; restore an earlier checkpoint from a copy, or train again"
+        )
     info, point = DATASETS[train_cfg.dataset], ckpt.trained(state)
     image_size = train_cfg.image_size or info.image_size
     meta = {
@@ -108,11 +120,27 @@ def _write_file(path: Path, data: bytes, example: str, run_dir: Path) -> None:
     ckpt.write_atomic(path, lambda f: f.write(data), fix="choose a writable --out")
 
 
-def _check_out(path: Path, example: str, run_dir: Path) -> None:
-    """--out must be a new or replaceable file outside the run's own files, in a writable folder
-    (checked before the features or weights are computed)."""
-    if path.is_dir():
+def _check_out(path: Path, example: str, run_dir: Path, named: str | None = None) -> None:
+    """--out must be a new or replaceable regular file outside the run's own files, in a writable
+    folder (checked before the features or weights are computed). ``named``: how to name ``path``
+    when it is not --out itself (embed's labels file). A symbolic link is refused, not followed
+    nor replaced: writing atomically would put a file in place of the link and leave the file it
+    names as it was, and writing through it could replace a file the user did not name."""
+    what = not_a_file(path)
+    if what is not None and named is not None:
+        raise FastSigCLRError(f"{named} is {what}: remove it or choose another --out")
+    if what == "a folder":
         raise FastSigCLRError(f"--out {path} is a folder; name a file in it, e.g. {path / example}")
+    if what == "a symbolic link":
+        raise FastSigCLRError(
+            f"--out {path} is a symbolic link (to {os.readlink(path)}), which fastsigclr never replaces "
+            f"nor writes through; name the file itself as --out, or remove the link"
+        )
+    if what is not None:
+        raise FastSigCLRError(
+            f"--out {path} is {what}, not a regular file, and fastsigclr replaces only regular files; "
+            f"choose another --out"
+        )
     ckpt.writable_folder(path.parent, "--out", f"the folder of --out {path}")
     try:
         inside = path.resolve().relative_to(run_dir.resolve()).parts
@@ -157,21 +185,36 @@ def _unique_tensors(state: dict[str, Any]) -> dict[str, Any]:
     return unique
 
 
-def _load_part(path: str | Path, part: str, module: nn.Module, map_location: str) -> nn.Module:
-    tensors = _safetensors().torch.load_file(str(path), device=map_location)
-    prefix = f"{part}."
-    state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-    own = module.state_dict(keep_vars=True)
+def _load_part(path: str | Path, part: str, build: Callable[[], nn.Module], map_location: str) -> nn.Module:
+    """The ``part`` of the exported file ``path`` in the module ``build`` makes from its metadata.
+    The module is built first on the meta device and its shapes compared with the file's (read
+    from its header): an edited ``"width": "100000"`` allocated a 360 GB ResNet before any
+    comparison, and an unreadable field ended in a KeyError or ValueError traceback."""
+    st, prefix = _safetensors(), f"{part}."
+    try:
+        with torch.device("meta"):
+            described = build()
+    except (KeyError, ValueError, TypeError, OverflowError) as err:
+        raise FastSigCLRError(
+            f"{path}: its metadata does not describe a {part} ({type(err).__name__}: {err}): the file "
+            f"was edited by hand; export the run again"
+        ) from None
+    own = described.state_dict(keep_vars=True)
+    with st.safe_open(str(path), framework="pt") as f:
+        names = [k for k in f.keys() if k.startswith(prefix)]  # noqa: SIM118 (safe_open is not iterable)
+        stored = {k[len(prefix) :]: tuple(f.get_slice(k).get_shape()) for k in names}
     shapes = [
-        f"{k} is {tuple(v.shape)}, not {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and v.shape != own[k].shape
+        f"{k} is {v}, not {tuple(own[k].shape)}" for k, v in stored.items() if k in own and v != own[k].shape
     ]
     if shapes:  # load_state_dict would raise its multi-line RuntimeError
         raise FastSigCLRError(
-            f"{path}: its {part} tensors do not fit the {type(module).__name__} its metadata describes "
+            f"{path}: its {part} tensors do not fit the {type(described).__name__} its metadata describes "
             f"({'; '.join(shapes[:2])}): the file was edited or assembled by hand; export the run again"
         )
+    module = build()
+    own = module.state_dict(keep_vars=True)
+    tensors = st.torch.load_file(str(path), device=map_location)
+    state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     missing, unexpected = module.load_state_dict(state, strict=False)
     # The names left out at export must be second names of tensors that were loaded.
     loaded = {id(own[k]) for k in state if k in own}
@@ -188,17 +231,19 @@ def load_backbone(path: str | Path, map_location: str = "cpu") -> ResNet:
     """Rebuild an exported backbone, in eval mode: ``(B, 3, S, S)`` images, normalised with the
     file's ``mean`` and ``std`` (``read_metadata``), → ``(B, out_dim)`` features."""
     meta = read_metadata(path)
-    model = ResNet(meta["arch"], int(meta["width"]))
-    return _load_part(path, "backbone", model, map_location)
+    return _load_part(path, "backbone", lambda: ResNet(meta["arch"], int(meta["width"])), map_location)
 
 
 def load_projector(path: str | Path, map_location: str = "cpu") -> nn.Sequential:
     """Rebuild an exported projector (written with ``--projector``), in eval mode."""
     meta = read_metadata(path)
-    if meta["has_projector"] != "True":
+    if meta.get("has_projector") != "True":
         raise FastSigCLRError(f"{path} holds no projector; export it again with --projector")
-    model = projector(int(meta["out_dim"]), tuple(json.loads(meta["proj_dims"])))
-    return _load_part(path, "projector", model, map_location)
+
+    def build() -> nn.Module:
+        return projector(int(meta["out_dim"]), tuple(json.loads(meta["proj_dims"])))
+
+    return _load_part(path, "projector", build, map_location)
 
 
 @dataclass(frozen=True)
@@ -219,12 +264,25 @@ class EmbedConfig:
             raise ValueError("--run DIR and --out FILE.npy are both required")
         if not self.out.endswith(".npy"):
             raise ValueError(f"--out must name a .npy file (labels go beside it), got {self.out!r}")
+        if self.out.endswith(LABELS):  # it would replace the labels of FILE.npy with features
+            stem = self.out[: -len(LABELS)]
+            raise ValueError(
+                f"--out {self.out} is where embed writes the labels of --out {stem}.npy: name a features "
+                f"file not ending in {LABELS}, e.g. --out {stem}.features.npy"
+            )
 
 
 def labels_path(out: str | Path) -> Path:
     """Where ``embed`` writes the labels of the features file ``out`` (FILE.npy → FILE.labels.npy)."""
     out = Path(out)
-    return out.with_name(out.name[: -len(".npy")] + ".labels.npy")
+    return out.with_name(out.name[: -len(".npy")] + LABELS)
+
+
+def _check_outs(out: Path, run_dir: Path) -> None:
+    """embed's --out and the labels file beside it (``_check_out``)."""
+    _check_out(out, "features.npy", run_dir)
+    labels = labels_path(out)
+    _check_out(labels, "features.npy", run_dir, f"{labels}, where embed writes the labels of --out {out},")
 
 
 def embed(cfg: EmbedConfig) -> dict[str, Any]:
@@ -232,14 +290,12 @@ def embed(cfg: EmbedConfig) -> dict[str, Any]:
     int64, written as two .npy files; returns their paths and shape."""
     run_dir = Path(cfg.run or "")
     _run_checkpoint(run_dir)  # the clear errors first, before the data is read
-    for path in (Path(cfg.out or ""), labels_path(cfg.out or "")):
-        _check_out(path, "features.npy", run_dir)
+    out = Path(cfg.out or "")
+    _check_outs(out, run_dir)
     loaded = load_run_model(run_dir, cfg.device, cfg.data_dir, splits=(cfg.split,), labelled=False)
     feats, labels = split_features(loaded, cfg.split, progress=cfg.progress)
-    out = Path(cfg.out or "")
     arrays = {out: feats.cpu().numpy(), labels_path(out): labels.cpu().numpy()}
-    for path in arrays:
-        _check_out(path, "features.npy", run_dir)
+    _check_outs(out, run_dir)  # again: the features took a while
     # One write for both: an interrupt leaves the old pair or the new one, never new features
     # beside the labels of another split or run.
     writes = {path: functools.partial(np.save, arr=array) for path, array in arrays.items()}

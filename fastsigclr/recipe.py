@@ -29,6 +29,7 @@ from fastsigclr.models.sync_bn import convert_global_bn
 from fastsigclr.optim import build_optimizer, param_groups
 from fastsigclr.runconfig import TrainConfig, loss_params, uses_labels
 from fastsigclr.runinfo import available_memory_bytes
+from fastsigclr.runweights import load_weights
 
 
 def load_data(cfg: TrainConfig, announce: bool = True) -> DataSplits:
@@ -238,30 +239,6 @@ def _loader_options(
     if said is not None:
         raise FastSigCLRError(said, alike=True)
     return entry.options(dataclasses.replace(src, progress=False))
-
-
-def _mismatch(own: dict[str, Any], saved: dict[str, Any]) -> str:
-    """The first difference between a module's tensors and a checkpoint's, in words."""
-    for key, value in own.items():
-        there = saved.get(key)
-        if isinstance(there, torch.Tensor) and there.shape != value.shape:
-            return f"{key} is {tuple(there.shape)} there, {tuple(value.shape)} here"
-    missing, extra = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
-    return f"{len(missing)} tensors missing (e.g. {missing[:1]}), {len(extra)} unexpected (e.g. {extra[:1]})"
-
-
-def load_weights(module: Any, state: Any, source: str) -> None:
-    """``module.load_state_dict(state)`` (a module or an optimiser), or one line when the checkpoint
-    ``source`` holds another model's weights: another run's checkpoint copied in."""
-    try:
-        module.load_state_dict(state)
-    except (RuntimeError, ValueError, KeyError, TypeError) as err:
-        own = module.state_dict() if isinstance(module, torch.nn.Module) else None
-        what = _mismatch(own, state) if own is not None and isinstance(state, dict) else str(err)[:160]
-        raise FastSigCLRError(
-            f"{source} does not fit this run's model ({what}): it comes from another run (another --arch, "
-            f"--width, --proj-dims, --method or dataset); restore this run's own checkpoint"
-        ) from None
 
 
 def _check_classes(setup: Setup, state: dict[str, Any]) -> None:

@@ -15,10 +15,11 @@ from fastsigclr.data.datasets import data_folder
 from fastsigclr.data.folder import FolderReader
 from fastsigclr.data.info import DatasetInfo
 from fastsigclr.data.splits import LimitError
-from fastsigclr.recipe import build_model, compute_dtypes, load_data, load_weights
+from fastsigclr.recipe import build_model, compute_dtypes, load_data
 from fastsigclr.runconfig import RESTORE_CONFIG, read_config
 from fastsigclr.runfiles import CHECKPOINT, trained_checkpoint
 from fastsigclr.runinfo import resolve_device
+from fastsigclr.runweights import check_fits, check_record, load_weights
 
 
 def _missing_split(name: str, where: Path, missing: list[str], labelled: bool) -> FastSigCLRError:
@@ -63,10 +64,12 @@ def load_run_model(
     overrides = {"data_dir": data_dir} if data_dir else {}
     cfg = read_config(run_dir, f"cannot read the run {run_dir}", RESTORE_CONFIG, overrides)
     info = DATASETS[cfg.dataset]
+    state, saved_at = trained_checkpoint(Path(run_dir)), str(Path(run_dir) / CHECKPOINT)
+    check_record(cfg, state, saved_at)  # an edited config.json before the data it names is looked for
+    check_fits(cfg, state["model"], saved_at)  # on the meta device: an edited width takes no memory
     where = data_folder(cfg.data_dir)
     _check_data_dir(info, where, "--data-dir" if data_dir else "where the run read it")
     device = resolve_device(device_name)
-    state = trained_checkpoint(Path(run_dir))
     if info.reader is FolderReader and "test" in splits and not FolderReader.has_test(where / info.folder):
         raise _missing_split(info.name, where, ["test"], labelled)  # before train/'s headers are read
     try:
@@ -90,7 +93,7 @@ def load_run_model(
         raise _missing_split(data.info.name, where, missing, labelled)
     info = data.info
     model, _, _ = build_model(cfg, info, device)
-    load_weights(model, state["model"], str(Path(run_dir) / CHECKPOINT))
+    load_weights(model, state["model"], saved_at)
     _, autocast_dtype = compute_dtypes(cfg, device)
     return {
         "backbone": model.backbone,

@@ -4,7 +4,9 @@ interrupts the write."""
 from __future__ import annotations
 
 import os
+import re
 import signal
+import stat
 from pathlib import Path
 
 import pytest
@@ -193,3 +195,30 @@ def test_each_writer_has_its_own_partial_file_and_dead_writers_leave_none(tmp_pa
         path.write_bytes(b"partial")
     own_partial(target)
     assert not dead.exists() and all(path.exists() for path in kept)
+
+
+def test_only_a_regular_file_is_replaced(tmp_path):
+    """A FIFO, a device node or a symbolic link at a path is refused before anything is written:
+    ``os.replace`` put a regular file in its place (as root, ``--out /dev/null`` replaced
+    /dev/null itself). A pair is written only when neither path is in the way."""
+    (tmp_path / "target").write_bytes(b"the link's file")
+    os.mkfifo(tmp_path / "fifo")
+    os.symlink(tmp_path / "target", tmp_path / "link")
+    (tmp_path / "folder").mkdir()
+    kinds = {"fifo": "a FIFO (named pipe)", "link": "a symbolic link", "folder": "a folder"}
+    if os.geteuid() == 0:  # a /dev/null of its own
+        os.mknod(tmp_path / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        kinds["null"] = "a character device"
+    before = {p.name: os.lstat(p) for p in tmp_path.iterdir()}
+    for name, what in kinds.items():
+        message = (
+            f"cannot write {tmp_path / name} (it is {what}, and fastsigclr replaces only regular files); "
+        )
+        with pytest.raises(ckpt.WriteError, match=re.escape(f"{message}fix")):
+            ckpt.write_atomic(tmp_path / name, lambda f: f.write(b"new"), fix="fix")
+        with pytest.raises(ckpt.WriteError, match=re.escape(message)):  # the second of a pair
+            ckpt.write_atomic_files(_writes({tmp_path / "a.bin": b"new a", tmp_path / name: b"new"}))
+    after = {p.name: os.lstat(p) for p in tmp_path.iterdir()}
+    assert after.keys() == before.keys()  # no a.bin, no temporary
+    assert all(after[n].st_mode == before[n].st_mode and after[n].st_ino == before[n].st_ino for n in after)
+    assert (tmp_path / "target").read_bytes() == b"the link's file"

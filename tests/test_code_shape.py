@@ -27,12 +27,12 @@ KNOWN_LONG: dict[str, int] = {}
 # A package name stands for all its modules.
 FLOORS = {
     **dict.fromkeys(
-        ("config", "checkpoint", "runinfo", "runlog", "optim", "pace", "preempt", "significance", "__init__"),
+        ("config", "checkpoint", "filetype", "runinfo", "runlog", "optim", "pace", "preempt", "significance"),
         0,
     ),
-    "determinism": 0,
+    **dict.fromkeys(("determinism", "__init__"), 0),
     **dict.fromkeys(("kernels", "losses", "models", "data"), 1),
-    **dict.fromkeys(("cluster", "distributed", "runconfig"), 2),
+    **dict.fromkeys(("cluster", "distributed", "runconfig", "runweights"), 2),
     **dict.fromkeys(("recipe", "runmodel", "eval", "knn", "rundir", "runfiles", "runlock"), 3),
     **dict.fromkeys(("train", "divergence", "export", "ccem"), 4),
     **dict.fromkeys(("sweep", "sweep_report", "bench"), 5),

@@ -287,7 +287,8 @@ def test_a_limit_past_the_data_is_told_by_its_type_not_its_words(tmp_path, monke
     run = tmp_path / "run"
     run.mkdir()
     write_config(run, TrainConfig(dataset="folder", data_dir=str(data_dir), out=str(run)).resolved(), {})
-    monkeypatch.setattr(runmodel, "trained_checkpoint", lambda path: {})
+    monkeypatch.setattr(runmodel, "trained_checkpoint", lambda path: {"model": {}})
+    monkeypatch.setattr(runmodel, "check_fits", lambda *args: None)  # no model is read here
     other = ConfigError("--limit-train is not a thing here: a made-up message")
     monkeypatch.setattr(runmodel, "load_data", lambda *a, **kw: (_ for _ in ()).throw(other))
     with pytest.raises(ConfigError) as passed:

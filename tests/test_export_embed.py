@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 
 import numpy as np
 import pytest
@@ -146,6 +147,57 @@ def test_clear_errors(run_dir, tmp_path, capsys):
         load_backbone(tmp_path / "nothing.safetensors")
 
 
+def test_an_out_that_is_not_a_regular_file_is_refused(run_dir, tmp_path, capsys):
+    """A FIFO or device node as --out (or where embed's labels go) was replaced by a regular file
+    (as root, --out /dev/null replaced /dev/null), a symbolic link by a file in its place; a
+    folder where the labels go was named as --out with a fix that did not apply; --out
+    a.labels.npy replaced the labels of a.npy with features. Each is one line, and nothing changes."""
+    os.mkfifo(tmp_path / "fifo")
+    os.mkfifo(tmp_path / "fifo.npy")
+    os.mkfifo(tmp_path / "f.labels.npy")
+    os.symlink(tmp_path / "target", tmp_path / "link")
+    (tmp_path / "d.labels.npy").mkdir()
+    if os.geteuid() == 0:
+        os.mknod(tmp_path / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    export = ["export", "--run", str(run_dir), "--out"]
+    embed = ["embed", "--run", str(run_dir), "--no-progress", "--out"]
+    cases = [
+        (
+            [*export, str(tmp_path / "fifo")],
+            f"--out {tmp_path / 'fifo'} is a FIFO (named pipe), not a regular",
+        ),
+        (
+            [*export, str(tmp_path / "link")],
+            f"--out {tmp_path / 'link'} is a symbolic link (to {tmp_path}/target)",
+        ),
+        ([*embed, str(tmp_path / "fifo.npy")], "fifo.npy is a FIFO (named pipe), not a regular file"),
+        (
+            [*embed, str(tmp_path / "f.npy")],
+            f"{tmp_path}/f.labels.npy, where embed writes the labels of --out {tmp_path}/f.npy, is a FIFO "
+            "(named pipe): remove it or choose another --out",
+        ),
+        (
+            [*embed, str(tmp_path / "d.npy")],
+            f"{tmp_path}/d.labels.npy, where embed writes the labels of --out {tmp_path}/d.npy, is a "
+            "folder: remove it or choose another --out",
+        ),
+        (
+            [*embed, str(tmp_path / "a.labels.npy")],
+            f"--out {tmp_path}/a.labels.npy is where embed writes the labels of --out {tmp_path}/a.npy: name "
+            f"a features file not ending in .labels.npy, e.g. --out {tmp_path}/a.features.npy",
+        ),
+    ]
+    if os.geteuid() == 0:
+        cases.append(([*export, str(tmp_path / "null")], f"--out {tmp_path / 'null'} is a character device"))
+    before = {p.name: os.lstat(p) for p in tmp_path.iterdir()}
+    for args, message in cases:
+        assert message in fails_with(args, capsys), args
+    after = {p.name: os.lstat(p) for p in tmp_path.iterdir()}
+    assert {n: (s.st_mode, s.st_ino) for n, s in after.items()} == {
+        n: (s.st_mode, s.st_ino) for n, s in before.items()
+    }
+
+
 def test_a_foreign_or_mismatched_checkpoint_is_one_line(run_dir, tmp_path, capsys):
     """eval, embed and export check what the checkpoint holds before they use it: a torch file that
     is not a training checkpoint, and another model's weights (export used to write them, labelled
@@ -222,3 +274,94 @@ def test_a_config_written_before_configs_were_resolved(cifar10_dir, tmp_path, ca
     meta = read_metadata(tmp_path / "enc.safetensors")
     assert (meta["arch"], json.loads(meta["proj_dims"])) == ("resnet18", [2048, 2048, 64])
     assert "error" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "edit,message,unrecorded",
+    [
+        ({"width": 100000}, "config.json says --width 100000 and its checkpoint", "does not fit this run's"),
+        ({"proj_dims": []}, "config.json says --proj-dims [] and its checkpoint", "cannot be built"),
+        ({"dataset": "cifar100"}, "config.json says --dataset 'cifar100' and its checkpoint", None),
+    ],
+)
+def test_an_edited_config_is_one_line_before_a_model_is_built(
+    run_dir, tmp_path, edit, message, unrecorded, capsys
+):
+    """config.json is a file a user edits: a "width": 100000 built (and allocated) a 360 GB model
+    before any comparison, "proj_dims": [] ended in a traceback, and "dataset": "cifar100" exported
+    this CIFAR-10 run's weights labelled with CIFAR-100's normalisation. The checkpoint records the
+    run's settings; without that record (a hand-made checkpoint) the model's shapes are compared,
+    on the meta device."""
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    config["config"].update(edit)
+    (run / "config.json").write_text(json.dumps(config))
+    commands = (
+        ["eval", "--run", str(run), "knn", "--no-progress"],
+        ["embed", "--run", str(run), "--out", str(tmp_path / "x.npy"), "--no-progress"],
+        ["export", "--run", str(run), "--out", str(tmp_path / "x.safetensors")],
+    )
+    for args in commands:
+        assert message in fails_with(args, capsys), args
+    if unrecorded is None:
+        return
+    last = run / "checkpoints" / "last.pt"
+    checkpoint.save_atomic({k: v for k, v in checkpoint.load(last).items() if k != "config"}, last)
+    for args in commands:
+        assert unrecorded in fails_with(args, capsys), args
+    assert not any(tmp_path.glob("x.*"))
+
+
+@pytest.mark.parametrize(
+    "edit,part,message",
+    [
+        (
+            {"width": "100000"},
+            "backbone",
+            "do not fit the ResNet its metadata describes (stages.0.0.bn1.bias is (8,), not (100000,)",
+        ),
+        (
+            {"width": "abc"},
+            "backbone",
+            "its metadata does not describe a backbone (ValueError: invalid literal",
+        ),
+        (
+            {"arch": "resnet7"},
+            "backbone",
+            "its metadata does not describe a backbone (ValueError: unknown arch",
+        ),
+        ({"arch": None}, "backbone", "its metadata does not describe a backbone (KeyError: 'arch')"),
+        ({"proj_dims": "[32,"}, "projector", "its metadata does not describe a projector (JSONDecodeError"),
+        (
+            {"proj_dims": "[]"},
+            "projector",
+            "its metadata does not describe a projector (ValueError: projector",
+        ),
+        ({"has_projector": None}, "projector", "holds no projector; export it again with --projector"),
+    ],
+)
+def test_tampered_metadata_is_one_line_before_a_model_is_built(run_dir, tmp_path, edit, part, message):
+    """load_backbone and load_projector build the model the file's metadata describes: a missing or
+    unreadable field ended in a KeyError or ValueError traceback, and a "width" of 100000 allocated
+    a 360 GB ResNet before its shapes were compared with the file's (now on the meta device)."""
+    path = tmp_path / "enc.safetensors"
+    assert main(["export", "--run", str(run_dir), "--out", str(path), "--projector"]) == 0
+    meta = {k: v for k, v in {**read_metadata(path), **edit}.items() if v is not None}
+    edited = tmp_path / "edited.safetensors"
+    safetensors_torch.save_file(safetensors_torch.load_file(str(path)), str(edited), metadata=meta)
+    load = load_backbone if part == "backbone" else load_projector
+    with pytest.raises(FastSigCLRError) as err:
+        load(edited)
+    assert str(err.value).startswith(f"{edited}") and message in str(err.value), str(err.value)
+
+
+def test_export_refuses_non_finite_weights(run_dir, tmp_path, capsys):
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    last = run / "checkpoints" / "last.pt"
+    state = checkpoint.load(last)
+    weight = state["model"]["backbone.stem.0.weight"].clone()
+    weight[0, 0, 0, 0] = float("nan")
+    checkpoint.save_atomic({**state, "model": {**state["model"], "backbone.stem.0.weight": weight}}, last)
+    out = tmp_path / "enc.safetensors"
+    line = fails_with(["export", "--run", str(run), "--out", str(out)], capsys)
+    assert "holds non-finite weights (backbone.stem.0.weight has NaN or inf)" in line and not out.exists()

@@ -2,6 +2,8 @@
 anything (ccem's grid and the benchmarks used to run for minutes, then end in a traceback), and
 bad download targets are one line too."""
 
+import os
+
 import pytest
 import run_fixture
 from helpers import run_in
@@ -62,3 +64,7 @@ def test_eval_names_a_folder_where_its_result_goes_before_the_work(run_copy, cap
     err = fails_with(["eval", "--run", str(run_copy), "knn", "--no-progress"], capsys)
     folder = run_copy / "eval-knn.json"
     assert err.endswith(f"{folder} is a folder, where eval writes its result: remove or rename it"), err
+    folder.rmdir()
+    os.mkfifo(folder)  # replaced by a file after the work, before the writer refused it
+    err = fails_with(["eval", "--run", str(run_copy), "knn", "--no-progress"], capsys)
+    assert err.endswith(f"{folder} is a FIFO (named pipe), where eval writes its result: remove or rename it")
