@@ -2,6 +2,7 @@
 sweep (config.check_not_empty)."""
 
 import pytest
+import torch
 
 from fastsigclr.cli import main
 
@@ -31,3 +32,21 @@ def test_a_bench_list_option_refuses_a_value_listed_twice(command, option, value
     got = ", ".join(repr(v) for v in values.split(","))
     assert err == f"fastsigclr: error: {option} must list at least one value, each once; got [{got}]", err
     assert not out.exists()
+
+
+def test_bench_augment_peak_memory_is_each_cases_own(tmp_path):
+    """On the CPU the peak column was ru_maxrss, which only grows: a case measured after a larger
+    one reported the larger one's peak. Each case now resets the high-water mark first."""
+    import numpy as np
+
+    from fastsigclr.bench import augment
+
+    if not augment._reset_peak_rss():
+        pytest.skip("this kernel offers no reset of the peak RSS (/proc/self/clear_refs)")
+    big = np.ones(400 * 2**20 // 8)  # 400 MiB resident
+    before = augment._peak_rss_bytes()
+    del big
+    cfg = augment.BenchAugmentConfig(device="cpu", images=64, batch_size=32, reps=1, workers=0)
+    row = augment.measure("gpu", 32, cfg, torch.device("cpu"), tmp_path)
+    assert row["status"] == "ok" and row["peak_memory_kind"] == "peak RSS of this process during the case"
+    assert row["peak_memory_bytes"] < before - 300 * 2**20, (row["peak_memory_bytes"], before)

@@ -9,8 +9,8 @@ there DALI and the PIL baseline decode every file every epoch, the gpu loader de
 once (at ``--folder-store``², its one-time ``setup_s`` reported apart) and FFCV reads the .beton
 written once at that size. One untimed epoch (compilation, pipeline build, caches), then ``reps``
 timed epochs, each ending when its last batch is on the device. Reported: median and spread of views/s, the
-ratio to the PIL baseline measured in the same run, and peak memory (device memory on CUDA,
-process RSS on the CPU).
+ratio to the PIL baseline measured in the same run, and peak memory (device memory on CUDA, on
+the CPU this process's peak RSS during the case, its high-water mark reset before each).
 """
 
 from __future__ import annotations
@@ -259,8 +259,24 @@ def synthetic_images(n: int, size: int, seed: int = 0) -> np.ndarray:
     return (x * 255).round().byte().permute(0, 2, 3, 1).contiguous().numpy()
 
 
+def _reset_peak_rss() -> bool:
+    """Start this process's resident-memory high-water mark (Linux's VmHWM) anew, so that each
+    case's peak is its own (ru_maxrss only grows: every case after the largest reported that
+    one's peak); False where the kernel offers no reset."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak RSS (proc(5))
+    except OSError:
+        return False
+    return True
+
+
 def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's peak resident memory since ``_reset_peak_rss`` (VmHWM), else since it began."""
+    try:
+        status = Path("/proc/self/status").read_text().splitlines()
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def write_jpeg_folder(folder: Path, n: int, side: int, seed: int = 0) -> SampleIndex:
@@ -306,6 +322,7 @@ def measure(
     spec = AugmentSpec.simclr(size, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     case = "uint8" if folder is None else "folder"
     row: dict[str, Any] = {"backend": name, "size": size, "images": len(samples), "case": case}
+    own_peak = _reset_peak_rss()  # the case's setup counts toward its peak
     try:
         t0 = time.perf_counter()
         loader = _make_loader(name, samples, spec, cfg, device, tmp)
@@ -339,7 +356,13 @@ def measure(
         "p80_views_per_s": q[3],
         "reps": len(rates),
         "peak_memory_bytes": peak,
-        "peak_memory_kind": "cuda allocated" if device.type == "cuda" else "process max RSS (cumulative)",
+        "peak_memory_kind": (
+            "cuda allocated"
+            if device.type == "cuda"
+            else "peak RSS of this process during the case"
+            if own_peak
+            else "process max RSS (cumulative)"
+        ),
     }
 
 
