@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from run_fixture import fails_with
 
 from fastsigclr.bench import plot
 from fastsigclr.cli import main
@@ -97,6 +98,19 @@ def test_bench_dist_writes_a_plot_and_leaves_no_temporary_folder(tmp_path, monke
     assert main([*args, "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "dist-cpu.png").stat().st_size > 10_000
     assert list(scratch.iterdir()) == []
+
+
+def test_bench_dist_shows_progress_and_refuses_a_size_that_cannot_fit(tmp_path, capsys):
+    """It ran without a word for as long as its cases took, and --sizes 100000000 asked the
+    allocator for what the machine does not have (now refused before the process group starts)."""
+    args = ["bench", "dist", "--device", "cpu", "--sizes", "16", "--dim", "8", "--reps", "1"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    progress = capsys.readouterr().err
+    assert "bench dist" in progress and "3/3" in progress, progress
+    huge = ["bench", "dist", "--device", "cpu", "--sizes", "100000000", "--dim", "4096"]
+    err = fails_with([*huge, "--out", str(tmp_path / "huge")], capsys)
+    assert "--sizes 100000000 with --dim 4096 needs about 18,310.5 GiB" in err and "use --sizes ≤" in err
+    assert not (tmp_path / "huge").exists()
 
 
 def edited(name: str, edit) -> str:
