@@ -11,6 +11,7 @@ from typing import Any
 from fastsigclr import __version__
 from fastsigclr.cli_args import ArgumentParser, did_you_mean, join_dash_values
 from fastsigclr.config import FastSigCLRError, add_arguments, error_text, from_args, typed_fields
+from fastsigclr.entry import interrupted
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -389,8 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FastSigCLRError as err:
         parser.exit(2, error_text(err))
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        return interrupted()
     except BrokenPipeError:  # `info | head`: the reader left; /dev/null spares a second error at exit
         try:
             sys.stdout.flush()

@@ -30,5 +30,14 @@ def main() -> int:
 
         return run()
     except KeyboardInterrupt:  # cli.main handles its commands' own; this is the start-up's
+        return interrupted()
+
+
+def interrupted() -> int:
+    """The exit status after Ctrl-C, 130, having said "interrupted": once per node under torchrun,
+    where a Ctrl-C in the terminal reaches every rank (by LOCAL_RANK 0, as ``config.alike`` errors)."""
+    from fastsigclr.config import speaks_for_node  # plain Python: no torch
+
+    if speaks_for_node():
         print("interrupted", file=sys.stderr)
-        return 130
+    return 130

@@ -287,3 +287,26 @@ def test_ctrl_c_while_the_command_starts_is_not_a_traceback(where, monkeypatch, 
     monkeypatch.setattr("sys.argv", ["fastsigclr", "--version"])
     assert entry.main() == 130
     assert capsys.readouterr().err == "interrupted\n"
+
+
+@pytest.mark.parametrize("local_rank,said", [("0", "interrupted\n"), ("1", "")])
+@pytest.mark.parametrize("where", ["start", "command"])
+def test_ctrl_c_under_torchrun_is_said_once_per_node(local_rank, said, where, monkeypatch, capsys):
+    """A Ctrl-C in torchrun's terminal reaches every rank: each printed "interrupted" (8 lines on
+    an 8-GPU node); LOCAL_RANK 0 says it for the node, every rank still exits 130."""
+    import fastsigclr.cli
+    import fastsigclr.runinfo
+    from fastsigclr import entry
+
+    def interrupt(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    monkeypatch.setattr("sys.argv", ["fastsigclr", "info"])
+    if where == "start":
+        monkeypatch.setattr(fastsigclr.cli, "build_parser", interrupt)
+    else:  # inside the command: `info`'s report
+        monkeypatch.setattr(fastsigclr.runinfo, "install_report", interrupt)
+    assert entry.main() == 130
+    assert capsys.readouterr().err == said
