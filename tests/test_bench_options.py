@@ -39,12 +39,12 @@ def test_bench_augment_peak_memory_is_each_cases_own(tmp_path):
     one reported the larger one's peak. Each case now resets the high-water mark first."""
     import numpy as np
 
-    from fastsigclr.bench import augment
+    from fastsigclr.bench import augment, memory
 
-    if not augment._reset_peak_rss():
+    if not memory.reset_peak_rss():
         pytest.skip("this kernel offers no reset of the peak RSS (/proc/self/clear_refs)")
     big = np.ones(400 * 2**20 // 8)  # 400 MiB resident
-    before = augment._peak_rss_bytes()
+    before = memory.peak_rss_bytes()
     del big
     cfg = augment.BenchAugmentConfig(device="cpu", images=64, batch_size=32, reps=1, workers=0)
     row = augment.measure("gpu", 32, cfg, torch.device("cpu"), tmp_path)

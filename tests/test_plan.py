@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastsigclr.bench.augment import PilViews, count_ops, synthetic_images
+from fastsigclr.bench.augment import count_ops, synthetic_images
+from fastsigclr.bench.pil_baseline import PilViews
 from fastsigclr.data.augment import augment_reference
 from fastsigclr.data.order import epoch_plan
 from fastsigclr.data.plan import AugmentPlan, AugmentSpec, Col, sample_params
@@ -131,8 +132,8 @@ def test_order_is_drawn_on_the_cpu_for_every_device(monkeypatch):
 def test_pil_baseline_moves_the_pinned_batch_before_reordering_it():
     """The bench's PIL loader reshaped its pinned batch on the host (a pageable copy) before moving
     it; the meta device stands in for the GPU: no host memory may be allocated per batch."""
-    from fastsigclr.bench.augment import PilLoader
     from fastsigclr.bench.memory import TensorAllocations
+    from fastsigclr.bench.pil_baseline import PilLoader
 
     spec = AugmentSpec.simclr(16, MEAN, STD)
     loader = PilLoader(np.zeros((8, 16, 16, 3), np.uint8), None, spec, 4, torch.device("meta"), torch.float32)

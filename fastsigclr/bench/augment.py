@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import resource
 import statistics
 import tempfile
 import time
@@ -31,117 +30,16 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastsigclr.bench.common import result_paths, write_results
+from fastsigclr.bench.memory import peak_rss_bytes, reset_peak_rss
+from fastsigclr.bench.pil_baseline import PilLoader
 from fastsigclr.config import FastSigCLRError, check_fields, check_not_empty, option, to_dict
 from fastsigclr.data.loaders import LOADERS, loader_versions
 from fastsigclr.data.order import check_batch
-from fastsigclr.data.plan import AugmentPlan, AugmentSpec, Col, sample_params, seed_for
+from fastsigclr.data.plan import AugmentPlan, AugmentSpec, sample_params
 from fastsigclr.data.samples import SampleIndex
 from fastsigclr.runinfo import device_option, resolve_device, run_record
 
 BACKENDS = (*LOADERS, "pil")
-
-
-# ---- the torchvision-style baseline: PIL per image, DataLoader workers ------------------------------
-
-
-def _pil_view(img, row: np.ndarray, spec: AugmentSpec) -> np.ndarray:
-    """One view by PIL operations from its row of the plan (columns ``Col``)."""
-    from PIL import Image, ImageEnhance, ImageFilter, ImageOps
-
-    y0, x0, ch, cw = (float(row[c]) for c in (Col.Y0, Col.X0, Col.H, Col.W))
-    out = img.resize((spec.size, spec.size), Image.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
-    if row[Col.FLIP] > 0.5:
-        out = out.transpose(Image.FLIP_LEFT_RIGHT)
-    for enhance, col in (
-        (ImageEnhance.Brightness, Col.BRIGHT),
-        (ImageEnhance.Contrast, Col.CONTRAST),
-        (ImageEnhance.Color, Col.SAT),
-    ):
-        if row[col] != 1:
-            out = enhance(out).enhance(float(row[col]))
-    if row[Col.HUE] != 0:
-        hsv = np.array(out.convert("HSV"))
-        hsv[..., 0] = (hsv[..., 0].astype(np.int16) + int(row[Col.HUE] * 255)) % 256
-        out = Image.fromarray(hsv, "HSV").convert("RGB")
-    if row[Col.GRAY] > 0.5:
-        out = out.convert("L").convert("RGB")
-    if row[Col.BLUR] > 0:
-        out = out.filter(ImageFilter.GaussianBlur(float(row[Col.BLUR])))
-    if row[Col.SOLAR] > 0.5:
-        out = ImageOps.solarize(out, 128)
-    x = np.asarray(out, dtype=np.float32) / 255.0
-    return (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
-
-
-class PilViews(torch.utils.data.Dataset):
-    """Per-image PIL augmentation of every view, as torchvision transforms do it, applying the
-    rows of the run's AugmentPlan; keys are (epoch, sample id) pairs (each worker process keeps
-    its copy of the epoch's table)."""
-
-    def __init__(self, images: np.ndarray | SampleIndex, spec: AugmentSpec, seed: int = 0) -> None:
-        self.samples = (
-            images
-            if isinstance(images, SampleIndex)
-            else SampleIndex.from_array(images, np.zeros(len(images)))
-        )
-        self.spec = spec
-        self.plan = AugmentPlan(spec, len(self.samples), self.samples.sizes, seed)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, key: tuple[int, int]):
-        from PIL import Image
-
-        epoch, i = key
-        rows = self.plan.table(epoch)[:, i].numpy()
-        img = Image.fromarray(self.samples.decode(i))  # a file: decoded here, in the worker
-        return torch.stack([torch.from_numpy(_pil_view(img, row, self.spec)) for row in rows]), i
-
-
-class _EpochOrder(torch.utils.data.Sampler):
-    """(epoch, sample id) keys in the epoch's seeded random order; ``epoch`` is set per epoch."""
-
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        gen = torch.Generator().manual_seed(seed_for(self.seed, self.epoch))
-        return ((self.epoch, i) for i in torch.randperm(self.n, generator=gen).tolist())
-
-
-class PilLoader:
-    """The baseline behind the loader interface: DataLoader workers, then channels_last views."""
-
-    def __init__(self, images, labels, spec, batch_size, device, dtype, *, seed=0, workers=None):
-        self.device, self.dtype = device, dtype
-        self.workers = workers if workers is not None else min(8, os.cpu_count() or 1)
-        self.order = _EpochOrder(len(images), seed)  # images: uint8 array or SampleIndex
-        self.loader = torch.utils.data.DataLoader(
-            PilViews(images, spec, seed),
-            batch_size=batch_size,
-            sampler=self.order,
-            drop_last=True,
-            num_workers=self.workers,
-            pin_memory=device.type == "cuda",
-            persistent_workers=self.workers > 0,
-        )
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def epoch(self, epoch: int):
-        self.order.epoch = epoch
-        for views, ids in self.loader:
-            b, v = views.shape[:2]
-            # Moved as the workers pinned it, reordered on the device: a reshape first would copy
-            # the batch into pageable memory, and the copy to the GPU would wait for it.
-            x = views.to(self.device, non_blocking=True).transpose(0, 1).reshape(v * b, *views.shape[2:])
-            x = x.permute(0, 3, 1, 2).to(self.dtype)
-            yield x.contiguous(memory_format=torch.channels_last), ids.to(self.device)
 
 
 # ---- the cost of drawing the plan ------------------------------------------------------------------
@@ -259,26 +157,6 @@ def synthetic_images(n: int, size: int, seed: int = 0) -> np.ndarray:
     return (x * 255).round().byte().permute(0, 2, 3, 1).contiguous().numpy()
 
 
-def _reset_peak_rss() -> bool:
-    """Start this process's resident-memory high-water mark (Linux's VmHWM) anew, so that each
-    case's peak is its own (ru_maxrss only grows: every case after the largest reported that
-    one's peak); False where the kernel offers no reset."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak RSS (proc(5))
-    except OSError:
-        return False
-    return True
-
-
-def _peak_rss_bytes() -> int:
-    """This process's peak resident memory since ``_reset_peak_rss`` (VmHWM), else since it began."""
-    try:
-        status = Path("/proc/self/status").read_text().splitlines()
-        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
-    except (OSError, StopIteration, ValueError, IndexError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def write_jpeg_folder(folder: Path, n: int, side: int, seed: int = 0) -> SampleIndex:
     """``n`` smooth JPEGs (quality 90) of sides between ¾ and 3× ``side``, as an indexed folder."""
     from PIL import Image
@@ -322,7 +200,7 @@ def measure(
     spec = AugmentSpec.simclr(size, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     case = "uint8" if folder is None else "folder"
     row: dict[str, Any] = {"backend": name, "size": size, "images": len(samples), "case": case}
-    own_peak = _reset_peak_rss()  # the case's setup counts toward its peak
+    own_peak = reset_peak_rss()  # the case's setup counts toward its peak
     try:
         t0 = time.perf_counter()
         loader = _make_loader(name, samples, spec, cfg, device, tmp)
@@ -347,7 +225,7 @@ def measure(
         views = one_epoch(e)
         rates.append(views / (time.perf_counter() - t0))
     q = statistics.quantiles(rates, n=5) if len(rates) >= 2 else [rates[0]] * 4
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _peak_rss_bytes()
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss_bytes()
     return {
         **row,
         "status": "ok",

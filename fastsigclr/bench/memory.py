@@ -8,8 +8,10 @@ fires exactly when the memory is released, views and tensors saved for backward 
 
 from __future__ import annotations
 
+import resource
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -71,3 +73,23 @@ def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> int:
     with TensorAllocations() as mode:
         fn()
     return mode.peak_bytes
+
+
+def reset_peak_rss() -> bool:
+    """Start this process's resident-memory high-water mark (Linux's VmHWM) anew, so that each
+    case's peak is its own (ru_maxrss only grows: every case after the largest reported that
+    one's peak); False where the kernel offers no reset."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak RSS (proc(5))
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory since ``reset_peak_rss`` (VmHWM), else since it began."""
+    try:
+        status = Path("/proc/self/status").read_text().splitlines()
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
