@@ -119,11 +119,17 @@ def test_a_file_pillow_reads_but_dali_does_not_is_one_line(tmp_path, monkeypatch
         list(_loader(index, max_broken=0.2).epoch(0))
 
 
-def test_training_with_dali_leaves_out_a_cut_file(tmp_path, capsys):
-    """Through the CLI: --max-broken reaches the DALI loader, and the run finishes."""
+def _folder_with_a_cut_file(tmp_path):
+    """A 5-class folder of 20 training images, one of them (a bird) cut short: (folder, that file)."""
     data = write_cifar_folder(tmp_path / "data", per_class=4, val_per_class=1, classes=5)
     truncated = next((data / "train" / "bird").iterdir())
     _cut_file(truncated)
+    return data, truncated
+
+
+def test_training_with_dali_leaves_out_a_cut_file(tmp_path, capsys):
+    """Through the CLI: --max-broken reaches the DALI loader, and the run finishes."""
+    data, truncated = _folder_with_a_cut_file(tmp_path)
     out = tmp_path / "run"
     args = folder_args(data, out, "--batch-size", "8", "--loader", "dali", "--max-broken", "0.1")
     assert main(args) == 0
@@ -137,9 +143,7 @@ def test_a_resumed_run_leaves_out_the_files_of_every_session(tmp_path, capsys):
     """summary.json's train_images leaves out what every session of the run left out: a file met
     in both sessions once, and an earlier session's when the last one meets none (resumed after
     its last checkpoint, before its summary: it counted 20 of 20)."""
-    data = write_cifar_folder(tmp_path / "data", per_class=4, val_per_class=1, classes=5)
-    truncated = next((data / "train" / "bird").iterdir())
-    _cut_file(truncated)
+    data, truncated = _folder_with_a_cut_file(tmp_path)
     out = tmp_path / "run"
     args = folder_args(data, out, "--batch-size", "4", "--loader", "dali", "--max-broken", "0.1")
     assert main(args) == 0
