@@ -185,22 +185,21 @@ def _unique_tensors(state: dict[str, Any]) -> dict[str, Any]:
     return unique
 
 
-def _load_part(path: str | Path, part: str, build: Callable[[], nn.Module], map_location: str) -> nn.Module:
-    """The ``part`` of the exported file ``path`` in the module ``build`` makes from its metadata.
-    The module is built first on the meta device and its shapes compared with the file's (read
-    from its header): an edited ``"width": "100000"`` allocated a 360 GB ResNet before any
-    comparison, and an unreadable field ended in a KeyError or ValueError traceback."""
-    st, prefix = _safetensors(), f"{part}."
+def _check_described(path: str | Path, part: str, build: Callable[[], nn.Module]) -> None:
+    """The module ``build`` makes from the exported file's metadata, built on the meta device and
+    compared, name for name and shape for shape, with the file's ``part`` tensors (read from its
+    header) before any memory is taken: an edited ``"width": "100000"`` allocated a 360 GB ResNet
+    before any comparison, and an unreadable field ended in a traceback."""
     try:
         with torch.device("meta"):
             described = build()
-    except (KeyError, ValueError, TypeError, OverflowError) as err:
+    except (KeyError, ValueError, TypeError, OverflowError, RuntimeError) as err:
         raise FastSigCLRError(
             f"{path}: its metadata does not describe a {part} ({type(err).__name__}: {err}): the file "
             f"was edited by hand; export the run again"
         ) from None
-    own = described.state_dict(keep_vars=True)
-    with st.safe_open(str(path), framework="pt") as f:
+    own, prefix = described.state_dict(keep_vars=True), f"{part}."
+    with _safetensors().safe_open(str(path), framework="pt") as f:
         names = [k for k in f.keys() if k.startswith(prefix)]  # noqa: SIM118 (safe_open is not iterable)
         stored = {k[len(prefix) :]: tuple(f.get_slice(k).get_shape()) for k in names}
     shapes = [
@@ -211,19 +210,27 @@ def _load_part(path: str | Path, part: str, build: Callable[[], nn.Module], map_
             f"{path}: its {part} tensors do not fit the {type(described).__name__} its metadata describes "
             f"({'; '.join(shapes[:2])}): the file was edited or assembled by hand; export the run again"
         )
-    module = build()
-    own = module.state_dict(keep_vars=True)
-    tensors = st.torch.load_file(str(path), device=map_location)
-    state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    # The names left out at export must be second names of tensors that were loaded.
-    loaded = {id(own[k]) for k in state if k in own}
-    aliases_only = all(id(own[k]) in loaded for k in missing)
-    if unexpected or not aliases_only:
+    # The names left out at export must be second names of tensors the file holds (a block's
+    # last_bn is its last batch norm: one tensor, two names; safetensors stores it once).
+    held = {id(own[k]) for k in stored if k in own}
+    missing = [k for k in own if k not in stored and id(own[k]) not in held]
+    unexpected = [k for k in stored if k not in own]
+    if missing or unexpected:
         raise FastSigCLRError(
-            f"{path}: its {part} tensors do not fit a {type(module).__name__} built from its metadata "
-            f"(missing {missing}, unexpected {unexpected}); export the run again"
+            f"{path}: its {part} tensors do not fit a {type(described).__name__} built from its metadata "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}); export the run again"
         )
+
+
+def _load_part(path: str | Path, part: str, build: Callable[[], nn.Module], map_location: str) -> nn.Module:
+    """The ``part`` of the exported file ``path`` in the module ``build`` makes from its metadata,
+    in eval mode on ``map_location``, once ``_check_described`` found that it fits."""
+    _check_described(path, part, build)
+    module, prefix = build(), f"{part}."
+    tensors = _safetensors().torch.load_file(str(path), device=map_location)
+    module.load_state_dict(
+        {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=False
+    )
     return module.to(map_location).eval()
 
 

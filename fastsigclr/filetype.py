@@ -21,11 +21,12 @@ _KINDS = (
 
 def not_a_file(path: str | Path) -> str | None:
     """What stands at ``path`` ("a folder", "a symbolic link", "a character device", ...) when it
-    is not a regular file, never following a link; None when it is one or nothing is there (or a
-    file stands where one of its folders goes: the write says so)."""
+    is not a regular file, never following a link; None when it is one, nothing is there, or it
+    cannot be looked at (a file where one of its folders goes, a folder without search permission:
+    the write then fails with its own ``WriteError``)."""
     try:
         mode = os.lstat(path).st_mode
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:  # nothing there, or a folder that cannot be searched: the write says which
         return None
     if stat.S_ISREG(mode):
         return None

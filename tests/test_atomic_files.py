@@ -222,3 +222,22 @@ def test_only_a_regular_file_is_replaced(tmp_path):
     assert after.keys() == before.keys()  # no a.bin, no temporary
     assert all(after[n].st_mode == before[n].st_mode and after[n].st_ino == before[n].st_ino for n in after)
     assert (tmp_path / "target").read_bytes() == b"the link's file"
+
+
+def test_a_path_that_cannot_be_looked_at_is_left_to_the_write(tmp_path, monkeypatch):
+    """A folder without search permission: lstat's PermissionError escaped the check of what
+    stands at the path as a traceback, where the write itself says it in one line (WriteError)."""
+    from fastsigclr import filetype
+
+    target = tmp_path / "locked" / "x.json"
+
+    def denied(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(filetype.os, "lstat", denied)
+    assert filetype.not_a_file(target) is None
+    if os.geteuid() != 0:  # root searches any folder
+        monkeypatch.undo()
+        target.parent.mkdir(mode=0o600)
+        with pytest.raises(ckpt.WriteError, match="Permission denied"):
+            ckpt.write_atomic(target, lambda f: f.write(b"{}"), fix="fix")

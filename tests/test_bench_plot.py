@@ -111,6 +111,9 @@ def test_bench_dist_shows_progress_and_refuses_a_size_that_cannot_fit(tmp_path, 
     err = fails_with([*huge, "--out", str(tmp_path / "huge")], capsys)
     assert "--sizes 100000000 with --dim 4096 needs about 18,310.5 GiB" in err and "use --sizes ≤" in err
     assert not (tmp_path / "huge").exists()
+    wide = ["bench", "dist", "--device", "cpu", "--sizes", "4", "--dim", "2000000000"]
+    err = fails_with([*wide, "--out", str(tmp_path / "huge")], capsys)
+    assert "use --dim ≤ " in err and "--sizes ≤" not in err, err
 
 
 def edited(name: str, edit) -> str:

@@ -338,6 +338,7 @@ def test_an_edited_config_is_one_line_before_a_model_is_built(
             "its metadata does not describe a projector (ValueError: projector",
         ),
         ({"has_projector": None}, "projector", "holds no projector; export it again with --projector"),
+        ({"out_dim": "-1"}, "projector", "its metadata does not describe a projector (RuntimeError"),
     ],
 )
 def test_tampered_metadata_is_one_line_before_a_model_is_built(run_dir, tmp_path, edit, part, message):
@@ -365,3 +366,27 @@ def test_export_refuses_non_finite_weights(run_dir, tmp_path, capsys):
     out = tmp_path / "enc.safetensors"
     line = fails_with(["export", "--run", str(run), "--out", str(out)], capsys)
     assert "holds non-finite weights (backbone.stem.0.weight has NaN or inf)" in line and not out.exists()
+
+
+def test_an_exported_file_without_its_tensors_is_refused_before_a_model_is_built(
+    run_dir, tmp_path, monkeypatch
+):
+    """Only the shapes of the tensors a file holds were compared: a file with the projector's
+    tensors alone and "width": "512" built a 2.9 GB ResNet on the CPU before saying what was
+    missing. Now names are compared on the meta device too, and no model is built for real."""
+    from fastsigclr import export
+
+    path = tmp_path / "enc.safetensors"
+    assert main(["export", "--run", str(run_dir), "--out", str(path), "--projector"]) == 0
+    tensors = {k: v for k, v in safetensors_torch.load_file(str(path)).items() if k.startswith("projector.")}
+    edited = tmp_path / "edited.safetensors"
+    safetensors_torch.save_file(tensors, str(edited), metadata={**read_metadata(path), "width": "512"})
+    built = []
+    real = export.ResNet
+    monkeypatch.setattr(export, "ResNet", lambda *a: built.append(torch.empty(0).device.type) or real(*a))
+    with pytest.raises(
+        FastSigCLRError, match=r"do not fit a ResNet built from its metadata \(missing \['stem"
+    ):
+        load_backbone(edited)
+    assert built == ["meta"]
+    assert load_backbone(path) is not None and built[1:] == ["meta", "cpu"]  # the whole file: both

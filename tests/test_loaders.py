@@ -161,7 +161,15 @@ def test_dali_takes_pillows_pixels_where_it_would_read_a_file_otherwise(tmp_path
     from_pixels = epoch_of(DaliLoader(pixels, np.zeros(11, np.int64), spec, 11, CPU, torch.float32, seed=3))
     for (a, _), (b, _) in zip(from_files, from_pixels, strict=True):
         assert torch.equal(a, b)
-    DaliLoader(index.subset(np.arange(8)), None, spec, 4, CPU, torch.float32)  # left out: no error
+    # A subset (--limit-train) renumbers the samples: the notes move with them, and so do the ids
+    # fed as Pillow's pixels (a stale id would send the GIF to DALI raw, a PNG through Pillow).
+    picked = np.array([9, 0, 1, 8])
+    moved = DaliLoader(index.subset(picked), None, spec, 4, CPU, torch.float32, seed=3)
+    assert moved.by_pillow == {0, 3}
+    capsys.readouterr()
+    from_pixels = DaliLoader(pixels[picked], np.zeros(4, np.int64), spec, 4, CPU, torch.float32, seed=3)
+    for (a, _), (b, _) in zip(epoch_of(moved), epoch_of(from_pixels), strict=True):
+        assert torch.equal(a, b)
 
 
 # ---- FFCV: the numba operations ----------------------------------------------------------------

@@ -66,10 +66,15 @@ def check_fits(cfg: BenchDistConfig, device: torch.device, available: int | None
     need = BYTES_PER_ELEMENT * rows * cfg.dim
     if need > available:
         largest = 2 * (int(available / (BYTES_PER_ELEMENT * cfg.dim)) // 2)
+        smaller = (
+            f"--sizes ≤ {largest}"
+            if largest >= 2
+            else f"--dim ≤ {max(1, int(available / (BYTES_PER_ELEMENT * rows)))}"  # not even 2 rows fit
+        )
         raise FastSigCLRError(
             f"--sizes {rows} with --dim {cfg.dim} needs about {need / 2**30:,.1f} GiB ({BYTES_PER_ELEMENT} "
             f"bytes per input element, measured), more than the {available / 2**30:.1f} GiB available: "
-            f"use --sizes ≤ {largest}"
+            f"use {smaller}"
         )
 
 
