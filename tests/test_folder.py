@@ -451,6 +451,30 @@ def test_linked_subfolders_of_a_class_are_read_once_and_loops_are_said(tmp_path)
     ) in text, text
 
 
+def test_two_class_folders_that_are_one_folder_are_refused(tmp_path, capsys):
+    """train/dog2, a link to train/dog, trained dog's images under two labels ("all 18 images
+    decode", no note): refused now with one line naming both and the link; in val/ as well."""
+    data = images_at(
+        tmp_path / "data", "train/cat/0.png", "train/dog/0.png", "val/cat/0.png", "val/dog/0.png"
+    )
+    (data / "train/dog2").symlink_to(data / "train/dog")
+    args = ["data", "verify", "--dataset", "folder", "--data-dir", str(data), "--no-progress"]
+    assert fails_with(args, capsys) == (
+        f"fastsigclr: error: the class folders dog and dog2 of {data / 'train'} are one folder "
+        f"({(data / 'train/dog').resolve()}): its images would have two labels; remove the link "
+        f"{data / 'train/dog2'}"
+    )
+    (data / "train/dog2").unlink()
+    images_at(data, "train/dog2/0.png")
+    (data / "val/dog2").symlink_to(data / "val/cat")  # a link sorted after: still the link is named
+    assert fails_with(args, capsys).endswith(
+        f"the class folders cat and dog2 of {data / 'val'} are one folder ({(data / 'val/cat').resolve()}): "
+        f"its images would have two labels; remove the link {data / 'val/dog2'}"
+    )
+    (data / "val/dog2").unlink()
+    assert main(args) == 0
+
+
 def test_a_layout_error_names_the_layout_meant(tmp_path):
     """A torchvision root (DIR/<class>/*) and an empty val/ were told to put the images in
     DIR/train/<class>/, which they had (val/) or which a parent did."""

@@ -47,6 +47,21 @@ def _folder_key(path: Path) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
+def _one_class_per_folder(split_dir: Path, class_dirs: list[Path]) -> None:
+    """Refuse two class folders that are one real folder (one a link to the other, or both links
+    to a third): its images would be trained under two labels, and skipping one would change the
+    class list."""
+    taken: dict[tuple[int, int], Path] = {}
+    for folder in class_dirs:
+        first = taken.setdefault(_folder_key(folder), folder)
+        if first is not folder:
+            link = folder if folder.is_symlink() or not first.is_symlink() else first
+            raise DatasetError(
+                f"the class folders {first.name} and {folder.name} of {split_dir} are one folder "
+                f"({os.path.realpath(folder)}): its images would have two labels; remove the link {link}"
+            )
+
+
 def _walk(folder: Path, seen: set[tuple[int, int]], looped: list[Path]) -> tuple[list[Path], list[Path]]:
     """(image files, other files) in ``folder`` and its subfolders, sorted (a class's images are
     often kept in folders by date or source). Links to folders are followed, as a linked class
@@ -208,6 +223,7 @@ class FolderReader:
         self._loose += loose
         self._ignored += other
         class_dirs = [split_dir / name for name in self.classes if (split_dir / name).is_dir()]
+        _one_class_per_folder(split_dir, class_dirs)
         # Each real folder once: the split's own folders may not be read again through a link.
         seen = {_folder_key(p) for p in (self.folder, split_dir, *class_dirs)}
         for label, name in enumerate(self.classes):
