@@ -82,6 +82,7 @@ BUDGET = (
     "device",
     "precision",
     "knn_every",
+    "max_broken",
 )
 _UNSET = "`fastsigclr train`'s default"
 SWEEP_LOCK = "sweep.lock"
@@ -112,6 +113,7 @@ class SweepConfig:
     device: str | None = option_from(TrainConfig, "device", None, unset=_UNSET)
     precision: str | None = option_from(TrainConfig, "precision", None, unset=_UNSET)
     knn_every: int | None = option_from(TrainConfig, "knn_every", None, unset=_UNSET)
+    max_broken: float | None = option_from(TrainConfig, "max_broken", None, unset=_UNSET)
     linear_epochs: int | None = option_from(
         EvalConfig, "linear_epochs", None, unset="`fastsigclr eval`'s default"
     )
@@ -147,17 +149,32 @@ def plan(cfg: SweepConfig) -> list[PlannedRun]:
     return [_planned(cfg, index, setting, seed) for index, (setting, seed) in enumerate(grid, 1)]
 
 
-def finished_before(cfg: SweepConfig, runs: list[PlannedRun]) -> list[PlannedRun]:
+def finished_before(
+    cfg: SweepConfig, runs: list[PlannedRun], log: Callable[[str], None] = print
+) -> list[PlannedRun]:
     """Finished runs of the sweep directory outside this grid (an earlier call with more settings
-    or seeds): the report keeps them, so a rerun of a subset never drops results."""
+    or seeds): the report keeps them, so a rerun of a subset never drops results. Only a folder
+    named as the sweep names its runs (``sigclr-seed00`` is not seed 0's), holding the run the
+    sweep would plan there (``_check_finished``); another is named through ``log`` and left out."""
     planned = {run.run_dir.name for run in runs}
     found = []
     for run_dir in sorted((Path(cfg.out) / "runs").glob("*-seed*")):
         setting, _, seed = run_dir.name.rpartition("-seed")
-        if run_dir.name in planned or setting not in SETTINGS or not seed.isdigit():
+        canonical = seed.isdigit() and str(int(seed)) == seed
+        if (
+            run_dir.name in planned
+            or setting not in SETTINGS
+            or not canonical
+            or run_state(run_dir) != "done"
+        ):
             continue
-        if run_state(run_dir) == "done":
-            found.append(_planned(cfg, len(runs) + len(found) + 1, setting, int(seed)))
+        run = _planned(cfg, len(runs) + len(found) + 1, setting, int(seed))
+        try:
+            _check_finished(run)
+        except FastSigCLRError as err:
+            log(f"left out of the report: {err}")
+            continue
+        found.append(run)
     return found
 
 
@@ -280,6 +297,19 @@ def _accuracies(record: dict[str, Any]) -> str:
     return f"kNN {100 * record['knn_acc']:.2f}%, linear {100 * record['linear_acc']:.2f}%"
 
 
+def _done_before(run: PlannedRun, where: str, failures: dict[int, str], log: Callable[[str], None]) -> bool:
+    """A run evaluated by an earlier call: skipped and counted if it is the run the grid plans
+    there, else a failure of this run (``failures``). Returns whether it is counted."""
+    try:
+        _check_finished(run)
+    except FastSigCLRError as err:
+        failures[run.index] = str(err)
+        log(f"{where}: FAILED: {err}")
+        return False
+    log(f"{where}: skipped, done before ({_accuracies(collect_run(run.run_dir))})")
+    return True
+
+
 def run_sweep(
     cfg: SweepConfig, command: list[str] | None = None, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
@@ -329,7 +359,7 @@ def _sweep(
     if any(run_state(run.run_dir) not in ("done", "trained") for run in runs):  # some run trains
         _check_data(runs)  # before sweep.json pins a budget the data cannot give
     _check_budget(cfg)  # after every option is known to be valid: it writes the sweep's sweep.json
-    earlier = finished_before(cfg, runs)
+    earlier = finished_before(cfg, runs, log)
     if earlier:
         log(f"the report keeps {len(earlier)} finished run(s) of earlier calls outside this grid")
         grid = head["grid"]
@@ -344,7 +374,8 @@ def _sweep(
         where = f"[{run.index}/{total}] {run.setting} seed {run.seed}"
         state = run_state(run.run_dir)
         if state == "done":
-            log(f"{where}: skipped, done before ({_accuracies(collect_run(run.run_dir))})")
+            if not _done_before(run, where, failures, log):
+                write_results(Path(cfg.out), head, report, failures)
             continue
         start_note = {"checkpointed": "resuming from its checkpoint", "trained": "evaluating"}
         log(f"{where}: {start_note.get(state, 'training')} in {run.run_dir}")

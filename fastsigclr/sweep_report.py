@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from fastsigclr import significance
 from fastsigclr.bench.plot import save_figure
 from fastsigclr.checkpoint import json_text, read_text, write_text_atomic
 from fastsigclr.config import FastSigCLRError, default_of, to_dict
-from fastsigclr.runconfig import TrainConfig, saved_config
+from fastsigclr.runconfig import TrainConfig
 from fastsigclr.runlog import read_records
 
 EVAL_FILE = "sweep-eval.json"  # in each run directory: the sweep's evaluation of that run
@@ -84,41 +85,70 @@ def _epoch_record(record: dict[str, Any]) -> bool:
     return record.get("kind") == "epoch" and whole and timed
 
 
-def collect_run(run_dir: Path) -> dict[str, Any]:
-    """A run directory's results: kNN curve and training time from metrics.jsonl, loss scalars
-    from summary.json, the sweep's kNN and linear accuracy from its evaluation file."""
-    epochs = [r for r in read_records(run_dir / "metrics.jsonl") if _epoch_record(r)]
-    found: dict[str, Any] = {
-        "epochs_done": len(epochs),
-        "train_seconds": sum(r["seconds"] for r in epochs),
-        "knn_curve": [[r["epoch"] + 1, r["knn_acc"]] for r in epochs if r.get("knn_acc") is not None],
-    }
+def _number(value: Any, low: float = -math.inf, high: float = math.inf) -> bool:
+    """A finite JSON number (not a bool) within [low, high]."""
+    plain = isinstance(value, int | float) and not isinstance(value, bool)
+    return plain and math.isfinite(value) and low <= value <= high
+
+
+def _summary(run_dir: Path) -> dict[str, Any]:
+    """summary.json's loss scalars and last kNN monitor, each a finite number (a hand-edited
+    ``"final_logit_bias": "abc"`` ended the report in a TypeError traceback)."""
     summary = _run_file(run_dir, "summary.json") or {}
     # Summaries written before the loss registry named sigclr's logit scale final_temperature.
     summary.setdefault("final_logit_scale", summary.get("final_temperature"))
     summary.setdefault("final_logit_bias", summary.get("final_bias"))  # and its logit bias final_bias
-    for key in ("final_logit_bias", "final_logit_scale"):
-        if summary.get(key) is not None:
-            found[key] = summary[key]
-    if "knn_acc" in summary:
-        found["monitor_knn_acc"] = summary["knn_acc"]  # the trainer's own last kNN monitor
-    evaluation = _run_file(run_dir, EVAL_FILE)
-    if evaluation is not None:
-        try:
-            found.update(
-                knn_acc=float(evaluation["knn"]["accuracy"]),
-                linear_acc=float(evaluation["linear"]["accuracy"]),
-                linear_train_acc=float(evaluation["linear"]["train_accuracy"]),
-                eval_seconds=float(evaluation["seconds"]),
+    found = {}
+    for key, name in (("final_logit_bias",) * 2, ("final_logit_scale",) * 2, ("knn_acc", "monitor_knn_acc")):
+        value = summary.get(key)
+        if value is not None and not _number(value):
+            raise FastSigCLRError(
+                f"{run_dir / 'summary.json'} is damaged ({key} is {value!r:.40}, not a number); restore "
+                f"it, or delete it (then run the sweep again)"
             )
-            k = evaluation["knn"].get("k")
-            if isinstance(k, int) and not isinstance(k, bool):
-                found["knn_k"] = k  # the vote's (an older record's: the --knn-k asked, even past the bank)
-        except (KeyError, TypeError, ValueError) as err:
-            fix = "restore it, or delete it (the sweep evaluates the run again)"
-            what = f"an accuracy is missing: {err!r}"
-            raise FastSigCLRError(f"{run_dir / EVAL_FILE} is damaged ({what}); {fix}") from None
+        if value is not None:
+            found[name] = value  # knn_acc: the trainer's own last kNN monitor
     return found
+
+
+def _evaluation(run_dir: Path) -> dict[str, Any]:
+    """The sweep's kNN and linear accuracies of the run (none before it is evaluated), each a
+    number in [0, 1]: "nan" was reported as "kNN nan%"."""
+    evaluation = _run_file(run_dir, EVAL_FILE)
+    if evaluation is None:
+        return {}
+    try:
+        found = {
+            "knn_acc": float(evaluation["knn"]["accuracy"]),
+            "linear_acc": float(evaluation["linear"]["accuracy"]),
+            "linear_train_acc": float(evaluation["linear"]["train_accuracy"]),
+            "eval_seconds": float(evaluation["seconds"]),
+        }
+        highest = {"knn_acc": 1, "linear_acc": 1, "linear_train_acc": 1, "eval_seconds": math.inf}
+        what = next((f"{k} is {v}" for k, v in found.items() if not _number(v, 0, highest[k])), None)
+        k = evaluation["knn"].get("k")
+        if isinstance(k, int) and not isinstance(k, bool):
+            found["knn_k"] = k  # the vote's (an older record's: the --knn-k asked, even past the bank)
+    except (KeyError, TypeError, ValueError) as err:
+        what = f"an accuracy is missing: {err!r}"
+    if what is not None:
+        fix = "restore it, or delete it (the sweep evaluates the run again)"
+        raise FastSigCLRError(f"{run_dir / EVAL_FILE} is damaged ({what}); {fix}")
+    return found
+
+
+def collect_run(run_dir: Path) -> dict[str, Any]:
+    """A run directory's results: kNN curve and training time from metrics.jsonl, loss scalars
+    from summary.json, the sweep's kNN and linear accuracy from its evaluation file."""
+    epochs = [r for r in read_records(run_dir / "metrics.jsonl") if _epoch_record(r)]
+    return {
+        "epochs_done": len(epochs),
+        "train_seconds": sum(r["seconds"] for r in epochs),
+        # an accuracy edited into something else is left out, as an edited line is
+        "knn_curve": [[r["epoch"] + 1, r["knn_acc"]] for r in epochs if _number(r.get("knn_acc"), 0, 1)],
+        **_summary(run_dir),
+        **_evaluation(run_dir),
+    }
 
 
 def knn_k(config: dict[str, Any], recorded: int | None) -> int:
@@ -261,15 +291,6 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     save_figure(fig, path)
 
 
-def _config(saved: dict[str, Any]) -> dict[str, Any]:
-    """A run's config.json ``config`` read in today's names (an old file's model filled from its
-    preset: ``saved_config``); as it is when it does not read."""
-    try:
-        return to_dict(saved_config(saved))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return saved
-
-
 def write_results(
     out: Path, head: dict[str, Any], runs: list[PlannedRun], failures: dict[int, str]
 ) -> dict[str, Any]:
@@ -277,10 +298,10 @@ def write_results(
     entries = []
     for run in runs:
         state = run_state(run.run_dir)
-        status = "failed" if run.index in failures and state != "done" else STATUS[state]
-        saved = _run_file(run.run_dir, "config.json")
-        found = saved.get("config") if saved else None  # a foreign config.json: the trainer refuses it
-        config = _config(found) if isinstance(found, dict) else to_dict(run.train_config.resolved())
+        status = "failed" if run.index in failures else STATUS[state]
+        # The planned settings: a finished run's config.json (a file a user can edit) is checked
+        # against them before the run is evaluated or counted (sweep._check_finished).
+        config = to_dict(run.train_config.resolved())
         entry = {"index": run.index, "setting": run.setting, "seed": run.seed, "run_dir": str(run.run_dir)}
         entry.update(status=status, config=config, **collect_run(run.run_dir))
         entry["knn_k"] = knn_k(config, entry.get("knn_k"))

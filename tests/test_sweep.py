@@ -14,7 +14,7 @@ from fastsigclr import checkpoint
 from fastsigclr.cli import build_parser, main
 from fastsigclr.config import build, from_args
 from fastsigclr.runlog import read_metrics
-from fastsigclr.sweep import SETTINGS, SweepConfig, run_sweep
+from fastsigclr.sweep import SETTINGS, SweepConfig, plan, run_sweep
 
 BUDGET = [
     *("--dataset", "cifar10", "--device", "cpu", "--width", "8", "--proj-dims", "32,16"),
@@ -321,14 +321,74 @@ def test_the_same_data_folder_named_another_way_is_the_same_budget(tmp_path, mon
         _check_budget(build(SweepConfig, {"out": str(out), "data_dir": "other"}))
 
 
-def test_an_old_runs_config_is_reported_with_its_presets_model():
-    """config.json files written before configs were resolved hold no arch or proj_dims: the
-    report reads them with the preset's (results.md joined proj_dims, and raised on None)."""
-    from fastsigclr.sweep_report import _config
+def test_a_finished_run_is_counted_only_if_it_is_the_grids(grid, cifar10_dir, tmp_path, capsys):
+    """Finished (evaluated) runs were skipped without a check: another sweep's run copied into a
+    planned folder, or a run of the grid at another --epochs (sweep.json deleted), was averaged
+    with the rest; a folder named sigclr-seed00 was read as seed 0's run and counted twice."""
+    out = tmp_path / "grid"
+    shutil.copytree(grid[0], out)
+    runs = out / "runs"
+    config = json.loads((runs / "sigclr-seed1" / "config.json").read_text())
+    config["config"]["epochs"] = 3
+    (runs / "sigclr-seed1" / "config.json").write_text(json.dumps(config))
+    shutil.copytree(runs / "sigclr-seed0", runs / "sigclr-seed00")
+    shutil.copytree(runs / "sigclr-seed1", runs / "sigclr-seed7")  # outside the grid: left out too
+    assert main(sweep_args(cifar10_dir, out, *GRID)) == 1
+    printed = capsys.readouterr().out
+    assert "sigclr seed 1: FAILED: " in printed and "--epochs 3 (the sweep's: 2)" in printed, printed
+    assert "left out of the report: " in printed and "sigclr-seed7 holds a finished run" in printed, printed
+    saved = json.loads((out / "results.json").read_text())
+    assert [(r["setting"], r["seed"], r["status"]) for r in saved["runs"]] == [
+        ("sigclr", 0, "done"),
+        ("sigclr-fixed-b0", 0, "done"),
+        ("sigclr", 1, "failed"),
+        ("sigclr-fixed-b0", 1, "done"),
+    ]
+    assert (
+        saved["table"][0]["done"] == 1
+        and "| sigclr | method=sigclr | 1/2 |" in (out / "results.md").read_text()
+    )
 
-    config = _config({"dataset": "tinyimagenet", "arch": None, "proj_dims": None, "width": 8})
-    assert (config["arch"], list(config["proj_dims"]), config["width"]) == ("resnet50", [4096, 4096, 128], 8)
-    assert _config({"dataset": 3}) == {"dataset": 3}  # one that does not read stays as it is
+
+@pytest.mark.parametrize(
+    "name,edit,message",
+    [
+        (
+            "summary.json",
+            {"final_logit_bias": "abc"},
+            "summary.json is damaged (final_logit_bias is 'abc', not a",
+        ),
+        ("sweep-eval.json", {"knn": {"accuracy": "nan"}}, "sweep-eval.json is damaged (knn_acc is nan)"),
+        ("config.json", {"config": {}}, None),
+    ],
+)
+def test_a_hand_edited_run_file_is_one_line_or_its_run_fails(
+    grid, cifar10_dir, tmp_path, capsys, name, edit, message
+):
+    """A value of the wrong type in a run's files ended the sweep's report in a TypeError traceback
+    (summary.json, config.json), or was reported ("kNN nan%"). Damaged values are one line naming
+    the file; a config.json that is not the planned run's fails that run alone."""
+    out = tmp_path / "grid"
+    shutil.copytree(grid[0], out)
+    path = out / "runs" / "sigclr-seed0" / name
+    path.write_text(json.dumps({**json.loads(path.read_text()), **edit}))
+    args = sweep_args(cifar10_dir, out, *GRID)
+    if message is None:
+        assert main(args) == 1
+        assert "sigclr seed 0: FAILED: " in capsys.readouterr().out
+        assert json.loads((out / "results.json").read_text())["runs"][0]["status"] == "failed"
+        return
+    with pytest.raises(SystemExit):
+        main(args)
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and message in err.splitlines()[-1], err
+
+
+def test_the_sweep_passes_max_broken_to_its_runs(tmp_path):
+    """A folder with a broken image told the sweep to "raise --max-broken", an option it lacked."""
+    cfg = build(SweepConfig, {"out": str(tmp_path / "s"), "max_broken": 0.25, "settings": ("sigclr",)})
+    assert cfg.budget()["max_broken"] == 0.25
+    assert all(run.train_config.max_broken == 0.25 for run in plan(cfg))
 
 
 def test_what_the_data_cannot_give_fails_before_the_budget_is_kept(cifar10_dir, tmp_path, capsys):
