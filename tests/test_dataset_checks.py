@@ -6,6 +6,8 @@ class-name file (never read by training) is not called corrupt data. On small ge
 
 import pickle
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -215,3 +217,93 @@ def test_a_missing_class_name_file_is_not_called_corrupt(tmp_path, monkeypatch, 
         len(load_data(TrainConfig(dataset=name, data_dir=str(data_dir), progress=False)).train)
         == info.train_count
     )
+
+
+def _key_not_utf8(batch: bytes) -> bytes:
+    record = pickle.loads(batch, encoding="bytes")
+    record[b"\xcfdata"] = record.pop(b"data")  # a flipped byte in an official key (bytes there)
+    return pickle.dumps(record, protocol=2)
+
+
+# (a damaged or crafted batch file, what the one line says of it) for `train` and `data verify`
+CRAFTED = {
+    "key not UTF-8": (_key_not_utf8, "UnicodeDecodeError"),
+    "a 128 TiB ndarray": (
+        lambda _: b"\x80\x02cnumpy\nndarray\n\x8a\x06\x00\x00\x00\x00\x00\x10\x85R.",
+        "an array declares shape (17592186044416,) of 140737488355328 bytes, more than the file's 28 bytes",
+    ),
+    "ndarray without a shape": (lambda _: b"cnumpy\nndarray\n)R.", "TypeError"),
+    "deep nesting": (lambda _: b"\x80\x02" + b"]" * 10**6 + b"a" * (10**6 - 1) + b".", "RecursionError"),
+}
+
+
+@pytest.mark.parametrize("craft", list(CRAFTED))
+def test_a_damaged_or_crafted_batch_is_one_line(tmp_path, monkeypatch, capsys, craft):
+    """A flipped byte in a key (UnicodeDecodeError), a crafted ndarray of 128 TiB (MemoryError, or
+    swap) or of no shape (TypeError) crashed `data verify` and training with a traceback."""
+    data_dir = tmp_path / "data"
+    info = write_cifar(data_dir, per_class=1, test_per_class=1)
+    monkeypatch.setitem(DATASETS, "cifar10", info)
+    path = data_dir / info.folder / "data_batch_1"
+    make, said = CRAFTED[craft]
+    path.write_bytes(make(path.read_bytes()))
+    fix = f"delete {path.parent} and download it again"
+    train = fails_with(train_args("cifar10", data_dir, tmp_path / "run"), capsys)
+    assert train.startswith(f"fastsigclr: error: {path} is truncated or corrupt (") and said in train, train
+    assert fix in train
+    verify = fails_with(["data", "verify", "--dataset", "cifar10", "--data-dir", str(data_dir)], capsys)
+    assert "data_batch_1 does not load (" in verify and said in verify and fix in verify, verify
+
+
+def _array_state(shape, dtype, data) -> bytes:
+    """A protocol-2 pickle of an array whose state (shape, dtype, data) is any we choose."""
+
+    class Crafted:
+        def __reduce__(self):
+            return (
+                np._core.multiarray._reconstruct,
+                (np.ndarray, (0,), b"b"),
+                (1, shape, dtype, False, data),
+            )
+
+    return pickle.dumps({b"data": Crafted()}, protocol=2)
+
+
+@pytest.mark.parametrize(
+    "payload,said",
+    [
+        (_array_state((5,), np.dtype("O"), [1, 2]), "does not fill shape (5,) of object"),
+        (_array_state((2,), np.dtype("O"), b"\x01" * 16), "does not fill shape (2,) of object"),
+        (_array_state((2**33,), np.dtype("O"), [1]), "an array declares shape (8589934592,)"),
+        (
+            pickle.dumps(np.zeros(2, np.uint8), protocol=2).replace(b"J\xff\xff\xff\xffK\x00", b"K\x00"),
+            "dtype",
+        ),
+    ],
+)
+def test_a_crafted_array_state_is_refused_before_numpy_reads_it(tmp_path, payload, said):
+    """numpy trusts a pickled array's state: an object array given a short list or bytes, or a dtype
+    whose state is damaged, crashed the interpreter (segmentation fault); run in a child process."""
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(payload)
+    code = (
+        "import sys; from pathlib import Path; from fastsigclr.data.cifar import BatchError, load_pickle\n"
+        "try: load_pickle(Path(sys.argv[1]))\nexcept BatchError as err: print(err)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and f"{path} is truncated or corrupt (UnpicklingError: " in proc.stdout, proc
+    assert said in proc.stdout, proc.stdout
+
+
+def test_plain_arrays_still_load(tmp_path):
+    """The checks refuse only what numpy cannot be trusted with: plain arrays of each kind load."""
+    from fastsigclr.data import plain_pickle
+
+    for array in (np.arange(6, dtype=">i4"), np.array([b"ab", b"c"]), np.array(["x"]), np.array([1, None])):
+        for protocol in (2, 4):
+            path = tmp_path / "a"
+            path.write_bytes(pickle.dumps({b"a": array, b"d": array.dtype}, protocol=protocol))
+            with open(path, "rb") as f:
+                loaded = plain_pickle.load(f)
+            assert type(loaded[b"a"]) is np.ndarray and loaded[b"a"].tolist() == array.tolist()
+            assert loaded[b"d"] == array.dtype

@@ -7,7 +7,6 @@ verify never calls usable what training then refuses."""
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -36,17 +35,22 @@ def load_pickle(path: Path, hint: str = "delete its folder to fetch again") -> d
     try:
         with open(path, "rb") as f:
             raw = plain_pickle.load(f)  # never calls what a crafted file names
-    except (pickle.UnpicklingError, EOFError, ValueError, AttributeError, ImportError, IndexError) as err:
-        reason = f"{type(err).__name__}: {err}"
+        if isinstance(raw, dict):
+            return {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
+    except OSError:  # the file cannot be read: not a damaged batch (said where it is caught)
+        raise
+    # Whatever else a damaged or crafted file makes the unpickler (or a key's decoding) raise: an
+    # UnpicklingError, UnicodeDecodeError, TypeError, MemoryError, RecursionError (deep nesting), ...
+    except Exception as err:
+        said = " ".join(str(err).split())  # on one line, whatever the file put in the message
+        reason = f"{type(err).__name__}: {said[:200]}" if said else type(err).__name__
         raise BatchError(
             f"{path} is truncated or corrupt ({reason}); {hint}", f"{path.name} does not load ({reason})"
         ) from err
-    if not isinstance(raw, dict):
-        raise BatchError(
-            f"{path} does not hold a CIFAR batch dictionary; {hint}",
-            f"{path.name} does not load (not a CIFAR batch dictionary)",
-        )
-    return {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
+    raise BatchError(
+        f"{path} does not hold a CIFAR batch dictionary; {hint}",
+        f"{path.name} does not load (not a CIFAR batch dictionary)",
+    )
 
 
 def _whole(value: object) -> bool:
