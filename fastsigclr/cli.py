@@ -208,10 +208,10 @@ def _cmd_data_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_write_ffcv(args: argparse.Namespace) -> int:
-    from fastsigclr.data.loaders import WriteFfcvConfig, stored_note, write_ffcv
+    from fastsigclr.data.loaders import WriteFfcvConfig, stored_note, write_ffcv, written_line
 
-    path, stored = write_ffcv(from_args(WriteFfcvConfig, args))
-    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    path, stored, written = write_ffcv(from_args(WriteFfcvConfig, args))
+    print(written_line(path, written))
     if stored is not None:  # a run finds it only at this storage size
         print(stored_note(stored))
     return 0

@@ -1,6 +1,7 @@
 """The watch over FFCV's writer workers (``fastsigclr.data.ffcv_watch``), without FFCV: a child
 process that fails wakes the main thread out of a wait that would not end by itself; one that
-ends well does not; a SIGUSR2 it did not send reaches the handler it replaced."""
+ends well does not; a SIGUSR2 it did not send reaches the handler it replaced. Then, with FFCV,
+what a .beton already there is taken for: cut, with a damaged record, a folder or a link."""
 
 import faulthandler
 import multiprocessing
@@ -73,3 +74,90 @@ def test_a_wake_up_landing_as_the_watch_stops_is_dropped():
     watch.failed, watch._sent, watch._armed = "exit status 1", True, True
     with pytest.raises(WorkerFailed):
         watch._wake(WAKE, SimpleNamespace(f_code=_exit_with.__code__))
+
+
+def _beton_case(tmp_path):
+    pytest.importorskip("ffcv")
+    import numpy as np
+
+    from fastsigclr.data.samples import SampleIndex
+
+    rng = np.random.default_rng(0)
+    samples = SampleIndex.from_array(rng.integers(0, 256, (12, 8, 8, 3), np.uint8), np.arange(12) % 3)
+    return tmp_path / "ffcv" / "d.beton", samples
+
+
+def test_a_cut_beton_or_a_damaged_record_is_written_again(tmp_path, capsys):
+    """A .beton cut short beside its record was kept and trusted ("wrote ... (0.0 MiB)"), with no
+    record as well; a record that is no JSON was called absent ("an older fastsigclr wrote it").
+    Each is now written again, saying why; a whole one is kept, and said to be."""
+    from fastsigclr.data.ffcv_loader import beton_images
+    from fastsigclr.data.loaders import ensure_beton
+
+    path, samples = _beton_case(tmp_path)
+    assert ensure_beton(path, samples, progress=False) == (path, True)
+    size = path.stat().st_size
+    assert ensure_beton(path, samples, progress=False) == (path, False)
+    assert capsys.readouterr().err == ""
+    record = path.with_name("d.beton.json")
+    for damage in ("cut", "cut without record", "record"):
+        if damage == "record":
+            record.write_text("{")
+        else:
+            os.truncate(path, 1000)
+        if damage == "cut without record":
+            record.unlink()
+        assert ensure_beton(path, samples, progress=False) == (path, True), damage
+        err = capsys.readouterr().err
+        assert path.stat().st_size == size and beton_images(path) == 12, damage
+        if damage == "record":
+            assert "has a damaged record of the data it was written from (d.beton.json: not JSON" in err
+        else:
+            assert f"{path} is truncated or damaged (" in err and "writing it again" in err, err
+    assert f"1000 bytes, {size} as written" in _ensure_cut(path, samples, capsys)
+
+
+def _ensure_cut(path, samples, capsys) -> str:
+    from fastsigclr.data.loaders import ensure_beton
+
+    os.truncate(path, 1000)
+    ensure_beton(path, samples, progress=False)
+    return capsys.readouterr().err
+
+
+def test_a_beton_path_that_is_a_folder_or_a_link_is_refused(tmp_path, capsys):
+    """A folder at the .beton's path with --force was an IsADirectoryError traceback; a link there
+    to another file was used as the data ("wrote ... (0.0 MiB)"). Both are one line now, the
+    file the link names untouched; `data write-ffcv` says "kept" of a .beton it did not write."""
+    from folder_fixture import odd_images
+
+    from fastsigclr.cli import main
+
+    data = tmp_path / "data"
+    for c in ("a", "b"):
+        (data / "train" / c).mkdir(parents=True)
+        for i in range(3):
+            (data / "train" / c / f"{i}.png").write_bytes(odd_images()["gray.png"])
+    args = ["data", "write-ffcv", "--dataset", "folder", "--data-dir", str(data), "--no-progress"]
+    assert main(args) == 0
+    beton = data / "ffcv" / "folder-train.beton"
+    assert f"\nwrote {beton} (" in capsys.readouterr().out
+    assert main(args) == 0
+    assert f"\nkept {beton} (" in capsys.readouterr().out
+    other = tmp_path / "other.txt"
+    other.write_text("not a beton")
+    beton.unlink()
+    for kind, make in (("a folder", beton.mkdir), ("a symbolic link", lambda: beton.symlink_to(other))):
+        make()
+        for force in ([], ["--force"]):
+            with pytest.raises(SystemExit) as exit_info:
+                main([*args, *force])
+            err = capsys.readouterr().err.strip()
+            assert exit_info.value.code == 2 and "Traceback" not in err, err
+            assert err.splitlines()[-1] == (
+                f"fastsigclr: error: {beton} is {kind}, not a file fastsigclr wrote: move it away (the "
+                f"FFCV dataset is written in its place), or pass --ffcv-dir DIR, another folder"
+            )
+        assert other.read_text() == "not a beton"
+        if kind == "a folder":
+            beton.rmdir()

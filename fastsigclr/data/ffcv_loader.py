@@ -103,17 +103,39 @@ def content_key(samples: SampleIndex, store_size: int | None, jpeg: bool) -> str
     return h.hexdigest()
 
 
-def _key_file(path: Path) -> Path:
+def record_file(path: Path) -> Path:
+    """The record beside the .beton at ``path`` of what it was written from: ``<name>.json``."""
     return path.with_name(f"{path.name}.json")
 
 
-def written_from(path: Path) -> str | None:
-    """The ``content_key`` recorded beside the .beton at ``path`` (None: none, or unreadable)."""
+def written_from(path: Path) -> dict[str, Any] | str | None:
+    """The record beside the .beton at ``path``: {"content_key": str, "size": its bytes (absent
+    in an older fastsigclr's)}; None: none there; a string: why it cannot be read (damaged)."""
     try:
-        key = json.loads(ckpt.read_text(_key_file(path))).get("content_key")
-    except (OSError, ValueError, AttributeError):
+        record = json.loads(ckpt.read_text(record_file(path)))
+    except FileNotFoundError:
         return None
-    return key if isinstance(key, str) else None
+    except OSError as err:
+        return f"cannot be read: {err.strerror or err}"
+    except ValueError as err:
+        return f"not JSON: {err}"
+    if not isinstance(record, dict) or not isinstance(record.get("content_key"), str):
+        return "no content_key in it"
+    size = record.get("size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool)):
+        return f"its size is {size!r}, not a number of bytes"
+    return record
+
+
+def beton_images(beton: Path) -> int | str:
+    """The number of images FFCV's header and tables of ``beton`` hold, or why FFCV cannot read
+    them (a cut file lost its allocation table, written last; any other file is no .beton)."""
+    from ffcv.reader import Reader
+
+    try:
+        return int(Reader(str(beton)).num_samples)
+    except Exception as err:  # an untrusted file: whatever its bytes make the reader raise
+        return f"{type(err).__name__}: {err}"
 
 
 def _stop_writer(writer: Any, before: set[Any], err: BaseException) -> None:
@@ -190,12 +212,14 @@ def write_beton(
             raise
         if watch.failed is not None:  # a worker failed as the write ended: the file is not trusted
             raise watch.error(path, indexed.error.value.decode(errors="replace"))
-        _key_file(path).unlink(missing_ok=True)  # the old record goes before the old file does
+        record_file(path).unlink(missing_ok=True)  # the old record goes before the old file does
+        size = tmp.stat().st_size
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
     key = content_key(samples, store_size, jpeg)
-    ckpt.write_text_atomic(_key_file(path), json.dumps({"content_key": key}) + "\n")
+    # Its size: a .beton cut short since (a full disk, a partial copy) is not taken for this data.
+    ckpt.write_text_atomic(record_file(path), json.dumps({"content_key": key, "size": size}) + "\n")
     return path
 
 

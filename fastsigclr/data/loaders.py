@@ -26,11 +26,19 @@ from fastsigclr.data.datasets import (
     dataset_option,
     prepare,
 )
-from fastsigclr.data.ffcv_loader import FfcvLoader, content_key, write_beton, written_from
+from fastsigclr.data.ffcv_loader import (
+    FfcvLoader,
+    beton_images,
+    content_key,
+    record_file,
+    write_beton,
+    written_from,
+)
 from fastsigclr.data.gpu_loader import GpuLoader
 from fastsigclr.data.info import FFCV_SUBFOLDER, default_store_size
 from fastsigclr.data.samples import SampleIndex
 from fastsigclr.data.splits import open_splits
+from fastsigclr.filetype import not_a_file
 from fastsigclr.runinfo import package_version
 
 
@@ -54,6 +62,50 @@ def beton_path(
     return folder / f"{info.name}-train{suffix}.beton"
 
 
+def _own_files(path: Path) -> None:
+    """Refuse a .beton path (or its record's) that is not a regular file: a folder cannot be
+    written over, and a link would be read as the data (or written through) whatever it names."""
+    for p in (path, record_file(path)):
+        kind = not_a_file(p)
+        if kind:
+            raise FastSigCLRError(
+                f"{p} is {kind}, not a file fastsigclr wrote: move it away (the FFCV dataset is written "
+                f"in its place), or pass --ffcv-dir DIR, another folder"
+            )
+
+
+def _why_write(path: Path, samples: SampleIndex, store_size: int | None, jpeg: bool) -> str | None:
+    """Why the .beton at ``path`` is to be written ("": there is none; None: it is this split's,
+    kept). One whose size is not its record's, or (an older record's, none) that FFCV cannot
+    read, is cut or damaged; one without a record is used, with a note."""
+    if not path.exists():
+        return ""
+    recorded = written_from(path)
+    if isinstance(recorded, str):
+        return f"has a damaged record of the data it was written from ({path.name}.json: {recorded})"
+    size = path.stat().st_size
+    if recorded is not None and recorded.get("size") is not None:
+        if recorded["size"] != size:
+            return f"is truncated or damaged ({size} bytes, {recorded['size']} as written)"
+    else:
+        images = beton_images(path)
+        if isinstance(images, str):
+            return f"is truncated or damaged ({images})"
+        if images != len(samples):
+            return f"holds {images} images, the split {len(samples)}"
+    if recorded is None:
+        print(
+            f"fastsigclr: {path} has no record of the data it was written from ({path.name}.json: an "
+            f"older fastsigclr wrote it, or it was copied without it): using it as it is; `fastsigclr "
+            f"data write-ffcv --force` writes it again from the data",
+            file=sys.stderr,
+        )
+        return None
+    if recorded["content_key"] != content_key(samples, store_size, jpeg):
+        return "was written from other data (the split's images or labels changed since)"
+    return None
+
+
 def ensure_beton(
     path: Path,
     samples: SampleIndex,
@@ -61,37 +113,35 @@ def ensure_beton(
     store_size: int | None = None,
     jpeg: bool = False,
     progress: bool = True,
-) -> Path:
-    """The .beton of this split at ``path``, written first if it does not exist (raw pixels, or
-    JPEG for splits read from image files). Every image is decoded once first: those that fail
-    are reported and the write stops (a .beton must not hold holes). One whose record says it was
-    written from other data (images or labels changed, added or removed since: ``content_key``) is
-    written again; one with no record (an older fastsigclr's, or copied without it) is used."""
-    recorded = written_from(path) if path.is_file() else None
-    if path.is_file() and recorded is None:
-        print(
-            f"fastsigclr: {path} has no record of the data it was written from ({path.name}.json: an "
-            f"older fastsigclr wrote it, or it was copied without it): using it as it is; `fastsigclr "
-            f"data write-ffcv --force` writes it again from the data",
-            file=sys.stderr,
-        )
-    elif recorded != content_key(samples, store_size, jpeg):
-        if recorded is not None:
-            note = "was written from other data (the split's images or labels changed since)"
-            print(f"fastsigclr: {path} {note}: writing it again", file=sys.stderr)
-        elif progress:
-            print(f"writing the FFCV dataset {path} (once)")
-        if not samples.decoded:
-            fix = "repair or delete the files listed above: an FFCV dataset holds every image"
-            report_broken(samples.name, samples.undecodable(progress=progress), len(samples), 0.0, fix=fix)
-        try:
-            write_beton(path, samples, store_size=store_size, jpeg=jpeg, progress=progress)
-        except OSError as err:
-            raise FastSigCLRError(
-                f"cannot write the FFCV dataset {path} ({err.strerror or err}): pass --ffcv-dir DIR, a "
-                f"writable folder, to `fastsigclr train --loader ffcv` or `fastsigclr data write-ffcv`"
-            ) from err
-    return path
+    force: bool = False,
+) -> tuple[Path, bool]:
+    """The .beton of this split at ``path`` and whether it was written now: when it does not
+    exist, is cut or damaged, or ``force`` (raw pixels, or JPEG for splits read from image files).
+    Every image is decoded once first: those that fail are reported and the write stops (a .beton
+    must not hold holes; the old file is replaced only by a whole new one). One whose record says
+    it was written from other data (images or labels changed, added or removed since:
+    ``content_key``) is written again; one with no record (an older fastsigclr's, or copied
+    without it) is used when FFCV reads it."""
+    _own_files(path)
+    forced = force and path.exists()
+    why = "" if forced else _why_write(path, samples, store_size, jpeg)
+    if why is None:
+        return path, False
+    if why:
+        print(f"fastsigclr: {path} {why}: writing it again", file=sys.stderr)
+    elif progress:
+        print(f"writing the FFCV dataset {path} " + ("again (--force)" if forced else "(once)"))
+    if not samples.decoded:
+        fix = "repair or delete the files listed above: an FFCV dataset holds every image"
+        report_broken(samples.name, samples.undecodable(progress=progress), len(samples), 0.0, fix=fix)
+    try:
+        write_beton(path, samples, store_size=store_size, jpeg=jpeg, progress=progress)
+    except OSError as err:
+        raise FastSigCLRError(
+            f"cannot write the FFCV dataset {path} ({err.strerror or err}): pass --ffcv-dir DIR, a "
+            f"writable folder, to `fastsigclr train --loader ffcv` or `fastsigclr data write-ffcv`"
+        ) from err
+    return path, True
 
 
 def loader_versions() -> dict[str, str | None]:
@@ -132,7 +182,7 @@ def _beton(src: LoaderSource) -> dict[str, Any]:
     store = _store(src.samples, src.store_size)
     path = beton_path(src.info, src.data_dir, src.limit, src.ffcv_dir, store)
     jpeg = src.samples.files is not None
-    return {"beton": ensure_beton(path, src.samples, store_size=store, jpeg=jpeg, progress=src.progress)}
+    return {"beton": ensure_beton(path, src.samples, store_size=store, jpeg=jpeg, progress=src.progress)[0]}
 
 
 def _gpu_bench(samples: SampleIndex, spec: Any, workers: int, tmp: Path, store: int | None) -> dict[str, Any]:
@@ -218,9 +268,10 @@ def stored_note(stored: int) -> str:
     )
 
 
-def write_ffcv(cfg: WriteFfcvConfig) -> tuple[Path, int | None]:
-    """The .beton ``train --loader ffcv`` reads for ``cfg``'s data, written when missing or stale
-    (``--force``: always), and the side its images are stored at (None: as they are)."""
+def write_ffcv(cfg: WriteFfcvConfig) -> tuple[Path, int | None, bool]:
+    """The .beton ``train --loader ffcv`` reads for ``cfg``'s data, written when missing, stale,
+    cut or damaged (``--force``: always), the side its images are stored at (None: as they are)
+    and whether it was written now (False: the one there was kept)."""
     info = DATASETS[cfg.dataset]
     data_dir = data_folder(cfg.data_dir)
     folder = prepare(info, data_dir, download_ok=cfg.download, progress=cfg.progress)
@@ -232,12 +283,18 @@ def write_ffcv(cfg: WriteFfcvConfig) -> tuple[Path, int | None]:
         limit_option="--limit",
     )  # fmt: skip
     samples = splits.pretrain
-    src = LoaderSource(
-        info, data_dir, samples, cfg.limit, cfg.ffcv_dir, cfg.progress, store_size=store_size,
-        max_broken=cfg.max_broken,
-    )  # fmt: skip
     stored = _store(samples, store_size)
     path = beton_path(info, data_dir, cfg.limit, cfg.ffcv_dir, stored)
-    if cfg.force:
-        path.unlink(missing_ok=True)
-    return _beton(src)["beton"], stored
+    jpeg = samples.files is not None  # as a run's _beton writes it
+    path, written = ensure_beton(
+        path, samples, store_size=stored, jpeg=jpeg, progress=cfg.progress, force=cfg.force
+    )
+    return path, stored, written
+
+
+def written_line(path: Path, written: bool) -> str:
+    """What ``data write-ffcv`` says of the .beton it wrote, or kept (this data's already)."""
+    size = f"{path.stat().st_size / 2**20:.1f} MiB"
+    if written:
+        return f"wrote {path} ({size})"
+    return f"kept {path} ({size}), the one there; --force writes it again"
