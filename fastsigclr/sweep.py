@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,29 +24,25 @@ import torch
 from fastsigclr import checkpoint as ckpt
 from fastsigclr.config import (
     SEED_MAX,
-    ConfigError,
     FastSigCLRError,
     build,
     check_fields,
     check_not_empty,
-    flag,
     option,
     option_from,
     to_dict,
 )
-from fastsigclr.data.order import check_batch
 from fastsigclr.eval import EvalConfig, score, split_features
-from fastsigclr.recipe import compute_dtypes, load_data
-from fastsigclr.runconfig import TrainConfig, read_config, uses_labels
-from fastsigclr.rundir import RESUMABLE
+from fastsigclr.recipe import compute_dtypes
+from fastsigclr.runconfig import TrainConfig
 from fastsigclr.runinfo import resolve_device, run_record
 from fastsigclr.runlock import lock_dir
 from fastsigclr.runmodel import load_run_model
+from fastsigclr.sweep_checks import check_budget, check_data, check_finished
 from fastsigclr.sweep_report import (
     EVAL_FILE,
     PlannedRun,
     collect_run,
-    read_json,
     run_state,
     write_results,
 )
@@ -155,7 +151,7 @@ def finished_before(
     """Finished runs of the sweep directory outside this grid (an earlier call with more settings
     or seeds): the report keeps them, so a rerun of a subset never drops results. Only a folder
     named as the sweep names its runs (``sigclr-seed00`` is not seed 0's), holding the run the
-    sweep would plan there (``_check_finished``); another is named through ``log`` and left out."""
+    sweep would plan there (``check_finished``); another is named through ``log`` and left out."""
     planned = {run.run_dir.name for run in runs}
     found = []
     for run_dir in sorted((Path(cfg.out) / "runs").glob("*-seed*")):
@@ -170,65 +166,12 @@ def finished_before(
             continue
         run = _planned(cfg, len(runs) + len(found) + 1, setting, int(seed))
         try:
-            _check_finished(run)
+            check_finished(run)
         except FastSigCLRError as err:
             log(f"left out of the report: {err}")
             continue
         found.append(run)
     return found
-
-
-def _whole_paths(budget: dict[str, Any]) -> dict[str, Any]:
-    """The budget with its folder (--data-dir) as a whole path: the same folder named from another
-    working directory, or with ~, is the same budget."""
-    value = budget.get("data_dir")
-    if not isinstance(value, str) or not value:  # "": the dataset's default folder, as train reads it
-        return budget
-    return {**budget, "data_dir": str(Path(value).expanduser().absolute())}
-
-
-def _check_data(runs: list[PlannedRun]) -> None:
-    """What the data must give every run, checked once before the first: the budget's limits and
-    batch (each run failed alone on them, and the sweep directory kept that budget), labelled
-    train and test images (each run trained in full, then failed at its evaluation), and labels to
-    pre-train on for a setting that uses them."""
-    first = runs[0].train_config.resolved()
-    data = load_data(dataclasses.replace(first, progress=False), announce=False)
-    check_batch(first.batch_size or 0, len(data.pretrain), "images to pre-train on", "use more images")
-    if not data.has_knn:
-        raise ConfigError(
-            f"a sweep scores each run by kNN and a linear probe on labelled train and test images, and "
-            f"{data.info.name} in {first.data_dir} has none (a flat folder, or no val/): give "
-            f"DIR/train/<class>/ and DIR/val/<class>/, or train single runs with `fastsigclr train`"
-        )
-    labelled = sorted({run.setting for run in runs if uses_labels(run.train_config)})
-    if labelled and not data.pretrain.labelled:
-        rest = [s for s in dict.fromkeys(run.setting for run in runs) if s not in labelled]
-        fix = f"pass --settings {','.join(rest)}" if rest else "choose settings without labels"
-        raise ConfigError(
-            f"the settings {', '.join(labelled)} contrast by class labels and the {data.info.name} images "
-            f"they would pre-train on have none: {fix}"
-        )
-
-
-def _check_budget(cfg: SweepConfig) -> None:
-    """A sweep directory keeps one budget: its runs are only comparable at the same one."""
-    path = Path(cfg.out) / "sweep.json"
-    given = {**cfg.budget(), "linear_epochs": cfg.linear_epochs}
-    current = _whole_paths(json.loads(json.dumps({k: v for k, v in given.items() if v is not None})))
-    saved = read_json(path, "restore it, or use another --out")
-    if saved is None:
-        ckpt.write_text_atomic(path, ckpt.json_text(current, indent=2) + "\n")
-        return
-    # One written before paths were recorded whole (relative, or with a ~) is compared whole too;
-    # the message quotes it as it was saved.
-    whole = _whole_paths(saved)
-    diff = [k for k in sorted({*whole, *current}) if whole.get(k) != current.get(k)]
-    if diff:
-        listed = "; ".join(
-            f"{flag(k)} was {saved.get(k, 'unset')!r}, now {current.get(k, 'unset')!r}" for k in diff
-        )
-        raise ConfigError(f"{cfg.out} holds a sweep at another budget: {listed}; use another --out")
 
 
 def _evaluate(cfg: SweepConfig, run: PlannedRun) -> dict[str, Any]:
@@ -252,24 +195,6 @@ def _evaluate(cfg: SweepConfig, run: PlannedRun) -> dict[str, Any]:
     return result
 
 
-def _check_finished(run: PlannedRun) -> None:
-    """A finished run in the sweep's folder must be the one the grid plans there (another put in
-    its place was evaluated and averaged with the rest): its settings, its epochs included."""
-    fix = f"move it out of {run.run_dir.parent} and run the sweep again"
-    saved = read_config(run.run_dir, f"cannot read the run {run.run_dir}", fix)
-    planned = run.train_config.resolved()
-    differ = [
-        f"{flag(name)} {getattr(saved, name)!r} (the sweep's: {getattr(planned, name)!r})"
-        for name in to_dict(planned)
-        if (name == "epochs" or name not in RESUMABLE) and getattr(saved, name) != getattr(planned, name)
-    ]
-    if differ:
-        raise FastSigCLRError(
-            f"{run.run_dir} holds a finished run with other settings than the sweep's {run.setting} seed "
-            f"{run.seed}: {'; '.join(differ)}; {fix}"
-        )
-
-
 def _execute(cfg: SweepConfig, run: PlannedRun, state: str, command: list[str] | None) -> str:
     """Train (fresh, resumed or restarted) and evaluate one run; returns what was done. A run
     folder without a checkpoint ("started") is left to the trainer, under the run's lock: it
@@ -282,8 +207,16 @@ def _execute(cfg: SweepConfig, run: PlannedRun, state: str, command: list[str] |
             again="the same sweep command continues it (and the runs after it)",
         )
     else:  # a resumed run is checked by the trainer; a finished one is only evaluated
-        _check_finished(run)
-    _evaluate(cfg, run)
+        check_finished(run)
+    try:
+        _evaluate(cfg, run)
+    except KeyboardInterrupt:  # the trainer says how to go on when it is interrupted; so does this
+        print(
+            f"fastsigclr: the evaluation of {run.run_dir} was interrupted: the run is trained; the same "
+            f"sweep command evaluates it (and goes on with the runs after it)",
+            file=sys.stderr,
+        )
+        raise
     return ACTIONS[state]
 
 
@@ -301,7 +234,7 @@ def _done_before(run: PlannedRun, where: str, failures: dict[int, str], log: Cal
     """A run evaluated by an earlier call: skipped and counted if it is the run the grid plans
     there, else a failure of this run (``failures``). Returns whether it is counted."""
     try:
-        _check_finished(run)
+        check_finished(run)
     except FastSigCLRError as err:
         failures[run.index] = str(err)
         log(f"{where}: FAILED: {err}")
@@ -357,8 +290,8 @@ def _sweep(
         },
     }
     if any(run_state(run.run_dir) not in ("done", "trained") for run in runs):  # some run trains
-        _check_data(runs)  # before sweep.json pins a budget the data cannot give
-    _check_budget(cfg)  # after every option is known to be valid: it writes the sweep's sweep.json
+        check_data(runs)  # before sweep.json pins a budget the data cannot give
+    check_budget(cfg)  # after every option is known to be valid: it writes the sweep's sweep.json
     earlier = finished_before(cfg, runs, log)
     if earlier:
         log(f"the report keeps {len(earlier)} finished run(s) of earlier calls outside this grid")

@@ -300,7 +300,7 @@ def write_results(
         state = run_state(run.run_dir)
         status = "failed" if run.index in failures else STATUS[state]
         # The planned settings: a finished run's config.json (a file a user can edit) is checked
-        # against them before the run is evaluated or counted (sweep._check_finished).
+        # against them before the run is evaluated or counted (sweep_checks.check_finished).
         config = to_dict(run.train_config.resolved())
         entry = {"index": run.index, "setting": run.setting, "seed": run.seed, "run_dir": str(run.run_dir)}
         entry.update(status=status, config=config, **collect_run(run.run_dir))

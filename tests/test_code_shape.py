@@ -35,7 +35,7 @@ FLOORS = {
     **dict.fromkeys(("cluster", "distributed", "runconfig", "runweights"), 2),
     **dict.fromkeys(("recipe", "runmodel", "eval", "knn", "rundir", "runfiles", "runlock"), 3),
     **dict.fromkeys(("train", "divergence", "export", "ccem"), 4),
-    **dict.fromkeys(("sweep", "sweep_report", "bench"), 5),
+    **dict.fromkeys(("sweep", "sweep_checks", "sweep_report", "bench"), 5),
     **dict.fromkeys(("cli", "cli_args", "entry", "__main__"), 6),
 }
 

@@ -302,7 +302,7 @@ def test_a_damaged_sweep_file_is_named(grid, tmp_path, cifar10_dir, capsys, name
 def test_the_same_data_folder_named_another_way_is_the_same_budget(tmp_path, monkeypatch, capsys):
     """sweep.json records --data-dir whole; one saved with a ~ or a relative path (as earlier
     versions wrote it) is the same budget as the whole path, and another folder is not."""
-    from fastsigclr.sweep import _check_budget
+    from fastsigclr.sweep_checks import check_budget
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
@@ -312,13 +312,13 @@ def test_the_same_data_folder_named_another_way_is_the_same_budget(tmp_path, mon
         (out / "sweep.json").write_text(json.dumps({"data_dir": saved}))
         for given in ("~/data", "data", str(tmp_path / "data")):  # as typed on the command line
             args = build_parser().parse_args(["sweep", "--out", str(out), "--data-dir", given])
-            _check_budget(from_args(SweepConfig, args))
+            check_budget(from_args(SweepConfig, args))
     (out / "sweep.json").unlink()
-    _check_budget(build(SweepConfig, {"out": str(out), "data_dir": "data"}))
+    check_budget(build(SweepConfig, {"out": str(out), "data_dir": "data"}))
     assert json.loads((out / "sweep.json").read_text()) == {"data_dir": str(tmp_path / "data")}
     (out / "sweep.json").write_text(json.dumps({"data_dir": "data"}))
     with pytest.raises(Exception, match="another budget: --data-dir was 'data', now '.*other'; use"):
-        _check_budget(build(SweepConfig, {"out": str(out), "data_dir": "other"}))
+        check_budget(build(SweepConfig, {"out": str(out), "data_dir": "other"}))
 
 
 def test_a_finished_run_is_counted_only_if_it_is_the_grids(grid, cifar10_dir, tmp_path, capsys):
@@ -419,7 +419,8 @@ def test_a_finished_run_of_other_settings_in_the_grids_place_is_not_evaluated(gr
     """A finished run put in a planned run's folder (trained, not yet evaluated by the sweep) was
     evaluated and averaged with the others: width 4 beside the grid's 8, said nowhere. Its planned
     twin, trained by the sweep itself, passes the same check."""
-    from fastsigclr.sweep import SweepConfig, _check_finished, plan
+    from fastsigclr.sweep import SweepConfig, plan
+    from fastsigclr.sweep_checks import check_finished
 
     out = tmp_path / "grid"
     shutil.copytree(grid[0], out)
@@ -438,4 +439,23 @@ def test_a_finished_run_of_other_settings_in_the_grids_place_is_not_evaluated(gr
     ), printed
     args = build_parser().parse_args(sweep_args(cifar10_dir, out, *GRID))
     runs = plan(from_args(SweepConfig, args))
-    _check_finished(next(r for r in runs if (r.setting, r.seed) == ("sigclr", 0)))
+    check_finished(next(r for r in runs if (r.setting, r.seed) == ("sigclr", 0)))
+
+
+def test_ctrl_c_while_a_run_is_evaluated_says_how_to_go_on(grid, cifar10_dir, tmp_path, monkeypatch, capsys):
+    """The trainer says how to continue an interrupted run; an interrupted evaluation said only
+    "interrupted"."""
+    from fastsigclr import sweep
+
+    out = tmp_path / "grid"
+    shutil.copytree(grid[0], out)
+    (out / "runs" / "sigclr-seed1" / "sweep-eval.json").unlink()  # trained: the sweep evaluates it
+
+    def interrupted(cfg, run):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "_evaluate", interrupted)
+    assert main(sweep_args(cifar10_dir, out, *GRID)) == 130
+    err = capsys.readouterr().err
+    assert f"the evaluation of {out / 'runs' / 'sigclr-seed1'} was interrupted: the run is trained" in err
+    assert "the same sweep command evaluates it" in err and err.rstrip().endswith("interrupted"), err
