@@ -4,6 +4,7 @@ so verify never calls usable what training refuses; a --data-dir that is the dat
 is named before anything is downloaded; each failure names the file and the fix; a missing
 class-name file (never read by training) is not called corrupt data. On small generated data."""
 
+import os
 import pickle
 import shutil
 import subprocess
@@ -307,3 +308,32 @@ def test_plain_arrays_still_load(tmp_path):
                 loaded = plain_pickle.load(f)
             assert type(loaded[b"a"]) is np.ndarray and loaded[b"a"].tolist() == array.tolist()
             assert loaded[b"d"] == array.dtype
+
+
+@pytest.mark.parametrize("kind", ["a folder", "a FIFO (named pipe)", "a symbolic link to a folder"])
+def test_an_archive_path_that_is_not_a_file_is_one_line(tmp_path, monkeypatch, capsys, kind):
+    """An archive path that was a folder gave an IsADirectoryError traceback, and a FIFO hung
+    `data download` for ever (md5sum read it); neither is read, nor downloaded over."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    archive = data_dir / DATASETS["cifar10"].archive
+    if kind == "a FIFO (named pipe)":
+        os.mkfifo(archive)
+    elif kind == "a folder":
+        archive.mkdir()
+    else:
+        (tmp_path / "elsewhere").mkdir()
+        archive.symlink_to(tmp_path / "elsewhere")
+
+    def never(*args, **kwargs):
+        raise AssertionError("read or downloaded the archive path")
+
+    monkeypatch.setattr("fastsigclr.data.datasets.download", never)
+    monkeypatch.setattr("fastsigclr.data.datasets.md5sum", never)  # without the fix: fail, not hang
+    expected = (
+        f"fastsigclr: error: {archive} is {kind}, not the cifar10 archive; remove it to download it again"
+    )
+    args = ["data", "download", "--dataset", "cifar10", "--data-dir", str(data_dir), "--no-progress"]
+    assert fails_with(args, capsys) == expected
+    assert fails_with(train_args("cifar10", data_dir, tmp_path / "run"), capsys) == expected
+    assert sorted(p.name for p in data_dir.iterdir()) == [archive.name]

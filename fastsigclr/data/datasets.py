@@ -24,6 +24,7 @@ from fastsigclr.data.info import DatasetError, DatasetInfo
 from fastsigclr.data.samples import Reader, SampleIndex
 from fastsigclr.data.stl10 import STL10_FILES, Stl10Reader
 from fastsigclr.data.tinyimagenet import TinyImageNetReader
+from fastsigclr.filetype import not_a_file
 
 DATA_ENV = "FASTSIGCLR_DATA"
 __all__ = [
@@ -198,6 +199,12 @@ def prepare(
             f"--data-dir DIR with DIR/train/<class>/ (and optionally DIR/val/<class>/)"
         )
     archive = data_dir / info.archive
+    if (archive.is_symlink() or archive.exists()) and not archive.is_file():  # never read a FIFO: it hangs
+        target = not_a_file(os.path.realpath(archive)) or "nothing"  # through a link: what it names
+        what = f"a symbolic link to {target}" if archive.is_symlink() else not_a_file(archive)
+        raise DatasetError(
+            f"{archive} is {what}, not the {info.name} archive; remove it to download it again"
+        )
     if archive.exists():
         actual = md5sum(archive)
         if actual != info.md5:
