@@ -513,3 +513,16 @@ def test_a_test_folder_without_val_is_named(tmp_path):
         "no val/ folder: the kNN monitor is off; test/ was found and is not read: rename it val/ to use "
         "it for the kNN monitor"
     )
+
+
+def test_a_train_that_is_a_file_is_named(tmp_path, capsys):
+    """DIR/train a file beside val/<class>/: read as a flat folder, the error spoke of val/'s
+    class folders and "no train/"."""
+    data = write_cifar_folder(tmp_path / "data", per_class=2, val_per_class=1, classes=2)
+    train = data / "train"
+    for path in sorted(train.rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    train.rmdir()
+    train.write_bytes(b"")
+    err = fails_with(["data", "verify", "--dataset", "folder", "--data-dir", str(data)], capsys)
+    assert err.endswith(f"{train} is not a folder: put the training images in {train}/<class>/"), err

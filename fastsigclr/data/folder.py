@@ -138,6 +138,8 @@ class FolderReader:
                 f"(or images directly in DIR)"
             )
         train = self.folder / "train"
+        if os.path.lexists(train) and not train.is_dir():  # read as a flat folder, it told of val/
+            raise DatasetError(f"{train} is not a folder: put the training images in {train}/<class>/")
         self.flat = not train.is_dir()
         self.classes = [] if self.flat else _classes(info, train)
         if not self.flat and not self.classes:
