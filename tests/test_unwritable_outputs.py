@@ -68,3 +68,16 @@ def test_eval_names_a_folder_where_its_result_goes_before_the_work(run_copy, cap
     os.mkfifo(folder)  # replaced by a file after the work, before the writer refused it
     err = fails_with(["eval", "--run", str(run_copy), "knn", "--no-progress"], capsys)
     assert err.endswith(f"{folder} is a FIFO (named pipe), where eval writes its result: remove or rename it")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_an_out_that_links_to_nowhere_is_named(tmp_path, command, capsys):
+    """A dangling symbolic link as --out was "it or a folder above it is a file"."""
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "nowhere")
+    err = fails_with([*COMMANDS[command], "--out", str(link)], capsys)
+    assert err.endswith(
+        f"--out {link} is not writable (it is a symbolic link to {tmp_path / 'nowhere'}, which does not "
+        f"exist); choose another --out"
+    ), err
+    assert not (tmp_path / "nowhere").exists()
