@@ -337,3 +337,17 @@ def test_an_archive_path_that_is_not_a_file_is_one_line(tmp_path, monkeypatch, c
     assert fails_with(args, capsys) == expected
     assert fails_with(train_args("cifar10", data_dir, tmp_path / "run"), capsys) == expected
     assert sorted(p.name for p in data_dir.iterdir()) == [archive.name]
+
+
+def test_stl10_class_names_that_are_not_text_are_one_line(tmp_path, capsys):
+    """A class_names.txt that is not UTF-8 gave a UnicodeDecodeError traceback."""
+    folder = tmp_path / "stl10_binary"
+    folder.mkdir()
+    for name in ("train_X", "train_y", "test_X", "test_y", "unlabeled_X"):
+        (folder / f"{name}.bin").write_bytes(b"\0" * 1000)
+    (folder / "class_names.txt").write_bytes(b"airplane\nbird\xcf\x28\n")
+    said = fails_with(["data", "verify", "--dataset", "stl10", "--data-dir", str(tmp_path)], capsys)
+    assert said == (
+        f"fastsigclr: error: {folder / 'class_names.txt'} is not UTF-8 text (invalid continuation byte at "
+        f"byte 13): not the STL-10 class names; delete {folder} to fetch it again"
+    )

@@ -29,8 +29,20 @@ class Stl10Reader:
 
     def __init__(self, info: DatasetInfo, folder: Path) -> None:
         self.info, self.folder = info, Path(folder)
-        names = path.read_text().split() if (path := self.folder / "class_names.txt").is_file() else []
+        names = self._class_names(self.folder / "class_names.txt")
         self.classes = tuple(names) if len(names) == info.num_classes else ()
+
+    def _class_names(self, path: Path) -> list[str]:
+        """The names in ``path`` (none when it is missing), or a DatasetError when it is not text."""
+        if not path.is_file():
+            return []
+        try:
+            return path.read_bytes().decode("utf-8").split()
+        except UnicodeDecodeError as err:
+            raise DatasetError(
+                f"{path} is not UTF-8 text ({err.reason} at byte {err.start}): not the STL-10 class names; "
+                f"delete {self.folder} to fetch it again"
+            ) from err
 
     def _images(self, name: str, count: int) -> np.memmap:
         path = self.folder / name
