@@ -246,9 +246,8 @@ def writable_folder(folder: Path, option: str = "--out", what: str | None = None
         reason = "it or a folder above it is a file" if in_the_way else err.strerror
         if in_the_way and folder.is_symlink() and not folder.exists():  # mkdir cannot follow it
             reason = f"it is a symbolic link to {os.readlink(folder)}, which does not exist"
-        fix = f"choose another {option}"
         name = what or f"{option} {folder}"
-        raise FastSigCLRError(f"{name} is not writable ({reason}); {fix}") from None
+        raise FastSigCLRError(f"{name} is not writable ({reason}); choose another {option}") from None
     return folder
 
 
