@@ -526,3 +526,12 @@ def test_a_train_that_is_a_file_is_named(tmp_path, capsys):
     train.write_bytes(b"")
     err = fails_with(["data", "verify", "--dataset", "folder", "--data-dir", str(data)], capsys)
     assert err.endswith(f"{train} is not a folder: put the training images in {train}/<class>/"), err
+
+
+def test_a_data_dir_that_is_a_file_is_not_said_to_be_missing(tmp_path, capsys):
+    afile = tmp_path / "images.zip"
+    afile.write_bytes(b"PK")
+    err = fails_with(["data", "verify", "--dataset", "folder", "--data-dir", str(afile)], capsys)
+    assert err.endswith(f"{afile} is not a folder; pass --data-dir DIR, the folder holding train/<class>/"), (
+        err
+    )

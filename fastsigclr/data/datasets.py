@@ -259,7 +259,8 @@ def verify(info: DatasetInfo, data_dir: Path, progress: bool = True) -> dict[str
             if info.downloadable
             else "pass --data-dir DIR, the folder holding train/<class>/"
         )
-        raise DatasetError(f"{folder} does not exist; {hint}")
+        state = "is not a folder" if os.path.lexists(folder) else "does not exist"
+        raise DatasetError(f"{folder} {state}; {hint}")
     reader = open_dataset(info, folder)
     return reader.verify(progress) if isinstance(reader, FolderReader) else reader.verify()
 
