@@ -164,8 +164,12 @@ def test_another_runs_checkpoint_is_named(run_copy, tmp_path, cifar10_dir, capsy
         else ["train", "--out", str(run_copy), "--resume", "--epochs", "2"]
     )
     err = fails_with(args, capsys)
-    assert f"{run_copy / 'checkpoints' / 'last.pt'} does not fit this run's model" in err
-    assert "(backbone.stem.0.weight is (16, 3, 3, 3) there, (8, 3, 3, 3) here)" in err
+    last = run_copy / "checkpoints" / "last.pt"
+    if command == "eval":  # the checkpoint's record of its run's settings, read before any model is built
+        assert f"the run's config.json says --width 8 and its checkpoint {last} records 16" in err, err
+    else:
+        assert f"{last} does not fit this run's model" in err
+        assert "(backbone.stem.0.weight is (16, 3, 3, 3) there, (8, 3, 3, 3) here)" in err
     assert "comes from another run" in err
 
 
@@ -242,14 +246,23 @@ def test_a_truncated_beton_says_which_file_and_to_delete_it(tmp_path, capsys, mo
     ffcv = ["--ffcv-dir", str(tmp_path / "ffcv")]
     assert main(["data", "write-ffcv", "--data-dir", str(tmp_path), "--no-progress", *ffcv]) == 0
     beton = tmp_path / "ffcv" / "cifar10-train.beton"
-    beton.write_bytes(beton.read_bytes()[: beton.stat().st_size // 3])
+    whole = beton.read_bytes()
+    beton.write_bytes(whole[: len(whole) // 3])
+    record = beton.with_name(beton.name + ".json")
+    written = json.loads(record.read_text())
+    # A record edited to the cut size vouches for the file: FFCV's reader finds the damage.
+    record.write_text(json.dumps({**written, "size": len(whole) // 3}))
     argv = ["train", "--data-dir", str(tmp_path), "--device", "cpu", "--loader", "ffcv", *ffcv]
     argv += ["--width", "8", "--batch-size", "20", "--epochs", "1", "--no-progress", "--no-tensorboard"]
     err = fails_with([*argv, "--out", str(tmp_path / "run")], capsys)
     assert f"{beton} is truncated or damaged (" in err
     assert "delete it and run again (it is written anew), or rerun `fastsigclr data write-ffcv" in err
-    beton.unlink()
-    assert main([*argv, "--out", str(tmp_path / "run")]) == 0  # written anew
+    record.write_text(json.dumps(written))  # its own record: the cut file is found and written anew
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 0
+    assert f"{beton} is truncated or damaged ({len(whole) // 3} bytes, {len(whole)} as written)" in (
+        capsys.readouterr().err
+    )
+    assert beton.stat().st_size == len(whole)
 
 
 def test_a_log_that_cannot_start_keeps_no_file_open(tmp_path, monkeypatch):
