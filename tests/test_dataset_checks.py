@@ -310,6 +310,43 @@ def test_plain_arrays_still_load(tmp_path):
             assert loaded[b"d"] == array.dtype
 
 
+def _as_python2(raw: bytes) -> bytes:
+    """A protocol-3 pickle with each str as Python 2's cPickle writes a str (a byte string, read
+    back as bytes under encoding="bytes"): the form of the official CIFAR python batches, whose
+    dtype state holds the byte order as b"|" and whose keys, names and dtype codes are bytes."""
+    import pickletools
+
+    ops = list(pickletools.genops(raw))
+    out = bytearray()
+    for i, (op, arg, pos) in enumerate(ops):
+        end = ops[i + 1][2] if i + 1 < len(ops) else len(raw)
+        if op.name == "BINUNICODE":  # SHORT_BINBYTES: what SHORT_BINSTRING reads as here
+            out += b"C" + bytes([len(arg.encode("latin-1"))]) + arg.encode("latin-1")
+        else:
+            out += raw[pos:end]
+    return bytes(out)
+
+
+def test_a_batch_pickled_by_python_2_loads(tmp_path):
+    """The official batches come from Python 2: their dtype's byte order is a byte string, which
+    the dtype-state check refused as damaged (every official download would have been called corrupt)."""
+    info = DATASETS["cifar10"]
+    images = np.random.default_rng(0).integers(0, 256, (4, 3 * 32 * 32), dtype=np.uint8)
+    batch = {"batch_label": "testing batch 1 of 1", "labels": [1, 2, 3, 9], "data": images}
+    batch["filenames"] = [f"{i}.png" for i in range(4)]
+    path = tmp_path / "test_batch"
+    path.write_bytes(_as_python2(pickle.dumps(batch, protocol=3)))
+    assert set(pickle.loads(path.read_bytes(), encoding="bytes")) == {
+        b"batch_label",
+        b"labels",
+        b"data",
+        b"filenames",
+    }
+    got, labels = read_batch(info, path)
+    assert got.shape == (4, 32, 32, 3) and labels.tolist() == [1, 2, 3, 9]
+    assert np.array_equal(got, images.reshape(4, 3, 32, 32).transpose(0, 2, 3, 1))
+
+
 @pytest.mark.parametrize("kind", ["a folder", "a FIFO (named pipe)", "a symbolic link to a folder"])
 def test_an_archive_path_that_is_not_a_file_is_one_line(tmp_path, monkeypatch, capsys, kind):
     """An archive path that was a folder gave an IsADirectoryError traceback, and a FIFO hung

@@ -49,6 +49,9 @@ class _DType:
 
     def __setstate__(self, state: Any) -> None:  # (3, byte order, None, None, None, size, align, flags)
         d = self.dtype
+        if isinstance(state, tuple) and len(state) > 1 and isinstance(state[1], bytes):
+            # Python 2's str, as the official CIFAR batches (cPickle) hold it, read as bytes
+            state = (state[0], state[1].decode("latin-1"), *state[2:])
         swappable = d.byteorder != "|" and d.kind in "biufcU"
         if not (
             isinstance(state, tuple)
