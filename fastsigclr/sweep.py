@@ -230,17 +230,17 @@ def _accuracies(record: dict[str, Any]) -> str:
     return f"kNN {100 * record['knn_acc']:.2f}%, linear {100 * record['linear_acc']:.2f}%"
 
 
-def _done_before(run: PlannedRun, where: str, failures: dict[int, str], log: Callable[[str], None]) -> bool:
-    """A run evaluated by an earlier call: skipped and counted if it is the run the grid plans
-    there, else a failure of this run (``failures``). Returns whether it is counted."""
-    try:
-        check_finished(run)
-    except FastSigCLRError as err:
-        failures[run.index] = str(err)
-        log(f"{where}: FAILED: {err}")
-        return False
-    log(f"{where}: skipped, done before ({_accuracies(collect_run(run.run_dir))})")
-    return True
+def _check_done(runs: list[PlannedRun]) -> dict[int, str]:
+    """The failures of the runs an earlier call evaluated that are not the runs the grid plans in
+    their folders (``check_finished``), found before the first report counts them."""
+    failures = {}
+    for run in runs:
+        if run_state(run.run_dir) == "done":
+            try:
+                check_finished(run)
+            except FastSigCLRError as err:
+                failures[run.index] = str(err)
+    return failures
 
 
 def run_sweep(
@@ -298,7 +298,7 @@ def _sweep(
         grid = head["grid"]
         grid["settings"] = {**grid["settings"], **{r.setting: SETTINGS[r.setting] for r in earlier}}
         grid["seeds"] = sorted({*grid["seeds"], *(r.seed for r in earlier)})
-    failures: dict[int, str] = {}
+    failures = _check_done(runs)
     report = runs + earlier
     write_results(Path(cfg.out), head, report, failures)
     durations: list[float] = []
@@ -306,9 +306,13 @@ def _sweep(
     for run in runs:
         where = f"[{run.index}/{total}] {run.setting} seed {run.seed}"
         state = run_state(run.run_dir)
-        if state == "done":
-            if not _done_before(run, where, failures, log):
-                write_results(Path(cfg.out), head, report, failures)
+        if state == "done":  # counted only if it is the grid's run (_check_done)
+            said = failures.get(run.index)
+            log(
+                f"{where}: FAILED: {said}"
+                if said
+                else f"{where}: skipped, done before ({_accuracies(collect_run(run.run_dir))})"
+            )
             continue
         start_note = {"checkpointed": "resuming from its checkpoint", "trained": "evaluating"}
         log(f"{where}: {start_note.get(state, 'training')} in {run.run_dir}")

@@ -76,6 +76,10 @@ def check_finished(run: PlannedRun) -> None:
     its place was evaluated and averaged with the rest): its settings, its epochs included."""
     fix = f"move it out of {run.run_dir.parent} and run the sweep again"
     saved = read_config(run.run_dir, f"cannot read the run {run.run_dir}", fix)
+    try:  # as the trainer resumes it: a file older than an option (store_size) holds it unset
+        saved = saved.resolved()
+    except (ValueError, TypeError, FastSigCLRError) as err:
+        raise FastSigCLRError(f"cannot read the run {run.run_dir} ({err}); {fix}") from None
     planned = run.train_config.resolved()
     differ = [
         f"{flag(name)} {getattr(saved, name)!r} (the sweep's: {getattr(planned, name)!r})"

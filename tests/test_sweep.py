@@ -350,6 +350,33 @@ def test_a_finished_run_is_counted_only_if_it_is_the_grids(grid, cifar10_dir, tm
     )
 
 
+def test_a_finished_run_is_checked_before_the_first_report(grid, cifar10_dir, tmp_path, monkeypatch):
+    """The first report, written before any run trains, already leaves out a finished run that is
+    not the grid's (it counted it until the loop reached it: hours, or for ever if stopped); a run
+    whose config.json predates an option (no store_size) is the grid's, read as the trainer
+    resumes it."""
+    from fastsigclr import sweep
+
+    out = tmp_path / "grid"
+    shutil.copytree(grid[0], out)
+    runs = out / "runs"
+    config = json.loads((runs / "sigclr-seed1" / "config.json").read_text())
+    config["config"]["epochs"] = 3
+    (runs / "sigclr-seed1" / "config.json").write_text(json.dumps(config))
+    config = json.loads((runs / "sigclr-seed0" / "config.json").read_text())
+    del config["config"]["store_size"]
+    (runs / "sigclr-seed0" / "config.json").write_text(json.dumps(config))
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt  # the first new run: the report on disk is the first one
+
+    monkeypatch.setattr(sweep, "train", stopped)
+    assert main(sweep_args(cifar10_dir, out, "--settings", "sigclr", "--seeds", "0,1,2")) == 130
+    saved = json.loads((out / "results.json").read_text())
+    status = {(r["setting"], r["seed"]): r["status"] for r in saved["runs"]}
+    assert status[("sigclr", 0)] == "done" and status[("sigclr", 1)] == "failed", status
+
+
 @pytest.mark.parametrize(
     "name,edit,message",
     [
