@@ -133,9 +133,16 @@ def beton_images(beton: Path) -> int | str:
     from ffcv.reader import Reader
 
     try:
-        return int(Reader(str(beton)).num_samples)
+        reader = Reader(str(beton))
+        images = int(reader.num_samples)
+        # The reader takes a table cut short as a shorter one (np.fromfile without a count): the
+        # table, written last, ends the file and holds one allocation per image (our one image field).
+        end = int(reader.header["alloc_table_ptr"]) + reader.alloc_table.nbytes
     except Exception as err:  # an untrusted file: whatever its bytes make the reader raise
         return f"{type(err).__name__}: {err}"
+    if len(reader.alloc_table) != images or end != beton.stat().st_size:
+        return f"its allocation table holds {len(reader.alloc_table)} entries for {images} images"
+    return images
 
 
 def _stop_writer(writer: Any, before: set[Any], err: BaseException) -> None:
