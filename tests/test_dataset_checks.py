@@ -300,7 +300,8 @@ def test_plain_arrays_still_load(tmp_path):
     """The checks refuse only what numpy cannot be trusted with: plain arrays of each kind load."""
     from fastsigclr.data import plain_pickle
 
-    for array in (np.arange(6, dtype=">i4"), np.array([b"ab", b"c"]), np.array(["x"]), np.array([1, None])):
+    arrays = (np.arange(6, dtype=">i4"), np.array([b"ab", b"c"]), np.array(["x"]), np.array([1, None]))
+    for array in (*arrays, np.array([None] * 1000, dtype=object)):  # 1 KB of pickle, 8 KB of pointers
         for protocol in (2, 4):
             path = tmp_path / "a"
             path.write_bytes(pickle.dumps({b"a": array, b"d": array.dtype}, protocol=protocol))

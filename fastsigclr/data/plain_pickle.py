@@ -78,7 +78,9 @@ def _check_size(shape: Any, dtype: Any, limit: int) -> int:
             list(map(operator.index, shape)) if isinstance(shape, tuple | list) else [operator.index(shape)]
         )
         count = math.prod(dims)
-        size = count * np.dtype(_real(dtype)).itemsize
+        real = np.dtype(_real(dtype))
+        # An object array's elements are in the file, one opcode (a byte) at least each.
+        size = count * (1 if real.hasobject else real.itemsize)
     except (TypeError, ValueError) as err:
         raise _refuse(f"an array of shape {shape!r:.80} and dtype {dtype!r:.80}") from err
     if min(dims, default=0) < 0:
