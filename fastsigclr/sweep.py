@@ -268,12 +268,11 @@ def run_sweep(
         os.close(fd)
 
 
-def _sweep(
-    cfg: SweepConfig, runs: list[PlannedRun], command: list[str] | None, log: Callable[[str], None]
-) -> dict[str, Any]:
+def _head(cfg: SweepConfig, runs: list[PlannedRun], command: list[str] | None) -> dict[str, Any]:
+    """What results.json says of the whole sweep: provenance, precision, its config and grid."""
     device = resolve_device(cfg.device or "auto")
     view_dtype, _ = compute_dtypes(runs[0].train_config, device)
-    head = {
+    return {
         "kind": "sweep",
         **run_record(device, command),
         "precision": "bf16" if view_dtype == torch.bfloat16 else "fp32",
@@ -289,6 +288,12 @@ def _sweep(
             },
         },
     }
+
+
+def _sweep(
+    cfg: SweepConfig, runs: list[PlannedRun], command: list[str] | None, log: Callable[[str], None]
+) -> dict[str, Any]:
+    head = _head(cfg, runs, command)
     if any(run_state(run.run_dir) not in ("done", "trained") for run in runs):  # some run trains
         check_data(runs)  # before sweep.json pins a budget the data cannot give
     check_budget(cfg)  # after every option is known to be valid: it writes the sweep's sweep.json
