@@ -38,7 +38,7 @@ from fastsigclr.runconfig import TrainConfig
 from fastsigclr.runinfo import resolve_device, run_record
 from fastsigclr.runlock import lock_dir
 from fastsigclr.runmodel import load_run_model
-from fastsigclr.sweep_checks import check_budget, check_data, check_finished
+from fastsigclr.sweep_checks import check_budget, check_data, check_finished, finished_mismatch
 from fastsigclr.sweep_report import (
     EVAL_FILE,
     PlannedRun,
@@ -165,10 +165,8 @@ def finished_before(
         ):
             continue
         run = _planned(cfg, len(runs) + len(found) + 1, setting, int(seed))
-        try:
-            check_finished(run)
-        except FastSigCLRError as err:
-            log(f"left out of the report: {err}")
+        if (why := finished_mismatch(run)) is not None:
+            log(f"left out of the report: {why}")
             continue
         found.append(run)
     return found
@@ -233,14 +231,8 @@ def _accuracies(record: dict[str, Any]) -> str:
 def _check_done(runs: list[PlannedRun]) -> dict[int, str]:
     """The failures of the runs an earlier call evaluated that are not the runs the grid plans in
     their folders (``check_finished``), found before the first report counts them."""
-    failures = {}
-    for run in runs:
-        if run_state(run.run_dir) == "done":
-            try:
-                check_finished(run)
-            except FastSigCLRError as err:
-                failures[run.index] = str(err)
-    return failures
+    done = (run for run in runs if run_state(run.run_dir) == "done")
+    return {run.index: why for run in done if (why := finished_mismatch(run)) is not None}
 
 
 def run_sweep(

@@ -91,3 +91,13 @@ def check_finished(run: PlannedRun) -> None:
             f"{run.run_dir} holds a finished run with other settings than the sweep's {run.setting} seed "
             f"{run.seed}: {'; '.join(differ)}; {fix}"
         )
+
+
+def finished_mismatch(run: PlannedRun) -> str | None:
+    """Why a finished run is not the run the grid plans in its folder (``check_finished``'s
+    error), or None when it is."""
+    try:
+        check_finished(run)
+    except FastSigCLRError as err:
+        return str(err)
+    return None

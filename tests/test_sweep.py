@@ -321,6 +321,13 @@ def test_the_same_data_folder_named_another_way_is_the_same_budget(tmp_path, mon
         check_budget(build(SweepConfig, {"out": str(out), "data_dir": "other"}))
 
 
+def edit_config(run_dir, edit) -> None:
+    """Apply ``edit`` to the settings ("config") of a run's config.json, as a user's hand would."""
+    saved = json.loads((run_dir / "config.json").read_text())
+    edit(saved["config"])
+    (run_dir / "config.json").write_text(json.dumps(saved))
+
+
 def test_a_finished_run_is_counted_only_if_it_is_the_grids(grid, cifar10_dir, tmp_path, capsys):
     """Finished (evaluated) runs were skipped without a check: another sweep's run copied into a
     planned folder, or a run of the grid at another --epochs (sweep.json deleted), was averaged
@@ -328,9 +335,7 @@ def test_a_finished_run_is_counted_only_if_it_is_the_grids(grid, cifar10_dir, tm
     out = tmp_path / "grid"
     shutil.copytree(grid[0], out)
     runs = out / "runs"
-    config = json.loads((runs / "sigclr-seed1" / "config.json").read_text())
-    config["config"]["epochs"] = 3
-    (runs / "sigclr-seed1" / "config.json").write_text(json.dumps(config))
+    edit_config(runs / "sigclr-seed1", lambda config: config.update(epochs=3))
     shutil.copytree(runs / "sigclr-seed0", runs / "sigclr-seed00")
     shutil.copytree(runs / "sigclr-seed1", runs / "sigclr-seed7")  # outside the grid: left out too
     assert main(sweep_args(cifar10_dir, out, *GRID)) == 1
@@ -360,12 +365,8 @@ def test_a_finished_run_is_checked_before_the_first_report(grid, cifar10_dir, tm
     out = tmp_path / "grid"
     shutil.copytree(grid[0], out)
     runs = out / "runs"
-    config = json.loads((runs / "sigclr-seed1" / "config.json").read_text())
-    config["config"]["epochs"] = 3
-    (runs / "sigclr-seed1" / "config.json").write_text(json.dumps(config))
-    config = json.loads((runs / "sigclr-seed0" / "config.json").read_text())
-    del config["config"]["store_size"]
-    (runs / "sigclr-seed0" / "config.json").write_text(json.dumps(config))
+    edit_config(runs / "sigclr-seed1", lambda config: config.update(epochs=3))
+    edit_config(runs / "sigclr-seed0", lambda config: config.pop("store_size"))
 
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt  # the first new run: the report on disk is the first one
@@ -453,9 +454,7 @@ def test_a_finished_run_of_other_settings_in_the_grids_place_is_not_evaluated(gr
     shutil.copytree(grid[0], out)
     foreign = out / "runs" / "sigclr-seed1"
     (foreign / "sweep-eval.json").unlink()  # trained, not evaluated: the sweep would evaluate it now
-    config = json.loads((foreign / "config.json").read_text())
-    config["config"]["width"] = 4
-    (foreign / "config.json").write_text(json.dumps(config))
+    edit_config(foreign, lambda config: config.update(width=4))
     assert main(sweep_args(cifar10_dir, out, *GRID)) == 1
     printed = capsys.readouterr().out
     assert (

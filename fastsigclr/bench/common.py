@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import stat
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -14,6 +12,7 @@ import torch
 
 from fastsigclr.checkpoint import WriteError, json_text, write_text_atomic
 from fastsigclr.config import FastSigCLRError
+from fastsigclr.filetype import not_a_file
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -80,21 +79,9 @@ def check_outputs(paths: Iterable[Path], fix: str = "move it away, or choose ano
     fail or replace what is not a results file: a folder, a symbolic link (the rename would
     replace the link), a pipe, socket or device. A missing path or a regular file is fine."""
     for path in map(Path, paths):
-        try:
-            mode = os.lstat(path).st_mode
-        except FileNotFoundError:
+        # None also where a part of its folder path is a file: writable_folder names that
+        if (what := not_a_file(path)) is None:
             continue
-        except OSError:  # a part of its folder path is a file: writable_folder names that
-            continue
-        if stat.S_ISREG(mode):
-            continue
-        what = (
-            "a folder"
-            if stat.S_ISDIR(mode)
-            else "a symbolic link"
-            if stat.S_ISLNK(mode)
-            else "not a regular file (a pipe, socket or device)"
-        )
         raise FastSigCLRError(f"{path} is {what}, where a results file is written; {fix}")
 
 
