@@ -321,7 +321,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     test = split_features(loaded, "test", progress=cfg.progress)
     result: dict[str, Any] = {
         "protocol": cfg.protocol,
-        "run": str(run_dir),
+        "run": str(run_dir.absolute()),  # the file may be read from elsewhere: not the path as typed
         **{key: loaded["trained"][key] for key in ("epoch", "step", "epoch_batches")},
         "trained": loaded["trained"]["label"],
         "data_dir": loaded["data_dir"],

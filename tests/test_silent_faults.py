@@ -282,15 +282,18 @@ def test_a_diverged_model_or_probe_is_not_scored(run_copy, capsys):
     assert not list(run_copy.glob("eval-*.json")) and not (run_copy / "f.npy").exists()
 
 
-def test_a_mid_epoch_checkpoint_is_named_as_such(run_copy, capsys):
+def test_a_mid_epoch_checkpoint_is_named_as_such(run_copy, capsys, monkeypatch):
     """eval and export called a checkpoint written inside epoch 2 (--checkpoint-every) "epoch 1",
-    the last finished epoch: they now say how far into the next one it is, and its step."""
+    the last finished epoch: they now say how far into the next one it is, and its step. eval's
+    file records the run's absolute path, not the relative one typed (here, its folder's name)."""
     state = checkpoint.load(run_copy.joinpath(*LAST))
     state.update(step=3, position={"batch": 1, "loss_sum": 0.0, "loss_steps": 1, "probe_correct": 0.0})
     checkpoint.save_atomic(state, run_copy.joinpath(*LAST))
-    assert main(["eval", "--run", str(run_copy), "--device", "cpu", "--no-progress"]) == 0
+    monkeypatch.chdir(run_copy.parent)
+    assert main(["eval", "--run", run_copy.name, "--device", "cpu", "--no-progress"]) == 0
     assert "(epoch 1 and 1 batch of epoch 2, 50 test images)" in capsys.readouterr().out
     result = json.loads((run_copy / "eval-knn.json").read_text())
+    assert result["run"] == str(run_copy.absolute())
     assert (result["epoch"], result["step"], result["epoch_batches"]) == (1, 3, 1)
     assert result["k"] == 64  # the run's --knn-k 200 over a bank of 64: the k the vote took
     saved = json.loads((run_copy / "config.json").read_text())["config"]["data_dir"]
