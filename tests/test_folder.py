@@ -11,6 +11,7 @@ from folder_fixture import odd_images, write_cifar_folder, write_odd_folder
 from PIL import Image
 from run_fixture import fails_with
 
+import fastsigclr.data.folder as folder_module
 from fastsigclr.cli import main
 from fastsigclr.data import DATASETS
 from fastsigclr.data.folder import FolderReader
@@ -473,6 +474,19 @@ def test_two_class_folders_that_are_one_folder_are_refused(tmp_path, capsys):
     )
     (data / "val/dog2").unlink()
     assert main(args) == 0
+
+
+def test_one_folder_at_two_paths_without_a_link_is_not_told_to_remove_a_link(tmp_path, capsys, monkeypatch):
+    """Two class folders that are one folder with neither a link (a bind mount; here two real
+    folders given one (device, inode)) were told to "remove the link" that does not exist."""
+    data = images_at(tmp_path / "data", "train/cat/0.png", "train/dog/0.png", "val/cat/0.png")
+    monkeypatch.setattr(folder_module, "_folder_key", lambda path: (0, int(path.name not in ("cat", "dog"))))
+    args = ["data", "verify", "--dataset", "folder", "--data-dir", str(data), "--no-progress"]
+    assert fails_with(args, capsys) == (
+        f"fastsigclr: error: the class folders cat and dog of {data / 'train'} are one folder "
+        f"({(data / 'train/dog').resolve()}): its images would have two labels; neither is a link "
+        f"(a bind mount?): unmount {data / 'train/dog'} or move it out of {data / 'train'}"
+    )
 
 
 def test_a_layout_error_names_the_layout_meant(tmp_path):

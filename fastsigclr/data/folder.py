@@ -55,10 +55,13 @@ def _one_class_per_folder(split_dir: Path, class_dirs: list[Path]) -> None:
     for folder in class_dirs:
         first = taken.setdefault(_folder_key(folder), folder)
         if first is not folder:
-            link = folder if folder.is_symlink() or not first.is_symlink() else first
+            if folder.is_symlink() or first.is_symlink():
+                fix = f"remove the link {folder if folder.is_symlink() else first}"
+            else:  # neither is a link: one folder mounted at two paths (a bind mount, say)
+                fix = f"neither is a link (a bind mount?): unmount {folder} or move it out of {split_dir}"
             raise DatasetError(
                 f"the class folders {first.name} and {folder.name} of {split_dir} are one folder "
-                f"({os.path.realpath(folder)}): its images would have two labels; remove the link {link}"
+                f"({os.path.realpath(folder)}): its images would have two labels; {fix}"
             )
 
 
