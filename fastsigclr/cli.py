@@ -389,8 +389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except FastSigCLRError as err:
         parser.exit(2, error_text(err))
-    except KeyboardInterrupt:
-        return interrupted()
+    except KeyboardInterrupt as exc:
+        return interrupted(exc)
     except BrokenPipeError:  # `info | head`: the reader left; /dev/null spares a second error at exit
         try:
             sys.stdout.flush()

@@ -1,6 +1,7 @@
 """The `fastsigclr` command: ``fastsigclr.cli.main`` behind an interrupt handler that is in place
 before torch and the loaders are imported (about 2 s), so a Ctrl-C at any moment prints
-``interrupted`` and exits 130 instead of a traceback from inside an import."""
+``interrupted`` and exits 130 instead of a traceback from inside an import. SIGTERM outside the
+trainer's steps is told the same way (``preempt.terminate_raises``), exiting 143."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ def _import_torch() -> None:
     there was lost (the run went on to the end, status 0) or left numpy half-imported
     (RecursionError, "module 'numpy' has no attribute 'ndarray'", an abort from pybind11)."""
     hold = getattr(signal, "pthread_sigmask", None)  # POSIX; elsewhere imported as it comes
-    held = hold(signal.SIG_BLOCK, {signal.SIGINT}) if hold else None
+    held = hold(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if hold else None
     try:
         import numpy  # noqa: F401
         import torch  # noqa: F401
@@ -24,20 +25,26 @@ def _import_torch() -> None:
 
 
 def main() -> int:
+    from fastsigclr.preempt import terminate_raises  # plain Python: no torch
+
     try:
-        _import_torch()
-        from fastsigclr.cli import main as run
+        with terminate_raises():
+            _import_torch()
+            from fastsigclr.cli import main as run
 
-        return run()
-    except KeyboardInterrupt:  # cli.main handles its commands' own; this is the start-up's
-        return interrupted()
+            return run()
+    except KeyboardInterrupt as exc:  # cli.main handles its commands' own; this is the start-up's
+        return interrupted(exc)
 
 
-def interrupted() -> int:
-    """The exit status after Ctrl-C, 130, having said "interrupted": once per node under torchrun,
-    where a Ctrl-C in the terminal reaches every rank (by LOCAL_RANK 0, as ``config.alike`` errors)."""
+def interrupted(exc: KeyboardInterrupt | None = None) -> int:
+    """The exit status after Ctrl-C, 130, having said "interrupted" (after SIGTERM, ``Terminated``:
+    143 and "terminated (SIGTERM)"): once per node under torchrun, where a Ctrl-C in the terminal
+    reaches every rank (by LOCAL_RANK 0, as ``config.alike`` errors)."""
     from fastsigclr.config import speaks_for_node  # plain Python: no torch
+    from fastsigclr.preempt import Terminated
 
+    terminated = isinstance(exc, Terminated)
     if speaks_for_node():
-        print("interrupted", file=sys.stderr)
-    return 130
+        print("terminated (SIGTERM)" if terminated else "interrupted", file=sys.stderr)
+    return Terminated.exit_status if terminated else 130

@@ -3,14 +3,19 @@
 Slurm sends SIGTERM (or, with ``--signal``, SIGUSR1) some time before it kills a job, and spot
 instances do the same; ``Preemption`` turns either signal into a flag the trainer reads at the
 next step boundary, where it writes a mid-epoch checkpoint and exits with ``PREEMPTED_EXIT``, so
-the requeued command (``--resume auto``) continues from that step."""
+the requeued command (``--resume auto``) continues from that step. Outside the trainer's steps
+(loading data, evaluating, a sweep between runs) SIGTERM raises ``Terminated`` instead, so the
+command says what was stopped and how to go on, as after Ctrl-C, and exits 143."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 # EX_TEMPFAIL (sysexits.h): "a temporary failure; try again", the status of a preempted run.
@@ -81,3 +86,35 @@ class Preemption:
         for s, handler in self._previous.items():
             restore_handler(s, handler)
         self._previous = {}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside the trainer's steps. A KeyboardInterrupt, so that everything which says
+    how to go on after Ctrl-C (the run's "was interrupted" note, the sweep's) says it for this too."""
+
+    exit_status = 128 + signal.SIGTERM  # as a shell reports a process SIGTERM ended
+
+
+@contextlib.contextmanager
+def terminate_raises() -> Iterator[None]:
+    """Within it, SIGTERM raises ``Terminated`` in this process (a forked child, such as a data
+    loader's worker, still ends at once, as by default). Under torchrun it does nothing: there
+    SIGTERM is how the agent stops the other ranks after one fails, and a rank waiting inside a
+    collective would not reach Python to raise it until the agent's SIGKILL, seconds later."""
+    if "TORCHELASTIC_RUN_ID" in os.environ or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pid = os.getpid()
+
+    def _raise(signum: int, frame: Any) -> None:
+        if os.getpid() != pid:  # a fork inherited the handler: it ends as SIGTERM ends a process
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        restore_handler(signal.SIGTERM, previous)

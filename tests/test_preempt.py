@@ -237,3 +237,27 @@ def test_a_loader_whose_order_depends_on_the_ranks_resumes_inside_an_epoch_only_
     }
     assert not any("position" in w for w in wrong_types({**state, "position": {**sums, "world_size": 2}}))
     assert any("position" in w for w in wrong_types({**state, "position": {**sums, "world_size": "2"}}))
+
+
+def test_sigterm_outside_the_steps_raises_only_in_this_process(monkeypatch):
+    """Outside the trainer's steps SIGTERM is a ``Terminated`` (a KeyboardInterrupt) in the
+    command's process; a forked child (a loader's worker) still ends at once, as by default; under
+    torchrun nothing is replaced (the agent stops the other ranks with SIGTERM)."""
+    import multiprocessing
+
+    from fastsigclr.preempt import Terminated, terminate_raises
+
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    before = signal.getsignal(signal.SIGTERM)
+    with terminate_raises():
+        with pytest.raises(Terminated):
+            signal.raise_signal(signal.SIGTERM)
+        child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+        child.start()
+        os.kill(child.pid, signal.SIGTERM)
+        child.join(30)
+        assert child.exitcode == -signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    with terminate_raises():
+        assert signal.getsignal(signal.SIGTERM) is before

@@ -485,3 +485,26 @@ def test_ctrl_c_while_a_run_is_evaluated_says_how_to_go_on(grid, cifar10_dir, tm
     err = capsys.readouterr().err
     assert f"the evaluation of {out / 'runs' / 'sigclr-seed1'} was interrupted: the run is trained" in err
     assert "the same sweep command evaluates it" in err and err.rstrip().endswith("interrupted"), err
+
+
+def test_sigterm_while_a_run_is_evaluated_says_how_to_go_on(grid, cifar10_dir, tmp_path, monkeypatch, capsys):
+    """SIGTERM outside a training step (here in a sweep's evaluation; a Slurm job's time limit)
+    ended the process at once with status 143 and no word: now it says what was stopped and how
+    to go on, as after Ctrl-C, still with status 143, and the handler it replaced comes back."""
+    import signal
+    import sys
+
+    from fastsigclr import entry, sweep
+
+    out = tmp_path / "grid"
+    shutil.copytree(grid[0], out)
+    (out / "runs" / "sigclr-seed1" / "sweep-eval.json").unlink()  # trained: the sweep evaluates it
+    monkeypatch.setattr(sweep, "_evaluate", lambda cfg, run: signal.raise_signal(signal.SIGTERM))
+    monkeypatch.setattr(sys, "argv", ["fastsigclr", *sweep_args(cifar10_dir, out, *GRID)])
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    before = signal.getsignal(signal.SIGTERM)
+    assert entry.main() == 143
+    assert signal.getsignal(signal.SIGTERM) is before
+    err = capsys.readouterr().err
+    assert f"the evaluation of {out / 'runs' / 'sigclr-seed1'} was interrupted: the run is trained" in err
+    assert err.rstrip().endswith("terminated (SIGTERM)"), err
