@@ -17,9 +17,28 @@ import pytest
 
 pytest.importorskip("ffcv")
 
+# Prepended to each child: it logs the name of every shared-memory block it makes to $SHM_LOG, so
+# that the test looks only at its child's blocks. A listing of /dev/shm before and after also took
+# the block of another test's FFCV write (a parallel pytest worker) for a leak.
+SHM_RECORD = textwrap.dedent(
+    """
+    import os
+    from multiprocessing import shared_memory
+
+    _made = shared_memory.SharedMemory.__init__
+
+    def _record(self, *args, **kwargs):
+        _made(self, *args, **kwargs)
+        with open(os.environ["SHM_LOG"], "a") as log:
+            log.write(self.name.lstrip("/") + "\\n")
+
+    shared_memory.SharedMemory.__init__ = _record
+    """
+)
+
 # The child's writer takes about 1 ms per image on each of its two workers (a sleep stands in for
 # slow decoding), so 20,000 images keep it writing for about 10 s: the interrupt lands mid-write.
-CHILD = textwrap.dedent(
+CHILD = SHM_RECORD + textwrap.dedent(
     """
     import sys, time
     import numpy as np
@@ -37,9 +56,17 @@ CHILD = textwrap.dedent(
 )
 
 
-def _shared_memory() -> set[str]:
-    shm = Path("/dev/shm")
-    return {p.name for p in shm.iterdir()} if shm.is_dir() else set()
+# What Python's resource tracker says as it removes a block its maker left (at the maker's exit:
+# /dev/shm is clean by then, so a leak shows only here).
+LEAKED = "leaked shared_memory objects"
+
+
+def _left_behind(log: Path) -> set[str]:
+    """The shared-memory blocks the child logged (``SHM_RECORD``) that are still there; it must
+    have made one (FFCV's writer keeps its metadata in one), or the check would be empty."""
+    made = set(log.read_text().split()) if log.exists() else set()
+    assert made, "the child made no shared memory: FFCV's writer no longer keeps its metadata in it"
+    return {name for name in made if (Path("/dev/shm") / name).exists()}
 
 
 @pytest.mark.slow
@@ -48,9 +75,13 @@ def test_an_interrupted_ffcv_write_ends_and_cleans_up(tmp_path, to):
     """SIGINT to the writer alone, or to its process group as a terminal's Ctrl-C sends it (the
     workers end too, which the worker watch must not report as a failed worker)."""
     beton = tmp_path / "d.beton"
-    before = _shared_memory()
+    env = {**os.environ, "SHM_LOG": str(tmp_path / "shm.log")}
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(beton)], stderr=subprocess.PIPE, text=True, start_new_session=True
+        [sys.executable, "-c", CHILD, str(beton)],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env=env,
     )
 
     def partial() -> Path | None:  # the writer's own temporary file: .d.beton.<host>.<pid>-<random>.partial
@@ -75,7 +106,7 @@ def test_an_interrupted_ffcv_write_ends_and_cleans_up(tmp_path, to):
             child.wait()
     assert child.returncode == -signal.SIGINT and "KeyboardInterrupt" in err, err[-2000:]
     assert partial() is None and not beton.exists()
-    assert not {n for n in _shared_memory() - before if n.startswith("psm_")}
+    assert not _left_behind(tmp_path / "shm.log") and LEAKED not in err, err[-2000:]
 
 
 # A worker that fails (the FAIL variable says how): its image raises while decoding (a file changed
@@ -111,7 +142,7 @@ FAILING_MODULE = textwrap.dedent(
     ffcv.writer.MemoryAllocator.__exit__ = full_disk
     """
 )
-FAILING = textwrap.dedent(
+FAILING = SHM_RECORD + textwrap.dedent(
     """
     import multiprocessing, sys
     import numpy as np
@@ -148,10 +179,14 @@ def test_a_failing_ffcv_worker_ends_the_write_with_one_line(tmp_path, fail, star
     job started with & from a script), and leaves neither the partial file nor its shared memory."""
     (tmp_path / "mod").mkdir()
     (tmp_path / "mod" / "failing_samples.py").write_text(FAILING_MODULE)
-    env = {**os.environ, "FAIL": fail, "PYTHONPATH": str(tmp_path / "mod")}
+    env = {
+        **os.environ,
+        "FAIL": fail,
+        "PYTHONPATH": str(tmp_path / "mod"),
+        "SHM_LOG": str(tmp_path / "shm.log"),
+    }
     out = tmp_path / "out"
     out.mkdir()
-    before = _shared_memory()
     try:
         child = subprocess.run(
             [sys.executable, "-c", FAILING, str(out / "d.beton"), start],
@@ -167,4 +202,4 @@ def test_a_failing_ffcv_worker_ends_the_write_with_one_line(tmp_path, fail, star
     line = child.stdout.strip()
     assert line.startswith(f"writing {out / 'd.beton'} failed: a worker of FFCV's writer {said}"), line
     assert list(out.iterdir()) == []
-    assert not {n for n in _shared_memory() - before if n.startswith("psm_")}
+    assert not _left_behind(tmp_path / "shm.log") and LEAKED not in child.stderr, child.stderr[-2000:]
