@@ -101,13 +101,15 @@ def test_a_cut_beton_or_a_damaged_record_is_written_again(tmp_path, capsys):
     assert ensure_beton(path, samples, progress=False) == (path, False)
     assert capsys.readouterr().err == ""
     record = path.with_name("d.beton.json")
-    for damage in ("cut", "cut without record", "record", "table cut, older record"):
+    for damage in ("cut", "cut without record", "record", "table cut, older record", "label", "pointer"):
         if damage == "record":
             record.write_text("{")
         elif damage == "table cut, older record":  # no size: FFCV's reader took the cut table
-            older = {k: v for k, v in json.loads(record.read_text()).items() if k != "size"}
+            older = {k: v for k, v in json.loads(record.read_text()).items() if k not in ("size", "tables")}
             record.write_text(json.dumps(older))
             os.truncate(path, size - 30)  # inside the allocation table, written last
+        elif damage in ("label", "pointer"):  # the size as written: it was trusted, and read wrongly
+            _flip_metadata(path, damage)
         else:
             os.truncate(path, 1000)
         if damage == "cut without record":
@@ -117,9 +119,29 @@ def test_a_cut_beton_or_a_damaged_record_is_written_again(tmp_path, capsys):
         assert path.stat().st_size == size and beton_images(path) == 12, damage
         if damage == "record":
             assert "has a damaged record of the data it was written from (d.beton.json: not JSON" in err
+        elif damage in ("label", "pointer"):
+            assert f"{path} is damaged (its header or tables, which say where each image lies" in err, err
         else:
             assert f"{path} is truncated or damaged (" in err and "writing it again" in err, err
     assert f"1000 bytes, {size} as written" in _ensure_cut(path, samples, capsys)
+
+
+def _flip_metadata(path, field: str) -> None:
+    """Change, in place, the first image's label or where its bytes lie: the file keeps its size."""
+    import numpy as np
+    from ffcv.reader import Reader
+
+    reader = Reader(str(path))
+    offset = reader.header.nbytes + reader.field_descriptors.nbytes  # the metadata follows them
+    names = reader.metadata.dtype.names  # f0: the image's (its data_ptr among them), f1: the label
+    where = names[1] if field == "label" else names[0]
+    sub = reader.metadata.dtype.fields[where]
+    inner = sub[0].fields["data_ptr"][1] if field == "pointer" else 0
+    with open(path, "r+b") as f:
+        f.seek(offset + sub[1] + inner)
+        byte = np.frombuffer(f.read(1), np.uint8)[0]
+        f.seek(offset + sub[1] + inner)
+        f.write(bytes([int(byte) ^ 1]))
 
 
 def _ensure_cut(path, samples, capsys) -> str:

@@ -109,8 +109,9 @@ def record_file(path: Path) -> Path:
 
 
 def written_from(path: Path) -> dict[str, Any] | str | None:
-    """The record beside the .beton at ``path``: {"content_key": str, "size": its bytes (absent
-    in an older fastsigclr's)}; None: none there; a string: why it cannot be read (damaged)."""
+    """The record beside the .beton at ``path``: {"content_key": str, "size": its bytes, "tables":
+    its ``tables_digest`` (each absent in an older fastsigclr's)}; None: none there; a string: why
+    it cannot be read (damaged)."""
     try:
         record = json.loads(ckpt.read_text(record_file(path)))
     except FileNotFoundError:
@@ -124,7 +125,27 @@ def written_from(path: Path) -> dict[str, Any] | str | None:
     size = record.get("size")
     if size is not None and (not isinstance(size, int) or isinstance(size, bool)):
         return f"its size is {size!r}, not a number of bytes"
+    if not isinstance(record.get("tables", ""), str):
+        return f"its tables digest is {record['tables']!r}, not a string"
     return record
+
+
+def tables_digest(reader: Any) -> str:
+    """A digest of what FFCV's ``reader`` read of a .beton before its pages: the header, the
+    field descriptors, each image's metadata (its size, where its bytes lie, its label) and the
+    allocation table. About 40 bytes an image (50 MB for ImageNet's 1.28 M, read at each start);
+    a digest of the pixels too would read the whole file (over 100 GB) at every start."""
+    h = hashlib.blake2b(digest_size=20)
+    for part in (reader.header, reader.field_descriptors, reader.metadata, reader.alloc_table):
+        h.update(part.tobytes())
+    return h.hexdigest()
+
+
+def beton_tables(beton: Path) -> str:
+    """``tables_digest`` of ``beton``; raises what FFCV's reader raises on a damaged file."""
+    from ffcv.reader import Reader
+
+    return tables_digest(Reader(str(beton)))
 
 
 def beton_images(beton: Path) -> int | str:
@@ -220,13 +241,15 @@ def write_beton(
         if watch.failed is not None:  # a worker failed as the write ended: the file is not trusted
             raise watch.error(path, indexed.error.value.decode(errors="replace"))
         record_file(path).unlink(missing_ok=True)  # the old record goes before the old file does
-        size = tmp.stat().st_size
+        size, tables = tmp.stat().st_size, beton_tables(tmp)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
     key = content_key(samples, store_size, jpeg)
-    # Its size: a .beton cut short since (a full disk, a partial copy) is not taken for this data.
-    ckpt.write_text_atomic(record_file(path), json.dumps({"content_key": key, "size": size}) + "\n")
+    # Its size and tables: a .beton cut short since (a full disk, a partial copy), or whose tables
+    # were damaged (images read from the wrong bytes, wrong labels), is not taken for this data.
+    record = {"content_key": key, "size": size, "tables": tables}
+    ckpt.write_text_atomic(record_file(path), json.dumps(record) + "\n")
     return path
 
 

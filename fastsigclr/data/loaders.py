@@ -29,6 +29,7 @@ from fastsigclr.data.datasets import (
 from fastsigclr.data.ffcv_loader import (
     FfcvLoader,
     beton_images,
+    beton_tables,
     content_key,
     record_file,
     write_beton,
@@ -76,8 +77,8 @@ def _own_files(path: Path) -> None:
 
 def _why_write(path: Path, samples: SampleIndex, store_size: int | None, jpeg: bool) -> str | None:
     """Why the .beton at ``path`` is to be written ("": there is none; None: it is this split's,
-    kept). One whose size is not its record's, or (an older record's, none) that FFCV cannot
-    read, is cut or damaged; one without a record is used, with a note."""
+    kept). One whose size or tables are not its record's, or (an older record's, none) that FFCV
+    cannot read, is cut or damaged; one without a record is used, with a note."""
     if not path.exists():
         return ""
     recorded = written_from(path)
@@ -87,6 +88,8 @@ def _why_write(path: Path, samples: SampleIndex, store_size: int | None, jpeg: b
     if recorded is not None and recorded.get("size") is not None:
         if recorded["size"] != size:
             return f"is truncated or damaged ({size} bytes, {recorded['size']} as written)"
+        if recorded.get("tables") is not None and (why := _tables_differ(path, recorded["tables"])):
+            return why
     else:
         images = beton_images(path)
         if isinstance(images, str):
@@ -103,6 +106,18 @@ def _why_write(path: Path, samples: SampleIndex, store_size: int | None, jpeg: b
         return None
     if recorded["content_key"] != content_key(samples, store_size, jpeg):
         return "was written from other data (the split's images or labels changed since)"
+    return None
+
+
+def _tables_differ(path: Path, written: str) -> str | None:
+    """Why the .beton at ``path``, of the size written, is not as written: its header or tables
+    (``tables_digest``) differ from the record's or cannot be read. Its pixels are not read."""
+    try:
+        now = beton_tables(path)
+    except Exception as err:  # an untrusted file: whatever its bytes make FFCV's reader raise
+        return f"is truncated or damaged ({type(err).__name__}: {err})"
+    if now != written:
+        return "is damaged (its header or tables, which say where each image lies and its label, changed)"
     return None
 
 
