@@ -95,26 +95,38 @@ class Terminated(KeyboardInterrupt):
     exit_status = 128 + signal.SIGTERM  # as a shell reports a process SIGTERM ended
 
 
+_raising: list[Any] = []  # the handler terminate_raises has in place, while it has one
+
+
+def _default_in_child() -> None:
+    """In a forked child (a data loader's worker), SIGTERM's default action again, at once: with
+    the parent's handler, a child stuck in C code (a lock a thread of the parent held at the
+    fork) would never return to Python to act on it, and would outlive its ``terminate()``."""
+    if _raising and signal.getsignal(signal.SIGTERM) is _raising[-1]:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_default_in_child)
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 @contextlib.contextmanager
 def terminate_raises() -> Iterator[None]:
-    """Within it, SIGTERM raises ``Terminated`` in this process (a forked child, such as a data
-    loader's worker, still ends at once, as by default). Under torchrun it does nothing: there
-    SIGTERM is how the agent stops the other ranks after one fails, and a rank waiting inside a
-    collective would not reach Python to raise it until the agent's SIGKILL, seconds later."""
+    """Within it, SIGTERM raises ``Terminated`` in this process; a forked child (a data loader's
+    worker) keeps the default action. Under torchrun it does nothing: there SIGTERM is how the
+    agent stops the other ranks after one fails, and a rank waiting inside a collective would not
+    reach Python to raise it until the agent's SIGKILL, seconds later."""
     if "TORCHELASTIC_RUN_ID" in os.environ or threading.current_thread() is not threading.main_thread():
         yield
         return
-    pid = os.getpid()
-
-    def _raise(signum: int, frame: Any) -> None:
-        if os.getpid() != pid:  # a fork inherited the handler: it ends as SIGTERM ends a process
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        raise Terminated
-
-    previous = signal.signal(signal.SIGTERM, _raise)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    _raising.append(_raise_terminated)
     try:
         yield
     finally:
+        _raising.pop()
         restore_handler(signal.SIGTERM, previous)

@@ -239,6 +239,11 @@ def test_a_loader_whose_order_depends_on_the_ranks_resumes_inside_an_epoch_only_
     assert any("position" in w for w in wrong_types({**state, "position": {**sums, "world_size": "2"}}))
 
 
+def _say_handler_then_sleep(writer) -> None:
+    writer.send(str(signal.getsignal(signal.SIGTERM)))
+    time.sleep(60)
+
+
 def test_sigterm_outside_the_steps_raises_only_in_this_process(monkeypatch):
     """Outside the trainer's steps SIGTERM is a ``Terminated`` (a KeyboardInterrupt) in the
     command's process; a forked child (a loader's worker) still ends at once, as by default; under
@@ -252,8 +257,11 @@ def test_sigterm_outside_the_steps_raises_only_in_this_process(monkeypatch):
     with terminate_raises():
         with pytest.raises(Terminated):
             signal.raise_signal(signal.SIGTERM)
-        child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+        ctx = multiprocessing.get_context("fork")
+        reader, writer = ctx.Pipe(duplex=False)
+        child = ctx.Process(target=_say_handler_then_sleep, args=(writer,))
         child.start()
+        assert reader.poll(60) and reader.recv() == str(signal.SIG_DFL)  # reset as it was forked
         os.kill(child.pid, signal.SIGTERM)
         child.join(30)
         assert child.exitcode == -signal.SIGTERM
