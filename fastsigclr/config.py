@@ -65,7 +65,8 @@ def raising_alike(fn: Callable[..., C], *args: Any, **kwargs: Any) -> C:
         raise
 
 
-def _torchrun() -> bool:
+def several_ranks() -> bool:
+    """Whether this process is one rank of several (WORLD_SIZE > 1: torchrun's, or set by hand)."""
     try:
         return int(os.environ.get("WORLD_SIZE") or 1) > 1
     except ValueError:
@@ -75,7 +76,7 @@ def _torchrun() -> bool:
 def speaks_for_node() -> bool:
     """Whether this process says what every process of its node would say alike (a warning about
     the node's files, an ``alike`` error): torchrun's LOCAL_RANK 0, or a process outside torchrun."""
-    return not _torchrun() or os.environ.get("LOCAL_RANK", "0") == "0"
+    return not several_ranks() or os.environ.get("LOCAL_RANK", "0") == "0"
 
 
 def defer_to_node() -> bool:
@@ -91,7 +92,7 @@ def defer_to_node() -> bool:
 def error_text(err: FastSigCLRError) -> str:
     """The line the command line prints for ``err``. Under torchrun an ``alike`` error is said
     once per node (``defer_to_node``), and one a rank meets alone names the rank."""
-    if not _torchrun() or (err.alike and not defer_to_node()):
+    if not several_ranks() or (err.alike and not defer_to_node()):
         return f"fastsigclr: error: {err}\n"
     rank, text = os.environ.get("RANK", "?"), str(err)
     return f"fastsigclr: error: {text if text.startswith(f'rank {rank} ') else f'rank {rank}: {text}'}\n"

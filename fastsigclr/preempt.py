@@ -117,10 +117,19 @@ def _raise_terminated(signum: int, frame: Any) -> None:
 @contextlib.contextmanager
 def terminate_raises() -> Iterator[None]:
     """Within it, SIGTERM raises ``Terminated`` in this process; a forked child (a data loader's
-    worker) keeps the default action. Under torchrun it does nothing: there SIGTERM is how the
-    agent stops the other ranks after one fails, and a rank waiting inside a collective would not
-    reach Python to raise it until the agent's SIGKILL, seconds later."""
-    if "TORCHELASTIC_RUN_ID" in os.environ or threading.current_thread() is not threading.main_thread():
+    worker) keeps the default action. It does nothing for one rank of several (torchrun's, or
+    WORLD_SIZE set by hand): there SIGTERM is how the agent stops the other ranks after one fails,
+    and a rank waiting inside a collective (or for its peers to join, up to --dist-timeout) would
+    not reach Python to raise it until that call returned. Nor where SIGTERM is ignored (SIG_IGN,
+    inherited from the parent), or off the main thread (no handler can be set there)."""
+    from fastsigclr.config import several_ranks
+
+    if (
+        several_ranks()
+        or "TORCHELASTIC_RUN_ID" in os.environ
+        or threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    ):
         yield
         return
     previous = signal.signal(signal.SIGTERM, _raise_terminated)

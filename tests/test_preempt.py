@@ -246,8 +246,10 @@ def _say_handler_then_sleep(writer) -> None:
 
 def test_sigterm_outside_the_steps_raises_only_in_this_process(monkeypatch):
     """Outside the trainer's steps SIGTERM is a ``Terminated`` (a KeyboardInterrupt) in the
-    command's process; a forked child (a loader's worker) still ends at once, as by default; under
-    torchrun nothing is replaced (the agent stops the other ranks with SIGTERM)."""
+    command's process; a forked child (a loader's worker) still ends at once, as by default. For
+    a rank of several nothing is replaced (torchrun's agent stops the other ranks with SIGTERM; a
+    rank waiting for its peers would not return to Python until --dist-timeout), nor where SIGTERM
+    is ignored."""
     import multiprocessing
 
     from fastsigclr.preempt import Terminated, terminate_raises
@@ -266,6 +268,17 @@ def test_sigterm_outside_the_steps_raises_only_in_this_process(monkeypatch):
         child.join(30)
         assert child.exitcode == -signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is before
+    monkeypatch.setenv("WORLD_SIZE", "2")  # one rank of several (torchrun's or by hand): nothing
+    with terminate_raises():
+        assert signal.getsignal(signal.SIGTERM) is before
+    monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
     with terminate_raises():
         assert signal.getsignal(signal.SIGTERM) is before
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # ignored (nohup-like): left ignored
+    try:
+        with terminate_raises():
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)
