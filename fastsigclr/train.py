@@ -137,9 +137,8 @@ def train_step(parts: StepParts, views: torch.Tensor, labels: torch.Tensor, comp
         logits = parts.probe(h.detach().float())
         # Unlabeled images (label -1: a flat folder, STL-10's unlabeled split) do not train it.
         target = labels.repeat(n_views)
-        probe_loss = F.cross_entropy(logits, target, ignore_index=-1, reduction="sum") / target.ne(
-            -1
-        ).sum().clamp(min=1)
+        labelled = target.ne(-1).sum().clamp(min=1)
+        probe_loss = F.cross_entropy(logits, target, ignore_index=-1, reduction="sum") / labelled
     parts.optimizer.zero_grad(set_to_none=True)
     parts.probe_optimizer.zero_grad(set_to_none=True)
     (loss + probe_loss).backward()  # the probe sees detached features: separate gradients
@@ -175,6 +174,7 @@ class Epochs:
         self.left_out = 0  # the sum of the ranks' counts of images their loaders left out (DALI)
         left, images = self.epochs - start_epoch, len(setup.data.pretrain)
         self.left_out_ids = recorded_left_out(run.state, images, ctx.is_main)  # their ids, every session's
+        setup.loader.keep_left_out(self.left_out_ids)  # out from the start, counted by --max-broken
         self.run_start = time.perf_counter()
         notice = cpu_notice(ctx.device, images, left, cfg.arch or "", cfg.width) if ctx.is_main else None
         if notice:

@@ -71,6 +71,12 @@ class LoaderBase:
         several ranks the trainer joins them to check ``--max-broken`` on all ranks at once."""
         return ()
 
+    def keep_left_out(self, ids: Collection[int]) -> None:
+        """Leave out ``ids`` from the start: the images earlier sessions of a resumed run left out
+        as they trained (its checkpoint's record), as a run that never stopped keeps them out. Only
+        DALI leaves images out mid-run; every other loader decodes up front: nothing to keep."""
+        return None
+
     def plan(
         self, epoch: int, device: torch.device | str = "cpu", start: int = 0
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -267,6 +267,19 @@ class DaliLoader(LoaderBase):
     def left_out(self) -> Collection[int]:
         return self.found_broken.keys()
 
+    def keep_left_out(self, ids: Collection[int]) -> None:
+        """Earlier sessions' left-out images stay out, unread: the batches stay a run's that never
+        stopped (even where a file was repaired since), no pipeline restarts to meet them again,
+        and ``--max-broken`` counts them with those met from now on."""
+        kept = {int(i): "left out by an earlier session of this run" for i in ids} if self.files else {}
+        self.found_broken.update({i: why for i, why in kept.items() if i not in self.found_broken})
+        if kept and self.rank == 0:
+            print(
+                f"note: the {len(kept)} images earlier sessions of this run could not decode stay left out "
+                f"(e.g. {self.files[min(kept)]})",
+                file=sys.stderr,
+            )
+
     def _pipeline(self, feed: Iterator[list], max_batch: int):
         dali, fn, dmath, types = self._dali
         spec, gpu, jpeg = self.spec, self.gpu, self.files is not None
