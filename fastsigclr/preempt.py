@@ -95,23 +95,20 @@ class Terminated(KeyboardInterrupt):
     exit_status = 128 + signal.SIGTERM  # as a shell reports a process SIGTERM ended
 
 
-_raising: list[Any] = []  # the handler terminate_raises has in place, while it has one
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
 
 
 def _default_in_child() -> None:
     """In a forked child (a data loader's worker), SIGTERM's default action again, at once: with
     the parent's handler, a child stuck in C code (a lock a thread of the parent held at the
     fork) would never return to Python to act on it, and would outlive its ``terminate()``."""
-    if _raising and signal.getsignal(signal.SIGTERM) is _raising[-1]:
+    if signal.getsignal(signal.SIGTERM) is _raise_terminated:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_default_in_child)
-
-
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated
 
 
 @contextlib.contextmanager
@@ -133,9 +130,7 @@ def terminate_raises() -> Iterator[None]:
         yield
         return
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    _raising.append(_raise_terminated)
     try:
         yield
     finally:
-        _raising.pop()
         restore_handler(signal.SIGTERM, previous)

@@ -343,7 +343,7 @@ class RunDir:
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(failed=exc_type is not None)
         # Ctrl-C, or SIGTERM outside a step (preempt.Terminated): how to go on
-        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt) and self.main and self._begun:
+        if isinstance(exc, KeyboardInterrupt) and self.main and self._begun:
             if self._kept_on_disk():
                 how = self.again or f"continue with `fastsigclr train --out {self.path} --resume`"
                 note = f"its checkpoint ({self.kept}) is kept; {how}"

@@ -271,12 +271,14 @@ class DaliLoader(LoaderBase):
         """Earlier sessions' left-out images stay out, unread: the batches stay a run's that never
         stopped (even where a file was repaired since), no pipeline restarts to meet them again,
         and ``--max-broken`` counts them with those met from now on."""
-        kept = {int(i): "left out by an earlier session of this run" for i in ids} if self.files else {}
-        self.found_broken.update({i: why for i, why in kept.items() if i not in self.found_broken})
-        if kept and self.rank == 0:
+        if not ids or not self.files:  # only files are left out mid-run
+            return
+        for i in ids:
+            self.found_broken.setdefault(int(i), "left out by an earlier session of this run")
+        if self.rank == 0:
             print(
-                f"note: the {len(kept)} images earlier sessions of this run could not decode stay left out "
-                f"(e.g. {self.files[min(kept)]})",
+                f"note: the {len(ids)} images earlier sessions of this run could not decode stay left out "
+                f"(e.g. {self.files[min(ids)]})",
                 file=sys.stderr,
             )
 
