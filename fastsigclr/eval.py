@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,6 +195,17 @@ class EvalConfig:
         return dataclasses.replace(self, knn_k=k, knn_temperature=temperature)
 
 
+class MonitorStopped(Exception):
+    """The kNN monitor gave way to a preemption signal (``monitor_accuracy``'s ``stop``)."""
+
+
+def _until(batches: Iterable[Any], stop: Callable[[], bool]) -> Iterator[Any]:
+    for batch in batches:
+        if stop():
+            raise MonitorStopped
+        yield batch
+
+
 def data_features(
     backbone: torch.nn.Module,
     data: DataSplits,
@@ -205,13 +216,16 @@ def data_features(
     progress: bool = False,
     desc: str | None = None,
     part: tuple[int, int] = (0, 1),
+    stop: Callable[[], bool] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(features (N, F) fp32, labels (N,)) on ``device`` of one of ``data``'s splits, read held
     or streamed (``DataSplits.batches``): un-augmented images through the backbone in eval mode.
     ``part`` (rank, ranks): that rank's share of the split alone, which may hold no image (its
-    features are then (0, ``backbone.out_dim``))."""
+    features are then (0, ``backbone.out_dim``)). ``stop``, asked before each batch: when it
+    says True, MonitorStopped is raised."""
     width = getattr(backbone, "out_dim", None) if part[1] > 1 else None
     batches = data.batches(split, batch=FEATURE_BATCH, part=part)
+    batches = batches if stop is None else _until(batches, stop)
     lo, hi = data.part_range(split, *part)
     rows = hi - lo  # the share's images; a stream leaves out those that do not decode
     mean, std = data.info.mean, data.info.std
@@ -232,17 +246,24 @@ def monitor_accuracy(
     temperature: float,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
+    stop: Callable[[], bool] | None = None,
 ) -> float:
     """The kNN monitor's accuracy: the test split's features voted on by the train split's. Under
     torchrun every rank reads and embeds its share of both splits (``DataSplits.part_batches``),
     the ranks check the files none of them could decode against --max-broken together, and they
     share the vote (``knn_accuracy``): every rank returns the same accuracy. A bar shows a
-    split's decoding (rank 0's share) when it streams."""
+    split's decoding (rank 0's share) when it streams. ``stop`` (a preemption's flag) is asked
+    before each batch in one process, and before each split under torchrun, where it must be a
+    collective that every rank calls at the same point (the ranks' shares may differ by a batch):
+    when it says True, the monitor raises MonitorStopped."""
     part, features = (ctx.rank, ctx.world_size), []
     for split in ("train", "test"):
+        if stop is not None and ctx.distributed and stop():
+            raise MonitorStopped
         bar = progress and ctx.is_main and not data.kept(split)
         features += data_features(backbone, data, split, ctx.device, autocast_dtype=autocast_dtype,
-                                  progress=bar, desc=f"kNN {split}", part=part)  # fmt: skip
+                                  progress=bar, desc=f"kNN {split}", part=part,
+                                  stop=None if ctx.distributed else stop)  # fmt: skip
         if ctx.distributed:
             data.check_left_out(split, distributed.union(ctx, data.left_out(split)), announce=ctx.is_main)
     return knn_accuracy(*features, num_classes, k=k, temperature=temperature, ctx=ctx)

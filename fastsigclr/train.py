@@ -34,7 +34,7 @@ from fastsigclr import distributed, divergence, preempt, recipe, rundir
 from fastsigclr.config import ConfigError, raising_alike, to_dict
 from fastsigclr.data.broken import over_limit, recorded_left_out
 from fastsigclr.determinism import deterministic_torch
-from fastsigclr.eval import monitor_accuracy
+from fastsigclr.eval import MonitorStopped, monitor_accuracy
 from fastsigclr.losses import DistributedCriterion
 from fastsigclr.optim import warmup_cosine
 from fastsigclr.pace import Pace, cpu_notice, format_duration
@@ -88,7 +88,7 @@ def _train(
         for epoch in range(start_epoch, epochs.epochs):
             sums = epochs.run_epoch(epoch, position if epoch == start_epoch else None)
             epochs.end_epoch(epoch, *sums)
-            if epoch + 1 < epochs.epochs:
+            if epoch + 1 < epochs.epochs or epochs.knn_skipped:  # a last epoch then has no kNN
                 epochs.exit_if_stopped(f"after epoch {epoch + 1}")
     return epochs.finish(record["device"])
 
@@ -169,6 +169,7 @@ class Epochs:
         self.total_steps = self.epochs * self.steps_per_epoch
         self.warmup_steps = int(min(cfg.warmup_epochs, self.epochs) * self.steps_per_epoch)
         self.knn: float | None = None
+        self.knn_skipped = False  # the last kNN monitor gave way to a preemption signal
         self.labelled = setup.data.pretrain.labelled  # False: no online probe accuracy to report
         self.images_seen = 0
         self.left_out = 0  # the sum of the ranks' counts of images their loaders left out (DALI)
@@ -197,15 +198,9 @@ class Epochs:
         loss_sum = torch.tensor(position["loss_sum"] if position else 0.0, device=self.ctx.device)
         loss_steps = position["loss_steps"] if position else 0
         probe_correct = torch.tensor(position["probe_correct"] if position else 0.0, device=self.ctx.device)
-        bar = tqdm(
-            setup.loader.epoch(epoch, start),
-            initial=start,
-            total=self.steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{self.epochs}",
-            disable=not (cfg.progress and self.ctx.is_main),
-            leave=False,
-            unit="step",
-        )
+        bar = tqdm(setup.loader.epoch(epoch, start), initial=start, total=self.steps_per_epoch,
+                   desc=f"epoch {epoch + 1}/{self.epochs}", disable=not (cfg.progress and self.ctx.is_main),
+                   leave=False, unit="step")  # fmt: skip
         for index, (views, labels) in enumerate(bar, start):
             lr = cfg.lr * warmup_cosine(self.step, self.total_steps, self.warmup_steps)
             for group in setup.optimizer.param_groups:
@@ -216,8 +211,7 @@ class Epochs:
             self.step += 1
             if index == start:
                 self._record_plans()
-            estimate = self.pace.step()
-            if estimate:
+            if estimate := self.pace.step():
                 tqdm.write(estimate, file=sys.stderr)
             probe_correct += (logits.argmax(1) == labels.repeat(cfg.n_views)).sum()
             if computed:
@@ -348,12 +342,14 @@ class Epochs:
             "loss_steps": loss_steps,
             "probe_acc": probe_correct.item() / (images * self.cfg.n_views) if self.labelled else None,
             "knn_acc": self.knn if monitor else None,
+            **({"knn_skipped": "preempted"} if monitor and self.knn_skipped else {}),
             "seconds": seconds,
             "img_per_s": images / seconds,
         }
         self.log.write(rec, self.step)
         if ctx.is_main:
             knn_text = f" knn {rec['knn_acc']:.4f}" if rec["knn_acc"] is not None else ""
+            knn_text += " (kNN monitor skipped: preempted)" if "knn_skipped" in rec else ""
             probe_text = f" probe {rec['probe_acc']:.3f}" if self.labelled else ""
             tqdm.write(
                 f"epoch {epoch + 1}/{self.epochs} loss {rec['loss']:.4f}{probe_text}"
@@ -366,15 +362,19 @@ class Epochs:
     def knn_monitor(self) -> None:
         """kNN accuracy of the backbone's test features against its training features, kept in
         ``self.knn``: under torchrun each rank embeds its share of both splits and the vote is
-        shared (``monitor_accuracy``)."""
+        shared. A preemption signal stops it (None, ``knn_skipped``): the checkpoint comes first,
+        within the grace period (ImageNet's monitor embeds 1.3 M images)."""
         setup = self.setup
-        self.knn = None
+        self.knn, self.knn_skipped = None, False
         if setup.data.has_knn:
-            self.knn = monitor_accuracy(
-                setup.model.backbone, setup.data, self.ctx, setup.info.num_classes, k=self.cfg.knn_k,
-                temperature=self.cfg.knn_temperature, autocast_dtype=setup.autocast_dtype,
-                progress=self.cfg.progress,
-            )  # fmt: skip
+            try:
+                self.knn = monitor_accuracy(
+                    setup.model.backbone, setup.data, self.ctx, setup.info.num_classes, k=self.cfg.knn_k,
+                    temperature=self.cfg.knn_temperature, autocast_dtype=setup.autocast_dtype,
+                    progress=self.cfg.progress, stop=self._stopping,
+                )  # fmt: skip
+            except MonitorStopped:
+                self.knn_skipped = True
         distributed.barrier(self.ctx)
 
     def finish(self, device: dict[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 per-step losses and the bitwise weights of an uninterrupted run, after a kill or after SIGTERM
 (which checkpoints at the next step and exits with status 75 for ``--resume auto``)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -26,11 +27,13 @@ class Killed(BaseException):
     """The process dies here (the CLI handles Ctrl-C; nothing handles this)."""
 
 
-def write_pngs(root: Path, classes: int = 2, per_class: int = 16) -> Path:
-    for c in range(classes):
-        (root / "train" / f"c{c}").mkdir(parents=True)
-        for k in range(per_class):
-            Image.fromarray(smooth(32, 32, 100 * c + k)).save(root / "train" / f"c{c}" / f"{k}.png")
+def write_pngs(root: Path, classes: int = 2, per_class: int = 16, splits: tuple[str, ...] = ("train",)):
+    for split in splits:
+        for c in range(classes):
+            (root / split / f"c{c}").mkdir(parents=True)
+            for k in range(per_class):
+                seed = 100 * c + k + 1000 * (split != "train")
+                Image.fromarray(smooth(32, 32, seed)).save(root / split / f"c{c}" / f"{k}.png")
     return root
 
 
@@ -282,3 +285,54 @@ def test_sigterm_outside_the_steps_raises_only_in_this_process(monkeypatch):
             assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.fixture(scope="module")
+def monitored(tmp_path_factory):
+    """An uninterrupted run with a test split and the kNN monitor after every epoch."""
+    root = tmp_path_factory.mktemp("monitored")
+    data = write_pngs(root / "data", per_class=8, splits=("train", "val"))
+    assert main(args(data, root / "whole", "--knn-every", "1", "--batch-size", "4")) == 0
+    return data, root / "whole"
+
+
+@pytest.mark.parametrize("epoch", [1, 2])
+def test_sigterm_during_the_knn_monitor_checkpoints_and_resumes_exactly(
+    monitored, tmp_path, monkeypatch, capsys, epoch
+):
+    """SIGTERM while an epoch's kNN monitor embeds the val split: the monitor ran to its end
+    before the checkpoint (ImageNet's embeds 1.3 M images, past a scheduler's grace period), and
+    after the last epoch the signal was ignored. Now the monitor stops at its next batch, the
+    epoch is checkpointed (its record says the monitor was skipped) and the run exits with 75;
+    the resumed run trains as if never stopped, and after the last epoch its monitor runs for the
+    summary."""
+    import fastsigclr.eval as evaluation
+
+    data, whole = monitored
+    real, calls = evaluation.batch_features, []
+
+    def signalled(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2 * epoch:  # the second split of epoch `epoch`'s monitor (train, val)
+            signal.raise_signal(signal.SIGTERM)
+        return real(*a, **kw)
+
+    out, extra = tmp_path / "run", ("--knn-every", "1", "--batch-size", "4")
+    monkeypatch.setattr(evaluation, "batch_features", signalled)
+    with pytest.raises(SystemExit) as stopped:
+        main(args(data, out, *extra))
+    assert stopped.value.code == PREEMPTED_EXIT
+    out_text, err = capsys.readouterr()
+    assert f"epoch {epoch}/2" in out_text and "(kNN monitor skipped: preempted)" in out_text, out_text
+    assert f"preempted: checkpointed after epoch {epoch}" in err, err
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["epoch"] == epoch
+    assert not (out / "summary.json").exists()
+    skipped = [r for r in read_metrics(out) if r["kind"] == "epoch" and r["epoch"] == epoch - 1]
+    assert skipped[0]["knn_acc"] is None and skipped[0]["knn_skipped"] == "preempted"
+    monkeypatch.setattr(evaluation, "batch_features", real)
+    assert main(args(data, out, *extra, "--resume")) == 0
+    assert step_losses(out) == step_losses(whole) and len(step_losses(out)) == 8
+    wa, wb = weights(whole), weights(out)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    summaries = [json.loads((run / "summary.json").read_text()) for run in (whole, out)]
+    assert summaries[1]["knn_acc"] == summaries[0]["knn_acc"] is not None

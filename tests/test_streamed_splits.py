@@ -237,3 +237,54 @@ def test_ranks_whose_nodes_hold_other_test_images_do_not_start(tmp_path):
     assert len(said) == 1 and (message := said.pop()) is not None
     assert message.startswith("the 2 ranks read different test images (the kNN monitor's), so none starts: ")
     assert "10 images (digest" in message and "on rank 0, none on rank 1" in message
+
+
+def _stopped_worker(rank: int, world: int, tmp: str) -> None:
+    from fastsigclr.distributed import all_sum
+    from fastsigclr.eval import MonitorStopped
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/init", rank=rank, world_size=world)
+    try:
+        data, ctx, asked = _data(Path(tmp) / "data"), Context(rank=rank, world_size=world), []
+
+        def stop() -> bool:  # a collective, as the trainer's: rank 1 alone signalled, after "train"
+            asked.append(1)
+            return all_sum(ctx, torch.tensor([float(rank == 1 and len(asked) == 2)])).item() > 0
+
+        try:
+            result = _monitor_stopped(data, ctx, stop)
+        except MonitorStopped:
+            result = f"stopped at ask {len(asked)}"
+        (Path(tmp) / f"rank{rank}.json").write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+def _monitor_stopped(data, ctx, stop) -> float:
+    return monitor_accuracy(_Pools(), data, ctx, data.info.num_classes, k=5, temperature=0.1, stop=stop)
+
+
+def test_a_preemption_stops_the_knn_monitor(tmp_path, monkeypatch):
+    """The trainer's kNN monitor gives way to a preemption signal (its checkpoint comes first): in
+    one process ``stop`` is asked before each batch; under torchrun before each split alone, a
+    collective every rank takes at the same point (their shares may differ by a batch), so a signal
+    that reached one rank stops both at the same split."""
+    import fastsigclr.eval as evaluation
+
+    data_dir = write_cifar_folder(tmp_path / "data", per_class=4, val_per_class=2, classes=5)
+    data = _data(data_dir)
+    monkeypatch.setattr(evaluation, "FEATURE_BATCH", 4)  # the 20 train images in 5 batches
+    asked = []
+
+    def third() -> bool:
+        asked.append(1)
+        return len(asked) == 3
+
+    with pytest.raises(evaluation.MonitorStopped):
+        _monitor_stopped(data, Context(), third)
+    assert len(asked) == 3
+    assert _monitor_stopped(data, Context(), lambda: False) == _monitor(data, Context())
+    mp.spawn(_stopped_worker, args=(2, str(tmp_path)), nprocs=2)
+    results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert results == ["stopped at ask 2"] * 2, results
