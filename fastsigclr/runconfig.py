@@ -94,9 +94,10 @@ class TrainConfig:
     epochs: int | None = option(None, "training epochs; unset: preset", ge=1)
     n_views: int = option(2, "augmented views per image", ge=2)
     # LARS by default: with b = −10 the first gradients are almost pure positive-pair attraction, and
-    # plain SGD stepped straight into collapse (ResNet-18 width 16, batch 128, CPU: loss 6.9 → 98.9 in
-    # 4 steps at lr 0.05; at lr 0.5 → 64), where normalisation leaves no gradient to escape. LARS
-    # bounds each layer's step and trained stably at both rates (loss 6.9 → 6.2).
+    # plain SGD stepped straight into collapse (ResNet-18 width 16, batch 128, CPU, no warm-up: loss
+    # 6.9 → 84.3 within 3 steps at lr 0.05, → 116.4 in one at lr 0.5), where normalisation leaves no
+    # gradient to escape. LARS bounds each layer's step: 6.7–8.1 at both rates
+    # (benchmarks/results/optimizer-cpu.json).
     optimizer: str = option("lars", "optimizer", choices=("sgd", "lars"))
     lr: float = option(0.5, "peak learning rate", ge=0, le=FLOAT32_MAX)
     momentum: float = option(0.9, "momentum", ge=0, lt=1)

@@ -221,7 +221,7 @@ def launch_config(block: int) -> tuple[int, int]:
 
 
 # The schedule's cost model, in units of one 128×128 ordered tile's compute (docs/design.md §3.4).
-# A symmetric tile: 1.72 (0.166 modelled cycles per ordered pair against 0.193 for every ordered
+# A symmetric tile: 1.72 (0.167 modelled cycles per ordered pair against 0.193 for every ordered
 # tile, bf16 D = 128, compiled for sm_90). A 64-row tile: 1.25/4 (half the rows per wgmma issue).
 SYMMETRIC_TILE = 1.72
 SMALL_TILE = 1.25 / 4
@@ -258,8 +258,9 @@ def plan_schedule(
     × tile cost + the program's dZ flush), a symmetric tile costing SYMMETRIC_TILE and a flush
     for its transposed product, a 64-row tile SMALL_TILE. Without the flush the model split
     2N = 65,536 into 256 column ranges for a 3% gain, 8.6 GB of fp32 atomics (and an 8 GiB slot
-    buffer in deterministic mode). Its wave efficiency is ≥ 90% for 2N from 1,024 to 65,536
-    (docs/design.md §3.4)."""
+    buffer in deterministic mode). Its wave efficiency is ≥ 90% at the sizes of docs/design.md
+    §3.4's table (powers of two and three times them, 2N = 1,024 to 65,536); sizes between can fall
+    short (1,536: 87%)."""
     best = None
     for symmetric in (True, False) if symmetric_ok else (False,):
         for block in blocks:

@@ -208,6 +208,9 @@ def test_bench_train_times_the_trainers_recipe():
     for name in ("optimizer", "lr", "momentum", "weight_decay", "probe_lr", "method", "logit_bias"):
         assert getattr(timed, name) == getattr(default, name), name
     assert (timed.arch, timed.width, timed.batch_size) == ("resnet18", 16, 64)
+    assert timed.precision == "auto"  # the trainer's: bf16 autocast on CUDA, fp32 on a CPU
+    bf16 = BenchTrainConfig(precision="bf16").resolved(torch.device("cpu")).train_config()
+    assert bf16.precision == "bf16"
 
 
 def test_bench_loss_reports_an_unlaunchable_case(tmp_path: Path, monkeypatch):

@@ -34,8 +34,8 @@ from fastsigclr.train import StepParts
 
 @dataclass(frozen=True)
 class BenchTrainConfig:
-    """The model and data of the timed steps; everything else (loss, optimiser, learning rate,
-    precision) is `fastsigclr train`'s default."""
+    """The model, data and precision of the timed steps; everything else (loss, optimiser, learning
+    rate) is `fastsigclr train`'s default."""
 
     dataset: str = option_from(TrainConfig, "dataset")
     data_dir: str | None = option_from(TrainConfig, "data_dir")
@@ -53,6 +53,7 @@ class BenchTrainConfig:
         choices=("auto", "real", "synthetic"),
     )
     compile: bool = option_from(TrainConfig, "compile")
+    precision: str = option_from(TrainConfig, "precision")
     warmup: int = option(3, "untimed steps before timing", ge=0)
     reps: int | None = option(None, "timed steps; unset: 30 on CUDA, 3 on CPU", ge=1)
     out: str = option("benchmarks/local", "directory for train-<device>.json and .png", path=True)
@@ -74,7 +75,8 @@ class BenchTrainConfig:
     def train_config(self) -> TrainConfig:
         """The `fastsigclr train` config of the timed steps: the trainer's defaults with this
         benchmark's dataset, model, batch and device (one test image: nothing evaluates)."""
-        mine = ("dataset", "data_dir", "device", "arch", "width", "batch_size", "limit_train", "compile")
+        mine = ("dataset", "data_dir", "device", "arch", "width", "batch_size", "limit_train", "compile",
+                "precision")  # fmt: skip
         given = {k: getattr(self, k) for k in mine if getattr(self, k) is not None}
         return TrainConfig(**given, limit_test=1, progress=False, out="-").resolved()
 
@@ -125,6 +127,7 @@ def run(cfg: BenchTrainConfig, command: list[str] | None = None) -> dict[str, An
         "config": to_dict(cfg),
         "model": {"arch": cfg.arch, "width": cfg.width, "projector": list(tcfg.proj_dims or ())},
         "views_dtype": str(setup.loader.dtype).removeprefix("torch."),
+        "autocast_dtype": str(setup.autocast_dtype).removeprefix("torch.") if setup.autocast_dtype else None,
         "augment_path": "triton kernel" if setup.loader.use_kernel else "pytorch reference",
         "data": data_kind,
         "results": results,
