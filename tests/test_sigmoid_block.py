@@ -19,7 +19,13 @@ from helpers import (
 )
 
 from fastsigclr.kernels import Plan, grad_dtype, plan_schedule, sigmoid_block, sigmoid_loss, sigmoid_plan
-from fastsigclr.kernels.tiles import SYMMETRIC_TILE, flush_cost, needs_int64, schedule_efficiency
+from fastsigclr.kernels.tiles import (
+    SYMMETRIC_TILE,
+    bf16_values,
+    flush_cost,
+    needs_int64,
+    schedule_efficiency,
+)
 
 SCALE, BIAS = 3.0, -1.5
 # Worst error measured over the cases below, interpreter, fp32, relative to max |reference|:
@@ -266,3 +272,29 @@ def test_tf32_error_against_float64(m, d, scale, bias):
     exact = reference(zh, None, "self", m // 2, 1 / m, scale, bias)
     err = max_rel_error(dz, exact[1], error_scales(zh, scale, bias, 2)[0])
     assert 1e-4 < err < 8e-4  # errs (unlike fp32), by a third of bf16 operands' error
+
+
+def test_the_interpreters_bf16_rounding_is_the_gpus():
+    """In the interpreter the kernels hold bf16 values in fp32 (``tiles.bf16_values`` with
+    UPCAST), rounded to nearest even by integer arithmetic, as a GPU's cast rounds: equal to
+    torch's cast bit for bit, exact ties (low half 0x8000) above odd and even mantissas included,
+    and the values beside them (0x7FFF, 0x8001) and exact bf16 (0x0000), of either sign. A tie
+    rounded down passed every loss test."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def probe(X, OUT, K: tl.constexpr):
+        at = tl.arange(0, K)
+        tl.store(OUT + at, bf16_values(tl.load(X + at), True))
+
+    gen = torch.Generator().manual_seed(5)
+    high = torch.randint(0x0080, 0x7F00, (1024,), generator=gen, dtype=torch.int32)  # normal, finite
+    sign = torch.randint(0, 2, (1024,), generator=gen, dtype=torch.int32) << 31
+    low = torch.tensor([0x8000, 0x7FFF, 0x8001, 0x0000], dtype=torch.int32).repeat(256)
+    x = ((high << 16) | low | sign).view(torch.float32)
+    out = torch.empty_like(x, device=KERNEL_DEVICE)
+    probe[(1,)](x.to(KERNEL_DEVICE), out, K=1024)
+    want = x.to(torch.bfloat16).float()
+    wrong = (out.cpu() != want).nonzero().flatten()
+    assert len(wrong) == 0, (x[wrong[:3]].tolist(), out.cpu()[wrong[:3]].tolist(), want[wrong[:3]].tolist())

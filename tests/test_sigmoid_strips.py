@@ -315,29 +315,35 @@ def test_strip_height_holds_the_weights_bound():
     assert rows == 32 and 3.5 * 132 <= rows * ranges <= 4.5 * 132
 
 
-@pytest.mark.skipif(AS_ON_GPU, reason="interpreter: a scalar test of every tile position")
+@pytest.mark.skipif(AS_ON_GPU, reason="interpreter: every tile position in one launch per case")
 def test_tiles_that_hold_positives_are_found():
     """SigCLR's strip kernel tests positives and i = j per element only on tiles that hold one
-    (sigmoid_strip._holds_positives, a test of the tile's corners): against every pair of every
-    tile position, with views shorter and longer than a tile, and tiles above and below the
-    diagonal."""
+    (sigmoid_strip._holds_positives, a test of the tile's corners): against every pair of a tile
+    at every position, odd offsets included, with views shorter and longer than a tile (n = 13
+    and 17 > 2·block − 1, where a tile's last column alone can hold a positive: a corner one
+    column short passed the even offsets), above and below the diagonal."""
     import triton
     import triton.language as tl
 
     @triton.jit
-    def probe(OUT, R0, C0, MC, N, BLOCK: tl.constexpr):
-        tl.store(OUT, sigmoid_strip._holds_positives(R0, C0, MC, N, BLOCK, BLOCK).to(tl.int32))
+    def probe(OUT, R0, C0, MC, N, K: tl.constexpr, BLOCK: tl.constexpr):
+        at = tl.arange(0, K)
+        held = sigmoid_strip._holds_positives(tl.load(R0 + at), tl.load(C0 + at), MC, N, BLOCK, BLOCK)
+        tl.store(OUT + at, held.to(tl.int32))
 
     block = 8
-    for n, views in ((5, 3), (8, 2), (13, 2), (24, 3)):
+    for n, views in ((5, 3), (8, 2), (13, 2), (17, 2), (24, 3)):
         mc = n * views
-        for r0 in range(0, mc, 2):  # even differences c0 − r0 meet a view's edge at 8 mod 24
-            for c0 in range(0, mc, 2):
-                out = torch.zeros(1, dtype=torch.int32)
-                probe[(1,)](out, r0, c0, mc, n, BLOCK=block)
-                want = any(
-                    (c - i) % n == 0
-                    for i in range(r0, r0 + block)
-                    for c in range(c0, c0 + block)
-                )  # fmt: skip
-                assert bool(out.item()) == want, (n, views, r0, c0)
+        r0, c0 = (
+            t.flatten().to(torch.int32)
+            for t in torch.meshgrid(torch.arange(mc), torch.arange(mc), indexing="ij")
+        )
+        k = triton.next_power_of_2(len(r0))
+        out = torch.zeros(k, dtype=torch.int32)
+        padded = [torch.cat([t, t[:1].expand(k - len(t))]) for t in (r0, c0)]
+        probe[(1,)](out, *padded, mc, n, K=k, BLOCK=block)
+        steps = torch.arange(block)
+        differences = (c0[:, None, None] + steps) - (r0[:, None, None] + steps[:, None])  # c − i
+        want = (differences % n == 0).flatten(1).any(1)
+        wrong = (out[: len(r0)].bool() != want).nonzero().flatten()
+        assert len(wrong) == 0, (n, views, r0[wrong[:3]].tolist(), c0[wrong[:3]].tolist())
