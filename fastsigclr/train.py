@@ -177,10 +177,10 @@ class Epochs:
         self.left_out_ids = recorded_left_out(run.state, images, ctx.is_main)  # their ids, every session's
         setup.loader.keep_left_out(self.left_out_ids)  # out from the start, counted by --max-broken
         self.run_start = time.perf_counter()
-        notice = cpu_notice(ctx.device, images, left, cfg.arch or "", cfg.width) if ctx.is_main else None
-        if notice:
+        notice = cpu_notice(ctx.device, images, left, cfg.arch or "", cfg.width, cfg.precision)
+        if notice and ctx.is_main:
             print(notice, file=sys.stderr)
-        self.pace = Pace(self.batch_size, left * self.steps_per_epoch, estimate=notice is not None)
+        self.pace = Pace(self.batch_size, left * self.steps_per_epoch, estimate=ctx.is_main and bool(notice))
         self.interval = preempt.Interval(cfg.checkpoint_every)  # mid-epoch checkpoints
         self.stop = preempt.Preemption()  # set by _train while its signal handlers are in place
         self.again = ""  # how a preempted run continues: set by _train
