@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ from fastsigclr.runfiles import (
 )
 from fastsigclr.runlock import LOCK, lock_dir, lock_wait
 from fastsigclr.runlog import RunLog
+from fastsigclr.runweights import check_record
 
 # Options that may differ when resuming: they change neither the model, the data nor the recipe
 # of the steps already taken (--deterministic: the order of the sums from the resumed step on).
@@ -245,6 +246,8 @@ class RunDir:
         if holds != "checkpoint":
             raise cannot_lock or _no_checkpoint(self.path, holds)
         self.state = load_checkpoint(self.path)
+        fixed = [f.name for f in fields(TrainConfig) if f.name not in RESUMABLE]
+        check_record(self.cfg, self.state, str(self.path / CHECKPOINT), fixed)  # before any data is read
         done, epochs = self.state["epoch"], self.cfg.epochs or 0
         position = self.state.get("position")  # a mid-epoch checkpoint: inside epoch done + 1
         if done > epochs or (position and done == epochs):

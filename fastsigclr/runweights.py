@@ -7,6 +7,7 @@ memory, where an edited ``"width": 100000`` allocated 360 GB before any comparis
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -87,15 +88,16 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple | list) else value
 
 
-def check_record(cfg: Any, state: dict[str, Any], source: str) -> None:
+def check_record(cfg: Any, state: dict[str, Any], source: str, names: Iterable[str] = RECORDED) -> None:
     """One line when config.json (``cfg``) and the checkpoint ``source`` (``state``) disagree on a
-    ``RECORDED`` setting: export took the normalisation from an edited config.json's dataset, and
-    labelled the file with it. A checkpoint without the record (hand-made), or a setting either
-    leaves unset (files older than resolved configs), is not compared."""
+    setting of ``names``: export took the normalisation from an edited config.json's dataset, and
+    labelled the file with it; a resumed run trained on at an edited --image-size, or looked for
+    an edited dataset in the run's folder. A checkpoint without the record (hand-made), or a
+    setting either leaves unset (files older than resolved configs), is not compared."""
     record = state.get("config")
     if not isinstance(record, dict):
         return
-    for name in RECORDED:
+    for name in names:
         then, now = _plain(record.get(name)), _plain(getattr(cfg, name))
         if then is not None and now is not None and then != now:
             raise FastSigCLRError(

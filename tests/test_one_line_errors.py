@@ -17,6 +17,7 @@ from run_fixture import fails_with, tiny_args
 
 from fastsigclr import checkpoint
 from fastsigclr.cli import main
+from fastsigclr.config import flag
 
 finished_run, run_copy = run_fixture.finished_run, run_fixture.run_copy  # the fixtures
 
@@ -165,12 +166,37 @@ def test_another_runs_checkpoint_is_named(run_copy, tmp_path, cifar10_dir, capsy
     )
     err = fails_with(args, capsys)
     last = run_copy / "checkpoints" / "last.pt"
-    if command == "eval":  # the checkpoint's record of its run's settings, read before any model is built
-        assert f"the run's config.json says --width 8 and its checkpoint {last} records 16" in err, err
-    else:
+    # the checkpoint's record of its run's settings, read before any model is built (or data read)
+    assert f"the run's config.json says --width 8 and its checkpoint {last} records 16" in err, err
+    assert "comes from another run" in err
+    if command == "resume":  # without the record (a hand-made checkpoint): the weights' shapes
+        checkpoint.save_atomic({k: v for k, v in checkpoint.load(last).items() if k != "config"}, last)
+        err = fails_with(args, capsys)
         assert f"{last} does not fit this run's model" in err
         assert "(backbone.stem.0.weight is (16, 3, 3, 3) there, (8, 3, 3, 3) here)" in err
-    assert "comes from another run" in err
+
+
+@pytest.mark.parametrize(
+    "key,value,typed",
+    [
+        ("image_size", 48, "48"),
+        ("optimizer", "sgd", "'sgd'"),  # its LARS state then failed to load: KeyError 'dampening'
+        ("n_views", 3, "3"),
+        ("dataset", "cifar100", "'cifar100'"),  # CIFAR-100 was looked for (and downloaded) in its folder
+    ],
+)
+def test_resume_refuses_a_config_edited_against_its_checkpoint(run_copy, capsys, key, value, typed):
+    """eval, embed and export compared config.json with the checkpoint's record of the run's
+    settings; resume did not: it trained on at an edited --image-size or --n-views, failed with a
+    traceback on an edited --optimizer, and looked for an edited dataset. Every setting that a
+    resume may not change is compared, before any data is read; nothing in the run changes."""
+    _edit(key, value)(run_copy)
+    before = {path.name: path.read_bytes() for path in run_copy.rglob("*") if path.is_file()}
+    err = fails_with(["train", "--out", str(run_copy), "--resume", "--epochs", "2"], capsys)
+    last = run_copy / "checkpoints" / "last.pt"
+    assert f"the run's config.json says {flag(key)} {typed} and its checkpoint {last} records" in err, err
+    assert "restore the run's own config.json and checkpoint" in err
+    assert {path.name: path.read_bytes() for path in run_copy.rglob("*") if path.is_file()} == before
 
 
 @pytest.mark.parametrize(
