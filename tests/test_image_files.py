@@ -33,3 +33,27 @@ def test_a_large_image_is_read_without_pillows_warning_and_a_bomb_is_refused_wit
     assert lines[0] == "(40, 40, 3)"
     refusal = "Image size (2500 pixels) exceeds limit of 2000 pixels, a guard against decompression bombs: "
     assert lines[1:] == [refusal + "downscale it"] * 2
+
+
+STRIP = """
+import resource, sys
+import numpy as np
+from fastsigclr.data.imagefile import resize_center
+resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]), int(sys.argv[1])))
+strip = np.zeros((1, 2_000_000, 3), np.uint8)
+strip[:, 999_999:1_000_001] = 200  # the centre pixels (the rest stays black)
+print(resize_center(strip, 256).mean(axis=(0, 1)).round(1).tolist())
+"""
+
+
+def test_a_thin_strip_is_stored_without_resizing_it_whole():
+    """A 1,000,000 × 1 image (3 KB as a PNG) had its shorter side resized to the stored size before
+    the centre crop: 6.9 GB at 37², a MemoryError traceback (or the process killed) in the middle of
+    loading, where `data verify` had passed it. Its centre square is resized alone: under a
+    2 GB address-space cap (the whole strip at 256 would be 393 GB) the stored 256² image is its
+    centre's colour."""
+    done = subprocess.run(
+        [sys.executable, "-c", STRIP, str(2 << 30)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[0] == "[200.0, 200.0, 200.0]", done.stdout

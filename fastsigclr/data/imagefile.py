@@ -91,6 +91,14 @@ def image_header(path: Path) -> tuple[int, int, str]:
     return h, w, note
 
 
+# Past this many times size² pixels (an aspect ratio past 8:1) the whole image is not resized
+# before its centre is cropped: a 1,000,000 × 1 strip of 3 KB became 37 × 37,000,000 (6.9 GB) for a
+# 37² crop, and would have taken 200 GB at 256². Its centre square is resized alone (Pillow's box),
+# which differs from resize-then-crop by the rounding of the resized size: images within the ratio
+# keep the result they always had.
+WHOLE_RESIZE_LIMIT = 8
+
+
 def resize_center(rgb: np.ndarray, size: int) -> np.ndarray:
     """Shorter side resized to ``size`` (bilinear, antialiased), then the centre ``size``² crop."""
     from PIL import Image
@@ -98,6 +106,11 @@ def resize_center(rgb: np.ndarray, size: int) -> np.ndarray:
     h, w = rgb.shape[:2]
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    if nh * nw > WHOLE_RESIZE_LIMIT * size * size:
+        side = min(h, w)
+        top, left = (h - side) / 2, (w - side) / 2
+        box = (left, top, left + side, top + side)
+        return np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR, box=box), dtype=np.uint8)
     im = Image.fromarray(rgb).resize((nw, nh), Image.BILINEAR)
     top, left = (nh - size) // 2, (nw - size) // 2
     return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
