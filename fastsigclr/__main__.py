@@ -1,4 +1,4 @@
-from fastsigclr.entry import main
+from fastsigclr.entry import console
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(console())

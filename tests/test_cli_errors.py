@@ -310,3 +310,25 @@ def test_ctrl_c_under_torchrun_is_said_once_per_node(local_rank, said, where, mo
         monkeypatch.setattr(fastsigclr.runinfo, "install_report", interrupt)
     assert entry.main() == 130
     assert capsys.readouterr().err == said
+
+
+FINISHED = """
+import os, signal, sys
+import fastsigclr.entry as entry
+entry.main = lambda: 3  # a command that finished with its status
+status = entry.console()
+os.kill(os.getpid(), getattr(signal, sys.argv[1]))  # as the interpreter shuts down
+print("went on")
+"""
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_after_the_command_finished_keeps_its_status(signame):
+    """A Ctrl-C in the ~0.6 s between a finished run's last line and the process's end (torch's exit
+    handlers) ended it with 130 over a complete run and a written summary (−15 after SIGTERM),
+    sometimes with a traceback from an exit handler: it ends at once with the command's status."""
+    done = subprocess.run(
+        [sys.executable, "-c", FINISHED, signame], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 3 and "went on" not in done.stdout, (done.returncode, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr, done.stderr
