@@ -18,6 +18,7 @@ from fastsigclr import distributed
 from fastsigclr.config import ConfigError, FastSigCLRError, alike, to_dict
 from fastsigclr.data import DATASETS, LOADERS, AugmentSpec, DatasetInfo, prepare
 from fastsigclr.data.base import LoaderSource
+from fastsigclr.data.broken import recorded_ids
 from fastsigclr.data.datasets import data_folder
 from fastsigclr.data.info import default_store_size
 from fastsigclr.data.samples import SampleIndex
@@ -140,12 +141,17 @@ class Setup:
 
 
 def build(
-    cfg: TrainConfig, ctx: distributed.Context, data: DataSplits | None = None, plans: dict | None = None
+    cfg: TrainConfig,
+    ctx: distributed.Context,
+    data: DataSplits | None = None,
+    plans: dict | None = None,
+    resumed: dict[str, Any] | None = None,
 ) -> Setup:
     """Data (``load_data``, or ``data`` given), loader, model, loss, online probe and their
     optimisers, on ``ctx.device``; seeded by ``cfg.seed``. ``cfg`` is resolved
     (``TrainConfig.resolved``): its batch size, epochs and loss parameters are set. plans: the
-    kernel plans a resumed --deterministic run recorded (``runconfig.saved_plans``)."""
+    kernel plans a resumed --deterministic run recorded (``runconfig.saved_plans``); resumed: the
+    checkpoint a resumed run continues, whose undecodable images stay out of the loader."""
     if cfg.batch_size is None or cfg.epochs is None:
         raise ValueError("build needs a resolved config (TrainConfig.resolved()): its batch size is unset")
     device = ctx.device
@@ -162,6 +168,7 @@ def build(
             f"or give labelled images (a folder's train/<class>/ folders)"
         )
     identity = data_identity(data, cfg)  # before a loader decodes it (and leaves out broken files)
+    undecoded = recorded_ids(resumed, "undecoded", len(data.pretrain), ctx.is_main)
     torch.manual_seed(cfg.seed)
     spec = AugmentSpec.simclr(cfg.image_size or info.image_size, info.mean, info.std, n_views=cfg.n_views)
     loader = LOADERS[cfg.loader].cls(
@@ -174,7 +181,7 @@ def build(
         seed=cfg.seed,
         rank=ctx.rank,
         world_size=ctx.world_size,
-        **_loader_options(cfg, info, data.pretrain, ctx),
+        **_loader_options(cfg, info, data.pretrain, ctx, undecoded),
     )
     if loader.samples.decoded:
         data.adopt(loader.samples)
@@ -185,27 +192,15 @@ def build(
         cfg.optimizer, param_groups([model, criterion], cfg.weight_decay), cfg.lr, cfg.momentum
     )
     probe_opt = torch.optim.SGD(probe.parameters(), lr=cfg.probe_lr, momentum=0.9)
-    return Setup(
-        cfg,
-        cfg.loss_spec,
-        info,
-        data,
-        loader,
-        model,
-        criterion,
-        probe,
-        optimizer,
-        probe_opt,
-        autocast_dtype,
-        identity,
-    )
+    return Setup(cfg, cfg.loss_spec, info, data, loader, model, criterion, probe, optimizer, probe_opt,
+                 autocast_dtype, identity)  # fmt: skip
 
 
 def _loader_options(
-    cfg: TrainConfig, info: DatasetInfo, samples: SampleIndex, ctx: distributed.Context
+    cfg: TrainConfig, info: DatasetInfo, samples: SampleIndex, ctx: distributed.Context, undecoded: set[int]
 ) -> dict:
     """The backend's own arguments; its preparation (FFCV: writing a missing .beton) runs on rank 0
-    while the others wait for it."""
+    while the others wait for it. ``undecoded``: the images earlier sessions could not decode."""
     entry = LOADERS[cfg.loader]
     budget = None if cfg.memory_budget is None else int(cfg.memory_budget * (1 << 30))
     src = LoaderSource(
@@ -218,6 +213,7 @@ def _loader_options(
         store_size=cfg.store_size,
         budget=budget,
         max_broken=cfg.max_broken,
+        undecoded=tuple(sorted(undecoded)),
     )
     failed: Exception | None = None
     if entry.prepare is not None and ctx.is_main:
@@ -358,6 +354,8 @@ def checkpoint_state(setup: Setup, epoch: int, step: int) -> dict[str, Any]:
         "step": step,
         "config": to_dict(setup.cfg),
         "data": setup.data_identity,
+        # the ids of the pre-training split a loader could not decode up front (the gpu loader's)
+        "undecoded": list(setup.loader.samples.undecoded),
     }
 
 

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from fastsigclr import distributed, divergence, preempt, recipe, rundir
 from fastsigclr.config import ConfigError, raising_alike, to_dict
-from fastsigclr.data.broken import over_limit, recorded_left_out
+from fastsigclr.data.broken import over_limit, recorded_ids
 from fastsigclr.determinism import deterministic_torch
 from fastsigclr.eval import MonitorStopped, monitor_accuracy
 from fastsigclr.losses import DistributedCriterion
@@ -76,7 +76,7 @@ def _train(
 ) -> dict[str, Any]:
     plans = saved_plans(run.path) if run.state is not None else {}  # a resumed run's recorded ones
     recipe.check_position(run.cfg, ctx.world_size, run.state)  # before a .beton is written
-    setup = build(run.cfg, ctx, plans=plans)
+    setup = build(run.cfg, ctx, plans=plans, resumed=run.state)
     recipe.check_rank_data(setup, ctx)  # every rank, before resume checks its own
     start_epoch, step, position = raising_alike(resume, setup, run.state, str(run.path / rundir.CHECKPOINT))
     parts = step_parts(setup, ctx)
@@ -174,7 +174,7 @@ class Epochs:
         self.images_seen = 0
         self.left_out = 0  # the sum of the ranks' counts of images their loaders left out (DALI)
         left, images = self.epochs - start_epoch, len(setup.data.pretrain)
-        self.left_out_ids = recorded_left_out(run.state, images, ctx.is_main)  # their ids, every session's
+        self.left_out_ids = recorded_ids(run.state, "left_out", images, ctx.is_main)  # every session's
         setup.loader.keep_left_out(self.left_out_ids)  # out from the start, counted by --max-broken
         self.run_start = time.perf_counter()
         notice = cpu_notice(ctx.device, images, left, cfg.arch or "", cfg.width, cfg.precision)

@@ -336,3 +336,42 @@ def test_sigterm_during_the_knn_monitor_checkpoints_and_resumes_exactly(
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     summaries = [json.loads((run / "summary.json").read_text()) for run in (whole, out)]
     assert summaries[1]["knn_acc"] == summaries[0]["knn_acc"] is not None
+
+
+def test_an_image_repaired_between_sessions_stays_out(tmp_path, monkeypatch, capsys):
+    """The gpu loader decodes the images before training and leaves out those that fail (within
+    --max-broken). A file repaired before a resume was trained on: 32 images where the run had 31,
+    its batches and losses another run's, without a word. The checkpoint records the ids left out
+    and a resumed run keeps them out, unread, as a run that never stopped does."""
+    data = write_pngs(tmp_path / "data")
+    cut = data / "train" / "c1" / "5.png"
+    whole_bytes = cut.read_bytes()
+    cut.write_bytes(whole_bytes[: len(whole_bytes) // 2])  # its header reads, its pixels do not
+    extra = ("--max-broken", "0.05")
+    assert main(args(data, tmp_path / "whole", *extra)) == 0
+    step, calls = trainer.train_step, []
+
+    def killed_in_epoch_2(*a, **kw):
+        calls.append(1)
+        if len(calls) == 4:  # 31 images in batches of 8: 3 steps an epoch
+            raise Killed
+        return step(*a, **kw)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(trainer, "train_step", killed_in_epoch_2)
+    with pytest.raises(Killed):
+        main(args(data, out, *extra))
+    monkeypatch.setattr(trainer, "train_step", step)
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["undecoded"] == [
+        27
+    ]  # c1/5.png: 16 + its place in c1 by name
+    cut.write_bytes(whole_bytes)  # repaired
+    capsys.readouterr()
+    assert main(args(data, out, *extra, "--resume")) == 0
+    err = capsys.readouterr().err
+    assert f"{cut}: left out: an earlier session of this run could not decode it" in err, err
+    assert step_losses(out) == step_losses(tmp_path / "whole") and len(step_losses(out)) == 6
+    wa, wb = weights(tmp_path / "whole"), weights(out)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    summaries = [json.loads((run / "summary.json").read_text()) for run in (tmp_path / "whole", out)]
+    assert summaries[0]["train_images"] == summaries[1]["train_images"] == 31

@@ -17,7 +17,7 @@ from run_fixture import fails_with, tiny_args
 from fastsigclr import checkpoint
 from fastsigclr.cli import main
 from fastsigclr.data import DATASETS
-from fastsigclr.data.broken import recorded_left_out
+from fastsigclr.data.broken import recorded_ids
 from fastsigclr.runlog import read_metrics
 
 finished_run, run_copy = run_fixture.finished_run, run_fixture.run_copy  # the fixtures
@@ -73,11 +73,11 @@ def test_a_damaged_record_of_left_out_images_is_one_line(run_copy, capsys):
         "ids of the 64 images): summary.json's train_images leaves out only those met from now on"
     ]
     assert json.loads((run_copy / "summary.json").read_text())["train_images"] == 64
-    assert recorded_left_out({"left_out": [3, 63]}, 64) == {3, 63}
+    assert recorded_ids({"left_out": [3, 63]}, "left_out", 64) == {3, 63}
     for damaged in ([3, "7"], [-1], [True], "3,7", {"3": 1}, [3.0]):
-        assert recorded_left_out({"left_out": damaged}, 64) == set()
+        assert recorded_ids({"undecoded": damaged}, "undecoded", 64) == set()
         assert capsys.readouterr().err.count("is damaged") == 1
-        assert recorded_left_out({"left_out": damaged}, 64, announce=False) == set()
+        assert recorded_ids({"left_out": damaged}, "left_out", 64, announce=False) == set()
     assert capsys.readouterr().err == ""
 
 

@@ -103,8 +103,9 @@ class LoaderBase:
 class LoaderSource:
     """Where a run's training images come from, for a backend's extra constructor arguments:
     the dataset, its folder, the pre-training split (after ``--limit-train``, which is ``limit``),
-    ``--ffcv-dir``, whether to show progress, and the image-folder options (``--store-size``,
-    ``--memory-budget`` in bytes, ``--max-broken``)."""
+    ``--ffcv-dir``, whether to show progress, the image-folder options (``--store-size``,
+    ``--memory-budget`` in bytes, ``--max-broken``), and the ids a resumed run's earlier sessions
+    could not decode up front (its checkpoint's ``undecoded``), which stay out."""
 
     info: DatasetInfo
     data_dir: Path
@@ -115,6 +116,7 @@ class LoaderSource:
     store_size: int | None = None
     budget: int | None = None
     max_broken: float = 0.0
+    undecoded: tuple[int, ...] = ()
 
 
 def _no_options(*_: Any) -> dict[str, Any]:

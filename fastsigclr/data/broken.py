@@ -76,21 +76,35 @@ def over_limit(
     return alike(error)
 
 
-def recorded_left_out(state: dict[str, Any] | None, images: int, announce: bool = True) -> set[int]:
-    """The sample ids of a checkpoint ``state``'s ``left_out`` record: the images earlier sessions
-    of the run left out as they trained (DALI meets a broken file only as it reads it), read as
+# A checkpoint's records of sample ids: what each holds, and what a damaged one costs.
+RECORDED_IDS = {
+    # left out as they trained (DALI meets a broken file only as it reads it)
+    "left_out": (
+        "the images earlier sessions left out",
+        "summary.json's train_images leaves out only those met from now on",
+    ),
+    # could not decode before training (the gpu loader decodes up front)
+    "undecoded": (
+        "the images earlier sessions could not decode",
+        "a file among them that decodes now is trained on",
+    ),
+}
+
+
+def recorded_ids(state: dict[str, Any] | None, key: str, images: int, announce: bool = True) -> set[int]:
+    """The sample ids of a checkpoint ``state``'s ``key`` record (``RECORDED_IDS``), read as
     untrusted. None, or no record (a new run, an older fastsigclr's checkpoint): none. A record that
     is not a list of ids of the split's ``images``: none, and a line that says so (``announce``)."""
-    record = None if state is None else state.get("left_out")
+    record = None if state is None else state.get(key)
     if record is None:
         return set()
     if isinstance(record, list) and all(type(i) is int and 0 <= i < images for i in record):
         return set(record)
+    what, cost = RECORDED_IDS[key]
     if announce:
         print(
-            f"note: the checkpoint's record of the images earlier sessions left out is damaged (not a "
-            f"list of ids of the {images} images): summary.json's train_images leaves out only those "
-            f"met from now on",
+            f"note: the checkpoint's record of {what} is damaged (not a list of ids of the {images} "
+            f"images): {cost}",
             file=sys.stderr,
         )
     return set()

@@ -86,8 +86,8 @@ class GpuLoader(LoaderBase):
     or the PyTorch reference; see LoaderBase for the contract.
 
     A split that is not yet decoded is decoded here (``SampleIndex.in_memory``: images of mixed
-    sizes stored at ``store_size``², undecodable files listed and skipped up to ``max_broken``),
-    when it fits in ``budget`` bytes (default ``memory_budget``)."""
+    sizes stored at ``store_size``², undecodable files listed and skipped up to ``max_broken``,
+    ``keep_out`` left out unread), when it fits in ``budget`` bytes (default ``memory_budget``)."""
 
     def __init__(
         self,
@@ -103,12 +103,13 @@ class GpuLoader(LoaderBase):
         budget: int | None = None,
         max_broken: float = 0.0,
         progress: bool = False,
+        keep_out: tuple[int, ...] = (),
         **kwargs,
     ) -> None:
         samples = images if isinstance(images, SampleIndex) else SampleIndex.from_array(images, labels)
         if not samples.decoded or device.type == "cuda":  # an array already in host memory fits there
             check_budget(samples, store_size, memory_budget(device) if budget is None else budget, device)
-        samples = samples.in_memory(store_size, progress=progress, max_broken=max_broken)
+        samples = samples.in_memory(store_size, progress=progress, max_broken=max_broken, keep_out=keep_out)
         super().__init__(samples, None, spec, batch_size, device, dtype, **kwargs)
         self.images = torch.from_numpy(np.ascontiguousarray(samples.array())).to(self.device)
         self.labels = torch.from_numpy(self.labels).to(self.device)

@@ -175,9 +175,11 @@ def _store(samples: SampleIndex, store_size: int | None) -> int | None:
 
 
 def _gpu_options(src: LoaderSource) -> dict[str, Any]:
-    """The storage size of mixed-size images, the memory budget, the undecodable-file threshold."""
+    """The storage size of mixed-size images, the memory budget, the undecodable-file threshold, the
+    images earlier sessions could not decode."""
     store = _store(src.samples, src.store_size)
-    return {"store_size": store, "budget": src.budget, "max_broken": src.max_broken, "progress": src.progress}
+    return {"store_size": store, "budget": src.budget, "max_broken": src.max_broken, "progress": src.progress,
+            "keep_out": src.undecoded}  # fmt: skip
 
 
 def _dali_options(src: LoaderSource) -> dict[str, Any]:

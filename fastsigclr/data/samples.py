@@ -86,6 +86,7 @@ class SampleIndex:
         self.classes = tuple(classes)
         self._array = array
         self.broken: list[tuple[str, str]] = []  # files left out of the index: (path, reason)
+        self.undecoded: tuple[int, ...] = ()  # decoded by in_memory: the source's ids it left out
         self.notes: dict[int, str] = {}  # sample → what only some decoders read (image_header)
         self.cache_dir: Path | None = None  # where in_memory keeps the decoded array (files only)
         self.cache_name = "images"
@@ -187,21 +188,28 @@ class SampleIndex:
         return len(self) * h * w * 3
 
     def in_memory(
-        self, size: int | None = None, *, progress: bool = True, max_broken: float = 0.0
+        self,
+        size: int | None = None,
+        *,
+        progress: bool = True,
+        max_broken: float = 0.0,
+        keep_out: Collection[int] = (),
     ) -> SampleIndex:
         """This split decoded into one uint8 (N, H, W, 3) array (as a SampleIndex over it). Images
         of one size that fits ``size``² are kept as they are; others are stored at ``size``²
-        (``resized``). Files that cannot be decoded are reported (``report_broken``) and left out.
-        With ``cache_dir`` set, the array is kept there."""
+        (``resized``). Files that cannot be decoded are reported (``report_broken``) and left out,
+        as are ``keep_out`` (the ids a resumed run's earlier sessions could not decode: a file
+        repaired since stays out, as in a run that never stopped), unread; the result's
+        ``undecoded`` holds the ids of both. With ``cache_dir`` set, the array is kept there."""
         if self._array is not None:
             return self
         side, hw = self.resized(size), self.stored_hw(size)
         key = cache.fingerprint(self.files, side) if self.cache_dir and self.files else None
         name = self.cache_name if side is None else f"{self.cache_name}-{side}px"  # one per storage
-        found = cache.load(self.cache_dir, name, key) if key else None
+        found = None if keep_out else cache.load(self.cache_dir, name, key) if key else None
         if found is None:
-            images, kept = self._decode_all(hw, side is not None, progress, max_broken)
-            if key:
+            images, kept = self._decode_all(hw, side is not None, progress, max_broken, keep_out)
+            if key and not keep_out:
                 cache.save(self.cache_dir, name, key, images, kept)
         else:  # the files that did not decode when it was made count against this run's limit too
             images, kept = found
@@ -209,18 +217,25 @@ class SampleIndex:
             left_out = [(str(self.files[i]), "did not decode") for i in missing]
             report_broken(self.name, left_out, len(self) + len(self.broken), max_broken, len(self.broken))
         files = None if self.files is None else [self.files[i] for i in kept]
-        return SampleIndex.from_array(images, self.labels[kept], self.name, files=files, classes=self.classes)
+        decoded = SampleIndex.from_array(
+            images, self.labels[kept], self.name, files=files, classes=self.classes
+        )
+        decoded.undecoded = tuple(int(i) for i in np.setdiff1d(np.arange(len(self)), kept))
+        return decoded
 
     def _decode_all(
-        self, hw: tuple[int, int], resize: bool, progress: bool, max_broken: float
+        self, hw: tuple[int, int], resize: bool, progress: bool, max_broken: float, keep_out: Collection[int]
     ) -> tuple[np.ndarray, np.ndarray]:
         """(uint8 (n, h, w, 3), the ids of the n samples that decoded; ``resize``: to ``hw``)."""
         h, w = hw
         images = np.empty((len(self), h, w, 3), dtype=np.uint8)
         ok = np.ones(len(self), dtype=bool)
         broken: list[tuple[str, str]] = []
+        out = frozenset(keep_out)
 
         def load(i: int) -> tuple[int, np.ndarray | str]:
+            if i in out:
+                return i, "left out: an earlier session of this run could not decode it"
             return i, self._decoded_at(i, hw, resize)
 
         with ThreadPoolExecutor(max_workers=workers()) as pool:
