@@ -277,8 +277,9 @@ def _check_data(setup: Setup, state: dict[str, Any]) -> None:
             return
         then, after = ("as they are" if side is None else f"at {side}²" for side in (then_side, now_side))
         raise FastSigCLRError(
-            f"the run stored its images {then} and they would now be stored {after} (the labelled splits "
-            f"beside them changed: val/ of other sizes); resume it on the data it was trained on "
+            f"the run stored its images {then} and they would now be stored {after} (the storage follows "
+            f"the sizes of every labelled split: val/ came, went or holds other sizes); resume it on the "
+            f"data it was trained on "
             f"(--data-dir), or start a new run with another --out"
         )
     where = f"{setup.info.name} in {setup.cfg.data_dir}"

@@ -38,6 +38,8 @@ def check_run_dir(run_dir: Path) -> None:
             raise FastSigCLRError(
                 f"--run {run_dir} is inside a run; pass the run's directory: --run {parent}"
             )
+    if not run_dir.exists():
+        raise FastSigCLRError(f"--run {run_dir} does not exist; pass --run DIR of a train run")
     raise FastSigCLRError(f"{run_dir} is not a run directory (no config.json); pass --run DIR of a train run")
 
 

@@ -28,9 +28,11 @@ def _missing_split(name: str, where: Path, missing: list[str], labelled: bool) -
             f"{name} in {where} has no test images (no val/ folder): embed the images it was "
             f"pre-trained on with --split train"
         )
+    other = next((n for n in ("test", "valid", "validation") if (where / n).is_dir()), None)
+    rename = f"; {other}/ was found and is not read: rename it val/" if "test" in missing and other else ""
     return FastSigCLRError(
-        f"{name} in {where} has no labelled {' and '.join(missing)} images (a flat folder, or "
-        f"no val/): eval needs DIR/train/<class>/ and DIR/val/<class>/, embed those of its --split"
+        f"{name} in {where} has no labelled {' and '.join(missing)} images (a flat folder, or no "
+        f"val/): eval reads DIR/train/<class>/ and DIR/val/<class>/ (embed, the --split it embeds){rename}"
     )
 
 

@@ -84,7 +84,7 @@ def test_a_cut_file_gives_its_place_to_another_image_of_its_batch(tmp_path, caps
     _cut(index, cut)
     full = list(loader.epoch(0))
     err = capsys.readouterr().err
-    assert f"{index.files[cut]}:" in err and "skipped those 1 images" in err
+    assert f"{index.files[cut]}:" in err and "skipped that image" in err
     assert _labels(full) == _expected(loader, 0, 0, {cut}) and len(full) == 8
     assert all(cut not in labels for labels in _labels(full))
     assert all(views.shape == (8, 3, 32, 32) for views, _ in full)
@@ -134,7 +134,7 @@ def test_training_with_dali_leaves_out_a_cut_file(tmp_path, capsys):
     args = folder_args(data, out, "--batch-size", "8", "--loader", "dali", "--max-broken", "0.1")
     assert main(args) == 0
     err = capsys.readouterr().err
-    assert f"{truncated}:" in err and "skipped those 1 images" in err
+    assert f"{truncated}:" in err and "skipped that image" in err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["train_images"] == 19  # 20 files, 1 left out (it counted 20, the gpu loader 19)
 

@@ -203,7 +203,7 @@ def test_write_ffcv_leaves_out_what_a_run_would_and_names_its_own_options(tmp_pa
         main(args)
     assert "more than --max-broken 0.01" in capsys.readouterr().err
     assert main([*args, "--max-broken", "0.05"]) == 0
-    assert "folder train: skipped those 1 images (at most --max-broken 0.05)" in capsys.readouterr().err
+    assert "folder train: skipped that image (at most --max-broken 0.05)" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*args, "--max-broken", "0.05", "--limit", "100"])
     assert "--limit 100 is more than the 30 train images of folder: pass --limit 30 or less" in (

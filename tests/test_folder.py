@@ -4,6 +4,7 @@ loader's memory budget) and the readers of the image-folder layout."""
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -99,7 +100,7 @@ def test_broken_images_are_listed_and_skipped_or_stop_the_run(tmp_path, capsys):
     assert main(folder_args(data, out, "--batch-size", "8", "--max-broken", "0.2")) == 0
     err = capsys.readouterr().err
     assert f"{garbage}:" in err and f"{truncated}:" in err
-    assert "skipped those 1 images" in err  # at indexing
+    assert "skipped that image" in err  # at indexing
     assert "(and 1 more listed above)" in err and "skipped those 2 images" in err  # at decoding
     assert summary(out)["train_images"] == 19  # 20 written + 1 garbage, 2 left out
     # Each pass alone is within 7% (1 of 21, 1 of 20); the split is not (2 of 21): refused.
@@ -125,7 +126,13 @@ def test_verify_passes_a_clean_folder(tmp_path, capsys):
     data = write_odd_folder(tmp_path / "data")
     assert main(["data", "verify", "--dataset", "folder", "--data-dir", str(data), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "train/: all 16 images decode" in out and "test/: all 4 images decode" in out
+    assert "train/: all 16 images decode" in out and "val/: all 4 images decode" in out  # it said test/
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for path in sorted((data / "train").rglob("*.*"))[:5]:
+        (flat / f"{path.parent.name}-{path.name}").write_bytes(path.read_bytes())
+    assert main(["data", "verify", "--dataset", "folder", "--data-dir", str(flat), "--no-progress"]) == 0
+    assert "flat/ (flat): all 5 images decode" in capsys.readouterr().out  # it said train/
 
 
 def test_unlabeled_flat_folder_trains_with_knn_and_probe_off(tmp_path, capsys):
@@ -174,7 +181,8 @@ def test_too_large_for_the_memory_budget_names_the_streaming_loaders(tmp_path, c
         )
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "needs 0.00 GiB, more than its budget" in err or "more than its budget of 0.00 GiB" in err
+    # bytes where GiB would read 0.00 on both sides ("needs 0.00 GiB, more than its budget of 0.00 GiB")
+    assert re.search(r"needs [\d,]+ bytes, more than its budget of 10,737 bytes", err), err
     assert "--loader dali" in err and "--loader ffcv" in err
 
 
@@ -242,6 +250,10 @@ def test_embed_reads_only_the_split_it_embeds(tmp_path, capsys, monkeypatch):
     assert "has no test images (no val/ folder): embed the images it was pre-trained on with --split" in err
     err = fails_with(["eval", "--run", str(out)], capsys)
     assert "has no labelled test images (a flat folder, or no val/)" in err, err
+    assert "rename it val/" not in err
+    (data / "test").mkdir()  # a torchvision-style name, which no one reads
+    err = fails_with(["eval", "--run", str(out)], capsys)
+    assert err.endswith("; test/ was found and is not read: rename it val/"), err
     assert not (tmp_path / "test.npy").exists()
 
 

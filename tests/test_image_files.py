@@ -57,3 +57,14 @@ def test_a_thin_strip_is_stored_without_resizing_it_whole():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split("\n")[0] == "[200.0, 200.0, 200.0]", done.stdout
+
+
+def test_an_empty_file_is_named_empty(tmp_path):
+    """A zero-byte image was reported as Pillow's "cannot identify image file": it is empty."""
+    import pytest
+
+    from fastsigclr.data.imagefile import image_header
+
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"^an empty file \(0 bytes\)$"):
+        image_header(tmp_path / "empty.png")

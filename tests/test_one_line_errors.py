@@ -358,6 +358,8 @@ def test_run_given_as_a_file_inside_the_run_names_the_run(tmp_path, capsys):
             err = fails_with([*command, "--run", str(inside)], capsys)
             assert f"--run {inside} is inside a run; pass the run's directory: --run {run}" in err
     err = fails_with(["eval", "--run", str(tmp_path / "nothing")], capsys)
+    assert f"--run {tmp_path / 'nothing'} does not exist; pass --run DIR of a train run" in err
+    err = fails_with(["eval", "--run", str(tmp_path)], capsys)  # a folder, not a run
     assert "is not a run directory (no config.json)" in err
 
 

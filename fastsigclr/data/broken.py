@@ -26,6 +26,12 @@ def max_broken_option() -> Any:
     )
 
 
+def skipped_line(what: str, count: int, max_broken: float) -> str:
+    """The line that says ``count`` undecodable images of ``what`` are left out, within the limit."""
+    those = "that image" if count == 1 else f"those {count} images"
+    return f"{what}: skipped {those} (at most --max-broken {max_broken:g})"
+
+
 def report_broken(
     what: str,
     broken: Sequence[tuple[str, str]],
@@ -56,7 +62,7 @@ def report_broken(
     if error := over_limit(what, count, total, max_broken, broken[0][0], fix):
         raise error
     if said:
-        print(f"{what}: skipped those {count} images (at most --max-broken {max_broken:g})", file=sys.stderr)
+        print(skipped_line(what, count, max_broken), file=sys.stderr)
 
 
 def over_limit(

@@ -249,7 +249,8 @@ class FolderReader:
             counts = np.bincount(train.labels, minlength=len(self.classes))
             shown = ", ".join(f"{c} {n}" for c, n in zip(self.classes[:20], counts[:20], strict=True))
             more = f", ... ({len(self.classes)} classes)" if len(self.classes) > 20 else ""
-            lines.append(f"  train: {len(train)} images in {len(self.classes)} classes ({shown}{more})")
+            classes = f"{len(self.classes)} class{'es' if len(self.classes) != 1 else ''}"
+            lines.append(f"  train: {len(train)} images in {classes} ({shown}{more})")
             empty = [c for c, n in zip(self.classes, counts, strict=True) if n == 0]
             if empty:
                 lines.append(
@@ -300,11 +301,13 @@ class FolderReader:
         {split: what was checked}."""
         print(self.describe(self.index("train"), self.index("test")))
         out = {}
+        # the folders the splits are read from (it said "test/" of val/, and "train/" of a flat DIR)
+        folders = {"train": f"{self.folder.name}/ (flat)" if self.flat else "train/", "test": "val/"}
         for split in ("train", "test"):
             index = self.index(split)
             if index is not None:
                 broken = index.broken + index.undecodable(progress=progress)
                 fix = "repair or delete the files listed above: every image must decode"
                 report_broken(index.name, broken, len(index) + len(index.broken), 0.0, fix=fix)
-                out[f"{split}/"] = f"all {len(index)} images decode"
+                out[folders[split]] = f"all {len(index)} images decode"
         return out

@@ -68,14 +68,18 @@ def memory_budget(device: torch.device) -> int:
     return available_memory_bytes() // 2
 
 
+def _gib(size: int) -> str:
+    """Bytes in GiB to 2 decimals, or in bytes where that shows 0.00 (--memory-budget 0.000001)."""
+    return f"{size / (1 << 30):.2f} GiB" if size >= (1 << 30) / 200 else f"{size:,} bytes"
+
+
 def check_budget(samples: SampleIndex, store_size: int | None, budget: int, device: torch.device) -> None:
     """A FastSigCLRError naming the streaming loaders when the decoded split exceeds ``budget``."""
     need = samples.nbytes(store_size)
     if need > budget:
-        gib = 1 << 30
         raise FastSigCLRError(
             f"the gpu loader keeps every decoded image in {device.type} memory: {samples.name} needs "
-            f"{need / gib:.2f} GiB, more than its budget of {budget / gib:.2f} GiB (--memory-budget). Use "
+            f"{_gib(need)}, more than its budget of {_gib(budget)} (--memory-budget). Use "
             f"--loader dali (decodes the files as it goes) or --loader ffcv (reads a .beton), or "
             f"--limit-train, or a smaller --store-size"
         )

@@ -78,8 +78,11 @@ def image_header(path: Path) -> tuple[int, int, str]:
     from PIL import UnidentifiedImageError
 
     Image = _pillow()
-    if not stat.S_ISREG(os.stat(path).st_mode):
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
         raise ValueError("not a regular file (a pipe, socket or device)")
+    if info.st_size == 0:  # Pillow says "cannot identify image file"
+        raise ValueError("an empty file (0 bytes)")
     try:
         with Image.open(path) as im:
             w, h = im.size

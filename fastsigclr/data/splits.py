@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from fastsigclr.config import ConfigError
-from fastsigclr.data.broken import over_limit, report_broken
+from fastsigclr.data.broken import over_limit, report_broken, skipped_line
 from fastsigclr.data.datasets import open_dataset
 from fastsigclr.data.info import DatasetInfo
 from fastsigclr.data.samples import SampleIndex
@@ -167,8 +167,7 @@ class DataSplits:
         if error := over_limit(index.name, count, total, self.max_broken, first):
             raise error
         if announce and len(known) > self._checked.get(split, 0):
-            print(f"{index.name}: skipped those {count} images (at most --max-broken {self.max_broken:g})",
-                  file=sys.stderr)  # fmt: skip
+            print(skipped_line(index.name, count, self.max_broken), file=sys.stderr)
         self._checked[split] = len(known)
 
     def arrays(self, split: str, *, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
