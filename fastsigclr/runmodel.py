@@ -5,6 +5,7 @@ and a sweep's evaluation take."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from fastsigclr.data.datasets import data_folder
 from fastsigclr.data.folder import FolderReader
 from fastsigclr.data.info import DatasetInfo
 from fastsigclr.data.splits import LimitError
-from fastsigclr.recipe import build_model, compute_dtypes, load_data
+from fastsigclr.recipe import build_model, compute_dtypes, data_identity, load_data
 from fastsigclr.runconfig import RESTORE_CONFIG, read_config
 from fastsigclr.runfiles import CHECKPOINT, trained_checkpoint
 from fastsigclr.runinfo import resolve_device
@@ -52,6 +53,24 @@ def _check_data_dir(info: DatasetInfo, where: Path, named: str) -> None:
     )
 
 
+def _note_other_data(data: Any, cfg: Any, state: dict[str, Any], where: Path) -> None:
+    """A note when the images read here are not those the checkpoint records the run trained on
+    (other files, labels or sizes): a folder changed since, or another --data-dir. The kNN bank and
+    the probe then train on these; a moved copy of the same images says nothing."""
+    saved = state.get("data")
+    if not isinstance(saved, dict):  # a checkpoint written before the record
+        return
+    now = data_identity(data, cfg)
+    if all(saved.get(key) == now[key] for key in ("images", "digest")):
+        return
+    print(
+        f"note: {data.info.name} in {where} holds other training images than the run trained on "
+        f"({saved.get('images')!r:.20} images then, {now['images']} now, or other files, labels or "
+        f"sizes): the kNN bank and the linear probe's training set are these",
+        file=sys.stderr,
+    )
+
+
 def load_run_model(
     run_dir: Path,
     device_name: str = "auto",
@@ -81,6 +100,7 @@ def load_run_model(
             f"the run's {err.problem} in {where}: this is not the data the run read; pass "
             f"--data-dir DIR, the folder that holds it"
         ) from None
+    _note_other_data(data, cfg, state, where)
     # Without labels (a flat folder), the train split is the images pre-training read.
     source = {
         name: "pretrain" if name == "train" and data.train is None and not labelled else name

@@ -561,3 +561,20 @@ def test_a_data_dir_that_is_a_file_is_not_said_to_be_missing(tmp_path, capsys):
     assert err.endswith(f"{afile} is not a folder; pass --data-dir DIR, the folder holding train/<class>/"), (
         err
     )
+
+
+def test_eval_notes_a_folder_that_changed_since_training(tmp_path, capsys):
+    """eval read the run's folder as it is now: an image added to train/ since training changed the
+    kNN bank without a word. A note says so; the same images say nothing."""
+    data = write_cifar_folder(tmp_path / "data", per_class=4, val_per_class=1, classes=4)
+    out = tmp_path / "run"
+    assert main(folder_args(data, out)) == 0
+    evaluate = ["eval", "--run", str(out), "knn", "--device", "cpu", "--no-progress"]
+    capsys.readouterr()
+    assert main(evaluate) == 0
+    assert "other training images" not in capsys.readouterr().err
+    first = sorted((data / "train").rglob("*.jpg"))[0]
+    (first.parent / f"copy-{first.name}").write_bytes(first.read_bytes())
+    assert main(evaluate) == 0
+    err = capsys.readouterr().err
+    assert "holds other training images than the run trained on (16 images then, 17 now," in err, err
