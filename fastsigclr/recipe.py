@@ -56,10 +56,18 @@ def load_data(cfg: TrainConfig, announce: bool = True) -> DataSplits:
 def store_size_note(data: DataSplits, store_size: int | None, image_size: int | None) -> str | None:
     """A line when images are stored (``SampleIndex.resized``) smaller than the views cut from
     them: every view and every kNN image is then upsampled (legal: a memory trade some runs make
-    on purpose)."""
-    if store_size is None or image_size is None or store_size >= image_size:
+    on purpose); or when images of one size, kept as they are, are smaller than the views."""
+    if image_size is None:
         return None
-    splits = (s for s in (data.pretrain, data.train, data.test) if s is not None and not s.decoded)
+    splits = [s for s in (data.pretrain, data.train, data.test) if s is not None and not s.decoded]
+    kept = [s.uniform_size for s in splits if s.resized(store_size) is None and s.uniform_size]
+    if small := next((hw for hw in kept if min(hw) < image_size), None):
+        return (
+            f"note: the images are {small[0]}×{small[1]} (height × width), smaller than --image-size "
+            f"{image_size}: they are kept as they are and every view is upsampled from them"
+        )
+    if store_size is None or store_size >= image_size:
+        return None
     if not any(s.resized(store_size) is not None for s in splits):
         return None
     return (

@@ -79,14 +79,20 @@ def test_odd_folder_trains_through_the_cli(tmp_path, capsys):
 
 
 def test_a_store_size_below_the_image_size_is_said(tmp_path):
-    """Images kept smaller than the views: one note naming both options and the default; images
-    of one size that fits --store-size² are kept as they are, so it means nothing there."""
+    """Images kept smaller than the views: one note naming both options and the default. Images
+    of one size that fits --store-size² are kept as they are: smaller than --image-size, every view
+    is upsampled from them too, which was said of neither (30 × 10 images under --image-size 64)."""
     mixed = open_splits(DATASETS["folder"], write_odd_folder(tmp_path / "odd"), announce=False)
     note = store_size_note(mixed, 24, 32)
     assert note is not None and "--store-size 24 is below --image-size 32" in note and "(37," in note
     assert store_size_note(mixed, 32, 32) is None and store_size_note(mixed, 36, 32) is None
     uniform = open_splits(DATASETS["folder"], write_cifar_folder(tmp_path / "cifar", 2, 1, 2), announce=False)
-    assert store_size_note(uniform, 33, 40) is None  # 32² kept: nothing is resized
+    kept = store_size_note(uniform, 33, 40)  # 32² kept as they are, views of 40²
+    assert kept == (
+        "note: the images are 32×32 (height × width), smaller than --image-size 40: they are kept as "
+        "they are and every view is upsampled from them"
+    )
+    assert store_size_note(uniform, 33, 32) is None  # 32² kept, views of 32²: nothing to say
     assert store_size_note(uniform, 24, 32) is not None  # 32² stored at 24²
 
 
