@@ -104,14 +104,13 @@ def _cmd_bench_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from fastsigclr.config import several_ranks
     from fastsigclr.runconfig import TrainConfig
     from fastsigclr.train import train
 
     cfg = from_args(TrainConfig, args)
     summary = train(cfg, command=["fastsigclr", *args.argv], given=typed_fields(TrainConfig, args))
-    if (
-        int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and os.environ.get("RANK", "0") != "0"
-    ):  # rank 0 says it
+    if several_ranks() and os.environ.get("RANK", "0") != "0":  # rank 0 says it
         return 0
     knn = summary["knn_acc"]
     print(f"done: {summary['epochs']} epochs, kNN accuracy {knn:.4f}" if knn is not None else "done")
@@ -157,7 +156,8 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     from fastsigclr.export import EmbedConfig, embed
 
     result = embed(from_args(EmbedConfig, args))
-    print(f"wrote {result['features']} {result['shape']} and {result['labels']}, {result['trained']}")
+    files = f" and {result['files']}" if result["files"] else ""
+    print(f"wrote {result['features']} {result['shape']}, {result['labels']}{files}, {result['trained']}")
     return 0
 
 

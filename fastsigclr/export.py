@@ -39,6 +39,7 @@ from fastsigclr.runweights import check_fits, check_record
 
 FORMAT = "fastsigclr-encoder-v1"
 LABELS = ".labels.npy"  # embed's labels of FILE.npy: FILE.labels.npy
+FILES = ".files.json"  # and the files of its rows: FILE.files.json (splits read from files)
 INSTALL_HINT = "pip install safetensors (a dependency of fastsigclr)"
 
 
@@ -279,22 +280,33 @@ class EmbedConfig:
             )
 
 
-def labels_path(out: str | Path) -> Path:
-    """Where ``embed`` writes the labels of the features file ``out`` (FILE.npy → FILE.labels.npy)."""
+def labels_path(out: str | Path, suffix: str = LABELS) -> Path:
+    """Where ``embed`` writes the labels of the features file ``out`` (FILE.npy → FILE.labels.npy),
+    or with ``suffix`` FILES the files of its rows (FILE.files.json)."""
     out = Path(out)
-    return out.with_name(out.name[: -len(".npy")] + LABELS)
+    return out.with_name(out.name[: -len(".npy")] + suffix)
 
 
 def _check_outs(out: Path, run_dir: Path) -> None:
-    """embed's --out and the labels file beside it (``_check_out``)."""
+    """embed's --out and the labels and files beside it (``_check_out``)."""
     _check_out(out, "features.npy", run_dir)
-    labels = labels_path(out)
-    _check_out(labels, "features.npy", run_dir, f"{labels}, where embed writes the labels of --out {out},")
+    for suffix, what in ((LABELS, "labels"), (FILES, "files")):
+        path = labels_path(out, suffix)
+        _check_out(path, "features.npy", run_dir, f"{path}, where embed writes the {what} of --out {out},")
+
+
+def _files_json(files: list[str], data_dir: str) -> Callable[[Any], Any]:
+    """A writer of FILE.files.json: the data folder and each row's file relative to it (a moved
+    copy of the folder still names them), as JSON (names with newlines or not in UTF-8 survive)."""
+    rows = [os.path.relpath(f, data_dir) for f in files]
+    text = json.dumps({"data_dir": data_dir, "files": rows}, indent=0) + "\n"
+    return lambda f: f.write(text.encode())
 
 
 def embed(cfg: EmbedConfig) -> dict[str, Any]:
     """Backbone features (N, F) float32 of the un-augmented images of a split and their labels (N,)
-    int64, written as two .npy files; returns their paths and shape."""
+    int64, written as two .npy files, and for a split read from files the file of each row
+    (FILE.files.json); returns their paths and shape."""
     run_dir = Path(cfg.run or "")
     _run_checkpoint(run_dir)  # the clear errors first, before the data is read
     out = Path(cfg.out or "")
@@ -302,14 +314,22 @@ def embed(cfg: EmbedConfig) -> dict[str, Any]:
     loaded = load_run_model(run_dir, cfg.device, cfg.data_dir, splits=(cfg.split,), labelled=False)
     feats, labels = split_features(loaded, cfg.split, progress=cfg.progress)
     arrays = {out: feats.cpu().numpy(), labels_path(out): labels.cpu().numpy()}
+    files = loaded["data"].row_files(loaded["sources"][cfg.split])
+    if files is not None and len(files) != len(feats):
+        raise RuntimeError(f"embed: {len(files)} files for {len(feats)} rows of features")
     _check_outs(out, run_dir)  # again: the features took a while
-    # One write for both: an interrupt leaves the old pair or the new one, never new features
+    # One write for all: an interrupt leaves the old files or the new ones, never new features
     # beside the labels of another split or run.
     writes = {path: functools.partial(np.save, arr=array) for path, array in arrays.items()}
+    if files is not None:
+        writes[labels_path(out, FILES)] = _files_json(files, loaded["data_dir"])
     ckpt.write_atomic_files(writes, fix="choose a writable --out")
+    if files is None:  # an earlier embed's rows (of another split or dataset) would now mislead
+        labels_path(out, FILES).unlink(missing_ok=True)
     return {
         "features": str(out),
         "labels": str(labels_path(out)),
+        "files": str(labels_path(out, FILES)) if files is not None else None,
         "shape": tuple(feats.shape),
         "trained": loaded["trained"]["label"],  # which checkpoint: the run may still be training
     }

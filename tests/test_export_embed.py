@@ -17,7 +17,7 @@ from fastsigclr import checkpoint
 from fastsigclr.cli import main
 from fastsigclr.config import FastSigCLRError
 from fastsigclr.eval import extract_features
-from fastsigclr.export import labels_path, load_backbone, load_projector, read_metadata
+from fastsigclr.export import FILES, labels_path, load_backbone, load_projector, read_metadata
 from fastsigclr.runmodel import load_run_model
 
 
@@ -74,7 +74,8 @@ def test_embed_matches_extract_features(run_dir, tmp_path, capsys):
             == 0
         )
     said = capsys.readouterr().out
-    assert f"wrote {out} (48, 64) and {labels_path(out)}, epoch 1\n" in said  # which checkpoint it embedded
+    assert f"wrote {out} (48, 64), {labels_path(out)}, epoch 1\n" in said  # which checkpoint it embedded
+    assert not labels_path(out, FILES).exists()  # CIFAR's rows come from arrays, not files
     feats, labels = np.load(out), np.load(labels_path(out))
     assert labels_path(out).name == "test.labels.npy"
     assert feats.shape == (48, 64) and feats.dtype == np.float32

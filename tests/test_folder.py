@@ -5,6 +5,7 @@ loader's memory budget) and the readers of the image-folder layout."""
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -584,3 +585,31 @@ def test_eval_notes_a_folder_that_changed_since_training(tmp_path, capsys):
     assert main(evaluate) == 0
     err = capsys.readouterr().err
     assert "holds other training images than the run trained on (16 images then, 17 now," in err, err
+
+
+@pytest.mark.parametrize("held", ["kept", "streamed"])
+def test_embed_names_the_file_of_each_row(tmp_path, capsys, monkeypatch, held):
+    """embed wrote features and labels of a folder's images with nothing to tell which file a row
+    came from (and a file that does not decode shifts every row after it). FILE.files.json lists
+    them, relative to the data folder, left-out files out: each row's class folder is its label's,
+    whether the split is decoded once and kept or streamed (too large to keep)."""
+    import fastsigclr.data.splits as splits_module
+
+    if held == "streamed":
+        monkeypatch.setattr(splits_module, "available_memory_bytes", lambda: 0)
+    data = write_cifar_folder(tmp_path / "data", per_class=4, val_per_class=3, classes=3)
+    out = tmp_path / "run"
+    assert main(folder_args(data, out, "--max-broken", "0.5", "--knn-every", "0", "--batch-size", "12")) == 0
+    cut = sorted((data / "val").rglob("*.jpg"))[1]
+    raw = cut.read_bytes()
+    cut.write_bytes(raw[: raw.index(b"\xff\xda") + 40])  # its header reads, its pixels do not
+    features = tmp_path / "emb" / "val.npy"
+    args = ["embed", "--run", str(out), "--split", "test", "--out", str(features), "--no-progress"]
+    assert main(args) == 0
+    assert f"and {tmp_path / 'emb' / 'val.files.json'}, epoch 1" in capsys.readouterr().out
+    listed = json.loads((tmp_path / "emb" / "val.files.json").read_text())
+    labels = np.load(tmp_path / "emb" / "val.labels.npy")
+    assert listed["data_dir"] == str(data.absolute()) and len(listed["files"]) == len(labels) == 8
+    assert cut.relative_to(data).as_posix() not in listed["files"]
+    classes = sorted(p.name for p in (data / "train").iterdir())
+    assert [Path(f).parent.name for f in listed["files"]] == [classes[i] for i in labels]

@@ -39,6 +39,7 @@ class DataSplits:
     _left_out: dict = field(default_factory=dict, repr=False)  # split → ids a stream found broken
     _kept: dict = field(default_factory=dict, repr=False)  # split → kept (True) or streamed
     _checked: dict = field(default_factory=dict, repr=False)  # split → ids the ranks' union checked
+    _undecoded: dict = field(default_factory=dict, repr=False)  # split → ids ``arrays`` left out
 
     def __post_init__(self) -> None:
         # kNN compares features of the two labelled splits: when only one of them would be resized
@@ -179,7 +180,18 @@ class DataSplits:
             else:
                 decoded = index.in_memory(self.store_size, progress=progress, max_broken=self.max_broken)
                 self._arrays[split] = (decoded.array(), decoded.labels)
+                # ids of the files index holds (an index decoded already holds only those that decoded)
+                self._undecoded[split] = set() if decoded is index else set(decoded.undecoded)
         return self._arrays[split]
+
+    def row_files(self, split: str) -> list[str] | None:
+        """The files of the rows ``batches(split)`` gave, in order, after a pass over the whole
+        split (those that did not decode left out); None for a split without files (an array)."""
+        index = self.index(split)
+        if not index.files:
+            return None
+        gone = self._undecoded.get(split, set()) if split in self._arrays else self.left_out(split)
+        return [str(f) for i, f in enumerate(index.files) if i not in gone]
 
 
 class LimitError(ConfigError):
