@@ -613,3 +613,12 @@ def test_embed_names_the_file_of_each_row(tmp_path, capsys, monkeypatch, held):
     assert cut.relative_to(data).as_posix() not in listed["files"]
     classes = sorted(p.name for p in (data / "train").iterdir())
     assert [Path(f).parent.name for f in listed["files"]] == [classes[i] for i in labels]
+
+
+def test_one_class_is_noted(tmp_path, capsys):
+    """A folder of one class trained with a kNN accuracy of 1.0 and no word why."""
+    data = write_cifar_folder(tmp_path / "data", per_class=8, val_per_class=2, classes=1)
+    open_splits(DATASETS["folder"], data)
+    said = capsys.readouterr().out
+    assert "train: 8 images in 1 class (" in said
+    assert "note: one class: the kNN monitor's and the probe's accuracy are 1.0 whatever" in said, said

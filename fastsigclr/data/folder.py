@@ -251,6 +251,12 @@ class FolderReader:
             more = f", ... ({len(self.classes)} classes)" if len(self.classes) > 20 else ""
             classes = f"{len(self.classes)} class{'es' if len(self.classes) != 1 else ''}"
             lines.append(f"  train: {len(train)} images in {classes} ({shown}{more})")
+            if len(self.classes) == 1:  # every kNN vote and probe guess is right
+                lines.append(
+                    f"  note: one class: the kNN monitor's and the probe's accuracy are 1.0 whatever the "
+                    f"model learns; to train without labels put the images in {self.folder} itself "
+                    f"(no train/)"
+                )
             empty = [c for c, n in zip(self.classes, counts, strict=True) if n == 0]
             if empty:
                 lines.append(
