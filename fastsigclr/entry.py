@@ -45,19 +45,30 @@ def console() -> int:
     """The console script (and ``python -m fastsigclr``): ``main``, then, the command's work done and
     written, a Ctrl-C or SIGTERM while the interpreter shuts down (torch's exit handlers take about
     0.6 s) ends the process at once with the command's own status. It ended a finished run with
-    130 (or −15 after SIGTERM), and sometimes a traceback from an exit handler."""
-    status = main()
-    if threading.current_thread() is threading.main_thread():
-
-        def finished(signum: int, frame: Any) -> None:
-            for stream in (sys.stdout, sys.stderr):
-                with contextlib.suppress(Exception):
-                    stream.flush()
-            os._exit(status)
-
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, finished)
+    130 (or −15 after SIGTERM), and sometimes a traceback from an exit handler; and a preempted
+    run, which leaves by SystemExit(75) as a one-line error leaves by SystemExit(2), with 143."""
+    try:
+        status = main()
+    except SystemExit as exc:
+        _keep_status(exc.code if isinstance(exc.code, int) else int(exc.code is not None))
+        raise
+    _keep_status(status)
     return status
+
+
+def _keep_status(status: int) -> None:
+    """From now on SIGINT and SIGTERM end the process at once with ``status``."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def finished(signum: int, frame: Any) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(status)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, finished)
 
 
 def interrupted(exc: KeyboardInterrupt | None = None) -> int:

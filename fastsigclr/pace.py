@@ -56,8 +56,9 @@ def cpu_notice(
 
 def bf16_matrix_units() -> bool:
     """Whether oneDNN may run bf16 convolutions and matmuls on AMX tiles here (Intel Xeon from
-    Sapphire Rapids on); ONEDNN_MAX_CPU_ISA below AMX turns them off, and so this."""
-    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    Sapphire Rapids on); ONEDNN_MAX_CPU_ISA (or its older name DNNL_MAX_CPU_ISA) below AMX turns
+    them off, and so this."""
+    isa = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
     capped = isa != "ALL" and "AMX" not in isa
     return not capped and torch.cpu._is_amx_tile_supported() and torch.cpu._is_avx512_bf16_supported()
 

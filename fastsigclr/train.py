@@ -90,7 +90,7 @@ def _train(
             epochs.end_epoch(epoch, *sums)
             if epoch + 1 < epochs.epochs or epochs.knn_skipped:  # a last epoch then has no kNN
                 epochs.exit_if_stopped(f"after epoch {epoch + 1}")
-    return epochs.finish(record["device"])
+        return epochs.finish(record["device"])  # its monitor too gives way to a preemption
 
 
 @dataclass
@@ -168,8 +168,7 @@ class Epochs:
         self.steps_per_epoch = len(setup.loader)
         self.total_steps = self.epochs * self.steps_per_epoch
         self.warmup_steps = int(min(cfg.warmup_epochs, self.epochs) * self.steps_per_epoch)
-        self.knn: float | None = None
-        self.knn_skipped = False  # the last kNN monitor gave way to a preemption signal
+        self.knn, self.knn_skipped = None, False  # the last kNN monitor's: accuracy, gave way to a preemption
         self.labelled = setup.data.pretrain.labelled  # False: no online probe accuracy to report
         self.images_seen = 0
         self.left_out = 0  # the sum of the ranks' counts of images their loaders left out (DALI)
@@ -360,10 +359,9 @@ class Epochs:
         distributed.barrier(ctx)
 
     def knn_monitor(self) -> None:
-        """kNN accuracy of the backbone's test features against its training features, kept in
-        ``self.knn``: under torchrun each rank embeds its share of both splits and the vote is
-        shared. A preemption signal stops it (None, ``knn_skipped``): the checkpoint comes first,
-        within the grace period (ImageNet's monitor embeds 1.3 M images)."""
+        """kNN accuracy of the test split against the training split in ``self.knn`` (torchrun: each
+        rank embeds its share, the vote shared). A preemption signal stops it (None, ``knn_skipped``):
+        the checkpoint first, within the grace period (ImageNet's monitor embeds 1.3 M images)."""
         setup = self.setup
         self.knn, self.knn_skipped = None, False
         if setup.data.has_knn:
@@ -381,6 +379,8 @@ class Epochs:
         """The run's summary (summary.json), written once the last epoch is checkpointed."""
         if self.start_epoch == self.epochs:  # resumed after its last checkpoint, before its summary
             self.knn_monitor()
+            if self.knn_skipped:  # a summary needs it: exit for the next session to run it again
+                self.exit_if_stopped("after its last epoch")
         elapsed = time.perf_counter() - self.run_start
         left_out = self.left_out_ids | distributed.union(self.ctx, self.setup.loader.left_out())
         summary = {

@@ -313,22 +313,32 @@ def test_ctrl_c_under_torchrun_is_said_once_per_node(local_rank, said, where, mo
 
 
 FINISHED = """
-import os, signal, sys
+import atexit, os, signal, sys
 import fastsigclr.entry as entry
-entry.main = lambda: 3  # a command that finished with its status
-status = entry.console()
-os.kill(os.getpid(), getattr(signal, sys.argv[1]))  # as the interpreter shuts down
-print("went on")
+
+def leaving():  # a command that leaves by SystemExit: a preempted run's 75, an error's 2
+    raise SystemExit(75)
+
+entry.main = (lambda: 3) if sys.argv[2] == "returns" else leaving
+atexit.register(lambda: os.kill(os.getpid(), getattr(signal, sys.argv[1])))  # as the process ends
+try:
+    status = entry.console()
+except SystemExit as exc:
+    status = exc.code
+print("exits with", status)
+sys.exit(status)
 """
 
 
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
-def test_a_signal_after_the_command_finished_keeps_its_status(signame):
+@pytest.mark.parametrize("how,status", [("returns", 3), ("raises", 75)])
+def test_a_signal_after_the_command_finished_keeps_its_status(signame, how, status):
     """A Ctrl-C in the ~0.6 s between a finished run's last line and the process's end (torch's exit
     handlers) ended it with 130 over a complete run and a written summary (−15 after SIGTERM),
-    sometimes with a traceback from an exit handler: it ends at once with the command's status."""
+    sometimes with a traceback from an exit handler: it ends at once with the command's status,
+    whether the command returned it or left by SystemExit (a preempted run's 75)."""
     done = subprocess.run(
-        [sys.executable, "-c", FINISHED, signame], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", FINISHED, signame, how], capture_output=True, text=True, timeout=120
     )
-    assert done.returncode == 3 and "went on" not in done.stdout, (done.returncode, done.stderr[-2000:])
+    assert done.returncode == status and f"exits with {status}" in done.stdout, (done.returncode, done.stderr)
     assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr, done.stderr

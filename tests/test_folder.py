@@ -622,3 +622,22 @@ def test_one_class_is_noted(tmp_path, capsys):
     said = capsys.readouterr().out
     assert "train: 8 images in 1 class (" in said
     assert "note: one class: the kNN monitor's and the probe's accuracy are 1.0 whatever" in said, said
+
+
+def test_kept_out_images_leave_a_cached_array_too(tmp_path, capsys):
+    """A resumed run keeps out the images its earlier sessions could not decode. Where the decoded
+    split is cached (Tiny-ImageNet's), the cache is read and those rows dropped: it was ignored and
+    every image decoded again, at every later session of the run."""
+    data = write_cifar_folder(tmp_path / "data", per_class=3, val_per_class=1, classes=2)
+    index = open_splits(DATASETS["folder"], data, announce=False).pretrain
+    index.cache_dir = tmp_path / "cache"
+    whole = index.in_memory(progress=False)  # decodes and writes the cache
+    assert whole.undecoded == () and len(list((tmp_path / "cache").iterdir())) > 0
+    index2 = open_splits(DATASETS["folder"], data, announce=False).pretrain
+    index2.cache_dir = tmp_path / "cache"
+    index2._decoded_at = lambda *a: pytest.fail("decoded again, not read from the cache")
+    capsys.readouterr()
+    kept = index2.in_memory(progress=False, max_broken=0.5, keep_out={2})
+    assert kept.undecoded == (2,) and len(kept) == 5
+    assert np.array_equal(kept.array(), np.delete(whole.array(), 2, axis=0))
+    assert "left out: an earlier session of this run could not decode it" in capsys.readouterr().err

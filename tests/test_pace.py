@@ -64,6 +64,7 @@ def test_cpu_notice_names_bf16_where_the_cpu_has_matrix_units(monkeypatch):
 
     cpu = torch.device("cpu")
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     for amx in (True, False):
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
@@ -75,6 +76,9 @@ def test_cpu_notice_names_bf16_where_the_cpu_has_matrix_units(monkeypatch):
     for isa, units in (("AVX512_CORE", False), ("AVX2", False), ("avx512_core_amx", True), ("ALL", True)):
         monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
         assert pace.bf16_matrix_units() == units, isa
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX2")  # the older name
+    assert not pace.bf16_matrix_units()
 
 
 def test_pace_estimates_the_run_from_step_one_then_from_the_steps_after_it():

@@ -309,11 +309,11 @@ def test_sigterm_during_the_knn_monitor_checkpoints_and_resumes_exactly(
     import fastsigclr.eval as evaluation
 
     data, whole = monitored
-    real, calls = evaluation.batch_features, []
+    real, calls, at = evaluation.batch_features, [], [2 * epoch]  # epoch's monitor's val split
 
     def signalled(*a, **kw):
         calls.append(1)
-        if len(calls) == 2 * epoch:  # the second split of epoch `epoch`'s monitor (train, val)
+        if len(calls) == at[0]:
             signal.raise_signal(signal.SIGTERM)
         return real(*a, **kw)
 
@@ -329,6 +329,14 @@ def test_sigterm_during_the_knn_monitor_checkpoints_and_resumes_exactly(
     assert not (out / "summary.json").exists()
     skipped = [r for r in read_metrics(out) if r["kind"] == "epoch" and r["epoch"] == epoch - 1]
     assert skipped[0]["knn_acc"] is None and skipped[0]["knn_skipped"] == "preempted"
+    if epoch == 2:  # the next session owes only the monitor, for its summary: preempted again
+        calls.clear()
+        at[0] = 1
+        with pytest.raises(SystemExit) as stopped:
+            main(args(data, out, *extra, "--resume"))
+        assert stopped.value.code == PREEMPTED_EXIT  # it ended 143 (Ctrl-C's way), no requeue
+        assert "preempted: checkpointed after its last epoch" in capsys.readouterr().err
+        assert not (out / "summary.json").exists()
     monkeypatch.setattr(evaluation, "batch_features", real)
     assert main(args(data, out, *extra, "--resume")) == 0
     assert step_losses(out) == step_losses(whole) and len(step_losses(out)) == 8

@@ -75,8 +75,9 @@ def test_a_damaged_record_of_left_out_images_is_one_line(run_copy, capsys):
     assert json.loads((run_copy / "summary.json").read_text())["train_images"] == 64
     assert recorded_ids({"left_out": [3, 63]}, "left_out", 64) == {3, 63}
     for damaged in ([3, "7"], [-1], [True], "3,7", {"3": 1}, [3.0]):
-        assert recorded_ids({"undecoded": damaged}, "undecoded", 64) == set()
-        assert capsys.readouterr().err.count("is damaged") == 1
+        for key in ("left_out", "undecoded"):
+            assert recorded_ids({key: damaged}, key, 64) == set()
+            assert capsys.readouterr().err.count("is damaged") == 1
         assert recorded_ids({"left_out": damaged}, "left_out", 64, announce=False) == set()
     assert capsys.readouterr().err == ""
 

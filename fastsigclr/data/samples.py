@@ -39,6 +39,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 UNLABELED = -1  # the label of an image without a class
 
 
+# Why a resumed run leaves out an image its earlier sessions could not decode (in_memory's keep_out).
+KEPT_OUT = "left out: an earlier session of this run could not decode it"
+
+
 class Reader(Protocol):
     """One dataset layout. ``index(split)`` for split in ``splits``: "pretrain" (what the SSL
     loader trains on), "train" (the labelled images of the kNN bank and the probe), "test"."""
@@ -206,15 +210,18 @@ class SampleIndex:
         side, hw = self.resized(size), self.stored_hw(size)
         key = cache.fingerprint(self.files, side) if self.cache_dir and self.files else None
         name = self.cache_name if side is None else f"{self.cache_name}-{side}px"  # one per storage
-        found = None if keep_out else cache.load(self.cache_dir, name, key) if key else None
+        found = cache.load(self.cache_dir, name, key) if key else None
         if found is None:
             images, kept = self._decode_all(hw, side is not None, progress, max_broken, keep_out)
-            if key and not keep_out:
+            if key and not keep_out:  # a cache holds every file that decodes
                 cache.save(self.cache_dir, name, key, images, kept)
         else:  # the files that did not decode when it was made count against this run's limit too
             images, kept = found
+            if keep_out and (out := np.isin(kept, np.fromiter(keep_out, np.int64))).any():
+                images, kept = images[~out], kept[~out]  # repaired since the run left them out
             missing = np.setdiff1d(np.arange(len(self)), kept)
-            left_out = [(str(self.files[i]), "did not decode") for i in missing]
+            why = {i: KEPT_OUT for i in keep_out}
+            left_out = [(str(self.files[i]), why.get(int(i), "did not decode")) for i in missing]
             report_broken(self.name, left_out, len(self) + len(self.broken), max_broken, len(self.broken))
         files = None if self.files is None else [self.files[i] for i in kept]
         decoded = SampleIndex.from_array(
@@ -235,7 +242,7 @@ class SampleIndex:
 
         def load(i: int) -> tuple[int, np.ndarray | str]:
             if i in out:
-                return i, "left out: an earlier session of this run could not decode it"
+                return i, KEPT_OUT
             return i, self._decoded_at(i, hw, resize)
 
         with ThreadPoolExecutor(max_workers=workers()) as pool:
