@@ -104,13 +104,13 @@ def test_clear_errors(run_dir, tmp_path, capsys):
     cases = [
         (
             ["export", "--run", str(tmp_path / "missing"), "--out", str(tmp_path / "x.safetensors")],
-            "not a run directory",
+            f"--run {tmp_path / 'missing'} does not exist",
         ),
         (["export", "--run", str(no_ckpt), "--out", str(tmp_path / "x.safetensors")], "has no checkpoint"),
         (["embed", "--run", str(no_ckpt), "--out", str(tmp_path / "x.npy")], "has no checkpoint"),
         (
             ["embed", "--run", str(tmp_path / "missing"), "--out", str(tmp_path / "x.npy")],
-            "not a run directory",
+            f"--run {tmp_path / 'missing'} does not exist",
         ),
         (["embed", "--run", str(run_dir), "--out", str(tmp_path / "x.npz")], "--out must name a .npy file"),
         (

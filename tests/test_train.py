@@ -136,7 +136,7 @@ def test_run_directory_errors(cifar10_dir, tmp_path, capsys):
     assert "cifar10 not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["eval", "--run", str(tmp_path / "missing"), "knn"])
-    assert "not a run directory" in capsys.readouterr().err
+    assert f"--run {tmp_path / 'missing'} does not exist" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
