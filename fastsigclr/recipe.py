@@ -60,7 +60,7 @@ def store_size_note(data: DataSplits, store_size: int | None, image_size: int | 
     if image_size is None:
         return None
     splits = [s for s in (data.pretrain, data.train, data.test) if s is not None and not s.decoded]
-    kept = [s.uniform_size for s in splits if s.resized(store_size) is None and s.uniform_size]
+    kept = [hw for s in splits if s.resized(store_size) is None and (hw := s.uniform_size)]
     if small := next((hw for hw in kept if min(hw) < image_size), None):
         return (
             f"note: the images are {small[0]}×{small[1]} (height × width), smaller than --image-size "

@@ -13,7 +13,7 @@ from fastsigclr import checkpoint as ckpt
 from fastsigclr.config import FastSigCLRError
 from fastsigclr.data import DATASETS
 from fastsigclr.data.datasets import data_folder
-from fastsigclr.data.folder import FolderReader
+from fastsigclr.data.folder import FolderReader, unread_val
 from fastsigclr.data.info import DatasetInfo
 from fastsigclr.data.splits import LimitError
 from fastsigclr.recipe import build_model, compute_dtypes, data_identity, load_data
@@ -29,8 +29,8 @@ def _missing_split(name: str, where: Path, missing: list[str], labelled: bool) -
             f"{name} in {where} has no test images (no val/ folder): embed the images it was "
             f"pre-trained on with --split train"
         )
-    other = next((n for n in ("test", "valid", "validation") if (where / n).is_dir()), None)
-    rename = f"; {other}/ was found and is not read: rename it val/" if "test" in missing and other else ""
+    other = unread_val(where) if "test" in missing else None
+    rename = f"; {other}/ was found and is not read: rename it val/" if other else ""
     return FastSigCLRError(
         f"{name} in {where} has no labelled {' and '.join(missing)} images (a flat folder, or no "
         f"val/): eval reads DIR/train/<class>/ and DIR/val/<class>/ (embed, the --split it embeds){rename}"

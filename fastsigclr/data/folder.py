@@ -127,6 +127,12 @@ def _classes(info: DatasetInfo, split_dir: Path) -> list[str]:
     return sorted(info.classes)
 
 
+def unread_val(folder: Path) -> str | None:
+    """The name of a folder in ``folder`` that was probably meant as val/ and is read by no one
+    (torchvision and Kaggle layouts call it test/, valid/ or validation/), or None."""
+    return next((n for n in ("test", "valid", "validation") if (folder / n).is_dir()), None)
+
+
 class FolderReader:
     """An image folder (see the module docstring); "pretrain" and "train" are DIR/train (or
     DIR itself when flat), "test" is DIR/val when it exists."""
@@ -291,8 +297,7 @@ class FolderReader:
     def _no_val(self) -> str:
         """The line of a layout without val/, naming a split folder that was probably meant as one."""
         line = "  no val/ folder: the kNN monitor is off"
-        other = next((n for n in ("test", "valid", "validation") if (self.folder / n).is_dir()), None)
-        if other:  # read by no one: torchvision and Kaggle layouts call it so
+        if other := unread_val(self.folder):
             line += f"; {other}/ was found and is not read: rename it val/ to use it for the kNN monitor"
         return line
 

@@ -219,15 +219,17 @@ class SampleIndex:
             images, kept = found
             if keep_out and (out := np.isin(kept, np.fromiter(keep_out, np.int64))).any():
                 images, kept = images[~out], kept[~out]  # repaired since the run left them out
-            missing = np.setdiff1d(np.arange(len(self)), kept)
-            why = {i: KEPT_OUT for i in keep_out}
-            left_out = [(str(self.files[i]), why.get(int(i), "did not decode")) for i in missing]
+        undecoded = tuple(int(i) for i in np.setdiff1d(np.arange(len(self)), kept))
+        if found is not None:  # _decode_all reported its own
+            left_out = [
+                (str(self.files[i]), KEPT_OUT if i in keep_out else "did not decode") for i in undecoded
+            ]
             report_broken(self.name, left_out, len(self) + len(self.broken), max_broken, len(self.broken))
         files = None if self.files is None else [self.files[i] for i in kept]
         decoded = SampleIndex.from_array(
             images, self.labels[kept], self.name, files=files, classes=self.classes
         )
-        decoded.undecoded = tuple(int(i) for i in np.setdiff1d(np.arange(len(self)), kept))
+        decoded.undecoded = undecoded
         return decoded
 
     def _decode_all(
