@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from fastsigclr.cli import main
-from fastsigclr.data import DATASETS
+from fastsigclr.data import DATASETS, ffcv_loader
 from fastsigclr.data.base import LoaderSource
 from fastsigclr.data.ffcv_loader import content_key
 from fastsigclr.data.loaders import _store, loader_options
@@ -120,3 +120,43 @@ def test_images_held_as_one_array_are_as_they_are_and_a_resized_cache_has_its_ow
     assert index.in_memory(None, progress=False).array().shape == (6, 32, 32, 3)
     names = sorted(p.name for p in (tmp_path / "cache").iterdir())
     assert names == ["train-18px-images.npy", "train-18px-meta.json", "train-images.npy", "train-meta.json"]
+
+
+def test_the_centre_square_rule_keys_only_the_splits_it_changes(tmp_path, monkeypatch):
+    """Images past 8:1 are stored by their centre square alone (imagefile.resize_center), other
+    pixels than the whole-image resize older versions stored. A split holding one gets another
+    cache key and .beton record, so a resumed run never mixes the two; every other split keeps
+    its key, so caches and .betons written before stay valid."""
+    from fastsigclr.data import cache
+    from fastsigclr.data.imagefile import _centre_square_only, resize_center, resize_rule
+    from fastsigclr.data.samples import file_index
+
+    rng = np.random.default_rng(0)
+    for h, w, size in [*rng.integers(1, 400, (300, 3)).tolist(), (16, 128, 16), (16, 129, 16), (7, 3, 5)]:
+        scale = size / min(h, w)  # the whole-image rule the centre square leaves as it was
+        shape = max(size, round(h * scale)), max(size, round(w * scale))
+        centre, nh, nw = _centre_square_only(h, w, size)
+        assert (int(nh), int(nw)) == shape and bool(centre) == (shape[0] * shape[1] > 8 * size * size)
+    assert not _centre_square_only(16, 128, 16)[0] and _centre_square_only(16, 129, 16)[0]
+    strip = np.full((10, 200, 3), 9, np.uint8)
+    strip[:, 95:105] = 200
+    assert (resize_center(strip, 10) == 200).all()  # its centre square, not the whole strip's middle
+    assert resize_rule(np.array([[32, 32], [10, 80]]), 16) == resize_rule(np.zeros((0, 2)), 16) == ""
+    assert resize_rule(np.array([[32, 32], [10, 81]]), 16) == " centre-square>8"
+    assert resize_rule(np.array([[32, 32], [10, 810]]), None) == ""
+
+    _write(tmp_path, "train", [(24, 24)], per_class=2)
+    Image.fromarray(strip).save(tmp_path / "train" / "a" / "strip.png")
+    files = sorted((tmp_path / "train").rglob("*.png"))
+    index = file_index("x", files, np.zeros(len(files), np.int64))
+    index.cache_dir = tmp_path / "cache"
+    old_key = cache.fingerprint(index.files, 10)  # what a version before the rule keyed it by
+    stale = np.zeros((len(files), 10, 10, 3), np.uint8)
+    cache.save(index.cache_dir, "images-10px", old_key, stale, np.arange(len(files)))
+    decoded = index.in_memory(10, progress=False).array()
+    assert (decoded[files.index(tmp_path / "train" / "a" / "strip.png")] == 200).all()  # decoded again
+    same = file_index("x", [f for f in files if f.name != "strip.png"], np.zeros(len(files) - 1))
+    assert cache.fingerprint(same.files, 10, resize_rule(same.sizes, 10)) == cache.fingerprint(same.files, 10)
+    keys = content_key(index, 10, False), content_key(same, 10, False)
+    monkeypatch.setattr(ffcv_loader, "resize_rule", lambda sizes, size: "")  # as before the rule
+    assert content_key(index, 10, False) != keys[0] and content_key(same, 10, False) == keys[1]

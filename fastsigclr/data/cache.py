@@ -18,11 +18,12 @@ from fastsigclr.data.files import own_partial
 from fastsigclr.data.info import DatasetError
 
 
-def fingerprint(files: list[Path], size: int | None) -> str:
+def fingerprint(files: list[Path], size: int | None, rule: str = "") -> str:
     """The cache's key: every file's name and a digest of its bytes, so a file changed in place
     (even to the same size and mtime) is decoded again (reading the bytes costs far less than
-    decoding them: docs/design.md §7)."""
-    h = hashlib.sha1(f"size={size}\n".encode())
+    decoding them: docs/design.md §7); ``rule``: how images are resized to ``size``, where it
+    changed (``imagefile.resize_rule``)."""
+    h = hashlib.sha1(f"size={size}{rule}\n".encode())
     for f in files:
         try:
             data = f.read_bytes()

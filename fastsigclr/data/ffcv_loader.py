@@ -29,7 +29,7 @@ from fastsigclr.data.base import LoaderBase
 from fastsigclr.data.ffcv_watch import WorkerFailed, WorkerWatch
 from fastsigclr.data.files import own_partial
 from fastsigclr.data.info import DatasetError
-from fastsigclr.data.samples import SampleIndex, resize_center
+from fastsigclr.data.samples import SampleIndex, resize_center, resize_rule
 
 INSTALL_HINT = (
     "apt-get install -y --no-install-recommends libopencv-dev libturbojpeg0-dev pkg-config build-essential "
@@ -84,7 +84,8 @@ def content_key(samples: SampleIndex, store_size: int | None, jpeg: bool) -> str
     (CIFAR-10's 150 MB: 0.12 s on one core). ``data write-ffcv --force`` rewrites it regardless."""
     store_size = samples.resized(store_size)  # None: kept as they are
     h = hashlib.blake2b(digest_size=20)
-    h.update(f"n={len(samples)} store={store_size} jpeg={jpeg}\n".encode())
+    rule = resize_rule(samples.sizes, store_size)
+    h.update(f"n={len(samples)} store={store_size} jpeg={jpeg}{rule}\n".encode())
     h.update(np.ascontiguousarray(samples.labels).tobytes() + samples.sizes.tobytes())
     if samples.files:
         root = Path(os.path.commonpath([f.parent for f in samples.files]))

@@ -102,14 +102,36 @@ def image_header(path: Path) -> tuple[int, int, str]:
 WHOLE_RESIZE_LIMIT = 8
 
 
+def _centre_square_only(h, w, size: int):
+    """Whether ``resize_center`` resizes the centre square of an h × w image alone (its whole image
+    resized would pass WHOLE_RESIZE_LIMIT times size²); with the shape it would resize to
+    otherwise. Arrays of h and w give one answer per image."""
+    scale = size / np.minimum(h, w)
+    nh, nw = np.maximum(size, np.rint(h * scale)), np.maximum(size, np.rint(w * scale))
+    return nh * nw > WHOLE_RESIZE_LIMIT * size * size, nh, nw
+
+
+def resize_rule(sizes: np.ndarray, size: int | None) -> str:
+    """What the keys of stored splits (the decoded-array cache, a .beton's record) add for images
+    of these (h, w) ``sizes`` stored at ``size``²: "" where every image is resized whole as it
+    always was, so caches written before the centre-square rule stay valid; else the rule, so a
+    split with an image past WHOLE_RESIZE_LIMIT is stored again rather than mixing old and new
+    pixels across a resume."""
+    sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
+    if size is None or not len(sizes):
+        return ""
+    centre, _, _ = _centre_square_only(sizes[:, 0], sizes[:, 1], size)
+    return f" centre-square>{WHOLE_RESIZE_LIMIT}" if centre.any() else ""
+
+
 def resize_center(rgb: np.ndarray, size: int) -> np.ndarray:
     """Shorter side resized to ``size`` (bilinear, antialiased), then the centre ``size``² crop."""
     from PIL import Image
 
     h, w = rgb.shape[:2]
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    if nh * nw > WHOLE_RESIZE_LIMIT * size * size:
+    centre, nh, nw = _centre_square_only(h, w, size)
+    nh, nw = int(nh), int(nw)
+    if centre:
         side = min(h, w)
         top, left = (h - side) / 2, (w - side) / 2
         box = (left, top, left + side, top + side)

@@ -31,6 +31,7 @@ from fastsigclr.data.imagefile import (  # noqa: F401 (decode_file, image_size, 
     image_header,
     image_size,
     resize_center,
+    resize_rule,
     to_rgb,
 )
 from fastsigclr.data.info import DatasetInfo
@@ -208,7 +209,9 @@ class SampleIndex:
         if self._array is not None:
             return self
         side, hw = self.resized(size), self.stored_hw(size)
-        key = cache.fingerprint(self.files, side) if self.cache_dir and self.files else None
+        key = None
+        if self.cache_dir and self.files:
+            key = cache.fingerprint(self.files, side, resize_rule(self.sizes, side))
         name = self.cache_name if side is None else f"{self.cache_name}-{side}px"  # one per storage
         found = cache.load(self.cache_dir, name, key) if key else None
         if found is None:
