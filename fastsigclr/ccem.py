@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from fastsigclr.checkpoint import json_text, writable_folder, write_atomic_files
+from fastsigclr.checkpoint import WriteError, json_text, writable_folder, write_atomic_files
 from fastsigclr.config import (
     FLOAT32_MAX,
     SEED_MAX,
@@ -37,6 +37,7 @@ from fastsigclr.config import (
     option,
     to_dict,
 )
+from fastsigclr.filetype import json_object
 from fastsigclr.losses import sigmoid_pairwise_loss
 from fastsigclr.runinfo import available_memory_bytes, run_record
 
@@ -207,6 +208,12 @@ def run(cfg: CcemConfig, command: list[str] | None = None) -> dict[str, Any]:
     out = writable_folder(Path(cfg.out))  # before the grid's minutes, not after
     paths = [out / name for name in ("results.json", "results.csv", "heatmap.png")]
     check_outputs(paths)  # a folder where one goes: said now, not after the grid
+    found = json_object(paths[0]) if paths[0].is_file() else {"experiment": "ccem"}
+    if (found or {}).get("experiment") != "ccem":  # a sweep's results.json, say
+        raise FastSigCLRError(
+            f"{paths[0]} exists and is not ccem's results, the only results.json ccem replaces; "
+            f"choose another --out"
+        )
     grid = [
         (variant, n, t, b)
         for variant in cfg.variant
@@ -239,15 +246,32 @@ def run(cfg: CcemConfig, command: list[str] | None = None) -> dict[str, Any]:
         "config": to_dict(cfg),
         "rows": rows,
     }
+    _write(paths, payload, cfg)
+    return payload
+
+
+def _write(paths: list[Path], payload: dict[str, Any], cfg: CcemConfig) -> None:
+    """results.json, results.csv and heatmap.png of a finished grid (see ``run``)."""
+    rows = payload["rows"]
     table = io.StringIO(newline="")
     writer = csv.DictWriter(table, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    # The three describe one run: each is written in full before any replaces its old one
-    # (write_atomic_files), so a failed write leaves the previous run's set, never a mix.
-    contents = (json_text(payload, indent=2) + "\n").encode(), table.getvalue().encode(), heatmap(rows, cfg)
-    write_atomic_files({path: _writer(data) for path, data in zip(paths, contents, strict=True)})
-    return payload
+    # The results and their table are written in full before either replaces its old one
+    # (write_atomic_files), then the heatmap: a heatmap that cannot be written (a full disk) keeps
+    # the grid's minutes of results and removes the previous run's heatmap, never leaving a mix.
+    results = (json_text(payload, indent=2) + "\n").encode(), table.getvalue().encode()
+    picture = heatmap(rows, cfg)  # drawn in memory first: a drawing that fails writes nothing
+    write_atomic_files({path: _writer(data) for path, data in zip(paths, results, strict=False)})
+    try:
+        write_atomic_files({paths[2]: _writer(picture)})
+    except WriteError as err:
+        paths[2].unlink(missing_ok=True)
+        raise FastSigCLRError(
+            f"{str(err).rsplit('; ', 1)[0]}; the results are in {paths[0]} and {paths[1]}, without "
+            f"their heatmap: {'free space' if err.no_space else 'make the folder writable'}, then run "
+            f"ccem again for it"
+        ) from None
 
 
 def _writer(data: bytes):

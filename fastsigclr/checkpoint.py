@@ -30,6 +30,7 @@ REFUSED = re.compile(r"GLOBAL|Can only (build|create new object)|[Tt]rying to ca
 TEMPORARY = ".tmp"  # suffix of the files being written: ".<name>.<pid>-<random>.tmp"
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk or quota: the same write works once space is freed
 WRITE_FIX = "choose a writable place and run again"
+SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
 # held back while files that belong together are renamed: Ctrl-C, kill, a closed terminal
 HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -41,6 +42,10 @@ class WriteError(FastSigCLRError):
     def __init__(self, path: Path, err: OSError | str, fix: str) -> None:
         """``err``: the OSError, or the reason in words (``not_a_file``'s: nothing was tried)."""
         self.path, self.no_space = Path(path), isinstance(err, OSError) and err.errno in NO_SPACE
+        # numpy's tofile (np.save to a file) reports a full disk as "640000 requested and 76768
+        # written", an OSError without an errno
+        if isinstance(err, OSError) and err.errno is None and SHORT_WRITE.search(str(err)):
+            self.no_space = True
         if isinstance(err, str):
             super().__init__(f"cannot write {path} ({err}); {fix}")
             return
@@ -355,22 +360,6 @@ def check_digest(state: Any, path: Path) -> None:
             f"(its bytes changed on disk or in a copy); restore it from a copy, or train again with "
             f"another --out"
         )
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        # One state per GPU that saved it; a resume on fewer GPUs restores those it has (torch's
-        # set_rng_state_all indexes a generator per saved state and fails past the last device).
-        for index, device_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(device_state, index)
 
 
 def trained(state: dict[str, Any]) -> dict[str, Any]:

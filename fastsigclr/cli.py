@@ -11,7 +11,7 @@ from typing import Any
 from fastsigclr import __version__
 from fastsigclr.cli_args import ArgumentParser, did_you_mean, join_dash_values
 from fastsigclr.config import FastSigCLRError, add_arguments, error_text, from_args, typed_fields
-from fastsigclr.entry import interrupted
+from fastsigclr.entry import flush_stdout, interrupted, output_failed
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -182,10 +182,10 @@ def _cmd_data_download(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_verify(args: argparse.Namespace) -> int:
-    from fastsigclr.data.datasets import DATASETS, DataConfig, verify
+    from fastsigclr.data.datasets import DATASETS, VerifyConfig, verify
     from fastsigclr.data.verdict import UnofficialData
 
-    cfg = from_args(DataConfig, args)
+    cfg = from_args(VerifyConfig, args)
     info = DATASETS[cfg.dataset]
     try:
         sums = verify(info, cfg.resolved_dir(), progress=cfg.progress)
@@ -292,7 +292,7 @@ COMMANDS: list[Command] = [
     (
         ("data", "verify"),
         "md5 of each dataset file against the official ones, and a layout and count check",
-        _lazy("fastsigclr.data.datasets", "DataConfig"),
+        _lazy("fastsigclr.data.datasets", "VerifyConfig"),
         (),
         _cmd_data_verify,
     ),
@@ -385,16 +385,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv
     try:
         code = args.handler(args)
-        sys.stdout.flush()  # a closed pipe shows here, inside the try, not at interpreter exit
+        flush_stdout()  # a closed pipe or a full disk shows here, inside the try, not at exit
         return code
     except FastSigCLRError as err:
         parser.exit(2, error_text(err))
     except KeyboardInterrupt as exc:
         return interrupted(exc)
-    except BrokenPipeError:  # `info | head`: the reader left; /dev/null spares a second error at exit
-        try:
-            sys.stdout.flush()
-        except BrokenPipeError:  # it was stdout's pipe (another one's is a real failure: raised)
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return 141  # 128 + SIGPIPE, as a shell reports it
-        raise
+    except OSError as err:  # stdout's (`info | head`, `> /dev/full`) is a status; another, raised
+        return output_failed(err)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from fastsigclr.config import defer_to_node
 
@@ -16,10 +15,12 @@ class ArgumentParser(argparse.ArgumentParser):
     it, naming its rank."""
 
     def error(self, message: str):
-        if defer_to_node():
-            self.print_usage(sys.stderr)
-            self.exit(2, f"{self.prog}: error: rank {os.environ.get('RANK', '?')}: {message}\n")
-        super().error(message)
+        """One line, naming where the options are listed, instead of argparse's usage block (29
+        lines for `train`) above the error."""
+        if "--help` lists the options" not in message:
+            message += f" (`{self.prog} --help` lists the options)"
+        rank = f"rank {os.environ.get('RANK', '?')}: " if defer_to_node() else ""
+        self.exit(2, f"{self.prog}: error: {rank}{message}\n")
 
 
 def _value_options(parser: argparse.ArgumentParser) -> tuple[set[str], set[str]]:

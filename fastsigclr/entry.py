@@ -82,3 +82,33 @@ def interrupted(exc: KeyboardInterrupt | None = None) -> int:
     if speaks_for_node():
         print("terminated (SIGTERM)" if terminated else "interrupted", file=sys.stderr)
     return Terminated.exit_status if terminated else 130
+
+
+def flush_stdout() -> None:
+    """Flush standard output, which is None when the command was started with it closed (``>&-``)."""
+    if sys.stdout is not None:
+        sys.stdout.flush()
+
+
+def output_failed(err: OSError) -> int:
+    """The exit status when ``err`` came from writing standard output, said in one line: 141
+    (128 + SIGPIPE, as a shell reports it) for a reader that left (`info | head`), 74 (EX_IOERR)
+    for a full disk or another error; ``err`` raised again when it was another file's. What stdout
+    still holds goes to /dev/null, sparing a second error as the interpreter exits. (A write that
+    failed leaves nothing to flush: a newline tries stdout again, ahead of the traceback of an error
+    that was not its.)"""
+    try:
+        if sys.stdout is not None:
+            sys.stdout.write("\n")
+        flush_stdout()
+    except OSError as again:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if isinstance(again, BrokenPipeError):
+            return 141
+        print(
+            f"fastsigclr: error: cannot write to standard output ({again.strerror or again}); the command "
+            f"stopped there (the files it writes are whole or absent, never cut); send its output elsewhere",
+            file=sys.stderr,
+        )
+        return 74
+    raise err

@@ -23,12 +23,12 @@ import torch
 from torch import nn
 
 from fastsigclr import checkpoint as ckpt
-from fastsigclr.config import FastSigCLRError, option
+from fastsigclr.config import FastSigCLRError, option, option_from
 from fastsigclr.data import DATASETS
 from fastsigclr.data.datasets import data_dir_option
 from fastsigclr.data.info import default_store_size
 from fastsigclr.eval import split_features
-from fastsigclr.filetype import not_a_file
+from fastsigclr.filetype import NPY_MAGIC, json_loads, json_object, not_a_file, replaces_only, starts_with
 from fastsigclr.models import ResNet, projector
 from fastsigclr.runconfig import RESTORE_CONFIG, TrainConfig, read_config
 from fastsigclr.runfiles import CHECKPOINT, RUN_FILES, check_run_dir, trained_checkpoint
@@ -110,20 +110,36 @@ def export(cfg: ExportConfig) -> dict[str, str]:
         **{key: str(point[key]) for key in ("epoch", "step", "epoch_batches")},
         "trained": point["label"],
     }
-    _write_file(Path(cfg.out or ""), st.torch.save(tensors, metadata=meta), "encoder.safetensors", run_dir)
+    out, data = Path(cfg.out or ""), st.torch.save(tensors, metadata=meta)
+    _check_out(out, "encoder.safetensors", run_dir, ENCODER)
+    ckpt.write_atomic(out, lambda f: f.write(data), fix="choose a writable --out")
     return meta
 
 
-def _write_file(path: Path, data: bytes, example: str, run_dir: Path) -> None:
-    """``data`` to ``path`` atomically; an --out that is a folder, one of the run's own files, or
-    cannot be written is one line."""
-    _check_out(path, example, run_dir)
-    ckpt.write_atomic(path, lambda f: f.write(data), fix="choose a writable --out")
+def _is_encoder(path: Path) -> bool:
+    try:
+        read_metadata(path)
+    except FastSigCLRError:
+        return False
+    return True
 
 
-def _check_out(path: Path, example: str, run_dir: Path, named: str | None = None) -> None:
+# What each output may replace (filetype.replaces_only): its own kind of file, never another's.
+ENCODER = (_is_encoder, "an encoder `fastsigclr export` wrote")
+NPY = (lambda path: starts_with(path, NPY_MAGIC), "a .npy file")
+ROW_FILES = (lambda path: {"data_dir", "files"} <= set(json_object(path) or ()), "a list of embed's rows")
+
+
+def _check_out(
+    path: Path,
+    example: str,
+    run_dir: Path,
+    kind: tuple[Callable[[Path], bool], str],
+    named: str | None = None,
+) -> None:
     """--out must be a new or replaceable regular file outside the run's own files, in a writable
-    folder (checked before the features or weights are computed). ``named``: how to name ``path``
+    folder (checked before the features or weights are computed); a file there must be of its
+    ``kind`` (an encoder, a .npy, ...), which alone it replaces. ``named``: how to name ``path``
     when it is not --out itself (embed's labels file). A symbolic link is refused, not followed
     nor replaced: writing atomically would put a file in place of the link and leave the file it
     names as it was, and writing through it could replace a file the user did not name."""
@@ -151,6 +167,9 @@ def _check_out(path: Path, example: str, run_dir: Path, named: str | None = None
         raise FastSigCLRError(
             f"--out {path} is the run's own {Path(*inside)}; name another file, e.g. {run_dir / example}"
         )
+    if (why := replaces_only(path, *kind)) is not None:
+        fix = "delete it first, or choose another --out"
+        raise FastSigCLRError(f"--out {path} {why}; {fix}" if named is None else f"{named} {why}; {fix}")
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -249,7 +268,7 @@ def load_projector(path: str | Path, map_location: str = "cpu") -> nn.Sequential
         raise FastSigCLRError(f"{path} holds no projector; export it again with --projector")
 
     def build() -> nn.Module:
-        return projector(int(meta["out_dim"]), tuple(json.loads(meta["proj_dims"])))
+        return projector(int(meta["out_dim"]), tuple(json_loads(meta["proj_dims"])))
 
     return _load_part(path, "projector", build, map_location)
 
@@ -265,6 +284,7 @@ class EmbedConfig:
         None, "features file FILE.npy; labels go to FILE.labels.npy (required)", path=True
     )
     device: str = device_option()
+    max_broken: float | None = option_from(TrainConfig, "max_broken", None, unset="the run's --max-broken")
     progress: bool = option(True, "show a progress bar")
 
     def __post_init__(self) -> None:
@@ -289,10 +309,12 @@ def labels_path(out: str | Path, suffix: str = LABELS) -> Path:
 
 def _check_outs(out: Path, run_dir: Path) -> None:
     """embed's --out and the labels and files beside it (``_check_out``)."""
-    _check_out(out, "features.npy", run_dir)
-    for suffix, what in ((LABELS, "labels"), (FILES, "files")):
+    _check_out(out, "features.npy", run_dir, NPY)
+    for suffix, what, kind in ((LABELS, "labels", NPY), (FILES, "files", ROW_FILES)):
         path = labels_path(out, suffix)
-        _check_out(path, "features.npy", run_dir, f"{path}, where embed writes the {what} of --out {out},")
+        _check_out(
+            path, "features.npy", run_dir, kind, f"{path}, where embed writes the {what} of --out {out},"
+        )
 
 
 def _files_json(files: list[str], data_dir: str) -> Callable[[Any], Any]:
@@ -311,7 +333,9 @@ def embed(cfg: EmbedConfig) -> dict[str, Any]:
     _run_checkpoint(run_dir)  # the clear errors first, before the data is read
     out = Path(cfg.out or "")
     _check_outs(out, run_dir)
-    loaded = load_run_model(run_dir, cfg.device, cfg.data_dir, splits=(cfg.split,), labelled=False)
+    loaded = load_run_model(
+        run_dir, cfg.device, cfg.data_dir, (cfg.split,), labelled=False, max_broken=cfg.max_broken
+    )
     feats, labels = split_features(loaded, cfg.split, progress=cfg.progress)
     arrays = {out: feats.cpu().numpy(), labels_path(out): labels.cpu().numpy()}
     files = loaded["data"].row_files(loaded["sources"][cfg.split])

@@ -13,8 +13,7 @@ from typing import Any
 
 import torch
 
-from fastsigclr import checkpoint as ckpt
-from fastsigclr import distributed
+from fastsigclr import determinism, distributed
 from fastsigclr.config import ConfigError, FastSigCLRError, alike, to_dict
 from fastsigclr.data import DATASETS, LOADERS, AugmentSpec, DatasetInfo, prepare
 from fastsigclr.data.base import LoaderSource
@@ -346,7 +345,7 @@ def resume(
     _check_data(setup, state)
     for part in ("model", "criterion", "probe", "optimizer", "probe_optimizer"):
         load_weights(getattr(setup, part), state[part], source)
-    ckpt.set_rng_state(state["rng"])
+    determinism.set_rng_state(state["rng"])
     return state["epoch"], state["step"], state.get("position")
 
 
@@ -358,7 +357,7 @@ def checkpoint_state(setup: Setup, epoch: int, step: int) -> dict[str, Any]:
         "probe": setup.probe.state_dict(),
         "optimizer": setup.optimizer.state_dict(),
         "probe_optimizer": setup.probe_optimizer.state_dict(),
-        "rng": ckpt.rng_state(),
+        "rng": determinism.rng_state(),
         "epoch": epoch,
         "step": step,
         "config": to_dict(setup.cfg),

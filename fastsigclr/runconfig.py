@@ -29,6 +29,7 @@ from fastsigclr.data.datasets import data_dir_option, dataset_option
 from fastsigclr.data.info import default_store_size
 from fastsigclr.data.loaders import ffcv_dir_option
 from fastsigclr.data.order import check_batch
+from fastsigclr.filetype import json_loads
 from fastsigclr.losses import LOSSES, LossSpec
 from fastsigclr.losses.options import LOSS_OPTIONS, check_applicable, renamed_options, with_loss_options
 from fastsigclr.losses.plans import as_plans
@@ -265,7 +266,7 @@ def read_config(
     ``<context>: ... ; <fix>`` when it is missing, truncated, or holds values of the wrong type."""
     file = Path(run_dir) / "config.json"
     try:
-        whole = json.loads(ckpt.read_text(file))
+        whole = json_loads(ckpt.read_text(file))
         if not isinstance(whole, dict):  # [1, 2] gave "TypeError list indices must be integers"
             raise ConfigError(f"a JSON {type(whole).__name__}, not an object holding the run's 'config'")
         saved = whole["config"]
@@ -295,7 +296,7 @@ def saved_plans(run_dir: Path) -> dict[str, Any]:
     block → the fields of a ``kernels.Plan``), for its resumed run to launch with; {} for files
     written before them or by runs without plans (the torch path, or no --deterministic)."""
     try:
-        plans = json.loads(ckpt.read_text(Path(run_dir) / "config.json")).get("kernel_plans") or {}
+        plans = json_loads(ckpt.read_text(Path(run_dir) / "config.json")).get("kernel_plans") or {}
         as_plans(plans)  # checks them
         return plans
     except (OSError, ValueError, AttributeError) as err:

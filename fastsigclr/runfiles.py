@@ -4,13 +4,13 @@ summary, and the sessions its config.json records (``history``). ``rundir`` acts
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from fastsigclr import checkpoint as ckpt
 from fastsigclr.config import FastSigCLRError
+from fastsigclr.filetype import json_loads, not_a_file
 from fastsigclr.runconfig import read_config
 from fastsigclr.runlog import read_records
 
@@ -139,7 +139,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def trained_checkpoint(path: Path) -> dict[str, Any]:
     """The last checkpoint of the run in ``path``, for eval, embed and export: a missing one says the
-    run has not finished an epoch, a foreign or hand-made one is named as such."""
+    run has not finished an epoch, a foreign or hand-made one is named as such; a checkpoints
+    folder that is a file or a link is named, not taken for a run that has not finished an epoch."""
+    folder = (path / CHECKPOINT).parent
+    if (what := not_a_file(folder)) != "a folder" and os.path.lexists(folder):
+        raise FastSigCLRError(
+            f"{folder} is {what or 'a file'}, where the run keeps its checkpoints in a folder; restore "
+            f"the run from a copy"
+        )
     if not os.path.lexists(path / CHECKPOINT):
         raise FastSigCLRError(
             f"{path} has no checkpoint ({CHECKPOINT}): it has not finished an epoch; "
@@ -150,7 +157,7 @@ def trained_checkpoint(path: Path) -> dict[str, Any]:
 
 def read_summary(path: Path) -> dict[str, Any] | None:
     try:
-        summary = json.loads(ckpt.read_text(path / "summary.json"))
+        summary = json_loads(ckpt.read_text(path / "summary.json"))
     except (OSError, ValueError):
         return None
     return summary if isinstance(summary, dict) else None
@@ -160,7 +167,7 @@ def history(path: Path) -> list[dict[str, Any]]:
     """config.json's earlier sessions, oldest first, with the one that wrote it last: the date,
     command, commit, device and versions of each start and resume (kernel plans stay on top)."""
     try:
-        saved = json.loads(ckpt.read_text(path / "config.json"))
+        saved = json_loads(ckpt.read_text(path / "config.json"))
     except (OSError, ValueError):
         return []
     if not isinstance(saved, dict):

@@ -11,6 +11,7 @@ from typing import Any
 
 from fastsigclr.checkpoint import WriteError, json_text, open_nofollow, write_text_atomic
 from fastsigclr.config import FastSigCLRError, listed
+from fastsigclr.filetype import json_loads
 
 # What a record that cannot be appended (a full disk) asks for: the records past the last
 # checkpoint are dropped on resume and written again as the resumed run recomputes them.
@@ -102,7 +103,7 @@ class RunLog:
     def _note_missing(self, kept: list[str], resume_epoch: int) -> None:
         """Say which epochs the checkpoint has trained that metrics.jsonl holds no record of
         (deleted, or lines cut out): the resume does not recompute them, and went on without a word."""
-        records = [json.loads(line) for line in kept]  # each a JSON object (_position took it)
+        records = [json_loads(line) for line in kept]  # each a JSON object (_position took it)
         recorded = {r.get("epoch", 0) for r in records if r.get("kind") == "epoch"}
         missing = [e + 1 for e in range(resume_epoch) if e not in recorded]
         if missing:
@@ -151,7 +152,7 @@ def _position(line: str) -> tuple[int, int] | None:
     """A record's epoch and step; None for a blank line, one cut short by a kill, or one whose
     epoch or step is not a whole number (edited by hand): such a line is not a record."""
     try:
-        record = json.loads(line)
+        record = json_loads(line)
         epoch, step = record.get("epoch", 0), record.get("step", 0)
     except (json.JSONDecodeError, AttributeError):
         return None
@@ -199,7 +200,7 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     records = []
     for line in read_lines(path) if os.path.lexists(path) else ():
         try:
-            record = json.loads(line)
+            record = json_loads(line)
         except ValueError:  # JSONDecodeError, and UnicodeDecodeError of bytes
             continue
         if isinstance(record, dict):

@@ -77,12 +77,15 @@ def load_run_model(
     data_dir: str | None = None,
     splits: tuple[str, ...] = ("train", "test"),
     labelled: bool = True,
+    max_broken: float | None = None,
 ) -> dict[str, Any]:
     """A run's backbone (last checkpoint), its ``splits`` (read from ``data_dir`` when given,
     else where the run read it: ``data.batches(sources[split])``) and settings, for evaluation;
     ``labelled``: they must have labels (eval), else images without a class come with label -1
-    (embed)."""
-    overrides = {"data_dir": data_dir} if data_dir else {}
+    (embed); ``max_broken``: the share of undecodable images to skip, else the run's."""
+    overrides: dict[str, Any] = {"data_dir": data_dir} if data_dir else {}
+    if max_broken is not None:
+        overrides["max_broken"] = max_broken
     cfg = read_config(run_dir, f"cannot read the run {run_dir}", RESTORE_CONFIG, overrides)
     info = DATASETS[cfg.dataset]
     state, saved_at = trained_checkpoint(Path(run_dir)), str(Path(run_dir) / CHECKPOINT)

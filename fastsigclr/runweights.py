@@ -82,6 +82,30 @@ def check_fits(cfg: Any, saved: Any, source: str) -> None:
     )
     if not fits:
         raise _not_this_model(source, _mismatch(own, saved) if isinstance(saved, dict) else "not a dict")
+    if (damage := _damaged(own, saved)) is not None:
+        raise FastSigCLRError(
+            f"{source} holds {damage}, which no training writes: the file was damaged or edited; restore "
+            f"it from a copy of the run, or train again"
+        )
+
+
+def _damaged(own: dict[str, torch.Tensor], saved: dict[str, torch.Tensor]) -> str | None:
+    """What no checkpoint the trainer wrote holds: a tensor of another dtype than the model's
+    (int, bool or complex weights were exported as they were), or batch-norm statistics that are
+    not finite or a negative variance (eval and embed then gave one feature for every image and a
+    chance-level score, or NaN). Non-finite weights are a diverged run's: eval and embed say so
+    from the features, export from the weights."""
+    for name, value in own.items():
+        if saved[name].dtype != value.dtype:
+            dtypes = (str(t.dtype).removeprefix("torch.") for t in (saved[name], value))
+            return "{} as {}, not {}".format(name, *dtypes)
+    for name in own:
+        stat = saved[name]
+        if name.endswith((".running_mean", ".running_var")) and not stat.isfinite().all():
+            return f"{name} with NaN or inf"
+        if name.endswith(".running_var") and (stat < 0).any():
+            return f"{name} with a negative variance"
+    return None
 
 
 def _plain(value: Any) -> Any:

@@ -22,6 +22,7 @@ from fastsigclr import significance
 from fastsigclr.bench.plot import save_figure
 from fastsigclr.checkpoint import json_text, read_text, write_text_atomic
 from fastsigclr.config import FastSigCLRError, default_of, to_dict
+from fastsigclr.filetype import json_loads
 from fastsigclr.runconfig import TrainConfig
 from fastsigclr.runlog import read_records
 
@@ -63,7 +64,7 @@ def read_json(path: Path, fix: str) -> dict[str, Any] | None:
     if not path.is_file() and not path.is_symlink():
         return None
     try:
-        value = json.loads(read_text(path))
+        value = json_loads(read_text(path))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise FastSigCLRError(f"{path} is damaged ({err}); {fix}") from None
     except PermissionError:

@@ -184,7 +184,8 @@ def test_a_folder_where_a_result_goes_is_named_before_the_grid(name, tmp_path, c
 @pytest.mark.parametrize("fails", ["heatmap drawn", "heatmap written"])
 def test_a_failed_write_leaves_the_previous_runs_files_together(fails, tmp_path, capsys, monkeypatch):
     """results.json and .csv were replaced one by one, then the heatmap failed: a new table beside
-    the old heatmap. Now all three are written first, then renamed."""
+    the old heatmap. Now a heatmap that cannot be drawn writes nothing, and one that cannot be
+    written keeps the new results (the grid's minutes) and removes the old heatmap: never a mix."""
     import errno
 
     import matplotlib.figure
@@ -209,6 +210,12 @@ def test_a_failed_write_leaves_the_previous_runs_files_together(fails, tmp_path,
     argv[argv.index("--t") + 1] = "2"  # another run
     with pytest.raises(OSError if fails == "heatmap drawn" else SystemExit):
         main(argv)
-    if fails == "heatmap written":
-        assert f"no space left on device writing {tmp_path / 'heatmap.png'}" in capsys.readouterr().err
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    if fails == "heatmap drawn":
+        assert after == before
+        return
+    err = capsys.readouterr().err
+    assert f"no space left on device writing {tmp_path / 'heatmap.png'}; the results are in " in err, err
+    assert "without their heatmap: free space, then run ccem again for it" in err
+    assert sorted(after) == ["results.csv", "results.json"] and after["results.csv"] != before["results.csv"]
+    assert json.loads(after["results.json"])["rows"][0]["t"] == 2.0

@@ -7,7 +7,7 @@ import types
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fastsigclr import checkpoint
+from fastsigclr import determinism
 from fastsigclr.bench import common, plot
 from fastsigclr.bench.loss import useful_flops
 from fastsigclr.losses import sigmoid_block_chunked
@@ -60,7 +60,7 @@ def test_a_resume_on_fewer_gpus_restores_the_states_it_has(monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((state, device)))
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: restored.append(("all", states)))
     saved = [torch.full((8,), i, dtype=torch.uint8) for i in range(4)]
-    checkpoint.set_rng_state({"torch": torch.get_rng_state(), "cuda": saved})
+    determinism.set_rng_state({"torch": torch.get_rng_state(), "cuda": saved})
     assert [device for _, device in restored] == [0] and torch.equal(restored[0][0], saved[0])
 
 

@@ -352,7 +352,7 @@ def test_torchrun_needs_an_out_dir_and_a_divisible_batch(cifar10_dir, tmp_path):
         assert proc.returncode != 0 and text.count(said) == 1, text[-3000:]
         assert "failed (exitcode: 2) local_rank: 0" in text, text[-3000:]  # rank 0 said it and failed
         assert "error: rank" not in text, text[-3000:]  # no rank waited out its turn to say it
-    assert runs[3][0].stderr.count("usage: fastsigclr train") == 1
+    assert "usage:" not in runs[3][0].stderr  # one line, no usage block
     # The test data is a JPEG re-encoding of CIFAR-10: its md5 warning, said once.
     assert runs[2][0].stderr.count("data_batch_1, data_batch_2") == 1, runs[2][0].stderr[-3000:]
 

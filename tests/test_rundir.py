@@ -15,7 +15,7 @@ from helpers import run_in
 from run_fixture import tiny_args
 
 import fastsigclr.train
-from fastsigclr import checkpoint, divergence, rundir, runfiles, runlock
+from fastsigclr import checkpoint, determinism, divergence, rundir, runfiles, runlock
 from fastsigclr.cli import main
 from fastsigclr.runlog import read_metrics
 
@@ -341,14 +341,14 @@ def test_resume_keeps_rng_states_on_the_cpu(tmp_path):
     """A resume on CUDA loaded the checkpoint with map_location=device and handed torch.set_rng_state
     a GPU tensor, which it refuses; the meta device stands in for the GPU here."""
     state = {key: {} for key in runfiles.CHECKPOINT_KEYS}
-    state.update(rng=checkpoint.rng_state(), epoch=1, step=2)
+    state.update(rng=determinism.rng_state(), epoch=1, step=2)
     (tmp_path / rundir.CHECKPOINT.parent).mkdir()
     checkpoint.save_atomic(state, tmp_path / rundir.CHECKPOINT)
     saved = torch.get_rng_state()
     torch.rand(3)  # move the generator on
     with torch.device("meta"):  # the device the trainer runs on, for every load that defaults to it
         loaded = runfiles.load_checkpoint(tmp_path)
-    checkpoint.set_rng_state(loaded["rng"])
+    determinism.set_rng_state(loaded["rng"])
     assert torch.equal(torch.get_rng_state(), saved)
 
 

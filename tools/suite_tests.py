@@ -52,7 +52,7 @@ NOT_THERE.update(
             *("rundir", "elastic", "kill_resume", "preempt", "silent_faults", "one_line_errors", "knn"),
             *("security", "folder", "presets", "plan", "loader_registry", "loss_registry", "dcl"),
             *("data_identity", "unwritable_outputs", "atomic_files", "ffcv_watch", "streamed_splits"),
-            *("store_size", "image_files", "dataset_checks", "bench_options"),
+            *("store_size", "image_files", "dataset_checks", "bench_options", "outputs_kept"),
         ]
     }
 )

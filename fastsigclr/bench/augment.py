@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from tqdm.auto import tqdm
 
 from fastsigclr.bench.common import result_paths, write_results
 from fastsigclr.bench.memory import peak_rss_bytes, reset_peak_rss
@@ -251,14 +252,18 @@ def run(cfg: BenchAugmentConfig, command: list[str] | None = None) -> dict[str, 
     cfg = cfg.resolved(device)
     paths = result_paths(cfg.out, "augment", device)
     results = []
-    with tempfile.TemporaryDirectory(prefix="fastsigclr-bench-") as tmp:
-        for size in cfg.sizes:
-            for name in cfg.backends:
-                results.append(measure(name, size, cfg, device, Path(tmp)))
-        if cfg.folder_size:
-            folder = write_jpeg_folder(Path(tmp) / "folder", cfg.images, cfg.folder_size)
-            for name in cfg.backends:
-                results.append(measure(name, cfg.folder_size, cfg, device, Path(tmp), folder))
+    cases = [(name, size, False) for size in cfg.sizes for name in cfg.backends]
+    cases += [(name, cfg.folder_size, True) for name in cfg.backends] if cfg.folder_size else []
+    with (
+        tempfile.TemporaryDirectory(prefix="fastsigclr-bench-") as tmp,
+        tqdm(cases, desc="bench augment", unit="case") as bar,
+    ):
+        folder = None
+        for name, size, from_files in bar:
+            bar.set_postfix_str(f"{name} {size}²{' JPEG folder' if from_files else ''}")
+            if from_files and folder is None:
+                folder = write_jpeg_folder(Path(tmp) / "folder", cfg.images, cfg.folder_size)
+            results.append(measure(name, size, cfg, device, Path(tmp), folder if from_files else None))
     for r in results:
         same = [
             b for b in results if (b["size"], b["case"]) == (r["size"], r["case"]) and b["status"] == "ok"

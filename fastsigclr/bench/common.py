@@ -12,7 +12,7 @@ import torch
 
 from fastsigclr.checkpoint import WriteError, json_text, write_text_atomic
 from fastsigclr.config import FastSigCLRError
-from fastsigclr.filetype import not_a_file
+from fastsigclr.filetype import PNG_MAGIC, json_object, not_a_file, replaces_only, starts_with
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -74,15 +74,31 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     write_text_atomic(path, json_text(payload, indent=2, default=str) + "\n", fix="choose a writable --out")
 
 
+def is_results(record: dict[str, Any] | None) -> bool:
+    """Whether a JSON object is a results file of fastsigclr's: it opens with the run record."""
+    return record is not None and {"date", "command", "versions"} <= set(record)
+
+
+# What a results path may replace, by its suffix: a results JSON, a plot, a table of ccem's.
+RESULT_KINDS = {
+    ".json": (lambda path: is_results(json_object(path)), "a results file of fastsigclr's"),
+    ".png": (lambda path: starts_with(path, PNG_MAGIC), "a PNG image"),
+    ".csv": (lambda path: starts_with(path, b"variant,"), "a results table of fastsigclr's"),
+}
+
+
 def check_outputs(paths: Iterable[Path], fix: str = "move it away, or choose another --out") -> None:
     """Refuse, in one line and before anything is measured, an output path where a write would
     fail or replace what is not a results file: a folder, a symbolic link (the rename would
-    replace the link), a pipe, socket or device. A missing path or a regular file is fine."""
+    replace the link), a pipe, socket or device, or a file of another kind (``RESULT_KINDS``: an
+    --out that held a dataset or a sweep's results). A missing path is fine."""
     for path in map(Path, paths):
         # None also where a part of its folder path is a file: writable_folder names that
-        if (what := not_a_file(path)) is None:
-            continue
-        raise FastSigCLRError(f"{path} is {what}, where a results file is written; {fix}")
+        if (what := not_a_file(path)) is not None:
+            raise FastSigCLRError(f"{path} is {what}, where a results file is written; {fix}")
+        kind = RESULT_KINDS.get(path.suffix)
+        if kind is not None and (why := replaces_only(path, *kind)) is not None:
+            raise FastSigCLRError(f"{path} {why}; {fix}")
 
 
 def result_paths(out: str | Path, name: str, device: torch.device) -> tuple[Path, Path]:

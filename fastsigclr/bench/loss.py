@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 from fastsigclr.bench.common import (
     DTYPES,
     check_even_sizes,
+    check_outputs,
     matmul_tflops,
     result_paths,
     time_fn,
@@ -175,7 +177,7 @@ def _skip_reason(provider: str, method: str, device: torch.device) -> str | None
     if provider == "open_clip" and method not in OPEN_CLIP_LOSSES:
         return "no open_clip loss"
     if provider == "open_clip" and not open_clip_installed():
-        return "open_clip_torch not installed (pip install open_clip_torch)"
+        return "open_clip_torch not installed (pip install --no-deps open_clip_torch, which keeps torch)"
     if provider == "siglip-kernel":
         if method not in ("sigclr", "siglip"):
             return "siglip-kernel computes the sigmoid loss only"
@@ -349,14 +351,25 @@ def run(cfg: BenchLossConfig, command: list[str] | None = None) -> dict[str, Any
         "complete": False,
         "results": rows,
     }
+    # After every case the cases so far go to loss-<device>.partial.json: a killed run keeps them,
+    # and the last complete results (with their plot) stay as they were until this run completes.
+    partial = paths[0].with_suffix(".partial.json")
+    check_outputs([partial])
     bar = tqdm(cases, desc="bench loss", unit="case")
-    for loss, provider, n, d, dt in bar:
-        bar.set_postfix_str(f"{loss} {provider} 2N={n} D={d} {dt}")
-        rows.append(measure_case(loss, provider, n, d, dt, cfg, device))
-        add_ratios(rows, matmul)
-        write_json(paths[0], payload)  # after every case: a killed run keeps its cases
+    try:
+        for loss, provider, n, d, dt in bar:
+            bar.set_postfix_str(f"{loss} {provider} 2N={n} D={d} {dt}")
+            rows.append(measure_case(loss, provider, n, d, dt, cfg, device))
+            add_ratios(rows, matmul)
+            write_json(partial, payload)
+    except BaseException:  # Ctrl-C, SIGTERM, an error: say where the measured cases are
+        if rows:
+            bar.close()
+            print(f"bench loss: the {len(rows)} cases measured are in {partial}", file=sys.stderr)
+        raise
     payload["complete"] = True
     write_results(payload, paths, plot_loss)
+    partial.unlink(missing_ok=True)
     return payload
 
 

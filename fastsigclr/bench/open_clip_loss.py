@@ -1,5 +1,5 @@
 """open_clip's ``SigLipLoss`` as a provider of ``fastsigclr bench loss`` (the ``bench`` extra:
-``pip install open_clip_torch``): the two-tower sigmoid loss most SigLIP models are trained with,
+``pip install --no-deps open_clip_torch``): the two-tower sigmoid loss most SigLIP models are trained with,
 and the baseline the torch path is held to (docs/design.md §3).
 
 Applied to SigCLR's 2N view-major rows it computes the same loss on the same (2N)² logits: the
@@ -33,7 +33,9 @@ def open_clip_siglip() -> type[torch.nn.Module]:
     imports its models, tokenizer and torchvision, none of which the loss needs."""
     found = importlib.util.find_spec("open_clip")
     if found is None:
-        raise RuntimeError("open_clip is not installed: pip install open_clip_torch (the `bench` extra)")
+        raise RuntimeError(
+            "open_clip is not installed: pip install --no-deps open_clip_torch (with deps it replaces torch)"
+        )
     path = Path(next(iter(found.submodule_search_locations))) / "loss.py"
     spec = importlib.util.spec_from_file_location("open_clip_loss", path)
     module = importlib.util.module_from_spec(spec)

@@ -17,6 +17,7 @@ from fastsigclr.bench.common import check_outputs
 from fastsigclr.bench.results_check import problem
 from fastsigclr.checkpoint import write_atomic
 from fastsigclr.config import FastSigCLRError
+from fastsigclr.filetype import json_loads
 
 COLORS = {
     "eager": "tab:gray",
@@ -244,7 +245,7 @@ def _read_results(path: Path) -> dict[str, Any]:
     if path.is_dir():
         raise FastSigCLRError(f"{path} is a directory; {hint}")
     try:
-        payload = json.loads(path.read_text())
+        payload = json_loads(path.read_text())
     except FileNotFoundError:
         raise FastSigCLRError(f"{path} does not exist; {hint}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:

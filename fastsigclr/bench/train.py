@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from fastsigclr import distributed
 from fastsigclr.bench.common import result_paths, time_fn, write_results
@@ -60,6 +61,11 @@ class BenchTrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.compile and self.warmup < 1:  # the first step compiles: 83 s timed as a step (CPU)
+            raise ValueError(
+                "--compile needs --warmup 1 or more: the first step compiles the model, which would be "
+                "timed as a training step"
+            )
 
     def resolved(self, device: torch.device) -> BenchTrainConfig:
         cuda = device.type == "cuda"
@@ -160,11 +166,12 @@ def _time_steps(cfg: BenchTrainConfig, setup: Setup, parts: StepParts) -> dict[s
         augment_batch(loader.images, index, params, loader.spec, views.dtype, loader.use_kernel)
 
     results = {}
-    for name, fn in (
+    cases = [
         ("full_step", full_step),
         ("model_step", lambda: train_step(parts, synthetic, labels)),
         ("augment", augment_only),
-    ):
+    ]
+    for name, fn in tqdm(cases, desc="bench train", unit="case"):
         timing = time_fn(fn, device, warmup=cfg.warmup, reps=cfg.reps or 1)
         per_second = batch / (timing["median_ms"] * 1e-3)
         results[name] = {

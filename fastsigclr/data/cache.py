@@ -16,6 +16,7 @@ import numpy as np
 from fastsigclr.config import speaks_for_node
 from fastsigclr.data.files import own_partial
 from fastsigclr.data.info import DatasetError
+from fastsigclr.filetype import json_loads
 
 
 def fingerprint(files: list[Path], size: int | None, rule: str = "") -> str:
@@ -39,7 +40,7 @@ def drop_stale(folder: Path, name: str, key: str) -> bool:
     """Remove the cache ``name`` when it was made from other bytes than ``key``'s; whether it did."""
     meta = folder / f"{name}-meta.json"
     try:
-        stale = meta.is_file() and json.loads(meta.read_text()).get("fingerprint") != key
+        stale = meta.is_file() and json_loads(meta.read_text()).get("fingerprint") != key
     except (OSError, ValueError, AttributeError):
         stale = meta.is_file()
     if stale:
@@ -54,7 +55,7 @@ def load(folder: Path, name: str, key: str) -> tuple[np.ndarray, np.ndarray] | N
     if not (images_path.is_file() and meta_path.is_file()):
         return None
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json_loads(meta_path.read_text())
         if meta.get("fingerprint") != key:
             return None
         images = np.load(images_path)

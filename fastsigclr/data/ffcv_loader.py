@@ -30,6 +30,7 @@ from fastsigclr.data.ffcv_watch import WorkerFailed, WorkerWatch
 from fastsigclr.data.files import own_partial
 from fastsigclr.data.info import DatasetError
 from fastsigclr.data.samples import SampleIndex, resize_center, resize_rule
+from fastsigclr.filetype import json_loads
 
 INSTALL_HINT = (
     "apt-get install -y --no-install-recommends libopencv-dev libturbojpeg0-dev pkg-config build-essential "
@@ -114,7 +115,7 @@ def written_from(path: Path) -> dict[str, Any] | str | None:
     its ``tables_digest`` (each absent in an older fastsigclr's)}; None: none there; a string: why
     it cannot be read (damaged)."""
     try:
-        record = json.loads(ckpt.read_text(record_file(path)))
+        record = json_loads(ckpt.read_text(record_file(path)))
     except FileNotFoundError:
         return None
     except OSError as err:
