@@ -325,7 +325,7 @@ class Epochs:
         mean_loss = (loss_sum / loss_steps).item()  # waits for the epoch's queued GPU work: time after
         seconds = time.perf_counter() - self.pace.epoch_start
         images = self.steps_per_epoch * self.batch_size
-        self.images_seen += images
+        self.images_seen += (ran := self.pace.epoch_steps * self.batch_size)  # a resumed epoch: its rest
         # Before the checkpoint: a diverged epoch must not replace the last good one.
         divergence.check(self.run, setup, mean_loss, "the epoch's mean loss", self.step, epoch)
         every = self.cfg.knn_every
@@ -343,7 +343,7 @@ class Epochs:
             "knn_acc": self.knn if monitor else None,
             **({"knn_skipped": "preempted"} if monitor and self.knn_skipped else {}),
             "seconds": seconds,
-            "img_per_s": images / seconds,
+            "img_per_s": ran / seconds,
         }
         self.log.write(rec, self.step)
         if ctx.is_main:

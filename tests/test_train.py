@@ -62,6 +62,8 @@ def test_issue_command_writes_a_complete_run(cifar10_dir, tmp_path, capsys):
     linear = json.loads((out / "eval-linear.json").read_text())
     assert knn["protocol"] == "knn" and 0 <= knn["accuracy"] <= 1 and knn["k"] == 200
     assert linear["epochs"] == 3 and 0 <= linear["accuracy"] <= 1
+    tests = linear["test_images"]
+    assert linear["accuracy"] == round(linear["accuracy"] * tests) / tests  # a count over a size, exactly
     probe = {k: linear[k] for k in ("batch_size", "lr", "weight_decay", "seed")}  # how it was trained
     assert probe == {"batch_size": 256, "lr": 0.2, "weight_decay": 0.0, "seed": 0}
     assert "knn accuracy" in capsys.readouterr().out

@@ -266,13 +266,20 @@ def verify(info: DatasetInfo, data_dir: Path, progress: bool = True) -> dict[str
 
 
 @dataclass(frozen=True)
-class DataConfig:
-    """Options of ``fastsigclr data download`` and ``fastsigclr data verify``."""
+class VerifyConfig:
+    """Options of ``fastsigclr data verify``."""
 
     dataset: str = dataset_option()
     data_dir: str | None = data_dir_option()
-    url: str | None = option(None, "download from this URL (a mirror) instead of the official one")
     progress: bool = option(True, "show a progress bar")
 
     def resolved_dir(self) -> Path:
         return data_folder(self.data_dir)
+
+
+@dataclass(frozen=True)
+class DataConfig(VerifyConfig):
+    """Options of ``fastsigclr data download``: verify's, and where to download from (verify
+    downloads nothing: its --url was accepted and never read)."""
+
+    url: str | None = option(None, "download from this URL (a mirror) instead of the official one")
