@@ -68,6 +68,18 @@ def test_odd_formats_modes_and_sizes_become_rgb(tmp_path):
     assert deep.max() < 255 or deep.min() > 0
 
 
+def test_the_start_counts_the_files_that_cannot_be_read_apart(tmp_path, capsys):
+    """It said "train: 16 images" and then "1 of 17 images cannot be decoded"."""
+    data = write_odd_folder(tmp_path / "data")
+    (data / "train" / "class0" / "garbage.png").write_text("not an image")
+    (data / "val" / "class1" / "garbage.png").write_text("not an image")
+    with pytest.raises(SystemExit):  # the undecodable files: listed, and the verdict
+        main(["data", "verify", "--dataset", "folder", "--data-dir", str(data), "--no-progress"])
+    out = capsys.readouterr().out
+    assert "train: 16 images in 2 classes (class0 8, class1 8) and 1 that cannot be read" in out, out
+    assert re.search(r"val: \d+ images and 1 that cannot be read", out), out
+
+
 def test_odd_folder_trains_through_the_cli(tmp_path, capsys):
     """Mixed sizes and modes: the gpu loader stores them at --store-size², kNN runs on val/."""
     data = write_odd_folder(tmp_path / "data")

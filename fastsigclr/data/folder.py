@@ -250,13 +250,15 @@ class FolderReader:
         """What was found, printed once at the start of a run."""
         lines = [f"{self.info.name}: {self.folder}"]
         if self.flat:
-            lines.append(f"  {len(train)} unlabeled images: the kNN monitor and the probe are off")
+            lines.append(
+                f"  {len(train)} unlabeled images{_unread(train)}: the kNN monitor and the probe are off"
+            )
         else:
             counts = np.bincount(train.labels, minlength=len(self.classes))
             shown = ", ".join(f"{c} {n}" for c, n in zip(self.classes[:20], counts[:20], strict=True))
             more = f", ... ({len(self.classes)} classes)" if len(self.classes) > 20 else ""
             classes = f"{len(self.classes)} class{'es' if len(self.classes) != 1 else ''}"
-            lines.append(f"  train: {len(train)} images in {classes} ({shown}{more})")
+            lines.append(f"  train: {len(train)} images in {classes} ({shown}{more}){_unread(train)}")
             if len(self.classes) == 1:  # every kNN vote and probe guess is right
                 lines.append(
                     f"  note: one class: the kNN monitor's and the probe's accuracy are 1.0 whatever the "
@@ -269,7 +271,7 @@ class FolderReader:
                     f"  warning: {len(empty)} class folder(s) of train/ hold no images "
                     f"({', '.join(empty[:5])}): those classes are never trained on"
                 )
-            lines.append(f"  val: {len(test)} images" if test is not None else self._no_val())
+            lines.append(f"  val: {len(test)} images{_unread(test)}" if test is not None else self._no_val())
         if self._subfolders:
             lines.append(
                 f"  ignored {len(self._subfolders)} subfolder(s) (e.g. {self._subfolders[0].name}/): "
@@ -322,3 +324,10 @@ class FolderReader:
                 report_broken(index.name, broken, len(index) + len(index.broken), 0.0, fix=fix)
                 out[folders[split]] = f"all {len(index)} images decode"
         return out
+
+
+def _unread(index: SampleIndex) -> str:
+    """The files of a split left out because their headers cannot be read (listed apart), so the
+    count beside them does not read as every file: "48 images" then "1 of 49 cannot be decoded"."""
+    n = len(index.broken)
+    return f" and {n} that cannot be read" if n else ""
