@@ -70,6 +70,8 @@ BUDGET = (
     "width",
     "proj_dims",
     "batch_size",
+    "image_size",
+    "store_size",
     "epochs",
     "lr",
     "warmup_epochs",
@@ -101,6 +103,8 @@ class SweepConfig:
     width: int | None = option_from(TrainConfig, "width", None, unset=_UNSET)
     proj_dims: tuple[int, ...] | None = option_from(TrainConfig, "proj_dims")
     batch_size: int | None = option_from(TrainConfig, "batch_size")
+    image_size: int | None = option_from(TrainConfig, "image_size")
+    store_size: int | None = option_from(TrainConfig, "store_size")
     epochs: int | None = option_from(TrainConfig, "epochs")
     lr: float | None = option_from(TrainConfig, "lr", None, unset=_UNSET)
     warmup_epochs: float | None = option_from(TrainConfig, "warmup_epochs", None, unset=_UNSET)

@@ -419,6 +419,15 @@ def test_the_sweep_passes_max_broken_to_its_runs(tmp_path):
     assert all(run.train_config.max_broken == 0.25 for run in plan(cfg))
 
 
+def test_the_sweep_passes_image_and_store_sizes_to_its_runs(tmp_path):
+    """A folder sweep was held at 224² crops: the sweep had no --image-size."""
+    values = {"out": str(tmp_path / "s"), "dataset": "folder", "image_size": 64, "store_size": 72}
+    cfg = build(SweepConfig, values)
+    assert cfg.budget()["image_size"] == 64 and cfg.budget()["store_size"] == 72
+    assert all((r.train_config.image_size, r.train_config.store_size) == (64, 72) for r in plan(cfg))
+    assert "image_size" not in build(SweepConfig, {"out": str(tmp_path / "t")}).budget()  # older sweep.json
+
+
 def test_what_the_data_cannot_give_fails_before_the_budget_is_kept(cifar10_dir, tmp_path, capsys):
     """A limit past the split's images failed each run alone, and sweep.json had already pinned it
     (the corrected command was refused as another budget); a folder without labelled val/ trained
