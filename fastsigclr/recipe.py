@@ -65,14 +65,31 @@ def store_size_note(data: DataSplits, store_size: int | None, image_size: int | 
             f"note: the images are {small[0]}×{small[1]} (height × width), smaller than --image-size "
             f"{image_size}: they are kept as they are and every view is upsampled from them"
         )
+    resized = [s for s in splits if s.resized(store_size) is not None]
     if store_size is None or store_size >= image_size:
-        return None
-    if not any(s.resized(store_size) is not None for s in splits):
+        return _upsampled_note(resized[0], image_size, store_size) if resized else None
+    if not resized:
         return None
     return (
         f"note: --store-size {store_size} is below --image-size {image_size}: the images are kept at "
         f"{store_size}² and every view is upsampled; leave --store-size unset "
         f"({default_store_size(image_size)}, 8/7 of --image-size) to keep their detail"
+    )
+
+
+def _upsampled_note(split: SampleIndex, image_size: int, store_size: int | None) -> str | None:
+    """A line when images of mixed sizes stored at ``store_size``² include some whose shorter side
+    is below --image-size: stored larger than they are, their views are upsampled (a folder of
+    40-90 px images cropped at 224 said nothing)."""
+    short = split.sizes.min(axis=1)
+    if not len(short) or (below := int((short < image_size).sum())) == 0:
+        return None
+    h, w = split.sizes[int(short.argmin())]
+    side = store_size or default_store_size(image_size)
+    return (
+        f"note: {below} of the {len(split)} {split.name} images have a shorter side below --image-size "
+        f"{image_size} (the smallest: {h}×{w}): they are upsampled to {side}²; an --image-size near "
+        f"their size avoids that"
     )
 
 

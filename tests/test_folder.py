@@ -80,6 +80,23 @@ def test_the_start_counts_the_files_that_cannot_be_read_apart(tmp_path, capsys):
     assert re.search(r"val: \d+ images and 1 that cannot be read", out), out
 
 
+def test_images_of_mixed_sizes_below_the_crop_are_noted(tmp_path):
+    """40-90 px images of mixed sizes cropped at 224 were upsampled without a word."""
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (tmp_path / "train" / c).mkdir(parents=True)
+        for i, side in enumerate((40, 90, 70, 90)):
+            pixels = rng.integers(0, 256, (side, side + 3, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "train" / c / f"{i}.png")
+    data = open_splits(DATASETS["folder"], tmp_path, announce=False)
+    note = store_size_note(data, 73, 64)
+    assert note == (
+        "note: 2 of the 8 folder train images have a shorter side below --image-size 64 (the smallest: "
+        "40×43): they are upsampled to 73²; an --image-size near their size avoids that"
+    ), note
+    assert store_size_note(data, 46, 40) is None  # no shorter side is below 40
+
+
 def test_odd_folder_trains_through_the_cli(tmp_path, capsys):
     """Mixed sizes and modes: the gpu loader stores them at --store-size², kNN runs on val/."""
     data = write_odd_folder(tmp_path / "data")
