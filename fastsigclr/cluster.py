@@ -31,15 +31,22 @@ from fastsigclr.runinfo import git_commit
 COMPARED_CODE = ("fastsigclr", "source_sha256", "torch")
 
 
+# Whether this process joined a process group (entry.console ends such a process without the
+# interpreter's finalization: see entry._leave_distributed).
+joined = False
+
+
 def join(
     backend: str, rank: int, world_size: int, timeout_s: float, device_id: torch.device | None = None
 ) -> None:
     """``init_process_group`` from torchrun's environment; waiting longer than ``timeout_s`` for
     the other ranks (or for MASTER_ADDR) raises FastSigCLRError with what to check."""
+    global joined
     try:
         dist.init_process_group(backend, device_id=device_id, timeout=timedelta(seconds=timeout_s))
     except RuntimeError as err:  # DistStoreError, DistNetworkError and gloo's connect errors
         raise FastSigCLRError(join_failure(rank, world_size, timeout_s, err)) from err
+    joined = True
 
 
 def join_failure(rank: int, world_size: int, timeout_s: float, err: BaseException) -> str:

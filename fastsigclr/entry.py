@@ -6,6 +6,7 @@ trainer's steps is told the same way (``preempt.terminate_raises``), exiting 143
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import sys
@@ -50,10 +51,36 @@ def console() -> int:
     try:
         status = main()
     except SystemExit as exc:
-        _keep_status(exc.code if isinstance(exc.code, int) else int(exc.code is not None))
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        _keep_status(code)
+        _leave_distributed(code)
         raise
     _keep_status(status)
+    _leave_distributed(status)
     return status
+
+
+def _leave_distributed(status: int) -> None:
+    """End a process that joined a process group (a torchrun rank) once its exit handlers have run,
+    without the interpreter's finalization. A DDP model keeps its gloo process group, and with it
+    gloo's worker threads, alive past ``destroy_process_group`` (torch 2.13: the threads outlive the
+    module, the group and a gc); a worker still releasing a finished collective (all_gather_object's
+    tensors, created in Python) as finalization begins takes the GIL, is ended by the interpreter,
+    and the unwind through a noexcept frame aborts the process: a finished rank killed by SIGABRT
+    ("terminate called without an active exception"), which torchrun reports as the whole run
+    failing (about 1 in 100 two-rank runs on a loaded 2-core CPU; its core dump shows exactly this).
+    Every file is written and closed by then, and the exit handlers (multiprocessing's, logging's,
+    temporary folders') still run."""
+    cluster = sys.modules.get("fastsigclr.cluster")
+    if cluster is None or not getattr(cluster, "joined", False):
+        return
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
 
 
 def _keep_status(status: int) -> None:
@@ -84,6 +111,10 @@ def interrupted(exc: KeyboardInterrupt | None = None) -> int:
     return Terminated.exit_status if terminated else 130
 
 
+# What writing standard output raises when it cannot: its reader left, a full disk or quota, EIO
+STDOUT_ERRORS = (errno.EPIPE, errno.ENOSPC, errno.EDQUOT, errno.EIO)
+
+
 def flush_stdout() -> None:
     """Flush standard output, which is None when the command was started with it closed (``>&-``)."""
     if sys.stdout is not None:
@@ -93,14 +124,15 @@ def flush_stdout() -> None:
 def output_failed(err: OSError) -> int:
     """The exit status when ``err`` came from writing standard output, said in one line: 141
     (128 + SIGPIPE, as a shell reports it) for a reader that left (`info | head`), 74 (EX_IOERR)
-    for a full disk or another error; ``err`` raised again when it was another file's. What stdout
-    still holds goes to /dev/null, sparing a second error as the interpreter exits. (A write that
-    failed leaves nothing to flush: a newline tries stdout again, ahead of the traceback of an error
-    that was not its.)"""
+    for a full disk or an I/O error; ``err`` raised again, untouched, when it was another file's
+    (one with a name, or of another kind). A write that failed leaves nothing to flush, so a newline
+    tries stdout again; what it still holds then goes to /dev/null, sparing a second error as the
+    interpreter exits."""
+    if err.filename is not None or err.errno not in STDOUT_ERRORS or sys.stdout is None:
+        raise err
     try:
-        if sys.stdout is not None:
-            sys.stdout.write("\n")
-        flush_stdout()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
     except OSError as again:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         if isinstance(again, BrokenPipeError):

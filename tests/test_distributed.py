@@ -395,3 +395,32 @@ def test_torchrun_stops_every_rank_on_rank_0s_failed_preparation(cifar10_dir, tm
     said = proc.stderr + proc.stdout
     assert said.count("fastsigclr: error: cannot write the FFCV dataset") == 1, said[-3000:]
     assert "Connection closed by peer" not in said and "Connection reset" not in said, said[-3000:]
+
+
+LEAVE = """
+import atexit, sys, threading
+from pathlib import Path
+import fastsigclr.cluster
+from fastsigclr.entry import _leave_distributed
+marker = Path(sys.argv[1])
+atexit.register(lambda: marker.write_text("exit handlers ran"))
+# a thread that would take the GIL while the interpreter finalizes, as gloo's workers do
+threading.Thread(target=lambda: threading.Event().wait(), daemon=True).start()
+print("output flushed", end="")
+_leave_distributed(0)  # not a rank: nothing happens
+fastsigclr.cluster.joined = True
+_leave_distributed(75)
+raise SystemExit("not reached")
+"""
+
+
+def test_a_rank_ends_after_its_exit_handlers_without_finalization(tmp_path):
+    """A finished rank was killed by SIGABRT as the interpreter finalized (a gloo worker, kept
+    alive by DDP past destroy_process_group, releasing all_gather_object's tensors): ranks now end
+    after their exit handlers with their own status, their output flushed."""
+    marker = tmp_path / "marker"
+    done = subprocess.run(
+        [sys.executable, "-c", LEAVE, str(marker)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 75 and done.stdout == "output flushed", (done.returncode, done.stderr[-2000:])
+    assert marker.read_text() == "exit handlers ran" and "not reached" not in done.stderr

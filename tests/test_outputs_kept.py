@@ -104,7 +104,7 @@ def test_an_interrupted_bench_loss_keeps_the_last_complete_results(tmp_path, cap
     monkeypatch.setattr(bench_loss, "measure_case", interrupted_at_the_second)
     assert main([*argv, "--dims", "6"]) == 130
     err = capsys.readouterr().err
-    assert f"bench loss: the 1 cases measured are in {out / 'loss-cpu.partial.json'}" in err
+    assert f"bench loss: the 1 case measured so far is in {out / 'loss-cpu.partial.json'}" in err
     assert (out / "loss-cpu.json").read_bytes() == complete and (out / "loss-cpu.png").read_bytes() == plot
     partial = json.loads((out / "loss-cpu.partial.json").read_text())
     assert partial["complete"] is False and [r["dim"] for r in partial["results"]] == [6]
@@ -201,6 +201,24 @@ def test_eval_and_embed_take_max_broken(tmp_path, capsys):
         assert main([*argv, "--max-broken", "0.2"]) == 0
         assert "folder test: skipped that image (at most --max-broken 0.2)" in capsys.readouterr().err
     assert np.load(tmp_path / "f.npy").shape == (7, 64)
+    assert main([*embed, "--max-broken", "0.2"]) == 0  # again over its own f.npy, .labels.npy, .files.json
+    assert len(json.loads((tmp_path / "f.files.json").read_text())["files"]) == 7
+
+
+def test_an_error_of_another_file_is_not_taken_for_stdouts(capsys):
+    """Every OSError reaching the command line was tried as stdout's: a missing file was lost (141)
+    where stdout's reader had left, or reported as a full stdout (74)."""
+    import errno
+
+    from fastsigclr.entry import output_failed
+
+    missing = FileNotFoundError(errno.ENOENT, "No such file or directory", "/nowhere/x")
+    with pytest.raises(FileNotFoundError):
+        output_failed(missing)
+    full = OSError(errno.ENOSPC, "No space left on device")  # not stdout's: stdout here takes writes
+    with pytest.raises(OSError, match="No space left"):
+        output_failed(full)
+    assert capsys.readouterr().out == "\n"  # the probe of stdout, all that reached it
 
 
 def test_a_short_write_of_numpy_is_a_full_disk(tmp_path):

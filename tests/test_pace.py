@@ -1,6 +1,7 @@
 """A run's pace: img/s per logged step, the run's time left on the progress bar, and what a CPU
 run of a GPU-sized job says at its start."""
 
+import json
 import re
 from pathlib import Path
 
@@ -55,6 +56,8 @@ def test_a_resumed_epochs_img_per_s_counts_this_sessions_steps(cifar10_dir, tmp_
     assert [r["step"] for r in steps] == [6, 7, 8]
     assert 1.0 <= steps[-1]["img_per_s"] / epoch["img_per_s"] <= 1.2, (steps[-1], epoch)
     assert epoch["img_per_s"] == pytest.approx(3 * 32 / epoch["seconds"])
+    summary = json.loads((out / "summary.json").read_text())  # the session's 3 batches, not 4
+    assert summary["img_per_s_this_session"] * summary["seconds_this_session"] == pytest.approx(3 * 32)
 
 
 def test_progress_bar_shows_the_time_left_of_the_run(cifar10_dir, tmp_path, capsys):

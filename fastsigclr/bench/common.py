@@ -101,11 +101,18 @@ def check_outputs(paths: Iterable[Path], fix: str = "move it away, or choose ano
             raise FastSigCLRError(f"{path} {why}; {fix}")
 
 
+def partial_path(json_path: Path) -> Path:
+    """Where a benchmark that writes its cases as it goes keeps them until it completes (`bench
+    loss`): ``<name>-<device>.partial.json``, so the last complete results stay as they were."""
+    return json_path.with_suffix(".partial.json")
+
+
 def result_paths(out: str | Path, name: str, device: torch.device) -> tuple[Path, Path]:
-    """``<out>/<name>-<device>.json`` and ``.png``, checked (``check_outputs``) before measuring."""
+    """``<out>/<name>-<device>.json`` and ``.png``, checked (``check_outputs``, with the partial
+    results' path) before measuring."""
     stem = Path(out) / f"{name}-{device.type}"
     paths = stem.with_suffix(".json"), stem.with_suffix(".png")
-    check_outputs(paths)
+    check_outputs([*paths, partial_path(paths[0])])
     return paths
 
 

@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 from fastsigclr.bench.common import (
     DTYPES,
     check_even_sizes,
-    check_outputs,
     matmul_tflops,
+    partial_path,
     result_paths,
     time_fn,
     write_json,
@@ -353,8 +353,7 @@ def run(cfg: BenchLossConfig, command: list[str] | None = None) -> dict[str, Any
     }
     # After every case the cases so far go to loss-<device>.partial.json: a killed run keeps them,
     # and the last complete results (with their plot) stay as they were until this run completes.
-    partial = paths[0].with_suffix(".partial.json")
-    check_outputs([partial])
+    partial, saved = partial_path(paths[0]), 0
     bar = tqdm(cases, desc="bench loss", unit="case")
     try:
         for loss, provider, n, d, dt in bar:
@@ -362,10 +361,12 @@ def run(cfg: BenchLossConfig, command: list[str] | None = None) -> dict[str, Any
             rows.append(measure_case(loss, provider, n, d, dt, cfg, device))
             add_ratios(rows, matmul)
             write_json(partial, payload)
+            saved = len(rows)
     except BaseException:  # Ctrl-C, SIGTERM, an error: say where the measured cases are
-        if rows:
+        if saved:
             bar.close()
-            print(f"bench loss: the {len(rows)} cases measured are in {partial}", file=sys.stderr)
+            those = f"{saved} cases measured so far are" if saved > 1 else "1 case measured so far is"
+            print(f"bench loss: the {those} in {partial}", file=sys.stderr)
         raise
     payload["complete"] = True
     write_results(payload, paths, plot_loss)
