@@ -125,6 +125,7 @@ class BenchAugmentConfig:
     plan_images: int = option(50_000, "images of the epoch whose augmentation plan is drawn and timed", ge=1)
     device: str = device_option("device to measure on")
     out: str = option("benchmarks/local", "directory for augment-<device>.json and .png", path=True)
+    progress: bool = option(True, "show a progress bar")
 
     def __post_init__(self) -> None:
         unknown = set(self.backends) - set(BACKENDS)
@@ -256,7 +257,7 @@ def run(cfg: BenchAugmentConfig, command: list[str] | None = None) -> dict[str, 
     cases += [(name, cfg.folder_size, True) for name in cfg.backends] if cfg.folder_size else []
     with (
         tempfile.TemporaryDirectory(prefix="fastsigclr-bench-") as tmp,
-        tqdm(cases, desc="bench augment", unit="case") as bar,
+        tqdm(cases, desc="bench augment", unit="case", disable=not cfg.progress) as bar,
     ):
         folder = None
         for name, size, from_files in bar:

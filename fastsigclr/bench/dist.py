@@ -40,6 +40,7 @@ class BenchDistConfig:
     dtype: str | None = option(None, "input dtype; unset: bf16 on CUDA, fp32 on CPU", choices=tuple(DTYPES))
     reps: int | None = option(None, "timed calls; unset: 20 on CUDA, 10 on CPU", ge=1)
     out: str = option("benchmarks/local", "directory for dist-<device>.json and .png", path=True)
+    progress: bool = option(True, "show a progress bar")
 
     def __post_init__(self) -> None:
         check_not_empty(self, "sizes")
@@ -95,7 +96,9 @@ def run(cfg: BenchDistConfig, command: list[str] | None = None) -> dict[str, Any
         dist.init_process_group(
             "nccl" if device.type == "cuda" else "gloo", store=store, rank=0, world_size=1
         )
-    bar = tqdm(total=len(cfg.sizes or ()) * len(PROVIDERS), desc="bench dist", unit="case")
+    bar = tqdm(
+        total=len(cfg.sizes or ()) * len(PROVIDERS), desc="bench dist", unit="case", disable=not cfg.progress
+    )
     try:
         results = []
         for rows in cfg.sizes or ():

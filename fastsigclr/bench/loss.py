@@ -99,6 +99,7 @@ class BenchLossConfig:
     warmup: int = option(3, "untimed calls before timing (compilation happens here)", ge=1)
     reps: int | None = option(None, "timed calls per case; unset: 20 on CUDA, 5 on CPU", ge=1)
     out: str = option("benchmarks/local", "directory for loss-<device>.json and loss-<device>.png", path=True)
+    progress: bool = option(True, "show a progress bar")
 
     def __post_init__(self) -> None:
         check_not_empty(self, "sizes", "dims", "dtypes", "providers", "losses")
@@ -354,7 +355,7 @@ def run(cfg: BenchLossConfig, command: list[str] | None = None) -> dict[str, Any
     # After every case the cases so far go to loss-<device>.partial.json: a killed run keeps them,
     # and the last complete results (with their plot) stay as they were until this run completes.
     partial, saved = partial_path(paths[0]), 0
-    bar = tqdm(cases, desc="bench loss", unit="case")
+    bar = tqdm(cases, desc="bench loss", unit="case", disable=not cfg.progress)
     try:
         for loss, provider, n, d, dt in bar:
             bar.set_postfix_str(f"{loss} {provider} 2N={n} D={d} {dt}")

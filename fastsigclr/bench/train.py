@@ -58,6 +58,7 @@ class BenchTrainConfig:
     warmup: int = option(3, "untimed steps before timing", ge=0)
     reps: int | None = option(None, "timed steps; unset: 30 on CUDA, 3 on CPU", ge=1)
     out: str = option("benchmarks/local", "directory for train-<device>.json and .png", path=True)
+    progress: bool = option(True, "show a progress bar")
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -171,7 +172,7 @@ def _time_steps(cfg: BenchTrainConfig, setup: Setup, parts: StepParts) -> dict[s
         ("model_step", lambda: train_step(parts, synthetic, labels)),
         ("augment", augment_only),
     ]
-    for name, fn in tqdm(cases, desc="bench train", unit="case"):
+    for name, fn in tqdm(cases, desc="bench train", unit="case", disable=not cfg.progress):
         timing = time_fn(fn, device, warmup=cfg.warmup, reps=cfg.reps or 1)
         per_second = batch / (timing["median_ms"] * 1e-3)
         results[name] = {
