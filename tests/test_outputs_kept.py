@@ -19,7 +19,19 @@ from fastsigclr.cli import main
 
 LAST = ("checkpoints", "last.pt")
 CCEM_SMALL = ["--n", "4", "--t", "1", "--variant", "free", "--steps", "2"]
-LOSS_SMALL = ["--device", "cpu", "--sizes", "8", "--dims", "4", "--reps", "1", "--warmup", "1"]
+LOSS_SMALL = [
+    "--device",
+    "cpu",
+    "--sizes",
+    "8",
+    "--dims",
+    "4",
+    "--reps",
+    "1",
+    "--warmup",
+    "1",
+    "--no-progress",
+]
 
 
 def test_export_and_embed_replace_only_their_own_files(run_copy, tmp_path, capsys):  # noqa: F811
