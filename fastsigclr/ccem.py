@@ -208,8 +208,7 @@ def run(cfg: CcemConfig, command: list[str] | None = None) -> dict[str, Any]:
     out = writable_folder(Path(cfg.out))  # before the grid's minutes, not after
     paths = [out / name for name in ("results.json", "results.csv", "heatmap.png")]
     check_outputs(paths)  # a folder where one goes: said now, not after the grid
-    found = json_object(paths[0]) if paths[0].is_file() else {"experiment": "ccem"}
-    if (found or {}).get("experiment") != "ccem":  # a sweep's results.json, say
+    if paths[0].is_file() and (json_object(paths[0]) or {}).get("experiment") != "ccem":  # a sweep's
         raise FastSigCLRError(
             f"{paths[0]} exists and is not ccem's results, the only results.json ccem replaces; "
             f"choose another --out"

@@ -77,10 +77,14 @@ def _leave_distributed(status: int) -> None:
     import atexit
 
     atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
+    _flush_streams()
     os._exit(status)
+
+
+def _flush_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # closed, or None (started with >&-)
+            stream.flush()
 
 
 def _keep_status(status: int) -> None:
@@ -89,9 +93,7 @@ def _keep_status(status: int) -> None:
         return
 
     def finished(signum: int, frame: Any) -> None:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
+        _flush_streams()
         os._exit(status)
 
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -59,13 +59,13 @@ def store_size_note(data: DataSplits, store_size: int | None, image_size: int | 
     if image_size is None:
         return None
     splits = [s for s in (data.pretrain, data.train, data.test) if s is not None and not s.decoded]
-    kept = [hw for s in splits if s.resized(store_size) is None and (hw := s.uniform_size)]
+    resized = [s for s in splits if s.resized(store_size) is not None]
+    kept = [hw for s in splits if s not in resized and (hw := s.uniform_size)]
     if small := next((hw for hw in kept if min(hw) < image_size), None):
         return (
             f"note: the images are {small[0]}×{small[1]} (height × width), smaller than --image-size "
             f"{image_size}: they are kept as they are and every view is upsampled from them"
         )
-    resized = [s for s in splits if s.resized(store_size) is not None]
     if store_size is None or store_size >= image_size:
         return _upsampled_note(resized[0], image_size, store_size) if resized else None
     if not resized:

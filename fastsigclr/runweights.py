@@ -96,11 +96,10 @@ def _damaged(own: dict[str, torch.Tensor], saved: dict[str, torch.Tensor]) -> st
     chance-level score, or NaN). Non-finite weights are a diverged run's: eval and embed say so
     from the features, export from the weights."""
     for name, value in own.items():
-        if saved[name].dtype != value.dtype:
-            dtypes = (str(t.dtype).removeprefix("torch.") for t in (saved[name], value))
-            return "{} as {}, not {}".format(name, *dtypes)
-    for name in own:
         stat = saved[name]
+        if stat.dtype != value.dtype:
+            dtypes = (str(t.dtype).removeprefix("torch.") for t in (stat, value))
+            return "{} as {}, not {}".format(name, *dtypes)
         if name.endswith((".running_mean", ".running_var")) and not stat.isfinite().all():
             return f"{name} with NaN or inf"
         if name.endswith(".running_var") and (stat < 0).any():
