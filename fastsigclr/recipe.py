@@ -21,7 +21,7 @@ from fastsigclr.data.broken import recorded_ids
 from fastsigclr.data.datasets import data_folder
 from fastsigclr.data.info import default_store_size
 from fastsigclr.data.samples import SampleIndex
-from fastsigclr.data.splits import DataSplits, open_splits
+from fastsigclr.data.splits import SPLITS, DataSplits, open_splits
 from fastsigclr.losses import LossSpec
 from fastsigclr.models import SSLModel
 from fastsigclr.models.resnet import memory_format
@@ -32,20 +32,14 @@ from fastsigclr.runinfo import available_memory_bytes
 from fastsigclr.runweights import load_weights
 
 
-def load_data(cfg: TrainConfig, announce: bool = True) -> DataSplits:
+def load_data(cfg: TrainConfig, announce: bool = True, reads: tuple[str, ...] = SPLITS) -> DataSplits:
     """The run's splits (``data.splits``): what the loader trains on, and the labelled splits of
-    the kNN monitor and the probe; an image folder's classes and counts printed (``announce``)."""
+    the kNN monitor and the probe; an image folder's classes and counts printed (``announce``);
+    ``reads``: the splits the caller reads (``open_splits``)."""
     info = DATASETS[cfg.dataset]
     folder = prepare(info, data_folder(cfg.data_dir), download_ok=cfg.download, progress=cfg.progress)
-    data = open_splits(
-        info,
-        folder,
-        limit_train=cfg.limit_train,
-        limit_test=cfg.limit_test,
-        store_size=cfg.store_size,
-        max_broken=cfg.max_broken,
-        announce=announce,
-    )
+    limits = {"limit_train": cfg.limit_train, "limit_test": cfg.limit_test, "max_broken": cfg.max_broken}
+    data = open_splits(info, folder, store_size=cfg.store_size, announce=announce, reads=reads, **limits)
     note = store_size_note(data, cfg.store_size, cfg.image_size)
     if note and announce:
         print(note, file=sys.stderr)

@@ -58,7 +58,7 @@ def _note_other_data(data: Any, cfg: Any, state: dict[str, Any], where: Path) ->
     (other files, labels or sizes): a folder changed since, or another --data-dir. The kNN bank and
     the probe then train on these; a moved copy of the same images says nothing."""
     saved = state.get("data")
-    if not isinstance(saved, dict):  # a checkpoint written before the record
+    if not isinstance(saved, dict) or data.pretrain is None:  # before the record; the images not read
         return
     now = data_identity(data, cfg)
     if all(saved.get(key) == now[key] for key in ("images", "digest")):
@@ -97,7 +97,7 @@ def load_run_model(
     if info.reader is FolderReader and "test" in splits and not FolderReader.has_test(where / info.folder):
         raise _missing_split(info.name, where, ["test"], labelled)  # before train/'s headers are read
     try:
-        data = load_data(dataclasses.replace(cfg, download=False, progress=False), announce=False)
+        data = load_data(dataclasses.replace(cfg, download=False, progress=False), False, splits)
     except LimitError as err:  # the run's --limit-train/--limit-test past this data: not the run's
         raise FastSigCLRError(
             f"the run's {err.problem} in {where}: this is not the data the run read; pass "

@@ -78,7 +78,9 @@ def test_loading_files_that_differ_warns_once(small_cifar, capsys):
     cfg = TrainConfig(data_dir=str(data_dir), progress=False)
     assert len(load_data(cfg).train) == 40
     err = capsys.readouterr().err
-    assert err.count("warning: data_batch_5 in") == 1 and "differ from the official cifar10 files" in err
+    assert (
+        err.count("warning: data_batch_5 in") == 1 and "differs from the official cifar10 file (md5)" in err
+    )
     assert "data_batch_4" not in err
     load_data(cfg)
     assert capsys.readouterr().err == ""

@@ -95,6 +95,26 @@ def test_embed_matches_extract_features(run_dir, tmp_path, capsys):
     assert np.load(train_out).shape == (64, 64)
 
 
+@pytest.mark.parametrize(("split", "gone"), [("train", "test_batch"), ("test", "data_batch_3")])
+def test_embed_reads_only_its_split(run_dir, cifar10_dir, tmp_path, split, gone, capsys):
+    """A copy without the other split's batch embeds the split asked for, equal to the whole
+    copy's; the missing batch is still the error of the split that needs it."""
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    shutil.copytree(cifar10_dir / "cifar-10-batches-py", folder)
+    (folder / gone).unlink()
+    whole, part = tmp_path / "whole.npy", tmp_path / "part.npy"
+    base = ["embed", "--run", str(run_dir), "--no-progress"]
+    assert main([*base, "--split", split, "--out", str(whole)]) == 0
+    assert main([*base, "--split", split, "--out", str(part), "--data-dir", str(folder.parent)]) == 0
+    assert np.array_equal(np.load(part), np.load(whole)) and len(np.load(part)) == (
+        64 if split == "train" else 48
+    )
+    other = "test" if split == "train" else "train"
+    capsys.readouterr()
+    line = fails_with([*base, "--split", other, "--out", str(part), "--data-dir", str(folder.parent)], capsys)
+    assert f"missing file {folder / gone}" in line
+
+
 def test_clear_errors(run_dir, tmp_path, capsys):
     no_ckpt = tmp_path / "no-ckpt"
     no_ckpt.mkdir()

@@ -69,7 +69,8 @@ def warn_unofficial(info: DatasetInfo, folder: Path, names: tuple[str, ...]) -> 
                 bad.append(name)
     if bad and speaks_for_node():
         print(
-            f"warning: {', '.join(bad)} in {folder} differ from the official {info.name} files (md5): "
+            f"warning: {', '.join(bad)} in {folder} differ{'s' * (len(bad) == 1)} from the official "
+            f"{info.name} file{'s' * (len(bad) > 1)} (md5): "
             f"corrupt, or not the official release; `fastsigclr data verify` names the differences; if "
             f"corrupt, {redownload_hint(info, Path(folder))}",
             file=sys.stderr,

@@ -15,10 +15,12 @@ import numpy as np
 from fastsigclr.config import ConfigError
 from fastsigclr.data.broken import over_limit, report_broken, skipped_line
 from fastsigclr.data.datasets import open_dataset
-from fastsigclr.data.info import DatasetInfo
+from fastsigclr.data.info import DatasetError, DatasetInfo
 from fastsigclr.data.samples import SampleIndex
 from fastsigclr.data.subset import balanced_indices
 from fastsigclr.runinfo import available_memory_bytes
+
+SPLITS = ("train", "test")  # a dataset's splits, as commands name them
 
 
 @dataclass
@@ -27,7 +29,7 @@ class DataSplits:
     kNN monitor and the probe (None when the dataset has none: an unlabeled folder, no val/)."""
 
     info: DatasetInfo
-    pretrain: SampleIndex
+    pretrain: SampleIndex | None  # None only where the caller does not read it (``open_splits``)
     train: SampleIndex | None
     test: SampleIndex | None
     store_size: int | None = None  # mixed-size images are decoded at this size for kNN and eval
@@ -234,15 +236,30 @@ def open_splits(
     max_broken: float = 0.0,
     announce: bool = True,
     limit_option: str = "--limit-train",
+    reads: tuple[str, ...] = SPLITS,
 ) -> DataSplits:
     """The splits of ``info`` in ``folder``; files whose header cannot be read are reported
     (``report_broken``) and a folder's classes and counts printed (when ``announce``).
-    ``limit_option``: what the caller's option for ``limit_train`` is called, for its errors."""
+    ``limit_option``: what the caller's option for ``limit_train`` is called, for its errors.
+    ``reads``: the splits the caller reads ("train" includes the pre-training images); another
+    one that cannot be read is None rather than an error (`embed --split train` beside a
+    missing test batch), and is indexed when it can be, since the storage side of the labelled
+    splits follows all of them."""
     reader = open_dataset(info, folder)
-    train, test = reader.index("train"), reader.index("test")
-    pretrain = train if reader.pretrain_split == "train" else reader.index(reader.pretrain_split)
-    for index in {id(s): s for s in (pretrain, train, test) if s is not None}.values():
-        report_broken(index.name, index.broken, len(index) + len(index.broken), max_broken)
+
+    def index(split: str, name: str) -> SampleIndex | None:
+        if name in reads:
+            return reader.index(split)
+        try:
+            return reader.index(split)
+        except DatasetError:
+            return None
+
+    train, test = index("train", "train"), index("test", "test")
+    pretrain = train if reader.pretrain_split == "train" else index(reader.pretrain_split, "train")
+    read = [s for s, name in ((pretrain, "train"), (train, "train"), (test, "test")) if name in reads]
+    for split in {id(s): s for s in read if s is not None}.values():
+        report_broken(split.name, split.broken, len(split) + len(split.broken), max_broken)
     if hasattr(reader, "describe") and announce:
         print(reader.describe(train, test))
     same = pretrain is train
