@@ -17,7 +17,7 @@ from fastsigclr import determinism, distributed
 from fastsigclr.config import ConfigError, FastSigCLRError, alike, to_dict
 from fastsigclr.data import DATASETS, LOADERS, AugmentSpec, DatasetInfo, prepare
 from fastsigclr.data.base import LoaderSource
-from fastsigclr.data.broken import recorded_ids
+from fastsigclr.data.broken import RECORDED_IDS, recorded_ids
 from fastsigclr.data.datasets import data_folder
 from fastsigclr.data.info import default_store_size
 from fastsigclr.data.samples import SampleIndex
@@ -156,6 +156,7 @@ class Setup:
     probe_optimizer: torch.optim.Optimizer
     autocast_dtype: torch.dtype | None
     data_identity: dict[str, Any] | None = None  # the pre-training split's, as loaded (SampleIndex.identity)
+    left_out: frozenset[int] = frozenset()  # what earlier sessions' loader left out as it trained (DALI)
 
 
 def build(
@@ -186,7 +187,7 @@ def build(
             f"or give labelled images (a folder's train/<class>/ folders)"
         )
     identity = data_identity(data, cfg)  # before a loader decodes it (and leaves out broken files)
-    undecoded = recorded_ids(resumed, "undecoded", len(data.pretrain), ctx.is_main)
+    kept_out = {key: recorded_ids(resumed, key, len(data.pretrain), ctx.is_main) for key in RECORDED_IDS}
     torch.manual_seed(cfg.seed)
     spec = AugmentSpec.simclr(cfg.image_size or info.image_size, info.mean, info.std, n_views=cfg.n_views)
     loader = LOADERS[cfg.loader].cls(
@@ -199,7 +200,7 @@ def build(
         seed=cfg.seed,
         rank=ctx.rank,
         world_size=ctx.world_size,
-        **_loader_options(cfg, info, data.pretrain, ctx, undecoded),
+        **_loader_options(cfg, info, data.pretrain, ctx, kept_out),
     )
     if loader.samples.decoded:
         data.adopt(loader.samples)
@@ -211,14 +212,15 @@ def build(
     )
     probe_opt = torch.optim.SGD(probe.parameters(), lr=cfg.probe_lr, momentum=0.9)
     return Setup(cfg, cfg.loss_spec, info, data, loader, model, criterion, probe, optimizer, probe_opt,
-                 autocast_dtype, identity)  # fmt: skip
+                 autocast_dtype, identity, frozenset(kept_out["left_out"]))  # fmt: skip
 
 
 def _loader_options(
-    cfg: TrainConfig, info: DatasetInfo, samples: SampleIndex, ctx: distributed.Context, undecoded: set[int]
+    cfg: TrainConfig, info: DatasetInfo, samples: SampleIndex, ctx: distributed.Context, kept_out: dict
 ) -> dict:
     """The backend's own arguments; its preparation (FFCV: writing a missing .beton) runs on rank 0
-    while the others wait for it. ``undecoded``: the images earlier sessions could not decode."""
+    while the others wait for it. ``kept_out``: the images earlier sessions left out, by record
+    (``RECORDED_IDS``)."""
     entry = LOADERS[cfg.loader]
     budget = None if cfg.memory_budget is None else int(cfg.memory_budget * (1 << 30))
     src = LoaderSource(
@@ -231,7 +233,7 @@ def _loader_options(
         store_size=cfg.store_size,
         budget=budget,
         max_broken=cfg.max_broken,
-        undecoded=tuple(sorted(undecoded)),
+        **{key: tuple(sorted(ids)) for key, ids in kept_out.items()},
     )
     failed: Exception | None = None
     if entry.prepare is not None and ctx.is_main:

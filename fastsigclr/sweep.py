@@ -117,7 +117,7 @@ class SweepConfig:
     linear_epochs: int | None = option_from(
         EvalConfig, "linear_epochs", None, unset="`fastsigclr eval`'s default"
     )
-    progress: bool = option(False, "show the trainer's progress bars")
+    progress: bool = option(False, "show the trainer's progress bars (off: a line per epoch, a log to keep)")
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from fastsigclr import distributed, divergence, preempt, recipe, rundir
 from fastsigclr.config import ConfigError, raising_alike, to_dict
-from fastsigclr.data.broken import over_limit, recorded_ids
+from fastsigclr.data.broken import over_limit
 from fastsigclr.determinism import deterministic_torch
 from fastsigclr.eval import MonitorStopped, monitor_accuracy
 from fastsigclr.losses import DistributedCriterion
@@ -173,8 +173,7 @@ class Epochs:
         self.images_seen = 0
         self.left_out = 0  # the sum of the ranks' counts of images their loaders left out (DALI)
         left, images = self.epochs - start_epoch, len(setup.data.pretrain)
-        self.left_out_ids = recorded_ids(run.state, "left_out", images, ctx.is_main)  # every session's
-        setup.loader.keep_left_out(self.left_out_ids)  # out from the start, counted by --max-broken
+        self.left_out_ids = set(setup.left_out)  # every session's; the loader keeps them out (build)
         self.run_start = time.perf_counter()
         notice = cpu_notice(ctx.device, images, left, cfg.arch or "", cfg.width, cfg.precision)
         if notice and ctx.is_main:

@@ -152,7 +152,7 @@ def test_a_resumed_run_leaves_out_the_files_of_every_session(tmp_path, capsys):
     err = capsys.readouterr().err
     # DALI keeps it out from the start, unread, as a run that never stopped (the kNN monitor's
     # pass over the labelled split still meets it and lists it)
-    note = "note: the 1 images earlier sessions of this run could not decode stay left out"
+    note = "note: the 1 image earlier sessions of this run could not decode stays left out"
     assert f"{note} (e.g. {truncated})" in err, err
     assert summary(out)["train_images"] == 19
     assert len(checkpoint.load(out / "checkpoints" / "last.pt")["left_out"]) == 1

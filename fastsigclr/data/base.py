@@ -71,12 +71,6 @@ class LoaderBase:
         several ranks the trainer joins them to check ``--max-broken`` on all ranks at once."""
         return ()
 
-    def keep_left_out(self, ids: Collection[int]) -> None:
-        """Leave out ``ids`` from the start: the images earlier sessions of a resumed run left out
-        as they trained (its checkpoint's record), as a run that never stopped keeps them out. Only
-        DALI leaves images out mid-run; every other loader decodes up front: nothing to keep."""
-        return None
-
     def plan(
         self, epoch: int, device: torch.device | str = "cpu", start: int = 0
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -105,7 +99,8 @@ class LoaderSource:
     the dataset, its folder, the pre-training split (after ``--limit-train``, which is ``limit``),
     ``--ffcv-dir``, whether to show progress, the image-folder options (``--store-size``,
     ``--memory-budget`` in bytes, ``--max-broken``), and the ids a resumed run's earlier sessions
-    could not decode up front (its checkpoint's ``undecoded``), which stay out."""
+    could not decode up front (its checkpoint's ``undecoded``: the gpu loader) or left out as they
+    trained (``left_out``: DALI), which stay out: each backend takes its ``keep_out``."""
 
     info: DatasetInfo
     data_dir: Path
@@ -117,6 +112,7 @@ class LoaderSource:
     budget: int | None = None
     max_broken: float = 0.0
     undecoded: tuple[int, ...] = ()
+    left_out: tuple[int, ...] = ()
 
 
 def _no_options(*_: Any) -> dict[str, Any]:

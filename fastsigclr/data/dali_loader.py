@@ -155,6 +155,7 @@ class DaliLoader(LoaderBase):
         files: Sequence[Path] | None = None,
         num_threads: int | None = None,
         max_broken: float = 0.0,
+        keep_out: Collection[int] = (),
         **kwargs,
     ) -> None:
         self._dali = _import_dali()
@@ -172,6 +173,7 @@ class DaliLoader(LoaderBase):
         self.by_pillow: set[int] = set()  # sample ids whose files reach DALI as Pillow's pixels
         if self.files:
             self._check_files()
+        self._keep_out(keep_out)
 
     def _check_files(self) -> None:
         """What the header pass found that DALI reads otherwise than Pillow (``image_header``): a
@@ -267,17 +269,19 @@ class DaliLoader(LoaderBase):
     def left_out(self) -> Collection[int]:
         return self.found_broken.keys()
 
-    def keep_left_out(self, ids: Collection[int]) -> None:
-        """Earlier sessions' left-out images stay out, unread: the batches stay a run's that never
-        stopped (even where a file was repaired since), no pipeline restarts to meet them again,
-        and ``--max-broken`` counts them with those met from now on."""
+    def _keep_out(self, ids: Collection[int]) -> None:
+        """Earlier sessions' left-out images (``keep_out``: the checkpoint's ``left_out``) stay
+        out, unread: the batches stay a run's that never stopped (even where a file was repaired
+        since), no pipeline restarts to meet them again, and ``--max-broken`` counts them with
+        those met from now on. The gpu loader's ``keep_out`` is the same for its up-front decode."""
         if not ids or not self.files:  # only files are left out mid-run
             return
         for i in ids:
             self.found_broken.setdefault(int(i), "left out by an earlier session of this run")
         if self.rank == 0:
             print(
-                f"note: the {len(ids)} images earlier sessions of this run could not decode stay left out "
+                f"note: the {len(ids)} image{'s' * (len(ids) != 1)} earlier sessions of this run could not "
+                f"decode stay{'s' * (len(ids) == 1)} left out "
                 f"(e.g. {self.files[min(ids)]})",
                 file=sys.stderr,
             )

@@ -183,8 +183,9 @@ def _gpu_options(src: LoaderSource) -> dict[str, Any]:
 
 
 def _dali_options(src: LoaderSource) -> dict[str, Any]:
-    """The undecodable-file threshold: DALI meets a file's data only as it decodes it."""
-    return {"max_broken": src.max_broken}
+    """The undecodable-file threshold (DALI meets a file's data only as it decodes it), the images
+    earlier sessions left out as they trained."""
+    return {"max_broken": src.max_broken, "keep_out": src.left_out}
 
 
 def _beton_path(src: LoaderSource) -> dict[str, Any]:
