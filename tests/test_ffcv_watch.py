@@ -101,7 +101,8 @@ def test_a_cut_beton_or_a_damaged_record_is_written_again(tmp_path, capsys):
     assert ensure_beton(path, samples, progress=False) == (path, False)
     assert capsys.readouterr().err == ""
     record = path.with_name("d.beton.json")
-    for damage in ("cut", "cut without record", "record", "table cut, older record", "label", "pointer"):
+    damages = ("cut", "cut without record", "record", "table cut, older record", "label", "pointer", "pixel")
+    for damage in damages:
         if damage == "record":
             record.write_text("{")
         elif damage == "table cut, older record":  # no size: FFCV's reader took the cut table
@@ -110,6 +111,8 @@ def test_a_cut_beton_or_a_damaged_record_is_written_again(tmp_path, capsys):
             os.truncate(path, size - 30)  # inside the allocation table, written last
         elif damage in ("label", "pointer"):  # the size as written: it was trusted, and read wrongly
             _flip_metadata(path, damage)
+        elif damage == "pixel":  # size and tables as written: its pixels were trusted
+            _flip_pixel(path)
         else:
             os.truncate(path, 1000)
         if damage == "cut without record":
@@ -121,6 +124,8 @@ def test_a_cut_beton_or_a_damaged_record_is_written_again(tmp_path, capsys):
             assert "has a damaged record of the data it was written from (d.beton.json: not JSON" in err
         elif damage in ("label", "pointer"):
             assert f"{path} is damaged (its header or tables, which say where each image lies" in err, err
+        elif damage == "pixel":
+            assert f"{path} is damaged (its bytes are not those written: a disk or copy error" in err, err
         else:
             assert f"{path} is truncated or damaged (" in err and "writing it again" in err, err
     assert f"1000 bytes, {size} as written" in _ensure_cut(path, samples, capsys)
@@ -142,6 +147,36 @@ def _flip_metadata(path, field: str) -> None:
         byte = np.frombuffer(f.read(1), np.uint8)[0]
         f.seek(offset + sub[1] + inner)
         f.write(bytes([int(byte) ^ 1]))
+
+
+def _flip_pixel(path) -> None:
+    """Change, in place, one byte of the first image's pixels: size and tables stay as written."""
+    from ffcv.reader import Reader
+
+    reader = Reader(str(path))
+    where = int(reader.alloc_table["ptr"][0])  # the first image's bytes (raw RGB here)
+    with open(path, "r+b") as f:
+        f.seek(where)
+        byte = f.read(1)[0]
+        f.seek(where)
+        f.write(bytes([byte ^ 0x40]))
+
+
+def test_a_large_beton_has_its_bytes_checked_by_write_ffcv(tmp_path, capsys, monkeypatch):
+    """Past CHECK_AT_START a run's start reads only the size and tables of a .beton (its pixels are
+    trusted); `ensure_beton(whole=True)`, what `data write-ffcv` runs, reads every byte and
+    writes a changed one again."""
+    from fastsigclr.data import loaders
+
+    path, samples = _beton_case(tmp_path)
+    assert loaders.ensure_beton(path, samples, progress=False) == (path, True)
+    monkeypatch.setattr(loaders, "CHECK_AT_START", path.stat().st_size - 1)
+    _flip_pixel(path)
+    assert loaders.ensure_beton(path, samples, progress=False) == (path, False)
+    assert capsys.readouterr().err == ""
+    assert loaders.ensure_beton(path, samples, progress=False, whole=True) == (path, True)
+    assert "is damaged (its bytes are not those written" in capsys.readouterr().err
+    assert loaders.ensure_beton(path, samples, progress=False, whole=True) == (path, False)
 
 
 def _ensure_cut(path, samples, capsys) -> str:

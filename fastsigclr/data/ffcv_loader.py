@@ -27,7 +27,7 @@ from fastsigclr import checkpoint as ckpt
 from fastsigclr.config import FastSigCLRError
 from fastsigclr.data.base import LoaderBase
 from fastsigclr.data.ffcv_watch import WorkerFailed, WorkerWatch
-from fastsigclr.data.files import own_partial
+from fastsigclr.data.files import file_digest, own_partial
 from fastsigclr.data.info import DatasetError
 from fastsigclr.data.samples import SampleIndex, resize_center, resize_rule
 from fastsigclr.filetype import json_loads
@@ -112,8 +112,8 @@ def record_file(path: Path) -> Path:
 
 def written_from(path: Path) -> dict[str, Any] | str | None:
     """The record beside the .beton at ``path``: {"content_key": str, "size": its bytes, "tables":
-    its ``tables_digest`` (each absent in an older fastsigclr's)}; None: none there; a string: why
-    it cannot be read (damaged)."""
+    its ``tables_digest``, "digest": ``file_digest`` of all its bytes (each absent in an older
+    fastsigclr's)}; None: none there; a string: why it cannot be read (damaged)."""
     try:
         record = json_loads(ckpt.read_text(record_file(path)))
     except FileNotFoundError:
@@ -127,8 +127,9 @@ def written_from(path: Path) -> dict[str, Any] | str | None:
     size = record.get("size")
     if size is not None and (not isinstance(size, int) or isinstance(size, bool)):
         return f"its size is {size!r}, not a number of bytes"
-    if not isinstance(record.get("tables", ""), str):
-        return f"its tables digest is {record['tables']!r}, not a string"
+    for name in ("tables", "digest"):
+        if not isinstance(record.get(name, ""), str):
+            return f"its {name} digest is {record[name]!r}, not a string"
     return record
 
 
@@ -243,14 +244,15 @@ def write_beton(
         if watch.failed is not None:  # a worker failed as the write ended: the file is not trusted
             raise watch.error(path, indexed.error.value.decode(errors="replace"))
         record_file(path).unlink(missing_ok=True)  # the old record goes before the old file does
-        size, tables = tmp.stat().st_size, beton_tables(tmp)
+        size, tables, digest = tmp.stat().st_size, beton_tables(tmp), file_digest(tmp, progress)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
     key = content_key(samples, store_size, jpeg)
     # Its size and tables: a .beton cut short since (a full disk, a partial copy), or whose tables
-    # were damaged (images read from the wrong bytes, wrong labels), is not taken for this data.
-    record = {"content_key": key, "size": size, "tables": tables}
+    # were damaged (images read from the wrong bytes, wrong labels), is not taken for this data; its
+    # digest: one whose pixels changed (a bad disk or copy) is not either (``loaders.ensure_beton``).
+    record = {"content_key": key, "size": size, "tables": tables, "digest": digest}
     ckpt.write_text_atomic(record_file(path), json.dumps(record) + "\n")
     return path
 
