@@ -24,8 +24,7 @@ at that batch. From then on each such file's place in a batch is taken by the ne
 the same batch, so every batch, on every rank, keeps the size and the augmentation parameters the
 plan gave it, and a resumed run that meets the file again makes the same batches (as long as
 Pillow fails where DALI does: both use libjpeg-turbo on the CPU; nvJPEG is not checked). With
-several ranks each lists what its share meets and the trainer checks ``max_broken`` on the union
-of their finds (``left_out``).
+several ranks each lists what its share meets; the trainer checks ``max_broken`` on their union.
 """
 
 from __future__ import annotations
@@ -279,10 +278,10 @@ class DaliLoader(LoaderBase):
         for i in ids:
             self.found_broken.setdefault(int(i), "left out by an earlier session of this run")
         if self.rank == 0:
+            one = len(ids) == 1
             print(
-                f"note: the {len(ids)} image{'s' * (len(ids) != 1)} earlier sessions of this run could not "
-                f"decode stay{'s' * (len(ids) == 1)} left out "
-                f"(e.g. {self.files[min(ids)]})",
+                f"note: the {len(ids)} image{'s' * (not one)} earlier sessions of this run could not decode "
+                f"stay{'s' * one} left out (e.g. {self.files[min(ids)]})",
                 file=sys.stderr,
             )
 
