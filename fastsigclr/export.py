@@ -243,26 +243,50 @@ def _check_described(path: str | Path, part: str, build: Callable[[], nn.Module]
         )
 
 
-def _load_part(path: str | Path, part: str, build: Callable[[], nn.Module], map_location: str) -> nn.Module:
+def _device(map_location: str | torch.device) -> torch.device:
+    """``map_location`` as a device this machine has, else one line naming the fix."""
+    try:
+        device = torch.device(map_location)
+    except (RuntimeError, TypeError) as err:
+        raise FastSigCLRError(
+            f"map_location {map_location!r} is not a device ({err}); pass 'cpu' or 'cuda'"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FastSigCLRError(f"map_location {map_location!r}: this machine has no CUDA device; pass 'cpu'")
+    return device
+
+
+def _load_part(
+    path: str | Path, part: str, build: Callable[[], nn.Module], map_location: str | torch.device
+) -> nn.Module:
     """The ``part`` of the exported file ``path`` in the module ``build`` makes from its metadata,
-    in eval mode on ``map_location``, once ``_check_described`` found that it fits."""
+    in eval mode on ``map_location``, once ``_check_described`` found that it fits and its tensors
+    are of the module's dtypes and finite (what export writes: it refuses non-finite weights)."""
+    device = _device(map_location)
     _check_described(path, part, build)
     module, prefix = build(), f"{part}."
-    tensors = _safetensors().torch.load_file(str(path), device=map_location)
-    module.load_state_dict(
-        {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=False
-    )
-    return module.to(map_location).eval()
+    tensors = _safetensors().torch.load_file(str(path), device="cpu")
+    tensors = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    own = module.state_dict()
+    for name, value in tensors.items():
+        if value.dtype != own[name].dtype or (value.is_floating_point() and not value.isfinite().all()):
+            what = "NaN or inf" if value.dtype == own[name].dtype else f"{value.dtype}, not {own[name].dtype}"
+            raise FastSigCLRError(
+                f"{path}: its {part} tensor {name} holds {what}, which `fastsigclr export` never writes: "
+                f"the file is damaged or was edited; export the run again"
+            )
+    module.load_state_dict(tensors, strict=False)
+    return module.to(device).eval()
 
 
-def load_backbone(path: str | Path, map_location: str = "cpu") -> ResNet:
+def load_backbone(path: str | Path, map_location: str | torch.device = "cpu") -> ResNet:
     """Rebuild an exported backbone, in eval mode: ``(B, 3, S, S)`` images, normalised with the
     file's ``mean`` and ``std`` (``read_metadata``), → ``(B, out_dim)`` features."""
     meta = read_metadata(path)
     return _load_part(path, "backbone", lambda: ResNet(meta["arch"], int(meta["width"])), map_location)
 
 
-def load_projector(path: str | Path, map_location: str = "cpu") -> nn.Sequential:
+def load_projector(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Sequential:
     """Rebuild an exported projector (written with ``--projector``), in eval mode."""
     meta = read_metadata(path)
     if meta.get("has_projector") != "True":

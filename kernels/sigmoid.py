@@ -16,7 +16,10 @@ import torch
 import triton
 from triton.runtime.errors import OutOfResources
 
+from fastsigclr.autograd_guard import first_derivative_only
+
 from . import launches
+from .checks import check_operand, check_scalars, check_views, grad_dtype
 from .sigmoid_kernel import (
     MAX_BLOCK_D,
     PAIR_MODES,
@@ -37,13 +40,6 @@ from .tiles import (
 )
 
 Pairs = Literal["self", "cross", "two_tower"]
-
-
-def grad_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype a gradient of ``dtype`` inputs is returned in. bf16 keeps fp32's exponent range;
-    an fp16 gradient stored before GradScaler multiplies it back up would flush to zero (~1e-5
-    at M = 8192), so fp16 inputs keep an fp32 gradient; other dtypes keep their own."""
-    return torch.float32 if dtype == torch.float16 else dtype
 
 
 def _dot_flags(dtype: torch.dtype, fp32_dot: str | None, interpret: bool = INTERPRET) -> dict:
@@ -209,7 +205,10 @@ def _slice_width(block_k: int, num_k: int, two_tower_cols: bool = False) -> int:
 
 
 def _operands(rows: torch.Tensor, cols: torch.Tensor, pairs: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows and columns with unit stride in the features (what the loads assume)."""
+    """Rows and columns, checked, with unit stride in the features (what the loads assume)."""
+    check_operand("rows", rows)
+    if pairs != "self":
+        check_operand("cols", cols)
     if pairs not in PAIR_MODES:
         raise ValueError(f"pairs must be one of {', '.join(map(repr, PAIR_MODES))}, got {pairs!r}")
     rows = rows if rows.stride(1) == 1 else rows.contiguous()
@@ -254,6 +253,7 @@ def sigmoid_block(
     Returns (loss | None, ∂L/∂rows | None, ∂L/∂cols | None, ∂L/∂logit_scale, ∂L/∂logit_bias).
     """
     rows, cols = _operands(rows, cols, pairs)
+    check_scalars(rows, logit_scale=logit_scale, logit_bias=logit_bias)
     flags = _dot_flags(rows.dtype, fp32_dot)
     if strips_wanted(rows, cols, tiles):  # past one feature tile on a GPU: no per-tile adds
         return sigmoid_block_strips(
@@ -371,7 +371,7 @@ class SigmoidLoss(torch.autograd.Function):
         return loss if loss is not None else torch.full((), float("nan"), device=zhat.device)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_derivative_only
     def backward(ctx, grad_out):
         grads = [
             None if saved is None or not wanted else (saved * grad_out).to(dtype)
@@ -391,4 +391,6 @@ def sigmoid_loss(
 ) -> torch.Tensor:
     """SigCLR loss of normalised view-major rows zhat (n_views·N, D) → fp32 scalar; logit_scale
     and logit_bias are 0-d tensors on zhat's device and receive gradients."""
+    check_operand("zhat", zhat)
+    check_views(zhat, n_views)
     return SigmoidLoss.apply(zhat, logit_scale, logit_bias, n_views, compute_loss, deterministic)

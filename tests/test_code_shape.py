@@ -30,7 +30,7 @@ FLOORS = {
         ("config", "checkpoint", "filetype", "runinfo", "runlog", "optim", "pace", "preempt", "significance"),
         0,
     ),
-    **dict.fromkeys(("determinism", "__init__"), 0),
+    **dict.fromkeys(("determinism", "autograd_guard", "__init__"), 0),
     **dict.fromkeys(("kernels", "losses", "models", "data"), 1),
     **dict.fromkeys(("cluster", "distributed", "runconfig", "runweights"), 2),
     **dict.fromkeys(("recipe", "runmodel", "eval", "knn", "rundir", "runfiles", "runlock"), 3),

@@ -254,6 +254,29 @@ def test_an_exported_file_edited_by_hand_is_one_line(run_dir, tmp_path):
         load_backbone(edited)
 
 
+def test_load_backbone_takes_a_device_and_refuses_values_export_never_writes(run_dir, tmp_path):
+    """map_location as a torch.device failed inside safetensors, "cuda" without a GPU inside
+    pin_memory; weights with NaN (which export refuses to write) or of an integer dtype loaded."""
+    path = tmp_path / "enc.safetensors"
+    assert main(["export", "--run", str(run_dir), "--out", str(path)]) == 0
+    expected = load_backbone(path).state_dict()
+    got = load_backbone(path, torch.device("cpu")).state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in got.items())
+    with pytest.raises(FastSigCLRError, match="map_location 'gpu0' is not a device"):
+        load_backbone(path, "gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(FastSigCLRError, match="map_location 'cuda': this machine has no CUDA device"):
+            load_backbone(path, "cuda")
+    tensors, meta = safetensors_torch.load_file(str(path)), read_metadata(path)
+    name = "backbone.stem.0.weight"
+    for value, said in ((torch.full_like(tensors[name], float("nan")), "NaN or inf"),
+                        (tensors[name].long(), "torch.int64, not torch.float32")):  # fmt: skip
+        edited = tmp_path / "edited.safetensors"
+        safetensors_torch.save_file({**tensors, name: value}, str(edited), metadata=meta)
+        with pytest.raises(FastSigCLRError, match=f"its backbone tensor stem.0.weight holds {said}"):
+            load_backbone(edited)
+
+
 def test_an_interrupted_embed_leaves_the_previous_pair(run_dir, tmp_path, monkeypatch, capsys):
     """Ctrl-C while the labels are written: the features and labels already there are the
     previous embed's pair, not new features beside old labels; nothing temporary is left."""

@@ -9,7 +9,8 @@ from stage_runner import ROOT, Stage
 # Triton kernels: in CI through the interpreter, here compiled for the device.
 SIGMOID_TESTS = "tests/test_sigmoid_loss.py tests/test_sigmoid_block.py tests/test_sigmoid_strips.py "
 SIGMOID_TESTS += "tests/test_siglip.py tests/test_deterministic.py"
-KERNEL_TESTS = "tests/test_contrastive_losses.py tests/test_augment.py tests/test_loss_precision.py"
+KERNEL_TESTS = "tests/test_contrastive_losses.py tests/test_augment.py tests/test_loss_precision.py "
+KERNEL_TESTS += "tests/test_loss_api.py"
 TRAIN_TESTS = "tests/test_train.py tests/test_distributed.py"
 OTHER_TESTS = (
     "tests/test_models_optim.py tests/test_loss_memory.py tests/test_config_cli.py tests/test_datasets.py "

@@ -4,11 +4,15 @@ same pass as the value."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from typing import Any, Literal
 
+import numpy as np
 import torch
+
+from fastsigclr.autograd_guard import first_derivative_only
 
 try:  # the kernels need triton (Linux); without it every loss still has its torch path
     from fastsigclr import kernels
@@ -64,16 +68,45 @@ def check_scalar(name: str, value: Scalar, z: torch.Tensor, *, positive: bool = 
         # temperatures positive by construction.
         if positive and value.device.type == "cpu" and not float(value.detach()) > 0:
             raise ValueError(f"{name} must be > 0, got {float(value.detach())}")
-    elif not isinstance(value, (int, float)):
+    elif isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating):
         raise TypeError(f"{name} must be a float or a 0-d tensor, got {type(value).__name__}")
     elif positive and not value > 0:
         raise ValueError(f"{name} must be > 0, got {value}")
 
 
+def fixed_temperature(temperature: Scalar) -> float:
+    """The τ of a softmax-family loss (NT-Xent, SupCon, TCL, DCL) as a float: a number, or a
+    tensor of one element that needs no gradient. Their τ is a fixed hyper-parameter: a tensor
+    that requires grad would get none (τ is not among their gradients), so it is refused."""
+    if isinstance(temperature, torch.Tensor):
+        if temperature.numel() != 1 or not temperature.is_floating_point():
+            raise ValueError(
+                f"temperature must be a number or a one-element float tensor, got a {temperature.dtype} "
+                f"tensor of shape {tuple(temperature.shape)}"
+            )
+        if temperature.requires_grad:
+            raise ValueError(
+                "temperature is a fixed hyper-parameter of the softmax-family losses and gets no "
+                "gradient: pass a float (or temperature.detach()); a learnable scale is the sigmoid "
+                "losses' logit_scale"
+            )
+        temperature = float(temperature)
+    elif isinstance(temperature, bool | np.bool_) or not isinstance(
+        temperature, int | float | np.integer | np.floating
+    ):
+        raise TypeError(f"temperature must be a float, got {type(temperature).__name__}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be > 0 and finite, got {temperature}")
+    return float(temperature)
+
+
 def as_scalar_tensor(value: Scalar, like: torch.Tensor) -> torch.Tensor:
+    """A 0-d tensor of ``value``: a tensor as it is, a number in fp32 (fp64 for fp64 ``like``, whose
+    backends work in fp64: an fp32 scale would round them)."""
     if isinstance(value, torch.Tensor):
         return value.reshape(())
-    return torch.tensor(float(value), dtype=torch.float32, device=like.device)
+    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+    return torch.tensor(float(value), dtype=dtype, device=like.device)
 
 
 # What the Triton kernels take (fp64 tl.dot is not among their configurations).
@@ -139,7 +172,7 @@ class PrecomputedGrad(torch.autograd.Function):
         return loss.to(dtype)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_derivative_only
     def backward(ctx, grad_out):
         grads = []
         for i, (saved, dtype) in enumerate(zip(ctx.saved_tensors, ctx.dtypes, strict=True)):

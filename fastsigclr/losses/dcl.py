@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from . import common
-from .common import PrecomputedGrad, check_rows
+from .common import PrecomputedGrad, check_rows, fixed_temperature
 from .normalize import EPS, normalize_rows
 from .softmax_chunks import log_sum_exp_terms, softmax_chunks, view_positives, work_copy
 from .spec import FixedTemperatureLoss, fixed_temperature_spec
@@ -48,8 +48,7 @@ def dcl_loss(
     if impl not in ("auto", "torch"):
         raise ValueError(f"DCL has the torch path only: pass impl='torch' or 'auto', got {impl!r}")
     check_rows(z, n_views)
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    temperature = fixed_temperature(temperature)
     if z.shape[0] // n_views < 2:
         raise ValueError("DCL needs at least 2 images per batch: with one, no row has a negative")
     zhat = normalize_rows(z) if normalize else z

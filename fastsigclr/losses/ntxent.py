@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from . import common
-from .common import Impl, PrecomputedGrad, check_rows, kernels, resolve_impl
+from .common import Impl, PrecomputedGrad, check_rows, fixed_temperature, kernels, resolve_impl
 from .normalize import EPS, normalize_rows
 from .softmax_chunks import log_sum_exp_terms, softmax_chunks, view_positives, work_copy
 from .spec import FixedTemperatureLoss, fixed_temperature_spec
@@ -57,8 +57,7 @@ def nt_xent_loss(
     """SimCLR's NT-Xent of z (n_views·N, D), view-major → scalar: for each anchor, cross-entropy
     of its positives against all other rows (mean over positives when n_views > 2)."""
     check_rows(z, n_views)
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    temperature = fixed_temperature(temperature)
     zhat = normalize_rows(z) if normalize else z
     backend = nt_xent_chunked if resolve_impl(impl, z) == "torch" else kernels.nt_xent_triton
     return PrecomputedGrad.apply(backend, {"temperature": float(temperature), "n_views": n_views}, zhat)

@@ -68,6 +68,11 @@ def pinned_plan(plans: dict | None, rows: torch.Tensor, cols: torch.Tensor, pair
 def determinism(deterministic: bool, plans: dict | None) -> dict[str, Any]:
     """The block loop's deterministic and plans options: ``plans`` itself (filled in as plans are
     picked), its plans given as fields read as Plans."""
+    if plans is not None and not isinstance(plans, dict):
+        raise ValueError(
+            f"plans must be a dict (kind of block → plan) that the loss fills in as it picks plans, got "
+            f"{type(plans).__name__}; pass {{}} to record them"
+        )
     if plans and not deterministic:
         raise ValueError("plans pin the reduction order of deterministic=True; pass deterministic=True")
     if plans is not None:

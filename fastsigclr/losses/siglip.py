@@ -26,6 +26,10 @@ from .plans import determinism, pinned_plan
 from .sigmoid_torch import sigmoid_block_chunked
 from .spec import LossSpec
 
+# open_clip's ways of exchanging the texts across ranks (its SigLipLoss's dist_impl): each gives
+# the global loss, as the ring here does.
+DIST_IMPLS = ("bidir", "shift", "reduce", "gather")
+
 
 def check_towers(x: torch.Tensor, y: torch.Tensor, logit_scale: Scalar, logit_bias: Scalar) -> None:
     """Raise a ValueError/TypeError that names the problem and the fix."""
@@ -166,21 +170,29 @@ def siglip_loss_reference(
 
 
 class SigLipLoss(nn.Module):
-    """A drop-in for open_clip's ``SigLipLoss``: ``loss(image_features, text_features,
-    logit_scale, logit_bias)`` with the same value and gradients, computed without the B×B
-    matrix. world_size > 1: the exact global loss over torch.distributed's default group (or
-    ``group``), on every rank (see siglip_loss_distributed for the gradient convention).
-    deterministic: see siglip_loss; ``self.plans`` holds the kernel's plan once launched."""
+    """A drop-in for open_clip's ``SigLipLoss``: built with its arguments (``cache_labels``,
+    ``rank``, ``world_size``, ``dist_impl``), called as ``loss(image_features, text_features,
+    logit_scale, logit_bias)`` (a None bias: none), with the same value and gradients, computed
+    without the B×B matrix; the loss is fp32 for 16-bit features (open_clip's is 16-bit).
+    world_size > 1: the exact global loss over torch.distributed's default group (or ``group``),
+    on every rank (see siglip_loss_distributed for the gradient convention), whatever
+    ``dist_impl`` (open_clip's exchanges all give that loss); ``cache_labels`` changes nothing (no
+    labels are materialised). deterministic: see siglip_loss; ``self.plans`` holds the kernel's
+    plan once launched."""
 
     def __init__(
         self,
-        *,
+        cache_labels: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        dist_impl: str | None = None,
+        *,
         group=None,
         impl: Impl = "auto",
         deterministic: bool = False,
     ) -> None:
+        if dist_impl not in (None, *DIST_IMPLS):
+            raise ValueError(f"dist_impl must be one of {', '.join(DIST_IMPLS)} or None, got {dist_impl!r}")
         super().__init__()
         self.rank, self.world_size, self.group, self.impl = rank, world_size, group, impl
         self.deterministic, self.plans = deterministic, {}
@@ -190,10 +202,10 @@ class SigLipLoss(nn.Module):
         image_features: torch.Tensor,
         text_features: torch.Tensor,
         logit_scale: Scalar,
-        logit_bias: Scalar,
+        logit_bias: Scalar | None,
         output_dict: bool = False,
     ) -> torch.Tensor | dict[str, torch.Tensor]:
-        args = (image_features, text_features, logit_scale, logit_bias)
+        args = (image_features, text_features, logit_scale, 0.0 if logit_bias is None else logit_bias)
         kw = dict(
             impl=self.impl, deterministic=self.deterministic, plans=self.plans if self.deterministic else None
         )

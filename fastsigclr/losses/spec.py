@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .common import fixed_temperature
+
 
 @dataclass(frozen=True)
 class HyperParam:
@@ -79,10 +81,8 @@ class FixedTemperatureLoss(nn.Module):
 
     def __init__(self, temperature: float | None = None, *, n_views: int = 2) -> None:
         super().__init__()
-        temperature = self.default_temperature if temperature is None else temperature
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.tau, self.n_views = float(temperature), n_views
+        temperature = fixed_temperature(self.default_temperature if temperature is None else temperature)
+        self.tau, self.n_views = temperature, n_views
         self.register_buffer("temperature", torch.tensor(float(temperature)))
 
     def forward(self, z: torch.Tensor, labels: None = None, *, compute_loss: bool = True) -> torch.Tensor:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from . import common
-from .common import PrecomputedGrad, check_matrix, check_rows
+from .common import PrecomputedGrad, check_matrix, check_rows, fixed_temperature
 from .normalize import EPS, normalize_rows
 from .softmax_chunks import ChunkTerms, softmax_chunks, work_copy
 from .spec import HyperParam, LossSpec, softmax_temperature
@@ -54,10 +54,13 @@ def tcl_chunked(
     compute_grad: bool = True,
     chunk_rows: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Loss and dL/dzhat of TCL over normalised rows ``zhat`` (M, D) with per-row ``labels`` (M,).
+    """Loss and dL/dzhat of TCL over rows ``zhat`` (M, D) with per-row ``labels`` (M,).
 
-    Exponentials are shifted by 1/τ (s ≤ 1, so e^{s/τ − 1/τ} ≤ 1): no overflow at any τ."""
+    Each row's exponentials are shifted by its largest exponent: none overflows, and the largest
+    is 1, so no row's sum underflows (a constant shift of 1/τ took log 0 = −inf at τ = 0.007 for
+    rows whose similarities all lay well below 1, and overflowed for unnormalised rows)."""
     zf = work_copy(zhat)
+    _, labels = torch.unique(labels, return_inverse=True)  # any ids (−1, 10¹²): bincount takes 0..K−1
     n_pos = torch.bincount(labels)[labels] - 1
     valid = n_pos > 0
     n_valid = int(valid.sum())
@@ -75,17 +78,20 @@ def _tcl_terms(
 ) -> ChunkTerms:
     """TCL's chunk: its row losses and the weights dℓ_i/ds_ij themselves (no per-row scale)."""
     inv_tau = 1.0 / temperature
-    shift = inv_tau
 
     def terms(zf: torch.Tensor, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, None]:
         s = zf[start:stop] @ zf.T
         same = labels[start:stop, None] == labels[None, :]
         same.diagonal(offset=start).fill_(False)  # the anchor itself is neither positive nor negative
-        e = torch.exp(s * inv_tau - shift)
-        e.diagonal(offset=start).zero_()
+        a = s * inv_tau
+        a.diagonal(offset=start).fill_(float("-inf"))  # e^{a} = 0 for the anchor itself
+        shift = a.amax(1)
+        if k1:  # e^{−s} on positives (no /τ) shares the shift
+            shift = torch.maximum(shift, torch.where(same, -s, float("-inf")).amax(1))
+        e = torch.exp(a - shift[:, None])
         weight = torch.where(same, 1.0, k2).to(zf.dtype)
         weight.diagonal(offset=start).zero_()
-        down = torch.exp(-s - shift) * same if k1 else None  # e^{−s} on positives (no /τ)
+        down = torch.exp(-s - shift[:, None]) * same if k1 else None
         denom = (e * weight).sum(1) + (k1 * down.sum(1) if down is not None else 0.0)
         pos = same.to(zf.dtype)
         p = n_pos[start:stop].clamp_min(1).to(zf.dtype)
@@ -117,8 +123,7 @@ def _loss(
         check_rows(z, n_views)
     else:
         check_matrix(z)
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    temperature = fixed_temperature(temperature)
     if k1 < 0 or k2 < 0:
         raise ValueError(f"k1 and k2 must be ≥ 0, got k1={k1}, k2={k2}")
     rows = row_labels(z, labels, n_views)
@@ -183,8 +188,7 @@ class TCLLoss(torch.nn.Module):
 
     def __init__(self, temperature: float = TAU, k1: float = K1, k2: float = K2, *, n_views: int = 2) -> None:
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        temperature = fixed_temperature(temperature)
         self.tau, self.k1, self.k2, self.n_views = float(temperature), float(k1), float(k2), n_views
         self.register_buffer("temperature", torch.tensor(float(temperature)))
 
