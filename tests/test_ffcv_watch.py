@@ -177,6 +177,12 @@ def test_a_large_beton_has_its_bytes_checked_by_write_ffcv(tmp_path, capsys, mon
     assert loaders.ensure_beton(path, samples, progress=False, whole=True) == (path, True)
     assert "is damaged (its bytes are not those written" in capsys.readouterr().err
     assert loaders.ensure_beton(path, samples, progress=False, whole=True) == (path, False)
+    # One written from other data is written again without its bytes being read first.
+    read = []
+    monkeypatch.setattr(loaders, "file_digest", lambda *a: read.append(a) or "")
+    other = _beton_case(tmp_path)[1]
+    other.labels[0] = (other.labels[0] + 1) % 3
+    assert loaders.ensure_beton(path, other, progress=False, whole=True) == (path, True) and not read
 
 
 def _ensure_cut(path, samples, capsys) -> str:

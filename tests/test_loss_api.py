@@ -90,6 +90,21 @@ def test_supcon_and_tcl_are_finite_at_small_temperatures(tau):
         )
 
 
+def test_tcl_without_negatives_shifts_by_its_positives():
+    """k2 = 0: a negative far closer than the positives set the shift, and at τ = 0.005 every
+    positive term underflowed in fp32 (−inf); the negatives weigh nothing, so they set nothing."""
+    e = torch.eye(4, dtype=torch.float64)
+    v = 0.2 * e[0] + 0.96**0.5 * e[1]  # s = 0.2 with its positive
+    w = 0.9 * e[0] + 0.19**0.5 * e[2]  # s = 0.9 with a negative
+    z64 = torch.stack([e[0], v, w, 0.9 * w + 0.1 * e[3]])
+    labels = torch.tensor([0, 0, 1, 1])
+    for k1 in (0.0, 5000.0):
+        got = tcl_loss(z64.float(), labels, 0.005, k1, 0.0)
+        want = tcl_loss_reference(z64, labels, 0.005, k1, 0.0)
+        assert torch.isfinite(got), k1
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-6)
+
+
 def test_tcl_of_unnormalised_rows_does_not_overflow():
     """normalize=False with similarities past 1/τ·700: the fixed shift overflowed to inf."""
     torch.manual_seed(1)

@@ -176,6 +176,11 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             )
         module = SigLipLoss(rank=rank, world_size=world)
         results["module"] = value_and_grads(module, x[mine], y[mine])
+        for dist_impl in ("bidir", "gather"):  # open_clip's exchanges, its per-rank convention
+            theirs = open_clip_siglip()(rank=rank, world_size=world, dist_impl=dist_impl)
+            results[dist_impl] = value_and_grads(theirs, x[mine], y[mine])
+        with pytest.raises(ValueError, match=f"but this process is rank {rank} of {world}"):
+            SigLipLoss(rank=rank + 1, world_size=world)(x[mine], y[mine], T0, B0)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -184,7 +189,9 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 @pytest.mark.parametrize("world", [2, 3])
 def test_ring_equals_the_global_batch(world, tmp_path):
     """Every rank returns the global loss and ∂L/∂t, ∂L/∂b; its x and y rows get their rows of
-    the global gradient (the texts' part computed on the other ranks, carried back around)."""
+    the global gradient (the texts' part computed on the other ranks, carried back around).
+    SigLipLoss, open_clip's drop-in, returns open_clip's per-rank loss and gradients instead (its
+    model's gradients under DDP's average were 1/W of open_clip's)."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     mp.spawn(_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world, join=True)
     x, y = towers(world * PER_RANK, 7, seed=world)
@@ -195,11 +202,18 @@ def test_ring_equals_the_global_batch(world, tmp_path):
         expected = (want[0], want[1][mine], want[2][mine], want[3], want[4])
         for name, a, e in zip(NAMES, results[True], expected, strict=True):
             assert_close_rel(a, e, 1e-12, f"K={world} rank {rank} {name}")
-        for name, a, e in zip(NAMES, results["module"], expected, strict=True):
-            assert_close_rel(a, e, 1e-12, f"K={world} rank {rank} module {name}")
+        for dist_impl in ("bidir", "gather"):
+            for name, a, e in zip(NAMES, results["module"], results[dist_impl], strict=True):
+                assert_close_rel(a, e, 1e-12, f"K={world} rank {rank} module vs open_clip {dist_impl} {name}")
         skipped = results[False]
         assert torch.isnan(skipped[0])
         assert all(torch.equal(a, e) for a, e in zip(skipped[1:], results[True][1:], strict=True))
+    # The module's per-rank losses average to the global loss; under DDP's average t and b get its
+    # gradient, and so do the encoders (x's rows: W times the global gradient, averaged over W).
+    module = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True)["module"] for r in range(world)]
+    for i in (0, 3, 4):
+        assert_close_rel(sum(m[i] for m in module) / world, want[i], 1e-12, f"mean {NAMES[i]}")
+    assert_close_rel(torch.cat([m[1] for m in module]) / world, want[1], 1e-12, "dx over W")
 
 
 def _triton_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:

@@ -100,9 +100,6 @@ def _why_write(
             return f"is truncated or damaged ({size} bytes, {recorded['size']} as written)"
         if recorded.get("tables") is not None and (why := _tables_differ(path, recorded["tables"])):
             return why
-        digest = recorded.get("digest")
-        if digest is not None and (whole or size <= CHECK_AT_START) and file_digest(path, progress) != digest:
-            return "is damaged (its bytes are not those written: a disk or copy error changed its images)"
     else:
         images = beton_images(path)
         if isinstance(images, str):
@@ -119,6 +116,9 @@ def _why_write(
         return None
     if recorded["content_key"] != content_key(samples, store_size, jpeg):
         return "was written from other data (the split's images or labels changed since)"
+    digest = recorded.get("digest")  # last: a .beton written again anyway is not read first
+    if digest is not None and (whole or size <= CHECK_AT_START) and file_digest(path, progress) != digest:
+        return "is damaged (its bytes are not those written: a disk or copy error changed its images)"
     return None
 
 

@@ -61,16 +61,20 @@ def two_tower_blocks(
     compute_loss: bool = True,
     deterministic: bool = False,
     plans: dict | None = None,
+    per_rank: bool = False,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """(loss, dL/d(x;y), dL/dt, dL/db) of the whole batch for this rank's images and texts
-    stacked as ``xy`` (2B, D); one rank: one block, no communication. impl: "torch"
+    stacked as ``xy`` (2B, D); one rank: one block, no communication. per_rank: open_clip's
+    convention instead, this rank's loss L_r (its images against every text, over its B): the
+    same blocks over B rather than the global batch, and no all-reduce of the value, t and b. impl: "torch"
     (sigmoid_torch's chunked block) or "triton" (the kernel's two-tower block for this rank's
     own pairs; the ring's blocks of other ranks' texts, all negatives with both gradients, stay
     on the torch block: the kernel has no two-sided all-negative mode). deterministic: the
     kernel's block without atomics, with the plan ``plans["two_tower"]`` (see plans.py)."""
     b = xy.shape[0] // 2
     x, y = xy[:b], xy[b:]
-    block = dict(n_per_view=None, inv_m=1.0 / (b * world_size), pairs="two_tower", compute_loss=compute_loss)
+    inv_m = 1.0 / (b if per_rank else b * world_size)
+    block = dict(n_per_view=None, inv_m=inv_m, pairs="two_tower", compute_loss=compute_loss)
     grads = dict(grad_rows=compute_grad, grad_cols=compute_grad)
     own, own_args = sigmoid_block_chunked, {}
     if impl == "triton":
@@ -101,7 +105,8 @@ def two_tower_blocks(
         texts = texts if last else received[0]
         travelling = received[-1] if compute_grad else None
     dy = travelling
-    dist.all_reduce(sums, group=group)
+    if not per_rank:
+        dist.all_reduce(sums, group=group)
     dt, db, loss = sums.unbind()
     return (loss if compute_loss else None), (torch.cat([dx, dy]) if compute_grad else None), dt, db
 
@@ -143,11 +148,16 @@ def siglip_loss_distributed(
     compute_loss: bool = True,
     deterministic: bool = False,
     plans: dict | None = None,
+    per_rank: bool = False,
 ) -> torch.Tensor:
     """SigLIP's loss of the global batch (each rank's pairs concatenated in rank order), from each
     rank's (b, D) images and texts: the same fp32 scalar on every rank. Backward gives x_local
-    and y_local their rows of the global gradient and t, b the global ∂L/∂t, ∂L/∂b: sum parameter
-    gradients across ranks (or multiply the loss by the world size under DDP's average).
+    and y_local their rows of the global gradient and t, b the global ∂L/∂t, ∂L/∂b (the same on
+    every rank): sum the encoders' parameter gradients across ranks and keep t's and b's as they
+    are (the trainer's convention). per_rank: open_clip's convention instead: this rank's loss
+    L_r (its images against every rank's texts, over its b rows; the global loss is their mean),
+    x_local and y_local the gradient of Σ_r L_r, t and b that of L_r: under DDP's average every
+    parameter, t and b among them, gets the global loss's gradient (``SigLipLoss``).
     deterministic, plans: as siglip_loss (the other ranks' blocks run the torch block)."""
     _, world_size = ranks.world(group)
     check_towers(x_local, y_local, logit_scale, logit_bias)
@@ -156,7 +166,7 @@ def siglip_loss_distributed(
         ranks.check_same_shape(x_local, group)
     t, b = as_scalar_tensor(logit_scale, x_local), as_scalar_tensor(logit_bias, x_local)
     options = {"group": group, "world_size": world_size, "impl": which, "compute_loss": compute_loss}
-    options.update(determinism(deterministic, plans))
+    options.update(determinism(deterministic, plans), per_rank=per_rank)
     return PrecomputedGrad.apply(two_tower_blocks, options, torch.cat([x_local, y_local]), t, b)
 
 
@@ -174,11 +184,11 @@ class SigLipLoss(nn.Module):
     ``rank``, ``world_size``, ``dist_impl``), called as ``loss(image_features, text_features,
     logit_scale, logit_bias)`` (a None bias: none), with the same value and gradients, computed
     without the B×B matrix; the loss is fp32 for 16-bit features (open_clip's is 16-bit).
-    world_size > 1: the exact global loss over torch.distributed's default group (or ``group``),
-    on every rank (see siglip_loss_distributed for the gradient convention), whatever
-    ``dist_impl`` (open_clip's exchanges all give that loss); ``cache_labels`` changes nothing (no
-    labels are materialised). deterministic: see siglip_loss; ``self.plans`` holds the kernel's
-    plan once launched."""
+    world_size > 1: open_clip's per-rank loss and gradients over torch.distributed's default group
+    (or ``group``), exactly (``siglip_loss_distributed(per_rank=True)``), whatever ``dist_impl``
+    (open_clip's exchanges all give them); ``cache_labels`` changes nothing (no labels are
+    materialised). deterministic: see siglip_loss; ``self.plans`` holds the kernel's plan once
+    launched."""
 
     def __init__(
         self,
@@ -210,7 +220,12 @@ class SigLipLoss(nn.Module):
             impl=self.impl, deterministic=self.deterministic, plans=self.plans if self.deterministic else None
         )
         if self.world_size > 1:
-            loss = siglip_loss_distributed(*args, group=self.group, **kw)
+            if ranks.world(self.group) != (self.rank, self.world_size):
+                raise ValueError(
+                    f"SigLipLoss(rank={self.rank}, world_size={self.world_size}) but this process is rank "
+                    f"{ranks.world(self.group)[0]} of {ranks.world(self.group)[1]}: pass the group's own"
+                )
+            loss = siglip_loss_distributed(*args, group=self.group, per_rank=True, **kw)
         else:
             loss = siglip_loss(*args, **kw)
         return {"contrastive_loss": loss} if output_dict else loss

@@ -83,26 +83,30 @@ def _tcl_terms(
         s = zf[start:stop] @ zf.T
         same = labels[start:stop, None] == labels[None, :]
         same.diagonal(offset=start).fill_(False)  # the anchor itself is neither positive nor negative
-        a = s * inv_tau
-        a.diagonal(offset=start).fill_(float("-inf"))  # e^{a} = 0 for the anchor itself
-        shift = a.amax(1)
-        if k1:  # e^{−s} on positives (no /τ) shares the shift
-            shift = torch.maximum(shift, torch.where(same, -s, float("-inf")).amax(1))
-        e = torch.exp(a - shift[:, None])
-        weight = torch.where(same, 1.0, k2).to(zf.dtype)
-        weight.diagonal(offset=start).zero_()
-        down = torch.exp(-s - shift[:, None]) * same if k1 else None
-        denom = (e * weight).sum(1) + (k1 * down.sum(1) if down is not None else 0.0)
+        e = s * inv_tau
+        e.diagonal(offset=start).fill_(float("-inf"))  # e^{s/τ} = 0 for the anchor itself
+        if not k2:  # the negatives weigh nothing: no term, and no part in the shift
+            e.masked_fill_(~same, float("-inf"))
+        # Each row's shift: its largest exponent among the terms that count, e^{−s} of positives
+        # (no /τ) among them with k1.
+        shift = e.amax(1)
+        if k1:
+            shift = torch.maximum(shift, s.masked_fill(~same, float("inf")).amin(1).neg_())
+        shift = shift.nan_to_num_(neginf=0.0)  # a row with no term: not an anchor (ok below)
+        ew = e.sub_(shift[:, None]).exp_()  # in place: one M-wide temporary less per chunk
+        if k2 and k2 != 1:
+            ew.mul_(torch.where(same, 1.0, k2).to(zf.dtype))
+        down = torch.exp(-s - shift[:, None]).mul_(same) if k1 else None
+        denom = ew.sum(1) + (k1 * down.sum(1) if down is not None else 0.0)
         pos = same.to(zf.dtype)
         p = n_pos[start:stop].clamp_min(1).to(zf.dtype)
         ok = valid[start:stop]
         row_loss = -(s * pos).sum(1) * inv_tau / p + torch.log(denom) + shift
         # dℓ_i/ds_ij = −[j∈P]/(|P|τ) + ([j∈P](e_ij/τ − k1·e^{−s_ij}) + [j∈N]·k2·e_ij/τ) / D_i
-        g = e * weight * inv_tau
+        g = ew.mul_(inv_tau)
         if down is not None:
-            g -= k1 * down
-        g /= denom[:, None]
-        g -= pos * (inv_tau / p[:, None])
+            g.sub_(down.mul_(k1))
+        g.div_(denom[:, None]).sub_(pos.mul_(inv_tau / p[:, None]))
         g[~ok] = 0
         return row_loss[ok].sum(), g, None
 
@@ -145,7 +149,9 @@ def tcl_loss(
     """Tuned Contrastive Learning loss of z (n_views·N, D), view-major → scalar.
 
     labels: None (self-supervised: an image's other views are its positives), (N,) per image, or
-    (n_views·N,) per row. k1 weighs e^{−s} of positives (no /τ, as the paper's code), k2 the negatives.
+    (n_views·N,) per row: integer class ids, compared for equality only (−1 is a class like any
+    other: leave rows without a class out). k1 weighs e^{−s} of positives (no /τ, as the paper's
+    code), k2 the negatives.
     """
     return _loss(z, labels, temperature, k1, k2, n_views, normalize)
 
