@@ -365,11 +365,11 @@ def check_digest(state: Any, path: Path) -> None:
 def trained(state: dict[str, Any]) -> dict[str, Any]:
     """How far a training checkpoint's model has trained: ``epoch`` (finished epochs), ``step``,
     ``epoch_batches`` (batches of the next epoch a mid-epoch checkpoint holds; 0 at an epoch's end)
-    and ``label``, e.g. "epoch 3" or "epoch 3 and 120 batches of epoch 4"."""
+    and ``label``, e.g. "epoch 3", "epoch 3 and 120 batches of epoch 4" or "120 batches of epoch 1"."""
     epoch, step, position = int(state["epoch"]), int(state["step"]), state.get("position")
     batches = int(position["batch"]) if isinstance(position, dict) else 0
-    within = f" and {batches} batch{'es' if batches > 1 else ''} of epoch {epoch + 1}" if batches else ""
-    label = f"epoch {epoch}{within}"
+    part = f"{batches} batch{'es' if batches > 1 else ''} of epoch {epoch + 1}"
+    label = (f"epoch {epoch} and {part}" if epoch else part) if batches else f"epoch {epoch}"
     return {"epoch": epoch, "step": step, "epoch_batches": batches, "label": label}
 
 

@@ -106,14 +106,18 @@ def _cmd_bench_plot(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from fastsigclr.config import several_ranks
     from fastsigclr.runconfig import TrainConfig
+    from fastsigclr.rundir import resumed_method
     from fastsigclr.train import train
 
-    cfg = from_args(TrainConfig, args)
-    summary = train(cfg, command=["fastsigclr", *args.argv], given=typed_fields(TrainConfig, args))
+    given = typed_fields(TrainConfig, args)
+    if args.resume not in (None, "no") and args.method is None:  # its loss options are its method's
+        args.method = resumed_method(args.out)
+    summary = train(from_args(TrainConfig, args), command=["fastsigclr", *args.argv], given=given)
     if several_ranks() and os.environ.get("RANK", "0") != "0":  # rank 0 says it
         return 0
     knn = summary["knn_acc"]
-    print(f"done: {summary['epochs']} epochs, kNN accuracy {knn:.4f}" if knn is not None else "done")
+    epochs = f"{summary['epochs']} epoch{'s' * (summary['epochs'] != 1)}"
+    print(f"done: {epochs}, kNN accuracy {knn:.4f}" if knn is not None else "done")
     print(f"run directory: {summary['run_dir']}")
     return 0
 

@@ -161,11 +161,6 @@ class TrainConfig:
         if self.use_labels and not self.loss_spec.supervised:
             raise ValueError(f"--use-labels: {self.method} cannot use labels; it is self-supervised")
         check_applicable(self, (self.method,))
-        if self.batch_size is not None and self.batch_size < self.loss_spec.min_images:
-            raise ValueError(
-                f"--method {self.method} needs at least {self.loss_spec.min_images} images per batch, got "
-                f"--batch-size {self.batch_size}: with fewer, no row has a negative; pass a larger one"
-            )
         if self.resume not in RESUME_MODES:
             raise ValueError(f"--resume must be one of {', '.join(RESUME_MODES)}, got {self.resume!r}")
         if self.resume != "no" and not self.out:
@@ -180,7 +175,9 @@ class TrainConfig:
 
     def resolved(self) -> TrainConfig:
         """Preset values for the options left unset, the method's loss defaults, and a default run
-        directory."""
+        directory; what a run cannot train with is refused here (``check_trainable``), not where a
+        finished run's config.json is read back for eval or export."""
+        check_trainable(self)
         preset = PRESETS[self.dataset]
         filled = {k: v for k, v in preset.items() if getattr(self, k) is None}
         if self.image_size is None:
@@ -209,6 +206,24 @@ class TrainConfig:
             if value is not None:
                 filled[name] = str(Path(value).expanduser().absolute())
         return dataclasses.replace(self, **filled)
+
+
+def check_trainable(cfg: TrainConfig) -> None:
+    """A ConfigError for settings a new or resumed run cannot train with: a batch without a negative
+    (one image: NT-Xent's and SupCon's loss was exactly 0 at every step, and the run ended "done";
+    a loss may need more, its spec's ``min_images``), and a learnable logit scale under plain SGD."""
+    fewest = max(2, cfg.loss_spec.min_images)
+    if cfg.batch_size is not None and cfg.batch_size < fewest:
+        raise ConfigError(
+            f"--method {cfg.method} needs at least {fewest} images per batch, got --batch-size "
+            f"{cfg.batch_size}: with fewer, no row has a negative; pass a larger one"
+        )
+    if cfg.optimizer == "sgd" and getattr(cfg, "learnable_logit_scale", None):
+        raise ConfigError(
+            "--learnable-logit-scale takes LARS's layer-wise steps: pass --optimizer lars (under plain SGD "
+            "at --lr 0.5 the scale fell from 10 to 0.44 in 3 steps and to 3e-15 in 16, and the loss then "
+            "ignores the features)"
+        )
 
 
 def method_spec(method: str) -> LossSpec | None:

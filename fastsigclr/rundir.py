@@ -39,7 +39,7 @@ from typing import Any
 from fastsigclr import checkpoint as ckpt
 from fastsigclr import distributed
 from fastsigclr.config import FastSigCLRError, flag, replace, to_dict
-from fastsigclr.runconfig import TrainConfig, read_config, write_config
+from fastsigclr.runconfig import TrainConfig, read_config, uses_labels, write_config
 from fastsigclr.runfiles import (
     CHECKPOINT,
     RUN_FILES,
@@ -122,13 +122,26 @@ def _saved_config(path: Path) -> TrainConfig:
     return read_config(path, f"cannot resume {path}", "restore it, or start a new run with another --out")
 
 
+def resumed_method(out: str | None) -> str | None:
+    """The --method the run directory ``out`` records: a resume that does not type --method is
+    checked against its loss options (a simclr run's --temperature was refused as sigclr's).
+    None: no readable config.json there (the resume then says why)."""
+    try:
+        return _saved_config(Path(out)).method if out else None
+    except FastSigCLRError:
+        return None
+
+
 def _merge(path: Path, cfg: TrainConfig, given: set[str]) -> TrainConfig:
-    """The run's saved settings with the typed options as overrides (resumable ones only)."""
+    """The run's saved settings with the typed options as overrides (resumable ones only); an
+    unset --use-labels is compared as the method's default (typed on a tcl run, True was refused
+    as "was None")."""
     base, typed = _saved_config(path), _typed(cfg, given)
     conflicts = [
         f"{flag(name)} was {getattr(base, name)!r}, now {value!r}"
         for name, value in sorted(typed.items())
-        if name not in RESUMABLE and getattr(base, name) != value
+        if name not in RESUMABLE
+        and (uses_labels(base) if name == "use_labels" else getattr(base, name)) != value
     ]
     if conflicts:
         raise FastSigCLRError(

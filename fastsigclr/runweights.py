@@ -52,7 +52,19 @@ def _not_this_model(source: str, what: str) -> FastSigCLRError:
 
 def load_weights(module: Any, state: Any, source: str) -> None:
     """``module.load_state_dict(state)`` (a module or an optimiser), or one line when the checkpoint
-    ``source`` holds another model's weights: another run's checkpoint copied in."""
+    ``source`` holds another model's weights: another run's checkpoint copied in; or, for an
+    optimiser, other parameter groups: a learnable logit scale's own group is newer than the run."""
+    groups = (
+        state.get("param_groups")
+        if isinstance(module, torch.optim.Optimizer) and isinstance(state, dict)
+        else None
+    )
+    if isinstance(groups, list) and len(groups) != len(module.param_groups):
+        raise FastSigCLRError(
+            f"{source} holds an optimiser state of {len(groups)} parameter groups where this run's has "
+            f"{len(module.param_groups)}: an earlier fastsigclr wrote it, before a learnable logit scale "
+            f"took LARS's steps (under plain ones it collapsed); start a new run with another --out"
+        )
     try:
         module.load_state_dict(state)
     except (RuntimeError, ValueError, KeyError, TypeError) as err:

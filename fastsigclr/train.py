@@ -309,7 +309,8 @@ class Epochs:
         # The loss is checked where it is read anyway (logging steps, and the epoch's sum in
         # end_epoch): a check at every step would cost a GPU synchronisation per step.
         if not math.isfinite(rec["loss"]):
-            raise divergence.diverged(self.run, f"the loss is {rec['loss']}", self.step, epoch)
+            what, updates = f"the loss is {rec['loss']}", self.step - 1  # a step's loss precedes its update
+            raise divergence.diverged(self.run, what, self.step, epoch, updates=updates)
         if not math.isfinite(rec["probe_loss"]):  # the probe trains on detached features: its own lr
             what = f"the online linear probe's loss is {rec['probe_loss']}"
             raise divergence.diverged(self.run, what, self.step, epoch, "probe_lr")

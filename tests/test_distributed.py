@@ -365,7 +365,7 @@ def test_torchrun_shards_every_loader(loader, cifar10_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps = [r for r in read_metrics(out) if r["kind"] == "step"]
     assert len(steps) == 2 and all(math.isfinite(r["loss"]) for r in steps)  # 128 images / batch 64
-    assert proc.stdout.count("done: 1 epochs") == 1, proc.stdout  # rank 0 says it for the run
+    assert proc.stdout.count("done: 1 epoch,") == 1, proc.stdout  # rank 0 says it for the run
 
 
 def test_torchrun_on_a_locked_run_directory_stops_every_rank(cifar10_dir, tmp_path):

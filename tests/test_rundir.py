@@ -297,8 +297,20 @@ def test_a_diverging_probe_names_probe_lr_not_lr(cifar10_dir, tmp_path, capsys):
         # At --lr 0 the message asked for "a lower --lr than 0 (e.g. --lr 0)".
         (
             ["--lr", "0", "--logit-scale", "1e38"],
-            "again with other loss settings (at --lr 0 no weight moves, so the loss itself overflowed "
+            "again with other loss settings (no weight moves at --lr 0: the loss itself overflowed, "
             "with --logit-scale 1e+38, --logit-bias -10;",
+        ),
+        # A new run's first loss comes before any update: the learning rate was blamed.
+        (
+            ["--log-every", "1", "--logit-bias", "3e38"],
+            "again with other loss settings (the first step's loss comes before any update: the loss "
+            "itself overflowed, with --logit-scale 10, --logit-bias 3e+38;",
+        ),
+        # A later loss with settings off their defaults: either may be the cause; both are named.
+        (
+            ["--log-every", "2", "--logit-scale", "3e38"],
+            "again with a lower --lr than 0.5 (e.g. --lr 0.25), or other loss settings (if they made the "
+            "loss overflow, with --logit-scale 3e+38, --logit-bias -10;",
         ),
         (
             ["--optimizer", "sgd", "--warmup-epochs", "0", "--weight-decay", "1e30"],
@@ -318,18 +330,20 @@ def test_divergence_names_the_option_that_caused_it(cifar10_dir, tmp_path, capsy
 
 
 def test_a_diverging_run_keeps_its_last_good_checkpoint(cifar10_dir, tmp_path, capsys):
-    """--lr 1e6, one step per epoch: the weights grow until they overflow (measured: in epoch 4)
-    while the loss, computed before each update, is still finite; the check of the weights before
-    each checkpoint stops the run and the last checkpoint stays the last finite one."""
+    """--lr 50 warmed up over 10 epochs, one step per epoch: the rate grows until an update makes
+    the encoder's eval-mode features blow up (measured: past 1e15 in epoch 4) while its weights and
+    the loss are still finite. A check of the weights alone kept such checkpoints (at --lr 1e6 from
+    epoch 1 on), which eval then refused; the last checkpoint now stays one that eval reads."""
     out = tmp_path / "run"
-    extra = ["--limit-train", "32", "--epochs", "40", "--warmup-epochs", "0", "--lr", "1e6"]
+    extra = ["--limit-train", "32", "--epochs", "40", "--warmup-epochs", "10", "--lr", "50"]
     err = fails_with(tiny_args(cifar10_dir, out, *extra), capsys)
     found = re.search(
         r"training diverged: .* at step (\d+) \(epoch (\d+)\); .*last\.pt \(epoch (\d+)\) is kept", err
     )
     assert found, err
     step, epoch, kept = map(int, found.groups())
-    assert step == epoch and kept == epoch - 1 >= 1 and "lower --lr than 1e+06" in err
+    assert step == epoch and kept == epoch - 1 >= 1 and "lower --lr than 50" in err
+    assert main(["eval", "--run", str(out), "--no-progress"]) == 0
     state = checkpoint.load(out / "checkpoints" / "last.pt")
     assert state["epoch"] == kept
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
@@ -353,18 +367,19 @@ def test_resume_keeps_rng_states_on_the_cpu(tmp_path):
 
 
 def test_a_mid_epoch_checkpoint_is_never_a_diverged_one(cifar10_dir, tmp_path, capsys):
-    """--checkpoint-every 1 with --lr 1e6 (two steps an epoch): mid-epoch checkpoints were saved
-    without the check of the weights that an epoch's end makes, so a diverged one could replace the
-    last good one, and the message named the last epoch's end as kept. The kept checkpoint is
-    finite and named as it is."""
+    """--checkpoint-every 1 with --lr 300 warmed up over 10 epochs (two steps an epoch):
+    mid-epoch checkpoints were saved without the checks an epoch's end makes, so a diverged one
+    could replace the last good one, and the message named the last epoch's end as kept. The kept
+    checkpoint is finite, named as it is, and evaluates."""
     out = tmp_path / "run"
-    extra = ("--lr", "1e6", "--warmup-epochs", "0", "--epochs", "40", "--checkpoint-every", "1")
+    extra = ("--lr", "300", "--warmup-epochs", "10", "--epochs", "40", "--checkpoint-every", "1")
     err = fails_with(tiny_args(cifar10_dir, out, *extra, "--log-every", "50"), capsys)
     state = checkpoint.load(out / "checkpoints" / "last.pt")
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
     label = checkpoint.trained(state)["label"]
     assert "training diverged: " in err and f"last.pt ({label}) is kept" in err, err
-    assert "1 batch of epoch" in label  # measured: "epoch 1 and 1 batch of epoch 2" (step 3 of 4)
+    assert label.startswith("1 batch of epoch 1")  # measured: diverged at step 2, the step-1 one kept
+    assert main(["eval", "--run", str(out), "--no-progress"]) == 0
 
 
 def test_the_check_of_the_weights_names_the_parts_that_are_not_finite():

@@ -54,6 +54,7 @@ NOT_THERE.update(
             *("security", "folder", "presets", "plan", "loader_registry", "loss_registry", "dcl"),
             *("data_identity", "unwritable_outputs", "atomic_files", "ffcv_watch", "streamed_splits"),
             *("store_size", "image_files", "dataset_checks", "bench_options", "outputs_kept"),
+            "method_settings",
         ]
     }
 )

@@ -243,6 +243,7 @@ class SigmoidPairwiseLoss(nn.Module):
         log_t = torch.tensor(math.log(logit_scale))
         if learnable_logit_scale:
             self.log_logit_scale = nn.Parameter(log_t)
+            self.adapted_parameters = ("log_logit_scale",)  # LARS's steps (optim.param_groups)
         else:
             self.register_buffer("log_logit_scale", log_t)
         b = torch.tensor(float(logit_bias))
