@@ -175,9 +175,7 @@ class TrainConfig:
 
     def resolved(self) -> TrainConfig:
         """Preset values for the options left unset, the method's loss defaults, and a default run
-        directory; what a run cannot train with is refused here (``check_trainable``), not where a
-        finished run's config.json is read back for eval or export."""
-        check_trainable(self)
+        directory."""
         preset = PRESETS[self.dataset]
         filled = {k: v for k, v in preset.items() if getattr(self, k) is None}
         if self.image_size is None:
@@ -208,8 +206,9 @@ class TrainConfig:
         return dataclasses.replace(self, **filled)
 
 
-def check_trainable(cfg: TrainConfig) -> None:
-    """A ConfigError for settings a new or resumed run cannot train with: a batch without a negative
+def check_trainable(cfg: TrainConfig) -> TrainConfig:
+    """``cfg``, or a ConfigError for settings a new run cannot train with (a run begun with them
+    earlier resumes, reports itself complete and is read back as it was): a batch without a negative
     (one image: NT-Xent's and SupCon's loss was exactly 0 at every step, and the run ended "done";
     a loss may need more, its spec's ``min_images``), and a learnable logit scale under plain SGD."""
     fewest = max(2, cfg.loss_spec.min_images)
@@ -224,6 +223,7 @@ def check_trainable(cfg: TrainConfig) -> None:
             "at --lr 0.5 the scale fell from 10 to 0.44 in 3 steps and to 3e-15 in 16, and the loss then "
             "ignores the features)"
         )
+    return cfg
 
 
 def method_spec(method: str) -> LossSpec | None:

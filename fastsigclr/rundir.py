@@ -39,7 +39,7 @@ from typing import Any
 from fastsigclr import checkpoint as ckpt
 from fastsigclr import distributed
 from fastsigclr.config import FastSigCLRError, flag, replace, to_dict
-from fastsigclr.runconfig import TrainConfig, read_config, uses_labels, write_config
+from fastsigclr.runconfig import TrainConfig, check_trainable, read_config, uses_labels, write_config
 from fastsigclr.runfiles import (
     CHECKPOINT,
     RUN_FILES,
@@ -125,11 +125,11 @@ def _saved_config(path: Path) -> TrainConfig:
 def resumed_method(out: str | None) -> str | None:
     """The --method the run directory ``out`` records: a resume that does not type --method is
     checked against its loss options (a simclr run's --temperature was refused as sigclr's).
-    None: no readable config.json there (the resume then says why)."""
-    try:
-        return _saved_config(Path(out)).method if out else None
-    except FastSigCLRError:
+    None: no config.json there (the resume then says why); a damaged or linked one is its line."""
+    path = Path(out).expanduser() if out else None
+    if path is None or not os.path.lexists(path / "config.json"):
         return None
+    return _saved_config(path).method
 
 
 def _merge(path: Path, cfg: TrainConfig, given: set[str]) -> TrainConfig:
@@ -137,11 +137,11 @@ def _merge(path: Path, cfg: TrainConfig, given: set[str]) -> TrainConfig:
     unset --use-labels is compared as the method's default (typed on a tcl run, True was refused
     as "was None")."""
     base, typed = _saved_config(path), _typed(cfg, given)
+    saved = {**{name: getattr(base, name) for name in typed}, "use_labels": uses_labels(base)}
     conflicts = [
-        f"{flag(name)} was {getattr(base, name)!r}, now {value!r}"
+        f"{flag(name)} was {saved[name]!r}, now {value!r}"
         for name, value in sorted(typed.items())
-        if name not in RESUMABLE
-        and (uses_labels(base) if name == "use_labels" else getattr(base, name)) != value
+        if name not in RESUMABLE and saved[name] != value
     ]
     if conflicts:
         raise FastSigCLRError(
@@ -169,10 +169,10 @@ def settings(cfg: TrainConfig, given: set[str]) -> TrainConfig:
         holds = run_state(path) if path.is_dir() else "empty"
         typed = _typed(cfg, given)
         if holds == "interrupted start" and set(typed) <= RESUMABLE:  # its own settings, typed ones over
-            return replace(_saved_config(path), **typed, resume="no", out=cfg.out).resolved()
+            return check_trainable(replace(_saved_config(path), **typed, resume="no", out=cfg.out).resolved())
         cfg = replace(cfg, resume="yes" if holds == "checkpoint" else "no")
     if cfg.resume == "no":
-        return cfg.resolved()
+        return check_trainable(cfg.resolved())
     if path.exists() and not path.is_dir():
         raise FastSigCLRError(f"--out {path} is a file, not a run directory; pass the run's directory")
     if not path.is_dir():

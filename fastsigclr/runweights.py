@@ -63,7 +63,8 @@ def load_weights(module: Any, state: Any, source: str) -> None:
         raise FastSigCLRError(
             f"{source} holds an optimiser state of {len(groups)} parameter groups where this run's has "
             f"{len(module.param_groups)}: an earlier fastsigclr wrote it, before a learnable logit scale "
-            f"took LARS's steps (under plain ones it collapsed); start a new run with another --out"
+            f"took LARS's steps (under plain ones it collapsed), and it cannot be resumed; train the run "
+            f"again from the start (delete its folder, or choose another --out)"
         )
     try:
         module.load_state_dict(state)

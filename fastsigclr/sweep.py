@@ -34,7 +34,7 @@ from fastsigclr.config import (
 )
 from fastsigclr.eval import EvalConfig, score, split_features
 from fastsigclr.recipe import compute_dtypes
-from fastsigclr.runconfig import TrainConfig
+from fastsigclr.runconfig import TrainConfig, check_trainable
 from fastsigclr.runinfo import resolve_device, run_record
 from fastsigclr.runlock import lock_dir
 from fastsigclr.runmodel import load_run_model
@@ -138,7 +138,7 @@ def _planned(cfg: SweepConfig, index: int, setting: str, seed: int) -> PlannedRu
     values = {**cfg.budget(), **SETTINGS[setting], "seed": seed, "out": str(run_dir)}
     values["progress"] = cfg.progress
     train_cfg = build(TrainConfig, values)
-    train_cfg.resolved()  # its checks against the preset (e.g. a batch larger than the images)
+    check_trainable(train_cfg.resolved())  # its checks against the preset (a batch larger than the images)
     return PlannedRun(index, setting, seed, run_dir, train_cfg)
 
 

@@ -7,6 +7,7 @@ import json
 import pytest
 from run_fixture import fails_with, tiny_args
 
+from fastsigclr import rundir
 from fastsigclr.cli import main
 from fastsigclr.config import FastSigCLRError
 from fastsigclr.losses.sigmoid import SigmoidPairwiseLoss
@@ -84,3 +85,30 @@ def test_an_optimiser_state_of_other_groups_is_one_line():
     now = build_optimizer("lars", param_groups([model, loss], 1e-6), 0.5, 0.9)
     with pytest.raises(FastSigCLRError, match="state of 2 parameter groups where this run's has 3"):
         load_weights(now, before.state_dict(), "last.pt")
+
+
+def test_a_run_begun_with_settings_now_refused_still_resumes(cifar10_dir, tmp_path, monkeypatch, capsys):
+    """The refusals are a new run's: a run an earlier version began with a batch of one resumes
+    and, finished, says so (it was refused on resume, with advice the resume then refused)."""
+    out = tmp_path / "run"
+    with monkeypatch.context() as patched:
+        patched.setattr(rundir, "check_trainable", lambda cfg: cfg)
+        one_image = ("--method", "simclr", "--batch-size", "1", "--limit-train", "4")
+        assert main(tiny_args(cifar10_dir, out, *one_image)) == 0
+    resume = ["train", "--out", str(out), "--no-progress"]
+    assert main([*resume, "--resume", "auto"]) == 0 and "already complete" in capsys.readouterr().err
+    assert main([*resume, "--resume", "yes", "--epochs", "2"]) == 0
+
+
+def test_a_resume_reads_the_method_of_an_out_under_home(cifar10_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert main(tiny_args(cifar10_dir, tmp_path / "run", "--method", "simclr")) == 0
+    again = ["train", "--out", "~/run", "--resume", "yes", "--epochs", "2", "--no-progress"]
+    assert main([*again, "--temperature", "0.2"]) == 0
+
+
+def test_a_refused_use_labels_names_the_runs_own_value(cifar10_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(tiny_args(cifar10_dir, out, "--method", "tcl")) == 0
+    resume = ["train", "--out", str(out), "--resume", "yes", "--epochs", "2", "--no-progress"]
+    assert "--use-labels was True, now False" in fails_with([*resume, "--no-use-labels"], capsys)

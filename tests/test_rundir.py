@@ -331,7 +331,7 @@ def test_divergence_names_the_option_that_caused_it(cifar10_dir, tmp_path, capsy
 
 def test_a_diverging_run_keeps_its_last_good_checkpoint(cifar10_dir, tmp_path, capsys):
     """--lr 50 warmed up over 10 epochs, one step per epoch: the rate grows until an update makes
-    the encoder's eval-mode features blow up (measured: past 1e15 in epoch 4) while its weights and
+    the encoder's eval-mode features blow up (measured: past 1e16 in epoch 4) while its weights and
     the loss are still finite. A check of the weights alone kept such checkpoints (at --lr 1e6 from
     epoch 1 on), which eval then refused; the last checkpoint now stays one that eval reads."""
     out = tmp_path / "run"
