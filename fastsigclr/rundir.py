@@ -125,11 +125,11 @@ def _saved_config(path: Path) -> TrainConfig:
 def resumed_method(out: str | None) -> str | None:
     """The --method the run directory ``out`` records: a resume that does not type --method is
     checked against its loss options (a simclr run's --temperature was refused as sigclr's).
-    None: no config.json there (the resume then says why); a damaged or linked one is its line."""
-    path = Path(out).expanduser() if out else None
-    if path is None or not os.path.lexists(path / "config.json"):
+    None: no readable config.json there, or no run's (the resume then says which of them)."""
+    try:
+        return _saved_config(Path(out).expanduser()).method if out else None
+    except FastSigCLRError:
         return None
-    return _saved_config(path).method
 
 
 def _merge(path: Path, cfg: TrainConfig, given: set[str]) -> TrainConfig:
