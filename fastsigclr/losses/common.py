@@ -53,6 +53,12 @@ def check_rows(z: torch.Tensor, n_views: int) -> None:
         )
 
 
+def is_number(value: object) -> bool:
+    """A Python or numpy int or float; never a bool (True is not a scale)."""
+    numbers = int | float | np.integer | np.floating
+    return not isinstance(value, bool | np.bool_) and isinstance(value, numbers)
+
+
 def check_scalar(name: str, value: Scalar, z: torch.Tensor, *, positive: bool = False) -> None:
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
@@ -68,7 +74,7 @@ def check_scalar(name: str, value: Scalar, z: torch.Tensor, *, positive: bool = 
         # temperatures positive by construction.
         if positive and value.device.type == "cpu" and not float(value.detach()) > 0:
             raise ValueError(f"{name} must be > 0, got {float(value.detach())}")
-    elif isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating):
+    elif not is_number(value):
         raise TypeError(f"{name} must be a float or a 0-d tensor, got {type(value).__name__}")
     elif positive and not value > 0:
         raise ValueError(f"{name} must be > 0, got {value}")
@@ -91,9 +97,7 @@ def fixed_temperature(temperature: Scalar) -> float:
                 "losses' logit_scale"
             )
         temperature = float(temperature)
-    elif isinstance(temperature, bool | np.bool_) or not isinstance(
-        temperature, int | float | np.integer | np.floating
-    ):
+    elif not is_number(temperature):
         raise TypeError(f"temperature must be a float, got {type(temperature).__name__}")
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be > 0 and finite, got {temperature}")
